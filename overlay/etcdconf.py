@@ -1,0 +1,79 @@
+"""How to reach etcd: endpoints, key prefix, TLS and auth (a pure value)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+DEFAULT_PREFIX = "/overlay/network"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    secure: bool
+
+    def __str__(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    endpoints: tuple[Endpoint, ...]
+    prefix: str = DEFAULT_PREFIX
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 5.0
+
+    @property
+    def secure(self) -> bool:
+        return any(e.secure for e in self.endpoints) or bool(self.cafile)
+
+    def describe(self) -> str:
+        return ",".join(str(e) for e in self.endpoints)
+
+
+def parse_endpoints(text: str) -> tuple[Endpoint, ...]:
+    """``http://127.0.0.1:2379,https://10.0.0.2:2379`` -> endpoints (scheme defaults to http)."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        url = urlsplit(item if "://" in item else "http://" + item)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"etcd endpoint {item!r}: expected http(s)://HOST:PORT")
+        try:
+            port = url.port or 2379
+        except ValueError as e:
+            raise ConfigError(f"etcd endpoint {item!r}: bad port") from e
+        out.append(Endpoint(url.hostname, port, url.scheme == "https"))
+    if not out:
+        raise ConfigError("no etcd endpoint given (e.g. --etcd-endpoints http://127.0.0.1:2379)")
+    return tuple(out)
+
+
+def make_etcd_options(endpoints: str = DEFAULT_ENDPOINTS, prefix: str = DEFAULT_PREFIX,
+                      cafile: str | None = None, certfile: str | None = None,
+                      keyfile: str | None = None, username: str | None = None,
+                      password: str | None = None, timeout: float = 5.0) -> EtcdOptions:
+    """Validate the user's etcd flags; files must exist and come in the right pairs."""
+    if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/":
+        raise ConfigError(f"etcd prefix {prefix!r}: must start with / and not end with /")
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("--etcd-certfile and --etcd-keyfile must be given together")
+    for flag, path in (("--etcd-cafile", cafile), ("--etcd-certfile", certfile),
+                       ("--etcd-keyfile", keyfile)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{flag} {path}: no such file")
+    if bool(username) != bool(password):
+        raise ConfigError("--etcd-username and --etcd-password must be given together")
+    return EtcdOptions(parse_endpoints(endpoints), prefix, cafile or None, certfile or None,
+                       keyfile or None, username or None, password or None, timeout)

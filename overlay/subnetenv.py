@@ -1,0 +1,83 @@
+"""subnet.env: the daemon's only contract with the CNI plugin.
+
+::
+
+    OVERLAY_NETWORK=10.244.0.0/16
+    OVERLAY_SUBNET=10.244.1.1/24
+    OVERLAY_MTU=1450
+    OVERLAY_IPMASQ=false
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+
+from .errors import SubnetEnvError
+from .fsutil import atomic_write
+
+DEFAULT_SUBNET_FILE = "/run/overlay/subnet.env"
+
+
+@dataclass(frozen=True)
+class SubnetEnv:
+    network: IPv4Network
+    subnet: IPv4Interface  # the gateway address with the subnet's prefix, e.g. 10.244.1.1/24
+    mtu: int
+    ipmasq: bool = False
+
+    def format(self) -> str:
+        return (
+            f"OVERLAY_NETWORK={self.network}\n"
+            f"OVERLAY_SUBNET={self.subnet}\n"
+            f"OVERLAY_MTU={self.mtu}\n"
+            f"OVERLAY_IPMASQ={'true' if self.ipmasq else 'false'}\n"
+        )
+
+
+def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
+    values: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SubnetEnvError(f"{source}:{lineno}: expected KEY=VALUE, got {line!r}")
+        values[key.strip()] = value.strip().strip('"')
+    try:
+        network = IPv4Network(_need(values, "OVERLAY_NETWORK", source), strict=True)
+        subnet = IPv4Interface(_need(values, "OVERLAY_SUBNET", source))
+        mtu = int(_need(values, "OVERLAY_MTU", source))
+    except ValueError as e:
+        raise SubnetEnvError(f"{source}: malformed value: {e}") from e
+    if subnet.network.subnet_of(network) is False:
+        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside OVERLAY_NETWORK {network}")
+    if not 576 <= mtu <= 65535:
+        raise SubnetEnvError(f"{source}: OVERLAY_MTU {mtu} is out of range 576..65535")
+    ipmasq = values.get("OVERLAY_IPMASQ", "false").lower() in ("true", "1", "yes")
+    return SubnetEnv(network, subnet, mtu, ipmasq)
+
+
+def _need(values: dict[str, str], key: str, source: str) -> str:
+    try:
+        return values[key]
+    except KeyError:
+        raise SubnetEnvError(f"{source}: {key} is missing") from None
+
+
+def load_subnet_env(path: str = DEFAULT_SUBNET_FILE) -> SubnetEnv:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SubnetEnvError(
+            f"{path} does not exist: is overlayd running on this node and has it "
+            "acquired a subnet lease? (check `overlayctl diagnose`)") from None
+    except OSError as e:
+        raise SubnetEnvError(f"cannot read {path}: {e.strerror}") from e
+    return parse_subnet_env(text, source=path)
+
+
+def write_subnet_env(path: str, env: SubnetEnv) -> None:
+    atomic_write(path, env.format(), mode=0o644)
