@@ -1,0 +1,553 @@
+"""The etcd v3 registry: raw, revision-aware storage of the network config and leases.
+
+Storage only, no policy (the subnet manager decides).  This is the only module that
+imports the etcd client: ``pyetcd`` from PyPI ``etcd-sdk-python``, the maintained fork
+of python-etcd3 with current generated protobuf code (``etcd3`` 0.12 no longer imports).
+
+Layout (Flannel-compatible)::
+
+    <prefix>/config                   network config JSON
+    <prefix>/subnets/10.244.1.0-24    lease JSON, attached to an etcd lease (TTL);
+                                      no etcd lease = a reservation
+
+Every grpc / client error is translated here into ``EtcdUnavailable`` (nothing answered;
+the message names the endpoints) or ``RegistryError`` (refused: auth, TLS, bad request).
+Calls are synchronous; the object is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Callable, Iterator, TypeVar
+
+import grpc
+import pyetcd
+from pyetcd import etcdrpc
+from pyetcd.etcdrpc import kv_pb2
+from pyetcd import exceptions as etcd_exc
+from pyetcd.client import Endpoint as ClientEndpoint
+from pyetcd.client import MultiEndpointEtcd3Client
+
+from .config import NetworkConfig, parse_network_config
+from .errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict, LeaseExists,
+                     RegistryError)
+from .etcdconf import EtcdOptions
+from .lease import EventType, Lease, LeaseAttrs, LeaseEvent, key_to_subnet, subnet_to_key
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Codes meaning "this endpoint did not answer": try the next one.
+_UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# A public IP that cannot be a node's: used for REMOVED events whose value etcd no longer has.
+UNKNOWN_IP = IPv4Address("0.0.0.0")
+WATCH_BACKOFF_MIN = 0.05
+WATCH_BACKOFF_MAX = 2.0
+
+
+@dataclass(frozen=True)
+class WatchUpdate:
+    """One step of a lease watch.
+
+    Either ``events`` (in revision order) or, after a compaction forced a re-list,
+    ``snapshot`` (the complete set of leases at ``revision``; ``events`` is empty and
+    the consumer calls ``LeaseView.reset(snapshot)``).
+    """
+
+    events: list[LeaseEvent] = field(default_factory=list)
+    snapshot: list[Lease] | None = None
+    revision: int = 0
+
+
+class EtcdRegistry:
+    """Leases and config under ``opts.prefix`` in etcd v3."""
+
+    def __init__(self, opts: EtcdOptions):
+        self.opts = opts
+        self.prefix = opts.prefix.rstrip("/")
+        self.config_key = f"{self.prefix}/config"
+        self.subnets_prefix = f"{self.prefix}/subnets/"
+        self._lock = threading.Lock()
+        self._client: MultiEndpointEtcd3Client | None = None
+        self._closed = False
+
+    # -- connection -------------------------------------------------------------------
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.opts.secure:
+            return None
+        try:
+            ca = open(self.opts.cafile, "rb").read() if self.opts.cafile else None
+            key = open(self.opts.keyfile, "rb").read() if self.opts.keyfile else None
+            cert = open(self.opts.certfile, "rb").read() if self.opts.certfile else None
+        except OSError as e:
+            raise ConfigError(f"cannot read etcd TLS file {e.filename}: {e.strerror}") from e
+        return grpc.ssl_channel_credentials(ca, key, cert)
+
+    def _make_client(self) -> MultiEndpointEtcd3Client:
+        creds = self._credentials()
+        endpoints = [ClientEndpoint(e.host, e.port, secure=creds is not None, creds=creds,
+                                    time_retry=1) for e in self.opts.endpoints]
+        last: BaseException | None = None
+        # The client authenticates in its constructor against one (random) endpoint; try
+        # each so one dead member does not make auth fail.
+        for _ in range(len(endpoints)):
+            try:
+                return MultiEndpointEtcd3Client(endpoints, timeout=self.opts.timeout,
+                                                user=self.opts.username,
+                                                password=self.opts.password, failover=True)
+            except grpc.RpcError as e:
+                last = e
+                if e.code() not in _UNAVAILABLE_CODES:
+                    break
+        for ep in endpoints:
+            ep.close()
+        raise self._translate(last, "authenticating") from last
+
+    def client(self) -> MultiEndpointEtcd3Client:
+        with self._lock:
+            if self._closed:
+                raise RegistryError("registry is closed")
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _reset_client(self, old: MultiEndpointEtcd3Client) -> None:
+        """Drop a client whose auth token expired; the next call authenticates again."""
+        with self._lock:
+            if self._client is old:
+                self._client = None
+                try:
+                    old.close()
+                except Exception:  # closing a broken channel must not mask the real error
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> "EtcdRegistry":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- error translation ----------------------------------------------------------
+
+    def _translate(self, exc: BaseException | None, what: str) -> RegistryError:
+        where = self.opts.describe()
+        rpc = exc if isinstance(exc, grpc.RpcError) else getattr(exc, "__context__", None)
+        detail = ""
+        code = None
+        if isinstance(rpc, grpc.RpcError) and hasattr(rpc, "code"):
+            code = rpc.code()
+            detail = (rpc.details() or "").strip()
+        if code in _AUTH_CODES:
+            return RegistryError(f"etcd at {where} refused {what}: {detail or code.name} "
+                                 "(check --etcd-username/--etcd-password and the user's role)")
+        if isinstance(exc, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
+                            etcd_exc.NoServerAvailableError)) or code in _UNAVAILABLE_CODES:
+            hint = ""
+            if self.opts.secure and ("ssl" in detail.lower() or "handshake" in detail.lower()
+                                     or "certificate" in detail.lower()):
+                hint = " (TLS handshake failed: check --etcd-cafile/--etcd-certfile/--etcd-keyfile)"
+            elif self.opts.secure:
+                hint = " (is it up? with TLS also check --etcd-cafile/--etcd-certfile/--etcd-keyfile)"
+            return EtcdUnavailable(f"etcd unreachable at {where} while {what}: "
+                                   f"{detail or 'no endpoint answered'}{hint}")
+        if code is not None:
+            return RegistryError(f"etcd at {where} failed {what}: {code.name}: {detail}")
+        return RegistryError(f"etcd at {where} failed {what}: {exc!r}")
+
+    def _call(self, what: str, fn: Callable[[MultiEndpointEtcd3Client], T]) -> T:
+        """Run ``fn(client)``; on an unavailable endpoint fail over to the next one.
+
+        Only use for requests that are safe to repeat (reads, compare-and-swap txns).
+        """
+        attempts = max(2, len(self.opts.endpoints) + 1)
+        last: BaseException | None = None
+        for attempt in range(attempts):
+            client = self.client()
+            try:
+                return fn(client)
+            except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
+                    etcd_exc.NoServerAvailableError) as e:
+                last = e
+                if isinstance(e, etcd_exc.NoServerAvailableError):
+                    break
+            except etcd_exc.Etcd3Exception as e:
+                raise self._translate(e, what) from e
+            except grpc.RpcError as e:
+                last = e
+                code = e.code() if hasattr(e, "code") else None
+                if code is grpc.StatusCode.UNAUTHENTICATED and self.opts.username and attempt == 0:
+                    self._reset_client(client)  # expired token: authenticate again
+                    continue
+                if code not in _UNAVAILABLE_CODES:
+                    break
+                _fail_endpoint(client)
+            except ValueError as e:  # the client raises it when no endpoint can be used
+                last = e
+                break
+        raise self._translate(last, what) from last
+
+    # -- config ---------------------------------------------------------------------
+
+    def get_config(self) -> NetworkConfig:
+        value, _ = self._call("reading the network config", lambda c: c.get(self.config_key))
+        if value is None:
+            raise ConfigNotFound(
+                f"no network config at {self.config_key} in etcd {self.opts.describe()}: "
+                "set one with `overlayctl config set --network 10.244.0.0/16`")
+        try:
+            return parse_network_config(value)
+        except ConfigError as e:
+            raise ConfigError(f"network config at {self.config_key} is invalid: {e}") from e
+
+    def put_config(self, cfg: NetworkConfig) -> None:
+        self._call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
+        log.info("network config written to %s: %s", self.config_key, cfg.to_json())
+
+    # -- leases ---------------------------------------------------------------------
+
+    def key_for(self, subnet: IPv4Network) -> str:
+        return self.subnets_prefix + subnet_to_key(subnet)
+
+    def _lease_from_kv(self, kv: Any, expiration: datetime | None = None,
+                       ttl: int | None = None) -> Lease | None:
+        key = kv.key.decode(errors="replace")
+        try:
+            subnet = key_to_subnet(key)
+        except ValueError:
+            log.warning("ignoring %s: not a subnet key", key)
+            return None
+        try:
+            attrs = LeaseAttrs.from_json(kv.value)
+        except RegistryError as e:
+            log.warning("ignoring %s: %s", key, e)
+            return None
+        return Lease(subnet=subnet, attrs=attrs, expiration=expiration,
+                     etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl)
+
+    def _lease_ttl(self, client: MultiEndpointEtcd3Client, lease_id: int) -> tuple[int, int]:
+        """(remaining, granted) seconds of an etcd lease; remaining -1 if it is gone."""
+        info = client.get_lease_info(lease_id)
+        return int(info.TTL), int(info.grantedTTL)
+
+    def _with_expiry(self, client: MultiEndpointEtcd3Client, kv: Any) -> Lease | None:
+        if not kv.lease:
+            return self._lease_from_kv(kv)
+        remaining, granted = self._lease_ttl(client, kv.lease)
+        if remaining < 0:  # expired between the read and now
+            return None
+        return self._lease_from_kv(kv, _expires_in(remaining), granted)
+
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
+        """All leases and reservations, and the store revision they were read at.
+
+        ``with_expiration`` asks etcd for each lease's remaining TTL (one request per
+        lease); pass False where only subnets and attributes matter (the data plane).
+        """
+        def op(c: MultiEndpointEtcd3Client) -> tuple[list[Lease], int]:
+            resp = c.get_prefix_response(self.subnets_prefix)
+            out = []
+            for kv in resp.kvs:
+                lease = self._with_expiry(c, kv) if with_expiration else self._lease_from_kv(kv)
+                if lease is not None:
+                    out.append(lease)
+            return out, int(resp.header.revision)
+        return self._call("listing leases", op)
+
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        def op(c: MultiEndpointEtcd3Client) -> Lease | None:
+            resp = c.get_response(self.key_for(subnet))
+            return self._with_expiry(c, resp.kvs[0]) if resp.kvs else None
+        return self._call(f"reading the lease of {subnet}", op)
+
+    def _grant(self, ttl: int | None, what: str) -> int:
+        if ttl is None:
+            return 0
+        if ttl < 1:
+            raise ConfigError(f"lease TTL must be at least 1 second, got {ttl}")
+        return self._call(what, lambda c: c.lease(ttl)).id
+
+    def _revoke_quietly(self, lease_id: int) -> None:
+        if not lease_id:
+            return
+        try:
+            self._call("revoking an etcd lease", lambda c: c.revoke_lease(lease_id))
+        except RegistryError as e:  # it expires by itself anyway
+            log.debug("could not revoke etcd lease %x: %s", lease_id, e)
+
+    def _put_txn(self, subnet: IPv4Network, attrs: LeaseAttrs, lease_id: int,
+                 compare: Any, what: str) -> tuple[bool, int, Any]:
+        """Put the lease if ``compare`` holds; else read the key. (ok, revision, kv or None)."""
+        key = self.key_for(subnet)
+
+        def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int, Any]:
+            txn = etcdrpc.TxnRequest(
+                compare=[compare.build_message()],
+                success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
+                    key=key.encode(), value=attrs.to_json().encode(), lease=lease_id))],
+                failure=[etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))])
+            resp = c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
+                                metadata=c.metadata)
+            kvs = [] if resp.succeeded else list(resp.responses[0].response_range.kvs)
+            return resp.succeeded, int(resp.header.revision), (kvs[0] if kvs else None)
+        return self._call(what, op)
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        """Create the lease only if the key is absent (one txn).  ``ttl`` None: a reservation.
+
+        Raises ``LeaseExists`` (naming the holder) when the key exists.
+        """
+        what = f"creating the lease of {subnet}"
+        lease_id = self._grant(ttl, what)
+        compare = pyetcd.transactions.Create(self.key_for(subnet)) == 0
+        try:
+            ok, rev, kv = self._put_txn(subnet, attrs, lease_id, compare, what)
+        except BaseException:
+            self._revoke_quietly(lease_id)
+            raise
+        if not ok and kv is not None and lease_id and kv.lease == lease_id:
+            ok, rev = True, kv.mod_revision  # our own put, answered after a failover retry
+        if not ok:
+            self._revoke_quietly(lease_id)
+            holder = self._lease_from_kv(kv) if kv is not None else None
+            who = f" by {holder.attrs.public_ip}" if holder else ""
+            raise LeaseExists(f"subnet {subnet} is already taken{who}")
+        log.debug("created %s for %s (ttl %s, rev %d)", subnet, attrs.public_ip, ttl, rev)
+        return Lease(subnet, attrs, _expires_in(ttl) if ttl else None, lease_id, rev, ttl)
+
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        """Replace ``old``'s value (and TTL) only if the key is unchanged since ``old`` was read.
+
+        ``ttl`` None makes (or keeps) the key a reservation.  Raises ``LeaseConflict``.
+        """
+        what = f"updating the lease of {old.subnet}"
+        lease_id = self._grant(ttl, what)
+        compare = pyetcd.transactions.Mod(self.key_for(old.subnet)) == old.mod_revision
+        try:
+            ok, rev, kv = self._put_txn(old.subnet, attrs, lease_id, compare, what)
+        except BaseException:
+            self._revoke_quietly(lease_id)
+            raise
+        if not ok and kv is not None and lease_id and kv.lease == lease_id:
+            ok, rev = True, kv.mod_revision
+        if not ok:
+            self._revoke_quietly(lease_id)
+            state = "was deleted" if kv is None else f"changed (revision {kv.mod_revision})"
+            raise LeaseConflict(f"lease of {old.subnet} {state} since it was read "
+                                f"(revision {old.mod_revision})")
+        if old.etcd_lease_id and old.etcd_lease_id != lease_id:
+            self._revoke_quietly(old.etcd_lease_id)
+        return Lease(old.subnet, attrs, _expires_in(ttl) if ttl else None, lease_id, rev, ttl)
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        """Refresh the TTL of our lease.  ``LeaseConflict`` if the key or etcd lease is gone
+        or the key now belongs to someone else."""
+        what = f"renewing the lease of {lease.subnet}"
+        remaining, granted = -1, lease.ttl
+        if lease.etcd_lease_id:
+            def keepalive(c: MultiEndpointEtcd3Client) -> int:
+                return max((int(r.TTL) for r in c.refresh_lease(lease.etcd_lease_id)), default=0)
+            remaining = self._call(what, keepalive)
+            if remaining <= 0:
+                raise LeaseConflict(f"lease of {lease.subnet} expired (etcd lease "
+                                    f"{lease.etcd_lease_id:x} is gone)")
+        resp = self._call(what, lambda c: c.get_response(self.key_for(lease.subnet)))
+        kv = resp.kvs[0] if resp.kvs else None
+        if kv is None:
+            self._revoke_quietly(lease.etcd_lease_id)
+            raise LeaseConflict(f"lease of {lease.subnet} was deleted")
+        if kv.lease != lease.etcd_lease_id:
+            raise LeaseConflict(f"lease of {lease.subnet} now belongs to another etcd lease "
+                                f"({kv.lease:x}, ours {lease.etcd_lease_id:x})")
+        current = self._lease_from_kv(kv)
+        if current is None or current.attrs.public_ip != lease.attrs.public_ip:
+            raise LeaseConflict(f"lease of {lease.subnet} was rewritten by someone else")
+        expiration = _expires_in(remaining) if lease.etcd_lease_id else None
+        return Lease(lease.subnet, current.attrs, expiration, lease.etcd_lease_id,
+                     kv.mod_revision, granted or remaining)
+
+    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool:
+        """Delete a lease or reservation; with ``expect_revision`` only if unchanged.
+
+        Returns False when there was nothing (or, with ``expect_revision``, nothing
+        unchanged) to delete.  The etcd lease behind it is revoked.
+        """
+        key = self.key_for(subnet)
+
+        def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int]:
+            compare = (pyetcd.transactions.Mod(key) == expect_revision if expect_revision
+                       else pyetcd.transactions.Version(key) > 0)
+            txn = etcdrpc.TxnRequest(
+                compare=[compare.build_message()],
+                success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(
+                    key=key.encode(), prev_kv=True))])
+            resp = c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
+                                metadata=c.metadata)
+            if not resp.succeeded:
+                return False, 0
+            prev = resp.responses[0].response_delete_range.prev_kvs
+            return bool(prev), (prev[0].lease if prev else 0)
+        deleted, lease_id = self._call(f"deleting the lease of {subnet}", op)
+        if lease_id:
+            self._revoke_quietly(lease_id)
+        if deleted:
+            log.info("deleted lease of %s", subnet)
+        return deleted
+
+    def compact(self, revision: int | None = None) -> int:
+        """Compact the store's history up to ``revision`` (default: now); for tests and ops."""
+        def op(c: MultiEndpointEtcd3Client) -> int:
+            rev = revision or int(c.get_response(self.config_key).header.revision)
+            c.compact(rev, physical=True)
+            return rev
+        return self._call("compacting", op)
+
+    # -- watch ----------------------------------------------------------------------
+
+    def watch_leases(self, start_revision: int, stop: threading.Event) -> Iterator[WatchUpdate]:
+        """Lease events from ``start_revision`` on, until ``stop`` is set.
+
+        A broken stream (etcd restarted, member down) is re-opened from the last
+        delivered revision + 1 with a capped backoff, on the next endpoint.  If that
+        revision was compacted away, the leases are re-listed and yielded as a snapshot.
+        Returns within about 0.1 s of ``stop`` being set.
+        """
+        next_rev = start_revision
+        backoff = WATCH_BACKOFF_MIN
+        while not stop.is_set():
+            stream = _WatchStream(self, next_rev, stop)
+            try:
+                for update in stream.updates():
+                    backoff = WATCH_BACKOFF_MIN
+                    next_rev = update.revision + 1
+                    yield update
+                if stream.compacted:
+                    leases, rev = self.list_leases(with_expiration=False)
+                    log.warning("watch revision %d was compacted (compacted up to %d); "
+                                "re-listed %d leases at revision %d",
+                                next_rev, stream.compacted, len(leases), rev)
+                    next_rev = rev + 1
+                    yield WatchUpdate(events=[], snapshot=leases, revision=rev)
+                    continue
+            except RegistryError as e:
+                if stop.is_set():
+                    return
+                log.warning("lease watch interrupted (%s); re-watching from revision %d in %.2fs",
+                            e, next_rev, backoff)
+            finally:
+                stream.close()
+            if stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+
+    def _event_to_lease_event(self, ev: Any) -> LeaseEvent | None:
+        kv = ev.kv
+        if ev.type == kv_pb2.Event.PUT:
+            lease = self._lease_from_kv(kv)
+            return LeaseEvent(EventType.ADDED, lease, kv.mod_revision) if lease else None
+        try:
+            subnet = key_to_subnet(kv.key.decode(errors="replace"))
+        except ValueError:
+            return None
+        prev = self._lease_from_kv(ev.prev_kv) if ev.HasField("prev_kv") else None
+        lease = Lease(subnet, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
+                      etcd_lease_id=prev.etcd_lease_id if prev else 0,
+                      mod_revision=kv.mod_revision)
+        return LeaseEvent(EventType.REMOVED, lease, kv.mod_revision)
+
+
+class _WatchStream:
+    """One grpc Watch stream on the subnets prefix; cancelled promptly when ``stop`` is set."""
+
+    def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event):
+        self.registry = registry
+        self.start_revision = start_revision
+        self.stop = stop
+        self.compacted = 0
+        self._done = threading.Event()
+        self._call: Any = None
+        self._client: MultiEndpointEtcd3Client | None = None
+        self._guard = threading.Thread(target=self._cancel_on_stop, daemon=True,
+                                       name="overlay-watch-guard")
+
+    def _requests(self) -> Iterator[Any]:
+        prefix = self.registry.subnets_prefix.encode()
+        yield etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=prefix, range_end=pyetcd.utils.prefix_range_end(prefix),
+            start_revision=self.start_revision, prev_kv=True))
+        self._done.wait()  # keep the request side open until we are done
+
+    def _cancel_on_stop(self) -> None:
+        while not self._done.wait(0.05):
+            if self.stop.is_set():
+                break
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def close(self) -> None:
+        self._done.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def updates(self) -> Iterator[WatchUpdate]:
+        reg = self.registry
+        try:
+            self._client = client = reg.client()
+            stub = etcdrpc.WatchStub(client.channel)
+            self._call = stub.Watch(self._requests(), credentials=client.call_credentials,
+                                    metadata=client.metadata)
+        except (etcd_exc.Etcd3Exception, ValueError, grpc.RpcError) as e:
+            raise reg._translate(e, "opening the lease watch") from e
+        self._guard.start()
+        try:
+            for resp in self._call:
+                if resp.compact_revision:
+                    self.compacted = int(resp.compact_revision)
+                    return
+                if resp.canceled:
+                    raise RegistryError(f"etcd cancelled the lease watch: {resp.cancel_reason}")
+                events = [e for e in (reg._event_to_lease_event(ev) for ev in resp.events) if e]
+                if events:
+                    yield WatchUpdate(events=events, revision=events[-1].revision)
+        except grpc.RpcError as e:
+            if self.stop.is_set() or e.code() is grpc.StatusCode.CANCELLED and self._done.is_set():
+                return
+            if e.code() in _UNAVAILABLE_CODES:
+                _fail_endpoint(client)
+            raise reg._translate(e, "watching leases") from e
+        if not self.stop.is_set():
+            raise RegistryError("etcd closed the lease watch stream")
+
+
+def _fail_endpoint(client: MultiEndpointEtcd3Client) -> None:
+    """Mark the endpoint in use as failed so the next request goes to another one."""
+    try:
+        ep = client.endpoint_in_use
+        if ep is not None and len(client.endpoints) > 1:
+            ep.fail()
+            client._clear_old_stubs()
+    except Exception:  # bookkeeping only; the caller reports the real error
+        pass
+
+
+def _expires_in(seconds: int | float | None) -> datetime | None:
+    if seconds is None:
+        return None
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
