@@ -1,0 +1,334 @@
+"""The subnet manager: which subnet this node takes, keeping it, and watching the others.
+
+Policy only; storage is the registry (``EtcdRegistry`` or anything with its methods).
+
+Acquisition, in order:
+
+1. a lease (or reservation) that already carries this node's public IP is reused —
+   a reservation stays a reservation (no TTL; its BackendData is updated), a lease is
+   rewritten revision-checked with a fresh TTL;
+2. else the subnet from this node's previous subnet.env, if it is still free;
+3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
+   other rarely pick the same one.
+
+A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
+``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
+never taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from datetime import datetime, timezone
+from ipaddress import IPv4Network
+from typing import Callable, Iterable, Protocol
+
+from .config import NetworkConfig
+from .errors import (LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError)
+from .lease import EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, LeaseView
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 24 * 3600
+DEFAULT_RENEW_MARGIN = 3600
+DEFAULT_SPREAD = 32
+RETRY_BACKOFF_MIN = 0.1
+RETRY_BACKOFF_MAX = 10.0
+
+
+class Registry(Protocol):
+    """What the manager needs from storage (``EtcdRegistry`` implements it)."""
+
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
+    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def renew_lease(self, lease: Lease) -> Lease: ...
+    def watch_leases(self, start_revision: int, stop: threading.Event) -> Iterable: ...
+
+
+class SubnetManager:
+    def __init__(self, registry: Registry, config: NetworkConfig, attrs: LeaseAttrs, *,
+                 ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
+                 previous_subnet: IPv4Network | None = None,
+                 rng: random.Random | None = None, max_attempts: int = 20,
+                 spread: int = DEFAULT_SPREAD, check_interval: float = 60.0):
+        if ttl < 1:
+            raise ValueError(f"lease TTL must be at least 1 s, got {ttl}")
+        self.registry = registry
+        self.config = config
+        self.attrs = attrs
+        self.ttl = ttl
+        self.renew_margin = renew_margin
+        self.previous_subnet = previous_subnet
+        self.rng = rng or random.Random()
+        self.max_attempts = max_attempts
+        self.spread = spread
+        self.check_interval = check_interval
+        # Set by run_watch when our own key is deleted or taken; run_keepalive wakes on it.
+        self.lost = threading.Event()
+        self._lock = threading.Lock()
+        self._current: Lease | None = None
+
+    @property
+    def current(self) -> Lease | None:
+        """The lease this node holds now (None before ``acquire``)."""
+        with self._lock:
+            return self._current
+
+    def _set_current(self, lease: Lease) -> Lease:
+        with self._lock:
+            self._current = lease
+        return lease
+
+    def own_subnet(self) -> IPv4Network | None:
+        lease = self.current
+        return lease.subnet if lease else None
+
+    # -- acquire --------------------------------------------------------------------
+
+    def acquire(self) -> Lease:
+        """Take a subnet (see the module doc).  Raises ``NoFreeSubnet`` or ``RegistryError``."""
+        last: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            leases, _ = self.registry.list_leases(with_expiration=False)
+            try:
+                lease = self._try_acquire(leases)
+            except (LeaseExists, LeaseConflict) as e:
+                last = e
+                log.info("lost a race for a subnet (attempt %d/%d): %s; re-reading leases",
+                         attempt, self.max_attempts, e)
+                time.sleep(self.rng.uniform(0, 0.02 * attempt))
+                continue
+            self.previous_subnet = lease.subnet
+            return self._set_current(lease)
+        raise RegistryError(f"could not acquire a subnet after {self.max_attempts} lost races "
+                            f"(last: {last}); is the network nearly full?")
+
+    def _try_acquire(self, leases: list[Lease]) -> Lease:
+        mine = [l for l in leases if l.attrs.public_ip == self.attrs.public_ip
+                and self.config.in_range(l.subnet)]
+        if mine:
+            mine.sort(key=lambda l: (l.subnet != self.previous_subnet, not l.reserved,
+                                     l.subnet.network_address))
+            return self._reuse(mine[0])
+        taken = {l.subnet for l in leases}
+        prev = self.previous_subnet
+        if prev is not None and self.config.in_range(prev) and prev not in taken:
+            lease = self.registry.create_lease(prev, self.attrs, self.ttl)
+            log.info("acquired subnet %s (previous subnet of this node), ttl %ds",
+                     prev, self.ttl)
+            return lease
+        free = self._lowest_free(taken)
+        if not free:
+            raise self._no_free(leases)
+        subnet = self.rng.choice(free)
+        lease = self.registry.create_lease(subnet, self.attrs, self.ttl)
+        log.info("acquired subnet %s for %s, ttl %ds", subnet, self.attrs.public_ip, self.ttl)
+        return lease
+
+    def _reuse(self, lease: Lease) -> Lease:
+        if lease.reserved:
+            # A reservation stays lease-less (it must never expire); only refresh its data.
+            new = lease if lease.attrs == self.attrs else self.registry.update_lease(
+                lease, self.attrs, None)
+            log.info("took reserved subnet %s (reservation for %s)", new.subnet,
+                     self.attrs.public_ip)
+            return new
+        new = self.registry.update_lease(lease, self.attrs, self.ttl)
+        log.info("reusing subnet %s already leased to %s, ttl %ds", new.subnet,
+                 self.attrs.public_ip, self.ttl)
+        return new
+
+    def _lowest_free(self, taken: set[IPv4Network]) -> list[IPv4Network]:
+        out = []
+        for subnet in self.config.iter_subnets():
+            if subnet not in taken:
+                out.append(subnet)
+                if len(out) >= self.spread:
+                    break
+        return out
+
+    def _no_free(self, leases: list[Lease]) -> NoFreeSubnet:
+        in_range = [l for l in leases if self.config.in_range(l.subnet)]
+        reserved = sum(1 for l in in_range if l.reserved)
+        return NoFreeSubnet(
+            f"no free subnet in network {self.config.network} (range "
+            f"{self.config.describe_range()}): {len(in_range)} of {self.config.subnet_count} "
+            f"taken ({reserved} reserved); release unused leases with `overlayctl leases "
+            "release`, lower the lease TTL, or enlarge the network")
+
+    # -- renew ----------------------------------------------------------------------
+
+    def renew(self, lease: Lease) -> Lease:
+        """Refresh ``lease``; if it was lost, re-acquire (the same subnet if still free)."""
+        try:
+            new = self.registry.renew_lease(lease)
+            log.debug("renewed lease of %s", lease.subnet)
+            return self._set_current(new)
+        except LeaseConflict as e:
+            log.warning("LEASE LOST: %s; re-acquiring a subnet", e)
+        return self._reacquire(lease)
+
+    def _next_renewal(self, lease: Lease) -> float:
+        """Seconds until ``lease`` should be renewed (``check_interval`` for a reservation)."""
+        if lease.reserved or lease.expiration is None:
+            return self.check_interval
+        remaining = (lease.expiration - datetime.now(timezone.utc)).total_seconds()
+        ttl = lease.ttl or self.ttl
+        margin = self.renew_margin if self.renew_margin < ttl else ttl / 2
+        return max(0.0, min(remaining - margin, self.check_interval))
+
+    def _still_ours(self, lease: Lease) -> bool:
+        current = self.registry.get_lease(lease.subnet)
+        return (current is not None and current.etcd_lease_id == lease.etcd_lease_id
+                and current.attrs.public_ip == self.attrs.public_ip)
+
+    def run_keepalive(self, lease: Lease, stop: threading.Event,
+                      on_lease: Callable[[Lease], None]) -> None:
+        """Keep ``lease`` alive until ``stop``; re-acquire it when lost and call ``on_lease``.
+
+        Renews ``renew_margin`` seconds before expiry (half the TTL when the margin is not
+        smaller than the TTL), checks every ``check_interval`` seconds that the key is
+        still ours, and wakes at once when ``lost`` is set (by ``run_watch``).
+        ``on_lease`` is called after every re-acquisition (the subnet may be the same or a
+        new one), not after plain renewals.  etcd being unreachable is retried with a
+        capped backoff; nothing here exits the process.
+        """
+        self._set_current(lease)
+        backoff = RETRY_BACKOFF_MIN
+        while not stop.is_set():
+            if self._sleep(self._next_renewal(lease), stop):
+                return
+            try:
+                lease, changed = self._keepalive_step(lease)
+                backoff = RETRY_BACKOFF_MIN
+            except OverlayError as e:
+                log.warning("lease keepalive of %s failed: %s; retrying in %.1fs",
+                            lease.subnet, e, backoff)
+                if stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+                continue
+            if changed:
+                on_lease(lease)
+
+    def _sleep(self, seconds: float, stop: threading.Event) -> bool:
+        """Wait until ``seconds`` pass, ``lost`` is set or ``stop`` is set (True)."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.lost.wait(min(left, 0.2)):
+                return stop.is_set()
+        return True
+
+    def _keepalive_step(self, lease: Lease) -> tuple[Lease, bool]:
+        """One wake-up: after a loss signal or a periodic check verify the key, else renew.
+
+        Returns (lease now held, whether it was re-acquired).
+        """
+        due = self._next_renewal(lease) <= 0 and not lease.reserved
+        if self.lost.is_set() or not due:
+            self.lost.clear()
+            if self._still_ours(lease):
+                return lease, False
+            log.warning("LEASE LOST: %s was deleted or taken while this node held it",
+                        lease.subnet)
+            return self._reacquire(lease), True
+        new = self.renew(lease)
+        return new, (new.etcd_lease_id != lease.etcd_lease_id or new.subnet != lease.subnet)
+
+    def _reacquire(self, lost: Lease) -> Lease:
+        self.previous_subnet = lost.subnet
+        new = self.acquire()
+        if new.subnet == lost.subnet:
+            log.warning("re-acquired subnet %s", new.subnet)
+        else:
+            log.warning("re-acquired a DIFFERENT subnet %s (was %s)", new.subnet, lost.subnet)
+        return new
+
+    # -- watch ----------------------------------------------------------------------
+
+    def _note_own_events(self, events: list[LeaseEvent]) -> None:
+        """Wake the keepalive loop when an event says our own key was deleted or taken."""
+        own = self.current
+        if own is None:
+            return
+        for ev in events:
+            if ev.lease.subnet != own.subnet:
+                continue
+            if ev.type is EventType.REMOVED or ev.lease.attrs.public_ip != self.attrs.public_ip:
+                log.warning("the watch saw lease %s %s", own.subnet,
+                            "deleted" if ev.type is EventType.REMOVED else "taken by "
+                            f"{ev.lease.attrs.public_ip}")
+                self.lost.set()
+
+    def run_watch(self, own: Callable[[], IPv4Network | None], stop: threading.Event,
+                  on_batch: Callable[[LeaseBatch], None]) -> None:
+        """Feed ``on_batch`` with remote lease changes until ``stop`` is set.
+
+        Lists the leases at a revision, emits them as one batch, then watches from the
+        next revision.  The own subnet (``own()``, read on every step) is excluded.
+        A failed listing is retried with a capped backoff.
+        """
+        view = LeaseView(own=own())
+        backoff = RETRY_BACKOFF_MIN
+        while not stop.is_set():
+            try:
+                leases, rev = self.registry.list_leases(with_expiration=False)
+                break
+            except OverlayError as e:
+                log.warning("listing leases failed: %s; retrying in %.1fs", e, backoff)
+                if stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+        else:
+            return
+        _emit(view.reset(leases), on_batch)
+        for update in self.registry.watch_leases(rev + 1, stop):
+            if update.snapshot is not None:
+                batch = self._follow_own(view, own()) + view.reset(update.snapshot)
+                self._check_snapshot(update.snapshot)
+            else:
+                self._note_own_events(update.events)
+                batch = self._follow_own(view, own()) + view.apply(update.events)
+            _emit(batch, on_batch)
+
+    def _check_snapshot(self, leases: list[Lease]) -> None:
+        own = self.current
+        if own is not None and not any(l.subnet == own.subnet
+                                       and l.attrs.public_ip == self.attrs.public_ip
+                                       for l in leases):
+            self.lost.set()
+
+    @staticmethod
+    def _follow_own(view: LeaseView, subnet: IPv4Network | None) -> "_BatchParts":
+        """Our own subnet changed (re-acquired elsewhere): drop it from the remote view."""
+        parts = _BatchParts()
+        if subnet == view.own:
+            return parts
+        view.own = subnet
+        if subnet is not None and subnet in view.leases:
+            parts.removed.append(view.leases.pop(subnet))
+        return parts
+
+
+def _emit(batch: LeaseBatch, on_batch: Callable[[LeaseBatch], None]) -> None:
+    if batch:
+        on_batch(batch)
+
+
+class _BatchParts:
+    """Removals found outside LeaseView (own subnet moved), merged into a batch with ``+``."""
+
+    def __init__(self) -> None:
+        self.removed: list[Lease] = []
+
+    def __add__(self, batch: LeaseBatch) -> LeaseBatch:
+        if not self.removed:
+            return batch
+        return LeaseBatch(added=batch.added, removed=tuple(self.removed) + batch.removed,
+                          changed=batch.changed)
