@@ -1,0 +1,5 @@
+"""overlay-lab: a multi-node cluster of network namespaces on one machine."""
+
+from .cli import main
+
+__all__ = ["main"]

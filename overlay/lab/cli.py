@@ -1,0 +1,194 @@
+"""``overlay-lab``: up, status, exec, add-node, remove-node, down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from ..errors import OverlayError
+from .lab import Lab
+from .matrix import Endpoint, reachability, render
+from .spec import (DEFAULT_BASE_DIR, DEFAULT_NODES, DEFAULT_PODS_PER_NODE, DEFAULT_PREFIX,
+                   MAX_NODES, MAX_PODS_PER_NODE, LabSpec)
+from .system import in_netns
+
+log = logging.getLogger(__name__)
+
+
+def _count(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{n} is out of range {lo}..{hi}")
+        return n
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--name", default=os.environ.get("OVERLAY_LAB_NAME", DEFAULT_PREFIX),
+                        help=f"the lab's name, prefixing all its namespaces (default {DEFAULT_PREFIX})")
+    common.add_argument("--lab-dir", default=os.environ.get("OVERLAY_LAB_DIR", DEFAULT_BASE_DIR),
+                        help=f"where labs keep pid files, logs and etcd data (default {DEFAULT_BASE_DIR})")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+
+    p = argparse.ArgumentParser(prog="overlay-lab", description=(
+        "A multi-node overlay cluster on one machine: nodes and pods are network namespaces, "
+        "the underlay is a bridge in a namespace of its own, etcd runs on the underlay."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", parents=[common], help="create the lab, or repair a running one")
+    up.add_argument("--nodes", type=_count(1, MAX_NODES), default=None,
+                    help=f"number of nodes (default {DEFAULT_NODES}, or the running lab's)")
+    up.add_argument("--pods-per-node", type=_count(0, MAX_PODS_PER_NODE), default=None,
+                    help=f"pods on each node (default {DEFAULT_PODS_PER_NODE}, or the running lab's)")
+    up.add_argument("--no-matrix", action="store_true", help="skip the reachability matrix")
+
+    st = sub.add_parser("status", parents=[common], help="nodes, daemons and pods of the lab")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    ex = sub.add_parser("exec", parents=[common],
+                        help="run a command in a node's or pod's namespace (or 'underlay')")
+    ex.add_argument("target", metavar="TARGET", help="node1, pod-node1-1, underlay, ...")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    an = sub.add_parser("add-node", parents=[common], help="add a node (and its pods)")
+    an.add_argument("--pods", type=_count(0, MAX_PODS_PER_NODE), default=None,
+                    help="pods on the new node (default: the lab's pods per node)")
+
+    rn = sub.add_parser("remove-node", parents=[common],
+                        help="stop a node's daemon, delete its lease and namespaces")
+    rn.add_argument("node", metavar="NAME")
+
+    sub.add_parser("down", parents=[common], help="remove everything the lab made")
+    sub.add_parser("matrix", parents=[common], help="print the pod-to-pod reachability matrix")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        sys.exit("error: overlay-lab needs root (it creates network namespaces)")
+    try:
+        sys.exit(run(args))
+    except OverlayError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted; run `overlay-lab up` again to finish or `overlay-lab down`")
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    lab = Lab(LabSpec(args.name, args.lab_dir), progress=lambda m: say(f"==> {m}"))
+    if args.command == "exec":
+        return cmd_exec(lab, args.target, args.cmd)
+    if args.command == "status":
+        return cmd_status(lab, args.output)
+    if args.command == "matrix":
+        return print_matrix(lab)
+    with lab.lock():
+        if args.command == "up":
+            lab.up(args.nodes, args.pods_per_node)
+            return summary(lab, matrix=not args.no_matrix)
+        if args.command == "add-node":
+            node = lab.add_node(args.pods)
+            say(f"added {node}")
+            return print_matrix(lab)
+        if args.command == "remove-node":
+            lab.remove_node(args.node)
+            return 0
+        if args.command == "down":
+            lab.down()
+            return 0
+    raise AssertionError(args.command)
+
+
+def summary(lab: Lab, matrix: bool) -> int:
+    say("")
+    say("Leases (overlayctl leases list):")
+    got = lab.overlayctl("leases", "list", check=False)
+    say((got.stdout or got.stderr).rstrip())
+    rc = print_matrix(lab) if matrix else 0
+    n = lab.spec.prefix
+    flag = "" if n == "ovlab" else f" --name {n}"
+    say("")
+    say(f"Try:       overlay-lab exec{flag} pod-node1-1 -- ping -c3 <a pod IP on node2>")
+    say(f"Status:    overlay-lab status{flag}")
+    say(f"Tear down: overlay-lab down{flag}")
+    return rc
+
+
+def endpoints(lab: Lab) -> list[Endpoint]:
+    state = lab.state
+    assert state is not None
+    return [Endpoint(p.name, lab.spec.pod_ns(p.name), p.ip, p.node)
+            for p in sorted(state.pods.values(), key=lambda p: (p.node, p.name)) if p.ip]
+
+
+def print_matrix(lab: Lab) -> int:
+    lab._need_state()
+    pods = endpoints(lab)
+    if len(pods) < 2:
+        say("(fewer than two pods: no reachability matrix)")
+        return 0
+    m = reachability(pods)
+    bad = sum(1 for ok in m.values() if not ok)
+    say("")
+    say(f"Pod-to-pod reachability (ping -c1 -W1 from each pod to every other; {len(m)} pairs):")
+    say(render(pods, m))
+    if bad:
+        say(f"{bad} of {len(m)} pairs FAILED; see `overlay-lab status` and the overlayd logs "
+            f"under {lab.spec.lab_dir}")
+        return 1
+    say(f"all {len(m)} pairs reachable")
+    return 0
+
+
+def cmd_status(lab: Lab, output: str) -> int:
+    st = lab.status()
+    if output == "json":
+        print(json.dumps(st, indent=2))
+        return 0
+    e = st["etcd"]
+    say(f"lab {st['name']} ({st['dir']}); etcd {e['endpoint']} in {e['netns']}: "
+        f"{'healthy' if e['healthy'] else 'DOWN'} (pid {e['pid']})")
+    say("")
+    table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY"],
+          [[n["name"], n["netns"], n["public_ip"], n["subnet"], n["pid"],
+            "yes" if n["ready"] else "no"] for n in st["nodes"]])
+    say("")
+    table(["POD", "NETNS", "NODE", "IP"],
+          [[p["name"], p["netns"] if p["present"] else p["netns"] + " (missing)", p["node"],
+            p["ip"]] for p in st["pods"]])
+    return 0
+
+
+def table(headers: list[str], rows: list[list[object]]) -> None:
+    cells = [headers] + [["<none>" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        say("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def cmd_exec(lab: Lab, target: str, cmd: list[str]) -> int:
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        cmd = [os.environ.get("SHELL", "/bin/sh")]
+    argv = in_netns(lab.resolve_target(target), cmd)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+    return 127  # not reached

@@ -1,0 +1,507 @@
+"""The multi-node lab: an underlay, etcd, nodes running overlayd, pods attached by CNI.
+
+::
+
+    <prefix>-underlay   bridge <prefix>-br 192.168.1.1/24, etcd on 192.168.1.1:2379
+       ├─ <prefix>-node1  eth0 192.168.1.11  overlayd, cni0, overlay.1
+       │    ├─ <prefix>-pod-node1-1  eth0 10.244.x.2
+       │    └─ <prefix>-pod-node1-2  eth0 10.244.x.3
+       ├─ <prefix>-node2  eth0 192.168.1.12 ...
+
+Every ``ensure_*`` step is create-or-verify, so ``up`` on a running lab only repairs
+what is missing.  Names come from :class:`LabSpec`, files live under its lab dir.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..subnetenv import load_subnet_env
+from ..errors import OverlayError
+from . import system as sysx
+from .runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
+from .spec import (ETCD_KEY_PREFIX, ETCD_PEER_PORT, ETCD_PORT, HEALTHZ_ADDR, POD_NETWORK,
+                   SUBNET_LEN, UNDERLAY_GATEWAY, VNI, VXLAN_PORT, LabError, LabSpec,
+                   next_free_node)
+from .state import LabState, PodRecord, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
+REFERENCE_CNI_DIR = "/usr/lib/cni"
+READY_TIMEOUT = 60.0
+
+
+def program(name: str) -> str:
+    """A project program from the interpreter's own bin dir (the venv), else PATH."""
+    path = os.path.join(BIN_DIR, name)
+    if os.access(path, os.X_OK):
+        return path
+    found = shutil.which(name)
+    if found is None:
+        raise LabError(f"{name}: not found next to {sys.executable} or on PATH "
+                       "(run cmd/bootstrap.sh)")
+    return found
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    netns: str
+    public_ip: str
+    subnet: str | None
+    pid: int | None
+    ready: bool
+
+
+class Lab:
+    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None):
+        self.spec = spec
+        self.progress = progress or (lambda msg: log.info("%s", msg))
+        self.state: LabState | None = load_state(spec.state_file)
+
+    # ----------------------------------------------------------------- whole lab
+    def exists(self) -> bool:
+        return self.state is not None
+
+    def up(self, nodes: int | None = None, pods_per_node: int | None = None) -> None:
+        sysx.require_tools("ip", "etcd", "ping")
+        running = self.state is not None
+        if running:
+            self.progress(f"lab {self.spec.prefix} exists ({len(self.state.nodes)} nodes); "
+                          "checking every part and repairing what is missing")
+            if pods_per_node is not None:
+                self.state.pods_per_node = pods_per_node
+        else:
+            self.progress(f"creating lab {self.spec.prefix} in {self.spec.lab_dir}")
+            self.state = LabState(self.spec.prefix,
+                                  2 if pods_per_node is None else pods_per_node)
+        want_nodes = nodes if nodes is not None else (len(self.state.nodes) or 3)
+        if want_nodes < len(self.state.nodes):
+            self.progress(f"note: the lab has {len(self.state.nodes)} nodes (more than "
+                          f"--nodes {want_nodes}); use remove-node to drop some")
+        while len(self.state.nodes) < want_nodes:
+            self.state.add_node(next_free_node(self.state.nodes))
+        self._save()
+        self.ensure_underlay()
+        self.ensure_etcd()
+        self.ensure_config()
+        self.ensure_cni_bin()
+        for node in self.state.nodes:
+            self.ensure_node(node)
+        self.wait_ready(self.state.nodes)
+        self.ensure_pods(self.state.nodes)
+
+    def down(self) -> None:
+        """Remove exactly what ``up`` made: processes by pid file, namespaces by name, files."""
+        state = self.state
+        if state is None:
+            if os.path.isdir(self.spec.lab_dir):
+                raise LabError(f"{self.spec.state_file} is missing, so the lab cannot tell what "
+                               f"it made; remove {self.spec.lab_dir} and the {self.spec.prefix}-* "
+                               "namespaces by hand")
+            self.progress(f"no lab named {self.spec.prefix}; nothing to do")
+            return
+        self._del_pods(list(state.pods.values()))
+        for node in state.nodes:
+            if sysx.stop_process(self._daemon_pid(node)):
+                self.progress(f"stopped overlayd on {node}")
+        if sysx.stop_process(self._etcd_pid()):
+            self.progress("stopped etcd")
+        for pod in sorted(state.pods):
+            sysx.delete_netns(self.spec.pod_ns(pod))
+        for node in state.nodes:
+            sysx.delete_netns(self.spec.node_ns(node))
+        sysx.delete_netns(self.spec.underlay_ns)
+        shutil.rmtree(self.spec.lab_dir, ignore_errors=True)
+        self.state = None
+        self.progress(f"lab {self.spec.prefix} removed (namespaces, processes, {self.spec.lab_dir})")
+
+    # ----------------------------------------------------------------- underlay + etcd
+    def ensure_underlay(self) -> None:
+        ns, br = self.spec.underlay_ns, self.spec.bridge
+        created = sysx.ensure_netns(ns)
+        if not sysx.link_exists(ns, br):
+            sysx.ip("link", "add", br, "type", "bridge", ns=ns)
+            created = True
+        sysx.ip("addr", "replace", str(UNDERLAY_GATEWAY), "dev", br, ns=ns)
+        sysx.ip("link", "set", br, "up", ns=ns)
+        self.progress(f"underlay  {ns}: bridge {br} {UNDERLAY_GATEWAY}"
+                      + ("" if created else " (was there)"))
+
+    def _etcd_pid(self) -> sysx.PidFile:
+        return sysx.PidFile(os.path.join(self.spec.lab_dir, "etcd.pid"))
+
+    def etcd_running(self) -> bool:
+        return self._etcd_pid().read() is not None
+
+    def ensure_etcd(self) -> None:
+        if self.etcd_running() and self.etcd_healthy():
+            self.progress(f"etcd      running at {self.spec.etcd_endpoint} (was there)")
+            return
+        self.start_etcd()
+        self.progress(f"etcd      started at {self.spec.etcd_endpoint} "
+                      f"(inside {self.spec.underlay_ns}; log {self._etcd_log()})")
+
+    def _etcd_log(self) -> str:
+        return os.path.join(self.spec.lab_dir, "etcd.log")
+
+    def start_etcd(self, timeout: float = 20.0) -> None:
+        os.makedirs(self.spec.etcd_dir, mode=0o700, exist_ok=True)
+        gw = UNDERLAY_GATEWAY.ip
+        peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+        argv = sysx.in_netns(self.spec.underlay_ns, [
+            shutil.which("etcd") or "/usr/bin/etcd", "--name", self.spec.prefix,
+            "--data-dir", self.spec.etcd_dir,
+            "--listen-client-urls", f"http://{gw}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}",
+            "--advertise-client-urls", self.spec.etcd_endpoint,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.spec.prefix}={peer}",
+            "--heartbeat-interval", "10", "--election-timeout", "100",
+            "--log-level", "warn", "--logger", "zap"])
+        sysx.start_process(argv, self._etcd_pid(), self._etcd_log())
+        try:
+            sysx.wait_for(self.etcd_healthy, timeout, what="etcd to become healthy")
+        except LabError:
+            raise LabError(f"etcd did not become healthy in {timeout:g} s; see {self._etcd_log()}:\n"
+                           + _tail(self._etcd_log())) from None
+
+    def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
+        sysx.stop_process(self._etcd_pid(), sig)
+
+    def etcd_healthy(self) -> bool:
+        try:
+            status, body = sysx.http_get(self.spec.underlay_ns, str(UNDERLAY_GATEWAY.ip),
+                                         ETCD_PORT, "/health", timeout=1.0)
+        except (OSError, LabError):
+            return False
+        return status == 200 and '"true"' in body
+
+    def overlayctl(self, *args: str, check: bool = True):
+        """Run overlayctl against the lab's etcd (from inside the underlay namespace)."""
+        argv = sysx.in_netns(self.spec.underlay_ns, [
+            program("overlayctl"), "--etcd-endpoints", self.spec.etcd_endpoint,
+            "--etcd-prefix", ETCD_KEY_PREFIX, *args])
+        return sysx.run(argv, check=check)
+
+    def ensure_config(self) -> None:
+        got = self.overlayctl("-o", "json", "config", "get", check=False)
+        if got.returncode == 0:
+            self.progress("config    network config present in etcd (was there)")
+            return
+        self.overlayctl("config", "set", "--network", POD_NETWORK, "--subnet-len",
+                        str(SUBNET_LEN), "--vni", str(VNI), "--port", str(VXLAN_PORT))
+        self.progress(f"config    network {POD_NETWORK}, /{SUBNET_LEN} per node, vxlan VNI "
+                      f"{VNI} port {VXLAN_PORT} (written with overlayctl config set)")
+
+    # ----------------------------------------------------------------- CNI install
+    def ensure_cni_bin(self) -> None:
+        """``overlayctl install-cni`` into the lab's bin dir and a template conf dir."""
+        template = os.path.join(self.spec.lab_dir, "cni", "net.d")
+        self._run_local(program("overlayctl"), "install-cni", "--bin-dir", self.spec.cni_bin_dir,
+                        "--conf-dir", template)
+        find_conflist(template)
+        self.progress(f"cni       plugin installed with overlayctl install-cni into "
+                      f"{self.spec.cni_bin_dir}")
+
+    def _run_local(self, *argv: str) -> None:
+        sysx.run(list(argv))
+
+    def _write_node_conflist(self, node: str) -> str:
+        """The template conflist with this node's subnet.env, IPAM dir and CNI socket."""
+        template = find_conflist(os.path.join(self.spec.lab_dir, "cni", "net.d"))
+        conf = load_conflist(template)
+        for plugin in conf["plugins"]:
+            if plugin.get("type") == "overlay":
+                plugin["subnetFile"] = self.spec.node_file(node, "subnet.env")
+                plugin["dataDir"] = self.spec.node_file(node, "ipam")
+                plugin["socket"] = self.spec.node_file(node, "cni.sock")
+        path = os.path.join(self.spec.cni_conf_dir(node), os.path.basename(template))
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(conf, f, indent=2)
+        os.replace(path + ".tmp", path)
+        return path
+
+    def cni_runtime(self, node: str) -> CNIRuntime:
+        conf = load_conflist(find_conflist(self.spec.cni_conf_dir(node)))
+        return CNIRuntime(conf, [self.spec.cni_bin_dir, REFERENCE_CNI_DIR], self.spec.node_ns(node))
+
+    # ----------------------------------------------------------------- nodes
+    def ensure_node(self, node: str) -> None:
+        ns, port = self.spec.node_ns(node), self.spec.node_port(node)
+        os.makedirs(self.spec.node_dir(node), mode=0o755, exist_ok=True)
+        created = sysx.ensure_netns(ns)
+        if not sysx.link_exists(ns, "eth0"):
+            if sysx.link_exists(self.spec.underlay_ns, port):
+                sysx.ip("link", "del", port, ns=self.spec.underlay_ns)
+            # Made inside the underlay namespace with its peer placed straight into the
+            # node's: the pair never appears in the host's namespace.
+            sysx.ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                    ns=self.spec.underlay_ns)
+            created = True
+        sysx.ip("link", "set", port, "master", self.spec.bridge, "up", ns=self.spec.underlay_ns)
+        sysx.ip("addr", "replace", str(self.spec.node_interface(node)), "dev", "eth0", ns=ns)
+        sysx.ip("link", "set", "eth0", "up", ns=ns)
+        sysx.sysctl(ns, "net.ipv4.ip_forward", "1")
+        self._write_node_conflist(node)
+        started = self.ensure_daemon(node)
+        self.progress(f"node      {node}: {ns} eth0 {self.spec.node_interface(node)}"
+                      f"{' created' if created else ''}; overlayd "
+                      f"{'started' if started else 'running (was there)'}")
+
+    def _daemon_pid(self, node: str) -> sysx.PidFile:
+        return sysx.PidFile(self.spec.node_file(node, "overlayd.pid"))
+
+    def daemon_pid(self, node: str) -> int | None:
+        return self._daemon_pid(node).read()
+
+    def daemon_log(self, node: str) -> str:
+        return self.spec.node_file(node, "overlayd.log")
+
+    def daemon_argv(self, node: str) -> list[str]:
+        return sysx.in_netns(self.spec.node_ns(node), [
+            program("overlayd"), "--etcd-endpoints", self.spec.etcd_endpoint,
+            "--etcd-prefix", ETCD_KEY_PREFIX,
+            "--iface", "eth0", "--public-ip", str(self.spec.node_ip(node)),
+            "--subnet-file", self.spec.node_file(node, "subnet.env"),
+            "--state-dir", self.spec.node_file(node, "state"),
+            "--healthz-addr", HEALTHZ_ADDR,
+            "--cni-socket", self.spec.node_file(node, "cni.sock"),
+            "-v"])
+
+    def ensure_daemon(self, node: str) -> bool:
+        if self.daemon_pid(node) is not None:
+            return False
+        self.start_daemon(node)
+        return True
+
+    def start_daemon(self, node: str) -> int:
+        return sysx.start_process(self.daemon_argv(node), self._daemon_pid(node),
+                                  self.daemon_log(node))
+
+    def stop_daemon(self, node: str, sig: int = signal.SIGTERM) -> bool:
+        return sysx.stop_process(self._daemon_pid(node), sig)
+
+    def ready(self, node: str) -> bool:
+        host, port = HEALTHZ_ADDR.rsplit(":", 1)
+        try:
+            status, _ = sysx.http_get(self.spec.node_ns(node), host, int(port), "/readyz",
+                                      timeout=1.0)
+        except (OSError, LabError):
+            return False
+        return status == 200
+
+    def wait_ready(self, nodes: list[str], timeout: float = READY_TIMEOUT) -> None:
+        start = time.monotonic()
+        pending = list(nodes)
+        while pending:
+            for node in list(pending):
+                if self.daemon_pid(node) is None:
+                    raise LabError(f"overlayd on {node} exited; see {self.daemon_log(node)}:\n"
+                                   + _tail(self.daemon_log(node)))
+                if self.ready(node):
+                    pending.remove(node)
+                    self.progress(f"ready     {node}: /readyz 200, subnet "
+                                  f"{self.node_subnet(node)} "
+                                  f"({time.monotonic() - start:.1f} s)")
+            if pending and time.monotonic() - start > timeout:
+                raise LabError(f"overlayd not ready after {timeout:g} s on "
+                               f"{', '.join(pending)}; see {self.daemon_log(pending[0])}:\n"
+                               + _tail(self.daemon_log(pending[0])))
+            if pending:
+                time.sleep(0.1)
+
+    def node_subnet(self, node: str) -> str | None:
+        try:
+            return str(load_subnet_env(self.spec.node_file(node, "subnet.env")).subnet.network)
+        except OverlayError:
+            return None
+
+    def add_node(self, pods_per_node: int | None = None) -> str:
+        state = self._need_state()
+        node = next_free_node(state.nodes)
+        state.add_node(node)
+        self._save()
+        self.ensure_node(node)
+        self.wait_ready([node])
+        if pods_per_node is not None:
+            self._ensure_pods_of(node, pods_per_node)
+        else:
+            self._ensure_pods_of(node, state.pods_per_node)
+        return node
+
+    def remove_node(self, node: str) -> None:
+        state = self._need_state()
+        if node not in state.nodes:
+            raise LabError(f"lab {self.spec.prefix} has no node {node!r} "
+                           f"(nodes: {', '.join(state.nodes) or 'none'})")
+        subnet = self.node_subnet(node)
+        pods = state.pods_of(node)
+        self._del_pods(pods)
+        if self.stop_daemon(node):
+            self.progress(f"stopped overlayd on {node}")
+        if subnet is not None:
+            got = self.overlayctl("leases", "release", subnet, "--yes", check=False)
+            if got.returncode == 0:
+                self.progress(f"deleted lease {subnet} of {node}")
+            else:
+                self.progress(f"warning: could not delete lease {subnet}: "
+                              f"{(got.stderr or got.stdout).strip()}")
+        for pod in pods:
+            sysx.delete_netns(self.spec.pod_ns(pod.name))
+            shutil.rmtree(self.spec.pod_dir(pod.name), ignore_errors=True)
+            del state.pods[pod.name]
+        sysx.delete_netns(self.spec.node_ns(node))  # takes both ends of its veth with it
+        shutil.rmtree(self.spec.node_dir(node), ignore_errors=True)
+        state.nodes.remove(node)
+        self._save()
+        self.progress(f"removed {node}")
+
+    # ----------------------------------------------------------------- pods
+    def ensure_pods(self, nodes: list[str]) -> None:
+        state = self._need_state()
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            for fut in [pool.submit(self._ensure_pods_of, n, state.pods_per_node) for n in nodes]:
+                fut.result()
+
+    def _ensure_pods_of(self, node: str, count: int) -> None:
+        for i in range(1, count + 1):
+            self.ensure_pod(node, i)
+
+    def ensure_pod(self, node: str, i: int) -> PodRecord:
+        state = self._need_state()
+        name = self.spec.pod_name(node, i)
+        ns = self.spec.pod_ns(name)
+        pod = state.pods.get(name)
+        if pod is not None and pod.ip and sysx.netns_exists(ns) and self._pod_has_ip(pod):
+            self.progress(f"pod       {name}: {pod.ip} on {node} (was there)")
+            return pod
+        if pod is None:
+            pod = PodRecord(name, node, f"{self.spec.prefix}-{uuid.uuid4().hex[:16]}")
+            state.pods[name] = pod
+            self._save()
+        runtime = self.cni_runtime(node)
+        att = self.attachment(pod)
+        if pod.result is not None:  # a half-made pod: let the plugins forget it first
+            try:
+                runtime.delete(att, pod.result)
+            except LabError as e:
+                log.warning("DEL of the broken pod %s: %s", name, e)
+        sysx.ensure_netns(ns)
+        result = runtime.add(att)
+        pod.result, pod.ip = result, result_ip(result)
+        self._save()
+        self.progress(f"pod       {name}: {pod.ip} on {node} (CNI ADD via {runtime_names(runtime)})")
+        return pod
+
+    def attachment(self, pod: PodRecord) -> Attachment:
+        return Attachment(pod.container_id, self.spec.pod_ns(pod.name), "eth0",
+                          f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.spec.prefix};"
+                          f"K8S_POD_NAME={pod.name}")
+
+    def _pod_has_ip(self, pod: PodRecord) -> bool:
+        got = sysx.ip("-4", "-o", "addr", "show", "dev", "eth0", ns=self.spec.pod_ns(pod.name),
+                      check=False)
+        return got.returncode == 0 and f" {pod.ip}/" in got.stdout
+
+    def _del_pods(self, pods: list[PodRecord]) -> None:
+        """CNI DEL for each pod, as a runtime does before it drops a pod (best effort)."""
+        def one(pod: PodRecord) -> None:
+            if pod.result is None or not sysx.netns_exists(self.spec.node_ns(pod.node)):
+                return
+            try:
+                self.cni_runtime(pod.node).delete(self.attachment(pod), pod.result)
+            except LabError as e:
+                log.warning("CNI DEL for %s: %s", pod.name, e)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(one, pods))
+
+    # ----------------------------------------------------------------- status
+    def node_status(self, node: str) -> NodeStatus:
+        pid = self.daemon_pid(node)
+        return NodeStatus(node, self.spec.node_ns(node), str(self.spec.node_ip(node)),
+                          self.node_subnet(node), pid, pid is not None and self.ready(node))
+
+    def status(self) -> dict[str, Any]:
+        state = self._need_state()
+        nodes = [self.node_status(n).__dict__ for n in state.nodes]
+        pods = [{"name": p.name, "netns": self.spec.pod_ns(p.name), "node": p.node,
+                 "ip": p.ip, "present": sysx.netns_exists(self.spec.pod_ns(p.name))}
+                for p in sorted(state.pods.values(), key=lambda p: p.name)]
+        return {"name": self.spec.prefix, "dir": self.spec.lab_dir,
+                "etcd": {"endpoint": self.spec.etcd_endpoint, "netns": self.spec.underlay_ns,
+                         "pid": self._etcd_pid().read(), "healthy": self.etcd_healthy()},
+                "nodes": nodes, "pods": pods}
+
+    def resolve_target(self, target: str) -> str:
+        """A node, pod, ``underlay`` or a full namespace name of this lab → its namespace."""
+        state = self._need_state()
+        if target == "underlay" or target == self.spec.underlay_ns:
+            return self.spec.underlay_ns
+        for node in state.nodes:
+            if target in (node, self.spec.node_ns(node)):
+                return self.spec.node_ns(node)
+        for pod in state.pods:
+            if target in (pod, self.spec.pod_ns(pod)):
+                return self.spec.pod_ns(pod)
+        raise LabError(f"lab {self.spec.prefix} has no node or pod {target!r} "
+                       f"(try: underlay, {', '.join(state.nodes[:1] + sorted(state.pods)[:1])})")
+
+    # ----------------------------------------------------------------- helpers
+    def _need_state(self) -> LabState:
+        if self.state is None:
+            raise LabError(f"no lab named {self.spec.prefix} (start one with "
+                           f"`overlay-lab up --name {self.spec.prefix}`)")
+        return self.state
+
+    def _save(self) -> None:
+        save_state(self.spec.state_file, self._need_state())
+
+    def lock(self) -> "LabLock":
+        return LabLock(os.path.join(self.spec.base_dir, f".{self.spec.prefix}.lock"))
+
+
+def runtime_names(runtime: CNIRuntime) -> str:
+    return " → ".join(p.get("type", "?") for p in runtime.conflist["plugins"])
+
+
+class LabLock:
+    """One lab command at a time per lab name (flock on a file beside the lab dir)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self) -> "LabLock":
+        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise LabError(f"another overlay-lab command is working on this lab "
+                           f"(lock {self.path}); wait for it to finish") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,73 @@
+"""The lab's record of what it made (``lab.json``), written before each part is made.
+
+``down`` and ``remove-node`` act only on names found here, so a lab never removes
+something it did not create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..fsutil import atomic_write
+from .spec import LabError, node_index
+
+
+@dataclass
+class PodRecord:
+    name: str
+    node: str
+    container_id: str
+    ip: str | None = None
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class LabState:
+    prefix: str
+    pods_per_node: int
+    nodes: list[str] = field(default_factory=list)
+    pods: dict[str, PodRecord] = field(default_factory=dict)
+
+    def add_node(self, node: str) -> None:
+        if node not in self.nodes:
+            self.nodes.append(node)
+            self.nodes.sort(key=node_index)
+
+    def pods_of(self, node: str) -> list[PodRecord]:
+        return sorted((p for p in self.pods.values() if p.node == node), key=lambda p: p.name)
+
+    def to_json(self) -> str:
+        return json.dumps({"prefix": self.prefix, "pods_per_node": self.pods_per_node,
+                           "nodes": self.nodes,
+                           "pods": [asdict(p) for p in sorted(self.pods.values(),
+                                                              key=lambda p: p.name)]},
+                          indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "LabState":
+        try:
+            raw = json.loads(text)
+            pods = {p["name"]: PodRecord(**p) for p in raw.get("pods", [])}
+            state = cls(raw["prefix"], int(raw["pods_per_node"]), list(raw["nodes"]), pods)
+            for n in state.nodes:
+                node_index(n)
+        except (ValueError, KeyError, TypeError, LabError) as e:
+            raise LabError(f"{source} is damaged ({e}); remove the lab's namespaces with "
+                           "`ip netns delete` and the directory by hand") from e
+        return state
+
+
+def load_state(path: str) -> LabState | None:
+    try:
+        with open(path) as f:
+            return LabState.from_json(f.read(), path)
+    except FileNotFoundError:
+        return None
+
+
+def save_state(path: str, state: LabState) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    atomic_write(path, state.to_json(), mode=0o644)
