@@ -1,0 +1,223 @@
+"""The VXLAN backend: which kernel entries each remote lease needs, and getting there.
+
+Per remote lease: a permanent neighbour ``remote .0 -> VTEP MAC``, an FDB entry
+``VTEP MAC -> public IP``, then the route ``remote subnet via .0 onlink``.  The route
+goes in LAST, only once both others are in, so the kernel never has a route whose
+gateway it would have to ARP for (nothing would answer: the device is ``nolearning``).
+If a step fails the earlier ones of that remote are undone and the remote is retried
+at the next reconcile.
+
+Two ways in: ``apply_batch`` (watch events, only the leases concerned) and
+``reconcile`` (kernel dump vs every lease; removes stale entries, adds missing ones,
+touches nothing that is right — never a flush, so pod traffic is never interrupted).
+The device is reached through a small ``DataPlane`` interface so tests use a fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Iterable, Protocol, Sequence
+
+from .lease import Lease, LeaseBatch
+from .netlink.entries import FDB, Entries, Entry, Neigh, Op, Route
+
+log = logging.getLogger(__name__)
+
+
+class DataPlane(Protocol):
+    def program(self, ops: Sequence[Op]) -> list[int]: ...  # errno per op, 0 = done
+    def dump(self) -> Entries: ...
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    vni: int
+    public_ip: IPv4Address
+    underlay: IPv4Interface  # public IP with its prefix: the L2 subnet for DirectRouting
+    direct_routing: bool = False
+
+
+@dataclass
+class Result:
+    """What one apply/reconcile did."""
+
+    added: int = 0
+    removed: int = 0
+    failed: tuple[IPv4Network, ...] = ()
+
+
+class VXLANBackend:
+    def __init__(self, dp: DataPlane, settings: BackendSettings):
+        self.dp = dp
+        self.s = settings
+        self.leases: dict[IPv4Network, Lease] = {}
+        self.failed: set[IPv4Network] = set()
+        self._skipped: dict[IPv4Network, str] = {}
+        self._lock = threading.RLock()
+
+    # ---- what a lease needs ---------------------------------------------------
+    def entries_for(self, lease: Lease) -> list[Entry]:
+        """The entries of one remote lease, in programming order; [] if skipped."""
+        a = lease.attrs
+        if a.backend_type != "vxlan" or a.vni != self.s.vni:
+            self._warn_skip(lease, f"backend {a.backend_type} VNI {a.vni}, "
+                                   f"we are vxlan VNI {self.s.vni}")
+            return []
+        if a.public_ip == self.s.public_ip:
+            self._warn_skip(lease, f"public IP {a.public_ip} is our own")
+            return []
+        if self.s.direct_routing and a.public_ip in self.s.underlay.network:
+            return [Route(lease.subnet, a.public_ip, direct=True)]
+        if not a.vtep_mac:
+            self._warn_skip(lease, "no VtepMAC in the lease")
+            return []
+        gw = lease.subnet.network_address
+        return [Neigh(gw, a.vtep_mac), FDB(a.vtep_mac, a.public_ip),
+                Route(lease.subnet, gw)]
+
+    def _warn_skip(self, lease: Lease, why: str) -> None:
+        if self._skipped.get(lease.subnet) != why:
+            self._skipped[lease.subnet] = why
+            log.warning("skipping lease %s: %s", lease.subnet, why)
+
+    def desired(self, leases: Iterable[Lease] | None = None) -> tuple[Entries, dict[Entry, IPv4Network]]:
+        """All entries wanted for ``leases`` (default: every known lease) and their owners."""
+        want = Entries()
+        owner: dict[Entry, IPv4Network] = {}
+        for lease in (self.leases.values() if leases is None else leases):
+            for e in self.entries_for(lease):
+                want.add(e)
+                owner[e] = lease.subnet
+        return want, owner
+
+    # ---- the two ways in ------------------------------------------------------
+    def apply_batch(self, batch: LeaseBatch) -> Result:
+        """Program what a batch of watch events changed; nothing else is touched."""
+        with self._lock:
+            old = [l for l in batch.removed] + [o for o, _ in batch.changed]
+            new = [l for l in batch.added] + [n for _, n in batch.changed]
+            for l in batch.removed:
+                self.leases.pop(l.subnet, None)
+                self.failed.discard(l.subnet)
+                self._skipped.pop(l.subnet, None)
+                log.info("remote %s (%s) removed", l.subnet, l.attrs.public_ip)
+            for l in new:
+                self.leases[l.subnet] = l
+            for o, n in batch.changed:
+                log.info("remote %s changed: public IP %s -> %s, VTEP MAC %s -> %s", n.subnet,
+                         o.attrs.public_ip, n.attrs.public_ip, o.attrs.vtep_mac, n.attrs.vtep_mac)
+            for l in batch.added:
+                log.info("remote %s added (public IP %s, VTEP MAC %s)", l.subnet,
+                         l.attrs.public_ip, l.attrs.vtep_mac)
+            current = Entries()
+            for l in old:
+                for e in self.entries_for(l):
+                    current.add(e)
+            want_new, owner = self.desired(new)
+            keep, _ = self.desired()
+            return self._converge(current, want_new, keep, owner)
+
+    def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
+        """Make the device's entries exactly those of the known leases (or ``leases``)."""
+        with self._lock:
+            if leases is not None:
+                self.leases = {l.subnet: l for l in leases}
+            current = self.dp.dump()
+            want, owner = self.desired()
+            res = self._converge(current, want, want, owner)
+            if res.added or res.removed:
+                log.info("reconcile: %d entries added, %d stale removed, %d remotes failing",
+                         res.added, res.removed, len(res.failed))
+            return res
+
+    def entry_count(self) -> int:
+        with self._lock:
+            want, _ = self.desired()
+            return len(want)
+
+    # ---- converge --------------------------------------------------------------
+    def _converge(self, current: Entries, want: Entries, keep: Entries,
+                  owner: dict[Entry, IPv4Network]) -> Result:
+        """Delete what is in ``current`` but not in ``keep``; add what ``want`` lacks.
+
+        Deletes go routes first (reverse order); adds go neigh + FDB, then routes of the
+        remotes whose neigh and FDB are in.
+        """
+        res = Result()
+        dels = ([Op(False, r) for r in current.routes.values() if r not in keep]
+                + [Op(False, f) for f in current.fdb if f not in keep]
+                + [Op(False, n) for n in current.neighs.values()
+                   if n.ip not in keep.neighs])
+        if dels:
+            codes = self.dp.program(dels)
+            res.removed = sum(1 for c in codes if c == 0)
+        failed: set[IPv4Network] = set()
+        done: dict[IPv4Network, list[Entry]] = {}
+        first = [Op(True, e) for e in (*want.neighs.values(), *want.fdb) if e not in current]
+        for op, code in zip(first, self.dp.program(first)):
+            subnet = owner[op.entry]
+            if code:
+                failed.add(subnet)
+            else:
+                done.setdefault(subnet, []).append(op.entry)
+                res.added += 1
+        routes = [Op(True, r) for r in want.routes.values()
+                  if r not in current and owner[r] not in failed]
+        for op, code in zip(routes, self.dp.program(routes)):
+            if code:
+                failed.add(owner[op.entry])
+            else:
+                res.added += 1
+        self._undo(failed, done)
+        self._note_failures(failed, owner, want)
+        res.failed = tuple(sorted(failed))
+        return res
+
+    def _undo(self, failed: set[IPv4Network], done: dict[IPv4Network, list[Entry]]) -> None:
+        """A remote that failed half-way loses what it got in this pass, so a retry
+        starts from a clean slate and no half-programmed remote lingers."""
+        undo = [Op(False, e) for s in sorted(failed) for e in reversed(done.get(s, []))]
+        if undo:
+            self.dp.program(undo)
+
+    def _note_failures(self, failed: set[IPv4Network], owner: dict[Entry, IPv4Network],
+                       want: Entries) -> None:
+        touched = set(owner.values())
+        for subnet in failed - self.failed:
+            log.warning("remote %s: programming failed; will retry at the next reconcile", subnet)
+        for subnet in (self.failed & touched) - failed:
+            log.info("remote %s: programmed after earlier failures", subnet)
+        self.failed = (self.failed - touched) | failed
+
+
+class Reconciler:
+    """Runs ``backend.reconcile`` periodically and on demand (``kick``)."""
+
+    def __init__(self, backend: VXLANBackend, interval: float = 10.0, retry: float = 1.0):
+        self.backend = backend
+        self.interval = interval
+        self.retry = retry
+        self._kick = threading.Event()
+        self.runs = 0
+        self.last_duration = 0.0
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Sleep until kicked, the interval passes, or stop; False if stopping."""
+        timeout = self.retry if self.backend.failed else self.interval
+        self._kick.wait(timeout)
+        self._kick.clear()
+        return not stop.is_set()
+
+    def run_once(self) -> Result:
+        t0 = time.monotonic()
+        res = self.backend.reconcile()
+        self.last_duration = time.monotonic() - t0
+        self.runs += 1
+        return res

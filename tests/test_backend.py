@@ -1,0 +1,190 @@
+"""VXLANBackend policy against a fake data plane (no root, no kernel)."""
+
+from __future__ import annotations
+
+import errno
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+
+from overlay.backend import BackendSettings, VXLANBackend
+from overlay.lease import Lease, LeaseAttrs, LeaseBatch
+from overlay.netlink.entries import FDB, Entries, Neigh, Op, Route
+
+
+class FakeDataPlane:
+    """Keeps entries like the kernel would; can be told to fail chosen adds."""
+
+    def __init__(self):
+        self.state = Entries()
+        self.log: list[Op] = []
+        self.fail: set = set()  # entries whose add fails with EINVAL
+
+    def program(self, ops):
+        out = []
+        for op in ops:
+            self.log.append(op)
+            e = op.entry
+            if op.add:
+                if e in self.fail:
+                    out.append(errno.EINVAL)
+                    continue
+                if isinstance(e, Route) and not e.direct:
+                    # route last: its gateway must already resolve through a neigh
+                    assert e.gateway in self.state.neighs, f"route before neigh: {e}"
+                self.state.add(e)
+            else:
+                if isinstance(e, Neigh):
+                    self.state.neighs.pop(e.ip, None)
+                elif isinstance(e, FDB):
+                    self.state.fdb.discard(e)
+                else:
+                    self.state.routes.pop(e.dst, None)
+            out.append(0)
+        return out
+
+    def dump(self):
+        s = Entries()
+        for e in self.state.all():
+            s.add(e)
+        return s
+
+
+def lease(n: int, mac: str | None = None, public: str | None = None, vni: int = 1,
+          btype: str = "vxlan") -> Lease:
+    return Lease(IPv4Network(f"10.244.{n}.0/24"),
+                 LeaseAttrs(IPv4Address(public or f"192.168.1.{10 + n}"), btype, vni,
+                            mac or f"0e:00:00:00:00:{n:02x}"))
+
+
+def entries(n: int, mac: str | None = None, public: str | None = None) -> set:
+    mac = mac or f"0e:00:00:00:00:{n:02x}"
+    gw = IPv4Address(f"10.244.{n}.0")
+    return {Neigh(gw, mac), FDB(mac, IPv4Address(public or f"192.168.1.{10 + n}")),
+            Route(IPv4Network(f"10.244.{n}.0/24"), gw)}
+
+
+SETTINGS = BackendSettings(vni=1, public_ip=IPv4Address("192.168.1.11"),
+                           underlay=IPv4Interface("192.168.1.11/24"))
+
+
+@pytest.fixture
+def dp():
+    return FakeDataPlane()
+
+
+@pytest.fixture
+def backend(dp):
+    return VXLANBackend(dp, SETTINGS)
+
+
+def test_added_lease_programs_neigh_fdb_then_route(backend, dp):
+    res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert set(dp.state.all()) == entries(2)
+    assert res.added == 3 and not res.failed
+    kinds = [type(op.entry) for op in dp.log]
+    assert kinds.index(Route) > kinds.index(Neigh) and kinds.index(Route) > kinds.index(FDB)
+
+
+def test_removed_lease_removes_all_three(backend, dp):
+    backend.apply_batch(LeaseBatch(added=(lease(2), lease(3))))
+    backend.apply_batch(LeaseBatch(removed=(lease(2),)))
+    assert set(dp.state.all()) == entries(3)
+
+
+def test_changed_mac_leaves_no_stale_fdb(backend, dp):
+    old, new = lease(2), lease(2, mac="0e:aa:00:00:00:02")
+    backend.apply_batch(LeaseBatch(added=(old,)))
+    backend.apply_batch(LeaseBatch(changed=((old, new),)))
+    assert set(dp.state.all()) == entries(2, mac="0e:aa:00:00:00:02")
+
+
+def test_changed_public_ip_replaces_fdb(backend, dp):
+    old, new = lease(2), lease(2, public="192.168.1.99")
+    backend.apply_batch(LeaseBatch(added=(old,)))
+    backend.apply_batch(LeaseBatch(changed=((old, new),)))
+    assert set(dp.state.all()) == entries(2, public="192.168.1.99")
+
+
+def test_other_vni_and_backend_skipped(backend, dp, caplog):
+    backend.apply_batch(LeaseBatch(added=(lease(2, vni=7), lease(3, btype="host-gw"), lease(4))))
+    assert set(dp.state.all()) == entries(4)
+    assert "skipping lease 10.244.2.0/24" in caplog.text
+    assert "skipping lease 10.244.3.0/24" in caplog.text
+
+
+def test_failed_route_undoes_neigh_and_fdb_and_retries(backend, dp):
+    bad = Route(IPv4Network("10.244.2.0/24"), IPv4Address("10.244.2.0"))
+    dp.fail.add(bad)
+    res = backend.apply_batch(LeaseBatch(added=(lease(2), lease(3))))
+    assert res.failed == (IPv4Network("10.244.2.0/24"),)
+    assert set(dp.state.all()) == entries(3)  # nothing half-programmed for .2
+    assert backend.failed == {IPv4Network("10.244.2.0/24")}
+    dp.fail.clear()
+    res = backend.reconcile()
+    assert not res.failed and not backend.failed
+    assert set(dp.state.all()) == entries(2) | entries(3)
+
+
+def test_failed_fdb_means_no_route(backend, dp):
+    dp.fail.add(FDB("0e:00:00:00:00:02", IPv4Address("192.168.1.12")))
+    backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert set(dp.state.all()) == set()
+
+
+def test_reconcile_removes_stale_and_adds_missing_only(backend, dp):
+    for e in entries(5):  # a peer that vanished while we were down
+        dp.state.add(e)
+    for e in entries(2):
+        dp.state.add(e)
+    dp.log.clear()
+    res = backend.reconcile([lease(2), lease(3)])
+    assert set(dp.state.all()) == entries(2) | entries(3)
+    assert res.removed == 3 and res.added == 3
+    touched = {op.entry for op in dp.log}
+    assert not touched & entries(2), "entries already right must not be touched"
+
+
+def test_reconcile_in_sync_does_nothing(backend, dp):
+    backend.reconcile([lease(2), lease(3)])
+    dp.log.clear()
+    res = backend.reconcile()
+    assert dp.log == [] and res.added == 0 and res.removed == 0
+
+
+def test_reconcile_repairs_wrong_mac(backend, dp):
+    for e in entries(2, mac="0e:bb:00:00:00:02"):
+        dp.state.add(e)
+    backend.reconcile([lease(2)])
+    assert set(dp.state.all()) == entries(2)
+
+
+def test_direct_routing_same_l2_only(dp):
+    b = VXLANBackend(dp, BackendSettings(1, IPv4Address("192.168.1.11"),
+                                         IPv4Interface("192.168.1.11/24"), direct_routing=True))
+    b.apply_batch(LeaseBatch(added=(lease(2), lease(3, public="192.168.7.5"))))
+    assert Route(IPv4Network("10.244.2.0/24"), IPv4Address("192.168.1.12"), direct=True) \
+        in dp.state
+    assert not any(isinstance(e, Neigh) and e.ip == IPv4Address("10.244.2.0")
+                   for e in dp.state.all())
+    assert entries(3, public="192.168.7.5") <= set(dp.state.all())
+
+
+def test_own_public_ip_and_missing_mac_skipped(backend, dp):
+    own = lease(2, public="192.168.1.11")
+    nomac = Lease(IPv4Network("10.244.3.0/24"), LeaseAttrs(IPv4Address("192.168.1.13")))
+    backend.apply_batch(LeaseBatch(added=(own, nomac)))
+    assert dp.state.all() == []
+
+
+def test_thousand_remotes_in_three_program_calls(backend, dp):
+    calls = []
+    orig = dp.program
+    dp.program = lambda ops: calls.append(len(ops)) or orig(ops)
+    leases = [Lease(IPv4Network(f"10.{200 + i // 256}.{i % 256}.0/24"),
+                    LeaseAttrs(IPv4Address("192.168.2.0") + i, "vxlan", 1,
+                               f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"))
+              for i in range(1000)]
+    backend.reconcile(leases)
+    assert len(dp.state) == 3000
+    assert [c for c in calls if c] == [2000, 1000]
