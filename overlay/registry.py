@@ -183,7 +183,9 @@ class EtcdRegistry:
                 return fn(client)
             except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
                     etcd_exc.NoServerAvailableError) as e:
-                last = e
+                # Keep the error that carries grpc's details (the first failure).
+                if last is None or isinstance(e.__context__, grpc.RpcError):
+                    last = e
                 if isinstance(e, etcd_exc.NoServerAvailableError):
                     break
             except etcd_exc.Etcd3Exception as e:

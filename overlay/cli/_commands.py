@@ -1,1 +1,3 @@
 """Imports every command module so each registers its commands on ``cli``."""
+from . import config_cmds  # noqa: F401
+from . import lease_cmds  # noqa: F401

@@ -1,0 +1,87 @@
+"""``overlayctl config get|set``: the cluster's network config in etcd."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..config import NetworkConfig, parse_network_config
+from ..errors import ConfigError
+from ..registry import EtcdRegistry
+from . import CLIContext, cli, print_json, print_table
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show or set the network config (Flannel's JSON fields)."""
+
+
+def config_row(cfg: NetworkConfig) -> list[Any]:
+    b = cfg.backend
+    return [cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max, cfg.subnet_count,
+            b.type, b.vni, b.port]
+
+
+@config_group.command("get")
+@click.pass_obj
+def config_get(obj: CLIContext) -> None:
+    """Print the network config stored in etcd."""
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        cfg = reg.get_config()
+    if obj.json:
+        print_json(cfg.to_dict())
+    else:
+        print_table(["NETWORK", "SUBNET-LEN", "SUBNET-MIN", "SUBNET-MAX", "SUBNETS",
+                     "BACKEND", "VNI", "PORT"], [config_row(cfg)])
+
+
+def _read_file(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+
+
+def build_config(network: str | None, subnet_len: int | None, vni: int | None,
+                 port: int | None, file: str | None) -> NetworkConfig:
+    """The config from either -f FILE or the flags, validated; nothing is written here."""
+    if file and any(v is not None for v in (network, subnet_len, vni, port)):
+        raise ConfigError("give either -f FILE or --network/--subnet-len/--vni/--port, not both")
+    if file:
+        return parse_network_config(_read_file(file))
+    if network is None:
+        raise ConfigError("config set needs --network CIDR (e.g. --network 10.244.0.0/16) "
+                          "or -f FILE")
+    obj: dict[str, Any] = {"Network": network, "Backend": {"Type": "vxlan"}}
+    if subnet_len is not None:
+        obj["SubnetLen"] = subnet_len
+    if vni is not None:
+        obj["Backend"]["VNI"] = vni
+    if port is not None:
+        obj["Backend"]["Port"] = port
+    return parse_network_config(obj)
+
+
+@config_group.command("set")
+@click.option("--network", metavar="CIDR", help="The pod network, e.g. 10.244.0.0/16.")
+@click.option("--subnet-len", type=int, help="Prefix length of each node's subnet (default 24).")
+@click.option("--vni", type=int, help="VXLAN network identifier (default 1).")
+@click.option("--port", type=int, help="VXLAN UDP port (default 8472).")
+@click.option("-f", "--file", "file", metavar="FILE",
+              help="Read the whole config JSON from FILE ('-' for stdin).")
+@click.pass_obj
+def config_set(obj: CLIContext, network: str | None, subnet_len: int | None, vni: int | None,
+               port: int | None, file: str | None) -> None:
+    """Validate a network config, then store it in etcd."""
+    cfg = build_config(network, subnet_len, vni, port, file)
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        reg.put_config(cfg)
+    if obj.json:
+        print_json(cfg.to_dict())
+    else:
+        click.echo(f"network config set: {cfg.to_json()}")

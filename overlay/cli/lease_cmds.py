@@ -1,0 +1,233 @@
+"""``overlayctl leases list|show|watch|reserve|release``: the subnet leases in etcd."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import click
+
+from ..errors import ConfigError, LeaseExists, LeaseNotFound, OverlayError
+from ..lease import EventType, Lease, LeaseAttrs, LeaseView, normalize_mac, parse_subnet_arg
+from ..registry import EtcdRegistry, WatchUpdate
+from . import CLIContext, cli, print_json, print_table
+
+HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES"]
+
+
+@cli.group("leases")
+def leases_group() -> None:
+    """List, inspect, watch, reserve and release subnet leases."""
+
+
+def lease_to_dict(lease: Lease) -> dict[str, Any]:
+    return {
+        "subnet": str(lease.subnet),
+        "public_ip": str(lease.attrs.public_ip),
+        "vtep_mac": lease.attrs.vtep_mac,
+        "vni": lease.attrs.vni,
+        "expires": lease.expiration.isoformat(timespec="seconds") if lease.expiration else None,
+        "reserved": lease.reserved,
+    }
+
+
+def _expires_text(lease: Lease) -> str:
+    if lease.reserved:
+        return "never (reserved)"
+    if lease.expiration is None:
+        return "<unknown>"
+    left = int((lease.expiration - datetime.now(timezone.utc)).total_seconds())
+    h, rest = divmod(max(left, 0), 3600)
+    m, s = divmod(rest, 60)
+    rel = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+    return f"{lease.expiration.isoformat(timespec='seconds')} ({rel})"
+
+
+def lease_row(lease: Lease) -> list[Any]:
+    return [lease.subnet, lease.attrs.public_ip, lease.attrs.vtep_mac, lease.attrs.vni,
+            _expires_text(lease)]
+
+
+def _subnet_arg(text: str) -> IPv4Network:
+    try:
+        return parse_subnet_arg(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+@leases_group.command("list")
+@click.pass_obj
+def leases_list(obj: CLIContext) -> None:
+    """All leases and reservations, lowest subnet first."""
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        leases, _ = reg.list_leases(with_expiration=True)
+    leases.sort(key=lambda l: l.subnet)
+    if obj.json:
+        print_json([lease_to_dict(l) for l in leases])
+    else:
+        print_table(HEADERS, [lease_row(l) for l in leases])
+
+
+@leases_group.command("show")
+@click.argument("subnet")
+@click.pass_obj
+def leases_show(obj: CLIContext, subnet: str) -> None:
+    """One lease in detail (SUBNET as 10.244.1.0/24 or 10.244.1.0-24)."""
+    net = _subnet_arg(subnet)
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        lease = reg.get_lease(net)
+        key = reg.key_for(net)
+    if lease is None:
+        raise LeaseNotFound(f"no lease or reservation for {net} (see `overlayctl leases list`)")
+    if obj.json:
+        d = lease_to_dict(lease)
+        d.update(key=key, etcd_lease_id=lease.etcd_lease_id, ttl=lease.ttl,
+                 mod_revision=lease.mod_revision, backend_type=lease.attrs.backend_type)
+        print_json(d)
+        return
+    rows = [("Subnet", lease.subnet), ("Key", key), ("Public IP", lease.attrs.public_ip),
+            ("Backend", lease.attrs.backend_type), ("VNI", lease.attrs.vni),
+            ("VTEP MAC", lease.attrs.vtep_mac), ("Reserved", "yes" if lease.reserved else "no"),
+            ("Expires", _expires_text(lease)), ("TTL", lease.ttl),
+            ("etcd lease", f"{lease.etcd_lease_id:x}" if lease.etcd_lease_id else None),
+            ("Revision", lease.mod_revision)]
+    for name, value in rows:
+        click.echo(f"{name + ':':<12}{'<none>' if value is None else value}")
+
+
+def _event_line(kind: str, lease: Lease, as_json: bool, revision: int) -> str:
+    if as_json:
+        d = lease_to_dict(lease)
+        d.update(event=kind, revision=revision)
+        if kind == "removed":
+            d.update(expires=None)
+        return json.dumps(d)
+    if kind == "removed":
+        return f"REMOVED {lease.subnet}"
+    return (f"{kind.upper()} {lease.subnet} public-ip={lease.attrs.public_ip} "
+            f"vtep-mac={lease.attrs.vtep_mac or '<none>'} vni={lease.attrs.vni} "
+            f"{'reserved' if lease.reserved else 'leased'}")
+
+
+def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[str]:
+    if update.snapshot is None:
+        view.apply(update.events)
+        return [_event_line(ev.type.value if ev.type is EventType.REMOVED else "added",
+                            ev.lease, as_json, ev.revision) for ev in update.events]
+    batch = view.reset(update.snapshot)  # after a compaction: print the net difference
+    return ([_event_line("added", l, as_json, update.revision) for l in batch.added]
+            + [_event_line("added", new, as_json, update.revision) for _, new in batch.changed]
+            + [_event_line("removed", l, as_json, update.revision) for l in batch.removed])
+
+
+@leases_group.command("watch")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Exit after this many seconds.")
+@click.pass_obj
+def leases_watch(obj: CLIContext, count: int | None, timeout: float | None) -> None:
+    """Print one line per lease event (JSON lines with -o json) until Ctrl-C."""
+    reg = EtcdRegistry(obj.etcd_options())
+    stop = threading.Event()
+    out: queue.Queue = queue.Queue()
+    try:
+        leases, rev = reg.list_leases(with_expiration=False)
+        view = LeaseView()
+        view.reset(leases)
+
+        def pump() -> None:
+            try:
+                for update in reg.watch_leases(rev + 1, stop):
+                    out.put(update)
+            except OverlayError as e:
+                out.put(e)
+            finally:
+                out.put(None)
+
+        threading.Thread(target=pump, daemon=True, name="overlayctl-watch").start()
+        _print_updates(out, view, obj.json, count, timeout)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        reg.close()
+
+
+def _print_updates(out: queue.Queue, view: LeaseView, as_json: bool, count: int | None,
+                   timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    printed = 0
+    while deadline is None or time.monotonic() < deadline:
+        wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+        try:
+            item = out.get(timeout=wait)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        if isinstance(item, OverlayError):
+            raise item
+        for line in _update_lines(view, item, as_json):
+            click.echo(line)
+            printed += 1
+            if count is not None and printed >= count:
+                return
+
+
+@leases_group.command("reserve")
+@click.argument("subnet")
+@click.option("--public-ip", required=True, metavar="IP", help="The node the subnet is for.")
+@click.option("--vtep-mac", metavar="MAC", help="Optional VTEP MAC (the node's daemon sets it).")
+@click.pass_obj
+def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str | None) -> None:
+    """Reserve SUBNET for the node with --public-ip (never expires, never reassigned).
+
+    An existing lease of the same node is turned into a reservation.
+    """
+    net = _subnet_arg(subnet)
+    try:
+        ip = IPv4Address(public_ip)
+        mac = normalize_mac(vtep_mac) if vtep_mac else None
+    except ValueError as e:
+        raise ConfigError(f"--public-ip/--vtep-mac: {e}") from None
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        cfg = reg.get_config()
+        if not cfg.in_range(net):
+            raise ConfigError(f"{net} is not a subnet of the network's range "
+                              f"{cfg.describe_range()}")
+        attrs = LeaseAttrs(ip, vni=cfg.backend.vni, vtep_mac=mac)
+        existing = reg.get_lease(net)
+        if existing is None:
+            lease = reg.create_lease(net, attrs, None)
+        elif existing.attrs.public_ip == ip:
+            keep = existing.attrs if mac is None else attrs
+            lease = reg.update_lease(existing, keep, None)
+        else:
+            raise LeaseExists(f"{net} is held by {existing.attrs.public_ip}; release it first "
+                              f"(`overlayctl leases release {net} --yes`)")
+    if obj.json:
+        print_json(lease_to_dict(lease))
+    else:
+        click.echo(f"reserved {lease.subnet} for {lease.attrs.public_ip}")
+
+
+@leases_group.command("release")
+@click.argument("subnet")
+@click.option("--yes", is_flag=True, help="Confirm: the node holding it loses its subnet.")
+@click.pass_obj
+def leases_release(obj: CLIContext, subnet: str, yes: bool) -> None:
+    """Delete the lease or reservation of SUBNET (the holder, if running, re-acquires)."""
+    net = _subnet_arg(subnet)
+    if not yes:
+        raise ConfigError(f"releasing {net} takes it away from its node; add --yes to confirm")
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        if not reg.delete_lease(net):
+            raise LeaseNotFound(f"no lease or reservation for {net} (see `overlayctl leases list`)")
+    if obj.json:
+        print_json({"released": str(net)})
+    else:
+        click.echo(f"released {net}")
