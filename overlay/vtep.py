@@ -1,0 +1,57 @@
+"""A VTEP MAC that stays the same across daemon restarts and reboots.
+
+Flannel's etcd mode gives the VXLAN device a random MAC on every boot, so peers keep
+a stale FDB entry until they see the new lease.  Here the MAC is made once (random,
+locally administered, unicast) and persisted in the state dir as
+``<state-dir>/vtep-<device>.mac``; every later start reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+from .errors import ConfigError
+from .fsutil import atomic_write
+from .lease import normalize_mac
+
+log = logging.getLogger(__name__)
+
+
+def random_mac(rng: random.Random | None = None) -> str:
+    """A random locally administered unicast MAC (first octet x2, x6, xa or xe)."""
+    r = rng or random.SystemRandom()
+    octets = [r.randrange(256) for _ in range(6)]
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def mac_path(state_dir: str, device: str) -> str:
+    return os.path.join(state_dir, f"vtep-{device}.mac")
+
+
+def load_or_create_vtep_mac(state_dir: str, device: str,
+                            rng: random.Random | None = None) -> str:
+    """The persisted VTEP MAC for ``device``; made and saved on first use."""
+    path = mac_path(state_dir, device)
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        text = ""
+    except OSError as e:
+        raise ConfigError(f"cannot read the VTEP MAC file {path}: {e.strerror}") from e
+    if text:
+        try:
+            return normalize_mac(text)
+        except ValueError:
+            log.warning("%s holds %r, not a MAC; making a new VTEP MAC", path, text)
+    mac = random_mac(rng)
+    try:
+        atomic_write(path, mac + "\n", mode=0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot write the VTEP MAC to {path} (--state-dir): "
+                          f"{e.strerror}") from e
+    log.info("new VTEP MAC %s saved in %s", mac, path)
+    return mac
