@@ -142,15 +142,25 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
     return KernelState(links, addrs, routes, neigh, fdb)
 
 
-def route_get(dst: IPv4Address, netns: str | None = None) -> RouteInfo | None:
-    """The route the kernel would choose for ``dst`` (``ip route get``); None if unreachable."""
+def route_get(dst: IPv4Address, netns: str | None = None, *, src: IPv4Address | None = None,
+              iif: int | None = None) -> RouteInfo | None:
+    """The route the kernel would choose for ``dst`` (``ip route get``); None if unreachable.
+
+    With ``src`` and ``iif`` it is asked as for a packet arriving on ``iif`` to forward,
+    which fails when forwarding is off.
+    """
     from pyroute2 import NetlinkError
 
     from .common import open_iproute
 
     with open_iproute(netns) as ipr:
         try:
-            msgs = ipr.route("get", dst=str(dst))
+            kwargs: dict[str, Any] = {"dst": str(dst)}
+            if src is not None:
+                kwargs["src"] = str(src)
+            if iif is not None:
+                kwargs["iif"] = iif
+            msgs = ipr.route("get", **kwargs)
         except NetlinkError as e:
             log.debug("route get %s: errno %d", dst, e.code)
             return None

@@ -1,0 +1,149 @@
+"""``overlayctl diagnose`` and ``overlayctl trace SRC_IP DST_IP``."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import click
+
+from . import CLIContext, cli, print_json, print_table
+from ..subnetenv import DEFAULT_SUBNET_FILE
+
+# overlay.diagnose / overlay.trace are imported inside the commands: they pull in pyroute2,
+# which every other overlayctl command should not pay for at start-up.
+
+STATUS_MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+
+
+def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+          ) -> tuple[ipaddress.IPv4Network, ...]:
+    out = []
+    for v in values:
+        try:
+            out.append(ipaddress.IPv4Network(v, strict=True))
+        except ValueError as e:
+            raise click.BadParameter(f"{v!r} is not an IPv4 CIDR (e.g. 10.96.0.0/12): {e}") from e
+    return tuple(out)
+
+
+def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None
+          ) -> ipaddress.IPv4Address | None:
+    if value is None:
+        return None
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} is not an IPv4 address") from e
+
+
+def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT (e.g. 127.0.0.1:9100)")
+    return value
+
+
+@cli.command()
+@click.option("--cni-conf-dir", default="/etc/cni/net.d", show_default=True,
+              help="Where the runtime reads CNI configs.")
+@click.option("--cni-bin-dir", default="/opt/cni/bin", show_default=True,
+              help="Where the runtime finds CNI plugin binaries.")
+@click.option("--service-cidr", multiple=True, callback=_cidr,
+              help="Service CIDR to check for overlap with the pod network (repeatable).")
+@click.option("--subnet-file", default=DEFAULT_SUBNET_FILE, show_default=True,
+              help="overlayd's subnet.env.")
+@click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
+@click.option("--bridge", help="Pod bridge [default: the CNI config's, else cni0].")
+@click.option("--public-ip", callback=_ipv4,
+              help="This node's public IP [default: the VXLAN device's local address].")
+@click.option("--healthz-addr", callback=_hostport,
+              help="overlayd's --healthz-addr, to check /readyz.")
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Ping every peer across the overlay (DF, path MTU size).")
+@click.pass_obj
+def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
+             service_cidr: tuple[ipaddress.IPv4Network, ...], subnet_file: str,
+             vxlan_device: str | None, bridge: str | None,
+             public_ip: ipaddress.IPv4Address | None, healthz_addr: str | None,
+             probe: bool) -> None:
+    """Run the pod-network troubleshooting checklist on this node.
+
+    Run it on the node (for a lab node: `ip netns exec NODE overlayctl diagnose`). Every
+    check says what it expected, what it found and how to fix it. Exits 1 when any check
+    fails. With etcd unreachable the local checks still run; the others are skipped.
+    """
+    from ..diagnose import DiagnoseOptions, diagnose as run
+
+    opts = DiagnoseOptions(cni_conf_dir=cni_conf_dir, cni_bin_dir=cni_bin_dir,
+                           service_cidrs=service_cidr, subnet_file=subnet_file,
+                           vxlan_device=vxlan_device, bridge=bridge, public_ip=public_ip,
+                           healthz_addr=healthz_addr, probe=probe)
+    report = run(opts, obj.etcd_options())
+    if obj.json:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+    if report.failed:
+        raise SystemExit(1)
+
+
+def _print_report(report: Any) -> None:
+    f = report.facts
+    click.echo(f"node {f.public_ip or '?'}  subnet {f.own_subnet or '?'}  "
+               f"device {f.vxlan_name}  bridge {f.bridge_name}  peers {len(f.remotes)}")
+    print_table(["CHECK", "STATUS", "FOUND"],
+                [(c.name, STATUS_MARK[c.status], _short(c.found)) for c in report.checks])
+    bad = [c for c in report.checks if c.status in ("fail", "warn")]
+    for c in bad:
+        click.echo("")
+        click.echo(f"{STATUS_MARK[c.status]} {c.name}")
+        click.echo(f"  expected: {c.expected}")
+        click.echo(f"  found:    {c.found}")
+        if c.fix:
+            click.echo(f"  fix:      {c.fix}")
+    n = report.counts()
+    click.echo("")
+    click.echo(f"{len(report.checks)} checks: {n['pass']} passed, {n['fail']} failed, "
+               f"{n['warn']} warnings, {n['skip']} skipped")
+    if report.skipped():
+        click.echo("skipped: " + ", ".join(
+            f"{c.name} ({c.found})" for c in report.checks if c.status == "skip"))
+
+
+def _short(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@cli.command()
+@click.argument("src", callback=_ipv4)
+@click.argument("dst", callback=_ipv4)
+@click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
+@click.option("--bridge", default="cni0", show_default=True, help="Pod bridge.")
+@click.pass_obj
+def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address,
+          vxlan_device: str | None, bridge: str) -> None:
+    """The path a packet takes from pod SRC to pod DST, hop by hop.
+
+    Run it on SRC's node. Each hop (source node and bridge, route, VXLAN device, remote
+    VTEP MAC and public IP, destination node) is marked in place, missing or wrong.
+    Exits 1 when a hop is missing or wrong.
+    """
+    from ..trace import trace_path
+
+    result = trace_path(src, dst, obj.etcd_options(), vxlan_device=vxlan_device, bridge=bridge)
+    if obj.json:
+        print_json(result.to_dict())
+    else:
+        click.echo(f"trace {src} -> {dst}")
+        print_table(["HOP", "STATUS", "DETAIL"],
+                    [(h.name, h.status, h.detail) for h in result.hops])
+        for h in result.hops:
+            if h.fix:
+                click.echo(f"  {h.name}: fix: {h.fix}")
+        if result.note:
+            click.echo(result.note)
+    if not result.ok:
+        raise SystemExit(1)

@@ -1,0 +1,1220 @@
+"""``overlayctl diagnose``: the pod-network troubleshooting checklist, automated.
+
+Two halves:
+
+* **gathering** (I/O): the node's kernel state (``overlay.netlink.inspect``), sysctls,
+  subnet.env, CNI config and binaries, IPAM reservation files, firewall rules (``nft``,
+  ``iptables-save``), /readyz, the leases and config in etcd, and an active probe of
+  every peer.  Everything lands in one ``NodeState`` / ``ClusterState``.
+* **checks** (pure): each ``check_*`` takes those values and returns a ``CheckResult``
+  with the evidence (expected, found) and a one-line fix.  Unit tests feed them made-up
+  state.
+
+When etcd cannot be read, every check that needs the leases or the config is reported
+as ``skip`` (and says so); everything local is still checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any, Callable, Iterable, Sequence
+
+from .config import VXLAN_OVERHEAD, NetworkConfig
+from .errors import OverlayError, SubnetEnvError
+from .etcdconf import EtcdOptions
+from .lease import Lease
+from .netlink.inspect import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
+from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
+
+log = logging.getLogger(__name__)
+
+PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
+DEFAULT_BRIDGE = "cni0"
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+PLUGIN_TYPE = "overlay"
+ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # pass | fail | warn | skip
+    expected: str
+    found: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "expected": self.expected,
+                "found": self.found, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class DiagnoseOptions:
+    cni_conf_dir: str = DEFAULT_CNI_CONF_DIR
+    cni_bin_dir: str = DEFAULT_CNI_BIN_DIR
+    service_cidrs: tuple[IPv4Network, ...] = ()
+    subnet_file: str = DEFAULT_SUBNET_FILE
+    vxlan_device: str | None = None  # default overlay.<VNI>
+    bridge: str | None = None  # default: the CNI config's, else cni0
+    public_ip: IPv4Address | None = None  # default: the VXLAN device's local address
+    healthz_addr: str | None = None
+    probe: bool = True
+    probe_count: int = 2
+    probe_timeout: float = 1.0
+
+
+# -- gathered state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CNIConfigFile:
+    path: str
+    name: str  # the network name
+    plugins: tuple[dict[str, Any], ...]
+    error: str = ""
+
+    def plugin(self, ptype: str) -> dict[str, Any] | None:
+        return next((p for p in self.plugins if p.get("type") == ptype), None)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    ip: IPv4Address
+    container_id: str
+    ifname: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    source: str  # nft | iptables | iptables-legacy
+    where: str  # "ip filter INPUT"
+    text: str  # the rule as the operator would recognise it
+    fix: str  # the command that removes it
+
+
+@dataclass
+class FirewallState:
+    drops: list[FirewallRule] = field(default_factory=list)  # rules dropping the VXLAN port
+    policy_drops: list[FirewallRule] = field(default_factory=list)  # chains with policy drop
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    subnet: IPv4Network
+    target: IPv4Address
+    size: int  # ICMP payload bytes, sent with DF
+    sent: int
+    received: int
+    small_received: int | None = None  # a 56-byte retry when the full-size probe failed
+    error: str = ""
+
+
+@dataclass
+class NodeState:
+    kernel: KernelState | None = None
+    kernel_error: str = ""
+    ip_forward: str | None = None
+    subnet_env: SubnetEnv | None = None
+    subnet_env_error: str = ""
+    cni_files: list[CNIConfigFile] = field(default_factory=list)
+    cni_conf_error: str = ""
+    cni_bins: dict[str, bool] = field(default_factory=dict)  # name -> executable
+    reservations: list[Reservation] = field(default_factory=list)
+    ipam_dir: str = ""
+    firewall: FirewallState = field(default_factory=FirewallState)
+    readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
+    probes: list[ProbeResult] | None = None  # None = not run
+
+
+@dataclass
+class ClusterState:
+    config: NetworkConfig | None = None
+    leases: list[Lease] = field(default_factory=list)
+    error: str = ""  # set when etcd could not be read
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def available(self) -> bool:
+        return self.config is not None and not self.error
+
+
+@dataclass
+class Facts:
+    """What the checks derive once from the state: device names, own lease, peers."""
+
+    vxlan_name: str
+    bridge_name: str
+    public_ip: IPv4Address | None
+    own: Lease | None
+    own_subnet: IPv4Network | None
+    remotes: list[Lease]
+    network: IPv4Network | None
+    vxlan: LinkInfo | None
+    bridge: LinkInfo | None
+    underlay: LinkInfo | None
+    overlay_cni: CNIConfigFile | None
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    checks: list[CheckResult]
+    facts: Facts
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == FAIL for c in self.checks)
+
+    def counts(self) -> dict[str, int]:
+        out = {PASS: 0, FAIL: 0, WARN: 0, SKIP: 0}
+        for c in self.checks:
+            out[c.status] += 1
+        return out
+
+    def skipped(self) -> list[str]:
+        return [c.name for c in self.checks if c.status == SKIP]
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.facts
+        return {
+            "node": {"public_ip": _s(f.public_ip), "subnet": _s(f.own_subnet),
+                     "network": _s(f.network), "vxlan_device": f.vxlan_name,
+                     "bridge": f.bridge_name, "peers": len(f.remotes)},
+            "checks": [c.to_dict() for c in self.checks],
+            "summary": self.counts(),
+            "skipped": self.skipped(),
+            "ok": not self.failed,
+        }
+
+
+def _s(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# -- deriving facts -----------------------------------------------------------------------
+
+
+def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
+    k = node.kernel or KernelState()
+    cfg = cluster.config
+    vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
+    vxlan = k.link(vxlan_name)
+    overlay_cni = _overlay_conf(node.cni_files)
+    cni_bridge = overlay_cni.plugin(PLUGIN_TYPE).get("bridge") if overlay_cni else None
+    bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
+    public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
+    underlay = _underlay(k, vxlan, public_ip)
+    own = next((l for l in cluster.leases if public_ip and l.attrs.public_ip == public_ip), None)
+    own_subnet = own.subnet if own else (node.subnet_env.subnet.network if node.subnet_env
+                                         else None)
+    remotes = [l for l in cluster.leases if l is not own and l.subnet != own_subnet
+               and l.attrs.backend_type == "vxlan"
+               and (cfg is None or l.attrs.vni in (None, cfg.backend.vni))]
+    network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
+    return Facts(vxlan_name, bridge_name, public_ip, own, own_subnet, remotes, network,
+                 vxlan, k.link(bridge_name), underlay, overlay_cni)
+
+
+def _guess_vxlan(k: KernelState) -> str:
+    names = sorted(l.name for l in k.links if l.kind == "vxlan" and l.name.startswith("overlay."))
+    return names[0] if names else "overlay.1"
+
+
+def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | None
+              ) -> LinkInfo | None:
+    if vxlan and vxlan.vxlan and vxlan.vxlan.link:
+        return k.link_by_index(vxlan.vxlan.link)
+    if public_ip:
+        a = next((a for a in k.addrs if a.interface.ip == public_ip), None)
+        return k.link_by_index(a.index) if a else None
+    return None
+
+
+def _overlay_conf(files: Sequence[CNIConfigFile]) -> CNIConfigFile | None:
+    return next((f for f in files if not f.error and f.plugin(PLUGIN_TYPE)), None)
+
+
+def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
+    if cluster.config and cluster.config.backend.mtu:
+        return cluster.config.backend.mtu
+    if facts.underlay:
+        return facts.underlay.mtu - VXLAN_OVERHEAD
+    return None
+
+
+# -- the checks (pure) --------------------------------------------------------------------
+
+
+def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
+    expected = f"network config and leases readable from etcd {endpoints}"
+    if cluster.available:
+        return CheckResult("etcd", PASS, expected,
+                           f"config {cluster.config.network} and {len(cluster.leases)} lease(s)")
+    return CheckResult("etcd", FAIL, expected, cluster.error or "no network config",
+                       "start etcd or point --etcd-endpoints/--etcd-prefix at it; "
+                       "lease-dependent checks were skipped")
+
+
+def check_lease(cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "lease"
+    if not cluster.available:
+        return CheckResult(name, SKIP, "a live lease for this node", ETCD_SKIP)
+    if f.public_ip is None:
+        return CheckResult(name, FAIL, "a live lease for this node's public IP",
+                           f"public IP unknown (no VXLAN device {f.vxlan_name})",
+                           "start overlayd on this node, or pass --public-ip")
+    expected = f"a live lease with PublicIP {f.public_ip}"
+    if f.own is None:
+        held = ", ".join(f"{l.subnet}={l.attrs.public_ip}" for l in cluster.leases) or "none"
+        return CheckResult(name, FAIL, expected, f"no lease for {f.public_ip} (leases: {held})",
+                           "start overlayd on this node; it acquires and renews the lease")
+    lease = f.own
+    problems = []
+    exp = lease.expiration
+    if exp is not None:
+        if exp.tzinfo is None:
+            exp = exp.replace(tzinfo=timezone.utc)
+        if exp <= cluster.now:
+            problems.append(f"expired at {exp.isoformat()}")
+    mac = f.vxlan.mac if f.vxlan else None
+    if mac and lease.attrs.vtep_mac and lease.attrs.vtep_mac != mac.lower():
+        problems.append(f"VtepMAC {lease.attrs.vtep_mac} != {f.vxlan_name} MAC {mac}")
+    if cluster.config and lease.attrs.vni not in (None, cluster.config.backend.vni):
+        problems.append(f"VNI {lease.attrs.vni} != config VNI {cluster.config.backend.vni}")
+    until = "reservation (never expires)" if lease.reserved else (
+        f"expires {exp.isoformat()}" if exp else "expiry unknown")
+    found = f"{lease.subnet} for {lease.attrs.public_ip}, {until}"
+    if problems:
+        return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems),
+                           "restart overlayd on this node so it renews and republishes its lease")
+    return CheckResult(name, PASS, expected, found)
+
+
+def check_readyz(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
+    name = "daemon-ready"
+    if node.readyz is None:
+        return CheckResult(name, SKIP, "overlayd /readyz answers 200",
+                           "not asked (pass --healthz-addr HOST:PORT)")
+    status, detail = node.readyz
+    expected = f"GET http://{opts.healthz_addr}/readyz -> 200"
+    if status == 200:
+        return CheckResult(name, PASS, expected, "200")
+    found = f"{status}: {detail}" if status else detail
+    return CheckResult(name, FAIL, expected, found,
+                       "start overlayd (with --healthz-addr) and read its log for why it is not ready")
+
+
+def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str) -> CheckResult:
+    name = "subnet-env"
+    fix = f"restart overlayd on this node: it rewrites {path} from its lease"
+    if node.subnet_env is None:
+        return CheckResult(name, FAIL, f"{path} present and valid",
+                           node.subnet_env_error or "missing", fix)
+    env = node.subnet_env
+    found = f"OVERLAY_NETWORK={env.network} OVERLAY_SUBNET={env.subnet} OVERLAY_MTU={env.mtu}"
+    if not cluster.available:
+        return CheckResult(name, WARN, f"{path} consistent with the lease", found +
+                           " (not compared with the lease: etcd unreachable)")
+    problems = []
+    if cluster.config and env.network != cluster.config.network:
+        problems.append(f"network {env.network} != config {cluster.config.network}")
+    if f.own is not None:
+        want = IPv4Interface(f"{f.own.gateway}/{f.own.subnet.prefixlen}")
+        if env.subnet != want:
+            problems.append(f"subnet {env.subnet} != lease {want}")
+    expected = (f"OVERLAY_SUBNET={f.own.gateway}/{f.own.subnet.prefixlen}" if f.own
+                else "subnet.env matching this node's lease")
+    if problems:
+        return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems), fix)
+    return CheckResult(name, PASS, expected, found)
+
+
+def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
+    name = "cni-config"
+    d = opts.cni_conf_dir
+    expected = f"a CNI config of type {PLUGIN_TYPE} first in {d}"
+    fix = f"overlayctl install-cni --conf-dir {d}"
+    if node.cni_conf_error:
+        return CheckResult(name, FAIL, expected, node.cni_conf_error, fix)
+    if not node.cni_files:
+        return CheckResult(name, FAIL, expected, f"no .conf/.conflist/.json file in {d}", fix)
+    ours = _overlay_conf(node.cni_files)
+    broken = [f for f in node.cni_files if f.error]
+    if ours is None:
+        found = "; ".join(f"{os.path.basename(c.path)}: " + (c.error or "types " + ",".join(
+            str(p.get("type")) for p in c.plugins)) for c in node.cni_files)
+        return CheckResult(name, FAIL, expected, found, fix)
+    first = node.cni_files[0]
+    found = f"{ours.path} (network {ours.name!r})"
+    if first is not ours:
+        return CheckResult(name, WARN, expected,
+                           f"{found}, but the runtime uses the first file {first.path}",
+                           f"remove or rename {first.path} so {os.path.basename(ours.path)} sorts first")
+    subnet_file = ours.plugin(PLUGIN_TYPE).get("subnetFile")
+    if subnet_file and subnet_file != opts.subnet_file:
+        return CheckResult(name, WARN, expected, f"{found} reads subnetFile {subnet_file}, "
+                           f"not {opts.subnet_file}", f"pass --subnet-file {subnet_file}, or fix "
+                           f"subnetFile in {ours.path}")
+    if broken:
+        return CheckResult(name, WARN, expected, found + "; unreadable: " +
+                           "; ".join(f"{b.path}: {b.error}" for b in broken),
+                           f"fix or remove {broken[0].path}")
+    return CheckResult(name, PASS, expected, found)
+
+
+def check_cni_binary(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckResult:
+    name = "cni-binary"
+    d = opts.cni_bin_dir
+    types = [str(p.get("type")) for p in f.overlay_cni.plugins] if f.overlay_cni else [PLUGIN_TYPE]
+    expected = "executable " + ", ".join(os.path.join(d, t) for t in types)
+    missing = [t for t in types if not node.cni_bins.get(t)]
+    found = ", ".join(f"{t}: {'ok' if node.cni_bins.get(t) else 'missing'}" for t in types)
+    if not missing:
+        return CheckResult(name, PASS, expected, found)
+    if PLUGIN_TYPE in missing:
+        fix = f"overlayctl install-cni --bin-dir {d}"
+    else:
+        fix = (f"install the reference plugin(s) {', '.join(missing)} into {d} "
+               "(Debian: containernetworking-plugins); a runtime silently drops a conflist "
+               "naming a missing plugin")
+    return CheckResult(name, FAIL, expected, found, fix)
+
+
+def check_bridge(node: NodeState, f: Facts) -> CheckResult:
+    name = "bridge"
+    br = f.bridge_name
+    gw = (IPv4Interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
+          if f.own_subnet else None)
+    expected = f"bridge {br} up holding {gw or 'the subnet gateway .1'}"
+    if node.kernel is None:
+        return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
+    link = f.bridge
+    create = f"ip link add {br} type bridge && ip link set {br} up" + (
+        f" && ip addr add {gw} dev {br}" if gw else "")
+    if link is None:
+        n = len(node.reservations)
+        return CheckResult(name, FAIL, expected, f"no link {br} ({n} pod IP reservation(s))",
+                           f"{create} (the CNI plugin makes it at the next pod ADD)")
+    if link.kind != "bridge":
+        return CheckResult(name, FAIL, expected, f"{br} is a {link.kind or 'non-bridge'} link",
+                           f"ip link del {br}; the CNI plugin recreates it as a bridge")
+    addrs = node.kernel.addrs_of(link.index)
+    problems = []
+    if not link.up:
+        problems.append("down")
+    if gw and gw not in addrs:
+        problems.append(f"addresses {', '.join(map(str, addrs)) or 'none'}")
+    found = f"{br} {'up' if link.up else 'down'}, " + (
+        ", ".join(map(str, addrs)) or "no address") + f", {len(node.kernel.ports_of(link.index))} port(s)"
+    if not problems:
+        return CheckResult(name, PASS, expected, found)
+    fix = f"ip link set {br} up" if not link.up else f"ip addr add {gw} dev {br}"
+    if not link.up and gw and gw not in addrs:
+        fix += f" && ip addr add {gw} dev {br}"
+    return CheckResult(name, FAIL, expected, found, fix)
+
+
+def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
+    name = "pod-ips"
+    expected = (f"every pod's IP (IPAM files in {node.ipam_dir or 'the CNI dataDir'}) inside "
+                f"{f.own_subnet or 'this node subnet'}")
+    if f.overlay_cni is None:
+        return CheckResult(name, SKIP, expected, "no overlay CNI config to find the IPAM dir")
+    if f.own_subnet is None:
+        return CheckResult(name, SKIP, expected, "this node's subnet is unknown")
+    res = node.reservations
+    outside = [r for r in res if r.ip not in f.own_subnet or r.ip in (
+        f.own_subnet.network_address, f.own_subnet.network_address + 1,
+        f.own_subnet.broadcast_address)]
+    no_id = [r for r in res if not r.container_id]
+    ports = len(node.kernel.ports_of(f.bridge.index)) if node.kernel and f.bridge else None
+    found = f"{len(res)} pod IP(s)" + (f", {ports} bridge port(s)" if ports is not None else "")
+    if outside:
+        return CheckResult(name, FAIL, expected, found + "; outside the subnet: " +
+                           ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in outside),
+                           "delete and recreate those pods (their IPs predate this node's "
+                           f"subnet); stale file(s): {outside[0].path}")
+    if no_id:
+        return CheckResult(name, WARN, expected, found + "; reservation without container id: " +
+                           ", ".join(str(r.ip) for r in no_id), f"rm {no_id[0].path}")
+    if ports is not None and ports < len(res):
+        return CheckResult(name, WARN, expected, found + f"; {len(res) - ports} reservation(s) "
+                           "without a pod interface on the bridge (leaked IPs?)",
+                           "remove the leaked IPs with the runtime's CNI GC (or CNI DEL)")
+    return CheckResult(name, PASS, expected, found)
+
+
+def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "vxlan-device"
+    dev = f.vxlan_name
+    cfg = cluster.config
+    want = [f"VXLAN {dev} up"]
+    if cfg:
+        want.append(f"VNI {cfg.backend.vni} port {cfg.backend.port}")
+    if f.public_ip:
+        want.append(f"local {f.public_ip}")
+    if f.own_subnet:
+        want.append(f"address {f.own_subnet.network_address}/32")
+    expected = ", ".join(want) + ", nolearning"
+    if node.kernel is None:
+        return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
+    link = f.vxlan
+    restart = "restart overlayd on this node (it recreates and reprograms the device)"
+    if link is None or link.vxlan is None:
+        what = "missing" if link is None else f"{dev} is a {link.kind or 'non-VXLAN'} link"
+        return CheckResult(name, FAIL, expected, what, restart)
+    v = link.vxlan
+    addrs = node.kernel.addrs_of(link.index)
+    found = (f"{dev} {'up' if link.up else 'down'} VNI {v.vni} port {v.port} local {v.local} "
+             f"learning {'on' if v.learning else 'off'} addr "
+             + (", ".join(map(str, addrs)) or "none"))
+    problems = []
+    if cfg and (v.vni != cfg.backend.vni or v.port != cfg.backend.port):
+        problems.append("VNI/port differ from the config")
+    if f.public_ip and v.local != f.public_ip:
+        problems.append(f"local is not {f.public_ip}")
+    if v.learning:
+        problems.append("learning on")
+    if f.own_subnet and IPv4Interface(f"{f.own_subnet.network_address}/32") not in addrs:
+        problems.append("address missing")
+    if not link.up:
+        fix = f"ip link set {dev} up" if not problems else restart
+        problems.append("down")
+        return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems), fix)
+    if problems:
+        return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems), restart)
+    if not cfg:
+        return CheckResult(name, WARN, expected, found + " (VNI/port not compared: etcd unreachable)")
+    return CheckResult(name, PASS, expected, found)
+
+
+def _in_network(f: Facts, net: IPv4Network) -> bool:
+    return f.network is not None and net.subnet_of(f.network)
+
+
+def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "routes"
+    dev = f.vxlan_name
+    expected = f"a route for each of {len(f.remotes)} peer subnet(s) via its .0 dev {dev} onlink"
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    if node.kernel is None:
+        return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
+    k = node.kernel
+    vx = f.vxlan.index if f.vxlan else None
+    direct = bool(cluster.config and cluster.config.backend.direct_routing)
+    by_dst: dict[IPv4Network, list[RouteInfo]] = {}
+    for r in k.routes:
+        by_dst.setdefault(r.dst, []).append(r)
+    missing, wrong = [], []
+    for lease in f.remotes:
+        gw = lease.subnet.network_address  # the peer's VXLAN address
+        routes = by_dst.get(lease.subnet, [])
+        ok = any(r.oif == vx and r.gateway == gw and r.onlink for r in routes) or (
+            direct and any(r.gateway == lease.attrs.public_ip for r in routes))
+        if ok:
+            continue
+        if not routes:
+            missing.append(lease)
+        else:
+            wrong.append((lease, routes[0]))
+    leased = {l.subnet for l in cluster.leases}
+    stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
+             and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
+    return _entry_result(name, expected, len(f.remotes), [
+        ("missing", [str(l.subnet) for l in missing],
+         [f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
+          for l in missing]),
+        ("wrong", [f"{l.subnet} via {r.gateway} dev {k.name_of(r.oif)}" for l, r in wrong],
+         [f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
+          for l, _ in wrong]),
+        ("stale (no lease)", [f"{r.dst} via {r.gateway} dev {k.name_of(r.oif)}" for r in stale],
+         [f"ip route del {r.dst} dev {k.name_of(r.oif)}" for r in stale]),
+    ])
+
+
+def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "fdb"
+    dev = f.vxlan_name
+    expected = f"FDB entry VTEP MAC -> public IP on {dev} for each of {len(f.remotes)} peer(s)"
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    skip = _need_vxlan(node, f, expected, name)
+    if skip:
+        return skip
+    entries = [e for e in node.kernel.fdb_on(f.vxlan.index) if e.dst is not None]
+    by_mac: dict[str, list[FDBInfo]] = {}
+    for e in entries:
+        by_mac.setdefault(e.mac, []).append(e)
+    missing, wrong = [], []
+    want_macs = set()
+    for lease in f.remotes:
+        mac = lease.attrs.vtep_mac
+        if not mac:
+            continue
+        want_macs.add(mac)
+        have = by_mac.get(mac, [])
+        if any(e.dst == lease.attrs.public_ip for e in have):
+            continue
+        (wrong if have else missing).append((lease, have))
+    stale = [e for e in entries if e.mac not in want_macs]
+    extra = [e for l, have in wrong for e in have if e.dst != l.attrs.public_ip]
+    add = "bridge fdb replace {mac} dev %s dst {ip} self permanent" % dev
+    return _entry_result(name, expected, len(f.remotes), [
+        ("missing", [f"{l.attrs.vtep_mac} -> {l.attrs.public_ip} ({l.subnet})" for l, _ in missing],
+         [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in missing]),
+        ("wrong", [f"{l.attrs.vtep_mac} -> {', '.join(str(e.dst) for e in h)} (lease says "
+                   f"{l.attrs.public_ip})" for l, h in wrong],
+         [f"bridge fdb del {e.mac} dev {dev} dst {e.dst} self" for e in extra] +
+         [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in wrong]),
+        ("stale (no lease)", [f"{e.mac} -> {e.dst}" for e in stale],
+         [f"bridge fdb del {e.mac} dev {dev} dst {e.dst} self" for e in stale]),
+    ])
+
+
+def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "neigh"
+    dev = f.vxlan_name
+    expected = f"permanent neighbour .0 -> VTEP MAC on {dev} for each of {len(f.remotes)} peer(s)"
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    skip = _need_vxlan(node, f, expected, name)
+    if skip:
+        return skip
+    entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
+    missing, wrong, want = [], [], set()
+    for lease in f.remotes:
+        gw = lease.subnet.network_address
+        want.add(gw)
+        n = entries.get(gw)
+        if n is None or n.mac is None:
+            missing.append(lease)
+        elif lease.attrs.vtep_mac and (n.mac != lease.attrs.vtep_mac or not n.permanent):
+            wrong.append((lease, n))
+    stale = [n for n in entries.values() if n.dst not in want and n.permanent]
+    add = "ip neigh replace {ip} lladdr {mac} dev %s nud permanent" % dev
+    return _entry_result(name, expected, len(f.remotes), [
+        ("missing", [f"{l.subnet.network_address} -> {l.attrs.vtep_mac}" for l in missing],
+         [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l in missing]),
+        ("wrong", [f"{n.dst} -> {n.mac}{'' if n.permanent else ' (not permanent)'} (lease says "
+                   f"{l.attrs.vtep_mac})" for l, n in wrong],
+         [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l, _ in wrong]),
+        ("stale (no lease)", [f"{n.dst} -> {n.mac}" for n in stale],
+         [f"ip neigh del {n.dst} dev {dev}" for n in stale]),
+    ])
+
+
+def _need_vxlan(node: NodeState, f: Facts, expected: str, name: str) -> CheckResult | None:
+    if node.kernel is None:
+        return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
+    if f.vxlan is None:
+        return CheckResult(name, FAIL, expected, f"no device {f.vxlan_name}",
+                           "restart overlayd on this node (it recreates and reprograms the device)")
+    return None
+
+
+def _entry_result(name: str, expected: str, total: int,
+                  groups: list[tuple[str, list[str], list[str]]]) -> CheckResult:
+    """One result for a set of entries: fail naming every missing/wrong/stale entry."""
+    bad = [(label, items, fixes) for label, items, fixes in groups if items]
+    if not bad:
+        return CheckResult(name, PASS, expected, f"all {total} present, none stale")
+    found = "; ".join(f"{label}: {', '.join(items)}" for label, items, _ in bad)
+    fixes = [fx for _, _, fxs in bad for fx in fxs]
+    fix = fixes[0] + (f" (and {len(fixes) - 1} more like it)" if len(fixes) > 1 else "")
+    fix += "; or restart overlayd, which reconciles every entry"
+    return CheckResult(name, FAIL, expected, found, fix)
+
+
+def check_ip_forward(node: NodeState) -> CheckResult:
+    expected = "net.ipv4.ip_forward = 1"
+    if node.ip_forward is None:
+        return CheckResult("ip-forward", SKIP, expected, "/proc/sys/net/ipv4/ip_forward unreadable")
+    if node.ip_forward == "1":
+        return CheckResult("ip-forward", PASS, expected, "1")
+    return CheckResult("ip-forward", FAIL, expected, node.ip_forward,
+                       "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d)")
+
+
+def check_firewall(node: NodeState, cluster: ClusterState) -> CheckResult:
+    port = cluster.config.backend.port if cluster.config else 8472
+    fw = node.firewall
+    expected = f"no firewall rule dropping UDP {port} (VXLAN)"
+    if fw.drops:
+        return CheckResult("firewall", FAIL, expected, "; ".join(
+            f"{r.source} {r.where}: {r.text}" for r in fw.drops), fw.drops[0].fix)
+    if fw.policy_drops:
+        return CheckResult("firewall", WARN, expected, "; ".join(
+            f"{r.source} {r.where}: {r.text}" for r in fw.policy_drops), fw.policy_drops[0].fix)
+    if fw.errors:
+        return CheckResult("firewall", WARN, expected, "could not read: " + "; ".join(fw.errors),
+                           "run as root with nft/iptables installed")
+    return CheckResult("firewall", PASS, expected, "no rule drops it")
+
+
+def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "mtu"
+    want = expected_mtu(cluster, f)
+    expected = (f"{f.vxlan_name} MTU {want} (" + ("Backend.MTU" if cluster.config and
+                cluster.config.backend.mtu else f"underlay {f.underlay.name if f.underlay else '?'}"
+                f" {f.underlay.mtu if f.underlay else '?'} - {VXLAN_OVERHEAD}") +
+                ") = OVERLAY_MTU; bridge and pods <= it")
+    if node.kernel is None:
+        return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
+    if f.vxlan is None:
+        return CheckResult(name, SKIP, expected, f"no device {f.vxlan_name} (see vxlan-device)")
+    dev_mtu = f.vxlan.mtu
+    found = [f"{f.vxlan_name} {dev_mtu}"]
+    problems, fix = [], ""
+    if want is not None and dev_mtu != want:
+        problems.append(f"{f.vxlan_name} MTU {dev_mtu} != {want}")
+        fix = f"ip link set {f.vxlan_name} mtu {want} (or restart overlayd)"
+    env = node.subnet_env
+    if env is not None:
+        found.append(f"OVERLAY_MTU {env.mtu}")
+        target = want if want is not None else dev_mtu
+        if env.mtu != target:
+            problems.append(f"OVERLAY_MTU {env.mtu} != {target}")
+            fix = fix or "restart overlayd on this node so it rewrites subnet.env"
+    if f.bridge is not None:
+        ports = node.kernel.ports_of(f.bridge.index)
+        found.append(f"{f.bridge_name} {f.bridge.mtu}")
+        limit = want if want is not None else dev_mtu
+        big = [p for p in ports if p.mtu > limit]
+        if ports and f.bridge.mtu > limit:
+            problems.append(f"{f.bridge_name} MTU {f.bridge.mtu} > {limit}")
+        if big:
+            problems.append("pod veth(s) " + ", ".join(f"{p.name} {p.mtu}" for p in big)
+                            + f" > {limit}")
+            fix = fix or (f"recreate the pods on {f.bridge_name} after fixing OVERLAY_MTU "
+                          "(their veth MTU is set at ADD)")
+    if problems:
+        return CheckResult(name, FAIL, expected, ", ".join(found) + "; " + "; ".join(problems), fix)
+    return CheckResult(name, PASS, expected, ", ".join(found))
+
+
+def check_cidr_overlap(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckResult:
+    name = "cidr-overlap"
+    expected = "pod network overlaps no node network and no service CIDR"
+    if f.network is None:
+        return CheckResult(name, SKIP, expected, "pod network unknown (no config, no subnet.env)")
+    clashes = []
+    if node.kernel is not None:
+        ours = {l.index for l in (f.vxlan, f.bridge) if l is not None}
+        ours |= {l.index for l in node.kernel.links if f.bridge and l.master == f.bridge.index}
+        for a in node.kernel.addrs:
+            if a.index in ours or a.interface.ip.is_loopback:
+                continue
+            if a.interface.network.overlaps(f.network):
+                clashes.append(f"node {a.interface} on {node.kernel.name_of(a.index)}")
+    for svc in opts.service_cidrs:
+        if svc.overlaps(f.network):
+            clashes.append(f"service CIDR {svc}")
+    checked = "node addresses" + (", service CIDR " + ", ".join(map(str, opts.service_cidrs))
+                                  if opts.service_cidrs else " (no --service-cidr given)")
+    if clashes:
+        return CheckResult(name, FAIL, expected, f"pod network {f.network} overlaps "
+                           + "; ".join(clashes), "choose a non-overlapping pod Network "
+                           "(overlayctl config set --network CIDR) or renumber the node/service range")
+    return CheckResult(name, PASS, expected, f"pod network {f.network} vs {checked}: no overlap")
+
+
+def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "peer-probe"
+    expected = f"each of {len(f.remotes)} peer(s) answers a DF ping of the path MTU across {f.vxlan_name}"
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    if node.probes is None:
+        return CheckResult(name, SKIP, expected, "not run (--no-probe, or no VXLAN device)")
+    if not node.probes:
+        return CheckResult(name, PASS, expected, "no peers to probe")
+    down = [p for p in node.probes if p.received == 0]
+    if not down:
+        sizes = sorted({p.size for p in node.probes})
+        return CheckResult(name, PASS, expected, f"{len(node.probes)} peer(s) answered "
+                           f"{'/'.join(map(str, sizes))}-byte DF pings")
+    mtu_only = [p for p in down if p.small_received]
+    parts = []
+    for p in down:
+        why = p.error or f"{p.received}/{p.sent} replies"
+        if p.small_received:
+            why += f", but {p.small_received} small ping(s) answered: path MTU below {p.size + 28}"
+        parts.append(f"{p.subnet} ({p.target}): {why}")
+    if len(mtu_only) == len(down):
+        fix = ("lower the overlay MTU (Backend.MTU in the network config) or raise the "
+               "underlay MTU on the path")
+    else:
+        fix = (f"check overlayd and the firewall (UDP {cluster.config.backend.port}) on the "
+               "unreachable peer(s), and the underlay route to their public IP")
+    return CheckResult(name, FAIL, expected, "; ".join(parts), fix)
+
+
+def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
+               endpoints: str = "") -> Report:
+    f = derive_facts(node, cluster, opts)
+    checks = [
+        check_etcd(cluster, endpoints),
+        check_lease(cluster, f),
+        check_readyz(node, opts),
+        check_subnet_env(node, cluster, f, opts.subnet_file),
+        check_cni_config(node, opts),
+        check_cni_binary(node, f, opts),
+        check_bridge(node, f),
+        check_pod_ips(node, f),
+        check_vxlan_device(node, cluster, f),
+        check_routes(node, cluster, f),
+        check_fdb(node, cluster, f),
+        check_neigh(node, cluster, f),
+        check_ip_forward(node),
+        check_firewall(node, cluster),
+        check_mtu(node, cluster, f),
+        check_cidr_overlap(node, f, opts),
+        check_peer_probe(node, cluster, f),
+    ]
+    return Report(checks, f)
+
+
+# -- firewall rule analysis (pure) -------------------------------------------------------
+
+IPTABLES_TABLES = ("filter", "raw", "mangle")
+NFT_HOOKS = ("prerouting", "input", "output", "postrouting")
+_DROP = ("drop", "reject")
+
+
+def _port_in(right: Any, port: int) -> bool | None:
+    """Does an nft match's right-hand side include ``port``? None: not a port expression."""
+    if isinstance(right, int):
+        return right == port
+    if isinstance(right, dict) and "range" in right:
+        lo, hi = right["range"]
+        return isinstance(lo, int) and isinstance(hi, int) and lo <= port <= hi
+    if isinstance(right, dict) and "set" in right:
+        return any(_port_in(x, port) for x in right["set"])
+    if isinstance(right, list):
+        return any(_port_in(x, port) for x in right)
+    return None
+
+
+def _nft_rule_drops(expr: list[dict[str, Any]], port: int) -> bool:
+    """True when an nft rule drops/rejects UDP ``port`` (explicitly or unconditionally)."""
+    verdict, port_hit, conditions = None, False, 0
+    for e in expr:
+        if len(e) != 1:
+            conditions += 1
+            continue
+        key, val = next(iter(e.items()))
+        if key in ("drop", "reject"):
+            verdict = key
+        elif key == "xt" and isinstance(val, dict) and val.get("type") == "target":
+            if str(val.get("name", "")).upper() in ("DROP", "REJECT"):
+                verdict = "drop"
+        elif key in ("accept", "jump", "goto", "return", "queue"):
+            return False
+        elif key == "match":
+            left, right, op = val.get("left", {}), val.get("right"), val.get("op", "==")
+            negate = op == "!="
+            if isinstance(left, dict) and "payload" in left and left["payload"].get("field") == "dport":
+                hit = _port_in(right, port)
+                if left["payload"].get("protocol") not in ("udp", "th") or hit is None:
+                    return False
+                if hit == negate:
+                    return False
+                port_hit = True
+            elif _is_proto_match(left):
+                protos = right.get("set", []) if isinstance(right, dict) else [right]
+                if ("udp" in protos) == negate:
+                    return False
+            else:
+                conditions += 1
+        elif key == "xt":
+            conditions += 1
+    return verdict is not None and (port_hit or conditions == 0)
+
+
+def _is_proto_match(left: Any) -> bool:
+    if not isinstance(left, dict):
+        return False
+    if "meta" in left:
+        return left["meta"].get("key") in ("l4proto", "protocol")
+    pl = left.get("payload", {})
+    return pl.get("protocol") in ("ip", "ip6") and pl.get("field") in ("protocol", "nexthdr")
+
+
+def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str]] = ()
+                      ) -> FirewallState:
+    """Rules in ``nft -j list ruleset`` that drop UDP ``port``, and drop-policy hooks."""
+    out = FirewallState()
+    try:
+        items = json.loads(text).get("nftables", [])
+    except (ValueError, AttributeError) as e:
+        out.errors.append(f"nft JSON unreadable: {e}")
+        return out
+    skip = set(skip_tables)
+    chains: dict[tuple[str, str, str], dict[str, Any]] = {}
+    accepted: set[tuple[str, str, str]] = set()
+    for item in items:
+        if "chain" in item:
+            c = item["chain"]
+            chains[(c["family"], c["table"], c["name"])] = c
+    for item in items:
+        r = item.get("rule")
+        if not r or (r["family"], r["table"]) in skip:
+            continue
+        key = (r["family"], r["table"], r["chain"])
+        hook = chains.get(key, {}).get("hook")
+        if r["family"] not in ("ip", "inet") or (hook is not None and hook not in NFT_HOOKS):
+            continue  # regular chains (hook None) count: a base chain may jump to them
+        expr = r.get("expr", [])
+        where = f"{r['family']} {r['table']} {r['chain']}"
+        if _nft_rule_drops(expr, port):
+            out.drops.append(FirewallRule(
+                "nft", where, f"handle {r.get('handle')}: {_nft_text(expr)}",
+                f"nft delete rule {where} handle {r.get('handle')}"))
+        elif _nft_rule_accepts(expr, port):
+            accepted.add(key)
+    for key, c in chains.items():
+        fam, table, name = key
+        if (fam, table) in skip or fam not in ("ip", "inet"):
+            continue
+        if c.get("hook") in ("input", "output") and c.get("policy") == "drop" and key not in accepted:
+            where = f"{fam} {table} {name}"
+            out.policy_drops.append(FirewallRule(
+                "nft", where, f"policy drop (hook {c['hook']}) and no rule accepts UDP {port}",
+                f"nft insert rule {where} udp dport {port} accept"))
+    return out
+
+
+def _nft_rule_accepts(expr: list[dict[str, Any]], port: int) -> bool:
+    flipped = [({"drop": None} if "accept" in e else e) for e in expr]
+    return any("accept" in e for e in expr) and _nft_rule_drops(flipped, port)
+
+
+def _nft_text(expr: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in expr:
+        for key, val in e.items():
+            if key == "counter":
+                continue
+            if key == "match":
+                left = val.get("left", {})
+                lname = " ".join(str(v) for d in left.values() if isinstance(d, dict)
+                                 for v in d.values()) if isinstance(left, dict) else str(left)
+                parts.append(f"{lname} {val.get('op', '==')} {json.dumps(val.get('right'))}")
+            elif key == "xt":
+                parts.append(f"xt {val.get('type')} {val.get('name')}")
+            else:
+                parts.append(key)
+    return " ".join(parts)
+
+
+def parse_iptables_save(text: str, port: int, source: str = "iptables") -> FirewallState:
+    """Rules in ``iptables-save`` output that drop UDP ``port``, and DROP policies."""
+    out = FirewallState()
+    table = ""
+    policies: dict[str, str] = {}
+    accepted: set[tuple[str, str]] = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if table not in IPTABLES_TABLES:
+            continue
+        if line.startswith(":"):
+            name, policy = (line[1:].split() + ["-"])[:2]
+            policies[f"{table} {name}"] = policy
+            continue
+        if not line.startswith("-A "):
+            continue
+        try:
+            toks = shlex.split(line)
+        except ValueError:
+            continue
+        chain = toks[1]
+        verdict = _ipt_verdict(toks)
+        matches = _ipt_matches_port(toks[2:], port)
+        if verdict in ("DROP", "REJECT") and matches:
+            rest = " ".join(shlex.quote(t) for t in toks[2:])
+            out.drops.append(FirewallRule(source, f"{table} {chain}", line,
+                                          f"{source} -t {table} -D {chain} {rest}"))
+        elif verdict == "ACCEPT" and matches:
+            accepted.add((table, chain))
+    for where, policy in policies.items():
+        table, chain = where.split(" ", 1)
+        if policy == "DROP" and chain in ("INPUT", "OUTPUT") and (table, chain) not in accepted:
+            out.policy_drops.append(FirewallRule(
+                source, where, f":{chain} DROP and no rule accepts UDP {port}",
+                f"{source} -t {table} -I {chain} -p udp --dport {port} -j ACCEPT"))
+    return out
+
+
+def _ipt_verdict(toks: list[str]) -> str | None:
+    for i, t in enumerate(toks):
+        if t in ("-j", "--jump") and i + 1 < len(toks):
+            return toks[i + 1].upper()
+    return None
+
+
+def _ipt_matches_port(toks: list[str], port: int) -> bool:
+    """The rule matches UDP ``port``: explicitly, or with no condition at all."""
+    conditions, port_hit, i = 0, False, 0
+    while i < len(toks):
+        t = toks[i]
+        neg = t == "!"
+        if neg:
+            i += 1
+            t = toks[i] if i < len(toks) else ""
+        val = toks[i + 1] if i + 1 < len(toks) else ""
+        if t in ("-p", "--protocol"):
+            if (val.lower() in ("udp", "17", "all")) == neg:
+                return False
+            i += 2
+        elif t in ("--dport", "--destination-port", "--dports", "--destination-ports"):
+            hit = any(_ipt_port_range(p, port) for p in val.split(","))
+            if hit == neg:
+                return False
+            port_hit = True
+            i += 2
+        elif t in ("-j", "--jump", "-g", "--goto"):
+            i += 2
+        elif t in ("-m", "--match"):
+            i += 2
+        elif t.startswith("-"):
+            conditions += 1
+            i += 2 if val and not val.startswith("-") else 1
+        else:
+            i += 1
+    return port_hit or conditions == 0
+
+
+def _ipt_port_range(text: str, port: int) -> bool:
+    lo, _, hi = text.partition(":")
+    try:
+        return int(lo or 0) <= port <= int(hi or lo or 65535)
+    except ValueError:
+        return False
+
+
+def merge_firewall(*states: FirewallState) -> FirewallState:
+    out = FirewallState()
+    for s in states:
+        out.drops += s.drops
+        out.policy_drops += s.policy_drops
+        out.errors += s.errors
+    return out
+
+
+# -- gathering (I/O) ---------------------------------------------------------------------
+
+
+def _run(argv: list[str], timeout: float = 5.0) -> tuple[int, str, str]:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]} not installed"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{' '.join(argv)} timed out after {timeout}s"
+    return p.returncode, p.stdout, p.stderr.strip()
+
+
+def read_firewall(port: int) -> FirewallState:
+    """nft's ruleset (native tables) plus iptables-save for tables iptables manages."""
+    states, ipt_tables = [], set()
+    for source in ("iptables", "iptables-legacy"):
+        exe = shutil.which(f"{source}-save")
+        if exe is None:
+            continue
+        rc, out, err = _run([exe])
+        if rc != 0:
+            states.append(FirewallState(errors=[f"{source}-save: {err or rc}"]))
+            continue
+        if source == "iptables":
+            ipt_tables = {l[1:].strip() for l in out.splitlines() if l.startswith("*")}
+        states.append(parse_iptables_save(out, port, source))
+    if shutil.which("nft"):
+        rc, out, err = _run(["nft", "-j", "list", "ruleset"])
+        if rc == 0:
+            skip = {("ip", t) for t in ipt_tables}
+            states.append(parse_nft_ruleset(out, port, skip))
+        else:
+            states.append(FirewallState(errors=[f"nft: {err or rc}"]))
+    return merge_firewall(*states)
+
+
+def read_cni_conf_dir(conf_dir: str) -> tuple[list[CNIConfigFile], str]:
+    try:
+        names = sorted(n for n in os.listdir(conf_dir)
+                       if n.endswith((".conf", ".conflist", ".json")))
+    except FileNotFoundError:
+        return [], f"{conf_dir} does not exist"
+    except OSError as e:
+        return [], f"cannot list {conf_dir}: {e.strerror}"
+    return [read_cni_file(os.path.join(conf_dir, n)) for n in names], ""
+
+
+def read_cni_file(path: str) -> CNIConfigFile:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError) as e:
+        return CNIConfigFile(path, "", (), f"unreadable: {e}")
+    if not isinstance(obj, dict):
+        return CNIConfigFile(path, "", (), "not a JSON object")
+    plugins = obj.get("plugins") if path.endswith(".conflist") or "plugins" in obj else [obj]
+    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+        return CNIConfigFile(path, str(obj.get("name", "")), (), "plugins is not a list of objects")
+    return CNIConfigFile(path, str(obj.get("name", "")), tuple(plugins))
+
+
+def read_cni_bins(bin_dir: str, names: Iterable[str]) -> dict[str, bool]:
+    return {n: os.access(os.path.join(bin_dir, n), os.X_OK)
+            and os.path.isfile(os.path.join(bin_dir, n)) for n in names}
+
+
+def read_reservations(ipam_dir: str) -> list[Reservation]:
+    """host-local's layout: one file per IP holding ``<container id>\\r\\n<ifname>``."""
+    out = []
+    try:
+        names = os.listdir(ipam_dir)
+    except OSError:
+        return out
+    for n in sorted(names):
+        try:
+            ip = IPv4Address(n)
+        except ValueError:
+            continue  # lock, last_reserved_ip.0, ...
+        path = os.path.join(ipam_dir, n)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().replace("\r\n", "\n").split("\n")
+        except OSError:
+            continue
+        out.append(Reservation(ip, lines[0].strip(), lines[1].strip() if len(lines) > 1 else "",
+                               path))
+    return out
+
+
+def read_sysctl(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def read_readyz(addr: str, timeout: float = 2.0) -> tuple[int | None, str]:
+    url = f"http://{addr}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read(200).decode(errors="replace").strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(200).decode(errors="replace").strip()
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return None, f"{url}: {reason}"
+
+
+_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+
+
+def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[int, int, str]:
+    """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
+    argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
+            "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
+    rc, out, err = _run(argv, timeout=count * 0.2 + timeout + 3)
+    m = _PING_RE.search(out)
+    if m:
+        return int(m.group(1)), int(m.group(2)), ""
+    return count, 0, (err or out.strip() or f"ping exited {rc}").splitlines()[-1]
+
+
+def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
+                pinger: Callable[..., tuple[int, int, str]] = ping) -> list[ProbeResult]:
+    """Ping each peer's .0 (its VXLAN address) with DF at the full path MTU, in parallel."""
+    size = mtu - 28  # IPv4 + ICMP headers
+
+    def one(lease: Lease) -> ProbeResult:
+        target = lease.subnet.network_address
+        sent, got, err = pinger(target, size, count, timeout)
+        small = None
+        if got == 0:
+            small = pinger(target, 56, 1, timeout)[1]
+        return ProbeResult(lease.subnet, target, size, sent, got, small, err)
+
+    if not remotes:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(remotes))) as pool:
+        return list(pool.map(one, remotes))
+
+
+def gather_cluster(opts: EtcdOptions, timeout: float = 3.0) -> ClusterState:
+    """The config and leases from etcd; on failure an empty state naming the error."""
+    from .registry import EtcdRegistry
+
+    try:
+        with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
+            config = reg.get_config()
+            leases, _ = reg.list_leases()
+    except OverlayError as e:
+        log.info("etcd unavailable for diagnose: %s", e)
+        return ClusterState(error=str(e))
+    return ClusterState(config=config, leases=leases)
+
+
+def gather_node(opts: DiagnoseOptions, port: int = 8472) -> NodeState:
+    """Everything local: kernel, sysctl, subnet.env, CNI files, IPAM, firewall, readyz."""
+    from .netlink.inspect import dump_kernel_state
+
+    node = NodeState()
+    try:
+        node.kernel = dump_kernel_state()
+    except OverlayError as e:
+        node.kernel_error = str(e)
+    node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
+    try:
+        node.subnet_env = load_subnet_env(opts.subnet_file)
+    except SubnetEnvError as e:
+        node.subnet_env_error = str(e)
+    node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
+    ours = _overlay_conf(node.cni_files)
+    types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]
+    node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
+    if ours is not None:
+        data_dir = ours.plugin(PLUGIN_TYPE).get("dataDir") or DEFAULT_DATA_DIR
+        node.ipam_dir = os.path.join(str(data_dir), ours.name)
+        node.reservations = read_reservations(node.ipam_dir)
+    node.firewall = read_firewall(port)
+    if opts.healthz_addr:
+        node.readyz = read_readyz(opts.healthz_addr)
+    return node
+
+
+def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
+    """Gather everything, probe the peers, run every check."""
+    cluster = gather_cluster(etcd)
+    port = cluster.config.backend.port if cluster.config else 8472
+    node = gather_node(opts, port)
+    if opts.probe and cluster.available:
+        f = derive_facts(node, cluster, opts)
+        if f.vxlan is not None:
+            mtu = f.vxlan.mtu
+            node.probes = probe_peers(f.remotes, mtu, opts.probe_count, opts.probe_timeout)
+    return run_checks(node, cluster, opts, etcd.describe())

@@ -1,0 +1,217 @@
+"""``overlayctl trace SRC DST``: the path a packet takes between two pod IPs.
+
+``build_trace`` is pure: it walks the hops (source node and bridge, the route the kernel
+chose, the VXLAN device, the neighbour entry giving the remote VTEP MAC, the FDB entry
+giving its public IP, the destination node) over the leases and this node's kernel
+state, and marks each one ``ok``, ``missing``, ``wrong`` or ``unknown``.
+``trace_path`` gathers that state on the node it runs on (the source node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from .diagnose import ClusterState, gather_cluster
+from .etcdconf import EtcdOptions
+from .lease import Lease
+from .netlink.inspect import KernelState, RouteInfo
+
+OK, MISSING, WRONG, UNKNOWN = "ok", "missing", "wrong", "unknown"
+
+
+@dataclass(frozen=True)
+class Hop:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass
+class TraceResult:
+    src: IPv4Address
+    dst: IPv4Address
+    hops: list[Hop] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(h.status in (OK, UNKNOWN) for h in self.hops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": str(self.src), "dst": str(self.dst), "ok": self.ok,
+                "hops": [h.to_dict() for h in self.hops], "note": self.note}
+
+
+def _lease_for(leases: list[Lease], ip: IPv4Address) -> Lease | None:
+    return next((l for l in leases if ip in l.subnet), None)
+
+
+def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
+                route: RouteInfo | None, cluster: ClusterState, *, vxlan_name: str,
+                bridge_name: str, local_public_ip: IPv4Address | None,
+                forwarding: bool | None = None) -> TraceResult:
+    res = TraceResult(src, dst)
+    known = cluster.available
+    src_lease = _lease_for(cluster.leases, src)
+    dst_lease = _lease_for(cluster.leases, dst)
+    res.hops.append(_source_node(src, src_lease, known, local_public_ip))
+    res.hops.append(_source_bridge(src, src_lease, kernel, bridge_name))
+    if forwarding is False:
+        res.hops.append(Hop("forwarding", WRONG, f"the kernel refuses to forward {src} -> {dst} "
+                            f"arriving on {bridge_name} (ip_forward off?)",
+                            "sysctl -w net.ipv4.ip_forward=1"))
+    hop, via_vxlan = _route_hop(dst, dst_lease, src_lease, route, kernel, vxlan_name,
+                                bridge_name, cluster)
+    res.hops.append(hop)
+    if via_vxlan:
+        res.hops += _vxlan_hops(route, dst_lease, kernel, vxlan_name, known)
+    res.hops.append(_destination_node(dst, dst_lease, known, cluster))
+    if not known:
+        res.note = f"etcd unreachable ({cluster.error}): lease-dependent hops are unknown"
+    return res
+
+
+def _source_node(src: IPv4Address, lease: Lease | None, known: bool,
+                 local: IPv4Address | None) -> Hop:
+    if lease is None:
+        if not known:
+            return Hop("source-node", UNKNOWN, f"{src}: leases unavailable")
+        return Hop("source-node", MISSING, f"no lease holds {src}",
+                   "SRC is not a pod IP of this network, or its node lost its lease")
+    detail = f"{src} in {lease.subnet}, node {lease.attrs.public_ip}"
+    if local is not None and lease.attrs.public_ip != local:
+        return Hop("source-node", WRONG, detail + f", but this node is {local}",
+                   f"run the trace on node {lease.attrs.public_ip}")
+    return Hop("source-node", OK, detail)
+
+
+def _source_bridge(src: IPv4Address, lease: Lease | None, k: KernelState, bridge: str) -> Hop:
+    link = k.link(bridge)
+    if link is None:
+        return Hop("source-bridge", MISSING, f"no bridge {bridge}",
+                   "the CNI plugin creates it at the next pod ADD")
+    addrs = k.addrs_of(link.index)
+    detail = f"{bridge} {'up' if link.up else 'down'} " + (", ".join(map(str, addrs)) or "no address")
+    if not link.up:
+        return Hop("source-bridge", WRONG, detail, f"ip link set {bridge} up")
+    if lease is not None:
+        gw = f"{lease.gateway}/{lease.subnet.prefixlen}"
+        if not any(str(a) == gw for a in addrs):
+            return Hop("source-bridge", WRONG, detail + f"; gateway {gw} missing",
+                       f"ip addr add {gw} dev {bridge}")
+    return Hop("source-bridge", OK, detail)
+
+
+def _route_hop(dst: IPv4Address, dst_lease: Lease | None, src_lease: Lease | None,
+               route: RouteInfo | None, k: KernelState, vxlan: str, bridge: str,
+               cluster: ClusterState) -> tuple[Hop, bool]:
+    local = src_lease is not None and dst_lease is not None and src_lease.subnet == dst_lease.subnet
+    if route is None:
+        fix = (f"ip route replace {dst_lease.subnet} via {dst_lease.subnet.network_address} "
+               f"dev {vxlan} onlink" if dst_lease and not local else "check routes and ip_forward")
+        return Hop("route", MISSING, f"no route to {dst} (or forwarding off)", fix), False
+    dev = k.name_of(route.oif)
+    detail = f"{dst} via {route.gateway or 'direct'} dev {dev}"
+    if local:
+        status = OK if dev == bridge else WRONG
+        return Hop("route", status, detail + " (same node)",
+                   "" if status == OK else f"ip route replace {dst_lease.subnet} dev {bridge}"), False
+    if dst_lease is None:
+        if not cluster.available:
+            return Hop("route", UNKNOWN, detail), dev == vxlan
+        return Hop("route", WRONG, detail + f"; no lease holds {dst}",
+                   "DST is not in any node's subnet: check the pod's IP"), False
+    gw = dst_lease.subnet.network_address
+    direct = bool(cluster.config and cluster.config.backend.direct_routing)
+    if dev == vxlan and route.gateway == gw:
+        return Hop("route", OK, detail), True
+    if direct and route.gateway == dst_lease.attrs.public_ip:
+        return Hop("route", OK, detail + " (DirectRouting)"), False
+    return Hop("route", WRONG, detail + f"; expected via {gw} dev {vxlan} onlink",
+               f"ip route replace {dst_lease.subnet} via {gw} dev {vxlan} onlink"), dev == vxlan
+
+
+def _vxlan_hops(route: RouteInfo, lease: Lease | None, k: KernelState, vxlan: str,
+                known: bool) -> list[Hop]:
+    hops = []
+    link = k.link(vxlan)
+    if link is None or link.vxlan is None:
+        return [Hop("vxlan-device", MISSING, f"no VXLAN device {vxlan}",
+                    "restart overlayd on this node")]
+    v = link.vxlan
+    hops.append(Hop("vxlan-device", OK if link.up else WRONG,
+                    f"{vxlan} VNI {v.vni} port {v.port} local {v.local} mtu {link.mtu} "
+                    f"{'up' if link.up else 'down'}", "" if link.up else f"ip link set {vxlan} up"))
+    gw = route.gateway
+    neigh = next((n for n in k.neigh_on(link.index) if n.dst == gw), None)
+    want_mac = lease.attrs.vtep_mac if lease else None
+    if neigh is None or neigh.mac is None:
+        fix = (f"ip neigh replace {gw} lladdr {want_mac} dev {vxlan} nud permanent"
+               if want_mac else "restart overlayd on this node")
+        hops.append(Hop("remote-vtep-mac", MISSING, f"no neighbour entry for {gw}", fix))
+        return hops
+    if want_mac and neigh.mac != want_mac:
+        hops.append(Hop("remote-vtep-mac", WRONG, f"{gw} -> {neigh.mac}, lease says {want_mac}",
+                        f"ip neigh replace {gw} lladdr {want_mac} dev {vxlan} nud permanent"))
+    else:
+        hops.append(Hop("remote-vtep-mac", OK if known else UNKNOWN, f"{gw} -> {neigh.mac}"
+                        + ("" if neigh.permanent else " (not permanent)")))
+    fdb = [e for e in k.fdb_on(link.index) if e.mac == neigh.mac and e.dst is not None]
+    want_ip = lease.attrs.public_ip if lease else None
+    if not fdb:
+        fix = (f"bridge fdb replace {neigh.mac} dev {vxlan} dst {want_ip} self permanent"
+               if want_ip else "restart overlayd on this node")
+        hops.append(Hop("remote-public-ip", MISSING, f"no FDB entry for {neigh.mac}", fix))
+    elif want_ip and all(e.dst != want_ip for e in fdb):
+        hops.append(Hop("remote-public-ip", WRONG, f"{neigh.mac} -> "
+                        + ", ".join(str(e.dst) for e in fdb) + f", lease says {want_ip}",
+                        f"bridge fdb replace {neigh.mac} dev {vxlan} dst {want_ip} self permanent"))
+    else:
+        hops.append(Hop("remote-public-ip", OK if known else UNKNOWN,
+                        f"{neigh.mac} -> {fdb[0].dst} (UDP {v.port}, VNI {v.vni})"))
+    return hops
+
+
+def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool,
+                      cluster: ClusterState) -> Hop:
+    if lease is None:
+        if not known:
+            return Hop("destination-node", UNKNOWN, f"{dst}: leases unavailable")
+        return Hop("destination-node", MISSING, f"no lease holds {dst}",
+                   "DST is not a pod IP of this network, or its node lost its lease")
+    exp = lease.expiration
+    if exp is not None and exp.tzinfo is not None and exp <= cluster.now:
+        return Hop("destination-node", WRONG, f"lease {lease.subnet} expired",
+                   f"restart overlayd on node {lease.attrs.public_ip}")
+    return Hop("destination-node", OK, f"{dst} in {lease.subnet}, node {lease.attrs.public_ip}"
+               f" VTEP {lease.attrs.vtep_mac}")
+
+
+def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
+               vxlan_device: str | None = None, bridge: str = "cni0") -> TraceResult:
+    """Gather this node's state and the leases, then build the trace."""
+    from .netlink.inspect import dump_kernel_state, route_get
+
+    cluster = gather_cluster(etcd)
+    kernel = dump_kernel_state()
+    name = vxlan_device or (f"overlay.{cluster.config.backend.vni}" if cluster.config
+                            else "overlay.1")
+    link = kernel.link(name)
+    local = link.vxlan.local if link and link.vxlan else None
+    br = kernel.link(bridge)
+    # Ask as for a packet forwarded from the pod (iif = bridge), which also shows
+    # ip_forward off; fall back to a plain lookup when the bridge is gone.
+    route = route_get(dst, src=src, iif=br.index) if br else None
+    forwarding = None if br is None else route is not None
+    if route is None:
+        route = route_get(dst)
+        if route is None:
+            forwarding = None
+    return build_trace(src, dst, kernel, route, cluster, vxlan_name=name, bridge_name=bridge,
+                       local_public_ip=local, forwarding=forwarding)
