@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return cmd_status(lab, args.output)
     if args.command == "matrix":
         return print_matrix(lab)
-    with lab.lock():
+    with lab.lock() as lock:
         if args.command == "up":
             lab.up(args.nodes, args.pods_per_node)
             return summary(lab, matrix=not args.no_matrix)
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "down":
             lab.down()
+            lock.remove = True
             return 0
     raise AssertionError(args.command)
 

@@ -482,6 +482,7 @@ class LabLock:
 
     def __init__(self, path: str):
         self.path = path
+        self.remove = False
 
     def __enter__(self) -> "LabLock":
         os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
@@ -495,6 +496,11 @@ class LabLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.remove:  # the lab is gone: its lock file goes too (still held, so no race)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 

@@ -1,0 +1,120 @@
+"""Unit tests of the lab's pure parts: names, addresses, state records, CNI helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from overlay.lab.cli import build_parser
+from overlay.lab.matrix import Endpoint, render
+from overlay.lab.runtime import find_conflist, load_conflist, result_ip
+from overlay.lab.spec import LabError, LabSpec, next_free_node, node_index
+from overlay.lab.state import LabState, PodRecord, load_state, save_state
+
+
+def test_names_carry_the_prefix_and_fit_link_names():
+    spec = LabSpec("ovlab", "/tmp/x")
+    assert spec.underlay_ns == "ovlab-underlay" and spec.bridge == "ovlab-br"
+    assert spec.node_ns("node2") == "ovlab-node2"
+    assert spec.pod_ns(spec.pod_name("node2", 1)) == "ovlab-pod-node2-1"
+    assert len(LabSpec("abcdefgh").node_port("node99")) <= 15
+    assert spec.lab_dir == "/tmp/x/ovlab" and spec.state_file == "/tmp/x/ovlab/lab.json"
+
+
+def test_node_addresses_follow_the_example_cluster():
+    assert [str(LabSpec.node_ip(f"node{i}")) for i in (1, 2, 3)] == [
+        "192.168.1.11", "192.168.1.12", "192.168.1.13"]
+    assert str(LabSpec.node_interface("node1")) == "192.168.1.11/24"
+    assert LabSpec().etcd_endpoint == "http://192.168.1.1:2379"
+
+
+@pytest.mark.parametrize("bad", ["", "OVLAB", "1lab", "ov-lab", "toolongname", "a b"])
+def test_bad_prefix_is_refused(bad):
+    with pytest.raises(LabError, match="lab name"):
+        LabSpec(bad)
+
+
+@pytest.mark.parametrize("bad", ["node0", "node100", "node", "pod-node1-1", "Node1"])
+def test_bad_node_name_is_refused(bad):
+    with pytest.raises(LabError, match="node name"):
+        node_index(bad)
+
+
+def test_next_free_node_reuses_the_lowest_gap():
+    assert next_free_node([]) == "node1"
+    assert next_free_node(["node1", "node3"]) == "node2"
+    assert next_free_node(["node1", "node2"]) == "node3"
+    with pytest.raises(LabError, match="99 nodes"):
+        next_free_node([f"node{i}" for i in range(1, 100)])
+
+
+def test_state_round_trips(tmp_path):
+    st = LabState("ovlt", 2)
+    st.add_node("node2")
+    st.add_node("node10")
+    st.add_node("node1")
+    st.add_node("node1")
+    st.pods["pod-node1-1"] = PodRecord("pod-node1-1", "node1", "ovlt-abc", "10.244.3.2",
+                                       {"cniVersion": "1.1.0", "ips": []})
+    path = tmp_path / "lab.json"
+    save_state(str(path), st)
+    back = load_state(str(path))
+    assert back.nodes == ["node1", "node2", "node10"]
+    assert back.pods == st.pods and back.pods_per_node == 2
+    assert back.pods_of("node1")[0].ip == "10.244.3.2" and back.pods_of("node2") == []
+    assert load_state(str(tmp_path / "missing.json")) is None
+
+
+def test_damaged_state_says_what_to_do(tmp_path):
+    path = tmp_path / "lab.json"
+    path.write_text('{"prefix": "ovlt", "nodes": ["nodeX"], "pods_per_node": 2}')
+    with pytest.raises(LabError, match="damaged"):
+        load_state(str(path))
+
+
+def test_conflist_lookup_and_single_conf(tmp_path):
+    with pytest.raises(LabError, match="no CNI network configuration"):
+        find_conflist(str(tmp_path))
+    (tmp_path / "20-b.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "b", "plugins": [{"type": "overlay"}]}))
+    (tmp_path / "10-a.conf").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "a", "type": "bridge"}))
+    first = find_conflist(str(tmp_path))
+    assert first.endswith("10-a.conf")
+    conf = load_conflist(first)
+    assert conf["name"] == "a" and conf["plugins"][0]["type"] == "bridge"
+    (tmp_path / "00-bad.conflist").write_text("{nope")
+    with pytest.raises(LabError, match="cannot read"):
+        load_conflist(find_conflist(str(tmp_path)))
+
+
+def test_result_ip():
+    assert result_ip({"ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1"}]}) == "10.244.1.2"
+    with pytest.raises(LabError, match="no IP"):
+        result_ip({"ips": []})
+
+
+def test_matrix_render_marks_failures():
+    pods = [Endpoint("pod-node1-1", "ns1", "10.244.1.2", "node1"),
+            Endpoint("pod-node2-1", "ns2", "10.244.2.2", "node2")]
+    text = render(pods, {("pod-node1-1", "pod-node2-1"): True,
+                         ("pod-node2-1", "pod-node1-1"): False}, color=False)
+    lines = text.splitlines()
+    assert lines[1].split()[-2:] == ["-", "ok"]
+    assert lines[2].split()[-2:] == ["FAIL", "-"]
+
+
+@pytest.mark.parametrize("argv", [["up", "--nodes", "0"], ["up", "--nodes", "100"],
+                                  ["up", "--pods-per-node", "x"], ["frobnicate"]])
+def test_cli_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+
+
+def test_cli_defaults():
+    args = build_parser().parse_args(["up"])
+    assert (args.name, args.nodes, args.pods_per_node) == ("ovlab", None, None)
+    args = build_parser().parse_args(["exec", "node1", "--", "ip", "-o", "link"])
+    assert args.target == "node1" and args.cmd[-3:] == ["ip", "-o", "link"]
