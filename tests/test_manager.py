@@ -1,0 +1,380 @@
+"""Allocation policy of the subnet manager, against a fake registry that can lose races."""
+
+import logging
+import queue
+import random
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlay.config import parse_network_config
+from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, RegistryError
+from overlay.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from overlay.manager import SubnetManager
+from overlay.registry import WatchUpdate
+
+CFG = parse_network_config({"Network": "10.244.0.0/16"})
+SMALL = parse_network_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",
+                              "SubnetMax": "10.244.3.0"})
+
+
+def net(i):
+    return IPv4Network(f"10.244.{i}.0/24")
+
+
+def node(i, mac=None):
+    return LeaseAttrs(IPv4Address(f"192.168.1.{i}"), vtep_mac=mac or f"0e:00:00:00:00:{i:02x}")
+
+
+class FakeRegistry:
+    """In-memory registry with etcd's semantics (create-if-absent, revision-checked update).
+
+    ``before_write`` runs before every create/update and may change the store, which is
+    how a test makes the manager lose a race to another node.
+    """
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.leases: dict[IPv4Network, Lease] = {}
+        self.rev = 1
+        self.next_id = 100
+        self.before_write = None
+        self.creates = 0
+        self.events: "queue.Queue[WatchUpdate]" = queue.Queue()
+
+    def _expires(self, ttl):
+        return datetime.now(timezone.utc) + timedelta(seconds=ttl) if ttl else None
+
+    def put(self, subnet, attrs, ttl=None):
+        with self.lock:
+            self.rev += 1
+            lease_id = 0
+            if ttl:
+                self.next_id += 1
+                lease_id = self.next_id
+            lease = Lease(subnet, attrs, self._expires(ttl), lease_id, self.rev, ttl)
+            self.leases[subnet] = lease
+            return lease
+
+    def list_leases(self, with_expiration=True):
+        with self.lock:
+            return list(self.leases.values()), self.rev
+
+    def get_lease(self, subnet):
+        with self.lock:
+            return self.leases.get(subnet)
+
+    def create_lease(self, subnet, attrs, ttl):
+        if self.before_write:
+            self.before_write(subnet)
+        with self.lock:
+            self.creates += 1
+            if subnet in self.leases:
+                raise LeaseExists(f"subnet {subnet} is already taken")
+            return self.put(subnet, attrs, ttl)
+
+    def update_lease(self, old, attrs, ttl):
+        if self.before_write:
+            self.before_write(old.subnet)
+        with self.lock:
+            cur = self.leases.get(old.subnet)
+            if cur is None or cur.mod_revision != old.mod_revision:
+                raise LeaseConflict(f"lease of {old.subnet} changed")
+            return self.put(old.subnet, attrs, ttl)
+
+    def renew_lease(self, lease):
+        with self.lock:
+            cur = self.leases.get(lease.subnet)
+            if cur is None or cur.etcd_lease_id != lease.etcd_lease_id:
+                raise LeaseConflict(f"lease of {lease.subnet} was deleted")
+            new = Lease(cur.subnet, cur.attrs, self._expires(cur.ttl), cur.etcd_lease_id,
+                        cur.mod_revision, cur.ttl)
+            self.leases[lease.subnet] = new
+            return new
+
+    def delete(self, subnet):
+        with self.lock:
+            self.rev += 1
+            return self.leases.pop(subnet)
+
+    def watch_leases(self, start_revision, stop):
+        while not stop.is_set():
+            try:
+                yield self.events.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def manager(reg, i=11, cfg=CFG, **kw):
+    kw.setdefault("rng", random.Random(i))
+    return SubnetManager(reg, cfg, node(i), ttl=kw.pop("ttl", 600), **kw)
+
+
+def test_acquire_on_empty_network_picks_one_of_the_lowest_free_subnets():
+    reg = FakeRegistry()
+    lease = manager(reg, spread=8).acquire()
+    assert lease.subnet in [net(i) for i in range(1, 9)]
+    assert lease.attrs == node(11) and lease.ttl == 600 and not lease.reserved
+    assert reg.leases[lease.subnet].attrs.public_ip == IPv4Address("192.168.1.11")
+
+
+def test_random_choice_spreads_nodes_over_the_lowest_free_subnets():
+    reg = FakeRegistry()
+    picks = {manager(reg, i, spread=32).acquire().subnet for i in range(1, 11)}
+    assert len(picks) == 10 and max(p.network_address.packed[2] for p in picks) <= 41
+
+
+def test_restart_reuses_the_lease_carrying_this_public_ip():
+    reg = FakeRegistry()
+    first = manager(reg).acquire()
+    again = manager(reg, rng=random.Random(999)).acquire()
+    assert again.subnet == first.subnet
+    assert again.mod_revision > first.mod_revision and len(reg.leases) == 1
+
+
+def test_new_vtep_mac_is_published_when_reusing():
+    reg = FakeRegistry()
+    first = manager(reg).acquire()
+    m = SubnetManager(reg, CFG, node(11, mac="0e:aa:aa:aa:aa:aa"))
+    assert m.acquire().subnet == first.subnet
+    assert reg.leases[first.subnet].attrs.vtep_mac == "0e:aa:aa:aa:aa:aa"
+
+
+def test_previous_subnet_is_reused_when_free():
+    reg = FakeRegistry()
+    assert manager(reg, previous_subnet=net(77)).acquire().subnet == net(77)
+
+
+def test_previous_subnet_taken_by_another_node_is_not_used():
+    reg = FakeRegistry()
+    reg.put(net(77), node(50), ttl=600)
+    lease = manager(reg, previous_subnet=net(77)).acquire()
+    assert lease.subnet != net(77)
+    assert reg.leases[net(77)].attrs == node(50)
+
+
+def test_previous_subnet_outside_the_range_is_ignored():
+    reg = FakeRegistry()
+    lease = manager(reg, cfg=SMALL, previous_subnet=net(200)).acquire()
+    assert lease.subnet in (net(1), net(2), net(3))
+
+
+def test_reservation_for_this_node_is_taken_and_stays_a_reservation():
+    reg = FakeRegistry()
+    reg.put(net(9), LeaseAttrs(IPv4Address("192.168.1.11")))  # reserved by an operator
+    lease = manager(reg).acquire()
+    assert lease.subnet == net(9) and lease.reserved and lease.expiration is None
+    assert reg.leases[net(9)].attrs.vtep_mac == node(11).vtep_mac  # data published
+
+
+def test_reservations_of_other_nodes_are_never_handed_out():
+    reg = FakeRegistry()
+    reg.put(net(1), node(50))  # reservations (no TTL)
+    reg.put(net(2), node(51))
+    assert manager(reg, cfg=SMALL).acquire().subnet == net(3)
+    with pytest.raises(NoFreeSubnet) as e:
+        manager(reg, 12, cfg=SMALL).acquire()
+    msg = str(e.value)
+    assert "10.244.0.0/16" in msg and "10.244.1.0/24..10.244.3.0/24" in msg
+    assert "3 of 3 taken (2 reserved)" in msg
+    assert {l.attrs.public_ip for l in reg.leases.values()} == {
+        IPv4Address("192.168.1.50"), IPv4Address("192.168.1.51"), IPv4Address("192.168.1.11")}
+
+
+def test_lost_race_is_retried_with_a_fresh_read():
+    reg = FakeRegistry()
+    rivals = iter(range(60, 64))
+
+    def rival_wins(subnet):  # another node writes exactly the subnet we are about to take
+        if reg.creates < 3:
+            reg.put(subnet, node(next(rivals)), ttl=600)
+    reg.before_write = rival_wins
+    lease = manager(reg, spread=4).acquire()
+    owners = {l.subnet: l.attrs.public_ip for l in reg.leases.values()}
+    assert owners[lease.subnet] == IPv4Address("192.168.1.11")
+    assert len(owners) == 4 and reg.creates == 4  # three lost races, then a win
+
+
+def test_retries_are_bounded():
+    reg = FakeRegistry()
+
+    def always_lose(subnet):
+        if subnet not in reg.leases:
+            reg.put(subnet, node(99), ttl=600)
+        else:
+            reg.put(subnet, reg.leases[subnet].attrs, ttl=600)
+    reg.before_write = always_lose
+    with pytest.raises(RegistryError, match="after 5 lost races"):
+        manager(reg, max_attempts=5).acquire()
+
+
+def test_concurrent_nodes_get_distinct_subnets():
+    reg = FakeRegistry()
+
+    def slow(subnet):  # widen the race window between read and write
+        time.sleep(0.001)
+    reg.before_write = slow
+    results, errors = [], []
+
+    def run(i):
+        try:
+            results.append(manager(reg, i, spread=8, max_attempts=50).acquire())
+        except Exception as e:  # collected so the assertion below shows it
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(1, 31)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({l.subnet for l in results}) == 30
+
+
+def test_renew_keeps_the_subnet_and_extends_expiry():
+    reg = FakeRegistry()
+    m = manager(reg)
+    lease = m.acquire()
+    time.sleep(0.01)
+    renewed = m.renew(lease)
+    assert renewed.subnet == lease.subnet and renewed.etcd_lease_id == lease.etcd_lease_id
+    assert renewed.expiration > lease.expiration
+    assert m.current == renewed
+
+
+def test_renew_of_a_deleted_lease_reacquires_the_same_subnet_loudly(caplog):
+    reg = FakeRegistry()
+    m = manager(reg)
+    lease = m.acquire()
+    reg.delete(lease.subnet)
+    with caplog.at_level(logging.WARNING, logger="overlay.manager"):
+        new = m.renew(lease)
+    assert new.subnet == lease.subnet and new.etcd_lease_id != lease.etcd_lease_id
+    assert any("LEASE LOST" in r.message for r in caplog.records)
+
+
+def test_renew_never_overwrites_a_lease_taken_by_another_node():
+    reg = FakeRegistry()
+    m = manager(reg)
+    lease = m.acquire()
+    reg.delete(lease.subnet)
+    reg.put(lease.subnet, node(50), ttl=600)
+    new = m.renew(lease)
+    assert new.subnet != lease.subnet
+    assert reg.leases[lease.subnet].attrs == node(50)
+
+
+def _run(target, *args):
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def test_keepalive_renews_before_expiry():
+    reg = FakeRegistry()
+    m = manager(reg, ttl=2, renew_margin=1)
+    lease = m.acquire()
+    stop = threading.Event()
+    t = _run(m.run_keepalive, lease, stop, lambda l: None)
+    time.sleep(1.6)  # past the renewal point (1 s) but before expiry (2 s)
+    assert reg.leases[lease.subnet].expiration > lease.expiration + timedelta(seconds=0.4)
+    stop.set()
+    t.join(2)
+    assert not t.is_alive()
+
+
+def test_keepalive_reacquires_when_told_the_lease_was_lost():
+    reg = FakeRegistry()
+    m = manager(reg, check_interval=3600)
+    lease = m.acquire()
+    got: "queue.Queue[Lease]" = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_keepalive, lease, stop, got.put)
+    reg.delete(lease.subnet)
+    m.lost.set()
+    new = got.get(timeout=2)
+    assert new.subnet == lease.subnet and reg.leases[lease.subnet] == new
+    assert m.current == new
+    stop.set()
+    t.join(2)
+    assert not t.is_alive()
+
+
+def test_keepalive_spurious_loss_signal_changes_nothing():
+    reg = FakeRegistry()
+    m = manager(reg, check_interval=3600)
+    lease = m.acquire()
+    calls = []
+    stop = threading.Event()
+    t = _run(m.run_keepalive, lease, stop, calls.append)
+    m.lost.set()
+    deadline = time.monotonic() + 2
+    while m.lost.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    t.join(2)
+    assert not calls and reg.leases[lease.subnet] == lease
+
+
+def test_keepalive_retries_while_the_registry_is_down():
+    reg = FakeRegistry()
+    m = manager(reg, ttl=2, renew_margin=1)
+    lease = m.acquire()
+    real_renew, failures = reg.renew_lease, []
+
+    def flaky(l):
+        if len(failures) < 3:
+            failures.append(1)
+            raise RegistryError("etcd unreachable")
+        return real_renew(l)
+    reg.renew_lease = flaky
+    stop = threading.Event()
+    t = _run(m.run_keepalive, lease, stop, lambda l: None)
+    deadline = time.monotonic() + 5
+    while reg.leases[lease.subnet].expiration == lease.expiration and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    t.join(2)
+    assert len(failures) == 3 and reg.leases[lease.subnet].expiration > lease.expiration
+
+
+def test_run_watch_emits_remote_leases_only_and_flags_own_deletion():
+    reg = FakeRegistry()
+    reg.put(net(5), node(50), ttl=600)
+    m = manager(reg)
+    own = m.acquire()
+    batches = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put)
+    first = batches.get(timeout=2)
+    assert [l.subnet for l in first.added] == [net(5)]
+    new = reg.put(net(6), node(51), ttl=600)
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, new, new.mod_revision),
+                                LeaseEvent(EventType.REMOVED, own, reg.rev)], revision=reg.rev))
+    second = batches.get(timeout=2)
+    assert [l.subnet for l in second.added] == [net(6)] and not second.removed
+    assert m.lost.wait(2)
+    stop.set()
+    t.join(2)
+    assert not t.is_alive()
+
+
+def test_run_watch_snapshot_after_compaction_yields_the_difference():
+    reg = FakeRegistry()
+    a = reg.put(net(5), node(50), ttl=600)
+    m = manager(reg)
+    m.acquire()
+    batches = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put)
+    batches.get(timeout=2)
+    b = reg.put(net(6), node(51), ttl=600)
+    reg.events.put(WatchUpdate([], snapshot=[b] + [m.current], revision=reg.rev))
+    batch = batches.get(timeout=2)
+    assert [l.subnet for l in batch.added] == [net(6)]
+    assert [l.subnet for l in batch.removed] == [a.subnet]
+    assert not m.lost.is_set()
+    stop.set()
+    t.join(2)
