@@ -1,0 +1,500 @@
+"""diagnose checks and trace on made-up state: healthy passes; each breakage fails one check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+
+from overlay import diagnose as dg
+from overlay.config import parse_network_config
+from overlay.lease import Lease, LeaseAttrs
+from overlay.netlink.inspect import (AddrInfo, FDBInfo, KernelState, LinkInfo, NeighInfo,
+                                     RouteInfo, VXLANInfo)
+from overlay.subnetenv import SubnetEnv
+from overlay.trace import build_trace
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+MY_IP = IPv4Address("192.168.1.11")
+MY_MAC = "0e:00:00:00:00:01"
+PEERS = {  # subnet -> (public IP, VTEP MAC)
+    IPv4Network("10.244.2.0/24"): (IPv4Address("192.168.1.12"), "0e:00:00:00:00:02"),
+    IPv4Network("10.244.3.0/24"): (IPv4Address("192.168.1.13"), "0e:00:00:00:00:03"),
+}
+OWN = IPv4Network("10.244.1.0/24")
+VX, BR, ETH, POD = 5, 6, 2, 7
+
+
+def lease(subnet, ip, mac, expires=NOW + timedelta(hours=1)):
+    return Lease(subnet, LeaseAttrs(public_ip=ip, vni=1, vtep_mac=mac), expiration=expires,
+                 etcd_lease_id=42)
+
+
+def healthy():
+    cfg = parse_network_config({"Network": "10.244.0.0/16"})
+    leases = [lease(OWN, MY_IP, MY_MAC)] + [lease(s, ip, mac) for s, (ip, mac) in PEERS.items()]
+    cluster = dg.ClusterState(config=cfg, leases=leases, now=NOW)
+    links = [
+        LinkInfo(1, "lo", "", True, "UNKNOWN", 65536, "00:00:00:00:00:00"),
+        LinkInfo(ETH, "eth0", "veth", True, "UP", 1500, "aa:00:00:00:00:01"),
+        LinkInfo(VX, "overlay.1", "vxlan", True, "UNKNOWN", 1450, MY_MAC,
+                 vxlan=VXLANInfo(1, 8472, MY_IP, ETH, False)),
+        LinkInfo(BR, "cni0", "bridge", True, "UP", 1450, "aa:00:00:00:00:02"),
+        LinkInfo(POD, "veth1234", "veth", True, "UP", 1450, "aa:00:00:00:00:03", master=BR),
+    ]
+    addrs = [AddrInfo(1, IPv4Interface("127.0.0.1/8")), AddrInfo(ETH, IPv4Interface("192.168.1.11/24")),
+             AddrInfo(VX, IPv4Interface("10.244.1.0/32")), AddrInfo(BR, IPv4Interface("10.244.1.1/24"))]
+    routes = [RouteInfo(IPv4Network("192.168.1.0/24"), None, ETH),
+              RouteInfo(OWN, None, BR)]
+    neigh, fdb = [], []
+    for s, (ip, mac) in PEERS.items():
+        routes.append(RouteInfo(s, s.network_address, VX, onlink=True))
+        neigh.append(NeighInfo(s.network_address, mac, VX, 0x80))
+        fdb.append(FDBInfo(mac, ip, VX, 0xC0))
+    fdb.append(FDBInfo("33:33:00:00:00:01", None, BR, 0x80))  # bridge-local: ignored
+    kernel = KernelState(links, addrs, routes, neigh, fdb)
+    conf = dg.CNIConfigFile("/etc/cni/net.d/10-overlay.conflist", "overlay", (
+        {"type": "overlay", "bridge": "cni0", "subnetFile": "/run/overlay/subnet.env",
+         "dataDir": "/var/lib/cni/networks"}, {"type": "portmap"}))
+    node = dg.NodeState(
+        kernel=kernel, ip_forward="1",
+        subnet_env=SubnetEnv(IPv4Network("10.244.0.0/16"), IPv4Interface("10.244.1.1/24"), 1450),
+        cni_files=[conf], cni_bins={"overlay": True, "portmap": True},
+        reservations=[dg.Reservation(IPv4Address("10.244.1.2"), "c0ffee", "eth0", "/x/10.244.1.2")],
+        ipam_dir="/var/lib/cni/networks/overlay",
+        probes=[dg.ProbeResult(s, s.network_address, 1422, 2, 2) for s in PEERS],
+    )
+    return node, cluster
+
+
+OPTS = dg.DiagnoseOptions()
+
+
+def statuses(node, cluster, opts=OPTS):
+    report = dg.run_checks(node, cluster, opts, "http://127.0.0.1:2379")
+    return {c.name: c for c in report.checks}, report
+
+
+def only_failure(node, cluster, name, opts=OPTS):
+    checks, report = statuses(node, cluster, opts)
+    failed = sorted(n for n, c in checks.items() if c.status == dg.FAIL)
+    assert failed == [name], {n: checks[n].found for n in failed}
+    assert report.failed
+    c = checks[name]
+    assert c.fix and c.expected and c.found
+    return c
+
+
+def test_healthy_node_passes_every_check():
+    node, cluster = healthy()
+    checks, report = statuses(node, cluster)
+    assert {n: c.status for n, c in checks.items() if c.status != dg.PASS} == {
+        "daemon-ready": dg.SKIP}
+    assert not report.failed
+    assert report.to_dict()["node"]["peers"] == 2
+    json.dumps(report.to_dict())
+
+
+def kernel_without(node, **changes):
+    node.kernel = replace(node.kernel, **changes)
+    return node
+
+
+def test_missing_route_named_with_fix():
+    node, cluster = healthy()
+    k = node.kernel
+    kernel_without(node, routes=[r for r in k.routes if r.dst != IPv4Network("10.244.3.0/24")])
+    c = only_failure(node, cluster, "routes")
+    assert "missing: 10.244.3.0/24" in c.found
+    assert c.fix.startswith("ip route replace 10.244.3.0/24 via 10.244.3.0 dev overlay.1 onlink")
+
+
+def test_route_via_wrong_gateway():
+    node, cluster = healthy()
+    s = IPv4Network("10.244.2.0/24")
+    routes = [r for r in node.kernel.routes if r.dst != s] + [
+        RouteInfo(s, IPv4Address("192.168.1.99"), ETH)]
+    c = only_failure(kernel_without(node, routes=routes), cluster, "routes")
+    assert "wrong: 10.244.2.0/24 via 192.168.1.99 dev eth0" in c.found
+
+
+def test_missing_fdb_entry():
+    node, cluster = healthy()
+    fdb = [e for e in node.kernel.fdb if e.mac != "0e:00:00:00:00:02"]
+    c = only_failure(kernel_without(node, fdb=fdb), cluster, "fdb")
+    assert "missing: 0e:00:00:00:00:02 -> 192.168.1.12" in c.found
+    assert "bridge fdb replace 0e:00:00:00:00:02 dev overlay.1 dst 192.168.1.12" in c.fix
+
+
+def test_fdb_entry_pointing_at_old_public_ip_is_wrong():
+    node, cluster = healthy()
+    fdb = [e for e in node.kernel.fdb if e.mac != "0e:00:00:00:00:02"] + [
+        FDBInfo("0e:00:00:00:00:02", IPv4Address("192.168.1.50"), VX, 0xC0)]
+    c = only_failure(kernel_without(node, fdb=fdb), cluster, "fdb")
+    assert "wrong: 0e:00:00:00:00:02 -> 192.168.1.50" in c.found
+    assert c.fix.startswith("bridge fdb del 0e:00:00:00:00:02 dev overlay.1 dst 192.168.1.50")
+
+
+def test_missing_neigh_entry():
+    node, cluster = healthy()
+    neigh = [n for n in node.kernel.neigh if n.dst != IPv4Address("10.244.2.0")]
+    c = only_failure(kernel_without(node, neigh=neigh), cluster, "neigh")
+    assert "missing: 10.244.2.0 -> 0e:00:00:00:00:02" in c.found
+    assert "ip neigh replace 10.244.2.0 lladdr 0e:00:00:00:00:02 dev overlay.1 nud permanent" in c.fix
+
+
+def test_neigh_with_old_mac_is_wrong():
+    node, cluster = healthy()
+    neigh = [n for n in node.kernel.neigh if n.dst != IPv4Address("10.244.2.0")] + [
+        NeighInfo(IPv4Address("10.244.2.0"), "0e:00:00:00:00:99", VX, 0x80)]
+    c = only_failure(kernel_without(node, neigh=neigh), cluster, "neigh")
+    assert "wrong: 10.244.2.0 -> 0e:00:00:00:00:99" in c.found
+
+
+def test_stale_entries_for_vanished_peer_fail_three_checks():
+    node, cluster = healthy()
+    gone = IPv4Network("10.244.9.0/24")
+    k = node.kernel
+    kernel_without(node, routes=k.routes + [RouteInfo(gone, gone.network_address, VX, True)],
+                   neigh=k.neigh + [NeighInfo(gone.network_address, "0e:00:00:00:00:09", VX, 0x80)],
+                   fdb=k.fdb + [FDBInfo("0e:00:00:00:00:09", IPv4Address("192.168.1.19"), VX, 0xC0)])
+    checks, _ = statuses(node, cluster)
+    assert sorted(n for n, c in checks.items() if c.status == dg.FAIL) == ["fdb", "neigh", "routes"]
+    assert "stale (no lease): 10.244.9.0/24" in checks["routes"].found
+    assert checks["routes"].fix.startswith("ip route del 10.244.9.0/24 dev overlay.1")
+    assert "stale (no lease): 0e:00:00:00:00:09 -> 192.168.1.19" in checks["fdb"].found
+    assert checks["neigh"].fix.startswith("ip neigh del 10.244.9.0 dev overlay.1")
+
+
+def test_stale_fdb_only():
+    node, cluster = healthy()
+    fdb = node.kernel.fdb + [FDBInfo("0e:00:00:00:00:09", IPv4Address("192.168.1.19"), VX, 0xC0)]
+    only_failure(kernel_without(node, fdb=fdb), cluster, "fdb")
+
+
+def test_bridge_missing():
+    node, cluster = healthy()
+    k = node.kernel
+    kernel_without(node, links=[l for l in k.links if l.index not in (BR, POD)],
+                   addrs=[a for a in k.addrs if a.index != BR])
+    c = only_failure(node, cluster, "bridge")
+    assert "no link cni0" in c.found
+    assert "ip addr add 10.244.1.1/24 dev cni0" in c.fix
+
+
+def test_bridge_down_and_without_gateway():
+    node, cluster = healthy()
+    k = node.kernel
+    links = [replace(l, up=False) if l.index == BR else l for l in k.links]
+    c = only_failure(kernel_without(node, links=links, addrs=[a for a in k.addrs if a.index != BR]),
+                     cluster, "bridge")
+    assert c.fix == "ip link set cni0 up && ip addr add 10.244.1.1/24 dev cni0"
+
+
+def test_ip_forward_off():
+    node, cluster = healthy()
+    node.ip_forward = "0"
+    assert "ip_forward=1" in only_failure(node, cluster, "ip-forward").fix
+
+
+def test_cni_config_missing_and_other_network_first():
+    node, cluster = healthy()
+    node.cni_files = []
+    c = only_failure(node, cluster, "cni-config")
+    assert c.fix == "overlayctl install-cni --conf-dir /etc/cni/net.d"
+    node, cluster = healthy()
+    other = dg.CNIConfigFile("/etc/cni/net.d/05-bridge.conflist", "podman", ({"type": "bridge"},))
+    node.cni_files = [other] + node.cni_files
+    checks, _ = statuses(node, cluster)
+    assert checks["cni-config"].status == dg.WARN
+    assert "05-bridge.conflist" in checks["cni-config"].fix
+
+
+def test_cni_binaries_missing():
+    node, cluster = healthy()
+    node.cni_bins = {"overlay": False, "portmap": True}
+    assert only_failure(node, cluster, "cni-binary").fix.startswith("overlayctl install-cni")
+    node.cni_bins = {"overlay": True, "portmap": False}
+    assert "portmap" in only_failure(node, cluster, "cni-binary").fix
+
+
+def test_wrong_device_mtu():
+    node, cluster = healthy()
+    links = [replace(l, mtu=1400) if l.index == VX else l for l in node.kernel.links]
+    c = only_failure(kernel_without(node, links=links), cluster, "mtu")
+    assert "overlay.1 MTU 1400 != 1450" in c.found
+    assert c.fix.startswith("ip link set overlay.1 mtu 1450")
+
+
+def test_subnet_env_mtu_and_subnet_mismatch():
+    node, cluster = healthy()
+    node.subnet_env = replace(node.subnet_env, mtu=1500)
+    c = only_failure(node, cluster, "mtu")
+    assert "OVERLAY_MTU 1500 != 1450" in c.found
+    node, cluster = healthy()
+    node.subnet_env = replace(node.subnet_env, subnet=IPv4Interface("10.244.7.1/24"))
+    c = only_failure(node, cluster, "subnet-env")
+    assert "10.244.7.1/24 != lease 10.244.1.1/24" in c.found
+
+
+def test_subnet_env_missing():
+    node, cluster = healthy()
+    node.subnet_env, node.subnet_env_error = None, "/run/overlay/subnet.env does not exist"
+    only_failure(node, cluster, "subnet-env")
+
+
+def test_no_lease_for_this_node():
+    node, cluster = healthy()
+    cluster.leases = cluster.leases[1:]
+    c = only_failure(node, cluster, "lease")
+    assert "no lease for 192.168.1.11" in c.found
+
+
+def test_lease_with_other_vtep_mac():
+    node, cluster = healthy()
+    cluster.leases[0] = lease(OWN, MY_IP, "0e:00:00:00:00:77")
+    assert "VtepMAC 0e:00:00:00:00:77" in only_failure(node, cluster, "lease").found
+
+
+def test_vxlan_device_missing_fails_device_check():
+    node, cluster = healthy()
+    k = node.kernel
+    kernel_without(node, links=[l for l in k.links if l.index != VX],
+                   addrs=[a for a in k.addrs if a.index != VX],
+                   routes=[r for r in k.routes if r.oif != VX], neigh=[],
+                   fdb=[f for f in k.fdb if f.ifindex != VX])
+    checks, _ = statuses(node, replace(cluster), dg.DiagnoseOptions(public_ip=MY_IP))
+    assert checks["vxlan-device"].status == dg.FAIL
+    assert "restart overlayd" in checks["vxlan-device"].fix
+
+
+def test_vxlan_device_down_and_learning():
+    node, cluster = healthy()
+    links = [replace(l, up=False) if l.index == VX else l for l in node.kernel.links]
+    c = only_failure(kernel_without(node, links=links), cluster, "vxlan-device")
+    assert c.fix == "ip link set overlay.1 up"
+    node, cluster = healthy()
+    links = [replace(l, vxlan=replace(l.vxlan, learning=True)) if l.index == VX else l
+             for l in node.kernel.links]
+    assert "learning on" in only_failure(kernel_without(node, links=links), cluster,
+                                         "vxlan-device").found
+
+
+def test_cidr_overlap_with_node_and_service():
+    node, cluster = healthy()
+    opts = dg.DiagnoseOptions(service_cidrs=(IPv4Network("10.244.128.0/17"),))
+    assert "service CIDR 10.244.128.0/17" in only_failure(node, cluster, "cidr-overlap", opts).found
+    node, cluster = healthy()
+    node.kernel.addrs.append(AddrInfo(ETH, IPv4Interface("10.244.200.5/24")))
+    assert "node 10.244.200.5/24 on eth0" in only_failure(node, cluster, "cidr-overlap").found
+
+
+def test_pod_ip_outside_subnet():
+    node, cluster = healthy()
+    node.reservations.append(dg.Reservation(IPv4Address("10.244.5.9"), "deadbeef", "eth0", "/x/y"))
+    c = only_failure(node, cluster, "pod-ips")
+    assert "10.244.5.9" in c.found
+
+
+def test_probe_failures_and_mtu_diagnosis():
+    node, cluster = healthy()
+    s = IPv4Network("10.244.2.0/24")
+    node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=1)
+    c = only_failure(node, cluster, "peer-probe")
+    assert "path MTU below 1450" in c.found and "MTU" in c.fix
+    node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=0)
+    assert "firewall" in only_failure(node, cluster, "peer-probe").fix
+
+
+def test_etcd_unreachable_checks_local_and_names_skips():
+    node, cluster = healthy()
+    cluster = dg.ClusterState(error="etcd unreachable at http://127.0.0.1:1")
+    checks, report = statuses(node, cluster)
+    assert checks["etcd"].status == dg.FAIL
+    skipped = set(report.skipped())
+    assert {"lease", "routes", "fdb", "neigh", "peer-probe"} <= skipped
+    for local in ("bridge", "ip-forward", "firewall", "mtu", "cni-config", "cni-binary",
+                  "cidr-overlap"):
+        assert checks[local].status == dg.PASS, checks[local]
+    assert checks["vxlan-device"].status == dg.WARN
+
+
+def test_kernel_unreadable_skips_kernel_checks():
+    node, cluster = healthy()
+    node.kernel, node.kernel_error = None, "cannot open netlink"
+    checks, _ = statuses(node, cluster)
+    assert checks["bridge"].status == dg.SKIP and checks["routes"].status == dg.SKIP
+
+
+# -- firewall parsing -----------------------------------------------------------------
+
+
+def nft(rules, chain_hook="input", policy="accept", family="ip", table="t"):
+    items = [{"chain": {"family": family, "table": table, "name": "c", "hook": chain_hook,
+                        "policy": policy}}]
+    items += [{"rule": {"family": family, "table": table, "chain": "c", "handle": i + 2,
+                        "expr": e}} for i, e in enumerate(rules)]
+    return json.dumps({"nftables": items})
+
+
+UDP_DPORT = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                       "right": 8472}}
+
+
+def test_nft_explicit_drop_found_with_delete_command():
+    fw = dg.parse_nft_ruleset(nft([[UDP_DPORT, {"counter": {}}, {"drop": None}]]), 8472)
+    assert [r.fix for r in fw.drops] == ["nft delete rule ip t c handle 2"]
+
+
+@pytest.mark.parametrize("right,dropped", [
+    (8472, True), (53, False), ({"set": [53, 8472]}, True), ({"range": [8000, 9000]}, True),
+    ({"set": [{"range": [1, 100]}]}, False)])
+def test_nft_port_expressions(right, dropped):
+    m = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                   "right": right}}
+    assert bool(dg.parse_nft_ruleset(nft([[m, {"drop": None}]]), 8472).drops) is dropped
+
+
+def test_nft_harmless_rules_not_reported():
+    tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+    ct = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}
+    text = nft([[tcp, {"drop": None}], [ct, {"drop": None}], [UDP_DPORT, {"accept": None}]])
+    fw = dg.parse_nft_ruleset(text, 8472)
+    assert fw.drops == [] and fw.policy_drops == []
+
+
+def test_nft_unconditional_drop_and_policy_drop():
+    assert dg.parse_nft_ruleset(nft([[{"drop": None}]]), 8472).drops
+    fw = dg.parse_nft_ruleset(nft([], policy="drop"), 8472)
+    assert fw.policy_drops and "udp dport 8472 accept" in fw.policy_drops[0].fix
+    fw = dg.parse_nft_ruleset(nft([[UDP_DPORT, {"accept": None}]], policy="drop"), 8472)
+    assert fw.policy_drops == []
+
+
+def test_nft_skips_tables_iptables_reports():
+    text = nft([[UDP_DPORT, {"drop": None}]], table="filter")
+    assert dg.parse_nft_ruleset(text, 8472, skip_tables=[("ip", "filter")]).drops == []
+
+
+def test_iptables_save_parsing():
+    text = """*filter
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 8472 -j DROP
+-A INPUT -p tcp -m tcp --dport 8472 -j DROP
+-A INPUT -p udp -m udp ! --dport 8472 -j DROP
+-A OUTPUT -p udp -m multiport --dports 53,8000:9000 -j REJECT --reject-with icmp-port-unreachable
+-A INPUT -s 10.0.0.0/8 -j ACCEPT
+COMMIT
+*nat
+-A POSTROUTING -j DROP
+COMMIT
+"""
+    fw = dg.parse_iptables_save(text, 8472)
+    assert [r.where for r in fw.drops] == ["filter INPUT", "filter OUTPUT"]
+    assert fw.drops[0].fix == "iptables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP"
+    assert fw.policy_drops == []
+
+
+def test_iptables_policy_drop():
+    text = "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n"
+    fw = dg.parse_iptables_save(text, 8472)
+    assert fw.policy_drops and "-I INPUT -p udp --dport 8472 -j ACCEPT" in fw.policy_drops[0].fix
+    text = "*filter\n:INPUT DROP [0:0]\n-A INPUT -p udp --dport 8472 -j ACCEPT\nCOMMIT\n"
+    assert dg.parse_iptables_save(text, 8472).policy_drops == []
+
+
+def test_firewall_check_fails_on_drop():
+    node, cluster = healthy()
+    node.firewall = dg.parse_iptables_save(
+        "*filter\n-A INPUT -p udp --dport 8472 -j DROP\nCOMMIT\n", 8472)
+    c = only_failure(node, cluster, "firewall")
+    assert c.fix == "iptables -t filter -D INPUT -p udp --dport 8472 -j DROP"
+
+
+# -- file readers ---------------------------------------------------------------------
+
+
+def test_cni_dir_and_reservations(tmp_path):
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "10-overlay.conflist").write_text(json.dumps(
+        {"cniVersion": "1.1.0", "name": "overlay",
+         "plugins": [{"type": "overlay", "bridge": "cni0"}, {"type": "portmap"}]}))
+    (conf / "20-broken.conf").write_text("{nope")
+    (conf / "README").write_text("ignored")
+    files, err = dg.read_cni_conf_dir(str(conf))
+    assert err == "" and [f.name for f in files] == ["overlay", ""]
+    assert files[1].error
+    assert dg.read_cni_conf_dir(str(tmp_path / "absent"))[1].endswith("does not exist")
+    ipam = tmp_path / "overlay"
+    ipam.mkdir()
+    (ipam / "10.244.1.2").write_text("abc\r\neth0")
+    (ipam / "last_reserved_ip.0").write_text("10.244.1.2")
+    (ipam / "lock").write_text("")
+    res = dg.read_reservations(str(ipam))
+    assert [(str(r.ip), r.container_id, r.ifname) for r in res] == [("10.244.1.2", "abc", "eth0")]
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    (bins / "overlay").write_text("#!/bin/sh\n")
+    (bins / "overlay").chmod(0o755)
+    (bins / "portmap").write_text("")
+    assert dg.read_cni_bins(str(bins), ["overlay", "portmap"]) == {"overlay": True, "portmap": False}
+
+
+def test_probe_peers_retries_small_on_failure():
+    calls = []
+
+    def pinger(target, size, count, timeout):
+        calls.append((str(target), size))
+        return (count, 0 if size > 100 else count, "")
+
+    remotes = [lease(s, ip, mac) for s, (ip, mac) in PEERS.items()]
+    res = dg.probe_peers(remotes, 1450, 2, 1.0, pinger=pinger)
+    assert [(p.size, p.received, p.small_received) for p in res] == [(1422, 0, 1), (1422, 0, 1)]
+    assert ("10.244.2.0", 56) in calls
+
+
+# -- trace ----------------------------------------------------------------------------
+
+
+def test_trace_healthy_path():
+    node, cluster = healthy()
+    route = RouteInfo(IPv4Network("10.244.2.5/32"), IPv4Address("10.244.2.0"), VX)
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.2.5"), node.kernel, route,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP,
+                    forwarding=True)
+    assert [(h.name, h.status) for h in t.hops] == [
+        ("source-node", "ok"), ("source-bridge", "ok"), ("route", "ok"), ("vxlan-device", "ok"),
+        ("remote-vtep-mac", "ok"), ("remote-public-ip", "ok"), ("destination-node", "ok")]
+    assert t.ok
+    assert "0e:00:00:00:00:02 -> 192.168.1.12" in t.hops[5].detail
+
+
+def test_trace_marks_missing_fdb_and_forwarding():
+    node, cluster = healthy()
+    fdb = [e for e in node.kernel.fdb if e.mac != "0e:00:00:00:00:02"]
+    kernel_without(node, fdb=fdb)
+    route = RouteInfo(IPv4Network("10.244.2.5/32"), IPv4Address("10.244.2.0"), VX)
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.2.5"), node.kernel, route,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP,
+                    forwarding=False)
+    st = {h.name: h.status for h in t.hops}
+    assert st["forwarding"] == "wrong" and st["remote-public-ip"] == "missing"
+    assert not t.ok
+
+
+def test_trace_missing_route_and_same_node():
+    node, cluster = healthy()
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.3.4"), node.kernel, None,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP)
+    hop = next(h for h in t.hops if h.name == "route")
+    assert hop.status == "missing" and "10.244.3.0/24 via 10.244.3.0" in hop.fix
+    route = RouteInfo(IPv4Network("10.244.1.3/32"), None, BR)
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.1.3"), node.kernel, route,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP)
+    assert t.ok and [h.name for h in t.hops] == ["source-node", "source-bridge", "route",
+                                                 "destination-node"]
