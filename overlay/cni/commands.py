@@ -1,0 +1,338 @@
+"""ADD, DEL, CHECK, STATUS and GC: the plugin's policy.
+
+Each command runs in the calling thread's network namespace as the node ("host") side;
+the pod's namespace is reached through a netlink socket opened inside it.
+ADD takes resources in order (IP, bridge, veth, pod config, masquerade) and gives back
+everything it took, in reverse, when a later step fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import ExitStack
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any, Callable
+
+from ..errors import CNIError, IPAMError, NetlinkOpError
+from ..netlink import pod
+from . import ipam, masq
+from .netconf import NetConf, NodeSubnet, parse_netconf
+from .skel import ERR_IPAM, ERR_KERNEL, Request
+from .types import Interface, IPConfig, Result, Route, parse_result
+
+log = logging.getLogger(__name__)
+
+ERR_CHECK = 103  # CHECK found the attachment different from prevResult
+
+_KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
+               "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
+DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+def _kernel_error(e: NetlinkOpError) -> CNIError:
+    return CNIError(ERR_KERNEL, str(e), f"errno {e.code}")
+
+
+def _ipam_error(e: IPAMError) -> CNIError:
+    return CNIError(ERR_IPAM, str(e))
+
+
+def open_pod_netns(req: Request, stack: ExitStack) -> int:
+    """The pod's namespace as an fd, validated: exists, is a netns, is not ours."""
+    fd = req.netns_fd
+    if fd is None:
+        try:
+            fd = os.open(req.netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CNIError(CNIError.INVALID_ENV, f"CNI_NETNS {req.netns} cannot be opened",
+                           f"{e.strerror}: the pod's network namespace must exist") from None
+        stack.callback(os.close, fd)
+    if not pod.is_netns_fd(fd):
+        raise CNIError(CNIError.INVALID_ENV, f"CNI_NETNS {req.netns} is not a network namespace",
+                       "pass a path like /var/run/netns/<name> or /proc/<pid>/ns/net")
+    if pod.same_netns(fd):
+        raise CNIError(CNIError.INVALID_ENV,
+                       f"CNI_NETNS {req.netns} is the plugin's own network namespace",
+                       "the pod needs a namespace of its own")
+    return fd
+
+
+def _requested(req: Request, conf: NetConf) -> tuple[IPv4Address | None, str | None]:
+    ignore_unknown = req.args.get("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = sorted(set(req.args) - _KNOWN_ARGS)
+    if unknown and not ignore_unknown:
+        raise CNIError(CNIError.INVALID_CONFIG, f"unknown CNI_ARGS {', '.join(unknown)}",
+                       "set IgnoreUnknown=1 to let the plugin ignore them")
+    ip = None
+    if req.args.get("IP"):
+        try:
+            ip = IPv4Address(req.args["IP"])
+        except ValueError:
+            raise CNIError(CNIError.INVALID_CONFIG, f"CNI_ARGS IP={req.args['IP']} is not an "
+                           "IPv4 address") from None
+    mac = conf.mac or (req.args.get("MAC") or "").lower() or None
+    if mac is not None and not _is_mac(mac):
+        raise CNIError(CNIError.INVALID_CONFIG, f"CNI_ARGS MAC={mac} is not a MAC address")
+    return ip, mac
+
+
+def _is_mac(value: str) -> bool:
+    parts = value.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdef" for c in p)
+                                   for p in parts)
+
+
+def pod_routes(conf: NetConf, node: NodeSubnet) -> list[tuple[IPv4Network, IPv4Address]]:
+    routes = []
+    if conf.is_default_gateway:
+        routes.append((DEFAULT_ROUTE, node.gateway))
+    if node.network != node.subnet and node.network != DEFAULT_ROUTE:
+        routes.append((node.network, node.gateway))
+    return routes
+
+
+def _store(conf: NetConf) -> ipam.DiskStore:
+    return ipam.DiskStore(conf.data_dir, conf.name)
+
+
+# --- ADD --------------------------------------------------------------------------------
+
+def cmd_add(req: Request) -> dict[str, Any]:
+    conf = parse_netconf(req.config, req.cni_version)
+    requested, mac = _requested(req, conf)
+    with ExitStack() as stack:
+        netns_fd = open_pod_netns(req, stack)
+        node = conf.load_node_subnet()
+        store = _store(conf)
+        try:
+            ip = ipam.Allocator(store, node.subnet, node.gateway).allocate(
+                req.container_id, req.ifname, requested)
+        except IPAMError as e:
+            raise _ipam_error(e) from None
+        undo: list[Callable[[], Any]] = [
+            lambda: ipam.release_ip(store, ip, req.container_id, req.ifname)]
+        try:
+            result = _attach(req, conf, node, netns_fd, ip, mac, undo, stack)
+        except BaseException:
+            _rollback(undo)
+            raise
+    log.info("ADD %s/%s: %s on %s", req.container_id, req.ifname, ip, conf.bridge)
+    return result.to_dict(req.cni_version)
+
+
+def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IPv4Address,
+            mac: str | None, undo: list, stack: ExitStack) -> Result:
+    host_name = pod.host_veth_name(req.container_id, req.ifname)
+    address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
+    routes = pod_routes(conf, node)
+    try:
+        host = stack.enter_context(_closing(pod.IPRoute()))
+        bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
+                                   conf.force_address, conf.promisc_mode)
+        pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, mac)
+        undo.append(lambda: _del_host_veth(host_name))
+        host_link = pod.attach_to_bridge(host, host_name, bridge, conf.hairpin_mode)
+        inside = stack.enter_context(_closing(pod.open_in_netns(netns_fd)))
+        pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
+    except NetlinkOpError as e:
+        raise _kernel_error(e) from None
+    if conf.ip_masq:
+        masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
+        undo.append(lambda: masq.del_masq(conf.name, req.container_id, req.ifname))
+    return Result(
+        interfaces=(Interface(bridge.name, bridge.mac, mtu=bridge.mtu),
+                    Interface(host_link.name, host_link.mac, mtu=node.mtu),
+                    Interface(pod_link.name, pod_link.mac, req.netns, node.mtu)),
+        ips=(IPConfig(address, node.gateway, 2),),
+        routes=tuple(Route(dst, gw) for dst, gw in routes),
+    )
+
+
+def _rollback(undo: list[Callable[[], Any]]) -> None:
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception:  # keep undoing; the original error is what the runtime sees
+            log.exception("rollback step failed")
+
+
+def _del_host_veth(name: str) -> None:
+    with _closing(pod.IPRoute()) as host:
+        pod.del_link(host, name)
+
+
+class _closing:
+    def __init__(self, ipr):
+        self.ipr = ipr
+
+    def __enter__(self):
+        return self.ipr
+
+    def __exit__(self, *exc):
+        self.ipr.close()
+
+
+# --- DEL --------------------------------------------------------------------------------
+
+def cmd_del(req: Request) -> None:
+    """Idempotent: whatever is already gone is success; needs neither daemon nor netns."""
+    conf = parse_netconf(req.config, req.cni_version)
+    host_name = pod.host_veth_name(req.container_id, req.ifname)
+    try:
+        with _closing(pod.IPRoute()) as host:
+            removed = pod.del_link(host, host_name)
+        if not removed:
+            _del_pod_side(req)
+    except NetlinkOpError as e:
+        raise _kernel_error(e) from None
+    try:
+        released = ipam.release(_store(conf), req.container_id, req.ifname)
+    except IPAMError as e:
+        raise _ipam_error(e) from None
+    if conf.ip_masq:
+        masq.del_masq(conf.name, req.container_id, req.ifname)
+    log.info("DEL %s/%s: veth %s, released %s", req.container_id, req.ifname,
+             "removed" if removed else "absent", ", ".join(map(str, released)) or "nothing")
+
+
+def _del_pod_side(req: Request) -> None:
+    """The host end is gone; a pod end left behind (e.g. renamed host end) goes too."""
+    if not req.netns and req.netns_fd is None:
+        return
+    with ExitStack() as stack:
+        try:
+            fd = open_pod_netns(req, stack)
+        except CNIError:
+            return  # netns gone or unusable: nothing of ours can be in it
+        with _closing(pod.open_in_netns(fd)) as inside:
+            link = pod.get_link(inside, req.ifname)
+            if link is not None and link.kind == "veth":
+                pod.del_link(inside, req.ifname)
+
+
+# --- CHECK ------------------------------------------------------------------------------
+
+def cmd_check(req: Request) -> None:
+    conf = parse_netconf(req.config, req.cni_version)
+    if "prevResult" not in req.config:
+        raise CNIError(CNIError.INVALID_CONFIG, "CHECK needs prevResult",
+                       "the runtime must pass the result of the preceding ADD")
+    prev = parse_result(req.config["prevResult"])
+    with ExitStack() as stack:
+        netns_fd = open_pod_netns(req, stack)
+        node = conf.load_node_subnet()
+        try:
+            _check(req, conf, node, prev, netns_fd, stack)
+        except NetlinkOpError as e:
+            raise _kernel_error(e) from None
+
+
+def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd: int,
+           stack: ExitStack) -> None:
+    def fail(msg: str) -> CNIError:
+        return CNIError(ERR_CHECK, msg, f"container {req.container_id} interface {req.ifname}")
+
+    index = next((i for i, itf in enumerate(prev.interfaces)
+                  if itf.name == req.ifname and itf.sandbox), None)
+    if index is None:
+        raise fail(f"prevResult lists no interface {req.ifname} in a sandbox")
+    expected = prev.interfaces[index]
+    ips = [ip.address for ip in prev.ips if ip.interface == index]
+    inside = stack.enter_context(_closing(pod.open_in_netns(netns_fd)))
+    link = pod.get_link(inside, req.ifname)
+    if link is None:
+        raise fail(f"{req.ifname} is missing from the pod's namespace")
+    if expected.mac and link.mac.lower() != expected.mac.lower():
+        raise fail(f"{req.ifname} has MAC {link.mac}, prevResult says {expected.mac}")
+    have = pod.get_addresses(inside, link.index)
+    for address in ips:
+        if address not in have:
+            raise fail(f"{req.ifname} lacks address {address}")
+    present = pod.get_routes(inside, link.index)
+    for dst, gw in pod_routes(conf, node):
+        if (dst, gw) not in present:
+            raise fail(f"route {dst} via {gw} is missing in the pod")
+    host = stack.enter_context(_closing(pod.IPRoute()))
+    _check_host(req, conf, node, host, fail)
+    reserved = ipam.get(_store(conf), req.container_id, req.ifname)
+    for address in ips:
+        if address.ip not in reserved:
+            raise fail(f"{address.ip} is not reserved for this attachment in IPAM")
+    if conf.ip_masq and not masq.has_masq(conf.name, req.container_id, req.ifname):
+        raise fail("masquerade rules are missing")
+
+
+def _check_host(req: Request, conf: NetConf, node: NodeSubnet, host, fail) -> None:
+    bridge = pod.get_link(host, conf.bridge)
+    if bridge is None or bridge.kind != "bridge":
+        raise fail(f"bridge {conf.bridge} is missing")
+    if node.gateway_interface not in pod.get_addresses(host, bridge.index):
+        raise fail(f"bridge {conf.bridge} lacks gateway {node.gateway_interface}")
+    host_name = pod.host_veth_name(req.container_id, req.ifname)
+    veth = pod.get_link(host, host_name)
+    if veth is None:
+        raise fail(f"host veth {host_name} is missing")
+    if veth.master != bridge.index:
+        raise fail(f"host veth {host_name} is not attached to {conf.bridge}")
+
+
+# --- STATUS, GC -------------------------------------------------------------------------
+
+def cmd_status(req: Request) -> None:
+    conf = parse_netconf(req.config, req.cni_version)
+    try:
+        node = conf.load_node_subnet()
+    except CNIError as e:
+        raise CNIError(CNIError.NOT_AVAILABLE, e.msg, e.details) from None
+    allocator = ipam.Allocator(_store(conf), node.subnet, node.gateway)
+    try:
+        free = allocator.free_count()
+    except IPAMError as e:
+        raise CNIError(CNIError.NOT_AVAILABLE, str(e)) from None
+    if free <= 0:
+        raise CNIError(CNIError.NOT_AVAILABLE, f"no free IP addresses in {node.subnet}",
+                       f"all {allocator.size} usable addresses are reserved; delete pods "
+                       "or run GC")
+
+
+def _valid_attachments(config: dict[str, Any]) -> list[ipam.Attachment]:
+    raw = config.get("cni.dev/valid-attachments")
+    if not isinstance(raw, list):
+        raise CNIError(CNIError.INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
+                       "a list of {\"containerID\": ..., \"ifname\": ...}")
+    out = []
+    for item in raw:
+        if not (isinstance(item, dict) and isinstance(item.get("containerID"), str)
+                and isinstance(item.get("ifname"), str)):
+            raise CNIError(CNIError.INVALID_CONFIG, "malformed cni.dev/valid-attachments entry",
+                           repr(item))
+        out.append((item["containerID"], item["ifname"]))
+    return out
+
+
+def cmd_gc(req: Request) -> None:
+    """Release every reservation (and its host veth / nat chain) not in the valid list."""
+    conf = parse_netconf(req.config, req.cni_version)
+    valid = _valid_attachments(req.config)
+    try:
+        stale = ipam.gc(_store(conf), valid)
+    except IPAMError as e:
+        raise _ipam_error(e) from None
+    errors = []
+    with _closing(pod.IPRoute()) as host:
+        for _, (container_id, ifname) in stale:
+            try:
+                pod.del_link(host, pod.host_veth_name(container_id, ifname))
+                if conf.ip_masq:
+                    masq.del_masq(conf.name, container_id, ifname)
+            except (NetlinkOpError, CNIError) as e:
+                errors.append(str(e))
+    if errors:
+        raise CNIError(ERR_KERNEL, "GC could not remove everything", "; ".join(errors))
+
+
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status,
+            "GC": cmd_gc}

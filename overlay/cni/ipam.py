@@ -1,0 +1,255 @@
+"""IP address management on host-local's on-disk layout.
+
+``<dataDir>/<network name>/<ip>`` holds ``<container id>\\r\\n<ifname>``;
+``last_reserved_ip.0`` the last address handed out (round robin starts after it);
+``lock`` is taken with ``flock`` around every read-modify-write, so concurrent plugin
+processes (and the warm server's threads) never hand out one address twice.
+
+A :class:`Store` does raw storage; the :class:`Allocator` decides which address.
+:class:`FakeStore` is the in-memory store the unit tests check against the same contract.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Network
+from typing import ContextManager, Iterable, Iterator, Protocol
+
+from ..errors import IPAMError
+
+log = logging.getLogger(__name__)
+
+LINE_BREAK = "\r\n"
+LAST_IP_FILE = "last_reserved_ip.0"
+LOCK_FILE = "lock"
+
+Attachment = tuple[str, str]  # (container id, ifname)
+
+
+class Store(Protocol):
+    def lock(self) -> ContextManager[None]: ...
+    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool: ...
+    def last_reserved(self) -> IPv4Address | None: ...
+    def reservations(self) -> dict[IPv4Address, Attachment]: ...
+    def release(self, ip: IPv4Address) -> None: ...
+
+
+class DiskStore:
+    """host-local's disk backend: one ``O_EXCL`` file per address under ``flock``."""
+
+    def __init__(self, data_dir: str, network_name: str):
+        self.dir = os.path.join(data_dir, network_name)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise IPAMError(f"cannot open IPAM store {self.dir}: {e.strerror}") from e
+        # flock belongs to the open file description, so separate opens exclude each
+        # other across processes *and* across the warm server's threads.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
+        path = os.path.join(self.dir, str(ip))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise IPAMError(f"cannot reserve {ip} in {self.dir}: {e.strerror}") from e
+        try:
+            os.write(fd, (container_id.strip() + LINE_BREAK + ifname).encode())
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            raise IPAMError(f"cannot write {path}: {e.strerror}") from e
+        os.close(fd)
+        self._write_last(ip)
+        return True
+
+    def _write_last(self, ip: IPv4Address) -> None:
+        path = os.path.join(self.dir, LAST_IP_FILE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, str(ip).encode())
+        finally:
+            os.close(fd)
+
+    def last_reserved(self) -> IPv4Address | None:
+        try:
+            with open(os.path.join(self.dir, LAST_IP_FILE), encoding="ascii") as f:
+                return IPv4Address(f.read().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def reservations(self) -> dict[IPv4Address, Attachment]:
+        out: dict[IPv4Address, Attachment] = {}
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            try:
+                ip = IPv4Address(name)
+                with open(os.path.join(self.dir, name), "rb") as f:  # keep the \r\n
+                    text = f.read().decode("utf-8", "replace").strip()
+            except (ValueError, OSError):
+                continue  # lock, last_reserved_ip.0, IPv6 files, races with a release
+            container_id, _, ifname = text.partition(LINE_BREAK)
+            out[ip] = (container_id.strip(), ifname.strip())
+        return out
+
+    def release(self, ip: IPv4Address) -> None:
+        try:
+            os.unlink(os.path.join(self.dir, str(ip)))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise IPAMError(f"cannot release {ip} in {self.dir}: {e.strerror}") from e
+
+
+class FakeStore:
+    """In-memory Store with the same contract, for unit tests of the allocator."""
+
+    def __init__(self) -> None:
+        self.ips: dict[IPv4Address, Attachment] = {}
+        self.last: IPv4Address | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
+        if ip in self.ips:
+            return False
+        self.ips[ip] = (container_id.strip(), ifname)
+        self.last = ip
+        return True
+
+    def last_reserved(self) -> IPv4Address | None:
+        return self.last
+
+    def reservations(self) -> dict[IPv4Address, Attachment]:
+        return dict(self.ips)
+
+    def release(self, ip: IPv4Address) -> None:
+        self.ips.pop(ip, None)
+
+
+def _matches(owner: Attachment, container_id: str, ifname: str) -> bool:
+    # host-local also releases old files that hold only the container ID.
+    return owner[0] == container_id.strip() and owner[1] in (ifname, "")
+
+
+class Allocator:
+    """Round-robin allocation from ``subnet``, never the network, broadcast or gateway."""
+
+    def __init__(self, store: Store, subnet: IPv4Network, gateway: IPv4Address):
+        self.store = store
+        self.subnet = subnet
+        self.gateway = gateway
+        self.first = subnet.network_address + 1
+        self.last = subnet.broadcast_address - 1
+
+    def usable(self, ip: IPv4Address) -> bool:
+        return self.first <= ip <= self.last and ip != self.gateway
+
+    def allocate(self, container_id: str, ifname: str,
+                 requested: IPv4Address | None = None) -> IPv4Address:
+        with self.store.lock():
+            taken = self.store.reservations()
+            for ip, owner in taken.items():
+                if owner == (container_id.strip(), ifname):
+                    raise IPAMError(f"{ip} is already allocated to container {container_id} "
+                                    f"interface {ifname}: duplicate allocation is not allowed")
+            if requested is not None:
+                return self._allocate_requested(container_id, ifname, requested)
+            for ip in self._candidates():
+                if ip not in taken and self.store.reserve(container_id, ifname, ip):
+                    log.info("IPAM: reserved %s for %s/%s", ip, container_id, ifname)
+                    return ip
+        raise IPAMError(f"no IP addresses available in {self.subnet} "
+                        f"({self.size} usable, all reserved)")
+
+    def _allocate_requested(self, container_id: str, ifname: str, ip: IPv4Address) -> IPv4Address:
+        if not self.usable(ip):
+            raise IPAMError(f"requested IP {ip} is not usable in {self.subnet} "
+                            f"(range {self.first}-{self.last}, gateway {self.gateway})")
+        if not self.store.reserve(container_id, ifname, ip):
+            raise IPAMError(f"requested IP {ip} is already allocated")
+        log.info("IPAM: reserved requested %s for %s/%s", ip, container_id, ifname)
+        return ip
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1 - (1 if self.usable(self.gateway) else 0)
+
+    def _candidates(self) -> Iterator[IPv4Address]:
+        """Every usable address once, starting after the last reserved one."""
+        last = self.store.last_reserved()
+        start = last + 1 if last is not None and self.first <= last < self.last else self.first
+        span = int(self.last) - int(self.first) + 1
+        offset = int(start) - int(self.first)
+        for i in range(span):
+            ip = self.first + (offset + i) % span
+            if ip != self.gateway:
+                yield ip
+
+    def free_count(self) -> int:
+        with self.store.lock():
+            used = sum(1 for ip in self.store.reservations() if self.usable(ip))
+        return self.size - used
+
+
+def release(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:
+    """DEL: free every address held by this attachment (no subnet needed)."""
+    released = []
+    with store.lock():
+        for ip, owner in store.reservations().items():
+            if _matches(owner, container_id, ifname):
+                store.release(ip)
+                released.append(ip)
+                log.info("IPAM: released %s held by %s/%s", ip, owner[0], owner[1])
+    return released
+
+
+def release_ip(store: Store, ip: IPv4Address, container_id: str, ifname: str) -> None:
+    """Rollback of one allocation: only if the file still holds this attachment."""
+    with store.lock():
+        owner = store.reservations().get(ip)
+        if owner is not None and _matches(owner, container_id, ifname):
+            store.release(ip)
+            log.info("IPAM: rolled back %s for %s/%s", ip, container_id, ifname)
+
+
+def get(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:
+    with store.lock():
+        return sorted(ip for ip, owner in store.reservations().items()
+                      if _matches(owner, container_id, ifname))
+
+
+def gc(store: Store, valid: Iterable[Attachment]) -> list[tuple[IPv4Address, Attachment]]:
+    """GC: release every reservation whose attachment is not in ``valid``."""
+    keep = {(c.strip(), i) for c, i in valid}
+    keep_ids = {c for c, _ in keep}
+    with store.lock():
+        stale = [(ip, owner) for ip, owner in store.reservations().items()
+                 if owner not in keep and not (owner[1] == "" and owner[0] in keep_ids)]
+        for ip, owner in stale:
+            store.release(ip)
+            log.info("IPAM GC: released %s held by %s/%s", ip, owner[0], owner[1])
+    return stale

@@ -1,0 +1,141 @@
+"""The plugin's network configuration, and the node subnet it allocates from.
+
+Config keys (design.md): ``bridge``, ``subnetFile``, ``dataDir``, ``hairpinMode``,
+``isDefaultGateway``, ``forceAddress``, ``ipMasq``, ``promiscMode``, ``mtu``, ``subnet``
+(and ``network``, the cluster's pod network, when ``subnet`` is given); plus
+``runtimeConfig.mac``, ``prevResult`` and ``cni.dev/valid-attachments``.
+An explicit ``subnet`` overrides subnet.env, so the plugin runs without a daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any, Mapping
+
+from ..errors import CNIError, SubnetEnvError
+from ..subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
+
+DEFAULT_BRIDGE = "cni0"
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_MTU = 1500
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class NodeSubnet:
+    """What ADD needs from the node: the subnet, its gateway, the pod network, the MTU."""
+
+    subnet: IPv4Network
+    gateway: IPv4Address
+    network: IPv4Network
+    mtu: int
+
+    @property
+    def gateway_interface(self) -> IPv4Interface:
+        return IPv4Interface(f"{self.gateway}/{self.subnet.prefixlen}")
+
+
+@dataclass(frozen=True)
+class NetConf:
+    cni_version: str
+    name: str
+    bridge: str = DEFAULT_BRIDGE
+    subnet_file: str = DEFAULT_SUBNET_FILE
+    data_dir: str = DEFAULT_DATA_DIR
+    hairpin_mode: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    promisc_mode: bool = False
+    mtu: int | None = None
+    subnet: IPv4Network | None = None
+    network: IPv4Network | None = None
+    mac: str | None = None  # runtimeConfig.mac
+
+    def load_node_subnet(self) -> NodeSubnet:
+        """From the config's ``subnet`` if given, else subnet.env; CNIError otherwise."""
+        if self.subnet is not None:
+            network = self.network or self.subnet
+            return NodeSubnet(self.subnet, self.subnet.network_address + 1, network,
+                              self.mtu or DEFAULT_MTU)
+        try:
+            env = load_subnet_env(self.subnet_file)
+        except SubnetEnvError as e:
+            raise subnet_env_error(self.subnet_file, e) from None
+        subnet = env.subnet.network
+        return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu)
+
+
+def subnet_env_error(path: str, error: SubnetEnvError, code: int = CNIError.TRY_AGAIN) -> CNIError:
+    """A missing subnet.env is transient (the daemon writes it once it holds a lease), so
+    ADD answers 11 "try again"; a malformed one is a configuration error (7)."""
+    if not os.path.exists(path):
+        return CNIError(code, f"subnet file {path} does not exist", str(error))
+    return CNIError(CNIError.INVALID_CONFIG, f"subnet file {path} is unusable", str(error))
+
+
+def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" must be true or false",
+                       f"got {value!r}")
+    return value
+
+
+def _str(config: Mapping[str, Any], key: str, default: str) -> str:
+    value = config.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" must be a non-empty string",
+                       f"got {value!r}")
+    return value
+
+
+def _network(config: Mapping[str, Any], key: str) -> IPv4Network | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    try:
+        return IPv4Network(value, strict=False)
+    except (ValueError, TypeError) as e:
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" is not an IPv4 CIDR",
+                       f"{value!r}: {e}") from None
+
+
+def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
+    bridge = _str(config, "bridge", DEFAULT_BRIDGE)
+    if len(bridge) > 15 or "/" in bridge or any(c.isspace() for c in bridge):
+        raise CNIError(CNIError.INVALID_CONFIG, "\"bridge\" is not a valid interface name",
+                       f"{bridge!r}: at most 15 characters, no '/' or whitespace")
+    mtu = config.get("mtu")
+    if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool)
+                            or not 576 <= mtu <= 65535):
+        raise CNIError(CNIError.INVALID_CONFIG, "\"mtu\" must be an integer in 576..65535",
+                       f"got {mtu!r}")
+    subnet = _network(config, "subnet")
+    if subnet is not None and subnet.prefixlen > 30:
+        raise CNIError(CNIError.INVALID_CONFIG, f"subnet {subnet} is too small",
+                       "use a /30 or larger subnet")
+    network = _network(config, "network")
+    if subnet is not None and network is not None and not subnet.subnet_of(network):
+        raise CNIError(CNIError.INVALID_CONFIG,
+                       f"subnet {subnet} is outside network {network}", "")
+    runtime = config.get("runtimeConfig") or {}
+    mac = runtime.get("mac") if isinstance(runtime, dict) else None
+    if mac is not None and (not isinstance(mac, str) or not _MAC_RE.match(mac)):
+        raise CNIError(CNIError.INVALID_CONFIG, "runtimeConfig.mac is not a MAC address",
+                       f"got {mac!r}")
+    return NetConf(
+        cni_version=cni_version, name=config["name"], bridge=bridge,
+        subnet_file=_str(config, "subnetFile", DEFAULT_SUBNET_FILE),
+        data_dir=_str(config, "dataDir", DEFAULT_DATA_DIR),
+        hairpin_mode=_bool(config, "hairpinMode", False),
+        is_default_gateway=_bool(config, "isDefaultGateway", False),
+        force_address=_bool(config, "forceAddress", False),
+        ip_masq=_bool(config, "ipMasq", False),
+        promisc_mode=_bool(config, "promiscMode", False),
+        mtu=mtu, subnet=subnet, network=network,
+        mac=mac.lower() if mac else None,
+    )

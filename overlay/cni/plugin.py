@@ -1,0 +1,95 @@
+"""``overlay-cni``: the CNI plugin in-process, and ``overlay-cni serve`` (the warm server).
+
+Without arguments it is a CNI plugin: env + stdin in, result or error JSON on stdout.
+This is also what the executable entry ``cni-plugin/overlay`` falls back to when no warm
+server answers (correct, but it pays for ``import pyroute2`` on every call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import BinaryIO, Mapping, Sequence
+
+from . import skel
+
+log = logging.getLogger(__name__)
+
+LOG_FILE_ENV = "OVERLAY_CNI_LOG_FILE"
+
+
+def setup_logging(level: int, log_file: str | None = None) -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers[0].setLevel(level)
+    if log_file:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setLevel(logging.INFO)
+        handlers.append(file_handler)
+    logging.basicConfig(level=min(level, logging.INFO) if log_file else level,
+                        format=fmt, handlers=handlers)
+
+
+def run(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """One CNI invocation with its I/O given (tests pass dicts and BytesIO)."""
+    from .commands import HANDLERS  # imports pyroute2: only when a command really runs
+
+    code, out = skel.run(env, stdin.read(), HANDLERS)
+    stdout.write(out)
+    stdout.flush()
+    return code
+
+
+def serve(socket_path: str) -> int:
+    from .server import CNIServer
+
+    server = CNIServer(socket_path)
+    try:
+        server.bind()
+    except OSError as e:
+        log.error("cannot listen on %s: %s", socket_path, e)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        from .server import DEFAULT_SOCKET
+
+        parser = argparse.ArgumentParser(prog="overlay-cni serve",
+                                         description="Serve CNI requests warm on a unix socket.")
+        parser.add_argument("--socket", default=DEFAULT_SOCKET,
+                            help=f"unix socket path (default {DEFAULT_SOCKET})")
+        parser.add_argument("--log-file", help="also log INFO to this file")
+        parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        args = parser.parse_args(argv[1:])
+        setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_file)
+        sys.exit(serve(args.socket))
+    if argv and argv[0] in ("-h", "--help"):
+        print("overlay-cni: the overlay CNI plugin (CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC "
+              "with the network config on stdin)\n"
+              "overlay-cni serve [--socket PATH]: the warm server for cni-plugin/overlay")
+        sys.exit(0)
+    setup_logging(logging.WARNING, os.environ.get(LOG_FILE_ENV))
+    if not os.environ.get("CNI_COMMAND"):
+        print(f"overlay CNI plugin: CNI protocol versions supported: "
+              f"{', '.join(skel.SUPPORTED_VERSIONS)}", file=sys.stderr)
+    sys.exit(run(os.environ, sys.stdin.buffer, sys.stdout.buffer))
+
+
+if __name__ == "__main__":
+    main()

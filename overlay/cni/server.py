@@ -1,0 +1,181 @@
+"""The warm CNI server: answers the tiny executable entry over a unix socket.
+
+``import pyroute2`` alone costs ~190 ms; a runtime calls the plugin for every pod, so
+the executable entry (``cni-plugin/overlay``, stdlib only) hands each request to this
+already-warm process.  The entry sends the CNI_* environment, stdin, and two file
+descriptors (SCM_RIGHTS): its own network namespace (the node side) and the pod's.
+Each request runs in a fresh thread that moves itself into the caller's namespace, so
+the server works for whatever namespace the runtime runs in and threads never share a
+namespace switch.  IPAM stays correct under concurrency because its ``flock`` excludes
+across threads as well as processes.
+
+Wire format (both directions over one SOCK_STREAM connection)::
+
+    request:  b"OVCNI1 <envlen> <stdinlen> <nfds>\\n" + env + stdin   (+ fds in ancillary data)
+              env = b"\\0".join(b"KEY=VALUE")
+    response: b"<exit code>\\n" + stdout bytes, then EOF
+
+The socket is created mode 0600 and only peers with the server's uid (or root) are served.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+import struct
+import threading
+from typing import Mapping
+
+from ..netlink import pod
+from . import skel
+from .commands import HANDLERS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/overlay/cni.sock"
+MAGIC = b"OVCNI1"
+MAX_REQUEST = 4 << 20
+MAX_FDS = 2
+
+
+class CNIServer:
+    """``CNIServer(path).serve_forever()`` in a thread; ``shutdown()`` from another."""
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, handlers: Mapping = HANDLERS):
+        self.socket_path = socket_path
+        self.handlers = handlers
+        self._sock: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def bind(self) -> "CNIServer":
+        directory = os.path.dirname(os.path.abspath(self.socket_path))
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.socket_path)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        sock.listen(256)
+        self._sock = sock
+        log.info("CNI server listening on %s", self.socket_path)
+        return self
+
+    def _remove_stale(self) -> None:
+        if not os.path.exists(self.socket_path):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket_path)
+        except OSError:
+            os.unlink(self.socket_path)  # nobody answers: a leftover from a dead server
+            return
+        finally:
+            probe.close()
+        raise OSError(f"another CNI server already answers on {self.socket_path}")
+
+    def serve_forever(self) -> None:
+        if self._sock is None:
+            self.bind()
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
+                                      name="cni-request")
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish, remove the socket."""
+        self._stopping.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        log.info("CNI server on %s stopped", self.socket_path)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            with conn:
+                if not self._peer_allowed(conn):
+                    return
+                env, stdin, fds = _read_request(conn)
+                host_fd = fds[0] if fds else None
+                netns_fd = fds[1] if len(fds) > 1 else None
+                if host_fd is not None:
+                    # This thread is ours alone and ends with the request: it may stay
+                    # in the caller's namespace, so everything "host" happens there.
+                    pod.enter_netns_for_thread(host_fd)
+                code, out = skel.run(env, stdin, self.handlers, netns_fd, host_fd)
+                conn.sendall(b"%d\n" % code + out)
+        except Exception:
+            log.exception("CNI server: request failed")
+        finally:
+            for fd in fds:
+                os.close(fd)
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        if uid not in (0, os.getuid()):
+            log.warning("CNI server: refused a request from uid %d", uid)
+            return False
+        return True
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, list[int]]:
+    fds = array.array("i")
+    data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    received = list(fds)
+    try:
+        header, sep, rest = data.partition(b"\n")
+        parts = header.split()
+        if not sep or len(parts) != 4 or parts[0] != MAGIC:
+            raise ValueError("bad request header")
+        env_len, stdin_len = int(parts[1]), int(parts[2])
+        if env_len + stdin_len > MAX_REQUEST:
+            raise ValueError("request too large")
+        body = bytearray(rest)
+        while len(body) < env_len + stdin_len:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("truncated request")
+            body += chunk
+        env = {}
+        for item in bytes(body[:env_len]).split(b"\0"):
+            key, _, value = item.decode("utf-8", "replace").partition("=")
+            if key:
+                env[key] = value
+        return env, bytes(body[env_len:env_len + stdin_len]), received
+    except Exception:
+        for fd in received:
+            os.close(fd)
+        raise

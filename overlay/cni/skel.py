@@ -1,0 +1,219 @@
+"""The CNI skeleton: parse and validate env + stdin, check versions, dispatch.
+
+Everything a runtime can get wrong is rejected here, before a command touches a path,
+a file or the kernel.  An error becomes CNI error JSON in exactly one place:
+:func:`run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..errors import CNIError, OverlayError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST_VERSION = "1.1.0"
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+
+# Plugin-specific error codes (the SPEC leaves 100+ to plugins).
+ERR_KERNEL = 100      # a netlink operation failed
+ERR_IPAM = 101        # no free address, duplicate allocation, requested IP taken
+ERR_FIREWALL = 102    # iptables failed
+ERR_INTERNAL = 999    # a bug: same code as libcni's ErrInternal
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_ARG_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+# Which environment variables each command needs (SPEC section 2).
+_REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "STATUS": (),
+    "GC": (),
+    "VERSION": (),
+}
+_MIN_VERSION = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated plugin invocation."""
+
+    command: str
+    cni_version: str
+    config: dict[str, Any]
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+    netns_fd: int | None = None  # handed over by the executable entry, if it opened CNI_NETNS
+    host_netns_fd: int | None = None  # the caller's netns (the "host" side), for the warm server
+
+
+Handler = Callable[[Request], dict[str, Any] | None]
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    parts = version.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise CNIError(CNIError.DECODE_FAILURE, f"malformed cniVersion {version!r}",
+                       "cniVersion must look like 1.1.0")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def validate_container_id(value: str) -> None:
+    if not value:
+        raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is empty",
+                       "the runtime must pass the container ID in CNI_CONTAINERID")
+    if not _NAME_RE.match(value):
+        raise CNIError(CNIError.INVALID_ENV, "invalid characters in CNI_CONTAINERID",
+                       f"{value!r}: must start with a letter or digit and contain only "
+                       "letters, digits, '_', '.' and '-'")
+
+
+def validate_ifname(value: str) -> None:
+    problem = None
+    if not value:
+        problem = "is empty"
+    elif len(value) > 15:
+        problem = f"is {len(value)} characters long (at most 15)"
+    elif value in (".", ".."):
+        problem = "is '.' or '..'"
+    elif any(c in "/:" or c.isspace() for c in value):
+        problem = "contains '/', ':' or whitespace"
+    if problem:
+        raise CNIError(CNIError.INVALID_ENV, f"CNI_IFNAME {problem}",
+                       f"CNI_IFNAME={value!r} is not a valid Linux interface name")
+
+
+def validate_network_name(value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise CNIError(CNIError.INVALID_CONFIG, "network config has no \"name\"",
+                       "every network config needs a name (letters, digits, '_', '.', '-')")
+    if not _NAME_RE.match(value):
+        raise CNIError(CNIError.INVALID_CONFIG, "invalid characters in network name",
+                       f"{value!r}: must start with a letter or digit and contain only "
+                       "letters, digits, '_', '.' and '-'")
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``IgnoreUnknown=1;IP=10.244.1.5;K8S_POD_NAME=web`` -> dict."""
+    out: dict[str, str] = {}
+    for item in filter(None, text.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep or not _ARG_RE.match(key):
+            raise CNIError(CNIError.INVALID_ENV, "malformed CNI_ARGS",
+                           f"{item!r} is not KEY=VALUE (CNI_ARGS is 'K1=V1;K2=V2')")
+        out[key] = value
+    return out
+
+
+def decode_config(stdin: bytes) -> dict[str, Any]:
+    if not stdin.strip():
+        raise CNIError(CNIError.DECODE_FAILURE, "no network config on stdin",
+                       "the runtime must pass the network config as JSON on stdin")
+    try:
+        config = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(CNIError.DECODE_FAILURE, "network config is not valid JSON",
+                       str(e)) from None
+    if not isinstance(config, dict):
+        raise CNIError(CNIError.DECODE_FAILURE, "network config is not a JSON object",
+                       f"got {type(config).__name__}")
+    return config
+
+
+def check_version(command: str, config: Mapping[str, Any]) -> str:
+    version = config.get("cniVersion", "")
+    if not isinstance(version, str) or not version:
+        raise CNIError(CNIError.DECODE_FAILURE, "network config has no cniVersion",
+                       f"set \"cniVersion\" to one of {', '.join(SUPPORTED_VERSIONS)}")
+    wanted = version_tuple(version)
+    if version not in SUPPORTED_VERSIONS:
+        raise CNIError(CNIError.INCOMPATIBLE_VERSION, "incompatible CNI versions",
+                       f"config is {version}, plugin supports {', '.join(SUPPORTED_VERSIONS)}")
+    minimum = _MIN_VERSION.get(command)
+    if minimum and wanted < version_tuple(minimum):
+        raise CNIError(CNIError.INCOMPATIBLE_VERSION,
+                       f"config version does not allow {command}",
+                       f"{command} needs cniVersion {minimum} or later, config is {version}")
+    return version
+
+
+def parse_request(env: Mapping[str, str], stdin: bytes,
+                  netns_fd: int | None = None, host_netns_fd: int | None = None) -> Request:
+    """Validate env + stdin into a Request, or raise CNIError (changes nothing)."""
+    command = env.get("CNI_COMMAND", "")
+    if not command:
+        raise CNIError(CNIError.INVALID_ENV, "required env variables [CNI_COMMAND] missing",
+                       f"CNI_COMMAND must be one of {', '.join(COMMANDS)}")
+    if command not in COMMANDS:
+        raise CNIError(CNIError.INVALID_ENV, f"unknown CNI_COMMAND: {command}",
+                       f"CNI_COMMAND must be one of {', '.join(COMMANDS)}")
+    if command == "VERSION":
+        return Request(command, _version_for_version_cmd(stdin), {})
+    missing = [k for k in _REQUIRED_ENV[command] if not env.get(k)]
+    if missing:
+        raise CNIError(CNIError.INVALID_ENV,
+                       f"required env variables [{','.join(missing)}] missing",
+                       f"{command} needs {', '.join(_REQUIRED_ENV[command])}")
+    container_id = env.get("CNI_CONTAINERID", "")
+    ifname = env.get("CNI_IFNAME", "")
+    if "CNI_CONTAINERID" in _REQUIRED_ENV[command]:
+        validate_container_id(container_id)
+        validate_ifname(ifname)
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    config = decode_config(stdin)
+    version = check_version(command, config)
+    validate_network_name(config.get("name"))
+    return Request(command, version, config, container_id, env.get("CNI_NETNS", ""),
+                   ifname, args, env.get("CNI_PATH", ""), netns_fd, host_netns_fd)
+
+
+def _version_for_version_cmd(stdin: bytes) -> str:
+    """VERSION echoes the input's cniVersion when there is a usable one."""
+    try:
+        version = json.loads(stdin).get("cniVersion") if stdin.strip() else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        version = None
+    return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
+
+
+def _error_version(stdin: bytes) -> str:
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return LATEST_VERSION
+    return version if isinstance(version, str) and version else LATEST_VERSION
+
+
+def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
+        netns_fd: int | None = None, host_netns_fd: int | None = None) -> tuple[int, bytes]:
+    """Run one invocation: returns (exit code, stdout bytes).  Never raises."""
+    try:
+        request = parse_request(env, stdin, netns_fd, host_netns_fd)
+        if request.command == "VERSION":
+            result: dict[str, Any] | None = {"cniVersion": request.cni_version,
+                                             "supportedVersions": list(SUPPORTED_VERSIONS)}
+        else:
+            result = handlers[request.command](request)
+        return 0, (json.dumps(result).encode() + b"\n") if result is not None else b""
+    except CNIError as e:
+        error = e
+    except OverlayError as e:
+        error = CNIError(ERR_INTERNAL, str(e))
+    except Exception as e:  # a bug: still answer with error JSON, never a traceback on stdout
+        log.exception("unexpected error in CNI %s", env.get("CNI_COMMAND"))
+        error = CNIError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")
+    log.warning("CNI %s %s/%s failed: code %d: %s %s", env.get("CNI_COMMAND"),
+                env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", ""), error.code,
+                error.msg, error.details)
+    return 1, json.dumps(error.to_dict(_error_version(stdin))).encode() + b"\n"
