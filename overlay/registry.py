@@ -18,7 +18,7 @@ Calls are synchronous; the object is safe to share between threads.
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,13 +26,16 @@ from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Iterator, TypeVar
 
-import grpc
-import pyetcd
-from pyetcd import etcdrpc
-from pyetcd.etcdrpc import kv_pb2
-from pyetcd import exceptions as etcd_exc
-from pyetcd.client import Endpoint as ClientEndpoint
-from pyetcd.client import MultiEndpointEtcd3Client
+# grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
+import pyetcd  # noqa: E402
+from pyetcd import etcdrpc  # noqa: E402
+from pyetcd.etcdrpc import kv_pb2  # noqa: E402
+from pyetcd import exceptions as etcd_exc  # noqa: E402
+from pyetcd.client import Endpoint as ClientEndpoint  # noqa: E402
+from pyetcd.client import MultiEndpointEtcd3Client  # noqa: E402
 
 from .config import NetworkConfig, parse_network_config
 from .errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict, LeaseExists,
@@ -158,12 +161,15 @@ class EtcdRegistry:
                                  "(check --etcd-username/--etcd-password and the user's role)")
         if isinstance(exc, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
                             etcd_exc.NoServerAvailableError)) or code in _UNAVAILABLE_CODES:
-            hint = ""
-            if self.opts.secure and ("ssl" in detail.lower() or "handshake" in detail.lower()
-                                     or "certificate" in detail.lower()):
-                hint = " (TLS handshake failed: check --etcd-cafile/--etcd-certfile/--etcd-keyfile)"
+            low = detail.lower()
+            if self.opts.secure and any(w in low for w in ("ssl", "handshake", "certificate",
+                                                            "tsi_", "unwrap")):
+                hint = (" (TLS handshake failed: the server may require a client certificate "
+                        "(--etcd-certfile/--etcd-keyfile) or --etcd-cafile does not match it)")
             elif self.opts.secure:
-                hint = " (is it up? with TLS also check --etcd-cafile/--etcd-certfile/--etcd-keyfile)"
+                hint = (" (is it up? also check --etcd-cafile/--etcd-certfile/--etcd-keyfile)")
+            else:
+                hint = " (is etcd running? if it serves TLS use https:// and --etcd-cafile)"
             return EtcdUnavailable(f"etcd unreachable at {where} while {what}: "
                                    f"{detail or 'no endpoint answered'}{hint}")
         if code is not None:

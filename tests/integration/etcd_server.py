@@ -6,10 +6,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -26,12 +29,15 @@ class EtcdServer:
     def __init__(self, name: str = "test", client_port: int | None = None,
                  peer_port: int | None = None, host: str = "127.0.0.1",
                  extra_args: list[str] | None = None, scheme: str = "http",
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, tls: "TLSFiles | None" = None,
+                 initial_cluster: str | None = None):
         self.name = name
         self.host = host
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
-        self.scheme = scheme
+        self.tls = tls
+        self.scheme = "https" if tls is not None else scheme
+        self.initial_cluster = initial_cluster
         self.extra_args = list(extra_args or [])
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="overlay-test-etcd-")
         self._own_dir = data_dir is None
@@ -51,10 +57,16 @@ class EtcdServer:
             ETCD, "--name", self.name, "--data-dir", os.path.join(self.data_dir, "data"),
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--heartbeat-interval", "10", "--election-timeout", "100",
             "--log-level", "warn", "--logger", "zap",
-        ] + self.extra_args
+        ] + self.tls_args() + self.extra_args
+
+    def tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
+                "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
 
     def start(self, wait: bool = True) -> "EtcdServer":
         log = open(self.log_path, "ab")
@@ -77,14 +89,19 @@ class EtcdServer:
         raise RuntimeError(f"etcd at {self.endpoint} not healthy after {timeout}s")
 
     def healthy(self) -> bool:
-        if self.scheme != "http":
+        ctx = None
+        if self.tls is not None:
+            ctx = ssl.create_default_context(cafile=self.tls.ca)
+            ctx.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        elif self.scheme != "http":
             try:
                 with socket.create_connection((self.host, self.client_port), timeout=0.2):
                     return True
             except OSError:
                 return False
         try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=0.5) as r:
+            with urllib.request.urlopen(self.endpoint + "/health", timeout=0.5,
+                                        context=ctx) as r:
                 return b'"true"' in r.read()
         except OSError:
             return False
@@ -107,3 +124,141 @@ class EtcdServer:
         self.stop(signal.SIGKILL)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throwaway CA with a server certificate for 127.0.0.1 and a client certificate."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+def make_test_ca(directory: str) -> TLSFiles:
+    """Make a CA, a server cert (SAN 127.0.0.1, localhost) and a client cert with openssl."""
+    p = lambda name: os.path.join(directory, name)  # noqa: E731
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=ovlease-test-ca", "-keyout", p("ca.key"), "-out", p("ca.crt"))
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                 "extendedKeyUsage=serverAuth,clientAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        with open(p(f"{name}.ext"), "w") as f:
+            f.write(ext + "\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=ovlease-{name}",
+                 "-keyout", p(f"{name}.key"), "-out", p(f"{name}.csr"))
+        _openssl("x509", "-req", "-in", p(f"{name}.csr"), "-CA", p("ca.crt"),
+                 "-CAkey", p("ca.key"), "-CAcreateserial", "-days", "2",
+                 "-extfile", p(f"{name}.ext"), "-out", p(f"{name}.crt"))
+    return TLSFiles(p("ca.crt"), p("server.crt"), p("server.key"), p("client.crt"),
+                    p("client.key"))
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster; members can be stopped/started."""
+
+    def __init__(self, size: int = 3, prefix: str = "ovlease"):
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        names = [f"{prefix}-m{i}" for i in range(size)]
+        initial = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports))
+        self.members = [EtcdServer(name=n, client_port=c, peer_port=peer, initial_cluster=initial,
+                                   extra_args=["--initial-cluster-token", f"{prefix}-cluster"])
+                        for n, (c, peer) in zip(names, ports)]
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> "EtcdCluster":
+        for m in self.members:  # members wait for each other: start all, then wait
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_healthy(timeout=30)
+        return self
+
+    def cleanup(self) -> None:
+        for m in self.members:
+            m.cleanup()
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to a port; ``cut()`` drops every connection (and refuses new
+    ones) until ``restore()``: a network partition between a client and etcd."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
+        self.target = (host, target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.endpoint = f"http://{host}:{self.port}"
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="ovlease-proxy").start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._cut or self._closed:
+                    conn.close()
+                    continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                conn.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self.listener.close()
