@@ -98,6 +98,10 @@ class VXLANBackend:
     def apply_batch(self, batch: LeaseBatch) -> Result:
         """Program what a batch of watch events changed; nothing else is touched."""
         with self._lock:
+            # A full listing right after a reconcile repeats leases already programmed.
+            batch = LeaseBatch(added=tuple(l for l in batch.added if l.subnet not in self.leases
+                                           or self.leases[l.subnet].attrs != l.attrs),
+                               removed=batch.removed, changed=batch.changed)
             old = [l for l in batch.removed] + [o for o, _ in batch.changed]
             new = [l for l in batch.added] + [n for _, n in batch.changed]
             for l in batch.removed:

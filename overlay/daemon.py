@@ -1,0 +1,538 @@
+"""overlayd: the per-node daemon (lease, VXLAN device, remote entries, masquerade, health).
+
+Startup (nothing in the kernel changes before the flags and the network config passed
+validation)::
+
+    flags -> etcd: network config -> underlay, VTEP MAC -> VXLAN device
+      -> lease (acquire) -> device address, subnet.env, masquerade
+      -> threads: watch (list -> reconcile -> events), keepalive, reconcile loop,
+         link monitor, HTTP (/healthz /readyz /metrics), warm CNI server
+
+SIGTERM/SIGINT stop the threads and leave everything in place (device, entries,
+lease, subnet.env), so a restart does not disturb pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any, Callable, Sequence
+
+from .backend import BackendSettings, Reconciler, VXLANBackend
+from .config import NetworkConfig
+from .errors import ConfigError, ConfigNotFound, OverlayError, RegistryError, SubnetEnvError
+from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
+from .http import HealthServer, Metrics, parse_hostport
+from .lease import Lease, LeaseAttrs, LeaseBatch
+from .manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
+from .masq import Masquerade
+from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env, write_subnet_env
+from .vtep import load_or_create_vtep_mac
+
+log = logging.getLogger("overlay.daemon")
+
+ENV_PREFIX = "OVERLAYD_"
+DEFAULT_STATE_DIR = "/var/lib/overlay"
+DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
+_IFNAME_RE = re.compile(r"^[^/\s:]{1,15}$")
+
+
+# ---- flags ---------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are ONE line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"overlayd: error: {message} (see overlayd --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="overlayd", description="The overlay pod network's node daemon. "
+                f"Every flag can also be set as an {ENV_PREFIX}<FLAG> environment variable "
+                "(e.g. OVERLAYD_ETCD_ENDPOINTS, OVERLAYD_IP_MASQ=true).")
+    e = p.add_argument_group("etcd")
+    e.add_argument("--etcd-endpoints", default=DEFAULT_ENDPOINTS,
+                   help="comma-separated etcd endpoints (default %(default)s)")
+    e.add_argument("--etcd-prefix", default=DEFAULT_PREFIX,
+                   help="etcd key prefix (default %(default)s; Flannel's is /coreos.com/network)")
+    e.add_argument("--etcd-cafile", help="CA certificate for etcd TLS")
+    e.add_argument("--etcd-certfile", help="client certificate for etcd TLS")
+    e.add_argument("--etcd-keyfile", help="client key for etcd TLS")
+    e.add_argument("--etcd-username", help="etcd username")
+    e.add_argument("--etcd-password", help="etcd password")
+    n = p.add_argument_group("node")
+    n.add_argument("--iface", help="underlay interface: a name or a regex "
+                   "(default: the interface of the default route)")
+    n.add_argument("--public-ip", help="this node's underlay IP (default: --iface's address)")
+    n.add_argument("--vxlan-device", default="",
+                   help="VXLAN device name (default overlay.<VNI>)")
+    n.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
+                   help="where to write subnet.env (default %(default)s)")
+    n.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                   help="persistent state, e.g. the VTEP MAC (default %(default)s)")
+    n.add_argument("--lease-ttl", type=int, default=DEFAULT_TTL,
+                   help="lease TTL in seconds (default %(default)s)")
+    n.add_argument("--lease-renew-margin", type=int, default=DEFAULT_RENEW_MARGIN,
+                   help="renew this many seconds before expiry (default %(default)s)")
+    n.add_argument("--ip-masq", action="store_true",
+                   help="masquerade pod traffic leaving the pod network (nftables)")
+    n.add_argument("--reconcile-interval", type=float, default=10.0,
+                   help="seconds between periodic reconciles (default %(default)s)")
+    s = p.add_argument_group("services")
+    s.add_argument("--healthz-addr", default="",
+                   help="HOST:PORT for /healthz, /readyz, /metrics (default: off)")
+    s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
+                   help="serve the CNI plugin warm on this unix socket "
+                   "(default %(default)s; empty disables)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="debug logging (INFO is the default)")
+    return p
+
+
+def _env_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true or false")
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+    """Every flag's default may come from ``OVERLAYD_<DEST>`` (flags still win)."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if isinstance(action, argparse._StoreTrueAction):
+            value: Any = _env_bool(name, raw)
+        elif isinstance(action, argparse._CountAction):
+            value = int(raw) if raw.isdigit() else int(_env_bool(name, raw))
+        elif action.type is not None:
+            try:
+                value = action.type(raw)
+            except ValueError as e:
+                raise ConfigError(f"{name}={raw!r}: not a valid {action.type.__name__}") from e
+        else:
+            value = raw
+        parser.set_defaults(**{action.dest: value})
+
+
+@dataclass(frozen=True)
+class Settings:
+    etcd: EtcdOptions
+    iface: str | None
+    public_ip: IPv4Address | None
+    vxlan_device: str
+    subnet_file: str
+    state_dir: str
+    lease_ttl: int
+    renew_margin: int
+    ip_masq: bool
+    reconcile_interval: float
+    healthz_addr: str
+    cni_socket: str
+    verbose: int
+
+
+def parse_settings(argv: Sequence[str] | None = None,
+                   environ: dict[str, str] | None = None) -> Settings:
+    """Flags + environment -> validated Settings; ConfigError / SystemExit(2) otherwise."""
+    parser = build_parser()
+    apply_env_defaults(parser, dict(os.environ if environ is None else environ))
+    a = parser.parse_args(argv)
+    etcd = make_etcd_options(a.etcd_endpoints, a.etcd_prefix, a.etcd_cafile, a.etcd_certfile,
+                             a.etcd_keyfile, a.etcd_username, a.etcd_password)
+    public_ip = None
+    if a.public_ip:
+        try:
+            public_ip = IPv4Address(a.public_ip)
+        except ValueError:
+            raise ConfigError(f"--public-ip {a.public_ip!r}: not an IPv4 address") from None
+        if public_ip.is_unspecified or public_ip.is_multicast or public_ip.is_loopback:
+            raise ConfigError(f"--public-ip {public_ip}: must be a unicast underlay address")
+    if a.iface is not None and not a.iface.strip():
+        raise ConfigError("--iface: empty; give an interface name or a regex")
+    if a.lease_ttl < 1:
+        raise ConfigError(f"--lease-ttl {a.lease_ttl}: must be at least 1 second")
+    if a.lease_renew_margin < 0:
+        raise ConfigError(f"--lease-renew-margin {a.lease_renew_margin}: must not be negative")
+    if a.reconcile_interval <= 0:
+        raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
+    if a.vxlan_device and not _IFNAME_RE.match(a.vxlan_device):
+        raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
+                          "(1-15 characters, no '/', ':' or spaces)")
+    if a.healthz_addr:
+        parse_hostport(a.healthz_addr)
+    for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir)):
+        if not path:
+            raise ConfigError(f"{flag}: empty path")
+    return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
+                    a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
+                    a.healthz_addr, a.cni_socket, a.verbose)
+
+
+# ---- the registry as the daemon sees it ----------------------------------------------
+
+class _ObservedRegistry:
+    """Counts etcd errors, and reconciles the data plane with every listing the watch
+    thread makes (before the manager turns it into a batch), so the first programming
+    after a start is a reconcile (stale entries removed), not a blind add."""
+
+    def __init__(self, inner: Any, metrics: Metrics, on_watch_listing: Callable[[list[Lease]], None]):
+        self._inner = inner
+        self._metrics = metrics
+        self._on_listing = on_watch_listing
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name == "watch_leases":
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except RegistryError:
+                self._metrics.etcd_errors.inc()
+                raise
+        return counted
+
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
+        leases, rev = self.__getattr__("list_leases")(with_expiration=with_expiration)
+        if threading.current_thread().name == "watch":
+            self._on_listing(leases)
+        return leases, rev
+
+
+# ---- the daemon ----------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, settings: Settings, registry_factory: Callable[[EtcdOptions], Any] | None = None):
+        self.s = settings
+        self.stop = threading.Event()
+        self.metrics = Metrics()
+        self._registry_factory = registry_factory
+        self._threads: list[threading.Thread] = []
+        self._env_written = False
+        self._programmed = False
+        self.http: HealthServer | None = None
+        self.device = None
+        self.backend: VXLANBackend | None = None
+        self.manager: SubnetManager | None = None
+        self.masq: Masquerade | None = None
+        self.cni_server: Any = None
+        self._lease_lock = threading.Lock()
+        self._reconcile_lock = threading.Lock()
+
+    # -- readiness -------------------------------------------------------------------
+    def readiness(self) -> list[str]:
+        missing = []
+        if self.manager is None or self.manager.current is None:
+            missing.append("no subnet lease yet")
+        if not self._env_written:
+            missing.append(f"{self.s.subnet_file} not written")
+        if not self._programmed:
+            missing.append("VXLAN device not programmed")
+        self.metrics.ready.set(0 if missing else 1)
+        return missing
+
+    # -- main ------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.s.healthz_addr:
+            self.http = HealthServer(self.s.healthz_addr, self.metrics, self.readiness)
+            self.http.start()
+        registry = self._open_registry()
+        try:
+            return self._run(registry)
+        finally:
+            self._shutdown(registry)
+
+    def _open_registry(self) -> Any:
+        if self._registry_factory is not None:
+            return self._registry_factory(self.s.etcd)
+        from .registry import EtcdRegistry
+        return EtcdRegistry(self.s.etcd)
+
+    def _run(self, raw_registry: Any) -> int:
+        registry = _ObservedRegistry(raw_registry, self.metrics, self._on_watch_listing)
+        config = self._retry("reading the network config", registry.get_config)
+        if config is None:
+            return 0
+        log.info("network config: %s", config.to_json())
+        from .netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_ipr
+        ipr = open_ipr()
+        try:
+            underlay = find_underlay(ipr, self.s.iface, self.s.public_ip)
+        finally:
+            ipr.close()
+        vni = config.backend.vni
+        name = self.s.vxlan_device or f"overlay.{vni}"
+        mtu = config.backend.mtu or underlay.mtu - 50
+        mac = load_or_create_vtep_mac(self.s.state_dir, name)
+        public_ip = self.s.public_ip or underlay.address.ip
+        log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
+                 "VTEP MAC %s", underlay.name, public_ip, underlay.mtu, name, vni,
+                 config.backend.port, mtu, mac)
+        spec = VXLANSpec(name, vni, config.backend.port, public_ip, underlay.index, mtu, mac)
+        self.device = VXLANDevice(spec)
+        self.device.ensure()
+        self.underlay_name = underlay.name
+        self.config, self.mtu = config, mtu
+        self.backend = VXLANBackend(self.device, BackendSettings(
+            vni, public_ip, IPv4Interface(f"{public_ip}/{underlay.address.network.prefixlen}"),
+            config.backend.direct_routing))
+        self.reconciler = Reconciler(self.backend, interval=self.s.reconcile_interval)
+        attrs = LeaseAttrs(public_ip, "vxlan", vni, mac)
+        self.manager = SubnetManager(registry, config, attrs, ttl=self.s.lease_ttl,
+                                     renew_margin=self.s.renew_margin,
+                                     previous_subnet=self._previous_subnet(config))
+        self.metrics.track_lease_expiry(self._lease_expiry)
+        lease = self._retry("acquiring a subnet lease", self.manager.acquire)
+        if lease is None:
+            return 0
+        self.masq = Masquerade(config.network, lease.subnet, self.s.ip_masq)
+        self._hold(lease)
+        self._start_threads()
+        self._start_cni_server()
+        while not self.stop.wait(3600):
+            pass
+        log.info("stopping; the VXLAN device, its entries, the lease and %s stay in place",
+                 self.s.subnet_file)
+        return 0
+
+    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Retry ``fn`` on etcd trouble with a capped backoff; None if stopped meanwhile."""
+        backoff = BACKOFF_MIN
+        while not self.stop.is_set():
+            try:
+                return fn()
+            except (ConfigNotFound, RegistryError, OverlayError) as e:
+                if isinstance(e, ConfigError) and not isinstance(e, ConfigNotFound):
+                    raise
+                log.warning("%s failed: %s; retrying in %.1fs", what, e, backoff)
+                self.metrics.etcd_errors.inc() if isinstance(e, RegistryError) else None
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        return None
+
+    def _previous_subnet(self, config: NetworkConfig) -> IPv4Network | None:
+        if not os.path.exists(self.s.subnet_file):
+            return None
+        try:
+            env = load_subnet_env(self.s.subnet_file)
+        except SubnetEnvError as e:
+            log.warning("ignoring the old subnet.env: %s", e)
+            return None
+        subnet = env.subnet.network
+        if not config.in_range(subnet):
+            log.info("old subnet.env's %s is outside the current network config; ignoring it",
+                     subnet)
+            return None
+        log.info("previous subnet (from %s): %s", self.s.subnet_file, subnet)
+        return subnet
+
+    def _lease_expiry(self) -> Any:
+        lease = self.manager.current if self.manager else None
+        return None if lease is None else lease.expiration
+
+    # -- lease held / changed --------------------------------------------------------
+    def _hold(self, lease: Lease) -> None:
+        """Device address, subnet.env and masquerade for the lease now held."""
+        with self._lease_lock:
+            self.device.ensure_address(IPv4Interface(f"{lease.subnet.network_address}/32"))
+            env = SubnetEnv(self.config.network,
+                            IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
+                            self.mtu, self.s.ip_masq)
+            write_subnet_env(self.s.subnet_file, env)
+            self._env_written = True
+            log.info("wrote %s: subnet %s, MTU %d", self.s.subnet_file, env.subnet, self.mtu)
+            self.masq.update(lease.subnet)
+
+    def _on_lease(self, lease: Lease) -> None:
+        log.info("lease now %s (etcd lease %x)", lease.subnet, lease.etcd_lease_id)
+        self._hold(lease)
+
+    # -- watch -> backend --------------------------------------------------------------
+    def _on_watch_listing(self, leases: list[Lease]) -> None:
+        own = self.manager.own_subnet() if self.manager else None
+        remote = [l for l in leases if l.subnet != own]
+        self._reconcile(remote)
+
+    def _on_batch(self, batch: LeaseBatch) -> None:
+        res = self.backend.apply_batch(batch)
+        self._update_gauges()
+        if res.failed:
+            self.reconciler.kick()
+
+    def _reconcile(self, leases: list[Lease] | None = None) -> None:
+        with self._reconcile_lock:
+            self._reconcile_locked(leases)
+
+    def _reconcile_locked(self, leases: list[Lease] | None) -> None:
+        t0 = time.monotonic()
+        self._repair_device()
+        res = self.backend.reconcile(leases)
+        dt = time.monotonic() - t0
+        self.metrics.reconcile_runs.inc()
+        self.metrics.reconcile_duration.observe(dt)
+        self._update_gauges()
+        if not self._programmed:
+            self._programmed = True
+            log.info("VXLAN device programmed: %d remote leases, %d entries (%.3fs); ready",
+                     len(self.backend.leases), self.backend.entry_count(), dt)
+        elif res.added or res.removed:
+            log.info("reconcile repaired drift in %.3fs", dt)
+
+    def _repair_device(self) -> None:
+        """The device deleted or down (e.g. by hand, or its underlay replaced): recreate it."""
+        up, index = self.device.state()
+        if up and index == self.device.index:
+            return
+        log.info("VXLAN device %s is %s: recreating it and replaying every entry",
+                 self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
+        from .netlink.vxlan import find_underlay, open_ipr
+        ipr = open_ipr()
+        try:
+            underlay = find_underlay(ipr, self.underlay_name, self.device.spec.local)
+        finally:
+            ipr.close()
+        if underlay.index != self.device.spec.underlay_index:
+            self.device.spec = replace(self.device.spec, underlay_index=underlay.index)
+        self.device.ensure()
+        lease = self.manager.current
+        if lease is not None:
+            self.device.ensure_address(IPv4Interface(f"{lease.subnet.network_address}/32"))
+
+    def _update_gauges(self) -> None:
+        self.metrics.leases_known.set(len(self.backend.leases))
+        self.metrics.entries_programmed.set(self.backend.entry_count())
+        self.metrics.remotes_failing.set(len(self.backend.failed))
+
+    # -- threads -----------------------------------------------------------------------
+    def _start_threads(self) -> None:
+        from .netlink.vxlan import LinkMonitor
+        lease = self.manager.current
+        self._spawn("watch", lambda: self.manager.run_watch(self.manager.own_subnet, self.stop,
+                                                            self._on_batch))
+        self._spawn("keepalive", lambda: self.manager.run_keepalive(
+            self.manager.current or lease, self.stop, self._on_lease))
+        self._spawn("reconcile", self._reconcile_loop)
+        monitor_names = lambda: {self.device.spec.name, self.underlay_name}  # noqa: E731
+        self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
+                    .run(self.stop))
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def supervised() -> None:
+            backoff = BACKOFF_MIN
+            while not self.stop.is_set():
+                try:
+                    target()
+                except Exception:  # a bug or an unexpected kernel answer: log, restart
+                    log.exception("thread %s failed; restarting in %.1fs", name, backoff)
+                    if isinstance(sys.exc_info()[1], OverlayError):
+                        self.metrics.etcd_errors.inc()
+                else:
+                    if self.stop.is_set():
+                        return
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        t = threading.Thread(target=supervised, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _reconcile_loop(self) -> None:
+        while self.reconciler.wait(self.stop):
+            if not self._programmed:
+                continue  # the watch's first listing does the first reconcile
+            try:
+                self._reconcile()
+            except OverlayError as e:
+                log.warning("reconcile failed: %s; retrying", e)
+            try:
+                self.masq.ensure()
+            except OverlayError as e:
+                log.warning("masquerade check failed: %s", e)
+
+    def _on_link_change(self, what: str) -> None:
+        log.info("%s: reconciling", what)
+        self.reconciler.kick()
+
+    def _start_cni_server(self) -> None:
+        if not self.s.cni_socket:
+            return
+        try:
+            from .cni.server import CNIServer  # the CNI plugin's warm server (optional)
+        except ImportError:
+            log.debug("no warm CNI server in this build; the plugin runs cold")
+            return
+        try:
+            self.cni_server = CNIServer(self.s.cni_socket)
+        except (OverlayError, OSError) as e:
+            log.warning("warm CNI server on %s not started: %s", self.s.cni_socket, e)
+            return
+        t = threading.Thread(target=self.cni_server.serve_forever, name="cni", daemon=True)
+        t.start()
+        log.info("serving the CNI plugin warm on %s", self.s.cni_socket)
+
+    def _shutdown(self, registry: Any) -> None:
+        self.stop.set()
+        if self.cni_server is not None:
+            try:
+                self.cni_server.shutdown()
+            except Exception as e:  # shutting down must finish whatever happens
+                log.warning("stopping the CNI server: %s", e)
+        for t in self._threads:
+            t.join(timeout=3)
+        if self.http is not None:
+            self.http.stop()
+        try:
+            registry.close()
+        except Exception as e:
+            log.debug("closing the registry: %s", e)
+        if self.device is not None:
+            self.device.close()
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:  # the etcd client's grpc chatter only at -vv
+        logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(argv)
+    except ConfigError as e:
+        print(f"overlayd: error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.verbose)
+    daemon = Daemon(settings)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("got %s", signal.Signals(signum).name)
+        daemon.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return daemon.run()
+    except OverlayError as e:
+        print(f"overlayd: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""overlayd's HTTP endpoints: /healthz, /readyz and /metrics (Prometheus text format).
+
+- ``/healthz``: 200 while the process serves requests (liveness).
+- ``/readyz``: 200 only once the lease is held, subnet.env written and the device
+  programmed; 503 with the missing conditions otherwise.
+- ``/metrics``: the daemon's metrics (prometheus-client), see ``Metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """Every metric overlayd exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.leases_known = Gauge("overlay_leases_known",
+                                  "Remote subnet leases known from etcd (own lease excluded)",
+                                  registry=r)
+        self.entries_programmed = Gauge(
+            "overlay_remote_entries_programmed",
+            "Remote entries (neigh, FDB, route) wanted on the VXLAN device", registry=r)
+        self.remotes_failing = Gauge("overlay_remotes_failing",
+                                     "Remote leases whose programming failed (retrying)",
+                                     registry=r)
+        self.reconcile_runs = Counter("overlay_reconcile_runs",
+                                      "Reconciles of kernel entries against leases", registry=r)
+        self.reconcile_duration = Histogram(
+            "overlay_reconcile_duration_seconds", "Duration of one reconcile", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.etcd_errors = Counter("overlay_etcd_errors", "Failed etcd requests", registry=r)
+        self.lease_expiry = Gauge("overlay_lease_expiry_seconds",
+                                  "Seconds until this node's lease expires (-1: reservation "
+                                  "or no lease)", registry=r)
+        self.ready = Gauge("overlay_ready", "1 once the node is ready (see /readyz)", registry=r)
+        self._expiry: Callable[[], datetime | None] = lambda: None
+        self.lease_expiry.set_function(self._seconds_left)
+
+    def track_lease_expiry(self, expiry: Callable[[], datetime | None]) -> None:
+        self._expiry = expiry
+
+    def _seconds_left(self) -> float:
+        when = self._expiry()
+        if when is None:
+            return -1.0
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--healthz-addr {text!r}: expected HOST:PORT, e.g. 127.0.0.1:10256")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class HealthServer:
+    """A small threaded HTTP server; ``readiness()`` returns the unmet conditions."""
+
+    def __init__(self, addr: str, metrics: Metrics, readiness: Callable[[], list[str]]):
+        host, port = parse_hostport(addr)
+        self.metrics = metrics
+        self.readiness = readiness
+        handler = self._handler()
+        try:
+            self.server = ThreadingHTTPServer((host, port), handler)
+        except OSError as e:
+            raise ConfigError(f"--healthz-addr {addr}: cannot listen: {e.strerror}") from e
+        self.server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.server_address[:2]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http",
+                                        daemon=True)
+        self._thread.start()
+        log.info("serving /healthz, /readyz and /metrics on %s:%d", *self.address)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    missing = outer.readiness()
+                    if missing:
+                        self._reply(503, ("not ready: " + "; ".join(missing) + "\n").encode())
+                    else:
+                        self._reply(200, b"ok\n")
+                elif path == "/metrics":
+                    self._reply(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                else:
+                    self._reply(404, b"not found: try /healthz, /readyz or /metrics\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args) -> None:
+                log.debug("http: " + fmt, *args)
+
+        return Handler
