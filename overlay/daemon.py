@@ -478,7 +478,7 @@ class Daemon:
             log.debug("no warm CNI server in this build; the plugin runs cold")
             return
         try:
-            self.cni_server = CNIServer(self.s.cni_socket)
+            self.cni_server = CNIServer(self.s.cni_socket).bind()
         except (OverlayError, OSError) as e:
             log.warning("warm CNI server on %s not started: %s", self.s.cni_socket, e)
             return

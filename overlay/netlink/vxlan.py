@@ -70,7 +70,7 @@ def find_underlay(ipr: IPRoute, iface: str | None, public_ip: IPv4Address | None
     links = {l["index"]: l.get("ifname") for l in ipr.get_links()}
     addrs = _v4_addrs(ipr)
     if iface:
-        idx = _match_iface(links, iface)
+        idx = _match_iface(links, iface, {i for i, _ in addrs})
     elif public_ip is not None:
         idx = next((i for i, a in addrs if a.ip == public_ip), None)
         if idx is None:
@@ -92,7 +92,7 @@ def find_underlay(ipr: IPRoute, iface: str | None, public_ip: IPv4Address | None
     return Underlay(links[idx], idx, chosen, int(link.get("mtu")))
 
 
-def _match_iface(links: dict[int, str], iface: str) -> int:
+def _match_iface(links: dict[int, str], iface: str, with_ipv4: set[int]) -> int:
     for idx, name in links.items():
         if name == iface:
             return idx
@@ -100,9 +100,11 @@ def _match_iface(links: dict[int, str], iface: str) -> int:
         pattern = re.compile(iface)
     except re.error as e:
         raise ConfigError(f"--iface {iface!r}: no such interface and not a valid regex ({e})") from e
-    for idx, name in sorted(links.items()):
-        if name and name != "lo" and pattern.fullmatch(name):
-            return idx
+    matches = [idx for idx, name in sorted(links.items())
+               if name and name != "lo" and pattern.fullmatch(name)]
+    # like Flannel's --iface-regex: the first match that has an IPv4 address
+    for idx in sorted(matches, key=lambda i: i not in with_ipv4):
+        return idx
     raise ConfigError(f"--iface {iface!r}: no interface matches; have {', '.join(sorted(links.values()))}")
 
 
