@@ -1,0 +1,93 @@
+"""overlayd's flags and OVERLAYD_* environment variables (no root, no kernel, no etcd)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from ipaddress import IPv4Address
+
+import pytest
+
+from overlay.daemon import parse_settings
+from overlay.errors import ConfigError
+
+OVERLAYD = os.path.join(os.path.dirname(sys.executable), "overlayd")
+
+
+def test_defaults():
+    s = parse_settings([], environ={})
+    assert s.etcd.describe() == "http://127.0.0.1:2379"
+    assert s.etcd.prefix == "/overlay/network"
+    assert s.subnet_file == "/run/overlay/subnet.env"
+    assert s.state_dir == "/var/lib/overlay"
+    assert s.lease_ttl == 86400 and s.renew_margin == 3600
+    assert s.ip_masq is False and s.healthz_addr == "" and s.vxlan_device == ""
+    assert s.cni_socket == "/run/overlay/cni.sock" and s.public_ip is None
+
+
+def test_flags():
+    s = parse_settings(["--etcd-endpoints", "http://10.0.0.1:2379,10.0.0.2:2379",
+                        "--etcd-prefix", "/coreos.com/network", "--public-ip", "192.168.1.11",
+                        "--iface", "eth.*", "--lease-ttl", "30", "--lease-renew-margin", "10",
+                        "--ip-masq", "--healthz-addr", "127.0.0.1:10256",
+                        "--vxlan-device", "flannel.1", "--cni-socket", "", "-v"], environ={})
+    assert [e.host for e in s.etcd.endpoints] == ["10.0.0.1", "10.0.0.2"]
+    assert s.etcd.prefix == "/coreos.com/network"
+    assert s.public_ip == IPv4Address("192.168.1.11") and s.iface == "eth.*"
+    assert (s.lease_ttl, s.renew_margin, s.ip_masq) == (30, 10, True)
+    assert s.vxlan_device == "flannel.1" and s.cni_socket == "" and s.verbose == 1
+
+
+def test_environment_and_flags_win():
+    env = {"OVERLAYD_ETCD_ENDPOINTS": "http://10.1.1.1:2379", "OVERLAYD_IP_MASQ": "true",
+           "OVERLAYD_LEASE_TTL": "120", "OVERLAYD_PUBLIC_IP": "192.168.1.12",
+           "OVERLAYD_HEALTHZ_ADDR": "0.0.0.0:9000"}
+    s = parse_settings([], environ=env)
+    assert s.etcd.describe() == "http://10.1.1.1:2379" and s.ip_masq is True
+    assert s.lease_ttl == 120 and s.public_ip == IPv4Address("192.168.1.12")
+    assert s.healthz_addr == "0.0.0.0:9000"
+    s = parse_settings(["--lease-ttl", "7"], environ=env)
+    assert s.lease_ttl == 7
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--public-ip", "192.168.1"], {}, "--public-ip '192.168.1': not an IPv4 address"),
+    (["--public-ip", "127.0.0.1"], {}, "must be a unicast underlay address"),
+    (["--lease-ttl", "0"], {}, "--lease-ttl 0: must be at least 1 second"),
+    (["--lease-renew-margin", "-5"], {}, "must not be negative"),
+    (["--healthz-addr", "localhost"], {}, "expected HOST:PORT"),
+    (["--healthz-addr", "127.0.0.1:99999"], {}, "expected HOST:PORT"),
+    (["--vxlan-device", "a-very-long-device-name"], {}, "not a valid interface name"),
+    (["--etcd-endpoints", "ftp://x"], {}, "expected http(s)://HOST:PORT"),
+    (["--etcd-certfile", "/etc/hostname"], {}, "must be given together"),
+    (["--etcd-cafile", "/nonexistent/ca.pem"], {}, "no such file"),
+    (["--iface", " "], {}, "--iface: empty"),
+    ([], {"OVERLAYD_IP_MASQ": "maybe"}, "OVERLAYD_IP_MASQ='maybe': expected true or false"),
+    ([], {"OVERLAYD_LEASE_TTL": "soon"}, "OVERLAYD_LEASE_TTL='soon': not a valid int"),
+])
+def test_bad_input_is_a_config_error(argv, env, message):
+    with pytest.raises(ConfigError) as e:
+        parse_settings(argv, environ=env)
+    assert message in str(e.value)
+
+
+def test_unknown_flag_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_settings(["--no-such-flag"], environ={})
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "unrecognized arguments: --no-such-flag" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lease-ttl", "abc"], "argument --lease-ttl: invalid int value: 'abc'"),
+    (["--public-ip", "nope"], "--public-ip 'nope': not an IPv4 address"),
+])
+def test_console_script_one_line_nonzero(args, message):
+    r = subprocess.run([OVERLAYD, *args], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "OVERLAYD_ETCD_ENDPOINTS": "http://127.0.0.1:1"})
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
