@@ -104,9 +104,14 @@ class EtcdRegistry:
         # each so one dead member does not make auth fail.
         for _ in range(len(endpoints)):
             try:
-                return MultiEndpointEtcd3Client(endpoints, timeout=self.opts.timeout,
-                                                user=self.opts.username,
-                                                password=self.opts.password, failover=True)
+                client = MultiEndpointEtcd3Client(endpoints, timeout=self.opts.timeout,
+                                                  user=self.opts.username,
+                                                  password=self.opts.password, failover=True)
+                if creds is None:
+                    # grpc refuses call credentials on a plaintext channel; the auth token
+                    # also travels as plain metadata, which is all etcd needs.
+                    client.call_credentials = None
+                return client
             except grpc.RpcError as e:
                 last = e
                 if e.code() not in _UNAVAILABLE_CODES:
@@ -156,7 +161,9 @@ class EtcdRegistry:
         if isinstance(rpc, grpc.RpcError) and hasattr(rpc, "code"):
             code = rpc.code()
             detail = (rpc.details() or "").strip()
-        if code in _AUTH_CODES:
+        if code in _AUTH_CODES or (code is grpc.StatusCode.INVALID_ARGUMENT
+                                   and ("authentication failed" in detail
+                                        or "user name is empty" in detail)):
             return RegistryError(f"etcd at {where} refused {what}: {detail or code.name} "
                                  "(check --etcd-username/--etcd-password and the user's role)")
         if isinstance(exc, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
