@@ -169,6 +169,12 @@ class Facts:
     bridge: LinkInfo | None
     underlay: LinkInfo | None
     overlay_cni: CNIConfigFile | None
+    direct: frozenset[IPv4Network] = frozenset()  # DirectRouting peers: route via public IP
+
+    @property
+    def vxlan_remotes(self) -> list[Lease]:
+        """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
+        return [l for l in self.remotes if l.subnet not in self.direct and l.attrs.vtep_mac]
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -229,8 +235,14 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
                and l.attrs.backend_type == "vxlan"
                and (cfg is None or l.attrs.vni in (None, cfg.backend.vni))]
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
+    direct: frozenset[IPv4Network] = frozenset()
+    if cfg and cfg.backend.direct_routing and public_ip:
+        # Like the backend: a peer on this node's underlay L2 subnet is routed to directly.
+        l2 = next((a.interface.network for a in k.addrs if a.interface.ip == public_ip), None)
+        if l2 is not None:
+            direct = frozenset(l.subnet for l in remotes if l.attrs.public_ip in l2)
     return Facts(vxlan_name, bridge_name, public_ip, own, own_subnet, remotes, network,
-                 vxlan, k.link(bridge_name), underlay, overlay_cni)
+                 vxlan, k.link(bridge_name), underlay, overlay_cni, direct)
 
 
 def _guess_vxlan(k: KernelState) -> str:
@@ -514,22 +526,26 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
     name = "routes"
     dev = f.vxlan_name
     expected = f"a route for each of {len(f.remotes)} peer subnet(s) via its .0 dev {dev} onlink"
+    if f.direct:
+        expected += f" ({len(f.direct)} DirectRouting peer(s): via their public IP)"
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     if node.kernel is None:
         return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
     k = node.kernel
     vx = f.vxlan.index if f.vxlan else None
-    direct = bool(cluster.config and cluster.config.backend.direct_routing)
     by_dst: dict[IPv4Network, list[RouteInfo]] = {}
     for r in k.routes:
         by_dst.setdefault(r.dst, []).append(r)
     missing, wrong = [], []
-    for lease in f.remotes:
+    want = {l.subnet for l in f.vxlan_remotes} | f.direct
+    for lease in (l for l in f.remotes if l.subnet in want):
         gw = lease.subnet.network_address  # the peer's VXLAN address
         routes = by_dst.get(lease.subnet, [])
-        ok = any(r.oif == vx and r.gateway == gw and r.onlink for r in routes) or (
-            direct and any(r.gateway == lease.attrs.public_ip for r in routes))
+        if lease.subnet in f.direct:
+            ok = any(r.gateway == lease.attrs.public_ip for r in routes)
+        else:
+            ok = any(r.oif == vx and r.gateway == gw and r.onlink for r in routes)
         if ok:
             continue
         if not routes:
@@ -539,13 +555,16 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
     leased = {l.subnet for l in cluster.leases}
     stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
              and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
-    return _entry_result(name, expected, len(f.remotes), [
-        ("missing", [str(l.subnet) for l in missing],
-         [f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
-          for l in missing]),
+
+    def add(l: Lease) -> str:
+        if l.subnet in f.direct:
+            return f"ip route replace {l.subnet} via {l.attrs.public_ip}"
+        return f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
+
+    return _entry_result(name, expected, len(want), [
+        ("missing", [str(l.subnet) for l in missing], [add(l) for l in missing]),
         ("wrong", [f"{l.subnet} via {r.gateway} dev {k.name_of(r.oif)}" for l, r in wrong],
-         [f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
-          for l, _ in wrong]),
+         [add(l) for l, _ in wrong]),
         ("stale (no lease)", [f"{r.dst} via {r.gateway} dev {k.name_of(r.oif)}" for r in stale],
          [f"ip route del {r.dst} dev {k.name_of(r.oif)}" for r in stale]),
     ])
@@ -554,7 +573,7 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
 def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "fdb"
     dev = f.vxlan_name
-    expected = f"FDB entry VTEP MAC -> public IP on {dev} for each of {len(f.remotes)} peer(s)"
+    expected = f"FDB entry VTEP MAC -> public IP on {dev} for each of {len(f.vxlan_remotes)} peer(s)"
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     skip = _need_vxlan(node, f, expected, name)
@@ -566,7 +585,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
         by_mac.setdefault(e.mac, []).append(e)
     missing, wrong = [], []
     want_macs = set()
-    for lease in f.remotes:
+    for lease in f.vxlan_remotes:
         mac = lease.attrs.vtep_mac
         if not mac:
             continue
@@ -578,7 +597,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     stale = [e for e in entries if e.mac not in want_macs]
     extra = [e for l, have in wrong for e in have if e.dst != l.attrs.public_ip]
     add = "bridge fdb replace {mac} dev %s dst {ip} self permanent" % dev
-    return _entry_result(name, expected, len(f.remotes), [
+    return _entry_result(name, expected, len(f.vxlan_remotes), [
         ("missing", [f"{l.attrs.vtep_mac} -> {l.attrs.public_ip} ({l.subnet})" for l, _ in missing],
          [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in missing]),
         ("wrong", [f"{l.attrs.vtep_mac} -> {', '.join(str(e.dst) for e in h)} (lease says "
@@ -593,7 +612,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
 def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "neigh"
     dev = f.vxlan_name
-    expected = f"permanent neighbour .0 -> VTEP MAC on {dev} for each of {len(f.remotes)} peer(s)"
+    expected = f"permanent neighbour .0 -> VTEP MAC on {dev} for each of {len(f.vxlan_remotes)} peer(s)"
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     skip = _need_vxlan(node, f, expected, name)
@@ -601,7 +620,7 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
         return skip
     entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
     missing, wrong, want = [], [], set()
-    for lease in f.remotes:
+    for lease in f.vxlan_remotes:
         gw = lease.subnet.network_address
         want.add(gw)
         n = entries.get(gw)
@@ -611,7 +630,7 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
             wrong.append((lease, n))
     stale = [n for n in entries.values() if n.dst not in want and n.permanent]
     add = "ip neigh replace {ip} lladdr {mac} dev %s nud permanent" % dev
-    return _entry_result(name, expected, len(f.remotes), [
+    return _entry_result(name, expected, len(f.vxlan_remotes), [
         ("missing", [f"{l.subnet.network_address} -> {l.attrs.vtep_mac}" for l in missing],
          [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l in missing]),
         ("wrong", [f"{n.dst} -> {n.mac}{'' if n.permanent else ' (not permanent)'} (lease says "
@@ -758,7 +777,10 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
         if p.small_received:
             why += f", but {p.small_received} small ping(s) answered: path MTU below {p.size + 28}"
         parts.append(f"{p.subnet} ({p.target}): {why}")
-    if len(mtu_only) == len(down):
+    if any("unreachable" in p.error.lower() for p in down):
+        fix = ("this node has no route to the peer's VXLAN address: fix the routes check, "
+               "or restart overlayd")
+    elif len(mtu_only) == len(down):
         fix = ("lower the overlay MTU (Backend.MTU in the network config) or raise the "
                "underlay MTU on the path")
     else:

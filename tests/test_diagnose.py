@@ -498,3 +498,32 @@ def test_trace_missing_route_and_same_node():
                     cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP)
     assert t.ok and [h.name for h in t.hops] == ["source-node", "source-bridge", "route",
                                                  "destination-node"]
+
+
+def direct_routing_state():
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16",
+                                           "Backend": {"Type": "vxlan", "DirectRouting": True}})
+    # Both peers share the node's underlay /24: the backend routes to them directly.
+    k = node.kernel
+    kernel_without(node, routes=[r for r in k.routes if r.oif != VX] + [
+        RouteInfo(s, ip, ETH) for s, (ip, _) in PEERS.items()], neigh=[],
+        fdb=[e for e in k.fdb if e.ifindex != VX])
+    return node, cluster
+
+
+def test_direct_routing_peers_need_only_a_route_via_public_ip():
+    node, cluster = direct_routing_state()
+    checks, report = statuses(node, cluster)
+    assert not report.failed, {n: c.found for n, c in checks.items() if c.status == dg.FAIL}
+    routes = [r for r in node.kernel.routes if r.dst != IPv4Network("10.244.2.0/24")]
+    c = only_failure(kernel_without(node, routes=routes), cluster, "routes")
+    assert c.fix.startswith("ip route replace 10.244.2.0/24 via 192.168.1.12;")
+
+
+def test_probe_unreachable_points_at_routes():
+    node, cluster = healthy()
+    s = IPv4Network("10.244.2.0/24")
+    node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, 0,
+                                    "ping: connect: Network is unreachable")
+    assert "routes check" in only_failure(node, cluster, "peer-probe").fix
