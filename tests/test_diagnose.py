@@ -527,3 +527,35 @@ def test_probe_unreachable_points_at_routes():
     node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, 0,
                                     "ping: connect: Network is unreachable")
     assert "routes check" in only_failure(node, cluster, "peer-probe").fix
+
+
+def test_read_readyz_against_a_local_server():
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        status = 200
+
+        def do_GET(self):
+            self.send_response(H.status if self.path == "/readyz" else 404)
+            self.end_headers()
+            self.wfile.write(b"not ready: no lease" if H.status != 200 else b"ok")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    addr = f"127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert dg.read_readyz(addr) == (200, "ok")
+        H.status = 503
+        node, cluster = healthy()
+        node.readyz = dg.read_readyz(addr)
+        c = only_failure(node, cluster, "daemon-ready", dg.DiagnoseOptions(healthz_addr=addr))
+        assert c.found == "503: not ready: no lease"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    status, detail = dg.read_readyz(addr, timeout=0.5)
+    assert status is None and "refused" in detail.lower()
