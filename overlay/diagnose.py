@@ -229,6 +229,12 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
     underlay = _underlay(k, vxlan, public_ip)
     own = next((l for l in cluster.leases if public_ip and l.attrs.public_ip == public_ip), None)
+    if own is None and public_ip is None and node.subnet_env is not None:
+        # No device to learn our public IP from: subnet.env still says which lease is ours.
+        own = next((l for l in cluster.leases
+                    if l.subnet == node.subnet_env.subnet.network), None)
+        public_ip = own.attrs.public_ip if own else None
+        underlay = _underlay(k, vxlan, public_ip)
     own_subnet = own.subnet if own else (node.subnet_env.subnet.network if node.subnet_env
                                          else None)
     remotes = [l for l in cluster.leases if l is not own and l.subnet != own_subnet

@@ -559,3 +559,17 @@ def test_read_readyz_against_a_local_server():
         srv.server_close()
     status, detail = dg.read_readyz(addr, timeout=0.5)
     assert status is None and "refused" in detail.lower()
+
+
+def test_device_deleted_still_finds_own_lease_from_subnet_env():
+    node, cluster = healthy()
+    k = node.kernel
+    kernel_without(node, links=[l for l in k.links if l.index != VX],
+                   addrs=[a for a in k.addrs if a.index != VX],
+                   routes=[r for r in k.routes if r.oif != VX], neigh=[],
+                   fdb=[f for f in k.fdb if f.ifindex != VX])
+    node.probes = None
+    checks, _ = statuses(node, cluster)
+    assert checks["lease"].status == dg.PASS
+    assert checks["vxlan-device"].status == dg.FAIL and checks["vxlan-device"].found == "missing"
+    assert "missing: 10.244.2.0/24, 10.244.3.0/24" in checks["routes"].found
