@@ -167,12 +167,13 @@ host_check() {
         continue
       fi
       printf '    %s pod %-15s -> %s pod %-15s %s\n' "$n" "${POD_IP[$n]}" "$m" "${POD_IP[$m]}" \
-        "$(awk -v ip="${POD_IP[$m]}" '$2 == ip { $2 = ""; sub(/  +/, " "); print; found = 1 } END { if (!found) print "FAIL (no answer)" }' <<<"$out")"
+        "$(awk -v ip="${POD_IP[$m]}" '$2 == ip { $2 = ""; sub(/  +/, " "); sub(/ +$/, ""); print; found = 1 } END { if (!found) print "FAIL (no answer)" }' <<<"$out")"
     done
   done
+  local pods=${#POD_IP[@]}
   host_cleanup
   if [ $failed -eq 0 ]; then
-    echo "smoke check passed: ${#POD_IP[@]} pods on ${#nodes[@]} VMs reach each other"
+    echo "smoke check passed: $pods pods on ${#nodes[@]} VMs reach each other"
   else
     echo "smoke check FAILED (see above; on a VM: sudo overlayctl diagnose)" >&2
   fi

@@ -1,0 +1,405 @@
+"""The Vagrant lab (vagrant/): what can be checked without booting VMs.
+
+* ``vagrant validate`` on a temporary copy of vagrant/ (it writes ``.vagrant/`` and
+  VAGRANT_HOME), with the libvirt provider's checks when vagrant-libvirt is installed;
+* the systemd units (``systemd-analyze verify`` in a scratch root) and their contract
+  with provision.sh (env files, variables, executables);
+* the scripts parse, and every overlayctl/overlayd flag they use is a real one;
+* the smoke check's pod side for real: pods attached through the CNI plugin installed by
+  ``overlayctl install-cni`` and executed as a runtime would (cni_runtime.py), pinging
+  across two node namespaces, driven by smoke-check.sh's host side through a stand-in
+  for ``vagrant ssh`` that runs the command in the node's namespace.
+
+Booting the VMs needs nested virtualisation, which this machine does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VAGRANT_DIR = ROOT / "vagrant"
+UNITS = VAGRANT_DIR / "systemd"
+PROVISION = VAGRANT_DIR / "provision.sh"
+SMOKE = VAGRANT_DIR / "smoke-check.sh"
+VENV_BIN = Path(sys.executable).parent
+PREFIX = "ovvg"
+
+
+def run(cmd, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", 120)
+    return subprocess.run(cmd, **kw)
+
+
+# ---- vagrant validate ---------------------------------------------------------------
+
+def vagrant_copy(tmp_path: Path) -> tuple[Path, dict]:
+    """vagrant/ copied under a scratch repo root (the Vagrantfile syncs its parent)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(VAGRANT_DIR, repo / "vagrant",
+                    ignore=shutil.ignore_patterns(".vagrant", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGRANT_", "OVERLAY_VAGRANT_"))}
+    env["VAGRANT_HOME"] = str(tmp_path / "vagrant-home")
+    env["VAGRANT_CHECKPOINT_DISABLE"] = "1"
+    return repo / "vagrant", env
+
+
+def libvirt_plugin_installed() -> bool:
+    return any(Path("/usr/share/rubygems-integration/all/specifications").glob("vagrant-libvirt-*"))
+
+
+needs_vagrant = pytest.mark.skipif(shutil.which("vagrant") is None,
+                                   reason="vagrant is not installed (cmd/bootstrap.sh installs it)")
+
+
+@needs_vagrant
+def test_vagrant_validate(tmp_path):
+    had_state = (VAGRANT_DIR / ".vagrant").exists()
+    cwd, env = vagrant_copy(tmp_path)
+    r = run(["vagrant", "validate", "--ignore-provider"], cwd=cwd, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validated successfully" in r.stdout
+    if libvirt_plugin_installed():
+        # Also the provider block's settings, which --ignore-provider skips.
+        r = run(["vagrant", "validate"], cwd=cwd, env=dict(env, VAGRANT_DEFAULT_PROVIDER="libvirt"))
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert (VAGRANT_DIR / ".vagrant").exists() == had_state  # the copy, not the tree, was used
+
+
+@needs_vagrant
+def test_vagrant_settings(tmp_path):
+    """The example network 192.168.1.x validates; a bad setting is one clear line."""
+    cwd, env = vagrant_copy(tmp_path)
+    r = run(["vagrant", "validate", "--ignore-provider"], cwd=cwd,
+            env=dict(env, OVERLAY_VAGRANT_NET="192.168.1", OVERLAY_VAGRANT_NODES="2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "node2" in r.stdout and "node3" not in r.stdout
+    for var, value in (("OVERLAY_VAGRANT_NET", "192.168.300"), ("OVERLAY_VAGRANT_NODES", "zero")):
+        r = run(["vagrant", "validate", "--ignore-provider"], cwd=cwd, env=dict(env, **{var: value}))
+        assert r.returncode != 0
+        assert f"{var}=" in r.stderr and "expected" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and ".rb:" not in r.stderr
+
+
+def test_vagrantfile_contract():
+    """What the README promises: Debian 12 box, 3 VMs at .11-.13, repo at /vagrant, etcd on node1."""
+    text = (VAGRANT_DIR / "Vagrantfile").read_text()
+    assert 'config.vm.box = "debian/bookworm64"' in text
+    assert re.search(r'"OVERLAY_VAGRANT_NET", "192\.168\.56"', text)
+    assert '"#{NET}.#{10 + i}"' in text and 'ETCD_IP = "#{NET}.11"' in text
+    assert 'synced_folder REPO_ROOT, "/vagrant"' in text
+    assert 'path: "provision.sh"' in text
+    assert '"OVERLAY_RUN_ETCD" => (i == 1 ? "yes" : "no")' in text
+
+
+# ---- systemd units -------------------------------------------------------------------
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit file as {section: {key: [values]}} (continuations joined)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            assert line.endswith("]"), f"{path.name}:{n}: bad section header {line!r}"
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"{path.name}:{n}: key outside a section"
+        key, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"[A-Za-z]+", key.strip()), f"{path.name}:{n}: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_units_parse_and_match_provision():
+    provision = PROVISION.read_text()
+    for name in ("overlayd.service", "overlay-etcd.service"):
+        unit = parse_unit(UNITS / name)
+        assert set(unit) == {"Unit", "Service", "Install"}, name
+        assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+        svc = unit["Service"]
+        # provision.sh installs the unit under this name and writes its env file.
+        assert f"install_unit {name}" in provision
+        (env_file,) = svc["EnvironmentFile"]
+        assert f"write_env {env_file} " in provision, env_file
+        written = re.search(rf'write_env {re.escape(env_file)} (.*?)\n\s*install_unit',
+                            provision, re.S).group(1)
+        for var in re.findall(r"\$\{(\w+)\}", svc["ExecStart"][0]):
+            assert f"{var}=" in written, f"{name} uses ${{{var}}}, {env_file} lacks it"
+    d = parse_unit(UNITS / "overlayd.service")["Service"]
+    assert d["ExecStart"] == ["/usr/local/bin/overlayd"]
+    assert 'ln -sfn "$REPO/cmd/$c" "/usr/local/bin/$c"' in provision
+    assert "overlayd" in re.search(r"for c in ([^;]+);", provision).group(1).split()
+    assert d["RuntimeDirectoryPreserve"] == ["yes"]  # subnet.env outlives a restart
+    e = parse_unit(UNITS / "overlay-etcd.service")
+    assert e["Unit"]["Conflicts"] == ["etcd.service"] and e["Service"]["User"] == ["etcd"]
+    assert "--listen-client-urls http://${OVERLAY_ETCD_IP}:2379" in e["Service"]["ExecStart"][0]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_units_systemd_analyze_verify(tmp_path):
+    """systemd's own parser, in a scratch root holding the units and their executables."""
+    root = tmp_path / "root"
+    shutil.copytree("/lib/systemd/system", root / "lib/systemd/system", symlinks=True)
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for unit in UNITS.glob("*.service"):
+        shutil.copy(unit, units)
+        for exe in parse_unit(unit)["Service"]["ExecStart"]:
+            path = root / shlex.split(exe)[0].lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("#!/bin/sh\n")
+            path.chmod(0o755)
+    names = sorted(u.name for u in UNITS.glob("*.service"))
+    r = run(["systemd-analyze", "verify", f"--root={root}", *names])
+    # verify exits 0 on unknown keys and bad values: any message is a finding.
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+# ---- scripts --------------------------------------------------------------------------
+
+def test_scripts_parse():
+    for script in (PROVISION, SMOKE):
+        assert os.access(script, os.X_OK), f"{script} not executable"
+        r = run(["bash", "-n", str(script)])
+        assert r.returncode == 0, r.stderr
+    r = run([sys.executable, "-m", "py_compile", str(VAGRANT_DIR / "cni_runtime.py")])
+    assert r.returncode == 0, r.stderr
+
+
+def test_provision_rejects_bad_input(tmp_path):
+    """Bad input stops provision.sh with one clear line before it changes anything."""
+    # A scratch repo whose bootstrap.sh stops the script at once, should a check let bad
+    # input through: the test must never provision this machine.
+    (tmp_path / "cmd").mkdir()
+    (tmp_path / "cmd/bootstrap.sh").write_text("#!/bin/sh\nexit 99\n")
+    (tmp_path / "cmd/bootstrap.sh").chmod(0o755)
+    base = dict(os.environ, OVERLAY_REPO=str(tmp_path), OVERLAY_NODE_IP="192.168.56.12",
+                OVERLAY_ETCD_IP="192.168.56.11", OVERLAY_RUN_ETCD="no")
+    for var, value, needle in (("OVERLAY_NODE_IP", "192.168.56", "OVERLAY_NODE_IP"),
+                               ("OVERLAY_ETCD_IP", "", "OVERLAY_ETCD_IP"),
+                               ("OVERLAY_RUN_ETCD", "maybe", "OVERLAY_RUN_ETCD"),
+                               ("OVERLAY_NODE_IP", "192.0.2.77", "no interface holds 192.0.2.77")):
+        r = run(["bash", str(PROVISION)], env=dict(base, **{var: value}), timeout=30)
+        assert r.returncode == 1, (var, value, r.stdout, r.stderr)
+        assert needle in r.stderr and r.stderr.startswith("error:"), r.stderr
+        assert "==>" not in r.stdout  # nothing was done
+
+
+def shell_commands(text: str, program: str) -> list[list[str]]:
+    """Every invocation of PROGRAM in a shell script, as argv with $VARS made placeholders."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    found = []
+    for m in re.finditer(rf"(?:^\s*|\bif\s+|!\s+|\bsudo\s+|\$\()({program}\b[^\n]*)", text, re.M):
+        line = re.split(r"\s+[0-9]?>|\s*(?:\|\||&&|\||;)|\)", m.group(1))[0]
+        argv = shlex.split(line)
+        found.append([re.sub(r"\$\{?\w+\}?", "X", a) for a in argv])
+    return found
+
+
+def test_overlayctl_flags_are_real():
+    """Each overlayctl command line in the scripts parses (unknown options fail, --help exits 0)."""
+    overlayctl = VENV_BIN / "overlayctl"
+    if not overlayctl.exists():
+        pytest.skip(f"{overlayctl} not installed (run cmd/bootstrap.sh)")
+    commands = shell_commands(PROVISION.read_text() + SMOKE.read_text(), "overlayctl")
+    subcommands = {" ".join(a for a in argv[1:] if not a.startswith("-") and a != "X")
+                   for argv in commands}
+    assert {"config set", "config get", "install-cni", "leases list"} <= subcommands, subcommands
+    for argv in commands:
+        r = run([str(overlayctl), *argv[1:], "--help"], timeout=60)
+        assert r.returncode == 0, f"{shlex.join(argv)}: {r.stderr}"
+        assert r.stdout.startswith("Usage: overlayctl")
+
+
+def test_overlayd_env_names_are_real_flags():
+    """Every OVERLAYD_* variable provision.sh writes names a flag overlayd really has."""
+    overlayd = VENV_BIN / "overlayd"
+    r = run([str(overlayd), "--help"], timeout=60) if overlayd.exists() else None
+    if r is None or r.returncode != 0:
+        pytest.skip("overlayd is not installed or has no --help yet")
+    names = set(re.findall(r"\b(OVERLAYD_[A-Z0-9_]+)=", PROVISION.read_text()))
+    assert {"OVERLAYD_ETCD_ENDPOINTS", "OVERLAYD_PUBLIC_IP", "OVERLAYD_HEALTHZ_ADDR"} <= names
+    flags = set(re.findall(r"(--[a-z0-9-]+)", r.stdout))
+    for name in names:
+        flag = "--" + name.removeprefix("OVERLAYD_").lower().replace("_", "-")
+        assert flag in flags, f"{name}: overlayd has no {flag} (flags: {sorted(flags)})"
+    # The readiness URL provision.sh polls is the one the daemon serves.
+    assert "/readyz" in PROVISION.read_text()
+
+
+# ---- the smoke check, for real, on two node namespaces ------------------------------
+#
+# Each "VM" is a node namespace ovvg-nodeN; a veth pair between them is the private
+# network, and each routes the other's pod subnet (the overlay's job in the real lab: this
+# tests the smoke check, not the daemon). A stand-in for `vagrant ssh NODE --no-tty -c
+# CMD` runs CMD with the node's settings: the CNI plugin executes inside the node's
+# namespace, the pods are namespaces ovvg-nodeN-pod.
+
+NODES = {"node1": ("192.168.56.11", "10.244.1"), "node2": ("192.168.56.12", "10.244.2")}
+
+FAKE_VAGRANT = """#!/bin/bash
+# Stand-in for `vagrant ssh NODE --no-tty -c CMD` (tests/integration/test_vagrant.py).
+set -eu
+if [ $# -ne 5 ] || [ "$1" != ssh ] || [ "$3" != --no-tty ] || [ "$4" != -c ]; then
+  echo "fake vagrant: unexpected arguments: $*" >&2; exit 2
+fi
+node=$2
+[ -e "/run/netns/{prefix}-$node" ] || {{ echo "The machine with the name '$node' was not found" >&2; exit 1; }}
+export OVERLAY_SMOKE_NODE_NETNS={prefix}-$node OVERLAY_SMOKE_PREFIX={prefix}-$node
+export OVERLAY_SMOKE_CONF_DIR={tmp}/$node/conf OVERLAY_SMOKE_STATE_DIR={tmp}/$node/state
+export OVERLAY_SMOKE_CNI_PATH={cni_path}
+sudo() {{ "$@"; }}
+export -f sudo
+exec bash -c "$5"
+"""
+
+
+def sh(*args: str) -> None:
+    r = run(list(args), timeout=30)
+    assert r.returncode == 0, f"{shlex.join(args)}: {r.stderr}"
+
+
+@pytest.fixture
+def two_nodes():
+    made = []
+    pods = [f"{PREFIX}-{n}-pod" for n in NODES]
+    try:
+        for node, (_, pod_net) in NODES.items():
+            ns = f"{PREFIX}-{node}"
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        n1, n2 = made
+        # Created inside node1 with its peer in node2: never in the host's namespace.
+        sh("ip", "-n", n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+           "netns", n2)
+        for (node, (addr, _)), (_, (_, peer_pods)), (_, (peer, _)) in zip(
+                NODES.items(), reversed(NODES.items()), reversed(NODES.items())):
+            ns = f"{PREFIX}-{node}"
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "route", "add", f"{peer_pods}.0/24", "via", peer)
+        yield made
+    finally:
+        for ns in pods + made:
+            if os.path.exists(f"/run/netns/{ns}"):
+                run(["ip", "netns", "del", ns])
+
+
+def reference_conflist(tmp: Path, node: str) -> dict:
+    """bridge + host-local chained with portmap: Debian's reference plugins."""
+    pod_net = NODES[node][1]
+    return {"cniVersion": "1.0.0", "name": "overlay", "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True,
+         "mtu": 1450, "ipam": {"type": "host-local", "subnet": f"{pod_net}.0/24",
+                               "dataDir": str(tmp / node / "ipam")}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+
+def overlay_conflist(tmp: Path, node: str) -> dict:
+    """What `overlayctl install-cni` writes, pointed at this node's subnet.env and IPAM dir."""
+    overlayctl = VENV_BIN / "overlayctl"
+    conf_dir = tmp / node / "installed"
+    r = run([str(overlayctl), "install-cni", "--bin-dir", str(tmp / "bin"),
+             "--conf-dir", str(conf_dir)], timeout=60)
+    if r.returncode == 2 and "No such command" in r.stderr:
+        pytest.skip("overlayctl install-cni is not there yet")
+    assert r.returncode == 0, r.stderr
+    (conflist,) = conf_dir.glob("*.conflist")
+    conf = json.loads(conflist.read_text())
+    pod_net = NODES[node][1]
+    subnet_env = tmp / node / "subnet.env"
+    subnet_env.write_text(f"OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET={pod_net}.1/24\n"
+                          "OVERLAY_MTU=1450\nOVERLAY_IPMASQ=false\n")
+    (plugin,) = [p for p in conf["plugins"] if p["type"] == "overlay"]
+    plugin["subnetFile"] = str(subnet_env)
+    plugin["dataDir"] = str(tmp / node / "ipam")
+    return conf
+
+
+def make_smoke_env(tmp_path: Path, plugin: str) -> dict:
+    """The environment for smoke-check.sh's host side, the CNI conf dirs written per node."""
+    make = reference_conflist if plugin == "reference" else overlay_conflist
+    for node in NODES:
+        conf = make(tmp_path, node)
+        (tmp_path / node / "conf").mkdir(parents=True)
+        (tmp_path / node / "conf" / "10-overlay.conflist").write_text(json.dumps(conf))
+    fake = tmp_path / "vagrant"
+    fake.write_text(FAKE_VAGRANT.format(prefix=PREFIX, tmp=tmp_path,
+                                        cni_path=f"{tmp_path / 'bin'}:/usr/lib/cni"))
+    fake.chmod(0o755)
+    # No warm server: the plugin runs in-process (a test must not reach a daemon's socket).
+    return dict(os.environ, VAGRANT=str(fake), OVERLAY_SMOKE_REMOTE=str(SMOKE),
+                OVERLAY_VAGRANT_NODES="2", OVERLAY_CNI_SOCKET=str(tmp_path / "no.sock"))
+
+
+@pytest.fixture(params=["reference", "overlay"])
+def smoke_env(request, tmp_path, two_nodes):
+    """Pods attached by the reference plugins (the script's logic) and by ours."""
+    return make_smoke_env(tmp_path, request.param)
+
+
+@pytest.fixture
+def smoke_env_reference(tmp_path, two_nodes):
+    """Failure cases test the script's reporting: the reference plugins are enough."""
+    return make_smoke_env(tmp_path, "reference")
+
+
+def assert_nothing_left(tmp: Path) -> None:
+    for node in NODES:
+        assert not os.path.exists(f"/run/netns/{PREFIX}-{node}-pod")
+        ipam = tmp / node / "ipam" / "overlay"
+        leftover = [p.name for p in ipam.iterdir() if p.name[0].isdigit()] if ipam.exists() else []
+        assert leftover == [], f"{node}: IPs still reserved: {leftover}"
+        assert list((tmp / node / "state").glob("*.json")) == []
+
+
+def test_smoke_check_attaches_pods_and_pings_across(smoke_env, tmp_path):
+    r = run([str(SMOKE)], env=smoke_env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    ips = {n: re.search(rf"==> {n}: pod attached through the CNI plugin \.\.\. ({NODES[n][1]}\.\d+)$",
+                        r.stdout, re.M) for n in NODES}
+    assert all(ips.values()), r.stdout
+    a, b = (m.group(1) for m in ips.values())
+    assert any(re.fullmatch(rf"\s+node1 pod {re.escape(a)}\s+-> node2 pod {re.escape(b)}\s+ok", l)
+               for l in lines), r.stdout
+    assert any(re.fullmatch(rf"\s+node2 pod {re.escape(b)}\s+-> node1 pod {re.escape(a)}\s+ok", l)
+               for l in lines), r.stdout
+    assert "smoke check passed: 2 pods on 2 VMs" in r.stdout
+    assert_nothing_left(tmp_path)
+
+
+def test_smoke_check_fails_when_pods_cannot_reach(smoke_env_reference, tmp_path):
+    # node2 loses its route to node1's pods: node1's pings get no reply, node2's neither.
+    sh("ip", "-n", f"{PREFIX}-node2", "route", "del", f"{NODES['node1'][1]}.0/24")
+    r = run([str(SMOKE)], env=smoke_env_reference, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"node1 pod \S+\s+-> node2 pod \S+\s+FAIL \(no reply\)", r.stdout), r.stdout
+    assert "smoke check FAILED" in r.stderr
+    assert_nothing_left(tmp_path)
+
+
+def test_smoke_check_names_an_mtu_problem(smoke_env_reference, tmp_path):
+    # A smaller underlay MTU than the pods': full-size packets with DF set are dropped.
+    sh("ip", "-n", f"{PREFIX}-node1", "link", "set", "eth0", "mtu", "1400")
+    r = run([str(SMOKE), "node1", "node2"], env=smoke_env_reference, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "1422-byte payload with DF lost: MTU" in r.stdout, r.stdout
+    assert_nothing_left(tmp_path)
