@@ -13,6 +13,9 @@ APT_PACKAGES=(
   iproute2 iputils-ping iperf3 tcpdump libpcap0.8
   nftables iptables procps openssl ca-certificates
   containernetworking-plugins podman runc
+  # vagrant/: the tests run `vagrant validate` (with the libvirt provider's checks); no VM
+  # is started here
+  vagrant vagrant-libvirt
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
