@@ -400,9 +400,10 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
 
 def check_cni_binary(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckResult:
     name = "cni-binary"
-    d = opts.cni_bin_dir
+    dirs = [x for x in opts.cni_bin_dir.split(":") if x]
+    d = dirs[0] if dirs else DEFAULT_CNI_BIN_DIR
     types = [str(p.get("type")) for p in f.overlay_cni.plugins] if f.overlay_cni else [PLUGIN_TYPE]
-    expected = "executable " + ", ".join(os.path.join(d, t) for t in types)
+    expected = f"executable {', '.join(types)} in {opts.cni_bin_dir}"
     missing = [t for t in types if not node.cni_bins.get(t)]
     found = ", ".join(f"{t}: {'ok' if node.cni_bins.get(t) else 'missing'}" for t in types)
     if not missing:
@@ -1112,9 +1113,11 @@ def read_cni_file(path: str) -> CNIConfigFile:
     return CNIConfigFile(path, str(obj.get("name", "")), tuple(plugins))
 
 
-def read_cni_bins(bin_dir: str, names: Iterable[str]) -> dict[str, bool]:
-    return {n: os.access(os.path.join(bin_dir, n), os.X_OK)
-            and os.path.isfile(os.path.join(bin_dir, n)) for n in names}
+def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
+    """Which plugins are executable in any of ``bin_dirs`` (colon-separated, like CNI_PATH)."""
+    dirs = [d for d in bin_dirs.split(":") if d]
+    return {n: any(os.path.isfile(os.path.join(d, n)) and os.access(os.path.join(d, n), os.X_OK)
+                   for d in dirs) for n in names}
 
 
 def read_reservations(ipam_dir: str) -> list[Reservation]:

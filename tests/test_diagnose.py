@@ -573,3 +573,13 @@ def test_device_deleted_still_finds_own_lease_from_subnet_env():
     assert checks["lease"].status == dg.PASS
     assert checks["vxlan-device"].status == dg.FAIL and checks["vxlan-device"].found == "missing"
     assert "missing: 10.244.2.0/24, 10.244.3.0/24" in checks["routes"].found
+
+
+def test_cni_bins_searched_along_a_path(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for d, n in ((a, "overlay"), (b, "portmap")):
+        (d / n).write_text("#!/bin/sh\n")
+        (d / n).chmod(0o755)
+    assert dg.read_cni_bins(f"{a}:{b}", ["overlay", "portmap", "bridge"]) == {
+        "overlay": True, "portmap": True, "bridge": False}

@@ -50,7 +50,8 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--cni-conf-dir", default="/etc/cni/net.d", show_default=True,
               help="Where the runtime reads CNI configs.")
 @click.option("--cni-bin-dir", default="/opt/cni/bin", show_default=True,
-              help="Where the runtime finds CNI plugin binaries.")
+              help="Where the runtime finds CNI plugin binaries (colon-separated list, "
+                   "like CNI_PATH).")
 @click.option("--service-cidr", multiple=True, callback=_cidr,
               help="Service CIDR to check for overlap with the pod network (repeatable).")
 @click.option("--subnet-file", default=DEFAULT_SUBNET_FILE, show_default=True,
