@@ -1,0 +1,208 @@
+"""overlayctl diagnose and trace on a real lab (overlayd + the CNI plugin + etcd), prefix ovdg.
+
+Each breakage is made on node1 with its overlayd frozen (SIGSTOP), so the daemon's
+reconcile loop cannot repair it before diagnose looks, then undone and the daemon
+resumed.  Diagnose runs inside the node namespace, as an operator would run it there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from overlay.lab.lab import REFERENCE_CNI_DIR, Lab
+from overlay.lab.spec import HEALTHZ_ADDR
+
+from .labfixture import running_lab, vtep_mac
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+OVERLAYCTL = os.path.join(os.path.dirname(sys.executable), "overlayctl")
+PREFIX = "ovdg"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {p.stderr.strip()}")
+    return p
+
+
+@dataclass
+class LabNode:
+    lab: Lab
+    node: str
+
+    @property
+    def ns(self) -> str:
+        return self.lab.spec.node_ns(self.node)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", self.ns, *args, check=check)
+
+    def diagnose(self, *extra: str, healthz: bool = False) -> tuple[int, dict]:
+        spec = self.lab.spec
+        args = [OVERLAYCTL, "--etcd-endpoints", spec.etcd_endpoint, "-o", "json", "diagnose",
+                "--cni-conf-dir", spec.cni_conf_dir(self.node),
+                "--cni-bin-dir", f"{spec.cni_bin_dir}:{REFERENCE_CNI_DIR}",
+                "--subnet-file", spec.node_file(self.node, "subnet.env"), *extra]
+        if healthz:
+            args += ["--healthz-addr", HEALTHZ_ADDR]
+        p = self.run(*args, check=False)
+        assert p.stdout, p.stderr
+        return p.returncode, json.loads(p.stdout)
+
+    @contextmanager
+    def frozen(self):
+        """The node's overlayd stopped (not killed) so it repairs nothing meanwhile."""
+        pid = self.lab.daemon_pid(self.node)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with running_lab(nodes=2, pods_per_node=1, prefix=PREFIX) as lab:
+        yield lab
+
+
+@pytest.fixture
+def n1(lab):
+    return LabNode(lab, "node1")
+
+
+def failed(report: dict) -> list[str]:
+    return sorted(c["name"] for c in report["checks"] if c["status"] == "fail")
+
+
+def check(report: dict, name: str) -> dict:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def peer(lab: Lab) -> tuple[str, str, str]:
+    """node2's subnet, VTEP MAC and public IP."""
+    return lab.node_subnet("node2"), vtep_mac(lab, "node2"), str(lab.spec.node_ip("node2"))
+
+
+def test_healthy_lab_every_check_passes(lab):
+    for node in lab.state.nodes:
+        rc, report = LabNode(lab, node).diagnose(healthz=True)
+        bad = {c["name"]: c["found"] for c in report["checks"] if c["status"] != "pass"}
+        assert bad == {} and rc == 0
+        assert report["node"]["peers"] == len(lab.state.nodes) - 1
+
+
+def breakages(lab: Lab) -> dict[str, tuple[list[list[str]], list[list[str]], str, str, bool]]:
+    """name -> (break, undo, failing check, text its fix must hold, peer unreachable too)."""
+    subnet, mac, pub = peer(lab)
+    gw = subnet.split("/")[0]
+    ns = lab.spec.node_ns("node1")
+    ip = ["ip", "-n", ns]
+    br = ["bridge", "-n", ns]
+    nsx = ["ip", "netns", "exec", ns]
+    route = ["route", "replace", subnet, "via", gw, "dev", "overlay.1", "onlink"]
+    return {
+        "route": ([ip + ["route", "del", subnet]], [ip + route], "routes",
+                  f"ip route replace {subnet} via {gw} dev overlay.1 onlink", True),
+        "fdb": ([br + ["fdb", "del", mac, "dev", "overlay.1", "dst", pub, "self"]],
+                [br + ["fdb", "replace", mac, "dev", "overlay.1", "dst", pub, "self", "permanent"]],
+                "fdb", f"bridge fdb replace {mac} dev overlay.1 dst {pub} self permanent", True),
+        "neigh": ([ip + ["neigh", "del", gw, "dev", "overlay.1"]],
+                  [ip + ["neigh", "replace", gw, "lladdr", mac, "dev", "overlay.1", "nud",
+                         "permanent"]],
+                  "neigh", f"ip neigh replace {gw} lladdr {mac} dev overlay.1 nud permanent", True),
+        "ip_forward": ([nsx + ["sysctl", "-qw", "net.ipv4.ip_forward=0"]],
+                       [nsx + ["sysctl", "-qw", "net.ipv4.ip_forward=1"]],
+                       "ip-forward", "sysctl -w net.ipv4.ip_forward=1", False),
+        "firewall": ([nsx + ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"]],
+                     [nsx + ["iptables", "-D", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"]],
+                     "firewall", "iptables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP",
+                     True),
+        "mtu": ([ip + ["link", "set", "overlay.1", "mtu", "1400"]],
+                [ip + ["link", "set", "overlay.1", "mtu", "1450"]],
+                "mtu", "ip link set overlay.1 mtu 1450", False),
+        "stale": ([br + ["fdb", "append", "0e:0d:0a:00:00:99", "dev", "overlay.1", "dst",
+                         "192.168.1.99", "self", "permanent"]],
+                  [br + ["fdb", "del", "0e:0d:0a:00:00:99", "dev", "overlay.1", "dst",
+                         "192.168.1.99", "self"]],
+                  "fdb", "bridge fdb del 0e:0d:0a:00:00:99 dev overlay.1 dst 192.168.1.99 self",
+                  False),
+    }
+
+
+@pytest.mark.parametrize("what", ["route", "fdb", "neigh", "ip_forward", "firewall", "mtu",
+                                  "stale"])
+def test_one_breakage_on_a_lab_node(lab, n1, what):
+    do, undo, name, fix, unreachable = breakages(lab)[what]
+    with n1.frozen():
+        try:
+            for cmd in do:
+                sh(*cmd)
+            rc, report = n1.diagnose()
+        finally:
+            for cmd in undo:
+                sh(*cmd)
+    assert rc == 1
+    assert failed(report) == sorted([name] + (["peer-probe"] if unreachable else []))
+    assert fix in check(report, name)["fix"]
+
+
+def test_bridge_deleted_on_a_lab_node(lab, n1):
+    ns = n1.ns
+    ports = sh("ip", "-n", ns, "-o", "link", "show", "master", "cni0").stdout
+    names = [line.split(": ")[1].split("@")[0] for line in ports.splitlines()]
+    addrs = sh("ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "cni0").stdout.split()
+    gw = addrs[addrs.index("inet") + 1]
+    with n1.frozen():
+        try:
+            sh("ip", "-n", ns, "link", "del", "cni0")
+            rc, report = n1.diagnose()
+        finally:
+            if sh("ip", "-n", ns, "link", "show", "cni0", check=False).returncode != 0:
+                sh("ip", "-n", ns, "link", "add", "cni0", "type", "bridge")
+                sh("ip", "-n", ns, "addr", "add", gw, "dev", "cni0")
+                sh("ip", "-n", ns, "link", "set", "cni0", "up")
+            for port in names:
+                sh("ip", "-n", ns, "link", "set", port, "master", "cni0")
+    assert rc == 1 and failed(report) == ["bridge"]
+    assert f"ip addr add {gw} dev cni0" in check(report, "bridge")["fix"]
+
+
+def test_cni_config_removed_on_a_lab_node(lab, n1):
+    conf_dir = lab.spec.cni_conf_dir("node1")
+    names = os.listdir(conf_dir)
+    moved = os.path.join(lab.spec.node_dir("node1"), "ovdg-moved")
+    os.makedirs(moved)
+    try:
+        for n in names:
+            os.rename(os.path.join(conf_dir, n), os.path.join(moved, n))
+        rc, report = n1.diagnose("--no-probe")
+    finally:
+        for n in names:
+            os.rename(os.path.join(moved, n), os.path.join(conf_dir, n))
+        os.rmdir(moved)
+    assert rc == 1 and failed(report) == ["cni-config"]
+
+
+def test_trace_between_pods_on_a_lab(lab, n1):
+    pods = sorted(lab.state.pods.values(), key=lambda p: p.node)
+    src = next(p for p in pods if p.node == "node1")
+    dst = next(p for p in pods if p.node == "node2")
+    p = n1.run(OVERLAYCTL, "--etcd-endpoints", lab.spec.etcd_endpoint, "-o", "json", "trace",
+               src.ip.split("/")[0], dst.ip.split("/")[0], check=False)
+    result = json.loads(p.stdout)
+    assert p.returncode == 0 and result["ok"], result
+    assert [h["status"] for h in result["hops"]] == ["ok"] * 7
+    assert str(lab.spec.node_ip("node2")) in result["hops"][-1]["detail"]
+
