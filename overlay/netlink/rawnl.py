@@ -28,6 +28,7 @@ SOL_NETLINK = 270
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
+NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
@@ -221,7 +222,13 @@ class RawRoute:
         return self.sock.fileno()
 
     def execute(self, msgs: list[Msg]) -> list[int]:
-        """Send every message (in order); return each one's errno (0 = done)."""
+        """Send every message (in order); return each one's errno (0 = done).
+
+        Requests carry no ACK flag, so the kernel answers only the failures; a NOOP
+        with NLM_F_ACK closes each chunk as a barrier: the kernel handles a send's
+        messages in order, so once the barrier's ACK is read every error before it
+        has been read too (one recv per chunk instead of one per message).
+        """
         results = [0] * len(msgs)
         start = 0
         while start < len(msgs):
@@ -233,19 +240,26 @@ class RawRoute:
                 seq = next(self._seq)
                 pending[seq] = i
                 buf += _NLHDR.pack(_NLHDR.size + len(m.body), m.type,
-                                   m.flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + m.body
+                                   m.flags | NLM_F_REQUEST, seq, 0) + m.body
                 i += 1
+            barrier = next(self._seq)
+            buf += _NLHDR.pack(_NLHDR.size, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, barrier, 0)
             self.sock.send(bytes(buf))
-            self._collect_acks(pending, results)
+            self._collect_errors(pending, barrier, results)
             start = i
         return results
 
-    def _collect_acks(self, pending: dict[int, int], results: list[int]) -> None:
-        while pending:
+    def _collect_errors(self, pending: dict[int, int], barrier: int,
+                        results: list[int]) -> None:
+        while True:
             data = self.sock.recv(1 << 20)
             for mtype, _, seq, off, end in _walk(data):
-                if mtype == NLMSG_ERROR and seq in pending:
-                    results[pending.pop(seq)] = -_ERR.unpack_from(data, off)[0]
+                if mtype != NLMSG_ERROR:
+                    continue
+                if seq == barrier:
+                    return
+                if seq in pending:
+                    results[pending[seq]] = -_ERR.unpack_from(data, off)[0]
 
     def dump(self, mtype: int, body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
         """Yield (type, buffer, payload offset, payload end) of every message of a dump."""

@@ -294,6 +294,7 @@ class LinkMonitor:
         self.on_change = on_change
         self.raw = rawnl.RawRoute(netns, groups=RTMGRP_LINK)
         self.raw.sock.settimeout(0.5)
+        self._last: dict[str, tuple[int, str]] = {}
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -309,9 +310,13 @@ class LinkMonitor:
                     raise
                 watched = self.names()
                 for ev in events:
-                    if ev.name in watched:
-                        state = "deleted" if ev.kind == "del" else (
-                            "up" if ev.up and ev.running else "down" if not ev.up else "no carrier")
+                    if ev.name not in watched:
+                        continue
+                    state = "deleted" if ev.kind == "del" else (
+                        "up" if ev.up and ev.running else "down" if not ev.up else "no carrier")
+                    # the kernel repeats NEWLINK for unrelated attribute changes
+                    if self._last.get(ev.name) != (ev.ifindex, state):
+                        self._last[ev.name] = (ev.ifindex, state)
                         self.on_change(f"link {ev.name} {state}")
         finally:
             self.raw.close()
