@@ -271,10 +271,14 @@ class SubnetManager:
         """Feed ``on_batch`` with remote lease changes until ``stop`` is set.
 
         Lists the leases at a revision, emits them as one batch, then watches from the
-        next revision.  The own subnet (``own()``, read on every step) is excluded.
-        A failed listing is retried with a capped backoff.
+        next revision.  This node's own leases are recognised by its public IP, not by
+        ``own()``: after a re-acquisition the watch may see our new key before the
+        manager knows its subnet, and whoever takes our old subnet must show up as a
+        remote.  ``own`` is kept for callers and consulted only for logging.  Events on
+        our own key also wake ``run_keepalive`` (via ``lost``).  A failed listing is
+        retried with a capped backoff.
         """
-        view = LeaseView(own=own())
+        view = LeaseView()
         backoff = RETRY_BACKOFF_MIN
         while not stop.is_set():
             try:
@@ -287,15 +291,25 @@ class SubnetManager:
                 backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
         else:
             return
-        _emit(view.reset(leases), on_batch)
+        log.info("watching leases from revision %d (own subnet %s)", rev + 1, own())
+        _emit(view.reset(self._remote(leases)), on_batch)
         for update in self.registry.watch_leases(rev + 1, stop):
             if update.snapshot is not None:
-                batch = self._follow_own(view, own()) + view.reset(update.snapshot)
                 self._check_snapshot(update.snapshot)
+                batch = view.reset(self._remote(update.snapshot))
             else:
                 self._note_own_events(update.events)
-                batch = self._follow_own(view, own()) + view.apply(update.events)
+                batch = view.apply(self._remote_events(update.events))
             _emit(batch, on_batch)
+
+    def _remote(self, leases: Iterable[Lease]) -> list[Lease]:
+        return [l for l in leases if l.attrs.public_ip != self.attrs.public_ip]
+
+    def _remote_events(self, events: list[LeaseEvent]) -> list[LeaseEvent]:
+        """A put of one of our own leases removes that subnet from the remote view."""
+        return [LeaseEvent(EventType.REMOVED, e.lease, e.revision)
+                if e.type is EventType.ADDED and e.lease.attrs.public_ip == self.attrs.public_ip
+                else e for e in events]
 
     def _check_snapshot(self, leases: list[Lease]) -> None:
         own = self.current
@@ -304,31 +318,7 @@ class SubnetManager:
                                        for l in leases):
             self.lost.set()
 
-    @staticmethod
-    def _follow_own(view: LeaseView, subnet: IPv4Network | None) -> "_BatchParts":
-        """Our own subnet changed (re-acquired elsewhere): drop it from the remote view."""
-        parts = _BatchParts()
-        if subnet == view.own:
-            return parts
-        view.own = subnet
-        if subnet is not None and subnet in view.leases:
-            parts.removed.append(view.leases.pop(subnet))
-        return parts
-
 
 def _emit(batch: LeaseBatch, on_batch: Callable[[LeaseBatch], None]) -> None:
     if batch:
         on_batch(batch)
-
-
-class _BatchParts:
-    """Removals found outside LeaseView (own subnet moved), merged into a batch with ``+``."""
-
-    def __init__(self) -> None:
-        self.removed: list[Lease] = []
-
-    def __add__(self, batch: LeaseBatch) -> LeaseBatch:
-        if not self.removed:
-            return batch
-        return LeaseBatch(added=batch.added, removed=tuple(self.removed) + batch.removed,
-                          changed=batch.changed)

@@ -378,3 +378,23 @@ def test_run_watch_snapshot_after_compaction_yields_the_difference():
     assert not m.lost.is_set()
     stop.set()
     t.join(2)
+
+
+def test_run_watch_never_reports_our_own_new_lease_as_remote():
+    """The watch can see our re-acquired key before the manager records its subnet."""
+    reg = FakeRegistry()
+    m = manager(reg)
+    old = m.acquire()
+    batches = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put)
+    rival = reg.put(old.subnet, node(50), ttl=600)  # a rival took our subnet
+    ours = reg.put(net(200), node(11), ttl=600)  # and we moved, not yet recorded as current
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, rival, rival.mod_revision),
+                                LeaseEvent(EventType.ADDED, ours, ours.mod_revision)],
+                               revision=reg.rev))
+    batch = batches.get(timeout=2)
+    assert [l.subnet for l in batch.added] == [old.subnet]
+    assert m.lost.wait(2)
+    stop.set()
+    t.join(2)
