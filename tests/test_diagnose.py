@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from overlay import diagnose as dg
+from overlay import firewall as fw_mod
 from overlay.config import parse_network_config
 from overlay.lease import Lease, LeaseAttrs
 from overlay.netlink.inspect import (AddrInfo, FDBInfo, KernelState, LinkInfo, NeighInfo,
@@ -345,7 +346,7 @@ UDP_DPORT = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "fiel
 
 
 def test_nft_explicit_drop_found_with_delete_command():
-    fw = dg.parse_nft_ruleset(nft([[UDP_DPORT, {"counter": {}}, {"drop": None}]]), 8472)
+    fw = fw_mod.parse_nft_ruleset(nft([[UDP_DPORT, {"counter": {}}, {"drop": None}]]), 8472)
     assert [r.fix for r in fw.drops] == ["nft delete rule ip t c handle 2"]
 
 
@@ -355,28 +356,28 @@ def test_nft_explicit_drop_found_with_delete_command():
 def test_nft_port_expressions(right, dropped):
     m = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
                    "right": right}}
-    assert bool(dg.parse_nft_ruleset(nft([[m, {"drop": None}]]), 8472).drops) is dropped
+    assert bool(fw_mod.parse_nft_ruleset(nft([[m, {"drop": None}]]), 8472).drops) is dropped
 
 
 def test_nft_harmless_rules_not_reported():
     tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
     ct = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}
     text = nft([[tcp, {"drop": None}], [ct, {"drop": None}], [UDP_DPORT, {"accept": None}]])
-    fw = dg.parse_nft_ruleset(text, 8472)
+    fw = fw_mod.parse_nft_ruleset(text, 8472)
     assert fw.drops == [] and fw.policy_drops == []
 
 
 def test_nft_unconditional_drop_and_policy_drop():
-    assert dg.parse_nft_ruleset(nft([[{"drop": None}]]), 8472).drops
-    fw = dg.parse_nft_ruleset(nft([], policy="drop"), 8472)
+    assert fw_mod.parse_nft_ruleset(nft([[{"drop": None}]]), 8472).drops
+    fw = fw_mod.parse_nft_ruleset(nft([], policy="drop"), 8472)
     assert fw.policy_drops and "udp dport 8472 accept" in fw.policy_drops[0].fix
-    fw = dg.parse_nft_ruleset(nft([[UDP_DPORT, {"accept": None}]], policy="drop"), 8472)
+    fw = fw_mod.parse_nft_ruleset(nft([[UDP_DPORT, {"accept": None}]], policy="drop"), 8472)
     assert fw.policy_drops == []
 
 
 def test_nft_skips_tables_iptables_reports():
     text = nft([[UDP_DPORT, {"drop": None}]], table="filter")
-    assert dg.parse_nft_ruleset(text, 8472, skip_tables=[("ip", "filter")]).drops == []
+    assert fw_mod.parse_nft_ruleset(text, 8472, skip_tables=[("ip", "filter")]).drops == []
 
 
 def test_iptables_save_parsing():
@@ -393,7 +394,7 @@ COMMIT
 -A POSTROUTING -j DROP
 COMMIT
 """
-    fw = dg.parse_iptables_save(text, 8472)
+    fw = fw_mod.parse_iptables_save(text, 8472)
     assert [r.where for r in fw.drops] == ["filter INPUT", "filter OUTPUT"]
     assert fw.drops[0].fix == "iptables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP"
     assert fw.policy_drops == []
@@ -401,15 +402,15 @@ COMMIT
 
 def test_iptables_policy_drop():
     text = "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n"
-    fw = dg.parse_iptables_save(text, 8472)
+    fw = fw_mod.parse_iptables_save(text, 8472)
     assert fw.policy_drops and "-I INPUT -p udp --dport 8472 -j ACCEPT" in fw.policy_drops[0].fix
     text = "*filter\n:INPUT DROP [0:0]\n-A INPUT -p udp --dport 8472 -j ACCEPT\nCOMMIT\n"
-    assert dg.parse_iptables_save(text, 8472).policy_drops == []
+    assert fw_mod.parse_iptables_save(text, 8472).policy_drops == []
 
 
 def test_firewall_check_fails_on_drop():
     node, cluster = healthy()
-    node.firewall = dg.parse_iptables_save(
+    node.firewall = fw_mod.parse_iptables_save(
         "*filter\n-A INPUT -p udp --dport 8472 -j DROP\nCOMMIT\n", 8472)
     c = only_failure(node, cluster, "firewall")
     assert c.fix == "iptables -t filter -D INPUT -p udp --dport 8472 -j DROP"
