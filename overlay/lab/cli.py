@@ -123,10 +123,14 @@ def summary(lab: Lab, matrix: bool) -> int:
     got = lab.overlayctl("leases", "list", check=False)
     say((got.stdout or got.stderr).rstrip())
     rc = print_matrix(lab) if matrix else 0
-    n = lab.spec.prefix
-    flag = "" if n == "ovlab" else f" --name {n}"
+    flag = "" if lab.spec.prefix == DEFAULT_PREFIX else f" --name {lab.spec.prefix}"
+    if lab.spec.base_dir != DEFAULT_BASE_DIR:
+        flag += f" --lab-dir {lab.spec.base_dir}"
     say("")
-    say(f"Try:       overlay-lab exec{flag} pod-node1-1 -- ping -c3 <a pod IP on node2>")
+    pods = endpoints(lab)
+    far = [p for p in pods if pods and p.node != pods[0].node]
+    if far:
+        say(f"Try:       overlay-lab exec{flag} {pods[0].name} -- ping -c3 {far[0].ip}")
     say(f"Status:    overlay-lab status{flag}")
     say(f"Tear down: overlay-lab down{flag}")
     return rc

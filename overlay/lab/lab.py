@@ -226,7 +226,6 @@ class Lab:
             if plugin.get("type") == "overlay":
                 plugin["subnetFile"] = self.spec.node_file(node, "subnet.env")
                 plugin["dataDir"] = self.spec.node_file(node, "ipam")
-                plugin["socket"] = self.spec.node_file(node, "cni.sock")
         path = os.path.join(self.spec.cni_conf_dir(node), os.path.basename(template))
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -236,7 +235,10 @@ class Lab:
 
     def cni_runtime(self, node: str) -> CNIRuntime:
         conf = load_conflist(find_conflist(self.spec.cni_conf_dir(node)))
-        return CNIRuntime(conf, [self.spec.cni_bin_dir, REFERENCE_CNI_DIR], self.spec.node_ns(node))
+        # The plugin's executable finds its node's warm server (overlayd --cni-socket) by
+        # OVERLAY_CNI_SOCKET: nodes share one file system, so each needs its own socket.
+        return CNIRuntime(conf, [self.spec.cni_bin_dir, REFERENCE_CNI_DIR], self.spec.node_ns(node),
+                          extra_env={"OVERLAY_CNI_SOCKET": self.spec.node_file(node, "cni.sock")})
 
     # ----------------------------------------------------------------- nodes
     def ensure_node(self, node: str) -> None:
@@ -278,8 +280,7 @@ class Lab:
             "--subnet-file", self.spec.node_file(node, "subnet.env"),
             "--state-dir", self.spec.node_file(node, "state"),
             "--healthz-addr", HEALTHZ_ADDR,
-            "--cni-socket", self.spec.node_file(node, "cni.sock"),
-            "-v"])
+            "--cni-socket", self.spec.node_file(node, "cni.sock")])
 
     def ensure_daemon(self, node: str) -> bool:
         if self.daemon_pid(node) is not None:

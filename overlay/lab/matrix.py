@@ -51,7 +51,8 @@ def render(pods: list[Endpoint], matrix: dict[tuple[str, str], bool],
     labels = [p.name for p in pods]
     first = max([len("FROM \\ TO")] + [len(f"{p.name} ({p.ip})") for p in pods])
     widths = [max(len(lbl), 4) for lbl in labels]
-    lines = ["FROM \\ TO".ljust(first) + "   " + "   ".join(l.ljust(w) for l, w in zip(labels, widths))]
+    lines = [("FROM \\ TO".ljust(first) + "   "
+              + "   ".join(lbl.ljust(w) for lbl, w in zip(labels, widths))).rstrip()]
     for a in pods:
         cells = []
         for b, w in zip(pods, widths):
@@ -61,5 +62,5 @@ def render(pods: list[Endpoint], matrix: dict[tuple[str, str], bool],
                 cells.append(green + "ok".ljust(w) + reset)
             else:
                 cells.append(red + "FAIL".ljust(w) + reset)
-        lines.append(f"{a.name} ({a.ip})".ljust(first) + "   " + "   ".join(cells))
+        lines.append((f"{a.name} ({a.ip})".ljust(first) + "   " + "   ".join(cells)).rstrip())
     return "\n".join(lines)

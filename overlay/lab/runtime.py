@@ -60,7 +60,8 @@ class CNIRuntime:
     """Runs a conflist's plugins in ``node_ns`` with ``CNI_PATH=cni_path``."""
 
     def __init__(self, conflist: dict[str, Any], cni_path: list[str], node_ns: str,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, extra_env: dict[str, str] | None = None):
+        self.extra_env = dict(extra_env or {})
         self.conflist = conflist
         self.cni_path = cni_path
         self.node_ns = node_ns
@@ -114,6 +115,7 @@ class CNIRuntime:
         }
         if att.args:
             env["CNI_ARGS"] = att.args
+        env.update(self.extra_env)
         log.debug("CNI %s %s for %s", command, plugin.get("type"), att.container_id)
         try:
             cp = subprocess.run(in_netns(self.node_ns, [exe]), input=json.dumps(conf),
