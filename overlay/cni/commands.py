@@ -129,12 +129,14 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
     address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
     routes = pod_routes(conf, node)
     try:
-        host = stack.enter_context(_closing(pod.IPRoute()))
+        host = stack.enter_context(_closing(pod.Rtnl()))
         bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
                                    conf.force_address, conf.promisc_mode)
-        pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, mac)
-        undo.append(lambda: _del_host_veth(host_name))
-        host_link = pod.attach_to_bridge(host, host_name, bridge, conf.hairpin_mode)
+        if req.reaper is not None:
+            req.reaper.wait(host_name)  # a deferred delete of this attachment's old veth
+        host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
+                                 conf.hairpin_mode, mac)
+        undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
         inside = stack.enter_context(_closing(pod.open_in_netns(netns_fd)))
         pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
     except NetlinkOpError as e:
@@ -160,7 +162,7 @@ def _rollback(undo: list[Callable[[], Any]]) -> None:
 
 
 def _del_host_veth(name: str) -> None:
-    with _closing(pod.IPRoute()) as host:
+    with _closing(pod.Rtnl()) as host:
         pod.del_link(host, name)
 
 
@@ -182,8 +184,16 @@ def cmd_del(req: Request) -> None:
     conf = parse_netconf(req.config, req.cni_version)
     host_name = pod.host_veth_name(req.container_id, req.ifname)
     try:
-        with _closing(pod.IPRoute()) as host:
-            removed = pod.del_link(host, host_name)
+        with _closing(pod.Rtnl()) as host:
+            if req.reaper is not None:
+                # Warm server: cut the pod off now, let the kernel's slow veth teardown
+                # (~20 ms of RCU waits) finish in the background; ADD of the same
+                # attachment waits for it.
+                removed = pod.set_link_down(host, host_name)
+                if removed:
+                    req.reaper.delete_later(host_name)
+            else:
+                removed = pod.del_link(host, host_name)
         if not removed:
             _del_pod_side(req)
     except NetlinkOpError as e:
@@ -255,7 +265,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
     for dst, gw in pod_routes(conf, node):
         if (dst, gw) not in present:
             raise fail(f"route {dst} via {gw} is missing in the pod")
-    host = stack.enter_context(_closing(pod.IPRoute()))
+    host = stack.enter_context(_closing(pod.Rtnl()))
     _check_host(req, conf, node, host, fail)
     reserved = ipam.get(_store(conf), req.container_id, req.ifname)
     for address in ips:
@@ -322,7 +332,7 @@ def cmd_gc(req: Request) -> None:
     except IPAMError as e:
         raise _ipam_error(e) from None
     errors = []
-    with _closing(pod.IPRoute()) as host:
+    with _closing(pod.Rtnl()) as host:
         for _, (container_id, ifname) in stale:
             try:
                 pod.del_link(host, pod.host_veth_name(container_id, ifname))

@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Mapping
 
 from ..netlink import pod
@@ -40,6 +41,62 @@ MAX_REQUEST = 4 << 20
 MAX_FDS = 2
 
 
+class LinkReaper:
+    """Deletes links in the background, in the namespace of the thread that asked.
+
+    Deleting a veth costs ~20 ms of kernel RCU waits; DEL has already cut the link off
+    (down) and released its IP, so the runtime need not wait for the teardown.  An ADD
+    for the same attachment (same host veth name) waits for the pending delete first.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, int, str], threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(name: str) -> tuple[int, int, str]:
+        st = os.stat("/proc/thread-self/ns/net")
+        return st.st_dev, st.st_ino, name
+
+    def delete_later(self, name: str) -> None:
+        key = self._key(name)
+        ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        done = threading.Event()
+        with self._lock:
+            self._pending[key] = done
+        threading.Thread(target=self._delete, args=(key, ns_fd, done), daemon=True,
+                         name="cni-reaper").start()
+
+    def _delete(self, key: tuple[int, int, str], ns_fd: int, done: threading.Event) -> None:
+        try:
+            pod.enter_netns_for_thread(ns_fd)
+            ipr = pod.Rtnl()
+            try:
+                pod.del_link(ipr, key[2])
+            finally:
+                ipr.close()
+        except Exception:
+            log.exception("background delete of %s failed", key[2])
+        finally:
+            os.close(ns_fd)
+            with self._lock:
+                if self._pending.get(key) is done:
+                    del self._pending[key]
+            done.set()
+
+    def wait(self, name: str, timeout: float = 30.0) -> None:
+        with self._lock:
+            done = self._pending.get(self._key(name))
+        if done is not None:
+            done.wait(timeout)
+
+    def wait_all(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            events = list(self._pending.values())
+        for done in events:
+            done.wait(timeout)
+
+
 class CNIServer:
     """``CNIServer(path).serve_forever()`` in a thread; ``shutdown()`` from another."""
 
@@ -50,6 +107,7 @@ class CNIServer:
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self.reaper = LinkReaper()
 
     def bind(self) -> "CNIServer":
         directory = os.path.dirname(os.path.abspath(self.socket_path))
@@ -64,6 +122,7 @@ class CNIServer:
         os.chmod(self.socket_path, 0o600)
         sock.listen(256)
         self._sock = sock
+        _warm_up()
         log.info("CNI server listening on %s", self.socket_path)
         return self
 
@@ -110,6 +169,7 @@ class CNIServer:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+        self.reaper.wait_all(timeout)
         try:
             os.unlink(self.socket_path)
         except FileNotFoundError:
@@ -117,6 +177,7 @@ class CNIServer:
         log.info("CNI server on %s stopped", self.socket_path)
 
     def _serve_one(self, conn: socket.socket) -> None:
+        started = time.perf_counter()
         fds: list[int] = []
         try:
             with conn:
@@ -129,8 +190,11 @@ class CNIServer:
                     # This thread is ours alone and ends with the request: it may stay
                     # in the caller's namespace, so everything "host" happens there.
                     pod.enter_netns_for_thread(host_fd)
-                code, out = skel.run(env, stdin, self.handlers, netns_fd, host_fd)
+                code, out = skel.run(env, stdin, self.handlers, netns_fd, host_fd, self.reaper)
                 conn.sendall(b"%d\n" % code + out)
+                log.debug("CNI %s %s/%s: exit %d in %.2f ms", env.get("CNI_COMMAND"),
+                          env.get("CNI_CONTAINERID"), env.get("CNI_IFNAME"), code,
+                          (time.perf_counter() - started) * 1000)
         except Exception:
             log.exception("CNI server: request failed")
         finally:
@@ -146,6 +210,17 @@ class CNIServer:
             log.warning("CNI server: refused a request from uid %d", uid)
             return False
         return True
+
+
+def _warm_up() -> None:
+    """Load pyroute2's lazily imported parts before the first pod waits for them."""
+    ipr = pod.Rtnl()
+    try:
+        pod.get_link(ipr, "lo")
+        pod.get_addresses(ipr, 1)
+        pod.get_routes(ipr, 1)
+    finally:
+        ipr.close()
 
 
 def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, list[int]]:

@@ -56,6 +56,7 @@ class Request:
     path: str = ""
     netns_fd: int | None = None  # handed over by the executable entry, if it opened CNI_NETNS
     host_netns_fd: int | None = None  # the caller's netns (the "host" side), for the warm server
+    reaper: Any = None  # the warm server's background link deleter (see server.LinkReaper)
 
 
 Handler = Callable[[Request], dict[str, Any] | None]
@@ -148,8 +149,8 @@ def check_version(command: str, config: Mapping[str, Any]) -> str:
     return version
 
 
-def parse_request(env: Mapping[str, str], stdin: bytes,
-                  netns_fd: int | None = None, host_netns_fd: int | None = None) -> Request:
+def parse_request(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = None,
+                  host_netns_fd: int | None = None, reaper: Any = None) -> Request:
     """Validate env + stdin into a Request, or raise CNIError (changes nothing)."""
     command = env.get("CNI_COMMAND", "")
     if not command:
@@ -175,7 +176,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes,
     version = check_version(command, config)
     validate_network_name(config.get("name"))
     return Request(command, version, config, container_id, env.get("CNI_NETNS", ""),
-                   ifname, args, env.get("CNI_PATH", ""), netns_fd, host_netns_fd)
+                   ifname, args, env.get("CNI_PATH", ""), netns_fd, host_netns_fd, reaper)
 
 
 def _version_for_version_cmd(stdin: bytes) -> str:
@@ -196,10 +197,11 @@ def _error_version(stdin: bytes) -> str:
 
 
 def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
-        netns_fd: int | None = None, host_netns_fd: int | None = None) -> tuple[int, bytes]:
+        netns_fd: int | None = None, host_netns_fd: int | None = None,
+        reaper: Any = None) -> tuple[int, bytes]:
     """Run one invocation: returns (exit code, stdout bytes).  Never raises."""
     try:
-        request = parse_request(env, stdin, netns_fd, host_netns_fd)
+        request = parse_request(env, stdin, netns_fd, host_netns_fd, reaper)
         if request.command == "VERSION":
             result: dict[str, Any] | None = {"cniVersion": request.cni_version,
                                              "supportedVersions": list(SUPPORTED_VERSIONS)}

@@ -1,11 +1,18 @@
 """Pod attachment for the CNI plugin: the node bridge, veth pairs, pod addresses, routes.
 
+Speed decides the shape of this module.  A runtime calls the plugin for every pod and
+the target is the reference Go plugins' ~10 ms per ADD.  Measured here: pyroute2 costs
+~120-190 ms to import and ~0.4 ms of Python encoding per request (~7 ms per ADD), so
+the handful of rtnetlink requests ADD and DEL need are built with ``struct`` on a plain
+``AF_NETLINK`` socket (:class:`Rtnl`, ~50 us per request), batched where the kernel
+allows.  No pyroute2 import here: the in-process fallback stays fast too.
+
 Network namespaces are entered per *thread* (``setns(2)`` affects only the calling
 thread), only long enough to open a netlink socket there: a netlink socket stays bound
-to the namespace it was created in, so every later operation on it acts inside the pod
-while the thread itself is back on the host side.  This works in a multi-threaded warm
-server (each request its own thread) and costs ~1 ms, where pyroute2's
-``IPRoute(netns=...)`` forks a helper per call (~9 ms).
+to the namespace it was created in, so every later request on it acts inside the pod
+while the thread itself is back on the node side.  This is safe in the multi-threaded
+warm server and costs ~0.1 ms, where pyroute2's ``IPRoute(netns=...)`` forks a helper
+per call (~9 ms).
 """
 
 from __future__ import annotations
@@ -22,17 +29,163 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Iterator
 
-from pyroute2 import IPRoute, NetlinkError
-
 from ..errors import NetlinkOpError
-from .common import describe_errno, translated
 
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 NSFS_MAGIC = 0x6E736673
 PROC_SUPER_MAGIC = 0x9FA0
+NS_GET_NSTYPE = 0xB703
 _libc = ctypes.CDLL(None, use_errno=True)
+
+# rtnetlink constants (linux/rtnetlink.h, if_link.h, if_addr.h, veth.h)
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x300, 0x200, 0x400
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER = 1
+IFLA_BRPORT_MODE = 4  # hairpin
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
+IFF_UP, IFF_PROMISC = 0x1, 0x100
+_HDR = struct.Struct("=LHHLL")
+_IFINFO = struct.Struct("=BxHiII")
+_IFADDR = struct.Struct("=BBBBi")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_ATTR = struct.Struct("=HH")
+
+_MEANING = {
+    errno.ENODEV: "link not found", errno.ENOENT: "not found", errno.EEXIST: "already exists",
+    errno.EPERM: "operation not permitted (are you root?)", errno.EBUSY: "device busy",
+    errno.EINVAL: "invalid argument", errno.ENETUNREACH: "network unreachable",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def describe(code: int) -> str:
+    return _MEANING.get(code) or os.strerror(code)
+
+
+class NetlinkRequestError(NetlinkOpError):
+    """A rtnetlink request failed; ``code`` is the errno."""
+
+
+# --- a minimal rtnetlink client -----------------------------------------------------------
+
+def _attr(kind: int, data: bytes) -> bytes:
+    size = 4 + len(data)
+    return _ATTR.pack(size, kind) + data + b"\0" * (-size % 4)
+
+
+def _attr_str(kind: int, value: str) -> bytes:
+    return _attr(kind, value.encode() + b"\0")
+
+
+def _attr_u32(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("=I", value))
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _attrs(buf: bytes, offset: int = 0) -> dict[int, bytes]:
+    out = {}
+    while offset + 4 <= len(buf):
+        size, kind = _ATTR.unpack_from(buf, offset)
+        if size < 4:
+            break
+        out[kind & 0x3FFF] = buf[offset + 4:offset + size]
+        offset += (size + 3) & ~3
+    return out
+
+
+def _cstr(data: bytes | None) -> str:
+    return data.split(b"\0", 1)[0].decode() if data else ""
+
+
+class Rtnl:
+    """One NETLINK_ROUTE socket in the namespace where it was created."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Rtnl":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def batch(self, requests: list[tuple[int, int, bytes, str]]
+              ) -> list[tuple[list[bytes], int]]:
+        """Send requests (type, flags, body, what) in one datagram; the kernel runs them
+        in order.  Returns per request (reply payloads, errno or 0)."""
+        data = bytearray()
+        seqs = []
+        for kind, flags, body, _ in requests:
+            self.seq += 1
+            data += _HDR.pack(16 + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK,
+                              self.seq, 0) + body
+            seqs.append(self.seq)
+        self.sock.send(data)
+        replies: dict[int, list[bytes]] = {s: [] for s in seqs}
+        errors: dict[int, int] = {}
+        pending = set(seqs)
+        while pending:
+            buf = self.sock.recv(1 << 18)
+            offset = 0
+            while offset + 16 <= len(buf):
+                size, kind, flags, seq, _ = _HDR.unpack_from(buf, offset)
+                payload = buf[offset + 16:offset + size]
+                offset += (size + 3) & ~3
+                if seq not in pending:
+                    continue
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload)[0]
+                    if code:
+                        errors[seq] = code
+                    pending.discard(seq)
+                elif kind == NLMSG_DONE:
+                    pending.discard(seq)
+                else:
+                    replies[seq].append(payload)
+        return [(replies[s], errors.get(s, 0)) for s in seqs]
+
+    def request(self, kind: int, flags: int, body: bytes, what: str,
+                ignore: tuple[int, ...] = ()) -> list[bytes]:
+        (replies, code), = self.batch([(kind, flags, body, what)])
+        if code and code not in ignore:
+            raise NetlinkRequestError(f"{what}: {describe(code)}", code)
+        return replies if not code else []
+
+    def run(self, requests: list[tuple[int, int, bytes, str]]) -> list[list[bytes]]:
+        """Batch, and raise for the first request that failed."""
+        results = self.batch(requests)
+        for (_, _, _, what), (_, code) in zip(requests, results):
+            if code:
+                raise NetlinkRequestError(f"{what}: {describe(code)}", code)
+        return [replies for replies, _ in results]
+
+
+def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
+    return _IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, change)
+
+
+def _by_name(name: str, flags: int = 0, change: int = 0) -> bytes:
+    return _ifinfo(0, flags, change) + _attr_str(IFLA_IFNAME, name)
 
 
 # --- namespaces -------------------------------------------------------------------------
@@ -44,16 +197,13 @@ def _setns(fd: int) -> None:
 
 
 def is_netns_fd(fd: int) -> bool:
-    """True if ``fd`` is a network namespace file (nsfs bind mount or /proc/<pid>/ns/net)."""
+    """True if ``fd`` is a network namespace (nsfs bind mount or /proc/<pid>/ns/net)."""
     buf = ctypes.create_string_buffer(256)
     if _libc.fstatfs(fd, buf) != 0:
         return False
-    fs_type = struct.unpack_from("l", buf)[0]
-    if fs_type not in (NSFS_MAGIC, PROC_SUPER_MAGIC):
+    if struct.unpack_from("l", buf)[0] not in (NSFS_MAGIC, PROC_SUPER_MAGIC):
         return False
-    # A network namespace accepts setns(CLONE_NEWNET) checks only by type; nsfs files of
-    # other namespace kinds (mnt, pid...) have the same magic, so compare the ioctl type.
-    NS_GET_NSTYPE = 0xB703
+    # Every kind of namespace file lives on nsfs: ask which kind this one is.
     return _libc.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
 
 
@@ -78,10 +228,10 @@ def thread_in_netns(fd: int) -> Iterator[None]:
         os.close(home)
 
 
-def open_in_netns(fd: int) -> IPRoute:
-    """An IPRoute whose socket lives in the namespace ``fd``; the thread stays put."""
+def open_in_netns(fd: int) -> Rtnl:
+    """A netlink socket living in the namespace ``fd``; the thread stays where it is."""
     with thread_in_netns(fd):
-        return IPRoute()
+        return Rtnl()
 
 
 def enter_netns_for_thread(fd: int) -> None:
@@ -89,7 +239,7 @@ def enter_netns_for_thread(fd: int) -> None:
     _setns(fd)
 
 
-# --- values -----------------------------------------------------------------------------
+# --- values and reads -------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LinkInfo:
@@ -104,7 +254,7 @@ class LinkInfo:
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
-    """A stable host-side name, so DEL finds the veth without the pod's namespace."""
+    """A stable host-side name, so DEL and GC find the veth without the pod's namespace."""
     digest = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()
     return "veth" + digest[:11]
 
@@ -115,158 +265,188 @@ def _local_mac() -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-def _link_info(msg) -> LinkInfo:
-    linkinfo = msg.get("IFLA_LINKINFO")
-    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
-    return LinkInfo(index=msg["index"], name=msg.get("IFLA_IFNAME"),
-                    mac=msg.get("IFLA_ADDRESS") or "", mtu=msg.get("IFLA_MTU") or 0,
-                    kind=kind or "", master=msg.get("IFLA_MASTER") or 0,
-                    up=bool(msg["flags"] & 1), promisc=bool(msg["flags"] & 0x100))
+def _parse_link(payload: bytes) -> LinkInfo:
+    _, _, index, flags, _ = _IFINFO.unpack_from(payload)
+    attrs = _attrs(payload, _IFINFO.size)
+    kind = _cstr(_attrs(attrs[IFLA_LINKINFO]).get(IFLA_INFO_KIND)) if IFLA_LINKINFO in attrs else ""
+    mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
+    mtu = struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0
+    master = struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0
+    return LinkInfo(index, _cstr(attrs.get(IFLA_IFNAME)), mac, mtu, kind, master,
+                    bool(flags & IFF_UP), bool(flags & IFF_PROMISC))
 
 
-# --- reads ------------------------------------------------------------------------------
-
-def get_link(ipr: IPRoute, name: str) -> LinkInfo | None:
-    try:
-        msgs = ipr.link("get", ifname=name)
-    except NetlinkError as e:
-        if e.code in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise NetlinkOpError(f"get link {name}: {describe_errno(e.code)}", e.code) from e
-    return _link_info(tuple(msgs)[0])
+def _get_link_request(name: str) -> tuple[int, int, bytes, str]:
+    return RTM_GETLINK, 0, _by_name(name), f"get link {name}"
 
 
-def get_addresses(ipr: IPRoute, index: int) -> list[IPv4Interface]:
-    with translated(f"list addresses of link {index}"):
-        msgs = ipr.addr("dump", index=index, family=socket.AF_INET)
-    return [IPv4Interface(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]
+def get_link(nl: Rtnl, name: str) -> LinkInfo | None:
+    replies = nl.request(*_get_link_request(name), ignore=(errno.ENODEV, errno.ENOENT))
+    return _parse_link(replies[0]) if replies else None
 
 
-def get_routes(ipr: IPRoute, index: int) -> list[tuple[IPv4Network, IPv4Address | None]]:
-    with translated(f"list routes of link {index}"):
-        msgs = ipr.route("dump", oif=index, family=socket.AF_INET, table=254)
+def get_addresses(nl: Rtnl, index: int) -> list[IPv4Interface]:
+    body = _IFADDR.pack(socket.AF_INET, 0, 0, 0, index)
     out = []
-    for m in msgs:
-        dst = m.get("RTA_DST") or "0.0.0.0"
-        gw = m.get("RTA_GATEWAY")
-        out.append((IPv4Network(f"{dst}/{m['dst_len']}"), IPv4Address(gw) if gw else None))
+    for payload in nl.request(RTM_GETADDR, NLM_F_DUMP, body, f"list addresses of link {index}"):
+        _, prefixlen, _, _, ifindex = _IFADDR.unpack_from(payload)
+        attrs = _attrs(payload, _IFADDR.size)
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if ifindex == index and raw:
+            out.append(IPv4Interface(f"{socket.inet_ntoa(raw)}/{prefixlen}"))
+    return out
+
+
+def get_routes(nl: Rtnl, index: int) -> list[tuple[IPv4Network, IPv4Address | None]]:
+    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+    out = []
+    for payload in nl.request(RTM_GETROUTE, NLM_F_DUMP, body, f"list routes of link {index}"):
+        _, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(payload)
+        attrs = _attrs(payload, _RTMSG.size)
+        if RTA_TABLE in attrs:
+            table = struct.unpack("=I", attrs[RTA_TABLE])[0]
+        oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
+        if table != RT_TABLE_MAIN or oif != index:
+            continue
+        dst = socket.inet_ntoa(attrs[RTA_DST]) if RTA_DST in attrs else "0.0.0.0"
+        gw = IPv4Address(attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None
+        out.append((IPv4Network(f"{dst}/{dst_len}"), gw))
     return out
 
 
 # --- the bridge -------------------------------------------------------------------------
 
-def ensure_bridge(ipr: IPRoute, name: str, gateway: IPv4Interface, mtu: int,
+def ensure_bridge(nl: Rtnl, name: str, gateway: IPv4Interface, mtu: int,
                   force_address: bool = False, promisc: bool = False) -> LinkInfo:
     """Create-or-verify the node bridge holding ``gateway``; say why when it cannot."""
-    link = get_link(ipr, name)
+    link = get_link(nl, name)
     if link is None:
-        try:
-            # A fixed MAC: otherwise the bridge takes its lowest port's MAC and changes
-            # it whenever ports come and go (pods would see the gateway's MAC change).
-            ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=_local_mac())
-            log.info("created bridge %s (mtu %d)", name, mtu)
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:  # a concurrent ADD made it first
-                raise NetlinkOpError(f"create bridge {name}: {describe_errno(e.code)}",
-                                     e.code) from e
-        link = get_link(ipr, name)
+        # A fixed MAC: otherwise the bridge takes its lowest port's MAC and changes it
+        # whenever ports come and go (pods would see their gateway's MAC change).
+        body = (_ifinfo(0, IFF_UP, IFF_UP) + _attr_str(IFLA_IFNAME, name)
+                + _attr_u32(IFLA_MTU, mtu) + _attr(IFLA_ADDRESS, _mac_bytes(_local_mac()))
+                + _attr(IFLA_LINKINFO, _attr_str(IFLA_INFO_KIND, "bridge")))
+        # EEXIST: a concurrent ADD made it first.
+        nl.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}",
+                   ignore=(errno.EEXIST,))
+        log.info("bridge %s ensured (mtu %d)", name, mtu)
+        link = get_link(nl, name)
         if link is None:
             raise NetlinkOpError(f"bridge {name} vanished while being created", errno.ENODEV)
     if link.kind != "bridge":
         raise NetlinkOpError(f"{name} already exists and is a {link.kind or 'non-bridge'} "
                              "device, not a bridge: remove it or set \"bridge\" to another "
                              "name", errno.EEXIST)
-    _ensure_gateway(ipr, link, gateway, force_address)
+    _ensure_gateway(nl, link, gateway, force_address)
     if not link.up or (promisc and not link.promisc):
-        with translated(f"bring up bridge {name}"):
-            ipr.link("set", index=link.index, state="up",
-                     **({"flags": 0x100, "change": 0x100} if promisc else {}))
+        flags = IFF_UP | (IFF_PROMISC if promisc else 0)
+        nl.request(RTM_NEWLINK, 0, _ifinfo(link.index, flags, flags), f"bring up bridge {name}")
     return link
 
 
-def _ensure_gateway(ipr: IPRoute, link: LinkInfo, gateway: IPv4Interface,
+def _addr_body(index: int, address: IPv4Interface) -> bytes:
+    ip = address.ip.packed
+    return (_IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, 0, index)
+            + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip)
+            + _attr(IFA_BROADCAST, address.network.broadcast_address.packed))
+
+
+def _ensure_gateway(nl: Rtnl, link: LinkInfo, gateway: IPv4Interface,
                     force_address: bool) -> None:
-    addresses = get_addresses(ipr, link.index)
+    addresses = get_addresses(nl, link.index)
     if gateway in addresses:
         return
-    others = [a for a in addresses if a.network.overlaps(gateway.network)
-              or a.ip in gateway.network] or addresses
-    if others and not force_address:
+    if addresses and not force_address:
         raise NetlinkOpError(
             f"{link.name} already has an IP address different from {gateway}: "
-            f"{', '.join(map(str, others))} (a stale bridge from an earlier subnet? delete "
-            f"it, or set \"forceAddress\": true)", errno.EEXIST)
-    for old in others:
-        with translated(f"remove old address {old} from {link.name}", ignore_gone=True):
-            ipr.addr("del", index=link.index, address=str(old.ip), prefixlen=old.network.prefixlen)
+            f"{', '.join(map(str, addresses))} (a stale bridge from an earlier subnet? "
+            "delete it, or set \"forceAddress\": true)", errno.EEXIST)
+    for old in addresses:
+        nl.request(RTM_DELADDR, 0, _addr_body(link.index, old),
+                   f"remove old address {old} from {link.name}", ignore=(errno.EADDRNOTAVAIL,))
         log.info("forceAddress: removed %s from %s", old, link.name)
-    try:
-        ipr.addr("add", index=link.index, address=str(gateway.ip),
-                 prefixlen=gateway.network.prefixlen, broadcast=str(gateway.network.broadcast_address))
-        log.info("bridge %s: added gateway %s", link.name, gateway)
-    except NetlinkError as e:
-        if e.code != errno.EEXIST:
-            raise NetlinkOpError(f"add {gateway} to {link.name}: {describe_errno(e.code)}",
-                                 e.code) from e
+    nl.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, gateway),
+               f"add {gateway} to {link.name}", ignore=(errno.EEXIST,))
+    log.info("bridge %s: gateway %s", link.name, gateway)
 
 
 # --- veth -------------------------------------------------------------------------------
 
-def add_veth(ipr: IPRoute, host_name: str, pod_name: str, pod_netns_fd: int, mtu: int,
-             pod_mac: str | None = None) -> None:
-    """Create the pair with the pod end born inside the pod's namespace."""
-    peer = {"ifname": pod_name, "net_ns_fd": pod_netns_fd, "mtu": mtu}
-    if pod_mac:
-        peer["address"] = pod_mac
-    try:
-        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, peer=peer)
-    except NetlinkError as e:
-        if e.code == errno.EEXIST:
-            raise NetlinkOpError(f"cannot create veth {host_name}/{pod_name}: an interface "
-                                 f"named {host_name} (host) or {pod_name} (pod) already "
-                                 "exists", e.code) from e
-        raise NetlinkOpError(f"create veth {host_name}/{pod_name}: {describe_errno(e.code)}",
-                             e.code) from e
-    log.info("created veth %s <-> %s (mtu %d)", host_name, pod_name, mtu)
-
-
-def attach_to_bridge(ipr: IPRoute, host_name: str, bridge: LinkInfo, hairpin: bool) -> LinkInfo:
-    link = get_link(ipr, host_name)
-    if link is None:
-        raise NetlinkOpError(f"veth {host_name} vanished before it was attached", errno.ENODEV)
-    with translated(f"attach {host_name} to {bridge.name}"):
-        ipr.link("set", index=link.index, master=bridge.index, state="up")
+def add_veth(nl: Rtnl, host_name: str, pod_name: str, pod_netns_fd: int, mtu: int,
+             bridge: LinkInfo, hairpin: bool, pod_mac: str | None = None) -> LinkInfo:
+    """Create the pair with the pod end born inside the pod's namespace and the host end
+    up on the bridge, set hairpin mode, and read the host end back: one batch."""
+    peer = (_ifinfo() + _attr_str(IFLA_IFNAME, pod_name) + _attr_u32(IFLA_MTU, mtu)
+            + _attr_u32(IFLA_NET_NS_FD, pod_netns_fd)
+            + (_attr(IFLA_ADDRESS, _mac_bytes(pod_mac)) if pod_mac else b""))
+    linkinfo = _attr_str(IFLA_INFO_KIND, "veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
+    create = (_ifinfo(0, IFF_UP, IFF_UP) + _attr_str(IFLA_IFNAME, host_name)
+              + _attr_u32(IFLA_MTU, mtu) + _attr_u32(IFLA_MASTER, bridge.index)
+              + _attr(IFLA_LINKINFO, linkinfo))
+    requests = [(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create,
+                 f"create veth {host_name}/{pod_name}")]
     if hairpin:
-        with translated(f"set hairpin mode on {host_name}"):
-            ipr.brport("set", index=link.index, mode=1)
-    return link
+        slave = (_attr_str(IFLA_INFO_SLAVE_KIND, "bridge")
+                 + _attr(IFLA_INFO_SLAVE_DATA, _attr(IFLA_BRPORT_MODE, b"\x01")))
+        requests.append((RTM_NEWLINK, 0, _by_name(host_name) + _attr(IFLA_LINKINFO, slave),
+                         f"set hairpin mode on {host_name}"))
+    requests.append(_get_link_request(host_name))
+    results = nl.batch(requests)
+    code = results[0][1]
+    if code == errno.EEXIST:
+        raise NetlinkOpError(f"cannot create veth {host_name}/{pod_name}: an interface named "
+                             f"{host_name} (node) or {pod_name} (pod) already exists", code)
+    if code:
+        raise NetlinkOpError(f"create veth {host_name}/{pod_name}: {describe(code)}", code)
+    log.info("created veth %s <-> %s on %s (mtu %d)", host_name, pod_name, bridge.name, mtu)
+    failed = [(req[3], code) for req, (_, code) in zip(requests[1:], results[1:]) if code]
+    if failed or not results[-1][0]:
+        del_link(nl, host_name)  # we made it: do not leave it behind
+        what, code = failed[0] if failed else (f"read back {host_name}", errno.ENODEV)
+        raise NetlinkOpError(f"{what}: {describe(code)}", code)
+    return _parse_link(results[-1][0][0])
 
 
-def configure_pod_link(ipr: IPRoute, ifname: str, address: IPv4Interface,
+def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface,
                        routes: list[tuple[IPv4Network, IPv4Address]]) -> LinkInfo:
-    """Inside the pod: bring ``ifname`` up with its address and routes."""
-    link = get_link(ipr, ifname)
+    """Inside the pod: bring ``ifname`` up with its address and routes (one batch)."""
+    link = get_link(nl, ifname)
     if link is None:
         raise NetlinkOpError(f"{ifname} is missing from the pod's namespace", errno.ENODEV)
-    with translated(f"bring up {ifname} in the pod"):
-        ipr.link("set", index=link.index, state="up")
-    with translated(f"add {address} to {ifname} in the pod"):
-        ipr.addr("add", index=link.index, address=str(address.ip),
-                 prefixlen=address.network.prefixlen,
-                 broadcast=str(address.network.broadcast_address))
+    requests = [
+        (RTM_NEWLINK, 0, _ifinfo(link.index, IFF_UP, IFF_UP), f"bring up {ifname} in the pod"),
+        (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, address),
+         f"add {address} to {ifname} in the pod"),
+    ]
     for dst, gw in routes:
-        with translated(f"add route {dst} via {gw} in the pod"):
-            ipr.route("add", dst=str(dst), gateway=str(gw), oif=link.index)
+        body = (_RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+                            0, RTN_UNICAST, 0)
+                + (_attr(RTA_DST, dst.network_address.packed) if dst.prefixlen else b"")
+                + _attr(RTA_GATEWAY, gw.packed) + _attr_u32(RTA_OIF, link.index))
+        requests.append((RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body,
+                         f"add route {dst} via {gw} in the pod"))
+    nl.run(requests)
     return link
 
 
-def del_link(ipr: IPRoute, name: str) -> bool:
+def set_link_down(nl: Rtnl, name: str) -> bool:
+    """Cut a link off (~0.1 ms, where deleting a veth waits ~20 ms in the kernel);
+    False if it does not exist."""
+    replies = nl.batch([(RTM_NEWLINK, 0, _by_name(name, 0, IFF_UP), f"set {name} down")])
+    code = replies[0][1]
+    if code in (errno.ENODEV, errno.ENOENT):
+        return False
+    if code:
+        raise NetlinkOpError(f"set {name} down: {describe(code)}", code)
+    return True
+
+
+def del_link(nl: Rtnl, name: str) -> bool:
     """Delete ``name`` (a veth's peer goes with it); gone already is success."""
-    try:
-        ipr.link("del", ifname=name)
-    except NetlinkError as e:
-        if e.code in (errno.ENODEV, errno.ENOENT):
-            return False
-        raise NetlinkOpError(f"delete link {name}: {describe_errno(e.code)}", e.code) from e
+    (_, code), = nl.batch([(RTM_DELLINK, 0, _by_name(name), f"delete link {name}")])
+    if code in (errno.ENODEV, errno.ENOENT):
+        return False
+    if code:
+        raise NetlinkOpError(f"delete link {name}: {describe(code)}", code)
     log.info("deleted link %s", name)
     return True

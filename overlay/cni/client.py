@@ -1,0 +1,78 @@
+"""The executable entry's body: hand one CNI request to the warm server.
+
+Imported by ``cni-plugin/overlay`` under ``python -IS`` (no site, no compile: this
+module's cached bytecode loads in ~0.1 ms), so it may use only interpreter built-ins:
+``_socket``, ``posix``, ``sys``.  When no server answers it execs the in-process plugin
+(``python -I -m overlay.cni.plugin``) with stdin untouched.  See ``server`` for the wire
+format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
+"""
+
+import _socket
+import posix
+import sys
+
+SOCKET = posix.environ.get(b"OVERLAY_CNI_SOCKET", b"/run/overlay/cni.sock")
+
+
+def fallback():
+    exe = sys.executable
+    posix.execv(exe, [exe, "-I", "-m", "overlay.cni.plugin"])
+
+
+def open_ns(path):
+    try:
+        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        return -1  # the server validates CNI_NETNS and says what is wrong
+
+
+def main():
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(SOCKET)
+    except OSError:
+        sock.close()
+        fallback()
+    stdin = []
+    while True:
+        chunk = posix.read(0, 65536)
+        if not chunk:
+            break
+        stdin.append(chunk)
+    stdin = b"".join(stdin)
+    env = b"\0".join(k + b"=" + v for k, v in posix.environ.items() if k.startswith(b"CNI_"))
+    fds = [open_ns(b"/proc/thread-self/ns/net")]
+    netns = posix.environ.get(b"CNI_NETNS")
+    if netns and fds[0] >= 0:
+        fd = open_ns(netns)
+        if fd >= 0:
+            fds.append(fd)
+    fds = [fd for fd in fds if fd >= 0]
+    header = b"OVCNI1 %d %d %d\n" % (len(env), len(stdin), len(fds))
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+            b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+    try:
+        sent = sock.sendmsg([header + env + stdin], anc)
+        payload = (header + env + stdin)[sent:]
+        while payload:
+            payload = payload[sock.send(payload):]
+        reply = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply.append(chunk)
+    except OSError:
+        reply = []
+    reply = b"".join(reply)
+    code, sep, out = reply.partition(b"\n")
+    if not sep or not code.isdigit():
+        # The server accepted but died mid-request: the runtime should retry (code 11).
+        sys.stdout.write('{"cniVersion": "1.1.0", "code": 11, "msg": "overlay CNI server '
+                         'closed the connection", "details": "retry; check overlayd or '
+                         'overlay-cni serve on %s"}\n' % SOCKET.decode())
+        sys.stdout.flush()
+        return 1
+    posix.write(1, out)
+    return int(code)
+
