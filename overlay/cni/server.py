@@ -186,7 +186,7 @@ class CNIServer:
                 env, stdin, fds = _read_request(conn)
                 host_fd = fds[0] if fds else None
                 netns_fd = fds[1] if len(fds) > 1 else None
-                if host_fd is not None:
+                if host_fd is not None and not pod.same_netns(host_fd):
                     # This thread is ours alone and ends with the request: it may stay
                     # in the caller's namespace, so everything "host" happens there.
                     pod.enter_netns_for_thread(host_fd)

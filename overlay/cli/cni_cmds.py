@@ -1,0 +1,32 @@
+"""overlayctl install-cni: install the CNI plugin entry and conflist (like Flannel's)."""
+
+from __future__ import annotations
+
+import click
+
+from ..cni.install import CONFLIST_NAME, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, install_cni
+from . import cli, print_json
+
+
+@cli.command("install-cni")
+@click.option("--bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
+              type=click.Path(file_okay=False), help="The runtime's CNI plugin directory.")
+@click.option("--conf-dir", default=DEFAULT_CONF_DIR, show_default=True,
+              type=click.Path(file_okay=False), help="The runtime's CNI config directory.")
+@click.pass_obj
+def install_cni_cmd(ctx, bin_dir: str, conf_dir: str) -> None:
+    """Install the overlay plugin and its conflist (chained with portmap), atomically."""
+    result = install_cni(bin_dir, conf_dir)
+    if ctx.json:
+        print_json({"plugin": result.plugin_path, "pluginChanged": result.plugin_changed,
+                    "conflist": result.conflist_path, "conflistChanged": result.conflist_changed,
+                    "portmapFound": result.portmap_found})
+    else:
+        for path, changed in ((result.plugin_path, result.plugin_changed),
+                              (result.conflist_path, result.conflist_changed)):
+            click.echo(f"{path}: {'installed' if changed else 'unchanged'}")
+    if not result.portmap_found:
+        click.echo(f"warning: {bin_dir}/portmap is missing: {CONFLIST_NAME} chains the "
+                   "reference portmap plugin and a runtime ignores a conflist whose plugin "
+                   "is missing; install containernetworking-plugins (or copy portmap "
+                   f"into {bin_dir})", err=True)

@@ -1,0 +1,112 @@
+"""install-cni: put the plugin's executable entry and conflist where the runtime looks.
+
+Like Flannel's install-cni: ``<bin dir>/overlay`` (the tiny entry, its first line naming
+the Python that runs overlay) and ``<conf dir>/10-overlay.conflist`` (overlay chained
+with the reference ``portmap`` plugin).  Each file is written atomically (temp file +
+rename, so a runtime never reads half a file) and only when its content differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..fsutil import atomic_write
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIN_DIR = "/opt/cni/bin"
+DEFAULT_CONF_DIR = "/etc/cni/net.d"
+PLUGIN_NAME = "overlay"
+CONFLIST_NAME = "10-overlay.conflist"
+
+# cniVersion 1.0.0, not 1.1.0: Debian's portmap (containernetworking-plugins 1.1.1) and
+# podman 4.3's libcni stop at 1.0.0, and a runtime drops a list it cannot run whole.
+DEFAULT_CONFLIST = {
+    "cniVersion": "1.0.0",
+    "name": "overlay",
+    "plugins": [
+        {"type": "overlay", "bridge": "cni0", "subnetFile": "/run/overlay/subnet.env",
+         "dataDir": "/var/lib/cni/networks", "hairpinMode": True, "isDefaultGateway": True},
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+    ],
+}
+
+ENTRY_TEMPLATE = '''#!{python} -IS
+# The overlay CNI plugin's executable entry (CNI "type": "overlay").
+#
+# Deliberately tiny: under `python -IS` it imports only overlay.cni.client (interpreter
+# built-ins only, cached bytecode), which hands the request to the warm server
+# (`overlay-cni serve`, or overlayd --cni-socket) on /run/overlay/cni.sock and falls back
+# to running the plugin in-process when no server answers.
+# `overlayctl install-cni` rewrites the first line to the Python that runs overlay and
+# ROOT to the directory holding the overlay package.
+import sys
+
+ROOT = {root}
+sys.path.insert(0, ROOT or __file__.rpartition("/")[0].rpartition("/")[0] or ".")
+from overlay.cni.client import main  # noqa: E402
+
+sys.exit(main())
+'''
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    plugin_path: str
+    conflist_path: str
+    plugin_changed: bool
+    conflist_changed: bool
+    portmap_found: bool
+
+
+def package_root() -> str:
+    """The directory that holds the ``overlay`` package (what the entry puts on sys.path)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def render_entry(python: str | None = None, root: str | None = None) -> str:
+    return ENTRY_TEMPLATE.format(python=python or sys.executable,
+                                 root=repr(root) if root else "None")
+
+
+def render_conflist() -> str:
+    return json.dumps(DEFAULT_CONFLIST, indent=2) + "\n"
+
+
+def _write_if_changed(path: str, content: str, mode: int) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            same = f.read() == content
+        if same and (os.stat(path).st_mode & 0o777) == mode:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    atomic_write(path, content, mode=mode)
+    return True
+
+
+def install_cni(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR,
+                python: str | None = None) -> InstallResult:
+    for what, directory in (("bin dir", bin_dir), ("conf dir", conf_dir)):
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ConfigError(f"{what} {directory} exists and is not a directory")
+    plugin_path = os.path.join(bin_dir, PLUGIN_NAME)
+    conflist_path = os.path.join(conf_dir, CONFLIST_NAME)
+    try:
+        plugin_changed = _write_if_changed(plugin_path, render_entry(python, package_root()),
+                                           0o755)
+        conflist_changed = _write_if_changed(conflist_path, render_conflist(), 0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot install the CNI plugin: {e.strerror}: {e.filename}") from e
+    portmap = os.path.join(bin_dir, "portmap")
+    result = InstallResult(plugin_path, conflist_path, plugin_changed, conflist_changed,
+                           os.access(portmap, os.X_OK))
+    log.info("install-cni: %s %s, %s %s", plugin_path,
+             "written" if plugin_changed else "unchanged", conflist_path,
+             "written" if conflist_changed else "unchanged")
+    return result
