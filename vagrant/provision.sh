@@ -94,6 +94,19 @@ restart_or_start() {
   fi
 }
 
+# The environment files the units read (EnvironmentFile=).
+etcd_env() {
+  printf '%s\n' "OVERLAY_ETCD_IP=$ETCD_IP"
+}
+
+overlayd_env() {
+  printf '%s\n' \
+    "# Written by vagrant/provision.sh; every overlayd flag has an OVERLAYD_* variable." \
+    "OVERLAYD_ETCD_ENDPOINTS=$ETCD_ENDPOINT" \
+    "OVERLAYD_PUBLIC_IP=$NODE_IP" \
+    "OVERLAYD_HEALTHZ_ADDR=$HEALTHZ_ADDR"
+}
+
 check_inputs() {
   [ "$(id -u)" -eq 0 ] || die "run as root (Vagrant's shell provisioner does)"
   valid_ipv4 "$NODE_IP" || die "OVERLAY_NODE_IP=${NODE_IP@Q}: expected this VM's IPv4 address"
@@ -125,7 +138,7 @@ install_project() {
 setup_etcd() {
   say "etcd: overlay-etcd.service on $ETCD_IP:2379"
   CHANGED=no
-  write_env /etc/overlay/etcd.env "OVERLAY_ETCD_IP=$ETCD_IP"
+  write_env /etc/overlay/etcd.env "$(etcd_env)"
   install_unit overlay-etcd.service
   restart_or_start overlay-etcd.service
 }
@@ -149,11 +162,7 @@ set_network_config() {
 setup_overlayd() {
   say "overlayd.service (public IP $NODE_IP)"
   CHANGED=no
-  write_env /etc/overlay/overlayd.env "$(printf '%s\n' \
-    "# Written by vagrant/provision.sh; every overlayd flag has an OVERLAYD_* variable." \
-    "OVERLAYD_ETCD_ENDPOINTS=$ETCD_ENDPOINT" \
-    "OVERLAYD_PUBLIC_IP=$NODE_IP" \
-    "OVERLAYD_HEALTHZ_ADDR=$HEALTHZ_ADDR")"
+  write_env /etc/overlay/overlayd.env "$(overlayd_env)"
   install_unit overlayd.service
   restart_or_start overlayd.service
 }
@@ -190,4 +199,7 @@ main() {
   wait_ready
 }
 
-main "$@"
+# Sourcing the file (the tests do) defines the functions without provisioning anything.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi

@@ -125,8 +125,22 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def provision_function(name: str, **env: str) -> str:
+    """The output of one of provision.sh's functions (sourcing it provisions nothing)."""
+    r = run(["bash", "-c", f'source "$1" && {name}', "provision", str(PROVISION)],
+            env=dict(os.environ, **env), timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def env_file_vars(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines()
+                if line.strip() and not line.startswith("#"))
+
+
 def test_units_parse_and_match_provision():
     provision = PROVISION.read_text()
+    ips = dict(OVERLAY_NODE_IP="192.168.56.12", OVERLAY_ETCD_IP="192.168.56.11")
     for name in ("overlayd.service", "overlay-etcd.service"):
         unit = parse_unit(UNITS / name)
         assert set(unit) == {"Unit", "Service", "Install"}, name
@@ -135,11 +149,11 @@ def test_units_parse_and_match_provision():
         # provision.sh installs the unit under this name and writes its env file.
         assert f"install_unit {name}" in provision
         (env_file,) = svc["EnvironmentFile"]
-        assert f"write_env {env_file} " in provision, env_file
-        written = re.search(rf'write_env {re.escape(env_file)} (.*?)\n\s*install_unit',
-                            provision, re.S).group(1)
+        m = re.search(rf'write_env {re.escape(env_file)} "\$\((\w+)\)"', provision)
+        assert m, f"provision.sh does not write {env_file}"
+        written = env_file_vars(provision_function(m.group(1), **ips))
         for var in re.findall(r"\$\{(\w+)\}", svc["ExecStart"][0]):
-            assert f"{var}=" in written, f"{name} uses ${{{var}}}, {env_file} lacks it"
+            assert var in written, f"{name} uses ${{{var}}}, {env_file} lacks it"
     d = parse_unit(UNITS / "overlayd.service")["Service"]
     assert d["ExecStart"] == ["/usr/local/bin/overlayd"]
     assert 'ln -sfn "$REPO/cmd/$c" "/usr/local/bin/$c"' in provision
@@ -232,7 +246,8 @@ def test_overlayd_env_names_are_real_flags():
     r = run([str(overlayd), "--help"], timeout=60) if overlayd.exists() else None
     if r is None or r.returncode != 0:
         pytest.skip("overlayd is not installed or has no --help yet")
-    names = set(re.findall(r"\b(OVERLAYD_[A-Z0-9_]+)=", PROVISION.read_text()))
+    names = set(env_file_vars(provision_function("overlayd_env", OVERLAY_NODE_IP="192.168.56.12",
+                                                 OVERLAY_ETCD_IP="192.168.56.11")))
     assert {"OVERLAYD_ETCD_ENDPOINTS", "OVERLAYD_PUBLIC_IP", "OVERLAYD_HEALTHZ_ADDR"} <= names
     flags = set(re.findall(r"(--[a-z0-9-]+)", r.stdout))
     for name in names:
@@ -262,7 +277,7 @@ node=$2
 [ -e "/run/netns/{prefix}-$node" ] || {{ echo "The machine with the name '$node' was not found" >&2; exit 1; }}
 export OVERLAY_SMOKE_NODE_NETNS={prefix}-$node OVERLAY_SMOKE_PREFIX={prefix}-$node
 export OVERLAY_SMOKE_CONF_DIR={tmp}/$node/conf OVERLAY_SMOKE_STATE_DIR={tmp}/$node/state
-export OVERLAY_SMOKE_CNI_PATH={cni_path}
+export OVERLAY_SMOKE_CNI_PATH={cni_path} OVERLAY_CNI_SOCKET={tmp}/$node/cni.sock
 sudo() {{ "$@"; }}
 export -f sudo
 exec bash -c "$5"
@@ -274,12 +289,11 @@ def sh(*args: str) -> None:
     assert r.returncode == 0, f"{shlex.join(args)}: {r.stderr}"
 
 
-@pytest.fixture
-def two_nodes():
+def make_nodes(routes: bool) -> list[str]:
+    """Node namespaces joined by a veth pair; with ``routes``, each routes the other's pods."""
     made = []
-    pods = [f"{PREFIX}-{n}-pod" for n in NODES]
     try:
-        for node, (_, pod_net) in NODES.items():
+        for node in NODES:
             ns = f"{PREFIX}-{node}"
             sh("ip", "netns", "add", ns)
             made.append(ns)
@@ -289,17 +303,31 @@ def two_nodes():
         # Created inside node1 with its peer in node2: never in the host's namespace.
         sh("ip", "-n", n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
            "netns", n2)
-        for (node, (addr, _)), (_, (_, peer_pods)), (_, (peer, _)) in zip(
-                NODES.items(), reversed(NODES.items()), reversed(NODES.items())):
-            ns = f"{PREFIX}-{node}"
+        for ns, (addr, _), (peer, peer_pods) in zip(made, NODES.values(),
+                                                    reversed(NODES.values())):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "route", "add", f"{peer_pods}.0/24", "via", peer)
+            if routes:
+                sh("ip", "-n", ns, "route", "add", f"{peer_pods}.0/24", "via", peer)
+    except BaseException:
+        remove_nodes(made)
+        raise
+    return made
+
+
+def remove_nodes(made: list[str]) -> None:
+    for ns in [f"{PREFIX}-{n}-pod" for n in NODES] + made:
+        if os.path.exists(f"/run/netns/{ns}"):
+            run(["ip", "netns", "del", ns])
+
+
+@pytest.fixture
+def two_nodes():
+    made = make_nodes(routes=True)
+    try:
         yield made
     finally:
-        for ns in pods + made:
-            if os.path.exists(f"/run/netns/{ns}"):
-                run(["ip", "netns", "del", ns])
+        remove_nodes(made)
 
 
 def reference_conflist(tmp: Path, node: str) -> dict:
@@ -312,7 +340,7 @@ def reference_conflist(tmp: Path, node: str) -> dict:
         {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
 
-def overlay_conflist(tmp: Path, node: str) -> dict:
+def overlay_conflist(tmp: Path, node: str, write_subnet_env: bool = True) -> dict:
     """What `overlayctl install-cni` writes, pointed at this node's subnet.env and IPAM dir."""
     overlayctl = VENV_BIN / "overlayctl"
     conf_dir = tmp / node / "installed"
@@ -325,8 +353,9 @@ def overlay_conflist(tmp: Path, node: str) -> dict:
     conf = json.loads(conflist.read_text())
     pod_net = NODES[node][1]
     subnet_env = tmp / node / "subnet.env"
-    subnet_env.write_text(f"OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET={pod_net}.1/24\n"
-                          "OVERLAY_MTU=1450\nOVERLAY_IPMASQ=false\n")
+    if write_subnet_env:
+        subnet_env.write_text(f"OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET={pod_net}.1/24\n"
+                              "OVERLAY_MTU=1450\nOVERLAY_IPMASQ=false\n")
     (plugin,) = [p for p in conf["plugins"] if p["type"] == "overlay"]
     plugin["subnetFile"] = str(subnet_env)
     plugin["dataDir"] = str(tmp / node / "ipam")
@@ -335,23 +364,26 @@ def overlay_conflist(tmp: Path, node: str) -> dict:
 
 def make_smoke_env(tmp_path: Path, plugin: str) -> dict:
     """The environment for smoke-check.sh's host side, the CNI conf dirs written per node."""
-    make = reference_conflist if plugin == "reference" else overlay_conflist
     for node in NODES:
-        conf = make(tmp_path, node)
+        if plugin == "reference":
+            conf = reference_conflist(tmp_path, node)
+        else:  # "overlay": no daemon, subnet.env by hand; "overlay+daemon": overlayd's
+            conf = overlay_conflist(tmp_path, node, write_subnet_env=plugin == "overlay")
         (tmp_path / node / "conf").mkdir(parents=True)
         (tmp_path / node / "conf" / "10-overlay.conflist").write_text(json.dumps(conf))
     fake = tmp_path / "vagrant"
     fake.write_text(FAKE_VAGRANT.format(prefix=PREFIX, tmp=tmp_path,
                                         cni_path=f"{tmp_path / 'bin'}:/usr/lib/cni"))
     fake.chmod(0o755)
-    # No warm server: the plugin runs in-process (a test must not reach a daemon's socket).
+    # The plugin talks to its node's daemon (tmp/NODE/cni.sock) when there is one, else
+    # runs in-process; never to a socket outside this test.
     return dict(os.environ, VAGRANT=str(fake), OVERLAY_SMOKE_REMOTE=str(SMOKE),
-                OVERLAY_VAGRANT_NODES="2", OVERLAY_CNI_SOCKET=str(tmp_path / "no.sock"))
+                OVERLAY_VAGRANT_NODES="2")
 
 
 @pytest.fixture(params=["reference", "overlay"])
 def smoke_env(request, tmp_path, two_nodes):
-    """Pods attached by the reference plugins (the script's logic) and by ours."""
+    """Pods attached by the reference plugins (the script's logic) and by ours (no daemon)."""
     return make_smoke_env(tmp_path, request.param)
 
 
@@ -403,3 +435,90 @@ def test_smoke_check_names_an_mtu_problem(smoke_env_reference, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1422-byte payload with DF lost: MTU" in r.stdout, r.stdout
     assert_nothing_left(tmp_path)
+
+
+# ---- the whole VM recipe on two node namespaces --------------------------------------
+#
+# What `vagrant up` does on each VM, minus the VM and systemd: node1 runs etcd with the
+# command line of overlay-etcd.service, provision.sh's own set_network_config writes the
+# network config, each node runs overlayd with the command line of overlayd.service and
+# the environment file provision.sh writes, install-cni installs the plugin, and
+# provision.sh's wait_http waits for /readyz. Then the smoke check pings pod to pod over
+# the real VXLAN overlay.
+
+def unit_command(unit: str, env: dict[str, str]) -> list[str]:
+    """ExecStart of a unit with ${VAR} expanded from its environment, as systemd does."""
+    (line,) = parse_unit(UNITS / unit)["Service"]["ExecStart"]
+    return shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], line))
+
+
+def provision_step(ns: str, step: str, env: dict[str, str], timeout: float = 60) -> str:
+    """Run one of provision.sh's functions inside a node namespace."""
+    path = f"{VENV_BIN}:{os.environ['PATH']}"
+    r = run(["ip", "netns", "exec", ns, "bash", "-c", f'source "$1" && {step}', "provision",
+             str(PROVISION)], env=dict(os.environ, PATH=path, **env), timeout=timeout)
+    assert r.returncode == 0, f"{step}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
+def test_vm_recipe_end_to_end(tmp_path):
+    if run([str(VENV_BIN / "overlayctl"), "install-cni", "--help"]).returncode != 0:
+        pytest.skip("overlayctl install-cni is not there yet")
+    made = make_nodes(routes=False)  # the overlay routes between the nodes now
+    procs: list[subprocess.Popen] = []
+    try:
+        (n1_ip, _), (n2_ip, _) = NODES.values()
+        etcd_ip = n1_ip
+        ns1 = made[0]
+        etcd_env = env_file_vars(provision_function("etcd_env", OVERLAY_ETCD_IP=etcd_ip,
+                                                    OVERLAY_NODE_IP=n1_ip))
+        argv = unit_command("overlay-etcd.service", etcd_env)
+        argv[argv.index("--data-dir") + 1] = str(tmp_path / "etcd")  # StateDirectory=
+        with open(tmp_path / "etcd.log", "w") as log:
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ns1, *argv], stdout=log,
+                                          stderr=subprocess.STDOUT))
+        step_env = dict(OVERLAY_ETCD_IP=etcd_ip, OVERLAY_NODE_IP=n1_ip,
+                        OVERLAY_POD_NETWORK="10.244.0.0/16", OVERLAY_ETCD_WAIT="30")
+        provision_step(ns1, "wait_etcd", step_env)
+        out = provision_step(ns1, "set_network_config", step_env)
+        assert "writing the network config: 10.244.0.0/16" in out
+
+        for ns, node, (node_ip, _) in zip(made, NODES, NODES.values()):
+            env = env_file_vars(provision_function("overlayd_env", OVERLAY_ETCD_IP=etcd_ip,
+                                                   OVERLAY_NODE_IP=node_ip))
+            # Two daemons on one host: their files apart (the VMs use the defaults).
+            env.update(OVERLAYD_SUBNET_FILE=str(tmp_path / node / "subnet.env"),
+                       OVERLAYD_STATE_DIR=str(tmp_path / node / "state-overlayd"),
+                       OVERLAYD_CNI_SOCKET=str(tmp_path / node / "cni.sock"))
+            (tmp_path / node).mkdir(exist_ok=True)
+            (exe,) = unit_command("overlayd.service", env)
+            assert exe == "/usr/local/bin/overlayd"  # provision.sh links it to cmd/overlayd
+            with open(tmp_path / node / "overlayd.log", "w") as log:
+                procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", ns, str(ROOT / "cmd/overlayd")],
+                    env={k: v for k, v in os.environ.items() if not k.startswith("OVERLAYD_")} | env,
+                    stdout=log, stderr=subprocess.STDOUT))
+        for ns, node in zip(made, NODES):
+            provision_step(ns, "wait_http http://127.0.0.1:9471/readyz 30", {})
+        env = make_smoke_env(tmp_path, "overlay+daemon")
+        r = run([str(SMOKE)], env=env, timeout=120)
+        logs = "".join((tmp_path / n / "overlayd.log").read_text() for n in NODES)
+        assert r.returncode == 0, r.stdout + r.stderr + logs
+        assert "smoke check passed: 2 pods on 2 VMs" in r.stdout
+        assert all(p.poll() is None for p in procs), logs
+    finally:
+        stop(procs)
+        remove_nodes(made)
