@@ -9,7 +9,7 @@ Acquisition, in order:
    rewritten revision-checked with a fresh TTL;
 2. else the subnet from this node's previous subnet.env, if it is still free;
 3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
-   other rarely pick the same one.
+   other rarely pick the same one; each lost race doubles that window (up to 32x).
 
 A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
 ``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
@@ -96,7 +96,8 @@ class SubnetManager:
         for attempt in range(1, self.max_attempts + 1):
             leases, _ = self.registry.list_leases(with_expiration=False)
             try:
-                lease = self._try_acquire(leases)
+                # Every lost race widens the choice, so a crowd of racing nodes spreads out.
+                lease = self._try_acquire(leases, self.spread << min(attempt - 1, 5))
             except (LeaseExists, LeaseConflict) as e:
                 last = e
                 log.info("lost a race for a subnet (attempt %d/%d): %s; re-reading leases",
@@ -108,7 +109,7 @@ class SubnetManager:
         raise RegistryError(f"could not acquire a subnet after {self.max_attempts} lost races "
                             f"(last: {last}); is the network nearly full?")
 
-    def _try_acquire(self, leases: list[Lease]) -> Lease:
+    def _try_acquire(self, leases: list[Lease], spread: int) -> Lease:
         mine = [l for l in leases if l.attrs.public_ip == self.attrs.public_ip
                 and self.config.in_range(l.subnet)]
         if mine:
@@ -122,7 +123,7 @@ class SubnetManager:
             log.info("acquired subnet %s (previous subnet of this node), ttl %ds",
                      prev, self.ttl)
             return lease
-        free = self._lowest_free(taken)
+        free = self._lowest_free(taken, spread)
         if not free:
             raise self._no_free(leases)
         subnet = self.rng.choice(free)
@@ -143,12 +144,12 @@ class SubnetManager:
                  self.attrs.public_ip, self.ttl)
         return new
 
-    def _lowest_free(self, taken: set[IPv4Network]) -> list[IPv4Network]:
+    def _lowest_free(self, taken: set[IPv4Network], spread: int) -> list[IPv4Network]:
         out = []
         for subnet in self.config.iter_subnets():
             if subnet not in taken:
                 out.append(subnet)
-                if len(out) >= self.spread:
+                if len(out) >= spread:
                     break
         return out
 

@@ -17,6 +17,7 @@ Calls are synchronous; the object is safe to share between threads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -241,17 +242,11 @@ class EtcdRegistry:
 
     def _lease_from_kv(self, kv: Any, expiration: datetime | None = None,
                        ttl: int | None = None) -> Lease | None:
-        key = kv.key.decode(errors="replace")
-        try:
-            subnet = key_to_subnet(key)
-        except ValueError:
-            log.warning("ignoring %s: not a subnet key", key)
+        parsed = _parse_kv(kv.key, kv.value)
+        if isinstance(parsed, str):
+            log.warning("ignoring %s", parsed)
             return None
-        try:
-            attrs = LeaseAttrs.from_json(kv.value)
-        except RegistryError as e:
-            log.warning("ignoring %s: %s", key, e)
-            return None
+        subnet, attrs = parsed
         return Lease(subnet=subnet, attrs=attrs, expiration=expiration,
                      etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl)
 
@@ -549,6 +544,23 @@ class _WatchStream:
             raise reg._translate(e, "watching leases") from e
         if not self.stop.is_set():
             raise RegistryError("etcd closed the lease watch stream")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_kv(key: bytes, value: bytes) -> tuple[IPv4Network, LeaseAttrs] | str:
+    """Subnet and attributes of a lease key/value, or why it is ignored.
+
+    Cached: every listing re-reads every lease, and most of them have not changed.
+    """
+    name = key.decode(errors="replace")
+    try:
+        subnet = key_to_subnet(name)
+    except ValueError:
+        return f"{name}: not a subnet key"
+    try:
+        return subnet, LeaseAttrs.from_json(value)
+    except RegistryError as e:
+        return f"{name}: {e}"
 
 
 def _fail_endpoint(client: MultiEndpointEtcd3Client) -> None:
