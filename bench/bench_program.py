@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from overlay.backend import BackendSettings, VXLANBackend  # noqa: E402
 from overlay.lease import Lease, LeaseAttrs  # noqa: E402
-from overlay.netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_ipr  # noqa: E402
+from overlay.netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink  # noqa: E402
 
 PREFIX = "ovd-bp"
 
@@ -88,12 +88,12 @@ def run_anchor(ns: str, leases: list[Lease], tmp: str) -> float:
 
 
 def _device(ns: str) -> VXLANDevice:
-    ipr = open_ipr(ns)
+    nl = open_netlink(ns)
     try:
-        u = find_underlay(ipr, "eth0", None)
-        mac = ipr.link("get", ifname="overlay.1")[0].get("address")
+        u = find_underlay(nl, "eth0", None)
+        mac = next(l.mac for l in nl.dump_links() if l.name == "overlay.1")
     finally:
-        ipr.close()
+        nl.close()
     dev = VXLANDevice(VXLANSpec("overlay.1", 1, 8472, u.address.ip, u.index, 1450, mac), ns)
     dev.ensure()
     return dev
@@ -116,20 +116,20 @@ def run_overlay(ns: str, leases: list[Lease]) -> float:
 def run_naive(ns: str, leases: list[Lease]) -> float:
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl import ndmsg
-    ipr = IPRoute(netns=f"/var/run/netns/{ns}", flags=0)
+    nl = IPRoute(netns=f"/var/run/netns/{ns}", flags=0)
     try:
-        idx = ipr.link_lookup(ifname="overlay.1")[0]
+        idx = nl.link_lookup(ifname="overlay.1")[0]
         t0 = time.perf_counter()
         for l in leases:
             gw = str(l.subnet.network_address)
-            ipr.neigh("replace", dst=gw, lladdr=l.attrs.vtep_mac, ifindex=idx,
+            nl.neigh("replace", dst=gw, lladdr=l.attrs.vtep_mac, ifindex=idx,
                       state=ndmsg.states["permanent"])
-            ipr.fdb("replace", ifindex=idx, lladdr=l.attrs.vtep_mac, dst=str(l.attrs.public_ip),
+            nl.fdb("replace", ifindex=idx, lladdr=l.attrs.vtep_mac, dst=str(l.attrs.public_ip),
                     flags=ndmsg.flags["self"], state=ndmsg.states["permanent"])
-            ipr.route("replace", dst=str(l.subnet), gateway=gw, oif=idx, flags=["onlink"])
+            nl.route("replace", dst=str(l.subnet), gateway=gw, oif=idx, flags=["onlink"])
         return time.perf_counter() - t0
     finally:
-        ipr.close()
+        nl.close()
 
 
 def count_entries(ns: str) -> tuple[int, int, int]:

@@ -271,12 +271,12 @@ class Daemon:
         if config is None:
             return 0
         log.info("network config: %s", config.to_json())
-        from .netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_ipr
-        ipr = open_ipr()
+        from .netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink
+        nl = open_netlink()
         try:
-            underlay = find_underlay(ipr, self.s.iface, self.s.public_ip)
+            underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
         finally:
-            ipr.close()
+            nl.close()
         vni = config.backend.vni
         name = self.s.vxlan_device or f"overlay.{vni}"
         mtu = config.backend.mtu or underlay.mtu - 50
@@ -402,12 +402,12 @@ class Daemon:
             return
         log.info("VXLAN device %s is %s: recreating it and replaying every entry",
                  self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
-        from .netlink.vxlan import find_underlay, open_ipr
-        ipr = open_ipr()
+        from .netlink.vxlan import find_underlay, open_netlink
+        nl = open_netlink()
         try:
-            underlay = find_underlay(ipr, self.underlay_name, self.device.spec.local)
+            underlay = find_underlay(nl, self.underlay_name, self.device.spec.local)
         finally:
-            ipr.close()
+            nl.close()
         if underlay.index != self.device.spec.underlay_index:
             self.device.spec = replace(self.device.spec, underlay_index=underlay.index)
         self.device.ensure()

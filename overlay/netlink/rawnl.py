@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import logging
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 
-RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 
@@ -65,9 +67,37 @@ _NLHDR = struct.Struct("=LHHLL")  # len, type, flags, seq, pid
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
 _ERR = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 _CHUNK = 48 * 1024  # bytes per send(); well below the socket buffers set below
+
+
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT = 15  # big-endian u16
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFF_UP = 0x1
+NLA_F_NESTED = 0x8000
+
+_MEANING = {
+    errno.ENODEV: "link not found",
+    errno.ENOENT: "not found",
+    errno.ESRCH: "no such entry",
+    errno.EEXIST: "already exists",
+    errno.EPERM: "operation not permitted (are you root?)",
+    errno.EBUSY: "device or resource busy",
+    errno.EINVAL: "invalid argument",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def describe_errno(code: int) -> str:
+    """Same wording as ``common.describe_errno``, without importing pyroute2 (whose
+    import alone costs the daemon ~11 MB of RSS)."""
+    return _MEANING.get(code) or os.strerror(code)
 
 
 def _nla(kind: int, payload: bytes) -> bytes:
@@ -124,6 +154,42 @@ def route_msg(add: bool, dst: IPv4Network, gateway: IPv4Address, oif: int,
     return Msg(RTM_DELROUTE, 0, body, what)
 
 
+def vxlan_add_msg(name: str, vni: int, port: int, local: IPv4Address, link: int,
+                  mac: str, mtu: int) -> Msg:
+    """Create a ``nolearning`` VXLAN device (``ip link add NAME type vxlan ...``)."""
+    data = (_nla(IFLA_VXLAN_ID, _U32.pack(vni)) + _nla(IFLA_VXLAN_LINK, _U32.pack(link))
+            + _nla(IFLA_VXLAN_LOCAL, local.packed) + _nla(IFLA_VXLAN_LEARNING, b"\0")
+            + _nla(IFLA_VXLAN_PORT, struct.pack(">H", port)))
+    info = _nla(IFLA_INFO_KIND, b"vxlan") + _nla(IFLA_INFO_DATA | NLA_F_NESTED, data)
+    body = (_IFINFO.pack(0, 0, 0, 0, 0) + _nla(IFLA_IFNAME, name.encode() + b"\0")
+            + _nla(IFLA_MTU, _U32.pack(mtu)) + _nla(IFLA_ADDRESS, mac_bytes(mac))
+            + _nla(IFLA_LINKINFO | NLA_F_NESTED, info))
+    return Msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create VXLAN device {name}")
+
+
+def link_set_msg(index: int, mtu: int | None = None, mac: str | None = None,
+                 up: bool | None = None) -> Msg:
+    flags, change = (IFF_UP if up else 0), (IFF_UP if up is not None else 0)
+    body = _IFINFO.pack(0, 0, index, flags, change)
+    if mtu is not None:
+        body += _nla(IFLA_MTU, _U32.pack(mtu))
+    if mac is not None:
+        body += _nla(IFLA_ADDRESS, mac_bytes(mac))
+    return Msg(RTM_NEWLINK, 0, body, f"set link #{index}")
+
+
+def link_del_msg(index: int) -> Msg:
+    return Msg(RTM_DELLINK, 0, _IFINFO.pack(0, 0, index, 0, 0), f"delete link #{index}")
+
+
+def addr_msg(add: bool, index: int, addr: IPv4Interface) -> Msg:
+    body = (_IFADDR.pack(AF_INET, addr.network.prefixlen, 0, 0, index)
+            + _nla(IFA_LOCAL, addr.ip.packed) + _nla(IFA_ADDRESS, addr.ip.packed))
+    if add:
+        return Msg(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {addr}")
+    return Msg(RTM_DELADDR, 0, body, f"remove address {addr}")
+
+
 def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     while off + 4 <= end:
@@ -156,6 +222,17 @@ class RouteRecord:
 
 
 @dataclass(frozen=True)
+class LinkRecord:
+    index: int
+    name: str
+    flags: int
+    mtu: int
+    mac: str | None
+    kind: str | None
+    vxlan: dict  # id, port, local, link, learning (VXLAN devices only)
+
+
+@dataclass(frozen=True)
 class LinkEvent:
     kind: str  # "new" or "del"
     ifindex: int
@@ -183,6 +260,31 @@ def parse_route(buf: bytes, off: int, end: int) -> RouteRecord | None:
     gw = IPv4Address(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None
     oif = _U32.unpack(a[RTA_OIF][:4])[0] if RTA_OIF in a else 0
     return RouteRecord(dst, gw, oif, proto, table, flags)
+
+
+def parse_link_record(buf: bytes, off: int, end: int) -> LinkRecord:
+    _, _, index, flags, _ = _IFINFO.unpack_from(buf, off)
+    a = _attrs(buf, off + _IFINFO.size, end)
+    name = a.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode()
+    mtu = _U32.unpack(a[IFLA_MTU][:4])[0] if IFLA_MTU in a else 0
+    mac = mac_str(a[IFLA_ADDRESS]) if len(a.get(IFLA_ADDRESS, b"")) == 6 else None
+    kind, vxlan = None, {}
+    if IFLA_LINKINFO in a:
+        raw = a[IFLA_LINKINFO]
+        info = _attrs(raw, 0, len(raw))
+        kind = info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode() or None
+        if kind == "vxlan" and IFLA_INFO_DATA in info:
+            d = _attrs(info[IFLA_INFO_DATA], 0, len(info[IFLA_INFO_DATA]))
+            vxlan = {
+                "id": _U32.unpack(d[IFLA_VXLAN_ID][:4])[0] if IFLA_VXLAN_ID in d else None,
+                "link": _U32.unpack(d[IFLA_VXLAN_LINK][:4])[0] if IFLA_VXLAN_LINK in d else 0,
+                "local": str(IPv4Address(d[IFLA_VXLAN_LOCAL]))
+                if len(d.get(IFLA_VXLAN_LOCAL, b"")) == 4 else None,
+                "learning": d[IFLA_VXLAN_LEARNING][0] if IFLA_VXLAN_LEARNING in d else None,
+                "port": struct.unpack(">H", d[IFLA_VXLAN_PORT][:2])[0]
+                if IFLA_VXLAN_PORT in d else None,
+            }
+    return LinkRecord(index, name, flags, mtu, mac, kind, vxlan)
 
 
 def parse_link(mtype: int, buf: bytes, off: int, end: int) -> LinkEvent:
@@ -291,6 +393,27 @@ class RawRoute:
         out = (parse_route(b, o, e) for t, b, o, e in self.dump(RTM_GETROUTE, body)
                if t == RTM_NEWROUTE)
         return [r for r in out if r is not None]
+
+    def dump_links(self) -> list[LinkRecord]:
+        body = _IFINFO.pack(0, 0, 0, 0, 0)
+        return [parse_link_record(b, o, e) for t, b, o, e in self.dump(RTM_GETLINK, body)
+                if t == RTM_NEWLINK]
+
+    def dump_addrs(self) -> list[tuple[int, IPv4Interface]]:
+        out = []
+        for t, b, o, e in self.dump(RTM_GETADDR, _IFADDR.pack(AF_INET, 0, 0, 0, 0)):
+            if t != RTM_NEWADDR:
+                continue
+            family, plen, _, _, index = _IFADDR.unpack_from(b, o)
+            a = _attrs(b, o + _IFADDR.size, e)
+            raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
+            if family == AF_INET and raw and len(raw) == 4:
+                out.append((index, IPv4Interface((IPv4Address(raw), plen))))
+        return out
+
+    def request(self, msg: Msg) -> int:
+        """One request; its errno (0 = done)."""
+        return self.execute([msg])[0]
 
     def read_link_events(self) -> list[LinkEvent]:
         """Block for the next datagram of link notifications (socket bound to RTMGRP_LINK)."""

@@ -14,7 +14,7 @@ import pytest
 from overlay.backend import BackendSettings, VXLANBackend
 from overlay.lease import Lease, LeaseAttrs
 from overlay.netlink.entries import FDB, Neigh, Op, Route
-from overlay.netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_ipr
+from overlay.netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +45,11 @@ def netns():
 
 
 def spec_for(ns: str, **kw) -> VXLANSpec:
-    ipr = open_ipr(ns)
+    nl = open_netlink(ns)
     try:
-        u = find_underlay(ipr, None, None)
+        u = find_underlay(nl, None, None)
     finally:
-        ipr.close()
+        nl.close()
     base = dict(name="overlay.1", vni=1, port=8472, local=u.address.ip, underlay_index=u.index,
                 mtu=u.mtu - 50, mac="0e:00:00:00:00:11")
     base.update(kw)
@@ -68,19 +68,19 @@ def device(netns):
 
 
 def test_underlay_default_route_regex_and_public_ip(netns):
-    ipr = open_ipr(netns)
+    nl = open_netlink(netns)
     try:
-        assert find_underlay(ipr, None, None).name == "eth0"
-        assert find_underlay(ipr, "eth[0-9]", None).name == "eth0"
-        u = find_underlay(ipr, None, IPv4Address("192.168.1.11"))
+        assert find_underlay(nl, None, None).name == "eth0"
+        assert find_underlay(nl, "eth[0-9]", None).name == "eth0"
+        u = find_underlay(nl, None, IPv4Address("192.168.1.11"))
         assert u.name == "eth0" and u.address == IPv4Interface("192.168.1.11/24")
         from overlay.errors import ConfigError
         with pytest.raises(ConfigError, match="no interface"):
-            find_underlay(ipr, None, IPv4Address("10.9.9.9"))
+            find_underlay(nl, None, IPv4Address("10.9.9.9"))
         with pytest.raises(ConfigError, match="no interface matches"):
-            find_underlay(ipr, "wlan.*", None)
+            find_underlay(nl, "wlan.*", None)
     finally:
-        ipr.close()
+        nl.close()
 
 
 def test_device_settings(device, netns):

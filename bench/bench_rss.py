@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""overlayd's memory with N remote leases (target: RSS <= 60 MB with 1000).
+
+One node namespace (prefix ``ovd-``) plus etcd in the underlay namespace; N leases are
+put first (network 10.0.0.0/8, /24 subnets), then overlayd starts, programs them all,
+and runs a few periodic reconciles.  Reported: VmRSS after settling and VmHWM (peak)
+of the overlayd process, from /proc.
+
+    sudo .venv/bin/python bench/bench_rss.py [--leases 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pyroute2.netns import setns  # noqa: E402
+
+from overlay.etcdconf import make_etcd_options  # noqa: E402
+from overlay.lease import LeaseAttrs  # noqa: E402
+from overlay.registry import EtcdRegistry  # noqa: E402
+from tests.integration.ovd_topology import Topology, wait_for  # noqa: E402
+
+
+def status_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def put_leases(topo: Topology, n: int) -> None:
+    mine = os.open("/proc/self/ns/net", os.O_RDONLY)
+    setns(f"/var/run/netns/{topo.underlay}", flags=0)
+    try:
+        reg = EtcdRegistry(make_etcd_options(topo.etcd.endpoint))
+        for i in range(n):
+            subnet = IPv4Network(f"10.{1 + i // 256}.{i % 256}.0/24")
+            reg.create_lease(subnet, LeaseAttrs(IPv4Address("172.16.0.0") + i + 1, "vxlan", 1,
+                                                f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"),
+                             None)
+        reg.close()
+    finally:
+        setns(mine, flags=0)
+        os.close(mine)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--leases", type=int, default=1000)
+    ap.add_argument("--settle", type=float, default=5.0, help="seconds of reconciles to watch")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    topo = Topology(1).setup({"Network": "10.0.0.0/8", "SubnetLen": 24,
+                              "Backend": {"Type": "vxlan", "VNI": 1}})
+    try:
+        put_leases(topo, a.leases)
+        node = topo.nodes[0]
+        # the default setup: the warm CNI server runs inside overlayd too
+        node.start("--reconcile-interval", "1", "--cni-socket",
+                   os.path.join(node.dir, "cni.sock"))
+        node.wait_ready(60)
+        t0 = time.monotonic()
+
+        def routes() -> int:
+            out = subprocess.run(["ip", "-n", node.ns, "route", "show", "proto", "111"],
+                                 capture_output=True, text=True, check=True).stdout
+            return len(out.splitlines())
+        wait_for(lambda: routes() == a.leases, 60, interval=0.2, what=f"{a.leases} routes")
+        programmed = time.monotonic() - t0
+        pid = node.proc.pid
+        samples = []
+        end = time.monotonic() + a.settle
+        while time.monotonic() < end:
+            samples.append(status_kb(pid, "VmRSS"))
+            time.sleep(0.25)
+        hwm = status_kb(pid, "VmHWM")
+        status, metrics = node.http("/metrics")
+        runs = [l for l in metrics.splitlines() if l.startswith("overlay_reconcile_runs_total")]
+    finally:
+        topo.cleanup()
+    report = {"leases": a.leases, "rss_mb": samples[-1] / 1024, "rss_max_mb": max(samples) / 1024,
+              "hwm_mb": hwm / 1024, "reconcile_runs": runs[0].split()[-1] if runs else None,
+              "all_routes_after_ready_s": programmed}
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"overlayd with {a.leases} remote leases: RSS {report['rss_mb']:.1f} MB "
+              f"(max {report['rss_max_mb']:.1f} MB over {a.settle:.0f}s of reconciles, "
+              f"peak VmHWM {report['hwm_mb']:.1f} MB; {report['reconcile_runs']} reconciles)")
+        print(f"  target: RSS <= 60 MB -> {'MET' if report['hwm_mb'] <= 60 else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
