@@ -196,7 +196,8 @@ class Allocator:
 
     @property
     def size(self) -> int:
-        return int(self.last) - int(self.first) + 1 - (1 if self.usable(self.gateway) else 0)
+        in_range = self.first <= self.gateway <= self.last
+        return int(self.last) - int(self.first) + 1 - (1 if in_range else 0)
 
     def _candidates(self) -> Iterator[IPv4Address]:
         """Every usable address once, starting after the last reserved one."""

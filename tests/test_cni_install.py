@@ -1,0 +1,78 @@
+"""install-cni and the repository's deployable files (no root)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from overlay.cli import cli
+from overlay.cni.install import install_cni, render_conflist, render_entry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_repo_entry_and_conflist_match_what_install_writes():
+    with open(os.path.join(ROOT, "cni-plugin", "overlay")) as f:
+        assert f.read() == render_entry("/usr/bin/env -S python3", None)
+    with open(os.path.join(ROOT, "cni-plugin", "10-overlay.conflist")) as f:
+        conflist = json.load(f)
+    assert conflist == json.loads(render_conflist())
+    assert [p["type"] for p in conflist["plugins"]] == ["overlay", "portmap"]
+
+
+def test_install_writes_atomically_and_is_idempotent(tmp_path):
+    bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
+    first = install_cni(str(bin_dir), str(conf_dir))
+    assert first.plugin_changed and first.conflist_changed and not first.portmap_found
+    entry = (bin_dir / "overlay").read_text()
+    assert entry.splitlines()[0] == f"#!{sys.executable} -IS"
+    assert os.access(bin_dir / "overlay", os.X_OK)
+    mtime = os.stat(bin_dir / "overlay").st_mtime_ns
+    second = install_cni(str(bin_dir), str(conf_dir))
+    assert not second.plugin_changed and not second.conflist_changed
+    assert os.stat(bin_dir / "overlay").st_mtime_ns == mtime
+    assert sorted(os.listdir(bin_dir)) == ["overlay"]  # no temp files left behind
+    assert sorted(os.listdir(conf_dir)) == ["10-overlay.conflist"]
+
+
+def test_install_repairs_a_changed_file(tmp_path):
+    install_cni(str(tmp_path / "bin"), str(tmp_path / "conf"))
+    (tmp_path / "conf" / "10-overlay.conflist").write_text("{}")
+    again = install_cni(str(tmp_path / "bin"), str(tmp_path / "conf"))
+    assert again.conflist_changed and not again.plugin_changed
+    assert json.loads((tmp_path / "conf" / "10-overlay.conflist").read_text())["name"] == "overlay"
+
+
+def test_installed_entry_runs_version_without_a_server(tmp_path):
+    install_cni(str(tmp_path / "bin"), str(tmp_path / "conf"))
+    env = {"CNI_COMMAND": "VERSION", "OVERLAY_CNI_SOCKET": str(tmp_path / "absent.sock"),
+           "PATH": os.environ.get("PATH", "")}
+    proc = subprocess.run([str(tmp_path / "bin" / "overlay")], input=b'{"cniVersion":"1.0.0"}',
+                          env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+def test_cli_reports_and_warns_about_missing_portmap(tmp_path):
+    runner = CliRunner()
+    args = ["install-cni", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(tmp_path / "c")]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0
+    assert "overlay: installed" in result.stdout
+    assert "portmap is missing" in result.stderr
+    (tmp_path / "bin" / "portmap").write_text("#!/bin/sh\n")
+    os.chmod(tmp_path / "bin" / "portmap", 0o755)
+    result = runner.invoke(cli, ["-o", "json"] + args)
+    assert json.loads(result.stdout)["portmapFound"] is True
+    assert json.loads(result.stdout)["pluginChanged"] is False
+    assert "portmap is missing" not in result.stderr
+
+
+def test_cli_refuses_a_file_as_bin_dir(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(
+        cli, ["install-cni", "--bin-dir", str(tmp_path / "file"), "--conf-dir", str(tmp_path)])
+    assert result.exit_code != 0

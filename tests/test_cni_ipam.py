@@ -1,0 +1,154 @@
+"""IPAM: the allocator against the disk store and the fake, and host-local's layout."""
+
+import os
+import stat
+import threading
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlay.cni import ipam
+from overlay.errors import IPAMError
+
+SUBNET = IPv4Network("10.30.1.0/29")  # .1 gateway, .2-.6 usable, .7 broadcast
+GW = IPv4Address("10.30.1.1")
+
+
+@pytest.fixture(params=["disk", "fake"])
+def store(request, tmp_path):
+    if request.param == "disk":
+        return ipam.DiskStore(str(tmp_path), "ovcni-net")
+    return ipam.FakeStore()
+
+
+def alloc(store):
+    return ipam.Allocator(store, SUBNET, GW)
+
+
+def test_round_robin_skips_network_gateway_broadcast(store):
+    a = alloc(store)
+    got = [a.allocate(f"c{i}", "eth0") for i in range(5)]
+    assert got == [IPv4Address(f"10.30.1.{i}") for i in range(2, 7)]
+    assert a.size == 5 and a.free_count() == 0
+
+
+def test_exhaustion_then_reuse_continues_round_robin(store):
+    a = alloc(store)
+    for i in range(5):
+        a.allocate(f"c{i}", "eth0")
+    with pytest.raises(IPAMError, match="no IP addresses available"):
+        a.allocate("c9", "eth0")
+    assert ipam.release(store, "c1", "eth0") == [IPv4Address("10.30.1.3")]
+    assert a.allocate("c9", "eth0") == IPv4Address("10.30.1.3")
+
+
+def test_round_robin_does_not_reuse_a_just_released_address(store):
+    a = alloc(store)
+    first = a.allocate("c0", "eth0")
+    ipam.release(store, "c0", "eth0")
+    assert a.allocate("c1", "eth0") != first
+
+
+def test_duplicate_attachment_is_refused_and_first_kept(store):
+    a = alloc(store)
+    ip = a.allocate("c0", "eth0")
+    with pytest.raises(IPAMError, match="duplicate"):
+        a.allocate("c0", "eth0")
+    assert ipam.get(store, "c0", "eth0") == [ip]
+    assert a.allocate("c0", "net1") != ip  # another interface of the same container is fine
+
+
+def test_requested_ip(store):
+    a = alloc(store)
+    assert a.allocate("c0", "eth0", IPv4Address("10.30.1.5")) == IPv4Address("10.30.1.5")
+    with pytest.raises(IPAMError, match="already allocated"):
+        a.allocate("c1", "eth0", IPv4Address("10.30.1.5"))
+    for bad in ("10.30.1.1", "10.30.1.0", "10.30.1.7", "10.30.2.5"):
+        with pytest.raises(IPAMError, match="not usable"):
+            a.allocate("c2", "eth0", IPv4Address(bad))
+
+
+def test_release_only_the_attachment(store):
+    a = alloc(store)
+    a.allocate("c0", "eth0")
+    keep = a.allocate("c0", "net1")
+    other = a.allocate("c1", "eth0")
+    ipam.release(store, "c0", "eth0")
+    assert set(store.reservations()) == {keep, other}
+    assert ipam.release(store, "c0", "eth0") == []  # second release: nothing, no error
+
+
+def test_release_ip_rolls_back_only_its_own_reservation(store):
+    a = alloc(store)
+    ip = a.allocate("c0", "eth0")
+    ipam.release_ip(store, ip, "c1", "eth0")
+    assert ip in store.reservations()
+    ipam.release_ip(store, ip, "c0", "eth0")
+    assert ip not in store.reservations()
+
+
+def test_gc_releases_everything_not_valid(store):
+    a = alloc(store)
+    a.allocate("c0", "eth0")
+    a.allocate("c1", "eth0")
+    a.allocate("c2", "eth0")
+    stale = ipam.gc(store, [("c1", "eth0")])
+    assert sorted(owner for _, owner in stale) == [("c0", "eth0"), ("c2", "eth0")]
+    assert list(store.reservations().values()) == [("c1", "eth0")]
+
+
+def test_disk_layout_is_host_local(tmp_path):
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    a = alloc(store)
+    ip = a.allocate("c0", "eth0")
+    d = tmp_path / "ovcni-net"
+    assert sorted(os.listdir(d)) == ["10.30.1.2", "last_reserved_ip.0", "lock"]
+    assert (d / "10.30.1.2").read_bytes() == b"c0\r\neth0"
+    assert (d / "last_reserved_ip.0").read_bytes() == b"10.30.1.2"
+    for name in os.listdir(d):
+        mode = stat.S_IMODE(os.stat(d / name).st_mode)
+        assert not mode & 0o022, f"{name} is group/world-writable: {oct(mode)}"
+    assert ip == IPv4Address("10.30.1.2")
+
+
+def test_disk_store_reads_files_written_by_host_local(tmp_path):
+    d = tmp_path / "ovcni-net"
+    d.mkdir()
+    (d / "10.30.1.4").write_bytes(b"old-container\r\neth0")
+    (d / "10.30.1.5").write_bytes(b"legacy-container")  # pre-ifname format
+    (d / "last_reserved_ip.0").write_bytes(b"10.30.1.5")
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    a = alloc(store)
+    assert a.allocate("new", "eth0") == IPv4Address("10.30.1.6")  # after last reserved
+    assert a.allocate("new2", "eth0") == IPv4Address("10.30.1.2")  # wraps, skips gateway
+    assert ipam.release(store, "legacy-container", "eth0") == [IPv4Address("10.30.1.5")]
+
+
+def test_disk_store_concurrent_allocations_are_distinct(tmp_path):
+    subnet = IPv4Network("10.31.0.0/24")
+    results, errors = [], []
+
+    def worker(i):
+        # each thread its own store object, as separate plugin processes would have
+        a = ipam.Allocator(ipam.DiskStore(str(tmp_path), "ovcni-net"), subnet,
+                           IPv4Address("10.31.0.1"))
+        try:
+            results.append(a.allocate(f"c{i}", "eth0"))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(results)) == 60
+
+
+def test_unreadable_store_dir_is_an_ipam_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = ipam.DiskStore(str(blocker), "ovcni-net")
+    with pytest.raises(IPAMError, match="cannot open IPAM store"):
+        alloc(store).allocate("c0", "eth0")

@@ -1,0 +1,164 @@
+"""The CNI skeleton: validation, version checks, and error JSON exactly once (no root)."""
+
+import json
+
+import pytest
+
+from overlay.cni import skel
+from overlay.errors import CNIError
+
+CONF = {"cniVersion": "1.1.0", "name": "ovcni-test", "type": "overlay"}
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x",
+       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+
+
+class Recorder:
+    """Handlers that record the requests they get and answer a fixed shape."""
+
+    def __init__(self):
+        self.calls = []
+
+    def handler(self, name):
+        def run(request):
+            self.calls.append((name, request))
+            return {"cniVersion": request.cni_version, "ok": name} if name == "ADD" else None
+        return run
+
+    @property
+    def table(self):
+        return {c: self.handler(c) for c in ("ADD", "DEL", "CHECK", "STATUS", "GC")}
+
+
+def run(env, config=CONF, raw=None):
+    rec = Recorder()
+    stdin = raw if raw is not None else json.dumps(config).encode()
+    code, out = skel.run(env, stdin, rec.table)
+    return code, out, rec
+
+
+def error_of(code, out):
+    assert code == 1
+    assert out.count(b"\n") == 1, "exactly one JSON document on stdout"
+    doc = json.loads(out)
+    assert set(doc) <= {"cniVersion", "code", "msg", "details"}
+    return doc
+
+
+@pytest.mark.parametrize("version", skel.SUPPORTED_VERSIONS)
+def test_add_dispatches_with_each_supported_version(version):
+    code, out, rec = run(ENV, dict(CONF, cniVersion=version))
+    assert code == 0
+    assert json.loads(out) == {"cniVersion": version, "ok": "ADD"}
+    (name, request), = rec.calls
+    assert (request.container_id, request.ifname, request.netns) == ("c1", "eth0",
+                                                                      "/var/run/netns/x")
+
+
+def test_version_lists_supported_versions_and_echoes_input_version():
+    code, out, rec = run({"CNI_COMMAND": "VERSION"}, {"cniVersion": "0.4.0"})
+    assert code == 0 and not rec.calls
+    assert json.loads(out) == {"cniVersion": "0.4.0",
+                               "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    code, out, _ = run({"CNI_COMMAND": "VERSION"}, raw=b"")
+    assert json.loads(out)["cniVersion"] == "1.1.0"
+
+
+BAD_ENV = [
+    ({}, 4, "CNI_COMMAND"),
+    ({"CNI_COMMAND": "BOGUS"}, 4, "unknown CNI_COMMAND"),
+    (dict(ENV, CNI_CONTAINERID=""), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_CONTAINERID="../../etc/passwd"), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_CONTAINERID="-starts-with-dash"), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_CONTAINERID="has space"), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_IFNAME="a" * 16), 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_IFNAME="."), 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_IFNAME=".."), 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_IFNAME="eth/0"), 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_IFNAME="eth:0"), 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_IFNAME="eth 0"), 4, "CNI_IFNAME"),
+    ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, 4, "CNI_NETNS"),
+    ({k: v for k, v in ENV.items() if k != "CNI_IFNAME"}, 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_ARGS="IP"), 4, "CNI_ARGS"),
+]
+
+
+@pytest.mark.parametrize("env,code,needle", BAD_ENV)
+def test_bad_environment_is_rejected_before_any_handler(env, code, needle):
+    rc, out, rec = run(env)
+    doc = error_of(rc, out)
+    assert doc["code"] == code
+    assert needle in doc["msg"] + doc.get("details", "")
+    assert not rec.calls
+
+
+def test_fifteen_character_ifname_is_fine():
+    rc, _, rec = run(dict(ENV, CNI_IFNAME="a" * 15))
+    assert rc == 0 and rec.calls
+
+
+BAD_STDIN = [
+    (b"", 6, "no network config"),
+    (b"   \n", 6, "no network config"),
+    (b"{not json", 6, "not valid JSON"),
+    (b"[1, 2]", 6, "not a JSON object"),
+    (json.dumps({"name": "n"}).encode(), 6, "cniVersion"),
+    (json.dumps({"cniVersion": "banana", "name": "n"}).encode(), 6, "cniVersion"),
+    (json.dumps({"cniVersion": "9.9.9", "name": "n"}).encode(), 1, "incompatible"),
+    (json.dumps({"cniVersion": "0.2.0", "name": "n"}).encode(), 1, "incompatible"),
+    (json.dumps({"cniVersion": "1.1.0"}).encode(), 7, "name"),
+    (json.dumps({"cniVersion": "1.1.0", "name": "../etc"}).encode(), 7, "network name"),
+]
+
+
+@pytest.mark.parametrize("stdin,code,needle", BAD_STDIN)
+def test_bad_stdin_is_rejected_before_any_handler(stdin, code, needle):
+    rc, out, rec = run(ENV, raw=stdin)
+    doc = error_of(rc, out)
+    assert doc["code"] == code
+    assert needle in doc["msg"] + doc.get("details", "")
+    assert not rec.calls
+
+
+@pytest.mark.parametrize("command,version,minimum", [
+    ("CHECK", "0.3.0", "0.4.0"), ("CHECK", "0.3.1", "0.4.0"),
+    ("STATUS", "1.0.0", "1.1.0"), ("GC", "1.0.0", "1.1.0"), ("GC", "0.4.0", "1.1.0"),
+])
+def test_commands_newer_than_the_config_version_are_refused(command, version, minimum):
+    rc, out, rec = run(dict(ENV, CNI_COMMAND=command), dict(CONF, cniVersion=version))
+    doc = error_of(rc, out)
+    assert doc["code"] == 1 and doc["cniVersion"] == version
+    assert f"does not allow {command}" in doc["msg"] and minimum in doc["details"]
+    assert not rec.calls
+
+
+@pytest.mark.parametrize("command", ["CHECK", "STATUS", "GC", "DEL"])
+def test_commands_dispatch_on_new_enough_versions(command):
+    env = dict(ENV, CNI_COMMAND=command)
+    rc, out, rec = run(env)
+    assert rc == 0 and out == b"" and rec.calls[0][0] == command
+
+
+def test_del_needs_no_netns_and_status_gc_need_no_container():
+    env = {k: v for k, v in ENV.items() if k != "CNI_NETNS"}
+    assert run(dict(env, CNI_COMMAND="DEL"))[0] == 0
+    assert run({"CNI_COMMAND": "STATUS"})[0] == 0
+    assert run({"CNI_COMMAND": "GC", "CNI_PATH": "/x"})[0] == 0
+
+
+def test_handler_errors_become_error_json_once():
+    def fail(request):
+        raise CNIError(11, "try later", "because")
+
+    def crash(request):
+        raise KeyError("boom")
+
+    for handler, code in ((fail, 11), (crash, skel.ERR_INTERNAL)):
+        rc, out = skel.run(ENV, json.dumps(CONF).encode(), {"ADD": handler})
+        doc = error_of(rc, out)
+        assert doc["code"] == code and doc["cniVersion"] == "1.1.0"
+
+
+def test_cni_args_are_parsed():
+    rc, _, rec = run(dict(ENV, CNI_ARGS="IgnoreUnknown=1;IP=10.0.0.5;K8S_POD_NAME=web"))
+    assert rec.calls[0][1].args == {"IgnoreUnknown": "1", "IP": "10.0.0.5",
+                                    "K8S_POD_NAME": "web"}
