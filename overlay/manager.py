@@ -55,7 +55,7 @@ class SubnetManager:
                  ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
                  previous_subnet: IPv4Network | None = None,
                  rng: random.Random | None = None, max_attempts: int = 20,
-                 spread: int = DEFAULT_SPREAD, check_interval: float = 60.0):
+                 spread: int = DEFAULT_SPREAD, check_interval: float = 300.0):
         if ttl < 1:
             raise ValueError(f"lease TTL must be at least 1 s, got {ttl}")
         self.registry = registry
@@ -213,6 +213,7 @@ class SubnetManager:
                 if stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+                self.lost.set()  # a loss signal consumed by the failed step must not be lost
                 continue
             if changed:
                 on_lease(lease)

@@ -398,3 +398,26 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     assert m.lost.wait(2)
     stop.set()
     t.join(2)
+
+
+def test_keepalive_keeps_a_loss_signal_across_registry_errors():
+    reg = FakeRegistry()
+    m = manager(reg, check_interval=3600)
+    lease = m.acquire()
+    real_get, failures = reg.get_lease, []
+
+    def flaky(subnet):
+        if len(failures) < 2:
+            failures.append(1)
+            raise RegistryError("etcd unreachable")
+        return real_get(subnet)
+    reg.get_lease = flaky
+    got = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_keepalive, lease, stop, got.put)
+    reg.delete(lease.subnet)
+    m.lost.set()
+    new = got.get(timeout=3)  # the check failed twice, then still happened
+    assert new.subnet == lease.subnet and len(failures) == 2
+    stop.set()
+    t.join(2)
