@@ -139,8 +139,9 @@ class VXLANBackend:
             return res
 
     def entry_count(self) -> int:
+        """Entries in place: those of every known lease except the failing ones."""
         with self._lock:
-            want, _ = self.desired()
+            want, _ = self.desired(l for s, l in self.leases.items() if s not in self.failed)
             return len(want)
 
     # ---- converge --------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from .backend import BackendSettings, Reconciler, VXLANBackend
 from .config import NetworkConfig
-from .errors import ConfigError, ConfigNotFound, OverlayError, RegistryError, SubnetEnvError
+from .errors import ConfigError, OverlayError, RegistryError, SubnetEnvError
 from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
 from .http import HealthServer, Metrics, parse_hostport
 from .lease import Lease, LeaseAttrs, LeaseBatch
@@ -272,15 +272,16 @@ class Daemon:
             return 0
         log.info("network config: %s", config.to_json())
         from .netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink
+        vni = config.backend.vni
+        name = self.s.vxlan_device or f"overlay.{vni}"
         nl = open_netlink()
         try:
             underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
+            existing = next((l.mac for l in nl.dump_links() if l.name == name), None)
         finally:
             nl.close()
-        vni = config.backend.vni
-        name = self.s.vxlan_device or f"overlay.{vni}"
         mtu = config.backend.mtu or underlay.mtu - 50
-        mac = load_or_create_vtep_mac(self.s.state_dir, name)
+        mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
         public_ip = self.s.public_ip or underlay.address.ip
         log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
                  "VTEP MAC %s", underlay.name, public_ip, underlay.mtu, name, vni,
@@ -318,11 +319,10 @@ class Daemon:
         while not self.stop.is_set():
             try:
                 return fn()
-            except (ConfigNotFound, RegistryError, OverlayError) as e:
-                if isinstance(e, ConfigError) and not isinstance(e, ConfigNotFound):
-                    raise
+            except ConfigError:
+                raise  # an invalid network config will not fix itself: one line, exit 1
+            except OverlayError as e:  # etcd unreachable, no config yet, no free subnet
                 log.warning("%s failed: %s; retrying in %.1fs", what, e, backoff)
-                self.metrics.etcd_errors.inc() if isinstance(e, RegistryError) else None
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         return None
@@ -460,10 +460,11 @@ class Daemon:
                 self._reconcile()
             except OverlayError as e:
                 log.warning("reconcile failed: %s; retrying", e)
-            try:
-                self.masq.ensure()
-            except OverlayError as e:
-                log.warning("masquerade check failed: %s", e)
+            if self.masq.enabled:
+                try:
+                    self.masq.ensure()
+                except OverlayError as e:
+                    log.warning("masquerade check failed: %s", e)
 
     def _on_link_change(self, what: str) -> None:
         log.info("%s: reconciling", what)

@@ -19,6 +19,7 @@ Rules (Flannel's, in order):
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from ipaddress import IPv4Network
@@ -84,6 +85,8 @@ class Masquerade:
 
     def ensure(self) -> bool:
         """Make the kernel match the setting; True if something had to change."""
+        if not self.enabled and not os.path.exists(NFT):
+            return False  # no nft, so no table of ours can exist
         listing = self.current()
         if not self.enabled:
             if listing is None:

@@ -31,9 +31,13 @@ def mac_path(state_dir: str, device: str) -> str:
     return os.path.join(state_dir, f"vtep-{device}.mac")
 
 
-def load_or_create_vtep_mac(state_dir: str, device: str,
+def load_or_create_vtep_mac(state_dir: str, device: str, adopt: str | None = None,
                             rng: random.Random | None = None) -> str:
-    """The persisted VTEP MAC for ``device``; made and saved on first use."""
+    """The persisted VTEP MAC for ``device``; made and saved on first use.
+
+    ``adopt``: the MAC of a device that already exists (state dir lost or first run
+    of this version); keeping it spares peers an FDB change.
+    """
     path = mac_path(state_dir, device)
     try:
         with open(path, encoding="ascii") as f:
@@ -47,11 +51,21 @@ def load_or_create_vtep_mac(state_dir: str, device: str,
             return normalize_mac(text)
         except ValueError:
             log.warning("%s holds %r, not a MAC; making a new VTEP MAC", path, text)
-    mac = random_mac(rng)
+    mac = _usable(adopt) or random_mac(rng)
     try:
         atomic_write(path, mac + "\n", mode=0o644)
     except OSError as e:
         raise ConfigError(f"cannot write the VTEP MAC to {path} (--state-dir): "
                           f"{e.strerror}") from e
-    log.info("new VTEP MAC %s saved in %s", mac, path)
+    log.info("%s VTEP MAC %s saved in %s", "existing" if mac == _usable(adopt) else "new",
+             mac, path)
     return mac
+
+
+def _usable(mac: str | None) -> str | None:
+    """A unicast, non-zero MAC, normalised; else None."""
+    try:
+        m = normalize_mac(mac or "")
+    except ValueError:
+        return None
+    return m if m != "00:00:00:00:00:00" and not int(m[:2], 16) & 1 else None

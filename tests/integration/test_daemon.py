@@ -4,7 +4,9 @@ namespace, one overlayd per node (``ip netns exec``), real VXLAN traffic between
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import signal
 import subprocess
 import sys
@@ -80,6 +82,7 @@ def cluster():
     topo = Topology(3).setup()
     try:
         topo.nodes[0].extra_args = ["--ip-masq"]
+        topo.nodes[2].extra_args = ["--cni-socket", f"{topo.nodes[2].dir}/cni.sock"]
         for n in topo.nodes:
             n.start()
         for n in topo.nodes:
@@ -141,6 +144,10 @@ def test_health_endpoints_and_metrics(cluster):
     assert "overlay_etcd_errors_total" in metrics
     assert 0 < metrics["overlay_lease_expiry_seconds"] <= 60
     assert n1.http("/nope")[0] == 404
+    # node 3 serves the CNI plugin warm on its socket
+    n3 = cluster.nodes[2]
+    assert stat.S_ISSOCK(os.stat(f"{n3.dir}/cni.sock").st_mode)
+    assert "serving the CNI plugin warm" in n3.log()
 
 
 def test_masquerade_outside_but_never_pod_to_pod(cluster):

@@ -1,0 +1,58 @@
+"""VTEP MAC persistence and the masquerade rule set (pure parts; no root)."""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Network
+
+from overlay.masq import Masquerade, ruleset
+from overlay.vtep import load_or_create_vtep_mac, mac_path, random_mac
+
+
+def test_random_mac_is_local_unicast():
+    for seed in range(50):
+        first = int(random_mac(random.Random(seed))[:2], 16)
+        assert first & 0x02 and not first & 0x01
+
+
+def test_vtep_mac_persists(tmp_path):
+    a = load_or_create_vtep_mac(str(tmp_path), "overlay.1")
+    assert load_or_create_vtep_mac(str(tmp_path), "overlay.1") == a
+    assert open(mac_path(str(tmp_path), "overlay.1")).read().strip() == a
+    assert load_or_create_vtep_mac(str(tmp_path), "overlay.2") != a
+
+
+def test_existing_device_mac_adopted_once(tmp_path):
+    assert load_or_create_vtep_mac(str(tmp_path), "overlay.1", adopt="0E:11:22:33:44:55") \
+        == "0e:11:22:33:44:55"
+    # the file wins afterwards
+    assert load_or_create_vtep_mac(str(tmp_path), "overlay.1", adopt="0e:99:99:99:99:99") \
+        == "0e:11:22:33:44:55"
+    # multicast or zero MACs are not adopted
+    mac = load_or_create_vtep_mac(str(tmp_path / "x"), "overlay.1", adopt="01:00:5e:00:00:01")
+    assert mac != "01:00:5e:00:00:01"
+
+
+def test_corrupt_mac_file_replaced(tmp_path):
+    open(mac_path(str(tmp_path), "overlay.1"), "w").write("garbage\n")
+    mac = load_or_create_vtep_mac(str(tmp_path), "overlay.1")
+    assert len(mac) == 17 and open(mac_path(str(tmp_path), "overlay.1")).read().strip() == mac
+
+
+def test_ruleset_never_nats_pod_to_pod_and_replaces_atomically():
+    text = ruleset(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"))
+    lines = [l.strip() for l in text.splitlines()]
+    # the old table is dropped in the same transaction as the new one is made
+    assert lines[:2] == ["table ip overlay", "delete table ip overlay"]
+    rules = [l for l in lines if l.startswith("ip ")]
+    assert rules[0].startswith("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return")
+    assert "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return" in rules[3]
+    assert sum("masquerade" in r for r in rules) == 2
+
+
+def test_intact_detects_missing_rules():
+    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
+    full = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
+    assert m.intact(full)
+    assert not m.intact(None)
+    assert not m.intact(full.replace('comment "overlay: pod-to-pod, no NAT"', ""))
