@@ -88,12 +88,8 @@ class EtcdRegistry:
     def _credentials(self) -> grpc.ChannelCredentials | None:
         if not self.opts.secure:
             return None
-        try:
-            ca = open(self.opts.cafile, "rb").read() if self.opts.cafile else None
-            key = open(self.opts.keyfile, "rb").read() if self.opts.keyfile else None
-            cert = open(self.opts.certfile, "rb").read() if self.opts.certfile else None
-        except OSError as e:
-            raise ConfigError(f"cannot read etcd TLS file {e.filename}: {e.strerror}") from e
+        ca, key, cert = (_read_file(p) for p in (self.opts.cafile, self.opts.keyfile,
+                                                 self.opts.certfile))
         return grpc.ssl_channel_credentials(ca, key, cert)
 
     def _make_client(self) -> MultiEndpointEtcd3Client:
@@ -544,6 +540,16 @@ class _WatchStream:
             raise reg._translate(e, "watching leases") from e
         if not self.stop.is_set():
             raise RegistryError("etcd closed the lease watch stream")
+
+
+def _read_file(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read etcd TLS file {path}: {e.strerror}") from e
 
 
 @functools.lru_cache(maxsize=4096)

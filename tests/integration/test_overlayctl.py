@@ -16,6 +16,7 @@ from overlay.etcdconf import make_etcd_options
 from overlay.lease import LeaseAttrs
 from overlay.registry import EtcdRegistry
 
+from .etcd_server import EtcdServer, make_test_ca
 from .test_registry import attrs, net
 
 OVERLAYCTL = os.path.join(os.path.dirname(sys.executable), "overlayctl")
@@ -241,3 +242,26 @@ def test_every_command_reports_unreachable_etcd_in_one_line(cmd):
     r = CliRunner().invoke(cli, ["--etcd-endpoints", "http://127.0.0.1:1", *cmd],
                            catch_exceptions=False)
     one_line_error(r, "etcd unreachable", "http://127.0.0.1:1")
+
+
+def test_tls_flags_real_console_script(tmp_path):
+    tls = make_test_ca(str(tmp_path))
+    server = EtcdServer(name="ovlease-ctl-tls", tls=tls).start()
+    try:
+        base = [OVERLAYCTL, "--etcd-endpoints", server.endpoint, "--etcd-cafile", tls.ca]
+        certs = ["--etcd-certfile", tls.client_cert, "--etcd-keyfile", tls.client_key]
+        p = subprocess.run(base + certs + ["config", "set", "--network", "10.9.0.0/16"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        p = subprocess.run(base + certs + ["-o", "json", "config", "get"],
+                           capture_output=True, text=True, timeout=30)
+        assert json.loads(p.stdout)["Network"] == "10.9.0.0/16"
+        p = subprocess.run(base + ["config", "get"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+        assert "TLS handshake failed" in p.stderr and "--etcd-certfile" in p.stderr
+        p = subprocess.run(base + ["--etcd-certfile", tls.client_cert, "config", "get"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1
+        assert p.stderr == "error: --etcd-certfile and --etcd-keyfile must be given together\n"
+    finally:
+        server.cleanup()
