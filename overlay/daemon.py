@@ -34,6 +34,7 @@ from .http import HealthServer, Metrics, parse_hostport
 from .lease import Lease, LeaseAttrs, LeaseBatch
 from .manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
 from .masq import Masquerade
+from .netlink.vxlan import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
 from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env, write_subnet_env
 from .vtep import load_or_create_vtep_mac
 
@@ -228,7 +229,7 @@ class Daemon:
         self._env_written = False
         self._programmed = False
         self.http: HealthServer | None = None
-        self.device = None
+        self.device: VXLANDevice | None = None
         self.backend: VXLANBackend | None = None
         self.manager: SubnetManager | None = None
         self.masq: Masquerade | None = None
@@ -271,31 +272,7 @@ class Daemon:
         if config is None:
             return 0
         log.info("network config: %s", config.to_json())
-        from .netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink
-        vni = config.backend.vni
-        name = self.s.vxlan_device or f"overlay.{vni}"
-        nl = open_netlink()
-        try:
-            underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
-            existing = next((l.mac for l in nl.dump_links() if l.name == name), None)
-        finally:
-            nl.close()
-        mtu = config.backend.mtu or underlay.mtu - 50
-        mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
-        public_ip = self.s.public_ip or underlay.address.ip
-        log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
-                 "VTEP MAC %s", underlay.name, public_ip, underlay.mtu, name, vni,
-                 config.backend.port, mtu, mac)
-        spec = VXLANSpec(name, vni, config.backend.port, public_ip, underlay.index, mtu, mac)
-        self.device = VXLANDevice(spec)
-        self.device.ensure()
-        self.underlay_name = underlay.name
-        self.config, self.mtu = config, mtu
-        self.backend = VXLANBackend(self.device, BackendSettings(
-            vni, public_ip, IPv4Interface(f"{public_ip}/{underlay.address.network.prefixlen}"),
-            config.backend.direct_routing))
-        self.reconciler = Reconciler(self.backend, interval=self.s.reconcile_interval)
-        attrs = LeaseAttrs(public_ip, "vxlan", vni, mac)
+        attrs = self._setup_data_plane(config)
         self.manager = SubnetManager(registry, config, attrs, ttl=self.s.lease_ttl,
                                      renew_margin=self.s.renew_margin,
                                      previous_subnet=self._previous_subnet(config))
@@ -312,6 +289,35 @@ class Daemon:
         log.info("stopping; the VXLAN device, its entries, the lease and %s stay in place",
                  self.s.subnet_file)
         return 0
+
+    def _setup_data_plane(self, config: NetworkConfig) -> LeaseAttrs:
+        """Underlay, VTEP MAC, the device (created or kept) and the backend; what to
+        publish in the lease.  The device's entries are left alone until the first
+        listing of leases (reconcile, never flush)."""
+        vni = config.backend.vni
+        name = self.s.vxlan_device or f"overlay.{vni}"
+        nl = open_netlink()
+        try:
+            underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
+            existing = next((l.mac for l in nl.dump_links() if l.name == name), None)
+        finally:
+            nl.close()
+        mtu = config.backend.mtu or underlay.mtu - 50
+        mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
+        public_ip = self.s.public_ip or underlay.address.ip
+        log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
+                 "VTEP MAC %s", underlay.name, public_ip, underlay.mtu, name, vni,
+                 config.backend.port, mtu, mac)
+        self.device = VXLANDevice(VXLANSpec(name, vni, config.backend.port, public_ip,
+                                            underlay.index, mtu, mac))
+        self.device.ensure()
+        self.underlay_name = underlay.name
+        self.config, self.mtu = config, mtu
+        self.backend = VXLANBackend(self.device, BackendSettings(
+            vni, public_ip, IPv4Interface(f"{public_ip}/{underlay.address.network.prefixlen}"),
+            config.backend.direct_routing))
+        self.reconciler = Reconciler(self.backend, interval=self.s.reconcile_interval)
+        return LeaseAttrs(public_ip, "vxlan", vni, mac)
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         """Retry ``fn`` on etcd trouble with a capped backoff; None if stopped meanwhile."""
@@ -402,7 +408,6 @@ class Daemon:
             return
         log.info("VXLAN device %s is %s: recreating it and replaying every entry",
                  self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
-        from .netlink.vxlan import find_underlay, open_netlink
         nl = open_netlink()
         try:
             underlay = find_underlay(nl, self.underlay_name, self.device.spec.local)
@@ -422,7 +427,6 @@ class Daemon:
 
     # -- threads -----------------------------------------------------------------------
     def _start_threads(self) -> None:
-        from .netlink.vxlan import LinkMonitor
         lease = self.manager.current
         self._spawn("watch", lambda: self.manager.run_watch(self.manager.own_subnet, self.stop,
                                                             self._on_batch))

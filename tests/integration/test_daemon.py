@@ -254,6 +254,28 @@ def test_lease_deleted_under_daemon_is_reacquired(cluster):
         wait_for(lambda: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
 
 
+def test_lease_taken_over_moves_node_to_a_new_subnet(cluster):
+    n3 = cluster.nodes[2]
+    old = n3.subnet()
+    key = f"/overlay/network/subnets/{old.network.network_address}-24"
+    # an operator turns the subnet into a reservation for another node
+    cluster.etcdctl("put", key, json.dumps({"PublicIP": "192.168.1.250", "BackendType": "vxlan",
+                                            "BackendData": {"VNI": 1}}))
+    try:
+        wait_for(lambda: n3.subnet() != old, 5, interval=0.1, what="node 3 moved")
+        new = n3.subnet()
+        wait_for(lambda: [(a["local"], a["prefixlen"]) for a in
+                          n3.ip_json("addr", "show", DEV)[0]["addr_info"]
+                          if a["family"] == "inet"] == [(str(new.network.network_address), 32)],
+                 3, what="device address follows the lease")
+        for n in cluster.nodes[:2]:
+            wait_for(lambda: all_programmed(cluster, n), 3, what=f"new subnet on {n.ns}")
+            assert str(old.network) not in kernel(n)[2], "reservation without a MAC skipped"
+        assert "re-acquired a DIFFERENT subnet" in n3.log()
+    finally:
+        cluster.etcdctl("del", key)
+
+
 def test_etcd_down_keeps_data_plane_and_catches_up(cluster):
     n1, n2, n3 = cluster.nodes
     p2 = cluster.pods[1]
