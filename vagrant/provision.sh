@@ -169,6 +169,15 @@ setup_overlayd() {
 
 install_cni() {
   say "installing the CNI plugin: $CNI_BIN_DIR, $CNI_CONF_DIR"
+  # The conflist chains the reference portmap plugin, which Debian installs in
+  # /usr/lib/cni; runtimes that look in /opt/cni/bin find it (and loopback) there too.
+  local p
+  mkdir -p "$CNI_BIN_DIR"
+  for p in portmap loopback; do
+    if [ ! -e "$CNI_BIN_DIR/$p" ] && [ -x "/usr/lib/cni/$p" ]; then
+      ln -s "/usr/lib/cni/$p" "$CNI_BIN_DIR/$p"
+    fi
+  done
   overlayctl install-cni --bin-dir "$CNI_BIN_DIR" --conf-dir "$CNI_CONF_DIR"
 }
 

@@ -17,7 +17,8 @@
 # OVERLAY_SMOKE_CONF_DIR (/etc/cni/net.d), OVERLAY_SMOKE_CNI_PATH
 # (/opt/cni/bin:/usr/lib/cni), OVERLAY_SMOKE_STATE_DIR (/run/overlay-smoke),
 # OVERLAY_SMOKE_NODE_NETNS (run the plugin inside this netns instead of the machine's
-# own; for testing the script without VMs), VAGRANT (the vagrant command),
+# own; for testing the script without VMs), OVERLAY_SMOKE_PING_WAIT (seconds to wait
+# for a reply, 2), VAGRANT (the vagrant command),
 # OVERLAY_SMOKE_REMOTE (this script's path inside the VMs, /vagrant/vagrant/smoke-check.sh).
 set -euo pipefail
 
@@ -30,6 +31,7 @@ NODE_NETNS=${OVERLAY_SMOKE_NODE_NETNS:-}
 VAGRANT=${VAGRANT:-vagrant}
 REMOTE=${OVERLAY_SMOKE_REMOTE:-/vagrant/vagrant/smoke-check.sh}
 MTU_PAYLOAD=1422
+PING_WAIT=${OVERLAY_SMOKE_PING_WAIT:-2}   # seconds to wait for a reply
 declare -A POD_IP=()   # host side: VM -> its pod's IP (global: the EXIT trap reads it)
 
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -90,9 +92,9 @@ pod_ping() {
   [ $# -gt 0 ] || die "pod-ping: give the IPs to ping"
   [ -e "/run/netns/$netns" ] || die "no pod $netns here: run '$0 pod-add $name' first"
   for ip in "$@"; do
-    if ! ip netns exec "$netns" ping -q -n -c 3 -i 0.2 -W 2 "$ip" >/dev/null 2>&1; then
+    if ! ip netns exec "$netns" ping -q -n -c 3 -i 0.2 -W "$PING_WAIT" "$ip" >/dev/null 2>&1; then
       printf 'FAIL %s (no reply)\n' "$ip"; failed=1
-    elif ! ip netns exec "$netns" ping -q -n -c 1 -W 2 -M do -s "$MTU_PAYLOAD" "$ip" >/dev/null 2>&1; then
+    elif ! ip netns exec "$netns" ping -q -n -c 1 -W "$PING_WAIT" -M do -s "$MTU_PAYLOAD" "$ip" >/dev/null 2>&1; then
       printf 'FAIL %s (%d-byte payload with DF lost: MTU)\n' "$ip" "$MTU_PAYLOAD"; failed=1
     else
       printf 'ok %s\n' "$ip"
