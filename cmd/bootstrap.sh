@@ -12,7 +12,7 @@ APT_PACKAGES=(
   etcd-server etcd-client
   iproute2 iputils-ping iperf3 tcpdump libpcap0.8
   nftables iptables procps openssl ca-certificates
-  containernetworking-plugins podman runc
+  containernetworking-plugins podman runc busybox-static
   # vagrant/: the tests run `vagrant validate` (with the libvirt provider's checks); no VM
   # is started here
   vagrant vagrant-libvirt
