@@ -96,25 +96,37 @@ class EtcdRegistry:
         creds = self._credentials()
         endpoints = [ClientEndpoint(e.host, e.port, secure=creds is not None, creds=creds,
                                     time_retry=1) for e in self.opts.endpoints]
-        last: BaseException | None = None
-        # The client authenticates in its constructor against one (random) endpoint; try
-        # each so one dead member does not make auth fail.
-        for _ in range(len(endpoints)):
+        client = MultiEndpointEtcd3Client(endpoints, timeout=self.opts.timeout, failover=True)
+        if self.opts.username:
             try:
-                client = MultiEndpointEtcd3Client(endpoints, timeout=self.opts.timeout,
-                                                  user=self.opts.username,
-                                                  password=self.opts.password, failover=True)
-                if creds is None:
-                    # grpc refuses call credentials on a plaintext channel; the auth token
-                    # also travels as plain metadata, which is all etcd needs.
-                    client.call_credentials = None
-                return client
+                self._authenticate(client)
+            except BaseException:
+                client.close()
+                raise
+        return client
+
+    def _authenticate(self, client: MultiEndpointEtcd3Client) -> None:
+        """Get an auth token from the first endpoint that answers.
+
+        Done here rather than by the client's constructor, which asks one random endpoint
+        and so fails whenever that one member is down.  The token travels as plain
+        metadata (grpc refuses call credentials on plaintext channels; etcd needs only
+        the metadata).
+        """
+        request = etcdrpc.AuthenticateRequest(name=self.opts.username,
+                                              password=self.opts.password)
+        last: grpc.RpcError | None = None
+        for ep in client.endpoints.values():
+            try:
+                resp = etcdrpc.AuthStub(ep.channel).Authenticate(request, self.opts.timeout)
             except grpc.RpcError as e:
                 last = e
-                if e.code() not in _UNAVAILABLE_CODES:
-                    break
-        for ep in endpoints:
-            ep.close()
+                if e.code() in _UNAVAILABLE_CODES:
+                    continue
+                break
+            client.metadata = (("token", resp.token),)
+            client.call_credentials = None
+            return
         raise self._translate(last, "authenticating") from last
 
     def client(self) -> MultiEndpointEtcd3Client:
