@@ -181,11 +181,12 @@ def main() -> int:
             print(f"{a['nodes']} concurrent acquisitions: {a['wall_s']:.3f} s wall, "
                   f"{a['distinct']} distinct subnets ({a['stored']} stored), "
                   f"{a['lost_races']} lost races retried, {len(a['errors'])} errors; "
-                  f"anchor {a['nodes']} sequential raw creates {a['anchor_sequential_writes_s']:.3f} s "
-                  f"-> ratio {a['ratio_vs_anchor']:.2f}")
+                  f"anchor {a['nodes']} sequential raw creates "
+                  f"{a['anchor_sequential_writes_s']:.3f} s -> ratio {a['ratio_vs_anchor']:.2f}")
         w = watch
         print(f"watch latency put -> on_batch on another node ({w['samples']} samples): "
-              f"median {w['median_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms, max {w['max_ms']:.2f} ms; "
+              f"median {w['median_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms, "
+              f"max {w['max_ms']:.2f} ms; "
               f"anchor etcd put round trip median {w['anchor_put_rtt_median_ms']:.2f} ms, "
               f"p99 {w['anchor_put_rtt_p99_ms']:.2f} ms")
     ok = all(not a["errors"] and a["distinct"] == a["nodes"] for a in acquire)

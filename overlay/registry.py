@@ -21,7 +21,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv4Network

@@ -38,7 +38,8 @@ def test_write_replaces_atomically(tmp_path):
 
 
 def test_parse_tolerates_comments_quotes_and_blank_lines():
-    text = '# written by overlayd\n\nOVERLAY_NETWORK="10.244.0.0/16"\nOVERLAY_SUBNET=10.244.1.1/24\nOVERLAY_MTU=1450\n'
+    text = ('# written by overlayd\n\nOVERLAY_NETWORK="10.244.0.0/16"\n'
+            'OVERLAY_SUBNET=10.244.1.1/24\nOVERLAY_MTU=1450\n')
     env = parse_subnet_env(text)
     assert env == ENV and env.ipmasq is False
 
