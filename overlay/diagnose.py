@@ -34,6 +34,7 @@ from .errors import OverlayError, SubnetEnvError
 from .etcdconf import EtcdOptions
 from .firewall import FirewallState, read_firewall
 from .lease import Lease
+from .probe import Echo, echo_many
 from .netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
 from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
 
@@ -907,23 +908,38 @@ def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[in
     return count, 0, (err or out.strip() or f"ping exited {rc}").splitlines()[-1]
 
 
+Echoer = Callable[[Sequence[IPv4Address], int, int, float], "dict[IPv4Address, Echo]"]
+
+
+def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: float
+               ) -> dict[IPv4Address, Echo]:
+    """All targets at once on a raw ICMP socket; one ``ping`` per target without CAP_NET_RAW."""
+    try:
+        return echo_many(targets, size, count, timeout)
+    except PermissionError:
+        log.info("no raw ICMP socket (not root?): probing with one ping per peer")
+
+    def one(t: IPv4Address) -> Echo:
+        return Echo(*ping(t, size, count, timeout))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+        return dict(zip(targets, pool.map(one, targets)))
+
+
 def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
-                pinger: Callable[..., tuple[int, int, str]] = ping) -> list[ProbeResult]:
-    """Ping each peer's .0 (its VXLAN address) with DF at the full path MTU, in parallel."""
-    size = mtu - 28  # IPv4 + ICMP headers
-
-    def one(lease: Lease) -> ProbeResult:
-        target = lease.subnet.network_address
-        sent, got, err = pinger(target, size, count, timeout)
-        small = None
-        if got == 0:
-            small = pinger(target, 56, 1, timeout)[1]
-        return ProbeResult(lease.subnet, target, size, sent, got, small, err)
-
+                echo: Echoer = echo_peers) -> list[ProbeResult]:
+    """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
+    peers that do not answer get one small ping, which tells a path-MTU problem apart."""
     if not remotes:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, len(remotes))) as pool:
-        return list(pool.map(one, remotes))
+    size = mtu - 28  # IPv4 + ICMP headers
+    targets = [l.subnet.network_address for l in remotes]
+    full = echo(targets, size, count, timeout)
+    silent = [t for t in targets if full[t].received == 0]
+    small = echo(silent, 56, 1, timeout) if silent else {}
+    return [ProbeResult(l.subnet, t, size, full[t].sent, full[t].received,
+                        small[t].received if t in small else None, full[t].error)
+            for l, t in zip(remotes, targets)]
 
 
 def gather_cluster(opts: EtcdOptions, timeout: float = 3.0) -> ClusterState:

@@ -13,6 +13,7 @@ from overlay import diagnose as dg
 from overlay import firewall as fw_mod
 from overlay.config import parse_network_config
 from overlay.lease import Lease, LeaseAttrs
+from overlay.probe import Echo, _checksum, echo_request, parse_echo_reply
 from overlay.netlink.inspect import (AddrInfo, FDBInfo, KernelState, LinkInfo, NeighInfo,
                                      RouteInfo, VXLANInfo)
 from overlay.subnetenv import SubnetEnv
@@ -449,14 +450,25 @@ def test_cni_dir_and_reservations(tmp_path):
 def test_probe_peers_retries_small_on_failure():
     calls = []
 
-    def pinger(target, size, count, timeout):
-        calls.append((str(target), size))
-        return (count, 0 if size > 100 else count, "")
+    def echo(targets, size, count, timeout):
+        calls.append(([str(t) for t in targets], size))
+        return {t: Echo(count, 0 if size > 100 else count) for t in targets}
 
     remotes = [lease(s, ip, mac) for s, (ip, mac) in PEERS.items()]
-    res = dg.probe_peers(remotes, 1450, 2, 1.0, pinger=pinger)
+    res = dg.probe_peers(remotes, 1450, 2, 1.0, echo=echo)
     assert [(p.size, p.received, p.small_received) for p in res] == [(1422, 0, 1), (1422, 0, 1)]
-    assert ("10.244.2.0", 56) in calls
+    assert calls == [(["10.244.2.0", "10.244.3.0"], 1422), (["10.244.2.0", "10.244.3.0"], 56)]
+    assert dg.probe_peers([], 1450, 2, 1.0, echo=echo) == []
+
+
+def test_icmp_echo_codec():
+    pkt = echo_request(0x1234, 7, 56)
+    assert len(pkt) == 64 and pkt[0] == 8
+    assert _checksum(pkt) == 0  # a valid checksum sums to zero
+    ip_header = bytes([0x45]) + bytes(19)
+    reply = ip_header + bytes([0]) + pkt[1:]
+    assert parse_echo_reply(reply) == (0x1234, 7)
+    assert parse_echo_reply(ip_header + pkt) is None  # a request, not a reply
 
 
 # -- trace ----------------------------------------------------------------------------

@@ -391,3 +391,42 @@ def test_trace_healthy_and_with_a_missing_fdb_entry(cluster):
     assert "remote-public-ip   missing" in p.stdout
     p = cluster.overlayctl("trace", "10.244.1.2", "not-an-ip")
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_path_mtu_problem_found_by_the_probe(cluster):
+    """The underlay port of node 2 takes only 1400-byte frames: big DF pings die, small pass."""
+    with broken([("ip", "-n", UNDERLAY, "link", "set", "u2", "mtu", "1500")]):
+        sh("ip", "-n", UNDERLAY, "link", "set", "u2", "mtu", "1400")
+        rc, report = cluster.diagnose()
+    assert rc == 1 and failed(report) == ["peer-probe"]
+    probe = check(report, "peer-probe")
+    assert "path MTU below 1450" in probe["found"] and "MTU" in probe["fix"]
+
+
+PROBE_SCRIPT = """
+import json, sys, time
+from ipaddress import IPv4Address
+from overlay.probe import echo_many
+targets = [IPv4Address(a) for a in sys.argv[1:]]
+t0 = time.monotonic()
+res = echo_many(targets, 1422, 2, 1.0)
+print(json.dumps({"seconds": time.monotonic() - t0,
+                  "res": {str(k): [v.sent, v.received, v.error] for k, v in res.items()}}))
+"""
+
+
+def test_echo_many_probes_many_peers_in_one_timeout(cluster):
+    n1 = cluster.n1
+    n1.ip("route", "add", "10.244.200.0/24", "via", "10.244.200.0", "dev", "overlay.1", "onlink")
+    try:
+        silent = [f"10.244.200.{i}" for i in range(1, 41)]  # routed into the overlay, nobody there
+        p = nsx(n1.ns, sys.executable, "-c", PROBE_SCRIPT, "10.244.2.0", "10.244.2.1",
+                "192.0.2.1", *silent)
+    finally:
+        n1.ip("route", "del", "10.244.200.0/24")
+    out = json.loads(p.stdout)
+    res = out["res"]
+    assert res["10.244.2.0"][:2] == [2, 2] and res["10.244.2.1"][:2] == [2, 2]
+    assert res["192.0.2.1"][1] == 0 and "unreachable" in res["192.0.2.1"][2].lower()
+    assert all(res[a][1] == 0 for a in silent)
+    assert out["seconds"] < 2.5  # one timeout for all 43, not one per peer

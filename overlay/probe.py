@@ -1,0 +1,124 @@
+"""Ping many peers at once with DF set: one raw ICMP socket, all echoes in flight together.
+
+A per-peer ``ping`` process costs about a second for every peer that does not answer;
+here the whole probe costs one timeout however many peers there are.  Echo requests go
+out with IP_PMTUDISC_DO, so a payload too big for the local route fails at ``sendto``
+(EMSGSIZE) and one too big for the path is simply not answered.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+
+
+@dataclass(frozen=True)
+class Echo:
+    sent: int
+    received: int
+    error: str = ""
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, size: int) -> bytes:
+    payload = bytes((i & 0xFF for i in range(size)))
+    header = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
+    csum = _checksum(header + payload)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, csum, ident, seq) + payload
+
+
+def parse_echo_reply(packet: bytes) -> tuple[int, int] | None:
+    """(ident, seq) of an ICMP echo reply in a raw IPv4 packet, else None."""
+    if len(packet) < 20:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 8 or packet[ihl] != ICMP_ECHOREPLY:
+        return None
+    ident, seq = struct.unpack("!HH", packet[ihl + 4: ihl + 8])
+    return ident, seq
+
+
+def echo_many(targets: Sequence[IPv4Address], size: int, count: int = 2,
+              timeout: float = 1.0, interval: float = 0.05) -> dict[IPv4Address, Echo]:
+    """``count`` DF echo requests of ``size`` payload bytes to every target, in parallel.
+
+    Needs CAP_NET_RAW (root); raises PermissionError otherwise.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        return _run(sock, list(targets), size, count, timeout, interval)
+    finally:
+        sock.close()
+
+
+def _run(sock: socket.socket, targets: list[IPv4Address], size: int, count: int,
+         timeout: float, interval: float) -> dict[IPv4Address, Echo]:
+    ident = (os.getpid() ^ id(sock)) & 0xFFFF
+    owner: dict[int, IPv4Address] = {}
+    sent = {t: 0 for t in targets}
+    got = {t: 0 for t in targets}
+    errors: dict[IPv4Address, str] = {}
+    seq = 0
+    for rnd in range(count):
+        for t in targets:
+            if t in errors:
+                continue
+            seq = (seq + 1) & 0xFFFF
+            owner[seq] = t
+            try:
+                sock.sendto(echo_request(ident, seq, size), (str(t), 0))
+                sent[t] += 1
+            except OSError as e:
+                errors[t] = _describe(e, size)
+        if rnd + 1 < count:
+            _drain(sock, ident, owner, got, time.monotonic() + interval)
+    _drain(sock, ident, owner, got, time.monotonic() + timeout,
+           done=lambda: all(got[t] >= sent[t] for t in targets if t not in errors))
+    return {t: Echo(sent[t] or count, min(got[t], sent[t]), errors.get(t, "")) for t in targets}
+
+
+def _drain(sock: socket.socket, ident: int, owner: dict[int, IPv4Address],
+           got: dict[IPv4Address, int], deadline: float, done=lambda: False) -> None:
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            return
+        packet, (src, _) = sock.recvfrom(65535)
+        reply = parse_echo_reply(packet)
+        if reply is None or reply[0] != ident:
+            continue
+        t = owner.get(reply[1])
+        if t is not None and str(t) == src:
+            got[t] += 1
+
+
+def _describe(e: OSError, size: int) -> str:
+    if e.errno == errno.EMSGSIZE:
+        return f"local error: message too long ({size + 28} bytes with DF exceeds the route MTU)"
+    return e.strerror or str(e)
