@@ -19,6 +19,8 @@ from overlay.registry import EtcdRegistry
 from .etcd_server import EtcdCluster
 from .test_registry import wait_for
 
+pytestmark = pytest.mark.integration
+
 CFG = parse_network_config({"Network": "10.244.0.0/16"})
 
 
@@ -140,6 +142,7 @@ def test_unrenewed_lease_expires_and_its_subnet_is_reused(registry):
     assert b.subnet == a.subnet and b.attrs.public_ip == node_attrs(2).public_ip
 
 
+@pytest.mark.slow
 def test_renewal_keeps_the_lease(registry):
     cfg = one_subnet_cfg()
     node = Node(registry, 1, cfg, ttl=2, renew_margin=1)
@@ -212,6 +215,7 @@ def cluster():
         c.cleanup()
 
 
+@pytest.mark.slow
 def test_cluster_member_down_acquire_renew_watch_carry_on(cluster):
     opts = make_etcd_options(cluster.endpoints, timeout=2.0)
     reg_a, reg_b = EtcdRegistry(opts), EtcdRegistry(opts)

@@ -19,6 +19,8 @@ from overlay.registry import EtcdRegistry
 from .etcd_server import EtcdServer, make_test_ca
 from .test_registry import attrs, net
 
+pytestmark = pytest.mark.integration
+
 OVERLAYCTL = os.path.join(os.path.dirname(sys.executable), "overlayctl")
 
 

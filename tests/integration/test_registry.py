@@ -18,6 +18,8 @@ from overlay.registry import EtcdRegistry
 
 from .etcd_server import EtcdServer, TcpProxy, make_test_ca
 
+pytestmark = pytest.mark.integration
+
 CFG = parse_network_config({"Network": "10.244.0.0/16"})
 
 
