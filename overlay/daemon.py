@@ -234,6 +234,7 @@ class Daemon:
         self.manager: SubnetManager | None = None
         self.masq: Masquerade | None = None
         self.cni_server: Any = None
+        self.reconciler: Reconciler | None = None
         self._lease_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
 
@@ -493,6 +494,8 @@ class Daemon:
 
     def _shutdown(self, registry: Any) -> None:
         self.stop.set()
+        if self.reconciler is not None:
+            self.reconciler.kick()  # wake the reconcile loop so it sees stop
         if self.cni_server is not None:
             try:
                 self.cni_server.shutdown()
