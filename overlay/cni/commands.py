@@ -129,7 +129,7 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
     address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
     routes = pod_routes(conf, node)
     try:
-        host = stack.enter_context(_closing(pod.Rtnl()))
+        host = stack.enter_context(pod.Rtnl())
         bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
                                    conf.force_address, conf.promisc_mode)
         if req.reaper is not None:
@@ -137,7 +137,7 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
         host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
                                  conf.hairpin_mode, mac)
         undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
-        inside = stack.enter_context(_closing(pod.open_in_netns(netns_fd)))
+        inside = stack.enter_context(pod.open_in_netns(netns_fd))
         pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
     except NetlinkOpError as e:
         raise _kernel_error(e) from None
@@ -162,19 +162,8 @@ def _rollback(undo: list[Callable[[], Any]]) -> None:
 
 
 def _del_host_veth(name: str) -> None:
-    with _closing(pod.Rtnl()) as host:
+    with pod.Rtnl() as host:
         pod.del_link(host, name)
-
-
-class _closing:
-    def __init__(self, ipr):
-        self.ipr = ipr
-
-    def __enter__(self):
-        return self.ipr
-
-    def __exit__(self, *exc):
-        self.ipr.close()
 
 
 # --- DEL --------------------------------------------------------------------------------
@@ -184,7 +173,7 @@ def cmd_del(req: Request) -> None:
     conf = parse_netconf(req.config, req.cni_version)
     host_name = pod.host_veth_name(req.container_id, req.ifname)
     try:
-        with _closing(pod.Rtnl()) as host:
+        with pod.Rtnl() as host:
             if req.reaper is not None:
                 # Warm server: cut the pod off now, let the kernel's slow veth teardown
                 # (~20 ms of RCU waits) finish in the background; ADD of the same
@@ -217,7 +206,7 @@ def _del_pod_side(req: Request) -> None:
             fd = open_pod_netns(req, stack)
         except CNIError:
             return  # netns gone or unusable: nothing of ours can be in it
-        with _closing(pod.open_in_netns(fd)) as inside:
+        with pod.open_in_netns(fd) as inside:
             link = pod.get_link(inside, req.ifname)
             if link is not None and link.kind == "veth":
                 pod.del_link(inside, req.ifname)
@@ -251,7 +240,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
         raise fail(f"prevResult lists no interface {req.ifname} in a sandbox")
     expected = prev.interfaces[index]
     ips = [ip.address for ip in prev.ips if ip.interface == index]
-    inside = stack.enter_context(_closing(pod.open_in_netns(netns_fd)))
+    inside = stack.enter_context(pod.open_in_netns(netns_fd))
     link = pod.get_link(inside, req.ifname)
     if link is None:
         raise fail(f"{req.ifname} is missing from the pod's namespace")
@@ -265,7 +254,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
     for dst, gw in pod_routes(conf, node):
         if (dst, gw) not in present:
             raise fail(f"route {dst} via {gw} is missing in the pod")
-    host = stack.enter_context(_closing(pod.Rtnl()))
+    host = stack.enter_context(pod.Rtnl())
     _check_host(req, conf, node, host, fail)
     reserved = ipam.get(_store(conf), req.container_id, req.ifname)
     for address in ips:
@@ -332,7 +321,7 @@ def cmd_gc(req: Request) -> None:
     except IPAMError as e:
         raise _ipam_error(e) from None
     errors = []
-    with _closing(pod.Rtnl()) as host:
+    with pod.Rtnl() as host:
         for _, (container_id, ifname) in stale:
             try:
                 pod.del_link(host, pod.host_veth_name(container_id, ifname))

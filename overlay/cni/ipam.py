@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import socket
 import threading
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
@@ -100,13 +101,20 @@ class DiskStore:
         except FileNotFoundError:
             return out
         for name in names:
+            if not name[:1].isdigit() or name == LAST_IP_FILE:
+                continue  # lock, last_reserved_ip.0, IPv6 files (hex)
             try:
-                ip = IPv4Address(name)
-                with open(os.path.join(self.dir, name), "rb") as f:  # keep the \r\n
-                    text = f.read().decode("utf-8", "replace").strip()
-            except (ValueError, OSError):
-                continue  # lock, last_reserved_ip.0, IPv6 files, races with a release
-            container_id, _, ifname = text.partition(LINE_BREAK)
+                ip = IPv4Address(socket.inet_aton(name)) if name.count(".") == 3 else None
+                fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_CLOEXEC)
+            except (OSError, ValueError):
+                continue  # not an IPv4 file, or released while we read the directory
+            try:
+                raw = os.read(fd, 4096)  # bytes: keep the \r\n
+            finally:
+                os.close(fd)
+            if ip is None:
+                continue
+            container_id, _, ifname = raw.decode("utf-8", "replace").strip().partition(LINE_BREAK)
             out[ip] = (container_id.strip(), ifname.strip())
         return out
 

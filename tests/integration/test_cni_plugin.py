@@ -332,3 +332,15 @@ def test_server_refuses_nothing_it_should_serve_and_restarts_cleanly(node):
     node.start_server()
     assert node.cni("DEL", "after-crash", pod).rc == 0
     assert node.ip_files() == []
+
+
+def test_del_then_immediate_add_of_the_same_attachment(node):
+    """The warm server finishes a DEL's veth teardown in the background; an ADD for the
+    same container and interface (a restart) must wait for it, not collide with it."""
+    pod = node.pod()
+    for round_ in range(5):
+        doc = node.add("restart", pod)
+        assert node.cni("DEL", "restart", pod).rc == 0, round_
+    assert doc["ips"][0]["address"]
+    node.wait_for(lambda: node.veths() == [], what="last teardown")
+    assert node.ip_files() == []

@@ -1,0 +1,136 @@
+"""The warm server and the executable entry's wire protocol, with fake handlers (no root)."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from overlay.cni.server import CNIServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY = os.path.join(ROOT, "cni-plugin", "overlay")
+CONF = {"cniVersion": "1.0.0", "name": "ovcni-unit", "type": "overlay"}
+
+
+class Seen:
+    def __init__(self):
+        self.requests = []
+
+    def table(self):
+        def add(req):
+            self.requests.append(req)
+            return {"cniVersion": req.cni_version, "echo": req.config.get("blob", "")[:10],
+                    "size": len(req.config.get("blob", "")), "netns_fd": req.netns_fd is not None}
+        return {"ADD": add, "DEL": lambda req: self.requests.append(req)}
+
+
+@pytest.fixture
+def server(tmp_path):
+    seen = Seen()
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table()).bind()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.seen = seen
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        thread.join(10)
+
+
+def call(sock_path, env, stdin):
+    full = {"OVERLAY_CNI_SOCKET": sock_path, "PATH": os.environ.get("PATH", "")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-IS", ENTRY], input=stdin, env=full,
+                          capture_output=True, timeout=60)
+
+
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
+       "CNI_NETNS": "/proc/self/ns/net", "CNI_ARGS": "IgnoreUnknown=1", "NOT_CNI": "x"}
+
+
+def test_socket_is_private(server):
+    mode = stat.S_IMODE(os.stat(server.socket_path).st_mode)
+    assert mode == 0o600
+
+
+def test_request_round_trip_with_large_stdin_and_fds(server):
+    blob = "x" * 300_000  # several socket buffers
+    proc = call(server.socket_path, ENV, json.dumps(dict(CONF, blob=blob)).encode())
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"cniVersion": "1.0.0", "echo": "x" * 10,
+                                       "size": 300_000, "netns_fd": True}
+    req = server.seen.requests[-1]
+    assert (req.container_id, req.ifname, req.args) == ("c1", "eth0", {"IgnoreUnknown": "1"})
+
+
+def test_errors_and_exit_codes_pass_through(server):
+    proc = call(server.socket_path, dict(ENV, CNI_IFNAME="x" * 16), json.dumps(CONF).encode())
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["code"] == 4
+    proc = call(server.socket_path, {"CNI_COMMAND": "VERSION"}, b"")
+    assert proc.returncode == 0 and "supportedVersions" in json.loads(proc.stdout)
+    proc = call(server.socket_path, dict(ENV, CNI_COMMAND="DEL"), json.dumps(CONF).encode())
+    assert proc.returncode == 0 and proc.stdout == b""
+
+
+def test_cni_variables_are_forwarded(server):
+    call(server.socket_path, dict(ENV, CNI_PATH="/opt/cni/bin:/usr/lib/cni"),
+         json.dumps(CONF).encode())
+    req = server.seen.requests[-1]
+    assert (req.path, req.netns) == ("/opt/cni/bin:/usr/lib/cni", "/proc/self/ns/net")
+
+
+def test_entry_falls_back_in_process_without_a_server(tmp_path):
+    proc = call(str(tmp_path / "absent.sock"), {"CNI_COMMAND": "VERSION"},
+                b'{"cniVersion": "0.4.0"}')
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["cniVersion"] == "0.4.0"
+
+
+def test_garbage_request_is_dropped_and_server_keeps_serving(server):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(server.socket_path)
+    s.sendall(b"HELLO 1 2 3\n")
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b""  # closed without an answer
+    s.close()
+    proc = call(server.socket_path, {"CNI_COMMAND": "VERSION"}, b"")
+    assert proc.returncode == 0
+
+
+def test_server_dying_mid_request_is_try_again(tmp_path):
+    path = str(tmp_path / "half.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def accept_and_drop():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    t = threading.Thread(target=accept_and_drop)
+    t.start()
+    proc = call(path, ENV, json.dumps(CONF).encode())
+    t.join(10)
+    listener.close()
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["code"] == 11
+
+
+def test_stale_socket_is_replaced_but_a_live_one_is_not(tmp_path, server):
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # a socket file nobody listens on
+    fresh = CNIServer(str(stale)).bind()
+    fresh.shutdown()
+    assert not stale.exists()
+    with pytest.raises(OSError, match="already answers"):
+        CNIServer(server.socket_path).bind()
