@@ -12,6 +12,7 @@ import posix
 import sys
 
 SOCKET = posix.environ.get(b"OVERLAY_CNI_SOCKET", b"/run/overlay/cni.sock")
+TIMEOUT = 300.0
 
 
 def fallback():
@@ -33,6 +34,7 @@ def main():
     except OSError:
         sock.close()
         fallback()
+    sock.settimeout(TIMEOUT)  # a hung server must not hang the runtime forever
     stdin = []
     while True:
         chunk = posix.read(0, 65536)

@@ -344,3 +344,17 @@ def test_del_then_immediate_add_of_the_same_attachment(node):
     assert doc["ips"][0]["address"]
     node.wait_for(lambda: node.veths() == [], what="last teardown")
     assert node.ip_files() == []
+
+
+def test_promisc_mode_and_no_default_gateway(node):
+    pod = node.pod()
+    conf = node.conf(promiscMode=True, isDefaultGateway=False, hairpinMode=False)
+    doc = node.add("pm", pod, conf=conf)
+    assert "PROMISC" in node.links()["cni0"]["flags"]
+    _, _, routes = pod_state(node, pod)
+    assert not any(dst == "default" for dst, _ in routes)
+    assert ("10.88.0.0/16", "10.88.1.1") in routes
+    assert [r["dst"] for r in doc["routes"]] == ["10.88.0.0/16"]
+    veth = node.links()[doc["interfaces"][1]["name"]]
+    assert veth["linkinfo"]["info_slave_data"]["hairpin"] is False
+    assert node.cni("CHECK", "pm", pod, conf=dict(conf, prevResult=doc)).rc == 0
