@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+SEND_RETRIES = 40  # x 5 ms: a full queue gets up to 0.2 s to empty per packet
+BUFFER = 4 << 20  # replies for ~1000 peers of full-MTU echoes fit in the receive buffer
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ def echo_many(targets: Sequence[IPv4Address], size: int, count: int = 2,
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
         return _run(sock, list(targets), size, count, timeout, interval)
     finally:
         sock.close()
@@ -82,22 +86,45 @@ def _run(sock: socket.socket, targets: list[IPv4Address], size: int, count: int,
     got = {t: 0 for t in targets}
     errors: dict[IPv4Address, str] = {}
     seq = 0
+    # However congested the queue, sending stops after this; the rest count as errors.
+    send_deadline = time.monotonic() + max(2.0, 3 * timeout)
     for rnd in range(count):
         for t in targets:
             if t in errors:
                 continue
             seq = (seq + 1) & 0xFFFF
             owner[seq] = t
-            try:
-                sock.sendto(echo_request(ident, seq, size), (str(t), 0))
+            err = _send(sock, echo_request(ident, seq, size), t,
+                        lambda: _drain(sock, ident, owner, got, time.monotonic() + 0.005),
+                        send_deadline)
+            if err is None:
                 sent[t] += 1
-            except OSError as e:
-                errors[t] = _describe(e, size)
+            else:
+                errors[t] = _describe(err, size)
         if rnd + 1 < count:
             _drain(sock, ident, owner, got, time.monotonic() + interval)
     _drain(sock, ident, owner, got, time.monotonic() + timeout,
            done=lambda: all(got[t] >= sent[t] for t in targets if t not in errors))
     return {t: Echo(sent[t] or count, min(got[t], sent[t]), errors.get(t, "")) for t in targets}
+
+
+def _send(sock: socket.socket, packet: bytes, target: IPv4Address, wait,
+          deadline: float) -> OSError | None:
+    """Send one echo; on a full queue (ENOBUFS/EAGAIN, many peers at once) read replies
+    for a moment and try again, a bounded number of times and never past ``deadline``."""
+    last = OSError(errno.ENOBUFS, "send queue full: probe time budget used up")
+    for _ in range(SEND_RETRIES):
+        if time.monotonic() > deadline:
+            break
+        try:
+            sock.sendto(packet, (str(target), 0))
+            return None
+        except OSError as e:
+            if e.errno not in (errno.ENOBUFS, errno.EAGAIN):
+                return e
+            last = e
+            wait()
+    return last
 
 
 def _drain(sock: socket.socket, ident: int, owner: dict[int, IPv4Address],
