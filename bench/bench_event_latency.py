@@ -66,6 +66,10 @@ def new_route_dsts(data: bytes) -> list[IPv4Network]:
     return out
 
 
+def subnet_for(i: int) -> IPv4Network:
+    return IPv4Network(f"10.{200 + i // 256}.{i % 256}.0/24")
+
+
 def pct(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
@@ -77,7 +81,10 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=0.02, help="seconds between puts")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    topo = Topology(2).setup()
+    if not 1 <= a.leases <= 10000:
+        ap.error("--leases must be within 1..10000")
+    topo = Topology(2).setup({"Network": "10.0.0.0/8", "SubnetLen": 24,
+                              "Backend": {"Type": "vxlan", "VNI": 1}})
     lat: dict[str, list[float]] = {}
     try:
         for n in topo.nodes:
@@ -92,9 +99,9 @@ def main() -> int:
             reg = EtcdRegistry(make_etcd_options(topo.etcd.endpoint))
             reg.get_config()  # connect before timing
             for i in range(a.leases):
-                subnet = IPv4Network(f"10.244.{100 + i}.0/24")
+                subnet = subnet_for(i)
                 attrs = LeaseAttrs(IPv4Address("192.168.1.200"), "vxlan", 1,
-                                   f"0e:be:00:00:00:{i:02x}")
+                                   f"0e:be:00:00:{i // 256:02x}:{i % 256:02x}")
                 t0 = time.monotonic()
                 reg.create_lease(subnet, attrs, None)
                 seen: dict[str, float] = {}
@@ -115,7 +122,7 @@ def main() -> int:
                     lat[ns].append(v)
                 time.sleep(a.gap)
             for i in range(a.leases):
-                reg.delete_lease(IPv4Network(f"10.244.{100 + i}.0/24"))
+                reg.delete_lease(subnet_for(i))
             reg.close()
         finally:
             setns(mine, flags=0)
