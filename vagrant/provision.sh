@@ -38,7 +38,7 @@ valid_ipv4() {
   local IFS=. a b c d
   [[ $1 =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || return 1
   read -r a b c d <<<"$1"
-  (( a <= 255 && b <= 255 && c <= 255 && d <= 255 ))
+  (( 10#$a <= 255 && 10#$b <= 255 && 10#$c <= 255 && 10#$d <= 255 ))
 }
 
 # wait_http URL SECONDS: poll until the URL answers 200 (python3: the box has no curl).
@@ -113,7 +113,9 @@ check_inputs() {
   valid_ipv4 "$ETCD_IP" || die "OVERLAY_ETCD_IP=${ETCD_IP@Q}: expected node1's IPv4 address"
   case $RUN_ETCD in yes|no) ;; *) die "OVERLAY_RUN_ETCD=${RUN_ETCD@Q}: expected yes or no" ;; esac
   [ -x "$REPO/cmd/bootstrap.sh" ] || die "$REPO/cmd/bootstrap.sh missing: is the repository synced to $REPO?"
-  ip -4 -o addr show | grep -q " inet $NODE_IP/" \
+  local addrs
+  addrs=$(ip -4 -o addr show)
+  grep -qF " inet $NODE_IP/" <<<"$addrs" \
     || die "no interface holds $NODE_IP: check the private network in the Vagrantfile"
 }
 

@@ -36,9 +36,13 @@ declare -A POD_IP=()   # host side: VM -> its pod's IP (global: the EXIT trap re
 
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
-  exit 2
+usage() {  # usage EXIT-CODE: the header above, on stdout for --help, else on stderr
+  if [ "$1" -eq 0 ]; then
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+  else
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+  fi
+  exit "$1"
 }
 
 # ---- inside a VM: one pod ----------------------------------------------------------
@@ -58,7 +62,7 @@ cni() {
     --cni-path "$PLUGIN_PATH" --cache-dir "$STATE_DIR"
 }
 
-POD_IP_from_result() {
+pod_ip_from_result() {
   python3 -c '
 import json, sys
 ips = json.load(sys.stdin).get("ips") or []
@@ -80,7 +84,7 @@ pod_add() {
     ip netns del "$netns" 2>/dev/null || true
     die "CNI ADD for $netns failed (is overlayd ready? systemctl status overlayd; ls $CONF_DIR)"
   fi
-  ip=$(POD_IP_from_result <<<"$result")
+  ip=$(pod_ip_from_result <<<"$result")
   [ -n "$ip" ] || die "the CNI result has no IPv4 address: $result"
   printf 'POD_IP=%s\n' "$ip"
 }
@@ -186,7 +190,7 @@ case ${1:-} in
   pod-add) shift; pod_add "$@" ;;
   pod-ping) shift; pod_ping "$@" ;;
   pod-del) shift; pod_del "$@" ;;
-  -h|--help|help) usage ;;
-  -*) usage ;;
+  -h|--help|help) usage 0 ;;
+  -*) usage 2 ;;
   *) host_check "$@" ;;
 esac

@@ -228,6 +228,37 @@ def test_provision_rejects_bad_input(tmp_path):
         assert "==>" not in r.stdout  # nothing was done
 
 
+def test_cni_runtime_reports_plugin_errors(tmp_path):
+    """A conflist naming a missing plugin, or a plugin failing: one line, exit 1."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "10-x.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "ovvg-missing"}]}))
+    base = [sys.executable, str(VAGRANT_DIR / "cni_runtime.py"), "add", "--netns",
+            "/run/netns/ovvg-none", "--container-id", "ovvg-c1", "--conf-dir", str(conf),
+            "--cache-dir", str(tmp_path / "cache")]
+    r = run([*base, "--cni-path", str(tmp_path)], timeout=30)
+    assert r.returncode == 1
+    assert f"error: CNI plugin 'ovvg-missing' not found on CNI_PATH {tmp_path}" in r.stderr
+    # A plugin refusing the request: its CNI error JSON is passed on, and the runtime
+    # cleans up with DEL. (A stand-in: Debian's bridge plugin would create cni0 in this
+    # namespace before it even looks at CNI_NETNS.)
+    plugin = tmp_path / "ovvg-refuses"
+    plugin.write_text('#!/bin/sh\necho "$CNI_COMMAND" >>"$0.log"\n'
+                      '[ "$CNI_COMMAND" = DEL ] && exit 0\n'
+                      'echo \'{"cniVersion": "1.0.0", "code": 7, "msg": "bad config"}\'; exit 1\n')
+    plugin.chmod(0o755)
+    (conf / "10-x.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "ovvg-refuses"}]}))
+    r = run([*base, "--cni-path", str(tmp_path)], timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert 'error: ovvg-refuses ADD failed: {"cniVersion": "1.0.0", "code": 7' in r.stderr
+    assert (tmp_path / "ovvg-refuses.log").read_text().split() == ["ADD", "DEL"]
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    r = run([*base[:-4], "--conf-dir", str(tmp_path / "nope")], timeout=30)
+    assert r.returncode == 1 and "does not exist (was install-cni run?)" in r.stderr
+
+
 def shell_commands(text: str, program: str) -> list[list[str]]:
     """Every invocation of PROGRAM in a shell script, as argv with $VARS made placeholders."""
     text = re.sub(r"\\\n\s*", " ", text)
