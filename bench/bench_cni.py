@@ -7,6 +7,9 @@ and one pod namespace per attachment.  Each round does, interleaved so noise hit
 alike: reference ADD, overlay ADD via the warm server, overlay ADD in-process (fallback);
 then the same for DEL.  Reported: median and p99 per variant and the ratios
 overlay/reference (targets: ADD median <= 1.5x, DEL median <= 1x, warm server).
+When this venv's interpreter is not Debian's /usr/bin/python3 (e.g. a pyenv build with a
+shared libpython, slower to start), the warm variant is also run with the entry started
+by /usr/bin/python3 ("overlay-warm-sys") to show the interpreter's share.
 
     sudo .venv/bin/python bench/bench_cni.py [--rounds 40] [--json]
 """
@@ -91,6 +94,16 @@ def inner(args: argparse.Namespace) -> dict:
                      "isDefaultGateway": True, "dataDir": work, **common},
                     {"OVERLAY_CNI_SOCKET": os.path.join(work, "absent.sock")}),
         ]
+        system_python = "/usr/bin/python3"
+        if os.path.exists(system_python) and (os.path.realpath(system_python)
+                                              != os.path.realpath(python)):
+            # The same entry and server, the client started by Debian's python3 (what a
+            # fresh machine's venv links to) instead of this venv's interpreter.
+            variants.append(Variant(
+                "overlay-warm-sys", [system_python, "-IS", ENTRY],
+                {"cniVersion": "1.0.0", "name": f"{PREFIX}-sys", "type": "overlay",
+                 "bridge": "ovcni-bns", "subnet": "10.251.4.0/24", "isDefaultGateway": True,
+                 "dataDir": work, **common}, {"OVERLAY_CNI_SOCKET": sock}))
         fallback_rounds = max(3, args.rounds // 4)
         for r in range(args.rounds):
             for v in variants:
@@ -105,7 +118,7 @@ def inner(args: argparse.Namespace) -> dict:
     finally:
         server.terminate()
         server.wait(10)
-        for bridge in ("ovcni-bnr", "ovcni-bnw", "ovcni-bnf"):
+        for bridge in ("ovcni-bnr", "ovcni-bnw", "ovcni-bnf", "ovcni-bns"):
             sh("ip", "link", "del", bridge, check=False)
         if os.environ.get("OVCNI_BENCH_KEEP_LOG"):
             shutil.copy(os.path.join(work, "srv.log"), os.environ["OVCNI_BENCH_KEEP_LOG"])
@@ -120,7 +133,7 @@ def summarize(variants: list[Variant]) -> dict:
             "del_median_ms": statistics.median(v.dele) * 1000, "del_p99_ms": pct(v.dele, .99) * 1000,
             "n": len(v.add)}
     ref = out["reference"]
-    for label in ("overlay-warm", "overlay-fallback"):
+    for label in [v.label for v in variants if v.label != "reference"]:
         out[label]["add_ratio"] = out[label]["add_median_ms"] / ref["add_median_ms"]
         out[label]["del_ratio"] = out[label]["del_median_ms"] / ref["del_median_ms"]
     return out
@@ -131,7 +144,7 @@ def outer(args: argparse.Namespace) -> int:
         print("bench_cni needs root (network namespaces)", file=sys.stderr)
         return 1
     pods = [f"{PREFIX}-{label}-{r}" for r in range(args.rounds)
-            for label in ("reference", "overlay-warm", "overlay-fallback")]
+            for label in ("reference", "overlay-warm", "overlay-fallback", "overlay-warm-sys")]
     made = []
     try:
         for ns in [NODE] + pods:

@@ -81,9 +81,13 @@ class DiskStore:
 
     def _write_last(self, ip: IPv4Address) -> None:
         path = os.path.join(self.dir, LAST_IP_FILE)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        data = str(ip).encode()
+        # Overwrite in place, then cut to length: O_TRUNC (size 0) makes ext4 flush the
+        # file synchronously at close (auto_da_alloc), measured at 5-7 ms per ADD here.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, str(ip).encode())
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
 
