@@ -97,15 +97,20 @@ def test_device_settings(device, netns):
 
 def test_compatible_device_kept_incompatible_recreated(device, netns, caplog):
     index = device.index
-    assert VXLANDevice(spec_for(netns), netns).ensure() is False
-    assert ipj(netns, "link", "show", "overlay.1")[0]["ifindex"] == index
+
+    def ensure(**kw) -> tuple[bool, int]:
+        d = VXLANDevice(spec_for(netns, **kw), netns)
+        try:
+            return d.ensure(), d.index
+        finally:
+            d.close()
+    assert ensure() == (False, index)
     # MTU and MAC differ: fixed in place, same device
-    d = VXLANDevice(spec_for(netns, mtu=1400, mac="0e:00:00:00:00:22"), netns)
-    assert d.ensure() is False and d.index == index
-    assert ipj(netns, "link", "show", "overlay.1")[0]["mtu"] == 1400
+    assert ensure(mtu=1400, mac="0e:00:00:00:00:22") == (False, index)
+    link = ipj(netns, "link", "show", "overlay.1")[0]
+    assert (link["mtu"], link["address"]) == (1400, "0e:00:00:00:00:22")
     caplog.set_level(logging.INFO)
-    d = VXLANDevice(spec_for(netns, vni=5, port=4789), netns)
-    assert d.ensure() is True
+    assert ensure(vni=5, port=4789)[0] is True
     assert "VNI 1 != 5" in caplog.text and "port 8472 != 4789" in caplog.text
     info = ipj(netns, "-d", "link", "show", "overlay.1")[0]["linkinfo"]["info_data"]
     assert info["id"] == 5 and info["port"] == 4789
