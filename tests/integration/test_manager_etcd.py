@@ -16,7 +16,7 @@ from overlay.lease import LeaseAttrs
 from overlay.manager import SubnetManager
 from overlay.registry import EtcdRegistry
 
-from .etcd_server import EtcdCluster
+from .etcd_server import EtcdCluster, TcpProxy
 from .test_registry import wait_for
 
 pytestmark = pytest.mark.integration
@@ -240,3 +240,32 @@ def test_cluster_member_down_acquire_renew_watch_carry_on(cluster):
         a.close()
         reg_a.close()
         reg_b.close()
+
+
+def test_compaction_during_a_node_watch_loses_no_lease(etcd_server, registry, caplog):
+    """A node's watch is cut off while leases change and history is compacted; once it
+    reconnects, the remote leases it reports equal the store's (own lease excluded)."""
+    proxy = TcpProxy(etcd_server.client_port)
+    via_proxy = EtcdRegistry(make_etcd_options(proxy.endpoint, timeout=2.0))
+    node = Node(via_proxy, 1, ttl=600, check_interval=3600)
+    try:
+        others = [SubnetManager(registry, CFG, node_attrs(i), ttl=600).acquire()
+                  for i in range(2, 5)]
+        own = node.start()
+        assert node.remote_subnets(timeout=2) == {l.subnet for l in others}
+        proxy.cut()
+        registry.delete_lease(others[0].subnet)
+        late = [SubnetManager(registry, CFG, node_attrs(i), ttl=600).acquire()
+                for i in range(5, 8)]
+        registry.compact()
+        proxy.restore()
+        expected = {l.subnet for l in others[1:] + late}
+        wait_for(lambda: node.remote_subnets(timeout=0.1) == expected, 10,
+                 "the node's remote leases to match the store after the compaction")
+        assert registry.get_lease(own.subnet).attrs.public_ip == node_attrs(1).public_ip
+        assert node.leases.empty()  # its own lease was never considered lost
+        assert any("was compacted" in r.getMessage() for r in caplog.records)
+    finally:
+        node.close()
+        proxy.close()
+        via_proxy.close()
