@@ -215,7 +215,7 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
     except Exception as e:  # a bug: still answer with error JSON, never a traceback on stdout
         log.exception("unexpected error in CNI %s", env.get("CNI_COMMAND"))
         error = CNIError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")
-    log.warning("CNI %s %s/%s failed: code %d: %s %s", env.get("CNI_COMMAND"),
+    log.warning("CNI %s %s/%s failed: code %d: %s %s", env.get("CNI_COMMAND") or "-",
                 env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", ""), error.code,
                 error.msg, error.details)
     return 1, json.dumps(error.to_dict(_error_version(stdin))).encode() + b"\n"
