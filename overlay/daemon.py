@@ -283,8 +283,8 @@ class Daemon:
             return 0
         self.masq = Masquerade(config.network, lease.subnet, self.s.ip_masq)
         self._hold(lease)
+        self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
-        self._start_cni_server()
         while not self.stop.wait(3600):
             pass
         log.info("stopping; the VXLAN device, its entries, the lease and %s stay in place",
