@@ -317,6 +317,13 @@ def test_not_ready_without_config_and_bad_config_one_line(cluster):
     assert len(errors) == 1 and "Network" in errors[0] and "/ovd-bad/config" in errors[0]
     assert "Traceback" not in r.stderr
     assert not extra.ip_json("link", "show", "type", "vxlan"), "kernel touched before validation"
+    r = nsx(extra.ns, OVERLAYD, "--etcd-endpoints", cluster.etcd.endpoint, "--iface", "nosuch0",
+            "--subnet-file", f"{extra.dir}/bad.env", "--state-dir", f"{extra.dir}/bad",
+            "--cni-socket", "", check=False, timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "overlayd: error: --iface 'nosuch0': no interface matches")
+    assert not extra.ip_json("link", "show", "type", "vxlan")
 
 
 @pytest.fixture(scope="module")
