@@ -299,6 +299,24 @@ def test_etcd_down_keeps_data_plane_and_catches_up(cluster):
         wait_for(lambda: lacks_remote(n, FAKE_NET), 5, what=f"cleanup on {n.ns}")
 
 
+def test_restart_while_etcd_is_down_keeps_traffic(cluster):
+    n1 = cluster.nodes[0]
+    p2 = cluster.pods[1]
+    before = kernel(n1)
+    cluster.etcd.stop(signal.SIGKILL)
+    try:
+        assert n1.stop() == 0
+        n1.start()
+        wait_for(lambda: n1.http("/healthz")[0] == 200, 10, what="healthz while etcd is down")
+        assert n1.http("/readyz")[0] == 503
+        assert loss(ping(n1.pod_ns, p2, count=20, interval=0.05).stdout) == (20, 20)
+        assert kernel(n1) == before, "entries must stay while etcd is unreachable"
+    finally:
+        cluster.etcd.start()
+    n1.wait_ready()
+    assert kernel(n1) == before
+
+
 def test_not_ready_without_config_and_bad_config_one_line(cluster):
     extra = cluster.add_node(4)
     extra.start("--etcd-prefix", "/ovd-empty")
