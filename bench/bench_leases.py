@@ -191,7 +191,8 @@ def main() -> int:
               f"median {w['median_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms, "
               f"max {w['max_ms']:.2f} ms; "
               f"the writer's create_lease (grant + txn) takes "
-              f"{w['create_lease_rtt_median_ms']:.2f} ms median; anchor etcd put round trip median {w['anchor_put_rtt_median_ms']:.2f} ms, "
+              f"{w['create_lease_rtt_median_ms']:.2f} ms median; anchor etcd put round trip "
+              f"median {w['anchor_put_rtt_median_ms']:.2f} ms, "
               f"p99 {w['anchor_put_rtt_p99_ms']:.2f} ms")
     ok = all(not a["errors"] and a["distinct"] == a["nodes"] for a in acquire)
     return 0 if ok else 1
