@@ -173,14 +173,18 @@ def test_reservation_is_respected(registry):
     assert held.reserved and held.attrs.vtep_mac == node_attrs(1).vtep_mac
 
 
-def test_lease_deleted_under_a_running_node_is_reacquired(registry):
+@pytest.mark.parametrize("how", ["key deleted", "etcd lease revoked"])
+def test_lease_deleted_under_a_running_node_is_reacquired(registry, how):
     registry.put_config(CFG)
     node = Node(registry, 1, ttl=600, check_interval=3600)
     lease = node.start()
     try:
         node.remote_subnets(timeout=0.3)
         t0 = time.monotonic()
-        registry.delete_lease(lease.subnet)
+        if how == "key deleted":
+            registry.delete_lease(lease.subnet)
+        else:  # what `etcdctl lease revoke` does; Flannel's daemon exits 0 on this
+            registry.client().revoke_lease(lease.etcd_lease_id)
         new = node.leases.get(timeout=5)
         assert time.monotonic() - t0 < 2.0  # noticed by the watch, not by a periodic check
         assert new.subnet == lease.subnet and new.etcd_lease_id != lease.etcd_lease_id
