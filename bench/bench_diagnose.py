@@ -53,7 +53,7 @@ with EtcdRegistry(make_etcd_options(endpoints=endpoint)) as reg:
     for i in range(2, n + 2):
         reg.create_lease(IPv4Network(f"10.{i // 256}.{i % 256}.0/24"), LeaseAttrs(
             IPv4Address(f"192.168.{100 + i // 250}.{i % 250 + 1}"),
-            vtep_mac=f"0e:0d:0b:00:{i // 256:02x}:{i % 256:02x}"), None)
+            vtep_mac=f"0e:0d:0b:00:{i // 256:02x}:{i % 256:02x}"), 3600)
 """
 
 PING_FALLBACK = """

@@ -430,3 +430,34 @@ def test_echo_many_probes_many_peers_in_one_timeout(cluster):
     assert res["192.0.2.1"][1] == 0 and "unreachable" in res["192.0.2.1"][2].lower()
     assert all(res[a][1] == 0 for a in silent)
     assert out["seconds"] < 2.5  # one timeout for all 43, not one per peer
+
+
+def test_kernel_dump_matches_iproute2(cluster):
+    from overlay.netlink.inspect import dump_kernel_state
+
+    ns = cluster.n1.ns
+    k = dump_kernel_state(ns)
+
+    def j(*args: str) -> list:
+        return json.loads(sh(*args).stdout or "[]")
+
+    name = {l.index: l.name for l in k.links}
+    want_links = {(l["ifname"], l["mtu"], l.get("master"), "UP" in l["flags"])
+                  for l in j("ip", "-n", ns, "-j", "link", "show")}
+    assert {(l.name, l.mtu, name.get(l.master), l.up) for l in k.links} == want_links
+    vx = k.link("overlay.1").vxlan
+    assert (vx.vni, vx.port, str(vx.local), name[vx.link], vx.learning) == (
+        1, 8472, "192.168.1.11", "eth0", False)
+    want_addrs = {(a["ifname"], f"{ai['local']}/{ai['prefixlen']}")
+                  for a in j("ip", "-n", ns, "-j", "-4", "addr", "show") for ai in a["addr_info"]}
+    assert {(name[a.index], str(a.interface)) for a in k.addrs} == want_addrs
+    want_routes = {(r["dst"], r.get("gateway"), r["dev"], "onlink" in r.get("flags", []))
+                   for r in j("ip", "-n", ns, "-j", "route", "show", "table", "main")}
+    assert {(str(r.dst), r.gateway and str(r.gateway), name[r.oif], r.onlink)
+            for r in k.routes} == want_routes
+    want_neigh = {(n["dst"], n.get("lladdr"), n["dev"], "PERMANENT" in n.get("state", []))
+                  for n in j("ip", "-n", ns, "-j", "-4", "neigh", "show", "nud", "all")}
+    assert {(str(n.dst), n.mac, name[n.ifindex], n.permanent) for n in k.neigh} == want_neigh
+    want_fdb = {(f["mac"], f["dst"]) for f in j("bridge", "-n", ns, "-j", "fdb", "show",
+                                                  "dev", "overlay.1") if "dst" in f}
+    assert {(f.mac, str(f.dst)) for f in k.fdb if f.dst is not None} == want_fdb
