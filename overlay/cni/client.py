@@ -3,7 +3,7 @@
 Imported by ``cni-plugin/overlay`` under ``python -IS`` (no site, no compile: this
 module's cached bytecode loads in ~0.1 ms), so it may use only interpreter built-ins:
 ``_socket``, ``posix``, ``sys``.  When no server answers it execs the in-process plugin
-(``python -I -m overlay.cni.plugin``) with stdin untouched.  See ``server`` for the wire
+(``python -IS`` with the package root on sys.path) with stdin untouched.  See ``server`` for the wire
 format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
 """
 
@@ -15,9 +15,12 @@ SOCKET = posix.environ.get(b"OVERLAY_CNI_SOCKET", b"/run/overlay/cni.sock")
 TIMEOUT = 300.0
 
 
-def fallback():
+def fallback(root):
+    # The in-process plugin needs only the standard library and the overlay package, so
+    # it too runs without site (-S, ~50 ms less here) with the package's root on the path.
     exe = sys.executable
-    posix.execv(exe, [exe, "-I", "-m", "overlay.cni.plugin"])
+    posix.execv(exe, [exe, "-I", "-S", "-c", "import sys; sys.path.insert(0, %r); "
+                      "from overlay.cni.plugin import main; main()" % root])
 
 
 def open_ns(path):
@@ -27,13 +30,14 @@ def open_ns(path):
         return -1  # the server validates CNI_NETNS and says what is wrong
 
 
-def main():
+def main(root):
+    """``root``: the directory holding the overlay package (for the fallback)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(SOCKET)
     except OSError:
         sock.close()
-        fallback()
+        fallback(root)
     sock.settimeout(TIMEOUT)  # a hung server must not hang the runtime forever
     stdin = []
     while True:

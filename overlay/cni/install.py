@@ -48,10 +48,11 @@ ENTRY_TEMPLATE = '''#!{python} -IS
 import sys
 
 ROOT = {root}
-sys.path.insert(0, ROOT or __file__.rpartition("/")[0].rpartition("/")[0] or ".")
+root = ROOT or __file__.rpartition("/")[0].rpartition("/")[0] or "."
+sys.path.insert(0, root)
 from overlay.cni.client import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(root))
 '''
 
 

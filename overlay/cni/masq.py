@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 from ipaddress import IPv4Address, IPv4Network
 
 from ..errors import CNIError
@@ -24,7 +23,9 @@ def chain_name(network_name: str, container_id: str, ifname: str) -> str:
     return "OVERLAY-" + digest[:20]
 
 
-def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+def _run(args: list[str], stdin: str | None = None):
+    import subprocess  # only with ipMasq: keeps the in-process plugin's start-up short
+
     try:
         return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -8,7 +8,6 @@ on every call).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -69,6 +68,8 @@ def serve(socket_path: str) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
+        import argparse
+
         from .server import DEFAULT_SOCKET
 
         parser = argparse.ArgumentParser(prog="overlay-cni serve",
