@@ -55,7 +55,8 @@ def _lease_for(leases: list[Lease], ip: IPv4Address) -> Lease | None:
 def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
                 route: RouteInfo | None, cluster: ClusterState, *, vxlan_name: str,
                 bridge_name: str, local_public_ip: IPv4Address | None,
-                forwarding: bool | None = None) -> TraceResult:
+                forwarding: bool | None = None,
+                underlay_route: RouteInfo | None = None) -> TraceResult:
     res = TraceResult(src, dst)
     known = cluster.available
     src_lease = _lease_for(cluster.leases, src)
@@ -71,6 +72,8 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
     res.hops.append(hop)
     if via_vxlan:
         res.hops += _vxlan_hops(route, dst_lease, kernel, vxlan_name, known)
+        if dst_lease is not None:
+            res.hops.append(_underlay_hop(dst_lease, underlay_route, kernel, vxlan_name))
     res.hops.append(_destination_node(dst, dst_lease, known, cluster))
     if not known:
         res.note = f"etcd unreachable ({cluster.error}): lease-dependent hops are unknown"
@@ -178,6 +181,21 @@ def _vxlan_hops(route: RouteInfo, lease: Lease | None, k: KernelState, vxlan: st
     return hops
 
 
+def _underlay_hop(lease: Lease, route: RouteInfo | None, k: KernelState, vxlan: str) -> Hop:
+    """The encapsulated packet's way to the remote public IP."""
+    pub = lease.attrs.public_ip
+    if route is None:
+        return Hop("underlay", MISSING, f"no route to public IP {pub}",
+                   f"fix the underlay routing from this node to {pub}")
+    link = k.link(vxlan)
+    bound = link.vxlan.link if link and link.vxlan else None
+    detail = f"{pub} via {route.gateway or 'direct'} dev {k.name_of(route.oif)}"
+    if bound and route.oif != bound:
+        return Hop("underlay", WRONG, detail + f", but {vxlan} is bound to {k.name_of(bound)}",
+                   f"route {pub} through {k.name_of(bound)}, or restart overlayd with --iface")
+    return Hop("underlay", OK, detail)
+
+
 def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool,
                       cluster: ClusterState) -> Hop:
     if lease is None:
@@ -213,5 +231,7 @@ def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
         route = route_get(dst)
         if route is None:
             forwarding = None
+    dst_lease = _lease_for(cluster.leases, dst)
+    underlay = route_get(dst_lease.attrs.public_ip) if dst_lease else None
     return build_trace(src, dst, kernel, route, cluster, vxlan_name=name, bridge_name=bridge,
-                       local_public_ip=local, forwarding=forwarding)
+                       local_public_ip=local, forwarding=forwarding, underlay_route=underlay)

@@ -479,11 +479,14 @@ def test_trace_healthy_path():
     route = RouteInfo(IPv4Network("10.244.2.5/32"), IPv4Address("10.244.2.0"), VX)
     t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.2.5"), node.kernel, route,
                     cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP,
-                    forwarding=True)
+                    forwarding=True,
+                    underlay_route=RouteInfo(IPv4Network("192.168.1.12/32"), None, ETH))
     assert [(h.name, h.status) for h in t.hops] == [
         ("source-node", "ok"), ("source-bridge", "ok"), ("route", "ok"), ("vxlan-device", "ok"),
-        ("remote-vtep-mac", "ok"), ("remote-public-ip", "ok"), ("destination-node", "ok")]
+        ("remote-vtep-mac", "ok"), ("remote-public-ip", "ok"), ("underlay", "ok"),
+        ("destination-node", "ok")]
     assert t.ok
+    assert t.hops[6].detail == "192.168.1.12 via direct dev eth0"
     assert "0e:00:00:00:00:02 -> 192.168.1.12" in t.hops[5].detail
 
 
@@ -497,6 +500,7 @@ def test_trace_marks_missing_fdb_and_forwarding():
                     forwarding=False)
     st = {h.name: h.status for h in t.hops}
     assert st["forwarding"] == "wrong" and st["remote-public-ip"] == "missing"
+    assert st["underlay"] == "missing"
     assert not t.ok
 
 

@@ -380,7 +380,7 @@ def test_trace_healthy_and_with_a_missing_fdb_entry(cluster):
     assert p.returncode == 0, result
     assert [h["name"] for h in result["hops"]] == [
         "source-node", "source-bridge", "route", "vxlan-device", "remote-vtep-mac",
-        "remote-public-ip", "destination-node"]
+        "remote-public-ip", "underlay", "destination-node"]
     assert "0e:0d:0a:00:00:02 -> 192.168.1.12" in result["hops"][5]["detail"]
     with broken([("bridge", "-n", "ovdg-n1", "fdb", "replace", "0e:0d:0a:00:00:02", "dev",
                   "overlay.1", "dst", "192.168.1.12", "self", "permanent")]):

@@ -203,6 +203,6 @@ def test_trace_between_pods_on_a_lab(lab, n1):
                src.ip.split("/")[0], dst.ip.split("/")[0], check=False)
     result = json.loads(p.stdout)
     assert p.returncode == 0 and result["ok"], result
-    assert [h["status"] for h in result["hops"]] == ["ok"] * 7
+    assert [h["status"] for h in result["hops"]] == ["ok"] * 8
     assert str(lab.spec.node_ip("node2")) in result["hops"][-1]["detail"]
 
