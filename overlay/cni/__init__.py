@@ -7,12 +7,14 @@ Layers, bottom up:
 - ``types``: the ADD result, rendered per cniVersion.
 - ``netconf``: the plugin's network configuration, merged with subnet.env.
 - ``ipam``: host-local-compatible IP reservations (disk store + in-memory fake).
+- ``masq``: optional per-attachment masquerade rules (``ipMasq``).
 - ``commands``: ADD, DEL, CHECK, STATUS, GC (policy; kernel state via
   ``overlay.netlink.pod``).
 - ``plugin``: the ``overlay-cni`` entry point (in-process, and ``serve``).
-- ``server``: the warm per-node process answering the tiny executable entry
-  (``cni-plugin/overlay``) on a unix socket.
+- ``server``: the warm per-node process answering the executable entry on a unix socket.
+- ``client``: the executable entry's body (``cni-plugin/overlay``; built-ins only).
 - ``install``: install-cni (executable + conflist, atomically).
 
 The plugin's only contract with the daemon is subnet.env (and the optional socket).
+Everything on the plugin's path uses only the standard library.
 """
