@@ -147,10 +147,13 @@ class CNIServer:
         while not self._stopping.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
+            except OSError as e:
                 if self._stopping.is_set():
                     break
-                raise
+                # e.g. EMFILE under a burst: keep serving rather than die with the socket
+                log.warning("CNI server: accept failed: %s", e)
+                self._stopping.wait(0.1)
+                continue
             thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
                                       name="cni-request")
             with self._lock:  # shutdown() must never see a thread not yet started
