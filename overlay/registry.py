@@ -442,7 +442,7 @@ class EtcdRegistry:
         A broken stream (etcd restarted, member down) is re-opened from the last
         delivered revision + 1 with a capped backoff, on the next endpoint.  If that
         revision was compacted away, the leases are re-listed and yielded as a snapshot.
-        Returns within about 0.1 s of ``stop`` being set.
+        Returns within about 0.2 s of ``stop`` being set.
         """
         next_rev = start_revision
         backoff = WATCH_BACKOFF_MIN
@@ -510,7 +510,7 @@ class _WatchStream:
         self._done.wait()  # keep the request side open until we are done
 
     def _cancel_on_stop(self) -> None:
-        while not self._done.wait(0.05):
+        while not self._done.wait(0.2):
             if self.stop.is_set():
                 break
         call = self._call
