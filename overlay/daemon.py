@@ -407,7 +407,7 @@ class Daemon:
         up, index = self.device.state()
         if up and index == self.device.index:
             return
-        log.info("VXLAN device %s is %s: recreating it and replaying every entry",
+        log.info("VXLAN device %s is %s: repairing it and replaying every entry",
                  self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
         nl = open_netlink()
         try:
@@ -446,8 +446,6 @@ class Daemon:
                     target()
                 except Exception:  # a bug or an unexpected kernel answer: log, restart
                     log.exception("thread %s failed; restarting in %.1fs", name, backoff)
-                    if isinstance(sys.exc_info()[1], OverlayError):
-                        self.metrics.etcd_errors.inc()
                 else:
                     if self.stop.is_set():
                         return
