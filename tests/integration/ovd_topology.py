@@ -23,7 +23,7 @@ from ipaddress import IPv4Interface
 
 from pyroute2.netns import create_socket
 
-from .etcd_server import EtcdServer, free_port
+from .etcd_server import EtcdServer
 
 OVERLAYD = os.path.join(os.path.dirname(sys.executable), "overlayd")
 UNDERLAY_IP = "192.168.1.1"
