@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import struct
@@ -22,7 +23,14 @@ from overlay.lab.lab import Lab
 from overlay.lab.spec import LabSpec
 from overlay.lab.system import in_netns, ip, netns_entered, netns_exists
 
-TEST_PREFIX = "ovlt"
+def _token(n: int = 4) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+# "ovlt" plus a random tag: two test runs at once (or a run beside a leftover) never share
+# a namespace name; every name still starts with the tests' own prefix.
+TEST_PREFIX = "ovlt" + _token()
 VXLAN_DEVICE = "overlay.1"
 
 
@@ -66,11 +74,26 @@ def leftovers(lab: Lab, names: list[str], pids: list[int]) -> list[str]:
     """What is still there of a lab after ``down`` (empty when it left nothing behind)."""
     left = [f"netns {n}" for n in names if netns_exists(n)]
     left += [f"pid {p}" for p in pids if _alive(p)]
+    left += [f"process {pid}: {cmd}" for pid, cmd in _processes_mentioning(lab.spec.lab_dir)]
     if os.path.exists(lab.spec.lab_dir):
         left.append(f"dir {lab.spec.lab_dir}")
     host_links = ip("-o", "link", "show").stdout
     left += [f"host link {m}" for m in re.findall(rf"\d+: ({lab.spec.prefix}-[^:@ ]+)", host_links)]
     return left
+
+
+def _processes_mentioning(text: str) -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmd and _alive(int(entry)):
+            found.append((int(entry), cmd.strip()))
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -17,7 +17,8 @@ from overlay.lab.system import delete_netns, ensure_netns, ip, run
 pytestmark = pytest.mark.integration
 
 REF = "/usr/lib/cni"
-NODE, POD = "ovlt-rt-node", "ovlt-rt-pod"
+_TAG = os.urandom(3).hex()
+NODE, POD = f"ovlt-rt-{_TAG}-n", f"ovlt-rt-{_TAG}-p"
 
 
 @pytest.fixture
