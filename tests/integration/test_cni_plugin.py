@@ -190,22 +190,27 @@ def test_bad_input_gets_spec_error_and_changes_nothing(node, what, kw, stdin, co
 
 @pytest.mark.slow
 def test_100_parallel_adds_then_100_parallel_dels(node):
+    conf = node.conf(ipMasq=True)  # so that "no rule left" means something
     pods = [node.pod() for _ in range(100)]
     with ThreadPoolExecutor(16) as pool:
-        docs = list(pool.map(lambda i: node.cni("ADD", f"par{i}", pods[i]), range(100)))
+        docs = list(pool.map(lambda i: node.cni("ADD", f"par{i}", pods[i], conf=conf),
+                             range(100)))
     assert all(d.rc == 0 for d in docs), [d for d in docs if d.rc][:3]
     ips = {d.doc["ips"][0]["address"] for d in docs}
     assert len(ips) == 100
     assert len(node.ip_files()) == 100 and len(node.veths()) == 100
     for i in (0, 57, 99):
         assert pod_state(node, pods[i])[1] == [docs[i].doc["ips"][0]["address"]]
+    nat = sh("ip", "netns", "exec", node.name, "iptables", "-t", "nat", "-S").stdout
+    assert nat.count("-A POSTROUTING") == 100 and nat.count("-j MASQUERADE") == 100
     with ThreadPoolExecutor(16) as pool:
-        dels = list(pool.map(lambda i: node.cni("DEL", f"par{i}", pods[i]), range(100)))
+        dels = list(pool.map(lambda i: node.cni("DEL", f"par{i}", pods[i], conf=conf),
+                             range(100)))
     assert all(d.rc == 0 for d in dels), [d for d in dels if d.rc][:3]
     node.wait_for(lambda: node.veths() == [], timeout=30, what="100 veths removed")
     assert node.ip_files() == []
-    assert sh("ip", "netns", "exec", node.name, "iptables", "-t", "nat", "-S").stdout.count(
-        "OVERLAY-") == 0
+    nat = sh("ip", "netns", "exec", node.name, "iptables", "-t", "nat", "-S").stdout
+    assert "OVERLAY-" not in nat and "MASQUERADE" not in nat
 
 
 def test_exhaustion_status_and_reuse(node):
