@@ -67,7 +67,7 @@ class DiagnoseOptions:
     cni_conf_dir: str = DEFAULT_CNI_CONF_DIR
     cni_bin_dir: str = DEFAULT_CNI_BIN_DIR
     service_cidrs: tuple[IPv4Network, ...] = ()
-    subnet_file: str = DEFAULT_SUBNET_FILE
+    subnet_file: str | None = None  # default: the CNI config's subnetFile, else the default
     vxlan_device: str | None = None  # default overlay.<VNI>
     bridge: str | None = None  # default: the CNI config's, else cni0
     public_ip: IPv4Address | None = None  # default: the VXLAN device's local address
@@ -122,6 +122,7 @@ class NodeState:
     cni_bins: dict[str, bool] = field(default_factory=dict)  # name -> executable
     reservations: list[Reservation] = field(default_factory=list)
     ipam_dir: str = ""
+    subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
     firewall: FirewallState = field(default_factory=FirewallState)
     readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
     probes: list[ProbeResult] | None = None  # None = not run
@@ -372,7 +373,7 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
                            f"{found}, but the runtime uses the first file {first.path}",
                            f"remove or rename {first.path} so {os.path.basename(ours.path)} sorts first")
     subnet_file = ours.plugin(PLUGIN_TYPE).get("subnetFile")
-    if subnet_file and subnet_file != opts.subnet_file:
+    if subnet_file and opts.subnet_file and subnet_file != opts.subnet_file:
         return CheckResult(name, WARN, expected, f"{found} reads subnetFile {subnet_file}, "
                            f"not {opts.subnet_file}", f"pass --subnet-file {subnet_file}, or fix "
                            f"subnetFile in {ours.path}")
@@ -445,14 +446,15 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
     if f.own_subnet is None:
         return CheckResult(name, SKIP, expected, "this node's subnet is unknown")
     res = node.reservations
-    outside = [r for r in res if r.ip not in f.own_subnet or r.ip in (
-        f.own_subnet.network_address, f.own_subnet.network_address + 1,
-        f.own_subnet.broadcast_address)]
+    reserved = (f.own_subnet.network_address, f.own_subnet.network_address + 1,
+                f.own_subnet.broadcast_address)  # network, gateway, broadcast: never a pod's
+    outside = [r for r in res if r.ip not in f.own_subnet or r.ip in reserved]
     no_id = [r for r in res if not r.container_id]
     ports = len(node.kernel.ports_of(f.bridge.index)) if node.kernel and f.bridge else None
     found = f"{len(res)} pod IP(s)" + (f", {ports} bridge port(s)" if ports is not None else "")
     if outside:
-        return CheckResult(name, FAIL, expected, found + "; outside the subnet: " +
+        return CheckResult(name, FAIL, expected, found + "; outside the subnet (or its "
+                           "network/gateway/broadcast address): " +
                            ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in outside),
                            "delete and recreate those pods (their IPs predate this node's "
                            f"subnet); stale file(s): {outside[0].path}")
@@ -788,7 +790,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),
         check_readyz(node, opts),
-        check_subnet_env(node, cluster, f, opts.subnet_file),
+        check_subnet_env(node, cluster, f, node.subnet_file),
         check_cni_config(node, opts),
         check_cni_binary(node, f, opts),
         check_bridge(node, f),
@@ -942,22 +944,32 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
             for l, t in zip(remotes, targets)]
 
 
-def gather_cluster(opts: EtcdOptions, timeout: float = 3.0) -> ClusterState:
-    """The config and leases from etcd; on failure an empty state naming the error."""
+def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
+                   timeout: float = 3.0) -> ClusterState:
+    """The config and leases from etcd; on failure an empty state naming the error.
+
+    Only the leases of ``local_ips`` (this node's) get their expiry read: that is one
+    request per lease, which a listing of a thousand peers should not pay.
+    """
     from .registry import EtcdRegistry
 
+    mine = set(local_ips)
     try:
         with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
             config = reg.get_config()
-            leases, _ = reg.list_leases()
+            leases, _ = reg.list_leases(with_expiration=False)
+            for i, lease in enumerate(leases):
+                if lease.attrs.public_ip in mine and not lease.reserved:
+                    fresh = reg.get_lease(lease.subnet)
+                    leases[i] = fresh if fresh is not None else lease
     except OverlayError as e:
         log.info("etcd unavailable for diagnose: %s", e)
         return ClusterState(error=str(e))
     return ClusterState(config=config, leases=leases)
 
 
-def gather_node(opts: DiagnoseOptions, port: int = 8472) -> NodeState:
-    """Everything local: kernel, sysctl, subnet.env, CNI files, IPAM, firewall, readyz."""
+def gather_node(opts: DiagnoseOptions) -> NodeState:
+    """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
     from .netlink.inspect import dump_kernel_state
 
     node = NodeState()
@@ -966,19 +978,19 @@ def gather_node(opts: DiagnoseOptions, port: int = 8472) -> NodeState:
     except OverlayError as e:
         node.kernel_error = str(e)
     node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
-    try:
-        node.subnet_env = load_subnet_env(opts.subnet_file)
-    except SubnetEnvError as e:
-        node.subnet_env_error = str(e)
     node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
     ours = _overlay_conf(node.cni_files)
+    plugin = ours.plugin(PLUGIN_TYPE) if ours else {}
+    node.subnet_file = opts.subnet_file or str(plugin.get("subnetFile") or DEFAULT_SUBNET_FILE)
+    try:
+        node.subnet_env = load_subnet_env(node.subnet_file)
+    except SubnetEnvError as e:
+        node.subnet_env_error = str(e)
     types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]
     node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
     if ours is not None:
-        data_dir = ours.plugin(PLUGIN_TYPE).get("dataDir") or DEFAULT_DATA_DIR
-        node.ipam_dir = os.path.join(str(data_dir), ours.name)
+        node.ipam_dir = os.path.join(str(plugin.get("dataDir") or DEFAULT_DATA_DIR), ours.name)
         node.reservations = read_reservations(node.ipam_dir)
-    node.firewall = read_firewall(port)
     if opts.healthz_addr:
         node.readyz = read_readyz(opts.healthz_addr)
     return node
@@ -986,12 +998,15 @@ def gather_node(opts: DiagnoseOptions, port: int = 8472) -> NodeState:
 
 def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     """Gather everything, probe the peers, run every check."""
-    cluster = gather_cluster(etcd)
-    port = cluster.config.backend.port if cluster.config else 8472
-    node = gather_node(opts, port)
+    node = gather_node(opts)
+    local_ips = {a.interface.ip for a in node.kernel.addrs} if node.kernel else set()
+    if opts.public_ip:
+        local_ips.add(opts.public_ip)
+    cluster = gather_cluster(etcd, local_ips)
+    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
     if opts.probe and cluster.available:
         f = derive_facts(node, cluster, opts)
         if f.vxlan is not None:
-            mtu = f.vxlan.mtu
-            node.probes = probe_peers(f.remotes, mtu, opts.probe_count, opts.probe_timeout)
+            node.probes = probe_peers(f.remotes, f.vxlan.mtu, opts.probe_count,
+                                      opts.probe_timeout)
     return run_checks(node, cluster, opts, etcd.describe())

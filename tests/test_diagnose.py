@@ -600,3 +600,25 @@ def test_cni_bins_searched_along_a_path(tmp_path):
         (d / n).chmod(0o755)
     assert dg.read_cni_bins(f"{a}:{b}", ["overlay", "portmap", "bridge"]) == {
         "overlay": True, "portmap": True, "bridge": False}
+
+
+def test_subnet_file_other_than_the_cni_configs_is_a_warning():
+    node, cluster = healthy()
+    checks, _ = statuses(node, cluster, dg.DiagnoseOptions(subnet_file="/elsewhere/subnet.env"))
+    assert checks["cni-config"].status == dg.WARN
+    assert "--subnet-file /run/overlay/subnet.env" in checks["cni-config"].fix
+
+
+def test_gather_node_reads_subnet_env_named_by_the_conflist(tmp_path, monkeypatch):
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    env = tmp_path / "node1-subnet.env"
+    env.write_text("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.1/24\nOVERLAY_MTU=1450\n")
+    (conf / "10-overlay.conflist").write_text(json.dumps(
+        {"cniVersion": "1.1.0", "name": "overlay", "plugins": [
+            {"type": "overlay", "subnetFile": str(env), "dataDir": str(tmp_path / "ipam")}]}))
+    monkeypatch.setattr("overlay.netlink.inspect.dump_kernel_state", lambda: KernelState())
+    node = dg.gather_node(dg.DiagnoseOptions(cni_conf_dir=str(conf), cni_bin_dir=str(tmp_path)))
+    assert node.subnet_file == str(env)
+    assert str(node.subnet_env.subnet) == "10.244.1.1/24"
+    assert node.ipam_dir == str(tmp_path / "ipam" / "overlay")

@@ -54,8 +54,9 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
                    "like CNI_PATH).")
 @click.option("--service-cidr", multiple=True, callback=_cidr,
               help="Service CIDR to check for overlap with the pod network (repeatable).")
-@click.option("--subnet-file", default=DEFAULT_SUBNET_FILE, show_default=True,
-              help="overlayd's subnet.env.")
+@click.option("--subnet-file",
+              help=f"overlayd's subnet.env [default: the CNI config's subnetFile, else "
+                   f"{DEFAULT_SUBNET_FILE}].")
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
 @click.option("--bridge", help="Pod bridge [default: the CNI config's, else cni0].")
 @click.option("--public-ip", callback=_ipv4,
@@ -66,7 +67,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Ping every peer across the overlay (DF, path MTU size).")
 @click.pass_obj
 def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
-             service_cidr: tuple[ipaddress.IPv4Network, ...], subnet_file: str,
+             service_cidr: tuple[ipaddress.IPv4Network, ...], subnet_file: str | None,
              vxlan_device: str | None, bridge: str | None,
              public_ip: ipaddress.IPv4Address | None, healthz_addr: str | None,
              probe: bool) -> None:

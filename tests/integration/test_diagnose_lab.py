@@ -51,8 +51,8 @@ class LabNode:
         spec = self.lab.spec
         args = [OVERLAYCTL, "--etcd-endpoints", spec.etcd_endpoint, "-o", "json", "diagnose",
                 "--cni-conf-dir", spec.cni_conf_dir(self.node),
-                "--cni-bin-dir", f"{spec.cni_bin_dir}:{REFERENCE_CNI_DIR}",
-                "--subnet-file", spec.node_file(self.node, "subnet.env"), *extra]
+                "--cni-bin-dir", f"{spec.cni_bin_dir}:{REFERENCE_CNI_DIR}", *extra]
+        # No --subnet-file: diagnose reads the node's subnet.env from its conflist.
         if healthz:
             args += ["--healthz-addr", HEALTHZ_ADDR]
         p = self.run(*args, check=False)
@@ -187,7 +187,9 @@ def test_cni_config_removed_on_a_lab_node(lab, n1):
     try:
         for n in names:
             os.rename(os.path.join(conf_dir, n), os.path.join(moved, n))
-        rc, report = n1.diagnose("--no-probe")
+        # Without the conflist diagnose cannot know the lab's subnet.env path: name it.
+        rc, report = n1.diagnose("--no-probe", "--subnet-file",
+                                 lab.spec.node_file("node1", "subnet.env"))
     finally:
         for n in names:
             os.rename(os.path.join(moved, n), os.path.join(conf_dir, n))
