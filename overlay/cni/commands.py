@@ -281,12 +281,23 @@ def _check_host(req: Request, conf: NetConf, node: NodeSubnet, host, fail) -> No
 # --- STATUS, GC -------------------------------------------------------------------------
 
 def cmd_status(req: Request) -> None:
+    """50: cannot serve ADD (no subnet, range exhausted); 51: and pods already attached
+    may have lost connectivity (daemon's subnet.env gone, or the bridge/gateway gone)."""
     conf = parse_netconf(req.config, req.cni_version)
+    store = _store(conf)
+    try:
+        attached = len(store.reservations())
+    except OSError as e:
+        raise CNIError(CNIError.NOT_AVAILABLE, f"cannot read IPAM store {store.dir}",
+                       e.strerror or "") from None
+    limited = CNIError.LIMITED_CONNECTIVITY if attached else CNIError.NOT_AVAILABLE
     try:
         node = conf.load_node_subnet()
     except CNIError as e:
-        raise CNIError(CNIError.NOT_AVAILABLE, e.msg, e.details) from None
-    allocator = ipam.Allocator(_store(conf), node.subnet, node.gateway)
+        raise CNIError(limited, e.msg, e.details) from None
+    if attached:
+        _status_bridge(conf, node, attached)
+    allocator = ipam.Allocator(store, node.subnet, node.gateway)
     try:
         free = allocator.free_count()
     except IPAMError as e:
@@ -295,6 +306,23 @@ def cmd_status(req: Request) -> None:
         raise CNIError(CNIError.NOT_AVAILABLE, f"no free IP addresses in {node.subnet}",
                        f"all {allocator.size} usable addresses are reserved; delete pods "
                        "or run GC")
+
+
+def _status_bridge(conf: NetConf, node: NodeSubnet, attached: int) -> None:
+    try:
+        with pod.Rtnl() as host:
+            bridge = pod.get_link(host, conf.bridge)
+            ok = (bridge is not None and bridge.up
+                  and node.gateway_interface in pod.get_addresses(host, bridge.index))
+    except NetlinkOpError as e:
+        raise CNIError(CNIError.LIMITED_CONNECTIVITY, f"cannot inspect {conf.bridge}",
+                       str(e)) from None
+    if not ok:
+        raise CNIError(CNIError.LIMITED_CONNECTIVITY,
+                       f"bridge {conf.bridge} is missing, down, or lacks gateway "
+                       f"{node.gateway_interface}",
+                       f"{attached} attached pod(s) may have lost connectivity; the next ADD "
+                       "recreates it")
 
 
 def _valid_attachments(config: dict[str, Any]) -> list[ipam.Attachment]:

@@ -363,3 +363,15 @@ def test_promisc_mode_and_no_default_gateway(node):
     veth = node.links()[doc["interfaces"][1]["name"]]
     assert veth["linkinfo"]["info_slave_data"]["hairpin"] is False
     assert node.cni("CHECK", "pm", pod, conf=dict(conf, prevResult=doc)).rc == 0
+
+
+def test_status_limited_connectivity_when_attached_pods_lose_their_bridge(node):
+    pod = node.pod()
+    node.add("st1", pod)
+    assert node.cni("STATUS", conf=node.conf(), ifname=None).rc == 0
+    sh("ip", "-n", node.name, "addr", "flush", "dev", "cni0")
+    status = node.cni("STATUS", conf=node.conf(), ifname=None)
+    assert status.code == 51 and "lacks gateway" in status.doc["msg"]
+    gone = node.conf(subnet=None, network=None, subnetFile=os.path.join(node.dir, "none.env"))
+    status = node.cni("STATUS", conf=gone, ifname=None)
+    assert status.code == 51 and "none.env" in status.doc["msg"]
