@@ -8,6 +8,7 @@ everything it took, in reverse, when a later step fails.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from contextlib import ExitStack
@@ -134,8 +135,18 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
                                    conf.force_address, conf.promisc_mode)
         if req.reaper is not None:
             req.reaper.wait(host_name)  # a deferred delete of this attachment's old veth
-        host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
-                                 conf.hairpin_mode, mac)
+        try:
+            host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
+                                     conf.hairpin_mode, mac)
+        except NetlinkOpError as e:
+            # IPAM just proved this attachment holds nothing, so a node-side veth with its
+            # name is a leftover of a DEL whose teardown never finished (server killed).
+            if e.code != errno.EEXIST or pod.get_link(host, host_name) is None:
+                raise
+            log.warning("removing stale veth %s left by an unfinished DEL", host_name)
+            pod.del_link(host, host_name)
+            host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
+                                     conf.hairpin_mode, mac)
         undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
         inside = stack.enter_context(pod.open_in_netns(netns_fd))
         pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)

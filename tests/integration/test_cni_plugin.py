@@ -375,3 +375,21 @@ def test_status_limited_connectivity_when_attached_pods_lose_their_bridge(node):
     gone = node.conf(subnet=None, network=None, subnetFile=os.path.join(node.dir, "none.env"))
     status = node.cni("STATUS", conf=gone, ifname=None)
     assert status.code == 51 and "none.env" in status.doc["msg"]
+
+
+def test_add_replaces_a_stale_node_veth_but_not_a_pod_interface(node):
+    from overlay.netlink.pod import host_veth_name
+
+    pod = node.pod()
+    stale = host_veth_name("stale1", "eth0")
+    sh("ip", "-n", node.name, "link", "add", stale, "type", "veth", "peer", "name", "ovcni-x")
+    doc = node.add("stale1", pod)
+    assert doc["interfaces"][1]["name"] == stale
+    assert "ovcni-x" not in node.links()
+    # an interface already named CNI_IFNAME inside the pod is an error (SPEC), not replaced
+    other = node.pod()
+    sh("ip", "-n", other, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    clash = node.cni("ADD", "stale2", other)
+    assert clash.code == 100 and "already exists" in clash.doc["msg"]
+    assert node.ip_files() == [doc["ips"][0]["address"].split("/")[0]]
+    assert sorted(node.links(other)) == ["eth0", "eth1", "lo"]
