@@ -393,3 +393,25 @@ def test_add_replaces_a_stale_node_veth_but_not_a_pod_interface(node):
     assert clash.code == 100 and "already exists" in clash.doc["msg"]
     assert node.ip_files() == [doc["ips"][0]["address"].split("/")[0]]
     assert sorted(node.links(other)) == ["eth0", "eth1", "lo"]
+
+
+@pytest.mark.parametrize("breakage,needle", [
+    ("ipam", "not reserved"),
+    ("nomaster", "not attached"),
+    ("route", "route 0.0.0.0/0"),
+    ("mac", "has MAC"),
+])
+def test_check_finds_each_kind_of_drift(node, breakage, needle):
+    pod = node.pod()
+    doc = node.add("drift", pod)
+    address = doc["ips"][0]["address"].split("/")[0]
+    if breakage == "ipam":
+        os.unlink(os.path.join(node.data_dir, f"ovcni-{node.tag}", address))
+    elif breakage == "nomaster":
+        sh("ip", "-n", node.name, "link", "set", doc["interfaces"][1]["name"], "nomaster")
+    elif breakage == "route":
+        sh("ip", "-n", pod, "route", "del", "default")
+    else:
+        sh("ip", "-n", pod, "link", "set", "eth0", "address", "0a:58:00:00:00:99")
+    result = node.cni("CHECK", "drift", pod, conf=node.conf(prevResult=doc))
+    assert result.code == 103 and needle in result.doc["msg"], result
