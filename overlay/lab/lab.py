@@ -209,14 +209,11 @@ class Lab:
     def ensure_cni_bin(self) -> None:
         """``overlayctl install-cni`` into the lab's bin dir and a template conf dir."""
         template = os.path.join(self.spec.lab_dir, "cni", "net.d")
-        self._run_local(program("overlayctl"), "install-cni", "--bin-dir", self.spec.cni_bin_dir,
-                        "--conf-dir", template)
+        sysx.run([program("overlayctl"), "install-cni", "--bin-dir", self.spec.cni_bin_dir,
+                  "--conf-dir", template])
         find_conflist(template)
         self.progress(f"cni       plugin installed with overlayctl install-cni into "
                       f"{self.spec.cni_bin_dir}")
-
-    def _run_local(self, *argv: str) -> None:
-        sysx.run(list(argv))
 
     def _write_node_conflist(self, node: str) -> str:
         """The template conflist with this node's subnet.env, IPAM dir and CNI socket."""
@@ -305,6 +302,7 @@ class Lab:
         return status == 200
 
     def wait_ready(self, nodes: list[str], timeout: float = READY_TIMEOUT) -> None:
+        self.progress(f"waiting   for /readyz of overlayd on {', '.join(nodes)}")
         start = time.monotonic()
         pending = list(nodes)
         while pending:

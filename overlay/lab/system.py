@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -102,7 +101,7 @@ class netns_entered:
         self.ns = ns
 
     def __enter__(self) -> None:
-        self._home = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
             target = os.open(os.path.join(NETNS_DIR, self.ns), os.O_RDONLY)
         except FileNotFoundError:
@@ -251,5 +250,3 @@ def wait_for(cond, timeout: float, interval: float = 0.05, what: str = "conditio
             raise LabError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
 
-
-_print_lock = threading.Lock()
