@@ -125,6 +125,7 @@ class NodeState:
     subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
     firewall: FirewallState = field(default_factory=FirewallState)
     readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
+    daemon_pids: list[int] | None = None  # overlayd processes in this netns; None = unknown
     probes: list[ProbeResult] | None = None  # None = not run
 
 
@@ -312,18 +313,27 @@ def check_lease(cluster: ClusterState, f: Facts) -> CheckResult:
     return CheckResult(name, PASS, expected, found)
 
 
-def check_readyz(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
-    name = "daemon-ready"
-    if node.readyz is None:
-        return CheckResult(name, SKIP, "overlayd /readyz answers 200",
-                           "not asked (pass --healthz-addr HOST:PORT)")
-    status, detail = node.readyz
-    expected = f"GET http://{opts.healthz_addr}/readyz -> 200"
-    if status == 200:
-        return CheckResult(name, PASS, expected, "200")
-    found = f"{status}: {detail}" if status else detail
-    return CheckResult(name, FAIL, expected, found,
-                       "start overlayd (with --healthz-addr) and read its log for why it is not ready")
+def check_daemon(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
+    """/readyz when --healthz-addr is given; else an overlayd process in this namespace."""
+    name = "daemon"
+    if node.readyz is not None:
+        status, detail = node.readyz
+        expected = f"GET http://{opts.healthz_addr}/readyz -> 200"
+        if status == 200:
+            return CheckResult(name, PASS, expected, "200")
+        found = f"{status}: {detail}" if status else detail
+        return CheckResult(name, FAIL, expected, found, "start overlayd (with --healthz-addr) "
+                           "and read its log for why it is not ready")
+    expected = "an overlayd process in this network namespace (pass --healthz-addr for /readyz)"
+    if node.daemon_pids is None:
+        return CheckResult(name, SKIP, expected, "/proc unreadable")
+    if node.daemon_pids:
+        return CheckResult(name, PASS, expected, "overlayd pid " + ", ".join(
+            map(str, node.daemon_pids)))
+    # A warning, not a failure: the daemon may run where this process cannot see it
+    # (another PID namespace); the lease check says whether it does its job.
+    return CheckResult(name, WARN, expected, "no overlayd process found",
+                       "start overlayd on this node (or pass --healthz-addr to ask it directly)")
 
 
 def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str) -> CheckResult:
@@ -789,7 +799,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),
-        check_readyz(node, opts),
+        check_daemon(node, opts),
         check_subnet_env(node, cluster, f, node.subnet_file),
         check_cni_config(node, opts),
         check_cni_binary(node, f, opts),
@@ -882,6 +892,27 @@ def read_sysctl(path: str) -> str | None:
             return fh.read().strip()
     except OSError:
         return None
+
+
+def find_daemons(proc: str = "/proc") -> list[int] | None:
+    """PIDs of overlayd processes whose network namespace is this process's own."""
+    try:
+        mine = os.stat(os.path.join(proc, "self", "ns", "net")).st_ino
+        pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return None
+    out = []
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, str(pid), "cmdline"), "rb") as fh:
+                argv = fh.read().split(b"\0")[:2]
+            if not any(os.path.basename(a.decode(errors="replace")) == "overlayd" for a in argv):
+                continue
+            if os.stat(os.path.join(proc, str(pid), "ns", "net")).st_ino == mine:
+                out.append(pid)
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return sorted(out)
 
 
 def read_readyz(addr: str, timeout: float = 2.0) -> tuple[int | None, str]:
@@ -993,6 +1024,8 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
         node.reservations = read_reservations(node.ipam_dir)
     if opts.healthz_addr:
         node.readyz = read_readyz(opts.healthz_addr)
+    else:
+        node.daemon_pids = find_daemons()
     return node
 
 

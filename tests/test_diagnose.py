@@ -68,6 +68,7 @@ def healthy():
         reservations=[dg.Reservation(IPv4Address("10.244.1.2"), "c0ffee", "eth0", "/x/10.244.1.2")],
         ipam_dir="/var/lib/cni/networks/overlay",
         probes=[dg.ProbeResult(s, s.network_address, 1422, 2, 2) for s in PEERS],
+        daemon_pids=[4242],
     )
     return node, cluster
 
@@ -93,8 +94,7 @@ def only_failure(node, cluster, name, opts=OPTS):
 def test_healthy_node_passes_every_check():
     node, cluster = healthy()
     checks, report = statuses(node, cluster)
-    assert {n: c.status for n, c in checks.items() if c.status != dg.PASS} == {
-        "daemon-ready": dg.SKIP}
+    assert {n: c.status for n, c in checks.items() if c.status != dg.PASS} == {}
     assert not report.failed
     assert report.to_dict()["node"]["peers"] == 2
     json.dumps(report.to_dict())
@@ -569,7 +569,7 @@ def test_read_readyz_against_a_local_server():
         H.status = 503
         node, cluster = healthy()
         node.readyz = dg.read_readyz(addr)
-        c = only_failure(node, cluster, "daemon-ready", dg.DiagnoseOptions(healthz_addr=addr))
+        c = only_failure(node, cluster, "daemon", dg.DiagnoseOptions(healthz_addr=addr))
         assert c.found == "503: not ready: no lease"
     finally:
         srv.shutdown()
@@ -622,3 +622,31 @@ def test_gather_node_reads_subnet_env_named_by_the_conflist(tmp_path, monkeypatc
     assert node.subnet_file == str(env)
     assert str(node.subnet_env.subnet) == "10.244.1.1/24"
     assert node.ipam_dir == str(tmp_path / "ipam" / "overlay")
+
+
+def test_no_daemon_process_is_a_warning():
+    node, cluster = healthy()
+    node.daemon_pids = []
+    checks, report = statuses(node, cluster)
+    assert checks["daemon"].status == dg.WARN and not report.failed
+
+
+def test_find_daemons_matches_name_and_network_namespace(tmp_path):
+    proc = tmp_path / "proc"
+
+    def fake(pid, argv, ns):
+        d = proc / str(pid)
+        (d / "ns").mkdir(parents=True)
+        (d / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+        (d / "ns" / "net").write_text(ns)  # its inode stands for the namespace
+        return d
+
+    me = fake("self", [b"overlayctl"], "mine")
+    (proc / "10").symlink_to(me)  # shares our namespace file -> same inode
+    fake(11, [b"/x/.venv/bin/python", b"/x/.venv/bin/overlayd", b"-v"], "other")
+    d = fake(12, [b"/x/.venv/bin/python", b"/x/.venv/bin/overlayd"], "x")
+    (d / "ns" / "net").unlink()
+    (d / "ns" / "net").hardlink_to(me / "ns" / "net")
+    fake(13, [b"/usr/bin/overlayd-helper"], "x")
+    assert dg.find_daemons(str(proc)) == [12]
+    assert dg.find_daemons(str(tmp_path / "absent")) is None

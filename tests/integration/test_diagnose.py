@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -243,7 +244,7 @@ def test_healthy_node_passes_every_check(cluster):
     for node in (cluster.n1, cluster.n2):
         rc, report = cluster.diagnose(node=node)
         bad = {c["name"]: c["found"] for c in report["checks"] if c["status"] != "pass"}
-        assert bad == {"daemon-ready": "not asked (pass --healthz-addr HOST:PORT)"}
+        assert bad == {"daemon": "no overlayd process found"}  # hand-made: no daemon here
         assert rc == 0
         assert report["node"]["public_ip"] == node.public_ip
         assert "answered 1422-byte DF pings" in check(report, "peer-probe")["found"]
@@ -461,3 +462,19 @@ def test_kernel_dump_matches_iproute2(cluster):
     want_fdb = {(f["mac"], f["dst"]) for f in j("bridge", "-n", ns, "-j", "fdb", "show",
                                                   "dev", "overlay.1") if "dst" in f}
     assert {(f.mac, str(f.dst)) for f in k.fdb if f.dst is not None} == want_fdb
+
+
+def test_find_daemons_only_in_this_namespace(cluster):
+    fake = subprocess.Popen(["ip", "netns", "exec", cluster.n1.ns, "bash", "-c",
+                             "exec -a overlayd sleep 30"])
+    try:
+        script = "from overlay.diagnose import find_daemons; print(find_daemons())"
+        for _ in range(50):  # until the exec happened
+            if f"{fake.pid}" in nsx(cluster.n1.ns, sys.executable, "-c", script).stdout:
+                break
+            time.sleep(0.05)
+        assert nsx(cluster.n1.ns, sys.executable, "-c", script).stdout.strip() == f"[{fake.pid}]"
+        assert nsx(cluster.n2.ns, sys.executable, "-c", script).stdout.strip() == "[]"
+    finally:
+        fake.kill()
+        fake.wait()
