@@ -65,12 +65,16 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="overlayd's --healthz-addr, to check /readyz.")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Ping every peer across the overlay (DF, path MTU size).")
+@click.option("--probe-count", type=click.IntRange(1, 10), default=2, show_default=True,
+              help="Echo requests per peer.")
+@click.option("--probe-timeout", type=click.FloatRange(0.1, 10), default=1.0, show_default=True,
+              help="Seconds to wait for the replies (all peers are probed at once).")
 @click.pass_obj
 def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
              service_cidr: tuple[ipaddress.IPv4Network, ...], subnet_file: str | None,
              vxlan_device: str | None, bridge: str | None,
              public_ip: ipaddress.IPv4Address | None, healthz_addr: str | None,
-             probe: bool) -> None:
+             probe: bool, probe_count: int, probe_timeout: float) -> None:
     """Run the pod-network troubleshooting checklist on this node.
 
     Run it on the node (for a lab node: `ip netns exec NODE overlayctl diagnose`). Every
@@ -82,7 +86,8 @@ def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
     opts = DiagnoseOptions(cni_conf_dir=cni_conf_dir, cni_bin_dir=cni_bin_dir,
                            service_cidrs=service_cidr, subnet_file=subnet_file,
                            vxlan_device=vxlan_device, bridge=bridge, public_ip=public_ip,
-                           healthz_addr=healthz_addr, probe=probe)
+                           healthz_addr=healthz_addr, probe=probe, probe_count=probe_count,
+                           probe_timeout=probe_timeout)
     report = run(opts, obj.etcd_options())
     if obj.json:
         print_json(report.to_dict())
