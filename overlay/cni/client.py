@@ -3,8 +3,8 @@
 Imported by ``cni-plugin/overlay`` under ``python -IS`` (no site, no compile: this
 module's cached bytecode loads in ~0.1 ms), so it may use only interpreter built-ins:
 ``_socket``, ``posix``, ``sys``.  When no server answers it execs the in-process plugin
-(``python -IS`` with the package root on sys.path) with stdin untouched.  See ``server`` for the wire
-format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
+(``python -IS`` with the package root on sys.path) with stdin untouched.  See ``server``
+for the wire format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
 """
 
 import _socket

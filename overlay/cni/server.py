@@ -3,9 +3,10 @@
 A runtime execs the plugin for every pod; a Python process that imports the plugin costs
 ~80-150 ms before it does anything (site, json, ipaddress...), against ~10 ms for the
 reference Go plugins' whole ADD.  So the executable entry (``cni-plugin/overlay``,
-interpreter built-ins only, ~10 ms) hands each request to this already-warm process.  The entry sends the CNI_* environment, stdin, and two file
-descriptors (SCM_RIGHTS): its own network namespace (the node side) and the pod's.
-Each request runs in a fresh thread that moves itself into the caller's namespace, so
+interpreter built-ins only, ~10 ms) hands each request to this already-warm process.
+The entry sends the CNI_* environment, stdin, and two file descriptors (SCM_RIGHTS):
+its own network namespace (the node side) and the pod's, so paths need not resolve in
+the server's mount namespace (podman's netns mounts do not).  Each request runs in a fresh thread that moves itself into the caller's namespace, so
 the server works for whatever namespace the runtime runs in and threads never share a
 namespace switch.  IPAM stays correct under concurrency because its ``flock`` excludes
 across threads as well as processes.

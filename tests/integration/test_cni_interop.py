@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import textwrap
@@ -118,8 +117,8 @@ class Podman:
         self.node = node
         self.dir = directory
         self.network = f"ovcni-pm-{node.tag}"
-        for sub in ("root", "runroot", "tmp", "runc", "net.d", "bin", "rootfs/bin", "rootfs/usr/bin",
-                    "rootfs/tmp", "rootfs/www"):
+        for sub in ("root", "runroot", "tmp", "runc", "net.d", "bin", "rootfs/bin",
+                    "rootfs/usr/bin", "rootfs/tmp", "rootfs/www"):
             os.makedirs(os.path.join(directory, sub), exist_ok=True)
         with open(os.path.join(directory, "containers.conf"), "w") as f:
             f.write(CONTAINERS_CONF.format(dir=directory, network=self.network))

@@ -4,9 +4,7 @@ executable entry inside a node namespace, pods in namespaces of their own."""
 
 import json
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
