@@ -140,7 +140,10 @@ def setup(peers: int, base: str) -> subprocess.Popen:
          "--heartbeat-interval", "10", "--election-timeout", "100", "--log-level", "error"],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 20
-    while nsx("curl", "-s", "-m", "0.5", endpoint + "/health", check=False).stdout.find('"true"') < 0:
+    health = ("import sys, urllib.request\n"
+              "try: print(urllib.request.urlopen(sys.argv[1] + '/health', timeout=0.5).read().decode())\n"
+              "except OSError as e: print(e)")
+    while '"true"' not in nsx(PY, "-c", health, endpoint, check=False).stdout:
         if time.monotonic() > deadline:
             raise RuntimeError("etcd not healthy")
         time.sleep(0.05)

@@ -41,6 +41,12 @@ def nsx(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return sh("ip", "netns", "exec", ns, *args, check=check)
 
 
+# GET /health from inside a namespace (no curl on a fresh machine).
+HEALTH = ("import sys, urllib.request\n"
+          "try: print(urllib.request.urlopen(sys.argv[1] + '/health', timeout=0.5).read().decode())\n"
+          "except OSError as e: print(e)")
+
+
 class NSEtcd(EtcdServer):
     """etcd inside the underlay namespace, on its bridge address (nodes reach it there)."""
 
@@ -54,8 +60,8 @@ class NSEtcd(EtcdServer):
         return ["ip", "netns", "exec", self.ns] + super().args()
 
     def healthy(self) -> bool:
-        p = sh("ip", "netns", "exec", self.ns, "curl", "-s", "-m", "0.5",
-               self.endpoint + "/health", check=False)
+        p = sh("ip", "netns", "exec", self.ns, sys.executable, "-c", HEALTH, self.endpoint,
+               check=False)
         return '"true"' in p.stdout
 
     def ctl(self, *args: str) -> str:
