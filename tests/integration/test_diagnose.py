@@ -484,3 +484,14 @@ def test_find_daemons_only_in_this_namespace(cluster):
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_trace_names_forwarding_off(cluster):
+    with broken([("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.ipv4.ip_forward=1")]):
+        nsx("ovdg-n1", "sysctl", "-qw", "net.ipv4.ip_forward=0")
+        p = cluster.overlayctl("-o", "json", "trace", "10.244.1.2", "10.244.2.2")
+    result = json.loads(p.stdout)
+    hops = {h["name"]: h for h in result["hops"]}
+    assert p.returncode == 1 and hops["forwarding"]["status"] == "wrong"
+    assert hops["forwarding"]["fix"] == "sysctl -w net.ipv4.ip_forward=1"
+    assert hops["route"]["status"] == "ok"  # the route itself is there
