@@ -495,3 +495,13 @@ def test_trace_names_forwarding_off(cluster):
     assert p.returncode == 1 and hops["forwarding"]["status"] == "wrong"
     assert hops["forwarding"]["fix"] == "sysctl -w net.ipv4.ip_forward=1"
     assert hops["route"]["status"] == "ok"  # the route itself is there
+
+
+def test_trace_with_etcd_unreachable_marks_lease_hops_unknown(cluster):
+    p = nsx(cluster.n1.ns, OVERLAYCTL, "--etcd-endpoints", "http://192.168.1.1:1", "-o", "json",
+            "trace", "10.244.1.2", "10.244.2.2", check=False)
+    result = json.loads(p.stdout)
+    hops = {h["name"]: h["status"] for h in result["hops"]}
+    assert hops["source-node"] == "unknown" and hops["destination-node"] == "unknown"
+    assert hops["vxlan-device"] == "ok" and "etcd unreachable" in result["note"]
+    assert p.returncode == 0  # nothing found wrong in what could be checked
