@@ -210,7 +210,8 @@ def main() -> None:
         print(json.dumps(rep, indent=2))
         return
     print(f"node with {a.peers} peers (leases in etcd, neigh/FDB/route in the kernel)")
-    print(f"  failed checks (expected: peer-probe only, skipped here): {rep['diagnose_failed_checks']}")
+    print(f"  checks failed with --no-probe (expected none): "
+          f"{', '.join(rep['diagnose_failed_checks']) or 'none'}")
     print(f"  anchor: manual checklist commands, print only   {rep['anchor_s']:.3f} s")
     print(f"  overlayctl diagnose --no-probe (compares all)   {rep['diagnose_no_probe_s']:.3f} s "
           f"({rep['ratio_no_probe_vs_anchor']:.2f} x anchor)")
