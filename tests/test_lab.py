@@ -118,3 +118,18 @@ def test_cli_defaults():
     assert (args.name, args.nodes, args.pods_per_node) == ("ovlab", None, None)
     args = build_parser().parse_args(["exec", "node1", "--", "ip", "-o", "link"])
     assert args.target == "node1" and args.cmd[-3:] == ["ip", "-o", "link"]
+
+
+def test_pid_file_tracks_exactly_its_process(tmp_path):
+    from overlay.lab.system import PidFile, start_process, stop_process
+    pf = PidFile(str(tmp_path / "sleep.pid"))
+    assert pf.read() is None and stop_process(pf) is False
+    pid = start_process(["sleep", "30"], pf, str(tmp_path / "sleep.log"))
+    assert pf.read() == pid
+    # A pid file naming a live process with another start time is someone else's: ignored.
+    other = PidFile(str(tmp_path / "other.pid"))
+    (tmp_path / "other.pid").write_text(f"{pid} 1\n")
+    assert other.read() is None and stop_process(other) is False
+    assert stop_process(pf) is True
+    assert pf.read() is None and not (tmp_path / "sleep.pid").exists()
+    assert "sleep 30" in (tmp_path / "sleep.log").read_text()

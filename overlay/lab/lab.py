@@ -147,9 +147,14 @@ class Lab:
         return self._etcd_pid().read() is not None
 
     def ensure_etcd(self) -> None:
-        if self.etcd_running() and self.etcd_healthy():
-            self.progress(f"etcd      running at {self.spec.etcd_endpoint} (was there)")
-            return
+        if self.etcd_running():
+            try:
+                sysx.wait_for(self.etcd_healthy, 5.0, what="etcd to become healthy")
+                self.progress(f"etcd      running at {self.spec.etcd_endpoint} (was there)")
+                return
+            except LabError:
+                self.progress("etcd      running but not healthy for 5 s; restarting it")
+                self.stop_etcd()
         self.start_etcd()
         self.progress(f"etcd      started at {self.spec.etcd_endpoint} "
                       f"(inside {self.spec.underlay_ns}; log {self._etcd_log()})")

@@ -224,7 +224,11 @@ def stop_process(pidfile: PidFile, sig: int = signal.SIGTERM, timeout: float = 1
     if pid is None:
         pidfile.remove()
         return False
-    os.kill(pid, sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pidfile.remove()
+        return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
@@ -233,7 +237,10 @@ def stop_process(pidfile: PidFile, sig: int = signal.SIGTERM, timeout: float = 1
         time.sleep(0.02)
     else:
         log.warning("pid %d did not stop within %.0f s; killing it", pid, timeout)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         while _alive(pid):
             _reap(pid)
             time.sleep(0.02)
