@@ -128,7 +128,9 @@ install_project() {
   done
   # Pods on one node reach pods on another through this node's routing.
   printf 'net.ipv4.ip_forward = 1\n' >/etc/sysctl.d/90-overlay.conf
-  sysctl -q -w net.ipv4.ip_forward=1
+  if [ "$(cat /proc/sys/net/ipv4/ip_forward)" != 1 ]; then
+    sysctl -q -w net.ipv4.ip_forward=1
+  fi
   # Debian's etcd-server starts its own etcd on 127.0.0.1:2379, which would clash with
   # overlay-etcd on node1 and is unused everywhere else.
   if systemctl cat etcd.service >/dev/null 2>&1; then
