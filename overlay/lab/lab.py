@@ -358,7 +358,7 @@ class Lab:
         if node not in state.nodes:
             raise LabError(f"lab {self.spec.prefix} has no node {node!r} "
                            f"(nodes: {', '.join(state.nodes) or 'none'})")
-        subnet = self.node_subnet(node)
+        subnet = self.node_subnet(node) or self._leased_subnet(node)
         pods = state.pods_of(node)
         self._del_pods(pods)
         if self.stop_daemon(node):
@@ -379,6 +379,16 @@ class Lab:
         state.nodes.remove(node)
         self._save()
         self.progress(f"removed {node}")
+
+    def _leased_subnet(self, node: str) -> str | None:
+        """The subnet etcd leases to the node's public IP (when its subnet.env is gone)."""
+        got = self.overlayctl("-o", "json", "leases", "list", check=False)
+        try:
+            leases = json.loads(got.stdout) if got.returncode == 0 else []
+        except ValueError:
+            return None
+        ip_ = str(self.spec.node_ip(node))
+        return next((lease["subnet"] for lease in leases if lease.get("public_ip") == ip_), None)
 
     # ----------------------------------------------------------------- pods
     def ensure_pods(self, nodes: list[str]) -> None:
