@@ -1,14 +1,19 @@
-"""The Vagrant lab (vagrant/): what can be checked without booting VMs.
+"""The Vagrant lab (vagrant/): everything that can be checked without booting VMs.
 
-* ``vagrant validate`` on a temporary copy of vagrant/ (it writes ``.vagrant/`` and
-  VAGRANT_HOME), with the libvirt provider's checks when vagrant-libvirt is installed;
+* ``vagrant validate`` on temporary copies of vagrant/ (it writes ``.vagrant/`` and
+  VAGRANT_HOME), with the libvirt provider's checks when vagrant-libvirt is installed,
+  and the smoke check's ``vagrant ssh`` command line against the real vagrant;
 * the systemd units (``systemd-analyze verify`` in a scratch root) and their contract
   with provision.sh (env files, variables, executables);
 * the scripts parse, and every overlayctl/overlayd flag they use is a real one;
-* the smoke check's pod side for real: pods attached through the CNI plugin installed by
-  ``overlayctl install-cni`` and executed as a runtime would (cni_runtime.py), pinging
-  across two node namespaces, driven by smoke-check.sh's host side through a stand-in
-  for ``vagrant ssh`` that runs the command in the node's namespace.
+* the VM recipe for real on two node namespaces: etcd and overlayd started with the
+  units' command lines and provision.sh's environment files, provision.sh's own steps
+  (network config, install-cni, readiness), then smoke-check.sh's host side through a
+  stand-in for ``vagrant ssh``, attaching pods with the installed plugin exactly as a
+  runtime would (cni_runtime.py) and pinging across the VXLAN overlay;
+* the smoke check's failure reports (no reply, MTU) with Debian's reference plugins;
+* opt-in (OVERLAY_TEST_NSPAWN=1): the whole recipe on three booted Debian 12 containers
+  with real systemd (vagrant/nspawn-lab.sh).
 
 Booting the VMs needs nested virtualisation, which this machine does not have.
 """
