@@ -355,6 +355,7 @@ def sh(*args: str) -> None:
 
 def make_nodes(routes: bool) -> list[str]:
     """Node namespaces joined by a veth pair; with ``routes``, each routes the other's pods."""
+    remove_nodes([f"{PREFIX}-{n}" for n in NODES])  # left over by a killed run: our names only
     made = []
     try:
         for node in NODES:
