@@ -109,7 +109,7 @@ make_node_netns() {
 }
 
 boot_node() {
-  local n=$1 root="$DIR/node$1/rootfs" i
+  local n=$1 root="$DIR/node$1/rootfs"
   if [ -f "$DIR/node$n/nspawn.pid" ] && kill -0 "$(cat "$DIR/node$n/nspawn.pid")" 2>/dev/null; then
     say "node$n: already running"
     sync_repo "$root"
@@ -125,13 +125,13 @@ boot_node() {
     -D "$root" -M "overlay-node$n" --network-namespace-path="/run/netns/$(netns_of "$n")" \
     >"$DIR/node$n/console.log" 2>&1 </dev/null &
   echo $! >"$DIR/node$n/nspawn.pid"
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     pgrep -P "$(cat "$DIR/node$n/nspawn.pid")" >"$DIR/node$n/leader" && break
     sleep 0.2
   done
   [ -s "$DIR/node$n/leader" ] || die "node$n did not start; see $DIR/node$n/console.log"
   local state=
-  for i in $(seq 60); do
+  for _ in $(seq 60); do
     state=$(in_node "$n" 'systemctl is-system-running --wait' 2>/dev/null) || true
     case $state in running|degraded) return 0 ;; esac
     sleep 1
@@ -166,7 +166,7 @@ cmd_smoke() {
 }
 
 cmd_down() {
-  local n pid i
+  local n pid
   for ((n = 1; n <= 9; n++)); do
     [ -d "$DIR/node$n" ] || continue
     if [ -f "$DIR/node$n/nspawn.pid" ]; then
@@ -174,7 +174,7 @@ cmd_down() {
       if kill -0 "$pid" 2>/dev/null; then
         say "node$n: powering off"
         kill "$pid"  # nspawn asks the container's systemd to power off
-        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
       fi
     fi
@@ -187,7 +187,9 @@ cmd_down() {
 
 # smoke-check.sh calls this script as its `vagrant`: ssh NODE --no-tty -c CMD.
 cmd_ssh() {
-  [ $# -eq 4 ] && [ "$2" = --no-tty ] && [ "$3" = -c ] || die "usage: $0 ssh NODE --no-tty -c CMD"
+  if [ $# -ne 4 ] || [ "$2" != --no-tty ] || [ "$3" != -c ]; then
+    die "usage: $0 ssh NODE --no-tty -c CMD"
+  fi
   [[ $1 =~ ^node([1-9])$ ]] || die "no node $1"
   [ -s "$DIR/$1/leader" ] || die "$1 is not running: sudo $0 up"
   in_node "${BASH_REMATCH[1]}" "$4"

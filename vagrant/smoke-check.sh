@@ -98,7 +98,7 @@ pod_ping() {
   for ip in "$@"; do
     if ! ip netns exec "$netns" ping -q -n -c 3 -i 0.2 -W "$PING_WAIT" "$ip" >/dev/null 2>&1; then
       printf 'FAIL %s (no reply)\n' "$ip"; failed=1
-    elif ! ip netns exec "$netns" ping -q -n -c 1 -W "$PING_WAIT" -M do -s "$MTU_PAYLOAD" "$ip" >/dev/null 2>&1; then
+    elif ! ip netns exec "$netns" ping -q -n -c 1 -W "$PING_WAIT" -M "do" -s "$MTU_PAYLOAD" "$ip" >/dev/null 2>&1; then
       printf 'FAIL %s (%d-byte payload with DF lost: MTU)\n' "$ip" "$MTU_PAYLOAD"; failed=1
     else
       printf 'ok %s\n' "$ip"
