@@ -228,6 +228,13 @@ def test_scripts_parse():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_scripts_shellcheck():
+    scripts = sorted(str(p) for p in VAGRANT_DIR.glob("*.sh"))
+    r = run(["shellcheck", "-S", "warning", *scripts], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_provision_rejects_bad_input(tmp_path):
     """Bad input stops provision.sh with one clear line before it changes anything."""
     # A scratch repo whose bootstrap.sh stops the script at once, should a check let bad
