@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on Debian 12, as root: apt packages and a
 # virtualenv at .venv holding the package (editable) and its test dependencies.
+#   cmd/bootstrap.sh          what a node / the lab needs
+#   cmd/bootstrap.sh --test   plus what the test suite needs (podman, vagrant, ...)
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${OVERLAY_VENV:-$ROOT/.venv}
 
+# What a node and the lab need.
 APT_PACKAGES=(
   python3 python3-venv python3-pip
   etcd-server etcd-client
-  iproute2 iputils-ping iperf3 tcpdump libpcap0.8
+  iproute2 iputils-ping iperf3 libpcap0.8
   nftables iptables procps openssl ca-certificates
-  containernetworking-plugins podman runc busybox-static
-  # vagrant/: the tests run `vagrant validate` (with the libvirt provider's checks); no VM
-  # is started here
+  containernetworking-plugins
+)
+# What only the test suite needs (`bootstrap.sh --test`): a real container runtime for the
+# CNI interop tests, a busybox rootfs for its image, tcpdump, and vagrant for
+# `vagrant validate` (no VM is started here).
+TEST_APT_PACKAGES=(
+  tcpdump podman runc busybox-static
   vagrant vagrant-libvirt
 )
+if [ "${1:-}" = "--test" ]; then
+  APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
+fi
 
 say() { printf '==> %s\n' "$*" >&2; }
 
