@@ -218,6 +218,14 @@ def test_cli_status_and_idempotent_up_repairs(lab):
     out = subprocess.run([LAB, "exec", *args, "node1", "--", "ip", "-o", "addr", "show", "eth0"],
                          capture_output=True, text=True, check=True).stdout
     assert "192.168.1.11/24" in out
+    # Bad requests: one clear line, exit 1, nothing changed.
+    for argv, msg in ((["remove-node", *args, "node42"], "has no node 'node42'"),
+                      (["exec", *args, "pod-node9-9", "--", "true"], "no node or pod"),
+                      (["status", "--name", "ovltnone", "--lab-dir", lab.spec.base_dir],
+                       "no lab named ovltnone")):
+        cp = subprocess.run([LAB, *argv], capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 1 and msg in cp.stderr and "Traceback" not in cp.stderr, cp.stderr
+    assert lab.state.nodes == type(lab)(lab.spec).state.nodes
 
 
 def test_down_leaves_nothing_behind(lab):
