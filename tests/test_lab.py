@@ -35,6 +35,12 @@ def test_bad_prefix_is_refused(bad):
         LabSpec(bad)
 
 
+def test_lab_dir_must_leave_room_for_unix_sockets():
+    with pytest.raises(LabError, match="too long"):
+        LabSpec("ovlab", "/" + "x" * 90)
+    LabSpec("ovlab", "/" + "x" * 60)
+
+
 @pytest.mark.parametrize("bad", ["node0", "node100", "node", "pod-node1-1", "Node1"])
 def test_bad_node_name_is_refused(bad):
     with pytest.raises(LabError, match="node name"):

@@ -32,6 +32,8 @@ ETCD_PEER_PORT = 2380
 HEALTHZ_ADDR = "127.0.0.1:9099"   # inside each node's own namespace, so one port fits all
 ETCD_KEY_PREFIX = "/overlay/network"
 
+UNIX_PATH_MAX = 107      # sun_path holds 108 bytes including the terminating NUL
+
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _NODE_RE = re.compile(r"^node([1-9][0-9]?)$")
 
@@ -63,6 +65,10 @@ class LabSpec:
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
+        longest = self.node_file(f"node{MAX_NODES}", "cni.sock")
+        if len(longest.encode()) > UNIX_PATH_MAX:
+            raise LabError(f"lab dir {self.base_dir!r} is too long: the nodes' CNI sockets "
+                           f"({longest}) must fit the {UNIX_PATH_MAX}-byte unix socket limit")
 
     # --- namespaces and links -------------------------------------------------------------
     @property
