@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run(args))
     except OverlayError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # e.g. a full disk or a file the lab cannot write
+        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted; run `overlay-lab up` again to finish or `overlay-lab down`")
 
