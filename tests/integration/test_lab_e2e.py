@@ -130,19 +130,18 @@ def test_node_added_reachable_from_every_pod_within_2s(lab):
     subnet = lab.node_subnet(new)
     peers = [n for n in lab.state.nodes if n != new]
 
-    def routes_everywhere():
-        return all(remote_entries(lab, p).mentions(subnet, str(lab.spec.node_ip(new)), None)
-                   for p in peers)
+    def routes_everywhere():  # the route is programmed last, after neigh and FDB
+        return all(f"route {subnet}" in remote_entries(lab, p).mentions(
+            subnet, str(lab.spec.node_ip(new)), None) for p in peers)
     assert poll(routes_everywhere, 2.0) is not None, "new lease not programmed on every peer in 2 s"
     assert time.monotonic() - t_lease < 2.0
     pod = lab.ensure_pod(new, 1)
-    t_pod = time.monotonic()
     others = [p for p in lab.state.pods.values() if p.node != new]
 
     def all_reach():
         return all(ping(pod_ns(lab, o), pod.ip, count=1, wait=0.5) for o in others)
-    assert poll(all_reach, 2.0, interval=0) is not None
-    assert time.monotonic() - t_pod < 2.5
+    took = poll(all_reach, 2.0, interval=0)
+    assert took is not None and took <= 2.0, f"{new}'s pod not reachable from every pod in 2 s"
 
 
 def test_node_removed_entries_gone_from_every_peer_within_2s(lab):
