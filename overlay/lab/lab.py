@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..subnetenv import load_subnet_env
 from ..errors import OverlayError
+from ..fsutil import atomic_write
+from ..subnetenv import load_subnet_env
 from . import system as sysx
 from .runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
 from .spec import (ETCD_KEY_PREFIX, ETCD_PEER_PORT, ETCD_PORT, HEALTHZ_ADDR, POD_NETWORK,
@@ -221,7 +222,7 @@ class Lab:
                       f"{self.spec.cni_bin_dir}")
 
     def _write_node_conflist(self, node: str) -> str:
-        """The template conflist with this node's subnet.env, IPAM dir and CNI socket."""
+        """The template conflist with this node's own subnet.env and IPAM dir."""
         template = find_conflist(os.path.join(self.spec.lab_dir, "cni", "net.d"))
         conf = load_conflist(template)
         for plugin in conf["plugins"]:
@@ -229,10 +230,7 @@ class Lab:
                 plugin["subnetFile"] = self.spec.node_file(node, "subnet.env")
                 plugin["dataDir"] = self.spec.node_file(node, "ipam")
         path = os.path.join(self.spec.cni_conf_dir(node), os.path.basename(template))
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(conf, f, indent=2)
-        os.replace(path + ".tmp", path)
+        atomic_write(path, json.dumps(conf, indent=2) + "\n", mode=0o644)
         return path
 
     def cni_runtime(self, node: str) -> CNIRuntime:
