@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Sequence
 
 from ..errors import OverlayError
@@ -103,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
         return print_matrix(lab)
     with lab.lock() as lock:
         if args.command == "up":
+            start = time.monotonic()
             lab.up(args.nodes, args.pods_per_node)
+            say(f"==> lab {lab.spec.prefix} is up ({time.monotonic() - start:.1f} s)")
             return summary(lab, matrix=not args.no_matrix)
         if args.command == "add-node":
             node = lab.add_node(args.pods)
