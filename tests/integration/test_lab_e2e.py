@@ -211,6 +211,8 @@ def test_cli_status_and_idempotent_up_repairs(lab):
     cp = subprocess.run([LAB, "up", *args], capture_output=True, text=True, env=env, timeout=120)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "exists" in cp.stdout and "all " in cp.stdout and "pairs reachable" in cp.stdout
+    assert "SUBNET" in cp.stdout and "PUBLIC-IP" in cp.stdout   # the lease table
+    assert "Tear down: overlay-lab down" in cp.stdout
     lab.state = type(lab)(lab.spec).state
     assert lab.daemon_pid("node2") is not None
     assert ping(pod_ns(lab, pods_on(lab, "node2")[0]), lab.state.pods[victim.name].ip)
