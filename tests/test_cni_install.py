@@ -88,3 +88,28 @@ def test_plugin_path_needs_only_the_standard_library():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_cli_writes_per_node_settings_into_the_conflist(tmp_path):
+    result = CliRunner().invoke(cli, [
+        "install-cni", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(tmp_path / "conf"),
+        "--bridge", "br-pods", "--subnet-file", "/run/node2/subnet.env",
+        "--data-dir", "/var/lib/node2/ipam"])
+    assert result.exit_code == 0, result.output
+    conf = json.loads((tmp_path / "conf" / "10-overlay.conflist").read_text())
+    overlay = conf["plugins"][0]
+    assert (overlay["bridge"], overlay["subnetFile"], overlay["dataDir"]) == (
+        "br-pods", "/run/node2/subnet.env", "/var/lib/node2/ipam")
+    assert overlay["hairpinMode"] is True and conf["plugins"][1]["type"] == "portmap"
+
+
+def test_cli_rejects_bad_settings_and_writes_nothing(tmp_path):
+    for args, message in ((["--subnet-file", "relative/subnet.env"], "absolute path"),
+                          (["--data-dir", "ipam"], "absolute path"),
+                          (["--bridge", "../etc"], "not a valid interface name"),
+                          (["--bridge", "a-very-long-bridge-name"], "not a valid interface name")):
+        result = CliRunner().invoke(cli, ["install-cni", "--bin-dir", str(tmp_path / "bin"),
+                                          "--conf-dir", str(tmp_path / "conf"), *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "bin").exists() and not (tmp_path / "conf").exists()

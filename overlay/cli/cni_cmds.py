@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..cni.install import CONFLIST_NAME, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, install_cni
+from ..cni.install import (CONFLIST_NAME, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, PluginSettings,
+                           install_cni)
 from . import cli, print_json
 
 
@@ -13,10 +14,18 @@ from . import cli, print_json
               type=click.Path(file_okay=False), help="The runtime's CNI plugin directory.")
 @click.option("--conf-dir", default=DEFAULT_CONF_DIR, show_default=True,
               type=click.Path(file_okay=False), help="The runtime's CNI config directory.")
+@click.option("--bridge", default=PluginSettings.bridge, show_default=True,
+              help="The node bridge named in the conflist.")
+@click.option("--subnet-file", default=PluginSettings.subnet_file, show_default=True,
+              help="The subnet.env overlayd writes (the conflist's subnetFile).")
+@click.option("--data-dir", default=PluginSettings.data_dir, show_default=True,
+              help="The IPAM directory (the conflist's dataDir).")
 @click.pass_obj
-def install_cni_cmd(ctx, bin_dir: str, conf_dir: str) -> None:
+def install_cni_cmd(ctx, bin_dir: str, conf_dir: str, bridge: str, subnet_file: str,
+                    data_dir: str) -> None:
     """Install the overlay plugin and its conflist (chained with portmap), atomically."""
-    result = install_cni(bin_dir, conf_dir)
+    result = install_cni(bin_dir, conf_dir,
+                         settings=PluginSettings(bridge, subnet_file, data_dir))
     if ctx.json:
         print_json({"plugin": result.plugin_path, "pluginChanged": result.plugin_changed,
                     "conflist": result.conflist_path, "conflistChanged": result.conflist_changed,

@@ -8,9 +8,11 @@ rename, so a runtime never reads half a file) and only when its content differs.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -75,8 +77,32 @@ def render_entry(python: str | None = None, root: str | None = None) -> str:
                                  root=repr(root) if root else "None")
 
 
-def render_conflist() -> str:
-    return json.dumps(DEFAULT_CONFLIST, indent=2) + "\n"
+@dataclass(frozen=True)
+class PluginSettings:
+    """The per-node keys of the overlay plugin's entry in the conflist."""
+
+    bridge: str = "cni0"
+    subnet_file: str = "/run/overlay/subnet.env"
+    data_dir: str = "/var/lib/cni/networks"
+
+    def validate(self) -> None:
+        if not _IFNAME_RE.match(self.bridge) or self.bridge in (".", ".."):
+            raise ConfigError(f"--bridge {self.bridge!r}: not a valid interface name "
+                              "(1-15 characters, no '/', ':' or white space)")
+        for flag, path in (("--subnet-file", self.subnet_file), ("--data-dir", self.data_dir)):
+            if not os.path.isabs(path):
+                raise ConfigError(f"{flag} {path!r}: must be an absolute path")
+
+
+_IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+
+
+def render_conflist(settings: PluginSettings = PluginSettings()) -> str:
+    conf = copy.deepcopy(DEFAULT_CONFLIST)
+    overlay = conf["plugins"][0]
+    overlay.update(bridge=settings.bridge, subnetFile=settings.subnet_file,
+                   dataDir=settings.data_dir)
+    return json.dumps(conf, indent=2) + "\n"
 
 
 def _write_if_changed(path: str, content: str, mode: int) -> bool:
@@ -92,7 +118,9 @@ def _write_if_changed(path: str, content: str, mode: int) -> bool:
 
 
 def install_cni(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR,
-                python: str | None = None) -> InstallResult:
+                python: str | None = None,
+                settings: PluginSettings = PluginSettings()) -> InstallResult:
+    settings.validate()
     for what, directory in (("bin dir", bin_dir), ("conf dir", conf_dir)):
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise ConfigError(f"{what} {directory} exists and is not a directory")
@@ -101,7 +129,8 @@ def install_cni(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR
     try:
         plugin_changed = _write_if_changed(plugin_path, render_entry(python, package_root()),
                                            0o755)
-        conflist_changed = _write_if_changed(conflist_path, render_conflist(), 0o644)
+        conflist_changed = _write_if_changed(conflist_path, render_conflist(settings),
+                                              0o644)
     except OSError as e:
         raise ConfigError(f"cannot install the CNI plugin: {e.strerror}: {e.filename}") from e
     portmap = os.path.join(bin_dir, "portmap")

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import OverlayError
-from ..fsutil import atomic_write
 from ..subnetenv import load_subnet_env
 from . import system as sysx
 from .runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
@@ -98,7 +97,6 @@ class Lab:
         self.ensure_underlay()
         self.ensure_etcd()
         self.ensure_config()
-        self.ensure_cni_bin()
         for node in self.state.nodes:
             self.ensure_node(node)
         self.wait_ready(self.state.nodes)
@@ -212,26 +210,14 @@ class Lab:
                       f"{VNI} port {VXLAN_PORT} (written with overlayctl config set)")
 
     # ----------------------------------------------------------------- CNI install
-    def ensure_cni_bin(self) -> None:
-        """``overlayctl install-cni`` into the lab's bin dir and a template conf dir."""
-        template = os.path.join(self.spec.lab_dir, "cni", "net.d")
+    def install_cni(self, node: str) -> None:
+        """``overlayctl install-cni`` for one node: the lab's bin dir, and the node's own conf
+        dir naming its own subnet.env and IPAM dir (the nodes share one file system)."""
         sysx.run([program("overlayctl"), "install-cni", "--bin-dir", self.spec.cni_bin_dir,
-                  "--conf-dir", template])
-        find_conflist(template)
-        self.progress(f"cni       plugin installed with overlayctl install-cni into "
-                      f"{self.spec.cni_bin_dir}")
-
-    def _write_node_conflist(self, node: str) -> str:
-        """The template conflist with this node's own subnet.env and IPAM dir."""
-        template = find_conflist(os.path.join(self.spec.lab_dir, "cni", "net.d"))
-        conf = load_conflist(template)
-        for plugin in conf["plugins"]:
-            if plugin.get("type") == "overlay":
-                plugin["subnetFile"] = self.spec.node_file(node, "subnet.env")
-                plugin["dataDir"] = self.spec.node_file(node, "ipam")
-        path = os.path.join(self.spec.cni_conf_dir(node), os.path.basename(template))
-        atomic_write(path, json.dumps(conf, indent=2) + "\n", mode=0o644)
-        return path
+                  "--conf-dir", self.spec.cni_conf_dir(node),
+                  "--subnet-file", self.spec.node_file(node, "subnet.env"),
+                  "--data-dir", self.spec.node_file(node, "ipam")])
+        find_conflist(self.spec.cni_conf_dir(node))
 
     def cni_runtime(self, node: str) -> CNIRuntime:
         conf = load_conflist(find_conflist(self.spec.cni_conf_dir(node)))
@@ -257,10 +243,11 @@ class Lab:
         sysx.ip("addr", "replace", str(self.spec.node_interface(node)), "dev", "eth0", ns=ns)
         sysx.ip("link", "set", "eth0", "up", ns=ns)
         sysx.sysctl(ns, "net.ipv4.ip_forward", "1")
-        self._write_node_conflist(node)
+        self.install_cni(node)
         started = self.ensure_daemon(node)
         self.progress(f"node      {node}: {ns} eth0 {self.spec.node_interface(node)}"
-                      f"{' created' if created else ''}; overlayd "
+                      f"{' created' if created else ''}; CNI plugin installed with overlayctl "
+                      f"install-cni; overlayd "
                       f"{'started' if started else 'running (was there)'}")
 
     def _daemon_pid(self, node: str) -> sysx.PidFile:
