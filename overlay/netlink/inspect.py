@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-log = logging.getLogger(__name__)
+from .rtnl import (  # noqa: F401  (NUD_NOARP: kept as one of this module's names)
+    IFF_UP, IFINFO, IFLA_MASTER, IFLA_OPERSTATE, NUD_NOARP, NUD_PERMANENT, RT_TABLE_MAIN,
+    RTNH_F_ONLINK, attrs, u32)
 
-IFF_UP = 0x1
-NUD_PERMANENT = 0x80
-NUD_NOARP = 0x40
-RTNH_F_ONLINK = 0x4
-RT_TABLE_MAIN = 254
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
     nl = rawnl.RawRoute(netns)
     try:
         links = [_raw_link(b, o, e) for t, b, o, e in nl.dump(
-            rawnl.RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)) if t == rawnl.RTM_NEWLINK]
+            rawnl.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)) if t == rawnl.RTM_NEWLINK]
         addrs = [AddrInfo(i, a) for i, a in nl.dump_addrs()]
         routes = [RouteInfo(r.dst, r.gateway, r.oif or None, onlink=bool(r.flags & RTNH_F_ONLINK))
                   for r in nl.dump_routes() if r.table == RT_TABLE_MAIN]
@@ -151,29 +148,15 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
     return KernelState(links, addrs, routes, neigh, fdb)
 
 
-_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_U32 = struct.Struct("=I")
-IFLA_MASTER, IFLA_OPERSTATE = 10, 16
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
-
-
-def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while off + 4 <= end:
-        n, kind = struct.unpack_from("=HH", buf, off)
-        if n < 4:
-            break
-        out[kind & 0x3FFF] = buf[off + 4:off + n]
-        off += (n + 3) & ~3
-    return out
 
 
 def _raw_link(buf: bytes, off: int, end: int) -> LinkInfo:
     from .rawnl import parse_link_record
 
     rec = parse_link_record(buf, off, end)
-    a = _attrs(buf, off + _IFINFO.size, end)
-    master = _U32.unpack(a[IFLA_MASTER][:4])[0] if IFLA_MASTER in a else None
+    a = attrs(buf, off + IFINFO.size, end)
+    master = u32(a[IFLA_MASTER]) if IFLA_MASTER in a else None
     op = a[IFLA_OPERSTATE][0] if IFLA_OPERSTATE in a else 0
     vxlan = None
     if rec.kind == "vxlan" and rec.vxlan:
