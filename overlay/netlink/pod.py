@@ -4,8 +4,9 @@ Speed decides the shape of this module.  A runtime calls the plugin for every po
 the target is the reference Go plugins' ~10 ms per ADD.  Measured here: pyroute2 costs
 ~120-190 ms to import and ~0.4 ms of Python encoding per request (~7 ms per ADD), so
 the handful of rtnetlink requests ADD and DEL need are built with ``struct`` on a plain
-``AF_NETLINK`` socket (:class:`Rtnl`, ~50 us per request), batched where the kernel
-allows.  No pyroute2 import here: the in-process fallback stays fast too.
+``AF_NETLINK`` socket (:class:`.rtnl.Rtnl`, shared with the daemon, ~50 us per request),
+batched where the kernel allows.  No pyroute2 import here: the in-process fallback stays
+fast too.
 
 Network namespaces are entered per *thread* (``setns(2)`` affects only the calling
 thread), only long enough to open a netlink socket there: a netlink socket stays bound
@@ -30,6 +31,14 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Iterator
 
 from ..errors import NetlinkOpError
+from .rtnl import (  # noqa: F401  (NetlinkRequestError: re-exported, part of this API)
+    IFA_ADDRESS, IFA_BROADCAST, IFA_LOCAL, IFADDR, IFF_PROMISC, IFF_UP, IFINFO, IFLA_ADDRESS,
+    IFLA_BRPORT_MODE, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_INFO_SLAVE_DATA,
+    IFLA_INFO_SLAVE_KIND, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE,
+    RTM_DELADDR, RTM_DELLINK, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK,
+    RTM_NEWROUTE, RTMSG, RTN_UNICAST, RTPROT_BOOT, VETH_INFO_PEER, Msg, NetlinkRequestError,
+    Rtnl, attr, attr_str, attr_u32, attrs, cstr, describe_errno, mac_bytes, mac_str, u32)
 
 log = logging.getLogger(__name__)
 
@@ -39,153 +48,15 @@ PROC_SUPER_MAGIC = 0x9FA0
 NS_GET_NSTYPE = 0xB703
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# rtnetlink constants (linux/rtnetlink.h, if_link.h, if_addr.h, veth.h)
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x300, 0x200, 0x400
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
-IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
-VETH_INFO_PEER = 1
-IFLA_BRPORT_MODE = 4  # hairpin
-IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
-RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
-IFF_UP, IFF_PROMISC = 0x1, 0x100
-_HDR = struct.Struct("=LHHLL")
-_IFINFO = struct.Struct("=BxHiII")
-_IFADDR = struct.Struct("=BBBBi")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_ATTR = struct.Struct("=HH")
 
-_MEANING = {
-    errno.ENODEV: "link not found", errno.ENOENT: "not found", errno.EEXIST: "already exists",
-    errno.EPERM: "operation not permitted (are you root?)", errno.EBUSY: "device busy",
-    errno.EINVAL: "invalid argument", errno.ENETUNREACH: "network unreachable",
-    errno.EADDRNOTAVAIL: "address not available",
-}
-
-
-def describe(code: int) -> str:
-    return _MEANING.get(code) or os.strerror(code)
-
-
-class NetlinkRequestError(NetlinkOpError):
-    """A rtnetlink request failed; ``code`` is the errno."""
-
-
-# --- a minimal rtnetlink client -----------------------------------------------------------
-
-def _attr(kind: int, data: bytes) -> bytes:
-    size = 4 + len(data)
-    return _ATTR.pack(size, kind) + data + b"\0" * (-size % 4)
-
-
-def _attr_str(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
-
-
-def _attr_u32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("=I", value))
-
-
-def _mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
-def _attrs(buf: bytes, offset: int = 0) -> dict[int, bytes]:
-    out = {}
-    while offset + 4 <= len(buf):
-        size, kind = _ATTR.unpack_from(buf, offset)
-        if size < 4:
-            break
-        out[kind & 0x3FFF] = buf[offset + 4:offset + size]
-        offset += (size + 3) & ~3
-    return out
-
-
-def _cstr(data: bytes | None) -> str:
-    return data.split(b"\0", 1)[0].decode() if data else ""
-
-
-class Rtnl:
-    """One NETLINK_ROUTE socket in the namespace where it was created."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  socket.NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "Rtnl":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def batch(self, requests: list[tuple[int, int, bytes, str]]
-              ) -> list[tuple[list[bytes], int]]:
-        """Send requests (type, flags, body, what) in one datagram; the kernel runs them
-        in order.  Returns per request (reply payloads, errno or 0)."""
-        data = bytearray()
-        seqs = []
-        for kind, flags, body, _ in requests:
-            self.seq += 1
-            data += _HDR.pack(16 + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK,
-                              self.seq, 0) + body
-            seqs.append(self.seq)
-        self.sock.send(data)
-        replies: dict[int, list[bytes]] = {s: [] for s in seqs}
-        errors: dict[int, int] = {}
-        pending = set(seqs)
-        while pending:
-            buf = self.sock.recv(1 << 18)
-            offset = 0
-            while offset + 16 <= len(buf):
-                size, kind, flags, seq, _ = _HDR.unpack_from(buf, offset)
-                payload = buf[offset + 16:offset + size]
-                offset += (size + 3) & ~3
-                if seq not in pending:
-                    continue
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        errors[seq] = code
-                    pending.discard(seq)
-                elif kind == NLMSG_DONE:
-                    pending.discard(seq)
-                else:
-                    replies[seq].append(payload)
-        return [(replies[s], errors.get(s, 0)) for s in seqs]
-
-    def request(self, kind: int, flags: int, body: bytes, what: str,
-                ignore: tuple[int, ...] = ()) -> list[bytes]:
-        (replies, code), = self.batch([(kind, flags, body, what)])
-        if code and code not in ignore:
-            raise NetlinkRequestError(f"{what}: {describe(code)}", code)
-        return replies if not code else []
-
-    def run(self, requests: list[tuple[int, int, bytes, str]]) -> list[list[bytes]]:
-        """Batch, and raise for the first request that failed."""
-        results = self.batch(requests)
-        for (_, _, _, what), (_, code) in zip(requests, results):
-            if code:
-                raise NetlinkRequestError(f"{what}: {describe(code)}", code)
-        return [replies for replies, _ in results]
-
+# --- message bodies ----------------------------------------------------------------------
 
 def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
-    return _IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, change)
+    return IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, change)
 
 
 def _by_name(name: str, flags: int = 0, change: int = 0) -> bytes:
-    return _ifinfo(0, flags, change) + _attr_str(IFLA_IFNAME, name)
+    return _ifinfo(0, flags, change) + attr_str(IFLA_IFNAME, name)
 
 
 # --- namespaces -------------------------------------------------------------------------
@@ -266,50 +137,50 @@ def _local_mac() -> str:
 
 
 def _parse_link(payload: bytes) -> LinkInfo:
-    _, _, index, flags, _ = _IFINFO.unpack_from(payload)
-    attrs = _attrs(payload, _IFINFO.size)
-    kind = _cstr(_attrs(attrs[IFLA_LINKINFO]).get(IFLA_INFO_KIND)) if IFLA_LINKINFO in attrs else ""
-    mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
-    mtu = struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0
-    master = struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0
-    return LinkInfo(index, _cstr(attrs.get(IFLA_IFNAME)), mac, mtu, kind, master,
+    _, _, index, flags, _ = IFINFO.unpack_from(payload)
+    a = attrs(payload, IFINFO.size)
+    kind = cstr(attrs(a[IFLA_LINKINFO]).get(IFLA_INFO_KIND)) if IFLA_LINKINFO in a else ""
+    mac = mac_str(a.get(IFLA_ADDRESS, b""))
+    mtu = u32(a[IFLA_MTU]) if IFLA_MTU in a else 0
+    master = u32(a[IFLA_MASTER]) if IFLA_MASTER in a else 0
+    return LinkInfo(index, cstr(a.get(IFLA_IFNAME)), mac, mtu, kind, master,
                     bool(flags & IFF_UP), bool(flags & IFF_PROMISC))
 
 
-def _get_link_request(name: str) -> tuple[int, int, bytes, str]:
-    return RTM_GETLINK, 0, _by_name(name), f"get link {name}"
+def _get_link_request(name: str) -> Msg:
+    return Msg(RTM_GETLINK, 0, _by_name(name), f"get link {name}")
 
 
 def get_link(nl: Rtnl, name: str) -> LinkInfo | None:
-    replies = nl.request(*_get_link_request(name), ignore=(errno.ENODEV, errno.ENOENT))
+    replies = nl.call(_get_link_request(name), ignore=(errno.ENODEV, errno.ENOENT))
     return _parse_link(replies[0]) if replies else None
 
 
 def get_addresses(nl: Rtnl, index: int) -> list[IPv4Interface]:
-    body = _IFADDR.pack(socket.AF_INET, 0, 0, 0, index)
+    body = IFADDR.pack(socket.AF_INET, 0, 0, 0, index)
     out = []
-    for payload in nl.request(RTM_GETADDR, NLM_F_DUMP, body, f"list addresses of link {index}"):
-        _, prefixlen, _, _, ifindex = _IFADDR.unpack_from(payload)
-        attrs = _attrs(payload, _IFADDR.size)
-        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    for payload in nl.call(Msg(RTM_GETADDR, NLM_F_DUMP, body, f"list addresses of link {index}")):
+        _, prefixlen, _, _, ifindex = IFADDR.unpack_from(payload)
+        a = attrs(payload, IFADDR.size)
+        raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
         if ifindex == index and raw:
             out.append(IPv4Interface(f"{socket.inet_ntoa(raw)}/{prefixlen}"))
     return out
 
 
 def get_routes(nl: Rtnl, index: int) -> list[tuple[IPv4Network, IPv4Address | None]]:
-    body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+    body = RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
     out = []
-    for payload in nl.request(RTM_GETROUTE, NLM_F_DUMP, body, f"list routes of link {index}"):
-        _, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(payload)
-        attrs = _attrs(payload, _RTMSG.size)
-        if RTA_TABLE in attrs:
-            table = struct.unpack("=I", attrs[RTA_TABLE])[0]
-        oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
+    for payload in nl.call(Msg(RTM_GETROUTE, NLM_F_DUMP, body, f"list routes of link {index}")):
+        _, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(payload)
+        a = attrs(payload, RTMSG.size)
+        if RTA_TABLE in a:
+            table = u32(a[RTA_TABLE])
+        oif = u32(a[RTA_OIF]) if RTA_OIF in a else 0
         if table != RT_TABLE_MAIN or oif != index:
             continue
-        dst = socket.inet_ntoa(attrs[RTA_DST]) if RTA_DST in attrs else "0.0.0.0"
-        gw = IPv4Address(attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None
+        dst = socket.inet_ntoa(a[RTA_DST]) if RTA_DST in a else "0.0.0.0"
+        gw = IPv4Address(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None
         out.append((IPv4Network(f"{dst}/{dst_len}"), gw))
     return out
 
@@ -323,12 +194,12 @@ def ensure_bridge(nl: Rtnl, name: str, gateway: IPv4Interface, mtu: int,
     if link is None:
         # A fixed MAC: otherwise the bridge takes its lowest port's MAC and changes it
         # whenever ports come and go (pods would see their gateway's MAC change).
-        body = (_ifinfo(0, IFF_UP, IFF_UP) + _attr_str(IFLA_IFNAME, name)
-                + _attr_u32(IFLA_MTU, mtu) + _attr(IFLA_ADDRESS, _mac_bytes(_local_mac()))
-                + _attr(IFLA_LINKINFO, _attr_str(IFLA_INFO_KIND, "bridge")))
+        body = (_ifinfo(0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, name)
+                + attr_u32(IFLA_MTU, mtu) + attr(IFLA_ADDRESS, mac_bytes(_local_mac()))
+                + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge")))
         # EEXIST: a concurrent ADD made it first.
-        nl.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}",
-                   ignore=(errno.EEXIST,))
+        nl.call(Msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}"),
+                ignore=(errno.EEXIST,))
         log.info("bridge %s ensured (mtu %d)", name, mtu)
         link = get_link(nl, name)
         if link is None:
@@ -340,15 +211,15 @@ def ensure_bridge(nl: Rtnl, name: str, gateway: IPv4Interface, mtu: int,
     _ensure_gateway(nl, link, gateway, force_address)
     if not link.up or (promisc and not link.promisc):
         flags = IFF_UP | (IFF_PROMISC if promisc else 0)
-        nl.request(RTM_NEWLINK, 0, _ifinfo(link.index, flags, flags), f"bring up bridge {name}")
+        nl.call(Msg(RTM_NEWLINK, 0, _ifinfo(link.index, flags, flags), f"bring up bridge {name}"))
     return link
 
 
 def _addr_body(index: int, address: IPv4Interface) -> bytes:
     ip = address.ip.packed
-    return (_IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, 0, index)
-            + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip)
-            + _attr(IFA_BROADCAST, address.network.broadcast_address.packed))
+    return (IFADDR.pack(socket.AF_INET, address.network.prefixlen, 0, 0, index)
+            + attr(IFA_LOCAL, ip) + attr(IFA_ADDRESS, ip)
+            + attr(IFA_BROADCAST, address.network.broadcast_address.packed))
 
 
 def _ensure_gateway(nl: Rtnl, link: LinkInfo, gateway: IPv4Interface,
@@ -362,11 +233,11 @@ def _ensure_gateway(nl: Rtnl, link: LinkInfo, gateway: IPv4Interface,
             f"{', '.join(map(str, addresses))} (a stale bridge from an earlier subnet? "
             "delete it, or set \"forceAddress\": true)", errno.EEXIST)
     for old in addresses:
-        nl.request(RTM_DELADDR, 0, _addr_body(link.index, old),
-                   f"remove old address {old} from {link.name}", ignore=(errno.EADDRNOTAVAIL,))
+        nl.call(Msg(RTM_DELADDR, 0, _addr_body(link.index, old),
+                    f"remove old address {old} from {link.name}"), ignore=(errno.EADDRNOTAVAIL,))
         log.info("forceAddress: removed %s from %s", old, link.name)
-    nl.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, gateway),
-               f"add {gateway} to {link.name}", ignore=(errno.EEXIST,))
+    nl.call(Msg(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, gateway),
+                f"add {gateway} to {link.name}"), ignore=(errno.EEXIST,))
     log.info("bridge %s: gateway %s", link.name, gateway)
 
 
@@ -376,21 +247,21 @@ def add_veth(nl: Rtnl, host_name: str, pod_name: str, pod_netns_fd: int, mtu: in
              bridge: LinkInfo, hairpin: bool, pod_mac: str | None = None) -> LinkInfo:
     """Create the pair with the pod end born inside the pod's namespace and the host end
     up on the bridge, set hairpin mode, and read the host end back: one batch."""
-    peer = (_ifinfo() + _attr_str(IFLA_IFNAME, pod_name) + _attr_u32(IFLA_MTU, mtu)
-            + _attr_u32(IFLA_NET_NS_FD, pod_netns_fd)
-            + (_attr(IFLA_ADDRESS, _mac_bytes(pod_mac)) if pod_mac else b""))
-    linkinfo = (_attr_str(IFLA_INFO_KIND, "veth")
-                + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer)))
-    create = (_ifinfo(0, IFF_UP, IFF_UP) + _attr_str(IFLA_IFNAME, host_name)
-              + _attr_u32(IFLA_MTU, mtu) + _attr_u32(IFLA_MASTER, bridge.index)
-              + _attr(IFLA_LINKINFO, linkinfo))
-    requests = [(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create,
-                 f"create veth {host_name}/{pod_name}")]
+    peer = (_ifinfo() + attr_str(IFLA_IFNAME, pod_name) + attr_u32(IFLA_MTU, mtu)
+            + attr_u32(IFLA_NET_NS_FD, pod_netns_fd)
+            + (attr(IFLA_ADDRESS, mac_bytes(pod_mac)) if pod_mac else b""))
+    linkinfo = (attr_str(IFLA_INFO_KIND, "veth")
+                + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer)))
+    create = (_ifinfo(0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, host_name)
+              + attr_u32(IFLA_MTU, mtu) + attr_u32(IFLA_MASTER, bridge.index)
+              + attr(IFLA_LINKINFO, linkinfo))
+    requests = [Msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, create,
+                    f"create veth {host_name}/{pod_name}")]
     if hairpin:
-        slave = (_attr_str(IFLA_INFO_SLAVE_KIND, "bridge")
-                 + _attr(IFLA_INFO_SLAVE_DATA, _attr(IFLA_BRPORT_MODE, b"\x01")))
-        requests.append((RTM_NEWLINK, 0, _by_name(host_name) + _attr(IFLA_LINKINFO, slave),
-                         f"set hairpin mode on {host_name}"))
+        slave = (attr_str(IFLA_INFO_SLAVE_KIND, "bridge")
+                 + attr(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_MODE, b"\x01")))
+        requests.append(Msg(RTM_NEWLINK, 0, _by_name(host_name) + attr(IFLA_LINKINFO, slave),
+                            f"set hairpin mode on {host_name}"))
     requests.append(_get_link_request(host_name))
     results = nl.batch(requests)
     code = results[0][1]
@@ -398,13 +269,13 @@ def add_veth(nl: Rtnl, host_name: str, pod_name: str, pod_netns_fd: int, mtu: in
         raise NetlinkOpError(f"cannot create veth {host_name}/{pod_name}: an interface named "
                              f"{host_name} (node) or {pod_name} (pod) already exists", code)
     if code:
-        raise NetlinkOpError(f"create veth {host_name}/{pod_name}: {describe(code)}", code)
+        raise NetlinkOpError(f"create veth {host_name}/{pod_name}: {describe_errno(code)}", code)
     log.info("created veth %s <-> %s on %s (mtu %d)", host_name, pod_name, bridge.name, mtu)
-    failed = [(req[3], code) for req, (_, code) in zip(requests[1:], results[1:]) if code]
+    failed = [(req.what, code) for req, (_, code) in zip(requests[1:], results[1:]) if code]
     if failed or not results[-1][0]:
         del_link(nl, host_name)  # we made it: do not leave it behind
         what, code = failed[0] if failed else (f"read back {host_name}", errno.ENODEV)
-        raise NetlinkOpError(f"{what}: {describe(code)}", code)
+        raise NetlinkOpError(f"{what}: {describe_errno(code)}", code)
     return _parse_link(results[-1][0][0])
 
 
@@ -415,17 +286,17 @@ def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface,
     if link is None:
         raise NetlinkOpError(f"{ifname} is missing from the pod's namespace", errno.ENODEV)
     requests = [
-        (RTM_NEWLINK, 0, _ifinfo(link.index, IFF_UP, IFF_UP), f"bring up {ifname} in the pod"),
-        (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, address),
-         f"add {address} to {ifname} in the pod"),
+        Msg(RTM_NEWLINK, 0, _ifinfo(link.index, IFF_UP, IFF_UP), f"bring up {ifname} in the pod"),
+        Msg(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, address),
+            f"add {address} to {ifname} in the pod"),
     ]
     for dst, gw in routes:
-        body = (_RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
-                            0, RTN_UNICAST, 0)
-                + (_attr(RTA_DST, dst.network_address.packed) if dst.prefixlen else b"")
-                + _attr(RTA_GATEWAY, gw.packed) + _attr_u32(RTA_OIF, link.index))
-        requests.append((RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body,
-                         f"add route {dst} via {gw} in the pod"))
+        body = (RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+                           0, RTN_UNICAST, 0)
+                + (attr(RTA_DST, dst.network_address.packed) if dst.prefixlen else b"")
+                + attr(RTA_GATEWAY, gw.packed) + attr_u32(RTA_OIF, link.index))
+        requests.append(Msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body,
+                            f"add route {dst} via {gw} in the pod"))
     nl.run(requests)
     return link
 
@@ -433,21 +304,21 @@ def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface,
 def set_link_down(nl: Rtnl, name: str) -> bool:
     """Cut a link off (~0.1 ms, where deleting a veth waits ~20 ms in the kernel);
     False if it does not exist."""
-    replies = nl.batch([(RTM_NEWLINK, 0, _by_name(name, 0, IFF_UP), f"set {name} down")])
+    replies = nl.batch([Msg(RTM_NEWLINK, 0, _by_name(name, 0, IFF_UP), f"set {name} down")])
     code = replies[0][1]
     if code in (errno.ENODEV, errno.ENOENT):
         return False
     if code:
-        raise NetlinkOpError(f"set {name} down: {describe(code)}", code)
+        raise NetlinkOpError(f"set {name} down: {describe_errno(code)}", code)
     return True
 
 
 def del_link(nl: Rtnl, name: str) -> bool:
     """Delete ``name`` (a veth's peer goes with it); gone already is success."""
-    (_, code), = nl.batch([(RTM_DELLINK, 0, _by_name(name), f"delete link {name}")])
+    (_, code), = nl.batch([Msg(RTM_DELLINK, 0, _by_name(name), f"delete link {name}")])
     if code in (errno.ENODEV, errno.ENOENT):
         return False
     if code:
-        raise NetlinkOpError(f"delete link {name}: {describe(code)}", code)
+        raise NetlinkOpError(f"delete link {name}: {describe_errno(code)}", code)
     log.info("deleted link %s", name)
     return True
