@@ -1,0 +1,58 @@
+"""The shared raw rtnetlink layer: attribute codec, message walking, errno wording."""
+
+import errno
+import os
+import subprocess
+import sys
+
+from overlay.netlink import rtnl
+
+
+def test_attribute_round_trip_and_padding():
+    body = (rtnl.attr_str(rtnl.IFLA_IFNAME, "br0") + rtnl.attr_u32(rtnl.IFLA_MTU, 1450)
+            + rtnl.attr(rtnl.IFLA_ADDRESS, rtnl.mac_bytes("0e:00:00:00:00:01"))
+            + rtnl.attr(rtnl.IFLA_LINKINFO | rtnl.NLA_F_NESTED,
+                        rtnl.attr_str(rtnl.IFLA_INFO_KIND, "bridge")))
+    assert len(body) % 4 == 0
+    a = rtnl.attrs(body)
+    assert rtnl.cstr(a[rtnl.IFLA_IFNAME]) == "br0" and rtnl.u32(a[rtnl.IFLA_MTU]) == 1450
+    assert rtnl.mac_str(a[rtnl.IFLA_ADDRESS]) == "0e:00:00:00:00:01"
+    assert rtnl.cstr(rtnl.attrs(a[rtnl.IFLA_LINKINFO])[rtnl.IFLA_INFO_KIND]) == "bridge"
+    # A window of the buffer, as the dump parsers read it.
+    assert set(rtnl.attrs(body, 8, 16)) == {rtnl.IFLA_MTU}
+
+
+def test_attrs_stop_at_garbage():
+    assert rtnl.attrs(rtnl.NLA.pack(2, 1) + b"\0" * 8) == {}
+    assert rtnl.cstr(None) == "" and rtnl.cstr(b"") == ""
+
+
+def test_walk_reads_each_message_once():
+    one = rtnl.NLHDR.pack(20, rtnl.NLMSG_ERROR, 0, 7, 0) + rtnl.ERR.pack(-errno.EEXIST)
+    two = rtnl.NLHDR.pack(16, rtnl.NLMSG_DONE, rtnl.NLM_F_MULTI, 8, 0)
+    got = [(t, s, o, e) for t, _, s, o, e in rtnl.walk(one + two)]
+    assert got == [(rtnl.NLMSG_ERROR, 7, 16, 20), (rtnl.NLMSG_DONE, 8, 36, 36)]
+
+
+def test_one_errno_wording_for_every_caller():
+    from overlay.netlink import common, pod, rawnl
+
+    assert rtnl.describe_errno(errno.ENODEV) == "link not found"
+    assert rtnl.describe_errno(errno.EBUSY) == "device or resource busy"
+    assert rtnl.describe_errno(errno.EMLINK) == os.strerror(errno.EMLINK)
+    assert common.describe_errno is rawnl.describe_errno is pod.describe_errno \
+        is rtnl.describe_errno
+    assert issubclass(pod.NetlinkRequestError, rtnl.NetlinkOpError)
+
+
+def test_msg_is_a_plain_tuple():
+    m = rtnl.Msg(rtnl.RTM_GETLINK, 0, b"", "get link lo")
+    kind, flags, body, what = m
+    assert (kind, m.what) == (rtnl.RTM_GETLINK, "get link lo")
+
+
+def test_importing_the_low_layers_never_loads_pyroute2():
+    code = ("import sys; import overlay.netlink.common, overlay.netlink.rtnl, "
+            "overlay.netlink.rawnl, overlay.netlink.pod, overlay.netlink.vxlan; "
+            "sys.exit(any(m.startswith('pyroute2') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
