@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import NetlinkOpError
-from .rtnl import describe_errno
+from .rtnl import GONE, describe_errno
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["GONE", "describe_errno", "netns_path", "open_iproute", "translated"]
 
 log = logging.getLogger(__name__)
-
-# Errnos that mean "already in the state you asked for" when deleting.
-GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
-
 
 def _is_netlink_error(e: BaseException) -> bool:
     # A pyroute2 NetlinkError can only exist once pyroute2 is loaded: look it up

@@ -100,6 +100,10 @@ _MEANING = {
 }
 
 
+# Errnos that mean "already in the state you asked for" when deleting.
+GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
+
+
 def describe_errno(code: int) -> str:
     """What a (positive) netlink errno means, in the words every error message here uses."""
     return _MEANING.get(code) or os.strerror(code)

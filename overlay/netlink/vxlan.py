@@ -15,18 +15,18 @@ import re
 import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from ..errors import ConfigError, NetlinkOpError
 from . import rawnl
 from .entries import FDB, Entries, Neigh, Op, Route
+from .rtnl import GONE
 
 log = logging.getLogger(__name__)
 
 RTMGRP_LINK = 0x1
 IFF_UP = rawnl.IFF_UP
 ZERO_MAC = "00:00:00:00:00:00"
-GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
 
 
 def open_netlink(netns: str | None = None) -> rawnl.RawRoute:
@@ -42,7 +42,7 @@ def open_netlink(netns: str | None = None) -> rawnl.RawRoute:
         raise NetlinkOpError(f"cannot open rtnetlink: {e.strerror or e}", e.errno or 0) from e
 
 
-def check(code: int, what: str, ignore: tuple[int, ...] = ()) -> None:
+def check(code: int, what: str, ignore: Collection[int] = ()) -> None:
     """Raise NetlinkOpError("<what>: <meaning>") for a non-zero errno not in ``ignore``."""
     if code and code not in ignore:
         raise NetlinkOpError(f"{what}: {rawnl.describe_errno(code)}", code)
@@ -253,8 +253,7 @@ class VXLANDevice:
             codes = self.raw.execute([self._to_msg(op) for op in ops])
         out = []
         for op, code in zip(ops, codes):
-            if code and not op.add and code in (errno.ENOENT, errno.ESRCH, errno.ENODEV,
-                                                 errno.EADDRNOTAVAIL):
+            if code and not op.add and code in GONE:
                 code = 0
             if code:
                 log.warning("%s failed: %s", op, rawnl.describe_errno(code))
