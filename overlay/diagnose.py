@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from .etcdconf import EtcdOptions
 from .firewall import FirewallState, read_firewall
 from .lease import Lease
 from .probe import Echo, echo_many
+from .proc import run_quiet
 from .netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
 from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
 
@@ -821,16 +821,6 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
 # -- gathering (I/O) ---------------------------------------------------------------------
 
 
-def _run(argv: list[str], timeout: float = 5.0) -> tuple[int, str, str]:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        return 127, "", f"{argv[0]} not installed"
-    except subprocess.TimeoutExpired:
-        return 124, "", f"{' '.join(argv)} timed out after {timeout}s"
-    return p.returncode, p.stdout, p.stderr.strip()
-
-
 def read_cni_conf_dir(conf_dir: str) -> tuple[list[CNIConfigFile], str]:
     try:
         names = sorted(n for n in os.listdir(conf_dir)
@@ -934,7 +924,7 @@ def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[in
     """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
     argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
             "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
-    rc, out, err = _run(argv, timeout=count * 0.2 + timeout + 3)
+    rc, out, err = run_quiet(argv, timeout=count * 0.2 + timeout + 3)
     m = _PING_RE.search(out)
     if m:
         return int(m.group(1)), int(m.group(2)), ""

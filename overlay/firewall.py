@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+from .proc import run_quiet
 
 
 @dataclass(frozen=True)
@@ -261,16 +262,6 @@ def merge_firewall(*states: FirewallState) -> FirewallState:
     return out
 
 
-def _run(argv: list[str], timeout: float = 5.0) -> tuple[int, str, str]:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        return 127, "", f"{argv[0]} not installed"
-    except subprocess.TimeoutExpired:
-        return 124, "", f"{' '.join(argv)} timed out after {timeout}s"
-    return p.returncode, p.stdout, p.stderr.strip()
-
-
 def read_firewall(port: int) -> FirewallState:
     """nft's ruleset (native tables) plus iptables-save for tables iptables manages."""
     states, ipt_tables = [], set()
@@ -278,7 +269,7 @@ def read_firewall(port: int) -> FirewallState:
         exe = shutil.which(f"{source}-save")
         if exe is None:
             continue
-        rc, out, err = _run([exe])
+        rc, out, err = run_quiet([exe])
         if rc != 0:
             states.append(FirewallState(errors=[f"{source}-save: {err or rc}"]))
             continue
@@ -286,7 +277,7 @@ def read_firewall(port: int) -> FirewallState:
             ipt_tables = {l[1:].strip() for l in out.splitlines() if l.startswith("*")}
         states.append(parse_iptables_save(out, port, source))
     if shutil.which("nft"):
-        rc, out, err = _run(["nft", "-j", "list", "ruleset"])
+        rc, out, err = run_quiet(["nft", "-j", "list", "ruleset"])
         if rc == 0:
             skip = {("ip", t) for t in ipt_tables}
             states.append(parse_nft_ruleset(out, port, skip))
