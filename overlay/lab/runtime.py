@@ -1,11 +1,19 @@
 """Calling CNI plugins exactly as a container runtime does (CNI SPEC, "Execution").
 
-For a network configuration list, ADD calls each plugin in order, handing each the
-previous plugin's result as ``prevResult``; DEL calls them in reverse order with the
-cached result of the ADD; CHECK in order with that cached result.  Plugins are found by
-their ``type`` in the ``CNI_PATH`` directories and run inside the node's namespace, as
-a runtime on that node would run them.  No capability arguments are passed (the lab's
-pods map no ports), so a chained ``portmap`` just passes the result through.
+The network configuration list is picked as libcni picks it: the files ``*.conflist``,
+``*.conf`` and ``*.json`` of the conf dir in lexical order, the first one unless a
+network name is asked for (a single-plugin ``.conf`` is a list of one).  ADD calls each
+plugin in order, handing each the previous plugin's result as ``prevResult``; DEL calls
+them in reverse order with the cached result of the ADD; CHECK in order with that
+cached result.  Plugins are found by their ``type`` in the ``CNI_PATH`` directories and
+run in the node's namespace (or this process's own), as a runtime on that node would run
+them.  A plugin's error is reported with its CNI error JSON.  No capability arguments
+are passed (the pods map no ports), so a chained ``portmap`` just passes the result
+through.
+
+Two users: the namespace lab (``lab.py``, which keeps the results in its state file)
+and ``python -m overlay.lab.cni_exec`` (the smoke check in the Vagrant VMs, which keeps
+them in a :class:`ResultCache`).
 """
 
 from __future__ import annotations
@@ -15,20 +23,39 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
+from ..fsutil import atomic_write
 from .spec import LabError
 from .system import NETNS_DIR, in_netns
 
 log = logging.getLogger(__name__)
 
+CONF_SUFFIXES = (".conflist", ".conf", ".json")
+
 
 @dataclass(frozen=True)
 class Attachment:
     container_id: str
-    netns: str          # a name under /var/run/netns
+    netns: str          # a name under /var/run/netns, or a path
     ifname: str = "eth0"
     args: str = ""      # CNI_ARGS
+
+
+def conf_files(conf_dir: str) -> list[str]:
+    """The configuration files a runtime reads, in libcni's (lexical) order."""
+    if not os.path.isdir(conf_dir):
+        raise LabError(f"CNI conf dir {conf_dir} does not exist (was install-cni run?)")
+    return sorted(os.path.join(conf_dir, n) for n in os.listdir(conf_dir)
+                  if n.endswith(CONF_SUFFIXES) and os.path.isfile(os.path.join(conf_dir, n)))
+
+
+def find_conflist(conf_dir: str) -> str:
+    """The file a runtime would pick when no network is named: the lexically first."""
+    files = conf_files(conf_dir)
+    if not files:
+        raise LabError(f"no CNI network configuration in {conf_dir}")
+    return files[0]
 
 
 def load_conflist(path: str) -> dict[str, Any]:
@@ -37,6 +64,8 @@ def load_conflist(path: str) -> dict[str, Any]:
             conf = json.load(f)
     except (OSError, ValueError) as e:
         raise LabError(f"cannot read the CNI network configuration {path}: {e}") from e
+    if not isinstance(conf, dict):
+        raise LabError(f"{path}: a CNI network configuration is a JSON object")
     if "plugins" not in conf:  # a single-plugin .conf is a list of one
         conf = {"cniVersion": conf.get("cniVersion"), "name": conf.get("name"), "plugins": [conf]}
     if not conf.get("name") or not conf.get("plugins"):
@@ -44,41 +73,76 @@ def load_conflist(path: str) -> dict[str, Any]:
     return conf
 
 
-def find_conflist(conf_dir: str) -> str:
-    """The file a runtime would pick: the lexically first .conflist/.conf/.json."""
-    try:
-        names = sorted(n for n in os.listdir(conf_dir)
-                       if n.endswith((".conflist", ".conf", ".json")))
-    except FileNotFoundError:
-        names = []
-    if not names:
-        raise LabError(f"no CNI network configuration in {conf_dir}")
-    return os.path.join(conf_dir, names[0])
+def load_network(conf_dir: str, name: str | None = None) -> dict[str, Any]:
+    """The list libcni would load: the first file, or the first list named ``name``."""
+    if name is None:
+        return load_conflist(find_conflist(conf_dir))
+    files = conf_files(conf_dir)
+    for path in files:
+        conf = load_conflist(path)
+        if conf["name"] == name:
+            return conf
+    raise LabError(f"no network named {name!r} in {conf_dir} ({len(files)} files)")
+
+
+class ResultCache:
+    """The ADD results a runtime keeps for DEL and CHECK (libcni's /var/lib/cni/results):
+    one file per network, container and interface."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def path(self, network: str, att: Attachment) -> str:
+        return os.path.join(self.directory, f"{network}-{att.container_id}-{att.ifname}.json")
+
+    def load(self, network: str, att: Attachment) -> dict[str, Any] | None:
+        path = self.path(network, att)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise LabError(f"cached CNI result {path} is unreadable ({e}): remove it") from e
+
+    def save(self, network: str, att: Attachment, result: dict[str, Any]) -> None:
+        atomic_write(self.path(network, att), json.dumps(result))
+
+    def drop(self, network: str, att: Attachment) -> None:
+        try:
+            os.unlink(self.path(network, att))
+        except FileNotFoundError:
+            pass
 
 
 class CNIRuntime:
-    """Runs a conflist's plugins in ``node_ns`` with ``CNI_PATH=cni_path``."""
+    """Runs a conflist's plugins with ``CNI_PATH=cni_path``, inside ``node_ns`` if given.
 
-    def __init__(self, conflist: dict[str, Any], cni_path: list[str], node_ns: str,
-                 timeout: float = 30.0, extra_env: dict[str, str] | None = None):
+    The plugins' environment is ``PATH``, then ``extra_env`` (a runtime's own environment,
+    or settings such as a plugin's socket), then the ``CNI_*`` variables."""
+
+    def __init__(self, conflist: dict[str, Any], cni_path: list[str], node_ns: str | None,
+                 timeout: float = 30.0, extra_env: Mapping[str, str] | None = None):
         self.extra_env = dict(extra_env or {})
         self.conflist = conflist
         self.cni_path = cni_path
         self.node_ns = node_ns
         self.timeout = timeout
 
+    @property
+    def network(self) -> str:
+        return self.conflist["name"]
+
     def add(self, att: Attachment) -> dict[str, Any]:
         result: dict[str, Any] | None = None
-        done: list[dict[str, Any]] = []
-        for plugin in self.conflist["plugins"]:
-            try:
+        try:
+            for plugin in self.conflist["plugins"]:
                 result = self._exec("ADD", plugin, att, result)
-            except LabError:
-                # A runtime cleans up a failed ADD with DEL over the plugins already called.
-                for p in reversed(done + [plugin]):
-                    self._del_quietly(p, att, result)
-                raise
-            done.append(plugin)
+        except LabError:
+            # A runtime cleans up a failed ADD with a DEL of the whole list.
+            for plugin in reversed(self.conflist["plugins"]):
+                self._del_quietly(plugin, att, result)
+            raise
         assert result is not None
         return result
 
@@ -95,7 +159,7 @@ class CNIRuntime:
         try:
             self._exec("DEL", plugin, att, prev)
         except LabError as e:
-            log.warning("cleanup after a failed ADD: %s", e)
+            log.warning("clean-up after the failed ADD: %s", e)
 
     def _exec(self, command: str, plugin: dict[str, Any], att: Attachment,
               prev: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -105,51 +169,50 @@ class CNIRuntime:
         if prev is not None:
             conf["prevResult"] = prev
         exe = self._find(plugin.get("type", ""))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": att.container_id,
-            "CNI_NETNS": os.path.join(NETNS_DIR, att.netns),
-            "CNI_IFNAME": att.ifname,
-            "CNI_PATH": os.pathsep.join(self.cni_path),
-        }
-        if att.args:
-            env["CNI_ARGS"] = att.args
-        env.update(self.extra_env)
-        log.debug("CNI %s %s for %s", command, plugin.get("type"), att.container_id)
+        what = f"CNI {command} {plugin['type']} for {att.container_id}"
+        log.debug("%s", what)
+        argv = in_netns(self.node_ns, [exe]) if self.node_ns else [exe]
         try:
-            cp = subprocess.run(in_netns(self.node_ns, [exe]), input=json.dumps(conf),
-                                capture_output=True, text=True, env=env, timeout=self.timeout)
+            cp = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True,
+                                env=self._env(command, att), timeout=self.timeout)
         except subprocess.TimeoutExpired as e:
-            raise LabError(f"CNI {command} {plugin['type']} for {att.container_id}: "
-                           f"no answer within {self.timeout:g} s") from e
+            raise LabError(f"{what}: no answer within {self.timeout:g} s") from e
+        except OSError as e:
+            raise LabError(f"{what}: cannot run {argv[0]}: {e}") from e
         if cp.returncode != 0:
-            raise LabError(f"CNI {command} {plugin['type']} for {att.container_id} failed: "
-                           f"{_error_text(cp)}")
+            raise LabError(f"{what} failed: {_error_text(cp)}")
         if command != "ADD":
             return prev
         try:
             return json.loads(cp.stdout)
         except ValueError as e:
-            raise LabError(f"CNI ADD {plugin['type']}: result is not JSON: {cp.stdout[:200]!r}") from e
+            raise LabError(f"{what}: the result is not JSON: {cp.stdout[:200]!r}") from e
+
+    def _env(self, command: str, att: Attachment) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        # A runtime's own CNI_* settings never reach a plugin: it gets this call's.
+        env.update((k, v) for k, v in self.extra_env.items() if not k.startswith("CNI_"))
+        env.update(CNI_COMMAND=command, CNI_CONTAINERID=att.container_id,
+                   CNI_NETNS=os.path.join(NETNS_DIR, att.netns), CNI_IFNAME=att.ifname,
+                   CNI_PATH=os.pathsep.join(self.cni_path))
+        if att.args:
+            env["CNI_ARGS"] = att.args
+        return env
 
     def _find(self, type_: str) -> str:
         if not type_ or "/" in type_:
             raise LabError(f"CNI plugin type {type_!r} is not a plugin name")
         for d in self.cni_path:
             path = os.path.join(d, type_)
-            if os.access(path, os.X_OK):
+            if d and os.path.isfile(path) and os.access(path, os.X_OK):
                 return path
-        raise LabError(f"CNI plugin {type_!r} not found in {os.pathsep.join(self.cni_path)}")
+        raise LabError(f"CNI plugin {type_!r} not found on CNI_PATH {os.pathsep.join(self.cni_path)}")
 
 
 def _error_text(cp: subprocess.CompletedProcess) -> str:
+    """The plugin's CNI error JSON (on one line), else the last line it printed."""
     try:
-        err = json.loads(cp.stdout)
-        text = f"code {err.get('code')}: {err.get('msg')}"
-        if err.get("details"):
-            text += f" ({err['details']})"
-        return text
+        return json.dumps(json.loads(cp.stdout))
     except ValueError:
         lines = (cp.stderr or cp.stdout or f"exit {cp.returncode}").strip().splitlines()
         return lines[-1] if lines else f"exit {cp.returncode}"
