@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Smoke check of the Vagrant lab: one pod on every VM, attached through the installed CNI
-# plugin exactly as a container runtime would (cni_runtime.py: the conflist from
-# /etc/cni/net.d, each plugin executed from CNI_PATH with the CNI_* environment), then
-# every pod pings every other VM's pod (pod IP to pod IP, no NAT) and sends a 1422-byte
-# payload with DF set (the overlay's MTU); the pods are removed again at the end.
+# plugin exactly as a container runtime would (`python -m overlay.lab.cni_exec` with the
+# project's venv: the conflist from /etc/cni/net.d, each plugin executed from CNI_PATH
+# with the CNI_* environment), then every pod pings every other VM's pod (pod IP to pod
+# IP, no NAT) and sends a 1422-byte payload with DF set (the overlay's MTU); the pods are
+# removed again at the end.
 #
 # From the host, in vagrant/ after `vagrant up` (uses `vagrant ssh -c`):
 #   ./smoke-check.sh                # node1..node$OVERLAY_VAGRANT_NODES (default 3)
@@ -18,7 +19,8 @@
 # (/opt/cni/bin:/usr/lib/cni), OVERLAY_SMOKE_STATE_DIR (/run/overlay-smoke),
 # OVERLAY_SMOKE_NODE_NETNS (run the plugin inside this netns instead of the machine's
 # own; for testing the script without VMs), OVERLAY_SMOKE_PING_WAIT (seconds to wait
-# for a reply, 2), VAGRANT (the vagrant command),
+# for a reply, 2), OVERLAY_SMOKE_PYTHON (the venv's python, <repo>/.venv/bin/python:
+# /vagrant/.venv in the VMs, made by provision.sh), VAGRANT (the vagrant command),
 # OVERLAY_SMOKE_REMOTE (this script's path inside the VMs, /vagrant/vagrant/smoke-check.sh).
 set -euo pipefail
 
@@ -28,6 +30,7 @@ CONF_DIR=${OVERLAY_SMOKE_CONF_DIR:-/etc/cni/net.d}
 PLUGIN_PATH=${OVERLAY_SMOKE_CNI_PATH:-/opt/cni/bin:/usr/lib/cni}
 STATE_DIR=${OVERLAY_SMOKE_STATE_DIR:-/run/overlay-smoke}
 NODE_NETNS=${OVERLAY_SMOKE_NODE_NETNS:-}
+VENV_PY=${OVERLAY_SMOKE_PYTHON:-$(dirname "$HERE")/.venv/bin/python}
 VAGRANT=${VAGRANT:-vagrant}
 REMOTE=${OVERLAY_SMOKE_REMOTE:-/vagrant/vagrant/smoke-check.sh}
 MTU_PAYLOAD=1422
@@ -52,14 +55,19 @@ check_name() {
     || die "pod name ${1@Q}: expected 1-15 of a-z, 0-9 and -, starting with a letter or digit"
 }
 
-# Runs cni_runtime.py in the node's network namespace (the VM itself, or NODE_NETNS).
+# Runs the project's CNI runtime (overlay.lab.cni_exec) in the node's network namespace
+# (the VM itself, or NODE_NETNS).
 cni() {
   local cmd=$1 name=$2
   local -a in_node=()
   [ -z "$NODE_NETNS" ] || in_node=(ip netns exec "$NODE_NETNS")
-  "${in_node[@]}" python3 "$HERE/cni_runtime.py" "$cmd" --netns "/run/netns/$PREFIX-$name" \
+  "${in_node[@]}" "$VENV_PY" -m overlay.lab.cni_exec "$cmd" --netns "/run/netns/$PREFIX-$name" \
     --container-id "$PREFIX-$(hostname -s)-$name" --conf-dir "$CONF_DIR" \
     --cni-path "$PLUGIN_PATH" --cache-dir "$STATE_DIR"
+}
+
+need_venv() {
+  [ -x "$VENV_PY" ] || die "$VENV_PY missing: run cmd/bootstrap.sh (provision.sh does)"
 }
 
 pod_ip_from_result() {
@@ -74,6 +82,7 @@ pod_add() {
   check_name "${1:-}"
   local name=$1 netns="$PREFIX-$1" result ip
   [ "$(id -u)" -eq 0 ] || die "pod-add needs root (sudo)"
+  need_venv
   if [ -e "/run/netns/$netns" ]; then
     die "netns $netns exists already: remove it with '$0 pod-del $name'"
   fi
@@ -111,6 +120,7 @@ pod_del() {
   check_name "${1:-}"
   local name=$1 netns="$PREFIX-$1" rc=0
   [ "$(id -u)" -eq 0 ] || die "pod-del needs root (sudo)"
+  need_venv
   # DEL is idempotent for the plugin: run it even when the netns is already gone.
   cni del "$name" || rc=1
   if [ -e "/run/netns/$netns" ]; then

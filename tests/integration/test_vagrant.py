@@ -10,7 +10,7 @@
   units' command lines and provision.sh's environment files, provision.sh's own steps
   (network config, install-cni, readiness), then smoke-check.sh's host side through a
   stand-in for ``vagrant ssh``, attaching pods with the installed plugin exactly as a
-  runtime would (cni_runtime.py) and pinging across the VXLAN overlay;
+  runtime would (``python -m overlay.lab.cni_exec``) and pinging across the VXLAN overlay;
 * the smoke check's failure reports (no reply, MTU) with Debian's reference plugins;
 * opt-in (OVERLAY_TEST_NSPAWN=1): the whole recipe on three booted Debian 12 containers
   with real systemd (vagrant/nspawn-lab.sh).
@@ -224,8 +224,9 @@ def test_scripts_parse():
         assert os.access(script, os.X_OK), f"{script} not executable"
         r = run(["bash", "-n", str(script)])
         assert r.returncode == 0, r.stderr
-    r = run([sys.executable, "-m", "py_compile", str(VAGRANT_DIR / "cni_runtime.py")])
-    assert r.returncode == 0, r.stderr
+    # smoke-check.sh runs the CNI runtime as a module of the venv's python.
+    r = run([sys.executable, "-m", "overlay.lab.cni_exec", "--help"])
+    assert r.returncode == 0 and "--cache-dir" in r.stdout, r.stderr
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
@@ -260,7 +261,7 @@ def test_cni_runtime_reports_plugin_errors(tmp_path):
     conf.mkdir()
     (conf / "10-x.conflist").write_text(json.dumps(
         {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "ovvg-missing"}]}))
-    base = [sys.executable, str(VAGRANT_DIR / "cni_runtime.py"), "add", "--netns",
+    base = [sys.executable, "-m", "overlay.lab.cni_exec", "add", "--netns",
             "/run/netns/ovvg-none", "--container-id", "ovvg-c1", "--conf-dir", str(conf),
             "--cache-dir", str(tmp_path / "cache")]
     r = run([*base, "--cni-path", str(tmp_path)], timeout=30)
@@ -278,7 +279,8 @@ def test_cni_runtime_reports_plugin_errors(tmp_path):
         {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "ovvg-refuses"}]}))
     r = run([*base, "--cni-path", str(tmp_path)], timeout=30)
     assert r.returncode == 1, r.stderr
-    assert 'error: ovvg-refuses ADD failed: {"cniVersion": "1.0.0", "code": 7' in r.stderr
+    assert ('error: CNI ADD ovvg-refuses for ovvg-c1 failed: {"cniVersion": "1.0.0", "code": 7'
+            in r.stderr)
     assert (tmp_path / "ovvg-refuses.log").read_text().split() == ["ADD", "DEL"]
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
     r = run([*base[:-4], "--conf-dir", str(tmp_path / "nope")], timeout=30)
