@@ -206,7 +206,8 @@ class CNIRuntime:
             path = os.path.join(d, type_)
             if d and os.path.isfile(path) and os.access(path, os.X_OK):
                 return path
-        raise LabError(f"CNI plugin {type_!r} not found on CNI_PATH {os.pathsep.join(self.cni_path)}")
+        raise LabError(f"CNI plugin {type_!r} not found on CNI_PATH "
+                       f"{os.pathsep.join(self.cni_path)}")
 
 
 def _error_text(cp: subprocess.CompletedProcess) -> str:
