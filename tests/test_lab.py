@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -139,3 +142,30 @@ def test_pid_file_tracks_exactly_its_process(tmp_path):
     assert stop_process(pf) is True
     assert pf.read() is None and not (tmp_path / "sleep.pid").exists()
     assert "sleep 30" in (tmp_path / "sleep.log").read_text()
+
+
+# --- cmd/ scripts ------------------------------------------------------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _fake_venv(tmp_path, *programs):
+    """A venv whose programs print their name and arguments (nothing real runs)."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in programs:
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        (bin_dir / name).chmod(0o755)
+    return tmp_path / "venv"
+
+
+def test_run_tests_uses_overlay_venv(tmp_path):
+    # A copy of run-tests beside a bootstrap.sh that does nothing: the test never installs.
+    (tmp_path / "cmd").mkdir()
+    shutil.copy(ROOT / "cmd/run-tests", tmp_path / "cmd/run-tests")
+    (tmp_path / "cmd/bootstrap.sh").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "cmd/bootstrap.sh").chmod(0o755)
+    venv = _fake_venv(tmp_path, "python")
+    cp = subprocess.run([str(tmp_path / "cmd/run-tests"), "tests/test_x.py"], capture_output=True,
+                        text=True, env=dict(os.environ, OVERLAY_VENV=str(venv)), timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.startswith("python -m pytest") and "tests/test_x.py" in cp.stdout
