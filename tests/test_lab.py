@@ -169,3 +169,23 @@ def test_run_tests_uses_overlay_venv(tmp_path):
                         text=True, env=dict(os.environ, OVERLAY_VENV=str(venv)), timeout=30)
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.startswith("python -m pytest") and "tests/test_x.py" in cp.stdout
+
+
+PROGRAMS = ("overlayd", "overlayctl", "overlay-cni", "overlay-lab")
+
+
+def test_cmd_entry_points_are_links_to_one_script(tmp_path):
+    assert {os.path.realpath(ROOT / "cmd" / p) for p in PROGRAMS} == {str(ROOT / "cmd/venv-exec")}
+    venv = _fake_venv(tmp_path, *PROGRAMS)
+    env = dict(os.environ, OVERLAY_VENV=str(venv))
+    for prog in PROGRAMS:
+        # Through a link to the link, as provision.sh installs them into /usr/local/bin.
+        (tmp_path / prog).symlink_to(ROOT / "cmd" / prog)
+        cp = subprocess.run([str(tmp_path / prog), "--help"], capture_output=True, text=True,
+                            env=env, timeout=30)
+        assert (cp.returncode, cp.stdout) == (0, f"{prog} --help\n"), cp.stderr
+    cp = subprocess.run([str(ROOT / "cmd/venv-exec")], capture_output=True, text=True, env=env)
+    assert cp.returncode == 2 and "one of its links" in cp.stderr
+    cp = subprocess.run([str(ROOT / "cmd/overlayd")], capture_output=True, text=True,
+                        env=dict(os.environ, OVERLAY_VENV=str(tmp_path / "none")))
+    assert cp.returncode == 1 and "run cmd/bootstrap.sh" in cp.stderr
