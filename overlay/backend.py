@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Iterable, Protocol, Sequence
@@ -200,29 +199,27 @@ class VXLANBackend:
 
 
 class Reconciler:
-    """Runs ``backend.reconcile`` periodically and on demand (``kick``)."""
+    """When the daemon reconciles: periodically, on demand (``kick``), and sooner
+    (``retry``) while something is failing."""
 
     def __init__(self, backend: VXLANBackend, interval: float = 10.0, retry: float = 1.0):
         self.backend = backend
         self.interval = interval
         self.retry = retry
         self._kick = threading.Event()
-        self.runs = 0
-        self.last_duration = 0.0
+        self._retry_soon = False
 
     def kick(self) -> None:
         self._kick.set()
 
+    def retry_soon(self) -> None:
+        """Something outside the backend failed: wake after ``retry``, not ``interval``."""
+        self._retry_soon = True
+
     def wait(self, stop: threading.Event) -> bool:
         """Sleep until kicked, the interval passes, or stop; False if stopping."""
-        timeout = self.retry if self.backend.failed else self.interval
+        timeout = self.retry if self.backend.failed or self._retry_soon else self.interval
+        self._retry_soon = False
         self._kick.wait(timeout)
         self._kick.clear()
         return not stop.is_set()
-
-    def run_once(self) -> Result:
-        t0 = time.monotonic()
-        res = self.backend.reconcile()
-        self.last_duration = time.monotonic() - t0
-        self.runs += 1
-        return res

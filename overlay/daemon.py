@@ -237,17 +237,21 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self._lease_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
+        self._held: IPv4Network | None = None  # the subnet _hold last completed for
+        self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
 
     # -- readiness -------------------------------------------------------------------
     def readiness(self) -> list[str]:
+        """What keeps the node from being ready ([] when ready); no side effects."""
         missing = []
+        if self.stop.is_set():
+            missing.append("stopping")
         if self.manager is None or self.manager.current is None:
             missing.append("no subnet lease yet")
         if not self._env_written:
             missing.append(f"{self.s.subnet_file} not written")
         if not self._programmed:
             missing.append("VXLAN device not programmed")
-        self.metrics.ready.set(0 if missing else 1)
         return missing
 
     # -- main ------------------------------------------------------------------------
@@ -358,18 +362,41 @@ class Daemon:
     def _hold(self, lease: Lease) -> None:
         """Device address, subnet.env and masquerade for the lease now held."""
         with self._lease_lock:
-            self.device.ensure_address(IPv4Interface(f"{lease.subnet.network_address}/32"))
-            env = SubnetEnv(self.config.network,
-                            IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
-                            self.mtu, self.s.ip_masq)
-            write_subnet_env(self.s.subnet_file, env)
-            self._env_written = True
-            log.info("wrote %s: subnet %s, MTU %d", self.s.subnet_file, env.subnet, self.mtu)
-            self.masq.update(lease.subnet)
+            self._hold_locked(lease)
+
+    def _hold_locked(self, lease: Lease) -> None:
+        self.device.ensure_address(lease.vtep_address)
+        env = SubnetEnv(self.config.network,
+                        IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
+                        self.mtu, self.s.ip_masq)
+        write_subnet_env(self.s.subnet_file, env)
+        self._env_written = True
+        log.info("wrote %s: subnet %s, MTU %d", self.s.subnet_file, env.subnet, self.mtu)
+        self.masq.update(lease.subnet)
+        self._held = lease.subnet  # only once every step succeeded
+
+    def _ensure_held(self) -> None:
+        """Catch up with the manager's lease: redo ``_hold`` if the last one failed or
+        a re-acquisition moved us, else put the device address back if it went missing.
+        Under the lease lock, so it never races a ``_hold`` of a newer lease."""
+        with self._lease_lock:
+            lease = self.manager.current if self.manager else None
+            if lease is None:
+                return
+            if self._held != lease.subnet:
+                log.info("lease %s not fully applied yet (held %s): applying it",
+                         lease.subnet, self._held)
+                self._hold_locked(lease)
+            else:
+                self.device.ensure_address(lease.vtep_address)
 
     def _on_lease(self, lease: Lease) -> None:
         log.info("lease now %s (etcd lease %x)", lease.subnet, lease.etcd_lease_id)
-        self._hold(lease)
+        try:
+            self._hold(lease)
+        except OverlayError as e:  # the reconcile loop retries it (_ensure_held)
+            log.warning("applying lease %s failed: %s; retrying", lease.subnet, e)
+            self.reconciler.kick()
 
     # -- watch -> backend --------------------------------------------------------------
     def _on_watch_listing(self, leases: list[Lease]) -> None:
@@ -390,6 +417,11 @@ class Daemon:
     def _reconcile_locked(self, leases: list[Lease] | None) -> None:
         t0 = time.monotonic()
         self._repair_device()
+        try:
+            self._ensure_held()
+        except OverlayError as e:  # the remotes are programmed regardless; retried soon
+            log.warning("applying the lease failed: %s; retrying", e)
+            self.reconciler.retry_soon()
         res = self.backend.reconcile(leases)
         dt = time.monotonic() - t0
         self.metrics.reconcile_runs.inc()
@@ -416,10 +448,7 @@ class Daemon:
             nl.close()
         if underlay.index != self.device.spec.underlay_index:
             self.device.spec = replace(self.device.spec, underlay_index=underlay.index)
-        self.device.ensure()
-        lease = self.manager.current
-        if lease is not None:
-            self.device.ensure_address(IPv4Interface(f"{lease.subnet.network_address}/32"))
+        self.device.ensure()  # its address: _ensure_held, next
 
     def _update_gauges(self) -> None:
         self.metrics.leases_known.set(len(self.backend.leases))
@@ -463,6 +492,7 @@ class Daemon:
                 self._reconcile()
             except OverlayError as e:
                 log.warning("reconcile failed: %s; retrying", e)
+                self.reconciler.retry_soon()
             if self.masq.enabled:
                 try:
                     self.masq.ensure()

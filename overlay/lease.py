@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Iterable, Mapping
 
 from .errors import RegistryError
@@ -120,6 +120,11 @@ class Lease:
     def gateway(self) -> IPv4Address:
         """The first host address, held by the node's bridge (``.1``)."""
         return self.subnet.network_address + 1
+
+    @property
+    def vtep_address(self) -> IPv4Interface:
+        """The VXLAN device's address: the subnet's network address as a /32."""
+        return IPv4Interface((self.subnet.network_address, 32))
 
 
 class EventType(enum.Enum):

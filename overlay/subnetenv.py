@@ -80,4 +80,7 @@ def load_subnet_env(path: str = DEFAULT_SUBNET_FILE) -> SubnetEnv:
 
 
 def write_subnet_env(path: str, env: SubnetEnv) -> None:
-    atomic_write(path, env.format(), mode=0o644)
+    try:
+        atomic_write(path, env.format(), mode=0o644)
+    except OSError as e:
+        raise SubnetEnvError(f"cannot write {path} (--subnet-file): {e.strerror}") from e

@@ -64,3 +64,99 @@ def test_lease_expiry_metric():
     assert 98 < value(m, "overlay_lease_expiry_seconds") <= 100
     m.track_lease_expiry(lambda: datetime.now(timezone.utc) - timedelta(seconds=5))
     assert value(m, "overlay_lease_expiry_seconds") == 0
+
+
+# ---- the lease held vs the manager's lease (a failed _hold is retried) ---------------
+
+class FakeDevice:
+    index = 7
+
+    def __init__(self):
+        self.addrs = []
+
+    def state(self):
+        return True, self.index
+
+    def ensure_address(self, addr):
+        self.addrs = [addr]
+
+
+class FakeBackend:
+    leases: dict = {}
+    failed: set = set()
+
+    def reconcile(self, leases=None):
+        from overlay.backend import Result
+        return Result()
+
+    def entry_count(self):
+        return 0
+
+
+class FakeMasq:
+    enabled = False
+
+    def update(self, subnet):
+        self.subnet = subnet
+
+
+class FakeManager:
+    def __init__(self, lease):
+        self.current = lease
+
+
+def wired_daemon(tmp_path, subnet_file):
+    from overlay.backend import Reconciler
+    from overlay.config import parse_network_config
+    d = Daemon(parse_settings(["--subnet-file", str(subnet_file)], environ={}))
+    d.device, d.backend, d.masq = FakeDevice(), FakeBackend(), FakeMasq()
+    d.reconciler = Reconciler(d.backend)
+    d.config, d.mtu = parse_network_config({"Network": "10.244.0.0/16"}), 1450
+    return d
+
+
+def lease_of(i):
+    return Lease(IPv4Network(f"10.244.{i}.0/24"), LeaseAttrs(IPv4Address("192.168.1.11")),
+                 etcd_lease_id=0x10 + i)
+
+
+def test_failed_hold_after_reacquisition_is_retried_by_the_reconcile(tmp_path):
+    from dataclasses import replace
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    good = tmp_path / "subnet.env"
+    d = wired_daemon(tmp_path, good)
+    d.manager = FakeManager(lease_of(1))
+    d._hold(lease_of(1))
+    assert "10.244.1.1/24" in good.read_text()
+    # Re-acquired a different subnet, but subnet.env cannot be written right now.
+    d.s = replace(d.s, subnet_file=str(blocker / "subnet.env"))
+    d.manager.current = lease_of(5)
+    d._on_lease(lease_of(5))  # logs, does not raise (the keepalive thread must live on)
+    assert d.masq.subnet == IPv4Network("10.244.1.0/24")  # nothing after the failure
+    d._reconcile()  # still failing: the remotes are reconciled anyway
+    d.s = replace(d.s, subnet_file=str(good))
+    d._reconcile()
+    assert "10.244.5.1/24" in good.read_text()
+    assert d.masq.subnet == IPv4Network("10.244.5.0/24")
+    assert [str(a) for a in d.device.addrs] == ["10.244.5.0/32"]
+
+
+def test_reconcile_puts_back_a_device_address_removed_by_hand(tmp_path):
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    d.manager = FakeManager(lease_of(3))
+    d._hold(lease_of(3))
+    d.device.addrs = []  # `ip addr flush` by an operator
+    d._reconcile()
+    assert [str(a) for a in d.device.addrs] == ["10.244.3.0/32"]
+
+
+def test_ready_gauge_follows_readiness_without_a_readyz_request(tmp_path):
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    assert value(d.metrics, "overlay_ready") == 0
+    d.manager = FakeManager(lease_of(3))
+    d._hold(lease_of(3))
+    d._reconcile()  # the first reconcile programs the device
+    assert value(d.metrics, "overlay_ready") == 1
+    d.stop.set()
+    assert value(d.metrics, "overlay_ready") == 0 and d.readiness() == ["stopping"]

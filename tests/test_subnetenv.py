@@ -62,3 +62,12 @@ def test_parse_errors_say_what_is_wrong(text, why):
 def test_missing_file_tells_what_to_check(tmp_path):
     with pytest.raises(SubnetEnvError, match="is overlayd running"):
         load_subnet_env(str(tmp_path / "nope.env"))
+
+
+def test_write_failure_is_a_subnet_env_error_naming_the_flag(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = SubnetEnv(IPv4Network("10.244.0.0/16"), IPv4Interface("10.244.1.1/24"), 1450, False)
+    with pytest.raises(SubnetEnvError) as e:
+        write_subnet_env(str(blocker / "subnet.env"), env)  # parent is a file: ENOTDIR
+    assert "--subnet-file" in str(e.value) and str(blocker) in str(e.value)
