@@ -650,3 +650,18 @@ def test_find_daemons_matches_name_and_network_namespace(tmp_path):
     fake(13, [b"/usr/bin/overlayd-helper"], "x")
     assert dg.find_daemons(str(proc)) == [12]
     assert dg.find_daemons(str(tmp_path / "absent")) is None
+
+
+def test_run_quiet_never_raises_for_a_program_that_cannot_run(tmp_path):
+    from overlay.proc import run_quiet
+
+    plain = tmp_path / "nft"
+    plain.write_text("#!/bin/sh\necho hi\n")  # not executable: EACCES, even for root
+    garbage = tmp_path / "iptables-save"
+    garbage.write_bytes(b"\x7fELF nonsense")
+    garbage.chmod(0o755)  # executable, but no format the kernel runs: ENOEXEC
+    rc, out, err = run_quiet([str(plain)])
+    assert (rc, out) == (126, "") and err.startswith(f"cannot run {plain}: ")
+    rc, out, err = run_quiet([str(garbage)])
+    assert (rc, out) == (126, "") and "cannot run" in err
+    assert run_quiet([str(tmp_path / "absent")])[0] == 127
