@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -189,3 +190,41 @@ def test_cmd_entry_points_are_links_to_one_script(tmp_path):
     cp = subprocess.run([str(ROOT / "cmd/overlayd")], capture_output=True, text=True,
                         env=dict(os.environ, OVERLAY_VENV=str(tmp_path / "none")))
     assert cp.returncode == 1 and "run cmd/bootstrap.sh" in cp.stderr
+
+
+# --- the lab's own state ---------------------------------------------------------------
+def _lab(tmp_path, nodes=("node1", "node2")):
+    from overlay.lab.lab import Lab
+    lab = Lab(LabSpec("ovlt", str(tmp_path)), progress=lambda msg: None)
+    lab.state = LabState("ovlt", 1, list(nodes))
+    return lab
+
+
+def test_saves_from_parallel_threads_never_lose_a_pod(tmp_path, monkeypatch):
+    """ensure_pods saves from one thread per node: a thread that built its snapshot first
+    but writes it last must not drop another thread's pod from lab.json."""
+    import overlay.lab.state as state_mod
+    lab = _lab(tmp_path)
+    real_write = state_mod.atomic_write
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def write(path, data, mode=0o644):
+        if not first_in.is_set():       # the first writer is held up just before writing
+            first_in.set()
+            second_done.wait(0.3)
+            real_write(path, data, mode)
+        else:
+            real_write(path, data, mode)
+            second_done.set()
+    monkeypatch.setattr(state_mod, "atomic_write", write)
+
+    def add(node):
+        name = f"pod-{node}-1"
+        lab.state.pods[name] = PodRecord(name, node, f"ovlt-{node}")
+        lab._save()
+    first = threading.Thread(target=add, args=("node1",))
+    first.start()
+    assert first_in.wait(5)
+    add("node2")
+    first.join()
+    assert sorted(load_state(lab.spec.state_file).pods) == ["pod-node1-1", "pod-node2-1"]

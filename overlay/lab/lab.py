@@ -21,11 +21,13 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import OverlayError
 from ..subnetenv import load_subnet_env
@@ -70,6 +72,9 @@ class Lab:
         self.spec = spec
         self.progress = progress or (lambda msg: log.info("%s", msg))
         self.state: LabState | None = load_state(spec.state_file)
+        # ensure_pods works on the nodes in parallel: one thread at a time changes the
+        # state and writes it, so no thread writes a snapshot older than one on disk.
+        self._state_lock = threading.Lock()
 
     # ----------------------------------------------------------------- whole lab
     def exists(self) -> bool:
@@ -396,8 +401,8 @@ class Lab:
             return pod
         if pod is None:
             pod = PodRecord(name, node, f"{self.spec.prefix}-{uuid.uuid4().hex[:16]}")
-            state.pods[name] = pod
-            self._save()
+            with self._changing() as st:
+                st.pods[name] = pod
         runtime = self.cni_runtime(node)
         att = self.attachment(pod)
         if pod.result is not None:  # a half-made pod: let the plugins forget it first
@@ -407,8 +412,9 @@ class Lab:
                 log.warning("DEL of the broken pod %s: %s", name, e)
         sysx.ensure_netns(ns)
         result = runtime.add(att)
-        pod.result, pod.ip = result, result_ip(result)
-        self._save()
+        pod_ip = result_ip(result)
+        with self._changing():
+            pod.result, pod.ip = result, pod_ip
         self.progress(f"pod       {name}: {pod.ip} on {node} (CNI ADD via {runtime_names(runtime)})")
         return pod
 
@@ -472,8 +478,17 @@ class Lab:
                            f"`overlay-lab up --name {self.spec.prefix}`)")
         return self.state
 
+    @contextmanager
+    def _changing(self) -> Iterator[LabState]:
+        """Change the state in the block, then save it; one thread at a time."""
+        with self._state_lock:
+            state = self._need_state()
+            yield state
+            save_state(self.spec.state_file, state)
+
     def _save(self) -> None:
-        save_state(self.spec.state_file, self._need_state())
+        with self._changing():
+            pass
 
     def lock(self) -> "LabLock":
         return LabLock(os.path.join(self.spec.base_dir, f".{self.spec.prefix}.lock"))
