@@ -228,3 +228,43 @@ def test_saves_from_parallel_threads_never_lose_a_pod(tmp_path, monkeypatch):
     add("node2")
     first.join()
     assert sorted(load_state(lab.spec.state_file).pods) == ["pod-node1-1", "pod-node2-1"]
+
+
+class _FakeRuntime:
+    """The part of a CNI runtime ensure_pod uses, with IPAM's one rule: an ADD for a
+    container that still holds an IP fails (as host-local's and the overlay plugin's do)."""
+
+    conflist = {"plugins": [{"type": "overlay"}]}
+
+    def __init__(self, held):
+        self.held, self.calls = held, []
+
+    def add(self, att):
+        self.calls.append("ADD")
+        if att.container_id in self.held:
+            raise LabError(f"duplicate allocation for {att.container_id}")
+        self.held[att.container_id] = f"10.244.1.{len(self.held) + 2}"
+        return {"ips": [{"address": self.held[att.container_id] + "/24"}]}
+
+    def delete(self, att, cached):
+        self.calls.append("DEL")
+        self.held.pop(att.container_id, None)
+
+
+def test_up_repairs_a_pod_whose_add_was_interrupted(tmp_path, monkeypatch):
+    import overlay.lab.lab as lab_mod
+    lab = _lab(tmp_path, nodes=("node1",))
+    # The record is saved before the ADD; the ADD reserved an IP, then the lab was stopped
+    # before it saved the result.
+    pod = PodRecord("pod-node1-1", "node1", "ovlt-interrupted")
+    lab.state.pods[pod.name] = pod
+    runtime = _FakeRuntime({pod.container_id: "10.244.1.2"})
+    monkeypatch.setattr(lab, "cni_runtime", lambda node: runtime)
+    monkeypatch.setattr(lab_mod.sysx, "ensure_netns", lambda name: False)
+    got = lab.ensure_pod("node1", 1)
+    assert runtime.calls == ["DEL", "ADD"] and got.ip and got.result is not None
+    assert load_state(lab.spec.state_file).pods[pod.name].ip == got.ip
+    # A pod made from scratch needs no DEL.
+    runtime.calls.clear()
+    lab.ensure_pod("node1", 2)
+    assert runtime.calls == ["ADD"]

@@ -399,13 +399,16 @@ class Lab:
         if pod is not None and pod.ip and sysx.netns_exists(ns) and self._pod_has_ip(pod):
             self.progress(f"pod       {name}: {pod.ip} on {node} (was there)")
             return pod
+        recorded = pod is not None
         if pod is None:
             pod = PodRecord(name, node, f"{self.spec.prefix}-{uuid.uuid4().hex[:16]}")
             with self._changing() as st:
                 st.pods[name] = pod
         runtime = self.cni_runtime(node)
         att = self.attachment(pod)
-        if pod.result is not None:  # a half-made pod: let the plugins forget it first
+        if recorded:
+            # A broken or half-made pod (an ADD interrupted before its result was saved
+            # still holds an IP): the plugins forget it first.  DEL is idempotent.
             try:
                 runtime.delete(att, pod.result)
             except LabError as e:
@@ -431,7 +434,7 @@ class Lab:
     def _del_pods(self, pods: list[PodRecord]) -> None:
         """CNI DEL for each pod, as a runtime does before it drops a pod (best effort)."""
         def one(pod: PodRecord) -> None:
-            if pod.result is None or not sysx.netns_exists(self.spec.node_ns(pod.node)):
+            if not sysx.netns_exists(self.spec.node_ns(pod.node)):
                 return
             try:
                 self.cni_runtime(pod.node).delete(self.attachment(pod), pod.result)
