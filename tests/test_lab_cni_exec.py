@@ -50,9 +50,9 @@ def lab(tmp_path):
     return tmp_path
 
 
-def cni_exec(lab: Path, *args: str) -> subprocess.CompletedProcess:
+def cni_exec(lab: Path, *args: str, container_id: str = "ovlt-c1") -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "overlay.lab.cni_exec", *args, "--netns", "/run/netns/ovlt-x",
-            "--container-id", "ovlt-c1", "--conf-dir", str(lab / "conf"),
+            "--container-id", container_id, "--conf-dir", str(lab / "conf"),
             "--cni-path", f"{lab / 'nope'}:{lab / 'bin'}", "--cache-dir", str(lab / "cache")]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "OVLT_LOG": str(lab / "log"),
@@ -134,3 +134,21 @@ def test_result_cache(tmp_path):
     Path(cache.path("n", att)).write_text("{half")
     with pytest.raises(LabError, match="unreadable .*remove it"):
         cache.load("n", att)
+
+
+def test_a_container_id_or_name_unfit_for_a_file_name_is_refused(lab, tmp_path):
+    outside = lab / "outside-eth0.json"
+    outside.write_text("{}")
+    (lab / "cache" / "two-x").mkdir(parents=True)
+    # "<cache>/<network>-<id>-<ifname>.json" with this ID is lab/outside-eth0.json
+    r = cni_exec(lab, "del", "--network", "two", container_id="x/../../outside")
+    assert r.returncode == 1 and "invalid characters in CNI_CONTAINERID" in r.stderr
+    assert outside.exists() and calls(lab) == []  # nothing read, run or removed
+    r = cni_exec(lab, "add", container_id="../ovlt-c1")
+    assert r.returncode == 1 and calls(lab) == []
+    cache = ResultCache(str(tmp_path / "cache"))
+    for network, att in (("../n", Attachment("c1", "ns")), ("n", Attachment("c1", "ns", "a/b"))):
+        with pytest.raises(LabError, match="no file name for the CNI result"):
+            cache.path(network, att)
+        with pytest.raises(LabError):
+            cache.drop(network, att)

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> dict | None:
                      f"IgnoreUnknown=1;K8S_POD_NAME={args.container_id}")
     cache = ResultCache(args.cache_dir)
     net = runtime.network
+    cache.path(net, att)  # a container ID or name unfit for a file name fails before ADD
     if args.command == "add":
         result = runtime.add(att)
         cache.save(net, att, result)

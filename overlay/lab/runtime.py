@@ -25,6 +25,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..errors import CNIError
+from ..cni.skel import validate_container_id, validate_ifname, validate_network_name
 from ..fsutil import atomic_write
 from .spec import LabError
 from .system import NETNS_DIR, in_netns
@@ -93,6 +95,14 @@ class ResultCache:
         self.directory = directory
 
     def path(self, network: str, att: Attachment) -> str:
+        """The file for this attachment; its parts are checked as a plugin checks them,
+        so that no container ID or name (``../x``) points outside the directory."""
+        try:
+            validate_network_name(network)
+            validate_container_id(att.container_id)
+            validate_ifname(att.ifname)
+        except CNIError as e:
+            raise LabError(f"no file name for the CNI result: {e.msg} ({e.details})") from e
         return os.path.join(self.directory, f"{network}-{att.container_id}-{att.ifname}.json")
 
     def load(self, network: str, att: Attachment) -> dict[str, Any] | None:
