@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 
 from .backend import BackendSettings, Reconciler, VXLANBackend
 from .config import NetworkConfig
-from .errors import ConfigError, OverlayError, RegistryError, SubnetEnvError
+from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, LeaseNotFound,
+                     OverlayError, RegistryError, SubnetEnvError)
 from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
 from .http import HealthServer, Metrics, parse_hostport
 from .lease import Lease, LeaseAttrs, LeaseBatch
@@ -187,34 +188,36 @@ def parse_settings(argv: Sequence[str] | None = None,
 
 # ---- the registry as the daemon sees it ----------------------------------------------
 
-class _ObservedRegistry:
-    """Counts etcd errors, and reconciles the data plane with every listing the watch
-    thread makes (before the manager turns it into a batch), so the first programming
-    after a start is a reconcile (stale entries removed), not a blind add."""
+# Outcomes of a request that etcd answered (a lost race, no config yet): not etcd failures.
+_NOT_ETCD_FAILURES = (LeaseExists, LeaseConflict, LeaseNotFound, ConfigNotFound)
 
-    def __init__(self, inner: Any, metrics: Metrics, on_watch_listing: Callable[[list[Lease]], None]):
+
+class _ObservedRegistry:
+    """The registry, counting failed etcd requests (the watch's interruptions too)."""
+
+    def __init__(self, inner: Any, metrics: Metrics):
         self._inner = inner
         self._metrics = metrics
-        self._on_listing = on_watch_listing
+
+    def _count(self, e: BaseException) -> None:
+        if isinstance(e, RegistryError) and not isinstance(e, _NOT_ETCD_FAILURES):
+            self._metrics.etcd_errors.inc()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if not callable(attr) or name == "watch_leases":
+        if not callable(attr):
             return attr
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             try:
                 return attr(*args, **kwargs)
-            except RegistryError:
-                self._metrics.etcd_errors.inc()
+            except RegistryError as e:
+                self._count(e)
                 raise
         return counted
 
-    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
-        leases, rev = self.__getattr__("list_leases")(with_expiration=with_expiration)
-        if threading.current_thread().name == "watch":
-            self._on_listing(leases)
-        return leases, rev
+    def watch_leases(self, start_revision: int, stop: threading.Event) -> Any:
+        return self._inner.watch_leases(start_revision, stop, on_error=self._count)
 
 
 # ---- the daemon ----------------------------------------------------------------------
@@ -272,7 +275,7 @@ class Daemon:
         return EtcdRegistry(self.s.etcd)
 
     def _run(self, raw_registry: Any) -> int:
-        registry = _ObservedRegistry(raw_registry, self.metrics, self._on_watch_listing)
+        registry = _ObservedRegistry(raw_registry, self.metrics)
         config = self._retry("reading the network config", registry.get_config)
         if config is None:
             return 0
@@ -399,9 +402,9 @@ class Daemon:
             self.reconciler.kick()
 
     # -- watch -> backend --------------------------------------------------------------
-    def _on_watch_listing(self, leases: list[Lease]) -> None:
-        own = self.manager.own_subnet() if self.manager else None
-        remote = [l for l in leases if l.subnet != own]
+    def _on_snapshot(self, remote: list[Lease]) -> None:
+        """Every complete listing (the first after a start, a re-list after a compaction)
+        is a reconcile, so entries of peers that vanished meanwhile are removed."""
         self._reconcile(remote)
 
     def _on_batch(self, batch: LeaseBatch) -> None:
@@ -459,7 +462,7 @@ class Daemon:
     def _start_threads(self) -> None:
         lease = self.manager.current
         self._spawn("watch", lambda: self.manager.run_watch(self.manager.own_subnet, self.stop,
-                                                            self._on_batch))
+                                                            self._on_batch, self._on_snapshot))
         self._spawn("keepalive", lambda: self.manager.run_keepalive(
             self.manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)

@@ -4,9 +4,12 @@ Policy only; storage is the registry (``EtcdRegistry`` or anything with its meth
 
 Acquisition, in order:
 
-1. a lease (or reservation) that already carries this node's public IP is reused —
-   a reservation stays a reservation (no TTL; its BackendData is updated), a lease is
-   rewritten revision-checked with a fresh TTL;
+1. a reservation for this node's public IP is taken (it stays a reservation: no TTL,
+   its BackendData is updated); a live lease carrying this node's public IP is reused
+   (rewritten revision-checked with a fresh TTL) only if it also carries this node's
+   VTEP MAC (persisted, so a restart matches) or is the subnet of this node's previous
+   subnet.env — another node with the same public IP (a cloned VM, NAT) must not take
+   it over, or the two would revoke each other's etcd lease while both use the subnet;
 2. else the subnet from this node's previous subnet.env, if it is still free;
 3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
    other rarely pick the same one; each lost race doubles that window (up to 32x).
@@ -109,9 +112,28 @@ class SubnetManager:
         raise RegistryError(f"could not acquire a subnet after {self.max_attempts} lost races "
                             f"(last: {last}); is the network nearly full?")
 
+    def _is_own(self, lease: Lease) -> bool:
+        """Whether ``lease`` is this node's: its public IP and VTEP MAC."""
+        a = lease.attrs
+        return a.public_ip == self.attrs.public_ip and a.vtep_mac == self.attrs.vtep_mac
+
+    def _mine(self, leases: list[Lease]) -> list[Lease]:
+        """The leases this node may take as its own (see the module doc)."""
+        mine = []
+        for l in leases:
+            if l.attrs.public_ip != self.attrs.public_ip or not self.config.in_range(l.subnet):
+                continue
+            if l.reserved or self._is_own(l) or l.subnet == self.previous_subnet:
+                mine.append(l)
+            else:
+                log.error("subnet %s is leased to this node's public IP %s but by VTEP MAC %s "
+                          "(ours %s): another node uses the same public IP (cloned VM? NAT? "
+                          "set --public-ip); not taking it", l.subnet, l.attrs.public_ip,
+                          l.attrs.vtep_mac, self.attrs.vtep_mac)
+        return mine
+
     def _try_acquire(self, leases: list[Lease], spread: int) -> Lease:
-        mine = [l for l in leases if l.attrs.public_ip == self.attrs.public_ip
-                and self.config.in_range(l.subnet)]
+        mine = self._mine(leases)
         if mine:
             mine.sort(key=lambda l: (l.subnet != self.previous_subnet, not l.reserved,
                                      l.subnet.network_address))
@@ -262,18 +284,22 @@ class SubnetManager:
         for ev in events:
             if ev.lease.subnet != own.subnet:
                 continue
-            if ev.type is EventType.REMOVED or ev.lease.attrs.public_ip != self.attrs.public_ip:
+            if ev.type is EventType.REMOVED or not self._is_own(ev.lease):
                 log.warning("the watch saw lease %s %s", own.subnet,
                             "deleted" if ev.type is EventType.REMOVED else "taken by "
                             f"{ev.lease.attrs.public_ip}")
                 self.lost.set()
 
     def run_watch(self, own: Callable[[], IPv4Network | None], stop: threading.Event,
-                  on_batch: Callable[[LeaseBatch], None]) -> None:
+                  on_batch: Callable[[LeaseBatch], None],
+                  on_snapshot: Callable[[list[Lease]], None] | None = None) -> None:
         """Feed ``on_batch`` with remote lease changes until ``stop`` is set.
 
         Lists the leases at a revision, emits them as one batch, then watches from the
-        next revision.  This node's own leases are recognised by its public IP, not by
+        next revision.  With ``on_snapshot``, every complete set of remote leases (the
+        first listing, a re-listing after a compaction) goes to it instead of being
+        turned into a batch, so the caller can reconcile against it.
+        This node's own leases are recognised by its public IP and VTEP MAC, not by
         ``own()``: after a re-acquisition the watch may see our new key before the
         manager knows its subnet, and whoever takes our old subnet must show up as a
         remote.  ``own`` is kept for callers and consulted only for logging.  Events on
@@ -294,29 +320,37 @@ class SubnetManager:
         else:
             return
         log.info("watching leases from revision %d (own subnet %s)", rev + 1, own())
-        _emit(view.reset(self._remote(leases)), on_batch)
+        self._snapshot(view, leases, on_batch, on_snapshot)
         for update in self.registry.watch_leases(rev + 1, stop):
             if update.snapshot is not None:
                 self._check_snapshot(update.snapshot)
-                batch = view.reset(self._remote(update.snapshot))
+                self._snapshot(view, update.snapshot, on_batch, on_snapshot)
             else:
                 self._note_own_events(update.events)
-                batch = view.apply(self._remote_events(update.events))
+                _emit(view.apply(self._remote_events(update.events)), on_batch)
+
+    def _snapshot(self, view: LeaseView, leases: list[Lease],
+                  on_batch: Callable[[LeaseBatch], None],
+                  on_snapshot: Callable[[list[Lease]], None] | None) -> None:
+        remote = self._remote(leases)
+        batch = view.reset(remote)
+        if on_snapshot is not None:
+            on_snapshot(remote)
+        else:
             _emit(batch, on_batch)
 
     def _remote(self, leases: Iterable[Lease]) -> list[Lease]:
-        return [l for l in leases if l.attrs.public_ip != self.attrs.public_ip]
+        return [l for l in leases if not self._is_own(l)]
 
     def _remote_events(self, events: list[LeaseEvent]) -> list[LeaseEvent]:
         """A put of one of our own leases removes that subnet from the remote view."""
         return [LeaseEvent(EventType.REMOVED, e.lease, e.revision)
-                if e.type is EventType.ADDED and e.lease.attrs.public_ip == self.attrs.public_ip
+                if e.type is EventType.ADDED and self._is_own(e.lease)
                 else e for e in events]
 
     def _check_snapshot(self, leases: list[Lease]) -> None:
         own = self.current
-        if own is not None and not any(l.subnet == own.subnet
-                                       and l.attrs.public_ip == self.attrs.public_ip
+        if own is not None and not any(l.subnet == own.subnet and self._is_own(l)
                                        for l in leases):
             self.lost.set()
 

@@ -446,9 +446,12 @@ class EtcdRegistry:
 
     # -- watch ----------------------------------------------------------------------
 
-    def watch_leases(self, start_revision: int, stop: threading.Event) -> Iterator[WatchUpdate]:
+    def watch_leases(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[WatchUpdate]:
         """Lease events from ``start_revision`` on, until ``stop`` is set.
 
+        ``on_error`` is told of every interruption that is retried (for metrics).
         A broken stream (etcd restarted, member down) is re-opened from the last
         delivered revision + 1 with a capped backoff, on the next endpoint.  If that
         revision was compacted away, the leases are re-listed and yielded as a snapshot.
@@ -474,6 +477,8 @@ class EtcdRegistry:
             except RegistryError as e:
                 if stop.is_set():
                     return
+                if on_error is not None:
+                    on_error(e)
                 log.warning("lease watch interrupted (%s); re-watching from revision %d in %.2fs",
                             e, next_rev, backoff)
             finally:

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlay.daemon import Daemon, _ObservedRegistry, parse_settings
-from overlay.errors import EtcdUnavailable
+from overlay.errors import EtcdUnavailable, LeaseConflict
 from overlay.http import Metrics
 from overlay.lease import Lease, LeaseAttrs
 
@@ -32,20 +32,37 @@ def value(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name)
 
 
-def test_observer_counts_errors_and_reconciles_on_watch_listings_only():
-    metrics, seen = Metrics(), []
-    reg = _ObservedRegistry(FakeRegistry(), metrics, seen.append)
-    assert reg.list_leases()[1] == 42 and seen == []  # main thread: acquire's listing
-    t = threading.Thread(target=reg.list_leases, name="watch")
-    t.start()
-    t.join()
-    assert len(seen) == 1 and seen[0][0].subnet == IPv4Network("10.244.2.0/24")
+def test_observer_counts_etcd_failures_but_not_lost_races():
+    metrics = Metrics()
+    inner = FakeRegistry()
+    reg = _ObservedRegistry(inner, metrics)
+    assert reg.list_leases()[1] == 42
     with pytest.raises(EtcdUnavailable):
         reg.renew_lease(None)
-    reg._inner.fail = True
+    inner.fail = True
     with pytest.raises(EtcdUnavailable):
         reg.list_leases()
     assert value(metrics, "overlay_etcd_errors_total") == 2
+
+    def lost_race(lease):
+        raise LeaseConflict("lease of 10.244.2.0/24 changed")
+    inner.renew_lease = lost_race
+    with pytest.raises(LeaseConflict):
+        reg.renew_lease(None)
+    assert value(metrics, "overlay_etcd_errors_total") == 2
+
+
+def test_observer_counts_watch_interruptions():
+    metrics, seen = Metrics(), []
+
+    class WatchingRegistry:
+        def watch_leases(self, start_revision, stop, on_error=None):
+            seen.append(start_revision)
+            on_error(EtcdUnavailable("watch broke"))
+            return iter(())
+    reg = _ObservedRegistry(WatchingRegistry(), metrics)
+    assert list(reg.watch_leases(7, threading.Event())) == [] and seen == [7]
+    assert value(metrics, "overlay_etcd_errors_total") == 1
 
 
 def test_readiness_lists_what_is_missing():

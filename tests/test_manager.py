@@ -137,7 +137,8 @@ def test_restart_reuses_the_lease_carrying_this_public_ip():
 
 def test_new_vtep_mac_is_published_when_reusing():
     reg = FakeRegistry()
-    first = manager(reg).acquire()
+    first = manager(reg).acquire()  # a reservation: ours whatever MAC it carries
+    reg.put(first.subnet, node(11))
     m = SubnetManager(reg, CFG, node(11, mac="0e:aa:aa:aa:aa:aa"))
     assert m.acquire().subnet == first.subnet
     assert reg.leases[first.subnet].attrs.vtep_mac == "0e:aa:aa:aa:aa:aa"
@@ -419,5 +420,43 @@ def test_keepalive_keeps_a_loss_signal_across_registry_errors():
     m.lost.set()
     new = got.get(timeout=3)  # the check failed twice, then still happened
     assert new.subnet == lease.subnet and len(failures) == 2
+    stop.set()
+    t.join(2)
+
+
+def test_live_lease_of_another_node_with_our_public_ip_is_not_taken_over(caplog):
+    """Two nodes with one public IP (cloned VM, NAT) must not share a subnet."""
+    reg = FakeRegistry()
+    twin = reg.put(net(1), node(11, mac="0e:bb:bb:bb:bb:bb"), ttl=600)
+    with caplog.at_level(logging.ERROR, logger="overlay.manager"):
+        lease = manager(reg).acquire()
+    assert lease.subnet != net(1) and reg.leases[net(1)] == twin
+    assert "same public IP" in caplog.text
+
+
+def test_our_previous_subnet_with_a_new_vtep_mac_is_reused():
+    reg = FakeRegistry()
+    first = manager(reg).acquire()
+    m = manager(reg, previous_subnet=first.subnet)
+    m.attrs = node(11, mac="0e:aa:aa:aa:aa:aa")
+    assert m.acquire().subnet == first.subnet
+    assert reg.leases[first.subnet].attrs.vtep_mac == "0e:aa:aa:aa:aa:aa"
+
+
+def test_run_watch_shows_a_twin_with_our_public_ip_as_remote_and_snapshots_to_callback():
+    reg = FakeRegistry()
+    twin = reg.put(net(1), node(11, mac="0e:bb:bb:bb:bb:bb"), ttl=600)
+    peer = reg.put(net(5), node(50), ttl=600)
+    m = manager(reg)
+    own = m.acquire()
+    batches, snapshots = queue.Queue(), queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put)
+    first = snapshots.get(timeout=2)
+    assert sorted(l.subnet for l in first) == [net(1), net(5)] and own.subnet != net(1)
+    reg.delete(peer.subnet)
+    reg.events.put(WatchUpdate([], snapshot=[twin, m.current], revision=reg.rev))
+    assert [l.subnet for l in snapshots.get(timeout=2)] == [net(1)]  # compaction re-list
+    assert batches.empty() and not m.lost.is_set()
     stop.set()
     t.join(2)
