@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -195,8 +196,8 @@ def test_cmd_entry_points_are_links_to_one_script(tmp_path):
 # --- the lab's own state ---------------------------------------------------------------
 def _lab(tmp_path, nodes=("node1", "node2")):
     from overlay.lab.lab import Lab
-    lab = Lab(LabSpec("ovlt", str(tmp_path)), progress=lambda msg: None)
-    lab.state = LabState("ovlt", 1, list(nodes))
+    lab = Lab(LabSpec(_random_prefix(), str(tmp_path)), progress=lambda msg: None)
+    lab.state = LabState(lab.spec.prefix, 1, list(nodes))
     return lab
 
 
@@ -268,3 +269,44 @@ def test_up_repairs_a_pod_whose_add_was_interrupted(tmp_path, monkeypatch):
     runtime.calls.clear()
     lab.ensure_pod("node1", 2)
     assert runtime.calls == ["ADD"]
+
+
+def _random_prefix() -> str:
+    # Unit tests never meet a real lab: down() acts on namespaces of this name if present.
+    return "ovlt" + "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(4))
+
+
+def _made_by_up(lab):
+    """The files a two-node lab's ``up`` leaves under its dir (contents stand-ins)."""
+    spec = lab.spec
+    save_state(spec.state_file, lab.state)
+    paths = [spec.node_file(n, f) for n in lab.state.nodes
+             for f in ("subnet.env", "overlayd.log", "overlayd.pid", "net.d/10-overlay.conflist",
+                       "ipam/overlay/10.244.1.2", "state/vtep-mac")]
+    paths += [os.path.join(spec.etcd_dir, "member/wal/0.wal"), spec.cni_bin_dir + "/overlay",
+              os.path.join(spec.lab_dir, "etcd.log"), os.path.join(spec.lab_dir, "etcd.pid")]
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+
+
+def test_down_removes_what_up_made_and_only_that(tmp_path):
+    from overlay.lab.lab import Lab
+    spec = LabSpec(_random_prefix(), str(tmp_path))
+    lab = Lab(spec, progress=lambda msg: None)
+    lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
+    _made_by_up(lab)
+    with open(os.path.join(spec.lab_dir, "notes.txt"), "w") as f:   # the user's own
+        f.write("mine\n")
+    said = []
+    lab.progress = said.append
+    lab.down()
+    assert sorted(os.listdir(spec.lab_dir)) == ["notes.txt"]
+    assert "stays for notes.txt" in said[-1]
+    # Without files of the user's, the lab dir goes too.
+    lab = Lab(spec, progress=lambda msg: None)
+    lab.state = LabState(spec.prefix, 1, ["node1"])
+    os.unlink(os.path.join(spec.lab_dir, "notes.txt"))
+    _made_by_up(lab)
+    lab.down()
+    assert os.listdir(tmp_path) == []

@@ -128,9 +128,29 @@ class Lab:
         for node in state.nodes:
             sysx.delete_netns(self.spec.node_ns(node))
         sysx.delete_netns(self.spec.underlay_ns)
-        shutil.rmtree(self.spec.lab_dir, ignore_errors=True)
+        kept = self._remove_files(state)
         self.state = None
-        self.progress(f"lab {self.spec.prefix} removed (namespaces, processes, {self.spec.lab_dir})")
+        files = (f"its files; {self.spec.lab_dir} stays for {', '.join(kept)}, which the lab "
+                 "did not make" if kept else self.spec.lab_dir)
+        self.progress(f"lab {self.spec.prefix} removed (namespaces, processes, {files})")
+
+    def _remove_files(self, state: LabState) -> list[str]:
+        """Remove the paths ``up`` makes under the lab dir, then the dir if that empties it
+        (never the whole tree: a user's own files there stay); the names left, if any."""
+        spec = self.spec
+        for path in [spec.node_dir(n) for n in state.nodes] + [spec.etcd_dir, spec.cni_bin_dir]:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in (self._etcd_log(), spec.state_file):  # the state file last: down can rerun
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        for path in (os.path.dirname(spec.cni_bin_dir), spec.lab_dir):
+            try:
+                os.rmdir(path)
+            except OSError:  # gone already, or holds something the lab did not make
+                pass
+        return sorted(os.listdir(spec.lab_dir)) if os.path.isdir(spec.lab_dir) else []
 
     # ----------------------------------------------------------------- underlay + etcd
     def ensure_underlay(self) -> None:
@@ -362,7 +382,6 @@ class Lab:
                               f"{(got.stderr or got.stdout).strip()}")
         for pod in pods:
             sysx.delete_netns(self.spec.pod_ns(pod.name))
-            shutil.rmtree(self.spec.pod_dir(pod.name), ignore_errors=True)
             del state.pods[pod.name]
         sysx.delete_netns(self.spec.node_ns(node))  # takes both ends of its veth with it
         shutil.rmtree(self.spec.node_dir(node), ignore_errors=True)

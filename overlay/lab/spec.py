@@ -131,9 +131,6 @@ class LabSpec:
     def cni_conf_dir(self, node: str) -> str:
         return os.path.join(self.node_dir(node), "net.d")
 
-    def pod_dir(self, pod: str) -> str:
-        return os.path.join(self.lab_dir, "pods", pod)
-
 
 def next_free_node(existing: list[str]) -> str:
     """The lowest unused ``node<i>`` (a removed node's slot and address are reused)."""
