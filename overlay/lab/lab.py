@@ -325,7 +325,7 @@ class Lab:
                 if self.daemon_pid(node) is None:
                     raise LabError(f"overlayd on {node} exited; see {self.daemon_log(node)}:\n"
                                    + _tail(self.daemon_log(node)))
-                if self.ready(node) and self._cni_socket_up(node, start):
+                if self.ready(node):
                     pending.remove(node)
                     self.progress(f"ready     {node}: /readyz 200, subnet "
                                   f"{self.node_subnet(node)} "
@@ -336,13 +336,6 @@ class Lab:
                                + _tail(self.daemon_log(pending[0])))
             if pending:
                 time.sleep(0.1)
-
-    def _cni_socket_up(self, node: str, since: float) -> bool:
-        """overlayd's warm CNI server may start listening just after /readyz turns 200;
-        pods attached before that are served by the slower in-process fallback, so wait
-        for the socket a little (never blocking on it: the fallback is correct)."""
-        return (os.path.exists(self.spec.node_file(node, "cni.sock"))
-                or time.monotonic() - since > 3.0)
 
     def node_subnet(self, node: str) -> str | None:
         try:
