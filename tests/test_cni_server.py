@@ -10,7 +10,9 @@ import threading
 
 import pytest
 
+from overlay.cni import server as server_mod
 from overlay.cni.server import CNIServer
+from overlay.errors import NetlinkOpError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = os.path.join(ROOT, "cni-plugin", "overlay")
@@ -43,11 +45,11 @@ def server(tmp_path):
         thread.join(10)
 
 
-def call(sock_path, env, stdin):
+def call(sock_path, env, stdin, timeout=60):
     full = {"OVERLAY_CNI_SOCKET": sock_path, "PATH": os.environ.get("PATH", "")}
     full.update(env)
     return subprocess.run([sys.executable, "-IS", ENTRY], input=stdin, env=full,
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=timeout)
 
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
@@ -134,3 +136,81 @@ def test_stale_socket_is_replaced_but_a_live_one_is_not(tmp_path, server):
     assert not stale.exists()
     with pytest.raises(OSError, match="already answers"):
         CNIServer(server.socket_path).bind()
+
+
+def _umask_now():
+    with open("/proc/self/status") as f:  # reading it does not change it (os.umask would)
+        return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+
+
+def test_bind_leaves_the_umask_alone_and_is_private_before_listening(tmp_path, monkeypatch):
+    seen = {}
+
+    class Spy(socket.socket):
+        def bind(self, address):
+            if self.family == socket.AF_UNIX:  # not the warm-up's netlink socket
+                seen["umask"] = _umask_now()
+            return super().bind(address)
+
+        def listen(self, *args):
+            seen["mode"] = stat.S_IMODE(os.stat(path).st_mode)
+            return super().listen(*args)
+
+    path = str(tmp_path / "cni.sock")
+    before = _umask_now()
+    monkeypatch.setattr(socket, "socket", Spy)
+    srv = CNIServer(path).bind()
+    monkeypatch.undo()
+    srv.shutdown()
+    assert seen == {"umask": before, "mode": 0o600}
+
+
+def test_failed_warm_up_leaves_no_listening_socket(tmp_path, monkeypatch):
+    def broken():
+        raise NetlinkOpError("netlink unavailable", 1)
+
+    monkeypatch.setattr(server_mod, "_warm_up", broken)
+    path = tmp_path / "cni.sock"
+    with pytest.raises(NetlinkOpError):
+        CNIServer(str(path)).bind()
+    assert not path.exists()  # so the entry falls back in-process instead of waiting
+
+
+def test_a_request_thread_that_cannot_start_is_dropped_and_serving_goes_on(server,
+                                                                          monkeypatch):
+    failures = []
+
+    class Flaky(threading.Thread):
+        def start(self):
+            if self.name == "cni-request" and not failures:
+                failures.append(self)
+                raise RuntimeError("can't start new thread")
+            return super().start()
+
+    monkeypatch.setattr(threading, "Thread", Flaky)
+    proc = call(server.socket_path, {"CNI_COMMAND": "VERSION"}, b"", timeout=20)
+    assert failures and proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11
+    proc = call(server.socket_path, {"CNI_COMMAND": "VERSION"}, b"", timeout=20)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unexpected_end_of_serving_removes_the_socket(tmp_path):
+    class Broken:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def accept(self):
+            raise RuntimeError("unexpected")
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    path = tmp_path / "cni.sock"
+    srv = CNIServer(str(path)).bind()
+    srv._sock = Broken(srv._sock)
+    with pytest.raises(RuntimeError):
+        srv.serve_forever()
+    assert not path.exists()
+    proc = call(str(path), {"CNI_COMMAND": "VERSION"}, b"", timeout=20)
+    assert proc.returncode == 0  # answered in-process
+    srv.shutdown()

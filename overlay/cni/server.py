@@ -109,24 +109,40 @@ class CNIServer:
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._inode: int | None = None  # of the socket file we bound
         self.reaper = LinkReaper()
 
     def bind(self) -> "CNIServer":
+        # Warm up first: a server that cannot reach netlink must not leave a listening
+        # socket behind, or every plugin call would connect and wait instead of falling
+        # back to running in-process.
+        _warm_up()
         directory = os.path.dirname(os.path.abspath(self.socket_path))
         os.makedirs(directory, mode=0o755, exist_ok=True)
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
         try:
             sock.bind(self.socket_path)
-        finally:
-            os.umask(old)
-        os.chmod(self.socket_path, 0o600)
-        sock.listen(256)
+            self._inode = os.stat(self.socket_path).st_ino
+            # Nobody can connect before listen(), so the socket is private (0600) before
+            # it can be used; no process-wide umask (overlayd's other threads create files).
+            os.chmod(self.socket_path, 0o600)
+            sock.listen(256)
+        except BaseException:
+            sock.close()
+            self._unlink_socket()
+            raise
         self._sock = sock
-        _warm_up()
         log.info("CNI server listening on %s", self.socket_path)
         return self
+
+    def _unlink_socket(self) -> None:
+        """Remove our socket file (not one a later server bound at the same path)."""
+        try:
+            if self._inode is not None and os.stat(self.socket_path).st_ino == self._inode:
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
 
     def _remove_stale(self) -> None:
         if not os.path.exists(self.socket_path):
@@ -145,9 +161,20 @@ class CNIServer:
         if self._sock is None:
             self.bind()
         assert self._sock is not None
+        try:
+            self._accept_loop(self._sock)
+        finally:
+            if not self._stopping.is_set():
+                # An unexpected end: close and remove the socket so plugin calls fall
+                # back to running in-process instead of queueing on a dead listener.
+                log.error("CNI server on %s stopped unexpectedly", self.socket_path)
+                self._sock.close()
+                self._unlink_socket()
+
+    def _accept_loop(self, sock: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError as e:
                 if self._stopping.is_set():
                     break
@@ -159,7 +186,12 @@ class CNIServer:
                                       name="cni-request")
             with self._lock:  # shutdown() must never see a thread not yet started
                 self._threads.add(thread)
-                thread.start()
+                try:
+                    thread.start()
+                except Exception as e:  # e.g. "can't start new thread": drop this one
+                    self._threads.discard(thread)
+                    conn.close()  # the entry answers "try again" (11) at once
+                    log.warning("CNI server: cannot start a request thread: %s", e)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish, remove the socket."""
@@ -175,10 +207,7 @@ class CNIServer:
         for thread in threads:
             thread.join(timeout)
         self.reaper.wait_all(timeout)
-        try:
-            os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
+        self._unlink_socket()
         log.info("CNI server on %s stopped", self.socket_path)
 
     def _serve_one(self, conn: socket.socket) -> None:
