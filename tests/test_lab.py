@@ -321,3 +321,10 @@ def test_wait_ready_returns_at_the_first_readyz_200(tmp_path, monkeypatch):
     monkeypatch.setattr(lab, "ready", lambda node: polls.append(node) or True)
     lab.wait_ready(["node1", "node2"], timeout=10)
     assert polls == ["node1", "node2"]
+
+
+def test_format_table_is_shared_by_both_command_lines():
+    from overlay.text import format_table
+    text = format_table(["NODE", "SUBNET"], [["node1", "10.244.1.0/24"], ["node10", None]])
+    assert text.splitlines() == ["NODE     SUBNET", "node1    10.244.1.0/24", "node10   <none>"]
+    assert format_table(["POD", "IP"], []) == "POD   IP"

@@ -15,6 +15,7 @@ import click
 
 from ..errors import OverlayError
 from ..etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
+from ..text import format_table
 
 
 @dataclass
@@ -72,12 +73,8 @@ def cli(ctx: click.Context, etcd_endpoints: str, etcd_prefix: str, etcd_cafile: 
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A kubectl-style table: upper-case headers, columns padded by three spaces."""
-    cells = [[str(h) for h in headers]] + [["<none>" if c is None else str(c) for c in r]
-                                           for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for r in cells:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    """A kubectl-style table (:func:`overlay.text.format_table`) on stdout."""
+    click.echo(format_table(headers, rows))
 
 
 def print_json(obj: Any) -> None:

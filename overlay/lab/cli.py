@@ -11,6 +11,7 @@ import time
 from typing import Sequence
 
 from ..errors import OverlayError
+from ..text import format_table
 from .lab import Lab
 from .matrix import Endpoint, reachability, render
 from .spec import (DEFAULT_BASE_DIR, DEFAULT_NODES, DEFAULT_PODS_PER_NODE, DEFAULT_PREFIX,
@@ -176,21 +177,14 @@ def cmd_status(lab: Lab, output: str) -> int:
     say(f"lab {st['name']} ({st['dir']}); etcd {e['endpoint']} in {e['netns']}: "
         f"{'healthy' if e['healthy'] else 'DOWN'} (pid {e['pid']})")
     say("")
-    table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY"],
-          [[n["name"], n["netns"], n["public_ip"], n["subnet"], n["pid"],
-            "yes" if n["ready"] else "no"] for n in st["nodes"]])
+    say(format_table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY"],
+                     [[n["name"], n["netns"], n["public_ip"], n["subnet"], n["pid"],
+                       "yes" if n["ready"] else "no"] for n in st["nodes"]]))
     say("")
-    table(["POD", "NETNS", "NODE", "IP"],
-          [[p["name"], p["netns"] if p["present"] else p["netns"] + " (missing)", p["node"],
-            p["ip"]] for p in st["pods"]])
+    say(format_table(["POD", "NETNS", "NODE", "IP"],
+                     [[p["name"], p["netns"] if p["present"] else p["netns"] + " (missing)",
+                       p["node"], p["ip"]] for p in st["pods"]]))
     return 0
-
-
-def table(headers: list[str], rows: list[list[object]]) -> None:
-    cells = [headers] + [["<none>" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for r in cells:
-        say("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def cmd_exec(lab: Lab, target: str, cmd: list[str]) -> int:
