@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 from .lease import Lease, LeaseBatch
 from .netlink.entries import FDB, Entries, Entry, Neigh, Op, Route
@@ -57,6 +58,11 @@ class VXLANBackend:
         self.failed: set[IPv4Network] = set()
         self._skipped: dict[IPv4Network, str] = {}
         self._lock = threading.RLock()
+        # Per known lease its entries, and how many known leases want each entry (and
+        # each neigh IP): a batch then costs what it changes, not what is known.
+        self._entries: dict[IPv4Network, tuple[Entry, ...]] = {}
+        self._refs: Counter[Entry] = Counter()
+        self._neigh_refs: Counter[IPv4Address] = Counter()
 
     # ---- what a lease needs ---------------------------------------------------
     def entries_for(self, lease: Lease) -> list[Entry]:
@@ -88,10 +94,50 @@ class VXLANBackend:
         want = Entries()
         owner: dict[Entry, IPv4Network] = {}
         for lease in (self.leases.values() if leases is None else leases):
-            for e in self.entries_for(lease):
+            for e in self._known_entries(lease):
                 want.add(e)
                 owner[e] = lease.subnet
         return want, owner
+
+    def _known_entries(self, lease: Lease) -> tuple[Entry, ...]:
+        cached = self._entries.get(lease.subnet)
+        if cached is not None and self.leases.get(lease.subnet) is lease:
+            return cached
+        return tuple(self.entries_for(lease))
+
+    # ---- the known leases and the entries they want ------------------------------
+    def _remember(self, lease: Lease) -> None:
+        if lease.subnet in self.leases:
+            self._forget(lease.subnet)
+        es = tuple(self.entries_for(lease))
+        self.leases[lease.subnet] = lease
+        self._entries[lease.subnet] = es
+        self._refs.update(es)
+        self._neigh_refs.update(e.ip for e in es if isinstance(e, Neigh))
+
+    def _forget(self, subnet: IPv4Network) -> tuple[Entry, ...]:
+        self.leases.pop(subnet, None)
+        es = self._entries.pop(subnet, ())
+        self._refs.subtract(es)
+        self._neigh_refs.subtract(e.ip for e in es if isinstance(e, Neigh))
+        for e in es:
+            if self._refs[e] <= 0:
+                del self._refs[e]
+            if isinstance(e, Neigh) and self._neigh_refs[e.ip] <= 0:
+                del self._neigh_refs[e.ip]
+        return es
+
+    def _set_all(self, leases: Iterable[Lease]) -> None:
+        new = {l.subnet: l for l in leases}
+        for subnet in [s for s, l in self.leases.items() if new.get(s) != l]:
+            self._forget(subnet)
+        for subnet, l in new.items():
+            if subnet not in self.leases:
+                self._remember(l)
+
+    def _wanted(self, e: Entry) -> bool:
+        """Whether a known lease wants ``e`` (for a neigh: its IP; add replaces the MAC)."""
+        return self._neigh_refs[e.ip] > 0 if isinstance(e, Neigh) else self._refs[e] > 0
 
     # ---- the two ways in ------------------------------------------------------
     def apply_batch(self, batch: LeaseBatch) -> Result:
@@ -101,37 +147,40 @@ class VXLANBackend:
             batch = LeaseBatch(added=tuple(l for l in batch.added if l.subnet not in self.leases
                                            or self.leases[l.subnet].attrs != l.attrs),
                                removed=batch.removed, changed=batch.changed)
-            old = [l for l in batch.removed] + [o for o, _ in batch.changed]
-            new = [l for l in batch.added] + [n for _, n in batch.changed]
+            if not batch:
+                return Result()
+            current = Entries()
+            for l in [*batch.removed, *(o for o, _ in batch.changed)]:
+                known = self.leases.get(l.subnet)
+                olds = self._forget(l.subnet) if known is not None else ()
+                if known is None or known.attrs != l.attrs:
+                    olds = (*olds, *self.entries_for(l))
+                for e in olds:
+                    current.add(e)
             for l in batch.removed:
-                self.leases.pop(l.subnet, None)
                 self.failed.discard(l.subnet)
                 self._skipped.pop(l.subnet, None)
                 log.info("remote %s (%s) removed", l.subnet, l.attrs.public_ip)
+            new = [*batch.added, *(n for _, n in batch.changed)]
             for l in new:
-                self.leases[l.subnet] = l
+                self._remember(l)
             for o, n in batch.changed:
                 log.info("remote %s changed: public IP %s -> %s, VTEP MAC %s -> %s", n.subnet,
                          o.attrs.public_ip, n.attrs.public_ip, o.attrs.vtep_mac, n.attrs.vtep_mac)
             for l in batch.added:
                 log.info("remote %s added (public IP %s, VTEP MAC %s)", l.subnet,
                          l.attrs.public_ip, l.attrs.vtep_mac)
-            current = Entries()
-            for l in old:
-                for e in self.entries_for(l):
-                    current.add(e)
             want_new, owner = self.desired(new)
-            keep, _ = self.desired()
-            return self._converge(current, want_new, keep, owner)
+            return self._converge(current, want_new, self._wanted, owner)
 
     def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
         """Make the device's entries exactly those of the known leases (or ``leases``)."""
         with self._lock:
             if leases is not None:
-                self.leases = {l.subnet: l for l in leases}
+                self._set_all(leases)
             current = self.dp.dump()
             want, owner = self.desired()
-            res = self._converge(current, want, want, owner)
+            res = self._converge(current, want, self._wanted, owner)
             if res.added or res.removed:
                 log.info("reconcile: %d entries added, %d stale removed, %d remotes failing",
                          res.added, res.removed, len(res.failed))
@@ -140,22 +189,23 @@ class VXLANBackend:
     def entry_count(self) -> int:
         """Entries in place: those of every known lease except the failing ones."""
         with self._lock:
+            if not self.failed:
+                return len(self._refs)
             want, _ = self.desired(l for s, l in self.leases.items() if s not in self.failed)
             return len(want)
 
     # ---- converge --------------------------------------------------------------
-    def _converge(self, current: Entries, want: Entries, keep: Entries,
+    def _converge(self, current: Entries, want: Entries, keep: Callable[[Entry], bool],
                   owner: dict[Entry, IPv4Network]) -> Result:
-        """Delete what is in ``current`` but not in ``keep``; add what ``want`` lacks.
+        """Delete what is in ``current`` but not ``keep``-ed; add what ``want`` lacks.
 
         Deletes go routes first (reverse order); adds go neigh + FDB, then routes of the
         remotes whose neigh and FDB are in.
         """
         res = Result()
-        dels = ([Op(False, r) for r in current.routes.values() if r not in keep]
-                + [Op(False, f) for f in current.fdb if f not in keep]
-                + [Op(False, n) for n in current.neighs.values()
-                   if n.ip not in keep.neighs])
+        dels = ([Op(False, r) for r in current.routes.values() if not keep(r)]
+                + [Op(False, f) for f in current.fdb if not keep(f)]
+                + [Op(False, n) for n in current.neighs.values() if not keep(n)])
         if dels:
             codes = self.dp.program(dels)
             res.removed = sum(1 for c in codes if c == 0)

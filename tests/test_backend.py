@@ -188,3 +188,28 @@ def test_thousand_remotes_in_three_program_calls(backend, dp):
     backend.reconcile(leases)
     assert len(dp.state) == 3000
     assert [c for c in calls if c] == [2000, 1000]
+
+
+def test_a_batch_costs_what_it_changes_not_what_is_known(backend, dp):
+    backend.reconcile([lease(n) for n in range(2, 200)])
+    calls = []
+    orig = backend.entries_for
+    backend.entries_for = lambda l: calls.append(l.subnet) or orig(l)
+    dp.log.clear()
+    backend.apply_batch(LeaseBatch(added=(lease(5),)))  # a repeat: filtered to nothing
+    assert calls == [] and dp.log == []
+    backend.apply_batch(LeaseBatch(added=(lease(230),)))
+    backend.apply_batch(LeaseBatch(removed=(lease(7),)))
+    assert backend.entry_count() == 3 * 198
+    assert calls == [IPv4Network("10.244.230.0/24")]  # lease 7's entries came from the cache
+    assert entries(230) <= set(dp.state.all()) and not entries(7) & set(dp.state.all())
+
+
+def test_removing_one_of_two_leases_sharing_an_fdb_entry_keeps_it(backend, dp):
+    a = lease(2, mac="0e:00:00:00:00:aa", public="192.168.1.50")
+    b = lease(3, mac="0e:00:00:00:00:aa", public="192.168.1.50")
+    backend.apply_batch(LeaseBatch(added=(a, b)))
+    assert backend.entry_count() == 5  # one FDB entry for both
+    backend.apply_batch(LeaseBatch(removed=(a,)))
+    assert set(dp.state.all()) == entries(3, "0e:00:00:00:00:aa", "192.168.1.50")
+    assert backend.entry_count() == 3
