@@ -1,5 +1,6 @@
 """IPAM: the allocator against the disk store and the fake, and host-local's layout."""
 
+import errno
 import os
 import stat
 import threading
@@ -152,3 +153,30 @@ def test_unreadable_store_dir_is_an_ipam_error(tmp_path):
     store = ipam.DiskStore(str(blocker), "ovcni-net")
     with pytest.raises(IPAMError, match="cannot open IPAM store"):
         alloc(store).allocate("c0", "eth0")
+
+
+def test_failing_to_record_the_last_address_gives_the_address_back(tmp_path, monkeypatch):
+    def disk_full(self, ip):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    monkeypatch.setattr(ipam.DiskStore, "_write_last", disk_full)
+    with pytest.raises(IPAMError, match="cannot record 10.30.1.2"):
+        alloc(store).allocate("c0", "eth0")
+    assert store.reservations() == {}  # not left reserved for a failed ADD
+
+
+def test_unlistable_store_dir_is_an_ipam_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(IPAMError, match="cannot read IPAM store"):
+        ipam.DiskStore(str(tmp_path), "file").reservations()  # ENOTDIR, not ENOENT
+
+
+def test_files_that_are_not_ipv4_addresses_are_skipped(tmp_path):
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    alloc(store).allocate("c0", "eth0")
+    for name in ("10.30.1", "1.2.3.4.5", "2001:db8::5", "999.1.1.1"):
+        with open(os.path.join(store.dir, name), "w") as f:
+            f.write("cX\r\neth0")
+    assert store.reservations() == {IPv4Address("10.30.1.2"): ("c0", "eth0")}

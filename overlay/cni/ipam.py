@@ -11,7 +11,6 @@ A :class:`Store` does raw storage; the :class:`Allocator` decides which address.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -76,7 +75,16 @@ class DiskStore:
             os.unlink(path)
             raise IPAMError(f"cannot write {path}: {e.strerror}") from e
         os.close(fd)
-        self._write_last(ip)
+        try:
+            self._write_last(ip)
+        except OSError as e:  # e.g. ENOSPC, EROFS: give the address back, say why
+            try:
+                os.unlink(path)
+            except OSError as undo:
+                log.warning("IPAM: cannot remove %s after a failed reservation: %s",
+                            path, undo.strerror)
+            raise IPAMError(f"cannot record {ip} in {self.dir}/{LAST_IP_FILE}: "
+                            f"{e.strerror}") from e
         return True
 
     def _write_last(self, ip: IPv4Address) -> None:
@@ -104,11 +112,13 @@ class DiskStore:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return out
+        except OSError as e:
+            raise IPAMError(f"cannot read IPAM store {self.dir}: {e.strerror}") from e
         for name in names:
-            if not name[:1].isdigit() or name == LAST_IP_FILE:
+            if not name[:1].isdigit() or name.count(".") != 3:
                 continue  # lock, last_reserved_ip.0, IPv6 files (hex)
             try:
-                ip = IPv4Address(socket.inet_aton(name)) if name.count(".") == 3 else None
+                ip = IPv4Address(socket.inet_aton(name))
                 fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_CLOEXEC)
             except (OSError, ValueError):
                 continue  # not an IPv4 file, or released while we read the directory
@@ -116,8 +126,6 @@ class DiskStore:
                 raw = os.read(fd, 4096)  # bytes: keep the \r\n
             finally:
                 os.close(fd)
-            if ip is None:
-                continue
             container_id, _, ifname = raw.decode("utf-8", "replace").strip().partition(LINE_BREAK)
             out[ip] = (container_id.strip(), ifname.strip())
         return out
@@ -128,8 +136,7 @@ class DiskStore:
         except FileNotFoundError:
             pass
         except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise IPAMError(f"cannot release {ip} in {self.dir}: {e.strerror}") from e
+            raise IPAMError(f"cannot release {ip} in {self.dir}: {e.strerror}") from e
 
 
 class FakeStore:
