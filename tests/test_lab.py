@@ -328,3 +328,19 @@ def test_format_table_is_shared_by_both_command_lines():
     text = format_table(["NODE", "SUBNET"], [["node1", "10.244.1.0/24"], ["node10", None]])
     assert text.splitlines() == ["NODE     SUBNET", "node1    10.244.1.0/24", "node10   <none>"]
     assert format_table(["POD", "IP"], []) == "POD   IP"
+
+
+def test_netns_entered_refuses_what_is_not_a_namespace(tmp_path):
+    from overlay.lab.system import netns_entered
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    with pytest.raises(LabError, match="does not exist"):
+        with netns_entered(f"{_random_prefix()}-missing"):
+            pass
+    not_netns = tmp_path / "plain-file"    # an absolute path: taken as is
+    not_netns.write_text("")
+    with pytest.raises(LabError, match="cannot enter network namespace"):
+        with netns_entered(str(not_netns)):
+            pass
+    with netns_entered("/proc/self/ns/net"):    # our own: entered and left
+        pass
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home

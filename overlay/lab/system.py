@@ -6,7 +6,6 @@ stays under ``overlay/netlink``.  Everything here acts on one exact name or pid.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import logging
 import os
@@ -15,16 +14,17 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
+from ..errors import NetlinkOpError
+from ..netlink.pod import thread_in_netns
 from .spec import LabError
 
 log = logging.getLogger(__name__)
 
 NETNS_DIR = "/var/run/netns"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0,
@@ -90,42 +90,29 @@ def in_netns(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-class netns_entered:
-    """Switch the calling thread into a namespace and back (setns only moves this thread).
+@contextmanager
+def netns_entered(ns: str) -> Iterator[None]:
+    """Run the block with the calling thread in namespace ``ns`` (the CNI plugin's
+    :func:`~overlay.netlink.pod.thread_in_netns`: setns moves only this thread).
 
     Sockets created inside stay in that namespace after leaving, which is how the lab
     talks to a node's loopback or the underlay without running a process there.
     """
-
-    def __init__(self, ns: str):
-        self.ns = ns
-
-    def __enter__(self) -> None:
-        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            target = os.open(os.path.join(NETNS_DIR, self.ns), os.O_RDONLY)
-        except FileNotFoundError:
-            os.close(self._home)
-            raise LabError(f"network namespace {self.ns} does not exist") from None
-        try:
-            _setns(target)
-        except BaseException:
-            os.close(self._home)
+    try:
+        fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {ns} does not exist") from None
+    entered = False
+    try:
+        with thread_in_netns(fd):
+            entered = True
+            yield
+    except NetlinkOpError as e:
+        if entered:
             raise
-        finally:
-            os.close(target)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            _setns(self._home)
-        finally:
-            os.close(self._home)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+        raise LabError(f"cannot enter network namespace {ns}: {e}") from e
+    finally:
+        os.close(fd)
 
 
 def netns_socket(ns: str, family: int = socket.AF_INET,
