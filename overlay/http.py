@@ -69,6 +69,9 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+HANDLER_TIMEOUT = 5.0  # seconds a client may stay silent on a connection
+
+
 class HealthServer:
     """A small threaded HTTP server; ``readiness()`` returns the unmet conditions."""
 
@@ -102,6 +105,8 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = HANDLER_TIMEOUT  # an idle connection must not pin a thread forever
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":

@@ -177,3 +177,20 @@ def test_ready_gauge_follows_readiness_without_a_readyz_request(tmp_path):
     assert value(d.metrics, "overlay_ready") == 1
     d.stop.set()
     assert value(d.metrics, "overlay_ready") == 0 and d.readiness() == ["stopping"]
+
+
+def test_health_server_drops_idle_connections(monkeypatch):
+    import socket
+
+    from overlay import http
+    monkeypatch.setattr(http, "HANDLER_TIMEOUT", 0.2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    srv = http.HealthServer(f"127.0.0.1:{port}", Metrics(), lambda: [])
+    srv.start()
+    try:
+        with socket.create_connection(srv.address, timeout=3) as c:
+            assert c.recv(1) == b""  # closed by the server, not left hanging
+    finally:
+        srv.stop()

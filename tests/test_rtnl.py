@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from overlay.netlink import rtnl
 
 
@@ -56,3 +58,37 @@ def test_importing_the_low_layers_never_loads_pyroute2():
             "overlay.netlink.rawnl, overlay.netlink.pod, overlay.netlink.vxlan; "
             "sys.exit(any(m.startswith('pyroute2') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_socket_failures_are_netlink_errors_and_still_os_errors():
+    import errno as errno_mod
+
+    from overlay.errors import OverlayError
+    from overlay.netlink.rtnl import RTM_GETLINK, NetlinkSocketError, Rtnl
+    nl = Rtnl()
+    nl.sock.close()  # e.g. closed by a shutdown racing a reconcile: EBADF
+    with pytest.raises(NetlinkSocketError) as e:
+        list(nl.dump(RTM_GETLINK, bytes(16)))
+    assert isinstance(e.value, OverlayError) and isinstance(e.value, OSError)
+    assert e.value.code == e.value.errno == errno_mod.EBADF
+    assert str(e.value).startswith("rtnetlink send: ")
+
+
+def test_a_failed_socket_set_up_closes_the_socket(monkeypatch):
+    import socket as socket_mod
+
+    from overlay.netlink import rtnl
+    made = []
+
+    class Recording(socket_mod.socket):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    def refuse(self, groups, bulk):
+        raise PermissionError(1, "bind refused")
+    monkeypatch.setattr(rtnl.socket, "socket", Recording)
+    monkeypatch.setattr(rtnl.Rtnl, "_setup", refuse)
+    with pytest.raises(PermissionError):
+        rtnl.Rtnl()
+    assert len(made) == 1 and made[0].fileno() == -1

@@ -113,6 +113,24 @@ class NetlinkRequestError(NetlinkOpError):
     """A rtnetlink request failed; ``code`` is the errno."""
 
 
+class NetlinkSocketError(NetlinkRequestError, OSError):
+    """The rtnetlink socket itself failed (send/recv: ENOBUFS, EBADF, a dump refused).
+    In the error tree like every netlink failure, and still an ``OSError`` (with its
+    ``errno``) for callers that look at those."""
+
+    def __init__(self, msg: str, code: int = 0):
+        OSError.__init__(self, code, msg)
+        self.code = code
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _socket_error(what: str, e: OSError) -> NetlinkSocketError:
+    return NetlinkSocketError(f"rtnetlink {what}: {describe_errno(e.errno) if e.errno else e}",
+                              e.errno or 0)
+
+
 # --- attributes ------------------------------------------------------------------------------
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -197,6 +215,15 @@ class Rtnl:
             from .common import netns_path
             self.sock = create_socket(netns_path(netns), socket.AF_NETLINK, socket.SOCK_RAW,
                                       NETLINK_ROUTE, flags=0)
+        try:
+            self._setup(groups, bulk)
+        except BaseException:
+            self.sock.close()  # not leaked when the set-up fails
+            raise
+        self._seq = itertools.count(1)
+        self._peek = bytearray(NLHDR.size)
+
+    def _setup(self, groups: int, bulk: bool) -> None:
         if bulk:
             for opt, size in ((SO_SNDBUFFORCE, 1 << 20), (SO_RCVBUFFORCE, 4 << 20)):
                 try:
@@ -206,11 +233,15 @@ class Rtnl:
         # ACKs without a copy of the request: 20 bytes each instead of the whole message.
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.bind((0, groups))
-        self._seq = itertools.count(1)
-        self._peek = bytearray(NLHDR.size)
 
     def close(self) -> None:
         self.sock.close()
+
+    def _send(self, data: bytes | bytearray) -> None:
+        try:
+            self.sock.send(data)
+        except OSError as e:
+            raise _socket_error("send", e) from e
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -220,8 +251,13 @@ class Rtnl:
         and exactly that much read: a fixed large buffer costs a large allocation per
         call (measured up to +60 us on a ~50 us CNI request, depending on the allocator's
         state), a small one could truncate a dump."""
-        size = self.sock.recv_into(self._peek, 0, socket.MSG_PEEK | socket.MSG_TRUNC)
-        return self.sock.recv(size)
+        try:
+            size = self.sock.recv_into(self._peek, 0, socket.MSG_PEEK | socket.MSG_TRUNC)
+            return self.sock.recv(size)
+        except TimeoutError:
+            raise  # a socket timeout the caller set: not a failure
+        except OSError as e:
+            raise _socket_error("receive", e) from e
 
     def __enter__(self) -> "Rtnl":
         return self
@@ -253,7 +289,7 @@ class Rtnl:
                 i += 1
             barrier = next(self._seq)
             buf += NLHDR.pack(NLHDR.size, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, barrier, 0)
-            self.sock.send(bytes(buf))
+            self._send(bytes(buf))
             self._collect_errors(pending, barrier, results)
             start = i
         return results
@@ -285,7 +321,7 @@ class Rtnl:
             data += NLHDR.pack(NLHDR.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK,
                                seq, 0) + body
             seqs.append(seq)
-        self.sock.send(data)
+        self._send(data)
         replies: dict[int, list[bytes]] = {s: [] for s in seqs}
         errors: dict[int, int] = {}
         pending = set(seqs)
@@ -324,8 +360,8 @@ class Rtnl:
     def dump(self, mtype: int, body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
         """Yield (type, buffer, payload offset, payload end) of every message of a dump."""
         seq = next(self._seq)
-        self.sock.send(NLHDR.pack(NLHDR.size + len(body), mtype,
-                                  NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        self._send(NLHDR.pack(NLHDR.size + len(body), mtype,
+                              NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         while True:
             data = self.recv()
             for rtype, _, rseq, off, end in walk(data):
@@ -336,7 +372,8 @@ class Rtnl:
                 if rtype == NLMSG_ERROR:
                     code = -ERR.unpack_from(data, off)[0]
                     if code:
-                        raise OSError(code, f"netlink dump failed: {errno.errorcode.get(code)}")
+                        raise NetlinkSocketError(f"netlink dump failed: {describe_errno(code)}",
+                                                 code)
                     return
                 yield rtype, data, off, end
 
