@@ -109,16 +109,36 @@ def test_load_network_reads_files_in_libcni_order(tmp_path):
     (tmp_path / "10-a.conf").write_text(json.dumps({"cniVersion": "1.0.0", "name": "a",
                                                     "type": "bridge"}))
     (tmp_path / "20-b.json").write_text(json.dumps({"cniVersion": "1.0.0", "name": "b",
-                                                    "plugins": [{"type": "overlay"}]}))
+                                                    "type": "overlay"}))
     (tmp_path / "30-c.txt").write_text("not a CNI file")
     assert load_network(str(tmp_path))["name"] == "a"
-    assert load_network(str(tmp_path), "b")["plugins"] == [{"type": "overlay"}]
+    assert load_network(str(tmp_path), "b")["plugins"] == [
+        {"cniVersion": "1.0.0", "name": "b", "type": "overlay"}]
+    # By name, a .conflist comes before any .conf/.json (libcni's LoadConfList).
+    (tmp_path / "90-b.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "b", "plugins": [{"type": "ovlt-a"}]}))
+    assert load_network(str(tmp_path), "b")["plugins"] == [{"type": "ovlt-a"}]
     # libcni fails on an unreadable list before the one asked for.
     (tmp_path / "15-bad.conflist").write_text("{nope")
     with pytest.raises(LabError, match="cannot read the CNI network configuration .*15-bad"):
         load_network(str(tmp_path), "b")
     with pytest.raises(LabError, match="does not exist \\(was install-cni run\\?\\)"):
         load_network(str(tmp_path / "none"))
+
+
+@pytest.mark.parametrize("name, content, error", [
+    ("a.conflist", {"name": "n", "type": "bridge"}, "needs a \"plugins\" list"),
+    ("a.conflist", {"name": "n", "plugins": []}, "non-empty list"),
+    ("a.conflist", {"name": "n", "plugins": [{"bridge": "cni0"}]}, "needs a \"type\"$"),
+    ("a.conflist", {"plugins": [{"type": "bridge"}]}, "needs a \"name\""),
+    ("a.json", {"name": "n", "plugins": [{"type": "bridge"}]}, "a list of plugins is a .conflist"),
+    ("a.conf", ["x"], "is a JSON object"),
+])
+def test_load_conflist_follows_the_extension(tmp_path, name, content, error):
+    """The extension says what a file holds, as in libcni (ConfListFromFile/ConfFromFile)."""
+    (tmp_path / name).write_text(json.dumps(content))
+    with pytest.raises(LabError, match=error):
+        load_network(str(tmp_path))
 
 
 def test_result_cache(tmp_path):

@@ -1,15 +1,15 @@
 """Calling CNI plugins exactly as a container runtime does (CNI SPEC, "Execution").
 
-The network configuration list is picked as libcni picks it: the files ``*.conflist``,
-``*.conf`` and ``*.json`` of the conf dir in lexical order, the first one unless a
-network name is asked for (a single-plugin ``.conf`` is a list of one).  ADD calls each
-plugin in order, handing each the previous plugin's result as ``prevResult``; DEL calls
-them in reverse order with the cached result of the ADD; CHECK in order with that
-cached result.  Plugins are found by their ``type`` in the ``CNI_PATH`` directories and
-run in the node's namespace (or this process's own), as a runtime on that node would run
-them.  A plugin's error is reported with its CNI error JSON.  No capability arguments
-are passed (the pods map no ports), so a chained ``portmap`` just passes the result
-through.
+The network configuration list is picked as libcni picks it (``overlay.cni.conflist``):
+the files ``*.conf``, ``*.conflist`` and ``*.json`` of the conf dir in lexical order, the
+first one unless a network name is asked for (a single-plugin ``.conf`` is a list of
+one).  ADD calls each plugin in order, handing each the previous plugin's result as
+``prevResult``; DEL calls them in reverse order with the cached result of the ADD; CHECK
+in order with that cached result.  Plugins are found by their ``type`` in the
+``CNI_PATH`` directories and run in the node's namespace (or this process's own), as a
+runtime on that node would run them.  A plugin's error is reported with its CNI error
+JSON.  No capability arguments are passed (the pods map no ports), so a chained
+``portmap`` just passes the result through.
 
 Two users: the namespace lab (``lab.py``, which keeps the results in its state file)
 and ``python -m overlay.lab.cni_exec`` (the smoke check in the Vagrant VMs, which keeps
@@ -22,18 +22,18 @@ import json
 import logging
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from ..errors import CNIError
+from ..cni import conflist
 from ..cni.skel import validate_container_id, validate_ifname, validate_network_name
+from ..errors import CNIError
 from ..fsutil import atomic_write
 from .spec import LabError
 from .system import NETNS_DIR, in_netns
 
 log = logging.getLogger(__name__)
-
-CONF_SUFFIXES = (".conflist", ".conf", ".json")
 
 
 @dataclass(frozen=True)
@@ -44,47 +44,29 @@ class Attachment:
     args: str = ""      # CNI_ARGS
 
 
-def conf_files(conf_dir: str) -> list[str]:
-    """The configuration files a runtime reads, in libcni's (lexical) order."""
-    if not os.path.isdir(conf_dir):
-        raise LabError(f"CNI conf dir {conf_dir} does not exist (was install-cni run?)")
-    return sorted(os.path.join(conf_dir, n) for n in os.listdir(conf_dir)
-                  if n.endswith(CONF_SUFFIXES) and os.path.isfile(os.path.join(conf_dir, n)))
-
-
 def find_conflist(conf_dir: str) -> str:
-    """The file a runtime would pick when no network is named: the lexically first."""
-    files = conf_files(conf_dir)
-    if not files:
-        raise LabError(f"no CNI network configuration in {conf_dir}")
-    return files[0]
+    """The file a runtime reads when no network is named (:mod:`overlay.cni.conflist`)."""
+    with _lab_error():
+        return conflist.find_conflist(conf_dir)
 
 
 def load_conflist(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            conf = json.load(f)
-    except (OSError, ValueError) as e:
-        raise LabError(f"cannot read the CNI network configuration {path}: {e}") from e
-    if not isinstance(conf, dict):
-        raise LabError(f"{path}: a CNI network configuration is a JSON object")
-    if "plugins" not in conf:  # a single-plugin .conf is a list of one
-        conf = {"cniVersion": conf.get("cniVersion"), "name": conf.get("name"), "plugins": [conf]}
-    if not conf.get("name") or not conf.get("plugins"):
-        raise LabError(f"{path}: a CNI configuration list needs a name and plugins")
-    return conf
+    with _lab_error():
+        return conflist.load_conflist(path)
 
 
 def load_network(conf_dir: str, name: str | None = None) -> dict[str, Any]:
-    """The list libcni would load: the first file, or the first list named ``name``."""
-    if name is None:
-        return load_conflist(find_conflist(conf_dir))
-    files = conf_files(conf_dir)
-    for path in files:
-        conf = load_conflist(path)
-        if conf["name"] == name:
-            return conf
-    raise LabError(f"no network named {name!r} in {conf_dir} ({len(files)} files)")
+    """The list libcni would load: the first file's, or the one named ``name``."""
+    with _lab_error():
+        return conflist.load_network(conf_dir, name)
+
+
+@contextmanager
+def _lab_error() -> Iterator[None]:
+    try:
+        yield
+    except conflist.ConfListError as e:
+        raise LabError(str(e)) from e
 
 
 class ResultCache:
