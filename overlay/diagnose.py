@@ -16,7 +16,6 @@ as ``skip`` (and says so); everything local is still checked.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -28,6 +27,12 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Callable, Iterable, Sequence
 
+from .cni.conflist import ConfListError, conf_files, load_conflist
+from .cni.install import DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR
+from .cni.install import DEFAULT_CONF_DIR as DEFAULT_CNI_CONF_DIR
+from .cni.install import PLUGIN_NAME as PLUGIN_TYPE
+from .cni.ipam import DiskStore
+from .cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
 from .config import VXLAN_OVERHEAD, NetworkConfig
 from .errors import OverlayError, SubnetEnvError
 from .etcdconf import EtcdOptions
@@ -41,11 +46,6 @@ from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
 log = logging.getLogger(__name__)
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
-DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
-DEFAULT_BRIDGE = "cni0"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-PLUGIN_TYPE = "overlay"
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 
 
@@ -794,8 +794,9 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
 
 
 def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
-               endpoints: str = "") -> Report:
-    f = derive_facts(node, cluster, opts)
+               endpoints: str = "", facts: Facts | None = None) -> Report:
+    """Every check; ``facts``: derived from this very state already (else derived here)."""
+    f = facts or derive_facts(node, cluster, opts)
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),
@@ -822,28 +823,21 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
 
 
 def read_cni_conf_dir(conf_dir: str) -> tuple[list[CNIConfigFile], str]:
+    """Every file a runtime could read in ``conf_dir``, in its order (libcni's rules, in
+    ``overlay.cni.conflist``); a file that does not load is kept with the reason."""
     try:
-        names = sorted(n for n in os.listdir(conf_dir)
-                       if n.endswith((".conf", ".conflist", ".json")))
-    except FileNotFoundError:
-        return [], f"{conf_dir} does not exist"
-    except OSError as e:
-        return [], f"cannot list {conf_dir}: {e.strerror}"
-    return [read_cni_file(os.path.join(conf_dir, n)) for n in names], ""
+        paths = conf_files(conf_dir)
+    except ConfListError as e:
+        return [], str(e)
+    return [read_cni_file(p) for p in paths], ""
 
 
 def read_cni_file(path: str) -> CNIConfigFile:
     try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (OSError, ValueError) as e:
-        return CNIConfigFile(path, "", (), f"unreadable: {e}")
-    if not isinstance(obj, dict):
-        return CNIConfigFile(path, "", (), "not a JSON object")
-    plugins = obj.get("plugins") if path.endswith(".conflist") or "plugins" in obj else [obj]
-    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
-        return CNIConfigFile(path, str(obj.get("name", "")), (), "plugins is not a list of objects")
-    return CNIConfigFile(path, str(obj.get("name", "")), tuple(plugins))
+        conf = load_conflist(path)
+    except ConfListError as e:
+        return CNIConfigFile(path, "", (), str(e))
+    return CNIConfigFile(path, conf["name"], tuple(conf["plugins"]))
 
 
 def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
@@ -853,27 +847,17 @@ def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
                    for d in dirs) for n in names}
 
 
-def read_reservations(ipam_dir: str) -> list[Reservation]:
-    """host-local's layout: one file per IP holding ``<container id>\\r\\n<ifname>``."""
-    out = []
+def read_reservations(data_dir: str, network: str) -> list[Reservation]:
+    """The CNI IPAM store's reservations (``overlay.cni.ipam``), by address; none when
+    the store cannot be read."""
+    store = DiskStore(data_dir, network)
     try:
-        names = os.listdir(ipam_dir)
-    except OSError:
-        return out
-    for n in sorted(names):
-        try:
-            ip = IPv4Address(n)
-        except ValueError:
-            continue  # lock, last_reserved_ip.0, ...
-        path = os.path.join(ipam_dir, n)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                lines = fh.read().replace("\r\n", "\n").split("\n")
-        except OSError:
-            continue
-        out.append(Reservation(ip, lines[0].strip(), lines[1].strip() if len(lines) > 1 else "",
-                               path))
-    return out
+        held = store.reservations()
+    except (OverlayError, OSError) as e:
+        log.info("IPAM store %s unreadable: %s", store.dir, e)
+        return []
+    return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
+            for ip, (cid, ifname) in sorted(held.items())]
 
 
 def read_sysctl(path: str) -> str | None:
@@ -1010,8 +994,9 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]
     node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
     if ours is not None:
-        node.ipam_dir = os.path.join(str(plugin.get("dataDir") or DEFAULT_DATA_DIR), ours.name)
-        node.reservations = read_reservations(node.ipam_dir)
+        data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
+        node.ipam_dir = os.path.join(data_dir, ours.name)
+        node.reservations = read_reservations(data_dir, ours.name)
     if opts.healthz_addr:
         node.readyz = read_readyz(opts.healthz_addr)
     else:
@@ -1027,9 +1012,7 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         local_ips.add(opts.public_ip)
     cluster = gather_cluster(etcd, local_ips)
     node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
-    if opts.probe and cluster.available:
-        f = derive_facts(node, cluster, opts)
-        if f.vxlan is not None:
-            node.probes = probe_peers(f.remotes, f.vxlan.mtu, opts.probe_count,
-                                      opts.probe_timeout)
-    return run_checks(node, cluster, opts, etcd.describe())
+    f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
+    if opts.probe and cluster.available and f.vxlan is not None:
+        node.probes = probe_peers(f.remotes, f.vxlan.mtu, opts.probe_count, opts.probe_timeout)
+    return run_checks(node, cluster, opts, etcd.describe(), f)

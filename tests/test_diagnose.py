@@ -12,6 +12,7 @@ import pytest
 from overlay import diagnose as dg
 from overlay import firewall as fw_mod
 from overlay.config import parse_network_config
+from overlay.etcdconf import make_etcd_options
 from overlay.lease import Lease, LeaseAttrs
 from overlay.probe import Echo, _checksum, echo_request, parse_echo_reply
 from overlay.netlink.inspect import (AddrInfo, FDBInfo, KernelState, LinkInfo, NeighInfo,
@@ -427,18 +428,25 @@ def test_cni_dir_and_reservations(tmp_path):
         {"cniVersion": "1.1.0", "name": "overlay",
          "plugins": [{"type": "overlay", "bridge": "cni0"}, {"type": "portmap"}]}))
     (conf / "20-broken.conf").write_text("{nope")
+    # libcni goes by the extension: a .json is one plugin's configuration, never a list.
+    (conf / "30-list.json").write_text(json.dumps(
+        {"cniVersion": "1.1.0", "name": "other", "plugins": [{"type": "bridge"}]}))
     (conf / "README").write_text("ignored")
     files, err = dg.read_cni_conf_dir(str(conf))
-    assert err == "" and [f.name for f in files] == ["overlay", ""]
-    assert files[1].error
-    assert dg.read_cni_conf_dir(str(tmp_path / "absent"))[1].endswith("does not exist")
+    assert err == "" and [f.name for f in files] == ["overlay", "", ""]
+    assert files[1].error and "a list of plugins is a .conflist" in files[2].error
+    assert "does not exist" in dg.read_cni_conf_dir(str(tmp_path / "absent"))[1]
     ipam = tmp_path / "overlay"
     ipam.mkdir()
     (ipam / "10.244.1.2").write_text("abc\r\neth0")
+    (ipam / "10.244.1.10").write_text("def\r\neth1")
     (ipam / "last_reserved_ip.0").write_text("10.244.1.2")
     (ipam / "lock").write_text("")
-    res = dg.read_reservations(str(ipam))
-    assert [(str(r.ip), r.container_id, r.ifname) for r in res] == [("10.244.1.2", "abc", "eth0")]
+    res = dg.read_reservations(str(tmp_path), "overlay")
+    assert [(str(r.ip), r.container_id, r.ifname, r.path) for r in res] == [
+        ("10.244.1.2", "abc", "eth0", str(ipam / "10.244.1.2")),
+        ("10.244.1.10", "def", "eth1", str(ipam / "10.244.1.10"))]
+    assert dg.read_reservations(str(tmp_path), "absent") == []
     bins = tmp_path / "bin"
     bins.mkdir()
     (bins / "overlay").write_text("#!/bin/sh\n")
@@ -665,3 +673,20 @@ def test_run_quiet_never_raises_for_a_program_that_cannot_run(tmp_path):
     rc, out, err = run_quiet([str(garbage)])
     assert (rc, out) == (126, "") and "cannot run" in err
     assert run_quiet([str(tmp_path / "absent")])[0] == 127
+
+
+def test_diagnose_derives_the_facts_once(monkeypatch):
+    node, cluster = healthy()
+    node.probes = None
+    derived, probed = [], []
+    derive = dg.derive_facts
+    monkeypatch.setattr(dg, "gather_node", lambda opts: node)
+    monkeypatch.setattr(dg, "gather_cluster", lambda etcd, local_ips: cluster)
+    monkeypatch.setattr(dg, "read_firewall", lambda port: fw_mod.FirewallState())
+    monkeypatch.setattr(dg, "derive_facts", lambda *a: derived.append(a) or derive(*a))
+    monkeypatch.setattr(dg, "probe_peers", lambda remotes, mtu, *a: probed.append(
+        (len(remotes), mtu)) or [dg.ProbeResult(l.subnet, l.subnet.network_address, mtu - 28,
+                                                2, 2) for l in remotes])
+    report = dg.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
+    assert len(derived) == 1 and probed == [(2, 1450)]
+    assert not report.failed and report.facts.own.subnet == OWN

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from . import CLIContext, cli, print_json, print_table
+from ..cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from ..cni.netconf import DEFAULT_BRIDGE
 from ..subnetenv import DEFAULT_SUBNET_FILE
 
 # overlay.diagnose / overlay.trace are imported inside the commands: they pull in pyroute2,
@@ -47,9 +49,9 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @cli.command()
-@click.option("--cni-conf-dir", default="/etc/cni/net.d", show_default=True,
+@click.option("--cni-conf-dir", default=DEFAULT_CONF_DIR, show_default=True,
               help="Where the runtime reads CNI configs.")
-@click.option("--cni-bin-dir", default="/opt/cni/bin", show_default=True,
+@click.option("--cni-bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
               help="Where the runtime finds CNI plugin binaries (colon-separated list, "
                    "like CNI_PATH).")
 @click.option("--service-cidr", multiple=True, callback=_cidr,
@@ -58,7 +60,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help=f"overlayd's subnet.env [default: the CNI config's subnetFile, else "
                    f"{DEFAULT_SUBNET_FILE}].")
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
-@click.option("--bridge", help="Pod bridge [default: the CNI config's, else cni0].")
+@click.option("--bridge", help=f"Pod bridge [default: the CNI config's, else {DEFAULT_BRIDGE}].")
 @click.option("--public-ip", callback=_ipv4,
               help="This node's public IP [default: the VXLAN device's local address].")
 @click.option("--healthz-addr", callback=_hostport,
@@ -128,7 +130,7 @@ def _short(text: str, width: int = 90) -> str:
 @click.argument("src", callback=_ipv4)
 @click.argument("dst", callback=_ipv4)
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
-@click.option("--bridge", default="cni0", show_default=True, help="Pod bridge.")
+@click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True, help="Pod bridge.")
 @click.pass_obj
 def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address,
           vxlan_device: str | None, bridge: str) -> None:

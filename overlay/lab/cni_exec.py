@@ -23,12 +23,12 @@ import os
 import sys
 from typing import Sequence
 
+from ..cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from ..errors import OverlayError
 from .runtime import Attachment, CNIRuntime, ResultCache, load_network
 from .spec import LabError
 
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"
+DEFAULT_CNI_PATH = f"{DEFAULT_BIN_DIR}:/usr/lib/cni"  # then Debian's reference plugins
 DEFAULT_CACHE_DIR = "/var/lib/cni/overlay-smoke"
 PLUGIN_TIMEOUT = 60.0
 
