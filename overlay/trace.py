@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
+from .cni.netconf import DEFAULT_BRIDGE
 from .diagnose import ClusterState, gather_cluster
 from .etcdconf import EtcdOptions
 from .lease import Lease
@@ -74,7 +75,7 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
         res.hops += _vxlan_hops(route, dst_lease, kernel, vxlan_name, known)
         if dst_lease is not None:
             res.hops.append(_underlay_hop(dst_lease, underlay_route, kernel, vxlan_name))
-    res.hops.append(_destination_node(dst, dst_lease, known, cluster))
+    res.hops.append(_destination_node(dst, dst_lease, known))
     if not known:
         res.note = f"etcd unreachable ({cluster.error}): lease-dependent hops are unknown"
     return res
@@ -196,25 +197,21 @@ def _underlay_hop(lease: Lease, route: RouteInfo | None, k: KernelState, vxlan: 
     return Hop("underlay", OK, detail)
 
 
-def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool,
-                      cluster: ClusterState) -> Hop:
+def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool) -> Hop:
     if lease is None:
         if not known:
             return Hop("destination-node", UNKNOWN, f"{dst}: leases unavailable")
         return Hop("destination-node", MISSING, f"no lease holds {dst}",
                    "DST is not a pod IP of this network, or its node lost its lease")
-    exp = lease.expiration
-    if exp is not None and exp.tzinfo is not None and exp <= cluster.now:
-        return Hop("destination-node", WRONG, f"lease {lease.subnet} expired",
-                   f"restart overlayd on node {lease.attrs.public_ip}")
+    # A lease in etcd is live (an expired one is gone), so it needs no expiry check.
     return Hop("destination-node", OK, f"{dst} in {lease.subnet}, node {lease.attrs.public_ip}"
                f" VTEP {lease.attrs.vtep_mac}")
 
 
 def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
-               vxlan_device: str | None = None, bridge: str = "cni0") -> TraceResult:
+               vxlan_device: str | None = None, bridge: str = DEFAULT_BRIDGE) -> TraceResult:
     """Gather this node's state and the leases, then build the trace."""
-    from .netlink.inspect import dump_kernel_state, route_get
+    from .netlink.inspect import RouteQuery, dump_kernel_state, routes_get
 
     cluster = gather_cluster(etcd)
     kernel = dump_kernel_state()
@@ -223,15 +220,19 @@ def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
     link = kernel.link(name)
     local = link.vxlan.local if link and link.vxlan else None
     br = kernel.link(bridge)
-    # Ask as for a packet forwarded from the pod (iif = bridge), which also shows
-    # ip_forward off; fall back to a plain lookup when the bridge is gone.
-    route = route_get(dst, src=src, iif=br.index) if br else None
-    forwarding = None if br is None else route is not None
-    if route is None:
-        route = route_get(dst)
-        if route is None:
-            forwarding = None
     dst_lease = _lease_for(cluster.leases, dst)
-    underlay = route_get(dst_lease.attrs.public_ip) if dst_lease else None
+    # Asked as for a packet forwarded from the pod (iif = bridge), which also shows
+    # ip_forward off, and as a plain lookup for when that fails or the bridge is gone;
+    # then the encapsulated packet's way to the peer.  One send on one socket.
+    queries = [RouteQuery(dst)]
+    if br is not None:
+        queries.insert(0, RouteQuery(dst, src, br.index))
+    if dst_lease is not None:
+        queries.append(RouteQuery(dst_lease.attrs.public_ip))
+    answers = routes_get(queries)
+    underlay = answers.pop() if dst_lease is not None else None
+    forwarded, plain = (answers[0], answers[1]) if br is not None else (None, answers[0])
+    route = forwarded or plain
+    forwarding = None if br is None or route is None else forwarded is not None
     return build_trace(src, dst, kernel, route, cluster, vxlan_name=name, bridge_name=bridge,
                        local_public_ip=local, forwarding=forwarding, underlay_route=underlay)

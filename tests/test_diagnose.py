@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -523,6 +525,78 @@ def test_trace_missing_route_and_same_node():
                     cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP)
     assert t.ok and [h.name for h in t.hops] == ["source-node", "source-bridge", "route",
                                                  "destination-node"]
+
+
+def route_reply(gateway, oif, onlink=False):
+    """What the kernel answers to RTM_GETROUTE: an RTM_NEWROUTE payload."""
+    from overlay.netlink import rtnl
+
+    body = rtnl.RTMSG.pack(2, 32, 0, 0, 254, 0, 0, 1, rtnl.RTNH_F_ONLINK if onlink else 0)
+    if gateway is not None:
+        body += rtnl.attr(rtnl.RTA_GATEWAY, IPv4Address(gateway).packed)
+    return body + rtnl.attr_u32(rtnl.RTA_OIF, oif)
+
+
+def test_trace_asks_every_route_in_one_send_on_one_socket(monkeypatch):
+    from overlay import trace as trace_mod
+    from overlay.netlink import inspect, rtnl
+
+    node, cluster = healthy()
+    sockets, sent = [], []
+    forwarding_on = True
+
+    class Kernel:  # stands for one rtnetlink socket; answers route gets like the node
+        def __init__(self, netns=None):
+            sockets.append(netns)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def batch(self, msgs):
+            sent.append(msgs)
+            out = []
+            for m in msgs:
+                a = rtnl.attrs(m.body, rtnl.RTMSG.size)
+                dst = IPv4Address(a[rtnl.RTA_DST])
+                if dst == IPv4Address("192.168.1.12"):
+                    out.append(([route_reply(None, ETH)], 0))
+                elif inspect.RTA_IIF in a and not forwarding_on:
+                    out.append(([], 113))  # EHOSTUNREACH: not forwarded
+                else:
+                    out.append(([route_reply("10.244.2.0", VX, onlink=True)], 0))
+            return out
+
+    monkeypatch.setattr(inspect, "Rtnl", Kernel)
+    monkeypatch.setattr(inspect, "dump_kernel_state", lambda: node.kernel)
+    monkeypatch.setattr(trace_mod, "gather_cluster", lambda etcd: cluster)
+    src, dst = IPv4Address("10.244.1.2"), IPv4Address("10.244.2.5")
+    t = trace_mod.trace_path(src, dst, make_etcd_options())
+    assert t.ok and len(sockets) == 1 and len(sent) == 1
+    forwarded, plain, underlay = sent[0]
+    fa = rtnl.attrs(forwarded.body, rtnl.RTMSG.size)
+    assert (fa[inspect.RTA_SRC], rtnl.u32(fa[inspect.RTA_IIF])) == (src.packed, BR)
+    assert inspect.RTA_IIF not in rtnl.attrs(plain.body, rtnl.RTMSG.size)
+    assert t.hops[2].detail == "10.244.2.5 via 10.244.2.0 dev overlay.1"
+    assert t.hops[6].detail == "192.168.1.12 via direct dev eth0"
+    forwarding_on = False
+    t = trace_mod.trace_path(src, dst, make_etcd_options())
+    st = {h.name: h.status for h in t.hops}
+    assert st["forwarding"] == "wrong" and st["route"] == "ok" and len(sockets) == 2
+
+
+def test_route_get_reads_the_kernel_without_pyroute2():
+    script = ("import sys; from ipaddress import IPv4Address as A\n"
+              "from overlay.netlink.inspect import RouteQuery, routes_get\n"
+              "lo = routes_get([RouteQuery(A('127.0.0.1')), RouteQuery(A('127.0.0.1'),"
+              " A('10.255.255.1'), 1)])\n"
+              "print(lo[0].oif, lo[0].gateway, lo[0].prefsrc, lo[1], 'pyroute2' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=30)
+    # lo is ifindex 1 in every namespace; a martian source arriving on lo is not routed.
+    assert p.stdout.split() == ["1", "None", "127.0.0.1", "None", "False"], p.stderr
 
 
 def direct_routing_state():

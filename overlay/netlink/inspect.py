@@ -1,8 +1,8 @@
 """Read-only dumps of a node's kernel state for ``overlayctl diagnose`` and ``trace``.
 
-Everything is returned as frozen values (no pyroute2 objects escape this module), so the
-checks in ``overlay.diagnose`` run just as well on state a unit test made up.  pyroute2
-is imported lazily: the value types are needed without it.
+Everything is returned as frozen values, so the checks in ``overlay.diagnose`` run just
+as well on state a unit test made up.  All of it is read on raw rtnetlink sockets
+(``rtnl``): pyroute2 is not imported (unless a netns is named, to enter it).
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ import logging
 import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Sequence
 
-from .rtnl import (  # noqa: F401  (NUD_NOARP: kept as one of this module's names)
-    IFF_UP, IFINFO, IFLA_MASTER, IFLA_OPERSTATE, NUD_NOARP, NUD_PERMANENT, RT_TABLE_MAIN,
-    RTNH_F_ONLINK, attrs, u32)
+from ..errors import NetlinkOpError
+from .rtnl import (
+    AF_INET, IFF_UP, IFINFO, IFLA_MASTER, IFLA_OPERSTATE, NUD_PERMANENT, RT_TABLE_MAIN,
+    RTA_DST, RTA_GATEWAY, RTA_OIF, RTM_GETROUTE, RTMSG, RTNH_F_ONLINK, Msg, Rtnl, attr,
+    attr_u32, attrs, describe_errno, u32)
 
 log = logging.getLogger(__name__)
+
+RTA_SRC, RTA_IIF, RTA_PREFSRC = 2, 3, 7  # linux/rtnetlink.h: only ``route get`` needs them
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,6 @@ class KernelState:
     def addrs_of(self, index: int) -> list[IPv4Interface]:
         return [a.interface for a in self.addrs if a.index == index]
 
-    def routes_via(self, index: int) -> list[RouteInfo]:
-        return [r for r in self.routes if r.oif == index]
-
     def neigh_on(self, index: int) -> list[NeighInfo]:
         return [n for n in self.neigh if n.ifindex == index]
 
@@ -138,8 +139,6 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
         fdb = [FDBInfo(n.mac, n.dst, n.ifindex, n.state)
                for n in nl.dump_neigh(rawnl.AF_BRIDGE) if n.mac is not None]
     except OSError as e:
-        from ..errors import NetlinkOpError
-
         raise NetlinkOpError(f"reading kernel state: {e.strerror or e}", e.errno or 0) from e
     finally:
         nl.close()
@@ -170,32 +169,61 @@ def _raw_link(buf: bytes, off: int, end: int) -> LinkInfo:
                     mtu=rec.mtu, mac=rec.mac, master=master or None, vxlan=vxlan)
 
 
+@dataclass(frozen=True)
+class RouteQuery:
+    """One ``ip route get``: to ``dst``; with ``src`` and ``iif`` asked as for a packet
+    arriving on ``iif`` to be forwarded, which fails when forwarding is off."""
+
+    dst: IPv4Address
+    src: IPv4Address | None = None
+    iif: int | None = None
+
+
+def route_get_msg(q: RouteQuery) -> Msg:
+    body = RTMSG.pack(AF_INET, 32, 32 if q.src else 0, 0, 0, 0, 0, 0, 0)
+    body += attr(RTA_DST, q.dst.packed)
+    if q.src is not None:
+        body += attr(RTA_SRC, q.src.packed)
+    if q.iif is not None:
+        body += attr_u32(RTA_IIF, q.iif)
+    return Msg(RTM_GETROUTE, 0, body, f"route get {q.dst}")
+
+
+def parse_route_reply(buf: bytes, dst: IPv4Address) -> RouteInfo:
+    """A ``route get`` answer (an RTM_NEWROUTE payload) as the route to ``dst``."""
+    flags = RTMSG.unpack_from(buf, 0)[8]
+    a = attrs(buf, RTMSG.size)
+    gw, src = a.get(RTA_GATEWAY), a.get(RTA_PREFSRC)
+    return RouteInfo(dst=IPv4Network(f"{dst}/32"),
+                     gateway=IPv4Address(gw) if gw else None,
+                     oif=u32(a[RTA_OIF]) if RTA_OIF in a else None,
+                     onlink=bool(flags & RTNH_F_ONLINK),
+                     prefsrc=IPv4Address(src) if src else None)
+
+
+def routes_get(queries: Sequence[RouteQuery], netns: str | None = None
+               ) -> list[RouteInfo | None]:
+    """The route the kernel would choose for each query, all sent at once on one socket;
+    None where it has none (unreachable, or not forwarded)."""
+    if not queries:
+        return []
+    try:
+        with Rtnl(netns) as nl:
+            answers = nl.batch([route_get_msg(q) for q in queries])
+    except OSError as e:
+        raise NetlinkOpError(f"route get: {describe_errno(e.errno) if e.errno else e}",
+                             e.errno or 0) from e
+    out: list[RouteInfo | None] = []
+    for q, (replies, code) in zip(queries, answers):
+        if code or not replies:
+            log.debug("route get %s: %s", q.dst, describe_errno(code) if code else "no answer")
+            out.append(None)
+        else:
+            out.append(parse_route_reply(replies[0], q.dst))
+    return out
+
+
 def route_get(dst: IPv4Address, netns: str | None = None, *, src: IPv4Address | None = None,
               iif: int | None = None) -> RouteInfo | None:
-    """The route the kernel would choose for ``dst`` (``ip route get``); None if unreachable.
-
-    With ``src`` and ``iif`` it is asked as for a packet arriving on ``iif`` to forward,
-    which fails when forwarding is off.
-    """
-    from pyroute2 import NetlinkError
-
-    from .common import open_iproute
-
-    with open_iproute(netns) as ipr:
-        try:
-            kwargs: dict[str, Any] = {"dst": str(dst)}
-            if src is not None:
-                kwargs["src"] = str(src)
-            if iif is not None:
-                kwargs["iif"] = iif
-            msgs = ipr.route("get", **kwargs)
-        except NetlinkError as e:
-            log.debug("route get %s: errno %d", dst, e.code)
-            return None
-    for m in msgs:
-        gw = m.get_attr("RTA_GATEWAY")
-        src = m.get_attr("RTA_PREFSRC")
-        return RouteInfo(dst=IPv4Network(f"{dst}/32"), gateway=IPv4Address(gw) if gw else None,
-                         oif=m.get_attr("RTA_OIF"), onlink=bool(m["flags"] & RTNH_F_ONLINK),
-                         prefsrc=IPv4Address(src) if src else None)
-    return None
+    """One ``ip route get`` (see :class:`RouteQuery`); None if unreachable."""
+    return routes_get([RouteQuery(dst, src, iif)], netns)[0]
