@@ -1,11 +1,12 @@
 """The CNI skeleton: validation, version checks, and error JSON exactly once (no root)."""
 
+import errno
 import json
 
 import pytest
 
 from overlay.cni import skel
-from overlay.errors import CNIError
+from overlay.errors import CNIError, IPAMError, NetlinkOpError, SubnetEnvError
 
 CONF = {"cniVersion": "1.1.0", "name": "ovcni-test", "type": "overlay"}
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x",
@@ -162,3 +163,31 @@ def test_cni_args_are_parsed():
     rc, _, rec = run(dict(ENV, CNI_ARGS="IgnoreUnknown=1;IP=10.0.0.5;K8S_POD_NAME=web"))
     assert rec.calls[0][1].args == {"IgnoreUnknown": "1", "IP": "10.0.0.5",
                                     "K8S_POD_NAME": "web"}
+
+
+@pytest.mark.parametrize("error, code, details", [
+    (NetlinkOpError("link not found", errno.ENODEV), skel.ERR_KERNEL, f"errno {errno.ENODEV}"),
+    (IPAMError("no IP addresses available"), skel.ERR_IPAM, None),
+    (SubnetEnvError("subnet.env is malformed"), skel.ERR_INTERNAL, None),
+])
+def test_project_errors_map_to_codes_in_one_place(error, code, details):
+    """Whatever a command lets through gets its code here (e.g. IPAM failing in CHECK)."""
+    def fail(request):
+        raise error
+
+    for command in ("ADD", "CHECK", "DEL", "GC"):
+        rc, out = skel.run(dict(ENV, CNI_COMMAND=command), json.dumps(CONF).encode(),
+                           {command: fail})
+        doc = error_of(rc, out)
+        assert (doc["code"], doc["msg"], doc.get("details")) == (code, str(error), details)
+
+
+def test_error_json_echoes_the_input_version_when_it_is_a_string():
+    def fail(request):
+        raise CNIError(11, "later")
+
+    conf = dict(CONF, cniVersion="0.4.0")
+    assert error_of(*skel.run(ENV, json.dumps(conf).encode(), {"ADD": fail}))["cniVersion"] \
+        == "0.4.0"
+    for raw in (b"", b"[1]", b"{bad", json.dumps(dict(CONF, cniVersion=7)).encode()):
+        assert error_of(*skel.run(ENV, raw, {"ADD": fail}))["cniVersion"] == "1.1.0"

@@ -19,12 +19,10 @@ from ..errors import CNIError, IPAMError, NetlinkOpError
 from ..netlink import pod
 from . import ipam, masq
 from .netconf import NetConf, NodeSubnet, parse_netconf
-from .skel import ERR_IPAM, ERR_KERNEL, Request
+from .skel import ERR_CHECK, ERR_KERNEL, Request
 from .types import Interface, IPConfig, Result, Route, parse_result
 
 log = logging.getLogger(__name__)
-
-ERR_CHECK = 103  # CHECK found the attachment different from prevResult
 
 _KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
@@ -32,14 +30,8 @@ DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-def _kernel_error(e: NetlinkOpError) -> CNIError:
-    return CNIError(ERR_KERNEL, str(e), f"errno {e.code}")
-
-
-def _ipam_error(e: IPAMError) -> CNIError:
-    return CNIError(ERR_IPAM, str(e))
-
+# NetlinkOpError (100) and IPAMError (101) become CNI error JSON in skel.run; commands
+# catch them only to add context or to change the code.
 
 def open_pod_netns(req: Request, stack: ExitStack) -> int:
     """The pod's namespace as an fd, validated: exists, is a netns, is not ours."""
@@ -108,11 +100,8 @@ def cmd_add(req: Request) -> dict[str, Any]:
         netns_fd = open_pod_netns(req, stack)
         node = conf.load_node_subnet()
         store = _store(conf)
-        try:
-            ip = ipam.Allocator(store, node.subnet, node.gateway).allocate(
-                req.container_id, req.ifname, requested)
-        except IPAMError as e:
-            raise _ipam_error(e) from None
+        ip = ipam.Allocator(store, node.subnet, node.gateway).allocate(
+            req.container_id, req.ifname, requested)
         undo: list[Callable[[], Any]] = [
             lambda: ipam.release_ip(store, ip, req.container_id, req.ifname)]
         try:
@@ -129,29 +118,26 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
     host_name = pod.host_veth_name(req.container_id, req.ifname)
     address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
     routes = pod_routes(conf, node)
+    host = stack.enter_context(pod.Rtnl())
+    bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
+                               conf.force_address, conf.promisc_mode)
+    if req.reaper is not None:
+        req.reaper.wait(host_name)  # a deferred delete of this attachment's old veth
     try:
-        host = stack.enter_context(pod.Rtnl())
-        bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
-                                   conf.force_address, conf.promisc_mode)
-        if req.reaper is not None:
-            req.reaper.wait(host_name)  # a deferred delete of this attachment's old veth
-        try:
-            host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
-                                     conf.hairpin_mode, mac)
-        except NetlinkOpError as e:
-            # IPAM just proved this attachment holds nothing, so a node-side veth with its
-            # name is a leftover of a DEL whose teardown never finished (server killed).
-            if e.code != errno.EEXIST or pod.get_link(host, host_name) is None:
-                raise
-            log.warning("removing stale veth %s left by an unfinished DEL", host_name)
-            pod.del_link(host, host_name)
-            host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
-                                     conf.hairpin_mode, mac)
-        undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
-        inside = stack.enter_context(pod.open_in_netns(netns_fd))
-        pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
+        host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
+                                 conf.hairpin_mode, mac)
     except NetlinkOpError as e:
-        raise _kernel_error(e) from None
+        # IPAM just proved this attachment holds nothing, so a node-side veth with its
+        # name is a leftover of a DEL whose teardown never finished (server killed).
+        if e.code != errno.EEXIST or pod.get_link(host, host_name) is None:
+            raise
+        log.warning("removing stale veth %s left by an unfinished DEL", host_name)
+        pod.del_link(host, host_name)
+        host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
+                                 conf.hairpin_mode, mac)
+    undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
+    inside = stack.enter_context(pod.open_in_netns(netns_fd))
+    pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
     if conf.ip_masq:
         masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
         undo.append(lambda: masq.del_masq(conf.name, req.container_id, req.ifname))
@@ -183,25 +169,19 @@ def cmd_del(req: Request) -> None:
     """Idempotent: whatever is already gone is success; needs neither daemon nor netns."""
     conf = parse_netconf(req.config, req.cni_version)
     host_name = pod.host_veth_name(req.container_id, req.ifname)
-    try:
-        with pod.Rtnl() as host:
-            if req.reaper is not None:
-                # Warm server: cut the pod off now, let the kernel's slow veth teardown
-                # (~20 ms of RCU waits) finish in the background; ADD of the same
-                # attachment waits for it.
-                removed = pod.set_link_down(host, host_name)
-                if removed:
-                    req.reaper.delete_later(host_name)
-            else:
-                removed = pod.del_link(host, host_name)
-        if not removed:
-            _del_pod_side(req)
-    except NetlinkOpError as e:
-        raise _kernel_error(e) from None
-    try:
-        released = ipam.release(_store(conf), req.container_id, req.ifname)
-    except IPAMError as e:
-        raise _ipam_error(e) from None
+    with pod.Rtnl() as host:
+        if req.reaper is not None:
+            # Warm server: cut the pod off now, let the kernel's slow veth teardown
+            # (~20 ms of RCU waits) finish in the background; ADD of the same
+            # attachment waits for it.
+            removed = pod.set_link_down(host, host_name)
+            if removed:
+                req.reaper.delete_later(host_name)
+        else:
+            removed = pod.del_link(host, host_name)
+    if not removed:
+        _del_pod_side(req)
+    released = ipam.release(_store(conf), req.container_id, req.ifname)
     if conf.ip_masq:
         masq.del_masq(conf.name, req.container_id, req.ifname)
     log.info("DEL %s/%s: veth %s, released %s", req.container_id, req.ifname,
@@ -234,10 +214,7 @@ def cmd_check(req: Request) -> None:
     with ExitStack() as stack:
         netns_fd = open_pod_netns(req, stack)
         node = conf.load_node_subnet()
-        try:
-            _check(req, conf, node, prev, netns_fd, stack)
-        except NetlinkOpError as e:
-            raise _kernel_error(e) from None
+        _check(req, conf, node, prev, netns_fd, stack)
 
 
 def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd: int,
@@ -297,10 +274,12 @@ def cmd_status(req: Request) -> None:
     conf = parse_netconf(req.config, req.cni_version)
     store = _store(conf)
     try:
-        attached = len(store.reservations())
-    except OSError as e:
+        with store.lock():  # one consistent read serves both questions below
+            taken = store.reservations()
+    except IPAMError as e:
         raise CNIError(CNIError.NOT_AVAILABLE, f"cannot read IPAM store {store.dir}",
-                       e.strerror or "") from None
+                       str(e)) from None
+    attached = len(taken)
     limited = CNIError.LIMITED_CONNECTIVITY if attached else CNIError.NOT_AVAILABLE
     try:
         node = conf.load_node_subnet()
@@ -309,10 +288,7 @@ def cmd_status(req: Request) -> None:
     if attached:
         _status_bridge(conf, node, attached)
     allocator = ipam.Allocator(store, node.subnet, node.gateway)
-    try:
-        free = allocator.free_count()
-    except IPAMError as e:
-        raise CNIError(CNIError.NOT_AVAILABLE, str(e)) from None
+    free = allocator.free_count(taken)
     if free <= 0:
         raise CNIError(CNIError.NOT_AVAILABLE, f"no free IP addresses in {node.subnet}",
                        f"all {allocator.size} usable addresses are reserved; delete pods "
@@ -355,10 +331,7 @@ def cmd_gc(req: Request) -> None:
     """Release every reservation (and its host veth / nat chain) not in the valid list."""
     conf = parse_netconf(req.config, req.cni_version)
     valid = _valid_attachments(req.config)
-    try:
-        stale = ipam.gc(_store(conf), valid)
-    except IPAMError as e:
-        raise _ipam_error(e) from None
+    stale = ipam.gc(_store(conf), valid)
     errors = []
     with pod.Rtnl() as host:
         for _, (container_id, ifname) in stale:

@@ -229,10 +229,12 @@ class Allocator:
             if ip != self.gateway:
                 yield ip
 
-    def free_count(self) -> int:
-        with self.store.lock():
-            used = sum(1 for ip in self.store.reservations() if self.usable(ip))
-        return self.size - used
+    def free_count(self, taken: Iterable[IPv4Address] | None = None) -> int:
+        """Free usable addresses, in ``taken`` (a reservations snapshot) or read now."""
+        if taken is None:
+            with self.store.lock():
+                taken = list(self.store.reservations())
+        return self.size - sum(1 for ip in taken if self.usable(ip))
 
 
 def release(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:

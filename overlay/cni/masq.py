@@ -12,10 +12,9 @@ import logging
 from ipaddress import IPv4Address, IPv4Network
 
 from ..errors import CNIError
+from .skel import ERR_FIREWALL
 
 log = logging.getLogger(__name__)
-
-ERR_FIREWALL = 102
 
 
 def chain_name(network_name: str, container_id: str, ifname: str) -> str:
@@ -57,12 +56,13 @@ def has_masq(network_name: str, container_id: str, ifname: str) -> bool:
 def del_masq(network_name: str, container_id: str, ifname: str) -> bool:
     """Remove the attachment's jump rule and chain; absent already is success."""
     chain = chain_name(network_name, container_id, ifname)
-    listing = _run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"])
+    listing = _run(["iptables-save", "-t", "nat"])  # the jumps and the chain, in one read
     if listing.returncode != 0:
-        raise CNIError(ERR_FIREWALL, "cannot list nat POSTROUTING", listing.stderr.strip())
-    jumps = [line for line in listing.stdout.splitlines()
+        raise CNIError(ERR_FIREWALL, "cannot list the nat table", listing.stderr.strip())
+    lines = listing.stdout.splitlines()
+    jumps = [line for line in lines
              if line.startswith("-A POSTROUTING ") and line.endswith(f"-j {chain}")]
-    chain_exists = _run(["iptables", "-w", "-t", "nat", "-S", chain]).returncode == 0
+    chain_exists = any(line.startswith(f":{chain} ") for line in lines)
     if not jumps and not chain_exists:
         return False
     batch = "*nat\n" + "".join("-D" + line[2:] + "\n" for line in jumps)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..errors import CNIError, OverlayError
+from ..errors import CNIError, IPAMError, NetlinkOpError, OverlayError
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,12 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
-# Plugin-specific error codes (the SPEC leaves 100+ to plugins).
+# Plugin-specific error codes (the SPEC leaves 100+ to plugins); the SPEC's own are on
+# CNIError.  Every code the plugin answers with is defined here or there.
 ERR_KERNEL = 100      # a netlink operation failed
 ERR_IPAM = 101        # no free address, duplicate allocation, requested IP taken
 ERR_FIREWALL = 102    # iptables failed
+ERR_CHECK = 103       # CHECK found the attachment different from prevResult
 ERR_INTERNAL = 999    # a bug: same code as libcni's ErrInternal
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -179,21 +181,34 @@ def parse_request(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = N
                    ifname, args, env.get("CNI_PATH", ""), netns_fd, host_netns_fd, reaper)
 
 
+def _stdin_version(stdin: bytes) -> Any:
+    """The cniVersion on stdin if it parses (whatever its type), else None."""
+    try:
+        return json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+
+
 def _version_for_version_cmd(stdin: bytes) -> str:
     """VERSION echoes the input's cniVersion when there is a usable one."""
-    try:
-        version = json.loads(stdin).get("cniVersion") if stdin.strip() else None
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        version = None
+    version = _stdin_version(stdin)
     return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
 
 
 def _error_version(stdin: bytes) -> str:
-    try:
-        version = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return LATEST_VERSION
+    version = _stdin_version(stdin)
     return version if isinstance(version, str) and version else LATEST_VERSION
+
+
+def to_cni_error(error: OverlayError) -> CNIError:
+    """The one table from the project's errors to CNI codes."""
+    if isinstance(error, CNIError):
+        return error
+    if isinstance(error, NetlinkOpError):
+        return CNIError(ERR_KERNEL, str(error), f"errno {error.code}")
+    if isinstance(error, IPAMError):
+        return CNIError(ERR_IPAM, str(error))
+    return CNIError(ERR_INTERNAL, str(error))
 
 
 def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
@@ -208,10 +223,8 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
         else:
             result = handlers[request.command](request)
         return 0, (json.dumps(result).encode() + b"\n") if result is not None else b""
-    except CNIError as e:
-        error = e
     except OverlayError as e:
-        error = CNIError(ERR_INTERNAL, str(e))
+        error = to_cni_error(e)
     except Exception as e:  # a bug: still answer with error JSON, never a traceback on stdout
         log.exception("unexpected error in CNI %s", env.get("CNI_COMMAND"))
         error = CNIError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")

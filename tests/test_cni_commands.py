@@ -1,0 +1,55 @@
+"""Command policy that needs no kernel state (no root): STATUS against the disk store."""
+
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlay.cni import commands, ipam
+from overlay.cni.skel import Request
+from overlay.errors import CNIError
+
+
+def status_request(tmp_path, **extra):
+    config = {"cniVersion": "1.1.0", "name": "ovcni-cmd", "type": "overlay",
+              "subnet": "10.30.1.0/29", "dataDir": str(tmp_path), **extra}
+    return Request("STATUS", "1.1.0", config)
+
+
+def test_status_reads_the_store_once_under_its_lock(tmp_path, monkeypatch):
+    events = []
+    lock, reservations = ipam.DiskStore.lock, ipam.DiskStore.reservations
+
+    def spy_lock(self):
+        events.append("lock")
+        with lock(self):
+            yield
+        events.append("unlock")
+
+    def spy_reservations(self):
+        events.append("read")
+        return reservations(self)
+
+    monkeypatch.setattr(ipam.DiskStore, "lock", contextmanager(spy_lock))
+    monkeypatch.setattr(ipam.DiskStore, "reservations", spy_reservations)
+    assert commands.cmd_status(status_request(tmp_path)) is None
+    assert events == ["lock", "read", "unlock"]
+
+
+def test_status_says_not_available_when_every_address_is_reserved(tmp_path, monkeypatch):
+    store = ipam.DiskStore(str(tmp_path), "ovcni-cmd")
+    allocator = ipam.Allocator(store, IPv4Network("10.30.1.0/29"), IPv4Address("10.30.1.1"))
+    for i in range(allocator.size):
+        allocator.allocate(f"c{i}", "eth0")
+    # attached pods make STATUS look at the bridge; here only the IPAM verdict matters
+    monkeypatch.setattr(commands, "_status_bridge", lambda conf, node, attached: None)
+    with pytest.raises(CNIError) as e:
+        commands.cmd_status(status_request(tmp_path))
+    assert e.value.code == CNIError.NOT_AVAILABLE and "no free IP addresses" in e.value.msg
+
+
+def test_status_on_an_unreadable_store_is_not_available(tmp_path):
+    (tmp_path / "ovcni-cmd").write_text("not a directory")
+    with pytest.raises(CNIError) as e:
+        commands.cmd_status(status_request(tmp_path))
+    assert e.value.code == CNIError.NOT_AVAILABLE and "cannot read IPAM store" in e.value.msg
