@@ -214,3 +214,12 @@ def test_unexpected_end_of_serving_removes_the_socket(tmp_path):
     proc = call(str(path), {"CNI_COMMAND": "VERSION"}, b"", timeout=20)
     assert proc.returncode == 0  # answered in-process
     srv.shutdown()
+
+
+def test_unwritable_log_file_still_answers_with_json(tmp_path):
+    proc = call(str(tmp_path / "absent.sock"),
+                {"CNI_COMMAND": "VERSION", "OVERLAY_CNI_LOG_FILE": str(tmp_path / "no" / "x.log")},
+                b'{"cniVersion": "1.0.0"}')
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cniVersion"] == "1.0.0"
+    assert b"cannot log to" in proc.stderr and b"Traceback" not in proc.stderr

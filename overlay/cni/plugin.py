@@ -27,9 +27,15 @@ def setup_logging(level: int, log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     handlers[0].setLevel(level)
     if log_file:
-        file_handler = logging.FileHandler(log_file)
-        file_handler.setLevel(logging.INFO)
-        handlers.append(file_handler)
+        try:
+            file_handler = logging.FileHandler(log_file)
+        except OSError as e:  # a bad log path must not cost the runtime its JSON answer
+            print(f"overlay CNI plugin: cannot log to {log_file}: {e.strerror}; "
+                  "logging to stderr only", file=sys.stderr)
+            log_file = None
+        else:
+            file_handler.setLevel(logging.INFO)
+            handlers.append(file_handler)
     logging.basicConfig(level=min(level, logging.INFO) if log_file else level,
                         format=fmt, handlers=handlers)
 
