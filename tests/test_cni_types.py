@@ -4,9 +4,11 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
+from overlay.cni import skel
+from overlay.cni.install import PluginSettings
 from overlay.cni.netconf import parse_netconf
 from overlay.cni.types import Interface, IPConfig, Result, Route, parse_result
-from overlay.errors import CNIError
+from overlay.errors import CNIError, ConfigError
 
 RESULT = Result(
     interfaces=(Interface("cni0", "0a:00:00:00:00:01", mtu=1450),
@@ -67,6 +69,9 @@ def test_netconf_defaults_and_overrides():
 @pytest.mark.parametrize("config,needle", [
     ({"bridge": "a" * 16}, "bridge"),
     ({"bridge": ""}, "bridge"),
+    ({"bridge": "cni:0"}, "bridge"),
+    ({"bridge": "."}, "bridge"),
+    ({"bridge": ".."}, "bridge"),
     ({"mtu": 100}, "mtu"),
     ({"mtu": "1450"}, "mtu"),
     ({"hairpinMode": "yes"}, "hairpinMode"),
@@ -106,3 +111,20 @@ def test_subnet_env_supplies_subnet_and_mtu(tmp_path):
     node = parse_netconf({"name": "n", "subnetFile": str(path)}, "1.1.0").load_node_subnet()
     assert (str(node.subnet), str(node.gateway), str(node.network), node.mtu) == (
         "10.244.7.0/24", "10.244.7.1", "10.244.0.0/16", 1450)
+
+
+@pytest.mark.parametrize("name", ["cni0", "br-pods.1", "a" * 15, "", "a" * 16, ".", "..",
+                                  "cni:0", "a/b", "br 0", "br\t0"])
+def test_one_interface_name_rule_for_ifname_bridge_and_install(name):
+    def rejects(check, error):
+        try:
+            check()
+        except error:
+            return True
+        return False
+
+    verdicts = {rejects(lambda: skel.validate_ifname(name), CNIError),
+                rejects(lambda: parse_netconf({"name": "n", "bridge": name}, "1.1.0"),
+                        CNIError),
+                rejects(lambda: PluginSettings(bridge=name).validate(), ConfigError)}
+    assert len(verdicts) == 1, name

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..errors import CNIError, IPAMError, NetlinkOpError
 from ..netlink import pod
 from . import ipam, masq
-from .netconf import NetConf, NodeSubnet, parse_netconf
+from .netconf import NetConf, NodeSubnet, is_mac, parse_netconf
 from .skel import ERR_CHECK, ERR_KERNEL, Request
 from .types import Interface, IPConfig, Result, Route, parse_result
 
@@ -67,15 +67,9 @@ def _requested(req: Request, conf: NetConf) -> tuple[IPv4Address | None, str | N
             raise CNIError(CNIError.INVALID_CONFIG, f"CNI_ARGS IP={req.args['IP']} is not an "
                            "IPv4 address") from None
     mac = conf.mac or (req.args.get("MAC") or "").lower() or None
-    if mac is not None and not _is_mac(mac):
+    if mac is not None and not is_mac(mac):
         raise CNIError(CNIError.INVALID_CONFIG, f"CNI_ARGS MAC={mac} is not a MAC address")
     return ip, mac
-
-
-def _is_mac(value: str) -> bool:
-    parts = value.split(":")
-    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdef" for c in p)
-                                   for p in parts)
 
 
 def pod_routes(conf: NetConf, node: NodeSubnet) -> list[tuple[IPv4Network, IPv4Address]]:

@@ -12,12 +12,14 @@ import copy
 import json
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..fsutil import atomic_write
+from ..subnetenv import DEFAULT_SUBNET_FILE
+from .netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
+from .skel import ifname_problem
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,12 @@ CONFLIST_NAME = "10-overlay.conflist"
 
 # cniVersion 1.0.0, not 1.1.0: Debian's portmap (containernetworking-plugins 1.1.1) and
 # podman 4.3's libcni stop at 1.0.0, and a runtime drops a list it cannot run whole.
+# The overlay entry's per-node keys (bridge, subnetFile, dataDir) come from PluginSettings.
 DEFAULT_CONFLIST = {
     "cniVersion": "1.0.0",
     "name": "overlay",
     "plugins": [
-        {"type": "overlay", "bridge": "cni0", "subnetFile": "/run/overlay/subnet.env",
-         "dataDir": "/var/lib/cni/networks", "hairpinMode": True, "isDefaultGateway": True},
+        {"type": PLUGIN_NAME, "hairpinMode": True, "isDefaultGateway": True},
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
     ],
 }
@@ -81,27 +83,26 @@ def render_entry(python: str | None = None, root: str | None = None) -> str:
 class PluginSettings:
     """The per-node keys of the overlay plugin's entry in the conflist."""
 
-    bridge: str = "cni0"
-    subnet_file: str = "/run/overlay/subnet.env"
-    data_dir: str = "/var/lib/cni/networks"
+    bridge: str = DEFAULT_BRIDGE
+    subnet_file: str = DEFAULT_SUBNET_FILE
+    data_dir: str = DEFAULT_DATA_DIR
 
     def validate(self) -> None:
-        if not _IFNAME_RE.match(self.bridge) or self.bridge in (".", ".."):
+        problem = ifname_problem(self.bridge)
+        if problem:
             raise ConfigError(f"--bridge {self.bridge!r}: not a valid interface name "
-                              "(1-15 characters, no '/', ':' or white space)")
+                              f"(it {problem})")
         for flag, path in (("--subnet-file", self.subnet_file), ("--data-dir", self.data_dir)):
             if not os.path.isabs(path):
                 raise ConfigError(f"{flag} {path!r}: must be an absolute path")
 
 
-_IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
-
-
 def render_conflist(settings: PluginSettings = PluginSettings()) -> str:
     conf = copy.deepcopy(DEFAULT_CONFLIST)
     overlay = conf["plugins"][0]
-    overlay.update(bridge=settings.bridge, subnetFile=settings.subnet_file,
-                   dataDir=settings.data_dir)
+    conf["plugins"][0] = {"type": overlay.pop("type"), "bridge": settings.bridge,
+                          "subnetFile": settings.subnet_file, "dataDir": settings.data_dir,
+                          **overlay}
     return json.dumps(conf, indent=2) + "\n"
 
 

@@ -17,11 +17,17 @@ from typing import Any, Mapping
 
 from ..errors import CNIError, SubnetEnvError
 from ..subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
+from .skel import ifname_problem
 
+# The plugin's defaults, defined here only (install-cni, diagnose and the lab import them).
 DEFAULT_BRIDGE = "cni0"
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_MTU = 1500
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def is_mac(value: str) -> bool:
+    return bool(_MAC_RE.match(value))
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,11 @@ class NetConf:
         return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu)
 
 
-def subnet_env_error(path: str, error: SubnetEnvError, code: int = CNIError.TRY_AGAIN) -> CNIError:
+def subnet_env_error(path: str, error: SubnetEnvError) -> CNIError:
     """A missing subnet.env is transient (the daemon writes it once it holds a lease), so
     ADD answers 11 "try again"; a malformed one is a configuration error (7)."""
     if not os.path.exists(path):
-        return CNIError(code, f"subnet file {path} does not exist", str(error))
+        return CNIError(CNIError.TRY_AGAIN, f"subnet file {path} does not exist", str(error))
     return CNIError(CNIError.INVALID_CONFIG, f"subnet file {path} is unusable", str(error))
 
 
@@ -106,9 +112,10 @@ def _network(config: Mapping[str, Any], key: str) -> IPv4Network | None:
 
 def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
     bridge = _str(config, "bridge", DEFAULT_BRIDGE)
-    if len(bridge) > 15 or "/" in bridge or any(c.isspace() for c in bridge):
+    problem = ifname_problem(bridge)
+    if problem:
         raise CNIError(CNIError.INVALID_CONFIG, "\"bridge\" is not a valid interface name",
-                       f"{bridge!r}: at most 15 characters, no '/' or whitespace")
+                       f"{bridge!r} {problem}")
     mtu = config.get("mtu")
     if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool)
                             or not 576 <= mtu <= 65535):
@@ -124,7 +131,7 @@ def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
                        f"subnet {subnet} is outside network {network}", "")
     runtime = config.get("runtimeConfig") or {}
     mac = runtime.get("mac") if isinstance(runtime, dict) else None
-    if mac is not None and (not isinstance(mac, str) or not _MAC_RE.match(mac)):
+    if mac is not None and (not isinstance(mac, str) or not is_mac(mac)):
         raise CNIError(CNIError.INVALID_CONFIG, "runtimeConfig.mac is not a MAC address",
                        f"got {mac!r}")
     return NetConf(

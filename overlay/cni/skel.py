@@ -82,16 +82,22 @@ def validate_container_id(value: str) -> None:
                        "letters, digits, '_', '.' and '-'")
 
 
-def validate_ifname(value: str) -> None:
-    problem = None
+def ifname_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as a Linux interface name, or None (the one check
+    for CNI_IFNAME, the config's bridge and install-cni's --bridge)."""
     if not value:
-        problem = "is empty"
-    elif len(value) > 15:
-        problem = f"is {len(value)} characters long (at most 15)"
-    elif value in (".", ".."):
-        problem = "is '.' or '..'"
-    elif any(c in "/:" or c.isspace() for c in value):
-        problem = "contains '/', ':' or whitespace"
+        return "is empty"
+    if len(value) > 15:
+        return f"is {len(value)} characters long (at most 15)"
+    if value in (".", ".."):
+        return "is '.' or '..'"
+    if any(c in "/:" or c.isspace() for c in value):
+        return "contains '/', ':' or whitespace"
+    return None
+
+
+def validate_ifname(value: str) -> None:
+    problem = ifname_problem(value)
     if problem:
         raise CNIError(CNIError.INVALID_ENV, f"CNI_IFNAME {problem}",
                        f"CNI_IFNAME={value!r} is not a valid Linux interface name")
