@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -201,6 +202,20 @@ class EtcdRegistry:
             return RegistryError(f"etcd at {where} failed {what}: {code.name}: {detail}")
         return RegistryError(f"etcd at {where} failed {what}: {exc!r}")
 
+    def _recover(self, client: MultiEndpointEtcd3Client, e: grpc.RpcError) -> str:
+        """What a failed request on ``client`` calls for, done already: "reauth" (the
+        token was refused, e.g. etcd restarted and forgot it: the client is dropped and
+        the next request authenticates again), "failover" (the endpoint did not answer:
+        marked failed, the next request goes to another one) or "" (nothing helps)."""
+        code = e.code() if hasattr(e, "code") else None
+        if code is grpc.StatusCode.UNAUTHENTICATED and self.opts.username:
+            self._reset_client(client)
+            return "reauth"
+        if code in _UNAVAILABLE_CODES:
+            _fail_endpoint(client)
+            return "failover"
+        return ""
+
     def _call(self, what: str, fn: Callable[[MultiEndpointEtcd3Client], T]) -> T:
         """Run ``fn(client)``; on an unavailable endpoint fail over to the next one.
 
@@ -223,13 +238,9 @@ class EtcdRegistry:
                 raise self._translate(e, what) from e
             except grpc.RpcError as e:
                 last = e
-                code = e.code() if hasattr(e, "code") else None
-                if code is grpc.StatusCode.UNAUTHENTICATED and self.opts.username and attempt == 0:
-                    self._reset_client(client)  # expired token: authenticate again
-                    continue
-                if code not in _UNAVAILABLE_CODES:
+                action = self._recover(client, e)
+                if not action or (action == "reauth" and attempt > 0):
                     break
-                _fail_endpoint(client)
             except ValueError as e:  # the client raises it when no endpoint can be used
                 last = e
                 break
@@ -303,11 +314,27 @@ class EtcdRegistry:
         return self._call(f"reading the lease of {subnet}", op)
 
     def _grant(self, ttl: int | None, what: str) -> int:
+        """A new etcd lease of ``ttl`` seconds (0 for a reservation).
+
+        The ID is chosen here, so a retry after a timeout whose grant went through is
+        refused as a duplicate (FAILED_PRECONDITION) instead of granting a second lease
+        that nothing would ever revoke."""
         if ttl is None:
             return 0
         if ttl < 1:
             raise ConfigError(f"lease TTL must be at least 1 second, got {ttl}")
-        return self._call(what, lambda c: c.lease(ttl)).id
+        lease_id = secrets.randbits(62) | 1
+        sent = []
+
+        def grant(c: MultiEndpointEtcd3Client) -> int:
+            try:
+                sent.append(lease_id)
+                return c.lease(ttl, lease_id=lease_id).id
+            except etcd_exc.PreconditionFailedError:
+                if len(sent) > 1:
+                    return lease_id  # an earlier attempt of ours was granted
+                raise
+        return self._call(what, grant)
 
     def _revoke_quietly(self, lease_id: int) -> None:
         if not lease_id:
@@ -399,6 +426,7 @@ class EtcdRegistry:
             self._revoke_quietly(lease.etcd_lease_id)
             raise LeaseConflict(f"lease of {lease.subnet} was deleted")
         if kv.lease != lease.etcd_lease_id:
+            self._revoke_quietly(lease.etcd_lease_id)  # ours holds nothing any more
             raise LeaseConflict(f"lease of {lease.subnet} now belongs to another etcd lease "
                                 f"({kv.lease:x}, ours {lease.etcd_lease_id:x})")
         current = self._lease_from_kv(kv)
@@ -554,6 +582,8 @@ class _WatchStream:
                     self.compacted = int(resp.compact_revision)
                     return
                 if resp.canceled:
+                    if reg.opts.username:  # e.g. "permission denied": a token etcd forgot
+                        reg._reset_client(client)
                     raise RegistryError(f"etcd cancelled the lease watch: {resp.cancel_reason}")
                 events = [e for e in (reg._event_to_lease_event(ev) for ev in resp.events) if e]
                 if events:
@@ -561,8 +591,7 @@ class _WatchStream:
         except grpc.RpcError as e:
             if self.stop.is_set() or e.code() is grpc.StatusCode.CANCELLED and self._done.is_set():
                 return
-            if e.code() in _UNAVAILABLE_CODES:
-                _fail_endpoint(client)
+            reg._recover(client, e)
             raise reg._translate(e, "watching leases") from e
         if not self.stop.is_set():
             raise RegistryError("etcd closed the lease watch stream")

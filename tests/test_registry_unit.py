@@ -1,0 +1,126 @@
+"""EtcdRegistry's reaction to refused requests, against a fake grpc stream (no etcd)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from overlay import registry as registry_mod
+from overlay.errors import RegistryError
+from overlay.etcdconf import make_etcd_options
+from overlay.registry import EtcdRegistry, _WatchStream
+
+
+class Refused(grpc.RpcError):
+    def __init__(self, code):
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return "etcdserver: invalid auth token"
+
+
+def registry_with_stream(monkeypatch, responses, username="overlay"):
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1", username=username,
+                                         password="pw" if username else None))
+    client = SimpleNamespace(channel=None, call_credentials=None, metadata=(("token", "old"),),
+                             endpoint_in_use=None, endpoints={})
+    resets = []
+    monkeypatch.setattr(reg, "client", lambda: client)
+    monkeypatch.setattr(reg, "_reset_client", resets.append)
+
+    class Call:
+        def __iter__(self):
+            for r in responses:
+                if isinstance(r, Exception):
+                    raise r
+                yield r
+
+        def cancel(self):
+            pass
+
+    monkeypatch.setattr(registry_mod.etcdrpc, "WatchStub",
+                        lambda channel: SimpleNamespace(Watch=lambda *a, **kw: Call()))
+    return reg, client, resets
+
+
+def drain(reg):
+    stream = _WatchStream(reg, 5, threading.Event())
+    try:
+        with pytest.raises(RegistryError):
+            list(stream.updates())
+    finally:
+        stream.close()
+
+
+def test_watch_refused_with_a_stale_token_authenticates_again(monkeypatch):
+    reg, client, resets = registry_with_stream(
+        monkeypatch, [Refused(grpc.StatusCode.UNAUTHENTICATED)])
+    drain(reg)
+    assert resets == [client]
+
+
+def test_watch_cancelled_by_etcd_with_auth_on_authenticates_again(monkeypatch):
+    cancelled = SimpleNamespace(compact_revision=0, canceled=True,
+                                cancel_reason="etcdserver: permission denied", events=[])
+    reg, client, resets = registry_with_stream(monkeypatch, [cancelled])
+    drain(reg)
+    assert resets == [client]
+
+
+def test_watch_without_auth_keeps_its_client(monkeypatch):
+    reg, _, resets = registry_with_stream(
+        monkeypatch, [Refused(grpc.StatusCode.UNAUTHENTICATED)], username=None)
+    drain(reg)
+    assert resets == []
+
+
+class FakeClient(SimpleNamespace):
+    pass
+
+
+def registry_with_client(monkeypatch, **methods):
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    client = FakeClient(endpoint_in_use=None, endpoints={}, **methods)
+    monkeypatch.setattr(reg, "client", lambda: client)
+    return reg
+
+
+def test_grant_retried_after_a_timeout_does_not_grant_twice(monkeypatch):
+    from pyetcd import exceptions as etcd_exc
+    granted = []
+
+    def lease(ttl, lease_id=None):
+        if lease_id in granted:
+            raise etcd_exc.PreconditionFailedError()  # etcd: lease already exists
+        granted.append(lease_id)
+        if len(granted) == 1:
+            raise etcd_exc.ConnectionTimeoutError()  # granted, but the answer was lost
+        return SimpleNamespace(id=lease_id)
+    reg = registry_with_client(monkeypatch, lease=lease)
+    lease_id = reg._grant(60, "creating a lease")
+    assert granted == [lease_id] and lease_id > 0
+
+
+def test_renewing_a_key_now_on_another_etcd_lease_revokes_ours(monkeypatch):
+    from ipaddress import IPv4Address, IPv4Network
+
+    from overlay.errors import LeaseConflict
+    from overlay.lease import Lease, LeaseAttrs
+    revoked = []
+    theirs = SimpleNamespace(key=b"/overlay/network/subnets/10.244.1.0-24", lease=0x99,
+                             value=LeaseAttrs(IPv4Address("192.168.1.12")).to_json().encode(),
+                             mod_revision=9)
+    reg = registry_with_client(
+        monkeypatch, refresh_lease=lambda i: [SimpleNamespace(TTL=30)],
+        get_response=lambda key: SimpleNamespace(kvs=[theirs]), revoke_lease=revoked.append)
+    ours = Lease(IPv4Network("10.244.1.0/24"), LeaseAttrs(IPv4Address("192.168.1.11")),
+                 etcd_lease_id=0x42, mod_revision=3, ttl=60)
+    with pytest.raises(LeaseConflict):
+        reg.renew_lease(ours)
+    assert revoked == [0x42]
