@@ -27,6 +27,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Callable, Sequence
 
 from .backend import BackendSettings, Reconciler, VXLANBackend
+from .backoff import Backoff
 from .config import NetworkConfig
 from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, LeaseNotFound,
                      OverlayError, RegistryError, SubnetEnvError)
@@ -329,16 +330,15 @@ class Daemon:
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         """Retry ``fn`` on etcd trouble with a capped backoff; None if stopped meanwhile."""
-        backoff = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         while not self.stop.is_set():
             try:
                 return fn()
             except ConfigError:
                 raise  # an invalid network config will not fix itself: one line, exit 1
             except OverlayError as e:  # etcd unreachable, no config yet, no free subnet
-                log.warning("%s failed: %s; retrying in %.1fs", what, e, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                log.warning("%s failed: %s; retrying in %.1fs", what, e, backoff.delay)
+                backoff.wait(self.stop)
         return None
 
     def _previous_subnet(self, config: NetworkConfig) -> IPv4Network | None:
@@ -472,17 +472,19 @@ class Daemon:
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def supervised() -> None:
-            backoff = BACKOFF_MIN
+            backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
             while not self.stop.is_set():
+                started = time.monotonic()
                 try:
                     target()
                 except Exception:  # a bug or an unexpected kernel answer: log, restart
-                    log.exception("thread %s failed; restarting in %.1fs", name, backoff)
-                else:
-                    if self.stop.is_set():
-                        return
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                    log.exception("thread %s failed", name)
+                if self.stop.is_set():
+                    return
+                if time.monotonic() - started > BACKOFF_MAX:
+                    backoff.reset()  # it ran well for a while: not a crash loop
+                log.info("restarting thread %s in %.1fs", name, backoff.delay)
+                backoff.wait(self.stop)
         t = threading.Thread(target=supervised, name=name, daemon=True)
         t.start()
         self._threads.append(t)

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Network
 from typing import Callable, Iterable, Protocol
 
+from .backoff import Backoff
 from .config import NetworkConfig
 from .errors import (LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError)
 from .lease import EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, LeaseView
@@ -75,6 +76,7 @@ class SubnetManager:
         self.lost = threading.Event()
         self._lock = threading.Lock()
         self._current: Lease | None = None
+        self._renew_deadline: tuple[object, float] = (None, 0.0)
 
     @property
     def current(self) -> Lease | None:
@@ -196,14 +198,27 @@ class SubnetManager:
             log.warning("LEASE LOST: %s; re-acquiring a subnet", e)
         return self._reacquire(lease)
 
+    def _renew_at(self, lease: Lease) -> float | None:
+        """When (``time.monotonic()``) to renew ``lease``; None for a reservation.
+
+        Turned from the wall clock into a monotonic deadline once, when the lease is
+        first seen, so a later clock step cannot delay the renewal past expiry."""
+        if lease.reserved or lease.expiration is None:
+            return None
+        key = (lease.subnet, lease.etcd_lease_id, lease.expiration)
+        if self._renew_deadline[0] != key:
+            remaining = (lease.expiration - datetime.now(timezone.utc)).total_seconds()
+            ttl = lease.ttl or self.ttl
+            margin = self.renew_margin if self.renew_margin < ttl else ttl / 2
+            self._renew_deadline = (key, time.monotonic() + remaining - margin)
+        return self._renew_deadline[1]
+
     def _next_renewal(self, lease: Lease) -> float:
         """Seconds until ``lease`` should be renewed (``check_interval`` for a reservation)."""
-        if lease.reserved or lease.expiration is None:
+        at = self._renew_at(lease)
+        if at is None:
             return self.check_interval
-        remaining = (lease.expiration - datetime.now(timezone.utc)).total_seconds()
-        ttl = lease.ttl or self.ttl
-        margin = self.renew_margin if self.renew_margin < ttl else ttl / 2
-        return max(0.0, min(remaining - margin, self.check_interval))
+        return max(0.0, min(at - time.monotonic(), self.check_interval))
 
     def _still_ours(self, lease: Lease) -> bool:
         current = self.registry.get_lease(lease.subnet)
@@ -222,19 +237,18 @@ class SubnetManager:
         capped backoff; nothing here exits the process.
         """
         self._set_current(lease)
-        backoff = RETRY_BACKOFF_MIN
+        backoff = Backoff(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX)
         while not stop.is_set():
             if self._sleep(self._next_renewal(lease), stop):
                 return
             try:
                 lease, changed = self._keepalive_step(lease)
-                backoff = RETRY_BACKOFF_MIN
+                backoff.reset()
             except OverlayError as e:
                 log.warning("lease keepalive of %s failed: %s; retrying in %.1fs",
-                            lease.subnet, e, backoff)
-                if stop.wait(backoff):
+                            lease.subnet, e, backoff.delay)
+                if backoff.wait(stop):
                     return
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
                 self.lost.set()  # a loss signal consumed by the failed step must not be lost
                 continue
             if changed:
@@ -254,7 +268,9 @@ class SubnetManager:
 
         Returns (lease now held, whether it was re-acquired).
         """
-        due = self._next_renewal(lease) <= 0 and not lease.reserved
+        at = self._renew_at(lease)
+        # A sleep until ``at`` may end a hair early: that is due, not a periodic check.
+        due = at is not None and time.monotonic() >= at - 0.01
         if self.lost.is_set() or not due:
             self.lost.clear()
             if self._still_ours(lease):
@@ -307,16 +323,15 @@ class SubnetManager:
         retried with a capped backoff.
         """
         view = LeaseView()
-        backoff = RETRY_BACKOFF_MIN
+        backoff = Backoff(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX)
         while not stop.is_set():
             try:
                 leases, rev = self.registry.list_leases(with_expiration=False)
                 break
             except OverlayError as e:
-                log.warning("listing leases failed: %s; retrying in %.1fs", e, backoff)
-                if stop.wait(backoff):
+                log.warning("listing leases failed: %s; retrying in %.1fs", e, backoff.delay)
+                if backoff.wait(stop):
                     return
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
         else:
             return
         log.info("watching leases from revision %d (own subnet %s)", rev + 1, own())

@@ -38,6 +38,7 @@ from pyetcd import exceptions as etcd_exc  # noqa: E402
 from pyetcd.client import Endpoint as ClientEndpoint  # noqa: E402
 from pyetcd.client import MultiEndpointEtcd3Client  # noqa: E402
 
+from .backoff import Backoff
 from .config import NetworkConfig, parse_network_config
 from .errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict, LeaseExists,
                      RegistryError)
@@ -486,12 +487,12 @@ class EtcdRegistry:
         Returns within about 0.2 s of ``stop`` being set.
         """
         next_rev = start_revision
-        backoff = WATCH_BACKOFF_MIN
+        backoff = Backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
         while not stop.is_set():
             stream = _WatchStream(self, next_rev, stop)
             try:
                 for update in stream.updates():
-                    backoff = WATCH_BACKOFF_MIN
+                    backoff.reset()
                     next_rev = update.revision + 1
                     yield update
                 if stream.compacted:
@@ -508,12 +509,11 @@ class EtcdRegistry:
                 if on_error is not None:
                     on_error(e)
                 log.warning("lease watch interrupted (%s); re-watching from revision %d in %.2fs",
-                            e, next_rev, backoff)
+                            e, next_rev, backoff.delay)
             finally:
                 stream.close()
-            if stop.wait(backoff):
+            if backoff.wait(stop):
                 return
-            backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 
     def _event_to_lease_event(self, ev: Any) -> LeaseEvent | None:
         kv = ev.kv

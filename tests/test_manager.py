@@ -460,3 +460,19 @@ def test_run_watch_shows_a_twin_with_our_public_ip_as_remote_and_snapshots_to_ca
     assert batches.empty() and not m.lost.is_set()
     stop.set()
     t.join(2)
+
+
+def test_renewal_deadline_survives_a_backward_clock_step(monkeypatch):
+    import overlay.manager as manager_mod
+    reg = FakeRegistry()
+    m = manager(reg, ttl=600, renew_margin=100, check_interval=3600)
+    lease = m.acquire()
+    assert 495 < m._next_renewal(lease) <= 500
+    real = datetime
+
+    class SteppedBack(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real.now(tz) - timedelta(seconds=1000)
+    monkeypatch.setattr(manager_mod, "datetime", SteppedBack)
+    assert 495 < m._next_renewal(lease) <= 500  # not 1500: renewal stays before expiry
