@@ -92,3 +92,13 @@ def test_a_failed_socket_set_up_closes_the_socket(monkeypatch):
     with pytest.raises(PermissionError):
         rtnl.Rtnl()
     assert len(made) == 1 and made[0].fileno() == -1
+
+
+def test_one_missing_netns_check_for_both_netlink_openers():
+    from overlay.errors import NetlinkOpError
+    from overlay.netlink.common import require_netns
+    from overlay.netlink.vxlan import open_netlink
+    for opener in (require_netns, open_netlink):
+        with pytest.raises(NetlinkOpError, match="ovw-absent does not exist") as e:
+            opener("ovw-absent")
+        assert e.value.code == errno.ENOENT

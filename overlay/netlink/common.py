@@ -52,15 +52,21 @@ def netns_path(name_or_path: str) -> str:
     return name_or_path if "/" in name_or_path else os.path.join("/var/run/netns", name_or_path)
 
 
+def require_netns(netns: str) -> str:
+    """The path of ``netns`` (a name or a path); NetlinkOpError if it does not exist."""
+    path = netns_path(netns)
+    if not os.path.exists(path):
+        raise NetlinkOpError(f"network namespace {netns} does not exist", errno.ENOENT)
+    return path
+
+
 def open_iproute(netns: str | None = None) -> IPRoute:
     """An IPRoute in ``netns`` (a name under /var/run/netns or a path), never creating it."""
     from pyroute2 import IPRoute, NetlinkError
 
     if netns is None:
         return IPRoute()
-    path = netns_path(netns)
-    if not os.path.exists(path):
-        raise NetlinkOpError(f"network namespace {netns} does not exist", errno.ENOENT)
+    path = require_netns(netns)
     try:
         return IPRoute(netns=path, flags=0)
     except NetlinkError as e:

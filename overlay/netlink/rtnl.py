@@ -24,7 +24,7 @@ import itertools
 import os
 import socket
 import struct
-from typing import Iterable, Iterator, NamedTuple
+from typing import Collection, Iterable, Iterator, NamedTuple
 
 from ..errors import NetlinkOpError
 
@@ -306,10 +306,6 @@ class Rtnl:
                 if seq in pending:
                     results[pending[seq]] = -ERR.unpack_from(data, off)[0]
 
-    def request(self, msg: Msg) -> int:
-        """One request; its errno (0 = done)."""
-        return self.execute([msg])[0]
-
     # small: every request acknowledged, replies kept
     def batch(self, msgs: list[Msg]) -> list[tuple[list[bytes], int]]:
         """Send requests in one datagram; the kernel runs them in order.  Returns per
@@ -341,7 +337,7 @@ class Rtnl:
                     replies[seq].append(buf[off:end])
         return [(replies[s], errors.get(s, 0)) for s in seqs]
 
-    def call(self, msg: Msg, ignore: tuple[int, ...] = ()) -> list[bytes]:
+    def call(self, msg: Msg, ignore: Collection[int] = ()) -> list[bytes]:
         """One acknowledged request; its replies.  An errno in ``ignore`` gives []."""
         (replies, code), = self.batch([msg])
         if code and code not in ignore:

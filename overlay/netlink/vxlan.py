@@ -19,6 +19,7 @@ from typing import Callable, Collection, Sequence
 
 from ..errors import ConfigError, NetlinkOpError
 from . import rawnl
+from .common import require_netns
 from .entries import FDB, Entries, Neigh, Op, Route
 from .rtnl import GONE
 
@@ -32,20 +33,16 @@ ZERO_MAC = "00:00:00:00:00:00"
 def open_netlink(netns: str | None = None) -> rawnl.RawRoute:
     """An rtnetlink socket in this namespace, or in ``netns`` (a name or a path)."""
     if netns is not None:
-        import os
-        from .common import netns_path
-        if not os.path.exists(netns_path(netns)):
-            raise NetlinkOpError(f"network namespace {netns} does not exist", errno.ENOENT)
+        require_netns(netns)
     try:
         return rawnl.RawRoute(netns)
     except OSError as e:
         raise NetlinkOpError(f"cannot open rtnetlink: {e.strerror or e}", e.errno or 0) from e
 
 
-def check(code: int, what: str, ignore: Collection[int] = ()) -> None:
-    """Raise NetlinkOpError("<what>: <meaning>") for a non-zero errno not in ``ignore``."""
-    if code and code not in ignore:
-        raise NetlinkOpError(f"{what}: {rawnl.describe_errno(code)}", code)
+def _run(raw: rawnl.RawRoute, msg: rawnl.Msg, what: str, ignore: Collection[int] = ()) -> None:
+    """One acknowledged request, its error worded with ``what`` (the device's name)."""
+    raw.call(msg._replace(what=what), ignore)
 
 
 @dataclass(frozen=True)
@@ -155,8 +152,8 @@ class VXLANDevice:
                 if diff:
                     log.info("VXLAN device %s is incompatible (%s): recreating it",
                              self.spec.name, diff)
-                    check(self.raw.request(rawnl.link_del_msg(link.index)),
-                          f"delete {self.spec.name}", GONE)
+                    _run(self.raw, rawnl.link_del_msg(link.index), f"delete {self.spec.name}",
+                         GONE)
                     link = None
             if link is None:
                 link = self._create()
@@ -167,9 +164,8 @@ class VXLANDevice:
 
     def _create(self) -> rawnl.LinkRecord:
         s = self.spec
-        check(self.raw.request(rawnl.vxlan_add_msg(s.name, s.vni, s.port, s.local,
-                                                   s.underlay_index, s.mac, s.mtu)),
-              f"create VXLAN device {s.name}")
+        _run(self.raw, rawnl.vxlan_add_msg(s.name, s.vni, s.port, s.local, s.underlay_index,
+                                           s.mac, s.mtu), f"create VXLAN device {s.name}")
         link = self._link()
         if link is None:
             raise NetlinkOpError(f"VXLAN device {s.name} vanished right after creation",
@@ -198,11 +194,10 @@ class VXLANDevice:
         if mtu is not None or mac is not None:
             log.info("VXLAN device %s: setting%s%s", self.spec.name,
                      f" MTU {mtu}" if mtu else "", f" MAC {mac}" if mac else "")
-            check(self.raw.request(rawnl.link_set_msg(link.index, mtu=mtu, mac=mac)),
-                  f"set {self.spec.name}")
+            _run(self.raw, rawnl.link_set_msg(link.index, mtu=mtu, mac=mac),
+                 f"set {self.spec.name}")
         if not link.flags & IFF_UP:
-            check(self.raw.request(rawnl.link_set_msg(link.index, up=True)),
-                  f"set {self.spec.name} up")
+            _run(self.raw, rawnl.link_set_msg(link.index, up=True), f"set {self.spec.name} up")
 
     def ensure_address(self, addr: IPv4Interface) -> None:
         """Exactly ``addr`` (the lease's network address /32) on the device."""
@@ -215,11 +210,11 @@ class VXLANDevice:
             for a in have:
                 if a != addr:
                     log.info("VXLAN device %s: removing old address %s", self.spec.name, a)
-                    check(self.raw.request(rawnl.addr_msg(False, idx, a)),
-                          f"remove {a} from {self.spec.name}", GONE)
+                    _run(self.raw, rawnl.addr_msg(False, idx, a),
+                         f"remove {a} from {self.spec.name}", GONE)
             if addr not in have:
-                check(self.raw.request(rawnl.addr_msg(True, idx, addr)),
-                      f"add {addr} to {self.spec.name}", (errno.EEXIST,))
+                _run(self.raw, rawnl.addr_msg(True, idx, addr), f"add {addr} to {self.spec.name}",
+                     (errno.EEXIST,))
                 log.info("VXLAN device %s: address %s", self.spec.name, addr)
 
     def state(self) -> tuple[bool, int]:
