@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from .backend import BackendSettings, Reconciler, VXLANBackend
 from .backoff import Backoff
-from .config import NetworkConfig
+from .config import VXLAN_OVERHEAD, NetworkConfig, parse_bool
 from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, LeaseNotFound,
                      OverlayError, RegistryError, SubnetEnvError)
 from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
@@ -102,12 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _env_bool(name: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true or false")
+    parsed = parse_bool(value)
+    if parsed is None:
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    return parsed
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
@@ -311,7 +309,7 @@ class Daemon:
             existing = next((l.mac for l in nl.dump_links() if l.name == name), None)
         finally:
             nl.close()
-        mtu = config.backend.mtu or underlay.mtu - 50
+        mtu = config.backend.mtu or underlay.mtu - VXLAN_OVERHEAD
         mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
         public_ip = self.s.public_ip or underlay.address.ip
         log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
+from .config import parse_bool
 from .errors import SubnetEnvError
 from .fsutil import atomic_write
 
@@ -55,7 +56,10 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
         raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside OVERLAY_NETWORK {network}")
     if not 576 <= mtu <= 65535:
         raise SubnetEnvError(f"{source}: OVERLAY_MTU {mtu} is out of range 576..65535")
-    ipmasq = values.get("OVERLAY_IPMASQ", "false").lower() in ("true", "1", "yes")
+    ipmasq = parse_bool(values.get("OVERLAY_IPMASQ", "false"))
+    if ipmasq is None:
+        raise SubnetEnvError(f"{source}: OVERLAY_IPMASQ={values['OVERLAY_IPMASQ']!r}: "
+                             "expected true or false")
     return SubnetEnv(network, subnet, mtu, ipmasq)
 
 

@@ -53,6 +53,8 @@ def test_parse_tolerates_comments_quotes_and_blank_lines():
      "out of range"),
     ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=x\nOVERLAY_MTU=1450\n", "malformed"),
     ("garbage line\n", "expected KEY=VALUE"),
+    ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.1/24\nOVERLAY_MTU=1450\n"
+     "OVERLAY_IPMASQ=maybe\n", "OVERLAY_IPMASQ='maybe': expected true or false"),
 ])
 def test_parse_errors_say_what_is_wrong(text, why):
     with pytest.raises(SubnetEnvError, match=why):
