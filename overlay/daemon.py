@@ -222,6 +222,8 @@ class _ObservedRegistry:
 # ---- the daemon ----------------------------------------------------------------------
 
 class Daemon:
+    join_timeout = 3.0  # seconds for all threads to finish at shutdown
+
     def __init__(self, settings: Settings, registry_factory: Callable[[EtcdOptions], Any] | None = None):
         self.s = settings
         self.stop = threading.Event()
@@ -532,15 +534,19 @@ class Daemon:
                 self.cni_server.shutdown()
             except Exception as e:  # shutting down must finish whatever happens
                 log.warning("stopping the CNI server: %s", e)
+        deadline = time.monotonic() + self.join_timeout
         for t in self._threads:
-            t.join(timeout=3)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in self._threads if t.is_alive()]
         if self.http is not None:
             self.http.stop()
         try:
             registry.close()
         except Exception as e:
             log.debug("closing the registry: %s", e)
-        if self.device is not None:
+        if busy:  # closing the device's socket under a running thread could hit a reused fd
+            log.warning("threads still running at exit: %s", ", ".join(busy))
+        elif self.device is not None:
             self.device.close()
 
 

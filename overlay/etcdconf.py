@@ -75,5 +75,12 @@ def make_etcd_options(endpoints: str = DEFAULT_ENDPOINTS, prefix: str = DEFAULT_
             raise ConfigError(f"{flag} {path}: no such file")
     if bool(username) != bool(password):
         raise ConfigError("--etcd-username and --etcd-password must be given together")
-    return EtcdOptions(parse_endpoints(endpoints), prefix, cafile or None, certfile or None,
+    parsed = parse_endpoints(endpoints)
+    if len({e.secure for e in parsed}) > 1:
+        raise ConfigError(f"--etcd-endpoints {endpoints}: mixes http:// and https:// (TLS "
+                          "applies to every endpoint): use https:// for all or for none")
+    if certfile and not cafile and not parsed[0].secure:
+        raise ConfigError("--etcd-certfile/--etcd-keyfile with http:// endpoints would be "
+                          "ignored: use https:// endpoints (and --etcd-cafile if needed)")
+    return EtcdOptions(parsed, prefix, cafile or None, certfile or None,
                        keyfile or None, username or None, password or None, timeout)

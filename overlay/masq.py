@@ -92,8 +92,12 @@ class Masquerade:
             if listing is None:
                 return False
             r = self._nft("delete", "table", "ip", TABLE)
-            if r.returncode == 0:
-                log.info("--ip-masq is off: removed the nftables table ip %s", TABLE)
+            if r.returncode != 0:  # pods still work; the leftover rules are only extra NAT
+                log.warning("--ip-masq is off but removing the leftover nftables table ip %s "
+                            "failed: %s (remove it with `nft delete table ip %s`)", TABLE,
+                            r.stderr.strip(), TABLE)
+                return False
+            log.info("--ip-masq is off: removed the nftables table ip %s", TABLE)
             return True
         if self.intact(listing):
             return False

@@ -194,3 +194,23 @@ def test_health_server_drops_idle_connections(monkeypatch):
             assert c.recv(1) == b""  # closed by the server, not left hanging
     finally:
         srv.stop()
+
+
+def test_shutdown_leaves_the_device_socket_to_a_thread_still_using_it(tmp_path):
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    closed = []
+    d.device.close = lambda: closed.append(True)
+    release = threading.Event()
+    d._threads.append(threading.Thread(target=release.wait, name="reconcile", daemon=True))
+    d._threads[0].start()
+
+    class Registry:
+        def close(self):
+            pass
+    d.join_timeout = 0.05
+    d._shutdown(Registry())
+    assert closed == []
+    release.set()
+    d._threads[0].join(2)
+    d._shutdown(Registry())
+    assert closed == [True]

@@ -56,3 +56,20 @@ def test_intact_detects_missing_rules():
     assert m.intact(full)
     assert not m.intact(None)
     assert not m.intact(full.replace('comment "overlay: pod-to-pod, no NAT"', ""))
+
+
+def test_disabled_masquerade_says_when_the_leftover_table_cannot_go(monkeypatch, caplog):
+    import subprocess
+
+    from overlay import masq as masq_mod
+    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), False)
+    monkeypatch.setattr(masq_mod.os.path, "exists", lambda p: True)
+
+    def nft(*args, stdin=None):
+        if args[0] == "list":
+            return subprocess.CompletedProcess(args, 0, "table ip overlay {}", "")
+        return subprocess.CompletedProcess(args, 1, "", "Error: Operation not permitted")
+    monkeypatch.setattr(m, "_nft", nft)
+    with caplog.at_level("WARNING", logger="overlay.masq"):
+        assert m.ensure() is False
+    assert "Operation not permitted" in caplog.text and "nft delete table ip overlay" in caplog.text
