@@ -65,5 +65,5 @@ def test_addr_message():
 
 def test_walk_stops_on_garbage():
     hdr = struct.pack("=LHHLL", 20, rawnl.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -2)
-    assert [(t, s) for t, _, s, _, _ in rawnl._walk(hdr + b"\0\0\0")] == [(rawnl.NLMSG_ERROR, 7)]
-    assert list(rawnl._walk(struct.pack("=LHHLL", 3, 2, 0, 1, 0))) == []
+    assert [(t, s) for t, _, s, _, _ in rawnl.walk(hdr + b"\0\0\0")] == [(rawnl.NLMSG_ERROR, 7)]
+    assert list(rawnl.walk(struct.pack("=LHHLL", 3, 2, 0, 1, 0))) == []

@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 # ever touching routes somebody else made.
 RTPROT_OVERLAY = 111
 
-_walk = walk  # the name the unit tests know
-
-
 def neigh_msg(add: bool, ifindex: int, ip: IPv4Address, mac: str | None) -> Msg:
     """A permanent ARP entry ``ip -> mac`` on ``ifindex`` (the VXLAN device)."""
     body = _NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0) + _nla(NDA_DST, ip.packed)

@@ -136,12 +136,6 @@ class VXLANDevice:
     def _link(self) -> rawnl.LinkRecord | None:
         return next((l for l in self.raw.dump_links() if l.name == self.spec.name), None)
 
-    def lookup(self) -> int:
-        """The device's ifindex, or 0 if it does not exist."""
-        with self._lock:
-            link = self._link()
-        return link.index if link else 0
-
     def ensure(self) -> bool:
         """Create the device, or keep an existing compatible one; True if (re)created."""
         with self._lock:
