@@ -214,3 +214,18 @@ def test_shutdown_leaves_the_device_socket_to_a_thread_still_using_it(tmp_path):
     d._threads[0].join(2)
     d._shutdown(Registry())
     assert closed == [True]
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets():
+    from overlay.backoff import Backoff
+    b, never = Backoff(0.001, 0.004), threading.Event()
+    delays = []
+    for _ in range(4):
+        delays.append(b.delay)
+        assert b.wait(never) is False
+    assert delays == [0.001, 0.002, 0.004, 0.004]
+    b.reset()
+    assert b.delay == 0.001
+    stopped = threading.Event()
+    stopped.set()
+    assert b.wait(stopped) is True
