@@ -413,3 +413,18 @@ def test_check_finds_each_kind_of_drift(node, breakage, needle):
         sh("ip", "-n", pod, "link", "set", "eth0", "address", "0a:58:00:00:00:99")
     result = node.cni("CHECK", "drift", pod, conf=node.conf(prevResult=doc))
     assert result.code == 103 and needle in result.doc["msg"], result
+
+
+def test_an_ipam_store_failure_in_check_is_an_ipam_error(node):
+    """IPAMError from a path with no translation of its own still gets 101, not 999."""
+    pod = node.pod()
+    doc = node.add("chk-ipam", pod)
+    lock = os.path.join(node.data_dir, f"ovcni-{node.tag}", "lock")
+    os.unlink(lock)
+    os.mkdir(lock)  # the store can no longer be locked: open(O_RDWR) fails with EISDIR
+    try:
+        result = node.cni("CHECK", "chk-ipam", pod, conf=node.conf(prevResult=doc))
+    finally:
+        os.rmdir(lock)
+    assert result.code == 101 and "cannot open IPAM store" in result.doc["msg"], result
+    assert node.cni("CHECK", "chk-ipam", pod, conf=node.conf(prevResult=doc)).rc == 0
