@@ -58,11 +58,12 @@ class VXLANBackend:
         self.failed: set[IPv4Network] = set()
         self._skipped: dict[IPv4Network, str] = {}
         self._lock = threading.RLock()
-        # Per known lease its entries, and how many known leases want each entry (and
-        # each neigh IP): a batch then costs what it changes, not what is known.
+        # Per known lease its entries; how many known leases share each FDB entry (the
+        # only kind two leases can share: one node, two subnets); how many neigh and route
+        # entries there are.  A batch then costs what it changes, not what is known.
         self._entries: dict[IPv4Network, tuple[Entry, ...]] = {}
-        self._refs: Counter[Entry] = Counter()
-        self._neigh_refs: Counter[IPv4Address] = Counter()
+        self._fdb_refs: Counter[FDB] = Counter()
+        self._unshared = 0
 
     # ---- what a lease needs ---------------------------------------------------
     def entries_for(self, lease: Lease) -> list[Entry]:
@@ -93,10 +94,12 @@ class VXLANBackend:
         """All entries wanted for ``leases`` (default: every known lease) and their owners."""
         want = Entries()
         owner: dict[Entry, IPv4Network] = {}
-        for lease in (self.leases.values() if leases is None else leases):
-            for e in self._known_entries(lease):
+        pairs = (self._entries.items() if leases is None
+                 else ((l.subnet, self._known_entries(l)) for l in leases))
+        for subnet, es in pairs:
+            for e in es:
                 want.add(e)
-                owner[e] = lease.subnet
+                owner[e] = subnet
         return want, owner
 
     def _known_entries(self, lease: Lease) -> tuple[Entry, ...]:
@@ -109,35 +112,52 @@ class VXLANBackend:
     def _remember(self, lease: Lease) -> None:
         if lease.subnet in self.leases:
             self._forget(lease.subnet)
+        self._add_known(lease.subnet, lease)
+
+    def _add_known(self, subnet: IPv4Network, lease: Lease) -> None:
+        """``lease`` at ``subnet``, which is not known yet."""
         es = tuple(self.entries_for(lease))
-        self.leases[lease.subnet] = lease
-        self._entries[lease.subnet] = es
-        self._refs.update(es)
-        self._neigh_refs.update(e.ip for e in es if isinstance(e, Neigh))
+        self.leases[subnet] = lease
+        self._entries[subnet] = es
+        if len(es) == 3:  # neigh, FDB, route (a direct route has no FDB entry)
+            f = es[1]
+            self._fdb_refs[f] = self._fdb_refs.get(f, 0) + 1
+            self._unshared += 2
+        else:
+            self._unshared += len(es)
 
     def _forget(self, subnet: IPv4Network) -> tuple[Entry, ...]:
         self.leases.pop(subnet, None)
         es = self._entries.pop(subnet, ())
-        self._refs.subtract(es)
-        self._neigh_refs.subtract(e.ip for e in es if isinstance(e, Neigh))
-        for e in es:
-            if self._refs[e] <= 0:
-                del self._refs[e]
-            if isinstance(e, Neigh) and self._neigh_refs[e.ip] <= 0:
-                del self._neigh_refs[e.ip]
+        self._unshared -= len(es)
+        if len(es) == 3:
+            self._unshared += 1
+            f = es[1]
+            self._fdb_refs[f] -= 1
+            if self._fdb_refs[f] <= 0:
+                del self._fdb_refs[f]
         return es
 
     def _set_all(self, leases: Iterable[Lease]) -> None:
-        new = {l.subnet: l for l in leases}
-        for subnet in [s for s, l in self.leases.items() if new.get(s) != l]:
-            self._forget(subnet)
-        for subnet, l in new.items():
-            if subnet not in self.leases:
-                self._remember(l)
+        self.leases = {l.subnet: l for l in leases}
+        self._entries = {s: tuple(self.entries_for(l)) for s, l in self.leases.items()}
+        self._fdb_refs = Counter(es[1] for es in self._entries.values() if len(es) == 3)
+        self._unshared = sum(2 if len(es) == 3 else len(es) for es in self._entries.values())
 
-    def _wanted(self, e: Entry) -> bool:
-        """Whether a known lease wants ``e`` (for a neigh: its IP; add replaces the MAC)."""
-        return self._neigh_refs[e.ip] > 0 if isinstance(e, Neigh) else self._refs[e] > 0
+    def _keeper(self, subnets: Iterable[IPv4Network]) -> Callable[[Entry], bool]:
+        """Whether a known lease still wants an entry that a lease of ``subnets`` had: a
+        neigh or route only that subnet's lease can want (a neigh by IP: adding replaces
+        its MAC); an FDB entry any lease of the same node."""
+        mine = Entries()
+        for s in subnets:
+            for e in self._entries.get(s, ()):
+                mine.add(e)
+
+        def keep(e: Entry) -> bool:
+            if isinstance(e, FDB):
+                return self._fdb_refs.get(e, 0) > 0
+            return e.ip in mine.neighs if isinstance(e, Neigh) else e in mine
+        return keep
 
     # ---- the two ways in ------------------------------------------------------
     def apply_batch(self, batch: LeaseBatch) -> Result:
@@ -150,7 +170,8 @@ class VXLANBackend:
             if not batch:
                 return Result()
             current = Entries()
-            for l in [*batch.removed, *(o for o, _ in batch.changed)]:
+            old = [*batch.removed, *(o for o, _ in batch.changed)]
+            for l in old:
                 known = self.leases.get(l.subnet)
                 olds = self._forget(l.subnet) if known is not None else ()
                 if known is None or known.attrs != l.attrs:
@@ -171,7 +192,8 @@ class VXLANBackend:
                 log.info("remote %s added (public IP %s, VTEP MAC %s)", l.subnet,
                          l.attrs.public_ip, l.attrs.vtep_mac)
             want_new, owner = self.desired(new)
-            return self._converge(current, want_new, self._wanted, owner)
+            keep = self._keeper(l.subnet for l in old)
+            return self._converge(current, want_new, keep, owner)
 
     def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
         """Make the device's entries exactly those of the known leases (or ``leases``)."""
@@ -180,7 +202,8 @@ class VXLANBackend:
                 self._set_all(leases)
             current = self.dp.dump()
             want, owner = self.desired()
-            res = self._converge(current, want, self._wanted, owner)
+            res = self._converge(current, want, lambda e: (e.ip in want.neighs) if isinstance(
+                e, Neigh) else e in want, owner)
             if res.added or res.removed:
                 log.info("reconcile: %d entries added, %d stale removed, %d remotes failing",
                          res.added, res.removed, len(res.failed))
@@ -190,7 +213,7 @@ class VXLANBackend:
         """Entries in place: those of every known lease except the failing ones."""
         with self._lock:
             if not self.failed:
-                return len(self._refs)
+                return self._unshared + len(self._fdb_refs)
             want, _ = self.desired(l for s, l in self.leases.items() if s not in self.failed)
             return len(want)
 
