@@ -55,6 +55,19 @@ def running_lab(nodes: int = 3, pods_per_node: int = 2,
             shutil.rmtree(base, ignore_errors=True)
 
 
+def keep_logs(lab: Lab) -> str:
+    """Copy the lab's logs (etcd, every overlayd) somewhere that outlives ``down``, so a
+    failure can be read afterwards; returns the directory."""
+    keep = tempfile.mkdtemp(prefix=f"{lab.spec.prefix}-failed-logs-")
+    for root, _, files in os.walk(lab.spec.lab_dir):
+        for name in files:
+            if name.endswith(".log") or name == "lab.json":
+                rel = os.path.relpath(os.path.join(root, name), lab.spec.lab_dir)
+                os.makedirs(os.path.join(keep, os.path.dirname(rel)), exist_ok=True)
+                shutil.copy2(os.path.join(root, name), os.path.join(keep, rel))
+    return keep
+
+
 def lab_names(lab: Lab) -> list[str]:
     """Every namespace name the lab made (from its own record)."""
     st = lab.state

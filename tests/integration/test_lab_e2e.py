@@ -11,14 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
 from overlay.lab.matrix import ping
 from overlay.lab.system import ip
 
-from .labfixture import (ContinuousPing, UnderlayCapture, lab_names, lab_pids, leftovers, poll,
-                         remote_entries, running_lab, vtep_mac)
+from .labfixture import (ContinuousPing, UnderlayCapture, keep_logs, lab_names, lab_pids,
+                         leftovers, poll, remote_entries, running_lab, vtep_mac)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,9 +28,12 @@ LAB = os.path.join(os.path.dirname(sys.executable), "overlay-lab")
 
 
 @pytest.fixture(scope="module")
-def lab():
+def lab(request):
+    failed_before = request.session.testsfailed
     with running_lab(nodes=3, pods_per_node=2) as lab:
         yield lab
+        if request.session.testsfailed > failed_before:
+            warnings.warn(f"lab e2e failed: the lab's logs are kept in {keep_logs(lab)}")
 
 
 def pods_on(lab, node):
