@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, Le
                      OverlayError, RegistryError, SubnetEnvError)
 from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
 from .http import HealthServer, Metrics, parse_hostport
+from .ifname import ifname_problem
 from .lease import Lease, LeaseAttrs, LeaseBatch
 from .manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
 from .masq import Masquerade
@@ -46,7 +46,6 @@ ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
 DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
-_IFNAME_RE = re.compile(r"^[^/\s:]{1,15}$")
 
 
 # ---- flags ---------------------------------------------------------------------------
@@ -172,9 +171,10 @@ def parse_settings(argv: Sequence[str] | None = None,
         raise ConfigError(f"--lease-renew-margin {a.lease_renew_margin}: must not be negative")
     if a.reconcile_interval <= 0:
         raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
-    if a.vxlan_device and not _IFNAME_RE.match(a.vxlan_device):
+    problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
+    if problem:
         raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
-                          "(1-15 characters, no '/', ':' or spaces)")
+                          f"(it {problem})")
     if a.healthz_addr:
         parse_hostport(a.healthz_addr)
     for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir)):

@@ -59,6 +59,8 @@ def test_environment_and_flags_win():
     (["--healthz-addr", "localhost"], {}, "expected HOST:PORT"),
     (["--healthz-addr", "127.0.0.1:99999"], {}, "expected HOST:PORT"),
     (["--vxlan-device", "a-very-long-device-name"], {}, "not a valid interface name"),
+    (["--vxlan-device", ".."], {}, "not a valid interface name (it is '.' or '..')"),
+    (["--vxlan-device", "vx:1"], {}, "not a valid interface name"),
     (["--etcd-endpoints", "ftp://x"], {}, "expected http(s)://HOST:PORT"),
     (["--etcd-certfile", "/etc/hostname"], {}, "must be given together"),
     (["--etcd-cafile", "/nonexistent/ca.pem"], {}, "no such file"),

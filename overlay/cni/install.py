@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..fsutil import atomic_write
+from ..ifname import ifname_problem
 from ..subnetenv import DEFAULT_SUBNET_FILE
 from .netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
-from .skel import ifname_problem
 
 log = logging.getLogger(__name__)
 

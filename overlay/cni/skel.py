@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import CNIError, IPAMError, NetlinkOpError, OverlayError
+from ..ifname import ifname_problem
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +81,6 @@ def validate_container_id(value: str) -> None:
         raise CNIError(CNIError.INVALID_ENV, "invalid characters in CNI_CONTAINERID",
                        f"{value!r}: must start with a letter or digit and contain only "
                        "letters, digits, '_', '.' and '-'")
-
-
-def ifname_problem(value: str) -> str | None:
-    """What makes ``value`` unusable as a Linux interface name, or None (the one check
-    for CNI_IFNAME, the config's bridge and install-cni's --bridge)."""
-    if not value:
-        return "is empty"
-    if len(value) > 15:
-        return f"is {len(value)} characters long (at most 15)"
-    if value in (".", ".."):
-        return "is '.' or '..'"
-    if any(c in "/:" or c.isspace() for c in value):
-        return "contains '/', ':' or whitespace"
-    return None
 
 
 def validate_ifname(value: str) -> None:
