@@ -264,13 +264,18 @@ def test_lease_with_other_vtep_mac():
     assert "VtepMAC 0e:00:00:00:00:77" in only_failure(node, cluster, "lease").found
 
 
-def test_vxlan_device_missing_fails_device_check():
-    node, cluster = healthy()
+def without_vxlan_device(node):
+    """The node's kernel state with the VXLAN device and everything on it gone."""
     k = node.kernel
     kernel_without(node, links=[l for l in k.links if l.index != VX],
                    addrs=[a for a in k.addrs if a.index != VX],
                    routes=[r for r in k.routes if r.oif != VX], neigh=[],
                    fdb=[f for f in k.fdb if f.ifindex != VX])
+
+
+def test_vxlan_device_missing_fails_device_check():
+    node, cluster = healthy()
+    without_vxlan_device(node)
     checks, _ = statuses(node, replace(cluster), dg.DiagnoseOptions(public_ip=MY_IP))
     assert checks["vxlan-device"].status == dg.FAIL
     assert "restart overlayd" in checks["vxlan-device"].fix
@@ -662,11 +667,7 @@ def test_read_readyz_against_a_local_server():
 
 def test_device_deleted_still_finds_own_lease_from_subnet_env():
     node, cluster = healthy()
-    k = node.kernel
-    kernel_without(node, links=[l for l in k.links if l.index != VX],
-                   addrs=[a for a in k.addrs if a.index != VX],
-                   routes=[r for r in k.routes if r.oif != VX], neigh=[],
-                   fdb=[f for f in k.fdb if f.ifindex != VX])
+    without_vxlan_device(node)
     node.probes = None
     checks, _ = statuses(node, cluster)
     assert checks["lease"].status == dg.PASS
