@@ -531,7 +531,8 @@ def test_pods_reached_each_other_throughout(lab):
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, f"pinger printed no summary: {out}"
     sent, received = int(m.group(1)), int(m.group(2))
-    assert sent > 50 and received == sent, (
+    # the SIGINT can come between a request and its reply: one packet in flight is not a loss
+    assert sent > 50 and received >= sent - 1, (
         f"pod A -> pod B (every 50 ms) lost {sent - received} of {sent} packets while the "
         f"garbage was put, A restarted and the garbage partly deleted")
     assert not lab.ready_watch.failures, (
