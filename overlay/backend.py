@@ -222,7 +222,7 @@ class VXLANBackend:
                 self._set_all(leases)
             current = self.dp.dump()
             self._others = current.others
-            blocked = self._blocked(self.leases.values())
+            blocked = self._blocked()
             want, owner = self.desired(
                 (l for s, l in self.leases.items() if s not in blocked) if blocked else None)
             res = self._converge(current, want, lambda e: (e.ip in want.neighs) if isinstance(
@@ -292,13 +292,18 @@ class VXLANBackend:
         return res
 
     # ---- conflicts with other protocols' routes -----------------------------------
-    def _blocked(self, leases: Iterable[Lease]) -> dict[IPv4Network, OtherRoute]:
-        """The remotes of ``leases`` that want a route where another protocol has one."""
+    def _blocked(self, leases: Iterable[Lease] | None = None) -> dict[IPv4Network, OtherRoute]:
+        """The remotes of ``leases`` (default: all known) that want a route where another
+        protocol has one."""
         others = self._others
         if not others:
             return {}
-        return {l.subnet: others[l.subnet] for l in leases if l.subnet in others
-                and any(isinstance(e, Route) for e in self._entries.get(l.subnet, ()))}
+        if leases is None:  # a reconcile: far fewer others than leases to look up
+            subnets: Iterable[IPv4Network] = (s for s in others if s in self.leases)
+        else:
+            subnets = (l.subnet for l in leases if l.subnet in others)
+        return {s: others[s] for s in subnets
+                if any(isinstance(e, Route) for e in self._entries.get(s, ()))}
 
     def _taken(self, subnets: set[IPv4Network]) -> dict[IPv4Network, OtherRoute]:
         """Remotes whose route add met another's route: which route (a fresh look, kept

@@ -243,20 +243,21 @@ class VXLANDevice:
             return [errno.ENODEV] * len(ops)
         with self._lock:
             codes = self.raw.execute([self._to_msg(op) for op in ops])
-            taken = [i for i, (op, code) in enumerate(zip(ops, codes))
-                     if code == errno.EEXIST and op.add and isinstance(op.entry, Route)]
-            if taken:
-                self._replace_own(ops, codes, taken)
+            if errno.EEXIST in codes:  # rare: looked at only then (thousands of ops)
+                taken = [i for i, (op, code) in enumerate(zip(ops, codes))
+                         if code == errno.EEXIST and op.add and isinstance(op.entry, Route)]
+                if taken:
+                    self._replace_own(ops, codes, taken)
         out = []
         for op, code in zip(ops, codes):
             if code and not op.add and code in GONE:
                 code = 0
-            if code == errno.EEXIST and op.add and isinstance(op.entry, Route):
-                log.debug("%s: another protocol's route holds %s", op, op.entry.dst)
-            elif code:
-                log.warning("%s failed: %s", op, rawnl.describe_errno(code))
-            else:
+            if not code:
                 log.debug("%s", op)
+            elif code == errno.EEXIST and op.add and isinstance(op.entry, Route):
+                log.debug("%s: another protocol's route holds %s", op, op.entry.dst)
+            else:
+                log.warning("%s failed: %s", op, rawnl.describe_errno(code))
             out.append(code)
         return out
 
