@@ -228,8 +228,9 @@ class VXLANBackend:
             res = self._converge(current, want, lambda e: (e.ip in want.neighs) if isinstance(
                 e, Neigh) else e in want, owner, blocked)
             if res.added or res.removed:
-                log.info("reconcile: %d entries added, %d stale removed, %d remotes failing",
-                         res.added, res.removed, len(res.failed))
+                log.info("reconcile: %d entries added, %d stale removed, %d remotes failing, "
+                         "%d route conflicts", res.added, res.removed, len(res.failed),
+                         len(res.conflicts))
             return res
 
     def entry_count(self) -> int:
@@ -284,8 +285,8 @@ class VXLANBackend:
         if taken:
             conflicts.update(self._taken(taken))
         self._undo(failed | taken, done)
+        self.failed -= set(conflicts)  # first: a conflict is not "programmed after failures"
         self._note_failures(failed, owner, want)
-        self.failed -= set(conflicts)
         self._note_conflicts(conflicts, scope)
         res.failed = tuple(sorted(failed))
         res.conflicts = tuple(sorted(conflicts))

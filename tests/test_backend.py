@@ -316,3 +316,15 @@ def test_a_failure_is_not_a_conflict(backend, dp):
     dp.fail.add(Route(S2, IPv4Address("10.244.2.0")))
     res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
     assert res.failed == (S2,) and not res.conflicts and not backend.conflicts
+
+
+def test_a_failing_remote_that_then_conflicts_leaves_failed(backend, dp, caplog):
+    caplog.set_level(logging.INFO, "overlay.backend")
+    dp.fail.add(Route(S2, IPv4Address("10.244.2.0")))
+    backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert backend.failed == {S2}
+    dp.fail.clear()
+    dp.others[S2] = KERNEL_ROUTE
+    res = backend.reconcile()
+    assert res.conflicts == (S2,) and not res.failed and not backend.failed
+    assert "programmed after earlier failures" not in caplog.text
