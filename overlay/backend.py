@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Iterable, Protocol, Sequence
 
+from .errors import OverlayError
 from .lease import Lease, LeaseBatch
 from .netlink.entries import FDB, Entries, Entry, Neigh, Op, OtherRoute, Route
 
@@ -309,7 +310,10 @@ class VXLANBackend:
     def _taken(self, subnets: set[IPv4Network]) -> dict[IPv4Network, OtherRoute]:
         """Remotes whose route add met another's route: which route (a fresh look, kept
         for the watch events that follow)."""
-        self._others = self.dp.other_routes()
+        try:
+            self._others = self.dp.other_routes()
+        except OverlayError as e:  # still conflicts: the add was refused; named later
+            log.warning("reading other protocols' routes failed: %s", e)
         return {s: self._others.get(s, OtherRoute(s, "unknown")) for s in subnets}
 
     def _note_conflicts(self, found: dict[IPv4Network, OtherRoute],

@@ -328,3 +328,15 @@ def test_a_failing_remote_that_then_conflicts_leaves_failed(backend, dp, caplog)
     res = backend.reconcile()
     assert res.conflicts == (S2,) and not res.failed and not backend.failed
     assert "programmed after earlier failures" not in caplog.text
+
+
+def test_a_conflict_whose_other_route_cannot_be_read_is_still_a_conflict(backend, dp):
+    from overlay.errors import NetlinkOpError
+
+    def broken():
+        raise NetlinkOpError("rtnetlink receive: no buffer space", errno.ENOBUFS)
+    dp.others[S2] = KERNEL_ROUTE
+    dp.other_routes = broken
+    res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert res.conflicts == (S2,) and str(backend.conflicts[S2]) == "10.244.2.0/24 proto unknown"
+    assert set(dp.state.all()) == set()

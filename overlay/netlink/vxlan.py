@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Collection, Sequence
 
-from ..errors import ConfigError, NetlinkOpError
+from ..errors import ConfigError, NetlinkOpError, OverlayError
 from . import rawnl
 from .common import require_netns
 from .entries import FDB, Entries, Neigh, Op, OtherRoute, Route
@@ -267,7 +267,12 @@ class VXLANDevice:
         other protocol has a route to the destination, leave EEXIST (a conflict).
         The check and the replace are two requests: a route made in between by
         somebody else with our key would be replaced (the reconcile reports it)."""
-        others = self._other_routes_locked()
+        try:
+            others = self._other_routes_locked()
+        except OverlayError as e:  # unknown whose: a conflict for now, retried at reconcile
+            log.warning("reading routes to check %d route(s) that exist failed: %s",
+                        len(taken), e)
+            return
         redo = [i for i in taken if ops[i].entry.dst not in others]
         if not redo:
             return
