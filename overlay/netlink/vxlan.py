@@ -265,8 +265,8 @@ class VXLANDevice:
         """Route adds that met a route with their key (EEXIST): replace the ones where
         that route is ours (proto 111: stale, or made before a restart); where any
         other protocol has a route to the destination, leave EEXIST (a conflict).
-        The check and the replace are two requests: a route made in between by
-        somebody else with our key would be replaced (the reconcile reports it)."""
+        The check and the replace are two requests: only a route that somebody else
+        makes with our key in between (microseconds) could still be replaced."""
         try:
             others = self._other_routes_locked()
         except OverlayError as e:  # unknown whose: a conflict for now, retried at reconcile
