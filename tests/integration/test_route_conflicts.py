@@ -163,3 +163,15 @@ def test_our_stale_route_is_still_replaced_and_removed(backend, device, netns): 
        "nud", "permanent")
     assert device.program([Op(True, Route(S8, gw))]) == [0]
     assert_ours(netns, S8)
+
+
+def test_address_added_later_gets_its_connected_route_back(backend, netns):  # noqa: F811
+    s = IPv4Network("172.20.5.0/24")
+    backend.reconcile([lease(s, 5)])
+    assert_ours(netns, s)
+    # the kernel appends the connected route behind ours (same key): ours shadows it
+    ip(netns, "addr", "add", "172.20.5.1/24", "dev", "eth0")
+    assert [r["protocol"] for r in routes_to(netns, s)] == ["111", "kernel"]
+    res = backend.reconcile()
+    assert res.conflicts == (s,)
+    assert [(r["protocol"], r["dev"]) for r in routes_to(netns, s)] == [("kernel", "eth0")]
