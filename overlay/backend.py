@@ -7,6 +7,11 @@ gateway it would have to ARP for (nothing would answer: the device is ``nolearni
 If a step fails the earlier ones of that remote are undone and the remote is retried
 at the next reconcile.
 
+Routes that other protocols made (the kernel's connected routes, boot, static, dhcp,
+another daemon's) are never replaced or deleted: a remote whose subnet has one in the
+main table is a *conflict*, left unprogrammed (whatever that route's metric or TOS: ours,
+metric 0, would replace or shadow it), reported once, and retried at every reconcile.
+
 Two ways in: ``apply_batch`` (watch events, only the leases concerned) and
 ``reconcile`` (kernel dump vs every lease; removes stale entries, adds missing ones,
 touches nothing that is right — never a flush, so pod traffic is never interrupted).
@@ -15,6 +20,7 @@ The device is reached through a small ``DataPlane`` interface so tests use a fak
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections import Counter
@@ -22,15 +28,19 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Iterable, Protocol, Sequence
 
+from .errors import OverlayError
 from .lease import Lease, LeaseBatch
-from .netlink.entries import FDB, Entries, Entry, Neigh, Op, Route
+from .netlink.entries import FDB, Entries, Entry, Neigh, Op, OtherRoute, Route
 
 log = logging.getLogger(__name__)
 
 
 class DataPlane(Protocol):
-    def program(self, ops: Sequence[Op]) -> list[int]: ...  # errno per op, 0 = done
-    def dump(self) -> Entries: ...
+    # errno per op, 0 = done; EEXIST for a route add: another protocol's route holds
+    # that destination (the data plane replaces only a route of its own)
+    def program(self, ops: Sequence[Op]) -> list[int]: ...
+    def dump(self) -> Entries: ...  # ours, plus ``others``: other protocols' routes
+    def other_routes(self) -> dict[IPv4Network, OtherRoute]: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class Result:
     added: int = 0
     removed: int = 0
     failed: tuple[IPv4Network, ...] = ()
+    conflicts: tuple[IPv4Network, ...] = ()  # left unprogrammed: another's route is there
 
 
 class VXLANBackend:
@@ -56,6 +67,11 @@ class VXLANBackend:
         self.s = settings
         self.leases: dict[IPv4Network, Lease] = {}
         self.failed: set[IPv4Network] = set()
+        # Remotes left unprogrammed because another protocol's route holds their subnet
+        # (not in ``failed``: retrying sooner would not help), and the other protocols'
+        # main-table routes seen at the last dump, which watch events are checked against.
+        self.conflicts: dict[IPv4Network, OtherRoute] = {}
+        self._others: dict[IPv4Network, OtherRoute] = {}
         self._skipped: dict[IPv4Network, str] = {}
         self._lock = threading.RLock()
         # Per known lease its entries; how many known leases share each FDB entry (the
@@ -191,9 +207,14 @@ class VXLANBackend:
             for l in batch.added:
                 log.info("remote %s added (public IP %s, VTEP MAC %s)", l.subnet,
                          l.attrs.public_ip, l.attrs.vtep_mac)
-            want_new, owner = self.desired(new)
             keep = self._keeper(l.subnet for l in old)
-            return self._converge(current, want_new, keep, owner)
+            blocked = self._blocked(new)
+            if blocked:
+                new = [l for l in new if l.subnet not in blocked]
+                keep = _dropping(keep, blocked)
+            want_new, owner = self.desired(new)
+            scope = {l.subnet for l in old} | {l.subnet for l in new} | set(blocked)
+            return self._converge(current, want_new, keep, owner, blocked, scope)
 
     def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
         """Make the device's entries exactly those of the known leases (or ``leases``)."""
@@ -201,30 +222,40 @@ class VXLANBackend:
             if leases is not None:
                 self._set_all(leases)
             current = self.dp.dump()
-            want, owner = self.desired()
+            self._others = current.others
+            blocked = self._blocked()
+            want, owner = self.desired(
+                (l for s, l in self.leases.items() if s not in blocked) if blocked else None)
             res = self._converge(current, want, lambda e: (e.ip in want.neighs) if isinstance(
-                e, Neigh) else e in want, owner)
+                e, Neigh) else e in want, owner, blocked)
             if res.added or res.removed:
-                log.info("reconcile: %d entries added, %d stale removed, %d remotes failing",
-                         res.added, res.removed, len(res.failed))
+                log.info("reconcile: %d entries added, %d stale removed, %d remotes failing, "
+                         "%d route conflicts", res.added, res.removed, len(res.failed),
+                         len(res.conflicts))
             return res
 
     def entry_count(self) -> int:
         """Entries in place: those of every known lease except the failing ones."""
         with self._lock:
-            if not self.failed:
+            if not self.failed and not self.conflicts:
                 return self._unshared + len(self._fdb_refs)
-            want, _ = self.desired(l for s, l in self.leases.items() if s not in self.failed)
+            want, _ = self.desired(l for s, l in self.leases.items()
+                                   if s not in self.failed and s not in self.conflicts)
             return len(want)
 
     # ---- converge --------------------------------------------------------------
     def _converge(self, current: Entries, want: Entries, keep: Callable[[Entry], bool],
-                  owner: dict[Entry, IPv4Network]) -> Result:
+                  owner: dict[Entry, IPv4Network],
+                  conflicts: dict[IPv4Network, OtherRoute] | None = None,
+                  scope: set[IPv4Network] | None = None) -> Result:
         """Delete what is in ``current`` but not ``keep``-ed; add what ``want`` lacks.
 
         Deletes go routes first (reverse order); adds go neigh + FDB, then routes of the
-        remotes whose neigh and FDB are in.
+        remotes whose neigh and FDB are in.  ``conflicts``: remotes known to conflict
+        (left out of ``want``); a route add that meets another's route adds to them.
+        ``scope``: the remotes whose conflict state this pass decides (None: all).
         """
+        conflicts = dict(conflicts or {})
         res = Result()
         dels = ([Op(False, r) for r in current.routes.values() if not keep(r)]
                 + [Op(False, f) for f in current.fdb if not keep(f)]
@@ -244,15 +275,67 @@ class VXLANBackend:
                 res.added += 1
         routes = [Op(True, r) for r in want.routes.values()
                   if r not in current and owner[r] not in failed]
+        taken: set[IPv4Network] = set()
         for op, code in zip(routes, self.dp.program(routes)):
-            if code:
+            if code == errno.EEXIST:
+                taken.add(owner[op.entry])
+            elif code:
                 failed.add(owner[op.entry])
             else:
                 res.added += 1
-        self._undo(failed, done)
+        if taken:
+            conflicts.update(self._taken(taken))
+        self._undo(failed | taken, done)
+        self.failed -= set(conflicts)  # first: a conflict is not "programmed after failures"
         self._note_failures(failed, owner, want)
+        self._note_conflicts(conflicts, scope)
         res.failed = tuple(sorted(failed))
+        res.conflicts = tuple(sorted(conflicts))
         return res
+
+    # ---- conflicts with other protocols' routes -----------------------------------
+    def _blocked(self, leases: Iterable[Lease] | None = None) -> dict[IPv4Network, OtherRoute]:
+        """The remotes of ``leases`` (default: all known) that want a route where another
+        protocol has one."""
+        others = self._others
+        if not others:
+            return {}
+        if leases is None:  # a reconcile: far fewer others than leases to look up
+            subnets: Iterable[IPv4Network] = (s for s in others if s in self.leases)
+        else:
+            subnets = (l.subnet for l in leases if l.subnet in others)
+        return {s: others[s] for s in subnets
+                if any(isinstance(e, Route) for e in self._entries.get(s, ()))}
+
+    def _taken(self, subnets: set[IPv4Network]) -> dict[IPv4Network, OtherRoute]:
+        """Remotes whose route add met another's route: which route (a fresh look, kept
+        for the watch events that follow)."""
+        try:
+            self._others = self.dp.other_routes()
+        except OverlayError as e:  # still conflicts: the add was refused; named later
+            log.warning("reading other protocols' routes failed: %s", e)
+        return {s: self._others.get(s, OtherRoute(s, "unknown")) for s in subnets}
+
+    def _note_conflicts(self, found: dict[IPv4Network, OtherRoute],
+                        scope: set[IPv4Network] | None) -> None:
+        """Log a conflict once (again only if the other route changes), and its end."""
+        for subnet, other in found.items():
+            if self.conflicts.get(subnet) != other:
+                lease = self.leases.get(subnet)
+                log.warning("remote %s (public IP %s) left unprogrammed: another protocol's "
+                            "route holds its subnet (%s), which overlayd never replaces; "
+                            "retried at each reconcile", subnet,
+                            lease.attrs.public_ip if lease else "?", other)
+        before = self.conflicts
+        if scope is None:
+            kept = {}
+        else:
+            kept = {s: o for s, o in before.items() if s not in scope}
+        for subnet in set(before) - set(kept) - set(found):
+            if subnet in self.leases:
+                log.info("remote %s: no other protocol's route holds its subnet any more "
+                         "(was %s)", subnet, before[subnet])
+        self.conflicts = {**kept, **found}
 
     def _undo(self, failed: set[IPv4Network], done: dict[IPv4Network, list[Entry]]) -> None:
         """A remote that failed half-way loses what it got in this pass, so a retry
@@ -269,6 +352,21 @@ class VXLANBackend:
         for subnet in (self.failed & touched) - failed:
             log.info("remote %s: programmed after earlier failures", subnet)
         self.failed = (self.failed - touched) | failed
+
+
+def _dropping(keep: Callable[[Entry], bool],
+              blocked: dict[IPv4Network, OtherRoute]) -> Callable[[Entry], bool]:
+    """``keep`` except the neigh and route of the ``blocked`` remotes (their FDB entry
+    may be shared with another lease of the node: the next reconcile sorts it out)."""
+    gateways = {s.network_address for s in blocked}
+
+    def keep2(e: Entry) -> bool:
+        if isinstance(e, Route):
+            return e.dst not in blocked and keep(e)
+        if isinstance(e, Neigh):
+            return e.ip not in gateways and keep(e)
+        return keep(e)
+    return keep2
 
 
 class Reconciler:

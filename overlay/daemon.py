@@ -457,6 +457,7 @@ class Daemon:
         self.metrics.leases_known.set(len(self.backend.leases))
         self.metrics.entries_programmed.set(self.backend.entry_count())
         self.metrics.remotes_failing.set(len(self.backend.failed))
+        self.metrics.route_conflicts.set(len(self.backend.conflicts))
 
     # -- threads -----------------------------------------------------------------------
     def _start_threads(self) -> None:

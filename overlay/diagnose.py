@@ -41,6 +41,7 @@ from .lease import Lease
 from .probe import Echo, echo_many
 from .proc import run_quiet
 from .netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
+from .netlink.rtnl import protocol_name
 from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
 
 log = logging.getLogger(__name__)
@@ -543,7 +544,8 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
         by_dst.setdefault(r.dst, []).append(r)
     missing, wrong = [], []
     want = {l.subnet for l in f.vxlan_remotes} | f.direct
-    for lease in (l for l in f.remotes if l.subnet in want):
+    taken = _route_conflicts(k, f)  # the route-conflicts check's: not "ip route replace"
+    for lease in (l for l in f.remotes if l.subnet in want and l.subnet not in taken):
         gw = lease.subnet.network_address  # the peer's VXLAN address
         routes = by_dst.get(lease.subnet, [])
         if lease.subnet in f.direct:
@@ -560,10 +562,11 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
     stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
              and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
 
-    def add(l: Lease) -> str:
+    def add(l: Lease) -> str:  # proto 111: overlayd's own, which it may replace and remove
         if l.subnet in f.direct:
-            return f"ip route replace {l.subnet} via {l.attrs.public_ip}"
-        return f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
+            return f"ip route replace {l.subnet} via {l.attrs.public_ip} proto 111"
+        return (f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
+                " proto 111")
 
     return _entry_result(name, expected, len(want), [
         ("missing", [str(l.subnet) for l in missing], [add(l) for l in missing]),
@@ -572,6 +575,54 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
         ("stale (no lease)", [f"{r.dst} via {r.gateway} dev {k.name_of(r.oif)}" for r in stale],
          [f"ip route del {r.dst} dev {k.name_of(r.oif)}" for r in stale]),
     ])
+
+
+def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteInfo]]:
+    """Peer subnets that a main-table route of another protocol holds: overlayd leaves
+    those peers unprogrammed rather than replace (or shadow) that route."""
+    want = {l.subnet for l in f.vxlan_remotes} | f.direct
+    out: dict[IPv4Network, list[RouteInfo]] = {}
+    for r in (*k.routes, *k.typed_routes):
+        if r.dst in want and not r.ours:
+            out.setdefault(r.dst, []).append(r)
+    return out
+
+
+def _unblocked(k: KernelState, f: Facts) -> list[Lease]:
+    """The VXLAN peers overlayd programs: a conflicting one has no neigh or FDB entry."""
+    taken = _route_conflicts(k, f)
+    return [l for l in f.vxlan_remotes if l.subnet not in taken] if taken else f.vxlan_remotes
+
+
+def _describe_route(k: KernelState, r: RouteInfo) -> str:
+    """A route the way ``ip route`` shows it (and ``ip route del`` takes it)."""
+    kind = "" if r.kind == "unicast" else f"{r.kind} "
+    via = f" via {r.gateway}" if r.gateway else ""
+    dev = f" dev {k.name_of(r.oif)}" if r.oif else ""
+    metric = f" metric {r.metric}" if r.metric else ""
+    return f"{kind}{r.dst}{via}{dev} proto {protocol_name(r.protocol or 0)}{metric}"
+
+
+def check_route_conflicts(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    name = "route-conflicts"
+    expected = "no route of another protocol (kernel, static, ...) for a peer's subnet"
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    if node.kernel is None:
+        return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
+    k = node.kernel
+    taken = _route_conflicts(k, f)
+    if not taken:
+        return CheckResult(name, PASS, expected, f"none for {len(f.remotes)} peer subnet(s)")
+    peers = {l.subnet: l for l in f.remotes}
+    found = "; ".join(
+        f"peer {s} (public IP {peers[s].attrs.public_ip}) left unprogrammed: "
+        + ", ".join(_describe_route(k, r) for r in rs) for s, rs in sorted(taken.items()))
+    first = _describe_route(k, next(iter(sorted(taken.items())))[1][0])
+    fix = (f"overlayd never replaces another's route: if it is stale, remove it "
+           f"(ip route del {first}); if the subnet really is routed there, the peer's lease "
+           "is wrong: delete it from etcd. overlayd programs the peer at its next reconcile")
+    return CheckResult(name, FAIL, expected, found, fix)
 
 
 def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
@@ -589,7 +640,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
         by_mac.setdefault(e.mac, []).append(e)
     missing, wrong = [], []
     want_macs = set()
-    for lease in f.vxlan_remotes:
+    for lease in _unblocked(node.kernel, f):
         mac = lease.attrs.vtep_mac
         if not mac:
             continue
@@ -624,7 +675,7 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
         return skip
     entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
     missing, wrong, want = [], [], set()
-    for lease in f.vxlan_remotes:
+    for lease in _unblocked(node.kernel, f):
         gw = lease.subnet.network_address
         want.add(gw)
         n = entries.get(gw)
@@ -808,6 +859,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_pod_ips(node, f),
         check_vxlan_device(node, cluster, f),
         check_routes(node, cluster, f),
+        check_route_conflicts(node, cluster, f),
         check_fdb(node, cluster, f),
         check_neigh(node, cluster, f),
         check_ip_forward(node),

@@ -36,6 +36,9 @@ class Metrics:
         self.remotes_failing = Gauge("overlay_remotes_failing",
                                      "Remote leases whose programming failed (retrying)",
                                      registry=r)
+        self.route_conflicts = Gauge(
+            "overlay_route_conflicts", "Remote leases left unprogrammed because a route of "
+            "another protocol (kernel, static, ...) holds their subnet", registry=r)
         self.reconcile_runs = Counter("overlay_reconcile_runs",
                                       "Reconciles of kernel entries against leases", registry=r)
         self.reconcile_duration = Histogram(

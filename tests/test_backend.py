@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import errno
+import logging
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
 from overlay.backend import BackendSettings, VXLANBackend
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch
-from overlay.netlink.entries import FDB, Entries, Neigh, Op, Route
+from overlay.netlink.entries import FDB, Entries, Neigh, Op, OtherRoute, Route
 
 
 class FakeDataPlane:
-    """Keeps entries like the kernel would; can be told to fail chosen adds."""
+    """Keeps entries like the kernel would; can be told to fail chosen adds.  ``others``:
+    routes of other protocols, which a route add never overwrites (EEXIST, like
+    ``VXLANDevice``) and a delete never touches."""
 
     def __init__(self):
         self.state = Entries()
         self.log: list[Op] = []
         self.fail: set = set()  # entries whose add fails with EINVAL
+        self.others: dict = {}
 
     def program(self, ops):
         out = []
@@ -28,6 +32,9 @@ class FakeDataPlane:
             if op.add:
                 if e in self.fail:
                     out.append(errno.EINVAL)
+                    continue
+                if isinstance(e, Route) and e.dst in self.others:
+                    out.append(errno.EEXIST)
                     continue
                 if isinstance(e, Route) and not e.direct:
                     # route last: its gateway must already resolve through a neigh
@@ -47,7 +54,11 @@ class FakeDataPlane:
         s = Entries()
         for e in self.state.all():
             s.add(e)
+        s.others = dict(self.others)
         return s
+
+    def other_routes(self):
+        return dict(self.others)
 
 
 def lease(n: int, mac: str | None = None, public: str | None = None, vni: int = 1,
@@ -213,3 +224,119 @@ def test_removing_one_of_two_leases_sharing_an_fdb_entry_keeps_it(backend, dp):
     backend.apply_batch(LeaseBatch(removed=(a,)))
     assert set(dp.state.all()) == entries(3, "0e:00:00:00:00:aa", "192.168.1.50")
     assert backend.entry_count() == 3
+
+
+# ---- routes of other protocols: never replaced, the remote left unprogrammed -------------
+
+S2 = IPv4Network("10.244.2.0/24")
+KERNEL_ROUTE = OtherRoute(S2, "kernel", "eth0")
+
+
+def test_reconcile_leaves_a_remote_whose_subnet_another_route_holds_unprogrammed(
+        backend, dp, caplog):
+    dp.others[S2] = KERNEL_ROUTE
+    res = backend.reconcile([lease(2), lease(3)])
+    assert res.conflicts == (S2,) and not res.failed
+    assert set(dp.state.all()) == entries(3)
+    assert not [op for op in dp.log if op.add and op.entry in entries(2)], \
+        "no neigh, FDB or route of a conflicting remote is even tried"
+    assert backend.conflicts == {S2: KERNEL_ROUTE} and not backend.failed
+    assert backend.entry_count() == 3
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "10.244.2.0/24" in
+                r.getMessage()]
+    assert len(warnings) == 1 and "10.244.2.0/24 dev eth0 proto kernel" in warnings[0].getMessage()
+    backend.reconcile()
+    backend.reconcile()
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1, "logged once"
+    assert backend.conflicts == {S2: KERNEL_ROUTE}
+
+
+def test_conflict_clears_at_the_reconcile_after_the_other_route_goes(backend, dp, caplog):
+    caplog.set_level(logging.INFO, "overlay.backend")
+    dp.others[S2] = KERNEL_ROUTE
+    backend.reconcile([lease(2), lease(3)])
+    del dp.others[S2]
+    res = backend.reconcile()
+    assert not res.conflicts and not backend.conflicts
+    assert set(dp.state.all()) == entries(2) | entries(3)
+    assert backend.entry_count() == 6
+    assert "no other protocol's route holds its subnet any more" in caplog.text
+
+
+def test_route_met_on_a_watch_event_undoes_neigh_and_fdb(backend, dp):
+    backend.reconcile([lease(3)])
+    dp.others[S2] = OtherRoute(S2, "static", "eth0")  # made after the last dump
+    res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert res.conflicts == (S2,) and not res.failed and not backend.failed
+    assert set(dp.state.all()) == entries(3), "neigh and FDB of .2 undone"
+    assert backend.conflicts == {S2: OtherRoute(S2, "static", "eth0")}
+
+
+def test_watch_event_for_a_subnet_known_to_conflict_tries_nothing(backend, dp):
+    dp.others[S2] = KERNEL_ROUTE
+    backend.reconcile([lease(3)])
+    dp.log.clear()
+    res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert res.conflicts == (S2,) and dp.log == []
+    assert backend.conflicts == {S2: KERNEL_ROUTE}
+
+
+def test_our_route_is_withdrawn_when_another_protocol_routes_the_subnet(backend, dp):
+    backend.reconcile([lease(2), lease(3)])
+    # e.g. an address added later whose connected route the kernel appends behind ours,
+    # or a static route with another metric: ours (metric 0) would shadow it
+    dp.others[S2] = OtherRoute(S2, "static", "eth0", metric=100)
+    res = backend.reconcile()
+    assert res.conflicts == (S2,)
+    assert set(dp.state.all()) == entries(3)
+    assert dp.others == {S2: OtherRoute(S2, "static", "eth0", metric=100)}
+
+
+def test_removing_a_conflicting_lease_forgets_the_conflict(backend, dp):
+    dp.others[S2] = KERNEL_ROUTE
+    backend.reconcile([lease(2), lease(3)])
+    res = backend.apply_batch(LeaseBatch(removed=(lease(2),)))
+    assert not res.conflicts and not backend.conflicts
+    assert dp.others == {S2: KERNEL_ROUTE}
+    assert set(dp.state.all()) == entries(3)
+
+
+def test_changed_lease_into_a_conflict_loses_its_entries(backend, dp):
+    old = lease(2)
+    backend.reconcile([old, lease(3)])
+    dp.others[S2] = KERNEL_ROUTE
+    backend.reconcile()  # withdrawn, and the other route now known
+    new = lease(2, mac="0e:aa:00:00:00:02")
+    res = backend.apply_batch(LeaseBatch(changed=((old, new),)))
+    assert res.conflicts == (S2,)
+    assert set(dp.state.all()) == entries(3)
+
+
+def test_a_failure_is_not_a_conflict(backend, dp):
+    dp.fail.add(Route(S2, IPv4Address("10.244.2.0")))
+    res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert res.failed == (S2,) and not res.conflicts and not backend.conflicts
+
+
+def test_a_failing_remote_that_then_conflicts_leaves_failed(backend, dp, caplog):
+    caplog.set_level(logging.INFO, "overlay.backend")
+    dp.fail.add(Route(S2, IPv4Address("10.244.2.0")))
+    backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert backend.failed == {S2}
+    dp.fail.clear()
+    dp.others[S2] = KERNEL_ROUTE
+    res = backend.reconcile()
+    assert res.conflicts == (S2,) and not res.failed and not backend.failed
+    assert "programmed after earlier failures" not in caplog.text
+
+
+def test_a_conflict_whose_other_route_cannot_be_read_is_still_a_conflict(backend, dp):
+    from overlay.errors import NetlinkOpError
+
+    def broken():
+        raise NetlinkOpError("rtnetlink receive: no buffer space", errno.ENOBUFS)
+    dp.others[S2] = KERNEL_ROUTE
+    dp.other_routes = broken
+    res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
+    assert res.conflicts == (S2,) and str(backend.conflicts[S2]) == "10.244.2.0/24 proto unknown"
+    assert set(dp.state.all()) == set()

@@ -101,6 +101,7 @@ class FakeDevice:
 class FakeBackend:
     leases: dict = {}
     failed: set = set()
+    conflicts: dict = {}
 
     def reconcile(self, leases=None):
         from overlay.backend import Result
@@ -229,3 +230,17 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
     stopped = threading.Event()
     stopped.set()
     assert b.wait(stopped) is True
+
+
+def test_route_conflicts_gauge_counts_the_backends_conflicts(tmp_path):
+    from overlay.netlink.entries import OtherRoute
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    d.manager = FakeManager(lease_of(3))
+    d._hold(lease_of(3))
+    s = IPv4Network("192.168.1.0/24")
+    d.backend.conflicts = {s: OtherRoute(s, "kernel", "eth0")}
+    d._reconcile()
+    assert value(d.metrics, "overlay_route_conflicts") == 1
+    d.backend.conflicts = {}
+    d._reconcile()
+    assert value(d.metrics, "overlay_route_conflicts") == 0

@@ -114,7 +114,8 @@ def test_missing_route_named_with_fix():
     kernel_without(node, routes=[r for r in k.routes if r.dst != IPv4Network("10.244.3.0/24")])
     c = only_failure(node, cluster, "routes")
     assert "missing: 10.244.3.0/24" in c.found
-    assert c.fix.startswith("ip route replace 10.244.3.0/24 via 10.244.3.0 dev overlay.1 onlink")
+    assert c.fix.startswith("ip route replace 10.244.3.0/24 via 10.244.3.0 dev overlay.1 onlink"
+                            " proto 111")
 
 
 def test_route_via_wrong_gateway():
@@ -622,7 +623,7 @@ def test_direct_routing_peers_need_only_a_route_via_public_ip():
     assert not report.failed, {n: c.found for n, c in checks.items() if c.status == dg.FAIL}
     routes = [r for r in node.kernel.routes if r.dst != IPv4Network("10.244.2.0/24")]
     c = only_failure(kernel_without(node, routes=routes), cluster, "routes")
-    assert c.fix.startswith("ip route replace 10.244.2.0/24 via 192.168.1.12;")
+    assert c.fix.startswith("ip route replace 10.244.2.0/24 via 192.168.1.12 proto 111;")
 
 
 def test_probe_unreachable_points_at_routes():
@@ -765,3 +766,50 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
     report = dg.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert len(derived) == 1 and probed == [(2, 1450)]
     assert not report.failed and report.facts.own.subnet == OWN
+
+
+# ---- a peer's subnet held by a route of another protocol (overlayd leaves the peer alone) --
+
+S2 = IPv4Network("10.244.2.0/24")
+
+
+def conflicting(node, *others, typed=(), keep_ours=False):
+    """Peer .2's subnet routed by ``others``; overlayd left .2 unprogrammed (no neigh, FDB)."""
+    k = node.kernel
+    mac = PEERS[S2][1]
+    routes = [r for r in k.routes if keep_ours or r.dst != S2] + list(others)
+    return kernel_without(node, routes=routes, typed_routes=list(typed),
+                          neigh=[n for n in k.neigh if n.mac != mac],
+                          fdb=[e for e in k.fdb if e.mac != mac])
+
+
+def test_peer_subnet_held_by_a_kernel_route_fails_route_conflicts_only():
+    node, cluster = healthy()
+    conflicting(node, RouteInfo(S2, None, ETH, protocol=2))
+    c = only_failure(node, cluster, "route-conflicts")
+    assert c.found == ("peer 10.244.2.0/24 (public IP 192.168.1.12) left unprogrammed: "
+                       "10.244.2.0/24 dev eth0 proto kernel")
+    assert "ip route del 10.244.2.0/24 dev eth0 proto kernel" in c.fix
+    assert "ip route replace" not in c.fix
+
+
+def test_static_route_in_another_metric_beside_ours_is_a_conflict():
+    node, cluster = healthy()
+    conflicting(node, RouteInfo(S2, IPv4Address("192.168.1.1"), ETH, protocol=4, metric=100),
+                keep_ours=True)
+    c = only_failure(node, cluster, "route-conflicts")
+    assert "10.244.2.0/24 via 192.168.1.1 dev eth0 proto static metric 100" in c.found
+
+
+def test_blackhole_route_for_a_peer_is_a_conflict():
+    node, cluster = healthy()
+    conflicting(node, typed=[RouteInfo(S2, None, None, protocol=3, kind="blackhole")])
+    c = only_failure(node, cluster, "route-conflicts")
+    assert "blackhole 10.244.2.0/24 proto boot" in c.found
+
+
+def test_our_own_route_is_no_conflict():
+    node, cluster = healthy()
+    routes = [replace(r, protocol=111) if r.dst == S2 else r for r in node.kernel.routes]
+    checks, _ = statuses(kernel_without(node, routes=routes), cluster)
+    assert checks["route-conflicts"].status == dg.PASS

@@ -38,6 +38,26 @@ class Route:
 Entry = Union[Neigh, FDB, Route]
 
 
+@dataclass(frozen=True)
+class OtherRoute:
+    """A main-table route that another protocol made (kernel, boot, static, dhcp, another
+    daemon's): never ours to replace or delete.  A remote whose subnet has one is left
+    unprogrammed (a conflict), because our route would replace it or, with another
+    metric or TOS, shadow it."""
+
+    dst: IPv4Network
+    protocol: str  # as ``ip route`` names it: "kernel", "static", "42"
+    dev: str = ""  # "" for a route without a device (blackhole, unreachable)
+    kind: str = "unicast"  # the route type
+    metric: int = 0
+
+    def __str__(self) -> str:
+        kind = "" if self.kind == "unicast" else f"{self.kind} "
+        dev = f" dev {self.dev}" if self.dev else ""
+        metric = f" metric {self.metric}" if self.metric else ""
+        return f"{kind}{self.dst}{dev} proto {self.protocol}{metric}"
+
+
 @dataclass
 class Entries:
     """A set of entries keyed the way the kernel keys them."""
@@ -45,6 +65,8 @@ class Entries:
     neighs: dict[IPv4Address, Neigh] = field(default_factory=dict)
     fdb: set[FDB] = field(default_factory=set)
     routes: dict[IPv4Network, Route] = field(default_factory=dict)
+    # Filled by a dump only: other protocols' routes by destination (not entries of ours).
+    others: dict[IPv4Network, OtherRoute] = field(default_factory=dict)
 
     def add(self, e: Entry) -> None:
         if isinstance(e, Neigh):

@@ -17,7 +17,7 @@ from ..errors import NetlinkOpError
 from .rtnl import (
     AF_INET, IFF_UP, IFINFO, IFLA_MASTER, IFLA_OPERSTATE, NUD_PERMANENT, RT_TABLE_MAIN,
     RTA_DST, RTA_GATEWAY, RTA_OIF, RTM_GETROUTE, RTMSG, RTNH_F_ONLINK, Msg, Rtnl, attr,
-    attr_u32, attrs, describe_errno, u32)
+    attr_u32, attrs, describe_errno, route_type_name, u32)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ class RouteInfo:
     oif: int | None
     onlink: bool = False
     prefsrc: IPv4Address | None = None
+    protocol: int | None = None  # None: unknown (a route get's answer, a made-up state)
+    metric: int = 0
+    kind: str = "unicast"  # the route type: "blackhole", "unreachable", ... in ``others``
+
+    @property
+    def ours(self) -> bool:
+        """Made by overlayd (proto 111), or of unknown origin."""
+        from .rawnl import RTPROT_OVERLAY
+
+        return self.protocol is None or self.protocol == RTPROT_OVERLAY
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class KernelState:
     routes: list[RouteInfo] = field(default_factory=list)
     neigh: list[NeighInfo] = field(default_factory=list)
     fdb: list[FDBInfo] = field(default_factory=list)
+    # main-table routes of other types (blackhole, unreachable, prohibit, throw)
+    typed_routes: list[RouteInfo] = field(default_factory=list)
 
     def link(self, name: str) -> LinkInfo | None:
         return next((l for l in self.links if l.name == name), None)
@@ -132,8 +144,14 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
         links = [_raw_link(b, o, e) for t, b, o, e in nl.dump(
             rawnl.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)) if t == rawnl.RTM_NEWLINK]
         addrs = [AddrInfo(i, a) for i, a in nl.dump_addrs()]
-        routes = [RouteInfo(r.dst, r.gateway, r.oif or None, onlink=bool(r.flags & RTNH_F_ONLINK))
-                  for r in nl.dump_routes() if r.table == RT_TABLE_MAIN]
+        routes, typed = [], []
+        for t, b, o, e in nl.dump(rawnl.RTM_GETROUTE, RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+            r = rawnl.parse_any_route(b, o, e) if t == rawnl.RTM_NEWROUTE else None
+            if r is None or r.table != RT_TABLE_MAIN:
+                continue
+            info = RouteInfo(r.dst, r.gateway, r.oif or None, onlink=bool(r.flags & RTNH_F_ONLINK),
+                             protocol=r.protocol, metric=r.metric, kind=route_type_name(r.rtype))
+            (routes if r.rtype == rawnl.RTN_UNICAST else typed).append(info)
         neigh = [NeighInfo(n.dst, n.mac, n.ifindex, n.state)
                  for n in nl.dump_neigh(socket.AF_INET) if n.dst is not None]
         fdb = [FDBInfo(n.mac, n.dst, n.ifindex, n.state)
@@ -144,7 +162,7 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
         nl.close()
     log.debug("kernel state: %d links, %d addrs, %d routes, %d neigh, %d fdb",
               len(links), len(addrs), len(routes), len(neigh), len(fdb))
-    return KernelState(links, addrs, routes, neigh, fdb)
+    return KernelState(links, addrs, routes, neigh, fdb, typed)
 
 
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")

@@ -20,7 +20,8 @@ from .rtnl import (  # noqa: F401  (re-exported for vxlan, inspect and the unit 
     IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_VXLAN_ID, IFLA_VXLAN_LEARNING,
     IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_PORT, NDA_DST, NDA_LLADDR, NLA_F_NESTED,
     NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLMSG_ERROR, NTF_SELF, NUD_PERMANENT,
-    RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE, RTM_DELADDR,
+    RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PRIORITY, RTA_TABLE,
+    RTM_DELADDR,
     RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_GETADDR, RTM_GETLINK, RTM_GETNEIGH,
     RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTN_UNICAST,
     RTNH_F_ONLINK, Msg, Rtnl, cstr, describe_errno, mac_bytes, mac_str, u32, walk)
@@ -53,15 +54,22 @@ def fdb_msg(add: bool, ifindex: int, mac: str, dst: IPv4Address) -> Msg:
 
 
 def route_msg(add: bool, dst: IPv4Network, gateway: IPv4Address, oif: int,
-              onlink: bool) -> Msg:
-    """``dst via gateway dev oif [onlink] proto 111`` in the main table."""
+              onlink: bool, replace: bool = False) -> Msg:
+    """``dst via gateway dev oif [onlink] proto 111`` in the main table.
+
+    An add is a create that fails with EEXIST when a route with the same key
+    (destination, TOS 0, metric 0) is there, whoever made it: only ``replace`` (for a
+    route known to be ours) overwrites.  A delete names proto 111, and the kernel
+    matches the protocol, so it never removes another protocol's route to ``dst``.
+    """
     body = (_RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_OVERLAY,
                         RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
             + _nla(RTA_DST, dst.network_address.packed) + _nla(RTA_GATEWAY, gateway.packed)
             + _nla(RTA_OIF, _U32.pack(oif)))
     what = f"route {dst} via {gateway} dev #{oif}{' onlink' if onlink else ''}"
     if add:
-        return Msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, what)
+        return Msg(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL),
+                   body, what)
     return Msg(RTM_DELROUTE, 0, body, what)
 
 
@@ -119,6 +127,9 @@ class RouteRecord:
     protocol: int
     table: int
     flags: int
+    rtype: int = RTN_UNICAST
+    tos: int = 0
+    metric: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,16 +161,24 @@ def parse_neigh(buf: bytes, off: int, end: int) -> NeighRecord:
 
 
 def parse_route(buf: bytes, off: int, end: int) -> RouteRecord | None:
-    family, dst_len, _, _, table, proto, _, rtype, flags = _RTMSG.unpack_from(buf, off)
+    """An IPv4 unicast route; None for any other family or type."""
+    family, _, _, _, _, _, _, rtype, _ = _RTMSG.unpack_from(buf, off)
     if family != AF_INET or rtype != RTN_UNICAST:
         return None
+    return parse_any_route(buf, off, end)
+
+
+def parse_any_route(buf: bytes, off: int, end: int) -> RouteRecord:
+    """An IPv4 route of any type (blackhole, unreachable, ... too)."""
+    _, dst_len, _, tos, table, proto, _, rtype, flags = _RTMSG.unpack_from(buf, off)
     a = _attrs(buf, off + _RTMSG.size, end)
     if RTA_TABLE in a:
         table = u32(a[RTA_TABLE])
     dst = IPv4Network((IPv4Address(a.get(RTA_DST, b"\0\0\0\0")), dst_len))
-    gw = IPv4Address(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None
+    gw = IPv4Address(a[RTA_GATEWAY]) if len(a.get(RTA_GATEWAY, b"")) == 4 else None
     oif = u32(a[RTA_OIF]) if RTA_OIF in a else 0
-    return RouteRecord(dst, gw, oif, proto, table, flags)
+    metric = u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else 0
+    return RouteRecord(dst, gw, oif, proto, table, flags, rtype, tos, metric)
 
 
 def parse_link_record(buf: bytes, off: int, end: int) -> LinkRecord:
@@ -213,6 +232,24 @@ class RawRoute(Rtnl):
         out = (parse_route(b, o, e) for t, b, o, e in self.dump(RTM_GETROUTE, body)
                if t == RTM_NEWROUTE)
         return [r for r in out if r is not None]
+
+    def dump_main_routes(self) -> tuple[list[RouteRecord], list[RouteRecord]]:
+        """The main table's IPv4 routes: (ours: proto 111 unicast, every other
+        protocol's of any type).  Routes of other tables are never looked at."""
+        body = _RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        ours, others = [], []
+        for t, b, o, e in self.dump(RTM_GETROUTE, body):
+            if t != RTM_NEWROUTE:
+                continue
+            # the header says table 254 exactly for main (RTA_TABLE only adds ids > 255)
+            family, _, _, _, table, proto, _, rtype, _ = _RTMSG.unpack_from(b, o)
+            if family != AF_INET or table != RT_TABLE_MAIN:
+                continue
+            if proto != RTPROT_OVERLAY:
+                others.append(parse_any_route(b, o, e))
+            elif rtype == RTN_UNICAST:
+                ours.append(parse_any_route(b, o, e))
+        return ours, others
 
     def dump_links(self) -> list[LinkRecord]:
         body = _IFINFO.pack(0, 0, 0, 0, 0)

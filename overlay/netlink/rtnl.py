@@ -45,7 +45,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
 RTPROT_BOOT = 3
@@ -102,6 +102,25 @@ _MEANING = {
 
 # Errnos that mean "already in the state you asked for" when deleting.
 GONE = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
+
+
+# iproute2's /usr/share/iproute2/rt_protos (and rt_protos.d), for naming another
+# protocol's route the way ``ip route`` shows it.
+_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated",
+              9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp",
+              15: "ntk", 16: "dhcp", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp",
+              187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
+_ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
+                6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
+
+
+def protocol_name(proto: int) -> str:
+    """A route protocol as ``ip route`` names it (``kernel``, ``static``, ``111``)."""
+    return _PROTOCOLS.get(proto, str(proto))
+
+
+def route_type_name(rtype: int) -> str:
+    return _ROUTE_TYPES.get(rtype, str(rtype))
 
 
 def describe_errno(code: int) -> str:

@@ -14,14 +14,14 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Collection, Sequence
 
-from ..errors import ConfigError, NetlinkOpError
+from ..errors import ConfigError, NetlinkOpError, OverlayError
 from . import rawnl
 from .common import require_netns
-from .entries import FDB, Entries, Neigh, Op, Route
-from .rtnl import GONE
+from .entries import FDB, Entries, Neigh, Op, OtherRoute, Route
+from .rtnl import GONE, protocol_name, route_type_name
 
 log = logging.getLogger(__name__)
 
@@ -220,19 +220,22 @@ class VXLANDevice:
         return bool(link.flags & IFF_UP), link.index
 
     # ---- remote entries -------------------------------------------------------
-    def _to_msg(self, op: Op) -> rawnl.Msg:
+    def _to_msg(self, op: Op, replace: bool = False) -> rawnl.Msg:
         e = op.entry
         if isinstance(e, Neigh):
             return rawnl.neigh_msg(op.add, self.index, e.ip, e.mac)
         if isinstance(e, FDB):
             return rawnl.fdb_msg(op.add, self.index, e.mac, e.dst)
         oif = self.spec.underlay_index if e.direct else self.index
-        return rawnl.route_msg(op.add, e.dst, e.gateway, oif, onlink=not e.direct)
+        return rawnl.route_msg(op.add, e.dst, e.gateway, oif, onlink=not e.direct,
+                               replace=replace)
 
     def program(self, ops: Sequence[Op]) -> list[int]:
         """Apply ``ops`` in order in as few syscalls as possible; errno per op (0 = ok).
 
-        Deleting something already gone counts as success.
+        Deleting something already gone counts as success.  Adding a route never
+        overwrites another protocol's: EEXIST for a route means one holds that
+        destination (a route of ours there is replaced).
         """
         if not ops:
             return []
@@ -240,35 +243,81 @@ class VXLANDevice:
             return [errno.ENODEV] * len(ops)
         with self._lock:
             codes = self.raw.execute([self._to_msg(op) for op in ops])
+            if errno.EEXIST in codes:  # rare: looked at only then (thousands of ops)
+                taken = [i for i, (op, code) in enumerate(zip(ops, codes))
+                         if code == errno.EEXIST and op.add and isinstance(op.entry, Route)]
+                if taken:
+                    self._replace_own(ops, codes, taken)
         out = []
         for op, code in zip(ops, codes):
             if code and not op.add and code in GONE:
                 code = 0
-            if code:
-                log.warning("%s failed: %s", op, rawnl.describe_errno(code))
-            else:
+            if not code:
                 log.debug("%s", op)
+            elif code == errno.EEXIST and op.add and isinstance(op.entry, Route):
+                log.debug("%s: another protocol's route holds %s", op, op.entry.dst)
+            else:
+                log.warning("%s failed: %s", op, rawnl.describe_errno(code))
             out.append(code)
         return out
 
+    def _replace_own(self, ops: Sequence[Op], codes: list[int], taken: list[int]) -> None:
+        """Route adds that met a route with their key (EEXIST): replace the ones where
+        that route is ours (proto 111: stale, or made before a restart); where any
+        other protocol has a route to the destination, leave EEXIST (a conflict).
+        The check and the replace are two requests: only a route that somebody else
+        makes with our key in between (microseconds) could still be replaced."""
+        try:
+            others = self._other_routes_locked()
+        except OverlayError as e:  # unknown whose: a conflict for now, retried at reconcile
+            log.warning("reading routes to check %d route(s) that exist failed: %s",
+                        len(taken), e)
+            return
+        redo = [i for i in taken if ops[i].entry.dst not in others]
+        if not redo:
+            return
+        again = self.raw.execute([self._to_msg(ops[i], replace=True) for i in redo])
+        for i, code in zip(redo, again):
+            codes[i] = code
+
+    def other_routes(self) -> dict[IPv4Network, OtherRoute]:
+        """The main table's routes of other protocols, by destination."""
+        with self._lock:
+            return self._other_routes_locked()
+
+    def _other_routes_locked(self) -> dict[IPv4Network, OtherRoute]:
+        return self._name_others(self.raw.dump_main_routes()[1])
+
+    def _name_others(self, records: list[rawnl.RouteRecord]) -> dict[IPv4Network, OtherRoute]:
+        if not records:
+            return {}
+        names = {l.index: l.name for l in self.raw.dump_links()}
+        out: dict[IPv4Network, OtherRoute] = {}
+        for r in sorted(records, key=lambda r: r.metric):  # per destination the preferred
+            out.setdefault(r.dst, OtherRoute(
+                r.dst, protocol_name(r.protocol), names.get(r.oif, f"if{r.oif}") if r.oif else "",
+                route_type_name(r.rtype), r.metric))
+        return out
+
     def dump(self) -> Entries:
-        """The entries this daemon owns on the device (and its direct routes)."""
+        """The entries this daemon owns on the device (and its direct routes), and the
+        other protocols' main-table routes (``others``)."""
         out = Entries()
         if not self.index:
             return out
         with self._lock:
             neighs = self.raw.dump_neigh(rawnl.AF_INET, self.index)
             fdbs = self.raw.dump_neigh(rawnl.AF_BRIDGE, self.index)
-            routes = self.raw.dump_routes()
+            routes, others = self.raw.dump_main_routes()
+            out.others = self._name_others(others)
         for n in neighs:
             if n.state & rawnl.NUD_PERMANENT and n.dst is not None and n.mac:
                 out.add(Neigh(n.dst, n.mac))
         for f in fdbs:
             if f.dst is not None and f.mac and f.mac != ZERO_MAC:
                 out.add(FDB(f.mac, f.dst))
-        for r in routes:
-            if r.protocol != rawnl.RTPROT_OVERLAY or r.table != rawnl.RT_TABLE_MAIN \
-                    or r.gateway is None:
+        for r in routes:  # proto 111 only: nothing else is ever ours to remove
+            if r.gateway is None:
                 continue
             if r.oif == self.index:
                 out.add(Route(r.dst, r.gateway, direct=False))

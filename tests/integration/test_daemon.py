@@ -126,6 +126,51 @@ def test_lease_added_changed_removed_reflected_everywhere(cluster):
         assert all_programmed(cluster, n)
 
 
+def metric(node, name: str) -> float | None:
+    status, text = node.http("/metrics")
+    assert status == 200
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rpartition(" ")[2])
+    return None
+
+
+def routes_to(node, net: str) -> list[tuple[str, str | None]]:
+    return [(r.get("protocol", "boot"), r.get("gateway")) for r in node.ip_json(
+        "route", "show", "table", "main") if r["dst"] == net]
+
+
+def test_a_static_route_for_a_leased_subnet_is_never_replaced_or_deleted(cluster):
+    n1, n2, _ = cluster.nodes
+    static = ["route", "add", FAKE_NET, "via", UNDERLAY_IP, "proto", "static"]
+    mac = "0e:fa:00:00:00:07"
+    try:
+        sh("ip", "-n", n1.ns, *static)
+        cluster.etcdctl("put", FAKE_KEY, fake_lease(mac))
+        wait_for(lambda: has_remote(n2, FAKE_NET, mac, "192.168.1.99"), 3, what="peer programmed")
+        wait_for(lambda: metric(n1, "overlay_route_conflicts") == 1, 5, what="conflict counted")
+        assert routes_to(n1, FAKE_NET) == [("static", UNDERLAY_IP)]
+        assert lacks_remote(n1, FAKE_NET, mac), "no neigh or FDB entry for a conflicting remote"
+        assert "10.244.250.0/24 (public IP 192.168.1.99) left unprogrammed" in n1.log()
+        # the operator removes the route: the next reconcile (2 s here) programs the remote
+        sh("ip", "-n", n1.ns, "route", "del", FAKE_NET, "proto", "static")
+        wait_for(lambda: has_remote(n1, FAKE_NET, mac, "192.168.1.99"), 5, what="programmed")
+        assert metric(n1, "overlay_route_conflicts") == 0
+        # a static route in another metric appears beside ours: ours would shadow it
+        sh("ip", "-n", n1.ns, *static, "metric", "100")
+        wait_for(lambda: routes_to(n1, FAKE_NET) == [("static", UNDERLAY_IP)], 5,
+                 what="our route withdrawn")
+        cluster.etcdctl("del", FAKE_KEY)
+        wait_for(lambda: metric(n1, "overlay_route_conflicts") == 0, 5, what="conflict gone")
+        wait_for(lambda: lacks_remote(n2, FAKE_NET, mac), 3, what="peer unprogrammed")
+        assert routes_to(n1, FAKE_NET) == [("static", UNDERLAY_IP)], "our delete left it"
+    finally:
+        cluster.etcdctl("del", FAKE_KEY)
+        for _ in range(2):
+            sh("ip", "-n", n1.ns, "route", "del", FAKE_NET, "proto", "static", check=False)
+    wait_for(lambda: all_programmed(cluster, n1), 5, what="back to the cluster's remotes")
+
+
 def test_health_endpoints_and_metrics(cluster):
     n1 = cluster.nodes[0]
     assert n1.http("/healthz") == (200, "ok\n")

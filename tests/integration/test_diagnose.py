@@ -149,7 +149,8 @@ def program_peer(node: Node, peer: Node) -> None:
     node.ip("neigh", "replace", gw, "lladdr", peer.vtep_mac, "dev", "overlay.1", "nud", "permanent")
     sh("bridge", "-n", node.ns, "fdb", "replace", peer.vtep_mac, "dev", "overlay.1", "dst",
        peer.public_ip, "self", "permanent")
-    node.ip("route", "replace", peer.subnet, "via", gw, "dev", "overlay.1", "onlink")
+    node.ip("route", "replace", peer.subnet, "via", gw, "dev", "overlay.1", "onlink",
+            "proto", "111")
 
 
 def conflist(node: Node) -> dict:
@@ -272,7 +273,8 @@ N1 = ("ip", "-n", "ovdg-n1")
 #  whether the peer across the overlay becomes unreachable too)
 BREAKAGES = [
     ("route", [N1 + ("route", "del", "10.244.2.0/24")],
-     [N1 + ("route", "replace", "10.244.2.0/24", "via", "10.244.2.0", "dev", "overlay.1", "onlink")],
+     [N1 + ("route", "replace", "10.244.2.0/24", "via", "10.244.2.0", "dev", "overlay.1", "onlink",
+            "proto", "111")],
      "routes", "ip route replace 10.244.2.0/24 via 10.244.2.0 dev overlay.1 onlink", True),
     ("fdb", [("bridge", "-n", "ovdg-n1", "fdb", "del", "0e:0d:0a:00:00:02", "dev", "overlay.1",
               "dst", "192.168.1.12", "self")],

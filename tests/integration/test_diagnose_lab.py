@@ -111,7 +111,7 @@ def breakages(lab: Lab) -> dict[str, tuple[list[list[str]], list[list[str]], str
     ip = ["ip", "-n", ns]
     br = ["bridge", "-n", ns]
     nsx = ["ip", "netns", "exec", ns]
-    route = ["route", "replace", subnet, "via", gw, "dev", "overlay.1", "onlink"]
+    route = ["route", "replace", subnet, "via", gw, "dev", "overlay.1", "onlink", "proto", "111"]
     return {
         "route": ([ip + ["route", "del", subnet]], [ip + route], "routes",
                   f"ip route replace {subnet} via {gw} dev overlay.1 onlink", True),
