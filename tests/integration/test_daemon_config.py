@@ -108,9 +108,23 @@ def test_config_changed_while_running_is_noticed_and_not_applied(topo):
     (dev,) = node.ip_json("-d", "link", "show", "type", "vxlan")
     assert dev["linkinfo"]["info_data"]["id"] == 1, "never half-applied"
     assert node.http("/readyz")[0] == 200
+    assert config_check(node)["status"] == "fail"
     topo.put_config(CONFIG)  # put back identical
     wait_for(lambda: metric(node, "overlay_config_changed") == 0, 5, what="change cleared")
     assert "matches the running one again" in node.log()
+    assert config_check(node)["status"] == "pass"
+
+
+def config_check(node) -> dict:
+    """diagnose's config-current check, as an operator on the node runs it."""
+    os.makedirs(f"{node.dir}/net.d", exist_ok=True)
+    r = nsx(node.ns, OVERLAYCTL, "--etcd-endpoints", node.topo.etcd.endpoint, "-o", "json",
+            "diagnose", "--no-probe", "--subnet-file", node.subnet_file, "--cni-conf-dir",
+            f"{node.dir}/net.d", "--healthz-addr", "127.0.0.1:10256", check=False, timeout=60)
+    (check,) = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "config-current"]
+    if check["status"] == "fail":
+        assert "restart overlayd on every node" in check["fix"], check
+    return check
 
 
 def test_readyz_fails_while_the_watch_cannot_hear_etcd(topo):
