@@ -208,7 +208,7 @@ def _show(value: Any) -> str:
         return "a list"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**_MAX_INT_DIGITS:
         return "a huge number"
-    text = json.dumps(value, ensure_ascii=True) if isinstance(value, str) else repr(value)
+    text = ascii(value) if isinstance(value, str) else repr(value)  # escapes newlines
     if value is None:
         text = "null"
     elif isinstance(value, bool):
@@ -263,12 +263,13 @@ def _parse_network(value: Any) -> IPv4Network:
     if not isinstance(value, str):
         raise ConfigError(f"Network: must be a CIDR string, got {_show(value)}")
     shown = _show(value)
-    if "/" not in value:
-        raise ConfigError(f"Network: {shown} has no prefix length (e.g. \"10.244.0.0/16\")")
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError as e:
         raise ConfigError(f"Network: {shown} is not a valid CIDR") from e
+    if "/" not in value:
+        raise ConfigError(f"Network: {shown} has no prefix length "
+                          f"(e.g. {net.network_address}/16)")
     if not isinstance(net, IPv4Network):
         raise ConfigError(f"Network: {shown} is IPv6; only IPv4 is supported")
     if str(net.network_address) != value.split("/")[0]:

@@ -120,7 +120,7 @@ NET = '"Network": "10.244.0.0/16"'
     ("{%s, \"SubnetLength\": 24}" % NET, ["unknown field", "did you mean SubnetLen?"]),
     ("{%s, \"Backend\": {\"Type\": \"vxlan\", \"VIN\": 2}}" % NET,
      ["Backend.", "unknown field", "VIN", "did you mean VNI?"]),
-    ("{%s, \"Zzzzz\": 1}" % NET, ["unknown field \"Zzzzz\""]),
+    ("{%s, \"Zzzzz\": 1}" % NET, ["unknown field 'Zzzzz'"]),
     ("{%s, \"Network\": \"10.1.0.0/16\"}" % NET, ["Network", "twice"]),
     ("{%s, \"network\": \"10.1.0.0/16\"}" % NET, ["Network", "twice"]),
     ("{%s, \"IPv6Network\": \"fd00::/48\"}" % NET, ["IPv6Network", "not supported"]),
@@ -131,7 +131,7 @@ NET = '"Network": "10.244.0.0/16"'
     ("{%s, \"Backend\": {\"Learning\": true}}" % NET, ["Backend.Learning", "not supported"]),
     ("{%s, \"Backend\": {\"MacPrefix\": \"0E:2A\"}}" % NET, ["Backend.MacPrefix", "not supported"]),
     ("{%s, \"Backend\": {\"Type\": [\"vxlan\"]}}" % NET, ["Backend.Type", "a list"]),
-    ('"\\n"', ["JSON object", '"\\n"']),
+    ('"\\n"', ["JSON object", "'\\n'"]),
 ])
 def test_hostile_config_is_one_clear_line(data, words):
     with pytest.raises(ConfigError) as e:
