@@ -617,8 +617,9 @@ def connected_overlap(config: NetworkConfig, links: Sequence[Any],
     """Why ``config.network`` cannot be this node's pod network, or None: it overlaps a
     network the node is connected to (pod CIDRs must not overlap node CIDRs, or the
     node's own traffic would be routed into VXLAN).  Our own addresses are exempt: the
-    VXLAN device's (``device``, or any VXLAN link's /32 inside the network) and a pod
-    bridge's gateway on a ``SubnetLen`` subnet of the network (from an earlier run)."""
+    VXLAN device's (``device``, or any VXLAN link's inside the network) and a pod bridge's
+    gateway (the ``.1`` of a subnet inside the network, whatever its length: the bridge
+    of an earlier run survives a change of SubnetLen, which needs exactly this restart)."""
     kinds = {l.index: (l.name, l.kind) for l in links}
     net = config.network
     for index, iface in addrs:
@@ -626,10 +627,10 @@ def connected_overlap(config: NetworkConfig, links: Sequence[Any],
         connected = iface.network
         if connected.is_loopback or not connected.overlaps(net):
             continue
-        if name == device or (kind == "vxlan" and connected.prefixlen == 32):
+        if name == device or (kind == "vxlan" and connected.subnet_of(net)):
             continue
-        if (kind == "bridge" and connected.prefixlen == config.subnet_len
-                and connected.subnet_of(net)):
+        if (kind == "bridge" and connected.subnet_of(net) and connected != net
+                and iface.ip == connected.network_address + 1):
             continue
         return (f"Network {net} overlaps {connected}, a network this node is connected to "
                 f"({iface} on {name}); pod networks must not overlap node networks: choose "

@@ -394,10 +394,11 @@ def test_network_overlapping_a_connected_network_is_refused():
              LinkRecord(4, "cni0", 0, 1450, None, "bridge", {}),
              LinkRecord(5, "br0", 0, 1500, None, "bridge", {})]
     ours = [(1, I("127.0.0.1/8")), (2, I("192.168.1.11/24")), (3, I("10.244.3.0/32")),
-            (4, I("10.244.3.1/24"))]
+            (4, I("10.244.3.1/24")), (4, I("10.244.4.1/25"))]  # a bridge of an older SubnetLen
     assert connected_overlap(cfg, links, ours, "overlay.1") is None
-    for clash in [(2, I("10.0.0.5/8")), (2, I("10.244.9.7/24")), (5, I("10.244.0.1/16")),
-                  (2, I("10.244.200.1/32"))]:
+    for clash in [(2, I("10.0.0.5/8")), (2, I("10.244.9.7/24")), (5, I("10.0.0.1/8")),
+                  (5, I("10.244.5.10/24")), (5, I("10.244.0.1/16")), (2, I("10.244.200.1/32")),
+                  (4, I("10.0.0.1/8"))]:
         why = connected_overlap(cfg, links, [*ours, clash], "overlay.1")
         assert why is not None and "10.244.0.0/16" in why and str(clash[1].network) in why
         assert "\n" not in why
