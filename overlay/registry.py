@@ -584,7 +584,8 @@ class EtcdRegistry:
 
 
 class _WatchStream:
-    """One grpc Watch stream on the subnets prefix; cancelled promptly when ``stop`` is set."""
+    """One grpc Watch stream on a key or prefix (default: the subnets); cancelled promptly
+    when ``stop`` is set."""
 
     def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event,
                  key: bytes | None = None, range_end: bytes | None = None,
