@@ -18,11 +18,14 @@ APT_PACKAGES=(
   containernetworking-plugins
 )
 # What only the test suite needs (`bootstrap.sh --test`): a real container runtime for the
-# CNI interop tests, a busybox rootfs for its image, tcpdump, and vagrant for
-# `vagrant validate` (no VM is started here).
+# CNI interop tests, a busybox rootfs for its image, tcpdump, vagrant for
+# `vagrant validate` (no VM is started here), and the linters of the VM lab's files:
+# `systemd-analyze verify` (on Debian 12 only the systemd package ships it; it is not
+# started here, a container keeps its own init) and shellcheck.
 TEST_APT_PACKAGES=(
   tcpdump podman runc busybox-static
   vagrant vagrant-libvirt
+  systemd shellcheck
 )
 if [ "${1:-}" = "--test" ]; then
   APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")

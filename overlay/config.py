@@ -13,6 +13,7 @@ the network address), ``SubnetMax`` is the last subnet.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 from dataclasses import dataclass, field
@@ -99,60 +100,200 @@ class NetworkConfig:
         return json.dumps(self.to_dict(), sort_keys=False)
 
 
-def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
-    """Parse and validate a network config; every error names the field and why."""
-    if isinstance(data, (str, bytes)):
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"network config is not valid JSON: {e}") from e
-    else:
-        obj = data
-    if not isinstance(obj, dict):
-        raise ConfigError("network config must be a JSON object")
-    if obj.get("EnableIPv6"):
-        raise ConfigError("EnableIPv6: IPv6 pod networks are not supported")
-    if obj.get("EnableIPv4") is False:
-        raise ConfigError("EnableIPv4: false leaves nothing to do; only IPv4 is supported")
+MAX_CONFIG_BYTES = 64 * 1024  # a real config is ~200 bytes; bounds a hostile one
+_MAX_INT_DIGITS = 20  # nothing in a config needs more; refuses 10**4300-sized numbers
+_MAX_SHOWN = 40  # characters of a rejected value quoted in an error
 
-    network = _parse_network(obj.get("Network"))
-    subnet_len = _parse_subnet_len(obj.get("SubnetLen"), network)
+# Flannel's top-level fields (Go's encoding/json matches them case-insensitively, so we
+# do too).  The dual-stack ones are recognised, so their error says "not supported"
+# rather than "unknown".
+_TOP_FIELDS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
+               "EnableIPv4", "EnableIPv6")
+_TOP_UNSUPPORTED = {f: "IPv6 pod networks are not supported" for f in (
+    "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax")}
+# Flannel's vxlan backend fields; GBP, Learning and MacPrefix are accepted only at the
+# value this backend behaves as.
+_BACKEND_FIELDS = ("Type", "VNI", "Port", "DirectRouting", "MTU")
+_BACKEND_UNSUPPORTED = {
+    "GBP": "Group Based Policy is not supported (only false is accepted)",
+    "Learning": "learning VXLAN devices are not supported (only false is accepted)",
+    "MacPrefix": "VTEP MACs are random locally administered addresses; a prefix is "
+                 "not supported",
+}
+_BACKEND_AS_IS = {"GBP": False, "Learning": False}  # MacPrefix: no value is ours
+# Address ranges a pod network must not cover: the node's own loopback, multicast,
+# "this network" and the reserved/broadcast block would be routed into VXLAN.
+_FORBIDDEN_NETWORKS = (
+    (IPv4Network("0.0.0.0/8"), "'this network' 0.0.0.0/8"),
+    (IPv4Network("127.0.0.0/8"), "loopback 127.0.0.0/8"),
+    (IPv4Network("224.0.0.0/4"), "multicast 224.0.0.0/4"),
+    (IPv4Network("240.0.0.0/4"), "reserved 240.0.0.0/4 (and broadcast)"),
+)
+
+
+def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
+    """Parse and validate a network config; every error names the field and why.
+
+    Any input at all gives a ``NetworkConfig`` or one ``ConfigError`` (one line);
+    nothing else escapes.
+    """
+    obj = _load_json(data) if isinstance(data, (str, bytes)) else data
+    if not isinstance(obj, dict):
+        raise ConfigError(f"network config must be a JSON object, got {_show(obj)}")
+    fields = _pick_fields(obj, "", _TOP_FIELDS, _TOP_UNSUPPORTED)
+    _check_families(fields)
+    network = _parse_network(fields.get("Network"))
+    subnet_len = _parse_subnet_len(fields.get("SubnetLen"), network)
     size = 1 << (32 - subnet_len)
-    subnet_min = _parse_bound(obj, "SubnetMin", network, subnet_len,
+    subnet_min = _parse_bound(fields, "SubnetMin", network, subnet_len,
                               IPv4Address(int(network.network_address) + size))
-    subnet_max = _parse_bound(obj, "SubnetMax", network, subnet_len,
+    subnet_max = _parse_bound(fields, "SubnetMax", network, subnet_len,
                               IPv4Address(int(network.broadcast_address) + 1 - size))
     if subnet_min > subnet_max:
         raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
-    backend = _parse_backend(obj.get("Backend"))
+    backend = _parse_backend(fields.get("Backend"))
     return NetworkConfig(network, subnet_len, subnet_min, subnet_max, backend)
+
+
+class _Refused(Exception):
+    """Raised from inside the JSON decoder's hooks; turned into a ConfigError."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _Refused(f"a number of {len(text)} digits is out of range")
+    return int(text)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"field {_show(key)} appears twice")
+        out[key] = value
+    return out
+
+
+def _load_json(data: str | bytes) -> Any:
+    """JSON text -> Python values, bounded: size, integer digits, no NaN/Infinity, no
+    duplicate fields, strict UTF-8 (json.loads would guess UTF-16/32 from bytes)."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"network config is {len(data)} bytes; the limit is "
+                          f"{MAX_CONFIG_BYTES}")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"network config is not UTF-8 text (byte {e.start})") from e
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                          object_pairs_hook=_no_duplicates)
+    except _Refused as e:
+        raise ConfigError(f"network config: {e}") from e
+    except RecursionError as e:
+        raise ConfigError("network config is nested too deeply") from e
+    except ValueError as e:  # json.JSONDecodeError: its message is one line with a position
+        raise ConfigError(f"network config is not valid JSON: {e}") from e
+
+
+def _show(value: Any) -> str:
+    """A rejected value as an error quotes it: one line, bounded, never raising."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**_MAX_INT_DIGITS:
+        return "a huge number"
+    text = ascii(value) if isinstance(value, str) else repr(value)  # escapes newlines
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "...(truncated)"
+
+
+def _pick_fields(obj: dict[str, Any], where: str, known: tuple[str, ...],
+                 unsupported: dict[str, str]) -> dict[str, Any]:
+    """The object's fields under their canonical names; an unknown or unsupported one
+    is an error (a typo must not be dropped silently).  null means absent."""
+    canon = {name.lower(): name for name in (*known, *unsupported)}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = canon.get(key.lower()) if isinstance(key, str) else None
+        if name is None:
+            raise ConfigError(f"{where}{_unknown(key, canon.values())}")
+        if name in out:
+            raise ConfigError(f"{where}{name}: given twice (as {_show(key)} too)")
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _unknown(key: Any, names: Any) -> str:
+    text = _show(key)
+    if not isinstance(key, str):
+        return f"field {text} is unknown"
+    lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(key.lower()[:64], list(lower), n=1, cutoff=0.6)
+    hint = f" (did you mean {lower[close[0]]}?)" if close else ""
+    return f"unknown field {text}{hint}"
+
+
+def _check_families(fields: dict[str, Any]) -> None:
+    for name, why in _TOP_UNSUPPORTED.items():
+        if name in fields:
+            raise ConfigError(f"{name}: {why}; remove it")
+    v6, v4 = fields.get("EnableIPv6", False), fields.get("EnableIPv4", True)
+    for name, value in (("EnableIPv6", v6), ("EnableIPv4", v4)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: must be true or false, got {_show(value)}")
+    if v6:
+        raise ConfigError("EnableIPv6: IPv6 pod networks are not supported")
+    if not v4:
+        raise ConfigError("EnableIPv4: false leaves nothing to do; only IPv4 is supported")
 
 
 def _parse_network(value: Any) -> IPv4Network:
     if value is None:
         raise ConfigError('Network: missing (e.g. "Network": "10.244.0.0/16")')
     if not isinstance(value, str):
-        raise ConfigError(f"Network: must be a CIDR string, got {value!r}")
+        raise ConfigError(f"Network: must be a CIDR string, got {_show(value)}")
+    shown = _show(value)
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError as e:
-        raise ConfigError(f"Network: {value!r} is not a valid CIDR") from e
-    if not isinstance(net, IPv4Network):
-        raise ConfigError(f"Network: {value!r} is IPv6; only IPv4 is supported")
+        raise ConfigError(f"Network: {shown} is not a valid CIDR") from e
     if "/" not in value:
-        raise ConfigError(f"Network: {value!r} has no prefix length (e.g. {value}/16)")
+        raise ConfigError(f"Network: {shown} has no prefix length "
+                          f"(e.g. {net.network_address}/16)")
+    if not isinstance(net, IPv4Network):
+        raise ConfigError(f"Network: {shown} is IPv6; only IPv4 is supported")
     if str(net.network_address) != value.split("/")[0]:
-        raise ConfigError(f"Network: {value!r} has host bits set; did you mean {net}?")
+        raise ConfigError(f"Network: {shown} has host bits set; did you mean {net}?")
+    if str(net) != value:  # e.g. a netmask instead of a prefix length, as Go refuses too
+        raise ConfigError(f"Network: {shown} is not in CIDR form; write {net}")
     if net.prefixlen > 28:
         raise ConfigError(f"Network: {value} is too small; the smallest useful network is a /28")
+    for bad, what in _FORBIDDEN_NETWORKS:
+        if net.overlaps(bad):
+            raise ConfigError(f"Network: {value} overlaps {what}; use a private range "
+                              "such as 10.244.0.0/16")
     return net
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _parse_subnet_len(value: Any, network: IPv4Network) -> int:
+    if not _is_int(value) and value is not None:
+        raise ConfigError(f"SubnetLen: must be an integer, got {_show(value)}")
     if value is None or value == 0:
         return 24 if network.prefixlen <= 22 else network.prefixlen + 2
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"SubnetLen: must be an integer, got {value!r}")
     if value > 30:
         raise ConfigError(f"SubnetLen: {value} is too long; it must be at most 30 "
                           "(each node needs room for a gateway and pods)")
@@ -162,15 +303,17 @@ def _parse_subnet_len(value: Any, network: IPv4Network) -> int:
     return value
 
 
-def _parse_bound(obj: dict[str, Any], name: str, network: IPv4Network,
+def _parse_bound(fields: dict[str, Any], name: str, network: IPv4Network,
                  subnet_len: int, default: IPv4Address) -> IPv4Address:
-    value = obj.get(name)
+    value = fields.get(name)
     if value is None or value == "":
         return default
+    if not isinstance(value, str):  # IPv4Address() would take an int (or a bool)
+        raise ConfigError(f"{name}: must be an IPv4 address string, got {_show(value)}")
     try:
         addr = IPv4Address(value)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{name}: {value!r} is not an IPv4 address") from e
+    except ValueError as e:
+        raise ConfigError(f"{name}: {_show(value)} is not an IPv4 address") from e
     if addr not in network:
         raise ConfigError(f"{name}: {addr} is outside the Network {network}")
     if int(addr) % (1 << (32 - subnet_len)):
@@ -182,25 +325,32 @@ def _parse_backend(value: Any) -> BackendConfig:
     if value is None:
         return BackendConfig()
     if not isinstance(value, dict):
-        raise ConfigError(f"Backend: must be an object, got {value!r}")
-    btype = value.get("Type", "vxlan")
+        raise ConfigError(f"Backend: must be an object, got {_show(value)}")
+    fields = _pick_fields(value, "Backend.", _BACKEND_FIELDS, _BACKEND_UNSUPPORTED)
+    btype = fields.get("Type", "vxlan")
     if not isinstance(btype, str) or btype.lower() not in SUPPORTED_BACKENDS:
-        raise ConfigError(f"Backend.Type: {btype!r} is not supported; use \"vxlan\"")
-    vni = _int_field(value, "VNI", DEFAULT_VNI, 1, (1 << 24) - 1)
-    port = _int_field(value, "Port", DEFAULT_PORT, 1, 65535)
-    mtu = _int_field(value, "MTU", None, 576, 65535)
-    direct = value.get("DirectRouting", False)
+        raise ConfigError(f"Backend.Type: {_show(btype)} is not supported; use \"vxlan\"")
+    for name, why in _BACKEND_UNSUPPORTED.items():
+        if name in fields and fields[name] is not _BACKEND_AS_IS.get(name):
+            raise ConfigError(f"Backend.{name}: {why}")
+    vni = _int_field(fields, "VNI", DEFAULT_VNI, 1, (1 << 24) - 1)
+    port = _int_field(fields, "Port", DEFAULT_PORT, 1, 65535)
+    mtu = _int_field(fields, "MTU", None, 576, 65535)
+    direct = fields.get("DirectRouting", False)
     if not isinstance(direct, bool):
-        raise ConfigError(f"Backend.DirectRouting: must be true or false, got {direct!r}")
+        raise ConfigError(f"Backend.DirectRouting: must be true or false, got {_show(direct)}")
     return BackendConfig(btype.lower(), vni, port, direct, mtu)
 
 
-def _int_field(obj: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = obj.get(name)
-    if value is None or (value == 0 and default is not None):
+def _int_field(fields: dict[str, Any], name: str, default: int | None,
+               lo: int, hi: int) -> int | None:
+    value = fields.get(name)
+    if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"Backend.{name}: must be an integer, got {value!r}")
+    if not _is_int(value):
+        raise ConfigError(f"Backend.{name}: must be an integer, got {_show(value)}")
+    if value == 0:  # Flannel's "unset"
+        return default
     if not lo <= value <= hi:
         raise ConfigError(f"Backend.{name}: {value} is out of range {lo}..{hi}")
     return value

@@ -15,6 +15,7 @@ lease, subnet.env), so a restart does not disturb pods.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from .backend import BackendSettings, Reconciler, VXLANBackend
 from .backoff import Backoff
-from .config import VXLAN_OVERHEAD, NetworkConfig, parse_bool
+from .config import VXLAN_OVERHEAD, NetworkConfig, parse_bool, parse_network_config
 from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, LeaseNotFound,
                      OverlayError, RegistryError, SubnetEnvError)
 from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
@@ -39,6 +40,7 @@ from .masq import Masquerade
 from .netlink.vxlan import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
 from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env, write_subnet_env
 from .vtep import load_or_create_vtep_mac
+from .watchhealth import DEFAULT_MAX_LAG, WatchHealth
 
 log = logging.getLogger("overlay.daemon")
 
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("services")
     s.add_argument("--healthz-addr", default="",
                    help="HOST:PORT for /healthz, /readyz, /metrics (default: off)")
+    s.add_argument("--watch-lag-limit", type=float, default=DEFAULT_MAX_LAG,
+                   help="/readyz fails when the lease watch has not heard from etcd for "
+                   "this many seconds (default %(default)s)")
     s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
                    help="serve the CNI plugin warm on this unix socket "
                    "(default %(default)s; empty disables)")
@@ -145,6 +150,7 @@ class Settings:
     healthz_addr: str
     cni_socket: str
     verbose: int
+    watch_lag_limit: float = DEFAULT_MAX_LAG
 
 
 def parse_settings(argv: Sequence[str] | None = None,
@@ -171,6 +177,8 @@ def parse_settings(argv: Sequence[str] | None = None,
         raise ConfigError(f"--lease-renew-margin {a.lease_renew_margin}: must not be negative")
     if a.reconcile_interval <= 0:
         raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
+    if not 0.2 <= a.watch_lag_limit <= 86400:  # NaN fails this too
+        raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
     problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
     if problem:
         raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
@@ -182,7 +190,7 @@ def parse_settings(argv: Sequence[str] | None = None,
             raise ConfigError(f"{flag}: empty path")
     return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
-                    a.healthz_addr, a.cni_socket, a.verbose)
+                    a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit)
 
 
 # ---- the registry as the daemon sees it ----------------------------------------------
@@ -194,9 +202,10 @@ _NOT_ETCD_FAILURES = (LeaseExists, LeaseConflict, LeaseNotFound, ConfigNotFound)
 class _ObservedRegistry:
     """The registry, counting failed etcd requests (the watch's interruptions too)."""
 
-    def __init__(self, inner: Any, metrics: Metrics):
+    def __init__(self, inner: Any, metrics: Metrics, watch_health: WatchHealth | None = None):
         self._inner = inner
         self._metrics = metrics
+        self._health = watch_health
 
     def _count(self, e: BaseException) -> None:
         if isinstance(e, RegistryError) and not isinstance(e, _NOT_ETCD_FAILURES):
@@ -216,7 +225,16 @@ class _ObservedRegistry:
         return counted
 
     def watch_leases(self, start_revision: int, stop: threading.Event) -> Any:
-        return self._inner.watch_leases(start_revision, stop, on_error=self._count)
+        if self._health is None:
+            return self._inner.watch_leases(start_revision, stop, on_error=self._count)
+        # Ask for progress a few times per lag limit, so a live watch never looks stale.
+        interval = min(5.0, max(0.05, self._health.max_lag / 4))
+        return self._inner.watch_leases(start_revision, stop, on_error=self._count,
+                                        on_progress=self._health.heard,
+                                        progress_interval=interval)
+
+    def watch_config(self, start_revision: int, stop: threading.Event) -> Any:
+        return self._inner.watch_config(start_revision, stop, on_error=self._count)
 
 
 # ---- the daemon ----------------------------------------------------------------------
@@ -242,7 +260,10 @@ class Daemon:
         self._lease_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
         self._held: IPv4Network | None = None  # the subnet _hold last completed for
+        self.watch_health = WatchHealth(settings.watch_lag_limit)
+        self.config_drift: str | None = None  # how etcd's config differs from ours, if it does
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
+        self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
     # -- readiness -------------------------------------------------------------------
     def readiness(self) -> list[str]:
@@ -256,7 +277,13 @@ class Daemon:
             missing.append(f"{self.s.subnet_file} not written")
         if not self._programmed:
             missing.append("VXLAN device not programmed")
+        else:  # the first programming comes from the watch's listing: it has started
+            missing.extend(self._watch_problems())
         return missing
+
+    def _watch_problems(self) -> list[str]:
+        problem = self.watch_health.problem()
+        return [problem] if problem else []
 
     # -- main ------------------------------------------------------------------------
     def run(self) -> int:
@@ -276,7 +303,7 @@ class Daemon:
         return EtcdRegistry(self.s.etcd)
 
     def _run(self, raw_registry: Any) -> int:
-        registry = _ObservedRegistry(raw_registry, self.metrics)
+        registry = _ObservedRegistry(raw_registry, self.metrics, self.watch_health)
         config = self._retry("reading the network config", registry.get_config)
         if config is None:
             return 0
@@ -308,9 +335,13 @@ class Daemon:
         nl = open_netlink()
         try:
             underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
-            existing = next((l.mac for l in nl.dump_links() if l.name == name), None)
+            links = nl.dump_links()
+            existing = next((l.mac for l in links if l.name == name), None)
+            clash = connected_overlap(config, links, nl.dump_addrs(), name)
         finally:
             nl.close()
+        if clash:  # before anything in the kernel changes
+            raise ConfigError(clash)
         mtu = config.backend.mtu or underlay.mtu - VXLAN_OVERHEAD
         mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
         public_ip = self.s.public_ip or underlay.address.ip
@@ -462,14 +493,45 @@ class Daemon:
     # -- threads -----------------------------------------------------------------------
     def _start_threads(self) -> None:
         lease = self.manager.current
-        self._spawn("watch", lambda: self.manager.run_watch(self.manager.own_subnet, self.stop,
-                                                            self._on_batch, self._on_snapshot))
+        self._spawn("watch", self._run_watch)
+        self._spawn("config-watch", self._watch_config)
         self._spawn("keepalive", lambda: self.manager.run_keepalive(
             self.manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)
         monitor_names = lambda: {self.device.spec.name, self.underlay_name}  # noqa: E731
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
+
+    def _run_watch(self) -> None:
+        self.watch_health.started()
+        try:
+            self.manager.run_watch(self.manager.own_subnet, self.stop, self._on_batch,
+                                   self._on_snapshot)
+        finally:
+            self.watch_health.stopped()
+
+    # -- the network config changed in etcd while we run ---------------------------------
+    def _watch_config(self) -> None:
+        """Compare every value of the config key with the config we started with; the
+        running node never applies a new one (half the nodes on a new VNI, subnet length
+        or network cut the cluster in two): an operator restarts every node."""
+        registry = self.manager.registry
+        got = self._retry("reading the network config (to watch it)", registry.get_config_value)
+        if got is None:
+            return
+        value, rev = got
+        self._note_config(value)
+        for value, _ in registry.watch_config(rev + 1, self.stop):
+            self._note_config(value)
+
+    def _note_config(self, value: bytes | None) -> None:
+        drift = config_drift(self.config, value)
+        if drift is not None and drift != self.config_drift:
+            log.error("network config changed in etcd (%s); this node keeps running with "
+                      "the config it started with; restart overlayd on every node", drift)
+        elif drift is None and self.config_drift is not None:
+            log.info("network config in etcd matches the running one again")
+        self.config_drift = drift
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def supervised() -> None:
@@ -549,6 +611,53 @@ class Daemon:
             log.warning("threads still running at exit: %s", ", ".join(busy))
         elif self.device is not None:
             self.device.close()
+
+
+def connected_overlap(config: NetworkConfig, links: Sequence[Any],
+                      addrs: Sequence[tuple[int, IPv4Interface]], device: str) -> str | None:
+    """Why ``config.network`` cannot be this node's pod network, or None: it overlaps a
+    network the node is connected to (pod CIDRs must not overlap node CIDRs, or the
+    node's own traffic would be routed into VXLAN).  Our own addresses are exempt: the
+    VXLAN device's (``device``, or any VXLAN link's inside the network) and a pod bridge's
+    gateway (the ``.1`` of a subnet inside the network, whatever its length: the bridge
+    of an earlier run survives a change of SubnetLen, which needs exactly this restart)."""
+    kinds = {l.index: (l.name, l.kind) for l in links}
+    net = config.network
+    for index, iface in addrs:
+        name, kind = kinds.get(index, (f"#{index}", None))
+        connected = iface.network
+        if connected.is_loopback or not connected.overlaps(net):
+            continue
+        if name == device or (kind == "vxlan" and connected.subnet_of(net)):
+            continue
+        if (kind == "bridge" and connected.subnet_of(net) and connected != net
+                and iface.ip == connected.network_address + 1):
+            continue
+        return (f"Network {net} overlaps {connected}, a network this node is connected to "
+                f"({iface} on {name}); pod networks must not overlap node networks: choose "
+                f"another Network (overlayctl config set)")
+    return None
+
+
+def config_drift(running: NetworkConfig, value: bytes | None) -> str | None:
+    """How the config key's value differs from the running config (None: it does not;
+    a rewrite that parses to the same config is no change)."""
+    if value is None:
+        return "the config key was deleted"
+    try:
+        stored = parse_network_config(value)
+    except ConfigError as e:
+        return f"the stored config is invalid: {e}"
+    if stored == running:
+        return None
+    old, new = running.to_dict(), stored.to_dict()
+    fields = [k for k in new if old.get(k) != new[k]]
+    return "now " + ", ".join(f"{k} {_short(new[k])} (running {_short(old.get(k))})"
+                              for k in fields)
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _setup_logging(verbose: int) -> None:

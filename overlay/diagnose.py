@@ -128,6 +128,7 @@ class NodeState:
     readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
     daemon_pids: list[int] | None = None  # overlayd processes in this netns; None = unknown
     probes: list[ProbeResult] | None = None  # None = not run
+    config_changed: bool | None = None  # overlayd's overlay_config_changed; None = not asked
 
 
 @dataclass
@@ -811,6 +812,35 @@ def check_cidr_overlap(node: NodeState, f: Facts, opts: DiagnoseOptions) -> Chec
     return CheckResult(name, PASS, expected, f"pod network {f.network} vs {checked}: no overlap")
 
 
+CONFIG_CHANGED_FIX = ("the network config in etcd changed after overlayd started; nodes keep "
+                      "the config they started with: restart overlayd on every node (or put "
+                      "the old config back)")
+
+
+def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    """Does this node run with the network config now in etcd?  overlayd's own view
+    (/metrics, with --healthz-addr), else what the node shows: subnet.env's network,
+    the device's VNI/port, its lease's length."""
+    name = "config-current"
+    expected = "this node runs with the network config stored in etcd"
+    cfg = cluster.config
+    if not cluster.available or cfg is None:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    differs = ["overlayd reports overlay_config_changed 1"] if node.config_changed else []
+    if node.subnet_env is not None and node.subnet_env.network != cfg.network:
+        differs.append(f"subnet.env network {node.subnet_env.network} != {cfg.network}")
+    v = f.vxlan.vxlan if f.vxlan is not None else None
+    if v is not None and (v.vni, v.port) != (cfg.backend.vni, cfg.backend.port):
+        differs.append(f"device VNI {v.vni} port {v.port} != VNI {cfg.backend.vni} "
+                       f"port {cfg.backend.port}")
+    if f.own is not None and f.own.subnet.prefixlen != cfg.subnet_len:
+        differs.append(f"lease {f.own.subnet} is not a /{cfg.subnet_len}")
+    if differs:
+        return CheckResult(name, FAIL, expected, "; ".join(differs), CONFIG_CHANGED_FIX)
+    how = "overlayd says so" if node.config_changed is False else "subnet.env, device, lease agree"
+    return CheckResult(name, PASS, expected, f"{cfg.network} VNI {cfg.backend.vni} ({how})")
+
+
 def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "peer-probe"
     expected = f"each of {len(f.remotes)} peer(s) answers a DF ping of the path MTU across {f.vxlan_name}"
@@ -866,6 +896,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_firewall(node, cluster),
         check_mtu(node, cluster, f),
         check_cidr_overlap(node, f, opts),
+        check_config_current(node, cluster, f),
         check_peer_probe(node, cluster, f),
     ]
     return Report(checks, f)
@@ -951,6 +982,19 @@ def read_readyz(addr: str, timeout: float = 2.0) -> tuple[int | None, str]:
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         return None, f"{url}: {reason}"
+
+
+def read_config_changed(addr: str, timeout: float = 2.0) -> bool | None:
+    """overlayd's overlay_config_changed gauge from /metrics; None if unreadable."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout) as r:
+            text = r.read(1 << 20).decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("overlay_config_changed "):
+            return line.split()[1] not in ("0", "0.0")
+    return None  # an overlayd from before the gauge
 
 
 _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
@@ -1051,6 +1095,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
         node.reservations = read_reservations(data_dir, ours.name)
     if opts.healthz_addr:
         node.readyz = read_readyz(opts.healthz_addr)
+        node.config_changed = read_config_changed(opts.healthz_addr)
     else:
         node.daemon_pids = find_daemons()
     return node

@@ -2,7 +2,8 @@
 
 - ``/healthz``: 200 while the process serves requests (liveness).
 - ``/readyz``: 200 only once the lease is held, subnet.env written and the device
-  programmed; 503 with the missing conditions otherwise.
+  programmed, and while the lease watch runs and has heard from etcd within
+  ``--watch-lag-limit``; 503 with the missing conditions otherwise.
 - ``/metrics``: the daemon's metrics (prometheus-client), see ``Metrics``.
 """
 
@@ -51,6 +52,18 @@ class Metrics:
         self.ready = Gauge("overlay_ready", "1 once the node is ready (see /readyz)", registry=r)
         self._expiry: Callable[[], datetime | None] = lambda: None
         self.lease_expiry.set_function(self._seconds_left)
+        self.watch_lag = Gauge(
+            "overlay_lease_watch_lag_seconds", "Seconds since the lease watch last heard "
+            "from etcd (an event or a progress notification; -1: not started)", registry=r)
+        self.config_changed = Gauge(
+            "overlay_config_changed", "1 while the network config in etcd differs from the "
+            "one this node runs with (restart overlayd on every node)", registry=r)
+        self.watch_lag.set(-1)
+
+    def track_watch(self, lag: Callable[[], float], config_changed: Callable[[], bool]) -> None:
+        """The watch's lag and the config drift, read at every scrape."""
+        self.watch_lag.set_function(lag)
+        self.config_changed.set_function(lambda: 1 if config_changed() else 0)
 
     def track_lease_expiry(self, expiry: Callable[[], datetime | None]) -> None:
         self._expiry = expiry

@@ -65,6 +65,9 @@ _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 UNKNOWN_IP = IPv4Address("0.0.0.0")
 WATCH_BACKOFF_MIN = 0.05
 WATCH_BACKOFF_MAX = 2.0
+# How often an open watch asks etcd for a progress notification, so a silent stream
+# (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".
+WATCH_PROGRESS_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,49 @@ class EtcdRegistry:
             return parse_network_config(value)
         except ConfigError as e:
             raise ConfigError(f"network config at {self.config_key} is invalid: {e}") from e
+
+    def get_config_value(self) -> tuple[bytes | None, int]:
+        """The config key's raw value (None: absent) and the store revision it was read
+        at; for watching the key from the next revision."""
+        resp = self._call("reading the network config",
+                          lambda c: c.get_response(self.config_key))
+        value = bytes(resp.kvs[0].value) if resp.kvs else None
+        return value, int(resp.header.revision)
+
+    def watch_config(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[tuple[bytes | None, int]]:
+        """(value, revision) for every change of the config key from ``start_revision``
+        on (None: deleted), until ``stop`` is set.  Re-watched like the leases; after a
+        compaction the key is read again (a change may have been compacted away)."""
+        next_rev = start_revision
+        backoff = Backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
+        key = self.config_key.encode()
+        while not stop.is_set():
+            stream = _WatchStream(self, next_rev, stop, key=key, range_end=b"")
+            try:
+                for resp in stream.responses("watching the network config"):
+                    for ev in resp.events:
+                        backoff.reset()
+                        next_rev = int(ev.kv.mod_revision) + 1
+                        put = ev.type == kv_pb2.Event.PUT
+                        yield (bytes(ev.kv.value) if put else None), int(ev.kv.mod_revision)
+                if stream.compacted:
+                    value, rev = self.get_config_value()
+                    next_rev = rev + 1
+                    yield value, rev
+                    continue
+            except RegistryError as e:
+                if stop.is_set():
+                    return
+                if on_error is not None:
+                    on_error(e)
+                log.warning("network config watch interrupted (%s); re-watching in %.2fs",
+                            e, backoff.delay)
+            finally:
+                stream.close()
+            if backoff.wait(stop):
+                return
 
     def put_config(self, cfg: NetworkConfig) -> None:
         self._call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
@@ -476,11 +522,16 @@ class EtcdRegistry:
     # -- watch ----------------------------------------------------------------------
 
     def watch_leases(self, start_revision: int, stop: threading.Event,
-                     on_error: Callable[[RegistryError], None] | None = None
+                     on_error: Callable[[RegistryError], None] | None = None,
+                     on_progress: Callable[[int], None] | None = None,
+                     progress_interval: float = WATCH_PROGRESS_INTERVAL
                      ) -> Iterator[WatchUpdate]:
         """Lease events from ``start_revision`` on, until ``stop`` is set.
 
         ``on_error`` is told of every interruption that is retried (for metrics).
+        ``on_progress`` is told the store revision of every answer etcd sends on the
+        stream as it is read (events, and progress notifications requested every
+        ``progress_interval`` seconds): how recently the watch was known to be live.
         A broken stream (etcd restarted, member down) is re-opened from the last
         delivered revision + 1 with a capped backoff, on the next endpoint.  If that
         revision was compacted away, the leases are re-listed and yielded as a snapshot.
@@ -489,7 +540,8 @@ class EtcdRegistry:
         next_rev = start_revision
         backoff = Backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
         while not stop.is_set():
-            stream = _WatchStream(self, next_rev, stop)
+            stream = _WatchStream(self, next_rev, stop, on_progress=on_progress,
+                                  progress_interval=progress_interval)
             try:
                 for update in stream.updates():
                     backoff.reset()
@@ -532,12 +584,21 @@ class EtcdRegistry:
 
 
 class _WatchStream:
-    """One grpc Watch stream on the subnets prefix; cancelled promptly when ``stop`` is set."""
+    """One grpc Watch stream on a key or prefix (default: the subnets); cancelled promptly
+    when ``stop`` is set."""
 
-    def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event):
+    def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event,
+                 key: bytes | None = None, range_end: bytes | None = None,
+                 on_progress: Callable[[int], None] | None = None,
+                 progress_interval: float = WATCH_PROGRESS_INTERVAL):
         self.registry = registry
         self.start_revision = start_revision
         self.stop = stop
+        self.key = key if key is not None else registry.subnets_prefix.encode()
+        self.range_end = (range_end if range_end is not None
+                          else pyetcd.utils.prefix_range_end(self.key))
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
         self.compacted = 0
         self._done = threading.Event()
         self._call: Any = None
@@ -546,11 +607,13 @@ class _WatchStream:
                                        name="overlay-watch-guard")
 
     def _requests(self) -> Iterator[Any]:
-        prefix = self.registry.subnets_prefix.encode()
         yield etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
-            key=prefix, range_end=pyetcd.utils.prefix_range_end(prefix),
-            start_revision=self.start_revision, prev_kv=True))
-        self._done.wait()  # keep the request side open until we are done
+            key=self.key, range_end=self.range_end, start_revision=self.start_revision,
+            prev_kv=True, progress_notify=True))
+        # Keep the request side open until we are done, asking for progress meanwhile
+        # (etcd's own progress_notify comes only every 10 minutes by default).
+        while not self._done.wait(self.progress_interval):
+            yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
 
     def _cancel_on_stop(self) -> None:
         while not self._done.wait(0.2):
@@ -568,6 +631,16 @@ class _WatchStream:
 
     def updates(self) -> Iterator[WatchUpdate]:
         reg = self.registry
+        for resp in self.responses("watching leases"):
+            events = [e for e in (reg._event_to_lease_event(ev) for ev in resp.events) if e]
+            if events:
+                yield WatchUpdate(events=events, revision=events[-1].revision)
+
+    def responses(self, what: str) -> Iterator[Any]:
+        """etcd's WatchResponses on this stream (``on_progress`` told of each one);
+        returns at a compaction (``compacted`` set) or stop, raises RegistryError
+        when the stream fails or etcd cancels it."""
+        reg = self.registry
         try:
             self._client = client = reg.client()
             stub = etcdrpc.WatchStub(client.channel)
@@ -584,17 +657,18 @@ class _WatchStream:
                 if resp.canceled:
                     if reg.opts.username:  # e.g. "permission denied": a token etcd forgot
                         reg._reset_client(client)
-                    raise RegistryError(f"etcd cancelled the lease watch: {resp.cancel_reason}")
-                events = [e for e in (reg._event_to_lease_event(ev) for ev in resp.events) if e]
-                if events:
-                    yield WatchUpdate(events=events, revision=events[-1].revision)
+                    raise RegistryError(f"etcd cancelled the watch ({what}): "
+                                        f"{resp.cancel_reason}")
+                if self.on_progress is not None:
+                    self.on_progress(int(resp.header.revision))
+                yield resp
         except grpc.RpcError as e:
             if self.stop.is_set() or e.code() is grpc.StatusCode.CANCELLED and self._done.is_set():
                 return
             reg._recover(client, e)
-            raise reg._translate(e, "watching leases") from e
+            raise reg._translate(e, what) from e
         if not self.stop.is_set():
-            raise RegistryError("etcd closed the lease watch stream")
+            raise RegistryError(f"etcd closed the watch stream ({what})")
 
 
 def _read_file(path: str | None) -> bytes | None:

@@ -174,6 +174,8 @@ def test_ready_gauge_follows_readiness_without_a_readyz_request(tmp_path):
     assert value(d.metrics, "overlay_ready") == 0
     d.manager = FakeManager(lease_of(3))
     d._hold(lease_of(3))
+    d.watch_health.started()  # as the watch thread does before its first listing
+    d.watch_health.heard(42)
     d._reconcile()  # the first reconcile programs the device
     assert value(d.metrics, "overlay_ready") == 1
     d.stop.set()
@@ -244,3 +246,174 @@ def test_route_conflicts_gauge_counts_the_backends_conflicts(tmp_path):
     d.backend.conflicts = {}
     d._reconcile()
     assert value(d.metrics, "overlay_route_conflicts") == 0
+
+
+# ---- /readyz tells the truth about the lease watch ------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def ready_daemon(tmp_path, clock, max_lag=2.0):
+    from overlay.watchhealth import WatchHealth
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    d.watch_health = WatchHealth(max_lag, clock=clock)
+    d.metrics.track_watch(d.watch_health.lag, lambda: d.config_drift is not None)
+    d.manager = FakeManager(lease_of(3))
+    d._hold(lease_of(3))
+    d.watch_health.started()
+    d._reconcile()
+    return d
+
+
+def test_readiness_fails_while_the_watch_is_down_or_silent(tmp_path):
+    clock = Clock()
+    d = ready_daemon(tmp_path, clock)
+    assert d.readiness() == [] and value(d.metrics, "overlay_lease_watch_lag_seconds") == 0
+    clock.now += 1.5
+    d.watch_health.heard(50)  # a progress notification
+    clock.now += 1.0
+    assert d.readiness() == [] and value(d.metrics, "overlay_lease_watch_lag_seconds") == 1.0
+    clock.now += 1.5  # the stream is open but etcd went silent
+    assert d.readiness() == ["lease watch has not heard from etcd for 2s (limit 2s)"] or \
+        d.readiness() == ["lease watch has not heard from etcd for 3s (limit 2s)"]
+    assert value(d.metrics, "overlay_ready") == 0
+    d.watch_health.heard(51)
+    assert d.readiness() == []
+    d.watch_health.stopped()  # the thread died (its supervisor restarts it)
+    assert d.readiness() == ["lease watch not running (it failed and is restarting)"]
+    d.watch_health.started()  # restarted, but a crash loop never hears etcd: lag grows
+    clock.now += 5
+    assert "has not heard from etcd for 5s" in d.readiness()[0]
+
+
+def test_a_crashing_watch_thread_makes_readiness_fail(tmp_path):
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    d.manager = FakeManager(lease_of(3))
+    d._hold(lease_of(3))
+
+    def crash(*args):
+        d.watch_health.heard(7)
+        raise RuntimeError("a bug in the watch")
+    d.manager.run_watch = crash
+    d._reconcile()
+    d._spawn("watch", d._run_watch)
+    try:
+        import time
+        deadline = time.monotonic() + 3
+        while "not running" not in " ".join(d.readiness()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.readiness() == ["lease watch not running (it failed and is restarting)"]
+        assert value(d.metrics, "overlay_ready") == 0
+    finally:
+        d.stop.set()
+        d._threads[0].join(3)
+
+
+def test_observer_feeds_the_watch_health_from_the_stream():
+    from overlay.watchhealth import WatchHealth
+    health, calls = WatchHealth(8.0), []
+
+    class WatchingRegistry:
+        def watch_leases(self, start_revision, stop, on_error=None, on_progress=None,
+                         progress_interval=None):
+            calls.append(progress_interval)
+            on_progress(99)
+            return iter(())
+    reg = _ObservedRegistry(WatchingRegistry(), Metrics(), health)
+    health.started()
+    assert list(reg.watch_leases(7, threading.Event())) == []
+    assert calls == [2.0] and health.revision == 99 and 0 <= health.lag() < 1
+
+
+def test_lag_metric_before_the_watch_starts():
+    d = Daemon(parse_settings(["--watch-lag-limit", "3"], environ={}))
+    assert value(d.metrics, "overlay_lease_watch_lag_seconds") == -1
+    assert d.watch_health.max_lag == 3
+    assert value(d.metrics, "overlay_config_changed") == 0
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "1e999"])
+def test_watch_lag_limit_flag_is_checked(bad):
+    from overlay.errors import ConfigError
+    with pytest.raises(ConfigError, match="--watch-lag-limit"):
+        parse_settings(["--watch-lag-limit", bad], environ={})
+
+
+# ---- the network config changed in etcd while the node runs ---------------------------
+
+RUNNING = b'{"Network": "10.244.0.0/16"}'
+
+
+def test_config_change_is_logged_once_exposed_and_never_applied(tmp_path, caplog):
+    import logging
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    running = d.config
+    caplog.set_level(logging.INFO, logger="overlay.daemon")
+    d._note_config(b'{ "Network" : "10.244.0.0/16", "SubnetLen": 24 }')  # same config
+    assert d.config_drift is None and value(d.metrics, "overlay_config_changed") == 0
+    changed = b'{"Network": "10.244.0.0/16", "Backend": {"VNI": 7}}'
+    d._note_config(changed)
+    d._note_config(changed)  # e.g. seen again after a re-watch: no second ERROR
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    msg = errors[0].getMessage()
+    assert "network config changed in etcd" in msg and "restart overlayd on every node" in msg
+    assert '"VNI": 7' in msg and '"VNI": 1' in msg
+    assert value(d.metrics, "overlay_config_changed") == 1
+    assert d.config is running  # never half-applied
+    d._note_config(RUNNING)  # put back identical: cleared
+    assert d.config_drift is None and value(d.metrics, "overlay_config_changed") == 0
+    assert "matches the running one again" in caplog.text
+    d._note_config(None)
+    assert "deleted" in d.config_drift
+    d._note_config(b'{"Network": 1e400')
+    assert "invalid" in d.config_drift
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
+
+
+def test_config_watch_thread_follows_the_key(tmp_path):
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
+    seen = []
+
+    class ConfigRegistry:
+        def get_config_value(self):
+            return RUNNING, 5
+
+        def watch_config(self, start_revision, stop):
+            seen.append(start_revision)
+            yield b'{"Network": "10.245.0.0/16"}', 6
+            assert d.config_drift is not None and "10.245.0.0/16" in d.config_drift
+            yield RUNNING, 7
+    d.manager = FakeManager(lease_of(3))
+    d.manager.registry = ConfigRegistry()
+    d._watch_config()
+    assert seen == [6] and d.config_drift is None
+
+
+# ---- a Network overlapping a network the node is connected to --------------------------
+
+def test_network_overlapping_a_connected_network_is_refused():
+    from overlay.config import parse_network_config
+    from overlay.daemon import connected_overlap
+    from overlay.netlink.rawnl import LinkRecord
+    from ipaddress import IPv4Interface as I
+    cfg = parse_network_config({"Network": "10.244.0.0/16"})
+    links = [LinkRecord(1, "lo", 0, 65536, None, None, {}),
+             LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
+             LinkRecord(3, "overlay.1", 0, 1450, None, "vxlan", {}),
+             LinkRecord(4, "cni0", 0, 1450, None, "bridge", {}),
+             LinkRecord(5, "br0", 0, 1500, None, "bridge", {})]
+    ours = [(1, I("127.0.0.1/8")), (2, I("192.168.1.11/24")), (3, I("10.244.3.0/32")),
+            (4, I("10.244.3.1/24")), (4, I("10.244.4.1/25"))]  # a bridge of an older SubnetLen
+    assert connected_overlap(cfg, links, ours, "overlay.1") is None
+    for clash in [(2, I("10.0.0.5/8")), (2, I("10.244.9.7/24")), (5, I("10.0.0.1/8")),
+                  (5, I("10.244.5.10/24")), (5, I("10.244.0.1/16")), (2, I("10.244.200.1/32")),
+                  (4, I("10.0.0.1/8"))]:
+        why = connected_overlap(cfg, links, [*ours, clash], "overlay.1")
+        assert why is not None and "10.244.0.0/16" in why and str(clash[1].network) in why
+        assert "\n" not in why

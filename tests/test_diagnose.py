@@ -813,3 +813,55 @@ def test_our_own_route_is_no_conflict():
     routes = [replace(r, protocol=111) if r.dst == S2 else r for r in node.kernel.routes]
     checks, _ = statuses(kernel_without(node, routes=routes), cluster)
     assert checks["route-conflicts"].status == dg.PASS
+
+
+# ---- the network config changed in etcd after overlayd started --------------------------
+
+def test_config_changed_reported_by_overlayd_fails_with_restart_every_node():
+    node, cluster = healthy()
+    node.config_changed = False
+    assert statuses(node, cluster)[0]["config-current"].status == dg.PASS
+    node.config_changed = True
+    c = only_failure(node, cluster, "config-current")
+    assert "overlay_config_changed" in c.found and "restart overlayd on every node" in c.fix
+
+
+def test_config_changed_seen_from_the_node_without_overlayd():
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16", "SubnetLen": 23})
+    checks, _ = statuses(node, cluster)
+    c = checks["config-current"]
+    assert c.status == dg.FAIL and "is not a /23" in c.found
+    assert "restart overlayd on every node" in c.fix
+    cluster.error = "etcd unreachable"
+    assert statuses(node, cluster)[0]["config-current"].status == dg.SKIP
+
+
+def test_read_config_changed_from_metrics():
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        body = b"# HELP x\noverlay_ready 1.0\noverlay_config_changed 1.0\n"
+
+        def do_GET(self):
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.end_headers()
+            self.wfile.write(H.body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    addr = f"127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert dg.read_config_changed(addr) is True
+        H.body = b"overlay_config_changed 0.0\n"
+        assert dg.read_config_changed(addr) is False
+        H.body = b"overlay_ready 1.0\n"
+        assert dg.read_config_changed(addr) is None
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert dg.read_config_changed(addr, timeout=0.5) is None

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..config import NetworkConfig, parse_network_config
+from ..config import MAX_CONFIG_BYTES, NetworkConfig, parse_network_config
 from ..errors import ConfigError
 from ..registry import EtcdRegistry
 from . import CLIContext, cli, print_json, print_table
@@ -37,12 +37,15 @@ def config_get(obj: CLIContext) -> None:
                      "BACKEND", "VNI", "PORT"], [config_row(cfg)])
 
 
-def _read_file(path: str) -> str:
+def _read_file(path: str) -> bytes:
+    """The file's bytes, at most one byte over the parser's bound (so a huge file or
+    an endless stdin is refused by size, not read whole); decoding is the parser's."""
+    limit = MAX_CONFIG_BYTES + 1
     if path == "-":
-        return sys.stdin.read()
+        return sys.stdin.buffer.read(limit)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            return f.read(limit)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
 

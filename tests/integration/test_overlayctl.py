@@ -267,3 +267,29 @@ def test_tls_flags_real_console_script(tmp_path):
         assert p.stderr == "error: --etcd-certfile and --etcd-keyfile must be given together\n"
     finally:
         server.cleanup()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"Network": "10.244.0.0/16\xff"}', ["not UTF-8"]),
+    (b"[" * 50_000 + b"]" * 50_000, ["bytes", "limit"]),
+    (b"[" * 5_000 + b"]" * 5_000, ["nested too deeply"]),
+    (b'{"Network": "10.244.0.0/16", "Backend": {"VNI": 1e400}}', ["Backend.VNI"]),
+    (b'{"Network": "10.244.0.0/16", "Backend": {"Typ": "vxlan"}}', ["did you mean Type?"]),
+])
+def test_config_set_rejects_hostile_files_in_one_line(ctl, registry, tmp_path, content, words):
+    ctl("config", "set", "--network", "10.244.0.0/16")
+    before = registry.get_config()
+    f = tmp_path / "hostile.json"
+    f.write_bytes(content)
+    one_line_error(ctl("config", "set", "-f", str(f)), *words)
+    one_line_error(ctl("config", "set", "-f", "-", input=content), *words)
+    assert registry.get_config() == before
+
+
+def test_config_get_of_a_hostile_stored_config_is_one_line(ctl, registry):
+    for value, word in [(b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+                        (b'{"Network": "10.244.0.0/16", "SubnetLen": true}', "SubnetLen"),
+                        (b"\xff\xfe{", "not UTF-8")]:
+        registry.client().put(registry.config_key, value)
+        one_line_error(ctl("config", "get"), word, registry.config_key)
+        one_line_error(ctl("-o", "json", "config", "get"), word)

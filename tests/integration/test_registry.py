@@ -275,3 +275,62 @@ def test_username_and_password(etcd_server):
     with pytest.raises(RegistryError, match="refused"):
         anon.get_config()
     anon.close()
+
+
+def test_watch_hears_etcd_while_nothing_changes_and_not_while_it_is_frozen(registry,
+                                                                           etcd_server):
+    import os
+    import signal
+    registry.put_config(CFG)
+    _, rev = registry.list_leases(with_expiration=False)
+    heard, stop = [], threading.Event()
+
+    def run():
+        for _ in registry.watch_leases(rev + 1, stop, on_progress=heard.append,
+                                       progress_interval=0.1):
+            pass
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: len(heard) >= 5, 3, what="progress notifications")
+        assert set(heard) == {rev}  # nothing changed: etcd's revision, no events
+        os.kill(etcd_server.proc.pid, signal.SIGSTOP)  # the stream stays open, etcd is silent
+        try:
+            time.sleep(0.3)
+            n = len(heard)
+            time.sleep(0.5)
+            assert len(heard) == n, "nothing can be heard from a frozen etcd"
+        finally:
+            os.kill(etcd_server.proc.pid, signal.SIGCONT)
+        wait_for(lambda: len(heard) > n, 5, what="progress after etcd resumed")
+        registry.create_lease(net(3), attrs(13), 60)
+        wait_for(lambda: max(heard) > rev, 3, what="the new revision")
+    finally:
+        stop.set()
+        t.join(3)
+    assert not t.is_alive()
+
+
+def test_watch_config_sees_every_change_of_the_key_only(registry):
+    registry.put_config(CFG)
+    value, rev = registry.get_config_value()
+    assert parse_network_config(value) == CFG
+    got, stop = [], threading.Event()
+
+    def run():
+        for value, _ in registry.watch_config(rev + 1, stop):
+            got.append(value)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        registry.create_lease(net(4), attrs(14), 60)  # another key: not reported
+        registry.client().put(registry.config_key, '{"Network": "10.245.0.0/16"}')
+        registry.client().delete(registry.config_key)
+        registry.client().put(registry.config_key, "garbage")
+        wait_for(lambda: len(got) >= 3, 3, what="config events")
+        assert got == [b'{"Network": "10.245.0.0/16"}', None, b"garbage"]
+    finally:
+        stop.set()
+        t.join(3)
+    assert not t.is_alive()
+    assert registry.get_config_value()[0] == b"garbage"
