@@ -103,6 +103,9 @@ def _network(config: Mapping[str, Any], key: str) -> IPv4Network | None:
     value = config.get(key)
     if value is None:
         return None
+    if not isinstance(value, str):  # IPv4Network(True) or (167772160) would "work"
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" is not an IPv4 CIDR string",
+                       f"got {value!r}")
     try:
         return IPv4Network(value, strict=False)
     except (ValueError, TypeError) as e:
