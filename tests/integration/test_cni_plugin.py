@@ -428,3 +428,62 @@ def test_an_ipam_store_failure_in_check_is_an_ipam_error(node):
         os.rmdir(lock)
     assert result.code == 101 and "cannot open IPAM store" in result.doc["msg"], result
     assert node.cni("CHECK", "chk-ipam", pod, conf=node.conf(prevResult=doc)).rc == 0
+
+
+# --- a pod's second interface on the same network ---------------------------------------
+
+def _tx_packets(node, pod, ifname):
+    link, = node.ip(pod, "-s", "link", "show", ifname)
+    return link["stats64"]["tx"]["packets"]
+
+
+def _ping_via(node, pod, ifname, target):
+    before = _tx_packets(node, pod, ifname)
+    sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", "-I", ifname, target)
+    assert _tx_packets(node, pod, ifname) > before, f"{ifname} carried nothing to {target}"
+
+
+def _ip_of(doc):
+    return doc["ips"][0]["address"].split("/")[0]
+
+
+def _check(node, pod, ifname, doc):
+    result = node.cni("CHECK", "multi", pod, ifname=ifname, conf=node.conf(prevResult=doc))
+    assert result.rc == 0, result
+
+
+def test_a_second_interface_on_the_same_network_works_and_outlives_the_first(node):
+    """eth1 beside eth0, both isDefaultGateway (Multus-style): ADD succeeds as with the
+    reference bridge plugin (eth0's default route wins), each interface has its own IP
+    and carries traffic, CHECK passes for both, and DEL of either leaves the other
+    working (eth1's own routes, at a higher metric, take over)."""
+    pod, peer = node.pod(), node.pod()
+    peer_ip = _ip_of(node.add("peer", peer))
+    docs = {"eth0": node.add("multi", pod, ifname="eth0"),
+            "eth1": node.add("multi", pod, ifname="eth1")}
+    assert _ip_of(docs["eth0"]) != _ip_of(docs["eth1"])
+    default = [r for r in node.ip(pod, "route", "show", "default")]
+    assert [r["dev"] for r in default] == ["eth0", "eth1"]  # eth0's first: it wins
+    for ifname, doc in docs.items():
+        _check(node, pod, ifname, doc)
+        _ping_via(node, pod, ifname, peer_ip)
+        _ping_via(node, pod, ifname, "10.88.1.1")
+        sh("ip", "netns", "exec", peer, "ping", "-c1", "-W2", _ip_of(doc))
+
+    assert node.cni("DEL", "multi", pod, ifname="eth1").rc == 0
+    assert "eth1" not in node.links(pod)
+    _check(node, pod, "eth0", docs["eth0"])
+    sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", peer_ip)
+
+    docs["eth1"] = node.add("multi", pod, ifname="eth1")
+    assert node.cni("DEL", "multi", pod, ifname="eth0").rc == 0
+    node.wait_for(lambda: "eth0" not in node.links(pod), what="eth0 gone from the pod")
+    _check(node, pod, "eth1", docs["eth1"])
+    routes = {(r["dst"], r["dev"]) for r in node.ip(pod, "route", "show")}
+    assert {("default", "eth1"), ("10.88.0.0/16", "eth1")} <= routes
+    before = _tx_packets(node, pod, "eth1")
+    sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", peer_ip)  # unbound: the default
+    assert _tx_packets(node, pod, "eth1") > before
+    sh("ip", "netns", "exec", peer, "ping", "-c1", "-W2", _ip_of(docs["eth1"]))
+    held = [f for f in node.ip_files()]
+    assert sorted(held) == sorted([peer_ip, _ip_of(docs["eth1"])])
