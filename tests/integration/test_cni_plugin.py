@@ -4,11 +4,17 @@ executable entry inside a node namespace, pods in namespaces of their own."""
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .cni_node import CNINode, sh
+from .cni_node import ENTRY, CNINode, sh
+from .ovd_topology import Topology
 
 pytestmark = pytest.mark.integration
 
@@ -487,3 +493,47 @@ def test_a_second_interface_on_the_same_network_works_and_outlives_the_first(nod
     sh("ip", "netns", "exec", peer, "ping", "-c1", "-W2", _ip_of(docs["eth1"]))
     held = [f for f in node.ip_files()]
     assert sorted(held) == sorted([peer_ip, _ip_of(docs["eth1"])])
+
+
+# --- the warm server inside overlayd, held by idle connections ---------------------------
+
+def test_overlayd_serves_add_under_20_idle_connections_and_stops_within_6s(tmp_path):
+    """Idle connections held a request thread each with no deadline, and a SIGTERM then
+    joined each for 10 s.  With 20 open: a real ADD is answered warm within 1 s and
+    overlayd stops within 6 s."""
+    topo = Topology(1).setup()
+    n = topo.nodes[0]
+    sock_path = os.path.join(n.dir, "cni.sock")
+    pod = f"ovcni-pod-idle-{topo.tag}"
+    idle = []
+    try:
+        n.start("--cni-socket", sock_path)
+        n.wait_ready()
+        sh("ip", "netns", "add", pod)
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock_path)
+            idle.append(s)
+        conf = {"cniVersion": "1.1.0", "name": f"ovcni-idle-{topo.tag}", "type": "overlay",
+                "subnetFile": n.subnet_file, "dataDir": str(tmp_path / "ipam"),
+                "isDefaultGateway": True}
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "idle-add", "CNI_IFNAME": "eth0",
+               "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_PATH": "/usr/lib/cni",
+               "PATH": os.environ.get("PATH", ""), "OVERLAY_CNI_SOCKET": sock_path}
+        started = time.monotonic()
+        proc = subprocess.run(["ip", "netns", "exec", n.ns, sys.executable, "-IS", ENTRY],
+                              input=json.dumps(conf).encode(), env=env, capture_output=True,
+                              timeout=30)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 0, proc
+        assert elapsed < 1.0, f"ADD took {elapsed:.2f} s with 20 idle connections"
+        assert "ADD 'idle-add'" in n.log() or "ADD idle-add/eth0" in n.log()  # served warm
+        started = time.monotonic()
+        assert n.stop(signal.SIGTERM, timeout=15) == 0
+        stopped = time.monotonic() - started
+        assert stopped < 6.0, f"overlayd took {stopped:.1f} s to stop"
+    finally:
+        for s in idle:
+            s.close()
+        sh("ip", "netns", "del", pod, check=False)
+        topo.cleanup()
