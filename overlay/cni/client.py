@@ -5,7 +5,8 @@ module's cached bytecode loads in ~0.1 ms), so it may use only interpreter built
 ``_socket``, ``posix``, ``sys``.  When no server answers it execs the in-process plugin
 (``python -IS`` with the package root on sys.path) with stdin untouched; when the server
 is at its bound of concurrent requests it answers BUSY and the entry execs the same
-fallback with the stdin it already read (in a memfd).  See ``server`` for the wire format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
+fallback with the stdin it already read (in a memfd).  See ``server`` for the wire
+format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
 """
 
 import _socket

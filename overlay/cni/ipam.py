@@ -84,7 +84,8 @@ class DiskStore:
             fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600, dir_fd=dfd)
         except OSError as e:
             os.close(dfd)
-            raise IPAMError(f"cannot open {self.dir}/{LOCK_FILE}: {_os_problem(e)}") from e
+            raise IPAMError(f"cannot open IPAM store {self.dir}: {LOCK_FILE} "
+                            f"{_os_problem(e)}") from e
         # flock belongs to the open file description, so separate opens exclude each
         # other across processes *and* across the warm server's threads.
         try:

@@ -282,8 +282,9 @@ class CNIServer:
                 env, stdin, fds = request
                 code, out = self._run(env, stdin, fds)
                 _send_reply(conn, code, out, self.request_deadline)
-                log.debug("CNI %r %r/%r: exit %d in %.2f ms", env.get("CNI_COMMAND"),
-                          env.get("CNI_CONTAINERID"), env.get("CNI_IFNAME"), code,
+                log.debug("CNI %s %s/%s: exit %d in %.2f ms", skel.shown(env.get("CNI_COMMAND")),
+                          skel.shown(env.get("CNI_CONTAINERID")), skel.shown(env.get("CNI_IFNAME")),
+                          code,
                           (time.perf_counter() - started) * 1000)
         except Exception:
             log.exception("CNI server: request failed")

@@ -226,6 +226,14 @@ def _error_version(stdin: bytes) -> str:
     return version if isinstance(version, str) and version else LATEST_VERSION
 
 
+def shown(value: str | None) -> str:
+    """A runtime's value for a log line: as is when plain, else quoted (a newline in a
+    name must not forge a second log line)."""
+    if value is None or (value.isprintable() and not any(c.isspace() for c in value)):
+        return str(value)
+    return repr(value)
+
+
 def to_cni_error(error: OverlayError) -> CNIError:
     """The one table from the project's errors to CNI codes."""
     if isinstance(error, CNIError):
@@ -244,7 +252,8 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
     try:
         check_size(env_size(env), len(stdin))
     except CNIError as e:
-        log.warning("CNI %s refused: %s (%s)", env.get("CNI_COMMAND") or "-", e.msg, e.details)
+        log.warning("CNI %s refused: %s (%s)", shown(env.get("CNI_COMMAND") or "-"), e.msg,
+                    e.details)
         return 1, error_output(e)
     try:
         request = parse_request(env, stdin, netns_fd, host_netns_fd, reaper)
@@ -259,8 +268,8 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
     except Exception as e:  # a bug: still answer with error JSON, never a traceback on stdout
         log.exception("unexpected error in CNI %s", env.get("CNI_COMMAND"))
         error = CNIError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")
-    # %r: the names come from the runtime and may hold newlines (one line per failure).
-    log.warning("CNI %r %r/%r failed: code %d: %s %s", env.get("CNI_COMMAND") or "-",
-                env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", ""), error.code,
+    log.warning("CNI %s %s/%s failed: code %d: %s %s", shown(env.get("CNI_COMMAND") or "-"),
+                shown(env.get("CNI_CONTAINERID", "")), shown(env.get("CNI_IFNAME", "")),
+                error.code,
                 error.msg, error.details)
     return 1, error_output(error, _error_version(stdin))

@@ -270,14 +270,20 @@ def test_subnet_env_missing_then_present(node):
 def test_rollback_when_pod_setup_fails(node):
     pod = node.pod()
     sh("ip", "-n", pod, "link", "set", "lo", "up")
-    sh("ip", "-n", pod, "route", "add", "default", "dev", "lo")  # our default route collides
+    # The pod's own default route wins (as with the reference plugin), so our default
+    # route goes in at metric 1000+ifindex: taken too here, at every index eth0 can get.
+    metrics = ["0"] + [str(1000 + i) for i in range(2, 12)]
+    for metric in metrics:
+        sh("ip", "-n", pod, "route", "add", "default", "dev", "lo", "metric", metric)
     result = node.cni("ADD", "rb1", pod)
     assert result.rc == 1 and result.code == 100 and "route" in result.doc["msg"]
     assert node.ip_files() == [] and node.veths() == []
     assert "eth0" not in node.links(pod)
-    # the pod's own route is left alone, and a later ADD without the clash works
-    sh("ip", "-n", pod, "route", "del", "default", "dev", "lo")
+    # the pod's own routes are left alone; with only the metric-0 one, ADD works and it wins
+    for metric in metrics[1:]:
+        sh("ip", "-n", pod, "route", "del", "default", "dev", "lo", "metric", metric)
     assert node.add("rb1", pod)["ips"][0]["address"]
+    assert [r["dev"] for r in node.ip(pod, "route", "show", "default")] == ["lo", "eth0"]
 
 
 def test_rollback_when_veth_creation_fails(node):
