@@ -104,3 +104,23 @@ def test_the_servers_request_reader_only_accepts_or_refuses(raw):
     finally:
         a.close()
         b.close()
+
+
+# Hypothesis's from_regex honours "$" as Python does: it also draws "name\n".
+REGEX_NAMES = st.from_regex(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,20}$")
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=REGEX_NAMES, ifname=st.one_of(st.just("eth0"), REGEX_NAMES),
+       command=st.sampled_from(["ADD", "CHECK", "DEL"]))
+def test_names_are_accepted_only_whole(name, ifname, command):
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": name, "CNI_IFNAME": ifname,
+           "CNI_NETNS": "/var/run/netns/x"}
+    stdin = json.dumps({"cniVersion": "1.1.0", "name": name, "type": "overlay"}).encode()
+    try:
+        req = skel.parse_request(env, stdin)
+    except CNIError as e:
+        assert e.code in (CNIError.INVALID_ENV, CNIError.INVALID_CONFIG)
+        return
+    assert "\n" not in req.container_id + req.ifname + req.config["name"]
+    assert req.container_id == name and req.ifname == ifname
