@@ -277,15 +277,18 @@ class CNIServer:
                     log.warning("CNI server: refused a request: %s (%s)", e.msg, e.details)
                     _send_reply(conn, 1, skel.error_output(e), self.request_deadline)
                     return
-                if request is None or not self._begin(conn):
+                except ValueError as e:  # not our entry's wire format: one line, no answer
+                    log.warning("CNI server: dropped a malformed request: %s", e)
+                    return
+                if request is None or not self._begin():
                     return  # a liveness probe (connect + close), or shutting down
                 env, stdin, fds = request
                 code, out = self._run(env, stdin, fds)
                 _send_reply(conn, code, out, self.request_deadline)
-                log.debug("CNI %s %s/%s: exit %d in %.2f ms", skel.shown(env.get("CNI_COMMAND")),
-                          skel.shown(env.get("CNI_CONTAINERID")), skel.shown(env.get("CNI_IFNAME")),
-                          code,
-                          (time.perf_counter() - started) * 1000)
+                log.debug("CNI %s %s/%s: exit %d in %.2f ms",
+                          *(skel.shown(env.get(k)) for k in
+                            ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME")),
+                          code, (time.perf_counter() - started) * 1000)
         except Exception:
             log.exception("CNI server: request failed")
         finally:
@@ -295,7 +298,7 @@ class CNIServer:
                 self._threads.discard(threading.current_thread())
                 self._waiting.pop(threading.current_thread(), None)
 
-    def _begin(self, conn: socket.socket) -> bool:
+    def _begin(self) -> bool:
         """The request arrived: from now on shutdown() waits for it instead of closing it."""
         with self._lock:
             self._waiting.pop(threading.current_thread(), None)
