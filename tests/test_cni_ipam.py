@@ -156,11 +156,11 @@ def test_unreadable_store_dir_is_an_ipam_error(tmp_path):
 
 
 def test_failing_to_record_the_last_address_gives_the_address_back(tmp_path, monkeypatch):
-    def disk_full(self, ip):
+    def disk_full(dfd, ip):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     store = ipam.DiskStore(str(tmp_path), "ovcni-net")
-    monkeypatch.setattr(ipam.DiskStore, "_write_last", disk_full)
+    monkeypatch.setattr(ipam.DiskStore, "_write_last", staticmethod(disk_full))
     with pytest.raises(IPAMError, match="cannot record 10.30.1.2"):
         alloc(store).allocate("c0", "eth0")
     assert store.reservations() == {}  # not left reserved for a failed ADD
@@ -180,3 +180,48 @@ def test_files_that_are_not_ipv4_addresses_are_skipped(tmp_path):
         with open(os.path.join(store.dir, name), "w") as f:
             f.write("cX\r\neth0")
     assert store.reservations() == {IPv4Address("10.30.1.2"): ("c0", "eth0")}
+
+
+def test_an_id_with_a_trailing_newline_is_another_owner(tmp_path):
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    ip = alloc(store).allocate("c1", "eth0")
+    assert ipam.release(store, "c1\n", "eth0") == []  # was stripped into "c1" and freed it
+    assert ipam.get(store, "c1", "eth0") == [ip]
+
+
+@pytest.mark.parametrize("planted", [ipam.LAST_IP_FILE, ipam.LOCK_FILE])
+def test_a_symlink_planted_in_the_store_is_not_followed(tmp_path, planted):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    d = tmp_path / "ovcni-net"
+    d.mkdir()
+    (d / planted).symlink_to(victim)
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    with pytest.raises(IPAMError, match="symlink"):
+        alloc(store).allocate("c1", "eth0")
+    assert victim.read_bytes() == b"precious"
+    left = {p.name for p in d.iterdir()} - {ipam.LOCK_FILE, planted}
+    assert not left  # no reservation left behind
+
+
+def test_a_symlinked_ip_file_is_neither_read_nor_written(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"c9\r\neth0")
+    d = tmp_path / "ovcni-net"
+    d.mkdir()
+    (d / "10.30.1.2").symlink_to(victim)
+    os.mkfifo(d / "10.30.1.3")  # reading a FIFO would block the ADD forever
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    assert store.reservations() == {}
+    assert alloc(store).allocate("c1", "eth0") == IPv4Address("10.30.1.4")
+    assert victim.read_bytes() == b"c9\r\neth0"
+
+
+def test_a_symlinked_store_dir_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "ovcni-net").symlink_to(elsewhere)
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    with pytest.raises(IPAMError, match="symlink"):
+        alloc(store).allocate("c1", "eth0")
+    assert list(elsewhere.iterdir()) == []

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -223,3 +224,168 @@ def test_unwritable_log_file_still_answers_with_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["cniVersion"] == "1.0.0"
     assert b"cannot log to" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+# --- nothing a peer does holds the server ----------------------------------------------
+
+def _serve(srv):
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def _idle(path, n):
+    conns = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        conns.append(s)
+    return conns
+
+
+def _closed_by_server(s, within):
+    s.settimeout(within)
+    try:
+        return s.recv(100) == b""
+    except socket.timeout:
+        return False
+
+
+def test_an_idle_connection_is_closed_after_the_request_deadline(tmp_path):
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers={}, request_deadline=0.5).bind()
+    _serve(srv)
+    try:
+        idle, = _idle(srv.socket_path, 1)
+        started = time.monotonic()
+        assert _closed_by_server(idle, within=3)
+        assert 0.4 < time.monotonic() - started < 2.0
+        idle.close()
+    finally:
+        srv.shutdown()
+
+
+def test_a_slow_loris_is_closed_at_the_deadline_not_per_byte(tmp_path):
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers={}, request_deadline=1.0).bind()
+    _serve(srv)
+    try:
+        s, = _idle(srv.socket_path, 1)
+        started = time.monotonic()
+        s.settimeout(0.2)
+        request = b"OVCNI1 10 10 0\n" + b"x" * 20
+        closed = False
+        for byte in request:  # one byte every 0.2 s: every recv sees progress
+            try:
+                s.send(bytes([byte]))
+                if s.recv(100) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 2.5
+        s.close()
+    finally:
+        srv.shutdown()
+
+
+def test_beyond_the_connection_bound_the_entry_runs_in_process(tmp_path):
+    seen = Seen()
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), max_connections=3).bind()
+    _serve(srv)
+    conns = _idle(srv.socket_path, 3)
+    try:
+        time.sleep(0.2)
+        # In-process VERSION echoes the stdin's version: the stdin the entry had already
+        # read for the server reached the fallback whole.
+        proc = call(srv.socket_path, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.4.0"}',
+                    timeout=20)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["cniVersion"] == "0.4.0"
+        assert len(srv._threads) <= 3
+        for s in conns:
+            s.close()
+        time.sleep(0.2)
+        proc = call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)
+        assert proc.returncode == 0 and seen.requests  # served warm again
+    finally:
+        srv.shutdown()
+
+
+def test_twenty_idle_connections_neither_block_requests_nor_shutdown(server):
+    conns = _idle(server.socket_path, 20)
+    try:
+        started = time.monotonic()
+        proc = call(server.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)
+        assert proc.returncode == 0 and server.seen.requests
+        assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 1.0  # was 10 s per idle connection
+        assert all(_closed_by_server(s, within=1) for s in conns)
+    finally:
+        for s in conns:
+            s.close()
+
+
+def test_shutdown_lets_a_started_request_finish(tmp_path):
+    entered = threading.Event()
+
+    def slow_add(req):
+        entered.set()
+        time.sleep(1.0)
+        return {"cniVersion": req.cni_version, "done": True}
+
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers={"ADD": slow_add}).bind()
+    _serve(srv)
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(
+        proc=call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)))
+    caller.start()
+    assert entered.wait(10)
+    srv.shutdown()
+    caller.join(20)
+    assert result["proc"].returncode == 0
+    assert json.loads(result["proc"].stdout)["done"] is True
+
+
+def test_shutdown_deadline_is_total_not_per_request(tmp_path):
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def stuck_add(req):
+        entered.release()
+        release.wait(30)
+        return {"cniVersion": req.cni_version}
+
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers={"ADD": stuck_add}).bind()
+    _serve(srv)
+    callers = [subprocess.Popen([sys.executable, "-IS", ENTRY], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(ENV, OVERLAY_CNI_SOCKET=srv.socket_path,
+                                         CNI_CONTAINERID=f"c{i}"))
+               for i in range(3)]
+    try:
+        for p in callers:
+            p.stdin.write(json.dumps(CONF).encode())
+            p.stdin.close()
+        for _ in callers:
+            assert entered.acquire(timeout=10)
+        started = time.monotonic()
+        srv.shutdown(timeout=1.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        release.set()
+        for p in callers:
+            p.wait(20)
+
+
+def test_oversized_request_header_gets_the_in_process_error(server):
+    s, = _idle(server.socket_path, 1)
+    s.sendall(b"OVCNI1 10 %d 0\n" % (64 << 30))  # claims 64 GiB and sends nothing more
+    s.settimeout(5)
+    reply = s.recv(65536)
+    s.close()
+    code, _, out = reply.partition(b"\n")
+    assert code == b"1" and json.loads(out)["code"] == 7

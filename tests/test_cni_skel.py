@@ -80,6 +80,15 @@ BAD_ENV = [
     ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, 4, "CNI_NETNS"),
     ({k: v for k, v in ENV.items() if k != "CNI_IFNAME"}, 4, "CNI_IFNAME"),
     (dict(ENV, CNI_ARGS="IP"), 4, "CNI_ARGS"),
+    # A trailing newline passed `re.match("...$")`: "c1\n" then named other IPAM files
+    # and another veth than "c1" (two pods, one IP).  Whole-string rules reject it.
+    (dict(ENV, CNI_CONTAINERID="c1\n"), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_COMMAND="DEL", CNI_CONTAINERID="c1\n"), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_CONTAINERID="\nc1"), 4, "CNI_CONTAINERID"),
+    (dict(ENV, CNI_IFNAME="eth0\n"), 4, "CNI_IFNAME"),
+    (dict(ENV, CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME\n=web"), 4, "CNI_ARGS"),
+    # Over the size bound (1 MiB of CNI_* variables), yet within what execve allows.
+    (dict(ENV, **{f"CNI_PAD{i}": "x" * (120 << 10) for i in range(9)}), 4, "too large"),
 ]
 
 
@@ -108,6 +117,10 @@ BAD_STDIN = [
     (json.dumps({"cniVersion": "0.2.0", "name": "n"}).encode(), 1, "incompatible"),
     (json.dumps({"cniVersion": "1.1.0"}).encode(), 7, "name"),
     (json.dumps({"cniVersion": "1.1.0", "name": "../etc"}).encode(), 7, "network name"),
+    (json.dumps({"cniVersion": "1.1.0", "name": "ovnet\n"}).encode(), 7, "network name"),
+    (b"[" * 100_000 + b"]" * 100_000, 6, "not valid JSON"),
+    (json.dumps({"cniVersion": "1.1.0", "name": "n", "pad": "x" * (4 << 20)}).encode(), 7,
+     "too large"),
 ]
 
 
@@ -191,3 +204,10 @@ def test_error_json_echoes_the_input_version_when_it_is_a_string():
         == "0.4.0"
     for raw in (b"", b"[1]", b"{bad", json.dumps(dict(CONF, cniVersion=7)).encode()):
         assert error_of(*skel.run(ENV, raw, {"ADD": fail}))["cniVersion"] == "1.1.0"
+
+
+def test_mac_rule_is_whole_string():
+    from overlay.cni.netconf import is_mac
+
+    assert is_mac("0a:58:0a:f4:01:02")
+    assert not is_mac("0a:58:0a:f4:01:02\n")

@@ -3,8 +3,10 @@
 Imported by ``cni-plugin/overlay`` under ``python -IS`` (no site, no compile: this
 module's cached bytecode loads in ~0.1 ms), so it may use only interpreter built-ins:
 ``_socket``, ``posix``, ``sys``.  When no server answers it execs the in-process plugin
-(``python -IS`` with the package root on sys.path) with stdin untouched.  See ``server``
-for the wire format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
+(``python -IS`` with the package root on sys.path) with stdin untouched; when the server
+is at its bound of concurrent requests it answers BUSY and the entry execs the same
+fallback with the stdin it already read (in a memfd).  See ``server`` for the wire
+format.  ``OVERLAY_CNI_SOCKET`` overrides the socket path.
 """
 
 import _socket
@@ -23,9 +25,23 @@ def fallback(root):
                       "from overlay.cni.plugin import main; main()" % root])
 
 
+def fallback_with_stdin(root, stdin):
+    # stdin was consumed for the server: hand the in-process plugin the same bytes.
+    fd = posix.memfd_create("overlay-cni-stdin")
+    view = memoryview(stdin)
+    while view:
+        view = view[posix.write(fd, view):]
+    posix.lseek(fd, 0, 0)
+    posix.dup2(fd, 0)
+    posix.close(fd)
+    fallback(root)
+
+
 def open_ns(path):
     try:
-        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named as CNI_NETNS must not hang the entry in open().
+        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK
+                          | posix.O_NOCTTY)
     except OSError:
         return -1  # the server validates CNI_NETNS and says what is wrong
 
@@ -62,15 +78,23 @@ def main(root):
         payload = (header + env + stdin)[sent:]
         while payload:
             payload = payload[sock.send(payload):]
-        reply = []
+    except OSError:
+        pass  # the server may have answered early (busy, too large): read what it said
+    reply = []
+    try:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             reply.append(chunk)
     except OSError:
-        reply = []
+        pass
+    for fd in fds:
+        posix.close(fd)
     reply = b"".join(reply)
+    if reply == b"BUSY\n":
+        sock.close()
+        fallback_with_stdin(root, stdin)
     code, sep, out = reply.partition(b"\n")
     if not sep or not code.isdigit():
         # The server accepted but died mid-request: the runtime should retry (code 11).

@@ -38,7 +38,8 @@ def open_pod_netns(req: Request, stack: ExitStack) -> int:
     fd = req.netns_fd
     if fd is None:
         try:
-            fd = os.open(req.netns, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO named as CNI_NETNS must not hang ADD in open().
+            fd = os.open(req.netns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as e:
             raise CNIError(CNIError.INVALID_ENV, f"CNI_NETNS {req.netns} cannot be opened",
                            f"{e.strerror}: the pod's network namespace must exist") from None

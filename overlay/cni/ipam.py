@@ -11,10 +11,12 @@ A :class:`Store` does raw storage; the :class:`Allocator` decides which address.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import socket
+import stat
 import threading
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
@@ -39,104 +41,163 @@ class Store(Protocol):
     def release(self, ip: IPv4Address) -> None: ...
 
 
+# Every file of the store is opened relative to the store's directory fd and without
+# following a symlink: a link planted in the data dir must not make ADD overwrite
+# (last_reserved_ip.0), create (lock) or read (a per-IP file) some other file.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
+
+
+def _os_problem(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "is a symlink (not followed)"
+    return e.strerror or str(e)
+
+
 class DiskStore:
     """host-local's disk backend: one ``O_EXCL`` file per address under ``flock``."""
 
     def __init__(self, data_dir: str, network_name: str):
         self.dir = os.path.join(data_dir, network_name)
+        self._dfd: int | None = None  # the directory, while the lock is held
+
+    @contextmanager
+    def _at(self) -> Iterator[int]:
+        """The store directory's fd: the locked one, or one opened for this call."""
+        if self._dfd is not None:
+            yield self._dfd
+            return
+        fd = os.open(self.dir, _DIR_FLAGS)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
-            fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+            dfd = os.open(self.dir, _DIR_FLAGS)
         except OSError as e:
-            raise IPAMError(f"cannot open IPAM store {self.dir}: {e.strerror}") from e
+            raise IPAMError(f"cannot open IPAM store {self.dir}: {_os_problem(e)}") from e
+        try:
+            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600, dir_fd=dfd)
+        except OSError as e:
+            os.close(dfd)
+            raise IPAMError(f"cannot open IPAM store {self.dir}: {LOCK_FILE} "
+                            f"{_os_problem(e)}") from e
         # flock belongs to the open file description, so separate opens exclude each
         # other across processes *and* across the warm server's threads.
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._dfd = dfd
             yield
         finally:
+            self._dfd = None
             os.close(fd)  # closing releases the flock
+            os.close(dfd)
 
     def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
         path = os.path.join(self.dir, str(ip))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        except OSError as e:
-            raise IPAMError(f"cannot reserve {ip} in {self.dir}: {e.strerror}") from e
-        try:
-            os.write(fd, (container_id.strip() + LINE_BREAK + ifname).encode())
-        except OSError as e:
-            os.close(fd)
-            os.unlink(path)
-            raise IPAMError(f"cannot write {path}: {e.strerror}") from e
-        os.close(fd)
-        try:
-            self._write_last(ip)
-        except OSError as e:  # e.g. ENOSPC, EROFS: give the address back, say why
+        with self._at() as dfd:
             try:
-                os.unlink(path)
-            except OSError as undo:
-                log.warning("IPAM: cannot remove %s after a failed reservation: %s",
-                            path, undo.strerror)
-            raise IPAMError(f"cannot record {ip} in {self.dir}/{LAST_IP_FILE}: "
-                            f"{e.strerror}") from e
+                fd = os.open(str(ip), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600,
+                             dir_fd=dfd)
+            except FileExistsError:
+                return False
+            except OSError as e:
+                raise IPAMError(f"cannot reserve {ip} in {self.dir}: {e.strerror}") from e
+            try:
+                os.write(fd, (container_id + LINE_BREAK + ifname).encode())
+            except OSError as e:
+                os.close(fd)
+                os.unlink(str(ip), dir_fd=dfd)
+                raise IPAMError(f"cannot write {path}: {e.strerror}") from e
+            os.close(fd)
+            try:
+                self._write_last(dfd, ip)
+            except OSError as e:  # e.g. ENOSPC, EROFS, a symlink: give the address back
+                try:
+                    os.unlink(str(ip), dir_fd=dfd)
+                except OSError as undo:
+                    log.warning("IPAM: cannot remove %s after a failed reservation: %s",
+                                path, undo.strerror)
+                raise IPAMError(f"cannot record {ip} in {self.dir}/{LAST_IP_FILE}: "
+                                f"{_os_problem(e)}") from e
         return True
 
-    def _write_last(self, ip: IPv4Address) -> None:
-        path = os.path.join(self.dir, LAST_IP_FILE)
+    @staticmethod
+    def _write_last(dfd: int, ip: IPv4Address) -> None:
         data = str(ip).encode()
         # Overwrite in place, then cut to length: O_TRUNC (size 0) makes ext4 flush the
         # file synchronously at close (auto_da_alloc), measured at 5-7 ms per ADD here.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(LAST_IP_FILE, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600, dir_fd=dfd)
         try:
             os.pwrite(fd, data, 0)
             os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _read_small(dfd: int, name: str) -> bytes | None:
+        """A regular file's first 4 KiB, or None (absent, a symlink, a FIFO...)."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=dfd)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, 4096) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        finally:
+            os.close(fd)
+
     def last_reserved(self) -> IPv4Address | None:
         try:
-            with open(os.path.join(self.dir, LAST_IP_FILE), encoding="ascii") as f:
-                return IPv4Address(f.read().strip())
-        except (FileNotFoundError, ValueError):
+            with self._at() as dfd:
+                raw = self._read_small(dfd, LAST_IP_FILE)
+            return IPv4Address(raw.decode("ascii").strip()) if raw is not None else None
+        except (OSError, ValueError):
             return None
 
     def reservations(self) -> dict[IPv4Address, Attachment]:
         out: dict[IPv4Address, Attachment] = {}
         try:
-            names = os.listdir(self.dir)
+            with self._at() as dfd:
+                for name in os.listdir(dfd):
+                    entry = self._reservation(dfd, name)
+                    if entry is not None:
+                        out[entry[0]] = entry[1]
         except FileNotFoundError:
             return out
         except OSError as e:
-            raise IPAMError(f"cannot read IPAM store {self.dir}: {e.strerror}") from e
-        for name in names:
-            if not name[:1].isdigit() or name.count(".") != 3:
-                continue  # lock, last_reserved_ip.0, IPv6 files (hex)
-            try:
-                ip = IPv4Address(socket.inet_aton(name))
-                fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_CLOEXEC)
-            except (OSError, ValueError):
-                continue  # not an IPv4 file, or released while we read the directory
-            try:
-                raw = os.read(fd, 4096)  # bytes: keep the \r\n
-            finally:
-                os.close(fd)
-            container_id, _, ifname = raw.decode("utf-8", "replace").strip().partition(LINE_BREAK)
-            out[ip] = (container_id.strip(), ifname.strip())
+            raise IPAMError(f"cannot read IPAM store {self.dir}: {_os_problem(e)}") from e
         return out
+
+    def _reservation(self, dfd: int, name: str) -> tuple[IPv4Address, Attachment] | None:
+        if not name[:1].isdigit() or name.count(".") != 3:
+            return None  # lock, last_reserved_ip.0, IPv6 files (hex)
+        try:
+            ip = IPv4Address(socket.inet_aton(name))
+        except (OSError, ValueError):
+            return None
+        if str(ip) != name:
+            return None  # "010.1.1.1" and friends: not a file this layout writes
+        raw = self._read_small(dfd, name)  # released while we listed, or not a file
+        if raw is None:
+            return None
+        # Trimmed as a whole, as host-local's GetByID does; the parts are not (validated
+        # IDs hold no whitespace, so "c1\n" can never own "c1"'s address).
+        text = raw.decode("utf-8", "replace").strip()
+        container_id, _, ifname = text.partition(LINE_BREAK)
+        return ip, (container_id, ifname)
 
     def release(self, ip: IPv4Address) -> None:
         try:
-            os.unlink(os.path.join(self.dir, str(ip)))
+            with self._at() as dfd:
+                os.unlink(str(ip), dir_fd=dfd)
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise IPAMError(f"cannot release {ip} in {self.dir}: {e.strerror}") from e
+            raise IPAMError(f"cannot release {ip} in {self.dir}: {_os_problem(e)}") from e
 
 
 class FakeStore:
@@ -155,7 +216,7 @@ class FakeStore:
     def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
         if ip in self.ips:
             return False
-        self.ips[ip] = (container_id.strip(), ifname)
+        self.ips[ip] = (container_id, ifname)
         self.last = ip
         return True
 
@@ -170,8 +231,9 @@ class FakeStore:
 
 
 def _matches(owner: Attachment, container_id: str, ifname: str) -> bool:
-    # host-local also releases old files that hold only the container ID.
-    return owner[0] == container_id.strip() and owner[1] in (ifname, "")
+    # host-local also releases old files that hold only the container ID.  No stripping:
+    # the validated ID is the one name for the veth, the files and the result.
+    return owner[0] == container_id and owner[1] in (ifname, "")
 
 
 class Allocator:
@@ -192,7 +254,7 @@ class Allocator:
         with self.store.lock():
             taken = self.store.reservations()
             for ip, owner in taken.items():
-                if owner == (container_id.strip(), ifname):
+                if owner == (container_id, ifname):
                     raise IPAMError(f"{ip} is already allocated to container {container_id} "
                                     f"interface {ifname}: duplicate allocation is not allowed")
             if requested is not None:
@@ -266,7 +328,7 @@ def get(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:
 
 def gc(store: Store, valid: Iterable[Attachment]) -> list[tuple[IPv4Address, Attachment]]:
     """GC: release every reservation whose attachment is not in ``valid``."""
-    keep = {(c.strip(), i) for c, i in valid}
+    keep = {(c, i) for c, i in valid}
     keep_ids = {c for c, _ in keep}
     with store.lock():
         stale = [(ip, owner) for ip, owner in store.reservations().items()

@@ -23,11 +23,11 @@ from ..subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
 DEFAULT_BRIDGE = "cni0"
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_MTU = 1500
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def is_mac(value: str) -> bool:
-    return bool(_MAC_RE.match(value))
+    return bool(_MAC_RE.fullmatch(value))  # whole string: "$" would let "\n" through
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,9 @@ def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
 
 def _str(config: Mapping[str, Any], key: str, default: str) -> str:
     value = config.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" must be a non-empty string",
-                       f"got {value!r}")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" must be a non-empty string "
+                       "without NUL", f"got {value!r}")
     return value
 
 
@@ -103,6 +103,9 @@ def _network(config: Mapping[str, Any], key: str) -> IPv4Network | None:
     value = config.get(key)
     if value is None:
         return None
+    if not isinstance(value, str):  # IPv4Network(True) or (167772160) would "work"
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" is not an IPv4 CIDR string",
+                       f"got {value!r}")
     try:
         return IPv4Network(value, strict=False)
     except (ValueError, TypeError) as e:

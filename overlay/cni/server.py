@@ -17,7 +17,16 @@ Wire format (both directions over one SOCK_STREAM connection)::
               env = b"\\0".join(b"KEY=VALUE")
     response: b"<exit code>\\n" + stdout bytes, then EOF
 
+    busy:     b"BUSY\n", then EOF: the entry runs the request in-process instead
+
 The socket is created mode 0600 and only peers with the server's uid (or root) are served.
+
+Nothing a peer does can hold the server: a request must arrive whole within
+``request_deadline`` (an idle or slow-loris connection is closed), at most
+``max_connections`` are served at once (beyond that the entry is told to run
+in-process, so no thread is started), an oversized request is answered with the same
+CNI error as the in-process plugin gives, and ``shutdown`` closes connections still
+waiting for their request at once and gives started requests one total deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import threading
 import time
 from typing import Mapping
 
+from ..errors import CNIError
 from ..netlink import pod
 from . import skel
 from .commands import HANDLERS
@@ -39,8 +49,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/overlay/cni.sock"
 MAGIC = b"OVCNI1"
-MAX_REQUEST = 4 << 20
 MAX_FDS = 2
+BUSY = b"BUSY\n"
+REQUEST_DEADLINE = 5.0   # seconds for a whole request to arrive
+MAX_CONNECTIONS = 64     # served at once; a runtime's burst of pod starts fits well
+SHUTDOWN_DEADLINE = 5.0  # total, for requests in flight and deferred link deletes
+_HEADER_MAX = 128        # b"OVCNI1 <len> <len> <n>\n" is ~30 bytes
+
+
+class RequestTimeout(Exception):
+    """The peer did not send a whole request within the deadline."""
 
 
 class LinkReaper:
@@ -93,21 +111,29 @@ class LinkReaper:
             done.wait(timeout)
 
     def wait_all(self, timeout: float = 30.0) -> None:
+        """Wait for pending deletes, ``timeout`` in total (not per link)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             events = list(self._pending.values())
         for done in events:
-            done.wait(timeout)
+            done.wait(max(0.0, deadline - time.monotonic()))
 
 
 class CNIServer:
     """``CNIServer(path).serve_forever()`` in a thread; ``shutdown()`` from another."""
 
-    def __init__(self, socket_path: str = DEFAULT_SOCKET, handlers: Mapping = HANDLERS):
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, handlers: Mapping = HANDLERS,
+                 max_connections: int = MAX_CONNECTIONS,
+                 request_deadline: float = REQUEST_DEADLINE):
         self.socket_path = socket_path
         self.handlers = handlers
+        self.max_connections = max_connections
+        self.request_deadline = request_deadline
         self._sock: socket.socket | None = None
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
+        # Connections whose request has not fully arrived: shutdown() closes them at once.
+        self._waiting: dict[threading.Thread, socket.socket] = {}
         self._lock = threading.Lock()
         self._inode: int | None = None  # of the socket file we bound
         self.reaper = LinkReaper()
@@ -182,32 +208,56 @@ class CNIServer:
                 log.warning("CNI server: accept failed: %s", e)
                 self._stopping.wait(0.1)
                 continue
-            thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
-                                      name="cni-request")
-            with self._lock:  # shutdown() must never see a thread not yet started
-                self._threads.add(thread)
-                try:
-                    thread.start()
-                except Exception as e:  # e.g. "can't start new thread": drop this one
-                    self._threads.discard(thread)
-                    conn.close()  # the entry answers "try again" (11) at once
-                    log.warning("CNI server: cannot start a request thread: %s", e)
+            self._start_request(conn)
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let requests in flight finish, remove the socket."""
-        self._stopping.set()
+    def _start_request(self, conn: socket.socket) -> None:
+        thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True,
+                                  name="cni-request")
+        with self._lock:  # shutdown() must never miss a thread or a waiting connection
+            if self._stopping.is_set():
+                conn.close()
+                return
+            if len(self._threads) >= self.max_connections:
+                _answer_busy(conn, len(self._threads))
+                return
+            self._threads.add(thread)
+            self._waiting[thread] = conn
+            try:
+                thread.start()
+            except Exception as e:  # e.g. "can't start new thread": drop this one
+                self._threads.discard(thread)
+                del self._waiting[thread]
+                conn.close()  # the entry answers "try again" (11) at once
+                log.warning("CNI server: cannot start a request thread: %s", e)
+
+    def shutdown(self, timeout: float = SHUTDOWN_DEADLINE) -> None:
+        """Stop accepting, drop connections still waiting for their request, give the
+        requests in flight (and deferred link deletes) ``timeout`` seconds in total,
+        remove the socket."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stopping.set()
+            threads = list(self._threads)
+            waiting = list(self._waiting.values())
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             self._sock.close()
-        with self._lock:
-            threads = list(self._threads)
+        for conn in waiting:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes its thread's recv with EOF
+            except OSError:
+                pass
         for thread in threads:
-            thread.join(timeout)
-        self.reaper.wait_all(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.reaper.wait_all(max(0.0, deadline - time.monotonic()))
         self._unlink_socket()
+        busy = sum(t.is_alive() for t in threads)
+        if busy:
+            log.warning("CNI server on %s stopped with %d request(s) unfinished after %.1f s",
+                        self.socket_path, busy, timeout)
         log.info("CNI server on %s stopped", self.socket_path)
 
     def _serve_one(self, conn: socket.socket) -> None:
@@ -217,21 +267,28 @@ class CNIServer:
             with conn:
                 if not self._peer_allowed(conn):
                     return
-                request = _read_request(conn)
-                if request is None:
-                    return  # a liveness probe (connect + close), e.g. from bind()
+                try:
+                    request = _read_request(conn, time.monotonic() + self.request_deadline)
+                except RequestTimeout:
+                    log.warning("CNI server: no whole request within %.1f s; closed",
+                                self.request_deadline)
+                    return
+                except CNIError as e:  # oversized: the in-process plugin's answer
+                    log.warning("CNI server: refused a request: %s (%s)", e.msg, e.details)
+                    _send_reply(conn, 1, skel.error_output(e), self.request_deadline)
+                    return
+                except ValueError as e:  # not our entry's wire format: one line, no answer
+                    log.warning("CNI server: dropped a malformed request: %s", e)
+                    return
+                if request is None or not self._begin():
+                    return  # a liveness probe (connect + close), or shutting down
                 env, stdin, fds = request
-                host_fd = fds[0] if fds else None
-                netns_fd = fds[1] if len(fds) > 1 else None
-                if host_fd is not None and not pod.same_netns(host_fd):
-                    # This thread is ours alone and ends with the request: it may stay
-                    # in the caller's namespace, so everything "host" happens there.
-                    pod.enter_netns_for_thread(host_fd)
-                code, out = skel.run(env, stdin, self.handlers, netns_fd, host_fd, self.reaper)
-                conn.sendall(b"%d\n" % code + out)
-                log.debug("CNI %s %s/%s: exit %d in %.2f ms", env.get("CNI_COMMAND"),
-                          env.get("CNI_CONTAINERID"), env.get("CNI_IFNAME"), code,
-                          (time.perf_counter() - started) * 1000)
+                code, out = self._run(env, stdin, fds)
+                _send_reply(conn, code, out, self.request_deadline)
+                log.debug("CNI %s %s/%s: exit %d in %.2f ms",
+                          *(skel.shown(env.get(k)) for k in
+                            ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME")),
+                          code, (time.perf_counter() - started) * 1000)
         except Exception:
             log.exception("CNI server: request failed")
         finally:
@@ -239,6 +296,22 @@ class CNIServer:
                 os.close(fd)
             with self._lock:
                 self._threads.discard(threading.current_thread())
+                self._waiting.pop(threading.current_thread(), None)
+
+    def _begin(self) -> bool:
+        """The request arrived: from now on shutdown() waits for it instead of closing it."""
+        with self._lock:
+            self._waiting.pop(threading.current_thread(), None)
+            return not self._stopping.is_set()
+
+    def _run(self, env: dict[str, str], stdin: bytes, fds: list[int]) -> tuple[int, bytes]:
+        host_fd = fds[0] if fds else None
+        netns_fd = fds[1] if len(fds) > 1 else None
+        if host_fd is not None and not pod.same_netns(host_fd):
+            # This thread is ours alone and ends with the request: it may stay in the
+            # caller's namespace, so everything "host" happens there.
+            pod.enter_netns_for_thread(host_fd)
+        return skel.run(env, stdin, self.handlers, netns_fd, host_fd, self.reaper)
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -260,36 +333,95 @@ def _warm_up() -> None:
         ipr.close()
 
 
-def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, list[int]] | None:
+def _answer_busy(conn: socket.socket, serving: int) -> None:
+    """Tell the entry to run this request in-process; never blocks the accept loop."""
+    try:
+        conn.setblocking(False)
+        conn.send(BUSY)
+    except OSError:
+        pass  # the entry then answers "try again" (11)
+    finally:
+        conn.close()
+    log.warning("CNI server: %d requests in progress (the bound); one sent back to run "
+                "in-process", serving)
+
+
+def _send_reply(conn: socket.socket, code: int, out: bytes, timeout: float) -> None:
+    conn.settimeout(timeout)  # a peer that never reads must not hold the thread
+    conn.sendall(b"%d\n" % code + out)
+
+
+def _recv(conn: socket.socket, deadline: float, size: int = 65536) -> bytes:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise RequestTimeout()
+    conn.settimeout(remaining)
+    try:
+        return conn.recv(size)
+    except socket.timeout:
+        raise RequestTimeout() from None
+
+
+def _first_chunk(conn: socket.socket, deadline: float) -> tuple[bytes, list[int]]:
+    """The first bytes with the fds that came along (they ride on the first message)."""
     fds = array.array("i")
-    data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    remaining = deadline - time.monotonic()
+    conn.settimeout(max(remaining, 0.001))
+    try:
+        data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    except socket.timeout:
+        raise RequestTimeout() from None
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    received = list(fds)
+    return data, list(fds)
+
+
+def _parse_header(header: bytes) -> tuple[int, int]:
+    parts = header.split()
+    if len(parts) != 4 or parts[0] != MAGIC or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError("bad request header")
+    return int(parts[1]), int(parts[2])
+
+
+def _read_request(conn: socket.socket, deadline: float
+                  ) -> tuple[dict[str, str], bytes, list[int]] | None:
+    """One whole request by ``deadline`` (RequestTimeout), or None for a bare probe.
+    An oversized one raises the CNIError the in-process plugin would answer with."""
+    data, received = _first_chunk(conn, deadline)
     if not data and not received:
         return None
     try:
-        header, sep, rest = data.partition(b"\n")
-        parts = header.split()
-        if not sep or len(parts) != 4 or parts[0] != MAGIC:
-            raise ValueError("bad request header")
-        env_len, stdin_len = int(parts[1]), int(parts[2])
-        if env_len + stdin_len > MAX_REQUEST:
-            raise ValueError("request too large")
+        buf = bytearray(data)
+        while b"\n" not in buf[:_HEADER_MAX]:
+            if len(buf) >= _HEADER_MAX:
+                raise ValueError("bad request header")
+            chunk = _recv(conn, deadline)
+            if not chunk:
+                raise ValueError("truncated request header")
+            buf += chunk
+        header, _, rest = bytes(buf).partition(b"\n")
+        env_len, stdin_len = _parse_header(header)
+        skel.check_size(env_len, stdin_len)
         body = bytearray(rest)
         while len(body) < env_len + stdin_len:
-            chunk = conn.recv(65536)
+            chunk = _recv(conn, deadline)
             if not chunk:
                 raise ValueError("truncated request")
             body += chunk
-        env = {}
-        for item in bytes(body[:env_len]).split(b"\0"):
-            key, _, value = item.decode("utf-8", "replace").partition("=")
-            if key:
-                env[key] = value
-        return env, bytes(body[env_len:env_len + stdin_len]), received
-    except Exception:
+        return _decode_env(bytes(body[:env_len])), bytes(body[env_len:env_len + stdin_len]), \
+            received
+    except BaseException:
         for fd in received:
             os.close(fd)
         raise
+
+
+def _decode_env(raw: bytes) -> dict[str, str]:
+    # surrogateescape, as os.environ decodes: the in-process plugin sees the same string.
+    env = {}
+    for item in raw.split(b"\0"):
+        key, _, value = item.decode("utf-8", "surrogateescape").partition("=")
+        if key:
+            env[key] = value
+    return env

@@ -30,8 +30,16 @@ ERR_FIREWALL = 102    # iptables failed
 ERR_CHECK = 103       # CHECK found the attachment different from prevResult
 ERR_INTERNAL = 999    # a bug: same code as libcni's ErrInternal
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_ARG_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+# Whole-string rules (used with fullmatch): ``re.match("...$")`` also accepts a trailing
+# newline, and "c1\n" then named other files and veths than "c1" (two pods, one IP).
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+_ARG_RE = re.compile(r"[A-Za-z0-9_\-]+")
+
+# Bounds on one request, the same for the in-process plugin and the warm server (which
+# checks them on the request header, before reading the body).  Real configs, even with
+# a prevResult, are a few KiB; Linux caps one env string at 128 KiB.
+MAX_STDIN = 4 << 20
+MAX_ENV = 1 << 20
 
 # Which environment variables each command needs (SPEC section 2).
 _REQUIRED_ENV = {
@@ -77,7 +85,7 @@ def validate_container_id(value: str) -> None:
     if not value:
         raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is empty",
                        "the runtime must pass the container ID in CNI_CONTAINERID")
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise CNIError(CNIError.INVALID_ENV, "invalid characters in CNI_CONTAINERID",
                        f"{value!r}: must start with a letter or digit and contain only "
                        "letters, digits, '_', '.' and '-'")
@@ -94,7 +102,7 @@ def validate_network_name(value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise CNIError(CNIError.INVALID_CONFIG, "network config has no \"name\"",
                        "every network config needs a name (letters, digits, '_', '.', '-')")
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise CNIError(CNIError.INVALID_CONFIG, "invalid characters in network name",
                        f"{value!r}: must start with a letter or digit and contain only "
                        "letters, digits, '_', '.' and '-'")
@@ -105,11 +113,33 @@ def parse_cni_args(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in filter(None, text.split(";")):
         key, sep, value = item.partition("=")
-        if not sep or not _ARG_RE.match(key):
+        if not sep or not _ARG_RE.fullmatch(key):
             raise CNIError(CNIError.INVALID_ENV, "malformed CNI_ARGS",
                            f"{item!r} is not KEY=VALUE (CNI_ARGS is 'K1=V1;K2=V2')")
         out[key] = value
     return out
+
+
+def env_size(env: Mapping[str, str]) -> int:
+    """Bytes of the CNI_* variables as the executable entry sends them to the server."""
+    items = [f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in env.items()
+             if k.startswith("CNI_")]
+    return sum(map(len, items)) + max(0, len(items) - 1)
+
+
+def check_size(env_len: int, stdin_len: int) -> None:
+    """Refuse an oversized request before decoding any of it (both paths, same codes)."""
+    if env_len > MAX_ENV:
+        raise CNIError(CNIError.INVALID_ENV, "CNI_* environment too large",
+                       f"{env_len} bytes, at most {MAX_ENV}")
+    if stdin_len > MAX_STDIN:
+        raise CNIError(CNIError.INVALID_CONFIG, "network config too large",
+                       f"{stdin_len} bytes on stdin, at most {MAX_STDIN}")
+
+
+def error_output(error: CNIError, cni_version: str = LATEST_VERSION) -> bytes:
+    """The one rendering of an error as the plugin's stdout."""
+    return json.dumps(error.to_dict(cni_version)).encode() + b"\n"
 
 
 def decode_config(stdin: bytes) -> dict[str, Any]:
@@ -121,6 +151,9 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise CNIError(CNIError.DECODE_FAILURE, "network config is not valid JSON",
                        str(e)) from None
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the interpreter's stack
+        raise CNIError(CNIError.DECODE_FAILURE, "network config is not valid JSON",
+                       "nested too deeply") from None
     if not isinstance(config, dict):
         raise CNIError(CNIError.DECODE_FAILURE, "network config is not a JSON object",
                        f"got {type(config).__name__}")
@@ -178,7 +211,7 @@ def _stdin_version(stdin: bytes) -> Any:
     """The cniVersion on stdin if it parses (whatever its type), else None."""
     try:
         return json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -191,6 +224,14 @@ def _version_for_version_cmd(stdin: bytes) -> str:
 def _error_version(stdin: bytes) -> str:
     version = _stdin_version(stdin)
     return version if isinstance(version, str) and version else LATEST_VERSION
+
+
+def shown(value: str | None) -> str:
+    """A runtime's value for a log line: as is when plain, else quoted (a newline in a
+    name must not forge a second log line)."""
+    if value is None or (value.isprintable() and not any(c.isspace() for c in value)):
+        return str(value)
+    return repr(value)
 
 
 def to_cni_error(error: OverlayError) -> CNIError:
@@ -209,6 +250,12 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
         reaper: Any = None) -> tuple[int, bytes]:
     """Run one invocation: returns (exit code, stdout bytes).  Never raises."""
     try:
+        check_size(env_size(env), len(stdin))
+    except CNIError as e:
+        log.warning("CNI %s refused: %s (%s)", shown(env.get("CNI_COMMAND") or "-"), e.msg,
+                    e.details)
+        return 1, error_output(e)
+    try:
         request = parse_request(env, stdin, netns_fd, host_netns_fd, reaper)
         if request.command == "VERSION":
             result: dict[str, Any] | None = {"cniVersion": request.cni_version,
@@ -221,7 +268,8 @@ def run(env: Mapping[str, str], stdin: bytes, handlers: Mapping[str, Handler],
     except Exception as e:  # a bug: still answer with error JSON, never a traceback on stdout
         log.exception("unexpected error in CNI %s", env.get("CNI_COMMAND"))
         error = CNIError(ERR_INTERNAL, f"internal error: {type(e).__name__}: {e}")
-    log.warning("CNI %s %s/%s failed: code %d: %s %s", env.get("CNI_COMMAND") or "-",
-                env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", ""), error.code,
+    log.warning("CNI %s %s/%s failed: code %d: %s %s", shown(env.get("CNI_COMMAND") or "-"),
+                shown(env.get("CNI_CONTAINERID", "")), shown(env.get("CNI_IFNAME", "")),
+                error.code,
                 error.msg, error.details)
-    return 1, json.dumps(error.to_dict(_error_version(stdin))).encode() + b"\n"
+    return 1, error_output(error, _error_version(stdin))

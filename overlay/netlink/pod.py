@@ -279,9 +279,31 @@ def add_veth(nl: Rtnl, host_name: str, pod_name: str, pod_netns_fd: int, mtu: in
     return _parse_link(results[-1][0][0])
 
 
+RTA_PRIORITY = 6  # the route's metric
+# Routes a pod's further interface on the network (eth1 beside eth0) gets at this metric
+# plus its ifindex when an earlier interface already holds them at metric 0.
+SECONDARY_METRIC = 1000
+
+
+def _route_msg(dst: IPv4Network, gw: IPv4Address, index: int, metric: int = 0) -> Msg:
+    body = (RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+                       0, RTN_UNICAST, 0)
+            + (attr(RTA_DST, dst.network_address.packed) if dst.prefixlen else b"")
+            + attr(RTA_GATEWAY, gw.packed) + attr_u32(RTA_OIF, index)
+            + (attr_u32(RTA_PRIORITY, metric) if metric else b""))
+    what = f"add route {dst} via {gw} in the pod" + (f" (metric {metric})" if metric else "")
+    return Msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, what)
+
+
 def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface,
                        routes: list[tuple[IPv4Network, IPv4Address]]) -> LinkInfo:
-    """Inside the pod: bring ``ifname`` up with its address and routes (one batch)."""
+    """Inside the pod: bring ``ifname`` up with its address and routes (one batch).
+
+    A route the pod already has (another interface's, e.g. eth0's default route when
+    this is eth1 on the same network) is kept, as the reference bridge plugin does: the
+    existing one wins.  This link still gets the same route at a higher metric, so
+    traffic bound to it (``ping -I eth1``) has a way out and the route takes over when
+    the other interface is deleted."""
     link = get_link(nl, ifname)
     if link is None:
         raise NetlinkOpError(f"{ifname} is missing from the pod's namespace", errno.ENODEV)
@@ -289,15 +311,19 @@ def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface,
         Msg(RTM_NEWLINK, 0, _ifinfo(link.index, IFF_UP, IFF_UP), f"bring up {ifname} in the pod"),
         Msg(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, _addr_body(link.index, address),
             f"add {address} to {ifname} in the pod"),
-    ]
-    for dst, gw in routes:
-        body = (RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
-                           0, RTN_UNICAST, 0)
-                + (attr(RTA_DST, dst.network_address.packed) if dst.prefixlen else b"")
-                + attr(RTA_GATEWAY, gw.packed) + attr_u32(RTA_OIF, link.index))
-        requests.append(Msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body,
-                            f"add route {dst} via {gw} in the pod"))
-    nl.run(requests)
+    ] + [_route_msg(dst, gw, link.index) for dst, gw in routes]
+    results = nl.batch(requests)
+    held = []
+    for i, (msg, (_, code)) in enumerate(zip(requests, results)):
+        if code == errno.EEXIST and i >= 2:
+            dst, gw = routes[i - 2]
+            held.append(_route_msg(dst, gw, link.index, SECONDARY_METRIC + link.index))
+        elif code:
+            raise NetlinkRequestError(f"{msg.what}: {describe_errno(code)}", code)
+    if held:
+        nl.run(held)
+        log.info("%s: %d route(s) already held by another interface of the pod; added "
+                 "at metric %d", ifname, len(held), SECONDARY_METRIC + link.index)
     return link
 
 

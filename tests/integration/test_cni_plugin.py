@@ -4,11 +4,17 @@ executable entry inside a node namespace, pods in namespaces of their own."""
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .cni_node import CNINode, sh
+from .cni_node import ENTRY, CNINode, sh
+from .ovd_topology import Topology
 
 pytestmark = pytest.mark.integration
 
@@ -264,14 +270,20 @@ def test_subnet_env_missing_then_present(node):
 def test_rollback_when_pod_setup_fails(node):
     pod = node.pod()
     sh("ip", "-n", pod, "link", "set", "lo", "up")
-    sh("ip", "-n", pod, "route", "add", "default", "dev", "lo")  # our default route collides
+    # The pod's own default route wins (as with the reference plugin), so our default
+    # route goes in at metric 1000+ifindex: taken too here, at every index eth0 can get.
+    metrics = ["0"] + [str(1000 + i) for i in range(2, 12)]
+    for metric in metrics:
+        sh("ip", "-n", pod, "route", "add", "default", "dev", "lo", "metric", metric)
     result = node.cni("ADD", "rb1", pod)
     assert result.rc == 1 and result.code == 100 and "route" in result.doc["msg"]
     assert node.ip_files() == [] and node.veths() == []
     assert "eth0" not in node.links(pod)
-    # the pod's own route is left alone, and a later ADD without the clash works
-    sh("ip", "-n", pod, "route", "del", "default", "dev", "lo")
+    # the pod's own routes are left alone; with only the metric-0 one, ADD works and it wins
+    for metric in metrics[1:]:
+        sh("ip", "-n", pod, "route", "del", "default", "dev", "lo", "metric", metric)
     assert node.add("rb1", pod)["ips"][0]["address"]
+    assert [r["dev"] for r in node.ip(pod, "route", "show", "default")] == ["lo", "eth0"]
 
 
 def test_rollback_when_veth_creation_fails(node):
@@ -428,3 +440,106 @@ def test_an_ipam_store_failure_in_check_is_an_ipam_error(node):
         os.rmdir(lock)
     assert result.code == 101 and "cannot open IPAM store" in result.doc["msg"], result
     assert node.cni("CHECK", "chk-ipam", pod, conf=node.conf(prevResult=doc)).rc == 0
+
+
+# --- a pod's second interface on the same network ---------------------------------------
+
+def _tx_packets(node, pod, ifname):
+    link, = node.ip(pod, "-s", "link", "show", ifname)
+    return link["stats64"]["tx"]["packets"]
+
+
+def _ping_via(node, pod, ifname, target):
+    before = _tx_packets(node, pod, ifname)
+    sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", "-I", ifname, target)
+    assert _tx_packets(node, pod, ifname) > before, f"{ifname} carried nothing to {target}"
+
+
+def _ip_of(doc):
+    return doc["ips"][0]["address"].split("/")[0]
+
+
+def _check(node, pod, ifname, doc):
+    result = node.cni("CHECK", "multi", pod, ifname=ifname, conf=node.conf(prevResult=doc))
+    assert result.rc == 0, result
+
+
+def test_a_second_interface_on_the_same_network_works_and_outlives_the_first(node):
+    """eth1 beside eth0, both isDefaultGateway (Multus-style): ADD succeeds as with the
+    reference bridge plugin (eth0's default route wins), each interface has its own IP
+    and carries traffic, CHECK passes for both, and DEL of either leaves the other
+    working (eth1's own routes, at a higher metric, take over)."""
+    pod, peer = node.pod(), node.pod()
+    peer_ip = _ip_of(node.add("peer", peer))
+    docs = {"eth0": node.add("multi", pod, ifname="eth0"),
+            "eth1": node.add("multi", pod, ifname="eth1")}
+    assert _ip_of(docs["eth0"]) != _ip_of(docs["eth1"])
+    default = [r for r in node.ip(pod, "route", "show", "default")]
+    assert [r["dev"] for r in default] == ["eth0", "eth1"]  # eth0's first: it wins
+    for ifname, doc in docs.items():
+        _check(node, pod, ifname, doc)
+        _ping_via(node, pod, ifname, peer_ip)
+        _ping_via(node, pod, ifname, "10.88.1.1")
+        sh("ip", "netns", "exec", peer, "ping", "-c1", "-W2", _ip_of(doc))
+
+    assert node.cni("DEL", "multi", pod, ifname="eth1").rc == 0
+    assert "eth1" not in node.links(pod)
+    _check(node, pod, "eth0", docs["eth0"])
+    sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", peer_ip)
+
+    docs["eth1"] = node.add("multi", pod, ifname="eth1")
+    assert node.cni("DEL", "multi", pod, ifname="eth0").rc == 0
+    node.wait_for(lambda: "eth0" not in node.links(pod), what="eth0 gone from the pod")
+    _check(node, pod, "eth1", docs["eth1"])
+    routes = {(r["dst"], r["dev"]) for r in node.ip(pod, "route", "show")}
+    assert {("default", "eth1"), ("10.88.0.0/16", "eth1")} <= routes
+    before = _tx_packets(node, pod, "eth1")
+    sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", peer_ip)  # unbound: the default
+    assert _tx_packets(node, pod, "eth1") > before
+    sh("ip", "netns", "exec", peer, "ping", "-c1", "-W2", _ip_of(docs["eth1"]))
+    held = [f for f in node.ip_files()]
+    assert sorted(held) == sorted([peer_ip, _ip_of(docs["eth1"])])
+
+
+# --- the warm server inside overlayd, held by idle connections ---------------------------
+
+def test_overlayd_serves_add_under_20_idle_connections_and_stops_within_6s(tmp_path):
+    """Idle connections held a request thread each with no deadline, and a SIGTERM then
+    joined each for 10 s.  With 20 open: a real ADD is answered warm within 1 s and
+    overlayd stops within 6 s."""
+    topo = Topology(1).setup()
+    n = topo.nodes[0]
+    sock_path = os.path.join(n.dir, "cni.sock")
+    pod = f"ovcni-pod-idle-{topo.tag}"
+    idle = []
+    try:
+        n.start("--cni-socket", sock_path)
+        n.wait_ready()
+        sh("ip", "netns", "add", pod)
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock_path)
+            idle.append(s)
+        conf = {"cniVersion": "1.1.0", "name": f"ovcni-idle-{topo.tag}", "type": "overlay",
+                "subnetFile": n.subnet_file, "dataDir": str(tmp_path / "ipam"),
+                "isDefaultGateway": True}
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "idle-add", "CNI_IFNAME": "eth0",
+               "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_PATH": "/usr/lib/cni",
+               "PATH": os.environ.get("PATH", ""), "OVERLAY_CNI_SOCKET": sock_path}
+        started = time.monotonic()
+        proc = subprocess.run(["ip", "netns", "exec", n.ns, sys.executable, "-IS", ENTRY],
+                              input=json.dumps(conf).encode(), env=env, capture_output=True,
+                              timeout=30)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 0, proc
+        assert elapsed < 1.0, f"ADD took {elapsed:.2f} s with 20 idle connections"
+        assert "ADD 'idle-add'" in n.log() or "ADD idle-add/eth0" in n.log()  # served warm
+        started = time.monotonic()
+        assert n.stop(signal.SIGTERM, timeout=15) == 0
+        stopped = time.monotonic() - started
+        assert stopped < 6.0, f"overlayd took {stopped:.1f} s to stop"
+    finally:
+        for s in idle:
+            s.close()
+        sh("ip", "netns", "del", pod, check=False)
+        topo.cleanup()
