@@ -454,6 +454,8 @@ class LeaseView:
     _by_mac: dict[str, set[IPv4Network]] = field(default_factory=dict)
     # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
     _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
+    # Subnets whose entry in ``rejected`` the last reset/apply may have changed.
+    touched: set[IPv4Network] = field(default_factory=set)
 
     def reset(self, snapshot: Iterable[Lease]) -> LeaseBatch:
         """Replace the view by a full listing; return the difference."""
@@ -461,11 +463,13 @@ class LeaseView:
         if self.rules is None:
             new = {l.subnet: l for l in snapshot}
         else:
+            self.touched = set(self.rejected)
             self.candidates, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}
             for l in snapshot:
                 self._admit(l)
-            new = dict(self.leases)
+            new = {}
             self._settle(new, set(self._by_mac))
+            self.touched |= set(self.rejected)
         batch = diff_leases(self.leases, new)
         self.leases = new
         return batch
@@ -474,10 +478,12 @@ class LeaseView:
         """Apply watch events in order; return their net effect."""
         new = dict(self.leases)
         touched: set[str] = set()
+        self.touched = set()
         for ev in events:
             subnet = ev.lease.subnet
             if subnet == self.own:
                 continue
+            self.touched.add(subnet)
             if self.rules is None:
                 if ev.type is EventType.ADDED:
                     new[subnet] = ev.lease
@@ -536,6 +542,7 @@ class LeaseView:
         for mac in macs:
             group = [self.candidates[s] for s in self._by_mac.get(mac, ())]
             holders = claim_macs(group) if mac else {}
+            self.touched.update(l.subnet for l in group)
             for l in group:
                 holder = holders.get(mac)
                 if holder is not None and holder != l.attrs.public_ip:

@@ -382,21 +382,35 @@ def test_run_watch_snapshot_after_compaction_yields_the_difference():
 
 
 def test_run_watch_never_reports_our_own_new_lease_as_remote():
-    """The watch can see our re-acquired key before the manager records its subnet."""
+    """The watch can see our re-acquired key before the manager records its subnet.
+
+    Whoever took our old subnet stays rejected (own-subnet) while it is still ours, and
+    shows up as a remote at the first watch step after we moved."""
     reg = FakeRegistry()
     m = manager(reg)
     old = m.acquire()
     batches = queue.Queue()
+    rejected = queue.Queue()
     stop = threading.Event()
-    t = _run(m.run_watch, m.own_subnet, stop, batches.put)
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
+             lambda now, gone, complete: rejected.put((now, gone, complete)))
+    assert rejected.get(timeout=2) == ([], [], True)
     rival = reg.put(old.subnet, node(50), ttl=600)  # a rival took our subnet
     ours = reg.put(net(200), node(11), ttl=600)  # and we moved, not yet recorded as current
     reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, rival, rival.mod_revision),
                                 LeaseEvent(EventType.ADDED, ours, ours.mod_revision)],
                                revision=reg.rev))
-    batch = batches.get(timeout=2)
-    assert [l.subnet for l in batch.added] == [old.subnet]
-    assert m.lost.wait(2)
+    now, _, _ = rejected.get(timeout=2)
+    assert [(r.subnet, r.reason) for r in now] == [(old.subnet, "own-subnet")]
+    assert m.lost.wait(2) and batches.empty()
+    m._set_current(ours)
+    peer = reg.put(net(7), node(51), ttl=600)
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, peer, peer.mod_revision)],
+                               revision=reg.rev))
+    added = set()
+    while net(7) not in added:
+        added |= {l.subnet for l in batches.get(timeout=2).added}
+    assert added == {old.subnet, net(7)}
     stop.set()
     t.join(2)
 
@@ -443,20 +457,25 @@ def test_our_previous_subnet_with_a_new_vtep_mac_is_reused():
     assert reg.leases[first.subnet].attrs.vtep_mac == "0e:aa:aa:aa:aa:aa"
 
 
-def test_run_watch_shows_a_twin_with_our_public_ip_as_remote_and_snapshots_to_callback():
+def test_run_watch_rejects_a_twin_with_our_public_ip_and_snapshots_to_callback():
+    """A lease with our public IP but another VTEP MAC (a cloned VM): an FDB entry for it
+    would point at ourselves, so the rule rejects it (public-ip-own)."""
     reg = FakeRegistry()
     twin = reg.put(net(1), node(11, mac="0e:bb:bb:bb:bb:bb"), ttl=600)
     peer = reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     own = m.acquire()
-    batches, snapshots = queue.Queue(), queue.Queue()
+    batches, snapshots, rejected = queue.Queue(), queue.Queue(), queue.Queue()
     stop = threading.Event()
-    t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put)
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put,
+             lambda now, gone, complete: rejected.put((now, complete)))
     first = snapshots.get(timeout=2)
-    assert sorted(l.subnet for l in first) == [net(1), net(5)] and own.subnet != net(1)
+    assert sorted(l.subnet for l in first) == [net(5)] and own.subnet != net(1)
+    now, complete = rejected.get(timeout=2)
+    assert [(r.subnet, r.reason) for r in now] == [(net(1), "public-ip-own")] and complete
     reg.delete(peer.subnet)
     reg.events.put(WatchUpdate([], snapshot=[twin, m.current], revision=reg.rev))
-    assert [l.subnet for l in snapshots.get(timeout=2)] == [net(1)]  # compaction re-list
+    assert snapshots.get(timeout=2) == []  # compaction re-list
     assert batches.empty() and not m.lost.is_set()
     stop.set()
     t.join(2)
