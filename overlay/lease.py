@@ -239,6 +239,29 @@ def decode_kv(prefix: str, key: bytes, value: bytes
         return Reason.BAD_VALUE, str(e), subnet
 
 
+def printable_key(key: str, limit: int = 200) -> str:
+    """An untrusted key as one printable line: newlines, control characters and bytes
+    that are not UTF-8 (kept as surrogates by the registry) shown as escapes."""
+    raw = key.encode("utf-8", "surrogateescape")
+    text = raw[:limit].decode("utf-8", "backslashreplace")
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return out + ("..." if len(raw) > limit else "")
+
+
+_SHELL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._-:&")
+
+
+def etcdctl_del(key: str, endpoints: str = "") -> str:
+    """The exact shell command that deletes ``key`` (any bytes: a trailing newline too)."""
+    ep = f"--endpoints={endpoints} " if endpoints else ""
+    raw = key.encode("utf-8", "surrogateescape")
+    if raw and all(b in _SHELL_SAFE for b in raw):
+        return f"ETCDCTL_API=3 etcdctl {ep}del '{key}'"
+    # printf octal escapes rebuild every byte; the X keeps $(...) from eating newlines.
+    esc = "".join(chr(b) if b in _SHELL_SAFE else f"\\{b:03o}" for b in raw)
+    return f"k=$(printf '{esc}X') && ETCDCTL_API=3 etcdctl {ep}del \"${{k%X}}\""
+
+
 # ---- the acceptance rule for a remote lease ---------------------------------------------
 
 class Reason:
