@@ -274,6 +274,9 @@ class EtcdRegistry:
             return parse_network_config(value)
         except ConfigError as e:
             raise ConfigError(f"network config at {self.config_key} is invalid: {e}") from e
+        except Exception as e:  # noqa: BLE001: etcd is untrusted (deep nesting, bad bytes)
+            raise ConfigError(f"network config at {self.config_key} is invalid: "
+                              f"{type(e).__name__}") from e
 
     def put_config(self, cfg: NetworkConfig) -> None:
         self._call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
@@ -347,6 +350,13 @@ class EtcdRegistry:
                     rejected.append(got)
             return LeaseListing(leases, rejected, int(resp.header.revision))
         return self._call("listing leases", op)
+
+    def get_subnet(self, subnet: IPv4Network) -> Lease | Rejection | None:
+        """What the key of ``subnet`` holds: a lease, why it is not one, or nothing."""
+        def op(c: MultiEndpointEtcd3Client) -> Lease | Rejection | None:
+            resp = c.get_response(self.key_for(subnet))
+            return self._judged_with_expiry(c, resp.kvs[0]) if resp.kvs else None
+        return self._call(f"reading the lease of {subnet}", op)
 
     def get_lease(self, subnet: IPv4Network) -> Lease | None:
         def op(c: MultiEndpointEtcd3Client) -> Lease | None:
