@@ -213,3 +213,11 @@ def test_removing_one_of_two_leases_sharing_an_fdb_entry_keeps_it(backend, dp):
     backend.apply_batch(LeaseBatch(removed=(a,)))
     assert set(dp.state.all()) == entries(3, "0e:00:00:00:00:aa", "192.168.1.50")
     assert backend.entry_count() == 3
+
+
+def test_a_lease_without_vni_is_ours(backend, dp):
+    """Flannel wrote no VNI before v0.13: such a lease is programmed, not skipped."""
+    l = lease(2)
+    backend.apply_batch(LeaseBatch(added=(Lease(l.subnet, LeaseAttrs(
+        l.attrs.public_ip, "vxlan", None, l.attrs.vtep_mac)),)))
+    assert set(dp.state.all()) == entries(2)

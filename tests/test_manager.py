@@ -495,3 +495,89 @@ def test_renewal_deadline_survives_a_backward_clock_step(monkeypatch):
             return real.now(tz) - timedelta(seconds=1000)
     monkeypatch.setattr(manager_mod, "datetime", SteppedBack)
     assert 495 < m._next_renewal(lease) <= 500  # not 1500: renewal stays before expiry
+
+
+def test_after_a_public_ip_change_the_lease_with_our_vtep_mac_is_taken_back():
+    """Recognised by its persisted VTEP MAC: rewritten, not left beside a second lease
+    that would claim one MAC for two public IPs."""
+    reg = FakeRegistry()
+    old = manager(reg).acquire()
+    m = manager(reg)
+    m.attrs = LeaseAttrs(IPv4Address("192.168.7.11"), vtep_mac=node(11).vtep_mac)
+    new = m.acquire()
+    assert new.subnet == old.subnet and len(reg.leases) == 1
+    assert reg.leases[old.subnet].attrs.public_ip == IPv4Address("192.168.7.11")
+
+
+def test_a_lease_with_our_vtep_mac_is_never_a_remote():
+    reg = FakeRegistry()
+    thief = reg.put(net(5), LeaseAttrs(IPv4Address("192.168.1.99"),
+                                       vtep_mac=node(11).vtep_mac), ttl=None)  # reserved
+    m = manager(reg)
+    m.acquire()
+    batches, rejected = queue.Queue(), queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
+             lambda now, gone, complete: rejected.put(now))
+    assert [(r.subnet, r.reason) for r in rejected.get(timeout=2)] == [
+        (thief.subnet, "vtep-mac-claimed")]
+    assert batches.empty()
+    stop.set()
+    t.join(2)
+
+
+class ListingRegistry(FakeRegistry):
+    """A FakeRegistry whose listing also carries rejected keys (like EtcdRegistry)."""
+
+    subnets_prefix = "/overlay/network/subnets/"
+
+    def __init__(self):
+        super().__init__()
+        self.garbage: dict[IPv4Network, bytes] = {}
+
+    def list_subnets(self, with_expiration=True):
+        from overlay.lease import Rejection
+        from overlay.registry import LeaseListing
+        with self.lock:
+            rej = [Rejection(self.subnets_prefix + f"{s.network_address}-{s.prefixlen}",
+                             "bad-value", "x", self.rev, s) for s in self.garbage]
+            return LeaseListing(list(self.leases.values()), rej, self.rev)
+
+    def create_lease(self, subnet, attrs, ttl):
+        if subnet in self.garbage:
+            self.creates += 1
+            raise LeaseExists(f"subnet {subnet} is already taken")
+        return super().create_lease(subnet, attrs, ttl)
+
+
+def test_a_key_holding_garbage_is_not_free_even_as_our_previous_subnet():
+    reg = ListingRegistry()
+    reg.garbage[net(3)] = b"[[["
+    lease = manager(reg, previous_subnet=net(3)).acquire()
+    assert lease.subnet != net(3) and reg.creates == 1
+
+
+def test_the_watch_reports_garbage_and_its_removal():
+    reg = ListingRegistry()
+    reg.garbage[net(3)] = b"{"
+    m = manager(reg)
+    m.acquire()
+    seen = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, lambda b: None, None,
+             lambda now, gone, complete: seen.put((now, gone, complete)))
+    now, gone, complete = seen.get(timeout=2)
+    assert [r.subnet for r in now] == [net(3)] and complete
+    bad = reg.put(net(9), LeaseAttrs(IPv4Address("127.0.0.1"), vtep_mac="0e:00:00:00:00:99"))
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, bad, bad.mod_revision)],
+                               revision=reg.rev))
+    now, gone, complete = seen.get(timeout=2)
+    assert [(r.key, r.reason) for r in now] == [
+        (reg.subnets_prefix + "10.244.9.0-24", "public-ip-unusable")] and not complete
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.REMOVED, bad, reg.rev)],
+                               cleared=["/overlay/network/subnets/junk"], revision=reg.rev))
+    now, gone, complete = seen.get(timeout=2)
+    assert now == [] and sorted(gone) == [reg.subnets_prefix + "10.244.9.0-24",
+                                          "/overlay/network/subnets/junk"]
+    stop.set()
+    t.join(2)
