@@ -596,19 +596,22 @@ class EtcdRegistry:
 
 def _watch_update(registry: EtcdRegistry, raw_events: Any) -> WatchUpdate | None:
     """One watch response as a ``WatchUpdate`` (None if it holds nothing)."""
-    update = WatchUpdate()
+    events: list[LeaseEvent] = []
+    rejected: list[Rejection] = []
+    cleared: list[str] = []
+    revision = 0
     for ev in raw_events:
         got = registry._event_to_lease_event(ev)
         if isinstance(got, LeaseEvent):
-            update.events.append(got)
+            events.append(got)
         elif isinstance(got, Rejection):
-            update.rejected.append(got)
+            rejected.append(got)
         elif isinstance(got, str):
-            update.cleared.append(got)
-        update.revision = max(update.revision, int(ev.kv.mod_revision))
-    if not (update.events or update.rejected or update.cleared):
+            cleared.append(got)
+        revision = max(revision, int(ev.kv.mod_revision))
+    if not (events or rejected or cleared):
         return None
-    return update
+    return WatchUpdate(events=events, revision=revision, rejected=rejected, cleared=cleared)
 
 
 class _WatchStream:
