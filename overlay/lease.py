@@ -6,6 +6,12 @@ A lease lives at ``<prefix>/subnets/10.244.1.0-24`` with a JSON value::
      "BackendData": {"VNI": 1, "VtepMAC": "0e:..."}}
 
 attached to an etcd lease (TTL).  A key with no etcd lease is a *reservation*.
+
+Everything in etcd is untrusted, so this is also where the one acceptance rule for a
+remote lease lives: the key and value codec (``decode_kv``: whole-string keys, bounded
+values, any decoding failure a rejection), the per-lease checks (``check_remote``), the
+VTEP MAC claims (``claim_macs``), ``judge`` for a snapshot and ``LeaseView`` for a watch.
+The daemon, ``overlayctl`` and ``diagnose`` all use it, so they cannot disagree.
 Nothing here does I/O.
 """
 
@@ -289,7 +295,7 @@ OUTSIDE_RANGE = "outside-range"  # a warning, not a rejection
 class Rejection:
     """A key under ``subnets/`` that is not used, and why."""
 
-    key: str  # as read (decoded with replacement characters), for display only
+    key: str  # as read; bytes that are not UTF-8 kept as surrogates (surrogateescape)
     reason: str  # a ``Reason`` slug
     detail: str  # one human line
     mod_revision: int = 0
