@@ -344,6 +344,17 @@ class LeaseRules:
     own_subnets: frozenset[IPv4Network] = frozenset()
     own_ips: frozenset[IPv4Address] = frozenset()
     own_mac: str | None = None
+    # The Network as ints, computed once: the checks run per lease.
+    net_lo: int = field(init=False, repr=False, compare=False)
+    net_hi: int = field(init=False, repr=False, compare=False)
+    min_int: int = field(init=False, repr=False, compare=False)
+    max_int: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = _net_range(self.network)
+        for name, v in (("net_lo", lo), ("net_hi", hi), ("min_int", int(self.subnet_min)),
+                        ("max_int", int(self.subnet_max))):
+            object.__setattr__(self, name, v)
 
     @classmethod
     def from_config(cls, cfg: Any, own_subnets: Iterable[IPv4Network] = (),
@@ -362,23 +373,32 @@ class LeaseRules:
 def check_remote(lease: Lease, rules: LeaseRules) -> Verdict:
     """Whether a remote lease may be programmed (the VTEP MAC claim aside: that needs
     every lease, see ``claim_macs``).  Pure and cheap: integer comparisons only."""
-    return _check_subnet(lease.subnet, rules) or _check_attrs(lease.attrs, rules) or (
-        ACCEPTED if rules.subnet_min <= lease.subnet.network_address <= rules.subnet_max
-        else Verdict(warning=OUTSIDE_RANGE, detail=f"{lease.subnet} is outside "
-                     f"[{rules.subnet_min}, {rules.subnet_max}] (accepted: inside the Network)"))
+    base = int(lease.subnet.network_address)
+    bad = _check_subnet(lease.subnet, base, rules) or _check_attrs(lease.attrs, rules)
+    if bad is not None:
+        return bad
+    if rules.min_int <= base <= rules.max_int:
+        return ACCEPTED
+    return Verdict(warning=OUTSIDE_RANGE, detail=f"{lease.subnet} is outside [{rules.subnet_min}"
+                   f", {rules.subnet_max}] (accepted: inside the Network)")
 
 
-def _check_subnet(subnet: IPv4Network, rules: LeaseRules) -> Verdict | None:
+def _check_subnet(subnet: IPv4Network, base: int, rules: LeaseRules) -> Verdict | None:
     if subnet.prefixlen != rules.subnet_len:
         return Verdict(Reason.SUBNET_LENGTH, f"{subnet} is not a /{rules.subnet_len} "
                        "(SubnetLen)")
-    lo, hi = _net_range(rules.network)
-    if not lo <= int(subnet.network_address) <= hi:
+    if not rules.net_lo <= base <= rules.net_hi:
         return Verdict(Reason.SUBNET_OUTSIDE_NETWORK, f"{subnet} is outside the Network "
                        f"{rules.network}")
-    if subnet in rules.own_subnets:
+    if rules.own_subnets and subnet in rules.own_subnets:
         return Verdict(Reason.OWN_SUBNET, f"{subnet} is this node's own subnet")
     return None
+
+
+def _unusable_ip(ip: int) -> bool:
+    """See ``_UNUSABLE_IPS`` (the same ranges, unrolled: this runs per lease)."""
+    top = ip >> 24
+    return top == 0 or top == 127 or top >= 224 or ip >> 16 == 0xA9FE
 
 
 def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
@@ -387,14 +407,13 @@ def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
     if a.vni is not None and a.vni != rules.vni:
         return Verdict(Reason.VNI_MISMATCH, f"VNI {a.vni}, the network's is {rules.vni}")
     ip = int(a.public_ip)
-    if any(lo <= ip <= hi for lo, hi in _UNUSABLE_IPS):
+    if _unusable_ip(ip):
         return Verdict(Reason.PUBLIC_IP_UNUSABLE, f"PublicIP {a.public_ip} is not a "
                        "routable unicast address")
-    lo, hi = _net_range(rules.network)
-    if lo <= ip <= hi:
+    if rules.net_lo <= ip <= rules.net_hi:
         return Verdict(Reason.PUBLIC_IP_IN_NETWORK, f"PublicIP {a.public_ip} is inside the "
                        f"pod Network {rules.network}")
-    if a.public_ip in rules.own_ips:
+    if rules.own_ips and a.public_ip in rules.own_ips:
         return Verdict(Reason.PUBLIC_IP_OWN, f"PublicIP {a.public_ip} is this node's own")
     return _check_mac(a.vtep_mac, rules)
 
@@ -480,7 +499,8 @@ class LeaseView:
     rules: LeaseRules | None = None
     rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
     candidates: dict[IPv4Network, Lease] = field(default_factory=dict)
-    _by_mac: dict[str, set[IPv4Network]] = field(default_factory=dict)
+    # Candidates by VTEP MAC (lists: nearly every group has one member; a set costs 3x).
+    _by_mac: dict[str, list[IPv4Network]] = field(default_factory=dict)
     # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
     _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
     # Subnets whose entry in ``rejected`` the last reset/apply may have changed.
@@ -496,16 +516,26 @@ class LeaseView:
             self.candidates, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}
             for l in snapshot:
                 self._admit(l)
-            new = {}
-            self._settle(new, set(self._by_mac))
+            # Copying the candidates reuses their hashes (IPv4Network hashes in Python);
+            # only MACs with several leases need a claim decided.
+            new = dict(self.candidates)
+            shared = {mac for mac, members in self._by_mac.items() if len(members) > 1}
+            settled: dict[IPv4Network, Lease | None] = {}
+            self._settle(settled, shared)
+            for subnet, l in settled.items():
+                if l is None:
+                    del new[subnet]
             self.touched |= set(self.rejected)
         batch = diff_leases(self.leases, new)
         self.leases = new
         return batch
 
     def apply(self, events: Iterable[LeaseEvent]) -> LeaseBatch:
-        """Apply watch events in order; return their net effect."""
-        new = dict(self.leases)
+        """Apply watch events in order; return their net effect.
+
+        Costs what the events touch, not what the view holds: ``changes`` maps each
+        touched subnet to its new lease (None: gone), and only those are compared."""
+        changes: dict[IPv4Network, Lease | None] = {}
         touched: set[str] = set()
         self.touched = set()
         for ev in events:
@@ -514,21 +544,32 @@ class LeaseView:
                 continue
             self.touched.add(subnet)
             if self.rules is None:
-                if ev.type is EventType.ADDED:
-                    new[subnet] = ev.lease
-                else:
-                    new.pop(subnet, None)
+                changes[subnet] = ev.lease if ev.type is EventType.ADDED else None
                 continue
-            self._drop(subnet, new, touched)
+            self._drop(subnet, changes, touched)
             if ev.type is EventType.ADDED:
                 touched.update(self._admit(ev.lease))
             elif ev.rejection is not None:
                 self.rejected[subnet] = ev.rejection
         if self.rules is not None:
-            self._settle(new, touched)
-        batch = diff_leases(self.leases, new)
-        self.leases = new
-        return batch
+            self._settle(changes, touched)
+        return self._commit(changes)
+
+    def _commit(self, changes: Mapping[IPv4Network, Lease | None]) -> LeaseBatch:
+        added, removed, changed = [], [], []
+        for subnet, now in changes.items():
+            before = self.leases.get(subnet)
+            if now is None:
+                if before is not None:
+                    removed.append(before)
+                    del self.leases[subnet]
+                continue
+            if before is None:
+                added.append(now)
+            elif before.attrs != now.attrs:
+                changed.append((before, now))
+            self.leases[subnet] = now
+        return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
 
     def set_rules(self, rules: LeaseRules) -> LeaseBatch:
         """Judge every known lease again (e.g. this node's subnet changed)."""
@@ -547,41 +588,50 @@ class LeaseView:
             return ()
         self.candidates[lease.subnet] = lease
         mac = lease.attrs.vtep_mac or ""
-        self._by_mac.setdefault(mac, set()).add(lease.subnet)
+        self._by_mac.setdefault(mac, []).append(lease.subnet)
         return (mac,)
 
-    def _drop(self, subnet: IPv4Network, new: dict[IPv4Network, Lease],
+    def _drop(self, subnet: IPv4Network, changes: dict[IPv4Network, Lease | None],
               touched: set[str]) -> None:
         """Forget whatever the view had at ``subnet`` (a new event replaces it)."""
-        new.pop(subnet, None)
+        changes[subnet] = None
         self.rejected.pop(subnet, None)
         self._raw.pop(subnet, None)
         old = self.candidates.pop(subnet, None)
         if old is not None:
             mac = old.attrs.vtep_mac or ""
             group = self._by_mac.get(mac)
-            if group is not None:
-                group.discard(subnet)
+            if group is not None and subnet in group:
+                group.remove(subnet)
                 if not group:
                     del self._by_mac[mac]
             touched.add(mac)
 
-    def _settle(self, new: dict[IPv4Network, Lease], macs: set[str]) -> None:
-        """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed)."""
+    def _settle(self, new: dict[IPv4Network, Lease | None], macs: set[str]) -> None:
+        """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed);
+        ``new`` gets each member's lease, or None where it lost the claim."""
         for mac in macs:
-            group = [self.candidates[s] for s in self._by_mac.get(mac, ())]
-            holders = claim_macs(group) if mac else {}
-            self.touched.update(l.subnet for l in group)
+            members = self._by_mac.get(mac)
+            if not members:
+                continue
+            self.touched.update(members)
+            if len(members) == 1:  # nearly every MAC: nothing to claim against
+                self._accept(members[0], new)
+                continue
+            group = [self.candidates[s] for s in members]
+            holder = claim_macs(group).get(mac)
             for l in group:
-                holder = holders.get(mac)
                 if holder is not None and holder != l.attrs.public_ip:
-                    new.pop(l.subnet, None)
+                    new[l.subnet] = None
                     self.rejected[l.subnet] = claim_rejection(l, holder)
                 else:
-                    new[l.subnet] = l
-                    rej = self.rejected.get(l.subnet)
-                    if rej is not None and rej.reason == Reason.VTEP_MAC_CLAIMED:
-                        del self.rejected[l.subnet]
+                    self._accept(l.subnet, new)
+
+    def _accept(self, subnet: IPv4Network, new: dict[IPv4Network, Lease | None]) -> None:
+        new[subnet] = self.candidates[subnet]
+        rej = self.rejected.get(subnet) if self.rejected else None
+        if rej is not None and rej.reason == Reason.VTEP_MAC_CLAIMED:
+            del self.rejected[subnet]
 
     def warnings(self) -> dict[IPv4Network, str]:
         """Accepted leases the rule warns about (outside [SubnetMin, SubnetMax])."""

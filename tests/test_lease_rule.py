@@ -207,3 +207,10 @@ def test_printable_key_and_etcdctl_del_survive_newlines_and_bad_bytes():
         f"ETCDCTL_API=3 etcdctl --endpoints=http://e:2379 del '{PREFIX}10.244.5.0-24'")
     weird = (PREFIX.encode() + b"\xff'").decode("utf-8", "surrogateescape")
     assert "\\377" in etcdctl_del(weird) and "\\047" in etcdctl_del(weird)
+
+
+def test_the_unrolled_public_ip_check_matches_the_documented_ranges():
+    from overlay.lease import _UNUSABLE_IPS, _unusable_ip
+    edges = {b + d for lo, hi in _UNUSABLE_IPS for b in (lo, hi) for d in (-1, 0, 1)}
+    for ip in sorted(e for e in edges if 0 <= e < 2**32):
+        assert _unusable_ip(ip) == any(lo <= ip <= hi for lo, hi in _UNUSABLE_IPS), ip
