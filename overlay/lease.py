@@ -288,7 +288,8 @@ class Reason:
     BACKEND_TYPE = "backend-type"
 
 
-OUTSIDE_RANGE = "outside-range"  # a warning, not a rejection
+OUTSIDE_RANGE = "outside-range"  # warnings, not rejections
+NO_VTEP_MAC = "no-vtep-mac"
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,9 @@ class Verdict:
 
 
 ACCEPTED = Verdict()
+# No VtepMAC: nothing wrong (a reservation made before its node started, or a DirectRouting
+# peer), but nothing to put in an FDB entry either; the backend decides what it can do.
+NO_MAC = Verdict(warning=NO_VTEP_MAC, detail="no VtepMAC in the lease (yet)")
 
 
 def _net_range(net: IPv4Network) -> tuple[int, int]:
@@ -378,8 +382,9 @@ def check_remote(lease: Lease, rules: LeaseRules) -> Verdict:
     if bad is not None:
         return bad
     if rules.min_int <= base <= rules.max_int:
-        return ACCEPTED
-    return Verdict(warning=OUTSIDE_RANGE, detail=f"{lease.subnet} is outside [{rules.subnet_min}"
+        return ACCEPTED if lease.attrs.vtep_mac else NO_MAC
+    return Verdict(warning=OUTSIDE_RANGE if lease.attrs.vtep_mac else f"{OUTSIDE_RANGE},"
+                   f"{NO_VTEP_MAC}", detail=f"{lease.subnet} is outside [{rules.subnet_min}"
                    f", {rules.subnet_max}] (accepted: inside the Network)")
 
 
@@ -420,7 +425,7 @@ def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
 
 def _check_mac(mac: str | None, rules: LeaseRules) -> Verdict | None:
     if not mac:
-        return Verdict(Reason.VTEP_MAC_UNUSABLE, "no VtepMAC in the lease")
+        return None  # see NO_MAC
     if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
         return Verdict(Reason.VTEP_MAC_UNUSABLE, f"VtepMAC {mac} is not a unicast, "
                        "non-zero MAC")
@@ -548,7 +553,11 @@ class LeaseView:
                 continue
             self._drop(subnet, changes, touched)
             if ev.type is EventType.ADDED:
-                touched.update(self._admit(ev.lease))
+                mac = self._admit(ev.lease)
+                if mac:
+                    touched.add(mac)
+                elif mac is not None:  # no MAC: no claim to decide
+                    changes[subnet] = ev.lease
             elif ev.rejection is not None:
                 self.rejected[subnet] = ev.rejection
         if self.rules is not None:
@@ -578,18 +587,20 @@ class LeaseView:
         self.rules = rules
         return self.reset(everything)
 
-    def _admit(self, lease: Lease) -> tuple[str, ...]:
-        """Check one lease; a candidate if it passes.  Returns the MAC it touched."""
+    def _admit(self, lease: Lease) -> str | None:
+        """Check one lease; a candidate if it passes.  Returns its VTEP MAC ("" for
+        none: nothing to claim), None if it was rejected."""
         v = check_remote(lease, self.rules)
         if not v.ok:
             self.rejected[lease.subnet] = Rejection(subnet_to_key(lease.subnet), v.reason,
                                                     v.detail, lease.mod_revision, lease.subnet)
             self._raw[lease.subnet] = lease
-            return ()
+            return None
         self.candidates[lease.subnet] = lease
         mac = lease.attrs.vtep_mac or ""
-        self._by_mac.setdefault(mac, []).append(lease.subnet)
-        return (mac,)
+        if mac:
+            self._by_mac.setdefault(mac, []).append(lease.subnet)
+        return mac
 
     def _drop(self, subnet: IPv4Network, changes: dict[IPv4Network, Lease | None],
               touched: set[str]) -> None:
@@ -598,8 +609,8 @@ class LeaseView:
         self.rejected.pop(subnet, None)
         self._raw.pop(subnet, None)
         old = self.candidates.pop(subnet, None)
-        if old is not None:
-            mac = old.attrs.vtep_mac or ""
+        if old is not None and old.attrs.vtep_mac:
+            mac = old.attrs.vtep_mac
             group = self._by_mac.get(mac)
             if group is not None and subnet in group:
                 group.remove(subnet)
@@ -611,7 +622,7 @@ class LeaseView:
         """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed);
         ``new`` gets each member's lease, or None where it lost the claim."""
         for mac in macs:
-            members = self._by_mac.get(mac)
+            members = self._by_mac.get(mac) if mac else None
             if not members:
                 continue
             self.touched.update(members)

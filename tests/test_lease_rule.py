@@ -121,7 +121,6 @@ def test_missing_vni_decodes_as_none_and_is_ours():
     (lease(mac="00:00:00:00:00:00"), Reason.VTEP_MAC_UNUSABLE),
     (lease(mac="ff:ff:ff:ff:ff:ff"), Reason.VTEP_MAC_UNUSABLE),
     (lease(mac="01:00:5e:00:00:01"), Reason.VTEP_MAC_UNUSABLE),
-    (lease(mac=None), Reason.VTEP_MAC_UNUSABLE),
     (lease(mac=OWN_MAC), Reason.VTEP_MAC_CLAIMED),
     (lease(vni=2), Reason.VNI_MISMATCH),
     (lease(btype="host-gw"), Reason.BACKEND_TYPE),
@@ -136,6 +135,10 @@ def test_a_good_lease_is_accepted_and_outside_the_range_only_warned():
     v = check_remote(lease(i=250), RULES)  # above SubnetMax 10.244.200.0, inside Network
     assert v.ok and v.warning == "outside-range"
     assert check_remote(lease(i=0), RULES).warning == "outside-range"
+    # A reservation made before its node ran has no MAC yet: not wrong, just unusable.
+    assert check_remote(lease(mac=None), RULES).ok
+    assert check_remote(lease(mac=None), RULES).warning == "no-vtep-mac"
+    assert check_remote(lease(i=250, mac=None), RULES).warning == "outside-range,no-vtep-mac"
 
 
 # ---- VTEP MAC claims ------------------------------------------------------------------

@@ -107,10 +107,8 @@ def leases_list(obj: CLIContext) -> None:
         for l in leases:
             d = lease_to_dict(l)
             st = status[l.subnet]
-            if st.startswith("rejected: "):
+            if st.startswith("rejected: "):  # accepted ones keep exactly their keys
                 d["rejected"] = st[len("rejected: "):]
-            elif st != "ok":
-                d["warning"] = st
             out.append(d)
         print_json(out + [_rejected_dict(r) for r in rejected])
     else:
