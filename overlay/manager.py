@@ -10,10 +10,13 @@ Acquisition, in order:
    VTEP MAC (persisted, so a restart matches) or is the subnet of this node's previous
    subnet.env — another node with the same public IP (a cloned VM, NAT) must not take
    it over, or the two would revoke each other's etcd lease while both use the subnet;
+   a live lease carrying this node's VTEP MAC under another public IP (this node before
+   its address changed) is taken back, so one MAC never has two leases;
 2. else the subnet from this node's previous subnet.env, if it is still free;
 3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
    other rarely pick the same one; each lost race doubles that window (up to 32x).
 
+A key holding garbage is never chosen (it exists, so creating it would always lose).
 A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
 ``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
 never taken.
