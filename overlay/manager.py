@@ -31,7 +31,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Network
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from .backoff import Backoff
 from .config import NetworkConfig
@@ -88,6 +88,9 @@ class SubnetManager:
         self.lost = threading.Event()
         self._lock = threading.Lock()
         self._current: Lease | None = None
+        # The running watch's view and callbacks; the lock orders its steps with _rejudge.
+        self._watch_lock = threading.RLock()
+        self._watching: tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None] | None = None
         self._renew_deadline: tuple[object, float] = (None, 0.0)
 
     @property
@@ -98,8 +101,23 @@ class SubnetManager:
 
     def _set_current(self, lease: Lease) -> Lease:
         with self._lock:
+            moved = self._current is None or self._current.subnet != lease.subnet
             self._current = lease
+        if moved:
+            self._rejudge()
         return lease
+
+    def _rejudge(self) -> None:
+        """Our subnet moved: the running watch judges every lease again at once (whoever
+        took our old subnet is a remote now), not at its next event, which may never come."""
+        with self._watch_lock:
+            if self._watching is None:
+                return
+            view, on_batch, on_rejected = self._watching
+            rules = self._rules()
+            if view.rules != rules:
+                _emit(view.set_rules(rules), on_batch)
+                self._report(view, [], [], False, on_rejected)
 
     def own_subnet(self) -> IPv4Network | None:
         lease = self.current
@@ -380,21 +398,33 @@ class SubnetManager:
         else:
             return
         log.info("watching leases from revision %d (own subnet %s)", rev + 1, own())
-        self._snapshot(view, leases, on_batch, on_snapshot)
-        self._report(view, rejected, [], True, on_rejected)
-        for update in self.registry.watch_leases(rev + 1, stop):
-            if view.rules != self._rules():  # our subnet moved: judge everything again
-                _emit(view.set_rules(self._rules()), on_batch)
-                self._report(view, [], [], False, on_rejected)
-            if update.snapshot is not None:
-                self._check_snapshot(update.snapshot)
-                self._snapshot(view, update.snapshot, on_batch, on_snapshot)
-                self._report(view, getattr(update, "rejected", []), [], True, on_rejected)
-            else:
-                self._note_own_events(update.events)
-                _emit(view.apply(self._remote_events(update.events)), on_batch)
-                self._report(view, getattr(update, "rejected", []),
-                             getattr(update, "cleared", []), False, on_rejected)
+        with self._watch_lock:
+            self._watching = (view, on_batch, on_rejected)
+            self._snapshot(view, leases, on_batch, on_snapshot)
+            self._report(view, rejected, [], True, on_rejected)
+        try:
+            for update in self.registry.watch_leases(rev + 1, stop):
+                with self._watch_lock:
+                    self._watch_step(view, update, on_batch, on_snapshot, on_rejected)
+        finally:
+            with self._watch_lock:
+                self._watching = None
+
+    def _watch_step(self, view: LeaseView, update: Any, on_batch: Callable[[LeaseBatch], None],
+                    on_snapshot: Callable[[list[Lease]], None] | None,
+                    on_rejected: OnRejected | None) -> None:
+        if view.rules != self._rules():  # our subnet moved under a step in flight
+            _emit(view.set_rules(self._rules()), on_batch)
+            self._report(view, [], [], False, on_rejected)
+        if update.snapshot is not None:
+            self._check_snapshot(update.snapshot)
+            self._snapshot(view, update.snapshot, on_batch, on_snapshot)
+            self._report(view, getattr(update, "rejected", []), [], True, on_rejected)
+        else:
+            self._note_own_events(update.events)
+            _emit(view.apply(self._remote_events(update.events)), on_batch)
+            self._report(view, getattr(update, "rejected", []),
+                         getattr(update, "cleared", []), False, on_rejected)
 
     def _rules(self) -> LeaseRules:
         """The acceptance rule as it stands for this node now (its subnet may move)."""
