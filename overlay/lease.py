@@ -505,7 +505,9 @@ class LeaseView:
     rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
     candidates: dict[IPv4Network, Lease] = field(default_factory=dict)
     # Candidates by VTEP MAC (lists: nearly every group has one member; a set costs 3x).
-    _by_mac: dict[str, list[IPv4Network]] = field(default_factory=dict)
+    # A lone subnet or, for a MAC several leases carry, a list (a list per lease would cost
+    # ~70 bytes each at 10 000 leases, for groups that nearly always have one member).
+    _by_mac: dict[str, IPv4Network | list[IPv4Network]] = field(default_factory=dict)
     # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
     _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
     # Subnets whose entry in ``rejected`` the last reset/apply may have changed.
@@ -524,7 +526,7 @@ class LeaseView:
             # Copying the candidates reuses their hashes (IPv4Network hashes in Python);
             # only MACs with several leases need a claim decided.
             new = dict(self.candidates)
-            shared = {mac for mac, members in self._by_mac.items() if len(members) > 1}
+            shared = {mac for mac, members in self._by_mac.items() if isinstance(members, list)}
             settled: dict[IPv4Network, Lease | None] = {}
             self._settle(settled, shared)
             for subnet, l in settled.items():
@@ -599,7 +601,13 @@ class LeaseView:
         self.candidates[lease.subnet] = lease
         mac = lease.attrs.vtep_mac or ""
         if mac:
-            self._by_mac.setdefault(mac, []).append(lease.subnet)
+            had = self._by_mac.get(mac)
+            if had is None:
+                self._by_mac[mac] = lease.subnet
+            elif isinstance(had, list):
+                had.append(lease.subnet)
+            else:
+                self._by_mac[mac] = [had, lease.subnet]
         return mac
 
     def _drop(self, subnet: IPv4Network, changes: dict[IPv4Network, Lease | None],
@@ -612,10 +620,13 @@ class LeaseView:
         if old is not None and old.attrs.vtep_mac:
             mac = old.attrs.vtep_mac
             group = self._by_mac.get(mac)
-            if group is not None and subnet in group:
-                group.remove(subnet)
-                if not group:
-                    del self._by_mac[mac]
+            if isinstance(group, list):
+                if subnet in group:
+                    group.remove(subnet)
+                if len(group) == 1:
+                    self._by_mac[mac] = group[0]
+            elif group == subnet:
+                del self._by_mac[mac]
             touched.add(mac)
 
     def _settle(self, new: dict[IPv4Network, Lease | None], macs: set[str]) -> None:
@@ -623,12 +634,13 @@ class LeaseView:
         ``new`` gets each member's lease, or None where it lost the claim."""
         for mac in macs:
             members = self._by_mac.get(mac) if mac else None
-            if not members:
+            if members is None:
+                continue
+            if not isinstance(members, list):  # nearly every MAC: nothing to claim against
+                self.touched.add(members)
+                self._accept(members, new)
                 continue
             self.touched.update(members)
-            if len(members) == 1:  # nearly every MAC: nothing to claim against
-                self._accept(members[0], new)
-                continue
             group = [self.candidates[s] for s in members]
             holder = claim_macs(group).get(mac)
             for l in group:
