@@ -43,7 +43,7 @@ from .config import NetworkConfig, parse_network_config
 from .errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict, LeaseExists,
                      RegistryError)
 from .etcdconf import EtcdOptions
-from .lease import (MAX_VALUE_BYTES, EventType, Lease, LeaseAttrs, LeaseEvent, Rejection, decode_kv,
+from .lease import (EventType, Lease, LeaseAttrs, LeaseEvent, Rejection, decode_kv,
                     key_to_subnet, subnet_to_key)
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 # A public IP that cannot be a node's: used for REMOVED events whose value etcd no longer has.
 UNKNOWN_IP = IPv4Address("0.0.0.0")
 WATCH_BACKOFF_MIN = 0.05
+CACHED_VALUE_BYTES = 4096  # lease values larger than this are decoded every time
 WATCH_BACKOFF_MAX = 2.0
 
 
@@ -295,8 +296,9 @@ class EtcdRegistry:
     def _judge_kv(self, kv: Any, expiration: datetime | None = None,
                   ttl: int | None = None) -> Lease | Rejection:
         """The lease a key/value holds, or why it is not one (never raises)."""
-        # A hostile value (up to etcd's 1.5 MiB) must not be kept alive by the cache.
-        parse = _parse_kv if len(kv.value) <= MAX_VALUE_BYTES else decode_kv
+        # A hostile value (up to etcd's 1.5 MiB) must not be kept alive by the cache: a
+        # real lease is ~150 bytes, and 4096 cached 64 KiB values would pin 256 MiB.
+        parse = _parse_kv if len(kv.value) <= CACHED_VALUE_BYTES else decode_kv
         parsed = parse(self.subnets_prefix, kv.key, kv.value)
         if len(parsed) == 3:
             reason, detail, subnet = parsed

@@ -161,3 +161,20 @@ def test_watch_events_carry_rejections_and_an_alias_delete_removes_nothing():
     assert [r.reason for r in u.rejected] == ["bad-key"]
     assert u.cleared == [reg.subnets_prefix + "10.244.2.0-24\n"]
     assert _watch_update(reg, []) is None
+
+
+def test_only_small_values_are_cached():
+    """A hostile writer's big values must not be pinned by the decode cache."""
+    from ipaddress import IPv4Address
+
+    from overlay.lease import LeaseAttrs
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    key = (reg.subnets_prefix + "10.244.2.0-24").encode()
+    small = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
+    big = small[:-1] + ', "pad": "' + "x" * 8000 + '"}'
+    registry_mod._parse_kv.cache_clear()
+    for value in (small, big):
+        kv = SimpleNamespace(key=key, value=value.encode(), lease=0, mod_revision=3,
+                             create_revision=3)
+        assert reg._judge_kv(kv).subnet.prefixlen == 24
+    assert registry_mod._parse_kv.cache_info().currsize == 1
