@@ -494,19 +494,18 @@ class LeaseView:
     """Remote leases as the watcher knows them; own subnet excluded.
 
     With ``rules`` every lease goes through the acceptance rule: ``leases`` holds the
-    accepted ones, ``rejected`` why the others (by subnet) are not used.  ``candidates``
-    keeps every lease that passed the per-lease checks, so the loser of a VTEP MAC claim
-    is accepted once the older holder goes away.
+    accepted ones, ``rejected`` why the others (by subnet) are not used.  A lease that
+    passed the per-lease checks but lost a VTEP MAC claim waits in ``losers``, and is
+    accepted once the older holder goes away.
     """
 
     own: IPv4Network | None = None
     leases: dict[IPv4Network, Lease] = field(default_factory=dict)
     rules: LeaseRules | None = None
     rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
-    candidates: dict[IPv4Network, Lease] = field(default_factory=dict)
-    # Candidates by VTEP MAC (lists: nearly every group has one member; a set costs 3x).
-    # A lone subnet or, for a MAC several leases carry, a list (a list per lease would cost
-    # ~70 bytes each at 10 000 leases, for groups that nearly always have one member).
+    losers: dict[IPv4Network, Lease] = field(default_factory=dict)
+    # Leases by VTEP MAC: a lone subnet or, for a MAC several leases carry, a list (a list
+    # per lease would cost ~70 bytes each, for groups that nearly always have one member).
     _by_mac: dict[str, IPv4Network | list[IPv4Network]] = field(default_factory=dict)
     # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
     _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
@@ -516,145 +515,148 @@ class LeaseView:
     def reset(self, snapshot: Iterable[Lease]) -> LeaseBatch:
         """Replace the view by a full listing; return the difference."""
         snapshot = [l for l in snapshot if l.subnet != self.own]
+        old = self.leases
         if self.rules is None:
-            new = {l.subnet: l for l in snapshot}
+            self.leases = {l.subnet: l for l in snapshot}
         else:
             self.touched = set(self.rejected)
-            self.candidates, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}
+            self.leases, self.losers, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}, {}
             for l in snapshot:
                 self._admit(l)
-            # Copying the candidates reuses their hashes (IPv4Network hashes in Python);
-            # only MACs with several leases need a claim decided.
-            new = dict(self.candidates)
-            shared = {mac for mac, members in self._by_mac.items() if isinstance(members, list)}
-            settled: dict[IPv4Network, Lease | None] = {}
-            self._settle(settled, shared)
-            for subnet, l in settled.items():
-                if l is None:
-                    del new[subnet]
+            # Only MACs with several leases need a claim decided.
+            self._settle({m for m, s in self._by_mac.items() if isinstance(s, list)}, {})
             self.touched |= set(self.rejected)
-        batch = diff_leases(self.leases, new)
-        self.leases = new
-        return batch
+        return diff_leases(old, self.leases)
 
     def apply(self, events: Iterable[LeaseEvent]) -> LeaseBatch:
         """Apply watch events in order; return their net effect.
 
-        Costs what the events touch, not what the view holds: ``changes`` maps each
-        touched subnet to its new lease (None: gone), and only those are compared."""
-        changes: dict[IPv4Network, Lease | None] = {}
-        touched: set[str] = set()
+        Costs what the events touch, not what the view holds: ``before`` keeps each
+        touched subnet's accepted lease as it was, and only those are compared."""
+        before: dict[IPv4Network, Lease | None] = {}
+        macs: set[str] = set()
         self.touched = set()
         for ev in events:
             subnet = ev.lease.subnet
             if subnet == self.own:
                 continue
             self.touched.add(subnet)
+            self._remember(subnet, before)
             if self.rules is None:
-                changes[subnet] = ev.lease if ev.type is EventType.ADDED else None
+                if ev.type is EventType.ADDED:
+                    self.leases[subnet] = ev.lease
+                else:
+                    self.leases.pop(subnet, None)
                 continue
-            self._drop(subnet, changes, touched)
+            self._drop(subnet, macs)
             if ev.type is EventType.ADDED:
                 mac = self._admit(ev.lease)
                 if mac:
-                    touched.add(mac)
-                elif mac is not None:  # no MAC: no claim to decide
-                    changes[subnet] = ev.lease
+                    macs.add(mac)
             elif ev.rejection is not None:
                 self.rejected[subnet] = ev.rejection
         if self.rules is not None:
-            self._settle(changes, touched)
-        return self._commit(changes)
-
-    def _commit(self, changes: Mapping[IPv4Network, Lease | None]) -> LeaseBatch:
-        added, removed, changed = [], [], []
-        for subnet, now in changes.items():
-            before = self.leases.get(subnet)
-            if now is None:
-                if before is not None:
-                    removed.append(before)
-                    del self.leases[subnet]
-                continue
-            if before is None:
-                added.append(now)
-            elif before.attrs != now.attrs:
-                changed.append((before, now))
-            self.leases[subnet] = now
-        return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
+            self._settle(macs, before)
+        return self._net(before)
 
     def set_rules(self, rules: LeaseRules) -> LeaseBatch:
         """Judge every known lease again (e.g. this node's subnet changed)."""
-        everything = [*self.candidates.values(),
-                      *(self._raw.pop(s) for s in list(self._raw))]
+        everything = [*self.leases.values(), *self.losers.values(), *self._raw.values()]
         self.rules = rules
         return self.reset(everything)
 
+    def _remember(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
+        if subnet not in before:
+            before[subnet] = self.leases.get(subnet)
+
+    def _net(self, before: Mapping[IPv4Network, Lease | None]) -> LeaseBatch:
+        added, removed, changed = [], [], []
+        for subnet, was in before.items():
+            now = self.leases.get(subnet)
+            if was is None:
+                if now is not None:
+                    added.append(now)
+            elif now is None:
+                removed.append(was)
+            elif was.attrs != now.attrs:
+                changed.append((was, now))
+        return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
+
     def _admit(self, lease: Lease) -> str | None:
-        """Check one lease; a candidate if it passes.  Returns its VTEP MAC ("" for
-        none: nothing to claim), None if it was rejected."""
+        """Check one lease; accepted (for now: ``_settle`` decides MAC claims) if it
+        passes.  Returns its VTEP MAC ("" for none), None if it was rejected."""
         v = check_remote(lease, self.rules)
+        subnet = lease.subnet
         if not v.ok:
-            self.rejected[lease.subnet] = Rejection(subnet_to_key(lease.subnet), v.reason,
-                                                    v.detail, lease.mod_revision, lease.subnet)
-            self._raw[lease.subnet] = lease
+            self.rejected[subnet] = Rejection(subnet_to_key(subnet), v.reason, v.detail,
+                                              lease.mod_revision, subnet)
+            self._raw[subnet] = lease
             return None
-        self.candidates[lease.subnet] = lease
+        self.leases[subnet] = lease
         mac = lease.attrs.vtep_mac or ""
         if mac:
             had = self._by_mac.get(mac)
             if had is None:
-                self._by_mac[mac] = lease.subnet
+                self._by_mac[mac] = subnet
             elif isinstance(had, list):
-                had.append(lease.subnet)
+                had.append(subnet)
             else:
-                self._by_mac[mac] = [had, lease.subnet]
+                self._by_mac[mac] = [had, subnet]
         return mac
 
-    def _drop(self, subnet: IPv4Network, changes: dict[IPv4Network, Lease | None],
-              touched: set[str]) -> None:
+    def _drop(self, subnet: IPv4Network, macs: set[str]) -> None:
         """Forget whatever the view had at ``subnet`` (a new event replaces it)."""
-        changes[subnet] = None
         self.rejected.pop(subnet, None)
         self._raw.pop(subnet, None)
-        old = self.candidates.pop(subnet, None)
-        if old is not None and old.attrs.vtep_mac:
-            mac = old.attrs.vtep_mac
-            group = self._by_mac.get(mac)
-            if isinstance(group, list):
-                if subnet in group:
-                    group.remove(subnet)
-                if len(group) == 1:
-                    self._by_mac[mac] = group[0]
-            elif group == subnet:
-                del self._by_mac[mac]
-            touched.add(mac)
+        old = self.leases.pop(subnet, None) or self.losers.pop(subnet, None)
+        if old is None or not old.attrs.vtep_mac:
+            return
+        mac = old.attrs.vtep_mac
+        group = self._by_mac.get(mac)
+        if isinstance(group, list):
+            if subnet in group:
+                group.remove(subnet)
+            if len(group) == 1:
+                self._by_mac[mac] = group[0]
+        elif group == subnet:
+            del self._by_mac[mac]
+        macs.add(mac)
 
-    def _settle(self, new: dict[IPv4Network, Lease | None], macs: set[str]) -> None:
-        """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed);
-        ``new`` gets each member's lease, or None where it lost the claim."""
+    def _settle(self, macs: set[str], before: dict[IPv4Network, Lease | None]) -> None:
+        """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed)."""
         for mac in macs:
             members = self._by_mac.get(mac) if mac else None
             if members is None:
                 continue
             if not isinstance(members, list):  # nearly every MAC: nothing to claim against
                 self.touched.add(members)
-                self._accept(members, new)
+                self._win(members, before)
                 continue
             self.touched.update(members)
-            group = [self.candidates[s] for s in members]
+            group = [self.leases.get(s) or self.losers[s] for s in members]
             holder = claim_macs(group).get(mac)
             for l in group:
                 if holder is not None and holder != l.attrs.public_ip:
-                    new[l.subnet] = None
-                    self.rejected[l.subnet] = claim_rejection(l, holder)
+                    self._lose(l, holder, before)
                 else:
-                    self._accept(l.subnet, new)
+                    self._win(l.subnet, before)
 
-    def _accept(self, subnet: IPv4Network, new: dict[IPv4Network, Lease | None]) -> None:
-        new[subnet] = self.candidates[subnet]
+    def _win(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
+        if subnet in self.losers:
+            self._remember(subnet, before)
+            self.leases[subnet] = self.losers.pop(subnet)
         rej = self.rejected.get(subnet) if self.rejected else None
         if rej is not None and rej.reason == Reason.VTEP_MAC_CLAIMED:
             del self.rejected[subnet]
+
+    def _lose(self, lease: Lease, holder: IPv4Address,
+              before: dict[IPv4Network, Lease | None]) -> None:
+        subnet = lease.subnet
+        if subnet in self.leases:
+            self._remember(subnet, before)
+            del self.leases[subnet]
+        self.losers[subnet] = lease
+        self.rejected[subnet] = claim_rejection(lease, holder)
 
     def warnings(self) -> dict[IPv4Network, str]:
         """Accepted leases the rule warns about (outside [SubnetMin, SubnetMax])."""
