@@ -85,7 +85,8 @@ class VXLANBackend:
     def entries_for(self, lease: Lease) -> list[Entry]:
         """The entries of one remote lease, in programming order; [] if skipped."""
         a = lease.attrs
-        if a.backend_type != "vxlan" or a.vni != self.s.vni:
+        # A missing VNI means ours: Flannel wrote none before v0.13.
+        if a.backend_type != "vxlan" or (a.vni is not None and a.vni != self.s.vni):
             self._warn_skip(lease, f"backend {a.backend_type} VNI {a.vni}, "
                                    f"we are vxlan VNI {self.s.vni}")
             return []

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Callable, Sequence
@@ -34,7 +35,7 @@ from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, Le
 from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
 from .http import HealthServer, Metrics, parse_hostport
 from .ifname import ifname_problem
-from .lease import Lease, LeaseAttrs, LeaseBatch
+from .lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
 from .manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
 from .masq import Masquerade
 from .netlink.vxlan import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
@@ -237,6 +238,48 @@ class _ObservedRegistry:
         return self._inner.watch_config(start_revision, stop, on_error=self._count)
 
 
+# ---- rejected keys ---------------------------------------------------------------------
+
+MAX_REJECTIONS = 256  # distinct keys kept; a hostile writer can make millions
+MAX_SEEN = 4096  # (key, revision) pairs remembered so a repeat is not logged again
+
+
+class RejectionLog:
+    """Rejected keys as the watch reports them: each logged and counted once per key
+    revision, the newest ``MAX_REJECTIONS`` kept for inspection."""
+
+    def __init__(self, metrics: Metrics, limit: int = MAX_REJECTIONS):
+        self.metrics = metrics
+        self.limit = limit
+        self.entries: OrderedDict[str, Rejection] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int, str], None] = OrderedDict()
+
+    def note(self, now: list[Rejection], gone: list[str], complete: bool) -> None:
+        if complete:
+            keep = {r.key for r in now}
+            for key in [k for k in self.entries if k not in keep]:
+                del self.entries[key]
+        for key in gone:
+            self.entries.pop(key, None)
+        for r in now:
+            self._add(r)
+
+    def _add(self, r: Rejection) -> None:
+        self.entries[r.key] = r
+        self.entries.move_to_end(r.key)
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
+        mark = (r.key, r.mod_revision, r.reason)
+        if mark in self._seen:
+            return
+        self._seen[mark] = None
+        while len(self._seen) > MAX_SEEN:
+            self._seen.popitem(last=False)
+        self.metrics.leases_rejected.labels(reason=r.reason).inc()
+        log.warning("rejected %s (revision %d): %s: %s", printable_key(r.key), r.mod_revision,
+                    r.reason, r.detail)
+
+
 # ---- the daemon ----------------------------------------------------------------------
 
 class Daemon:
@@ -262,6 +305,7 @@ class Daemon:
         self._held: IPv4Network | None = None  # the subnet _hold last completed for
         self.watch_health = WatchHealth(settings.watch_lag_limit)
         self.config_drift: str | None = None  # how etcd's config differs from ours, if it does
+        self.rejections = RejectionLog(self.metrics)
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
         self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
@@ -506,7 +550,7 @@ class Daemon:
         self.watch_health.started()
         try:
             self.manager.run_watch(self.manager.own_subnet, self.stop, self._on_batch,
-                                   self._on_snapshot)
+                                   self._on_snapshot, self.rejections.note)
         finally:
             self.watch_health.stopped()
 

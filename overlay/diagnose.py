@@ -37,7 +37,7 @@ from .config import VXLAN_OVERHEAD, NetworkConfig
 from .errors import OverlayError, SubnetEnvError
 from .etcdconf import EtcdOptions
 from .firewall import FirewallState, read_firewall
-from .lease import Lease
+from .lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from .probe import Echo, echo_many
 from .proc import run_quiet
 from .netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
@@ -136,6 +136,8 @@ class ClusterState:
     config: NetworkConfig | None = None
     leases: list[Lease] = field(default_factory=list)
     error: str = ""  # set when etcd could not be read
+    rejected: list[Rejection] = field(default_factory=list)  # keys that hold no lease
+    subnets_prefix: str = ""  # ``<prefix>/subnets/``: the full key of a lease
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
@@ -159,6 +161,7 @@ class Facts:
     underlay: LinkInfo | None
     overlay_cni: CNIConfigFile | None
     direct: frozenset[IPv4Network] = frozenset()  # DirectRouting peers: route via public IP
+    rejected: tuple[Rejection, ...] = ()  # keys the acceptance rule rejects, as overlayd does
 
     @property
     def vxlan_remotes(self) -> list[Lease]:
@@ -226,9 +229,7 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
         underlay = _underlay(k, vxlan, public_ip)
     own_subnet = own.subnet if own else (node.subnet_env.subnet.network if node.subnet_env
                                          else None)
-    remotes = [l for l in cluster.leases if l is not own and l.subnet != own_subnet
-               and l.attrs.backend_type == "vxlan"
-               and (cfg is None or l.attrs.vni in (None, cfg.backend.vni))]
+    remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
     direct: frozenset[IPv4Network] = frozenset()
     if cfg and cfg.backend.direct_routing and public_ip:
@@ -237,7 +238,24 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
         if l2 is not None:
             direct = frozenset(l.subnet for l in remotes if l.attrs.public_ip in l2)
     return Facts(vxlan_name, bridge_name, public_ip, own, own_subnet, remotes, network,
-                 vxlan, k.link(bridge_name), underlay, overlay_cni, direct)
+                 vxlan, k.link(bridge_name), underlay, overlay_cni, direct, rejected)
+
+
+def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Network | None,
+                   public_ip: IPv4Address | None, vxlan: LinkInfo | None
+                   ) -> tuple[list[Lease], tuple[Rejection, ...]]:
+    """The remotes overlayd programs, by the very rule it uses (``overlay.lease.judge``),
+    and every key it rejects (those that hold no lease included)."""
+    others = [l for l in cluster.leases if l is not own and l.subnet != own_subnet]
+    cfg = cluster.config
+    if cfg is None:  # nothing to judge against: the leases as they are
+        return [l for l in others if l.attrs.backend_type == "vxlan"], tuple(cluster.rejected)
+    rules = LeaseRules.from_config(cfg, () if own_subnet is None else (own_subnet,),
+                                   () if public_ip is None else (public_ip,),
+                                   (vxlan.mac or "").lower() or None if vxlan else None)
+    remotes, bad, _ = judge(others, rules)
+    bad = [replace(r, key=cluster.subnets_prefix + r.key) for r in bad]
+    return remotes, (*cluster.rejected, *sorted(bad, key=lambda r: r.key))
 
 
 def _guess_vxlan(k: KernelState) -> str:
@@ -313,6 +331,27 @@ def check_lease(cluster: ClusterState, f: Facts) -> CheckResult:
         return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems),
                            "restart overlayd on this node so it renews and republishes its lease")
     return CheckResult(name, PASS, expected, found)
+
+
+MAX_LISTED_REJECTIONS = 20
+
+
+def check_rejected_leases(cluster: ClusterState, f: Facts, endpoints: str) -> CheckResult:
+    """Every key under subnets/ that overlayd rejects, why, and the command removing it."""
+    name = "rejected-leases"
+    expected = "every key under subnets/ is a lease overlayd accepts"
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
+    if not f.rejected:
+        return CheckResult(name, PASS, expected, f"{len(cluster.leases)} lease(s), none rejected")
+    shown = f.rejected[:MAX_LISTED_REJECTIONS]
+    more = len(f.rejected) - len(shown)
+    found = "; ".join(f"{printable_key(r.key)}: {r.reason} ({r.detail})" for r in shown)
+    fixes = "; ".join(etcdctl_del(r.key, endpoints) for r in shown)
+    return CheckResult(name, FAIL, expected,
+                       f"{len(f.rejected)} rejected key(s): {found}"
+                       + (f"; and {more} more (see `overlayctl leases list`)" if more else ""),
+                       "find what wrote them; if nothing should, delete each: " + fixes)
 
 
 def check_daemon(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
@@ -881,6 +920,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),
+        check_rejected_leases(cluster, f, endpoints),
         check_daemon(node, opts),
         check_subnet_env(node, cluster, f, node.subnet_file),
         check_cni_config(node, opts),
@@ -1058,7 +1098,8 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
     try:
         with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
             config = reg.get_config()
-            leases, _ = reg.list_leases(with_expiration=False)
+            listing = reg.list_subnets(with_expiration=False)
+            leases, rejected = listing.leases, listing.rejected
             for i, lease in enumerate(leases):
                 if lease.attrs.public_ip in mine and not lease.reserved:
                     fresh = reg.get_lease(lease.subnet)
@@ -1066,7 +1107,8 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
     except OverlayError as e:
         log.info("etcd unavailable for diagnose: %s", e)
         return ClusterState(error=str(e))
-    return ClusterState(config=config, leases=leases)
+    return ClusterState(config=config, leases=leases, rejected=rejected,
+                        subnets_prefix=reg.subnets_prefix)
 
 
 def gather_node(opts: DiagnoseOptions) -> NodeState:

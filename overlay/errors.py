@@ -85,3 +85,7 @@ class CNIError(OverlayError):
         if self.details:
             out["details"] = self.details
         return out
+
+
+class LeaseValueTooLarge(RegistryError):
+    """A lease value in etcd is larger than any lease could be (hostile or corrupt)."""

@@ -46,6 +46,11 @@ class Metrics:
             "overlay_reconcile_duration_seconds", "Duration of one reconcile", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.etcd_errors = Counter("overlay_etcd_errors", "Failed etcd requests", registry=r)
+        # Labelled by the reason slug only: keys are written by whoever holds etcd
+        # credentials, and one label per key would let them grow the metrics without end.
+        self.leases_rejected = Counter(
+            "overlay_leases_rejected", "Keys under subnets/ rejected by the acceptance rule "
+            "(counted once per key revision)", ["reason"], registry=r)
         self.lease_expiry = Gauge("overlay_lease_expiry_seconds",
                                   "Seconds until this node's lease expires (-1: reservation "
                                   "or no lease)", registry=r)

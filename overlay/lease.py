@@ -6,6 +6,12 @@ A lease lives at ``<prefix>/subnets/10.244.1.0-24`` with a JSON value::
      "BackendData": {"VNI": 1, "VtepMAC": "0e:..."}}
 
 attached to an etcd lease (TTL).  A key with no etcd lease is a *reservation*.
+
+Everything in etcd is untrusted, so this is also where the one acceptance rule for a
+remote lease lives: the key and value codec (``decode_kv``: whole-string keys, bounded
+values, any decoding failure a rejection), the per-lease checks (``check_remote``), the
+VTEP MAC claims (``claim_macs``), ``judge`` for a snapshot and ``LeaseView`` for a watch.
+The daemon, ``overlayctl`` and ``diagnose`` all use it, so they cannot disagree.
 Nothing here does I/O.
 """
 
@@ -14,15 +20,32 @@ from __future__ import annotations
 import enum
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Iterable, Mapping
 
-from .errors import RegistryError
+from .errors import LeaseValueTooLarge, RegistryError
 
-_KEY_RE = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+# Whole-string forms: ``fullmatch`` (``$`` would let a trailing newline through), and
+# the parsed value must re-encode to the very same text (no ``010.`` leading zeros).
+_KEY_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+MAX_VALUE_BYTES = 64 * 1024  # a lease value is ~150 bytes; anything near this is hostile
+
+
+@dataclass(frozen=True)
+class SubnetKeyName:
+    """The last element of a lease key, parsed: ``10.244.1.0-24``.
+
+    Typed so the dual-stack form ``10.244.1.0-24&fd00:10:244:1::-64`` can add an
+    ``ipv6`` field without every caller re-parsing strings.
+    """
+
+    ipv4: IPv4Network
+
+    def encode(self) -> str:
+        return subnet_to_key(self.ipv4)
 
 
 def subnet_to_key(subnet: IPv4Network) -> str:
@@ -30,13 +53,30 @@ def subnet_to_key(subnet: IPv4Network) -> str:
     return f"{subnet.network_address}-{subnet.prefixlen}"
 
 
-def key_to_subnet(key: str) -> IPv4Network:
-    """The last path element of a subnet key back to a network; strict."""
-    name = key.rsplit("/", 1)[-1]
-    m = _KEY_RE.match(name)
+def parse_key_name(name: str) -> SubnetKeyName:
+    """``10.244.1.0-24`` -> its subnet; ValueError unless ``name`` is exactly the
+    canonical encoding (no whitespace, no path, no leading zeros, no host bits)."""
+    m = _KEY_RE.fullmatch(name)
     if not m:
-        raise ValueError(f"not a subnet key: {key!r}")
-    return IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True)
+        raise ValueError(f"not a subnet key: {name!r}")
+    parsed = SubnetKeyName(IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True))
+    if parsed.encode() != name:
+        raise ValueError(f"not a canonical subnet key: {name!r} (expected {parsed.encode()!r})")
+    return parsed
+
+
+def key_to_subnet(key: str, prefix: str | None = None) -> IPv4Network:
+    """A subnet key back to a network; strict.
+
+    With ``prefix`` (``<prefix>/subnets/``) the key must be that prefix followed by one
+    key name, nothing else: an alias of another node's key (extra segments, a newline)
+    must not decode to that node's subnet.  Without it, ``key`` is a bare key name.
+    """
+    if prefix is not None:
+        if not key.startswith(prefix):
+            raise ValueError(f"not under {prefix!r}: {key!r}")
+        key = key[len(prefix):]
+    return parse_key_name(key).ipv4
 
 
 def parse_subnet_arg(text: str) -> IPv4Network:
@@ -51,7 +91,7 @@ def parse_subnet_arg(text: str) -> IPv4Network:
 
 def normalize_mac(mac: str) -> str:
     m = mac.strip().lower().replace("-", ":")
-    if not _MAC_RE.match(m):
+    if not _MAC_RE.fullmatch(m):
         raise ValueError(f"not a MAC address: {mac!r}")
     return m
 
@@ -81,24 +121,58 @@ class LeaseAttrs:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "LeaseAttrs":
+        """Decode a lease value; ``RegistryError`` for anything that is not one.
+
+        Bounded (``MAX_VALUE_BYTES``), and *any* exception while decoding (a huge
+        number, nesting deep enough for RecursionError, bad UTF-8, wrong types) becomes
+        that error: one bad value must never escape into the watch that read it.
+        """
+        if len(raw) > MAX_VALUE_BYTES:
+            raise LeaseValueTooLarge(f"lease value of {len(raw)} bytes is larger than "
+                                     f"{MAX_VALUE_BYTES}")
         try:
             obj = json.loads(raw)
             return cls.from_dict(obj)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise RegistryError(f"malformed lease value {raw!r}: {e}") from e
+        except Exception as e:  # noqa: BLE001 (see the docstring)
+            raise RegistryError(f"malformed lease value {_preview(raw)}: "
+                                f"{type(e).__name__}: {_preview(str(e))}") from e
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "LeaseAttrs":
-        data = dict(obj.get("BackendData") or {})
+        """Typed fields only; ValueError/TypeError name the field that is wrong."""
+        if not isinstance(obj, dict):
+            raise TypeError("lease value must be a JSON object")
+        data = obj.get("BackendData")
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise TypeError("BackendData must be an object")
+        data = dict(data)
         vni = data.pop("VNI", None)
         mac = data.pop("VtepMAC", None)
+        ip = obj.get("PublicIP")
+        btype = obj.get("BackendType", "vxlan")
+        if not isinstance(ip, str):
+            raise TypeError(f"PublicIP must be a string, got {type(ip).__name__}")
+        if not isinstance(btype, str):
+            raise TypeError(f"BackendType must be a string, got {type(btype).__name__}")
+        if vni is not None and (type(vni) is not int or not 0 <= vni < 1 << 24):
+            raise ValueError(f"VNI must be an integer 0..{(1 << 24) - 1}")
+        if mac is not None and not isinstance(mac, str):
+            raise TypeError(f"VtepMAC must be a string, got {type(mac).__name__}")
         return cls(
-            public_ip=IPv4Address(obj["PublicIP"]),
-            backend_type=str(obj.get("BackendType", "vxlan")),
-            vni=int(vni) if vni is not None else None,
+            public_ip=IPv4Address(ip),
+            backend_type=btype,
+            vni=vni,
             vtep_mac=normalize_mac(mac) if mac else None,
             extra=tuple(sorted(data.items())),
         )
+
+
+def _preview(raw: str | bytes, limit: int = 80) -> str:
+    """A short, one-line printable form of untrusted text for messages and logs."""
+    text = repr(raw[:limit])
+    return text + ("..." if len(raw) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -111,6 +185,7 @@ class Lease:
     etcd_lease_id: int = 0  # 0: no etcd lease, i.e. a reservation
     mod_revision: int = 0  # etcd mod_revision of the key when read
     ttl: int | None = None  # granted TTL in seconds, when known
+    create_revision: int = 0  # etcd create_revision: who was first (VTEP MAC claims)
 
     @property
     def reserved(self) -> bool:
@@ -137,6 +212,9 @@ class LeaseEvent:
     type: EventType
     lease: Lease  # for REMOVED only ``subnet`` is meaningful
     revision: int = 0
+    # A REMOVED whose key now holds a value that is rejected (the subnet's lease is gone
+    # for the data plane; the key stays in etcd): why.
+    rejection: "Rejection | None" = None
 
 
 @dataclass(frozen=True)
@@ -151,34 +229,442 @@ class LeaseBatch:
         return bool(self.added or self.removed or self.changed)
 
 
+def decode_kv(prefix: str, key: bytes, value: bytes
+              ) -> tuple[IPv4Network, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
+    """One key/value read under ``prefix`` (``<prefix>/subnets/``): (subnet, attrs), or
+    (reason, detail, subnet-or-None) when it is rejected.  Never raises."""
+    try:
+        subnet = key_to_subnet(key.decode(), prefix)
+    except (ValueError, UnicodeDecodeError):
+        return Reason.BAD_KEY, f"not a subnet key: {_preview(key)}", None
+    try:
+        return subnet, LeaseAttrs.from_json(value)
+    except LeaseValueTooLarge as e:
+        return Reason.VALUE_TOO_LARGE, str(e), subnet
+    except RegistryError as e:
+        return Reason.BAD_VALUE, str(e), subnet
+
+
+def printable_key(key: str, limit: int = 200) -> str:
+    """An untrusted key as one printable line: newlines, control characters and bytes
+    that are not UTF-8 (kept as surrogates by the registry) shown as escapes."""
+    raw = key.encode("utf-8", "surrogateescape")
+    text = raw[:limit].decode("utf-8", "backslashreplace")
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return out + ("..." if len(raw) > limit else "")
+
+
+_SHELL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._-:&")
+
+
+def etcdctl_del(key: str, endpoints: str = "") -> str:
+    """The exact shell command that deletes ``key`` (any bytes: a trailing newline too)."""
+    ep = f"--endpoints={endpoints} " if endpoints else ""
+    raw = key.encode("utf-8", "surrogateescape")
+    if raw and all(b in _SHELL_SAFE for b in raw):
+        return f"ETCDCTL_API=3 etcdctl {ep}del '{key}'"
+    # printf octal escapes rebuild every byte; the X keeps $(...) from eating newlines.
+    esc = "".join(chr(b) if b in _SHELL_SAFE else f"\\{b:03o}" for b in raw)
+    return f"k=$(printf '{esc}X') && ETCDCTL_API=3 etcdctl {ep}del \"${{k%X}}\""
+
+
+# ---- the acceptance rule for a remote lease ---------------------------------------------
+
+class Reason:
+    """Why a key under ``subnets/`` is not used: short stable slugs (metric labels)."""
+
+    BAD_KEY = "bad-key"
+    BAD_VALUE = "bad-value"
+    VALUE_TOO_LARGE = "value-too-large"
+    SUBNET_OUTSIDE_NETWORK = "subnet-outside-network"
+    SUBNET_LENGTH = "subnet-length"
+    OWN_SUBNET = "own-subnet"
+    PUBLIC_IP_UNUSABLE = "public-ip-unusable"
+    PUBLIC_IP_IN_NETWORK = "public-ip-in-network"
+    PUBLIC_IP_OWN = "public-ip-own"
+    VTEP_MAC_UNUSABLE = "vtep-mac-unusable"
+    VTEP_MAC_CLAIMED = "vtep-mac-claimed"
+    VNI_MISMATCH = "vni-mismatch"
+    BACKEND_TYPE = "backend-type"
+
+
+OUTSIDE_RANGE = "outside-range"  # warnings, not rejections
+NO_VTEP_MAC = "no-vtep-mac"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A key under ``subnets/`` that is not used, and why."""
+
+    key: str  # as read; bytes that are not UTF-8 kept as surrogates (surrogateescape)
+    reason: str  # a ``Reason`` slug
+    detail: str  # one human line
+    mod_revision: int = 0
+    subnet: IPv4Network | None = None  # when the key itself parsed
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The rule's answer for one lease: ``reason`` None means accepted."""
+
+    reason: str | None = None
+    detail: str = ""
+    warning: str | None = None  # e.g. ``OUTSIDE_RANGE`` for an accepted lease
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+ACCEPTED = Verdict()
+# No VtepMAC: nothing wrong (a reservation made before its node started, or a DirectRouting
+# peer), but nothing to put in an FDB entry either; the backend decides what it can do.
+NO_MAC = Verdict(warning=NO_VTEP_MAC, detail="no VtepMAC in the lease (yet)")
+
+
+def _net_range(net: IPv4Network) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+# Public IPs no node can be reached at, as int ranges (checked without ipaddress's
+# per-call property lookups, since this runs per lease):  0/8 "this network" (0.0.0.0
+# included), 127/8 loopback, 224/4 multicast, 240/4 reserved incl. 255.255.255.255, and
+# 169.254/16 link-local: assigned when DHCP failed, never routed between nodes, and home
+# of the cloud metadata service (169.254.169.254), which a rogue lease must not be able
+# to aim our VXLAN traffic at.
+_UNUSABLE_IPS = tuple(_net_range(IPv4Network(n)) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"))
+
+
+@dataclass(frozen=True)
+class LeaseRules:
+    """What a remote lease is checked against: the network config and this node."""
+
+    network: IPv4Network
+    subnet_len: int
+    subnet_min: IPv4Address
+    subnet_max: IPv4Address
+    vni: int
+    own_subnets: frozenset[IPv4Network] = frozenset()
+    own_ips: frozenset[IPv4Address] = frozenset()
+    own_mac: str | None = None
+    # The Network as ints, computed once: the checks run per lease.
+    net_lo: int = field(init=False, repr=False, compare=False)
+    net_hi: int = field(init=False, repr=False, compare=False)
+    min_int: int = field(init=False, repr=False, compare=False)
+    max_int: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = _net_range(self.network)
+        for name, v in (("net_lo", lo), ("net_hi", hi), ("min_int", int(self.subnet_min)),
+                        ("max_int", int(self.subnet_max))):
+            object.__setattr__(self, name, v)
+
+    @classmethod
+    def from_config(cls, cfg: Any, own_subnets: Iterable[IPv4Network] = (),
+                    own_ips: Iterable[IPv4Address] = (), own_mac: str | None = None
+                    ) -> "LeaseRules":
+        """From a ``NetworkConfig`` (duck-typed: the lease layer sits below config)."""
+        return cls(cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max,
+                   cfg.backend.vni, frozenset(own_subnets), frozenset(own_ips), own_mac)
+
+    def with_own(self, own_subnets: Iterable[IPv4Network] = (),
+                 own_ips: Iterable[IPv4Address] | None = None) -> "LeaseRules":
+        return replace(self, own_subnets=frozenset(own_subnets),
+                       own_ips=self.own_ips if own_ips is None else frozenset(own_ips))
+
+
+def check_remote(lease: Lease, rules: LeaseRules) -> Verdict:
+    """Whether a remote lease may be programmed (the VTEP MAC claim aside: that needs
+    every lease, see ``claim_macs``).  Pure and cheap: integer comparisons only."""
+    base = int(lease.subnet.network_address)
+    bad = _check_subnet(lease.subnet, base, rules) or _check_attrs(lease.attrs, rules)
+    if bad is not None:
+        return bad
+    if rules.min_int <= base <= rules.max_int:
+        return ACCEPTED if lease.attrs.vtep_mac else NO_MAC
+    return Verdict(warning=OUTSIDE_RANGE if lease.attrs.vtep_mac else f"{OUTSIDE_RANGE},"
+                   f"{NO_VTEP_MAC}", detail=f"{lease.subnet} is outside [{rules.subnet_min}"
+                   f", {rules.subnet_max}] (accepted: inside the Network)")
+
+
+def _check_subnet(subnet: IPv4Network, base: int, rules: LeaseRules) -> Verdict | None:
+    if subnet.prefixlen != rules.subnet_len:
+        return Verdict(Reason.SUBNET_LENGTH, f"{subnet} is not a /{rules.subnet_len} "
+                       "(SubnetLen)")
+    if not rules.net_lo <= base <= rules.net_hi:
+        return Verdict(Reason.SUBNET_OUTSIDE_NETWORK, f"{subnet} is outside the Network "
+                       f"{rules.network}")
+    if rules.own_subnets and subnet in rules.own_subnets:
+        return Verdict(Reason.OWN_SUBNET, f"{subnet} is this node's own subnet")
+    return None
+
+
+def _unusable_ip(ip: int) -> bool:
+    """See ``_UNUSABLE_IPS`` (the same ranges, unrolled: this runs per lease)."""
+    top = ip >> 24
+    return top == 0 or top == 127 or top >= 224 or ip >> 16 == 0xA9FE
+
+
+def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
+    if a.backend_type != "vxlan":
+        return Verdict(Reason.BACKEND_TYPE, f"BackendType {a.backend_type!r}, not vxlan")
+    if a.vni is not None and a.vni != rules.vni:
+        return Verdict(Reason.VNI_MISMATCH, f"VNI {a.vni}, the network's is {rules.vni}")
+    ip = int(a.public_ip)
+    if _unusable_ip(ip):
+        return Verdict(Reason.PUBLIC_IP_UNUSABLE, f"PublicIP {a.public_ip} is not a "
+                       "routable unicast address")
+    if rules.net_lo <= ip <= rules.net_hi:
+        return Verdict(Reason.PUBLIC_IP_IN_NETWORK, f"PublicIP {a.public_ip} is inside the "
+                       f"pod Network {rules.network}")
+    if rules.own_ips and a.public_ip in rules.own_ips:
+        return Verdict(Reason.PUBLIC_IP_OWN, f"PublicIP {a.public_ip} is this node's own")
+    return _check_mac(a.vtep_mac, rules)
+
+
+def _check_mac(mac: str | None, rules: LeaseRules) -> Verdict | None:
+    if not mac:
+        return None  # see NO_MAC
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        return Verdict(Reason.VTEP_MAC_UNUSABLE, f"VtepMAC {mac} is not a unicast, "
+                       "non-zero MAC")
+    if mac == rules.own_mac:
+        return Verdict(Reason.VTEP_MAC_CLAIMED, f"VtepMAC {mac} is this node's own")
+    return None
+
+
+def claim_macs(leases: Iterable[Lease]) -> dict[str, IPv4Address]:
+    """Per VTEP MAC the public IP that holds it: the one of the lease created first
+    (etcd create_revision; the subnet breaks ties).  A lease with that MAC and another
+    public IP is rejected (``vtep-mac-claimed``), so a second lease cannot flip a node's
+    FDB entry back and forth."""
+    first: dict[str, Lease] = {}
+    for l in leases:
+        mac = l.attrs.vtep_mac
+        if mac is None:
+            continue
+        cur = first.get(mac)
+        if cur is None or _older(l, cur):
+            first[mac] = l
+    return {mac: l.attrs.public_ip for mac, l in first.items()}
+
+
+def _older(a: Lease, b: Lease) -> bool:
+    return (a.create_revision, int(a.subnet.network_address)) < (
+        b.create_revision, int(b.subnet.network_address))
+
+
+def claim_rejection(lease: Lease, holder: IPv4Address, key: str = "") -> Rejection:
+    return Rejection(key or subnet_to_key(lease.subnet), Reason.VTEP_MAC_CLAIMED,
+                     f"VtepMAC {lease.attrs.vtep_mac} belongs to {holder} (an older lease)",
+                     lease.mod_revision, lease.subnet)
+
+
+def judge(leases: Iterable[Lease], rules: LeaseRules
+          ) -> tuple[list[Lease], list[Rejection], dict[IPv4Network, str]]:
+    """The whole rule over a snapshot: (accepted, rejected, warnings by subnet).
+
+    The one function ``overlayctl leases list`` and ``diagnose`` use; the watch uses
+    ``LeaseView``, which gives the same answer incrementally."""
+    passed, rejected, warnings = [], [], {}
+    for l in leases:
+        v = check_remote(l, rules)
+        if not v.ok:
+            rejected.append(Rejection(subnet_to_key(l.subnet), v.reason, v.detail,
+                                      l.mod_revision, l.subnet))
+            continue
+        if v.warning:
+            warnings[l.subnet] = v.warning
+        passed.append(l)
+    holders = claim_macs(passed)
+    accepted = []
+    for l in passed:
+        holder = holders.get(l.attrs.vtep_mac) if l.attrs.vtep_mac else None
+        if holder is not None and holder != l.attrs.public_ip:
+            rejected.append(claim_rejection(l, holder))
+            warnings.pop(l.subnet, None)
+        else:
+            accepted.append(l)
+    return accepted, rejected, warnings
+
+
 @dataclass
 class LeaseView:
-    """Remote leases as the watcher knows them; own subnet excluded."""
+    """Remote leases as the watcher knows them; own subnet excluded.
+
+    With ``rules`` every lease goes through the acceptance rule: ``leases`` holds the
+    accepted ones, ``rejected`` why the others (by subnet) are not used.  A lease that
+    passed the per-lease checks but lost a VTEP MAC claim waits in ``losers``, and is
+    accepted once the older holder goes away.
+    """
 
     own: IPv4Network | None = None
     leases: dict[IPv4Network, Lease] = field(default_factory=dict)
+    rules: LeaseRules | None = None
+    rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
+    losers: dict[IPv4Network, Lease] = field(default_factory=dict)
+    # Leases by VTEP MAC: a lone subnet or, for a MAC several leases carry, a list (a list
+    # per lease would cost ~70 bytes each, for groups that nearly always have one member).
+    _by_mac: dict[str, IPv4Network | list[IPv4Network]] = field(default_factory=dict)
+    # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
+    _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
+    # Subnets whose entry in ``rejected`` the last reset/apply may have changed.
+    touched: set[IPv4Network] = field(default_factory=set)
 
     def reset(self, snapshot: Iterable[Lease]) -> LeaseBatch:
         """Replace the view by a full listing; return the difference."""
-        new = {l.subnet: l for l in snapshot if l.subnet != self.own}
-        batch = diff_leases(self.leases, new)
-        self.leases = new
-        return batch
+        snapshot = [l for l in snapshot if l.subnet != self.own]
+        old = self.leases
+        if self.rules is None:
+            self.leases = {l.subnet: l for l in snapshot}
+        else:
+            self.touched = set(self.rejected)
+            self.leases, self.losers, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}, {}
+            for l in snapshot:
+                self._admit(l)
+            # Only MACs with several leases need a claim decided.
+            self._settle({m for m, s in self._by_mac.items() if isinstance(s, list)}, {})
+            self.touched |= set(self.rejected)
+        return diff_leases(old, self.leases)
 
     def apply(self, events: Iterable[LeaseEvent]) -> LeaseBatch:
-        """Apply watch events in order; return their net effect."""
-        new = dict(self.leases)
+        """Apply watch events in order; return their net effect.
+
+        Costs what the events touch, not what the view holds: ``before`` keeps each
+        touched subnet's accepted lease as it was, and only those are compared."""
+        before: dict[IPv4Network, Lease | None] = {}
+        macs: set[str] = set()
+        self.touched = set()
         for ev in events:
             subnet = ev.lease.subnet
             if subnet == self.own:
                 continue
+            self.touched.add(subnet)
+            self._remember(subnet, before)
+            if self.rules is None:
+                if ev.type is EventType.ADDED:
+                    self.leases[subnet] = ev.lease
+                else:
+                    self.leases.pop(subnet, None)
+                continue
+            self._drop(subnet, macs)
             if ev.type is EventType.ADDED:
-                new[subnet] = ev.lease
+                mac = self._admit(ev.lease)
+                if mac:
+                    macs.add(mac)
+            elif ev.rejection is not None:
+                self.rejected[subnet] = ev.rejection
+        if self.rules is not None:
+            self._settle(macs, before)
+        return self._net(before)
+
+    def set_rules(self, rules: LeaseRules) -> LeaseBatch:
+        """Judge every known lease again (e.g. this node's subnet changed)."""
+        everything = [*self.leases.values(), *self.losers.values(), *self._raw.values()]
+        self.rules = rules
+        return self.reset(everything)
+
+    def _remember(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
+        if subnet not in before:
+            before[subnet] = self.leases.get(subnet)
+
+    def _net(self, before: Mapping[IPv4Network, Lease | None]) -> LeaseBatch:
+        added, removed, changed = [], [], []
+        for subnet, was in before.items():
+            now = self.leases.get(subnet)
+            if was is None:
+                if now is not None:
+                    added.append(now)
+            elif now is None:
+                removed.append(was)
+            elif was.attrs != now.attrs:
+                changed.append((was, now))
+        return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
+
+    def _admit(self, lease: Lease) -> str | None:
+        """Check one lease; accepted (for now: ``_settle`` decides MAC claims) if it
+        passes.  Returns its VTEP MAC ("" for none), None if it was rejected."""
+        v = check_remote(lease, self.rules)
+        subnet = lease.subnet
+        if not v.ok:
+            self.rejected[subnet] = Rejection(subnet_to_key(subnet), v.reason, v.detail,
+                                              lease.mod_revision, subnet)
+            self._raw[subnet] = lease
+            return None
+        self.leases[subnet] = lease
+        mac = lease.attrs.vtep_mac or ""
+        if mac:
+            had = self._by_mac.get(mac)
+            if had is None:
+                self._by_mac[mac] = subnet
+            elif isinstance(had, list):
+                had.append(subnet)
             else:
-                new.pop(subnet, None)
-        batch = diff_leases(self.leases, new)
-        self.leases = new
-        return batch
+                self._by_mac[mac] = [had, subnet]
+        return mac
+
+    def _drop(self, subnet: IPv4Network, macs: set[str]) -> None:
+        """Forget whatever the view had at ``subnet`` (a new event replaces it)."""
+        self.rejected.pop(subnet, None)
+        self._raw.pop(subnet, None)
+        old = self.leases.pop(subnet, None) or self.losers.pop(subnet, None)
+        if old is None or not old.attrs.vtep_mac:
+            return
+        mac = old.attrs.vtep_mac
+        group = self._by_mac.get(mac)
+        if isinstance(group, list):
+            if subnet in group:
+                group.remove(subnet)
+            if len(group) == 1:
+                self._by_mac[mac] = group[0]
+        elif group == subnet:
+            del self._by_mac[mac]
+        macs.add(mac)
+
+    def _settle(self, macs: set[str], before: dict[IPv4Network, Lease | None]) -> None:
+        """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed)."""
+        for mac in macs:
+            members = self._by_mac.get(mac) if mac else None
+            if members is None:
+                continue
+            if not isinstance(members, list):  # nearly every MAC: nothing to claim against
+                self.touched.add(members)
+                self._win(members, before)
+                continue
+            self.touched.update(members)
+            group = [self.leases.get(s) or self.losers[s] for s in members]
+            holder = claim_macs(group).get(mac)
+            for l in group:
+                if holder is not None and holder != l.attrs.public_ip:
+                    self._lose(l, holder, before)
+                else:
+                    self._win(l.subnet, before)
+
+    def _win(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
+        if subnet in self.losers:
+            self._remember(subnet, before)
+            self.leases[subnet] = self.losers.pop(subnet)
+        rej = self.rejected.get(subnet) if self.rejected else None
+        if rej is not None and rej.reason == Reason.VTEP_MAC_CLAIMED:
+            del self.rejected[subnet]
+
+    def _lose(self, lease: Lease, holder: IPv4Address,
+              before: dict[IPv4Network, Lease | None]) -> None:
+        subnet = lease.subnet
+        if subnet in self.leases:
+            self._remember(subnet, before)
+            del self.leases[subnet]
+        self.losers[subnet] = lease
+        self.rejected[subnet] = claim_rejection(lease, holder)
+
+    def warnings(self) -> dict[IPv4Network, str]:
+        """Accepted leases the rule warns about (outside [SubnetMin, SubnetMax])."""
+        r = self.rules
+        if r is None:
+            return {}
+        return {s: OUTSIDE_RANGE for s in self.leases
+                if not r.subnet_min <= s.network_address <= r.subnet_max}
 
 
 def diff_leases(old: Mapping[IPv4Network, Lease], new: Mapping[IPv4Network, Lease]) -> LeaseBatch:

@@ -10,10 +10,13 @@ Acquisition, in order:
    VTEP MAC (persisted, so a restart matches) or is the subnet of this node's previous
    subnet.env — another node with the same public IP (a cloned VM, NAT) must not take
    it over, or the two would revoke each other's etcd lease while both use the subnet;
+   a live lease carrying this node's VTEP MAC under another public IP (this node before
+   its address changed) is taken back, so one MAC never has two leases;
 2. else the subnet from this node's previous subnet.env, if it is still free;
 3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
    other rarely pick the same one; each lost race doubles that window (up to 32x).
 
+A key holding garbage is never chosen (it exists, so creating it would always lose).
 A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
 ``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
 never taken.
@@ -25,14 +28,16 @@ import logging
 import random
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Network
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from .backoff import Backoff
 from .config import NetworkConfig
 from .errors import (LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError)
-from .lease import EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, LeaseView
+from .lease import (EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, LeaseRules, LeaseView,
+                    Rejection, subnet_to_key)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,13 @@ class Registry(Protocol):
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
     def renew_lease(self, lease: Lease) -> Lease: ...
     def watch_leases(self, start_revision: int, stop: threading.Event) -> Iterable: ...
+    # Optional (``EtcdRegistry`` has it): the listing with the rejected keys beside it.
+    # def list_subnets(self, with_expiration: bool = True) -> LeaseListing: ...
+
+
+# What the watch reports about rejected keys: (rejected now, keys no longer rejected,
+# whether this is a complete listing that replaces everything reported before).
+OnRejected = Callable[[list[Rejection], list[str], bool], None]
 
 
 class SubnetManager:
@@ -76,6 +88,9 @@ class SubnetManager:
         self.lost = threading.Event()
         self._lock = threading.Lock()
         self._current: Lease | None = None
+        # The running watch's view and callbacks; the lock orders its steps with _rejudge.
+        self._watch_lock = threading.RLock()
+        self._watching: tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None] | None = None
         self._renew_deadline: tuple[object, float] = (None, 0.0)
 
     @property
@@ -86,8 +101,23 @@ class SubnetManager:
 
     def _set_current(self, lease: Lease) -> Lease:
         with self._lock:
+            moved = self._current is None or self._current.subnet != lease.subnet
             self._current = lease
+        if moved:
+            self._rejudge()
         return lease
+
+    def _rejudge(self) -> None:
+        """Our subnet moved: the running watch judges every lease again at once (whoever
+        took our old subnet is a remote now), not at its next event, which may never come."""
+        with self._watch_lock:
+            if self._watching is None:
+                return
+            view, on_batch, on_rejected = self._watching
+            rules = self._rules()
+            if view.rules != rules:
+                _emit(view.set_rules(rules), on_batch)
+                self._report(view, [], [], False, on_rejected)
 
     def own_subnet(self) -> IPv4Network | None:
         lease = self.current
@@ -99,10 +129,11 @@ class SubnetManager:
         """Take a subnet (see the module doc).  Raises ``NoFreeSubnet`` or ``RegistryError``."""
         last: Exception | None = None
         for attempt in range(1, self.max_attempts + 1):
-            leases, _ = self.registry.list_leases(with_expiration=False)
+            leases, rejected, _ = self._list()
             try:
                 # Every lost race widens the choice, so a crowd of racing nodes spreads out.
-                lease = self._try_acquire(leases, self.spread << min(attempt - 1, 5))
+                lease = self._try_acquire(leases, self.spread << min(attempt - 1, 5),
+                                          {r.subnet for r in rejected if r.subnet})
             except (LeaseExists, LeaseConflict) as e:
                 last = e
                 log.info("lost a race for a subnet (attempt %d/%d): %s; re-reading leases",
@@ -114,6 +145,16 @@ class SubnetManager:
         raise RegistryError(f"could not acquire a subnet after {self.max_attempts} lost races "
                             f"(last: {last}); is the network nearly full?")
 
+    def _list(self) -> tuple[list[Lease], list[Rejection], int]:
+        """Leases, rejected keys and revision (registries without ``list_subnets``: no
+        rejected keys)."""
+        list_subnets = getattr(self.registry, "list_subnets", None)
+        if list_subnets is None:
+            leases, rev = self.registry.list_leases(with_expiration=False)
+            return leases, [], rev
+        listing = list_subnets(with_expiration=False)
+        return listing.leases, listing.rejected, listing.revision
+
     def _is_own(self, lease: Lease) -> bool:
         """Whether ``lease`` is this node's: its public IP and VTEP MAC."""
         a = lease.attrs
@@ -123,6 +164,12 @@ class SubnetManager:
         """The leases this node may take as its own (see the module doc)."""
         mine = []
         for l in leases:
+            if self._ours_by_mac(l):
+                log.info("subnet %s carries this node's VTEP MAC %s with public IP %s (ours "
+                         "now %s): taking it back", l.subnet, l.attrs.vtep_mac,
+                         l.attrs.public_ip, self.attrs.public_ip)
+                mine.append(l)
+                continue
             if l.attrs.public_ip != self.attrs.public_ip or not self.config.in_range(l.subnet):
                 continue
             if l.reserved or self._is_own(l) or l.subnet == self.previous_subnet:
@@ -134,13 +181,25 @@ class SubnetManager:
                           l.attrs.vtep_mac, self.attrs.vtep_mac)
         return mine
 
-    def _try_acquire(self, leases: list[Lease], spread: int) -> Lease:
+    def _ours_by_mac(self, lease: Lease) -> bool:
+        """A live lease of this node from before a change of public IP: it carries our
+        persisted VTEP MAC.  Taken back (rewritten), not left beside a new one, where the
+        two would claim one MAC for two public IPs."""
+        a = lease.attrs
+        return (self.attrs.vtep_mac is not None and a.vtep_mac == self.attrs.vtep_mac
+                and a.public_ip != self.attrs.public_ip and not lease.reserved
+                and self.config.in_range(lease.subnet))
+
+    def _try_acquire(self, leases: list[Lease], spread: int,
+                     unusable: set[IPv4Network] = frozenset()) -> Lease:
         mine = self._mine(leases)
         if mine:
             mine.sort(key=lambda l: (l.subnet != self.previous_subnet, not l.reserved,
+                                     l.attrs.public_ip != self.attrs.public_ip,
                                      l.subnet.network_address))
             return self._reuse(mine[0])
-        taken = {l.subnet for l in leases}
+        # A key holding garbage is not free either: creating it would lose every time.
+        taken = {l.subnet for l in leases} | unusable
         prev = self.previous_subnet
         if prev is not None and self.config.in_range(prev) and prev not in taken:
             lease = self.registry.create_lease(prev, self.attrs, self.ttl)
@@ -308,7 +367,8 @@ class SubnetManager:
 
     def run_watch(self, own: Callable[[], IPv4Network | None], stop: threading.Event,
                   on_batch: Callable[[LeaseBatch], None],
-                  on_snapshot: Callable[[list[Lease]], None] | None = None) -> None:
+                  on_snapshot: Callable[[list[Lease]], None] | None = None,
+                  on_rejected: OnRejected | None = None) -> None:
         """Feed ``on_batch`` with remote lease changes until ``stop`` is set.
 
         Lists the leases at a revision, emits them as one batch, then watches from the
@@ -321,12 +381,15 @@ class SubnetManager:
         remote.  ``own`` is kept for callers and consulted only for logging.  Events on
         our own key also wake ``run_keepalive`` (via ``lost``).  A failed listing is
         retried with a capped backoff.
+        Every lease goes through the acceptance rule (``LeaseView`` with ``LeaseRules``):
+        only accepted remotes reach ``on_batch``/``on_snapshot``; what is rejected goes to
+        ``on_rejected`` (see ``OnRejected``).
         """
-        view = LeaseView()
+        view = LeaseView(rules=self._rules())
         backoff = Backoff(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX)
         while not stop.is_set():
             try:
-                leases, rev = self.registry.list_leases(with_expiration=False)
+                leases, rejected, rev = self._list()
                 break
             except OverlayError as e:
                 log.warning("listing leases failed: %s; retrying in %.1fs", e, backoff.delay)
@@ -335,14 +398,58 @@ class SubnetManager:
         else:
             return
         log.info("watching leases from revision %d (own subnet %s)", rev + 1, own())
-        self._snapshot(view, leases, on_batch, on_snapshot)
-        for update in self.registry.watch_leases(rev + 1, stop):
-            if update.snapshot is not None:
-                self._check_snapshot(update.snapshot)
-                self._snapshot(view, update.snapshot, on_batch, on_snapshot)
-            else:
-                self._note_own_events(update.events)
-                _emit(view.apply(self._remote_events(update.events)), on_batch)
+        with self._watch_lock:
+            self._watching = (view, on_batch, on_rejected)
+            self._snapshot(view, leases, on_batch, on_snapshot)
+            self._report(view, rejected, [], True, on_rejected)
+        try:
+            for update in self.registry.watch_leases(rev + 1, stop):
+                with self._watch_lock:
+                    self._watch_step(view, update, on_batch, on_snapshot, on_rejected)
+        finally:
+            with self._watch_lock:
+                self._watching = None
+
+    def _watch_step(self, view: LeaseView, update: Any, on_batch: Callable[[LeaseBatch], None],
+                    on_snapshot: Callable[[list[Lease]], None] | None,
+                    on_rejected: OnRejected | None) -> None:
+        if view.rules != self._rules():  # our subnet moved under a step in flight
+            _emit(view.set_rules(self._rules()), on_batch)
+            self._report(view, [], [], False, on_rejected)
+        if update.snapshot is not None:
+            self._check_snapshot(update.snapshot)
+            self._snapshot(view, update.snapshot, on_batch, on_snapshot)
+            self._report(view, getattr(update, "rejected", []), [], True, on_rejected)
+        else:
+            self._note_own_events(update.events)
+            _emit(view.apply(self._remote_events(update.events)), on_batch)
+            self._report(view, getattr(update, "rejected", []),
+                         getattr(update, "cleared", []), False, on_rejected)
+
+    def _rules(self) -> LeaseRules:
+        """The acceptance rule as it stands for this node now (its subnet may move)."""
+        own = self.own_subnet()
+        return LeaseRules.from_config(self.config, () if own is None else (own,),
+                                      (self.attrs.public_ip,), self.attrs.vtep_mac)
+
+    def _report(self, view: LeaseView, rejected: list[Rejection], cleared: list[str],
+                complete: bool, on_rejected: OnRejected | None) -> None:
+        """Tell ``on_rejected`` what the registry and the rule rejected (only the subnets
+        this step touched, so a quiet watch costs nothing)."""
+        if on_rejected is None:
+            return
+        prefix = getattr(self.registry, "subnets_prefix", "")
+        now = [*rejected]
+        gone = [*cleared]
+        for subnet in view.touched:
+            r = view.rejected.get(subnet)
+            if r is not None:
+                now.append(replace(r, key=prefix + r.key))
+            elif not complete:
+                gone.append(prefix + subnet_to_key(subnet))
+        view.touched = set()
+        if now or gone or complete:
+            on_rejected(now, gone, complete)
 
     def _snapshot(self, view: LeaseView, leases: list[Lease],
                   on_batch: Callable[[LeaseBatch], None],
@@ -350,7 +457,7 @@ class SubnetManager:
         remote = self._remote(leases)
         batch = view.reset(remote)
         if on_snapshot is not None:
-            on_snapshot(remote)
+            on_snapshot(list(view.leases.values()))
         else:
             _emit(batch, on_batch)
 

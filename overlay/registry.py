@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Iterator, TypeVar
@@ -43,7 +43,8 @@ from .config import NetworkConfig, parse_network_config
 from .errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict, LeaseExists,
                      RegistryError)
 from .etcdconf import EtcdOptions
-from .lease import EventType, Lease, LeaseAttrs, LeaseEvent, key_to_subnet, subnet_to_key
+from .lease import (EventType, Lease, LeaseAttrs, LeaseEvent, Rejection, decode_kv,
+                    key_to_subnet, subnet_to_key)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 # A public IP that cannot be a node's: used for REMOVED events whose value etcd no longer has.
 UNKNOWN_IP = IPv4Address("0.0.0.0")
 WATCH_BACKOFF_MIN = 0.05
+CACHED_VALUE_BYTES = 4096  # lease values larger than this are decoded every time
 WATCH_BACKOFF_MAX = 2.0
 # How often an open watch asks etcd for a progress notification, so a silent stream
 # (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".
@@ -82,6 +84,20 @@ class WatchUpdate:
     events: list[LeaseEvent] = field(default_factory=list)
     snapshot: list[Lease] | None = None
     revision: int = 0
+    # Keys put with something that is not a lease under a key that is not a subnet key
+    # (those under a subnet key come as REMOVED events carrying their rejection), and,
+    # with a snapshot, every rejected key at that revision.
+    rejected: list[Rejection] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)  # rejected keys that were deleted
+
+
+@dataclass(frozen=True)
+class LeaseListing:
+    """Every key under ``subnets/`` at ``revision``: leases, and what was rejected."""
+
+    leases: list[Lease]
+    rejected: list[Rejection]
+    revision: int
 
 
 class EtcdRegistry:
@@ -262,6 +278,9 @@ class EtcdRegistry:
             return parse_network_config(value)
         except ConfigError as e:
             raise ConfigError(f"network config at {self.config_key} is invalid: {e}") from e
+        except Exception as e:  # noqa: BLE001: etcd is untrusted (deep nesting, bad bytes)
+            raise ConfigError(f"network config at {self.config_key} is invalid: "
+                              f"{type(e).__name__}") from e
 
     def get_config_value(self) -> tuple[bytes | None, int]:
         """The config key's raw value (None: absent) and the store revision it was read
@@ -317,13 +336,24 @@ class EtcdRegistry:
 
     def _lease_from_kv(self, kv: Any, expiration: datetime | None = None,
                        ttl: int | None = None) -> Lease | None:
-        parsed = _parse_kv(kv.key, kv.value)
-        if isinstance(parsed, str):
-            log.warning("ignoring %s", parsed)
-            return None
+        judged = self._judge_kv(kv, expiration, ttl)
+        return judged if isinstance(judged, Lease) else None
+
+    def _judge_kv(self, kv: Any, expiration: datetime | None = None,
+                  ttl: int | None = None) -> Lease | Rejection:
+        """The lease a key/value holds, or why it is not one (never raises)."""
+        # A hostile value (up to etcd's 1.5 MiB) must not be kept alive by the cache: a
+        # real lease is ~150 bytes, and 4096 cached 64 KiB values would pin 256 MiB.
+        parse = _parse_kv if len(kv.value) <= CACHED_VALUE_BYTES else decode_kv
+        parsed = parse(self.subnets_prefix, kv.key, kv.value)
+        if len(parsed) == 3:
+            reason, detail, subnet = parsed
+            return Rejection(kv.key.decode("utf-8", "surrogateescape"), reason, detail,
+                             int(kv.mod_revision), subnet)
         subnet, attrs = parsed
         return Lease(subnet=subnet, attrs=attrs, expiration=expiration,
-                     etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl)
+                     etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl,
+                     create_revision=kv.create_revision)
 
     def _lease_ttl(self, client: MultiEndpointEtcd3Client, lease_id: int) -> tuple[int, int]:
         """(remaining, granted) seconds of an etcd lease; remaining -1 if it is gone."""
@@ -331,28 +361,50 @@ class EtcdRegistry:
         return int(info.TTL), int(info.grantedTTL)
 
     def _with_expiry(self, client: MultiEndpointEtcd3Client, kv: Any) -> Lease | None:
-        if not kv.lease:
-            return self._lease_from_kv(kv)
+        judged = self._judged_with_expiry(client, kv)
+        return judged if isinstance(judged, Lease) else None
+
+    def _judged_with_expiry(self, client: MultiEndpointEtcd3Client,
+                            kv: Any) -> Lease | Rejection | None:
+        judged = self._judge_kv(kv)
+        if not kv.lease or not isinstance(judged, Lease):
+            return judged
         remaining, granted = self._lease_ttl(client, kv.lease)
         if remaining < 0:  # expired between the read and now
             return None
-        return self._lease_from_kv(kv, _expires_in(remaining), granted)
+        return replace(judged, expiration=_expires_in(remaining), ttl=granted)
 
     def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
         """All leases and reservations, and the store revision they were read at.
 
         ``with_expiration`` asks etcd for each lease's remaining TTL (one request per
         lease); pass False where only subnets and attributes matter (the data plane).
+        Keys that hold no lease are left out: ``list_subnets`` has them.
         """
-        def op(c: MultiEndpointEtcd3Client) -> tuple[list[Lease], int]:
+        listing = self.list_subnets(with_expiration)
+        return listing.leases, listing.revision
+
+    def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
+        """Like ``list_leases``, with every rejected key beside the leases."""
+        def op(c: MultiEndpointEtcd3Client) -> LeaseListing:
             resp = c.get_prefix_response(self.subnets_prefix)
-            out = []
+            leases, rejected = [], []
             for kv in resp.kvs:
-                lease = self._with_expiry(c, kv) if with_expiration else self._lease_from_kv(kv)
-                if lease is not None:
-                    out.append(lease)
-            return out, int(resp.header.revision)
+                got = (self._judged_with_expiry(c, kv) if with_expiration
+                       else self._judge_kv(kv))
+                if isinstance(got, Lease):
+                    leases.append(got)
+                elif got is not None:
+                    rejected.append(got)
+            return LeaseListing(leases, rejected, int(resp.header.revision))
         return self._call("listing leases", op)
+
+    def get_subnet(self, subnet: IPv4Network) -> Lease | Rejection | None:
+        """What the key of ``subnet`` holds: a lease, why it is not one, or nothing."""
+        def op(c: MultiEndpointEtcd3Client) -> Lease | Rejection | None:
+            resp = c.get_response(self.key_for(subnet))
+            return self._judged_with_expiry(c, resp.kvs[0]) if resp.kvs else None
+        return self._call(f"reading the lease of {subnet}", op)
 
     def get_lease(self, subnet: IPv4Network) -> Lease | None:
         def op(c: MultiEndpointEtcd3Client) -> Lease | None:
@@ -548,12 +600,14 @@ class EtcdRegistry:
                     next_rev = update.revision + 1
                     yield update
                 if stream.compacted:
-                    leases, rev = self.list_leases(with_expiration=False)
+                    listing = self.list_subnets(with_expiration=False)
+                    rev = listing.revision
                     log.warning("watch revision %d was compacted (compacted up to %d); "
                                 "re-listed %d leases at revision %d",
-                                next_rev, stream.compacted, len(leases), rev)
+                                next_rev, stream.compacted, len(listing.leases), rev)
                     next_rev = rev + 1
-                    yield WatchUpdate(events=[], snapshot=leases, revision=rev)
+                    yield WatchUpdate(events=[], snapshot=listing.leases, revision=rev,
+                                      rejected=listing.rejected)
                     continue
             except RegistryError as e:
                 if stop.is_set():
@@ -567,20 +621,51 @@ class EtcdRegistry:
             if backoff.wait(stop):
                 return
 
-    def _event_to_lease_event(self, ev: Any) -> LeaseEvent | None:
+    def _event_to_lease_event(self, ev: Any) -> LeaseEvent | Rejection | str | None:
+        """A watch event as a lease event; a ``Rejection`` (a put of a key that holds no
+        lease and names no subnet) or the key (such a key deleted)."""
         kv = ev.kv
         if ev.type == kv_pb2.Event.PUT:
-            lease = self._lease_from_kv(kv)
-            return LeaseEvent(EventType.ADDED, lease, kv.mod_revision) if lease else None
+            judged = self._judge_kv(kv)
+            if isinstance(judged, Lease):
+                return LeaseEvent(EventType.ADDED, judged, kv.mod_revision)
+            if judged.subnet is None:
+                return judged
+            # Garbage under a subnet's key: whatever lease it held is gone.
+            return LeaseEvent(EventType.REMOVED, Lease(judged.subnet, LeaseAttrs(UNKNOWN_IP),
+                                                       mod_revision=kv.mod_revision),
+                              kv.mod_revision, rejection=judged)
         try:
-            subnet = key_to_subnet(kv.key.decode(errors="replace"))
-        except ValueError:
-            return None
+            # Whole-string: an alias (extra segments, a newline) of another node's key
+            # must not remove that node's lease.
+            subnet = key_to_subnet(kv.key.decode(), self.subnets_prefix)
+        except (ValueError, UnicodeDecodeError):
+            return kv.key.decode("utf-8", "surrogateescape")
         prev = self._lease_from_kv(ev.prev_kv) if ev.HasField("prev_kv") else None
         lease = Lease(subnet, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
                       etcd_lease_id=prev.etcd_lease_id if prev else 0,
                       mod_revision=kv.mod_revision)
         return LeaseEvent(EventType.REMOVED, lease, kv.mod_revision)
+
+
+def _watch_update(registry: EtcdRegistry, raw_events: Any) -> WatchUpdate | None:
+    """One watch response as a ``WatchUpdate`` (None if it holds nothing)."""
+    events: list[LeaseEvent] = []
+    rejected: list[Rejection] = []
+    cleared: list[str] = []
+    revision = 0
+    for ev in raw_events:
+        got = registry._event_to_lease_event(ev)
+        if isinstance(got, LeaseEvent):
+            events.append(got)
+        elif isinstance(got, Rejection):
+            rejected.append(got)
+        elif isinstance(got, str):
+            cleared.append(got)
+        revision = max(revision, int(ev.kv.mod_revision))
+    if not (events or rejected or cleared):
+        return None
+    return WatchUpdate(events=events, revision=revision, rejected=rejected, cleared=cleared)
 
 
 class _WatchStream:
@@ -632,9 +717,9 @@ class _WatchStream:
     def updates(self) -> Iterator[WatchUpdate]:
         reg = self.registry
         for resp in self.responses("watching leases"):
-            events = [e for e in (reg._event_to_lease_event(ev) for ev in resp.events) if e]
-            if events:
-                yield WatchUpdate(events=events, revision=events[-1].revision)
+            update = _watch_update(reg, resp.events)
+            if update is not None:
+                yield update
 
     def responses(self, what: str) -> Iterator[Any]:
         """etcd's WatchResponses on this stream (``on_progress`` told of each one);
@@ -682,20 +767,11 @@ def _read_file(path: str | None) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_kv(key: bytes, value: bytes) -> tuple[IPv4Network, LeaseAttrs] | str:
-    """Subnet and attributes of a lease key/value, or why it is ignored.
-
-    Cached: every listing re-reads every lease, and most of them have not changed.
-    """
-    name = key.decode(errors="replace")
-    try:
-        subnet = key_to_subnet(name)
-    except ValueError:
-        return f"{name}: not a subnet key"
-    try:
-        return subnet, LeaseAttrs.from_json(value)
-    except RegistryError as e:
-        return f"{name}: {e}"
+def _parse_kv(prefix: str, key: bytes, value: bytes
+              ) -> tuple[IPv4Network, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
+    """``decode_kv``, cached: every listing re-reads every lease, and most of them have
+    not changed."""
+    return decode_kv(prefix, key, value)
 
 
 def _fail_endpoint(client: MultiEndpointEtcd3Client) -> None:

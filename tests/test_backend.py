@@ -340,3 +340,11 @@ def test_a_conflict_whose_other_route_cannot_be_read_is_still_a_conflict(backend
     res = backend.apply_batch(LeaseBatch(added=(lease(2),)))
     assert res.conflicts == (S2,) and str(backend.conflicts[S2]) == "10.244.2.0/24 proto unknown"
     assert set(dp.state.all()) == set()
+
+
+def test_a_lease_without_vni_is_ours(backend, dp):
+    """Flannel wrote no VNI before v0.13: such a lease is programmed, not skipped."""
+    l = lease(2)
+    backend.apply_batch(LeaseBatch(added=(Lease(l.subnet, LeaseAttrs(
+        l.attrs.public_ip, "vxlan", None, l.attrs.vtep_mac)),)))
+    assert set(dp.state.all()) == entries(2)

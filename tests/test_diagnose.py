@@ -865,3 +865,36 @@ def test_read_config_changed_from_metrics():
         srv.shutdown()
         srv.server_close()
     assert dg.read_config_changed(addr, timeout=0.5) is None
+
+
+def test_rejected_keys_fail_one_check_with_the_exact_delete_command():
+    from overlay.lease import Rejection
+    node, cluster = healthy()
+    prefix = "/overlay/network/subnets/"
+    cluster.subnets_prefix = prefix
+    alias = prefix + "10.244.2.0-24\n"
+    cluster.rejected = [Rejection(alias, "bad-key", "not a subnet key", 9)]
+    # A thief of a peer's VTEP MAC, created later: diagnose uses overlayd's rule.
+    thief = Lease(IPv4Network("10.244.9.0/24"), LeaseAttrs(IPv4Address("192.168.1.99"), vni=1,
+                  vtep_mac="0e:00:00:00:00:02"), create_revision=99, mod_revision=99)
+    cluster.leases.append(thief)
+    c = only_failure(node, cluster, "rejected-leases")
+    assert "10.244.2.0-24\\n: bad-key" in c.found
+    assert f"{prefix}10.244.9.0-24: vtep-mac-claimed" in c.found
+    assert "--endpoints=http://127.0.0.1:2379 del" in c.fix and "\\012" in c.fix
+    assert f"del '{prefix}10.244.9.0-24'" in c.fix
+
+
+def test_a_peer_without_vni_is_expected_programmed_and_a_foreign_vni_is_not():
+    node, cluster = healthy()
+    s = IPv4Network("10.244.2.0/24")
+    ip, mac = PEERS[s]
+    cluster.leases = [l if l.subnet != s else Lease(s, LeaseAttrs(ip, vni=None, vtep_mac=mac))
+                      for l in cluster.leases]
+    checks, _ = statuses(node, cluster)
+    assert checks["routes"].status == dg.PASS and checks["rejected-leases"].status == dg.PASS
+    cluster.leases = [l if l.subnet != s else Lease(s, LeaseAttrs(ip, vni=7, vtep_mac=mac))
+                      for l in cluster.leases]
+    checks, _ = statuses(node, cluster)
+    assert checks["rejected-leases"].status == dg.FAIL
+    assert "vni-mismatch" in checks["rejected-leases"].found

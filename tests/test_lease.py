@@ -30,7 +30,8 @@ def test_subnet_key_round_trip(subnet, key):
     net = IPv4Network(subnet)
     assert subnet_to_key(net) == key
     assert key_to_subnet(key) == net
-    assert key_to_subnet(f"/coreos.com/network/subnets/{key}") == net
+    assert key_to_subnet(f"/coreos.com/network/subnets/{key}",
+                         "/coreos.com/network/subnets/") == net
 
 
 @pytest.mark.parametrize("key", ["10.244.1.0", "10.244.1.0_24", "10.244.1.1-24",

@@ -382,21 +382,31 @@ def test_run_watch_snapshot_after_compaction_yields_the_difference():
 
 
 def test_run_watch_never_reports_our_own_new_lease_as_remote():
-    """The watch can see our re-acquired key before the manager records its subnet."""
+    """The watch can see our re-acquired key before the manager records its subnet.
+
+    Whoever took our old subnet stays rejected (own-subnet) while it is still ours, and
+    shows up as a remote as soon as we moved."""
     reg = FakeRegistry()
     m = manager(reg)
     old = m.acquire()
     batches = queue.Queue()
+    rejected = queue.Queue()
     stop = threading.Event()
-    t = _run(m.run_watch, m.own_subnet, stop, batches.put)
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
+             lambda now, gone, complete: rejected.put((now, gone, complete)))
+    assert rejected.get(timeout=2) == ([], [], True)
     rival = reg.put(old.subnet, node(50), ttl=600)  # a rival took our subnet
     ours = reg.put(net(200), node(11), ttl=600)  # and we moved, not yet recorded as current
     reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, rival, rival.mod_revision),
                                 LeaseEvent(EventType.ADDED, ours, ours.mod_revision)],
                                revision=reg.rev))
-    batch = batches.get(timeout=2)
-    assert [l.subnet for l in batch.added] == [old.subnet]
-    assert m.lost.wait(2)
+    now, _, _ = rejected.get(timeout=2)
+    assert [(r.subnet, r.reason) for r in now] == [(old.subnet, "own-subnet")]
+    assert m.lost.wait(2) and batches.empty()
+    m._set_current(ours)  # at once, with no further watch event (none may come)
+    assert [l.subnet for l in batches.get(timeout=2).added] == [old.subnet]
+    now, gone, _ = rejected.get(timeout=2)
+    assert now == [] and gone == [f"{old.subnet.network_address}-24"]
     stop.set()
     t.join(2)
 
@@ -443,20 +453,25 @@ def test_our_previous_subnet_with_a_new_vtep_mac_is_reused():
     assert reg.leases[first.subnet].attrs.vtep_mac == "0e:aa:aa:aa:aa:aa"
 
 
-def test_run_watch_shows_a_twin_with_our_public_ip_as_remote_and_snapshots_to_callback():
+def test_run_watch_rejects_a_twin_with_our_public_ip_and_snapshots_to_callback():
+    """A lease with our public IP but another VTEP MAC (a cloned VM): an FDB entry for it
+    would point at ourselves, so the rule rejects it (public-ip-own)."""
     reg = FakeRegistry()
     twin = reg.put(net(1), node(11, mac="0e:bb:bb:bb:bb:bb"), ttl=600)
     peer = reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     own = m.acquire()
-    batches, snapshots = queue.Queue(), queue.Queue()
+    batches, snapshots, rejected = queue.Queue(), queue.Queue(), queue.Queue()
     stop = threading.Event()
-    t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put)
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put,
+             lambda now, gone, complete: rejected.put((now, complete)))
     first = snapshots.get(timeout=2)
-    assert sorted(l.subnet for l in first) == [net(1), net(5)] and own.subnet != net(1)
+    assert sorted(l.subnet for l in first) == [net(5)] and own.subnet != net(1)
+    now, complete = rejected.get(timeout=2)
+    assert [(r.subnet, r.reason) for r in now] == [(net(1), "public-ip-own")] and complete
     reg.delete(peer.subnet)
     reg.events.put(WatchUpdate([], snapshot=[twin, m.current], revision=reg.rev))
-    assert [l.subnet for l in snapshots.get(timeout=2)] == [net(1)]  # compaction re-list
+    assert snapshots.get(timeout=2) == []  # compaction re-list
     assert batches.empty() and not m.lost.is_set()
     stop.set()
     t.join(2)
@@ -476,3 +491,89 @@ def test_renewal_deadline_survives_a_backward_clock_step(monkeypatch):
             return real.now(tz) - timedelta(seconds=1000)
     monkeypatch.setattr(manager_mod, "datetime", SteppedBack)
     assert 495 < m._next_renewal(lease) <= 500  # not 1500: renewal stays before expiry
+
+
+def test_after_a_public_ip_change_the_lease_with_our_vtep_mac_is_taken_back():
+    """Recognised by its persisted VTEP MAC: rewritten, not left beside a second lease
+    that would claim one MAC for two public IPs."""
+    reg = FakeRegistry()
+    old = manager(reg).acquire()
+    m = manager(reg)
+    m.attrs = LeaseAttrs(IPv4Address("192.168.7.11"), vtep_mac=node(11).vtep_mac)
+    new = m.acquire()
+    assert new.subnet == old.subnet and len(reg.leases) == 1
+    assert reg.leases[old.subnet].attrs.public_ip == IPv4Address("192.168.7.11")
+
+
+def test_a_lease_with_our_vtep_mac_is_never_a_remote():
+    reg = FakeRegistry()
+    thief = reg.put(net(5), LeaseAttrs(IPv4Address("192.168.1.99"),
+                                       vtep_mac=node(11).vtep_mac), ttl=None)  # reserved
+    m = manager(reg)
+    m.acquire()
+    batches, rejected = queue.Queue(), queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
+             lambda now, gone, complete: rejected.put(now))
+    assert [(r.subnet, r.reason) for r in rejected.get(timeout=2)] == [
+        (thief.subnet, "vtep-mac-claimed")]
+    assert batches.empty()
+    stop.set()
+    t.join(2)
+
+
+class ListingRegistry(FakeRegistry):
+    """A FakeRegistry whose listing also carries rejected keys (like EtcdRegistry)."""
+
+    subnets_prefix = "/overlay/network/subnets/"
+
+    def __init__(self):
+        super().__init__()
+        self.garbage: dict[IPv4Network, bytes] = {}
+
+    def list_subnets(self, with_expiration=True):
+        from overlay.lease import Rejection
+        from overlay.registry import LeaseListing
+        with self.lock:
+            rej = [Rejection(self.subnets_prefix + f"{s.network_address}-{s.prefixlen}",
+                             "bad-value", "x", self.rev, s) for s in self.garbage]
+            return LeaseListing(list(self.leases.values()), rej, self.rev)
+
+    def create_lease(self, subnet, attrs, ttl):
+        if subnet in self.garbage:
+            self.creates += 1
+            raise LeaseExists(f"subnet {subnet} is already taken")
+        return super().create_lease(subnet, attrs, ttl)
+
+
+def test_a_key_holding_garbage_is_not_free_even_as_our_previous_subnet():
+    reg = ListingRegistry()
+    reg.garbage[net(3)] = b"[[["
+    lease = manager(reg, previous_subnet=net(3)).acquire()
+    assert lease.subnet != net(3) and reg.creates == 1
+
+
+def test_the_watch_reports_garbage_and_its_removal():
+    reg = ListingRegistry()
+    reg.garbage[net(3)] = b"{"
+    m = manager(reg)
+    m.acquire()
+    seen = queue.Queue()
+    stop = threading.Event()
+    t = _run(m.run_watch, m.own_subnet, stop, lambda b: None, None,
+             lambda now, gone, complete: seen.put((now, gone, complete)))
+    now, gone, complete = seen.get(timeout=2)
+    assert [r.subnet for r in now] == [net(3)] and complete
+    bad = reg.put(net(9), LeaseAttrs(IPv4Address("127.0.0.1"), vtep_mac="0e:00:00:00:00:99"))
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, bad, bad.mod_revision)],
+                               revision=reg.rev))
+    now, gone, complete = seen.get(timeout=2)
+    assert [(r.key, r.reason) for r in now] == [
+        (reg.subnets_prefix + "10.244.9.0-24", "public-ip-unusable")] and not complete
+    reg.events.put(WatchUpdate([LeaseEvent(EventType.REMOVED, bad, reg.rev)],
+                               cleared=["/overlay/network/subnets/junk"], revision=reg.rev))
+    now, gone, complete = seen.get(timeout=2)
+    assert now == [] and sorted(gone) == [reg.subnets_prefix + "10.244.9.0-24",
+                                          "/overlay/network/subnets/junk"]
+    stop.set()
+    t.join(2)

@@ -124,3 +124,57 @@ def test_renewing_a_key_now_on_another_etcd_lease_revokes_ours(monkeypatch):
     with pytest.raises(LeaseConflict):
         reg.renew_lease(ours)
     assert revoked == [0x42]
+
+
+def _event(kind, key, value=b"", rev=5, prev=None):
+    from pyetcd.etcdrpc import kv_pb2
+    ev = kv_pb2.Event(type=kind, kv=kv_pb2.KeyValue(key=key, value=value, mod_revision=rev,
+                                                    create_revision=rev))
+    if prev is not None:
+        ev.prev_kv.CopyFrom(kv_pb2.KeyValue(key=key, value=prev, mod_revision=rev - 1))
+    return ev
+
+
+def test_watch_events_carry_rejections_and_an_alias_delete_removes_nothing():
+    from pyetcd.etcdrpc import kv_pb2
+
+    from ipaddress import IPv4Address
+
+    from overlay.lease import EventType, LeaseAttrs
+    from overlay.registry import _watch_update
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    p = reg.subnets_prefix.encode()
+    good = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
+    PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
+    u = _watch_update(reg, [
+        _event(PUT, p + b"10.244.2.0-24", good.encode(), 5),
+        _event(PUT, p + b"10.244.2.0-24\n", good.encode(), 6),  # an alias
+        _event(DELETE, p + b"10.244.2.0-24\n", rev=7, prev=good.encode()),
+        _event(PUT, p + b"10.244.3.0-24", b'{"PublicIP": "1.2.3.4", "BackendData": '
+               b'{"VNI": 1e400}}', 8),
+    ])
+    assert u.revision == 8
+    assert [(e.type, str(e.lease.subnet)) for e in u.events] == [
+        (EventType.ADDED, "10.244.2.0/24"), (EventType.REMOVED, "10.244.3.0/24")]
+    assert u.events[0].lease.create_revision == 5
+    assert u.events[1].rejection.reason == "bad-value"
+    assert [r.reason for r in u.rejected] == ["bad-key"]
+    assert u.cleared == [reg.subnets_prefix + "10.244.2.0-24\n"]
+    assert _watch_update(reg, []) is None
+
+
+def test_only_small_values_are_cached():
+    """A hostile writer's big values must not be pinned by the decode cache."""
+    from ipaddress import IPv4Address
+
+    from overlay.lease import LeaseAttrs
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    key = (reg.subnets_prefix + "10.244.2.0-24").encode()
+    small = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
+    big = small[:-1] + ', "pad": "' + "x" * 8000 + '"}'
+    registry_mod._parse_kv.cache_clear()
+    for value in (small, big):
+        kv = SimpleNamespace(key=key, value=value.encode(), lease=0, mod_revision=3,
+                             create_revision=3)
+        assert reg._judge_kv(kv).subnet.prefixlen == 24
+    assert registry_mod._parse_kv.cache_info().currsize == 1

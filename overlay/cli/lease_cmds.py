@@ -12,12 +12,13 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, LeaseExists, LeaseNotFound, OverlayError
-from ..lease import EventType, Lease, LeaseAttrs, LeaseView, normalize_mac, parse_subnet_arg
+from ..errors import ConfigError, LeaseExists, LeaseNotFound, OverlayError, RegistryError
+from ..lease import (EventType, Lease, LeaseAttrs, LeaseRules, LeaseView, Rejection, judge,
+                     normalize_mac, parse_subnet_arg, printable_key)
 from ..registry import EtcdRegistry, WatchUpdate
 from . import CLIContext, cli, print_json, print_table
 
-HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES"]
+HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
 
 
 @cli.group("leases")
@@ -60,17 +61,59 @@ def _subnet_arg(text: str) -> IPv4Network:
         raise ConfigError(str(e)) from None
 
 
+def _rules(reg: EtcdRegistry) -> LeaseRules | None:
+    """The acceptance rule from the network config; None (nothing judged) without one."""
+    try:
+        return LeaseRules.from_config(reg.get_config())
+    except (ConfigError, RegistryError):
+        return None
+
+
+def lease_status(rules: LeaseRules | None, leases: list[Lease],
+                 rejected: list[Rejection]) -> dict[Any, str]:
+    """STATUS per lease subnet and per rejected key: ``ok``, a warning, or
+    ``rejected: <reason>`` (the rule of ``overlay.lease.judge``; no own node here)."""
+    out: dict[Any, str] = {r.key: f"rejected: {r.reason}" for r in rejected}
+    if rules is None:
+        out.update({l.subnet: "unchecked (no valid network config)" for l in leases})
+        return out
+    _, bad, warnings = judge(leases, rules)
+    out.update({l.subnet: warnings.get(l.subnet, "ok") for l in leases})
+    out.update({r.subnet: f"rejected: {r.reason}" for r in bad})
+    return out
+
+
+def _rejected_row(r: Rejection, status: str) -> list[Any]:
+    return [r.subnet or printable_key(r.key), "-", "-", "-", "-", status]
+
+
+def _rejected_dict(r: Rejection) -> dict[str, Any]:
+    return {"key": printable_key(r.key), "subnet": str(r.subnet) if r.subnet else None,
+            "rejected": r.reason, "detail": r.detail, "mod_revision": r.mod_revision}
+
+
 @leases_group.command("list")
 @click.pass_obj
 def leases_list(obj: CLIContext) -> None:
-    """All leases and reservations, lowest subnet first."""
+    """All leases and reservations, lowest subnet first; STATUS says which are used."""
     with EtcdRegistry(obj.etcd_options()) as reg:
-        leases, _ = reg.list_leases(with_expiration=True)
-    leases.sort(key=lambda l: l.subnet)
+        listing = reg.list_subnets(with_expiration=True)
+        rules = _rules(reg)
+    leases = sorted(listing.leases, key=lambda l: l.subnet)
+    rejected = sorted(listing.rejected, key=lambda r: r.key)
+    status = lease_status(rules, leases, rejected)
     if obj.json:
-        print_json([lease_to_dict(l) for l in leases])
+        out = []
+        for l in leases:
+            d = lease_to_dict(l)
+            st = status[l.subnet]
+            if st.startswith("rejected: "):  # accepted ones keep exactly their keys
+                d["rejected"] = st[len("rejected: "):]
+            out.append(d)
+        print_json(out + [_rejected_dict(r) for r in rejected])
     else:
-        print_table(HEADERS, [lease_row(l) for l in leases])
+        print_table(HEADERS, [lease_row(l) + [status[l.subnet]] for l in leases]
+                    + [_rejected_row(r, status[r.key]) for r in rejected])
 
 
 @leases_group.command("show")
@@ -80,14 +123,21 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
     """One lease in detail (SUBNET as 10.244.1.0/24 or 10.244.1.0-24)."""
     net = _subnet_arg(subnet)
     with EtcdRegistry(obj.etcd_options()) as reg:
-        lease = reg.get_lease(net)
+        lease = reg.get_subnet(net)
         key = reg.key_for(net)
+        rules = _rules(reg) if isinstance(lease, Lease) else None
     if lease is None:
         raise LeaseNotFound(f"no lease or reservation for {net} (see `overlayctl leases list`)")
+    if isinstance(lease, Rejection):
+        _show_rejected(obj, lease)
+        return
+    status = lease_status(rules, [lease], [])[lease.subnet]
     if obj.json:
         d = lease_to_dict(lease)
         d.update(key=key, etcd_lease_id=lease.etcd_lease_id, ttl=lease.ttl,
                  mod_revision=lease.mod_revision, backend_type=lease.attrs.backend_type)
+        if status.startswith("rejected: "):
+            d["rejected"] = status[len("rejected: "):]
         print_json(d)
         return
     rows = [("Subnet", lease.subnet), ("Key", key), ("Public IP", lease.attrs.public_ip),
@@ -95,9 +145,22 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
             ("VTEP MAC", lease.attrs.vtep_mac), ("Reserved", "yes" if lease.reserved else "no"),
             ("Expires", _expires_text(lease)), ("TTL", lease.ttl),
             ("etcd lease", f"{lease.etcd_lease_id:x}" if lease.etcd_lease_id else None),
-            ("Revision", lease.mod_revision)]
+            ("Revision", lease.mod_revision), ("Status", status)]
+    _print_rows(rows)
+
+
+def _print_rows(rows: list[tuple[str, Any]]) -> None:
     for name, value in rows:
         click.echo(f"{name + ':':<12}{'<none>' if value is None else value}")
+
+
+def _show_rejected(obj: CLIContext, r: Rejection) -> None:
+    if obj.json:
+        print_json(_rejected_dict(r))
+        return
+    _print_rows([("Subnet", r.subnet), ("Key", printable_key(r.key)),
+                 ("Status", f"rejected: {r.reason}"), ("Why", r.detail),
+                 ("Revision", r.mod_revision)])
 
 
 def _event_line(kind: str, lease: Lease, as_json: bool, revision: int) -> str:

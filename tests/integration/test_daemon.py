@@ -171,6 +171,51 @@ def test_a_static_route_for_a_leased_subnet_is_never_replaced_or_deleted(cluster
     wait_for(lambda: all_programmed(cluster, n1), 5, what="back to the cluster's remotes")
 
 
+def metric_values(node) -> dict:
+    status, text = node.http("/metrics")
+    assert status == 200
+    return {name: float(value) for name, _, value in
+            (l.rpartition(" ") for l in text.splitlines() if l and not l.startswith("#"))}
+
+
+def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
+    n1, n2, _ = cluster.nodes
+    real_key = f"/overlay/network/subnets/{n2.subnet().network.network_address}-24"
+    real_mac = kernel(n1)[0][str(n2.subnet().network.network_address)]
+    rogue = fake_lease(real_mac, "192.168.1.97")  # node 2's MAC at a rogue address
+    garbage = {
+        real_key + "\n": rogue,  # an alias of node 2's key
+        real_key + "/x": rogue,
+        "/overlay/network/subnets/10.244.251.0-24": fake_lease("0e:fb:00:00:00:01", "127.0.0.1"),
+        "/overlay/network/subnets/128.0.0.0-1": fake_lease("0e:fb:00:00:00:02"),
+        "/overlay/network/subnets/10.244.252.0-24": '{"PublicIP": "192.168.1.96", '
+                                                    '"BackendData": {"VNI": 1e400}}',
+        "/overlay/network/subnets/10.244.253.0-24": fake_lease(real_mac, "192.168.1.95"),
+    }
+    try:
+        for key, value in garbage.items():
+            cluster.etcdctl("put", key, value)
+        cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:03"))  # valid, after
+        for n in cluster.nodes:
+            wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:03", "192.168.1.99"), 3,
+                     what=f"the lease put after the garbage on {n.ns}")
+        _, fdb, routes = kernel(n1)
+        assert (real_mac, n2.ip) in fdb and not any(
+            dst in ("192.168.1.95", "192.168.1.97", "127.0.0.1") for _, dst in fdb)
+        assert "128.0.0.0/1" not in routes and "10.244.251.0/24" not in routes
+        m = metric_values(n1)
+        for reason in ("bad-key", "public-ip-unusable", "subnet-length", "bad-value",
+                       "vtep-mac-claimed"):
+            assert m.get(f'overlay_leases_rejected_total{{reason="{reason}"}}', 0) >= 1, reason
+        assert all(real_key not in name for name in m)  # labelled by reason only
+        assert n1.http("/readyz") == (200, "ok\n")
+    finally:
+        for key in [*garbage, FAKE_KEY]:
+            cluster.etcdctl("del", key)
+    for n in cluster.nodes:
+        wait_for(lambda: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
+
+
 def test_health_endpoints_and_metrics(cluster):
     n1 = cluster.nodes[0]
     assert n1.http("/healthz") == (200, "ok\n")

@@ -129,10 +129,12 @@ def test_leases_list_and_show(ctl, registry):
     registry.create_lease(net(1), LeaseAttrs(attrs(11).public_ip), None)
     r = ctl("leases", "list")
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES"]
+    assert lines[0].split() == ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
     assert lines[1].split()[:5] == ["10.244.1.0/24", "192.168.1.11", "<none>", "1", "never"]
     assert lines[2].split()[:4] == ["10.244.2.0/24", "192.168.1.12", "0e:00:00:00:01:0c", "1"]
     assert "(59m" in lines[2] or "(1h00m" in lines[2]
+    assert lines[1].split()[-1] == "no-vtep-mac"  # a reservation whose node has not run yet
+    assert lines[2].split()[-1] == "ok"
     data = json.loads(ctl("-o", "json", "leases", "list").stdout)
     assert [set(d) for d in data] == [{"subnet", "public_ip", "vtep_mac", "vni", "expires",
                                        "reserved"}] * 2
@@ -148,7 +150,7 @@ def test_leases_list_and_show(ctl, registry):
 def test_leases_list_empty_and_show_errors(ctl):
     r = ctl("leases", "list")
     assert r.exit_code == 0 and r.stdout.split() == ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI",
-                                                     "EXPIRES"]
+                                                     "EXPIRES", "STATUS"]
     assert json.loads(ctl("-o", "json", "leases", "list").stdout) == []
     one_line_error(ctl("leases", "show", "10.244.9.0/24"), "no lease", "10.244.9.0/24")
     one_line_error(ctl("leases", "show", "10.244.9.1/24"), "not a subnet")
@@ -293,3 +295,59 @@ def test_config_get_of_a_hostile_stored_config_is_one_line(ctl, registry):
         registry.client().put(registry.config_key, value)
         one_line_error(ctl("config", "get"), word, registry.config_key)
         one_line_error(ctl("-o", "json", "config", "get"), word)
+
+
+GARBAGE = {  # key suffix under subnets/ -> value: every hostile kind of issue 9
+    b"10.244.2.0-24\n": b"rogue",  # an alias of a real node's key
+    b"x/10.244.2.0-24": b"rogue",
+    b"010.244.3.0-24": b"rogue",
+    b"\xff\xfe": b"{}",
+    b"10.244.4.0-24": b'{"PublicIP": "192.168.1.44", "BackendData": {"VNI": 1e400}}',
+    b"10.244.5.0-24": b"[" * 20000 + b"]" * 20000,
+    b"10.244.6.0-24": b'{"PublicIP": "192.168.1.46", "pad": "' + b"x" * 70000 + b'"}',
+    b"10.244.7.0-24": b'{"PublicIP": "127.0.0.1", "BackendType": "vxlan", '
+                      b'"BackendData": {"VNI": 1, "VtepMAC": "0e:00:00:00:00:07"}}',
+    b"128.0.0.0-1": b'{"PublicIP": "192.168.1.48", "BackendType": "vxlan", '
+                    b'"BackendData": {"VNI": 1, "VtepMAC": "0e:00:00:00:00:08"}}',
+}
+
+
+def put_garbage(registry):
+    client = registry.client()
+    for name, value in GARBAGE.items():
+        client.put(registry.subnets_prefix.encode() + name, value)
+
+
+def test_leases_list_shows_a_status_for_garbage_and_never_a_traceback(ctl, registry):
+    ctl("config", "set", "--network", "10.244.0.0/16")
+    registry.create_lease(net(2), attrs(12), 3600)
+    put_garbage(registry)
+    r = ctl("leases", "list")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert rows["10.244.2.0/24"].endswith(" ok")
+    assert rows["10.244.4.0/24"].endswith("rejected: bad-value")
+    assert rows["10.244.5.0/24"].endswith("rejected: bad-value")
+    assert rows["10.244.6.0/24"].endswith("rejected: value-too-large")
+    assert rows["10.244.7.0/24"].endswith("rejected: public-ip-unusable")
+    assert rows["128.0.0.0/1"].endswith("rejected: subnet-length")
+    assert rows["/overlay/network/subnets/10.244.2.0-24\\n"].endswith("rejected: bad-key")
+    assert sum(1 for l in rows.values() if l.endswith("rejected: bad-key")) == 4
+    data = json.loads(ctl("-o", "json", "leases", "list").stdout)
+    ok = [d for d in data if "rejected" not in d]
+    assert [d["subnet"] for d in ok] == ["10.244.2.0/24"]
+    assert set(ok[0]) == {"subnet", "public_ip", "vtep_mac", "vni", "expires", "reserved"}
+    assert sorted(d["rejected"] for d in data if "rejected" in d) == sorted(
+        ["bad-key"] * 4 + ["bad-value"] * 2 + ["value-too-large", "public-ip-unusable",
+                                              "subnet-length"])
+    for subnet in ("10.244.4.0/24", "10.244.5.0-24", "10.244.7.0/24"):
+        r = ctl("leases", "show", subnet)
+        assert r.exit_code == 0 and "Status:     rejected: " in r.stdout, r.output
+    assert json.loads(ctl("-o", "json", "leases", "show", "10.244.6.0/24").stdout)[
+        "rejected"] == "value-too-large"
+
+
+def test_config_get_of_hostile_config_is_one_line(ctl, registry):
+    for value in (b"[" * 20000 + b"]" * 20000, b"\xff", b'{"Network": 1e400}', b"null"):
+        registry.client().put(registry.config_key, value)
+        one_line_error(ctl("config", "get"), "network config")

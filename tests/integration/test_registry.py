@@ -13,7 +13,7 @@ from overlay.config import parse_network_config
 from overlay.errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict,
                             LeaseExists, RegistryError)
 from overlay.etcdconf import make_etcd_options
-from overlay.lease import EventType, LeaseAttrs, LeaseView
+from overlay.lease import EventType, LeaseAttrs, LeaseRules, LeaseView
 from overlay.registry import EtcdRegistry
 
 from .etcd_server import EtcdServer, TcpProxy, make_test_ca
@@ -53,8 +53,8 @@ def registry(etcd_server):
 class Watcher:
     """Runs registry.watch_leases in a thread, folding updates into a LeaseView."""
 
-    def __init__(self, reg, start_revision):
-        self.view = LeaseView()
+    def __init__(self, reg, start_revision, rules=None):
+        self.view = LeaseView(rules=rules)
         self.view.reset(reg.list_leases(with_expiration=False)[0])
         self.updates = []
         self.stop = threading.Event()
@@ -334,3 +334,54 @@ def test_watch_config_sees_every_change_of_the_key_only(registry):
         t.join(3)
     assert not t.is_alive()
     assert registry.get_config_value()[0] == b"garbage"
+
+
+def test_garbage_is_listed_and_watched_as_rejected_and_the_watch_survives(registry):
+    from .test_overlayctl import GARBAGE, put_garbage
+    registry.put_config(CFG)
+    registry.create_lease(net(2), attrs(12), 60)
+    _, rev = registry.list_leases()
+    w = Watcher(registry, rev + 1)
+    put_garbage(registry)
+    registry.create_lease(net(9), attrs(19), 60)  # a valid lease after the garbage
+    wait_for(lambda: net(9) in w.subnets(), 5, "the lease put after the garbage")
+    listing = registry.list_subnets(with_expiration=False)
+    assert sorted(l.subnet for l in listing.leases) == [net(2), net(7), net(9),
+                                                        IPv4Network("128.0.0.0/1")]
+    reasons = sorted(r.reason for r in listing.rejected)
+    assert reasons == sorted(["bad-key"] * 4 + ["bad-value"] * 2 + ["value-too-large"])
+    with w.lock:
+        watched = [r for u in w.updates for r in u.rejected]
+        bad_values = [e.rejection for u in w.updates for e in u.events if e.rejection]
+    assert len(watched) == 4 and {r.reason for r in watched} == {"bad-key"}
+    assert sorted(r.subnet for r in bad_values) == [net(4), net(5), net(6)]
+    assert any(r.key.endswith("10.244.2.0-24\n") for r in watched)
+    assert net(2) in w.subnets()  # the alias did not replace the real lease
+    w.close()
+
+
+def test_deleting_an_alias_key_keeps_the_real_lease(registry):
+    registry.put_config(CFG)
+    registry.create_lease(net(2), attrs(12), 60)
+    _, rev = registry.list_leases()
+    w = Watcher(registry, rev + 1, rules=LeaseRules.from_config(CFG))
+    alias = registry.subnets_prefix + "10.244.2.0-24\n"
+    registry.client().put(alias, attrs(66).to_json())
+    registry.client().delete(alias)
+    registry.create_lease(net(3), attrs(13), 60)  # a marker: everything before it arrived
+    wait_for(lambda: net(3) in w.subnets(), 5, "the marker lease")
+    assert w.subnets() == {net(2), net(3)}
+    assert (EventType.REMOVED, net(2)) not in w.events()
+    with w.lock:
+        assert [c for u in w.updates for c in u.cleared] == [alias]
+    w.close()
+
+
+def test_listing_carries_create_revision(registry):
+    a = registry.create_lease(net(2), attrs(12), 60)
+    registry.update_lease(a, attrs(12, mac="0e:00:00:00:0a:0a"), 60)
+    b = registry.create_lease(net(3), attrs(13), 60)
+    leases = {l.subnet: l for l in registry.list_leases()[0]}
+    assert leases[net(2)].create_revision == a.mod_revision
+    assert leases[net(2)].mod_revision > a.mod_revision
+    assert leases[net(3)].create_revision == b.mod_revision

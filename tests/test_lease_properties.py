@@ -1,0 +1,141 @@
+"""Property-based tests of the lease key and value codec and the acceptance rule.
+
+Whatever etcd hands in, decoding returns a lease or a rejection (never raises), and
+every accepted remote lies inside the Network, is SubnetLen long and off our subnet.
+"""
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from overlay.config import parse_network_config
+from overlay.errors import OverlayError
+from overlay.lease import (EventType, Lease, LeaseAttrs, LeaseEvent, LeaseRules, LeaseView,
+                           Reason, decode_kv, judge, parse_key_name, subnet_to_key)
+
+PREFIX = "/overlay/network/subnets/"
+CFG = parse_network_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",
+                            "SubnetMax": "10.244.100.0"})
+OWN = IPv4Network("10.244.1.0/24")
+RULES = LeaseRules.from_config(CFG, (OWN,), (IPv4Address("192.168.1.11"),),
+                               "0e:00:00:00:00:0b")
+FAST = settings(max_examples=150, deadline=None, database=None,  # no .hypothesis/ left behind
+                suppress_health_check=[HealthCheck.too_slow])
+
+octet = st.one_of(st.integers(0, 255).map(str), st.sampled_from(["010", "256", "-1", " 1", ""]))
+key_names = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda a, b, c, d, l, tail: f"{a}.{b}.{c}.{d}-{l}{tail}",
+              octet, octet, octet, octet, st.integers(0, 40).map(str),
+              st.sampled_from(["", "\n", " ", "/x", "-1", "&fd00::-64"])),
+    st.builds(lambda n: subnet_to_key(n), st.integers(0, 255).map(
+        lambda i: IPv4Network(f"10.244.{i}.0/24"))),
+)
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                      st.text(max_size=20))
+json_value = st.recursive(json_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c, max_size=4)),
+    max_leaves=20)
+ips = st.one_of(st.integers(0, 2**32 - 1).map(lambda i: str(IPv4Address(i))),
+                st.sampled_from(["127.0.0.1", "224.0.0.1", "0.0.0.0", "255.255.255.255",
+                                 "10.244.3.4", "192.168.1.11", "169.254.1.1"]),
+                json_leaf)
+macs = st.one_of(st.builds(lambda b: ":".join(f"{x:02x}" for x in b),
+                           st.binary(min_size=6, max_size=6)),
+                 st.sampled_from(["00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff",
+                                  "0e:00:00:00:00:0b"]), json_leaf)
+lease_objs = st.fixed_dictionaries(
+    {"PublicIP": ips},
+    optional={"BackendType": st.sampled_from(["vxlan", "host-gw", 1, None]),
+              "BackendData": st.one_of(json_value, st.fixed_dictionaries(
+                  {}, optional={"VNI": st.one_of(st.integers(-2, 2**25), json_leaf),
+                                "VtepMAC": macs}))})
+values = st.one_of(st.binary(max_size=200), lease_objs.map(lambda o: json.dumps(o).encode()),
+                   json_value.map(lambda o: json.dumps(o).encode()))
+
+
+@FAST
+@given(key_names, values)
+def test_decode_never_raises_and_keys_round_trip(name, raw):
+    got = decode_kv(PREFIX, (PREFIX + name).encode("utf-8", "surrogatepass"), raw)
+    if len(got) == 3:
+        assert got[0] in (Reason.BAD_KEY, Reason.BAD_VALUE, Reason.VALUE_TOO_LARGE)
+        return
+    subnet, attrs = got
+    assert PREFIX + subnet_to_key(subnet) == PREFIX + name  # the key is its own encoding
+    assert isinstance(attrs, LeaseAttrs)
+
+
+@FAST
+@given(key_names)
+def test_key_name_parser_raises_only_value_error(name):
+    try:
+        parsed = parse_key_name(name)
+    except ValueError:
+        return
+    assert parsed.encode() == name
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_value_decoder_raises_only_the_projects_errors(raw):
+    try:
+        LeaseAttrs.from_json(raw)
+    except OverlayError:
+        pass
+
+
+def _leases(draw_items):
+    out = []
+    for i, (name, raw) in enumerate(draw_items):
+        got = decode_kv(PREFIX, (PREFIX + name).encode("utf-8", "surrogatepass"), raw)
+        if len(got) == 2:
+            out.append(Lease(got[0], got[1], create_revision=i + 1, mod_revision=i + 1))
+    return out
+
+
+def _assert_safe(accepted):
+    macs = {}
+    for l in accepted:
+        assert l.subnet.subnet_of(CFG.network) and l.subnet.prefixlen == CFG.subnet_len
+        assert l.subnet != OWN
+        if l.attrs.vtep_mac is not None:
+            assert macs.setdefault(l.attrs.vtep_mac, l.attrs.public_ip) == l.attrs.public_ip
+
+
+subnet_keys = st.one_of(key_names, st.sampled_from(
+    ["10.244.1.0-24", "10.244.2.0-24", "10.244.200.0-24", "10.244.2.0-25", "10.245.0.0-24",
+     "128.0.0.0-1", "10.244.3.0-24"]))
+items = st.lists(st.tuples(subnet_keys, values), max_size=12)
+
+
+@FAST
+@given(items)
+def test_every_accepted_remote_is_inside_the_network_sized_and_not_ours(kvs):
+    accepted, rejected, _ = judge(_leases(kvs), RULES)
+    _assert_safe(accepted)
+    assert not {l.subnet for l in accepted} & {r.subnet for r in rejected}
+
+
+@FAST
+@given(items, st.lists(st.tuples(st.booleans(), st.integers(0, 11)), max_size=12))
+def test_the_view_agrees_with_judge_over_any_event_sequence(kvs, ops):
+    leases = _leases(kvs)
+    view = LeaseView(rules=RULES)
+    view.reset(leases[: len(leases) // 2])
+    current = {l.subnet: l for l in leases[: len(leases) // 2]}
+    for put, i in ops:
+        if not leases:
+            break
+        l = leases[i % len(leases)]
+        if put:
+            view.apply([LeaseEvent(EventType.ADDED, l, l.mod_revision)])
+            current[l.subnet] = l
+        else:
+            view.apply([LeaseEvent(EventType.REMOVED, l, l.mod_revision)])
+            current.pop(l.subnet, None)
+        _assert_safe(view.leases.values())
+    accepted, _, _ = judge(current.values(), RULES)
+    assert set(view.leases) == {l.subnet for l in accepted}
