@@ -42,9 +42,9 @@ WRITE_LEASES = """
 import sys
 from ipaddress import IPv4Address, IPv4Network
 from overlay.config import parse_network_config
-from overlay.etcdconf import make_etcd_options
+from overlay.subnet.etcdconf import make_etcd_options
 from overlay.lease import LeaseAttrs
-from overlay.registry import EtcdRegistry
+from overlay.subnet.registry import EtcdRegistry
 endpoint, n = sys.argv[1], int(sys.argv[2])
 with EtcdRegistry(make_etcd_options(endpoints=endpoint)) as reg:
     reg.put_config(parse_network_config({"Network": "10.0.0.0/8"}))
@@ -59,7 +59,7 @@ with EtcdRegistry(make_etcd_options(endpoints=endpoint)) as reg:
 PING_FALLBACK = """
 import sys, time
 from ipaddress import IPv4Address
-from overlay.diagnose import ping
+from overlay.diagnose.checks import ping
 from concurrent.futures import ThreadPoolExecutor
 targets = [IPv4Address(a) for a in sys.argv[1:]]
 t0 = time.monotonic()
@@ -71,7 +71,7 @@ print(time.monotonic() - t0)
 ECHO_MANY = """
 import sys, time
 from ipaddress import IPv4Address
-from overlay.probe import echo_many
+from overlay.diagnose.probe import echo_many
 targets = [IPv4Address(a) for a in sys.argv[1:]]
 t0 = time.monotonic()
 echo_many(targets, 1422, 2, 1.0)

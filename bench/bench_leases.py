@@ -28,10 +28,10 @@ from ipaddress import IPv4Address, IPv4Network
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from overlay.config import parse_network_config  # noqa: E402
-from overlay.etcdconf import make_etcd_options  # noqa: E402
 from overlay.lease import LeaseAttrs  # noqa: E402
-from overlay.manager import SubnetManager  # noqa: E402
-from overlay.registry import EtcdRegistry  # noqa: E402
+from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
+from overlay.subnet.manager import SubnetManager  # noqa: E402
+from overlay.subnet.registry import EtcdRegistry  # noqa: E402
 
 CFG = parse_network_config({"Network": "10.128.0.0/9", "SubnetLen": 24})
 
@@ -59,8 +59,8 @@ def bench_acquire(opts, nodes: int) -> dict:
     admin = EtcdRegistry(opts)
     clear(admin)
     counter = RaceCounter()
-    logging.getLogger("overlay.manager").addHandler(counter)
-    logging.getLogger("overlay.manager").setLevel(logging.INFO)
+    logging.getLogger("overlay.subnet.manager").addHandler(counter)
+    logging.getLogger("overlay.subnet.manager").setLevel(logging.INFO)
     regs = [EtcdRegistry(opts) for _ in range(nodes)]
     for r in regs:  # connect up front: measure acquisition, not channel set-up
         r.list_leases(with_expiration=False)
@@ -81,7 +81,7 @@ def bench_acquire(opts, nodes: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    logging.getLogger("overlay.manager").removeHandler(counter)
+    logging.getLogger("overlay.subnet.manager").removeHandler(counter)
     distinct = len({l.subnet for l in results})
     stored = len(admin.list_leases(with_expiration=False)[0])
     for r in regs:

@@ -29,9 +29,20 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from overlay.backend import BackendSettings, VXLANBackend  # noqa: E402
-from overlay.lease import Lease, LeaseAttrs  # noqa: E402
-from overlay.netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink  # noqa: E402
+from overlay.lease import (
+    Lease,
+    LeaseAttrs,  # noqa: E402
+)
+from overlay.vxlan.backend import (
+    BackendSettings,
+    VXLANBackend,  # noqa: E402
+)
+from overlay.vxlan.device import (
+    VXLANDevice,
+    VXLANSpec,
+    find_underlay,
+    open_netlink,  # noqa: E402
+)
 
 PREFIX = "ovd-bp"
 

@@ -24,9 +24,9 @@ sys.path.insert(0, ROOT)
 
 from pyroute2.netns import setns  # noqa: E402
 
-from overlay.etcdconf import make_etcd_options  # noqa: E402
 from overlay.lease import LeaseAttrs  # noqa: E402
-from overlay.registry import EtcdRegistry  # noqa: E402
+from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
+from overlay.subnet.registry import EtcdRegistry  # noqa: E402
 from tests.integration.ovd_topology import Topology, wait_for  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Iterator
 
-from .errors import ConfigError
+from overlay.errors import ConfigError
 
 SUPPORTED_BACKENDS = ("vxlan",)
 DEFAULT_VNI = 1

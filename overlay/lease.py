@@ -25,7 +25,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Iterable, Mapping
 
-from .errors import LeaseValueTooLarge, RegistryError
+from overlay.errors import LeaseValueTooLarge, RegistryError
 
 # Whole-string forms: ``fullmatch`` (``$`` would let a trailing newline through), and
 # the parsed value must re-encode to the very same text (no ``010.`` leading zeros).

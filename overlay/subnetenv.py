@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 
-from .config import parse_bool
-from .errors import SubnetEnvError
-from .fsutil import atomic_write
+from overlay.config import parse_bool
+from overlay.errors import SubnetEnvError
+from overlay.util.fsutil import atomic_write
 
 DEFAULT_SUBNET_FILE = "/run/overlay/subnet.env"
 

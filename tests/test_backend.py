@@ -8,9 +8,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from overlay.backend import BackendSettings, VXLANBackend
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch
-from overlay.netlink.entries import FDB, Entries, Neigh, Op, OtherRoute, Route
+from overlay.vxlan.backend import BackendSettings, VXLANBackend
+from overlay.vxlan.entries import FDB, Entries, Neigh, Op, OtherRoute, Route
 
 
 class FakeDataPlane:
@@ -252,7 +252,7 @@ def test_reconcile_leaves_a_remote_whose_subnet_another_route_holds_unprogrammed
 
 
 def test_conflict_clears_at_the_reconcile_after_the_other_route_goes(backend, dp, caplog):
-    caplog.set_level(logging.INFO, "overlay.backend")
+    caplog.set_level(logging.INFO, "overlay.vxlan.backend")
     dp.others[S2] = KERNEL_ROUTE
     backend.reconcile([lease(2), lease(3)])
     del dp.others[S2]
@@ -319,7 +319,7 @@ def test_a_failure_is_not_a_conflict(backend, dp):
 
 
 def test_a_failing_remote_that_then_conflicts_leaves_failed(backend, dp, caplog):
-    caplog.set_level(logging.INFO, "overlay.backend")
+    caplog.set_level(logging.INFO, "overlay.vxlan.backend")
     dp.fail.add(Route(S2, IPv4Address("10.244.2.0")))
     backend.apply_batch(LeaseBatch(added=(lease(2),)))
     assert backend.failed == {S2}

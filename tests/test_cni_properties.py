@@ -6,8 +6,7 @@ import socket
 import time
 import warnings
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from overlay.cni import server, skel
 from overlay.cni.netconf import parse_netconf

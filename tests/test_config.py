@@ -4,8 +4,7 @@ import json
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import ConfigError

@@ -2,8 +2,8 @@
 
 import logging
 
-from overlay.daemon import RejectionLog
-from overlay.http import Metrics
+from overlay.daemon.daemon import RejectionLog
+from overlay.daemon.http import Metrics
 from overlay.lease import Rejection
 
 
@@ -18,7 +18,7 @@ def count(m, reason):
 def test_logged_and_counted_once_per_key_revision(caplog):
     m = Metrics()
     log = RejectionLog(m)
-    with caplog.at_level(logging.WARNING, logger="overlay.daemon"):
+    with caplog.at_level(logging.WARNING, logger="overlay.daemon.daemon"):
         log.note([rej(1)], [], True)
         log.note([rej(1)], [], False)  # the same revision again (a re-list, a retry)
         log.note([rej(1)], [], True)

@@ -8,9 +8,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlay.daemon import Daemon, _ObservedRegistry, parse_settings
+from overlay.daemon.daemon import Daemon, _ObservedRegistry, parse_settings
+from overlay.daemon.http import Metrics
 from overlay.errors import EtcdUnavailable, LeaseConflict
-from overlay.http import Metrics
 from overlay.lease import Lease, LeaseAttrs
 
 
@@ -104,7 +104,7 @@ class FakeBackend:
     conflicts: dict = {}
 
     def reconcile(self, leases=None):
-        from overlay.backend import Result
+        from overlay.vxlan.backend import Result
         return Result()
 
     def entry_count(self):
@@ -124,8 +124,8 @@ class FakeManager:
 
 
 def wired_daemon(tmp_path, subnet_file):
-    from overlay.backend import Reconciler
     from overlay.config import parse_network_config
+    from overlay.vxlan.backend import Reconciler
     d = Daemon(parse_settings(["--subnet-file", str(subnet_file)], environ={}))
     d.device, d.backend, d.masq = FakeDevice(), FakeBackend(), FakeMasq()
     d.reconciler = Reconciler(d.backend)
@@ -185,7 +185,7 @@ def test_ready_gauge_follows_readiness_without_a_readyz_request(tmp_path):
 def test_health_server_drops_idle_connections(monkeypatch):
     import socket
 
-    from overlay import http
+    from overlay.daemon import http
     monkeypatch.setattr(http, "HANDLER_TIMEOUT", 0.2)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -220,7 +220,7 @@ def test_shutdown_leaves_the_device_socket_to_a_thread_still_using_it(tmp_path):
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets():
-    from overlay.backoff import Backoff
+    from overlay.util.backoff import Backoff
     b, never = Backoff(0.001, 0.004), threading.Event()
     delays = []
     for _ in range(4):
@@ -235,7 +235,7 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
 
 
 def test_route_conflicts_gauge_counts_the_backends_conflicts(tmp_path):
-    from overlay.netlink.entries import OtherRoute
+    from overlay.vxlan.entries import OtherRoute
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
     d.manager = FakeManager(lease_of(3))
     d._hold(lease_of(3))
@@ -259,7 +259,7 @@ class Clock:
 
 
 def ready_daemon(tmp_path, clock, max_lag=2.0):
-    from overlay.watchhealth import WatchHealth
+    from overlay.daemon.watchhealth import WatchHealth
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
     d.watch_health = WatchHealth(max_lag, clock=clock)
     d.metrics.track_watch(d.watch_health.lag, lambda: d.config_drift is not None)
@@ -315,7 +315,7 @@ def test_a_crashing_watch_thread_makes_readiness_fail(tmp_path):
 
 
 def test_observer_feeds_the_watch_health_from_the_stream():
-    from overlay.watchhealth import WatchHealth
+    from overlay.daemon.watchhealth import WatchHealth
     health, calls = WatchHealth(8.0), []
 
     class WatchingRegistry:
@@ -353,7 +353,7 @@ def test_config_change_is_logged_once_exposed_and_never_applied(tmp_path, caplog
     import logging
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
     running = d.config
-    caplog.set_level(logging.INFO, logger="overlay.daemon")
+    caplog.set_level(logging.INFO, logger="overlay.daemon.daemon")
     d._note_config(b'{ "Network" : "10.244.0.0/16", "SubnetLen": 24 }')  # same config
     assert d.config_drift is None and value(d.metrics, "overlay_config_changed") == 0
     changed = b'{"Network": "10.244.0.0/16", "Backend": {"VNI": 7}}'
@@ -398,10 +398,11 @@ def test_config_watch_thread_follows_the_key(tmp_path):
 # ---- a Network overlapping a network the node is connected to --------------------------
 
 def test_network_overlapping_a_connected_network_is_refused():
-    from overlay.config import parse_network_config
-    from overlay.daemon import connected_overlap
-    from overlay.netlink.rawnl import LinkRecord
     from ipaddress import IPv4Interface as I
+
+    from overlay.config import parse_network_config
+    from overlay.daemon.daemon import connected_overlap
+    from overlay.netlink.rawnl import LinkRecord
     cfg = parse_network_config({"Network": "10.244.0.0/16"})
     links = [LinkRecord(1, "lo", 0, 65536, None, None, {}),
              LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),

@@ -11,16 +11,22 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from overlay import diagnose as dg
-from overlay import firewall as fw_mod
 from overlay.config import parse_network_config
-from overlay.etcdconf import make_etcd_options
+from overlay.diagnose import checks as dg, firewall as fw_mod
+from overlay.diagnose.probe import Echo, _checksum, echo_request, parse_echo_reply
+from overlay.diagnose.trace import build_trace
 from overlay.lease import Lease, LeaseAttrs
-from overlay.probe import Echo, _checksum, echo_request, parse_echo_reply
-from overlay.netlink.inspect import (AddrInfo, FDBInfo, KernelState, LinkInfo, NeighInfo,
-                                     RouteInfo, VXLANInfo)
+from overlay.netlink.inspect import (
+    AddrInfo,
+    FDBInfo,
+    KernelState,
+    LinkInfo,
+    NeighInfo,
+    RouteInfo,
+    VXLANInfo,
+)
+from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnetenv import SubnetEnv
-from overlay.trace import build_trace
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MY_IP = IPv4Address("192.168.1.11")
@@ -544,7 +550,7 @@ def route_reply(gateway, oif, onlink=False):
 
 
 def test_trace_asks_every_route_in_one_send_on_one_socket(monkeypatch):
-    from overlay import trace as trace_mod
+    from overlay.diagnose import trace as trace_mod
     from overlay.netlink import inspect, rtnl
 
     node, cluster = healthy()
@@ -737,7 +743,7 @@ def test_find_daemons_matches_name_and_network_namespace(tmp_path):
 
 
 def test_run_quiet_never_raises_for_a_program_that_cannot_run(tmp_path):
-    from overlay.proc import run_quiet
+    from overlay.util.proc import run_quiet
 
     plain = tmp_path / "nft"
     plain.write_text("#!/bin/sh\necho hi\n")  # not executable: EACCES, even for root

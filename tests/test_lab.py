@@ -324,7 +324,7 @@ def test_wait_ready_returns_at_the_first_readyz_200(tmp_path, monkeypatch):
 
 
 def test_format_table_is_shared_by_both_command_lines():
-    from overlay.text import format_table
+    from overlay.util.text import format_table
     text = format_table(["NODE", "SUBNET"], [["node1", "10.244.1.0/24"], ["node10", None]])
     assert text.splitlines() == ["NODE     SUBNET", "node1    10.244.1.0/24", "node10   <none>"]
     assert format_table(["POD", "IP"], []) == "POD   IP"

@@ -6,9 +6,19 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlay.errors import RegistryError
-from overlay.lease import (EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, LeaseView,
-                           diff_leases, key_to_subnet, normalize_mac, parse_subnet_arg,
-                           subnet_to_key)
+from overlay.lease import (
+    EventType,
+    Lease,
+    LeaseAttrs,
+    LeaseBatch,
+    LeaseEvent,
+    LeaseView,
+    diff_leases,
+    key_to_subnet,
+    normalize_mac,
+    parse_subnet_arg,
+    subnet_to_key,
+)
 
 N1, N2, N3 = (IPv4Network(f"10.244.{i}.0/24") for i in (1, 2, 3))
 

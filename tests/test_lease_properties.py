@@ -7,13 +7,23 @@ every accepted remote lies inside the Network, is SubnetLen long and off our sub
 import json
 from ipaddress import IPv4Address, IPv4Network
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from overlay.config import parse_network_config
 from overlay.errors import OverlayError
-from overlay.lease import (EventType, Lease, LeaseAttrs, LeaseEvent, LeaseRules, LeaseView,
-                           Reason, decode_kv, judge, parse_key_name, subnet_to_key)
+from overlay.lease import (
+    EventType,
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    LeaseRules,
+    LeaseView,
+    Reason,
+    decode_kv,
+    judge,
+    parse_key_name,
+    subnet_to_key,
+)
 
 PREFIX = "/overlay/network/subnets/"
 CFG = parse_network_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",

@@ -7,9 +7,23 @@ import pytest
 
 from overlay.config import parse_network_config
 from overlay.errors import RegistryError
-from overlay.lease import (EventType, Lease, LeaseAttrs, LeaseEvent, LeaseRules, LeaseView,
-                           Reason, Rejection, check_remote, decode_kv, etcdctl_del, judge,
-                           key_to_subnet, parse_key_name, printable_key)
+from overlay.lease import (
+    EventType,
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    LeaseRules,
+    LeaseView,
+    Reason,
+    Rejection,
+    check_remote,
+    decode_kv,
+    etcdctl_del,
+    judge,
+    key_to_subnet,
+    parse_key_name,
+    printable_key,
+)
 
 PREFIX = "/overlay/network/subnets/"
 CFG = parse_network_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",

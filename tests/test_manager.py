@@ -13,8 +13,8 @@ import pytest
 from overlay.config import parse_network_config
 from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, RegistryError
 from overlay.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from overlay.manager import SubnetManager
-from overlay.registry import WatchUpdate
+from overlay.subnet.manager import SubnetManager
+from overlay.subnet.registry import WatchUpdate
 
 CFG = parse_network_config({"Network": "10.244.0.0/16"})
 SMALL = parse_network_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",
@@ -250,7 +250,7 @@ def test_renew_of_a_deleted_lease_reacquires_the_same_subnet_loudly(caplog):
     m = manager(reg)
     lease = m.acquire()
     reg.delete(lease.subnet)
-    with caplog.at_level(logging.WARNING, logger="overlay.manager"):
+    with caplog.at_level(logging.WARNING, logger="overlay.subnet.manager"):
         new = m.renew(lease)
     assert new.subnet == lease.subnet and new.etcd_lease_id != lease.etcd_lease_id
     assert any("LEASE LOST" in r.message for r in caplog.records)
@@ -438,7 +438,7 @@ def test_live_lease_of_another_node_with_our_public_ip_is_not_taken_over(caplog)
     """Two nodes with one public IP (cloned VM, NAT) must not share a subnet."""
     reg = FakeRegistry()
     twin = reg.put(net(1), node(11, mac="0e:bb:bb:bb:bb:bb"), ttl=600)
-    with caplog.at_level(logging.ERROR, logger="overlay.manager"):
+    with caplog.at_level(logging.ERROR, logger="overlay.subnet.manager"):
         lease = manager(reg).acquire()
     assert lease.subnet != net(1) and reg.leases[net(1)] == twin
     assert "same public IP" in caplog.text
@@ -478,7 +478,7 @@ def test_run_watch_rejects_a_twin_with_our_public_ip_and_snapshots_to_callback()
 
 
 def test_renewal_deadline_survives_a_backward_clock_step(monkeypatch):
-    import overlay.manager as manager_mod
+    import overlay.subnet.manager as manager_mod
     reg = FakeRegistry()
     m = manager(reg, ttl=600, renew_margin=100, check_interval=3600)
     lease = m.acquire()
@@ -533,7 +533,7 @@ class ListingRegistry(FakeRegistry):
 
     def list_subnets(self, with_expiration=True):
         from overlay.lease import Rejection
-        from overlay.registry import LeaseListing
+        from overlay.subnet.registry import LeaseListing
         with self.lock:
             rej = [Rejection(self.subnets_prefix + f"{s.network_address}-{s.prefixlen}",
                              "bad-value", "x", self.rev, s) for s in self.garbage]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from overlay.netlink import rawnl
+from overlay.netlink import rawnl, rtnl
 
 
 def test_neigh_message_round_trip():
@@ -64,6 +64,6 @@ def test_addr_message():
 
 
 def test_walk_stops_on_garbage():
-    hdr = struct.pack("=LHHLL", 20, rawnl.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -2)
-    assert [(t, s) for t, _, s, _, _ in rawnl.walk(hdr + b"\0\0\0")] == [(rawnl.NLMSG_ERROR, 7)]
-    assert list(rawnl.walk(struct.pack("=LHHLL", 3, 2, 0, 1, 0))) == []
+    hdr = struct.pack("=LHHLL", 20, rtnl.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -2)
+    assert [(t, s) for t, _, s, _, _ in rtnl.walk(hdr + b"\0\0\0")] == [(rtnl.NLMSG_ERROR, 7)]
+    assert list(rtnl.walk(struct.pack("=LHHLL", 3, 2, 0, 1, 0))) == []

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from overlay import registry as registry_mod
 from overlay.errors import RegistryError
-from overlay.etcdconf import make_etcd_options
-from overlay.registry import EtcdRegistry, _WatchStream
+from overlay.subnet import registry as registry_mod
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.registry import EtcdRegistry, _WatchStream
 
 
 class Refused(grpc.RpcError):
@@ -136,12 +136,12 @@ def _event(kind, key, value=b"", rev=5, prev=None):
 
 
 def test_watch_events_carry_rejections_and_an_alias_delete_removes_nothing():
-    from pyetcd.etcdrpc import kv_pb2
-
     from ipaddress import IPv4Address
 
+    from pyetcd.etcdrpc import kv_pb2
+
     from overlay.lease import EventType, LeaseAttrs
-    from overlay.registry import _watch_update
+    from overlay.subnet.registry import _watch_update
     reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
     p = reg.subnets_prefix.encode()
     good = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()

@@ -37,13 +37,12 @@ def test_walk_reads_each_message_once():
 
 
 def test_one_errno_wording_for_every_caller():
-    from overlay.netlink import common, pod, rawnl
+    from overlay.netlink import common, pod
 
     assert rtnl.describe_errno(errno.ENODEV) == "link not found"
     assert rtnl.describe_errno(errno.EBUSY) == "device or resource busy"
     assert rtnl.describe_errno(errno.EMLINK) == os.strerror(errno.EMLINK)
-    assert common.describe_errno is rawnl.describe_errno is pod.describe_errno \
-        is rtnl.describe_errno
+    assert common.describe_errno is pod.describe_errno is rtnl.describe_errno
     assert issubclass(pod.NetlinkRequestError, rtnl.NetlinkOpError)
 
 
@@ -55,7 +54,7 @@ def test_msg_is_a_plain_tuple():
 
 def test_importing_the_low_layers_never_loads_pyroute2():
     code = ("import sys; import overlay.netlink.common, overlay.netlink.rtnl, "
-            "overlay.netlink.rawnl, overlay.netlink.pod, overlay.netlink.vxlan; "
+            "overlay.netlink.rawnl, overlay.netlink.pod, overlay.vxlan.device; "
             "sys.exit(any(m.startswith('pyroute2') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -97,7 +96,7 @@ def test_a_failed_socket_set_up_closes_the_socket(monkeypatch):
 def test_one_missing_netns_check_for_both_netlink_openers():
     from overlay.errors import NetlinkOpError
     from overlay.netlink.common import require_netns
-    from overlay.netlink.vxlan import open_netlink
+    from overlay.vxlan.device import open_netlink
     for opener in (require_netns, open_netlink):
         with pytest.raises(NetlinkOpError, match="ovw-absent does not exist") as e:
             opener("ovw-absent")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from ipaddress import IPv4Network
 
-from overlay.masq import Masquerade, ruleset
-from overlay.vtep import load_or_create_vtep_mac, mac_path, random_mac
+from overlay.masq.nft import Masquerade, ruleset
+from overlay.vxlan.vtep import load_or_create_vtep_mac, mac_path, random_mac
 
 
 def test_random_mac_is_local_unicast():
@@ -61,7 +61,7 @@ def test_intact_detects_missing_rules():
 def test_disabled_masquerade_says_when_the_leftover_table_cannot_go(monkeypatch, caplog):
     import subprocess
 
-    from overlay import masq as masq_mod
+    from overlay.masq import nft as masq_mod
     m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), False)
     monkeypatch.setattr(masq_mod.os.path, "exists", lambda p: True)
 
@@ -70,6 +70,6 @@ def test_disabled_masquerade_says_when_the_leftover_table_cannot_go(monkeypatch,
             return subprocess.CompletedProcess(args, 0, "table ip overlay {}", "")
         return subprocess.CompletedProcess(args, 1, "", "Error: Operation not permitted")
     monkeypatch.setattr(m, "_nft", nft)
-    with caplog.at_level("WARNING", logger="overlay.masq"):
+    with caplog.at_level("WARNING", logger="overlay.masq.nft"):
         assert m.ensure() is False
     assert "Operation not permitted" in caplog.text and "nft delete table ip overlay" in caplog.text

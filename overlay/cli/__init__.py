@@ -13,9 +13,14 @@ from typing import Any, Sequence
 
 import click
 
-from ..errors import OverlayError
-from ..etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
-from ..text import format_table
+from overlay.errors import OverlayError
+from overlay.subnet.etcdconf import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_PREFIX,
+    EtcdOptions,
+    make_etcd_options,
+)
+from overlay.util.text import format_table
 
 
 @dataclass
@@ -73,7 +78,7 @@ def cli(ctx: click.Context, etcd_endpoints: str, etcd_prefix: str, etcd_cafile: 
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A kubectl-style table (:func:`overlay.text.format_table`) on stdout."""
+    """A kubectl-style table (:func:`overlay.util.text.format_table`) on stdout."""
     click.echo(format_table(headers, rows))
 
 
@@ -86,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # Command groups register themselves on `cli` when imported.
-from . import _commands  # noqa: E402,F401
+from overlay.cli import _commands  # noqa: E402,F401

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ..cni.install import (CONFLIST_NAME, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, PluginSettings,
-                           install_cni)
-from . import cli, print_json
+from overlay.cli import cli, print_json
+from overlay.cni.install import (
+    CONFLIST_NAME,
+    DEFAULT_BIN_DIR,
+    DEFAULT_CONF_DIR,
+    PluginSettings,
+    install_cni,
+)
 
 
 @cli.command("install-cni")

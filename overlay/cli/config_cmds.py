@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from ..config import MAX_CONFIG_BYTES, NetworkConfig, parse_network_config
-from ..errors import ConfigError
-from ..registry import EtcdRegistry
-from . import CLIContext, cli, print_json, print_table
+from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.config import MAX_CONFIG_BYTES, NetworkConfig, parse_network_config
+from overlay.errors import ConfigError
+from overlay.subnet.registry import EtcdRegistry
 
 
 @cli.group("config")

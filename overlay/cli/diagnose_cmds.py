@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from . import CLIContext, cli, print_json, print_table
-from ..cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
-from ..cni.netconf import DEFAULT_BRIDGE
-from ..subnetenv import DEFAULT_SUBNET_FILE
+from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from overlay.cni.netconf import DEFAULT_BRIDGE
+from overlay.subnetenv import DEFAULT_SUBNET_FILE
 
-# overlay.diagnose / overlay.trace are imported inside the commands: they pull in pyroute2,
+# overlay.diagnose.checks / overlay.diagnose.trace are imported inside the commands: they pull in pyroute2,
 # which every other overlayctl command should not pay for at start-up.
 
 STATUS_MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
@@ -83,7 +83,7 @@ def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
     check says what it expected, what it found and how to fix it. Exits 1 when any check
     fails. With etcd unreachable the local checks still run; the others are skipped.
     """
-    from ..diagnose import DiagnoseOptions, diagnose as run
+    from overlay.diagnose.checks import DiagnoseOptions, diagnose as run
 
     opts = DiagnoseOptions(cni_conf_dir=cni_conf_dir, cni_bin_dir=cni_bin_dir,
                            service_cidrs=service_cidr, subnet_file=subnet_file,
@@ -140,7 +140,7 @@ def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Addres
     VTEP MAC and public IP, destination node) is marked in place, missing or wrong.
     Exits 1 when a hop is missing or wrong.
     """
-    from ..trace import trace_path
+    from overlay.diagnose.trace import trace_path
 
     result = trace_path(src, dst, obj.etcd_options(), vxlan_device=vxlan_device, bridge=bridge)
     if obj.json:

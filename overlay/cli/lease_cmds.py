@@ -12,11 +12,21 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, LeaseExists, LeaseNotFound, OverlayError, RegistryError
-from ..lease import (EventType, Lease, LeaseAttrs, LeaseRules, LeaseView, Rejection, judge,
-                     normalize_mac, parse_subnet_arg, printable_key)
-from ..registry import EtcdRegistry, WatchUpdate
-from . import CLIContext, cli, print_json, print_table
+from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.errors import ConfigError, LeaseExists, LeaseNotFound, OverlayError, RegistryError
+from overlay.lease import (
+    EventType,
+    Lease,
+    LeaseAttrs,
+    LeaseRules,
+    LeaseView,
+    Rejection,
+    judge,
+    normalize_mac,
+    parse_subnet_arg,
+    printable_key,
+)
+from overlay.subnet.registry import EtcdRegistry, WatchUpdate
 
 HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
 

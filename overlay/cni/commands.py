@@ -15,12 +15,13 @@ from contextlib import ExitStack
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Callable
 
-from ..errors import CNIError, IPAMError, NetlinkOpError
-from ..netlink import pod
-from . import ipam, masq
-from .netconf import NetConf, NodeSubnet, is_mac, parse_netconf
-from .skel import ERR_CHECK, ERR_KERNEL, Request
-from .types import Interface, IPConfig, Result, Route, parse_result
+from overlay.cni import ipam
+from overlay.cni.netconf import NetConf, NodeSubnet, is_mac, parse_netconf
+from overlay.cni.skel import ERR_CHECK, ERR_KERNEL, Request
+from overlay.cni.types import Interface, IPConfig, Result, Route, parse_result
+from overlay.errors import CNIError, IPAMError, NetlinkOpError
+from overlay.masq import iptables as masq
+from overlay.netlink import pod
 
 log = logging.getLogger(__name__)
 

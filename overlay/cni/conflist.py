@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any
 
-from ..errors import ConfigError
+from overlay.errors import ConfigError
 
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 LIST_EXTENSION = ".conflist"

@@ -15,11 +15,11 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..fsutil import atomic_write
-from ..ifname import ifname_problem
-from ..subnetenv import DEFAULT_SUBNET_FILE
-from .netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
+from overlay.cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
+from overlay.errors import ConfigError
+from overlay.subnetenv import DEFAULT_SUBNET_FILE
+from overlay.util.fsutil import atomic_write
+from overlay.util.ifname import ifname_problem
 
 log = logging.getLogger(__name__)
 

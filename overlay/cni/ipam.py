@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from typing import ContextManager, Iterable, Iterator, Protocol
 
-from ..errors import IPAMError
+from overlay.errors import IPAMError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Mapping
 
-from ..errors import CNIError, SubnetEnvError
-from ..ifname import ifname_problem
-from ..subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
+from overlay.errors import CNIError, SubnetEnvError
+from overlay.subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
+from overlay.util.ifname import ifname_problem
 
 # The plugin's defaults, defined here only (install-cni, diagnose and the lab import them).
 DEFAULT_BRIDGE = "cni0"

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import BinaryIO, Mapping, Sequence
 
-from . import skel
+from overlay.cni import skel
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def setup_logging(level: int, log_file: str | None = None) -> None:
 
 def run(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
     """One CNI invocation with its I/O given (tests pass dicts and BytesIO)."""
-    from .commands import HANDLERS  # only when a command really runs (not for --help)
+    from overlay.cni.commands import HANDLERS  # only when a command really runs (not for --help)
 
     code, out = skel.run(env, stdin.read(), HANDLERS)
     stdout.write(out)
@@ -51,7 +51,7 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
 
 
 def serve(socket_path: str) -> int:
-    from .server import CNIServer
+    from overlay.cni.server import CNIServer
 
     server = CNIServer(socket_path)
     try:
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "serve":
         import argparse
 
-        from .server import DEFAULT_SOCKET
+        from overlay.cni.server import DEFAULT_SOCKET
 
         parser = argparse.ArgumentParser(prog="overlay-cni serve",
                                          description="Serve CNI requests warm on a unix socket.")

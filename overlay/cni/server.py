@@ -40,10 +40,10 @@ import threading
 import time
 from typing import Mapping
 
-from ..errors import CNIError
-from ..netlink import pod
-from . import skel
-from .commands import HANDLERS
+from overlay.cni import skel
+from overlay.cni.commands import HANDLERS
+from overlay.errors import CNIError
+from overlay.netlink import pod
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..errors import CNIError, IPAMError, NetlinkOpError, OverlayError
-from ..ifname import ifname_problem
+from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
+from overlay.util.ifname import ifname_problem
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from ..errors import CNIError
+from overlay.errors import CNIError
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """overlay-lab: a multi-node cluster of network namespaces on one machine."""
 
-from .cli import main
+from overlay.lab.cli import main
 
 __all__ = ["main"]

@@ -10,13 +10,20 @@ import sys
 import time
 from typing import Sequence
 
-from ..errors import OverlayError
-from ..text import format_table
-from .lab import Lab
-from .matrix import Endpoint, reachability, render
-from .spec import (DEFAULT_BASE_DIR, DEFAULT_NODES, DEFAULT_PODS_PER_NODE, DEFAULT_PREFIX,
-                   MAX_NODES, MAX_PODS_PER_NODE, LabSpec)
-from .system import in_netns
+from overlay.errors import OverlayError
+from overlay.lab.lab import Lab
+from overlay.lab.matrix import Endpoint, reachability, render
+from overlay.lab.spec import (
+    DEFAULT_BASE_DIR,
+    DEFAULT_NODES,
+    DEFAULT_PODS_PER_NODE,
+    DEFAULT_PREFIX,
+    MAX_NODES,
+    MAX_PODS_PER_NODE,
+    LabSpec,
+)
+from overlay.lab.system import in_netns
+from overlay.util.text import format_table
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import os
 import sys
 from typing import Sequence
 
-from ..cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
-from ..errors import OverlayError
-from .runtime import Attachment, CNIRuntime, ResultCache, load_network
-from .spec import LabError
+from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from overlay.errors import OverlayError
+from overlay.lab.runtime import Attachment, CNIRuntime, ResultCache, load_network
+from overlay.lab.spec import LabError
 
 DEFAULT_CNI_PATH = f"{DEFAULT_BIN_DIR}:/usr/lib/cni"  # then Debian's reference plugins
 DEFAULT_CACHE_DIR = "/var/lib/cni/overlay-smoke"

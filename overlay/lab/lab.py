@@ -29,14 +29,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..errors import OverlayError
-from ..subnetenv import load_subnet_env
-from . import system as sysx
-from .runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
-from .spec import (ETCD_KEY_PREFIX, ETCD_PEER_PORT, ETCD_PORT, HEALTHZ_ADDR, POD_NETWORK,
-                   SUBNET_LEN, UNDERLAY_GATEWAY, VNI, VXLAN_PORT, LabError, LabSpec,
-                   next_free_node)
-from .state import LabState, PodRecord, load_state, save_state
+from overlay.errors import OverlayError
+from overlay.lab import system as sysx
+from overlay.lab.runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
+from overlay.lab.spec import (
+    ETCD_KEY_PREFIX,
+    ETCD_PEER_PORT,
+    ETCD_PORT,
+    HEALTHZ_ADDR,
+    POD_NETWORK,
+    SUBNET_LEN,
+    UNDERLAY_GATEWAY,
+    VNI,
+    VXLAN_PORT,
+    LabError,
+    LabSpec,
+    next_free_node,
+)
+from overlay.lab.state import LabState, PodRecord, load_state, save_state
+from overlay.subnetenv import load_subnet_env
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .system import in_netns
+from overlay.lab.system import in_netns
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from ..cni import conflist
-from ..cni.skel import validate_container_id, validate_ifname, validate_network_name
-from ..errors import CNIError
-from ..fsutil import atomic_write
-from .spec import LabError
-from .system import NETNS_DIR, in_netns
+from overlay.cni import conflist
+from overlay.cni.skel import validate_container_id, validate_ifname, validate_network_name
+from overlay.errors import CNIError
+from overlay.lab.spec import LabError
+from overlay.lab.system import NETNS_DIR, in_netns
+from overlay.util.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
-from ..errors import OverlayError
+from overlay.errors import OverlayError
 
 DEFAULT_PREFIX = "ovlab"
 DEFAULT_NODES = 3

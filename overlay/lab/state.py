@@ -11,8 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..fsutil import atomic_write
-from .spec import LabError, node_index
+from overlay.lab.spec import LabError, node_index
+from overlay.util.fsutil import atomic_write
 
 
 @dataclass

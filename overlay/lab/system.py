@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from ..errors import NetlinkOpError
-from ..netlink.pod import thread_in_netns
-from .spec import LabError
+from overlay.errors import NetlinkOpError
+from overlay.lab.spec import LabError
+from overlay.netlink.pod import thread_in_netns
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
-from ..errors import NetlinkOpError
-from .rtnl import GONE, describe_errno
+from overlay.errors import NetlinkOpError
+from overlay.netlink.rtnl import GONE, describe_errno
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute

@@ -1,6 +1,6 @@
 """Read-only dumps of a node's kernel state for ``overlayctl diagnose`` and ``trace``.
 
-Everything is returned as frozen values, so the checks in ``overlay.diagnose`` run just
+Everything is returned as frozen values, so the checks in ``overlay.diagnose.checks`` run just
 as well on state a unit test made up.  All of it is read on raw rtnetlink sockets
 (``rtnl``): pyroute2 is not imported (unless a netns is named, to enter it).
 """
@@ -13,11 +13,30 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Sequence
 
-from ..errors import NetlinkOpError
-from .rtnl import (
-    AF_INET, IFF_UP, IFINFO, IFLA_MASTER, IFLA_OPERSTATE, NUD_PERMANENT, RT_TABLE_MAIN,
-    RTA_DST, RTA_GATEWAY, RTA_OIF, RTM_GETROUTE, RTMSG, RTNH_F_ONLINK, Msg, Rtnl, attr,
-    attr_u32, attrs, describe_errno, route_type_name, u32)
+from overlay.errors import NetlinkOpError
+from overlay.netlink.rtnl import (
+    AF_INET,
+    IFF_UP,
+    IFINFO,
+    IFLA_MASTER,
+    IFLA_OPERSTATE,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTM_GETROUTE,
+    RTMSG,
+    RTNH_F_ONLINK,
+    Msg,
+    Rtnl,
+    attr,
+    attr_u32,
+    attrs,
+    describe_errno,
+    route_type_name,
+    u32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +85,7 @@ class RouteInfo:
     @property
     def ours(self) -> bool:
         """Made by overlayd (proto 111), or of unknown origin."""
-        from .rawnl import RTPROT_OVERLAY
+        from overlay.netlink.rawnl import RTPROT_OVERLAY
 
         return self.protocol is None or self.protocol == RTPROT_OVERLAY
 
@@ -137,7 +156,7 @@ def dump_kernel_state(netns: str | None = None) -> KernelState:
     FDB entries that costs over a second, while the raw dumps shared with the daemon
     (``rawnl``) take a few milliseconds.
     """
-    from . import rawnl
+    from overlay.netlink import rawnl
 
     nl = rawnl.RawRoute(netns)
     try:
@@ -169,7 +188,7 @@ _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DO
 
 
 def _raw_link(buf: bytes, off: int, end: int) -> LinkInfo:
-    from .rawnl import parse_link_record
+    from overlay.netlink.rawnl import parse_link_record
 
     rec = parse_link_record(buf, off, end)
     a = attrs(buf, off + IFINFO.size, end)

@@ -30,15 +30,59 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Iterator
 
-from ..errors import NetlinkOpError
-from .rtnl import (  # noqa: F401  (NetlinkRequestError: re-exported, part of this API)
-    IFA_ADDRESS, IFA_BROADCAST, IFA_LOCAL, IFADDR, IFF_PROMISC, IFF_UP, IFINFO, IFLA_ADDRESS,
-    IFLA_BRPORT_MODE, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_INFO_SLAVE_DATA,
-    IFLA_INFO_SLAVE_KIND, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE,
-    RTM_DELADDR, RTM_DELLINK, RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK,
-    RTM_NEWROUTE, RTMSG, RTN_UNICAST, RTPROT_BOOT, VETH_INFO_PEER, Msg, NetlinkRequestError,
-    Rtnl, attr, attr_str, attr_u32, attrs, cstr, describe_errno, mac_bytes, mac_str, u32)
+from overlay.errors import NetlinkOpError
+from overlay.netlink.rtnl import (
+    IFA_ADDRESS,
+    IFA_BROADCAST,
+    IFA_LOCAL,
+    IFADDR,
+    IFF_PROMISC,
+    IFF_UP,
+    IFINFO,
+    IFLA_ADDRESS,
+    IFLA_BRPORT_MODE,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_INFO_SLAVE_DATA,
+    IFLA_INFO_SLAVE_KIND,
+    IFLA_LINKINFO,
+    IFLA_MASTER,
+    IFLA_MTU,
+    IFLA_NET_NS_FD,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTA_TABLE,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMSG,
+    RTN_UNICAST,
+    RTPROT_BOOT,
+    VETH_INFO_PEER,
+    Msg,
+    NetlinkRequestError,
+    Rtnl,
+    attr,
+    attr_str,
+    attr_u32,
+    attrs,
+    cstr,
+    describe_errno,
+    mac_bytes,
+    mac_str,
+    u32,
+)
 
 log = logging.getLogger(__name__)
 

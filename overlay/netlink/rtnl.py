@@ -26,7 +26,7 @@ import socket
 import struct
 from typing import Collection, Iterable, Iterator, NamedTuple
 
-from ..errors import NetlinkOpError
+from overlay.errors import NetlinkOpError
 
 # linux/netlink.h
 NETLINK_ROUTE = 0
@@ -231,7 +231,7 @@ class Rtnl:
         else:
             from pyroute2.netns import create_socket  # only when a netns is asked for
 
-            from .common import netns_path
+            from overlay.netlink.common import netns_path
             self.sock = create_socket(netns_path(netns), socket.AF_NETLINK, socket.SOCK_RAW,
                                       NETLINK_ROUTE, flags=0)
         try:

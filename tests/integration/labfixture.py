@@ -23,6 +23,7 @@ from overlay.lab.lab import Lab
 from overlay.lab.spec import LabSpec
 from overlay.lab.system import in_netns, ip, netns_entered, netns_exists
 
+
 def _token(n: int = 4) -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
     return "".join(secrets.choice(alphabet) for _ in range(n))

@@ -415,7 +415,7 @@ def test_path_mtu_problem_found_by_the_probe(cluster):
 PROBE_SCRIPT = """
 import json, sys, time
 from ipaddress import IPv4Address
-from overlay.probe import echo_many
+from overlay.diagnose.probe import echo_many
 targets = [IPv4Address(a) for a in sys.argv[1:]]
 t0 = time.monotonic()
 res = echo_many(targets, 1422, 2, 1.0)
@@ -476,7 +476,7 @@ def test_find_daemons_only_in_this_namespace(cluster):
     fake = subprocess.Popen(["ip", "netns", "exec", cluster.n1.ns, "bash", "-c",
                              "exec -a overlayd sleep 30"])
     try:
-        script = "from overlay.diagnose import find_daemons; print(find_daemons())"
+        script = "from overlay.diagnose.checks import find_daemons; print(find_daemons())"
         for _ in range(50):  # until the exec happened
             if f"{fake.pid}" in nsx(cluster.n1.ns, sys.executable, "-c", script).stdout:
                 break

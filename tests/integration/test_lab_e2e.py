@@ -18,8 +18,18 @@ import pytest
 from overlay.lab.matrix import ping
 from overlay.lab.system import ip
 
-from .labfixture import (ContinuousPing, UnderlayCapture, keep_logs, lab_names, lab_pids,
-                         leftovers, poll, remote_entries, running_lab, vtep_mac)
+from .labfixture import (
+    ContinuousPing,
+    UnderlayCapture,
+    keep_logs,
+    lab_names,
+    lab_pids,
+    leftovers,
+    poll,
+    remote_entries,
+    running_lab,
+    vtep_mac,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

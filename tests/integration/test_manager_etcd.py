@@ -11,10 +11,10 @@ import pytest
 
 from overlay.config import parse_network_config
 from overlay.errors import NoFreeSubnet
-from overlay.etcdconf import make_etcd_options
 from overlay.lease import LeaseAttrs
-from overlay.manager import SubnetManager
-from overlay.registry import EtcdRegistry
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.manager import SubnetManager
+from overlay.subnet.registry import EtcdRegistry
 
 from .etcd_server import EtcdCluster, TcpProxy
 from .test_registry import wait_for

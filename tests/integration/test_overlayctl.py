@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from overlay.cli import cli
-from overlay.etcdconf import make_etcd_options
 from overlay.lease import LeaseAttrs
-from overlay.registry import EtcdRegistry
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.registry import EtcdRegistry
 
 from .etcd_server import EtcdServer, make_test_ca
 from .test_registry import attrs, net

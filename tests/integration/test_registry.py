@@ -10,11 +10,17 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from overlay.config import parse_network_config
-from overlay.errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict,
-                            LeaseExists, RegistryError)
-from overlay.etcdconf import make_etcd_options
+from overlay.errors import (
+    ConfigError,
+    ConfigNotFound,
+    EtcdUnavailable,
+    LeaseConflict,
+    LeaseExists,
+    RegistryError,
+)
 from overlay.lease import EventType, LeaseAttrs, LeaseRules, LeaseView
-from overlay.registry import EtcdRegistry
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.registry import EtcdRegistry
 
 from .etcd_server import EtcdServer, TcpProxy, make_test_ca
 
@@ -337,7 +343,7 @@ def test_watch_config_sees_every_change_of_the_key_only(registry):
 
 
 def test_garbage_is_listed_and_watched_as_rejected_and_the_watch_survives(registry):
-    from .test_overlayctl import GARBAGE, put_garbage
+    from .test_overlayctl import put_garbage
     registry.put_config(CFG)
     registry.create_lease(net(2), attrs(12), 60)
     _, rev = registry.list_leases()

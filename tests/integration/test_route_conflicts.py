@@ -13,9 +13,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from overlay.backend import BackendSettings, VXLANBackend
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch
-from overlay.netlink.entries import Op, Route
+from overlay.vxlan.backend import BackendSettings, VXLANBackend
+from overlay.vxlan.entries import Op, Route
 from tests.integration.test_vxlan import device, ip, ipj, netns  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration

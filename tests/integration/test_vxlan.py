@@ -11,10 +11,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from overlay.backend import BackendSettings, VXLANBackend
 from overlay.lease import Lease, LeaseAttrs
-from overlay.netlink.entries import FDB, Neigh, Op, Route
-from overlay.netlink.vxlan import VXLANDevice, VXLANSpec, find_underlay, open_netlink
+from overlay.vxlan.backend import BackendSettings, VXLANBackend
+from overlay.vxlan.device import VXLANDevice, VXLANSpec, find_underlay, open_netlink
+from overlay.vxlan.entries import FDB, Neigh, Op, Route
 
 pytestmark = pytest.mark.integration
 

@@ -27,23 +27,36 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Callable, Sequence
 
-from .backend import BackendSettings, Reconciler, VXLANBackend
-from .backoff import Backoff
-from .config import VXLAN_OVERHEAD, NetworkConfig, parse_bool, parse_network_config
-from .errors import (ConfigError, ConfigNotFound, LeaseConflict, LeaseExists, LeaseNotFound,
-                     OverlayError, RegistryError, SubnetEnvError)
-from .etcdconf import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions, make_etcd_options
-from .http import HealthServer, Metrics, parse_hostport
-from .ifname import ifname_problem
-from .lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
-from .manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
-from .masq import Masquerade
-from .netlink.vxlan import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
-from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env, write_subnet_env
-from .vtep import load_or_create_vtep_mac
-from .watchhealth import DEFAULT_MAX_LAG, WatchHealth
+from overlay.config import VXLAN_OVERHEAD, NetworkConfig, parse_bool, parse_network_config
+from overlay.daemon.http import HealthServer, Metrics, parse_hostport
+from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, WatchHealth
+from overlay.errors import (
+    ConfigError,
+    ConfigNotFound,
+    LeaseConflict,
+    LeaseExists,
+    LeaseNotFound,
+    OverlayError,
+    RegistryError,
+    SubnetEnvError,
+)
+from overlay.lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
+from overlay.masq.nft import Masquerade
+from overlay.subnet.etcdconf import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_PREFIX,
+    EtcdOptions,
+    make_etcd_options,
+)
+from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
+from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env, write_subnet_env
+from overlay.util.backoff import Backoff
+from overlay.util.ifname import ifname_problem
+from overlay.vxlan.backend import BackendSettings, Reconciler, VXLANBackend
+from overlay.vxlan.device import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
+from overlay.vxlan.vtep import load_or_create_vtep_mac
 
-log = logging.getLogger("overlay.daemon")
+log = logging.getLogger("overlay.daemon.daemon")
 
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
@@ -343,7 +356,7 @@ class Daemon:
     def _open_registry(self) -> Any:
         if self._registry_factory is not None:
             return self._registry_factory(self.s.etcd)
-        from .registry import EtcdRegistry
+        from overlay.subnet.registry import EtcdRegistry
         return EtcdRegistry(self.s.etcd)
 
     def _run(self, raw_registry: Any) -> int:
@@ -619,7 +632,7 @@ class Daemon:
         if not self.s.cni_socket:
             return
         try:
-            from .cni.server import CNIServer  # the CNI plugin's warm server (optional)
+            from overlay.cni.server import CNIServer  # the CNI plugin's warm server (optional)
         except ImportError:
             log.debug("no warm CNI server in this build; the plugin runs cold")
             return

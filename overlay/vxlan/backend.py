@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Iterable, Protocol, Sequence
 
-from .errors import OverlayError
-from .lease import Lease, LeaseBatch
-from .netlink.entries import FDB, Entries, Entry, Neigh, Op, OtherRoute, Route
+from overlay.errors import OverlayError
+from overlay.lease import Lease, LeaseBatch
+from overlay.vxlan.entries import FDB, Entries, Entry, Neigh, Op, OtherRoute, Route
 
 log = logging.getLogger(__name__)
 

@@ -27,22 +27,24 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, Callable, Iterable, Sequence
 
-from .cni.conflist import ConfListError, conf_files, load_conflist
-from .cni.install import DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR
-from .cni.install import DEFAULT_CONF_DIR as DEFAULT_CNI_CONF_DIR
-from .cni.install import PLUGIN_NAME as PLUGIN_TYPE
-from .cni.ipam import DiskStore
-from .cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
-from .config import VXLAN_OVERHEAD, NetworkConfig
-from .errors import OverlayError, SubnetEnvError
-from .etcdconf import EtcdOptions
-from .firewall import FirewallState, read_firewall
-from .lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
-from .probe import Echo, echo_many
-from .proc import run_quiet
-from .netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
-from .netlink.rtnl import protocol_name
-from .subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
+from overlay.cni.conflist import ConfListError, conf_files, load_conflist
+from overlay.cni.install import (
+    DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR,
+    DEFAULT_CONF_DIR as DEFAULT_CNI_CONF_DIR,
+    PLUGIN_NAME as PLUGIN_TYPE,
+)
+from overlay.cni.ipam import DiskStore
+from overlay.cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
+from overlay.config import VXLAN_OVERHEAD, NetworkConfig
+from overlay.diagnose.firewall import FirewallState, read_firewall
+from overlay.diagnose.probe import Echo, echo_many
+from overlay.errors import OverlayError, SubnetEnvError
+from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
+from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
+from overlay.netlink.rtnl import protocol_name
+from overlay.subnet.etcdconf import EtcdOptions
+from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
+from overlay.util.proc import run_quiet
 
 log = logging.getLogger(__name__)
 
@@ -1092,7 +1094,7 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
     Only the leases of ``local_ips`` (this node's) get their expiry read: that is one
     request per lease, which a listing of a thousand peers should not pay.
     """
-    from .registry import EtcdRegistry
+    from overlay.subnet.registry import EtcdRegistry
 
     mine = set(local_ips)
     try:
@@ -1113,7 +1115,7 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
 
 def gather_node(opts: DiagnoseOptions) -> NodeState:
     """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
-    from .netlink.inspect import dump_kernel_state
+    from overlay.netlink.inspect import dump_kernel_state
 
     node = NodeState()
     try:

@@ -11,8 +11,8 @@ import hashlib
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
-from ..errors import CNIError
-from .skel import ERR_FIREWALL
+from overlay.cni.skel import ERR_FIREWALL
+from overlay.errors import CNIError
 
 log = logging.getLogger(__name__)
 

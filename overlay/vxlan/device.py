@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Collection, Sequence
 
-from ..errors import ConfigError, NetlinkOpError, OverlayError
-from . import rawnl
-from .common import require_netns
-from .entries import FDB, Entries, Neigh, Op, OtherRoute, Route
-from .rtnl import GONE, protocol_name, route_type_name
+from overlay.errors import ConfigError, NetlinkOpError, OverlayError
+from overlay.netlink import rawnl
+from overlay.netlink.common import require_netns
+from overlay.netlink.rtnl import GONE, describe_errno, protocol_name, route_type_name
+from overlay.vxlan.entries import FDB, Entries, Neigh, Op, OtherRoute, Route
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class VXLANDevice:
             elif code == errno.EEXIST and op.add and isinstance(op.entry, Route):
                 log.debug("%s: another protocol's route holds %s", op, op.entry.dst)
             else:
-                log.warning("%s failed: %s", op, rawnl.describe_errno(code))
+                log.warning("%s failed: %s", op, describe_errno(code))
             out.append(code)
         return out
 

@@ -33,11 +33,20 @@ from datetime import datetime, timezone
 from ipaddress import IPv4Network
 from typing import Any, Callable, Iterable, Protocol
 
-from .backoff import Backoff
-from .config import NetworkConfig
-from .errors import (LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError)
-from .lease import (EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, LeaseRules, LeaseView,
-                    Rejection, subnet_to_key)
+from overlay.config import NetworkConfig
+from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError
+from overlay.lease import (
+    EventType,
+    Lease,
+    LeaseAttrs,
+    LeaseBatch,
+    LeaseEvent,
+    LeaseRules,
+    LeaseView,
+    Rejection,
+    subnet_to_key,
+)
+from overlay.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import logging
 import os
 import random
 
-from .errors import ConfigError
-from .fsutil import atomic_write
-from .lease import normalize_mac
+from overlay.errors import ConfigError
+from overlay.lease import normalize_mac
+from overlay.util.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from ipaddress import IPv4Network
 
-from .errors import ConfigError, OverlayError
+from overlay.errors import ConfigError, OverlayError
 
 log = logging.getLogger(__name__)
 

@@ -32,19 +32,37 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402
 import pyetcd  # noqa: E402
-from pyetcd import etcdrpc  # noqa: E402
+from pyetcd import (
+    etcdrpc,  # noqa: E402
+    exceptions as etcd_exc,  # noqa: E402
+)
+from pyetcd.client import (
+    Endpoint as ClientEndpoint,  # noqa: E402
+    MultiEndpointEtcd3Client,  # noqa: E402
+)
 from pyetcd.etcdrpc import kv_pb2  # noqa: E402
-from pyetcd import exceptions as etcd_exc  # noqa: E402
-from pyetcd.client import Endpoint as ClientEndpoint  # noqa: E402
-from pyetcd.client import MultiEndpointEtcd3Client  # noqa: E402
 
-from .backoff import Backoff
-from .config import NetworkConfig, parse_network_config
-from .errors import (ConfigError, ConfigNotFound, EtcdUnavailable, LeaseConflict, LeaseExists,
-                     RegistryError)
-from .etcdconf import EtcdOptions
-from .lease import (EventType, Lease, LeaseAttrs, LeaseEvent, Rejection, decode_kv,
-                    key_to_subnet, subnet_to_key)
+from overlay.config import NetworkConfig, parse_network_config
+from overlay.errors import (
+    ConfigError,
+    ConfigNotFound,
+    EtcdUnavailable,
+    LeaseConflict,
+    LeaseExists,
+    RegistryError,
+)
+from overlay.lease import (
+    EventType,
+    Lease,
+    LeaseAttrs,
+    LeaseEvent,
+    Rejection,
+    decode_kv,
+    key_to_subnet,
+    subnet_to_key,
+)
+from overlay.subnet.etcdconf import EtcdOptions
+from overlay.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .proc import run_quiet
+from overlay.util.proc import run_quiet
 
 
 @dataclass(frozen=True)
