@@ -20,10 +20,11 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from overlay.errors import LeaseValueTooLarge, RegistryError
 
@@ -120,7 +121,7 @@ class LeaseAttrs:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> "LeaseAttrs":
+    def from_json(cls, raw: str | bytes) -> LeaseAttrs:
         """Decode a lease value; ``RegistryError`` for anything that is not one.
 
         Bounded (``MAX_VALUE_BYTES``), and *any* exception while decoding (a huge
@@ -133,12 +134,12 @@ class LeaseAttrs:
         try:
             obj = json.loads(raw)
             return cls.from_dict(obj)
-        except Exception as e:  # noqa: BLE001 (see the docstring)
+        except Exception as e:
             raise RegistryError(f"malformed lease value {_preview(raw)}: "
                                 f"{type(e).__name__}: {_preview(str(e))}") from e
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> "LeaseAttrs":
+    def from_dict(cls, obj: Mapping[str, Any]) -> LeaseAttrs:
         """Typed fields only; ValueError/TypeError name the field that is wrong."""
         if not isinstance(obj, dict):
             raise TypeError("lease value must be a JSON object")
@@ -214,7 +215,7 @@ class LeaseEvent:
     revision: int = 0
     # A REMOVED whose key now holds a value that is rejected (the subnet's lease is gone
     # for the data plane; the key stays in etcd): why.
-    rejection: "Rejection | None" = None
+    rejection: Rejection | None = None
 
 
 @dataclass(frozen=True)
@@ -363,13 +364,13 @@ class LeaseRules:
     @classmethod
     def from_config(cls, cfg: Any, own_subnets: Iterable[IPv4Network] = (),
                     own_ips: Iterable[IPv4Address] = (), own_mac: str | None = None
-                    ) -> "LeaseRules":
+                    ) -> LeaseRules:
         """From a ``NetworkConfig`` (duck-typed: the lease layer sits below config)."""
         return cls(cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max,
                    cfg.backend.vni, frozenset(own_subnets), frozenset(own_ips), own_mac)
 
     def with_own(self, own_subnets: Iterable[IPv4Network] = (),
-                 own_ips: Iterable[IPv4Address] | None = None) -> "LeaseRules":
+                 own_ips: Iterable[IPv4Address] | None = None) -> LeaseRules:
         return replace(self, own_subnets=frozenset(own_subnets),
                        own_ips=self.own_ips if own_ips is None else frozenset(own_ips))
 
@@ -440,14 +441,14 @@ def claim_macs(leases: Iterable[Lease]) -> dict[str, IPv4Address]:
     public IP is rejected (``vtep-mac-claimed``), so a second lease cannot flip a node's
     FDB entry back and forth."""
     first: dict[str, Lease] = {}
-    for l in leases:
-        mac = l.attrs.vtep_mac
+    for lease in leases:
+        mac = lease.attrs.vtep_mac
         if mac is None:
             continue
         cur = first.get(mac)
-        if cur is None or _older(l, cur):
-            first[mac] = l
-    return {mac: l.attrs.public_ip for mac, l in first.items()}
+        if cur is None or _older(lease, cur):
+            first[mac] = lease
+    return {mac: lease.attrs.public_ip for mac, lease in first.items()}
 
 
 def _older(a: Lease, b: Lease) -> bool:
@@ -468,24 +469,24 @@ def judge(leases: Iterable[Lease], rules: LeaseRules
     The one function ``overlayctl leases list`` and ``diagnose`` use; the watch uses
     ``LeaseView``, which gives the same answer incrementally."""
     passed, rejected, warnings = [], [], {}
-    for l in leases:
-        v = check_remote(l, rules)
+    for lease in leases:
+        v = check_remote(lease, rules)
         if not v.ok:
-            rejected.append(Rejection(subnet_to_key(l.subnet), v.reason, v.detail,
-                                      l.mod_revision, l.subnet))
+            rejected.append(Rejection(subnet_to_key(lease.subnet), v.reason, v.detail,
+                                      lease.mod_revision, lease.subnet))
             continue
         if v.warning:
-            warnings[l.subnet] = v.warning
-        passed.append(l)
+            warnings[lease.subnet] = v.warning
+        passed.append(lease)
     holders = claim_macs(passed)
     accepted = []
-    for l in passed:
-        holder = holders.get(l.attrs.vtep_mac) if l.attrs.vtep_mac else None
-        if holder is not None and holder != l.attrs.public_ip:
-            rejected.append(claim_rejection(l, holder))
-            warnings.pop(l.subnet, None)
+    for lease in passed:
+        holder = holders.get(lease.attrs.vtep_mac) if lease.attrs.vtep_mac else None
+        if holder is not None and holder != lease.attrs.public_ip:
+            rejected.append(claim_rejection(lease, holder))
+            warnings.pop(lease.subnet, None)
         else:
-            accepted.append(l)
+            accepted.append(lease)
     return accepted, rejected, warnings
 
 
@@ -514,15 +515,15 @@ class LeaseView:
 
     def reset(self, snapshot: Iterable[Lease]) -> LeaseBatch:
         """Replace the view by a full listing; return the difference."""
-        snapshot = [l for l in snapshot if l.subnet != self.own]
+        snapshot = [lease for lease in snapshot if lease.subnet != self.own]
         old = self.leases
         if self.rules is None:
-            self.leases = {l.subnet: l for l in snapshot}
+            self.leases = {lease.subnet: lease for lease in snapshot}
         else:
             self.touched = set(self.rejected)
             self.leases, self.losers, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}, {}
-            for l in snapshot:
-                self._admit(l)
+            for lease in snapshot:
+                self._admit(lease)
             # Only MACs with several leases need a claim decided.
             self._settle({m for m, s in self._by_mac.items() if isinstance(s, list)}, {})
             self.touched |= set(self.rejected)
@@ -635,11 +636,11 @@ class LeaseView:
             self.touched.update(members)
             group = [self.leases.get(s) or self.losers[s] for s in members]
             holder = claim_macs(group).get(mac)
-            for l in group:
-                if holder is not None and holder != l.attrs.public_ip:
-                    self._lose(l, holder, before)
+            for lease in group:
+                if holder is not None and holder != lease.attrs.public_ip:
+                    self._lose(lease, holder, before)
                 else:
-                    self._win(l.subnet, before)
+                    self._win(lease.subnet, before)
 
     def _win(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
         if subnet in self.losers:

@@ -109,8 +109,8 @@ def test_diff_added_removed_changed():
     old = {N1: lease(N1), N2: lease(N2, ip="192.168.1.12")}
     new = {N2: lease(N2, ip="192.168.1.12", mac="0e:00:00:00:00:99"), N3: lease(N3)}
     batch = diff_leases(old, new)
-    assert [l.subnet for l in batch.added] == [N3]
-    assert [l.subnet for l in batch.removed] == [N1]
+    assert [x.subnet for x in batch.added] == [N3]
+    assert [x.subnet for x in batch.removed] == [N1]
     assert [(o.attrs.vtep_mac, n.attrs.vtep_mac) for o, n in batch.changed] == [
         ("0e:00:00:00:00:01", "0e:00:00:00:00:99")]
 
@@ -125,11 +125,11 @@ def test_renewal_is_not_a_change():
 def test_view_reset_excludes_own_subnet_and_reports_difference():
     view = LeaseView(own=N1)
     batch = view.reset([lease(N1), lease(N2)])
-    assert [l.subnet for l in batch.added] == [N2] and not batch.removed
+    assert [x.subnet for x in batch.added] == [N2] and not batch.removed
     assert set(view.leases) == {N2}
     batch = view.reset([lease(N3)])
-    assert [l.subnet for l in batch.added] == [N3]
-    assert [l.subnet for l in batch.removed] == [N2]
+    assert [x.subnet for x in batch.added] == [N3]
+    assert [x.subnet for x in batch.removed] == [N2]
 
 
 def test_view_apply_events_in_order_gives_net_effect():

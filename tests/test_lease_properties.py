@@ -4,6 +4,7 @@ Whatever etcd hands in, decoding returns a lease or a rejection (never raises), 
 every accepted remote lies inside the Network, is SubnetLen long and off our subnet.
 """
 
+import contextlib
 import json
 from ipaddress import IPv4Address, IPv4Network
 
@@ -37,7 +38,7 @@ FAST = settings(max_examples=150, deadline=None, database=None,  # no .hypothesi
 octet = st.one_of(st.integers(0, 255).map(str), st.sampled_from(["010", "256", "-1", " 1", ""]))
 key_names = st.one_of(
     st.text(max_size=40),
-    st.builds(lambda a, b, c, d, l, tail: f"{a}.{b}.{c}.{d}-{l}{tail}",
+    st.builds(lambda a, b, c, d, plen, tail: f"{a}.{b}.{c}.{d}-{plen}{tail}",
               octet, octet, octet, octet, st.integers(0, 40).map(str),
               st.sampled_from(["", "\n", " ", "/x", "-1", "&fd00::-64"])),
     st.builds(lambda n: subnet_to_key(n), st.integers(0, 255).map(
@@ -91,10 +92,8 @@ def test_key_name_parser_raises_only_value_error(name):
 @FAST
 @given(st.binary(max_size=300))
 def test_value_decoder_raises_only_the_projects_errors(raw):
-    try:
+    with contextlib.suppress(OverlayError):
         LeaseAttrs.from_json(raw)
-    except OverlayError:
-        pass
 
 
 def _leases(draw_items):
@@ -108,11 +107,12 @@ def _leases(draw_items):
 
 def _assert_safe(accepted):
     macs = {}
-    for l in accepted:
-        assert l.subnet.subnet_of(CFG.network) and l.subnet.prefixlen == CFG.subnet_len
-        assert l.subnet != OWN
-        if l.attrs.vtep_mac is not None:
-            assert macs.setdefault(l.attrs.vtep_mac, l.attrs.public_ip) == l.attrs.public_ip
+    for lease in accepted:
+        assert lease.subnet.subnet_of(CFG.network) and lease.subnet.prefixlen == CFG.subnet_len
+        assert lease.subnet != OWN
+        if lease.attrs.vtep_mac is not None:
+            holder = macs.setdefault(lease.attrs.vtep_mac, lease.attrs.public_ip)
+            assert holder == lease.attrs.public_ip
 
 
 subnet_keys = st.one_of(key_names, st.sampled_from(
@@ -126,7 +126,7 @@ items = st.lists(st.tuples(subnet_keys, values), max_size=12)
 def test_every_accepted_remote_is_inside_the_network_sized_and_not_ours(kvs):
     accepted, rejected, _ = judge(_leases(kvs), RULES)
     _assert_safe(accepted)
-    assert not {l.subnet for l in accepted} & {r.subnet for r in rejected}
+    assert not {lease.subnet for lease in accepted} & {r.subnet for r in rejected}
 
 
 @FAST
@@ -135,17 +135,17 @@ def test_the_view_agrees_with_judge_over_any_event_sequence(kvs, ops):
     leases = _leases(kvs)
     view = LeaseView(rules=RULES)
     view.reset(leases[: len(leases) // 2])
-    current = {l.subnet: l for l in leases[: len(leases) // 2]}
+    current = {lease.subnet: lease for lease in leases[: len(leases) // 2]}
     for put, i in ops:
         if not leases:
             break
-        l = leases[i % len(leases)]
+        lease = leases[i % len(leases)]
         if put:
-            view.apply([LeaseEvent(EventType.ADDED, l, l.mod_revision)])
-            current[l.subnet] = l
+            view.apply([LeaseEvent(EventType.ADDED, lease, lease.mod_revision)])
+            current[lease.subnet] = lease
         else:
-            view.apply([LeaseEvent(EventType.REMOVED, l, l.mod_revision)])
-            current.pop(l.subnet, None)
+            view.apply([LeaseEvent(EventType.REMOVED, lease, lease.mod_revision)])
+            current.pop(lease.subnet, None)
         _assert_safe(view.leases.values())
     accepted, _, _ = judge(current.values(), RULES)
-    assert set(view.leases) == {l.subnet for l in accepted}
+    assert set(view.leases) == {lease.subnet for lease in accepted}

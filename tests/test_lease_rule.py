@@ -118,7 +118,7 @@ def test_missing_vni_decodes_as_none_and_is_ours():
 
 # ---- the per-lease checks -------------------------------------------------------------
 
-@pytest.mark.parametrize("l, reason", [
+@pytest.mark.parametrize("candidate, reason", [
     (lease(subnet=IPv4Network("10.244.5.0/25")), Reason.SUBNET_LENGTH),
     (lease(subnet=IPv4Network("128.0.0.0/1")), Reason.SUBNET_LENGTH),
     (lease(subnet=IPv4Network("10.245.5.0/24")), Reason.SUBNET_OUTSIDE_NETWORK),
@@ -139,8 +139,8 @@ def test_missing_vni_decodes_as_none_and_is_ours():
     (lease(vni=2), Reason.VNI_MISMATCH),
     (lease(btype="host-gw"), Reason.BACKEND_TYPE),
 ])
-def test_each_rejection_class(l, reason):
-    v = check_remote(l, RULES)
+def test_each_rejection_class(candidate, reason):
+    v = check_remote(candidate, RULES)
     assert v.reason == reason and v.detail
 
 
@@ -164,7 +164,7 @@ A2 = lease(7, ip="192.168.1.50", mac="0e:aa:aa:aa:aa:aa", created=30)  # A's sec
 
 def test_mac_claim_in_a_snapshot_goes_to_the_lease_created_first():
     accepted, rejected, _ = judge([B, A2, A], RULES)
-    assert {l.subnet for l in accepted} == {A.subnet, A2.subnet}
+    assert {x.subnet for x in accepted} == {A.subnet, A2.subnet}
     assert [(r.subnet, r.reason) for r in rejected] == [(B.subnet, Reason.VTEP_MAC_CLAIMED)]
     view = LeaseView(rules=RULES)
     view.reset([B, A, A2])
@@ -178,8 +178,8 @@ def test_mac_claim_across_events_and_the_loser_takes_over_when_the_holder_goes()
     batch = view.apply([LeaseEvent(EventType.ADDED, B, 20)])
     assert not batch and B.subnet in view.rejected  # the thief changes nothing
     batch = view.apply([LeaseEvent(EventType.REMOVED, A, 21)])
-    assert [l.subnet for l in batch.removed] == [A.subnet]
-    assert [l.subnet for l in batch.added] == [B.subnet] and not view.rejected
+    assert [x.subnet for x in batch.removed] == [A.subnet]
+    assert [x.subnet for x in batch.added] == [B.subnet] and not view.rejected
 
 
 def test_a_newer_lease_cannot_steal_by_being_rewritten():
@@ -196,7 +196,7 @@ def test_garbage_put_over_a_lease_removes_it_and_a_rejected_delete_keeps_the_rea
     rej = Rejection(PREFIX + "10.244.5.0-24", Reason.BAD_VALUE, "x", 50, A.subnet)
     gone = Lease(A.subnet, LeaseAttrs(IPv4Address("0.0.0.0")))
     batch = view.apply([LeaseEvent(EventType.REMOVED, gone, 50, rejection=rej)])
-    assert [l.subnet for l in batch.removed] == [A.subnet] and view.rejected[A.subnet] == rej
+    assert [x.subnet for x in batch.removed] == [A.subnet] and view.rejected[A.subnet] == rej
     view.reset([A])
     bad = lease(6, ip="127.0.0.1")
     view.apply([LeaseEvent(EventType.ADDED, bad, 60)])
@@ -211,7 +211,7 @@ def test_set_rules_judges_again_when_our_subnet_moves():
     view.reset([rival])
     assert not view.leases and view.rejected[OWN].reason == Reason.OWN_SUBNET
     batch = view.set_rules(RULES.with_own([net(9)]))
-    assert [l.subnet for l in batch.added] == [OWN] and not view.rejected
+    assert [x.subnet for x in batch.added] == [OWN] and not view.rejected
 
 
 # ---- rendering untrusted keys ---------------------------------------------------------
