@@ -16,9 +16,10 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Iterator
+from typing import Any
 
 from overlay.errors import ConfigError
 
@@ -109,8 +110,9 @@ _MAX_SHOWN = 40  # characters of a rejected value quoted in an error
 # rather than "unknown".
 _TOP_FIELDS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
                "EnableIPv4", "EnableIPv6")
-_TOP_UNSUPPORTED = {f: "IPv6 pod networks are not supported" for f in (
-    "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax")}
+_TOP_UNSUPPORTED = dict.fromkeys(
+    ("IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax"),
+    "IPv6 pod networks are not supported")
 # Flannel's vxlan backend fields; GBP, Learning and MacPrefix are accepted only at the
 # value this backend behaves as.
 _BACKEND_FIELDS = ("Type", "VNI", "Port", "DirectRouting", "MTU")

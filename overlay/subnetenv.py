@@ -53,7 +53,8 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
     except ValueError as e:
         raise SubnetEnvError(f"{source}: malformed value: {e}") from e
     if subnet.network.subnet_of(network) is False:
-        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside OVERLAY_NETWORK {network}")
+        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside "
+                             f"OVERLAY_NETWORK {network}")
     if not 576 <= mtu <= 65535:
         raise SubnetEnvError(f"{source}: OVERLAY_MTU {mtu} is out of range 576..65535")
     ipmasq = parse_bool(values.get("OVERLAY_IPMASQ", "false"))

@@ -81,9 +81,10 @@ def test_cli_refuses_a_file_as_bin_dir(tmp_path):
 def test_plugin_path_needs_only_the_standard_library():
     """The fallback runs the plugin under `python -IS` (no site-packages): a third-party
     import anywhere on the plugin's path would break it, and pyroute2 would cost ~190 ms."""
-    code = ("import sys; sys.path.insert(0, %r); import overlay.cni.plugin, overlay.cni.commands; "
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); "
+            "import overlay.cni.plugin, overlay.cni.commands; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'click', 'pyetcd', "
-            "'grpc', 'google')]; print(bad)" % ROOT)
+            "'grpc', 'google')]; print(bad)")
     proc = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr

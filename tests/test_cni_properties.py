@@ -20,7 +20,7 @@ NAMEISH = st.one_of(st.sampled_from(["c1", "eth0", "c1\n", "eth0\n", " c1", ".."
                     st.text(max_size=40),
                     st.text(st.characters(codec="utf-8"), max_size=20))
 ENV = st.fixed_dictionaries({"CNI_COMMAND": COMMANDS},
-                            optional={k: NAMEISH for k in KEYS[1:]})
+                            optional=dict.fromkeys(KEYS[1:], NAMEISH))
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda kids: st.lists(kids, max_size=4)
                     | st.dictionaries(st.text(max_size=10), kids, max_size=4),
@@ -43,7 +43,7 @@ def _record(req):
     return {"cniVersion": req.cni_version}
 
 
-HANDLERS = {c: _record for c in ("ADD", "DEL", "CHECK", "STATUS", "GC")}
+HANDLERS = dict.fromkeys(("ADD", "DEL", "CHECK", "STATUS", "GC"), _record)
 
 
 @settings(max_examples=400, deadline=None)

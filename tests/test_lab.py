@@ -101,7 +101,8 @@ def test_conflist_lookup_and_single_conf(tmp_path):
 
 
 def test_result_ip():
-    assert result_ip({"ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1"}]}) == "10.244.1.2"
+    ips = [{"address": "10.244.1.2/24", "gateway": "10.244.1.1"}]
+    assert result_ip({"ips": ips}) == "10.244.1.2"
     with pytest.raises(LabError, match="no IP"):
         result_ip({"ips": []})
 
@@ -333,14 +334,14 @@ def test_format_table_is_shared_by_both_command_lines():
 def test_netns_entered_refuses_what_is_not_a_namespace(tmp_path):
     from overlay.lab.system import netns_entered
     home = os.stat("/proc/thread-self/ns/net").st_ino
-    with pytest.raises(LabError, match="does not exist"):
-        with netns_entered(f"{_random_prefix()}-missing"):
-            pass
+    with pytest.raises(LabError, match="does not exist"), \
+            netns_entered(f"{_random_prefix()}-missing"):
+        pass
     not_netns = tmp_path / "plain-file"    # an absolute path: taken as is
     not_netns.write_text("")
-    with pytest.raises(LabError, match="cannot enter network namespace"):
-        with netns_entered(str(not_netns)):
-            pass
+    with pytest.raises(LabError, match="cannot enter network namespace"), \
+            netns_entered(str(not_netns)):
+        pass
     with netns_entered("/proc/self/ns/net"):    # our own: entered and left
         pass
     assert os.stat("/proc/thread-self/ns/net").st_ino == home

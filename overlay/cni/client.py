@@ -21,8 +21,8 @@ def fallback(root):
     # The in-process plugin needs only the standard library and the overlay package, so
     # it too runs without site (-S, ~50 ms less here) with the package's root on the path.
     exe = sys.executable
-    posix.execv(exe, [exe, "-I", "-S", "-c", "import sys; sys.path.insert(0, %r); "
-                      "from overlay.cni.plugin import main; main()" % root])
+    posix.execv(exe, [exe, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {root!r}); "
+                      "from overlay.cni.plugin import main; main()"])
 
 
 def fallback_with_stdin(root, stdin):
@@ -100,7 +100,7 @@ def main(root):
         # The server accepted but died mid-request: the runtime should retry (code 11).
         sys.stdout.write('{"cniVersion": "1.1.0", "code": 11, "msg": "overlay CNI server '
                          'closed the connection", "details": "retry; check overlayd or '
-                         'overlay-cni serve on %s"}\n' % SOCKET.decode())
+                         'overlay-cni serve on ' + SOCKET.decode() + '"}\n')
         sys.stdout.flush()
         return 1
     posix.write(1, out)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Callable
+from typing import Any
 
 from overlay.cni import ipam
 from overlay.cni.netconf import NetConf, NodeSubnet, is_mac, parse_netconf

@@ -18,9 +18,10 @@ import os
 import socket
 import stat
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from ipaddress import IPv4Address, IPv4Network
-from typing import ContextManager, Iterable, Iterator, Protocol
+from typing import Protocol
 
 from overlay.errors import IPAMError
 
@@ -34,7 +35,7 @@ Attachment = tuple[str, str]  # (container id, ifname)
 
 
 class Store(Protocol):
-    def lock(self) -> ContextManager[None]: ...
+    def lock(self) -> AbstractContextManager[None]: ...
     def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool: ...
     def last_reserved(self) -> IPv4Address | None: ...
     def reservations(self) -> dict[IPv4Address, Attachment]: ...

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Mapping
+from typing import Any
 
 from overlay.errors import CNIError, SubnetEnvError
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env

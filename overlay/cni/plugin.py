@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import threading
-from typing import BinaryIO, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import BinaryIO
 
 from overlay.cni import skel
 

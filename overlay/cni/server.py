@@ -6,10 +6,11 @@ reference Go plugins' whole ADD.  So the executable entry (``cni-plugin/overlay`
 interpreter built-ins only, ~10 ms) hands each request to this already-warm process.
 The entry sends the CNI_* environment, stdin, and two file descriptors (SCM_RIGHTS):
 its own network namespace (the node side) and the pod's, so paths need not resolve in
-the server's mount namespace (podman's netns mounts do not).  Each request runs in a fresh thread that moves itself into the caller's namespace, so
-the server works for whatever namespace the runtime runs in and threads never share a
-namespace switch.  IPAM stays correct under concurrency because its ``flock`` excludes
-across threads as well as processes.
+the server's mount namespace (podman's netns mounts do not).  Each request runs in a
+fresh thread that moves itself into the caller's namespace, so the server works for
+whatever namespace the runtime runs in and threads never share a namespace switch.
+IPAM stays correct under concurrency because its ``flock`` excludes across threads as
+well as processes.
 
 Wire format (both directions over one SOCK_STREAM connection)::
 
@@ -32,13 +33,14 @@ waiting for their request at once and gives started requests one total deadline.
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import os
 import socket
 import struct
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from overlay.cni import skel
 from overlay.cni.commands import HANDLERS
@@ -138,7 +140,7 @@ class CNIServer:
         self._inode: int | None = None  # of the socket file we bound
         self.reaper = LinkReaper()
 
-    def bind(self) -> "CNIServer":
+    def bind(self) -> CNIServer:
         # Warm up first: a server that cannot reach netlink must not leave a listening
         # socket behind, or every plugin call would connect and wait instead of falling
         # back to running in-process.
@@ -224,7 +226,8 @@ class CNIServer:
             self._waiting[thread] = conn
             try:
                 thread.start()
-            except Exception as e:  # e.g. "can't start new thread": drop this one
+            # e.g. "can't start new thread": drop this one request, never the server
+            except Exception as e:  # noqa: BLE001
                 self._threads.discard(thread)
                 del self._waiting[thread]
                 conn.close()  # the entry answers "try again" (11) at once
@@ -240,16 +243,12 @@ class CNIServer:
             threads = list(self._threads)
             waiting = list(self._waiting.values())
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._sock.close()
         for conn in waiting:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)  # wakes its thread's recv with EOF
-            except OSError:
-                pass
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.reaper.wait_all(max(0.0, deadline - time.monotonic()))
@@ -358,7 +357,7 @@ def _recv(conn: socket.socket, deadline: float, size: int = 65536) -> bytes:
     conn.settimeout(remaining)
     try:
         return conn.recv(size)
-    except socket.timeout:
+    except TimeoutError:
         raise RequestTimeout() from None
 
 
@@ -369,7 +368,7 @@ def _first_chunk(conn: socket.socket, deadline: float) -> tuple[bytes, list[int]
     conn.settimeout(max(remaining, 0.001))
     try:
         data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
-    except socket.timeout:
+    except TimeoutError:
         raise RequestTimeout() from None
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

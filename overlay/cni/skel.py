@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
 from overlay.util.ifname import ifname_problem

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from overlay.errors import OverlayError
 from overlay.lab.lab import Lab
@@ -43,10 +43,13 @@ def _count(lo: int, hi: int):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--name", default=os.environ.get("OVERLAY_LAB_NAME", DEFAULT_PREFIX),
-                        help=f"the lab's name, prefixing all its namespaces (default {DEFAULT_PREFIX})")
+                        help="the lab's name, prefixing all its namespaces "
+                             f"(default {DEFAULT_PREFIX})")
     common.add_argument("--lab-dir", default=os.environ.get("OVERLAY_LAB_DIR", DEFAULT_BASE_DIR),
-                        help=f"where labs keep pid files, logs and etcd data (default {DEFAULT_BASE_DIR})")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+                        help="where labs keep pid files, logs and etcd data "
+                             f"(default {DEFAULT_BASE_DIR})")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv: debug)")
 
     p = argparse.ArgumentParser(prog="overlay-lab", description=(
         "A multi-node overlay cluster on one machine: nodes and pods are network namespaces, "
@@ -57,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=_count(1, MAX_NODES), default=None,
                     help=f"number of nodes (default {DEFAULT_NODES}, or the running lab's)")
     up.add_argument("--pods-per-node", type=_count(0, MAX_PODS_PER_NODE), default=None,
-                    help=f"pods on each node (default {DEFAULT_PODS_PER_NODE}, or the running lab's)")
+                    help=f"pods on each node (default {DEFAULT_PODS_PER_NODE}, "
+                         "or the running lab's)")
     up.add_argument("--no-matrix", action="store_true", help="skip the reachability matrix")
 
     st = sub.add_parser("status", parents=[common], help="nodes, daemons and pods of the lab")
@@ -83,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    level = (logging.WARNING if args.verbose == 0 else
+             logging.INFO if args.verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.geteuid() != 0:

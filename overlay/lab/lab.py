@@ -24,10 +24,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from overlay.errors import OverlayError
 from overlay.lab import system as sysx
@@ -152,15 +153,12 @@ class Lab:
         for path in [spec.node_dir(n) for n in state.nodes] + [spec.etcd_dir, spec.cni_bin_dir]:
             shutil.rmtree(path, ignore_errors=True)
         for path in (self._etcd_log(), spec.state_file):  # the state file last: down can rerun
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         for path in (os.path.dirname(spec.cni_bin_dir), spec.lab_dir):
-            try:
+            # gone already, or holds something the lab did not make
+            with suppress(OSError):
                 os.rmdir(path)
-            except OSError:  # gone already, or holds something the lab did not make
-                pass
         return sorted(os.listdir(spec.lab_dir)) if os.path.isdir(spec.lab_dir) else []
 
     # ----------------------------------------------------------------- underlay + etcd
@@ -214,8 +212,8 @@ class Lab:
         try:
             sysx.wait_for(self.etcd_healthy, timeout, what="etcd to become healthy")
         except LabError:
-            raise LabError(f"etcd did not become healthy in {timeout:g} s; see {self._etcd_log()}:\n"
-                           + _tail(self._etcd_log())) from None
+            raise LabError(f"etcd did not become healthy in {timeout:g} s; "
+                           f"see {self._etcd_log()}:\n" + _tail(self._etcd_log())) from None
 
     def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
         sysx.stop_process(self._etcd_pid(), sig)
@@ -441,7 +439,8 @@ class Lab:
         pod_ip = result_ip(result)
         with self._changing():
             pod.result, pod.ip = result, pod_ip
-        self.progress(f"pod       {name}: {pod.ip} on {node} (CNI ADD via {runtime_names(runtime)})")
+        self.progress(f"pod       {name}: {pod.ip} on {node} "
+                      f"(CNI ADD via {runtime_names(runtime)})")
         return pod
 
     def attachment(self, pod: PodRecord) -> Attachment:
@@ -516,7 +515,7 @@ class Lab:
         with self._changing():
             pass
 
-    def lock(self) -> "LabLock":
+    def lock(self) -> LabLock:
         return LabLock(os.path.join(self.spec.base_dir, f".{self.spec.prefix}.lock"))
 
 
@@ -531,7 +530,7 @@ class LabLock:
         self.path = path
         self.remove = False
 
-    def __enter__(self) -> "LabLock":
+    def __enter__(self) -> LabLock:
         os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -544,10 +543,8 @@ class LabLock:
 
     def __exit__(self, *exc: object) -> None:
         if self.remove:  # the lab is gone: its lock file goes too (still held, so no race)
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 

@@ -39,7 +39,7 @@ def reachability(pods: list[Endpoint], attempts: int = 2,
     pairs = [(a, b) for a in pods for b in pods if a.name != b.name]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda p: ping(p[0].netns, p[1].ip, attempts=attempts), pairs))
-    return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results)}
+    return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results, strict=True)}
 
 
 def render(pods: list[Endpoint], matrix: dict[tuple[str, str], bool],
@@ -52,10 +52,10 @@ def render(pods: list[Endpoint], matrix: dict[tuple[str, str], bool],
     first = max([len("FROM \\ TO")] + [len(f"{p.name} ({p.ip})") for p in pods])
     widths = [max(len(lbl), 4) for lbl in labels]
     lines = [("FROM \\ TO".ljust(first) + "   "
-              + "   ".join(lbl.ljust(w) for lbl, w in zip(labels, widths))).rstrip()]
+              + "   ".join(lbl.ljust(w) for lbl, w in zip(labels, widths, strict=True))).rstrip()]
     for a in pods:
         cells = []
-        for b, w in zip(pods, widths):
+        for b, w in zip(pods, widths, strict=True):
             if a.name == b.name:
                 cells.append("-".ljust(w))
             elif matrix[(a.name, b.name)]:

@@ -22,9 +22,10 @@ import json
 import logging
 import os
 import subprocess
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from overlay.cni import conflist
 from overlay.cni.skel import validate_container_id, validate_ifname, validate_network_name
@@ -101,10 +102,8 @@ class ResultCache:
         atomic_write(self.path(network, att), json.dumps(result))
 
     def drop(self, network: str, att: Attachment) -> None:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.path(network, att))
-        except FileNotFoundError:
-            pass
 
 
 class CNIRuntime:

@@ -47,7 +47,7 @@ class LabState:
                           indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> "LabState":
+    def from_json(cls, text: str, source: str) -> LabState:
         try:
             raw = json.loads(text)
             pods = {p["name"]: PodRecord(**p) for p in raw.get("pods", [])}

@@ -14,9 +14,9 @@ import signal
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from overlay.errors import NetlinkOpError
 from overlay.lab.spec import LabError
@@ -161,10 +161,8 @@ class PidFile:
         return pid
 
     def remove(self) -> None:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def _start_time(pid: int) -> int:
@@ -185,10 +183,8 @@ def _alive(pid: int) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect our own exited child so it does not linger as a zombie."""
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def start_process(argv: Sequence[str], pidfile: PidFile, log_path: str,
@@ -224,10 +220,8 @@ def stop_process(pidfile: PidFile, sig: int = signal.SIGTERM, timeout: float = 1
         time.sleep(0.02)
     else:
         log.warning("pid %d did not stop within %.0f s; killing it", pid, timeout)
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while _alive(pid):
             _reap(pid)
             time.sleep(0.02)
