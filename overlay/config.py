@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import Any, TypeGuard
 
 from overlay.errors import ConfigError
 
@@ -287,15 +287,15 @@ def _parse_network(value: Any) -> IPv4Network:
     return net
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parse_subnet_len(value: Any, network: IPv4Network) -> int:
-    if not _is_int(value) and value is not None:
-        raise ConfigError(f"SubnetLen: must be an integer, got {_show(value)}")
-    if value is None or value == 0:
+    if value is None or (_is_int(value) and value == 0):
         return 24 if network.prefixlen <= 22 else network.prefixlen + 2
+    if not _is_int(value):
+        raise ConfigError(f"SubnetLen: must be an integer, got {_show(value)}")
     if value > 30:
         raise ConfigError(f"SubnetLen: {value} is too long; it must be at most 30 "
                           "(each node needs room for a gateway and pods)")
@@ -335,24 +335,24 @@ def _parse_backend(value: Any) -> BackendConfig:
     for name, why in _BACKEND_UNSUPPORTED.items():
         if name in fields and fields[name] is not _BACKEND_AS_IS.get(name):
             raise ConfigError(f"Backend.{name}: {why}")
-    vni = _int_field(fields, "VNI", DEFAULT_VNI, 1, (1 << 24) - 1)
-    port = _int_field(fields, "Port", DEFAULT_PORT, 1, 65535)
-    mtu = _int_field(fields, "MTU", None, 576, 65535)
+    vni = _int_field(fields, "VNI", 1, (1 << 24) - 1) or DEFAULT_VNI
+    port = _int_field(fields, "Port", 1, 65535) or DEFAULT_PORT
+    mtu = _int_field(fields, "MTU", 576, 65535)
     direct = fields.get("DirectRouting", False)
     if not isinstance(direct, bool):
         raise ConfigError(f"Backend.DirectRouting: must be true or false, got {_show(direct)}")
     return BackendConfig(btype.lower(), vni, port, direct, mtu)
 
 
-def _int_field(fields: dict[str, Any], name: str, default: int | None,
-               lo: int, hi: int) -> int | None:
+def _int_field(fields: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    """The field's value, or None when it is unset (missing, null, or Flannel's 0)."""
     value = fields.get(name)
     if value is None:
-        return default
+        return None
     if not _is_int(value):
         raise ConfigError(f"Backend.{name}: must be an integer, got {_show(value)}")
     if value == 0:  # Flannel's "unset"
-        return default
+        return None
     if not lo <= value <= hi:
         raise ConfigError(f"Backend.{name}: {value} is out of range {lo}..{hi}")
     return value

@@ -6,6 +6,8 @@ else is a bug.  Foreign exceptions are translated at the edge with ``raise ... f
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OverlayError(Exception):
     """Base of every error a user can cause or see."""
@@ -80,7 +82,7 @@ class CNIError(OverlayError):
         self.msg = msg
         self.details = details
 
-    def to_dict(self, cni_version: str) -> dict:
+    def to_dict(self, cni_version: str) -> dict[str, Any]:
         out = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
         if self.details:
             out["details"] = self.details

@@ -471,7 +471,7 @@ def judge(leases: Iterable[Lease], rules: LeaseRules
     passed, rejected, warnings = [], [], {}
     for lease in leases:
         v = check_remote(lease, rules)
-        if not v.ok:
+        if v.reason is not None:  # not ``v.ok``: the type checker narrows this
             rejected.append(Rejection(subnet_to_key(lease.subnet), v.reason, v.detail,
                                       lease.mod_revision, lease.subnet))
             continue
@@ -523,7 +523,7 @@ class LeaseView:
             self.touched = set(self.rejected)
             self.leases, self.losers, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}, {}
             for lease in snapshot:
-                self._admit(lease)
+                self._admit(lease, self.rules)
             # Only MACs with several leases need a claim decided.
             self._settle({m for m, s in self._by_mac.items() if isinstance(s, list)}, {})
             self.touched |= set(self.rejected)
@@ -551,7 +551,7 @@ class LeaseView:
                 continue
             self._drop(subnet, macs)
             if ev.type is EventType.ADDED:
-                mac = self._admit(ev.lease)
+                mac = self._admit(ev.lease, self.rules)
                 if mac:
                     macs.add(mac)
             elif ev.rejection is not None:
@@ -583,12 +583,12 @@ class LeaseView:
                 changed.append((was, now))
         return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
 
-    def _admit(self, lease: Lease) -> str | None:
+    def _admit(self, lease: Lease, rules: LeaseRules) -> str | None:
         """Check one lease; accepted (for now: ``_settle`` decides MAC claims) if it
         passes.  Returns its VTEP MAC ("" for none), None if it was rejected."""
-        v = check_remote(lease, self.rules)
+        v = check_remote(lease, rules)
         subnet = lease.subnet
-        if not v.ok:
+        if v.reason is not None:  # not ``v.ok``: the type checker narrows this
             self.rejected[subnet] = Rejection(subnet_to_key(subnet), v.reason, v.detail,
                                               lease.mod_revision, subnet)
             self._raw[subnet] = lease

@@ -106,7 +106,7 @@ def _leases(draw_items):
 
 
 def _assert_safe(accepted):
-    macs = {}
+    macs: dict[str, IPv4Address] = {}
     for lease in accepted:
         assert lease.subnet.subnet_of(CFG.network) and lease.subnet.prefixlen == CFG.subnet_len
         assert lease.subnet != OWN

@@ -96,7 +96,9 @@ def test_non_utf8_key_is_a_bad_key():
     b'{"PublicIP": "192.168.1.050"}', b"\xff\xfe", b"",
 ])
 def test_any_bad_value_is_a_bad_value(raw):
-    reason, detail, subnet = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), raw)
+    out = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), raw)
+    assert len(out) == 3  # rejected: (reason, detail, subnet)
+    reason, detail, subnet = out
     assert reason == Reason.BAD_VALUE and subnet == net(5) and detail
     with pytest.raises(RegistryError):
         LeaseAttrs.from_json(raw)
@@ -104,14 +106,18 @@ def test_any_bad_value_is_a_bad_value(raw):
 
 def test_value_larger_than_64k_is_rejected_before_decoding():
     raw = value(pad="x" * (64 * 1024))
-    reason, detail, _ = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), raw)
+    out = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), raw)
+    assert len(out) == 3  # rejected: (reason, detail, subnet)
+    reason, detail, _ = out
     assert reason == Reason.VALUE_TOO_LARGE and "65536" in detail
 
 
 def test_missing_vni_decodes_as_none_and_is_ours():
     raw = json.dumps({"PublicIP": "192.168.1.50", "BackendType": "vxlan",
                       "BackendData": {"VtepMAC": "0e:00:00:00:00:50"}}).encode()
-    _, attrs = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), raw)
+    out = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), raw)
+    assert len(out) == 2  # accepted: (subnet, attrs)
+    _, attrs = out
     assert attrs.vni is None
     assert check_remote(Lease(net(5), attrs), RULES).ok
 
