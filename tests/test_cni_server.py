@@ -32,10 +32,17 @@ class Seen:
         return {"ADD": add, "DEL": lambda req: self.requests.append(req)}
 
 
+class SeenServer(CNIServer):
+    """A server whose handlers record what they saw (``seen``)."""
+
+    seen: Seen
+
+
 @pytest.fixture
 def server(tmp_path):
     seen = Seen()
-    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table()).bind()
+    srv = SeenServer(str(tmp_path / "cni.sock"), handlers=seen.table())
+    srv.bind()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     srv.seen = seen
@@ -179,7 +186,7 @@ def test_failed_warm_up_leaves_no_listening_socket(tmp_path, monkeypatch):
 
 def test_a_request_thread_that_cannot_start_is_dropped_and_serving_goes_on(server,
                                                                           monkeypatch):
-    failures = []
+    failures: list[threading.Thread] = []
 
     class Flaky(threading.Thread):
         def start(self):
@@ -208,7 +215,7 @@ def test_unexpected_end_of_serving_removes_the_socket(tmp_path):
 
     path = tmp_path / "cni.sock"
     srv = CNIServer(str(path)).bind()
-    srv._sock = Broken(srv._sock)
+    srv._sock = Broken(srv._sock)  # type: ignore[assignment]  # a socket double
     with pytest.raises(RuntimeError):
         srv.serve_forever()
     assert not path.exists()
@@ -339,7 +346,7 @@ def test_shutdown_lets_a_started_request_finish(tmp_path):
 
     srv = CNIServer(str(tmp_path / "cni.sock"), handlers={"ADD": slow_add}).bind()
     _serve(srv)
-    result = {}
+    result: dict[str, subprocess.CompletedProcess[bytes]] = {}
     caller = threading.Thread(target=lambda: result.update(
         proc=call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)))
     caller.start()
@@ -368,6 +375,7 @@ def test_shutdown_deadline_is_total_not_per_request(tmp_path):
                for i in range(3)]
     try:
         for p in callers:
+            assert p.stdin is not None  # stdin=PIPE
             p.stdin.write(json.dumps(CONF).encode())
             p.stdin.close()
         for _ in callers:

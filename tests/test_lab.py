@@ -18,6 +18,13 @@ from overlay.lab.spec import LabError, LabSpec, next_free_node, node_index
 from overlay.lab.state import LabState, PodRecord, load_state, save_state
 
 
+def _saved_state(path: str) -> LabState:
+    """The state file's contents, which the test expects to exist."""
+    state = load_state(path)
+    assert state is not None, f"no lab state at {path}"
+    return state
+
+
 def test_names_carry_the_prefix_and_fit_link_names():
     spec = LabSpec("ovlab", "/tmp/x")
     assert spec.underlay_ns == "ovlab-underlay" and spec.bridge == "ovlab-br"
@@ -70,7 +77,7 @@ def test_state_round_trips(tmp_path):
                                        {"cniVersion": "1.1.0", "ips": []})
     path = tmp_path / "lab.json"
     save_state(str(path), st)
-    back = load_state(str(path))
+    back = _saved_state(str(path))
     assert back.nodes == ["node1", "node2", "node10"]
     assert back.pods == st.pods and back.pods_per_node == 2
     assert back.pods_of("node1")[0].ip == "10.244.3.2" and back.pods_of("node2") == []
@@ -229,7 +236,7 @@ def test_saves_from_parallel_threads_never_lose_a_pod(tmp_path, monkeypatch):
     assert first_in.wait(5)
     add("node2")
     first.join()
-    assert sorted(load_state(lab.spec.state_file).pods) == ["pod-node1-1", "pod-node2-1"]
+    assert sorted(_saved_state(lab.spec.state_file).pods) == ["pod-node1-1", "pod-node2-1"]
 
 
 class _FakeRuntime:
@@ -265,7 +272,7 @@ def test_up_repairs_a_pod_whose_add_was_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(lab_mod.sysx, "ensure_netns", lambda name: False)
     got = lab.ensure_pod("node1", 1)
     assert runtime.calls == ["DEL", "ADD"] and got.ip and got.result is not None
-    assert load_state(lab.spec.state_file).pods[pod.name].ip == got.ip
+    assert _saved_state(lab.spec.state_file).pods[pod.name].ip == got.ip
     # A pod made from scratch needs no DEL.
     runtime.calls.clear()
     lab.ensure_pod("node1", 2)
@@ -299,7 +306,7 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     _made_by_up(lab)
     with open(os.path.join(spec.lab_dir, "notes.txt"), "w") as f:   # the user's own
         f.write("mine\n")
-    said = []
+    said: list[str] = []
     lab.progress = said.append
     lab.down()
     assert sorted(os.listdir(spec.lab_dir)) == ["notes.txt"]
@@ -317,9 +324,13 @@ def test_wait_ready_returns_at_the_first_readyz_200(tmp_path, monkeypatch):
     """overlayd binds its CNI socket before /readyz says 200, so readiness is all the lab
     waits for (a node whose warm CNI server is off has no socket at all)."""
     lab = _lab(tmp_path)
-    polls = []
+    polls: list[str] = []
+
+    def ready(node: str) -> bool:
+        polls.append(node)
+        return True
     monkeypatch.setattr(lab, "daemon_pid", lambda node: 4242)
-    monkeypatch.setattr(lab, "ready", lambda node: polls.append(node) or True)
+    monkeypatch.setattr(lab, "ready", ready)
     lab.wait_ready(["node1", "node2"], timeout=10)
     assert polls == ["node1", "node2"]
 

@@ -55,13 +55,13 @@ def main(root):
         sock.close()
         fallback(root)
     sock.settimeout(TIMEOUT)  # a hung server must not hang the runtime forever
-    stdin = []
+    chunks = []
     while True:
         chunk = posix.read(0, 65536)
         if not chunk:
             break
-        stdin.append(chunk)
-    stdin = b"".join(stdin)
+        chunks.append(chunk)
+    stdin = b"".join(chunks)
     env = b"\0".join(k + b"=" + v for k, v in posix.environ.items() if k.startswith(b"CNI_"))
     fds = [open_ns(b"/proc/thread-self/ns/net")]
     netns = posix.environ.get(b"CNI_NETNS")
@@ -80,18 +80,18 @@ def main(root):
             payload = payload[sock.send(payload):]
     except OSError:
         pass  # the server may have answered early (busy, too large): read what it said
-    reply = []
+    chunks = []
     try:
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
-            reply.append(chunk)
+            chunks.append(chunk)
     except OSError:
         pass
     for fd in fds:
         posix.close(fd)
-    reply = b"".join(reply)
+    reply = b"".join(chunks)
     if reply == b"BUSY\n":
         sock.close()
         fallback_with_stdin(root, stdin)

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from overlay.cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
 from overlay.errors import ConfigError
@@ -31,7 +32,7 @@ CONFLIST_NAME = "10-overlay.conflist"
 # cniVersion 1.0.0, not 1.1.0: Debian's portmap (containernetworking-plugins 1.1.1) and
 # podman 4.3's libcni stop at 1.0.0, and a runtime drops a list it cannot run whole.
 # The overlay entry's per-node keys (bridge, subnetFile, dataDir) come from PluginSettings.
-DEFAULT_CONFLIST = {
+DEFAULT_CONFLIST: dict[str, Any] = {
     "cniVersion": "1.0.0",
     "name": "overlay",
     "plugins": [

@@ -94,30 +94,30 @@ class Lab:
 
     def up(self, nodes: int | None = None, pods_per_node: int | None = None) -> None:
         sysx.require_tools("ip", "etcd", "ping")
-        running = self.state is not None
-        if running:
-            self.progress(f"lab {self.spec.prefix} exists ({len(self.state.nodes)} nodes); "
+        state = self.state
+        if state is not None:
+            self.progress(f"lab {self.spec.prefix} exists ({len(state.nodes)} nodes); "
                           "checking every part and repairing what is missing")
             if pods_per_node is not None:
-                self.state.pods_per_node = pods_per_node
+                state.pods_per_node = pods_per_node
         else:
             self.progress(f"creating lab {self.spec.prefix} in {self.spec.lab_dir}")
-            self.state = LabState(self.spec.prefix,
-                                  2 if pods_per_node is None else pods_per_node)
-        want_nodes = nodes if nodes is not None else (len(self.state.nodes) or 3)
-        if want_nodes < len(self.state.nodes):
-            self.progress(f"note: the lab has {len(self.state.nodes)} nodes (more than "
+            state = self.state = LabState(self.spec.prefix,
+                                          2 if pods_per_node is None else pods_per_node)
+        want_nodes = nodes if nodes is not None else (len(state.nodes) or 3)
+        if want_nodes < len(state.nodes):
+            self.progress(f"note: the lab has {len(state.nodes)} nodes (more than "
                           f"--nodes {want_nodes}); use remove-node to drop some")
-        while len(self.state.nodes) < want_nodes:
-            self.state.add_node(next_free_node(self.state.nodes))
+        while len(state.nodes) < want_nodes:
+            state.add_node(next_free_node(state.nodes))
         self._save()
         self.ensure_underlay()
         self.ensure_etcd()
         self.ensure_config()
-        for node in self.state.nodes:
+        for node in state.nodes:
             self.ensure_node(node)
-        self.wait_ready(self.state.nodes)
-        self.ensure_pods(self.state.nodes)
+        self.wait_ready(state.nodes)
+        self.ensure_pods(state.nodes)
 
     def down(self) -> None:
         """Remove exactly what ``up`` made: processes by pid file, namespaces by name, files."""
