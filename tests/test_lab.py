@@ -158,27 +158,77 @@ def test_pid_file_tracks_exactly_its_process(tmp_path):
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def _fake_venv(tmp_path, *programs):
-    """A venv whose programs print their name and arguments (nothing real runs)."""
+def _fake_venv(tmp_path, *programs, exit_codes=None):
+    """A venv whose programs print their name and arguments (nothing real runs), then
+    exit with ``exit_codes[name]`` (default 0)."""
     bin_dir = tmp_path / "venv" / "bin"
     bin_dir.mkdir(parents=True)
     for name in programs:
-        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        code = (exit_codes or {}).get(name, 0)
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*"\nexit {code}\n')
         (bin_dir / name).chmod(0o755)
     return tmp_path / "venv"
 
 
-def test_run_tests_uses_overlay_venv(tmp_path):
-    # A copy of run-tests beside a bootstrap.sh that does nothing: the test never installs.
-    (tmp_path / "cmd").mkdir()
+def _run_tests_copy(tmp_path, *args, exit_codes=None, **env):
+    """A copy of run-tests beside a bootstrap.sh that does nothing (the test never
+    installs), run with a fake venv: its result, stdout listing what it ran."""
+    (tmp_path / "cmd").mkdir(parents=True)
     shutil.copy(ROOT / "cmd/run-tests", tmp_path / "cmd/run-tests")
     (tmp_path / "cmd/bootstrap.sh").write_text("#!/bin/sh\nexit 0\n")
     (tmp_path / "cmd/bootstrap.sh").chmod(0o755)
-    venv = _fake_venv(tmp_path, "python")
-    cp = subprocess.run([str(tmp_path / "cmd/run-tests"), "tests/test_x.py"], capture_output=True,
-                        text=True, env=dict(os.environ, OVERLAY_VENV=str(venv)), timeout=30)
+    venv = _fake_venv(tmp_path, "python", "ruff", "mypy", exit_codes=exit_codes)
+    full_env = {k: v for k, v in os.environ.items() if k != "OVERLAY_LINT"}
+    full_env.update(env, OVERLAY_VENV=str(venv))
+    return subprocess.run([str(tmp_path / "cmd/run-tests"), *args], capture_output=True,
+                          text=True, env=full_env, timeout=30)
+
+
+def _ran(cp):
+    return [line.split()[0] for line in cp.stdout.splitlines()]
+
+
+def test_run_tests_uses_overlay_venv(tmp_path):
+    cp = _run_tests_copy(tmp_path, "tests/test_x.py")
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.startswith("python -m pytest") and "tests/test_x.py" in cp.stdout
+
+
+def test_run_tests_lints_the_whole_tree_before_the_whole_suite(tmp_path):
+    cp = _run_tests_copy(tmp_path)
+    assert cp.returncode == 0, cp.stderr
+    assert _ran(cp) == ["ruff", "mypy", "python"]
+    ruff, mypy, pytest_line = cp.stdout.splitlines()
+    assert ruff.split()[1] == "check"
+    assert ruff.split()[-4:] == ["overlay", "tests", "bench", "cni-plugin/overlay"]
+    assert mypy == "mypy "  # its files and flags come from pyproject.toml
+    assert pytest_line.split()[-1] == "tests"
+
+
+@pytest.mark.parametrize("failing", ["ruff", "mypy"])
+def test_a_lint_finding_fails_the_command_and_the_tests_still_run(tmp_path, failing):
+    cp = _run_tests_copy(tmp_path, exit_codes={failing: 1})
+    assert cp.returncode == 1
+    assert _ran(cp) == ["ruff", "mypy", "python"]
+    assert f"failed: {failing}" in cp.stderr
+
+
+def test_a_test_failure_keeps_pytests_exit_code(tmp_path):
+    cp = _run_tests_copy(tmp_path, exit_codes={"python": 5, "ruff": 1})
+    assert cp.returncode == 5 and "failed: ruff pytest" in cp.stderr
+
+
+def test_chosen_tests_skip_lint_unless_asked(tmp_path):
+    assert _ran(_run_tests_copy(tmp_path / "a", "tests/test_x.py")) == ["python"]
+    forced = _run_tests_copy(tmp_path / "b", "tests/test_x.py", OVERLAY_LINT="1")
+    assert _ran(forced) == ["ruff", "mypy", "python"]
+    skipped = _run_tests_copy(tmp_path / "c", OVERLAY_LINT="0")
+    assert _ran(skipped) == ["python"]
+
+
+def test_lint_only_runs_no_tests(tmp_path):
+    cp = _run_tests_copy(tmp_path, "--lint-only", exit_codes={"mypy": 1})
+    assert _ran(cp) == ["ruff", "mypy"] and cp.returncode == 1
 
 
 PROGRAMS = ("overlayd", "overlayctl", "overlay-cni", "overlay-lab")
