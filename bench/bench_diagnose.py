@@ -59,7 +59,7 @@ with EtcdRegistry(make_etcd_options(endpoints=endpoint)) as reg:
 PING_FALLBACK = """
 import sys, time
 from ipaddress import IPv4Address
-from overlay.diagnose.checks import ping
+from overlay.diagnose.gather import ping
 from concurrent.futures import ThreadPoolExecutor
 targets = [IPv4Address(a) for a in sys.argv[1:]]
 t0 = time.monotonic()

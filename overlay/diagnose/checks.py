@@ -1,14 +1,11 @@
-"""``overlayctl diagnose``: the pod-network troubleshooting checklist, automated.
+"""``overlayctl diagnose``'s checks: the pod-network troubleshooting checklist, as pure
+functions over gathered state.
 
-Two halves:
-
-* **gathering** (I/O): the node's kernel state (``overlay.netlink.inspect``), sysctls,
-  subnet.env, CNI config and binaries, IPAM reservation files, firewall rules (``nft``,
-  ``iptables-save``), /readyz, the leases and config in etcd, and an active probe of
-  every peer.  Everything lands in one ``NodeState`` / ``ClusterState``.
-* **checks** (pure): each ``check_*`` takes those values and returns a ``CheckResult``
-  with the evidence (expected, found) and a one-line fix.  Unit tests feed them made-up
-  state.
+``derive_facts`` works out once what every check needs (device names, this node's
+lease, the peers overlayd programs, by its own acceptance rule); each ``check_*`` takes
+the values of ``overlay.diagnose.state`` and returns a ``CheckResult`` with the evidence
+(expected, found) and a one-line fix; ``run_checks`` runs them all.  Nothing here does
+I/O (``overlay.diagnose.gather`` does it all), so unit tests feed made-up state.
 
 When etcd cannot be read, every check that needs the leases or the config is reported
 as ``skip`` (and says so); everything local is still checked.
@@ -16,200 +13,32 @@ as ``skip`` (and says so); everything local is still checked.
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import timezone
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Callable, Iterable, Sequence
+from posixpath import basename  # of a path read elsewhere: string work, no file access
 
-from overlay.cni.conflist import ConfListError, conf_files, load_conflist
-from overlay.cni.install import (
-    DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR,
-    DEFAULT_CONF_DIR as DEFAULT_CNI_CONF_DIR,
-    PLUGIN_NAME as PLUGIN_TYPE,
+from overlay.cni.install import DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR, PLUGIN_NAME as PLUGIN_TYPE
+from overlay.cni.netconf import DEFAULT_BRIDGE
+from overlay.config import VXLAN_OVERHEAD
+from overlay.diagnose.state import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    CheckResult,
+    ClusterState,
+    DiagnoseOptions,
+    Facts,
+    NodeState,
+    Report,
+    overlay_conf,
 )
-from overlay.cni.ipam import DiskStore
-from overlay.cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
-from overlay.config import VXLAN_OVERHEAD, NetworkConfig
-from overlay.diagnose.firewall import FirewallState, read_firewall
-from overlay.diagnose.probe import Echo, echo_many
-from overlay.errors import OverlayError, SubnetEnvError
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
-from overlay.subnet.etcdconf import EtcdOptions
-from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
-from overlay.util.proc import run_quiet
 
-log = logging.getLogger(__name__)
-
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    status: str  # pass | fail | warn | skip
-    expected: str
-    found: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "expected": self.expected,
-                "found": self.found, "fix": self.fix}
-
-
-@dataclass(frozen=True)
-class DiagnoseOptions:
-    cni_conf_dir: str = DEFAULT_CNI_CONF_DIR
-    cni_bin_dir: str = DEFAULT_CNI_BIN_DIR
-    service_cidrs: tuple[IPv4Network, ...] = ()
-    subnet_file: str | None = None  # default: the CNI config's subnetFile, else the default
-    vxlan_device: str | None = None  # default overlay.<VNI>
-    bridge: str | None = None  # default: the CNI config's, else cni0
-    public_ip: IPv4Address | None = None  # default: the VXLAN device's local address
-    healthz_addr: str | None = None
-    probe: bool = True
-    probe_count: int = 2
-    probe_timeout: float = 1.0
-
-
-# -- gathered state -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CNIConfigFile:
-    path: str
-    name: str  # the network name
-    plugins: tuple[dict[str, Any], ...]
-    error: str = ""
-
-    def plugin(self, ptype: str) -> dict[str, Any] | None:
-        return next((p for p in self.plugins if p.get("type") == ptype), None)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    ip: IPv4Address
-    container_id: str
-    ifname: str
-    path: str
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    subnet: IPv4Network
-    target: IPv4Address
-    size: int  # ICMP payload bytes, sent with DF
-    sent: int
-    received: int
-    small_received: int | None = None  # a 56-byte retry when the full-size probe failed
-    error: str = ""
-
-
-@dataclass
-class NodeState:
-    kernel: KernelState | None = None
-    kernel_error: str = ""
-    ip_forward: str | None = None
-    subnet_env: SubnetEnv | None = None
-    subnet_env_error: str = ""
-    cni_files: list[CNIConfigFile] = field(default_factory=list)
-    cni_conf_error: str = ""
-    cni_bins: dict[str, bool] = field(default_factory=dict)  # name -> executable
-    reservations: list[Reservation] = field(default_factory=list)
-    ipam_dir: str = ""
-    subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
-    firewall: FirewallState = field(default_factory=FirewallState)
-    readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
-    daemon_pids: list[int] | None = None  # overlayd processes in this netns; None = unknown
-    probes: list[ProbeResult] | None = None  # None = not run
-    config_changed: bool | None = None  # overlayd's overlay_config_changed; None = not asked
-
-
-@dataclass
-class ClusterState:
-    config: NetworkConfig | None = None
-    leases: list[Lease] = field(default_factory=list)
-    error: str = ""  # set when etcd could not be read
-    rejected: list[Rejection] = field(default_factory=list)  # keys that hold no lease
-    subnets_prefix: str = ""  # ``<prefix>/subnets/``: the full key of a lease
-    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-    @property
-    def available(self) -> bool:
-        return self.config is not None and not self.error
-
-
-@dataclass
-class Facts:
-    """What the checks derive once from the state: device names, own lease, peers."""
-
-    vxlan_name: str
-    bridge_name: str
-    public_ip: IPv4Address | None
-    own: Lease | None
-    own_subnet: IPv4Network | None
-    remotes: list[Lease]
-    network: IPv4Network | None
-    vxlan: LinkInfo | None
-    bridge: LinkInfo | None
-    underlay: LinkInfo | None
-    overlay_cni: CNIConfigFile | None
-    direct: frozenset[IPv4Network] = frozenset()  # DirectRouting peers: route via public IP
-    rejected: tuple[Rejection, ...] = ()  # keys the acceptance rule rejects, as overlayd does
-
-    @property
-    def vxlan_remotes(self) -> list[Lease]:
-        """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
-        return [l for l in self.remotes if l.subnet not in self.direct and l.attrs.vtep_mac]
-
-
-# -- the report ---------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    checks: list[CheckResult]
-    facts: Facts
-
-    @property
-    def failed(self) -> bool:
-        return any(c.status == FAIL for c in self.checks)
-
-    def counts(self) -> dict[str, int]:
-        out = {PASS: 0, FAIL: 0, WARN: 0, SKIP: 0}
-        for c in self.checks:
-            out[c.status] += 1
-        return out
-
-    def skipped(self) -> list[str]:
-        return [c.name for c in self.checks if c.status == SKIP]
-
-    def to_dict(self) -> dict[str, Any]:
-        f = self.facts
-        return {
-            "node": {"public_ip": _s(f.public_ip), "subnet": _s(f.own_subnet),
-                     "network": _s(f.network), "vxlan_device": f.vxlan_name,
-                     "bridge": f.bridge_name, "peers": len(f.remotes)},
-            "checks": [c.to_dict() for c in self.checks],
-            "summary": self.counts(),
-            "skipped": self.skipped(),
-            "ok": not self.failed,
-        }
-
-
-def _s(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-# -- deriving facts -----------------------------------------------------------------------
 
 
 def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
@@ -217,7 +46,7 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     cfg = cluster.config
     vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
     vxlan = k.link(vxlan_name)
-    overlay_cni = _overlay_conf(node.cni_files)
+    overlay_cni = overlay_conf(node.cni_files)
     cni_bridge = overlay_cni.plugin(PLUGIN_TYPE).get("bridge") if overlay_cni else None
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
     public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
@@ -275,19 +104,12 @@ def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | N
     return None
 
 
-def _overlay_conf(files: Sequence[CNIConfigFile]) -> CNIConfigFile | None:
-    return next((f for f in files if not f.error and f.plugin(PLUGIN_TYPE)), None)
-
-
 def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
     if cluster.config and cluster.config.backend.mtu:
         return cluster.config.backend.mtu
     if facts.underlay:
         return facts.underlay.mtu - VXLAN_OVERHEAD
     return None
-
-
-# -- the checks (pure) --------------------------------------------------------------------
 
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
@@ -413,10 +235,10 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
         return CheckResult(name, FAIL, expected, node.cni_conf_error, fix)
     if not node.cni_files:
         return CheckResult(name, FAIL, expected, f"no .conf/.conflist/.json file in {d}", fix)
-    ours = _overlay_conf(node.cni_files)
+    ours = overlay_conf(node.cni_files)
     broken = [f for f in node.cni_files if f.error]
     if ours is None:
-        found = "; ".join(f"{os.path.basename(c.path)}: " + (c.error or "types " + ",".join(
+        found = "; ".join(f"{basename(c.path)}: " + (c.error or "types " + ",".join(
             str(p.get("type")) for p in c.plugins)) for c in node.cni_files)
         return CheckResult(name, FAIL, expected, found, fix)
     first = node.cni_files[0]
@@ -424,7 +246,7 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
     if first is not ours:
         return CheckResult(name, WARN, expected,
                            f"{found}, but the runtime uses the first file {first.path}",
-                           f"remove or rename {first.path} so {os.path.basename(ours.path)} sorts first")
+                           f"remove or rename {first.path} so {basename(ours.path)} sorts first")
     subnet_file = ours.plugin(PLUGIN_TYPE).get("subnetFile")
     if subnet_file and opts.subnet_file and subnet_file != opts.subnet_file:
         return CheckResult(name, WARN, expected, f"{found} reads subnetFile {subnet_file}, "
@@ -943,217 +765,3 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
     ]
     return Report(checks, f)
 
-
-# -- gathering (I/O) ---------------------------------------------------------------------
-
-
-def read_cni_conf_dir(conf_dir: str) -> tuple[list[CNIConfigFile], str]:
-    """Every file a runtime could read in ``conf_dir``, in its order (libcni's rules, in
-    ``overlay.cni.conflist``); a file that does not load is kept with the reason."""
-    try:
-        paths = conf_files(conf_dir)
-    except ConfListError as e:
-        return [], str(e)
-    return [read_cni_file(p) for p in paths], ""
-
-
-def read_cni_file(path: str) -> CNIConfigFile:
-    try:
-        conf = load_conflist(path)
-    except ConfListError as e:
-        return CNIConfigFile(path, "", (), str(e))
-    return CNIConfigFile(path, conf["name"], tuple(conf["plugins"]))
-
-
-def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
-    """Which plugins are executable in any of ``bin_dirs`` (colon-separated, like CNI_PATH)."""
-    dirs = [d for d in bin_dirs.split(":") if d]
-    return {n: any(os.path.isfile(os.path.join(d, n)) and os.access(os.path.join(d, n), os.X_OK)
-                   for d in dirs) for n in names}
-
-
-def read_reservations(data_dir: str, network: str) -> list[Reservation]:
-    """The CNI IPAM store's reservations (``overlay.cni.ipam``), by address; none when
-    the store cannot be read."""
-    store = DiskStore(data_dir, network)
-    try:
-        held = store.reservations()
-    except (OverlayError, OSError) as e:
-        log.info("IPAM store %s unreadable: %s", store.dir, e)
-        return []
-    return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
-            for ip, (cid, ifname) in sorted(held.items())]
-
-
-def read_sysctl(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
-        return None
-
-
-def find_daemons(proc: str = "/proc") -> list[int] | None:
-    """PIDs of overlayd processes whose network namespace is this process's own."""
-    try:
-        mine = os.stat(os.path.join(proc, "self", "ns", "net")).st_ino
-        pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return None
-    out = []
-    for pid in pids:
-        try:
-            with open(os.path.join(proc, str(pid), "cmdline"), "rb") as fh:
-                argv = fh.read().split(b"\0")[:2]
-            if not any(os.path.basename(a.decode(errors="replace")) == "overlayd" for a in argv):
-                continue
-            if os.stat(os.path.join(proc, str(pid), "ns", "net")).st_ino == mine:
-                out.append(pid)
-        except OSError:  # gone meanwhile, or not ours to look at
-            continue
-    return sorted(out)
-
-
-def read_readyz(addr: str, timeout: float = 2.0) -> tuple[int | None, str]:
-    url = f"http://{addr}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read(200).decode(errors="replace").strip()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(200).decode(errors="replace").strip()
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return None, f"{url}: {reason}"
-
-
-def read_config_changed(addr: str, timeout: float = 2.0) -> bool | None:
-    """overlayd's overlay_config_changed gauge from /metrics; None if unreadable."""
-    try:
-        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout) as r:
-            text = r.read(1 << 20).decode(errors="replace")
-    except (OSError, ValueError):
-        return None
-    for line in text.splitlines():
-        if line.startswith("overlay_config_changed "):
-            return line.split()[1] not in ("0", "0.0")
-    return None  # an overlayd from before the gauge
-
-
-_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-
-
-def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[int, int, str]:
-    """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
-    argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
-            "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
-    rc, out, err = run_quiet(argv, timeout=count * 0.2 + timeout + 3)
-    m = _PING_RE.search(out)
-    if m:
-        return int(m.group(1)), int(m.group(2)), ""
-    return count, 0, (err or out.strip() or f"ping exited {rc}").splitlines()[-1]
-
-
-Echoer = Callable[[Sequence[IPv4Address], int, int, float], "dict[IPv4Address, Echo]"]
-
-
-def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: float
-               ) -> dict[IPv4Address, Echo]:
-    """All targets at once on a raw ICMP socket; one ``ping`` per target without CAP_NET_RAW."""
-    try:
-        return echo_many(targets, size, count, timeout)
-    except PermissionError:
-        log.info("no raw ICMP socket (not root?): probing with one ping per peer")
-
-    def one(t: IPv4Address) -> Echo:
-        return Echo(*ping(t, size, count, timeout))
-
-    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-        return dict(zip(targets, pool.map(one, targets)))
-
-
-def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
-                echo: Echoer = echo_peers) -> list[ProbeResult]:
-    """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
-    peers that do not answer get one small ping, which tells a path-MTU problem apart."""
-    if not remotes:
-        return []
-    size = mtu - 28  # IPv4 + ICMP headers
-    targets = [l.subnet.network_address for l in remotes]
-    full = echo(targets, size, count, timeout)
-    silent = [t for t in targets if full[t].received == 0]
-    small = echo(silent, 56, 1, timeout) if silent else {}
-    return [ProbeResult(l.subnet, t, size, full[t].sent, full[t].received,
-                        small[t].received if t in small else None, full[t].error)
-            for l, t in zip(remotes, targets)]
-
-
-def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
-                   timeout: float = 3.0) -> ClusterState:
-    """The config and leases from etcd; on failure an empty state naming the error.
-
-    Only the leases of ``local_ips`` (this node's) get their expiry read: that is one
-    request per lease, which a listing of a thousand peers should not pay.
-    """
-    from overlay.subnet.registry import EtcdRegistry
-
-    mine = set(local_ips)
-    try:
-        with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
-            config = reg.get_config()
-            listing = reg.list_subnets(with_expiration=False)
-            leases, rejected = listing.leases, listing.rejected
-            for i, lease in enumerate(leases):
-                if lease.attrs.public_ip in mine and not lease.reserved:
-                    fresh = reg.get_lease(lease.subnet)
-                    leases[i] = fresh if fresh is not None else lease
-    except OverlayError as e:
-        log.info("etcd unavailable for diagnose: %s", e)
-        return ClusterState(error=str(e))
-    return ClusterState(config=config, leases=leases, rejected=rejected,
-                        subnets_prefix=reg.subnets_prefix)
-
-
-def gather_node(opts: DiagnoseOptions) -> NodeState:
-    """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
-    from overlay.netlink.inspect import dump_kernel_state
-
-    node = NodeState()
-    try:
-        node.kernel = dump_kernel_state()
-    except OverlayError as e:
-        node.kernel_error = str(e)
-    node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
-    node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
-    ours = _overlay_conf(node.cni_files)
-    plugin = ours.plugin(PLUGIN_TYPE) if ours else {}
-    node.subnet_file = opts.subnet_file or str(plugin.get("subnetFile") or DEFAULT_SUBNET_FILE)
-    try:
-        node.subnet_env = load_subnet_env(node.subnet_file)
-    except SubnetEnvError as e:
-        node.subnet_env_error = str(e)
-    types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]
-    node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
-    if ours is not None:
-        data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
-        node.ipam_dir = os.path.join(data_dir, ours.name)
-        node.reservations = read_reservations(data_dir, ours.name)
-    if opts.healthz_addr:
-        node.readyz = read_readyz(opts.healthz_addr)
-        node.config_changed = read_config_changed(opts.healthz_addr)
-    else:
-        node.daemon_pids = find_daemons()
-    return node
-
-
-def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
-    """Gather everything, probe the peers, run every check."""
-    node = gather_node(opts)
-    local_ips = {a.interface.ip for a in node.kernel.addrs} if node.kernel else set()
-    if opts.public_ip:
-        local_ips.add(opts.public_ip)
-    cluster = gather_cluster(etcd, local_ips)
-    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
-    f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
-    if opts.probe and cluster.available and f.vxlan is not None:
-        node.probes = probe_peers(f.remotes, f.vxlan.mtu, opts.probe_count, opts.probe_timeout)
-    return run_checks(node, cluster, opts, etcd.describe(), f)
