@@ -958,3 +958,66 @@ def test_checks_run_with_every_read_and_process_forbidden(monkeypatch):
     for n, c in states:
         report = dg.run_checks(n, c, OPTS, "http://127.0.0.1:2379")
         assert len(report.checks) == 20
+
+
+# ---- one rule: diagnose expects exactly what the backend programs --------------------------
+
+def _kernel_of(node, programmed):
+    """``node``'s kernel holding what a data plane was left with (VX the VXLAN device)."""
+    from overlay.vxlan.entries import FDB, Neigh, Route
+
+    k = node.kernel
+    routes = [r for r in k.routes if r.oif != VX]
+    neigh, fdb = [], [e for e in k.fdb if e.ifindex != VX]
+    for e in programmed:
+        if isinstance(e, Neigh):
+            neigh.append(NeighInfo(e.ip, e.mac, VX, 0x80))
+        elif isinstance(e, FDB):
+            fdb.append(FDBInfo(e.mac, e.dst, VX, 0xC0))
+        elif isinstance(e, Route):
+            routes.append(RouteInfo(e.dst, e.gateway, ETH if e.direct else VX,
+                                    onlink=not e.direct, protocol=111))
+    return kernel_without(node, routes=routes, neigh=neigh, fdb=fdb)
+
+
+@pytest.mark.parametrize("direct_routing", [False, True])
+def test_backend_programs_exactly_what_diagnose_expects(direct_routing):
+    from overlay.lease import LeaseBatch
+    from overlay.vxlan.backend import BackendSettings, VXLANBackend
+    from overlay.vxlan.entries import FDB, Neigh, Route
+    from tests.test_backend import FakeDataPlane
+
+    def peer(n, ip, mac, vni=1):
+        return Lease(IPv4Network(f"10.244.{n}.0/24"), LeaseAttrs(IPv4Address(ip), vni=vni,
+                     vtep_mac=mac), expiration=NOW + timedelta(hours=1), etcd_lease_id=42)
+    remotes = [peer(2, "192.168.1.12", "0e:00:00:00:00:02", vni=None),  # no VNI: ours
+               peer(3, "192.168.1.13", "0e:00:00:00:00:03", vni=7),  # another VNI
+               peer(4, "192.168.7.5", "0e:00:00:00:00:04"),  # off our L2 (192.168.1.0/24)
+               peer(5, "192.168.1.15", None),  # no VTEP MAC, on our L2
+               peer(6, "192.168.7.6", None)]  # no VTEP MAC, off our L2
+    dp = FakeDataPlane()
+    backend = VXLANBackend(dp, BackendSettings(1, MY_IP, IPv4Interface("192.168.1.11/24"),
+                                               direct_routing))
+    backend.apply_batch(LeaseBatch(added=tuple(remotes)))
+    programmed = set(dp.state.all())
+
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16", "Backend": {
+        "Type": "vxlan", "DirectRouting": direct_routing}})
+    cluster.leases = [cluster.leases[0], *remotes]
+    checks, report = statuses(_kernel_of(node, programmed), cluster)
+    expected = {e for es in report.facts.entries.values() for e in es}
+    assert expected == programmed
+    kinds = {"routes": Route, "fdb": FDB, "neigh": Neigh}
+    for name, kind in kinds.items():
+        n = sum(isinstance(e, kind) for e in programmed)
+        assert (checks[name].status, checks[name].found) == (
+            st.PASS, f"all {n} present, none stale"), checks[name]
+    assert checks["route-conflicts"].status == st.PASS
+    by = {s: {type(e) for e in es} for s, es in report.facts.entries.items() if es}
+    vxlan = {Neigh, FDB, Route}
+    if direct_routing:
+        assert by == {IPv4Network("10.244.2.0/24"): {Route}, IPv4Network("10.244.4.0/24"): vxlan,
+                      IPv4Network("10.244.5.0/24"): {Route}}
+    else:
+        assert by == {IPv4Network("10.244.2.0/24"): vxlan, IPv4Network("10.244.4.0/24"): vxlan}

@@ -20,7 +20,7 @@ from posixpath import basename  # of a path read elsewhere: string work, no file
 
 from overlay.cni.install import DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR, PLUGIN_NAME as PLUGIN_TYPE
 from overlay.cni.netconf import DEFAULT_BRIDGE
-from overlay.config import VXLAN_OVERHEAD
+from overlay.config import VXLAN_OVERHEAD, NetworkConfig
 from overlay.diagnose.state import (
     FAIL,
     PASS,
@@ -29,14 +29,16 @@ from overlay.diagnose.state import (
     CheckResult,
     ClusterState,
     DiagnoseOptions,
+    E,
     Facts,
     NodeState,
     Report,
     overlay_conf,
 )
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
-from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
+from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
+from overlay.vxlan.entries import FDB, BackendSettings, Neigh, Route, entries_for
 
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 
@@ -62,14 +64,22 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
                                          else None)
     remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
-    direct: frozenset[IPv4Network] = frozenset()
-    if cfg and cfg.backend.direct_routing and public_ip:
-        # Like the backend: a peer on this node's underlay L2 subnet is routed to directly.
-        l2 = next((a.interface.network for a in k.addrs if a.interface.ip == public_ip), None)
-        if l2 is not None:
-            direct = frozenset(l.subnet for l in remotes if l.attrs.public_ip in l2)
+    settings = backend_settings(cfg, k, public_ip, vxlan)
+    entries = {l.subnet: tuple(entries_for(l, settings)) for l in remotes}
     return Facts(vxlan_name, bridge_name, public_ip, own, own_subnet, remotes, network,
-                 vxlan, k.link(bridge_name), underlay, overlay_cni, direct, rejected)
+                 vxlan, k.link(bridge_name), underlay, overlay_cni, entries, rejected)
+
+
+def backend_settings(cfg: NetworkConfig | None, k: KernelState, public_ip: IPv4Address | None,
+                     vxlan: LinkInfo | None) -> BackendSettings:
+    """This node as overlayd's backend sees it, from what the node shows: the VNI, the
+    public IP and the underlay address holding it (its L2 subnet, for DirectRouting)."""
+    # Unknown public IP: 0.0.0.0 is no accepted lease's (the acceptance rule rejects it).
+    ip = public_ip or IPv4Address(0)
+    # No address holds it: a /32, so no peer counts as on our L2 (as with no underlay).
+    underlay = next((a.interface for a in k.addrs if a.interface.ip == ip), IPv4Interface(ip))
+    vni = cfg.backend.vni if cfg else (vxlan.vxlan.vni if vxlan and vxlan.vxlan else 1)
+    return BackendSettings(vni, ip, underlay, bool(cfg and cfg.backend.direct_routing))
 
 
 def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Network | None,
@@ -406,45 +416,47 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
     by_dst: dict[IPv4Network, list[RouteInfo]] = {}
     for r in k.routes:
         by_dst.setdefault(r.dst, []).append(r)
-    missing, wrong = [], []
-    want = {l.subnet for l in f.vxlan_remotes} | f.direct
+    missing: list[Route] = []
+    wrong: list[tuple[Route, RouteInfo]] = []
+    want = f.wanted(Route)
     taken = _route_conflicts(k, f)  # the route-conflicts check's: not "ip route replace"
-    for lease in (l for l in f.remotes if l.subnet in want and l.subnet not in taken):
-        gw = lease.subnet.network_address  # the peer's VXLAN address
-        routes = by_dst.get(lease.subnet, [])
-        if lease.subnet in f.direct:
-            ok = any(r.gateway == lease.attrs.public_ip for r in routes)
-        else:
-            ok = any(r.oif == vx and r.gateway == gw and r.onlink for r in routes)
-        if ok:
+    for want_route in (r for s, r in want if s not in taken):
+        routes = by_dst.get(want_route.dst, [])
+        if any(_is(want_route, r, vx) for r in routes):
             continue
         if not routes:
-            missing.append(lease)
+            missing.append(want_route)
         else:
-            wrong.append((lease, routes[0]))
+            wrong.append((want_route, routes[0]))
     leased = {l.subnet for l in cluster.leases}
     stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
              and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
 
-    def add(l: Lease) -> str:  # proto 111: overlayd's own, which it may replace and remove
-        if l.subnet in f.direct:
-            return f"ip route replace {l.subnet} via {l.attrs.public_ip} proto 111"
-        return (f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
-                " proto 111")
+    def add(r: Route) -> str:  # proto 111: overlayd's own, which it may replace and remove
+        if r.direct:
+            return f"ip route replace {r.dst} via {r.gateway} proto 111"
+        return f"ip route replace {r.dst} via {r.gateway} dev {dev} onlink proto 111"
 
     return _entry_result(name, expected, len(want), [
-        ("missing", [str(l.subnet) for l in missing], [add(l) for l in missing]),
-        ("wrong", [f"{l.subnet} via {r.gateway} dev {k.name_of(r.oif)}" for l, r in wrong],
-         [add(l) for l, _ in wrong]),
+        ("missing", [str(r.dst) for r in missing], [add(r) for r in missing]),
+        ("wrong", [f"{w.dst} via {r.gateway} dev {k.name_of(r.oif)}" for w, r in wrong],
+         [add(w) for w, _ in wrong]),
         ("stale (no lease)", [f"{r.dst} via {r.gateway} dev {k.name_of(r.oif)}" for r in stale],
          [f"ip route del {r.dst} dev {k.name_of(r.oif)}" for r in stale]),
     ])
 
 
+def _is(want: Route, r: RouteInfo, vx: int | None) -> bool:
+    """Whether the kernel's route ``r`` is the route overlayd programs for ``want``."""
+    if want.direct:
+        return r.gateway == want.gateway
+    return r.oif == vx and r.gateway == want.gateway and r.onlink
+
+
 def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteInfo]]:
     """Peer subnets that a main-table route of another protocol holds: overlayd leaves
     those peers unprogrammed rather than replace (or shadow) that route."""
-    want = {l.subnet for l in f.vxlan_remotes} | f.direct
+    want = {s for s, _ in f.wanted(Route)}
     out: dict[IPv4Network, list[RouteInfo]] = {}
     for r in (*k.routes, *k.typed_routes):
         if r.dst in want and not r.ours:
@@ -452,10 +464,11 @@ def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteIn
     return out
 
 
-def _unblocked(k: KernelState, f: Facts) -> list[Lease]:
-    """The VXLAN peers overlayd programs: a conflicting one has no neigh or FDB entry."""
+def _unblocked(k: KernelState, f: Facts, kind: type[E]) -> list[tuple[IPv4Network, E]]:
+    """The expected entries of one kind, with their remote, but a conflicting remote's:
+    overlayd gives that one no neigh or FDB entry."""
     taken = _route_conflicts(k, f)
-    return [l for l in f.vxlan_remotes if l.subnet not in taken] if taken else f.vxlan_remotes
+    return [(s, e) for s, e in f.wanted(kind) if s not in taken]
 
 
 def _describe_route(k: KernelState, r: RouteInfo) -> str:
@@ -502,29 +515,30 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     by_mac: dict[str, list[FDBInfo]] = {}
     for e in entries:
         by_mac.setdefault(e.mac, []).append(e)
-    missing, wrong = [], []
+    missing: list[tuple[IPv4Network, FDB]] = []
+    wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
     want_macs = set()
-    for lease in _unblocked(node.kernel, f):
-        mac = lease.attrs.vtep_mac
-        if not mac:
+    for subnet, e in _unblocked(node.kernel, f, FDB):
+        want_macs.add(e.mac)
+        have = by_mac.get(e.mac, [])
+        if any(x.dst == e.dst for x in have):
             continue
-        want_macs.add(mac)
-        have = by_mac.get(mac, [])
-        if any(e.dst == lease.attrs.public_ip for e in have):
-            continue
-        (wrong if have else missing).append((lease, have))
-    stale = [e for e in entries if e.mac not in want_macs]
-    extra = [e for l, have in wrong for e in have if e.dst != l.attrs.public_ip]
+        if have:
+            wrong.append((subnet, e, have))
+        else:
+            missing.append((subnet, e))
+    stale = [x for x in entries if x.mac not in want_macs]
+    extra = [x for _, e, have in wrong for x in have if x.dst != e.dst]
     add = "bridge fdb replace {mac} dev %s dst {ip} self permanent" % dev
     return _entry_result(name, expected, len(f.vxlan_remotes), [
-        ("missing", [f"{l.attrs.vtep_mac} -> {l.attrs.public_ip} ({l.subnet})" for l, _ in missing],
-         [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in missing]),
-        ("wrong", [f"{l.attrs.vtep_mac} -> {', '.join(str(e.dst) for e in h)} (lease says "
-                   f"{l.attrs.public_ip})" for l, h in wrong],
-         [f"bridge fdb del {e.mac} dev {dev} dst {e.dst} self" for e in extra] +
-         [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in wrong]),
-        ("stale (no lease)", [f"{e.mac} -> {e.dst}" for e in stale],
-         [f"bridge fdb del {e.mac} dev {dev} dst {e.dst} self" for e in stale]),
+        ("missing", [f"{e.mac} -> {e.dst} ({s})" for s, e in missing],
+         [add.format(mac=e.mac, ip=e.dst) for _, e in missing]),
+        ("wrong", [f"{e.mac} -> {', '.join(str(x.dst) for x in h)} (lease says {e.dst})"
+                   for _, e, h in wrong],
+         [f"bridge fdb del {x.mac} dev {dev} dst {x.dst} self" for x in extra] +
+         [add.format(mac=e.mac, ip=e.dst) for _, e, _ in wrong]),
+        ("stale (no lease)", [f"{x.mac} -> {x.dst}" for x in stale],
+         [f"bridge fdb del {x.mac} dev {dev} dst {x.dst} self" for x in stale]),
     ])
 
 
@@ -538,23 +552,24 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
     if skip:
         return skip
     entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
-    missing, wrong, want = [], [], set()
-    for lease in _unblocked(node.kernel, f):
-        gw = lease.subnet.network_address
-        want.add(gw)
-        n = entries.get(gw)
+    missing: list[Neigh] = []
+    wrong: list[tuple[Neigh, NeighInfo]] = []
+    want = set()
+    for _, e in _unblocked(node.kernel, f, Neigh):
+        want.add(e.ip)
+        n = entries.get(e.ip)
         if n is None or n.mac is None:
-            missing.append(lease)
-        elif lease.attrs.vtep_mac and (n.mac != lease.attrs.vtep_mac or not n.permanent):
-            wrong.append((lease, n))
+            missing.append(e)
+        elif n.mac != e.mac or not n.permanent:
+            wrong.append((e, n))
     stale = [n for n in entries.values() if n.dst not in want and n.permanent]
     add = "ip neigh replace {ip} lladdr {mac} dev %s nud permanent" % dev
     return _entry_result(name, expected, len(f.vxlan_remotes), [
-        ("missing", [f"{l.subnet.network_address} -> {l.attrs.vtep_mac}" for l in missing],
-         [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l in missing]),
+        ("missing", [f"{e.ip} -> {e.mac}" for e in missing],
+         [add.format(ip=e.ip, mac=e.mac) for e in missing]),
         ("wrong", [f"{n.dst} -> {n.mac}{'' if n.permanent else ' (not permanent)'} (lease says "
-                   f"{l.attrs.vtep_mac})" for l, n in wrong],
-         [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l, _ in wrong]),
+                   f"{e.mac})" for e, n in wrong],
+         [add.format(ip=e.ip, mac=e.mac) for e, _ in wrong]),
         ("stale (no lease)", [f"{n.dst} -> {n.mac}" for n in stale],
          [f"ip neigh del {n.dst} dev {dev}" for n in stale]),
     ])

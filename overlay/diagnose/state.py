@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 from overlay.cni.install import (
     DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR,
@@ -22,6 +22,9 @@ from overlay.diagnose.firewall import FirewallState
 from overlay.lease import Lease, Rejection
 from overlay.netlink.inspect import KernelState, LinkInfo
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv
+from overlay.vxlan.entries import Entry, Neigh, Route
+
+E = TypeVar("E", bound=Entry)  # one kind of entry
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 
@@ -133,13 +136,25 @@ class Facts:
     bridge: LinkInfo | None
     underlay: LinkInfo | None
     overlay_cni: CNIConfigFile | None
-    direct: frozenset[IPv4Network] = frozenset()  # DirectRouting peers: route via public IP
+    # Per remote (in ``remotes``' order) the entries overlayd programs for it: the very
+    # rule it uses (``overlay.vxlan.entries.entries_for``); () for one it skips.
+    entries: Mapping[IPv4Network, tuple[Entry, ...]] = field(default_factory=dict)
     rejected: tuple[Rejection, ...] = ()  # keys the acceptance rule rejects, as overlayd does
+
+    def wanted(self, kind: type[E]) -> list[tuple[IPv4Network, E]]:
+        """Every expected entry of one kind, with the remote it is for."""
+        return [(s, e) for s, es in self.entries.items() for e in es if isinstance(e, kind)]
+
+    @property
+    def direct(self) -> frozenset[IPv4Network]:
+        """DirectRouting peers: one route via their public IP, no neigh, no FDB entry."""
+        return frozenset(s for s, r in self.wanted(Route) if r.direct)
 
     @property
     def vxlan_remotes(self) -> list[Lease]:
         """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
-        return [l for l in self.remotes if l.subnet not in self.direct and l.attrs.vtep_mac]
+        return [l for l in self.remotes
+                if any(isinstance(e, Neigh) for e in self.entries.get(l.subnet, ()))]
 
 
 @dataclass
