@@ -774,6 +774,25 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
     assert not report.failed and report.facts.own.subnet == OWN
 
 
+def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
+    node, cluster = healthy()
+    node.probes = None
+    nomac = Lease(IPv4Network("10.244.9.0/24"), LeaseAttrs(IPv4Address("192.168.7.9")))
+    cluster.leases.append(nomac)  # no VTEP MAC, not DirectRouting: no entries, no route
+    probed = []
+    monkeypatch.setattr(ga, "gather_node", lambda opts: node)
+    monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
+    monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "probe_peers", lambda remotes, mtu, *a: probed.append(
+        sorted(str(l.subnet) for l in remotes)) or [st.ProbeResult(
+            l.subnet, l.subnet.network_address, mtu - 28, 2, 2) for l in remotes])
+    report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
+    assert probed == [["10.244.2.0/24", "10.244.3.0/24"]]
+    probe = next(c for c in report.checks if c.name == "peer-probe")
+    assert probe.status == st.PASS and probe.expected.startswith("each of 2 peer(s)")
+    assert len(report.facts.remotes) == 3
+
+
 # ---- a peer's subnet held by a route of another protocol (overlayd leaves the peer alone) --
 
 S2 = IPv4Network("10.244.2.0/24")

@@ -721,7 +721,8 @@ def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> Ch
 
 def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "peer-probe"
-    expected = f"each of {len(f.remotes)} peer(s) answers a DF ping of the path MTU across {f.vxlan_name}"
+    expected = (f"each of {len(f.programmed)} peer(s) answers a DF ping of the path MTU "
+                f"across {f.vxlan_name}")
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     if node.probes is None:

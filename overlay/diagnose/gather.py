@@ -254,6 +254,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
     if opts.probe and cluster.available and f.vxlan is not None:
-        node.probes = probe_peers(f.remotes, f.vxlan.mtu, opts.probe_count, opts.probe_timeout)
+        # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
+        node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
+                                  opts.probe_timeout)
     return run_checks(node, cluster, opts, etcd.describe(), f)
 

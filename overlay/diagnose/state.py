@@ -151,6 +151,11 @@ class Facts:
         return frozenset(s for s, r in self.wanted(Route) if r.direct)
 
     @property
+    def programmed(self) -> list[Lease]:
+        """Peers overlayd programs entries for: the ones a probe can reach."""
+        return [l for l in self.remotes if self.entries.get(l.subnet)]
+
+    @property
     def vxlan_remotes(self) -> list[Lease]:
         """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
         return [l for l in self.remotes
