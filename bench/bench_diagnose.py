@@ -59,7 +59,7 @@ with EtcdRegistry(make_etcd_options(endpoints=endpoint)) as reg:
 PING_FALLBACK = """
 import sys, time
 from ipaddress import IPv4Address
-from overlay.diagnose.checks import ping
+from overlay.diagnose.gather import ping
 from concurrent.futures import ThreadPoolExecutor
 targets = [IPv4Address(a) for a in sys.argv[1:]]
 t0 = time.monotonic()
@@ -116,7 +116,8 @@ def setup(peers: int, base: str) -> subprocess.Popen:
         gw, mac, pub = peer(i)
         ipb.append(f"neigh replace {gw} lladdr {mac} dev overlay.1 nud permanent")
         brb.append(f"fdb replace {mac} dev overlay.1 dst {pub} self permanent")
-        ipb.append(f"route replace {gw}/24 via {gw} dev overlay.1 onlink")
+        # proto 111: overlayd's own (another protocol's route would be a route conflict)
+        ipb.append(f"route replace {gw}/24 via {gw} dev overlay.1 onlink proto 111")
     sh("bridge", "-n", NS, "-batch", "-", input="\n".join(brb) + "\n")
     sh(*ip, "-batch", "-", input="\n".join(ipb) + "\n")
     os.makedirs(os.path.join(base, "net.d"))
@@ -157,7 +158,8 @@ def timed(argv: list[str], ok_rc: tuple[int, ...] = (0,)) -> float:
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     dt = time.perf_counter() - t0
     if p.returncode not in ok_rc:
-        raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: {p.stderr[-500:]}")
+        raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: "
+                           f"{(p.stderr or p.stdout)[-500:]}")
     return dt
 
 

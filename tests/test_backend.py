@@ -348,3 +348,26 @@ def test_a_lease_without_vni_is_ours(backend, dp):
     backend.apply_batch(LeaseBatch(added=(Lease(l.subnet, LeaseAttrs(
         l.attrs.public_ip, "vxlan", None, l.attrs.vtep_mac)),)))
     assert set(dp.state.all()) == entries(2)
+
+
+def test_entries_for_is_the_rule_and_says_why_it_skips():
+    from overlay.vxlan.entries import entries_for, skip_reason
+    direct = BackendSettings(1, IPv4Address("192.168.1.11"), IPv4Interface("192.168.1.11/24"),
+                             direct_routing=True)
+    gw = IPv4Address("10.244.2.0")
+    assert entries_for(lease(2), SETTINGS) == [
+        Neigh(gw, "0e:00:00:00:00:02"), FDB("0e:00:00:00:00:02", IPv4Address("192.168.1.12")),
+        Route(IPv4Network("10.244.2.0/24"), gw)]
+    assert skip_reason(lease(2), SETTINGS) is None
+    nomac = Lease(IPv4Network("10.244.2.0/24"), LeaseAttrs(IPv4Address("192.168.1.12")))
+    assert entries_for(nomac, SETTINGS) == [] and skip_reason(nomac, SETTINGS) == \
+        "no VtepMAC in the lease"
+    # a DirectRouting peer on our L2 needs no VTEP MAC; one off it does
+    assert entries_for(nomac, direct) == [
+        Route(IPv4Network("10.244.2.0/24"), IPv4Address("192.168.1.12"), direct=True)]
+    assert skip_reason(nomac, direct) is None
+    assert len(entries_for(lease(3, public="192.168.7.5"), direct)) == 3
+    assert "VNI 7" in skip_reason(lease(2, vni=7), SETTINGS)
+    assert entries_for(lease(2, vni=7), direct) == []
+    assert skip_reason(lease(2, public="192.168.1.11"), SETTINGS) == \
+        "public IP 192.168.1.11 is our own"

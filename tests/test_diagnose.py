@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from overlay.config import parse_network_config
-from overlay.diagnose import checks as dg, firewall as fw_mod
+from overlay.diagnose import checks as dg, firewall as fw_mod, gather as ga, state as st
 from overlay.diagnose.probe import Echo, _checksum, echo_request, parse_echo_reply
 from overlay.diagnose.trace import build_trace
 from overlay.lease import Lease, LeaseAttrs
@@ -47,7 +47,7 @@ def lease(subnet, ip, mac, expires=NOW + timedelta(hours=1)):
 def healthy():
     cfg = parse_network_config({"Network": "10.244.0.0/16"})
     leases = [lease(OWN, MY_IP, MY_MAC)] + [lease(s, ip, mac) for s, (ip, mac) in PEERS.items()]
-    cluster = dg.ClusterState(config=cfg, leases=leases, now=NOW)
+    cluster = st.ClusterState(config=cfg, leases=leases, now=NOW)
     links = [
         LinkInfo(1, "lo", "", True, "UNKNOWN", 65536, "00:00:00:00:00:00"),
         LinkInfo(ETH, "eth0", "veth", True, "UP", 1500, "aa:00:00:00:00:01"),
@@ -67,22 +67,22 @@ def healthy():
         fdb.append(FDBInfo(mac, ip, VX, 0xC0))
     fdb.append(FDBInfo("33:33:00:00:00:01", None, BR, 0x80))  # bridge-local: ignored
     kernel = KernelState(links, addrs, routes, neigh, fdb)
-    conf = dg.CNIConfigFile("/etc/cni/net.d/10-overlay.conflist", "overlay", (
+    conf = st.CNIConfigFile("/etc/cni/net.d/10-overlay.conflist", "overlay", (
         {"type": "overlay", "bridge": "cni0", "subnetFile": "/run/overlay/subnet.env",
          "dataDir": "/var/lib/cni/networks"}, {"type": "portmap"}))
-    node = dg.NodeState(
+    node = st.NodeState(
         kernel=kernel, ip_forward="1",
         subnet_env=SubnetEnv(IPv4Network("10.244.0.0/16"), IPv4Interface("10.244.1.1/24"), 1450),
         cni_files=[conf], cni_bins={"overlay": True, "portmap": True},
-        reservations=[dg.Reservation(IPv4Address("10.244.1.2"), "c0ffee", "eth0", "/x/10.244.1.2")],
+        reservations=[st.Reservation(IPv4Address("10.244.1.2"), "c0ffee", "eth0", "/x/10.244.1.2")],
         ipam_dir="/var/lib/cni/networks/overlay",
-        probes=[dg.ProbeResult(s, s.network_address, 1422, 2, 2) for s in PEERS],
+        probes=[st.ProbeResult(s, s.network_address, 1422, 2, 2) for s in PEERS],
         daemon_pids=[4242],
     )
     return node, cluster
 
 
-OPTS = dg.DiagnoseOptions()
+OPTS = st.DiagnoseOptions()
 
 
 def statuses(node, cluster, opts=OPTS):
@@ -92,7 +92,7 @@ def statuses(node, cluster, opts=OPTS):
 
 def only_failure(node, cluster, name, opts=OPTS):
     checks, report = statuses(node, cluster, opts)
-    failed = sorted(n for n, c in checks.items() if c.status == dg.FAIL)
+    failed = sorted(n for n, c in checks.items() if c.status == st.FAIL)
     assert failed == [name], {n: checks[n].found for n in failed}
     assert report.failed
     c = checks[name]
@@ -103,7 +103,7 @@ def only_failure(node, cluster, name, opts=OPTS):
 def test_healthy_node_passes_every_check():
     node, cluster = healthy()
     checks, report = statuses(node, cluster)
-    assert {n: c.status for n, c in checks.items() if c.status != dg.PASS} == {}
+    assert {n: c.status for n, c in checks.items() if c.status != st.PASS} == {}
     assert not report.failed
     assert report.to_dict()["node"]["peers"] == 2
     json.dumps(report.to_dict())
@@ -174,7 +174,7 @@ def test_stale_entries_for_vanished_peer_fail_three_checks():
                    neigh=k.neigh + [NeighInfo(gone.network_address, "0e:00:00:00:00:09", VX, 0x80)],
                    fdb=k.fdb + [FDBInfo("0e:00:00:00:00:09", IPv4Address("192.168.1.19"), VX, 0xC0)])
     checks, _ = statuses(node, cluster)
-    assert sorted(n for n, c in checks.items() if c.status == dg.FAIL) == ["fdb", "neigh", "routes"]
+    assert sorted(n for n, c in checks.items() if c.status == st.FAIL) == ["fdb", "neigh", "routes"]
     assert "stale (no lease): 10.244.9.0/24" in checks["routes"].found
     assert checks["routes"].fix.startswith("ip route del 10.244.9.0/24 dev overlay.1")
     assert "stale (no lease): 0e:00:00:00:00:09 -> 192.168.1.19" in checks["fdb"].found
@@ -218,10 +218,10 @@ def test_cni_config_missing_and_other_network_first():
     c = only_failure(node, cluster, "cni-config")
     assert c.fix == "overlayctl install-cni --conf-dir /etc/cni/net.d"
     node, cluster = healthy()
-    other = dg.CNIConfigFile("/etc/cni/net.d/05-bridge.conflist", "podman", ({"type": "bridge"},))
+    other = st.CNIConfigFile("/etc/cni/net.d/05-bridge.conflist", "podman", ({"type": "bridge"},))
     node.cni_files = [other] + node.cni_files
     checks, _ = statuses(node, cluster)
-    assert checks["cni-config"].status == dg.WARN
+    assert checks["cni-config"].status == st.WARN
     assert "05-bridge.conflist" in checks["cni-config"].fix
 
 
@@ -283,8 +283,8 @@ def without_vxlan_device(node):
 def test_vxlan_device_missing_fails_device_check():
     node, cluster = healthy()
     without_vxlan_device(node)
-    checks, _ = statuses(node, replace(cluster), dg.DiagnoseOptions(public_ip=MY_IP))
-    assert checks["vxlan-device"].status == dg.FAIL
+    checks, _ = statuses(node, replace(cluster), st.DiagnoseOptions(public_ip=MY_IP))
+    assert checks["vxlan-device"].status == st.FAIL
     assert "restart overlayd" in checks["vxlan-device"].fix
 
 
@@ -302,7 +302,7 @@ def test_vxlan_device_down_and_learning():
 
 def test_cidr_overlap_with_node_and_service():
     node, cluster = healthy()
-    opts = dg.DiagnoseOptions(service_cidrs=(IPv4Network("10.244.128.0/17"),))
+    opts = st.DiagnoseOptions(service_cidrs=(IPv4Network("10.244.128.0/17"),))
     assert "service CIDR 10.244.128.0/17" in only_failure(node, cluster, "cidr-overlap", opts).found
     node, cluster = healthy()
     node.kernel.addrs.append(AddrInfo(ETH, IPv4Interface("10.244.200.5/24")))
@@ -311,7 +311,7 @@ def test_cidr_overlap_with_node_and_service():
 
 def test_pod_ip_outside_subnet():
     node, cluster = healthy()
-    node.reservations.append(dg.Reservation(IPv4Address("10.244.5.9"), "deadbeef", "eth0", "/x/y"))
+    node.reservations.append(st.Reservation(IPv4Address("10.244.5.9"), "deadbeef", "eth0", "/x/y"))
     c = only_failure(node, cluster, "pod-ips")
     assert "10.244.5.9" in c.found
 
@@ -319,31 +319,31 @@ def test_pod_ip_outside_subnet():
 def test_probe_failures_and_mtu_diagnosis():
     node, cluster = healthy()
     s = IPv4Network("10.244.2.0/24")
-    node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=1)
+    node.probes[0] = st.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=1)
     c = only_failure(node, cluster, "peer-probe")
     assert "path MTU below 1450" in c.found and "MTU" in c.fix
-    node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=0)
+    node.probes[0] = st.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=0)
     assert "firewall" in only_failure(node, cluster, "peer-probe").fix
 
 
 def test_etcd_unreachable_checks_local_and_names_skips():
     node, cluster = healthy()
-    cluster = dg.ClusterState(error="etcd unreachable at http://127.0.0.1:1")
+    cluster = st.ClusterState(error="etcd unreachable at http://127.0.0.1:1")
     checks, report = statuses(node, cluster)
-    assert checks["etcd"].status == dg.FAIL
+    assert checks["etcd"].status == st.FAIL
     skipped = set(report.skipped())
     assert {"lease", "routes", "fdb", "neigh", "peer-probe"} <= skipped
     for local in ("bridge", "ip-forward", "firewall", "mtu", "cni-config", "cni-binary",
                   "cidr-overlap"):
-        assert checks[local].status == dg.PASS, checks[local]
-    assert checks["vxlan-device"].status == dg.WARN
+        assert checks[local].status == st.PASS, checks[local]
+    assert checks["vxlan-device"].status == st.WARN
 
 
 def test_kernel_unreadable_skips_kernel_checks():
     node, cluster = healthy()
     node.kernel, node.kernel_error = None, "cannot open netlink"
     checks, _ = statuses(node, cluster)
-    assert checks["bridge"].status == dg.SKIP and checks["routes"].status == dg.SKIP
+    assert checks["bridge"].status == st.SKIP and checks["routes"].status == st.SKIP
 
 
 # -- firewall parsing -----------------------------------------------------------------
@@ -446,27 +446,27 @@ def test_cni_dir_and_reservations(tmp_path):
     (conf / "30-list.json").write_text(json.dumps(
         {"cniVersion": "1.1.0", "name": "other", "plugins": [{"type": "bridge"}]}))
     (conf / "README").write_text("ignored")
-    files, err = dg.read_cni_conf_dir(str(conf))
+    files, err = ga.read_cni_conf_dir(str(conf))
     assert err == "" and [f.name for f in files] == ["overlay", "", ""]
     assert files[1].error and "a list of plugins is a .conflist" in files[2].error
-    assert "does not exist" in dg.read_cni_conf_dir(str(tmp_path / "absent"))[1]
+    assert "does not exist" in ga.read_cni_conf_dir(str(tmp_path / "absent"))[1]
     ipam = tmp_path / "overlay"
     ipam.mkdir()
     (ipam / "10.244.1.2").write_text("abc\r\neth0")
     (ipam / "10.244.1.10").write_text("def\r\neth1")
     (ipam / "last_reserved_ip.0").write_text("10.244.1.2")
     (ipam / "lock").write_text("")
-    res = dg.read_reservations(str(tmp_path), "overlay")
+    res = ga.read_reservations(str(tmp_path), "overlay")
     assert [(str(r.ip), r.container_id, r.ifname, r.path) for r in res] == [
         ("10.244.1.2", "abc", "eth0", str(ipam / "10.244.1.2")),
         ("10.244.1.10", "def", "eth1", str(ipam / "10.244.1.10"))]
-    assert dg.read_reservations(str(tmp_path), "absent") == []
+    assert ga.read_reservations(str(tmp_path), "absent") == []
     bins = tmp_path / "bin"
     bins.mkdir()
     (bins / "overlay").write_text("#!/bin/sh\n")
     (bins / "overlay").chmod(0o755)
     (bins / "portmap").write_text("")
-    assert dg.read_cni_bins(str(bins), ["overlay", "portmap"]) == {"overlay": True, "portmap": False}
+    assert ga.read_cni_bins(str(bins), ["overlay", "portmap"]) == {"overlay": True, "portmap": False}
 
 
 def test_probe_peers_retries_small_on_failure():
@@ -477,10 +477,10 @@ def test_probe_peers_retries_small_on_failure():
         return {t: Echo(count, 0 if size > 100 else count) for t in targets}
 
     remotes = [lease(s, ip, mac) for s, (ip, mac) in PEERS.items()]
-    res = dg.probe_peers(remotes, 1450, 2, 1.0, echo=echo)
+    res = ga.probe_peers(remotes, 1450, 2, 1.0, echo=echo)
     assert [(p.size, p.received, p.small_received) for p in res] == [(1422, 0, 1), (1422, 0, 1)]
     assert calls == [(["10.244.2.0", "10.244.3.0"], 1422), (["10.244.2.0", "10.244.3.0"], 56)]
-    assert dg.probe_peers([], 1450, 2, 1.0, echo=echo) == []
+    assert ga.probe_peers([], 1450, 2, 1.0, echo=echo) == []
 
 
 def test_icmp_echo_codec():
@@ -626,7 +626,7 @@ def direct_routing_state():
 def test_direct_routing_peers_need_only_a_route_via_public_ip():
     node, cluster = direct_routing_state()
     checks, report = statuses(node, cluster)
-    assert not report.failed, {n: c.found for n, c in checks.items() if c.status == dg.FAIL}
+    assert not report.failed, {n: c.found for n, c in checks.items() if c.status == st.FAIL}
     routes = [r for r in node.kernel.routes if r.dst != IPv4Network("10.244.2.0/24")]
     c = only_failure(kernel_without(node, routes=routes), cluster, "routes")
     assert c.fix.startswith("ip route replace 10.244.2.0/24 via 192.168.1.12 proto 111;")
@@ -635,7 +635,7 @@ def test_direct_routing_peers_need_only_a_route_via_public_ip():
 def test_probe_unreachable_points_at_routes():
     node, cluster = healthy()
     s = IPv4Network("10.244.2.0/24")
-    node.probes[0] = dg.ProbeResult(s, s.network_address, 1422, 2, 0, 0,
+    node.probes[0] = st.ProbeResult(s, s.network_address, 1422, 2, 0, 0,
                                     "ping: connect: Network is unreachable")
     assert "routes check" in only_failure(node, cluster, "peer-probe").fix
 
@@ -659,16 +659,16 @@ def test_read_readyz_against_a_local_server():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     addr = f"127.0.0.1:{srv.server_address[1]}"
     try:
-        assert dg.read_readyz(addr) == (200, "ok")
+        assert ga.read_readyz(addr) == (200, "ok")
         H.status = 503
         node, cluster = healthy()
-        node.readyz = dg.read_readyz(addr)
-        c = only_failure(node, cluster, "daemon", dg.DiagnoseOptions(healthz_addr=addr))
+        node.readyz = ga.read_readyz(addr)
+        c = only_failure(node, cluster, "daemon", st.DiagnoseOptions(healthz_addr=addr))
         assert c.found == "503: not ready: no lease"
     finally:
         srv.shutdown()
         srv.server_close()
-    status, detail = dg.read_readyz(addr, timeout=0.5)
+    status, detail = ga.read_readyz(addr, timeout=0.5)
     assert status is None and "refused" in detail.lower()
 
 
@@ -677,8 +677,8 @@ def test_device_deleted_still_finds_own_lease_from_subnet_env():
     without_vxlan_device(node)
     node.probes = None
     checks, _ = statuses(node, cluster)
-    assert checks["lease"].status == dg.PASS
-    assert checks["vxlan-device"].status == dg.FAIL and checks["vxlan-device"].found == "missing"
+    assert checks["lease"].status == st.PASS
+    assert checks["vxlan-device"].status == st.FAIL and checks["vxlan-device"].found == "missing"
     assert "missing: 10.244.2.0/24, 10.244.3.0/24" in checks["routes"].found
 
 
@@ -688,14 +688,14 @@ def test_cni_bins_searched_along_a_path(tmp_path):
     for d, n in ((a, "overlay"), (b, "portmap")):
         (d / n).write_text("#!/bin/sh\n")
         (d / n).chmod(0o755)
-    assert dg.read_cni_bins(f"{a}:{b}", ["overlay", "portmap", "bridge"]) == {
+    assert ga.read_cni_bins(f"{a}:{b}", ["overlay", "portmap", "bridge"]) == {
         "overlay": True, "portmap": True, "bridge": False}
 
 
 def test_subnet_file_other_than_the_cni_configs_is_a_warning():
     node, cluster = healthy()
-    checks, _ = statuses(node, cluster, dg.DiagnoseOptions(subnet_file="/elsewhere/subnet.env"))
-    assert checks["cni-config"].status == dg.WARN
+    checks, _ = statuses(node, cluster, st.DiagnoseOptions(subnet_file="/elsewhere/subnet.env"))
+    assert checks["cni-config"].status == st.WARN
     assert "--subnet-file /run/overlay/subnet.env" in checks["cni-config"].fix
 
 
@@ -708,7 +708,7 @@ def test_gather_node_reads_subnet_env_named_by_the_conflist(tmp_path, monkeypatc
         {"cniVersion": "1.1.0", "name": "overlay", "plugins": [
             {"type": "overlay", "subnetFile": str(env), "dataDir": str(tmp_path / "ipam")}]}))
     monkeypatch.setattr("overlay.netlink.inspect.dump_kernel_state", lambda: KernelState())
-    node = dg.gather_node(dg.DiagnoseOptions(cni_conf_dir=str(conf), cni_bin_dir=str(tmp_path)))
+    node = ga.gather_node(st.DiagnoseOptions(cni_conf_dir=str(conf), cni_bin_dir=str(tmp_path)))
     assert node.subnet_file == str(env)
     assert str(node.subnet_env.subnet) == "10.244.1.1/24"
     assert node.ipam_dir == str(tmp_path / "ipam" / "overlay")
@@ -718,7 +718,7 @@ def test_no_daemon_process_is_a_warning():
     node, cluster = healthy()
     node.daemon_pids = []
     checks, report = statuses(node, cluster)
-    assert checks["daemon"].status == dg.WARN and not report.failed
+    assert checks["daemon"].status == st.WARN and not report.failed
 
 
 def test_find_daemons_matches_name_and_network_namespace(tmp_path):
@@ -738,8 +738,8 @@ def test_find_daemons_matches_name_and_network_namespace(tmp_path):
     (d / "ns" / "net").unlink()
     (d / "ns" / "net").hardlink_to(me / "ns" / "net")
     fake(13, [b"/usr/bin/overlayd-helper"], "x")
-    assert dg.find_daemons(str(proc)) == [12]
-    assert dg.find_daemons(str(tmp_path / "absent")) is None
+    assert ga.find_daemons(str(proc)) == [12]
+    assert ga.find_daemons(str(tmp_path / "absent")) is None
 
 
 def test_run_quiet_never_raises_for_a_program_that_cannot_run(tmp_path):
@@ -762,16 +762,35 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
     node.probes = None
     derived, probed = [], []
     derive = dg.derive_facts
-    monkeypatch.setattr(dg, "gather_node", lambda opts: node)
-    monkeypatch.setattr(dg, "gather_cluster", lambda etcd, local_ips: cluster)
-    monkeypatch.setattr(dg, "read_firewall", lambda port: fw_mod.FirewallState())
-    monkeypatch.setattr(dg, "derive_facts", lambda *a: derived.append(a) or derive(*a))
-    monkeypatch.setattr(dg, "probe_peers", lambda remotes, mtu, *a: probed.append(
-        (len(remotes), mtu)) or [dg.ProbeResult(l.subnet, l.subnet.network_address, mtu - 28,
+    monkeypatch.setattr(ga, "gather_node", lambda opts: node)
+    monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
+    monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "derive_facts", lambda *a: derived.append(a) or derive(*a))
+    monkeypatch.setattr(ga, "probe_peers", lambda remotes, mtu, *a: probed.append(
+        (len(remotes), mtu)) or [st.ProbeResult(l.subnet, l.subnet.network_address, mtu - 28,
                                                 2, 2) for l in remotes])
-    report = dg.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
+    report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert len(derived) == 1 and probed == [(2, 1450)]
     assert not report.failed and report.facts.own.subnet == OWN
+
+
+def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
+    node, cluster = healthy()
+    node.probes = None
+    nomac = Lease(IPv4Network("10.244.9.0/24"), LeaseAttrs(IPv4Address("192.168.7.9")))
+    cluster.leases.append(nomac)  # no VTEP MAC, not DirectRouting: no entries, no route
+    probed = []
+    monkeypatch.setattr(ga, "gather_node", lambda opts: node)
+    monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
+    monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "probe_peers", lambda remotes, mtu, *a: probed.append(
+        sorted(str(l.subnet) for l in remotes)) or [st.ProbeResult(
+            l.subnet, l.subnet.network_address, mtu - 28, 2, 2) for l in remotes])
+    report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
+    assert probed == [["10.244.2.0/24", "10.244.3.0/24"]]
+    probe = next(c for c in report.checks if c.name == "peer-probe")
+    assert probe.status == st.PASS and probe.expected.startswith("each of 2 peer(s)")
+    assert len(report.facts.remotes) == 3
 
 
 # ---- a peer's subnet held by a route of another protocol (overlayd leaves the peer alone) --
@@ -818,7 +837,7 @@ def test_our_own_route_is_no_conflict():
     node, cluster = healthy()
     routes = [replace(r, protocol=111) if r.dst == S2 else r for r in node.kernel.routes]
     checks, _ = statuses(kernel_without(node, routes=routes), cluster)
-    assert checks["route-conflicts"].status == dg.PASS
+    assert checks["route-conflicts"].status == st.PASS
 
 
 # ---- the network config changed in etcd after overlayd started --------------------------
@@ -826,7 +845,7 @@ def test_our_own_route_is_no_conflict():
 def test_config_changed_reported_by_overlayd_fails_with_restart_every_node():
     node, cluster = healthy()
     node.config_changed = False
-    assert statuses(node, cluster)[0]["config-current"].status == dg.PASS
+    assert statuses(node, cluster)[0]["config-current"].status == st.PASS
     node.config_changed = True
     c = only_failure(node, cluster, "config-current")
     assert "overlay_config_changed" in c.found and "restart overlayd on every node" in c.fix
@@ -837,10 +856,10 @@ def test_config_changed_seen_from_the_node_without_overlayd():
     cluster.config = parse_network_config({"Network": "10.244.0.0/16", "SubnetLen": 23})
     checks, _ = statuses(node, cluster)
     c = checks["config-current"]
-    assert c.status == dg.FAIL and "is not a /23" in c.found
+    assert c.status == st.FAIL and "is not a /23" in c.found
     assert "restart overlayd on every node" in c.fix
     cluster.error = "etcd unreachable"
-    assert statuses(node, cluster)[0]["config-current"].status == dg.SKIP
+    assert statuses(node, cluster)[0]["config-current"].status == st.SKIP
 
 
 def test_read_config_changed_from_metrics():
@@ -862,15 +881,15 @@ def test_read_config_changed_from_metrics():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     addr = f"127.0.0.1:{srv.server_address[1]}"
     try:
-        assert dg.read_config_changed(addr) is True
+        assert ga.read_config_changed(addr) is True
         H.body = b"overlay_config_changed 0.0\n"
-        assert dg.read_config_changed(addr) is False
+        assert ga.read_config_changed(addr) is False
         H.body = b"overlay_ready 1.0\n"
-        assert dg.read_config_changed(addr) is None
+        assert ga.read_config_changed(addr) is None
     finally:
         srv.shutdown()
         srv.server_close()
-    assert dg.read_config_changed(addr, timeout=0.5) is None
+    assert ga.read_config_changed(addr, timeout=0.5) is None
 
 
 def test_rejected_keys_fail_one_check_with_the_exact_delete_command():
@@ -898,9 +917,126 @@ def test_a_peer_without_vni_is_expected_programmed_and_a_foreign_vni_is_not():
     cluster.leases = [l if l.subnet != s else Lease(s, LeaseAttrs(ip, vni=None, vtep_mac=mac))
                       for l in cluster.leases]
     checks, _ = statuses(node, cluster)
-    assert checks["routes"].status == dg.PASS and checks["rejected-leases"].status == dg.PASS
+    assert checks["routes"].status == st.PASS and checks["rejected-leases"].status == st.PASS
     cluster.leases = [l if l.subnet != s else Lease(s, LeaseAttrs(ip, vni=7, vtep_mac=mac))
                       for l in cluster.leases]
     checks, _ = statuses(node, cluster)
-    assert checks["rejected-leases"].status == dg.FAIL
+    assert checks["rejected-leases"].status == st.FAIL
     assert "vni-mismatch" in checks["rejected-leases"].found
+
+
+# ---- the checks are pure: gather does every read ------------------------------------------
+
+IO_MODULES = ("os", "io", "socket", "subprocess", "urllib", "http", "shutil", "select",
+              "concurrent", "threading", "pyroute2", "overlay.util", "overlay.subnet",
+              "overlay.cni.ipam", "overlay.cni.conflist", "overlay.diagnose.gather",
+              "overlay.diagnose.probe", "overlay.diagnose.firewall", "overlay.diagnose.trace")
+PURE_MODULES = ("overlay.diagnose.state", "overlay.lease", "overlay.config",
+                "overlay.vxlan.entries")
+PURE_FUNCTIONS = {"protocol_name"}  # a table lookup in the netlink codec
+
+
+def test_checks_import_nothing_that_does_io():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    tree = ast.parse(Path(dg.__file__).read_text())
+    seen = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imports = [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imports = [(node.module, a.name) for a in node.names]
+        else:
+            continue
+        for mod, name in imports:
+            seen.append(mod)
+            assert not any(mod == m or mod.startswith(m + ".") for m in IO_MODULES), mod
+            if name is None or not mod.startswith("overlay.") or mod in PURE_MODULES:
+                continue
+            # from another overlay module: only its types, constants and pure helpers
+            obj = getattr(importlib.import_module(mod), name)
+            assert isinstance(obj, (type, str, int)) or name in PURE_FUNCTIONS, (mod, name)
+    assert "overlay.diagnose.state" in seen  # the test reads the real file
+
+
+def test_checks_run_with_every_read_and_process_forbidden(monkeypatch):
+    import builtins
+    import os
+    import socket
+
+    def forbidden(*a, **kw):
+        raise AssertionError("a check did I/O")
+    node, cluster = healthy()
+    states = [healthy(), (node, st.ClusterState(error="etcd down")),
+              (kernel_without(healthy()[0], routes=[], neigh=[], fdb=[]), healthy()[1])]
+    for mod, name in ((builtins, "open"), (socket, "socket"), (subprocess, "Popen"),
+                      (os, "stat"), (os, "listdir"), (os, "access"), (os, "scandir")):
+        monkeypatch.setattr(mod, name, forbidden)
+    for n, c in states:
+        report = dg.run_checks(n, c, OPTS, "http://127.0.0.1:2379")
+        assert len(report.checks) == 20
+
+
+# ---- one rule: diagnose expects exactly what the backend programs --------------------------
+
+def _kernel_of(node, programmed):
+    """``node``'s kernel holding what a data plane was left with (VX the VXLAN device)."""
+    from overlay.vxlan.entries import FDB, Neigh, Route
+
+    k = node.kernel
+    routes = [r for r in k.routes if r.oif != VX]
+    neigh, fdb = [], [e for e in k.fdb if e.ifindex != VX]
+    for e in programmed:
+        if isinstance(e, Neigh):
+            neigh.append(NeighInfo(e.ip, e.mac, VX, 0x80))
+        elif isinstance(e, FDB):
+            fdb.append(FDBInfo(e.mac, e.dst, VX, 0xC0))
+        elif isinstance(e, Route):
+            routes.append(RouteInfo(e.dst, e.gateway, ETH if e.direct else VX,
+                                    onlink=not e.direct, protocol=111))
+    return kernel_without(node, routes=routes, neigh=neigh, fdb=fdb)
+
+
+@pytest.mark.parametrize("direct_routing", [False, True])
+def test_backend_programs_exactly_what_diagnose_expects(direct_routing):
+    from overlay.lease import LeaseBatch
+    from overlay.vxlan.backend import BackendSettings, VXLANBackend
+    from overlay.vxlan.entries import FDB, Neigh, Route
+    from tests.test_backend import FakeDataPlane
+
+    def peer(n, ip, mac, vni=1):
+        return Lease(IPv4Network(f"10.244.{n}.0/24"), LeaseAttrs(IPv4Address(ip), vni=vni,
+                     vtep_mac=mac), expiration=NOW + timedelta(hours=1), etcd_lease_id=42)
+    remotes = [peer(2, "192.168.1.12", "0e:00:00:00:00:02", vni=None),  # no VNI: ours
+               peer(3, "192.168.1.13", "0e:00:00:00:00:03", vni=7),  # another VNI
+               peer(4, "192.168.7.5", "0e:00:00:00:00:04"),  # off our L2 (192.168.1.0/24)
+               peer(5, "192.168.1.15", None),  # no VTEP MAC, on our L2
+               peer(6, "192.168.7.6", None)]  # no VTEP MAC, off our L2
+    dp = FakeDataPlane()
+    backend = VXLANBackend(dp, BackendSettings(1, MY_IP, IPv4Interface("192.168.1.11/24"),
+                                               direct_routing))
+    backend.apply_batch(LeaseBatch(added=tuple(remotes)))
+    programmed = set(dp.state.all())
+
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16", "Backend": {
+        "Type": "vxlan", "DirectRouting": direct_routing}})
+    cluster.leases = [cluster.leases[0], *remotes]
+    checks, report = statuses(_kernel_of(node, programmed), cluster)
+    expected = {e for es in report.facts.entries.values() for e in es}
+    assert expected == programmed
+    kinds = {"routes": Route, "fdb": FDB, "neigh": Neigh}
+    for name, kind in kinds.items():
+        n = sum(isinstance(e, kind) for e in programmed)
+        assert (checks[name].status, checks[name].found) == (
+            st.PASS, f"all {n} present, none stale"), checks[name]
+    assert checks["route-conflicts"].status == st.PASS
+    by = {s: {type(e) for e in es} for s, es in report.facts.entries.items() if es}
+    vxlan = {Neigh, FDB, Route}
+    if direct_routing:
+        assert by == {IPv4Network("10.244.2.0/24"): {Route}, IPv4Network("10.244.4.0/24"): vxlan,
+                      IPv4Network("10.244.5.0/24"): {Route}}
+    else:
+        assert by == {IPv4Network("10.244.2.0/24"): vxlan, IPv4Network("10.244.4.0/24"): vxlan}

@@ -12,8 +12,8 @@ from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
 
-# overlay.diagnose.checks / overlay.diagnose.trace are imported inside the commands: they pull in pyroute2,
-# which every other overlayctl command should not pay for at start-up.
+# overlay.diagnose.gather / overlay.diagnose.trace are imported inside the commands: they pull in
+# the kernel and etcd readers, which every other overlayctl command should not pay for at start-up.
 
 STATUS_MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
 
@@ -83,7 +83,8 @@ def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
     check says what it expected, what it found and how to fix it. Exits 1 when any check
     fails. With etcd unreachable the local checks still run; the others are skipped.
     """
-    from overlay.diagnose.checks import DiagnoseOptions, diagnose as run
+    from overlay.diagnose.gather import diagnose as run
+    from overlay.diagnose.state import DiagnoseOptions
 
     opts = DiagnoseOptions(cni_conf_dir=cni_conf_dir, cni_bin_dir=cni_bin_dir,
                            service_cidrs=service_cidr, subnet_file=subnet_file,

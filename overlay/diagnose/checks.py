@@ -1,14 +1,11 @@
-"""``overlayctl diagnose``: the pod-network troubleshooting checklist, automated.
+"""``overlayctl diagnose``'s checks: the pod-network troubleshooting checklist, as pure
+functions over gathered state.
 
-Two halves:
-
-* **gathering** (I/O): the node's kernel state (``overlay.netlink.inspect``), sysctls,
-  subnet.env, CNI config and binaries, IPAM reservation files, firewall rules (``nft``,
-  ``iptables-save``), /readyz, the leases and config in etcd, and an active probe of
-  every peer.  Everything lands in one ``NodeState`` / ``ClusterState``.
-* **checks** (pure): each ``check_*`` takes those values and returns a ``CheckResult``
-  with the evidence (expected, found) and a one-line fix.  Unit tests feed them made-up
-  state.
+``derive_facts`` works out once what every check needs (device names, this node's
+lease, the peers overlayd programs, by its own acceptance rule); each ``check_*`` takes
+the values of ``overlay.diagnose.state`` and returns a ``CheckResult`` with the evidence
+(expected, found) and a one-line fix; ``run_checks`` runs them all.  Nothing here does
+I/O (``overlay.diagnose.gather`` does it all), so unit tests feed made-up state.
 
 When etcd cannot be read, every check that needs the leases or the config is reported
 as ``skip`` (and says so); everything local is still checked.
@@ -16,200 +13,34 @@ as ``skip`` (and says so); everything local is still checked.
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import timezone
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Callable, Iterable, Sequence
+from posixpath import basename  # of a path read elsewhere: string work, no file access
 
-from overlay.cni.conflist import ConfListError, conf_files, load_conflist
-from overlay.cni.install import (
-    DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR,
-    DEFAULT_CONF_DIR as DEFAULT_CNI_CONF_DIR,
-    PLUGIN_NAME as PLUGIN_TYPE,
-)
-from overlay.cni.ipam import DiskStore
-from overlay.cni.netconf import DEFAULT_BRIDGE, DEFAULT_DATA_DIR
+from overlay.cni.install import DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR, PLUGIN_NAME as PLUGIN_TYPE
+from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.config import VXLAN_OVERHEAD, NetworkConfig
-from overlay.diagnose.firewall import FirewallState, read_firewall
-from overlay.diagnose.probe import Echo, echo_many
-from overlay.errors import OverlayError, SubnetEnvError
+from overlay.diagnose.state import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    CheckResult,
+    ClusterState,
+    DiagnoseOptions,
+    E,
+    Facts,
+    NodeState,
+    Report,
+    overlay_conf,
+)
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
-from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
+from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
-from overlay.subnet.etcdconf import EtcdOptions
-from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
-from overlay.util.proc import run_quiet
+from overlay.vxlan.entries import FDB, BackendSettings, Neigh, Route, entries_for
 
-log = logging.getLogger(__name__)
-
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    status: str  # pass | fail | warn | skip
-    expected: str
-    found: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "expected": self.expected,
-                "found": self.found, "fix": self.fix}
-
-
-@dataclass(frozen=True)
-class DiagnoseOptions:
-    cni_conf_dir: str = DEFAULT_CNI_CONF_DIR
-    cni_bin_dir: str = DEFAULT_CNI_BIN_DIR
-    service_cidrs: tuple[IPv4Network, ...] = ()
-    subnet_file: str | None = None  # default: the CNI config's subnetFile, else the default
-    vxlan_device: str | None = None  # default overlay.<VNI>
-    bridge: str | None = None  # default: the CNI config's, else cni0
-    public_ip: IPv4Address | None = None  # default: the VXLAN device's local address
-    healthz_addr: str | None = None
-    probe: bool = True
-    probe_count: int = 2
-    probe_timeout: float = 1.0
-
-
-# -- gathered state -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CNIConfigFile:
-    path: str
-    name: str  # the network name
-    plugins: tuple[dict[str, Any], ...]
-    error: str = ""
-
-    def plugin(self, ptype: str) -> dict[str, Any] | None:
-        return next((p for p in self.plugins if p.get("type") == ptype), None)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    ip: IPv4Address
-    container_id: str
-    ifname: str
-    path: str
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    subnet: IPv4Network
-    target: IPv4Address
-    size: int  # ICMP payload bytes, sent with DF
-    sent: int
-    received: int
-    small_received: int | None = None  # a 56-byte retry when the full-size probe failed
-    error: str = ""
-
-
-@dataclass
-class NodeState:
-    kernel: KernelState | None = None
-    kernel_error: str = ""
-    ip_forward: str | None = None
-    subnet_env: SubnetEnv | None = None
-    subnet_env_error: str = ""
-    cni_files: list[CNIConfigFile] = field(default_factory=list)
-    cni_conf_error: str = ""
-    cni_bins: dict[str, bool] = field(default_factory=dict)  # name -> executable
-    reservations: list[Reservation] = field(default_factory=list)
-    ipam_dir: str = ""
-    subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
-    firewall: FirewallState = field(default_factory=FirewallState)
-    readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
-    daemon_pids: list[int] | None = None  # overlayd processes in this netns; None = unknown
-    probes: list[ProbeResult] | None = None  # None = not run
-    config_changed: bool | None = None  # overlayd's overlay_config_changed; None = not asked
-
-
-@dataclass
-class ClusterState:
-    config: NetworkConfig | None = None
-    leases: list[Lease] = field(default_factory=list)
-    error: str = ""  # set when etcd could not be read
-    rejected: list[Rejection] = field(default_factory=list)  # keys that hold no lease
-    subnets_prefix: str = ""  # ``<prefix>/subnets/``: the full key of a lease
-    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-    @property
-    def available(self) -> bool:
-        return self.config is not None and not self.error
-
-
-@dataclass
-class Facts:
-    """What the checks derive once from the state: device names, own lease, peers."""
-
-    vxlan_name: str
-    bridge_name: str
-    public_ip: IPv4Address | None
-    own: Lease | None
-    own_subnet: IPv4Network | None
-    remotes: list[Lease]
-    network: IPv4Network | None
-    vxlan: LinkInfo | None
-    bridge: LinkInfo | None
-    underlay: LinkInfo | None
-    overlay_cni: CNIConfigFile | None
-    direct: frozenset[IPv4Network] = frozenset()  # DirectRouting peers: route via public IP
-    rejected: tuple[Rejection, ...] = ()  # keys the acceptance rule rejects, as overlayd does
-
-    @property
-    def vxlan_remotes(self) -> list[Lease]:
-        """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
-        return [l for l in self.remotes if l.subnet not in self.direct and l.attrs.vtep_mac]
-
-
-# -- the report ---------------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    checks: list[CheckResult]
-    facts: Facts
-
-    @property
-    def failed(self) -> bool:
-        return any(c.status == FAIL for c in self.checks)
-
-    def counts(self) -> dict[str, int]:
-        out = {PASS: 0, FAIL: 0, WARN: 0, SKIP: 0}
-        for c in self.checks:
-            out[c.status] += 1
-        return out
-
-    def skipped(self) -> list[str]:
-        return [c.name for c in self.checks if c.status == SKIP]
-
-    def to_dict(self) -> dict[str, Any]:
-        f = self.facts
-        return {
-            "node": {"public_ip": _s(f.public_ip), "subnet": _s(f.own_subnet),
-                     "network": _s(f.network), "vxlan_device": f.vxlan_name,
-                     "bridge": f.bridge_name, "peers": len(f.remotes)},
-            "checks": [c.to_dict() for c in self.checks],
-            "summary": self.counts(),
-            "skipped": self.skipped(),
-            "ok": not self.failed,
-        }
-
-
-def _s(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-# -- deriving facts -----------------------------------------------------------------------
 
 
 def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
@@ -217,7 +48,7 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     cfg = cluster.config
     vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
     vxlan = k.link(vxlan_name)
-    overlay_cni = _overlay_conf(node.cni_files)
+    overlay_cni = overlay_conf(node.cni_files)
     cni_bridge = overlay_cni.plugin(PLUGIN_TYPE).get("bridge") if overlay_cni else None
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
     public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
@@ -233,14 +64,22 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
                                          else None)
     remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
-    direct: frozenset[IPv4Network] = frozenset()
-    if cfg and cfg.backend.direct_routing and public_ip:
-        # Like the backend: a peer on this node's underlay L2 subnet is routed to directly.
-        l2 = next((a.interface.network for a in k.addrs if a.interface.ip == public_ip), None)
-        if l2 is not None:
-            direct = frozenset(l.subnet for l in remotes if l.attrs.public_ip in l2)
+    settings = backend_settings(cfg, k, public_ip, vxlan)
+    entries = {l.subnet: tuple(entries_for(l, settings)) for l in remotes}
     return Facts(vxlan_name, bridge_name, public_ip, own, own_subnet, remotes, network,
-                 vxlan, k.link(bridge_name), underlay, overlay_cni, direct, rejected)
+                 vxlan, k.link(bridge_name), underlay, overlay_cni, entries, rejected)
+
+
+def backend_settings(cfg: NetworkConfig | None, k: KernelState, public_ip: IPv4Address | None,
+                     vxlan: LinkInfo | None) -> BackendSettings:
+    """This node as overlayd's backend sees it, from what the node shows: the VNI, the
+    public IP and the underlay address holding it (its L2 subnet, for DirectRouting)."""
+    # Unknown public IP: 0.0.0.0 is no accepted lease's (the acceptance rule rejects it).
+    ip = public_ip or IPv4Address(0)
+    # No address holds it: a /32, so no peer counts as on our L2 (as with no underlay).
+    underlay = next((a.interface for a in k.addrs if a.interface.ip == ip), IPv4Interface(ip))
+    vni = cfg.backend.vni if cfg else (vxlan.vxlan.vni if vxlan and vxlan.vxlan else 1)
+    return BackendSettings(vni, ip, underlay, bool(cfg and cfg.backend.direct_routing))
 
 
 def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Network | None,
@@ -275,19 +114,12 @@ def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | N
     return None
 
 
-def _overlay_conf(files: Sequence[CNIConfigFile]) -> CNIConfigFile | None:
-    return next((f for f in files if not f.error and f.plugin(PLUGIN_TYPE)), None)
-
-
 def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
     if cluster.config and cluster.config.backend.mtu:
         return cluster.config.backend.mtu
     if facts.underlay:
         return facts.underlay.mtu - VXLAN_OVERHEAD
     return None
-
-
-# -- the checks (pure) --------------------------------------------------------------------
 
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
@@ -413,10 +245,10 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
         return CheckResult(name, FAIL, expected, node.cni_conf_error, fix)
     if not node.cni_files:
         return CheckResult(name, FAIL, expected, f"no .conf/.conflist/.json file in {d}", fix)
-    ours = _overlay_conf(node.cni_files)
+    ours = overlay_conf(node.cni_files)
     broken = [f for f in node.cni_files if f.error]
     if ours is None:
-        found = "; ".join(f"{os.path.basename(c.path)}: " + (c.error or "types " + ",".join(
+        found = "; ".join(f"{basename(c.path)}: " + (c.error or "types " + ",".join(
             str(p.get("type")) for p in c.plugins)) for c in node.cni_files)
         return CheckResult(name, FAIL, expected, found, fix)
     first = node.cni_files[0]
@@ -424,7 +256,7 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
     if first is not ours:
         return CheckResult(name, WARN, expected,
                            f"{found}, but the runtime uses the first file {first.path}",
-                           f"remove or rename {first.path} so {os.path.basename(ours.path)} sorts first")
+                           f"remove or rename {first.path} so {basename(ours.path)} sorts first")
     subnet_file = ours.plugin(PLUGIN_TYPE).get("subnetFile")
     if subnet_file and opts.subnet_file and subnet_file != opts.subnet_file:
         return CheckResult(name, WARN, expected, f"{found} reads subnetFile {subnet_file}, "
@@ -584,45 +416,47 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
     by_dst: dict[IPv4Network, list[RouteInfo]] = {}
     for r in k.routes:
         by_dst.setdefault(r.dst, []).append(r)
-    missing, wrong = [], []
-    want = {l.subnet for l in f.vxlan_remotes} | f.direct
+    missing: list[Route] = []
+    wrong: list[tuple[Route, RouteInfo]] = []
+    want = f.wanted(Route)
     taken = _route_conflicts(k, f)  # the route-conflicts check's: not "ip route replace"
-    for lease in (l for l in f.remotes if l.subnet in want and l.subnet not in taken):
-        gw = lease.subnet.network_address  # the peer's VXLAN address
-        routes = by_dst.get(lease.subnet, [])
-        if lease.subnet in f.direct:
-            ok = any(r.gateway == lease.attrs.public_ip for r in routes)
-        else:
-            ok = any(r.oif == vx and r.gateway == gw and r.onlink for r in routes)
-        if ok:
+    for want_route in (r for s, r in want if s not in taken):
+        routes = by_dst.get(want_route.dst, [])
+        if any(_is(want_route, r, vx) for r in routes):
             continue
         if not routes:
-            missing.append(lease)
+            missing.append(want_route)
         else:
-            wrong.append((lease, routes[0]))
+            wrong.append((want_route, routes[0]))
     leased = {l.subnet for l in cluster.leases}
     stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
              and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
 
-    def add(l: Lease) -> str:  # proto 111: overlayd's own, which it may replace and remove
-        if l.subnet in f.direct:
-            return f"ip route replace {l.subnet} via {l.attrs.public_ip} proto 111"
-        return (f"ip route replace {l.subnet} via {l.subnet.network_address} dev {dev} onlink"
-                " proto 111")
+    def add(r: Route) -> str:  # proto 111: overlayd's own, which it may replace and remove
+        if r.direct:
+            return f"ip route replace {r.dst} via {r.gateway} proto 111"
+        return f"ip route replace {r.dst} via {r.gateway} dev {dev} onlink proto 111"
 
     return _entry_result(name, expected, len(want), [
-        ("missing", [str(l.subnet) for l in missing], [add(l) for l in missing]),
-        ("wrong", [f"{l.subnet} via {r.gateway} dev {k.name_of(r.oif)}" for l, r in wrong],
-         [add(l) for l, _ in wrong]),
+        ("missing", [str(r.dst) for r in missing], [add(r) for r in missing]),
+        ("wrong", [f"{w.dst} via {r.gateway} dev {k.name_of(r.oif)}" for w, r in wrong],
+         [add(w) for w, _ in wrong]),
         ("stale (no lease)", [f"{r.dst} via {r.gateway} dev {k.name_of(r.oif)}" for r in stale],
          [f"ip route del {r.dst} dev {k.name_of(r.oif)}" for r in stale]),
     ])
 
 
+def _is(want: Route, r: RouteInfo, vx: int | None) -> bool:
+    """Whether the kernel's route ``r`` is the route overlayd programs for ``want``."""
+    if want.direct:
+        return r.gateway == want.gateway
+    return r.oif == vx and r.gateway == want.gateway and r.onlink
+
+
 def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteInfo]]:
     """Peer subnets that a main-table route of another protocol holds: overlayd leaves
     those peers unprogrammed rather than replace (or shadow) that route."""
-    want = {l.subnet for l in f.vxlan_remotes} | f.direct
+    want = {s for s, _ in f.wanted(Route)}
     out: dict[IPv4Network, list[RouteInfo]] = {}
     for r in (*k.routes, *k.typed_routes):
         if r.dst in want and not r.ours:
@@ -630,10 +464,11 @@ def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteIn
     return out
 
 
-def _unblocked(k: KernelState, f: Facts) -> list[Lease]:
-    """The VXLAN peers overlayd programs: a conflicting one has no neigh or FDB entry."""
+def _unblocked(k: KernelState, f: Facts, kind: type[E]) -> list[tuple[IPv4Network, E]]:
+    """The expected entries of one kind, with their remote, but a conflicting remote's:
+    overlayd gives that one no neigh or FDB entry."""
     taken = _route_conflicts(k, f)
-    return [l for l in f.vxlan_remotes if l.subnet not in taken] if taken else f.vxlan_remotes
+    return [(s, e) for s, e in f.wanted(kind) if s not in taken]
 
 
 def _describe_route(k: KernelState, r: RouteInfo) -> str:
@@ -680,29 +515,30 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     by_mac: dict[str, list[FDBInfo]] = {}
     for e in entries:
         by_mac.setdefault(e.mac, []).append(e)
-    missing, wrong = [], []
+    missing: list[tuple[IPv4Network, FDB]] = []
+    wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
     want_macs = set()
-    for lease in _unblocked(node.kernel, f):
-        mac = lease.attrs.vtep_mac
-        if not mac:
+    for subnet, e in _unblocked(node.kernel, f, FDB):
+        want_macs.add(e.mac)
+        have = by_mac.get(e.mac, [])
+        if any(x.dst == e.dst for x in have):
             continue
-        want_macs.add(mac)
-        have = by_mac.get(mac, [])
-        if any(e.dst == lease.attrs.public_ip for e in have):
-            continue
-        (wrong if have else missing).append((lease, have))
-    stale = [e for e in entries if e.mac not in want_macs]
-    extra = [e for l, have in wrong for e in have if e.dst != l.attrs.public_ip]
+        if have:
+            wrong.append((subnet, e, have))
+        else:
+            missing.append((subnet, e))
+    stale = [x for x in entries if x.mac not in want_macs]
+    extra = [x for _, e, have in wrong for x in have if x.dst != e.dst]
     add = "bridge fdb replace {mac} dev %s dst {ip} self permanent" % dev
     return _entry_result(name, expected, len(f.vxlan_remotes), [
-        ("missing", [f"{l.attrs.vtep_mac} -> {l.attrs.public_ip} ({l.subnet})" for l, _ in missing],
-         [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in missing]),
-        ("wrong", [f"{l.attrs.vtep_mac} -> {', '.join(str(e.dst) for e in h)} (lease says "
-                   f"{l.attrs.public_ip})" for l, h in wrong],
-         [f"bridge fdb del {e.mac} dev {dev} dst {e.dst} self" for e in extra] +
-         [add.format(mac=l.attrs.vtep_mac, ip=l.attrs.public_ip) for l, _ in wrong]),
-        ("stale (no lease)", [f"{e.mac} -> {e.dst}" for e in stale],
-         [f"bridge fdb del {e.mac} dev {dev} dst {e.dst} self" for e in stale]),
+        ("missing", [f"{e.mac} -> {e.dst} ({s})" for s, e in missing],
+         [add.format(mac=e.mac, ip=e.dst) for _, e in missing]),
+        ("wrong", [f"{e.mac} -> {', '.join(str(x.dst) for x in h)} (lease says {e.dst})"
+                   for _, e, h in wrong],
+         [f"bridge fdb del {x.mac} dev {dev} dst {x.dst} self" for x in extra] +
+         [add.format(mac=e.mac, ip=e.dst) for _, e, _ in wrong]),
+        ("stale (no lease)", [f"{x.mac} -> {x.dst}" for x in stale],
+         [f"bridge fdb del {x.mac} dev {dev} dst {x.dst} self" for x in stale]),
     ])
 
 
@@ -716,23 +552,24 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
     if skip:
         return skip
     entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
-    missing, wrong, want = [], [], set()
-    for lease in _unblocked(node.kernel, f):
-        gw = lease.subnet.network_address
-        want.add(gw)
-        n = entries.get(gw)
+    missing: list[Neigh] = []
+    wrong: list[tuple[Neigh, NeighInfo]] = []
+    want = set()
+    for _, e in _unblocked(node.kernel, f, Neigh):
+        want.add(e.ip)
+        n = entries.get(e.ip)
         if n is None or n.mac is None:
-            missing.append(lease)
-        elif lease.attrs.vtep_mac and (n.mac != lease.attrs.vtep_mac or not n.permanent):
-            wrong.append((lease, n))
+            missing.append(e)
+        elif n.mac != e.mac or not n.permanent:
+            wrong.append((e, n))
     stale = [n for n in entries.values() if n.dst not in want and n.permanent]
     add = "ip neigh replace {ip} lladdr {mac} dev %s nud permanent" % dev
     return _entry_result(name, expected, len(f.vxlan_remotes), [
-        ("missing", [f"{l.subnet.network_address} -> {l.attrs.vtep_mac}" for l in missing],
-         [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l in missing]),
+        ("missing", [f"{e.ip} -> {e.mac}" for e in missing],
+         [add.format(ip=e.ip, mac=e.mac) for e in missing]),
         ("wrong", [f"{n.dst} -> {n.mac}{'' if n.permanent else ' (not permanent)'} (lease says "
-                   f"{l.attrs.vtep_mac})" for l, n in wrong],
-         [add.format(ip=l.subnet.network_address, mac=l.attrs.vtep_mac) for l, _ in wrong]),
+                   f"{e.mac})" for e, n in wrong],
+         [add.format(ip=e.ip, mac=e.mac) for e, _ in wrong]),
         ("stale (no lease)", [f"{n.dst} -> {n.mac}" for n in stale],
          [f"ip neigh del {n.dst} dev {dev}" for n in stale]),
     ])
@@ -884,7 +721,8 @@ def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> Ch
 
 def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "peer-probe"
-    expected = f"each of {len(f.remotes)} peer(s) answers a DF ping of the path MTU across {f.vxlan_name}"
+    expected = (f"each of {len(f.programmed)} peer(s) answers a DF ping of the path MTU "
+                f"across {f.vxlan_name}")
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     if node.probes is None:
@@ -943,217 +781,3 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
     ]
     return Report(checks, f)
 
-
-# -- gathering (I/O) ---------------------------------------------------------------------
-
-
-def read_cni_conf_dir(conf_dir: str) -> tuple[list[CNIConfigFile], str]:
-    """Every file a runtime could read in ``conf_dir``, in its order (libcni's rules, in
-    ``overlay.cni.conflist``); a file that does not load is kept with the reason."""
-    try:
-        paths = conf_files(conf_dir)
-    except ConfListError as e:
-        return [], str(e)
-    return [read_cni_file(p) for p in paths], ""
-
-
-def read_cni_file(path: str) -> CNIConfigFile:
-    try:
-        conf = load_conflist(path)
-    except ConfListError as e:
-        return CNIConfigFile(path, "", (), str(e))
-    return CNIConfigFile(path, conf["name"], tuple(conf["plugins"]))
-
-
-def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
-    """Which plugins are executable in any of ``bin_dirs`` (colon-separated, like CNI_PATH)."""
-    dirs = [d for d in bin_dirs.split(":") if d]
-    return {n: any(os.path.isfile(os.path.join(d, n)) and os.access(os.path.join(d, n), os.X_OK)
-                   for d in dirs) for n in names}
-
-
-def read_reservations(data_dir: str, network: str) -> list[Reservation]:
-    """The CNI IPAM store's reservations (``overlay.cni.ipam``), by address; none when
-    the store cannot be read."""
-    store = DiskStore(data_dir, network)
-    try:
-        held = store.reservations()
-    except (OverlayError, OSError) as e:
-        log.info("IPAM store %s unreadable: %s", store.dir, e)
-        return []
-    return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
-            for ip, (cid, ifname) in sorted(held.items())]
-
-
-def read_sysctl(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
-        return None
-
-
-def find_daemons(proc: str = "/proc") -> list[int] | None:
-    """PIDs of overlayd processes whose network namespace is this process's own."""
-    try:
-        mine = os.stat(os.path.join(proc, "self", "ns", "net")).st_ino
-        pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return None
-    out = []
-    for pid in pids:
-        try:
-            with open(os.path.join(proc, str(pid), "cmdline"), "rb") as fh:
-                argv = fh.read().split(b"\0")[:2]
-            if not any(os.path.basename(a.decode(errors="replace")) == "overlayd" for a in argv):
-                continue
-            if os.stat(os.path.join(proc, str(pid), "ns", "net")).st_ino == mine:
-                out.append(pid)
-        except OSError:  # gone meanwhile, or not ours to look at
-            continue
-    return sorted(out)
-
-
-def read_readyz(addr: str, timeout: float = 2.0) -> tuple[int | None, str]:
-    url = f"http://{addr}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read(200).decode(errors="replace").strip()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(200).decode(errors="replace").strip()
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return None, f"{url}: {reason}"
-
-
-def read_config_changed(addr: str, timeout: float = 2.0) -> bool | None:
-    """overlayd's overlay_config_changed gauge from /metrics; None if unreadable."""
-    try:
-        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout) as r:
-            text = r.read(1 << 20).decode(errors="replace")
-    except (OSError, ValueError):
-        return None
-    for line in text.splitlines():
-        if line.startswith("overlay_config_changed "):
-            return line.split()[1] not in ("0", "0.0")
-    return None  # an overlayd from before the gauge
-
-
-_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-
-
-def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[int, int, str]:
-    """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
-    argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
-            "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
-    rc, out, err = run_quiet(argv, timeout=count * 0.2 + timeout + 3)
-    m = _PING_RE.search(out)
-    if m:
-        return int(m.group(1)), int(m.group(2)), ""
-    return count, 0, (err or out.strip() or f"ping exited {rc}").splitlines()[-1]
-
-
-Echoer = Callable[[Sequence[IPv4Address], int, int, float], "dict[IPv4Address, Echo]"]
-
-
-def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: float
-               ) -> dict[IPv4Address, Echo]:
-    """All targets at once on a raw ICMP socket; one ``ping`` per target without CAP_NET_RAW."""
-    try:
-        return echo_many(targets, size, count, timeout)
-    except PermissionError:
-        log.info("no raw ICMP socket (not root?): probing with one ping per peer")
-
-    def one(t: IPv4Address) -> Echo:
-        return Echo(*ping(t, size, count, timeout))
-
-    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-        return dict(zip(targets, pool.map(one, targets)))
-
-
-def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
-                echo: Echoer = echo_peers) -> list[ProbeResult]:
-    """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
-    peers that do not answer get one small ping, which tells a path-MTU problem apart."""
-    if not remotes:
-        return []
-    size = mtu - 28  # IPv4 + ICMP headers
-    targets = [l.subnet.network_address for l in remotes]
-    full = echo(targets, size, count, timeout)
-    silent = [t for t in targets if full[t].received == 0]
-    small = echo(silent, 56, 1, timeout) if silent else {}
-    return [ProbeResult(l.subnet, t, size, full[t].sent, full[t].received,
-                        small[t].received if t in small else None, full[t].error)
-            for l, t in zip(remotes, targets)]
-
-
-def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
-                   timeout: float = 3.0) -> ClusterState:
-    """The config and leases from etcd; on failure an empty state naming the error.
-
-    Only the leases of ``local_ips`` (this node's) get their expiry read: that is one
-    request per lease, which a listing of a thousand peers should not pay.
-    """
-    from overlay.subnet.registry import EtcdRegistry
-
-    mine = set(local_ips)
-    try:
-        with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
-            config = reg.get_config()
-            listing = reg.list_subnets(with_expiration=False)
-            leases, rejected = listing.leases, listing.rejected
-            for i, lease in enumerate(leases):
-                if lease.attrs.public_ip in mine and not lease.reserved:
-                    fresh = reg.get_lease(lease.subnet)
-                    leases[i] = fresh if fresh is not None else lease
-    except OverlayError as e:
-        log.info("etcd unavailable for diagnose: %s", e)
-        return ClusterState(error=str(e))
-    return ClusterState(config=config, leases=leases, rejected=rejected,
-                        subnets_prefix=reg.subnets_prefix)
-
-
-def gather_node(opts: DiagnoseOptions) -> NodeState:
-    """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
-    from overlay.netlink.inspect import dump_kernel_state
-
-    node = NodeState()
-    try:
-        node.kernel = dump_kernel_state()
-    except OverlayError as e:
-        node.kernel_error = str(e)
-    node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
-    node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
-    ours = _overlay_conf(node.cni_files)
-    plugin = ours.plugin(PLUGIN_TYPE) if ours else {}
-    node.subnet_file = opts.subnet_file or str(plugin.get("subnetFile") or DEFAULT_SUBNET_FILE)
-    try:
-        node.subnet_env = load_subnet_env(node.subnet_file)
-    except SubnetEnvError as e:
-        node.subnet_env_error = str(e)
-    types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]
-    node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
-    if ours is not None:
-        data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
-        node.ipam_dir = os.path.join(data_dir, ours.name)
-        node.reservations = read_reservations(data_dir, ours.name)
-    if opts.healthz_addr:
-        node.readyz = read_readyz(opts.healthz_addr)
-        node.config_changed = read_config_changed(opts.healthz_addr)
-    else:
-        node.daemon_pids = find_daemons()
-    return node
-
-
-def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
-    """Gather everything, probe the peers, run every check."""
-    node = gather_node(opts)
-    local_ips = {a.interface.ip for a in node.kernel.addrs} if node.kernel else set()
-    if opts.public_ip:
-        local_ips.add(opts.public_ip)
-    cluster = gather_cluster(etcd, local_ips)
-    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
-    f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
-    if opts.probe and cluster.available and f.vxlan is not None:
-        node.probes = probe_peers(f.remotes, f.vxlan.mtu, opts.probe_count, opts.probe_timeout)
-    return run_checks(node, cluster, opts, etcd.describe(), f)

@@ -14,7 +14,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from overlay.cni.netconf import DEFAULT_BRIDGE
-from overlay.diagnose.checks import ClusterState, gather_cluster
+from overlay.diagnose.gather import gather_cluster
+from overlay.diagnose.state import ClusterState
 from overlay.lease import Lease
 from overlay.netlink.inspect import KernelState, RouteInfo
 from overlay.subnet.etcdconf import EtcdOptions

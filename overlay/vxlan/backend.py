@@ -1,5 +1,6 @@
-"""The VXLAN backend: which kernel entries each remote lease needs, and getting there.
+"""The VXLAN backend: getting the kernel to the entries the remote leases need.
 
+Which entries a lease needs is ``entries.entries_for`` (diagnose expects the same).
 Per remote lease: a permanent neighbour ``remote .0 -> VTEP MAC``, an FDB entry
 ``VTEP MAC -> public IP``, then the route ``remote subnet via .0 onlink``.  The route
 goes in LAST, only once both others are in, so the kernel never has a route whose
@@ -25,12 +26,23 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 from typing import Callable, Iterable, Protocol, Sequence
 
 from overlay.errors import OverlayError
 from overlay.lease import Lease, LeaseBatch
-from overlay.vxlan.entries import FDB, Entries, Entry, Neigh, Op, OtherRoute, Route
+from overlay.vxlan.entries import (
+    FDB,
+    BackendSettings,
+    Entries,
+    Entry,
+    Neigh,
+    Op,
+    OtherRoute,
+    Route,
+    entries_for,
+    skip_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +53,6 @@ class DataPlane(Protocol):
     def program(self, ops: Sequence[Op]) -> list[int]: ...
     def dump(self) -> Entries: ...  # ours, plus ``others``: other protocols' routes
     def other_routes(self) -> dict[IPv4Network, OtherRoute]: ...
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    vni: int
-    public_ip: IPv4Address
-    underlay: IPv4Interface  # public IP with its prefix: the L2 subnet for DirectRouting
-    direct_routing: bool = False
 
 
 @dataclass
@@ -83,24 +87,11 @@ class VXLANBackend:
 
     # ---- what a lease needs ---------------------------------------------------
     def entries_for(self, lease: Lease) -> list[Entry]:
-        """The entries of one remote lease, in programming order; [] if skipped."""
-        a = lease.attrs
-        # A missing VNI means ours: Flannel wrote none before v0.13.
-        if a.backend_type != "vxlan" or (a.vni is not None and a.vni != self.s.vni):
-            self._warn_skip(lease, f"backend {a.backend_type} VNI {a.vni}, "
-                                   f"we are vxlan VNI {self.s.vni}")
-            return []
-        if a.public_ip == self.s.public_ip:
-            self._warn_skip(lease, f"public IP {a.public_ip} is our own")
-            return []
-        if self.s.direct_routing and a.public_ip in self.s.underlay.network:
-            return [Route(lease.subnet, a.public_ip, direct=True)]
-        if not a.vtep_mac:
-            self._warn_skip(lease, "no VtepMAC in the lease")
-            return []
-        gw = lease.subnet.network_address
-        return [Neigh(gw, a.vtep_mac), FDB(a.vtep_mac, a.public_ip),
-                Route(lease.subnet, gw)]
+        """The entries of one remote lease (``entries.entries_for``); [] if skipped."""
+        es = entries_for(lease, self.s)
+        if not es:
+            self._warn_skip(lease, skip_reason(lease, self.s) or "no entries")
+        return es
 
     def _warn_skip(self, lease: Lease, why: str) -> None:
         if self._skipped.get(lease.subnet) != why:

@@ -1,13 +1,17 @@
 """Kernel entries for remote nodes as plain values (no I/O, no pyroute2).
 
-The backend (policy) computes these; ``vxlan.VXLANDevice`` programs and dumps them.
+``entries_for`` is THE rule for which entries a remote lease needs: the backend programs
+what it returns and ``overlayctl diagnose`` expects exactly that, so the two cannot
+drift apart.  ``vxlan.VXLANDevice`` programs and dumps the entries.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Union
+
+from overlay.lease import Lease
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,52 @@ class Route:
 
 
 Entry = Union[Neigh, FDB, Route]
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """What the rule needs to know about this node."""
+
+    vni: int
+    public_ip: IPv4Address
+    underlay: IPv4Interface  # public IP with its prefix: the L2 subnet for DirectRouting
+    direct_routing: bool = False
+
+
+def entries_for(lease: Lease, s: BackendSettings) -> list[Entry]:
+    """The entries of one remote lease, in programming order: neigh, FDB, then the route
+    (last, so the kernel never ARPs for its gateway); a DirectRouting peer on our L2
+    subnet gets only a route via its public IP.  [] when the backend skips the lease
+    (``skip_reason`` says why)."""
+    a = lease.attrs
+    if _skip_reason(lease, s) is not None:
+        return []
+    if s.direct_routing and a.public_ip in s.underlay.network:
+        return [Route(lease.subnet, a.public_ip, direct=True)]
+    if not a.vtep_mac:
+        return []
+    gw = lease.subnet.network_address
+    return [Neigh(gw, a.vtep_mac), FDB(a.vtep_mac, a.public_ip), Route(lease.subnet, gw)]
+
+
+def skip_reason(lease: Lease, s: BackendSettings) -> str | None:
+    """Why ``entries_for`` gives ``lease`` nothing; None when it gives entries."""
+    why = _skip_reason(lease, s)
+    if why is None and not lease.attrs.vtep_mac and not (
+            s.direct_routing and lease.attrs.public_ip in s.underlay.network):
+        why = "no VtepMAC in the lease"
+    return why
+
+
+def _skip_reason(lease: Lease, s: BackendSettings) -> str | None:
+    """The reasons that hold whatever the route would be."""
+    a = lease.attrs
+    # A missing VNI means ours: Flannel wrote none before v0.13.
+    if a.backend_type != "vxlan" or (a.vni is not None and a.vni != s.vni):
+        return f"backend {a.backend_type} VNI {a.vni}, we are vxlan VNI {s.vni}"
+    if a.public_ip == s.public_ip:
+        return f"public IP {a.public_ip} is our own"
+    return None
 
 
 @dataclass(frozen=True)

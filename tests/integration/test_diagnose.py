@@ -476,7 +476,7 @@ def test_find_daemons_only_in_this_namespace(cluster):
     fake = subprocess.Popen(["ip", "netns", "exec", cluster.n1.ns, "bash", "-c",
                              "exec -a overlayd sleep 30"])
     try:
-        script = "from overlay.diagnose.checks import find_daemons; print(find_daemons())"
+        script = "from overlay.diagnose.gather import find_daemons; print(find_daemons())"
         for _ in range(50):  # until the exec happened
             if f"{fake.pid}" in nsx(cluster.n1.ns, sys.executable, "-c", script).stdout:
                 break

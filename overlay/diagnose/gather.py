@@ -1,0 +1,261 @@
+"""``overlayctl diagnose``'s I/O: everything the checks look at, read once.
+
+The node's kernel state (``overlay.netlink.inspect``), sysctls, subnet.env, CNI config
+and binaries, IPAM reservation files, firewall rules (``nft``, ``iptables-save``),
+/readyz and /metrics, overlayd processes, the leases and config in etcd, and an active
+probe of every peer land in one ``NodeState`` / ``ClusterState``
+(``overlay.diagnose.state``); ``diagnose`` then runs the pure checks of
+``overlay.diagnose.checks`` over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from ipaddress import IPv4Address
+from typing import Callable, Iterable, Sequence
+
+from overlay.cni.conflist import ConfListError, conf_files, load_conflist
+from overlay.cni.ipam import DiskStore
+from overlay.cni.netconf import DEFAULT_DATA_DIR
+from overlay.diagnose.checks import derive_facts, run_checks
+from overlay.diagnose.firewall import read_firewall
+from overlay.diagnose.probe import Echo, echo_many
+from overlay.diagnose.state import (
+    PLUGIN_TYPE,
+    ClusterState,
+    CNIConfigFile,
+    DiagnoseOptions,
+    NodeState,
+    ProbeResult,
+    Report,
+    Reservation,
+    overlay_conf,
+)
+from overlay.errors import OverlayError, SubnetEnvError
+from overlay.lease import Lease
+from overlay.subnet.etcdconf import EtcdOptions
+from overlay.subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
+from overlay.util.proc import run_quiet
+
+log = logging.getLogger(__name__)
+
+
+def read_cni_conf_dir(conf_dir: str) -> tuple[list[CNIConfigFile], str]:
+    """Every file a runtime could read in ``conf_dir``, in its order (libcni's rules, in
+    ``overlay.cni.conflist``); a file that does not load is kept with the reason."""
+    try:
+        paths = conf_files(conf_dir)
+    except ConfListError as e:
+        return [], str(e)
+    return [read_cni_file(p) for p in paths], ""
+
+
+def read_cni_file(path: str) -> CNIConfigFile:
+    try:
+        conf = load_conflist(path)
+    except ConfListError as e:
+        return CNIConfigFile(path, "", (), str(e))
+    return CNIConfigFile(path, conf["name"], tuple(conf["plugins"]))
+
+
+def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
+    """Which plugins are executable in any of ``bin_dirs`` (colon-separated, like CNI_PATH)."""
+    dirs = [d for d in bin_dirs.split(":") if d]
+    return {n: any(os.path.isfile(os.path.join(d, n)) and os.access(os.path.join(d, n), os.X_OK)
+                   for d in dirs) for n in names}
+
+
+def read_reservations(data_dir: str, network: str) -> list[Reservation]:
+    """The CNI IPAM store's reservations (``overlay.cni.ipam``), by address; none when
+    the store cannot be read."""
+    store = DiskStore(data_dir, network)
+    try:
+        held = store.reservations()
+    except (OverlayError, OSError) as e:
+        log.info("IPAM store %s unreadable: %s", store.dir, e)
+        return []
+    return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
+            for ip, (cid, ifname) in sorted(held.items())]
+
+
+def read_sysctl(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def find_daemons(proc: str = "/proc") -> list[int] | None:
+    """PIDs of overlayd processes whose network namespace is this process's own."""
+    try:
+        mine = os.stat(os.path.join(proc, "self", "ns", "net")).st_ino
+        pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return None
+    out = []
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, str(pid), "cmdline"), "rb") as fh:
+                argv = fh.read().split(b"\0")[:2]
+            if not any(os.path.basename(a.decode(errors="replace")) == "overlayd" for a in argv):
+                continue
+            if os.stat(os.path.join(proc, str(pid), "ns", "net")).st_ino == mine:
+                out.append(pid)
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return sorted(out)
+
+
+def read_readyz(addr: str, timeout: float = 2.0) -> tuple[int | None, str]:
+    url = f"http://{addr}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read(200).decode(errors="replace").strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(200).decode(errors="replace").strip()
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return None, f"{url}: {reason}"
+
+
+def read_config_changed(addr: str, timeout: float = 2.0) -> bool | None:
+    """overlayd's overlay_config_changed gauge from /metrics; None if unreadable."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=timeout) as r:
+            text = r.read(1 << 20).decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("overlay_config_changed "):
+            return line.split()[1] not in ("0", "0.0")
+    return None  # an overlayd from before the gauge
+
+
+_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+
+
+def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[int, int, str]:
+    """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
+    argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
+            "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
+    rc, out, err = run_quiet(argv, timeout=count * 0.2 + timeout + 3)
+    m = _PING_RE.search(out)
+    if m:
+        return int(m.group(1)), int(m.group(2)), ""
+    return count, 0, (err or out.strip() or f"ping exited {rc}").splitlines()[-1]
+
+
+Echoer = Callable[[Sequence[IPv4Address], int, int, float], "dict[IPv4Address, Echo]"]
+
+
+def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: float
+               ) -> dict[IPv4Address, Echo]:
+    """All targets at once on a raw ICMP socket; one ``ping`` per target without CAP_NET_RAW."""
+    try:
+        return echo_many(targets, size, count, timeout)
+    except PermissionError:
+        log.info("no raw ICMP socket (not root?): probing with one ping per peer")
+
+    def one(t: IPv4Address) -> Echo:
+        return Echo(*ping(t, size, count, timeout))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+        return dict(zip(targets, pool.map(one, targets)))
+
+
+def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
+                echo: Echoer = echo_peers) -> list[ProbeResult]:
+    """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
+    peers that do not answer get one small ping, which tells a path-MTU problem apart."""
+    if not remotes:
+        return []
+    size = mtu - 28  # IPv4 + ICMP headers
+    targets = [l.subnet.network_address for l in remotes]
+    full = echo(targets, size, count, timeout)
+    silent = [t for t in targets if full[t].received == 0]
+    small = echo(silent, 56, 1, timeout) if silent else {}
+    return [ProbeResult(l.subnet, t, size, full[t].sent, full[t].received,
+                        small[t].received if t in small else None, full[t].error)
+            for l, t in zip(remotes, targets)]
+
+
+def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
+                   timeout: float = 3.0) -> ClusterState:
+    """The config and leases from etcd; on failure an empty state naming the error.
+
+    Only the leases of ``local_ips`` (this node's) get their expiry read: that is one
+    request per lease, which a listing of a thousand peers should not pay.
+    """
+    from overlay.subnet.registry import EtcdRegistry
+
+    mine = set(local_ips)
+    try:
+        with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
+            config = reg.get_config()
+            listing = reg.list_subnets(with_expiration=False)
+            leases, rejected = listing.leases, listing.rejected
+            for i, lease in enumerate(leases):
+                if lease.attrs.public_ip in mine and not lease.reserved:
+                    fresh = reg.get_lease(lease.subnet)
+                    leases[i] = fresh if fresh is not None else lease
+    except OverlayError as e:
+        log.info("etcd unavailable for diagnose: %s", e)
+        return ClusterState(error=str(e))
+    return ClusterState(config=config, leases=leases, rejected=rejected,
+                        subnets_prefix=reg.subnets_prefix)
+
+
+def gather_node(opts: DiagnoseOptions) -> NodeState:
+    """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
+    from overlay.netlink.inspect import dump_kernel_state
+
+    node = NodeState()
+    try:
+        node.kernel = dump_kernel_state()
+    except OverlayError as e:
+        node.kernel_error = str(e)
+    node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
+    node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
+    ours = overlay_conf(node.cni_files)
+    plugin = ours.plugin(PLUGIN_TYPE) if ours else {}
+    node.subnet_file = opts.subnet_file or str(plugin.get("subnetFile") or DEFAULT_SUBNET_FILE)
+    try:
+        node.subnet_env = load_subnet_env(node.subnet_file)
+    except SubnetEnvError as e:
+        node.subnet_env_error = str(e)
+    types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]
+    node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
+    if ours is not None:
+        data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
+        node.ipam_dir = os.path.join(data_dir, ours.name)
+        node.reservations = read_reservations(data_dir, ours.name)
+    if opts.healthz_addr:
+        node.readyz = read_readyz(opts.healthz_addr)
+        node.config_changed = read_config_changed(opts.healthz_addr)
+    else:
+        node.daemon_pids = find_daemons()
+    return node
+
+
+def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
+    """Gather everything, probe the peers, run every check."""
+    node = gather_node(opts)
+    local_ips = {a.interface.ip for a in node.kernel.addrs} if node.kernel else set()
+    if opts.public_ip:
+        local_ips.add(opts.public_ip)
+    cluster = gather_cluster(etcd, local_ips)
+    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
+    f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
+    if opts.probe and cluster.available and f.vxlan is not None:
+        # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
+        node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
+                                  opts.probe_timeout)
+    return run_checks(node, cluster, opts, etcd.describe(), f)
+
