@@ -8,7 +8,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlay.daemon.daemon import Daemon, _ObservedRegistry, parse_settings
+from overlay.daemon.daemon import Daemon, _ObservedRegistry
+from overlay.daemon.flags import parse_settings
 from overlay.daemon.http import Metrics
 from overlay.errors import EtcdUnavailable, LeaseConflict
 from overlay.lease import Lease, LeaseAttrs
