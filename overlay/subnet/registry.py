@@ -13,6 +13,9 @@ Layout (Flannel-compatible)::
 Every grpc / client error is translated here into ``EtcdUnavailable`` (nothing answered;
 the message names the endpoints) or ``RegistryError`` (refused: auth, TLS, bad request).
 Calls are synchronous; the object is safe to share between threads.
+
+``Registry`` (below) is the interface the manager and the daemon type against; they
+import it for type checking only, so importing them does not load the etcd client.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -116,6 +119,32 @@ class LeaseListing:
     leases: list[Lease]
     rejected: list[Rejection]
     revision: int
+
+
+class Registry(Protocol):
+    """The storage the subnet manager and the daemon work against (``EtcdRegistry``
+    implements it; ``tests/fakes.FakeRegistry`` is the one fake).  Raw and
+    revision-aware: no policy.  Failures are ``RegistryError``s."""
+
+    subnets_prefix: str  # the key prefix of leases, to name rejected keys in full
+
+    def get_config(self) -> NetworkConfig: ...
+    def get_config_value(self) -> tuple[bytes | None, int]: ...
+    def watch_config(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[tuple[bytes | None, int]]: ...
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
+    def list_subnets(self, with_expiration: bool = True) -> LeaseListing: ...
+    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def renew_lease(self, lease: Lease) -> Lease: ...
+    def watch_leases(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None,
+                     on_progress: Callable[[int], None] | None = None,
+                     progress_interval: float = WATCH_PROGRESS_INTERVAL
+                     ) -> Iterator[WatchUpdate]: ...
+    def close(self) -> None: ...
 
 
 class EtcdRegistry:
