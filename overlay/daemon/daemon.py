@@ -22,11 +22,10 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
 from ipaddress import IPv4Interface, IPv4Network
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
-from overlay.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
+from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings
 from overlay.daemon.http import HealthServer, Metrics
 from overlay.daemon.watchhealth import WatchHealth
@@ -46,11 +45,15 @@ from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnet.manager import SubnetManager
 from overlay.subnetenv import SubnetEnv, load_subnet_env, write_subnet_env
 from overlay.util.backoff import Backoff
-from overlay.vxlan.backend import BackendSettings, Reconciler, VXLANBackend
-from overlay.vxlan.device import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
-from overlay.vxlan.vtep import load_or_create_vtep_mac
+from overlay.vxlan.backend import Reconciler, VXLANBackend
+from overlay.vxlan.device import LinkMonitor, VXLANDevice
+from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setup_data_plane_for
+
+if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of import)
+    from overlay.subnet.registry import LeaseListing, Registry, WatchUpdate
 
 log = logging.getLogger("overlay.daemon.daemon")
+T = TypeVar("T")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
 
@@ -61,32 +64,60 @@ BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
 _NOT_ETCD_FAILURES = (LeaseExists, LeaseConflict, LeaseNotFound, ConfigNotFound)
 
 
-class _ObservedRegistry:
-    """The registry, counting failed etcd requests (the watch's interruptions too)."""
+class ObservedRegistry:
+    """The registry, counting failed etcd requests (the watch's interruptions too), and
+    feeding the watch's health from its stream.  Implements ``Registry`` method by
+    method (no ``__getattr__``), so a method added to the Protocol must be added here."""
 
-    def __init__(self, inner: Any, metrics: Metrics, watch_health: WatchHealth | None = None):
+    def __init__(self, inner: Registry, metrics: Metrics, watch_health: WatchHealth | None = None):
         self._inner = inner
         self._metrics = metrics
         self._health = watch_health
+        self.subnets_prefix = inner.subnets_prefix
 
     def _count(self, e: BaseException) -> None:
         if isinstance(e, RegistryError) and not isinstance(e, _NOT_ETCD_FAILURES):
             self._metrics.etcd_errors.inc()
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
+    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except RegistryError as e:
+            self._count(e)
+            raise
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attr(*args, **kwargs)
-            except RegistryError as e:
-                self._count(e)
-                raise
-        return counted
+    def get_config(self) -> NetworkConfig:
+        return self._counted(self._inner.get_config)
 
-    def watch_leases(self, start_revision: int, stop: threading.Event) -> Any:
+    def get_config_value(self) -> tuple[bytes | None, int]:
+        return self._counted(self._inner.get_config_value)
+
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
+        return self._counted(self._inner.list_leases, with_expiration)
+
+    def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
+        return self._counted(self._inner.list_subnets, with_expiration)
+
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        return self._counted(self._inner.get_lease, subnet)
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        return self._counted(self._inner.create_lease, subnet, attrs, ttl)
+
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        return self._counted(self._inner.update_lease, old, attrs, ttl)
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        return self._counted(self._inner.renew_lease, lease)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def watch_leases(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None,
+                     on_progress: Callable[[int], None] | None = None,
+                     progress_interval: float | None = None) -> Iterator[WatchUpdate]:
+        # The daemon's own counting and health replace a caller's hooks (it has none).
         if self._health is None:
             return self._inner.watch_leases(start_revision, stop, on_error=self._count)
         # Ask for progress a few times per lag limit, so a live watch never looks stale.
@@ -95,7 +126,9 @@ class _ObservedRegistry:
                                         on_progress=self._health.heard,
                                         progress_interval=interval)
 
-    def watch_config(self, start_revision: int, stop: threading.Event) -> Any:
+    def watch_config(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[tuple[bytes | None, int]]:
         return self._inner.watch_config(start_revision, stop, on_error=self._count)
 
 
@@ -141,16 +174,47 @@ class RejectionLog:
                     r.reason, r.detail)
 
 
+# ---- collaborators ----------------------------------------------------------------
+
+ManagerFactory = Callable[..., SubnetManager]  # SubnetManager's signature
+MasqueradeFactory = Callable[[IPv4Network, IPv4Network, bool], Masquerade]
+
+
+def _open_etcd_registry(opts: EtcdOptions) -> Registry:
+    from overlay.subnet.registry import EtcdRegistry  # the etcd client: only when used
+    return EtcdRegistry(opts)
+
+
+def node_options(settings: Settings) -> NodeOptions:
+    return NodeOptions(settings.iface, settings.public_ip, settings.vxlan_device,
+                       settings.state_dir)
+
+
 # ---- the daemon ----------------------------------------------------------------------
 
 class Daemon:
     join_timeout = 3.0  # seconds for all threads to finish at shutdown
 
-    def __init__(self, settings: Settings, registry_factory: Callable[[EtcdOptions], Any] | None = None):
+    def __init__(self, settings: Settings, *,
+                 open_registry: Callable[[EtcdOptions], Registry] | None = None,
+                 setup_data_plane: Callable[[NetworkConfig], DataPlane] | None = None,
+                 make_manager: ManagerFactory | None = None,
+                 make_masquerade: MasqueradeFactory = Masquerade,
+                 watch_health: WatchHealth | None = None):
+        """The collaborators default to the real ones (etcd, the kernel's VXLAN device,
+        the subnet manager, nftables); tests pass fakes here."""
         self.s = settings
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self._registry_factory = registry_factory
+        self._open_registry = open_registry or _open_etcd_registry
+        self._setup_data_plane = setup_data_plane or (
+            lambda config: setup_data_plane_for(config, node_options(settings)))
+        self._make_manager = make_manager or SubnetManager
+        self._make_masquerade = make_masquerade
+        self.registry: ObservedRegistry | None = None
+        self.config: NetworkConfig | None = None
+        self.plane: DataPlane | None = None
+        self.mtu = 0
         self._threads: list[threading.Thread] = []
         self._env_written = False
         self._programmed = False
@@ -164,7 +228,7 @@ class Daemon:
         self._lease_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
         self._held: IPv4Network | None = None  # the subnet _hold last completed for
-        self.watch_health = WatchHealth(settings.watch_lag_limit)
+        self.watch_health = watch_health or WatchHealth(settings.watch_lag_limit)
         self.config_drift: str | None = None  # how etcd's config differs from ours, if it does
         self.rejections = RejectionLog(self.metrics)
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
@@ -195,34 +259,15 @@ class Daemon:
         if self.s.healthz_addr:
             self.http = HealthServer(self.s.healthz_addr, self.metrics, self.readiness)
             self.http.start()
-        registry = self._open_registry()
+        registry = self._open_registry(self.s.etcd)
         try:
             return self._run(registry)
         finally:
             self._shutdown(registry)
 
-    def _open_registry(self) -> Any:
-        if self._registry_factory is not None:
-            return self._registry_factory(self.s.etcd)
-        from overlay.subnet.registry import EtcdRegistry
-        return EtcdRegistry(self.s.etcd)
-
-    def _run(self, raw_registry: Any) -> int:
-        registry = _ObservedRegistry(raw_registry, self.metrics, self.watch_health)
-        config = self._retry("reading the network config", registry.get_config)
-        if config is None:
+    def _run(self, raw_registry: Registry) -> int:
+        if self.bring_up(raw_registry) is None:
             return 0
-        log.info("network config: %s", config.to_json())
-        attrs = self._setup_data_plane(config)
-        self.manager = SubnetManager(registry, config, attrs, ttl=self.s.lease_ttl,
-                                     renew_margin=self.s.renew_margin,
-                                     previous_subnet=self._previous_subnet(config))
-        self.metrics.track_lease_expiry(self._lease_expiry)
-        lease = self._retry("acquiring a subnet lease", self.manager.acquire)
-        if lease is None:
-            return 0
-        self.masq = Masquerade(config.network, lease.subnet, self.s.ip_masq)
-        self._hold(lease)
         self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
         while not self.stop.wait(3600):
@@ -231,38 +276,29 @@ class Daemon:
                  self.s.subnet_file)
         return 0
 
-    def _setup_data_plane(self, config: NetworkConfig) -> LeaseAttrs:
-        """Underlay, VTEP MAC, the device (created or kept) and the backend; what to
-        publish in the lease.  The device's entries are left alone until the first
-        listing of leases (reconcile, never flush)."""
-        vni = config.backend.vni
-        name = self.s.vxlan_device or f"overlay.{vni}"
-        nl = open_netlink()
-        try:
-            underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
-            links = nl.dump_links()
-            existing = next((l.mac for l in links if l.name == name), None)
-            clash = connected_overlap(config, links, nl.dump_addrs(), name)
-        finally:
-            nl.close()
-        if clash:  # before anything in the kernel changes
-            raise ConfigError(clash)
-        mtu = config.backend.mtu or underlay.mtu - VXLAN_OVERHEAD
-        mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
-        public_ip = self.s.public_ip or underlay.address.ip
-        log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
-                 "VTEP MAC %s", underlay.name, public_ip, underlay.mtu, name, vni,
-                 config.backend.port, mtu, mac)
-        self.device = VXLANDevice(VXLANSpec(name, vni, config.backend.port, public_ip,
-                                            underlay.index, mtu, mac))
-        self.device.ensure()
-        self.underlay_name = underlay.name
-        self.config, self.mtu = config, mtu
-        self.backend = VXLANBackend(self.device, BackendSettings(
-            vni, public_ip, IPv4Interface(f"{public_ip}/{underlay.address.network.prefixlen}"),
-            config.backend.direct_routing))
-        self.reconciler = Reconciler(self.backend, interval=self.s.reconcile_interval)
-        return LeaseAttrs(public_ip, "vxlan", vni, mac)
+    def bring_up(self, raw_registry: Registry) -> Lease | None:
+        """Everything before the threads: the network config, the data plane, a lease,
+        and the lease applied (device address, subnet.env, masquerade).  None if stopped
+        while etcd was being waited for."""
+        self.registry = registry = ObservedRegistry(raw_registry, self.metrics, self.watch_health)
+        config = self._retry("reading the network config", registry.get_config)
+        if config is None:
+            return None
+        log.info("network config: %s", config.to_json())
+        self.plane = plane = self._setup_data_plane(config)
+        self.config, self.mtu = config, plane.mtu
+        self.device, self.backend = plane.device, plane.backend
+        self.reconciler = Reconciler(plane.backend, interval=self.s.reconcile_interval)
+        self.manager = self._make_manager(registry, config, plane.attrs, ttl=self.s.lease_ttl,
+                                          renew_margin=self.s.renew_margin,
+                                          previous_subnet=self._previous_subnet(config))
+        self.metrics.track_lease_expiry(self._lease_expiry)
+        lease = self._retry("acquiring a subnet lease", self.manager.acquire)
+        if lease is None:
+            return None
+        self.masq = self._make_masquerade(config.network, lease.subnet, self.s.ip_masq)
+        self._hold(lease)
+        return lease
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         """Retry ``fn`` on etcd trouble with a capped backoff; None if stopped meanwhile."""
@@ -355,7 +391,7 @@ class Daemon:
 
     def _reconcile_locked(self, leases: list[Lease] | None) -> None:
         t0 = time.monotonic()
-        self._repair_device()
+        self.plane.repair_device()
         try:
             self._ensure_held()
         except OverlayError as e:  # the remotes are programmed regardless; retried soon
@@ -373,22 +409,6 @@ class Daemon:
         elif res.added or res.removed:
             log.info("reconcile repaired drift in %.3fs", dt)
 
-    def _repair_device(self) -> None:
-        """The device deleted or down (e.g. by hand, or its underlay replaced): recreate it."""
-        up, index = self.device.state()
-        if up and index == self.device.index:
-            return
-        log.info("VXLAN device %s is %s: repairing it and replaying every entry",
-                 self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
-        nl = open_netlink()
-        try:
-            underlay = find_underlay(nl, self.underlay_name, self.device.spec.local)
-        finally:
-            nl.close()
-        if underlay.index != self.device.spec.underlay_index:
-            self.device.spec = replace(self.device.spec, underlay_index=underlay.index)
-        self.device.ensure()  # its address: _ensure_held, next
-
     def _update_gauges(self) -> None:
         self.metrics.leases_known.set(len(self.backend.leases))
         self.metrics.entries_programmed.set(self.backend.entry_count())
@@ -403,7 +423,7 @@ class Daemon:
         self._spawn("keepalive", lambda: self.manager.run_keepalive(
             self.manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)
-        monitor_names = lambda: {self.device.spec.name, self.underlay_name}  # noqa: E731
+        monitor_names = lambda: {self.device.spec.name, self.plane.underlay_name}  # noqa: E731
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
 
@@ -420,7 +440,7 @@ class Daemon:
         """Compare every value of the config key with the config we started with; the
         running node never applies a new one (half the nodes on a new VNI, subnet length
         or network cut the cluster in two): an operator restarts every node."""
-        registry = self.manager.registry
+        registry = self.registry
         got = self._retry("reading the network config (to watch it)", registry.get_config_value)
         if got is None:
             return
@@ -493,7 +513,7 @@ class Daemon:
         t.start()
         log.info("serving the CNI plugin warm on %s", self.s.cni_socket)
 
-    def _shutdown(self, registry: Any) -> None:
+    def _shutdown(self, registry: Registry) -> None:
         self.stop.set()
         if self.reconciler is not None:
             self.reconciler.kick()  # wake the reconcile loop so it sees stop
@@ -516,32 +536,6 @@ class Daemon:
             log.warning("threads still running at exit: %s", ", ".join(busy))
         elif self.device is not None:
             self.device.close()
-
-
-def connected_overlap(config: NetworkConfig, links: Sequence[Any],
-                      addrs: Sequence[tuple[int, IPv4Interface]], device: str) -> str | None:
-    """Why ``config.network`` cannot be this node's pod network, or None: it overlaps a
-    network the node is connected to (pod CIDRs must not overlap node CIDRs, or the
-    node's own traffic would be routed into VXLAN).  Our own addresses are exempt: the
-    VXLAN device's (``device``, or any VXLAN link's inside the network) and a pod bridge's
-    gateway (the ``.1`` of a subnet inside the network, whatever its length: the bridge
-    of an earlier run survives a change of SubnetLen, which needs exactly this restart)."""
-    kinds = {l.index: (l.name, l.kind) for l in links}
-    net = config.network
-    for index, iface in addrs:
-        name, kind = kinds.get(index, (f"#{index}", None))
-        connected = iface.network
-        if connected.is_loopback or not connected.overlaps(net):
-            continue
-        if name == device or (kind == "vxlan" and connected.subnet_of(net)):
-            continue
-        if (kind == "bridge" and connected.subnet_of(net) and connected != net
-                and iface.ip == connected.network_address + 1):
-            continue
-        return (f"Network {net} overlaps {connected}, a network this node is connected to "
-                f"({iface} on {name}); pod networks must not overlap node networks: choose "
-                f"another Network (overlayctl config set)")
-    return None
 
 
 def config_drift(running: NetworkConfig, value: bytes | None) -> str | None:
