@@ -139,6 +139,16 @@ class FakeRegistry:
             self.leases[lease.subnet] = new
             return new
 
+    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool:
+        self._check()
+        with self.lock:
+            cur = self.leases.get(subnet)
+            if cur is None or (expect_revision is not None
+                               and cur.mod_revision != expect_revision):
+                return False
+            self.delete(subnet)
+            return True
+
     def watch_leases(self, start_revision: int, stop: threading.Event,
                      on_error: Callable[[RegistryError], None] | None = None,
                      on_progress: Callable[[int], None] | None = None,

@@ -10,7 +10,13 @@ import pytest
 from overlay.cni.ipam import DiskStore, Store
 from overlay.daemon.daemon import ObservedRegistry
 from overlay.subnet.registry import EtcdRegistry, Registry
+from overlay.subnet.reservations import ReservationStore
 from tests.fakes import FakeRegistry, FakeStore
+
+
+def _etcd_registry():
+    from overlay.subnet.etcdconf import make_etcd_options
+    return EtcdRegistry(make_etcd_options("http://127.0.0.1:1", "/overlay/network"))
 
 
 def protocol_members(proto: type) -> dict[str, inspect.Signature | None]:
@@ -50,10 +56,13 @@ def test_registry_implementations_have_every_protocol_member(make):
     assert missing(Registry, make()) == []
 
 
+@pytest.mark.parametrize("make", [FakeRegistry, _etcd_registry], ids=["fake", "etcd"])
+def test_registries_serve_reservations(make):
+    assert missing(ReservationStore, make()) == []
+
+
 def test_etcd_registry_has_every_protocol_member():
-    from overlay.subnet.etcdconf import make_etcd_options
-    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1", "/overlay/network"))
-    assert missing(Registry, reg) == []  # no connection is made before a request
+    assert missing(Registry, _etcd_registry()) == []  # no connection is made before a request
 
 
 @pytest.mark.parametrize("impl", [FakeStore(), DiskStore("/nonexistent", "net")],
