@@ -11,8 +11,9 @@ import pytest
 from overlay.daemon.daemon import Daemon, ObservedRegistry
 from overlay.daemon.flags import parse_settings
 from overlay.daemon.http import Metrics
-from overlay.errors import EtcdUnavailable, LeaseConflict
+from overlay.errors import ConfigError, EtcdUnavailable, LeaseConflict
 from overlay.lease import Lease, LeaseAttrs
+from overlay.vxlan.device import UnderlayError
 from overlay.vxlan.setup import DataPlane
 from tests.fakes import FakeRegistry
 
@@ -393,8 +394,8 @@ def test_network_overlapping_a_connected_network_is_refused():
     from ipaddress import IPv4Interface as I
 
     from overlay.config import parse_network_config
-    from overlay.vxlan.setup import connected_overlap
     from overlay.netlink.rawnl import LinkRecord
+    from overlay.vxlan.setup import connected_overlap
     cfg = parse_network_config({"Network": "10.244.0.0/16"})
     links = [LinkRecord(1, "lo", 0, 65536, None, None, {}),
              LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
@@ -410,3 +411,64 @@ def test_network_overlapping_a_connected_network_is_refused():
         why = connected_overlap(cfg, links, [*ours, clash], "overlay.1")
         assert why is not None and "10.244.0.0/16" in why and str(clash[1].network) in why
         assert "\n" not in why
+
+
+# ---- the underlay's complaints, in overlayd's flags -----------------------------------
+
+@pytest.mark.parametrize("err, message", [
+    (UnderlayError(UnderlayError.NO_MATCH, "no interface matches; have eth0, lo", "iface",
+                   "'nosuch0'"),
+     "--iface 'nosuch0': no interface matches; have eth0, lo"),
+    (UnderlayError(UnderlayError.NO_SUCH_ADDRESS, "no interface in this network namespace "
+                   "has that address", "public_ip", "10.9.9.9"),
+     "--public-ip 10.9.9.9: no interface in this network namespace has that address; "
+     "pass --iface or fix the address"),
+    (UnderlayError(UnderlayError.NO_IPV4, "interface eth1 has no IPv4 address"),
+     "interface eth1 has no IPv4 address; give it one or pass --public-ip"),
+    (UnderlayError(UnderlayError.NO_DEFAULT_ROUTE,
+                   "no default route to pick the underlay interface from"),
+     "no default route to pick the underlay interface from; pass --iface or --public-ip"),
+])
+def test_underlay_errors_are_reported_with_the_flag(tmp_path, err, message):
+    assert "--" not in str(err)  # the edge speaks of interfaces, not of flags
+
+    def no_underlay(config):
+        raise err
+    d = Daemon(parse_settings(["--subnet-file", str(tmp_path / "subnet.env")], environ={}),
+               setup_data_plane=no_underlay)
+    with pytest.raises(ConfigError) as ei:
+        d.bring_up(FakeRegistry())
+    assert str(ei.value) == message and ei.value.__cause__ is err
+
+
+def test_find_underlay_errors_read_as_before_once_the_daemon_names_the_flag():
+    from ipaddress import IPv4Interface
+
+    from overlay.daemon.daemon import underlay_flag_message
+    from overlay.netlink.rawnl import LinkRecord
+    from overlay.vxlan.device import find_underlay
+
+    class NL:  # the three dumps find_underlay reads; no default route
+        def dump_links(self):
+            return [LinkRecord(1, "lo", 0, 65536, None, None, {}),
+                    LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
+                    LinkRecord(3, "eth1", 0, 1500, None, "veth", {})]
+
+        def dump_addrs(self):
+            return [(2, IPv4Interface("192.168.1.11/24"))]
+
+        def dump_routes(self):
+            return []
+    cases = [(("nosuch0", None), "--iface 'nosuch0': no interface matches; have eth0, eth1, lo"),
+             (("eth[", None), "--iface 'eth[': no such interface and not a valid regex ("),
+             ((None, IPv4Address("10.9.9.9")), "--public-ip 10.9.9.9: no interface in this "
+              "network namespace has that address; pass --iface or fix the address"),
+             (("eth1", None), "interface eth1 has no IPv4 address; give it one or pass "
+              "--public-ip"),
+             ((None, None), "no default route to pick the underlay interface from; pass "
+              "--iface or --public-ip")]
+    for (iface, public_ip), want in cases:
+        with pytest.raises(UnderlayError) as ei:
+            find_underlay(NL(), iface, public_ip)
+        assert "--" not in str(ei.value)
+        assert underlay_flag_message(ei.value).startswith(want)

@@ -46,7 +46,7 @@ from overlay.subnet.manager import SubnetManager
 from overlay.subnetenv import SubnetEnv, load_subnet_env, write_subnet_env
 from overlay.util.backoff import Backoff
 from overlay.vxlan.backend import Reconciler, VXLANBackend
-from overlay.vxlan.device import LinkMonitor, VXLANDevice
+from overlay.vxlan.device import LinkMonitor, UnderlayError, VXLANDevice
 from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setup_data_plane_for
 
 if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of import)
@@ -285,7 +285,10 @@ class Daemon:
         if config is None:
             return None
         log.info("network config: %s", config.to_json())
-        self.plane = plane = self._setup_data_plane(config)
+        try:
+            self.plane = plane = self._setup_data_plane(config)
+        except UnderlayError as e:
+            raise ConfigError(underlay_flag_message(e)) from e
         self.config, self.mtu = config, plane.mtu
         self.device, self.backend = plane.device, plane.backend
         self.reconciler = Reconciler(plane.backend, interval=self.s.reconcile_interval)
@@ -536,6 +539,20 @@ class Daemon:
             log.warning("threads still running at exit: %s", ", ".join(busy))
         elif self.device is not None:
             self.device.close()
+
+
+_UNDERLAY_FLAGS = {"iface": "--iface", "public_ip": "--public-ip"}
+_UNDERLAY_HINTS = {UnderlayError.NO_SUCH_ADDRESS: "pass --iface or fix the address",
+                   UnderlayError.NO_IPV4: "give it one or pass --public-ip",
+                   UnderlayError.NO_DEFAULT_ROUTE: "pass --iface or --public-ip"}
+
+
+def underlay_flag_message(e: UnderlayError) -> str:
+    """The underlay's complaint in overlayd's words: the flag at fault, and which to use."""
+    flag = _UNDERLAY_FLAGS.get(e.given or "")
+    head = f"{flag} {e.value}: {e.problem}" if flag else e.problem
+    hint = _UNDERLAY_HINTS.get(e.kind)
+    return f"{head}; {hint}" if hint else head
 
 
 def config_drift(running: NetworkConfig, value: bytes | None) -> str | None:
