@@ -201,15 +201,12 @@ def test_shutdown_leaves_the_device_socket_to_a_thread_still_using_it(tmp_path):
     d._threads.append(threading.Thread(target=release.wait, name="reconcile", daemon=True))
     d._threads[0].start()
 
-    class Registry:
-        def close(self):
-            pass
     d.join_timeout = 0.05
-    d._shutdown(Registry())
+    d._shutdown(FakeRegistry())
     assert closed == []
     release.set()
     d._threads[0].join(2)
-    d._shutdown(Registry())
+    d._shutdown(FakeRegistry())
     assert closed == [True]
 
 
@@ -315,6 +312,25 @@ def test_observer_feeds_the_watch_health_from_the_stream():
     health.started()
     assert list(reg.watch_leases(7, threading.Event())) == []
     assert calls == [2.0] and health.revision == 99 and 0 <= health.lag() < 1
+
+
+def test_observer_passes_the_callers_watch_hooks_on_and_still_counts():
+    from overlay.daemon.watchhealth import WatchHealth
+    errors, revisions = [], []
+
+    class WatchingRegistry(FakeRegistry):
+        def watch_leases(self, start_revision, stop, on_error=None, on_progress=None,
+                         progress_interval=None):
+            on_error(EtcdUnavailable("watch broke"))
+            on_progress(12)
+            return iter(())
+    metrics, health = Metrics(), WatchHealth(8.0)
+    reg = ObservedRegistry(WatchingRegistry(), metrics, health)
+    health.started()
+    list(reg.watch_leases(1, threading.Event(), on_error=errors.append,
+                          on_progress=revisions.append))
+    assert len(errors) == 1 and revisions == [12] and health.revision == 12
+    assert value(metrics, "overlay_etcd_errors_total") == 1
 
 
 def test_lag_metric_before_the_watch_starts():

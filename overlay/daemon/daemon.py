@@ -10,6 +10,10 @@ validation)::
 
 SIGTERM/SIGINT stop the threads and leave everything in place (device, entries,
 lease, subnet.env), so a restart does not disturb pods.
+
+This module is wiring: the flags are ``overlay.daemon.flags``, the VXLAN set-up is
+``overlay.vxlan.setup``, and ``Daemon`` takes its collaborators (registry opener,
+data-plane set-up, manager and masquerade factories) as arguments, real ones by default.
 """
 
 from __future__ import annotations
@@ -117,19 +121,36 @@ class ObservedRegistry:
                      on_error: Callable[[RegistryError], None] | None = None,
                      on_progress: Callable[[int], None] | None = None,
                      progress_interval: float | None = None) -> Iterator[WatchUpdate]:
-        # The daemon's own counting and health replace a caller's hooks (it has none).
-        if self._health is None:
-            return self._inner.watch_leases(start_revision, stop, on_error=self._count)
-        # Ask for progress a few times per lag limit, so a live watch never looks stale.
-        interval = min(5.0, max(0.05, self._health.max_lag / 4))
-        return self._inner.watch_leases(start_revision, stop, on_error=self._count,
-                                        on_progress=self._health.heard,
-                                        progress_interval=interval)
+        hooks = [h for h in (on_progress, self._health and self._health.heard) if h]
+        if self._health is not None and progress_interval is None:
+            # Ask for progress a few times per lag limit, so a live watch never looks stale.
+            progress_interval = min(5.0, max(0.05, self._health.max_lag / 4))
+        kw: dict[str, Any] = {"on_error": self._counting(on_error)}
+
+        def progressed(revision: int) -> None:
+            for hook in hooks:
+                hook(revision)
+        if hooks:
+            kw["on_progress"] = progressed
+        if progress_interval is not None:
+            kw["progress_interval"] = progress_interval
+        return self._inner.watch_leases(start_revision, stop, **kw)
 
     def watch_config(self, start_revision: int, stop: threading.Event,
                      on_error: Callable[[RegistryError], None] | None = None
                      ) -> Iterator[tuple[bytes | None, int]]:
-        return self._inner.watch_config(start_revision, stop, on_error=self._count)
+        return self._inner.watch_config(start_revision, stop, on_error=self._counting(on_error))
+
+    def _counting(self, on_error: Callable[[RegistryError], None] | None
+                  ) -> Callable[[RegistryError], None]:
+        """The watch's interruptions counted, then passed on to the caller's hook."""
+        if on_error is None:
+            return self._count
+
+        def both(e: RegistryError) -> None:
+            self._count(e)
+            on_error(e)
+        return both
 
 
 # ---- rejected keys ---------------------------------------------------------------------
