@@ -66,7 +66,8 @@ class Masquerade:
             return proc.run([NFT, *args], input=stdin, timeout=10)
         except ProgramError as e:
             if e.reason == proc.MISSING:
-                raise ConfigError("--ip-masq needs the nft program (Debian package nftables)") from e
+                raise ConfigError("--ip-masq needs the nft program "
+                                  "(Debian package nftables)") from e
             if e.reason == proc.TIMEOUT:
                 raise OverlayError("nft did not answer within 10 s") from e
             raise
