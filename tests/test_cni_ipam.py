@@ -10,6 +10,7 @@ import pytest
 
 from overlay.cni import ipam
 from overlay.errors import IPAMError
+from tests.fakes import FakeStore
 
 SUBNET = IPv4Network("10.30.1.0/29")  # .1 gateway, .2-.6 usable, .7 broadcast
 GW = IPv4Address("10.30.1.1")
@@ -19,7 +20,7 @@ GW = IPv4Address("10.30.1.1")
 def store(request, tmp_path):
     if request.param == "disk":
         return ipam.DiskStore(str(tmp_path), "ovcni-net")
-    return ipam.FakeStore()
+    return FakeStore()
 
 
 def alloc(store):

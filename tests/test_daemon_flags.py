@@ -9,7 +9,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from overlay.daemon.daemon import parse_settings
+from overlay.daemon.flags import parse_settings
 from overlay.errors import ConfigError
 
 OVERLAYD = os.path.join(os.path.dirname(sys.executable), "overlayd")

@@ -8,24 +8,14 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from overlay.daemon.daemon import Daemon, _ObservedRegistry, parse_settings
+from overlay.daemon.daemon import Daemon, ObservedRegistry
+from overlay.daemon.flags import parse_settings
 from overlay.daemon.http import Metrics
-from overlay.errors import EtcdUnavailable, LeaseConflict
+from overlay.errors import ConfigError, EtcdUnavailable, LeaseConflict
 from overlay.lease import Lease, LeaseAttrs
-
-
-class FakeRegistry:
-    def __init__(self):
-        self.fail = False
-        self.leases = [Lease(IPv4Network("10.244.2.0/24"), LeaseAttrs(IPv4Address("192.168.1.12")))]
-
-    def list_leases(self, with_expiration=True):
-        if self.fail:
-            raise EtcdUnavailable("etcd at http://x:2379 is unreachable")
-        return list(self.leases), 42
-
-    def renew_lease(self, lease):
-        raise EtcdUnavailable("down")
+from overlay.vxlan.device import UnderlayError
+from overlay.vxlan.setup import DataPlane
+from tests.fakes import FakeRegistry
 
 
 def value(metrics: Metrics, name: str) -> float:
@@ -35,32 +25,31 @@ def value(metrics: Metrics, name: str) -> float:
 def test_observer_counts_etcd_failures_but_not_lost_races():
     metrics = Metrics()
     inner = FakeRegistry()
-    reg = _ObservedRegistry(inner, metrics)
-    assert reg.list_leases()[1] == 42
+    inner.put(IPv4Network("10.244.2.0/24"), LeaseAttrs(IPv4Address("192.168.1.12")))
+    reg = ObservedRegistry(inner, metrics)
+    assert reg.list_leases()[1] == inner.rev and reg.subnets_prefix == inner.subnets_prefix
+    inner.fail = EtcdUnavailable("etcd at http://x:2379 is unreachable")
     with pytest.raises(EtcdUnavailable):
-        reg.renew_lease(None)
-    inner.fail = True
+        reg.renew_lease(lease_of(2))
     with pytest.raises(EtcdUnavailable):
-        reg.list_leases()
+        reg.list_subnets()
     assert value(metrics, "overlay_etcd_errors_total") == 2
-
-    def lost_race(lease):
-        raise LeaseConflict("lease of 10.244.2.0/24 changed")
-    inner.renew_lease = lost_race
-    with pytest.raises(LeaseConflict):
-        reg.renew_lease(None)
+    inner.fail = None
+    with pytest.raises(LeaseConflict):  # a lost race: etcd answered
+        reg.renew_lease(lease_of(2))
     assert value(metrics, "overlay_etcd_errors_total") == 2
 
 
 def test_observer_counts_watch_interruptions():
     metrics, seen = Metrics(), []
 
-    class WatchingRegistry:
-        def watch_leases(self, start_revision, stop, on_error=None):
+    class WatchingRegistry(FakeRegistry):
+        def watch_leases(self, start_revision, stop, on_error=None, on_progress=None,
+                         progress_interval=None):
             seen.append(start_revision)
             on_error(EtcdUnavailable("watch broke"))
             return iter(())
-    reg = _ObservedRegistry(WatchingRegistry(), metrics)
+    reg = ObservedRegistry(WatchingRegistry(), metrics)
     assert list(reg.watch_leases(7, threading.Event())) == [] and seen == [7]
     assert value(metrics, "overlay_etcd_errors_total") == 1
 
@@ -119,17 +108,28 @@ class FakeMasq:
 
 
 class FakeManager:
-    def __init__(self, lease):
+    """The manager as the daemon sees it: it holds ``current`` (a test moves it)."""
+
+    def __init__(self, lease, registry):
         self.current = lease
+        self.registry = registry
+
+    def acquire(self):
+        return self.current
 
 
-def wired_daemon(tmp_path, subnet_file):
-    from overlay.config import parse_network_config
-    from overlay.vxlan.backend import Reconciler
-    d = Daemon(parse_settings(["--subnet-file", str(subnet_file)], environ={}))
-    d.device, d.backend, d.masq = FakeDevice(), FakeBackend(), FakeMasq()
-    d.reconciler = Reconciler(d.backend)
-    d.config, d.mtu = parse_network_config({"Network": "10.244.0.0/16"}), 1450
+def wired_daemon(tmp_path, subnet_file, lease=None, watch_health=None):
+    """A daemon brought up through its constructor's collaborators: a fake registry,
+    data plane, manager and masquerade; holding ``lease`` (10.244.3.0/24 by default)."""
+    lease = lease or lease_of(3)
+    plane = DataPlane(FakeDevice(), FakeBackend(), "eth0", 1450,
+                      LeaseAttrs(IPv4Address("192.168.1.11")))
+    d = Daemon(parse_settings(["--subnet-file", str(subnet_file)], environ={}),
+               setup_data_plane=lambda config: plane,
+               make_manager=lambda registry, *a, **kw: FakeManager(lease, registry),
+               make_masquerade=lambda network, subnet, enabled: FakeMasq(),
+               watch_health=watch_health)
+    assert d.bring_up(FakeRegistry()) == lease
     return d
 
 
@@ -143,9 +143,7 @@ def test_failed_hold_after_reacquisition_is_retried_by_the_reconcile(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     good = tmp_path / "subnet.env"
-    d = wired_daemon(tmp_path, good)
-    d.manager = FakeManager(lease_of(1))
-    d._hold(lease_of(1))
+    d = wired_daemon(tmp_path, good, lease_of(1))
     assert "10.244.1.1/24" in good.read_text()
     # Re-acquired a different subnet, but subnet.env cannot be written right now.
     d.s = replace(d.s, subnet_file=str(blocker / "subnet.env"))
@@ -162,8 +160,6 @@ def test_failed_hold_after_reacquisition_is_retried_by_the_reconcile(tmp_path):
 
 def test_reconcile_puts_back_a_device_address_removed_by_hand(tmp_path):
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
-    d.manager = FakeManager(lease_of(3))
-    d._hold(lease_of(3))
     d.device.addrs = []  # `ip addr flush` by an operator
     d._reconcile()
     assert [str(a) for a in d.device.addrs] == ["10.244.3.0/32"]
@@ -172,8 +168,6 @@ def test_reconcile_puts_back_a_device_address_removed_by_hand(tmp_path):
 def test_ready_gauge_follows_readiness_without_a_readyz_request(tmp_path):
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
     assert value(d.metrics, "overlay_ready") == 0
-    d.manager = FakeManager(lease_of(3))
-    d._hold(lease_of(3))
     d.watch_health.started()  # as the watch thread does before its first listing
     d.watch_health.heard(42)
     d._reconcile()  # the first reconcile programs the device
@@ -207,15 +201,12 @@ def test_shutdown_leaves_the_device_socket_to_a_thread_still_using_it(tmp_path):
     d._threads.append(threading.Thread(target=release.wait, name="reconcile", daemon=True))
     d._threads[0].start()
 
-    class Registry:
-        def close(self):
-            pass
     d.join_timeout = 0.05
-    d._shutdown(Registry())
+    d._shutdown(FakeRegistry())
     assert closed == []
     release.set()
     d._threads[0].join(2)
-    d._shutdown(Registry())
+    d._shutdown(FakeRegistry())
     assert closed == [True]
 
 
@@ -237,8 +228,6 @@ def test_backoff_doubles_up_to_its_cap_and_resets():
 def test_route_conflicts_gauge_counts_the_backends_conflicts(tmp_path):
     from overlay.vxlan.entries import OtherRoute
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
-    d.manager = FakeManager(lease_of(3))
-    d._hold(lease_of(3))
     s = IPv4Network("192.168.1.0/24")
     d.backend.conflicts = {s: OtherRoute(s, "kernel", "eth0")}
     d._reconcile()
@@ -260,11 +249,8 @@ class Clock:
 
 def ready_daemon(tmp_path, clock, max_lag=2.0):
     from overlay.daemon.watchhealth import WatchHealth
-    d = wired_daemon(tmp_path, tmp_path / "subnet.env")
-    d.watch_health = WatchHealth(max_lag, clock=clock)
-    d.metrics.track_watch(d.watch_health.lag, lambda: d.config_drift is not None)
-    d.manager = FakeManager(lease_of(3))
-    d._hold(lease_of(3))
+    d = wired_daemon(tmp_path, tmp_path / "subnet.env",
+                     watch_health=WatchHealth(max_lag, clock=clock))
     d.watch_health.started()
     d._reconcile()
     return d
@@ -293,8 +279,6 @@ def test_readiness_fails_while_the_watch_is_down_or_silent(tmp_path):
 
 def test_a_crashing_watch_thread_makes_readiness_fail(tmp_path):
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
-    d.manager = FakeManager(lease_of(3))
-    d._hold(lease_of(3))
 
     def crash(*args):
         d.watch_health.heard(7)
@@ -318,16 +302,35 @@ def test_observer_feeds_the_watch_health_from_the_stream():
     from overlay.daemon.watchhealth import WatchHealth
     health, calls = WatchHealth(8.0), []
 
-    class WatchingRegistry:
+    class WatchingRegistry(FakeRegistry):
         def watch_leases(self, start_revision, stop, on_error=None, on_progress=None,
                          progress_interval=None):
             calls.append(progress_interval)
             on_progress(99)
             return iter(())
-    reg = _ObservedRegistry(WatchingRegistry(), Metrics(), health)
+    reg = ObservedRegistry(WatchingRegistry(), Metrics(), health)
     health.started()
     assert list(reg.watch_leases(7, threading.Event())) == []
     assert calls == [2.0] and health.revision == 99 and 0 <= health.lag() < 1
+
+
+def test_observer_passes_the_callers_watch_hooks_on_and_still_counts():
+    from overlay.daemon.watchhealth import WatchHealth
+    errors, revisions = [], []
+
+    class WatchingRegistry(FakeRegistry):
+        def watch_leases(self, start_revision, stop, on_error=None, on_progress=None,
+                         progress_interval=None):
+            on_error(EtcdUnavailable("watch broke"))
+            on_progress(12)
+            return iter(())
+    metrics, health = Metrics(), WatchHealth(8.0)
+    reg = ObservedRegistry(WatchingRegistry(), metrics, health)
+    health.started()
+    list(reg.watch_leases(1, threading.Event(), on_error=errors.append,
+                          on_progress=revisions.append))
+    assert len(errors) == 1 and revisions == [12] and health.revision == 12
+    assert value(metrics, "overlay_etcd_errors_total") == 1
 
 
 def test_lag_metric_before_the_watch_starts():
@@ -378,21 +381,27 @@ def test_config_change_is_logged_once_exposed_and_never_applied(tmp_path, caplog
 
 def test_config_watch_thread_follows_the_key(tmp_path):
     d = wired_daemon(tmp_path, tmp_path / "subnet.env")
-    seen = []
+    fake = d.registry._inner
+    fake.config_events.put((b'{"Network": "10.245.0.0/16"}', 6))
+    t = threading.Thread(target=d._watch_config, daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: d.config_drift is not None)
+        assert "10.245.0.0/16" in d.config_drift
+        fake.config_events.put((RUNNING, 7))
+        wait_until(lambda: d.config_drift is None)
+    finally:
+        d.stop.set()
+        t.join(3)
+    assert not t.is_alive()
 
-    class ConfigRegistry:
-        def get_config_value(self):
-            return RUNNING, 5
 
-        def watch_config(self, start_revision, stop):
-            seen.append(start_revision)
-            yield b'{"Network": "10.245.0.0/16"}', 6
-            assert d.config_drift is not None and "10.245.0.0/16" in d.config_drift
-            yield RUNNING, 7
-    d.manager = FakeManager(lease_of(3))
-    d.manager.registry = ConfigRegistry()
-    d._watch_config()
-    assert seen == [6] and d.config_drift is None
+def wait_until(cond, timeout=3.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 # ---- a Network overlapping a network the node is connected to --------------------------
@@ -401,8 +410,8 @@ def test_network_overlapping_a_connected_network_is_refused():
     from ipaddress import IPv4Interface as I
 
     from overlay.config import parse_network_config
-    from overlay.daemon.daemon import connected_overlap
     from overlay.netlink.rawnl import LinkRecord
+    from overlay.vxlan.setup import connected_overlap
     cfg = parse_network_config({"Network": "10.244.0.0/16"})
     links = [LinkRecord(1, "lo", 0, 65536, None, None, {}),
              LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
@@ -418,3 +427,64 @@ def test_network_overlapping_a_connected_network_is_refused():
         why = connected_overlap(cfg, links, [*ours, clash], "overlay.1")
         assert why is not None and "10.244.0.0/16" in why and str(clash[1].network) in why
         assert "\n" not in why
+
+
+# ---- the underlay's complaints, in overlayd's flags -----------------------------------
+
+@pytest.mark.parametrize("err, message", [
+    (UnderlayError(UnderlayError.NO_MATCH, "no interface matches; have eth0, lo", "iface",
+                   "'nosuch0'"),
+     "--iface 'nosuch0': no interface matches; have eth0, lo"),
+    (UnderlayError(UnderlayError.NO_SUCH_ADDRESS, "no interface in this network namespace "
+                   "has that address", "public_ip", "10.9.9.9"),
+     "--public-ip 10.9.9.9: no interface in this network namespace has that address; "
+     "pass --iface or fix the address"),
+    (UnderlayError(UnderlayError.NO_IPV4, "interface eth1 has no IPv4 address"),
+     "interface eth1 has no IPv4 address; give it one or pass --public-ip"),
+    (UnderlayError(UnderlayError.NO_DEFAULT_ROUTE,
+                   "no default route to pick the underlay interface from"),
+     "no default route to pick the underlay interface from; pass --iface or --public-ip"),
+])
+def test_underlay_errors_are_reported_with_the_flag(tmp_path, err, message):
+    assert "--" not in str(err)  # the edge speaks of interfaces, not of flags
+
+    def no_underlay(config):
+        raise err
+    d = Daemon(parse_settings(["--subnet-file", str(tmp_path / "subnet.env")], environ={}),
+               setup_data_plane=no_underlay)
+    with pytest.raises(ConfigError) as ei:
+        d.bring_up(FakeRegistry())
+    assert str(ei.value) == message and ei.value.__cause__ is err
+
+
+def test_find_underlay_errors_read_as_before_once_the_daemon_names_the_flag():
+    from ipaddress import IPv4Interface
+
+    from overlay.daemon.daemon import underlay_flag_message
+    from overlay.netlink.rawnl import LinkRecord
+    from overlay.vxlan.device import find_underlay
+
+    class NL:  # the three dumps find_underlay reads; no default route
+        def dump_links(self):
+            return [LinkRecord(1, "lo", 0, 65536, None, None, {}),
+                    LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
+                    LinkRecord(3, "eth1", 0, 1500, None, "veth", {})]
+
+        def dump_addrs(self):
+            return [(2, IPv4Interface("192.168.1.11/24"))]
+
+        def dump_routes(self):
+            return []
+    cases = [(("nosuch0", None), "--iface 'nosuch0': no interface matches; have eth0, eth1, lo"),
+             (("eth[", None), "--iface 'eth[': no such interface and not a valid regex ("),
+             ((None, IPv4Address("10.9.9.9")), "--public-ip 10.9.9.9: no interface in this "
+              "network namespace has that address; pass --iface or fix the address"),
+             (("eth1", None), "interface eth1 has no IPv4 address; give it one or pass "
+              "--public-ip"),
+             ((None, None), "no default route to pick the underlay interface from; pass "
+              "--iface or --public-ip")]
+    for (iface, public_ip), want in cases:
+        with pytest.raises(UnderlayError) as ei:
+            find_underlay(NL(), iface, public_ip)
+        assert "--" not in str(ei.value)
+        assert underlay_flag_message(ei.value).startswith(want)

@@ -5,16 +5,17 @@ import queue
 import random
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from overlay.config import parse_network_config
-from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, RegistryError
+from overlay.errors import NoFreeSubnet, RegistryError
 from overlay.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from overlay.subnet.manager import SubnetManager
 from overlay.subnet.registry import WatchUpdate
+from tests.fakes import FakeRegistry
 
 CFG = parse_network_config({"Network": "10.244.0.0/16"})
 SMALL = parse_network_config({"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",
@@ -27,85 +28,6 @@ def net(i):
 
 def node(i, mac=None):
     return LeaseAttrs(IPv4Address(f"192.168.1.{i}"), vtep_mac=mac or f"0e:00:00:00:00:{i:02x}")
-
-
-class FakeRegistry:
-    """In-memory registry with etcd's semantics (create-if-absent, revision-checked update).
-
-    ``before_write`` runs before every create/update and may change the store, which is
-    how a test makes the manager lose a race to another node.
-    """
-
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.leases: dict[IPv4Network, Lease] = {}
-        self.rev = 1
-        self.next_id = 100
-        self.before_write = None
-        self.creates = 0
-        self.events: "queue.Queue[WatchUpdate]" = queue.Queue()
-
-    def _expires(self, ttl):
-        return datetime.now(timezone.utc) + timedelta(seconds=ttl) if ttl else None
-
-    def put(self, subnet, attrs, ttl=None):
-        with self.lock:
-            self.rev += 1
-            lease_id = 0
-            if ttl:
-                self.next_id += 1
-                lease_id = self.next_id
-            lease = Lease(subnet, attrs, self._expires(ttl), lease_id, self.rev, ttl)
-            self.leases[subnet] = lease
-            return lease
-
-    def list_leases(self, with_expiration=True):
-        with self.lock:
-            return list(self.leases.values()), self.rev
-
-    def get_lease(self, subnet):
-        with self.lock:
-            return self.leases.get(subnet)
-
-    def create_lease(self, subnet, attrs, ttl):
-        if self.before_write:
-            self.before_write(subnet)
-        with self.lock:
-            self.creates += 1
-            if subnet in self.leases:
-                raise LeaseExists(f"subnet {subnet} is already taken")
-            return self.put(subnet, attrs, ttl)
-
-    def update_lease(self, old, attrs, ttl):
-        if self.before_write:
-            self.before_write(old.subnet)
-        with self.lock:
-            cur = self.leases.get(old.subnet)
-            if cur is None or cur.mod_revision != old.mod_revision:
-                raise LeaseConflict(f"lease of {old.subnet} changed")
-            return self.put(old.subnet, attrs, ttl)
-
-    def renew_lease(self, lease):
-        with self.lock:
-            cur = self.leases.get(lease.subnet)
-            if cur is None or cur.etcd_lease_id != lease.etcd_lease_id:
-                raise LeaseConflict(f"lease of {lease.subnet} was deleted")
-            new = Lease(cur.subnet, cur.attrs, self._expires(cur.ttl), cur.etcd_lease_id,
-                        cur.mod_revision, cur.ttl)
-            self.leases[lease.subnet] = new
-            return new
-
-    def delete(self, subnet):
-        with self.lock:
-            self.rev += 1
-            return self.leases.pop(subnet)
-
-    def watch_leases(self, start_revision, stop):
-        while not stop.is_set():
-            try:
-                yield self.events.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
 
 def manager(reg, i=11, cfg=CFG, **kw):
@@ -406,7 +328,7 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     m._set_current(ours)  # at once, with no further watch event (none may come)
     assert [l.subnet for l in batches.get(timeout=2).added] == [old.subnet]
     now, gone, _ = rejected.get(timeout=2)
-    assert now == [] and gone == [f"{old.subnet.network_address}-24"]
+    assert now == [] and gone == [reg.subnets_prefix + f"{old.subnet.network_address}-24"]
     stop.set()
     t.join(2)
 
@@ -522,39 +444,15 @@ def test_a_lease_with_our_vtep_mac_is_never_a_remote():
     t.join(2)
 
 
-class ListingRegistry(FakeRegistry):
-    """A FakeRegistry whose listing also carries rejected keys (like EtcdRegistry)."""
-
-    subnets_prefix = "/overlay/network/subnets/"
-
-    def __init__(self):
-        super().__init__()
-        self.garbage: dict[IPv4Network, bytes] = {}
-
-    def list_subnets(self, with_expiration=True):
-        from overlay.lease import Rejection
-        from overlay.subnet.registry import LeaseListing
-        with self.lock:
-            rej = [Rejection(self.subnets_prefix + f"{s.network_address}-{s.prefixlen}",
-                             "bad-value", "x", self.rev, s) for s in self.garbage]
-            return LeaseListing(list(self.leases.values()), rej, self.rev)
-
-    def create_lease(self, subnet, attrs, ttl):
-        if subnet in self.garbage:
-            self.creates += 1
-            raise LeaseExists(f"subnet {subnet} is already taken")
-        return super().create_lease(subnet, attrs, ttl)
-
-
 def test_a_key_holding_garbage_is_not_free_even_as_our_previous_subnet():
-    reg = ListingRegistry()
+    reg = FakeRegistry()
     reg.garbage[net(3)] = b"[[["
     lease = manager(reg, previous_subnet=net(3)).acquire()
     assert lease.subnet != net(3) and reg.creates == 1
 
 
 def test_the_watch_reports_garbage_and_its_removal():
-    reg = ListingRegistry()
+    reg = FakeRegistry()
     reg.garbage[net(3)] = b"{"
     m = manager(reg)
     m.acquire()

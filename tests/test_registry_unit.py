@@ -31,8 +31,8 @@ def registry_with_stream(monkeypatch, responses, username="overlay"):
     client = SimpleNamespace(channel=None, call_credentials=None, metadata=(("token", "old"),),
                              endpoint_in_use=None, endpoints={})
     resets = []
-    monkeypatch.setattr(reg, "client", lambda: client)
-    monkeypatch.setattr(reg, "_reset_client", resets.append)
+    monkeypatch.setattr(reg.etcd, "client", lambda: client)
+    monkeypatch.setattr(reg.etcd, "reset_client", resets.append)
 
     class Call:
         def __iter__(self):
@@ -87,7 +87,7 @@ class FakeClient(SimpleNamespace):
 def registry_with_client(monkeypatch, **methods):
     reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
     client = FakeClient(endpoint_in_use=None, endpoints={}, **methods)
-    monkeypatch.setattr(reg, "client", lambda: client)
+    monkeypatch.setattr(reg.etcd, "client", lambda: client)
     return reg
 
 

@@ -13,11 +13,10 @@ from typing import Any
 import click
 
 from overlay.cli import CLIContext, cli, print_json, print_table
-from overlay.errors import ConfigError, LeaseExists, LeaseNotFound, OverlayError, RegistryError
+from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
     Lease,
-    LeaseAttrs,
     LeaseRules,
     LeaseView,
     Rejection,
@@ -26,6 +25,7 @@ from overlay.lease import (
     parse_subnet_arg,
     printable_key,
 )
+from overlay.subnet import reservations
 from overlay.subnet.registry import EtcdRegistry, WatchUpdate
 
 HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
@@ -268,20 +268,7 @@ def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str |
     except ValueError as e:
         raise ConfigError(f"--public-ip/--vtep-mac: {e}") from None
     with EtcdRegistry(obj.etcd_options()) as reg:
-        cfg = reg.get_config()
-        if not cfg.in_range(net):
-            raise ConfigError(f"{net} is not a subnet of the network's range "
-                              f"{cfg.describe_range()}")
-        attrs = LeaseAttrs(ip, vni=cfg.backend.vni, vtep_mac=mac)
-        existing = reg.get_lease(net)
-        if existing is None:
-            lease = reg.create_lease(net, attrs, None)
-        elif existing.attrs.public_ip == ip:
-            keep = existing.attrs if mac is None else attrs
-            lease = reg.update_lease(existing, keep, None)
-        else:
-            raise LeaseExists(f"{net} is held by {existing.attrs.public_ip}; release it first "
-                              f"(`overlayctl leases release {net} --yes`)")
+        lease = reservations.reserve(reg, net, ip, mac)
     if obj.json:
         print_json(lease_to_dict(lease))
     else:
@@ -298,8 +285,7 @@ def leases_release(obj: CLIContext, subnet: str, yes: bool) -> None:
     if not yes:
         raise ConfigError(f"releasing {net} takes it away from its node; add --yes to confirm")
     with EtcdRegistry(obj.etcd_options()) as reg:
-        if not reg.delete_lease(net):
-            raise LeaseNotFound(f"no lease or reservation for {net} (see `overlayctl leases list`)")
+        reservations.release(reg, net)
     if obj.json:
         print_json({"released": str(net)})
     else:

@@ -6,7 +6,7 @@
 processes (and the warm server's threads) never hand out one address twice.
 
 A :class:`Store` does raw storage; the :class:`Allocator` decides which address.
-:class:`FakeStore` is the in-memory store the unit tests check against the same contract.
+The in-memory fake the unit tests check against the same contract is ``tests.fakes.FakeStore``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import stat
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from ipaddress import IPv4Address, IPv4Network
@@ -35,6 +34,8 @@ Attachment = tuple[str, str]  # (container id, ifname)
 
 
 class Store(Protocol):
+    """What the allocator needs from storage (``DiskStore``; ``tests.fakes.FakeStore``)."""
+
     def lock(self) -> AbstractContextManager[None]: ...
     def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool: ...
     def last_reserved(self) -> IPv4Address | None: ...
@@ -199,36 +200,6 @@ class DiskStore:
             pass
         except OSError as e:
             raise IPAMError(f"cannot release {ip} in {self.dir}: {_os_problem(e)}") from e
-
-
-class FakeStore:
-    """In-memory Store with the same contract, for unit tests of the allocator."""
-
-    def __init__(self) -> None:
-        self.ips: dict[IPv4Address, Attachment] = {}
-        self.last: IPv4Address | None = None
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        with self._lock:
-            yield
-
-    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
-        if ip in self.ips:
-            return False
-        self.ips[ip] = (container_id, ifname)
-        self.last = ip
-        return True
-
-    def last_reserved(self) -> IPv4Address | None:
-        return self.last
-
-    def reservations(self) -> dict[IPv4Address, Attachment]:
-        return dict(self.ips)
-
-    def release(self, ip: IPv4Address) -> None:
-        self.ips.pop(ip, None)
 
 
 def _matches(owner: Attachment, container_id: str, ifname: str) -> bool:

@@ -10,11 +10,14 @@ validation)::
 
 SIGTERM/SIGINT stop the threads and leave everything in place (device, entries,
 lease, subnet.env), so a restart does not disturb pods.
+
+This module is wiring: the flags are ``overlay.daemon.flags``, the VXLAN set-up is
+``overlay.vxlan.setup``, and ``Daemon`` takes its collaborators (registry opener,
+data-plane set-up, manager and masquerade factories) as arguments, real ones by default.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -23,13 +26,13 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Callable, Sequence
+from ipaddress import IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
-from overlay.config import VXLAN_OVERHEAD, NetworkConfig, parse_bool, parse_network_config
-from overlay.daemon.http import HealthServer, Metrics, parse_hostport
-from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, WatchHealth
+from overlay.config import NetworkConfig, parse_network_config
+from overlay.daemon.flags import Settings, parse_settings
+from overlay.daemon.http import HealthServer, Metrics
+from overlay.daemon.watchhealth import WatchHealth
 from overlay.errors import (
     ConfigError,
     ConfigNotFound,
@@ -42,169 +45,21 @@ from overlay.errors import (
 )
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
 from overlay.masq.nft import Masquerade
-from overlay.subnet.etcdconf import (
-    DEFAULT_ENDPOINTS,
-    DEFAULT_PREFIX,
-    EtcdOptions,
-    make_etcd_options,
-)
-from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL, SubnetManager
-from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env, write_subnet_env
+from overlay.subnet.etcdconf import EtcdOptions
+from overlay.subnet.manager import SubnetManager
+from overlay.subnetenv import SubnetEnv, load_subnet_env, write_subnet_env
 from overlay.util.backoff import Backoff
-from overlay.util.ifname import ifname_problem
-from overlay.vxlan.backend import BackendSettings, Reconciler, VXLANBackend
-from overlay.vxlan.device import LinkMonitor, VXLANDevice, VXLANSpec, find_underlay, open_netlink
-from overlay.vxlan.vtep import load_or_create_vtep_mac
+from overlay.vxlan.backend import Reconciler, VXLANBackend
+from overlay.vxlan.device import LinkMonitor, UnderlayError, VXLANDevice
+from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setup_data_plane_for
+
+if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of import)
+    from overlay.subnet.registry import LeaseListing, Registry, WatchUpdate
 
 log = logging.getLogger("overlay.daemon.daemon")
+T = TypeVar("T")
 
-ENV_PREFIX = "OVERLAYD_"
-DEFAULT_STATE_DIR = "/var/lib/overlay"
-DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
-
-
-# ---- flags ---------------------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are ONE line (no usage dump) and exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"overlayd: error: {message} (see overlayd --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="overlayd", description="The overlay pod network's node daemon. "
-                f"Every flag can also be set as an {ENV_PREFIX}<FLAG> environment variable "
-                "(e.g. OVERLAYD_ETCD_ENDPOINTS, OVERLAYD_IP_MASQ=true).")
-    e = p.add_argument_group("etcd")
-    e.add_argument("--etcd-endpoints", default=DEFAULT_ENDPOINTS,
-                   help="comma-separated etcd endpoints (default %(default)s)")
-    e.add_argument("--etcd-prefix", default=DEFAULT_PREFIX,
-                   help="etcd key prefix (default %(default)s; Flannel's is /coreos.com/network)")
-    e.add_argument("--etcd-cafile", help="CA certificate for etcd TLS")
-    e.add_argument("--etcd-certfile", help="client certificate for etcd TLS")
-    e.add_argument("--etcd-keyfile", help="client key for etcd TLS")
-    e.add_argument("--etcd-username", help="etcd username")
-    e.add_argument("--etcd-password", help="etcd password")
-    n = p.add_argument_group("node")
-    n.add_argument("--iface", help="underlay interface: a name or a regex "
-                   "(default: the interface of the default route)")
-    n.add_argument("--public-ip", help="this node's underlay IP (default: --iface's address)")
-    n.add_argument("--vxlan-device", default="",
-                   help="VXLAN device name (default overlay.<VNI>)")
-    n.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
-                   help="where to write subnet.env (default %(default)s)")
-    n.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                   help="persistent state, e.g. the VTEP MAC (default %(default)s)")
-    n.add_argument("--lease-ttl", type=int, default=DEFAULT_TTL,
-                   help="lease TTL in seconds (default %(default)s)")
-    n.add_argument("--lease-renew-margin", type=int, default=DEFAULT_RENEW_MARGIN,
-                   help="renew this many seconds before expiry (default %(default)s)")
-    n.add_argument("--ip-masq", action="store_true",
-                   help="masquerade pod traffic leaving the pod network (nftables)")
-    n.add_argument("--reconcile-interval", type=float, default=10.0,
-                   help="seconds between periodic reconciles (default %(default)s)")
-    s = p.add_argument_group("services")
-    s.add_argument("--healthz-addr", default="",
-                   help="HOST:PORT for /healthz, /readyz, /metrics (default: off)")
-    s.add_argument("--watch-lag-limit", type=float, default=DEFAULT_MAX_LAG,
-                   help="/readyz fails when the lease watch has not heard from etcd for "
-                   "this many seconds (default %(default)s)")
-    s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
-                   help="serve the CNI plugin warm on this unix socket "
-                   "(default %(default)s; empty disables)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="debug logging (INFO is the default)")
-    return p
-
-
-def _env_bool(name: str, value: str) -> bool:
-    parsed = parse_bool(value)
-    if parsed is None:
-        raise ConfigError(f"{name}={value!r}: expected true or false")
-    return parsed
-
-
-def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-    """Every flag's default may come from ``OVERLAYD_<DEST>`` (flags still win)."""
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        name = ENV_PREFIX + action.dest.upper()
-        if name not in environ:
-            continue
-        raw = environ[name]
-        if isinstance(action, argparse._StoreTrueAction):
-            value: Any = _env_bool(name, raw)
-        elif isinstance(action, argparse._CountAction):
-            value = int(raw) if raw.isdigit() else int(_env_bool(name, raw))
-        elif action.type is not None:
-            try:
-                value = action.type(raw)
-            except ValueError as e:
-                raise ConfigError(f"{name}={raw!r}: not a valid {action.type.__name__}") from e
-        else:
-            value = raw
-        parser.set_defaults(**{action.dest: value})
-
-
-@dataclass(frozen=True)
-class Settings:
-    etcd: EtcdOptions
-    iface: str | None
-    public_ip: IPv4Address | None
-    vxlan_device: str
-    subnet_file: str
-    state_dir: str
-    lease_ttl: int
-    renew_margin: int
-    ip_masq: bool
-    reconcile_interval: float
-    healthz_addr: str
-    cni_socket: str
-    verbose: int
-    watch_lag_limit: float = DEFAULT_MAX_LAG
-
-
-def parse_settings(argv: Sequence[str] | None = None,
-                   environ: dict[str, str] | None = None) -> Settings:
-    """Flags + environment -> validated Settings; ConfigError / SystemExit(2) otherwise."""
-    parser = build_parser()
-    apply_env_defaults(parser, dict(os.environ if environ is None else environ))
-    a = parser.parse_args(argv)
-    etcd = make_etcd_options(a.etcd_endpoints, a.etcd_prefix, a.etcd_cafile, a.etcd_certfile,
-                             a.etcd_keyfile, a.etcd_username, a.etcd_password)
-    public_ip = None
-    if a.public_ip:
-        try:
-            public_ip = IPv4Address(a.public_ip)
-        except ValueError:
-            raise ConfigError(f"--public-ip {a.public_ip!r}: not an IPv4 address") from None
-        if public_ip.is_unspecified or public_ip.is_multicast or public_ip.is_loopback:
-            raise ConfigError(f"--public-ip {public_ip}: must be a unicast underlay address")
-    if a.iface is not None and not a.iface.strip():
-        raise ConfigError("--iface: empty; give an interface name or a regex")
-    if a.lease_ttl < 1:
-        raise ConfigError(f"--lease-ttl {a.lease_ttl}: must be at least 1 second")
-    if a.lease_renew_margin < 0:
-        raise ConfigError(f"--lease-renew-margin {a.lease_renew_margin}: must not be negative")
-    if a.reconcile_interval <= 0:
-        raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
-    if not 0.2 <= a.watch_lag_limit <= 86400:  # NaN fails this too
-        raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
-    problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
-    if problem:
-        raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
-                          f"(it {problem})")
-    if a.healthz_addr:
-        parse_hostport(a.healthz_addr)
-    for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir)):
-        if not path:
-            raise ConfigError(f"{flag}: empty path")
-    return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
-                    a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
-                    a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit)
 
 
 # ---- the registry as the daemon sees it ----------------------------------------------
@@ -213,42 +68,89 @@ def parse_settings(argv: Sequence[str] | None = None,
 _NOT_ETCD_FAILURES = (LeaseExists, LeaseConflict, LeaseNotFound, ConfigNotFound)
 
 
-class _ObservedRegistry:
-    """The registry, counting failed etcd requests (the watch's interruptions too)."""
+class ObservedRegistry:
+    """The registry, counting failed etcd requests (the watch's interruptions too), and
+    feeding the watch's health from its stream.  Implements ``Registry`` method by
+    method (no ``__getattr__``), so a method added to the Protocol must be added here."""
 
-    def __init__(self, inner: Any, metrics: Metrics, watch_health: WatchHealth | None = None):
+    def __init__(self, inner: Registry, metrics: Metrics, watch_health: WatchHealth | None = None):
         self._inner = inner
         self._metrics = metrics
         self._health = watch_health
+        self.subnets_prefix = inner.subnets_prefix
 
     def _count(self, e: BaseException) -> None:
         if isinstance(e, RegistryError) and not isinstance(e, _NOT_ETCD_FAILURES):
             self._metrics.etcd_errors.inc()
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
+    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except RegistryError as e:
+            self._count(e)
+            raise
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attr(*args, **kwargs)
-            except RegistryError as e:
-                self._count(e)
-                raise
-        return counted
+    def get_config(self) -> NetworkConfig:
+        return self._counted(self._inner.get_config)
 
-    def watch_leases(self, start_revision: int, stop: threading.Event) -> Any:
-        if self._health is None:
-            return self._inner.watch_leases(start_revision, stop, on_error=self._count)
-        # Ask for progress a few times per lag limit, so a live watch never looks stale.
-        interval = min(5.0, max(0.05, self._health.max_lag / 4))
-        return self._inner.watch_leases(start_revision, stop, on_error=self._count,
-                                        on_progress=self._health.heard,
-                                        progress_interval=interval)
+    def get_config_value(self) -> tuple[bytes | None, int]:
+        return self._counted(self._inner.get_config_value)
 
-    def watch_config(self, start_revision: int, stop: threading.Event) -> Any:
-        return self._inner.watch_config(start_revision, stop, on_error=self._count)
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
+        return self._counted(self._inner.list_leases, with_expiration)
+
+    def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
+        return self._counted(self._inner.list_subnets, with_expiration)
+
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        return self._counted(self._inner.get_lease, subnet)
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        return self._counted(self._inner.create_lease, subnet, attrs, ttl)
+
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        return self._counted(self._inner.update_lease, old, attrs, ttl)
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        return self._counted(self._inner.renew_lease, lease)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def watch_leases(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None,
+                     on_progress: Callable[[int], None] | None = None,
+                     progress_interval: float | None = None) -> Iterator[WatchUpdate]:
+        hooks = [h for h in (on_progress, self._health and self._health.heard) if h]
+        if self._health is not None and progress_interval is None:
+            # Ask for progress a few times per lag limit, so a live watch never looks stale.
+            progress_interval = min(5.0, max(0.05, self._health.max_lag / 4))
+        kw: dict[str, Any] = {"on_error": self._counting(on_error)}
+
+        def progressed(revision: int) -> None:
+            for hook in hooks:
+                hook(revision)
+        if hooks:
+            kw["on_progress"] = progressed
+        if progress_interval is not None:
+            kw["progress_interval"] = progress_interval
+        return self._inner.watch_leases(start_revision, stop, **kw)
+
+    def watch_config(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[tuple[bytes | None, int]]:
+        return self._inner.watch_config(start_revision, stop, on_error=self._counting(on_error))
+
+    def _counting(self, on_error: Callable[[RegistryError], None] | None
+                  ) -> Callable[[RegistryError], None]:
+        """The watch's interruptions counted, then passed on to the caller's hook."""
+        if on_error is None:
+            return self._count
+
+        def both(e: RegistryError) -> None:
+            self._count(e)
+            on_error(e)
+        return both
 
 
 # ---- rejected keys ---------------------------------------------------------------------
@@ -293,16 +195,47 @@ class RejectionLog:
                     r.reason, r.detail)
 
 
+# ---- collaborators ----------------------------------------------------------------
+
+ManagerFactory = Callable[..., SubnetManager]  # SubnetManager's signature
+MasqueradeFactory = Callable[[IPv4Network, IPv4Network, bool], Masquerade]
+
+
+def _open_etcd_registry(opts: EtcdOptions) -> Registry:
+    from overlay.subnet.registry import EtcdRegistry  # the etcd client: only when used
+    return EtcdRegistry(opts)
+
+
+def node_options(settings: Settings) -> NodeOptions:
+    return NodeOptions(settings.iface, settings.public_ip, settings.vxlan_device,
+                       settings.state_dir)
+
+
 # ---- the daemon ----------------------------------------------------------------------
 
 class Daemon:
     join_timeout = 3.0  # seconds for all threads to finish at shutdown
 
-    def __init__(self, settings: Settings, registry_factory: Callable[[EtcdOptions], Any] | None = None):
+    def __init__(self, settings: Settings, *,
+                 open_registry: Callable[[EtcdOptions], Registry] | None = None,
+                 setup_data_plane: Callable[[NetworkConfig], DataPlane] | None = None,
+                 make_manager: ManagerFactory | None = None,
+                 make_masquerade: MasqueradeFactory = Masquerade,
+                 watch_health: WatchHealth | None = None):
+        """The collaborators default to the real ones (etcd, the kernel's VXLAN device,
+        the subnet manager, nftables); tests pass fakes here."""
         self.s = settings
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self._registry_factory = registry_factory
+        self._open_registry = open_registry or _open_etcd_registry
+        self._setup_data_plane = setup_data_plane or (
+            lambda config: setup_data_plane_for(config, node_options(settings)))
+        self._make_manager = make_manager or SubnetManager
+        self._make_masquerade = make_masquerade
+        self.registry: ObservedRegistry | None = None
+        self.config: NetworkConfig | None = None
+        self.plane: DataPlane | None = None
+        self.mtu = 0
         self._threads: list[threading.Thread] = []
         self._env_written = False
         self._programmed = False
@@ -316,7 +249,7 @@ class Daemon:
         self._lease_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
         self._held: IPv4Network | None = None  # the subnet _hold last completed for
-        self.watch_health = WatchHealth(settings.watch_lag_limit)
+        self.watch_health = watch_health or WatchHealth(settings.watch_lag_limit)
         self.config_drift: str | None = None  # how etcd's config differs from ours, if it does
         self.rejections = RejectionLog(self.metrics)
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
@@ -347,34 +280,15 @@ class Daemon:
         if self.s.healthz_addr:
             self.http = HealthServer(self.s.healthz_addr, self.metrics, self.readiness)
             self.http.start()
-        registry = self._open_registry()
+        registry = self._open_registry(self.s.etcd)
         try:
             return self._run(registry)
         finally:
             self._shutdown(registry)
 
-    def _open_registry(self) -> Any:
-        if self._registry_factory is not None:
-            return self._registry_factory(self.s.etcd)
-        from overlay.subnet.registry import EtcdRegistry
-        return EtcdRegistry(self.s.etcd)
-
-    def _run(self, raw_registry: Any) -> int:
-        registry = _ObservedRegistry(raw_registry, self.metrics, self.watch_health)
-        config = self._retry("reading the network config", registry.get_config)
-        if config is None:
+    def _run(self, raw_registry: Registry) -> int:
+        if self.bring_up(raw_registry) is None:
             return 0
-        log.info("network config: %s", config.to_json())
-        attrs = self._setup_data_plane(config)
-        self.manager = SubnetManager(registry, config, attrs, ttl=self.s.lease_ttl,
-                                     renew_margin=self.s.renew_margin,
-                                     previous_subnet=self._previous_subnet(config))
-        self.metrics.track_lease_expiry(self._lease_expiry)
-        lease = self._retry("acquiring a subnet lease", self.manager.acquire)
-        if lease is None:
-            return 0
-        self.masq = Masquerade(config.network, lease.subnet, self.s.ip_masq)
-        self._hold(lease)
         self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
         while not self.stop.wait(3600):
@@ -383,38 +297,32 @@ class Daemon:
                  self.s.subnet_file)
         return 0
 
-    def _setup_data_plane(self, config: NetworkConfig) -> LeaseAttrs:
-        """Underlay, VTEP MAC, the device (created or kept) and the backend; what to
-        publish in the lease.  The device's entries are left alone until the first
-        listing of leases (reconcile, never flush)."""
-        vni = config.backend.vni
-        name = self.s.vxlan_device or f"overlay.{vni}"
-        nl = open_netlink()
+    def bring_up(self, raw_registry: Registry) -> Lease | None:
+        """Everything before the threads: the network config, the data plane, a lease,
+        and the lease applied (device address, subnet.env, masquerade).  None if stopped
+        while etcd was being waited for."""
+        self.registry = registry = ObservedRegistry(raw_registry, self.metrics, self.watch_health)
+        config = self._retry("reading the network config", registry.get_config)
+        if config is None:
+            return None
+        log.info("network config: %s", config.to_json())
         try:
-            underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
-            links = nl.dump_links()
-            existing = next((l.mac for l in links if l.name == name), None)
-            clash = connected_overlap(config, links, nl.dump_addrs(), name)
-        finally:
-            nl.close()
-        if clash:  # before anything in the kernel changes
-            raise ConfigError(clash)
-        mtu = config.backend.mtu or underlay.mtu - VXLAN_OVERHEAD
-        mac = load_or_create_vtep_mac(self.s.state_dir, name, adopt=existing)
-        public_ip = self.s.public_ip or underlay.address.ip
-        log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
-                 "VTEP MAC %s", underlay.name, public_ip, underlay.mtu, name, vni,
-                 config.backend.port, mtu, mac)
-        self.device = VXLANDevice(VXLANSpec(name, vni, config.backend.port, public_ip,
-                                            underlay.index, mtu, mac))
-        self.device.ensure()
-        self.underlay_name = underlay.name
-        self.config, self.mtu = config, mtu
-        self.backend = VXLANBackend(self.device, BackendSettings(
-            vni, public_ip, IPv4Interface(f"{public_ip}/{underlay.address.network.prefixlen}"),
-            config.backend.direct_routing))
-        self.reconciler = Reconciler(self.backend, interval=self.s.reconcile_interval)
-        return LeaseAttrs(public_ip, "vxlan", vni, mac)
+            self.plane = plane = self._setup_data_plane(config)
+        except UnderlayError as e:
+            raise ConfigError(underlay_flag_message(e)) from e
+        self.config, self.mtu = config, plane.mtu
+        self.device, self.backend = plane.device, plane.backend
+        self.reconciler = Reconciler(plane.backend, interval=self.s.reconcile_interval)
+        self.manager = self._make_manager(registry, config, plane.attrs, ttl=self.s.lease_ttl,
+                                          renew_margin=self.s.renew_margin,
+                                          previous_subnet=self._previous_subnet(config))
+        self.metrics.track_lease_expiry(self._lease_expiry)
+        lease = self._retry("acquiring a subnet lease", self.manager.acquire)
+        if lease is None:
+            return None
+        self.masq = self._make_masquerade(config.network, lease.subnet, self.s.ip_masq)
+        self._hold(lease)
+        return lease
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         """Retry ``fn`` on etcd trouble with a capped backoff; None if stopped meanwhile."""
@@ -507,7 +415,7 @@ class Daemon:
 
     def _reconcile_locked(self, leases: list[Lease] | None) -> None:
         t0 = time.monotonic()
-        self._repair_device()
+        self.plane.repair_device()
         try:
             self._ensure_held()
         except OverlayError as e:  # the remotes are programmed regardless; retried soon
@@ -525,22 +433,6 @@ class Daemon:
         elif res.added or res.removed:
             log.info("reconcile repaired drift in %.3fs", dt)
 
-    def _repair_device(self) -> None:
-        """The device deleted or down (e.g. by hand, or its underlay replaced): recreate it."""
-        up, index = self.device.state()
-        if up and index == self.device.index:
-            return
-        log.info("VXLAN device %s is %s: repairing it and replaying every entry",
-                 self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
-        nl = open_netlink()
-        try:
-            underlay = find_underlay(nl, self.underlay_name, self.device.spec.local)
-        finally:
-            nl.close()
-        if underlay.index != self.device.spec.underlay_index:
-            self.device.spec = replace(self.device.spec, underlay_index=underlay.index)
-        self.device.ensure()  # its address: _ensure_held, next
-
     def _update_gauges(self) -> None:
         self.metrics.leases_known.set(len(self.backend.leases))
         self.metrics.entries_programmed.set(self.backend.entry_count())
@@ -555,7 +447,7 @@ class Daemon:
         self._spawn("keepalive", lambda: self.manager.run_keepalive(
             self.manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)
-        monitor_names = lambda: {self.device.spec.name, self.underlay_name}  # noqa: E731
+        monitor_names = lambda: {self.device.spec.name, self.plane.underlay_name}  # noqa: E731
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
 
@@ -572,7 +464,7 @@ class Daemon:
         """Compare every value of the config key with the config we started with; the
         running node never applies a new one (half the nodes on a new VNI, subnet length
         or network cut the cluster in two): an operator restarts every node."""
-        registry = self.manager.registry
+        registry = self.registry
         got = self._retry("reading the network config (to watch it)", registry.get_config_value)
         if got is None:
             return
@@ -645,7 +537,7 @@ class Daemon:
         t.start()
         log.info("serving the CNI plugin warm on %s", self.s.cni_socket)
 
-    def _shutdown(self, registry: Any) -> None:
+    def _shutdown(self, registry: Registry) -> None:
         self.stop.set()
         if self.reconciler is not None:
             self.reconciler.kick()  # wake the reconcile loop so it sees stop
@@ -670,30 +562,18 @@ class Daemon:
             self.device.close()
 
 
-def connected_overlap(config: NetworkConfig, links: Sequence[Any],
-                      addrs: Sequence[tuple[int, IPv4Interface]], device: str) -> str | None:
-    """Why ``config.network`` cannot be this node's pod network, or None: it overlaps a
-    network the node is connected to (pod CIDRs must not overlap node CIDRs, or the
-    node's own traffic would be routed into VXLAN).  Our own addresses are exempt: the
-    VXLAN device's (``device``, or any VXLAN link's inside the network) and a pod bridge's
-    gateway (the ``.1`` of a subnet inside the network, whatever its length: the bridge
-    of an earlier run survives a change of SubnetLen, which needs exactly this restart)."""
-    kinds = {l.index: (l.name, l.kind) for l in links}
-    net = config.network
-    for index, iface in addrs:
-        name, kind = kinds.get(index, (f"#{index}", None))
-        connected = iface.network
-        if connected.is_loopback or not connected.overlaps(net):
-            continue
-        if name == device or (kind == "vxlan" and connected.subnet_of(net)):
-            continue
-        if (kind == "bridge" and connected.subnet_of(net) and connected != net
-                and iface.ip == connected.network_address + 1):
-            continue
-        return (f"Network {net} overlaps {connected}, a network this node is connected to "
-                f"({iface} on {name}); pod networks must not overlap node networks: choose "
-                f"another Network (overlayctl config set)")
-    return None
+_UNDERLAY_FLAGS = {"iface": "--iface", "public_ip": "--public-ip"}
+_UNDERLAY_HINTS = {UnderlayError.NO_SUCH_ADDRESS: "pass --iface or fix the address",
+                   UnderlayError.NO_IPV4: "give it one or pass --public-ip",
+                   UnderlayError.NO_DEFAULT_ROUTE: "pass --iface or --public-ip"}
+
+
+def underlay_flag_message(e: UnderlayError) -> str:
+    """The underlay's complaint in overlayd's words: the flag at fault, and which to use."""
+    flag = _UNDERLAY_FLAGS.get(e.given or "")
+    head = f"{flag} {e.value}: {e.problem}" if flag else e.problem
+    hint = _UNDERLAY_HINTS.get(e.kind)
+    return f"{head}; {hint}" if hint else head
 
 
 def config_drift(running: NetworkConfig, value: bytes | None) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from overlay.errors import NetlinkOpError
 from overlay.lab.spec import LabError
 from overlay.netlink.pod import thread_in_netns
+from overlay.util.proc import MISSING, TIMEOUT, ProgramError, run as run_program
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,14 @@ NETNS_DIR = "/var/run/netns"
 
 def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0,
         input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    log.debug("run: %s", " ".join(argv))
     try:
-        cp = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                            input=input, env=env,
-                            stdin=None if input is not None else subprocess.DEVNULL)
-    except FileNotFoundError as e:
-        raise LabError(f"{argv[0]}: not installed (run cmd/bootstrap.sh)") from e
-    except subprocess.TimeoutExpired as e:
-        raise LabError(f"{' '.join(argv)}: no answer within {timeout:g} s") from e
-    if check and cp.returncode != 0:
-        msg = (cp.stderr or cp.stdout).strip().splitlines()
-        raise LabError(f"{' '.join(argv)}: {msg[-1] if msg else f'exit {cp.returncode}'}")
-    return cp
+        return run_program(argv, check=check, timeout=timeout, input=input, env=env)
+    except ProgramError as e:
+        if e.reason == MISSING:
+            raise LabError(f"{argv[0]}: not installed (run cmd/bootstrap.sh)") from e
+        if e.reason == TIMEOUT:
+            raise LabError(f"{' '.join(argv)}: no answer within {timeout:g} s") from e
+        raise LabError(str(e)) from e
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

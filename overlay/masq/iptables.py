@@ -10,9 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
 
 from overlay.cni.skel import ERR_FIREWALL
 from overlay.errors import CNIError
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +26,13 @@ def chain_name(network_name: str, container_id: str, ifname: str) -> str:
     return "OVERLAY-" + digest[:20]
 
 
-def _run(args: list[str], stdin: str | None = None):
-    import subprocess  # only with ipMasq: keeps the in-process plugin's start-up short
+def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    # Imported here, only with ipMasq: keeps the in-process plugin's start-up short.
+    from overlay.util.proc import ProgramError, run
 
     try:
-        return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        return run(args, input=stdin, timeout=30)
+    except ProgramError as e:
         raise CNIError(ERR_FIREWALL, f"cannot run {args[0]}", str(e)) from e
 
 

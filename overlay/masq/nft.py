@@ -25,6 +25,8 @@ import subprocess
 from ipaddress import IPv4Network
 
 from overlay.errors import ConfigError, OverlayError
+from overlay.util import proc
+from overlay.util.proc import ProgramError
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,16 @@ class Masquerade:
         self.enabled = enabled
         self._installed = False
 
-    def _nft(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    def _nft(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True,
-                                  timeout=10)
-        except FileNotFoundError as e:
-            raise ConfigError("--ip-masq needs the nft program (Debian package nftables)") from e
-        except subprocess.TimeoutExpired as e:
-            raise OverlayError("nft did not answer within 10 s") from e
+            return proc.run([NFT, *args], input=stdin, timeout=10)
+        except ProgramError as e:
+            if e.reason == proc.MISSING:
+                raise ConfigError("--ip-masq needs the nft program "
+                                  "(Debian package nftables)") from e
+            if e.reason == proc.TIMEOUT:
+                raise OverlayError("nft did not answer within 10 s") from e
+            raise
 
     def current(self) -> str | None:
         """The table as the kernel has it, or None if it does not exist."""

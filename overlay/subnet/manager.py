@@ -1,6 +1,6 @@
 """The subnet manager: which subnet this node takes, keeping it, and watching the others.
 
-Policy only; storage is the registry (``EtcdRegistry`` or anything with its methods).
+Policy only; storage is the registry (``overlay.subnet.registry.Registry``).
 
 Acquisition, in order:
 
@@ -31,7 +31,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from ipaddress import IPv4Network
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from overlay.config import NetworkConfig
 from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError
@@ -48,6 +48,9 @@ from overlay.lease import (
 )
 from overlay.util.backoff import Backoff
 
+if TYPE_CHECKING:  # the etcd client's import (~115 ms) only where etcd is opened
+    from overlay.subnet.registry import Registry, WatchUpdate
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600
@@ -55,19 +58,6 @@ DEFAULT_RENEW_MARGIN = 3600
 DEFAULT_SPREAD = 32
 RETRY_BACKOFF_MIN = 0.1
 RETRY_BACKOFF_MAX = 10.0
-
-
-class Registry(Protocol):
-    """What the manager needs from storage (``EtcdRegistry`` implements it)."""
-
-    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
-    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
-    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
-    def renew_lease(self, lease: Lease) -> Lease: ...
-    def watch_leases(self, start_revision: int, stop: threading.Event) -> Iterable: ...
-    # Optional (``EtcdRegistry`` has it): the listing with the rejected keys beside it.
-    # def list_subnets(self, with_expiration: bool = True) -> LeaseListing: ...
 
 
 # What the watch reports about rejected keys: (rejected now, keys no longer rejected,
@@ -155,13 +145,8 @@ class SubnetManager:
                             f"(last: {last}); is the network nearly full?")
 
     def _list(self) -> tuple[list[Lease], list[Rejection], int]:
-        """Leases, rejected keys and revision (registries without ``list_subnets``: no
-        rejected keys)."""
-        list_subnets = getattr(self.registry, "list_subnets", None)
-        if list_subnets is None:
-            leases, rev = self.registry.list_leases(with_expiration=False)
-            return leases, [], rev
-        listing = list_subnets(with_expiration=False)
+        """Leases, rejected keys and revision."""
+        listing = self.registry.list_subnets(with_expiration=False)
         return listing.leases, listing.rejected, listing.revision
 
     def _is_own(self, lease: Lease) -> bool:
@@ -419,7 +404,7 @@ class SubnetManager:
             with self._watch_lock:
                 self._watching = None
 
-    def _watch_step(self, view: LeaseView, update: Any, on_batch: Callable[[LeaseBatch], None],
+    def _watch_step(self, view: LeaseView, update: WatchUpdate, on_batch: Callable[[LeaseBatch], None],
                     on_snapshot: Callable[[list[Lease]], None] | None,
                     on_rejected: OnRejected | None) -> None:
         if view.rules != self._rules():  # our subnet moved under a step in flight
@@ -428,12 +413,11 @@ class SubnetManager:
         if update.snapshot is not None:
             self._check_snapshot(update.snapshot)
             self._snapshot(view, update.snapshot, on_batch, on_snapshot)
-            self._report(view, getattr(update, "rejected", []), [], True, on_rejected)
+            self._report(view, update.rejected, [], True, on_rejected)
         else:
             self._note_own_events(update.events)
             _emit(view.apply(self._remote_events(update.events)), on_batch)
-            self._report(view, getattr(update, "rejected", []),
-                         getattr(update, "cleared", []), False, on_rejected)
+            self._report(view, update.rejected, update.cleared, False, on_rejected)
 
     def _rules(self) -> LeaseRules:
         """The acceptance rule as it stands for this node now (its subnet may move)."""
@@ -447,7 +431,7 @@ class SubnetManager:
         this step touched, so a quiet watch costs nothing)."""
         if on_rejected is None:
             return
-        prefix = getattr(self.registry, "subnets_prefix", "")
+        prefix = self.registry.subnets_prefix
         now = [*rejected]
         gone = [*cleared]
         for subnet in view.touched:

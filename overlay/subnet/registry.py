@@ -1,8 +1,8 @@
 """The etcd v3 registry: raw, revision-aware storage of the network config and leases.
 
-Storage only, no policy (the subnet manager decides).  This is the only module that
-imports the etcd client: ``pyetcd`` from PyPI ``etcd-sdk-python``, the maintained fork
-of python-etcd3 with current generated protobuf code (``etcd3`` 0.12 no longer imports).
+Storage only, no policy (the subnet manager decides).  The client beneath it
+(connection, auth, failover, TLS, error translation) is ``overlay.subnet.etcd``; the
+two are the only modules that import the etcd client (``pyetcd``).
 
 Layout (Flannel-compatible)::
 
@@ -10,9 +10,12 @@ Layout (Flannel-compatible)::
     <prefix>/subnets/10.244.1.0-24    lease JSON, attached to an etcd lease (TTL);
                                       no etcd lease = a reservation
 
-Every grpc / client error is translated here into ``EtcdUnavailable`` (nothing answered;
-the message names the endpoints) or ``RegistryError`` (refused: auth, TLS, bad request).
+Every grpc / client error comes out as ``EtcdUnavailable`` (nothing answered; the
+message names the endpoints) or ``RegistryError`` (refused: auth, TLS, bad request).
 Calls are synchronous; the object is safe to share between threads.
+
+``Registry`` (below) is the interface the manager and the daemon type against; they
+import it for type checking only, so importing them does not load the etcd client.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Protocol
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -37,7 +40,6 @@ from pyetcd import (
     exceptions as etcd_exc,  # noqa: E402
 )
 from pyetcd.client import (
-    Endpoint as ClientEndpoint,  # noqa: E402
     MultiEndpointEtcd3Client,  # noqa: E402
 )
 from pyetcd.etcdrpc import kv_pb2  # noqa: E402
@@ -46,7 +48,6 @@ from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import (
     ConfigError,
     ConfigNotFound,
-    EtcdUnavailable,
     LeaseConflict,
     LeaseExists,
     RegistryError,
@@ -61,25 +62,12 @@ from overlay.lease import (
     key_to_subnet,
     subnet_to_key,
 )
+from overlay.subnet.etcd import EtcdClient
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-# gRPC's default reconnect backoff grows to 120 s, so after a 30 s etcd outage a node
-# would notice etcd's return only ~15 s late; cap it at 1 s (measured: first call after
-# etcd returns 15.1 s -> 1.0 s).
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-
-T = TypeVar("T")
-
-# Codes meaning "this endpoint did not answer": try the next one.
-_UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # A public IP that cannot be a node's: used for REMOVED events whose value etcd no longer has.
 UNKNOWN_IP = IPv4Address("0.0.0.0")
 WATCH_BACKOFF_MIN = 0.05
@@ -118,6 +106,32 @@ class LeaseListing:
     revision: int
 
 
+class Registry(Protocol):
+    """The storage the subnet manager and the daemon work against (``EtcdRegistry``
+    implements it; ``tests/fakes.FakeRegistry`` is the one fake).  Raw and
+    revision-aware: no policy.  Failures are ``RegistryError``s."""
+
+    subnets_prefix: str  # the key prefix of leases, to name rejected keys in full
+
+    def get_config(self) -> NetworkConfig: ...
+    def get_config_value(self) -> tuple[bytes | None, int]: ...
+    def watch_config(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[tuple[bytes | None, int]]: ...
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
+    def list_subnets(self, with_expiration: bool = True) -> LeaseListing: ...
+    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def renew_lease(self, lease: Lease) -> Lease: ...
+    def watch_leases(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None,
+                     on_progress: Callable[[int], None] | None = None,
+                     progress_interval: float = WATCH_PROGRESS_INTERVAL
+                     ) -> Iterator[WatchUpdate]: ...
+    def close(self) -> None: ...
+
+
 class EtcdRegistry:
     """Leases and config under ``opts.prefix`` in etcd v3."""
 
@@ -126,81 +140,15 @@ class EtcdRegistry:
         self.prefix = opts.prefix.rstrip("/")
         self.config_key = f"{self.prefix}/config"
         self.subnets_prefix = f"{self.prefix}/subnets/"
-        self._lock = threading.Lock()
-        self._client: MultiEndpointEtcd3Client | None = None
-        self._closed = False
-
-    # -- connection -------------------------------------------------------------------
-
-    def _credentials(self) -> grpc.ChannelCredentials | None:
-        if not self.opts.secure:
-            return None
-        ca, key, cert = (_read_file(p) for p in (self.opts.cafile, self.opts.keyfile,
-                                                 self.opts.certfile))
-        return grpc.ssl_channel_credentials(ca, key, cert)
-
-    def _make_client(self) -> MultiEndpointEtcd3Client:
-        creds = self._credentials()
-        endpoints = [ClientEndpoint(e.host, e.port, secure=creds is not None, creds=creds,
-                                    time_retry=1, opts=_CHANNEL_OPTIONS)
-                     for e in self.opts.endpoints]
-        client = MultiEndpointEtcd3Client(endpoints, timeout=self.opts.timeout, failover=True)
-        if self.opts.username:
-            try:
-                self._authenticate(client)
-            except BaseException:
-                client.close()
-                raise
-        return client
-
-    def _authenticate(self, client: MultiEndpointEtcd3Client) -> None:
-        """Get an auth token from the first endpoint that answers.
-
-        Done here rather than by the client's constructor, which asks one random endpoint
-        and so fails whenever that one member is down.  The token travels as plain
-        metadata (grpc refuses call credentials on plaintext channels; etcd needs only
-        the metadata).
-        """
-        request = etcdrpc.AuthenticateRequest(name=self.opts.username,
-                                              password=self.opts.password)
-        last: grpc.RpcError | None = None
-        for ep in client.endpoints.values():
-            try:
-                resp = etcdrpc.AuthStub(ep.channel).Authenticate(request, self.opts.timeout)
-            except grpc.RpcError as e:
-                last = e
-                if e.code() in _UNAVAILABLE_CODES:
-                    continue
-                break
-            client.metadata = (("token", resp.token),)
-            client.call_credentials = None
-            return
-        raise self._translate(last, "authenticating") from last
+        self.etcd = EtcdClient(opts)
 
     def client(self) -> MultiEndpointEtcd3Client:
-        with self._lock:
-            if self._closed:
-                raise RegistryError("registry is closed")
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    def _reset_client(self, old: MultiEndpointEtcd3Client) -> None:
-        """Drop a client whose auth token expired; the next call authenticates again."""
-        with self._lock:
-            if self._client is old:
-                self._client = None
-                try:
-                    old.close()
-                except Exception:  # closing a broken channel must not mask the real error
-                    pass
+        """The etcd client (connected, authenticated) for requests the registry's
+        helpers do not cover (tests, the CLI)."""
+        return self.etcd.client()
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self.etcd.close()
 
     def __enter__(self) -> "EtcdRegistry":
         return self
@@ -208,86 +156,10 @@ class EtcdRegistry:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # -- error translation ----------------------------------------------------------
-
-    def _translate(self, exc: BaseException | None, what: str) -> RegistryError:
-        where = self.opts.describe()
-        rpc = exc if isinstance(exc, grpc.RpcError) else getattr(exc, "__context__", None)
-        detail = ""
-        code = None
-        if isinstance(rpc, grpc.RpcError) and hasattr(rpc, "code"):
-            code = rpc.code()
-            detail = (rpc.details() or "").strip()
-        if code in _AUTH_CODES or (code is grpc.StatusCode.INVALID_ARGUMENT
-                                   and ("authentication failed" in detail
-                                        or "user name is empty" in detail)):
-            return RegistryError(f"etcd at {where} refused {what}: {detail or code.name} "
-                                 "(check --etcd-username/--etcd-password and the user's role)")
-        if isinstance(exc, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
-                            etcd_exc.NoServerAvailableError)) or code in _UNAVAILABLE_CODES:
-            low = detail.lower()
-            if self.opts.secure and any(w in low for w in ("ssl", "handshake", "certificate",
-                                                            "tsi_", "unwrap")):
-                hint = (" (TLS handshake failed: the server may require a client certificate "
-                        "(--etcd-certfile/--etcd-keyfile) or --etcd-cafile does not match it)")
-            elif self.opts.secure:
-                hint = (" (is it up? also check --etcd-cafile/--etcd-certfile/--etcd-keyfile)")
-            else:
-                hint = " (is etcd running? if it serves TLS use https:// and --etcd-cafile)"
-            return EtcdUnavailable(f"etcd unreachable at {where} while {what}: "
-                                   f"{detail or 'no endpoint answered'}{hint}")
-        if code is not None:
-            return RegistryError(f"etcd at {where} failed {what}: {code.name}: {detail}")
-        return RegistryError(f"etcd at {where} failed {what}: {exc!r}")
-
-    def _recover(self, client: MultiEndpointEtcd3Client, e: grpc.RpcError) -> str:
-        """What a failed request on ``client`` calls for, done already: "reauth" (the
-        token was refused, e.g. etcd restarted and forgot it: the client is dropped and
-        the next request authenticates again), "failover" (the endpoint did not answer:
-        marked failed, the next request goes to another one) or "" (nothing helps)."""
-        code = e.code() if hasattr(e, "code") else None
-        if code is grpc.StatusCode.UNAUTHENTICATED and self.opts.username:
-            self._reset_client(client)
-            return "reauth"
-        if code in _UNAVAILABLE_CODES:
-            _fail_endpoint(client)
-            return "failover"
-        return ""
-
-    def _call(self, what: str, fn: Callable[[MultiEndpointEtcd3Client], T]) -> T:
-        """Run ``fn(client)``; on an unavailable endpoint fail over to the next one.
-
-        Only use for requests that are safe to repeat (reads, compare-and-swap txns).
-        """
-        attempts = max(2, len(self.opts.endpoints) + 1)
-        last: BaseException | None = None
-        for attempt in range(attempts):
-            client = self.client()
-            try:
-                return fn(client)
-            except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
-                    etcd_exc.NoServerAvailableError) as e:
-                # Keep the error that carries grpc's details (the first failure).
-                if last is None or isinstance(e.__context__, grpc.RpcError):
-                    last = e
-                if isinstance(e, etcd_exc.NoServerAvailableError):
-                    break
-            except etcd_exc.Etcd3Exception as e:
-                raise self._translate(e, what) from e
-            except grpc.RpcError as e:
-                last = e
-                action = self._recover(client, e)
-                if not action or (action == "reauth" and attempt > 0):
-                    break
-            except ValueError as e:  # the client raises it when no endpoint can be used
-                last = e
-                break
-        raise self._translate(last, what) from last
-
     # -- config ---------------------------------------------------------------------
 
     def get_config(self) -> NetworkConfig:
-        value, _ = self._call("reading the network config", lambda c: c.get(self.config_key))
+        value, _ = self.etcd.call("reading the network config", lambda c: c.get(self.config_key))
         if value is None:
             raise ConfigNotFound(
                 f"no network config at {self.config_key} in etcd {self.opts.describe()}: "
@@ -303,7 +175,7 @@ class EtcdRegistry:
     def get_config_value(self) -> tuple[bytes | None, int]:
         """The config key's raw value (None: absent) and the store revision it was read
         at; for watching the key from the next revision."""
-        resp = self._call("reading the network config",
+        resp = self.etcd.call("reading the network config",
                           lambda c: c.get_response(self.config_key))
         value = bytes(resp.kvs[0].value) if resp.kvs else None
         return value, int(resp.header.revision)
@@ -344,7 +216,7 @@ class EtcdRegistry:
                 return
 
     def put_config(self, cfg: NetworkConfig) -> None:
-        self._call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
+        self.etcd.call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
         log.info("network config written to %s: %s", self.config_key, cfg.to_json())
 
     # -- leases ---------------------------------------------------------------------
@@ -415,20 +287,20 @@ class EtcdRegistry:
                 elif got is not None:
                     rejected.append(got)
             return LeaseListing(leases, rejected, int(resp.header.revision))
-        return self._call("listing leases", op)
+        return self.etcd.call("listing leases", op)
 
     def get_subnet(self, subnet: IPv4Network) -> Lease | Rejection | None:
         """What the key of ``subnet`` holds: a lease, why it is not one, or nothing."""
         def op(c: MultiEndpointEtcd3Client) -> Lease | Rejection | None:
             resp = c.get_response(self.key_for(subnet))
             return self._judged_with_expiry(c, resp.kvs[0]) if resp.kvs else None
-        return self._call(f"reading the lease of {subnet}", op)
+        return self.etcd.call(f"reading the lease of {subnet}", op)
 
     def get_lease(self, subnet: IPv4Network) -> Lease | None:
         def op(c: MultiEndpointEtcd3Client) -> Lease | None:
             resp = c.get_response(self.key_for(subnet))
             return self._with_expiry(c, resp.kvs[0]) if resp.kvs else None
-        return self._call(f"reading the lease of {subnet}", op)
+        return self.etcd.call(f"reading the lease of {subnet}", op)
 
     def _grant(self, ttl: int | None, what: str) -> int:
         """A new etcd lease of ``ttl`` seconds (0 for a reservation).
@@ -451,13 +323,13 @@ class EtcdRegistry:
                 if len(sent) > 1:
                     return lease_id  # an earlier attempt of ours was granted
                 raise
-        return self._call(what, grant)
+        return self.etcd.call(what, grant)
 
     def _revoke_quietly(self, lease_id: int) -> None:
         if not lease_id:
             return
         try:
-            self._call("revoking an etcd lease", lambda c: c.revoke_lease(lease_id))
+            self.etcd.call("revoking an etcd lease", lambda c: c.revoke_lease(lease_id))
         except RegistryError as e:  # it expires by itself anyway
             log.debug("could not revoke etcd lease %x: %s", lease_id, e)
 
@@ -476,7 +348,7 @@ class EtcdRegistry:
                                 metadata=c.metadata)
             kvs = [] if resp.succeeded else list(resp.responses[0].response_range.kvs)
             return resp.succeeded, int(resp.header.revision), (kvs[0] if kvs else None)
-        return self._call(what, op)
+        return self.etcd.call(what, op)
 
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         """Create the lease only if the key is absent (one txn).  ``ttl`` None: a reservation.
@@ -533,11 +405,11 @@ class EtcdRegistry:
         if lease.etcd_lease_id:
             def keepalive(c: MultiEndpointEtcd3Client) -> int:
                 return max((int(r.TTL) for r in c.refresh_lease(lease.etcd_lease_id)), default=0)
-            remaining = self._call(what, keepalive)
+            remaining = self.etcd.call(what, keepalive)
             if remaining <= 0:
                 raise LeaseConflict(f"lease of {lease.subnet} expired (etcd lease "
                                     f"{lease.etcd_lease_id:x} is gone)")
-        resp = self._call(what, lambda c: c.get_response(self.key_for(lease.subnet)))
+        resp = self.etcd.call(what, lambda c: c.get_response(self.key_for(lease.subnet)))
         kv = resp.kvs[0] if resp.kvs else None
         if kv is None:
             self._revoke_quietly(lease.etcd_lease_id)
@@ -574,7 +446,7 @@ class EtcdRegistry:
                 return False, 0
             prev = resp.responses[0].response_delete_range.prev_kvs
             return bool(prev), (prev[0].lease if prev else 0)
-        deleted, lease_id = self._call(f"deleting the lease of {subnet}", op)
+        deleted, lease_id = self.etcd.call(f"deleting the lease of {subnet}", op)
         if lease_id:
             self._revoke_quietly(lease_id)
         if deleted:
@@ -587,7 +459,7 @@ class EtcdRegistry:
             rev = revision or int(c.get_response(self.config_key).header.revision)
             c.compact(rev, physical=True)
             return rev
-        return self._call("compacting", op)
+        return self.etcd.call("compacting", op)
 
     # -- watch ----------------------------------------------------------------------
 
@@ -745,12 +617,12 @@ class _WatchStream:
         when the stream fails or etcd cancels it."""
         reg = self.registry
         try:
-            self._client = client = reg.client()
+            self._client = client = reg.etcd.client()
             stub = etcdrpc.WatchStub(client.channel)
             self._call = stub.Watch(self._requests(), credentials=client.call_credentials,
                                     metadata=client.metadata)
         except (etcd_exc.Etcd3Exception, ValueError, grpc.RpcError) as e:
-            raise reg._translate(e, "opening the lease watch") from e
+            raise reg.etcd.translate(e, "opening the lease watch") from e
         self._guard.start()
         try:
             for resp in self._call:
@@ -759,7 +631,7 @@ class _WatchStream:
                     return
                 if resp.canceled:
                     if reg.opts.username:  # e.g. "permission denied": a token etcd forgot
-                        reg._reset_client(client)
+                        reg.etcd.reset_client(client)
                     raise RegistryError(f"etcd cancelled the watch ({what}): "
                                         f"{resp.cancel_reason}")
                 if self.on_progress is not None:
@@ -768,20 +640,10 @@ class _WatchStream:
         except grpc.RpcError as e:
             if self.stop.is_set() or e.code() is grpc.StatusCode.CANCELLED and self._done.is_set():
                 return
-            reg._recover(client, e)
-            raise reg._translate(e, what) from e
+            reg.etcd.recover(client, e)
+            raise reg.etcd.translate(e, what) from e
         if not self.stop.is_set():
             raise RegistryError(f"etcd closed the watch stream ({what})")
-
-
-def _read_file(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read etcd TLS file {path}: {e.strerror}") from e
 
 
 @functools.lru_cache(maxsize=4096)
@@ -790,17 +652,6 @@ def _parse_kv(prefix: str, key: bytes, value: bytes
     """``decode_kv``, cached: every listing re-reads every lease, and most of them have
     not changed."""
     return decode_kv(prefix, key, value)
-
-
-def _fail_endpoint(client: MultiEndpointEtcd3Client) -> None:
-    """Mark the endpoint in use as failed so the next request goes to another one."""
-    try:
-        ep = client.endpoint_in_use
-        if ep is not None and len(client.endpoints) > 1:
-            ep.fail()
-            client._clear_old_stubs()
-    except Exception:  # bookkeeping only; the caller reports the real error
-        pass
 
 
 def _expires_in(seconds: int | float | None) -> datetime | None:

@@ -66,10 +66,24 @@ class VXLANSpec:
     mac: str
 
 
+class UnderlayError(ConfigError):
+    """No interface fits as the underlay.  ``given`` says which input was at fault
+    ("iface": a name or regex, "public_ip": an address, None: neither was given);
+    ``value`` is that input as shown; ``kind`` what went wrong (the constants below),
+    so a caller speaking in flags (the daemon) can name its flag and hint."""
+
+    NO_MATCH, BAD_PATTERN, NO_SUCH_ADDRESS, NO_IPV4, NO_DEFAULT_ROUTE = (
+        "no-match", "bad-pattern", "no-such-address", "no-ipv4", "no-default-route")
+
+    def __init__(self, kind: str, problem: str, given: str | None = None, value: str = ""):
+        super().__init__(f"underlay {value}: {problem}" if value else f"underlay: {problem}")
+        self.kind, self.problem, self.given, self.value = kind, problem, given, value
+
+
 def find_underlay(nl: rawnl.RawRoute, iface: str | None,
                   public_ip: IPv4Address | None) -> Underlay:
     """Pick the underlay: ``iface`` (a name or a regex), else the link holding
-    ``public_ip``, else the link of the default route.  ConfigError when none fits."""
+    ``public_ip``, else the link of the default route.  UnderlayError when none fits."""
     records = {l.index: l for l in nl.dump_links()}
     links = {i: l.name for i, l in records.items()}
     addrs = nl.dump_addrs()
@@ -78,8 +92,8 @@ def find_underlay(nl: rawnl.RawRoute, iface: str | None,
     elif public_ip is not None:
         idx = next((i for i, a in addrs if a.ip == public_ip), None)
         if idx is None:
-            raise ConfigError(f"--public-ip {public_ip}: no interface in this network "
-                              "namespace has that address; pass --iface or fix the address")
+            raise UnderlayError(UnderlayError.NO_SUCH_ADDRESS, "no interface in this network "
+                                "namespace has that address", "public_ip", str(public_ip))
     else:
         idx = _default_route_index(nl)
     mine = [a for i, a in addrs if i == idx]
@@ -90,8 +104,7 @@ def find_underlay(nl: rawnl.RawRoute, iface: str | None,
     elif mine:
         chosen = mine[0]
     else:
-        raise ConfigError(f"interface {links[idx]} has no IPv4 address; "
-                          "give it one or pass --public-ip")
+        raise UnderlayError(UnderlayError.NO_IPV4, f"interface {links[idx]} has no IPv4 address")
     return Underlay(links[idx], idx, chosen, records[idx].mtu)
 
 
@@ -102,21 +115,23 @@ def _match_iface(links: dict[int, str], iface: str, with_ipv4: set[int]) -> int:
     try:
         pattern = re.compile(iface)
     except re.error as e:
-        raise ConfigError(f"--iface {iface!r}: no such interface and not a valid regex ({e})") from e
+        raise UnderlayError(UnderlayError.BAD_PATTERN, f"no such interface and not a valid "
+                            f"regex ({e})", "iface", repr(iface)) from e
     matches = [idx for idx, name in sorted(links.items())
                if name and name != "lo" and pattern.fullmatch(name)]
     # like Flannel's --iface-regex: the first match that has an IPv4 address
     for idx in sorted(matches, key=lambda i: i not in with_ipv4):
         return idx
-    raise ConfigError(f"--iface {iface!r}: no interface matches; have {', '.join(sorted(links.values()))}")
+    raise UnderlayError(UnderlayError.NO_MATCH, "no interface matches; have "
+                        f"{', '.join(sorted(links.values()))}", "iface", repr(iface))
 
 
 def _default_route_index(nl: rawnl.RawRoute) -> int:
     for r in nl.dump_routes():
         if r.dst.prefixlen == 0 and r.table == rawnl.RT_TABLE_MAIN and r.oif:
             return r.oif
-    raise ConfigError("no default route to pick the underlay interface from; "
-                      "pass --iface or --public-ip")
+    raise UnderlayError(UnderlayError.NO_DEFAULT_ROUTE,
+                        "no default route to pick the underlay interface from")
 
 
 class VXLANDevice:

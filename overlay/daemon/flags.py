@@ -1,0 +1,172 @@
+"""overlayd's flags: argparse + ``OVERLAYD_*`` environment variables -> ``Settings``.
+
+Everything here is checked before the daemon touches etcd or the kernel, so a bad flag
+is one line and exit 2 with nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Sequence
+
+from overlay.config import parse_bool
+from overlay.daemon.http import parse_hostport
+from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
+from overlay.errors import ConfigError
+from overlay.subnet.etcdconf import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_PREFIX,
+    EtcdOptions,
+    make_etcd_options,
+)
+from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
+from overlay.subnetenv import DEFAULT_SUBNET_FILE
+from overlay.util.ifname import ifname_problem
+
+ENV_PREFIX = "OVERLAYD_"
+DEFAULT_STATE_DIR = "/var/lib/overlay"
+DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are ONE line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"overlayd: error: {message} (see overlayd --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="overlayd", description="The overlay pod network's node daemon. "
+                f"Every flag can also be set as an {ENV_PREFIX}<FLAG> environment variable "
+                "(e.g. OVERLAYD_ETCD_ENDPOINTS, OVERLAYD_IP_MASQ=true).")
+    e = p.add_argument_group("etcd")
+    e.add_argument("--etcd-endpoints", default=DEFAULT_ENDPOINTS,
+                   help="comma-separated etcd endpoints (default %(default)s)")
+    e.add_argument("--etcd-prefix", default=DEFAULT_PREFIX,
+                   help="etcd key prefix (default %(default)s; Flannel's is /coreos.com/network)")
+    e.add_argument("--etcd-cafile", help="CA certificate for etcd TLS")
+    e.add_argument("--etcd-certfile", help="client certificate for etcd TLS")
+    e.add_argument("--etcd-keyfile", help="client key for etcd TLS")
+    e.add_argument("--etcd-username", help="etcd username")
+    e.add_argument("--etcd-password", help="etcd password")
+    n = p.add_argument_group("node")
+    n.add_argument("--iface", help="underlay interface: a name or a regex "
+                   "(default: the interface of the default route)")
+    n.add_argument("--public-ip", help="this node's underlay IP (default: --iface's address)")
+    n.add_argument("--vxlan-device", default="",
+                   help="VXLAN device name (default overlay.<VNI>)")
+    n.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
+                   help="where to write subnet.env (default %(default)s)")
+    n.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                   help="persistent state, e.g. the VTEP MAC (default %(default)s)")
+    n.add_argument("--lease-ttl", type=int, default=DEFAULT_TTL,
+                   help="lease TTL in seconds (default %(default)s)")
+    n.add_argument("--lease-renew-margin", type=int, default=DEFAULT_RENEW_MARGIN,
+                   help="renew this many seconds before expiry (default %(default)s)")
+    n.add_argument("--ip-masq", action="store_true",
+                   help="masquerade pod traffic leaving the pod network (nftables)")
+    n.add_argument("--reconcile-interval", type=float, default=10.0,
+                   help="seconds between periodic reconciles (default %(default)s)")
+    s = p.add_argument_group("services")
+    s.add_argument("--healthz-addr", default="",
+                   help="HOST:PORT for /healthz, /readyz, /metrics (default: off)")
+    s.add_argument("--watch-lag-limit", type=float, default=DEFAULT_MAX_LAG,
+                   help="/readyz fails when the lease watch has not heard from etcd for "
+                   "this many seconds (default %(default)s)")
+    s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
+                   help="serve the CNI plugin warm on this unix socket "
+                   "(default %(default)s; empty disables)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="debug logging (INFO is the default)")
+    return p
+
+
+def _env_bool(name: str, value: str) -> bool:
+    parsed = parse_bool(value)
+    if parsed is None:
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    return parsed
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+    """Every flag's default may come from ``OVERLAYD_<DEST>`` (flags still win)."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if isinstance(action, argparse._StoreTrueAction):
+            value: Any = _env_bool(name, raw)
+        elif isinstance(action, argparse._CountAction):
+            value = int(raw) if raw.isdigit() else int(_env_bool(name, raw))
+        elif action.type is not None:
+            try:
+                value = action.type(raw)
+            except ValueError as e:
+                raise ConfigError(f"{name}={raw!r}: not a valid {action.type.__name__}") from e
+        else:
+            value = raw
+        parser.set_defaults(**{action.dest: value})
+
+
+@dataclass(frozen=True)
+class Settings:
+    etcd: EtcdOptions
+    iface: str | None
+    public_ip: IPv4Address | None
+    vxlan_device: str
+    subnet_file: str
+    state_dir: str
+    lease_ttl: int
+    renew_margin: int
+    ip_masq: bool
+    reconcile_interval: float
+    healthz_addr: str
+    cni_socket: str
+    verbose: int
+    watch_lag_limit: float = DEFAULT_MAX_LAG
+
+
+def parse_settings(argv: Sequence[str] | None = None,
+                   environ: dict[str, str] | None = None) -> Settings:
+    """Flags + environment -> validated Settings; ConfigError / SystemExit(2) otherwise."""
+    parser = build_parser()
+    apply_env_defaults(parser, dict(os.environ if environ is None else environ))
+    a = parser.parse_args(argv)
+    etcd = make_etcd_options(a.etcd_endpoints, a.etcd_prefix, a.etcd_cafile, a.etcd_certfile,
+                             a.etcd_keyfile, a.etcd_username, a.etcd_password)
+    public_ip = None
+    if a.public_ip:
+        try:
+            public_ip = IPv4Address(a.public_ip)
+        except ValueError:
+            raise ConfigError(f"--public-ip {a.public_ip!r}: not an IPv4 address") from None
+        if public_ip.is_unspecified or public_ip.is_multicast or public_ip.is_loopback:
+            raise ConfigError(f"--public-ip {public_ip}: must be a unicast underlay address")
+    if a.iface is not None and not a.iface.strip():
+        raise ConfigError("--iface: empty; give an interface name or a regex")
+    if a.lease_ttl < 1:
+        raise ConfigError(f"--lease-ttl {a.lease_ttl}: must be at least 1 second")
+    if a.lease_renew_margin < 0:
+        raise ConfigError(f"--lease-renew-margin {a.lease_renew_margin}: must not be negative")
+    if a.reconcile_interval <= 0:
+        raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
+    if not 0.2 <= a.watch_lag_limit <= 86400:  # NaN fails this too
+        raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
+    problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
+    if problem:
+        raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
+                          f"(it {problem})")
+    if a.healthz_addr:
+        parse_hostport(a.healthz_addr)
+    for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir)):
+        if not path:
+            raise ConfigError(f"{flag}: empty path")
+    return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
+                    a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
+                    a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit)

@@ -1,0 +1,59 @@
+"""Reservations: a subnet kept for one node forever (a key with no etcd lease).
+
+Policy, like the manager: which reservation is allowed.  A reservation must lie in the
+network's range; a node's own lease (same public IP) becomes its reservation; a subnet
+held by another node is never taken over (release it first).  ``overlayctl leases
+reserve|release`` parses and prints; this decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
+
+from overlay.config import NetworkConfig
+from overlay.errors import ConfigError, LeaseExists, LeaseNotFound
+from overlay.lease import Lease, LeaseAttrs
+
+log = logging.getLogger(__name__)
+
+
+class ReservationStore(Protocol):
+    """The registry methods reservations need (``EtcdRegistry``; ``tests.fakes.FakeRegistry``)."""
+
+    def get_config(self) -> NetworkConfig: ...
+    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool: ...
+
+
+def reserve(store: ReservationStore, subnet: IPv4Network, public_ip: IPv4Address,
+            vtep_mac: str | None = None) -> Lease:
+    """Reserve ``subnet`` for the node ``public_ip``; its own lease becomes the
+    reservation (keeping its VTEP MAC unless one is given)."""
+    cfg = store.get_config()
+    if not cfg.in_range(subnet):
+        raise ConfigError(f"{subnet} is not a subnet of the network's range "
+                          f"{cfg.describe_range()}")
+    attrs = LeaseAttrs(public_ip, vni=cfg.backend.vni, vtep_mac=vtep_mac)
+    existing = store.get_lease(subnet)
+    if existing is None:
+        lease = store.create_lease(subnet, attrs, None)
+    elif existing.attrs.public_ip == public_ip:
+        keep = existing.attrs if vtep_mac is None else attrs
+        lease = store.update_lease(existing, keep, None)
+    else:
+        raise LeaseExists(f"{subnet} is held by {existing.attrs.public_ip}; release it first "
+                          f"(`overlayctl leases release {subnet} --yes`)")
+    log.info("reserved %s for %s", lease.subnet, lease.attrs.public_ip)
+    return lease
+
+
+def release(store: ReservationStore, subnet: IPv4Network) -> None:
+    """Delete the lease or reservation of ``subnet`` (its holder, if running, re-acquires)."""
+    if not store.delete_lease(subnet):
+        raise LeaseNotFound(f"no lease or reservation for {subnet} "
+                            "(see `overlayctl leases list`)")
+    log.info("released %s", subnet)

@@ -1,0 +1,197 @@
+"""The fakes the unit tests share: one per interface, each checked against its Protocol
+(tests/test_fakes.py), so a method added to the interface cannot be forgotten here."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address, IPv4Network
+from typing import Callable, Iterator
+
+from overlay.cni.ipam import Attachment
+from overlay.config import NetworkConfig, parse_network_config
+from overlay.errors import ConfigNotFound, LeaseConflict, LeaseExists, RegistryError
+from overlay.lease import Lease, LeaseAttrs, Rejection
+from overlay.subnet.registry import WATCH_PROGRESS_INTERVAL, LeaseListing, WatchUpdate
+
+PREFIX = "/overlay/network"
+
+
+class FakeRegistry:
+    """In-memory ``Registry`` with etcd's semantics (create-if-absent, revision-checked
+    update, keys with no etcd lease are reservations).
+
+    ``before_write`` runs before every create/update and may change the store, which is
+    how a test makes the manager lose a race to another node.  ``garbage`` holds keys
+    whose value is not a lease (listed as rejected, never creatable).  ``fail``, when
+    set, is raised by every request (etcd down).  Watch updates are what a test puts
+    on ``events``; config values what it puts on ``config_events``.
+    """
+
+    subnets_prefix = PREFIX + "/subnets/"
+
+    def __init__(self, config: bytes | None = b'{"Network": "10.244.0.0/16"}'):
+        self.lock = threading.RLock()
+        self.leases: dict[IPv4Network, Lease] = {}
+        self.garbage: dict[IPv4Network, bytes] = {}
+        self.config = config
+        self.rev = 1
+        self.next_id = 100
+        self.before_write: Callable[[IPv4Network], None] | None = None
+        self.fail: RegistryError | None = None
+        self.creates = 0
+        self.closed = False
+        self.events: queue.Queue[WatchUpdate] = queue.Queue()
+        self.config_events: queue.Queue[tuple[bytes | None, int]] = queue.Queue()
+
+    # -- helpers for tests -------------------------------------------------------------
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    def _expires(self, ttl: int | None) -> datetime | None:
+        return datetime.now(timezone.utc) + timedelta(seconds=ttl) if ttl else None
+
+    def put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None = None) -> Lease:
+        with self.lock:
+            self.rev += 1
+            lease_id = 0
+            if ttl:
+                self.next_id += 1
+                lease_id = self.next_id
+            lease = Lease(subnet, attrs, self._expires(ttl), lease_id, self.rev, ttl)
+            self.leases[subnet] = lease
+            return lease
+
+    def delete(self, subnet: IPv4Network) -> Lease:
+        with self.lock:
+            self.rev += 1
+            return self.leases.pop(subnet)
+
+    def _rejected(self) -> list[Rejection]:
+        return [Rejection(self.subnets_prefix + f"{s.network_address}-{s.prefixlen}",
+                          "bad-value", "x", self.rev, s) for s in self.garbage]
+
+    # -- the Registry ------------------------------------------------------------------
+    def get_config(self) -> NetworkConfig:
+        value, _ = self.get_config_value()
+        if value is None:
+            raise ConfigNotFound(f"no network config at {PREFIX}/config")
+        return parse_network_config(value)
+
+    def get_config_value(self) -> tuple[bytes | None, int]:
+        self._check()
+        return self.config, self.rev
+
+    def watch_config(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None
+                     ) -> Iterator[tuple[bytes | None, int]]:
+        while not stop.is_set():
+            try:
+                yield self.config_events.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
+        listing = self.list_subnets(with_expiration)
+        return listing.leases, listing.revision
+
+    def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
+        self._check()
+        with self.lock:
+            return LeaseListing(list(self.leases.values()), self._rejected(), self.rev)
+
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        self._check()
+        with self.lock:
+            return self.leases.get(subnet)
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        self._check()
+        if self.before_write:
+            self.before_write(subnet)
+        with self.lock:
+            self.creates += 1
+            if subnet in self.leases or subnet in self.garbage:
+                raise LeaseExists(f"subnet {subnet} is already taken")
+            return self.put(subnet, attrs, ttl)
+
+    def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        self._check()
+        if self.before_write:
+            self.before_write(old.subnet)
+        with self.lock:
+            cur = self.leases.get(old.subnet)
+            if cur is None or cur.mod_revision != old.mod_revision:
+                raise LeaseConflict(f"lease of {old.subnet} changed")
+            return self.put(old.subnet, attrs, ttl)
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        self._check()
+        with self.lock:
+            cur = self.leases.get(lease.subnet)
+            if cur is None or cur.etcd_lease_id != lease.etcd_lease_id:
+                raise LeaseConflict(f"lease of {lease.subnet} was deleted")
+            new = Lease(cur.subnet, cur.attrs, self._expires(cur.ttl), cur.etcd_lease_id,
+                        cur.mod_revision, cur.ttl)
+            self.leases[lease.subnet] = new
+            return new
+
+    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool:
+        self._check()
+        with self.lock:
+            cur = self.leases.get(subnet)
+            if cur is None or (expect_revision is not None
+                               and cur.mod_revision != expect_revision):
+                return False
+            self.delete(subnet)
+            return True
+
+    def watch_leases(self, start_revision: int, stop: threading.Event,
+                     on_error: Callable[[RegistryError], None] | None = None,
+                     on_progress: Callable[[int], None] | None = None,
+                     progress_interval: float = WATCH_PROGRESS_INTERVAL
+                     ) -> Iterator[WatchUpdate]:
+        while not stop.is_set():
+            try:
+                update = self.events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if on_progress is not None:
+                on_progress(update.revision)
+            yield update
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeStore:
+    """In-memory IPAM ``Store`` with the disk store's contract, for the allocator's tests."""
+
+    def __init__(self) -> None:
+        self.ips: dict[IPv4Address, Attachment] = {}
+        self.last: IPv4Address | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
+        if ip in self.ips:
+            return False
+        self.ips[ip] = (container_id, ifname)
+        self.last = ip
+        return True
+
+    def last_reserved(self) -> IPv4Address | None:
+        return self.last
+
+    def reservations(self) -> dict[IPv4Address, Attachment]:
+        return dict(self.ips)
+
+    def release(self, ip: IPv4Address) -> None:
+        self.ips.pop(ip, None)
