@@ -1,0 +1,1 @@
+"""overlayd, the node daemon: its flags, its wiring of the parts below, and its HTTP endpoints."""

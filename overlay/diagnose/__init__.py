@@ -1,0 +1,1 @@
+"""overlayctl diagnose and trace: gather (I/O) -> state (values) -> checks (pure) -> report."""

@@ -1,0 +1,1 @@
+"""Subnet leases in etcd: the client (etcd), storage (registry) and policy (manager, reservations)."""
