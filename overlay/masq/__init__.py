@@ -1,1 +1,1 @@
-"""Masquerade: the node's nftables table (``--ip-masq``) and the CNI plugin's per-pod iptables chains."""
+"""Masquerade: the node's nftables table (``--ip-masq``) and the plugin's per-pod chains."""
