@@ -1,1 +1,1 @@
-"""Subnet leases in etcd: the client (etcd), storage (registry) and policy (manager, reservations)."""
+"""Subnet leases in etcd: client (etcd), storage (registry), policy (manager, reservations)."""

@@ -1,1 +1,1 @@
-"""Small shared helpers with no knowledge of the network: backoff, atomic files, programs, names, text."""
+"""Small helpers that know nothing of the network: backoff, atomic files, programs, names."""

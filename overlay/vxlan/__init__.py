@@ -1,1 +1,1 @@
-"""The VXLAN backend: which entries a remote lease needs, the device, and getting the kernel there."""
+"""The VXLAN backend: the entries a remote lease needs, the device, and programming them."""
