@@ -402,13 +402,16 @@ def test_network_overlapping_a_connected_network_is_refused():
 
     from overlay.config import parse_network_config
     from overlay.daemon.daemon import connected_overlap
-    from overlay.netlink.rawnl import LinkRecord
+    from overlay.netlink.link import Link
+
+    def LinkRecord(index, name, kind):
+        return Link(index, name, kind, True, "UP", 1500, None)
     cfg = parse_network_config({"Network": "10.244.0.0/16"})
-    links = [LinkRecord(1, "lo", 0, 65536, None, None, {}),
-             LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
-             LinkRecord(3, "overlay.1", 0, 1450, None, "vxlan", {}),
-             LinkRecord(4, "cni0", 0, 1450, None, "bridge", {}),
-             LinkRecord(5, "br0", 0, 1500, None, "bridge", {})]
+    links = [LinkRecord(1, "lo", ""),
+             LinkRecord(2, "eth0", "veth"),
+             LinkRecord(3, "overlay.1", "vxlan"),
+             LinkRecord(4, "cni0", "bridge"),
+             LinkRecord(5, "br0", "bridge")]
     ours = [(1, I("127.0.0.1/8")), (2, I("192.168.1.11/24")), (3, I("10.244.3.0/32")),
             (4, I("10.244.3.1/24")), (4, I("10.244.4.1/25"))]  # a bridge of an older SubnetLen
     assert connected_overlap(cfg, links, ours, "overlay.1") is None

@@ -42,6 +42,8 @@ from overlay.errors import (
 )
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
 from overlay.masq.nft import Masquerade
+from overlay.netlink.addr import dump as dump_addrs
+from overlay.netlink.link import dump as dump_links
 from overlay.subnet.etcdconf import (
     DEFAULT_ENDPOINTS,
     DEFAULT_PREFIX,
@@ -392,9 +394,9 @@ class Daemon:
         nl = open_netlink()
         try:
             underlay = find_underlay(nl, self.s.iface, self.s.public_ip)
-            links = nl.dump_links()
+            links = dump_links(nl)
             existing = next((l.mac for l in links if l.name == name), None)
-            clash = connected_overlap(config, links, nl.dump_addrs(), name)
+            clash = connected_overlap(config, links, dump_addrs(nl), name)
         finally:
             nl.close()
         if clash:  # before anything in the kernel changes

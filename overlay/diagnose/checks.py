@@ -2,7 +2,7 @@
 
 Two halves:
 
-* **gathering** (I/O): the node's kernel state (``overlay.netlink.inspect``), sysctls,
+* **gathering** (I/O): the node's kernel state (``overlay.netlink.kernel_state``), sysctls,
   subnet.env, CNI config and binaries, IPAM reservation files, firewall rules (``nft``,
   ``iptables-save``), /readyz, the leases and config in etcd, and an active probe of
   every peer.  Everything lands in one ``NodeState`` / ``ClusterState``.
@@ -40,7 +40,7 @@ from overlay.diagnose.firewall import FirewallState, read_firewall
 from overlay.diagnose.probe import Echo, echo_many
 from overlay.errors import OverlayError, SubnetEnvError
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
-from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, RouteInfo
+from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, load_subnet_env
@@ -1115,7 +1115,7 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
 
 def gather_node(opts: DiagnoseOptions) -> NodeState:
     """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
-    from overlay.netlink.inspect import dump_kernel_state
+    from overlay.netlink.kernel_state import dump_kernel_state
 
     node = NodeState()
     try:

@@ -1,10 +1,13 @@
-"""The netlink edge: the only package that imports pyroute2 (and only lazily).
+"""The netlink edge, one module per kernel object (as pyroute2 and the CNI plugins' pkg/ip).
 
-``rtnl`` is the raw rtnetlink layer everything else builds on: constants, attribute
-codec, the one errno wording (``describe_errno``) and the socket (bulk ``execute`` for
-the daemon, acknowledged ``batch`` for the CNI plugin).  ``rawnl`` holds the daemon's
-messages and dump parsers, ``vxlan`` programs the VXLAN device and remote entries with
-them; ``pod`` the bridge, veth and pod-side addresses and routes (CNI plugin);
-``inspect`` reads kernel state for diagnose; ``common`` the namespace paths and the
-pyroute2 helpers (``open_iproute``, ``translated``).
+``rtnl`` is the bottom: constants, attribute codec, the one errno wording
+(``describe_errno``) and the socket (bulk ``execute`` for the daemon, acknowledged
+``batch`` for the CNI plugin); it imports nothing of ours but the error tree.  ``netns``
+enters namespaces per thread and opens sockets there.  ``link``, ``addr``, ``route`` and
+``neigh`` (neighbours and FDB entries) each hold the builders of their messages, their
+one parser and their one record type.  ``pod`` is the CNI plugin's operations (bridge,
+veth, pod addressing) built on those; ``kernel_state`` the read-only snapshot diagnose
+and trace use.  ``pyroute2_adapter`` reads the same records with pyroute2, for tests to
+check the codec against an independent decoder.  No module here imports pyroute2 on
+the daemon's or the CNI plugin's paths.
 """

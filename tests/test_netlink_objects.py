@@ -1,0 +1,68 @@
+"""Hand-packed rtnetlink messages parse back to what was packed (no root, no kernel)."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from overlay.netlink import addr, link, neigh, route, rtnl
+
+
+def test_neigh_message_round_trip():
+    m = neigh.neigh_msg(True, 7, IPv4Address("10.244.2.0"), "0e:00:00:00:00:02")
+    assert m.type == rtnl.RTM_NEWNEIGH and m.flags & rtnl.NLM_F_REPLACE
+    n = neigh.parse(m.body)
+    assert (n.family, n.ifindex, n.state) == (rtnl.AF_INET, 7, rtnl.NUD_PERMANENT)
+    assert n.dst == IPv4Address("10.244.2.0") and n.mac == "0e:00:00:00:00:02"
+    d = neigh.neigh_msg(False, 7, IPv4Address("10.244.2.0"), None)
+    assert d.type == rtnl.RTM_DELNEIGH and neigh.parse(d.body).mac is None
+
+
+def test_fdb_message_round_trip():
+    m = neigh.fdb_msg(True, 9, "0e:aa:bb:cc:dd:ee", IPv4Address("192.168.1.12"))
+    n = neigh.parse(m.body)
+    assert n.family == rtnl.AF_BRIDGE and n.flags == rtnl.NTF_SELF
+    assert n.mac == "0e:aa:bb:cc:dd:ee" and n.dst == IPv4Address("192.168.1.12")
+
+
+def test_route_message_round_trip():
+    m = route.msg(True, IPv4Network("10.244.3.0/24"), IPv4Address("10.244.3.0"), 5, onlink=True)
+    r = route.parse(m.body)
+    assert r.dst == IPv4Network("10.244.3.0/24") and r.gateway == IPv4Address("10.244.3.0")
+    assert r.oif == 5 and r.protocol == route.RTPROT_OVERLAY and r.onlink and r.kind == "unicast"
+    assert r.table == rtnl.RT_TABLE_MAIN
+
+
+def test_vxlan_link_message_parses_as_a_link_record():
+    m = link.vxlan_add_msg("overlay.1", 42, 8472, IPv4Address("192.168.1.11"), 3,
+                           "0e:00:00:00:00:01", 1450)
+    rec = link.parse(m.body)
+    assert rec.name == "overlay.1" and rec.mtu == 1450 and rec.mac == "0e:00:00:00:00:01"
+    assert rec.kind == "vxlan"
+    assert rec.vxlan == link.VXLANInfo(vni=42, port=8472, local=IPv4Address("192.168.1.11"),
+                                       link=3, learning=False)
+
+
+def test_attributes_are_4_byte_aligned():
+    m = link.vxlan_add_msg("a", 1, 8472, IPv4Address("1.2.3.4"), 1, "0e:00:00:00:00:01", 1400)
+    assert len(m.body) % 4 == 0
+    off, kinds = 16, []
+    while off < len(m.body):
+        n, kind = struct.unpack_from("=HH", m.body, off)
+        kinds.append(kind & 0x3FFF)
+        off += (n + 3) & ~3
+    assert off == len(m.body) and kinds == [rtnl.IFLA_IFNAME, rtnl.IFLA_MTU,
+                                            rtnl.IFLA_ADDRESS, rtnl.IFLA_LINKINFO]
+
+
+def test_addr_message():
+    m = addr.msg(True, 4, IPv4Interface("10.244.1.0/32"))
+    family, plen, _, _, index = struct.unpack_from("=BBBBi", m.body, 0)
+    assert (family, plen, index) == (rtnl.AF_INET, 32, 4)
+    assert IPv4Address("10.244.1.0").packed in m.body
+
+
+def test_walk_stops_on_garbage():
+    hdr = struct.pack("=LHHLL", 20, rtnl.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -2)
+    assert [(t, s) for t, _, s, _, _ in rtnl.walk(hdr + b"\0\0\0")] == [(rtnl.NLMSG_ERROR, 7)]
+    assert list(rtnl.walk(struct.pack("=LHHLL", 3, 2, 0, 1, 0))) == []
