@@ -66,3 +66,64 @@ def test_walk_stops_on_garbage():
     hdr = struct.pack("=LHHLL", 20, rtnl.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -2)
     assert [(t, s) for t, _, s, _, _ in rtnl.walk(hdr + b"\0\0\0")] == [(rtnl.NLMSG_ERROR, 7)]
     assert list(rtnl.walk(struct.pack("=LHHLL", 3, 2, 0, 1, 0))) == []
+
+
+def test_rtnl_is_the_bottom_and_the_package_has_no_import_cycle():
+    import ast
+    import pathlib
+
+    import overlay.netlink as pkg
+    root = pathlib.Path(pkg.__file__).parent
+    deps = {}
+    for f in root.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("overlay"):
+                names.add(node.module)
+        deps[f.stem] = {n.rsplit(".", 1)[-1] for n in names if n.startswith("overlay.netlink.")}
+        if f.stem == "rtnl":
+            assert names == {"overlay.errors"}
+    seen: list[str] = []
+
+    def visit(mod: str, path: tuple[str, ...]) -> None:
+        assert mod not in path, f"import cycle: {' -> '.join(path + (mod,))}"
+        for dep in deps.get(mod, ()):
+            visit(dep, path + (mod,))
+        seen.append(mod)
+    for mod in deps:
+        visit(mod, ())
+
+
+def test_one_address_builder_with_or_without_broadcast():
+    a = IPv4Interface("10.244.1.1/24")
+    with_brd = addr.msg(True, 4, a, broadcast=True)
+    plain = addr.msg(True, 4, a)
+    assert IPv4Address("10.244.1.255").packed in with_brd.body
+    assert rtnl.IFA_BROADCAST not in rtnl.attrs(plain.body, rtnl.IFADDR.size)
+    assert addr.parse(plain.body) == addr.Addr(4, a) == addr.parse(with_brd.body)
+    assert addr.msg(False, 4, a).type == rtnl.RTM_DELADDR
+
+
+def test_route_builder_serves_daemon_and_pod():
+    ours = route.msg(True, IPv4Network("10.244.3.0/24"), IPv4Address("10.244.3.0"), 5,
+                     onlink=True, replace=True)
+    assert ours.flags & rtnl.NLM_F_REPLACE and not ours.flags & rtnl.NLM_F_EXCL
+    pod = route.msg(True, IPv4Network("0.0.0.0/0"), IPv4Address("10.244.1.1"), 2,
+                    protocol=rtnl.RTPROT_BOOT, metric=1002)
+    r = route.parse(pod.body)
+    assert (r.dst, r.protocol, r.metric, r.onlink, r.ours) == (
+        IPv4Network("0.0.0.0/0"), rtnl.RTPROT_BOOT, 1002, False, False)
+    assert rtnl.RTA_DST not in rtnl.attrs(pod.body, rtnl.RTMSG.size)  # a default route
+    d = route.msg(False, IPv4Network("10.244.3.0/24"), IPv4Address("10.244.3.0"), 5)
+    assert d.type == rtnl.RTM_DELROUTE and route.parse(d.body).protocol == route.RTPROT_OVERLAY
+
+
+def test_link_set_changes_only_what_is_asked():
+    m = link.set_msg(3, up=True, promisc=None)
+    _, _, index, flags, change = rtnl.IFINFO.unpack_from(m.body)
+    assert (index, flags, change) == (3, rtnl.IFF_UP, rtnl.IFF_UP)
+    down = link.set_msg(name="veth0", up=False)
+    _, _, index, flags, change = rtnl.IFINFO.unpack_from(down.body)
+    assert (index, flags, change) == (0, 0, rtnl.IFF_UP)
+    assert link.parse(down.body).name == "veth0"
+    assert link.parse(link.set_msg(3, mtu=1400, mac="0e:00:00:00:00:01").body).mtu == 1400

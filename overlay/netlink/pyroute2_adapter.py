@@ -1,11 +1,12 @@
-"""pyroute2's reads, as this package's records: a second, independent decoder.
+"""pyroute2's reads, as this package's records: the one adapter.
 
-The daemon, the CNI plugin and diagnose read with the hand-written codec (measured
-faster where it matters, see the README's Netlink section).  This module decodes the
-same kernel state with pyroute2 into the same record types (:class:`.link.Link`,
-:class:`.addr.Addr`, :class:`.route.Route`, :class:`.neigh.Neigh`), so tests can check
-the codec against something that is not the code under test, and benchmarks can time
-pyroute2's reads honestly.  pyroute2 is imported only when a function here runs.
+The daemon and the CNI plugin read with the hand-written codec, where measured targets
+need it (see the README's Netlink section); diagnose and trace read with pyroute2,
+which meets theirs.  This module turns pyroute2's messages into the same record types
+the codec yields (:class:`.link.Link`, :class:`.addr.Addr`, :class:`.route.Route`,
+:class:`.neigh.Neigh`), so what diagnose sees and what the backend sees cannot drift
+(an integration test compares both on one kernel state).  pyroute2 is imported only
+when :func:`read` runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 from overlay.errors import NetlinkOpError
 from overlay.netlink.addr import Addr
-from overlay.netlink.kernel_state import KernelState
 from overlay.netlink.link import Link, VXLANInfo
 from overlay.netlink.neigh import Neigh
 from overlay.netlink.netns import require_netns
@@ -26,7 +26,6 @@ from overlay.netlink.rtnl import (
     IFF_PROMISC,
     IFF_RUNNING,
     IFF_UP,
-    RT_TABLE_MAIN,
     RTNH_F_ONLINK,
     describe_errno,
     route_type_name,
@@ -76,8 +75,10 @@ def neigh_of(msg: Any) -> Neigh:
                  flags=msg["flags"])
 
 
-def read_kernel_state(netns: str | None = None) -> KernelState:
-    """What :func:`.kernel_state.dump_kernel_state` reads, decoded by pyroute2."""
+def read(netns: str | None = None) -> tuple[list[Link], list[Addr], list[Route], list[Neigh],
+                                            list[Neigh]]:
+    """Links, IPv4 addresses, IPv4 routes (every table and type), IPv4 neighbours and
+    FDB entries of this namespace or ``netns``, decoded by pyroute2."""
     from pyroute2 import IPRoute, NetlinkError
 
     try:
@@ -85,14 +86,13 @@ def read_kernel_state(netns: str | None = None) -> KernelState:
     except (NetlinkError, OSError) as e:
         code = getattr(e, "code", None) or getattr(e, "errno", 0) or 0
         raise NetlinkOpError(f"pyroute2 cannot open netlink: {describe_errno(code)}", code) from e
-    with ipr:
-        links = [link_of(m) for m in ipr.get_links()]
-        addrs = [addr_of(m) for m in ipr.get_addr(family=AF_INET)]
-        main = [r for r in map(route_of, ipr.get_routes(family=AF_INET))
-                if r.table == RT_TABLE_MAIN]
-        neighs = [n for n in map(neigh_of, ipr.get_neighbours(family=AF_INET))
-                  if n.dst is not None]
-        fdb = [n for n in map(neigh_of, ipr.get_neighbours(family=AF_BRIDGE))
-               if n.mac is not None]
-    return KernelState(links, addrs, [r for r in main if r.kind == "unicast"], neighs, fdb,
-                       [r for r in main if r.kind != "unicast"])
+    try:
+        with ipr:
+            return ([link_of(m) for m in ipr.get_links()],
+                    [addr_of(m) for m in ipr.get_addr(family=AF_INET)],
+                    [route_of(m) for m in ipr.get_routes(family=AF_INET)],
+                    [neigh_of(m) for m in ipr.get_neighbours(family=AF_INET)],
+                    [neigh_of(m) for m in ipr.get_neighbours(family=AF_BRIDGE)])
+    except (NetlinkError, OSError) as e:
+        code = getattr(e, "code", None) or getattr(e, "errno", 0) or 0
+        raise NetlinkOpError(f"reading kernel state: {describe_errno(code)}", code) from e

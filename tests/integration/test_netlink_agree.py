@@ -2,9 +2,10 @@
 
 One throwaway namespace ``ovd-na-*`` holds a VXLAN device on a veth underlay with
 neighbour, FDB and route entries (ours, another protocol's with a metric, a blackhole),
-and a bridge with an address and a port.  ``kernel_state.dump_kernel_state`` (our codec)
-and ``pyroute2_adapter.read_kernel_state`` (pyroute2's decoder) must agree record for
-record, so the codec is checked against something that is not itself.
+and a bridge with an address and a port.  ``kernel_state.read_with_codec`` (the codec the
+daemon reads with) and ``kernel_state.dump_kernel_state`` (pyroute2, what diagnose reads
+with) must agree record for record: the codec is checked against something that is not
+itself, and diagnose and the backend cannot see different states.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from overlay.netlink.kernel_state import KernelState, dump_kernel_state
-from overlay.netlink.pyroute2_adapter import read_kernel_state
+from overlay.netlink.kernel_state import KernelState, dump_kernel_state, read_with_codec
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +67,12 @@ def _sorted(k: KernelState) -> dict[str, list]:
 
 def test_codec_and_pyroute2_agree_on_the_same_kernel_state(netns):
     for _ in range(10):  # link states settle asynchronously (carrier, operstate)
-        ours, theirs = _sorted(dump_kernel_state(netns)), _sorted(read_kernel_state(netns))
+        ours, theirs = _sorted(read_with_codec(netns)), _sorted(dump_kernel_state(netns))
         if ours == theirs:
             break
         time.sleep(0.2)
     assert ours == theirs
-    k = dump_kernel_state(netns)
+    k = read_with_codec(netns)
     vx, br = k.link("overlay.1"), k.link("cni0")
     assert vx is not None and vx.vxlan is not None and br is not None
     assert (vx.vxlan.vni, vx.vxlan.port, vx.vxlan.local, vx.vxlan.learning) == \
