@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
-from typing import NamedTuple
+from typing import Iterator
 
 from overlay.netlink.rtnl import (
     AF_INET,
@@ -23,12 +24,15 @@ from overlay.netlink.rtnl import (
 )
 
 
-class Addr(NamedTuple):
-    """An address on a link.  A named tuple (immutable, typed) so callers that take
-    ``(index, interface)`` pairs keep unpacking it."""
+@dataclass(frozen=True)
+class Addr:
+    """An address on a link; unpacks as ``(index, interface)`` for callers that take pairs."""
 
     index: int
     interface: IPv4Interface
+
+    def __iter__(self) -> Iterator:
+        return iter((self.index, self.interface))
 
 
 def msg(add: bool, index: int, address: IPv4Interface, broadcast: bool = False,

@@ -83,15 +83,16 @@ def find_underlay(nl: Rtnl, iface: str | None,
     links = {i: l.name for i, l in records.items()}
     addrs = addr.dump(nl)
     if iface:
-        idx = _match_iface(links, iface, {i for i, _ in addrs})
+        idx = _match_iface(links, iface, {a.index for a in addrs})
     elif public_ip is not None:
-        idx = next((i for i, a in addrs if a.ip == public_ip), None)
-        if idx is None:
+        held = next((a.index for a in addrs if a.interface.ip == public_ip), None)
+        if held is None:
             raise ConfigError(f"--public-ip {public_ip}: no interface in this network "
                               "namespace has that address; pass --iface or fix the address")
+        idx = held
     else:
         idx = _default_route_index(nl)
-    mine = [a for i, a in addrs if i == idx]
+    mine = [a.interface for a in addrs if a.index == idx]
     if public_ip is not None:
         chosen = next((a for a in mine if a.ip == public_ip), None)
         if chosen is None:  # e.g. behind NAT: keep the flag's IP, the link's prefix
@@ -281,7 +282,7 @@ class VXLANDevice:
             log.warning("reading routes to check %d route(s) that exist failed: %s",
                         len(taken), e)
             return
-        redo = [i for i in taken if ops[i].entry.dst not in others]
+        redo = [i for i in taken if isinstance(ent := ops[i].entry, Route) and ent.dst not in others]
         if not redo:
             return
         again = self.raw.execute([self._to_msg(ops[i], replace=True) for i in redo])
@@ -303,7 +304,7 @@ class VXLANDevice:
         out: dict[IPv4Network, OtherRoute] = {}
         for r in sorted(records, key=lambda r: r.metric):  # per destination the preferred
             out.setdefault(r.dst, OtherRoute(
-                r.dst, protocol_name(r.protocol), names.get(r.oif, f"if{r.oif}") if r.oif else "",
+                r.dst, protocol_name(r.protocol or 0), names.get(r.oif, f"if{r.oif}") if r.oif else "",
                 r.kind, r.metric))
         return out
 
