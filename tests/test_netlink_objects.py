@@ -127,3 +127,28 @@ def test_link_set_changes_only_what_is_asked():
     assert (index, flags, change) == (0, 0, rtnl.IFF_UP)
     assert link.parse(down.body).name == "veth0"
     assert link.parse(link.set_msg(3, mtu=1400, mac="0e:00:00:00:00:01").body).mtu == 1400
+
+
+def test_diagnose_snapshot_comes_from_the_pyroute2_adapter(monkeypatch):
+    from ipaddress import IPv4Interface as I
+
+    from overlay.netlink import kernel_state, pyroute2_adapter
+    from overlay.netlink.link import Link
+    from overlay.netlink.neigh import Neigh
+    from overlay.netlink.route import Route
+    seen = []
+
+    def read(netns=None):
+        seen.append(netns)
+        other = Route(IPv4Network("10.9.0.0/16"), None, 2, table=100)
+        black = Route(IPv4Network("10.8.0.0/16"), None, None, kind="blackhole")
+        plain = Route(IPv4Network("10.7.0.0/16"), None, 2)
+        return ([Link(2, "eth0", "veth", True, "UP", 1500, None)], [addr.Addr(2, I("10.0.0.1/24"))],
+                [other, black, plain], [Neigh(None, "0e:00:00:00:00:01", 2, 0x80)],
+                [Neigh(None, None, 2, 0x80, rtnl.AF_BRIDGE)])
+    monkeypatch.setattr(pyroute2_adapter, "read", read)
+    k = kernel_state.dump_kernel_state("ns1")
+    assert seen == ["ns1"] and [l.name for l in k.links] == ["eth0"]
+    assert [r.dst for r in k.routes] == [IPv4Network("10.7.0.0/16")]  # main table only
+    assert [r.kind for r in k.typed_routes] == ["blackhole"]
+    assert k.neigh == [] and k.fdb == []  # no IP / no MAC: not entries

@@ -7,7 +7,8 @@ enters namespaces per thread and opens sockets there.  ``link``, ``addr``, ``rou
 ``neigh`` (neighbours and FDB entries) each hold the builders of their messages, their
 one parser and their one record type.  ``pod`` is the CNI plugin's operations (bridge,
 veth, pod addressing) built on those; ``kernel_state`` the read-only snapshot diagnose
-and trace use.  ``pyroute2_adapter`` reads the same records with pyroute2, for tests to
-check the codec against an independent decoder.  No module here imports pyroute2 on
-the daemon's or the CNI plugin's paths.
+and trace use, read by pyroute2 through ``pyroute2_adapter`` (the one place that turns
+pyroute2's messages into these records).  Nothing on the daemon's or the CNI plugin's
+paths imports pyroute2: the README's Netlink section has the measurements behind each
+choice.
 """
