@@ -56,7 +56,7 @@ def test_importing_the_low_layers_never_loads_pyroute2():
     code = ("import sys; import overlay.netlink.rtnl, overlay.netlink.netns, "
             "overlay.netlink.link, overlay.netlink.addr, overlay.netlink.route, "
             "overlay.netlink.neigh, overlay.netlink.pod, overlay.netlink.kernel_state, "
-            "overlay.netlink.pyroute2_adapter, overlay.vxlan.device; "
+            "overlay.netlink.pyroute2_adapter, overlay.vxlan.device, overlay.daemon.daemon; "
             "sys.exit(any(m.startswith('pyroute2') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
