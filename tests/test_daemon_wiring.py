@@ -410,14 +410,17 @@ def test_network_overlapping_a_connected_network_is_refused():
     from ipaddress import IPv4Interface as I
 
     from overlay.config import parse_network_config
-    from overlay.netlink.rawnl import LinkRecord
+    from overlay.netlink.link import Link
     from overlay.vxlan.setup import connected_overlap
+
+    def LinkRecord(index, name, kind):
+        return Link(index, name, kind, True, "UP", 1500, None)
     cfg = parse_network_config({"Network": "10.244.0.0/16"})
-    links = [LinkRecord(1, "lo", 0, 65536, None, None, {}),
-             LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
-             LinkRecord(3, "overlay.1", 0, 1450, None, "vxlan", {}),
-             LinkRecord(4, "cni0", 0, 1450, None, "bridge", {}),
-             LinkRecord(5, "br0", 0, 1500, None, "bridge", {})]
+    links = [LinkRecord(1, "lo", ""),
+             LinkRecord(2, "eth0", "veth"),
+             LinkRecord(3, "overlay.1", "vxlan"),
+             LinkRecord(4, "cni0", "bridge"),
+             LinkRecord(5, "br0", "bridge")]
     ours = [(1, I("127.0.0.1/8")), (2, I("192.168.1.11/24")), (3, I("10.244.3.0/32")),
             (4, I("10.244.3.1/24")), (4, I("10.244.4.1/25"))]  # a bridge of an older SubnetLen
     assert connected_overlap(cfg, links, ours, "overlay.1") is None
@@ -457,24 +460,22 @@ def test_underlay_errors_are_reported_with_the_flag(tmp_path, err, message):
     assert str(ei.value) == message and ei.value.__cause__ is err
 
 
-def test_find_underlay_errors_read_as_before_once_the_daemon_names_the_flag():
+def test_find_underlay_errors_read_as_before_once_the_daemon_names_the_flag(monkeypatch):
     from ipaddress import IPv4Interface
 
     from overlay.daemon.daemon import underlay_flag_message
-    from overlay.netlink.rawnl import LinkRecord
+    from overlay.netlink.addr import Addr
+    from overlay.netlink.link import Link
+    from overlay.vxlan import device
     from overlay.vxlan.device import find_underlay
 
-    class NL:  # the three dumps find_underlay reads; no default route
-        def dump_links(self):
-            return [LinkRecord(1, "lo", 0, 65536, None, None, {}),
-                    LinkRecord(2, "eth0", 0, 1500, None, "veth", {}),
-                    LinkRecord(3, "eth1", 0, 1500, None, "veth", {})]
-
-        def dump_addrs(self):
-            return [(2, IPv4Interface("192.168.1.11/24"))]
-
-        def dump_routes(self):
-            return []
+    # the three dumps find_underlay reads; no default route
+    monkeypatch.setattr(device.link, "dump", lambda nl: [
+        Link(1, "lo", "", True, "UP", 65536, None), Link(2, "eth0", "veth", True, "UP", 1500, None),
+        Link(3, "eth1", "veth", True, "UP", 1500, None)])
+    monkeypatch.setattr(device.addr, "dump", lambda nl: [Addr(2, IPv4Interface("192.168.1.11/24"))])
+    monkeypatch.setattr(device.route, "dump", lambda nl: [])
+    NL = object
     cases = [(("nosuch0", None), "--iface 'nosuch0': no interface matches; have eth0, eth1, lo"),
              (("eth[", None), "--iface 'eth[': no such interface and not a valid regex ("),
              ((None, IPv4Address("10.9.9.9")), "--public-ip 10.9.9.9: no interface in this "

@@ -16,17 +16,22 @@ from overlay.diagnose import checks as dg, firewall as fw_mod, gather as ga, sta
 from overlay.diagnose.probe import Echo, _checksum, echo_request, parse_echo_reply
 from overlay.diagnose.trace import build_trace
 from overlay.lease import Lease, LeaseAttrs
-from overlay.netlink.inspect import (
+from overlay.netlink.kernel_state import (
     AddrInfo,
-    FDBInfo,
     KernelState,
     LinkInfo,
     NeighInfo,
     RouteInfo,
     VXLANInfo,
 )
+from overlay.netlink.rtnl import AF_BRIDGE
 from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnetenv import SubnetEnv
+
+
+def FDBInfo(mac, dst, ifindex, state):
+    """An FDB entry: a neighbour record of family AF_BRIDGE."""
+    return NeighInfo(dst, mac, ifindex, state, family=AF_BRIDGE)
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MY_IP = IPv4Address("192.168.1.11")
@@ -551,7 +556,7 @@ def route_reply(gateway, oif, onlink=False):
 
 def test_trace_asks_every_route_in_one_send_on_one_socket(monkeypatch):
     from overlay.diagnose import trace as trace_mod
-    from overlay.netlink import inspect, rtnl
+    from overlay.netlink import kernel_state, rtnl
 
     node, cluster = healthy()
     sockets, sent = [], []
@@ -575,22 +580,22 @@ def test_trace_asks_every_route_in_one_send_on_one_socket(monkeypatch):
                 dst = IPv4Address(a[rtnl.RTA_DST])
                 if dst == IPv4Address("192.168.1.12"):
                     out.append(([route_reply(None, ETH)], 0))
-                elif inspect.RTA_IIF in a and not forwarding_on:
+                elif rtnl.RTA_IIF in a and not forwarding_on:
                     out.append(([], 113))  # EHOSTUNREACH: not forwarded
                 else:
                     out.append(([route_reply("10.244.2.0", VX, onlink=True)], 0))
             return out
 
-    monkeypatch.setattr(inspect, "Rtnl", Kernel)
-    monkeypatch.setattr(inspect, "dump_kernel_state", lambda: node.kernel)
+    monkeypatch.setattr(kernel_state, "open_rtnl", Kernel)
+    monkeypatch.setattr(kernel_state, "dump_kernel_state", lambda: node.kernel)
     monkeypatch.setattr(trace_mod, "gather_cluster", lambda etcd: cluster)
     src, dst = IPv4Address("10.244.1.2"), IPv4Address("10.244.2.5")
     t = trace_mod.trace_path(src, dst, make_etcd_options())
     assert t.ok and len(sockets) == 1 and len(sent) == 1
     forwarded, plain, underlay = sent[0]
     fa = rtnl.attrs(forwarded.body, rtnl.RTMSG.size)
-    assert (fa[inspect.RTA_SRC], rtnl.u32(fa[inspect.RTA_IIF])) == (src.packed, BR)
-    assert inspect.RTA_IIF not in rtnl.attrs(plain.body, rtnl.RTMSG.size)
+    assert (fa[rtnl.RTA_SRC], rtnl.u32(fa[rtnl.RTA_IIF])) == (src.packed, BR)
+    assert rtnl.RTA_IIF not in rtnl.attrs(plain.body, rtnl.RTMSG.size)
     assert t.hops[2].detail == "10.244.2.5 via 10.244.2.0 dev overlay.1"
     assert t.hops[6].detail == "192.168.1.12 via direct dev eth0"
     forwarding_on = False
@@ -601,7 +606,7 @@ def test_trace_asks_every_route_in_one_send_on_one_socket(monkeypatch):
 
 def test_route_get_reads_the_kernel_without_pyroute2():
     script = ("import sys; from ipaddress import IPv4Address as A\n"
-              "from overlay.netlink.inspect import RouteQuery, routes_get\n"
+              "from overlay.netlink.kernel_state import RouteQuery, routes_get\n"
               "lo = routes_get([RouteQuery(A('127.0.0.1')), RouteQuery(A('127.0.0.1'),"
               " A('10.255.255.1'), 1)])\n"
               "print(lo[0].oif, lo[0].gateway, lo[0].prefsrc, lo[1], 'pyroute2' in sys.modules)")
@@ -707,7 +712,7 @@ def test_gather_node_reads_subnet_env_named_by_the_conflist(tmp_path, monkeypatc
     (conf / "10-overlay.conflist").write_text(json.dumps(
         {"cniVersion": "1.1.0", "name": "overlay", "plugins": [
             {"type": "overlay", "subnetFile": str(env), "dataDir": str(tmp_path / "ipam")}]}))
-    monkeypatch.setattr("overlay.netlink.inspect.dump_kernel_state", lambda: KernelState())
+    monkeypatch.setattr("overlay.netlink.kernel_state.dump_kernel_state", lambda: KernelState())
     node = ga.gather_node(st.DiagnoseOptions(cni_conf_dir=str(conf), cni_bin_dir=str(tmp_path)))
     assert node.subnet_file == str(env)
     assert str(node.subnet_env.subnet) == "10.244.1.1/24"

@@ -37,12 +37,12 @@ def test_walk_reads_each_message_once():
 
 
 def test_one_errno_wording_for_every_caller():
-    from overlay.netlink import common, pod
+    from overlay.netlink import kernel_state, pod
 
     assert rtnl.describe_errno(errno.ENODEV) == "link not found"
     assert rtnl.describe_errno(errno.EBUSY) == "device or resource busy"
     assert rtnl.describe_errno(errno.EMLINK) == os.strerror(errno.EMLINK)
-    assert common.describe_errno is pod.describe_errno is rtnl.describe_errno
+    assert kernel_state.describe_errno is pod.describe_errno is rtnl.describe_errno
     assert issubclass(pod.NetlinkRequestError, rtnl.NetlinkOpError)
 
 
@@ -53,8 +53,10 @@ def test_msg_is_a_plain_tuple():
 
 
 def test_importing_the_low_layers_never_loads_pyroute2():
-    code = ("import sys; import overlay.netlink.common, overlay.netlink.rtnl, "
-            "overlay.netlink.rawnl, overlay.netlink.pod, overlay.vxlan.device; "
+    code = ("import sys; import overlay.netlink.rtnl, overlay.netlink.netns, "
+            "overlay.netlink.link, overlay.netlink.addr, overlay.netlink.route, "
+            "overlay.netlink.neigh, overlay.netlink.pod, overlay.netlink.kernel_state, "
+            "overlay.netlink.pyroute2_adapter, overlay.vxlan.device, overlay.daemon.daemon; "
             "sys.exit(any(m.startswith('pyroute2') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -95,7 +97,7 @@ def test_a_failed_socket_set_up_closes_the_socket(monkeypatch):
 
 def test_one_missing_netns_check_for_both_netlink_openers():
     from overlay.errors import NetlinkOpError
-    from overlay.netlink.common import require_netns
+    from overlay.netlink.netns import require_netns
     from overlay.vxlan.device import open_netlink
     for opener in (require_netns, open_netlink):
         with pytest.raises(NetlinkOpError, match="ovw-absent does not exist") as e:

@@ -22,7 +22,8 @@ from overlay.cni.skel import ERR_CHECK, ERR_KERNEL, Request
 from overlay.cni.types import Interface, IPConfig, Result, Route, parse_result
 from overlay.errors import CNIError, IPAMError, NetlinkOpError
 from overlay.masq import iptables as masq
-from overlay.netlink import pod
+from overlay.netlink import netns, pod
+from overlay.netlink.rtnl import Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,10 @@ def open_pod_netns(req: Request, stack: ExitStack) -> int:
             raise CNIError(CNIError.INVALID_ENV, f"CNI_NETNS {req.netns} cannot be opened",
                            f"{e.strerror}: the pod's network namespace must exist") from None
         stack.callback(os.close, fd)
-    if not pod.is_netns_fd(fd):
+    if not netns.is_netns_fd(fd):
         raise CNIError(CNIError.INVALID_ENV, f"CNI_NETNS {req.netns} is not a network namespace",
                        "pass a path like /var/run/netns/<name> or /proc/<pid>/ns/net")
-    if pod.same_netns(fd):
+    if netns.same_netns(fd):
         raise CNIError(CNIError.INVALID_ENV,
                        f"CNI_NETNS {req.netns} is the plugin's own network namespace",
                        "the pod needs a namespace of its own")
@@ -115,7 +116,7 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
     host_name = pod.host_veth_name(req.container_id, req.ifname)
     address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
     routes = pod_routes(conf, node)
-    host = stack.enter_context(pod.Rtnl())
+    host = stack.enter_context(Rtnl())
     bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
                                conf.force_address, conf.promisc_mode)
     if req.reaper is not None:
@@ -133,7 +134,7 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
         host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
                                  conf.hairpin_mode, mac)
     undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
-    inside = stack.enter_context(pod.open_in_netns(netns_fd))
+    inside = stack.enter_context(netns.open_in_netns(netns_fd))
     pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
     if conf.ip_masq:
         masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
@@ -156,7 +157,7 @@ def _rollback(undo: list[Callable[[], Any]]) -> None:
 
 
 def _del_host_veth(name: str) -> None:
-    with pod.Rtnl() as host:
+    with Rtnl() as host:
         pod.del_link(host, name)
 
 
@@ -166,7 +167,7 @@ def cmd_del(req: Request) -> None:
     """Idempotent: whatever is already gone is success; needs neither daemon nor netns."""
     conf = parse_netconf(req.config, req.cni_version)
     host_name = pod.host_veth_name(req.container_id, req.ifname)
-    with pod.Rtnl() as host:
+    with Rtnl() as host:
         if req.reaper is not None:
             # Warm server: cut the pod off now, let the kernel's slow veth teardown
             # (~20 ms of RCU waits) finish in the background; ADD of the same
@@ -194,7 +195,7 @@ def _del_pod_side(req: Request) -> None:
             fd = open_pod_netns(req, stack)
         except CNIError:
             return  # netns gone or unusable: nothing of ours can be in it
-        with pod.open_in_netns(fd) as inside:
+        with netns.open_in_netns(fd) as inside:
             link = pod.get_link(inside, req.ifname)
             if link is not None and link.kind == "veth":
                 pod.del_link(inside, req.ifname)
@@ -225,7 +226,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
         raise fail(f"prevResult lists no interface {req.ifname} in a sandbox")
     expected = prev.interfaces[index]
     ips = [ip.address for ip in prev.ips if ip.interface == index]
-    inside = stack.enter_context(pod.open_in_netns(netns_fd))
+    inside = stack.enter_context(netns.open_in_netns(netns_fd))
     link = pod.get_link(inside, req.ifname)
     if link is None:
         raise fail(f"{req.ifname} is missing from the pod's namespace")
@@ -239,7 +240,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
     for dst, gw in pod_routes(conf, node):
         if (dst, gw) not in present:
             raise fail(f"route {dst} via {gw} is missing in the pod")
-    host = stack.enter_context(pod.Rtnl())
+    host = stack.enter_context(Rtnl())
     _check_host(req, conf, node, host, fail)
     reserved = ipam.get(_store(conf), req.container_id, req.ifname)
     for address in ips:
@@ -294,7 +295,7 @@ def cmd_status(req: Request) -> None:
 
 def _status_bridge(conf: NetConf, node: NodeSubnet, attached: int) -> None:
     try:
-        with pod.Rtnl() as host:
+        with Rtnl() as host:
             bridge = pod.get_link(host, conf.bridge)
             ok = (bridge is not None and bridge.up
                   and node.gateway_interface in pod.get_addresses(host, bridge.index))
@@ -330,7 +331,7 @@ def cmd_gc(req: Request) -> None:
     valid = _valid_attachments(req.config)
     stale = ipam.gc(_store(conf), valid)
     errors = []
-    with pod.Rtnl() as host:
+    with Rtnl() as host:
         for _, (container_id, ifname) in stale:
             try:
                 pod.del_link(host, pod.host_veth_name(container_id, ifname))

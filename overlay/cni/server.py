@@ -45,7 +45,8 @@ from collections.abc import Mapping
 from overlay.cni import skel
 from overlay.cni.commands import HANDLERS
 from overlay.errors import CNIError
-from overlay.netlink import pod
+from overlay.netlink import netns, pod
+from overlay.netlink.rtnl import Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ class LinkReaper:
 
     def _delete(self, key: tuple[int, int, str], ns_fd: int, done: threading.Event) -> None:
         try:
-            pod.enter_netns_for_thread(ns_fd)
-            ipr = pod.Rtnl()
+            netns.enter_netns_for_thread(ns_fd)
+            ipr = Rtnl()
             try:
                 pod.del_link(ipr, key[2])
             finally:
@@ -306,10 +307,10 @@ class CNIServer:
     def _run(self, env: dict[str, str], stdin: bytes, fds: list[int]) -> tuple[int, bytes]:
         host_fd = fds[0] if fds else None
         netns_fd = fds[1] if len(fds) > 1 else None
-        if host_fd is not None and not pod.same_netns(host_fd):
+        if host_fd is not None and not netns.same_netns(host_fd):
             # This thread is ours alone and ends with the request: it may stay in the
             # caller's namespace, so everything "host" happens there.
-            pod.enter_netns_for_thread(host_fd)
+            netns.enter_netns_for_thread(host_fd)
         return skel.run(env, stdin, self.handlers, netns_fd, host_fd, self.reaper)
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
@@ -323,7 +324,7 @@ class CNIServer:
 
 def _warm_up() -> None:
     """Exercise the netlink paths once before the first pod waits for them."""
-    ipr = pod.Rtnl()
+    ipr = Rtnl()
     try:
         pod.get_link(ipr, "lo")
         pod.get_addresses(ipr, 1)

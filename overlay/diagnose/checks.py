@@ -36,7 +36,7 @@ from overlay.diagnose.state import (
     overlay_conf,
 )
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
-from overlay.netlink.inspect import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
+from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
 from overlay.vxlan.entries import FDB, BackendSettings, Neigh, Route, entries_for
 

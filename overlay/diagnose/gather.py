@@ -1,6 +1,6 @@
 """``overlayctl diagnose``'s I/O: everything the checks look at, read once.
 
-The node's kernel state (``overlay.netlink.inspect``), sysctls, subnet.env, CNI config
+The node's kernel state (``overlay.netlink.kernel_state``), sysctls, subnet.env, CNI config
 and binaries, IPAM reservation files, firewall rules (``nft``, ``iptables-save``),
 /readyz and /metrics, overlayd processes, the leases and config in etcd, and an active
 probe of every peer land in one ``NodeState`` / ``ClusterState``
@@ -214,7 +214,7 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
 
 def gather_node(opts: DiagnoseOptions) -> NodeState:
     """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
-    from overlay.netlink.inspect import dump_kernel_state
+    from overlay.netlink.kernel_state import dump_kernel_state
 
     node = NodeState()
     try:

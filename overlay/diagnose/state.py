@@ -20,7 +20,7 @@ from overlay.cni.install import (
 from overlay.config import NetworkConfig
 from overlay.diagnose.firewall import FirewallState
 from overlay.lease import Lease, Rejection
-from overlay.netlink.inspect import KernelState, LinkInfo
+from overlay.netlink.kernel_state import KernelState, LinkInfo
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv
 from overlay.vxlan.entries import Entry, Neigh, Route
 

@@ -17,7 +17,7 @@ from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.diagnose.gather import gather_cluster
 from overlay.diagnose.state import ClusterState
 from overlay.lease import Lease
-from overlay.netlink.inspect import KernelState, RouteInfo
+from overlay.netlink.kernel_state import KernelState, RouteInfo
 from overlay.subnet.etcdconf import EtcdOptions
 
 OK, MISSING, WRONG, UNKNOWN = "ok", "missing", "wrong", "unknown"
@@ -212,7 +212,7 @@ def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool) -> Hop
 def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
                vxlan_device: str | None = None, bridge: str = DEFAULT_BRIDGE) -> TraceResult:
     """Gather this node's state and the leases, then build the trace."""
-    from overlay.netlink.inspect import RouteQuery, dump_kernel_state, routes_get
+    from overlay.netlink.kernel_state import RouteQuery, dump_kernel_state, routes_get
 
     cluster = gather_cluster(etcd)
     kernel = dump_kernel_state()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from overlay.errors import NetlinkOpError
 from overlay.lab.spec import LabError
-from overlay.netlink.pod import thread_in_netns
+from overlay.netlink.netns import thread_in_netns
 from overlay.util.proc import MISSING, TIMEOUT, ProgramError, run as run_program
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def in_netns(ns: str, argv: Sequence[str]) -> list[str]:
 @contextmanager
 def netns_entered(ns: str) -> Iterator[None]:
     """Run the block with the calling thread in namespace ``ns`` (the CNI plugin's
-    :func:`~overlay.netlink.pod.thread_in_netns`: setns moves only this thread).
+    :func:`~overlay.netlink.netns.thread_in_netns`: setns moves only this thread).
 
     Sockets created inside stay in that namespace after leaving, which is how the lab
     talks to a node's loopback or the underlay without running a process there.

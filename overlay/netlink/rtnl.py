@@ -1,11 +1,14 @@
 """The one raw rtnetlink client: constants, attribute codec, errno wording, and a socket.
 
-Why not pyroute2 on the hot paths: pyroute2 costs ~120-190 ms to import (~11 MB of
-daemon RSS) and ~0.4 ms of Python encoding per request, while the messages the daemon
-(neighbour, FDB, route) and the CNI plugin (link, address, route) send are a fixed
-header and a few attributes that ``struct`` packs in microseconds.  Both callers share
-this module; only their message builders and record parsers live with them
-(``rawnl`` for the daemon, ``pod`` for the CNI plugin).
+Why not pyroute2 on the hot paths (measured, see the README's Netlink section): its
+import costs ~170 ms (~11 MB of daemon RSS) and its encoding ~0.3 ms per request, so
+even its batch API (``IPBatch``, one ``sendto``) programs 1000 remotes in ~27x the
+``ip -batch`` anchor's time, while the messages the daemon (neighbour, FDB, route) and
+the CNI plugin (link, address, route) send are a fixed header and a few attributes that
+``struct`` packs in microseconds.  Everything else
+in the package builds on this module: one module per kernel object (``link``,
+``addr``, ``route``, ``neigh``) with its message builders, its parser and its record.
+This module imports nothing of ours but the error tree.
 
 :class:`Rtnl` talks to the kernel in two ways, because the two callers need different
 things from one ``send()`` of many messages (the kernel runs them in order):
@@ -45,7 +48,9 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC = 1, 2, 3, 4, 5, 6, 7
+RTA_TABLE = 15
+RTMGRP_LINK = 0x1
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
 RTPROT_BOOT = 3
@@ -219,21 +224,15 @@ class Msg(NamedTuple):
 # --- the socket ------------------------------------------------------------------------------
 
 class Rtnl:
-    """One NETLINK_ROUTE socket, in the namespace where it was created (or in ``netns``,
-    a name under /var/run/netns or a path).  ``groups``: multicast groups to listen to;
-    ``bulk``: enlarge the socket buffers for :meth:`execute` of thousands of messages.
+    """One NETLINK_ROUTE socket, in the namespace of the thread that created it (see
+    :func:`.netns.open_rtnl` for another namespace).  ``groups``: multicast groups to
+    listen to; ``bulk``: enlarge the socket buffers for :meth:`execute` of thousands of
+    messages.
     """
 
-    def __init__(self, netns: str | None = None, groups: int = 0, bulk: bool = False):
-        if netns is None:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      NETLINK_ROUTE)
-        else:
-            from pyroute2.netns import create_socket  # only when a netns is asked for
-
-            from overlay.netlink.common import netns_path
-            self.sock = create_socket(netns_path(netns), socket.AF_NETLINK, socket.SOCK_RAW,
-                                      NETLINK_ROUTE, flags=0)
+    def __init__(self, groups: int = 0, bulk: bool = False):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE)
         try:
             self._setup(groups, bulk)
         except BaseException:

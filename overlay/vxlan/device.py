@@ -1,10 +1,11 @@
 """The VXLAN device and its remote entries: ensure, compare, recreate, program, dump, monitor.
 
-Everything goes through ``rawnl``'s hand-packed rtnetlink messages: the remote entries
-because there are many (batched, see rawnl), the link and address work because it is
-simple, and because not importing pyroute2 keeps the daemon ~11 MB smaller (the RSS
-target is 60 MB with 1000 leases).  pyroute2 is still used to open sockets inside a
-*named* namespace (tests, benchmarks); the daemon itself runs inside its namespace.
+Everything goes through ``overlay.netlink``'s hand-packed rtnetlink messages: the remote
+entries because there are many (sent thousands per ``send()``, see
+:meth:`.rtnl.Rtnl.execute`; pyroute2's batch measured over the 2x target, see the
+README's Netlink section), the link and address work because it is simple, and because
+not importing pyroute2 keeps the daemon ~11 MB smaller (the RSS target is 60 MB with
+1000 leases).
 """
 
 from __future__ import annotations
@@ -18,29 +19,37 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Callable, Collection, Sequence
 
 from overlay.errors import ConfigError, NetlinkOpError, OverlayError
-from overlay.netlink import rawnl
-from overlay.netlink.common import require_netns
-from overlay.netlink.rtnl import GONE, describe_errno, protocol_name, route_type_name
+from overlay.netlink import addr, link, neigh, route
+from overlay.netlink.link import Link
+from overlay.netlink.netns import open_rtnl
+from overlay.netlink.rtnl import (
+    AF_BRIDGE,
+    AF_INET,
+    GONE,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTMGRP_LINK,
+    Msg,
+    Rtnl,
+    describe_errno,
+    protocol_name,
+)
 from overlay.vxlan.entries import FDB, Entries, Neigh, Op, OtherRoute, Route
 
 log = logging.getLogger(__name__)
 
-RTMGRP_LINK = 0x1
-IFF_UP = rawnl.IFF_UP
 ZERO_MAC = "00:00:00:00:00:00"
 
 
-def open_netlink(netns: str | None = None) -> rawnl.RawRoute:
-    """An rtnetlink socket in this namespace, or in ``netns`` (a name or a path)."""
-    if netns is not None:
-        require_netns(netns)
+def open_netlink(netns: str | None = None) -> Rtnl:
+    """A bulk rtnetlink socket in this namespace, or in ``netns`` (a name or a path)."""
     try:
-        return rawnl.RawRoute(netns)
+        return open_rtnl(netns, bulk=True)
     except OSError as e:
         raise NetlinkOpError(f"cannot open rtnetlink: {e.strerror or e}", e.errno or 0) from e
 
 
-def _run(raw: rawnl.RawRoute, msg: rawnl.Msg, what: str, ignore: Collection[int] = ()) -> None:
+def _run(raw: Rtnl, msg: Msg, what: str, ignore: Collection[int] = ()) -> None:
     """One acknowledged request, its error worded with ``what`` (the device's name)."""
     raw.call(msg._replace(what=what), ignore)
 
@@ -80,23 +89,24 @@ class UnderlayError(ConfigError):
         self.kind, self.problem, self.given, self.value = kind, problem, given, value
 
 
-def find_underlay(nl: rawnl.RawRoute, iface: str | None,
+def find_underlay(nl: Rtnl, iface: str | None,
                   public_ip: IPv4Address | None) -> Underlay:
     """Pick the underlay: ``iface`` (a name or a regex), else the link holding
     ``public_ip``, else the link of the default route.  UnderlayError when none fits."""
-    records = {l.index: l for l in nl.dump_links()}
+    records = {l.index: l for l in link.dump(nl)}
     links = {i: l.name for i, l in records.items()}
-    addrs = nl.dump_addrs()
+    addrs = addr.dump(nl)
     if iface:
-        idx = _match_iface(links, iface, {i for i, _ in addrs})
+        idx = _match_iface(links, iface, {a.index for a in addrs})
     elif public_ip is not None:
-        idx = next((i for i, a in addrs if a.ip == public_ip), None)
-        if idx is None:
+        held = next((a.index for a in addrs if a.interface.ip == public_ip), None)
+        if held is None:
             raise UnderlayError(UnderlayError.NO_SUCH_ADDRESS, "no interface in this network "
                                 "namespace has that address", "public_ip", str(public_ip))
+        idx = held
     else:
         idx = _default_route_index(nl)
-    mine = [a for i, a in addrs if i == idx]
+    mine = [a.interface for a in addrs if a.index == idx]
     if public_ip is not None:
         chosen = next((a for a in mine if a.ip == public_ip), None)
         if chosen is None:  # e.g. behind NAT: keep the flag's IP, the link's prefix
@@ -126,9 +136,9 @@ def _match_iface(links: dict[int, str], iface: str, with_ipv4: set[int]) -> int:
                         f"{', '.join(sorted(links.values()))}", "iface", repr(iface))
 
 
-def _default_route_index(nl: rawnl.RawRoute) -> int:
-    for r in nl.dump_routes():
-        if r.dst.prefixlen == 0 and r.table == rawnl.RT_TABLE_MAIN and r.oif:
+def _default_route_index(nl: Rtnl) -> int:
+    for r in route.dump(nl):
+        if r.dst.prefixlen == 0 and r.table == RT_TABLE_MAIN and r.kind == "unicast" and r.oif:
             return r.oif
     raise UnderlayError(UnderlayError.NO_DEFAULT_ROUTE,
                         "no default route to pick the underlay interface from")
@@ -148,102 +158,101 @@ class VXLANDevice:
         self.raw.close()
 
     # ---- the device ---------------------------------------------------------
-    def _link(self) -> rawnl.LinkRecord | None:
-        return next((l for l in self.raw.dump_links() if l.name == self.spec.name), None)
+    def _link(self) -> Link | None:
+        return next((l for l in link.dump(self.raw) if l.name == self.spec.name), None)
 
     def ensure(self) -> bool:
         """Create the device, or keep an existing compatible one; True if (re)created."""
         with self._lock:
-            link = self._link()
+            found = self._link()
             created = False
-            if link is not None:
-                diff = self._incompatible(link)
+            if found is not None:
+                diff = self._incompatible(found)
                 if diff:
                     log.info("VXLAN device %s is incompatible (%s): recreating it",
                              self.spec.name, diff)
-                    _run(self.raw, rawnl.link_del_msg(link.index), f"delete {self.spec.name}",
+                    _run(self.raw, link.del_msg(found.index), f"delete {self.spec.name}",
                          GONE)
-                    link = None
-            if link is None:
-                link = self._create()
+                    found = None
+            if found is None:
+                found = self._create()
                 created = True
-            self._fix_in_place(link)
-            self.index = link.index
+            self._fix_in_place(found)
+            self.index = found.index
             return created
 
-    def _create(self) -> rawnl.LinkRecord:
+    def _create(self) -> Link:
         s = self.spec
-        _run(self.raw, rawnl.vxlan_add_msg(s.name, s.vni, s.port, s.local, s.underlay_index,
-                                           s.mac, s.mtu), f"create VXLAN device {s.name}")
-        link = self._link()
-        if link is None:
+        _run(self.raw, link.vxlan_add_msg(s.name, s.vni, s.port, s.local, s.underlay_index,
+                                          s.mac, s.mtu), f"create VXLAN device {s.name}")
+        made = self._link()
+        if made is None:
             raise NetlinkOpError(f"VXLAN device {s.name} vanished right after creation",
                                  errno.ENODEV)
         log.info("created VXLAN device %s (VNI %d, port %d, local %s, MAC %s, MTU %d)",
                  s.name, s.vni, s.port, s.local, s.mac, s.mtu)
-        return link
+        return made
 
-    def _incompatible(self, link: rawnl.LinkRecord) -> str:
+    def _incompatible(self, dev: Link) -> str:
         """Which setting of an existing device differs in a way that needs a new device."""
         s = self.spec
-        if link.kind != "vxlan":
-            return f"kind {link.kind} != vxlan"
-        v = link.vxlan
-        checks = (("VNI", v.get("id"), s.vni), ("port", v.get("port"), s.port),
-                  ("local", v.get("local"), str(s.local)),
-                  ("underlay link", v.get("link"), s.underlay_index),
-                  ("learning", v.get("learning"), 0))
+        if dev.kind != "vxlan":
+            return f"kind {dev.kind or None} != vxlan"
+        v = dev.vxlan
+        if v is None:
+            return "no VXLAN attributes"
+        checks = (("VNI", v.vni, s.vni), ("port", v.port, s.port), ("local", v.local, s.local),
+                  ("underlay link", v.link or 0, s.underlay_index),
+                  ("learning", int(v.learning), 0))
         return ", ".join(f"{name} {have} != {want}" for name, have, want in checks
                          if have != want)
 
-    def _fix_in_place(self, link: rawnl.LinkRecord) -> None:
+    def _fix_in_place(self, dev: Link) -> None:
         """MTU and MAC can change without a new device; then bring it up."""
-        mtu = self.spec.mtu if link.mtu != self.spec.mtu else None
-        mac = self.spec.mac if (link.mac or "") != self.spec.mac else None
+        mtu = self.spec.mtu if dev.mtu != self.spec.mtu else None
+        mac = self.spec.mac if (dev.mac or "") != self.spec.mac else None
         if mtu is not None or mac is not None:
             log.info("VXLAN device %s: setting%s%s", self.spec.name,
                      f" MTU {mtu}" if mtu else "", f" MAC {mac}" if mac else "")
-            _run(self.raw, rawnl.link_set_msg(link.index, mtu=mtu, mac=mac),
-                 f"set {self.spec.name}")
-        if not link.flags & IFF_UP:
-            _run(self.raw, rawnl.link_set_msg(link.index, up=True), f"set {self.spec.name} up")
+            _run(self.raw, link.set_msg(dev.index, mtu=mtu, mac=mac), f"set {self.spec.name}")
+        if not dev.up:
+            _run(self.raw, link.set_msg(dev.index, up=True), f"set {self.spec.name} up")
 
-    def ensure_address(self, addr: IPv4Interface) -> None:
-        """Exactly ``addr`` (the lease's network address /32) on the device."""
+    def ensure_address(self, want: IPv4Interface) -> None:
+        """Exactly ``want`` (the lease's network address /32) on the device."""
         with self._lock:
             idx = self.index
             if not idx:
-                link = self._link()
-                idx = link.index if link else 0
-            have = [a for i, a in self.raw.dump_addrs() if i == idx]
+                dev = self._link()
+                idx = dev.index if dev else 0
+            have = [a.interface for a in addr.dump(self.raw, idx)] if idx else []
             for a in have:
-                if a != addr:
+                if a != want:
                     log.info("VXLAN device %s: removing old address %s", self.spec.name, a)
-                    _run(self.raw, rawnl.addr_msg(False, idx, a),
+                    _run(self.raw, addr.msg(False, idx, a),
                          f"remove {a} from {self.spec.name}", GONE)
-            if addr not in have:
-                _run(self.raw, rawnl.addr_msg(True, idx, addr), f"add {addr} to {self.spec.name}",
+            if want not in have:
+                _run(self.raw, addr.msg(True, idx, want), f"add {want} to {self.spec.name}",
                      (errno.EEXIST,))
-                log.info("VXLAN device %s: address %s", self.spec.name, addr)
+                log.info("VXLAN device %s: address %s", self.spec.name, want)
 
     def state(self) -> tuple[bool, int]:
         """(device exists and is up, ifindex)."""
         with self._lock:
-            link = self._link()
-        if link is None:
+            dev = self._link()
+        if dev is None:
             return False, 0
-        return bool(link.flags & IFF_UP), link.index
+        return dev.up, dev.index
 
     # ---- remote entries -------------------------------------------------------
-    def _to_msg(self, op: Op, replace: bool = False) -> rawnl.Msg:
+    def _to_msg(self, op: Op, replace: bool = False) -> Msg:
         e = op.entry
         if isinstance(e, Neigh):
-            return rawnl.neigh_msg(op.add, self.index, e.ip, e.mac)
+            return neigh.neigh_msg(op.add, self.index, e.ip, e.mac)
         if isinstance(e, FDB):
-            return rawnl.fdb_msg(op.add, self.index, e.mac, e.dst)
+            return neigh.fdb_msg(op.add, self.index, e.mac, e.dst)
         oif = self.spec.underlay_index if e.direct else self.index
-        return rawnl.route_msg(op.add, e.dst, e.gateway, oif, onlink=not e.direct,
-                               replace=replace)
+        return route.msg(op.add, e.dst, e.gateway, oif, onlink=not e.direct, replace=replace)
 
     def program(self, ops: Sequence[Op]) -> list[int]:
         """Apply ``ops`` in order in as few syscalls as possible; errno per op (0 = ok).
@@ -288,7 +297,7 @@ class VXLANDevice:
             log.warning("reading routes to check %d route(s) that exist failed: %s",
                         len(taken), e)
             return
-        redo = [i for i in taken if ops[i].entry.dst not in others]
+        redo = [i for i in taken if isinstance(ent := ops[i].entry, Route) and ent.dst not in others]
         if not redo:
             return
         again = self.raw.execute([self._to_msg(ops[i], replace=True) for i in redo])
@@ -301,17 +310,17 @@ class VXLANDevice:
             return self._other_routes_locked()
 
     def _other_routes_locked(self) -> dict[IPv4Network, OtherRoute]:
-        return self._name_others(self.raw.dump_main_routes()[1])
+        return self._name_others(route.dump_main(self.raw)[1])
 
-    def _name_others(self, records: list[rawnl.RouteRecord]) -> dict[IPv4Network, OtherRoute]:
+    def _name_others(self, records: list[route.Route]) -> dict[IPv4Network, OtherRoute]:
         if not records:
             return {}
-        names = {l.index: l.name for l in self.raw.dump_links()}
+        names = {l.index: l.name for l in link.dump(self.raw)}
         out: dict[IPv4Network, OtherRoute] = {}
         for r in sorted(records, key=lambda r: r.metric):  # per destination the preferred
             out.setdefault(r.dst, OtherRoute(
-                r.dst, protocol_name(r.protocol), names.get(r.oif, f"if{r.oif}") if r.oif else "",
-                route_type_name(r.rtype), r.metric))
+                r.dst, protocol_name(r.protocol or 0), names.get(r.oif, f"if{r.oif}") if r.oif else "",
+                r.kind, r.metric))
         return out
 
     def dump(self) -> Entries:
@@ -321,12 +330,12 @@ class VXLANDevice:
         if not self.index:
             return out
         with self._lock:
-            neighs = self.raw.dump_neigh(rawnl.AF_INET, self.index)
-            fdbs = self.raw.dump_neigh(rawnl.AF_BRIDGE, self.index)
-            routes, others = self.raw.dump_main_routes()
+            neighs = neigh.dump(self.raw, AF_INET, self.index)
+            fdbs = neigh.dump(self.raw, AF_BRIDGE, self.index)
+            routes, others = route.dump_main(self.raw)
             out.others = self._name_others(others)
         for n in neighs:
-            if n.state & rawnl.NUD_PERMANENT and n.dst is not None and n.mac:
+            if n.state & NUD_PERMANENT and n.dst is not None and n.mac:
                 out.add(Neigh(n.dst, n.mac))
         for f in fdbs:
             if f.dst is not None and f.mac and f.mac != ZERO_MAC:
@@ -348,7 +357,7 @@ class LinkMonitor:
                  netns: str | None = None):
         self.names = names
         self.on_change = on_change
-        self.raw = rawnl.RawRoute(netns, groups=RTMGRP_LINK)
+        self.raw = open_rtnl(netns, groups=RTMGRP_LINK, bulk=True)
         self.raw.sock.settimeout(0.5)
         self._last: dict[str, tuple[int, str]] = {}
 
@@ -356,7 +365,7 @@ class LinkMonitor:
         try:
             while not stop.is_set():
                 try:
-                    events = self.raw.read_link_events()
+                    events = link.read_events(self.raw)
                 except TimeoutError:
                     continue
                 except OSError as e:
@@ -366,13 +375,14 @@ class LinkMonitor:
                     raise
                 watched = self.names()
                 for ev in events:
-                    if ev.name not in watched:
+                    dev = ev.link
+                    if dev.name not in watched:
                         continue
                     state = "deleted" if ev.kind == "del" else (
-                        "up" if ev.up and ev.running else "down" if not ev.up else "no carrier")
+                        "up" if dev.up and dev.running else "down" if not dev.up else "no carrier")
                     # the kernel repeats NEWLINK for unrelated attribute changes
-                    if self._last.get(ev.name) != (ev.ifindex, state):
-                        self._last[ev.name] = (ev.ifindex, state)
-                        self.on_change(f"link {ev.name} {state}")
+                    if self._last.get(dev.name) != (dev.index, state):
+                        self._last[dev.name] = (dev.index, state)
+                        self.on_change(f"link {dev.name} {state}")
         finally:
             self.raw.close()

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 from overlay.config import VXLAN_OVERHEAD, NetworkConfig
 from overlay.errors import ConfigError
 from overlay.lease import LeaseAttrs
+from overlay.netlink.addr import dump as dump_addrs
+from overlay.netlink.link import dump as dump_links
 from overlay.vxlan.backend import BackendSettings, VXLANBackend
 from overlay.vxlan.device import VXLANDevice, VXLANSpec, find_underlay, open_netlink
 from overlay.vxlan.vtep import load_or_create_vtep_mac
@@ -69,9 +71,9 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
     nl = open_netlink()
     try:
         underlay = find_underlay(nl, opts.iface, opts.public_ip)
-        links = nl.dump_links()
+        links = dump_links(nl)
         existing = next((l.mac for l in links if l.name == name), None)
-        clash = connected_overlap(config, links, nl.dump_addrs(), name)
+        clash = connected_overlap(config, links, dump_addrs(nl), name)
     finally:
         nl.close()
     if clash:  # before anything in the kernel changes

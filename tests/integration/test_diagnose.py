@@ -442,7 +442,7 @@ def test_echo_many_probes_many_peers_in_one_timeout(cluster):
 
 
 def test_kernel_dump_matches_iproute2(cluster):
-    from overlay.netlink.inspect import dump_kernel_state
+    from overlay.netlink.kernel_state import dump_kernel_state
 
     ns = cluster.n1.ns
     k = dump_kernel_state(ns)

@@ -28,6 +28,22 @@ def ipj(ns: str, *args: str) -> list[dict]:
     return json.loads(out) if out.strip() else []
 
 
+def kernel_entries(ns: str) -> set:
+    """The remote entries in ``ns`` as iproute2 reads them (not our own dump): permanent
+    neighbours and FDB entries with a destination on overlay.1, and proto 111 routes."""
+    out: set = set()
+    for n in ipj(ns, "neigh", "show", "dev", "overlay.1", "nud", "permanent"):
+        out.add(Neigh(IPv4Address(n["dst"]), n["lladdr"]))
+    fdb = subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", "overlay.1"],
+                         capture_output=True, text=True, check=True).stdout
+    for f in json.loads(fdb) if fdb.strip() else []:
+        if f.get("dst"):
+            out.add(FDB(f["mac"], IPv4Address(f["dst"])))
+    for r in ipj(ns, "route", "show", "proto", "111"):
+        out.add(Route(IPv4Network(r["dst"]), IPv4Address(r["gateway"]), direct=r["dev"] == "eth0"))
+    return out
+
+
 @pytest.fixture
 def netns():
     name = f"ovd-vx-{secrets.token_hex(3)}"
@@ -130,8 +146,8 @@ def test_program_dump_roundtrip_and_delete_missing(device, netns):
            Op(True, Route(net, gw)), Op(True, Route(IPv4Network("10.244.3.0/24"),
                                                     IPv4Address("192.168.1.13"), direct=True))]
     assert device.program(ops) == [0, 0, 0, 0]
-    got = device.dump()
-    assert set(got.all()) == {op.entry for op in ops}
+    assert kernel_entries(netns) == {op.entry for op in ops}  # read by iproute2
+    assert set(device.dump().all()) == {op.entry for op in ops}
     routes = {r["dst"]: r for r in ipj(netns, "route", "show")}
     assert routes["10.244.2.0/24"]["dev"] == "overlay.1" and "onlink" in routes["10.244.2.0/24"]["flags"]
     assert routes["10.244.3.0/24"]["dev"] == "eth0"
@@ -139,7 +155,7 @@ def test_program_dump_roundtrip_and_delete_missing(device, netns):
     dels = [Op(False, op.entry) for op in reversed(ops)]
     assert device.program(dels) == [0, 0, 0, 0]
     assert device.program(dels) == [0, 0, 0, 0]
-    assert len(device.dump()) == 0
+    assert kernel_entries(netns) == set() and len(device.dump()) == 0
 
 
 def test_one_failing_op_does_not_stop_the_batch(device):
@@ -159,13 +175,17 @@ def test_thousand_remotes_and_reconcile_leaves_right_entries_alone(device, netns
               for i in range(1000)]
     res = backend.reconcile(leases)
     assert res.added == 3000 and not res.failed
-    assert len(device.dump()) == 3000
+    want = {e for l in leases for e in (Neigh(l.subnet.network_address, l.attrs.vtep_mac),
+                                         FDB(l.attrs.vtep_mac, l.attrs.public_ip),
+                                         Route(l.subnet, l.subnet.network_address))}
+    have = kernel_entries(netns)
+    assert have == want
     # a stale peer (made by hand) and a missing entry
     ip(netns, "route", "del", "10.100.5.0/24")
     ip(netns, "neigh", "add", "10.99.0.0", "lladdr", "0e:99:00:00:00:00", "dev", "overlay.1",
        "nud", "permanent")
     res = backend.reconcile()
     assert (res.added, res.removed) == (1, 1)
-    assert len(device.dump()) == 3000
+    assert kernel_entries(netns) == have and len(device.dump()) == 3000
     res = backend.reconcile()
     assert (res.added, res.removed) == (0, 0)

@@ -1,0 +1,77 @@
+"""Neighbours (ARP entries) and FDB entries: one record, one parser, their builders.
+
+An FDB entry is a neighbour of family AF_BRIDGE: ``mac`` is the entry's key and
+``dst`` the remote VTEP it points at (None for local/bridge entries)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from overlay.netlink.rtnl import (
+    AF_BRIDGE,
+    AF_INET,
+    NDA_DST,
+    NDA_LLADDR,
+    NDMSG,
+    NLM_F_CREATE,
+    NLM_F_REPLACE,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RTM_DELNEIGH,
+    RTM_GETNEIGH,
+    RTM_NEWNEIGH,
+    Msg,
+    Rtnl,
+    attr,
+    attrs,
+    mac_bytes,
+    mac_str,
+)
+
+
+@dataclass(frozen=True)
+class Neigh:
+    dst: IPv4Address | None
+    mac: str | None
+    ifindex: int
+    state: int
+    family: int = AF_INET  # AF_BRIDGE: an FDB entry
+    flags: int = 0
+
+    @property
+    def permanent(self) -> bool:
+        return bool(self.state & NUD_PERMANENT)
+
+
+def neigh_msg(add: bool, ifindex: int, ip: IPv4Address, mac: str | None) -> Msg:
+    """A permanent ARP entry ``ip -> mac`` on ``ifindex`` (the VXLAN device)."""
+    body = NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0) + attr(NDA_DST, ip.packed)
+    if add:
+        body += attr(NDA_LLADDR, mac_bytes(mac or ""))
+        return Msg(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"neigh {ip} -> {mac}")
+    return Msg(RTM_DELNEIGH, 0, body, f"neigh {ip}")
+
+
+def fdb_msg(add: bool, ifindex: int, mac: str, dst: IPv4Address) -> Msg:
+    """A permanent FDB entry on the VXLAN device: frames to ``mac`` go to VTEP ``dst``."""
+    body = (NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, 0)
+            + attr(NDA_LLADDR, mac_bytes(mac)) + attr(NDA_DST, dst.packed))
+    if add:
+        return Msg(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"fdb {mac} -> {dst}")
+    return Msg(RTM_DELNEIGH, 0, body, f"fdb {mac} -> {dst}")
+
+
+def parse(buf: bytes, off: int = 0, end: int | None = None) -> Neigh:
+    family, ifindex, state, flags, _ = NDMSG.unpack_from(buf, off)
+    a = attrs(buf, off + NDMSG.size, end)
+    dst = IPv4Address(a[NDA_DST]) if len(a.get(NDA_DST, b"")) == 4 else None
+    mac = mac_str(a[NDA_LLADDR]) if len(a.get(NDA_LLADDR, b"")) == 6 else None
+    return Neigh(dst, mac, ifindex, state, family, flags)
+
+
+def dump(nl: Rtnl, family: int, ifindex: int = 0) -> list[Neigh]:
+    """ARP entries (``AF_INET``) or FDB entries (``AF_BRIDGE``), of ``ifindex`` unless 0."""
+    out = [parse(b, o, e) for t, b, o, e in nl.dump(RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0))
+           if t == RTM_NEWNEIGH]
+    return [n for n in out if not ifindex or n.ifindex == ifindex]
