@@ -195,9 +195,11 @@ def parse_request(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = N
         raise CNIError(CNIError.INVALID_ENV,
                        f"required env variables [{','.join(missing)}] missing",
                        f"{command} needs {', '.join(_REQUIRED_ENV[command])}")
-    container_id = env.get("CNI_CONTAINERID", "")
-    ifname = env.get("CNI_IFNAME", "")
+    # STATUS and GC take no container: whatever a runtime leaves in these variables is not
+    # used, so it is dropped rather than carried on unvalidated.
+    container_id = ifname = ""
     if "CNI_CONTAINERID" in _REQUIRED_ENV[command]:
+        container_id, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
         validate_container_id(container_id)
         validate_ifname(ifname)
     args = parse_cni_args(env.get("CNI_ARGS", ""))
