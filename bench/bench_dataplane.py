@@ -91,7 +91,8 @@ class HandBuiltVXLAN:
         ns, pod, port = self.node_ns(i), self.pod_ns(i), f"{self.prefix}-n{i}"
         self._ns(ns)
         self._ns(pod)
-        ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns, ns=self.underlay)
+        ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+           ns=self.underlay)
         ip("link", "set", port, "master", br, "up", ns=self.underlay)
         ip("addr", "add", f"{self.node_ip(i)}/24", "dev", "eth0", ns=ns)
         ip("link", "set", "eth0", "up", ns=ns)
@@ -112,7 +113,10 @@ class HandBuiltVXLAN:
         ip("link", "set", "eth0", "mtu", "1450", "up", ns=pod)
         ip("route", "add", "default", "via", f"10.245.{i}.1", ns=pod)
         out = ip("-o", "link", "show", "dev", "flannel.1", ns=ns).stdout
-        return re.search(r"link/ether ([0-9a-f:]{17})", out).group(1)
+        m = re.search(r"link/ether ([0-9a-f:]{17})", out)
+        if m is None:
+            raise RuntimeError(f"no MAC address on flannel.1 in {ns}: {out.strip()}")
+        return m.group(1)
 
     def _remote(self, i: int, j: int, mac: str) -> None:
         ns = self.node_ns(i)
@@ -134,7 +138,11 @@ class HandBuiltVXLAN:
 
 
 def lab_paths(lab: Lab) -> tuple[Path_, Path_]:
+    if lab.state is None:
+        raise RuntimeError("the overlay lab is not up")
     a, b = lab.state.pods_of("node1")[0], lab.state.pods_of("node2")[0]
+    if b.ip is None:
+        raise RuntimeError(f"pod {b.name} has no address")
     return (Path_("overlay node-to-node", lab.spec.node_ns("node1"), lab.spec.node_ns("node2"),
                   str(lab.spec.node_ip("node2"))),
             Path_("overlay pod-to-pod", lab.spec.pod_ns(a.name), lab.spec.pod_ns(b.name), b.ip))
@@ -182,7 +190,8 @@ def rtt_us(path: Path_, count: int) -> float:
 def measure(paths: list[Path_], seconds: float, repeat: int, pings: int) -> dict[str, dict]:
     """Rounds of every path back to back (order flipped every other round), so load from
     other work on this shared machine hits the paths of one round alike."""
-    out = {p.label: {"gbps": [], "rtt_us": []} for p in paths}
+    out: dict[str, dict[str, list[float]]] = {p.label: {"gbps": [], "rtt_us": []}
+                                              for p in paths}
     for r in range(repeat):
         for p in (paths if r % 2 == 0 else list(reversed(paths))):
             out[p.label]["gbps"].append(iperf3(p, seconds))
@@ -192,7 +201,8 @@ def measure(paths: list[Path_], seconds: float, repeat: int, pings: int) -> dict
 
 def paired_ratio(figures: dict[str, dict], pod: str, node: str) -> list[float]:
     """pod/node throughput within each round."""
-    return [p / n for p, n in zip(figures[pod]["gbps"], figures[node]["gbps"])]
+    # Both lists have one figure per round (measure() appends to every path each round).
+    return [p / n for p, n in zip(figures[pod]["gbps"], figures[node]["gbps"], strict=True)]
 
 
 def main() -> None:
@@ -215,7 +225,8 @@ def main() -> None:
         anchor.up()
         paths = [*lab_paths(lab), *anchor.paths()]
         for p in paths:  # warm up ARP/neighbour caches and check the path works at all
-            subprocess.run(in_netns(p.src_ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1", p.dst_ip]),
+            subprocess.run(in_netns(p.src_ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1",
+                                               p.dst_ip]),
                            check=True, stdout=subprocess.DEVNULL)
         figures = measure(paths, args.seconds, args.repeat, args.pings)
     finally:

@@ -142,7 +142,8 @@ def setup(peers: int, base: str) -> subprocess.Popen:
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 20
     health = ("import sys, urllib.request\n"
-              "try: print(urllib.request.urlopen(sys.argv[1] + '/health', timeout=0.5).read().decode())\n"
+              "try: print(urllib.request.urlopen(sys.argv[1] + '/health', timeout=0.5)"
+              ".read().decode())\n"
               "except OSError as e: print(e)")
     while '"true"' not in nsx(PY, "-c", health, endpoint, check=False).stdout:
         if time.monotonic() > deadline:
@@ -189,7 +190,8 @@ def main() -> None:
         rep = {"peers": a.peers}
         out = subprocess.run(diag + ["--no-probe"], capture_output=True, text=True)
         report = json.loads(out.stdout)
-        rep["diagnose_failed_checks"] = [c["name"] for c in report["checks"] if c["status"] == "fail"]
+        rep["diagnose_failed_checks"] = [c["name"] for c in report["checks"]
+                                         if c["status"] == "fail"]
         rep["anchor_s"] = statistics.median(timed(anchor) for _ in range(a.repeat))
         rep["diagnose_no_probe_s"] = statistics.median(
             timed(diag + ["--no-probe"]) for _ in range(a.repeat))
@@ -217,11 +219,13 @@ def main() -> None:
     print(f"  anchor: manual checklist commands, print only   {rep['anchor_s']:.3f} s")
     print(f"  overlayctl diagnose --no-probe (compares all)   {rep['diagnose_no_probe_s']:.3f} s "
           f"({rep['ratio_no_probe_vs_anchor']:.2f} x anchor)")
-    print(f"  overlayctl diagnose, probe, every peer silent   {rep['diagnose_with_probe_all_silent_s']:.3f} s")
-    print(f"  probe alone: raw socket, {a.peers} peers            {rep['probe_raw_socket_s']:.3f} s")
+    print(f"  overlayctl diagnose, probe, every peer silent   "
+          f"{rep['diagnose_with_probe_all_silent_s']:.3f} s")
+    print(f"  probe alone: raw socket, {a.peers} peers            "
+          f"{rep['probe_raw_socket_s']:.3f} s")
     print(f"  probe alone: one ping per peer, {len(few)} peers      "
-          f"{rep['probe_one_ping_per_peer_s']:.3f} s (~{rep['probe_one_ping_per_peer_extrapolated_s']:.0f} s "
-          f"for {a.peers})")
+          f"{rep['probe_one_ping_per_peer_s']:.3f} s "
+          f"(~{rep['probe_one_ping_per_peer_extrapolated_s']:.0f} s for {a.peers})")
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ import statistics
 import sys
 import threading
 import time
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from overlay.config import parse_network_config  # noqa: E402
-from overlay.lease import LeaseAttrs  # noqa: E402
-from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
-from overlay.subnet.manager import SubnetManager  # noqa: E402
-from overlay.subnet.registry import EtcdRegistry  # noqa: E402
+from overlay.config import parse_network_config
+from overlay.lease import LeaseAttrs
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.manager import SubnetManager
+from overlay.subnet.registry import EtcdRegistry
 
 CFG = parse_network_config({"Network": "10.128.0.0/9", "SubnetLen": 24})
 
@@ -71,7 +72,7 @@ def bench_acquire(opts, nodes: int) -> dict:
         barrier.wait()
         try:
             results.append(SubnetManager(regs[i], CFG, node_attrs(i), ttl=600).acquire())
-        except Exception as e:  # reported below
+        except Exception as e:  # noqa: BLE001  (any failure is collected and reported below)
             errors.append(repr(e))
     threads = [threading.Thread(target=run, args=(i,)) for i in range(nodes)]
     for t in threads:
@@ -82,7 +83,7 @@ def bench_acquire(opts, nodes: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     logging.getLogger("overlay.subnet.manager").removeHandler(counter)
-    distinct = len({l.subnet for l in results})
+    distinct = len({lease.subnet for lease in results})
     stored = len(admin.list_leases(with_expiration=False)[0])
     for r in regs:
         r.close()
@@ -110,8 +111,8 @@ def bench_watch(opts, samples: int) -> dict:
     def on_batch(batch) -> None:
         now = time.perf_counter()
         with cond:
-            for l in batch.added:
-                seen.setdefault(l.subnet, now)
+            for lease in batch.added:
+                seen.setdefault(lease.subnet, now)
             cond.notify_all()
     stop = threading.Event()
     t = threading.Thread(target=mgr.run_watch, args=(lambda: None, stop, on_batch), daemon=True)
@@ -124,7 +125,7 @@ def bench_watch(opts, samples: int) -> dict:
         writer.create_lease(s, node_attrs(i), 600)
         create_rtt.append(time.perf_counter() - t0)
         with cond:
-            if not cond.wait_for(lambda: s in seen, timeout=5):
+            if not cond.wait_for(partial(seen.__contains__, s), timeout=5):
                 raise RuntimeError(f"watch never reported {s}")
             lat.append(seen[s] - t0)
     stop.set()

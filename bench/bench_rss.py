@@ -77,6 +77,8 @@ def main() -> int:
             return len(out.splitlines())
         wait_for(lambda: routes() == a.leases, 60, interval=0.2, what=f"{a.leases} routes")
         programmed = time.monotonic() - t0
+        if node.proc is None:
+            raise RuntimeError(f"overlayd on {node.ns} was not started")
         pid = node.proc.pid
         samples = []
         end = time.monotonic() + a.settle
@@ -85,7 +87,8 @@ def main() -> int:
             time.sleep(0.25)
         hwm = status_kb(pid, "VmHWM")
         status, metrics = node.http("/metrics")
-        runs = [l for l in metrics.splitlines() if l.startswith("overlay_reconcile_runs_total")]
+        runs = [line for line in metrics.splitlines()
+                if line.startswith("overlay_reconcile_runs_total")]
     finally:
         topo.cleanup()
     report = {"leases": a.leases, "rss_mb": samples[-1] / 1024, "rss_max_mb": max(samples) / 1024,

@@ -131,7 +131,7 @@ class CNINode:
 
     def add(self, container_id: str, pod: str, **kw) -> dict:
         result = self.cni("ADD", container_id, pod, **kw)
-        assert result.rc == 0, result
+        assert result.rc == 0 and result.doc is not None, result
         return result.doc
 
     # --- reading state ----------------------------------------------------------------
@@ -140,11 +140,11 @@ class CNINode:
         return json.loads(out) if out.strip() else []
 
     def links(self, ns: str | None = None) -> dict[str, dict]:
-        return {l["ifname"]: l for l in self.ip(ns or self.name, "-d", "link", "show")}
+        return {link["ifname"]: link for link in self.ip(ns or self.name, "-d", "link", "show")}
 
     def veths(self) -> list[str]:
-        return sorted(n for n, l in self.links().items()
-                      if l.get("linkinfo", {}).get("info_kind") == "veth")
+        return sorted(n for n, link in self.links().items()
+                      if link.get("linkinfo", {}).get("info_kind") == "veth")
 
     def ip_files(self, network: str | None = None) -> list[str]:
         d = os.path.join(self.data_dir, network or f"ovcni-{self.tag}")

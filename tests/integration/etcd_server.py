@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Self
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -29,7 +31,7 @@ class EtcdServer:
     def __init__(self, name: str = "test", client_port: int | None = None,
                  peer_port: int | None = None, host: str = "127.0.0.1",
                  extra_args: list[str] | None = None, scheme: str = "http",
-                 data_dir: str | None = None, tls: "TLSFiles | None" = None,
+                 data_dir: str | None = None, tls: TLSFiles | None = None,
                  initial_cluster: str | None = None):
         self.name = name
         self.host = host
@@ -68,7 +70,7 @@ class EtcdServer:
         return ["--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
                 "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
 
-    def start(self, wait: bool = True) -> "EtcdServer":
+    def start(self, wait: bool = True) -> Self:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -81,7 +83,8 @@ class EtcdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}; see {self.log_path}:\n"
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}:\n"
                                    + open(self.log_path).read()[-2000:])
             if self.healthy():
                 return
@@ -167,16 +170,17 @@ class EtcdCluster:
     def __init__(self, size: int = 3, prefix: str = "ovlease"):
         ports = [(free_port(), free_port()) for _ in range(size)]
         names = [f"{prefix}-m{i}" for i in range(size)]
-        initial = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports))
+        initial = ",".join(f"{n}=http://127.0.0.1:{peer}"
+                           for n, (_, peer) in zip(names, ports, strict=True))
         self.members = [EtcdServer(name=n, client_port=c, peer_port=peer, initial_cluster=initial,
                                    extra_args=["--initial-cluster-token", f"{prefix}-cluster"])
-                        for n, (c, peer) in zip(names, ports)]
+                        for n, (c, peer) in zip(names, ports, strict=True)]
 
     @property
     def endpoints(self) -> str:
         return ",".join(m.endpoint for m in self.members)
 
-    def start(self) -> "EtcdCluster":
+    def start(self) -> EtcdCluster:
         for m in self.members:  # members wait for each other: start all, then wait
             m.start(wait=False)
         for m in self.members:
@@ -238,20 +242,16 @@ class TcpProxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def cut(self) -> None:
         with self._lock:
             self._cut = True
             conns, self._conns = self._conns, []
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             c.close()
 
     def restore(self) -> None:

@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from overlay.lab.lab import Lab
 from overlay.lab.spec import LabSpec
@@ -149,7 +149,9 @@ def remote_entries(lab: Lab, node: str) -> RemoteEntries:
 
 def vtep_mac(lab: Lab, node: str) -> str:
     out = ip("-o", "link", "show", "dev", VXLAN_DEVICE, ns=lab.spec.node_ns(node)).stdout
-    return re.search(r"link/ether ([0-9a-f:]{17})", out).group(1)
+    m = re.search(r"link/ether ([0-9a-f:]{17})", out)
+    assert m, f"no MAC address on {VXLAN_DEVICE} of {node}: {out}"
+    return m.group(1)
 
 
 def poll(cond: Callable[[], bool], timeout: float, interval: float = 0.02) -> float | None:
@@ -212,7 +214,7 @@ class UnderlayCapture:
         while not self._stop.is_set():
             try:
                 self.frames.append(self.sock.recv(65535))
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     def stop(self) -> list[bytes]:

@@ -49,6 +49,7 @@ def tcp_echo_server(pod, port):
     """)
     proc = subprocess.Popen(["ip", "netns", "exec", pod, "python3", "-c", code],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None  # both piped above
     assert proc.stdout.readline().strip() == b"ready", proc.stderr.read()
     return proc
 

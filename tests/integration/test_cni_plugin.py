@@ -474,7 +474,7 @@ def test_a_second_interface_on_the_same_network_works_and_outlives_the_first(nod
     docs = {"eth0": node.add("multi", pod, ifname="eth0"),
             "eth1": node.add("multi", pod, ifname="eth1")}
     assert _ip_of(docs["eth0"]) != _ip_of(docs["eth1"])
-    default = [r for r in node.ip(pod, "route", "show", "default")]
+    default = list(node.ip(pod, "route", "show", "default"))
     assert [r["dev"] for r in default] == ["eth0", "eth1"]  # eth0's first: it wins
     for ifname, doc in docs.items():
         _check(node, pod, ifname, doc)
@@ -497,7 +497,7 @@ def test_a_second_interface_on_the_same_network_works_and_outlives_the_first(nod
     sh("ip", "netns", "exec", pod, "ping", "-c1", "-W2", peer_ip)  # unbound: the default
     assert _tx_packets(node, pod, "eth1") > before
     sh("ip", "netns", "exec", peer, "ping", "-c1", "-W2", _ip_of(docs["eth1"]))
-    held = [f for f in node.ip_files()]
+    held = list(node.ip_files())
     assert sorted(held) == sorted([peer_ip, _ip_of(docs["eth1"])])
 
 

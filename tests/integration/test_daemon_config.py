@@ -64,7 +64,7 @@ def one_shot(node, *args: str) -> subprocess.CompletedProcess:
 
 def assert_one_line(r: subprocess.CompletedProcess, *words: str) -> None:
     assert "Traceback" not in r.stderr, r.stderr
-    lines = [l for l in r.stderr.splitlines() if "error" in l.lower()]
+    lines = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1, r.stderr
     assert len(lines[0]) < 600
     for w in words:
@@ -102,8 +102,8 @@ def test_config_changed_while_running_is_noticed_and_not_applied(topo):
     assert metric(node, "overlay_config_changed") == 0
     topo.put_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7}})
     wait_for(lambda: metric(node, "overlay_config_changed") == 1, 5, what="config change seen")
-    errors = [l for l in node.log().splitlines()
-              if "ERROR" in l and "network config changed in etcd" in l]
+    errors = [line for line in node.log().splitlines()
+              if "ERROR" in line and "network config changed in etcd" in line]
     assert len(errors) == 1 and "restart overlayd on every node" in errors[0]
     (dev,) = node.ip_json("-d", "link", "show", "type", "vxlan")
     assert dev["linkinfo"]["info_data"]["id"] == 1, "never half-applied"

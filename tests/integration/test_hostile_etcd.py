@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -88,7 +88,7 @@ class Lab:
     valid_latency: float | None = None   # seconds from put to route on A; None: never
     log_marks: dict[str, int] = field(default_factory=dict)
     pinger: subprocess.Popen | None = None
-    ready_watch: "ReadyWatch | None" = None
+    ready_watch: ReadyWatch | None = None
 
     def key(self, net: IPv4Network) -> bytes:
         return f"{PREFIX}{net.network_address}-{net.prefixlen}".encode()
@@ -143,7 +143,7 @@ def neighs(node: Node) -> list[dict]:
 
 
 def net_of(dst: str) -> IPv4Network:
-    return ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+    return IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False)
 
 
 def has_peer(node: Node, net: IPv4Network, mac: str, public: str) -> bool:
@@ -231,7 +231,7 @@ def hostile_kinds(lab: Lab) -> list[Garbage]:
 def malformed_values(macs) -> dict[str, bytes]:
     return {
         "VNI 1e400": ('{"PublicIP": "192.168.1.84", "BackendType": "vxlan", '
-                      '"BackendData": {"VNI": 1e400, "VtepMAC": "%s"}}' % next(macs)).encode(),
+                      '"BackendData": {"VNI": 1e400, "VtepMAC": "' + next(macs) + '"}}').encode(),
         "100000 nested [": b"[" * 100_000,
         "20000 nested [ (under any size bound)": b"[" * 20_000,
         "10000 nested { in BackendData": (b'{"PublicIP": "192.168.1.85", "BackendData": '
@@ -442,7 +442,8 @@ def test_log_does_not_repeat_rejections(lab, which):
     node = getattr(lab, which)
     mark = len(node.log())
     settle(lab, 2.5)  # one more reconcile run with no change in etcd
-    later = [l for l in node.log()[mark:].splitlines() if " WARNING " in l or " ERROR " in l]
+    later = [line for line in node.log()[mark:].splitlines()
+             if " WARNING " in line or " ERROR " in line]
     assert len(later) <= 2, (
         f"{node.ns}: {len(later)} warnings/errors in 2.5 s with no change in etcd (a bad key "
         f"is logged once per revision, not per retry or reconcile):\n" + "\n".join(later[:12]))

@@ -43,7 +43,9 @@ def lab(request):
     with running_lab(nodes=3, pods_per_node=2) as lab:
         yield lab
         if request.session.testsfailed > failed_before:
-            warnings.warn(f"lab e2e failed: the lab's logs are kept in {keep_logs(lab)}")
+            # stacklevel=1: the warning is about this lab, not about pytest's call of the fixture
+            warnings.warn(f"lab e2e failed: the lab's logs are kept in {keep_logs(lab)}",
+                          stacklevel=1)
 
 
 def pods_on(lab, node):

@@ -54,7 +54,8 @@ def vagrant_copy(tmp_path: Path) -> tuple[Path, dict]:
     repo = tmp_path / "repo"
     shutil.copytree(VAGRANT_DIR, repo / "vagrant",
                     ignore=shutil.ignore_patterns(".vagrant", "__pycache__"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGRANT_", "OVERLAY_VAGRANT_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VAGRANT_", "OVERLAY_VAGRANT_"))}
     env["VAGRANT_HOME"] = str(tmp_path / "vagrant-home")
     env["VAGRANT_CHECKPOINT_DISABLE"] = "1"
     return repo / "vagrant", env
@@ -126,7 +127,7 @@ def test_smoke_check_speaks_vagrants_cli(tmp_path):
 
 
 def test_vagrantfile_contract():
-    """What the README promises: Debian 12 box, 3 VMs at .11-.13, repo at /vagrant, etcd on node1."""
+    """The README's promises: Debian 12 box, 3 VMs at .11-.13, repo at /vagrant, etcd on node1."""
     text = (VAGRANT_DIR / "Vagrantfile").read_text()
     assert 'config.vm.box = "debian/bookworm64"' in text
     assert re.search(r'"OVERLAY_VAGRANT_NET", "192\.168\.56"', text)
@@ -190,7 +191,9 @@ def test_units_parse_and_match_provision():
     d = parse_unit(UNITS / "overlayd.service")["Service"]
     assert d["ExecStart"] == ["/usr/local/bin/overlayd"]
     assert 'ln -sfn "$REPO/cmd/$c" "/usr/local/bin/$c"' in provision
-    assert "overlayd" in re.search(r"for c in ([^;]+);", provision).group(1).split()
+    linked = re.search(r"for c in ([^;]+);", provision)
+    assert linked, "provision.sh links no commands"
+    assert "overlayd" in linked.group(1).split()
     assert d["RuntimeDirectoryPreserve"] == ["yes"]  # subnet.env outlives a restart
     e = parse_unit(UNITS / "overlay-etcd.service")
     assert e["Unit"]["Conflicts"] == ["etcd.service"] and e["Service"]["User"] == ["etcd"]
@@ -352,7 +355,8 @@ if [ $# -ne 5 ] || [ "$1" != ssh ] || [ "$3" != --no-tty ] || [ "$4" != -c ]; th
   echo "fake vagrant: unexpected arguments: $*" >&2; exit 2
 fi
 node=$2
-[ -e "/run/netns/{prefix}-$node" ] || {{ echo "The machine with the name '$node' was not found" >&2; exit 1; }}
+[ -e "/run/netns/{prefix}-$node" ] || {{
+  echo "The machine with the name '$node' was not found" >&2; exit 1; }}
 export OVERLAY_SMOKE_NODE_NETNS={prefix}-$node OVERLAY_SMOKE_PREFIX={prefix}-$node
 export OVERLAY_SMOKE_CONF_DIR={tmp}/$node/conf OVERLAY_SMOKE_STATE_DIR={tmp}/$node/state
 export OVERLAY_SMOKE_CNI_PATH={cni_path} OVERLAY_CNI_SOCKET={tmp}/$node/cni.sock
@@ -383,7 +387,7 @@ def make_nodes(routes: bool) -> list[str]:
         sh("ip", "-n", n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
            "netns", n2)
         for ns, (addr, _), (peer, peer_pods) in zip(made, NODES.values(),
-                                                    reversed(NODES.values())):
+                                                    reversed(NODES.values()), strict=True):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             if routes:
@@ -477,8 +481,9 @@ def assert_smoke_passed(r: subprocess.CompletedProcess, pod_nets: dict[str, str]
     assert r.returncode == 0, r.stdout + r.stderr
     ips = {n: re.search(rf"==> {n}: pod attached through the CNI plugin \.\.\. "
                         rf"({re.escape(net)}\d+)$", r.stdout, re.M) for n, net in pod_nets.items()}
-    assert all(ips.values()), r.stdout
-    a, b = (m.group(1) for m in ips.values())
+    matches = [m for m in ips.values() if m is not None]
+    assert len(matches) == len(ips), r.stdout
+    a, b = (m.group(1) for m in matches)
     lines = r.stdout.splitlines()
     for src, dst in ((f"node1 pod {a}", f"node2 pod {b}"), (f"node2 pod {b}", f"node1 pod {a}")):
         assert any(re.fullmatch(rf"\s+{re.escape(src)}\s+-> {re.escape(dst)}\s+ok", line)
@@ -564,7 +569,7 @@ def test_vm_recipe_end_to_end(tmp_path):
         out = provision_step(ns1, "set_network_config", step_env)
         assert "writing the network config: 10.244.0.0/16" in out
 
-        for ns, node, (node_ip, _) in zip(made, NODES, NODES.values()):
+        for ns, node, (node_ip, _) in zip(made, NODES, NODES.values(), strict=True):
             env = env_file_vars(provision_function("overlayd_env", OVERLAY_ETCD_IP=etcd_ip,
                                                    OVERLAY_NODE_IP=node_ip))
             # Two daemons on one host: their files apart (the VMs use the defaults).
@@ -577,9 +582,10 @@ def test_vm_recipe_end_to_end(tmp_path):
             with open(tmp_path / node / "overlayd.log", "w") as log:
                 procs.append(subprocess.Popen(
                     ["ip", "netns", "exec", ns, str(ROOT / "cmd/overlayd")],
-                    env={k: v for k, v in os.environ.items() if not k.startswith("OVERLAYD_")} | env,
+                    env={k: v for k, v in os.environ.items()
+                         if not k.startswith("OVERLAYD_")} | env,
                     stdout=log, stderr=subprocess.STDOUT))
-        for ns, node in zip(made, NODES):
+        for ns in made:
             provision_step(ns, "wait_http http://127.0.0.1:9471/readyz 30", {})
         env = make_smoke_env(tmp_path, "overlay")
         r = run([str(SMOKE)], env=env, timeout=120)
