@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -65,10 +65,10 @@ def test_readiness_lists_what_is_missing():
 def test_lease_expiry_metric():
     m = Metrics()
     assert value(m, "overlay_lease_expiry_seconds") == -1
-    when = datetime.now(timezone.utc) + timedelta(seconds=100)
+    when = datetime.now(UTC) + timedelta(seconds=100)
     m.track_lease_expiry(lambda: when)
     assert 98 < value(m, "overlay_lease_expiry_seconds") <= 100
-    m.track_lease_expiry(lambda: datetime.now(timezone.utc) - timedelta(seconds=5))
+    m.track_lease_expiry(lambda: datetime.now(UTC) - timedelta(seconds=5))
     assert value(m, "overlay_lease_expiry_seconds") == 0
 
 
@@ -184,7 +184,7 @@ def test_health_server_drops_idle_connections(monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    srv = http.HealthServer(f"127.0.0.1:{port}", Metrics(), lambda: [])
+    srv = http.HealthServer(f"127.0.0.1:{port}", Metrics(), list)
     srv.start()
     try:
         with socket.create_connection(srv.address, timeout=3) as c:

@@ -212,7 +212,7 @@ def test_keepalive_reacquires_when_told_the_lease_was_lost():
     reg = FakeRegistry()
     m = manager(reg, check_interval=3600)
     lease = m.acquire()
-    got: "queue.Queue[Lease]" = queue.Queue()
+    got: queue.Queue[Lease] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, got.put)
     reg.delete(lease.subnet)

@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -52,7 +52,7 @@ def _expires_text(lease: Lease) -> str:
         return "never (reserved)"
     if lease.expiration is None:
         return "<unknown>"
-    left = int((lease.expiration - datetime.now(timezone.utc)).total_seconds())
+    left = int((lease.expiration - datetime.now(UTC)).total_seconds())
     h, rest = divmod(max(left, 0), 3600)
     m, s = divmod(rest, 60)
     rel = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

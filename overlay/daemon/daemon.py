@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Interface, IPv4Network
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Sequence
+from typing import Any
 
 from overlay.config import parse_bool
 from overlay.daemon.http import parse_hostport

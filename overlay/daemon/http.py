@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -83,7 +83,7 @@ class Metrics:
         when = self._expiry()
         if when is None:
             return -1.0
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -134,7 +134,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = HANDLER_TIMEOUT  # an idle connection must not pin a thread forever
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:  # the name http.server calls
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     self._reply(200, b"ok\n")

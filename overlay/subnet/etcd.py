@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-import grpc  # noqa: E402
+import grpc
 from pyetcd import (
-    etcdrpc,  # noqa: E402
-    exceptions as etcd_exc,  # noqa: E402
+    etcdrpc,
+    exceptions as etcd_exc,
 )
 from pyetcd.client import (
-    Endpoint as ClientEndpoint,  # noqa: E402
-    MultiEndpointEtcd3Client,  # noqa: E402
+    Endpoint as ClientEndpoint,
+    MultiEndpointEtcd3Client,
 )
 
 from overlay.errors import ConfigError, EtcdUnavailable, RegistryError

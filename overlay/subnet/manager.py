@@ -28,10 +28,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from overlay.config import NetworkConfig
 from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError
@@ -260,7 +261,7 @@ class SubnetManager:
             return None
         key = (lease.subnet, lease.etcd_lease_id, lease.expiration)
         if self._renew_deadline[0] != key:
-            remaining = (lease.expiration - datetime.now(timezone.utc)).total_seconds()
+            remaining = (lease.expiration - datetime.now(UTC)).total_seconds()
             ttl = lease.ttl or self.ttl
             margin = self.renew_margin if self.renew_margin < ttl else ttl / 2
             self._renew_deadline = (key, time.monotonic() + remaining - margin)

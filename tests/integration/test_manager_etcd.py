@@ -54,8 +54,8 @@ class Node:
     def __init__(self, registry, i, cfg=CFG, **kw):
         self.mgr = SubnetManager(registry, cfg, node_attrs(i), rng=random.Random(i), **kw)
         self.stop = threading.Event()
-        self.leases: "queue.Queue" = queue.Queue()
-        self.batches: "queue.Queue" = queue.Queue()
+        self.leases: queue.Queue = queue.Queue()
+        self.batches: queue.Queue = queue.Queue()
         self.threads = []
 
     def start(self, lease=None, watch=True):
