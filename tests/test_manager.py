@@ -103,7 +103,7 @@ def test_reservations_of_other_nodes_are_never_handed_out():
     msg = str(e.value)
     assert "10.244.0.0/16" in msg and "10.244.1.0/24..10.244.3.0/24" in msg
     assert "3 of 3 taken (2 reserved)" in msg
-    assert {l.attrs.public_ip for l in reg.leases.values()} == {
+    assert {lease.attrs.public_ip for lease in reg.leases.values()} == {
         IPv4Address("192.168.1.50"), IPv4Address("192.168.1.51"), IPv4Address("192.168.1.11")}
 
 
@@ -116,7 +116,7 @@ def test_lost_race_is_retried_with_a_fresh_read():
             reg.put(subnet, node(next(rivals)), ttl=600)
     reg.before_write = rival_wins
     lease = manager(reg, spread=4).acquire()
-    owners = {l.subnet: l.attrs.public_ip for l in reg.leases.values()}
+    owners = {lease.subnet: lease.attrs.public_ip for lease in reg.leases.values()}
     assert owners[lease.subnet] == IPv4Address("192.168.1.11")
     assert len(owners) == 4 and reg.creates == 4  # three lost races, then a win
 
@@ -153,7 +153,7 @@ def test_concurrent_nodes_get_distinct_subnets():
     for t in threads:
         t.join()
     assert not errors
-    assert len({l.subnet for l in results}) == 30
+    assert len({lease.subnet for lease in results}) == 30
 
 
 def test_renew_keeps_the_subnet_and_extends_expiry():
@@ -200,7 +200,7 @@ def test_keepalive_renews_before_expiry():
     m = manager(reg, ttl=2, renew_margin=1)
     lease = m.acquire()
     stop = threading.Event()
-    t = _run(m.run_keepalive, lease, stop, lambda l: None)
+    t = _run(m.run_keepalive, lease, stop, lambda _: None)
     time.sleep(1.6)  # past the renewal point (1 s) but before expiry (2 s)
     assert reg.leases[lease.subnet].expiration > lease.expiration + timedelta(seconds=0.4)
     stop.set()
@@ -247,14 +247,14 @@ def test_keepalive_retries_while_the_registry_is_down():
     lease = m.acquire()
     real_renew, failures = reg.renew_lease, []
 
-    def flaky(l):
+    def flaky(to_renew):
         if len(failures) < 3:
             failures.append(1)
             raise RegistryError("etcd unreachable")
-        return real_renew(l)
+        return real_renew(to_renew)
     reg.renew_lease = flaky
     stop = threading.Event()
-    t = _run(m.run_keepalive, lease, stop, lambda l: None)
+    t = _run(m.run_keepalive, lease, stop, lambda _: None)
     deadline = time.monotonic() + 5
     while reg.leases[lease.subnet].expiration == lease.expiration and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -272,12 +272,12 @@ def test_run_watch_emits_remote_leases_only_and_flags_own_deletion():
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put)
     first = batches.get(timeout=2)
-    assert [l.subnet for l in first.added] == [net(5)]
+    assert [lease.subnet for lease in first.added] == [net(5)]
     new = reg.put(net(6), node(51), ttl=600)
     reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, new, new.mod_revision),
                                 LeaseEvent(EventType.REMOVED, own, reg.rev)], revision=reg.rev))
     second = batches.get(timeout=2)
-    assert [l.subnet for l in second.added] == [net(6)] and not second.removed
+    assert [lease.subnet for lease in second.added] == [net(6)] and not second.removed
     assert m.lost.wait(2)
     stop.set()
     t.join(2)
@@ -296,8 +296,8 @@ def test_run_watch_snapshot_after_compaction_yields_the_difference():
     b = reg.put(net(6), node(51), ttl=600)
     reg.events.put(WatchUpdate([], snapshot=[b] + [m.current], revision=reg.rev))
     batch = batches.get(timeout=2)
-    assert [l.subnet for l in batch.added] == [net(6)]
-    assert [l.subnet for l in batch.removed] == [a.subnet]
+    assert [lease.subnet for lease in batch.added] == [net(6)]
+    assert [lease.subnet for lease in batch.removed] == [a.subnet]
     assert not m.lost.is_set()
     stop.set()
     t.join(2)
@@ -326,7 +326,7 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     assert [(r.subnet, r.reason) for r in now] == [(old.subnet, "own-subnet")]
     assert m.lost.wait(2) and batches.empty()
     m._set_current(ours)  # at once, with no further watch event (none may come)
-    assert [l.subnet for l in batches.get(timeout=2).added] == [old.subnet]
+    assert [lease.subnet for lease in batches.get(timeout=2).added] == [old.subnet]
     now, gone, _ = rejected.get(timeout=2)
     assert now == [] and gone == [reg.subnets_prefix + f"{old.subnet.network_address}-24"]
     stop.set()
@@ -388,7 +388,7 @@ def test_run_watch_rejects_a_twin_with_our_public_ip_and_snapshots_to_callback()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put,
              lambda now, gone, complete: rejected.put((now, complete)))
     first = snapshots.get(timeout=2)
-    assert sorted(l.subnet for l in first) == [net(5)] and own.subnet != net(1)
+    assert sorted(lease.subnet for lease in first) == [net(5)] and own.subnet != net(1)
     now, complete = rejected.get(timeout=2)
     assert [(r.subnet, r.reason) for r in now] == [(net(1), "public-ip-own")] and complete
     reg.delete(peer.subnet)

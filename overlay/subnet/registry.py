@@ -169,7 +169,7 @@ class EtcdRegistry:
             return parse_network_config(value)
         except ConfigError as e:
             raise ConfigError(f"network config at {self.config_key} is invalid: {e}") from e
-        except Exception as e:  # noqa: BLE001 (etcd is untrusted: deep nesting, bad bytes)
+        except Exception as e:  # etcd is untrusted: deep nesting, bad bytes
             raise ConfigError(f"network config at {self.config_key} is invalid: "
                               f"{type(e).__name__}") from e
 
@@ -217,7 +217,8 @@ class EtcdRegistry:
                 return
 
     def put_config(self, cfg: NetworkConfig) -> None:
-        self.etcd.call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
+        self.etcd.call("writing the network config",
+                       lambda c: c.put(self.config_key, cfg.to_json()))
         log.info("network config written to %s: %s", self.config_key, cfg.to_json())
 
     # -- leases ---------------------------------------------------------------------

@@ -175,7 +175,8 @@ def metric_values(node) -> dict:
     status, text = node.http("/metrics")
     assert status == 200
     return {name: float(value) for name, _, value in
-            (l.rpartition(" ") for l in text.splitlines() if l and not l.startswith("#"))}
+            (line.rpartition(" ") for line in text.splitlines()
+             if line and not line.startswith("#"))}
 
 
 def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
@@ -421,7 +422,7 @@ def test_not_ready_without_config_and_bad_config_one_line(cluster):
             "/ovd-bad", "--subnet-file", f"{extra.dir}/bad.env", "--state-dir",
             f"{extra.dir}/bad", "--cni-socket", "", check=False, timeout=30)
     assert r.returncode == 1
-    errors = [l for l in r.stderr.splitlines() if "error" in l.lower()]
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "Network" in errors[0] and "/ovd-bad/config" in errors[0]
     assert "Traceback" not in r.stderr
     assert not extra.ip_json("link", "show", "type", "vxlan"), "kernel touched before validation"

@@ -332,7 +332,7 @@ def test_leases_list_shows_a_status_for_garbage_and_never_a_traceback(ctl, regis
     assert rows["10.244.7.0/24"].endswith("rejected: public-ip-unusable")
     assert rows["128.0.0.0/1"].endswith("rejected: subnet-length")
     assert rows["/overlay/network/subnets/10.244.2.0-24\\n"].endswith("rejected: bad-key")
-    assert sum(1 for l in rows.values() if l.endswith("rejected: bad-key")) == 4
+    assert sum(1 for line in rows.values() if line.endswith("rejected: bad-key")) == 4
     data = json.loads(ctl("-o", "json", "leases", "list").stdout)
     ok = [d for d in data if "rejected" not in d]
     assert [d["subnet"] for d in ok] == ["10.244.2.0/24"]
