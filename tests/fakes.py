@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -89,10 +90,8 @@ class FakeRegistry:
                      on_error: Callable[[RegistryError], None] | None = None
                      ) -> Iterator[tuple[bytes | None, int]]:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(queue.Empty):
                 yield self.config_events.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
     def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
         listing = self.list_subnets(with_expiration)

@@ -145,7 +145,7 @@ def test_concurrent_nodes_get_distinct_subnets():
     def run(i):
         try:
             results.append(manager(reg, i, spread=8, max_attempts=50).acquire())
-        except Exception as e:  # collected so the assertion below shows it
+        except Exception as e:  # noqa: BLE001 (collected so the assertion below shows it)
             errors.append(e)
     threads = [threading.Thread(target=run, args=(i,)) for i in range(1, 31)]
     for t in threads:

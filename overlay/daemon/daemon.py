@@ -545,7 +545,7 @@ class Daemon:
         if self.cni_server is not None:
             try:
                 self.cni_server.shutdown()
-            except Exception as e:  # shutting down must finish whatever happens
+            except Exception as e:  # noqa: BLE001 (shutting down must finish whatever happens)
                 log.warning("stopping the CNI server: %s", e)
         deadline = time.monotonic() + self.join_timeout
         for t in self._threads:
@@ -555,7 +555,7 @@ class Daemon:
             self.http.stop()
         try:
             registry.close()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (a failed close must not stop the shutdown)
             log.debug("closing the registry: %s", e)
         if busy:  # closing the device's socket under a running thread could hit a reused fd
             log.warning("threads still running at exit: %s", ", ".join(busy))

@@ -157,6 +157,7 @@ class HealthServer:
                 self.wfile.write(body)
 
             def log_message(self, fmt: str, *args) -> None:
-                log.debug("http: " + fmt, *args)
+                if log.isEnabledFor(logging.DEBUG):  # formatted only when it is logged
+                    log.debug("http: %s", fmt % args)
 
         return Handler

@@ -89,7 +89,7 @@ def cluster():
             n.wait_ready()
         topo.pods = [topo.nodes[0].add_pod(), topo.nodes[1].add_pod()]
         for n in topo.nodes:
-            wait_for(lambda: all_programmed(topo, n), 5, what=f"entries on {n.ns}")
+            wait_for(lambda n=n: all_programmed(topo, n), 5, what=f"entries on {n.ns}")
         yield topo
     finally:
         topo.cleanup()
@@ -111,17 +111,17 @@ def test_pods_reach_each_other_across_vxlan(cluster):
 def test_lease_added_changed_removed_reflected_everywhere(cluster):
     cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:01"))
     for n in cluster.nodes:
-        wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:01", "192.168.1.99"), 3,
+        wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:01", "192.168.1.99"), 3,
                  what=f"new lease on {n.ns}")
     cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:02", "192.168.1.98"))
     for n in cluster.nodes:
-        wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:02", "192.168.1.98"), 3,
+        wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:02", "192.168.1.98"), 3,
                  what=f"changed lease on {n.ns}")
         _, fdb, _ = kernel(n)
         assert not any(m == "0e:fa:00:00:00:01" for m, _ in fdb), "stale FDB of the old MAC"
     cluster.etcdctl("del", FAKE_KEY)
     for n in cluster.nodes:
-        wait_for(lambda: lacks_remote(n, FAKE_NET, "0e:fa:00:00:00:02"), 3,
+        wait_for(lambda n=n: lacks_remote(n, FAKE_NET, "0e:fa:00:00:00:02"), 3,
                  what=f"removed lease gone on {n.ns}")
         assert all_programmed(cluster, n)
 
@@ -198,7 +198,7 @@ def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
             cluster.etcdctl("put", key, value)
         cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:03"))  # valid, after
         for n in cluster.nodes:
-            wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:03", "192.168.1.99"), 3,
+            wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:03", "192.168.1.99"), 3,
                      what=f"the lease put after the garbage on {n.ns}")
         _, fdb, routes = kernel(n1)
         assert (real_mac, n2.ip) in fdb and not any(
@@ -214,7 +214,7 @@ def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
         for key in [*garbage, FAKE_KEY]:
             cluster.etcdctl("del", key)
     for n in cluster.nodes:
-        wait_for(lambda: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
+        wait_for(lambda n=n: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
 
 
 def test_health_endpoints_and_metrics(cluster):
@@ -344,7 +344,7 @@ def test_lease_deleted_under_daemon_is_reacquired(cluster):
     cluster.etcdctl("del", key)
     wait_for(lambda: cluster.leases() == before, 5, interval=0.1, what="lease re-acquired")
     for n in cluster.nodes:
-        wait_for(lambda: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
+        wait_for(lambda n=n: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
 
 
 def test_lease_taken_over_moves_node_to_a_new_subnet(cluster):
@@ -362,7 +362,7 @@ def test_lease_taken_over_moves_node_to_a_new_subnet(cluster):
                           if a["family"] == "inet"] == [(str(new.network.network_address), 32)],
                  3, what="device address follows the lease")
         for n in cluster.nodes[:2]:
-            wait_for(lambda: all_programmed(cluster, n), 3, what=f"new subnet on {n.ns}")
+            wait_for(lambda n=n: all_programmed(cluster, n), 3, what=f"new subnet on {n.ns}")
             assert str(old.network) not in kernel(n)[2], "reservation without a MAC skipped"
         assert "re-acquired a DIFFERENT subnet" in n3.log()
     finally:
@@ -383,11 +383,11 @@ def test_etcd_down_keeps_data_plane_and_catches_up(cluster):
         cluster.etcd.start()
     cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:04"))
     for n in cluster.nodes:
-        wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:04", "192.168.1.99"), 8,
+        wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:04", "192.168.1.99"), 8,
                  interval=0.1, what=f"catch-up on {n.ns}")
     cluster.etcdctl("del", FAKE_KEY)
     for n in cluster.nodes:
-        wait_for(lambda: lacks_remote(n, FAKE_NET), 5, what=f"cleanup on {n.ns}")
+        wait_for(lambda n=n: lacks_remote(n, FAKE_NET), 5, what=f"cleanup on {n.ns}")
 
 
 def test_restart_while_etcd_is_down_keeps_traffic(cluster):

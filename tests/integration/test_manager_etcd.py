@@ -101,7 +101,7 @@ def test_fifty_nodes_acquiring_at_once_get_distinct_subnets(opts, registry):
         try:
             barrier.wait()
             results[i] = SubnetManager(regs[i], CFG, node_attrs(i), ttl=60).acquire()
-        except Exception as e:  # reported by the assertion below
+        except Exception as e:  # noqa: BLE001 (reported by the assertion below)
             errors.append(repr(e))
     threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
     try:

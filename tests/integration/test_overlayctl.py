@@ -49,9 +49,9 @@ def wait_watchers(server, n, timeout=15.0):
     while time.monotonic() < deadline:
         with urllib.request.urlopen(server.endpoint + "/metrics", timeout=2) as r:
             for line in r.read().decode().splitlines():
-                if line.startswith("etcd_debugging_mvcc_watcher_total "):
-                    if float(line.split()[1]) >= n:
-                        return
+                if (line.startswith("etcd_debugging_mvcc_watcher_total ")
+                        and float(line.split()[1]) >= n):
+                    return
         time.sleep(0.05)
     raise AssertionError(f"no {n} watcher(s) registered in etcd after {timeout}s")
 
