@@ -116,7 +116,9 @@ class HealthServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        assert isinstance(host, str), "an AF_INET server's address is (host, port)"
+        return host, port
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",

@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set as AbstractSet
 from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Network
@@ -188,7 +188,7 @@ class SubnetManager:
                 and self.config.in_range(lease.subnet))
 
     def _try_acquire(self, leases: list[Lease], spread: int,
-                     unusable: set[IPv4Network] = frozenset()) -> Lease:
+                     unusable: AbstractSet[IPv4Network] = frozenset()) -> Lease:
         mine = self._mine(leases)
         if mine:
             mine.sort(key=lambda candidate: (candidate.subnet != self.previous_subnet,
