@@ -12,7 +12,7 @@ import pytest
 
 from overlay.config import parse_network_config
 from overlay.errors import NoFreeSubnet, RegistryError
-from overlay.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from overlay.lease import EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, Rejection
 from overlay.subnet.manager import SubnetManager
 from overlay.subnet.registry import WatchUpdate
 from tests.fakes import FakeRegistry
@@ -229,7 +229,7 @@ def test_keepalive_spurious_loss_signal_changes_nothing():
     reg = FakeRegistry()
     m = manager(reg, check_interval=3600)
     lease = m.acquire()
-    calls = []
+    calls: list[Lease] = []
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, calls.append)
     m.lost.set()
@@ -241,18 +241,19 @@ def test_keepalive_spurious_loss_signal_changes_nothing():
     assert not calls and reg.leases[lease.subnet] == lease
 
 
-def test_keepalive_retries_while_the_registry_is_down():
+def test_keepalive_retries_while_the_registry_is_down(monkeypatch):
     reg = FakeRegistry()
     m = manager(reg, ttl=2, renew_margin=1)
     lease = m.acquire()
-    real_renew, failures = reg.renew_lease, []
+    real_renew = reg.renew_lease
+    failures: list[int] = []
 
     def flaky(to_renew):
         if len(failures) < 3:
             failures.append(1)
             raise RegistryError("etcd unreachable")
         return real_renew(to_renew)
-    reg.renew_lease = flaky
+    monkeypatch.setattr(reg, "renew_lease", flaky)
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, lambda _: None)
     deadline = time.monotonic() + 5
@@ -268,7 +269,7 @@ def test_run_watch_emits_remote_leases_only_and_flags_own_deletion():
     reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     own = m.acquire()
-    batches = queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put)
     first = batches.get(timeout=2)
@@ -289,7 +290,7 @@ def test_run_watch_snapshot_after_compaction_yields_the_difference():
     a = reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     m.acquire()
-    batches = queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put)
     batches.get(timeout=2)
@@ -311,8 +312,8 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     reg = FakeRegistry()
     m = manager(reg)
     old = m.acquire()
-    batches = queue.Queue()
-    rejected = queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
+    rejected: queue.Queue[tuple[list[Rejection], list[str], bool]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
              lambda now, gone, complete: rejected.put((now, gone, complete)))
@@ -333,19 +334,20 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     t.join(2)
 
 
-def test_keepalive_keeps_a_loss_signal_across_registry_errors():
+def test_keepalive_keeps_a_loss_signal_across_registry_errors(monkeypatch):
     reg = FakeRegistry()
     m = manager(reg, check_interval=3600)
     lease = m.acquire()
-    real_get, failures = reg.get_lease, []
+    real_get = reg.get_lease
+    failures: list[int] = []
 
     def flaky(subnet):
         if len(failures) < 2:
             failures.append(1)
             raise RegistryError("etcd unreachable")
         return real_get(subnet)
-    reg.get_lease = flaky
-    got = queue.Queue()
+    monkeypatch.setattr(reg, "get_lease", flaky)
+    got: queue.Queue[Lease] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, got.put)
     reg.delete(lease.subnet)
@@ -383,7 +385,9 @@ def test_run_watch_rejects_a_twin_with_our_public_ip_and_snapshots_to_callback()
     peer = reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     own = m.acquire()
-    batches, snapshots, rejected = queue.Queue(), queue.Queue(), queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
+    snapshots: queue.Queue[list[Lease]] = queue.Queue()
+    rejected: queue.Queue[tuple[list[Rejection], bool]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put,
              lambda now, gone, complete: rejected.put((now, complete)))
@@ -433,7 +437,8 @@ def test_a_lease_with_our_vtep_mac_is_never_a_remote():
                                        vtep_mac=node(11).vtep_mac), ttl=None)  # reserved
     m = manager(reg)
     m.acquire()
-    batches, rejected = queue.Queue(), queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
+    rejected: queue.Queue[list[Rejection]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
              lambda now, gone, complete: rejected.put(now))
@@ -456,7 +461,7 @@ def test_the_watch_reports_garbage_and_its_removal():
     reg.garbage[net(3)] = b"{"
     m = manager(reg)
     m.acquire()
-    seen = queue.Queue()
+    seen: queue.Queue[tuple[list[Rejection], list[str], bool]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, lambda b: None, None,
              lambda now, gone, complete: seen.put((now, gone, complete)))

@@ -77,9 +77,16 @@ def loss(out: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+class Cluster(Topology):
+    """The module's topology, with the two pods the data-path tests ping between."""
+
+    pods: list[str]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    topo = Topology(3).setup()
+    topo = Cluster(3)
+    topo.setup()
     try:
         topo.nodes[0].extra_args = ["--ip-masq"]
         topo.nodes[2].extra_args = ["--cni-socket", f"{topo.nodes[2].dir}/cni.sock"]

@@ -57,6 +57,7 @@ class Node:
         self.leases: queue.Queue = queue.Queue()
         self.batches: queue.Queue = queue.Queue()
         self.threads = []
+        self._seen: set[IPv4Network] = set()  # the remote subnets remote_subnets drained
 
     def start(self, lease=None, watch=True):
         lease = lease or self.mgr.acquire()
@@ -72,7 +73,7 @@ class Node:
 
     def remote_subnets(self, timeout=5.0):
         """Drain batches into the set of remote subnets seen so far."""
-        seen = getattr(self, "_seen", set())
+        seen = self._seen
         while True:
             try:
                 b = self.batches.get(timeout=timeout)

@@ -207,6 +207,7 @@ def test_leases_watch_table_lines_and_ctrl_c(etcd_server, registry):
     proc = subprocess.Popen([OVERLAYCTL, "--etcd-endpoints", etcd_server.endpoint,
                              "leases", "watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         wait_watchers(etcd_server, 1)
         registry.create_lease(net(7), attrs(17), 3600)

@@ -185,7 +185,9 @@ def test_compaction_during_a_watch_loses_no_lease(etcd_server):
         proxy.cut()
         direct.delete_lease(net(1))
         direct.create_lease(net(5), attrs(15), 60)
-        direct.update_lease(direct.get_lease(net(2)), attrs(12, mac="0e:00:00:00:00:22"), 60)
+        second = direct.get_lease(net(2))
+        assert second is not None
+        direct.update_lease(second, attrs(12, mac="0e:00:00:00:00:22"), 60)
         direct.compact()
         proxy.restore()
         wait_for(lambda: w.subnets() == {net(2), net(3), net(4), net(5)}, 10,
@@ -289,7 +291,8 @@ def test_watch_hears_etcd_while_nothing_changes_and_not_while_it_is_frozen(regis
     import signal
     registry.put_config(CFG)
     _, rev = registry.list_leases(with_expiration=False)
-    heard, stop = [], threading.Event()
+    heard: list[int] = []
+    stop = threading.Event()
 
     def run():
         for _ in registry.watch_leases(rev + 1, stop, on_progress=heard.append,
