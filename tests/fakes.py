@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
-from typing import Callable, Iterator
 
 from overlay.cni.ipam import Attachment
 from overlay.config import NetworkConfig, parse_network_config
@@ -52,7 +53,7 @@ class FakeRegistry:
             raise self.fail
 
     def _expires(self, ttl: int | None) -> datetime | None:
-        return datetime.now(timezone.utc) + timedelta(seconds=ttl) if ttl else None
+        return datetime.now(UTC) + timedelta(seconds=ttl) if ttl else None
 
     def put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None = None) -> Lease:
         with self.lock:
@@ -89,10 +90,8 @@ class FakeRegistry:
                      on_error: Callable[[RegistryError], None] | None = None
                      ) -> Iterator[tuple[bytes | None, int]]:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(queue.Empty):
                 yield self.config_events.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
     def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]:
         listing = self.list_subnets(with_expiration)

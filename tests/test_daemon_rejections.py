@@ -25,7 +25,7 @@ def test_logged_and_counted_once_per_key_revision(caplog):
         log.note([rej(1, rev=2)], [], False)  # a new revision of the key
     assert count(m, "bad-value") == 2
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and all("\n" not in l and "k1\\n" in l for l in lines)
+    assert len(lines) == 2 and all("\n" not in line and "k1\\n" in line for line in lines)
     assert "k1" not in m.render().decode()  # the label is the reason, never the key
 
 

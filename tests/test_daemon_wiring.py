@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -11,15 +11,18 @@ import pytest
 from overlay.daemon.daemon import Daemon, ObservedRegistry
 from overlay.daemon.flags import parse_settings
 from overlay.daemon.http import Metrics
-from overlay.errors import ConfigError, EtcdUnavailable, LeaseConflict
+from overlay.errors import ConfigError, EtcdUnavailable, LeaseConflict, RegistryError
 from overlay.lease import Lease, LeaseAttrs
+from overlay.masq.nft import Masquerade
 from overlay.vxlan.device import UnderlayError
 from overlay.vxlan.setup import DataPlane
 from tests.fakes import FakeRegistry
 
 
 def value(metrics: Metrics, name: str) -> float:
-    return metrics.registry.get_sample_value(name)
+    sample = metrics.registry.get_sample_value(name)
+    assert sample is not None, f"no metric {name}"
+    return sample
 
 
 def test_observer_counts_etcd_failures_but_not_lost_races():
@@ -65,10 +68,10 @@ def test_readiness_lists_what_is_missing():
 def test_lease_expiry_metric():
     m = Metrics()
     assert value(m, "overlay_lease_expiry_seconds") == -1
-    when = datetime.now(timezone.utc) + timedelta(seconds=100)
+    when = datetime.now(UTC) + timedelta(seconds=100)
     m.track_lease_expiry(lambda: when)
     assert 98 < value(m, "overlay_lease_expiry_seconds") <= 100
-    m.track_lease_expiry(lambda: datetime.now(timezone.utc) - timedelta(seconds=5))
+    m.track_lease_expiry(lambda: datetime.now(UTC) - timedelta(seconds=5))
     assert value(m, "overlay_lease_expiry_seconds") == 0
 
 
@@ -122,12 +125,18 @@ def wired_daemon(tmp_path, subnet_file, lease=None, watch_health=None):
     """A daemon brought up through its constructor's collaborators: a fake registry,
     data plane, manager and masquerade; holding ``lease`` (10.244.3.0/24 by default)."""
     lease = lease or lease_of(3)
-    plane = DataPlane(FakeDevice(), FakeBackend(), "eth0", 1450,
-                      LeaseAttrs(IPv4Address("192.168.1.11")))
+    # The fakes have only what the daemon uses of the real parts (duck typing), so mypy
+    # does not take them for those; each ignore below is one fake standing in.
+    plane = DataPlane(FakeDevice(), FakeBackend(),  # type: ignore[arg-type]
+                      "eth0", 1450, LeaseAttrs(IPv4Address("192.168.1.11")))
+
+    def make_masquerade(network, subnet, enabled) -> Masquerade:
+        return FakeMasq()  # type: ignore[return-value]
     d = Daemon(parse_settings(["--subnet-file", str(subnet_file)], environ={}),
                setup_data_plane=lambda config: plane,
-               make_manager=lambda registry, *a, **kw: FakeManager(lease, registry),
-               make_masquerade=lambda network, subnet, enabled: FakeMasq(),
+               make_manager=lambda registry, *a, **kw: (  # type: ignore[arg-type]
+                   FakeManager(lease, registry)),
+               make_masquerade=make_masquerade,
                watch_health=watch_health)
     assert d.bring_up(FakeRegistry()) == lease
     return d
@@ -184,7 +193,7 @@ def test_health_server_drops_idle_connections(monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    srv = http.HealthServer(f"127.0.0.1:{port}", Metrics(), lambda: [])
+    srv = http.HealthServer(f"127.0.0.1:{port}", Metrics(), list)
     srv.start()
     try:
         with socket.create_connection(srv.address, timeout=3) as c:
@@ -316,7 +325,8 @@ def test_observer_feeds_the_watch_health_from_the_stream():
 
 def test_observer_passes_the_callers_watch_hooks_on_and_still_counts():
     from overlay.daemon.watchhealth import WatchHealth
-    errors, revisions = [], []
+    errors: list[RegistryError] = []
+    revisions: list[int] = []
 
     class WatchingRegistry(FakeRegistry):
         def watch_leases(self, start_revision, stop, on_error=None, on_progress=None,
@@ -373,9 +383,9 @@ def test_config_change_is_logged_once_exposed_and_never_applied(tmp_path, caplog
     assert d.config_drift is None and value(d.metrics, "overlay_config_changed") == 0
     assert "matches the running one again" in caplog.text
     d._note_config(None)
-    assert "deleted" in d.config_drift
+    assert d.config_drift is not None and "deleted" in d.config_drift
     d._note_config(b'{"Network": 1e400')
-    assert "invalid" in d.config_drift
+    assert d.config_drift is not None and "invalid" in d.config_drift
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
 
 
@@ -486,6 +496,6 @@ def test_find_underlay_errors_read_as_before_once_the_daemon_names_the_flag(monk
               "--iface or --public-ip")]
     for (iface, public_ip), want in cases:
         with pytest.raises(UnderlayError) as ei:
-            find_underlay(NL(), iface, public_ip)
+            find_underlay(NL(), iface, public_ip)  # type: ignore[arg-type]  # a fake socket
         assert "--" not in str(ei.value)
         assert underlay_flag_message(ei.value).startswith(want)

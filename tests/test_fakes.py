@@ -77,7 +77,7 @@ def test_the_check_notices_a_missing_method():
     assert missing(Store, Partial()) == ["release: not a method"]
 
     class Renamed(FakeStore):
-        def reserve(self, cid, ifname, ip):  # type: ignore[override]
+        def reserve(self, cid, ifname, ip):
             return True
     assert missing(Store, Renamed())[0].startswith("reserve(cid, ifname, ip)")
 

@@ -12,7 +12,7 @@ import pytest
 
 from overlay.config import parse_network_config
 from overlay.errors import NoFreeSubnet, RegistryError
-from overlay.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from overlay.lease import EventType, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, Rejection
 from overlay.subnet.manager import SubnetManager
 from overlay.subnet.registry import WatchUpdate
 from tests.fakes import FakeRegistry
@@ -103,7 +103,7 @@ def test_reservations_of_other_nodes_are_never_handed_out():
     msg = str(e.value)
     assert "10.244.0.0/16" in msg and "10.244.1.0/24..10.244.3.0/24" in msg
     assert "3 of 3 taken (2 reserved)" in msg
-    assert {l.attrs.public_ip for l in reg.leases.values()} == {
+    assert {lease.attrs.public_ip for lease in reg.leases.values()} == {
         IPv4Address("192.168.1.50"), IPv4Address("192.168.1.51"), IPv4Address("192.168.1.11")}
 
 
@@ -116,7 +116,7 @@ def test_lost_race_is_retried_with_a_fresh_read():
             reg.put(subnet, node(next(rivals)), ttl=600)
     reg.before_write = rival_wins
     lease = manager(reg, spread=4).acquire()
-    owners = {l.subnet: l.attrs.public_ip for l in reg.leases.values()}
+    owners = {lease.subnet: lease.attrs.public_ip for lease in reg.leases.values()}
     assert owners[lease.subnet] == IPv4Address("192.168.1.11")
     assert len(owners) == 4 and reg.creates == 4  # three lost races, then a win
 
@@ -145,7 +145,7 @@ def test_concurrent_nodes_get_distinct_subnets():
     def run(i):
         try:
             results.append(manager(reg, i, spread=8, max_attempts=50).acquire())
-        except Exception as e:  # collected so the assertion below shows it
+        except Exception as e:  # noqa: BLE001 (collected so the assertion below shows it)
             errors.append(e)
     threads = [threading.Thread(target=run, args=(i,)) for i in range(1, 31)]
     for t in threads:
@@ -153,7 +153,7 @@ def test_concurrent_nodes_get_distinct_subnets():
     for t in threads:
         t.join()
     assert not errors
-    assert len({l.subnet for l in results}) == 30
+    assert len({lease.subnet for lease in results}) == 30
 
 
 def test_renew_keeps_the_subnet_and_extends_expiry():
@@ -200,7 +200,7 @@ def test_keepalive_renews_before_expiry():
     m = manager(reg, ttl=2, renew_margin=1)
     lease = m.acquire()
     stop = threading.Event()
-    t = _run(m.run_keepalive, lease, stop, lambda l: None)
+    t = _run(m.run_keepalive, lease, stop, lambda _: None)
     time.sleep(1.6)  # past the renewal point (1 s) but before expiry (2 s)
     assert reg.leases[lease.subnet].expiration > lease.expiration + timedelta(seconds=0.4)
     stop.set()
@@ -212,7 +212,7 @@ def test_keepalive_reacquires_when_told_the_lease_was_lost():
     reg = FakeRegistry()
     m = manager(reg, check_interval=3600)
     lease = m.acquire()
-    got: "queue.Queue[Lease]" = queue.Queue()
+    got: queue.Queue[Lease] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, got.put)
     reg.delete(lease.subnet)
@@ -229,7 +229,7 @@ def test_keepalive_spurious_loss_signal_changes_nothing():
     reg = FakeRegistry()
     m = manager(reg, check_interval=3600)
     lease = m.acquire()
-    calls = []
+    calls: list[Lease] = []
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, calls.append)
     m.lost.set()
@@ -241,20 +241,21 @@ def test_keepalive_spurious_loss_signal_changes_nothing():
     assert not calls and reg.leases[lease.subnet] == lease
 
 
-def test_keepalive_retries_while_the_registry_is_down():
+def test_keepalive_retries_while_the_registry_is_down(monkeypatch):
     reg = FakeRegistry()
     m = manager(reg, ttl=2, renew_margin=1)
     lease = m.acquire()
-    real_renew, failures = reg.renew_lease, []
+    real_renew = reg.renew_lease
+    failures: list[int] = []
 
-    def flaky(l):
+    def flaky(to_renew):
         if len(failures) < 3:
             failures.append(1)
             raise RegistryError("etcd unreachable")
-        return real_renew(l)
-    reg.renew_lease = flaky
+        return real_renew(to_renew)
+    monkeypatch.setattr(reg, "renew_lease", flaky)
     stop = threading.Event()
-    t = _run(m.run_keepalive, lease, stop, lambda l: None)
+    t = _run(m.run_keepalive, lease, stop, lambda _: None)
     deadline = time.monotonic() + 5
     while reg.leases[lease.subnet].expiration == lease.expiration and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -268,16 +269,16 @@ def test_run_watch_emits_remote_leases_only_and_flags_own_deletion():
     reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     own = m.acquire()
-    batches = queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put)
     first = batches.get(timeout=2)
-    assert [l.subnet for l in first.added] == [net(5)]
+    assert [lease.subnet for lease in first.added] == [net(5)]
     new = reg.put(net(6), node(51), ttl=600)
     reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, new, new.mod_revision),
                                 LeaseEvent(EventType.REMOVED, own, reg.rev)], revision=reg.rev))
     second = batches.get(timeout=2)
-    assert [l.subnet for l in second.added] == [net(6)] and not second.removed
+    assert [lease.subnet for lease in second.added] == [net(6)] and not second.removed
     assert m.lost.wait(2)
     stop.set()
     t.join(2)
@@ -289,15 +290,15 @@ def test_run_watch_snapshot_after_compaction_yields_the_difference():
     a = reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     m.acquire()
-    batches = queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put)
     batches.get(timeout=2)
     b = reg.put(net(6), node(51), ttl=600)
     reg.events.put(WatchUpdate([], snapshot=[b] + [m.current], revision=reg.rev))
     batch = batches.get(timeout=2)
-    assert [l.subnet for l in batch.added] == [net(6)]
-    assert [l.subnet for l in batch.removed] == [a.subnet]
+    assert [lease.subnet for lease in batch.added] == [net(6)]
+    assert [lease.subnet for lease in batch.removed] == [a.subnet]
     assert not m.lost.is_set()
     stop.set()
     t.join(2)
@@ -311,8 +312,8 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     reg = FakeRegistry()
     m = manager(reg)
     old = m.acquire()
-    batches = queue.Queue()
-    rejected = queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
+    rejected: queue.Queue[tuple[list[Rejection], list[str], bool]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
              lambda now, gone, complete: rejected.put((now, gone, complete)))
@@ -326,26 +327,27 @@ def test_run_watch_never_reports_our_own_new_lease_as_remote():
     assert [(r.subnet, r.reason) for r in now] == [(old.subnet, "own-subnet")]
     assert m.lost.wait(2) and batches.empty()
     m._set_current(ours)  # at once, with no further watch event (none may come)
-    assert [l.subnet for l in batches.get(timeout=2).added] == [old.subnet]
+    assert [lease.subnet for lease in batches.get(timeout=2).added] == [old.subnet]
     now, gone, _ = rejected.get(timeout=2)
     assert now == [] and gone == [reg.subnets_prefix + f"{old.subnet.network_address}-24"]
     stop.set()
     t.join(2)
 
 
-def test_keepalive_keeps_a_loss_signal_across_registry_errors():
+def test_keepalive_keeps_a_loss_signal_across_registry_errors(monkeypatch):
     reg = FakeRegistry()
     m = manager(reg, check_interval=3600)
     lease = m.acquire()
-    real_get, failures = reg.get_lease, []
+    real_get = reg.get_lease
+    failures: list[int] = []
 
     def flaky(subnet):
         if len(failures) < 2:
             failures.append(1)
             raise RegistryError("etcd unreachable")
         return real_get(subnet)
-    reg.get_lease = flaky
-    got = queue.Queue()
+    monkeypatch.setattr(reg, "get_lease", flaky)
+    got: queue.Queue[Lease] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_keepalive, lease, stop, got.put)
     reg.delete(lease.subnet)
@@ -383,12 +385,14 @@ def test_run_watch_rejects_a_twin_with_our_public_ip_and_snapshots_to_callback()
     peer = reg.put(net(5), node(50), ttl=600)
     m = manager(reg)
     own = m.acquire()
-    batches, snapshots, rejected = queue.Queue(), queue.Queue(), queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
+    snapshots: queue.Queue[list[Lease]] = queue.Queue()
+    rejected: queue.Queue[tuple[list[Rejection], bool]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, snapshots.put,
              lambda now, gone, complete: rejected.put((now, complete)))
     first = snapshots.get(timeout=2)
-    assert sorted(l.subnet for l in first) == [net(5)] and own.subnet != net(1)
+    assert sorted(lease.subnet for lease in first) == [net(5)] and own.subnet != net(1)
     now, complete = rejected.get(timeout=2)
     assert [(r.subnet, r.reason) for r in now] == [(net(1), "public-ip-own")] and complete
     reg.delete(peer.subnet)
@@ -433,7 +437,8 @@ def test_a_lease_with_our_vtep_mac_is_never_a_remote():
                                        vtep_mac=node(11).vtep_mac), ttl=None)  # reserved
     m = manager(reg)
     m.acquire()
-    batches, rejected = queue.Queue(), queue.Queue()
+    batches: queue.Queue[LeaseBatch] = queue.Queue()
+    rejected: queue.Queue[list[Rejection]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, batches.put, None,
              lambda now, gone, complete: rejected.put(now))
@@ -456,7 +461,7 @@ def test_the_watch_reports_garbage_and_its_removal():
     reg.garbage[net(3)] = b"{"
     m = manager(reg)
     m.acquire()
-    seen = queue.Queue()
+    seen: queue.Queue[tuple[list[Rejection], list[str], bool]] = queue.Queue()
     stop = threading.Event()
     t = _run(m.run_watch, m.own_subnet, stop, lambda b: None, None,
              lambda now, gone, complete: seen.put((now, gone, complete)))

@@ -30,7 +30,7 @@ def registry_with_stream(monkeypatch, responses, username="overlay"):
                                          password="pw" if username else None))
     client = SimpleNamespace(channel=None, call_credentials=None, metadata=(("token", "old"),),
                              endpoint_in_use=None, endpoints={})
-    resets = []
+    resets: list[object] = []  # the clients reset_client was given
     monkeypatch.setattr(reg.etcd, "client", lambda: client)
     monkeypatch.setattr(reg.etcd, "reset_client", resets.append)
 
@@ -112,7 +112,7 @@ def test_renewing_a_key_now_on_another_etcd_lease_revokes_ours(monkeypatch):
 
     from overlay.errors import LeaseConflict
     from overlay.lease import Lease, LeaseAttrs
-    revoked = []
+    revoked: list[int] = []
     theirs = SimpleNamespace(key=b"/overlay/network/subnets/10.244.1.0-24", lease=0x99,
                              value=LeaseAttrs(IPv4Address("192.168.1.12")).to_json().encode(),
                              mod_revision=9)
@@ -153,11 +153,13 @@ def test_watch_events_carry_rejections_and_an_alias_delete_removes_nothing():
         _event(PUT, p + b"10.244.3.0-24", b'{"PublicIP": "1.2.3.4", "BackendData": '
                b'{"VNI": 1e400}}', 8),
     ])
+    assert u is not None
     assert u.revision == 8
     assert [(e.type, str(e.lease.subnet)) for e in u.events] == [
         (EventType.ADDED, "10.244.2.0/24"), (EventType.REMOVED, "10.244.3.0/24")]
     assert u.events[0].lease.create_revision == 5
-    assert u.events[1].rejection.reason == "bad-value"
+    rejection = u.events[1].rejection
+    assert rejection is not None and rejection.reason == "bad-value"
     assert [r.reason for r in u.rejected] == ["bad-key"]
     assert u.cleared == [reg.subnets_prefix + "10.244.2.0-24\n"]
     assert _watch_update(reg, []) is None
@@ -176,5 +178,6 @@ def test_only_small_values_are_cached():
     for value in (small, big):
         kv = SimpleNamespace(key=key, value=value.encode(), lease=0, mod_revision=3,
                              create_revision=3)
-        assert reg._judge_kv(kv).subnet.prefixlen == 24
+        subnet = reg._judge_kv(kv).subnet
+        assert subnet is not None and subnet.prefixlen == 24
     assert registry_mod._parse_kv.cache_info().currsize == 1

@@ -41,10 +41,10 @@ def test_corrupt_mac_file_replaced(tmp_path):
 
 def test_ruleset_never_nats_pod_to_pod_and_replaces_atomically():
     text = ruleset(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"))
-    lines = [l.strip() for l in text.splitlines()]
+    lines = [line.strip() for line in text.splitlines()]
     # the old table is dropped in the same transaction as the new one is made
     assert lines[:2] == ["table ip overlay", "delete table ip overlay"]
-    rules = [l for l in lines if l.startswith("ip ")]
+    rules = [line for line in lines if line.startswith("ip ")]
     assert rules[0].startswith("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return")
     assert "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return" in rules[3]
     assert sum("masquerade" in r for r in rules) == 2

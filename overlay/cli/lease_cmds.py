@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -52,7 +52,7 @@ def _expires_text(lease: Lease) -> str:
         return "never (reserved)"
     if lease.expiration is None:
         return "<unknown>"
-    left = int((lease.expiration - datetime.now(timezone.utc)).total_seconds())
+    left = int((lease.expiration - datetime.now(UTC)).total_seconds())
     h, rest = divmod(max(left, 0), 3600)
     m, s = divmod(rest, 60)
     rel = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
@@ -85,10 +85,10 @@ def lease_status(rules: LeaseRules | None, leases: list[Lease],
     ``rejected: <reason>`` (the rule of ``overlay.lease.judge``; no own node here)."""
     out: dict[Any, str] = {r.key: f"rejected: {r.reason}" for r in rejected}
     if rules is None:
-        out.update({l.subnet: "unchecked (no valid network config)" for l in leases})
+        out.update({lease.subnet: "unchecked (no valid network config)" for lease in leases})
         return out
     _, bad, warnings = judge(leases, rules)
-    out.update({l.subnet: warnings.get(l.subnet, "ok") for l in leases})
+    out.update({lease.subnet: warnings.get(lease.subnet, "ok") for lease in leases})
     out.update({r.subnet: f"rejected: {r.reason}" for r in bad})
     return out
 
@@ -109,20 +109,20 @@ def leases_list(obj: CLIContext) -> None:
     with EtcdRegistry(obj.etcd_options()) as reg:
         listing = reg.list_subnets(with_expiration=True)
         rules = _rules(reg)
-    leases = sorted(listing.leases, key=lambda l: l.subnet)
+    leases = sorted(listing.leases, key=lambda lease: lease.subnet)
     rejected = sorted(listing.rejected, key=lambda r: r.key)
     status = lease_status(rules, leases, rejected)
     if obj.json:
         out = []
-        for l in leases:
-            d = lease_to_dict(l)
-            st = status[l.subnet]
+        for lease in leases:
+            d = lease_to_dict(lease)
+            st = status[lease.subnet]
             if st.startswith("rejected: "):  # accepted ones keep exactly their keys
                 d["rejected"] = st[len("rejected: "):]
             out.append(d)
         print_json(out + [_rejected_dict(r) for r in rejected])
     else:
-        print_table(HEADERS, [lease_row(l) + [status[l.subnet]] for l in leases]
+        print_table(HEADERS, [lease_row(lease) + [status[lease.subnet]] for lease in leases]
                     + [_rejected_row(r, status[r.key]) for r in rejected])
 
 
@@ -193,9 +193,9 @@ def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[s
         return [_event_line(ev.type.value if ev.type is EventType.REMOVED else "added",
                             ev.lease, as_json, ev.revision) for ev in update.events]
     batch = view.reset(update.snapshot)  # after a compaction: print the net difference
-    return ([_event_line("added", l, as_json, update.revision) for l in batch.added]
+    return ([_event_line("added", lease, as_json, update.revision) for lease in batch.added]
             + [_event_line("added", new, as_json, update.revision) for _, new in batch.changed]
-            + [_event_line("removed", l, as_json, update.revision) for l in batch.removed])
+            + [_event_line("removed", lease, as_json, update.revision) for lease in batch.removed])
 
 
 @leases_group.command("watch")

@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Interface, IPv4Network
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings
@@ -58,6 +59,9 @@ if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of 
 
 log = logging.getLogger("overlay.daemon.daemon")
 T = TypeVar("T")
+# The parts bring_up() sets (Optional until then) are used only after it: by the threads
+# and callbacks it starts. An assert with this message marks each use.
+_UNSET = "used before bring_up() set it up"
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
 
@@ -364,6 +368,7 @@ class Daemon:
             self._hold_locked(lease)
 
     def _hold_locked(self, lease: Lease) -> None:
+        assert self.device is not None and self.config is not None, f"device, config {_UNSET}"
         self.device.ensure_address(lease.vtep_address)
         env = SubnetEnv(self.config.network,
                         IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
@@ -371,6 +376,7 @@ class Daemon:
         write_subnet_env(self.s.subnet_file, env)
         self._env_written = True
         log.info("wrote %s: subnet %s, MTU %d", self.s.subnet_file, env.subnet, self.mtu)
+        assert self.masq is not None, f"masquerade {_UNSET}"
         self.masq.update(lease.subnet)
         self._held = lease.subnet  # only once every step succeeded
 
@@ -387,6 +393,7 @@ class Daemon:
                          lease.subnet, self._held)
                 self._hold_locked(lease)
             else:
+                assert self.device is not None, f"device {_UNSET}"
                 self.device.ensure_address(lease.vtep_address)
 
     def _on_lease(self, lease: Lease) -> None:
@@ -395,6 +402,7 @@ class Daemon:
             self._hold(lease)
         except OverlayError as e:  # the reconcile loop retries it (_ensure_held)
             log.warning("applying lease %s failed: %s; retrying", lease.subnet, e)
+            assert self.reconciler is not None, f"reconciler {_UNSET}"
             self.reconciler.kick()
 
     # -- watch -> backend --------------------------------------------------------------
@@ -404,9 +412,11 @@ class Daemon:
         self._reconcile(remote)
 
     def _on_batch(self, batch: LeaseBatch) -> None:
+        assert self.backend is not None, f"backend {_UNSET}"
         res = self.backend.apply_batch(batch)
         self._update_gauges()
         if res.failed:
+            assert self.reconciler is not None, f"reconciler {_UNSET}"
             self.reconciler.kick()
 
     def _reconcile(self, leases: list[Lease] | None = None) -> None:
@@ -415,12 +425,15 @@ class Daemon:
 
     def _reconcile_locked(self, leases: list[Lease] | None) -> None:
         t0 = time.monotonic()
+        assert self.plane is not None, f"data plane {_UNSET}"
         self.plane.repair_device()
         try:
             self._ensure_held()
         except OverlayError as e:  # the remotes are programmed regardless; retried soon
             log.warning("applying the lease failed: %s; retrying", e)
+            assert self.reconciler is not None, f"reconciler {_UNSET}"
             self.reconciler.retry_soon()
+        assert self.backend is not None, f"backend {_UNSET}"
         res = self.backend.reconcile(leases)
         dt = time.monotonic() - t0
         self.metrics.reconcile_runs.inc()
@@ -434,6 +447,7 @@ class Daemon:
             log.info("reconcile repaired drift in %.3fs", dt)
 
     def _update_gauges(self) -> None:
+        assert self.backend is not None, f"backend {_UNSET}"
         self.metrics.leases_known.set(len(self.backend.leases))
         self.metrics.entries_programmed.set(self.backend.entry_count())
         self.metrics.remotes_failing.set(len(self.backend.failed))
@@ -441,17 +455,23 @@ class Daemon:
 
     # -- threads -----------------------------------------------------------------------
     def _start_threads(self) -> None:
-        lease = self.manager.current
+        # bring_up() set these once; the closures below hold them, as they never change
+        manager, device, plane = self.manager, self.device, self.plane
+        assert manager is not None and device is not None and plane is not None, \
+            f"manager, device, data plane {_UNSET}"
+        lease = manager.current
+        assert lease is not None, "bring_up() returns only once it holds a lease"
         self._spawn("watch", self._run_watch)
         self._spawn("config-watch", self._watch_config)
-        self._spawn("keepalive", lambda: self.manager.run_keepalive(
-            self.manager.current or lease, self.stop, self._on_lease))
+        self._spawn("keepalive", lambda: manager.run_keepalive(
+            manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)
-        monitor_names = lambda: {self.device.spec.name, self.plane.underlay_name}  # noqa: E731
+        monitor_names = lambda: {device.spec.name, plane.underlay_name}  # noqa: E731
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
 
     def _run_watch(self) -> None:
+        assert self.manager is not None, f"manager {_UNSET}"
         self.watch_health.started()
         try:
             self.manager.run_watch(self.manager.own_subnet, self.stop, self._on_batch,
@@ -465,6 +485,7 @@ class Daemon:
         running node never applies a new one (half the nodes on a new VNI, subnet length
         or network cut the cluster in two): an operator restarts every node."""
         registry = self.registry
+        assert registry is not None, f"registry {_UNSET}"
         got = self._retry("reading the network config (to watch it)", registry.get_config_value)
         if got is None:
             return
@@ -474,6 +495,7 @@ class Daemon:
             self._note_config(value)
 
     def _note_config(self, value: bytes | None) -> None:
+        assert self.config is not None, f"config {_UNSET}"
         drift = config_drift(self.config, value)
         if drift is not None and drift != self.config_drift:
             log.error("network config changed in etcd (%s); this node keeps running with "
@@ -502,6 +524,7 @@ class Daemon:
         self._threads.append(t)
 
     def _reconcile_loop(self) -> None:
+        assert self.reconciler is not None, f"reconciler {_UNSET}"
         while self.reconciler.wait(self.stop):
             if not self._programmed:
                 continue  # the watch's first listing does the first reconcile
@@ -510,6 +533,7 @@ class Daemon:
             except OverlayError as e:
                 log.warning("reconcile failed: %s; retrying", e)
                 self.reconciler.retry_soon()
+            assert self.masq is not None, f"masquerade {_UNSET}"
             if self.masq.enabled:
                 try:
                     self.masq.ensure()
@@ -518,6 +542,7 @@ class Daemon:
 
     def _on_link_change(self, what: str) -> None:
         log.info("%s: reconciling", what)
+        assert self.reconciler is not None, f"reconciler {_UNSET}"
         self.reconciler.kick()
 
     def _start_cni_server(self) -> None:
@@ -544,7 +569,7 @@ class Daemon:
         if self.cni_server is not None:
             try:
                 self.cni_server.shutdown()
-            except Exception as e:  # shutting down must finish whatever happens
+            except Exception as e:  # noqa: BLE001 (shutting down must finish whatever happens)
                 log.warning("stopping the CNI server: %s", e)
         deadline = time.monotonic() + self.join_timeout
         for t in self._threads:
@@ -554,7 +579,7 @@ class Daemon:
             self.http.stop()
         try:
             registry.close()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (a failed close must not stop the shutdown)
             log.debug("closing the registry: %s", e)
         if busy:  # closing the device's socket under a running thread could hit a reused fd
             log.warning("threads still running at exit: %s", ", ".join(busy))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Sequence
+from typing import Any
 
 from overlay.config import parse_bool
 from overlay.daemon.http import parse_hostport
@@ -105,10 +106,14 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str])
         elif isinstance(action, argparse._CountAction):
             value = int(raw) if raw.isdigit() else int(_env_bool(name, raw))
         elif action.type is not None:
+            convert = action.type
+            # overlayd's flags convert with functions and classes (int, float, parse_*),
+            # never with argparse's registered type names or a FileType
+            assert not isinstance(convert, str | argparse.FileType), f"{name}: {convert!r}"
             try:
-                value = action.type(raw)
+                value = convert(raw)
             except ValueError as e:
-                raise ConfigError(f"{name}={raw!r}: not a valid {action.type.__name__}") from e
+                raise ConfigError(f"{name}={raw!r}: not a valid {convert.__name__}") from e
         else:
             value = raw
         parser.set_defaults(**{action.dest: value})

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -83,7 +83,7 @@ class Metrics:
         when = self._expiry()
         if when is None:
             return -1.0
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -116,7 +116,9 @@ class HealthServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        assert isinstance(host, str), "an AF_INET server's address is (host, port)"
+        return host, port
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
@@ -134,7 +136,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = HANDLER_TIMEOUT  # an idle connection must not pin a thread forever
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:  # the name http.server calls
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     self._reply(200, b"ok\n")
@@ -157,6 +159,7 @@ class HealthServer:
                 self.wfile.write(body)
 
             def log_message(self, fmt: str, *args) -> None:
-                log.debug("http: " + fmt, *args)
+                if log.isEnabledFor(logging.DEBUG):  # formatted only when it is logged
+                    log.debug("http: %s", fmt % args)
 
         return Handler

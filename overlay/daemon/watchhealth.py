@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_MAX_LAG = 30.0  # seconds without a word from etcd before /readyz says 503
 

@@ -37,17 +37,22 @@ NFT = shutil.which("nft") or "/usr/sbin/nft"
 
 def ruleset(network: IPv4Network, subnet: IPv4Network) -> str:
     """The table as one ``nft -f`` script that first drops any old version of it."""
+    rules = [
+        f'ip saddr {network} ip daddr {network} return comment "overlay: pod-to-pod, no NAT"',
+        f'ip saddr {network} ip daddr 224.0.0.0/4 return comment "overlay: multicast"',
+        f"ip saddr {network} ip daddr != {network} masquerade fully-random"
+        ' comment "overlay: pods to outside"',
+        f'ip saddr != {network} ip daddr {subnet} return comment "overlay: to local pods"',
+        f"ip saddr != {network} ip daddr {network} masquerade fully-random"
+        ' comment "overlay: to remote pods"',
+    ]
+    body = "".join(f"    {rule}\n" for rule in rules)
     return f"""table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
   chain {CHAIN} {{
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {network} ip daddr {network} return comment "overlay: pod-to-pod, no NAT"
-    ip saddr {network} ip daddr 224.0.0.0/4 return comment "overlay: multicast"
-    ip saddr {network} ip daddr != {network} masquerade fully-random comment "overlay: pods to outside"
-    ip saddr != {network} ip daddr {subnet} return comment "overlay: to local pods"
-    ip saddr != {network} ip daddr {network} masquerade fully-random comment "overlay: to remote pods"
-  }}
+{body}  }}
 }}
 """
 

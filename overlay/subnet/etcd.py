@@ -10,21 +10,23 @@ or ``RegistryError`` (refused: auth, TLS, bad request).  Safe to share between t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-import grpc  # noqa: E402
+import grpc
 from pyetcd import (
-    etcdrpc,  # noqa: E402
-    exceptions as etcd_exc,  # noqa: E402
+    etcdrpc,
+    exceptions as etcd_exc,
 )
 from pyetcd.client import (
-    Endpoint as ClientEndpoint,  # noqa: E402
-    MultiEndpointEtcd3Client,  # noqa: E402
+    Endpoint as ClientEndpoint,
+    MultiEndpointEtcd3Client,
 )
 
 from overlay.errors import ConfigError, EtcdUnavailable, RegistryError
@@ -111,12 +113,12 @@ class EtcdClient:
     def reset_client(self, old: MultiEndpointEtcd3Client) -> None:
         """Drop a client whose auth token expired; the next call authenticates again."""
         with self._lock:
-            if self._client is old:
+            dropped = self._client is old  # a bool: `is` would narrow `old` to the field's type
+            if dropped:
                 self._client = None
-                try:
+                # closing a broken channel must not mask the real error
+                with contextlib.suppress(Exception):
                     old.close()
-                except Exception:  # closing a broken channel must not mask the real error
-                    pass
 
     def close(self) -> None:
         with self._lock:
@@ -219,5 +221,5 @@ def fail_endpoint(client: MultiEndpointEtcd3Client) -> None:
         if ep is not None and len(client.endpoints) > 1:
             ep.fail()
             client._clear_old_stubs()
-    except Exception:  # bookkeeping only; the caller reports the real error
+    except Exception:  # noqa: BLE001 (bookkeeping only; the caller reports the real error)
         pass

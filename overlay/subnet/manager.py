@@ -28,10 +28,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Set as AbstractSet
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from overlay.config import NetworkConfig
 from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError
@@ -89,7 +90,8 @@ class SubnetManager:
         self._current: Lease | None = None
         # The running watch's view and callbacks; the lock orders its steps with _rejudge.
         self._watch_lock = threading.RLock()
-        self._watching: tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None] | None = None
+        self._watching: (tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None]
+                         | None) = None
         self._renew_deadline: tuple[object, float] = (None, 0.0)
 
     @property
@@ -157,22 +159,23 @@ class SubnetManager:
     def _mine(self, leases: list[Lease]) -> list[Lease]:
         """The leases this node may take as its own (see the module doc)."""
         mine = []
-        for l in leases:
-            if self._ours_by_mac(l):
+        for lease in leases:
+            if self._ours_by_mac(lease):
                 log.info("subnet %s carries this node's VTEP MAC %s with public IP %s (ours "
-                         "now %s): taking it back", l.subnet, l.attrs.vtep_mac,
-                         l.attrs.public_ip, self.attrs.public_ip)
-                mine.append(l)
+                         "now %s): taking it back", lease.subnet, lease.attrs.vtep_mac,
+                         lease.attrs.public_ip, self.attrs.public_ip)
+                mine.append(lease)
                 continue
-            if l.attrs.public_ip != self.attrs.public_ip or not self.config.in_range(l.subnet):
+            if (lease.attrs.public_ip != self.attrs.public_ip
+                    or not self.config.in_range(lease.subnet)):
                 continue
-            if l.reserved or self._is_own(l) or l.subnet == self.previous_subnet:
-                mine.append(l)
+            if lease.reserved or self._is_own(lease) or lease.subnet == self.previous_subnet:
+                mine.append(lease)
             else:
                 log.error("subnet %s is leased to this node's public IP %s but by VTEP MAC %s "
                           "(ours %s): another node uses the same public IP (cloned VM? NAT? "
-                          "set --public-ip); not taking it", l.subnet, l.attrs.public_ip,
-                          l.attrs.vtep_mac, self.attrs.vtep_mac)
+                          "set --public-ip); not taking it", lease.subnet, lease.attrs.public_ip,
+                          lease.attrs.vtep_mac, self.attrs.vtep_mac)
         return mine
 
     def _ours_by_mac(self, lease: Lease) -> bool:
@@ -185,15 +188,16 @@ class SubnetManager:
                 and self.config.in_range(lease.subnet))
 
     def _try_acquire(self, leases: list[Lease], spread: int,
-                     unusable: set[IPv4Network] = frozenset()) -> Lease:
+                     unusable: AbstractSet[IPv4Network] = frozenset()) -> Lease:
         mine = self._mine(leases)
         if mine:
-            mine.sort(key=lambda l: (l.subnet != self.previous_subnet, not l.reserved,
-                                     l.attrs.public_ip != self.attrs.public_ip,
-                                     l.subnet.network_address))
+            mine.sort(key=lambda candidate: (candidate.subnet != self.previous_subnet,
+                                             not candidate.reserved,
+                                             candidate.attrs.public_ip != self.attrs.public_ip,
+                                             candidate.subnet.network_address))
             return self._reuse(mine[0])
         # A key holding garbage is not free either: creating it would lose every time.
-        taken = {l.subnet for l in leases} | unusable
+        taken = {existing.subnet for existing in leases} | unusable
         prev = self.previous_subnet
         if prev is not None and self.config.in_range(prev) and prev not in taken:
             lease = self.registry.create_lease(prev, self.attrs, self.ttl)
@@ -231,8 +235,8 @@ class SubnetManager:
         return out
 
     def _no_free(self, leases: list[Lease]) -> NoFreeSubnet:
-        in_range = [l for l in leases if self.config.in_range(l.subnet)]
-        reserved = sum(1 for l in in_range if l.reserved)
+        in_range = [lease for lease in leases if self.config.in_range(lease.subnet)]
+        reserved = sum(1 for lease in in_range if lease.reserved)
         return NoFreeSubnet(
             f"no free subnet in network {self.config.network} (range "
             f"{self.config.describe_range()}): {len(in_range)} of {self.config.subnet_count} "
@@ -260,7 +264,7 @@ class SubnetManager:
             return None
         key = (lease.subnet, lease.etcd_lease_id, lease.expiration)
         if self._renew_deadline[0] != key:
-            remaining = (lease.expiration - datetime.now(timezone.utc)).total_seconds()
+            remaining = (lease.expiration - datetime.now(UTC)).total_seconds()
             ttl = lease.ttl or self.ttl
             margin = self.renew_margin if self.renew_margin < ttl else ttl / 2
             self._renew_deadline = (key, time.monotonic() + remaining - margin)
@@ -404,7 +408,8 @@ class SubnetManager:
             with self._watch_lock:
                 self._watching = None
 
-    def _watch_step(self, view: LeaseView, update: WatchUpdate, on_batch: Callable[[LeaseBatch], None],
+    def _watch_step(self, view: LeaseView, update: WatchUpdate,
+                    on_batch: Callable[[LeaseBatch], None],
                     on_snapshot: Callable[[list[Lease]], None] | None,
                     on_rejected: OnRejected | None) -> None:
         if view.rules != self._rules():  # our subnet moved under a step in flight
@@ -455,7 +460,7 @@ class SubnetManager:
             _emit(batch, on_batch)
 
     def _remote(self, leases: Iterable[Lease]) -> list[Lease]:
-        return [l for l in leases if not self._is_own(l)]
+        return [lease for lease in leases if not self._is_own(lease)]
 
     def _remote_events(self, events: list[LeaseEvent]) -> list[LeaseEvent]:
         """A put of one of our own leases removes that subnet from the remote view."""
@@ -465,8 +470,8 @@ class SubnetManager:
 
     def _check_snapshot(self, leases: list[Lease]) -> None:
         own = self.current
-        if own is not None and not any(l.subnet == own.subnet and self._is_own(l)
-                                       for l in leases):
+        if own is not None and not any(lease.subnet == own.subnet and self._is_own(lease)
+                                       for lease in leases):
             self.lost.set()
 
 

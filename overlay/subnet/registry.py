@@ -25,24 +25,25 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-import grpc  # noqa: E402
-import pyetcd  # noqa: E402
+import grpc
+import pyetcd
 from pyetcd import (
-    etcdrpc,  # noqa: E402
-    exceptions as etcd_exc,  # noqa: E402
+    etcdrpc,
+    exceptions as etcd_exc,
 )
 from pyetcd.client import (
-    MultiEndpointEtcd3Client,  # noqa: E402
+    MultiEndpointEtcd3Client,
 )
-from pyetcd.etcdrpc import kv_pb2  # noqa: E402
+from pyetcd.etcdrpc import kv_pb2
 
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import (
@@ -150,7 +151,7 @@ class EtcdRegistry:
     def close(self) -> None:
         self.etcd.close()
 
-    def __enter__(self) -> "EtcdRegistry":
+    def __enter__(self) -> EtcdRegistry:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -168,7 +169,7 @@ class EtcdRegistry:
             return parse_network_config(value)
         except ConfigError as e:
             raise ConfigError(f"network config at {self.config_key} is invalid: {e}") from e
-        except Exception as e:  # noqa: BLE001: etcd is untrusted (deep nesting, bad bytes)
+        except Exception as e:  # etcd is untrusted: deep nesting, bad bytes
             raise ConfigError(f"network config at {self.config_key} is invalid: "
                               f"{type(e).__name__}") from e
 
@@ -216,7 +217,8 @@ class EtcdRegistry:
                 return
 
     def put_config(self, cfg: NetworkConfig) -> None:
-        self.etcd.call("writing the network config", lambda c: c.put(self.config_key, cfg.to_json()))
+        self.etcd.call("writing the network config",
+                       lambda c: c.put(self.config_key, cfg.to_json()))
         log.info("network config written to %s: %s", self.config_key, cfg.to_json())
 
     # -- leases ---------------------------------------------------------------------
@@ -657,4 +659,4 @@ def _parse_kv(prefix: str, key: bytes, value: bytes
 def _expires_in(seconds: int | float | None) -> datetime | None:
     if seconds is None:
         return None
-    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return datetime.now(UTC) + timedelta(seconds=seconds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
 
 from overlay.errors import OverlayError
 

@@ -77,9 +77,16 @@ def loss(out: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+class Cluster(Topology):
+    """The module's topology, with the two pods the data-path tests ping between."""
+
+    pods: list[str]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    topo = Topology(3).setup()
+    topo = Cluster(3)
+    topo.setup()
     try:
         topo.nodes[0].extra_args = ["--ip-masq"]
         topo.nodes[2].extra_args = ["--cni-socket", f"{topo.nodes[2].dir}/cni.sock"]
@@ -89,7 +96,7 @@ def cluster():
             n.wait_ready()
         topo.pods = [topo.nodes[0].add_pod(), topo.nodes[1].add_pod()]
         for n in topo.nodes:
-            wait_for(lambda: all_programmed(topo, n), 5, what=f"entries on {n.ns}")
+            wait_for(lambda n=n: all_programmed(topo, n), 5, what=f"entries on {n.ns}")
         yield topo
     finally:
         topo.cleanup()
@@ -111,17 +118,17 @@ def test_pods_reach_each_other_across_vxlan(cluster):
 def test_lease_added_changed_removed_reflected_everywhere(cluster):
     cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:01"))
     for n in cluster.nodes:
-        wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:01", "192.168.1.99"), 3,
+        wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:01", "192.168.1.99"), 3,
                  what=f"new lease on {n.ns}")
     cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:02", "192.168.1.98"))
     for n in cluster.nodes:
-        wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:02", "192.168.1.98"), 3,
+        wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:02", "192.168.1.98"), 3,
                  what=f"changed lease on {n.ns}")
         _, fdb, _ = kernel(n)
         assert not any(m == "0e:fa:00:00:00:01" for m, _ in fdb), "stale FDB of the old MAC"
     cluster.etcdctl("del", FAKE_KEY)
     for n in cluster.nodes:
-        wait_for(lambda: lacks_remote(n, FAKE_NET, "0e:fa:00:00:00:02"), 3,
+        wait_for(lambda n=n: lacks_remote(n, FAKE_NET, "0e:fa:00:00:00:02"), 3,
                  what=f"removed lease gone on {n.ns}")
         assert all_programmed(cluster, n)
 
@@ -175,7 +182,8 @@ def metric_values(node) -> dict:
     status, text = node.http("/metrics")
     assert status == 200
     return {name: float(value) for name, _, value in
-            (l.rpartition(" ") for l in text.splitlines() if l and not l.startswith("#"))}
+            (line.rpartition(" ") for line in text.splitlines()
+             if line and not line.startswith("#"))}
 
 
 def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
@@ -197,7 +205,7 @@ def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
             cluster.etcdctl("put", key, value)
         cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:03"))  # valid, after
         for n in cluster.nodes:
-            wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:03", "192.168.1.99"), 3,
+            wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:03", "192.168.1.99"), 3,
                      what=f"the lease put after the garbage on {n.ns}")
         _, fdb, routes = kernel(n1)
         assert (real_mac, n2.ip) in fdb and not any(
@@ -213,7 +221,7 @@ def test_garbage_leases_are_rejected_counted_and_never_programmed(cluster):
         for key in [*garbage, FAKE_KEY]:
             cluster.etcdctl("del", key)
     for n in cluster.nodes:
-        wait_for(lambda: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
+        wait_for(lambda n=n: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
 
 
 def test_health_endpoints_and_metrics(cluster):
@@ -343,7 +351,7 @@ def test_lease_deleted_under_daemon_is_reacquired(cluster):
     cluster.etcdctl("del", key)
     wait_for(lambda: cluster.leases() == before, 5, interval=0.1, what="lease re-acquired")
     for n in cluster.nodes:
-        wait_for(lambda: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
+        wait_for(lambda n=n: all_programmed(cluster, n), 3, what=f"entries on {n.ns}")
 
 
 def test_lease_taken_over_moves_node_to_a_new_subnet(cluster):
@@ -361,7 +369,7 @@ def test_lease_taken_over_moves_node_to_a_new_subnet(cluster):
                           if a["family"] == "inet"] == [(str(new.network.network_address), 32)],
                  3, what="device address follows the lease")
         for n in cluster.nodes[:2]:
-            wait_for(lambda: all_programmed(cluster, n), 3, what=f"new subnet on {n.ns}")
+            wait_for(lambda n=n: all_programmed(cluster, n), 3, what=f"new subnet on {n.ns}")
             assert str(old.network) not in kernel(n)[2], "reservation without a MAC skipped"
         assert "re-acquired a DIFFERENT subnet" in n3.log()
     finally:
@@ -382,11 +390,11 @@ def test_etcd_down_keeps_data_plane_and_catches_up(cluster):
         cluster.etcd.start()
     cluster.etcdctl("put", FAKE_KEY, fake_lease("0e:fa:00:00:00:04"))
     for n in cluster.nodes:
-        wait_for(lambda: has_remote(n, FAKE_NET, "0e:fa:00:00:00:04", "192.168.1.99"), 8,
+        wait_for(lambda n=n: has_remote(n, FAKE_NET, "0e:fa:00:00:00:04", "192.168.1.99"), 8,
                  interval=0.1, what=f"catch-up on {n.ns}")
     cluster.etcdctl("del", FAKE_KEY)
     for n in cluster.nodes:
-        wait_for(lambda: lacks_remote(n, FAKE_NET), 5, what=f"cleanup on {n.ns}")
+        wait_for(lambda n=n: lacks_remote(n, FAKE_NET), 5, what=f"cleanup on {n.ns}")
 
 
 def test_restart_while_etcd_is_down_keeps_traffic(cluster):
@@ -421,7 +429,7 @@ def test_not_ready_without_config_and_bad_config_one_line(cluster):
             "/ovd-bad", "--subnet-file", f"{extra.dir}/bad.env", "--state-dir",
             f"{extra.dir}/bad", "--cni-socket", "", check=False, timeout=30)
     assert r.returncode == 1
-    errors = [l for l in r.stderr.splitlines() if "error" in l.lower()]
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "Network" in errors[0] and "/ovd-bad/config" in errors[0]
     assert "Traceback" not in r.stderr
     assert not extra.ip_json("link", "show", "type", "vxlan"), "kernel touched before validation"

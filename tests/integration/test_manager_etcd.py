@@ -54,9 +54,10 @@ class Node:
     def __init__(self, registry, i, cfg=CFG, **kw):
         self.mgr = SubnetManager(registry, cfg, node_attrs(i), rng=random.Random(i), **kw)
         self.stop = threading.Event()
-        self.leases: "queue.Queue" = queue.Queue()
-        self.batches: "queue.Queue" = queue.Queue()
+        self.leases: queue.Queue = queue.Queue()
+        self.batches: queue.Queue = queue.Queue()
         self.threads = []
+        self._seen: set[IPv4Network] = set()  # the remote subnets remote_subnets drained
 
     def start(self, lease=None, watch=True):
         lease = lease or self.mgr.acquire()
@@ -72,14 +73,14 @@ class Node:
 
     def remote_subnets(self, timeout=5.0):
         """Drain batches into the set of remote subnets seen so far."""
-        seen = getattr(self, "_seen", set())
+        seen = self._seen
         while True:
             try:
                 b = self.batches.get(timeout=timeout)
             except queue.Empty:
                 break
-            seen |= {l.subnet for l in b.added}
-            seen -= {l.subnet for l in b.removed}
+            seen |= {lease.subnet for lease in b.added}
+            seen -= {lease.subnet for lease in b.removed}
             timeout = 0.05
         self._seen = seen
         return seen
@@ -101,7 +102,7 @@ def test_fifty_nodes_acquiring_at_once_get_distinct_subnets(opts, registry):
         try:
             barrier.wait()
             results[i] = SubnetManager(regs[i], CFG, node_attrs(i), ttl=60).acquire()
-        except Exception as e:  # reported by the assertion below
+        except Exception as e:  # noqa: BLE001 (reported by the assertion below)
             errors.append(repr(e))
     threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
     try:
@@ -113,10 +114,10 @@ def test_fifty_nodes_acquiring_at_once_get_distinct_subnets(opts, registry):
         for r in regs:
             r.close()
     assert errors == []
-    subnets = [l.subnet for l in results.values()]
+    subnets = [lease.subnet for lease in results.values()]
     assert len(subnets) == 50 and len(set(subnets)) == 50
-    stored = {l.subnet: l.attrs.public_ip for l in registry.list_leases()[0]}
-    assert stored == {l.subnet: l.attrs.public_ip for l in results.values()}
+    stored = {lease.subnet: lease.attrs.public_ip for lease in registry.list_leases()[0]}
+    assert stored == {lease.subnet: lease.attrs.public_ip for lease in results.values()}
 
 
 def test_restart_gets_the_same_subnet(registry):
@@ -256,14 +257,14 @@ def test_compaction_during_a_node_watch_loses_no_lease(etcd_server, registry, ca
         others = [SubnetManager(registry, CFG, node_attrs(i), ttl=600).acquire()
                   for i in range(2, 5)]
         own = node.start()
-        assert node.remote_subnets(timeout=2) == {l.subnet for l in others}
+        assert node.remote_subnets(timeout=2) == {lease.subnet for lease in others}
         proxy.cut()
         registry.delete_lease(others[0].subnet)
         late = [SubnetManager(registry, CFG, node_attrs(i), ttl=600).acquire()
                 for i in range(5, 8)]
         registry.compact()
         proxy.restore()
-        expected = {l.subnet for l in others[1:] + late}
+        expected = {lease.subnet for lease in others[1:] + late}
         wait_for(lambda: node.remote_subnets(timeout=0.1) == expected, 10,
                  "the node's remote leases to match the store after the compaction")
         assert registry.get_lease(own.subnet).attrs.public_ip == node_attrs(1).public_ip

@@ -49,9 +49,9 @@ def wait_watchers(server, n, timeout=15.0):
     while time.monotonic() < deadline:
         with urllib.request.urlopen(server.endpoint + "/metrics", timeout=2) as r:
             for line in r.read().decode().splitlines():
-                if line.startswith("etcd_debugging_mvcc_watcher_total "):
-                    if float(line.split()[1]) >= n:
-                        return
+                if (line.startswith("etcd_debugging_mvcc_watcher_total ")
+                        and float(line.split()[1]) >= n):
+                    return
         time.sleep(0.05)
     raise AssertionError(f"no {n} watcher(s) registered in etcd after {timeout}s")
 
@@ -207,6 +207,7 @@ def test_leases_watch_table_lines_and_ctrl_c(etcd_server, registry):
     proc = subprocess.Popen([OVERLAYCTL, "--etcd-endpoints", etcd_server.endpoint,
                              "leases", "watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         wait_watchers(etcd_server, 1)
         registry.create_lease(net(7), attrs(17), 3600)
@@ -332,7 +333,7 @@ def test_leases_list_shows_a_status_for_garbage_and_never_a_traceback(ctl, regis
     assert rows["10.244.7.0/24"].endswith("rejected: public-ip-unusable")
     assert rows["128.0.0.0/1"].endswith("rejected: subnet-length")
     assert rows["/overlay/network/subnets/10.244.2.0-24\\n"].endswith("rejected: bad-key")
-    assert sum(1 for l in rows.values() if l.endswith("rejected: bad-key")) == 4
+    assert sum(1 for line in rows.values() if line.endswith("rejected: bad-key")) == 4
     data = json.loads(ctl("-o", "json", "leases", "list").stdout)
     ok = [d for d in data if "rejected" not in d]
     assert [d["subnet"] for d in ok] == ["10.244.2.0/24"]

@@ -112,7 +112,7 @@ def test_create_is_put_if_absent(registry):
     assert got.attrs == attrs(11) and got.etcd_lease_id == a.etcd_lease_id
     assert 55 <= (got.expiration - a.expiration).total_seconds() + 60 <= 61
     leases, rev = registry.list_leases()
-    assert [l.subnet for l in leases] == [net(1)] and rev >= a.mod_revision
+    assert [lease.subnet for lease in leases] == [net(1)] and rev >= a.mod_revision
     assert registry.get_lease(net(2)) is None
 
 
@@ -185,7 +185,9 @@ def test_compaction_during_a_watch_loses_no_lease(etcd_server):
         proxy.cut()
         direct.delete_lease(net(1))
         direct.create_lease(net(5), attrs(15), 60)
-        direct.update_lease(direct.get_lease(net(2)), attrs(12, mac="0e:00:00:00:00:22"), 60)
+        second = direct.get_lease(net(2))
+        assert second is not None
+        direct.update_lease(second, attrs(12, mac="0e:00:00:00:00:22"), 60)
         direct.compact()
         proxy.restore()
         wait_for(lambda: w.subnets() == {net(2), net(3), net(4), net(5)}, 10,
@@ -247,7 +249,7 @@ def test_tls_with_client_certificates(tls_files):
         good.put_config(CFG)
         assert good.get_config() == CFG
         good.create_lease(net(1), attrs(11), 60)
-        assert [l.subnet for l in good.list_leases()[0]] == [net(1)]
+        assert [lease.subnet for lease in good.list_leases()[0]] == [net(1)]
         good.close()
         no_cert = EtcdRegistry(make_etcd_options(server.endpoint, cafile=tls_files.ca))
         with pytest.raises(EtcdUnavailable, match="TLS handshake failed.*--etcd-certfile"):
@@ -289,7 +291,8 @@ def test_watch_hears_etcd_while_nothing_changes_and_not_while_it_is_frozen(regis
     import signal
     registry.put_config(CFG)
     _, rev = registry.list_leases(with_expiration=False)
-    heard, stop = [], threading.Event()
+    heard: list[int] = []
+    stop = threading.Event()
 
     def run():
         for _ in registry.watch_leases(rev + 1, stop, on_progress=heard.append,
@@ -352,7 +355,7 @@ def test_garbage_is_listed_and_watched_as_rejected_and_the_watch_survives(regist
     registry.create_lease(net(9), attrs(19), 60)  # a valid lease after the garbage
     wait_for(lambda: net(9) in w.subnets(), 5, "the lease put after the garbage")
     listing = registry.list_subnets(with_expiration=False)
-    assert sorted(l.subnet for l in listing.leases) == [net(2), net(7), net(9),
+    assert sorted(lease.subnet for lease in listing.leases) == [net(2), net(7), net(9),
                                                         IPv4Network("128.0.0.0/1")]
     reasons = sorted(r.reason for r in listing.rejected)
     assert reasons == sorted(["bad-key"] * 4 + ["bad-value"] * 2 + ["value-too-large"])
@@ -387,7 +390,7 @@ def test_listing_carries_create_revision(registry):
     a = registry.create_lease(net(2), attrs(12), 60)
     registry.update_lease(a, attrs(12, mac="0e:00:00:00:0a:0a"), 60)
     b = registry.create_lease(net(3), attrs(13), 60)
-    leases = {l.subnet: l for l in registry.list_leases()[0]}
+    leases = {lease.subnet: lease for lease in registry.list_leases()[0]}
     assert leases[net(2)].create_revision == a.mod_revision
     assert leases[net(2)].mod_revision > a.mod_revision
     assert leases[net(3)].create_revision == b.mod_revision
