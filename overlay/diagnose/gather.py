@@ -15,10 +15,10 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address
-from typing import Callable, Iterable, Sequence
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
