@@ -49,7 +49,8 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
     vxlan = k.link(vxlan_name)
     overlay_cni = overlay_conf(node.cni_files)
-    cni_bridge = overlay_cni.plugin(PLUGIN_TYPE).get("bridge") if overlay_cni else None
+    cni_plugin = overlay_cni.plugin(PLUGIN_TYPE) if overlay_cni else None
+    cni_bridge = (cni_plugin or {}).get("bridge")
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
     public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
     underlay = _underlay(k, vxlan, public_ip)
@@ -128,7 +129,7 @@ def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
     expected = f"network config and leases readable from etcd {endpoints}"
-    if cluster.available:
+    if cluster.available and cluster.config is not None:
         return CheckResult("etcd", PASS, expected,
                            f"config {cluster.config.network} and {len(cluster.leases)} lease(s)")
     return CheckResult("etcd", FAIL, expected, cluster.error or "no network config",
@@ -262,7 +263,7 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
         return CheckResult(name, WARN, expected,
                            f"{found}, but the runtime uses the first file {first.path}",
                            f"remove or rename {first.path} so {basename(ours.path)} sorts first")
-    subnet_file = ours.plugin(PLUGIN_TYPE).get("subnetFile")
+    subnet_file = (ours.plugin(PLUGIN_TYPE) or {}).get("subnetFile")  # ours holds it
     if subnet_file and opts.subnet_file and subnet_file != opts.subnet_file:
         return CheckResult(name, WARN, expected, f"{found} reads subnetFile {subnet_file}, "
                            f"not {opts.subnet_file}", f"pass --subnet-file {subnet_file}, or fix "
@@ -519,10 +520,11 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     skip = _need_vxlan(node, f, expected, name)
     if skip:
         return skip
+    assert node.kernel is not None and f.vxlan is not None, "_need_vxlan checked both"
     entries = [e for e in node.kernel.fdb_on(f.vxlan.index) if e.dst is not None]
     by_mac: dict[str, list[FDBInfo]] = {}
-    for e in entries:
-        by_mac.setdefault(e.mac, []).append(e)
+    for entry in entries:
+        by_mac.setdefault(entry.mac, []).append(entry)
     missing: list[tuple[IPv4Network, FDB]] = []
     wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
     want_macs = set()
@@ -560,6 +562,7 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
     skip = _need_vxlan(node, f, expected, name)
     if skip:
         return skip
+    assert node.kernel is not None and f.vxlan is not None, "_need_vxlan checked both"
     entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
     missing: list[Neigh] = []
     wrong: list[tuple[Neigh, NeighInfo]] = []
@@ -734,7 +737,8 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
     name = "peer-probe"
     expected = (f"each of {len(f.programmed)} peer(s) answers a DF ping of the path MTU "
                 f"across {f.vxlan_name}")
-    if not cluster.available:
+    cfg = cluster.config
+    if not cluster.available or cfg is None:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     if node.probes is None:
         return CheckResult(name, SKIP, expected, "not run (--no-probe, or no VXLAN device)")
@@ -759,7 +763,7 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
         fix = ("lower the overlay MTU (Backend.MTU in the network config) or raise the "
                "underlay MTU on the path")
     else:
-        fix = (f"check overlayd and the firewall (UDP {cluster.config.backend.port}) on the "
+        fix = (f"check overlayd and the firewall (UDP {cfg.backend.port}) on the "
                "unreachable peer(s), and the underlay route to their public IP")
     return CheckResult(name, FAIL, expected, "; ".join(parts), fix)
 

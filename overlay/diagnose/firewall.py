@@ -275,7 +275,7 @@ def read_firewall(port: int) -> FirewallState:
             states.append(FirewallState(errors=[f"{source}-save: {err or rc}"]))
             continue
         if source == "iptables":
-            ipt_tables = {l[1:].strip() for l in out.splitlines() if l.startswith("*")}
+            ipt_tables = {line[1:].strip() for line in out.splitlines() if line.startswith("*")}
         states.append(parse_iptables_save(out, port, source))
     if shutil.which("nft"):
         rc, out, err = run_quiet(["nft", "-j", "list", "ruleset"])

@@ -154,13 +154,13 @@ class Facts:
     @property
     def programmed(self) -> list[Lease]:
         """Peers overlayd programs entries for: the ones a probe can reach."""
-        return [l for l in self.remotes if self.entries.get(l.subnet)]
+        return [peer for peer in self.remotes if self.entries.get(peer.subnet)]
 
     @property
     def vxlan_remotes(self) -> list[Lease]:
         """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
-        return [l for l in self.remotes
-                if any(isinstance(e, Neigh) for e in self.entries.get(l.subnet, ()))]
+        return [peer for peer in self.remotes
+                if any(isinstance(e, Neigh) for e in self.entries.get(peer.subnet, ()))]
 
 
 @dataclass
