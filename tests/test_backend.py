@@ -191,7 +191,11 @@ def test_own_public_ip_and_missing_mac_skipped(backend, dp):
 def test_thousand_remotes_in_three_program_calls(backend, dp):
     calls = []
     orig = dp.program
-    dp.program = lambda ops: calls.append(len(ops)) or orig(ops)
+
+    def counting(ops):
+        calls.append(len(ops))
+        return orig(ops)
+    dp.program = counting
     leases = [Lease(IPv4Network(f"10.{200 + i // 256}.{i % 256}.0/24"),
                     LeaseAttrs(IPv4Address("192.168.2.0") + i, "vxlan", 1,
                                f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"))
@@ -205,7 +209,11 @@ def test_a_batch_costs_what_it_changes_not_what_is_known(backend, dp):
     backend.reconcile([lease(n) for n in range(2, 200)])
     calls = []
     orig = backend.entries_for
-    backend.entries_for = lambda l: calls.append(l.subnet) or orig(l)
+
+    def counting(remote):
+        calls.append(remote.subnet)
+        return orig(remote)
+    backend.entries_for = counting
     dp.log.clear()
     backend.apply_batch(LeaseBatch(added=(lease(5),)))  # a repeat: filtered to nothing
     assert calls == [] and dp.log == []
@@ -344,9 +352,9 @@ def test_a_conflict_whose_other_route_cannot_be_read_is_still_a_conflict(backend
 
 def test_a_lease_without_vni_is_ours(backend, dp):
     """Flannel wrote no VNI before v0.13: such a lease is programmed, not skipped."""
-    l = lease(2)
-    backend.apply_batch(LeaseBatch(added=(Lease(l.subnet, LeaseAttrs(
-        l.attrs.public_ip, "vxlan", None, l.attrs.vtep_mac)),)))
+    base = lease(2)
+    backend.apply_batch(LeaseBatch(added=(Lease(base.subnet, LeaseAttrs(
+        base.attrs.public_ip, "vxlan", None, base.attrs.vtep_mac)),)))
     assert set(dp.state.all()) == entries(2)
 
 
@@ -367,7 +375,8 @@ def test_entries_for_is_the_rule_and_says_why_it_skips():
         Route(IPv4Network("10.244.2.0/24"), IPv4Address("192.168.1.12"), direct=True)]
     assert skip_reason(nomac, direct) is None
     assert len(entries_for(lease(3, public="192.168.7.5"), direct)) == 3
-    assert "VNI 7" in skip_reason(lease(2, vni=7), SETTINGS)
+    why = skip_reason(lease(2, vni=7), SETTINGS)
+    assert why is not None and "VNI 7" in why
     assert entries_for(lease(2, vni=7), direct) == []
     assert skip_reason(lease(2, public="192.168.1.11"), SETTINGS) == \
         "public IP 192.168.1.11 is our own"

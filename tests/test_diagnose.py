@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
@@ -29,11 +29,13 @@ from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnetenv import SubnetEnv
 
 
+
 def FDBInfo(mac, dst, ifindex, state):
     """An FDB entry: a neighbour record of family AF_BRIDGE."""
     return NeighInfo(dst, mac, ifindex, state, family=AF_BRIDGE)
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MY_IP = IPv4Address("192.168.1.11")
 MY_MAC = "0e:00:00:00:00:01"
 PEERS = {  # subnet -> (public IP, VTEP MAC)
@@ -61,8 +63,10 @@ def healthy():
         LinkInfo(BR, "cni0", "bridge", True, "UP", 1450, "aa:00:00:00:00:02"),
         LinkInfo(POD, "veth1234", "veth", True, "UP", 1450, "aa:00:00:00:00:03", master=BR),
     ]
-    addrs = [AddrInfo(1, IPv4Interface("127.0.0.1/8")), AddrInfo(ETH, IPv4Interface("192.168.1.11/24")),
-             AddrInfo(VX, IPv4Interface("10.244.1.0/32")), AddrInfo(BR, IPv4Interface("10.244.1.1/24"))]
+    addrs = [AddrInfo(1, IPv4Interface("127.0.0.1/8")),
+             AddrInfo(ETH, IPv4Interface("192.168.1.11/24")),
+             AddrInfo(VX, IPv4Interface("10.244.1.0/32")),
+             AddrInfo(BR, IPv4Interface("10.244.1.1/24"))]
     routes = [RouteInfo(IPv4Network("192.168.1.0/24"), None, ETH),
               RouteInfo(OWN, None, BR)]
     neigh, fdb = [], []
@@ -160,7 +164,8 @@ def test_missing_neigh_entry():
     neigh = [n for n in node.kernel.neigh if n.dst != IPv4Address("10.244.2.0")]
     c = only_failure(kernel_without(node, neigh=neigh), cluster, "neigh")
     assert "missing: 10.244.2.0 -> 0e:00:00:00:00:02" in c.found
-    assert "ip neigh replace 10.244.2.0 lladdr 0e:00:00:00:00:02 dev overlay.1 nud permanent" in c.fix
+    assert ("ip neigh replace 10.244.2.0 lladdr 0e:00:00:00:00:02 dev overlay.1 nud permanent"
+            in c.fix)
 
 
 def test_neigh_with_old_mac_is_wrong():
@@ -175,9 +180,10 @@ def test_stale_entries_for_vanished_peer_fail_three_checks():
     node, cluster = healthy()
     gone = IPv4Network("10.244.9.0/24")
     k = node.kernel
+    stale_mac = "0e:00:00:00:00:09"
     kernel_without(node, routes=k.routes + [RouteInfo(gone, gone.network_address, VX, True)],
-                   neigh=k.neigh + [NeighInfo(gone.network_address, "0e:00:00:00:00:09", VX, 0x80)],
-                   fdb=k.fdb + [FDBInfo("0e:00:00:00:00:09", IPv4Address("192.168.1.19"), VX, 0xC0)])
+                   neigh=k.neigh + [NeighInfo(gone.network_address, stale_mac, VX, 0x80)],
+                   fdb=k.fdb + [FDBInfo(stale_mac, IPv4Address("192.168.1.19"), VX, 0xC0)])
     checks, _ = statuses(node, cluster)
     assert sorted(n for n, c in checks.items() if c.status == st.FAIL) == ["fdb", "neigh", "routes"]
     assert "stale (no lease): 10.244.9.0/24" in checks["routes"].found
@@ -195,7 +201,7 @@ def test_stale_fdb_only():
 def test_bridge_missing():
     node, cluster = healthy()
     k = node.kernel
-    kernel_without(node, links=[l for l in k.links if l.index not in (BR, POD)],
+    kernel_without(node, links=[link for link in k.links if link.index not in (BR, POD)],
                    addrs=[a for a in k.addrs if a.index != BR])
     c = only_failure(node, cluster, "bridge")
     assert "no link cni0" in c.found
@@ -205,7 +211,7 @@ def test_bridge_missing():
 def test_bridge_down_and_without_gateway():
     node, cluster = healthy()
     k = node.kernel
-    links = [replace(l, up=False) if l.index == BR else l for l in k.links]
+    links = [replace(link, up=False) if link.index == BR else link for link in k.links]
     c = only_failure(kernel_without(node, links=links, addrs=[a for a in k.addrs if a.index != BR]),
                      cluster, "bridge")
     assert c.fix == "ip link set cni0 up && ip addr add 10.244.1.1/24 dev cni0"
@@ -240,7 +246,8 @@ def test_cni_binaries_missing():
 
 def test_wrong_device_mtu():
     node, cluster = healthy()
-    links = [replace(l, mtu=1400) if l.index == VX else l for l in node.kernel.links]
+    links = [replace(link, mtu=1400) if link.index == VX else link
+             for link in node.kernel.links]
     c = only_failure(kernel_without(node, links=links), cluster, "mtu")
     assert "overlay.1 MTU 1400 != 1450" in c.found
     assert c.fix.startswith("ip link set overlay.1 mtu 1450")
@@ -279,7 +286,7 @@ def test_lease_with_other_vtep_mac():
 def without_vxlan_device(node):
     """The node's kernel state with the VXLAN device and everything on it gone."""
     k = node.kernel
-    kernel_without(node, links=[l for l in k.links if l.index != VX],
+    kernel_without(node, links=[link for link in k.links if link.index != VX],
                    addrs=[a for a in k.addrs if a.index != VX],
                    routes=[r for r in k.routes if r.oif != VX], neigh=[],
                    fdb=[f for f in k.fdb if f.ifindex != VX])
@@ -295,12 +302,13 @@ def test_vxlan_device_missing_fails_device_check():
 
 def test_vxlan_device_down_and_learning():
     node, cluster = healthy()
-    links = [replace(l, up=False) if l.index == VX else l for l in node.kernel.links]
+    links = [replace(link, up=False) if link.index == VX else link
+             for link in node.kernel.links]
     c = only_failure(kernel_without(node, links=links), cluster, "vxlan-device")
     assert c.fix == "ip link set overlay.1 up"
     node, cluster = healthy()
-    links = [replace(l, vxlan=replace(l.vxlan, learning=True)) if l.index == VX else l
-             for l in node.kernel.links]
+    links = [replace(link, vxlan=replace(link.vxlan, learning=True)) if link.index == VX else link
+             for link in node.kernel.links]
     assert "learning on" in only_failure(kernel_without(node, links=links), cluster,
                                          "vxlan-device").found
 
@@ -471,7 +479,8 @@ def test_cni_dir_and_reservations(tmp_path):
     (bins / "overlay").write_text("#!/bin/sh\n")
     (bins / "overlay").chmod(0o755)
     (bins / "portmap").write_text("")
-    assert ga.read_cni_bins(str(bins), ["overlay", "portmap"]) == {"overlay": True, "portmap": False}
+    assert ga.read_cni_bins(str(bins), ["overlay", "portmap"]) == {
+        "overlay": True, "portmap": False}
 
 
 def test_probe_peers_retries_small_on_failure():
@@ -715,7 +724,7 @@ def test_gather_node_reads_subnet_env_named_by_the_conflist(tmp_path, monkeypatc
     monkeypatch.setattr("overlay.netlink.kernel_state.dump_kernel_state", lambda: KernelState())
     node = ga.gather_node(st.DiagnoseOptions(cni_conf_dir=str(conf), cni_bin_dir=str(tmp_path)))
     assert node.subnet_file == str(env)
-    assert str(node.subnet_env.subnet) == "10.244.1.1/24"
+    assert node.subnet_env is not None and str(node.subnet_env.subnet) == "10.244.1.1/24"
     assert node.ipam_dir == str(tmp_path / "ipam" / "overlay")
 
 
@@ -770,13 +779,21 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
     monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
-    monkeypatch.setattr(ga, "derive_facts", lambda *a: derived.append(a) or derive(*a))
-    monkeypatch.setattr(ga, "probe_peers", lambda remotes, mtu, *a: probed.append(
-        (len(remotes), mtu)) or [st.ProbeResult(l.subnet, l.subnet.network_address, mtu - 28,
-                                                2, 2) for l in remotes])
+
+    def derive_once(*a):
+        derived.append(a)
+        return derive(*a)
+
+    def probe_all_answer(remotes, mtu, *a):
+        probed.append((len(remotes), mtu))
+        return [st.ProbeResult(peer.subnet, peer.subnet.network_address, mtu - 28, 2, 2)
+                for peer in remotes]
+    monkeypatch.setattr(ga, "derive_facts", derive_once)
+    monkeypatch.setattr(ga, "probe_peers", probe_all_answer)
     report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert len(derived) == 1 and probed == [(2, 1450)]
-    assert not report.failed and report.facts.own.subnet == OWN
+    own = report.facts.own
+    assert not report.failed and own is not None and own.subnet == OWN
 
 
 def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
@@ -788,9 +805,12 @@ def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
     monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
-    monkeypatch.setattr(ga, "probe_peers", lambda remotes, mtu, *a: probed.append(
-        sorted(str(l.subnet) for l in remotes)) or [st.ProbeResult(
-            l.subnet, l.subnet.network_address, mtu - 28, 2, 2) for l in remotes])
+
+    def probe_all_answer(remotes, mtu, *a):
+        probed.append(sorted(str(peer.subnet) for peer in remotes))
+        return [st.ProbeResult(peer.subnet, peer.subnet.network_address, mtu - 28, 2, 2)
+                for peer in remotes]
+    monkeypatch.setattr(ga, "probe_peers", probe_all_answer)
     report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert probed == [["10.244.2.0/24", "10.244.3.0/24"]]
     probe = next(c for c in report.checks if c.name == "peer-probe")
@@ -919,12 +939,12 @@ def test_a_peer_without_vni_is_expected_programmed_and_a_foreign_vni_is_not():
     node, cluster = healthy()
     s = IPv4Network("10.244.2.0/24")
     ip, mac = PEERS[s]
-    cluster.leases = [l if l.subnet != s else Lease(s, LeaseAttrs(ip, vni=None, vtep_mac=mac))
-                      for l in cluster.leases]
+    cluster.leases = [peer if peer.subnet != s else Lease(s, LeaseAttrs(ip, vni=None, vtep_mac=mac))
+                      for peer in cluster.leases]
     checks, _ = statuses(node, cluster)
     assert checks["routes"].status == st.PASS and checks["rejected-leases"].status == st.PASS
-    cluster.leases = [l if l.subnet != s else Lease(s, LeaseAttrs(ip, vni=7, vtep_mac=mac))
-                      for l in cluster.leases]
+    cluster.leases = [peer if peer.subnet != s else Lease(s, LeaseAttrs(ip, vni=7, vtep_mac=mac))
+                      for peer in cluster.leases]
     checks, _ = statuses(node, cluster)
     assert checks["rejected-leases"].status == st.FAIL
     assert "vni-mismatch" in checks["rejected-leases"].found
@@ -949,9 +969,11 @@ def test_checks_import_nothing_that_does_io():
     tree = ast.parse(Path(dg.__file__).read_text())
     seen = []
     for node in ast.walk(tree):
+        imports: list[tuple[str, str | None]]
         if isinstance(node, ast.Import):
             imports = [(a.name, None) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
+            assert node.module is not None, "imports are absolute"
             imports = [(node.module, a.name) for a in node.names]
         else:
             continue

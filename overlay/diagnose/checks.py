@@ -14,7 +14,7 @@ as ``skip`` (and says so); everything local is still checked.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timezone
+from datetime import UTC
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
@@ -49,15 +49,17 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
     vxlan = k.link(vxlan_name)
     overlay_cni = overlay_conf(node.cni_files)
-    cni_bridge = overlay_cni.plugin(PLUGIN_TYPE).get("bridge") if overlay_cni else None
+    cni_plugin = overlay_cni.plugin(PLUGIN_TYPE) if overlay_cni else None
+    cni_bridge = (cni_plugin or {}).get("bridge")
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
     public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
     underlay = _underlay(k, vxlan, public_ip)
-    own = next((l for l in cluster.leases if public_ip and l.attrs.public_ip == public_ip), None)
+    own = next((lease for lease in cluster.leases
+                if public_ip and lease.attrs.public_ip == public_ip), None)
     if own is None and public_ip is None and node.subnet_env is not None:
         # No device to learn our public IP from: subnet.env still says which lease is ours.
-        own = next((l for l in cluster.leases
-                    if l.subnet == node.subnet_env.subnet.network), None)
+        own = next((lease for lease in cluster.leases
+                    if lease.subnet == node.subnet_env.subnet.network), None)
         public_ip = own.attrs.public_ip if own else None
         underlay = _underlay(k, vxlan, public_ip)
     own_subnet = own.subnet if own else (node.subnet_env.subnet.network if node.subnet_env
@@ -65,7 +67,7 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
     settings = backend_settings(cfg, k, public_ip, vxlan)
-    entries = {l.subnet: tuple(entries_for(l, settings)) for l in remotes}
+    entries = {lease.subnet: tuple(entries_for(lease, settings)) for lease in remotes}
     return Facts(vxlan_name, bridge_name, public_ip, own, own_subnet, remotes, network,
                  vxlan, k.link(bridge_name), underlay, overlay_cni, entries, rejected)
 
@@ -87,10 +89,12 @@ def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Net
                    ) -> tuple[list[Lease], tuple[Rejection, ...]]:
     """The remotes overlayd programs, by the very rule it uses (``overlay.lease.judge``),
     and every key it rejects (those that hold no lease included)."""
-    others = [l for l in cluster.leases if l is not own and l.subnet != own_subnet]
+    others = [lease for lease in cluster.leases
+              if lease is not own and lease.subnet != own_subnet]
     cfg = cluster.config
     if cfg is None:  # nothing to judge against: the leases as they are
-        return [l for l in others if l.attrs.backend_type == "vxlan"], tuple(cluster.rejected)
+        vxlan_leases = [lease for lease in others if lease.attrs.backend_type == "vxlan"]
+        return vxlan_leases, tuple(cluster.rejected)
     rules = LeaseRules.from_config(cfg, () if own_subnet is None else (own_subnet,),
                                    () if public_ip is None else (public_ip,),
                                    (vxlan.mac or "").lower() or None if vxlan else None)
@@ -100,7 +104,8 @@ def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Net
 
 
 def _guess_vxlan(k: KernelState) -> str:
-    names = sorted(l.name for l in k.links if l.kind == "vxlan" and l.name.startswith("overlay."))
+    names = sorted(link.name for link in k.links
+                   if link.kind == "vxlan" and link.name.startswith("overlay."))
     return names[0] if names else "overlay.1"
 
 
@@ -124,7 +129,7 @@ def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
     expected = f"network config and leases readable from etcd {endpoints}"
-    if cluster.available:
+    if cluster.available and cluster.config is not None:
         return CheckResult("etcd", PASS, expected,
                            f"config {cluster.config.network} and {len(cluster.leases)} lease(s)")
     return CheckResult("etcd", FAIL, expected, cluster.error or "no network config",
@@ -142,7 +147,8 @@ def check_lease(cluster: ClusterState, f: Facts) -> CheckResult:
                            "start overlayd on this node, or pass --public-ip")
     expected = f"a live lease with PublicIP {f.public_ip}"
     if f.own is None:
-        held = ", ".join(f"{l.subnet}={l.attrs.public_ip}" for l in cluster.leases) or "none"
+        held = ", ".join(f"{other.subnet}={other.attrs.public_ip}"
+                         for other in cluster.leases) or "none"
         return CheckResult(name, FAIL, expected, f"no lease for {f.public_ip} (leases: {held})",
                            "start overlayd on this node; it acquires and renews the lease")
     lease = f.own
@@ -150,7 +156,7 @@ def check_lease(cluster: ClusterState, f: Facts) -> CheckResult:
     exp = lease.expiration
     if exp is not None:
         if exp.tzinfo is None:
-            exp = exp.replace(tzinfo=timezone.utc)
+            exp = exp.replace(tzinfo=UTC)
         if exp <= cluster.now:
             problems.append(f"expired at {exp.isoformat()}")
     mac = f.vxlan.mac if f.vxlan else None
@@ -257,7 +263,7 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
         return CheckResult(name, WARN, expected,
                            f"{found}, but the runtime uses the first file {first.path}",
                            f"remove or rename {first.path} so {basename(ours.path)} sorts first")
-    subnet_file = ours.plugin(PLUGIN_TYPE).get("subnetFile")
+    subnet_file = (ours.plugin(PLUGIN_TYPE) or {}).get("subnetFile")  # ours holds it
     if subnet_file and opts.subnet_file and subnet_file != opts.subnet_file:
         return CheckResult(name, WARN, expected, f"{found} reads subnetFile {subnet_file}, "
                            f"not {opts.subnet_file}", f"pass --subnet-file {subnet_file}, or fix "
@@ -312,8 +318,9 @@ def check_bridge(node: NodeState, f: Facts) -> CheckResult:
         problems.append("down")
     if gw and gw not in addrs:
         problems.append(f"addresses {', '.join(map(str, addrs)) or 'none'}")
+    ports = len(node.kernel.ports_of(link.index))
     found = f"{br} {'up' if link.up else 'down'}, " + (
-        ", ".join(map(str, addrs)) or "no address") + f", {len(node.kernel.ports_of(link.index))} port(s)"
+        ", ".join(map(str, addrs)) or "no address") + f", {ports} port(s)"
     if not problems:
         return CheckResult(name, PASS, expected, found)
     fix = f"ip link set {br} up" if not link.up else f"ip addr add {gw} dev {br}"
@@ -393,7 +400,8 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
     if problems:
         return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems), restart)
     if not cfg:
-        return CheckResult(name, WARN, expected, found + " (VNI/port not compared: etcd unreachable)")
+        return CheckResult(name, WARN, expected,
+                           found + " (VNI/port not compared: etcd unreachable)")
     return CheckResult(name, PASS, expected, found)
 
 
@@ -428,7 +436,7 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
             missing.append(want_route)
         else:
             wrong.append((want_route, routes[0]))
-    leased = {l.subnet for l in cluster.leases}
+    leased = {lease.subnet for lease in cluster.leases}
     stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
              and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
 
@@ -491,7 +499,7 @@ def check_route_conflicts(node: NodeState, cluster: ClusterState, f: Facts) -> C
     taken = _route_conflicts(k, f)
     if not taken:
         return CheckResult(name, PASS, expected, f"none for {len(f.remotes)} peer subnet(s)")
-    peers = {l.subnet: l for l in f.remotes}
+    peers = {peer.subnet: peer for peer in f.remotes}
     found = "; ".join(
         f"peer {s} (public IP {peers[s].attrs.public_ip}) left unprogrammed: "
         + ", ".join(_describe_route(k, r) for r in rs) for s, rs in sorted(taken.items()))
@@ -505,16 +513,18 @@ def check_route_conflicts(node: NodeState, cluster: ClusterState, f: Facts) -> C
 def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "fdb"
     dev = f.vxlan_name
-    expected = f"FDB entry VTEP MAC -> public IP on {dev} for each of {len(f.vxlan_remotes)} peer(s)"
+    expected = (f"FDB entry VTEP MAC -> public IP on {dev} "
+                f"for each of {len(f.vxlan_remotes)} peer(s)")
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     skip = _need_vxlan(node, f, expected, name)
     if skip:
         return skip
+    assert node.kernel is not None and f.vxlan is not None, "_need_vxlan checked both"
     entries = [e for e in node.kernel.fdb_on(f.vxlan.index) if e.dst is not None]
     by_mac: dict[str, list[FDBInfo]] = {}
-    for e in entries:
-        by_mac.setdefault(e.mac, []).append(e)
+    for entry in entries:
+        by_mac.setdefault(entry.mac, []).append(entry)
     missing: list[tuple[IPv4Network, FDB]] = []
     wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
     want_macs = set()
@@ -529,7 +539,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
             missing.append((subnet, e))
     stale = [x for x in entries if x.mac not in want_macs]
     extra = [x for _, e, have in wrong for x in have if x.dst != e.dst]
-    add = "bridge fdb replace {mac} dev %s dst {ip} self permanent" % dev
+    add = f"bridge fdb replace {{mac}} dev {dev} dst {{ip}} self permanent"
     return _entry_result(name, expected, len(f.vxlan_remotes), [
         ("missing", [f"{e.mac} -> {e.dst} ({s})" for s, e in missing],
          [add.format(mac=e.mac, ip=e.dst) for _, e in missing]),
@@ -545,12 +555,14 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
 def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "neigh"
     dev = f.vxlan_name
-    expected = f"permanent neighbour .0 -> VTEP MAC on {dev} for each of {len(f.vxlan_remotes)} peer(s)"
+    expected = (f"permanent neighbour .0 -> VTEP MAC on {dev} "
+                f"for each of {len(f.vxlan_remotes)} peer(s)")
     if not cluster.available:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     skip = _need_vxlan(node, f, expected, name)
     if skip:
         return skip
+    assert node.kernel is not None and f.vxlan is not None, "_need_vxlan checked both"
     entries = {n.dst: n for n in node.kernel.neigh_on(f.vxlan.index)}
     missing: list[Neigh] = []
     wrong: list[tuple[Neigh, NeighInfo]] = []
@@ -563,7 +575,7 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
         elif n.mac != e.mac or not n.permanent:
             wrong.append((e, n))
     stale = [n for n in entries.values() if n.dst not in want and n.permanent]
-    add = "ip neigh replace {ip} lladdr {mac} dev %s nud permanent" % dev
+    add = f"ip neigh replace {{ip}} lladdr {{mac}} dev {dev} nud permanent"
     return _entry_result(name, expected, len(f.vxlan_remotes), [
         ("missing", [f"{e.ip} -> {e.mac}" for e in missing],
          [add.format(ip=e.ip, mac=e.mac) for e in missing]),
@@ -671,8 +683,9 @@ def check_cidr_overlap(node: NodeState, f: Facts, opts: DiagnoseOptions) -> Chec
         return CheckResult(name, SKIP, expected, "pod network unknown (no config, no subnet.env)")
     clashes = []
     if node.kernel is not None:
-        ours = {l.index for l in (f.vxlan, f.bridge) if l is not None}
-        ours |= {l.index for l in node.kernel.links if f.bridge and l.master == f.bridge.index}
+        ours = {link.index for link in (f.vxlan, f.bridge) if link is not None}
+        ours |= {link.index for link in node.kernel.links
+                 if f.bridge and link.master == f.bridge.index}
         for a in node.kernel.addrs:
             if a.index in ours or a.interface.ip.is_loopback:
                 continue
@@ -686,7 +699,8 @@ def check_cidr_overlap(node: NodeState, f: Facts, opts: DiagnoseOptions) -> Chec
     if clashes:
         return CheckResult(name, FAIL, expected, f"pod network {f.network} overlaps "
                            + "; ".join(clashes), "choose a non-overlapping pod Network "
-                           "(overlayctl config set --network CIDR) or renumber the node/service range")
+                           "(overlayctl config set --network CIDR) "
+                           "or renumber the node/service range")
     return CheckResult(name, PASS, expected, f"pod network {f.network} vs {checked}: no overlap")
 
 
@@ -723,7 +737,8 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
     name = "peer-probe"
     expected = (f"each of {len(f.programmed)} peer(s) answers a DF ping of the path MTU "
                 f"across {f.vxlan_name}")
-    if not cluster.available:
+    cfg = cluster.config
+    if not cluster.available or cfg is None:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     if node.probes is None:
         return CheckResult(name, SKIP, expected, "not run (--no-probe, or no VXLAN device)")
@@ -748,7 +763,7 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
         fix = ("lower the overlay MTU (Backend.MTU in the network config) or raise the "
                "underlay MTU on the path")
     else:
-        fix = (f"check overlayd and the firewall (UDP {cluster.config.backend.port}) on the "
+        fix = (f"check overlayd and the firewall (UDP {cfg.backend.port}) on the "
                "unreachable peer(s), and the underlay route to their public IP")
     return CheckResult(name, FAIL, expected, "; ".join(parts), fix)
 

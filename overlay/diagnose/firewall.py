@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from overlay.util.proc import run_quiet
 
@@ -71,7 +72,8 @@ def _nft_rule_drops(expr: list[dict[str, Any]], port: int) -> bool:
         elif key == "match":
             left, right, op = val.get("left", {}), val.get("right"), val.get("op", "==")
             negate = op == "!="
-            if isinstance(left, dict) and "payload" in left and left["payload"].get("field") == "dport":
+            if (isinstance(left, dict) and "payload" in left
+                    and left["payload"].get("field") == "dport"):
                 hit = _port_in(right, port)
                 if left["payload"].get("protocol") not in ("udp", "th") or hit is None:
                     return False
@@ -134,7 +136,8 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
         fam, table, name = key
         if (fam, table) in skip or fam not in ("ip", "inet"):
             continue
-        if c.get("hook") in ("input", "output") and c.get("policy") == "drop" and key not in accepted:
+        if (c.get("hook") in ("input", "output") and c.get("policy") == "drop"
+                and key not in accepted):
             where = f"{fam} {table} {name}"
             out.policy_drops.append(FirewallRule(
                 "nft", where, f"policy drop (hook {c['hook']}) and no rule accepts UDP {port}",
@@ -233,10 +236,8 @@ def _ipt_matches_port(toks: list[str], port: int) -> bool:
                 return False
             port_hit = True
             i += 2
-        elif t in ("-j", "--jump", "-g", "--goto"):
-            i += 2
-        elif t in ("-m", "--match"):
-            i += 2
+        elif t in ("-j", "--jump", "-g", "--goto", "-m", "--match"):
+            i += 2  # a verdict or a match module's name: neither is a condition itself
         elif t.startswith("-"):
             conditions += 1
             i += 2 if val and not val.startswith("-") else 1
@@ -274,7 +275,7 @@ def read_firewall(port: int) -> FirewallState:
             states.append(FirewallState(errors=[f"{source}-save: {err or rc}"]))
             continue
         if source == "iptables":
-            ipt_tables = {l[1:].strip() for l in out.splitlines() if l.startswith("*")}
+            ipt_tables = {line[1:].strip() for line in out.splitlines() if line.startswith("*")}
         states.append(parse_iptables_save(out, port, source))
     if shutil.which("nft"):
         rc, out, err = run_quiet(["nft", "-j", "list", "ruleset"])

@@ -15,10 +15,10 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address
-from typing import Callable, Iterable, Sequence
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
@@ -167,7 +167,7 @@ def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: f
         return Echo(*ping(t, size, count, timeout))
 
     with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-        return dict(zip(targets, pool.map(one, targets)))
+        return dict(zip(targets, pool.map(one, targets), strict=True))
 
 
 def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
@@ -177,13 +177,13 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
     if not remotes:
         return []
     size = mtu - 28  # IPv4 + ICMP headers
-    targets = [l.subnet.network_address for l in remotes]
+    targets = [peer.subnet.network_address for peer in remotes]
     full = echo(targets, size, count, timeout)
     silent = [t for t in targets if full[t].received == 0]
     small = echo(silent, 56, 1, timeout) if silent else {}
-    return [ProbeResult(l.subnet, t, size, full[t].sent, full[t].received,
+    return [ProbeResult(peer.subnet, t, size, full[t].sent, full[t].received,
                         small[t].received if t in small else None, full[t].error)
-            for l, t in zip(remotes, targets)]
+            for peer, t in zip(remotes, targets, strict=True)]
 
 
 def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
@@ -224,7 +224,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
     node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
     ours = overlay_conf(node.cni_files)
-    plugin = ours.plugin(PLUGIN_TYPE) if ours else {}
+    plugin = (ours.plugin(PLUGIN_TYPE) if ours else None) or {}
     node.subnet_file = opts.subnet_file or str(plugin.get("subnetFile") or DEFAULT_SUBNET_FILE)
     try:
         node.subnet_env = load_subnet_env(node.subnet_file)

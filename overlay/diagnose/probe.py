@@ -15,9 +15,9 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _checksum(data: bytes) -> int:
 
 
 def echo_request(ident: int, seq: int, size: int) -> bytes:
-    payload = bytes((i & 0xFF for i in range(size)))
+    payload = bytes(i & 0xFF for i in range(size))
     header = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
     csum = _checksum(header + payload)
     return struct.pack("!BBHHH", ICMP_ECHO, 0, csum, ident, seq) + payload
@@ -82,8 +82,8 @@ def _run(sock: socket.socket, targets: list[IPv4Address], size: int, count: int,
          timeout: float, interval: float) -> dict[IPv4Address, Echo]:
     ident = (os.getpid() ^ id(sock)) & 0xFFFF
     owner: dict[int, IPv4Address] = {}
-    sent = {t: 0 for t in targets}
-    got = {t: 0 for t in targets}
+    sent = dict.fromkeys(targets, 0)
+    got = dict.fromkeys(targets, 0)
     errors: dict[IPv4Address, str] = {}
     seq = 0
     # However congested the queue, sending stops after this; the rest count as errors.

@@ -7,10 +7,11 @@ Plain values only (no I/O): ``gather`` fills ``NodeState`` and ``ClusterState``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from overlay.cni.install import (
     DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR,
@@ -114,7 +115,7 @@ class ClusterState:
     error: str = ""  # set when etcd could not be read
     rejected: list[Rejection] = field(default_factory=list)  # keys that hold no lease
     subnets_prefix: str = ""  # ``<prefix>/subnets/``: the full key of a lease
-    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def available(self) -> bool:
@@ -153,13 +154,13 @@ class Facts:
     @property
     def programmed(self) -> list[Lease]:
         """Peers overlayd programs entries for: the ones a probe can reach."""
-        return [l for l in self.remotes if self.entries.get(l.subnet)]
+        return [peer for peer in self.remotes if self.entries.get(peer.subnet)]
 
     @property
     def vxlan_remotes(self) -> list[Lease]:
         """Peers reached through the VXLAN device (neigh + FDB + route via .0)."""
-        return [l for l in self.remotes
-                if any(isinstance(e, Neigh) for e in self.entries.get(l.subnet, ()))]
+        return [peer for peer in self.remotes
+                if any(isinstance(e, Neigh) for e in self.entries.get(peer.subnet, ()))]
 
 
 @dataclass

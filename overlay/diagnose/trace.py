@@ -51,7 +51,7 @@ class TraceResult:
 
 
 def _lease_for(leases: list[Lease], ip: IPv4Address) -> Lease | None:
-    return next((l for l in leases if ip in l.subnet), None)
+    return next((lease for lease in leases if ip in lease.subnet), None)
 
 
 def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
@@ -73,6 +73,7 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
                                 bridge_name, cluster)
     res.hops.append(hop)
     if via_vxlan:
+        assert route is not None, "via_vxlan: the route was found"
         res.hops += _vxlan_hops(route, dst_lease, kernel, vxlan_name, known)
         if dst_lease is not None:
             res.hops.append(_underlay_hop(dst_lease, underlay_route, kernel, vxlan_name))
@@ -102,7 +103,8 @@ def _source_bridge(src: IPv4Address, lease: Lease | None, k: KernelState, bridge
         return Hop("source-bridge", MISSING, f"no bridge {bridge}",
                    "the CNI plugin creates it at the next pod ADD")
     addrs = k.addrs_of(link.index)
-    detail = f"{bridge} {'up' if link.up else 'down'} " + (", ".join(map(str, addrs)) or "no address")
+    detail = f"{bridge} {'up' if link.up else 'down'} " + (
+        ", ".join(map(str, addrs)) or "no address")
     if not link.up:
         return Hop("source-bridge", WRONG, detail, f"ip link set {bridge} up")
     if lease is not None:
@@ -124,9 +126,10 @@ def _route_hop(dst: IPv4Address, dst_lease: Lease | None, src_lease: Lease | Non
     dev = k.name_of(route.oif)
     detail = f"{dst} via {route.gateway or 'direct'} dev {dev}"
     if local:
+        assert dst_lease is not None, "local: both leases are known"
         status = OK if dev == bridge else WRONG
-        return Hop("route", status, detail + " (same node)",
-                   "" if status == OK else f"ip route replace {dst_lease.subnet} dev {bridge}"), False
+        fix = "" if status == OK else f"ip route replace {dst_lease.subnet} dev {bridge}"
+        return Hop("route", status, detail + " (same node)", fix), False
     if dst_lease is None:
         if not cluster.available:
             return Hop("route", UNKNOWN, detail), dev == vxlan

@@ -25,9 +25,10 @@ import errno
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 from overlay.errors import OverlayError
 from overlay.lease import Lease, LeaseBatch
@@ -98,12 +99,13 @@ class VXLANBackend:
             self._skipped[lease.subnet] = why
             log.warning("skipping lease %s: %s", lease.subnet, why)
 
-    def desired(self, leases: Iterable[Lease] | None = None) -> tuple[Entries, dict[Entry, IPv4Network]]:
+    def desired(self, leases: Iterable[Lease] | None = None
+                ) -> tuple[Entries, dict[Entry, IPv4Network]]:
         """All entries wanted for ``leases`` (default: every known lease) and their owners."""
         want = Entries()
         owner: dict[Entry, IPv4Network] = {}
         pairs = (self._entries.items() if leases is None
-                 else ((l.subnet, self._known_entries(l)) for l in leases))
+                 else ((lease.subnet, self._known_entries(lease)) for lease in leases))
         for subnet, es in pairs:
             for e in es:
                 want.add(e)
@@ -127,8 +129,8 @@ class VXLANBackend:
         es = tuple(self.entries_for(lease))
         self.leases[subnet] = lease
         self._entries[subnet] = es
-        if len(es) == 3:  # neigh, FDB, route (a direct route has no FDB entry)
-            f = es[1]
+        f = _fdb_of(es)
+        if f is not None:
             self._fdb_refs[f] = self._fdb_refs.get(f, 0) + 1
             self._unshared += 2
         else:
@@ -138,18 +140,19 @@ class VXLANBackend:
         self.leases.pop(subnet, None)
         es = self._entries.pop(subnet, ())
         self._unshared -= len(es)
-        if len(es) == 3:
+        f = _fdb_of(es)
+        if f is not None:
             self._unshared += 1
-            f = es[1]
             self._fdb_refs[f] -= 1
             if self._fdb_refs[f] <= 0:
                 del self._fdb_refs[f]
         return es
 
     def _set_all(self, leases: Iterable[Lease]) -> None:
-        self.leases = {l.subnet: l for l in leases}
-        self._entries = {s: tuple(self.entries_for(l)) for s, l in self.leases.items()}
-        self._fdb_refs = Counter(es[1] for es in self._entries.values() if len(es) == 3)
+        self.leases = {lease.subnet: lease for lease in leases}
+        self._entries = {s: tuple(self.entries_for(lease)) for s, lease in self.leases.items()}
+        fdbs = (_fdb_of(es) for es in self._entries.values())
+        self._fdb_refs = Counter(f for f in fdbs if f is not None)
         self._unshared = sum(2 if len(es) == 3 else len(es) for es in self._entries.values())
 
     def _keeper(self, subnets: Iterable[IPv4Network]) -> Callable[[Entry], bool]:
@@ -172,40 +175,40 @@ class VXLANBackend:
         """Program what a batch of watch events changed; nothing else is touched."""
         with self._lock:
             # A full listing right after a reconcile repeats leases already programmed.
-            batch = LeaseBatch(added=tuple(l for l in batch.added if l.subnet not in self.leases
-                                           or self.leases[l.subnet].attrs != l.attrs),
-                               removed=batch.removed, changed=batch.changed)
+            fresh = tuple(lease for lease in batch.added if lease.subnet not in self.leases
+                          or self.leases[lease.subnet].attrs != lease.attrs)
+            batch = LeaseBatch(added=fresh, removed=batch.removed, changed=batch.changed)
             if not batch:
                 return Result()
             current = Entries()
             old = [*batch.removed, *(o for o, _ in batch.changed)]
-            for l in old:
-                known = self.leases.get(l.subnet)
-                olds = self._forget(l.subnet) if known is not None else ()
-                if known is None or known.attrs != l.attrs:
-                    olds = (*olds, *self.entries_for(l))
+            for lease in old:
+                known = self.leases.get(lease.subnet)
+                olds = self._forget(lease.subnet) if known is not None else ()
+                if known is None or known.attrs != lease.attrs:
+                    olds = (*olds, *self.entries_for(lease))
                 for e in olds:
                     current.add(e)
-            for l in batch.removed:
-                self.failed.discard(l.subnet)
-                self._skipped.pop(l.subnet, None)
-                log.info("remote %s (%s) removed", l.subnet, l.attrs.public_ip)
+            for lease in batch.removed:
+                self.failed.discard(lease.subnet)
+                self._skipped.pop(lease.subnet, None)
+                log.info("remote %s (%s) removed", lease.subnet, lease.attrs.public_ip)
             new = [*batch.added, *(n for _, n in batch.changed)]
-            for l in new:
-                self._remember(l)
+            for lease in new:
+                self._remember(lease)
             for o, n in batch.changed:
                 log.info("remote %s changed: public IP %s -> %s, VTEP MAC %s -> %s", n.subnet,
                          o.attrs.public_ip, n.attrs.public_ip, o.attrs.vtep_mac, n.attrs.vtep_mac)
-            for l in batch.added:
-                log.info("remote %s added (public IP %s, VTEP MAC %s)", l.subnet,
-                         l.attrs.public_ip, l.attrs.vtep_mac)
-            keep = self._keeper(l.subnet for l in old)
+            for lease in batch.added:
+                log.info("remote %s added (public IP %s, VTEP MAC %s)", lease.subnet,
+                         lease.attrs.public_ip, lease.attrs.vtep_mac)
+            keep = self._keeper(lease.subnet for lease in old)
             blocked = self._blocked(new)
             if blocked:
-                new = [l for l in new if l.subnet not in blocked]
+                new = [lease for lease in new if lease.subnet not in blocked]
                 keep = _dropping(keep, blocked)
             want_new, owner = self.desired(new)
-            scope = {l.subnet for l in old} | {l.subnet for l in new} | set(blocked)
+            scope = {lease.subnet for lease in old} | {lease.subnet for lease in new} | set(blocked)
             return self._converge(current, want_new, keep, owner, blocked, scope)
 
     def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
@@ -217,7 +220,8 @@ class VXLANBackend:
             self._others = current.others
             blocked = self._blocked()
             want, owner = self.desired(
-                (l for s, l in self.leases.items() if s not in blocked) if blocked else None)
+                (lease for s, lease in self.leases.items() if s not in blocked)
+                if blocked else None)
             res = self._converge(current, want, lambda e: (e.ip in want.neighs) if isinstance(
                 e, Neigh) else e in want, owner, blocked)
             if res.added or res.removed:
@@ -231,7 +235,7 @@ class VXLANBackend:
         with self._lock:
             if not self.failed and not self.conflicts:
                 return self._unshared + len(self._fdb_refs)
-            want, _ = self.desired(l for s, l in self.leases.items()
+            want, _ = self.desired(lease for s, lease in self.leases.items()
                                    if s not in self.failed and s not in self.conflicts)
             return len(want)
 
@@ -257,8 +261,9 @@ class VXLANBackend:
             res.removed = sum(1 for c in codes if c == 0)
         failed: set[IPv4Network] = set()
         done: dict[IPv4Network, list[Entry]] = {}
-        first = [Op(True, e) for e in (*want.neighs.values(), *want.fdb) if e not in current]
-        for op, code in zip(first, self.dp.program(first)):
+        first = ([Op(True, n) for n in want.neighs.values() if n not in current]
+                 + [Op(True, f) for f in want.fdb if f not in current])
+        for op, code in zip(first, self.dp.program(first), strict=True):
             subnet = owner[op.entry]
             if code:
                 failed.add(subnet)
@@ -268,7 +273,7 @@ class VXLANBackend:
         routes = [Op(True, r) for r in want.routes.values()
                   if r not in current and owner[r] not in failed]
         taken: set[IPv4Network] = set()
-        for op, code in zip(routes, self.dp.program(routes)):
+        for op, code in zip(routes, self.dp.program(routes), strict=True):
             if code == errno.EEXIST:
                 taken.add(owner[op.entry])
             elif code:
@@ -295,7 +300,7 @@ class VXLANBackend:
         if leases is None:  # a reconcile: far fewer others than leases to look up
             subnets: Iterable[IPv4Network] = (s for s in others if s in self.leases)
         else:
-            subnets = (l.subnet for l in leases if l.subnet in others)
+            subnets = (lease.subnet for lease in leases if lease.subnet in others)
         return {s: others[s] for s in subnets
                 if any(isinstance(e, Route) for e in self._entries.get(s, ()))}
 
@@ -319,10 +324,7 @@ class VXLANBackend:
                             "retried at each reconcile", subnet,
                             lease.attrs.public_ip if lease else "?", other)
         before = self.conflicts
-        if scope is None:
-            kept = {}
-        else:
-            kept = {s: o for s, o in before.items() if s not in scope}
+        kept = {} if scope is None else {s: o for s, o in before.items() if s not in scope}
         for subnet in set(before) - set(kept) - set(found):
             if subnet in self.leases:
                 log.info("remote %s: no other protocol's route holds its subnet any more "
@@ -386,3 +388,10 @@ class Reconciler:
         self._kick.wait(timeout)
         self._kick.clear()
         return not stop.is_set()
+
+
+def _fdb_of(es: tuple[Entry, ...]) -> FDB | None:
+    """The FDB entry of one remote's entries: its neigh, FDB and route (a direct route
+    has no FDB entry), the only kind of entry two leases (one node) can share."""
+    f = es[1] if len(es) == 3 else None
+    return f if isinstance(f, FDB) else None

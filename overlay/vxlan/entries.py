@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Union
+from typing import TypeAlias
 
 from overlay.lease import Lease
 
@@ -39,7 +39,7 @@ class Route:
     direct: bool = False
 
 
-Entry = Union[Neigh, FDB, Route]
+Entry: TypeAlias = Neigh | FDB | Route
 
 
 @dataclass(frozen=True)

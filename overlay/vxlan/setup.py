@@ -9,9 +9,10 @@ alone: the first listing of leases reconciles them (never a flush).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any, Sequence
+from typing import Any
 
 from overlay.config import VXLAN_OVERHEAD, NetworkConfig
 from overlay.errors import ConfigError
@@ -72,7 +73,7 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
     try:
         underlay = find_underlay(nl, opts.iface, opts.public_ip)
         links = dump_links(nl)
-        existing = next((l.mac for l in links if l.name == name), None)
+        existing = next((link.mac for link in links if link.name == name), None)
         clash = connected_overlap(config, links, dump_addrs(nl), name)
     finally:
         nl.close()
@@ -101,7 +102,7 @@ def connected_overlap(config: NetworkConfig, links: Sequence[Any],
     VXLAN device's (``device``, or any VXLAN link's inside the network) and a pod bridge's
     gateway (the ``.1`` of a subnet inside the network, whatever its length: the bridge
     of an earlier run survives a change of SubnetLen, which needs exactly this restart)."""
-    kinds = {l.index: (l.name, l.kind) for l in links}
+    kinds = {link.index: (link.name, link.kind) for link in links}
     net = config.network
     for index, iface in addrs:
         name, kind = kinds.get(index, (f"#{index}", None))

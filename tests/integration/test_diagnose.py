@@ -43,7 +43,8 @@ def nsx(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 # GET /health from inside a namespace (no curl on a fresh machine).
 HEALTH = ("import sys, urllib.request\n"
-          "try: print(urllib.request.urlopen(sys.argv[1] + '/health', timeout=0.5).read().decode())\n"
+          "try: print(urllib.request.urlopen(sys.argv[1] + '/health', timeout=0.5)"
+          ".read().decode())\n"
           "except OSError as e: print(e)")
 
 
@@ -67,6 +68,10 @@ class NSEtcd(EtcdServer):
     def ctl(self, *args: str) -> str:
         p = nsx(self.ns, "etcdctl", "--endpoints", self.endpoint, *args)
         return p.stdout
+
+    def start(self, wait: bool = True) -> NSEtcd:  # typed as this class: ctl() is used
+        super().start(wait)
+        return self
 
 
 @dataclass
@@ -213,7 +218,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster():
     base = tempfile.mkdtemp(prefix="ovdg-")
-    nodes = [Node("ovdg-n1", 1, os.path.join(base, "n1")), Node("ovdg-n2", 2, os.path.join(base, "n2"))]
+    nodes = [Node("ovdg-n1", 1, os.path.join(base, "n1")),
+             Node("ovdg-n2", 2, os.path.join(base, "n2"))]
     names = [UNDERLAY] + [n for node in nodes for n in (node.ns, node.pod_ns)]
     remove_namespaces(names)  # leftovers of an interrupted run of this very module
     etcd = None
@@ -248,7 +254,8 @@ def check(report: dict, name: str) -> dict:
 
 
 def test_healthy_node_passes_every_check(cluster):
-    for node, extra in ((cluster.n1, ()), (cluster.n2, ("--probe-count", "1", "--probe-timeout", "0.5"))):
+    quick_probe = ("--probe-count", "1", "--probe-timeout", "0.5")
+    for node, extra in ((cluster.n1, ()), (cluster.n2, quick_probe)):
         rc, report = cluster.diagnose(*extra, node=node)
         bad = {c["name"]: c["found"] for c in report["checks"] if c["status"] != "pass"}
         assert bad == {"daemon": "no overlayd process found"}  # hand-made: no daemon here
@@ -356,7 +363,8 @@ def test_nft_drop_rule_named_with_handle(cluster):
         nsx(n1.ns, "nft", "add", "rule", "inet", "ovdg_fw", "in", "udp", "dport", "8472", "drop")
         rc, report = cluster.diagnose(probe=False)
         assert failed(report) == ["firewall"]
-        assert check(report, "firewall")["fix"].startswith("nft delete rule inet ovdg_fw in handle ")
+        fix = check(report, "firewall")["fix"]
+        assert fix.startswith("nft delete rule inet ovdg_fw in handle ")
     finally:
         nsx(n1.ns, "nft", "delete", "table", "inet", "ovdg_fw")
 
@@ -450,11 +458,15 @@ def test_kernel_dump_matches_iproute2(cluster):
     def j(*args: str) -> list:
         return json.loads(sh(*args).stdout or "[]")
 
-    name = {l.index: l.name for l in k.links}
-    want_links = {(l["ifname"], l["mtu"], l.get("master"), "UP" in l["flags"])
-                  for l in j("ip", "-n", ns, "-j", "link", "show")}
-    assert {(l.name, l.mtu, name.get(l.master), l.up) for l in k.links} == want_links
-    vx = k.link("overlay.1").vxlan
+    # looked up by optional indexes (a link's master, a route's oif): None finds nothing
+    name: dict[int | None, str] = {link.index: link.name for link in k.links}
+    want_links = {(link["ifname"], link["mtu"], link.get("master"), "UP" in link["flags"])
+                  for link in j("ip", "-n", ns, "-j", "link", "show")}
+    assert {(link.name, link.mtu, name.get(link.master), link.up)
+            for link in k.links} == want_links
+    vx_link = k.link("overlay.1")
+    assert vx_link is not None and vx_link.vxlan is not None, "the device and its VXLAN info"
+    vx = vx_link.vxlan
     assert (vx.vni, vx.port, str(vx.local), name[vx.link], vx.learning) == (
         1, 8472, "192.168.1.11", "eth0", False)
     want_addrs = {(a["ifname"], f"{ai['local']}/{ai['prefixlen']}")

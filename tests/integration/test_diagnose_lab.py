@@ -92,7 +92,9 @@ def check(report: dict, name: str) -> dict:
 
 def peer(lab: Lab) -> tuple[str, str, str]:
     """node2's subnet, VTEP MAC and public IP."""
-    return lab.node_subnet("node2"), vtep_mac(lab, "node2"), str(lab.spec.node_ip("node2"))
+    subnet = lab.node_subnet("node2")
+    assert subnet is not None, "node2 has a subnet.env (the lab is up)"
+    return subnet, vtep_mac(lab, "node2"), str(lab.spec.node_ip("node2"))
 
 
 def test_healthy_lab_every_check_passes(lab):
@@ -112,6 +114,7 @@ def breakages(lab: Lab) -> dict[str, tuple[list[list[str]], list[list[str]], str
     br = ["bridge", "-n", ns]
     nsx = ["ip", "netns", "exec", ns]
     route = ["route", "replace", subnet, "via", gw, "dev", "overlay.1", "onlink", "proto", "111"]
+    drop_vxlan = ["-p", "udp", "--dport", "8472", "-j", "DROP"]
     return {
         "route": ([ip + ["route", "del", subnet]], [ip + route], "routes",
                   f"ip route replace {subnet} via {gw} dev overlay.1 onlink", True),
@@ -125,8 +128,8 @@ def breakages(lab: Lab) -> dict[str, tuple[list[list[str]], list[list[str]], str
         "ip_forward": ([nsx + ["sysctl", "-qw", "net.ipv4.ip_forward=0"]],
                        [nsx + ["sysctl", "-qw", "net.ipv4.ip_forward=1"]],
                        "ip-forward", "sysctl -w net.ipv4.ip_forward=1", False),
-        "firewall": ([nsx + ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"]],
-                     [nsx + ["iptables", "-D", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"]],
+        "firewall": ([nsx + ["iptables", "-A", "INPUT", *drop_vxlan]],
+                     [nsx + ["iptables", "-D", "INPUT", *drop_vxlan]],
                      "firewall", "iptables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP",
                      True),
         "mtu": ([ip + ["link", "set", "overlay.1", "mtu", "1400"]],
