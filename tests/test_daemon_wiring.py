@@ -420,6 +420,7 @@ def test_network_overlapping_a_connected_network_is_refused():
     from ipaddress import IPv4Interface as I
 
     from overlay.config import parse_network_config
+    from overlay.netlink.addr import Addr
     from overlay.netlink.link import Link
     from overlay.vxlan.setup import connected_overlap
 
@@ -431,14 +432,15 @@ def test_network_overlapping_a_connected_network_is_refused():
              LinkRecord(3, "overlay.1", "vxlan"),
              LinkRecord(4, "cni0", "bridge"),
              LinkRecord(5, "br0", "bridge")]
-    ours = [(1, I("127.0.0.1/8")), (2, I("192.168.1.11/24")), (3, I("10.244.3.0/32")),
-            (4, I("10.244.3.1/24")), (4, I("10.244.4.1/25"))]  # a bridge of an older SubnetLen
+    ours = [Addr(1, I("127.0.0.1/8")), Addr(2, I("192.168.1.11/24")), Addr(3, I("10.244.3.0/32")),
+            Addr(4, I("10.244.3.1/24")), Addr(4, I("10.244.4.1/25"))]  # an older SubnetLen's bridge
     assert connected_overlap(cfg, links, ours, "overlay.1") is None
-    for clash in [(2, I("10.0.0.5/8")), (2, I("10.244.9.7/24")), (5, I("10.0.0.1/8")),
-                  (5, I("10.244.5.10/24")), (5, I("10.244.0.1/16")), (2, I("10.244.200.1/32")),
-                  (4, I("10.0.0.1/8"))]:
+    for index, iface in [(2, "10.0.0.5/8"), (2, "10.244.9.7/24"), (5, "10.0.0.1/8"),
+                         (5, "10.244.5.10/24"), (5, "10.244.0.1/16"), (2, "10.244.200.1/32"),
+                         (4, "10.0.0.1/8")]:
+        clash = Addr(index, I(iface))
         why = connected_overlap(cfg, links, [*ours, clash], "overlay.1")
-        assert why is not None and "10.244.0.0/16" in why and str(clash[1].network) in why
+        assert why is not None and "10.244.0.0/16" in why and str(clash.interface.network) in why
         assert "\n" not in why
 
 

@@ -29,7 +29,6 @@ from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnetenv import SubnetEnv
 
 
-
 def FDBInfo(mac, dst, ifindex, state):
     """An FDB entry: a neighbour record of family AF_BRIDGE."""
     return NeighInfo(dst, mac, ifindex, state, family=AF_BRIDGE)

@@ -12,13 +12,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Any
 
 from overlay.config import VXLAN_OVERHEAD, NetworkConfig
 from overlay.errors import ConfigError
 from overlay.lease import LeaseAttrs
-from overlay.netlink.addr import dump as dump_addrs
-from overlay.netlink.link import dump as dump_links
+from overlay.netlink.addr import Addr, dump as dump_addrs
+from overlay.netlink.link import Link, dump as dump_links
 from overlay.vxlan.backend import BackendSettings, VXLANBackend
 from overlay.vxlan.device import VXLANDevice, VXLANSpec, find_underlay, open_netlink
 from overlay.vxlan.vtep import load_or_create_vtep_mac
@@ -94,8 +93,8 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
     return DataPlane(device, backend, underlay.name, mtu, LeaseAttrs(public_ip, "vxlan", vni, mac))
 
 
-def connected_overlap(config: NetworkConfig, links: Sequence[Any],
-                      addrs: Sequence[tuple[int, IPv4Interface]], device: str) -> str | None:
+def connected_overlap(config: NetworkConfig, links: Sequence[Link], addrs: Sequence[Addr],
+                      device: str) -> str | None:
     """Why ``config.network`` cannot be this node's pod network, or None: it overlaps a
     network the node is connected to (pod CIDRs must not overlap node CIDRs, or the
     node's own traffic would be routed into VXLAN).  Our own addresses are exempt: the
