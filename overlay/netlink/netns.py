@@ -13,8 +13,8 @@ import ctypes
 import errno
 import os
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from overlay.errors import NetlinkOpError
 from overlay.netlink.rtnl import Rtnl
