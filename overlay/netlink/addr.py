@@ -31,7 +31,7 @@ class Addr:
     index: int
     interface: IPv4Interface
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[int | IPv4Interface]:
         return iter((self.index, self.interface))
 
 

@@ -52,7 +52,8 @@ def is_netns_fd(fd: int) -> bool:
     if struct.unpack_from("l", buf)[0] not in (NSFS_MAGIC, PROC_SUPER_MAGIC):
         return False
     # Every kind of namespace file lives on nsfs: ask which kind this one is.
-    return _libc.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    nstype: int = _libc.ioctl(fd, NS_GET_NSTYPE)  # ctypes: untyped foreign call
+    return nstype == CLONE_NEWNET
 
 
 def same_netns(fd: int) -> bool:
