@@ -39,10 +39,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from overlay.lease import Lease, LeaseAttrs  # noqa: E402
-from overlay.netlink import link  # noqa: E402
-from overlay.vxlan.backend import BackendSettings, VXLANBackend  # noqa: E402
-from overlay.vxlan.device import VXLANDevice, VXLANSpec, find_underlay, open_netlink  # noqa: E402
+from overlay.lease import Lease, LeaseAttrs
+from overlay.netlink import link
+from overlay.vxlan.backend import BackendSettings, VXLANBackend
+from overlay.vxlan.device import VXLANDevice, VXLANSpec, find_underlay, open_netlink
 
 PREFIX = "ovd-bp"
 
@@ -81,15 +81,15 @@ def remotes(n: int) -> list[Lease]:
 def run_anchor(ns: str, leases: list[Lease], tmp: str) -> float:
     ipf, brf = os.path.join(tmp, "ip.batch"), os.path.join(tmp, "bridge.batch")
     with open(ipf, "w") as f:
-        for l in leases:
-            f.write(f"neigh replace {l.subnet.network_address} lladdr {l.attrs.vtep_mac} "
+        for lease in leases:
+            f.write(f"neigh replace {lease.subnet.network_address} lladdr {lease.attrs.vtep_mac} "
                     "dev overlay.1 nud permanent\n")
-        for l in leases:
-            f.write(f"route replace {l.subnet} via {l.subnet.network_address} dev overlay.1 "
-                    "onlink\n")
+        for lease in leases:
+            f.write(f"route replace {lease.subnet} via {lease.subnet.network_address} "
+                    "dev overlay.1 onlink\n")
     with open(brf, "w") as f:
-        for l in leases:
-            f.write(f"fdb replace {l.attrs.vtep_mac} dev overlay.1 dst {l.attrs.public_ip} "
+        for lease in leases:
+            f.write(f"fdb replace {lease.attrs.vtep_mac} dev overlay.1 dst {lease.attrs.public_ip} "
                     "self permanent\n")
     t0 = time.perf_counter()
     # FDB first, then neighbours and routes: the same order the daemon uses.
@@ -102,9 +102,10 @@ def _device(ns: str) -> VXLANDevice:
     nl = open_netlink(ns)
     try:
         u = find_underlay(nl, "eth0", None)
-        mac = next(l.mac for l in link.dump(nl) if l.name == "overlay.1")
+        mac = next(ln.mac for ln in link.dump(nl) if ln.name == "overlay.1")
     finally:
         nl.close()
+    assert mac is not None, "overlay.1 (a VXLAN device) has a MAC address"
     dev = VXLANDevice(VXLANSpec("overlay.1", 1, 8472, u.address.ip, u.index, 1450, mac), ns)
     dev.ensure()
     return dev
@@ -131,13 +132,14 @@ def run_naive(ns: str, leases: list[Lease]) -> float:
     try:
         idx = nl.link_lookup(ifname="overlay.1")[0]
         t0 = time.perf_counter()
-        for l in leases:
-            gw = str(l.subnet.network_address)
-            nl.neigh("replace", dst=gw, lladdr=l.attrs.vtep_mac, ifindex=idx,
+        for lease in leases:
+            gw = str(lease.subnet.network_address)
+            nl.neigh("replace", dst=gw, lladdr=lease.attrs.vtep_mac, ifindex=idx,
                       state=ndmsg.states["permanent"])
-            nl.fdb("replace", ifindex=idx, lladdr=l.attrs.vtep_mac, dst=str(l.attrs.public_ip),
-                    flags=ndmsg.flags["self"], state=ndmsg.states["permanent"])
-            nl.route("replace", dst=str(l.subnet), gateway=gw, oif=idx, flags=["onlink"])
+            nl.fdb("replace", ifindex=idx, lladdr=lease.attrs.vtep_mac,
+                   dst=str(lease.attrs.public_ip), flags=ndmsg.flags["self"],
+                   state=ndmsg.states["permanent"])
+            nl.route("replace", dst=str(lease.subnet), gateway=gw, oif=idx, flags=["onlink"])
         return time.perf_counter() - t0
     finally:
         nl.close()
@@ -156,14 +158,14 @@ def run_pyroute2_batch(ns: str, leases: list[Lease]) -> float:
         permanent, self_ = ndmsg.states["permanent"], ndmsg.flags["self"]
         t0 = time.perf_counter()
         # FDB first, then neighbours and routes: the daemon's order
-        for l in leases:
-            ipb.fdb("replace", ifindex=idx, lladdr=l.attrs.vtep_mac, dst=str(l.attrs.public_ip),
-                    flags=self_, state=permanent)
-        for l in leases:
-            ipb.neigh("replace", dst=str(l.subnet.network_address), lladdr=l.attrs.vtep_mac,
+        for lease in leases:
+            ipb.fdb("replace", ifindex=idx, lladdr=lease.attrs.vtep_mac,
+                    dst=str(lease.attrs.public_ip), flags=self_, state=permanent)
+        for lease in leases:
+            ipb.neigh("replace", dst=str(lease.subnet.network_address), lladdr=lease.attrs.vtep_mac,
                       ifindex=idx, state=permanent)
-        for l in leases:
-            ipb.route("replace", dst=str(l.subnet), gateway=str(l.subnet.network_address),
+        for lease in leases:
+            ipb.route("replace", dst=str(lease.subnet), gateway=str(lease.subnet.network_address),
                       oif=idx, flags=["onlink"])
         data = bytes(ipb.batch)
         # one sendto per ~48 KiB (as our bulk path chunks): a datagram must fit the
@@ -211,7 +213,7 @@ def import_cost(rounds: int) -> dict[str, float]:
 def count_entries(ns: str) -> tuple[int, int, int]:
     def lines(*args: str) -> int:
         out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-        return len([l for l in out.splitlines() if l.strip()])
+        return len([line for line in out.splitlines() if line.strip()])
     return (lines("ip", "-n", ns, "neigh", "show", "dev", "overlay.1", "nud", "permanent"),
             lines("bridge", "-n", ns, "fdb", "show", "dev", "overlay.1"),
             lines("ip", "-n", ns, "route", "show", "dev", "overlay.1"))

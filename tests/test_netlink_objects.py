@@ -28,6 +28,7 @@ def test_fdb_message_round_trip():
 def test_route_message_round_trip():
     m = route.msg(True, IPv4Network("10.244.3.0/24"), IPv4Address("10.244.3.0"), 5, onlink=True)
     r = route.parse(m.body)
+    assert r is not None
     assert r.dst == IPv4Network("10.244.3.0/24") and r.gateway == IPv4Address("10.244.3.0")
     assert r.oif == 5 and r.protocol == route.RTPROT_OVERLAY and r.onlink and r.kind == "unicast"
     assert r.table == rtnl.RT_TABLE_MAIN
@@ -78,7 +79,8 @@ def test_rtnl_is_the_bottom_and_the_package_has_no_import_cycle():
     for f in root.glob("*.py"):
         names = set()
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("overlay"):
+            if (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("overlay")):
                 names.add(node.module)
         deps[f.stem] = {n.rsplit(".", 1)[-1] for n in names if n.startswith("overlay.netlink.")}
         if f.stem == "rtnl":
@@ -111,11 +113,14 @@ def test_route_builder_serves_daemon_and_pod():
     pod = route.msg(True, IPv4Network("0.0.0.0/0"), IPv4Address("10.244.1.1"), 2,
                     protocol=rtnl.RTPROT_BOOT, metric=1002)
     r = route.parse(pod.body)
+    assert r is not None
     assert (r.dst, r.protocol, r.metric, r.onlink, r.ours) == (
         IPv4Network("0.0.0.0/0"), rtnl.RTPROT_BOOT, 1002, False, False)
     assert rtnl.RTA_DST not in rtnl.attrs(pod.body, rtnl.RTMSG.size)  # a default route
     d = route.msg(False, IPv4Network("10.244.3.0/24"), IPv4Address("10.244.3.0"), 5)
-    assert d.type == rtnl.RTM_DELROUTE and route.parse(d.body).protocol == route.RTPROT_OVERLAY
+    deleted = route.parse(d.body)
+    assert deleted is not None
+    assert d.type == rtnl.RTM_DELROUTE and deleted.protocol == route.RTPROT_OVERLAY
 
 
 def test_link_set_changes_only_what_is_asked():
@@ -148,7 +153,7 @@ def test_diagnose_snapshot_comes_from_the_pyroute2_adapter(monkeypatch):
                 [Neigh(None, None, 2, 0x80, rtnl.AF_BRIDGE)])
     monkeypatch.setattr(pyroute2_adapter, "read", read)
     k = kernel_state.dump_kernel_state("ns1")
-    assert seen == ["ns1"] and [l.name for l in k.links] == ["eth0"]
+    assert seen == ["ns1"] and [ln.name for ln in k.links] == ["eth0"]
     assert [r.dst for r in k.routes] == [IPv4Network("10.7.0.0/16")]  # main table only
     assert [r.kind for r in k.typed_routes] == ["blackhole"]
     assert k.neigh == [] and k.fdb == []  # no IP / no MAC: not entries

@@ -2,11 +2,13 @@
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from overlay.errors import NetlinkOpError
 from overlay.netlink import rtnl
 
 
@@ -43,7 +45,7 @@ def test_one_errno_wording_for_every_caller():
     assert rtnl.describe_errno(errno.EBUSY) == "device or resource busy"
     assert rtnl.describe_errno(errno.EMLINK) == os.strerror(errno.EMLINK)
     assert kernel_state.describe_errno is pod.describe_errno is rtnl.describe_errno
-    assert issubclass(pod.NetlinkRequestError, rtnl.NetlinkOpError)
+    assert issubclass(pod.NetlinkRequestError, NetlinkOpError)
 
 
 def test_msg_is_a_plain_tuple():
@@ -88,7 +90,7 @@ def test_a_failed_socket_set_up_closes_the_socket(monkeypatch):
 
     def refuse(self, groups, bulk):
         raise PermissionError(1, "bind refused")
-    monkeypatch.setattr(rtnl.socket, "socket", Recording)
+    monkeypatch.setattr(socket, "socket", Recording)  # the module rtnl calls
     monkeypatch.setattr(rtnl.Rtnl, "_setup", refuse)
     with pytest.raises(PermissionError):
         rtnl.Rtnl()

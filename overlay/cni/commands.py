@@ -23,6 +23,7 @@ from overlay.cni.types import Interface, IPConfig, Result, Route, parse_result
 from overlay.errors import CNIError, IPAMError, NetlinkOpError
 from overlay.masq import iptables as masq
 from overlay.netlink import netns, pod
+from overlay.netlink.link import Link
 from overlay.netlink.rtnl import Rtnl
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,13 @@ def cmd_add(req: Request) -> dict[str, Any]:
     return result.to_dict(req.cni_version)
 
 
+def _mac(link: Link) -> str:
+    # The bridge and both veth ends are Ethernet devices: the kernel always reports their
+    # address, so a missing one is a broken invariant, not a bad input.
+    assert link.mac is not None, f"{link.name} has no MAC address"
+    return link.mac
+
+
 def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IPv4Address,
             mac: str | None, undo: list, stack: ExitStack) -> Result:
     host_name = pod.host_veth_name(req.container_id, req.ifname)
@@ -140,9 +148,9 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
         masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
         undo.append(lambda: masq.del_masq(conf.name, req.container_id, req.ifname))
     return Result(
-        interfaces=(Interface(bridge.name, bridge.mac, mtu=bridge.mtu),
-                    Interface(host_link.name, host_link.mac, mtu=node.mtu),
-                    Interface(pod_link.name, pod_link.mac, req.netns, node.mtu)),
+        interfaces=(Interface(bridge.name, _mac(bridge), mtu=bridge.mtu),
+                    Interface(host_link.name, _mac(host_link), mtu=node.mtu),
+                    Interface(pod_link.name, _mac(pod_link), req.netns, node.mtu)),
         ips=(IPConfig(address, node.gateway, 2),),
         routes=tuple(Route(dst, gw) for dst, gw in routes),
     )
@@ -230,7 +238,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
     link = pod.get_link(inside, req.ifname)
     if link is None:
         raise fail(f"{req.ifname} is missing from the pod's namespace")
-    if expected.mac and link.mac.lower() != expected.mac.lower():
+    if expected.mac and (link.mac or "").lower() != expected.mac.lower():
         raise fail(f"{req.ifname} has MAC {link.mac}, prevResult says {expected.mac}")
     have = pod.get_addresses(inside, link.index)
     for address in ips:

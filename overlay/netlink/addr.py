@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
-from typing import Iterator
 
 from overlay.netlink.rtnl import (
     AF_INET,
@@ -31,7 +31,7 @@ class Addr:
     index: int
     interface: IPv4Interface
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[int | IPv4Interface]:
         return iter((self.index, self.interface))
 
 
@@ -60,6 +60,6 @@ def parse(buf: bytes, off: int = 0, end: int | None = None) -> Addr | None:
 
 def dump(nl: Rtnl, index: int = 0) -> list[Addr]:
     """The IPv4 addresses (of link ``index`` only, unless 0)."""
-    out = (parse(b, o, e) for t, b, o, e in nl.dump(RTM_GETADDR, IFADDR.pack(AF_INET, 0, 0, 0, index))
-           if t == RTM_NEWADDR)
+    request = IFADDR.pack(AF_INET, 0, 0, 0, index)
+    out = (parse(b, o, e) for t, b, o, e in nl.dump(RTM_GETADDR, request) if t == RTM_NEWADDR)
     return [a for a in out if a is not None and (not index or a.index == index)]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Sequence
 
 from overlay.errors import NetlinkOpError
 from overlay.netlink import addr, link, neigh, route
@@ -48,10 +48,10 @@ class KernelState:
     typed_routes: list[Route] = field(default_factory=list)
 
     def link(self, name: str) -> Link | None:
-        return next((l for l in self.links if l.name == name), None)
+        return next((ln for ln in self.links if ln.name == name), None)
 
     def link_by_index(self, index: int | None) -> Link | None:
-        return next((l for l in self.links if l.index == index), None)
+        return next((ln for ln in self.links if ln.index == index), None)
 
     def name_of(self, index: int | None) -> str:
         found = self.link_by_index(index)
@@ -67,7 +67,7 @@ class KernelState:
         return [f for f in self.fdb if f.ifindex == index]
 
     def ports_of(self, index: int) -> list[Link]:
-        return [l for l in self.links if l.master == index]
+        return [ln for ln in self.links if ln.master == index]
 
 
 def dump_kernel_state(netns: str | None = None) -> KernelState:
@@ -126,7 +126,7 @@ def routes_get(queries: Sequence[RouteQuery], netns: str | None = None
         raise NetlinkOpError(f"route get: {describe_errno(e.errno) if e.errno else e}",
                              e.errno or 0) from e
     out: list[Route | None] = []
-    for q, (replies, code) in zip(queries, answers):
+    for q, (replies, code) in zip(queries, answers, strict=True):
         found = route.parse(replies[0]) if not code and replies else None
         if found is None:
             log.debug("route get %s: %s", q.dst, describe_errno(code) if code else "no answer")

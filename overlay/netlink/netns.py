@@ -13,8 +13,8 @@ import ctypes
 import errno
 import os
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from overlay.errors import NetlinkOpError
 from overlay.netlink.rtnl import Rtnl
@@ -52,7 +52,8 @@ def is_netns_fd(fd: int) -> bool:
     if struct.unpack_from("l", buf)[0] not in (NSFS_MAGIC, PROC_SUPER_MAGIC):
         return False
     # Every kind of namespace file lives on nsfs: ask which kind this one is.
-    return _libc.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    nstype: int = _libc.ioctl(fd, NS_GET_NSTYPE)  # ctypes: untyped foreign call
+    return nstype == CLONE_NEWNET
 
 
 def same_netns(fd: int) -> bool:

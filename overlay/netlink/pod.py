@@ -121,7 +121,8 @@ def add_veth(nl: Rtnl, host_name: str, pod_name: str, pod_netns_fd: int, mtu: in
     if code:
         raise NetlinkOpError(f"create veth {host_name}/{pod_name}: {describe_errno(code)}", code)
     log.info("created veth %s <-> %s on %s (mtu %d)", host_name, pod_name, bridge.name, mtu)
-    failed = [(req.what, code) for req, (_, code) in zip(requests[1:], results[1:]) if code]
+    failed = [(req.what, code)
+              for req, (_, code) in zip(requests[1:], results[1:], strict=True) if code]
     if failed or not results[-1][0]:
         del_link(nl, host_name)  # we made it: do not leave it behind
         what, code = failed[0] if failed else (f"read back {host_name}", errno.ENODEV)
@@ -158,7 +159,7 @@ def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface,
     ] + [_route_msg(dst, gw, dev.index) for dst, gw in routes]
     results = nl.batch(requests)
     held = []
-    for i, (msg, (_, code)) in enumerate(zip(requests, results)):
+    for i, (msg, (_, code)) in enumerate(zip(requests, results, strict=True)):
         if code == errno.EEXIST and i >= 2:
             dst, gw = routes[i - 2]
             held.append(_route_msg(dst, gw, dev.index, SECONDARY_METRIC + dev.index))

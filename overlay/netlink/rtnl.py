@@ -22,12 +22,14 @@ things from one ``send()`` of many messages (the kernel runs them in order):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import socket
 import struct
-from typing import Collection, Iterable, Iterator, NamedTuple
+from collections.abc import Collection, Iterable, Iterator
+from typing import NamedTuple
 
 from overlay.errors import NetlinkOpError
 
@@ -190,7 +192,8 @@ def cstr(data: bytes | None) -> str:
 
 
 def u32(data: bytes) -> int:
-    return U32.unpack(data[:4])[0]
+    value: int = U32.unpack(data[:4])[0]
+    return value
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -244,10 +247,9 @@ class Rtnl:
     def _setup(self, groups: int, bulk: bool) -> None:
         if bulk:
             for opt, size in ((SO_SNDBUFFORCE, 1 << 20), (SO_RCVBUFFORCE, 4 << 20)):
-                try:
+                # not CAP_NET_ADMIN: the default buffers still work, slower
+                with contextlib.suppress(OSError):
                     self.sock.setsockopt(socket.SOL_SOCKET, opt, size)
-                except OSError:  # not CAP_NET_ADMIN: the default buffers still work, slower
-                    pass
         # ACKs without a copy of the request: 20 bytes each instead of the whole message.
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.bind((0, groups))
@@ -277,10 +279,10 @@ class Rtnl:
         except OSError as e:
             raise _socket_error("receive", e) from e
 
-    def __enter__(self) -> "Rtnl":
+    def __enter__(self) -> Rtnl:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # bulk: errors only
@@ -365,7 +367,7 @@ class Rtnl:
     def run(self, msgs: list[Msg]) -> list[list[bytes]]:
         """Batch, and raise for the first request that failed."""
         results = self.batch(msgs)
-        for msg, (_, code) in zip(msgs, results):
+        for msg, (_, code) in zip(msgs, results, strict=True):
             if code:
                 raise NetlinkRequestError(f"{msg.what}: {describe_errno(code)}", code)
         return [replies for replies, _ in results]

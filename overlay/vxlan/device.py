@@ -14,9 +14,9 @@ import errno
 import logging
 import re
 import threading
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Callable, Collection, Sequence
 
 from overlay.errors import ConfigError, NetlinkOpError, OverlayError
 from overlay.netlink import addr, link, neigh, route
@@ -93,8 +93,8 @@ def find_underlay(nl: Rtnl, iface: str | None,
                   public_ip: IPv4Address | None) -> Underlay:
     """Pick the underlay: ``iface`` (a name or a regex), else the link holding
     ``public_ip``, else the link of the default route.  UnderlayError when none fits."""
-    records = {l.index: l for l in link.dump(nl)}
-    links = {i: l.name for i, l in records.items()}
+    records = {ln.index: ln for ln in link.dump(nl)}
+    links = {i: ln.name for i, ln in records.items()}
     addrs = addr.dump(nl)
     if iface:
         idx = _match_iface(links, iface, {a.index for a in addrs})
@@ -159,7 +159,7 @@ class VXLANDevice:
 
     # ---- the device ---------------------------------------------------------
     def _link(self) -> Link | None:
-        return next((l for l in link.dump(self.raw) if l.name == self.spec.name), None)
+        return next((ln for ln in link.dump(self.raw) if ln.name == self.spec.name), None)
 
     def ensure(self) -> bool:
         """Create the device, or keep an existing compatible one; True if (re)created."""
@@ -268,12 +268,12 @@ class VXLANDevice:
         with self._lock:
             codes = self.raw.execute([self._to_msg(op) for op in ops])
             if errno.EEXIST in codes:  # rare: looked at only then (thousands of ops)
-                taken = [i for i, (op, code) in enumerate(zip(ops, codes))
+                taken = [i for i, (op, code) in enumerate(zip(ops, codes, strict=True))
                          if code == errno.EEXIST and op.add and isinstance(op.entry, Route)]
                 if taken:
                     self._replace_own(ops, codes, taken)
         out = []
-        for op, code in zip(ops, codes):
+        for op, code in zip(ops, codes, strict=True):
             if code and not op.add and code in GONE:
                 code = 0
             if not code:
@@ -297,11 +297,12 @@ class VXLANDevice:
             log.warning("reading routes to check %d route(s) that exist failed: %s",
                         len(taken), e)
             return
-        redo = [i for i in taken if isinstance(ent := ops[i].entry, Route) and ent.dst not in others]
+        redo = [i for i in taken
+                if isinstance(ent := ops[i].entry, Route) and ent.dst not in others]
         if not redo:
             return
         again = self.raw.execute([self._to_msg(ops[i], replace=True) for i in redo])
-        for i, code in zip(redo, again):
+        for i, code in zip(redo, again, strict=True):
             codes[i] = code
 
     def other_routes(self) -> dict[IPv4Network, OtherRoute]:
@@ -315,12 +316,12 @@ class VXLANDevice:
     def _name_others(self, records: list[route.Route]) -> dict[IPv4Network, OtherRoute]:
         if not records:
             return {}
-        names = {l.index: l.name for l in link.dump(self.raw)}
+        names = {ln.index: ln.name for ln in link.dump(self.raw)}
         out: dict[IPv4Network, OtherRoute] = {}
         for r in sorted(records, key=lambda r: r.metric):  # per destination the preferred
             out.setdefault(r.dst, OtherRoute(
-                r.dst, protocol_name(r.protocol or 0), names.get(r.oif, f"if{r.oif}") if r.oif else "",
-                r.kind, r.metric))
+                r.dst, protocol_name(r.protocol or 0),
+                names.get(r.oif, f"if{r.oif}") if r.oif else "", r.kind, r.metric))
         return out
 
     def dump(self) -> Entries:

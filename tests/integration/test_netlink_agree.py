@@ -77,8 +77,10 @@ def test_codec_and_pyroute2_agree_on_the_same_kernel_state(netns):
     assert vx is not None and vx.vxlan is not None and br is not None
     assert (vx.vxlan.vni, vx.vxlan.port, vx.vxlan.local, vx.vxlan.learning) == \
         (7, 8472, IPv4Address("192.168.1.11"), False)
-    assert vx.vxlan.link == k.link("eth0").index and vx.mac == "0e:00:00:00:00:11"
-    assert k.link("vethA").master == br.index and br.kind == "bridge"
+    eth0, veth = k.link("eth0"), k.link("vethA")
+    assert eth0 is not None and veth is not None
+    assert vx.vxlan.link == eth0.index and vx.mac == "0e:00:00:00:00:11"
+    assert veth.master == br.index and br.kind == "bridge"
     assert IPv4Interface("10.244.1.1/24") in k.addrs_of(br.index)
     routes = {r.dst: r for r in k.routes}
     assert routes[IPv4Network("10.244.2.0/24")].onlink and routes[IPv4Network("10.244.2.0/24")].ours

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -66,10 +67,9 @@ def spec_for(ns: str, **kw) -> VXLANSpec:
         u = find_underlay(nl, None, None)
     finally:
         nl.close()
-    base = dict(name="overlay.1", vni=1, port=8472, local=u.address.ip, underlay_index=u.index,
-                mtu=u.mtu - 50, mac="0e:00:00:00:00:11")
-    base.update(kw)
-    return VXLANSpec(**base)
+    base = VXLANSpec(name="overlay.1", vni=1, port=8472, local=u.address.ip,
+                     underlay_index=u.index, mtu=u.mtu - 50, mac="0e:00:00:00:00:11")
+    return dataclasses.replace(base, **kw)
 
 
 @pytest.fixture
@@ -149,7 +149,8 @@ def test_program_dump_roundtrip_and_delete_missing(device, netns):
     assert kernel_entries(netns) == {op.entry for op in ops}  # read by iproute2
     assert set(device.dump().all()) == {op.entry for op in ops}
     routes = {r["dst"]: r for r in ipj(netns, "route", "show")}
-    assert routes["10.244.2.0/24"]["dev"] == "overlay.1" and "onlink" in routes["10.244.2.0/24"]["flags"]
+    assert routes["10.244.2.0/24"]["dev"] == "overlay.1"
+    assert "onlink" in routes["10.244.2.0/24"]["flags"]
     assert routes["10.244.3.0/24"]["dev"] == "eth0"
     # deleting twice: the second time is still success
     dels = [Op(False, op.entry) for op in reversed(ops)]
@@ -159,7 +160,8 @@ def test_program_dump_roundtrip_and_delete_missing(device, netns):
 
 
 def test_one_failing_op_does_not_stop_the_batch(device):
-    bad = Route(IPv4Network("10.244.4.0/24"), IPv4Address("172.31.0.1"), direct=True)  # no route to gw
+    # no route to the gateway
+    bad = Route(IPv4Network("10.244.4.0/24"), IPv4Address("172.31.0.1"), direct=True)
     ops = [Op(True, Neigh(IPv4Address("10.244.5.0"), "0e:00:00:00:00:05")), Op(True, bad),
            Op(True, FDB("0e:00:00:00:00:05", IPv4Address("192.168.1.15")))]
     codes = device.program(ops)
@@ -175,9 +177,12 @@ def test_thousand_remotes_and_reconcile_leaves_right_entries_alone(device, netns
               for i in range(1000)]
     res = backend.reconcile(leases)
     assert res.added == 3000 and not res.failed
-    want = {e for l in leases for e in (Neigh(l.subnet.network_address, l.attrs.vtep_mac),
-                                         FDB(l.attrs.vtep_mac, l.attrs.public_ip),
-                                         Route(l.subnet, l.subnet.network_address))}
+    want = set()
+    for lease in leases:
+        mac = lease.attrs.vtep_mac
+        assert mac is not None, "every lease made above has a VTEP MAC"
+        want |= {Neigh(lease.subnet.network_address, mac), FDB(mac, lease.attrs.public_ip),
+                 Route(lease.subnet, lease.subnet.network_address)}
     have = kernel_entries(netns)
     assert have == want
     # a stale peer (made by hand) and a missing entry
