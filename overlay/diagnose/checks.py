@@ -524,7 +524,8 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     entries = [e for e in node.kernel.fdb_on(f.vxlan.index) if e.dst is not None]
     by_mac: dict[str, list[FDBInfo]] = {}
     for entry in entries:
-        by_mac.setdefault(entry.mac, []).append(entry)
+        if entry.mac is not None:  # an FDB entry always has one; the record type allows None
+            by_mac.setdefault(entry.mac, []).append(entry)
     missing: list[tuple[IPv4Network, FDB]] = []
     wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
     want_macs = set()

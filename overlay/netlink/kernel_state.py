@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TypeAlias
 
 from overlay.errors import NetlinkOpError
 from overlay.netlink import addr, link, neigh, route
@@ -28,8 +29,13 @@ from overlay.netlink.rtnl import AF_BRIDGE, RT_TABLE_MAIN, describe_errno
 
 log = logging.getLogger(__name__)
 
-# The names diagnose reads them by: the same record types.
-LinkInfo, AddrInfo, RouteInfo, NeighInfo, FDBInfo = Link, Addr, Route, Neigh, Neigh
+# The names diagnose reads them by: the same record types (an FDB entry is a Neigh of
+# family AF_BRIDGE).
+LinkInfo: TypeAlias = Link
+AddrInfo: TypeAlias = Addr
+RouteInfo: TypeAlias = Route
+NeighInfo: TypeAlias = Neigh
+FDBInfo: TypeAlias = Neigh
 __all__ = ["AddrInfo", "FDBInfo", "KernelState", "LinkInfo", "NeighInfo", "RouteInfo",
            "RouteQuery", "VXLANInfo", "dump_kernel_state", "read_with_codec", "route_get",
            "routes_get"]

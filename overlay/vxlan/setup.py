@@ -103,8 +103,9 @@ def connected_overlap(config: NetworkConfig, links: Sequence[Link], addrs: Seque
     of an earlier run survives a change of SubnetLen, which needs exactly this restart)."""
     kinds = {link.index: (link.name, link.kind) for link in links}
     net = config.network
-    for index, iface in addrs:
-        name, kind = kinds.get(index, (f"#{index}", None))
+    for a in addrs:
+        iface = a.interface
+        name, kind = kinds.get(a.index, (f"#{a.index}", ""))
         connected = iface.network
         if connected.is_loopback or not connected.overlaps(net):
             continue
