@@ -515,9 +515,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     dev = f.vxlan_name
     expected = (f"FDB entry VTEP MAC -> public IP on {dev} "
                 f"for each of {len(f.vxlan_remotes)} peer(s)")
-    if not cluster.available:
-        return CheckResult(name, SKIP, expected, ETCD_SKIP)
-    skip = _need_vxlan(node, f, expected, name)
+    skip = _need_vxlan(node, cluster, f, expected, name)
     if skip:
         return skip
     assert node.kernel is not None and f.vxlan is not None, "_need_vxlan checked both"
@@ -558,9 +556,7 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
     dev = f.vxlan_name
     expected = (f"permanent neighbour .0 -> VTEP MAC on {dev} "
                 f"for each of {len(f.vxlan_remotes)} peer(s)")
-    if not cluster.available:
-        return CheckResult(name, SKIP, expected, ETCD_SKIP)
-    skip = _need_vxlan(node, f, expected, name)
+    skip = _need_vxlan(node, cluster, f, expected, name)
     if skip:
         return skip
     assert node.kernel is not None and f.vxlan is not None, "_need_vxlan checked both"
@@ -588,7 +584,11 @@ def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult
     ])
 
 
-def _need_vxlan(node: NodeState, f: Facts, expected: str, name: str) -> CheckResult | None:
+def _need_vxlan(node: NodeState, cluster: ClusterState, f: Facts, expected: str,
+                name: str) -> CheckResult | None:
+    """The result of an entry check that cannot run (no etcd, no kernel state, no device)."""
+    if not cluster.available:
+        return CheckResult(name, SKIP, expected, ETCD_SKIP)
     if node.kernel is None:
         return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
     if f.vxlan is None:
