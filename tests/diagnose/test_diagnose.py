@@ -1030,7 +1030,7 @@ def test_backend_programs_exactly_what_diagnose_expects(direct_routing):
     from overlay.lease import LeaseBatch
     from overlay.vxlan.backend import BackendSettings, VXLANBackend
     from overlay.vxlan.entries import FDB, Neigh, Route
-    from tests.test_backend import FakeDataPlane
+    from tests.vxlan.test_backend import FakeDataPlane
 
     def peer(n, ip, mac, vni=1):
         return Lease(IPv4Network(f"10.244.{n}.0/24"), LeaseAttrs(IPv4Address(ip), vni=vni,

@@ -155,7 +155,7 @@ def test_pid_file_tracks_exactly_its_process(tmp_path):
 
 
 # --- cmd/ scripts ------------------------------------------------------------------------
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def _fake_venv(tmp_path, *programs, exit_codes=None):

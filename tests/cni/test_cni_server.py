@@ -15,7 +15,7 @@ from overlay.cni import server as server_mod
 from overlay.cni.server import CNIServer
 from overlay.errors import NetlinkOpError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(ROOT, "cni-plugin", "overlay")
 CONF = {"cniVersion": "1.0.0", "name": "ovcni-unit", "type": "overlay"}
 

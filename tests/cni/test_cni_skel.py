@@ -214,7 +214,7 @@ def test_mac_rule_is_whole_string():
 
 
 def test_status_and_gc_drop_container_names_they_do_not_use():
-    """Found by tests/test_cni_properties.py: STATUS carried CNI_IFNAME='\\r' on unvalidated."""
+    """Found by tests/cni/test_cni_properties.py: STATUS carried CNI_IFNAME='\\r' on unvalidated."""
     stdin = json.dumps({"cniVersion": "1.1.0", "name": "ovnet", "type": "overlay"}).encode()
     for command in ("STATUS", "GC"):
         req = skel.parse_request({"CNI_COMMAND": command, "CNI_IFNAME": "\r",

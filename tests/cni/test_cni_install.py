@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from overlay.cli import cli
 from overlay.cni.install import install_cni, render_conflist, render_entry
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_repo_entry_and_conflist_match_what_install_writes():

@@ -14,7 +14,7 @@ from overlay.cni.server import CNIServer
 
 from .test_cni_skel import BAD_ENV, BAD_STDIN, CONF, ENV
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(ROOT, "cni-plugin", "overlay")
 GOOD = json.dumps(CONF).encode()
 
