@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.integration.etcd_server import free_port  # noqa: E402
+from tests.integration.support.etcd_server import free_port  # noqa: E402
 
 NS = "ovdgb-n1"
 BIN = os.path.dirname(sys.executable)

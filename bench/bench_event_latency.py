@@ -32,7 +32,7 @@ from pyroute2.netns import create_socket, setns  # noqa: E402
 from overlay.lease import LeaseAttrs  # noqa: E402
 from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
 from overlay.subnet.registry import EtcdRegistry  # noqa: E402
-from tests.integration.ovd_topology import Topology  # noqa: E402
+from tests.integration.support.ovd_topology import Topology  # noqa: E402
 
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE = 24

@@ -167,7 +167,7 @@ def main() -> int:
     if args.etcd_endpoints:
         endpoints = args.etcd_endpoints
     else:
-        from tests.integration.etcd_server import EtcdServer
+        from tests.integration.support.etcd_server import EtcdServer
         server = EtcdServer(name="ovlease-bench").start()
         endpoints = server.endpoint
     try:

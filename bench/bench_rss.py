@@ -27,7 +27,7 @@ from pyroute2.netns import setns  # noqa: E402
 from overlay.lease import LeaseAttrs  # noqa: E402
 from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
 from overlay.subnet.registry import EtcdRegistry  # noqa: E402
-from tests.integration.ovd_topology import Topology, wait_for  # noqa: E402
+from tests.integration.support.ovd_topology import Topology, wait_for  # noqa: E402
 
 
 def status_kb(pid: int, field: str) -> int:

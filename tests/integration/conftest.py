@@ -1,6 +1,6 @@
 import pytest
 
-from .etcd_server import EtcdServer
+from .support.etcd_server import EtcdServer
 
 
 @pytest.fixture

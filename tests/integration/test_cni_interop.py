@@ -14,7 +14,7 @@ import pytest
 
 from overlay.cni.install import install_cni
 
-from .cni_node import CNINode, sh
+from .support.cni_node import CNINode, sh
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .cni_node import ENTRY, CNINode, sh
-from .ovd_topology import Topology
+from .support.cni_node import ENTRY, CNINode, sh
+from .support.ovd_topology import Topology
 
 pytestmark = pytest.mark.integration
 

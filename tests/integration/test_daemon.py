@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .ovd_topology import OVERLAYD, UNDERLAY_IP, Topology, nsx, sh, wait_for
+from .support.ovd_topology import OVERLAYD, UNDERLAY_IP, Topology, nsx, sh, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .ovd_topology import OVERLAYD, Topology, nsx, wait_for
+from .support.ovd_topology import OVERLAYD, Topology, nsx, wait_for
 
 pytestmark = pytest.mark.integration
 

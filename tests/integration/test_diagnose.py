@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .etcd_server import EtcdServer
+from .support.etcd_server import EtcdServer
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import pytest
 from overlay.lab.lab import REFERENCE_CNI_DIR, Lab
 from overlay.lab.spec import HEALTHZ_ADDR
 
-from .labfixture import running_lab, vtep_mac
+from .support.labfixture import running_lab, vtep_mac
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

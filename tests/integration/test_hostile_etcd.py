@@ -28,8 +28,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from .ovd_topology import OVERLAYD, Node, Topology, nsx, wait_for
-from .rogue_etcd import Op, run_ops
+from .support.ovd_topology import OVERLAYD, Node, Topology, nsx, wait_for
+from .support.rogue_etcd import Op, run_ops
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import pytest
 from overlay.lab.matrix import ping
 from overlay.lab.system import ip
 
-from .labfixture import (
+from .support.labfixture import (
     ContinuousPing,
     UnderlayCapture,
     keep_logs,

@@ -16,7 +16,7 @@ from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnet.manager import SubnetManager
 from overlay.subnet.registry import EtcdRegistry
 
-from .etcd_server import EtcdCluster, TcpProxy
+from .support.etcd_server import EtcdCluster, TcpProxy
 from .test_registry import wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from overlay.lease import LeaseAttrs
 from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnet.registry import EtcdRegistry
 
-from .etcd_server import EtcdServer, make_test_ca
+from .support.etcd_server import EtcdServer, make_test_ca
 from .test_registry import attrs, net
 
 pytestmark = pytest.mark.integration

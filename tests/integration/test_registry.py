@@ -22,7 +22,7 @@ from overlay.lease import EventType, LeaseAttrs, LeaseRules, LeaseView
 from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnet.registry import EtcdRegistry
 
-from .etcd_server import EtcdServer, TcpProxy, make_test_ca
+from .support.etcd_server import EtcdServer, TcpProxy, make_test_ca
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ENTRY = os.path.join(ROOT, "cni-plugin", "overlay")
 PY = sys.executable
 
