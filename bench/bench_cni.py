@@ -68,7 +68,7 @@ def inner(args: argparse.Namespace) -> dict:
     work = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     sock = os.path.join(work, "cni.sock")
     python = sys.executable
-    server_log = open(os.path.join(work, "srv.log"), "w")
+    server_log = open(os.path.join(work, "srv.log"), "w")  # noqa: SIM115 (a child's log: open while the child runs)
     server = subprocess.Popen(
         [python, "-m", "overlay.cni.plugin", "serve", "--socket", sock, "-v"],
         stdout=subprocess.DEVNULL, stderr=server_log)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from overlay.lab.lab import Lab
 from overlay.lab.spec import LabSpec
@@ -252,7 +253,7 @@ def report(figures: dict[str, dict], args: argparse.Namespace) -> None:
                "ratio_rounds_overlay": ours_rounds, "ratio_rounds_anchor": anchor_rounds,
                "ratio_overlay": ours, "ratio_anchor": anchor, "ours_vs_anchor": ours / anchor,
                "ours_vs_anchor_paired": paired,
-               "loadavg": open("/proc/loadavg").read().split()[:3],
+               "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                "target": 0.97, "meets_target": ours / anchor >= 0.97,
                "rtt_overhead_us_overlay": rtt_ours, "rtt_overhead_us_anchor": rtt_anchor}
     if args.json:

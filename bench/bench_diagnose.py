@@ -133,7 +133,7 @@ def setup(peers: int, base: str) -> subprocess.Popen:
         f.write("OVERLAY_NETWORK=10.0.0.0/8\nOVERLAY_SUBNET=10.0.1.1/24\nOVERLAY_MTU=1450\n")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = open(os.path.join(base, "etcd.log"), "wb")
+    log = open(os.path.join(base, "etcd.log"), "wb")  # noqa: SIM115 (a child's log: open while the child runs)
     etcd = subprocess.Popen(
         ["ip", "netns", "exec", NS, shutil.which("etcd") or "/usr/bin/etcd", "--name", "ovdgb",
          "--data-dir", os.path.join(base, "etcd"), "--listen-client-urls", endpoint,

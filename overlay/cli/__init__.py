@@ -71,9 +71,9 @@ def cli(ctx: click.Context, etcd_endpoints: str, etcd_prefix: str, etcd_cafile: 
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = CLIContext(
-        etcd_flags=dict(endpoints=etcd_endpoints, prefix=etcd_prefix, cafile=etcd_cafile,
-                        certfile=etcd_certfile, keyfile=etcd_keyfile,
-                        username=etcd_username, password=etcd_password),
+        etcd_flags={"endpoints": etcd_endpoints, "prefix": etcd_prefix, "cafile": etcd_cafile,
+                        "certfile": etcd_certfile, "keyfile": etcd_keyfile,
+                        "username": etcd_username, "password": etcd_password},
         output=output,
     )
 

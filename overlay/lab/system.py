@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from overlay.errors import NetlinkOpError
 from overlay.lab.spec import LabError
@@ -147,7 +148,7 @@ class PidFile:
     def read(self) -> int | None:
         """The pid if that very process is still running, else None."""
         try:
-            pid_s, start_s = open(self.path).read().split()
+            pid_s, start_s = Path(self.path).read_text().split()
             pid = int(pid_s)
         except (OSError, ValueError):
             return None
@@ -163,7 +164,7 @@ class PidFile:
 
 def _start_time(pid: int) -> int:
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return -1
     return int(stat.rsplit(")", 1)[1].split()[19])
@@ -171,7 +172,7 @@ def _start_time(pid: int) -> int:
 
 def _alive(pid: int) -> bool:
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

@@ -161,12 +161,12 @@ def test_second_add_for_same_attachment_fails_and_first_is_undisturbed(node):
 
 
 BAD = [
-    ("container id", dict(container_id="../../etc/passwd"), None, 4),
-    ("16-char ifname", dict(ifname="a" * 16), None, 4),
-    ("missing CNI_IFNAME", dict(ifname=None), None, 4),
-    ("missing netns", dict(netns_path="/var/run/netns/ovcni-pod-does-not-exist"), None, 4),
-    ("non-netns file", dict(netns_path="/etc/hostname"), None, 4),
-    ("own netns", dict(netns_path="/proc/self/ns/net"), None, 4),
+    ("container id", {"container_id": "../../etc/passwd"}, None, 4),
+    ("16-char ifname", {"ifname": "a" * 16}, None, 4),
+    ("missing CNI_IFNAME", {"ifname": None}, None, 4),
+    ("missing netns", {"netns_path": "/var/run/netns/ovcni-pod-does-not-exist"}, None, 4),
+    ("non-netns file", {"netns_path": "/etc/hostname"}, None, 4),
+    ("own netns", {"netns_path": "/proc/self/ns/net"}, None, 4),
     ("malformed JSON", {}, b'{"cniVersion": "1.1.0", "name": ', 6),
     ("empty stdin", {}, b"", 6),
     ("unknown version", {}, json.dumps({"cniVersion": "7.0.0", "name": "x"}).encode(), 1),
@@ -178,7 +178,7 @@ BAD = [
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "fallback"])
 def test_bad_input_gets_spec_error_and_changes_nothing(node, what, kw, stdin, code, warm):
     pod = node.pod()
-    args = dict(container_id="bad1", pod=pod)
+    args = {"container_id": "bad1", "pod": pod}
     args.update(kw)
     if what == "bad config":
         args["conf"] = node.conf(mtu="big")

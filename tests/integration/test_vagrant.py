@@ -89,15 +89,15 @@ def test_vagrant_validate(tmp_path):
     had_state = (VAGRANT_DIR / ".vagrant").exists()
     # With vagrant-libvirt, the default settings are validated with the provider block's
     # settings too (which --ignore-provider skips).
-    default = ([], dict(VAGRANT_DEFAULT_PROVIDER="libvirt")) if libvirt_plugin_installed() \
+    default = ([], {"VAGRANT_DEFAULT_PROVIDER": "libvirt"}) if libvirt_plugin_installed() \
         else (["--ignore-provider"], {})
     cases = {
         "default": default,
         # The seed's example network (fine with libvirt, if it is not the LAN), 2 VMs.
         "example-net": (["--ignore-provider"],
-                        dict(OVERLAY_VAGRANT_NET="192.168.1", OVERLAY_VAGRANT_NODES="2")),
-        "bad-net": (["--ignore-provider"], dict(OVERLAY_VAGRANT_NET="192.168.300")),
-        "bad-nodes": (["--ignore-provider"], dict(OVERLAY_VAGRANT_NODES="zero")),
+                        {"OVERLAY_VAGRANT_NET": "192.168.1", "OVERLAY_VAGRANT_NODES": "2"}),
+        "bad-net": (["--ignore-provider"], {"OVERLAY_VAGRANT_NET": "192.168.300"}),
+        "bad-nodes": (["--ignore-provider"], {"OVERLAY_VAGRANT_NODES": "zero"}),
     }
     r = vagrant_validate_all(tmp_path, cases)
     for name in ("default", "example-net"):
@@ -174,7 +174,7 @@ def env_file_vars(text: str) -> dict[str, str]:
 
 def test_units_parse_and_match_provision():
     provision = PROVISION.read_text()
-    ips = dict(OVERLAY_NODE_IP="192.168.56.12", OVERLAY_ETCD_IP="192.168.56.11")
+    ips = {"OVERLAY_NODE_IP": "192.168.56.12", "OVERLAY_ETCD_IP": "192.168.56.11"}
     for name in ("overlayd.service", "overlay-etcd.service"):
         unit = parse_unit(UNITS / name)
         assert set(unit) == {"Unit", "Service", "Install"}, name
@@ -428,8 +428,8 @@ def overlay_conflist(tmp: Path, node: str) -> dict:
     node's subnet.env (written by its overlayd) and IPAM dir."""
     conf_dir = tmp / node / "installed"
     out = provision_step(f"{PREFIX}-{node}", "install_cni",
-                         dict(OVERLAY_CNI_BIN_DIR=str(tmp / "bin"),
-                              OVERLAY_CNI_CONF_DIR=str(conf_dir)))
+                         {"OVERLAY_CNI_BIN_DIR": str(tmp / "bin"),
+                              "OVERLAY_CNI_CONF_DIR": str(conf_dir)})
     assert "installing the CNI plugin" in out
     # Debian's portmap, which the conflist chains, linked where runtimes look.
     assert (tmp / "bin/portmap").resolve() == Path("/usr/lib/cni/portmap")
@@ -563,8 +563,8 @@ def test_vm_recipe_end_to_end(tmp_path):
         with open(tmp_path / "etcd.log", "w") as log:
             procs.append(subprocess.Popen(["ip", "netns", "exec", ns1, *argv], stdout=log,
                                           stderr=subprocess.STDOUT))
-        step_env = dict(OVERLAY_ETCD_IP=etcd_ip, OVERLAY_NODE_IP=n1_ip,
-                        OVERLAY_POD_NETWORK="10.244.0.0/16", OVERLAY_ETCD_WAIT="30")
+        step_env = {"OVERLAY_ETCD_IP": etcd_ip, "OVERLAY_NODE_IP": n1_ip,
+                        "OVERLAY_POD_NETWORK": "10.244.0.0/16", "OVERLAY_ETCD_WAIT": "30"}
         provision_step(ns1, "wait_etcd", step_env)
         out = provision_step(ns1, "set_network_config", step_env)
         assert "writing the network config: 10.244.0.0/16" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from ipaddress import IPv4Network
+from pathlib import Path
 
 from overlay.masq.nft import Masquerade, ruleset
 from overlay.vxlan.vtep import load_or_create_vtep_mac, mac_path, random_mac
@@ -18,7 +19,7 @@ def test_random_mac_is_local_unicast():
 def test_vtep_mac_persists(tmp_path):
     a = load_or_create_vtep_mac(str(tmp_path), "overlay.1")
     assert load_or_create_vtep_mac(str(tmp_path), "overlay.1") == a
-    assert open(mac_path(str(tmp_path), "overlay.1")).read().strip() == a
+    assert Path(mac_path(str(tmp_path), "overlay.1")).read_text().strip() == a
     assert load_or_create_vtep_mac(str(tmp_path), "overlay.2") != a
 
 
@@ -34,9 +35,9 @@ def test_existing_device_mac_adopted_once(tmp_path):
 
 
 def test_corrupt_mac_file_replaced(tmp_path):
-    open(mac_path(str(tmp_path), "overlay.1"), "w").write("garbage\n")
+    Path(mac_path(str(tmp_path), "overlay.1")).write_text("garbage\n")
     mac = load_or_create_vtep_mac(str(tmp_path), "overlay.1")
-    assert len(mac) == 17 and open(mac_path(str(tmp_path), "overlay.1")).read().strip() == mac
+    assert len(mac) == 17 and Path(mac_path(str(tmp_path), "overlay.1")).read_text().strip() == mac
 
 
 def test_ruleset_never_nats_pod_to_pod_and_replaces_atomically():

@@ -58,7 +58,7 @@ class CNINode:
 
     # --- lifecycle --------------------------------------------------------------------
     def start_server(self) -> None:
-        log = open(os.path.join(self.dir, "server.log"), "ab")
+        log = open(os.path.join(self.dir, "server.log"), "ab")  # noqa: SIM115 (a child's log: open while the child runs)
         self.server = subprocess.Popen(
             ["ip", "netns", "exec", self.name, PY, "-m", "overlay.cni.plugin", "serve",
              "--socket", self.sock, "-v"], stdout=log, stderr=log, cwd=ROOT)

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -71,7 +72,7 @@ class EtcdServer:
                 "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
 
     def start(self, wait: bool = True) -> Self:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 (a child's log: open while the child runs)
         self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
@@ -85,7 +86,7 @@ class EtcdServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.proc.returncode}; "
                                    f"see {self.log_path}:\n"
-                                   + open(self.log_path).read()[-2000:])
+                                   + Path(self.log_path).read_text()[-2000:])
             if self.healthy():
                 return
             time.sleep(0.05)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from overlay.lab.lab import Lab
 from overlay.lab.spec import LabSpec
@@ -102,7 +103,7 @@ def _processes_mentioning(text: str) -> list[tuple[int, str]]:
         if not entry.isdigit():
             continue
         try:
-            cmd = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
         if text in cmd and _alive(int(entry)):
