@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -68,6 +68,7 @@ from overlay.subnet.etcdconf import EtcdOptions
 from overlay.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A public IP that cannot be a node's: used for REMOVED events whose value etcd no longer has.
 UNKNOWN_IP = IPv4Address("0.0.0.0")
@@ -187,34 +188,22 @@ class EtcdRegistry:
         """(value, revision) for every change of the config key from ``start_revision``
         on (None: deleted), until ``stop`` is set.  Re-watched like the leases; after a
         compaction the key is read again (a change may have been compacted away)."""
-        next_rev = start_revision
-        backoff = Backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
         key = self.config_key.encode()
-        while not stop.is_set():
-            stream = _WatchStream(self, next_rev, stop, key=key, range_end=b"")
-            try:
-                for resp in stream.responses("watching the network config"):
-                    for ev in resp.events:
-                        backoff.reset()
-                        next_rev = int(ev.kv.mod_revision) + 1
-                        put = ev.type == kv_pb2.Event.PUT
-                        yield (bytes(ev.kv.value) if put else None), int(ev.kv.mod_revision)
-                if stream.compacted:
-                    value, rev = self.get_config_value()
-                    next_rev = rev + 1
-                    yield value, rev
-                    continue
-            except RegistryError as e:
-                if stop.is_set():
-                    return
-                if on_error is not None:
-                    on_error(e)
-                log.warning("network config watch interrupted (%s); re-watching in %.2fs",
-                            e, backoff.delay)
-            finally:
-                stream.close()
-            if backoff.wait(stop):
-                return
+
+        def changes(stream: _WatchStream) -> Iterator[tuple[tuple[bytes | None, int], int]]:
+            for resp in stream.responses("watching the network config"):
+                for ev in resp.events:
+                    rev = int(ev.kv.mod_revision)
+                    put = ev.type == kv_pb2.Event.PUT
+                    yield ((bytes(ev.kv.value) if put else None), rev), rev
+
+        def reread(_stream: _WatchStream, _next_rev: int) -> tuple[tuple[bytes | None, int], int]:
+            value, rev = self.get_config_value()
+            return (value, rev), rev
+
+        return self._resumed_watch(
+            "network config watch", start_revision, stop, on_error,
+            lambda rev: _WatchStream(self, rev, stop, key=key, range_end=b""), changes, reread)
 
     def put_config(self, cfg: NetworkConfig) -> None:
         self.etcd.call("writing the network config",
@@ -481,33 +470,55 @@ class EtcdRegistry:
         revision was compacted away, the leases are re-listed and yielded as a snapshot.
         Returns within about 0.2 s of ``stop`` being set.
         """
+        def updates(stream: _WatchStream) -> Iterator[tuple[WatchUpdate, int]]:
+            for update in stream.updates():
+                yield update, update.revision
+
+        def relist(stream: _WatchStream, next_rev: int) -> tuple[WatchUpdate, int]:
+            listing = self.list_subnets(with_expiration=False)
+            rev = listing.revision
+            log.warning("watch revision %d was compacted (compacted up to %d); "
+                        "re-listed %d leases at revision %d",
+                        next_rev, stream.compacted, len(listing.leases), rev)
+            return WatchUpdate(events=[], snapshot=listing.leases, revision=rev,
+                               rejected=listing.rejected), rev
+
+        return self._resumed_watch(
+            "lease watch", start_revision, stop, on_error,
+            lambda rev: _WatchStream(self, rev, stop, on_progress=on_progress,
+                                     progress_interval=progress_interval), updates, relist)
+
+    def _resumed_watch(self, what: str, start_revision: int, stop: threading.Event,
+                       on_error: Callable[[RegistryError], None] | None,
+                       open_stream: Callable[[int], _WatchStream],
+                       items: Callable[[_WatchStream], Iterator[tuple[T, int]]],
+                       after_compaction: Callable[[_WatchStream, int], tuple[T, int]]
+                       ) -> Iterator[T]:
+        """The one re-watch loop of both watches: ``items`` of a stream opened at the next
+        revision, each with its revision; a broken stream is re-opened from the last
+        revision + 1 with a capped backoff (``on_error`` told); a compacted one is replaced
+        by ``after_compaction`` (a fresh read) and watched on from its revision + 1."""
         next_rev = start_revision
         backoff = Backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
         while not stop.is_set():
-            stream = _WatchStream(self, next_rev, stop, on_progress=on_progress,
-                                  progress_interval=progress_interval)
+            stream = open_stream(next_rev)
             try:
-                for update in stream.updates():
+                for item, rev in items(stream):
                     backoff.reset()
-                    next_rev = update.revision + 1
-                    yield update
-                if stream.compacted:
-                    listing = self.list_subnets(with_expiration=False)
-                    rev = listing.revision
-                    log.warning("watch revision %d was compacted (compacted up to %d); "
-                                "re-listed %d leases at revision %d",
-                                next_rev, stream.compacted, len(listing.leases), rev)
                     next_rev = rev + 1
-                    yield WatchUpdate(events=[], snapshot=listing.leases, revision=rev,
-                                      rejected=listing.rejected)
+                    yield item
+                if stream.compacted:
+                    item, rev = after_compaction(stream, next_rev)
+                    next_rev = rev + 1
+                    yield item
                     continue
             except RegistryError as e:
                 if stop.is_set():
                     return
                 if on_error is not None:
                     on_error(e)
-                log.warning("lease watch interrupted (%s); re-watching from revision %d in %.2fs",
-                            e, next_rev, backoff.delay)
+                log.warning("%s interrupted (%s); re-watching from revision %d in %.2fs",
+                            what, e, next_rev, backoff.delay)
             finally:
                 stream.close()
             if backoff.wait(stop):
