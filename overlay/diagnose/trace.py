@@ -64,6 +64,14 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
     src_lease = _lease_for(cluster.leases, src)
     dst_lease = _lease_for(cluster.leases, dst)
     res.hops.append(_source_node(src, src_lease, known, local_public_ip))
+    if res.hops[0].status == WRONG:
+        # SRC lives on another node: this node's routes, bridge and tunnel say nothing about
+        # its path, and "fixing" them (e.g. routing DST's subnet, maybe this node's own,
+        # into the tunnel) would break this node.  So stop at where to run it instead.
+        assert src_lease is not None, "WRONG: the source's lease is known"
+        res.note = (f"stopped: {src} is a pod of node {src_lease.attrs.public_ip}, not of this "
+                    f"node ({local_public_ip}); the later hops would describe another path")
+        return res
     res.hops.append(_source_bridge(src, src_lease, kernel, bridge_name))
     if forwarding is False:
         res.hops.append(Hop("forwarding", WRONG, f"the kernel refuses to forward {src} -> {dst} "
@@ -93,7 +101,8 @@ def _source_node(src: IPv4Address, lease: Lease | None, known: bool,
     detail = f"{src} in {lease.subnet}, node {lease.attrs.public_ip}"
     if local is not None and lease.attrs.public_ip != local:
         return Hop("source-node", WRONG, detail + f", but this node is {local}",
-                   f"run the trace on node {lease.attrs.public_ip}")
+                   f"run this on node {lease.attrs.public_ip} (public IP "
+                   f"{lease.attrs.public_ip}, the node whose lease holds {lease.subnet})")
     return Hop("source-node", OK, detail)
 
 
