@@ -77,6 +77,10 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
         res.hops.append(Hop("forwarding", WRONG, f"the kernel refuses to forward {src} -> {dst} "
                             f"arriving on {bridge_name} (ip_forward off?)",
                             "sysctl -w net.ipv4.ip_forward=1"))
+    twice = _second_own_lease(src_lease, dst_lease, local_public_ip)
+    if twice is not None:  # never route a subnet of this very node into the tunnel
+        res.hops += [twice, _destination_node(dst, dst_lease, known)]
+        return res
     hop, via_vxlan = _route_hop(dst, dst_lease, src_lease, route, kernel, vxlan_name,
                                 bridge_name, cluster)
     res.hops.append(hop)
@@ -104,6 +108,19 @@ def _source_node(src: IPv4Address, lease: Lease | None, known: bool,
                    f"run this on node {lease.attrs.public_ip} (public IP "
                    f"{lease.attrs.public_ip}, the node whose lease holds {lease.subnet})")
     return Hop("source-node", OK, detail)
+
+
+def _second_own_lease(src: Lease | None, dst: Lease | None,
+                      local: IPv4Address | None) -> Hop | None:
+    """DST in another subnet leased to this same node: a route "fix" via the tunnel would
+    send this node's own addresses away; the problem is the second lease."""
+    if src is None or dst is None or local is None or src.subnet == dst.subnet \
+            or dst.attrs.public_ip != local:
+        return None
+    return Hop("route", WRONG, f"{dst.subnet} is leased to this node ({local}) too, "
+               f"besides {src.subnet}",
+               "this node holds two leases: keep the one its subnet.env names and remove "
+               "the other (overlayctl leases list shows both; overlayctl leases release)")
 
 
 def _source_bridge(src: IPv4Address, lease: Lease | None, k: KernelState, bridge: str) -> Hop:

@@ -1138,3 +1138,17 @@ def test_trace_on_the_wrong_node_stops_at_run_this_on_node_x():
     assert t.hops[0].fix.startswith(f"run this on node {MY_IP}")
     assert "ip route" not in " ".join(h.fix for h in t.hops) + t.note
     assert f"this node is {other.attrs.public_ip}" in t.hops[0].detail and not t.ok
+
+
+def test_trace_to_a_second_lease_of_this_node_never_routes_it_into_the_tunnel():
+    node, cluster = healthy()
+    second = IPv4Network("10.244.9.0/24")
+    cluster.leases = cluster.leases + [lease(second, MY_IP, MY_MAC)]
+    route = RouteInfo(IPv4Network("10.244.9.5/32"), None, ETH)
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.9.5"), node.kernel, route,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP,
+                    forwarding=True)
+    hop = next(h for h in t.hops if h.name == "route")
+    assert hop.status == "wrong" and "two leases" in hop.fix
+    assert "ip route" not in " ".join(h.fix for h in t.hops)
+    assert "vxlan-device" not in [h.name for h in t.hops]
