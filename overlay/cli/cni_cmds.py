@@ -6,11 +6,11 @@ import click
 
 from overlay.cli import cli, print_json
 from overlay.cni.install import (
-    CONFLIST_NAME,
     DEFAULT_BIN_DIR,
     DEFAULT_CONF_DIR,
     PluginSettings,
     install_cni,
+    portmap_warning,
 )
 
 
@@ -39,8 +39,6 @@ def install_cni_cmd(ctx, bin_dir: str, conf_dir: str, bridge: str, subnet_file: 
         for path, changed in ((result.plugin_path, result.plugin_changed),
                               (result.conflist_path, result.conflist_changed)):
             click.echo(f"{path}: {'installed' if changed else 'unchanged'}")
-    if not result.portmap_found:
-        click.echo(f"warning: {bin_dir}/portmap is missing: {CONFLIST_NAME} chains the "
-                   "reference portmap plugin and a runtime ignores a conflist whose plugin "
-                   "is missing; install containernetworking-plugins (or copy portmap "
-                   f"into {bin_dir})", err=True)
+    warning = portmap_warning(result, bin_dir)
+    if warning:
+        click.echo(warning, err=True)

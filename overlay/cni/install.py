@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 PLUGIN_NAME = "overlay"
+# Where the reference plugins usually are: the upstream tarball's directory, then Debian's
+# containernetworking-plugins package (which installs into /usr/lib/cni, not /opt/cni/bin).
+PORTMAP_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
 CONFLIST_NAME = "10-overlay.conflist"
 
 # cniVersion 1.0.0, not 1.1.0: Debian's portmap (containernetworking-plugins 1.1.1) and
@@ -68,6 +71,39 @@ class InstallResult:
     plugin_changed: bool
     conflist_changed: bool
     portmap_found: bool
+    portmap_elsewhere: str | None = None  # a directory other than bin_dir that has portmap
+
+
+def find_portmap(bin_dir: str, dirs: tuple[str, ...] = PORTMAP_DIRS) -> str | None:
+    """The first of ``dirs`` (other than ``bin_dir``) holding an executable portmap."""
+    here = os.path.realpath(bin_dir)
+    for directory in dirs:
+        if os.path.realpath(directory) != here and \
+                os.access(os.path.join(directory, "portmap"), os.X_OK):
+            return directory
+    return None
+
+
+def portmap_warning(result: InstallResult, bin_dir: str,
+                    dirs: tuple[str, ...] = PORTMAP_DIRS) -> str | None:
+    """What to tell the user when the conflist's second plugin is not in ``bin_dir``.
+
+    A runtime drops a conflist whose plugin it cannot find on its plugin path, so the fix
+    is either to point the runtime at where portmap already is, or to install it."""
+    if result.portmap_found:
+        return None
+    head = (f"warning: {bin_dir}/portmap is missing: {CONFLIST_NAME} chains the reference "
+            "portmap plugin and a runtime ignores a conflist whose plugin it cannot find")
+    if result.portmap_elsewhere:
+        where = result.portmap_elsewhere
+        return (f"{head}; portmap is installed in {where}: add {where} to the runtime's CNI "
+                f"plugin path (CNI_PATH={bin_dir}:{where}; podman: cni_plugin_dirs in "
+                "containers.conf; containerd: the CRI plugin's cni bin_dir) or link it: "
+                f"ln -s {where}/portmap {bin_dir}/portmap")
+    searched = ", ".join(dict.fromkeys((bin_dir, *dirs)))
+    return (f"{head}; not found in {searched}: install the reference plugins "
+            "(Debian/Ubuntu: apt install containernetworking-plugins, into /usr/lib/cni) "
+            f"and point the runtime at them, or copy portmap into {bin_dir}")
 
 
 def package_root() -> str:
@@ -121,7 +157,8 @@ def _write_if_changed(path: str, content: str, mode: int) -> bool:
 
 def install_cni(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR,
                 python: str | None = None,
-                settings: PluginSettings = PluginSettings()) -> InstallResult:
+                settings: PluginSettings = PluginSettings(),
+                portmap_dirs: tuple[str, ...] = PORTMAP_DIRS) -> InstallResult:
     settings.validate()
     for what, directory in (("bin dir", bin_dir), ("conf dir", conf_dir)):
         if os.path.exists(directory) and not os.path.isdir(directory):
@@ -135,9 +172,9 @@ def install_cni(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR
                                               0o644)
     except OSError as e:
         raise ConfigError(f"cannot install the CNI plugin: {e.strerror}: {e.filename}") from e
-    portmap = os.path.join(bin_dir, "portmap")
+    found = os.access(os.path.join(bin_dir, "portmap"), os.X_OK)
     result = InstallResult(plugin_path, conflist_path, plugin_changed, conflist_changed,
-                           os.access(portmap, os.X_OK))
+                           found, None if found else find_portmap(bin_dir, portmap_dirs))
     log.info("install-cni: %s %s, %s %s", plugin_path,
              "written" if plugin_changed else "unchanged", conflist_path,
              "written" if conflist_changed else "unchanged")

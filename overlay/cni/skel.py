@@ -42,11 +42,13 @@ _ARG_RE = re.compile(r"[A-Za-z0-9_\-]+")
 MAX_STDIN = 4 << 20
 MAX_ENV = 1 << 20
 
-# Which environment variables each command needs (SPEC section 2).
+# Which environment variables each command needs (SPEC section 2), in the reference skel's
+# order so the "missing" list reads the same; like it, ADD/CHECK/DEL need CNI_PATH (where a
+# plugin finds its delegates), STATUS/GC/VERSION do not.
 _REQUIRED_ENV = {
-    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
-    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
     "STATUS": (),
     "GC": (),
     "VERSION": (),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -137,6 +138,16 @@ class Settings:
     watch_lag_limit: float = DEFAULT_MAX_LAG
 
 
+def _check_iface_pattern(iface: str) -> None:
+    """--iface is matched as a regex when no link has that exact name: a pattern that
+    cannot compile would only fail later, after etcd was contacted, so refuse it here.
+    A real name with regex characters can still be given escaped (``eth\\[0``)."""
+    try:
+        re.compile(iface)
+    except re.error as e:
+        raise ConfigError(f"--iface {iface!r}: not a valid regex ({e})") from e
+
+
 def parse_settings(argv: Sequence[str] | None = None,
                    environ: dict[str, str] | None = None) -> Settings:
     """Flags + environment -> validated Settings; ConfigError / SystemExit(2) otherwise."""
@@ -155,6 +166,8 @@ def parse_settings(argv: Sequence[str] | None = None,
             raise ConfigError(f"--public-ip {public_ip}: must be a unicast underlay address")
     if a.iface is not None and not a.iface.strip():
         raise ConfigError("--iface: empty; give an interface name or a regex")
+    if a.iface is not None:
+        _check_iface_pattern(a.iface)
     if a.lease_ttl < 1:
         raise ConfigError(f"--lease-ttl {a.lease_ttl}: must be at least 1 second")
     if a.lease_renew_margin < 0:

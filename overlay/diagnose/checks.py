@@ -18,7 +18,11 @@ from datetime import UTC
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
-from overlay.cni.install import DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR, PLUGIN_NAME as PLUGIN_TYPE
+from overlay.cni.install import (
+    DEFAULT_BIN_DIR as DEFAULT_CNI_BIN_DIR,
+    DEFAULT_CONF_DIR as DEFAULT_CNI_CONF_DIR,
+    PLUGIN_NAME as PLUGIN_TYPE,
+)
 from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.config import VXLAN_OVERHEAD, NetworkConfig
 from overlay.diagnose.state import (
@@ -217,9 +221,25 @@ def check_daemon(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
                        "start overlayd on this node (or pass --healthz-addr to ask it directly)")
 
 
-def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str) -> CheckResult:
+def _assumed(flag: str, path: str, what: str) -> str:
+    """The start of a fix whose path diagnose only assumed: the default may itself be the
+    mistake (diagnose run on the host for a lab node, or overlayd/the runtime configured
+    elsewhere), so say so and how to point diagnose at the right place first."""
+    return (f"{path} is the default, assumed: if this node's {what} is elsewhere (a lab "
+            f"node's is under its node directory), point the checks at it with {flag} (and "
+            f"--subnet-file FILE); only if {path} is the right one: ")
+
+
+def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str,
+                     assumed: bool = False) -> CheckResult:
+    """``assumed``: ``path`` is the default, named neither by --subnet-file nor the CNI config."""
     name = "subnet-env"
     fix = f"restart overlayd on this node: it rewrites {path} from its lease"
+    if assumed and node.subnet_env is None:
+        fix = (f"{path} is the default, assumed: if overlayd writes subnet.env elsewhere (its "
+               "--subnet-file; a lab node's is under its node directory), point the checks at it "
+               f"with --subnet-file FILE (and --cni-conf-dir DIR); only if {path} is the right "
+               "one: " + fix)
     if node.subnet_env is None:
         return CheckResult(name, FAIL, f"{path} present and valid",
                            node.subnet_env_error or "missing", fix)
@@ -247,6 +267,8 @@ def check_cni_config(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
     d = opts.cni_conf_dir
     expected = f"a CNI config of type {PLUGIN_TYPE} first in {d}"
     fix = f"overlayctl install-cni --conf-dir {d}"
+    if d == DEFAULT_CNI_CONF_DIR:  # installing there writes into the host's own runtime
+        fix = _assumed("--cni-conf-dir DIR", d, "CNI config directory") + fix
     if node.cni_conf_error:
         return CheckResult(name, FAIL, expected, node.cni_conf_error, fix)
     if not node.cni_files:
@@ -287,6 +309,8 @@ def check_cni_binary(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckR
         return CheckResult(name, PASS, expected, found)
     if PLUGIN_TYPE in missing:
         fix = f"overlayctl install-cni --bin-dir {d}"
+        if opts.cni_bin_dir == DEFAULT_CNI_BIN_DIR:  # assumed, not given
+            fix = _assumed("--cni-bin-dir DIR", d, "CNI plugin directory") + fix
     else:
         fix = (f"install the reference plugin(s) {', '.join(missing)} into {d} "
                "(Debian: containernetworking-plugins); a runtime silently drops a conflist "
@@ -769,6 +793,11 @@ def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
     return CheckResult(name, FAIL, expected, "; ".join(parts), fix)
 
 
+def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:
+    plugin = (f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None) or {}
+    return opts.subnet_file is None and not plugin.get("subnetFile")
+
+
 def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
                endpoints: str = "", facts: Facts | None = None) -> Report:
     """Every check; ``facts``: derived from this very state already (else derived here)."""
@@ -778,7 +807,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_lease(cluster, f),
         check_rejected_leases(cluster, f, endpoints),
         check_daemon(node, opts),
-        check_subnet_env(node, cluster, f, node.subnet_file),
+        check_subnet_env(node, cluster, f, node.subnet_file, _subnet_file_assumed(f, opts)),
         check_cni_config(node, opts),
         check_cni_binary(node, f, opts),
         check_bridge(node, f),

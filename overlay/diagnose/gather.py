@@ -40,7 +40,7 @@ from overlay.diagnose.state import (
 from overlay.errors import OverlayError, SubnetEnvError
 from overlay.lease import Lease
 from overlay.subnet.etcdconf import EtcdOptions
-from overlay.subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
+from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, parse_subnet_env
 from overlay.util.proc import run_quiet
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,22 @@ def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
                         subnets_prefix=reg.subnets_prefix)
 
 
+def read_subnet_env(path: str) -> SubnetEnv:
+    """subnet.env for diagnose: like load_subnet_env, but its "file missing" text does not
+    send the reader to `overlayctl diagnose`, which is what is printing it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SubnetEnvError(f"{path} does not exist: overlayd writes it once it holds a "
+                             "subnet lease") from None
+    except OSError as e:
+        raise SubnetEnvError(f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SubnetEnvError(f"cannot read {path}: not UTF-8 text") from e
+    return parse_subnet_env(text, source=path)
+
+
 def gather_node(opts: DiagnoseOptions) -> NodeState:
     """Everything local but the firewall: kernel, sysctl, subnet.env, CNI files, IPAM, readyz."""
     from overlay.netlink.kernel_state import dump_kernel_state
@@ -227,7 +243,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     plugin = (ours.plugin(PLUGIN_TYPE) if ours else None) or {}
     node.subnet_file = opts.subnet_file or str(plugin.get("subnetFile") or DEFAULT_SUBNET_FILE)
     try:
-        node.subnet_env = load_subnet_env(node.subnet_file)
+        node.subnet_env = read_subnet_env(node.subnet_file)
     except SubnetEnvError as e:
         node.subnet_env_error = str(e)
     types = [str(p.get("type")) for p in ours.plugins] if ours else [PLUGIN_TYPE]

@@ -64,11 +64,23 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
     src_lease = _lease_for(cluster.leases, src)
     dst_lease = _lease_for(cluster.leases, dst)
     res.hops.append(_source_node(src, src_lease, known, local_public_ip))
+    if res.hops[0].status == WRONG:
+        # SRC lives on another node: this node's routes, bridge and tunnel say nothing about
+        # its path, and "fixing" them (e.g. routing DST's subnet, maybe this node's own,
+        # into the tunnel) would break this node.  So stop at where to run it instead.
+        assert src_lease is not None, "WRONG: the source's lease is known"
+        res.note = (f"stopped: {src} is a pod of node {src_lease.attrs.public_ip}, not of this "
+                    f"node ({local_public_ip}); the later hops would describe another path")
+        return res
     res.hops.append(_source_bridge(src, src_lease, kernel, bridge_name))
     if forwarding is False:
         res.hops.append(Hop("forwarding", WRONG, f"the kernel refuses to forward {src} -> {dst} "
                             f"arriving on {bridge_name} (ip_forward off?)",
                             "sysctl -w net.ipv4.ip_forward=1"))
+    twice = _second_own_lease(src_lease, dst_lease, local_public_ip)
+    if twice is not None:  # never route a subnet of this very node into the tunnel
+        res.hops += [twice, _destination_node(dst, dst_lease, known)]
+        return res
     hop, via_vxlan = _route_hop(dst, dst_lease, src_lease, route, kernel, vxlan_name,
                                 bridge_name, cluster)
     res.hops.append(hop)
@@ -93,8 +105,22 @@ def _source_node(src: IPv4Address, lease: Lease | None, known: bool,
     detail = f"{src} in {lease.subnet}, node {lease.attrs.public_ip}"
     if local is not None and lease.attrs.public_ip != local:
         return Hop("source-node", WRONG, detail + f", but this node is {local}",
-                   f"run the trace on node {lease.attrs.public_ip}")
+                   f"run this on node {lease.attrs.public_ip} (public IP "
+                   f"{lease.attrs.public_ip}, the node whose lease holds {lease.subnet})")
     return Hop("source-node", OK, detail)
+
+
+def _second_own_lease(src: Lease | None, dst: Lease | None,
+                      local: IPv4Address | None) -> Hop | None:
+    """DST in another subnet leased to this same node: a route "fix" via the tunnel would
+    send this node's own addresses away; the problem is the second lease."""
+    if src is None or dst is None or local is None or src.subnet == dst.subnet \
+            or dst.attrs.public_ip != local:
+        return None
+    return Hop("route", WRONG, f"{dst.subnet} is leased to this node ({local}) too, "
+               f"besides {src.subnet}",
+               "this node holds two leases: keep the one its subnet.env names and remove "
+               "the other (overlayctl leases list shows both; overlayctl leases release)")
 
 
 def _source_bridge(src: IPv4Address, lease: Lease | None, k: KernelState, bridge: str) -> Hop:

@@ -8,7 +8,7 @@ import sys
 from click.testing import CliRunner
 
 from overlay.cli import cli
-from overlay.cni.install import install_cni, render_conflist, render_entry
+from overlay.cni.install import install_cni, portmap_warning, render_conflist, render_entry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -114,3 +114,52 @@ def test_cli_rejects_bad_settings_and_writes_nothing(tmp_path):
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
         assert not (tmp_path / "bin").exists() and not (tmp_path / "conf").exists()
+
+
+def _portmap(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "portmap").write_text("#!/bin/sh\n")
+    os.chmod(directory / "portmap", 0o755)
+
+
+def test_portmap_elsewhere_is_named_with_how_to_point_the_runtime_at_it(tmp_path):
+    debian = tmp_path / "usr-lib-cni"
+    _portmap(debian)
+    dirs = (str(tmp_path / "opt"), str(debian))
+    bin_dir = str(tmp_path / "bin")
+    result = install_cni(bin_dir, str(tmp_path / "c"), portmap_dirs=dirs)
+    assert not result.portmap_found and result.portmap_elsewhere == str(debian)
+    warning = portmap_warning(result, bin_dir, dirs) or ""
+    assert f"portmap is installed in {debian}" in warning
+    assert f"CNI_PATH={bin_dir}:{debian}" in warning
+    assert f"ln -s {debian}/portmap {bin_dir}/portmap" in warning
+    assert "apt install" not in warning
+
+
+def test_portmap_nowhere_names_the_places_searched(tmp_path):
+    dirs = (str(tmp_path / "opt"), str(tmp_path / "usr-lib-cni"))
+    bin_dir = str(tmp_path / "bin")
+    result = install_cni(bin_dir, str(tmp_path / "c"), portmap_dirs=dirs)
+    assert result.portmap_elsewhere is None
+    warning = portmap_warning(result, bin_dir, dirs) or ""
+    assert f"not found in {bin_dir}, {dirs[0]}, {dirs[1]}" in warning
+    assert "apt install containernetworking-plugins" in warning
+
+
+def test_portmap_in_bin_dir_needs_no_warning(tmp_path):
+    _portmap(tmp_path / "bin")
+    result = install_cni(str(tmp_path / "bin"), str(tmp_path / "c"),
+                         portmap_dirs=(str(tmp_path / "bin"),))
+    assert result.portmap_found and result.portmap_elsewhere is None
+    assert portmap_warning(result, str(tmp_path / "bin")) is None
+
+
+def test_cli_names_debians_portmap_on_this_machine(tmp_path):
+    """bootstrap installs containernetworking-plugins, whose portmap is in /usr/lib/cni."""
+    assert os.access("/usr/lib/cni/portmap", os.X_OK)
+    bin_dir = tmp_path / "bin"
+    result = CliRunner().invoke(cli, ["install-cni", "--bin-dir", str(bin_dir),
+                                      "--conf-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0
+    assert "portmap is installed in /usr/lib/cni" in result.stderr
+    assert "install containernetworking-plugins" not in result.stderr

@@ -114,7 +114,7 @@ REGEX_NAMES = st.from_regex(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,20}$")
        command=st.sampled_from(["ADD", "CHECK", "DEL"]))
 def test_names_are_accepted_only_whole(name, ifname, command):
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": name, "CNI_IFNAME": ifname,
-           "CNI_NETNS": "/var/run/netns/x"}
+           "CNI_NETNS": "/var/run/netns/x", "CNI_PATH": "/usr/lib/cni"}
     stdin = json.dumps({"cniVersion": "1.1.0", "name": name, "type": "overlay"}).encode()
     try:
         req = skel.parse_request(env, stdin)

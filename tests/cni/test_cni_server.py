@@ -61,7 +61,8 @@ def call(sock_path, env, stdin, timeout=60):
 
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
-       "CNI_NETNS": "/proc/self/ns/net", "CNI_ARGS": "IgnoreUnknown=1", "NOT_CNI": "x"}
+       "CNI_NETNS": "/proc/self/ns/net", "CNI_ARGS": "IgnoreUnknown=1", "NOT_CNI": "x",
+       "CNI_PATH": "/usr/lib/cni"}
 
 
 def test_socket_is_private(server):

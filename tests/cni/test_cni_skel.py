@@ -80,6 +80,14 @@ BAD_ENV = [
     ({k: v for k, v in ENV.items() if k != "CNI_NETNS"}, 4, "CNI_NETNS"),
     ({k: v for k, v in ENV.items() if k != "CNI_IFNAME"}, 4, "CNI_IFNAME"),
     (dict(ENV, CNI_ARGS="IP"), 4, "CNI_ARGS"),
+    # the reference skel requires CNI_PATH for ADD, CHECK and DEL
+    ({k: v for k, v in ENV.items() if k != "CNI_PATH"}, 4,
+     "required env variables [CNI_PATH] missing"),
+    (dict(ENV, CNI_PATH=""), 4, "required env variables [CNI_PATH] missing"),
+    ({k: v for k, v in dict(ENV, CNI_COMMAND="DEL").items() if k != "CNI_PATH"}, 4,
+     "required env variables [CNI_PATH] missing"),
+    ({k: v for k, v in dict(ENV, CNI_COMMAND="CHECK").items() if k != "CNI_PATH"}, 4,
+     "required env variables [CNI_PATH] missing"),
     # A trailing newline passed `re.match("...$")`: "c1\n" then named other IPAM files
     # and another veth than "c1" (two pods, one IP).  Whole-string rules reject it.
     (dict(ENV, CNI_CONTAINERID="c1\n"), 4, "CNI_CONTAINERID"),
@@ -156,7 +164,7 @@ def test_del_needs_no_netns_and_status_gc_need_no_container():
     env = {k: v for k, v in ENV.items() if k != "CNI_NETNS"}
     assert run(dict(env, CNI_COMMAND="DEL"))[0] == 0
     assert run({"CNI_COMMAND": "STATUS"})[0] == 0
-    assert run({"CNI_COMMAND": "GC", "CNI_PATH": "/x"})[0] == 0
+    assert run({"CNI_COMMAND": "GC"})[0] == 0  # neither needs CNI_PATH (reference skel)
 
 
 def test_handler_errors_become_error_json_once():

@@ -69,6 +69,8 @@ def test_environment_and_flags_win():
     (["--etcd-certfile", "/etc/hostname", "--etcd-keyfile", "/etc/hostname"], {},
      "with http:// endpoints would be ignored"),
     (["--iface", " "], {}, "--iface: empty"),
+    (["--iface", "eth["], {}, "--iface 'eth[': not a valid regex"),
+    ([], {"OVERLAYD_IFACE": "(en"}, "--iface '(en': not a valid regex"),
     ([], {"OVERLAYD_IP_MASQ": "maybe"}, "OVERLAYD_IP_MASQ='maybe': expected true or false"),
     ([], {"OVERLAYD_LEASE_TTL": "soon"}, "OVERLAYD_LEASE_TTL='soon': not a valid int"),
 ])
@@ -89,6 +91,7 @@ def test_unknown_flag_exits_2(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--lease-ttl", "abc"], "argument --lease-ttl: invalid int value: 'abc'"),
     (["--public-ip", "nope"], "--public-ip 'nope': not an IPv4 address"),
+    (["--iface", "eth["], "--iface 'eth[': not a valid regex"),
 ])
 def test_console_script_one_line_nonzero(args, message):
     r = subprocess.run([OVERLAYD, *args], capture_output=True, text=True, timeout=30,

@@ -15,6 +15,7 @@ from overlay.config import parse_network_config
 from overlay.diagnose import checks as dg, firewall as fw_mod, gather as ga, state as st
 from overlay.diagnose.probe import Echo, _checksum, echo_request, parse_echo_reply
 from overlay.diagnose.trace import build_trace
+from overlay.errors import SubnetEnvError
 from overlay.lease import Lease, LeaseAttrs
 from overlay.netlink.kernel_state import (
     AddrInfo,
@@ -226,7 +227,7 @@ def test_cni_config_missing_and_other_network_first():
     node, cluster = healthy()
     node.cni_files = []
     c = only_failure(node, cluster, "cni-config")
-    assert c.fix == "overlayctl install-cni --conf-dir /etc/cni/net.d"
+    assert c.fix.endswith("overlayctl install-cni --conf-dir /etc/cni/net.d")
     node, cluster = healthy()
     other = st.CNIConfigFile("/etc/cni/net.d/05-bridge.conflist", "podman", ({"type": "bridge"},))
     node.cni_files = [other] + node.cni_files
@@ -238,7 +239,7 @@ def test_cni_config_missing_and_other_network_first():
 def test_cni_binaries_missing():
     node, cluster = healthy()
     node.cni_bins = {"overlay": False, "portmap": True}
-    assert only_failure(node, cluster, "cni-binary").fix.startswith("overlayctl install-cni")
+    assert "overlayctl install-cni --bin-dir" in only_failure(node, cluster, "cni-binary").fix
     node.cni_bins = {"overlay": True, "portmap": False}
     assert "portmap" in only_failure(node, cluster, "cni-binary").fix
 
@@ -1066,3 +1067,88 @@ def test_backend_programs_exactly_what_diagnose_expects(direct_routing):
                       IPv4Network("10.244.5.0/24"): {Route}}
     else:
         assert by == {IPv4Network("10.244.2.0/24"): vxlan, IPv4Network("10.244.4.0/24"): vxlan}
+
+
+# -- fixes that are safe: an assumed default path is named before any command writing there
+
+
+def test_cni_config_missing_in_the_default_dir_says_it_was_assumed_first():
+    node, cluster = healthy()
+    node.cni_files = []
+    fix = only_failure(node, cluster, "cni-config").fix
+    assert fix.startswith("/etc/cni/net.d is the default, assumed")
+    install = fix.index("overlayctl install-cni --conf-dir /etc/cni/net.d")
+    assert fix.index("--cni-conf-dir DIR") < install and fix.index("--subnet-file") < install
+
+
+def test_cni_config_missing_in_a_given_dir_proposes_the_install_alone():
+    node, cluster = healthy()
+    node.cni_files = []
+    opts = st.DiagnoseOptions(cni_conf_dir="/srv/lab/node1/cni/net.d")
+    fix = only_failure(node, cluster, "cni-config", opts).fix
+    assert fix == "overlayctl install-cni --conf-dir /srv/lab/node1/cni/net.d"
+
+
+def test_cni_binary_missing_in_the_default_dir_says_it_was_assumed_first():
+    node, cluster = healthy()
+    node.cni_bins = {"overlay": False, "portmap": True}
+    fix = only_failure(node, cluster, "cni-binary").fix
+    assert fix.startswith("/opt/cni/bin is the default, assumed")
+    assert fix.index("--cni-bin-dir DIR") < fix.index("overlayctl install-cni --bin-dir")
+    opts = st.DiagnoseOptions(cni_bin_dir="/srv/lab/bin")
+    assert only_failure(node, cluster, "cni-binary", opts).fix == \
+        "overlayctl install-cni --bin-dir /srv/lab/bin"
+
+
+def test_subnet_env_missing_at_an_assumed_path_says_how_to_point_at_the_right_one():
+    node, cluster = healthy()
+    node.cni_files = [replace(node.cni_files[0], plugins=tuple(
+        {k: v for k, v in p.items() if k != "subnetFile"} for p in node.cni_files[0].plugins))]
+    node.subnet_env, node.subnet_env_error = None, "/run/overlay/subnet.env does not exist"
+    fix = only_failure(node, cluster, "subnet-env").fix
+    assert fix.startswith(f"{node.subnet_file} is the default, assumed")
+    assert fix.index("--subnet-file FILE") < fix.index("restart overlayd")
+    opts = st.DiagnoseOptions(subnet_file=node.subnet_file)
+    assert only_failure(node, cluster, "subnet-env", opts).fix.startswith("restart overlayd")
+
+
+def test_missing_subnet_env_does_not_send_diagnose_back_to_diagnose(tmp_path):
+    with pytest.raises(SubnetEnvError) as e:
+        ga.read_subnet_env(str(tmp_path / "subnet.env"))
+    assert "does not exist" in str(e.value) and "diagnose" not in str(e.value)
+    node, cluster = healthy()
+    node.subnet_env, node.subnet_env_error = None, str(e.value)
+    node.cni_files, node.cni_bins = [], {"overlay": False, "portmap": False}
+    checks, _ = statuses(node, cluster)
+    for c in checks.values():
+        assert "overlayctl diagnose" not in c.fix + c.found + c.expected, c
+
+
+def test_trace_on_the_wrong_node_stops_at_run_this_on_node_x():
+    """Run on node 192.168.1.12 for a source pod of MY_IP's node: the hops after that
+    describe the wrong node's path, and an `ip route replace` would send this node's own
+    subnet into the tunnel."""
+    node, cluster = healthy()
+    other = cluster.leases[1]
+    route = RouteInfo(IPv4Network("10.244.2.5/32"), None, BR)
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.2.5"), node.kernel, route,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0",
+                    local_public_ip=other.attrs.public_ip, forwarding=True)
+    assert [(h.name, h.status) for h in t.hops] == [("source-node", "wrong")]
+    assert t.hops[0].fix.startswith(f"run this on node {MY_IP}")
+    assert "ip route" not in " ".join(h.fix for h in t.hops) + t.note
+    assert f"this node is {other.attrs.public_ip}" in t.hops[0].detail and not t.ok
+
+
+def test_trace_to_a_second_lease_of_this_node_never_routes_it_into_the_tunnel():
+    node, cluster = healthy()
+    second = IPv4Network("10.244.9.0/24")
+    cluster.leases = cluster.leases + [lease(second, MY_IP, MY_MAC)]
+    route = RouteInfo(IPv4Network("10.244.9.5/32"), None, ETH)
+    t = build_trace(IPv4Address("10.244.1.2"), IPv4Address("10.244.9.5"), node.kernel, route,
+                    cluster, vxlan_name="overlay.1", bridge_name="cni0", local_public_ip=MY_IP,
+                    forwarding=True)
+    hop = next(h for h in t.hops if h.name == "route")
+    assert hop.status == "wrong" and "two leases" in hop.fix
+    assert "ip route" not in " ".join(h.fix for h in t.hops)
+    assert "vxlan-device" not in [h.name for h in t.hops]
