@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from overlay import __version__
 from overlay.errors import OverlayError
 from overlay.lab.lab import Lab
 from overlay.lab.matrix import Endpoint, reachability, render
@@ -40,20 +41,34 @@ def _count(lo: int, hi: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", default=os.environ.get("OVERLAY_LAB_NAME", DEFAULT_PREFIX),
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    The top-level parser holds the defaults; each command's copy defaults to SUPPRESS so
+    that an option given before the command is not reset by the command's own parser."""
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+    parser.add_argument("--name", default=default(os.environ.get("OVERLAY_LAB_NAME",
+                                                                  DEFAULT_PREFIX)),
                         help="the lab's name, prefixing all its namespaces "
                              f"(default {DEFAULT_PREFIX})")
-    common.add_argument("--lab-dir", default=os.environ.get("OVERLAY_LAB_DIR", DEFAULT_BASE_DIR),
+    parser.add_argument("--lab-dir", default=default(os.environ.get("OVERLAY_LAB_DIR",
+                                                                     DEFAULT_BASE_DIR)),
                         help="where labs keep pid files, logs and etcd data "
                              f"(default {DEFAULT_BASE_DIR})")
-    common.add_argument("-v", "--verbose", action="count", default=0,
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
                         help="more logging (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
 
     p = argparse.ArgumentParser(prog="overlay-lab", description=(
         "A multi-node overlay cluster on one machine: nodes and pods are network namespaces, "
         "the underlay is a bridge in a namespace of its own, etcd runs on the underlay."))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", parents=[common], help="create the lab, or repair a running one")

@@ -139,6 +139,31 @@ def test_cli_defaults():
     assert args.target == "node1" and args.cmd[-3:] == ["ip", "-o", "link"]
 
 
+@pytest.mark.parametrize("argv", [
+    ["--name", "lab2", "--lab-dir", "/srv/labs", "status"],
+    ["status", "--name", "lab2", "--lab-dir", "/srv/labs"],
+    ["--name", "lab2", "status", "--lab-dir", "/srv/labs"],
+])
+def test_cli_common_options_go_before_or_after_the_command(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.name, args.lab_dir) == ("status", "lab2", "/srv/labs")
+
+
+def test_cli_common_options_keep_their_defaults_either_way():
+    for argv in (["status"], ["-v", "status"], ["status", "-v"]):
+        args = build_parser().parse_args(argv)
+        assert (args.name, args.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
+        assert args.verbose == argv.count("-v")
+
+
+def test_cli_version(capsys):
+    from overlay import __version__
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"overlay-lab {__version__}"
+
+
 def test_pid_file_tracks_exactly_its_process(tmp_path):
     from overlay.lab.system import PidFile, start_process, stop_process
     pf = PidFile(str(tmp_path / "sleep.pid"))
