@@ -204,9 +204,11 @@ def cmd_status(lab: Lab, output: str) -> int:
     say(f"lab {st['name']} ({st['dir']}); etcd {e['endpoint']} in {e['netns']}: "
         f"{'healthy' if e['healthy'] else 'DOWN'} (pid {e['pid']})")
     say("")
-    say(format_table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY"],
+    say(format_table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY", "HEALTHZ"],
                      [[n["name"], n["netns"], n["public_ip"], n["subnet"], n["pid"],
-                       "yes" if n["ready"] else "no"] for n in st["nodes"]]))
+                       "yes" if n["ready"] else "no", n["healthz"]] for n in st["nodes"]]))
+    say("(each HEALTHZ address is inside its node's namespace: "
+        "overlay-lab exec NODE -- curl http://ADDR/readyz)")
     say("")
     say(format_table(["POD", "NETNS", "NODE", "IP"],
                      [[p["name"], p["netns"] if p["present"] else p["netns"] + " (missing)",
@@ -219,7 +221,11 @@ def cmd_exec(lab: Lab, target: str, cmd: list[str]) -> int:
         cmd = cmd[1:]
     if not cmd:
         cmd = [os.environ.get("SHELL", "/bin/sh")]
-    argv = in_netns(lab.resolve_target(target), cmd)
+    ns = lab.resolve_target(target)
+    env = lab.exec_env(ns, os.environ)
+    argv = in_netns(ns, cmd)
     sys.stdout.flush()
-    os.execvp(argv[0], argv)
+    # ip netns exec looks the command up on the PATH it is given, so the venv's
+    # overlayctl is found even from a plain root PATH.
+    os.execvpe(argv[0], argv, env)
     return 127  # not reached

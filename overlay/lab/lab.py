@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
 
 
@@ -77,6 +78,7 @@ class NodeStatus:
     subnet: str | None
     pid: int | None
     ready: bool
+    healthz: str
 
 
 class Lab:
@@ -300,7 +302,7 @@ class Lab:
             "--iface", "eth0", "--public-ip", str(self.spec.node_ip(node)),
             "--subnet-file", self.spec.node_file(node, "subnet.env"),
             "--state-dir", self.spec.node_file(node, "state"),
-            "--healthz-addr", HEALTHZ_ADDR,
+            "--healthz-addr", self.healthz_addr(node),
             "--cni-socket", self.spec.node_file(node, "cni.sock")])
 
     def ensure_daemon(self, node: str) -> bool:
@@ -316,8 +318,36 @@ class Lab:
     def stop_daemon(self, node: str, sig: int = signal.SIGTERM) -> bool:
         return sysx.stop_process(self._daemon_pid(node), sig)
 
+    def healthz_addr(self, node: str) -> str:
+        """overlayd's --healthz-addr on ``node`` (inside the node's own namespace)."""
+        return HEALTHZ_ADDR
+
+    def exec_env(self, ns: str, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment of ``overlay-lab exec`` into namespace ``ns``: the project's
+        programs first on PATH, and overlayctl pointed at the lab (its etcd from a node or
+        the underlay; on a node also that node's files for ``overlayctl diagnose``), by
+        overlayctl's own OVERLAYCTL_* variables, so flags given by hand still win."""
+        env = dict(environ)
+        env["PATH"] = os.pathsep.join([BIN_DIR, environ.get("PATH") or DEFAULT_PATH])
+        state = self._need_state()
+        node = next((n for n in state.nodes if self.spec.node_ns(n) == ns), None)
+        if node is None and ns != self.spec.underlay_ns:
+            return env   # a pod: etcd is not for pods to reach
+        env["OVERLAYCTL_ETCD_ENDPOINTS"] = self.spec.etcd_endpoint
+        env["OVERLAYCTL_ETCD_PREFIX"] = ETCD_KEY_PREFIX
+        if node is not None:
+            diag = "OVERLAYCTL_DIAGNOSE_"
+            env[diag + "SUBNET_FILE"] = self.spec.node_file(node, "subnet.env")
+            env[diag + "CNI_CONF_DIR"] = self.spec.cni_conf_dir(node)
+            env[diag + "CNI_BIN_DIR"] = os.pathsep.join([self.spec.cni_bin_dir,
+                                                         REFERENCE_CNI_DIR])
+            env[diag + "PUBLIC_IP"] = str(self.spec.node_ip(node))
+            env[diag + "HEALTHZ_ADDR"] = self.healthz_addr(node)
+            env["OVERLAY_CNI_SOCKET"] = self.spec.node_file(node, "cni.sock")
+        return env
+
     def ready(self, node: str) -> bool:
-        host, port = HEALTHZ_ADDR.rsplit(":", 1)
+        host, port = self.healthz_addr(node).rsplit(":", 1)
         try:
             status, _ = sysx.http_get(self.spec.node_ns(node), host, int(port), "/readyz",
                                       timeout=1.0)
@@ -469,7 +499,8 @@ class Lab:
     def node_status(self, node: str) -> NodeStatus:
         pid = self.daemon_pid(node)
         return NodeStatus(node, self.spec.node_ns(node), str(self.spec.node_ip(node)),
-                          self.node_subnet(node), pid, pid is not None and self.ready(node))
+                          self.node_subnet(node), pid, pid is not None and self.ready(node),
+                          self.healthz_addr(node))
 
     def status(self) -> dict[str, Any]:
         state = self._need_state()

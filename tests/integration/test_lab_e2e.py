@@ -252,6 +252,31 @@ def test_cli_status_and_idempotent_up_repairs(lab):
     assert lab.state.nodes == type(lab)(lab.spec).state.nodes
 
 
+def test_exec_runs_the_projects_tools_against_the_node(lab):
+    """From a plain root PATH, ``exec node1 -- overlayctl ...`` finds the venv's overlayctl
+    and reaches the lab's etcd; status names the healthz address overlayd really serves."""
+    args = ["--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    cp = subprocess.run([LAB, *args, "exec", "node1", "--", "overlayctl", "-o", "json",
+                         "leases", "list"], capture_output=True, text=True, env=env, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(lease["public_ip"] for lease in json.loads(cp.stdout)) == sorted(
+        str(lab.spec.node_ip(n)) for n in lab.state.nodes)
+    st = json.loads(subprocess.run([LAB, "status", *args, "-o", "json"], capture_output=True,
+                                   text=True, check=True, env=env).stdout)
+    for node in st["nodes"]:
+        with open(f"/proc/{node['pid']}/cmdline") as f:
+            argv = f.read().split("\0")
+        assert argv[argv.index("--healthz-addr") + 1] == node["healthz"]
+        cp = subprocess.run([LAB, "exec", *args, node["name"], "--", "curl", "-s", "-o",
+                             "/dev/null", "-w", "%{http_code}", f"http://{node['healthz']}/readyz"],
+                            capture_output=True, text=True, env=env, timeout=30)
+        assert cp.stdout == "200", cp.stdout + cp.stderr
+    table = subprocess.run([LAB, "status", *args], capture_output=True, text=True, check=True,
+                           env=env).stdout
+    assert "HEALTHZ" in table and st["nodes"][0]["healthz"] in table
+
+
 def test_down_leaves_nothing_behind(lab):
     names, pids = lab_names(lab), lab_pids(lab)
     assert len(pids) == len(lab.state.nodes) + 1

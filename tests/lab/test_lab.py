@@ -431,3 +431,51 @@ def test_netns_entered_refuses_what_is_not_a_namespace(tmp_path):
     with netns_entered("/proc/self/ns/net"):    # our own: entered and left
         pass
     assert os.stat("/proc/thread-self/ns/net").st_ino == home
+
+
+def _lab_with_nodes(tmp_path, *nodes):
+    from overlay.lab.lab import Lab
+    lab = Lab(LabSpec("ovlt", str(tmp_path)))
+    lab.state = LabState("ovlt", 1, list(nodes))
+    lab.state.pods["pod-node1-1"] = PodRecord("pod-node1-1", "node1", "ovlt-c1", "10.244.1.2")
+    return lab
+
+
+def test_exec_env_puts_the_venv_first_and_points_overlayctl_at_the_node(tmp_path):
+    from overlay.lab.lab import BIN_DIR
+    lab = _lab_with_nodes(tmp_path, "node1", "node2")
+    env = lab.exec_env(lab.spec.node_ns("node2"), {"PATH": "/usr/sbin:/usr/bin", "HOME": "/r"})
+    assert env["PATH"].split(os.pathsep) == [BIN_DIR, "/usr/sbin", "/usr/bin"]
+    assert os.access(os.path.join(BIN_DIR, "overlayctl"), os.X_OK)
+    assert env["HOME"] == "/r"
+    assert env["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
+    assert env["OVERLAYCTL_DIAGNOSE_SUBNET_FILE"] == lab.spec.node_file("node2", "subnet.env")
+    assert env["OVERLAYCTL_DIAGNOSE_CNI_CONF_DIR"] == lab.spec.cni_conf_dir("node2")
+    assert env["OVERLAYCTL_DIAGNOSE_PUBLIC_IP"] == "192.168.1.12"
+    assert env["OVERLAYCTL_DIAGNOSE_HEALTHZ_ADDR"] == lab.healthz_addr("node2")
+    assert "--healthz-addr" in lab.daemon_argv("node2")
+    argv = lab.daemon_argv("node2")
+    assert argv[argv.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+
+
+def test_exec_env_into_a_pod_or_the_underlay(tmp_path):
+    lab = _lab_with_nodes(tmp_path, "node1")
+    pod = lab.exec_env(lab.spec.pod_ns("pod-node1-1"), {})
+    assert pod["PATH"].endswith("/usr/bin:/sbin:/bin")
+    assert not any(k.startswith("OVERLAYCTL_") for k in pod)
+    under = lab.exec_env(lab.spec.underlay_ns, {})
+    assert under["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
+    assert not any(k.startswith("OVERLAYCTL_DIAGNOSE_") for k in under)
+
+
+def test_exec_env_names_options_overlayctl_really_has(tmp_path):
+    """overlayctl reads OVERLAYCTL_<OPTION> and OVERLAYCTL_<COMMAND>_<OPTION> (click's
+    auto_envvar_prefix): every variable the lab sets must name one of its options."""
+    from overlay.cli import cli
+    lab = _lab_with_nodes(tmp_path, "node1")
+    env = lab.exec_env(lab.spec.node_ns("node1"), {})
+    known = {f"OVERLAYCTL_{p.name.upper()}" for p in cli.params}
+    for name, cmd in cli.commands.items():
+        known |= {f"OVERLAYCTL_{name.upper().replace('-', '_')}_{p.name.upper()}"
+                  for p in cmd.params}
+    assert {k for k in env if k.startswith("OVERLAYCTL_")} <= known
