@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from overlay import __version__
 from overlay.errors import OverlayError
-from overlay.lab.lab import Lab
+from overlay.lab.lab import BIN_DIR, Lab
 from overlay.lab.matrix import Endpoint, reachability, render
 from overlay.lab.spec import (
     DEFAULT_BASE_DIR,
@@ -156,17 +156,43 @@ def summary(lab: Lab, matrix: bool) -> int:
     got = lab.overlayctl("leases", "list", check=False)
     say((got.stdout or got.stderr).rstrip())
     rc = print_matrix(lab) if matrix else 0
-    flag = "" if lab.spec.prefix == DEFAULT_PREFIX else f" --name {lab.spec.prefix}"
-    if lab.spec.base_dir != DEFAULT_BASE_DIR:
-        flag += f" --lab-dir {lab.spec.base_dir}"
     say("")
     pods = endpoints(lab)
     far = [p for p in pods if pods and p.node != pods[0].node]
-    if far:
-        say(f"Try:       overlay-lab exec{flag} {pods[0].name} -- ping -c3 {far[0].ip}")
-    say(f"Status:    overlay-lab status{flag}")
-    say(f"Tear down: overlay-lab down{flag}")
+    for line in cheat_sheet(lab.spec, lab.state.nodes if lab.state else [], BIN_DIR,
+                            pods[0].name if far else None, far[0].ip if far else None):
+        say(line)
     return rc
+
+
+def lab_flags(spec: LabSpec) -> str:
+    """The options naming this lab, as a user has to repeat them (empty for the default)."""
+    flag = "" if spec.prefix == DEFAULT_PREFIX else f" --name {spec.prefix}"
+    if spec.base_dir != DEFAULT_BASE_DIR:
+        flag += f" --lab-dir {spec.base_dir}"
+    return flag
+
+
+def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None = None,
+                far_ip: str | None = None) -> list[str]:
+    """What to type next: the tools on PATH, overlayctl and diagnose on a node, the logs."""
+    flag = lab_flags(spec)
+    node = nodes[0] if nodes else "node1"
+    lines = [f"Tools:     export PATH={bin_dir}:$PATH   "
+             "(overlay-lab, overlayctl, overlayd, overlay-cni; or use the cmd/ links)"]
+    if pod and far_ip:
+        lines.append(f"Try:       overlay-lab exec{flag} {pod} -- ping -c3 {far_ip}")
+    lines += [
+        f"On a node: overlay-lab exec{flag} {node} -- overlayctl leases list",
+        f"Diagnose:  overlay-lab exec{flag} {node} -- overlayctl diagnose",
+        "           (exec sets the node's etcd, subnet file, CNI dirs and healthz address "
+        "as OVERLAYCTL_* variables)",
+        f"Logs:      {spec.node_file(node, 'overlayd.log')} (one per node), "
+        f"{os.path.join(spec.lab_dir, 'etcd.log')}",
+        f"Status:    overlay-lab status{flag}",
+        f"Tear down: overlay-lab down{flag}",
+    ]
+    return lines
 
 
 def endpoints(lab: Lab) -> list[Endpoint]:

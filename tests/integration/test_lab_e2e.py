@@ -235,6 +235,7 @@ def test_cli_status_and_idempotent_up_repairs(lab):
     assert "exists" in cp.stdout and "all " in cp.stdout and "pairs reachable" in cp.stdout
     assert "SUBNET" in cp.stdout and "PUBLIC-IP" in cp.stdout   # the lease table
     assert "Tear down: overlay-lab down" in cp.stdout
+    assert "export PATH=" in cp.stdout and "-- overlayctl diagnose" in cp.stdout  # cheat-sheet
     lab.state = type(lab)(lab.spec).state
     assert lab.daemon_pid("node2") is not None
     assert ping(pod_ns(lab, pods_on(lab, "node2")[0]), lab.state.pods[victim.name].ip)
@@ -275,6 +276,13 @@ def test_exec_runs_the_projects_tools_against_the_node(lab):
     table = subprocess.run([LAB, "status", *args], capture_output=True, text=True, check=True,
                            env=env).stdout
     assert "HEALTHZ" in table and st["nodes"][0]["healthz"] in table
+    # The cheat-sheet's diagnose, with no flags: exec supplies the node's files.
+    cp = subprocess.run([LAB, "exec", *args, "node1", "--", "overlayctl", "-o", "json",
+                         "diagnose", "--no-probe"], capture_output=True, text=True, env=env,
+                        timeout=60)
+    report = json.loads(cp.stdout)
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert cp.returncode == 0 and not failed, (failed, cp.stderr)
 
 
 def test_down_leaves_nothing_behind(lab):

@@ -479,3 +479,20 @@ def test_exec_env_names_options_overlayctl_really_has(tmp_path):
         known |= {f"OVERLAYCTL_{name.upper().replace('-', '_')}_{p.name.upper()}"
                   for p in cmd.params}
     assert {k for k in env if k.startswith("OVERLAYCTL_")} <= known
+
+
+def test_up_ends_with_a_cheat_sheet_naming_this_lab():
+    from overlay.lab.cli import cheat_sheet
+    spec = LabSpec("ovlt", "/srv/labs")
+    text = "\n".join(cheat_sheet(spec, ["node2", "node3"], "/opt/venv/bin",
+                                 "pod-node2-1", "10.244.3.2"))
+    assert "export PATH=/opt/venv/bin:$PATH" in text
+    flag = "--name ovlt --lab-dir /srv/labs"
+    assert f"overlay-lab exec {flag} node2 -- overlayctl leases list" in text
+    assert f"overlay-lab exec {flag} node2 -- overlayctl diagnose" in text
+    assert f"overlay-lab exec {flag} pod-node2-1 -- ping -c3 10.244.3.2" in text
+    assert "/srv/labs/ovlt/node2/overlayd.log" in text and "/srv/labs/ovlt/etcd.log" in text
+    assert f"overlay-lab down {flag}" in text
+    default = "\n".join(cheat_sheet(LabSpec(), [], "/b"))
+    assert "overlay-lab exec node1 -- overlayctl diagnose" in default and "Try:" not in default
+
