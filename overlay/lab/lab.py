@@ -101,7 +101,9 @@ class Lab:
             self.progress(f"lab {self.spec.prefix} exists ({len(state.nodes)} nodes); "
                           "checking every part and repairing what is missing")
             if pods_per_node is not None:
+                # an explicit count is for every node, those add-node made included
                 state.pods_per_node = pods_per_node
+                state.node_pods.clear()
         else:
             self.progress(f"creating lab {self.spec.prefix} in {self.spec.lab_dir}")
             state = self.state = LabState(self.spec.prefix,
@@ -385,14 +387,11 @@ class Lab:
     def add_node(self, pods_per_node: int | None = None) -> str:
         state = self._need_state()
         node = next_free_node(state.nodes)
-        state.add_node(node)
+        state.add_node(node, pods_per_node)
         self._save()
         self.ensure_node(node)
         self.wait_ready([node])
-        if pods_per_node is not None:
-            self._ensure_pods_of(node, pods_per_node)
-        else:
-            self._ensure_pods_of(node, state.pods_per_node)
+        self._ensure_pods_of(node, state.pods_wanted(node))
         return node
 
     def remove_node(self, node: str) -> None:
@@ -417,7 +416,7 @@ class Lab:
             del state.pods[pod.name]
         sysx.delete_netns(self.spec.node_ns(node))  # takes both ends of its veth with it
         shutil.rmtree(self.spec.node_dir(node), ignore_errors=True)
-        state.nodes.remove(node)
+        state.drop_node(node)
         self._save()
         self.progress(f"removed {node}")
 
@@ -435,7 +434,8 @@ class Lab:
     def ensure_pods(self, nodes: list[str]) -> None:
         state = self._need_state()
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-            for fut in [pool.submit(self._ensure_pods_of, n, state.pods_per_node) for n in nodes]:
+            for fut in [pool.submit(self._ensure_pods_of, n, state.pods_wanted(n))
+                        for n in nodes]:
                 fut.result()
 
     def _ensure_pods_of(self, node: str, count: int) -> None:

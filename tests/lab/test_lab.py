@@ -496,3 +496,33 @@ def test_up_ends_with_a_cheat_sheet_naming_this_lab():
     default = "\n".join(cheat_sheet(LabSpec(), [], "/b"))
     assert "overlay-lab exec node1 -- overlayctl diagnose" in default and "Try:" not in default
 
+
+def test_a_node_added_with_its_own_pod_count_keeps_it(tmp_path, monkeypatch):
+    from overlay.lab.lab import Lab
+    st = LabState("ovlt", 2, ["node1"])
+    st.add_node("node2", pods=0)
+    path = str(tmp_path / "lab.json")
+    save_state(path, st)
+    back = _saved_state(path)
+    assert back.node_pods == {"node2": 0}
+    assert [back.pods_wanted(n) for n in back.nodes] == [2, 0]
+    # up's pod step asks each node for its own count
+    lab = Lab(LabSpec("ovlt", str(tmp_path)))
+    lab.state = back
+    asked: dict[str, int] = {}
+    monkeypatch.setattr(lab, "_ensure_pods_of", lambda node, n: asked.__setitem__(node, n))
+    lab.ensure_pods(back.nodes)
+    assert asked == {"node1": 2, "node2": 0}
+    back.drop_node("node2")
+    assert back.node_pods == {} and back.nodes == ["node1"]
+
+
+def test_state_without_node_pods_still_loads_and_bad_counts_are_refused(tmp_path):
+    path = tmp_path / "lab.json"
+    path.write_text(json.dumps({"prefix": "ovlt", "pods_per_node": 1, "nodes": ["node1"]}))
+    assert _saved_state(str(path)).pods_wanted("node1") == 1
+    for bad in ({"node1": "x"}, {"node7": 1}, ["node1"], {"node1": -1}):
+        path.write_text(json.dumps({"prefix": "ovlt", "pods_per_node": 1, "nodes": ["node1"],
+                                    "node_pods": bad}))
+        with pytest.raises(LabError, match="damaged"):
+            load_state(str(path))
