@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -112,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run(args))
     except OverlayError as e:
         sys.exit(f"error: {e}")
+    except BrokenPipeError:  # stdout's reader left while something else wrote to it
+        _stdout_to_devnull()
+        sys.exit(141)
     except OSError as e:  # e.g. a full disk or a file the lab cannot write
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -119,7 +123,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def say(msg: str) -> None:
-    print(msg, flush=True)
+    """One line on stdout; once the reader has gone (``| head -1``) the rest is dropped
+    quietly and the command carries on, so an ``up`` never stops half-way through."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: later writes, and the flush at exit, go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,7 +240,7 @@ def print_matrix(lab: Lab) -> int:
 def cmd_status(lab: Lab, output: str) -> int:
     st = lab.status()
     if output == "json":
-        print(json.dumps(st, indent=2))
+        say(json.dumps(st, indent=2))
         return 0
     e = st["etcd"]
     say(f"lab {st['name']} ({st['dir']}); etcd {e['endpoint']} in {e['netns']}: "
@@ -251,6 +267,9 @@ def cmd_exec(lab: Lab, target: str, cmd: list[str]) -> int:
     env = lab.exec_env(ns, os.environ)
     argv = in_netns(ns, cmd)
     sys.stdout.flush()
+    # The command gets the default SIGPIPE (Python ignores it, and an ignored signal
+    # stays ignored across exec), so `exec ... | head` ends it as a shell would.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # ip netns exec looks the command up on the PATH it is given, so the venv's
     # overlayctl is found even from a plain root PATH.
     os.execvpe(argv[0], argv, env)

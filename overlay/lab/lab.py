@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
+# What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock")
+NODE_TREES = ("state", "ipam", "net.d")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
 
@@ -146,24 +149,34 @@ class Lab:
         sysx.delete_netns(self.spec.underlay_ns)
         kept = self._remove_files(state)
         self.state = None
-        files = (f"its files; {self.spec.lab_dir} stays for {', '.join(kept)}, which the lab "
-                 "did not make" if kept else self.spec.lab_dir)
+        for path in kept:
+            self.progress(f"kept      {path} (not made by the lab)")
+        files = (f"its files; {len(kept)} path(s) the lab did not make stay, named above"
+                 if kept else self.spec.lab_dir)
         self.progress(f"lab {self.spec.prefix} removed (namespaces, processes, {files})")
 
     def _remove_files(self, state: LabState) -> list[str]:
-        """Remove the paths ``up`` makes under the lab dir, then the dir if that empties it
-        (never the whole tree: a user's own files there stay); the names left, if any."""
+        """Remove the paths ``up`` makes under the lab dir, then each directory that this
+        empties (never a whole tree of unknown contents: a user's own files stay); the
+        paths left, if any."""
         spec = self.spec
-        for path in [spec.node_dir(n) for n in state.nodes] + [spec.etcd_dir, spec.cni_bin_dir]:
+        trees = [spec.etcd_dir, spec.cni_bin_dir]
+        files = [self._etcd_log(), self._etcd_pid().path]
+        for node in state.nodes:
+            trees += [spec.node_file(node, d) for d in NODE_TREES]
+            files += [spec.node_file(node, f) for f in NODE_FILES]
+        for path in trees:
             shutil.rmtree(path, ignore_errors=True)
-        for path in (self._etcd_log(), spec.state_file):  # the state file last: down can rerun
+        for path in files + [spec.state_file]:  # the state file last: down can rerun
             with suppress(FileNotFoundError):
                 os.unlink(path)
-        for path in (os.path.dirname(spec.cni_bin_dir), spec.lab_dir):
+        dirs = [spec.node_dir(n) for n in state.nodes] + [os.path.dirname(spec.cni_bin_dir),
+                                                          spec.lab_dir]
+        for path in dirs:
             # gone already, or holds something the lab did not make
             with suppress(OSError):
                 os.rmdir(path)
-        return sorted(os.listdir(spec.lab_dir)) if os.path.isdir(spec.lab_dir) else []
+        return _left_under(spec.lab_dir)
 
     # ----------------------------------------------------------------- underlay + etcd
     def ensure_underlay(self) -> None:
@@ -578,6 +591,16 @@ class LabLock:
                 os.unlink(self.path)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
+
+
+def _left_under(top: str) -> list[str]:
+    """Every file (or empty directory) still under ``top``, sorted."""
+    left: list[str] = []
+    for root, dirs, names in os.walk(top):
+        left += [os.path.join(root, n) for n in names]
+        if not dirs and not names and root != top:
+            left.append(root + "/")
+    return sorted(left)
 
 
 def _tail(path: str, lines: int = 15) -> str:

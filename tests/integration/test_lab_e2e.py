@@ -285,12 +285,49 @@ def test_exec_runs_the_projects_tools_against_the_node(lab):
     assert cp.returncode == 0 and not failed, (failed, cp.stderr)
 
 
+def test_up_keeps_add_node_pods_and_closed_pipes_end_quietly(lab):
+    args = ["--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir]
+    cp = subprocess.run([LAB, "add-node", *args, "--pods", "0"], capture_output=True,
+                        text=True, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    lab.state = type(lab)(lab.spec).state
+    new = lab.state.nodes[-1]
+    try:
+        # `up | head -1`: the reader leaves after one line; up still repairs everything.
+        ip("netns", "delete", pod_ns(lab, pods_on(lab, "node1")[0]))
+        sh = subprocess.run(["bash", "-c", f'"$0" up {" ".join(args)} --no-matrix | head -1; '
+                             'echo "rc=${PIPESTATUS[0]}" >&2', LAB],
+                            capture_output=True, text=True, timeout=180)
+        assert sh.stdout.count("\n") == 1, sh.stdout
+        assert "Broken pipe" not in sh.stderr and "Traceback" not in sh.stderr, sh.stderr
+        assert sh.stderr.strip().splitlines()[-1] in ("rc=0", "rc=141"), sh.stderr
+        lab.state = type(lab)(lab.spec).state
+        assert pods_on(lab, new) == []                  # add-node --pods 0 is remembered
+        assert ping(pod_ns(lab, pods_on(lab, "node2")[0]), pods_on(lab, "node1")[0].ip)
+        sh = subprocess.run(["bash", "-c", f'"$0" status {" ".join(args)} | head -1; '
+                             'echo "rc=${PIPESTATUS[0]}" >&2', LAB],
+                            capture_output=True, text=True, timeout=60)
+        assert sh.stdout.startswith(f"lab {lab.spec.prefix} ") and "Broken pipe" not in sh.stderr
+        assert sh.stderr.strip().splitlines()[-1] in ("rc=0", "rc=141"), sh.stderr
+    finally:
+        subprocess.run([LAB, "remove-node", *args, new], capture_output=True, timeout=120)
+        lab.state = type(lab)(lab.spec).state
+
+
 def test_down_leaves_nothing_behind(lab):
     names, pids = lab_names(lab), lab_pids(lab)
     assert len(pids) == len(lab.state.nodes) + 1
+    mine = lab.spec.node_file("node1", "notes.txt")   # a user's file inside a node's dir
+    with open(mine, "w") as f:
+        f.write("mine\n")
     cp = subprocess.run([LAB, "down", "--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir],
                         capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr
+    assert [line for line in cp.stdout.splitlines() if "kept " in line] == [
+        f"==> kept      {mine} (not made by the lab)"], cp.stdout
+    os.unlink(mine)
+    os.rmdir(os.path.dirname(mine))       # down left nothing else there ...
+    os.rmdir(lab.spec.lab_dir)            # ... nor in the lab dir
     lab.state = None
     assert leftovers(lab, names, pids) == []
     assert not os.path.exists(os.path.join(lab.spec.base_dir, f".{lab.spec.prefix}.lock"))

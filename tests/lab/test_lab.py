@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -379,17 +380,28 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     lab = Lab(spec, progress=lambda msg: None)
     lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
     _made_by_up(lab)
-    with open(os.path.join(spec.lab_dir, "notes.txt"), "w") as f:   # the user's own
-        f.write("mine\n")
+    mine = [os.path.join(spec.lab_dir, "notes.txt"), spec.node_file("node2", "trace.pcap"),
+            spec.node_file("node1", "keep/x.txt")]   # the user's own
+    for path in mine:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("mine\n")
     said: list[str] = []
     lab.progress = said.append
     lab.down()
-    assert sorted(os.listdir(spec.lab_dir)) == ["notes.txt"]
-    assert "stays for notes.txt" in said[-1]
+    left = sorted(os.path.relpath(os.path.join(r, n), spec.lab_dir)
+                  for r, _, names in os.walk(spec.lab_dir) for n in names)
+    assert left == ["node1/keep/x.txt", "node2/trace.pcap", "notes.txt"]
+    kept = [m for m in said if m.startswith("kept")]
+    assert kept == [f"kept      {os.path.normpath(p)} (not made by the lab)"
+                    for p in sorted(map(os.path.normpath, mine))]
+    assert "3 path(s) the lab did not make stay" in said[-1]
+    for path in mine:
+        os.unlink(path)
+    os.rmdir(spec.node_file("node1", "keep"))
     # Without files of the user's, the lab dir goes too.
     lab = Lab(spec, progress=lambda msg: None)
-    lab.state = LabState(spec.prefix, 1, ["node1"])
-    os.unlink(os.path.join(spec.lab_dir, "notes.txt"))
+    lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
     _made_by_up(lab)
     lab.down()
     assert os.listdir(tmp_path) == []
@@ -526,3 +538,19 @@ def test_state_without_node_pods_still_loads_and_bad_counts_are_refused(tmp_path
                                     "node_pods": bad}))
         with pytest.raises(LabError, match="damaged"):
             load_state(str(path))
+
+
+def test_output_to_a_closed_pipe_ends_quietly_and_the_work_goes_on():
+    """`overlay-lab up | head -1`: every line after the reader left is dropped, the
+    command still does all its work (here: counts to the end) and exits 0, silently."""
+    code = ("import sys\nfrom overlay.lab.cli import say\n"
+            "for i in range(20000):\n    say(f'line {i} ' + 'x' * 80)\n"
+            "sys.stderr.write('finished\\n')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"line 0 ")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert err == "finished\n"
