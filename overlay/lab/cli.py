@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 
+from overlay import __version__
 from overlay.errors import OverlayError
-from overlay.lab.lab import Lab
+from overlay.lab.lab import BIN_DIR, Lab
 from overlay.lab.matrix import Endpoint, reachability, render
 from overlay.lab.spec import (
     DEFAULT_BASE_DIR,
@@ -40,20 +42,34 @@ def _count(lo: int, hi: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", default=os.environ.get("OVERLAY_LAB_NAME", DEFAULT_PREFIX),
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    The top-level parser holds the defaults; each command's copy defaults to SUPPRESS so
+    that an option given before the command is not reset by the command's own parser."""
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+    parser.add_argument("--name", default=default(os.environ.get("OVERLAY_LAB_NAME",
+                                                                  DEFAULT_PREFIX)),
                         help="the lab's name, prefixing all its namespaces "
                              f"(default {DEFAULT_PREFIX})")
-    common.add_argument("--lab-dir", default=os.environ.get("OVERLAY_LAB_DIR", DEFAULT_BASE_DIR),
+    parser.add_argument("--lab-dir", default=default(os.environ.get("OVERLAY_LAB_DIR",
+                                                                     DEFAULT_BASE_DIR)),
                         help="where labs keep pid files, logs and etcd data "
                              f"(default {DEFAULT_BASE_DIR})")
-    common.add_argument("-v", "--verbose", action="count", default=0,
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
                         help="more logging (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
 
     p = argparse.ArgumentParser(prog="overlay-lab", description=(
         "A multi-node overlay cluster on one machine: nodes and pods are network namespaces, "
         "the underlay is a bridge in a namespace of its own, etcd runs on the underlay."))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", parents=[common], help="create the lab, or repair a running one")
@@ -97,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run(args))
     except OverlayError as e:
         sys.exit(f"error: {e}")
+    except BrokenPipeError:  # stdout's reader left while something else wrote to it
+        _stdout_to_devnull()
+        sys.exit(141)
     except OSError as e:  # e.g. a full disk or a file the lab cannot write
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -104,7 +123,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def say(msg: str) -> None:
-    print(msg, flush=True)
+    """One line on stdout; once the reader has gone (``| head -1``) the rest is dropped
+    quietly and the command carries on, so an ``up`` never stops half-way through."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: later writes, and the flush at exit, go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,17 +172,43 @@ def summary(lab: Lab, matrix: bool) -> int:
     got = lab.overlayctl("leases", "list", check=False)
     say((got.stdout or got.stderr).rstrip())
     rc = print_matrix(lab) if matrix else 0
-    flag = "" if lab.spec.prefix == DEFAULT_PREFIX else f" --name {lab.spec.prefix}"
-    if lab.spec.base_dir != DEFAULT_BASE_DIR:
-        flag += f" --lab-dir {lab.spec.base_dir}"
     say("")
     pods = endpoints(lab)
     far = [p for p in pods if pods and p.node != pods[0].node]
-    if far:
-        say(f"Try:       overlay-lab exec{flag} {pods[0].name} -- ping -c3 {far[0].ip}")
-    say(f"Status:    overlay-lab status{flag}")
-    say(f"Tear down: overlay-lab down{flag}")
+    for line in cheat_sheet(lab.spec, lab.state.nodes if lab.state else [], BIN_DIR,
+                            pods[0].name if far else None, far[0].ip if far else None):
+        say(line)
     return rc
+
+
+def lab_flags(spec: LabSpec) -> str:
+    """The options naming this lab, as a user has to repeat them (empty for the default)."""
+    flag = "" if spec.prefix == DEFAULT_PREFIX else f" --name {spec.prefix}"
+    if spec.base_dir != DEFAULT_BASE_DIR:
+        flag += f" --lab-dir {spec.base_dir}"
+    return flag
+
+
+def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None = None,
+                far_ip: str | None = None) -> list[str]:
+    """What to type next: the tools on PATH, overlayctl and diagnose on a node, the logs."""
+    flag = lab_flags(spec)
+    node = nodes[0] if nodes else "node1"
+    lines = [f"Tools:     export PATH={bin_dir}:$PATH   "
+             "(overlay-lab, overlayctl, overlayd, overlay-cni; or use the cmd/ links)"]
+    if pod and far_ip:
+        lines.append(f"Try:       overlay-lab exec{flag} {pod} -- ping -c3 {far_ip}")
+    lines += [
+        f"On a node: overlay-lab exec{flag} {node} -- overlayctl leases list",
+        f"Diagnose:  overlay-lab exec{flag} {node} -- overlayctl diagnose",
+        "           (exec sets the node's etcd, subnet file, CNI dirs and healthz address "
+        "as OVERLAYCTL_* variables)",
+        f"Logs:      {spec.node_file(node, 'overlayd.log')} (one per node), "
+        f"{os.path.join(spec.lab_dir, 'etcd.log')}",
+        f"Status:    overlay-lab status{flag}",
+        f"Tear down: overlay-lab down{flag}",
+    ]
+    return lines
 
 
 def endpoints(lab: Lab) -> list[Endpoint]:
@@ -183,15 +240,17 @@ def print_matrix(lab: Lab) -> int:
 def cmd_status(lab: Lab, output: str) -> int:
     st = lab.status()
     if output == "json":
-        print(json.dumps(st, indent=2))
+        say(json.dumps(st, indent=2))
         return 0
     e = st["etcd"]
     say(f"lab {st['name']} ({st['dir']}); etcd {e['endpoint']} in {e['netns']}: "
         f"{'healthy' if e['healthy'] else 'DOWN'} (pid {e['pid']})")
     say("")
-    say(format_table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY"],
+    say(format_table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY", "HEALTHZ"],
                      [[n["name"], n["netns"], n["public_ip"], n["subnet"], n["pid"],
-                       "yes" if n["ready"] else "no"] for n in st["nodes"]]))
+                       "yes" if n["ready"] else "no", n["healthz"]] for n in st["nodes"]]))
+    say("(each HEALTHZ address is inside its node's namespace: "
+        "overlay-lab exec NODE -- curl http://ADDR/readyz)")
     say("")
     say(format_table(["POD", "NETNS", "NODE", "IP"],
                      [[p["name"], p["netns"] if p["present"] else p["netns"] + " (missing)",
@@ -204,7 +263,14 @@ def cmd_exec(lab: Lab, target: str, cmd: list[str]) -> int:
         cmd = cmd[1:]
     if not cmd:
         cmd = [os.environ.get("SHELL", "/bin/sh")]
-    argv = in_netns(lab.resolve_target(target), cmd)
+    ns = lab.resolve_target(target)
+    env = lab.exec_env(ns, os.environ)
+    argv = in_netns(ns, cmd)
     sys.stdout.flush()
-    os.execvp(argv[0], argv)
+    # The command gets the default SIGPIPE (Python ignores it, and an ignored signal
+    # stays ignored across exec), so `exec ... | head` ends it as a shell would.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # ip netns exec looks the command up on the PATH it is given, so the venv's
+    # overlayctl is found even from a plain root PATH.
+    os.execvpe(argv[0], argv, env)
     return 127  # not reached

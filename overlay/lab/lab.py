@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
+# What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock")
+NODE_TREES = ("state", "ipam", "net.d")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
 
 
@@ -77,6 +81,7 @@ class NodeStatus:
     subnet: str | None
     pid: int | None
     ready: bool
+    healthz: str
 
 
 class Lab:
@@ -99,7 +104,9 @@ class Lab:
             self.progress(f"lab {self.spec.prefix} exists ({len(state.nodes)} nodes); "
                           "checking every part and repairing what is missing")
             if pods_per_node is not None:
+                # an explicit count is for every node, those add-node made included
                 state.pods_per_node = pods_per_node
+                state.node_pods.clear()
         else:
             self.progress(f"creating lab {self.spec.prefix} in {self.spec.lab_dir}")
             state = self.state = LabState(self.spec.prefix,
@@ -142,24 +149,34 @@ class Lab:
         sysx.delete_netns(self.spec.underlay_ns)
         kept = self._remove_files(state)
         self.state = None
-        files = (f"its files; {self.spec.lab_dir} stays for {', '.join(kept)}, which the lab "
-                 "did not make" if kept else self.spec.lab_dir)
+        for path in kept:
+            self.progress(f"kept      {path} (not made by the lab)")
+        files = (f"its files; {len(kept)} path(s) the lab did not make stay, named above"
+                 if kept else self.spec.lab_dir)
         self.progress(f"lab {self.spec.prefix} removed (namespaces, processes, {files})")
 
     def _remove_files(self, state: LabState) -> list[str]:
-        """Remove the paths ``up`` makes under the lab dir, then the dir if that empties it
-        (never the whole tree: a user's own files there stay); the names left, if any."""
+        """Remove the paths ``up`` makes under the lab dir, then each directory that this
+        empties (never a whole tree of unknown contents: a user's own files stay); the
+        paths left, if any."""
         spec = self.spec
-        for path in [spec.node_dir(n) for n in state.nodes] + [spec.etcd_dir, spec.cni_bin_dir]:
+        trees = [spec.etcd_dir, spec.cni_bin_dir]
+        files = [self._etcd_log(), self._etcd_pid().path]
+        for node in state.nodes:
+            trees += [spec.node_file(node, d) for d in NODE_TREES]
+            files += [spec.node_file(node, f) for f in NODE_FILES]
+        for path in trees:
             shutil.rmtree(path, ignore_errors=True)
-        for path in (self._etcd_log(), spec.state_file):  # the state file last: down can rerun
+        for path in files + [spec.state_file]:  # the state file last: down can rerun
             with suppress(FileNotFoundError):
                 os.unlink(path)
-        for path in (os.path.dirname(spec.cni_bin_dir), spec.lab_dir):
+        dirs = [spec.node_dir(n) for n in state.nodes] + [os.path.dirname(spec.cni_bin_dir),
+                                                          spec.lab_dir]
+        for path in dirs:
             # gone already, or holds something the lab did not make
             with suppress(OSError):
                 os.rmdir(path)
-        return sorted(os.listdir(spec.lab_dir)) if os.path.isdir(spec.lab_dir) else []
+        return _left_under(spec.lab_dir)
 
     # ----------------------------------------------------------------- underlay + etcd
     def ensure_underlay(self) -> None:
@@ -300,7 +317,7 @@ class Lab:
             "--iface", "eth0", "--public-ip", str(self.spec.node_ip(node)),
             "--subnet-file", self.spec.node_file(node, "subnet.env"),
             "--state-dir", self.spec.node_file(node, "state"),
-            "--healthz-addr", HEALTHZ_ADDR,
+            "--healthz-addr", self.healthz_addr(node),
             "--cni-socket", self.spec.node_file(node, "cni.sock")])
 
     def ensure_daemon(self, node: str) -> bool:
@@ -316,8 +333,36 @@ class Lab:
     def stop_daemon(self, node: str, sig: int = signal.SIGTERM) -> bool:
         return sysx.stop_process(self._daemon_pid(node), sig)
 
+    def healthz_addr(self, node: str) -> str:
+        """overlayd's --healthz-addr on ``node`` (inside the node's own namespace)."""
+        return HEALTHZ_ADDR
+
+    def exec_env(self, ns: str, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment of ``overlay-lab exec`` into namespace ``ns``: the project's
+        programs first on PATH, and overlayctl pointed at the lab (its etcd from a node or
+        the underlay; on a node also that node's files for ``overlayctl diagnose``), by
+        overlayctl's own OVERLAYCTL_* variables, so flags given by hand still win."""
+        env = dict(environ)
+        env["PATH"] = os.pathsep.join([BIN_DIR, environ.get("PATH") or DEFAULT_PATH])
+        state = self._need_state()
+        node = next((n for n in state.nodes if self.spec.node_ns(n) == ns), None)
+        if node is None and ns != self.spec.underlay_ns:
+            return env   # a pod: etcd is not for pods to reach
+        env["OVERLAYCTL_ETCD_ENDPOINTS"] = self.spec.etcd_endpoint
+        env["OVERLAYCTL_ETCD_PREFIX"] = ETCD_KEY_PREFIX
+        if node is not None:
+            diag = "OVERLAYCTL_DIAGNOSE_"
+            env[diag + "SUBNET_FILE"] = self.spec.node_file(node, "subnet.env")
+            env[diag + "CNI_CONF_DIR"] = self.spec.cni_conf_dir(node)
+            env[diag + "CNI_BIN_DIR"] = os.pathsep.join([self.spec.cni_bin_dir,
+                                                         REFERENCE_CNI_DIR])
+            env[diag + "PUBLIC_IP"] = str(self.spec.node_ip(node))
+            env[diag + "HEALTHZ_ADDR"] = self.healthz_addr(node)
+            env["OVERLAY_CNI_SOCKET"] = self.spec.node_file(node, "cni.sock")
+        return env
+
     def ready(self, node: str) -> bool:
-        host, port = HEALTHZ_ADDR.rsplit(":", 1)
+        host, port = self.healthz_addr(node).rsplit(":", 1)
         try:
             status, _ = sysx.http_get(self.spec.node_ns(node), host, int(port), "/readyz",
                                       timeout=1.0)
@@ -355,14 +400,11 @@ class Lab:
     def add_node(self, pods_per_node: int | None = None) -> str:
         state = self._need_state()
         node = next_free_node(state.nodes)
-        state.add_node(node)
+        state.add_node(node, pods_per_node)
         self._save()
         self.ensure_node(node)
         self.wait_ready([node])
-        if pods_per_node is not None:
-            self._ensure_pods_of(node, pods_per_node)
-        else:
-            self._ensure_pods_of(node, state.pods_per_node)
+        self._ensure_pods_of(node, state.pods_wanted(node))
         return node
 
     def remove_node(self, node: str) -> None:
@@ -387,7 +429,7 @@ class Lab:
             del state.pods[pod.name]
         sysx.delete_netns(self.spec.node_ns(node))  # takes both ends of its veth with it
         shutil.rmtree(self.spec.node_dir(node), ignore_errors=True)
-        state.nodes.remove(node)
+        state.drop_node(node)
         self._save()
         self.progress(f"removed {node}")
 
@@ -405,7 +447,8 @@ class Lab:
     def ensure_pods(self, nodes: list[str]) -> None:
         state = self._need_state()
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-            for fut in [pool.submit(self._ensure_pods_of, n, state.pods_per_node) for n in nodes]:
+            for fut in [pool.submit(self._ensure_pods_of, n, state.pods_wanted(n))
+                        for n in nodes]:
                 fut.result()
 
     def _ensure_pods_of(self, node: str, count: int) -> None:
@@ -469,7 +512,8 @@ class Lab:
     def node_status(self, node: str) -> NodeStatus:
         pid = self.daemon_pid(node)
         return NodeStatus(node, self.spec.node_ns(node), str(self.spec.node_ip(node)),
-                          self.node_subnet(node), pid, pid is not None and self.ready(node))
+                          self.node_subnet(node), pid, pid is not None and self.ready(node),
+                          self.healthz_addr(node))
 
     def status(self) -> dict[str, Any]:
         state = self._need_state()
@@ -547,6 +591,16 @@ class LabLock:
                 os.unlink(self.path)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
+
+
+def _left_under(top: str) -> list[str]:
+    """Every file (or empty directory) still under ``top``, sorted."""
+    left: list[str] = []
+    for root, dirs, names in os.walk(top):
+        left += [os.path.join(root, n) for n in names]
+        if not dirs and not names and root != top:
+            left.append(root + "/")
+    return sorted(left)
 
 
 def _tail(path: str, lines: int = 15) -> str:

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from overlay.lab.spec import LabError, node_index
+from overlay.lab.spec import MAX_PODS_PER_NODE, LabError, node_index
 from overlay.util.fsutil import atomic_write
 
 
@@ -30,18 +30,30 @@ class LabState:
     pods_per_node: int
     nodes: list[str] = field(default_factory=list)
     pods: dict[str, PodRecord] = field(default_factory=dict)
+    # Nodes made by ``add-node --pods N``: their own pod count, which ``up`` keeps.
+    node_pods: dict[str, int] = field(default_factory=dict)
 
-    def add_node(self, node: str) -> None:
+    def add_node(self, node: str, pods: int | None = None) -> None:
         if node not in self.nodes:
             self.nodes.append(node)
             self.nodes.sort(key=node_index)
+        if pods is not None:
+            self.node_pods[node] = pods
+
+    def drop_node(self, node: str) -> None:
+        self.nodes.remove(node)
+        self.node_pods.pop(node, None)
+
+    def pods_wanted(self, node: str) -> int:
+        """How many pods ``node`` should have: what add-node asked for, else the lab's."""
+        return self.node_pods.get(node, self.pods_per_node)
 
     def pods_of(self, node: str) -> list[PodRecord]:
         return sorted((p for p in self.pods.values() if p.node == node), key=lambda p: p.name)
 
     def to_json(self) -> str:
         return json.dumps({"prefix": self.prefix, "pods_per_node": self.pods_per_node,
-                           "nodes": self.nodes,
+                           "nodes": self.nodes, "node_pods": self.node_pods,
                            "pods": [asdict(p) for p in sorted(self.pods.values(),
                                                               key=lambda p: p.name)]},
                           indent=2) + "\n"
@@ -51,10 +63,17 @@ class LabState:
         try:
             raw = json.loads(text)
             pods = {p["name"]: PodRecord(**p) for p in raw.get("pods", [])}
-            state = cls(raw["prefix"], int(raw["pods_per_node"]), list(raw["nodes"]), pods)
+            node_pods = {str(n): int(c) for n, c in raw.get("node_pods", {}).items()}
+            state = cls(raw["prefix"], int(raw["pods_per_node"]), list(raw["nodes"]), pods,
+                        node_pods)
             for n in state.nodes:
                 node_index(n)
-        except (ValueError, KeyError, TypeError, LabError) as e:
+            if any(not 0 <= c <= MAX_PODS_PER_NODE for c in node_pods.values()):
+                raise ValueError(f"node_pods counts out of range 0..{MAX_PODS_PER_NODE}")
+            if set(node_pods) - set(state.nodes):
+                raise ValueError(f"node_pods names nodes not in the lab: "
+                                 f"{sorted(set(node_pods) - set(state.nodes))}")
+        except (ValueError, KeyError, TypeError, AttributeError, LabError) as e:
             raise LabError(f"{source} is damaged ({e}); remove the lab's namespaces with "
                            "`ip netns delete` and the directory by hand") from e
         return state

@@ -235,6 +235,7 @@ def test_cli_status_and_idempotent_up_repairs(lab):
     assert "exists" in cp.stdout and "all " in cp.stdout and "pairs reachable" in cp.stdout
     assert "SUBNET" in cp.stdout and "PUBLIC-IP" in cp.stdout   # the lease table
     assert "Tear down: overlay-lab down" in cp.stdout
+    assert "export PATH=" in cp.stdout and "-- overlayctl diagnose" in cp.stdout  # cheat-sheet
     lab.state = type(lab)(lab.spec).state
     assert lab.daemon_pid("node2") is not None
     assert ping(pod_ns(lab, pods_on(lab, "node2")[0]), lab.state.pods[victim.name].ip)
@@ -252,12 +253,81 @@ def test_cli_status_and_idempotent_up_repairs(lab):
     assert lab.state.nodes == type(lab)(lab.spec).state.nodes
 
 
+def test_exec_runs_the_projects_tools_against_the_node(lab):
+    """From a plain root PATH, ``exec node1 -- overlayctl ...`` finds the venv's overlayctl
+    and reaches the lab's etcd; status names the healthz address overlayd really serves."""
+    args = ["--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    cp = subprocess.run([LAB, *args, "exec", "node1", "--", "overlayctl", "-o", "json",
+                         "leases", "list"], capture_output=True, text=True, env=env, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(lease["public_ip"] for lease in json.loads(cp.stdout)) == sorted(
+        str(lab.spec.node_ip(n)) for n in lab.state.nodes)
+    st = json.loads(subprocess.run([LAB, "status", *args, "-o", "json"], capture_output=True,
+                                   text=True, check=True, env=env).stdout)
+    for node in st["nodes"]:
+        with open(f"/proc/{node['pid']}/cmdline") as f:
+            argv = f.read().split("\0")
+        assert argv[argv.index("--healthz-addr") + 1] == node["healthz"]
+        cp = subprocess.run([LAB, "exec", *args, node["name"], "--", "curl", "-s", "-o",
+                             "/dev/null", "-w", "%{http_code}", f"http://{node['healthz']}/readyz"],
+                            capture_output=True, text=True, env=env, timeout=30)
+        assert cp.stdout == "200", cp.stdout + cp.stderr
+    table = subprocess.run([LAB, "status", *args], capture_output=True, text=True, check=True,
+                           env=env).stdout
+    assert "HEALTHZ" in table and st["nodes"][0]["healthz"] in table
+    # The cheat-sheet's diagnose, with no flags: exec supplies the node's files.
+    cp = subprocess.run([LAB, "exec", *args, "node1", "--", "overlayctl", "-o", "json",
+                         "diagnose", "--no-probe"], capture_output=True, text=True, env=env,
+                        timeout=60)
+    report = json.loads(cp.stdout)
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert cp.returncode == 0 and not failed, (failed, cp.stderr)
+
+
+def test_up_keeps_add_node_pods_and_closed_pipes_end_quietly(lab):
+    args = ["--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir]
+    cp = subprocess.run([LAB, "add-node", *args, "--pods", "0"], capture_output=True,
+                        text=True, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    lab.state = type(lab)(lab.spec).state
+    new = lab.state.nodes[-1]
+    try:
+        # `up | head -1`: the reader leaves after one line; up still repairs everything.
+        ip("netns", "delete", pod_ns(lab, pods_on(lab, "node1")[0]))
+        sh = subprocess.run(["bash", "-c", f'"$0" up {" ".join(args)} --no-matrix | head -1; '
+                             'echo "rc=${PIPESTATUS[0]}" >&2', LAB],
+                            capture_output=True, text=True, timeout=180)
+        assert sh.stdout.count("\n") == 1, sh.stdout
+        assert "Broken pipe" not in sh.stderr and "Traceback" not in sh.stderr, sh.stderr
+        assert sh.stderr.strip().splitlines()[-1] in ("rc=0", "rc=141"), sh.stderr
+        lab.state = type(lab)(lab.spec).state
+        assert pods_on(lab, new) == []                  # add-node --pods 0 is remembered
+        assert ping(pod_ns(lab, pods_on(lab, "node2")[0]), pods_on(lab, "node1")[0].ip)
+        sh = subprocess.run(["bash", "-c", f'"$0" status {" ".join(args)} | head -1; '
+                             'echo "rc=${PIPESTATUS[0]}" >&2', LAB],
+                            capture_output=True, text=True, timeout=60)
+        assert sh.stdout.startswith(f"lab {lab.spec.prefix} ") and "Broken pipe" not in sh.stderr
+        assert sh.stderr.strip().splitlines()[-1] in ("rc=0", "rc=141"), sh.stderr
+    finally:
+        subprocess.run([LAB, "remove-node", *args, new], capture_output=True, timeout=120)
+        lab.state = type(lab)(lab.spec).state
+
+
 def test_down_leaves_nothing_behind(lab):
     names, pids = lab_names(lab), lab_pids(lab)
     assert len(pids) == len(lab.state.nodes) + 1
+    mine = lab.spec.node_file("node1", "notes.txt")   # a user's file inside a node's dir
+    with open(mine, "w") as f:
+        f.write("mine\n")
     cp = subprocess.run([LAB, "down", "--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir],
                         capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr
+    assert [line for line in cp.stdout.splitlines() if "kept " in line] == [
+        f"==> kept      {mine} (not made by the lab)"], cp.stdout
+    os.unlink(mine)
+    os.rmdir(os.path.dirname(mine))       # down left nothing else there ...
+    os.rmdir(lab.spec.lab_dir)            # ... nor in the lab dir
     lab.state = None
     assert leftovers(lab, names, pids) == []
     assert not os.path.exists(os.path.join(lab.spec.base_dir, f".{lab.spec.prefix}.lock"))

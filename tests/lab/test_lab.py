@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -137,6 +138,31 @@ def test_cli_defaults():
     assert (args.name, args.nodes, args.pods_per_node) == ("ovlab", None, None)
     args = build_parser().parse_args(["exec", "node1", "--", "ip", "-o", "link"])
     assert args.target == "node1" and args.cmd[-3:] == ["ip", "-o", "link"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--name", "lab2", "--lab-dir", "/srv/labs", "status"],
+    ["status", "--name", "lab2", "--lab-dir", "/srv/labs"],
+    ["--name", "lab2", "status", "--lab-dir", "/srv/labs"],
+])
+def test_cli_common_options_go_before_or_after_the_command(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.name, args.lab_dir) == ("status", "lab2", "/srv/labs")
+
+
+def test_cli_common_options_keep_their_defaults_either_way():
+    for argv in (["status"], ["-v", "status"], ["status", "-v"]):
+        args = build_parser().parse_args(argv)
+        assert (args.name, args.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
+        assert args.verbose == argv.count("-v")
+
+
+def test_cli_version(capsys):
+    from overlay import __version__
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"overlay-lab {__version__}"
 
 
 def test_pid_file_tracks_exactly_its_process(tmp_path):
@@ -354,17 +380,28 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     lab = Lab(spec, progress=lambda msg: None)
     lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
     _made_by_up(lab)
-    with open(os.path.join(spec.lab_dir, "notes.txt"), "w") as f:   # the user's own
-        f.write("mine\n")
+    mine = [os.path.join(spec.lab_dir, "notes.txt"), spec.node_file("node2", "trace.pcap"),
+            spec.node_file("node1", "keep/x.txt")]   # the user's own
+    for path in mine:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("mine\n")
     said: list[str] = []
     lab.progress = said.append
     lab.down()
-    assert sorted(os.listdir(spec.lab_dir)) == ["notes.txt"]
-    assert "stays for notes.txt" in said[-1]
+    left = sorted(os.path.relpath(os.path.join(r, n), spec.lab_dir)
+                  for r, _, names in os.walk(spec.lab_dir) for n in names)
+    assert left == ["node1/keep/x.txt", "node2/trace.pcap", "notes.txt"]
+    kept = [m for m in said if m.startswith("kept")]
+    assert kept == [f"kept      {os.path.normpath(p)} (not made by the lab)"
+                    for p in sorted(map(os.path.normpath, mine))]
+    assert "3 path(s) the lab did not make stay" in said[-1]
+    for path in mine:
+        os.unlink(path)
+    os.rmdir(spec.node_file("node1", "keep"))
     # Without files of the user's, the lab dir goes too.
     lab = Lab(spec, progress=lambda msg: None)
-    lab.state = LabState(spec.prefix, 1, ["node1"])
-    os.unlink(os.path.join(spec.lab_dir, "notes.txt"))
+    lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
     _made_by_up(lab)
     lab.down()
     assert os.listdir(tmp_path) == []
@@ -406,3 +443,114 @@ def test_netns_entered_refuses_what_is_not_a_namespace(tmp_path):
     with netns_entered("/proc/self/ns/net"):    # our own: entered and left
         pass
     assert os.stat("/proc/thread-self/ns/net").st_ino == home
+
+
+def _lab_with_nodes(tmp_path, *nodes):
+    from overlay.lab.lab import Lab
+    lab = Lab(LabSpec("ovlt", str(tmp_path)))
+    lab.state = LabState("ovlt", 1, list(nodes))
+    lab.state.pods["pod-node1-1"] = PodRecord("pod-node1-1", "node1", "ovlt-c1", "10.244.1.2")
+    return lab
+
+
+def test_exec_env_puts_the_venv_first_and_points_overlayctl_at_the_node(tmp_path):
+    from overlay.lab.lab import BIN_DIR
+    lab = _lab_with_nodes(tmp_path, "node1", "node2")
+    env = lab.exec_env(lab.spec.node_ns("node2"), {"PATH": "/usr/sbin:/usr/bin", "HOME": "/r"})
+    assert env["PATH"].split(os.pathsep) == [BIN_DIR, "/usr/sbin", "/usr/bin"]
+    assert os.access(os.path.join(BIN_DIR, "overlayctl"), os.X_OK)
+    assert env["HOME"] == "/r"
+    assert env["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
+    assert env["OVERLAYCTL_DIAGNOSE_SUBNET_FILE"] == lab.spec.node_file("node2", "subnet.env")
+    assert env["OVERLAYCTL_DIAGNOSE_CNI_CONF_DIR"] == lab.spec.cni_conf_dir("node2")
+    assert env["OVERLAYCTL_DIAGNOSE_PUBLIC_IP"] == "192.168.1.12"
+    assert env["OVERLAYCTL_DIAGNOSE_HEALTHZ_ADDR"] == lab.healthz_addr("node2")
+    assert "--healthz-addr" in lab.daemon_argv("node2")
+    argv = lab.daemon_argv("node2")
+    assert argv[argv.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+
+
+def test_exec_env_into_a_pod_or_the_underlay(tmp_path):
+    lab = _lab_with_nodes(tmp_path, "node1")
+    pod = lab.exec_env(lab.spec.pod_ns("pod-node1-1"), {})
+    assert pod["PATH"].endswith("/usr/bin:/sbin:/bin")
+    assert not any(k.startswith("OVERLAYCTL_") for k in pod)
+    under = lab.exec_env(lab.spec.underlay_ns, {})
+    assert under["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
+    assert not any(k.startswith("OVERLAYCTL_DIAGNOSE_") for k in under)
+
+
+def test_exec_env_names_options_overlayctl_really_has(tmp_path):
+    """overlayctl reads OVERLAYCTL_<OPTION> and OVERLAYCTL_<COMMAND>_<OPTION> (click's
+    auto_envvar_prefix): every variable the lab sets must name one of its options."""
+    from overlay.cli import cli
+    lab = _lab_with_nodes(tmp_path, "node1")
+    env = lab.exec_env(lab.spec.node_ns("node1"), {})
+    known = {f"OVERLAYCTL_{p.name.upper()}" for p in cli.params}
+    for name, cmd in cli.commands.items():
+        known |= {f"OVERLAYCTL_{name.upper().replace('-', '_')}_{p.name.upper()}"
+                  for p in cmd.params}
+    assert {k for k in env if k.startswith("OVERLAYCTL_")} <= known
+
+
+def test_up_ends_with_a_cheat_sheet_naming_this_lab():
+    from overlay.lab.cli import cheat_sheet
+    spec = LabSpec("ovlt", "/srv/labs")
+    text = "\n".join(cheat_sheet(spec, ["node2", "node3"], "/opt/venv/bin",
+                                 "pod-node2-1", "10.244.3.2"))
+    assert "export PATH=/opt/venv/bin:$PATH" in text
+    flag = "--name ovlt --lab-dir /srv/labs"
+    assert f"overlay-lab exec {flag} node2 -- overlayctl leases list" in text
+    assert f"overlay-lab exec {flag} node2 -- overlayctl diagnose" in text
+    assert f"overlay-lab exec {flag} pod-node2-1 -- ping -c3 10.244.3.2" in text
+    assert "/srv/labs/ovlt/node2/overlayd.log" in text and "/srv/labs/ovlt/etcd.log" in text
+    assert f"overlay-lab down {flag}" in text
+    default = "\n".join(cheat_sheet(LabSpec(), [], "/b"))
+    assert "overlay-lab exec node1 -- overlayctl diagnose" in default and "Try:" not in default
+
+
+def test_a_node_added_with_its_own_pod_count_keeps_it(tmp_path, monkeypatch):
+    from overlay.lab.lab import Lab
+    st = LabState("ovlt", 2, ["node1"])
+    st.add_node("node2", pods=0)
+    path = str(tmp_path / "lab.json")
+    save_state(path, st)
+    back = _saved_state(path)
+    assert back.node_pods == {"node2": 0}
+    assert [back.pods_wanted(n) for n in back.nodes] == [2, 0]
+    # up's pod step asks each node for its own count
+    lab = Lab(LabSpec("ovlt", str(tmp_path)))
+    lab.state = back
+    asked: dict[str, int] = {}
+    monkeypatch.setattr(lab, "_ensure_pods_of", lambda node, n: asked.__setitem__(node, n))
+    lab.ensure_pods(back.nodes)
+    assert asked == {"node1": 2, "node2": 0}
+    back.drop_node("node2")
+    assert back.node_pods == {} and back.nodes == ["node1"]
+
+
+def test_state_without_node_pods_still_loads_and_bad_counts_are_refused(tmp_path):
+    path = tmp_path / "lab.json"
+    path.write_text(json.dumps({"prefix": "ovlt", "pods_per_node": 1, "nodes": ["node1"]}))
+    assert _saved_state(str(path)).pods_wanted("node1") == 1
+    for bad in ({"node1": "x"}, {"node7": 1}, ["node1"], {"node1": -1}):
+        path.write_text(json.dumps({"prefix": "ovlt", "pods_per_node": 1, "nodes": ["node1"],
+                                    "node_pods": bad}))
+        with pytest.raises(LabError, match="damaged"):
+            load_state(str(path))
+
+
+def test_output_to_a_closed_pipe_ends_quietly_and_the_work_goes_on():
+    """`overlay-lab up | head -1`: every line after the reader left is dropped, the
+    command still does all its work (here: counts to the end) and exits 0, silently."""
+    code = ("import sys\nfrom overlay.lab.cli import say\n"
+            "for i in range(20000):\n    say(f'line {i} ' + 'x' * 80)\n"
+            "sys.stderr.write('finished\\n')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"line 0 ")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert err == "finished\n"
