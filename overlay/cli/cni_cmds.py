@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from overlay.cli import cli, print_json
+from overlay.cli import cli, global_options, print_json
 from overlay.cni.install import (
     CONFLIST_NAME,
     DEFAULT_BIN_DIR,
@@ -15,6 +15,7 @@ from overlay.cni.install import (
 
 
 @cli.command("install-cni")
+@global_options
 @click.option("--bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
               type=click.Path(file_okay=False), help="The runtime's CNI plugin directory.")
 @click.option("--conf-dir", default=DEFAULT_CONF_DIR, show_default=True,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
@@ -49,6 +49,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @cli.command()
+@global_options
 @click.option("--cni-conf-dir", default=DEFAULT_CONF_DIR, show_default=True,
               help="Where the runtime reads CNI configs.")
 @click.option("--cni-bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
@@ -128,6 +129,7 @@ def _short(text: str, width: int = 90) -> str:
 
 
 @cli.command()
+@global_options
 @click.argument("src", callback=_ipv4)
 @click.argument("dst", callback=_ipv4)
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
@@ -32,6 +32,7 @@ HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
 
 
 @cli.group("leases")
+@global_options
 def leases_group() -> None:
     """List, inspect, watch, reserve and release subnet leases."""
 
@@ -103,6 +104,7 @@ def _rejected_dict(r: Rejection) -> dict[str, Any]:
 
 
 @leases_group.command("list")
+@global_options
 @click.pass_obj
 def leases_list(obj: CLIContext) -> None:
     """All leases and reservations, lowest subnet first; STATUS says which are used."""
@@ -127,6 +129,7 @@ def leases_list(obj: CLIContext) -> None:
 
 
 @leases_group.command("show")
+@global_options
 @click.argument("subnet")
 @click.pass_obj
 def leases_show(obj: CLIContext, subnet: str) -> None:
@@ -199,6 +202,7 @@ def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[s
 
 
 @leases_group.command("watch")
+@global_options
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Exit after this many seconds.")
 @click.pass_obj
@@ -252,6 +256,7 @@ def _print_updates(out: queue.Queue, view: LeaseView, as_json: bool, count: int 
 
 
 @leases_group.command("reserve")
+@global_options
 @click.argument("subnet")
 @click.option("--public-ip", required=True, metavar="IP", help="The node the subnet is for.")
 @click.option("--vtep-mac", metavar="MAC", help="Optional VTEP MAC (the node's daemon sets it).")
@@ -276,6 +281,7 @@ def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str |
 
 
 @leases_group.command("release")
+@global_options
 @click.argument("subnet")
 @click.option("--yes", is_flag=True, help="Confirm: the node holding it loses its subnet.")
 @click.pass_obj
