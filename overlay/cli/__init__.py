@@ -16,7 +16,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, TypeVar
 
 import click
@@ -30,6 +29,7 @@ from overlay.subnet.etcdconf import (
     make_etcd_options,
 )
 from overlay.util.text import format_table
+from overlay.util.version import version_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,14 +110,6 @@ def global_options(f: F) -> F:
     for opt in reversed(opts):
         f = opt(f)
     return f
-
-
-def version_line(prog: str) -> str:
-    """``<prog> <version>``, the installed package's version (one line for --version)."""
-    try:
-        return f"{prog} {metadata.version('overlay')}"
-    except metadata.PackageNotFoundError:
-        return f"{prog} unknown (package not installed)"
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
