@@ -17,6 +17,7 @@ from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryErr
 from overlay.lease import (
     EventType,
     Lease,
+    LeaseEvent,
     LeaseRules,
     LeaseView,
     Rejection,
@@ -176,29 +177,44 @@ def _show_rejected(obj: CLIContext, r: Rejection) -> None:
                  ("Revision", r.mod_revision)])
 
 
+# kubectl's watch words: a new key, a changed key, a key deleted or expired.
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+
+
 def _event_line(kind: str, lease: Lease, as_json: bool, revision: int) -> str:
     if as_json:
         d = lease_to_dict(lease)
         d.update(event=kind, revision=revision)
-        if kind == "removed":
+        if kind == DELETED:
             d.update(expires=None)
         return json.dumps(d)
-    if kind == "removed":
-        return f"REMOVED {lease.subnet}"
-    return (f"{kind.upper()} {lease.subnet} public-ip={lease.attrs.public_ip} "
+    if kind == DELETED:
+        return f"{DELETED} {lease.subnet}"
+    return (f"{kind} {lease.subnet} public-ip={lease.attrs.public_ip} "
             f"vtep-mac={lease.attrs.vtep_mac or '<none>'} vni={lease.attrs.vni} "
             f"{'reserved' if lease.reserved else 'leased'}")
 
 
+def _event_kind(view: LeaseView, ev: LeaseEvent) -> str:
+    """The word for one event, from what the view held before it (a PUT on a known key
+    is a modification)."""
+    if ev.type is EventType.REMOVED:
+        return DELETED
+    return MODIFIED if ev.lease.subnet in view.leases else ADDED
+
+
 def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[str]:
     if update.snapshot is None:
-        view.apply(update.events)
-        return [_event_line(ev.type.value if ev.type is EventType.REMOVED else "added",
-                            ev.lease, as_json, ev.revision) for ev in update.events]
+        lines = []
+        for ev in update.events:  # one at a time: each event's word depends on the last
+            kind = _event_kind(view, ev)
+            view.apply([ev])
+            lines.append(_event_line(kind, ev.lease, as_json, ev.revision))
+        return lines
     batch = view.reset(update.snapshot)  # after a compaction: print the net difference
-    return ([_event_line("added", lease, as_json, update.revision) for lease in batch.added]
-            + [_event_line("added", new, as_json, update.revision) for _, new in batch.changed]
-            + [_event_line("removed", lease, as_json, update.revision) for lease in batch.removed])
+    return ([_event_line(ADDED, lease, as_json, update.revision) for lease in batch.added]
+            + [_event_line(MODIFIED, new, as_json, update.revision) for _, new in batch.changed]
+            + [_event_line(DELETED, lease, as_json, update.revision) for lease in batch.removed])
 
 
 @leases_group.command("watch")
@@ -207,7 +223,12 @@ def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[s
 @click.option("--timeout", type=click.FloatRange(min=0), help="Exit after this many seconds.")
 @click.pass_obj
 def leases_watch(obj: CLIContext, count: int | None, timeout: float | None) -> None:
-    """Print one line per lease event (JSON lines with -o json) until Ctrl-C."""
+    """Print one line per lease event (JSON lines with -o json) until Ctrl-C.
+
+    Each line starts with ADDED (a new key), MODIFIED (a changed key, e.g. a lease renewed
+    with new attributes or a subnet reserved again) or DELETED (deleted or expired), as
+    kubectl's watch does. With --timeout it ends with one line on stderr saying so.
+    """
     reg = EtcdRegistry(obj.etcd_options())
     stop = threading.Event()
     out: queue.Queue = queue.Queue()
@@ -238,7 +259,12 @@ def _print_updates(out: queue.Queue, view: LeaseView, as_json: bool, count: int 
                    timeout: float | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     printed = 0
-    while deadline is None or time.monotonic() < deadline:
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            # stderr, so stdout stays only events (JSON lines with -o json)
+            click.echo(f"watch timed out after {timeout:g}s ({printed} "
+                       f"event{'' if printed == 1 else 's'})", err=True)
+            return
         wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
         try:
             item = out.get(timeout=wait)
