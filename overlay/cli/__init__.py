@@ -146,9 +146,11 @@ def cli(ctx: click.Context) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A kubectl-style table (:func:`overlay.util.text.format_table`) on stdout."""
-    click.echo(format_table(headers, rows))
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                wrap: int | None = None) -> None:
+    """A kubectl-style table (:func:`overlay.util.text.format_table`) on stdout; cells
+    longer than ``wrap`` continue on the next lines."""
+    click.echo(format_table(headers, rows, wrap=wrap))
 
 
 def print_json(obj: Any) -> None:

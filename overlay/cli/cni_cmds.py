@@ -33,9 +33,10 @@ def install_cni_cmd(ctx, bin_dir: str, conf_dir: str, bridge: str, subnet_file: 
     result = install_cni(bin_dir, conf_dir,
                          settings=PluginSettings(bridge, subnet_file, data_dir))
     if ctx.json:
-        print_json({"plugin": result.plugin_path, "pluginChanged": result.plugin_changed,
-                    "conflist": result.conflist_path, "conflistChanged": result.conflist_changed,
-                    "portmapFound": result.portmap_found})
+        print_json({"plugin": result.plugin_path, "plugin_changed": result.plugin_changed,
+                    "conflist": result.conflist_path,
+                    "conflist_changed": result.conflist_changed,
+                    "portmap_found": result.portmap_found})
     else:
         for path, changed in ((result.plugin_path, result.plugin_changed),
                               (result.conflist_path, result.conflist_changed)):

@@ -15,7 +15,10 @@ from overlay.subnetenv import DEFAULT_SUBNET_FILE
 # overlay.diagnose.gather / overlay.diagnose.trace are imported inside the commands: they pull in
 # the kernel and etcd readers, which every other overlayctl command should not pay for at start-up.
 
-STATUS_MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+# The JSON's words; FAIL upper-case only as emphasis (the same word), so table and JSON agree.
+STATUS_MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+# Long FOUND/DETAIL cells wrap at this width rather than being cut.
+CELL_WIDTH = 90
 
 
 def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
@@ -106,7 +109,8 @@ def _print_report(report: Any) -> None:
     click.echo(f"node {f.public_ip or '?'}  subnet {f.own_subnet or '?'}  "
                f"device {f.vxlan_name}  bridge {f.bridge_name}  peers {len(f.remotes)}")
     print_table(["CHECK", "STATUS", "FOUND"],
-                [(c.name, STATUS_MARK[c.status], _short(c.found)) for c in report.checks])
+                [(c.name, STATUS_MARK[c.status], c.found) for c in report.checks],
+                wrap=CELL_WIDTH)
     bad = [c for c in report.checks if c.status in ("fail", "warn")]
     for c in bad:
         click.echo("")
@@ -122,10 +126,6 @@ def _print_report(report: Any) -> None:
     if report.skipped():
         click.echo("skipped: " + ", ".join(
             f"{c.name} ({c.found})" for c in report.checks if c.status == "skip"))
-
-
-def _short(text: str, width: int = 90) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 @cli.command()
@@ -151,7 +151,7 @@ def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Addres
     else:
         click.echo(f"trace {src} -> {dst}")
         print_table(["HOP", "STATUS", "DETAIL"],
-                    [(h.name, h.status, h.detail) for h in result.hops])
+                    [(h.name, h.status, h.detail) for h in result.hops], wrap=CELL_WIDTH)
         for h in result.hops:
             if h.fix:
                 click.echo(f"  {h.name}: fix: {h.fix}")

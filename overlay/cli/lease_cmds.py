@@ -28,6 +28,7 @@ from overlay.lease import (
 )
 from overlay.subnet import reservations
 from overlay.subnet.registry import EtcdRegistry, WatchUpdate
+from overlay.util.text import rfc3339
 
 HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
 
@@ -44,7 +45,7 @@ def lease_to_dict(lease: Lease) -> dict[str, Any]:
         "public_ip": str(lease.attrs.public_ip),
         "vtep_mac": lease.attrs.vtep_mac,
         "vni": lease.attrs.vni,
-        "expires": lease.expiration.isoformat(timespec="seconds") if lease.expiration else None,
+        "expires": rfc3339(lease.expiration) if lease.expiration else None,
         "reserved": lease.reserved,
     }
 
@@ -58,7 +59,7 @@ def _expires_text(lease: Lease) -> str:
     h, rest = divmod(max(left, 0), 3600)
     m, s = divmod(rest, 60)
     rel = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-    return f"{lease.expiration.isoformat(timespec='seconds')} ({rel})"
+    return f"{rfc3339(lease.expiration)} ({rel})"
 
 
 def lease_row(lease: Lease) -> list[Any]:
@@ -148,7 +149,8 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
     status = lease_status(rules, [lease], [])[lease.subnet]
     if obj.json:
         d = lease_to_dict(lease)
-        d.update(key=key, etcd_lease_id=lease.etcd_lease_id, ttl=lease.ttl,
+        # hex, as the table and etcdctl show it (0, a reservation, as null)
+        d.update(key=key, etcd_lease_id=_lease_id(lease), ttl=lease.ttl,
                  mod_revision=lease.mod_revision, backend_type=lease.attrs.backend_type)
         if status.startswith("rejected: "):
             d["rejected"] = status[len("rejected: "):]
@@ -158,9 +160,14 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
             ("Backend", lease.attrs.backend_type), ("VNI", lease.attrs.vni),
             ("VTEP MAC", lease.attrs.vtep_mac), ("Reserved", "yes" if lease.reserved else "no"),
             ("Expires", _expires_text(lease)), ("TTL", lease.ttl),
-            ("etcd lease", f"{lease.etcd_lease_id:x}" if lease.etcd_lease_id else None),
+            ("etcd lease", _lease_id(lease)),
             ("Revision", lease.mod_revision), ("Status", status)]
     _print_rows(rows)
+
+
+def _lease_id(lease: Lease) -> str | None:
+    """The etcd lease ID in hex (etcdctl's base, used in every output); None: a reservation."""
+    return f"{lease.etcd_lease_id:x}" if lease.etcd_lease_id else None
 
 
 def _print_rows(rows: list[tuple[str, Any]]) -> None:

@@ -139,12 +139,15 @@ def test_leases_list_and_show(ctl, registry):
     assert [set(d) for d in data] == [{"subnet", "public_ip", "vtep_mac", "vni", "expires",
                                        "reserved"}] * 2
     assert data[0]["expires"] is None and data[0]["reserved"] is True
-    assert data[1]["reserved"] is False and data[1]["expires"].endswith("+00:00")
+    assert data[1]["reserved"] is False
+    assert data[1]["expires"].endswith("Z") and "." not in data[1]["expires"]  # RFC 3339, no µs
     r = ctl("leases", "show", "10.244.2.0-24")
     assert "Public IP:  192.168.1.12" in r.stdout and "Reserved:   no" in r.stdout
     d = json.loads(ctl("-o", "json", "leases", "show", "10.244.2.0/24").stdout)
     assert d["subnet"] == "10.244.2.0/24" and d["ttl"] == 3600
     assert d["key"] == "/overlay/network/subnets/10.244.2.0-24"
+    lease_id = f"{registry.get_lease(net(2)).etcd_lease_id:x}"  # hex everywhere, as etcdctl
+    assert d["etcd_lease_id"] == lease_id and f"etcd lease: {lease_id}" in r.stdout
 
 
 def test_leases_list_empty_and_show_errors(ctl):
