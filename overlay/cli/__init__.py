@@ -1,6 +1,12 @@
 """overlayctl: inspect and operate leases and the network config, diagnose a node.
 
 Each command group lives in its own module and registers itself on ``cli`` below.
+
+The global options (``-o``, ``--etcd-*``, ``-v``) are accepted before or after the
+subcommand, as kubectl users type them: :func:`global_options` adds the same options to
+the top-level group and to every command, and each one given on the command line is
+merged into the shared :class:`CLIContext` as it is parsed, so a value given after the
+subcommand (parsed later) wins over one given before.
 """
 
 from __future__ import annotations
@@ -8,11 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from overlay.errors import OverlayError
 from overlay.subnet.etcdconf import (
@@ -22,12 +29,22 @@ from overlay.subnet.etcdconf import (
     make_etcd_options,
 )
 from overlay.util.text import format_table
+from overlay.util.version import version_line
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The etcd options, by their make_etcd_options keyword.
+ETCD_DEFAULTS: dict[str, str | None] = {
+    "endpoints": DEFAULT_ENDPOINTS, "prefix": DEFAULT_PREFIX, "cafile": None,
+    "certfile": None, "keyfile": None, "username": None, "password": None,
+}
 
 
 @dataclass
 class CLIContext:
-    etcd_flags: dict[str, Any]
-    output: str
+    etcd_flags: dict[str, Any] = field(default_factory=lambda: dict(ETCD_DEFAULTS))
+    output: str = "table"
+    verbose: int = 0
 
     def etcd_options(self) -> EtcdOptions:
         return make_etcd_options(**self.etcd_flags)
@@ -35,6 +52,70 @@ class CLIContext:
     @property
     def json(self) -> bool:
         return self.output == "json"
+
+
+def _log_level(verbose: int) -> int:
+    return logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+
+
+def _given(ctx: click.Context, param: click.Parameter) -> bool:
+    """True when the user set this option (command line or environment), not its default."""
+    assert param.name is not None
+    return ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None)
+
+
+def _set_etcd(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if _given(ctx, param):
+        assert param.name is not None
+        ctx.ensure_object(CLIContext).etcd_flags[param.name.removeprefix("etcd_")] = value
+
+
+def _set_output(ctx: click.Context, param: click.Parameter, value: str) -> None:
+    if _given(ctx, param):
+        ctx.ensure_object(CLIContext).output = value
+
+
+def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    # -v counts wherever it is given: `-v leases list -v` is -vv.
+    obj = ctx.ensure_object(CLIContext)
+    obj.verbose += value or 0
+    logging.getLogger().setLevel(_log_level(obj.verbose))
+
+
+def global_options(f: F) -> F:
+    """Adds ``--etcd-*``, ``-o/--output`` and ``-v`` to a command or group (see the module
+    docstring); they write into ``ctx.obj`` and are not passed to ``f``."""
+    common: dict[str, Any] = {"expose_value": False, "is_eager": False}
+    opts = [
+        click.option("--etcd-endpoints", default=DEFAULT_ENDPOINTS, show_default=True,
+                     callback=_set_etcd, help="Comma-separated etcd endpoints.", **common),
+        click.option("--etcd-prefix", default=DEFAULT_PREFIX, show_default=True,
+                     callback=_set_etcd,
+                     help="etcd key prefix (Flannel's is /coreos.com/network).", **common),
+        click.option("--etcd-cafile", type=click.Path(dir_okay=False), callback=_set_etcd,
+                     help="CA certificate for etcd TLS.", **common),
+        click.option("--etcd-certfile", type=click.Path(dir_okay=False), callback=_set_etcd,
+                     help="Client certificate.", **common),
+        click.option("--etcd-keyfile", type=click.Path(dir_okay=False), callback=_set_etcd,
+                     help="Client key.", **common),
+        click.option("--etcd-username", callback=_set_etcd, help="etcd username (auth).",
+                     **common),
+        click.option("--etcd-password", callback=_set_etcd, help="etcd password (auth).",
+                     **common),
+        click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+                     show_default=True, callback=_set_output, help="Output format.", **common),
+        click.option("-v", "--verbose", count=True, callback=_add_verbose,
+                     help="More logging on stderr (-vv for debug).", **common),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line("overlayctl"))
+        ctx.exit(0)
 
 
 class OverlayGroup(click.Group):
@@ -50,37 +131,26 @@ class OverlayGroup(click.Group):
 
 @click.group(cls=OverlayGroup, context_settings={"help_option_names": ["-h", "--help"],
                                                  "auto_envvar_prefix": "OVERLAYCTL"})
-@click.option("--etcd-endpoints", default=DEFAULT_ENDPOINTS, show_default=True,
-              help="Comma-separated etcd endpoints.")
-@click.option("--etcd-prefix", default=DEFAULT_PREFIX, show_default=True,
-              help="etcd key prefix (Flannel's is /coreos.com/network).")
-@click.option("--etcd-cafile", type=click.Path(dir_okay=False), help="CA certificate for etcd TLS.")
-@click.option("--etcd-certfile", type=click.Path(dir_okay=False), help="Client certificate.")
-@click.option("--etcd-keyfile", type=click.Path(dir_okay=False), help="Client key.")
-@click.option("--etcd-username", help="etcd username (auth).")
-@click.option("--etcd-password", help="etcd password (auth).")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
-@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print overlayctl's version and exit.")
+@global_options
 @click.pass_context
-def cli(ctx: click.Context, etcd_endpoints: str, etcd_prefix: str, etcd_cafile: str | None,
-        etcd_certfile: str | None, etcd_keyfile: str | None, etcd_username: str | None,
-        etcd_password: str | None, output: str, verbose: int) -> None:
-    """Operate the overlay pod network."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr,
+def cli(ctx: click.Context) -> None:
+    """Operate the overlay pod network.
+
+    The global options (-o, --etcd-*, -v) may be given before or after the subcommand;
+    one given after it wins.
+    """
+    obj = ctx.ensure_object(CLIContext)
+    logging.basicConfig(level=_log_level(obj.verbose), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = CLIContext(
-        etcd_flags={"endpoints": etcd_endpoints, "prefix": etcd_prefix, "cafile": etcd_cafile,
-                        "certfile": etcd_certfile, "keyfile": etcd_keyfile,
-                        "username": etcd_username, "password": etcd_password},
-        output=output,
-    )
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A kubectl-style table (:func:`overlay.util.text.format_table`) on stdout."""
-    click.echo(format_table(headers, rows))
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                wrap: int | None = None) -> None:
+    """A kubectl-style table (:func:`overlay.util.text.format_table`) on stdout; cells
+    longer than ``wrap`` continue on the next lines."""
+    click.echo(format_table(headers, rows, wrap=wrap))
 
 
 def print_json(obj: Any) -> None:

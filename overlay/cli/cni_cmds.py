@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from overlay.cli import cli, print_json
+from overlay.cli import cli, global_options, print_json
 from overlay.cni.install import (
     DEFAULT_BIN_DIR,
     DEFAULT_CONF_DIR,
@@ -15,6 +15,7 @@ from overlay.cni.install import (
 
 
 @cli.command("install-cni")
+@global_options
 @click.option("--bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
               type=click.Path(file_okay=False), help="The runtime's CNI plugin directory.")
 @click.option("--conf-dir", default=DEFAULT_CONF_DIR, show_default=True,
@@ -32,9 +33,10 @@ def install_cni_cmd(ctx, bin_dir: str, conf_dir: str, bridge: str, subnet_file: 
     result = install_cni(bin_dir, conf_dir,
                          settings=PluginSettings(bridge, subnet_file, data_dir))
     if ctx.json:
-        print_json({"plugin": result.plugin_path, "pluginChanged": result.plugin_changed,
-                    "conflist": result.conflist_path, "conflistChanged": result.conflist_changed,
-                    "portmapFound": result.portmap_found})
+        print_json({"plugin": result.plugin_path, "plugin_changed": result.plugin_changed,
+                    "conflist": result.conflist_path,
+                    "conflist_changed": result.conflist_changed,
+                    "portmap_found": result.portmap_found})
     else:
         for path, changed in ((result.plugin_path, result.plugin_changed),
                               (result.conflist_path, result.conflist_changed)):

@@ -7,13 +7,20 @@ from typing import Any
 
 import click
 
-from overlay.cli import CLIContext, cli, print_json, print_table
-from overlay.config import MAX_CONFIG_BYTES, NetworkConfig, parse_network_config
+from overlay.cli import CLIContext, cli, global_options, print_json, print_table
+from overlay.config import (
+    DEFAULT_PORT,
+    DEFAULT_VNI,
+    MAX_CONFIG_BYTES,
+    NetworkConfig,
+    parse_network_config,
+)
 from overlay.errors import ConfigError
 from overlay.subnet.registry import EtcdRegistry
 
 
 @cli.group("config")
+@global_options
 def config_group() -> None:
     """Show or set the network config (Flannel's JSON fields)."""
 
@@ -25,6 +32,7 @@ def config_row(cfg: NetworkConfig) -> list[Any]:
 
 
 @config_group.command("get")
+@global_options
 @click.pass_obj
 def config_get(obj: CLIContext) -> None:
     """Print the network config stored in etcd."""
@@ -71,10 +79,13 @@ def build_config(network: str | None, subnet_len: int | None, vni: int | None,
 
 
 @config_group.command("set")
+@global_options
 @click.option("--network", metavar="CIDR", help="The pod network, e.g. 10.244.0.0/16.")
-@click.option("--subnet-len", type=int, help="Prefix length of each node's subnet (default 24).")
-@click.option("--vni", type=int, help="VXLAN network identifier (default 1).")
-@click.option("--port", type=int, help="VXLAN UDP port (default 8472).")
+@click.option("--subnet-len", type=int,
+              help="Prefix length of each node's subnet [default: 24 for a /22 or larger "
+                   "network, else the network's prefix + 2].")
+@click.option("--vni", type=int, help=f"VXLAN network identifier [default: {DEFAULT_VNI}].")
+@click.option("--port", type=int, help=f"VXLAN UDP port [default: {DEFAULT_PORT}].")
 @click.option("-f", "--file", "file", metavar="FILE",
               help="Read the whole config JSON from FILE ('-' for stdin).")
 @click.pass_obj

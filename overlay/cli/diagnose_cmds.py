@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
@@ -15,7 +15,10 @@ from overlay.subnetenv import DEFAULT_SUBNET_FILE
 # overlay.diagnose.gather / overlay.diagnose.trace are imported inside the commands: they pull in
 # the kernel and etcd readers, which every other overlayctl command should not pay for at start-up.
 
-STATUS_MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+# The JSON's words; FAIL upper-case only as emphasis (the same word), so table and JSON agree.
+STATUS_MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+# Long FOUND/DETAIL cells wrap at this width rather than being cut.
+CELL_WIDTH = 90
 
 
 def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
@@ -49,6 +52,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @cli.command()
+@global_options
 @click.option("--cni-conf-dir", default=DEFAULT_CONF_DIR, show_default=True,
               help="Where the runtime reads CNI configs.")
 @click.option("--cni-bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
@@ -105,7 +109,8 @@ def _print_report(report: Any) -> None:
     click.echo(f"node {f.public_ip or '?'}  subnet {f.own_subnet or '?'}  "
                f"device {f.vxlan_name}  bridge {f.bridge_name}  peers {len(f.remotes)}")
     print_table(["CHECK", "STATUS", "FOUND"],
-                [(c.name, STATUS_MARK[c.status], _short(c.found)) for c in report.checks])
+                [(c.name, STATUS_MARK[c.status], c.found) for c in report.checks],
+                wrap=CELL_WIDTH)
     bad = [c for c in report.checks if c.status in ("fail", "warn")]
     for c in bad:
         click.echo("")
@@ -123,11 +128,8 @@ def _print_report(report: Any) -> None:
             f"{c.name} ({c.found})" for c in report.checks if c.status == "skip"))
 
 
-def _short(text: str, width: int = 90) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 @cli.command()
+@global_options
 @click.argument("src", callback=_ipv4)
 @click.argument("dst", callback=_ipv4)
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
@@ -149,7 +151,7 @@ def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Addres
     else:
         click.echo(f"trace {src} -> {dst}")
         print_table(["HOP", "STATUS", "DETAIL"],
-                    [(h.name, h.status, h.detail) for h in result.hops])
+                    [(h.name, h.status, h.detail) for h in result.hops], wrap=CELL_WIDTH)
         for h in result.hops:
             if h.fix:
                 click.echo(f"  {h.name}: fix: {h.fix}")

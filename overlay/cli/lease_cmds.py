@@ -12,11 +12,12 @@ from typing import Any
 
 import click
 
-from overlay.cli import CLIContext, cli, print_json, print_table
+from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
     Lease,
+    LeaseEvent,
     LeaseRules,
     LeaseView,
     Rejection,
@@ -27,11 +28,13 @@ from overlay.lease import (
 )
 from overlay.subnet import reservations
 from overlay.subnet.registry import EtcdRegistry, WatchUpdate
+from overlay.util.text import rfc3339
 
 HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
 
 
 @cli.group("leases")
+@global_options
 def leases_group() -> None:
     """List, inspect, watch, reserve and release subnet leases."""
 
@@ -42,7 +45,7 @@ def lease_to_dict(lease: Lease) -> dict[str, Any]:
         "public_ip": str(lease.attrs.public_ip),
         "vtep_mac": lease.attrs.vtep_mac,
         "vni": lease.attrs.vni,
-        "expires": lease.expiration.isoformat(timespec="seconds") if lease.expiration else None,
+        "expires": rfc3339(lease.expiration) if lease.expiration else None,
         "reserved": lease.reserved,
     }
 
@@ -56,7 +59,7 @@ def _expires_text(lease: Lease) -> str:
     h, rest = divmod(max(left, 0), 3600)
     m, s = divmod(rest, 60)
     rel = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-    return f"{lease.expiration.isoformat(timespec='seconds')} ({rel})"
+    return f"{rfc3339(lease.expiration)} ({rel})"
 
 
 def lease_row(lease: Lease) -> list[Any]:
@@ -103,6 +106,7 @@ def _rejected_dict(r: Rejection) -> dict[str, Any]:
 
 
 @leases_group.command("list")
+@global_options
 @click.pass_obj
 def leases_list(obj: CLIContext) -> None:
     """All leases and reservations, lowest subnet first; STATUS says which are used."""
@@ -127,6 +131,7 @@ def leases_list(obj: CLIContext) -> None:
 
 
 @leases_group.command("show")
+@global_options
 @click.argument("subnet")
 @click.pass_obj
 def leases_show(obj: CLIContext, subnet: str) -> None:
@@ -144,7 +149,8 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
     status = lease_status(rules, [lease], [])[lease.subnet]
     if obj.json:
         d = lease_to_dict(lease)
-        d.update(key=key, etcd_lease_id=lease.etcd_lease_id, ttl=lease.ttl,
+        # hex, as the table and etcdctl show it (0, a reservation, as null)
+        d.update(key=key, etcd_lease_id=_lease_id(lease), ttl=lease.ttl,
                  mod_revision=lease.mod_revision, backend_type=lease.attrs.backend_type)
         if status.startswith("rejected: "):
             d["rejected"] = status[len("rejected: "):]
@@ -154,9 +160,14 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
             ("Backend", lease.attrs.backend_type), ("VNI", lease.attrs.vni),
             ("VTEP MAC", lease.attrs.vtep_mac), ("Reserved", "yes" if lease.reserved else "no"),
             ("Expires", _expires_text(lease)), ("TTL", lease.ttl),
-            ("etcd lease", f"{lease.etcd_lease_id:x}" if lease.etcd_lease_id else None),
+            ("etcd lease", _lease_id(lease)),
             ("Revision", lease.mod_revision), ("Status", status)]
     _print_rows(rows)
+
+
+def _lease_id(lease: Lease) -> str | None:
+    """The etcd lease ID in hex (etcdctl's base, used in every output); None: a reservation."""
+    return f"{lease.etcd_lease_id:x}" if lease.etcd_lease_id else None
 
 
 def _print_rows(rows: list[tuple[str, Any]]) -> None:
@@ -173,37 +184,58 @@ def _show_rejected(obj: CLIContext, r: Rejection) -> None:
                  ("Revision", r.mod_revision)])
 
 
+# kubectl's watch words: a new key, a changed key, a key deleted or expired.
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+
+
 def _event_line(kind: str, lease: Lease, as_json: bool, revision: int) -> str:
     if as_json:
         d = lease_to_dict(lease)
         d.update(event=kind, revision=revision)
-        if kind == "removed":
+        if kind == DELETED:
             d.update(expires=None)
         return json.dumps(d)
-    if kind == "removed":
-        return f"REMOVED {lease.subnet}"
-    return (f"{kind.upper()} {lease.subnet} public-ip={lease.attrs.public_ip} "
+    if kind == DELETED:
+        return f"{DELETED} {lease.subnet}"
+    return (f"{kind} {lease.subnet} public-ip={lease.attrs.public_ip} "
             f"vtep-mac={lease.attrs.vtep_mac or '<none>'} vni={lease.attrs.vni} "
             f"{'reserved' if lease.reserved else 'leased'}")
 
 
+def _event_kind(view: LeaseView, ev: LeaseEvent) -> str:
+    """The word for one event, from what the view held before it (a PUT on a known key
+    is a modification)."""
+    if ev.type is EventType.REMOVED:
+        return DELETED
+    return MODIFIED if ev.lease.subnet in view.leases else ADDED
+
+
 def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[str]:
     if update.snapshot is None:
-        view.apply(update.events)
-        return [_event_line(ev.type.value if ev.type is EventType.REMOVED else "added",
-                            ev.lease, as_json, ev.revision) for ev in update.events]
+        lines = []
+        for ev in update.events:  # one at a time: each event's word depends on the last
+            kind = _event_kind(view, ev)
+            view.apply([ev])
+            lines.append(_event_line(kind, ev.lease, as_json, ev.revision))
+        return lines
     batch = view.reset(update.snapshot)  # after a compaction: print the net difference
-    return ([_event_line("added", lease, as_json, update.revision) for lease in batch.added]
-            + [_event_line("added", new, as_json, update.revision) for _, new in batch.changed]
-            + [_event_line("removed", lease, as_json, update.revision) for lease in batch.removed])
+    return ([_event_line(ADDED, lease, as_json, update.revision) for lease in batch.added]
+            + [_event_line(MODIFIED, new, as_json, update.revision) for _, new in batch.changed]
+            + [_event_line(DELETED, lease, as_json, update.revision) for lease in batch.removed])
 
 
 @leases_group.command("watch")
+@global_options
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Exit after this many seconds.")
 @click.pass_obj
 def leases_watch(obj: CLIContext, count: int | None, timeout: float | None) -> None:
-    """Print one line per lease event (JSON lines with -o json) until Ctrl-C."""
+    """Print one line per lease event (JSON lines with -o json) until Ctrl-C.
+
+    Each line starts with ADDED (a new key), MODIFIED (a changed key, e.g. a lease renewed
+    with new attributes or a subnet reserved again) or DELETED (deleted or expired), as
+    kubectl's watch does. With --timeout it ends with one line on stderr saying so.
+    """
     reg = EtcdRegistry(obj.etcd_options())
     stop = threading.Event()
     out: queue.Queue = queue.Queue()
@@ -234,7 +266,12 @@ def _print_updates(out: queue.Queue, view: LeaseView, as_json: bool, count: int 
                    timeout: float | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     printed = 0
-    while deadline is None or time.monotonic() < deadline:
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            # stderr, so stdout stays only events (JSON lines with -o json)
+            click.echo(f"watch timed out after {timeout:g}s ({printed} "
+                       f"event{'' if printed == 1 else 's'})", err=True)
+            return
         wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
         try:
             item = out.get(timeout=wait)
@@ -252,6 +289,7 @@ def _print_updates(out: queue.Queue, view: LeaseView, as_json: bool, count: int 
 
 
 @leases_group.command("reserve")
+@global_options
 @click.argument("subnet")
 @click.option("--public-ip", required=True, metavar="IP", help="The node the subnet is for.")
 @click.option("--vtep-mac", metavar="MAC", help="Optional VTEP MAC (the node's daemon sets it).")
@@ -276,6 +314,7 @@ def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str |
 
 
 @leases_group.command("release")
+@global_options
 @click.argument("subnet")
 @click.option("--yes", is_flag=True, help="Confirm: the node holding it loses its subnet.")
 @click.pass_obj

@@ -88,10 +88,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = parser.parse_args(argv[1:])
         setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_file)
         sys.exit(serve(args.socket))
+    if argv and argv[0] == "--version":
+        from overlay.util.version import version_line  # only here: the plugin starts lean
+
+        print(version_line("overlay-cni"))
+        sys.exit(0)
     if argv and argv[0] in ("-h", "--help"):
         print("overlay-cni: the overlay CNI plugin (CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC "
               "with the network config on stdin)\n"
-              "overlay-cni serve [--socket PATH]: the warm server for cni-plugin/overlay")
+              "overlay-cni serve [--socket PATH]: the warm server for cni-plugin/overlay\n"
+              "overlay-cni --version: print the version and exit")
         sys.exit(0)
     setup_logging(logging.WARNING, os.environ.get(LOG_FILE_ENV))
     if not os.environ.get("CNI_COMMAND"):

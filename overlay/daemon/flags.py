@@ -27,6 +27,7 @@ from overlay.subnet.etcdconf import (
 from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
 from overlay.util.ifname import ifname_problem
+from overlay.util.version import version_line
 
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
                    help="serve the CNI plugin warm on this unix socket "
                    "(default %(default)s; empty disables)")
+    p.add_argument("--version", action="version", version=version_line("overlayd"),
+                   help="print overlayd's version and exit")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="debug logging (INFO is the default)")
     return p

@@ -2,7 +2,9 @@
 
 Policy, like the manager: which reservation is allowed.  A reservation must lie in the
 network's range; a node's own lease (same public IP) becomes its reservation; a subnet
-held by another node is never taken over (release it first).  ``overlayctl leases
+held by another node is never taken over (release it first); and a node that already
+holds another subnet (a lease or a reservation) is refused, naming it, so one node never
+ends up with two subnets.  ``overlayctl leases
 reserve|release`` parses and prints; this decides.
 """
 
@@ -24,6 +26,7 @@ class ReservationStore(Protocol):
 
     def get_config(self) -> NetworkConfig: ...
     def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
+    def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
     def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool: ...
@@ -37,6 +40,7 @@ def reserve(store: ReservationStore, subnet: IPv4Network, public_ip: IPv4Address
     if not cfg.in_range(subnet):
         raise ConfigError(f"{subnet} is not a subnet of the network's range "
                           f"{cfg.describe_range()}")
+    _refuse_second_subnet(store, subnet, public_ip)
     attrs = LeaseAttrs(public_ip, vni=cfg.backend.vni, vtep_mac=vtep_mac)
     existing = store.get_lease(subnet)
     if existing is None:
@@ -49,6 +53,25 @@ def reserve(store: ReservationStore, subnet: IPv4Network, public_ip: IPv4Address
                           f"(`overlayctl leases release {subnet} --yes`)")
     log.info("reserved %s for %s", lease.subnet, lease.attrs.public_ip)
     return lease
+
+
+def _refuse_second_subnet(store: ReservationStore, subnet: IPv4Network,
+                          public_ip: IPv4Address) -> None:
+    """A node holding another subnet would get two: refuse, naming what it holds.
+
+    Flannel's documented conversion is the node's *own* subnet losing its TTL (which
+    ``reserve`` does for that subnet); moving a node to another subnet is two steps the
+    operator takes knowingly: release the old one, then reserve."""
+    leases, _ = store.list_leases(with_expiration=False)
+    for held in sorted(leases, key=lambda lease: lease.subnet):
+        if held.attrs.public_ip == public_ip and held.subnet != subnet:
+            what = "a reservation" if held.reserved else "a live lease"
+            lease_id = f", etcd lease {held.etcd_lease_id:x}" if held.etcd_lease_id else ""
+            raise LeaseExists(
+                f"{public_ip} already holds {what} of {held.subnet}{lease_id}; reserve "
+                f"that subnet instead (`overlayctl leases reserve {held.subnet} --public-ip "
+                f"{public_ip}`), or release it first (`overlayctl leases release "
+                f"{held.subnet} --yes`)")
 
 
 def release(store: ReservationStore, subnet: IPv4Network) -> None:

@@ -196,12 +196,17 @@ class VXLANBackend:
             new = [*batch.added, *(n for _, n in batch.changed)]
             for lease in new:
                 self._remember(lease)
+            # Only leases that get entries are "added"/"changed": a skipped one (no VTEP
+            # MAC, other VNI...) was already said once by _warn_skip, and nothing is programmed.
             for o, n in batch.changed:
-                log.info("remote %s changed: public IP %s -> %s, VTEP MAC %s -> %s", n.subnet,
-                         o.attrs.public_ip, n.attrs.public_ip, o.attrs.vtep_mac, n.attrs.vtep_mac)
+                if self._entries.get(n.subnet):
+                    log.info("remote %s changed: public IP %s -> %s, VTEP MAC %s -> %s",
+                             n.subnet, o.attrs.public_ip, n.attrs.public_ip, o.attrs.vtep_mac,
+                             n.attrs.vtep_mac)
             for lease in batch.added:
-                log.info("remote %s added (public IP %s, VTEP MAC %s)", lease.subnet,
-                         lease.attrs.public_ip, lease.attrs.vtep_mac)
+                if self._entries.get(lease.subnet):
+                    log.info("remote %s added (public IP %s, VTEP MAC %s)", lease.subnet,
+                             lease.attrs.public_ip, lease.attrs.vtep_mac)
             keep = self._keeper(lease.subnet for lease in old)
             blocked = self._blocked(new)
             if blocked:

@@ -66,8 +66,8 @@ def test_cli_reports_and_warns_about_missing_portmap(tmp_path):
     (tmp_path / "bin" / "portmap").write_text("#!/bin/sh\n")
     os.chmod(tmp_path / "bin" / "portmap", 0o755)
     result = runner.invoke(cli, ["-o", "json"] + args)
-    assert json.loads(result.stdout)["portmapFound"] is True
-    assert json.loads(result.stdout)["pluginChanged"] is False
+    assert json.loads(result.stdout)["portmap_found"] is True
+    assert json.loads(result.stdout)["plugin_changed"] is False
     assert "portmap is missing" not in result.stderr
 
 

@@ -139,12 +139,15 @@ def test_leases_list_and_show(ctl, registry):
     assert [set(d) for d in data] == [{"subnet", "public_ip", "vtep_mac", "vni", "expires",
                                        "reserved"}] * 2
     assert data[0]["expires"] is None and data[0]["reserved"] is True
-    assert data[1]["reserved"] is False and data[1]["expires"].endswith("+00:00")
+    assert data[1]["reserved"] is False
+    assert data[1]["expires"].endswith("Z") and "." not in data[1]["expires"]  # RFC 3339, no µs
     r = ctl("leases", "show", "10.244.2.0-24")
     assert "Public IP:  192.168.1.12" in r.stdout and "Reserved:   no" in r.stdout
     d = json.loads(ctl("-o", "json", "leases", "show", "10.244.2.0/24").stdout)
     assert d["subnet"] == "10.244.2.0/24" and d["ttl"] == 3600
     assert d["key"] == "/overlay/network/subnets/10.244.2.0-24"
+    lease_id = f"{registry.get_lease(net(2)).etcd_lease_id:x}"  # hex everywhere, as etcdctl
+    assert d["etcd_lease_id"] == lease_id and f"etcd lease: {lease_id}" in r.stdout
 
 
 def test_leases_list_empty_and_show_errors(ctl):
@@ -199,8 +202,48 @@ def test_leases_watch_prints_one_line_per_event(ctl, registry, etcd_server):
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert [(e["event"], e["subnet"]) for e in events] == [
-        ("added", "10.244.2.0/24"), ("removed", "10.244.1.0/24"), ("added", "10.244.3.0/24")]
+        ("ADDED", "10.244.2.0/24"), ("DELETED", "10.244.1.0/24"), ("ADDED", "10.244.3.0/24")]
     assert events[0]["public_ip"] == "192.168.1.12"
+
+
+def test_reserve_refuses_a_node_that_holds_a_live_lease(ctl, registry):
+    ctl("config", "set", "--network", "10.244.0.0/16")
+    held = registry.create_lease(net(2), attrs(12), 3600)
+    err = one_line_error(ctl("leases", "reserve", "10.244.8.0/24", "--public-ip", "192.168.1.12"),
+                         "192.168.1.12 already holds a live lease of 10.244.2.0/24",
+                         f"etcd lease {held.etcd_lease_id:x}")
+    assert ctl("leases", "reserve", "10.244.8.0/24", "--public-ip", "192.168.1.12").exit_code == 1
+    now = registry.get_lease(net(2))
+    assert registry.get_lease(net(8)) is None, err
+    assert (now.attrs, now.mod_revision, now.etcd_lease_id) == (
+        held.attrs, held.mod_revision, held.etcd_lease_id)
+
+
+def test_reserving_a_held_subnet_again_shows_modified(ctl, registry, etcd_server):
+    ctl("config", "set", "--network", "10.244.0.0/16")
+    registry.create_lease(net(4), attrs(14), 3600)
+    proc = subprocess.Popen([OVERLAYCTL, "leases", "watch", "--count", "1", "--timeout", "20",
+                             "--etcd-endpoints", etcd_server.endpoint],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_watchers(etcd_server, 1)
+        r = ctl("leases", "reserve", "10.244.4.0/24", "--public-ip", "192.168.1.14")
+        assert r.exit_code == 0, r.output
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.startswith("MODIFIED 10.244.4.0/24 public-ip=192.168.1.14"), out
+    assert out.rstrip().endswith(" reserved")
+
+
+def test_leases_watch_timeout_says_so(etcd_server):
+    p = subprocess.run([OVERLAYCTL, "leases", "watch", "--timeout", "1",
+                        "--etcd-endpoints", etcd_server.endpoint],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout == ""
+    assert p.stderr == "watch timed out after 1s (0 events)\n"
 
 
 def test_leases_watch_table_lines_and_ctrl_c(etcd_server, registry):

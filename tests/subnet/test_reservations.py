@@ -56,3 +56,24 @@ def test_release_deletes_and_a_missing_subnet_is_an_error():
     assert reg.leases == {}
     with pytest.raises(LeaseNotFound, match="no lease or reservation for 10.244.7.0/24"):
         reservations.release(reg, NET)
+
+
+@pytest.mark.parametrize("ttl, what", [(600, "a live lease"), (None, "a reservation")])
+def test_a_node_holding_another_subnet_is_refused_naming_it(ttl, what):
+    reg = FakeRegistry()
+    held = reg.put(IPv4Network("10.244.3.0/24"), LeaseAttrs(NODE), ttl=ttl)
+    before = dict(reg.leases)
+    with pytest.raises(LeaseExists) as e:
+        reservations.reserve(reg, NET, NODE)
+    msg = str(e.value)
+    assert msg.startswith(f"192.168.1.11 already holds {what} of 10.244.3.0/24")
+    assert "overlayctl leases reserve 10.244.3.0/24 --public-ip 192.168.1.11" in msg
+    assert "overlayctl leases release 10.244.3.0/24 --yes" in msg
+    assert (f"etcd lease {held.etcd_lease_id:x}" in msg) == (ttl is not None)
+    assert reg.leases == before and reg.creates == 0
+
+
+def test_another_nodes_lease_elsewhere_does_not_block_a_reservation():
+    reg = FakeRegistry()
+    reg.put(IPv4Network("10.244.3.0/24"), LeaseAttrs(OTHER), ttl=600)
+    assert reservations.reserve(reg, NET, NODE).reserved

@@ -188,6 +188,18 @@ def test_own_public_ip_and_missing_mac_skipped(backend, dp):
     assert dp.state.all() == []
 
 
+def test_a_lease_without_mac_is_logged_skipped_once_never_added(backend, dp, caplog):
+    nomac = Lease(IPv4Network("10.244.3.0/24"), LeaseAttrs(IPv4Address("192.168.1.13")))
+    with caplog.at_level(logging.INFO, logger="overlay.vxlan.backend"):
+        backend.apply_batch(LeaseBatch(added=(nomac,)))
+        backend.apply_batch(LeaseBatch(changed=((nomac, nomac),)))
+        assert dp.state.all() == []
+        backend.apply_batch(LeaseBatch(added=(lease(4),)))  # a lease with a MAC is "added"
+    lines = [r.getMessage() for r in caplog.records if "10.244.3.0/24" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("skipping lease 10.244.3.0/24"), lines
+    assert any(r.getMessage().startswith("remote 10.244.4.0/24 added") for r in caplog.records)
+
+
 def test_thousand_remotes_in_three_program_calls(backend, dp):
     calls = []
     orig = dp.program
