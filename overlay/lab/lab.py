@@ -59,6 +59,9 @@ NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock")
 NODE_TREES = ("state", "ipam", "net.d")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
+# Locally administered (02:...), ending in the gateway's 192.168.1.1; each lab's bridge is
+# in a namespace of its own, so one address fits all.
+UNDERLAY_BRIDGE_MAC = "02:00:c0:a8:01:01"
 
 
 def program(name: str) -> str:
@@ -183,7 +186,10 @@ class Lab:
         ns, br = self.spec.underlay_ns, self.spec.bridge
         created = sysx.ensure_netns(ns)
         if not sysx.link_exists(ns, br):
-            sysx.ip("link", "add", br, "type", "bridge", ns=ns)
+            # A fixed MAC: a bridge without one takes its lowest port's, so each node added
+            # or removed could change the MAC of etcd's address and leave every node's ARP
+            # entry for it stale (etcd unreachable for seconds after add-node/remove-node).
+            sysx.ip("link", "add", br, "address", UNDERLAY_BRIDGE_MAC, "type", "bridge", ns=ns)
             created = True
         sysx.ip("addr", "replace", str(UNDERLAY_GATEWAY), "dev", br, ns=ns)
         sysx.ip("link", "set", br, "up", ns=ns)
