@@ -42,6 +42,7 @@ from overlay.diagnose.state import (
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
+from overlay.util.text import rfc3339
 from overlay.vxlan.entries import FDB, BackendSettings, Neigh, Route, entries_for
 
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
@@ -162,14 +163,14 @@ def check_lease(cluster: ClusterState, f: Facts) -> CheckResult:
         if exp.tzinfo is None:
             exp = exp.replace(tzinfo=UTC)
         if exp <= cluster.now:
-            problems.append(f"expired at {exp.isoformat()}")
+            problems.append(f"expired at {rfc3339(exp)}")
     mac = f.vxlan.mac if f.vxlan else None
     if mac and lease.attrs.vtep_mac and lease.attrs.vtep_mac != mac.lower():
         problems.append(f"VtepMAC {lease.attrs.vtep_mac} != {f.vxlan_name} MAC {mac}")
     if cluster.config and lease.attrs.vni not in (None, cluster.config.backend.vni):
         problems.append(f"VNI {lease.attrs.vni} != config VNI {cluster.config.backend.vni}")
     until = "reservation (never expires)" if lease.reserved else (
-        f"expires {exp.isoformat()}" if exp else "expiry unknown")
+        f"expires {rfc3339(exp)}" if exp else "expiry unknown")
     found = f"{lease.subnet} for {lease.attrs.public_ip}, {until}"
     if problems:
         return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems),

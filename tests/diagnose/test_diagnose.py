@@ -953,11 +953,12 @@ def test_a_peer_without_vni_is_expected_programmed_and_a_foreign_vni_is_not():
 # ---- the checks are pure: gather does every read ------------------------------------------
 
 IO_MODULES = ("os", "io", "socket", "subprocess", "urllib", "http", "shutil", "select",
-              "concurrent", "threading", "pyroute2", "overlay.util", "overlay.subnet",
+              "concurrent", "threading", "pyroute2", "overlay.util.proc", "overlay.util.fsutil",
+              "overlay.util.backoff", "overlay.util.version", "overlay.subnet",
               "overlay.cni.ipam", "overlay.cni.conflist", "overlay.diagnose.gather",
               "overlay.diagnose.probe", "overlay.diagnose.firewall", "overlay.diagnose.trace")
 PURE_MODULES = ("overlay.diagnose.state", "overlay.lease", "overlay.config",
-                "overlay.vxlan.entries")
+                "overlay.vxlan.entries", "overlay.util.text")
 PURE_FUNCTIONS = {"protocol_name"}  # a table lookup in the netlink codec
 
 
@@ -1152,3 +1153,16 @@ def test_trace_to_a_second_lease_of_this_node_never_routes_it_into_the_tunnel():
     assert hop.status == "wrong" and "two leases" in hop.fix
     assert "ip route" not in " ".join(h.fix for h in t.hops)
     assert "vxlan-device" not in [h.name for h in t.hops]
+
+
+def test_lease_times_are_rfc3339_whole_seconds():
+    """One time format in every output: no microseconds, UTC with Z (issue 12)."""
+    node, cluster = healthy()
+    when = NOW + timedelta(hours=1, microseconds=123456)
+    cluster.leases = [lease(OWN, MY_IP, MY_MAC, expires=when)] + cluster.leases[1:]
+    checks, _ = statuses(node, cluster)
+    assert "expires 2026-01-01T01:00:00Z" in checks["lease"].found, checks["lease"].found
+    cluster.leases = [lease(OWN, MY_IP, MY_MAC, expires=NOW - timedelta(microseconds=5))] \
+        + cluster.leases[1:]
+    checks, _ = statuses(node, cluster)
+    assert "expired at 2025-12-31T23:59:59Z" in checks["lease"].found, checks["lease"].found
