@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -654,9 +657,19 @@ def test_probe_unreachable_points_at_routes():
     assert "routes check" in only_failure(node, cluster, "peer-probe").fix
 
 
+@contextlib.contextmanager
+def loopback_http(handler):
+    """``handler`` served on a free loopback port for the block; the address, then closed."""
+    srv = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_read_readyz_against_a_local_server():
-    import http.server
-    import threading
 
     class H(http.server.BaseHTTPRequestHandler):
         status = 200
@@ -669,19 +682,13 @@ def test_read_readyz_against_a_local_server():
         def log_message(self, *a):
             pass
 
-    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    addr = f"127.0.0.1:{srv.server_address[1]}"
-    try:
+    with loopback_http(H) as addr:
         assert ga.read_readyz(addr) == (200, "ok")
         H.status = 503
         node, cluster = healthy()
         node.readyz = ga.read_readyz(addr)
         c = only_failure(node, cluster, "daemon", st.DiagnoseOptions(healthz_addr=addr))
         assert c.found == "503: not ready: no lease"
-    finally:
-        srv.shutdown()
-        srv.server_close()
     status, detail = ga.read_readyz(addr, timeout=0.5)
     assert status is None and "refused" in detail.lower()
 
@@ -888,8 +895,6 @@ def test_config_changed_seen_from_the_node_without_overlayd():
 
 
 def test_read_config_changed_from_metrics():
-    import http.server
-    import threading
 
     class H(http.server.BaseHTTPRequestHandler):
         body = b"# HELP x\noverlay_ready 1.0\noverlay_config_changed 1.0\n"
@@ -902,18 +907,12 @@ def test_read_config_changed_from_metrics():
         def log_message(self, *a):
             pass
 
-    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    addr = f"127.0.0.1:{srv.server_address[1]}"
-    try:
+    with loopback_http(H) as addr:
         assert ga.read_config_changed(addr) is True
         H.body = b"overlay_config_changed 0.0\n"
         assert ga.read_config_changed(addr) is False
         H.body = b"overlay_ready 1.0\n"
         assert ga.read_config_changed(addr) is None
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert ga.read_config_changed(addr, timeout=0.5) is None
 
 
