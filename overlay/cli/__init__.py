@@ -53,6 +53,10 @@ class CLIContext:
     def json(self) -> bool:
         return self.output == "json"
 
+    @property
+    def wide(self) -> bool:
+        return self.output == "wide"
+
 
 def _log_level(verbose: int) -> int:
     return logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -102,8 +106,10 @@ def global_options(f: F) -> F:
                      **common),
         click.option("--etcd-password", callback=_set_etcd, help="etcd password (auth).",
                      **common),
-        click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-                     show_default=True, callback=_set_output, help="Output format.", **common),
+        click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]),
+                     default="table", show_default=True, callback=_set_output,
+                     help="Output format (wide: a table with more columns, where a "
+                     "command has them).", **common),
         click.option("-v", "--verbose", count=True, callback=_add_verbose,
                      help="More logging on stderr (-vv for debug).", **common),
     ]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
+from overlay.cluster.keys import dns_subdomain_problem
 from overlay.config import parse_bool
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
@@ -32,6 +34,7 @@ from overlay.util.version import version_line
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
 DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
+DEFAULT_RUNTIME_FILE = "/run/overlay/overlayd.json"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--etcd-username", help="etcd username")
     e.add_argument("--etcd-password", help="etcd password")
     n = p.add_argument_group("node")
+    n.add_argument("--node-name", default="",
+                   help="this node's name in the cluster view (nodes/, pods/); a DNS-1123 "
+                   "subdomain (default: the hostname, lower-cased)")
     n.add_argument("--iface", help="underlay interface: a name or a regex "
                    "(default: the interface of the default route)")
     n.add_argument("--public-ip", help="this node's underlay IP (default: --iface's address)")
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch-lag-limit", type=float, default=DEFAULT_MAX_LAG,
                    help="/readyz fails when the lease watch has not heard from etcd for "
                    "this many seconds (default %(default)s)")
+    s.add_argument("--runtime-file", default=DEFAULT_RUNTIME_FILE,
+                   help="where overlayd writes its effective settings for overlayctl "
+                   "(default %(default)s; root-only, never a password)")
     s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
                    help="serve the CNI plugin warm on this unix socket "
                    "(default %(default)s; empty disables)")
@@ -139,6 +148,8 @@ class Settings:
     cni_socket: str
     verbose: int
     watch_lag_limit: float = DEFAULT_MAX_LAG
+    node_name: str = ""
+    runtime_file: str = DEFAULT_RUNTIME_FILE
 
 
 def _check_iface_pattern(iface: str) -> None:
@@ -149,6 +160,11 @@ def _check_iface_pattern(iface: str) -> None:
         re.compile(iface)
     except re.error as e:
         raise ConfigError(f"--iface {iface!r}: not a valid regex ({e})") from e
+
+
+def default_node_name() -> str:
+    """The hostname as a node name: lower-cased, as Kubernetes names nodes."""
+    return socket.gethostname().lower()
 
 
 def parse_settings(argv: Sequence[str] | None = None,
@@ -185,9 +201,16 @@ def parse_settings(argv: Sequence[str] | None = None,
                           f"(it {problem})")
     if a.healthz_addr:
         parse_hostport(a.healthz_addr)
-    for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir)):
+    node_name = a.node_name or default_node_name()
+    problem = dns_subdomain_problem(node_name)
+    if problem:
+        source = "--node-name" if a.node_name else "the hostname (set --node-name)"
+        raise ConfigError(f"{source} {node_name!r}: not a valid node name (it {problem})")
+    for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir),
+                       ("--runtime-file", a.runtime_file)):
         if not path:
             raise ConfigError(f"{flag}: empty path")
     return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
-                    a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit)
+                    a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
+                    node_name, a.runtime_file)

@@ -137,7 +137,7 @@ def test_verbose_counts_on_both_sides(used):
 def test_bad_value_after_the_subcommand_is_a_usage_error(used):
     r = CliRunner().invoke(cli, ["leases", "list", "-o", "yaml"])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert "'yaml' is not one of 'table', 'json'" in r.output and used == []
+    assert "'yaml' is not one of 'table', 'wide', 'json'" in r.output and used == []
 
 
 @pytest.mark.parametrize("cmd", [["leases", "list"], ["leases", "watch"], ["config", "set"],
