@@ -55,6 +55,8 @@ from overlay.vxlan.device import LinkMonitor, UnderlayError, VXLANDevice
 from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setup_data_plane_for
 
 if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of import)
+    from overlay.cluster.schema import SchemaStatus
+    from overlay.cluster.store import ObjectStore
     from overlay.subnet.registry import LeaseListing, Registry, WatchUpdate
 
 log = logging.getLogger("overlay.daemon.daemon")
@@ -256,6 +258,10 @@ class Daemon:
         self.watch_health = watch_health or WatchHealth(settings.watch_lag_limit)
         self.config_drift: str | None = None  # how etcd's config differs from ours, if it does
         self.rejections = RejectionLog(self.metrics)
+        # the cluster's objects (nodes/, heartbeats/, pods/): only over a real etcd, and
+        # only while the recorded schema is one this release knows (overlay.cluster.schema)
+        self.store: ObjectStore | None = None
+        self.schema: SchemaStatus | None = None
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
         self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
@@ -326,7 +332,33 @@ class Daemon:
             return None
         self.masq = self._make_masquerade(config.network, lease.subnet, self.s.ip_masq)
         self._hold(lease)
+        if self._open_cluster(raw_registry) is None:
+            return None
         return lease
+
+    def _open_cluster(self, raw_registry: Registry) -> bool | None:
+        """The object store and the schema check, over a real etcd (a unit test's fake
+        registry has none: the cluster features stay off).  None if stopped meanwhile."""
+        from overlay.subnet.registry import EtcdRegistry
+        if not isinstance(raw_registry, EtcdRegistry):
+            return True
+        from overlay.cluster.schema import ensure_schema
+        from overlay.cluster.store import ObjectStore
+        store = ObjectStore(raw_registry)
+        schema = self._retry("recording the cluster schema version",
+                             lambda: ensure_schema(store))
+        if schema is None:
+            return None
+        self.store, self.schema = store, schema
+        return True
+
+    def _cluster_threads(self) -> list[tuple[str, Callable[[], None]]]:
+        """The threads that keep this node's cluster objects (named, each supervised by
+        _spawn); none without a store or under a schema this release does not know."""
+        if self.store is None or self.schema is None or not self.schema.writable:
+            return []
+        threads: list[tuple[str, Callable[[], None]]] = []
+        return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         """Retry ``fn`` on etcd trouble with a capped backoff; None if stopped meanwhile."""
@@ -469,6 +501,8 @@ class Daemon:
         monitor_names = lambda: {device.spec.name, plane.underlay_name}  # noqa: E731
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
+        for name, target in self._cluster_threads():
+            self._spawn(name, target)
 
     def _run_watch(self) -> None:
         assert self.manager is not None, f"manager {_UNSET}"
