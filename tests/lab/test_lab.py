@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from overlay.lab.cli import build_parser
+from overlay.lab.cli import cli
 from overlay.lab.matrix import Endpoint, render
 from overlay.lab.runtime import find_conflist, load_conflist, result_ip
 from overlay.lab.spec import LabError, LabSpec, next_free_node, node_index
@@ -125,44 +127,127 @@ def test_matrix_render_marks_failures():
     assert lines[2].split()[-2:] == ["FAIL", "-"]
 
 
+def _parse(argv):
+    """(command name, its parameters, the shared LabOptions) as click parses ``argv``."""
+    import click
+    group: click.Group = cli
+    ctx = cli.make_context("overlay-lab", list(argv))
+    while True:
+        name, cmd, rest = group.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        assert cmd is not None and name is not None
+        ctx = cmd.make_context(name, rest, parent=ctx)
+        if not isinstance(cmd, click.Group):
+            return name, ctx.params, ctx.obj
+        group = cmd
+
+
 @pytest.mark.parametrize("argv", [["up", "--nodes", "0"], ["up", "--nodes", "100"],
-                                  ["up", "--pods-per-node", "x"], ["frobnicate"]])
-def test_cli_rejects_bad_arguments(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(argv)
-    assert e.value.code == 2
+                                  ["up", "--pods-per-node", "x"], ["frobnicate"],
+                                  ["probe", "a"], ["probe", "a", "b", "--protocol", "icmp"],
+                                  ["probe", "a", "b", "--port", "0"],
+                                  ["matrix", "--port", "65536"], ["pod", "add", "x"]])
+def test_cli_rejects_bad_arguments(argv):
+    got = CliRunner().invoke(cli, argv)
+    assert got.exit_code == 2, got.output
+    assert "Traceback" not in got.output
 
 
 def test_cli_defaults():
-    args = build_parser().parse_args(["up"])
-    assert (args.name, args.nodes, args.pods_per_node) == ("ovlab", None, None)
-    args = build_parser().parse_args(["exec", "node1", "--", "ip", "-o", "link"])
-    assert args.target == "node1" and args.cmd[-3:] == ["ip", "-o", "link"]
+    name, params, obj = _parse(["up"])
+    assert (name, obj.name, params["nodes"], params["pods_per_node"]) == ("up", "ovlab", None,
+                                                                          None)
+    name, params, _ = _parse(["exec", "node1", "--", "ip", "-o", "link"])
+    assert name == "exec" and params["target"] == "node1"
+    assert list(params["cmd"])[-3:] == ["ip", "-o", "link"]
+    _, params, _ = _parse(["probe", "pod-node1-1", "web/db"])
+    assert (params["source"], params["dest"], params["port"], params["protocol"]) == (
+        "pod-node1-1", "web/db", None, None)
+    _, params, _ = _parse(["pod", "add", "db", "--node", "node2", "-n", "web",
+                           "--labels", "app=db"])
+    assert (params["pod_name"], params["node"], params["namespace"], params["labels"]) == (
+        "db", "node2", "web", "app=db")
 
 
 @pytest.mark.parametrize("argv", [
     ["--name", "lab2", "--lab-dir", "/srv/labs", "status"],
     ["status", "--name", "lab2", "--lab-dir", "/srv/labs"],
     ["--name", "lab2", "status", "--lab-dir", "/srv/labs"],
+    ["--name", "x", "--lab-dir", "/y", "status", "--name", "lab2", "--lab-dir", "/srv/labs"],
 ])
 def test_cli_common_options_go_before_or_after_the_command(argv):
-    args = build_parser().parse_args(argv)
-    assert (args.command, args.name, args.lab_dir) == ("status", "lab2", "/srv/labs")
+    name, _, obj = _parse(argv)
+    assert (name, obj.name, obj.lab_dir) == ("status", "lab2", "/srv/labs")
 
 
-def test_cli_common_options_keep_their_defaults_either_way():
-    for argv in (["status"], ["-v", "status"], ["status", "-v"]):
-        args = build_parser().parse_args(argv)
-        assert (args.name, args.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
-        assert args.verbose == argv.count("-v")
+def test_cli_common_options_keep_their_defaults_either_way(monkeypatch):
+    monkeypatch.delenv("OVERLAY_LAB_NAME", raising=False)
+    monkeypatch.delenv("OVERLAY_LAB_DIR", raising=False)
+    for argv in (["status"], ["-v", "status"], ["status", "-v"], ["-v", "status", "-v"]):
+        _, _, obj = _parse(argv)
+        assert (obj.name, obj.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
+        assert obj.verbose == argv.count("-v")
+    monkeypatch.setenv("OVERLAY_LAB_NAME", "fromenv")
+    assert _parse(["status"])[2].name == "fromenv"
+    assert _parse(["status", "--name", "given"])[2].name == "given"
 
 
-def test_cli_version(capsys):
+def test_cli_version():
+    got = CliRunner().invoke(cli, ["--version"])
     from overlay import __version__
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["--version"])
-    assert e.value.code == 0
-    assert capsys.readouterr().out.strip() == f"overlay-lab {__version__}"
+    assert got.exit_code == 0 and got.output.strip() == f"overlay-lab {__version__}"
+
+
+def test_cli_status_of_a_recorded_lab_names_pods_with_namespace_and_labels(tmp_path):
+    """Runs the real command on a lab whose record exists but whose parts do not (no
+    namespaces, no processes): everything shows as down, nothing fails."""
+    if os.geteuid() != 0:
+        pytest.skip("overlay-lab needs root")
+    prefix = _random_prefix()
+    st = LabState(prefix, 1, ["node1"])
+    st.pods["web/db"] = PodRecord("db", "node1", "c1", "10.244.1.9", namespace="web",
+                                  labels={"app": "db", "tier": "be"}, counted=False)
+    save_state(LabSpec(prefix, str(tmp_path)).state_file, st)
+    got = CliRunner().invoke(cli, ["status", "--name", prefix, "--lab-dir", str(tmp_path)])
+    assert got.exit_code == 0, got.output
+    row = [line for line in got.output.splitlines() if line.startswith("web ")]
+    assert row and row[0].split()[:2] == ["web", "db"] and "app=db,tier=be" in row[0]
+    assert f"{prefix}-web_db (missing)" in row[0]
+    got = CliRunner().invoke(cli, ["-o", "json", "status"])
+    assert got.exit_code == 2      # -o belongs to status, not to the group
+    got = CliRunner().invoke(cli, ["status", "-o", "json", "--name", prefix,
+                                   "--lab-dir", str(tmp_path)])
+    pods = json.loads(got.output)["pods"]
+    assert pods == [{"namespace": "web", "name": "db", "netns": f"{prefix}-web_db",
+                     "node": "node1", "ip": "10.244.1.9", "labels": {"app": "db", "tier": "be"},
+                     "present": False, "responder_pid": None}]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["probe", "nosuch", "db"], "has no pod 'nosuch'"),
+    (["probe", "Bad_Name", "db"], "pod name 'Bad_Name'"),
+    (["pod", "del", "web/nosuch"], "has no pod 'web/nosuch'"),
+    (["pod", "add", "db", "--node", "node1", "-n", "web"], "pod web/db exists already"),
+    (["pod", "add", "x", "--node", "node7"], "has no node 'node7'"),
+    (["pod", "add", "x", "--node", "node1", "--labels", "a=b,a=c"], "given twice"),
+    (["pod", "add", "pod-node1-9", "--node", "node1"], "kept for the pods `up` makes"),
+    (["exec", "web/nosuch", "--", "true"], "no node or pod"),
+])
+def test_cli_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, msg):
+    if os.geteuid() != 0:
+        pytest.skip("overlay-lab needs root")
+    prefix = _random_prefix()
+    st = LabState(prefix, 1, ["node1"])
+    st.pods["web/db"] = PodRecord("db", "node1", "c1", "10.244.1.9", namespace="web")
+    spec = LabSpec(prefix, str(tmp_path))
+    save_state(spec.state_file, st)
+    before = Path(spec.state_file).read_text()
+    got = CliRunner().invoke(cli, [*argv, "--name", prefix, "--lab-dir", str(tmp_path)]
+                             if argv[0] != "exec" else
+                             ["--name", prefix, "--lab-dir", str(tmp_path), *argv])
+    lines = got.output.strip().splitlines()
+    assert got.exit_code == (2 if argv[0] == "probe" else 1), got.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], got.output
+    assert Path(spec.state_file).read_text() == before
 
 
 def test_pid_file_tracks_exactly_its_process(tmp_path):
@@ -346,7 +431,10 @@ def test_up_repairs_a_pod_whose_add_was_interrupted(tmp_path, monkeypatch):
     runtime = _FakeRuntime({pod.container_id: "10.244.1.2"})
     monkeypatch.setattr(lab, "cni_runtime", lambda node: runtime)
     monkeypatch.setattr(lab_mod.sysx, "ensure_netns", lambda name: False)
+    started: list[str] = []     # no namespace here for a responder to run in
+    monkeypatch.setattr(lab, "ensure_responder", lambda pod: started.append(pod.ref))
     got = lab.ensure_pod("node1", 1)
+    assert started == ["default/pod-node1-1"]
     assert runtime.calls == ["DEL", "ADD"] and got.ip and got.result is not None
     assert _saved_state(lab.spec.state_file).pods[pod.name].ip == got.ip
     # A pod made from scratch needs no DEL.
@@ -554,3 +642,96 @@ def test_output_to_a_closed_pipe_ends_quietly_and_the_work_goes_on():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert err == "finished\n"
+
+
+# --- pods: names, labels, the CNI call ---------------------------------------------------
+def test_pod_refs_parse_as_a_name_or_ns_slash_name():
+    from overlay.lab.spec import parse_pod_ref
+    assert parse_pod_ref("pod-node1-1") == (None, "pod-node1-1")
+    assert parse_pod_ref("web/db.v2") == ("web", "db.v2")
+    for bad, msg in (("", "pod name ''"), ("web/", "pod name ''"), ("/db", "namespace ''"),
+                     ("a/b/c", "namespace 'a/b'"), ("Web/db", "namespace 'Web'"),
+                     ("web/DB", "pod name 'DB'"), ("x" * 64, "at most 63"),
+                     ("web/-db", "pod name '-db'")):
+        with pytest.raises(LabError, match=msg):
+            parse_pod_ref(bad)
+
+
+def test_labels_parse_and_bad_ones_are_refused():
+    from overlay.lab.spec import parse_labels
+    assert parse_labels("") == {}
+    assert parse_labels("app=web, tier=front,empty=") == {"app": "web", "tier": "front",
+                                                          "empty": ""}
+    assert parse_labels("example.com/team=net_ops") == {"example.com/team": "net_ops"}
+    for bad, msg in (("app", "expected key=value"), ("=x", "label key ''"),
+                     ("a=b,a=c", "given twice"), ("app=we b", "a value"),
+                     ("-app=x", "label key '-app'"), ("Bad_/x=y", "its prefix"),
+                     ("a=" + "v" * 64, "a value"),
+                     (",".join(f"k{i}=v" for i in range(33)), "at most 32")):
+        with pytest.raises(LabError, match=msg):
+            parse_labels(bad)
+
+
+def test_pod_namespaces_and_files_never_collide():
+    from overlay.lab.spec import pod_key
+    spec = LabSpec("ovlt", "/tmp/x")
+    keys = [pod_key("default", "a-b"), pod_key("a", "b"), pod_key("a-b", "c"),
+            pod_key("a", "b-c"), pod_key("default", "pod-node1-1")]
+    assert keys == ["a-b", "a/b", "a-b/c", "a/b-c", "pod-node1-1"]
+    assert len({spec.pod_ns(k) for k in keys}) == len(keys)
+    assert spec.pod_ns("pod-node1-1") == "ovlt-pod-node1-1"      # as before namespaces
+    assert spec.pod_ns("web/db") == "ovlt-web_db"
+    assert spec.pod_file("web/db", "responder.log") == "/tmp/x/ovlt/pods/web_db/responder.log"
+
+
+def test_node_subnets_follow_the_example_cluster():
+    assert [str(LabSpec.node_subnet(f"node{i}")) for i in (1, 2, 3, 99)] == [
+        "10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.99.0/24"]
+
+
+def test_pod_records_keep_namespace_and_labels_and_old_records_load(tmp_path):
+    st = LabState("ovlt", 1, ["node1"])
+    st.pods["web/db"] = PodRecord("db", "node1", "c1", "10.244.1.9", namespace="web",
+                                  labels={"app": "db"}, counted=False)
+    path = str(tmp_path / "lab.json")
+    save_state(path, st)
+    assert _saved_state(path).pods == st.pods
+    # a lab.json written before pods had namespaces
+    Path(path).write_text(json.dumps({"prefix": "ovlt", "pods_per_node": 1, "nodes": ["node1"],
+                                      "pods": [{"name": "pod-node1-1", "node": "node1",
+                                                "container_id": "c", "ip": None,
+                                                "result": None}]}))
+    pod = _saved_state(path).pods["pod-node1-1"]
+    assert (pod.ref, pod.labels, pod.counted) == ("default/pod-node1-1", {}, True)
+    for bad in ({"labels": {"a": 1}}, {"namespace": "Web"}, {"name": "../x"}):
+        raw = {"name": "db", "node": "node1", "container_id": "c", **bad}
+        Path(path).write_text(json.dumps({"prefix": "ovlt", "pods_per_node": 1,
+                                          "nodes": ["node1"], "pods": [raw]}))
+        with pytest.raises(LabError, match="damaged"):
+            load_state(path)
+
+
+def test_the_cni_call_names_the_pod_and_passes_its_labels(tmp_path):
+    """A real executable plugin records what the runtime handed it: CNI_ARGS carries the
+    pod's namespace and name, the netconf ``args.cni.labels`` its labels."""
+    from overlay.lab.runtime import CNIRuntime
+    seen = tmp_path / "seen"
+    plugin = tmp_path / "recorder"
+    result = json.dumps({"cniVersion": "1.1.0", "ips": [{"address": "10.244.1.5/24"}]})
+    plugin.write_text(f"#!/bin/sh\necho \"$CNI_ARGS\" > {seen}.env\ncat > {seen}.json\n"
+                      f"echo '{result}'\n")
+    plugin.chmod(0o755)
+    lab = _lab(tmp_path / "lab", nodes=("node1",))
+    pod = PodRecord("db", "node1", "ovlt-c1", namespace="web", labels={"tier": "be", "app": "db"})
+    runtime = CNIRuntime({"cniVersion": "1.1.0", "name": "overlay",
+                          "plugins": [{"type": "recorder"}]}, [str(tmp_path)], None)
+    assert runtime.add(lab.attachment(pod))["ips"][0]["address"] == "10.244.1.5/24"
+    assert Path(f"{seen}.env").read_text().strip() == (
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=db")
+    conf = json.loads(Path(f"{seen}.json").read_text())
+    assert conf["args"] == {"cni": {"labels": [{"key": "app", "value": "db"},
+                                               {"key": "tier", "value": "be"}]}}
+    plain = PodRecord("pod-node1-1", "node1", "ovlt-c2")
+    runtime.add(lab.attachment(plain))
+    assert "args" not in json.loads(Path(f"{seen}.json").read_text())
+    assert "K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-node1-1" in Path(f"{seen}.env").read_text()
