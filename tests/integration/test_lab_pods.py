@@ -90,7 +90,7 @@ def _running(pid: int) -> bool:
 
 def _ipam_files(lab: Lab, node: str) -> set[str]:
     found = set()
-    for root, _, names in os.walk(lab.spec.node_file(node, "ipam")):
+    for _root, _, names in os.walk(lab.spec.node_file(node, "ipam")):
         found |= {n for n in names if n[0].isdigit()}
     return found
 
