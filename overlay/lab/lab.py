@@ -70,6 +70,7 @@ REFERENCE_CNI_DIR = "/usr/lib/cni"
 # What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
 NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock")
 NODE_TREES = ("state", "ipam", "net.d")
+POD_FILES = ("responder.pid", "responder.log")     # in each pod's directory
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
 RESPONDER_TIMEOUT = 15.0
@@ -180,8 +181,9 @@ class Lab:
         empties (never a whole tree of unknown contents: a user's own files stay); the
         paths left, if any."""
         spec = self.spec
-        trees = [spec.etcd_dir, spec.cni_bin_dir, spec.pods_dir]
+        trees = [spec.etcd_dir, spec.cni_bin_dir]
         files = [self._etcd_log(), self._etcd_pid().path]
+        files += [spec.pod_file(key, f) for key in state.pods for f in POD_FILES]
         for node in state.nodes:
             trees += [spec.node_file(node, d) for d in NODE_TREES]
             files += [spec.node_file(node, f) for f in NODE_FILES]
@@ -190,8 +192,8 @@ class Lab:
         for path in files + [spec.state_file]:  # the state file last: down can rerun
             with suppress(FileNotFoundError):
                 os.unlink(path)
-        dirs = [spec.node_dir(n) for n in state.nodes] + [os.path.dirname(spec.cni_bin_dir),
-                                                          spec.lab_dir]
+        dirs = [spec.node_dir(n) for n in state.nodes] + [os.path.dirname(spec.cni_bin_dir)]
+        dirs += [spec.pod_dir(key) for key in state.pods] + [spec.pods_dir, spec.lab_dir]
         for path in dirs:
             # gone already, or holds something the lab did not make
             with suppress(OSError):
@@ -462,6 +464,7 @@ class Lab:
         for pod in pods:
             self.stop_responder(pod)
             sysx.delete_netns(self.spec.pod_ns(pod.key))
+            self._remove_pod_files(pod)
             del state.pods[pod.key]
         sysx.delete_netns(self.spec.node_ns(node))  # takes both ends of its veth with it
         shutil.rmtree(self.spec.node_dir(node), ignore_errors=True)
@@ -533,9 +536,16 @@ class Lab:
         sysx.delete_netns(self.spec.pod_ns(pod.key))
         with self._changing() as st:
             del st.pods[pod.key]
-        shutil.rmtree(os.path.dirname(self.spec.pod_file(pod.key, "x")), ignore_errors=True)
+        self._remove_pod_files(pod)
         self.progress(f"pod       {pod.ref}: deleted from {pod.node} (CNI DEL; was {pod.ip})")
         return pod
+
+    def _remove_pod_files(self, pod: PodRecord) -> None:
+        for name in POD_FILES:
+            with suppress(FileNotFoundError):
+                os.unlink(self.spec.pod_file(pod.key, name))
+        with suppress(OSError):   # gone already, or holds a file of the user's
+            os.rmdir(self.spec.pod_dir(pod.key))
 
     def find_pod(self, ref: str) -> PodRecord:
         """A pod by ``NS/NAME``, or by its name alone when one namespace holds that name."""

@@ -151,9 +151,13 @@ class LabSpec:
     def pods_dir(self) -> str:
         return os.path.join(self.lab_dir, "pods")
 
+    def pod_dir(self, pod: str) -> str:
+        """The directory of the pod whose key is ``pod`` (named as its namespace is)."""
+        return os.path.join(self.pods_dir, pod.replace("/", "_"))
+
     def pod_file(self, pod: str, name: str) -> str:
         """A file of the pod whose key is ``pod`` (its responder's pid file and log)."""
-        return os.path.join(self.pods_dir, pod.replace("/", "_"), name)
+        return os.path.join(self.pod_dir(pod), name)
 
 
 def next_free_node(existing: list[str]) -> str:

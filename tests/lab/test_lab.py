@@ -451,8 +451,13 @@ def _random_prefix() -> str:
 def _made_by_up(lab):
     """The files a two-node lab's ``up`` leaves under its dir (contents stand-ins)."""
     spec = lab.spec
+    for pod in (PodRecord("pod-node1-1", "node1", "c1"),
+                PodRecord("db", "node2", "c2", namespace="web", counted=False)):
+        lab.state.pods[pod.key] = pod
     save_state(spec.state_file, lab.state)
-    paths = [spec.node_file(n, f) for n in lab.state.nodes
+    paths = [spec.pod_file(k, f) for k in lab.state.pods
+             for f in ("responder.log", "responder.pid")]
+    paths += [spec.node_file(n, f) for n in lab.state.nodes
              for f in ("subnet.env", "overlayd.log", "overlayd.pid", "net.d/10-overlay.conflist",
                        "ipam/overlay/10.244.1.2", "state/vtep-mac")]
     paths += [os.path.join(spec.etcd_dir, "member/wal/0.wal"), spec.cni_bin_dir + "/overlay",
@@ -469,7 +474,7 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
     _made_by_up(lab)
     mine = [os.path.join(spec.lab_dir, "notes.txt"), spec.node_file("node2", "trace.pcap"),
-            spec.node_file("node1", "keep/x.txt")]   # the user's own
+            spec.node_file("node1", "keep/x.txt"), spec.pod_file("web/db", "db.pcap")]
     for path in mine:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -479,14 +484,16 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     lab.down()
     left = sorted(os.path.relpath(os.path.join(r, n), spec.lab_dir)
                   for r, _, names in os.walk(spec.lab_dir) for n in names)
-    assert left == ["node1/keep/x.txt", "node2/trace.pcap", "notes.txt"]
+    assert left == ["node1/keep/x.txt", "node2/trace.pcap", "notes.txt", "pods/web_db/db.pcap"]
     kept = [m for m in said if m.startswith("kept")]
     assert kept == [f"kept      {os.path.normpath(p)} (not made by the lab)"
                     for p in sorted(map(os.path.normpath, mine))]
-    assert "3 path(s) the lab did not make stay" in said[-1]
+    assert "4 path(s) the lab did not make stay" in said[-1]
     for path in mine:
         os.unlink(path)
     os.rmdir(spec.node_file("node1", "keep"))
+    os.rmdir(spec.pod_dir("web/db"))
+    os.rmdir(spec.pods_dir)
     # Without files of the user's, the lab dir goes too.
     lab = Lab(spec, progress=lambda msg: None)
     lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
@@ -735,3 +742,42 @@ def test_the_cni_call_names_the_pod_and_passes_its_labels(tmp_path):
     runtime.add(lab.attachment(plain))
     assert "args" not in json.loads(Path(f"{seen}.json").read_text())
     assert "K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-node1-1" in Path(f"{seen}.env").read_text()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_responder_answers_tcp_and_udp_naming_its_pod_and_probe_judges_it():
+    """A real responder on loopback (free ports instead of 80/81) and the real probe, in
+    this process's own namespace: the right pod answers; another pod's name, a closed port
+    and a port that never answers are each told apart."""
+    import socket
+
+    from overlay.lab.probe import Target, probe
+    from overlay.lab.responder import Responder
+    if os.geteuid() != 0:
+        pytest.skip("entering a namespace (even our own) needs root")
+    ports = (_free_port(), _free_port())
+    responder = Responder("web/db", ports, host="127.0.0.1")
+    threading.Thread(target=responder.serve_forever, daemon=True).start()
+    here = "/proc/self/ns/net"
+    for protocol in ("tcp", "udp"):
+        for port in ports:
+            got = probe(here, Target("web/db", "127.0.0.1"), port, protocol, timeout=2)
+            assert got.ok and "answered in" in got.why, (protocol, port, got)
+        wrong = probe(here, Target("web/other", "127.0.0.1"), ports[0], protocol, timeout=2)
+        assert not wrong.ok and "not by web/other's responder" in wrong.why
+    closed = _free_port()
+    for protocol in ("tcp", "udp"):
+        got = probe(here, Target("web/db", "127.0.0.1"), closed, protocol, timeout=1)
+        assert not got.ok and "connection refused" in got.why, got
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mute:  # bound, never answers
+        mute.bind(("127.0.0.1", 0))
+        got = probe(here, Target("web/db", "127.0.0.1"), mute.getsockname()[1], "udp",
+                    timeout=0.5)
+    assert not got.ok and "no answer within 0.5 s" in got.why
+    assert responder.answered == 6      # 2 ports and one wrong name, per protocol
