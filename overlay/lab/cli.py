@@ -1,7 +1,7 @@
 """``overlay-lab``: up, status, exec, add-node, remove-node, pod add|del, probe, matrix, down.
 
 A click command line like overlayctl's: ``--name``, ``--lab-dir`` and ``-v`` are accepted
-before or after the command (:func:`lab_options` adds them to the group and to every
+before or after the command (:func:`_lab_options` adds them to the group and to every
 command; each one given is merged into the shared :class:`LabOptions` as it is parsed,
 so one given after the command wins).  Bad input is one line and a non-zero exit: click's
 usage errors exit 2, what the lab refuses (an unknown node or pod) exits 1.
@@ -73,17 +73,24 @@ def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None
     logging.getLogger().setLevel(_log_level(obj.verbose))
 
 
-def lab_options(f: F) -> F:
-    """Adds ``--name``, ``--lab-dir`` and ``-v`` to a command or the group (see above)."""
-    common: dict[str, Any] = {"expose_value": False}
-    f = click.option("-v", "--verbose", count=True, callback=_add_verbose,
-                     help="More logging on stderr (-vv: debug).", **common)(f)
-    f = click.option("--lab-dir", envvar="OVERLAY_LAB_DIR", default=DEFAULT_BASE_DIR,
-                     show_default=True, callback=_set_option, metavar="DIR",
-                     help="Where labs keep pid files, logs and etcd data.", **common)(f)
-    return click.option("--name", envvar="OVERLAY_LAB_NAME", default=DEFAULT_PREFIX,
-                        show_default=True, callback=_set_option, metavar="PREFIX",
-                        help="The lab's name, prefixing all its namespaces.", **common)(f)
+def _lab_options(top: bool) -> Callable[[F], F]:
+    """``--name``, ``--lab-dir`` and ``-v`` for the group (``top``) or a command (see
+    above).  Only the group's read OVERLAY_LAB_NAME / OVERLAY_LAB_DIR: were a command's to
+    read them too, the variable would override an option given before the command."""
+    def add(f: F) -> F:
+        common: dict[str, Any] = {"expose_value": False, "show_default": True}
+        f = click.option("-v", "--verbose", count=True, callback=_add_verbose,
+                         help="More logging on stderr (-vv: debug).", expose_value=False)(f)
+        f = click.option("--lab-dir", envvar="OVERLAY_LAB_DIR" if top else None,
+                         default=DEFAULT_BASE_DIR, callback=_set_option, metavar="DIR",
+                         help="Where labs keep pid files, logs and etcd data.", **common)(f)
+        return click.option("--name", envvar="OVERLAY_LAB_NAME" if top else None,
+                            default=DEFAULT_PREFIX, callback=_set_option, metavar="PREFIX",
+                            help="The lab's name, prefixing all its namespaces.", **common)(f)
+    return add
+
+
+lab_options = _lab_options(top=False)
 
 
 class LabGroup(click.Group):
@@ -117,7 +124,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 @click.group(cls=LabGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_print_version, help="Print the version and exit.")
-@lab_options
+@_lab_options(top=True)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """A multi-node overlay cluster on one machine: nodes and pods are network namespaces,
@@ -258,8 +265,9 @@ def matrix(obj: LabOptions, port: int | None, protocol: str | None) -> None:
 @click.pass_obj
 def probe_cmd(obj: LabOptions, source: str, dest: str, port: int | None,
               protocol: str | None, timeout: float) -> None:
-    """Does a connection from pod FROM reach pod TO's responder? Exit 0 if it does, 1 if
-    not, with one line saying why. FROM and TO: a lab pod's name, or NS/NAME."""
+    """Does a connection from pod FROM reach pod TO's responder? One line saying why;
+    exit 0 if it does, 1 if not, 2 if FROM or TO names no pod. FROM and TO: a lab pod's
+    name, or NS/NAME."""
     lab = open_lab(obj)
     port, protocol = port or RESPONDER_PORTS[0], protocol or PROTOCOLS[0]
     try:

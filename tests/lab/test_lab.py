@@ -187,8 +187,11 @@ def test_cli_common_options_keep_their_defaults_either_way(monkeypatch):
         assert (obj.name, obj.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
         assert obj.verbose == argv.count("-v")
     monkeypatch.setenv("OVERLAY_LAB_NAME", "fromenv")
-    assert _parse(["status"])[2].name == "fromenv"
+    monkeypatch.setenv("OVERLAY_LAB_DIR", "/env/dir")
+    assert (_parse(["status"])[2].name, _parse(["status"])[2].lab_dir) == ("fromenv", "/env/dir")
     assert _parse(["status", "--name", "given"])[2].name == "given"
+    assert _parse(["--name", "given", "status"])[2].name == "given"
+    assert _parse(["--lab-dir", "/given", "status"])[2].lab_dir == "/given"
 
 
 def test_cli_version():
