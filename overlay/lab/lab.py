@@ -512,9 +512,9 @@ class Lab:
         state = self._need_state()
         check_pod_name(name)
         check_namespace(namespace)
-        if AUTO_POD_RE.match(name):
-            raise LabError(f"pod name {name!r} is kept for the pods `up` makes "
-                           "(pod-nodeN-I); choose another")
+        if namespace == DEFAULT_NAMESPACE and AUTO_POD_RE.match(name):
+            raise LabError(f"pod name {name!r} is kept for the pods `up` makes in "
+                           f"{DEFAULT_NAMESPACE} (pod-nodeN-I); choose another")
         if node not in state.nodes:
             raise LabError(f"lab {self.spec.prefix} has no node {node!r} "
                            f"(nodes: {', '.join(state.nodes) or 'none'})")
