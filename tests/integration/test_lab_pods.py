@@ -109,6 +109,10 @@ def test_pod_add_and_del_with_namespace_and_labels(made):
     got = subprocess.run(in_netns(ns, ["ip", "-4", "-o", "addr", "show", "eth0"]),
                          capture_output=True, text=True, check=True).stdout
     assert f" {pod.ip}/24 " in got
+    by_exec = subprocess.run([LAB, "--name", lab.spec.prefix, "--lab-dir", lab.spec.base_dir,
+                              "exec", "web/db", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+                             capture_output=True, text=True, timeout=30)
+    assert by_exec.returncode == 0 and f" {pod.ip}/24 " in by_exec.stdout, by_exec.stderr
     responder = lab.responder_pid(pod)
     assert responder is not None
     status = json.loads(made.run("status", "-o", "json").stdout)
