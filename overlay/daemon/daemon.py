@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings
 from overlay.daemon.http import HealthServer, Metrics
+from overlay.daemon.nodestatus import node_agent_threads
 from overlay.daemon.watchhealth import WatchHealth
 from overlay.errors import (
     ConfigError,
@@ -358,6 +359,7 @@ class Daemon:
         if self.store is None or self.schema is None or not self.schema.writable:
             return []
         threads: list[tuple[str, Callable[[], None]]] = []
+        threads += node_agent_threads(self)  # heartbeat, record, health mesh
         return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
