@@ -245,18 +245,28 @@ def _record_of(d: Daemon, started: datetime) -> Callable[[], NodeRecord | None]:
     return record
 
 
-def node_agent_threads(d: Daemon) -> list[tuple[str, Callable[[], None]]]:
-    """Claim the node name (NodeNameInUse: overlayd exits 1), then the agent's threads."""
-    from overlay.diagnose.gather import probe_peers  # diagnose's probe; ~30 ms of import
-    assert d.store is not None and d.plane is not None and d.backend is not None
-    plane, backend, device = d.plane, d.backend, d.plane.device
-    assert plane.attrs.vtep_mac, "the data plane's set-up gives the VTEP MAC"
-    agent = NodeAgent(d.store, d.s.node_name, Identity(plane.attrs.public_ip,
-                                                       plane.attrs.vtep_mac),
+def claim_node(d: Daemon) -> NodeAgent:
+    """This node's agent, once it holds the node name (NodeNameInUse: overlayd exits 1).
+    Called before a subnet lease is taken, so a refused node takes none."""
+    assert d.store is not None and d.plane is not None, "the store and data plane come first"
+    attrs = d.plane.attrs
+    assert attrs.vtep_mac, "the data plane's set-up gives the VTEP MAC"
+    agent = NodeAgent(d.store, d.s.node_name, Identity(attrs.public_ip, attrs.vtep_mac),
                       _record_of(d, datetime.now(UTC)), d.stop,
                       AgentMetrics.on(d.metrics.registry), d.s.heartbeat_period,
                       d.s.probe_interval)
     agent.claim()
+    return agent
+
+
+def node_agent_threads(d: Daemon) -> list[tuple[str, Callable[[], None]]]:
+    """The claimed agent's two threads (none when the cluster objects are off)."""
+    from overlay.diagnose.gather import probe_peers  # diagnose's probe; ~30 ms of import
+    agent, plane, backend = d.node_agent, d.plane, d.backend
+    if agent is None:
+        return []
+    assert plane is not None and backend is not None, "bring_up() set the data plane"
+    device = plane.device
     return [("heartbeat", agent.run_heartbeat),
             ("mesh", lambda: agent.run_mesh(lambda: list(backend.leases.values()),
                                             backend.entries_for, device.dump, d.mtu,
