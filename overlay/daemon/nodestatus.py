@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -204,7 +205,11 @@ class NodeAgent:
     # -- mesh thread -----------------------------------------------------------------
     def run_mesh(self, peers: Callable[[], list[Lease]], want: Callable[[Lease], list[Entry]],
                  kernel: Callable[[], Entries], mtu: int, probe: Prober) -> None:
-        while not self.stop.wait(self.probe_interval):
+        # Rounds start on a fixed cadence (a round's own time is not added to the wait),
+        # so a pair broken just after a round starts is published within two intervals.
+        next_round = time.monotonic() + self.probe_interval
+        while not self.stop.wait(max(0.0, next_round - time.monotonic())):
+            next_round = max(next_round + self.probe_interval, time.monotonic())
             remotes = peers()
             results = probe(remotes, mtu, PROBE_COUNT, PROBE_TIMEOUT)
             have = kernel()
