@@ -18,6 +18,7 @@ from overlay.cluster.mesh import (
     BrokenPair,
     Cell,
     MeshMember,
+    broken_pairs,
     matrix,
     record_vtep_problem,
 )
@@ -29,6 +30,8 @@ from overlay.lease import Lease, printable_key
 from overlay.subnet.registry import EtcdRegistry
 from overlay.util.text import age, rfc3339
 
+# Past this many nodes the matrix (N x N cells) is left out; the broken pairs are not.
+MAX_MATRIX = 40
 HEADERS = ["NAME", "STATUS", "SUBNET", "PUBLIC-IP", "PEERS", "VERSION", "AGE"]
 WIDE = ["VTEP-MAC", "REASON"]
 
@@ -156,22 +159,30 @@ def _pair_dict(p: BrokenPair) -> dict[str, Any]:
 def connectivity(obj: CLIContext) -> None:
     """The health mesh: a row per probing node, a column per probed node (ok or the
     cause, with how long it has held; ? when the prober is not Ready), then each broken
-    pair with its likely cause."""
+    pair with its likely cause.  Above 40 nodes the matrix is left out."""
     listing, leases = _read(obj)
-    cells, pairs = matrix(members(listing, leases))
+    found = members(listing, leases)
+    pairs = broken_pairs(found)
     now = datetime.now(UTC)
     names = [st.record.name for st in listing.statuses]
+    small = len(names) <= MAX_MATRIX
+    cells = matrix(found) if small else {}
     if obj.json:
         print_json({"nodes": names,
                     "matrix": {s: {t: _cell_dict(c, now) for t, c in row.items()}
-                               for s, row in cells.items()},
+                               for s, row in cells.items()} if small else None,
                     "broken": [_pair_dict(p) for p in pairs],
                     "broken_pairs": sorted({tuple(sorted((p.source, p.target)))
                                             for p in pairs})})
         return
-    rows = [[src] + ["-" if dst == src else _cell_text(cells[src][dst], now) for dst in names]
-            for src in names]
-    print_table(["FROM \\ TO"] + names, rows)
+    if small:
+        rows = [[src] + ["-" if dst == src else _cell_text(cells[src][dst], now)
+                         for dst in names] for src in names]
+        print_table(["FROM \\ TO"] + names, rows)
+    else:
+        click.echo(f"{len(names)} nodes: matrix omitted (more than {MAX_MATRIX}); per node:")
+        print_table(["NODE", "STATUS", "PEERS"],
+                    [[st.record.name, st.status, _peers(st)] for st in listing.statuses])
     for p in pairs:
         click.echo(f"{p.source} -> {p.target}: {p.cause}: {p.detail}; likely "
                    f"{LIKELY[p.cause]}")

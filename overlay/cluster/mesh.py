@@ -168,32 +168,40 @@ class BrokenPair:
 
 
 def _cell(src: MeshMember, dst: MeshMember, by_subnet: Mapping[IPv4Network, BrokenPeer]
-          ) -> tuple[Cell, BrokenPair | None]:
+          ) -> Cell:
     if not src.live or src.mesh is None:
-        return Cell(UNKNOWN), None
+        return Cell(UNKNOWN)
     if dst.vtep_problem:
-        return (Cell(BROKEN, None, STALE_VTEP),
-                BrokenPair(src.name, dst.name, STALE_VTEP, dst.vtep_problem, None))
+        return Cell(BROKEN, None, STALE_VTEP)
     b = by_subnet.get(dst.subnet)
-    if b is None:
-        return Cell(OK, src.mesh.since), None
-    return (Cell(BROKEN, b.since, b.cause),
-            BrokenPair(src.name, dst.name, b.cause, b.detail, b.since))
+    return Cell(OK, src.mesh.since) if b is None else Cell(BROKEN, b.since, b.cause)
 
 
-def matrix(members: Sequence[MeshMember]
-           ) -> tuple[dict[str, dict[str, Cell]], list[BrokenPair]]:
-    """Cells by source then target (each member's own diagonal left out), and the broken
-    directed pairs, sorted by source then target."""
+def matrix(members: Sequence[MeshMember]) -> dict[str, dict[str, Cell]]:
+    """Cells by source then target, each member's own diagonal left out (N² cells: for
+    a table of a few dozen nodes; ``broken_pairs`` scales)."""
     cells: dict[str, dict[str, Cell]] = {}
-    pairs: list[BrokenPair] = []
     for src in members:
         by_subnet = {b.subnet: b for b in src.mesh.broken} if src.mesh else {}
-        row = cells[src.name] = {}
-        for dst in members:
-            if dst.name == src.name:
-                continue
-            row[dst.name], pair = _cell(src, dst, by_subnet)
-            if pair is not None:
-                pairs.append(pair)
-    return cells, pairs
+        cells[src.name] = {dst.name: _cell(src, dst, by_subnet)
+                           for dst in members if dst.name != src.name}
+    return cells
+
+
+def broken_pairs(members: Sequence[MeshMember]) -> list[BrokenPair]:
+    """The broken directed pairs that live probers published (and every live prober's
+    pair to a node whose record and lease disagree on its VTEP MAC), sorted; the same
+    pairs as ``matrix``'s broken cells, in time proportional to what is broken."""
+    by_subnet = {m.subnet: m for m in members}
+    stale = [m for m in members if m.vtep_problem]
+    pairs = []
+    for src in members:
+        if not src.live or src.mesh is None:
+            continue
+        for b in src.mesh.broken:
+            dst = by_subnet.get(b.subnet)
+            if dst is not None and not dst.vtep_problem and dst.name != src.name:
+                pairs.append(BrokenPair(src.name, dst.name, b.cause, b.detail, b.since))
+        pairs += [BrokenPair(src.name, dst.name, STALE_VTEP, dst.vtep_problem or "", None)
+                  for dst in stale if dst.name != src.name]
+    return sorted(pairs, key=lambda p: (p.source, p.target))

@@ -10,6 +10,7 @@ from overlay.cluster.mesh import (
     STALE_VTEP,
     MeshMember,
     PeerCheck,
+    broken_pairs,
     cause_of,
     kernel_vtep_problem,
     matrix,
@@ -107,17 +108,30 @@ def member(name: str, third: int, live=True, broken=(), vtep=None) -> MeshMember
 
 
 def test_matrix_names_the_broken_pairs_and_unknown_for_dead_probers():
-    cells, pairs = matrix([member("node1", 1, broken=(3,)), member("node2", 2, broken=(3,)),
-                           member("node3", 3, broken=(1, 2))])
+    found = [member("node1", 1, broken=(3,)), member("node2", 2, broken=(3,)),
+             member("node3", 3, broken=(1, 2))]
+    cells, pairs = matrix(found), broken_pairs(found)
     assert cells["node1"]["node2"].state == "ok" and cells["node1"]["node3"].state == "broken"
     assert "node1" not in cells["node1"]
     assert {(p.source, p.target) for p in pairs} == {
         ("node1", "node3"), ("node2", "node3"), ("node3", "node1"), ("node3", "node2")}
-    cells, pairs = matrix([member("node1", 1), member("node2", 2, live=False, broken=(1,))])
+    found = [member("node1", 1), member("node2", 2, live=False, broken=(1,))]
+    cells, pairs = matrix(found), broken_pairs(found)
     assert cells["node2"]["node1"].state == "unknown" and pairs == []
 
 
+def test_broken_pairs_are_exactly_the_broken_cells():
+    found = [member("node1", 1, broken=(2, 3)), member("node2", 2, broken=(1,)),
+             member("node3", 3, live=False, broken=(1,), vtep="stale")]
+    cells = matrix(found)
+    from_cells = {(s, t, c.cause) for s, row in cells.items() for t, c in row.items()
+                  if c.state == "broken"}
+    assert {(p.source, p.target, p.cause) for p in broken_pairs(found)} == from_cells
+    assert ("node1", "node3", STALE_VTEP) in from_cells
+
+
 def test_matrix_marks_a_stale_record_mac_as_stale_vtep_from_everyone():
-    cells, pairs = matrix([member("node1", 1), member("node2", 2, vtep="record differs")])
+    found = [member("node1", 1), member("node2", 2, vtep="record differs")]
+    cells, pairs = matrix(found), broken_pairs(found)
     assert cells["node1"]["node2"].cause == STALE_VTEP
     assert [(p.source, p.target, p.cause) for p in pairs] == [("node1", "node2", STALE_VTEP)]
