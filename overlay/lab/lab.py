@@ -78,6 +78,9 @@ AUTO_POD_RE = re.compile(r"^pod-node[0-9]+-[0-9]+$")   # the names `up` gives it
 # Locally administered (02:...), ending in the gateway's 192.168.1.1; each lab's bridge is
 # in a namespace of its own, so one address fits all.
 UNDERLAY_BRIDGE_MAC = "02:00:c0:a8:01:01"
+# The lab's nodes heartbeat and probe faster than overlayd's defaults (5 s, 10 s): a
+# killed node shows NotReady within 2 s and a cut pair within 4 s; 3 nodes cost nothing.
+HEARTBEAT_PERIOD, PROBE_INTERVAL = "1", "2"
 
 
 def program(name: str) -> str:
@@ -355,7 +358,9 @@ class Lab:
             "--subnet-file", self.spec.node_file(node, "subnet.env"),
             "--state-dir", self.spec.node_file(node, "state"),
             "--healthz-addr", self.healthz_addr(node),
-            "--cni-socket", self.spec.node_file(node, "cni.sock")])
+            "--cni-socket", self.spec.node_file(node, "cni.sock"),
+            "--node-name", node, "--heartbeat-period", HEARTBEAT_PERIOD,
+            "--probe-interval", PROBE_INTERVAL])
 
     def ensure_daemon(self, node: str) -> bool:
         if self.daemon_pid(node) is not None:
