@@ -1,18 +1,17 @@
 """``overlay-cni``: the CNI plugin in-process, and ``overlay-cni serve`` (the warm server).
 
 Without arguments it is a CNI plugin: env + stdin in, result or error JSON on stdout.
-This is also what the executable entry ``cni-plugin/overlay`` falls back to when no warm
-server answers (correct, but it pays the interpreter's site and module imports, ~80-150 ms,
-on every call).
+This is also what the executable entry ``cni-plugin/overlay`` falls back to, in its own
+process, when no warm server answers (correct, but it pays the plugin's module imports on
+every call, so they are kept to what a command needs).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
@@ -52,6 +51,9 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
 
 
 def serve(socket_path: str) -> int:
+    import signal
+    import threading
+
     from overlay.cni.server import CNIServer
 
     server = CNIServer(socket_path)
@@ -72,7 +74,8 @@ def serve(socket_path: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, stdin: bytes | None = None) -> None:
+    """``stdin``: the request's bytes when the executable entry already read them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         import argparse
@@ -103,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not os.environ.get("CNI_COMMAND"):
         print(f"overlay CNI plugin: CNI protocol versions supported: "
               f"{', '.join(skel.SUPPORTED_VERSIONS)}", file=sys.stderr)
-    sys.exit(run(os.environ, sys.stdin.buffer, sys.stdout.buffer))
+    source = sys.stdin.buffer if stdin is None else io.BytesIO(stdin)
+    sys.exit(run(os.environ, source, sys.stdout.buffer))
 
 
 if __name__ == "__main__":
