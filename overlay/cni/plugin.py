@@ -9,20 +9,22 @@ every call, so they are kept to what a command needs).
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
 from overlay.cni import skel
+from overlay.util import lazylog
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 LOG_FILE_ENV = "OVERLAY_CNI_LOG_FILE"
 
 
 def setup_logging(level: int, log_file: str | None = None) -> None:
+    import logging  # here only: the in-process plugin mostly never needs it (lazylog)
+
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     handlers[0].setLevel(level)
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None, stdin: bytes | None = None) -> None:
         parser.add_argument("--log-file", help="also log INFO to this file")
         parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         args = parser.parse_args(argv[1:])
-        setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_file)
+        setup_logging(lazylog.DEBUG if args.verbose else lazylog.INFO, args.log_file)
         sys.exit(serve(args.socket))
     if argv and argv[0] == "--version":
         from overlay.util.version import version_line  # only here: the plugin starts lean
@@ -102,7 +104,11 @@ def main(argv: Sequence[str] | None = None, stdin: bytes | None = None) -> None:
               "overlay-cni serve [--socket PATH]: the warm server for cni-plugin/overlay\n"
               "overlay-cni --version: print the version and exit")
         sys.exit(0)
-    setup_logging(logging.WARNING, os.environ.get(LOG_FILE_ENV))
+    log_file = os.environ.get(LOG_FILE_ENV)
+    if log_file:
+        setup_logging(lazylog.WARNING, log_file)
+    else:  # stderr keeps WARNING and up: INFO lines need not import logging at all
+        lazylog.defer(lazylog.WARNING, lambda: setup_logging(lazylog.WARNING))
     if not os.environ.get("CNI_COMMAND"):
         print(f"overlay CNI plugin: CNI protocol versions supported: "
               f"{', '.join(skel.SUPPORTED_VERSIONS)}", file=sys.stderr)

@@ -8,15 +8,15 @@ a file or the kernel.  An error becomes CNI error JSON in exactly one place:
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
+from overlay.util import lazylog
 from overlay.util.ifname import ifname_problem
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
