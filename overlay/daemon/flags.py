@@ -16,7 +16,6 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from overlay.cluster.keys import dns_subdomain_problem
-from overlay.config import parse_bool
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
 from overlay.errors import ConfigError
@@ -28,6 +27,7 @@ from overlay.subnet.etcdconf import (
 )
 from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
+from overlay.util.boolean import parse_bool
 from overlay.util.ifname import ifname_problem
 from overlay.util.version import version_line
 

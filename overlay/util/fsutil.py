@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 
 def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
@@ -12,7 +11,10 @@ def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o755, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    # mkstemp's rule (a random name, O_EXCL, 0600) without ``tempfile``, whose imports
+    # (shutil, random, bz2, lzma) cost the CNI plugin's in-process ADD ~3 ms.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
