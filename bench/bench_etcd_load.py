@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""etcd under 1000 simulated nodes: its CPU, its fsyncs and a put's fan-out (issue 15).
+
+One etcd (loopback, data on disk under /var/tmp, prefix ``ovload-``) and, for
+``--duration`` seconds, ``--nodes`` simulated nodes, each as overlayd and the node-status
+feature will load etcd:
+
+- a watch on ``<prefix>/subnets/`` (the lease watch): one gRPC Watch stream per node,
+  spread over ``--channels`` connections (a real node has one connection each: etcd's
+  per-event work is per watcher, its per-connection work is framing);
+- its subnet lease, renewed ``--renew-margin`` s before its ``--lease-ttl`` expires
+  (Flannel's defaults, 86400/3600, are one renewal per node per 23 h);
+- a heartbeat ``<prefix>/heartbeats/<node>`` on a short etcd lease (``--heartbeat-ttl``)
+  refreshed every ``--heartbeat-period`` s: one keepalive and one put of the node's
+  status, spread evenly over the period.
+A probe puts a lease key every ``--probe-interval`` s; its fan-out latency is the time
+from just before the put to each watcher's receipt (p99 target < 500 ms).
+
+Reported over the measured window (after set-up): etcd's CPU-seconds per second (from
+/proc), its WAL fsyncs and backend commits (count, mean, p99 from etcd's /metrics
+histograms), the requests per second, the simulator's own CPU (it shares the two cores
+with etcd) and the watchers etcd counts.  Bounded: every thread stops at the deadline.
+
+    sudo .venv/bin/python bench/bench_etcd_load.py [--nodes 1000] [--duration 30] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import grpc  # noqa: E402
+import pyetcd  # noqa: E402
+from pyetcd import etcdrpc  # noqa: E402
+
+from overlay.cluster.keys import heartbeat_key  # noqa: E402
+from overlay.cluster.store import ObjectStore  # noqa: E402
+from overlay.lease import Lease, LeaseAttrs  # noqa: E402
+from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
+from overlay.subnet.registry import EtcdRegistry  # noqa: E402
+from tests.integration.support.etcd_server import EtcdServer  # noqa: E402
+
+PREFIX = "/ovload/network"
+HISTOGRAMS = ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds")
+COUNTERS = ("etcd_server_proposals_committed_total", "grpc_server_handled_total")
+_SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|\+Inf)$')
+
+
+def scrape(url: str) -> dict[str, list[tuple[str, float]]]:
+    """etcd's /metrics: name -> [(labels, value)]."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            out.setdefault(m.group(1), []).append((m.group(2) or "", float(m.group(3))))
+    return out
+
+
+def metric(m: dict[str, list[tuple[str, float]]], name: str) -> float:
+    return sum(v for _, v in m.get(name, []))
+
+
+def histogram(before: dict, after: dict, name: str, seconds: float) -> dict[str, float]:
+    """Count per second, mean and p99 (bucket upper bound) of a histogram over the window."""
+    count = metric(after, name + "_count") - metric(before, name + "_count")
+    total = metric(after, name + "_sum") - metric(before, name + "_sum")
+    old = dict(before.get(name + "_bucket", []))
+    buckets = sorted((_le(labels), v - old.get(labels, 0))
+                     for labels, v in after.get(name + "_bucket", []))
+    p99 = next((le for le, c in buckets if count and c >= 0.99 * count), float("nan"))
+    return {"per_s": count / seconds, "mean_ms": 1000 * total / count if count else 0.0,
+            "p99_le_ms": 1000 * p99}
+
+
+def _le(labels: str) -> float:
+    """A bucket's upper bound from its labels (``le="0.004"``)."""
+    m = re.search(r'le="([^"]+)"', labels)
+    return float(m.group(1)) if m else float("inf")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Probe:
+    """Put times by revision, and every watcher's receipt latency."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, float] = {}
+        self.lat: list[float] = []
+        self.lock = threading.Lock()
+        self.pending: list[tuple[int, float]] = []
+
+    def seen(self, revision: int, now: float) -> None:
+        with self.lock:
+            t0 = self.sent.get(revision)
+            if t0 is None:  # the put's answer is not back yet: settle it later
+                self.pending.append((revision, now))
+            else:
+                self.lat.append(now - t0)
+
+    def settle(self) -> None:
+        with self.lock:
+            self.lat.extend(now - self.sent[rev] for rev, now in self.pending if rev in self.sent)
+            self.pending = []
+
+
+def watch_requests(key: bytes, stop: threading.Event) -> Iterator[Any]:
+    yield etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+        key=key, range_end=pyetcd.utils.prefix_range_end(key)))
+    stop.wait()
+
+
+def watcher(channel: Any, key: bytes, probe: Probe, stop: threading.Event,
+            ready: threading.Semaphore) -> None:
+    """One node's lease watch: every event's receipt time, by the put's revision."""
+    call = etcdrpc.WatchStub(channel).Watch(watch_requests(key, stop))
+    threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True).start()
+    try:
+        for resp in call:
+            if resp.created:
+                ready.release()
+            now = time.monotonic()
+            for ev in resp.events:
+                probe.seen(int(ev.kv.mod_revision), now)
+    except grpc.RpcError:  # cancelled at the deadline; anything before it is a failure
+        if not stop.is_set():
+            raise
+
+
+def heartbeats(store: ObjectStore, nodes: list[str], period: float, ttl: int,
+               put: bool, stop: threading.Event, counts: dict[str, int]) -> None:
+    """Each node in ``nodes`` every ``period`` s, evenly spread: keepalive (+ put)."""
+    leases = {n: store.grant(ttl) for n in nodes}
+    gap = period / max(1, len(nodes))
+    nxt = time.monotonic()
+    while not stop.is_set():
+        for n in nodes:
+            if stop.wait(max(0.0, nxt - time.monotonic())):
+                return
+            nxt += gap
+            store.keepalive(leases[n])
+            counts["keepalives"] += 1
+            if put:
+                store.put(heartbeat_key(PREFIX, n), json.dumps(
+                    {"node": n, "ready": True, "time": time.time()}).encode(), leases[n])
+                counts["puts"] += 1
+
+
+def renewals(reg: EtcdRegistry, leases: list[Lease], rate: float, stop: threading.Event,
+             counts: dict[str, int]) -> None:
+    """Subnet lease renewals at ``rate`` per second (nodes / (ttl - margin))."""
+    if rate <= 0:
+        return
+    i = 0
+    while not stop.wait(1 / rate):
+        leases[i % len(leases)] = reg.renew_lease(leases[i % len(leases)])
+        counts["renewals"] += 1
+        i += 1
+
+
+def probes(reg: EtcdRegistry, probe: Probe, interval: float, stop: threading.Event) -> None:
+    client = reg.client()
+    key = reg.subnets_prefix + "10.255.255.0-24"
+    i = 0
+    while not stop.wait(interval):
+        value = LeaseAttrs(IPv4Address("172.31.0.1"), "vxlan", 1,
+                           f"0e:ff:00:00:{i // 256 % 256:02x}:{i % 256:02x}").to_json()
+        t0 = time.monotonic()
+        resp = client.put(key, value)
+        with probe.lock:
+            probe.sent[int(resp.header.revision)] = t0
+        i += 1
+
+
+def setup_leases(reg: EtcdRegistry, n: int, ttl: int) -> list[Lease]:
+    return [reg.create_lease(IPv4Network(f"10.{2 + i // 256}.{i % 256}.0/24"),
+                             LeaseAttrs(IPv4Address("172.16.0.0") + i + 1, "vxlan", 1,
+                                        f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"), ttl)
+            for i in range(n)]
+
+
+def run(a: argparse.Namespace, server: EtcdServer) -> dict[str, Any]:
+    assert server.proc is not None, "etcd was started"
+    pid = server.proc.pid
+    opts = make_etcd_options(server.endpoint, prefix=PREFIX, timeout=10.0)
+    regs = [EtcdRegistry(opts) for _ in range(a.channels)]
+    stop = threading.Event()
+    probe = Probe()
+    counts = {"keepalives": 0, "puts": 0, "renewals": 0}
+    threads: list[threading.Thread] = []
+    try:
+        leases = setup_leases(regs[0], a.nodes, a.lease_ttl)
+        ready = threading.Semaphore(0)
+        key = regs[0].subnets_prefix.encode()
+        for i in range(a.nodes):
+            ch = regs[i % a.channels].client().channel
+            threads.append(threading.Thread(target=watcher, args=(ch, key, probe, stop, ready),
+                                            daemon=True))
+        names = [f"node-{i}" for i in range(a.nodes)]
+        workers = max(1, a.channels // 2)
+        for w in range(workers):
+            threads.append(threading.Thread(target=heartbeats, daemon=True, args=(
+                ObjectStore(regs[w % a.channels]), names[w::workers], a.heartbeat_period,
+                a.heartbeat_ttl, not a.no_heartbeat_put, stop, counts)))
+        threads.append(threading.Thread(target=renewals, daemon=True, args=(
+            regs[-1], leases, a.nodes / max(1, a.lease_ttl - a.renew_margin), stop, counts)))
+        for t in threads:
+            t.start()
+        for _ in range(a.nodes):
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("watchers were not all created within 60 s")
+        time.sleep(a.heartbeat_period)  # every node has sent a heartbeat: steady state
+        prober = threading.Thread(target=probes, args=(regs[-1], probe, a.probe_interval, stop),
+                                  daemon=True)
+        url = f"{server.endpoint}/metrics"
+        before, cpu0, own0, t0 = scrape(url), cpu_seconds(pid), os.times(), \
+            time.monotonic()
+        base = dict(counts)
+        prober.start()
+        time.sleep(a.duration)
+        after, cpu1, own1, t1 = scrape(url), cpu_seconds(pid), os.times(), \
+            time.monotonic()
+        done = {k: counts[k] - base[k] for k in counts}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        for r in regs:
+            r.close()
+    probe.settle()
+    secs = t1 - t0
+    lat = sorted(probe.lat)
+    expected = len(probe.sent) * a.nodes
+    return {
+        "nodes": a.nodes, "channels": a.channels, "duration_s": secs,
+        "heartbeat_period_s": a.heartbeat_period, "heartbeat_ttl_s": a.heartbeat_ttl,
+        "heartbeat_put": not a.no_heartbeat_put, "lease_ttl_s": a.lease_ttl,
+        "renew_margin_s": a.renew_margin,
+        "etcd_cpu_s_per_s": (cpu1 - cpu0) / secs,
+        "simulator_cpu_s_per_s": (own1.user + own1.system - own0.user - own0.system) / secs,
+        "rates_per_s": {k: v / secs for k, v in done.items()},
+        "proposals_per_s": (metric(after, COUNTERS[0]) - metric(before, COUNTERS[0])) / secs,
+        "grpc_requests_per_s": (metric(after, COUNTERS[1]) - metric(before, COUNTERS[1])) / secs,
+        "watchers": metric(after, "etcd_debugging_mvcc_watcher_total"),
+        "wal_fsync": histogram(before, after, HISTOGRAMS[0], secs),
+        "backend_commit": histogram(before, after, HISTOGRAMS[1], secs),
+        "fanout": {"puts": len(probe.sent), "deliveries": len(lat), "expected": expected,
+                   "median_ms": 1000 * statistics.median(lat) if lat else float("nan"),
+                   "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+                   if lat else float("nan"),
+                   "max_ms": 1000 * lat[-1] if lat else float("nan")},
+    }
+
+
+def show(r: dict[str, Any]) -> str:
+    f, w, b = r["fanout"], r["wal_fsync"], r["backend_commit"]
+    rates = ", ".join(f"{k} {v:.0f}/s" for k, v in r["rates_per_s"].items())
+    return "\n".join([
+        f"{r['nodes']} simulated nodes over {r['channels']} connections, "
+        f"{r['duration_s']:.0f} s measured ({r['watchers']:.0f} watchers in etcd): {rates}; "
+        f"{r['proposals_per_s']:.0f} raft proposals/s, {r['grpc_requests_per_s']:.0f} gRPC "
+        "requests/s",
+        f"  etcd CPU {r['etcd_cpu_s_per_s']:.3f} s/s (simulator "
+        f"{r['simulator_cpu_s_per_s']:.3f} s/s on the same 2 cores)",
+        f"  WAL fsync {w['per_s']:.0f}/s mean {w['mean_ms']:.2f} ms p99 <= {w['p99_le_ms']:.1f} "
+        f"ms; backend commit {b['per_s']:.1f}/s mean {b['mean_ms']:.2f} ms p99 <= "
+        f"{b['p99_le_ms']:.1f} ms",
+        f"  fan-out of {f['puts']} puts to every watcher ({f['deliveries']}/{f['expected']} "
+        f"deliveries): median {f['median_ms']:.1f} ms p99 {f['p99_ms']:.1f} ms max "
+        f"{f['max_ms']:.1f} ms -> target p99 < 500 ms "
+        f"{'MET' if f['p99_ms'] < 500 and f['deliveries'] == f['expected'] else 'NOT MET'}",
+    ])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--channels", type=int, default=20, help="gRPC connections shared")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds measured")
+    ap.add_argument("--heartbeat-period", type=float, default=5.0)
+    ap.add_argument("--heartbeat-ttl", type=int, default=15)
+    ap.add_argument("--no-heartbeat-put", action="store_true",
+                    help="heartbeats are keepalives only (no status put)")
+    ap.add_argument("--lease-ttl", type=int, default=86400)
+    ap.add_argument("--renew-margin", type=int, default=3600)
+    ap.add_argument("--probe-interval", type=float, default=0.5)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if not (1 <= a.nodes <= 20000 and 1 <= a.channels <= a.nodes and 1 <= a.duration <= 300
+            and a.heartbeat_period > 0 and 0 < a.renew_margin < a.lease_ttl):
+        ap.error("need 1 <= nodes <= 20000, 1 <= channels <= nodes, 1 <= duration <= 300 s, "
+                 "heartbeat period > 0, 0 < renew margin < lease TTL")
+    data = tempfile.mkdtemp(prefix="ovload-etcd-", dir="/var/tmp")  # on disk: real fsyncs
+    server = EtcdServer(name="ovload", data_dir=data,
+                        extra_args=["--quota-backend-bytes", str(2 << 30)]).start()
+    try:
+        report = run(a, server)
+    finally:
+        server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
+    print(json.dumps(report, indent=2) if a.json else show(report))
+    return 0 if report["fanout"]["p99_ms"] < 500 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
