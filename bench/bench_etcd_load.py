@@ -56,6 +56,7 @@ from overlay.subnet.registry import EtcdRegistry  # noqa: E402
 from tests.integration.support.etcd_server import EtcdServer  # noqa: E402
 
 PREFIX = "/ovload/network"
+DRAIN = 2.0  # seconds after the last probe put for its deliveries
 HISTOGRAMS = ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds")
 COUNTERS = ("etcd_server_proposals_committed_total", "grpc_server_handled_total")
 _SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|\+Inf)$')
@@ -107,6 +108,7 @@ class Probe:
     def __init__(self) -> None:
         self.sent: dict[int, float] = {}
         self.lat: list[float] = []
+        self.by_put: dict[int, list[float]] = {}
         self.lock = threading.Lock()
         self.pending: list[tuple[int, float]] = []
 
@@ -116,12 +118,23 @@ class Probe:
             if t0 is None:  # the put's answer is not back yet: settle it later
                 self.pending.append((revision, now))
             else:
-                self.lat.append(now - t0)
+                self._add(revision, now - t0)
+
+    def _add(self, revision: int, latency: float) -> None:
+        self.lat.append(latency)
+        self.by_put.setdefault(revision, []).append(latency)
 
     def settle(self) -> None:
         with self.lock:
-            self.lat.extend(now - self.sent[rev] for rev, now in self.pending if rev in self.sent)
+            for rev, now in self.pending:
+                if rev in self.sent:
+                    self._add(rev, now - self.sent[rev])
             self.pending = []
+
+    def first(self) -> list[float]:
+        """Per put, its earliest delivery: etcd's own part, before the simulator's
+        threads queue for the interpreter."""
+        return sorted(min(v) for v in self.by_put.values())
 
 
 def watch_requests(key: bytes, stop: threading.Event) -> Iterator[Any]:
@@ -147,6 +160,14 @@ def watcher(channel: Any, key: bytes, probe: Probe, stop: threading.Event,
             raise
 
 
+_COUNT_LOCK = threading.Lock()
+
+
+def count(counts: dict[str, int], what: str) -> None:
+    with _COUNT_LOCK:  # many threads: ``+=`` on a dict item is not atomic
+        counts[what] += 1
+
+
 def heartbeats(store: ObjectStore, nodes: list[str], period: float, ttl: int,
                put: bool, stop: threading.Event, counts: dict[str, int]) -> None:
     """Each node in ``nodes`` every ``period`` s, evenly spread: keepalive (+ put)."""
@@ -158,12 +179,13 @@ def heartbeats(store: ObjectStore, nodes: list[str], period: float, ttl: int,
             if stop.wait(max(0.0, nxt - time.monotonic())):
                 return
             nxt += gap
-            store.keepalive(leases[n])
-            counts["keepalives"] += 1
+            if store.keepalive(leases[n]) == 0:  # expired while the simulator lagged
+                leases[n] = store.grant(ttl)
+            count(counts, "keepalives")
             if put:
                 store.put(heartbeat_key(PREFIX, n), json.dumps(
                     {"node": n, "ready": True, "time": time.time()}).encode(), leases[n])
-                counts["puts"] += 1
+                count(counts, "puts")
 
 
 def renewals(reg: EtcdRegistry, leases: list[Lease], rate: float, stop: threading.Event,
@@ -174,7 +196,7 @@ def renewals(reg: EtcdRegistry, leases: list[Lease], rate: float, stop: threadin
     i = 0
     while not stop.wait(1 / rate):
         leases[i % len(leases)] = reg.renew_lease(leases[i % len(leases)])
-        counts["renewals"] += 1
+        count(counts, "renewals")
         i += 1
 
 
@@ -217,7 +239,7 @@ def run(a: argparse.Namespace, server: EtcdServer) -> dict[str, Any]:
             threads.append(threading.Thread(target=watcher, args=(ch, key, probe, stop, ready),
                                             daemon=True))
         names = [f"node-{i}" for i in range(a.nodes)]
-        workers = max(1, a.channels // 2)
+        workers = a.heartbeat_workers
         for w in range(workers):
             threads.append(threading.Thread(target=heartbeats, daemon=True, args=(
                 ObjectStore(regs[w % a.channels]), names[w::workers], a.heartbeat_period,
@@ -230,17 +252,23 @@ def run(a: argparse.Namespace, server: EtcdServer) -> dict[str, Any]:
             if not ready.acquire(timeout=60):
                 raise RuntimeError("watchers were not all created within 60 s")
         time.sleep(a.heartbeat_period)  # every node has sent a heartbeat: steady state
-        prober = threading.Thread(target=probes, args=(regs[-1], probe, a.probe_interval, stop),
-                                  daemon=True)
+        probe_stop = threading.Event()
+        prober = threading.Thread(target=probes, daemon=True,
+                                  args=(regs[-1], probe, a.probe_interval, probe_stop))
         url = f"{server.endpoint}/metrics"
         before, cpu0, own0, t0 = scrape(url), cpu_seconds(pid), os.times(), \
             time.monotonic()
-        base = dict(counts)
+        with _COUNT_LOCK:
+            base = dict(counts)
         prober.start()
         time.sleep(a.duration)
+        probe_stop.set()
+        prober.join(10)
+        time.sleep(DRAIN)  # the last puts reach every watcher
         after, cpu1, own1, t1 = scrape(url), cpu_seconds(pid), os.times(), \
             time.monotonic()
-        done = {k: counts[k] - base[k] for k in counts}
+        with _COUNT_LOCK:
+            done = {k: counts[k] - base[k] for k in counts}
     finally:
         stop.set()
         for t in threads:
@@ -250,6 +278,7 @@ def run(a: argparse.Namespace, server: EtcdServer) -> dict[str, Any]:
     probe.settle()
     secs = t1 - t0
     lat = sorted(probe.lat)
+    first = probe.first()
     expected = len(probe.sent) * a.nodes
     return {
         "nodes": a.nodes, "channels": a.channels, "duration_s": secs,
@@ -268,7 +297,10 @@ def run(a: argparse.Namespace, server: EtcdServer) -> dict[str, Any]:
                    "median_ms": 1000 * statistics.median(lat) if lat else float("nan"),
                    "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]
                    if lat else float("nan"),
-                   "max_ms": 1000 * lat[-1] if lat else float("nan")},
+                   "max_ms": 1000 * lat[-1] if lat else float("nan"),
+                   "first_median_ms": 1000 * statistics.median(first) if first else float("nan"),
+                   "first_p99_ms": 1000 * first[min(len(first) - 1, int(0.99 * len(first)))]
+                   if first else float("nan")},
     }
 
 
@@ -287,7 +319,8 @@ def show(r: dict[str, Any]) -> str:
         f"{b['p99_le_ms']:.1f} ms",
         f"  fan-out of {f['puts']} puts to every watcher ({f['deliveries']}/{f['expected']} "
         f"deliveries): median {f['median_ms']:.1f} ms p99 {f['p99_ms']:.1f} ms max "
-        f"{f['max_ms']:.1f} ms -> target p99 < 500 ms "
+        f"{f['max_ms']:.1f} ms (first watcher per put: median {f['first_median_ms']:.1f} ms, "
+        f"p99 {f['first_p99_ms']:.1f} ms) -> target p99 < 500 ms "
         f"{'MET' if f['p99_ms'] < 500 and f['deliveries'] == f['expected'] else 'NOT MET'}",
     ])
 
@@ -303,13 +336,17 @@ def main() -> int:
                     help="heartbeats are keepalives only (no status put)")
     ap.add_argument("--lease-ttl", type=int, default=86400)
     ap.add_argument("--renew-margin", type=int, default=3600)
+    ap.add_argument("--heartbeat-workers", type=int, default=50,
+                    help="threads sending the heartbeats (each serves nodes/workers nodes)")
     ap.add_argument("--probe-interval", type=float, default=0.5)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if not (1 <= a.nodes <= 20000 and 1 <= a.channels <= a.nodes and 1 <= a.duration <= 300
-            and a.heartbeat_period > 0 and 0 < a.renew_margin < a.lease_ttl):
+            and a.heartbeat_period > 0 and 0 < a.renew_margin < a.lease_ttl
+            and 1 <= a.heartbeat_workers <= a.nodes):
         ap.error("need 1 <= nodes <= 20000, 1 <= channels <= nodes, 1 <= duration <= 300 s, "
-                 "heartbeat period > 0, 0 < renew margin < lease TTL")
+                 "heartbeat period > 0, 0 < renew margin < lease TTL, "
+                 "1 <= heartbeat workers <= nodes")
     data = tempfile.mkdtemp(prefix="ovload-etcd-", dir="/var/tmp")  # on disk: real fsyncs
     server = EtcdServer(name="ovload", data_dir=data,
                         extra_args=["--quota-backend-bytes", str(2 << 30)]).start()
