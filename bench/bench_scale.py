@@ -27,6 +27,7 @@ Writes ``scale.json``, ``scale.md`` (the table the README shows) and, with matpl
 
     sudo .venv/bin/python bench/bench_scale.py [--sizes 100,1000,2000,5000,10000]
         [--rounds 3] [--puts 200] [--settle 12] [--acquire 200] [--out bench/results]
+    .venv/bin/python bench/bench_scale.py --render bench/results/scale.json   # table + plot again
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     finally:
         topo.cleanup()
     return {"rounds": a.rounds, "sizes": per_n, "acquire": acquire, "targets": TARGETS,
-            "reconcile_interval_s": RECONCILE_INTERVAL}
+            "reconcile_interval_s": RECONCILE_INTERVAL, "settle_s": a.settle}
 
 
 def spread(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
@@ -225,11 +226,13 @@ def table(report: dict[str, Any]) -> str:
     """The Markdown table: medians, (min–max) over the rounds."""
     lines = [
         f"Medians (min–max) of {report['rounds']} rounds per N; reconcile CPU over "
-        f"{RECONCILE_RUNS} runs per round; RSS sampled over the settle time of both daemons; "
+        f"{RECONCILE_RUNS} runs per round; RSS of both daemons sampled every 0.5 s over "
+        f"{report.get('settle_s', 12):.0f} s once every route is in: the last sample, the "
+        "largest (a periodic reconcile's dump is in flight) and VmHWM (the start-up peak); "
         "put → route over every put on both peers.", "",
         "| N | resync (ms) | anchor `ip`+`bridge -batch` (ms) | ratio (≤ 2×) | µs/lease "
         "| reconcile CPU (ms) | share of a core at 10 s (≤ 2 % at 5000) "
-        "| RSS max / peak (MB) | put → route median / p99 / max (ms) |",
+        "| RSS settled / max / peak (MB) | put → route median / p99 / max (ms) |",
         "|---:|---|---|---|---:|---|---:|---|---|",
     ]
     for r in report["sizes"]:
@@ -239,7 +242,7 @@ def table(report: dict[str, Any]) -> str:
             f"| {spread(r['ratio'], 1, '.2f')} "
             f"| {statistics.median(r['resync_s']) / r['n'] * 1e6:.0f} "
             f"| {spread(r['reconcile_cpu_s'], 1000)} | {100 * cpu / RECONCILE_INTERVAL:.2f} % "
-            f"| {r['rss_max_mb']:.1f} / {r['hwm_mb']:.1f} "
+            f"| {r['rss_mb']:.1f} / {r['rss_max_mb']:.1f} / {r['hwm_mb']:.1f} "
             f"| {r['lat_median_ms']:.1f} / {r['lat_p99_ms']:.1f} / {r['lat_max_ms']:.1f} |")
     acq = report["acquire"]
     walls = [x["wall_s"] for x in acq]
@@ -269,7 +272,8 @@ def plot(report: dict[str, Any], path: str) -> bool:
     ax[0][0].plot(ns, med("anchor_s", 1000), "s--", label="anchor: ip -batch + bridge -batch")
     ax[0][0].plot(ns, [2 * v for v in med("anchor_s", 1000)], ":", label="target: 2x anchor")
     ax[0][0].set(xscale="log", yscale="log", ylabel="ms", title="resync of N remotes")
-    ax[0][1].plot(ns, [r["rss_max_mb"] for r in rows], "o-", label="RSS (max settled)")
+    ax[0][1].plot(ns, [r["rss_mb"] for r in rows], "^-", label="RSS (settled)")
+    ax[0][1].plot(ns, [r["rss_max_mb"] for r in rows], "o-", label="RSS (max, dump in flight)")
     ax[0][1].plot(ns, [r["hwm_mb"] for r in rows], "s--", label="VmHWM (peak)")
     ax[0][1].plot([5000, 10000], [55, 70], "rx", markersize=10, label="targets")
     ax[0][1].set(xscale="log", ylabel="MB", title="overlayd memory")
@@ -310,10 +314,17 @@ def main() -> int:
                     help="seconds of RSS samples per N (> 10: one periodic reconcile)")
     ap.add_argument("--acquire", type=int, default=200, help="concurrent acquisitions")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--render", metavar="JSON",
+                    help="measure nothing: write the table and plot of a saved scale.json")
     a = ap.parse_args()
-    report = measure(a)
+    if a.render:
+        with open(a.render) as f:
+            report = json.load(f)
+    else:
+        report = measure(a)
     os.makedirs(a.out, exist_ok=True)
-    atomic_write(os.path.join(a.out, "scale.json"), json.dumps(report, indent=1))
+    if not a.render:
+        atomic_write(os.path.join(a.out, "scale.json"), json.dumps(report, indent=1))
     md = table(report)
     atomic_write(os.path.join(a.out, "scale.md"), md)
     print(md)
