@@ -1,0 +1,269 @@
+"""NetworkPolicy compiled to one nftables table of our own, ``inet overlay-policy``, and
+the one edge that loads it (``nft -f``: a single atomic transaction).
+
+What a node enforces is what :mod:`overlay.policy.semantics` decides, for its own pods:
+egress for connections its pods open, ingress for connections to them (the peer's node
+checks the other half). The shape keeps the *rules* growing with policies plus pods, never
+their product: membership lives in sets (one of selected local pods per policy, one of
+peer addresses and one of ports per policy rule), and each rule of a policy is one nft
+rule matching those sets::
+
+    pod_sources_check  (each pod veth's ingress hook, stateless): only the pod's addresses
+    forward     ct established,related accept   (replies of allowed connections)
+                ip saddr @isolated_egress jump check_egress
+                ip daddr @isolated_ingress jump check_ingress
+    check_*     one rule per policy rule: selected pod . peer . port -> counter, allow;
+                then each isolating policy's "denied" counter; drop
+
+Pod-to-pod traffic on one bridge reaches the inet forward hook only while br_netfilter's
+``bridge-nf-call-iptables`` is 1 (the daemon checks it, not this module). Named ports
+resolve on the destination pod: a set of (address, protocol, port) per rule. Traffic
+between a pod and its own node never crosses forward (input/output hooks), so it is never
+filtered; a pod's traffic to itself never leaves its namespace. IPv4 only, as the
+cluster's pod network is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
+
+from overlay.policy.model import EGRESS, INGRESS, NetworkPolicy, Peer, PolicyPort, Rule
+from overlay.policy.semantics import Namespaces, Pod, isolating, peer_matches, selects
+from overlay.util.proc import ProgramError, run
+
+log = logging.getLogger(__name__)
+
+FAMILY, TABLE = "inet", "overlay-policy"
+# A device's ingress hook runs before any IP hook: a spoofed packet never creates a
+# conntrack entry.
+SOURCE_CHECK_PRIORITY = -500
+_DIRECTIONS = ((EGRESS, "egress", "ip saddr", "ip daddr"),
+               (INGRESS, "ingress", "ip daddr", "ip saddr"))
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """A pod of this node and the host side of its veth (the source check's key)."""
+    pod: Pod
+    ifname: str
+
+
+@dataclass(frozen=True)
+class PolicyCounter:
+    """What a named counter counts: packets one policy allowed or denied one way."""
+    policy: str  # namespace/name
+    direction: str  # Ingress | Egress
+    verdict: str  # allowed | denied
+
+
+@dataclass
+class CompiledTable:
+    text: str
+    counters: dict[str, PolicyCounter] = field(default_factory=dict)
+
+
+def _ipv4(ips: Iterable[object]) -> list[IPv4Address]:
+    return [ip for ip in ips if isinstance(ip, IPv4Address)]
+
+
+def _block_nets(peer: Peer) -> list[IPv4Network]:
+    """An ipBlock as disjoint IPv4 networks: its CIDR minus its excepts."""
+    block = peer.ip_block
+    if block is None or not isinstance(block.cidr, IPv4Network):
+        return []
+    nets = [block.cidr]
+    for exc in block.excepts:
+        assert isinstance(exc, IPv4Network)
+        nets = [part for n in nets if not n.subnet_of(exc)
+                for part in (n.address_exclude(exc) if exc.subnet_of(n) else [n])]
+    return nets
+
+
+def peer_networks(peers: Sequence[Peer], policy_ns: str, pods: Sequence[Pod],
+                  namespaces: Namespaces) -> list[IPv4Network]:
+    """Every address any of ``peers`` names (pods cluster-wide, ipBlocks), collapsed."""
+    nets: list[IPv4Network] = []
+    for peer in peers:
+        if peer.ip_block is not None:
+            nets += _block_nets(peer)
+        else:
+            nets += [IPv4Network(ip) for p in pods if peer_matches(peer, policy_ns, p, namespaces)
+                     for ip in _ipv4(p.ips)]
+    return list(collapse_addresses(nets))
+
+
+def _port_elements(ports: Sequence[PolicyPort]) -> list[str]:
+    out = []
+    for p in ports:
+        proto = p.protocol.lower()
+        if p.port is None:
+            out.append(f"{proto} . 0-65535")
+        elif isinstance(p.port, int):
+            out.append(f"{proto} . {p.port}" if p.end_port in (None, p.port)
+                       else f"{proto} . {p.port}-{p.end_port}")
+    return out
+
+
+def _named_elements(ports: Sequence[PolicyPort], destinations: Iterable[Pod]) -> list[str]:
+    """(address . protocol . port) of every destination pod that has a rule's named port."""
+    out: set[str] = set()
+    for p in ports:
+        if not isinstance(p.port, str):
+            continue
+        for pod in destinations:
+            number = pod.named_port(p.port, p.protocol)
+            if number is not None:
+                out.update(f"{ip} . {p.protocol.lower()} . {number}" for ip in _ipv4(pod.ips))
+    return sorted(out)
+
+
+class _Builder:
+    """Accumulates the table's sets, counters and chain rules."""
+
+    def __init__(self) -> None:
+        self.sets: list[str] = []
+        self.counters: dict[str, PolicyCounter] = {}
+        self.chains: dict[str, list[str]] = {"check_egress": [], "check_ingress": []}
+        self.denied: dict[str, list[str]] = {"egress": [], "ingress": []}
+
+    def add_set(self, name: str, type_: str, elements: Iterable[object],
+                interval: bool = False) -> str:
+        elems = ", ".join(str(e) for e in elements)
+        flags = " flags interval; auto-merge;" if interval else ""
+        body = f" elements = {{ {elems} }};" if elems else ""
+        self.sets.append(f"\tset {name} {{ type {type_};{flags}{body} }}")
+        return f"@{name}"
+
+    def add_counter(self, name: str, counter: PolicyCounter) -> str:
+        self.counters[name] = counter
+        return f'counter name "{name}"'
+
+
+def _compile_rule(b: _Builder, tag: str, rule: Rule, policy: NetworkPolicy, direction: str,
+                  selected: str, pods: Sequence[Pod], local: Sequence[Pod],
+                  namespaces: Namespaces) -> list[str]:
+    """The nft rules (0-2) of one policy rule: matches of the numeric and named ports."""
+    own, far = next((d[2], d[3]) for d in _DIRECTIONS if d[0] == direction)
+    match = [f"{own} {selected}"]
+    if rule.peers is not None:
+        nets = peer_networks(rule.peers, policy.namespace, pods, namespaces)
+        if not nets:
+            return []  # names nobody: allows nothing
+        match.append(f"{far} {b.add_set(f'{tag}_peer', 'ipv4_addr', nets, interval=True)}")
+    if not rule.ports:
+        return [" ".join(match)]
+    out = []
+    if numeric := _port_elements(rule.ports):
+        s = b.add_set(f"{tag}_port", "inet_proto . inet_service", numeric, interval=True)
+        out.append(" ".join([*match, f"meta l4proto . th dport {s}"]))
+    dests = local if direction == INGRESS else [
+        p for p in pods if rule.peers is None
+        or any(peer_matches(peer, policy.namespace, p, namespaces) for peer in rule.peers)]
+    if named := _named_elements(rule.ports, dests):
+        s = b.add_set(f"{tag}_named", "ipv4_addr . inet_proto . inet_service", named)
+        out.append(" ".join([*match, f"ip daddr . meta l4proto . th dport {s}"]))
+    return out
+
+
+def _isolated(policies: Sequence[NetworkPolicy], local: Sequence[Pod], direction: str
+              ) -> list[IPv4Address]:
+    return sorted({ip for p in local if isolating(policies, p, direction) for ip in _ipv4(p.ips)})
+
+
+def _compile_policy(b: _Builder, index: int, policy: NetworkPolicy, local: Sequence[Pod],
+                    pods: Sequence[Pod], namespaces: Namespaces) -> None:
+    """A policy's sets, its allow rules and its denied counters, if it selects a local pod."""
+    selected_pods = [p for p in local if selects(policy, p)]
+    if not selected_pods:
+        return
+    sel = b.add_set(f"p{index}_sel", "ipv4_addr",
+                    sorted({ip for p in selected_pods for ip in _ipv4(p.ips)}))
+    for direction, short, own, _ in _DIRECTIONS:
+        if direction not in policy.policy_types:
+            continue
+        # Egress returns to forward, where ingress is checked next; ingress is the last.
+        verdict = "return" if direction == EGRESS else "accept"
+        allowed = b.add_counter(f"p{index}_{short}_allowed",
+                                PolicyCounter(policy.ref, direction, "allowed"))
+        for j, rule in enumerate(policy.egress if direction == EGRESS else policy.ingress):
+            for match in _compile_rule(b, f"p{index}_{short[0]}{j}", rule, policy, direction,
+                                       sel, pods, selected_pods, namespaces):
+                b.chains[f"check_{short}"].append(f"{match} {allowed} {verdict}")
+        denied = b.add_counter(f"p{index}_{short}_denied",
+                               PolicyCounter(policy.ref, direction, "denied"))
+        b.denied[short].append(f"{own} {sel} {denied}")
+
+
+def _source_check(b: _Builder, local: Sequence[LocalPod]) -> list[str]:
+    """Stateless, on each pod veth's ingress: a packet a pod sends must carry one of its
+    own addresses (a pod with NET_RAW cannot borrow an allowed peer's). It must be the
+    veth's own hook: for bridged traffic the inet prerouting hook sees only ``cni0``."""
+    pairs = sorted(f'"{lp.ifname}" . {ip}' for lp in local for ip in _ipv4(lp.pod.ips))
+    if not pairs:
+        return []
+    veths = ", ".join(sorted({f'"{lp.ifname}"' for lp in local}))
+    own = b.add_set("pod_sources", "ifname . ipv4_addr", pairs)
+    spoofed = b.add_counter("spoofed", PolicyCounter("", "", "spoofed"))
+    return _chain("pod_sources_check", f"type filter hook ingress devices = {{ {veths} }} "
+                  f"priority {SOURCE_CHECK_PRIORITY}; policy accept;",
+                  [f"meta protocol ip iifname . ip saddr != {own} {spoofed} drop",
+                   f"meta protocol ip6 {spoofed} drop"])
+
+
+def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Namespaces,
+                  policies: Sequence[NetworkPolicy]) -> CompiledTable:
+    """The whole table for a node whose pods are ``local``; ``pods`` is every pod of the
+    cluster (peers are anywhere). With no policy selecting a local pod, the table is empty:
+    nothing is filtered and the data plane pays nothing."""
+    b = _Builder()
+    local_pods = [lp.pod for lp in local]
+    ordered = sorted(policies, key=lambda p: p.ref)
+    for i, policy in enumerate(ordered):
+        _compile_policy(b, i, policy, local_pods, pods, namespaces)
+    if not b.counters:
+        return CompiledTable(f"table {FAMILY} {TABLE} {{\n}}\n")
+    source = _source_check(b, local)
+    forward = ["ct state established,related accept"]
+    for direction, short, own, _ in _DIRECTIONS:
+        isolated = _isolated(ordered, local_pods, direction)
+        if isolated:
+            forward.append(f"{own} {b.add_set(f'isolated_{short}', 'ipv4_addr', isolated)} "
+                           f"jump check_{short}")
+    lines = [f"table {FAMILY} {TABLE} {{", *b.sets]
+    lines += [f"\tcounter {name} {{ }}" for name in b.counters]
+    lines += source
+    lines += _chain("forward", "type filter hook forward priority filter; policy accept;",
+                    forward)
+    for short in ("egress", "ingress"):
+        lines += _chain(f"check_{short}", "", [*b.chains[f"check_{short}"], *b.denied[short],
+                                                "drop"])
+    lines.append("}")
+    return CompiledTable("\n".join(lines) + "\n", dict(b.counters))
+
+
+def _chain(name: str, header: str, rules: Sequence[str]) -> list[str]:
+    return [f"\tchain {name} {{", *([f"\t\t{header}"] if header else []),
+            *(f"\t\t{r}" for r in rules), "\t}"]
+
+
+def replacement(table: CompiledTable) -> str:
+    """One ``nft -f`` script replacing our table whole: created if absent, deleted and
+    defined again in the same transaction, so there is never a moment without it."""
+    return f"table {FAMILY} {TABLE} {{ }}\ndelete table {FAMILY} {TABLE}\n{table.text}"
+
+
+def apply_table(table: CompiledTable, netns: str | None = None) -> None:
+    """Load ``table`` atomically (in ``netns`` if given: the tests' nodes); a rejected
+    script changes nothing and raises ``ProgramError``."""
+    argv = ["nft", "-f", "-"]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    try:
+        run(argv, input=replacement(table), check=True, timeout=30.0)
+    except ProgramError:
+        log.warning("nft refused the policy table; the previous one stays in force")
+        raise
+    log.info("policy table loaded: %d counters", len(table.counters))

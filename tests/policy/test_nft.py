@@ -1,0 +1,112 @@
+"""The nftables compiler as text: its shape (rules grow with policies plus pods, never
+their product), the address sets, the atomic replacement script. The kernel's behaviour
+is tests/integration/test_policy_nft.py."""
+
+from ipaddress import IPv4Address, IPv4Network
+
+from overlay.policy.model import parse_policy
+from overlay.policy.nft import (
+    LocalPod,
+    PolicyCounter,
+    compile_table,
+    peer_networks,
+    replacement,
+)
+from overlay.policy.semantics import NamedPort, Pod
+
+from .cases import model_namespaces, model_pods, policy
+
+
+def _cluster(n: int) -> list[Pod]:
+    return [Pod(f"ns{i % 10}", f"p{i}", (IPv4Address(f"10.{244 + i // 65536}.{i // 256 % 256}"
+                                                     f".{i % 256}"),),
+                {"app": f"a{i % 7}"}, (NamedPort("http", 8000 + i % 3),)) for i in range(n)]
+
+
+def _policies(n: int) -> list:
+    return [parse_policy(policy(f"pol{i}", f"ns{i % 10}", {
+        "podSelector": {"matchLabels": {"app": f"a{i % 7}"}},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": "http"}]}],
+        "egress": [{"to": [{"podSelector": {}}], "ports": [{"port": 53, "protocol": "UDP"}]}]}))
+        for i in range(n)]
+
+
+def _rules(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.startswith("\t\t")
+               and not line.strip().startswith("type "))
+
+
+def test_rules_do_not_grow_with_pods():
+    pols = _policies(20)
+    small, big = _cluster(200), _cluster(2000)
+    t_small = compile_table([LocalPod(p, f"v{i}") for i, p in enumerate(small[:50])], small,
+                            {}, pols)
+    t_big = compile_table([LocalPod(p, f"v{i}") for i, p in enumerate(big[:500])], big, {},
+                          pols)
+    assert _rules(t_small.text) == _rules(t_big.text)
+    assert len(t_big.text) > len(t_small.text)  # the sets grew instead
+
+
+def test_rules_grow_linearly_with_policies():
+    pods = _cluster(300)
+    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods[:100])]
+    # Fixed: forward's 3, the source check's 2, two drops. Per policy (each selects a
+    # local pod): one ingress and one egress rule, and each direction's denied counter.
+    for n in (10, 40):
+        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 7 + 4 * n
+
+
+def test_no_policy_compiles_to_an_empty_table():
+    pods = model_pods()
+    t = compile_table([LocalPod(p, "v") for p in pods[:2]], pods, {}, [])
+    assert t.text == "table inet overlay-policy {\n}\n" and t.counters == {}
+
+
+def test_policy_without_local_pods_adds_nothing():
+    pods = model_pods()
+    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods) if p.namespace == "y"]
+    t = compile_table(local, pods, model_namespaces(),
+                      [parse_policy(policy("deny", "x", {"podSelector": {}}))])
+    assert "chain" not in t.text
+
+
+def test_counters_name_their_policy():
+    pods = model_pods()
+    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods)]
+    t = compile_table(local, pods, model_namespaces(), [parse_policy(policy(
+        "web", "x", {"podSelector": {}, "ingress": [{}]}))])
+    assert t.counters["p0_ingress_allowed"] == PolicyCounter("x/web", "Ingress", "allowed")
+    assert t.counters["p0_ingress_denied"] == PolicyCounter("x/web", "Ingress", "denied")
+    assert 'counter name "p0_ingress_allowed" accept' in t.text
+
+
+def test_ip_block_minus_excepts_and_pods_collapse():
+    p = parse_policy(policy("p", "x", {"podSelector": {}, "ingress": [{"from": [
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.1.2.0/24"]}},
+        {"ipBlock": {"cidr": "fd00::/8"}},
+        {"podSelector": {"matchLabels": {"pod": "a"}}}]}]}))
+    assert p.ingress[0].peers is not None
+    nets = peer_networks(p.ingress[0].peers, "x", model_pods(), model_namespaces())
+    assert IPv4Network("10.1.0.0/16") not in nets
+    assert all(not n.overlaps(IPv4Network("10.1.0.0/16")) for n in nets)
+    assert sum(n.num_addresses for n in nets) == 2**24 - 2**16  # x/a is inside already
+    assert any(IPv4Address("10.244.1.10") in n for n in nets)
+
+
+def test_peers_naming_nobody_allow_nothing():
+    pods = model_pods()
+    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods)]
+    t = compile_table(local, pods, model_namespaces(), [parse_policy(policy("p", "x", {
+        "podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {
+            "pod": "nobody"}}}]}]}))])
+    assert "accept\n" not in t.text.split("chain check_ingress")[1].replace(
+        "established,related accept", "")
+
+
+def test_replacement_is_one_atomic_script():
+    t = compile_table([], [], {}, [])
+    script = replacement(t)
+    assert script.splitlines()[:2] == ["table inet overlay-policy { }",
+                                       "delete table inet overlay-policy"]
+    assert script.endswith(t.text)
