@@ -173,6 +173,10 @@ CASES = [
                                            "ports": [{"port": 80}]}]}),),
          lambda p: (p.dst != "x/a" or p.src_ns == "y")
          and (p.src != "x/a" or (p.dst_ns == "z" and (p.port, p.protocol) == (80, "TCP")))),
+    Case("egress-allowed-still-needs-ingress",
+         (policy("out", "x", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
+          policy("deny", "y", {"podSelector": {}})),
+         lambda p: p.dst_ns != "y"),
     Case("egress-type-ignores-ingress-rules",
          (policy("eg", "x", {"podSelector": _pod("a"), "policyTypes": ["Egress"],
                              "ingress": [{"from": [{"podSelector": _pod("b")}]}],

@@ -2,14 +2,16 @@
 their product), the address sets, the atomic replacement script. The kernel's behaviour
 is tests/integration/test_policy_nft.py."""
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from overlay.policy.model import parse_policy
 from overlay.policy.nft import (
+    Cluster,
     LocalPod,
     PolicyCounter,
     compile_table,
-    peer_networks,
+    merge_ranges,
+    range_text,
     replacement,
 )
 from overlay.policy.semantics import NamedPort, Pod
@@ -87,11 +89,15 @@ def test_ip_block_minus_excepts_and_pods_collapse():
         {"ipBlock": {"cidr": "fd00::/8"}},
         {"podSelector": {"matchLabels": {"pod": "a"}}}]}]}))
     assert p.ingress[0].peers is not None
-    nets = peer_networks(p.ingress[0].peers, "x", model_pods(), model_namespaces())
-    assert IPv4Network("10.1.0.0/16") not in nets
-    assert all(not n.overlaps(IPv4Network("10.1.0.0/16")) for n in nets)
-    assert sum(n.num_addresses for n in nets) == 2**24 - 2**16  # x/a is inside already
-    assert any(IPv4Address("10.244.1.10") in n for n in nets)
+    ranges = Cluster(model_pods(), model_namespaces()).peer_ranges(p.ingress[0].peers, "x")
+    assert [(range_text(r)) for r in ranges] == ["10.0.0.0-10.0.255.255",
+                                                 "10.2.0.0-10.255.255.255"]
+    assert sum(hi - lo + 1 for lo, hi in ranges) == 2**24 - 2**16  # x/a is inside already
+
+
+def test_ranges_merge_overlapping_and_adjacent():
+    assert merge_ranges([(5, 9), (1, 3), (4, 4), (20, 30), (25, 26)]) == [(1, 9), (20, 30)]
+    assert range_text((int(IPv4Address("10.0.0.1")),) * 2) == "10.0.0.1"
 
 
 def test_peers_naming_nobody_allow_nothing():
@@ -110,3 +116,15 @@ def test_replacement_is_one_atomic_script():
     assert script.splitlines()[:2] == ["table inet overlay-policy { }",
                                        "delete table inet overlay-policy"]
     assert script.endswith(t.text)
+
+
+def test_policies_sharing_selectors_share_sets():
+    pods = model_pods()
+    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods)]
+    spec = {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {
+        "matchLabels": {"ns": "y"}}}]}]}
+    t = compile_table(local, pods, model_namespaces(),
+                      [parse_policy(policy("one", "x", spec)),
+                       parse_policy(policy("two", "x", spec))])
+    assert t.text.count("set p0_i0_peer") == 1 and "p1_i0_peer" not in t.text
+    assert t.text.count("@p0_i0_peer") == 2
