@@ -218,6 +218,20 @@ def parse_labels(value: object, path: str) -> dict[str, str]:
     return out
 
 
+def _annotations(value: object) -> None:
+    """metadata.annotations: qualified-name keys, string values (kubectl's own
+    last-applied-configuration is one)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _fail("metadata.annotations", f"must be an object, not {_kind(value)}")
+    for k, v in value.items():
+        key = _string(k, "metadata.annotations")
+        if problem := qualified_name_problem(key.lower()):  # as ValidateAnnotations
+            raise _fail(f"metadata.annotations.{key}", f"invalid annotation key: {problem}")
+        _string(v, f"metadata.annotations.{key}")
+
+
 def _requirement(value: object, path: str) -> Requirement:
     d = _mapping(value, path, ("key", "operator", "values"))
     key = _string(d.get("key"), f"{path}.key")
@@ -363,7 +377,7 @@ def _policy_types(value: object, has_egress: bool) -> frozenset[str]:
 
 def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> NetworkPolicy:
     """One NetworkPolicy object (decoded JSON/YAML) -> the validated value."""
-    d = _mapping(obj, "", ("apiVersion", "kind", "metadata", "spec", "status"))
+    d = _mapping(obj, "", ("apiVersion", "kind", "metadata", "spec"))
     if d.get("apiVersion") != API_VERSION:
         raise _fail("apiVersion", f"must be {API_VERSION!r}, not {d.get('apiVersion')!r}")
     if d.get("kind") != KIND:
@@ -378,6 +392,7 @@ def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> Net
     if problem := dns_label_problem(ns):
         raise _fail("metadata.namespace", f"{ns!r} {problem}")
     parse_labels(meta.get("labels"), "metadata.labels")
+    _annotations(meta.get("annotations"))
     spec = _mapping(d.get("spec"), "spec", ("podSelector", "ingress", "egress", "policyTypes"))
     if "podSelector" not in spec:
         raise _fail("spec.podSelector", "Required value")
