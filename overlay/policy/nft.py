@@ -20,7 +20,8 @@ Pod-to-pod traffic on one bridge reaches the inet forward hook only while br_net
 resolve on the destination pod: a set of (address, protocol, port) per rule. Traffic
 between a pod and its own node never crosses forward (input/output hooks), so it is never
 filtered; a pod's traffic to itself never leaves its namespace. IPv4 only, as the
-cluster's pod network is.
+cluster's pod network is: while the table holds policies, IPv6 from a pod's veth is
+dropped (it could not be filtered by these sets).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 from overlay.policy.model import EGRESS, INGRESS, NetworkPolicy, Peer, PolicyPort, Rule
 from overlay.policy.semantics import Namespaces, Pod, namespace_labels, peer_matches
@@ -41,8 +43,19 @@ FAMILY, TABLE = "inet", "overlay-policy"
 # A device's ingress hook runs before any IP hook: a spoofed packet never creates a
 # conntrack entry.
 SOURCE_CHECK_PRIORITY = -500
-_DIRECTIONS = ((EGRESS, "egress", "ip saddr", "ip daddr"),
-               (INGRESS, "ingress", "ip daddr", "ip saddr"))
+
+
+class _Direction(NamedTuple):
+    """A policy type as the table sees it: ``own`` matches the selected (local) pod's
+    address, ``far`` the peer's."""
+    type: str
+    short: str
+    own: str
+    far: str
+
+
+_DIRECTIONS = (_Direction(EGRESS, "egress", "ip saddr", "ip daddr"),
+               _Direction(INGRESS, "ingress", "ip daddr", "ip saddr"))
 
 
 @dataclass(frozen=True)
@@ -222,7 +235,7 @@ class _Builder:
 def _compile_rule(b: _Builder, tag: str, rule: Rule, policy: NetworkPolicy, direction: str,
                   selected: str, cluster: Cluster, local: Sequence[Pod]) -> list[str]:
     """The nft rules (0-2) of one policy rule: matches of the numeric and named ports."""
-    own, far = next((d[2], d[3]) for d in _DIRECTIONS if d[0] == direction)
+    own, far = next((d.own, d.far) for d in _DIRECTIONS if d.type == direction)
     match = [f"{own} {selected}"]
     if rule.peers is not None:
         ranges = cluster.peer_ranges(rule.peers, policy.namespace)
