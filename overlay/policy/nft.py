@@ -180,15 +180,17 @@ class Cluster:
 
 
 def _port_elements(ports: Sequence[PolicyPort]) -> list[str]:
-    out = []
+    """``proto . port`` and ``proto . lo-hi`` for the numeric ports and the protocol-only
+    ones, merged per protocol: a concatenated interval set refuses overlapping elements
+    (``auto-merge`` does not apply to concatenations)."""
+    by_proto: dict[str, list[Range]] = {}
     for p in ports:
-        proto = p.protocol.lower()
         if p.port is None:
-            out.append(f"{proto} . 0-65535")
+            by_proto.setdefault(p.protocol.lower(), []).append((0, 65535))
         elif isinstance(p.port, int):
-            out.append(f"{proto} . {p.port}" if p.end_port in (None, p.port)
-                       else f"{proto} . {p.port}-{p.end_port}")
-    return out
+            by_proto.setdefault(p.protocol.lower(), []).append((p.port, p.end_port or p.port))
+    return [f"{proto} . {lo}" if lo == hi else f"{proto} . {lo}-{hi}"
+            for proto, ranges in sorted(by_proto.items()) for lo, hi in merge_ranges(ranges)]
 
 
 def _named_elements(ports: Sequence[PolicyPort], destinations: Iterable[Pod]) -> list[str]:

@@ -14,6 +14,7 @@ from overlay.policy.semantics import allowed
 from overlay.util.proc import ProgramError
 
 from ..policy.cases import CASES, model_namespaces, policy, probes
+from ..policy.randomized import random_policies
 from .support.policy_topology import PolicyTopology, _in_ns, spoof_address
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,18 @@ def test_kernel_truth_table_matches_semantics(topo, case):
     wrong = sorted((str(pr), got[pr]) for pr in got if got[pr] != oracle[pr])
     assert not wrong, f"{len(wrong)} of {len(got)} probes differ from semantics: {wrong[:4]}"
     assert all(case.expect(pr) == ok for pr, ok in got.items())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kernel_agrees_with_semantics_on_random_policies(topo, seed):
+    policies = [parse_policy(p) for p in random_policies(seed)]
+    topo.apply(policies)
+    pods = list(topo.pods.values())
+    got = topo.probe(probes())
+    wrong = sorted(str(pr) for pr in got if got[pr] != allowed(
+        topo.pods[pr.src], topo.pods[pr.dst], pr.port, pr.protocol, pods, model_namespaces(),
+        policies))
+    assert not wrong, f"seed {seed}: {len(wrong)} probes differ, e.g. {wrong[:4]}"
 
 
 def test_counters_count_per_policy(topo):

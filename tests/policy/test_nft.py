@@ -128,3 +128,13 @@ def test_policies_sharing_selectors_share_sets():
                        parse_policy(policy("two", "x", spec))])
     assert t.text.count("set p0_i0_peer") == 1 and "p1_i0_peer" not in t.text
     assert t.text.count("@p0_i0_peer") == 2
+
+
+def test_overlapping_ports_are_merged_per_protocol():
+    pods = model_pods()
+    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods)]
+    t = compile_table(local, pods, model_namespaces(), [parse_policy(policy("p", "x", {
+        "podSelector": {}, "ingress": [{"ports": [
+            {"port": 81}, {"port": 79, "endPort": 81}, {"port": 82}, {"protocol": "UDP"},
+            {"protocol": "UDP", "port": 53}]}]}))])
+    assert "elements = { tcp . 79-82, udp . 0-65535 }" in t.text

@@ -8,6 +8,7 @@ from overlay.policy.model import parse_policy
 from overlay.policy.semantics import Host, Pod, allowed, decide
 
 from .cases import CASES, Case, model_namespaces, model_pods, pod_ip, policy, probes
+from .randomized import random_policies
 
 
 def truth_table(case: Case) -> dict:
@@ -104,3 +105,13 @@ def test_named_port_resolves_on_the_destination_pod():
     assert not decide(src, dst, 81, "TCP", {}, pols).allowed
     bare = Pod("y", "bare", (IPv4Address("10.244.9.9"),))
     assert not decide(src, bare, 80, "TCP", {}, pols).allowed
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_policies_are_valid_and_decide_both_ways(seed):
+    # The kernel test's random policies parse, and not all of them allow everything.
+    policies = [parse_policy(p) for p in random_policies(seed)]
+    pods = {p.ref: p for p in model_pods()}
+    results = {allowed(pods[pr.src], pods[pr.dst], pr.port, pr.protocol, list(pods.values()),
+                       model_namespaces(), policies) for pr in probes()}
+    assert results == {True, False}, policies
