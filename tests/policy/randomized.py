@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .cases import NAMESPACES, POD_NAMES, policy, pod_ip
+from .cases import NAMESPACES, POD_NAMES, pod_ip, policy
 
 
 def _selector(rng: random.Random, key: str, values: tuple[str, ...]) -> dict[str, Any]:
