@@ -86,6 +86,8 @@ def policy_apply(obj: CLIContext, path: str) -> None:
     """Create or update every NetworkPolicy of a manifest (namespace 'default' when the
     object names none; a namespace not yet known is created)."""
     policies = load_manifests(_read_manifest(path))
+    for p in policies:
+        objects.check_storable(p)
     with _store(obj) as store:
         objects.check_writable(store)
         results = []

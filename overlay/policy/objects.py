@@ -168,6 +168,13 @@ def label_namespace(store: ObjectStore, name: str, set_labels: Mapping[str, str]
     raise RegistryError(f"namespace {name} kept changing under us; try again")
 
 
+def check_storable(policy: NetworkPolicy) -> None:
+    """Refuse a policy larger than any node would read back (the store's bound)."""
+    size = len(policy.source.encode())
+    if size > MAX_OBJECT_BYTES:
+        raise PolicyError(f"{policy.ref} is {size} bytes stored; at most {MAX_OBJECT_BYTES}")
+
+
 def apply_policy(store: ObjectStore, policy: NetworkPolicy) -> str:
     """Create or replace ``policies/<ns>/<name>``: created, configured or unchanged."""
     key = keys.policy_key(store.prefix, policy.namespace, policy.name)

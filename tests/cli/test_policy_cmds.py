@@ -1,6 +1,8 @@
 """overlayctl policy / namespaces: argument and manifest checks that fail before etcd is
 contacted (so nothing can be written), and the table's selector column."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -49,6 +51,14 @@ def test_bad_input_is_one_line_before_etcd(args, input, words):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
     assert "etcd" not in lines[0]
+
+
+def test_a_policy_too_large_to_be_read_back_is_refused():
+    big = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": "big", "annotations": {"note": "x" * 300_000}},
+           "spec": {"podSelector": {}}}
+    r = run("policy", "apply", "-f", "-", input=json.dumps(big))
+    assert r.exit_code == 1 and "default/big is 300" in r.output and "at most 262144" in r.output
 
 
 def test_yaml_output_only_where_objects_are_printed():
