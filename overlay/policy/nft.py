@@ -67,7 +67,11 @@ class LocalPod:
 
 @dataclass(frozen=True)
 class PolicyCounter:
-    """What a named counter counts: packets one policy allowed or denied one way."""
+    """What a named counter counts: packets one policy allowed or denied one way. Only
+    packets opening a connection reach the policy chains (replies and the rest of an
+    allowed connection pass conntrack first); an allowed one is counted once, by the first
+    policy (in namespace/name order) whose rule matched, a denied one by every policy
+    isolating the pod."""
     policy: str  # namespace/name
     direction: str  # Ingress | Egress
     verdict: str  # allowed | denied
