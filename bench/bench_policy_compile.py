@@ -8,9 +8,10 @@ afterwards. Each round compiles from scratch and replaces the whole table (the d
 worst case: everything changed). The policies are shaped like a real cluster's: 50
 namespaces, pods labelled app/role, each policy selecting one app of its namespace,
 ingress from a namespace selector AND a role, a named and a numeric port, and egress to
-an ipBlock with an except and to UDP 53.
+an ipBlock with an except and to UDP 53. ``--distinct`` gives every policy peers of its
+own (no address set shared: the worst case for the table's size).
 
-    sudo .venv/bin/python bench/bench_policy_compile.py [--rounds 5] [--json]
+    sudo .venv/bin/python bench/bench_policy_compile.py [--rounds 5] [--distinct] [--json]
 """
 
 from __future__ import annotations
@@ -35,11 +36,22 @@ def cluster(n: int) -> list[Pod]:
     ports = (NamedPort("http", 8080), NamedPort("metrics", 9090))
     return [Pod(f"ns{i % NAMESPACES}", f"pod{i}",
                 (IPv4Address(f"10.{244 + i // 65536}.{i // 250 % 256}.{2 + i % 250}"),),
-                {"app": f"app{i % 20}", "role": f"role{i % 7}"}, ports, f"node{i // 250}")
+                {"app": f"app{i % 20}", "role": f"role{i % 7}", "slot": f"s{i % 1000}"}, ports,
+                f"node{i // 250}")
             for i in range(n)]
 
 
-def policies(n: int) -> list[NetworkPolicy]:
+def _peer(i: int, distinct: bool) -> dict:
+    """Shared: 35 (team, role) peer sets in all; distinct: each policy its own 30 pods."""
+    if distinct:
+        return {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+            {"key": "slot", "operator": "In",
+             "values": [f"s{(i + k) % 1000}" for k in (0, 7, 13)]}]}}
+    return {"namespaceSelector": {"matchLabels": {"team": f"t{i % 5}"}},
+            "podSelector": {"matchLabels": {"role": f"role{i % 7}"}}}
+
+
+def policies(n: int, distinct: bool = False) -> list[NetworkPolicy]:
     out = []
     for i in range(n):
         out.append(parse_policy({
@@ -47,9 +59,7 @@ def policies(n: int) -> list[NetworkPolicy]:
             "metadata": {"name": f"pol{i}", "namespace": f"ns{i % NAMESPACES}"},
             "spec": {"podSelector": {"matchLabels": {"app": f"app{i % 20}"}},
                      "policyTypes": ["Ingress", "Egress"],
-                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
-                         "team": f"t{i % 5}"}}, "podSelector": {"matchLabels": {
-                             "role": f"role{i % 7}"}}}],
+                     "ingress": [{"from": [_peer(i, distinct)],
                          "ports": [{"port": "http"}, {"port": 9000 + i % 50}]}],
                      "egress": [{"to": [{"ipBlock": {"cidr": "172.16.0.0/12",
                                                      "except": [f"172.16.{i % 256}.0/24"]}}]},
@@ -96,6 +106,8 @@ def main() -> int:
     ap.add_argument("--cluster-pods", type=int, default=10000)
     ap.add_argument("--local-pods", type=int, default=250)
     ap.add_argument("--policies", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--distinct", action="store_true",
+                    help="every policy selects its own peers (no set is shared)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     pods = cluster(args.cluster_pods)
@@ -104,7 +116,7 @@ def main() -> int:
     netns = f"polb-{os.getpid()}"
     make_node(netns, veths)
     try:
-        results = [measure(local, pods, policies(n), netns, args.rounds)
+        results = [measure(local, pods, policies(n, args.distinct), netns, args.rounds)
                    for n in args.policies]
     finally:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
-from overlay.policy.model import EGRESS, INGRESS, NetworkPolicy, Peer, PolicyPort, Rule
+from overlay.policy.model import (
+    EGRESS,
+    IN,
+    INGRESS,
+    LabelSelector,
+    NetworkPolicy,
+    Peer,
+    PolicyPort,
+    Rule,
+)
 from overlay.policy.semantics import Namespaces, Pod, namespace_labels, peer_matches
 from overlay.util.proc import ProgramError, run
 
@@ -133,8 +142,11 @@ class Cluster:
         self.pods = list(pods)
         self.namespaces = namespaces
         self.by_ns: dict[str, list[Pod]] = {}
+        self.by_label: dict[tuple[str, str], list[Pod]] = {}
         for p in self.pods:
             self.by_ns.setdefault(p.namespace, []).append(p)
+            for label in p.labels.items():
+                self.by_label.setdefault(label, []).append(p)
         self._peer_pods: dict[tuple[Peer, str], list[Pod]] = {}
         self._peer_ranges: dict[tuple[tuple[Peer, ...], str], list[Range]] = {}
 
@@ -154,10 +166,24 @@ class Cluster:
                 nss = [policy_ns] if sel is None else [
                     ns for ns in self.by_ns
                     if sel.matches(namespace_labels(self.namespaces, ns))]
-                found = [p for ns in nss for p in self.by_ns.get(ns, ())
-                         if peer.pod_selector is None or peer.pod_selector.matches(p.labels)]
+                found = self._select(peer.pod_selector, nss)
             self._peer_pods[key] = found
         return self._peer_pods[key]
+
+    def _select(self, sel: LabelSelector | None, nss: list[str]) -> list[Pod]:
+        """The pods of ``nss`` that ``sel`` matches, starting from the fewest candidates a
+        label it requires (matchLabels, or In) names, not from every pod."""
+        narrow = [] if sel is None else [
+            *(self.by_label.get(label, []) for label in sel.match_labels),
+            *([p for v in r.values for p in self.by_label.get((r.key, v), [])]
+              for r in sel.match_expressions if r.operator == IN)]
+        if not narrow:
+            return [p for ns in nss for p in self.by_ns.get(ns, ())
+                    if sel is None or sel.matches(p.labels)]
+        wanted = set(nss)
+        assert sel is not None
+        return [p for p in min(narrow, key=len)
+                if p.namespace in wanted and sel.matches(p.labels)]
 
     def peer_ranges(self, peers: tuple[Peer, ...], policy_ns: str) -> list[Range]:
         """Every address any of ``peers`` names (pods cluster-wide, ipBlocks), merged."""

@@ -14,9 +14,10 @@ from overlay.policy.nft import (
     range_text,
     replacement,
 )
-from overlay.policy.semantics import NamedPort, Pod
+from overlay.policy.semantics import NamedPort, Pod, peer_matches
 
 from .cases import model_namespaces, model_pods, policy
+from .randomized import random_policies
 
 
 def _cluster(n: int) -> list[Pod]:
@@ -138,3 +139,19 @@ def test_overlapping_ports_are_merged_per_protocol():
             {"port": 81}, {"port": 79, "endPort": 81}, {"port": 82}, {"protocol": "UDP"},
             {"protocol": "UDP", "port": 53}]}]}))])
     assert "elements = { tcp . 79-82, udp . 0-65535 }" in t.text
+
+
+def test_the_cluster_index_names_the_pods_the_evaluator_does():
+    # Cluster narrows by label before matching; it must agree with peer_matches on all.
+    pods, nss = model_pods(), model_namespaces()
+    cluster = Cluster(pods, nss)
+    checked = 0
+    for seed in range(30):
+        for obj in random_policies(seed):
+            p = parse_policy(obj)
+            for rule in (*p.ingress, *p.egress):
+                for peer in rule.peers or ():
+                    want = sorted(x.ref for x in pods if peer_matches(peer, p.namespace, x, nss))
+                    assert sorted(x.ref for x in cluster.peer_pods(peer, p.namespace)) == want
+                    checked += 1
+    assert checked > 50
