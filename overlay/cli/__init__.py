@@ -86,9 +86,22 @@ def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None
     logging.getLogger().setLevel(_log_level(obj.verbose))
 
 
+OUTPUTS = ("table", "wide", "json")
+
+
 def global_options(f: F) -> F:
     """Adds ``--etcd-*``, ``-o/--output`` and ``-v`` to a command or group (see the module
     docstring); they write into ``ctx.obj`` and are not passed to ``f``."""
+    return _global_options(f, OUTPUTS)
+
+
+def yaml_global_options(f: F) -> F:
+    """:func:`global_options` for a command that also prints ``-o yaml`` (Kubernetes
+    objects, as kubectl does)."""
+    return _global_options(f, (*OUTPUTS, "yaml"))
+
+
+def _global_options(f: F, outputs: Sequence[str]) -> F:
     common: dict[str, Any] = {"expose_value": False, "is_eager": False}
     opts = [
         click.option("--etcd-endpoints", default=DEFAULT_ENDPOINTS, show_default=True,
@@ -106,7 +119,7 @@ def global_options(f: F) -> F:
                      **common),
         click.option("--etcd-password", callback=_set_etcd, help="etcd password (auth).",
                      **common),
-        click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]),
+        click.option("-o", "--output", type=click.Choice(list(outputs)),
                      default="table", show_default=True, callback=_set_output,
                      help="Output format (wide: a table with more columns, where a "
                      "command has them).", **common),
