@@ -37,3 +37,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
     # Not strict: a row longer than the headers is cut, as it always was.
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
                      for r in lines)
+
+
+def age(since: datetime, now: datetime | None = None) -> str:
+    """kubectl's AGE: ``45s``, ``12m``, ``5h``, ``3d`` (the largest whole unit; a time in
+    the future, from a skewed clock, is ``0s``)."""
+    seconds = int(((now or datetime.now(UTC)) - since).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
