@@ -24,12 +24,13 @@ from overlay.cluster.pods import (
     identity_problem,
     judge_pods,
     label_problem,
+    rules_from_leases,
     with_cli_labels,
 )
 from overlay.cluster.schema import read_schema
 from overlay.cluster.store import ObjectStore
 from overlay.errors import ConfigError, OverlayError, RegistryError
-from overlay.lease import LeaseRules, judge, printable_key
+from overlay.lease import printable_key
 from overlay.subnet.registry import EtcdRegistry
 from overlay.util.text import age, rfc3339
 
@@ -39,14 +40,13 @@ CAS_TRIES = 5  # a label edit racing another writer re-reads and retries
 
 
 def pod_rules(reg: EtcdRegistry) -> PodRules:
-    """The accepted subnet leases (``overlay.lease.judge``), which pod IPs must lie in."""
+    """What the records are judged against: the accepted subnet leases."""
     listing = reg.list_subnets(with_expiration=False)
     try:
-        rules = LeaseRules.from_config(reg.get_config())
+        config = reg.get_config()
     except (ConfigError, RegistryError):
-        return PodRules()  # no valid network config: no lease is accepted, nor any pod
-    accepted, _, _ = judge(listing.leases, rules)
-    return PodRules(lease_subnets=frozenset(lease.subnet for lease in accepted))
+        config = None  # no valid network config: no lease is accepted, nor any pod
+    return rules_from_leases(config, listing.leases)
 
 
 def pod_to_dict(r: PodRecord) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from overlay.cluster.keys import (
     pods_prefix,
     split_namespaced,
 )
-from overlay.lease import Rejection
+from overlay.lease import Lease, LeaseRules, Rejection, judge
 
 if TYPE_CHECKING:  # the etcd client is not imported by the values (the CNI plugin uses them)
     from overlay.cluster.store import KV, ObjectStore
@@ -347,6 +347,15 @@ class PodRules:
             if candidate in self.lease_subnets and all(ip in candidate for ip in ips):
                 return candidate
         return None
+
+
+def rules_from_leases(config: Any, leases: Iterable[Lease]) -> PodRules:
+    """The accepted subnet leases (``overlay.lease.judge`` under the network ``config``;
+    none without a config), which pod IPs must lie in."""
+    if config is None:
+        return PodRules()
+    accepted, _, _ = judge(leases, LeaseRules.from_config(config))
+    return PodRules(lease_subnets=frozenset(lease.subnet for lease in accepted))
 
 
 def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:

@@ -276,3 +276,17 @@ def test_a_bad_record_is_rejected_alone_in_the_listing(etcd_server, store, node,
     assert r.exit_code == 0
     assert [p["name"] for p in json.loads(r.stdout)] == ["web-1"]
     assert "1 pod record(s) rejected" in r.stderr
+
+
+def test_diagnose_reads_the_registry_and_finds_a_shared_ip(etcd_server, store, registry, node):
+    from overlay.diagnose.cluster_checks import check_pod_ips_unique
+    from overlay.diagnose.gather import gather_cluster, read_pods
+    node.add("c1", node.pod(), conf=conf(node), env=k8s("shop", "a"))
+    PodPublisher(store, "node1", node.data_dir, lambda: net(1)).reconcile()
+    opts = make_etcd_options(etcd_server.endpoint)
+    cluster = gather_cluster(opts)
+    assert check_pod_ips_unique(read_pods(opts, cluster)).status == "pass"
+    copy = replace(record(store, "shop", "a"), name="copy", container_id="c9")
+    store.put(pod_key(store.prefix, "shop", "copy"), encode_pod(copy))
+    got = check_pod_ips_unique(read_pods(opts, cluster))
+    assert got.status == "fail" and "shop/a on node1, shop/copy on node1" in got.found
