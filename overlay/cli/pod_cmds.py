@@ -92,7 +92,7 @@ def pods_group(ctx: click.Context, all_namespaces: bool, namespace: str | None) 
         click.echo(f"warning: {len(rejected)} pod record(s) rejected, e.g. "
                    f"{printable_key(first.key)}: {first.reason}: {first.detail}", err=True)
     if obj.json:
-        print_json([pod_to_dict(r) for r in records])
+        print_json([pod_to_dict(r) for r in records], one_per_line=True)
     else:
         print_table(HEADERS + (WIDE if obj.wide else []),
                     [pod_row(r, obj.wide) for r in records])
