@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from overlay.cli import CLIContext, cli, global_options, print_json, print_table
-from overlay.cluster.keys import pod_key, pods_prefix
+from overlay.cluster.keys import dns_label_problem, pod_key, pods_prefix
 from overlay.cluster.pods import (
     DEFAULT_NAMESPACE,
     PodRecord,
@@ -79,8 +79,9 @@ def pods_group(ctx: click.Context, all_namespaces: bool, namespace: str | None) 
     if all_namespaces and namespace:
         raise ConfigError("give -A or -n NAMESPACE, not both")
     ns = None if all_namespaces else namespace or DEFAULT_NAMESPACE
-    if ns is not None and identity_problem(ns, "x"):
-        raise ConfigError(f"-n {ns!r}: {identity_problem(ns, 'x')}")
+    problem = dns_label_problem(ns) if ns is not None else None
+    if problem:
+        raise ConfigError(f"-n {ns!r}: a namespace {problem}")
     obj = ctx.ensure_object(CLIContext)
     with EtcdRegistry(obj.etcd_options()) as reg:
         store = ObjectStore(reg)

@@ -393,9 +393,11 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
                (known | {c.key for c in batch.changes if c.value is not None})
                - {c.key for c in batch.changes if c.value is None})
         gone, known = known - now, now
+        if not gone or stop.wait(LEASE_GONE_GRACE):  # one grace for the whole batch
+            continue
         for key in sorted(gone):
             subnet = _subnet_of(key, base)
-            if subnet is not None and not stop.wait(LEASE_GONE_GRACE) and store.get(key) is None:
+            if subnet is not None and store.get(key) is None:
                 delete_pods_in_subnet(store, subnet)
 
 

@@ -290,3 +290,16 @@ def test_diagnose_reads_the_registry_and_finds_a_shared_ip(etcd_server, store, r
     store.put(pod_key(store.prefix, "shop", "copy"), encode_pod(copy))
     got = check_pod_ips_unique(read_pods(opts, cluster))
     assert got.status == "fail" and "shop/a on node1, shop/copy on node1" in got.found
+
+
+def test_a_node_deleted_for_good_takes_its_pods_along(store, node):
+    from overlay.cluster.pods import delete_pods_of_node
+    node.add("c1", node.pod(), conf=conf(node), env=k8s("shop", "a"))
+    node.add("c2", node.pod(), conf=conf(node), env=k8s("shop", "b"))
+    PodPublisher(store, "node1", node.data_dir, lambda: net(1)).reconcile()
+    other = replace(record(store, "shop", "a"), name="elsewhere", node="node2")
+    store.put(pod_key(store.prefix, "shop", "elsewhere"), encode_pod(other))
+    assert delete_pods_of_node(store, "node1") == 2
+    assert record(store, "shop", "a") is None and record(store, "shop", "b") is None
+    assert record(store, "shop", "elsewhere") is not None
+    assert delete_pods_of_node(store, "node1") == 0  # idempotent
