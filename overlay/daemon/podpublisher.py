@@ -8,9 +8,10 @@ record (``<network>/<ip>``: container ID, ifname) and the pod metadata
 reconciles the registry with them:
 
 * an attachment whose IPs lie in this node's subnet and has no record is created;
-* a record of this node whose container ID is no longer attached here is deleted, only
-  if unchanged since read (CAS): a recreated sandbox's record is never removed by the
-  old one's disappearance, and one written meanwhile survives;
+* a record of this node (its name, IPs in its subnet) whose container ID is no longer
+  attached here is deleted, only if unchanged since read (CAS): a recreated sandbox's
+  record is never removed by the old one's disappearance, and one written meanwhile
+  survives;
 * a new sandbox under a known name replaces the record (CAS), keeping the labels an
   operator set (``overlayctl pods label``, source ``cli``, which win per key).
 
@@ -305,20 +306,26 @@ class PodPublisher:
                                f"{pod.container_id} is not published")
                 continue
             wanted.add((*ident, pod.container_id))
-            self._publish(pod, held.get(ident), undecodable, out)
+            self._publish(pod, held.get(ident), undecodable, out, subnet)
         for (ns, name), (kv, record) in held.items():
-            if (record.node == self.node and (ns, name, record.container_id) not in wanted
+            if (self._mine(record, subnet) and (ns, name, record.container_id) not in wanted
                     and self.store.delete(kv.key, mod_revision=kv.mod_revision)):
                 out.deleted += 1
                 log.info("pod %s/%s (%s, container %s) is gone from this node: removed "
                          "from the registry", ns, name, record.ip, record.container_id)
         return out
 
+    def _mine(self, record: PodRecord, subnet: IPv4Network) -> bool:
+        """This node's record: its name and its subnet. The subnet too, so two daemons
+        under one name (a lab whose nodes share a hostname) never take each other's
+        pods for gone."""
+        return record.node == self.node and all(ip in subnet for ip in record.ips)
+
     def _publish(self, pod: LocalPod, held: tuple[KV, PodRecord] | None,
-                 undecodable: Mapping[str, KV], out: Outcome) -> None:
+                 undecodable: Mapping[str, KV], out: Outcome, subnet: IPv4Network) -> None:
         ns, name = pod.identity.namespace, pod.identity.name
         key = f"{pods_prefix(self.store.prefix)}{ns}/{name}"
-        if held is not None and held[1].node != self.node:
+        if held is not None and not self._mine(held[1], subnet):
             out.conflicts += 1
             self.warn_once(f"{ns}/{name}", f"the registry holds it for node {held[1].node} "
                            f"(container {held[1].container_id}); not replacing another node's")

@@ -324,7 +324,8 @@ class Lab:
             "--subnet-file", self.spec.node_file(node, "subnet.env"),
             "--state-dir", self.spec.node_file(node, "state"),
             "--healthz-addr", self.healthz_addr(node),
-            "--cni-socket", self.spec.node_file(node, "cni.sock")])
+            "--cni-socket", self.spec.node_file(node, "cni.sock"),
+            "--cni-data-dir", self.spec.node_file(node, "ipam")])
 
     def ensure_daemon(self, node: str) -> bool:
         if self.daemon_pid(node) is not None:

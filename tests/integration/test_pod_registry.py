@@ -303,3 +303,26 @@ def test_a_node_deleted_for_good_takes_its_pods_along(store, node):
     assert record(store, "shop", "a") is None and record(store, "shop", "b") is None
     assert record(store, "shop", "elsewhere") is not None
     assert delete_pods_of_node(store, "node1") == 0  # idempotent
+
+
+def test_two_daemons_under_one_name_keep_to_their_own_subnets(store, registry, tmp_path):
+    """A lab whose nodes share a hostname: same node name, different subnets and data
+    dirs. Neither takes the other's pods for gone."""
+    registry.create_lease(net(2), attrs(12), ttl=3600)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = CNINode(tmp_path / "a"), CNINode(tmp_path / "b")
+    try:
+        a.add("ca", a.pod(), conf=conf(a), env=k8s("shop", "on-a"))
+        b.add("cb", b.pod(), conf=b.conf(subnet="10.244.2.0/24", network="10.244.0.0/16"),
+              env=k8s("shop", "on-b"))
+        pub_a = PodPublisher(store, "host", a.data_dir, lambda: net(1))
+        pub_b = PodPublisher(store, "host", b.data_dir, lambda: net(2))
+        for _ in range(2):
+            for pub in (pub_a, pub_b):
+                out = pub.reconcile()
+                assert out is not None and out.deleted == 0 and out.conflicts == 0
+        assert record(store, "shop", "on-a") and record(store, "shop", "on-b")
+    finally:
+        a.close()
+        b.close()
