@@ -8,6 +8,7 @@ leases before it is shown; rejected ones are counted on stderr, never listed as 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -59,8 +60,9 @@ def pod_to_dict(r: PodRecord) -> dict[str, Any]:
             "created": rfc3339(r.created)}
 
 
-def pod_row(r: PodRecord, wide: bool) -> list[Any]:
-    row: list[Any] = [r.namespace, r.name, r.ip, r.node, age(r.created)]
+def pod_row(r: PodRecord, wide: bool, now: datetime) -> list[Any]:
+    row: list[Any] = [r.namespace, r.name, r.ip, r.node,
+                      age((now - r.created).total_seconds())]
     if wide:
         labels = ",".join(f"{k}={lab.value}" for k, lab in r.labels.items())
         row += [r.container_id[:12], labels or None]
@@ -92,11 +94,12 @@ def pods_group(ctx: click.Context, all_namespaces: bool, namespace: str | None) 
         first = rejected[0]
         click.echo(f"warning: {len(rejected)} pod record(s) rejected, e.g. "
                    f"{printable_key(first.key)}: {first.reason}: {first.detail}", err=True)
+    now = datetime.now(UTC)
     if obj.json:
         print_json([pod_to_dict(r) for r in records], one_per_line=True)
     else:
         print_table(HEADERS + (WIDE if obj.wide else []),
-                    [pod_row(r, obj.wide) for r in records])
+                    [pod_row(r, obj.wide, now) for r in records])
 
 
 def parse_pod_ref(text: str) -> tuple[str, str]:

@@ -9,7 +9,6 @@ everything it took, in reverse, when a later step fails.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,8 +24,9 @@ from overlay.masq import iptables as masq
 from overlay.netlink import netns, pod
 from overlay.netlink.link import Link
 from overlay.netlink.rtnl import Rtnl
+from overlay.util import lazylog
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 _KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}

@@ -17,7 +17,6 @@ from typing import Any
 
 from overlay.cluster.keys import dns_subdomain_problem
 from overlay.cni.netconf import DEFAULT_DATA_DIR as DEFAULT_CNI_DATA_DIR
-from overlay.config import parse_bool
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
 from overlay.errors import ConfigError
@@ -29,6 +28,7 @@ from overlay.subnet.etcdconf import (
 )
 from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
+from overlay.util.boolean import parse_bool
 from overlay.util.ifname import ifname_problem
 from overlay.util.version import version_line
 
@@ -36,6 +36,7 @@ ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
 DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
 DEFAULT_RUNTIME_FILE = "/run/overlay/overlayd.json"
+DEFAULT_HEARTBEAT_PERIOD, DEFAULT_PROBE_INTERVAL = 5.0, 10.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masquerade pod traffic leaving the pod network (nftables)")
     n.add_argument("--reconcile-interval", type=float, default=10.0,
                    help="seconds between periodic reconciles (default %(default)s)")
+    n.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD,
+                   help="seconds between heartbeat keepalives; the heartbeat's etcd lease "
+                   "lasts two periods, so a dead node is NotReady within two (default "
+                   "%(default)s)")
+    n.add_argument("--probe-interval", type=float, default=DEFAULT_PROBE_INTERVAL,
+                   help="seconds between health-mesh probes of every peer (default "
+                   "%(default)s)")
     s = p.add_argument_group("services")
     s.add_argument("--healthz-addr", default="",
                    help="HOST:PORT for /healthz, /readyz, /metrics (default: off)")
@@ -154,6 +162,8 @@ class Settings:
     watch_lag_limit: float = DEFAULT_MAX_LAG
     node_name: str = ""
     runtime_file: str = DEFAULT_RUNTIME_FILE
+    heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
     cni_data_dir: str = DEFAULT_CNI_DATA_DIR
 
 
@@ -200,6 +210,10 @@ def parse_settings(argv: Sequence[str] | None = None,
         raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
     if not 0.2 <= a.watch_lag_limit <= 86400:  # NaN fails this too
         raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
+    for flag, value in (("--heartbeat-period", a.heartbeat_period),
+                        ("--probe-interval", a.probe_interval)):
+        if not 0.5 <= value <= 3600:  # NaN fails this too
+            raise ConfigError(f"{flag} {value}: must be 0.5..3600 seconds")
     problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
     if problem:
         raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
@@ -218,4 +232,5 @@ def parse_settings(argv: Sequence[str] | None = None,
     return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
-                    node_name, a.runtime_file, a.cni_data_dir)
+                    node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
+                    a.cni_data_dir)

@@ -39,11 +39,16 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
                      for r in lines)
 
 
-def age(since: datetime, now: datetime | None = None) -> str:
-    """kubectl's AGE: ``45s``, ``12m``, ``5h``, ``3d`` (the largest whole unit; a time in
-    the future, from a skewed clock, is ``0s``)."""
-    seconds = int(((now or datetime.now(UTC)) - since).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
+def age(seconds: float) -> str:
+    """kubectl's AGE: ``42s``, ``5m10s`` under 10 minutes, ``3h``, ``2d4h``, ``12d``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60}s" if s % 60 else f"{s // 60}m"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h"
+    days, hours = divmod(s // 3600, 24)
+    return f"{days}d{hours}h" if days < 10 and hours else f"{days}d"

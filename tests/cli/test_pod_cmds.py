@@ -6,7 +6,6 @@ from click.testing import CliRunner
 from overlay.cli import cli
 from overlay.cli.pod_cmds import parse_label_args, parse_pod_ref
 from overlay.errors import ConfigError
-from overlay.util.text import age
 
 
 def test_label_args_set_and_remove():
@@ -38,10 +37,3 @@ def test_bad_input_is_one_line_and_exit_1_without_etcd(argv):
     r = CliRunner().invoke(cli, argv + ["--etcd-endpoints", "http://127.0.0.1:9"])
     assert r.exit_code == 1, r.output
     assert r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
-
-
-def test_age_is_kubectls():
-    from datetime import UTC, datetime, timedelta
-    now = datetime(2026, 12, 2, tzinfo=UTC)
-    assert [age(now - timedelta(seconds=s), now) for s in (-5, 0, 59, 60, 3599, 3600, 86400 * 3)
-            ] == ["0s", "0s", "59s", "1m", "59m", "1h", "3d"]

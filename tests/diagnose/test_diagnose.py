@@ -214,7 +214,7 @@ def test_bridge_missing():
 def test_bridge_down_and_without_gateway():
     node, cluster = healthy()
     k = node.kernel
-    links = [replace(link, up=False) if link.index == BR else link for link in k.links]
+    links = [link._replace(up=False) if link.index == BR else link for link in k.links]
     c = only_failure(kernel_without(node, links=links, addrs=[a for a in k.addrs if a.index != BR]),
                      cluster, "bridge")
     assert c.fix == "ip link set cni0 up && ip addr add 10.244.1.1/24 dev cni0"
@@ -249,7 +249,7 @@ def test_cni_binaries_missing():
 
 def test_wrong_device_mtu():
     node, cluster = healthy()
-    links = [replace(link, mtu=1400) if link.index == VX else link
+    links = [link._replace(mtu=1400) if link.index == VX else link
              for link in node.kernel.links]
     c = only_failure(kernel_without(node, links=links), cluster, "mtu")
     assert "overlay.1 MTU 1400 != 1450" in c.found
@@ -258,11 +258,11 @@ def test_wrong_device_mtu():
 
 def test_subnet_env_mtu_and_subnet_mismatch():
     node, cluster = healthy()
-    node.subnet_env = replace(node.subnet_env, mtu=1500)
+    node.subnet_env = node.subnet_env._replace(mtu=1500)
     c = only_failure(node, cluster, "mtu")
     assert "OVERLAY_MTU 1500 != 1450" in c.found
     node, cluster = healthy()
-    node.subnet_env = replace(node.subnet_env, subnet=IPv4Interface("10.244.7.1/24"))
+    node.subnet_env = node.subnet_env._replace(subnet=IPv4Interface("10.244.7.1/24"))
     c = only_failure(node, cluster, "subnet-env")
     assert "10.244.7.1/24 != lease 10.244.1.1/24" in c.found
 
@@ -305,13 +305,13 @@ def test_vxlan_device_missing_fails_device_check():
 
 def test_vxlan_device_down_and_learning():
     node, cluster = healthy()
-    links = [replace(link, up=False) if link.index == VX else link
+    links = [link._replace(up=False) if link.index == VX else link
              for link in node.kernel.links]
     c = only_failure(kernel_without(node, links=links), cluster, "vxlan-device")
     assert c.fix == "ip link set overlay.1 up"
     node, cluster = healthy()
-    links = [replace(link, vxlan=replace(link.vxlan, learning=True)) if link.index == VX else link
-             for link in node.kernel.links]
+    links = [link._replace(vxlan=link.vxlan._replace(learning=True))
+             if link.index == VX and link.vxlan else link for link in node.kernel.links]
     assert "learning on" in only_failure(kernel_without(node, links=links), cluster,
                                          "vxlan-device").found
 
@@ -867,7 +867,7 @@ def test_blackhole_route_for_a_peer_is_a_conflict():
 
 def test_our_own_route_is_no_conflict():
     node, cluster = healthy()
-    routes = [replace(r, protocol=111) if r.dst == S2 else r for r in node.kernel.routes]
+    routes = [r._replace(protocol=111) if r.dst == S2 else r for r in node.kernel.routes]
     checks, _ = statuses(kernel_without(node, routes=routes), cluster)
     assert checks["route-conflicts"].status == st.PASS
 
