@@ -101,3 +101,15 @@ def test_the_same_sandbox_keeps_its_labels_and_creation_time():
                      {"tier": Label("gold", "cli")})  # the operator removed app
     want = pp.desired_record("node1", local(), held)
     assert want.labels == held.labels and want.created == held.created
+
+
+def test_cni_data_dir_flag_defaults_to_the_plugins_and_refuses_empty():
+    from overlay.cni.netconf import DEFAULT_DATA_DIR
+    from overlay.daemon.flags import parse_settings
+    from overlay.errors import ConfigError
+    assert parse_settings(["--node-name", "n1"], {}).cni_data_dir == DEFAULT_DATA_DIR
+    assert parse_settings(["--node-name", "n1", "--cni-data-dir", "/x"], {}).cni_data_dir == "/x"
+    assert parse_settings(["--node-name", "n1"],
+                          {"OVERLAYD_CNI_DATA_DIR": "/y"}).cni_data_dir == "/y"
+    with pytest.raises(ConfigError, match="--cni-data-dir: empty path"):
+        parse_settings(["--node-name", "n1", "--cni-data-dir", ""], {})
