@@ -9,6 +9,7 @@ and each leaves no policy behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -19,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from overlay.lab import system as sysx
 from overlay.lab.lab import Lab
+from overlay.lab.spec import LabError
 
 from .support.labfixture import keep_logs, running_lab
 
@@ -160,6 +163,57 @@ def test_a_pod_added_under_a_policy_is_filtered_from_its_first_packet(lab: Lab) 
     finally:
         lab.del_pod("x/d")
         _delete(lab, "x/default-deny-ingress")
+
+
+def _metrics(lab: Lab, node: str) -> str:
+    host, port = lab.healthz_addr(node).rsplit(":", 1)
+    status, body = sysx.http_get(lab.spec.node_ns(node), host, int(port), "/metrics",
+                                 timeout=2.0)
+    assert status == 200
+    return body
+
+
+def _packets(text: str, policy: str, verdict: str) -> float:
+    want = (f'overlay_policy_packets_total{{direction="Ingress",policy="{policy}",'
+            f'verdict="{verdict}"}} ')
+    return sum(float(line[len(want):]) for line in text.splitlines() if line.startswith(want))
+
+
+def test_per_policy_counters_are_metrics(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    try:
+        assert _until(lambda: _passes(lab, "x/b", "x/a") and
+                      not _passes(lab, "x/c", "x/a")) is not None
+        before = _metrics(lab, "node1")
+        for _ in range(3):
+            assert _passes(lab, "x/b", "x/a")
+            assert not _passes(lab, "x/c", "x/a")
+        after = _metrics(lab, "node1")
+        assert _packets(after, "x/a-from-b", "allowed") - \
+            _packets(before, "x/a-from-b", "allowed") >= 3
+        assert _packets(after, "x/default-deny-ingress", "denied") - \
+            _packets(before, "x/default-deny-ingress", "denied") >= 3
+    finally:
+        _delete(lab, "x/a-from-b", "x/default-deny-ingress")
+
+
+def test_an_add_while_overlayd_is_down_under_a_policy_says_try_again(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        assert lab.stop_daemon("node1")
+        try:
+            with pytest.raises(LabError, match="11|try again|in force") as e:
+                lab.add_pod("e", "node1", "x", {"pod": "e"})
+            print("\nADD with overlayd down:", str(e.value).splitlines()[0])
+        finally:
+            lab.start_daemon("node1")
+            lab.wait_ready(["node1"])
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+    with contextlib.suppress(LabError):
+        lab.del_pod("x/e")  # the lab may have recorded the failed pod
 
 
 def test_restarting_overlayd_keeps_the_table_no_allow_window(lab: Lab) -> None:
