@@ -43,10 +43,10 @@ from overlay.cni.skel import Handler, Request
 from overlay.errors import CNIError, OverlayError
 from overlay.lease import Rejection
 from overlay.netlink.pod import host_veth_name
-from overlay.policy import nft
+from overlay.policy import conntrack, nft
 from overlay.policy.model import NetworkPolicy, PolicyError
 from overlay.policy.objects import Namespace, parse_namespace_kv, parse_policy_kv
-from overlay.policy.semantics import NamedPort, Pod
+from overlay.policy.semantics import Host, NamedPort, Pod, allowed
 from overlay.subnetenv import policy_marker_path
 from overlay.util.fsutil import atomic_write
 from overlay.util.proc import ProgramError, run
@@ -193,6 +193,8 @@ class PolicyAgent:
         self.complete = threading.Event()  # every prefix listed once
         self.selecting = False  # a policy selects a local pod
         self.bridge_problem: str | None = None
+        self._cut_due = False  # a table was loaded: connections it denies are still tracked
+        self._conntrack_problem: str | None = None
         rejected = Counter("overlay_policy_objects_rejected", "Keys under policies/, "
                            "namespaces/ or pods/ rejected by their kind's rule (once per "
                            "key revision)", ["kind"], registry=metrics)
@@ -250,6 +252,8 @@ class PolicyAgent:
             self._dirty.clear()
             try:
                 self.sync()
+                if self._cut_due:
+                    self.cut_denied()
             except OverlayError as e:
                 log.warning("policy table not loaded: %s; retrying in %.0fs", e, RETRY)
                 self._dirty.set()
@@ -315,8 +319,37 @@ class PolicyAgent:
                 self._apply(table)
                 self.loaded = table
                 self.loads.inc()
+                self._cut_due = bool(table.counters)
             self._note(bool(table.counters), bool(got.policies))
             return table
+
+    def cut_denied(self) -> int:
+        """Delete the conntrack entries of local pods' connections the loaded policies
+        now deny (established connections would otherwise outlive the change); flows
+        with the node's own side of the bridge (the gateway: kubelet's probes) are never
+        filtered and are left alone. How many went."""
+        self._cut_due = False
+        got = self.inputs()
+        local = {ip for lp in got.local for ip in lp.pod.ips}
+        subnet = self._own_subnet()
+        gateway = subnet.network_address + 1 if subnet is not None else None
+        try:
+            flows = conntrack.list_flows()
+        except ProgramError as e:
+            if str(e) != self._conntrack_problem:
+                log.warning("cannot list conntrack entries (%s): connections a policy "
+                            "change denies stay open until they end", e)
+            self._conntrack_problem = str(e)
+            return 0
+        self._conntrack_problem = None
+        denied = [f for f in flows if (f.src in local or f.dst in local)
+                  and gateway not in (f.src, f.dst)
+                  and not allowed(Host(f.src), Host(f.dst), f.dport, f.protocol, got.pods,
+                                  got.namespaces, got.policies)]
+        gone = conntrack.delete_flows(denied)
+        if gone:
+            log.info("cut %d connection(s) the policies now deny", gone)
+        return gone
 
     def _note(self, selecting: bool, any_policy: bool) -> None:
         """Keep the marker file and the br_netfilter check in line with the table."""

@@ -226,3 +226,31 @@ def test_an_add_before_the_first_listing_waits_then_says_try_again(agent, monkey
     with pytest.raises(CNIError) as e:
         a.admit(_request(), RESULT)
     assert e.value.code == CNIError.TRY_AGAIN
+
+
+def test_cut_denied_deletes_only_flows_the_policies_now_deny(agent, monkeypatch) -> None:
+    from overlay.policy import conntrack
+    from overlay.policy.conntrack import Flow
+
+    a, _, _ = agent
+    allow_b = {**DENY, "metadata": {"name": "from-b", "namespace": "x"},
+               "spec": {"podSelector": {}, "ingress": [
+                   {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}}
+    _listed(a, [_policy(DENY), _policy(allow_b)],
+            [_pod("a", "10.244.1.2"), _pod("b", "10.244.2.2", "n2"),
+             _pod("c", "10.244.2.3", "n2")])
+    a.sync()
+    ip = IPv4Address
+    flows = [Flow("TCP", ip("10.244.2.2"), ip("10.244.1.2"), 5000, 80),  # b -> a: allowed
+             Flow("TCP", ip("10.244.2.3"), ip("10.244.1.2"), 5001, 80),  # c -> a: denied
+             Flow("TCP", ip("10.244.1.1"), ip("10.244.1.2"), 5002, 80),  # the gateway
+             Flow("UDP", ip("10.244.2.3"), ip("10.244.2.2"), 5003, 53)]  # not local
+    deleted: list[Flow] = []
+
+    def delete(fs: list[Flow]) -> int:
+        deleted.extend(fs)
+        return len(fs)
+
+    monkeypatch.setattr(conntrack, "list_flows", lambda: flows)
+    monkeypatch.setattr(conntrack, "delete_flows", delete)
+    assert a.cut_denied() == 1 and deleted == [flows[1]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import statistics
 import tempfile
 import threading
@@ -214,6 +215,48 @@ def test_an_add_while_overlayd_is_down_under_a_policy_says_try_again(lab: Lab) -
         _delete(lab, "x/default-deny-ingress")
     with contextlib.suppress(LabError):
         lab.del_pod("x/e")  # the lab may have recorded the failed pod
+
+
+ALLOW_A_FROM_C_UDP81 = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: c}}}]
+    ports: [{port: 81, protocol: UDP}]
+"""
+
+
+def test_an_established_connection_is_cut_by_a_new_deny(lab: Lab) -> None:
+    """One UDP flow x/c -> x/a:81 (one socket: one conntrack entry), opened while a
+    policy allows it, gets no answer once that policy goes, although it is established
+    (the table accepts established flows first: only deleting the entry stops it)."""
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_C_UDP81)
+    a = lab.find_pod("x/a")
+    try:
+        with sysx.netns_socket(lab.spec.pod_ns(lab.find_pod("x/c").key), socket.AF_INET,
+                               socket.SOCK_DGRAM) as sock:
+            sock.connect((a.ip, 81))
+            sock.settimeout(0.2)
+
+            def answered() -> bool:
+                sock.send(b"probe\n")
+                try:
+                    return bool(sock.recv(256))
+                except TimeoutError:
+                    return False
+
+            assert _until(lambda: answered() and not _passes(lab, "x/c", "x/a", 80, "udp"))
+            _delete(lab, "x/a-from-c")
+            assert _until(lambda: not answered(), 5.0) is not None
+            time.sleep(0.3)
+            assert not any(answered() for _ in range(3))
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+        lab.overlayctl("policy", "delete", "x/a-from-c", check=False)
 
 
 def test_restarting_overlayd_keeps_the_table_no_allow_window(lab: Lab) -> None:
