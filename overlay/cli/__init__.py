@@ -172,8 +172,14 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
     click.echo(format_table(headers, rows, wrap=wrap))
 
 
-def print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+def print_json(obj: Any, one_per_line: bool = False) -> None:
+    """``obj`` indented; with ``one_per_line`` a list prints one compact object per line
+    (still one JSON document): Python's indenting encoder is pure Python, 0.8 s for a
+    listing of 10 000 pods, the compact one is C."""
+    if one_per_line and isinstance(obj, list) and obj:
+        click.echo("[\n" + ",\n".join(json.dumps(item) for item in obj) + "\n]")
+    else:
+        click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -363,6 +363,10 @@ class Daemon:
             return []
         threads: list[tuple[str, Callable[[], None]]] = []
         threads += node_agent_threads(self)
+        from overlay.daemon.podpublisher import pod_threads  # the etcd client: only here
+        assert self.manager is not None, f"manager {_UNSET}"
+        threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
+                               self.manager.own_subnet, self.stop)
         return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from overlay.cluster.keys import dns_subdomain_problem
+from overlay.cni.netconf import DEFAULT_DATA_DIR as DEFAULT_CNI_DATA_DIR
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
 from overlay.errors import ConfigError
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
                    help="serve the CNI plugin warm on this unix socket "
                    "(default %(default)s; empty disables)")
+    s.add_argument("--cni-data-dir", default=DEFAULT_CNI_DATA_DIR,
+                   help="the CNI plugin's dataDir (host-local IPAM records and pod "
+                   "metadata), which the pod registry is published from (default %(default)s)")
     p.add_argument("--version", action="version", version=version_line("overlayd"),
                    help="print overlayd's version and exit")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -160,6 +164,7 @@ class Settings:
     runtime_file: str = DEFAULT_RUNTIME_FILE
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
     probe_interval: float = DEFAULT_PROBE_INTERVAL
+    cni_data_dir: str = DEFAULT_CNI_DATA_DIR
 
 
 def _check_iface_pattern(iface: str) -> None:
@@ -221,10 +226,11 @@ def parse_settings(argv: Sequence[str] | None = None,
         source = "--node-name" if a.node_name else "the hostname (set --node-name)"
         raise ConfigError(f"{source} {node_name!r}: not a valid node name (it {problem})")
     for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir),
-                       ("--runtime-file", a.runtime_file)):
+                       ("--runtime-file", a.runtime_file), ("--cni-data-dir", a.cni_data_dir)):
         if not path:
             raise ConfigError(f"{flag}: empty path")
     return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
-                    node_name, a.runtime_file, a.heartbeat_period, a.probe_interval)
+                    node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
+                    a.cni_data_dir)

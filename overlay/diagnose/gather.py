@@ -24,6 +24,7 @@ from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
 from overlay.cni.netconf import DEFAULT_DATA_DIR
 from overlay.diagnose.checks import derive_facts, run_checks
+from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
 from overlay.diagnose.probe import Echo, echo_many
 from overlay.diagnose.state import (
@@ -273,5 +274,26 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
                                   opts.probe_timeout)
-    return run_checks(node, cluster, opts, etcd.describe(), f)
+    report = run_checks(node, cluster, opts, etcd.describe(), f)
+    report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
+    return report
+
+
+def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) -> PodsState:
+    """The pod registry, judged against the leases ``cluster`` holds."""
+    if not cluster.available:
+        return PodsState(error=cluster.error or "no network config")
+    from overlay.cluster.keys import pods_prefix
+    from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_from_leases
+    from overlay.cluster.store import ObjectStore
+    from overlay.subnet.registry import EtcdRegistry
+    try:
+        with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
+            store = ObjectStore(reg)
+            kvs, _ = list_pod_kvs(store)
+    except OverlayError as e:
+        return PodsState(error=str(e))
+    records, rejected = judge_pods(kvs, pods_prefix(store.prefix),
+                                   rules_from_leases(cluster.config, cluster.leases))
+    return PodsState(records, rejected)
 

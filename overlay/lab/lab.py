@@ -360,7 +360,8 @@ class Lab:
             "--healthz-addr", self.healthz_addr(node),
             "--cni-socket", self.spec.node_file(node, "cni.sock"),
             "--node-name", node, "--heartbeat-period", HEARTBEAT_PERIOD,
-            "--probe-interval", PROBE_INTERVAL])
+            "--probe-interval", PROBE_INTERVAL,
+            "--cni-data-dir", self.spec.node_file(node, "ipam")])
 
     def ensure_daemon(self, node: str) -> bool:
         if self.daemon_pid(node) is not None:

@@ -6,8 +6,12 @@ import contextlib
 import os
 
 
-def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+def atomic_write(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
+
+    ``durable=False`` skips the fsync (several ms on ext4) for files that matter only
+    until the next reboot, such as the CNI plugin's per-pod metadata: the rename is still
+    atomic for every reader while the machine runs."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o755, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -20,7 +24,8 @@ def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
