@@ -72,15 +72,20 @@ def read_nodes(store: ObjectStore,
     return out
 
 
-def delete_node(store: ObjectStore, name: str, force: bool = False) -> list[str]:
-    """Delete a node's record and heartbeat (the keys deleted).  Refused while its
-    heartbeat is alive unless ``force``: a running overlayd would only write them back."""
+def delete_node(store: ObjectStore, name: str, force: bool = False) -> tuple[list[str], int]:
+    """Delete a node gone for good: its record and heartbeat (the keys deleted) and its
+    pods' records (how many).  Refused while its heartbeat is alive unless ``force``: a
+    running overlayd would only write them back."""
+    from overlay.cluster.pods import delete_pods_of_node
+
     hb, rec = heartbeat_key(store.prefix, name), node_key(store.prefix, name)
     if not force and store.get(hb) is not None:
         raise NodeAlive(f"node {name} is alive (its heartbeat is renewed); stop its overlayd "
                         "first, or pass --force")
     deleted = [key for key in (rec, hb) if store.delete(key)]
-    if not deleted:
+    pods = delete_pods_of_node(store, name)
+    if not deleted and not pods:
         raise NodeNotFound(f"no node {name} (see `overlayctl nodes`)")
-    log.info("deleted node %s (%s)", name, ", ".join(deleted))
-    return deleted
+    log.info("deleted node %s (%s; %d pod record(s))", name, ", ".join(deleted) or "no keys",
+             pods)
+    return deleted, pods

@@ -280,10 +280,11 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
 
 
 def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) -> PodsState:
-    """The pod registry, judged against the leases ``cluster`` holds."""
+    """The pod registry, judged against the leases ``cluster`` holds and the node records."""
     if not cluster.available:
         return PodsState(error=cluster.error or "no network config")
     from overlay.cluster.keys import pods_prefix
+    from overlay.cluster.nodestore import read_nodes
     from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_from_leases
     from overlay.cluster.store import ObjectStore
     from overlay.subnet.registry import EtcdRegistry
@@ -291,9 +292,11 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
         with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
             store = ObjectStore(reg)
             kvs, _ = list_pod_kvs(store)
+            nodes = read_nodes(store, {lease.subnet: lease for lease in cluster.leases})
     except OverlayError as e:
         return PodsState(error=str(e))
-    records, rejected = judge_pods(kvs, pods_prefix(store.prefix),
-                                   rules_from_leases(cluster.config, cluster.leases))
+    rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
+        {st.record.name: st.record.subnet for st in nodes.statuses})
+    records, rejected = judge_pods(kvs, pods_prefix(store.prefix), rules)
     return PodsState(records, rejected)
 
