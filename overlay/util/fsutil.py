@@ -7,10 +7,12 @@ import os
 import tempfile
 
 
-def atomic_write(path: str, data: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+def atomic_write(path: str, data: str | bytes, mode: int = 0o644,
+                 dir_mode: int = 0o755) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
+    A missing directory is made with ``dir_mode``; an existing one is left as it is."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    os.makedirs(directory, mode=dir_mode, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:

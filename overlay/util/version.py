@@ -14,3 +14,12 @@ def version_line(prog: str) -> str:
         return f"{prog} {metadata.version(PACKAGE)}"
     except metadata.PackageNotFoundError:
         return f"{prog} unknown (the {PACKAGE} package is not installed)"
+
+
+def package_version() -> str:
+    """The installed package's version alone (``unknown`` when not installed), for the
+    records a program writes about itself."""
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
