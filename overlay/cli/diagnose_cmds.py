@@ -50,8 +50,8 @@ def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
+    if value is None or value == "":  # '' : do not ask /readyz, even if the runtime file can
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r}: expected HOST:PORT (e.g. 127.0.0.1:9100)")
@@ -75,7 +75,8 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--public-ip", callback=_ipv4,
               help="This node's public IP [default: the VXLAN device's local address].")
 @click.option("--healthz-addr", callback=_hostport,
-              help="overlayd's --healthz-addr, to check /readyz.")
+              help="overlayd's --healthz-addr, to check /readyz [default: the runtime "
+                   "file's; '' to look for the overlayd process instead].")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Ping every peer across the overlay (DF, path MTU size).")
 @click.option("--probe-count", type=click.IntRange(1, 10), default=2, show_default=True,
