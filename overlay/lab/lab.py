@@ -87,9 +87,21 @@ class NodeStatus:
     healthz: str
 
 
+@dataclass(frozen=True)
+class NodeDaemon:
+    """Another overlayd for one node (e.g. an older release, for mixed-version tests):
+    its program, and the lab's flags it does not know (left out of its command)."""
+
+    program: str
+    unknown_flags: frozenset[str] = frozenset()
+
+
 class Lab:
-    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None):
+    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None,
+                 daemons: Mapping[str, NodeDaemon] | None = None):
+        """``daemons``: per node, an overlayd other than this tree's."""
         self.spec = spec
+        self.daemons = dict(daemons or {})
         self.progress = progress or (lambda msg: log.info("%s", msg))
         self.state: LabState | None = load_state(spec.state_file)
         # ensure_pods works on the nodes in parallel: one thread at a time changes the
@@ -317,16 +329,23 @@ class Lab:
         return self.spec.node_file(node, "overlayd.log")
 
     def daemon_argv(self, node: str) -> list[str]:
-        return sysx.in_netns(self.spec.node_ns(node), [
-            program("overlayd"), "--etcd-endpoints", self.spec.etcd_endpoint,
-            "--etcd-prefix", ETCD_KEY_PREFIX,
-            "--iface", "eth0", "--public-ip", str(self.spec.node_ip(node)),
-            "--subnet-file", self.spec.node_file(node, "subnet.env"),
-            "--state-dir", self.spec.node_file(node, "state"),
-            "--healthz-addr", self.healthz_addr(node),
-            "--cni-socket", self.spec.node_file(node, "cni.sock"),
-            "--runtime-file", self.runtime_file(node),
-            "--cni-conf-dir", self.spec.cni_conf_dir(node), "--cni-bin-dir", self.cni_bin_dirs()])
+        flags = [
+            ("--etcd-endpoints", self.spec.etcd_endpoint), ("--etcd-prefix", ETCD_KEY_PREFIX),
+            ("--node-name", node),
+            ("--iface", "eth0"), ("--public-ip", str(self.spec.node_ip(node))),
+            ("--subnet-file", self.spec.node_file(node, "subnet.env")),
+            ("--state-dir", self.spec.node_file(node, "state")),
+            ("--healthz-addr", self.healthz_addr(node)),
+            ("--cni-socket", self.spec.node_file(node, "cni.sock")),
+            ("--runtime-file", self.runtime_file(node)),
+            ("--cni-conf-dir", self.spec.cni_conf_dir(node)),
+            ("--cni-bin-dir", self.cni_bin_dirs())]
+        other = self.daemons.get(node)
+        argv = [other.program if other else program("overlayd")]
+        for flag, value in flags:
+            if other is None or flag not in other.unknown_flags:
+                argv += [flag, value]
+        return sysx.in_netns(self.spec.node_ns(node), argv)
 
     def runtime_file(self, node: str) -> str:
         """Where the node's overlayd writes its settings; overlayctl there defaults to them."""

@@ -553,3 +553,16 @@ def test_output_to_a_closed_pipe_ends_quietly_and_the_work_goes_on():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert err == "finished\n"
+
+
+def test_a_node_can_run_another_overlayd_without_the_flags_it_lacks(tmp_path):
+    from overlay.lab.lab import Lab, NodeDaemon
+    old = NodeDaemon("/opt/old/bin/overlayd", frozenset({"--runtime-file", "--node-name"}))
+    lab = Lab(LabSpec("ovlt", str(tmp_path)), daemons={"node2": old})
+    mine, other = lab.daemon_argv("node1"), lab.daemon_argv("node2")
+    assert "/opt/old/bin/overlayd" in other and "/opt/old/bin/overlayd" not in mine
+    assert "--runtime-file" in mine and "--node-name" in mine
+    assert "--runtime-file" not in other and "--node-name" not in other
+    assert lab.spec.node_file("node2", "overlayd.json") not in other
+    assert other[other.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+    assert mine[mine.index("--node-name") + 1] == "node1"
