@@ -125,3 +125,16 @@ def test_the_file_it_reads_is_what_the_daemon_writes(tmp_path):
     assert info.etcd_password_file == str(pw) and info.etcd_username == "u"
     assert (info.bridge, info.vxlan_device, info.cni_bin_dir) == ("br7", "overlay.1", "/a:/b")
     assert info.node_name == "n1" and info.healthz_addr == "127.0.0.1:9"
+
+
+def test_install_cni_installs_where_overlayd_looks(runtime, tmp_path, monkeypatch):
+    info = runtime.__class__(**{**runtime.__dict__, "cni_conf_dir": str(tmp_path / "conf"),
+                                "cni_bin_dir": f"{tmp_path / 'bin'}:/usr/lib/cni",
+                                "subnet_file": str(tmp_path / "subnet.env")})
+    write_runtime_file(str(tmp_path / "rt.json"), info)
+    monkeypatch.setenv("OVERLAYCTL_RUNTIME_FILE", str(tmp_path / "rt.json"))
+    r = run(["install-cni", "--data-dir", str(tmp_path / "ipam")])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["plugin"] == str(tmp_path / "bin" / "overlay")
+    conflist = json.loads((tmp_path / "conf" / "10-overlay.conflist").read_text())
+    assert conflist["plugins"][0]["subnetFile"] == str(tmp_path / "subnet.env")
