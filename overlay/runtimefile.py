@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, TypeVar
 
 from overlay.cluster.keys import dns_subdomain_problem
 from overlay.errors import ConfigError
@@ -43,6 +44,7 @@ MAX_BYTES = 64 << 10  # the file overlayd writes is well under 2 KiB
 MAX_TEXT = 4096  # characters in one string field (a path, an address)
 MAX_ENDPOINTS = 64
 
+T = TypeVar("T")
 ETCD_FIELDS = ("cafile", "certfile", "keyfile", "username", "password_file")
 
 
@@ -219,6 +221,6 @@ def _ipv4(value: Any, name: str) -> IPv4Address:
         raise _Bad(f"{name} {text!r}: not an IPv4 address") from None
 
 
-def _opt(parse: Any, value: Any, name: str) -> Any:
+def _opt(parse: Callable[[Any, str], T], value: Any, name: str) -> T | None:
     """An optional field: null (or absent) is None, anything else must parse."""
     return None if value is None else parse(value, name)

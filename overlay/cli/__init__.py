@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import click
@@ -56,25 +57,21 @@ class CLIContext:
     output: str = "table"
     verbose: int = 0
     runtime_path: str | None = None  # --runtime-file as given ('' = none); None = default
-    _runtime: list[RuntimeInfo | None] = field(default_factory=list)  # loaded once
 
     def etcd_options(self) -> EtcdOptions:
         """Defaults < the runtime file < the user's flags and environment."""
         flags: dict[str, Any] = dict(ETCD_DEFAULTS)
-        rt = self.runtime()
+        rt = self.runtime
         if rt is not None:
             flags.update(rt.etcd_flags())
         flags.update(self.etcd_flags)
         return make_etcd_options(**flags)
 
+    @cached_property
     def runtime(self) -> RuntimeInfo | None:
-        """This node's overlayd settings, or None (no runtime file here, or ``''``).
-        A file named explicitly must exist; any file found must be valid."""
-        if not self._runtime:
-            self._runtime.append(self._load_runtime())
-        return self._runtime[0]
-
-    def _load_runtime(self) -> RuntimeInfo | None:
+        """This node's overlayd settings, or None (no runtime file here, or ``''``); read
+        once, when a command first needs it (after every option was parsed).  A file
+        named explicitly must exist; any file read must be valid."""
         path = DEFAULT_RUNTIME_FILE if self.runtime_path is None else self.runtime_path
         if not path:
             return None

@@ -34,7 +34,7 @@ def install_cni_cmd(ctx: click.Context, bin_dir: str, conf_dir: str, bridge: str
     On a node running overlayd, the dirs and subnet.env default to the ones it records
     (its runtime file), so a reinstall lands where overlayd and diagnose look."""
     obj = ctx.ensure_object(CLIContext)
-    rt = obj.runtime()
+    rt = obj.runtime
     if rt is not None:
         bin_dir = runtime_default(ctx, "bin_dir", bin_dir, rt.cni_bin_dir.split(":")[0])
         conf_dir = runtime_default(ctx, "conf_dir", conf_dir, rt.cni_conf_dir)

@@ -100,7 +100,7 @@ def diagnose(ctx: click.Context, cni_conf_dir: str, cni_bin_dir: str,
     from overlay.diagnose.state import DiagnoseOptions
 
     obj = ctx.ensure_object(CLIContext)
-    rt = obj.runtime()
+    rt = obj.runtime
 
     def pick(name: str, value: Any) -> Any:  # the option's name is the runtime field's
         return runtime_default(ctx, name, value, getattr(rt, name, None))
@@ -163,7 +163,7 @@ def trace(ctx: click.Context, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Add
     from overlay.diagnose.trace import trace_path
 
     obj = ctx.ensure_object(CLIContext)
-    rt = obj.runtime()
+    rt = obj.runtime
     vxlan_device = runtime_default(ctx, "vxlan_device", vxlan_device,
                                    getattr(rt, "vxlan_device", None))
     bridge = runtime_default(ctx, "bridge", bridge, getattr(rt, "bridge", None))

@@ -224,11 +224,13 @@ def check_daemon(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
 
 def _assumed(flag: str, path: str, what: str) -> str:
     """The start of a fix whose path diagnose only assumed: the default may itself be the
-    mistake (diagnose run on the host for a lab node, or overlayd/the runtime configured
-    elsewhere), so say so and how to point diagnose at the right place first."""
-    return (f"{path} is the default, assumed: if this node's {what} is elsewhere (a lab "
-            f"node's is under its node directory), point the checks at it with {flag} (and "
-            f"--subnet-file FILE); only if {path} is the right one: ")
+    mistake (no runtime file of overlayd read, diagnose run on the host for a lab node, or
+    overlayd/the runtime configured elsewhere), so say so and how to point diagnose at the
+    right place first."""
+    return (f"{path} is the default, assumed: if this node's {what} is elsewhere, point the "
+            f"checks at overlayd's runtime file with --runtime-file FILE (it names them all; "
+            f"a lab node's is under its node directory), or at this one with {flag}; only if "
+            f"{path} is the right one: ")
 
 
 def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str,
@@ -237,10 +239,7 @@ def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str
     name = "subnet-env"
     fix = f"restart overlayd on this node: it rewrites {path} from its lease"
     if assumed and node.subnet_env is None:
-        fix = (f"{path} is the default, assumed: if overlayd writes subnet.env elsewhere (its "
-               "--subnet-file; a lab node's is under its node directory), point the checks at it "
-               f"with --subnet-file FILE (and --cni-conf-dir DIR); only if {path} is the right "
-               "one: " + fix)
+        fix = _assumed("--subnet-file FILE", path, "subnet.env (overlayd's --subnet-file)") + fix
     if node.subnet_env is None:
         return CheckResult(name, FAIL, f"{path} present and valid",
                            node.subnet_env_error or "missing", fix)

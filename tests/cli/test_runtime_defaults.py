@@ -138,3 +138,19 @@ def test_install_cni_installs_where_overlayd_looks(runtime, tmp_path, monkeypatc
     assert json.loads(r.stdout)["plugin"] == str(tmp_path / "bin" / "overlay")
     conflist = json.loads((tmp_path / "conf" / "10-overlay.conflist").read_text())
     assert conflist["plugins"][0]["subnetFile"] == str(tmp_path / "subnet.env")
+
+
+def test_the_default_file_is_used_when_present_and_skipped_when_absent(seen, tmp_path,
+                                                                        monkeypatch):
+    import overlay.cli
+    monkeypatch.delenv("OVERLAYCTL_RUNTIME_FILE")
+    monkeypatch.setattr(overlay.cli, "DEFAULT_RUNTIME_FILE", str(tmp_path / "overlayd.json"))
+    assert run(["diagnose"]).exit_code == 0  # no overlayd on this machine: the defaults
+    plain = INFO.__class__(**{**INFO.__dict__, "etcd_cafile": None, "etcd_username": None,
+                              "etcd_password_file": None})
+    write_runtime_file(str(tmp_path / "overlayd.json"), plain)
+    r = run(["diagnose"])
+    assert r.exit_code == 0, r.output
+    (absent, _), (present, etcd) = seen
+    assert absent.subnet_file is None and present.subnet_file == INFO.subnet_file
+    assert etcd.endpoints[0].host == "192.168.1.1"

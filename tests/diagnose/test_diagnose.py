@@ -1126,7 +1126,7 @@ def test_cni_config_missing_in_the_default_dir_says_it_was_assumed_first():
     fix = only_failure(node, cluster, "cni-config").fix
     assert fix.startswith("/etc/cni/net.d is the default, assumed")
     install = fix.index("overlayctl install-cni --conf-dir /etc/cni/net.d")
-    assert fix.index("--cni-conf-dir DIR") < install and fix.index("--subnet-file") < install
+    assert fix.index("--cni-conf-dir DIR") < install and fix.index("--runtime-file FILE") < install
 
 
 def test_cni_config_missing_in_a_given_dir_proposes_the_install_alone():
@@ -1156,6 +1156,7 @@ def test_subnet_env_missing_at_an_assumed_path_says_how_to_point_at_the_right_on
     fix = only_failure(node, cluster, "subnet-env").fix
     assert fix.startswith(f"{node.subnet_file} is the default, assumed")
     assert fix.index("--subnet-file FILE") < fix.index("restart overlayd")
+    assert fix.index("--runtime-file FILE") < fix.index("restart overlayd")
     opts = st.DiagnoseOptions(subnet_file=node.subnet_file)
     assert only_failure(node, cluster, "subnet-env", opts).fix.startswith("restart overlayd")
 
