@@ -285,8 +285,9 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
     if opts.probe and f.bridge is not None and f.overlay_cni is not None:
-        node.pod_probes = probe_local_pods(node.reservations, opts.probe_count,
-                                           opts.probe_timeout)
+        # IPs outside this node's subnet are pod-ips' finding, not routed over the bridge
+        pods = [r for r in node.reservations if f.own_subnet is None or r.ip in f.own_subnet]
+        node.pod_probes = probe_local_pods(pods, opts.probe_count, opts.probe_timeout)
     if opts.probe and cluster.available and f.vxlan is not None:
         # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,

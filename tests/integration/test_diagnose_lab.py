@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pytest
@@ -176,6 +176,50 @@ def test_one_breakage_on_a_lab_node(lab, n1, what):
     assert rc == 1
     assert failed(report) == sorted([name] + (["peer-vteps"] if unreachable else []))
     assert fix in check(report, name)["fix"]
+
+
+def more_breakages(lab: Lab) -> dict[str, tuple[list[list[str]], list[list[str]], str, bool]]:
+    """The other checks' breakages: name -> (break, undo, failing check, overlayd frozen)."""
+    spec = lab.spec
+    env = spec.node_file("node1", "subnet.env")
+    plugin = os.path.join(spec.cni_bin_dir, "overlay")
+    stray = os.path.join(spec.node_file("node1", "ipam"), "overlay", "10.244.250.9")
+    etcdctl = ["ip", "netns", "exec", spec.underlay_ns, "etcdctl", "--endpoints",
+               spec.etcd_endpoint]
+    bogus = "/overlay/network/subnets/ovdg-not-a-subnet"
+    addr = ["ip", "-n", spec.node_ns("node1"), "addr"]
+    return {
+        # a frozen overlayd answers no /readyz: that alone fails
+        "daemon": ([], [], "daemon", True),
+        "subnet_env": ([["mv", env, env + ".ovdg"]], [["mv", env + ".ovdg", env]],
+                       "subnet-env", True),
+        "cni_binary": ([["mv", plugin, plugin + ".ovdg"]], [["mv", plugin + ".ovdg", plugin]],
+                       "cni-binary", False),
+        "pod_ips": ([["sh", "-c", f"printf 'ovdg0stray\\r\\neth0' > {stray}"]], [["rm", stray]],
+                    "pod-ips", False),
+        "rejected": ([etcdctl + ["put", bogus, "{}"]], [etcdctl + ["del", bogus]],
+                     "rejected-leases", False),
+        "cidr_overlap": ([addr + ["add", "10.244.255.254/32", "dev", "eth0"]],
+                         [addr + ["del", "10.244.255.254/32", "dev", "eth0"]],
+                         "cidr-overlap", False),
+    }
+
+
+@pytest.mark.parametrize("what", ["daemon", "subnet_env", "cni_binary", "pod_ips", "rejected",
+                                  "cidr_overlap"])
+def test_each_other_check_catches_its_breakage(lab, n1, what):
+    do, undo, name, freeze = more_breakages(lab)[what]
+    with n1.frozen() if freeze else nullcontext():
+        try:
+            for cmd in do:
+                sh(*cmd)
+            rc, report = n1.diagnose_frozen() if what != "daemon" and freeze else n1.diagnose()
+        finally:
+            for cmd in undo:
+                sh(*cmd)
+    assert rc == 1 and failed(report) == [name], {c["name"]: c["found"]
+                                                  for c in report["checks"]
+                                                  if c["status"] == "fail"}
 
 
 def test_a_pod_veth_down_fails_local_pods_alone(lab, n1):
