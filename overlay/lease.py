@@ -424,10 +424,20 @@ def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
     return _check_mac(a.vtep_mac, rules)
 
 
+def usable_public_ip(ip: IPv4Address) -> bool:
+    """The lease rule's test of a public IP, for the rules of other kinds (node records)."""
+    return not _unusable_ip(int(ip))
+
+
+def usable_mac(mac: str) -> bool:
+    """A normalized MAC that can be a VTEP's: unicast and not all zeros."""
+    return not (int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00")
+
+
 def _check_mac(mac: str | None, rules: LeaseRules) -> Verdict | None:
     if not mac:
         return None  # see NO_MAC
-    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+    if not usable_mac(mac):
         return Verdict(Reason.VTEP_MAC_UNUSABLE, f"VtepMAC {mac} is not a unicast, "
                        "non-zero MAC")
     if mac == rules.own_mac:

@@ -4,4 +4,5 @@ from overlay.cli import (
     config_cmds,  # noqa: F401
     diagnose_cmds,  # noqa: F401  (overlayctl diagnose, trace)
     lease_cmds,  # noqa: F401
+    node_cmds,  # noqa: F401  (overlayctl nodes, connectivity)
 )

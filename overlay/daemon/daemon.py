@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings
 from overlay.daemon.http import HealthServer, Metrics
+from overlay.daemon.nodestatus import NodeAgent, claim_node, node_agent_threads
 from overlay.daemon.runtime import publish_runtime
 from overlay.daemon.watchhealth import WatchHealth
 from overlay.errors import (
@@ -263,6 +264,7 @@ class Daemon:
         # only while the recorded schema is one this release knows (overlay.cluster.schema)
         self.store: ObjectStore | None = None
         self.schema: SchemaStatus | None = None
+        self.node_agent: NodeAgent | None = None  # heartbeat, record, health mesh
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
         self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
@@ -326,6 +328,8 @@ class Daemon:
             raise ConfigError(underlay_flag_message(e)) from e
         self.config, self.mtu = config, plane.mtu
         self.device, self.backend = plane.device, plane.backend
+        if self._open_cluster(raw_registry) is None:  # before a lease: a refused name takes none
+            return None
         self.reconciler = Reconciler(plane.backend, interval=self.s.reconcile_interval)
         self.manager = self._make_manager(registry, config, plane.attrs, ttl=self.s.lease_ttl,
                                           renew_margin=self.s.renew_margin,
@@ -336,8 +340,6 @@ class Daemon:
             return None
         self.masq = self._make_masquerade(config.network, lease.subnet, self.s.ip_masq)
         self._hold(lease)
-        if self._open_cluster(raw_registry) is None:
-            return None
         return lease
 
     def _open_cluster(self, raw_registry: Registry) -> bool | None:
@@ -354,6 +356,8 @@ class Daemon:
         if schema is None:
             return None
         self.store, self.schema = store, schema
+        if schema.writable:
+            self.node_agent = claim_node(self)  # NodeNameInUse: one line, exit 1
         return True
 
     def _cluster_threads(self) -> list[tuple[str, Callable[[], None]]]:
@@ -362,6 +366,7 @@ class Daemon:
         if self.store is None or self.schema is None or not self.schema.writable:
             return []
         threads: list[tuple[str, Callable[[], None]]] = []
+        threads += node_agent_threads(self)
         return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:

@@ -36,6 +36,7 @@ from overlay.util.version import version_line
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
 DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
+DEFAULT_HEARTBEAT_PERIOD, DEFAULT_PROBE_INTERVAL = 5.0, 10.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masquerade pod traffic leaving the pod network (nftables)")
     n.add_argument("--reconcile-interval", type=float, default=10.0,
                    help="seconds between periodic reconciles (default %(default)s)")
+    n.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD,
+                   help="seconds between heartbeat keepalives; the heartbeat's etcd lease "
+                   "lasts two periods, so a dead node is NotReady within two (default "
+                   "%(default)s)")
+    n.add_argument("--probe-interval", type=float, default=DEFAULT_PROBE_INTERVAL,
+                   help="seconds between health-mesh probes of every peer (default "
+                   "%(default)s)")
     s = p.add_argument_group("services")
     s.add_argument("--healthz-addr", default="",
                    help="HOST:PORT for /healthz, /readyz, /metrics (default: off)")
@@ -160,6 +168,8 @@ class Settings:
     watch_lag_limit: float = DEFAULT_MAX_LAG
     node_name: str = ""
     runtime_file: str = DEFAULT_RUNTIME_FILE
+    heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
     cni_conf_dir: str = DEFAULT_CONF_DIR
     cni_bin_dir: str = DEFAULT_BIN_DIR
 
@@ -208,6 +218,10 @@ def parse_settings(argv: Sequence[str] | None = None,
         raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
     if not 0.2 <= a.watch_lag_limit <= 86400:  # NaN fails this too
         raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
+    for flag, value in (("--heartbeat-period", a.heartbeat_period),
+                        ("--probe-interval", a.probe_interval)):
+        if not 0.5 <= value <= 3600:  # NaN fails this too
+            raise ConfigError(f"{flag} {value}: must be 0.5..3600 seconds")
     problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
     if problem:
         raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "
@@ -227,4 +241,5 @@ def parse_settings(argv: Sequence[str] | None = None,
     return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
-                    node_name, a.runtime_file, a.cni_conf_dir, a.cni_bin_dir)
+                    node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
+                    a.cni_conf_dir, a.cni_bin_dir)

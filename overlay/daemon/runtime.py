@@ -26,7 +26,7 @@ def runtime_info(s: Settings, vxlan_device: str | None = None,
                  public_ip: IPv4Address | None = None) -> RuntimeInfo:
     e = s.etcd
     return RuntimeInfo(
-        version=package_version(), pid=os.getpid(), node_name=s.node_name,
+        version=package_version() or "unknown", pid=os.getpid(), node_name=s.node_name,
         etcd_endpoints=tuple(str(ep) for ep in e.endpoints), etcd_prefix=e.prefix,
         subnet_file=os.path.abspath(s.subnet_file), cni_conf_dir=os.path.abspath(s.cni_conf_dir),
         cni_bin_dir=":".join(os.path.abspath(d) for d in s.cni_bin_dir.split(":") if d),

@@ -37,3 +37,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
     # Not strict: a row longer than the headers is cut, as it always was.
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
                      for r in lines)
+
+
+def age(seconds: float) -> str:
+    """kubectl's AGE: ``42s``, ``5m10s`` under 10 minutes, ``3h``, ``2d4h``, ``12d``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60}s" if s % 60 else f"{s // 60}m"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h"
+    days, hours = divmod(s // 3600, 24)
+    return f"{days}d{hours}h" if days < 10 and hours else f"{days}d"

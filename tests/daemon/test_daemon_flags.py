@@ -100,3 +100,16 @@ def test_console_script_one_line_nonzero(args, message):
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+
+
+def test_heartbeat_period_and_probe_interval():
+    s = parse_settings([])
+    assert (s.heartbeat_period, s.probe_interval) == (5.0, 10.0)
+    s = parse_settings(["--heartbeat-period", "1", "--probe-interval", "2.5"])
+    assert (s.heartbeat_period, s.probe_interval) == (1.0, 2.5)
+    s = parse_settings([], environ={"OVERLAYD_HEARTBEAT_PERIOD": "2"})
+    assert s.heartbeat_period == 2.0
+    for flag, bad in (("--heartbeat-period", "0"), ("--probe-interval", "nan"),
+                      ("--probe-interval", "4000")):
+        with pytest.raises(ConfigError, match=flag):
+            parse_settings([flag, bad])

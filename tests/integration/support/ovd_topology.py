@@ -114,7 +114,9 @@ class Node:
                 "--runtime-file", os.path.join(self.dir, "overlayd.json"),
                 "--healthz-addr", "127.0.0.1:10256", "--cni-socket", "",
                 "--lease-ttl", "60", "--lease-renew-margin", "20",
-                "--reconcile-interval", "2", *self.extra_args, *extra]
+                "--reconcile-interval", "2",
+                # the namespaces share the host's name: each node claims its own
+                "--node-name", f"n{self.index}", *self.extra_args, *extra]
         log = open(self.log_path, "ab")  # noqa: SIM115 (a child's log: open while the child runs)
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      start_new_session=True)

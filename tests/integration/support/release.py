@@ -17,10 +17,11 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 # v0.1.0: the code from before the cluster objects (nodes/, pods/, schema): it reads
-# only subnets/ and knows none of --node-name, --runtime-file, --cni-conf-dir/--cni-bin-dir.
+# only subnets/ and knows none of the lab's flags added since (node name, heartbeats and
+# health mesh, runtime file, CNI dirs).
 V0_1_0 = "7e0936c80304999ca4e75870d27d564d50bf9d4f"
 V0_1_0_UNKNOWN_FLAGS = frozenset({"--node-name", "--runtime-file", "--cni-conf-dir",
-                                  "--cni-bin-dir"})
+                                  "--cni-bin-dir", "--heartbeat-period", "--probe-interval"})
 
 
 def release_dir(commit: str) -> str:

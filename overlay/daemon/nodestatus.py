@@ -1,0 +1,278 @@
+"""overlayd's node agent: this node's heartbeat, its status record and the health mesh.
+
+Two supervised threads (``Daemon._cluster_threads``):
+
+* ``heartbeat``: ``<prefix>/heartbeats/<node>`` on an etcd lease of two heartbeat periods,
+  refreshed by keepalive every period (no writes), so a node that dies uncleanly is
+  NotReady within two periods.  The record ``<prefix>/nodes/<node>`` is rewritten only
+  when its content changes (readiness, reason, mesh summary, public IP, MAC, version):
+  at 1000 nodes the steady cost is keepalives, not writes (Kubernetes' node Lease).  On
+  a clean stop the record says NotReady ("overlayd stopped") and the lease is revoked.
+* ``mesh``: every probe interval, every peer's VTEP address is probed at once with
+  diagnose's DF probe at the full overlay MTU (``overlay.diagnose.gather.probe_peers``),
+  the kernel's neighbour/FDB entries are compared with the leases, and the summary
+  (``overlay.cluster.mesh``) goes into the record when it changed.
+
+Before either starts, the name is claimed: a live heartbeat of another node (another
+public IP or VTEP MAC) under our name refuses the start with one line (overlayd exits 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from overlay.cluster.keys import heartbeat_key, node_key
+from overlay.cluster.mesh import MeshSummary, PeerCheck, kernel_vtep_problem, summarize
+from overlay.cluster.nodes import MAX_TEXT, NodeRecord, decode_node
+from overlay.cluster.nodestore import NodeNameInUse
+from overlay.errors import OverlayError
+from overlay.lease import Lease
+from overlay.util.version import package_version
+from overlay.vxlan.entries import Entries, Entry
+
+if TYPE_CHECKING:
+    from overlay.cluster.store import ObjectStore
+    from overlay.daemon.daemon import Daemon
+    from overlay.diagnose.state import ProbeResult
+
+log = logging.getLogger(__name__)
+
+PROBE_COUNT, PROBE_TIMEOUT = 2, 1.0  # echoes per peer per round; seconds to wait for them
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells this node apart from another claiming its name."""
+
+    public_ip: IPv4Address
+    vtep_mac: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"public_ip": str(self.public_ip), "vtep_mac": self.vtep_mac}).encode()
+
+
+def holder_of(heartbeat: bytes, record: bytes | None, name: str) -> Identity | None:
+    """Who a live heartbeat belongs to: its own value, else the record's; None if neither
+    can be read (then the name is taken over: nobody we could tell apart holds it)."""
+    try:
+        obj = json.loads(heartbeat)
+        return Identity(IPv4Address(obj["public_ip"]), str(obj["vtep_mac"]))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        pass
+    if record is None:
+        return None
+    try:
+        rec = decode_node(name, record)
+    except ValueError:
+        return None
+    return Identity(rec.public_ip, rec.vtep_mac)
+
+
+@dataclass
+class AgentMetrics:
+    record_writes: Counter
+    heartbeat_grants: Counter
+    peers_broken: Gauge
+    probe_rounds: Counter
+
+    @classmethod
+    def on(cls, r: CollectorRegistry) -> AgentMetrics:
+        return cls(
+            Counter("overlay_node_record_writes", "Writes of this node's status record "
+                    "(only when its content changed)", registry=r),
+            Counter("overlay_node_heartbeat_grants", "etcd leases granted for the heartbeat "
+                    "(1 at start; more after an etcd outage longer than its TTL)", registry=r),
+            Gauge("overlay_mesh_peers_broken", "Peers the last probe round found broken",
+                  registry=r),
+            Counter("overlay_mesh_probe_rounds", "Health-mesh probe rounds", registry=r))
+
+
+Prober = Callable[[list[Lease], int, int, float], "list[ProbeResult]"]
+
+
+class NodeAgent:
+    """The heartbeat, the record and the mesh of one node.  ``record_of`` gives the record
+    as the daemon stands now (without the mesh summary, which this agent adds)."""
+
+    def __init__(self, store: ObjectStore, name: str, identity: Identity,
+                 record_of: Callable[[], NodeRecord | None], stop: threading.Event,
+                 metrics: AgentMetrics, period: float, probe_interval: float):
+        self.store, self.name, self.identity = store, name, identity
+        self.record_of, self.stop, self.metrics = record_of, stop, metrics
+        self.period, self.probe_interval = period, probe_interval
+        self.ttl = max(1, round(2 * period))
+        self.hb_key, self.key = heartbeat_key(store.prefix, name), node_key(store.prefix, name)
+        self.mesh: MeshSummary | None = None
+        self.lease_id = 0
+        self._written: NodeRecord | None = None
+        self._lock = threading.Lock()  # one record write at a time (both threads write)
+        self._changed = threading.Event()  # the mesh summary changed: write soon
+
+    # -- the name ---------------------------------------------------------------------
+    def claim(self) -> None:
+        """Take the name, or raise NodeNameInUse when another live node holds it."""
+        lease = self.store.grant(self.ttl)
+        self.metrics.heartbeat_grants.inc()
+        created, held = self.store.create(self.hb_key, self.identity.encode(), lease)
+        if not created and held is not None:
+            record = self.store.get(self.key)
+            holder = holder_of(held.value, record.value if record else None, self.name)
+            if holder is not None and holder != self.identity:
+                self.store.revoke(lease)
+                raise NodeNameInUse(
+                    f"node name {self.name!r} is in use by {holder.public_ip} (VTEP MAC "
+                    f"{holder.vtep_mac}), whose heartbeat is alive; give this node another "
+                    f"--node-name (a heartbeat of a node that died expires within {self.ttl}s)")
+            log.info("node name %s: taking over our own previous heartbeat", self.name)
+            self.store.put(self.hb_key, self.identity.encode(), lease)
+        self.lease_id = lease
+        log.info("node %s: heartbeat %s on a %ds etcd lease", self.name, self.hb_key, self.ttl)
+
+    # -- heartbeat thread ------------------------------------------------------------
+    def run_heartbeat(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._beat()
+                self.sync()
+            except OverlayError as e:  # etcd away: keep trying; the heartbeat may lapse
+                log.warning("node %s: heartbeat: %s", self.name, e)
+            self._changed.wait(self.period)
+            self._changed.clear()
+        self._say_stopped()
+
+    def _beat(self) -> None:
+        if self.lease_id and self.store.keepalive(self.lease_id) > 0:
+            return
+        if self.lease_id:
+            log.warning("node %s: heartbeat lease %x expired (etcd unreachable for %ds?); "
+                        "granting a new one", self.name, self.lease_id, self.ttl)
+        lease = self.store.grant(self.ttl)
+        self.metrics.heartbeat_grants.inc()
+        self.store.put(self.hb_key, self.identity.encode(), lease)
+        self.lease_id = lease
+
+    def sync(self) -> bool:
+        """Write the record if its content changed since the last write; True if written."""
+        with self._lock:
+            record = self.record_of()
+            if record is None:
+                return False
+            record = replace(record, mesh=self.mesh)
+            if record == self._written:
+                return False
+            self._write(record)
+            return True
+
+    def _write(self, record: NodeRecord) -> None:
+        value = record.encode()
+        held = self.store.get(self.key)
+        if held is None:
+            ok, _ = self.store.create(self.key, value)
+        else:
+            ok = self.store.replace(self.key, value, held.mod_revision)
+        if not ok:  # written meanwhile (a `nodes delete --force`?): next round again
+            return
+        self.metrics.record_writes.inc()
+        before = self._written
+        self._written = record
+        if before is None or before.ready != record.ready or before.reason != record.reason:
+            log.info("node %s: record written: %s%s", self.name,
+                     "Ready" if record.ready else "NotReady",
+                     f" ({record.reason})" if record.reason else "")
+
+    def _say_stopped(self) -> None:
+        """Clean stop: the record says why it is NotReady, the heartbeat goes at once."""
+        try:
+            with self._lock:
+                if self._written is not None:
+                    self._write(replace(self._written, ready=False, reason="overlayd stopped"))
+            if self.lease_id:
+                self.store.revoke(self.lease_id)
+                log.info("node %s: heartbeat revoked", self.name)
+        except OverlayError as e:
+            log.warning("node %s: recording the stop: %s", self.name, e)
+
+    # -- mesh thread -----------------------------------------------------------------
+    def run_mesh(self, peers: Callable[[], list[Lease]], want: Callable[[Lease], list[Entry]],
+                 kernel: Callable[[], Entries], mtu: int, probe: Prober) -> None:
+        # Rounds start on a fixed cadence (a round's own time is not added to the wait),
+        # so a pair broken just after a round starts is published within two intervals.
+        next_round = time.monotonic() + self.probe_interval
+        while not self.stop.wait(max(0.0, next_round - time.monotonic())):
+            next_round = max(next_round + self.probe_interval, time.monotonic())
+            remotes = peers()
+            results = probe(remotes, mtu, PROBE_COUNT, PROBE_TIMEOUT)
+            have = kernel()
+            checks = [PeerCheck(lease.subnet, lease.attrs.public_ip, r.size, r.received > 0,
+                                None if r.small_received is None else r.small_received > 0,
+                                r.error, kernel_vtep_problem(want(lease), have))
+                      for lease, r in zip(remotes, results, strict=True)]
+            summary = summarize(checks, self.mesh, datetime.now(UTC))
+            self.metrics.probe_rounds.inc()
+            self.metrics.peers_broken.set(summary.peers_total - summary.peers_reachable)
+            if summary is not self.mesh:
+                self._note_change(self.mesh, summary)
+                self.mesh = summary
+                self._changed.set()
+
+    def _note_change(self, old: MeshSummary | None, new: MeshSummary) -> None:
+        before = {b.subnet: b.cause for b in old.broken} if old else {}
+        after = {b.subnet: b.cause for b in new.broken}
+        for subnet in sorted(set(before) | set(after)):
+            if before.get(subnet) != after.get(subnet):
+                log.info("mesh: peer %s %s", subnet, f"broken ({after[subnet]})"
+                         if subnet in after else "reachable again")
+        log.info("mesh: %d/%d peers reachable", new.peers_reachable, new.peers_total)
+
+
+# ---- wiring ------------------------------------------------------------------------
+
+def _record_of(d: Daemon, started: datetime) -> Callable[[], NodeRecord | None]:
+    def record() -> NodeRecord | None:
+        lease = d.manager.current if d.manager else None
+        if lease is None or d.plane is None or not d.plane.attrs.vtep_mac:
+            return None
+        missing = d.readiness()
+        return NodeRecord(d.s.node_name, d.plane.attrs.public_ip, lease.subnet,
+                          d.plane.attrs.vtep_mac, package_version() or "unknown", started,
+                          not missing, "; ".join(missing)[:MAX_TEXT],
+                          max(1, round(2 * d.s.heartbeat_period)), d.s.probe_interval)
+    return record
+
+
+def claim_node(d: Daemon) -> NodeAgent:
+    """This node's agent, once it holds the node name (NodeNameInUse: overlayd exits 1).
+    Called before a subnet lease is taken, so a refused node takes none."""
+    assert d.store is not None and d.plane is not None, "the store and data plane come first"
+    attrs = d.plane.attrs
+    assert attrs.vtep_mac, "the data plane's set-up gives the VTEP MAC"
+    agent = NodeAgent(d.store, d.s.node_name, Identity(attrs.public_ip, attrs.vtep_mac),
+                      _record_of(d, datetime.now(UTC)), d.stop,
+                      AgentMetrics.on(d.metrics.registry), d.s.heartbeat_period,
+                      d.s.probe_interval)
+    agent.claim()
+    return agent
+
+
+def node_agent_threads(d: Daemon) -> list[tuple[str, Callable[[], None]]]:
+    """The claimed agent's two threads (none when the cluster objects are off)."""
+    from overlay.diagnose.gather import probe_peers  # diagnose's probe; ~30 ms of import
+    agent, plane, backend = d.node_agent, d.plane, d.backend
+    if agent is None:
+        return []
+    assert plane is not None and backend is not None, "bring_up() set the data plane"
+    device = plane.device
+    return [("heartbeat", agent.run_heartbeat),
+            ("mesh", lambda: agent.run_mesh(lambda: list(backend.leases.values()),
+                                            backend.entries_for, device.dump, d.mtu,
+                                            probe_peers))]
