@@ -70,6 +70,13 @@ def all_pods_reach_each_other(lab: Lab) -> dict[tuple[str, str], bool]:
     return {pair: ok for pair, ok in reachability(pods).items() if not ok}
 
 
+def overlayctl_on(lab: Lab, node: str, *args: str) -> subprocess.CompletedProcess:
+    """overlayctl on a node with no flags (its runtime file), as `overlay-lab exec` runs it."""
+    env = lab.exec_env(lab.spec.node_ns(node), os.environ)
+    return subprocess.run(in_netns(lab.spec.node_ns(node), ["overlayctl", *args]),
+                          capture_output=True, text=True, env=env, timeout=30)
+
+
 def node_log_since_start(lab: Lab, node: str) -> str:
     """The node's overlayd log since its latest start (the lab writes a '---' line)."""
     with open(lab.daemon_log(node), encoding="utf-8", errors="replace") as f:
@@ -101,28 +108,39 @@ def test_new_nodes_program_the_old_nodes_lease(lab):
         assert sorted(found) == sorted([f"route {old_subnet}", f"neigh {net}",
                                         f"fdb {old_mac}", f"fdb dst {old_ip}"]), found
     # and overlayctl on a new node, with no flags (its runtime file), lists it
-    env = lab.exec_env(lab.spec.node_ns("node2"), os.environ)
-    p = subprocess.run(in_netns(lab.spec.node_ns("node2"), ["overlayctl", "-o", "json",
-                                                            "leases", "list"]),
-                       capture_output=True, text=True, env=env, timeout=30)
+    p = overlayctl_on(lab, "node2", "-o", "json", "leases", "list")
     assert p.returncode == 0, p.stderr
     leases = {lease["subnet"]: lease for lease in json.loads(p.stdout)}
     assert leases[old_subnet]["public_ip"] == old_ip
 
 
+def test_new_nodes_count_the_old_node_in_their_health_mesh(lab):
+    def mesh_whole() -> bool:
+        p = overlayctl_on(lab, "node2", "-o", "json", "nodes")
+        got = {n["name"]: n for n in json.loads(p.stdout)} if p.returncode == 0 else {}
+        return all(n in got and got[n]["status"] == "Ready"
+                   and (got[n]["peers_reachable"], got[n]["peers_total"]) == (2, 2)
+                   for n in NEW)
+    assert poll(mesh_whole, 15, interval=0.5) is not None
+
+
 def test_new_nodes_objects_do_not_disturb_the_old_node(lab):
-    """The objects this release's nodes keep (schema, nodes/, heartbeats/, pods/), written
-    and rewritten: the old node, watching subnets/ only, never hears of them."""
+    """The objects this release's nodes keep (schema, nodes/, heartbeats/; pods/ written
+    here as the pod registry lays them out), written and rewritten: the old node, watching
+    subnets/ only, never hears of them."""
     assert json.loads(etcdctl(lab, "get", schema_key(ETCD_KEY_PREFIX), "--print-value-only")
                       ) == {"version": SCHEMA_VERSION}  # recorded by the new nodes
+    for node in NEW:  # kept by the new nodes themselves
+        assert etcdctl(lab, "get", node_key(ETCD_KEY_PREFIX, node), "--keys-only").strip()
+        assert etcdctl(lab, "get", heartbeat_key(ETCD_KEY_PREFIX, node), "--keys-only").strip()
+    assert not etcdctl(lab, "get", node_key(ETCD_KEY_PREFIX, OLD), "--keys-only").strip()
     before = node_log_since_start(lab, OLD)
     for node in NEW:
         for round_ in range(3):
-            record = json.dumps({"name": node, "round": round_})
-            etcdctl(lab, "put", node_key(ETCD_KEY_PREFIX, node), record)
-            etcdctl(lab, "put", heartbeat_key(ETCD_KEY_PREFIX, node), record)
+            record = json.dumps({"namespace": "default", "name": f"pod-{node}-x",
+                                 "node": node, "round": round_})
             etcdctl(lab, "put", pod_key(ETCD_KEY_PREFIX, "default", f"pod-{node}-x"), record)
-    etcdctl(lab, "del", pod_key(ETCD_KEY_PREFIX, "default", "pod-node2-x"))
+        etcdctl(lab, "del", pod_key(ETCD_KEY_PREFIX, "default", f"pod-{node}-x"))
     assert poll(lambda: lab.ready(OLD), 5) is not None
     added = node_log_since_start(lab, OLD)[len(before):]
     noisy = [line for line in added.splitlines()
