@@ -16,8 +16,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from overlay.cluster.keys import dns_subdomain_problem
-from overlay.cni.netconf import DEFAULT_DATA_DIR as DEFAULT_CNI_DATA_DIR
 from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from overlay.cni.netconf import DEFAULT_DATA_DIR as DEFAULT_CNI_DATA_DIR
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
 from overlay.errors import ConfigError
