@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 # health mesh, runtime file, CNI dirs).
 V0_1_0 = "7e0936c80304999ca4e75870d27d564d50bf9d4f"
 V0_1_0_UNKNOWN_FLAGS = frozenset({"--node-name", "--runtime-file", "--cni-conf-dir",
-                                  "--cni-bin-dir", "--heartbeat-period", "--probe-interval"})
+                                  "--cni-bin-dir", "--cni-data-dir", "--heartbeat-period",
+                                  "--probe-interval"})
 
 
 def release_dir(commit: str) -> str:
