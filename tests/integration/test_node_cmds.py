@@ -23,9 +23,6 @@ from overlay.subnet.registry import EtcdRegistry
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
 @pytest.fixture
 def store(etcd_server):
     reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
@@ -54,11 +51,12 @@ def mac(i: int) -> str:
 
 
 def record(i: int, broken: tuple[int, ...] = (), ready: bool = True) -> NodeRecord:
+    now = datetime.now(UTC).replace(microsecond=0)  # per record: AGE is checked against it
     checks = [PeerCheck(net(t), IPv4Address(f"192.168.1.{10 + t}"), 1422, t not in broken,
                         False) for t in (1, 2, 3) if t != i]
     return NodeRecord(f"node{i}", IPv4Address(f"192.168.1.{10 + i}"), net(i), mac(i), "0.1.0",
-                      NOW - timedelta(minutes=3), ready, "" if ready else "overlayd stopped",
-                      10, 10.0, summarize(checks, None, NOW - timedelta(seconds=30)))
+                      now - timedelta(minutes=3), ready, "" if ready else "overlayd stopped",
+                      10, 10.0, summarize(checks, None, now - timedelta(seconds=30)))
 
 
 def publish(store: ObjectStore, rec: NodeRecord, alive: bool = True) -> None:
