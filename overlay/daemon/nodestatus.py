@@ -154,12 +154,15 @@ class NodeAgent:
         if self.lease_id and self.store.keepalive(self.lease_id) > 0:
             return
         if self.lease_id:
-            log.warning("node %s: heartbeat lease %x expired (etcd unreachable for %ds?); "
-                        "granting a new one", self.name, self.lease_id, self.ttl)
+            log.warning("node %s: heartbeat lease %x is gone (etcd unreachable for %ds, or "
+                        "the node was deleted); registering again", self.name, self.lease_id,
+                        self.ttl)
         lease = self.store.grant(self.ttl)
         self.metrics.heartbeat_grants.inc()
         self.store.put(self.hb_key, self.identity.encode(), lease)
         self.lease_id = lease
+        with self._lock:
+            self._written = None  # the record may be gone too (`nodes delete --force`)
 
     def sync(self) -> bool:
         """Write the record if its content changed since the last write; True if written."""

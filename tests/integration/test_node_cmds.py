@@ -103,9 +103,13 @@ def test_delete_refuses_a_live_node_then_force_and_dead_ones(store, ctl):
     r = ctl("nodes", "delete", "node1")
     assert r.exit_code == 1 and "is alive" in r.output and "--force" in r.output
     assert store.get(node_key(store.prefix, "node1")) is not None
-    assert ctl("nodes", "delete", "node1", "--force").exit_code == 0
+    hb = store.get(heartbeat_key(store.prefix, "node1"))
+    assert hb is not None and hb.lease
+    r = ctl("nodes", "delete", "node1", "--force")
+    assert r.exit_code == 0 and "node node1 deleted (2 keys)" in r.output
     assert store.get(node_key(store.prefix, "node1")) is None
     assert store.get(heartbeat_key(store.prefix, "node1")) is None
+    assert store.keepalive(hb.lease) == 0  # revoked: a running overlayd would notice
     r = ctl("nodes", "delete", "node2")
     assert r.exit_code == 0 and "node node2 deleted (1 key)" in r.output
     r = ctl("nodes", "delete", "node2")
