@@ -27,7 +27,8 @@ from ipaddress import IPv4Address, IPv4Network
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pyroute2.netns import create_socket, setns  # noqa: E402
+from bench_rss import in_netns  # noqa: E402  (a sibling: bench/ is on sys.path)
+from pyroute2.netns import create_socket  # noqa: E402
 
 from overlay.lease import LeaseAttrs  # noqa: E402
 from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
@@ -75,6 +76,46 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
+def wait_routes(socks: dict[str, socket.socket], subnet: IPv4Network, t0: float,
+                timeout: float = 5.0) -> dict[str, float]:
+    """Seconds from ``t0`` until ``subnet``'s route was announced in each namespace."""
+    seen: dict[str, float] = {}
+    deadline = t0 + timeout
+    while len(seen) < len(socks) and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(socks.values()), [], [], 0.5)
+        now = time.monotonic()
+        for ns, s in socks.items():
+            if s not in ready:
+                continue
+            while True:
+                try:
+                    data = s.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                if subnet in new_route_dsts(data) and ns not in seen:
+                    seen[ns] = now - t0
+    return seen
+
+
+def measure_puts(reg: EtcdRegistry, socks: dict[str, socket.socket], count: int,
+                 gap: float) -> dict[str, list[float]]:
+    """Put ``count`` new leases one by one (then delete them): per namespace, the
+    latency of each put to its route there."""
+    lat: dict[str, list[float]] = {ns: [] for ns in socks}
+    for i in range(count):
+        subnet = subnet_for(i)
+        attrs = LeaseAttrs(IPv4Address("192.168.1.200"), "vxlan", 1,
+                           f"0e:be:00:00:{i // 256:02x}:{i % 256:02x}")
+        t0 = time.monotonic()
+        reg.create_lease(subnet, attrs, None)
+        for ns, v in wait_routes(socks, subnet, t0).items():
+            lat[ns].append(v)
+        time.sleep(gap)
+    for i in range(count):
+        reg.delete_lease(subnet_for(i))
+    return lat
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--leases", type=int, default=100)
@@ -92,41 +133,11 @@ def main() -> int:
         for n in topo.nodes:
             n.wait_ready()
         socks = {n.ns: route_socket(n.ns) for n in topo.nodes}
-        lat = {ns: [] for ns in socks}
-        mine = os.open("/proc/self/ns/net", os.O_RDONLY)
-        setns(f"/var/run/netns/{topo.underlay}", flags=0)
-        try:
+        with in_netns(topo.underlay):
             reg = EtcdRegistry(make_etcd_options(topo.etcd.endpoint))
             reg.get_config()  # connect before timing
-            for i in range(a.leases):
-                subnet = subnet_for(i)
-                attrs = LeaseAttrs(IPv4Address("192.168.1.200"), "vxlan", 1,
-                                   f"0e:be:00:00:{i // 256:02x}:{i % 256:02x}")
-                t0 = time.monotonic()
-                reg.create_lease(subnet, attrs, None)
-                seen: dict[str, float] = {}
-                deadline = t0 + 5
-                while len(seen) < len(socks) and time.monotonic() < deadline:
-                    ready, _, _ = select.select(list(socks.values()), [], [], 0.5)
-                    now = time.monotonic()
-                    for ns, s in socks.items():
-                        if s in ready:
-                            while True:
-                                try:
-                                    data = s.recv(1 << 20)
-                                except BlockingIOError:
-                                    break
-                                if subnet in new_route_dsts(data) and ns not in seen:
-                                    seen[ns] = now - t0
-                for ns, v in seen.items():
-                    lat[ns].append(v)
-                time.sleep(a.gap)
-            for i in range(a.leases):
-                reg.delete_lease(subnet_for(i))
+            lat = measure_puts(reg, socks, a.leases, a.gap)
             reg.close()
-        finally:
-            setns(mine, flags=0)
-            os.close(mine)
     finally:
         topo.cleanup()
     allv = [v for vs in lat.values() for v in vs]

@@ -98,7 +98,7 @@ def run_anchor(ns: str, leases: list[Lease], tmp: str) -> float:
     return time.perf_counter() - t0
 
 
-def _device(ns: str) -> VXLANDevice:
+def open_device(ns: str) -> VXLANDevice:
     nl = open_netlink(ns)
     try:
         u = find_underlay(nl, "eth0", None)
@@ -112,7 +112,7 @@ def _device(ns: str) -> VXLANDevice:
 
 
 def run_overlay(ns: str, leases: list[Lease]) -> float:
-    dev = _device(ns)  # opening the namespace's sockets is not what is measured
+    dev = open_device(ns)  # opening the namespace's sockets is not what is measured
     backend = VXLANBackend(dev, BackendSettings(1, IPv4Address("192.168.1.11"),
                                                 IPv4Interface("192.168.1.11/16")))
     try:

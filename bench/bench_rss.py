@@ -12,11 +12,13 @@ of the overlayd process, from /proc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,20 +40,30 @@ def status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def put_leases(topo: Topology, n: int) -> None:
+def lease_for(i: int) -> tuple[IPv4Network, LeaseAttrs]:
+    """The i-th synthetic remote (i < 64000): a /24 of 10.0.0.0/8, a public IP, a MAC.
+    From 10.2.0.0 on: bench_program's namespace holds 10.1.1.0."""
+    return (IPv4Network(f"10.{2 + i // 256}.{i % 256}.0/24"),
+            LeaseAttrs(IPv4Address("172.16.0.0") + i + 1, "vxlan", 1,
+                       f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"))
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """This thread inside namespace ``ns`` (where the topology's etcd listens), then back."""
     mine = os.open("/proc/self/ns/net", os.O_RDONLY)
-    setns(f"/var/run/netns/{topo.underlay}", flags=0)
+    setns(f"/var/run/netns/{ns}", flags=0)
     try:
-        reg = EtcdRegistry(make_etcd_options(topo.etcd.endpoint))
-        for i in range(n):
-            subnet = IPv4Network(f"10.{1 + i // 256}.{i % 256}.0/24")
-            reg.create_lease(subnet, LeaseAttrs(IPv4Address("172.16.0.0") + i + 1, "vxlan", 1,
-                                                f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"),
-                             None)
-        reg.close()
+        yield
     finally:
         setns(mine, flags=0)
         os.close(mine)
+
+
+def put_leases(reg: EtcdRegistry, start: int, stop: int) -> None:
+    """Remotes ``start`` .. ``stop - 1`` as reservations (no etcd lease: a quicker put)."""
+    for i in range(start, stop):
+        reg.create_lease(*lease_for(i), None)
 
 
 def main() -> int:
@@ -63,7 +75,10 @@ def main() -> int:
     topo = Topology(1).setup({"Network": "10.0.0.0/8", "SubnetLen": 24,
                               "Backend": {"Type": "vxlan", "VNI": 1}})
     try:
-        put_leases(topo, a.leases)
+        with in_netns(topo.underlay):
+            reg = EtcdRegistry(make_etcd_options(topo.etcd.endpoint))
+            put_leases(reg, 0, a.leases)
+            reg.close()
         node = topo.nodes[0]
         # the default setup: the warm CNI server runs inside overlayd too
         node.start("--reconcile-interval", "1", "--cni-socket",

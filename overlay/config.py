@@ -29,16 +29,6 @@ DEFAULT_PORT = 8472
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
-def parse_bool(text: str) -> bool | None:
-    """true/false as flags, env vars and subnet.env spell them; None if neither."""
-    v = text.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off", ""):
-        return False
-    return None
-
-
 @dataclass(frozen=True)
 class BackendConfig:
     type: str = "vxlan"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -97,7 +98,7 @@ def normalize_mac(mac: str) -> str:
     return m
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a node publishes about itself in its lease."""
 
@@ -163,7 +164,8 @@ class LeaseAttrs:
             raise TypeError(f"VtepMAC must be a string, got {type(mac).__name__}")
         return cls(
             public_ip=IPv4Address(ip),
-            backend_type=btype,
+            # one "vxlan" for thousands of leases, not a copy per decoded value
+            backend_type=sys.intern(btype),
             vni=vni,
             vtep_mac=normalize_mac(mac) if mac else None,
             extra=tuple(sorted(data.items())),
@@ -176,7 +178,7 @@ def _preview(raw: str | bytes, limit: int = 80) -> str:
     return text + ("..." if len(raw) > limit else "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A subnet held by a node (or reserved for one)."""
 
@@ -208,7 +210,7 @@ class EventType(enum.Enum):
     REMOVED = "removed"  # deleted or expired
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseEvent:
     type: EventType
     lease: Lease  # for REMOVED only ``subnet`` is meaningful

@@ -10,18 +10,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
+from typing import NamedTuple
 
-from overlay.config import parse_bool
 from overlay.errors import SubnetEnvError
+from overlay.util.boolean import parse_bool
 from overlay.util.fsutil import atomic_write
 
 DEFAULT_SUBNET_FILE = "/run/overlay/subnet.env"
 
 
-@dataclass(frozen=True)
-class SubnetEnv:
+class SubnetEnv(NamedTuple):
     network: IPv4Network
     subnet: IPv4Interface  # the gateway address with the subnet's prefix, e.g. 10.244.1.1/24
     mtu: int

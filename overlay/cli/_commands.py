@@ -5,4 +5,6 @@ from overlay.cli import (
     diagnose_cmds,  # noqa: F401  (overlayctl diagnose, trace)
     lease_cmds,  # noqa: F401
     node_cmds,  # noqa: F401  (overlayctl nodes, connectivity)
+    pod_cmds,  # noqa: F401  (overlayctl pods, pods label)
+    policy_cmds,  # noqa: F401  (overlayctl policy, namespaces)
 )

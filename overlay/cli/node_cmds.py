@@ -115,13 +115,14 @@ def _list(obj: CLIContext) -> None:
 @click.option("--force", is_flag=True, help="Delete even while its heartbeat is alive.")
 @click.pass_obj
 def nodes_delete(obj: CLIContext, name: str, force: bool) -> None:
-    """Delete node NAME's record and heartbeat (a node gone for good)."""
+    """Delete node NAME's record, heartbeat and pods (a node gone for good)."""
     problem = dns_subdomain_problem(name)
     if problem:
         raise ConfigError(f"node name {name!r}: {problem}")
     with EtcdRegistry(obj.etcd_options()) as reg:
-        deleted = delete_node(ObjectStore(reg), name, force)
-    click.echo(f"node {name} deleted ({len(deleted)} key{'s' if len(deleted) > 1 else ''})")
+        deleted, pods = delete_node(ObjectStore(reg), name, force)
+    click.echo(f"node {name} deleted ({len(deleted)} key{'s' if len(deleted) != 1 else ''}, "
+               f"{pods} pod{'s' if pods != 1 else ''})")
 
 
 # ---- connectivity ------------------------------------------------------------------

@@ -72,10 +72,13 @@ def read_nodes(store: ObjectStore,
     return out
 
 
-def delete_node(store: ObjectStore, name: str, force: bool = False) -> list[str]:
-    """Delete a node's record and heartbeat (the keys deleted).  Refused while its
-    heartbeat is alive unless ``force``; forced, the heartbeat's etcd lease is revoked too,
-    so an overlayd still running notices at its next keepalive and registers again."""
+def delete_node(store: ObjectStore, name: str, force: bool = False) -> tuple[list[str], int]:
+    """Delete a node gone for good: its record and heartbeat (the keys deleted) and its
+    pods' records (how many).  Refused while its heartbeat is alive unless ``force``;
+    forced, the heartbeat's etcd lease is revoked too, so an overlayd still running
+    notices at its next keepalive and registers again."""
+    from overlay.cluster.pods import delete_pods_of_node
+
     hb_key, rec_key = heartbeat_key(store.prefix, name), node_key(store.prefix, name)
     hb = store.get(hb_key)
     if hb is not None and not force:
@@ -87,7 +90,9 @@ def delete_node(store: ObjectStore, name: str, force: bool = False) -> list[str]
             store.revoke(hb.lease)  # the key goes with its lease
         store.delete(hb_key)  # (a heartbeat written without a lease)
         deleted.append(hb_key)
-    if not deleted:
+    pods = delete_pods_of_node(store, name)
+    if not deleted and not pods:
         raise NodeNotFound(f"no node {name} (see `overlayctl nodes`)")
-    log.info("deleted node %s (%s)", name, ", ".join(deleted))
-    return deleted
+    log.info("deleted node %s (%s; %d pod record(s))", name, ", ".join(deleted) or "no keys",
+             pods)
+    return deleted, pods

@@ -9,14 +9,13 @@ everything it took, in reverse, when a later step fails.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from overlay.cni import ipam
+from overlay.cni import ipam, podmeta
 from overlay.cni.netconf import NetConf, NodeSubnet, is_mac, parse_netconf
 from overlay.cni.skel import ERR_CHECK, ERR_KERNEL, Request
 from overlay.cni.types import Interface, IPConfig, Result, Route, parse_result
@@ -25,8 +24,9 @@ from overlay.masq import iptables as masq
 from overlay.netlink import netns, pod
 from overlay.netlink.link import Link
 from overlay.netlink.rtnl import Rtnl
+from overlay.util import lazylog
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 _KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
@@ -105,11 +105,22 @@ def cmd_add(req: Request) -> dict[str, Any]:
             lambda: ipam.release_ip(store, ip, req.container_id, req.ifname)]
         try:
             result = _attach(req, conf, node, netns_fd, ip, mac, undo, stack)
+            _write_pod_meta(req, conf)
         except BaseException:
             _rollback(undo)
             raise
     log.info("ADD %s/%s: %s on %s", req.container_id, req.ifname, ip, conf.bridge)
     return result.to_dict(req.cni_version)
+
+
+def _write_pod_meta(req: Request, conf: NetConf) -> None:
+    """Who the pod is, for overlayd's pod registry (last: nothing to undo if it fails)."""
+    meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
+    try:
+        podmeta.write_meta(conf.data_dir, conf.name, meta)
+    except OSError as e:
+        raise IPAMError(f"cannot write pod metadata in {conf.data_dir}/{conf.name}: "
+                        f"{e.strerror}") from e
 
 
 def _mac(link: Link) -> str:
@@ -188,6 +199,7 @@ def cmd_del(req: Request) -> None:
     if not removed:
         _del_pod_side(req)
     released = ipam.release(_store(conf), req.container_id, req.ifname)
+    podmeta.remove_meta(conf.data_dir, conf.name, req.container_id, req.ifname)
     if conf.ip_masq:
         masq.del_masq(conf.name, req.container_id, req.ifname)
     log.info("DEL %s/%s: veth %s, released %s", req.container_id, req.ifname,

@@ -60,7 +60,7 @@ root = ROOT or __file__.rpartition("/")[0].rpartition("/")[0] or "."
 sys.path.insert(0, root)
 from overlay.cni.client import main  # noqa: E402
 
-sys.exit(main(root))
+main()  # ends the process itself
 '''
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, SubnetEnvError
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, load_subnet_env
@@ -31,8 +30,7 @@ def is_mac(value: str) -> bool:
     return bool(_MAC_RE.fullmatch(value))  # whole string: "$" would let "\n" through
 
 
-@dataclass(frozen=True)
-class NodeSubnet:
+class NodeSubnet(NamedTuple):
     """What ADD needs from the node: the subnet, its gateway, the pod network, the MTU."""
 
     subnet: IPv4Network
@@ -45,8 +43,7 @@ class NodeSubnet:
         return IPv4Interface(f"{self.gateway}/{self.subnet.prefixlen}")
 
 
-@dataclass(frozen=True)
-class NetConf:
+class NetConf(NamedTuple):
     cni_version: str
     name: str
     bridge: str = DEFAULT_BRIDGE

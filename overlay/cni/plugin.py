@@ -1,29 +1,30 @@
 """``overlay-cni``: the CNI plugin in-process, and ``overlay-cni serve`` (the warm server).
 
 Without arguments it is a CNI plugin: env + stdin in, result or error JSON on stdout.
-This is also what the executable entry ``cni-plugin/overlay`` falls back to when no warm
-server answers (correct, but it pays the interpreter's site and module imports, ~80-150 ms,
-on every call).
+This is also what the executable entry ``cni-plugin/overlay`` falls back to, in its own
+process, when no warm server answers (correct, but it pays the plugin's module imports on
+every call, so they are kept to what a command needs).
 """
 
 from __future__ import annotations
 
-import logging
+import io
 import os
-import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
 from overlay.cni import skel
+from overlay.util import lazylog
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 LOG_FILE_ENV = "OVERLAY_CNI_LOG_FILE"
 
 
 def setup_logging(level: int, log_file: str | None = None) -> None:
+    import logging  # here only: the in-process plugin mostly never needs it (lazylog)
+
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     handlers[0].setLevel(level)
@@ -52,6 +53,9 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
 
 
 def serve(socket_path: str) -> int:
+    import signal
+    import threading
+
     from overlay.cni.server import CNIServer
 
     server = CNIServer(socket_path)
@@ -72,7 +76,8 @@ def serve(socket_path: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, stdin: bytes | None = None) -> None:
+    """``stdin``: the request's bytes when the executable entry already read them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         import argparse
@@ -86,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument("--log-file", help="also log INFO to this file")
         parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         args = parser.parse_args(argv[1:])
-        setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_file)
+        setup_logging(lazylog.DEBUG if args.verbose else lazylog.INFO, args.log_file)
         sys.exit(serve(args.socket))
     if argv and argv[0] == "--version":
         from overlay.util.version import version_line  # only here: the plugin starts lean
@@ -99,11 +104,16 @@ def main(argv: Sequence[str] | None = None) -> None:
               "overlay-cni serve [--socket PATH]: the warm server for cni-plugin/overlay\n"
               "overlay-cni --version: print the version and exit")
         sys.exit(0)
-    setup_logging(logging.WARNING, os.environ.get(LOG_FILE_ENV))
+    log_file = os.environ.get(LOG_FILE_ENV)
+    if log_file:
+        setup_logging(lazylog.WARNING, log_file)
+    else:  # stderr keeps WARNING and up: INFO lines need not import logging at all
+        lazylog.defer(lazylog.WARNING, lambda: setup_logging(lazylog.WARNING))
     if not os.environ.get("CNI_COMMAND"):
         print(f"overlay CNI plugin: CNI protocol versions supported: "
               f"{', '.join(skel.SUPPORTED_VERSIONS)}", file=sys.stderr)
-    sys.exit(run(os.environ, sys.stdin.buffer, sys.stdout.buffer))
+    source = sys.stdin.buffer if stdin is None else io.BytesIO(stdin)
+    sys.exit(run(os.environ, source, sys.stdout.buffer))
 
 
 if __name__ == "__main__":

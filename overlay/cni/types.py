@@ -7,40 +7,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, NamedTuple
 
 from overlay.errors import CNIError
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
     name: str
     mac: str
     sandbox: str = ""
     mtu: int | None = None
 
 
-@dataclass(frozen=True)
-class IPConfig:
+class IPConfig(NamedTuple):
     address: IPv4Interface
     gateway: IPv4Address | None
     interface: int
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     dst: IPv4Network
     gw: IPv4Address | None = None
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     interfaces: tuple[Interface, ...]
     ips: tuple[IPConfig, ...]
     routes: tuple[Route, ...] = ()
-    dns: dict[str, Any] = field(default_factory=dict)
+    dns: Mapping[str, Any] = {}  # never mutated: to_dict copies it
 
     def to_dict(self, cni_version: str) -> dict[str, Any]:
         legacy = cni_version in ("0.3.0", "0.3.1", "0.4.0")

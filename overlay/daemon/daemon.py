@@ -34,6 +34,7 @@ from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings
 from overlay.daemon.http import HealthServer, Metrics
 from overlay.daemon.nodestatus import NodeAgent, claim_node, node_agent_threads
+from overlay.daemon.runtime import publish_runtime
 from overlay.daemon.watchhealth import WatchHealth
 from overlay.errors import (
     ConfigError,
@@ -292,6 +293,7 @@ class Daemon:
         if self.s.healthz_addr:
             self.http = HealthServer(self.s.healthz_addr, self.metrics, self.readiness)
             self.http.start()
+        publish_runtime(self.s)  # overlayctl finds etcd even while we wait for it
         registry = self._open_registry(self.s.etcd)
         try:
             return self._run(registry)
@@ -301,6 +303,8 @@ class Daemon:
     def _run(self, raw_registry: Registry) -> int:
         if self.bring_up(raw_registry) is None:
             return 0
+        assert self.plane is not None, f"data plane {_UNSET}"
+        publish_runtime(self.s, self.plane.device.spec.name, self.plane.attrs.public_ip)
         self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
         while not self.stop.wait(3600):
@@ -363,6 +367,10 @@ class Daemon:
             return []
         threads: list[tuple[str, Callable[[], None]]] = []
         threads += node_agent_threads(self)
+        from overlay.daemon.podpublisher import pod_threads  # the etcd client: only here
+        assert self.manager is not None, f"manager {_UNSET}"
+        threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
+                               self.manager.own_subnet, self.stop)
         return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:

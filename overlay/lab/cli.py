@@ -1,125 +1,319 @@
-"""``overlay-lab``: up, status, exec, add-node, remove-node, down."""
+"""``overlay-lab``: up, status, exec, add-node, remove-node, pod add|del, probe, matrix, down.
+
+A click command line like overlayctl's: ``--name``, ``--lab-dir`` and ``-v`` are accepted
+before or after the command (:func:`_lab_options` adds them to the group and to every
+command; each one given is merged into the shared :class:`LabOptions` as it is parsed,
+so one given after the command wins).  Bad input is one line and a non-zero exit: click's
+usage errors exit 2, what the lab refuses (an unknown node or pod) exits 1.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+from click.core import ParameterSource
 
 from overlay import __version__
 from overlay.errors import OverlayError
 from overlay.lab.lab import BIN_DIR, Lab
 from overlay.lab.matrix import Endpoint, reachability, render
+from overlay.lab.probe import DEFAULT_TIMEOUT, PROTOCOLS, Target, probe
 from overlay.lab.spec import (
     DEFAULT_BASE_DIR,
+    DEFAULT_NAMESPACE,
     DEFAULT_NODES,
     DEFAULT_PODS_PER_NODE,
     DEFAULT_PREFIX,
     MAX_NODES,
     MAX_PODS_PER_NODE,
+    RESPONDER_PORTS,
+    LabError,
     LabSpec,
+    parse_labels,
 )
 from overlay.lab.system import in_netns
 from overlay.util.text import format_table
 
 log = logging.getLogger(__name__)
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _count(lo: int, hi: int):
-    def parse(text: str) -> int:
+
+@dataclass
+class LabOptions:
+    """The options naming the lab, wherever on the command line they were given."""
+
+    name: str = DEFAULT_PREFIX
+    lab_dir: str = DEFAULT_BASE_DIR
+    verbose: int = 0
+
+
+def _log_level(verbose: int) -> int:
+    return logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+
+
+def _set_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    assert param.name is not None
+    if ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None):
+        setattr(ctx.ensure_object(LabOptions), param.name, value)
+
+
+def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    obj = ctx.ensure_object(LabOptions)   # -v counts wherever given: `-v status -v` is -vv
+    obj.verbose += value or 0
+    logging.getLogger().setLevel(_log_level(obj.verbose))
+
+
+def _lab_options(top: bool) -> Callable[[F], F]:
+    """``--name``, ``--lab-dir`` and ``-v`` for the group (``top``) or a command (see
+    above).  Only the group's read OVERLAY_LAB_NAME / OVERLAY_LAB_DIR: were a command's to
+    read them too, the variable would override an option given before the command."""
+    def add(f: F) -> F:
+        common: dict[str, Any] = {"expose_value": False, "show_default": True}
+        f = click.option("-v", "--verbose", count=True, callback=_add_verbose,
+                         help="More logging on stderr (-vv: debug).", expose_value=False)(f)
+        f = click.option("--lab-dir", envvar="OVERLAY_LAB_DIR" if top else None,
+                         default=DEFAULT_BASE_DIR, callback=_set_option, metavar="DIR",
+                         help="Where labs keep pid files, logs and etcd data.", **common)(f)
+        return click.option("--name", envvar="OVERLAY_LAB_NAME" if top else None,
+                            default=DEFAULT_PREFIX, callback=_set_option, metavar="PREFIX",
+                            help="The lab's name, prefixing all its namespaces.", **common)(f)
+    return add
+
+
+lab_options = _lab_options(top=False)
+
+
+class LabGroup(click.Group):
+    """Turns what the lab refuses into one line on stderr and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"{n} is out of range {lo}..{hi}")
-        return n
-    return parse
+            return super().invoke(ctx)
+        except OverlayError as e:
+            _fail(f"error: {e}")
+        except BrokenPipeError:  # stdout's reader left while something else wrote to it
+            _stdout_to_devnull()
+            sys.exit(141)
+        except OSError as e:  # e.g. a full disk or a file the lab cannot write
+            _fail(f"error: {e}")
+        except KeyboardInterrupt:
+            _fail("interrupted; run `overlay-lab up` again to finish or `overlay-lab down`")
 
 
-def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
-    """The options every command takes, before or after the command's name.
-
-    The top-level parser holds the defaults; each command's copy defaults to SUPPRESS so
-    that an option given before the command is not reset by the command's own parser."""
-    def default(value: object) -> object:
-        return value if top else argparse.SUPPRESS
-    parser.add_argument("--name", default=default(os.environ.get("OVERLAY_LAB_NAME",
-                                                                  DEFAULT_PREFIX)),
-                        help="the lab's name, prefixing all its namespaces "
-                             f"(default {DEFAULT_PREFIX})")
-    parser.add_argument("--lab-dir", default=default(os.environ.get("OVERLAY_LAB_DIR",
-                                                                     DEFAULT_BASE_DIR)),
-                        help="where labs keep pid files, logs and etcd data "
-                             f"(default {DEFAULT_BASE_DIR})")
-    parser.add_argument("-v", "--verbose", action="count", default=default(0),
-                        help="more logging (-vv: debug)")
+def _fail(line: str) -> NoReturn:
+    click.echo(line, err=True)
+    sys.exit(1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    _add_common(common, top=False)
-
-    p = argparse.ArgumentParser(prog="overlay-lab", description=(
-        "A multi-node overlay cluster on one machine: nodes and pods are network namespaces, "
-        "the underlay is a bridge in a namespace of its own, etcd runs on the underlay."))
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _add_common(p, top=True)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser("up", parents=[common], help="create the lab, or repair a running one")
-    up.add_argument("--nodes", type=_count(1, MAX_NODES), default=None,
-                    help=f"number of nodes (default {DEFAULT_NODES}, or the running lab's)")
-    up.add_argument("--pods-per-node", type=_count(0, MAX_PODS_PER_NODE), default=None,
-                    help=f"pods on each node (default {DEFAULT_PODS_PER_NODE}, "
-                         "or the running lab's)")
-    up.add_argument("--no-matrix", action="store_true", help="skip the reachability matrix")
-
-    st = sub.add_parser("status", parents=[common], help="nodes, daemons and pods of the lab")
-    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
-
-    ex = sub.add_parser("exec", parents=[common],
-                        help="run a command in a node's or pod's namespace (or 'underlay')")
-    ex.add_argument("target", metavar="TARGET", help="node1, pod-node1-1, underlay, ...")
-    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
-
-    an = sub.add_parser("add-node", parents=[common], help="add a node (and its pods)")
-    an.add_argument("--pods", type=_count(0, MAX_PODS_PER_NODE), default=None,
-                    help="pods on the new node (default: the lab's pods per node)")
-
-    rn = sub.add_parser("remove-node", parents=[common],
-                        help="stop a node's daemon, delete its lease and namespaces")
-    rn.add_argument("node", metavar="NAME")
-
-    sub.add_parser("down", parents=[common], help="remove everything the lab made")
-    sub.add_parser("matrix", parents=[common], help="print the pod-to-pod reachability matrix")
-    return p
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"overlay-lab {__version__}")
+        ctx.exit(0)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    level = (logging.WARNING if args.verbose == 0 else
-             logging.INFO if args.verbose == 1 else logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr,
+@click.group(cls=LabGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the version and exit.")
+@_lab_options(top=True)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """A multi-node overlay cluster on one machine: nodes and pods are network namespaces,
+    the underlay is a bridge in a namespace of its own, etcd runs on the underlay.
+
+    --name, --lab-dir and -v may be given before or after the command."""
+    obj = ctx.ensure_object(LabOptions)
+    logging.basicConfig(level=_log_level(obj.verbose), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def open_lab(obj: LabOptions) -> Lab:
+    """The lab the options name (root only: it works on network namespaces)."""
     if os.geteuid() != 0:
-        sys.exit("error: overlay-lab needs root (it creates network namespaces)")
+        _fail("error: overlay-lab needs root (it creates network namespaces)")
+    return Lab(LabSpec(obj.name, obj.lab_dir), progress=lambda m: say(f"==> {m}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="overlay-lab")
+
+
+# --------------------------------------------------------------------------- commands
+def _count(hi: int) -> click.IntRange:
+    return click.IntRange(0, hi)
+
+
+@cli.command()
+@lab_options
+@click.option("--nodes", type=click.IntRange(1, MAX_NODES), default=None,
+              help=f"Number of nodes (default {DEFAULT_NODES}, or the running lab's).")
+@click.option("--pods-per-node", type=_count(MAX_PODS_PER_NODE), default=None,
+              help=f"Pods on each node (default {DEFAULT_PODS_PER_NODE}, or the running lab's).")
+@click.option("--no-matrix", is_flag=True, help="Skip the reachability matrix.")
+@click.pass_obj
+def up(obj: LabOptions, nodes: int | None, pods_per_node: int | None, no_matrix: bool) -> None:
+    """Create the lab, or repair a running one."""
+    lab = open_lab(obj)
+    with lab.lock():
+        start = time.monotonic()
+        lab.up(nodes, pods_per_node)
+        say(f"==> lab {lab.spec.prefix} is up ({time.monotonic() - start:.1f} s)")
+        sys.exit(summary(lab, matrix=not no_matrix))
+
+
+@cli.command()
+@lab_options
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.pass_obj
+def status(obj: LabOptions, output: str) -> None:
+    """Nodes, daemons and pods of the lab."""
+    sys.exit(cmd_status(open_lab(obj), output))
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True,
+                                       "allow_interspersed_args": False})
+@lab_options
+@click.argument("target", metavar="TARGET")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD ...")
+@click.pass_obj
+def exec_(obj: LabOptions, target: str, cmd: tuple[str, ...]) -> None:
+    """Run a command in a node's or pod's namespace (or 'underlay').
+
+    TARGET: node1, pod-node1-1, NS/NAME, underlay, ..."""
+    sys.exit(cmd_exec(open_lab(obj), target, list(cmd)))
+
+
+@cli.command("add-node")
+@lab_options
+@click.option("--pods", type=_count(MAX_PODS_PER_NODE), default=None,
+              help="Pods on the new node (default: the lab's pods per node).")
+@click.pass_obj
+def add_node(obj: LabOptions, pods: int | None) -> None:
+    """Add a node (and its pods)."""
+    lab = open_lab(obj)
+    with lab.lock():
+        node = lab.add_node(pods)
+        say(f"added {node}")
+        sys.exit(print_matrix(lab))
+
+
+@cli.command("remove-node")
+@lab_options
+@click.argument("node", metavar="NAME")
+@click.pass_obj
+def remove_node(obj: LabOptions, node: str) -> None:
+    """Stop a node's daemon, delete its lease and namespaces."""
+    lab = open_lab(obj)
+    with lab.lock():
+        lab.remove_node(node)
+
+
+@cli.command()
+@lab_options
+@click.pass_obj
+def down(obj: LabOptions) -> None:
+    """Remove everything the lab made."""
+    lab = open_lab(obj)
+    with lab.lock() as lock:
+        lab.down()
+        lock.remove = True
+
+
+def _port_option(f: F) -> F:
+    return click.option("--port", type=click.IntRange(1, 65535), default=None,
+                        help=f"Destination port (default {RESPONDER_PORTS[0]}; every lab pod "
+                             f"answers on {' and '.join(map(str, RESPONDER_PORTS))}).")(f)
+
+
+def _protocol_option(f: F) -> F:
+    return click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
+                        help="tcp (default) or udp.")(f)
+
+
+@cli.command()
+@lab_options
+@_port_option
+@_protocol_option
+@click.pass_obj
+def matrix(obj: LabOptions, port: int | None, protocol: str | None) -> None:
+    """Print the pod-to-pod reachability matrix (ping; with --port/--protocol, a
+    connection to each pod's responder)."""
+    lab = open_lab(obj)
+    if port is None and protocol is None:
+        sys.exit(print_matrix(lab))
+    sys.exit(print_matrix(lab, port or RESPONDER_PORTS[0], protocol or PROTOCOLS[0]))
+
+
+@cli.command("probe")
+@lab_options
+@click.argument("source", metavar="FROM")
+@click.argument("dest", metavar="TO")
+@_port_option
+@_protocol_option
+@click.option("--timeout", type=click.FloatRange(0.1, 30), default=DEFAULT_TIMEOUT,
+              show_default=True, help="Seconds to wait for an answer.")
+@click.pass_obj
+def probe_cmd(obj: LabOptions, source: str, dest: str, port: int | None,
+              protocol: str | None, timeout: float) -> None:
+    """Does a connection from pod FROM reach pod TO's responder? One line saying why;
+    exit 0 if it does, 1 if not, 2 if FROM or TO names no pod. FROM and TO: a lab pod's
+    name, or NS/NAME."""
+    lab = open_lab(obj)
+    port, protocol = port or RESPONDER_PORTS[0], protocol or PROTOCOLS[0]
     try:
-        sys.exit(run(args))
-    except OverlayError as e:
-        sys.exit(f"error: {e}")
-    except BrokenPipeError:  # stdout's reader left while something else wrote to it
-        _stdout_to_devnull()
-        sys.exit(141)
-    except OSError as e:  # e.g. a full disk or a file the lab cannot write
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted; run `overlay-lab up` again to finish or `overlay-lab down`")
+        a, b = lab.find_pod(source), lab.find_pod(dest)
+    except LabError as e:   # exit 1 means "not reachable": a bad name is not that
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    got = lab.probe(a.ref, b.ref, port, protocol, timeout)
+    say(f"{'reachable' if got.ok else 'unreachable'}: {a.ref} -> {b.ref} ({b.ip}) "
+        f"{protocol}/{port}: {got.why}")
+    sys.exit(0 if got.ok else 1)
+
+
+@cli.group("pod", cls=LabGroup)
+def pod_group() -> None:
+    """Add or delete a lab pod (a namespace attached by CNI, with a responder)."""
+
+
+@pod_group.command("add")
+@lab_options
+@click.argument("pod_name", metavar="NAME")
+@click.option("--node", required=True, metavar="NODE", help="The node to attach it on.")
+@click.option("--namespace", "-n", default=DEFAULT_NAMESPACE, show_default=True,
+              metavar="NS", help="The pod's namespace.")
+@click.option("--labels", default="", metavar="K=V,...",
+              help="Labels, passed to the CNI plugin as args.cni.labels.")
+@click.pass_obj
+def pod_add(obj: LabOptions, pod_name: str, node: str, namespace: str, labels: str) -> None:
+    """Add pod NAME on NODE."""
+    lab = open_lab(obj)
+    parsed = parse_labels(labels)
+    with lab.lock():
+        pod = lab.add_pod(pod_name, node, namespace, parsed)
+    say(f"added pod {pod.ref}: {pod.ip} on {pod.node}")
+
+
+@pod_group.command("del")
+@lab_options
+@click.argument("ref", metavar="NS/NAME")
+@click.pass_obj
+def pod_del(obj: LabOptions, ref: str) -> None:
+    """Delete a lab pod (CNI DEL, its responder and namespace)."""
+    lab = open_lab(obj)
+    with lab.lock():
+        pod = lab.del_pod(ref)
+    say(f"deleted pod {pod.ref}")
 
 
 def say(msg: str) -> None:
@@ -138,35 +332,10 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-def run(args: argparse.Namespace) -> int:
-    lab = Lab(LabSpec(args.name, args.lab_dir), progress=lambda m: say(f"==> {m}"))
-    if args.command == "exec":
-        return cmd_exec(lab, args.target, args.cmd)
-    if args.command == "status":
-        return cmd_status(lab, args.output)
-    if args.command == "matrix":
-        return print_matrix(lab)
-    with lab.lock() as lock:
-        if args.command == "up":
-            start = time.monotonic()
-            lab.up(args.nodes, args.pods_per_node)
-            say(f"==> lab {lab.spec.prefix} is up ({time.monotonic() - start:.1f} s)")
-            return summary(lab, matrix=not args.no_matrix)
-        if args.command == "add-node":
-            node = lab.add_node(args.pods)
-            say(f"added {node}")
-            return print_matrix(lab)
-        if args.command == "remove-node":
-            lab.remove_node(args.node)
-            return 0
-        if args.command == "down":
-            lab.down()
-            lock.remove = True
-            return 0
-    raise AssertionError(args.command)
-
-
 def summary(lab: Lab, matrix: bool) -> int:
+    say("")
+    say("Nodes (the example cluster: node<i> at 192.168.1.1<i> holds 10.244.<i>.0/24):")
+    say(node_table(lab))
     say("")
     say("Leases (overlayctl leases list):")
     got = lab.overlayctl("leases", "list", check=False)
@@ -179,6 +348,15 @@ def summary(lab: Lab, matrix: bool) -> int:
                             pods[0].name if far else None, far[0].ip if far else None):
         say(line)
     return rc
+
+
+def node_table(lab: Lab) -> str:
+    """NODE, NODE-IP, POD-CIDR: the subnet each node's overlayd really holds (its
+    subnet.env), so a reservation that did not take shows."""
+    state = lab.state
+    assert state is not None
+    return format_table(["NODE", "NODE-IP", "POD-CIDR"],
+                        [[n, lab.spec.node_ip(n), lab.node_subnet(n)] for n in state.nodes])
 
 
 def lab_flags(spec: LabSpec) -> str:
@@ -201,8 +379,7 @@ def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None =
     lines += [
         f"On a node: overlay-lab exec{flag} {node} -- overlayctl leases list",
         f"Diagnose:  overlay-lab exec{flag} {node} -- overlayctl diagnose",
-        "           (exec sets the node's etcd, subnet file, CNI dirs and healthz address "
-        "as OVERLAYCTL_* variables)",
+        "           (exec points overlayctl at the node's overlayd runtime file)",
         f"Logs:      {spec.node_file(node, 'overlayd.log')} (one per node), "
         f"{os.path.join(spec.lab_dir, 'etcd.log')}",
         f"Status:    overlay-lab status{flag}",
@@ -214,20 +391,29 @@ def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None =
 def endpoints(lab: Lab) -> list[Endpoint]:
     state = lab.state
     assert state is not None
-    return [Endpoint(p.name, lab.spec.pod_ns(p.name), p.ip, p.node)
-            for p in sorted(state.pods.values(), key=lambda p: (p.node, p.name)) if p.ip]
+    return [Endpoint(p.key, lab.spec.pod_ns(p.key), p.ip, p.node)
+            for p in sorted(state.pods.values(), key=lambda p: (p.node, p.key)) if p.ip]
 
 
-def print_matrix(lab: Lab) -> int:
-    lab._need_state()
+def print_matrix(lab: Lab, port: int | None = None, protocol: str | None = None) -> int:
+    """The matrix by ping, or (``port`` and ``protocol`` given) by probing each pod's
+    responder; 1 if any pair failed."""
+    state = lab._need_state()
     pods = endpoints(lab)
     if len(pods) < 2:
         say("(fewer than two pods: no reachability matrix)")
         return 0
-    m = reachability(pods)
+    if port is None or protocol is None:
+        m = reachability(pods)
+        how = "ping -c1 -W1 from each pod to every other"
+    else:
+        refs = {key: pod.ref for key, pod in state.pods.items()}
+        m = reachability(pods, check=lambda a, b: probe(
+            a.netns, Target(refs[b.name], b.ip), port, protocol).ok)
+        how = f"{protocol}/{port} from each pod to every other pod's responder"
     bad = sum(1 for ok in m.values() if not ok)
     say("")
-    say(f"Pod-to-pod reachability (ping -c1 -W1 from each pod to every other; {len(m)} pairs):")
+    say(f"Pod-to-pod reachability ({how}; {len(m)} pairs):")
     say(render(pods, m))
     if bad:
         say(f"{bad} of {len(m)} pairs FAILED; see `overlay-lab status` and the overlayd logs "
@@ -252,9 +438,12 @@ def cmd_status(lab: Lab, output: str) -> int:
     say("(each HEALTHZ address is inside its node's namespace: "
         "overlay-lab exec NODE -- curl http://ADDR/readyz)")
     say("")
-    say(format_table(["POD", "NETNS", "NODE", "IP"],
-                     [[p["name"], p["netns"] if p["present"] else p["netns"] + " (missing)",
-                       p["node"], p["ip"]] for p in st["pods"]]))
+    say(format_table(["NAMESPACE", "POD", "NETNS", "NODE", "IP", "LABELS"],
+                     [[p["namespace"], p["name"],
+                       p["netns"] if p["present"] else p["netns"] + " (missing)",
+                       p["node"], p["ip"],
+                       ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items())) or None]
+                      for p in st["pods"]]))
     return 0
 
 

@@ -4,9 +4,14 @@
 
     <prefix>-underlay   bridge <prefix>-br 192.168.1.1/24, etcd on 192.168.1.1:2379
        ├─ <prefix>-node1  eth0 192.168.1.11  overlayd, cni0, overlay.1
-       │    ├─ <prefix>-pod-node1-1  eth0 10.244.x.2
-       │    └─ <prefix>-pod-node1-2  eth0 10.244.x.3
-       ├─ <prefix>-node2  eth0 192.168.1.12 ...
+       │    ├─ <prefix>-pod-node1-1  eth0 10.244.1.2  (default/pod-node1-1)
+       │    ├─ <prefix>-pod-node1-2  eth0 10.244.1.3
+       │    └─ <prefix>-web_db       eth0 10.244.1.4  (web/db: ``pod add db --namespace web``)
+       ├─ <prefix>-node2  eth0 192.168.1.12  10.244.2.0/24 ...
+
+Node ``node<i>`` holds the subnet 10.244.<i>.0/24, reserved for it before its overlayd
+starts (the example cluster's table).  Every pod runs a responder (TCP and UDP, ports 80
+and 81) for ``probe`` and ``matrix --port/--protocol``.
 
 Every ``ensure_*`` step is create-or-verify, so ``up`` on a running lab only repairs
 what is missing.  Names come from :class:`LabSpec`, files live under its lab dir.
@@ -18,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -32,20 +38,27 @@ from typing import Any
 
 from overlay.errors import OverlayError
 from overlay.lab import system as sysx
+from overlay.lab.probe import DEFAULT_TIMEOUT as DEFAULT_PROBE_TIMEOUT, ProbeResult, Target, probe
 from overlay.lab.runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
 from overlay.lab.spec import (
+    DEFAULT_NAMESPACE,
     ETCD_KEY_PREFIX,
     ETCD_PEER_PORT,
     ETCD_PORT,
     HEALTHZ_ADDR,
     POD_NETWORK,
+    RESPONDER_PORTS,
     SUBNET_LEN,
     UNDERLAY_GATEWAY,
     VNI,
     VXLAN_PORT,
     LabError,
     LabSpec,
+    check_namespace,
+    check_pod_name,
     next_free_node,
+    parse_pod_ref,
+    pod_key,
 )
 from overlay.lab.state import LabState, PodRecord, load_state, save_state
 from overlay.subnetenv import load_subnet_env
@@ -55,10 +68,13 @@ log = logging.getLogger(__name__)
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
 # What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
-NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock")
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json")
 NODE_TREES = ("state", "ipam", "net.d")
+POD_FILES = ("responder.pid", "responder.log")     # in each pod's directory
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 60.0
+RESPONDER_TIMEOUT = 15.0
+AUTO_POD_RE = re.compile(r"^pod-node[0-9]+-[0-9]+$")   # the names `up` gives its pods
 # Locally administered (02:...), ending in the gateway's 192.168.1.1; each lab's bridge is
 # in a namespace of its own, so one address fits all.
 UNDERLAY_BRIDGE_MAC = "02:00:c0:a8:01:01"
@@ -90,9 +106,21 @@ class NodeStatus:
     healthz: str
 
 
+@dataclass(frozen=True)
+class NodeDaemon:
+    """Another overlayd for one node (e.g. an older release, for mixed-version tests):
+    its program, and the lab's flags it does not know (left out of its command)."""
+
+    program: str
+    unknown_flags: frozenset[str] = frozenset()
+
+
 class Lab:
-    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None):
+    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None,
+                 daemons: Mapping[str, NodeDaemon] | None = None):
+        """``daemons``: per node, an overlayd other than this tree's."""
         self.spec = spec
+        self.daemons = dict(daemons or {})
         self.progress = progress or (lambda msg: log.info("%s", msg))
         self.state: LabState | None = load_state(spec.state_file)
         # ensure_pods works on the nodes in parallel: one thread at a time changes the
@@ -143,13 +171,15 @@ class Lab:
             self.progress(f"no lab named {self.spec.prefix}; nothing to do")
             return
         self._del_pods(list(state.pods.values()))
+        for pod in state.pods.values():
+            self.stop_responder(pod)
         for node in state.nodes:
             if sysx.stop_process(self._daemon_pid(node)):
                 self.progress(f"stopped overlayd on {node}")
         if sysx.stop_process(self._etcd_pid()):
             self.progress("stopped etcd")
-        for pod in sorted(state.pods):
-            sysx.delete_netns(self.spec.pod_ns(pod))
+        for key in sorted(state.pods):
+            sysx.delete_netns(self.spec.pod_ns(key))
         for node in state.nodes:
             sysx.delete_netns(self.spec.node_ns(node))
         sysx.delete_netns(self.spec.underlay_ns)
@@ -168,6 +198,7 @@ class Lab:
         spec = self.spec
         trees = [spec.etcd_dir, spec.cni_bin_dir]
         files = [self._etcd_log(), self._etcd_pid().path]
+        files += [spec.pod_file(key, f) for key in state.pods for f in POD_FILES]
         for node in state.nodes:
             trees += [spec.node_file(node, d) for d in NODE_TREES]
             files += [spec.node_file(node, f) for f in NODE_FILES]
@@ -176,8 +207,8 @@ class Lab:
         for path in files + [spec.state_file]:  # the state file last: down can rerun
             with suppress(FileNotFoundError):
                 os.unlink(path)
-        dirs = [spec.node_dir(n) for n in state.nodes] + [os.path.dirname(spec.cni_bin_dir),
-                                                          spec.lab_dir]
+        dirs = [spec.node_dir(n) for n in state.nodes] + [os.path.dirname(spec.cni_bin_dir)]
+        dirs += [spec.pod_dir(key) for key in state.pods] + [spec.pods_dir, spec.lab_dir]
         for path in dirs:
             # gone already, or holds something the lab did not make
             with suppress(OSError):
@@ -304,11 +335,23 @@ class Lab:
         sysx.ip("link", "set", "eth0", "up", ns=ns)
         sysx.sysctl(ns, "net.ipv4.ip_forward", "1")
         self.install_cni(node)
+        self.reserve_subnet(node)
         started = self.ensure_daemon(node)
         self.progress(f"node      {node}: {ns} eth0 {self.spec.node_interface(node)}"
                       f"{' created' if created else ''}; CNI plugin installed with overlayctl "
                       f"install-cni; overlayd "
                       f"{'started' if started else 'running (was there)'}")
+
+    def reserve_subnet(self, node: str) -> None:
+        """Reserve the node's subnet of the example cluster (node<i>: 10.244.<i>.0/24) with
+        ``overlayctl leases reserve``, so its overlayd takes exactly that one.  A node that
+        already holds another subnet (a lab made before this rule) keeps it: a warning."""
+        subnet = self.spec.node_subnet(node)
+        got = self.overlayctl("leases", "reserve", str(subnet), "--public-ip",
+                              str(self.spec.node_ip(node)), check=False)
+        if got.returncode != 0:
+            self.progress(f"warning: could not reserve {subnet} for {node}: "
+                          f"{(got.stderr or got.stdout).strip()}")
 
     def _daemon_pid(self, node: str) -> sysx.PidFile:
         return sysx.PidFile(self.spec.node_file(node, "overlayd.pid"))
@@ -320,16 +363,33 @@ class Lab:
         return self.spec.node_file(node, "overlayd.log")
 
     def daemon_argv(self, node: str) -> list[str]:
-        return sysx.in_netns(self.spec.node_ns(node), [
-            program("overlayd"), "--etcd-endpoints", self.spec.etcd_endpoint,
-            "--etcd-prefix", ETCD_KEY_PREFIX,
-            "--iface", "eth0", "--public-ip", str(self.spec.node_ip(node)),
-            "--subnet-file", self.spec.node_file(node, "subnet.env"),
-            "--state-dir", self.spec.node_file(node, "state"),
-            "--healthz-addr", self.healthz_addr(node),
-            "--cni-socket", self.spec.node_file(node, "cni.sock"),
-            "--node-name", node, "--heartbeat-period", HEARTBEAT_PERIOD,
-            "--probe-interval", PROBE_INTERVAL])
+        flags = [
+            ("--etcd-endpoints", self.spec.etcd_endpoint), ("--etcd-prefix", ETCD_KEY_PREFIX),
+            ("--node-name", node),
+            ("--iface", "eth0"), ("--public-ip", str(self.spec.node_ip(node))),
+            ("--subnet-file", self.spec.node_file(node, "subnet.env")),
+            ("--state-dir", self.spec.node_file(node, "state")),
+            ("--healthz-addr", self.healthz_addr(node)),
+            ("--cni-socket", self.spec.node_file(node, "cni.sock")),
+            ("--runtime-file", self.runtime_file(node)),
+            ("--cni-conf-dir", self.spec.cni_conf_dir(node)),
+            ("--cni-bin-dir", self.cni_bin_dirs()),
+            ("--heartbeat-period", HEARTBEAT_PERIOD), ("--probe-interval", PROBE_INTERVAL),
+            ("--cni-data-dir", self.spec.node_file(node, "ipam"))]
+        other = self.daemons.get(node)
+        argv = [other.program if other else program("overlayd")]
+        for flag, value in flags:
+            if other is None or flag not in other.unknown_flags:
+                argv += [flag, value]
+        return sysx.in_netns(self.spec.node_ns(node), argv)
+
+    def runtime_file(self, node: str) -> str:
+        """Where the node's overlayd writes its settings; overlayctl there defaults to them."""
+        return self.spec.node_file(node, "overlayd.json")
+
+    def cni_bin_dirs(self) -> str:
+        """The plugin dirs of every node's runtime: the lab's, then the reference plugins'."""
+        return os.pathsep.join([self.spec.cni_bin_dir, REFERENCE_CNI_DIR])
 
     def ensure_daemon(self, node: str) -> bool:
         if self.daemon_pid(node) is not None:
@@ -350,25 +410,21 @@ class Lab:
 
     def exec_env(self, ns: str, environ: Mapping[str, str]) -> dict[str, str]:
         """The environment of ``overlay-lab exec`` into namespace ``ns``: the project's
-        programs first on PATH, and overlayctl pointed at the lab (its etcd from a node or
-        the underlay; on a node also that node's files for ``overlayctl diagnose``), by
-        overlayctl's own OVERLAYCTL_* variables, so flags given by hand still win."""
+        programs first on PATH, and overlayctl pointed at the lab by its own OVERLAYCTL_*
+        variables, so flags given by hand still win: on a node, that node's runtime file
+        (its overlayd's etcd, files and addresses, as on a real node); on the underlay,
+        the lab's etcd."""
         env = dict(environ)
         env["PATH"] = os.pathsep.join([BIN_DIR, environ.get("PATH") or DEFAULT_PATH])
         state = self._need_state()
         node = next((n for n in state.nodes if self.spec.node_ns(n) == ns), None)
         if node is None and ns != self.spec.underlay_ns:
             return env   # a pod: etcd is not for pods to reach
-        env["OVERLAYCTL_ETCD_ENDPOINTS"] = self.spec.etcd_endpoint
-        env["OVERLAYCTL_ETCD_PREFIX"] = ETCD_KEY_PREFIX
-        if node is not None:
-            diag = "OVERLAYCTL_DIAGNOSE_"
-            env[diag + "SUBNET_FILE"] = self.spec.node_file(node, "subnet.env")
-            env[diag + "CNI_CONF_DIR"] = self.spec.cni_conf_dir(node)
-            env[diag + "CNI_BIN_DIR"] = os.pathsep.join([self.spec.cni_bin_dir,
-                                                         REFERENCE_CNI_DIR])
-            env[diag + "PUBLIC_IP"] = str(self.spec.node_ip(node))
-            env[diag + "HEALTHZ_ADDR"] = self.healthz_addr(node)
+        if node is None:
+            env["OVERLAYCTL_ETCD_ENDPOINTS"] = self.spec.etcd_endpoint
+            env["OVERLAYCTL_ETCD_PREFIX"] = ETCD_KEY_PREFIX
+        else:
+            env["OVERLAYCTL_RUNTIME_FILE"] = self.runtime_file(node)
             env["OVERLAY_CNI_SOCKET"] = self.spec.node_file(node, "cni.sock")
         return env
 
@@ -436,8 +492,10 @@ class Lab:
                 self.progress(f"warning: could not delete lease {subnet}: "
                               f"{(got.stderr or got.stdout).strip()}")
         for pod in pods:
-            sysx.delete_netns(self.spec.pod_ns(pod.name))
-            del state.pods[pod.name]
+            self.stop_responder(pod)
+            sysx.delete_netns(self.spec.pod_ns(pod.key))
+            self._remove_pod_files(pod)
+            del state.pods[pod.key]
         sysx.delete_netns(self.spec.node_ns(node))  # takes both ends of its veth with it
         shutil.rmtree(self.spec.node_dir(node), ignore_errors=True)
         state.drop_node(node)
@@ -465,45 +523,163 @@ class Lab:
     def _ensure_pods_of(self, node: str, count: int) -> None:
         for i in range(1, count + 1):
             self.ensure_pod(node, i)
+        for pod in self._need_state().pods_of(node):
+            if not pod.counted:     # made by `pod add`: repaired, never counted
+                self._ensure_attached(pod, fresh=False)
 
     def ensure_pod(self, node: str, i: int) -> PodRecord:
+        """The ``i``-th of the pods ``up`` makes on ``node`` (``default/pod-<node>-<i>``)."""
+        pod = self._need_state().pods.get(self.spec.pod_name(node, i))
+        if pod is not None:
+            return self._ensure_attached(pod, fresh=False)
+        pod = PodRecord(self.spec.pod_name(node, i), node, self._new_container_id())
+        return self._ensure_attached(self._record(pod), fresh=True)
+
+    def add_pod(self, name: str, node: str, namespace: str = DEFAULT_NAMESPACE,
+                labels: Mapping[str, str] | None = None) -> PodRecord:
+        """``overlay-lab pod add``: one more pod, attached by CNI with its namespace, name and
+        labels (CNI_ARGS and ``args.cni.labels``), its responder started."""
         state = self._need_state()
-        name = self.spec.pod_name(node, i)
-        ns = self.spec.pod_ns(name)
-        pod = state.pods.get(name)
-        if pod is not None and pod.ip and sysx.netns_exists(ns) and self._pod_has_ip(pod):
-            self.progress(f"pod       {name}: {pod.ip} on {node} (was there)")
+        check_pod_name(name)
+        check_namespace(namespace)
+        if namespace == DEFAULT_NAMESPACE and AUTO_POD_RE.match(name):
+            raise LabError(f"pod name {name!r} is kept for the pods `up` makes in "
+                           f"{DEFAULT_NAMESPACE} (pod-nodeN-I); choose another")
+        if node not in state.nodes:
+            raise LabError(f"lab {self.spec.prefix} has no node {node!r} "
+                           f"(nodes: {', '.join(state.nodes) or 'none'})")
+        key = pod_key(namespace, name)
+        if key in state.pods:
+            raise LabError(f"pod {namespace}/{name} exists already (on {state.pods[key].node}); "
+                           f"remove it first with `overlay-lab pod del {namespace}/{name}`")
+        pod = PodRecord(name, node, self._new_container_id(), namespace=namespace,
+                        labels=dict(labels or {}), counted=False)
+        return self._ensure_attached(self._record(pod), fresh=True)
+
+    def del_pod(self, ref: str) -> PodRecord:
+        """``overlay-lab pod del NS/NAME``: CNI DEL, stop its responder, drop its namespace.
+        (A pod ``up`` made comes back at the next ``up``.)"""
+        pod = self.find_pod(ref)
+        if sysx.netns_exists(self.spec.node_ns(pod.node)):
+            self.cni_runtime(pod.node).delete(self.attachment(pod), pod.result)
+        self.stop_responder(pod)
+        sysx.delete_netns(self.spec.pod_ns(pod.key))
+        with self._changing() as st:
+            del st.pods[pod.key]
+        self._remove_pod_files(pod)
+        self.progress(f"pod       {pod.ref}: deleted from {pod.node} (CNI DEL; was {pod.ip})")
+        return pod
+
+    def _remove_pod_files(self, pod: PodRecord) -> None:
+        for name in POD_FILES:
+            with suppress(FileNotFoundError):
+                os.unlink(self.spec.pod_file(pod.key, name))
+        with suppress(OSError):   # gone already, or holds a file of the user's
+            os.rmdir(self.spec.pod_dir(pod.key))
+
+    def find_pod(self, ref: str) -> PodRecord:
+        """A pod by ``NS/NAME``, or by its name alone when one namespace holds that name."""
+        state = self._need_state()
+        namespace, name = parse_pod_ref(ref)
+        if namespace is not None:
+            found = [p for p in state.pods.values() if p.key == pod_key(namespace, name)]
+        else:
+            found = [p for p in state.pods.values() if p.name == name]
+        if len(found) > 1:
+            raise LabError(f"pod name {name!r} is in several namespaces: say which "
+                           f"({', '.join(sorted(p.ref for p in found))})")
+        if not found:
+            known = sorted(p.ref for p in state.pods.values())[:3]
+            raise LabError(f"lab {self.spec.prefix} has no pod {ref!r} "
+                           f"(pods: {', '.join(known) or 'none'}{', ...' if known else ''})")
+        return found[0]
+
+    def _new_container_id(self) -> str:
+        return f"{self.spec.prefix}-{uuid.uuid4().hex[:16]}"
+
+    def _record(self, pod: PodRecord) -> PodRecord:
+        """Save the pod before its ADD, so an interrupted ADD is found and repaired."""
+        with self._changing() as st:
+            st.pods[pod.key] = pod
+        return pod
+
+    def _ensure_attached(self, pod: PodRecord, fresh: bool) -> PodRecord:
+        ns = self.spec.pod_ns(pod.key)
+        if pod.ip and sysx.netns_exists(ns) and self._pod_has_ip(pod):
+            self.ensure_responder(pod)
+            self.progress(f"pod       {pod.ref}: {pod.ip} on {pod.node} (was there)")
             return pod
-        recorded = pod is not None
-        if pod is None:
-            pod = PodRecord(name, node, f"{self.spec.prefix}-{uuid.uuid4().hex[:16]}")
-            with self._changing() as st:
-                st.pods[name] = pod
-        runtime = self.cni_runtime(node)
+        runtime = self.cni_runtime(pod.node)
         att = self.attachment(pod)
-        if recorded:
+        if not fresh:
             # A broken or half-made pod (an ADD interrupted before its result was saved
             # still holds an IP): the plugins forget it first.  DEL is idempotent.
             try:
                 runtime.delete(att, pod.result)
             except LabError as e:
-                log.warning("DEL of the broken pod %s: %s", name, e)
+                log.warning("DEL of the broken pod %s: %s", pod.ref, e)
+        self.stop_responder(pod)   # one left in a namespace that vanished serves no one
         sysx.ensure_netns(ns)
         result = runtime.add(att)
         pod_ip = result_ip(result)
         with self._changing():
             pod.result, pod.ip = result, pod_ip
-        self.progress(f"pod       {name}: {pod.ip} on {node} "
-                      f"(CNI ADD via {runtime_names(runtime)})")
+        self.ensure_responder(pod)
+        self.progress(f"pod       {pod.ref}: {pod.ip} on {pod.node} "
+                      f"(CNI ADD via {runtime_names(runtime)}; responder on tcp/udp "
+                      f"{', '.join(map(str, RESPONDER_PORTS))})")
         return pod
 
     def attachment(self, pod: PodRecord) -> Attachment:
-        return Attachment(pod.container_id, self.spec.pod_ns(pod.name), "eth0",
-                          f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.spec.prefix};"
-                          f"K8S_POD_NAME={pod.name}")
+        """The CNI call for ``pod``: its identity in CNI_ARGS (as kubelet's runtimes pass
+        it) and its labels as ``args.cni.labels`` (the CNI conventions)."""
+        return Attachment(pod.container_id, self.spec.pod_ns(pod.key), "eth0",
+                          f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};"
+                          f"K8S_POD_NAME={pod.name}",
+                          labels=tuple(sorted(pod.labels.items())))
+
+    # ----------------------------------------------------------------- responders, probes
+    def _responder_pid(self, pod: PodRecord) -> sysx.PidFile:
+        return sysx.PidFile(self.spec.pod_file(pod.key, "responder.pid"))
+
+    def responder_pid(self, pod: PodRecord) -> int | None:
+        return self._responder_pid(pod).read()
+
+    def ensure_responder(self, pod: PodRecord, timeout: float = RESPONDER_TIMEOUT) -> None:
+        """The pod's responder running and answering (started if it is not)."""
+        pidfile = self._responder_pid(pod)
+        if pidfile.read() is not None:
+            return
+        log_path = self.spec.pod_file(pod.key, "responder.log")
+        os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
+        ns = self.spec.pod_ns(pod.key)
+        sysx.start_process(sysx.in_netns(ns, [sys.executable, "-m", "overlay.lab.responder",
+                                              "--pod", pod.ref]), pidfile, log_path)
+        here = Target(pod.ref, "127.0.0.1")
+        try:
+            sysx.wait_for(lambda: pidfile.read() is None
+                          or probe(ns, here, RESPONDER_PORTS[0], "tcp", timeout=0.5).ok,
+                          timeout, interval=0.05, what=f"the responder of {pod.ref}")
+        except LabError:
+            raise LabError(f"the responder of {pod.ref} did not answer in {timeout:g} s; see "
+                           f"{log_path}:\n" + _tail(log_path)) from None
+        if pidfile.read() is None:
+            raise LabError(f"the responder of {pod.ref} exited; see {log_path}:\n"
+                           + _tail(log_path))
+
+    def stop_responder(self, pod: PodRecord) -> bool:
+        return sysx.stop_process(self._responder_pid(pod))
+
+    def probe(self, src: str, dst: str, port: int, protocol: str,
+              timeout: float = DEFAULT_PROBE_TIMEOUT) -> ProbeResult:
+        """From pod ``src`` to pod ``dst``'s responder (names as :meth:`find_pod` takes)."""
+        a, b = self.find_pod(src), self.find_pod(dst)
+        if not b.ip:
+            raise LabError(f"pod {b.ref} has no IP (run `overlay-lab up` to repair it)")
+        return probe(self.spec.pod_ns(a.key), Target(b.ref, b.ip), port, protocol, timeout)
 
     def _pod_has_ip(self, pod: PodRecord) -> bool:
-        got = sysx.ip("-4", "-o", "addr", "show", "dev", "eth0", ns=self.spec.pod_ns(pod.name),
+        got = sysx.ip("-4", "-o", "addr", "show", "dev", "eth0", ns=self.spec.pod_ns(pod.key),
                       check=False)
         return got.returncode == 0 and f" {pod.ip}/" in got.stdout
 
@@ -515,7 +691,7 @@ class Lab:
             try:
                 self.cni_runtime(pod.node).delete(self.attachment(pod), pod.result)
             except LabError as e:
-                log.warning("CNI DEL for %s: %s", pod.name, e)
+                log.warning("CNI DEL for %s: %s", pod.ref, e)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(one, pods))
 
@@ -529,9 +705,11 @@ class Lab:
     def status(self) -> dict[str, Any]:
         state = self._need_state()
         nodes = [self.node_status(n).__dict__ for n in state.nodes]
-        pods = [{"name": p.name, "netns": self.spec.pod_ns(p.name), "node": p.node,
-                 "ip": p.ip, "present": sysx.netns_exists(self.spec.pod_ns(p.name))}
-                for p in sorted(state.pods.values(), key=lambda p: p.name)]
+        pods = [{"namespace": p.namespace, "name": p.name, "netns": self.spec.pod_ns(p.key),
+                 "node": p.node, "ip": p.ip, "labels": p.labels,
+                 "present": sysx.netns_exists(self.spec.pod_ns(p.key)),
+                 "responder_pid": self.responder_pid(p)}
+                for p in sorted(state.pods.values(), key=lambda p: p.key)]
         return {"name": self.spec.prefix, "dir": self.spec.lab_dir,
                 "etcd": {"endpoint": self.spec.etcd_endpoint, "netns": self.spec.underlay_ns,
                          "pid": self._etcd_pid().read(), "healthy": self.etcd_healthy()},
@@ -545,9 +723,13 @@ class Lab:
         for node in state.nodes:
             if target in (node, self.spec.node_ns(node)):
                 return self.spec.node_ns(node)
-        for pod in state.pods:
-            if target in (pod, self.spec.pod_ns(pod)):
-                return self.spec.pod_ns(pod)
+        for key in state.pods:
+            if target == self.spec.pod_ns(key):
+                return target
+        try:
+            return self.spec.pod_ns(self.find_pod(target).key)
+        except LabError:
+            pass
         raise LabError(f"lab {self.spec.prefix} has no node or pod {target!r} "
                        f"(try: underlay, {', '.join(state.nodes[:1] + sorted(state.pods)[:1])})")
 

@@ -1,9 +1,11 @@
-"""All-pairs pod-to-pod reachability: one bounded ping per pair, in parallel."""
+"""All-pairs pod-to-pod reachability: one bounded check per pair (a ping, or a probe of
+the destination's responder), in parallel."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,11 +36,18 @@ def ping(src_ns: str, dst_ip: str, count: int = 1, wait: float = 1.0, size: int 
     return False
 
 
-def reachability(pods: list[Endpoint], attempts: int = 2,
-                 workers: int = 12) -> dict[tuple[str, str], bool]:
+Check = Callable[["Endpoint", "Endpoint"], bool]
+
+
+def reachability(pods: list[Endpoint], attempts: int = 2, workers: int = 12,
+                 check: Check | None = None) -> dict[tuple[str, str], bool]:
+    """``check(from, to)`` for every ordered pair; by default a ping (``attempts`` tries)."""
+    def by_ping(a: Endpoint, b: Endpoint) -> bool:
+        return ping(a.netns, b.ip, attempts=attempts)
+    one = check or by_ping
     pairs = [(a, b) for a in pods for b in pods if a.name != b.name]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda p: ping(p[0].netns, p[1].ip, attempts=attempts), pairs))
+        results = list(pool.map(lambda p: one(*p), pairs))
     return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results, strict=True)}
 
 

@@ -43,6 +43,8 @@ class Attachment:
     netns: str          # a name under /var/run/netns, or a path
     ifname: str = "eth0"
     args: str = ""      # CNI_ARGS
+    # The pod's labels, passed as the netconf's ``args.cni.labels`` (CNI conventions).
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def find_conflist(conf_dir: str) -> str:
@@ -159,6 +161,8 @@ class CNIRuntime:
         conf["name"] = self.conflist["name"]
         if prev is not None:
             conf["prevResult"] = prev
+        if att.labels:
+            conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in att.labels]}}
         exe = self._find(plugin.get("type", ""))
         what = f"CNI {command} {plugin['type']} for {att.container_id}"
         log.debug("%s", what)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
 from overlay.errors import OverlayError
 
 DEFAULT_PREFIX = "ovlab"
@@ -31,6 +32,10 @@ ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 HEALTHZ_ADDR = "127.0.0.1:9099"   # inside each node's own namespace, so one port fits all
 ETCD_KEY_PREFIX = "/overlay/network"
+DEFAULT_NAMESPACE = "default"
+MAX_POD_NAME = 63        # a lab pod's name becomes part of its namespace's file name
+MAX_LABELS = 32
+RESPONDER_PORTS = (80, 81)   # every lab pod answers TCP and UDP on these
 
 UNIX_PATH_MAX = 107      # sun_path holds 108 bytes including the terminating NUL
 
@@ -90,12 +95,23 @@ class LabSpec:
         return f"pod-{node}-{i}"
 
     def pod_ns(self, pod: str) -> str:
-        return f"{self.prefix}-{pod}"
+        """The namespace of the pod whose key (:func:`pod_key`) is ``pod``: a pod of
+        ``default`` is ``<prefix>-<name>``, another ``<prefix>-<ns>_<name>`` ('_' is in
+        neither name's alphabet, so no two pods share a namespace)."""
+        return f"{self.prefix}-{pod.replace('/', '_')}"
 
     # --- addresses ----------------------------------------------------------------------
     @staticmethod
     def node_ip(node: str) -> IPv4Address:
         return UNDERLAY_GATEWAY.ip + FIRST_NODE_HOST - 1 + node_index(node)
+
+    @staticmethod
+    def node_subnet(node: str) -> IPv4Network:
+        """The subnet the lab reserves for ``node``: node<i> holds 10.244.<i>.0/24, the
+        example cluster's table (node1 10.244.1.0/24, node2 10.244.2.0/24, ...)."""
+        net = IPv4Network(POD_NETWORK)
+        return IPv4Network((int(net.network_address) + (node_index(node) << (32 - SUBNET_LEN)),
+                            SUBNET_LEN))
 
     @staticmethod
     def node_interface(node: str) -> IPv4Interface:
@@ -131,6 +147,18 @@ class LabSpec:
     def cni_conf_dir(self, node: str) -> str:
         return os.path.join(self.node_dir(node), "net.d")
 
+    @property
+    def pods_dir(self) -> str:
+        return os.path.join(self.lab_dir, "pods")
+
+    def pod_dir(self, pod: str) -> str:
+        """The directory of the pod whose key is ``pod`` (named as its namespace is)."""
+        return os.path.join(self.pods_dir, pod.replace("/", "_"))
+
+    def pod_file(self, pod: str, name: str) -> str:
+        """A file of the pod whose key is ``pod`` (its responder's pid file and log)."""
+        return os.path.join(self.pod_dir(pod), name)
+
 
 def next_free_node(existing: list[str]) -> str:
     """The lowest unused ``node<i>`` (a removed node's slot and address are reused)."""
@@ -139,3 +167,70 @@ def next_free_node(existing: list[str]) -> str:
         if i not in used:
             return f"node{i}"
     raise LabError(f"the lab already has {MAX_NODES} nodes, the most it can hold")
+
+
+def responder_reply(pod: str, protocol: str, port: int) -> bytes:
+    """The one line a lab pod's responder (``NS/NAME``) answers on ``protocol/port``."""
+    return f"overlay-lab responder {pod} {protocol}/{port}\n".encode()
+
+
+def pod_key(namespace: str, name: str) -> str:
+    """How the lab names a pod: ``name`` for one in ``default``, else ``ns/name``."""
+    return name if namespace == DEFAULT_NAMESPACE else f"{namespace}/{name}"
+
+
+def check_pod_name(name: str) -> str:
+    problem = dns_subdomain_problem(name)
+    if problem is None and len(name) > MAX_POD_NAME:
+        problem = f"is {len(name)} characters long (the lab takes at most {MAX_POD_NAME})"
+    if problem:
+        raise LabError(f"pod name {name!r} {problem}")
+    return name
+
+
+def check_namespace(namespace: str) -> str:
+    problem = dns_label_problem(namespace)
+    if problem:
+        raise LabError(f"namespace {namespace!r} {problem}")
+    return namespace
+
+
+def parse_pod_ref(text: str) -> tuple[str | None, str]:
+    """``NS/NAME`` -> (NS, NAME); a bare ``NAME`` -> (None, NAME): any namespace."""
+    ns, sep, name = text.rpartition("/")
+    if sep:
+        return check_namespace(ns), check_pod_name(name)
+    return None, check_pod_name(name)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> {k: v, k2: v2}: keys DNS-1123 subdomains with an optional
+    ``prefix/``, values at most 63 characters of letters, digits, ``-_.`` (Kubernetes'
+    label syntax, simplified); an empty string is no labels."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LabError(f"label {item!r}: expected key=value")
+        _check_label(key, value)
+        if key in labels:
+            raise LabError(f"label {key!r} is given twice")
+        labels[key] = value
+    if len(labels) > MAX_LABELS:
+        raise LabError(f"{len(labels)} labels: the lab takes at most {MAX_LABELS}")
+    return labels
+
+
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _check_label(key: str, value: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and dns_subdomain_problem(prefix):
+        raise LabError(f"label key {key!r}: its prefix {dns_subdomain_problem(prefix)}")
+    if not _LABEL_NAME_RE.match(name):
+        raise LabError(f"label key {key!r}: a name of 1-63 letters, digits, '-', '_', '.', "
+                       "starting and ending with a letter or digit")
+    if value and not _LABEL_NAME_RE.match(value):
+        raise LabError(f"label {key}={value!r}: a value of at most 63 letters, digits, "
+                       "'-', '_', '.', starting and ending with a letter or digit")

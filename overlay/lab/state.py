@@ -11,7 +11,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from overlay.lab.spec import MAX_PODS_PER_NODE, LabError, node_index
+from overlay.lab.spec import (
+    DEFAULT_NAMESPACE,
+    MAX_PODS_PER_NODE,
+    LabError,
+    check_namespace,
+    check_pod_name,
+    node_index,
+    pod_key,
+)
 from overlay.util.fsutil import atomic_write
 
 
@@ -22,6 +30,31 @@ class PodRecord:
     container_id: str
     ip: str | None = None
     result: dict[str, Any] | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    labels: dict[str, str] = field(default_factory=dict)
+    # False for a pod made by ``pod add``: ``up`` repairs it but never counts it.
+    counted: bool = True
+
+    @property
+    def key(self) -> str:
+        """The pod's key in :attr:`LabState.pods` (see :func:`overlay.lab.spec.pod_key`)."""
+        return pod_key(self.namespace, self.name)
+
+    @property
+    def ref(self) -> str:
+        """``NS/NAME``, as the pod registry and ``overlayctl pods`` name it."""
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PodRecord:
+        pod = cls(**raw)
+        check_pod_name(pod.name)
+        check_namespace(pod.namespace)
+        if not isinstance(pod.labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in pod.labels.items()):
+            raise ValueError(f"pod {pod.name}: labels must map strings to strings")
+        node_index(pod.node)
+        return pod
 
 
 @dataclass
@@ -49,20 +82,20 @@ class LabState:
         return self.node_pods.get(node, self.pods_per_node)
 
     def pods_of(self, node: str) -> list[PodRecord]:
-        return sorted((p for p in self.pods.values() if p.node == node), key=lambda p: p.name)
+        return sorted((p for p in self.pods.values() if p.node == node), key=lambda p: p.key)
 
     def to_json(self) -> str:
         return json.dumps({"prefix": self.prefix, "pods_per_node": self.pods_per_node,
                            "nodes": self.nodes, "node_pods": self.node_pods,
                            "pods": [asdict(p) for p in sorted(self.pods.values(),
-                                                              key=lambda p: p.name)]},
+                                                              key=lambda p: p.key)]},
                           indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str) -> LabState:
         try:
             raw = json.loads(text)
-            pods = {p["name"]: PodRecord(**p) for p in raw.get("pods", [])}
+            pods = {pod.key: pod for pod in map(PodRecord.from_dict, raw.get("pods", []))}
             node_pods = {str(n): int(c) for n, c in raw.get("node_pods", {}).items()}
             state = cls(raw["prefix"], int(raw["pods_per_node"]), list(raw["nodes"]), pods,
                         node_pods)

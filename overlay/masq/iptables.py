@@ -7,22 +7,22 @@ comes without a netns).  Applied with one ``iptables-restore --noflush`` batch.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
 from overlay.cni.skel import ERR_FIREWALL
 from overlay.errors import CNIError
+from overlay.util import lazylog
+from overlay.util.digest import name_digest
 
 if TYPE_CHECKING:
     import subprocess
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 
 def chain_name(network_name: str, container_id: str, ifname: str) -> str:
-    digest = hashlib.sha256(f"{network_name}\0{container_id}\0{ifname}".encode()).hexdigest()
+    digest = name_digest(network_name, container_id, ifname)
     return "OVERLAY-" + digest[:20]
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
+from typing import NamedTuple
 
 from overlay.netlink.rtnl import (
     AF_INET,
@@ -24,15 +23,12 @@ from overlay.netlink.rtnl import (
 )
 
 
-@dataclass(frozen=True)
-class Addr:
-    """An address on a link; unpacks as ``(index, interface)`` for callers that take pairs."""
+class Addr(NamedTuple):
+    """An address on a link; unpacks as ``(index, interface)`` for callers that take pairs
+    (``index`` shadows ``tuple.index``, as in ``link.Link``)."""
 
-    index: int
+    index: int  # type: ignore[assignment]
     interface: IPv4Interface
-
-    def __iter__(self) -> Iterator[int | IPv4Interface]:
-        return iter((self.index, self.interface))
 
 
 def msg(add: bool, index: int, address: IPv4Interface, broadcast: bool = False,

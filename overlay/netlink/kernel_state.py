@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TypeAlias
 
@@ -138,8 +138,8 @@ def routes_get(queries: Sequence[RouteQuery], netns: str | None = None
             log.debug("route get %s: %s", q.dst, describe_errno(code) if code else "no answer")
             out.append(None)
         else:  # the answer's protocol is the matched route's: not asked about here
-            out.append(replace(found, dst=IPv4Network(f"{q.dst}/32"), protocol=None, metric=0,
-                               kind="unicast"))
+            out.append(found._replace(dst=IPv4Network(f"{q.dst}/32"), protocol=None, metric=0,
+                                      kind="unicast"))
     return out
 
 

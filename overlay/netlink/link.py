@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 from overlay.netlink.rtnl import (
     AF_UNSPEC,
@@ -54,8 +54,7 @@ _PORT = struct.Struct(">H")  # IFLA_VXLAN_PORT is big-endian
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 
 
-@dataclass(frozen=True)
-class VXLANInfo:
+class VXLANInfo(NamedTuple):
     vni: int
     port: int
     local: IPv4Address | None
@@ -63,9 +62,11 @@ class VXLANInfo:
     learning: bool
 
 
-@dataclass(frozen=True)
-class Link:
-    index: int
+class Link(NamedTuple):
+    """A NamedTuple, as every record the CNI plugin's in-process path makes (see
+    ``overlay.cni.skel.Request``); the kernel's name ``index`` shadows ``tuple.index``."""
+
+    index: int  # type: ignore[assignment]
     name: str
     kind: str  # "vxlan", "bridge", "veth", ... ("" for loopback and physical devices)
     up: bool  # administratively up (IFF_UP)
@@ -78,8 +79,7 @@ class Link:
     running: bool = False  # IFF_RUNNING: has carrier
 
 
-@dataclass(frozen=True)
-class LinkEvent:
+class LinkEvent(NamedTuple):
     """A link notification (RTM_NEWLINK / RTM_DELLINK on RTMGRP_LINK)."""
 
     kind: str  # "new" or "del"

@@ -13,8 +13,6 @@ Namespaces are entered per thread (:mod:`.netns`).
 from __future__ import annotations
 
 import errno
-import hashlib
-import logging
 import os
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -29,16 +27,18 @@ from overlay.netlink.rtnl import (
     Rtnl,
     describe_errno,
 )
+from overlay.util import lazylog
+from overlay.util.digest import name_digest
 
 __all__ = ["SECONDARY_METRIC", "add_veth", "configure_pod_link", "del_link", "ensure_bridge",
            "get_addresses", "get_link", "get_routes", "host_veth_name", "set_link_down"]
 
-log = logging.getLogger(__name__)
+log = lazylog.get_logger(__name__)
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
     """A stable host-side name, so DEL and GC find the veth without the pod's namespace."""
-    digest = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()
+    digest = name_digest(container_id, ifname)
     return "veth" + digest[:11]
 
 

@@ -3,8 +3,8 @@ one :class:`Route` record (protocol, metric and type included)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 from overlay.netlink.rtnl import (
     AF_INET,
@@ -42,8 +42,7 @@ from overlay.netlink.rtnl import (
 RTPROT_OVERLAY = 111
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     dst: IPv4Network
     gateway: IPv4Address | None
     oif: int | None

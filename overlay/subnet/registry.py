@@ -74,6 +74,7 @@ T = TypeVar("T")
 UNKNOWN_IP = IPv4Address("0.0.0.0")
 WATCH_BACKOFF_MIN = 0.05
 CACHED_VALUE_BYTES = 4096  # lease values larger than this are decoded every time
+CACHED_VALUES = 4096  # values decoded; a larger listing bypasses the cache (see _parse_kv)
 WATCH_BACKOFF_MAX = 2.0
 # How often an open watch asks etcd for a progress notification, so a silent stream
 # (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".
@@ -143,6 +144,8 @@ class EtcdRegistry:
         self.config_key = f"{self.prefix}/config"
         self.subnets_prefix = f"{self.prefix}/subnets/"
         self.etcd = EtcdClient(opts)
+        # whether decoding goes through _parse_kv: until a listing is larger than it
+        self._cache = True
 
     def client(self) -> MultiEndpointEtcd3Client:
         """The etcd client (connected, authenticated) for requests the registry's
@@ -225,7 +228,8 @@ class EtcdRegistry:
         """The lease a key/value holds, or why it is not one (never raises)."""
         # A hostile value (up to etcd's 1.5 MiB) must not be kept alive by the cache: a
         # real lease is ~150 bytes, and 4096 cached 64 KiB values would pin 256 MiB.
-        parse = _parse_kv if len(kv.value) <= CACHED_VALUE_BYTES else decode_kv
+        parse = (_parse_kv if self._cache and len(kv.value) <= CACHED_VALUE_BYTES
+                 else decode_kv)
         parsed = parse(self.subnets_prefix, kv.key, kv.value)
         if len(parsed) == 3:
             reason, detail, subnet = parsed
@@ -235,6 +239,13 @@ class EtcdRegistry:
         return Lease(subnet=subnet, attrs=attrs, expiration=expiration,
                      etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl,
                      create_revision=kv.create_revision)
+
+    def _use_cache(self, listed: int) -> None:
+        """Decode through the cache only while a whole listing fits in it."""
+        fits = listed <= CACHED_VALUES
+        if self._cache and not fits:
+            _parse_kv.cache_clear()  # what it holds would only be evicted unused
+        self._cache = fits
 
     def _lease_ttl(self, client: MultiEndpointEtcd3Client, lease_id: int) -> tuple[int, int]:
         """(remaining, granted) seconds of an etcd lease; remaining -1 if it is gone."""
@@ -269,6 +280,7 @@ class EtcdRegistry:
         """Like ``list_leases``, with every rejected key beside the leases."""
         def op(c: MultiEndpointEtcd3Client) -> LeaseListing:
             resp = c.get_prefix_response(self.subnets_prefix)
+            self._use_cache(len(resp.kvs))
             leases, rejected = [], []
             for kv in resp.kvs:
                 got = (self._judged_with_expiry(c, kv) if with_expiration
@@ -659,11 +671,14 @@ class _WatchStream:
             raise RegistryError(f"etcd closed the watch stream ({what})")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHED_VALUES)
 def _parse_kv(prefix: str, key: bytes, value: bytes
               ) -> tuple[IPv4Network, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
     """``decode_kv``, cached: every listing re-reads every lease, and most of them have
-    not changed."""
+    not changed (a daemon lists twice as it starts: to acquire, then to watch).
+    Each entry pins the raw key and value, and an LRU smaller than a listing misses
+    every time (it evicts in key order), so a registry whose last listing did not fit
+    decodes without it (``EtcdRegistry._cache``): 2 MB less RSS at 5000 leases."""
     return decode_kv(prefix, key, value)
 
 

@@ -1,1 +1,2 @@
-"""Small helpers that know nothing of the network: backoff, atomic files, programs, names."""
+"""Small helpers that know nothing of the network: backoff, atomic files, programs, names,
+true/false."""

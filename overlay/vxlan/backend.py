@@ -32,6 +32,7 @@ from typing import Protocol
 
 from overlay.errors import OverlayError
 from overlay.lease import Lease, LeaseBatch
+from overlay.util.memory import release_free_memory
 from overlay.vxlan.entries import (
     FDB,
     BackendSettings,
@@ -218,6 +219,13 @@ class VXLANBackend:
 
     def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
         """Make the device's entries exactly those of the known leases (or ``leases``)."""
+        res = self._reconcile(leases)
+        # Its dump (and the listing before a snapshot) were the peak, now freed: give the
+        # C heap back, or the RSS stays at that peak (see overlay.util.memory).
+        release_free_memory()
+        return res
+
+    def _reconcile(self, leases: Iterable[Lease] | None) -> Result:
         with self._lock:
             if leases is not None:
                 self._set_all(leases)

@@ -330,17 +330,18 @@ class VXLANDevice:
         out = Entries()
         if not self.index:
             return out
+        # One kind at a time, its records dropped before the next dump: with thousands
+        # of remotes the records are the daemon's largest transient every 10 s, and the
+        # RSS keeps the peak.
         with self._lock:
-            neighs = neigh.dump(self.raw, AF_INET, self.index)
-            fdbs = neigh.dump(self.raw, AF_BRIDGE, self.index)
+            for n in neigh.dump(self.raw, AF_INET, self.index):
+                if n.state & NUD_PERMANENT and n.dst is not None and n.mac:
+                    out.add(Neigh(n.dst, n.mac))
+            for f in neigh.dump(self.raw, AF_BRIDGE, self.index):
+                if f.dst is not None and f.mac and f.mac != ZERO_MAC:
+                    out.add(FDB(f.mac, f.dst))
             routes, others = route.dump_main(self.raw)
             out.others = self._name_others(others)
-        for n in neighs:
-            if n.state & NUD_PERMANENT and n.dst is not None and n.mac:
-                out.add(Neigh(n.dst, n.mac))
-        for f in fdbs:
-            if f.dst is not None and f.mac and f.mac != ZERO_MAC:
-                out.add(FDB(f.mac, f.dst))
         for r in routes:  # proto 111 only: nothing else is ever ours to remove
             if r.gateway is None:
                 continue

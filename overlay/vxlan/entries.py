@@ -14,7 +14,7 @@ from typing import TypeAlias
 from overlay.lease import Lease
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neigh:
     """Permanent ARP entry on the VXLAN device: the remote's ``.0`` -> its VTEP MAC."""
 
@@ -22,7 +22,7 @@ class Neigh:
     mac: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FDB:
     """FDB entry on the VXLAN device: frames to ``mac`` are sent to VTEP ``dst``."""
 
@@ -30,7 +30,7 @@ class FDB:
     dst: IPv4Address
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """``dst via gateway``: onlink on the VXLAN device, or ``direct`` via the underlay."""
 

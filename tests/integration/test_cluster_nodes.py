@@ -150,7 +150,7 @@ def test_forced_delete_of_a_live_node_is_undone_by_its_overlayd(topo):
     r = subprocess.run(["ip", "netns", "exec", topo.nodes[0].ns, OVERLAYCTL,
                         "--etcd-endpoints", topo.etcd.endpoint, "nodes", "delete", "node1",
                         "--force"], capture_output=True, text=True)
-    assert r.returncode == 0 and "node node1 deleted (2 keys)" in r.stdout, r.stderr
+    assert r.returncode == 0 and "node node1 deleted (2 keys, 0 pods)" in r.stdout, r.stderr
     # the heartbeat's lease was revoked: the next keepalive fails and overlayd registers
     # again (a new lease, the record rewritten), possibly before we could look
     wait_for(lambda: metric(topo.nodes[0], "overlay_node_heartbeat_grants") == grants + 1,

@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from overlay.lab.cli import build_parser
+from overlay.lab.cli import cli
 from overlay.lab.matrix import Endpoint, render
 from overlay.lab.runtime import find_conflist, load_conflist, result_ip
 from overlay.lab.spec import LabError, LabSpec, next_free_node, node_index
@@ -125,44 +127,130 @@ def test_matrix_render_marks_failures():
     assert lines[2].split()[-2:] == ["FAIL", "-"]
 
 
+def _parse(argv):
+    """(command name, its parameters, the shared LabOptions) as click parses ``argv``."""
+    import click
+    group: click.Group = cli
+    ctx = cli.make_context("overlay-lab", list(argv))
+    while True:
+        name, cmd, rest = group.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        assert cmd is not None and name is not None
+        ctx = cmd.make_context(name, rest, parent=ctx)
+        if not isinstance(cmd, click.Group):
+            return name, ctx.params, ctx.obj
+        group = cmd
+
+
 @pytest.mark.parametrize("argv", [["up", "--nodes", "0"], ["up", "--nodes", "100"],
-                                  ["up", "--pods-per-node", "x"], ["frobnicate"]])
-def test_cli_rejects_bad_arguments(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(argv)
-    assert e.value.code == 2
+                                  ["up", "--pods-per-node", "x"], ["frobnicate"],
+                                  ["probe", "a"], ["probe", "a", "b", "--protocol", "icmp"],
+                                  ["probe", "a", "b", "--port", "0"],
+                                  ["matrix", "--port", "65536"], ["pod", "add", "x"]])
+def test_cli_rejects_bad_arguments(argv):
+    got = CliRunner().invoke(cli, argv)
+    assert got.exit_code == 2, got.output
+    assert "Traceback" not in got.output
 
 
 def test_cli_defaults():
-    args = build_parser().parse_args(["up"])
-    assert (args.name, args.nodes, args.pods_per_node) == ("ovlab", None, None)
-    args = build_parser().parse_args(["exec", "node1", "--", "ip", "-o", "link"])
-    assert args.target == "node1" and args.cmd[-3:] == ["ip", "-o", "link"]
+    name, params, obj = _parse(["up"])
+    assert (name, obj.name, params["nodes"], params["pods_per_node"]) == ("up", "ovlab", None,
+                                                                          None)
+    name, params, _ = _parse(["exec", "node1", "--", "ip", "-o", "link"])
+    assert name == "exec" and params["target"] == "node1"
+    assert list(params["cmd"])[-3:] == ["ip", "-o", "link"]
+    _, params, _ = _parse(["probe", "pod-node1-1", "web/db"])
+    assert (params["source"], params["dest"], params["port"], params["protocol"]) == (
+        "pod-node1-1", "web/db", None, None)
+    _, params, _ = _parse(["pod", "add", "db", "--node", "node2", "-n", "web",
+                           "--labels", "app=db"])
+    assert (params["pod_name"], params["node"], params["namespace"], params["labels"]) == (
+        "db", "node2", "web", "app=db")
 
 
 @pytest.mark.parametrize("argv", [
     ["--name", "lab2", "--lab-dir", "/srv/labs", "status"],
     ["status", "--name", "lab2", "--lab-dir", "/srv/labs"],
     ["--name", "lab2", "status", "--lab-dir", "/srv/labs"],
+    ["--name", "x", "--lab-dir", "/y", "status", "--name", "lab2", "--lab-dir", "/srv/labs"],
 ])
 def test_cli_common_options_go_before_or_after_the_command(argv):
-    args = build_parser().parse_args(argv)
-    assert (args.command, args.name, args.lab_dir) == ("status", "lab2", "/srv/labs")
+    name, _, obj = _parse(argv)
+    assert (name, obj.name, obj.lab_dir) == ("status", "lab2", "/srv/labs")
 
 
-def test_cli_common_options_keep_their_defaults_either_way():
-    for argv in (["status"], ["-v", "status"], ["status", "-v"]):
-        args = build_parser().parse_args(argv)
-        assert (args.name, args.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
-        assert args.verbose == argv.count("-v")
+def test_cli_common_options_keep_their_defaults_either_way(monkeypatch):
+    monkeypatch.delenv("OVERLAY_LAB_NAME", raising=False)
+    monkeypatch.delenv("OVERLAY_LAB_DIR", raising=False)
+    for argv in (["status"], ["-v", "status"], ["status", "-v"], ["-v", "status", "-v"]):
+        _, _, obj = _parse(argv)
+        assert (obj.name, obj.lab_dir) == ("ovlab", "/var/lib/overlay-lab")
+        assert obj.verbose == argv.count("-v")
+    monkeypatch.setenv("OVERLAY_LAB_NAME", "fromenv")
+    monkeypatch.setenv("OVERLAY_LAB_DIR", "/env/dir")
+    assert (_parse(["status"])[2].name, _parse(["status"])[2].lab_dir) == ("fromenv", "/env/dir")
+    assert _parse(["status", "--name", "given"])[2].name == "given"
+    assert _parse(["--name", "given", "status"])[2].name == "given"
+    assert _parse(["--lab-dir", "/given", "status"])[2].lab_dir == "/given"
 
 
-def test_cli_version(capsys):
+def test_cli_version():
+    got = CliRunner().invoke(cli, ["--version"])
     from overlay import __version__
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["--version"])
-    assert e.value.code == 0
-    assert capsys.readouterr().out.strip() == f"overlay-lab {__version__}"
+    assert got.exit_code == 0 and got.output.strip() == f"overlay-lab {__version__}"
+
+
+def test_cli_status_of_a_recorded_lab_names_pods_with_namespace_and_labels(tmp_path):
+    """Runs the real command on a lab whose record exists but whose parts do not (no
+    namespaces, no processes): everything shows as down, nothing fails."""
+    if os.geteuid() != 0:
+        pytest.skip("overlay-lab needs root")
+    prefix = _random_prefix()
+    st = LabState(prefix, 1, ["node1"])
+    st.pods["web/db"] = PodRecord("db", "node1", "c1", "10.244.1.9", namespace="web",
+                                  labels={"app": "db", "tier": "be"}, counted=False)
+    save_state(LabSpec(prefix, str(tmp_path)).state_file, st)
+    got = CliRunner().invoke(cli, ["status", "--name", prefix, "--lab-dir", str(tmp_path)])
+    assert got.exit_code == 0, got.output
+    row = [line for line in got.output.splitlines() if line.startswith("web ")]
+    assert row and row[0].split()[:2] == ["web", "db"] and "app=db,tier=be" in row[0]
+    assert f"{prefix}-web_db (missing)" in row[0]
+    got = CliRunner().invoke(cli, ["-o", "json", "status"])
+    assert got.exit_code == 2      # -o belongs to status, not to the group
+    got = CliRunner().invoke(cli, ["status", "-o", "json", "--name", prefix,
+                                   "--lab-dir", str(tmp_path)])
+    pods = json.loads(got.output)["pods"]
+    assert pods == [{"namespace": "web", "name": "db", "netns": f"{prefix}-web_db",
+                     "node": "node1", "ip": "10.244.1.9", "labels": {"app": "db", "tier": "be"},
+                     "present": False, "responder_pid": None}]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["probe", "nosuch", "db"], "has no pod 'nosuch'"),
+    (["probe", "Bad_Name", "db"], "pod name 'Bad_Name'"),
+    (["pod", "del", "web/nosuch"], "has no pod 'web/nosuch'"),
+    (["pod", "add", "db", "--node", "node1", "-n", "web"], "pod web/db exists already"),
+    (["pod", "add", "x", "--node", "node7"], "has no node 'node7'"),
+    (["pod", "add", "x", "--node", "node1", "--labels", "a=b,a=c"], "given twice"),
+    (["pod", "add", "pod-node1-9", "--node", "node1"], "kept for the pods `up` makes"),
+    (["exec", "web/nosuch", "--", "true"], "no node or pod"),
+])
+def test_cli_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, msg):
+    if os.geteuid() != 0:
+        pytest.skip("overlay-lab needs root")
+    prefix = _random_prefix()
+    st = LabState(prefix, 1, ["node1"])
+    st.pods["web/db"] = PodRecord("db", "node1", "c1", "10.244.1.9", namespace="web")
+    spec = LabSpec(prefix, str(tmp_path))
+    save_state(spec.state_file, st)
+    before = Path(spec.state_file).read_text()
+    got = CliRunner().invoke(cli, [*argv, "--name", prefix, "--lab-dir", str(tmp_path)]
+                             if argv[0] != "exec" else
+                             ["--name", prefix, "--lab-dir", str(tmp_path), *argv])
+    lines = got.output.strip().splitlines()
+    assert got.exit_code == (2 if argv[0] == "probe" else 1), got.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], got.output
+    assert Path(spec.state_file).read_text() == before
 
 
 def test_pid_file_tracks_exactly_its_process(tmp_path):
@@ -346,7 +434,10 @@ def test_up_repairs_a_pod_whose_add_was_interrupted(tmp_path, monkeypatch):
     runtime = _FakeRuntime({pod.container_id: "10.244.1.2"})
     monkeypatch.setattr(lab, "cni_runtime", lambda node: runtime)
     monkeypatch.setattr(lab_mod.sysx, "ensure_netns", lambda name: False)
+    started: list[str] = []     # no namespace here for a responder to run in
+    monkeypatch.setattr(lab, "ensure_responder", lambda pod: started.append(pod.ref))
     got = lab.ensure_pod("node1", 1)
+    assert started == ["default/pod-node1-1"]
     assert runtime.calls == ["DEL", "ADD"] and got.ip and got.result is not None
     assert _saved_state(lab.spec.state_file).pods[pod.name].ip == got.ip
     # A pod made from scratch needs no DEL.
@@ -363,8 +454,13 @@ def _random_prefix() -> str:
 def _made_by_up(lab):
     """The files a two-node lab's ``up`` leaves under its dir (contents stand-ins)."""
     spec = lab.spec
+    for pod in (PodRecord("pod-node1-1", "node1", "c1"),
+                PodRecord("db", "node2", "c2", namespace="web", counted=False)):
+        lab.state.pods[pod.key] = pod
     save_state(spec.state_file, lab.state)
-    paths = [spec.node_file(n, f) for n in lab.state.nodes
+    paths = [spec.pod_file(k, f) for k in lab.state.pods
+             for f in ("responder.log", "responder.pid")]
+    paths += [spec.node_file(n, f) for n in lab.state.nodes
              for f in ("subnet.env", "overlayd.log", "overlayd.pid", "net.d/10-overlay.conflist",
                        "ipam/overlay/10.244.1.2", "state/vtep-mac")]
     paths += [os.path.join(spec.etcd_dir, "member/wal/0.wal"), spec.cni_bin_dir + "/overlay",
@@ -381,7 +477,7 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
     _made_by_up(lab)
     mine = [os.path.join(spec.lab_dir, "notes.txt"), spec.node_file("node2", "trace.pcap"),
-            spec.node_file("node1", "keep/x.txt")]   # the user's own
+            spec.node_file("node1", "keep/x.txt"), spec.pod_file("web/db", "db.pcap")]
     for path in mine:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -391,14 +487,16 @@ def test_down_removes_what_up_made_and_only_that(tmp_path):
     lab.down()
     left = sorted(os.path.relpath(os.path.join(r, n), spec.lab_dir)
                   for r, _, names in os.walk(spec.lab_dir) for n in names)
-    assert left == ["node1/keep/x.txt", "node2/trace.pcap", "notes.txt"]
+    assert left == ["node1/keep/x.txt", "node2/trace.pcap", "notes.txt", "pods/web_db/db.pcap"]
     kept = [m for m in said if m.startswith("kept")]
     assert kept == [f"kept      {os.path.normpath(p)} (not made by the lab)"
                     for p in sorted(map(os.path.normpath, mine))]
-    assert "3 path(s) the lab did not make stay" in said[-1]
+    assert "4 path(s) the lab did not make stay" in said[-1]
     for path in mine:
         os.unlink(path)
     os.rmdir(spec.node_file("node1", "keep"))
+    os.rmdir(spec.pod_dir("web/db"))
+    os.rmdir(spec.pods_dir)
     # Without files of the user's, the lab dir goes too.
     lab = Lab(spec, progress=lambda msg: None)
     lab.state = LabState(spec.prefix, 1, ["node1", "node2"])
@@ -460,14 +558,13 @@ def test_exec_env_puts_the_venv_first_and_points_overlayctl_at_the_node(tmp_path
     assert env["PATH"].split(os.pathsep) == [BIN_DIR, "/usr/sbin", "/usr/bin"]
     assert os.access(os.path.join(BIN_DIR, "overlayctl"), os.X_OK)
     assert env["HOME"] == "/r"
-    assert env["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
-    assert env["OVERLAYCTL_DIAGNOSE_SUBNET_FILE"] == lab.spec.node_file("node2", "subnet.env")
-    assert env["OVERLAYCTL_DIAGNOSE_CNI_CONF_DIR"] == lab.spec.cni_conf_dir("node2")
-    assert env["OVERLAYCTL_DIAGNOSE_PUBLIC_IP"] == "192.168.1.12"
-    assert env["OVERLAYCTL_DIAGNOSE_HEALTHZ_ADDR"] == lab.healthz_addr("node2")
-    assert "--healthz-addr" in lab.daemon_argv("node2")
+    # On a node, overlayctl gets only the node's runtime file: the one its overlayd writes.
+    assert {k for k in env if k.startswith("OVERLAYCTL_")} == {"OVERLAYCTL_RUNTIME_FILE"}
+    assert env["OVERLAYCTL_RUNTIME_FILE"] == lab.spec.node_file("node2", "overlayd.json")
     argv = lab.daemon_argv("node2")
     assert argv[argv.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+    assert argv[argv.index("--runtime-file") + 1] == env["OVERLAYCTL_RUNTIME_FILE"]
+    assert argv[argv.index("--cni-conf-dir") + 1] == lab.spec.cni_conf_dir("node2")
 
 
 def test_exec_env_into_a_pod_or_the_underlay(tmp_path):
@@ -477,7 +574,7 @@ def test_exec_env_into_a_pod_or_the_underlay(tmp_path):
     assert not any(k.startswith("OVERLAYCTL_") for k in pod)
     under = lab.exec_env(lab.spec.underlay_ns, {})
     assert under["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
-    assert not any(k.startswith("OVERLAYCTL_DIAGNOSE_") for k in under)
+    assert "OVERLAYCTL_RUNTIME_FILE" not in under
 
 
 def test_exec_env_names_options_overlayctl_really_has(tmp_path):
@@ -554,3 +651,16 @@ def test_output_to_a_closed_pipe_ends_quietly_and_the_work_goes_on():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert err == "finished\n"
+
+
+def test_a_node_can_run_another_overlayd_without_the_flags_it_lacks(tmp_path):
+    from overlay.lab.lab import Lab, NodeDaemon
+    old = NodeDaemon("/opt/old/bin/overlayd", frozenset({"--runtime-file", "--node-name"}))
+    lab = Lab(LabSpec("ovlt", str(tmp_path)), daemons={"node2": old})
+    mine, other = lab.daemon_argv("node1"), lab.daemon_argv("node2")
+    assert "/opt/old/bin/overlayd" in other and "/opt/old/bin/overlayd" not in mine
+    assert "--runtime-file" in mine and "--node-name" in mine
+    assert "--runtime-file" not in other and "--node-name" not in other
+    assert lab.spec.node_file("node2", "overlayd.json") not in other
+    assert other[other.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+    assert mine[mine.index("--node-name") + 1] == "node1"

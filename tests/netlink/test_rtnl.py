@@ -2,7 +2,6 @@
 
 import errno
 import os
-import socket
 import subprocess
 import sys
 
@@ -78,19 +77,19 @@ def test_socket_failures_are_netlink_errors_and_still_os_errors():
 
 
 def test_a_failed_socket_set_up_closes_the_socket(monkeypatch):
-    import socket as socket_mod
+    import _socket
 
     from overlay.netlink import rtnl
     made = []
 
-    class Recording(socket_mod.socket):
+    class Recording(_socket.socket):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             made.append(self)
 
     def refuse(self, groups, bulk):
         raise PermissionError(1, "bind refused")
-    monkeypatch.setattr(socket, "socket", Recording)  # the module rtnl calls
+    monkeypatch.setattr(_socket, "socket", Recording)  # the module rtnl calls
     monkeypatch.setattr(rtnl.Rtnl, "_setup", refuse)
     with pytest.raises(PermissionError):
         rtnl.Rtnl()

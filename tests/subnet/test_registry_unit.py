@@ -181,3 +181,28 @@ def test_only_small_values_are_cached():
         subnet = reg._judge_kv(kv).subnet
         assert subnet is not None and subnet.prefixlen == 24
     assert registry_mod._parse_kv.cache_info().currsize == 1
+
+
+def test_a_listing_larger_than_the_cache_turns_it_off():
+    """An LRU smaller than a listing only pins raw values it will evict unused."""
+    from ipaddress import IPv4Address
+
+    from overlay.lease import LeaseAttrs
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    value = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
+
+    def judge(n: int) -> None:
+        kv = SimpleNamespace(key=(reg.subnets_prefix + f"10.244.{n}.0-24").encode(),
+                             value=value.encode(), lease=0, mod_revision=3, create_revision=3)
+        assert reg._judge_kv(kv).subnet is not None
+
+    registry_mod._parse_kv.cache_clear()
+    judge(1)
+    assert registry_mod._parse_kv.cache_info().currsize == 1
+    reg._use_cache(registry_mod.CACHED_VALUES + 1)
+    assert registry_mod._parse_kv.cache_info().currsize == 0  # cleared
+    judge(2)
+    assert registry_mod._parse_kv.cache_info().currsize == 0  # bypassed
+    reg._use_cache(registry_mod.CACHED_VALUES)
+    judge(3)
+    assert registry_mod._parse_kv.cache_info().currsize == 1

@@ -1,0 +1,244 @@
+"""``overlayctl policy apply|get|delete`` and ``overlayctl namespaces label|list``: the
+NetworkPolicies and namespaces in etcd (``overlay.policy.objects``).
+
+Input is validated whole before anything is written: a manifest with one bad object,
+or one bad label argument, changes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import yaml
+
+from overlay.cli import (
+    CLIContext,
+    cli,
+    global_options,
+    print_json,
+    print_table,
+    yaml_global_options,
+)
+from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
+from overlay.cluster.store import ObjectStore
+from overlay.errors import ConfigError
+from overlay.lease import printable_key
+from overlay.policy import objects
+from overlay.policy.model import (
+    DEFAULT_NAMESPACE,
+    MAX_MANIFEST_BYTES,
+    LabelSelector,
+    NetworkPolicy,
+    label_value_problem,
+    load_manifests,
+    qualified_name_problem,
+)
+from overlay.subnet.registry import EtcdRegistry
+
+
+@contextmanager
+def _store(obj: CLIContext) -> Iterator[ObjectStore]:
+    with EtcdRegistry(obj.etcd_options()) as reg:
+        yield ObjectStore(reg)
+
+
+def _read_manifest(path: str) -> str:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+
+
+def selector_text(sel: LabelSelector) -> str:
+    """kubectl's POD-SELECTOR column: ``k=v,k in (a,b)``; ``<none>`` selects every pod."""
+    parts = [f"{k}={v}" for k, v in sel.match_labels]
+    for r in sel.match_expressions:
+        values = ",".join(sorted(r.values))
+        parts.append({"In": f"{r.key} in ({values})", "NotIn": f"{r.key} notin ({values})",
+                      "Exists": r.key, "DoesNotExist": f"!{r.key}"}[r.operator])
+    return ",".join(parts) or "<none>"
+
+
+@cli.group("policy")
+@global_options
+def policy_group() -> None:
+    """Apply, show and delete NetworkPolicies (networking.k8s.io/v1)."""
+
+
+@policy_group.command("apply")
+@global_options
+@click.option("-f", "--filename", "path", required=True,
+              help="A manifest (YAML, JSON, multi-document YAML or a List); - for stdin.")
+@click.pass_obj
+def policy_apply(obj: CLIContext, path: str) -> None:
+    """Create or update every NetworkPolicy of a manifest (namespace 'default' when the
+    object names none; a namespace not yet known is created)."""
+    policies = load_manifests(_read_manifest(path))
+    for p in policies:
+        objects.check_storable(p)
+    with _store(obj) as store:
+        objects.check_writable(store)
+        results = []
+        for p in policies:
+            objects.ensure_namespace(store, p.namespace)
+            results.append((p, objects.apply_policy(store, p)))
+    if obj.json:
+        print_json([{"namespace": p.namespace, "name": p.name, "result": r}
+                    for p, r in results])
+        return
+    for p, r in results:
+        click.echo(f"networkpolicy {p.ref} {r}")
+
+
+def _policy_row(p: NetworkPolicy, wide: bool) -> list[Any]:
+    row: list[Any] = [p.namespace, p.name, selector_text(p.pod_selector),
+                      ",".join(sorted(p.policy_types)), "ok"]
+    return row + [len(p.ingress), len(p.egress)] if wide else row
+
+
+def _list_output(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+@policy_group.command("get")
+@yaml_global_options
+@click.option("-n", "--namespace", help="Only this namespace (default: all; 'default' "
+              "when NAME is given).")
+@click.argument("name", required=False)
+@click.pass_obj
+def policy_get(obj: CLIContext, namespace: str | None, name: str | None) -> None:
+    """List NetworkPolicies, or show one; -o json/yaml prints the objects themselves."""
+    if namespace is not None and (problem := dns_label_problem(namespace)):
+        raise ConfigError(f"namespace {namespace!r} {problem}")
+    if name is not None and (problem := dns_subdomain_problem(name)):
+        raise ConfigError(f"policy name {name!r} {problem}")
+    ns = namespace or (DEFAULT_NAMESPACE if name else None)
+    with _store(obj) as store:
+        policies, rejected = objects.list_policies(store, ns)
+    if name is not None:
+        policies = [p for p in policies if p.name == name]
+        rejected = [r for r in rejected if r.key.endswith(f"/{ns}/{name}")]
+        if not policies and not rejected:
+            raise ConfigError(f"no NetworkPolicy {ns}/{name} (see `overlayctl policy get`)")
+    manifests = [p.manifest() for p in policies]
+    doc: Any = manifests[0] if name is not None and manifests else _list_output(manifests)
+    if obj.output == "yaml":
+        click.echo(yaml.safe_dump(doc, sort_keys=False).rstrip())
+    elif obj.json:
+        print_json(doc)
+    else:
+        headers = ["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES", "STATUS"]
+        headers += ["INGRESS-RULES", "EGRESS-RULES"] if obj.wide else []
+        rows = [_policy_row(p, obj.wide) for p in policies]
+        blank = ["-", "-"] if obj.wide else []
+        rows += [[printable_key(r.key), "-", "-", "-", f"rejected: {r.reason}", *blank]
+                 for r in rejected]
+        print_table(headers, rows)
+    for r in rejected:
+        click.echo(f"warning: {printable_key(r.key)} is rejected (never enforced): "
+                   f"{r.reason}", err=True)
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    ns, sep, name = ref.partition("/")
+    if not sep:
+        raise ConfigError(f"{ref!r}: give the policy as NAMESPACE/NAME")
+    if problem := dns_label_problem(ns):
+        raise ConfigError(f"namespace {ns!r} {problem}")
+    if problem := dns_subdomain_problem(name):
+        raise ConfigError(f"policy name {name!r} {problem}")
+    return ns, name
+
+
+@policy_group.command("delete")
+@global_options
+@click.argument("ref", metavar="NAMESPACE/NAME")
+@click.pass_obj
+def policy_delete(obj: CLIContext, ref: str) -> None:
+    """Delete one NetworkPolicy."""
+    ns, name = _split_ref(ref)
+    with _store(obj) as store:
+        objects.check_writable(store)
+        if not objects.delete_policy(store, ns, name):
+            raise ConfigError(f"no NetworkPolicy {ns}/{name} (see `overlayctl policy get`)")
+    click.echo(f"networkpolicy {ns}/{name} deleted")
+
+
+@cli.group("namespaces")
+@global_options
+def namespaces_group() -> None:
+    """List namespaces and set their labels (what namespaceSelectors match)."""
+
+
+def parse_label_args(args: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """kubectl's ``key=value`` (set) and ``key-`` (remove) arguments, all checked."""
+    set_labels: dict[str, str] = {}
+    remove: list[str] = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq and arg.endswith("-"):
+            key = arg[:-1]
+        elif not eq:
+            raise ConfigError(f"{arg!r}: give labels as key=value, or key- to remove one")
+        if problem := qualified_name_problem(key):
+            raise ConfigError(f"label key {key!r}: {problem}")
+        if eq and (problem := label_value_problem(value)):
+            raise ConfigError(f"label {key}={value!r}: value {problem}")
+        if key in set_labels or key in remove:
+            raise ConfigError(f"label {key} is given twice")
+        if eq:
+            set_labels[key] = value
+        else:
+            remove.append(key)
+    return set_labels, remove
+
+
+@namespaces_group.command("label")
+@global_options
+@click.argument("namespace")
+@click.argument("labels", nargs=-1, required=True, metavar="KEY=VALUE... [KEY-]...")
+@click.option("--overwrite", is_flag=True, help="Allow changing a label's existing value.")
+@click.pass_obj
+def namespaces_label(obj: CLIContext, namespace: str, labels: tuple[str, ...],
+                     overwrite: bool) -> None:
+    """Set or remove a namespace's labels (it is created if not known yet)."""
+    if problem := dns_label_problem(namespace):
+        raise ConfigError(f"namespace {namespace!r} {problem}")
+    set_labels, remove = parse_label_args(labels)
+    with _store(obj) as store:
+        objects.check_writable(store)
+        ns = objects.label_namespace(store, namespace, set_labels, remove, overwrite)
+    if obj.json:
+        print_json({"name": ns.name, "labels": dict(sorted(ns.labels.items()))})
+    else:
+        click.echo(f"namespace {ns.name} labeled")
+
+
+@namespaces_group.command("list")
+@global_options
+@click.pass_obj
+def namespaces_list(obj: CLIContext) -> None:
+    """Every namespace and its labels."""
+    with _store(obj) as store:
+        namespaces, rejected = objects.list_namespaces(store)
+    if obj.json:
+        print_json([{"name": n.name, "labels": dict(sorted(n.labels.items()))}
+                    for n in namespaces]
+                   + [{"key": printable_key(r.key), "rejected": r.reason} for r in rejected])
+        return
+    print_table(["NAME", "LABELS", "STATUS"],
+                [[n.name, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())), "ok"]
+                 for n in namespaces]
+                + [[printable_key(r.key), "-", f"rejected: {r.reason}"] for r in rejected])

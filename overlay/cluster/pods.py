@@ -1,0 +1,478 @@
+"""The pod registry's values: ``PodRecord`` under ``<prefix>/pods/<namespace>/<name>``, its
+JSON codec, the one acceptance rule (``judge_pod``), label precedence, and the few store
+operations every user of the registry shares.
+
+A record says where a pod is (node, IPs, container ID, ifname), what it is called
+(namespace and name, from the runtime's ``K8S_POD_NAMESPACE``/``K8S_POD_NAME``) and the
+labels and named ports NetworkPolicy selects by. Any node can write etcd, so every record
+read back passes ``judge_pod`` before use; a bad one is rejected alone.
+
+**Duplicate pod IPs are impossible by construction**: a node publishes only addresses its
+own host-local IPAM store handed out, that store allocates each address once (one
+``O_EXCL`` file per address under ``flock``), and it allocates only from the node's own
+subnet, which the subnet manager gives to one node at a time. ``judge_pod`` enforces the
+second half (a record's IPs lie inside its node's accepted subnet), so a record claiming
+another node's addresses is rejected rather than shown; ``overlayctl diagnose``'s
+``pod-ips-unique`` check verifies the whole.
+
+**Labels and their precedence.** Runtimes do not hand a CNI plugin a pod's Kubernetes
+labels. Labels come from sources, lowest precedence first (``PRECEDENCE``): the CNI
+conventions' ``args.cni.labels`` (``cni``), a Kubernetes API watcher (``kubernetes``: the
+seam, no source yet) and ``overlayctl pods label`` (``cli``). Per key the highest source
+wins, and the record keeps each label's source, so a republish after a new sandbox keeps
+what an operator set by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Any, Protocol
+
+from overlay.cluster.keys import (
+    dns_label_problem,
+    dns_subdomain_problem,
+    pod_key,
+    pods_prefix,
+    split_namespaced,
+)
+from overlay.lease import Lease, LeaseRules, Rejection, judge
+
+if TYPE_CHECKING:  # the etcd client is not imported by the values (the CNI plugin uses them)
+    from overlay.cluster.store import KV, ObjectStore
+
+log = logging.getLogger(__name__)
+
+SOURCE_CNI = "cni"
+SOURCE_KUBERNETES = "kubernetes"
+SOURCE_CLI = "cli"
+PRECEDENCE = (SOURCE_CNI, SOURCE_KUBERNETES, SOURCE_CLI)  # lowest first: later wins per key
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+DEFAULT_NAMESPACE = "default"
+
+# Bounds: a record is a few hundred bytes; these keep a hostile one small to hold.
+MAX_RECORD_BYTES = 64 * 1024
+MAX_IPS = 8
+MAX_LABELS = 64
+MAX_PORTS = 64
+MAX_CONTAINER_ID = 256
+MAX_IFNAME = 15
+
+# Kubernetes' label syntax: a key is an optional DNS-1123 subdomain prefix and '/', then a
+# name of at most 63 characters; a value is empty or a name.
+_LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_CONTAINER_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # skel's CNI_CONTAINERID rule
+_PORT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # IANA_SVC_NAME, at most 15
+
+
+class PodReason:
+    """Why a key under ``pods/`` is not used: short stable slugs (metric labels)."""
+
+    BAD_KEY = "bad-key"
+    BAD_VALUE = "bad-value"
+    VALUE_TOO_LARGE = "value-too-large"
+    NAME_MISMATCH = "name-mismatch"
+    IP_OUTSIDE_SUBNET = "ip-outside-node-subnet"
+
+
+class PodValueError(ValueError):
+    """A pod record's value (or a part of it) breaks the rule; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Label:
+    value: str
+    source: str  # one of PRECEDENCE
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    namespace: str
+    name: str
+    ips: tuple[IPv4Address, ...]
+    node: str
+    container_id: str
+    ifname: str
+    labels: Mapping[str, Label] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    mod_revision: int = 0  # etcd's, when read back (not part of the value)
+
+    @property
+    def ip(self) -> IPv4Address | None:
+        return self.ips[0] if self.ips else None
+
+    def label_values(self) -> dict[str, str]:
+        return {k: lab.value for k, lab in self.labels.items()}
+
+    def key(self, prefix: str) -> str:
+        return pod_key(prefix, self.namespace, self.name)
+
+
+# ---- the parts' rules ----------------------------------------------------------------
+
+def label_key_problem(key: object) -> str | None:
+    """Why ``key`` is not a Kubernetes label key, or None."""
+    if not isinstance(key, str) or not key:
+        return "must be a non-empty string"
+    prefix, slash, name = key.rpartition("/")
+    if slash and dns_subdomain_problem(prefix) is not None:
+        return f"prefix {prefix!r} must be a DNS-1123 subdomain"
+    if not name or len(name) > 63 or not _LABEL_NAME_RE.fullmatch(name):
+        return ("name part must be 1-63 characters: letters, digits, '-', '_', '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def label_value_problem(value: object) -> str | None:
+    """Why ``value`` is not a Kubernetes label value, or None."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if value and (len(value) > 63 or not _LABEL_NAME_RE.fullmatch(value)):
+        return ("must be empty or 1-63 characters: letters, digits, '-', '_', '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def label_problem(key: object, value: object) -> str | None:
+    """Why ``key=value`` is not a Kubernetes label (a line naming the part), or None."""
+    p = label_key_problem(key)
+    if p is not None:
+        return f"label key {key!r} {p}"
+    p = label_value_problem(value)
+    return f"label {key}={value!r}: value {p}" if p is not None else None
+
+
+def parse_port(obj: object) -> Port:
+    """A ``{name, port, protocol}`` object (protocol optional, default TCP)."""
+    if not isinstance(obj, dict) or not set(obj) <= {"name", "port", "protocol"}:
+        raise PodValueError(f"a port must be an object of name, port, protocol: {obj!r:.80}")
+    name, port, proto = obj.get("name", ""), obj.get("port"), obj.get("protocol", "TCP")
+    if not isinstance(name, str) or (name and (len(name) > 15
+                                               or not _PORT_NAME_RE.fullmatch(name))):
+        raise PodValueError(f"port name {name!r:.40} must be an IANA service name "
+                            "(at most 15 lower-case letters, digits and '-')")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise PodValueError(f"port {port!r:.40} must be an integer in 1..65535")
+    if not isinstance(proto, str) or proto.upper() not in PROTOCOLS:
+        raise PodValueError(f"port protocol {proto!r:.40} must be one of {', '.join(PROTOCOLS)}")
+    return Port(name, port, proto.upper())
+
+
+def identity_problem(namespace: object, name: object) -> str | None:
+    """Why ``namespace/name`` cannot name a pod record, or None."""
+    p = dns_label_problem(namespace)
+    if p is not None:
+        return f"namespace {namespace!r:.80} {p}"
+    p = dns_subdomain_problem(name)
+    return f"pod name {name!r:.80} {p}" if p is not None else None
+
+
+def _node_problem(node: object) -> str | None:
+    p = dns_subdomain_problem(node)
+    return f"node {node!r:.80} {p}" if p is not None else None
+
+
+def container_id_problem(value: object) -> str | None:
+    if (not isinstance(value, str) or not value or len(value) > MAX_CONTAINER_ID
+            or not _CONTAINER_ID_RE.fullmatch(value)):
+        return f"container ID {value!r:.80} must be 1-{MAX_CONTAINER_ID} letters, digits, '_.-'"
+    return None
+
+
+# ---- label precedence -----------------------------------------------------------------
+
+class LabelSource(Protocol):
+    """A future source of labels (e.g. a Kubernetes API watcher): ``name`` is one of
+    ``PRECEDENCE`` and is recorded as each of its labels' source."""
+
+    name: str
+
+    def labels_for(self, namespace: str, name: str) -> Mapping[str, str]: ...
+
+
+def merge_labels(by_source: Mapping[str, Mapping[str, str]]) -> dict[str, Label]:
+    """Every source's labels, the higher source (``PRECEDENCE``) winning per key."""
+    out: dict[str, Label] = {}
+    for source in PRECEDENCE:
+        for key, value in by_source.get(source, {}).items():
+            out[key] = Label(value, source)
+    return dict(sorted(out.items()))
+
+
+def labels_by_source(labels: Mapping[str, Label]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, lab in labels.items():
+        out.setdefault(lab.source, {})[key] = lab.value
+    return out
+
+
+def with_cli_labels(record: PodRecord, set_: Mapping[str, str],
+                    remove: Iterable[str]) -> PodRecord:
+    """``overlayctl pods label``: set keys (source ``cli``, winning over the others) and
+    remove keys whatever their source."""
+    labels = {k: v for k, v in record.labels.items() if k not in set(remove)}
+    labels.update({k: Label(v, SOURCE_CLI) for k, v in set_.items()})
+    return replace(record, labels=dict(sorted(labels.items())))
+
+
+# ---- codec ----------------------------------------------------------------------------
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_pod(record: PodRecord) -> bytes:
+    obj = {
+        "namespace": record.namespace, "name": record.name,
+        "ips": [str(ip) for ip in record.ips], "node": record.node,
+        "containerID": record.container_id, "ifname": record.ifname,
+        "labels": {k: {"value": lab.value, "source": lab.source}
+                   for k, lab in record.labels.items()},
+        "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol}
+                  for p in record.ports],
+        "created": _rfc3339(record.created),
+    }
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+_FIELDS = {"namespace", "name", "ips", "node", "containerID", "ifname", "labels", "ports",
+           "created"}
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a later duplicate would silently win
+        raise PodValueError("duplicate field")
+    return out
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}")  # dotted quad, no leading zeros
+
+
+def _ip(text: object) -> IPv4Address:
+    # The whole-string shape first, then the integer: IPv4Address(str) parses in pure
+    # Python, a tenth of a 10 000-pod listing.
+    if not isinstance(text, str) or not _IPV4_RE.fullmatch(text):
+        raise PodValueError(f"ips: {text!r:.40} is not an IPv4 address")
+    a, b, c, d = map(int, text.split("."))
+    return IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
+
+
+def _ips(raw: object) -> tuple[IPv4Address, ...]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_IPS:
+        raise PodValueError(f"ips must be a list of 1-{MAX_IPS} IPv4 addresses")
+    ips = tuple(_ip(ip) for ip in raw)
+    if len(set(ips)) != len(ips):
+        raise PodValueError("ips must be distinct")
+    return ips
+
+
+def _labels(raw: object) -> dict[str, Label]:
+    if not isinstance(raw, dict) or len(raw) > MAX_LABELS:
+        raise PodValueError(f"labels must be an object of at most {MAX_LABELS} labels")
+    out = {}
+    for key, lab in raw.items():
+        if not isinstance(lab, dict) or set(lab) != {"value", "source"}:
+            raise PodValueError(f"label {key!r:.60} must be {{value, source}}")
+        problem = label_problem(key, lab["value"])
+        if problem:
+            raise PodValueError(problem)
+        if lab["source"] not in PRECEDENCE:
+            raise PodValueError(f"label {key!r:.60}: unknown source {lab['source']!r:.40}")
+        out[key] = Label(lab["value"], lab["source"])
+    return dict(sorted(out.items()))
+
+
+_CREATED_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def _created(raw: object) -> datetime:
+    # fromisoformat after a shape check: strptime took a fifth of a 10 000-pod listing
+    if not isinstance(raw, str) or not _CREATED_RE.fullmatch(raw):
+        raise PodValueError(f"created {raw!r:.40} is not YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        raise PodValueError(f"created {raw!r:.40} is not a valid time") from None
+
+
+def decode_pod(value: bytes, mod_revision: int = 0) -> PodRecord:
+    """A record's value, strictly (exact fields and types, bounded); PodValueError."""
+    if len(value) > MAX_RECORD_BYTES:
+        raise PodValueError(f"value is {len(value)} bytes (at most {MAX_RECORD_BYTES})")
+    try:
+        obj = json.loads(value, object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PodValueError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict) or set(obj) != _FIELDS:
+        raise PodValueError(f"must be an object with exactly {', '.join(sorted(_FIELDS))}")
+    problem = (identity_problem(obj["namespace"], obj["name"]) or _node_problem(obj["node"])
+               or container_id_problem(obj["containerID"]))
+    if problem:
+        raise PodValueError(problem)
+    ifname = obj["ifname"]
+    if not isinstance(ifname, str) or not 0 < len(ifname) <= MAX_IFNAME:
+        raise PodValueError(f"ifname {ifname!r:.40} must be 1-{MAX_IFNAME} characters")
+    ports = obj["ports"]
+    if not isinstance(ports, list) or len(ports) > MAX_PORTS:
+        raise PodValueError(f"ports must be a list of at most {MAX_PORTS}")
+    return PodRecord(obj["namespace"], obj["name"], _ips(obj["ips"]), obj["node"],
+                     obj["containerID"], ifname, _labels(obj["labels"]),
+                     tuple(parse_port(p) for p in ports), _created(obj["created"]),
+                     mod_revision)
+
+
+# ---- the acceptance rule ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PodRules:
+    """What a record's IPs are checked against: each node's accepted subnet where the
+    caller knows it (``node_subnets``), else the accepted subnet leases (the IPs must all
+    lie in one of them)."""
+
+    node_subnets: Mapping[str, IPv4Network] = field(default_factory=dict)
+    lease_subnets: frozenset[IPv4Network] = frozenset()
+    # the leases by (prefix length, network as an int), computed once: the rule runs
+    # per record, and ipaddress objects are slow to build (10 000 pods per listing)
+    _by_int: dict[int, dict[int, IPv4Network]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_int: dict[int, dict[int, IPv4Network]] = {}
+        for s in self.lease_subnets:
+            by_int.setdefault(s.prefixlen, {})[int(s.network_address)] = s
+        object.__setattr__(self, "_by_int", by_int)
+
+    def with_nodes(self, node_subnets: Mapping[str, IPv4Network]) -> PodRules:
+        """These rules, each node's pods held to its own record's subnet (where that
+        subnet is an accepted lease: a record naming any other is not believed)."""
+        own = {n: s for n, s in node_subnets.items() if s in self.lease_subnets}
+        return PodRules(node_subnets=own, lease_subnets=self.lease_subnets)
+
+    def subnet_for(self, node: str, ips: Sequence[IPv4Address]) -> IPv4Network | None:
+        """The accepted subnet holding every one of ``ips`` for ``node``, or None."""
+        if node in self.node_subnets:
+            subnet = self.node_subnets[node]
+            return subnet if all(ip in subnet for ip in ips) else None
+        for plen, nets in self._by_int.items():
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+            candidate = nets.get(int(ips[0]) & mask)
+            if candidate is not None and all(int(ip) & mask == int(candidate.network_address)
+                                             for ip in ips):
+                return candidate
+        return None
+
+
+def rules_from_leases(config: Any, leases: Iterable[Lease]) -> PodRules:
+    """The accepted subnet leases (``overlay.lease.judge`` under the network ``config``;
+    none without a config), which pod IPs must lie in."""
+    if config is None:
+        return PodRules()
+    accepted, _, _ = judge(leases, LeaseRules.from_config(config))
+    return PodRules(lease_subnets=frozenset(lease.subnet for lease in accepted))
+
+
+def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:
+    """The one rule for a key under ``pods/`` (``base`` is ``pods_prefix(prefix)``): the
+    key names a valid namespace/name, the value decodes strictly and names the same pod,
+    and its IPs lie inside its node's accepted subnet."""
+    names = split_namespaced(kv.key, base)
+    if names is None:
+        return Rejection(kv.key, PodReason.BAD_KEY, "not <prefix>/pods/<namespace>/<name> "
+                         "with DNS-1123 names", kv.mod_revision)
+    if len(kv.value) > MAX_RECORD_BYTES:
+        return Rejection(kv.key, PodReason.VALUE_TOO_LARGE, f"{len(kv.value)} bytes",
+                         kv.mod_revision)
+    try:
+        record = decode_pod(kv.value, kv.mod_revision)
+    except PodValueError as e:
+        return Rejection(kv.key, PodReason.BAD_VALUE, str(e), kv.mod_revision)
+    if (record.namespace, record.name) != names:
+        return Rejection(kv.key, PodReason.NAME_MISMATCH, f"the value names "
+                         f"{record.namespace}/{record.name}", kv.mod_revision)
+    if rules.subnet_for(record.node, record.ips) is None:
+        where = rules.node_subnets.get(record.node)
+        return Rejection(kv.key, PodReason.IP_OUTSIDE_SUBNET,
+                         f"{', '.join(map(str, record.ips))} not inside node {record.node}'s "
+                         f"subnet ({where or 'no accepted lease holds them'})", kv.mod_revision)
+    return record
+
+
+def judge_pods(kvs: Iterable[KV], base: str, rules: PodRules
+               ) -> tuple[list[PodRecord], list[Rejection]]:
+    accepted: list[PodRecord] = []
+    rejected: list[Rejection] = []
+    for kv in kvs:
+        got = judge_pod(kv, base, rules)
+        if isinstance(got, Rejection):
+            rejected.append(got)
+        else:
+            accepted.append(got)
+    return accepted, rejected
+
+
+def duplicate_ips(records: Iterable[PodRecord]) -> dict[IPv4Address, list[PodRecord]]:
+    """Every IP held by more than one record (what ``pod-ips-unique`` reports)."""
+    holders: dict[IPv4Address, list[PodRecord]] = {}
+    for r in records:
+        for ip in r.ips:
+            holders.setdefault(ip, []).append(r)
+    return {ip: rs for ip, rs in holders.items() if len(rs) > 1}
+
+
+# ---- store operations --------------------------------------------------------------------
+
+def list_pod_kvs(store: ObjectStore, namespace: str | None = None) -> tuple[list[KV], int]:
+    return store.list(pods_prefix(store.prefix, namespace))
+
+
+def decodable_records(kvs: Iterable[KV]) -> Iterable[tuple[KV, PodRecord]]:
+    """Records that decode, whatever their IPs: deleting needs no subnet judgement (a
+    node gone for good no longer has an accepted lease)."""
+    for kv in kvs:
+        try:
+            yield kv, decode_pod(kv.value, kv.mod_revision)
+        except PodValueError:
+            continue
+
+
+def delete_pods_where(store: ObjectStore, select: Callable[[PodRecord], bool], why: str,
+                      kvs: Iterable[KV] | None = None) -> int:
+    """Delete every decodable record ``select(record)`` picks (of ``kvs``, a listing
+    already made, else one made now), each only if unchanged since it was read (CAS);
+    how many went. Idempotent."""
+    if kvs is None:
+        kvs, _ = list_pod_kvs(store)
+    gone = 0
+    for kv, record in decodable_records(kvs):
+        if select(record) and store.delete(kv.key, mod_revision=kv.mod_revision):
+            gone += 1
+    if gone:
+        log.info("deleted %d pod record(s): %s", gone, why)
+    return gone
+
+
+def delete_pods_of_node(store: ObjectStore, node: str) -> int:
+    """A node gone for good (``overlayctl nodes delete``): its pods leave the registry."""
+    return delete_pods_where(store, lambda r: r.node == node, f"node {node} is gone")
+
+
+def delete_pods_in_subnet(store: ObjectStore, subnet: IPv4Network) -> int:
+    """A subnet lease expired or released: the pods of the node that held it go. A
+    valid record's IPs lie inside its node's subnet, so the IPs name the node's pods."""
+    return delete_pods_where(store, lambda r: any(ip in subnet for ip in r.ips),
+                             f"subnet lease {subnet} is gone")

@@ -1,0 +1,108 @@
+"""The per-attachment pod metadata file the plugin writes beside its IPAM record, for
+overlayd's pod publisher (``overlay.daemon.podpublisher``) to read off the ADD's path.
+
+The IPAM record (``<dataDir>/<network>/<ip>``) holds only the container ID and ifname;
+``<dataDir>/<network>/pods/<container id>@<ifname>.json`` adds who the pod is, as the
+runtime said it::
+
+    {"containerID": "...", "ifname": "eth0", "namespace": "default", "name": "web-1",
+     "labels": [{"key": "app", "value": "web"}],
+     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+
+``namespace``/``name`` are ``CNI_ARGS`` ``K8S_POD_NAMESPACE``/``K8S_POD_NAME`` (null when
+absent: podman passes only the name); ``labels`` the netconf's ``args.cni.labels``;
+``ports`` ``args.cni.ports`` or else ``runtimeConfig.portMappings``' container ports.
+
+The plugin checks only shape and size here (plain types, bounded counts and lengths), so
+an ADD imports nothing more than ``json``: the one rule for each part (DNS-1123 names,
+Kubernetes label syntax, ports) is applied by the reader, ``podpublisher.parse_meta``,
+which drops a bad part alone. The directory name is not an IPv4 address, so the IPAM
+store (ours and host-local's) ignores it. Writes are atomic (temp + rename) without fsync:
+the file matters only while the pod's network namespace exists, which no reboot keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from overlay.util.fsutil import atomic_write
+
+META_DIR = "pods"
+SUFFIX = ".json"
+MAX_META_BYTES = 16 * 1024
+MAX_ITEMS = 64  # labels, ports
+MAX_TEXT = 320  # a label key (253 + '/' + 63), a name (253)
+
+
+def meta_dir(data_dir: str, network: str) -> str:
+    return os.path.join(data_dir, network, META_DIR)
+
+
+def meta_file_name(container_id: str, ifname: str) -> str:
+    # '@' never occurs in a container ID (skel's rule), so the name is unambiguous.
+    return f"{container_id}@{ifname}{SUFFIX}"
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_TEXT else None
+
+
+def _scalars(item: object, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """``item``'s known fields if it is an object of short strings and integers."""
+    if not isinstance(item, dict):
+        return None
+    out = {k: item[k] for k in fields if k in item}
+    ok = all((isinstance(v, str) and len(v) <= MAX_TEXT)
+             or (isinstance(v, int) and not isinstance(v, bool)) for v in out.values())
+    return out if ok else None
+
+
+def _items(raw: object, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        return []
+    kept = (_scalars(item, fields) for item in raw[:MAX_ITEMS])
+    return [item for item in kept if item]
+
+
+def _cni_args(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    args = config.get("args")
+    cni = args.get("cni") if isinstance(args, dict) else None
+    return cni if isinstance(cni, dict) else {}
+
+
+def _ports(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    declared = _cni_args(config).get("ports")
+    if declared is not None:
+        return _items(declared, ("name", "port", "protocol"))
+    runtime = config.get("runtimeConfig")
+    mappings = runtime.get("portMappings") if isinstance(runtime, dict) else None
+    return [{"port": m["containerPort"], "protocol": m.get("protocol", "tcp")}
+            for m in _items(mappings, ("containerPort", "protocol")) if "containerPort" in m]
+
+
+def meta_from_request(container_id: str, ifname: str, args: Mapping[str, str],
+                      config: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's content for one ADD: the runtime's words, shape-checked and bounded."""
+    return {"containerID": container_id, "ifname": ifname,
+            "namespace": _text(args.get("K8S_POD_NAMESPACE")),
+            "name": _text(args.get("K8S_POD_NAME")),
+            "labels": _items(_cni_args(config).get("labels"), ("key", "value")),
+            "ports": _ports(config)}
+
+
+def write_meta(data_dir: str, network: str, meta: Mapping[str, Any]) -> str:
+    path = os.path.join(meta_dir(data_dir, network),
+                        meta_file_name(meta["containerID"], meta["ifname"]))
+    atomic_write(path, json.dumps(meta, separators=(",", ":")), mode=0o600, durable=False)
+    return path
+
+
+def remove_meta(data_dir: str, network: str, container_id: str, ifname: str) -> None:
+    """DEL: idempotent (an attachment made before this file existed has none)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.unlink(os.path.join(meta_dir(data_dir, network),
+                               meta_file_name(container_id, ifname)))

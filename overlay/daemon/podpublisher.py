@@ -1,0 +1,418 @@
+"""Publishes this node's pods to the registry (``<prefix>/pods/``), off the CNI ADD's path.
+
+The CNI plugin leaves two files per attachment under ``--cni-data-dir``: host-local's IPAM
+record (``<network>/<ip>``: container ID, ifname) and the pod metadata
+(``<network>/pods/<id>@<ifname>.json``: namespace, name, labels, ports; see
+``overlay.cni.podmeta``). This thread polls the directories' modification times (a few
+``stat`` calls every ``POLL`` seconds), and on a change, and every ``RESYNC`` seconds,
+reconciles the registry with them:
+
+* an attachment whose IPs lie in this node's subnet and has no record is created;
+* a record of this node (its name, IPs in its subnet) whose container ID is no longer
+  attached here is deleted, only if unchanged since read (CAS): a recreated sandbox's
+  record is never removed by the old one's disappearance, and one written meanwhile
+  survives;
+* a new sandbox under a known name replaces the record (CAS), keeping the labels an
+  operator set (``overlayctl pods label``, source ``cli``, which win per key).
+
+So a pod added or deleted while overlayd was down is right once it is back, and a
+restart deletes nothing that is still attached (a data dir that cannot be read deletes
+nothing at all). A record of another node under the same name is left alone (logged).
+
+A second thread watches ``subnets/``: when a lease disappears (expired or released) and is
+still absent a moment later, the pods in its subnet leave the registry (any node may do
+it; CAS, idempotent). At start it also removes pods whose IPs lie in no lease at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from overlay.cluster.keys import pods_prefix
+from overlay.cluster.pods import (
+    DEFAULT_NAMESPACE,
+    SOURCE_CNI,
+    PodRecord,
+    PodValueError,
+    Port,
+    container_id_problem,
+    decodable_records,
+    delete_pods_in_subnet,
+    delete_pods_where,
+    encode_pod,
+    identity_problem,
+    label_problem,
+    labels_by_source,
+    list_pod_kvs,
+    merge_labels,
+    parse_port,
+)
+from overlay.cluster.store import KV, ObjectStore
+from overlay.cni import podmeta
+from overlay.cni.ipam import DiskStore
+from overlay.errors import OverlayError
+from overlay.lease import key_to_subnet
+
+log = logging.getLogger(__name__)
+
+POLL = 0.5  # seconds between looks at the data dir
+RESYNC = 30.0  # seconds between reconciles when nothing changed on disk
+LEASE_GONE_GRACE = 3.0  # a lease re-acquired within this is not "gone"
+ADD_GRACE = 10.0  # an IPAM record this young without metadata is an ADD still running
+MAX_WARNED = 4096
+
+
+# ---- the pod metadata file, judged ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class PodIdentity:
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+
+
+def fallback_identity(container_id: str) -> PodIdentity:
+    """What a pod is called without usable metadata: namespace default, the container ID."""
+    return PodIdentity(DEFAULT_NAMESPACE, container_id)
+
+
+def _meta_labels(raw: Any, problems: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in raw if isinstance(raw, list) else []:
+        key, value = (item.get("key"), item.get("value", "")) if isinstance(item, dict) else (
+            None, None)
+        problem = label_problem(key, value)
+        if problem:
+            problems.append(problem)
+        elif isinstance(key, str) and isinstance(value, str):  # what label_problem proved
+            out[key] = value
+    return out
+
+
+def _meta_ports(raw: Any, problems: list[str]) -> tuple[Port, ...]:
+    ports: list[Port] = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            port = parse_port(item)
+        except PodValueError as e:
+            problems.append(str(e))
+            continue
+        if port not in ports:
+            ports.append(port)
+    return tuple(ports)
+
+
+def parse_meta(obj: Any, container_id: str, ifname: str) -> tuple[PodIdentity, list[str]]:
+    """The one rule for a metadata file's content: the identity (DNS-1123 names, else the
+    fallback), labels (Kubernetes' syntax) and ports, each bad part dropped alone; the
+    problems found, for the caller to log."""
+    if not isinstance(obj, dict) or (obj.get("containerID"), obj.get("ifname")) != (
+            container_id, ifname):
+        return fallback_identity(container_id), ["not this attachment's metadata"]
+    problems: list[str] = []
+    namespace = obj.get("namespace") or DEFAULT_NAMESPACE
+    name = obj.get("name") or container_id
+    problem = identity_problem(namespace, name)
+    if problem:
+        problems.append(f"{problem}; using {DEFAULT_NAMESPACE}/{container_id}")
+        namespace, name = DEFAULT_NAMESPACE, container_id
+    return PodIdentity(namespace, name, _meta_labels(obj.get("labels"), problems),
+                       _meta_ports(obj.get("ports"), problems)), problems
+
+
+_ABSENT = object()
+
+
+def _read_json_file(path: str) -> Any:
+    """A small regular file's JSON (no symlink, bounded); None if unusable, ``_ABSENT``
+    if there is no such file."""
+    import json
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _ABSENT
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, podmeta.MAX_META_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > podmeta.MAX_META_BYTES:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+# ---- this node's attachments on disk -------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalPod:
+    """One container's attachments (a second interface adds IPs), and who it is."""
+    container_id: str
+    ifname: str  # the first attachment's (by name)
+    ips: tuple[IPv4Address, ...]
+    identity: PodIdentity
+
+
+class ScanError(OverlayError):
+    """The data dir could not be read: nothing may be deleted on its account."""
+
+
+def _network_dirs(data_dir: str) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(data_dir) if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        raise ScanError(f"{data_dir} does not exist (is --cni-data-dir right?)") from None
+    except OSError as e:
+        raise ScanError(f"cannot read {data_dir}: {e.strerror}") from e
+
+
+def scan_local(data_dir: str, subnet: IPv4Network,
+               warn: Callable[[str, str], None]) -> dict[str, LocalPod]:
+    """Every container with an IPAM record inside ``subnet``, by container ID."""
+    by_container: dict[str, list[tuple[str, IPv4Address, str]]] = {}
+    for network in _network_dirs(data_dir):
+        try:
+            reservations = DiskStore(data_dir, network).reservations()
+        except OverlayError as e:
+            raise ScanError(str(e)) from e
+        for ip, (container_id, ifname) in reservations.items():
+            if ip in subnet and container_id_problem(container_id) is None and ifname:
+                by_container.setdefault(container_id, []).append((ifname, ip, network))
+    out = {}
+    for container_id, attachments in by_container.items():
+        attachments.sort()
+        ifname, ip, network = attachments[0]
+        path = os.path.join(podmeta.meta_dir(data_dir, network),
+                            podmeta.meta_file_name(container_id, ifname))
+        raw = _read_json_file(path)
+        if raw is _ABSENT and _younger_than(os.path.join(data_dir, network, str(ip)), ADD_GRACE):
+            continue  # its ADD writes the metadata last: publish it once that is there
+        if raw is _ABSENT:
+            identity, problems = fallback_identity(container_id), [
+                f"no metadata file (an ADD by an older plugin?): published as "
+                f"{DEFAULT_NAMESPACE}/{container_id}"]
+        else:
+            identity, problems = parse_meta(raw, container_id, ifname)
+        for problem in problems:
+            warn(path, problem)
+        out[container_id] = LocalPod(container_id, ifname,
+                                     tuple(ip for _, ip, _ in attachments), identity)
+    return out
+
+
+def _younger_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path, follow_symlinks=False).st_mtime < seconds
+    except OSError:
+        return False
+
+
+def disk_signature(data_dir: str) -> tuple[int, ...]:
+    """The data dir's and its network and metadata dirs' mtimes: any ADD or DEL moves one."""
+    marks = []
+    for path in [data_dir] + [os.path.join(data_dir, n) for n in _safe_dirs(data_dir)]:
+        for p in (path, os.path.join(path, podmeta.META_DIR)):
+            try:
+                marks.append(os.stat(p, follow_symlinks=False).st_mtime_ns)
+            except OSError:
+                marks.append(0)
+    return tuple(marks)
+
+
+def _safe_dirs(data_dir: str) -> list[str]:
+    try:
+        return _network_dirs(data_dir)
+    except ScanError:
+        return []
+
+
+# ---- the reconcile ------------------------------------------------------------------------
+
+def desired_record(node: str, pod: LocalPod, held: PodRecord | None) -> PodRecord:
+    """The record ``pod`` should have, given the one held under its name (this node's).
+    The same sandbox keeps its labels (an operator's edits, removals included) and its
+    creation time; a new sandbox takes the CNI's labels under the others (``cli`` wins
+    per key, ``overlay.cluster.pods.PRECEDENCE``)."""
+    if held is not None and held.container_id == pod.container_id:
+        labels, created = held.labels, held.created
+    else:
+        by_source = labels_by_source(held.labels) if held else {}
+        by_source[SOURCE_CNI] = dict(pod.identity.labels)
+        labels, created = merge_labels(by_source), datetime.now(UTC)
+    return PodRecord(pod.identity.namespace, pod.identity.name, pod.ips, node,
+                     pod.container_id, pod.ifname, labels, pod.identity.ports, created)
+
+
+def _same_value(a: PodRecord, b: PodRecord) -> bool:
+    return encode_pod(a) == encode_pod(b)
+
+
+@dataclass
+class Outcome:
+    created: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+
+
+class PodPublisher:
+    """Keeps ``pods/`` equal to this node's attachments (see the module docstring)."""
+
+    def __init__(self, store: ObjectStore, node: str, data_dir: str,
+                 own_subnet: Callable[[], IPv4Network | None]):
+        self.store = store
+        self.node = node
+        self.data_dir = data_dir
+        self.own_subnet = own_subnet
+        self.rejected = 0  # metadata problems and name conflicts, each counted once
+        self._warned: set[tuple[str, str]] = set()
+
+    def warn_once(self, what: str, problem: str) -> None:
+        if (what, problem) in self._warned:
+            return
+        if len(self._warned) >= MAX_WARNED:
+            self._warned.clear()
+        self._warned.add((what, problem))
+        self.rejected += 1
+        log.warning("pod registry: %s: %s", what, problem)
+
+    def reconcile(self) -> Outcome | None:
+        """One pass; None when there is nothing to publish against yet (no lease)."""
+        subnet = self.own_subnet()
+        if subnet is None:
+            return None
+        local = scan_local(self.data_dir, subnet, self.warn_once)
+        kvs, _ = list_pod_kvs(self.store)
+        held = {(r.namespace, r.name): (kv, r) for kv, r in decodable_records(kvs)}
+        undecodable = {kv.key: kv for kv in kvs} if len(held) < len(kvs) else {}
+        out = Outcome()
+        wanted: set[tuple[str, str, str]] = set()
+        for pod in sorted(local.values(), key=lambda p: p.container_id):
+            ident = (pod.identity.namespace, pod.identity.name)
+            if any(w[:2] == ident for w in wanted):
+                self.warn_once(f"{ident[0]}/{ident[1]}", f"claimed by two containers here; "
+                               f"{pod.container_id} is not published")
+                continue
+            wanted.add((*ident, pod.container_id))
+            self._publish(pod, held.get(ident), undecodable, out, subnet)
+        for (ns, name), (kv, record) in held.items():
+            if (self._mine(record, subnet) and (ns, name, record.container_id) not in wanted
+                    and self.store.delete(kv.key, mod_revision=kv.mod_revision)):
+                out.deleted += 1
+                log.info("pod %s/%s (%s, container %s) is gone from this node: removed "
+                         "from the registry", ns, name, record.ip, record.container_id)
+        return out
+
+    def _mine(self, record: PodRecord, subnet: IPv4Network) -> bool:
+        """This node's record: its name and its subnet. The subnet too, so two daemons
+        under one name (a lab whose nodes share a hostname) never take each other's
+        pods for gone."""
+        return record.node == self.node and all(ip in subnet for ip in record.ips)
+
+    def _publish(self, pod: LocalPod, held: tuple[KV, PodRecord] | None,
+                 undecodable: Mapping[str, KV], out: Outcome, subnet: IPv4Network) -> None:
+        ns, name = pod.identity.namespace, pod.identity.name
+        key = f"{pods_prefix(self.store.prefix)}{ns}/{name}"
+        if held is not None and not self._mine(held[1], subnet):
+            out.conflicts += 1
+            self.warn_once(f"{ns}/{name}", f"the registry holds it for node {held[1].node} "
+                           f"(container {held[1].container_id}); not replacing another node's")
+            return
+        want = desired_record(self.node, pod, held[1] if held else None)
+        if held is None and key not in undecodable:
+            if self.store.create(key, encode_pod(want))[0]:
+                out.created += 1
+                log.info("published pod %s/%s: %s (container %s)", ns, name,
+                         ", ".join(map(str, want.ips)), pod.container_id)
+            return
+        if held is not None and _same_value(want, held[1]):
+            return
+        revision = held[0].mod_revision if held else undecodable[key].mod_revision
+        if self.store.replace(key, encode_pod(want), revision):
+            out.replaced += 1
+            log.info("updated pod %s/%s: %s (container %s)", ns, name,
+                     ", ".join(map(str, want.ips)), pod.container_id)
+
+    def run(self, stop: threading.Event) -> None:
+        """Reconcile at start, then on every change on disk and every RESYNC seconds."""
+        last_marks: tuple[int, ...] | None = None
+        last_sync = 0.0
+        while not stop.is_set():
+            marks = disk_signature(self.data_dir)
+            due = marks != last_marks or time.monotonic() - last_sync >= RESYNC
+            if due and self._pass():
+                last_marks, last_sync = marks, time.monotonic()
+            stop.wait(POLL)
+
+    def _pass(self) -> bool:
+        try:
+            done = self.reconcile()
+        except ScanError as e:
+            self.warn_once(self.data_dir, f"{e}; not publishing (and deleting nothing)")
+            return False
+        except OverlayError as e:
+            log.warning("pod registry: reconcile failed: %s; retrying", e)
+            return False
+        return done is not None
+
+
+# ---- pods of subnets that are gone -----------------------------------------------------------
+
+def sweep_leaseless_pods(store: ObjectStore) -> int:
+    """Pods whose IPs lie in no subnet key at all (their nodes' leases went while no
+    overlayd watched). Pods are listed before the subnets: a pod published after its
+    lease was created is never taken for leaseless."""
+    kvs, _ = list_pod_kvs(store)
+    base = store.registry.subnets_prefix
+    subnets = [s for s in (_subnet_of(kv.key, base) for kv in store.list(base)[0]) if s]
+    return delete_pods_where(store, lambda r: not any(ip in s for s in subnets for ip in r.ips),
+                             "their IPs lie in no subnet lease", kvs)
+
+
+def _subnet_of(key: str, base: str) -> IPv4Network | None:
+    try:
+        return key_to_subnet(key, base)
+    except ValueError:
+        return None
+
+
+def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
+    """Delete the pods of every subnet lease that disappears (and stays away for
+    LEASE_GONE_GRACE seconds: a lost lease its node re-acquires keeps its pods)."""
+    base = store.registry.subnets_prefix
+    kvs, revision = store.list(base)
+    known = {kv.key for kv in kvs}
+    sweep_leaseless_pods(store)
+    for batch in store.watch(base, revision + 1, stop):
+        now = ({kv.key for kv in batch.snapshot} if batch.snapshot is not None else
+               (known | {c.key for c in batch.changes if c.value is not None})
+               - {c.key for c in batch.changes if c.value is None})
+        gone, known = known - now, now
+        if not gone or stop.wait(LEASE_GONE_GRACE):  # one grace for the whole batch
+            continue
+        for key in sorted(gone):
+            subnet = _subnet_of(key, base)
+            if subnet is not None and store.get(key) is None:
+                delete_pods_in_subnet(store, subnet)
+
+
+def pod_threads(store: ObjectStore, node: str, data_dir: str,
+                own_subnet: Callable[[], IPv4Network | None], stop: threading.Event
+                ) -> list[tuple[str, Callable[[], None]]]:
+    """The daemon's pod-registry threads (``Daemon._cluster_threads``)."""
+    publisher = PodPublisher(store, node, data_dir, own_subnet)
+    return [("pod-publisher", lambda: publisher.run(stop)),
+            ("pod-lease-gc", lambda: watch_gone_leases(store, stop))]
+

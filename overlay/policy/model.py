@@ -1,0 +1,475 @@
+"""networking.k8s.io/v1 NetworkPolicy as frozen typed values, parsed and validated as
+the Kubernetes API server does (``pkg/apis/networking/validation``), so a manifest that
+``kubectl apply`` accepts is accepted here and one it refuses is refused here.
+
+Everything that reaches the compiler passed :func:`parse_policy`: the CLI's manifests and
+every object read back from etcd (any node can write etcd; a malformed object is rejected
+alone and never widens what is allowed). A problem is one :class:`PolicyError` naming the
+field, as the API server's ``spec.ingress[0].ports[1].endPort: ...``. Unknown fields are
+errors (kubectl's default strict field validation). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Any
+
+import yaml
+
+from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
+from overlay.errors import ConfigError
+
+API_VERSION = "networking.k8s.io/v1"
+KIND = "NetworkPolicy"
+INGRESS, EGRESS = "Ingress", "Egress"
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+IN, NOT_IN, EXISTS, DOES_NOT_EXIST = "In", "NotIn", "Exists", "DoesNotExist"
+DEFAULT_NAMESPACE = "default"
+# A manifest file is read whole; kubectl's own limit on a request body is 3 MiB.
+MAX_MANIFEST_BYTES = 3 * 1024 * 1024
+
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+
+# Kubernetes' qualified-name and label-value rules (apimachinery validation).
+_QNAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_PORT_NAME_RE = re.compile(r"[-a-z0-9]+")
+_META_FIELDS = frozenset({
+    "name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "managedFields", "finalizers", "ownerReferences", "selfLink",
+    "deletionTimestamp", "deletionGracePeriodSeconds", "generateName"})
+
+
+class PolicyError(ConfigError):
+    """A NetworkPolicy (or a manifest holding some) is not valid; names the field."""
+
+
+def _fail(path: str, why: str) -> PolicyError:
+    return PolicyError(f"{path}: {why}" if path else why)
+
+
+# -- label selectors -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Requirement:
+    """One matchExpressions entry."""
+    key: str
+    operator: str
+    values: frozenset[str]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == EXISTS:
+            return self.key in labels
+        if self.operator == DOES_NOT_EXIST:
+            return self.key not in labels
+        if self.operator == IN:
+            return self.key in labels and labels[self.key] in self.values
+        return self.key not in labels or labels[self.key] not in self.values  # NotIn
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """matchLabels AND matchExpressions; the empty selector matches everything."""
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels)
+                and all(r.matches(labels) for r in self.match_expressions))
+
+    @property
+    def empty(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+
+# -- peers, ports, rules, the policy ---------------------------------------------------
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
+
+    def contains(self, ip: IPAddress) -> bool:
+        return (ip.version == self.cidr.version and ip in self.cidr
+                and not any(ip in e for e in self.excepts))
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Either selectors (both given: both must match) or an ipBlock, never both."""
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class PolicyPort:
+    """``port`` None: every port of ``protocol``; a str: a named port of the destination
+    pod; ``end_port``: the inclusive top of a numeric range."""
+    protocol: str = "TCP"
+    port: int | str | None = None
+    end_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ingress or egress rule. ``peers`` None: ``from``/``to`` absent or empty (every
+    peer); ``ports`` empty: every port and protocol."""
+    peers: tuple[Peer, ...] | None = None
+    ports: tuple[PolicyPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """A validated policy. ``ingress``/``egress`` hold only the rules in effect: those of a
+    direction not in ``policy_types`` are ignored, as Kubernetes ignores them."""
+    namespace: str
+    name: str
+    pod_selector: LabelSelector
+    policy_types: frozenset[str]
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    # The object as it is stored (namespace filled in): canonical JSON.
+    source: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def manifest(self) -> dict[str, Any]:
+        return dict(json.loads(self.source))
+
+
+# -- field readers ----------------------------------------------------------------------
+
+def _mapping(value: object, path: str, allowed: Sequence[str] | frozenset[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(path, f"must be an object, not {_kind(value)}")
+    for k in value:
+        if not isinstance(k, str) or k not in allowed:
+            raise _fail(f"{path}.{k}" if path else str(k), "unknown field")
+    return value
+
+
+def _list(value: object, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(path, f"must be a list, not {_kind(value)}")
+    return value
+
+
+def _string(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, f"must be a string, not {_kind(value)}")
+    return value
+
+
+def _int(value: object, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(path, f"must be an integer, not {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """Why ``key`` is not a label key ([prefix/]name), or None."""
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or dns_subdomain_problem(prefix)):
+        return "prefix part must be a DNS-1123 subdomain"
+    if not name or len(name) > 63 or not _QNAME_RE.fullmatch(name):
+        return ("name part must be at most 63 characters: alphanumerics, '-', '_' or '.', "
+                "starting and ending with an alphanumeric")
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    if value and (len(value) > 63 or not _QNAME_RE.fullmatch(value)):
+        return ("must be at most 63 characters: alphanumerics, '-', '_' or '.', starting and "
+                "ending with an alphanumeric (or empty)")
+    return None
+
+
+def parse_labels(value: object, path: str) -> dict[str, str]:
+    """A labels map (metadata.labels, matchLabels, a namespace's labels)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, f"must be an object, not {_kind(value)}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        key = _string(k, path)
+        if problem := qualified_name_problem(key):
+            raise _fail(f"{path}.{key}", f"invalid label key: {problem}")
+        text = _string(v, f"{path}.{key}")
+        if problem := label_value_problem(text):
+            raise _fail(f"{path}.{key}", f"invalid label value {text!r}: {problem}")
+        out[key] = text
+    return out
+
+
+def _annotations(value: object) -> None:
+    """metadata.annotations: qualified-name keys, string values (kubectl's own
+    last-applied-configuration is one)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _fail("metadata.annotations", f"must be an object, not {_kind(value)}")
+    for k, v in value.items():
+        key = _string(k, "metadata.annotations")
+        if problem := qualified_name_problem(key.lower()):  # as ValidateAnnotations
+            raise _fail(f"metadata.annotations.{key}", f"invalid annotation key: {problem}")
+        _string(v, f"metadata.annotations.{key}")
+
+
+def _requirement(value: object, path: str) -> Requirement:
+    d = _mapping(value, path, ("key", "operator", "values"))
+    key = _string(d.get("key"), f"{path}.key")
+    if problem := qualified_name_problem(key):
+        raise _fail(f"{path}.key", problem)
+    op = _string(d.get("operator"), f"{path}.operator")
+    values = [_string(v, f"{path}.values[{i}]")
+              for i, v in enumerate(_list(d.get("values"), f"{path}.values"))]
+    if op in (IN, NOT_IN) and not values:
+        raise _fail(f"{path}.values", "must be specified when `operator` is 'In' or 'NotIn'")
+    if op in (EXISTS, DOES_NOT_EXIST) and values:
+        raise _fail(f"{path}.values",
+                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+    if op not in (IN, NOT_IN, EXISTS, DOES_NOT_EXIST):
+        raise _fail(f"{path}.operator", f"not a valid selector operator: {op!r}")
+    for i, v in enumerate(values):
+        if problem := label_value_problem(v):
+            raise _fail(f"{path}.values[{i}]", problem)
+    return Requirement(key, op, frozenset(values))
+
+
+def parse_selector(value: object, path: str) -> LabelSelector:
+    d = _mapping(value if value is not None else {}, path, ("matchLabels", "matchExpressions"))
+    labels = parse_labels(d.get("matchLabels"), f"{path}.matchLabels")
+    exprs = tuple(_requirement(e, f"{path}.matchExpressions[{i}]")
+                  for i, e in enumerate(_list(d.get("matchExpressions"),
+                                              f"{path}.matchExpressions")))
+    return LabelSelector(tuple(sorted(labels.items())), exprs)
+
+
+def _cidr(value: object, path: str) -> IPNetwork:
+    text = _string(value, path)
+    if not text:
+        raise _fail(path, "Required value")
+    try:
+        # The API server accepts host bits (10.0.0.1/8 is 10.0.0.0/8).
+        return ip_network(text, strict=False)
+    except ValueError:
+        raise _fail(path, f"must be a valid CIDR, not {text!r}") from None
+
+
+def _ip_block(value: object, path: str) -> IPBlock:
+    d = _mapping(value, path, ("cidr", "except"))
+    cidr = _cidr(d.get("cidr"), f"{path}.cidr")
+    excepts = []
+    for i, e in enumerate(_list(d.get("except"), f"{path}.except")):
+        net = _cidr(e, f"{path}.except[{i}]")
+        if (net.version != cidr.version or not net.subnet_of(cidr)  # type: ignore[arg-type]
+                or net.prefixlen <= cidr.prefixlen):
+            raise _fail(f"{path}.except[{i}]", "must be a strict subset of `cidr`")
+        excepts.append(net)
+    return IPBlock(cidr, tuple(excepts))
+
+
+def _peer(value: object, path: str) -> Peer:
+    d = _mapping(value, path, ("podSelector", "namespaceSelector", "ipBlock"))
+    pods = parse_selector(d["podSelector"], f"{path}.podSelector") \
+        if d.get("podSelector") is not None else None
+    nss = parse_selector(d["namespaceSelector"], f"{path}.namespaceSelector") \
+        if d.get("namespaceSelector") is not None else None
+    block = _ip_block(d["ipBlock"], f"{path}.ipBlock") if d.get("ipBlock") is not None else None
+    given = sum(x is not None for x in (pods, nss, block))
+    if given == 0:
+        raise _fail(path, "must specify a peer")
+    if block is not None and given > 1:
+        raise _fail(path, "may not specify both ipBlock and another peer")
+    return Peer(pods, nss, block)
+
+
+def port_name_problem(name: str) -> str | None:
+    """Why ``name`` is not an IANA service name (a container port's name), or None."""
+    if not 1 <= len(name) <= 15:
+        return "must be no more than 15 characters"
+    if not _PORT_NAME_RE.fullmatch(name):
+        return "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
+    if "--" in name:
+        return "must not contain consecutive hyphens"
+    if not re.search("[a-z]", name):
+        return "must contain at least one letter (a-z)"
+    if name.startswith("-") or name.endswith("-"):
+        return "must not begin or end with a hyphen"
+    return None
+
+
+def _port_number(value: object, path: str) -> int:
+    n = _int(value, path)
+    if not 1 <= n <= 65535:
+        raise _fail(path, f"{n}: must be between 1 and 65535, inclusive")
+    return n
+
+
+def _port(value: object, path: str) -> PolicyPort:
+    d = _mapping(value, path, ("protocol", "port", "endPort"))
+    proto = d.get("protocol")
+    proto = "TCP" if proto is None else _string(proto, f"{path}.protocol")
+    if proto not in PROTOCOLS:
+        raise _fail(f"{path}.protocol", f"Unsupported value: {proto!r}: supported values: "
+                    '"TCP", "UDP", "SCTP"')
+    port, end = d.get("port"), d.get("endPort")
+    if port is None:
+        if end is not None:
+            raise _fail(f"{path}.endPort", "may not be specified when `port` is not specified")
+        return PolicyPort(proto)
+    if isinstance(port, str):
+        if end is not None:
+            raise _fail(f"{path}.endPort", "may not be specified when `port` is non-numeric")
+        if problem := port_name_problem(port):
+            raise _fail(f"{path}.port", f"{port!r}: {problem}")
+        return PolicyPort(proto, port)
+    number = _port_number(port, f"{path}.port")
+    if end is None:
+        return PolicyPort(proto, number)
+    top = _port_number(end, f"{path}.endPort")
+    if top < number:
+        raise _fail(f"{path}.endPort", "must be greater than or equal to `port`")
+    return PolicyPort(proto, number, top)
+
+
+def _rule(value: object, path: str, peers_field: str) -> Rule:
+    d = _mapping(value, path, (peers_field, "ports"))
+    peers = tuple(_peer(p, f"{path}.{peers_field}[{i}]")
+                  for i, p in enumerate(_list(d.get(peers_field), f"{path}.{peers_field}")))
+    ports = tuple(_port(p, f"{path}.ports[{i}]")
+                  for i, p in enumerate(_list(d.get("ports"), f"{path}.ports")))
+    return Rule(peers or None, ports)
+
+
+def _policy_types(value: object, has_egress: bool) -> frozenset[str]:
+    given = [_string(t, f"spec.policyTypes[{i}]")
+             for i, t in enumerate(_list(value, "spec.policyTypes"))]
+    if len(given) > 2:
+        raise _fail("spec.policyTypes", "may not specify more than two policyTypes")
+    for i, t in enumerate(given):
+        if t not in (INGRESS, EGRESS):
+            raise _fail(f"spec.policyTypes[{i}]",
+                        f'Unsupported value: {t!r}: supported values: "Ingress", "Egress"')
+    if given:
+        return frozenset(given)
+    return frozenset({INGRESS, EGRESS} if has_egress else {INGRESS})
+
+
+# -- the object ---------------------------------------------------------------------------
+
+def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> NetworkPolicy:
+    """One NetworkPolicy object (decoded JSON/YAML) -> the validated value."""
+    d = _mapping(obj, "", ("apiVersion", "kind", "metadata", "spec"))
+    if d.get("apiVersion") != API_VERSION:
+        raise _fail("apiVersion", f"must be {API_VERSION!r}, not {d.get('apiVersion')!r}")
+    if d.get("kind") != KIND:
+        raise _fail("kind", f"must be {KIND!r}, not {d.get('kind')!r}")
+    meta = _mapping(d.get("metadata"), "metadata", _META_FIELDS)
+    name = meta.get("name")
+    if name is None:
+        raise _fail("metadata.name", "Required value: name is required")
+    if problem := dns_subdomain_problem(name):
+        raise _fail("metadata.name", f"{name!r} {problem}")
+    ns = meta.get("namespace", default_namespace)
+    if problem := dns_label_problem(ns):
+        raise _fail("metadata.namespace", f"{ns!r} {problem}")
+    parse_labels(meta.get("labels"), "metadata.labels")
+    _annotations(meta.get("annotations"))
+    spec = _mapping(d.get("spec"), "spec", ("podSelector", "ingress", "egress", "policyTypes"))
+    if "podSelector" not in spec:
+        raise _fail("spec.podSelector", "Required value")
+    selector = parse_selector(spec["podSelector"], "spec.podSelector")
+    ingress = tuple(_rule(r, f"spec.ingress[{i}]", "from")
+                    for i, r in enumerate(_list(spec.get("ingress"), "spec.ingress")))
+    egress = tuple(_rule(r, f"spec.egress[{i}]", "to")
+                   for i, r in enumerate(_list(spec.get("egress"), "spec.egress")))
+    types = _policy_types(spec.get("policyTypes"), bool(egress))
+    stored = {**d, "metadata": {**meta, "namespace": ns}}
+    return NetworkPolicy(ns, name, selector, types,
+                         ingress if INGRESS in types else (),
+                         egress if EGRESS in types else (),
+                         json.dumps(stored, sort_keys=True, separators=(",", ":")))
+
+
+# -- manifests ------------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (kubectl's strict decoding does)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate field {key!r}", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _construct_mapping)
+
+
+def _documents(text: str) -> list[object]:
+    try:
+        return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PolicyError(f"not valid YAML or JSON{where}: {what}") from None
+
+
+def _objects(docs: list[object]) -> Iterator[tuple[str, object]]:
+    """(where, object) for every object, a List's items flattened."""
+    for n, doc in enumerate(docs):
+        where = f"document {n + 1}" if len(docs) > 1 else ""
+        if isinstance(doc, dict) and doc.get("kind") in ("List", "NetworkPolicyList"):
+            items = _list(doc.get("items"), f"{where} items".strip())
+            for i, item in enumerate(items):
+                yield f"{where} items[{i}]".strip(), item
+        else:
+            yield where, doc
+
+
+def load_manifests(text: str, default_namespace: str = DEFAULT_NAMESPACE
+                   ) -> list[NetworkPolicy]:
+    """Every NetworkPolicy in a manifest (JSON, YAML, multi-document YAML, a ``List``);
+    the first invalid one fails the whole manifest (nothing is applied)."""
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_MANIFEST_BYTES:
+        raise PolicyError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    out: list[NetworkPolicy] = []
+    seen: set[str] = set()
+    for where, obj in _objects(_documents(text)):
+        try:
+            policy = parse_policy(obj, default_namespace)
+        except PolicyError as e:
+            raise PolicyError(f"{where}: {e}" if where else str(e)) from None
+        if policy.ref in seen:
+            raise PolicyError(f"{where}: {policy.ref} is given twice in the manifest")
+        seen.add(policy.ref)
+        out.append(policy)
+    if not out:
+        raise PolicyError("the manifest holds no NetworkPolicy")
+    return out

@@ -1,0 +1,389 @@
+"""NetworkPolicy compiled to one nftables table of our own, ``inet overlay-policy``, and
+the one edge that loads it (``nft -f``: a single atomic transaction).
+
+What a node enforces is what :mod:`overlay.policy.semantics` decides, for its own pods:
+egress for connections its pods open, ingress for connections to them (the peer's node
+checks the other half). The shape keeps the *rules* growing with policies plus pods, never
+their product: membership lives in sets (one of selected local pods per policy, one of
+peer addresses and one of ports per policy rule), and each rule of a policy is one nft
+rule matching those sets::
+
+    pod_sources_check  (each pod veth's ingress hook, stateless): only the pod's addresses
+    forward     ct established,related accept   (replies of allowed connections)
+                ip saddr @isolated_egress jump check_egress
+                ip daddr @isolated_ingress jump check_ingress
+    check_*     one rule per policy rule: selected pod . peer . port -> counter, allow;
+                then each isolating policy's "denied" counter; drop
+
+Pod-to-pod traffic on one bridge reaches the inet forward hook only while br_netfilter's
+``bridge-nf-call-iptables`` is 1 (the daemon checks it, not this module). Named ports
+resolve on the destination pod: a set of (address, protocol, port) per rule. Traffic
+between a pod and its own node never crosses forward (input/output hooks), so it is never
+filtered; a pod's traffic to itself never leaves its namespace. IPv4 only, as the
+cluster's pod network is: while the table holds policies, IPv6 from a pod's veth is
+dropped (it could not be filtered by these sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
+
+from overlay.policy.model import (
+    EGRESS,
+    IN,
+    INGRESS,
+    LabelSelector,
+    NetworkPolicy,
+    Peer,
+    PolicyPort,
+    Rule,
+)
+from overlay.policy.semantics import Namespaces, Pod, namespace_labels, peer_matches
+from overlay.util.proc import ProgramError, run
+
+log = logging.getLogger(__name__)
+
+FAMILY, TABLE = "inet", "overlay-policy"
+# A device's ingress hook runs before any IP hook: a spoofed packet never creates a
+# conntrack entry.
+SOURCE_CHECK_PRIORITY = -500
+
+
+class _Direction(NamedTuple):
+    """A policy type as the table sees it: ``own`` matches the selected (local) pod's
+    address, ``far`` the peer's."""
+    type: str
+    short: str
+    own: str
+    far: str
+
+
+_DIRECTIONS = (_Direction(EGRESS, "egress", "ip saddr", "ip daddr"),
+               _Direction(INGRESS, "ingress", "ip daddr", "ip saddr"))
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """A pod of this node and the host side of its veth (the source check's key)."""
+    pod: Pod
+    ifname: str
+
+
+@dataclass(frozen=True)
+class PolicyCounter:
+    """What a named counter counts: packets one policy allowed or denied one way. Only
+    packets opening a connection reach the policy chains (replies and the rest of an
+    allowed connection pass conntrack first); an allowed one is counted once, by the first
+    policy (in namespace/name order) whose rule matched, a denied one by every policy
+    isolating the pod."""
+    policy: str  # namespace/name
+    direction: str  # Ingress | Egress
+    verdict: str  # allowed | denied
+
+
+@dataclass
+class CompiledTable:
+    text: str
+    counters: dict[str, PolicyCounter] = field(default_factory=dict)
+
+
+def _ipv4(ips: Iterable[object]) -> list[IPv4Address]:
+    return [ip for ip in ips if isinstance(ip, IPv4Address)]
+
+
+# An address set as merged, inclusive integer ranges: ipaddress objects cost ~10 us each,
+# and a table of 1000 policies handles hundreds of thousands of addresses.
+Range = tuple[int, int]
+
+
+def _block_ranges(peer: Peer) -> list[Range]:
+    """An ipBlock as IPv4 ranges: its CIDR minus its excepts."""
+    block = peer.ip_block
+    if block is None or not isinstance(block.cidr, IPv4Network):
+        return []
+    out = [(int(block.cidr.network_address), int(block.cidr.broadcast_address))]
+    for exc in block.excepts:
+        lo, hi = int(exc.network_address), int(exc.broadcast_address)
+        out = [part for a, b in out
+               for part in ((a, min(b, lo - 1)), (max(a, hi + 1), b)) if part[0] <= part[1]]
+    return out
+
+
+def merge_ranges(ranges: Iterable[Range]) -> list[Range]:
+    """Sorted, disjoint and non-adjacent (what an nft interval set holds)."""
+    out: list[Range] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _addr(n: int) -> str:
+    return socket.inet_ntoa(n.to_bytes(4, "big"))
+
+
+def range_text(r: Range) -> str:
+    return _addr(r[0]) if r[0] == r[1] else f"{_addr(r[0])}-{_addr(r[1])}"
+
+
+class Cluster:
+    """The cluster's pods indexed by namespace, with each peer's answer remembered: many
+    policies share selectors, and 1000 policies over 10 000 pods must compile in well
+    under a second (a scan per peer would be ten million selector matches)."""
+
+    def __init__(self, pods: Sequence[Pod], namespaces: Namespaces):
+        self.pods = list(pods)
+        self.namespaces = namespaces
+        self.by_ns: dict[str, list[Pod]] = {}
+        self.by_label: dict[tuple[str, str], list[Pod]] = {}
+        for p in self.pods:
+            self.by_ns.setdefault(p.namespace, []).append(p)
+            for label in p.labels.items():
+                self.by_label.setdefault(label, []).append(p)
+        self._peer_pods: dict[tuple[Peer, str], list[Pod]] = {}
+        self._peer_ranges: dict[tuple[tuple[Peer, ...], str], list[Range]] = {}
+
+    @staticmethod
+    def _scope(peer: Peer, policy_ns: str) -> str:
+        """The policy's namespace matters only to a peer with a bare podSelector."""
+        return policy_ns if peer.ip_block is None and peer.namespace_selector is None else ""
+
+    def peer_pods(self, peer: Peer, policy_ns: str) -> list[Pod]:
+        """The pods ``peer`` (of a policy of ``policy_ns``) names."""
+        key = (peer, self._scope(peer, policy_ns))
+        if key not in self._peer_pods:
+            if peer.ip_block is not None:
+                found = [p for p in self.pods if peer_matches(peer, policy_ns, p, {})]
+            else:
+                sel = peer.namespace_selector
+                nss = [policy_ns] if sel is None else [
+                    ns for ns in self.by_ns
+                    if sel.matches(namespace_labels(self.namespaces, ns))]
+                found = self._select(peer.pod_selector, nss)
+            self._peer_pods[key] = found
+        return self._peer_pods[key]
+
+    def _select(self, sel: LabelSelector | None, nss: list[str]) -> list[Pod]:
+        """The pods of ``nss`` that ``sel`` matches, starting from the fewest candidates a
+        label it requires (matchLabels, or In) names, not from every pod."""
+        narrow = [] if sel is None else [
+            *(self.by_label.get(label, []) for label in sel.match_labels),
+            *([p for v in r.values for p in self.by_label.get((r.key, v), [])]
+              for r in sel.match_expressions if r.operator == IN)]
+        if not narrow:
+            return [p for ns in nss for p in self.by_ns.get(ns, ())
+                    if sel is None or sel.matches(p.labels)]
+        wanted = set(nss)
+        assert sel is not None
+        return [p for p in min(narrow, key=len)
+                if p.namespace in wanted and sel.matches(p.labels)]
+
+    def peer_ranges(self, peers: tuple[Peer, ...], policy_ns: str) -> list[Range]:
+        """Every address any of ``peers`` names (pods cluster-wide, ipBlocks), merged."""
+        key = (peers, "/".join(self._scope(p, policy_ns) for p in peers))
+        if key not in self._peer_ranges:
+            ranges: list[Range] = []
+            for peer in peers:
+                if peer.ip_block is not None:
+                    ranges += _block_ranges(peer)
+                else:
+                    ranges += [(int(ip), int(ip)) for p in self.peer_pods(peer, policy_ns)
+                               for ip in _ipv4(p.ips)]
+            self._peer_ranges[key] = merge_ranges(ranges)
+        return self._peer_ranges[key]
+
+    def destinations(self, rule: Rule, policy_ns: str) -> list[Pod]:
+        """The pods an egress rule's peers name (where its named ports resolve)."""
+        if rule.peers is None:
+            return self.pods
+        seen: dict[str, Pod] = {}
+        for peer in rule.peers:
+            seen.update((p.ref, p) for p in self.peer_pods(peer, policy_ns))
+        return list(seen.values())
+
+
+def _port_elements(ports: Sequence[PolicyPort]) -> list[str]:
+    """``proto . port`` and ``proto . lo-hi`` for the numeric ports and the protocol-only
+    ones, merged per protocol: a concatenated interval set refuses overlapping elements
+    (``auto-merge`` does not apply to concatenations)."""
+    by_proto: dict[str, list[Range]] = {}
+    for p in ports:
+        if p.port is None:
+            by_proto.setdefault(p.protocol.lower(), []).append((0, 65535))
+        elif isinstance(p.port, int):
+            by_proto.setdefault(p.protocol.lower(), []).append((p.port, p.end_port or p.port))
+    return [f"{proto} . {lo}" if lo == hi else f"{proto} . {lo}-{hi}"
+            for proto, ranges in sorted(by_proto.items()) for lo, hi in merge_ranges(ranges)]
+
+
+def _named_elements(ports: Sequence[PolicyPort], destinations: Iterable[Pod]) -> list[str]:
+    """(address . protocol . port) of every destination pod that has a rule's named port."""
+    out: set[str] = set()
+    for p in ports:
+        if not isinstance(p.port, str):
+            continue
+        for pod in destinations:
+            number = pod.named_port(p.port, p.protocol)
+            if number is not None:
+                out.update(f"{ip} . {p.protocol.lower()} . {number}" for ip in _ipv4(pod.ips))
+    return sorted(out)
+
+
+class _Builder:
+    """Accumulates the table's sets, counters and chain rules."""
+
+    def __init__(self) -> None:
+        self.sets: list[str] = []
+        self._set_names: dict[tuple[str, bool, str], str] = {}
+        self.counters: dict[str, PolicyCounter] = {}
+        self.chains: dict[str, list[str]] = {"check_egress": [], "check_ingress": []}
+        self.denied: dict[str, list[str]] = {"egress": [], "ingress": []}
+
+    def add_set(self, name: str, type_: str, elements: Iterable[object],
+                interval: bool = False) -> str:
+        """A set of these elements: one already defined with the same ones is reused (a
+        table of 1000 policies sharing a few selectors holds each address set once)."""
+        elems = ", ".join(str(e) for e in elements)
+        key = (type_, interval, elems)
+        if key not in self._set_names:
+            self._set_names[key] = name
+            flags = " flags interval; auto-merge;" if interval else ""
+            body = f" elements = {{ {elems} }};" if elems else ""
+            self.sets.append(f"\tset {name} {{ type {type_};{flags}{body} }}")
+        return f"@{self._set_names[key]}"
+
+    def add_counter(self, name: str, counter: PolicyCounter) -> str:
+        self.counters[name] = counter
+        return f'counter name "{name}"'
+
+
+def _compile_rule(b: _Builder, tag: str, rule: Rule, policy: NetworkPolicy, direction: str,
+                  selected: str, cluster: Cluster, local: Sequence[Pod]) -> list[str]:
+    """The nft rules (0-2) of one policy rule: matches of the numeric and named ports."""
+    own, far = next((d.own, d.far) for d in _DIRECTIONS if d.type == direction)
+    match = [f"{own} {selected}"]
+    if rule.peers is not None:
+        ranges = cluster.peer_ranges(rule.peers, policy.namespace)
+        if not ranges:
+            return []  # names nobody: allows nothing
+        peers = b.add_set(f"{tag}_peer", "ipv4_addr", map(range_text, ranges), interval=True)
+        match.append(f"{far} {peers}")
+    if not rule.ports:
+        return [" ".join(match)]
+    out = []
+    if numeric := _port_elements(rule.ports):
+        s = b.add_set(f"{tag}_port", "inet_proto . inet_service", numeric, interval=True)
+        out.append(" ".join([*match, f"meta l4proto . th dport {s}"]))
+    dests = local if direction == INGRESS else cluster.destinations(rule, policy.namespace)
+    if named := _named_elements(rule.ports, dests):
+        s = b.add_set(f"{tag}_named", "ipv4_addr . inet_proto . inet_service", named)
+        out.append(" ".join([*match, f"ip daddr . meta l4proto . th dport {s}"]))
+    return out
+
+
+def _compile_policy(b: _Builder, index: int, policy: NetworkPolicy,
+                    selected_pods: Sequence[Pod], cluster: Cluster) -> None:
+    """A policy's sets, its allow rules and its denied counters (it selects local pods)."""
+    sel = b.add_set(f"p{index}_sel", "ipv4_addr",
+                    sorted({ip for p in selected_pods for ip in _ipv4(p.ips)}))
+    for direction, short, own, _ in _DIRECTIONS:
+        if direction not in policy.policy_types:
+            continue
+        # Egress returns to forward, where ingress is checked next; ingress is the last.
+        verdict = "return" if direction == EGRESS else "accept"
+        allowed = b.add_counter(f"p{index}_{short}_allowed",
+                                PolicyCounter(policy.ref, direction, "allowed"))
+        for j, rule in enumerate(policy.egress if direction == EGRESS else policy.ingress):
+            for match in _compile_rule(b, f"p{index}_{short[0]}{j}", rule, policy, direction,
+                                       sel, cluster, selected_pods):
+                b.chains[f"check_{short}"].append(f"{match} {allowed} {verdict}")
+        denied = b.add_counter(f"p{index}_{short}_denied",
+                               PolicyCounter(policy.ref, direction, "denied"))
+        b.denied[short].append(f"{own} {sel} {denied}")
+
+
+def _source_check(b: _Builder, local: Sequence[LocalPod]) -> list[str]:
+    """Stateless, on each pod veth's ingress: a packet a pod sends must carry one of its
+    own addresses (a pod with NET_RAW cannot borrow an allowed peer's). It must be the
+    veth's own hook: for bridged traffic the inet prerouting hook sees only ``cni0``."""
+    pairs = sorted(f'"{lp.ifname}" . {ip}' for lp in local for ip in _ipv4(lp.pod.ips))
+    if not pairs:
+        return []
+    veths = ", ".join(sorted({f'"{lp.ifname}"' for lp in local}))
+    own = b.add_set("pod_sources", "ifname . ipv4_addr", pairs)
+    spoofed = b.add_counter("spoofed", PolicyCounter("", "", "spoofed"))
+    return _chain("pod_sources_check", f"type filter hook ingress devices = {{ {veths} }} "
+                  f"priority {SOURCE_CHECK_PRIORITY}; policy accept;",
+                  [f"meta protocol ip iifname . ip saddr != {own} {spoofed} drop",
+                   f"meta protocol ip6 {spoofed} drop"])
+
+
+def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Namespaces,
+                  policies: Sequence[NetworkPolicy]) -> CompiledTable:
+    """The whole table for a node whose pods are ``local``; ``pods`` is every pod of the
+    cluster (peers are anywhere). With no policy selecting a local pod, the table is empty:
+    nothing is filtered and the data plane pays nothing."""
+    b = _Builder()
+    cluster = Cluster(pods, namespaces)
+    local_by_ns: dict[str, list[Pod]] = {}
+    for lp in local:
+        local_by_ns.setdefault(lp.pod.namespace, []).append(lp.pod)
+    isolated: dict[str, set[IPv4Address]] = {EGRESS: set(), INGRESS: set()}
+    for i, policy in enumerate(sorted(policies, key=lambda p: p.ref)):
+        selected = [p for p in local_by_ns.get(policy.namespace, ())
+                    if policy.pod_selector.matches(p.labels)]
+        if selected:
+            _compile_policy(b, i, policy, selected, cluster)
+            for direction in policy.policy_types:
+                isolated[direction].update(ip for p in selected for ip in _ipv4(p.ips))
+    if not b.counters:
+        return CompiledTable(f"table {FAMILY} {TABLE} {{\n}}\n")
+    source = _source_check(b, local)
+    forward = ["ct state established,related accept"]
+    for direction, short, own, _ in _DIRECTIONS:
+        if isolated[direction]:
+            members = sorted(isolated[direction])
+            forward.append(f"{own} {b.add_set(f'isolated_{short}', 'ipv4_addr', members)} "
+                           f"jump check_{short}")
+    lines = [f"table {FAMILY} {TABLE} {{", *b.sets]
+    lines += [f"\tcounter {name} {{ }}" for name in b.counters]
+    lines += source
+    lines += _chain("forward", "type filter hook forward priority filter; policy accept;",
+                    forward)
+    for short in ("egress", "ingress"):
+        lines += _chain(f"check_{short}", "", [*b.chains[f"check_{short}"], *b.denied[short],
+                                                "drop"])
+    lines.append("}")
+    return CompiledTable("\n".join(lines) + "\n", dict(b.counters))
+
+
+def _chain(name: str, header: str, rules: Sequence[str]) -> list[str]:
+    return [f"\tchain {name} {{", *([f"\t\t{header}"] if header else []),
+            *(f"\t\t{r}" for r in rules), "\t}"]
+
+
+def replacement(table: CompiledTable) -> str:
+    """One ``nft -f`` script replacing our table whole: created if absent, deleted and
+    defined again in the same transaction, so there is never a moment without it."""
+    return f"table {FAMILY} {TABLE} {{ }}\ndelete table {FAMILY} {TABLE}\n{table.text}"
+
+
+def apply_table(table: CompiledTable, netns: str | None = None) -> None:
+    """Load ``table`` atomically (in ``netns`` if given: the tests' nodes); a rejected
+    script changes nothing and raises ``ProgramError``."""
+    argv = ["nft", "-f", "-"]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    try:
+        run(argv, input=replacement(table), check=True, timeout=30.0)
+    except ProgramError:
+        log.warning("nft refused the policy table; the previous one stays in force")
+        raise
+    log.info("policy table loaded: %d counters", len(table.counters))

@@ -1,0 +1,65 @@
+"""overlayctl policy / namespaces: argument and manifest checks that fail before etcd is
+contacted (so nothing can be written), and the table's selector column."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from overlay.cli import cli
+from overlay.cli.policy_cmds import parse_label_args, selector_text
+from overlay.errors import ConfigError
+from overlay.policy.model import parse_selector
+
+# Nothing listens here: a command that got as far as etcd would fail differently.
+NOWHERE = ["--etcd-endpoints", "http://127.0.0.1:9"]
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli, [*NOWHERE, *args], input=input, catch_exceptions=False)
+
+
+def test_label_arguments():
+    assert parse_label_args(("a=1", "example.com/b=", "c-")) == ({"a": "1", "example.com/b": ""},
+                                                                 ["c"])
+    for bad, words in [(("a",), "key=value"), (("a=b c",), "value"), (("-a=1",), "label key"),
+                       (("a=1", "a=2"), "given twice"), (("/a=1",), "prefix")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_label_args(bad)
+
+
+def test_selector_column():
+    sel = parse_selector({"matchLabels": {"app": "web"}, "matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["b", "a"]},
+        {"key": "x", "operator": "Exists"}, {"key": "y", "operator": "DoesNotExist"},
+        {"key": "z", "operator": "NotIn", "values": ["1"]}]}, "s")
+    assert selector_text(sel) == "app=web,tier in (a,b),x,!y,z notin (1)"
+    assert selector_text(parse_selector({}, "s")) == "<none>"
+
+
+@pytest.mark.parametrize("args,input,words", [
+    (("policy", "apply", "-f", "-"), "kind: NetworkPolicy\n", "apiVersion"),
+    (("policy", "apply", "-f", "-"), "a: [\n", "not valid YAML or JSON"),
+    (("policy", "apply", "-f", "-"), "\xff", ""),
+    (("policy", "delete", "no-slash"), None, "NAMESPACE/NAME"),
+    (("namespaces", "label", "x", "bad"), None, "key=value"),
+    (("policy", "get", "-n", "UPPER"), None, "namespace 'UPPER'"),
+])
+def test_bad_input_is_one_line_before_etcd(args, input, words):
+    r = run(*args, input=input)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
+    assert "etcd" not in lines[0]
+
+
+def test_a_policy_too_large_to_be_read_back_is_refused():
+    big = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": "big", "annotations": {"note": "x" * 300_000}},
+           "spec": {"podSelector": {}}}
+    r = run("policy", "apply", "-f", "-", input=json.dumps(big))
+    assert r.exit_code == 1 and "default/big is 300" in r.output and "at most 262144" in r.output
+
+
+def test_yaml_output_only_where_objects_are_printed():
+    assert run("leases", "list", "-o", "yaml").exit_code == 2  # click's usage error

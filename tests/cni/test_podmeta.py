@@ -1,0 +1,74 @@
+"""The plugin's pod metadata file: what ADD writes (shape-checked, bounded) and DEL removes."""
+
+import json
+import os
+
+from overlay.cni import commands, podmeta
+from overlay.cni.skel import Request
+
+
+def meta(k8s=None, **config):
+    """The metadata for CNI_ARGS ``k8s`` and the netconf ``config``."""
+    return podmeta.meta_from_request("c0ffee", "eth0", k8s or {}, config)
+
+
+def test_identity_comes_from_k8s_args_and_is_null_when_absent():
+    m = meta({"K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "web-1"})
+    assert (m["namespace"], m["name"]) == ("shop", "web-1")
+    podman = meta({"K8S_POD_NAME": "web-1"})
+    assert (podman["namespace"], podman["name"]) == (None, "web-1")
+    assert (meta()["namespace"], meta()["name"]) == (None, None)
+
+
+def test_labels_from_args_cni_labels_keep_only_string_pairs():
+    m = meta(args={"cni": {"labels": [{"key": "app", "value": "web"}, {"key": "n", "value": 1},
+                                      "junk", {"key": ["x"]}, {"key": "e", "value": ""}]}})
+    assert m["labels"] == [{"key": "app", "value": "web"}, {"key": "n", "value": 1},
+                           {"key": "e", "value": ""}]  # ints pass the shape; the rule drops them
+
+
+def test_labels_and_ports_are_bounded():
+    many = [{"key": f"k{i}", "value": "v"} for i in range(1000)]
+    m = meta(args={"cni": {"labels": many, "ports": [{"port": 1}] * 1000}})
+    assert len(m["labels"]) == podmeta.MAX_ITEMS and len(m["ports"]) == podmeta.MAX_ITEMS
+    long = meta({"K8S_POD_NAME": "x" * 10_000})
+    assert long["name"] is None
+
+
+def test_ports_from_args_else_port_mappings():
+    declared = meta(args={"cni": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}},
+                    runtimeConfig={"portMappings": [{"hostPort": 8080, "containerPort": 81}]})
+    assert declared["ports"] == [{"name": "http", "port": 80, "protocol": "TCP"}]
+    mapped = meta(runtimeConfig={"portMappings": [
+        {"hostPort": 8080, "containerPort": 81, "protocol": "udp"}, {"hostPort": 1}]})
+    assert mapped["ports"] == [{"port": 81, "protocol": "udp"}]
+
+
+def test_write_is_atomic_beside_the_ipam_record_and_del_removes_it(tmp_path):
+    m = meta({"K8S_POD_NAME": "web-1"})
+    path = podmeta.write_meta(str(tmp_path), "overlay", m)
+    assert path == str(tmp_path / "overlay" / "pods" / "c0ffee@eth0.json")
+    written = tmp_path / "overlay" / "pods" / "c0ffee@eth0.json"
+    assert json.loads(written.read_text()) == m and os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path / "overlay" / "pods") == ["c0ffee@eth0.json"]  # no temp left
+    podmeta.remove_meta(str(tmp_path), "overlay", "c0ffee", "eth0")
+    assert not os.path.exists(path)
+    podmeta.remove_meta(str(tmp_path), "overlay", "c0ffee", "eth0")  # idempotent
+
+
+def test_add_writes_the_metadata_file_and_a_failure_is_an_ipam_error(tmp_path):
+    config = {"cniVersion": "1.1.0", "name": "ovnet", "dataDir": str(tmp_path),
+              "args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}
+    req = Request("ADD", "1.1.0", config, "c1", "/x", "eth0", {"K8S_POD_NAME": "web"})
+    conf = commands.parse_netconf(config, "1.1.0")
+    commands._write_pod_meta(req, conf)
+    written = json.loads((tmp_path / "ovnet" / "pods" / "c1@eth0.json").read_text())
+    assert written["labels"] == [{"key": "app", "value": "web"}] and written["name"] == "web"
+    (tmp_path / "ro").write_text("a file where the store's directory should be")
+    bad = commands.parse_netconf({**config, "dataDir": str(tmp_path / "ro")}, "1.1.0")
+    try:
+        commands._write_pod_meta(req, bad)
+    except commands.IPAMError as e:
+        assert "cannot write pod metadata" in str(e)
+    else:
+        raise AssertionError("a metadata file that cannot be written must fail the ADD")

@@ -1,0 +1,115 @@
+"""The pod publisher's reading of the data dir: metadata judged part by part, IPAM records
+of this node's subnet only, an ADD still running skipped."""
+
+import os
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from overlay.cluster.pods import Label, PodRecord, Port
+from overlay.cni import ipam, podmeta
+from overlay.daemon import podpublisher as pp
+
+SUBNET = IPv4Network("10.244.1.0/24")
+
+
+def test_parse_meta_drops_bad_parts_alone():
+    obj = {"containerID": "c1", "ifname": "eth0", "namespace": "shop", "name": "web-1",
+           "labels": [{"key": "app", "value": "web"}, {"key": "bad key", "value": "x"},
+                      {"key": "n", "value": 1}],
+           "ports": [{"name": "http", "port": 80}, {"port": 0}, {"port": 80, "name": "http"}]}
+    ident, problems = pp.parse_meta(obj, "c1", "eth0")
+    assert ident == pp.PodIdentity("shop", "web-1", {"app": "web"}, (Port("http", 80, "TCP"),))
+    assert len(problems) == 3
+
+
+@pytest.mark.parametrize("ns, name", [(None, None), ("Shop", "web"), ("shop", "Web_1")])
+def test_unusable_identity_falls_back_to_default_and_the_container_id(ns, name):
+    obj = {"containerID": "c1", "ifname": "eth0", "namespace": ns, "name": name}
+    ident, problems = pp.parse_meta(obj, "c1", "eth0")
+    assert (ident.namespace, ident.name) == ("default", "c1")
+    assert bool(problems) == (name is not None)
+
+
+def test_metadata_of_another_attachment_is_not_used():
+    obj = {"containerID": "c2", "ifname": "eth0", "namespace": "shop", "name": "web"}
+    ident, problems = pp.parse_meta(obj, "c1", "eth0")
+    assert ident == pp.fallback_identity("c1") and problems
+
+
+def add(tmp_path, cid, ip, ifname="eth0", network="overlay", meta=True, **args):
+    store = ipam.DiskStore(str(tmp_path), network)
+    with store.lock():
+        assert store.reserve(cid, ifname, IPv4Address(ip))
+    if meta:
+        podmeta.write_meta(str(tmp_path), network,
+                           podmeta.meta_from_request(cid, ifname, args, {}))
+
+
+def test_scan_groups_attachments_by_container_and_keeps_this_subnet_only(tmp_path):
+    add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="web")
+    add(tmp_path, "c1", "10.244.1.6", ifname="net1", meta=False)
+    add(tmp_path, "c2", "10.88.0.5", network="podman")  # another network's range
+    warned = []
+    got = pp.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
+    assert list(got) == ["c1"] and warned == []
+    assert got["c1"].ips == (IPv4Address("10.244.1.5"), IPv4Address("10.244.1.6"))
+    assert (got["c1"].identity.namespace, got["c1"].identity.name, got["c1"].ifname) == (
+        "shop", "web", "eth0")
+
+
+def test_an_add_in_progress_waits_for_its_metadata_an_old_one_is_published(tmp_path):
+    add(tmp_path, "c1", "10.244.1.5", meta=False)
+    assert pp.scan_local(str(tmp_path), SUBNET, lambda *a: None) == {}
+    old = time.time() - pp.ADD_GRACE - 1
+    os.utime(tmp_path / "overlay" / "10.244.1.5", (old, old))
+    warned = []
+    got = pp.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
+    assert got["c1"].identity == pp.fallback_identity("c1") and "no metadata" in warned[0]
+
+
+def test_a_missing_data_dir_is_a_scan_error_not_an_empty_node(tmp_path):
+    with pytest.raises(pp.ScanError):
+        pp.scan_local(str(tmp_path / "nope"), SUBNET, lambda *a: None)
+
+
+def test_the_disk_signature_moves_on_add_and_del(tmp_path):
+    add(tmp_path, "c0", "10.244.1.4")
+    before = pp.disk_signature(str(tmp_path))
+    add(tmp_path, "c1", "10.244.1.5")
+    after_add = pp.disk_signature(str(tmp_path))
+    podmeta.remove_meta(str(tmp_path), "overlay", "c1", "eth0")
+    assert before != after_add != pp.disk_signature(str(tmp_path))
+
+
+def local(cid="c2", labels=None):
+    return pp.LocalPod(cid, "eth0", (IPv4Address("10.244.1.5"),),
+                       pp.PodIdentity("shop", "web", labels or {"app": "web", "tier": "x"}))
+
+
+def test_a_new_sandbox_takes_cni_labels_under_the_operators():
+    held = PodRecord("shop", "web", (IPv4Address("10.244.1.4"),), "node1", "c1", "eth0",
+                     {"app": Label("old", "cni"), "tier": Label("gold", "cli")})
+    want = pp.desired_record("node1", local(), held)
+    assert want.labels == {"app": Label("web", "cni"), "tier": Label("gold", "cli")}
+    assert want.container_id == "c2" and want.created > held.created
+
+
+def test_the_same_sandbox_keeps_its_labels_and_creation_time():
+    held = PodRecord("shop", "web", (IPv4Address("10.244.1.5"),), "node1", "c2", "eth0",
+                     {"tier": Label("gold", "cli")})  # the operator removed app
+    want = pp.desired_record("node1", local(), held)
+    assert want.labels == held.labels and want.created == held.created
+
+
+def test_cni_data_dir_flag_defaults_to_the_plugins_and_refuses_empty():
+    from overlay.cni.netconf import DEFAULT_DATA_DIR
+    from overlay.daemon.flags import parse_settings
+    from overlay.errors import ConfigError
+    assert parse_settings(["--node-name", "n1"], {}).cni_data_dir == DEFAULT_DATA_DIR
+    assert parse_settings(["--node-name", "n1", "--cni-data-dir", "/x"], {}).cni_data_dir == "/x"
+    assert parse_settings(["--node-name", "n1"],
+                          {"OVERLAYD_CNI_DATA_DIR": "/y"}).cni_data_dir == "/y"
+    with pytest.raises(ConfigError, match="--cni-data-dir: empty path"):
+        parse_settings(["--node-name", "n1", "--cni-data-dir", ""], {})

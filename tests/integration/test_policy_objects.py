@@ -1,0 +1,157 @@
+"""Namespaces and NetworkPolicies in a real etcd, through overlayctl: apply, get,
+delete, label, list; bad input changes nothing; a bad object in etcd is rejected alone."""
+
+import json
+import os
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from overlay.cli import cli
+from overlay.cluster import keys
+from overlay.cluster.store import ObjectStore
+from overlay.policy import objects
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.registry import EtcdRegistry
+
+from ..policy.cases import policy
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+
+
+@pytest.fixture
+def store(etcd_server):
+    reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
+    try:
+        yield ObjectStore(reg)
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def ctl(etcd_server):
+    runner = CliRunner()
+
+    def run(*args, input=None):
+        return runner.invoke(cli, ["--etcd-endpoints", etcd_server.endpoint, *args],
+                             input=input, catch_exceptions=False)
+    return run
+
+
+def everything(store):
+    kvs, _ = store.list(store.prefix + "/")
+    return {kv.key: kv.value for kv in kvs}
+
+
+def fails_with(result, words):
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    assert "Traceback" not in result.output
+
+
+def test_examples_apply_and_read_back(ctl, store):
+    names = sorted(os.listdir(EXAMPLES))
+    assert len([n for n in names if n.endswith(".yaml")]) >= 3
+    for n in names:
+        r = ctl("policy", "apply", "-f", os.path.join(EXAMPLES, n))
+        assert r.exit_code == 0 and " created" in r.output, r.output
+    got = ctl("policy", "get", "-o", "json")
+    refs = sorted(f"{i['metadata']['namespace']}/{i['metadata']['name']}"
+                  for i in json.loads(got.output)["items"])
+    assert refs == ["x/allow-from-frontend", "x/allow-http", "x/default-deny-ingress",
+                    "x/egress-dns-only"]
+    again = ctl("policy", "apply", "-f", os.path.join(EXAMPLES, "default-deny.yaml"))
+    assert "x/default-deny-ingress unchanged" in again.output
+    # the namespace a policy names is known from then on, with its automatic label
+    ns = objects.get_namespace(store, "x")
+    assert ns is not None and ns.labels == {"kubernetes.io/metadata.name": "x"}
+
+
+def test_apply_stdin_update_get_delete(ctl, store):
+    manifest = policy("web", "y", {"podSelector": {"matchLabels": {"app": "web"}}})
+    r = ctl("policy", "apply", "-f", "-", input=json.dumps(manifest))
+    assert r.output.strip() == "networkpolicy y/web created"
+    manifest["spec"]["ingress"] = [{"ports": [{"port": 80}]}]
+    r = ctl("policy", "apply", "-f", "-", input=yaml.safe_dump(manifest))
+    assert r.output.strip() == "networkpolicy y/web configured"
+    stored = json.loads(store.get(keys.policy_key(store.prefix, "y", "web")).value)
+    assert stored["spec"]["ingress"] == [{"ports": [{"port": 80}]}]
+    table = ctl("policy", "get", "-n", "y").output.splitlines()
+    assert table[0].split() == ["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES", "STATUS"]
+    assert table[1].split() == ["y", "web", "app=web", "Ingress", "ok"]
+    one = yaml.safe_load(ctl("policy", "get", "-n", "y", "web", "-o", "yaml").output)
+    assert one["metadata"] == {"name": "web", "namespace": "y"}
+    assert ctl("policy", "delete", "y/web").output.strip() == "networkpolicy y/web deleted"
+    fails_with(ctl("policy", "delete", "y/web"), "no NetworkPolicy y/web")
+    fails_with(ctl("policy", "get", "-n", "y", "web"), "no NetworkPolicy y/web")
+
+
+@pytest.mark.parametrize("args,words", [
+    (("policy", "apply", "-f", "/nonexistent.yaml"), "cannot read /nonexistent.yaml"),
+    (("policy", "delete", "web"), "NAMESPACE/NAME"),
+    (("policy", "delete", "Y/web"), "namespace 'Y'"),
+    (("policy", "get", "-n", "a_b"), "namespace 'a_b'"),
+    (("namespaces", "label", "x", "novalue"), "key=value"),
+    (("namespaces", "label", "x", "k=bad value"), "label k='bad value'"),
+    (("namespaces", "label", "x", "kubernetes.io/metadata.name=y"), "set automatically"),
+    (("namespaces", "label", "x", "a=1", "a-"), "given twice"),
+    (("namespaces", "label", "X_", "a=1"), "namespace 'X_'"),
+])
+def test_bad_arguments_change_nothing(ctl, store, args, words):
+    before = everything(store)
+    fails_with(ctl(*args), words)
+    assert everything(store) == before
+
+
+def test_a_manifest_with_one_bad_object_writes_nothing(ctl, store):
+    good = policy("good", "x", {"podSelector": {}})
+    bad = policy("bad", "x", {"podSelector": {}, "ingress": [{"ports": [{"port": 0}]}]})
+    doc = yaml.safe_dump(good) + "---\n" + yaml.safe_dump(bad)
+    fails_with(ctl("policy", "apply", "-f", "-", input=doc),
+               "document 2: spec.ingress[0].ports[0].port")
+    assert everything(store) == {}
+
+
+def test_namespaces_label_and_list(ctl, store):
+    r = ctl("namespaces", "label", "y", "team=frontend", "env=prod")
+    assert r.output.strip() == "namespace y labeled"
+    fails_with(ctl("namespaces", "label", "y", "team=backend"), "--overwrite")
+    ctl("namespaces", "label", "y", "team=backend", "env-", "--overwrite")
+    ns = objects.get_namespace(store, "y")
+    assert ns is not None and ns.labels == {"kubernetes.io/metadata.name": "y",
+                                            "team": "backend"}
+    out = ctl("namespaces", "list").output.splitlines()
+    assert out[1].split() == ["y", "kubernetes.io/metadata.name=y,team=backend", "ok"]
+    listed = json.loads(ctl("namespaces", "list", "-o", "json").output)
+    assert listed == [{"name": "y", "labels": {"kubernetes.io/metadata.name": "y",
+                                               "team": "backend"}}]
+
+
+def test_bad_objects_in_etcd_are_rejected_alone(ctl, store):
+    ctl("policy", "apply", "-f", "-", input=json.dumps(policy("ok", "x", {"podSelector": {}})))
+    base = keys.policies_prefix(store.prefix)
+    wide_open = policy("wide", "x", {"podSelector": {}, "ingress": [{"from": [{}]}]})
+    store.put(base + "x/wide", json.dumps(wide_open).encode())  # invalid peer
+    store.put(base + "x/other", json.dumps(policy("ok", "x", {"podSelector": {}})).encode())
+    store.put(base + "x/a/b", b"{}")
+    store.put(base + "x/garbage", b"\xff not json")
+    store.put(keys.namespace_key(store.prefix, "z"), json.dumps({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "z", "labels": {"kubernetes.io/metadata.name": "x"}}}).encode())
+    good, bad = objects.list_policies(store)
+    assert [p.ref for p in good] == ["x/ok"]
+    reasons = {r.key.removeprefix(base): r.reason for r in bad}
+    assert "must specify a peer" in reasons["x/wide"]
+    assert "not the key's x/other" in reasons["x/other"]
+    assert "key is not" in reasons["x/a/b"] and "not JSON" in reasons["x/garbage"]
+    r = ctl("policy", "get")
+    assert r.exit_code == 0
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert ["x", "ok", "<none>", "Ingress", "ok"] in rows
+    assert sum("rejected:" in line for line in r.stdout.splitlines()) == 4
+    nss, bad_ns = objects.list_namespaces(store)
+    assert [n.name for n in nss] == ["x"] and "must be the namespace's name" in bad_ns[0].reason
