@@ -40,7 +40,8 @@ LIKELY = {
     "no-answer": "nothing came back over the overlay: UDP 8472 filtered between the nodes, "
                  "the peer's VXLAN device down, or the underlay cut",
     "mtu": "small probes pass but full-size ones with DF do not: the underlay's path MTU is "
-           "below the overlay MTU + 50 (set Backend.MTU or fix the underlay)",
+           "below the overlay MTU + 50 (set Backend.MTU or fix the underlay; the kernel keeps "
+           "the lower path MTU it learnt for 10 minutes: `ip route flush cache`)",
     "stale-vtep": "the VTEP MAC in use is not the lease's: a stale neighbour/FDB entry or "
                   "record (restart the node's overlayd, or wait for its reconcile)",
 }

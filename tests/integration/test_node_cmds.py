@@ -102,9 +102,13 @@ def test_delete_refuses_a_live_node_then_force_and_dead_ones(store, ctl):
     r = ctl("nodes", "delete", "node1")
     assert r.exit_code == 1 and "is alive" in r.output and "--force" in r.output
     assert store.get(node_key(store.prefix, "node1")) is not None
-    assert ctl("nodes", "delete", "node1", "--force").exit_code == 0
+    hb = store.get(heartbeat_key(store.prefix, "node1"))
+    assert hb is not None and hb.lease
+    r = ctl("nodes", "delete", "node1", "--force")
+    assert r.exit_code == 0 and "node node1 deleted (2 keys, 0 pods)" in r.output
     assert store.get(node_key(store.prefix, "node1")) is None
     assert store.get(heartbeat_key(store.prefix, "node1")) is None
+    assert store.keepalive(hb.lease) == 0  # revoked: a running overlayd would notice
     for node, ns_name in (("node2", "web-1"), ("node2", "web-2"), ("node3", "web-3")):
         store.put(pod_key(store.prefix, "default", ns_name), encode_pod(PodRecord(
             "default", ns_name, (IPv4Address("10.244.2.5"),), node, "c-" + ns_name, "eth0")))
