@@ -575,7 +575,8 @@ def test_vm_recipe_end_to_end(tmp_path):
                                                    OVERLAY_NODE_IP=node_ip))
             # Two daemons on one host: their files and node names apart (the VMs use the
             # defaults; each VM's hostname is its node name).
-            env.update(OVERLAYD_NODE_NAME=node, OVERLAYD_SUBNET_FILE=str(tmp_path / node / "subnet.env"),
+            env.update(OVERLAYD_NODE_NAME=node,
+                       OVERLAYD_SUBNET_FILE=str(tmp_path / node / "subnet.env"),
                        OVERLAYD_STATE_DIR=str(tmp_path / node / "state-overlayd"),
                        OVERLAYD_CNI_SOCKET=str(tmp_path / node / "cni.sock"),
                        OVERLAYD_RUNTIME_FILE=str(tmp_path / node / "overlayd.json"))
