@@ -63,8 +63,8 @@ def cleanup() -> None:
 
 def inner(peers: int, rounds: int) -> dict:
     """One node's rounds, inside NS_A (run by ``ip netns exec``)."""
-    from overlay.cluster.mesh import PeerCheck, kernel_vtep_problem, summarize
-    from overlay.diagnose.gather import probe_peers
+    from overlay.cluster.mesh import summarize
+    from overlay.daemon.nodestatus import check_peers
     from overlay.lease import Lease, LeaseAttrs
     from overlay.vxlan.entries import FDB, Entries, Neigh
 
@@ -83,20 +83,15 @@ def inner(peers: int, rounds: int) -> dict:
         assert mac is not None
         return [Neigh(lease.subnet.network_address, mac), FDB(mac, lease.attrs.public_ip)]
 
-    walls, cpus, reachable, summary = [], [], 0, None
+    walls, cpus, reachable, sent, summary = [], [], 0, 0, None
     for _ in range(rounds):
         w0, c0 = time.perf_counter(), time.process_time()
-        results = probe_peers(leases, MTU, 2, 1.0)
-        checks = [PeerCheck(lease.subnet, lease.attrs.public_ip, r.size, r.received > 0,
-                            None if r.small_received is None else r.small_received > 0,
-                            r.error, kernel_vtep_problem(want(lease), have))
-                  for lease, r in zip(leases, results, strict=True)]
+        checks = check_peers(leases, MTU, want, have)
         summary = summarize(checks, summary, datetime.now(UTC))
         cpus.append(time.process_time() - c0)
         walls.append(time.perf_counter() - w0)
         reachable = summary.peers_reachable
-        sent = sum(r.sent for r in results) + sum(1 for r in results
-                                                  if r.small_received is not None)
+        sent = 2 * len(checks) + sum(1 for c in checks if c.small_answered is not None)
     return {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
             "cpu_max_s": max(cpus), "packets_sent": sent, "reachable": reachable,
             "broken_listed": len(summary.broken) if summary else 0}

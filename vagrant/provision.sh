@@ -104,7 +104,10 @@ overlayd_env() {
     "# Written by vagrant/provision.sh; every overlayd flag has an OVERLAYD_* variable." \
     "OVERLAYD_ETCD_ENDPOINTS=$ETCD_ENDPOINT" \
     "OVERLAYD_PUBLIC_IP=$NODE_IP" \
-    "OVERLAYD_HEALTHZ_ADDR=$HEALTHZ_ADDR"
+    "OVERLAYD_HEALTHZ_ADDR=$HEALTHZ_ADDR" \
+    "# Where this VM's runtime finds CNI plugins (portmap is Debian's, in /usr/lib/cni):" \
+    "# recorded in overlayd's runtime file, so 'overlayctl diagnose' needs no flags." \
+    "OVERLAYD_CNI_BIN_DIR=/opt/cni/bin:/usr/lib/cni"
 }
 
 check_inputs() {

@@ -2,6 +2,11 @@
 
 Each command group lives in its own module and registers itself on ``cli`` below.
 
+On a node no flags are needed: every option overlayd knows (etcd, TLS and auth, its
+files, devices and addresses) defaults to the node's runtime file (``--runtime-file``,
+``OVERLAYCTL_RUNTIME_FILE``, default /run/overlay/overlayd.json, see
+``overlay.runtimefile``); a flag or environment variable still wins, option by option.
+
 The global options (``-o``, ``--etcd-*``, ``-v``) are accepted before or after the
 subcommand, as kubectl users type them: :func:`global_options` adds the same options to
 the top-level group and to every command, and each one given on the command line is
@@ -13,15 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
 from overlay.errors import OverlayError
+from overlay.runtimefile import DEFAULT_RUNTIME_FILE, RuntimeInfo, load_runtime_file
 from overlay.subnet.etcdconf import (
     DEFAULT_ENDPOINTS,
     DEFAULT_PREFIX,
@@ -33,21 +41,48 @@ from overlay.util.version import version_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger(__name__)
+
 # The etcd options, by their make_etcd_options keyword.
 ETCD_DEFAULTS: dict[str, str | None] = {
     "endpoints": DEFAULT_ENDPOINTS, "prefix": DEFAULT_PREFIX, "cafile": None,
     "certfile": None, "keyfile": None, "username": None, "password": None,
+    "password_file": None,
 }
 
 
 @dataclass
 class CLIContext:
-    etcd_flags: dict[str, Any] = field(default_factory=lambda: dict(ETCD_DEFAULTS))
+    etcd_flags: dict[str, Any] = field(default_factory=dict)  # the ones the user gave
     output: str = "table"
     verbose: int = 0
+    runtime_path: str | None = None  # --runtime-file as given ('' = none); None = default
 
     def etcd_options(self) -> EtcdOptions:
-        return make_etcd_options(**self.etcd_flags)
+        """Defaults < the runtime file < the user's flags and environment."""
+        flags: dict[str, Any] = dict(ETCD_DEFAULTS)
+        rt = self.runtime
+        if rt is not None:
+            flags.update(rt.etcd_flags())
+        flags.update(self.etcd_flags)
+        return make_etcd_options(**flags)
+
+    @cached_property
+    def runtime(self) -> RuntimeInfo | None:
+        """This node's overlayd settings, or None (no runtime file here, or ``''``); read
+        once, when a command first needs it (after every option was parsed).  A file
+        named explicitly must exist; any file read must be valid."""
+        path = DEFAULT_RUNTIME_FILE if self.runtime_path is None else self.runtime_path
+        if not path:
+            return None
+        if self.runtime_path is None:  # only assumed: not every machine runs overlayd
+            if not os.path.lexists(path):
+                return None
+            if not os.access(path, os.R_OK):
+                log.warning("%s is root-only: not using overlayd's settings (run as root, "
+                            "or give the options)", path)
+                return None
+        return load_runtime_file(path)
 
     @property
     def json(self) -> bool:
@@ -72,6 +107,23 @@ def _set_etcd(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if _given(ctx, param):
         assert param.name is not None
         ctx.ensure_object(CLIContext).etcd_flags[param.name.removeprefix("etcd_")] = value
+
+
+def _set_runtime(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    assert param.name is not None
+    if ctx.parent is not None and \
+            ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        return  # the group's copy read the variable: a flag before the command still wins
+    if _given(ctx, param):
+        ctx.ensure_object(CLIContext).runtime_path = value or ""
+
+
+def runtime_default(ctx: click.Context, name: str, value: Any, runtime_value: Any) -> Any:
+    """An option of the running command: the user's value when given, else the runtime
+    file's (when it has one), else the option's own default."""
+    if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+        return value
+    return value if runtime_value is None else runtime_value
 
 
 def _set_output(ctx: click.Context, param: click.Parameter, value: str) -> None:
@@ -119,6 +171,11 @@ def _global_options(f: F, outputs: Sequence[str]) -> F:
                      **common),
         click.option("--etcd-password", callback=_set_etcd, help="etcd password (auth).",
                      **common),
+        click.option("--etcd-password-file", type=click.Path(dir_okay=False),
+                     callback=_set_etcd, help="File holding the etcd password.", **common),
+        click.option("--runtime-file", envvar="OVERLAYCTL_RUNTIME_FILE", callback=_set_runtime,
+                     help=f"overlayd's runtime file, the defaults of every option here "
+                     f"[default: {DEFAULT_RUNTIME_FILE} if present; '' for none].", **common),
         click.option("-o", "--output", type=click.Choice(list(outputs)),
                      default="table", show_default=True, callback=_set_output,
                      help="Output format (wide: a table with more columns, where a "
@@ -157,8 +214,9 @@ class OverlayGroup(click.Group):
 def cli(ctx: click.Context) -> None:
     """Operate the overlay pod network.
 
-    The global options (-o, --etcd-*, -v) may be given before or after the subcommand;
-    one given after it wins.
+    The global options (-o, --etcd-*, --runtime-file, -v) may be given before or after
+    the subcommand; one given after it wins. On a node every option defaults to what the
+    node's overlayd runs with (its runtime file).
     """
     obj = ctx.ensure_object(CLIContext)
     logging.basicConfig(level=_log_level(obj.verbose), stream=sys.stderr,

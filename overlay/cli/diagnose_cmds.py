@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from overlay.cli import CLIContext, cli, global_options, print_json, print_table
+from overlay.cli import (
+    CLIContext,
+    cli,
+    global_options,
+    print_json,
+    print_table,
+    runtime_default,
+)
 from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
@@ -43,8 +50,8 @@ def _ipv4(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
+    if value is None or value == "":  # '' : do not ask /readyz, even if the runtime file can
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r}: expected HOST:PORT (e.g. 127.0.0.1:9100)")
@@ -68,33 +75,43 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--public-ip", callback=_ipv4,
               help="This node's public IP [default: the VXLAN device's local address].")
 @click.option("--healthz-addr", callback=_hostport,
-              help="overlayd's --healthz-addr, to check /readyz.")
+              help="overlayd's --healthz-addr, to check /readyz [default: the runtime "
+                   "file's; '' to look for the overlayd process instead].")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Ping every peer across the overlay (DF, path MTU size).")
 @click.option("--probe-count", type=click.IntRange(1, 10), default=2, show_default=True,
               help="Echo requests per peer.")
 @click.option("--probe-timeout", type=click.FloatRange(0.1, 10), default=1.0, show_default=True,
               help="Seconds to wait for the replies (all peers are probed at once).")
-@click.pass_obj
-def diagnose(obj: CLIContext, cni_conf_dir: str, cni_bin_dir: str,
+@click.pass_context
+def diagnose(ctx: click.Context, cni_conf_dir: str, cni_bin_dir: str,
              service_cidr: tuple[ipaddress.IPv4Network, ...], subnet_file: str | None,
              vxlan_device: str | None, bridge: str | None,
              public_ip: ipaddress.IPv4Address | None, healthz_addr: str | None,
              probe: bool, probe_count: int, probe_timeout: float) -> None:
     """Run the pod-network troubleshooting checklist on this node.
 
-    Run it on the node (for a lab node: `ip netns exec NODE overlayctl diagnose`). Every
+    Run it on the node (for a lab node: `overlay-lab exec NODE -- overlayctl diagnose`):
+    every option defaults to what the node's overlayd runs with (its runtime file). Every
     check says what it expected, what it found and how to fix it. Exits 1 when any check
     fails. With etcd unreachable the local checks still run; the others are skipped.
     """
     from overlay.diagnose.gather import diagnose as run
     from overlay.diagnose.state import DiagnoseOptions
 
-    opts = DiagnoseOptions(cni_conf_dir=cni_conf_dir, cni_bin_dir=cni_bin_dir,
-                           service_cidrs=service_cidr, subnet_file=subnet_file,
-                           vxlan_device=vxlan_device, bridge=bridge, public_ip=public_ip,
-                           healthz_addr=healthz_addr, probe=probe, probe_count=probe_count,
-                           probe_timeout=probe_timeout)
+    obj = ctx.ensure_object(CLIContext)
+    rt = obj.runtime
+
+    def pick(name: str, value: Any) -> Any:  # the option's name is the runtime field's
+        return runtime_default(ctx, name, value, getattr(rt, name, None))
+
+    opts = DiagnoseOptions(
+        cni_conf_dir=pick("cni_conf_dir", cni_conf_dir),
+        cni_bin_dir=pick("cni_bin_dir", cni_bin_dir),
+        service_cidrs=service_cidr, subnet_file=pick("subnet_file", subnet_file),
+        vxlan_device=pick("vxlan_device", vxlan_device), bridge=pick("bridge", bridge),
+        public_ip=pick("public_ip", public_ip), healthz_addr=pick("healthz_addr", healthz_addr),
+        probe=probe, probe_count=probe_count, probe_timeout=probe_timeout)
     report = run(opts, obj.etcd_options())
     if obj.json:
         print_json(report.to_dict())
@@ -134,8 +151,8 @@ def _print_report(report: Any) -> None:
 @click.argument("dst", callback=_ipv4)
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
 @click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True, help="Pod bridge.")
-@click.pass_obj
-def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address,
+@click.pass_context
+def trace(ctx: click.Context, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address,
           vxlan_device: str | None, bridge: str) -> None:
     """The path a packet takes from pod SRC to pod DST, hop by hop.
 
@@ -145,6 +162,11 @@ def trace(obj: CLIContext, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Addres
     """
     from overlay.diagnose.trace import trace_path
 
+    obj = ctx.ensure_object(CLIContext)
+    rt = obj.runtime
+    vxlan_device = runtime_default(ctx, "vxlan_device", vxlan_device,
+                                   getattr(rt, "vxlan_device", None))
+    bridge = runtime_default(ctx, "bridge", bridge, getattr(rt, "bridge", None))
     result = trace_path(src, dst, obj.etcd_options(), vxlan_device=vxlan_device, bridge=bridge)
     if obj.json:
         print_json(result.to_dict())

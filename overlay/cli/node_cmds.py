@@ -40,7 +40,8 @@ LIKELY = {
     "no-answer": "nothing came back over the overlay: UDP 8472 filtered between the nodes, "
                  "the peer's VXLAN device down, or the underlay cut",
     "mtu": "small probes pass but full-size ones with DF do not: the underlay's path MTU is "
-           "below the overlay MTU + 50 (set Backend.MTU or fix the underlay)",
+           "below the overlay MTU + 50 (set Backend.MTU or fix the underlay; the kernel keeps "
+           "the lower path MTU it learnt for 10 minutes: `ip route flush cache`)",
     "stale-vtep": "the VTEP MAC in use is not the lease's: a stale neighbour/FDB entry or "
                   "record (restart the node's overlayd, or wait for its reconcile)",
 }
@@ -114,13 +115,14 @@ def _list(obj: CLIContext) -> None:
 @click.option("--force", is_flag=True, help="Delete even while its heartbeat is alive.")
 @click.pass_obj
 def nodes_delete(obj: CLIContext, name: str, force: bool) -> None:
-    """Delete node NAME's record and heartbeat (a node gone for good)."""
+    """Delete node NAME's record, heartbeat and pods (a node gone for good)."""
     problem = dns_subdomain_problem(name)
     if problem:
         raise ConfigError(f"node name {name!r}: {problem}")
     with EtcdRegistry(obj.etcd_options()) as reg:
-        deleted = delete_node(ObjectStore(reg), name, force)
-    click.echo(f"node {name} deleted ({len(deleted)} key{'s' if len(deleted) > 1 else ''})")
+        deleted, pods = delete_node(ObjectStore(reg), name, force)
+    click.echo(f"node {name} deleted ({len(deleted)} key{'s' if len(deleted) != 1 else ''}, "
+               f"{pods} pod{'s' if pods != 1 else ''})")
 
 
 # ---- connectivity ------------------------------------------------------------------

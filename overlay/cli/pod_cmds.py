@@ -15,6 +15,7 @@ import click
 
 from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.cluster.keys import dns_label_problem, pod_key, pods_prefix
+from overlay.cluster.nodestore import read_nodes
 from overlay.cluster.pods import (
     DEFAULT_NAMESPACE,
     PodRecord,
@@ -41,13 +42,16 @@ CAS_TRIES = 5  # a label edit racing another writer re-reads and retries
 
 
 def pod_rules(reg: EtcdRegistry) -> PodRules:
-    """What the records are judged against: the accepted subnet leases."""
+    """What the records are judged against: each node's subnet (its node record's, when
+    that is an accepted lease), else the accepted subnet leases."""
     listing = reg.list_subnets(with_expiration=False)
     try:
         config = reg.get_config()
     except (ConfigError, RegistryError):
         config = None  # no valid network config: no lease is accepted, nor any pod
-    return rules_from_leases(config, listing.leases)
+    nodes = read_nodes(ObjectStore(reg), {lease.subnet: lease for lease in listing.leases})
+    return rules_from_leases(config, listing.leases).with_nodes(
+        {st.record.name: st.record.subnet for st in nodes.statuses})
 
 
 def pod_to_dict(r: PodRecord) -> dict[str, Any]:

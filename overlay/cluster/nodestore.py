@@ -72,15 +72,27 @@ def read_nodes(store: ObjectStore,
     return out
 
 
-def delete_node(store: ObjectStore, name: str, force: bool = False) -> list[str]:
-    """Delete a node's record and heartbeat (the keys deleted).  Refused while its
-    heartbeat is alive unless ``force``: a running overlayd would only write them back."""
-    hb, rec = heartbeat_key(store.prefix, name), node_key(store.prefix, name)
-    if not force and store.get(hb) is not None:
+def delete_node(store: ObjectStore, name: str, force: bool = False) -> tuple[list[str], int]:
+    """Delete a node gone for good: its record and heartbeat (the keys deleted) and its
+    pods' records (how many).  Refused while its heartbeat is alive unless ``force``;
+    forced, the heartbeat's etcd lease is revoked too, so an overlayd still running
+    notices at its next keepalive and registers again."""
+    from overlay.cluster.pods import delete_pods_of_node
+
+    hb_key, rec_key = heartbeat_key(store.prefix, name), node_key(store.prefix, name)
+    hb = store.get(hb_key)
+    if hb is not None and not force:
         raise NodeAlive(f"node {name} is alive (its heartbeat is renewed); stop its overlayd "
                         "first, or pass --force")
-    deleted = [key for key in (rec, hb) if store.delete(key)]
-    if not deleted:
+    deleted = [rec_key] if store.delete(rec_key) else []
+    if hb is not None:
+        if hb.lease:
+            store.revoke(hb.lease)  # the key goes with its lease
+        store.delete(hb_key)  # (a heartbeat written without a lease)
+        deleted.append(hb_key)
+    pods = delete_pods_of_node(store, name)
+    if not deleted and not pods:
         raise NodeNotFound(f"no node {name} (see `overlayctl nodes`)")
-    log.info("deleted node %s (%s)", name, ", ".join(deleted))
-    return deleted
+    log.info("deleted node %s (%s; %d pod record(s))", name, ", ".join(deleted) or "no keys",
+             pods)
+    return deleted, pods

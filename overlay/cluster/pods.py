@@ -357,6 +357,12 @@ class PodRules:
             by_int.setdefault(s.prefixlen, {})[int(s.network_address)] = s
         object.__setattr__(self, "_by_int", by_int)
 
+    def with_nodes(self, node_subnets: Mapping[str, IPv4Network]) -> PodRules:
+        """These rules, each node's pods held to its own record's subnet (where that
+        subnet is an accepted lease: a record naming any other is not believed)."""
+        own = {n: s for n, s in node_subnets.items() if s in self.lease_subnets}
+        return PodRules(node_subnets=own, lease_subnets=self.lease_subnets)
+
     def subnet_for(self, node: str, ips: Sequence[IPv4Address]) -> IPv4Network | None:
         """The accepted subnet holding every one of ``ips`` for ``node``, or None."""
         if node in self.node_subnets:

@@ -34,6 +34,7 @@ from overlay.config import NetworkConfig, parse_network_config
 from overlay.daemon.flags import Settings, parse_settings
 from overlay.daemon.http import HealthServer, Metrics
 from overlay.daemon.nodestatus import NodeAgent, claim_node, node_agent_threads
+from overlay.daemon.runtime import publish_runtime
 from overlay.daemon.watchhealth import WatchHealth
 from overlay.errors import (
     ConfigError,
@@ -296,6 +297,7 @@ class Daemon:
         if self.s.healthz_addr:
             self.http = HealthServer(self.s.healthz_addr, self.metrics, self.readiness)
             self.http.start()
+        publish_runtime(self.s)  # overlayctl finds etcd even while we wait for it
         registry = self._open_registry(self.s.etcd)
         try:
             return self._run(registry)
@@ -305,6 +307,8 @@ class Daemon:
     def _run(self, raw_registry: Registry) -> int:
         if self.bring_up(raw_registry) is None:
             return 0
+        assert self.plane is not None, f"data plane {_UNSET}"
+        publish_runtime(self.s, self.plane.device.spec.name, self.plane.attrs.public_ip)
         self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
         while not self.stop.wait(3600):

@@ -16,10 +16,12 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from overlay.cluster.keys import dns_subdomain_problem
+from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from overlay.cni.netconf import DEFAULT_DATA_DIR as DEFAULT_CNI_DATA_DIR
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
 from overlay.errors import ConfigError
+from overlay.runtimefile import DEFAULT_RUNTIME_FILE
 from overlay.subnet.etcdconf import (
     DEFAULT_ENDPOINTS,
     DEFAULT_PREFIX,
@@ -35,7 +37,6 @@ from overlay.util.version import version_line
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
 DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
-DEFAULT_RUNTIME_FILE = "/run/overlay/overlayd.json"
 DEFAULT_HEARTBEAT_PERIOD, DEFAULT_PROBE_INTERVAL = 5.0, 10.0
 
 
@@ -59,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--etcd-certfile", help="client certificate for etcd TLS")
     e.add_argument("--etcd-keyfile", help="client key for etcd TLS")
     e.add_argument("--etcd-username", help="etcd username")
-    e.add_argument("--etcd-password", help="etcd password")
+    e.add_argument("--etcd-password", help="etcd password (prefer --etcd-password-file)")
+    e.add_argument("--etcd-password-file",
+                   help="file holding the etcd password (its path, never the password, "
+                   "goes into --runtime-file for overlayctl)")
     n = p.add_argument_group("node")
     n.add_argument("--node-name", default="",
                    help="this node's name in the cluster view (nodes/, pods/); a DNS-1123 "
@@ -97,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime-file", default=DEFAULT_RUNTIME_FILE,
                    help="where overlayd writes its effective settings for overlayctl "
                    "(default %(default)s; root-only, never a password)")
+    s.add_argument("--cni-conf-dir", default=DEFAULT_CONF_DIR,
+                   help="this node's CNI config dir, recorded in --runtime-file for "
+                   "overlayctl diagnose (default %(default)s)")
+    s.add_argument("--cni-bin-dir", default=DEFAULT_BIN_DIR,
+                   help="this node's CNI plugin dirs (colon-separated, like CNI_PATH), "
+                   "recorded in --runtime-file (default %(default)s)")
     s.add_argument("--cni-socket", default=DEFAULT_CNI_SOCKET,
                    help="serve the CNI plugin warm on this unix socket "
                    "(default %(default)s; empty disables)")
@@ -165,6 +175,8 @@ class Settings:
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
     probe_interval: float = DEFAULT_PROBE_INTERVAL
     cni_data_dir: str = DEFAULT_CNI_DATA_DIR
+    cni_conf_dir: str = DEFAULT_CONF_DIR
+    cni_bin_dir: str = DEFAULT_BIN_DIR
 
 
 def _check_iface_pattern(iface: str) -> None:
@@ -189,7 +201,8 @@ def parse_settings(argv: Sequence[str] | None = None,
     apply_env_defaults(parser, dict(os.environ if environ is None else environ))
     a = parser.parse_args(argv)
     etcd = make_etcd_options(a.etcd_endpoints, a.etcd_prefix, a.etcd_cafile, a.etcd_certfile,
-                             a.etcd_keyfile, a.etcd_username, a.etcd_password)
+                             a.etcd_keyfile, a.etcd_username, a.etcd_password,
+                             password_file=a.etcd_password_file)
     public_ip = None
     if a.public_ip:
         try:
@@ -226,11 +239,12 @@ def parse_settings(argv: Sequence[str] | None = None,
         source = "--node-name" if a.node_name else "the hostname (set --node-name)"
         raise ConfigError(f"{source} {node_name!r}: not a valid node name (it {problem})")
     for flag, path in (("--subnet-file", a.subnet_file), ("--state-dir", a.state_dir),
-                       ("--runtime-file", a.runtime_file), ("--cni-data-dir", a.cni_data_dir)):
+                       ("--runtime-file", a.runtime_file), ("--cni-data-dir", a.cni_data_dir),
+                       ("--cni-conf-dir", a.cni_conf_dir), ("--cni-bin-dir", a.cni_bin_dir)):
         if not path:
             raise ConfigError(f"{flag}: empty path")
     return Settings(etcd, a.iface, public_ip, a.vxlan_device, a.subnet_file, a.state_dir,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
                     node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
-                    a.cni_data_dir)
+                    a.cni_data_dir, a.cni_conf_dir, a.cni_bin_dir)

@@ -9,7 +9,7 @@ Two supervised threads (``Daemon._cluster_threads``):
   at 1000 nodes the steady cost is keepalives, not writes (Kubernetes' node Lease).  On
   a clean stop the record says NotReady ("overlayd stopped") and the lease is revoked.
 * ``mesh``: every probe interval, every peer's VTEP address is probed at once with
-  diagnose's DF probe at the full overlay MTU (``overlay.diagnose.gather.probe_peers``),
+  diagnose's DF probe at the full overlay MTU (``overlay.diagnose.probe.echo_many``),
   the kernel's neighbour/FDB entries are compared with the leases, and the summary
   (``overlay.cluster.mesh``) goes into the record when it changed.
 
@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
@@ -35,6 +35,7 @@ from overlay.cluster.keys import heartbeat_key, node_key
 from overlay.cluster.mesh import MeshSummary, PeerCheck, kernel_vtep_problem, summarize
 from overlay.cluster.nodes import MAX_TEXT, NodeRecord, decode_node
 from overlay.cluster.nodestore import NodeNameInUse
+from overlay.diagnose.probe import Echo, echo_many
 from overlay.errors import OverlayError
 from overlay.lease import Lease
 from overlay.util.version import package_version
@@ -43,7 +44,6 @@ from overlay.vxlan.entries import Entries, Entry
 if TYPE_CHECKING:
     from overlay.cluster.store import ObjectStore
     from overlay.daemon.daemon import Daemon
-    from overlay.diagnose.state import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,24 @@ class AgentMetrics:
             Counter("overlay_mesh_probe_rounds", "Health-mesh probe rounds", registry=r))
 
 
-Prober = Callable[[list[Lease], int, int, float], "list[ProbeResult]"]
+Echoer = Callable[[Sequence[IPv4Address], int, int, float], dict[IPv4Address, Echo]]
+
+
+def check_peers(remotes: Sequence[Lease], mtu: int, want: Callable[[Lease], list[Entry]],
+                have: Entries, echo: Echoer = echo_many) -> list[PeerCheck]:
+    """One round: DF echoes at the full overlay MTU to every peer's VTEP address at once,
+    one small echo to each silent peer (an MTU problem answers it), and the kernel's VTEP
+    entries against each lease.  Diagnose's ``probe_peers`` does the same two steps; it
+    is not used here because its module brings diagnose's imports (2.4 MB) into overlayd."""
+    size = mtu - 28  # IPv4 + ICMP headers
+    targets = [lease.subnet.network_address for lease in remotes]
+    full = echo(targets, size, PROBE_COUNT, PROBE_TIMEOUT) if targets else {}
+    silent = [t for t in targets if full[t].received == 0]
+    small = echo(silent, 56, 1, PROBE_TIMEOUT) if silent else {}
+    return [PeerCheck(lease.subnet, lease.attrs.public_ip, size, full[t].received > 0,
+                      small[t].received > 0 if t in small else None, full[t].error,
+                      kernel_vtep_problem(want(lease), have))
+            for lease, t in zip(remotes, targets, strict=True)]
 
 
 class NodeAgent:
@@ -154,12 +171,15 @@ class NodeAgent:
         if self.lease_id and self.store.keepalive(self.lease_id) > 0:
             return
         if self.lease_id:
-            log.warning("node %s: heartbeat lease %x expired (etcd unreachable for %ds?); "
-                        "granting a new one", self.name, self.lease_id, self.ttl)
+            log.warning("node %s: heartbeat lease %x is gone (etcd unreachable for %ds, or "
+                        "the node was deleted); registering again", self.name, self.lease_id,
+                        self.ttl)
         lease = self.store.grant(self.ttl)
         self.metrics.heartbeat_grants.inc()
         self.store.put(self.hb_key, self.identity.encode(), lease)
         self.lease_id = lease
+        with self._lock:
+            self._written = None  # the record may be gone too (`nodes delete --force`)
 
     def sync(self) -> bool:
         """Write the record if its content changed since the last write; True if written."""
@@ -204,19 +224,13 @@ class NodeAgent:
 
     # -- mesh thread -----------------------------------------------------------------
     def run_mesh(self, peers: Callable[[], list[Lease]], want: Callable[[Lease], list[Entry]],
-                 kernel: Callable[[], Entries], mtu: int, probe: Prober) -> None:
+                 kernel: Callable[[], Entries], mtu: int) -> None:
         # Rounds start on a fixed cadence (a round's own time is not added to the wait),
         # so a pair broken just after a round starts is published within two intervals.
         next_round = time.monotonic() + self.probe_interval
         while not self.stop.wait(max(0.0, next_round - time.monotonic())):
             next_round = max(next_round + self.probe_interval, time.monotonic())
-            remotes = peers()
-            results = probe(remotes, mtu, PROBE_COUNT, PROBE_TIMEOUT)
-            have = kernel()
-            checks = [PeerCheck(lease.subnet, lease.attrs.public_ip, r.size, r.received > 0,
-                                None if r.small_received is None else r.small_received > 0,
-                                r.error, kernel_vtep_problem(want(lease), have))
-                      for lease, r in zip(remotes, results, strict=True)]
+            checks = check_peers(peers(), mtu, want, kernel())
             summary = summarize(checks, self.mesh, datetime.now(UTC))
             self.metrics.probe_rounds.inc()
             self.metrics.peers_broken.set(summary.peers_total - summary.peers_reachable)
@@ -266,7 +280,6 @@ def claim_node(d: Daemon) -> NodeAgent:
 
 def node_agent_threads(d: Daemon) -> list[tuple[str, Callable[[], None]]]:
     """The claimed agent's two threads (none when the cluster objects are off)."""
-    from overlay.diagnose.gather import probe_peers  # diagnose's probe; ~30 ms of import
     agent, plane, backend = d.node_agent, d.plane, d.backend
     if agent is None:
         return []
@@ -274,5 +287,4 @@ def node_agent_threads(d: Daemon) -> list[tuple[str, Callable[[], None]]]:
     device = plane.device
     return [("heartbeat", agent.run_heartbeat),
             ("mesh", lambda: agent.run_mesh(lambda: list(backend.leases.values()),
-                                            backend.entries_for, device.dump, d.mtu,
-                                            probe_peers))]
+                                            backend.entries_for, device.dump, d.mtu))]

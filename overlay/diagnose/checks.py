@@ -224,11 +224,13 @@ def check_daemon(node: NodeState, opts: DiagnoseOptions) -> CheckResult:
 
 def _assumed(flag: str, path: str, what: str) -> str:
     """The start of a fix whose path diagnose only assumed: the default may itself be the
-    mistake (diagnose run on the host for a lab node, or overlayd/the runtime configured
-    elsewhere), so say so and how to point diagnose at the right place first."""
-    return (f"{path} is the default, assumed: if this node's {what} is elsewhere (a lab "
-            f"node's is under its node directory), point the checks at it with {flag} (and "
-            f"--subnet-file FILE); only if {path} is the right one: ")
+    mistake (no runtime file of overlayd read, diagnose run on the host for a lab node, or
+    overlayd/the runtime configured elsewhere), so say so and how to point diagnose at the
+    right place first."""
+    return (f"{path} is the default, assumed: if this node's {what} is elsewhere, point the "
+            f"checks at overlayd's runtime file with --runtime-file FILE (it names them all; "
+            f"a lab node's is under its node directory), or at this one with {flag}; only if "
+            f"{path} is the right one: ")
 
 
 def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str,
@@ -237,10 +239,7 @@ def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str
     name = "subnet-env"
     fix = f"restart overlayd on this node: it rewrites {path} from its lease"
     if assumed and node.subnet_env is None:
-        fix = (f"{path} is the default, assumed: if overlayd writes subnet.env elsewhere (its "
-               "--subnet-file; a lab node's is under its node directory), point the checks at it "
-               f"with --subnet-file FILE (and --cni-conf-dir DIR); only if {path} is the right "
-               "one: " + fix)
+        fix = _assumed("--subnet-file FILE", path, "subnet.env (overlayd's --subnet-file)") + fix
     if node.subnet_env is None:
         return CheckResult(name, FAIL, f"{path} present and valid",
                            node.subnet_env_error or "missing", fix)
@@ -383,6 +382,31 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
                            "without a pod interface on the bridge (leaked IPs?)",
                            "remove the leaked IPs with the runtime's CNI GC (or CNI DEL)")
     return CheckResult(name, PASS, expected, found)
+
+
+def check_local_pods(node: NodeState, f: Facts) -> CheckResult:
+    """The node reaches each of its pods over the bridge (same-node traffic)."""
+    name = "local-pods"
+    expected = (f"each local pod (IPAM records in {node.ipam_dir or 'the CNI dataDir'}) "
+                f"answers a ping from this node over {f.bridge_name}")
+    if node.pod_probes is None:
+        why = ("no bridge (see bridge)" if f.bridge is None else
+               "no overlay CNI config to find the IPAM dir" if f.overlay_cni is None else
+               "not run (--no-probe)")
+        return CheckResult(name, SKIP, expected, why)
+    if not node.pod_probes:
+        return CheckResult(name, PASS, expected, "no local pods")
+    silent = [p for p in node.pod_probes if p.received == 0]
+    if not silent:
+        return CheckResult(name, PASS, expected,
+                           f"{len(node.pod_probes)} pod(s) answered over {f.bridge_name}")
+    found = "; ".join(f"{p.ip} (container {p.container_id[:12]}, {p.ifname}): "
+                      + (p.error or f"0/{p.sent} replies") for p in silent)
+    return CheckResult(name, FAIL, expected, f"{len(silent)} of {len(node.pod_probes)} "
+                       f"pod(s) silent: {found}",
+                       f"check each silent pod's veth is up at both ends (ip link show master "
+                       f"{f.bridge_name}) and holds its IP inside the pod; else recreate the "
+                       "pod (CNI DEL, then ADD)")
 
 
 def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
@@ -759,10 +783,11 @@ def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> Ch
     return CheckResult(name, PASS, expected, f"{cfg.network} VNI {cfg.backend.vni} ({how})")
 
 
-def check_peer_probe(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
-    name = "peer-probe"
-    expected = (f"each of {len(f.programmed)} peer(s) answers a DF ping of the path MTU "
-                f"across {f.vxlan_name}")
+def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    """Every peer's VTEP over the overlay (cross-node traffic), all peers at once."""
+    name = "peer-vteps"
+    expected = (f"each of {len(f.programmed)} peer VTEP(s) (its subnet's .0) answers a DF "
+                f"ping of the overlay MTU across {f.vxlan_name}")
     cfg = cluster.config
     if not cluster.available or cfg is None:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
@@ -813,6 +838,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_cni_binary(node, f, opts),
         check_bridge(node, f),
         check_pod_ips(node, f),
+        check_local_pods(node, f),
         check_vxlan_device(node, cluster, f),
         check_routes(node, cluster, f),
         check_route_conflicts(node, cluster, f),
@@ -823,7 +849,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_mtu(node, cluster, f),
         check_cidr_overlap(node, f, opts),
         check_config_current(node, cluster, f),
-        check_peer_probe(node, cluster, f),
+        check_peer_vteps(node, cluster, f),
     ]
     return Report(checks, f)
 

@@ -33,6 +33,7 @@ from overlay.diagnose.state import (
     CNIConfigFile,
     DiagnoseOptions,
     NodeState,
+    PodProbe,
     ProbeResult,
     Report,
     Reservation,
@@ -187,6 +188,20 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
             for peer, t in zip(remotes, targets, strict=True)]
 
 
+POD_PROBE_SIZE = 56  # ping's default payload: reachability, not the MTU (the mtu check)
+
+
+def probe_local_pods(reservations: Sequence[Reservation], count: int, timeout: float,
+                     echo: Echoer = echo_peers) -> list[PodProbe]:
+    """Ping every local pod (host-local's IPAM records) from the node, all at once: the
+    checklist's "can the node reach its pods" over the bridge, with no pod's help."""
+    if not reservations:
+        return []
+    got = echo([r.ip for r in reservations], POD_PROBE_SIZE, count, timeout)
+    return [PodProbe(r.ip, r.container_id, r.ifname, got[r.ip].sent, got[r.ip].received,
+                     got[r.ip].error) for r in reservations]
+
+
 def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
                    timeout: float = 3.0) -> ClusterState:
     """The config and leases from etcd; on failure an empty state naming the error.
@@ -270,6 +285,10 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     cluster = gather_cluster(etcd, local_ips)
     node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
+    if opts.probe and f.bridge is not None and f.overlay_cni is not None:
+        # IPs outside this node's subnet are pod-ips' finding, not routed over the bridge
+        pods = [r for r in node.reservations if f.own_subnet is None or r.ip in f.own_subnet]
+        node.pod_probes = probe_local_pods(pods, opts.probe_count, opts.probe_timeout)
     if opts.probe and cluster.available and f.vxlan is not None:
         # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
@@ -280,10 +299,11 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
 
 
 def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) -> PodsState:
-    """The pod registry, judged against the leases ``cluster`` holds."""
+    """The pod registry, judged against the leases ``cluster`` holds and the node records."""
     if not cluster.available:
         return PodsState(error=cluster.error or "no network config")
     from overlay.cluster.keys import pods_prefix
+    from overlay.cluster.nodestore import read_nodes
     from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_from_leases
     from overlay.cluster.store import ObjectStore
     from overlay.subnet.registry import EtcdRegistry
@@ -291,9 +311,11 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
         with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
             store = ObjectStore(reg)
             kvs, _ = list_pod_kvs(store)
+            nodes = read_nodes(store, {lease.subnet: lease for lease in cluster.leases})
     except OverlayError as e:
         return PodsState(error=str(e))
-    records, rejected = judge_pods(kvs, pods_prefix(store.prefix),
-                                   rules_from_leases(cluster.config, cluster.leases))
+    rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
+        {st.record.name: st.record.subnet for st in nodes.statuses})
+    records, rejected = judge_pods(kvs, pods_prefix(store.prefix), rules)
     return PodsState(records, rejected)
 

@@ -88,6 +88,18 @@ class ProbeResult:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class PodProbe:
+    """One local pod (an IPAM record) pinged from the node over the bridge."""
+
+    ip: IPv4Address
+    container_id: str
+    ifname: str
+    sent: int
+    received: int
+    error: str = ""
+
+
 @dataclass
 class NodeState:
     kernel: KernelState | None = None
@@ -105,6 +117,7 @@ class NodeState:
     readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked
     daemon_pids: list[int] | None = None  # overlayd processes in this netns; None = unknown
     probes: list[ProbeResult] | None = None  # None = not run
+    pod_probes: list[PodProbe] | None = None  # None = not run
     config_changed: bool | None = None  # overlayd's overlay_config_changed; None = not asked
 
 

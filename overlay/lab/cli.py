@@ -379,8 +379,7 @@ def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None =
     lines += [
         f"On a node: overlay-lab exec{flag} {node} -- overlayctl leases list",
         f"Diagnose:  overlay-lab exec{flag} {node} -- overlayctl diagnose",
-        "           (exec sets the node's etcd, subnet file, CNI dirs and healthz address "
-        "as OVERLAYCTL_* variables)",
+        "           (exec points overlayctl at the node's overlayd runtime file)",
         f"Logs:      {spec.node_file(node, 'overlayd.log')} (one per node), "
         f"{os.path.join(spec.lab_dir, 'etcd.log')}",
         f"Status:    overlay-lab status{flag}",

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
 # What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
-NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock")
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json")
 NODE_TREES = ("state", "ipam", "net.d")
 POD_FILES = ("responder.pid", "responder.log")     # in each pod's directory
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -106,9 +106,21 @@ class NodeStatus:
     healthz: str
 
 
+@dataclass(frozen=True)
+class NodeDaemon:
+    """Another overlayd for one node (e.g. an older release, for mixed-version tests):
+    its program, and the lab's flags it does not know (left out of its command)."""
+
+    program: str
+    unknown_flags: frozenset[str] = frozenset()
+
+
 class Lab:
-    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None):
+    def __init__(self, spec: LabSpec, progress: Callable[[str], None] | None = None,
+                 daemons: Mapping[str, NodeDaemon] | None = None):
+        """``daemons``: per node, an overlayd other than this tree's."""
         self.spec = spec
+        self.daemons = dict(daemons or {})
         self.progress = progress or (lambda msg: log.info("%s", msg))
         self.state: LabState | None = load_state(spec.state_file)
         # ensure_pods works on the nodes in parallel: one thread at a time changes the
@@ -351,17 +363,33 @@ class Lab:
         return self.spec.node_file(node, "overlayd.log")
 
     def daemon_argv(self, node: str) -> list[str]:
-        return sysx.in_netns(self.spec.node_ns(node), [
-            program("overlayd"), "--etcd-endpoints", self.spec.etcd_endpoint,
-            "--etcd-prefix", ETCD_KEY_PREFIX, "--node-name", node,
-            "--iface", "eth0", "--public-ip", str(self.spec.node_ip(node)),
-            "--subnet-file", self.spec.node_file(node, "subnet.env"),
-            "--state-dir", self.spec.node_file(node, "state"),
-            "--healthz-addr", self.healthz_addr(node),
-            "--cni-socket", self.spec.node_file(node, "cni.sock"),
-            "--node-name", node, "--heartbeat-period", HEARTBEAT_PERIOD,
-            "--probe-interval", PROBE_INTERVAL,
-            "--cni-data-dir", self.spec.node_file(node, "ipam")])
+        flags = [
+            ("--etcd-endpoints", self.spec.etcd_endpoint), ("--etcd-prefix", ETCD_KEY_PREFIX),
+            ("--node-name", node),
+            ("--iface", "eth0"), ("--public-ip", str(self.spec.node_ip(node))),
+            ("--subnet-file", self.spec.node_file(node, "subnet.env")),
+            ("--state-dir", self.spec.node_file(node, "state")),
+            ("--healthz-addr", self.healthz_addr(node)),
+            ("--cni-socket", self.spec.node_file(node, "cni.sock")),
+            ("--runtime-file", self.runtime_file(node)),
+            ("--cni-conf-dir", self.spec.cni_conf_dir(node)),
+            ("--cni-bin-dir", self.cni_bin_dirs()),
+            ("--heartbeat-period", HEARTBEAT_PERIOD), ("--probe-interval", PROBE_INTERVAL),
+            ("--cni-data-dir", self.spec.node_file(node, "ipam"))]
+        other = self.daemons.get(node)
+        argv = [other.program if other else program("overlayd")]
+        for flag, value in flags:
+            if other is None or flag not in other.unknown_flags:
+                argv += [flag, value]
+        return sysx.in_netns(self.spec.node_ns(node), argv)
+
+    def runtime_file(self, node: str) -> str:
+        """Where the node's overlayd writes its settings; overlayctl there defaults to them."""
+        return self.spec.node_file(node, "overlayd.json")
+
+    def cni_bin_dirs(self) -> str:
+        """The plugin dirs of every node's runtime: the lab's, then the reference plugins'."""
+        return os.pathsep.join([self.spec.cni_bin_dir, REFERENCE_CNI_DIR])
 
     def ensure_daemon(self, node: str) -> bool:
         if self.daemon_pid(node) is not None:
@@ -382,25 +410,21 @@ class Lab:
 
     def exec_env(self, ns: str, environ: Mapping[str, str]) -> dict[str, str]:
         """The environment of ``overlay-lab exec`` into namespace ``ns``: the project's
-        programs first on PATH, and overlayctl pointed at the lab (its etcd from a node or
-        the underlay; on a node also that node's files for ``overlayctl diagnose``), by
-        overlayctl's own OVERLAYCTL_* variables, so flags given by hand still win."""
+        programs first on PATH, and overlayctl pointed at the lab by its own OVERLAYCTL_*
+        variables, so flags given by hand still win: on a node, that node's runtime file
+        (its overlayd's etcd, files and addresses, as on a real node); on the underlay,
+        the lab's etcd."""
         env = dict(environ)
         env["PATH"] = os.pathsep.join([BIN_DIR, environ.get("PATH") or DEFAULT_PATH])
         state = self._need_state()
         node = next((n for n in state.nodes if self.spec.node_ns(n) == ns), None)
         if node is None and ns != self.spec.underlay_ns:
             return env   # a pod: etcd is not for pods to reach
-        env["OVERLAYCTL_ETCD_ENDPOINTS"] = self.spec.etcd_endpoint
-        env["OVERLAYCTL_ETCD_PREFIX"] = ETCD_KEY_PREFIX
-        if node is not None:
-            diag = "OVERLAYCTL_DIAGNOSE_"
-            env[diag + "SUBNET_FILE"] = self.spec.node_file(node, "subnet.env")
-            env[diag + "CNI_CONF_DIR"] = self.spec.cni_conf_dir(node)
-            env[diag + "CNI_BIN_DIR"] = os.pathsep.join([self.spec.cni_bin_dir,
-                                                         REFERENCE_CNI_DIR])
-            env[diag + "PUBLIC_IP"] = str(self.spec.node_ip(node))
-            env[diag + "HEALTHZ_ADDR"] = self.healthz_addr(node)
+        if node is None:
+            env["OVERLAYCTL_ETCD_ENDPOINTS"] = self.spec.etcd_endpoint
+            env["OVERLAYCTL_ETCD_PREFIX"] = ETCD_KEY_PREFIX
+        else:
+            env["OVERLAYCTL_RUNTIME_FILE"] = self.runtime_file(node)
             env["OVERLAY_CNI_SOCKET"] = self.spec.node_file(node, "cni.sock")
         return env
 

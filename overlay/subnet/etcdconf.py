@@ -32,6 +32,7 @@ class EtcdOptions:
     username: str | None = None
     password: str | None = None
     timeout: float = 5.0
+    password_file: str | None = None  # where ``password`` came from, if from a file
 
     @property
     def secure(self) -> bool:
@@ -60,11 +61,39 @@ def parse_endpoints(text: str) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
+MAX_PASSWORD_FILE = 4096  # bytes: a password, not a document
+
+
+def read_password_file(path: str) -> str:
+    """The etcd password held in ``path``: its first line, without the line ending.  A
+    file keeps the password out of argv, the environment and overlayd's runtime file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PASSWORD_FILE + 1)
+    except OSError as e:
+        raise ConfigError(f"--etcd-password-file {path}: cannot read it "
+                          f"({e.strerror or e})") from e
+    if len(raw) > MAX_PASSWORD_FILE:
+        raise ConfigError(f"--etcd-password-file {path}: larger than {MAX_PASSWORD_FILE} "
+                          "bytes; it should hold only the password")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--etcd-password-file {path}: not UTF-8 text") from e
+    lines = text.splitlines()
+    if not lines or not lines[0] or any(line.strip() for line in lines[1:]):
+        raise ConfigError(f"--etcd-password-file {path}: expected the password alone on "
+                          "one line")
+    return lines[0]
+
+
 def make_etcd_options(endpoints: str = DEFAULT_ENDPOINTS, prefix: str = DEFAULT_PREFIX,
                       cafile: str | None = None, certfile: str | None = None,
                       keyfile: str | None = None, username: str | None = None,
-                      password: str | None = None, timeout: float = 5.0) -> EtcdOptions:
-    """Validate the user's etcd flags; files must exist and come in the right pairs."""
+                      password: str | None = None, timeout: float = 5.0,
+                      password_file: str | None = None) -> EtcdOptions:
+    """Validate the user's etcd flags; files must exist and come in the right pairs.
+    A password given directly wins over ``password_file`` (then not read)."""
     if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/":
         raise ConfigError(f"etcd prefix {prefix!r}: must start with / and not end with /")
     if bool(certfile) != bool(keyfile):
@@ -73,8 +102,13 @@ def make_etcd_options(endpoints: str = DEFAULT_ENDPOINTS, prefix: str = DEFAULT_
                        ("--etcd-keyfile", keyfile)):
         if path and not os.path.isfile(path):
             raise ConfigError(f"{flag} {path}: no such file")
+    if password_file and not password:
+        password = read_password_file(password_file)
+    else:
+        password_file = None
     if bool(username) != bool(password):
-        raise ConfigError("--etcd-username and --etcd-password must be given together")
+        raise ConfigError("--etcd-username and --etcd-password (or --etcd-password-file) "
+                          "must be given together")
     parsed = parse_endpoints(endpoints)
     if len({e.secure for e in parsed}) > 1:
         raise ConfigError(f"--etcd-endpoints {endpoints}: mixes http:// and https:// (TLS "
@@ -83,4 +117,5 @@ def make_etcd_options(endpoints: str = DEFAULT_ENDPOINTS, prefix: str = DEFAULT_
         raise ConfigError("--etcd-certfile/--etcd-keyfile with http:// endpoints would be "
                           "ignored: use https:// endpoints (and --etcd-cafile if needed)")
     return EtcdOptions(parsed, prefix, cafile or None, certfile or None,
-                       keyfile or None, username or None, password or None, timeout)
+                       keyfile or None, username or None, password or None, timeout,
+                       password_file or None)

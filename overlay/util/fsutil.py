@@ -6,14 +6,16 @@ import contextlib
 import os
 
 
-def atomic_write(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
+def atomic_write(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True,
+                 dir_mode: int = 0o755) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
+    A missing directory is made with ``dir_mode``; an existing one is left as it is.
 
     ``durable=False`` skips the fsync (several ms on ext4) for files that matter only
     until the next reboot, such as the CNI plugin's per-pod metadata: the rename is still
     atomic for every reader while the machine runs."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    os.makedirs(directory, mode=dir_mode, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     # mkstemp's rule (a random name, O_EXCL, 0600) without ``tempfile``, whose imports
     # (shutil, random, bz2, lzma) cost the CNI plugin's in-process ADD ~3 ms.

@@ -142,3 +142,14 @@ def test_ports_parse(obj):
 def test_bad_ports_are_refused(obj):
     with pytest.raises(pods.PodValueError):
         pods.parse_port(obj)
+
+
+def test_with_nodes_holds_each_node_to_its_own_record_subnet():
+    # record() is node1's pod at 10.244.1.x; a record of node1 claiming N2 makes it foreign
+    rules = PodRules({}, frozenset({N1, N2}))
+    assert isinstance(pods.judge_pod(kv(pods.encode_pod(record())), BASE,
+                                     rules.with_nodes({"node1": N1})), PodRecord)
+    got = pods.judge_pod(kv(pods.encode_pod(record())), BASE, rules.with_nodes({"node1": N2}))
+    assert reason(got) == pods.PodReason.IP_OUTSIDE_SUBNET
+    # a node record naming a subnet that no accepted lease holds is not believed
+    assert rules.with_nodes({"node1": IPv4Network("10.9.0.0/24")}).node_subnets == {}

@@ -501,3 +501,21 @@ def test_find_underlay_errors_read_as_before_once_the_daemon_names_the_flag(monk
             find_underlay(NL(), iface, public_ip)  # type: ignore[arg-type]  # a fake socket
         assert "--" not in str(ei.value)
         assert underlay_flag_message(ei.value).startswith(want)
+
+
+def test_the_runtime_file_is_written_before_etcd_is_reached(tmp_path):
+    """overlayctl on the node must find etcd's address while overlayd still waits for it."""
+    from overlay.runtimefile import load_runtime_file
+    path = tmp_path / "run" / "overlayd.json"
+    settings = parse_settings(["--subnet-file", str(tmp_path / "subnet.env"),
+                               "--runtime-file", str(path), "--etcd-endpoints",
+                               "http://10.9.9.9:2379", "--node-name", "n1"], environ={})
+
+    def unreachable(opts):
+        assert load_runtime_file(str(path)).etcd_endpoints == ("http://10.9.9.9:2379",)
+        d.stop.set()  # as SIGTERM would, while etcd is being waited for
+        return FakeRegistry()
+    d = Daemon(settings, open_registry=unreachable)
+    assert d.run() == 0
+    info = load_runtime_file(str(path))
+    assert info.node_name == "n1" and info.vxlan_device is None  # no data plane yet

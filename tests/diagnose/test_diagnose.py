@@ -89,6 +89,7 @@ def healthy():
         reservations=[st.Reservation(IPv4Address("10.244.1.2"), "c0ffee", "eth0", "/x/10.244.1.2")],
         ipam_dir="/var/lib/cni/networks/overlay",
         probes=[st.ProbeResult(s, s.network_address, 1422, 2, 2) for s in PEERS],
+        pod_probes=[st.PodProbe(IPv4Address("10.244.1.2"), "c0ffee", "eth0", 2, 2)],
         daemon_pids=[4242],
     )
     return node, cluster
@@ -336,10 +337,55 @@ def test_probe_failures_and_mtu_diagnosis():
     node, cluster = healthy()
     s = IPv4Network("10.244.2.0/24")
     node.probes[0] = st.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=1)
-    c = only_failure(node, cluster, "peer-probe")
+    c = only_failure(node, cluster, "peer-vteps")
     assert "path MTU below 1450" in c.found and "MTU" in c.fix
     node.probes[0] = st.ProbeResult(s, s.network_address, 1422, 2, 0, small_received=0)
-    assert "firewall" in only_failure(node, cluster, "peer-probe").fix
+    assert "firewall" in only_failure(node, cluster, "peer-vteps").fix
+
+
+def answered_pods(reservations, count, timeout):
+    """probe_local_pods as if every pod answered (unit tests send no packet)."""
+    return [st.PodProbe(r.ip, r.container_id, r.ifname, count, count) for r in reservations]
+
+
+def test_a_silent_local_pod_fails_local_pods_alone():
+    node, cluster = healthy()
+    node.pod_probes = [st.PodProbe(IPv4Address("10.244.1.2"), "c0ffee0123456789", "eth0", 2, 0)]
+    c = only_failure(node, cluster, "local-pods")
+    assert "10.244.1.2 (container c0ffee012345, eth0): 0/2 replies" in c.found
+    assert "ip link show master cni0" in c.fix
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda n: None, "not run (--no-probe)"),
+    (lambda n: n.cni_files.clear(), "no overlay CNI config"),
+])
+def test_local_pods_not_probed_says_why(change, words):
+    node, cluster = healthy()
+    node.pod_probes = None
+    change(node)
+    checks, _ = statuses(node, cluster)
+    assert checks["local-pods"].status == st.SKIP and words in checks["local-pods"].found
+
+
+def test_no_local_pods_passes():
+    node, cluster = healthy()
+    node.pod_probes = []
+    checks, _ = statuses(node, cluster)
+    assert checks["local-pods"].status == st.PASS and checks["local-pods"].found == "no local pods"
+
+
+def test_local_pods_are_pinged_all_at_once_from_the_host():
+    calls = []
+
+    def echo(targets, size, count, timeout):
+        calls.append((list(targets), size, count, timeout))
+        return {t: Echo(count, 0 if t.packed[-1] == 3 else count) for t in targets}
+    res = [st.Reservation(IPv4Address(f"10.244.1.{i}"), f"c{i}", "eth0", "/x") for i in (2, 3)]
+    got = ga.probe_local_pods(res, 2, 0.5, echo)
+    assert calls == [([r.ip for r in res], 56, 2, 0.5)]
+    assert [(p.ip.packed[-1], p.received) for p in got] == [(2, 2), (3, 0)]
+    assert ga.probe_local_pods([], 2, 0.5, echo) == [] and len(calls) == 1
 
 
 def test_etcd_unreachable_checks_local_and_names_skips():
@@ -348,7 +394,7 @@ def test_etcd_unreachable_checks_local_and_names_skips():
     checks, report = statuses(node, cluster)
     assert checks["etcd"].status == st.FAIL
     skipped = set(report.skipped())
-    assert {"lease", "routes", "fdb", "neigh", "peer-probe"} <= skipped
+    assert {"lease", "routes", "fdb", "neigh", "peer-vteps"} <= skipped
     for local in ("bridge", "ip-forward", "firewall", "mtu", "cni-config", "cni-binary",
                   "cidr-overlap"):
         assert checks[local].status == st.PASS, checks[local]
@@ -654,7 +700,7 @@ def test_probe_unreachable_points_at_routes():
     s = IPv4Network("10.244.2.0/24")
     node.probes[0] = st.ProbeResult(s, s.network_address, 1422, 2, 0, 0,
                                     "ping: connect: Network is unreachable")
-    assert "routes check" in only_failure(node, cluster, "peer-probe").fix
+    assert "routes check" in only_failure(node, cluster, "peer-vteps").fix
 
 
 @contextlib.contextmanager
@@ -797,6 +843,7 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
                 for peer in remotes]
     monkeypatch.setattr(ga, "derive_facts", derive_once)
     monkeypatch.setattr(ga, "probe_peers", probe_all_answer)
+    monkeypatch.setattr(ga, "probe_local_pods", answered_pods)
     report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert len(derived) == 1 and probed == [(2, 1450)]
     own = report.facts.own
@@ -818,10 +865,11 @@ def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
         return [st.ProbeResult(peer.subnet, peer.subnet.network_address, mtu - 28, 2, 2)
                 for peer in remotes]
     monkeypatch.setattr(ga, "probe_peers", probe_all_answer)
+    monkeypatch.setattr(ga, "probe_local_pods", answered_pods)
     report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert probed == [["10.244.2.0/24", "10.244.3.0/24"]]
-    probe = next(c for c in report.checks if c.name == "peer-probe")
-    assert probe.status == st.PASS and probe.expected.startswith("each of 2 peer(s)")
+    probe = next(c for c in report.checks if c.name == "peer-vteps")
+    assert probe.status == st.PASS and probe.expected.startswith("each of 2 peer VTEP(s)")
     assert len(report.facts.remotes) == 3
 
 
@@ -1003,7 +1051,7 @@ def test_checks_run_with_every_read_and_process_forbidden(monkeypatch):
         monkeypatch.setattr(mod, name, forbidden)
     for n, c in states:
         report = dg.run_checks(n, c, OPTS, "http://127.0.0.1:2379")
-        assert len(report.checks) == 20
+        assert len(report.checks) == 21
 
 
 # ---- one rule: diagnose expects exactly what the backend programs --------------------------
@@ -1078,7 +1126,7 @@ def test_cni_config_missing_in_the_default_dir_says_it_was_assumed_first():
     fix = only_failure(node, cluster, "cni-config").fix
     assert fix.startswith("/etc/cni/net.d is the default, assumed")
     install = fix.index("overlayctl install-cni --conf-dir /etc/cni/net.d")
-    assert fix.index("--cni-conf-dir DIR") < install and fix.index("--subnet-file") < install
+    assert fix.index("--cni-conf-dir DIR") < install and fix.index("--runtime-file FILE") < install
 
 
 def test_cni_config_missing_in_a_given_dir_proposes_the_install_alone():
@@ -1108,6 +1156,7 @@ def test_subnet_env_missing_at_an_assumed_path_says_how_to_point_at_the_right_on
     fix = only_failure(node, cluster, "subnet-env").fix
     assert fix.startswith(f"{node.subnet_file} is the default, assumed")
     assert fix.index("--subnet-file FILE") < fix.index("restart overlayd")
+    assert fix.index("--runtime-file FILE") < fix.index("restart overlayd")
     opts = st.DiagnoseOptions(subnet_file=node.subnet_file)
     assert only_failure(node, cluster, "subnet-env", opts).fix.startswith("restart overlayd")
 

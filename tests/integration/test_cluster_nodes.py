@@ -142,3 +142,17 @@ def test_overlayctl_nodes_delete_refuses_a_live_node(topo):
         "error: node node1 is alive (its heartbeat is renewed); stop its overlayd first, "
         "or pass --force"]
     assert status(topo, "node1") == "Ready"
+
+
+def test_forced_delete_of_a_live_node_is_undone_by_its_overlayd(topo):
+    wait_for(lambda: status(topo, "node1") == "Ready", 10, 0.2, "node1 Ready")
+    grants = metric(topo.nodes[0], "overlay_node_heartbeat_grants")
+    r = subprocess.run(["ip", "netns", "exec", topo.nodes[0].ns, OVERLAYCTL,
+                        "--etcd-endpoints", topo.etcd.endpoint, "nodes", "delete", "node1",
+                        "--force"], capture_output=True, text=True)
+    assert r.returncode == 0 and "node node1 deleted (2 keys, 0 pods)" in r.stdout, r.stderr
+    # the heartbeat's lease was revoked: the next keepalive fails and overlayd registers
+    # again (a new lease, the record rewritten), possibly before we could look
+    wait_for(lambda: metric(topo.nodes[0], "overlay_node_heartbeat_grants") == grants + 1,
+             3 * PERIOD + 2, 0.1, "a new heartbeat lease")
+    wait_for(lambda: status(topo, "node1") == "Ready", 3 * PERIOD + 2, 0.1, "node1 back")

@@ -427,7 +427,8 @@ def test_not_ready_without_config_and_bad_config_one_line(cluster):
     cluster.etcdctl("put", "/ovd-bad/config", json.dumps({"Network": "10.244.0.0/33"}))
     r = nsx(extra.ns, OVERLAYD, "--etcd-endpoints", cluster.etcd.endpoint, "--etcd-prefix",
             "/ovd-bad", "--subnet-file", f"{extra.dir}/bad.env", "--state-dir",
-            f"{extra.dir}/bad", "--cni-socket", "", check=False, timeout=30)
+            f"{extra.dir}/bad", "--cni-socket", "", "--runtime-file", f"{extra.dir}/bad.json",
+            check=False, timeout=30)
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "Network" in errors[0] and "/ovd-bad/config" in errors[0]
@@ -435,7 +436,7 @@ def test_not_ready_without_config_and_bad_config_one_line(cluster):
     assert not extra.ip_json("link", "show", "type", "vxlan"), "kernel touched before validation"
     r = nsx(extra.ns, OVERLAYD, "--etcd-endpoints", cluster.etcd.endpoint, "--iface", "nosuch0",
             "--subnet-file", f"{extra.dir}/bad.env", "--state-dir", f"{extra.dir}/bad",
-            "--cni-socket", "", check=False, timeout=30)
+            "--cni-socket", "", "--runtime-file", f"{extra.dir}/bad.json", check=False, timeout=30)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(
         "overlayd: error: --iface 'nosuch0': no interface matches")

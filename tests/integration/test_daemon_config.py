@@ -59,8 +59,8 @@ def metric(node, name: str) -> float:
 def one_shot(node, *args: str) -> subprocess.CompletedProcess:
     return nsx(node.ns, OVERLAYD, "--etcd-endpoints", node.topo.etcd.endpoint,
                "--subnet-file", f"{node.dir}/once.env", "--state-dir", f"{node.dir}/once",
-               "--cni-socket", "", "--node-name", f"{node.ns}-once", *args, check=False,
-               timeout=30)
+               "--cni-socket", "", "--node-name", f"{node.ns}-once",
+               "--runtime-file", f"{node.dir}/once.json", *args, check=False, timeout=30)
 
 
 def assert_one_line(r: subprocess.CompletedProcess, *words: str) -> None:

@@ -261,7 +261,7 @@ def test_healthy_node_passes_every_check(cluster):
         assert bad == {"daemon": "no overlayd process found"}  # hand-made: no daemon here
         assert rc == 0
         assert report["node"]["public_ip"] == node.public_ip
-        assert "answered 1422-byte DF pings" in check(report, "peer-probe")["found"]
+        assert "answered 1422-byte DF pings" in check(report, "peer-vteps")["found"]
 
 
 @contextmanager
@@ -322,7 +322,7 @@ def test_one_breakage_fails_exactly_its_check(cluster, what, do, undo, name, fix
         rc, report = cluster.diagnose()
     assert rc == 1
     # A data-path breakage makes the peer unreachable: the active probe must say so too.
-    assert failed(report) == sorted([name] + (["peer-probe"] if unreachable else []))
+    assert failed(report) == sorted([name] + (["peer-vteps"] if unreachable else []))
     assert fix in check(report, name)["fix"]
     rc, report = cluster.diagnose(probe=False)
     assert rc == 0, failed(report)
@@ -372,7 +372,7 @@ def test_nft_drop_rule_named_with_handle(cluster):
 def test_etcd_unreachable_checks_local_and_names_skipped(cluster):
     rc, report = cluster.diagnose(endpoint="http://192.168.1.1:1")
     assert rc == 1 and failed(report) == ["etcd"]
-    assert {"lease", "routes", "fdb", "neigh", "peer-probe"} <= set(report["skipped"])
+    assert {"lease", "routes", "fdb", "neigh", "peer-vteps"} <= set(report["skipped"])
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     for local in ("bridge", "ip-forward", "firewall", "mtu", "cni-config", "cni-binary",
                   "pod-ips", "cidr-overlap"):
@@ -415,8 +415,8 @@ def test_path_mtu_problem_found_by_the_probe(cluster):
     with broken([("ip", "-n", UNDERLAY, "link", "set", "u2", "mtu", "1500")]):
         sh("ip", "-n", UNDERLAY, "link", "set", "u2", "mtu", "1400")
         rc, report = cluster.diagnose()
-    assert rc == 1 and failed(report) == ["peer-probe"]
-    probe = check(report, "peer-probe")
+    assert rc == 1 and failed(report) == ["peer-vteps"]
+    probe = check(report, "peer-vteps")
     assert "path MTU below 1450" in probe["found"] and "MTU" in probe["fix"]
 
 

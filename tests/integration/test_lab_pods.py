@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -119,6 +120,13 @@ def test_pod_add_and_del_with_namespace_and_labels(made):
     assert {"namespace": "web", "name": "db", "node": "node2", "ip": pod.ip,
             "labels": {"app": "db", "tier": "be"}}.items() <= next(
         p for p in status["pods"] if p["name"] == "db").items()
+    # the pod registry: every lab pod with its IP and node, this one with its labels
+    registry = _registry_once(made.lab, lambda got: ("web", "db") in got)
+    assert registry[("web", "db")] == {"ip": pod.ip, "node": "node2",
+                                       "labels": {"app": "db", "tier": "be"}}
+    for p in lab.state.pods.values():
+        assert registry[(p.namespace, p.name)]["ip"] == p.ip
+        assert registry[(p.namespace, p.name)]["node"] == p.node
     # the same name again, or in another namespace: refused / a pod of its own
     again = made.run("pod", "add", "db", "--node", "node1", "--namespace", "web")
     assert again.returncode == 1 and "exists already" in again.stderr
@@ -129,6 +137,20 @@ def test_pod_add_and_del_with_namespace_and_labels(made):
     assert pod.ip not in _ipam_files(lab, "node2")            # CNI DEL released the IP
     assert not _running(responder)                             # the responder stopped with it
     assert made.run("pod", "del", "web/db").returncode == 1
+    assert ("web", "db") not in _registry_once(made.lab, lambda got: ("web", "db") not in got)
+
+
+def _registry_once(lab: Lab, ready, timeout: float = 10.0) -> dict:
+    """``overlayctl pods -A -o json`` by (namespace, name), once ``ready(it)`` holds (the
+    daemons publish off the ADD's path, within a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = json.loads(lab.overlayctl("-o", "json", "pods", "-A").stdout)
+        got = {(p["namespace"], p["name"]): {"ip": p["ip"], "node": p["node"],
+                                            "labels": p["labels"]} for p in out}
+        if ready(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("port", [80, 81])

@@ -12,18 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from overlay.cli import cli
-from overlay.cluster.keys import heartbeat_key, node_key
+from overlay.cluster.keys import heartbeat_key, node_key, pod_key, pods_prefix
 from overlay.cluster.mesh import PeerCheck, summarize
 from overlay.cluster.nodes import NodeRecord
+from overlay.cluster.pods import PodRecord, encode_pod
 from overlay.cluster.store import ObjectStore
 from overlay.lease import LeaseAttrs
 from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnet.registry import EtcdRegistry
 
 pytestmark = pytest.mark.integration
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-
 
 @pytest.fixture
 def store(etcd_server):
@@ -53,11 +51,12 @@ def mac(i: int) -> str:
 
 
 def record(i: int, broken: tuple[int, ...] = (), ready: bool = True) -> NodeRecord:
+    now = datetime.now(UTC).replace(microsecond=0)  # per record: AGE is checked against it
     checks = [PeerCheck(net(t), IPv4Address(f"192.168.1.{10 + t}"), 1422, t not in broken,
                         False) for t in (1, 2, 3) if t != i]
     return NodeRecord(f"node{i}", IPv4Address(f"192.168.1.{10 + i}"), net(i), mac(i), "0.1.0",
-                      NOW - timedelta(minutes=3), ready, "" if ready else "overlayd stopped",
-                      10, 10.0, summarize(checks, None, NOW - timedelta(seconds=30)))
+                      now - timedelta(minutes=3), ready, "" if ready else "overlayd stopped",
+                      10, 10.0, summarize(checks, None, now - timedelta(seconds=30)))
 
 
 def publish(store: ObjectStore, rec: NodeRecord, alive: bool = True) -> None:
@@ -103,11 +102,21 @@ def test_delete_refuses_a_live_node_then_force_and_dead_ones(store, ctl):
     r = ctl("nodes", "delete", "node1")
     assert r.exit_code == 1 and "is alive" in r.output and "--force" in r.output
     assert store.get(node_key(store.prefix, "node1")) is not None
-    assert ctl("nodes", "delete", "node1", "--force").exit_code == 0
+    hb = store.get(heartbeat_key(store.prefix, "node1"))
+    assert hb is not None and hb.lease
+    r = ctl("nodes", "delete", "node1", "--force")
+    assert r.exit_code == 0 and "node node1 deleted (2 keys, 0 pods)" in r.output
     assert store.get(node_key(store.prefix, "node1")) is None
     assert store.get(heartbeat_key(store.prefix, "node1")) is None
+    assert store.keepalive(hb.lease) == 0  # revoked: a running overlayd would notice
+    for node, ns_name in (("node2", "web-1"), ("node2", "web-2"), ("node3", "web-3")):
+        store.put(pod_key(store.prefix, "default", ns_name), encode_pod(PodRecord(
+            "default", ns_name, (IPv4Address("10.244.2.5"),), node, "c-" + ns_name, "eth0")))
     r = ctl("nodes", "delete", "node2")
-    assert r.exit_code == 0 and "node node2 deleted (1 key)" in r.output
+    assert r.exit_code == 0 and "node node2 deleted (1 key, 2 pods)" in r.output
+    # its pods left the registry with it; another node's stayed
+    left, _ = store.list(pods_prefix(store.prefix))
+    assert [kv.key.rsplit("/", 1)[1] for kv in left] == ["web-3"]
     r = ctl("nodes", "delete", "node2")
     assert r.exit_code == 1 and r.output.strip() == "error: no node node2 (see `overlayctl nodes`)"
     r = ctl("nodes", "delete", "Bad_Name")

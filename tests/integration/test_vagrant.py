@@ -329,7 +329,8 @@ def test_overlayd_env_names_are_real_flags():
         pytest.skip("overlayd is not installed or has no --help yet")
     names = set(env_file_vars(provision_function("overlayd_env", OVERLAY_NODE_IP="192.168.56.12",
                                                  OVERLAY_ETCD_IP="192.168.56.11")))
-    assert {"OVERLAYD_ETCD_ENDPOINTS", "OVERLAYD_PUBLIC_IP", "OVERLAYD_HEALTHZ_ADDR"} <= names
+    assert {"OVERLAYD_ETCD_ENDPOINTS", "OVERLAYD_PUBLIC_IP", "OVERLAYD_HEALTHZ_ADDR",
+            "OVERLAYD_CNI_BIN_DIR"} <= names
     flags = set(re.findall(r"(--[a-z0-9-]+)", r.stdout))
     for name in names:
         flag = "--" + name.removeprefix("OVERLAYD_").lower().replace("_", "-")
@@ -572,10 +573,13 @@ def test_vm_recipe_end_to_end(tmp_path):
         for ns, node, (node_ip, _) in zip(made, NODES, NODES.values(), strict=True):
             env = env_file_vars(provision_function("overlayd_env", OVERLAY_ETCD_IP=etcd_ip,
                                                    OVERLAY_NODE_IP=node_ip))
-            # Two daemons on one host: their files apart (the VMs use the defaults).
-            env.update(OVERLAYD_SUBNET_FILE=str(tmp_path / node / "subnet.env"),
+            # Two daemons on one host: their files and node names apart (the VMs use the
+            # defaults; each VM's hostname is its node name).
+            env.update(OVERLAYD_NODE_NAME=node,
+                       OVERLAYD_SUBNET_FILE=str(tmp_path / node / "subnet.env"),
                        OVERLAYD_STATE_DIR=str(tmp_path / node / "state-overlayd"),
-                       OVERLAYD_CNI_SOCKET=str(tmp_path / node / "cni.sock"))
+                       OVERLAYD_CNI_SOCKET=str(tmp_path / node / "cni.sock"),
+                       OVERLAYD_RUNTIME_FILE=str(tmp_path / node / "overlayd.json"))
             (tmp_path / node).mkdir(exist_ok=True)
             (exe,) = unit_command("overlayd.service", env)
             assert exe == "/usr/local/bin/overlayd"  # provision.sh links it to cmd/overlayd

@@ -558,14 +558,13 @@ def test_exec_env_puts_the_venv_first_and_points_overlayctl_at_the_node(tmp_path
     assert env["PATH"].split(os.pathsep) == [BIN_DIR, "/usr/sbin", "/usr/bin"]
     assert os.access(os.path.join(BIN_DIR, "overlayctl"), os.X_OK)
     assert env["HOME"] == "/r"
-    assert env["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
-    assert env["OVERLAYCTL_DIAGNOSE_SUBNET_FILE"] == lab.spec.node_file("node2", "subnet.env")
-    assert env["OVERLAYCTL_DIAGNOSE_CNI_CONF_DIR"] == lab.spec.cni_conf_dir("node2")
-    assert env["OVERLAYCTL_DIAGNOSE_PUBLIC_IP"] == "192.168.1.12"
-    assert env["OVERLAYCTL_DIAGNOSE_HEALTHZ_ADDR"] == lab.healthz_addr("node2")
-    assert "--healthz-addr" in lab.daemon_argv("node2")
+    # On a node, overlayctl gets only the node's runtime file: the one its overlayd writes.
+    assert {k for k in env if k.startswith("OVERLAYCTL_")} == {"OVERLAYCTL_RUNTIME_FILE"}
+    assert env["OVERLAYCTL_RUNTIME_FILE"] == lab.spec.node_file("node2", "overlayd.json")
     argv = lab.daemon_argv("node2")
     assert argv[argv.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+    assert argv[argv.index("--runtime-file") + 1] == env["OVERLAYCTL_RUNTIME_FILE"]
+    assert argv[argv.index("--cni-conf-dir") + 1] == lab.spec.cni_conf_dir("node2")
 
 
 def test_exec_env_into_a_pod_or_the_underlay(tmp_path):
@@ -575,7 +574,7 @@ def test_exec_env_into_a_pod_or_the_underlay(tmp_path):
     assert not any(k.startswith("OVERLAYCTL_") for k in pod)
     under = lab.exec_env(lab.spec.underlay_ns, {})
     assert under["OVERLAYCTL_ETCD_ENDPOINTS"] == lab.spec.etcd_endpoint
-    assert not any(k.startswith("OVERLAYCTL_DIAGNOSE_") for k in under)
+    assert "OVERLAYCTL_RUNTIME_FILE" not in under
 
 
 def test_exec_env_names_options_overlayctl_really_has(tmp_path):
@@ -652,3 +651,16 @@ def test_output_to_a_closed_pipe_ends_quietly_and_the_work_goes_on():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert err == "finished\n"
+
+
+def test_a_node_can_run_another_overlayd_without_the_flags_it_lacks(tmp_path):
+    from overlay.lab.lab import Lab, NodeDaemon
+    old = NodeDaemon("/opt/old/bin/overlayd", frozenset({"--runtime-file", "--node-name"}))
+    lab = Lab(LabSpec("ovlt", str(tmp_path)), daemons={"node2": old})
+    mine, other = lab.daemon_argv("node1"), lab.daemon_argv("node2")
+    assert "/opt/old/bin/overlayd" in other and "/opt/old/bin/overlayd" not in mine
+    assert "--runtime-file" in mine and "--node-name" in mine
+    assert "--runtime-file" not in other and "--node-name" not in other
+    assert lab.spec.node_file("node2", "overlayd.json") not in other
+    assert other[other.index("--healthz-addr") + 1] == lab.healthz_addr("node2")
+    assert mine[mine.index("--node-name") + 1] == "node1"

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from overlay.util.text import format_table, rfc3339
+from overlay.util.text import age, format_table, rfc3339
 
 
 def test_rfc3339_is_utc_whole_seconds_with_z():
@@ -27,3 +27,10 @@ def test_a_long_cell_wraps_in_its_column_and_nothing_is_cut():
     assert all(line[:col].strip() == "" for line in lines[2:4])  # continuation: other cells blank
     assert lines[1].startswith("routes   FAIL") and lines[4].split() == ["mtu", "pass", "1450"]
     assert all(len(line[col:]) <= 30 for line in lines)
+
+
+def test_age_reads_like_kubectl():
+    assert [age(s) for s in (-3, 0, 59, 60, 61, 599, 600, 3599, 3600, 86399, 86400,
+                             90000, 10 * 86400 + 3600)] == [
+        "0s", "0s", "59s", "1m", "1m1s", "9m59s", "10m", "59m", "1h", "23h", "1d", "1d1h",
+        "10d"]

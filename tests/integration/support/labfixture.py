@@ -15,12 +15,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlay.lab.lab import Lab
+from overlay.lab.lab import Lab, NodeDaemon
 from overlay.lab.spec import LabSpec
 from overlay.lab.system import in_netns, ip, netns_entered, netns_exists
 
@@ -41,11 +41,12 @@ def quiet(msg: str) -> None:
 
 
 @contextmanager
-def running_lab(nodes: int = 3, pods_per_node: int = 2,
-                prefix: str = TEST_PREFIX) -> Iterator[Lab]:
-    """A lab under a temporary base dir; removed afterwards (and checked to be gone)."""
+def running_lab(nodes: int = 3, pods_per_node: int = 2, prefix: str = TEST_PREFIX,
+                daemons: Mapping[str, NodeDaemon] | None = None) -> Iterator[Lab]:
+    """A lab under a temporary base dir; removed afterwards (and checked to be gone).
+    ``daemons``: per node, another overlayd (``Lab``'s option)."""
     base = tempfile.mkdtemp(prefix=f"{prefix}-labdir-")
-    lab = Lab(LabSpec(prefix, base), progress=quiet)
+    lab = Lab(LabSpec(prefix, base), progress=quiet, daemons=daemons)
     try:
         lab.up(nodes, pods_per_node)
         yield lab

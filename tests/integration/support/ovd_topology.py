@@ -111,6 +111,7 @@ class Node:
         args = ["ip", "netns", "exec", self.ns, OVERLAYD,
                 "--etcd-endpoints", self.topo.etcd.endpoint,
                 "--subnet-file", self.subnet_file, "--state-dir", self.state_dir,
+                "--runtime-file", os.path.join(self.dir, "overlayd.json"),
                 "--healthz-addr", "127.0.0.1:10256", "--cni-socket", "",
                 "--lease-ttl", "60", "--lease-renew-margin", "20",
                 "--reconcile-interval", "2",

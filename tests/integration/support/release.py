@@ -1,0 +1,60 @@
+"""An earlier release of this project installed beside this tree, for upgrade tests.
+
+``git archive`` of the release's commit into a temporary directory and a venv of its own
+there (``pip install`` from the machine's configured index, as a user would), cached by
+commit id, so a second run costs nothing.  The commit id is the reference, not the tag:
+a clean clone may lack tags.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+# v0.1.0: the code from before the cluster objects (nodes/, pods/, schema): it reads
+# only subnets/ and knows none of the lab's flags added since (node name, heartbeats and
+# health mesh, runtime file, CNI dirs).
+V0_1_0 = "7e0936c80304999ca4e75870d27d564d50bf9d4f"
+V0_1_0_UNKNOWN_FLAGS = frozenset({"--node-name", "--runtime-file", "--cni-conf-dir",
+                                  "--cni-bin-dir", "--cni-data-dir", "--heartbeat-period",
+                                  "--probe-interval"})
+
+
+def release_dir(commit: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"overlay-release-{commit}")
+
+
+def install_release(commit: str) -> str:
+    """The venv bin directory of ``commit``'s release (installed once, then reused)."""
+    top = release_dir(commit)
+    os.makedirs(top, exist_ok=True)
+    bindir = os.path.join(top, "venv", "bin")
+    done = os.path.join(top, "installed")
+    with open(os.path.join(top, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once install it once
+        if not os.path.exists(done):
+            _install(commit, top)
+            with open(done, "w") as f:
+                f.write(commit + "\n")
+    return bindir
+
+
+def _install(commit: str, top: str) -> None:
+    src = os.path.join(top, "src")
+    subprocess.run(["rm", "-rf", src, os.path.join(top, "venv")], check=True)
+    os.makedirs(src)
+    archive = subprocess.run(["git", "-C", REPO, "archive", "--format=tar", commit],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", os.path.join(top, "venv")], check=True)
+    pip = os.path.join(top, "venv", "bin", "pip")
+    p = subprocess.run([pip, "install", "-q", src], capture_output=True, text=True,
+                       timeout=900)
+    if p.returncode != 0:
+        raise RuntimeError(f"installing {commit[:12]} failed: {p.stderr[-2000:]}")
