@@ -100,12 +100,14 @@ def bridge_filtering_problem(path: str = BRIDGE_SYSCTL) -> str | None:
 
 class _Judged:
     """Each key's verdict, kept while its revision is unchanged (10 000 pods are not
-    decoded again for every change); rejections logged once per key revision."""
+    decoded again for every change); a rejection is logged and counted once per key
+    revision, even when the rule changes and everything is judged again."""
 
     def __init__(self, kind: str, rejected: Counter):
         self.kind = kind
         self._rejected = rejected
         self._cache: dict[str, tuple[int, object]] = {}
+        self._logged: set[tuple[str, int]] = set()
 
     def judge(self, kvs: Mapping[str, KV], rule: Callable[[KV], object]) -> list[object]:
         out = []
@@ -118,6 +120,7 @@ class _Judged:
             if not isinstance(held[1], Rejection):
                 out.append(held[1])
         self._cache = cache
+        self._logged &= {(k, rev) for k, (rev, _) in cache.items()}
         return out
 
     def _one(self, kv: KV, rule: Callable[[KV], object]) -> object:
@@ -125,7 +128,8 @@ class _Judged:
             got = rule(kv)
         except PolicyError as e:
             got = Rejection(kv.key, "invalid", str(e), kv.mod_revision)
-        if isinstance(got, Rejection):
+        if isinstance(got, Rejection) and (kv.key, kv.mod_revision) not in self._logged:
+            self._logged.add((kv.key, kv.mod_revision))
             self._rejected.labels(self.kind).inc()
             log.warning("%s %s rejected: %s (not enforced)", self.kind, kv.key, got.detail)
         return got
@@ -177,11 +181,13 @@ class PolicyAgent:
                  own_subnet: Callable[[], IPv4Network | None],
                  pod_rules: Callable[[], PodRules], marker: str, metrics: CollectorRegistry,
                  stop: threading.Event, *,
+                 leases_listed: Callable[[], bool] = lambda: True,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
                  bridge_problem: Callable[[], str | None] = bridge_filtering_problem):
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
         self._apply, self._bridge_problem = apply, bridge_problem
+        self._leases_listed = leases_listed  # pods are judged against the leases
         self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
         self._listed: set[str] = set()
         self._state_lock = threading.Lock()  # _kvs, _listed
@@ -191,6 +197,7 @@ class PolicyAgent:
         self._rules: PodRules | None = None
         self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
         self.complete = threading.Event()  # every prefix listed once
+        self.first_load = threading.Event()  # a complete table was loaded
         self.selecting = False  # a policy selects a local pod
         self.bridge_problem: str | None = None
         self._cut_due = False  # a table was loaded: connections it denies are still tracked
@@ -246,8 +253,10 @@ class PolicyAgent:
             if self.stop.is_set():
                 return
             self._settle()
-            if not self.complete.is_set():
+            if not self.complete.is_set() or not self._leases_listed():
                 self._dirty.clear()
+                self.stop.wait(DEBOUNCE)  # the leases' listing sets no event of ours
+                self._dirty.set()
                 continue
             self._dirty.clear()
             try:
@@ -320,6 +329,7 @@ class PolicyAgent:
                 self.loaded = table
                 self.loads.inc()
                 self._cut_due = bool(table.counters)
+            self.first_load.set()
             self._note(bool(table.counters), bool(got.policies))
             return table
 
@@ -329,7 +339,8 @@ class PolicyAgent:
         with the node's own side of the bridge (the gateway: kubelet's probes) are never
         filtered and are left alone. How many went."""
         self._cut_due = False
-        got = self.inputs()
+        with self._compile_lock:  # inputs() updates the judged caches
+            got = self.inputs()
         local = {ip for lp in got.local for ip in lp.pod.ips}
         subnet = self._own_subnet()
         gateway = subnet.network_address + 1 if subnet is not None else None
@@ -383,7 +394,7 @@ class PolicyAgent:
 
     def problems(self) -> list[str]:
         """What keeps the node from being ready on policy's account (no side effects)."""
-        if not self.complete.is_set() or self.loaded is None:
+        if not self.first_load.is_set():
             return ["NetworkPolicy table not compiled yet"]
         return [self.bridge_problem] if self.bridge_problem else []
 
@@ -392,7 +403,7 @@ class PolicyAgent:
         """A pod just attached here is in the loaded table before its ADD returns."""
         from overlay.daemon.podpublisher import parse_meta
 
-        if not self.complete.wait(ADMIT_TIMEOUT):
+        if not self.first_load.wait(ADMIT_TIMEOUT):
             raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicy state not loaded yet",
                            "overlayd is still listing policies; retry")
         meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
@@ -460,8 +471,10 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
         return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases))
 
     own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
+    # the lease watch's first listing programs the device: from then on backend.leases
+    # holds every accepted lease, and a remote pod is not rejected for want of its lease
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
-                       d.metrics.registry, d.stop)
+                       d.metrics.registry, d.stop, leases_listed=lambda: d._programmed)
 
 
 def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:
