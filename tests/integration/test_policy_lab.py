@@ -229,6 +229,26 @@ spec:
 """
 
 
+def test_br_netfilter_off_makes_a_selecting_node_not_ready(lab: Lab) -> None:
+    """Set in node1's own namespace only (the sysctl is per namespace): with it 0, same-node
+    pod traffic would bypass the table, so node1 is NotReady while a policy selects x/a."""
+    sysctl = "net.bridge.bridge-nf-call-iptables"
+    ns = lab.spec.node_ns("node1")
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        assert lab.ready("node1")
+        sysx.sysctl(ns, sysctl, "0")
+        try:
+            assert _until(lambda: not lab.ready("node1"), 15.0) is not None
+            assert lab.ready("node2")
+        finally:
+            sysx.sysctl(ns, sysctl, "1")
+        assert _until(lambda: lab.ready("node1"), 15.0) is not None
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+
+
 def test_an_established_connection_is_cut_by_a_new_deny(lab: Lab) -> None:
     """One UDP flow x/c -> x/a:81 (one socket: one conntrack entry), opened while a
     policy allows it, gets no answer once that policy goes, although it is established
