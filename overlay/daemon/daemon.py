@@ -370,7 +370,7 @@ class Daemon:
         from overlay.daemon.podpublisher import pod_threads  # the etcd client: only here
         assert self.manager is not None, f"manager {_UNSET}"
         threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
-                               self.manager.own_subnet, self.stop)
+                               self.manager.own_subnet, self.stop, self.metrics.registry)
         return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
