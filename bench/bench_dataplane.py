@@ -72,9 +72,9 @@ class Arm:
 
 
 # --- the two labs ----------------------------------------------------------------------
-def anchor_script(action: str) -> None:
+def anchor_script(action: str, udpcsum: str = "") -> None:
     run(["bash", str(ANCHOR_SCRIPT), action], timeout=60,
-        env={**os.environ, "PREFIX": ANCHOR_PREFIX, "NODES": "2"})
+        env={**os.environ, "PREFIX": ANCHOR_PREFIX, "NODES": "2", "UDPCSUM": udpcsum})
 
 
 def anchor_arm(prefix: str = ANCHOR_PREFIX) -> Arm:
@@ -98,7 +98,7 @@ def lab_arm(lab: Lab) -> Arm:
 
 
 @contextmanager
-def both_labs() -> Iterator[tuple[Arm, Arm]]:
+def both_labs(anchor_udpcsum: str = "") -> Iterator[tuple[Arm, Arm]]:
     """The project's lab and the anchor, up for the block and removed after it."""
     base = tempfile.mkdtemp(prefix=f"{LAB_PREFIX}-labdir-")
     lab = Lab(LabSpec(LAB_PREFIX, base), progress=lambda m: print(f"  {m}", file=sys.stderr))
@@ -106,7 +106,7 @@ def both_labs() -> Iterator[tuple[Arm, Arm]]:
         print("bringing up the overlay lab (2 nodes, 1 pod each) and the hand-built anchor",
               file=sys.stderr)
         lab.up(nodes=2, pods_per_node=1)
-        anchor_script("up")
+        anchor_script("up", anchor_udpcsum)
         yield lab_arm(lab), anchor_arm()
     finally:
         anchor_script("down")
@@ -413,6 +413,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=4, help="streams of the parallel run")
     ap.add_argument("--tweak", action="append", default=[], choices=sorted(TWEAKS),
                     help="apply a knob to the project's lab only (repeatable)")
+    ap.add_argument("--anchor-udpcsum", choices=("on", "off"), default="",
+                    help="the anchor's flannel.1 with (or without) outer UDP checksums")
     ap.add_argument("--compare", action="store_true",
                     help="print how the two labs' kernel state differs, and stop")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -425,7 +427,7 @@ def main() -> None:
         sys.exit(f"error: {', '.join(missing)} not installed (run cmd/bootstrap.sh --test)")
     started = time.monotonic()
     with ExitStack() as stack:
-        ours, anchor = stack.enter_context(both_labs())
+        ours, anchor = stack.enter_context(both_labs(args.anchor_udpcsum))
         arms = {"ours": ours, "anchor": anchor}
         for name in args.tweak:
             TWEAKS[name](ours)
@@ -456,7 +458,8 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
                         if s["arm"] == arm]
                 absolute.setdefault(m.name, {})[f"{arm} {side}"] = statistics.median(vals)
     summary = {"blocks": blocks, "tested": tested, "control": control, "absolute": absolute,
-               "tweaks": args.tweak, "seconds": args.seconds, "short": args.short,
+               "tweaks": args.tweak, "anchor_udpcsum": args.anchor_udpcsum,
+               "seconds": args.seconds, "short": args.short,
                "streams": args.streams,
                "took_s": took, "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                "target": {"median": TARGET_MEDIAN, "low": TARGET_LOW}, "met": met}
@@ -468,6 +471,8 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
     n_t = sum(b["kind"] != "control" for b in blocks)
     if args.tweak:
         print(f"knobs on the project's lab only: {', '.join(args.tweak)}")
+    if args.anchor_udpcsum:
+        print(f"the anchor's flannel.1 with udpcsum {args.anchor_udpcsum}")
     print(f"{n_t} tested blocks (ABBA/BAAB) and {len(blocks) - n_t} control blocks (anchor vs "
           f"itself) in {took:.0f} s; TCP runs {args.seconds} s, latency/small-packet runs "
           f"{args.short} s; load average {' '.join(summary['loadavg'])}")

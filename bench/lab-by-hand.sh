@@ -4,6 +4,8 @@
 # + the bridge CNI plugin leave in the kernel, with nothing of the project in it.
 #
 #   bench/lab-by-hand.sh up|down|status     (as root; PREFIX=ovlbh NODES=2 by default)
+#   UDPCSUM=on|off                           outer UDP checksums on flannel.1 (default: the
+#                                            kernel's, as flanneld leaves it)
 #
 # Shape, the same as the project's lab so only the overlay differs:
 #   PREFIX-underlay   namespace holding bridge PREFIX-br (192.168.1.1/24), the "switch"
@@ -20,6 +22,7 @@ set -Eeuo pipefail
 
 PREFIX=${PREFIX:-ovlbh}
 NODES=${NODES:-2}
+UDPCSUM=${UDPCSUM:-}
 UNDERLAY="$PREFIX-underlay"
 BRIDGE="$PREFIX-br"
 
@@ -49,7 +52,7 @@ up_node() {
   ip -n "$ns" link set eth0 up
   ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
   ip -n "$ns" link add flannel.1 type vxlan id 1 local "$(node_ip "$i")" dev eth0 \
-    dstport 8472 nolearning
+    dstport 8472 nolearning ${UDPCSUM:+$([ "$UDPCSUM" = on ] && echo udpcsum || echo noudpcsum)}
   ip -n "$ns" link set flannel.1 mtu 1450 up
   ip -n "$ns" addr add "10.245.$i.0/32" dev flannel.1
   ip -n "$ns" link add cni0 type bridge
@@ -119,6 +122,7 @@ status() {
 
 case "$NODES" in ''|*[!0-9]*) die "NODES must be a number from 2 to 200, not '$NODES'" ;; esac
 if [ "$NODES" -lt 2 ] || [ "$NODES" -gt 200 ]; then die "NODES must be a number from 2 to 200, not $NODES"; fi
+case "$UDPCSUM" in ''|on|off) ;; *) die "UDPCSUM must be on or off, not '$UDPCSUM'" ;; esac
 [ "$(id -u)" = 0 ]  || die "run as root (it creates network namespaces)"
 case "${1:-}" in
   up) up ;;

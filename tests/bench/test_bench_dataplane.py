@@ -129,6 +129,7 @@ def test_diff_states_names_only_what_differs() -> None:
     ({"NODES": "x"}, ["up"], "NODES must be a number from 2 to 200, not 'x'"),
     ({"NODES": "1"}, ["up"], "NODES must be a number from 2 to 200, not 1"),
     ({}, ["sideways"], "usage:"),
+    ({"UDPCSUM": "maybe"}, ["up"], "UDPCSUM must be on or off, not 'maybe'"),
 ])
 def test_lab_by_hand_rejects_bad_input_in_one_line(env: dict[str, str], argv: list[str],
                                                    message: str) -> None:
