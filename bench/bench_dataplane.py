@@ -1,26 +1,34 @@
 #!/usr/bin/env python3
-"""Data-plane benchmark (issue 5 part 4): is the project's overlay as fast as Flannel's?
+"""Data-plane benchmark (issue 15): the project's overlay against a hand-built Flannel one.
 
 In one run, on two underlays of the same shape (veth into a bridge in its own namespace):
 
-* the project's lab (``overlay-lab`` with prefix ``ovlb``: etcd, overlayd per node,
+* A, the project's lab (``overlay-lab`` with prefix ``ovlb``: etcd, overlayd per node,
   pods attached by the CNI plugin), and
-* the anchor: Flannel-style VXLAN built by hand with iproute2 (prefix ``ovlbh``):
-  ``flannel.1`` (VNI 1, port 8472, nolearning, MTU 1450), ``cni0`` + veth pods, and per
-  remote a permanent neigh, an FDB entry and an onlink route, as flanneld programs them.
+* B, the anchor: ``bench/lab-by-hand.sh`` (prefix ``ovlbh``), Flannel's VXLAN data plane
+  built with iproute2 alone (``flannel.1``, ``cni0``, veth pods, permanent neigh/FDB/routes).
 
-For each: iperf3 TCP pod-to-pod across nodes vs node-to-node on the underlay, in rounds
-that run every path back to back; ratio = median(pod) / median(node) (the median of the
-per-round pod/node ratios is printed too).  Target: ours >= 0.97 x anchor.  Also the
-ping RTT of pod-to-pod vs node-to-node (overhead in microseconds).
+Each lab's figure is relative to its own underlay: pod-to-pod across nodes over
+node-to-node, for bulk TCP (one stream), parallel TCP (``--streams``), TCP
+request/response latency (sockperf ping-pong; node latency / pod latency) and the rate of
+64-byte UDP packets received.  The labs are measured in interleaved blocks, ABBA then BAAB,
+so a drift in the machine's load hits both alike; a block's figure is A's geometric mean
+over B's.  The result per metric is the median over blocks with a 90 % bootstrap interval;
+control blocks (B against itself, B B' B' B) show how far that statistic strays when
+nothing differs.  Met when bulk TCP's median >= 1.0 and its interval's low end >= 0.98.
+The run stops by itself: no block starts that would end past ``--budget`` seconds.
 
-    sudo .venv/bin/python bench/bench_dataplane.py [--seconds 2] [--repeat 7] [--json]
+    sudo .venv/bin/python bench/bench_dataplane.py [--budget 540] [--json]
+    sudo .venv/bin/python bench/bench_dataplane.py --compare   # kernel state, no timing
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import random
 import re
 import shutil
 import statistics
@@ -28,15 +36,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from overlay.lab.lab import Lab
 from overlay.lab.spec import LabSpec
-from overlay.lab.system import delete_netns, ensure_netns, in_netns, ip, run, sysctl
+from overlay.lab.system import in_netns, run
+from overlay.util.fsutil import atomic_write
 
 LAB_PREFIX = "ovlb"
-ANCHOR = "ovlbh"
+ANCHOR_PREFIX = "ovlbh"
+ANCHOR_SCRIPT = Path(__file__).resolve().with_name("lab-by-hand.sh")
+IPERF_PORT, SOCKPERF_PORT = 5301, 11111
+TARGET_MEDIAN, TARGET_LOW = 1.0, 0.98
 
 
 @dataclass(frozen=True)
@@ -48,232 +63,431 @@ class Path_:
     dst_ip: str
 
 
-# --- the anchor: Flannel-style VXLAN by hand ----------------------------------------------
-class HandBuiltVXLAN:
-    def __init__(self, prefix: str = ANCHOR, nodes: int = 2):
-        self.prefix = prefix
-        self.nodes = list(range(1, nodes + 1))
-        self.underlay = f"{prefix}-underlay"
-        self.made: list[str] = []
-
-    def node_ns(self, i: int) -> str:
-        return f"{self.prefix}-node{i}"
-
-    def pod_ns(self, i: int) -> str:
-        return f"{self.prefix}-pod{i}"
-
-    @staticmethod
-    def node_ip(i: int) -> str:
-        return f"192.168.1.{10 + i}"
-
-    @staticmethod
-    def pod_ip(i: int) -> str:
-        return f"10.245.{i}.2"
-
-    def up(self) -> None:
-        self._ns(self.underlay)
-        br = f"{self.prefix}-br"
-        ip("link", "add", br, "type", "bridge", ns=self.underlay)
-        ip("addr", "add", "192.168.1.1/24", "dev", br, ns=self.underlay)
-        ip("link", "set", br, "up", ns=self.underlay)
-        macs = {}
-        for i in self.nodes:
-            macs[i] = self._node(i, br)
-        for i in self.nodes:
-            for j in self.nodes:
-                if i != j:
-                    self._remote(i, j, macs[j])
-
-    def _ns(self, name: str) -> None:
-        self.made.append(name)
-        ensure_netns(name)
-
-    def _node(self, i: int, br: str) -> str:
-        ns, pod, port = self.node_ns(i), self.pod_ns(i), f"{self.prefix}-n{i}"
-        self._ns(ns)
-        self._ns(pod)
-        ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
-           ns=self.underlay)
-        ip("link", "set", port, "master", br, "up", ns=self.underlay)
-        ip("addr", "add", f"{self.node_ip(i)}/24", "dev", "eth0", ns=ns)
-        ip("link", "set", "eth0", "up", ns=ns)
-        sysctl(ns, "net.ipv4.ip_forward", "1")
-        ip("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", self.node_ip(i),
-           "dev", "eth0", "dstport", "8472", "nolearning", ns=ns)
-        ip("link", "set", "flannel.1", "mtu", "1450", "up", ns=ns)
-        ip("addr", "add", f"10.245.{i}.0/32", "dev", "flannel.1", ns=ns)
-        ip("link", "add", "cni0", "type", "bridge", ns=ns)
-        ip("addr", "add", f"10.245.{i}.1/24", "dev", "cni0", ns=ns)
-        ip("link", "set", "cni0", "up", ns=ns)
-        ip("link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
-           "netns", pod, ns=ns)
-        ip("link", "set", "veth0", "master", "cni0", "up", ns=ns)
-        # Flannel's CNI config delegates to bridge with hairpinMode true, as ours does.
-        ip("link", "set", "veth0", "type", "bridge_slave", "hairpin", "on", ns=ns)
-        ip("addr", "add", f"{self.pod_ip(i)}/24", "dev", "eth0", ns=pod)
-        ip("link", "set", "eth0", "mtu", "1450", "up", ns=pod)
-        ip("route", "add", "default", "via", f"10.245.{i}.1", ns=pod)
-        out = ip("-o", "link", "show", "dev", "flannel.1", ns=ns).stdout
-        m = re.search(r"link/ether ([0-9a-f:]{17})", out)
-        if m is None:
-            raise RuntimeError(f"no MAC address on flannel.1 in {ns}: {out.strip()}")
-        return m.group(1)
-
-    def _remote(self, i: int, j: int, mac: str) -> None:
-        ns = self.node_ns(i)
-        ip("neigh", "replace", f"10.245.{j}.0", "lladdr", mac, "dev", "flannel.1",
-           "nud", "permanent", ns=ns)
-        run(in_netns(ns, ["bridge", "fdb", "replace", mac, "dev", "flannel.1",
-                          "dst", self.node_ip(j), "self", "permanent"]))
-        ip("route", "replace", f"10.245.{j}.0/24", "via", f"10.245.{j}.0", "dev", "flannel.1",
-           "onlink", ns=ns)
-
-    def down(self) -> None:
-        for name in reversed(self.made):
-            delete_netns(name)
-        self.made.clear()
-
-    def paths(self) -> tuple[Path_, Path_]:
-        return (Path_("anchor node-to-node", self.node_ns(1), self.node_ns(2), self.node_ip(2)),
-                Path_("anchor pod-to-pod", self.pod_ns(1), self.pod_ns(2), self.pod_ip(2)))
+@dataclass(frozen=True)
+class Arm:
+    """One lab as the benchmark sees it: its underlay path and its overlay path."""
+    name: str
+    node: Path_
+    pod: Path_
 
 
-def lab_paths(lab: Lab) -> tuple[Path_, Path_]:
+# --- the two labs ----------------------------------------------------------------------
+def anchor_script(action: str, udpcsum: str = "") -> None:
+    run(["bash", str(ANCHOR_SCRIPT), action], timeout=60,
+        env={**os.environ, "PREFIX": ANCHOR_PREFIX, "NODES": "2", "UDPCSUM": udpcsum})
+
+
+def anchor_arm(prefix: str = ANCHOR_PREFIX) -> Arm:
+    """The paths through lab-by-hand.sh's namespaces (the addresses its header names)."""
+    return Arm("anchor",
+               Path_("anchor node-to-node", f"{prefix}-node1", f"{prefix}-node2", "192.168.1.12"),
+               Path_("anchor pod-to-pod", f"{prefix}-pod1", f"{prefix}-pod2", "10.245.2.2"))
+
+
+def lab_arm(lab: Lab) -> Arm:
     if lab.state is None:
         raise RuntimeError("the overlay lab is not up")
     a, b = lab.state.pods_of("node1")[0], lab.state.pods_of("node2")[0]
     if b.ip is None:
         raise RuntimeError(f"pod {b.name} has no address")
-    return (Path_("overlay node-to-node", lab.spec.node_ns("node1"), lab.spec.node_ns("node2"),
-                  str(lab.spec.node_ip("node2"))),
-            Path_("overlay pod-to-pod", lab.spec.pod_ns(a.name), lab.spec.pod_ns(b.name), b.ip))
+    return Arm("overlay",
+               Path_("overlay node-to-node", lab.spec.node_ns("node1"), lab.spec.node_ns("node2"),
+                     str(lab.spec.node_ip("node2"))),
+               Path_("overlay pod-to-pod", lab.spec.pod_ns(a.name), lab.spec.pod_ns(b.name),
+                     b.ip))
 
 
-# --- measurements -----------------------------------------------------------------------
-def iperf3(path: Path_, seconds: float, port: int = 5301) -> float:
-    """TCP throughput in Gbit/s (receiver side) from path.src_ns to path.dst_ip."""
-    server = subprocess.Popen(in_netns(path.dst_ns, ["iperf3", "-s", "-1", "-p", str(port),
-                                                     "-B", path.dst_ip]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):  # until the server listens
-            probe = subprocess.run(in_netns(path.dst_ns, ["ss", "-Hltn", f"sport = :{port}"]),
-                                   capture_output=True, text=True)
-            if probe.stdout.strip():
-                break
-            time.sleep(0.02)
-        cp = subprocess.run(in_netns(path.src_ns, ["iperf3", "-c", path.dst_ip, "-p", str(port),
-                                                   "-t", f"{seconds:g}", "-J"]),
-                            capture_output=True, text=True, timeout=seconds + 20)
-        data = json.loads(cp.stdout)
-        if "error" in data:
-            raise RuntimeError(f"iperf3 {path.label}: {data['error']}")
-        return data["end"]["sum_received"]["bits_per_second"] / 1e9
-    finally:
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def rtt_us(path: Path_, count: int) -> float:
-    """Median ping RTT in microseconds."""
-    cp = subprocess.run(in_netns(path.src_ns, ["ping", "-n", "-i", "0.01", "-c", str(count),
-                                               "-W", "1", path.dst_ip]),
-                        capture_output=True, text=True, timeout=count + 10)
-    times = [float(t) for t in re.findall(r"time=([\d.]+) ms", cp.stdout)]
-    if len(times) < count // 2:
-        raise RuntimeError(f"ping {path.label}: {cp.stdout[-300:]}")
-    return statistics.median(times) * 1000
-
-
-def measure(paths: list[Path_], seconds: float, repeat: int, pings: int) -> dict[str, dict]:
-    """Rounds of every path back to back (order flipped every other round), so load from
-    other work on this shared machine hits the paths of one round alike."""
-    out: dict[str, dict[str, list[float]]] = {p.label: {"gbps": [], "rtt_us": []}
-                                              for p in paths}
-    for r in range(repeat):
-        for p in (paths if r % 2 == 0 else list(reversed(paths))):
-            out[p.label]["gbps"].append(iperf3(p, seconds))
-            out[p.label]["rtt_us"].append(rtt_us(p, pings))
-    return out
-
-
-def paired_ratio(figures: dict[str, dict], pod: str, node: str) -> list[float]:
-    """pod/node throughput within each round."""
-    # Both lists have one figure per round (measure() appends to every path each round).
-    return [p / n for p, n in zip(figures[pod]["gbps"], figures[node]["gbps"], strict=True)]
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of one iperf3 run")
-    ap.add_argument("--repeat", type=int, default=7, help="rounds (each runs every path once)")
-    ap.add_argument("--pings", type=int, default=50, help="pings per RTT sample")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = ap.parse_args()
-    if shutil.which("iperf3") is None:
-        sys.exit("iperf3 is not installed (run cmd/bootstrap.sh)")
-
+@contextmanager
+def both_labs(anchor_udpcsum: str = "") -> Iterator[tuple[Arm, Arm]]:
+    """The project's lab and the anchor, up for the block and removed after it."""
     base = tempfile.mkdtemp(prefix=f"{LAB_PREFIX}-labdir-")
     lab = Lab(LabSpec(LAB_PREFIX, base), progress=lambda m: print(f"  {m}", file=sys.stderr))
-    anchor = HandBuiltVXLAN()
     try:
         print("bringing up the overlay lab (2 nodes, 1 pod each) and the hand-built anchor",
               file=sys.stderr)
         lab.up(nodes=2, pods_per_node=1)
-        anchor.up()
-        paths = [*lab_paths(lab), *anchor.paths()]
-        for p in paths:  # warm up ARP/neighbour caches and check the path works at all
-            subprocess.run(in_netns(p.src_ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1",
-                                               p.dst_ip]),
-                           check=True, stdout=subprocess.DEVNULL)
-        figures = measure(paths, args.seconds, args.repeat, args.pings)
+        anchor_script("up", anchor_udpcsum)
+        yield lab_arm(lab), anchor_arm()
     finally:
-        anchor.down()
+        anchor_script("down")
         if lab.state is not None:
             lab.down()
         shutil.rmtree(base, ignore_errors=True)
-    report(figures, args)
 
 
-def report(figures: dict[str, dict], args: argparse.Namespace) -> None:
-    med = {k: {m: statistics.median(v[m]) for m in v} for k, v in figures.items()}
-    ours_rounds = paired_ratio(figures, "overlay pod-to-pod", "overlay node-to-node")
-    anchor_rounds = paired_ratio(figures, "anchor pod-to-pod", "anchor node-to-node")
-    # Primary: ratio of medians (robust to the single slow runs other work on this shared
-    # machine causes); the median of per-round ratios is shown beside it.
-    ours = med["overlay pod-to-pod"]["gbps"] / med["overlay node-to-node"]["gbps"]
-    anchor = med["anchor pod-to-pod"]["gbps"] / med["anchor node-to-node"]["gbps"]
-    paired = statistics.median(ours_rounds) / statistics.median(anchor_rounds)
-    rtt_ours = med["overlay pod-to-pod"]["rtt_us"] - med["overlay node-to-node"]["rtt_us"]
-    rtt_anchor = med["anchor pod-to-pod"]["rtt_us"] - med["anchor node-to-node"]["rtt_us"]
-    summary = {"seconds": args.seconds, "repeat": args.repeat, "runs": figures,
-               "ratio_rounds_overlay": ours_rounds, "ratio_rounds_anchor": anchor_rounds,
-               "ratio_overlay": ours, "ratio_anchor": anchor, "ours_vs_anchor": ours / anchor,
-               "ours_vs_anchor_paired": paired,
-               "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-               "target": 0.97, "meets_target": ours / anchor >= 0.97,
-               "rtt_overhead_us_overlay": rtt_ours, "rtt_overhead_us_anchor": rtt_anchor}
+# --- measurements ----------------------------------------------------------------------
+@contextmanager
+def servers(paths: list[Path_]) -> Iterator[None]:
+    """An iperf3 and a sockperf server at every destination, for the whole run."""
+    procs = []
+    try:
+        for p in paths:
+            for argv in (["iperf3", "-s", "-p", str(IPERF_PORT), "-B", p.dst_ip],
+                         ["sockperf", "server", "--tcp", "-i", p.dst_ip, "-p",
+                          str(SOCKPERF_PORT)]):
+                procs.append(subprocess.Popen(in_netns(p.dst_ns, argv),
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        for p in paths:
+            wait_listening(p, IPERF_PORT)
+            wait_listening(p, SOCKPERF_PORT)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_listening(path: Path_, port: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = subprocess.run(in_netns(path.dst_ns, ["ss", "-Hltn", f"sport = :{port}"]),
+                               capture_output=True, text=True)
+        if probe.stdout.strip():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {path.dst_ip}:{port} in {path.dst_ns}")
+
+
+def iperf3(path: Path_, seconds: int, *extra: str) -> dict[str, Any]:
+    cp = subprocess.run(in_netns(path.src_ns, ["iperf3", "-c", path.dst_ip, "-p",
+                                               str(IPERF_PORT), "-t", str(seconds), "-J",
+                                               *extra]),
+                        capture_output=True, text=True, timeout=seconds + 20)
+    data: dict[str, Any] = json.loads(cp.stdout)
+    if "error" in data:
+        raise RuntimeError(f"iperf3 {path.label}: {data['error']}")
+    return data
+
+
+def bulk_gbps(path: Path_, seconds: int, streams: int = 1) -> float:
+    """TCP throughput in Gbit/s, receiver side."""
+    data = iperf3(path, seconds, "-P", str(streams))
+    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def small_kpps(path: Path_, seconds: int) -> float:
+    """64-byte UDP datagrams the receiver got per second, in thousands (sent flat out)."""
+    s = iperf3(path, seconds, "-u", "-b", "0", "-l", "64")["end"]["sum"]
+    return (int(s["packets"]) - int(s["lost_packets"])) / float(s["seconds"]) / 1e3
+
+
+def rr_us(path: Path_, seconds: int) -> float:
+    """TCP request/response: sockperf ping-pong's median round trip, in microseconds (the
+    median: a descheduled moment on this shared machine moves the mean by tens of us)."""
+    cp = subprocess.run(in_netns(path.src_ns, ["sockperf", "ping-pong", "--tcp", "-i",
+                                               path.dst_ip, "-p", str(SOCKPERF_PORT), "-t",
+                                               str(seconds), "-m", "64"]),
+                        capture_output=True, text=True, timeout=seconds + 20)
+    m = re.search(r"percentile 50\.000 = +([\d.]+)", cp.stdout)
+    if m is None:
+        raise RuntimeError(f"sockperf {path.label}: {(cp.stdout + cp.stderr)[-300:]}")
+    # sockperf reports half the round trip
+    return 2 * float(m.group(1))
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    higher_is_better: bool
+    measure: Callable[[Path_, argparse.Namespace], float]
+
+
+METRICS = (
+    Metric("bulk TCP", "Gbit/s", True, lambda p, a: bulk_gbps(p, a.seconds)),
+    Metric("parallel TCP", "Gbit/s", True, lambda p, a: bulk_gbps(p, a.seconds, a.streams)),
+    Metric("TCP req/resp", "us", False, lambda p, a: rr_us(p, a.short)),
+    Metric("64 B UDP rate", "kpps", True, lambda p, a: small_kpps(p, a.short)),
+)
+
+
+def measure_arm(arm: Arm, args: argparse.Namespace, flip: bool) -> dict[str, dict[str, float]]:
+    """Every metric on the arm's pod path and node path back to back; ``rel`` is the pod's
+    share of the node's performance (pod/node for rates, node/pod for latency)."""
+    out = {}
+    for m in METRICS:
+        order = (arm.node, arm.pod) if flip else (arm.pod, arm.node)
+        got = {p.label: m.measure(p, args) for p in order}
+        pod, node = got[arm.pod.label], got[arm.node.label]
+        out[m.name] = {"pod": pod, "node": node,
+                       "rel": pod / node if m.higher_is_better else node / pod}
+    return out
+
+
+# --- the schedule and the statistics ---------------------------------------------------
+# A block's slots: (arm, side) with side "x" (the tested) or "y" (the reference).
+BLOCKS = {"ABBA": (("ours", "x"), ("anchor", "y"), ("anchor", "y"), ("ours", "x")),
+          "BAAB": (("anchor", "y"), ("ours", "x"), ("ours", "x"), ("anchor", "y")),
+          "control": (("anchor", "y"), ("anchor", "x"), ("anchor", "x"), ("anchor", "y"))}
+CYCLE = ("ABBA", "BAAB", "control")
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def block_ratio(slots: list[dict[str, Any]], metric: str) -> float:
+    """The tested side's geometric mean of ``rel`` over the reference side's."""
+    x = [s["figures"][metric]["rel"] for s in slots if s["side"] == "x"]
+    y = [s["figures"][metric]["rel"] for s in slots if s["side"] == "y"]
+    return geomean(x) / geomean(y)
+
+
+def bootstrap_median(xs: list[float], level: float = 0.90, draws: int = 4000,
+                     seed: int = 1) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median (blocks resampled with replacement);
+    a fixed seed so a report can be recomputed from its JSON."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(draws))
+    tail = (1 - level) / 2
+    return meds[int(tail * draws)], meds[min(draws - 1, int((1 - tail) * draws))]
+
+
+def summarize(blocks: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for m in METRICS:
+        ratios = [block_ratio(b["slots"], m.name) for b in blocks if (b["kind"] == "control")
+                  == (kind == "control")]
+        if not ratios:
+            continue
+        low, high = bootstrap_median(ratios)
+        out[m.name] = {"median": statistics.median(ratios), "low": low, "high": high,
+                       "blocks": ratios}
+    return out
+
+
+def run_blocks(arms: dict[str, Arm], args: argparse.Namespace,
+               started: float) -> list[dict[str, Any]]:
+    """Blocks in CYCLE order until the next would end past the budget (at least two
+    tested blocks, so there is a median to give)."""
+    blocks: list[dict[str, Any]] = []
+    longest = 0.0
+    for n in range(10_000):
+        kind = CYCLE[n % len(CYCLE)]
+        elapsed = time.monotonic() - started
+        tested = sum(b["kind"] != "control" for b in blocks)
+        if tested >= 2 and elapsed + longest > args.budget:
+            break
+        t0 = time.monotonic()
+        slots = []
+        for i, (arm, side) in enumerate(BLOCKS[kind]):
+            slots.append({"arm": arm, "side": side,
+                          "figures": measure_arm(arms[arm], args, flip=bool((n + i) % 2))})
+        longest = max(longest, time.monotonic() - t0)
+        blocks.append({"kind": kind, "slots": slots})
+        print(f"  block {n + 1} ({kind}) in {time.monotonic() - t0:.0f} s: bulk "
+              f"{block_ratio(slots, METRICS[0].name):.3f}", file=sys.stderr)
+    return blocks
+
+
+# --- kernel state, side by side --------------------------------------------------------
+LINK_KEYS = ("mtu", "qdisc", "txqlen", "promiscuity", "num_tx_queues", "num_rx_queues",
+             "gso_max_size", "gso_max_segs", "gro_max_size", "tso_max_size", "tso_max_segs")
+# Attributes that name or number a thing rather than set how it behaves.
+IGNORED = {"id", "local", "link", "port", "no", "root_id", "bridge_id", "designated_root",
+           "designated_bridge", "designated_port", "designated_cost", "port_id", "port_no",
+           "hello_timer", "topology_change_timer", "gc_timer", "message_age_timer",
+           "forward_delay_timer", "hold_timer", "config_pending", "group_addr",
+           "root_port", "root_path_cost", "topology_change", "topology_change_detected",
+           "tcn_timer"}
+
+
+def link_state(ns: str) -> dict[str, dict[str, Any]]:
+    """Each link's behaviour-setting attributes by role (not by name: the labs name their
+    devices differently), with ``ethtool -k``'s features."""
+    links = json.loads(run(["ip", "-n", ns, "-d", "-j", "link", "show"]).stdout)
+    kinds = {ln["ifname"]: ln.get("linkinfo", {}).get("info_kind", "") for ln in links}
+    out = {}
+    for ln in links:
+        info = ln.get("linkinfo", {})
+        kind = info.get("info_kind", "")
+        master = ln.get("master")
+        role = ("lo" if ln["ifname"] == "lo" else kind if kind in ("vxlan", "bridge")
+                else f"veth on {kinds.get(master, '')}" if master else
+                "eth0" if ln["ifname"] == "eth0" else ln["ifname"])
+        attrs: dict[str, Any] = {k: ln.get(k) for k in LINK_KEYS}
+        for section in ("info_data", "info_slave_data"):
+            for k, v in info.get(section, {}).items():
+                if k not in IGNORED:
+                    attrs[f"{section}.{k}"] = v
+        features = run(in_netns(ns, ["ethtool", "-k", ln["ifname"]]), check=False).stdout
+        for line in features.splitlines()[1:]:
+            name, _, value = line.strip().partition(": ")
+            attrs[f"ethtool.{name}"] = value
+        out[role] = attrs
+    return out
+
+
+SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables",
+           "net/bridge/bridge-nf-call-arptables", "net/ipv4/conf/all/rp_filter",
+           "net/ipv4/conf/default/rp_filter", "net/core/netdev_max_backlog",
+           "net/ipv4/tcp_congestion_control")
+
+
+def ns_state(ns: str) -> dict[str, Any]:
+    state: dict[str, Any] = {f"link {role}": v for role, v in link_state(ns).items()}
+    sysctls = run(in_netns(ns, ["sysctl", "-e", *[s.replace("/", ".") for s in SYSCTLS]]),
+                  check=False).stdout
+    state["sysctl"] = dict(line.split(" = ", 1) for line in sysctls.splitlines()
+                           if " = " in line)
+    rules = run(in_netns(ns, ["nft", "list", "ruleset"]), check=False).stdout
+    state["nft hooks"] = sorted(re.findall(r"type \w+ hook \w+", rules))
+    state["conntrack entries"] = run(in_netns(ns, ["sh", "-c", "cat /proc/sys/net/netfilter/"
+                                                   "nf_conntrack_count 2>/dev/null || true"]),
+                                     check=False).stdout.strip()
+    return state
+
+
+def diff_states(ours: dict[str, Any], anchor: dict[str, Any]) -> list[str]:
+    """``key: ours | anchor`` for every setting the two labs hold differently."""
+    lines = []
+    for part in sorted(set(ours) | set(anchor)):
+        a, b = ours.get(part), anchor.get(part)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    lines.append(f"{part}: {k}: {a.get(k)} | {b.get(k)}")
+        elif a != b:
+            lines.append(f"{part}: {a} | {b}")
+    return lines
+
+
+def compare(arms: dict[str, Arm]) -> dict[str, tuple[int, list[str]]]:
+    """Per namespace pair (node 1's, pod 1's): how many settings were compared, and the
+    differences."""
+    ours, anchor = arms["ours"], arms["anchor"]
+    pairs = {"node": (ours.node.src_ns, anchor.node.src_ns),
+             "pod": (ours.pod.src_ns, anchor.pod.src_ns)}
+    out = {}
+    for where, (a, b) in pairs.items():
+        sa, sb = ns_state(a), ns_state(b)
+        count = sum(len(v) if isinstance(v, dict) else 1 for v in sa.values())
+        out[where] = (count, diff_states(sa, sb))
+    return out
+
+
+# --- knobs, tried on the project's lab only ---------------------------------------------
+def links(ns: str) -> list[dict[str, Any]]:
+    return list(json.loads(run(["ip", "-n", ns, "-d", "-j", "link", "show"]).stdout))
+
+
+def ethtool_k(ns: str, dev: str, *features: str) -> None:
+    run(in_netns(ns, ["ethtool", "-K", dev, *features]))
+
+
+def veths_gro(arm: Arm) -> None:
+    """GRO on every veth end the network made (node side and pod side): NAPI on veth."""
+    for ns in {arm.node.src_ns, arm.node.dst_ns, arm.pod.src_ns, arm.pod.dst_ns}:
+        for ln in links(ns):
+            if ln.get("linkinfo", {}).get("info_kind") == "veth" and (
+                    ln.get("master") or ns in (arm.pod.src_ns, arm.pod.dst_ns)):
+                ethtool_k(ns, ln["ifname"], "gro", "on")
+
+
+def vxlan_tx_csum_off(arm: Arm) -> None:
+    """Flannel's NAT workaround (flannel#1929): no TX checksum offload on the VXLAN device."""
+    for ns in (arm.node.src_ns, arm.node.dst_ns):
+        for ln in links(ns):
+            if ln.get("linkinfo", {}).get("info_kind") == "vxlan":
+                ethtool_k(ns, ln["ifname"], "tx-checksum-ip-generic", "off")
+
+
+TWEAKS: dict[str, Callable[[Arm], None]] = {"veth-gro": veths_gro,
+                                           "vxlan-tx-csum-off": vxlan_tx_csum_off}
+
+
+# --- main ------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=float, default=540.0,
+                    help="seconds the whole run may take, set-up included (default 540)")
+    ap.add_argument("--seconds", type=int, default=1, help="length of one TCP run")
+    ap.add_argument("--short", type=int, default=1,
+                    help="length of one latency or small-packet run")
+    ap.add_argument("--streams", type=int, default=4, help="streams of the parallel run")
+    ap.add_argument("--tweak", action="append", default=[], choices=sorted(TWEAKS),
+                    help="apply a knob to the project's lab only (repeatable)")
+    ap.add_argument("--anchor-udpcsum", choices=("on", "off"), default="",
+                    help="the anchor's flannel.1 with (or without) outer UDP checksums")
+    ap.add_argument("--compare", action="store_true",
+                    help="print how the two labs' kernel state differs, and stop")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--save", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = ap.parse_args()
+    if args.budget <= 0 or args.seconds < 1 or args.short < 1 or args.streams < 1:
+        sys.exit("error: --budget, --seconds, --short and --streams must be positive")
+    missing = [t for t in ("iperf3", "sockperf", "ethtool") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"error: {', '.join(missing)} not installed (run cmd/bootstrap.sh --test)")
+    started = time.monotonic()
+    with ExitStack() as stack:
+        ours, anchor = stack.enter_context(both_labs(args.anchor_udpcsum))
+        arms = {"ours": ours, "anchor": anchor}
+        for name in args.tweak:
+            TWEAKS[name](ours)
+        for arm in arms.values():  # warm up neighbour caches and check each path works
+            for p in (arm.node, arm.pod):
+                run(in_netns(p.src_ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1", p.dst_ip]))
+        if args.compare:
+            for where, (count, lines) in compare(arms).items():
+                print(f"{where}: {len(lines)} difference(s) in {count} settings "
+                      "(overlay | anchor)")
+                for line in lines:
+                    print(f"  {line}")
+            return
+        stack.enter_context(servers([p for a in arms.values() for p in (a.node, a.pod)]))
+        blocks = run_blocks(arms, args, started)
+    report(blocks, args, time.monotonic() - started)
+
+
+def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) -> None:
+    tested, control = summarize(blocks, "tested"), summarize(blocks, "control")
+    bulk = tested[METRICS[0].name]
+    met = bulk["median"] >= TARGET_MEDIAN and bulk["low"] >= TARGET_LOW
+    absolute: dict[str, dict[str, float]] = {}
+    for m in METRICS:
+        for arm in ("ours", "anchor"):
+            for side in ("pod", "node"):
+                vals = [s["figures"][m.name][side] for b in blocks for s in b["slots"]
+                        if s["arm"] == arm]
+                absolute.setdefault(m.name, {})[f"{arm} {side}"] = statistics.median(vals)
+    summary = {"blocks": blocks, "tested": tested, "control": control, "absolute": absolute,
+               "tweaks": args.tweak, "anchor_udpcsum": args.anchor_udpcsum,
+               "seconds": args.seconds, "short": args.short,
+               "streams": args.streams,
+               "took_s": took, "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+               "target": {"median": TARGET_MEDIAN, "low": TARGET_LOW}, "met": met}
+    if args.save:
+        atomic_write(args.save, json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"iperf3 TCP, {args.repeat} rounds x {args.seconds:g} s per path; ping RTT "
-          f"median of {args.pings} x {args.repeat}")
-    print(f"{'path':<24}{'Gbit/s (median)':>16}{'RTT us':>8}   runs (Gbit/s)")
-    for label, v in figures.items():
-        runs = ", ".join(f"{g:.2f}" for g in v["gbps"])
-        print(f"{label:<24}{med[label]['gbps']:>16.2f}{med[label]['rtt_us']:>8.0f}   {runs}")
-    print("pod/node ratio per round: overlay " + ", ".join(f"{x:.2f}" for x in ours_rounds)
-          + "; anchor " + ", ".join(f"{x:.2f}" for x in anchor_rounds))
-    print(f"pod/node ratio (median pod / median node): overlay {ours:.3f}, anchor (hand-built "
-          f"Flannel-style) {anchor:.3f}")
-    print(f"overlay ratio / anchor ratio = {ours / anchor:.3f} (target >= 0.97: "
-          f"{'met' if ours / anchor >= 0.97 else 'NOT met'}); from per-round ratios: "
-          f"{paired:.3f}; load average {' '.join(summary['loadavg'])}")
-    print(f"RTT overhead pod-to-pod over node-to-node: overlay {rtt_ours:+.0f} us, "
-          f"anchor {rtt_anchor:+.0f} us")
+    n_t = sum(b["kind"] != "control" for b in blocks)
+    if args.tweak:
+        print(f"knobs on the project's lab only: {', '.join(args.tweak)}")
+    if args.anchor_udpcsum:
+        print(f"the anchor's flannel.1 with udpcsum {args.anchor_udpcsum}")
+    print(f"{n_t} tested blocks (ABBA/BAAB) and {len(blocks) - n_t} control blocks (anchor vs "
+          f"itself) in {took:.0f} s; TCP runs {args.seconds} s, latency/small-packet runs "
+          f"{args.short} s; load average {' '.join(summary['loadavg'])}")
+    print(f"{'metric':<16}{'overlay/anchor':>15}{'90% interval':>16}{'control':>9}"
+          f"{'its interval':>16}   medians: overlay pod/node, anchor pod/node")
+    for m in METRICS:
+        t, c = tested[m.name], control.get(m.name)
+        a = absolute[m.name]
+        ctl = (f"{c['median']:>9.3f}{c['low']:>8.3f}-{c['high']:<7.3f}" if c else f"{'-':>9}"
+               f"{'-':>16}")
+        print(f"{m.name:<16}{t['median']:>15.3f}{t['low']:>8.3f}-{t['high']:<7.3f}{ctl}   "
+              f"{a['ours pod']:.3g}/{a['ours node']:.3g}, {a['anchor pod']:.3g}/"
+              f"{a['anchor node']:.3g} {m.unit}")
+    print(f"bulk TCP: median {bulk['median']:.3f}, interval low {bulk['low']:.3f}: target "
+          f"(median >= {TARGET_MEDIAN}, low >= {TARGET_LOW}) {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ VENV=${OVERLAY_VENV:-$ROOT/.venv}
 APT_PACKAGES=(
   python3 python3-venv python3-pip
   etcd-server etcd-client
-  iproute2 iputils-ping iperf3 libpcap0.8
+  iproute2 iputils-ping iperf3 libpcap0.8 sockperf ethtool
   nftables iptables conntrack procps openssl ca-certificates
   containernetworking-plugins
 )

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from overlay.cluster.keys import pods_prefix
 from overlay.cluster.pods import (
     DEFAULT_NAMESPACE,
@@ -271,11 +273,13 @@ class PodPublisher:
     """Keeps ``pods/`` equal to this node's attachments (see the module docstring)."""
 
     def __init__(self, store: ObjectStore, node: str, data_dir: str,
-                 own_subnet: Callable[[], IPv4Network | None]):
+                 own_subnet: Callable[[], IPv4Network | None],
+                 on_reject: Callable[[], None] = lambda: None):
         self.store = store
         self.node = node
         self.data_dir = data_dir
         self.own_subnet = own_subnet
+        self.on_reject = on_reject  # overlayd's metric
         self.rejected = 0  # metadata problems and name conflicts, each counted once
         self._warned: set[tuple[str, str]] = set()
 
@@ -286,6 +290,7 @@ class PodPublisher:
             self._warned.clear()
         self._warned.add((what, problem))
         self.rejected += 1
+        self.on_reject()
         log.warning("pod registry: %s: %s", what, problem)
 
     def reconcile(self) -> Outcome | None:
@@ -409,10 +414,17 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
 
 
 def pod_threads(store: ObjectStore, node: str, data_dir: str,
-                own_subnet: Callable[[], IPv4Network | None], stop: threading.Event
+                own_subnet: Callable[[], IPv4Network | None], stop: threading.Event,
+                metrics: CollectorRegistry | None = None
                 ) -> list[tuple[str, Callable[[], None]]]:
-    """The daemon's pod-registry threads (``Daemon._cluster_threads``)."""
-    publisher = PodPublisher(store, node, data_dir, own_subnet)
+    """The daemon's pod-registry threads (``Daemon._cluster_threads``); their rejections
+    counted in ``metrics`` (overlayd's /metrics)."""
+    on_reject: Callable[[], None] = lambda: None  # noqa: E731
+    if metrics is not None:
+        on_reject = Counter(
+            "overlay_pod_metadata_rejected", "Problems in this node's pod metadata files "
+            "and pod name conflicts, each counted once (see the log)", registry=metrics).inc
+    publisher = PodPublisher(store, node, data_dir, own_subnet, on_reject)
     return [("pod-publisher", lambda: publisher.run(stop)),
             ("pod-lease-gc", lambda: watch_gone_leases(store, stop))]
 

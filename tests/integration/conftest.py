@@ -1,5 +1,10 @@
 import pytest
 
+from overlay.cli import cli
+from overlay.cluster.store import ObjectStore
+from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.registry import EtcdRegistry
+
 from .support.etcd_server import EtcdServer
 
 
@@ -11,3 +16,26 @@ def etcd_server():
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def store(etcd_server):
+    """The cluster's object store on ``etcd_server``."""
+    reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
+    try:
+        yield ObjectStore(reg)
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def ctl(etcd_server):
+    """``ctl(*args, input=None)``: overlayctl against ``etcd_server``, in process."""
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+
+    def run(*args, input=None):
+        return runner.invoke(cli, ["--etcd-endpoints", etcd_server.endpoint, *args],
+                             input=input, catch_exceptions=False)
+    return run

@@ -6,20 +6,9 @@ import pytest
 
 from overlay.cluster.keys import schema_key
 from overlay.cluster.schema import SCHEMA_VERSION, ensure_schema, parse_schema, read_schema
-from overlay.cluster.store import ObjectStore
-from overlay.subnet.etcdconf import make_etcd_options
-from overlay.subnet.registry import EtcdRegistry
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def store(etcd_server):
-    reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
-    try:
-        yield ObjectStore(reg)
-    finally:
-        reg.close()
 
 
 def test_absent_is_created_and_then_read(store):

@@ -5,20 +5,8 @@ import time
 
 import pytest
 
-from overlay.cluster.store import ObjectStore
-from overlay.subnet.etcdconf import make_etcd_options
-from overlay.subnet.registry import EtcdRegistry
-
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def store(etcd_server):
-    reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
-    try:
-        yield ObjectStore(reg)
-    finally:
-        reg.close()
 
 
 def test_create_replace_delete(store):

@@ -9,37 +9,16 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from click.testing import CliRunner
 
-from overlay.cli import cli
 from overlay.cluster.keys import heartbeat_key, node_key, pod_key, pods_prefix
 from overlay.cluster.mesh import PeerCheck, summarize
 from overlay.cluster.nodes import NodeRecord
 from overlay.cluster.pods import PodRecord, encode_pod
 from overlay.cluster.store import ObjectStore
 from overlay.lease import LeaseAttrs
-from overlay.subnet.etcdconf import make_etcd_options
-from overlay.subnet.registry import EtcdRegistry
 
 pytestmark = pytest.mark.integration
 
-@pytest.fixture
-def store(etcd_server):
-    reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
-    try:
-        yield ObjectStore(reg)
-    finally:
-        reg.close()
-
-
-@pytest.fixture
-def ctl(etcd_server):
-    runner = CliRunner()
-
-    def run(*args):
-        return runner.invoke(cli, ["--etcd-endpoints", etcd_server.endpoint, *args],
-                             catch_exceptions=False)
-    return run
 
 
 def net(i: int) -> IPv4Network:

@@ -24,15 +24,6 @@ pytestmark = pytest.mark.integration
 OVERLAYCTL = os.path.join(os.path.dirname(sys.executable), "overlayctl")
 
 
-@pytest.fixture
-def ctl(etcd_server):
-    runner = CliRunner()
-
-    def run(*args, input=None):
-        return runner.invoke(cli, ["--etcd-endpoints", etcd_server.endpoint, *args],
-                             input=input, catch_exceptions=False)
-    return run
-
 
 @pytest.fixture
 def registry(etcd_server):

@@ -3,6 +3,7 @@ writes IPAM records and pod metadata, the publisher (as overlayd runs it) reconc
 into a real etcd, and overlayctl reads them back."""
 
 import json
+import os
 import threading
 import time
 from dataclasses import replace
@@ -276,6 +277,29 @@ def test_a_bad_record_is_rejected_alone_in_the_listing(etcd_server, store, node,
     assert r.exit_code == 0
     assert [p["name"] for p in json.loads(r.stdout)] == ["web-1"]
     assert "1 pod record(s) rejected" in r.stderr
+
+
+def test_a_bad_metadata_file_is_counted_once_in_overlayds_metrics(store, node):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from overlay.cni import podmeta
+    from overlay.daemon.podpublisher import pod_threads
+    node.add("c1", node.pod(), conf=conf(node), env=k8s("shop", "web-1"))
+    (network,) = [d for d in os.listdir(node.data_dir)
+                  if os.path.isdir(os.path.join(node.data_dir, d))]
+    meta = os.path.join(podmeta.meta_dir(node.data_dir, network),
+                        podmeta.meta_file_name("c1", "eth0"))
+    with open(meta, "w") as f:
+        f.write('{"namespace": "Not A Namespace!", "name": "web-1"}')
+    registry = CollectorRegistry()
+    pod_threads(store, "node1", node.data_dir, lambda: net(1), threading.Event(), registry)
+    counted = []
+    publisher = PodPublisher(store, "node1", node.data_dir, lambda: net(1),
+                             lambda: counted.append(1))
+    publisher.reconcile()
+    publisher.reconcile()  # the same problem again: logged and counted once
+    assert counted == [1]
+    assert b"overlay_pod_metadata_rejected_total 0.0" in generate_latest(registry)
 
 
 def test_diagnose_reads_the_registry_and_finds_a_shared_ip(etcd_server, store, registry, node):

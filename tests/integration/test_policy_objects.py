@@ -6,14 +6,9 @@ import os
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from overlay.cli import cli
 from overlay.cluster import keys
-from overlay.cluster.store import ObjectStore
 from overlay.policy import objects
-from overlay.subnet.etcdconf import make_etcd_options
-from overlay.subnet.registry import EtcdRegistry
 
 from ..policy.cases import policy
 
@@ -22,23 +17,6 @@ pytestmark = pytest.mark.integration
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
 
-@pytest.fixture
-def store(etcd_server):
-    reg = EtcdRegistry(make_etcd_options(etcd_server.endpoint, timeout=3.0))
-    try:
-        yield ObjectStore(reg)
-    finally:
-        reg.close()
-
-
-@pytest.fixture
-def ctl(etcd_server):
-    runner = CliRunner()
-
-    def run(*args, input=None):
-        return runner.invoke(cli, ["--etcd-endpoints", etcd_server.endpoint, *args],
-                             input=input, catch_exceptions=False)
-    return run
 
 
 def everything(store):

@@ -1,0 +1,141 @@
+"""bench/bench_dataplane.py's schedule and statistics, and lab-by-hand.sh's input checks.
+
+The measurements themselves need two labs and root (the benchmark run is their test);
+what is checked here is what turns figures into the verdict: the ABBA/BAAB/control
+schedule and its budget, the per-block ratio, the bootstrap interval, the state diff.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_dataplane",
+                                                  ROOT / "bench" / "bench_dataplane.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_dataplane"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bd = _load()
+
+
+def slot(arm: str, side: str, rel: float) -> dict[str, Any]:
+    return {"arm": arm, "side": side,
+            "figures": {m.name: {"pod": rel, "node": 1.0, "rel": rel} for m in bd.METRICS}}
+
+
+def test_block_ratio_is_geometric_mean_of_tested_over_reference() -> None:
+    slots = [slot("ours", "x", 0.8), slot("anchor", "y", 0.5), slot("anchor", "y", 2.0),
+             slot("ours", "x", 1.25)]
+    # geomean(0.8, 1.25) = 1.0, geomean(0.5, 2.0) = 1.0
+    assert bd.block_ratio(slots, "bulk TCP") == pytest.approx(1.0)
+    slots[0] = slot("ours", "x", 3.2)
+    assert bd.block_ratio(slots, "bulk TCP") == pytest.approx(2.0)
+
+
+def test_bootstrap_interval_brackets_the_median_and_is_reproducible() -> None:
+    xs = [0.96, 0.99, 1.0, 1.01, 1.02, 1.03, 1.05, 0.97, 1.0]
+    low, high = bd.bootstrap_median(xs)
+    assert low <= 1.0 <= high
+    assert min(xs) <= low and high <= max(xs)
+    assert bd.bootstrap_median(xs) == (low, high)
+    assert bd.bootstrap_median([1.0] * 5) == (1.0, 1.0)
+
+
+def test_summarize_keeps_control_blocks_apart() -> None:
+    tested = {"kind": "ABBA", "slots": [slot("ours", "x", 1.1), slot("anchor", "y", 1.0),
+                                         slot("anchor", "y", 1.0), slot("ours", "x", 1.1)]}
+    control = {"kind": "control", "slots": [slot("anchor", "y", 1.0), slot("anchor", "x", 0.9),
+                                             slot("anchor", "x", 0.9), slot("anchor", "y", 1.0)]}
+    blocks = [tested, control, tested]
+    t, c = bd.summarize(blocks, "tested"), bd.summarize(blocks, "control")
+    assert t["bulk TCP"]["blocks"] == pytest.approx([1.1, 1.1])
+    assert c["bulk TCP"]["blocks"] == pytest.approx([0.9])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_blocks_follow_the_cycle_and_stop_within_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    measured: list[str] = []
+
+    def fake_measure(arm: Any, args: Any, flip: bool) -> dict[str, dict[str, float]]:
+        measured.append(arm.name)
+        clock.sleep(10.0)  # a slot takes 10 s: a block 40 s
+        return slot(arm.name, "", 1.0)["figures"]
+
+    monkeypatch.setattr(bd, "time", clock)
+    monkeypatch.setattr(bd, "measure_arm", fake_measure)
+    ours = bd.Arm("overlay", *(bd.Path_("", "", "", ""),) * 2)
+    anchor = bd.Arm("anchor", *(bd.Path_("", "", "", ""),) * 2)
+    args = type("Args", (), {"budget": 200.0})()
+    blocks = bd.run_blocks({"ours": ours, "anchor": anchor}, args, started=0.0)
+    assert [b["kind"] for b in blocks] == ["ABBA", "BAAB", "control", "ABBA", "BAAB"]
+    assert clock.now <= 200.0
+    assert measured[:4] == ["overlay", "anchor", "anchor", "overlay"]
+    assert measured[8:12] == ["anchor"] * 4  # the control block: the anchor alone
+    # Even a budget too small for one block gives two tested blocks (a median to report).
+    clock.now = 0.0
+    args.budget = 1.0
+    assert [b["kind"] for b in bd.run_blocks({"ours": ours, "anchor": anchor}, args, 0.0)] \
+        == ["ABBA", "BAAB"]
+
+
+def test_measure_arm_inverts_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    pod, node = bd.Path_("pod", "a", "b", "1"), bd.Path_("node", "c", "d", "2")
+    values = {"pod": 4.0, "node": 2.0}
+    monkeypatch.setattr(bd, "METRICS", (
+        bd.Metric("rate", "x", True, lambda p, a: values[p.label]),
+        bd.Metric("latency", "us", False, lambda p, a: values[p.label])))
+    got = bd.measure_arm(bd.Arm("a", node, pod), None, flip=False)
+    assert got["rate"]["rel"] == 2.0 and got["latency"]["rel"] == 0.5
+
+
+def test_diff_states_names_only_what_differs() -> None:
+    ours = {"link vxlan": {"mtu": 1450, "ethtool.gro": "on"}, "sysctl": {"a": "1"},
+            "nft hooks": ["type nat hook postrouting"]}
+    anchor = {"link vxlan": {"mtu": 1450, "ethtool.gro": "off"}, "sysctl": {"a": "1"},
+              "nft hooks": []}
+    assert bd.diff_states(ours, anchor) == [
+        "link vxlan: ethtool.gro: on | off",
+        "nft hooks: ['type nat hook postrouting'] | []"]
+    assert bd.diff_states(ours, ours) == []
+
+
+@pytest.mark.parametrize("env, argv, message", [
+    ({"NODES": "x"}, ["up"], "NODES must be a number from 2 to 200, not 'x'"),
+    ({"NODES": "1"}, ["up"], "NODES must be a number from 2 to 200, not 1"),
+    ({}, ["sideways"], "usage:"),
+    ({"UDPCSUM": "maybe"}, ["up"], "UDPCSUM must be on or off, not 'maybe'"),
+])
+def test_lab_by_hand_rejects_bad_input_in_one_line(env: dict[str, str], argv: list[str],
+                                                   message: str) -> None:
+    cp = subprocess.run(["bash", str(ROOT / "bench" / "lab-by-hand.sh"), *argv],
+                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env},
+                        capture_output=True, text=True)
+    assert cp.returncode != 0
+    assert message in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    assert cp.stdout == ""
