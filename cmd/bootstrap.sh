@@ -14,7 +14,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-pip
   etcd-server etcd-client
   iproute2 iputils-ping iperf3 libpcap0.8 sockperf ethtool
-  nftables iptables procps openssl ca-certificates
+  nftables iptables conntrack procps openssl ca-certificates
   containernetworking-plugins
 )
 # What only the test suite needs (`bootstrap.sh --test`): a real container runtime for the

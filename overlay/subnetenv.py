@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from ipaddress import IPv4Interface, IPv4Network
 from typing import NamedTuple
 
@@ -88,3 +89,13 @@ def write_subnet_env(path: str, env: SubnetEnv) -> None:
         atomic_write(path, env.format(), mode=0o644)
     except OSError as e:
         raise SubnetEnvError(f"cannot write {path} (--subnet-file): {e.strerror}") from e
+
+
+POLICY_MARKER = "policy-enforced"
+
+
+def policy_marker_path(subnet_file: str) -> str:
+    """The file overlayd keeps beside subnet.env while NetworkPolicies are in force: the
+    CNI plugin's in-process fallback, which knows no policy, refuses an ADD while it
+    exists (one ``stat``), rather than create a pod nothing filters."""
+    return os.path.join(os.path.dirname(subnet_file) or ".", POLICY_MARKER)

@@ -24,6 +24,7 @@ from overlay.masq import iptables as masq
 from overlay.netlink import netns, pod
 from overlay.netlink.link import Link
 from overlay.netlink.rtnl import Rtnl
+from overlay.subnetenv import policy_marker_path
 from overlay.util import lazylog
 
 log = lazylog.get_logger(__name__)
@@ -365,3 +366,19 @@ def cmd_gc(req: Request) -> None:
 
 HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status,
             "GC": cmd_gc}
+
+
+def cmd_add_unenforced(req: Request) -> dict[str, Any]:
+    """ADD where no NetworkPolicy is known (the in-process fallback, ``overlay-cni
+    serve``): refused with "try again" (11) while overlayd's marker says policies are in
+    force, rather than create a pod nothing filters. One ``stat``."""
+    conf = parse_netconf(req.config, req.cni_version)
+    marker = policy_marker_path(conf.subnet_file)
+    if os.path.exists(marker):
+        raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicies are in force and overlayd is "
+                       "not answering", f"{marker} exists: the pod would be unfiltered; "
+                       "retry once overlayd serves the CNI socket")
+    return cmd_add(req)
+
+
+UNENFORCED_HANDLERS = {**HANDLERS, "ADD": cmd_add_unenforced}

@@ -44,9 +44,10 @@ def setup_logging(level: int, log_file: str | None = None) -> None:
 
 def run(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
     """One CNI invocation with its I/O given (tests pass dicts and BytesIO)."""
-    from overlay.cni.commands import HANDLERS  # only when a command really runs (not for --help)
+    # only when a command really runs (not for --help); no policy is known in-process
+    from overlay.cni.commands import UNENFORCED_HANDLERS
 
-    code, out = skel.run(env, stdin.read(), HANDLERS)
+    code, out = skel.run(env, stdin.read(), UNENFORCED_HANDLERS)
     stdout.write(out)
     stdout.flush()
     return code
@@ -56,9 +57,10 @@ def serve(socket_path: str) -> int:
     import signal
     import threading
 
+    from overlay.cni.commands import UNENFORCED_HANDLERS
     from overlay.cni.server import CNIServer
 
-    server = CNIServer(socket_path)
+    server = CNIServer(socket_path, UNENFORCED_HANDLERS)  # no overlayd: no policy known
     try:
         server.bind()
     except OSError as e:

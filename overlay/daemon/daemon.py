@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,6 +59,7 @@ from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setu
 if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of import)
     from overlay.cluster.schema import SchemaStatus
     from overlay.cluster.store import ObjectStore
+    from overlay.daemon.policyagent import PolicyAgent
     from overlay.subnet.registry import LeaseListing, Registry, WatchUpdate
 
 log = logging.getLogger("overlay.daemon.daemon")
@@ -265,6 +266,7 @@ class Daemon:
         self.store: ObjectStore | None = None
         self.schema: SchemaStatus | None = None
         self.node_agent: NodeAgent | None = None  # heartbeat, record, health mesh
+        self.policy_agent: PolicyAgent | None = None  # NetworkPolicy -> nftables
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
         self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
@@ -282,6 +284,8 @@ class Daemon:
             missing.append("VXLAN device not programmed")
         else:  # the first programming comes from the watch's listing: it has started
             missing.extend(self._watch_problems())
+        if self.policy_agent is not None:
+            missing.extend(self.policy_agent.problems())
         return missing
 
     def _watch_problems(self) -> list[str]:
@@ -358,6 +362,8 @@ class Daemon:
         self.store, self.schema = store, schema
         if schema.writable:
             self.node_agent = claim_node(self)  # NodeNameInUse: one line, exit 1
+            from overlay.daemon.policyagent import make_policy_agent
+            self.policy_agent = make_policy_agent(self)
         return True
 
     def _cluster_threads(self) -> list[tuple[str, Callable[[], None]]]:
@@ -368,9 +374,11 @@ class Daemon:
         threads: list[tuple[str, Callable[[], None]]] = []
         threads += node_agent_threads(self)
         from overlay.daemon.podpublisher import pod_threads  # the etcd client: only here
+        from overlay.daemon.policyagent import policy_threads
         assert self.manager is not None, f"manager {_UNSET}"
         threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
                                self.manager.own_subnet, self.stop, self.metrics.registry)
+        threads += policy_threads(self.policy_agent)
         return threads
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -601,13 +609,21 @@ class Daemon:
             log.debug("no warm CNI server in this build; the plugin runs cold")
             return
         try:
-            self.cni_server = CNIServer(self.s.cni_socket).bind()
+            self.cni_server = CNIServer(self.s.cni_socket, self._cni_handlers()).bind()
         except (OverlayError, OSError) as e:
             log.warning("warm CNI server on %s not started: %s", self.s.cni_socket, e)
             return
         t = threading.Thread(target=self.cni_server.serve_forever, name="cni", daemon=True)
         t.start()
         log.info("serving the CNI plugin warm on %s", self.s.cni_socket)
+
+    def _cni_handlers(self) -> Mapping[str, Any]:
+        """The warm server's handlers: ADD waits for the pod's policy rules."""
+        from overlay.cni.commands import HANDLERS, UNENFORCED_HANDLERS
+        if self.policy_agent is None:
+            return UNENFORCED_HANDLERS  # no policy known here
+        from overlay.daemon.policyagent import enforcing_handlers
+        return enforcing_handlers(HANDLERS, lambda: self.policy_agent)
 
     def _shutdown(self, registry: Registry) -> None:
         self.stop.set()

@@ -53,3 +53,23 @@ def test_status_on_an_unreadable_store_is_not_available(tmp_path):
     with pytest.raises(CNIError) as e:
         commands.cmd_status(status_request(tmp_path))
     assert e.value.code == CNIError.NOT_AVAILABLE and "cannot read IPAM store" in e.value.msg
+
+
+def test_unenforced_add_says_try_again_while_policies_are_in_force(tmp_path, monkeypatch):
+    """The in-process fallback knows no policy: with overlayd's marker beside subnet.env
+    it creates nothing (cmd_add is never reached) and answers 11; without it, it adds."""
+    added = []
+
+    def fake_add(req):
+        added.append(req)
+        return {"ok": 1}
+
+    monkeypatch.setattr(commands, "cmd_add", fake_add)
+    req = Request("ADD", "1.1.0", {"cniVersion": "1.1.0", "name": "ovcni-cmd",
+                                   "type": "overlay", "subnetFile": str(tmp_path / "subnet.env"),
+                                   "dataDir": str(tmp_path)}, "c1", "/run/netns/x", "eth0")
+    assert commands.UNENFORCED_HANDLERS["ADD"](req) == {"ok": 1}
+    (tmp_path / "policy-enforced").write_text("{}\n")
+    with pytest.raises(CNIError) as e:
+        commands.UNENFORCED_HANDLERS["ADD"](req)
+    assert e.value.code == CNIError.TRY_AGAIN and len(added) == 1

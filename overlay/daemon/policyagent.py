@@ -1,0 +1,485 @@
+"""Enforces NetworkPolicy on this node: etcd's policies, namespaces and pods -> one
+nftables table (``overlay.policy.nft``), replaced whole whenever what it says changes.
+
+Three watches (``policies/``, ``namespaces/``, ``pods/``) keep the raw objects; each is
+judged by its kind's one rule when the table is compiled (a bad one is rejected alone,
+logged once per revision and counted, and never widens what is allowed). A burst of
+changes is compiled once (``DEBOUNCE``), and the table is loaded (one ``nft -f``
+transaction) only when its text differs from the one loaded last.
+
+No allow-all window: nothing is loaded before all three prefixes have been listed once,
+so at start the table the previous overlayd left in the kernel stays in force until a
+complete new one replaces it, and nothing is ever flushed, on restart or shutdown.
+
+The warm CNI server calls :meth:`PolicyAgent.admit` after an ADD: the table is compiled
+with the new pod and loaded before the runtime hears of the pod, so a selected pod's
+first packet is already filtered. While a valid policy exists the agent keeps a marker
+file beside subnet.env (``overlay.subnetenv.policy_marker_path``) so the plugin's
+in-process fallback, which knows no policy, answers "try again" (11) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from overlay.cluster import keys
+from overlay.cluster.pods import PodRecord, PodRules, judge_pod
+from overlay.cluster.store import KV, ObjectStore
+from overlay.cni import podmeta
+from overlay.cni.skel import Handler, Request
+from overlay.errors import CNIError, OverlayError
+from overlay.lease import Rejection
+from overlay.netlink.pod import host_veth_name
+from overlay.policy import conntrack, nft
+from overlay.policy.model import NetworkPolicy, PolicyError
+from overlay.policy.objects import Namespace, parse_namespace_kv, parse_policy_kv
+from overlay.policy.semantics import Host, NamedPort, Pod, allowed
+from overlay.subnetenv import policy_marker_path
+from overlay.util.fsutil import atomic_write
+from overlay.util.proc import ProgramError, run
+
+if TYPE_CHECKING:
+    from overlay.daemon.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE = 0.05  # seconds of quiet that end a burst of changes
+DEBOUNCE_MAX = 0.25  # a continuous stream is still compiled this often
+RESYNC = 10.0  # seconds: compile again anyway (a new lease may accept a pod)
+RETRY = 1.0  # seconds after nft refused a table
+ADMIT_TIMEOUT = 10.0  # an ADD waits at most this for the first complete listing
+BRIDGE_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+POLICIES, NAMESPACES, PODS = "policy", "namespace", "pod"
+KINDS = (POLICIES, NAMESPACES, PODS)
+
+
+@dataclass
+class Inputs:
+    """The judged objects one table is compiled from."""
+    policies: list[NetworkPolicy] = field(default_factory=list)
+    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    pods: list[Pod] = field(default_factory=list)
+    local: list[nft.LocalPod] = field(default_factory=list)
+
+
+def pod_of(record: PodRecord) -> Pod:
+    """The registry's record as the policy code's pod (named ports only)."""
+    return Pod(record.namespace, record.name, tuple(record.ips), record.label_values(),
+               tuple(NamedPort(p.name, p.port, p.protocol) for p in record.ports if p.name),
+               record.node)
+
+
+def bridge_filtering_problem(path: str = BRIDGE_SYSCTL) -> str | None:
+    """Why bridged pod-to-pod traffic would bypass the table, or None: it reaches the
+    inet forward hook only while br_netfilter's ``bridge-nf-call-iptables`` is 1."""
+    try:
+        with open(path, encoding="ascii") as f:
+            value = f.read().strip()
+    except FileNotFoundError:
+        return (f"{path} is absent (br_netfilter not loaded): same-node pod traffic "
+                "bypasses NetworkPolicy")
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    return None if value == "1" else (f"{path} is {value}, not 1: same-node pod traffic "
+                                      "bypasses NetworkPolicy")
+
+
+class _Judged:
+    """Each key's verdict, kept while its revision is unchanged (10 000 pods are not
+    decoded again for every change); a rejection is logged and counted once per key
+    revision, even when the rule changes and everything is judged again."""
+
+    def __init__(self, kind: str, rejected: Counter):
+        self.kind = kind
+        self._rejected = rejected
+        self._cache: dict[str, tuple[int, object]] = {}
+        self._logged: set[tuple[str, int]] = set()
+
+    def judge(self, kvs: Mapping[str, KV], rule: Callable[[KV], object]) -> list[object]:
+        out = []
+        cache: dict[str, tuple[int, object]] = {}
+        for key, kv in kvs.items():
+            held = self._cache.get(key)
+            if held is None or held[0] != kv.mod_revision:
+                held = (kv.mod_revision, self._one(kv, rule))
+            cache[key] = held
+            if not isinstance(held[1], Rejection):
+                out.append(held[1])
+        self._cache = cache
+        self._logged &= {(k, rev) for k, (rev, _) in cache.items()}
+        return out
+
+    def _one(self, kv: KV, rule: Callable[[KV], object]) -> object:
+        try:
+            got = rule(kv)
+        except PolicyError as e:
+            got = Rejection(kv.key, "invalid", str(e), kv.mod_revision)
+        if isinstance(got, Rejection) and (kv.key, kv.mod_revision) not in self._logged:
+            self._logged.add((kv.key, kv.mod_revision))
+            self._rejected.labels(self.kind).inc()
+            log.warning("%s %s rejected: %s (not enforced)", self.kind, kv.key, got.detail)
+        return got
+
+    def forget(self) -> None:
+        """Judge everything again (the pods' rule changed: a lease came or went)."""
+        self._cache = {}
+
+
+class PolicyCounters(Collector):
+    """The loaded table's named counters as ``overlay_policy_packets_total``, read from
+    the kernel at every scrape (one ``nft -j list counters``)."""
+
+    def __init__(self, table: Callable[[], nft.CompiledTable | None]):
+        self._table = table
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "overlay_policy_packets", "Packets opening a connection that a NetworkPolicy "
+            "allowed or denied on this node (see overlay.policy.nft.PolicyCounter)",
+            labels=["policy", "direction", "verdict"])
+        table = self._table()
+        if table is not None and table.counters:
+            for name, packets in _read_counters().items():
+                what = table.counters.get(name)
+                if what is not None and what.policy:
+                    family.add_metric([what.policy, what.direction, what.verdict], packets)
+        yield family
+
+
+def _read_counters() -> dict[str, int]:
+    """Our table's named counters from the kernel ({} if it cannot be read)."""
+    try:
+        out = run(["nft", "-j", "list", "counters", "table", nft.FAMILY, nft.TABLE],
+                  check=True, timeout=5.0).stdout
+        items = json.loads(out).get("nftables", [])
+    except (ProgramError, ValueError, AttributeError) as e:
+        log.debug("policy counters not read: %s", e)
+        return {}
+    return {c["name"]: int(c.get("packets", 0)) for item in items
+            if isinstance(item, dict) and isinstance(c := item.get("counter"), dict)
+            and "name" in c}
+
+
+class PolicyAgent:
+    """Watches the objects, compiles and loads this node's table; see the module."""
+
+    def __init__(self, store: ObjectStore, node: str,
+                 own_subnet: Callable[[], IPv4Network | None],
+                 pod_rules: Callable[[], PodRules], marker: str, metrics: CollectorRegistry,
+                 stop: threading.Event, *,
+                 leases_listed: Callable[[], bool] = lambda: True,
+                 apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
+                 bridge_problem: Callable[[], str | None] = bridge_filtering_problem):
+        self.store, self.node, self.stop = store, node, stop
+        self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
+        self._apply, self._bridge_problem = apply, bridge_problem
+        self._leases_listed = leases_listed  # pods are judged against the leases
+        self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
+        self._listed: set[str] = set()
+        self._state_lock = threading.Lock()  # _kvs, _listed
+        self._compile_lock = threading.Lock()  # one compile-and-load at a time
+        self._dirty = threading.Event()
+        self._pending: dict[str, nft.LocalPod] = {}  # admitted by ADD, not in the registry yet
+        self._rules: PodRules | None = None
+        self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
+        self.complete = threading.Event()  # every prefix listed once
+        self.first_load = threading.Event()  # a complete table was loaded
+        self.selecting = False  # a policy selects a local pod
+        self.bridge_problem: str | None = None
+        self._cut_due = False  # a table was loaded: connections it denies are still tracked
+        self._conntrack_problem: str | None = None
+        rejected = Counter("overlay_policy_objects_rejected", "Keys under policies/, "
+                           "namespaces/ or pods/ rejected by their kind's rule (once per "
+                           "key revision)", ["kind"], registry=metrics)
+        self._judged = {kind: _Judged(kind, rejected) for kind in KINDS}
+        self.loads = Counter("overlay_policy_table_loads", "Policy tables loaded into the "
+                             "kernel (only when the compiled text changed)", registry=metrics)
+        Gauge("overlay_policy_selecting", "1 while a NetworkPolicy selects a pod of "
+              "this node", registry=metrics).set_function(lambda: int(self.selecting))
+        metrics.register(PolicyCounters(lambda: self.loaded))
+
+    # -- watches --------------------------------------------------------------------
+    def _base(self, kind: str) -> str:
+        return {POLICIES: keys.policies_prefix, NAMESPACES: keys.namespaces_prefix,
+                PODS: keys.pods_prefix}[kind](self.store.prefix)
+
+    def run_watch(self, kind: str) -> None:
+        """List ``kind``'s prefix, then follow it (a compaction re-lists it whole)."""
+        base = self._base(kind)
+        kvs, revision = self.store.list(base)
+        self._replace(kind, kvs)
+        for batch in self.store.watch(base, revision + 1, self.stop):
+            if batch.snapshot is not None:
+                self._replace(kind, batch.snapshot)
+                continue
+            with self._state_lock:
+                held = self._kvs[kind]
+                for c in batch.changes:
+                    if c.value is None:
+                        held.pop(c.key, None)
+                    else:
+                        held[c.key] = KV(c.key, c.value, c.mod_revision)
+            self._dirty.set()
+
+    def _replace(self, kind: str, kvs: Iterable[KV]) -> None:
+        with self._state_lock:
+            self._kvs[kind] = {kv.key: kv for kv in kvs}
+            self._listed.add(kind)
+            if self._listed == set(KINDS):
+                self.complete.set()
+        self._dirty.set()
+
+    # -- compile and load -------------------------------------------------------------
+    def run_compiler(self) -> None:
+        """Compile after each burst of changes, and every RESYNC seconds."""
+        last = 0.0
+        while not self.stop.is_set():
+            if not self._dirty.wait(max(0.0, RESYNC - (time.monotonic() - last))):
+                self._dirty.set()  # the periodic pass
+            if self.stop.is_set():
+                return
+            self._settle()
+            if not self.complete.is_set() or not self._leases_listed():
+                self._dirty.clear()
+                self.stop.wait(DEBOUNCE)  # the leases' listing sets no event of ours
+                self._dirty.set()
+                continue
+            self._dirty.clear()
+            try:
+                self.sync()
+                if self._cut_due:
+                    self.cut_denied()
+            except OverlayError as e:
+                log.warning("policy table not loaded: %s; retrying in %.0fs", e, RETRY)
+                self._dirty.set()
+                self.stop.wait(RETRY)
+            last = time.monotonic()
+
+    def _settle(self) -> None:
+        """Wait for DEBOUNCE of quiet (at most DEBOUNCE_MAX): a burst is one compile."""
+        deadline = time.monotonic() + DEBOUNCE_MAX
+        while time.monotonic() < deadline:
+            self._dirty.clear()
+            if not self._dirty.wait(DEBOUNCE):
+                return
+        self._dirty.set()
+
+    def inputs(self) -> Inputs:
+        """The judged objects of the current state (the pending ADDs included)."""
+        with self._state_lock:
+            raw = {kind: dict(kvs) for kind, kvs in self._kvs.items()}
+        rules = self._pod_rules()
+        if rules != self._rules:
+            self._judged[PODS].forget()
+            self._rules = rules
+        prefix = self.store.prefix
+        policies = self._judged[POLICIES].judge(raw[POLICIES],
+                                                lambda kv: parse_policy_kv(prefix, kv))
+        namespaces = self._judged[NAMESPACES].judge(raw[NAMESPACES],
+                                                    lambda kv: parse_namespace_kv(prefix, kv))
+        base = keys.pods_prefix(prefix)
+        records = self._judged[PODS].judge(raw[PODS], lambda kv: judge_pod(kv, base, rules))
+        return self._assemble(policies, namespaces, records)
+
+    def _assemble(self, policies: list[Any], namespaces: list[Any], records: list[Any]
+                  ) -> Inputs:
+        subnet = self._own_subnet()
+        out = Inputs(policies=policies,
+                     namespaces={n.name: n.labels for n in namespaces if isinstance(n, Namespace)})
+        seen: set[str] = set()
+        for r in records:
+            assert isinstance(r, PodRecord)
+            pod = pod_of(r)
+            out.pods.append(pod)
+            if r.node == self.node and subnet is not None and all(ip in subnet for ip in r.ips):
+                out.local.append(nft.LocalPod(pod, host_veth_name(r.container_id, r.ifname)))
+                seen.add(r.container_id)
+        with self._state_lock:
+            for cid in [cid for cid in self._pending if cid in seen]:
+                del self._pending[cid]  # the registry has it now
+            pending = list(self._pending.values())
+        known = {p.ref for p in out.pods}
+        for lp in pending:
+            out.local.append(lp)
+            if lp.pod.ref not in known:
+                out.pods.append(lp.pod)
+        return out
+
+    def sync(self) -> nft.CompiledTable:
+        """Compile the current state; load it if its text changed (OverlayError: not)."""
+        with self._compile_lock:
+            got = self.inputs()
+            table = nft.compile_table(got.local, got.pods, got.namespaces, got.policies)
+            if self.loaded is None or table.text != self.loaded.text:
+                self._apply(table)
+                self.loaded = table
+                self.loads.inc()
+                self._cut_due = bool(table.counters)
+            self.first_load.set()
+            self._note(bool(table.counters), bool(got.policies))
+            return table
+
+    def cut_denied(self) -> int:
+        """Delete the conntrack entries of local pods' connections the loaded policies
+        now deny (established connections would otherwise outlive the change); flows
+        with the node's own side of the bridge (the gateway: kubelet's probes) are never
+        filtered and are left alone. How many went."""
+        self._cut_due = False
+        with self._compile_lock:  # inputs() updates the judged caches
+            got = self.inputs()
+        local = {ip for lp in got.local for ip in lp.pod.ips}
+        subnet = self._own_subnet()
+        gateway = subnet.network_address + 1 if subnet is not None else None
+        try:
+            flows = conntrack.list_flows()
+        except ProgramError as e:
+            if str(e) != self._conntrack_problem:
+                log.warning("cannot list conntrack entries (%s): connections a policy "
+                            "change denies stay open until they end", e)
+            self._conntrack_problem = str(e)
+            return 0
+        self._conntrack_problem = None
+        denied = [f for f in flows if (f.src in local or f.dst in local)
+                  and gateway not in (f.src, f.dst)
+                  and not allowed(Host(f.src), Host(f.dst), f.dport, f.protocol, got.pods,
+                                  got.namespaces, got.policies)]
+        gone = conntrack.delete_flows(denied)
+        if gone:
+            log.info("cut %d connection(s) the policies now deny", gone)
+        return gone
+
+    def _note(self, selecting: bool, any_policy: bool) -> None:
+        """Keep the marker file and the br_netfilter check in line with the table."""
+        if selecting != self.selecting:
+            log.info("NetworkPolicy %s pods of this node", "now selects" if selecting
+                     else "no longer selects")
+        self.selecting = selecting
+        problem = self._bridge_problem() if selecting else None
+        if problem != self.bridge_problem:
+            if problem:
+                log.error("node NotReady: %s (modprobe br_netfilter; sysctl -w "
+                          "net.bridge.bridge-nf-call-iptables=1)", problem)
+            else:
+                log.info("br_netfilter filters bridged pod traffic again")
+        self.bridge_problem = problem
+        self._keep_marker(any_policy)
+
+    def _keep_marker(self, any_policy: bool) -> None:
+        present = os.path.exists(self.marker)
+        try:
+            if any_policy and not present:
+                atomic_write(self.marker, '{"policies":"in force"}\n', durable=False)
+                log.info("policies in force: %s written (the in-process CNI fallback "
+                         "refuses ADD)", self.marker)
+            elif not any_policy and present:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.marker)
+                log.info("no policy in force: %s removed", self.marker)
+        except OSError as e:
+            log.warning("cannot keep %s: %s", self.marker, e.strerror)
+
+    def problems(self) -> list[str]:
+        """What keeps the node from being ready on policy's account (no side effects)."""
+        if not self.first_load.is_set():
+            return ["NetworkPolicy table not compiled yet"]
+        return [self.bridge_problem] if self.bridge_problem else []
+
+    # -- CNI ADD / DEL ----------------------------------------------------------------
+    def admit(self, req: Request, result: Mapping[str, Any]) -> None:
+        """A pod just attached here is in the loaded table before its ADD returns."""
+        from overlay.daemon.podpublisher import parse_meta
+
+        if not self.first_load.wait(ADMIT_TIMEOUT):
+            raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicy state not loaded yet",
+                           "overlayd is still listing policies; retry")
+        meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
+        identity, _ = parse_meta(meta, req.container_id, req.ifname)
+        ips = tuple(ip for ip in (IPv4Interface(i["address"]).ip
+                                  for i in result.get("ips", [])) if isinstance(ip, IPv4Address))
+        pod = Pod(identity.namespace, identity.name, ips, dict(identity.labels),
+                  tuple(NamedPort(p.name, p.port, p.protocol) for p in identity.ports
+                        if p.name), self.node)
+        with self._state_lock:
+            self._pending[req.container_id] = nft.LocalPod(
+                pod, host_veth_name(req.container_id, req.ifname))
+        try:
+            self.sync()
+        except OverlayError as e:
+            with self._state_lock:
+                self._pending.pop(req.container_id, None)
+            raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicy rules for the pod not loaded",
+                           str(e)) from e
+
+    def forget(self, container_id: str) -> None:
+        with self._state_lock:
+            if self._pending.pop(container_id, None) is not None:
+                self._dirty.set()
+
+
+def enforcing_handlers(handlers: Mapping[str, Handler],
+                       agent: Callable[[], PolicyAgent | None]) -> dict[str, Handler]:
+    """The warm server's handlers, ADD returning only once the pod's rules are loaded
+    (an ADD whose rules cannot be loaded is undone and answered "try again")."""
+    add, delete = handlers["ADD"], handlers["DEL"]
+
+    def enforced_add(req: Request) -> dict[str, Any] | None:
+        result = add(req)
+        policy = agent()
+        if policy is not None and result is not None:
+            try:
+                policy.admit(req, result)
+            except CNIError:
+                with contextlib.suppress(OverlayError, OSError):
+                    delete(req._replace(command="DEL"))
+                raise
+        return result
+
+    def forgetting_del(req: Request) -> dict[str, Any] | None:
+        out = delete(req)
+        policy = agent()
+        if policy is not None:
+            policy.forget(req.container_id)
+        return out
+
+    return {**handlers, "ADD": enforced_add, "DEL": forgetting_del}
+
+
+def make_policy_agent(d: Daemon) -> PolicyAgent | None:
+    """The daemon's agent (none without the cluster objects)."""
+    if d.store is None or d.schema is None or not d.schema.writable:
+        return None
+    store = d.store
+
+    def rules() -> PodRules:
+        backend, manager = d.backend, d.manager
+        leases = [*(backend.leases.values() if backend else ()),
+                  *([manager.current] if manager and manager.current else [])]
+        return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases))
+
+    own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
+    # the lease watch's first listing programs the device: from then on backend.leases
+    # holds every accepted lease, and a remote pod is not rejected for want of its lease
+    return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
+                       d.metrics.registry, d.stop, leases_listed=lambda: d._programmed)
+
+
+def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:
+    """The agent's threads: one watch per kind and the compiler."""
+    if agent is None:
+        return []
+    return [*((f"policy-watch-{kind}", lambda k=kind: agent.run_watch(k)) for kind in KINDS),
+            ("policy-compile", agent.run_compiler)]

@@ -1,0 +1,70 @@
+"""Connection tracking entries of the pods, read and deleted with conntrack-tools.
+
+The policy table accepts ``ct state established,related`` first, so a connection opened
+while a policy allowed it would outlive a change that denies it. After such a change the
+agent lists this namespace's entries (``conntrack -L``), judges each one's original
+direction by the semantics, and deletes those now denied (``conntrack -D`` with the
+entry's exact 5-tuple): their next packet is a new connection, checked by the table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+from typing import NamedTuple
+
+from overlay.util.proc import ProgramError, run
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
+
+
+class Flow(NamedTuple):
+    """An entry's original direction."""
+    protocol: str  # TCP | UDP | SCTP
+    src: IPv4Address
+    dst: IPv4Address
+    sport: int
+    dport: int
+
+
+def parse_flows(text: str) -> list[Flow]:
+    """``conntrack -L`` lines as flows (the first src/dst/sport/dport of a line are the
+    original direction); lines of other protocols or shapes are skipped."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0] not in PROTOCOLS:
+            continue
+        fields: dict[str, str] = {}
+        for word in words:
+            key, eq, value = word.partition("=")
+            if eq and key in ("src", "dst", "sport", "dport") and key not in fields:
+                fields[key] = value
+        try:
+            out.append(Flow(PROTOCOLS[words[0]], IPv4Address(fields["src"]),
+                            IPv4Address(fields["dst"]), int(fields["sport"]),
+                            int(fields["dport"])))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def list_flows() -> list[Flow]:
+    """This namespace's tracked TCP/UDP/SCTP flows (ProgramError if conntrack fails)."""
+    return parse_flows(run(["conntrack", "-L"], check=True, timeout=10.0).stdout)
+
+
+def delete_flows(flows: Iterable[Flow]) -> int:
+    """Delete each flow's entry; how many went (one already gone is not an error)."""
+    gone = 0
+    for f in flows:
+        try:
+            run(["conntrack", "-D", "-p", f.protocol.lower(), "-s", str(f.src), "-d", str(f.dst),
+                 "--sport", str(f.sport), "--dport", str(f.dport)], check=True, timeout=10.0)
+            gone += 1
+        except ProgramError as e:
+            log.debug("conntrack -D %s: %s", f, e)
+    return gone

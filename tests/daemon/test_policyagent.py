@@ -1,0 +1,256 @@
+"""The policy agent's decisions without etcd or nft: what it compiles from judged objects,
+when it loads, the marker file, br_netfilter, and the warm ADD hook. The watches over a
+real etcd and the kernel table are in tests/integration/test_policy_agent.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from overlay.cluster import keys
+from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, PodRules, encode_pod
+from overlay.cluster.store import KV, ObjectStore
+from overlay.cni.skel import Request
+from overlay.daemon import policyagent
+from overlay.daemon.policyagent import NAMESPACES, PODS, POLICIES, PolicyAgent
+from overlay.errors import CNIError
+from overlay.policy import nft
+from overlay.util.proc import ProgramError
+
+PREFIX = "/overlay/network"
+SUBNET = IPv4Network("10.244.1.0/24")
+OTHER = IPv4Network("10.244.2.0/24")
+DENY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "x"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+
+
+def _pod(name: str, ip: str, node: str = "n1", ns: str = "x", rev: int = 1) -> KV:
+    record = PodRecord(ns, name, (IPv4Address(ip),), node, f"c-{name}", "eth0",
+                       {"pod": Label(name, SOURCE_CNI)})
+    return KV(keys.pod_key(PREFIX, ns, name), encode_pod(record), rev)
+
+
+def _policy(obj: dict[str, Any], rev: int = 1) -> KV:
+    meta = obj["metadata"]
+    return KV(keys.policy_key(PREFIX, meta["namespace"], meta["name"]),
+              json.dumps(obj).encode(), rev)
+
+
+class Applied:
+    def __init__(self) -> None:
+        self.tables: list[nft.CompiledTable] = []
+        self.fail = False
+
+    def __call__(self, table: nft.CompiledTable) -> None:
+        if self.fail:
+            raise ProgramError("nft refused it", ["nft"], "failed", 1)
+        self.tables.append(table)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, dict[str, str | None]]:
+    applied = Applied()
+    bridge: dict[str, str | None] = {"problem": None}
+    store = cast(ObjectStore, SimpleNamespace(prefix=PREFIX))
+    a = PolicyAgent(store, "n1", lambda: SUBNET,
+                    lambda: PodRules(lease_subnets=frozenset({SUBNET, OTHER})),
+                    str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
+                    apply=applied, bridge_problem=lambda: bridge["problem"])
+    return a, applied, bridge
+
+
+REGISTRY = [CollectorRegistry()]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> None:
+    REGISTRY[0] = CollectorRegistry()
+
+
+def _listed(a: PolicyAgent, policies: list[KV], pods: list[KV],
+            namespaces: list[KV] | None = None) -> None:
+    a._replace(POLICIES, policies)
+    a._replace(NAMESPACES, namespaces or [])
+    a._replace(PODS, pods)
+
+
+def test_nothing_is_loaded_before_every_prefix_is_listed(agent) -> None:
+    a, applied, _ = agent
+    a._replace(POLICIES, [_policy(DENY)])
+    a._replace(PODS, [_pod("a", "10.244.1.2")])
+    assert not a.complete.is_set()
+    assert a.problems() == ["NetworkPolicy table not compiled yet"]
+    a._replace(NAMESPACES, [])
+    assert a.complete.is_set()
+    a.sync()
+    assert len(applied.tables) == 1 and a.problems() == []
+
+
+def test_a_policy_selecting_a_local_pod_is_loaded_once_per_change(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("b", "10.244.2.2", "n2")])
+    table = a.sync()
+    assert "10.244.1.2" in table.text and "check_ingress" in table.text
+    assert "10.244.2.2" not in table.text  # only local pods are selected; no peer rule
+    a.sync()
+    assert len(applied.tables) == 1  # the same text is not loaded again
+    a._replace(PODS, [_pod("a", "10.244.1.2"), _pod("c", "10.244.1.3")])
+    a.sync()
+    assert len(applied.tables) == 2 and "10.244.1.3" in applied.tables[-1].text
+
+
+def test_no_policy_loads_the_empty_table(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert applied.tables[0].text == f"table {nft.FAMILY} {nft.TABLE} {{\n}}\n"
+    assert not a.selecting
+
+
+def test_a_bad_policy_is_rejected_alone_and_counted_once(agent, caplog) -> None:
+    a, applied, _ = agent
+    bad = KV(keys.policy_key(PREFIX, "x", "broken"), b'{"kind": "NetworkPolicy"}', 7)
+    wrong_key = KV(keys.policy_key(PREFIX, "y", "deny"), json.dumps(DENY).encode(), 8)
+    _listed(a, [bad, wrong_key, _policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    a._judged[POLICIES].forget()  # judged again (as when a lease changes): not logged again
+    a.sync()
+    assert "check_ingress" in applied.tables[0].text  # the good one is enforced
+    assert sum("rejected" in r.message for r in caplog.records) == 2  # once each
+    assert b'overlay_policy_objects_rejected_total{kind="policy"} 2.0' in \
+        generate_latest(REGISTRY[0])
+
+
+def test_a_pod_outside_its_nodes_subnet_is_not_a_peer(agent) -> None:
+    a, applied, _ = agent
+    allow = {**DENY, "metadata": {"name": "allow", "namespace": "x"},
+             "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}}
+    _listed(a, [_policy(allow)], [_pod("a", "10.244.1.2"),
+                                  _pod("evil", "10.244.9.9", "n2")])  # no lease holds it
+    table = a.sync()
+    assert "10.244.9.9" not in table.text
+
+
+def test_the_marker_follows_whether_any_policy_exists(agent, tmp_path: Path) -> None:
+    a, _, _ = agent
+    marker = tmp_path / "policy-enforced"
+    _listed(a, [_policy(DENY)], [])  # no local pod selected: still in force for new pods
+    a.sync()
+    assert marker.exists()
+    a._replace(POLICIES, [])
+    a.sync()
+    assert not marker.exists()
+
+
+def test_br_netfilter_off_makes_the_node_not_ready_only_while_a_pod_is_selected(agent) -> None:
+    a, _, bridge = agent
+    bridge["problem"] = "bridge-nf-call-iptables is 0"
+    _listed(a, [], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert a.problems() == []
+    a._replace(POLICIES, [_policy(DENY)])
+    a.sync()
+    assert a.problems() == ["bridge-nf-call-iptables is 0"]
+
+
+def test_bridge_filtering_problem_reads_the_sysctl(tmp_path: Path) -> None:
+    path = tmp_path / "bridge-nf-call-iptables"
+    assert "absent" in (policyagent.bridge_filtering_problem(str(path)) or "")
+    path.write_text("0\n")
+    assert "is 0" in (policyagent.bridge_filtering_problem(str(path)) or "")
+    path.write_text("1\n")
+    assert policyagent.bridge_filtering_problem(str(path)) is None
+
+
+def _request(cid: str = "c-new") -> Request:
+    return Request("ADD", "1.0.0", {"name": "overlay"}, cid, "/run/netns/p", "eth0",
+                   {"K8S_POD_NAMESPACE": "x", "K8S_POD_NAME": "new"})
+
+
+RESULT = {"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.9/24"}]}
+
+
+def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    assert handlers["ADD"](_request()) == RESULT
+    assert "10.244.1.9" in applied.tables[-1].text
+    assert list(a._pending) == ["c-new"]  # until the registry has it
+    published = KV(keys.pod_key(PREFIX, "x", "new"), encode_pod(PodRecord(
+        "x", "new", (IPv4Address("10.244.1.9"),), "n1", "c-new", "eth0")), 3)
+    a._replace(PODS, [_pod("a", "10.244.1.2"), published])
+    a.sync()
+    assert a._pending == {} and "10.244.1.9" in applied.tables[-1].text
+
+
+def test_del_forgets_a_pod_the_registry_never_had(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [])
+    a.sync()
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers["ADD"](_request())
+    handlers["DEL"](_request()._replace(command="DEL"))
+    a.sync()
+    assert "10.244.1.9" not in applied.tables[-1].text
+
+
+def test_an_add_whose_rules_cannot_load_is_undone_and_retried(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [])
+    a.sync()
+    deleted: list[str] = []
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: deleted.append(req.command)}, lambda: a)
+    applied.fail = True
+    with pytest.raises(CNIError) as e:
+        handlers["ADD"](_request())
+    assert e.value.code == CNIError.TRY_AGAIN and deleted == ["DEL"]
+    assert a._pending == {}
+
+
+def test_an_add_before_the_first_listing_waits_then_says_try_again(agent, monkeypatch) -> None:
+    a, _, _ = agent
+    monkeypatch.setattr(policyagent, "ADMIT_TIMEOUT", 0.05)
+    with pytest.raises(CNIError) as e:
+        a.admit(_request(), RESULT)
+    assert e.value.code == CNIError.TRY_AGAIN
+
+
+def test_cut_denied_deletes_only_flows_the_policies_now_deny(agent, monkeypatch) -> None:
+    from overlay.policy import conntrack
+    from overlay.policy.conntrack import Flow
+
+    a, _, _ = agent
+    allow_b = {**DENY, "metadata": {"name": "from-b", "namespace": "x"},
+               "spec": {"podSelector": {}, "ingress": [
+                   {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}}
+    _listed(a, [_policy(DENY), _policy(allow_b)],
+            [_pod("a", "10.244.1.2"), _pod("b", "10.244.2.2", "n2"),
+             _pod("c", "10.244.2.3", "n2")])
+    a.sync()
+    ip = IPv4Address
+    flows = [Flow("TCP", ip("10.244.2.2"), ip("10.244.1.2"), 5000, 80),  # b -> a: allowed
+             Flow("TCP", ip("10.244.2.3"), ip("10.244.1.2"), 5001, 80),  # c -> a: denied
+             Flow("TCP", ip("10.244.1.1"), ip("10.244.1.2"), 5002, 80),  # the gateway
+             Flow("UDP", ip("10.244.2.3"), ip("10.244.2.2"), 5003, 53)]  # not local
+    deleted: list[Flow] = []
+
+    def delete(fs: list[Flow]) -> int:
+        deleted.extend(fs)
+        return len(fs)
+
+    monkeypatch.setattr(conntrack, "list_flows", lambda: flows)
+    monkeypatch.setattr(conntrack, "delete_flows", delete)
+    assert a.cut_denied() == 1 and deleted == [flows[1]]

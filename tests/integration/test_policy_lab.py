@@ -1,0 +1,357 @@
+"""NetworkPolicy enforced by overlayd on a 2-node lab (issue 13 item 4), probed end to end.
+
+Pods: x/a and x/b on node1, x/c on node2 (labels pod=a|b|c), plus the lab's
+default/pod-node1-1 and default/pod-node2-1. Every pod's responder answers TCP and UDP on
+80 and 81. Policies go in through ``overlayctl policy apply``/``delete`` as a user's would,
+and every verdict is read back by probing, never from a log line. Tests run in file order
+and each leaves no policy behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from overlay.lab import system as sysx
+from overlay.lab.lab import Lab
+from overlay.lab.spec import LabError
+
+from .support.labfixture import keep_logs, running_lab
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+PROBE_TIMEOUT = 0.3
+ALLOW_A_FROM_B_TCP80 = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 80}]
+"""
+DENY_A_AND_C = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-a-c, namespace: x}
+spec:
+  podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, c]}]}
+  policyTypes: [Ingress]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with running_lab(nodes=2, pods_per_node=1) as lab:
+        try:
+            lab.add_pod("a", "node1", "x", {"pod": "a"})
+            lab.add_pod("b", "node1", "x", {"pod": "b"})
+            lab.add_pod("c", "node2", "x", {"pod": "c"})
+            yield lab
+        except BaseException:
+            print("lab logs kept in", keep_logs(lab))
+            raise
+
+
+def _apply(lab: Lab, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        lab.overlayctl("policy", "apply", "-f", f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def _apply_file(lab: Lab, name: str) -> None:
+    with open(os.path.join(EXAMPLES, name)) as f:
+        _apply(lab, f.read())
+
+
+def _delete(lab: Lab, *refs: str) -> None:
+    for ref in refs:
+        lab.overlayctl("policy", "delete", ref)
+
+
+def _passes(lab: Lab, src: str, dst: str, port: int = 80, proto: str = "tcp",
+            timeout: float = PROBE_TIMEOUT) -> bool:
+    return lab.probe(src, dst, port, proto, timeout=timeout).ok
+
+
+def _table(lab: Lab, pairs: list[tuple[str, str, int, str]]) -> dict[tuple, bool]:
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        got = pool.map(lambda p: _passes(lab, *p), pairs)
+    return dict(zip(pairs, got, strict=True))
+
+
+def _until(cond: Callable[[], bool], timeout: float = 10.0) -> float | None:
+    """Seconds until ``cond()`` holds (None: it never did within ``timeout``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if cond():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+ALL = [(s, d, port, proto) for s, d in [("x/b", "x/a"), ("x/c", "x/a"), ("x/a", "x/c"),
+                                        ("default/pod-node2-1", "x/a")]
+       for port in (80, 81) for proto in ("tcp", "udp")]
+
+
+def test_without_policy_everything_passes(lab: Lab) -> None:
+    assert all(_table(lab, ALL).values())
+    for node in ("node1", "node2"):
+        assert lab.ready(node)
+
+
+def test_default_deny_stops_same_node_and_cross_node_ingress(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        assert _until(lambda: not _passes(lab, "x/a", "x/c")) is not None
+        got = _table(lab, ALL)
+        assert not any(got.values()), got  # every pod of x is isolated for ingress
+        assert _passes(lab, "x/a", "default/pod-node2-1")  # egress is not isolated
+        assert all(lab.ready(node) for node in ("node1", "node2"))
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+def test_an_allow_policy_opens_exactly_its_pairs(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    try:
+        assert _until(lambda: _passes(lab, "x/b", "x/a")) is not None
+        got = _table(lab, ALL)
+        allowed = {k for k, ok in got.items() if ok}
+        assert allowed == {("x/b", "x/a", 80, "tcp")}, got
+    finally:
+        _delete(lab, "x/a-from-b", "x/default-deny-ingress")
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+def test_a_label_change_reaches_the_kernel(lab: Lab) -> None:
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    try:
+        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+        lab.overlayctl("pods", "label", "x/c", "pod=b")  # c (node2) now matches the peer
+        assert _until(lambda: _passes(lab, "x/c", "x/a")) is not None
+        lab.overlayctl("pods", "label", "x/c", "pod=c")
+        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+    finally:
+        _delete(lab, "x/a-from-b")
+
+
+def test_a_pod_added_under_a_policy_is_filtered_from_its_first_packet(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        lab.add_pod("d", "node1", "x", {"pod": "d"})  # returns once its ADD did
+        assert not _passes(lab, "x/b", "x/d")
+        assert not _passes(lab, "default/pod-node2-1", "x/d", 81, "udp")
+    finally:
+        lab.del_pod("x/d")
+        _delete(lab, "x/default-deny-ingress")
+
+
+def _metrics(lab: Lab, node: str) -> str:
+    host, port = lab.healthz_addr(node).rsplit(":", 1)
+    status, body = sysx.http_get(lab.spec.node_ns(node), host, int(port), "/metrics",
+                                 timeout=2.0)
+    assert status == 200
+    return body
+
+
+def _packets(text: str, policy: str, verdict: str) -> float:
+    want = (f'overlay_policy_packets_total{{direction="Ingress",policy="{policy}",'
+            f'verdict="{verdict}"}} ')
+    return sum(float(line[len(want):]) for line in text.splitlines() if line.startswith(want))
+
+
+def test_per_policy_counters_are_metrics(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    try:
+        assert _until(lambda: _passes(lab, "x/b", "x/a") and
+                      not _passes(lab, "x/c", "x/a")) is not None
+        before = _metrics(lab, "node1")
+        for _ in range(3):
+            assert _passes(lab, "x/b", "x/a")
+            assert not _passes(lab, "x/c", "x/a")
+        after = _metrics(lab, "node1")
+        assert _packets(after, "x/a-from-b", "allowed") - \
+            _packets(before, "x/a-from-b", "allowed") >= 3
+        assert _packets(after, "x/default-deny-ingress", "denied") - \
+            _packets(before, "x/default-deny-ingress", "denied") >= 3
+    finally:
+        _delete(lab, "x/a-from-b", "x/default-deny-ingress")
+
+
+def test_an_add_while_overlayd_is_down_under_a_policy_says_try_again(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        assert lab.stop_daemon("node1")
+        try:
+            with pytest.raises(LabError, match="11|try again|in force") as e:
+                lab.add_pod("e", "node1", "x", {"pod": "e"})
+            print("\nADD with overlayd down:", str(e.value).splitlines()[0])
+        finally:
+            lab.start_daemon("node1")
+            lab.wait_ready(["node1"])
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+    with contextlib.suppress(LabError):
+        lab.del_pod("x/e")  # the lab may have recorded the failed pod
+
+
+ALLOW_A_FROM_C_UDP81 = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: c}}}]
+    ports: [{port: 81, protocol: UDP}]
+"""
+
+
+def test_br_netfilter_off_makes_a_selecting_node_not_ready(lab: Lab) -> None:
+    """Set in node1's own namespace only (the sysctl is per namespace): with it 0, same-node
+    pod traffic would bypass the table, so node1 is NotReady while a policy selects x/a."""
+    sysctl = "net.bridge.bridge-nf-call-iptables"
+    ns = lab.spec.node_ns("node1")
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        assert lab.ready("node1")
+        sysx.sysctl(ns, sysctl, "0")
+        try:
+            assert _until(lambda: not lab.ready("node1"), 15.0) is not None
+            assert lab.ready("node2")
+        finally:
+            sysx.sysctl(ns, sysctl, "1")
+        assert _until(lambda: lab.ready("node1"), 15.0) is not None
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+
+
+def test_an_established_connection_is_cut_by_a_new_deny(lab: Lab) -> None:
+    """One UDP flow x/c -> x/a:81 (one socket: one conntrack entry), opened while a
+    policy allows it, gets no answer once that policy goes, although it is established
+    (the table accepts established flows first: only deleting the entry stops it)."""
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_C_UDP81)
+    a = lab.find_pod("x/a")
+    try:
+        with sysx.netns_socket(lab.spec.pod_ns(lab.find_pod("x/c").key), socket.AF_INET,
+                               socket.SOCK_DGRAM) as sock:
+            sock.connect((a.ip, 81))
+            sock.settimeout(0.2)
+
+            def answered() -> bool:
+                sock.send(b"probe\n")
+                try:
+                    return bool(sock.recv(256))
+                except TimeoutError:
+                    return False
+
+            assert _until(lambda: answered() and not _passes(lab, "x/c", "x/a", 80, "udp"))
+            _delete(lab, "x/a-from-c")
+            assert _until(lambda: not answered(), 5.0) is not None
+            time.sleep(0.3)
+            assert not any(answered() for _ in range(3))
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+        lab.overlayctl("policy", "delete", "x/a-from-c", check=False)
+
+
+def test_restarting_overlayd_keeps_the_table_no_allow_window(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    denied, allowed = [], []
+    stop = threading.Event()
+
+    def probe_loop() -> None:
+        while not stop.is_set():
+            denied.append(_passes(lab, "x/c", "x/a", 80, "tcp"))  # cross-node, denied
+            allowed.append(_passes(lab, "x/b", "x/a", 80, "tcp"))
+
+    try:
+        assert _until(lambda: _passes(lab, "x/b", "x/a") and
+                      not _passes(lab, "x/c", "x/a")) is not None
+        prober = threading.Thread(target=probe_loop)
+        prober.start()
+        try:
+            time.sleep(0.5)
+            assert lab.stop_daemon("node1")
+            time.sleep(1.0)  # overlayd is down: the kernel keeps enforcing
+            lab.start_daemon("node1")
+            lab.wait_ready(["node1"])
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            prober.join()
+        assert len(denied) >= 5 and not any(denied), denied
+        assert all(allowed), allowed
+    finally:
+        _delete(lab, "x/a-from-b", "x/default-deny-ingress")
+    assert _until(lambda: _passes(lab, "x/c", "x/a")) is not None
+
+
+def _first_send(cond: Callable[[], bool], since: float, timeout: float = 10.0) -> float:
+    """Seconds from ``since`` to the start of the first probe for which ``cond`` held
+    (when its packet was sent, not when its timeout ran out)."""
+    while time.monotonic() - since < timeout:
+        sent = time.monotonic()
+        if cond():
+            return sent - since
+        time.sleep(0.01)
+    raise AssertionError(f"not enforced within {timeout} s")
+
+
+def _peer(dst: str) -> str:
+    return "x/b" if dst == "x/a" else "x/a"
+
+
+LATENCY_PROBE_TIMEOUT = 0.05  # the lab's RTT is well under 1 ms: the resolution
+
+
+def _on_every_node(lab: Lab, want_pass: bool, since: float) -> float:
+    """Both nodes probed at once: the later node's first enforced probe."""
+    def one(d: str) -> float:
+        return _first_send(lambda: _passes(lab, _peer(d), d, 80, "tcp",
+                                           LATENCY_PROBE_TIMEOUT) == want_pass, since)
+    with ThreadPoolExecutor(2) as pool:
+        return max(pool.map(one, ("x/a", "x/c")))
+
+
+def test_policy_change_to_enforced_latency_on_every_node(lab: Lab) -> None:
+    """policy put -> the first packet it denies is dropped, on node1 (x/a) and node2 (x/c),
+    and delete -> the first one passes again; 20 rounds, measured from overlayctl's
+    return (its etcd write is done); p50/p99 printed for the report."""
+    enforced, lifted = [], []
+    for _ in range(20):
+        _apply(lab, DENY_A_AND_C)
+        enforced.append(_on_every_node(lab, False, time.monotonic()))
+        _delete(lab, "x/deny-a-c")
+        lifted.append(_on_every_node(lab, True, time.monotonic()))
+    for what, xs in (("policy put -> denied on every node", enforced),
+                     ("policy delete -> allowed on every node", lifted)):
+        xs = sorted(xs)
+        print(f"\n{what}: p50 {statistics.median(xs) * 1000:.0f} ms, "
+              f"p99 {xs[-1] * 1000:.0f} ms (max of {len(xs)})")
+    assert statistics.median(enforced) < 1.0

@@ -1,0 +1,21 @@
+"""conntrack -L lines as flows: the original direction, other protocols skipped."""
+
+from ipaddress import IPv4Address
+
+from overlay.policy.conntrack import Flow, parse_flows
+
+LISTING = "\n".join([  # conntrack -L, as this kernel prints it
+    "udp      17 29 src=10.244.2.3 dst=10.244.1.3 sport=57300 dport=81 "
+    "src=10.244.1.3 dst=10.244.2.3 sport=81 dport=57300 mark=0 use=1",
+    "icmp     1 29 src=10.244.1.0 dst=10.244.2.0 type=8 code=0 id=31958 "
+    "src=10.244.2.0 dst=10.244.1.0 type=0 code=0 id=31958 mark=0 use=1",
+    "tcp      6 431999 ESTABLISHED src=10.244.1.2 dst=10.244.2.2 sport=37258 dport=80 "
+    "src=10.244.2.2 dst=10.244.1.2 sport=80 dport=37258 [ASSURED] mark=0 use=1",
+    "tcp      6 10 CLOSE src=10.244.1.2 dst=nonsense sport=1 dport=2",
+    "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown."])
+
+
+def test_flows_keep_the_original_direction_only() -> None:
+    assert parse_flows(LISTING) == [
+        Flow("UDP", IPv4Address("10.244.2.3"), IPv4Address("10.244.1.3"), 57300, 81),
+        Flow("TCP", IPv4Address("10.244.1.2"), IPv4Address("10.244.2.2"), 37258, 80)]
