@@ -25,15 +25,16 @@ import sys
 import time
 from ipaddress import IPv4Address
 
+from overlay.cluster.pods import Port
 from overlay.policy.model import NetworkPolicy, parse_policy
 from overlay.policy.nft import LocalPod, apply_table, compile_table
-from overlay.policy.semantics import NamedPort, Pod
+from overlay.policy.semantics import Pod
 
 NAMESPACES = 50
 
 
 def cluster(n: int) -> list[Pod]:
-    ports = (NamedPort("http", 8080), NamedPort("metrics", 9090))
+    ports = (Port("http", 8080), Port("metrics", 9090))
     return [Pod(f"ns{i % NAMESPACES}", f"pod{i}",
                 (IPv4Address(f"10.{244 + i // 65536}.{i // 250 % 256}.{2 + i % 250}"),),
                 {"app": f"app{i % 20}", "role": f"role{i % 7}", "slot": f"s{i % 1000}"}, ports,

@@ -46,7 +46,7 @@ from overlay.netlink.pod import host_veth_name
 from overlay.policy import conntrack, nft
 from overlay.policy.model import NetworkPolicy, PolicyError
 from overlay.policy.objects import Namespace, parse_namespace_kv, parse_policy_kv
-from overlay.policy.semantics import Host, NamedPort, Pod, allowed
+from overlay.policy.semantics import Host, Pod, allowed
 from overlay.subnetenv import policy_marker_path
 from overlay.util.fsutil import atomic_write
 from overlay.util.proc import ProgramError, run
@@ -79,7 +79,7 @@ class Inputs:
 def pod_of(record: PodRecord) -> Pod:
     """The registry's record as the policy code's pod (named ports only)."""
     return Pod(record.namespace, record.name, tuple(record.ips), record.label_values(),
-               tuple(NamedPort(p.name, p.port, p.protocol) for p in record.ports if p.name),
+               tuple(p for p in record.ports if p.name),
                record.node)
 
 
@@ -411,8 +411,7 @@ class PolicyAgent:
         ips = tuple(ip for ip in (IPv4Interface(i["address"]).ip
                                   for i in result.get("ips", [])) if isinstance(ip, IPv4Address))
         pod = Pod(identity.namespace, identity.name, ips, dict(identity.labels),
-                  tuple(NamedPort(p.name, p.port, p.protocol) for p in identity.ports
-                        if p.name), self.node)
+                  tuple(p for p in identity.ports if p.name), self.node)
         with self._state_lock:
             self._pending[req.container_id] = nft.LocalPod(
                 pod, host_veth_name(req.container_id, req.ifname))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from overlay.cluster.pods import Port
 from overlay.policy.model import (
     EGRESS,
     INGRESS,
@@ -37,20 +38,12 @@ NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 @dataclass(frozen=True)
-class NamedPort:
-    """A container port with a name (``containerPort`` + ``protocol``)."""
-    name: str
-    port: int
-    protocol: str = "TCP"
-
-
-@dataclass(frozen=True)
 class Pod:
     namespace: str
     name: str
     ips: tuple[IPAddress, ...]
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
-    ports: tuple[NamedPort, ...] = ()
+    ports: tuple[Port, ...] = ()  # the registry's: named ports resolve on them
     node: str = ""
 
     @property

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from overlay.policy.semantics import NamedPort, Pod
+from overlay.cluster.pods import Port
+from overlay.policy.semantics import Pod
 
 NAMESPACES = ("x", "y", "z")
 POD_NAMES = ("a", "b", "c")
@@ -59,7 +60,7 @@ def node_of(ns: str, name: str) -> str:
 
 
 def model_pods() -> list[Pod]:
-    ports = tuple(NamedPort(f"serve-{p}-{proto.lower()}", p, proto)
+    ports = tuple(Port(f"serve-{p}-{proto.lower()}", p, proto)
                   for p in PORTS for proto in PROTOCOLS)
     return [Pod(ns, n, (pod_ip(ns, n),), {"pod": n}, ports, node_of(ns, n))
             for ns in NAMESPACES for n in POD_NAMES]

@@ -4,6 +4,7 @@ is tests/integration/test_policy_nft.py."""
 
 from ipaddress import IPv4Address
 
+from overlay.cluster.pods import Port
 from overlay.policy.model import parse_policy
 from overlay.policy.nft import (
     Cluster,
@@ -14,7 +15,7 @@ from overlay.policy.nft import (
     range_text,
     replacement,
 )
-from overlay.policy.semantics import NamedPort, Pod, peer_matches
+from overlay.policy.semantics import Pod, peer_matches
 
 from .cases import model_namespaces, model_pods, policy
 from .randomized import random_policies
@@ -23,7 +24,7 @@ from .randomized import random_policies
 def _cluster(n: int) -> list[Pod]:
     return [Pod(f"ns{i % 10}", f"p{i}", (IPv4Address(f"10.{244 + i // 65536}.{i // 256 % 256}"
                                                      f".{i % 256}"),),
-                {"app": f"a{i % 7}"}, (NamedPort("http", 8000 + i % 3),)) for i in range(n)]
+                {"app": f"a{i % 7}"}, (Port("http", 8000 + i % 3),)) for i in range(n)]
 
 
 def _policies(n: int) -> list:
