@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from overlay.cluster import keys
 from overlay.cluster.schema import read_schema
@@ -29,6 +30,7 @@ from overlay.policy.model import NetworkPolicy, PolicyError, parse_labels, parse
 from overlay.policy.semantics import NAME_LABEL
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CREATED, CONFIGURED, UNCHANGED = "created", "configured", "unchanged"
 _RETRIES = 5  # compare-and-swap races lost to another writer
@@ -98,26 +100,28 @@ def parse_policy_kv(prefix: str, kv: KV) -> NetworkPolicy:
     return policy
 
 
-def list_namespaces(store: ObjectStore) -> tuple[list[Namespace], list[Rejected]]:
-    kvs, _ = store.list(keys.namespaces_prefix(store.prefix))
+def _list_judged(store: ObjectStore, base: str, parse: Callable[[str, KV], T]
+                 ) -> tuple[list[T], list[Rejected]]:
+    """Every key under ``base`` through its kind's rule ``parse``: the good, the rejected."""
+    kvs, _ = store.list(base)
     good, bad = [], []
     for kv in kvs:
         try:
-            good.append(parse_namespace_kv(store.prefix, kv))
+            good.append(parse(store.prefix, kv))
         except PolicyError as e:
             bad.append(Rejected(kv.key, str(e)))
+    return good, bad
+
+
+def list_namespaces(store: ObjectStore) -> tuple[list[Namespace], list[Rejected]]:
+    good, bad = _list_judged(store, keys.namespaces_prefix(store.prefix), parse_namespace_kv)
     return sorted(good, key=lambda n: n.name), bad
 
 
 def list_policies(store: ObjectStore, namespace: str | None = None
                   ) -> tuple[list[NetworkPolicy], list[Rejected]]:
-    kvs, _ = store.list(keys.policies_prefix(store.prefix, namespace))
-    good, bad = [], []
-    for kv in kvs:
-        try:
-            good.append(parse_policy_kv(store.prefix, kv))
-        except PolicyError as e:
-            bad.append(Rejected(kv.key, str(e)))
+    good, bad = _list_judged(store, keys.policies_prefix(store.prefix, namespace),
+                             parse_policy_kv)
     return sorted(good, key=lambda p: p.ref), bad
 
 
