@@ -70,6 +70,7 @@ class RuntimeInfo:
     vxlan_device: str | None = None
     public_ip: IPv4Address | None = None
     bridge: str | None = None
+    policy_log_denied: bool = False  # compile_table(..., log_denied=) as overlayd does
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,7 +82,7 @@ class RuntimeInfo:
             "cni_socket": self.cni_socket, "vxlan_device": self.vxlan_device,
             "public_ip": None if self.public_ip is None else str(self.public_ip),
             "bridge": self.bridge, "cni_conf_dir": self.cni_conf_dir,
-            "cni_bin_dir": self.cni_bin_dir,
+            "cni_bin_dir": self.cni_bin_dir, "policy_log_denied": self.policy_log_denied,
         }
 
     def etcd_flags(self) -> dict[str, str | None]:
@@ -169,7 +170,15 @@ def _parse_obj(obj: Any) -> RuntimeInfo:
         vxlan_device=_opt(_ifname, obj.get("vxlan_device"), "vxlan_device"),
         public_ip=_opt(_ipv4, obj.get("public_ip"), "public_ip"),
         bridge=_opt(_ifname, obj.get("bridge"), "bridge"),
+        policy_log_denied=_flag(obj.get("policy_log_denied", False), "policy_log_denied"),
     )
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean; absent (a file an older overlayd wrote) is False."""
+    if not isinstance(value, bool):
+        raise _Bad(f"{name} {value!r}: expected true or false")
+    return value
 
 
 def _text(value: Any, name: str) -> str:

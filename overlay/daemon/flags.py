@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="renew this many seconds before expiry (default %(default)s)")
     n.add_argument("--ip-masq", action="store_true",
                    help="masquerade pod traffic leaving the pod network (nftables)")
+    n.add_argument("--policy-log-denied", action="store_true",
+                   help="log packets NetworkPolicy drops to the kernel log (nft log, "
+                        "prefix 'overlay-policy denied ingress|egress: ', at most 10/s "
+                        "per direction after a burst of 20; default off)")
     n.add_argument("--reconcile-interval", type=float, default=10.0,
                    help="seconds between periodic reconciles (default %(default)s)")
     n.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD,
@@ -177,6 +181,7 @@ class Settings:
     cni_data_dir: str = DEFAULT_CNI_DATA_DIR
     cni_conf_dir: str = DEFAULT_CONF_DIR
     cni_bin_dir: str = DEFAULT_BIN_DIR
+    policy_log_denied: bool = False
 
 
 def _check_iface_pattern(iface: str) -> None:
@@ -247,4 +252,5 @@ def parse_settings(argv: Sequence[str] | None = None,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
                     node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
-                    a.cni_data_dir, a.cni_conf_dir, a.cni_bin_dir)
+                    a.cni_data_dir, a.cni_conf_dir, a.cni_bin_dir,
+                    policy_log_denied=a.policy_log_denied)

@@ -183,19 +183,25 @@ class PolicyAgent:
                  stop: threading.Event, *,
                  leases_listed: Callable[[], bool] = lambda: True,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
-                 bridge_problem: Callable[[], str | None] = bridge_filtering_problem):
+                 bridge_problem: Callable[[], str | None] = bridge_filtering_problem,
+                 update: Callable[[str], None] = nft.apply_script, log_denied: bool = False):
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
         self._apply, self._bridge_problem = apply, bridge_problem
+        self._update, self.log_denied = update, log_denied
         self._leases_listed = leases_listed  # pods are judged against the leases
         self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
         self._listed: set[str] = set()
-        self._state_lock = threading.Lock()  # _kvs, _listed
+        self._state_lock = threading.Lock()  # _kvs, _listed, _generation
+        self._generation = 0  # bumped by every change the watches see
+        self._compiled_generation = -1  # the generation the loaded table was compiled at
         self._compile_lock = threading.Lock()  # one compile-and-load at a time
         self._dirty = threading.Event()
         self._pending: dict[str, nft.LocalPod] = {}  # admitted by ADD, not in the registry yet
         self._rules: PodRules | None = None
         self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
+        self._loaded_refs: frozenset[str] = frozenset()  # the pods it was compiled with
+        self._ahead = False  # an ADD's elements were added to it: the kernel holds more
         self.complete = threading.Event()  # every prefix listed once
         self.first_load = threading.Event()  # a complete table was loaded
         self.selecting = False  # a policy selects a local pod
@@ -208,6 +214,10 @@ class PolicyAgent:
         self._judged = {kind: _Judged(kind, rejected) for kind in KINDS}
         self.loads = Counter("overlay_policy_table_loads", "Policy tables loaded into the "
                              "kernel (only when the compiled text changed)", registry=metrics)
+        self.admits = Counter("overlay_policy_admits", "CNI ADDs whose pod was put into the "
+                              "policy table before the ADD returned, by how: 'elements' "
+                              "(added to the loaded table's sets) or 'table' (compiled and "
+                              "replaced whole)", ["path"], registry=metrics)
         Gauge("overlay_policy_selecting", "1 while a NetworkPolicy selects a pod of "
               "this node", registry=metrics).set_function(lambda: int(self.selecting))
         metrics.register(PolicyCounters(lambda: self.loaded))
@@ -233,11 +243,13 @@ class PolicyAgent:
                         held.pop(c.key, None)
                     else:
                         held[c.key] = KV(c.key, c.value, c.mod_revision)
+                self._generation += 1
             self._dirty.set()
 
     def _replace(self, kind: str, kvs: Iterable[KV]) -> None:
         with self._state_lock:
             self._kvs[kind] = {kv.key: kv for kv in kvs}
+            self._generation += 1
             self._listed.add(kind)
             if self._listed == set(KINDS):
                 self.complete.set()
@@ -322,13 +334,18 @@ class PolicyAgent:
     def sync(self) -> nft.CompiledTable:
         """Compile the current state; load it if its text changed (OverlayError: not)."""
         with self._compile_lock:
+            with self._state_lock:
+                generation = self._generation  # a later change bumps it past this
             got = self.inputs()
-            table = nft.compile_table(got.local, got.pods, got.namespaces, got.policies)
-            if self.loaded is None or table.text != self.loaded.text:
+            table = nft.compile_table(got.local, got.pods, got.namespaces, got.policies,
+                                      log_denied=self.log_denied)
+            if self.loaded is None or self._ahead or table.text != self.loaded.text:
                 self._apply(table)
-                self.loaded = table
+                self.loaded, self._ahead = table, False
                 self.loads.inc()
                 self._cut_due = bool(table.counters)
+            self._loaded_refs = frozenset(p.ref for p in got.pods)
+            self._compiled_generation = generation
             self.first_load.set()
             self._note(bool(table.counters), bool(got.policies))
             return table
@@ -412,16 +429,44 @@ class PolicyAgent:
                                   for i in result.get("ips", [])) if isinstance(ip, IPv4Address))
         pod = Pod(identity.namespace, identity.name, ips, dict(identity.labels),
                   tuple(p for p in identity.ports if p.name), self.node)
+        local = nft.LocalPod(pod, host_veth_name(req.container_id, req.ifname))
         with self._state_lock:
-            self._pending[req.container_id] = nft.LocalPod(
-                pod, host_veth_name(req.container_id, req.ifname))
+            self._pending[req.container_id] = local
         try:
-            self.sync()
+            if self._add_elements(local):
+                self.admits.labels("elements").inc()
+            else:
+                self.sync()
+                self.admits.labels("table").inc()
         except OverlayError as e:
             with self._state_lock:
                 self._pending.pop(req.container_id, None)
             raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicy rules for the pod not loaded",
                            str(e)) from e
+
+    def _add_elements(self, local: nft.LocalPod) -> bool:
+        """Put a new pod into the loaded table by adding its elements (one transaction,
+        the same verdicts as compiling the table with it: ``nft.admit_script``); the whole
+        table follows from the compiler thread. False: only a full compile can say it.
+
+        Only while the table is compiled from what the watches hold now (no change since):
+        otherwise the ADD compiles, so a policy put just before it is in force for it."""
+        with self._compile_lock:
+            with self._state_lock:
+                changed = self._generation != self._compiled_generation
+            loaded = self.loaded
+            if loaded is None or changed or local.pod.ref in self._loaded_refs:
+                return False
+            script = nft.admit_script(loaded, local)
+            if script is None:
+                return False
+            if script:
+                self._update(script)
+                self.loaded, self._ahead = nft.admitted(loaded, local), True
+                self._loaded_refs |= {local.pod.ref}
+        log.debug("pod %s admitted by adding its policy elements", local.pod.ref)
+        self._dirty.set()
+        return True
 
     def forget(self, container_id: str) -> None:
         with self._state_lock:
@@ -473,7 +518,8 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
     # the lease watch's first listing programs the device: from then on backend.leases
     # holds every accepted lease, and a remote pod is not rejected for want of its lease
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
-                       d.metrics.registry, d.stop, leases_listed=lambda: d._programmed)
+                       d.metrics.registry, d.stop, leases_listed=lambda: d._programmed,
+                       log_denied=d.s.policy_log_denied)
 
 
 def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:

@@ -34,7 +34,7 @@ def runtime_info(s: Settings, vxlan_device: str | None = None,
         etcd_username=e.username, etcd_password_file=_abs(e.password_file),
         healthz_addr=s.healthz_addr or None, cni_socket=_abs(s.cni_socket or None),
         vxlan_device=vxlan_device or s.vxlan_device or None, public_ip=public_ip or s.public_ip,
-        bridge=cni_bridge(s.cni_conf_dir))
+        bridge=cni_bridge(s.cni_conf_dir), policy_log_denied=s.policy_log_denied)
 
 
 def cni_bridge(conf_dir: str) -> str | None:

@@ -47,12 +47,18 @@ def _policy(obj: dict[str, Any], rev: int = 1) -> KV:
 class Applied:
     def __init__(self) -> None:
         self.tables: list[nft.CompiledTable] = []
+        self.scripts: list[str] = []  # admit_script's element updates
         self.fail = False
 
     def __call__(self, table: nft.CompiledTable) -> None:
         if self.fail:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
         self.tables.append(table)
+
+    def update(self, script: str) -> None:
+        if self.fail:
+            raise ProgramError("nft refused it", ["nft"], "failed", 1)
+        self.scripts.append(script)
 
 
 @pytest.fixture
@@ -63,7 +69,8 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, dict[str, str | None]]:
     a = PolicyAgent(store, "n1", lambda: SUBNET,
                     lambda: PodRules(lease_subnets=frozenset({SUBNET, OTHER})),
                     str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
-                    apply=applied, bridge_problem=lambda: bridge["problem"])
+                    apply=applied, bridge_problem=lambda: bridge["problem"],
+                    update=applied.update)
     return a, applied, bridge
 
 
@@ -185,8 +192,12 @@ def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
     handlers = policyagent.enforcing_handlers(
         {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
     assert handlers["ADD"](_request()) == RESULT
-    assert "10.244.1.9" in applied.tables[-1].text
+    # DENY (every pod of x) was compiled with x/a: the new pod's elements were added
+    assert len(applied.tables) == 1 and len(applied.scripts) == 1
+    assert "10.244.1.9" in applied.scripts[0] and "pod_sources_check" in applied.scripts[0]
     assert list(a._pending) == ["c-new"]  # until the registry has it
+    a.sync()  # the compiler's pass replaces the table whole, the pod in it
+    assert len(applied.tables) == 2 and "10.244.1.9" in applied.tables[-1].text
     published = KV(keys.pod_key(PREFIX, "x", "new"), encode_pod(PodRecord(
         "x", "new", (IPv4Address("10.244.1.9"),), "n1", "c-new", "eth0")), 3)
     a._replace(PODS, [_pod("a", "10.244.1.2"), published])
