@@ -12,6 +12,15 @@ When this venv's interpreter is not Debian's /usr/bin/python3 (e.g. a pyenv buil
 shared libpython, slower to start), the warm variant is also run with the entry started
 by /usr/bin/python3 ("overlay-warm-sys") to show the interpreter's share.
 
+``--policies N`` measures instead the ADD a real node's overlayd answers (a one-node lab,
+prefix ``ovcnp``: etcd, overlayd with its policy agent, the lab's CNI conflist) with 0 and
+then N NetworkPolicies in force, against the reference plugins in the same node namespace
+and the same rounds (target: ADD <= 1.5x the reference with N = 100). The policies are a
+cluster's mix over the 4 namespaces the benchmark's pods live in (namespace selector AND
+pod role, named and numeric ports, an ipBlock with an except, UDP 53); 20 resident pods
+make every policy select a local pod, and each new pod is selected by 5 of them. Also
+reported: how many ADDs took the element path (``overlay_policy_admits``).
+
 ``--repeat R`` runs the whole benchmark R times (fresh server and IPAM store each) and
 reports every run's ratios and their median and range.  ``--stress N`` adds N CPU-bound
 processes (stress-like, outside the namespaces, each stopping by itself after the
@@ -20,6 +29,7 @@ than the reference's under load.  ``--root DIR`` measures another checkout's plu
 (its entry and server) with this script, e.g. a ``git archive`` of the previous release.
 
     sudo .venv/bin/python bench/bench_cni.py [--rounds 40] [--repeat 5] [--stress 2] [--json]
+    sudo .venv/bin/python bench/bench_cni.py --policies 100 [--rounds 40] [--json]
 """
 
 from __future__ import annotations
@@ -60,11 +70,15 @@ class Variant:
         self.add: list[float] = []
         self.dele: list[float] = []
 
-    def call(self, command: str, container_id: str, netns: str) -> float:
+    def call(self, command: str, container_id: str, netns: str, cni_args: str = "",
+             stdin: bytes | None = None) -> float:
         env = dict(self.env, CNI_COMMAND=command, CNI_CONTAINERID=container_id,
                    CNI_NETNS=f"/var/run/netns/{netns}", CNI_IFNAME="eth0", CNI_PATH=REF_BIN)
+        if cni_args:
+            env["CNI_ARGS"] = cni_args
         start = time.perf_counter()
-        proc = subprocess.run(self.argv, input=self.stdin, env=env, capture_output=True)
+        proc = subprocess.run(self.argv, input=self.stdin if stdin is None else stdin, env=env,
+                              capture_output=True)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"{self.label} {command} {container_id}: {proc.stdout!r} "
@@ -253,6 +267,167 @@ def outer(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- --policies N: a lab node's overlayd, its policy agent in the ADD's path ------------------
+LAB_PREFIX = "ovcnp"
+LAB_NAMESPACES = 4  # where the benchmark's pods and the policies live
+APPS = 5  # app labels; policy i selects app{i % APPS} of its namespace
+
+
+def lab_policies(n: int) -> list[dict]:
+    """``n`` NetworkPolicies shaped like a cluster's (see the module's docstring)."""
+    return [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": f"pol{i}", "namespace": f"bn{i % LAB_NAMESPACES}"},
+             "spec": {"podSelector": {"matchLabels": {"app": f"app{i // LAB_NAMESPACES % APPS}"}},
+                      "policyTypes": ["Ingress", "Egress"],
+                      "ingress": [{"from": [{"namespaceSelector": {"matchLabels":
+                                                                   {"team": f"t{i % 2}"}},
+                                             "podSelector": {"matchLabels":
+                                                             {"role": f"role{i % 3}"}}}],
+                                   "ports": [{"port": "http"}, {"port": 9000 + i % 50}]}],
+                      "egress": [{"to": [{"ipBlock": {"cidr": "172.16.0.0/12",
+                                                      "except": [f"172.16.{i % 256}.0/24"]}}]},
+                                 {"ports": [{"port": 53, "protocol": "UDP"}]}]}}
+            for i in range(n)]
+
+
+def inner_lab(spec_path: str) -> dict:
+    """Runs inside the lab node's namespace: reference and overlay ADD/DEL, interleaved."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    ref = Variant("reference", [os.path.join(REF_BIN, "bridge")], spec["ref_conf"], {})
+    ov = Variant("overlay-warm", [spec["python"], "-IS", spec["entry"]], spec["conf"],
+                 {"OVERLAY_CNI_SOCKET": spec["socket"]})
+    for r, (ns, app, role) in enumerate(spec["pods"]):
+        name = f"bench-{spec['tag']}-{r}"
+        conf = dict(spec["conf"], args={"cni": {"labels": [{"key": "app", "value": app},
+                                                           {"key": "role", "value": role}]}})
+        cni_args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"
+        ref.add.append(ref.call("ADD", f"ref-{name}", f"{LAB_PREFIX}-pr-{r}"))
+        ov.add.append(ov.call("ADD", f"ov-{name}", f"{LAB_PREFIX}-po-{r}", cni_args,
+                              json.dumps(conf).encode()))
+        ref.dele.append(ref.call("DEL", f"ref-{name}", f"{LAB_PREFIX}-pr-{r}"))
+        ov.dele.append(ov.call("DEL", f"ov-{name}", f"{LAB_PREFIX}-po-{r}", cni_args,
+                               json.dumps(conf).encode()))
+    sh("ip", "link", "del", f"{LAB_PREFIX}-brr", check=False)
+    return summarize([ref, ov])
+
+
+def _node_nft_counters(lab) -> int:
+    proc = sh("ip", "netns", "exec", lab.spec.node_ns("node1"), "nft", "-j", "list",
+              "counters", "table", "inet", "overlay-policy", check=False)
+    if proc.returncode != 0:
+        return 0
+    return sum(1 for item in json.loads(proc.stdout)["nftables"] if "counter" in item)
+
+
+def _admits(lab) -> dict[str, float]:
+    from overlay.lab import system as sysx
+
+    host, port = lab.healthz_addr("node1").rsplit(":", 1)
+    _, body = sysx.http_get(lab.spec.node_ns("node1"), host, int(port), "/metrics", 2.0)
+    want = "overlay_policy_admits_total{path=\""
+    return {line[len(want):].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines() if line.startswith(want)}
+
+
+def _wait_counters(lab, want: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _node_nft_counters(lab) < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the policy table never held {want} counters")
+        time.sleep(0.2)
+
+
+def lab_block(lab, work: str, tag: str, rounds: int) -> dict:
+    """One block of ``rounds`` in the lab node (pods' namespaces made and removed here)."""
+    from overlay.lab.runtime import find_conflist, load_conflist
+
+    conflist = load_conflist(find_conflist(lab.spec.cni_conf_dir("node1")))
+    conf = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"],
+                name=conflist["name"])
+    pods = [(f"bn{r % LAB_NAMESPACES}", f"app{r % APPS}", f"role{r % 3}") for r in range(rounds)]
+    spec = {"tag": tag, "python": sys.executable, "conf": conf, "pods": pods,
+            "entry": os.path.join(lab.spec.cni_bin_dir, "overlay"),
+            "socket": lab.spec.node_file("node1", "cni.sock"),
+            "ref_conf": {"cniVersion": "1.0.0", "name": f"{LAB_PREFIX}-ref", "type": "bridge",
+                         "bridge": f"{LAB_PREFIX}-brr", "isGateway": True,
+                         "isDefaultGateway": True, "hairpinMode": True, "mtu": 1450,
+                         "ipam": {"type": "host-local", "subnet": "10.251.1.0/24",
+                                  "dataDir": work}}}
+    path = os.path.join(work, f"spec-{tag}.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    made = []
+    try:
+        for r in range(rounds):
+            for kind in ("pr", "po"):
+                sh("ip", "netns", "add", f"{LAB_PREFIX}-{kind}-{r}")
+                made.append(f"{LAB_PREFIX}-{kind}-{r}")
+        proc = subprocess.run(["ip", "netns", "exec", lab.spec.node_ns("node1"),
+                               sys.executable, os.path.abspath(__file__), "--inner-lab", path],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        result: dict = json.loads(proc.stdout)
+        return result
+    finally:
+        for ns in made:
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def lab_outer(args: argparse.Namespace) -> int:
+    from overlay.lab.lab import Lab
+    from overlay.lab.spec import LabError, LabSpec
+
+    base = tempfile.mkdtemp(prefix=f"{LAB_PREFIX}-labdir-")
+    lab = Lab(LabSpec(LAB_PREFIX, base), progress=lambda m: print(f"  {m}", file=sys.stderr))
+    blocks: dict[str, dict] = {}
+    try:
+        lab.up(nodes=1, pods_per_node=0)
+        for k in range(LAB_NAMESPACES):
+            lab.overlayctl("namespaces", "label", f"bn{k}", f"team=t{k % 2}")
+            for a in range(APPS):
+                lab.add_pod(f"res{a}", "node1", f"bn{k}",
+                            {"app": f"app{a}", "role": f"role{a % 3}"})
+        blocks["0"] = lab_block(lab, base, "p0", args.rounds)
+        manifest = os.path.join(base, "policies.json")
+        with open(manifest, "w") as f:
+            json.dump({"apiVersion": "v1", "kind": "List", "items": lab_policies(args.policies)}, f)
+        lab.overlayctl("policy", "apply", "-f", manifest)
+        _wait_counters(lab, 4 * args.policies)
+        time.sleep(1.0)  # the compiler's last pass
+        before = _admits(lab)
+        blocks[str(args.policies)] = lab_block(lab, base, f"p{args.policies}", args.rounds)
+        after = _admits(lab)
+        admits = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    except (RuntimeError, LabError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    finally:
+        try:
+            if os.environ.get("OVCNI_BENCH_KEEP_LOG") and lab.state is not None:
+                shutil.copy(lab.daemon_log("node1"), os.environ["OVCNI_BENCH_KEEP_LOG"])
+            if lab.state is not None:
+                lab.down()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    out = {"blocks": blocks, "policies": args.policies, "rounds": args.rounds,
+           "admits_during_policy_block": admits, "target": 1.5,
+           "met": blocks[str(args.policies)]["overlay-warm"]["add_ratio"] <= 1.5}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for count, b in blocks.items():
+        ref, ov = b["reference"], b["overlay-warm"]
+        print(f"{count:>4} policies: reference ADD {ref['add_median_ms']:.1f} ms, overlay "
+              f"ADD {ov['add_median_ms']:.1f} ms ({ov['add_ratio']:.2f}x), DEL "
+              f"{ov['del_median_ms']:.1f} vs {ref['del_median_ms']:.1f} ms "
+              f"({ov['del_ratio']:.2f}x), n={ov['n']}")
+    print(f"ADDs by path during the {args.policies}-policy block: {admits}; target ADD <= 1.5x "
+          f"with {args.policies}: {'met' if out['met'] else 'MISSED'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
@@ -261,17 +436,28 @@ def main() -> int:
                         help="N CPU-bound processes running alongside (default none)")
     parser.add_argument("--root", default=HERE,
                         help="checkout whose plugin is measured (default this one)")
+    parser.add_argument("--policies", type=int, default=0, metavar="N",
+                        help="measure a lab node's overlayd with 0 then N policies in force")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-lab", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1 or args.repeat < 1 or args.stress < 0:
         parser.error("--rounds and --repeat must be >= 1, --stress >= 0")
     args.root = os.path.abspath(args.root)
     if not os.path.exists(os.path.join(args.root, "cni-plugin", "overlay")):
         parser.error(f"{args.root} holds no cni-plugin/overlay")
+    if args.inner_lab:
+        print(json.dumps(inner_lab(args.inner_lab)))
+        return 0
     if args.inner:
         print(json.dumps(inner(args)))
         return 0
+    if args.policies:
+        if os.geteuid() != 0:
+            print("bench_cni needs root (network namespaces)", file=sys.stderr)
+            return 1
+        return lab_outer(args)
     return outer(args)
 
 

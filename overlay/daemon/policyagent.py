@@ -193,14 +193,19 @@ class PolicyAgent:
         self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
         self._listed: set[str] = set()
         self._state_lock = threading.Lock()  # _kvs, _listed, _generation
-        self._generation = 0  # bumped by every change the watches see
+        # bumped by every policy or namespace change the watches see (what decides a new
+        # pod's rules; other pods' changes reach the kernel with the compiler's next pass,
+        # as they would with the ADD's)
+        self._generation = 0
         self._compiled_generation = -1  # the generation the loaded table was compiled at
-        self._compile_lock = threading.Lock()  # one compile-and-load at a time
+        self._inputs_lock = threading.Lock()  # inputs() (its judged caches), one compile
+        self._compile_lock = threading.Lock()  # loaded and the kernel: one load at a time
         self._dirty = threading.Event()
         self._pending: dict[str, nft.LocalPod] = {}  # admitted by ADD, not in the registry yet
         self._rules: PodRules | None = None
         self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
         self._loaded_refs: frozenset[str] = frozenset()  # the pods it was compiled with
+        self._loaded_local: dict[str, nft.LocalPod] = {}  # and the local ones, by veth
         self._ahead = False  # an ADD's elements were added to it: the kernel holds more
         self.complete = threading.Event()  # every prefix listed once
         self.first_load = threading.Event()  # a complete table was loaded
@@ -243,13 +248,13 @@ class PolicyAgent:
                         held.pop(c.key, None)
                     else:
                         held[c.key] = KV(c.key, c.value, c.mod_revision)
-                self._generation += 1
+                self._generation += kind != PODS
             self._dirty.set()
 
     def _replace(self, kind: str, kvs: Iterable[KV]) -> None:
         with self._state_lock:
             self._kvs[kind] = {kv.key: kv for kv in kvs}
-            self._generation += 1
+            self._generation += kind != PODS
             self._listed.add(kind)
             if self._listed == set(KINDS):
                 self.complete.set()
@@ -332,23 +337,39 @@ class PolicyAgent:
         return out
 
     def sync(self) -> nft.CompiledTable:
-        """Compile the current state; load it if its text changed (OverlayError: not)."""
-        with self._compile_lock:
-            with self._state_lock:
-                generation = self._generation  # a later change bumps it past this
-            got = self.inputs()
-            table = nft.compile_table(got.local, got.pods, got.namespaces, got.policies,
-                                      log_denied=self.log_denied)
-            if self.loaded is None or self._ahead or table.text != self.loaded.text:
-                self._apply(table)
-                self.loaded, self._ahead = table, False
-                self.loads.inc()
-                self._cut_due = bool(table.counters)
-            self._loaded_refs = frozenset(p.ref for p in got.pods)
-            self._compiled_generation = generation
+        """Compile the current state; load it if its text changed (OverlayError: not).
+
+        The compile runs outside the load lock, so an ADD's element update waits only
+        for a load, not for a compile; a compile that missed a pod admitted meanwhile is
+        done again under the lock (loading it would drop that pod's elements)."""
+        with self._inputs_lock:
+            generation, got, table = self._compile()
+            with self._compile_lock:
+                if self._misses_admitted(got):
+                    generation, got, table = self._compile()
+                if self.loaded is None or self._ahead or table.text != self.loaded.text:
+                    self._apply(table)
+                    self.loaded, self._ahead = table, False
+                    self.loads.inc()
+                    self._cut_due = bool(table.counters)
+                self._loaded_refs = frozenset(p.ref for p in got.pods)
+                self._loaded_local = {lp.ifname: lp for lp in got.local}
+                self._compiled_generation = generation
             self.first_load.set()
             self._note(bool(table.counters), bool(got.policies))
             return table
+
+    def _compile(self) -> tuple[int, Inputs, nft.CompiledTable]:
+        with self._state_lock:
+            generation = self._generation  # a later change bumps it past this
+        got = self.inputs()
+        return generation, got, nft.compile_table(got.local, got.pods, got.namespaces,
+                                                  got.policies, log_denied=self.log_denied)
+
+    def _misses_admitted(self, got: Inputs) -> bool:
+        with self._state_lock:
+            pending = {lp.ifname for lp in self._pending.values()}
+        return not pending <= {lp.ifname for lp in got.local}
 
     def cut_denied(self) -> int:
         """Delete the conntrack entries of local pods' connections the loaded policies
@@ -356,7 +377,7 @@ class PolicyAgent:
         with the node's own side of the bridge (the gateway: kubelet's probes) are never
         filtered and are left alone. How many went."""
         self._cut_due = False
-        with self._compile_lock:  # inputs() updates the judged caches
+        with self._inputs_lock:  # inputs() updates the judged caches
             got = self.inputs()
         local = {ip for lp in got.local for ip in lp.pod.ips}
         subnet = self._own_subnet()
@@ -449,19 +470,28 @@ class PolicyAgent:
         the same verdicts as compiling the table with it: ``nft.admit_script``); the whole
         table follows from the compiler thread. False: only a full compile can say it.
 
-        Only while the table is compiled from what the watches hold now (no change since):
-        otherwise the ADD compiles, so a policy put just before it is in force for it."""
+        Only while the table is compiled from the policies and namespaces the watches hold
+        now: otherwise the ADD compiles, so a policy put just before it is in force for it."""
         with self._compile_lock:
             with self._state_lock:
                 changed = self._generation != self._compiled_generation
             loaded = self.loaded
-            if loaded is None or changed or local.pod.ref in self._loaded_refs:
+            if loaded is None:
+                return False
+            if self._loaded_local.get(local.ifname) == local:
+                return True  # a compile that waited for this lock included the pod
+            if changed or local.pod.ref in self._loaded_refs:
                 return False
             script = nft.admit_script(loaded, local)
             if script is None:
                 return False
             if script:
-                self._update(script)
+                try:
+                    self._update(script)
+                except OverlayError:
+                    self._ahead = True  # maybe half loaded: the next compile replaces it
+                    self._dirty.set()
+                    raise
                 self.loaded, self._ahead = nft.admitted(loaded, local), True
                 self._loaded_refs |= {local.pod.ref}
         log.debug("pod %s admitted by adding its policy elements", local.pod.ref)

@@ -58,7 +58,7 @@ def _wrong(topo: PolicyTopology, policies, got) -> list[str]:
 @pytest.mark.parametrize("seed", range(6))
 def test_added_elements_and_the_full_compile_give_the_same_verdicts(topo, seed):
     policies = [parse_policy(p) for p in random_policies(100 + seed)]
-    node1 = [lp for lp in topo.local(1)]
+    node1 = topo.local(1)
     new = node1[seed % len(node1)]
     table = _load_without(topo, policies, new.pod.ref)
     script = nft.admit_script(table, new)
