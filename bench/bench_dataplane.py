@@ -18,13 +18,22 @@ control blocks (B against itself, B B' B' B) show how far that statistic strays 
 nothing differs.  Met when bulk TCP's median >= 1.0 and its interval's low end >= 0.98.
 The run stops by itself: no block starts that would end past ``--budget`` seconds.
 
+``--policies N`` compares the project's lab with N NetworkPolicies in force against a
+second project lab (prefix ``ovlbq``) with none, instead of the anchor (issue 13's target:
+pod-to-pod TCP with 100 policies >= 0.95 x with none). The policies select the measured
+pods (namespace ``default``, every pod) and one of them allows the benchmark's flows; the
+others mix namespace and pod selectors, ipBlocks and ports. "overlay/anchor" is then
+"with N policies / with none".
+
     sudo .venv/bin/python bench/bench_dataplane.py [--budget 540] [--json]
     sudo .venv/bin/python bench/bench_dataplane.py --compare   # kernel state, no timing
+    sudo .venv/bin/python bench/bench_dataplane.py --policies 100 [--budget 540]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -113,6 +122,76 @@ def both_labs(anchor_udpcsum: str = "") -> Iterator[tuple[Arm, Arm]]:
         if lab.state is not None:
             lab.down()
         shutil.rmtree(base, ignore_errors=True)
+
+
+NO_POLICY_PREFIX = "ovlbq"
+
+
+def dataplane_policies(n: int) -> list[dict[str, Any]]:
+    """``n`` policies selecting every pod of ``default``; the first allows the benchmark's
+    flows (iperf3, sockperf, ping) both ways, the others allow other peers and ports."""
+    allow = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "bench-flows", "namespace": "default"},
+             "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                      "ingress": [{"from": [{"podSelector": {}}]}],
+                      "egress": [{"to": [{"podSelector": {}}]}]}}
+    out = [allow]
+    for i in range(1, n):
+        out.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": f"pol{i}", "namespace": "default"},
+                    "spec": {"podSelector": {} if i % 2 else {"matchExpressions": [
+                        {"key": "tier", "operator": "DoesNotExist"}]},
+                             "policyTypes": ["Ingress", "Egress"],
+                             "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                                 "team": f"t{i % 5}"}}, "podSelector": {"matchLabels": {
+                                     "role": f"r{i % 7}"}}}, {"ipBlock": {
+                                         "cidr": f"172.{16 + i % 16}.0.0/16",
+                                         "except": [f"172.{16 + i % 16}.{i % 256}.0/24"]}}],
+                                          "ports": [{"port": 9000 + i}, {"port": "http"}]}],
+                             "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                                         "ports": [{"port": 53, "protocol": "UDP"},
+                                                   {"port": 8000 + i % 100}]}]}})
+    return out
+
+
+def policy_counters(lab: Lab, node: str) -> int:
+    proc = subprocess.run(in_netns(lab.spec.node_ns(node), ["nft", "-j", "list", "counters",
+                                                            "table", "inet", "overlay-policy"]),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return 0
+    return sum(1 for item in json.loads(proc.stdout)["nftables"] if "counter" in item)
+
+
+@contextmanager
+def policy_labs(n: int) -> Iterator[tuple[Arm, Arm]]:
+    """Two project labs alike, the first with ``n`` policies in force."""
+    bases = [tempfile.mkdtemp(prefix=f"{p}-labdir-") for p in (LAB_PREFIX, NO_POLICY_PREFIX)]
+    labs = [Lab(LabSpec(p, b), progress=lambda m: print(f"  {m}", file=sys.stderr))
+            for p, b in zip((LAB_PREFIX, NO_POLICY_PREFIX), bases, strict=True)]
+    try:
+        print(f"bringing up two overlay labs (2 nodes, 1 pod each), {n} policies in the first",
+              file=sys.stderr)
+        for lab in labs:
+            lab.up(nodes=2, pods_per_node=1)
+        manifest = os.path.join(bases[0], "policies.json")
+        atomic_write(manifest, json.dumps({"apiVersion": "v1", "kind": "List",
+                                           "items": dataplane_policies(n)}))
+        labs[0].overlayctl("policy", "apply", "-f", manifest)
+        deadline = time.monotonic() + 60
+        while min(policy_counters(labs[0], node) for node in ("node1", "node2")) < 4 * n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {n} policies never reached both nodes' tables")
+            time.sleep(0.2)
+        with_policies, without = lab_arm(labs[0]), lab_arm(labs[1])
+        yield with_policies, Arm("no-policy",
+                                 dataclasses.replace(without.node, label="no-policy node-to-node"),
+                                 dataclasses.replace(without.pod, label="no-policy pod-to-pod"))
+    finally:
+        for lab, base in zip(labs, bases, strict=True):
+            if lab.state is not None:
+                lab.down()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 # --- measurements ----------------------------------------------------------------------
@@ -417,6 +496,9 @@ def main() -> None:
                     help="the anchor's flannel.1 with (or without) outer UDP checksums")
     ap.add_argument("--compare", action="store_true",
                     help="print how the two labs' kernel state differs, and stop")
+    ap.add_argument("--policies", type=int, default=0, metavar="N",
+                    help="compare the lab with N policies against one with none "
+                         "(instead of the anchor)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--save", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
@@ -427,7 +509,8 @@ def main() -> None:
         sys.exit(f"error: {', '.join(missing)} not installed (run cmd/bootstrap.sh --test)")
     started = time.monotonic()
     with ExitStack() as stack:
-        ours, anchor = stack.enter_context(both_labs(args.anchor_udpcsum))
+        ours, anchor = stack.enter_context(policy_labs(args.policies) if args.policies else
+                                           both_labs(args.anchor_udpcsum))
         arms = {"ours": ours, "anchor": anchor}
         for name in args.tweak:
             TWEAKS[name](ours)
@@ -460,7 +543,7 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
     summary = {"blocks": blocks, "tested": tested, "control": control, "absolute": absolute,
                "tweaks": args.tweak, "anchor_udpcsum": args.anchor_udpcsum,
                "seconds": args.seconds, "short": args.short,
-               "streams": args.streams,
+               "streams": args.streams, "policies": args.policies,
                "took_s": took, "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                "target": {"median": TARGET_MEDIAN, "low": TARGET_LOW}, "met": met}
     if args.save:
@@ -473,6 +556,8 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
         print(f"knobs on the project's lab only: {', '.join(args.tweak)}")
     if args.anchor_udpcsum:
         print(f"the anchor's flannel.1 with udpcsum {args.anchor_udpcsum}")
+    if args.policies:
+        print(f"'anchor' is the project's lab with no policy; 'overlay' has {args.policies}")
     print(f"{n_t} tested blocks (ABBA/BAAB) and {len(blocks) - n_t} control blocks (anchor vs "
           f"itself) in {took:.0f} s; TCP runs {args.seconds} s, latency/small-packet runs "
           f"{args.short} s; load average {' '.join(summary['loadavg'])}")
