@@ -270,6 +270,13 @@ class Daemon:
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
         self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
+    @property
+    def leases_programmed(self) -> bool:
+        """True once the lease watch's first listing is in the kernel: from then on
+        ``backend.leases`` holds every accepted lease (the policy agent waits for it, so a
+        remote pod is not rejected for want of its lease)."""
+        return self._programmed
+
     # -- readiness -------------------------------------------------------------------
     def readiness(self) -> list[str]:
         """What keeps the node from being ready ([] when ready); no side effects."""

@@ -545,10 +545,8 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
         return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases))
 
     own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
-    # the lease watch's first listing programs the device: from then on backend.leases
-    # holds every accepted lease, and a remote pod is not rejected for want of its lease
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
-                       d.metrics.registry, d.stop, leases_listed=lambda: d._programmed,
+                       d.metrics.registry, d.stop, leases_listed=lambda: d.leases_programmed,
                        log_denied=d.s.policy_log_denied)
 
 
