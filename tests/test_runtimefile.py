@@ -141,3 +141,15 @@ def test_a_bad_password_file_is_one_error(tmp_path, content, words):
         read_password_file(str(pw))
     with pytest.raises(ConfigError, match="cannot read"):
         read_password_file(str(tmp_path / "none"))
+
+
+def test_policy_log_denied_round_trips_and_defaults_to_off():
+    import dataclasses
+
+    loud = dataclasses.replace(INFO, policy_log_denied=True)
+    assert parse_runtime(json.dumps(loud.to_dict()).encode()).policy_log_denied is True
+    older = good()
+    del older["policy_log_denied"]  # written by an overlayd before the setting
+    assert parse_runtime(json.dumps(older).encode()).policy_log_denied is False
+    with pytest.raises(ConfigError, match="policy_log_denied 'yes': expected true or false"):
+        parse_runtime(json.dumps({**good(), "policy_log_denied": "yes"}).encode())

@@ -113,3 +113,12 @@ def test_heartbeat_period_and_probe_interval():
                       ("--probe-interval", "4000")):
         with pytest.raises(ConfigError, match=flag):
             parse_settings([flag, bad])
+
+
+def test_policy_log_denied_is_off_by_default_and_set_by_flag_or_env():
+    assert parse_settings([], environ={}).policy_log_denied is False
+    assert parse_settings(["--policy-log-denied"], environ={}).policy_log_denied is True
+    env = {"OVERLAYD_POLICY_LOG_DENIED": "true"}
+    assert parse_settings([], environ=env).policy_log_denied is True
+    with pytest.raises(ConfigError, match="OVERLAYD_POLICY_LOG_DENIED='maybe'"):
+        parse_settings([], environ={"OVERLAYD_POLICY_LOG_DENIED": "maybe"})

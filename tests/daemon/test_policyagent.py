@@ -265,3 +265,43 @@ def test_cut_denied_deletes_only_flows_the_policies_now_deny(agent, monkeypatch)
     monkeypatch.setattr(conntrack, "list_flows", lambda: flows)
     monkeypatch.setattr(conntrack, "delete_flows", delete)
     assert a.cut_denied() == 1 and deleted == [flows[1]]
+
+
+def test_an_add_after_a_policy_change_compiles_instead(agent) -> None:
+    """The element path extends the table as compiled: a policy put since then (not yet
+    compiled) must be in force for the new pod, so that ADD compiles."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    allow = {**DENY, "metadata": {"name": "allow", "namespace": "x"},
+             "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}}
+    a._replace(POLICIES, [_policy(DENY), _policy(allow)])  # the compiler has not run
+    a.admit(_request(), RESULT)
+    assert applied.scripts == [] and len(applied.tables) == 2
+    assert "10.244.1.9" in applied.tables[-1].text
+    assert "p0_ingress_allowed" in applied.tables[-1].text  # x/allow is in force
+    assert b'overlay_policy_admits_total{path="table"} 1.0' in generate_latest(REGISTRY[0])
+
+
+def test_after_elements_the_next_compile_replaces_the_table(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    a.admit(_request(), RESULT)
+    assert len(applied.scripts) == 1
+    assert b'overlay_policy_admits_total{path="elements"} 1.0' in generate_latest(REGISTRY[0])
+    a.forget("c-new")  # DEL before the compiler ran: the table it compiles is the old one's
+    a.sync()
+    assert len(applied.tables) == 2  # loaded although its text equals the first's
+    assert applied.tables[-1].text == applied.tables[0].text
+
+
+def test_log_denied_reaches_the_compiled_table(tmp_path: Path) -> None:
+    applied = Applied()
+    store = cast(ObjectStore, SimpleNamespace(prefix=PREFIX))
+    a = PolicyAgent(store, "n1", lambda: SUBNET,
+                    lambda: PodRules(lease_subnets=frozenset({SUBNET})),
+                    str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
+                    apply=applied, update=applied.update, log_denied=True)
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    assert 'log prefix "overlay-policy denied ingress: "' in a.sync().text
