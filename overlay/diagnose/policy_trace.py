@@ -63,7 +63,7 @@ def resolve_endpoint(text: str, pods: Sequence[Pod], nodes: Mapping[IPv4Address,
     pod = next((p for p in pods if p.namespace == ns and p.name == name), None)
     if pod is None:
         raise ConfigError(f'{what}: pods "{name}" not found in namespace "{ns}" (see '
-                          "`overlayctl pods list`)")
+                          "`overlayctl pods -A`)")
     if not pod.ips:
         raise ConfigError(f"{what}: pod {pod.ref} has no IP in the registry")
     return pod

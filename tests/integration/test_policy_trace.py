@@ -29,7 +29,8 @@ def cluster(etcd_server, store, ctl):
         for i in (1, 2):
             reg.create_lease(net(i), attrs(10 + i), ttl=3600)
     for i, p in enumerate(model_pods()):
-        record = PodRecord(p.namespace, p.name, p.ips, p.node, f"c{i}", "eth0",
+        record = PodRecord(p.namespace, p.name, (pod_ip(p.namespace, p.name),), p.node,
+                           f"c{i}", "eth0",
                            {k: Label(v, SOURCE_CLI) for k, v in p.labels.items()}, p.ports)
         store.put(pod_key(store.prefix, p.namespace, p.name), encode_pod(record))
     for ns in ("x", "y", "z"):
@@ -103,4 +104,4 @@ def test_without_port_no_verdict_and_bad_names_are_one_line(cluster):
     r = ctl("trace", "--policy-only", "x/nope", "x/a", "--port", "80")
     assert r.exit_code == 1
     assert r.output.strip() == ('error: SRC: pods "nope" not found in namespace "x" '
-                                "(see `overlayctl pods list`)")
+                                "(see `overlayctl pods -A`)")
