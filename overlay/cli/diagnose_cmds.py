@@ -111,7 +111,9 @@ def diagnose(ctx: click.Context, cni_conf_dir: str, cni_bin_dir: str,
         service_cidrs=service_cidr, subnet_file=pick("subnet_file", subnet_file),
         vxlan_device=pick("vxlan_device", vxlan_device), bridge=pick("bridge", bridge),
         public_ip=pick("public_ip", public_ip), healthz_addr=pick("healthz_addr", healthz_addr),
-        probe=probe, probe_count=probe_count, probe_timeout=probe_timeout)
+        probe=probe, probe_count=probe_count, probe_timeout=probe_timeout,
+        node_name=getattr(rt, "node_name", None),
+        policy_log_denied=bool(getattr(rt, "policy_log_denied", False)))
     report = run(opts, obj.etcd_options())
     if obj.json:
         print_json(report.to_dict())
