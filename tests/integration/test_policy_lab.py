@@ -424,13 +424,15 @@ def test_diagnose_finds_a_hand_edited_policy_table(lab: Lab) -> None:
             check = _policy_check(lab, node)[1]
             assert check["status"] == "pass" and "as compiled" in check["found"], check
         table = ("inet", "overlay-policy")
-        _nft(lab, "node1", "add", "element", *table, "isolated_ingress", "{ 10.244.99.99 }")
+        forward = _nft(lab, "node1", "list", "chain", *table, "forward")
+        isolated = next(w[1:] for line in forward.splitlines() if "jump check_ingress" in line
+                        for w in line.split() if w.startswith("@"))  # the isolated pods' set
+        _nft(lab, "node1", "add", "element", *table, isolated, "{ 10.244.99.99 }")
         code, check = _policy_check(lab, "node1")
         assert code == 1 and check["status"] == "fail", check
-        assert "set isolated_ingress: extra element 10.244.99.99" in check["found"]
+        assert f"set {isolated}: extra element 10.244.99.99" in check["found"]
         assert "restart overlayd" in check["fix"]
-        _nft(lab, "node1", "delete", "element", *table, "isolated_ingress",
-             "{ 10.244.99.99 }")
+        _nft(lab, "node1", "delete", "element", *table, isolated, "{ 10.244.99.99 }")
         listing = _nft(lab, "node1", "-a", "list", "chain", *table, "check_ingress")
         handle = next(line.split("# handle ")[1] for line in listing.splitlines()
                       if line.strip().startswith("drop "))
