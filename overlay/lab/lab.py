@@ -554,7 +554,8 @@ class Lab:
                            f"remove it first with `overlay-lab pod del {namespace}/{name}`")
         pod = PodRecord(name, node, self._new_container_id(), namespace=namespace,
                         labels=dict(labels or {}), counted=False)
-        self._ensure_namespace(namespace)
+        if namespace != DEFAULT_NAMESPACE:  # 'default' always exists
+            self._ensure_namespace(namespace)
         return self._ensure_attached(self._record(pod), fresh=True)
 
     def _ensure_namespace(self, namespace: str) -> None:
