@@ -4,6 +4,7 @@ IPv4 half stays in use; two keys sharing an IPv4 or an IPv6 half: the older one 
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 
 import pytest
 
@@ -34,10 +35,10 @@ RULES = LeaseRules.from_config(CFG, (IPv4Network("10.244.1.0/24"),),
                                                "0e:00:00:00:01:01")
 
 
-def lease(n: int, v6: int | None = None, rev: int = 0, **attrs6) -> Lease:
+def lease(n: int, v6: int | None = None, rev: int = 0, **attrs6: Any) -> Lease:
     """Node n: 10.244.n.0/24 (+ fd00:10:244:<v6>::/64), 192.168.1.n, MACs ..:0n."""
-    fields = dict(public_ipv6=IPv6Address(f"fd00:192:168:1::{n}"), v6_vni=1,
-                  v6_vtep_mac=f"0e:00:00:00:01:{n:02x}")
+    fields: dict[str, Any] = {"public_ipv6": IPv6Address(f"fd00:192:168:1::{n}"),
+                              "v6_vni": 1, "v6_vtep_mac": f"0e:00:00:00:01:{n:02x}"}
     fields.update(attrs6)
     a = LeaseAttrs(IPv4Address(f"192.168.1.{n}"), vtep_mac=f"0e:00:00:00:00:{n:02x}",
                    **(fields if v6 is not None else {}))
