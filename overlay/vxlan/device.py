@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-import os
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 from overlay.errors import ConfigError, NetlinkOpError, OverlayError

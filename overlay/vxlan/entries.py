@@ -60,7 +60,8 @@ class BackendSettings:
 
     vni: int
     public_ip: IPAddress  # the family of the device's underlay
-    underlay: IPv4Interface | IPv6Interface  # public IP with its prefix: the L2 subnet for DirectRouting
+    # public IP with its prefix: the L2 subnet for DirectRouting
+    underlay: IPv4Interface | IPv6Interface
     direct_routing: bool = False
 
 
