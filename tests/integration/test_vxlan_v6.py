@@ -6,6 +6,7 @@ code under test; the last test sends pod traffic through two ``overlay-v6.1`` de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -93,10 +94,9 @@ def spec6(ns: str, **kw) -> VXLANSpec:
     finally:
         nl.close()
     assert isinstance(u, Underlay6), u
-    base = dict(name=DEV, vni=1, port=8472, local=u.address.ip, underlay_index=u.index,
-                mtu=u.mtu - 70, mac="0e:00:00:00:06:11")
-    base.update(kw)
-    return VXLANSpec(**base)  # type: ignore[arg-type]
+    base = VXLANSpec(name=DEV, vni=1, port=8472, local=u.address.ip, underlay_index=u.index,
+                     mtu=u.mtu - 70, mac="0e:00:00:00:06:11")
+    return dataclasses.replace(base, **kw)
 
 
 @pytest.fixture
@@ -175,8 +175,9 @@ def test_ipv6_program_dump_roundtrip_and_delete(device6, netns):
 
 
 def test_ipv6_masquerade_table_loads_and_is_replaced_atomically(netns):
-    from overlay.masq.nft import Masquerade
     from ipaddress import IPv4Network
+
+    from overlay.masq.nft import Masquerade
     fd = os.open(netns_path(netns), os.O_RDONLY)
     try:
         with thread_in_netns(fd):
@@ -190,3 +191,60 @@ def test_ipv6_masquerade_table_loads_and_is_replaced_atomically(netns):
             assert m.current("ip") is not None  # the IPv4 table stays
     finally:
         os.close(fd)
+
+
+def two_nodes_with_pods(a: str, b: str, pa: str, pb: str, pod_mtu: int = 1500) -> None:
+    """Nodes ``a`` and ``b`` on one veth underlay (fd00:192:168:1::11/12), each with a
+    bridge holding its IPv6 subnet's gateway and one pod (``pa``, ``pb``) on it."""
+    ip(a, "link", "add", "eth0", "type", "veth", "peer", "name", "ovd-peer")
+    ip(a, "link", "set", "ovd-peer", "netns", b)
+    ip(b, "link", "set", "ovd-peer", "name", "eth0")
+    for ns, n, pod in ((a, 1, pa), (b, 2, pb)):
+        node(ns, f"fd00:192:168:1::1{n}")
+        sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
+        ip(ns, "link", "add", "br0", "type", "bridge")
+        ip(ns, "addr", "add", f"fd00:10:244:{n}::1/64", "dev", "br0", "nodad")
+        ip(ns, "link", "set", "br0", "up")
+        ip(ns, "link", "add", "veth0", "mtu", str(pod_mtu), "type", "veth", "peer", "name", "eth0",
+           "netns", pod)
+        ip(ns, "link", "set", "veth0", "master", "br0", "up")
+        ip(pod, "link", "set", "eth0", "up")
+        ip(pod, "addr", "add", f"fd00:10:244:{n}::5/64", "dev", "eth0", "nodad")
+        ip(pod, "-6", "route", "add", "default", "via", f"fd00:10:244:{n}::1")
+
+
+def ping6(ns: str, dst: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-6", "-n", "-c", "2", "-i", "0.2",
+                           "-W", "2", *args, dst], capture_output=True, text=True)
+
+
+def test_ping6_between_pods_through_overlay_v6_at_exactly_its_mtu():
+    """The data plane before the lab: each node's overlay-v6.1 (made and programmed by
+    our code) carries pod-to-pod IPv6; the largest packet that crosses is the device's
+    MTU, 1500 - 70, and one byte more is refused (with IPv4's 50 it would be lost)."""
+    with namespaces(4) as (a, b, pa, pb):
+        two_nodes_with_pods(a, b, pa, pb)
+        devices = []
+        for ns, n, peer in ((a, 1, 2), (b, 2, 1)):
+            d = VXLANDevice(spec6(ns, mac=f"0e:00:00:00:06:0{n}"), ns)
+            devices.append(d)
+            d.ensure()
+            d.ensure_address(IPv6Interface(f"fd00:10:244:{n}::/128"))
+            gw = IPv6Address(f"fd00:10:244:{peer}::")
+            mac = f"0e:00:00:00:06:0{peer}"
+            assert d.program([Op(True, Neigh(gw, mac)),
+                              Op(True, FDB(mac, IPv6Address(f"fd00:192:168:1::1{peer}"))),
+                              Op(True, Route(IPv6Network(f"fd00:10:244:{peer}::/64"), gw))]) \
+                == [0, 0, 0]
+        try:
+            r = ping6(pa, "fd00:10:244:2::5")
+            assert r.returncode == 0, r.stdout + r.stderr
+            # 1430 = 1382 payload + 8 ICMPv6 + 40 IPv6: fits; 1431 does not
+            fits = ping6(pa, "fd00:10:244:2::5", "-M", "do", "-s", "1382")
+            assert fits.returncode == 0, fits.stdout + fits.stderr
+            too_big = ping6(pa, "fd00:10:244:2::5", "-M", "do", "-s", "1383")
+            assert too_big.returncode != 0 and "mtu=1430" in too_big.stdout + too_big.stderr, \
+                too_big.stdout + too_big.stderr
+        finally:
+            for d in devices:
+                d.close()
