@@ -100,8 +100,9 @@ def test_ipv6_ruleset_is_the_same_design_in_the_ip6_family():
 
 def test_ipv6_intact_checks_the_ip6_table_against_the_ipv6_networks():
     m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
-    m.set_ipv6(IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:3::/64"))
-    full6 = ruleset(m.network6, m.subnet6).split("delete table ip6 overlay\n", 1)[1]
+    net6, sub6 = IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:3::/64")
+    m.set_ipv6(net6, sub6)
+    full6 = ruleset(net6, sub6).split("delete table ip6 overlay\n", 1)[1]
     full4 = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
     assert m.intact(full6, "ip6") and not m.intact(full4, "ip6")
     assert m.intact(full4) and not m.intact(full6)
