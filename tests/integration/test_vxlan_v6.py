@@ -248,3 +248,115 @@ def test_ping6_between_pods_through_overlay_v6_at_exactly_its_mtu():
         finally:
             for d in devices:
                 d.close()
+
+
+@contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """This thread in ``ns``: sockets made meanwhile (the data plane's) stay there."""
+    fd = os.open(netns_path(ns), os.O_RDONLY)
+    try:
+        with thread_in_netns(fd):
+            yield
+    finally:
+        os.close(fd)
+
+
+def dual_config(**backend: object):
+    from overlay.config import parse_network_config
+    return parse_network_config({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                                 "IPv6Network": "fd00:10:244::/56",
+                                 "Backend": {"Type": "vxlan", **backend}})
+
+
+def setup_in(ns: str, state_dir: str, config=None, public_ipv6: str | None = None):
+    from overlay.vxlan.setup import NodeOptions, setup_data_plane
+    opts = NodeOptions(None, None, "", state_dir,
+                       IPv6Address(public_ipv6) if public_ipv6 else None)
+    with inside(ns):
+        return setup_data_plane(config or dual_config(), opts)
+
+
+def test_setup_dual_stack_mtus_lease_attrs_and_mac_kept_across_restart_and_deletion(
+        netns, tmp_path):
+    ip(netns, "route", "add", "default", "via", "192.168.1.1")
+    plane = setup_in(netns, str(tmp_path))
+    assert plane.v6 is not None
+    v4 = ipj(netns, "link", "show", "overlay.1")[0]
+    v6 = ipj(netns, "link", "show", DEV)[0]
+    assert (v4["mtu"], v6["mtu"], plane.mtu) == (1450, 1430, 1430)  # pod MTU: the smaller
+    a = plane.attrs
+    assert a.public_ipv6 == IPv6Address("fd00:192:168:1::11") and a.v6_vni == 1
+    assert a.v6_vtep_mac == v6["address"] != v4["address"]
+    mac6 = v6["address"]
+    # restart: the same MAC; the device deleted by hand and set up again: the same MAC
+    assert setup_in(netns, str(tmp_path)).attrs.v6_vtep_mac == mac6
+    ip(netns, "link", "del", DEV)
+    assert setup_in(netns, str(tmp_path)).attrs.v6_vtep_mac == mac6
+    assert ipj(netns, "link", "show", DEV)[0]["address"] == mac6
+    # the device deleted while running: repair brings it back with that MAC
+    ip(netns, "link", "del", DEV)
+    with inside(netns):
+        plane.repair_device()
+    assert ipj(netns, "link", "show", DEV)[0]["address"] == mac6
+    # Backend.MTU is the outer MTU: each family takes its own overhead off
+    plane = setup_in(netns, str(tmp_path), dual_config(MTU=1400))
+    assert ipj(netns, "link", "show", DEV)[0]["mtu"] == 1330
+
+
+def test_setup_without_ipv6_underlay_keeps_ipv4_and_says_why(netns, tmp_path, caplog):
+    ip(netns, "route", "add", "default", "via", "192.168.1.1")
+    ip(netns, "addr", "del", "fd00:192:168:1::11/64", "dev", "eth0")
+    caplog.set_level("WARNING", logger="overlay.vxlan.setup")
+    plane = setup_in(netns, str(tmp_path))
+    assert plane.v6 is None and plane.attrs.public_ipv6 is None
+    assert plane.attrs.v6_vtep_mac is None and plane.mtu == 1450
+    assert "IPv6 is off on this node" in caplog.text and "no global IPv6 address" in caplog.text
+    assert DEV not in {ln["ifname"] for ln in ipj(netns, "link", "show")}
+
+
+def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only_ours(
+        netns, tmp_path):
+    from dataclasses import replace as dc_replace
+    from ipaddress import IPv4Address, IPv4Network
+
+    from overlay.lease import Lease, LeaseAttrs
+
+    ip(netns, "route", "add", "default", "via", "192.168.1.1")
+    plane = setup_in(netns, str(tmp_path))
+    assert plane.v6 is not None
+
+    def lease(n: int, v6: bool = True) -> Lease:
+        attrs = LeaseAttrs(IPv4Address(f"192.168.1.{10 + n}"), "vxlan", 1,
+                           f"0e:00:00:00:04:{n:02x}")
+        if not v6:
+            return Lease(IPv4Network(f"10.244.{n}.0/24"), attrs)
+        attrs = dc_replace(attrs, public_ipv6=IPv6Address(f"fd00:192:168:1::{10 + n}"),
+                           v6_vni=1, v6_vtep_mac=f"0e:00:00:00:06:{n:02x}")
+        return Lease(IPv4Network(f"10.244.{n}.0/24"), attrs,
+                     ipv6_subnet=IPv6Network(f"fd00:10:244:{n}::/64"))
+
+    def want6(*ns: int) -> set:
+        out: set = set()
+        for n in ns:
+            gw, mac = IPv6Address(f"fd00:10:244:{n}::"), f"0e:00:00:00:06:{n:02x}"
+            out |= {Neigh(gw, mac), FDB(mac, IPv6Address(f"fd00:192:168:1::{10 + n}")),
+                    Route(IPv6Network(f"fd00:10:244:{n}::/64"), gw)}
+        return out
+
+    # the data plane's sockets were made in netns: its reconciles work on it from here
+    res = plane.backend.reconcile([lease(2), lease(3), lease(4, v6=False)])
+    assert res.added == 9 + 6 and not res.failed
+    assert kernel_entries6(netns) == want6(2, 3)
+    # somebody else's IPv6 route and neighbour on the device stay; our stale ones go
+    ip(netns, "-6", "route", "add", "fd00:77::/64", "dev", DEV, "proto", "static")
+    ip(netns, "-6", "neigh", "add", "fd00:10:244:9::", "lladdr", "0e:00:00:00:06:09", "dev", DEV,
+       "nud", "permanent")
+    ip(netns, "-6", "route", "del", "fd00:10:244:3::/64")
+    res = plane.backend.reconcile([lease(2), lease(3), lease(4, v6=False)])
+    assert (res.added, res.removed) == (1, 1)
+    assert kernel_entries6(netns) == want6(2, 3)
+    assert [r["dst"] for r in ipj(netns, "-6", "route", "show", "proto", "static")] == \
+        ["fd00:77::/64"]
+    # lease 3 goes: only its entries go
+    plane.backend.reconcile([lease(2), lease(4, v6=False)])
+    assert kernel_entries6(netns) == want6(2)
