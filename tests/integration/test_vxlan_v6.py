@@ -360,3 +360,50 @@ def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only
     # lease 3 goes: only its entries go
     plane.backend.reconcile([lease(2), lease(4, v6=False)])
     assert kernel_entries6(netns) == want6(2)
+
+
+def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
+    """Two overlayd nodes, a dual-stack config; n1 has an IPv6 underlay, n2 none: n1
+    runs overlay-v6.1 and publishes its IPv6 attributes, n2 says why IPv6 is off and
+    keeps IPv4; a hand-written Flannel-format dual-stack lease reaches n1's IPv6 device
+    (and only the IPv4 device of n2), and its removal removes it."""
+    from .support.ovd_topology import Topology, wait_for
+
+    topo = Topology(2)
+    try:
+        topo.setup({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                    "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan", "VNI": 1}})
+        n1, n2 = topo.nodes
+        ip(topo.underlay, "addr", "add", "fd00:192:168:1::1/64", "dev", "br0", "nodad")
+        ip(n1.ns, "addr", "add", "fd00:192:168:1::11/64", "dev", "eth0", "nodad")
+        for n in topo.nodes:
+            n.start()
+        for n in topo.nodes:
+            n.wait_ready()
+        assert ipj(n1.ns, "link", "show", DEV)[0]["mtu"] == 1430
+        assert DEV not in {ln["ifname"] for ln in ipj(n2.ns, "link", "show")}
+        assert "IPv6 is off on this node" in n2.log()
+        with open(n1.subnet_file) as f:
+            assert "OVERLAY_MTU=1430\n" in f.read()
+        mac6 = ipj(n1.ns, "link", "show", DEV)[0]["address"]
+        values = {json.dumps(v) for v in topo.leases().values()}
+        assert any('"PublicIPv6": "fd00:192:168:1::11"' in v and mac6 in v for v in values)
+        # a remote dual-stack node, written by hand in Flannel's format
+        key = "/overlay/network/subnets/10.244.250.0-24&fd00:10:244:fa::-64"
+        value = json.dumps({"PublicIP": "192.168.1.99", "PublicIPv6": "fd00:192:168:1::99",
+                            "BackendType": "vxlan",
+                            "BackendData": {"VNI": 1, "VtepMAC": "0e:fa:00:00:04:01"},
+                            "BackendV6Data": {"VNI": 1, "VtepMAC": "0e:fa:00:00:06:01"}})
+        topo.etcdctl("put", key, value)
+        gw = IPv6Address("fd00:10:244:fa::")
+        want = {Neigh(gw, "0e:fa:00:00:06:01"),
+                FDB("0e:fa:00:00:06:01", IPv6Address("fd00:192:168:1::99")),
+                Route(IPv6Network("fd00:10:244:fa::/64"), gw)}
+        wait_for(lambda: kernel_entries6(n1.ns) == want, 5, what="the IPv6 half on n1")
+        wait_for(lambda: "10.244.250.0/24" in {r["dst"] for r in ipj(
+            n2.ns, "route", "show", "proto", "111")}, 5, what="the IPv4 half on n2")
+        assert not ipj(n2.ns, "-6", "route", "show", "proto", "111")
+        topo.etcdctl("del", key)
+        wait_for(lambda: kernel_entries6(n1.ns) == set(), 5, what="the IPv6 half removed")
+    finally:
+        topo.cleanup()
