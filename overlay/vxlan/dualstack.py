@@ -23,6 +23,7 @@ from typing import cast
 
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch
 from overlay.vxlan.backend import BackendSettings, DataPlane, Result, VXLANBackend
+from overlay.vxlan.entries import IPNetwork, OtherRoute
 
 
 def v6_half(lease: Lease) -> Lease | None:
@@ -73,8 +74,28 @@ class DualStackBackend(VXLANBackend):
     batch and reconcile to ``v6``, the IPv6 device's backend, as IPv6 halves."""
 
     def __init__(self, dp: DataPlane, settings: BackendSettings, v6: VXLANBackend):
-        super().__init__(dp, settings)
         self.v6 = v6
+        super().__init__(dp, settings)
+
+    # ``failed`` and ``conflicts`` read both families' remotes (the reconcile loop retries
+    # within 1 s while any fails, the gauges count both); the IPv4 code writes only its
+    # own, and the filter keeps an IPv6 key from ever landing on the IPv4 side.
+    @property
+    def failed(self) -> set[IPNetwork]:
+        return self._failed4 | self.v6.failed
+
+    @failed.setter
+    def failed(self, value: set[IPNetwork]) -> None:
+        self._failed4: set[IPNetwork] = {s for s in value if s.version == 4}
+
+    @property
+    def conflicts(self) -> dict[IPNetwork, OtherRoute]:
+        return {**self._conflicts4, **self.v6.conflicts}
+
+    @conflicts.setter
+    def conflicts(self, value: dict[IPNetwork, OtherRoute]) -> None:
+        self._conflicts4: dict[IPNetwork, OtherRoute] = {
+            s: o for s, o in value.items() if s.version == 4}
 
     def apply_batch(self, batch: LeaseBatch) -> Result:
         return merge(super().apply_batch(batch), self.v6.apply_batch(v6_batch(batch)))

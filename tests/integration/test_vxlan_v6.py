@@ -407,3 +407,28 @@ def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
         wait_for(lambda: kernel_entries6(n1.ns) == set(), 5, what="the IPv6 half removed")
     finally:
         topo.cleanup()
+
+
+def test_ipv6_direct_routing_for_a_peer_on_the_same_link(netns, tmp_path):
+    from ipaddress import IPv4Address, IPv4Network
+
+    from overlay.lease import Lease, LeaseAttrs
+
+    ip(netns, "route", "add", "default", "via", "192.168.1.1")
+    plane = setup_in(netns, str(tmp_path), dual_config(DirectRouting=True))
+
+    def lease(n: int, public6: str) -> Lease:
+        return Lease(IPv4Network(f"10.244.{n}.0/24"),
+                     LeaseAttrs(IPv4Address(f"192.168.1.{10 + n}"), "vxlan", 1,
+                                f"0e:00:00:00:04:{n:02x}", public_ipv6=IPv6Address(public6),
+                                v6_vni=1, v6_vtep_mac=f"0e:00:00:00:06:{n:02x}"),
+                     ipv6_subnet=IPv6Network(f"fd00:10:244:{n}::/64"))
+    res = plane.backend.reconcile([lease(2, "fd00:192:168:1::12"), lease(3, "fd00:99::3")])
+    assert not res.failed
+    gw3 = IPv6Address("fd00:10:244:3::")
+    assert kernel_entries6(netns) == {
+        Route(IPv6Network("fd00:10:244:2::/64"), IPv6Address("fd00:192:168:1::12"), direct=True),
+        Neigh(gw3, "0e:00:00:00:06:03"), FDB("0e:00:00:00:06:03", IPv6Address("fd00:99::3")),
+        Route(IPv6Network("fd00:10:244:3::/64"), gw3)}
+    direct = ipj(netns, "-6", "route", "show", "fd00:10:244:2::/64")[0]
+    assert (direct["dev"], direct["gateway"]) == ("eth0", "fd00:192:168:1::12")

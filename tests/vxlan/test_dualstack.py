@@ -132,3 +132,30 @@ def test_v6_batch_maps_each_kind_of_change():
     assert sorted(str(h.subnet) for h in batch.removed) == [
         "fd00:10:244:2::/64", "fd00:10:244:3::/64", "fd00:10:244:5::/64"]
     assert batch.changed == ()  # dual(6): the IPv6 half did not change
+
+
+def test_failures_and_conflicts_of_either_family_are_the_backends():
+    """The reconcile loop retries within 1 s while ``failed`` is non-empty and the gauges
+    count ``failed``/``conflicts``: an IPv6 remote that fails counts, and clears."""
+    from overlay.vxlan.entries import OtherRoute
+    b, dp4, dp6 = backends()
+    bad = Route(IPv6Network("fd00:10:244:3::/64"), IPv6Address("fd00:10:244:3::"))
+    dp6.fail.add(bad)
+    dp6.others[IPv6Network("fd00:10:244:2::/64")] = OtherRoute(
+        IPv6Network("fd00:10:244:2::/64"), "static")
+    res = b.reconcile([dual(2), dual(3)])
+    assert res.failed == (IPv6Network("fd00:10:244:3::/64"),)
+    assert b.failed == {IPv6Network("fd00:10:244:3::/64")}
+    assert set(b.conflicts) == {IPv6Network("fd00:10:244:2::/64")}
+    assert len(dp4.state) == 6  # IPv4 unaffected
+    # an IPv4 failure is counted beside it, and neither leaks into the other family
+    dp4.fail.add(Route(IPv4Network("10.244.4.0/24"), IPv4Address("10.244.4.0")))
+    b.reconcile([dual(2), dual(3), dual(4, v6=False)])
+    assert b.failed == {IPv6Network("fd00:10:244:3::/64"), IPv4Network("10.244.4.0/24")}
+    assert b.v6.failed == {IPv6Network("fd00:10:244:3::/64")}
+    dp6.fail.clear()
+    dp4.fail.clear()
+    del dp6.others[IPv6Network("fd00:10:244:2::/64")]
+    b.reconcile()
+    assert b.failed == set() and b.conflicts == {}
+    assert set(dp6.state.all()) == v6_entries(2) | v6_entries(3)
