@@ -152,7 +152,7 @@ def cmd_add(req: Request) -> dict[str, Any]:
             lambda: _release_ips(store, ips, req.container_id, req.ifname)]
         try:
             result = _attach(req, conf, node, netns_fd, ips, mac, undo, stack)
-            _write_pod_meta(req, conf)
+            _write_pod_meta(req, conf, ips)
         except BaseException:
             _rollback(undo)
             raise
@@ -177,9 +177,9 @@ def _check_family_fit(node: NodeSubnet, requested: dict[int, ipam.IPAddress]) ->
                        f"{IPV6_MIN_MTU}", "a dual-stack pod needs an MTU of 1280 or more")
 
 
-def _write_pod_meta(req: Request, conf: NetConf) -> None:
+def _write_pod_meta(req: Request, conf: NetConf, ips: list[ipam.IPAddress]) -> None:
     """Who the pod is, for overlayd's pod registry (last: nothing to undo if it fails)."""
-    meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
+    meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config, ips)
     try:
         podmeta.write_meta(conf.data_dir, conf.name, meta)
     except OSError as e:

@@ -4,6 +4,7 @@ and GC for both families; IPv4-only unchanged.  Runs as test_cni_plugin.py does:
 executable entry inside a node namespace made by the test, pods in namespaces of their
 own, through the warm server and the in-process fallback."""
 
+import json
 import os
 
 import pytest
@@ -74,6 +75,8 @@ def test_add_gives_both_families_and_the_first_ipv6_packet_passes(node):
         assert f.read() == b"ds1\r\neth0"
     with open(os.path.join(d, "last_reserved_ip.1"), "rb") as f:
         assert f.read() == b"fd00:88:0:1::2"
+    with open(os.path.join(d, "pods", "ds1@eth0.json"), "rb") as f:
+        assert json.load(f)["ips"] == ["10.88.1.2", "fd00:88:0:1::2"]
 
 
 def test_pods_reach_each_other_over_ipv6_from_the_first_packet(node):
