@@ -95,7 +95,11 @@ class NetConf(NamedTuple):
         except SubnetEnvError as e:
             raise subnet_env_error(self.subnet_file, e) from None
         subnet = env.subnet.network
-        return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu)
+        v6 = env.ipv6_subnet  # the bridge's IPv6 gateway with the prefix, when dual-stack
+        return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu,
+                          v6.network if v6 is not None else None,
+                          v6.ip if v6 is not None else None,
+                          env.ipv6_network if v6 is not None else None)
 
 
 def subnet_env_error(path: str, error: SubnetEnvError) -> CNIError:

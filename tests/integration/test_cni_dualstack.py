@@ -6,8 +6,11 @@ own, through the warm server and the in-process fallback."""
 
 import json
 import os
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 import pytest
+
+from overlay.subnetenv import SubnetEnv, write_subnet_env
 
 from .support.cni_node import CNINode, sh
 
@@ -175,3 +178,25 @@ def test_a_dual_stack_mtu_below_1280_is_refused(node):
     result = node.cni("ADD", "ds-mtu", pod, conf=dual(node, mtu=1200))
     assert result.code == 7 and "below IPv6's minimum 1280" in result.doc["msg"], result
     assert store_files(node) == [] and node.veths() == []
+
+
+def test_subnet_env_ipv6_half_makes_the_pod_dual_stack(node):
+    env_path = os.path.join(node.dir, "subnet.env")
+    write_subnet_env(env_path, SubnetEnv(
+        IPv4Network("10.89.0.0/16"), IPv4Interface("10.89.5.1/24"), 1330, False,
+        IPv6Network("fd00:89::/56"), IPv6Interface("fd00:89:0:5::1/64")))
+    conf = node.conf(subnet=None, network=None, mtu=None, subnetFile=env_path)
+    pod = node.pod()
+    assert node.cni("STATUS", conf=conf, ifname=None).rc == 0
+    doc = node.add("senv6", pod, conf=conf)
+    sh("ip", "netns", "exec", pod, "ping", "-6", "-c1", "-W2", "fd00:89:0:5::1")
+    assert [(ip["address"], ip["gateway"]) for ip in doc["ips"]] == [
+        ("10.89.5.2/24", "10.89.5.1"), ("fd00:89:0:5::2/64", "fd00:89:0:5::1")]
+    assert ("fd00:89::/56", "fd00:89:0:5::1") in {
+        (r["dst"], r.get("gw")) for r in doc["routes"]}
+    assert node.links(pod)["eth0"]["mtu"] == 1330  # subnet.env's one MTU, for both families
+    sh("ip", "-n", node.name, "-6", "addr", "flush", "dev", "cni0", "scope", "global")
+    status = node.cni("STATUS", conf=conf, ifname=None)
+    assert status.code == 51 and "fd00:89:0:5::1/64" in status.doc["msg"], status
+    check = node.cni("CHECK", "senv6", pod, conf=dict(conf, prevResult=doc))
+    assert check.code == 103 and "lacks gateway fd00:89:0:5::1/64" in check.doc["msg"], check
