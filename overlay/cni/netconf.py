@@ -95,11 +95,11 @@ class NetConf(NamedTuple):
         except SubnetEnvError as e:
             raise subnet_env_error(self.subnet_file, e) from None
         subnet = env.subnet.network
-        v6 = env.ipv6_subnet  # the bridge's IPv6 gateway with the prefix, when dual-stack
+        gw6 = env.ipv6_subnet  # the bridge's IPv6 gateway with the prefix, when dual-stack
         return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu,
-                          v6.network if v6 is not None else None,
-                          v6.ip if v6 is not None else None,
-                          env.ipv6_network if v6 is not None else None)
+                          gw6.network if gw6 is not None else None,
+                          gw6.ip if gw6 is not None else None,
+                          env.ipv6_network if gw6 is not None else None)
 
 
 def subnet_env_error(path: str, error: SubnetEnvError) -> CNIError:
