@@ -122,3 +122,17 @@ def test_policy_log_denied_is_off_by_default_and_set_by_flag_or_env():
     assert parse_settings([], environ=env).policy_log_denied is True
     with pytest.raises(ConfigError, match="OVERLAYD_POLICY_LOG_DENIED='maybe'"):
         parse_settings([], environ={"OVERLAYD_POLICY_LOG_DENIED": "maybe"})
+
+
+def test_public_ipv6_flag_and_env():
+    from ipaddress import IPv6Address
+    assert parse_settings([], {}).public_ipv6 is None
+    s = parse_settings(["--public-ipv6", "fd00:192:168:1::11"], {})
+    assert s.public_ipv6 == IPv6Address("fd00:192:168:1::11")
+    s = parse_settings([], {"OVERLAYD_PUBLIC_IPV6": "2001:db8::5"})
+    assert s.public_ipv6 == IPv6Address("2001:db8::5")
+    for bad, why in (("192.168.1.11", "not an IPv6 address"), ("fe80::1", "global unicast"),
+                     ("::1", "global unicast"), ("ff02::1", "global unicast"),
+                     ("::ffff:192.168.1.11", "global unicast")):
+        with pytest.raises(ConfigError, match=why):
+            parse_settings(["--public-ipv6", bad], {})
