@@ -385,6 +385,7 @@ def lab_outer(args: argparse.Namespace) -> int:
     try:
         lab.up(nodes=1, pods_per_node=0)
         for k in range(LAB_NAMESPACES):
+            lab.overlayctl("namespaces", "create", f"bn{k}")
             lab.overlayctl("namespaces", "label", f"bn{k}", f"team=t{k % 2}")
             for a in range(APPS):
                 lab.add_pod(f"res{a}", "node1", f"bn{k}",

@@ -125,6 +125,7 @@ def both_labs(anchor_udpcsum: str = "") -> Iterator[tuple[Arm, Arm]]:
 
 
 NO_POLICY_PREFIX = "ovlbq"
+POLICY_TARGET = 0.95
 
 
 def dataplane_policies(n: int) -> list[dict[str, Any]]:
@@ -533,6 +534,8 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
     tested, control = summarize(blocks, "tested"), summarize(blocks, "control")
     bulk = tested[METRICS[0].name]
     met = bulk["median"] >= TARGET_MEDIAN and bulk["low"] >= TARGET_LOW
+    if args.policies:  # issue 13: with N policies >= 0.95 x with none (the median)
+        met = bulk["median"] >= POLICY_TARGET
     absolute: dict[str, dict[str, float]] = {}
     for m in METRICS:
         for arm in ("ours", "anchor"):
@@ -545,7 +548,8 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
                "seconds": args.seconds, "short": args.short,
                "streams": args.streams, "policies": args.policies,
                "took_s": took, "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-               "target": {"median": TARGET_MEDIAN, "low": TARGET_LOW}, "met": met}
+               "target": ({"median": POLICY_TARGET} if args.policies else
+                          {"median": TARGET_MEDIAN, "low": TARGET_LOW}), "met": met}
     if args.save:
         atomic_write(args.save, json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -571,8 +575,10 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
         print(f"{m.name:<16}{t['median']:>15.3f}{t['low']:>8.3f}-{t['high']:<7.3f}{ctl}   "
               f"{a['ours pod']:.3g}/{a['ours node']:.3g}, {a['anchor pod']:.3g}/"
               f"{a['anchor node']:.3g} {m.unit}")
+    goal = (f"median >= {POLICY_TARGET}" if args.policies else
+            f"median >= {TARGET_MEDIAN}, low >= {TARGET_LOW}")
     print(f"bulk TCP: median {bulk['median']:.3f}, interval low {bulk['low']:.3f}: target "
-          f"(median >= {TARGET_MEDIAN}, low >= {TARGET_LOW}) {'met' if met else 'NOT met'}")
+          f"({goal}) {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

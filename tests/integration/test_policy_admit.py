@@ -1,6 +1,7 @@
 """A pod put into a loaded table by element updates (``nft.admit_script``, the warm ADD's
 fast path) is judged by the kernel exactly as when the table is compiled with it, probed
-with real packets; and the denied-packet log rule (``log_denied``) in a real kernel.
+with real packets and read back (``diagnose``'s normalizer finds no difference); and the
+denied-packet log rule (``log_denied``) in a real kernel.
 
 Uses the nine-pod two-node topology of test_policy_nft.py: node1's table is compiled
 without one of its pods, that pod's elements are then added, and the whole truth table is
@@ -15,6 +16,7 @@ import time
 
 import pytest
 
+from overlay.diagnose.policy_table import diff_tables, parse_table
 from overlay.policy import nft
 from overlay.policy.model import parse_policy
 from overlay.policy.semantics import allowed
@@ -67,6 +69,9 @@ def test_added_elements_and_the_full_compile_give_the_same_verdicts(topo, seed):
     nft.apply_script(script, netns=topo.node(1))
     by_elements = topo.probe(probes())
     full = nft.compile_table(node1, list(topo.pods.values()), model_namespaces(), policies)
+    # the kernel's table as diagnose's drift check reads it: the full compile's
+    want, got = parse_table(full.text), parse_table(topo.nft(1, "list", "table", "inet", nft.TABLE))
+    assert want is not None and got is not None and diff_tables(want, got) == []
     nft.apply_table(full, netns=topo.node(1))
     by_compile = topo.probe(probes())
     differ = sorted(str(pr) for pr in by_compile if by_compile[pr] != by_elements[pr])
