@@ -16,6 +16,16 @@ Acquisition, in order:
 3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
    other rarely pick the same one; each lost race doubles that window (up to 32x).
 
+Dual-stack (``EnableIPv6`` and this node has a ``PublicIPv6``): the lease also holds an
+IPv6 subnet, in its key (Flannel's ``10.244.1.0-24&fd00:10:244:1::-64``).  The IPv6
+subnet is paired with the IPv4 one by index (the n-th IPv4 subnet of the range takes the
+n-th IPv6 subnet, so 10.244.5.0/24 takes fd00:10:244:5::/64 with the default ranges),
+else the previous subnet.env's, else the lowest free one.  A lease this node already
+holds keeps its pairing; one whose key lacks the IPv6 half (IPv6 was just enabled) or
+has one it must not have (IPv6 off, or no PublicIPv6 any more) is re-keyed in ONE
+transaction (``Registry.rekey_lease``), so peers see one change of the same lease.
+No free IPv6 subnet, or no PublicIPv6: the node takes an IPv4-only key and says why.
+
 A key holding garbage is never chosen (it exists, so creating it would always lose).
 A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
 ``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
@@ -31,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Set as AbstractSet
 from dataclasses import replace
 from datetime import UTC, datetime
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
 from overlay.config import NetworkConfig
@@ -71,7 +81,8 @@ class SubnetManager:
                  ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
                  previous_subnet: IPv4Network | None = None,
                  rng: random.Random | None = None, max_attempts: int = 20,
-                 spread: int = DEFAULT_SPREAD, check_interval: float = 300.0):
+                 spread: int = DEFAULT_SPREAD, check_interval: float = 300.0,
+                 previous_ipv6_subnet: IPv6Network | None = None):
         if ttl < 1:
             raise ValueError(f"lease TTL must be at least 1 s, got {ttl}")
         self.registry = registry
@@ -80,6 +91,7 @@ class SubnetManager:
         self.ttl = ttl
         self.renew_margin = renew_margin
         self.previous_subnet = previous_subnet
+        self.previous_ipv6_subnet = previous_ipv6_subnet
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
         self.spread = spread
@@ -102,7 +114,8 @@ class SubnetManager:
 
     def _set_current(self, lease: Lease) -> Lease:
         with self._lock:
-            moved = self._current is None or self._current.subnet != lease.subnet
+            moved = self._current is None or (self._current.subnet, self._current.ipv6_subnet
+                                              ) != (lease.subnet, lease.ipv6_subnet)
             self._current = lease
         if moved:
             self._rejudge()
@@ -142,6 +155,7 @@ class SubnetManager:
                 time.sleep(self.rng.uniform(0, 0.02 * attempt))
                 continue
             self.previous_subnet = lease.subnet
+            self.previous_ipv6_subnet = lease.ipv6_subnet or self.previous_ipv6_subnet
             return self._set_current(lease)
         raise RegistryError(f"could not acquire a subnet after {self.max_attempts} lost races "
                             f"(last: {last}); is the network nearly full?")
@@ -195,22 +209,70 @@ class SubnetManager:
                                              not candidate.reserved,
                                              candidate.attrs.public_ip != self.attrs.public_ip,
                                              candidate.subnet.network_address))
-            return self._reuse(mine[0])
+            return self._reuse(self._rekeyed(mine[0], leases))
         # A key holding garbage is not free either: creating it would lose every time.
         taken = {existing.subnet for existing in leases} | unusable
         prev = self.previous_subnet
         if prev is not None and self.config.in_range(prev) and prev not in taken:
-            lease = self.registry.create_lease(prev, self.attrs, self.ttl)
-            log.info("acquired subnet %s (previous subnet of this node), ttl %ds",
-                     prev, self.ttl)
+            v6 = self._pick_ipv6(prev, leases)
+            lease = self.registry.create_lease(prev, self.attrs, self.ttl, v6)
+            log.info("acquired subnet %s%s (previous subnet of this node), ttl %ds",
+                     prev, f" and {v6}" if v6 else "", self.ttl)
             return lease
         free = self._lowest_free(taken, spread)
         if not free:
             raise self._no_free(leases)
         subnet = self.rng.choice(free)
-        lease = self.registry.create_lease(subnet, self.attrs, self.ttl)
-        log.info("acquired subnet %s for %s, ttl %ds", subnet, self.attrs.public_ip, self.ttl)
+        v6 = self._pick_ipv6(subnet, leases)
+        lease = self.registry.create_lease(subnet, self.attrs, self.ttl, v6)
+        log.info("acquired subnet %s%s for %s, ttl %ds", subnet, f" and {v6}" if v6 else "",
+                 self.attrs.public_ip, self.ttl)
         return lease
+
+    # -- the IPv6 half ----------------------------------------------------------------
+
+    @property
+    def wants_ipv6(self) -> bool:
+        return self.config.enable_ipv6 and self.attrs.public_ipv6 is not None
+
+    def _pick_ipv6(self, subnet: IPv4Network, leases: list[Lease],
+                   current: IPv6Network | None = None) -> IPv6Network | None:
+        """The IPv6 subnet to pair with ``subnet`` (see the module doc); None when this
+        node has no IPv6 half to take."""
+        if not self.wants_ipv6:
+            if self.config.enable_ipv6:
+                log.warning("IPv6 is enabled but this node has no IPv6 public address "
+                            "(--public-ipv6): taking %s for IPv4 only", subnet)
+            return None
+        cfg = self.config
+        taken = {x.ipv6_subnet for x in leases if x.ipv6_subnet is not None
+                 and x.subnet != subnet}
+        index = (int(subnet.network_address) - int(cfg.subnet_min)) // cfg.subnet_size
+        candidates = [current, self.previous_ipv6_subnet]
+        if 0 <= index < cfg.ipv6_subnet_count:
+            candidates.append(cfg.ipv6_subnet_at(index))
+        for cand in candidates:
+            if cand is not None and cfg.ipv6_in_range(cand) and cand not in taken:
+                return cand
+        # The lowest free one: at most len(taken) + 1 steps, however large the range.
+        for i in range(min(cfg.ipv6_subnet_count, len(taken) + 1)):
+            cand = cfg.ipv6_subnet_at(i)
+            if cand not in taken:
+                return cand
+        log.warning("no free IPv6 subnet in %s (%s): taking %s for IPv4 only",
+                    cfg.ipv6_network, cfg.describe_ipv6_range(), subnet)
+        return None
+
+    def _rekeyed(self, lease: Lease, leases: list[Lease]) -> Lease:
+        """``lease`` with the key it must have now (its IPv6 half added, kept or dropped),
+        re-keyed in one transaction when that differs from the key it has."""
+        v6 = self._pick_ipv6(lease.subnet, leases, lease.ipv6_subnet)
+        if v6 == lease.ipv6_subnet:
+            return lease
+        new = self.registry.rekey_lease(lease, v6, self.attrs)
+        log.info("re-keyed the lease of %s: IPv6 subnet %s (was %s)", lease.subnet, v6,
+                 lease.ipv6_subnet)
+        return new
 
     def _reuse(self, lease: Lease) -> Lease:
         if lease.reserved:
@@ -340,6 +402,7 @@ class SubnetManager:
 
     def _reacquire(self, lost: Lease) -> Lease:
         self.previous_subnet = lost.subnet
+        self.previous_ipv6_subnet = lost.ipv6_subnet or self.previous_ipv6_subnet
         new = self.acquire()
         if new.subnet == lost.subnet:
             log.warning("re-acquired subnet %s", new.subnet)
@@ -354,9 +417,11 @@ class SubnetManager:
         own = self.current
         if own is None:
             return
+        last = {}  # a re-key is a DELETE and a PUT of one revision: only the last counts
         for ev in events:
-            if ev.lease.subnet != own.subnet:
-                continue
+            if ev.lease.subnet == own.subnet:
+                last[ev.revision] = ev
+        for ev in last.values():
             if ev.type is EventType.REMOVED or not self._is_own(ev.lease):
                 log.warning("the watch saw lease %s %s", own.subnet,
                             "deleted" if ev.type is EventType.REMOVED else "taken by "
@@ -426,9 +491,14 @@ class SubnetManager:
 
     def _rules(self) -> LeaseRules:
         """The acceptance rule as it stands for this node now (its subnet may move)."""
-        own = self.own_subnet()
+        lease = self.current
+        own = None if lease is None else lease.subnet
+        own6 = None if lease is None else lease.ipv6_subnet
+        a = self.attrs
         return LeaseRules.from_config(self.config, () if own is None else (own,),
-                                      (self.attrs.public_ip,), self.attrs.vtep_mac)
+                                      (a.public_ip,), a.vtep_mac).with_own_ipv6(
+            () if own6 is None else (own6,), () if a.public_ipv6 is None else (a.public_ipv6,),
+            a.v6_vtep_mac)
 
     def _report(self, view: LeaseView, rejected: list[Rejection], cleared: list[str],
                 complete: bool, on_rejected: OnRejected | None) -> None:
