@@ -165,3 +165,48 @@ def test_a_dual_stack_peer_sees_the_rekey_as_one_change(registry, etcd_server):
         n2.close()
         r1.close()
         r2.close()
+
+
+def _cli(etcd_server, *args):
+    from click.testing import CliRunner
+
+    from overlay.cli import cli
+    r = CliRunner().invoke(cli, ["--etcd-endpoints", etcd_server.endpoint, *args],
+                           terminal_width=250)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_config_set_ipv6_and_leases_list_show_both_halves(registry, etcd_server):
+    out = _cli(etcd_server, "config", "set", "--network", "10.244.0.0/16",
+               "--ipv6-network", "fd00:10:244::/56")
+    assert "fd00:10:244::/56" in out
+    assert registry.get_config().ipv6_network == IPv6Network("fd00:10:244::/56")
+    assert "IPV6-NETWORK" in _cli(etcd_server, "config", "get")
+    good = SubnetManager(registry, DUAL, attrs(11), ttl=60,
+                         previous_subnet=IPv4Network("10.244.2.0/24")).acquire()
+    no_v6 = SubnetManager(registry, DUAL, attrs(12, v6=False), ttl=60,
+                          previous_subnet=IPv4Network("10.244.3.0/24")).acquire()
+    # a hand-written lease whose IPv6 half is bad: its IPv4 half stays in use
+    registry.client().put(PREFIX + "10.244.4.0-24&fd00:10:244:4::-64", json.dumps({
+        "PublicIP": "192.168.1.14", "PublicIPv6": "fe80::14", "BackendType": "vxlan",
+        "BackendData": {"VNI": 1, "VtepMAC": "0e:00:00:00:00:0e"},
+        "BackendV6Data": {"VNI": 1, "VtepMAC": "0e:00:00:00:01:0e"}}))
+    rows = {line.split()[0]: line for line in
+            _cli(etcd_server, "-o", "wide", "leases", "list").splitlines()[1:]}
+    assert "IPV6-SUBNET" in _cli(etcd_server, "-o", "wide", "leases", "list")
+    assert "fd00:10:244:2::/64" in rows["10.244.2.0/24"] and rows["10.244.2.0/24"].endswith("ok")
+    assert "none (no IPv6 subnet in its key)" in rows["10.244.3.0/24"]
+    assert "ok (ipv6 rejected: public-ipv6-unusable)" in rows["10.244.4.0/24"]
+    listed = {d["subnet"]: d for d in json.loads(_cli(etcd_server, "-o", "json", "leases",
+                                                       "list"))}
+    assert listed["10.244.2.0/24"]["ipv6_subnet"] == str(good.ipv6_subnet)
+    assert listed["10.244.2.0/24"]["public_ipv6"] == "fd00:192:168:1::11"
+    assert listed["10.244.2.0/24"]["ipv6_status"] == "ok"
+    assert listed["10.244.3.0/24"]["ipv6_status"].startswith("none")
+    assert "ipv6_subnet" not in listed["10.244.3.0/24"]  # an IPv4-only value: as before
+    assert listed["10.244.4.0/24"]["ipv6_status"] == "rejected: public-ipv6-unusable"
+    assert "rejected" not in listed["10.244.4.0/24"]
+    shown = _cli(etcd_server, "leases", "show", "10.244.2.0/24")
+    assert "10.244.2.0-24&fd00:10:244:2::-64" in shown and "fd00:192:168:1::11" in shown
+    assert no_v6.ipv6_subnet is None
