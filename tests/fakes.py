@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 
-from overlay.cni.ipam import Attachment
+from overlay.cni.ipam import Attachment, IPAddress
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import ConfigNotFound, LeaseConflict, LeaseExists, RegistryError
 from overlay.lease import Lease, LeaseAttrs, Rejection
@@ -191,8 +191,8 @@ class FakeStore:
     """In-memory IPAM ``Store`` with the disk store's contract, for the allocator's tests."""
 
     def __init__(self) -> None:
-        self.ips: dict[IPv4Address, Attachment] = {}
-        self.last: IPv4Address | None = None
+        self.ips: dict[IPAddress, Attachment] = {}
+        self.last: dict[int, IPAddress] = {}  # by range index
         self._lock = threading.Lock()
 
     @contextmanager
@@ -200,18 +200,18 @@ class FakeStore:
         with self._lock:
             yield
 
-    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
+    def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int = 0) -> bool:
         if ip in self.ips:
             return False
         self.ips[ip] = (container_id, ifname)
-        self.last = ip
+        self.last[range_id] = ip
         return True
 
-    def last_reserved(self) -> IPv4Address | None:
-        return self.last
+    def last_reserved(self, range_id: int = 0) -> IPAddress | None:
+        return self.last.get(range_id)
 
-    def reservations(self) -> dict[IPv4Address, Attachment]:
+    def reservations(self) -> dict[IPAddress, Attachment]:
         return dict(self.ips)
 
-    def release(self, ip: IPv4Address) -> None:
+    def release(self, ip: IPAddress) -> None:
         self.ips.pop(ip, None)

@@ -222,7 +222,7 @@ def _open_etcd_registry(opts: EtcdOptions) -> Registry:
 
 def node_options(settings: Settings) -> NodeOptions:
     return NodeOptions(settings.iface, settings.public_ip, settings.vxlan_device,
-                       settings.state_dir)
+                       settings.state_dir, settings.public_ipv6)
 
 
 # ---- the daemon ----------------------------------------------------------------------
@@ -437,12 +437,16 @@ class Daemon:
     def _hold_locked(self, lease: Lease) -> None:
         assert self.device is not None and self.config is not None, f"device, config {_UNSET}"
         self.device.ensure_address(lease.vtep_address)
+        assert self.plane is not None, f"data plane {_UNSET}"
+        self.plane.ensure_v6_address(lease)
         env = env_for_lease(self.config, lease, self.mtu, self.s.ip_masq)
         write_subnet_env(self.s.subnet_file, env)
         self._env_written = True
         log.info("wrote %s: subnet %s%s, MTU %d", self.s.subnet_file, env.subnet,
                  f", IPv6 subnet {env.ipv6_subnet}" if env.ipv6_subnet else "", self.mtu)
         assert self.masq is not None, f"masquerade {_UNSET}"
+        if self.plane.v6 is not None:
+            self.masq.set_ipv6(self.config.ipv6_network, lease.ipv6_subnet)
         self.masq.update(lease.subnet)
         self._held = lease.subnet  # only once every step succeeded
 
@@ -461,6 +465,8 @@ class Daemon:
             else:
                 assert self.device is not None, f"device {_UNSET}"
                 self.device.ensure_address(lease.vtep_address)
+                assert self.plane is not None, f"data plane {_UNSET}"
+                self.plane.ensure_v6_address(lease)
 
     def _on_lease(self, lease: Lease) -> None:
         log.info("lease now %s (etcd lease %x)", lease.subnet, lease.etcd_lease_id)
@@ -532,7 +538,8 @@ class Daemon:
         self._spawn("keepalive", lambda: manager.run_keepalive(
             manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)
-        monitor_names = lambda: {device.spec.name, plane.underlay_name}  # noqa: E731
+        monitor_names = lambda: {device.spec.name, plane.underlay_name} | (  # noqa: E731
+            {plane.v6.device.spec.name, plane.v6.underlay_name} if plane.v6 else set())
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
         for name, target in self._cluster_threads():
