@@ -536,7 +536,7 @@ class SubnetManager:
         remote = self._remote(leases)
         batch = view.reset(remote)
         if on_snapshot is not None:
-            on_snapshot(list(view.leases.values()))
+            on_snapshot(view.used_leases())  # rejected IPv6 halves left out
         else:
             _emit(batch, on_batch)
 

@@ -1,0 +1,109 @@
+"""The subnet manager's IPv6 half (issue 14), against the shared fake registry."""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from overlay.config import parse_network_config
+from overlay.lease import Lease, LeaseAttrs
+from overlay.subnet.manager import SubnetManager
+from tests.fakes import FakeRegistry
+
+DUAL = parse_network_config({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                             "IPv6Network": "fd00:10:244::/56"})
+TINY6 = parse_network_config({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                              "IPv6Network": "fd00:10:244::/62"})  # 3 IPv6 subnets
+
+
+def net(i: int) -> IPv4Network:
+    return IPv4Network(f"10.244.{i}.0/24")
+
+
+def net6(i: int, cfg=DUAL) -> IPv6Network:
+    return IPv6Network(f"fd00:10:244:{i:x}::/64") if cfg is DUAL else cfg.ipv6_subnet_at(i - 1)
+
+
+def attrs(i: int, v6: bool = True) -> LeaseAttrs:
+    a = LeaseAttrs(IPv4Address(f"192.168.1.{i}"), vtep_mac=f"0e:00:00:00:00:{i:02x}")
+    if v6:
+        a = replace(a, public_ipv6=IPv6Address(f"fd00:192:168:1::{i}"), v6_vni=1,
+                    v6_vtep_mac=f"0e:00:00:00:01:{i:02x}")
+    return a
+
+
+def manager(reg, i=11, cfg=DUAL, **kw) -> SubnetManager:
+    kw.setdefault("rng", random.Random(i))
+    return SubnetManager(reg, cfg, attrs(i, kw.pop("v6", True)), ttl=600, **kw)
+
+
+def test_the_ipv6_subnet_is_paired_with_the_ipv4_one_by_index():
+    reg = FakeRegistry()
+    lease = manager(reg, previous_subnet=net(9)).acquire()
+    assert (lease.subnet, lease.ipv6_subnet) == (net(9), net6(9))
+    assert reg.leases[net(9)].ipv6_subnet == net6(9)
+
+
+def test_a_paired_ipv6_subnet_held_by_another_lease_gives_the_lowest_free_one():
+    reg = FakeRegistry()
+    reg.put(net(2), attrs(2), ttl=600, ipv6_subnet=net6(9))  # e.g. a Flannel node's pick
+    reg.put(net(3), attrs(3), ttl=600, ipv6_subnet=net6(1))
+    lease = manager(reg, previous_subnet=net(9)).acquire()
+    assert (lease.subnet, lease.ipv6_subnet) == (net(9), net6(2))
+
+
+def test_the_previous_ipv6_subnet_is_taken_back_when_free():
+    reg = FakeRegistry()
+    lease = manager(reg, previous_subnet=net(9), previous_ipv6_subnet=net6(40)).acquire()
+    assert lease.ipv6_subnet == net6(40)
+
+
+def test_no_free_ipv6_subnet_or_no_public_ipv6_gives_an_ipv4_only_key(caplog):
+    reg = FakeRegistry()
+    for i in (1, 2, 3):
+        reg.put(net(i), attrs(i), ttl=600, ipv6_subnet=TINY6.ipv6_subnet_at(i - 1))
+    lease = manager(reg, cfg=TINY6).acquire()
+    assert lease.ipv6_subnet is None and lease.subnet not in {net(1), net(2), net(3)}
+    assert "no free IPv6 subnet" in caplog.text
+    bare = manager(reg, 12, v6=False).acquire()
+    assert bare.ipv6_subnet is None
+    assert "no IPv6 public address" in caplog.text
+
+
+def test_an_ipv4_lease_is_rekeyed_when_ipv6_is_enabled_and_back_when_not():
+    reg = FakeRegistry()
+    v4cfg = parse_network_config({"Network": "10.244.0.0/16"})
+    old = manager(reg, cfg=v4cfg, v6=False).acquire()
+    dual = manager(reg).acquire()
+    assert dual.subnet == old.subnet and dual.ipv6_subnet is not None
+    assert len(reg.leases) == 1 and reg.leases[old.subnet].ipv6_subnet == dual.ipv6_subnet
+    # the pairing is kept by a restart
+    assert manager(reg, rng=random.Random(5)).acquire().ipv6_subnet == dual.ipv6_subnet
+    # IPv6 turned off again: the key loses its IPv6 half
+    assert manager(reg, cfg=v4cfg, v6=False).acquire().ipv6_subnet is None
+    assert reg.leases[old.subnet].ipv6_subnet is None
+
+
+def test_the_watch_hands_the_data_plane_ipv4_only_for_a_rejected_ipv6_half():
+    reg = FakeRegistry()
+    reg.put(net(5), replace(attrs(5), public_ipv6=IPv6Address("fe80::5")), ttl=600,
+            ipv6_subnet=net6(5))
+    reg.put(net(6), attrs(6), ttl=600, ipv6_subnet=net6(6))
+    m = manager(reg)
+    m.acquire()
+    got: queue.Queue[list[Lease]] = queue.Queue()
+    stop = threading.Event()
+    t = threading.Thread(target=m.run_watch, args=(m.own_subnet, stop, lambda b: None,
+                                                   got.put), daemon=True)
+    t.start()
+    try:
+        snapshot = {x.subnet: x for x in got.get(timeout=2)}
+    finally:
+        stop.set()
+        t.join(2)
+    assert snapshot[net(5)].ipv6_subnet is None and snapshot[net(5)].attrs.public_ipv6 is None
+    assert snapshot[net(5)].attrs.vtep_mac == attrs(5).vtep_mac  # IPv4 still used
+    assert snapshot[net(6)].ipv6_subnet == net6(6)
