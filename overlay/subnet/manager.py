@@ -105,6 +105,8 @@ class SubnetManager:
         self._watching: (tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None]
                          | None) = None
         self._renew_deadline: tuple[object, float] = (None, 0.0)
+        # The IPv6 halves logged as unused, so each (key, reason) is logged once.
+        self._v6_logged: dict[IPv4Network, tuple[str, str]] = {}
 
     @property
     def current(self) -> Lease | None:
@@ -154,6 +156,7 @@ class SubnetManager:
                          attempt, self.max_attempts, e)
                 time.sleep(self.rng.uniform(0, 0.02 * attempt))
                 continue
+            lease = self._settle_ipv6_race(lease)
             self.previous_subnet = lease.subnet
             self.previous_ipv6_subnet = lease.ipv6_subnet or self.previous_ipv6_subnet
             return self._set_current(lease)
@@ -262,6 +265,33 @@ class SubnetManager:
         log.warning("no free IPv6 subnet in %s (%s): taking %s for IPv4 only",
                     cfg.ipv6_network, cfg.describe_ipv6_range(), subnet)
         return None
+
+    def _settle_ipv6_race(self, lease: Lease) -> Lease:
+        """Two nodes that raced may both have created a key with one IPv6 subnet (their
+        IPv4 subnets differ, so both creates succeed): the lease created first keeps it,
+        as the rule decides; the other node, seeing that on a fresh read, re-keys to a
+        free IPv6 subnet.  Bounded: a few rounds, then it keeps IPv4 (the rule already
+        leaves its IPv6 half unused) and says so."""
+        for _ in range(5):
+            if lease.ipv6_subnet is None:
+                return lease
+            leases, _, _ = self._list()
+            holder = min((x for x in leases if x.ipv6_subnet == lease.ipv6_subnet),
+                         key=lambda x: (x.create_revision, int(x.subnet.network_address)),
+                         default=lease)
+            if holder.subnet == lease.subnet:
+                return lease
+            mine = next((x for x in leases if x.subnet == lease.subnet), lease)
+            log.warning("IPv6 subnet %s is also in the older lease of %s (a race): taking "
+                        "another", lease.ipv6_subnet, holder.subnet)
+            # the contested subnet is taken (by the holder), as is every other held one
+            v6 = self._pick_ipv6(lease.subnet, [x for x in leases if x.subnet != lease.subnet])
+            try:
+                lease = self.registry.rekey_lease(mine, v6, mine.attrs)
+            except LeaseConflict as e:
+                log.warning("re-keying after the IPv6 race failed (%s); re-reading", e)
+        log.warning("could not settle the IPv6 subnet of %s; IPv4 only for now", lease.subnet)
+        return lease
 
     def _rekeyed(self, lease: Lease, leases: list[Lease]) -> Lease:
         """``lease`` with the key it must have now (its IPv6 half added, kept or dropped),
@@ -504,6 +534,7 @@ class SubnetManager:
                 complete: bool, on_rejected: OnRejected | None) -> None:
         """Tell ``on_rejected`` what the registry and the rule rejected (only the subnets
         this step touched, so a quiet watch costs nothing)."""
+        self._log_ipv6(view)
         if on_rejected is None:
             return
         prefix = self.registry.subnets_prefix
@@ -529,6 +560,22 @@ class SubnetManager:
         view.cleared = []
         if now or gone or complete:
             on_rejected(now, gone, complete)
+
+    def _log_ipv6(self, view: LeaseView) -> None:
+        """Log once per key and reason an IPv6 half the rule leaves unused (the IPv4 half
+        stays in use, so this is not a rejected key), and once when it is used again."""
+        if not view.ipv6_rejected and not self._v6_logged:
+            return
+        for subnet, r in view.ipv6_rejected.items():
+            seen = (r.key, r.reason)
+            if self._v6_logged.get(subnet) != seen:
+                self._v6_logged[subnet] = seen
+                log.warning("lease %s: its IPv6 half is not used (%s: %s); its IPv4 half is",
+                            r.key, r.reason, r.detail)
+        for subnet in [s for s in self._v6_logged if s not in view.ipv6_rejected]:
+            key, _ = self._v6_logged.pop(subnet)
+            if subnet in view.leases:
+                log.info("lease %s: its IPv6 half is used again", key)
 
     def _snapshot(self, view: LeaseView, leases: list[Lease],
                   on_batch: Callable[[LeaseBatch], None],

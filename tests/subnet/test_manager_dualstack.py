@@ -9,8 +9,9 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from overlay.config import parse_network_config
-from overlay.lease import Lease, LeaseAttrs
+from overlay.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from overlay.subnet.manager import SubnetManager
+from overlay.subnet.registry import WatchUpdate
 from tests.fakes import FakeRegistry
 
 DUAL = parse_network_config({"Network": "10.244.0.0/16", "EnableIPv6": True,
@@ -87,7 +88,7 @@ def test_an_ipv4_lease_is_rekeyed_when_ipv6_is_enabled_and_back_when_not():
     assert reg.leases[old.subnet].ipv6_subnet is None
 
 
-def test_the_watch_hands_the_data_plane_ipv4_only_for_a_rejected_ipv6_half():
+def test_the_watch_hands_the_data_plane_ipv4_only_for_a_rejected_ipv6_half(caplog):
     reg = FakeRegistry()
     reg.put(net(5), replace(attrs(5), public_ipv6=IPv6Address("fe80::5")), ttl=600,
             ipv6_subnet=net6(5))
@@ -96,14 +97,36 @@ def test_the_watch_hands_the_data_plane_ipv4_only_for_a_rejected_ipv6_half():
     m.acquire()
     got: queue.Queue[list[Lease]] = queue.Queue()
     stop = threading.Event()
-    t = threading.Thread(target=m.run_watch, args=(m.own_subnet, stop, lambda b: None,
+    batches: queue.Queue = queue.Queue()
+    t = threading.Thread(target=m.run_watch, args=(m.own_subnet, stop, batches.put,
                                                    got.put), daemon=True)
     t.start()
     try:
         snapshot = {x.subnet: x for x in got.get(timeout=2)}
+        # a later event on another lease does not log the unused IPv6 half again
+        other = reg.put(net(7), attrs(7), ttl=600, ipv6_subnet=net6(7))
+        reg.events.put(WatchUpdate([LeaseEvent(EventType.ADDED, other, other.mod_revision)],
+                                   revision=reg.rev))
+        assert [x.subnet for x in batches.get(timeout=2).added] == [net(7)]
     finally:
         stop.set()
         t.join(2)
+    said = [r.getMessage() for r in caplog.records if "IPv6 half is not used" in r.getMessage()]
+    assert len(said) == 1 and "public-ipv6-unusable" in said[0], said
     assert snapshot[net(5)].ipv6_subnet is None and snapshot[net(5)].attrs.public_ipv6 is None
     assert snapshot[net(5)].attrs.vtep_mac == attrs(5).vtep_mac  # IPv4 still used
     assert snapshot[net(6)].ipv6_subnet == net6(6)
+
+
+def test_a_node_that_lost_an_ipv6_race_rekeys_to_a_free_ipv6_subnet(caplog):
+    reg = FakeRegistry()
+
+    def racer(subnet):  # another node creates its key, with the same IPv6 subnet, first
+        reg.before_write = None
+        reg.put(net(3), attrs(3), ttl=600, ipv6_subnet=net6(9))
+    reg.before_write = racer
+    lease = manager(reg, previous_subnet=net(9)).acquire()
+    assert lease.subnet == net(9) and lease.ipv6_subnet not in (None, net6(9))
+    assert reg.leases[net(9)].ipv6_subnet == lease.ipv6_subnet
+    assert reg.leases[net(3)].ipv6_subnet == net6(9)  # the older lease keeps it
+    assert "(a race)" in caplog.text
