@@ -55,6 +55,7 @@ from overlay.lease import (
     LeaseRules,
     LeaseView,
     Rejection,
+    lease_key,
     subnet_to_key,
 )
 from overlay.util.backoff import Backoff
@@ -298,6 +299,15 @@ class SubnetManager:
         re-keyed in one transaction when that differs from the key it has."""
         v6 = self._pick_ipv6(lease.subnet, leases, lease.ipv6_subnet)
         if v6 == lease.ipv6_subnet:
+            return lease
+        rivals = [lease_key(x) for x in leases
+                  if x.subnet == lease.subnet and x.ipv6_subnet != lease.ipv6_subnet]
+        if rivals:
+            # A new key is younger than every other key of our subnet, and the rule gives
+            # the subnet to the oldest: re-keying would hand it to the rival.
+            log.error("not re-keying the lease of %s: another key holds the same subnet "
+                      "(%s); remove it (`overlayctl leases list`), then restart", lease.subnet,
+                      ", ".join(rivals))
             return lease
         new = self.registry.rekey_lease(lease, v6, self.attrs)
         log.info("re-keyed the lease of %s: IPv6 subnet %s (was %s)", lease.subnet, v6,

@@ -130,3 +130,20 @@ def test_a_node_that_lost_an_ipv6_race_rekeys_to_a_free_ipv6_subnet(caplog):
     assert reg.leases[net(9)].ipv6_subnet == lease.ipv6_subnet
     assert reg.leases[net(3)].ipv6_subnet == net6(9)  # the older lease keeps it
     assert "(a race)" in caplog.text
+
+
+def test_no_rekey_while_another_key_holds_the_same_ipv4_subnet(caplog):
+    reg = FakeRegistry()
+    v4cfg = parse_network_config({"Network": "10.244.0.0/16"})
+    mine = manager(reg, cfg=v4cfg, v6=False).acquire()
+    rival = replace(mine, attrs=attrs(66), ipv6_subnet=net6(66),
+                    create_revision=mine.create_revision + 1)
+    real_list = reg.list_subnets
+
+    def with_rival(with_expiration=True):  # the fake holds one key per subnet: add one
+        listing = real_list(with_expiration)
+        return replace(listing, leases=[*listing.leases, rival])
+    reg.list_subnets = with_rival  # type: ignore[method-assign]
+    again = manager(reg).acquire()
+    assert again.subnet == mine.subnet and again.ipv6_subnet is None  # IPv4 kept as it was
+    assert "not re-keying" in caplog.text and "10.244." in caplog.text
