@@ -276,6 +276,14 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     return node
 
 
+def read_ipv6_device(node: NodeState, name: str) -> None:
+    from overlay.vxlan.device import read_device
+    try:
+        node.ipv6_device = read_device(name)
+    except OverlayError as e:
+        node.ipv6_device_error = str(e)
+
+
 def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     """Gather everything, probe the peers, run every check."""
     node = gather_node(opts)
@@ -284,6 +292,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         local_ips.add(opts.public_ip)
     cluster = gather_cluster(etcd, local_ips)
     node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
+    if cluster.config is not None and cluster.config.enable_ipv6:
+        read_ipv6_device(node, f"overlay-v6.{cluster.config.backend.vni}")
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
     if opts.probe and f.bridge is not None and f.overlay_cni is not None:
         # IPs outside this node's subnet are pod-ips' finding, not routed over the bridge

@@ -23,7 +23,7 @@ from overlay.diagnose.firewall import FirewallState
 from overlay.lease import Lease, Rejection
 from overlay.netlink.kernel_state import KernelState, LinkInfo
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv
-from overlay.vxlan.entries import Entry, Neigh, Route
+from overlay.vxlan.entries import DeviceView, Entry, Neigh, Route
 
 E = TypeVar("E", bound=Entry)  # one kind of entry
 
@@ -119,6 +119,9 @@ class NodeState:
     probes: list[ProbeResult] | None = None  # None = not run
     pod_probes: list[PodProbe] | None = None  # None = not run
     config_changed: bool | None = None  # overlayd's overlay_config_changed; None = not asked
+    # the IPv6 VXLAN device (read when the config enables IPv6; None: not read or absent)
+    ipv6_device: DeviceView | None = None
+    ipv6_device_error: str = ""
 
 
 @dataclass

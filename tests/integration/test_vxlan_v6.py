@@ -347,6 +347,13 @@ def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only
     res = plane.backend.reconcile([lease(2), lease(3), lease(4, v6=False)])
     assert res.added == 9 + 6 and not res.failed
     assert kernel_entries6(netns) == want6(2, 3)
+    # what diagnose reads of the device (read only): the same entries, its MTU, its underlay
+    from overlay.vxlan.device import read_device
+    view = read_device(DEV, netns)
+    assert view is not None and set(view.entries.all()) == want6(2, 3)
+    assert (view.mtu, view.underlay_mtu, view.local) == (1430, 1500, IPv6Address(
+        "fd00:192:168:1::11"))
+    assert view.underlay_address == IPv6Interface("fd00:192:168:1::11/64")
     # somebody else's IPv6 route and neighbour on the device stay; our stale ones go
     ip(netns, "-6", "route", "add", "fd00:77::/64", "dev", DEV, "proto", "static")
     ip(netns, "-6", "neigh", "add", "fd00:10:244:9::", "lladdr", "0e:00:00:00:06:09", "dev", DEV,
