@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
@@ -114,11 +114,16 @@ class ObservedRegistry:
     def get_lease(self, subnet: IPv4Network) -> Lease | None:
         return self._counted(self._inner.get_lease, subnet)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
-        return self._counted(self._inner.create_lease, subnet, attrs, ttl)
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
+        return self._counted(self._inner.create_lease, subnet, attrs, ttl, ipv6_subnet)
 
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         return self._counted(self._inner.update_lease, old, attrs, ttl)
+
+    def rekey_lease(self, old: Lease, ipv6_subnet: IPv6Network | None,
+                    attrs: LeaseAttrs) -> Lease:
+        return self._counted(self._inner.rekey_lease, old, ipv6_subnet, attrs)
 
     def renew_lease(self, lease: Lease) -> Lease:
         return self._counted(self._inner.renew_lease, lease)
