@@ -865,11 +865,32 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
             want.add(e)
     missing = [e for e in want.all() if e not in d.entries]
     stale = [e for e in d.entries.all() if e not in want]
-    return _entry_result(name, expected, len(halves), [
+    res = _entry_result(name, expected, len(halves), [
         ("missing", [describe(e) for e in missing], ["restart overlayd"] if missing else []),
         ("stale (no lease)", [describe(e) for e in stale],
          ["restart overlayd"] if stale else []),
     ])
+    return res if res.status != PASS else _ipv6_probes(node, res)
+
+
+def _ipv6_probes(node: NodeState, entries_ok: CheckResult) -> CheckResult:
+    """The entries are right: what the DF probes of the peers' IPv6 VTEPs say."""
+    probes = node.probes6
+    if not probes:
+        return entries_ok
+    down = [p for p in probes if p.received == 0]
+    if not down:
+        return replace(entries_ok, found=f"{entries_ok.found}; {len(probes)} peer(s) answered "
+                       f"{probes[0].size}-byte DF pings over IPv6")
+    mtu = [p for p in down if p.small_received]
+    found = "; ".join(
+        [f"{p.target} ({p.subnet}) answers only small pings: the IPv6 path MTU is below "
+         f"{p.size + 48}" for p in mtu]
+        + [f"{p.target} ({p.subnet}) does not answer{f': {p.error}' if p.error else ''}"
+           for p in down if not p.small_received])
+    fix = ("lower Backend.MTU (or the underlay's MTU mismatches between nodes)" if mtu else
+           "check the peer's overlayd and that UDP 8472 over IPv6 is not dropped (ip6tables/nft)")
+    return replace(entries_ok, status=FAIL, found=found, fix=fix)
 
 
 def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
@@ -26,7 +26,7 @@ from overlay.cni.netconf import DEFAULT_DATA_DIR
 from overlay.diagnose.checks import derive_facts, run_checks
 from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
-from overlay.diagnose.probe import Echo, echo_many
+from overlay.diagnose.probe import Echo, echo_many, echo_many6
 from overlay.diagnose.state import (
     PLUGIN_TYPE,
     ClusterState,
@@ -34,6 +34,7 @@ from overlay.diagnose.state import (
     DiagnoseOptions,
     NodeState,
     PodProbe,
+    Probe6Result,
     ProbeResult,
     Report,
     Reservation,
@@ -44,6 +45,7 @@ from overlay.lease import Lease
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, parse_subnet_env
 from overlay.util.proc import run_quiet
+from overlay.vxlan.entries import DeviceView, v6_half
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,27 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
             for peer, t in zip(remotes, targets, strict=True)]
 
 
+Echoer6 = Callable[[Sequence[IPv6Address], int, int, float], "dict[IPv6Address, Echo]"]
+
+
+def probe_peers6(remotes: Sequence[Lease], device: DeviceView, count: int, timeout: float,
+                 echo: Echoer6 = echo_many6) -> list[Probe6Result]:
+    """``probe_peers`` over IPv6: every peer whose IPv6 VTEP neighbour is on the device,
+    with DF at the IPv6 device's MTU (IPv6 40 + ICMPv6 8 bytes of headers)."""
+    halves = [h for h in map(v6_half, remotes) if h is not None
+              and h.subnet.network_address in device.entries.neighs]
+    if not halves:
+        return []
+    size = device.mtu - 48
+    targets = [IPv6Address(h.subnet.network_address) for h in halves]
+    full = echo(targets, size, count, timeout)
+    silent = [t for t in targets if full[t].received == 0]
+    small = echo(silent, 56, 1, timeout) if silent else {}
+    return [Probe6Result(IPv6Network(h.subnet), t, size, full[t].sent, full[t].received,
+                         small[t].received if t in small else None, full[t].error)
+            for h, t in zip(halves, targets, strict=True)]
+
+
 POD_PROBE_SIZE = 56  # ping's default payload: reachability, not the MTU (the mtu check)
 
 
@@ -305,6 +328,9 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
                                   opts.probe_timeout)
+    if opts.probe and cluster.available and node.ipv6_device is not None:
+        node.probes6 = probe_peers6(f.remotes, node.ipv6_device, opts.probe_count,
+                                    opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
     return report

@@ -94,3 +94,37 @@ def test_check_runs_from_run_checks_only_once():
     node, cluster = dual_stack()
     report = dg.run_checks(node, cluster, st.DiagnoseOptions())
     assert [c.name for c in report.checks].count("ipv6-data-plane") == 1
+
+
+def test_ipv6_df_probes_pass_or_name_the_path_mtu_problem():
+    node, cluster = dual_stack()
+    peers = [(IPv6Network(f"fd00:10:244:{i}::/64"), IPv6Address(f"fd00:10:244:{i}::"))
+             for i in (2, 3)]
+    node.probes6 = [st.Probe6Result(s, t, 1382, 2, 2) for s, t in peers]
+    c = check(node, cluster)
+    assert c.status == st.PASS and "2 peer(s) answered 1382-byte DF pings over IPv6" in c.found
+    node.probes6 = [st.Probe6Result(*peers[0], 1382, 2, 2),
+                    st.Probe6Result(*peers[1], 1382, 2, 0, small_received=1)]
+    c = check(node, cluster)
+    assert c.status == st.FAIL and "fd00:10:244:3:: (fd00:10:244:3::/64) answers only small" \
+        in c.found and "below 1430" in c.found and "Backend.MTU" in c.fix
+    node.probes6 = [st.Probe6Result(*peers[1], 1382, 2, 0, small_received=0)]
+    c = check(node, cluster)
+    assert c.status == st.FAIL and "does not answer" in c.found and "8472" in c.fix
+
+
+def test_probe_peers6_pings_the_programmed_ipv6_vteps_at_the_device_mtu():
+    from overlay.diagnose.gather import probe_peers6
+    from overlay.diagnose.probe import Echo
+    node, cluster = dual_stack()
+    assert node.ipv6_device is not None
+    calls = []
+
+    def echo(targets, size, count, timeout):
+        calls.append((list(targets), size))
+        return {t: Echo(count, count if size == 56 or str(t).startswith("fd00:10:244:2:")
+                        else 0) for t in targets}
+    got = probe_peers6(cluster.leases, node.ipv6_device, 2, 1.0, echo)
+    assert calls[0] == ([IPv6Address("fd00:10:244:2::"), IPv6Address("fd00:10:244:3::")], 1382)
+    assert calls[1] == ([IPv6Address("fd00:10:244:3::")], 56)
+    assert [(p.received, p.small_received) for p in got] == [(2, None), (0, 1)]

@@ -245,6 +245,14 @@ def test_ping6_between_pods_through_overlay_v6_at_exactly_its_mtu():
             too_big = ping6(pa, "fd00:10:244:2::5", "-M", "do", "-s", "1383")
             assert too_big.returncode != 0 and "mtu=1430" in too_big.stdout + too_big.stderr, \
                 too_big.stdout + too_big.stderr
+            # diagnose's DF probe of the peer's IPv6 VTEP: answered at 1430, refused above
+            from overlay.diagnose.probe import echo_many6
+            peer = IPv6Address("fd00:10:244:2::")
+            with inside(a):
+                fits6 = echo_many6([peer], 1430 - 48, 2, 1.0)[peer]
+                over6 = echo_many6([peer], 1431 - 48, 1, 0.5)[peer]
+            assert (fits6.sent, fits6.received, fits6.error) == (2, 2, "")
+            assert over6.received == 0 and "message too long (1431 bytes" in over6.error
         finally:
             for d in devices:
                 d.close()
