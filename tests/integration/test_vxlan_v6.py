@@ -247,10 +247,10 @@ def test_ping6_between_pods_through_overlay_v6_at_exactly_its_mtu():
                 too_big.stdout + too_big.stderr
             # diagnose's DF probe of the peer's IPv6 VTEP: answered at 1430, refused above
             from overlay.diagnose.probe import echo_many6
-            peer = IPv6Address("fd00:10:244:2::")
+            vtep = IPv6Address("fd00:10:244:2::")
             with inside(a):
-                fits6 = echo_many6([peer], 1430 - 48, 2, 1.0)[peer]
-                over6 = echo_many6([peer], 1431 - 48, 1, 0.5)[peer]
+                fits6 = echo_many6([vtep], 1430 - 48, 2, 1.0)[vtep]
+                over6 = echo_many6([vtep], 1431 - 48, 1, 0.5)[vtep]
             assert (fits6.sent, fits6.received, fits6.error) == (2, 2, "")
             assert over6.received == 0 and "message too long (1431 bytes" in over6.error
         finally:
