@@ -385,7 +385,8 @@ class Daemon:
         from overlay.daemon.policyagent import policy_threads
         assert self.manager is not None, f"manager {_UNSET}"
         threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
-                               self.manager.own_subnet, self.stop, self.metrics.registry)
+                               self.manager.own_subnet, self.stop, self.metrics.registry,
+                               self.manager.own_ipv6_subnet)
         threads += policy_threads(self.policy_agent)
         return threads
 

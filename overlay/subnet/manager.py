@@ -142,6 +142,11 @@ class SubnetManager:
         lease = self.current
         return lease.subnet if lease else None
 
+    def own_ipv6_subnet(self) -> IPv6Network | None:
+        """The IPv6 half of this node's lease (dual-stack), else None."""
+        lease = self.current
+        return lease.ipv6_subnet if lease else None
+
     # -- acquire --------------------------------------------------------------------
 
     def acquire(self) -> Lease:
