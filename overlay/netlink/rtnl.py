@@ -61,6 +61,7 @@ RTNH_F_ONLINK = 4
 
 AF_UNSPEC = _socket.AF_UNSPEC
 AF_INET = _socket.AF_INET
+AF_INET6 = _socket.AF_INET6
 AF_BRIDGE = 7
 
 # linux/neighbour.h
