@@ -322,10 +322,11 @@ class VXLANDevice:
                 names.get(r.oif, f"if{r.oif}") if r.oif else "", r.kind, r.metric))
         return out
 
-    def dump(self) -> Entries:
+    def dump(self, routes: bool = True) -> Entries:
         """The entries this daemon owns on the device (and its direct routes), and the
         other protocols' main-table routes (``others``), as typed entries (diagnose and
-        the health mesh compare them with the leases; the reconcile uses :meth:`diff`)."""
+        the health mesh compare them with the leases; the reconcile uses :meth:`diff`).
+        ``routes=False``: neighbours and FDB entries only (the health mesh's check)."""
         out = Entries()
         if not self.index:
             return out
@@ -333,8 +334,8 @@ class VXLANDevice:
             others = self._scan(
                 lambda ip, mac: out.add(Neigh(drift.ip_of(ip), mac)),
                 lambda mac, dst: out.add(FDB(mac, drift.ip_of(dst))),
-                lambda dst, plen, gw, direct: out.add(Route(
-                    drift.net_of(dst, plen), drift.ip_of(gw), direct)))
+                (lambda dst, plen, gw, direct: out.add(Route(
+                    drift.net_of(dst, plen), drift.ip_of(gw), direct))) if routes else None)
         out.others = others
         return out
 
@@ -348,7 +349,7 @@ class VXLANDevice:
 
     def _scan(self, on_neigh: Callable[[bytes, str], None],
               on_fdb: Callable[[str, bytes], None],
-              on_route: Callable[[bytes, int, bytes, bool], None]
+              on_route: Callable[[bytes, int, bytes, bool], None] | None
               ) -> dict[IPv4Network, OtherRoute]:
         """One pass over the device's neighbours, FDB entries and main-table routes, each
         handed on as it is read (no list of the kernel's entries is ever built)."""
@@ -357,6 +358,8 @@ class VXLANDevice:
             on_neigh(ip, mac)
         for mac, dst in drift.scan_fdb(self.raw, self.index):
             on_fdb(mac, dst)
+        if on_route is None:
+            return {}
         raw_others: list[bytes] = []
         for dst, plen, gw, direct in drift.scan_routes(self.raw, family, self.index,
                                                         self.spec.underlay_index, raw_others):
