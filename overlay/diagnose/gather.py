@@ -26,6 +26,7 @@ from overlay.cni.netconf import DEFAULT_DATA_DIR
 from overlay.diagnose.checks import derive_facts, run_checks
 from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
+from overlay.diagnose.policy_table import check_policy_table
 from overlay.diagnose.probe import Echo, echo_many
 from overlay.diagnose.state import (
     PLUGIN_TYPE,
@@ -82,8 +83,10 @@ def read_reservations(data_dir: str, network: str) -> list[Reservation]:
     except (OverlayError, OSError) as e:
         log.info("IPAM store %s unreadable: %s", store.dir, e)
         return []
+    # IPv4 only: a dual-stack pod's IPv6 file is judged against no IPv6 subnet yet.
+    v4 = {ip: owner for ip, owner in held.items() if isinstance(ip, IPv4Address)}
     return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
-            for ip, (cid, ifname) in sorted(held.items())]
+            for ip, (cid, ifname) in sorted(v4.items())]
 
 
 def read_sysctl(path: str) -> str | None:
@@ -295,6 +298,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
                                   opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
+    report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
+                                            opts.policy_log_denied))
     return report
 
 
