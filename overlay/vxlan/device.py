@@ -34,7 +34,16 @@ from overlay.netlink.rtnl import (
     protocol_name,
 )
 from overlay.vxlan import drift
-from overlay.vxlan.entries import FDB, Entries, IPNetwork, Neigh, Op, OtherRoute, Route
+from overlay.vxlan.entries import (
+    FDB,
+    DeviceView,
+    Entries,
+    IPNetwork,
+    Neigh,
+    Op,
+    OtherRoute,
+    Route,
+)
 
 log = logging.getLogger(__name__)
 
@@ -434,6 +443,36 @@ class VXLANDevice:
         parse = route.parse6 if family == AF_INET6 else route.parse
         parsed = (parse(b) for b in raw_others)
         return self._name_others([r for r in parsed if r is not None])
+
+
+def read_device(name: str, netns: str | None = None) -> DeviceView | None:
+    """``name``'s settings and entries (read only), or None when it is not a VXLAN device."""
+    nl = open_netlink(netns)
+    try:
+        links = {ln.index: ln for ln in link.dump(nl)}
+        found = next((ln for ln in links.values() if ln.name == name), None)
+        if found is None or found.vxlan is None:
+            return None
+        v = found.vxlan
+        local = v.local6 or v.local
+        under = links.get(v.link or 0)
+        addrs: Sequence[addr.Addr | addr.Addr6] = (
+            addr.dump6(nl, under.index) if under and v.local6 else
+            addr.dump(nl, under.index) if under else [])
+        held = next((a.interface for a in addrs if a.interface.ip == local), None)
+    finally:
+        nl.close()
+    if local is None:
+        return None
+    dev = VXLANDevice(VXLANSpec(name, v.vni, v.port, local, v.link or 0, found.mtu,
+                                found.mac or ZERO_MAC), netns)
+    try:
+        dev.index = found.index
+        entries = dev.dump()
+    finally:
+        dev.close()
+    return DeviceView(name, found.mtu, found.mac, local, under.mtu if under else None, held,
+                      entries)
 
 
 def write_sysctl(path: str, value: str, netns: str | None = None) -> None:
