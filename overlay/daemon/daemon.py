@@ -52,6 +52,7 @@ from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnet.manager import SubnetManager
 from overlay.subnetenv import env_for_lease, load_subnet_env, write_subnet_env
 from overlay.util.backoff import Backoff
+from overlay.util.memory import keep_heap_small
 from overlay.vxlan.backend import Reconciler, VXLANBackend
 from overlay.vxlan.device import LinkMonitor, UnderlayError, VXLANDevice
 from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setup_data_plane_for
@@ -722,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"overlayd: error: {e}", file=sys.stderr)
         return 2
     _setup_logging(settings.verbose)
+    keep_heap_small()  # before the first listing: see overlay.util.memory
     daemon = Daemon(settings)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -421,6 +421,7 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
     base = store.registry.subnets_prefix
     kvs, revision = store.list(base)
     known = {kv.key for kv in kvs}
+    del kvs  # only the keys are needed while the watch runs (5000 leases: ~2 MB of values)
     sweep_leaseless_pods(store)
     for batch in store.watch(base, revision + 1, stop):
         now = ({kv.key for kv in batch.snapshot} if batch.snapshot is not None else
