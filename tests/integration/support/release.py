@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import tempfile
+
+from overlay.lab.lab import program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 # v0.1.0: the code from before the cluster objects (nodes/, pods/, schema): it reads
 # only subnets/ and knows none of the lab's flags added since (node name, heartbeats and
-# health mesh, runtime file, CNI dirs).
+# health mesh, runtime file, CNI dirs); ``unknown_flags`` finds them from the two helps.
 V0_1_0 = "7e0936c80304999ca4e75870d27d564d50bf9d4f"
-V0_1_0_UNKNOWN_FLAGS = frozenset({"--node-name", "--runtime-file", "--cni-conf-dir",
-                                  "--cni-bin-dir", "--cni-data-dir", "--heartbeat-period",
-                                  "--probe-interval"})
+_FLAG_RE = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+def help_flags(overlayd: str) -> frozenset[str]:
+    """The long flags an ``overlayd`` program's ``--help`` names."""
+    out = subprocess.run([overlayd, "--help"], check=True, capture_output=True, text=True,
+                         timeout=60).stdout
+    return frozenset(_FLAG_RE.findall(out))
+
+
+def unknown_flags(bindir: str) -> frozenset[str]:
+    """This tree's overlayd flags that the release in ``bindir`` lacks: what the lab must
+    leave out of that release's command (derived, so a new flag needs no list kept by hand)."""
+    ours = help_flags(program("overlayd"))
+    return ours - help_flags(os.path.join(bindir, "overlayd"))
 
 
 def release_dir(commit: str) -> str:
