@@ -98,7 +98,9 @@ def test_ipv6_only_lab_every_pod_reaches_every_pod_and_pods_have_no_ipv4():
     prefix = "ovl6" + TEST_PREFIX[4:]
     with running_lab(nodes=2, pods_per_node=1, prefix=prefix, families="ipv6") as lab6:
         names, pids = lab_names(lab6), lab_pids(lab6)
-        pods = sorted(lab6.state.pods.values(), key=lambda p: p.key)
+        state = lab6.state
+        assert state is not None
+        pods = sorted(state.pods.values(), key=lambda p: p.key)
         assert len(pods) == 2
         net6 = ipaddress.ip_network(POD_NETWORK6)
         for pod in pods:
@@ -112,10 +114,10 @@ def test_ipv6_only_lab_every_pod_reaches_every_pod_and_pods_have_no_ipv4():
         got = probe(lab6.spec.pod_ns(a.key), Target(b.ref, b.ip6), RESPONDER_PORTS[0], "tcp")
         assert got.ok, got.why
         leases = lab6.overlayctl("-o", "json", "leases", "list").stdout
-        for node in lab6.state.nodes:
+        for node in state.nodes:
             subnet6 = lab6.node_subnet6(node)
-            assert subnet6 in leases or subnet6.replace("/", "-") in leases, leases
-        assert lab6.node_subnet(lab6.state.nodes[0]) is None   # no IPv4 subnet at all
+            assert subnet6 and (subnet6 in leases or subnet6.replace("/", "-") in leases), leases
+        assert lab6.node_subnet(state.nodes[0]) is None   # no IPv4 subnet at all
     assert leftovers(lab6, names, pids) == []
 
 
@@ -141,7 +143,7 @@ def test_every_pod_has_an_address_of_each_family_in_its_nodes_subnets(lab):
         assert subnet and subnet6, (pod.node, subnet, subnet6)
         assert ipaddress.ip_address(pod.ip) in ipaddress.ip_network(subnet)
         assert ipaddress.ip_address(pod.ip6) in ipaddress.ip_network(subnet6)
-        assert ipaddress.ip_network(subnet6).subnet_of(ipaddress.ip_network(POD_NETWORK6))
+        assert ipaddress.IPv6Network(subnet6).subnet_of(ipaddress.IPv6Network(POD_NETWORK6))
         assert _pod_addrs(lab, pod, 4) == [pod.ip] and _pod_addrs(lab, pod, 6) == [pod.ip6]
 
 
@@ -154,14 +156,15 @@ def test_every_pod_reaches_every_pod_over_both_families(lab):
     # TCP and UDP to every pod's responder over IPv6 (the matrix's probe, in parallel)
     refs = {p.key: p.ref for p in lab.state.pods.values()}
     for protocol in ("tcp", "udp"):
-        m = reachability(endpoints(lab, 6), check=lambda a, b: probe(
-            a.netns, Target(refs[b.name], b.ip), RESPONDER_PORTS[1], protocol).ok)
+        def responder(a, b, protocol=protocol):
+            return probe(a.netns, Target(refs[b.name], b.ip), RESPONDER_PORTS[1], protocol).ok
+        m = reachability(endpoints(lab, 6), check=responder)
         assert not _failed(m), (protocol, _failed(m))
 
 
 def test_ipv6_crosses_the_underlay_as_vxlan_with_the_pods_own_addresses(lab):
-    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
     from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
     a, b = _cross_pair(lab)
