@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,45 @@ def _pod_addrs(lab, pod, family):
     return re.findall(r"inet6? ([0-9a-f.:]+)/", out)
 
 
+# --------------------------------------------------------------------- the IPv6 anchor
+ANCHOR = Path(__file__).resolve().parents[2] / "bench" / "lab-by-hand-v6.sh"
+
+
+def test_the_hand_built_ipv6_anchor_carries_pods_over_flannel_v6_and_leaves_nothing():
+    prefix = "ovlt6h" + TEST_PREFIX[4:6]
+    env = {**os.environ, "PREFIX": prefix, "NODES": "2"}
+
+    def script(action):
+        return subprocess.run(["bash", str(ANCHOR), action], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    def ours():
+        out = ip("netns", "list").stdout
+        return sorted(line.split()[0] for line in out.splitlines()
+                      if line.startswith(f"{prefix}-"))
+    assert ours() == []
+    try:
+        up = script("up")
+        assert up.returncode == 0, up.stderr
+        again = script("up")
+        assert again.returncode == 1 and "exists already" in again.stderr
+        pod1 = f"{prefix}-pod1"
+        assert poll(lambda: ping(pod1, "fd00:10:245:2::2", wait=1), 10.0) is not None
+        assert ping(pod1, "fd00:10:245:2::2", size=1430 - ICMP6_HEADERS, dont_fragment=True)
+        assert not ping(pod1, "fd00:10:245:2::2", size=1431 - ICMP6_HEADERS,
+                        dont_fragment=True)
+        stats = json.loads(ip("-s", "-j", "link", "show", "flannel-v6.1",
+                              ns=f"{prefix}-node1").stdout)[0]
+        assert stats["stats64"]["tx"]["packets"] >= 2 and stats["mtu"] == 1430
+    finally:
+        down = script("down")
+    assert down.returncode == 0, down.stderr
+    assert ours() == []
+    bad = subprocess.run(["bash", str(ANCHOR), "up"], capture_output=True, text=True,
+                         env={**env, "NODES": "1"}, timeout=10)
+    assert bad.returncode == 1 and "NODES must be" in bad.stderr
+
+
 # --------------------------------------------------------------------- IPv6 only
 def test_ipv6_only_lab_every_pod_reaches_every_pod_and_pods_have_no_ipv4():
     prefix = "ovl6" + TEST_PREFIX[4:]
@@ -111,7 +151,8 @@ def test_ipv6_only_lab_every_pod_reaches_every_pod_and_pods_have_no_ipv4():
         m = reachability(endpoints(lab6, 6), attempts=2)
         assert len(m) == 2 and not _failed(m), _failed(m)
         a, b = pods
-        got = probe(lab6.spec.pod_ns(a.key), Target(b.ref, b.ip6), RESPONDER_PORTS[0], "tcp")
+        got = probe(lab6.spec.pod_ns(a.key), Target(b.ref, lab6.pod_address(b, 6)),
+                    RESPONDER_PORTS[0], "tcp")
         assert got.ok, got.why
         leases = lab6.overlayctl("-o", "json", "leases", "list").stdout
         for node in state.nodes:
