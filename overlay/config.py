@@ -9,6 +9,11 @@ Stored in etcd at ``<prefix>/config``::
 Defaults follow Flannel: ``SubnetLen`` is 24 for a /22 or larger network, else the
 network's prefix + 2; ``SubnetMin`` skips the first subnet (its .0 would clash with
 the network address), ``SubnetMax`` is the last subnet.
+
+Dual-stack adds Flannel's ``"EnableIPv6": true``, ``"IPv6Network": "fd00:10:244::/56"``,
+``IPv6SubnetLen`` (64 for a /62 or larger network, else prefix + 2) and
+``IPv6SubnetMin``/``IPv6SubnetMax`` (addresses, defaults as for IPv4).  An IPv4-only
+config is written without any of them, exactly as before.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import difflib
 import ipaddress
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeGuard
 
 from overlay.errors import ConfigError
@@ -27,6 +32,7 @@ SUPPORTED_BACKENDS = ("vxlan",)
 DEFAULT_VNI = 1
 DEFAULT_PORT = 8472
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN_OVERHEAD_V6 = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,43 @@ class NetworkConfig:
     subnet_min: IPv4Address
     subnet_max: IPv4Address
     backend: BackendConfig = field(default_factory=BackendConfig)
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    # With enable_ipv6 these are all set (parse_network_config fills the defaults);
+    # without it ipv6_network and the bounds are None.
+    ipv6_network: IPv6Network | None = None
+    ipv6_subnet_len: int = 64
+    ipv6_subnet_min: IPv6Address | None = None
+    ipv6_subnet_max: IPv6Address | None = None
+
+    @property
+    def ipv6_subnet_size(self) -> int:
+        return 1 << (128 - self.ipv6_subnet_len)
+
+    @property
+    def ipv6_subnet_count(self) -> int:
+        """How many IPv6 subnets lie in [IPv6SubnetMin, IPv6SubnetMax] (0 without IPv6)."""
+        if self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
+            return 0
+        return ((int(self.ipv6_subnet_max) - int(self.ipv6_subnet_min))
+                // self.ipv6_subnet_size + 1)
+
+    def ipv6_in_range(self, subnet: IPv6Network) -> bool:
+        lo, hi = self.ipv6_subnet_min, self.ipv6_subnet_max
+        return (lo is not None and hi is not None and subnet.prefixlen == self.ipv6_subnet_len
+                and lo <= subnet.network_address <= hi)
+
+    def ipv6_subnet_at(self, index: int) -> IPv6Network:
+        """The ``index``-th allocatable IPv6 subnet (0: IPv6SubnetMin); IndexError past
+        IPv6SubnetMax.  IPv6 ranges are too large to iterate, so callers index."""
+        if self.ipv6_subnet_min is None or not 0 <= index < self.ipv6_subnet_count:
+            raise IndexError(f"no IPv6 subnet number {index}")
+        base = int(self.ipv6_subnet_min) + index * self.ipv6_subnet_size
+        return IPv6Network((base, self.ipv6_subnet_len))
+
+    def describe_ipv6_range(self) -> str:
+        n = self.ipv6_subnet_len
+        return f"{self.ipv6_subnet_min}/{n}..{self.ipv6_subnet_max}/{n}"
 
     @property
     def subnet_size(self) -> int:
@@ -79,13 +122,25 @@ class NetworkConfig:
         return f"{self.subnet_min}/{self.subnet_len}..{self.subnet_max}/{self.subnet_len}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {}
+        if not self.enable_ipv4:
+            out["EnableIPv4"] = False
+        out.update({
             "Network": str(self.network),
             "SubnetLen": self.subnet_len,
             "SubnetMin": str(self.subnet_min),
             "SubnetMax": str(self.subnet_max),
-            "Backend": self.backend.to_dict(),
-        }
+        })
+        if self.enable_ipv6:  # an IPv4-only config is written exactly as before
+            out.update({
+                "EnableIPv6": True,
+                "IPv6Network": str(self.ipv6_network),
+                "IPv6SubnetLen": self.ipv6_subnet_len,
+                "IPv6SubnetMin": str(self.ipv6_subnet_min),
+                "IPv6SubnetMax": str(self.ipv6_subnet_max),
+            })
+        out["Backend"] = self.backend.to_dict()
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=False)
@@ -96,13 +151,11 @@ _MAX_INT_DIGITS = 20  # nothing in a config needs more; refuses 10**4300-sized n
 _MAX_SHOWN = 40  # characters of a rejected value quoted in an error
 
 # Flannel's top-level fields (Go's encoding/json matches them case-insensitively, so we
-# do too).  The dual-stack ones are recognised, so their error says "not supported"
-# rather than "unknown".
+# do too).
+_IPV6_FIELDS = ("IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax")
 _TOP_FIELDS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend",
-               "EnableIPv4", "EnableIPv6")
-_TOP_UNSUPPORTED = dict.fromkeys(
-    ("IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax"),
-    "IPv6 pod networks are not supported")
+               "EnableIPv4", "EnableIPv6", *_IPV6_FIELDS)
+_TOP_UNSUPPORTED: dict[str, str] = {}
 # Flannel's vxlan backend fields; GBP, Learning and MacPrefix are accepted only at the
 # value this backend behaves as.
 _BACKEND_FIELDS = ("Type", "VNI", "Port", "DirectRouting", "MTU")
@@ -121,6 +174,13 @@ _FORBIDDEN_NETWORKS = (
     (IPv4Network("224.0.0.0/4"), "multicast 224.0.0.0/4"),
     (IPv4Network("240.0.0.0/4"), "reserved 240.0.0.0/4 (and broadcast)"),
 )
+# The same for IPv6: ::/8 holds the unspecified and loopback addresses and IPv4-mapped
+# ::ffff:0:0/96; link-local and multicast are never routed between nodes.
+_FORBIDDEN_NETWORKS_V6 = (
+    (IPv6Network("::/8"), "the reserved block ::/8 (unspecified, loopback, IPv4-mapped)"),
+    (IPv6Network("fe80::/10"), "link-local fe80::/10"),
+    (IPv6Network("ff00::/8"), "multicast ff00::/8"),
+)
 
 
 def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
@@ -133,7 +193,7 @@ def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
     if not isinstance(obj, dict):
         raise ConfigError(f"network config must be a JSON object, got {_show(obj)}")
     fields = _pick_fields(obj, "", _TOP_FIELDS, _TOP_UNSUPPORTED)
-    _check_families(fields)
+    enable_ipv6 = _check_families(fields)
     network = _parse_network(fields.get("Network"))
     subnet_len = _parse_subnet_len(fields.get("SubnetLen"), network)
     size = 1 << (32 - subnet_len)
@@ -144,7 +204,8 @@ def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
     if subnet_min > subnet_max:
         raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
     backend = _parse_backend(fields.get("Backend"))
-    return NetworkConfig(network, subnet_len, subnet_min, subnet_max, backend)
+    cfg = NetworkConfig(network, subnet_len, subnet_min, subnet_max, backend)
+    return _parse_ipv6(fields, cfg) if enable_ipv6 else cfg
 
 
 class _Refused(Exception):
@@ -235,18 +296,21 @@ def _unknown(key: Any, names: Any) -> str:
     return f"unknown field {text}{hint}"
 
 
-def _check_families(fields: dict[str, Any]) -> None:
-    for name, why in _TOP_UNSUPPORTED.items():
-        if name in fields:
-            raise ConfigError(f"{name}: {why}; remove it")
+def _check_families(fields: dict[str, Any]) -> bool:
+    """Whether IPv6 is on; the IPv6 fields without EnableIPv6 are refused, since a
+    config that names an IPv6Network but has it ignored would look dual-stack."""
     v6, v4 = fields.get("EnableIPv6", False), fields.get("EnableIPv4", True)
     for name, value in (("EnableIPv6", v6), ("EnableIPv4", v4)):
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: must be true or false, got {_show(value)}")
-    if v6:
-        raise ConfigError("EnableIPv6: IPv6 pod networks are not supported")
+    if not v6:
+        for name in _IPV6_FIELDS:
+            if name in fields and fields[name] != "" and fields[name] != 0:
+                raise ConfigError(f"{name}: given without \"EnableIPv6\": true; add that "
+                                  "or remove it")
     if not v4:
-        raise ConfigError("EnableIPv4: false leaves nothing to do; only IPv4 is supported")
+        raise ConfigError("EnableIPv4: false (IPv6-only) is not supported yet")
+    return bool(v6)
 
 
 def _parse_network(value: Any) -> IPv4Network:
@@ -275,6 +339,83 @@ def _parse_network(value: Any) -> IPv4Network:
             raise ConfigError(f"Network: {value} overlaps {what}; use a private range "
                               "such as 10.244.0.0/16")
     return net
+
+
+def _parse_ipv6(fields: dict[str, Any], cfg: NetworkConfig) -> NetworkConfig:
+    """The IPv6 half, as strict as the IPv4 one and with Flannel's defaults."""
+    net = _parse_ipv6_network(fields.get("IPv6Network"))
+    n = _parse_ipv6_subnet_len(fields.get("IPv6SubnetLen"), net)
+    size = 1 << (128 - n)
+    lo = _parse_ipv6_bound(fields, "IPv6SubnetMin", net, n,
+                           IPv6Address(int(net.network_address) + size))
+    hi = _parse_ipv6_bound(fields, "IPv6SubnetMax", net, n,
+                           IPv6Address(int(net.broadcast_address) + 1 - size))
+    if lo > hi:
+        raise ConfigError(f"IPv6SubnetMin {lo} is above IPv6SubnetMax {hi}")
+    return replace(cfg, enable_ipv6=True, ipv6_network=net, ipv6_subnet_len=n,
+                   ipv6_subnet_min=lo, ipv6_subnet_max=hi)
+
+
+def _parse_ipv6_network(value: Any) -> IPv6Network:
+    name = "IPv6Network"
+    if value is None or value == "":
+        raise ConfigError(f'{name}: missing; EnableIPv6 needs one (e.g. "{name}": '
+                          '"fd00:10:244::/56")')
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: must be a CIDR string, got {_show(value)}")
+    shown = _show(value)
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {shown} is not a valid CIDR") from e
+    if "/" not in value:
+        raise ConfigError(f"{name}: {shown} has no prefix length (e.g. {net.network_address}/56)")
+    if not isinstance(net, IPv6Network):
+        raise ConfigError(f"{name}: {shown} is IPv4; IPv6Network must be IPv6 (IPv4 goes "
+                          "in Network)")
+    if net.network_address != IPv6Address(value.split("/")[0]):
+        raise ConfigError(f"{name}: {shown} has host bits set; did you mean {net}?")
+    if str(net) != value:  # Flannel writes Go's canonical form; so must a config
+        raise ConfigError(f"{name}: {shown} is not in canonical form; write {net}")
+    if net.prefixlen > 124:
+        raise ConfigError(f"{name}: {value} is too small; the smallest useful network is a /124")
+    for bad, what in _FORBIDDEN_NETWORKS_V6:
+        if net.overlaps(bad):
+            raise ConfigError(f"{name}: {value} overlaps {what}; use a unique local range "
+                              "such as fd00:10:244::/56")
+    return net
+
+
+def _parse_ipv6_subnet_len(value: Any, network: IPv6Network) -> int:
+    if value is None or (_is_int(value) and value == 0):
+        return 64 if network.prefixlen <= 62 else network.prefixlen + 2
+    if not _is_int(value):
+        raise ConfigError(f"IPv6SubnetLen: must be an integer, got {_show(value)}")
+    if value > 126:
+        raise ConfigError(f"IPv6SubnetLen: {value} is too long; it must be at most 126 "
+                          "(each node needs room for a gateway and pods)")
+    if value < network.prefixlen + 2:
+        raise ConfigError(f"IPv6SubnetLen: {value} leaves fewer than four subnets in "
+                          f"{network}; use at least {network.prefixlen + 2}")
+    return value
+
+
+def _parse_ipv6_bound(fields: dict[str, Any], name: str, network: IPv6Network,
+                      subnet_len: int, default: IPv6Address) -> IPv6Address:
+    value = fields.get(name)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: must be an IPv6 address string, got {_show(value)}")
+    try:
+        addr = IPv6Address(value)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {_show(value)} is not an IPv6 address") from e
+    if addr not in network:
+        raise ConfigError(f"{name}: {addr} is outside the IPv6Network {network}")
+    if int(addr) % (1 << (128 - subnet_len)):
+        raise ConfigError(f"{name}: {addr} is not on a /{subnet_len} boundary")
+    return addr
 
 
 def _is_int(value: Any) -> TypeGuard[int]:

@@ -24,51 +24,69 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import Any
 
 from overlay.errors import LeaseValueTooLarge, RegistryError
 
 # Whole-string forms: ``fullmatch`` (``$`` would let a trailing newline through), and
 # the parsed value must re-encode to the very same text (no ``010.`` leading zeros).
-_KEY_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})")
+# Flannel's dual-stack form appends ``&<IPv6 network address>-<len>`` (Go prints the
+# address as RFC 5952, which is also Python's ``compressed`` form).
+_KEY_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})(?:&([0-9a-f:]{2,39})-(\d{1,3}))?")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 MAX_VALUE_BYTES = 64 * 1024  # a lease value is ~150 bytes; anything near this is hostile
 
 
 @dataclass(frozen=True)
 class SubnetKeyName:
-    """The last element of a lease key, parsed: ``10.244.1.0-24``.
-
-    Typed so the dual-stack form ``10.244.1.0-24&fd00:10:244:1::-64`` can add an
-    ``ipv6`` field without every caller re-parsing strings.
-    """
+    """The last element of a lease key, parsed: ``10.244.1.0-24``, or Flannel's
+    dual-stack ``10.244.1.0-24&fd00:10:244:1::-64`` (``ipv6`` set)."""
 
     ipv4: IPv4Network
+    ipv6: IPv6Network | None = None
 
     def encode(self) -> str:
-        return subnet_to_key(self.ipv4)
+        return subnet_to_key(self.ipv4, self.ipv6)
 
 
-def subnet_to_key(subnet: IPv4Network) -> str:
-    """``10.244.1.0/24`` -> ``10.244.1.0-24`` (Flannel's key form)."""
-    return f"{subnet.network_address}-{subnet.prefixlen}"
+def subnet_to_key(subnet: IPv4Network, ipv6: IPv6Network | None = None) -> str:
+    """``10.244.1.0/24`` -> ``10.244.1.0-24`` (Flannel's key form); with ``ipv6``
+    Flannel's dual-stack ``10.244.1.0-24&fd00:10:244:1::-64``."""
+    v4 = f"{subnet.network_address}-{subnet.prefixlen}"
+    return v4 if ipv6 is None else f"{v4}&{ipv6.network_address}-{ipv6.prefixlen}"
+
+
+def lease_key(lease: Lease) -> str:
+    """The key name a lease lives at (dual-stack when it has an IPv6 half)."""
+    return subnet_to_key(lease.subnet, lease.ipv6_subnet)
 
 
 def parse_key_name(name: str) -> SubnetKeyName:
-    """``10.244.1.0-24`` -> its subnet; ValueError unless ``name`` is exactly the
-    canonical encoding (no whitespace, no path, no leading zeros, no host bits)."""
+    """``10.244.1.0-24`` (or ``…&fd00:10:244:1::-64``) -> its subnet(s); ValueError
+    unless ``name`` is exactly the canonical encoding (no whitespace, no path, no
+    leading zeros, no host bits, the IPv6 address compressed as Go prints it)."""
     m = _KEY_RE.fullmatch(name)
     if not m:
         raise ValueError(f"not a subnet key: {name!r}")
-    parsed = SubnetKeyName(IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True))
+    v6 = None
+    if m.group(3) is not None:
+        v6 = IPv6Network(f"{m.group(3)}/{m.group(4)}", strict=True)
+    parsed = SubnetKeyName(IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True), v6)
     if parsed.encode() != name:
         raise ValueError(f"not a canonical subnet key: {name!r} (expected {parsed.encode()!r})")
     return parsed
 
 
-def key_to_subnet(key: str, prefix: str | None = None) -> IPv4Network:
-    """A subnet key back to a network; strict.
+def key_to_name(key: str, prefix: str | None = None) -> SubnetKeyName:
+    """A subnet key back to its subnet(s); strict.
 
     With ``prefix`` (``<prefix>/subnets/``) the key must be that prefix followed by one
     key name, nothing else: an alias of another node's key (extra segments, a newline)
@@ -78,7 +96,12 @@ def key_to_subnet(key: str, prefix: str | None = None) -> IPv4Network:
         if not key.startswith(prefix):
             raise ValueError(f"not under {prefix!r}: {key!r}")
         key = key[len(prefix):]
-    return parse_key_name(key).ipv4
+    return parse_key_name(key)
+
+
+def key_to_subnet(key: str, prefix: str | None = None) -> IPv4Network:
+    """A subnet key's IPv4 subnet (the lease's identity); strict, see ``key_to_name``."""
+    return key_to_name(key, prefix).ipv4
 
 
 def parse_subnet_arg(text: str) -> IPv4Network:
@@ -108,17 +131,40 @@ class LeaseAttrs:
     vtep_mac: str | None = None
     # BackendData keys we do not interpret, kept so a round trip loses nothing.
     extra: tuple[tuple[str, Any], ...] = ()
+    # The IPv6 half (Flannel's PublicIPv6 and BackendV6Data {VNI, VtepMAC}).
+    public_ipv6: IPv6Address | None = None
+    v6_vni: int | None = None
+    v6_vtep_mac: str | None = None
+    v6_extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def dual_stack(self) -> bool:
+        """Whether the value carries an IPv6 half (and so is written in Flannel's
+        dual-stack shape)."""
+        return (self.public_ipv6 is not None or self.v6_vni is not None
+                or self.v6_vtep_mac is not None or bool(self.v6_extra))
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = dict(self.extra)
-        if self.vni is not None:
-            data["VNI"] = self.vni
-        if self.vtep_mac is not None:
-            data["VtepMAC"] = self.vtep_mac
-        return {"PublicIP": str(self.public_ip), "BackendType": self.backend_type,
-                "BackendData": data}
+        data = _backend_data(self.extra, self.vni, self.vtep_mac)
+        if not self.dual_stack:  # an IPv4-only value is written exactly as before
+            return {"PublicIP": str(self.public_ip), "BackendType": self.backend_type,
+                    "BackendData": data}
+        # Flannel's struct order; PublicIPv6 has no omitempty (null when absent), the
+        # others do.
+        out: dict[str, Any] = {
+            "PublicIP": str(self.public_ip),
+            "PublicIPv6": None if self.public_ipv6 is None else str(self.public_ipv6)}
+        if self.backend_type:
+            out["BackendType"] = self.backend_type
+        out["BackendData"] = data
+        v6 = _backend_data(self.v6_extra, self.v6_vni, self.v6_vtep_mac)
+        if v6:
+            out["BackendV6Data"] = v6
+        return out
 
     def to_json(self) -> str:
+        if self.dual_stack:  # byte for byte what Flannel's json.Marshal writes
+            return json.dumps(self.to_dict(), separators=(",", ":"))
         return json.dumps(self.to_dict())
 
     @classmethod
@@ -144,32 +190,59 @@ class LeaseAttrs:
         """Typed fields only; ValueError/TypeError name the field that is wrong."""
         if not isinstance(obj, dict):
             raise TypeError("lease value must be a JSON object")
-        data = obj.get("BackendData")
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise TypeError("BackendData must be an object")
-        data = dict(data)
-        vni = data.pop("VNI", None)
-        mac = data.pop("VtepMAC", None)
+        vni, mac, extra = _parse_backend_data(obj.get("BackendData"), "BackendData")
         ip = obj.get("PublicIP")
         btype = obj.get("BackendType", "vxlan")
         if not isinstance(ip, str):
             raise TypeError(f"PublicIP must be a string, got {type(ip).__name__}")
         if not isinstance(btype, str):
             raise TypeError(f"BackendType must be a string, got {type(btype).__name__}")
-        if vni is not None and (type(vni) is not int or not 0 <= vni < 1 << 24):
-            raise ValueError(f"VNI must be an integer 0..{(1 << 24) - 1}")
-        if mac is not None and not isinstance(mac, str):
-            raise TypeError(f"VtepMAC must be a string, got {type(mac).__name__}")
+        ip6 = obj.get("PublicIPv6")
+        if ip6 is not None and not isinstance(ip6, str):
+            raise TypeError(f"PublicIPv6 must be a string, got {type(ip6).__name__}")
+        if ip6 and "%" in ip6:  # ipaddress takes fe80::1%eth0; Go's ParseIP does not
+            raise ValueError("PublicIPv6 must not carry a scope (%zone)")
+        v6_vni, v6_mac, v6_extra = _parse_backend_data(obj.get("BackendV6Data"),
+                                                       "BackendV6Data")
         return cls(
             public_ip=IPv4Address(ip),
             # one "vxlan" for thousands of leases, not a copy per decoded value
             backend_type=sys.intern(btype),
             vni=vni,
-            vtep_mac=normalize_mac(mac) if mac else None,
-            extra=tuple(sorted(data.items())),
+            vtep_mac=mac,
+            extra=extra,
+            public_ipv6=IPv6Address(ip6) if ip6 else None,
+            v6_vni=v6_vni,
+            v6_vtep_mac=v6_mac,
+            v6_extra=v6_extra,
         )
+
+
+def _backend_data(extra: tuple[tuple[str, Any], ...], vni: int | None,
+                  mac: str | None) -> dict[str, Any]:
+    data: dict[str, Any] = dict(extra)
+    if vni is not None:
+        data["VNI"] = vni
+    if mac is not None:
+        data["VtepMAC"] = mac
+    return data
+
+
+def _parse_backend_data(data: Any, name: str
+                        ) -> tuple[int | None, str | None, tuple[tuple[str, Any], ...]]:
+    """(VNI, VtepMAC, the other keys) of a BackendData or BackendV6Data object."""
+    if data is None:
+        return None, None, ()
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be an object")
+    data = dict(data)
+    vni = data.pop("VNI", None)
+    mac = data.pop("VtepMAC", None)
+    if vni is not None and (type(vni) is not int or not 0 <= vni < 1 << 24):
+        raise ValueError(f"{name}.VNI must be an integer 0..{(1 << 24) - 1}")
+    if mac is not None and not isinstance(mac, str):
+        raise TypeError(f"{name}.VtepMAC must be a string, got {type(mac).__name__}")
+    return vni, normalize_mac(mac) if mac else None, tuple(sorted(data.items()))
 
 
 def _preview(raw: str | bytes, limit: int = 80) -> str:
@@ -189,6 +262,9 @@ class Lease:
     mod_revision: int = 0  # etcd mod_revision of the key when read
     ttl: int | None = None  # granted TTL in seconds, when known
     create_revision: int = 0  # etcd create_revision: who was first (VTEP MAC claims)
+    # The IPv6 half of a dual-stack lease (its key's ``&…`` part); ``subnet`` stays the
+    # lease's identity.
+    ipv6_subnet: IPv6Network | None = None
 
     @property
     def reserved(self) -> bool:
@@ -203,6 +279,18 @@ class Lease:
     def vtep_address(self) -> IPv4Interface:
         """The VXLAN device's address: the subnet's network address as a /32."""
         return IPv4Interface((self.subnet.network_address, 32))
+
+    @property
+    def ipv6_gateway(self) -> IPv6Address | None:
+        """The IPv6 subnet's first host address, held by the node's bridge."""
+        return None if self.ipv6_subnet is None else self.ipv6_subnet.network_address + 1
+
+    @property
+    def ipv6_vtep_address(self) -> IPv6Interface | None:
+        """The IPv6 VXLAN device's address: the IPv6 subnet's network address /128."""
+        if self.ipv6_subnet is None:
+            return None
+        return IPv6Interface((self.ipv6_subnet.network_address, 128))
 
 
 class EventType(enum.Enum):
@@ -226,22 +314,23 @@ class LeaseBatch:
 
     added: tuple[Lease, ...] = ()
     removed: tuple[Lease, ...] = ()
-    changed: tuple[tuple[Lease, Lease], ...] = ()  # (old, new): attrs differ
+    changed: tuple[tuple[Lease, Lease], ...] = ()  # (old, new): attrs or IPv6 half differ
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
 
 
 def decode_kv(prefix: str, key: bytes, value: bytes
-              ) -> tuple[IPv4Network, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
-    """One key/value read under ``prefix`` (``<prefix>/subnets/``): (subnet, attrs), or
-    (reason, detail, subnet-or-None) when it is rejected.  Never raises."""
+              ) -> tuple[SubnetKeyName, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
+    """One key/value read under ``prefix`` (``<prefix>/subnets/``): (key name, attrs),
+    or (reason, detail, subnet-or-None) when it is rejected.  Never raises."""
     try:
-        subnet = key_to_subnet(key.decode(), prefix)
+        name = key_to_name(key.decode(), prefix)
     except (ValueError, UnicodeDecodeError):
         return Reason.BAD_KEY, f"not a subnet key: {_preview(key)}", None
+    subnet = name.ipv4
     try:
-        return subnet, LeaseAttrs.from_json(value)
+        return name, LeaseAttrs.from_json(value)
     except LeaseValueTooLarge as e:
         return Reason.VALUE_TOO_LARGE, str(e), subnet
     except RegistryError as e:
@@ -591,7 +680,7 @@ class LeaseView:
                     added.append(now)
             elif now is None:
                 removed.append(was)
-            elif was.attrs != now.attrs:
+            elif was.attrs != now.attrs or was.ipv6_subnet != now.ipv6_subnet:
                 changed.append((was, now))
         return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
 
@@ -687,5 +776,11 @@ def diff_leases(old: Mapping[IPv4Network, Lease], new: Mapping[IPv4Network, Leas
     """
     added = tuple(new[s] for s in new if s not in old)
     removed = tuple(old[s] for s in old if s not in new)
-    changed = tuple((old[s], new[s]) for s in new if s in old and old[s].attrs != new[s].attrs)
+    changed = tuple((old[s], new[s]) for s in new if s in old and _differ(old[s], new[s]))
     return LeaseBatch(added=added, removed=removed, changed=changed)
+
+
+def _differ(old: Lease, new: Lease) -> bool:
+    """A change for the data plane: the attributes or the IPv6 half (a re-keyed lease
+    keeps its IPv4 subnet, so it is the same lease, changed)."""
+    return old.attrs != new.attrs or old.ipv6_subnet != new.ipv6_subnet

@@ -6,12 +6,17 @@
     OVERLAY_SUBNET=10.244.1.1/24
     OVERLAY_MTU=1450
     OVERLAY_IPMASQ=false
+    OVERLAY_IPV6_NETWORK=fd00:10:244::/56    (dual-stack only)
+    OVERLAY_IPV6_SUBNET=fd00:10:244:1::1/64
+
+``OVERLAY_MTU`` is the pod MTU: with both families, the smaller of IPv4's underlay - 50
+and IPv6's underlay - 70, since one veth carries both.
 """
 
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import NamedTuple
 
 from overlay.errors import SubnetEnvError
@@ -26,14 +31,20 @@ class SubnetEnv(NamedTuple):
     subnet: IPv4Interface  # the gateway address with the subnet's prefix, e.g. 10.244.1.1/24
     mtu: int
     ipmasq: bool = False
+    ipv6_network: IPv6Network | None = None
+    ipv6_subnet: IPv6Interface | None = None  # the bridge's IPv6 gateway with the prefix
 
     def format(self) -> str:
-        return (
+        text = (
             f"OVERLAY_NETWORK={self.network}\n"
             f"OVERLAY_SUBNET={self.subnet}\n"
             f"OVERLAY_MTU={self.mtu}\n"
             f"OVERLAY_IPMASQ={'true' if self.ipmasq else 'false'}\n"
         )
+        if self.ipv6_network is not None and self.ipv6_subnet is not None:
+            text += (f"OVERLAY_IPV6_NETWORK={self.ipv6_network}\n"
+                     f"OVERLAY_IPV6_SUBNET={self.ipv6_subnet}\n")
+        return text
 
 
 def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
@@ -61,7 +72,33 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
     if ipmasq is None:
         raise SubnetEnvError(f"{source}: OVERLAY_IPMASQ={values['OVERLAY_IPMASQ']!r}: "
                              "expected true or false")
-    return SubnetEnv(network, subnet, mtu, ipmasq)
+    ipv6_network, ipv6_subnet = _parse_ipv6(values, source)
+    return SubnetEnv(network, subnet, mtu, ipmasq, ipv6_network, ipv6_subnet)
+
+
+def _parse_ipv6(values: dict[str, str], source: str
+                ) -> tuple[IPv6Network | None, IPv6Interface | None]:
+    """The IPv6 pair: both or neither (one alone is a half-written dual-stack file)."""
+    net_text, sub_text = values.get("OVERLAY_IPV6_NETWORK"), values.get("OVERLAY_IPV6_SUBNET")
+    if net_text is None and sub_text is None:
+        return None, None
+    if net_text is None or sub_text is None:
+        have, need = (("OVERLAY_IPV6_NETWORK", "OVERLAY_IPV6_SUBNET") if sub_text is None
+                      else ("OVERLAY_IPV6_SUBNET", "OVERLAY_IPV6_NETWORK"))
+        raise SubnetEnvError(f"{source}: {have} is set but {need} is missing")
+    try:
+        if "%" in sub_text:  # ipaddress would take a scope; no gateway has one
+            raise ValueError(f"{sub_text!r} carries a scope")
+        network = IPv6Network(net_text, strict=True)
+        subnet = IPv6Interface(sub_text)
+    except ValueError as e:
+        raise SubnetEnvError(f"{source}: malformed IPv6 value: {e}") from e
+    if "/" not in sub_text:
+        raise SubnetEnvError(f"{source}: OVERLAY_IPV6_SUBNET {sub_text} has no prefix length")
+    if not subnet.network.subnet_of(network):
+        raise SubnetEnvError(f"{source}: OVERLAY_IPV6_SUBNET {subnet} is outside "
+                             f"OVERLAY_IPV6_NETWORK {network}")
+    return network, subnet
 
 
 def _need(values: dict[str, str], key: str, source: str) -> str:

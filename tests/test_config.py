@@ -74,7 +74,7 @@ def test_in_range_and_iteration_agree():
     ('{"Network": "10.244.0.0/16", "Backend": {"DirectRouting": "yes"}}',
      "Backend.DirectRouting", "true or false"),
     ('{"Network": "10.244.0.0/16", "Backend": "vxlan"}', "Backend", "object"),
-    ('{"Network": "10.244.0.0/16", "EnableIPv6": true}', "EnableIPv6", "not supported"),
+    ('{"Network": "10.244.0.0/16", "EnableIPv6": true}', "IPv6Network", "missing"),
 ])
 def test_invalid_config_names_the_field_and_why(data, field, why):
     with pytest.raises(ConfigError) as e:
@@ -123,9 +123,9 @@ NET = '"Network": "10.244.0.0/16"'
     ("{%s, \"Zzzzz\": 1}" % NET, ["unknown field 'Zzzzz'"]),
     ("{%s, \"Network\": \"10.1.0.0/16\"}" % NET, ["Network", "twice"]),
     ("{%s, \"network\": \"10.1.0.0/16\"}" % NET, ["Network", "twice"]),
-    ("{%s, \"IPv6Network\": \"fd00::/48\"}" % NET, ["IPv6Network", "not supported"]),
-    ("{%s, \"IPv6SubnetLen\": 64}" % NET, ["IPv6SubnetLen", "not supported"]),
-    ("{%s, \"EnableIPv4\": false}" % NET, ["EnableIPv4", "only IPv4"]),
+    ("{%s, \"IPv6Network\": \"fd00::/48\"}" % NET, ["IPv6Network", "without", "EnableIPv6"]),
+    ("{%s, \"IPv6SubnetLen\": 64}" % NET, ["IPv6SubnetLen", "without", "EnableIPv6"]),
+    ("{%s, \"EnableIPv4\": false}" % NET, ["EnableIPv4", "IPv6-only"]),
     ("{%s, \"EnableIPv6\": \"no\"}" % NET, ["EnableIPv6", "true or false"]),
     ("{%s, \"Backend\": {\"GBP\": true}}" % NET, ["Backend.GBP", "not supported"]),
     ("{%s, \"Backend\": {\"Learning\": true}}" % NET, ["Backend.Learning", "not supported"]),

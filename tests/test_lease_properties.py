@@ -74,8 +74,8 @@ def test_decode_never_raises_and_keys_round_trip(name, raw):
     if len(got) == 3:
         assert got[0] in (Reason.BAD_KEY, Reason.BAD_VALUE, Reason.VALUE_TOO_LARGE)
         return
-    subnet, attrs = got
-    assert PREFIX + subnet_to_key(subnet) == PREFIX + name  # the key is its own encoding
+    key_name, attrs = got
+    assert PREFIX + key_name.encode() == PREFIX + name  # the key is its own encoding
     assert isinstance(attrs, LeaseAttrs)
 
 
@@ -101,7 +101,8 @@ def _leases(draw_items):
     for i, (name, raw) in enumerate(draw_items):
         got = decode_kv(PREFIX, (PREFIX + name).encode("utf-8", "surrogatepass"), raw)
         if len(got) == 2:
-            out.append(Lease(got[0], got[1], create_revision=i + 1, mod_revision=i + 1))
+            out.append(Lease(got[0].ipv4, got[1], create_revision=i + 1, mod_revision=i + 1,
+                             ipv6_subnet=got[0].ipv6))
     return out
 
 

@@ -59,6 +59,7 @@ from overlay.lease import (
     LeaseAttrs,
     LeaseEvent,
     Rejection,
+    SubnetKeyName,
     decode_kv,
     key_to_subnet,
     subnet_to_key,
@@ -235,10 +236,10 @@ class EtcdRegistry:
             reason, detail, subnet = parsed
             return Rejection(kv.key.decode("utf-8", "surrogateescape"), reason, detail,
                              int(kv.mod_revision), subnet)
-        subnet, attrs = parsed
-        return Lease(subnet=subnet, attrs=attrs, expiration=expiration,
+        name, attrs = parsed
+        return Lease(subnet=name.ipv4, attrs=attrs, expiration=expiration,
                      etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl,
-                     create_revision=kv.create_revision)
+                     create_revision=kv.create_revision, ipv6_subnet=name.ipv6)
 
     def _use_cache(self, listed: int) -> None:
         """Decode through the cache only while a whole listing fits in it."""
@@ -673,7 +674,7 @@ class _WatchStream:
 
 @functools.lru_cache(maxsize=CACHED_VALUES)
 def _parse_kv(prefix: str, key: bytes, value: bytes
-              ) -> tuple[IPv4Network, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
+              ) -> tuple[SubnetKeyName, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
     """``decode_kv``, cached: every listing re-reads every lease, and most of them have
     not changed (a daemon lists twice as it starts: to acquire, then to watch).
     Each entry pins the raw key and value, and an LRU smaller than a listing misses
