@@ -378,6 +378,20 @@ class Reason:
     VTEP_MAC_CLAIMED = "vtep-mac-claimed"
     VNI_MISMATCH = "vni-mismatch"
     BACKEND_TYPE = "backend-type"
+    SUBNET_CLAIMED = "subnet-claimed"  # another key holds the same IPv4 subnet (older)
+    # The IPv6 half of a dual-stack lease: rejected alone, the IPv4 half stays in use.
+    IPV6_NOT_ENABLED = "ipv6-not-enabled"
+    IPV6_SUBNET_OUTSIDE_NETWORK = "ipv6-subnet-outside-network"
+    IPV6_SUBNET_LENGTH = "ipv6-subnet-length"
+    IPV6_OWN_SUBNET = "ipv6-own-subnet"
+    IPV6_SUBNET_CLAIMED = "ipv6-subnet-claimed"
+    PUBLIC_IPV6_MISSING = "public-ipv6-missing"
+    PUBLIC_IPV6_UNUSABLE = "public-ipv6-unusable"
+    PUBLIC_IPV6_IN_NETWORK = "public-ipv6-in-network"
+    PUBLIC_IPV6_OWN = "public-ipv6-own"
+    V6_VTEP_MAC_UNUSABLE = "v6-vtep-mac-unusable"
+    V6_VTEP_MAC_CLAIMED = "v6-vtep-mac-claimed"
+    V6_VNI_MISMATCH = "v6-vni-mismatch"
 
 
 OUTSIDE_RANGE = "outside-range"  # warnings, not rejections
@@ -440,6 +454,12 @@ class LeaseRules:
     own_subnets: frozenset[IPv4Network] = frozenset()
     own_ips: frozenset[IPv4Address] = frozenset()
     own_mac: str | None = None
+    # The IPv6 half (None: IPv6 is not enabled, every lease's IPv6 half is unused).
+    ipv6_network: IPv6Network | None = None
+    ipv6_subnet_len: int = 64
+    own_ipv6_subnets: frozenset[IPv6Network] = frozenset()
+    own_ipv6s: frozenset[IPv6Address] = frozenset()
+    own_v6_mac: str | None = None
     # The Network as ints, computed once: the checks run per lease.
     net_lo: int = field(init=False, repr=False, compare=False)
     net_hi: int = field(init=False, repr=False, compare=False)
@@ -457,8 +477,17 @@ class LeaseRules:
                     own_ips: Iterable[IPv4Address] = (), own_mac: str | None = None
                     ) -> LeaseRules:
         """From a ``NetworkConfig`` (duck-typed: the lease layer sits below config)."""
+        v6 = cfg.ipv6_network if getattr(cfg, "enable_ipv6", False) else None
         return cls(cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max,
-                   cfg.backend.vni, frozenset(own_subnets), frozenset(own_ips), own_mac)
+                   cfg.backend.vni, frozenset(own_subnets), frozenset(own_ips), own_mac,
+                   ipv6_network=v6, ipv6_subnet_len=getattr(cfg, "ipv6_subnet_len", 64))
+
+    def with_own_ipv6(self, own_subnets: Iterable[IPv6Network] = (),
+                      own_ips: Iterable[IPv6Address] = (),
+                      own_mac: str | None = None) -> LeaseRules:
+        """This node's IPv6 half, so a lease claiming it is refused (its IPv6 half)."""
+        return replace(self, own_ipv6_subnets=frozenset(own_subnets),
+                       own_ipv6s=frozenset(own_ips), own_v6_mac=own_mac)
 
     def with_own(self, own_subnets: Iterable[IPv4Network] = (),
                  own_ips: Iterable[IPv4Address] | None = None) -> LeaseRules:
@@ -552,28 +581,208 @@ def claim_macs(leases: Iterable[Lease]) -> dict[str, IPv4Address]:
     return {mac: lease.attrs.public_ip for mac, lease in first.items()}
 
 
+def _key_older(a: Lease, b: Lease) -> bool:
+    """Of two keys with one IPv4 subnet, whether ``a`` was created first (the key name
+    breaks ties: two keys made in one transaction)."""
+    return (a.create_revision, lease_key(a)) < (b.create_revision, lease_key(b))
+
+
 def _older(a: Lease, b: Lease) -> bool:
     return (a.create_revision, int(a.subnet.network_address)) < (
         b.create_revision, int(b.subnet.network_address))
 
 
 def claim_rejection(lease: Lease, holder: IPv4Address, key: str = "") -> Rejection:
-    return Rejection(key or subnet_to_key(lease.subnet), Reason.VTEP_MAC_CLAIMED,
+    return Rejection(key or lease_key(lease), Reason.VTEP_MAC_CLAIMED,
                      f"VtepMAC {lease.attrs.vtep_mac} belongs to {holder} (an older lease)",
                      lease.mod_revision, lease.subnet)
 
 
-def judge(leases: Iterable[Lease], rules: LeaseRules
-          ) -> tuple[list[Lease], list[Rejection], dict[IPv4Network, str]]:
-    """The whole rule over a snapshot: (accepted, rejected, warnings by subnet).
+# ---- the IPv6 half of a dual-stack lease ----------------------------------------------
+#
+# A lease whose IPv6 half is bad keeps its IPv4 half: the IPv4 subnet is the lease's
+# identity and what every node of the cluster routes, so one wrong IPv6 field must not
+# cut IPv4.  The IPv6 half is then not used (``ipv4_only``) and the reason is kept
+# beside the lease, for ``overlayctl leases list`` and diagnose.
 
-    The one function ``overlayctl leases list`` and ``diagnose`` use; the watch uses
-    ``LeaseView``, which gives the same answer incrementally."""
-    passed, rejected, warnings = [], [], {}
+def check_ipv6(lease: Lease, rules: LeaseRules) -> Verdict:
+    """Whether the IPv6 half of an (IPv4-accepted) lease may be programmed; the claims
+    (another lease with the same IPv6 subnet or v6 VTEP MAC) aside, see ``ipv6_claims``.
+    A lease with no IPv6 half at all is ``ACCEPTED`` (nothing to use)."""
+    a, sub = lease.attrs, lease.ipv6_subnet
+    if sub is None and not a.dual_stack:
+        return ACCEPTED
+    net = rules.ipv6_network
+    if net is None:
+        return Verdict(Reason.IPV6_NOT_ENABLED, "the network config does not enable IPv6 "
+                       "(EnableIPv6); the lease's IPv6 half is not used")
+    if sub is None:
+        return Verdict(Reason.IPV6_SUBNET_OUTSIDE_NETWORK, "the key has no IPv6 subnet but "
+                       "the value has IPv6 fields")
+    if sub.prefixlen != rules.ipv6_subnet_len:
+        return Verdict(Reason.IPV6_SUBNET_LENGTH, f"{sub} is not a /{rules.ipv6_subnet_len} "
+                       "(IPv6SubnetLen)")
+    if not sub.subnet_of(net):
+        return Verdict(Reason.IPV6_SUBNET_OUTSIDE_NETWORK, f"{sub} is outside the "
+                       f"IPv6Network {net}")
+    if sub in rules.own_ipv6_subnets:
+        return Verdict(Reason.IPV6_OWN_SUBNET, f"{sub} is this node's own IPv6 subnet")
+    return _check_ipv6_attrs(a, rules, net)
+
+
+def _check_ipv6_attrs(a: LeaseAttrs, rules: LeaseRules, net: IPv6Network) -> Verdict:
+    ip = a.public_ipv6
+    if ip is None:
+        return Verdict(Reason.PUBLIC_IPV6_MISSING, "no PublicIPv6 in the lease: its node "
+                       "has no IPv6 underlay address")
+    if not usable_public_ipv6(ip):
+        return Verdict(Reason.PUBLIC_IPV6_UNUSABLE, f"PublicIPv6 {ip} is not a routable "
+                       "unicast address")
+    if ip in net:
+        return Verdict(Reason.PUBLIC_IPV6_IN_NETWORK, f"PublicIPv6 {ip} is inside the pod "
+                       f"IPv6Network {net}")
+    if ip in rules.own_ipv6s:
+        return Verdict(Reason.PUBLIC_IPV6_OWN, f"PublicIPv6 {ip} is this node's own")
+    if a.v6_vni is not None and a.v6_vni != rules.vni:
+        return Verdict(Reason.V6_VNI_MISMATCH, f"BackendV6Data VNI {a.v6_vni}, the "
+                       f"network's is {rules.vni}")
+    mac = a.v6_vtep_mac
+    if mac is None:
+        return Verdict(warning=NO_VTEP_MAC, detail="no BackendV6Data VtepMAC in the lease (yet)")
+    if not usable_mac(mac):
+        return Verdict(Reason.V6_VTEP_MAC_UNUSABLE, f"BackendV6Data VtepMAC {mac} is not a "
+                       "unicast, non-zero MAC")
+    if mac == rules.own_v6_mac:
+        return Verdict(Reason.V6_VTEP_MAC_CLAIMED, f"BackendV6Data VtepMAC {mac} is this "
+                       "node's own")
+    return ACCEPTED
+
+
+# ::/8 (unspecified, loopback, IPv4-mapped/compatible), link-local, multicast.
+_UNUSABLE_IPV6 = tuple(IPv6Network(n) for n in ("::/8", "fe80::/10", "ff00::/8"))
+
+
+def usable_public_ipv6(ip: IPv6Address) -> bool:
+    return not any(ip in n for n in _UNUSABLE_IPV6)
+
+
+def ipv4_only(lease: Lease) -> Lease:
+    """The lease without its IPv6 half: what the data plane gets when that half is
+    rejected (or IPv6 is off), so it programs IPv4 only."""
+    if lease.ipv6_subnet is None and not lease.attrs.dual_stack:
+        return lease
+    a = replace(lease.attrs, public_ipv6=None, v6_vni=None, v6_vtep_mac=None, v6_extra=())
+    return replace(lease, attrs=a, ipv6_subnet=None)
+
+
+def ipv6_claims(group: Iterable[Lease]) -> dict[IPv4Network, Rejection]:
+    """The claims among leases whose IPv6 half passed ``check_ipv6``: per IPv6 subnet the
+    lease created first holds it, per v6 VTEP MAC the PublicIPv6 of the lease created
+    first (as ``claim_macs`` for IPv4).  Returns the IPv6 halves that lose, by subnet."""
+    by_net: dict[IPv6Network, Lease] = {}
+    by_mac: dict[str, Lease] = {}
+    members = list(group)
+    for lease in members:
+        assert lease.ipv6_subnet is not None
+        cur = by_net.get(lease.ipv6_subnet)
+        if cur is None or _older(lease, cur):
+            by_net[lease.ipv6_subnet] = lease
+        mac = lease.attrs.v6_vtep_mac
+        if mac is not None:
+            cur = by_mac.get(mac)
+            if cur is None or _older(lease, cur):
+                by_mac[mac] = lease
+    out = {}
+    for lease in members:
+        assert lease.ipv6_subnet is not None
+        holder = by_net[lease.ipv6_subnet]
+        key = lease_key(lease)
+        if holder is not lease:
+            out[lease.subnet] = Rejection(
+                key, Reason.IPV6_SUBNET_CLAIMED, f"IPv6 subnet {lease.ipv6_subnet} belongs "
+                f"to {holder.subnet}'s lease (an older one)", lease.mod_revision, lease.subnet)
+            continue
+        mac = lease.attrs.v6_vtep_mac
+        if mac is not None and by_mac[mac].attrs.public_ipv6 != lease.attrs.public_ipv6:
+            out[lease.subnet] = Rejection(
+                key, Reason.V6_VTEP_MAC_CLAIMED, f"BackendV6Data VtepMAC {mac} belongs to "
+                f"{by_mac[mac].attrs.public_ipv6} (an older lease)", lease.mod_revision,
+                lease.subnet)
+    return out
+
+
+def judge_ipv6(accepted: Iterable[Lease], rules: LeaseRules
+               ) -> tuple[list[Lease], dict[IPv4Network, Rejection]]:
+    """The IPv6 rule over leases whose IPv4 half is accepted: (the leases as the data
+    plane uses them, i.e. ``ipv4_only`` where the IPv6 half is rejected; why, by subnet)."""
+    accepted = list(accepted)
+    rejected: dict[IPv4Network, Rejection] = {}
+    passed = []
+    for lease in accepted:
+        v = check_ipv6(lease, rules)
+        if v.reason is not None:
+            rejected[lease.subnet] = Rejection(lease_key(lease), v.reason, v.detail,
+                                               lease.mod_revision, lease.subnet)
+        elif lease.ipv6_subnet is not None:
+            passed.append(lease)
+    rejected.update(ipv6_claims(passed))
+    return [ipv4_only(x) if x.subnet in rejected else x for x in accepted], rejected
+
+
+def ipv6_status(lease: Lease, rules: LeaseRules | None,
+                rejected: Mapping[IPv4Network, Rejection]) -> str:
+    """The IPv6 half in one word or two, for tables: ``ok``, ``none (…)``,
+    ``rejected: <reason>``."""
+    r = rejected.get(lease.subnet)
+    if r is not None:
+        return f"rejected: {r.reason}"
+    if rules is None or rules.ipv6_network is None:
+        return "-"
+    if lease.ipv6_subnet is None:
+        return "none (no IPv6 subnet in its key)"
+    return "ok" if lease.attrs.v6_vtep_mac else f"ok ({NO_VTEP_MAC})"
+
+
+def _subnet_claims(leases: Iterable[Lease]) -> tuple[list[Lease], list[Rejection]]:
+    """Two keys with one IPv4 subnet (``X`` and ``X&v6``, or two IPv6 halves): the key
+    created first holds it, the other is rejected alone."""
+    first: dict[IPv4Network, Lease] = {}
+    out: list[Lease] = []
+    dups: list[Lease] = []
     for lease in leases:
+        cur = first.get(lease.subnet)
+        if cur is None:
+            first[lease.subnet] = lease
+        elif _key_older(lease, cur):
+            first[lease.subnet] = lease
+            dups.append(cur)
+        else:
+            dups.append(lease)
+    out = list(first.values())
+    return out, [Rejection(lease_key(d), Reason.SUBNET_CLAIMED, f"{d.subnet} is held by "
+                           f"the older key {lease_key(first[d.subnet])}", d.mod_revision,
+                           d.subnet) for d in dups]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The whole rule's answer for a snapshot."""
+
+    accepted: list[Lease]  # as the data plane uses them (``ipv4_only`` if IPv6 rejected)
+    rejected: list[Rejection]  # keys not used at all
+    warnings: dict[IPv4Network, str]
+    ipv6_rejected: dict[IPv4Network, Rejection]  # accepted leases whose IPv6 half is not
+
+
+def judge_all(leases: Iterable[Lease], rules: LeaseRules) -> Judgement:
+    """The whole rule over a snapshot, both halves.  ``LeaseView`` gives the same answer
+    incrementally."""
+    unique, rejected = _subnet_claims(leases)
+    passed, warnings = [], {}
+    for lease in unique:
         v = check_remote(lease, rules)
         if v.reason is not None:  # not ``v.ok``: the type checker narrows this
-            rejected.append(Rejection(subnet_to_key(lease.subnet), v.reason, v.detail,
+            rejected.append(Rejection(lease_key(lease), v.reason, v.detail,
                                       lease.mod_revision, lease.subnet))
             continue
         if v.warning:
@@ -588,7 +797,19 @@ def judge(leases: Iterable[Lease], rules: LeaseRules
             warnings.pop(lease.subnet, None)
         else:
             accepted.append(lease)
-    return accepted, rejected, warnings
+    used, v6_rejected = judge_ipv6(accepted, rules)
+    return Judgement(used, rejected, warnings, v6_rejected)
+
+
+def judge(leases: Iterable[Lease], rules: LeaseRules
+          ) -> tuple[list[Lease], list[Rejection], dict[IPv4Network, str]]:
+    """The whole rule over a snapshot: (accepted, rejected, warnings by subnet); see
+    ``judge_all`` for why an accepted lease's IPv6 half is not used.
+
+    The one function ``overlayctl leases list`` and ``diagnose`` use; the watch uses
+    ``LeaseView``, which gives the same answer incrementally."""
+    j = judge_all(leases, rules)
+    return j.accepted, j.rejected, j.warnings
 
 
 @dataclass
@@ -598,7 +819,10 @@ class LeaseView:
     With ``rules`` every lease goes through the acceptance rule: ``leases`` holds the
     accepted ones, ``rejected`` why the others (by subnet) are not used.  A lease that
     passed the per-lease checks but lost a VTEP MAC claim waits in ``losers``, and is
-    accepted once the older holder goes away.
+    accepted once the older holder goes away.  A second key with an IPv4 subnet already
+    held (``X`` beside ``X&v6``) waits in ``shadows`` the same way.  An accepted lease
+    whose IPv6 half is rejected keeps its place in ``leases`` (as read) and its reason in
+    ``ipv6_rejected``; ``used`` (and every batch) gives it as ``ipv4_only``.
     """
 
     own: IPv4Network | None = None
@@ -606,29 +830,64 @@ class LeaseView:
     rules: LeaseRules | None = None
     rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
     losers: dict[IPv4Network, Lease] = field(default_factory=dict)
+    ipv6_rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
+    shadows: dict[IPv4Network, list[Lease]] = field(default_factory=dict)
     # Leases by VTEP MAC: a lone subnet or, for a MAC several leases carry, a list (a list
     # per lease would cost ~70 bytes each, for groups that nearly always have one member).
     _by_mac: dict[str, IPv4Network | list[IPv4Network]] = field(default_factory=dict)
     # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
     _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
+    # Accepted leases whose IPv6 half passed ``check_ipv6``, by IPv6 subnet and v6 MAC
+    # (the groups ``ipv6_claims`` decides), and the group keys of each.
+    _v6_net: dict[IPv6Network, set[IPv4Network]] = field(default_factory=dict)
+    _v6_mac: dict[str, set[IPv4Network]] = field(default_factory=dict)
+    _v6_keys: dict[IPv4Network, tuple[IPv6Network, str | None]] = field(default_factory=dict)
     # Subnets whose entry in ``rejected`` the last reset/apply may have changed.
     touched: set[IPv4Network] = field(default_factory=set)
+    # Keys whose rejection the last reset/apply withdrew (other than the subnet's own).
+    cleared: list[str] = field(default_factory=list)
+
+    def used(self, lease: Lease) -> Lease:
+        """An accepted lease as the data plane uses it."""
+        return ipv4_only(lease) if lease.subnet in self.ipv6_rejected else lease
+
+    def used_leases(self) -> list[Lease]:
+        return [self.used(lease) for lease in self.leases.values()]
+
+    def shadow_rejections(self, subnets: Iterable[IPv4Network]) -> list[Rejection]:
+        out = []
+        for subnet in subnets:
+            holder = self.leases.get(subnet) or self.losers.get(subnet) or self._raw.get(subnet)
+            for lease in self.shadows.get(subnet, ()):
+                held = f"the older key {lease_key(holder)}" if holder else "an older key"
+                out.append(Rejection(lease_key(lease), Reason.SUBNET_CLAIMED,
+                                     f"{subnet} is held by {held}", lease.mod_revision, subnet))
+        return out
 
     def reset(self, snapshot: Iterable[Lease]) -> LeaseBatch:
         """Replace the view by a full listing; return the difference."""
         snapshot = [lease for lease in snapshot if lease.subnet != self.own]
-        old = self.leases
+        old = {s: self.used(lease) for s, lease in self.leases.items()}
         if self.rules is None:
             self.leases = {lease.subnet: lease for lease in snapshot}
         else:
-            self.touched = set(self.rejected)
+            self.touched = set(self.rejected) | set(self.shadows)
+            self.cleared = []
             self.leases, self.losers, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}, {}
+            self.ipv6_rejected, self._v6_net, self._v6_mac, self._v6_keys = {}, {}, {}, {}
+            unique, _ = _subnet_claims(snapshot)
+            kept = {id(lease) for lease in unique}
+            self.shadows = {}
             for lease in snapshot:
+                if id(lease) not in kept:
+                    self.shadows.setdefault(lease.subnet, []).append(lease)
+            for lease in unique:
                 self._admit(lease, self.rules)
             # Only MACs with several leases need a claim decided.
             self._settle({m for m, s in self._by_mac.items() if isinstance(s, list)}, {})
-            self.touched |= set(self.rejected)
-        return diff_leases(old, self.leases)
+            self._settle_v6(set(self.leases), {}, self.rules)
+            self.touched |= set(self.rejected) | set(self.shadows)
+        return diff_leases(old, {s: self.used(lease) for s, lease in self.leases.items()})
 
     def apply(self, events: Iterable[LeaseEvent]) -> LeaseBatch:
         """Apply watch events in order; return their net effect.
@@ -638,6 +897,7 @@ class LeaseView:
         before: dict[IPv4Network, Lease | None] = {}
         macs: set[str] = set()
         self.touched = set()
+        self.cleared = []
         for ev in events:
             subnet = ev.lease.subnet
             if subnet == self.own:
@@ -650,37 +910,84 @@ class LeaseView:
                 else:
                     self.leases.pop(subnet, None)
                 continue
+            held = self._unshadow(ev)
+            if held is None:
+                continue
             self._drop(subnet, macs)
-            if ev.type is EventType.ADDED:
-                mac = self._admit(ev.lease, self.rules)
+            if held.type is EventType.ADDED:
+                mac = self._admit(held.lease, self.rules)
                 if mac:
                     macs.add(mac)
-            elif ev.rejection is not None:
-                self.rejected[subnet] = ev.rejection
+            elif held.rejection is not None:
+                self.rejected[subnet] = held.rejection
         if self.rules is not None:
             self._settle(macs, before)
+            self._settle_v6(self.touched, before, self.rules)
         return self._net(before)
+
+    def _holder(self, subnet: IPv4Network) -> Lease | None:
+        return self.leases.get(subnet) or self.losers.get(subnet) or self._raw.get(subnet)
+
+    def _unshadow(self, ev: LeaseEvent) -> LeaseEvent | None:
+        """An event on a key whose IPv4 subnet another key holds (or held): settle which
+        key holds the subnet; None when the event does not touch the holder."""
+        subnet, key = ev.lease.subnet, lease_key(ev.lease)
+        shadows = self.shadows.get(subnet)
+        if shadows:
+            kept = [x for x in shadows if lease_key(x) != key]
+            if len(kept) != len(shadows):
+                self.cleared.append(key)
+            if kept:
+                self.shadows[subnet] = kept
+            else:
+                del self.shadows[subnet]
+        holder = self._holder(subnet)
+        if holder is not None and lease_key(holder) != key:
+            if ev.type is EventType.REMOVED:
+                return None  # a shadow went away (or a key we never held)
+            if _key_older(holder, ev.lease):
+                self.shadows.setdefault(subnet, []).append(ev.lease)
+                return None
+            self.shadows.setdefault(subnet, []).append(holder)
+            self.cleared.append(lease_key(holder))
+            return ev
+        if subnet not in self.shadows:
+            return ev
+        # The holder went away (or was re-created, so it is younger now): the oldest
+        # key takes the subnet.
+        waiting = self.shadows.pop(subnet)
+        if ev.type is EventType.ADDED:
+            waiting.append(ev.lease)
+        waiting.sort(key=lambda x: (x.create_revision, lease_key(x)))
+        if waiting[1:]:
+            self.shadows[subnet] = waiting[1:]
+        if waiting[0] is not ev.lease:
+            self.cleared.append(lease_key(waiting[0]))
+        return LeaseEvent(EventType.ADDED, waiting[0], ev.revision)
 
     def set_rules(self, rules: LeaseRules) -> LeaseBatch:
         """Judge every known lease again (e.g. this node's subnet changed)."""
-        everything = [*self.leases.values(), *self.losers.values(), *self._raw.values()]
+        everything = [*self.leases.values(), *self.losers.values(), *self._raw.values(),
+                      *(x for group in self.shadows.values() for x in group)]
         self.rules = rules
         return self.reset(everything)
 
     def _remember(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
         if subnet not in before:
-            before[subnet] = self.leases.get(subnet)
+            lease = self.leases.get(subnet)
+            before[subnet] = None if lease is None else self.used(lease)
 
     def _net(self, before: Mapping[IPv4Network, Lease | None]) -> LeaseBatch:
         added, removed, changed = [], [], []
         for subnet, was in before.items():
-            now = self.leases.get(subnet)
+            lease = self.leases.get(subnet)
+            now = None if lease is None else self.used(lease)
             if was is None:
                 if now is not None:
                     added.append(now)
             elif now is None:
                 removed.append(was)
-            elif was.attrs != now.attrs or was.ipv6_subnet != now.ipv6_subnet:
+            elif _differ(was, now):
                 changed.append((was, now))
         return LeaseBatch(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
 
@@ -690,7 +997,7 @@ class LeaseView:
         v = check_remote(lease, rules)
         subnet = lease.subnet
         if v.reason is not None:  # not ``v.ok``: the type checker narrows this
-            self.rejected[subnet] = Rejection(subnet_to_key(subnet), v.reason, v.detail,
+            self.rejected[subnet] = Rejection(lease_key(lease), v.reason, v.detail,
                                               lease.mod_revision, subnet)
             self._raw[subnet] = lease
             return None
@@ -708,7 +1015,9 @@ class LeaseView:
 
     def _drop(self, subnet: IPv4Network, macs: set[str]) -> None:
         """Forget whatever the view had at ``subnet`` (a new event replaces it)."""
-        self.rejected.pop(subnet, None)
+        gone = self.rejected.pop(subnet, None)
+        if gone is not None:
+            self.cleared.append(gone.key)
         self._raw.pop(subnet, None)
         old = self.leases.pop(subnet, None) or self.losers.pop(subnet, None)
         if old is None or not old.attrs.vtep_mac:
@@ -759,6 +1068,76 @@ class LeaseView:
             del self.leases[subnet]
         self.losers[subnet] = lease
         self.rejected[subnet] = claim_rejection(lease, holder)
+
+    def _settle_v6(self, subnets: Iterable[IPv4Network],
+                   before: dict[IPv4Network, Lease | None], rules: LeaseRules) -> None:
+        """Decide the IPv6 halves of ``subnets`` and of every lease that shares an IPv6
+        subnet or v6 VTEP MAC with one of them (only those can have changed)."""
+        nets: set[IPv6Network] = set()
+        macs: set[str] = set()
+        for subnet in subnets:
+            self._v6_forget(subnet, nets, macs)
+            lease = self.leases.get(subnet)
+            if lease is None:
+                self._v6_set(subnet, None, before)
+                continue
+            v = check_ipv6(lease, rules)
+            if v.reason is not None:
+                self._v6_set(subnet, Rejection(lease_key(lease), v.reason, v.detail,
+                                               lease.mod_revision, subnet), before)
+            elif lease.ipv6_subnet is None:
+                self._v6_set(subnet, None, before)
+            else:
+                self._v6_join(lease, lease.ipv6_subnet, nets, macs)
+        members: set[IPv4Network] = set()
+        for net in nets:
+            members |= self._v6_net.get(net, set())
+        for mac in macs:
+            members |= self._v6_mac.get(mac, set())
+        group = [self.leases[s] for s in members]
+        lost = ipv6_claims(group)
+        for lease in group:
+            self._v6_set(lease.subnet, lost.get(lease.subnet), before)
+
+    def _v6_join(self, lease: Lease, net: IPv6Network, nets: set[IPv6Network],
+                 macs: set[str]) -> None:
+        mac = lease.attrs.v6_vtep_mac
+        self._v6_keys[lease.subnet] = (net, mac)
+        self._v6_net.setdefault(net, set()).add(lease.subnet)
+        nets.add(net)
+        if mac is not None:
+            self._v6_mac.setdefault(mac, set()).add(lease.subnet)
+            macs.add(mac)
+
+    def _v6_forget(self, subnet: IPv4Network, nets: set[IPv6Network], macs: set[str]) -> None:
+        keys = self._v6_keys.pop(subnet, None)
+        if keys is None:
+            return
+        net, mac = keys
+        group = self._v6_net.get(net)
+        if group is not None:
+            group.discard(subnet)
+            if not group:
+                del self._v6_net[net]
+        mgroup = self._v6_mac.get(mac) if mac is not None else None
+        if mgroup is not None and mac is not None:
+            mgroup.discard(subnet)
+            if not mgroup:
+                del self._v6_mac[mac]
+        nets.add(net)
+        if mac is not None:
+            macs.add(mac)
+
+    def _v6_set(self, subnet: IPv4Network, rejection: Rejection | None,
+                before: dict[IPv4Network, Lease | None]) -> None:
+        had = self.ipv6_rejected.get(subnet)
+        if had == rejection:
+            return
+        self._remember(subnet, before)
+        if rejection is None:
+            del self.ipv6_rejected[subnet]
+        else:
+            self.ipv6_rejected[subnet] = rejection
 
     def warnings(self) -> dict[IPv4Network, str]:
         """Accepted leases the rule warns about (outside [SubnetMin, SubnetMax])."""

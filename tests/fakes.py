@@ -8,10 +8,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
-from overlay.cni.ipam import Attachment
+from overlay.cni.ipam import Attachment, IPAddress
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import ConfigNotFound, LeaseConflict, LeaseExists, RegistryError
 from overlay.lease import Lease, LeaseAttrs, Rejection
@@ -55,14 +56,16 @@ class FakeRegistry:
     def _expires(self, ttl: int | None) -> datetime | None:
         return datetime.now(UTC) + timedelta(seconds=ttl) if ttl else None
 
-    def put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None = None) -> Lease:
+    def put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None = None,
+            ipv6_subnet: IPv6Network | None = None) -> Lease:
         with self.lock:
             self.rev += 1
             lease_id = 0
             if ttl:
                 self.next_id += 1
                 lease_id = self.next_id
-            lease = Lease(subnet, attrs, self._expires(ttl), lease_id, self.rev, ttl)
+            lease = Lease(subnet, attrs, self._expires(ttl), lease_id, self.rev, ttl,
+                          create_revision=self.rev, ipv6_subnet=ipv6_subnet)
             self.leases[subnet] = lease
             return lease
 
@@ -107,7 +110,8 @@ class FakeRegistry:
         with self.lock:
             return self.leases.get(subnet)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
         self._check()
         if self.before_write:
             self.before_write(subnet)
@@ -115,7 +119,7 @@ class FakeRegistry:
             self.creates += 1
             if subnet in self.leases or subnet in self.garbage:
                 raise LeaseExists(f"subnet {subnet} is already taken")
-            return self.put(subnet, attrs, ttl)
+            return self.put(subnet, attrs, ttl, ipv6_subnet)
 
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         self._check()
@@ -125,7 +129,24 @@ class FakeRegistry:
             cur = self.leases.get(old.subnet)
             if cur is None or cur.mod_revision != old.mod_revision:
                 raise LeaseConflict(f"lease of {old.subnet} changed")
-            return self.put(old.subnet, attrs, ttl)
+            new = self.put(old.subnet, attrs, ttl, old.ipv6_subnet)
+            # an update keeps the key's create_revision, as etcd does
+            new = replace(new, create_revision=cur.create_revision)
+            self.leases[old.subnet] = new
+            return new
+
+    def rekey_lease(self, old: Lease, ipv6_subnet: IPv6Network | None,
+                    attrs: LeaseAttrs) -> Lease:
+        self._check()
+        with self.lock:
+            cur = self.leases.get(old.subnet)
+            if cur is None or cur.mod_revision != old.mod_revision:
+                raise LeaseConflict(f"lease of {old.subnet} changed")
+            self.rev += 1
+            new = replace(cur, attrs=attrs, ipv6_subnet=ipv6_subnet, mod_revision=self.rev,
+                          create_revision=self.rev)
+            self.leases[old.subnet] = new
+            return new
 
     def renew_lease(self, lease: Lease) -> Lease:
         self._check()
@@ -133,12 +154,12 @@ class FakeRegistry:
             cur = self.leases.get(lease.subnet)
             if cur is None or cur.etcd_lease_id != lease.etcd_lease_id:
                 raise LeaseConflict(f"lease of {lease.subnet} was deleted")
-            new = Lease(cur.subnet, cur.attrs, self._expires(cur.ttl), cur.etcd_lease_id,
-                        cur.mod_revision, cur.ttl)
+            new = replace(cur, expiration=self._expires(cur.ttl))
             self.leases[lease.subnet] = new
             return new
 
-    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool:
+    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None,
+                     ipv6_subnet: IPv6Network | None = None) -> bool:
         self._check()
         with self.lock:
             cur = self.leases.get(subnet)
@@ -170,8 +191,8 @@ class FakeStore:
     """In-memory IPAM ``Store`` with the disk store's contract, for the allocator's tests."""
 
     def __init__(self) -> None:
-        self.ips: dict[IPv4Address, Attachment] = {}
-        self.last: IPv4Address | None = None
+        self.ips: dict[IPAddress, Attachment] = {}
+        self.last: dict[int, IPAddress] = {}  # by range index
         self._lock = threading.Lock()
 
     @contextmanager
@@ -179,18 +200,18 @@ class FakeStore:
         with self._lock:
             yield
 
-    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
+    def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int = 0) -> bool:
         if ip in self.ips:
             return False
         self.ips[ip] = (container_id, ifname)
-        self.last = ip
+        self.last[range_id] = ip
         return True
 
-    def last_reserved(self) -> IPv4Address | None:
-        return self.last
+    def last_reserved(self, range_id: int = 0) -> IPAddress | None:
+        return self.last.get(range_id)
 
-    def reservations(self) -> dict[IPv4Address, Attachment]:
+    def reservations(self) -> dict[IPAddress, Attachment]:
         return dict(self.ips)
 
-    def release(self, ip: IPv4Address) -> None:
+    def release(self, ip: IPAddress) -> None:
         self.ips.pop(ip, None)

@@ -77,9 +77,9 @@ def test_the_check_notices_a_missing_method():
     assert missing(Store, Partial()) == ["release: not a method"]
 
     class Renamed(FakeStore):
-        def reserve(self, cid, ifname, ip):
+        def reserve(self, cid, ifname, ip, range_id=0):
             return True
-    assert missing(Store, Renamed())[0].startswith("reserve(cid, ifname, ip)")
+    assert missing(Store, Renamed())[0].startswith("reserve(cid, ifname, ip, range_id=0)")
 
 
 def _metrics():

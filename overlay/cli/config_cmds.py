@@ -31,6 +31,11 @@ def config_row(cfg: NetworkConfig) -> list[Any]:
             b.type, b.vni, b.port]
 
 
+def ipv6_row(cfg: NetworkConfig) -> list[Any]:
+    return [cfg.ipv6_network, cfg.ipv6_subnet_len, cfg.ipv6_subnet_min, cfg.ipv6_subnet_max,
+            cfg.ipv6_subnet_count]
+
+
 @config_group.command("get")
 @global_options
 @click.pass_obj
@@ -43,6 +48,10 @@ def config_get(obj: CLIContext) -> None:
     else:
         print_table(["NETWORK", "SUBNET-LEN", "SUBNET-MIN", "SUBNET-MAX", "SUBNETS",
                      "BACKEND", "VNI", "PORT"], [config_row(cfg)])
+        if cfg.enable_ipv6:
+            click.echo()
+            print_table(["IPV6-NETWORK", "SUBNET-LEN", "SUBNET-MIN", "SUBNET-MAX",
+                         "SUBNETS"], [ipv6_row(cfg)])
 
 
 def _read_file(path: str) -> bytes:
@@ -59,10 +68,13 @@ def _read_file(path: str) -> bytes:
 
 
 def build_config(network: str | None, subnet_len: int | None, vni: int | None,
-                 port: int | None, file: str | None) -> NetworkConfig:
+                 port: int | None, file: str | None, ipv6_network: str | None = None,
+                 ipv6_subnet_len: int | None = None) -> NetworkConfig:
     """The config from either -f FILE or the flags, validated; nothing is written here."""
-    if file and any(v is not None for v in (network, subnet_len, vni, port)):
-        raise ConfigError("give either -f FILE or --network/--subnet-len/--vni/--port, not both")
+    flags = (network, subnet_len, vni, port, ipv6_network, ipv6_subnet_len)
+    if file and any(v is not None for v in flags):
+        raise ConfigError("give either -f FILE or --network/--subnet-len/--vni/--port/"
+                          "--ipv6-network/--ipv6-subnet-len, not both")
     if file:
         return parse_network_config(_read_file(file))
     if network is None:
@@ -75,6 +87,13 @@ def build_config(network: str | None, subnet_len: int | None, vni: int | None,
         obj["Backend"]["VNI"] = vni
     if port is not None:
         obj["Backend"]["Port"] = port
+    if ipv6_subnet_len is not None and ipv6_network is None:
+        raise ConfigError("--ipv6-subnet-len needs --ipv6-network CIDR "
+                          "(e.g. --ipv6-network fd00:10:244::/56)")
+    if ipv6_network is not None:
+        obj.update(EnableIPv6=True, IPv6Network=ipv6_network)
+        if ipv6_subnet_len is not None:
+            obj["IPv6SubnetLen"] = ipv6_subnet_len
     return parse_network_config(obj)
 
 
@@ -86,13 +105,20 @@ def build_config(network: str | None, subnet_len: int | None, vni: int | None,
                    "network, else the network's prefix + 2].")
 @click.option("--vni", type=int, help=f"VXLAN network identifier [default: {DEFAULT_VNI}].")
 @click.option("--port", type=int, help=f"VXLAN UDP port [default: {DEFAULT_PORT}].")
+@click.option("--ipv6-network", metavar="CIDR",
+              help="Dual-stack: the IPv6 pod network, e.g. fd00:10:244::/56 (sets "
+                   "EnableIPv6).")
+@click.option("--ipv6-subnet-len", type=int,
+              help="Prefix length of each node's IPv6 subnet [default: 64 for a /62 or "
+                   "larger network, else the network's prefix + 2].")
 @click.option("-f", "--file", "file", metavar="FILE",
               help="Read the whole config JSON from FILE ('-' for stdin).")
 @click.pass_obj
 def config_set(obj: CLIContext, network: str | None, subnet_len: int | None, vni: int | None,
-               port: int | None, file: str | None) -> None:
+               port: int | None, ipv6_network: str | None, ipv6_subnet_len: int | None,
+               file: str | None) -> None:
     """Validate a network config, then store it in etcd."""
-    cfg = build_config(network, subnet_len, vni, port, file)
+    cfg = build_config(network, subnet_len, vni, port, file, ipv6_network, ipv6_subnet_len)
     with EtcdRegistry(obj.etcd_options()) as reg:
         reg.put_config(cfg)
     if obj.json:

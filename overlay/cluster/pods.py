@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any, Protocol
 
 from overlay.cluster.keys import (
@@ -102,7 +102,7 @@ class Port:
 class PodRecord:
     namespace: str
     name: str
-    ips: tuple[IPv4Address, ...]
+    ips: tuple[IPv4Address | IPv6Address, ...]  # IPv4 first; a dual-stack pod's IPv6 after
     node: str
     container_id: str
     ifname: str
@@ -112,7 +112,7 @@ class PodRecord:
     mod_revision: int = 0  # etcd's, when read back (not part of the value)
 
     @property
-    def ip(self) -> IPv4Address | None:
+    def ip(self) -> IPv4Address | IPv6Address | None:
         return self.ips[0] if self.ips else None
 
     def label_values(self) -> dict[str, str]:
@@ -264,21 +264,35 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_RE = re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}")  # dotted quad, no leading zeros
 
 
-def _ip(text: object) -> IPv4Address:
+def _ip(text: object) -> IPv4Address | IPv6Address:
     # The whole-string shape first, then the integer: IPv4Address(str) parses in pure
     # Python, a tenth of a 10 000-pod listing.
+    if isinstance(text, str) and ":" in text and len(text) <= 39:
+        return _ip6(text)
     if not isinstance(text, str) or not _IPV4_RE.fullmatch(text):
-        raise PodValueError(f"ips: {text!r:.40} is not an IPv4 address")
+        raise PodValueError(f"ips: {text!r:.40} is not an IPv4 or IPv6 address")
     a, b, c, d = map(int, text.split("."))
     return IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
 
 
-def _ips(raw: object) -> tuple[IPv4Address, ...]:
+def _ip6(text: str) -> IPv6Address:
+    try:
+        ip = IPv6Address(text) if "%" not in text else None  # a scope: never a pod's
+    except ValueError:
+        ip = None
+    if ip is None or str(ip) != text:  # RFC 5952 text only: one spelling per address
+        raise PodValueError(f"ips: {text!r:.40} is not an IPv6 address in RFC 5952 form")
+    return ip
+
+
+def _ips(raw: object) -> tuple[IPv4Address | IPv6Address, ...]:
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_IPS:
-        raise PodValueError(f"ips must be a list of 1-{MAX_IPS} IPv4 addresses")
+        raise PodValueError(f"ips must be a list of 1-{MAX_IPS} IP addresses")
     ips = tuple(_ip(ip) for ip in raw)
     if len(set(ips)) != len(ips):
         raise PodValueError("ips must be distinct")
+    if not isinstance(ips[0], IPv4Address):
+        raise PodValueError("ips must start with the pod's IPv4 address")
     return ips
 
 
@@ -343,10 +357,12 @@ def decode_pod(value: bytes, mod_revision: int = 0) -> PodRecord:
 class PodRules:
     """What a record's IPs are checked against: each node's accepted subnet where the
     caller knows it (``node_subnets``), else the accepted subnet leases (the IPs must all
-    lie in one of them)."""
+    lie in one of them).  A dual-stack record's IPv6 addresses must lie in the IPv6
+    subnet of that same lease (``lease_ipv6``, by the lease's IPv4 subnet)."""
 
     node_subnets: Mapping[str, IPv4Network] = field(default_factory=dict)
     lease_subnets: frozenset[IPv4Network] = frozenset()
+    lease_ipv6: Mapping[IPv4Network, IPv6Network] = field(default_factory=dict)
     # the leases by (prefix length, network as an int), computed once: the rule runs
     # per record, and ipaddress objects are slow to build (10 000 pods per listing)
     _by_int: dict[int, dict[int, IPv4Network]] = field(init=False, repr=False, compare=False)
@@ -361,10 +377,23 @@ class PodRules:
         """These rules, each node's pods held to its own record's subnet (where that
         subnet is an accepted lease: a record naming any other is not believed)."""
         own = {n: s for n, s in node_subnets.items() if s in self.lease_subnets}
-        return PodRules(node_subnets=own, lease_subnets=self.lease_subnets)
+        return PodRules(node_subnets=own, lease_subnets=self.lease_subnets,
+                        lease_ipv6=self.lease_ipv6)
 
-    def subnet_for(self, node: str, ips: Sequence[IPv4Address]) -> IPv4Network | None:
-        """The accepted subnet holding every one of ``ips`` for ``node``, or None."""
+    def subnet_for(self, node: str,
+                   ips: Sequence[IPv4Address | IPv6Address]) -> IPv4Network | None:
+        """The accepted subnet holding every one of ``ips`` for ``node`` (its IPv6
+        half holding the IPv6 ones), or None."""
+        v6 = [ip for ip in ips if isinstance(ip, IPv6Address)]
+        if not v6:
+            return self._subnet_for(node, ips)  # type: ignore[arg-type]  # IPv4 only
+        subnet = self._subnet_for(node, [ip for ip in ips if isinstance(ip, IPv4Address)])
+        half = self.lease_ipv6.get(subnet) if subnet is not None else None
+        return subnet if half is not None and all(ip in half for ip in v6) else None
+
+    def _subnet_for(self, node: str, ips: Sequence[IPv4Address]) -> IPv4Network | None:
+        if not ips:
+            return None
         if node in self.node_subnets:
             subnet = self.node_subnets[node]
             return subnet if all(ip in subnet for ip in ips) else None
@@ -383,7 +412,9 @@ def rules_from_leases(config: Any, leases: Iterable[Lease]) -> PodRules:
     if config is None:
         return PodRules()
     accepted, _, _ = judge(leases, LeaseRules.from_config(config))
-    return PodRules(lease_subnets=frozenset(lease.subnet for lease in accepted))
+    return PodRules(lease_subnets=frozenset(lease.subnet for lease in accepted),
+                    lease_ipv6={lease.subnet: lease.ipv6_subnet for lease in accepted
+                                if lease.ipv6_subnet is not None})
 
 
 def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:
@@ -425,9 +456,10 @@ def judge_pods(kvs: Iterable[KV], base: str, rules: PodRules
     return accepted, rejected
 
 
-def duplicate_ips(records: Iterable[PodRecord]) -> dict[IPv4Address, list[PodRecord]]:
+def duplicate_ips(records: Iterable[PodRecord]
+                  ) -> dict[IPv4Address | IPv6Address, list[PodRecord]]:
     """Every IP held by more than one record (what ``pod-ips-unique`` reports)."""
-    holders: dict[IPv4Address, list[PodRecord]] = {}
+    holders: dict[IPv4Address | IPv6Address, list[PodRecord]] = {}
     for r in records:
         for ip in r.ips:
             holders.setdefault(ip, []).append(r)

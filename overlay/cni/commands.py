@@ -12,7 +12,15 @@ import errno
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+)
 from typing import Any
 
 from overlay.cni import ipam, podmeta
@@ -32,6 +40,8 @@ log = lazylog.get_logger(__name__)
 _KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
                "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
+DEFAULT_ROUTE6 = IPv6Network("::/0")
+IPV6_MIN_MTU = 1280  # RFC 8200: below it the kernel gives a link no IPv6 at all
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -59,32 +69,67 @@ def open_pod_netns(req: Request, stack: ExitStack) -> int:
     return fd
 
 
-def _requested(req: Request, conf: NetConf) -> tuple[IPv4Address | None, str | None]:
+def _requested(req: Request, conf: NetConf) -> tuple[dict[int, ipam.IPAddress], str | None]:
+    """The runtime's wishes: at most one IP per family (CNI_ARGS ``IP``, comma-separated
+    as host-local takes it, or the ``ips`` capability, ``runtimeConfig.ips``), a MAC."""
     ignore_unknown = req.args.get("IgnoreUnknown", "").lower() in ("1", "true")
     unknown = sorted(set(req.args) - _KNOWN_ARGS)
     if unknown and not ignore_unknown:
         raise CNIError(CNIError.INVALID_CONFIG, f"unknown CNI_ARGS {', '.join(unknown)}",
                        "set IgnoreUnknown=1 to let the plugin ignore them")
-    ip = None
+    wanted: list[tuple[str, str]] = []
     if req.args.get("IP"):
-        try:
-            ip = IPv4Address(req.args["IP"])
-        except ValueError:
-            raise CNIError(CNIError.INVALID_CONFIG, f"CNI_ARGS IP={req.args['IP']} is not an "
-                           "IPv4 address") from None
+        wanted += [("CNI_ARGS IP", item.strip()) for item in req.args["IP"].split(",")]
+    runtime = req.config.get("runtimeConfig")
+    ips = runtime.get("ips") if isinstance(runtime, dict) else None
+    if ips is not None:
+        if not isinstance(ips, list) or not all(isinstance(i, str) for i in ips):
+            raise CNIError(CNIError.INVALID_CONFIG, "runtimeConfig.ips must be a list of "
+                           "IP addresses", f"got {ips!r}")
+        wanted += [("runtimeConfig.ips", item) for item in ips]
+    requested: dict[int, ipam.IPAddress] = {}
+    for where, text in wanted:
+        ip = _requested_ip(where, text)
+        if requested.get(ip.version, ip) != ip:
+            raise CNIError(CNIError.INVALID_CONFIG, f"{where}: two IPv{ip.version} addresses "
+                           f"requested ({requested[ip.version]}, {ip})",
+                           "a pod gets one address per family")
+        requested[ip.version] = ip
     mac = conf.mac or (req.args.get("MAC") or "").lower() or None
     if mac is not None and not is_mac(mac):
         raise CNIError(CNIError.INVALID_CONFIG, f"CNI_ARGS MAC={mac} is not a MAC address")
-    return ip, mac
+    return requested, mac
 
 
-def pod_routes(conf: NetConf, node: NodeSubnet) -> list[tuple[IPv4Network, IPv4Address]]:
-    routes = []
+def _requested_ip(where: str, text: str) -> ipam.IPAddress:
+    try:  # the ips capability gives CIDRs ("10.244.1.5/24"); CNI_ARGS plain addresses
+        return ip_interface(text).ip if "/" in text else ip_address(text)
+    except ValueError:
+        raise CNIError(CNIError.INVALID_CONFIG, f"{where} {text} is not an IP "
+                       "address") from None
+
+
+def pod_routes(conf: NetConf, node: NodeSubnet) -> list[pod.PodRoute]:
+    routes: list[pod.PodRoute] = []
     if conf.is_default_gateway:
         routes.append((DEFAULT_ROUTE, node.gateway))
     if node.network != node.subnet and node.network != DEFAULT_ROUTE:
         routes.append((node.network, node.gateway))
+    if node.ipv6_subnet is not None and node.ipv6_gateway is not None:
+        v6net = node.ipv6_network or node.ipv6_subnet
+        if conf.is_default_gateway:
+            routes.append((DEFAULT_ROUTE6, node.ipv6_gateway))
+        if v6net != node.ipv6_subnet and v6net != DEFAULT_ROUTE6:
+            routes.append((v6net, node.ipv6_gateway))
     return routes
+
+
+def allocators(store: ipam.Store, node: NodeSubnet) -> list[ipam.Allocator]:
+    """One range per family, in host-local's order: 0 IPv4, 1 IPv6."""
+    out = [ipam.Allocator(store, node.subnet, node.gateway, 0)]
+    if node.ipv6_subnet is not None and node.ipv6_gateway is not None:
+        out.append(ipam.Allocator(store, node.ipv6_subnet, node.ipv6_gateway, 1))
+    return out
 
 
 def _store(conf: NetConf) -> ipam.DiskStore:
@@ -99,24 +144,42 @@ def cmd_add(req: Request) -> dict[str, Any]:
     with ExitStack() as stack:
         netns_fd = open_pod_netns(req, stack)
         node = conf.load_node_subnet()
+        _check_family_fit(node, requested)
         store = _store(conf)
-        ip = ipam.Allocator(store, node.subnet, node.gateway).allocate(
-            req.container_id, req.ifname, requested)
+        ips = ipam.allocate_all(store, allocators(store, node), req.container_id,
+                                req.ifname, requested)
         undo: list[Callable[[], Any]] = [
-            lambda: ipam.release_ip(store, ip, req.container_id, req.ifname)]
+            lambda: _release_ips(store, ips, req.container_id, req.ifname)]
         try:
-            result = _attach(req, conf, node, netns_fd, ip, mac, undo, stack)
-            _write_pod_meta(req, conf)
+            result = _attach(req, conf, node, netns_fd, ips, mac, undo, stack)
+            _write_pod_meta(req, conf, ips)
         except BaseException:
             _rollback(undo)
             raise
-    log.info("ADD %s/%s: %s on %s", req.container_id, req.ifname, ip, conf.bridge)
+    log.info("ADD %s/%s: %s on %s", req.container_id, req.ifname,
+             ", ".join(map(str, ips)), conf.bridge)
     return result.to_dict(req.cni_version)
 
 
-def _write_pod_meta(req: Request, conf: NetConf) -> None:
+def _release_ips(store: ipam.Store, ips: list[ipam.IPAddress], container_id: str,
+                 ifname: str) -> None:
+    for ip in ips:
+        ipam.release_ip(store, ip, container_id, ifname)
+
+
+def _check_family_fit(node: NodeSubnet, requested: dict[int, ipam.IPAddress]) -> None:
+    if 6 in requested and node.ipv6_subnet is None:
+        raise CNIError(CNIError.INVALID_CONFIG, f"IPv6 address {requested[6]} requested, "
+                       "but this node has no IPv6 subnet",
+                       "enable IPv6 in the network config (EnableIPv6) or request IPv4 only")
+    if node.ipv6_subnet is not None and node.mtu < IPV6_MIN_MTU:
+        raise CNIError(CNIError.INVALID_CONFIG, f"MTU {node.mtu} is below IPv6's minimum "
+                       f"{IPV6_MIN_MTU}", "a dual-stack pod needs an MTU of 1280 or more")
+
+
+def _write_pod_meta(req: Request, conf: NetConf, ips: list[ipam.IPAddress]) -> None:
     """Who the pod is, for overlayd's pod registry (last: nothing to undo if it fails)."""
-    meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
+    meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config, ips)
     try:
         podmeta.write_meta(conf.data_dir, conf.name, meta)
     except OSError as e:
@@ -131,14 +194,22 @@ def _mac(link: Link) -> str:
     return link.mac
 
 
-def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IPv4Address,
-            mac: str | None, undo: list, stack: ExitStack) -> Result:
+def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int,
+            ips: list[ipam.IPAddress], mac: str | None, undo: list, stack: ExitStack) -> Result:
     host_name = pod.host_veth_name(req.container_id, req.ifname)
+    ip = ips[0]
+    assert isinstance(ip, IPv4Address), f"range 0 gave {ip}"
     address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
+    address6 = None
+    if len(ips) > 1 and node.ipv6_subnet is not None:
+        address6 = IPv6Interface(f"{ips[1]}/{node.ipv6_subnet.prefixlen}")
     routes = pod_routes(conf, node)
     host = stack.enter_context(Rtnl())
     bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
-                               conf.force_address, conf.promisc_mode)
+                               conf.force_address, conf.promisc_mode,
+                               node.ipv6_gateway_interface if address6 else None)
+    if address6 is not None:
+        pod.enable_ipv6_forwarding()
     if req.reaper is not None:
         req.reaper.wait(host_name)  # a deferred delete of this attachment's old veth
     try:
@@ -154,8 +225,10 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
         host_link = pod.add_veth(host, host_name, req.ifname, netns_fd, node.mtu, bridge,
                                  conf.hairpin_mode, mac)
     undo.append(lambda: _del_host_veth(host_name))  # only once it is ours
+    if address6 is not None:
+        pod.prepare_pod_ipv6(netns_fd, req.ifname)  # before the link comes up
     inside = stack.enter_context(netns.open_in_netns(netns_fd))
-    pod_link = pod.configure_pod_link(inside, req.ifname, address, routes)
+    pod_link = pod.configure_pod_link(inside, req.ifname, address, routes, address6)
     if conf.ip_masq:
         masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
         undo.append(lambda: masq.del_masq(conf.name, req.container_id, req.ifname))
@@ -163,7 +236,8 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int, ip: IP
         interfaces=(Interface(bridge.name, _mac(bridge), mtu=bridge.mtu),
                     Interface(host_link.name, _mac(host_link), mtu=node.mtu),
                     Interface(pod_link.name, _mac(pod_link), req.netns, node.mtu)),
-        ips=(IPConfig(address, node.gateway, 2),),
+        ips=(IPConfig(address, node.gateway, 2),)
+        + ((IPConfig(address6, node.ipv6_gateway, 2),) if address6 is not None else ()),
         routes=tuple(Route(dst, gw) for dst, gw in routes),
     )
 
@@ -253,11 +327,17 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
         raise fail(f"{req.ifname} is missing from the pod's namespace")
     if expected.mac and (link.mac or "").lower() != expected.mac.lower():
         raise fail(f"{req.ifname} has MAC {link.mac}, prevResult says {expected.mac}")
-    have = pod.get_addresses(inside, link.index)
+    dual = node.ipv6_subnet is not None
+    have: list[IPv4Interface | IPv6Interface] = list(pod.get_addresses(inside, link.index))
+    present: list[tuple[Any, Any]] = list(pod.get_routes(inside, link.index))
+    if dual or any(a.version == 6 for a in ips):
+        have += pod.get_addresses6(inside, link.index)
+        present += pod.get_routes6(inside, link.index)
+    if dual and not any(a.version == 6 for a in ips):
+        raise fail("prevResult has no IPv6 address, but this node is dual-stack")
     for address in ips:
         if address not in have:
             raise fail(f"{req.ifname} lacks address {address}")
-    present = pod.get_routes(inside, link.index)
     for dst, gw in pod_routes(conf, node):
         if (dst, gw) not in present:
             raise fail(f"route {dst} via {gw} is missing in the pod")
@@ -277,6 +357,9 @@ def _check_host(req: Request, conf: NetConf, node: NodeSubnet, host, fail) -> No
         raise fail(f"bridge {conf.bridge} is missing")
     if node.gateway_interface not in pod.get_addresses(host, bridge.index):
         raise fail(f"bridge {conf.bridge} lacks gateway {node.gateway_interface}")
+    gw6 = node.ipv6_gateway_interface
+    if gw6 is not None and gw6 not in pod.get_addresses6(host, bridge.index):
+        raise fail(f"bridge {conf.bridge} lacks gateway {gw6}")
     host_name = pod.host_veth_name(req.container_id, req.ifname)
     veth = pod.get_link(host, host_name)
     if veth is None:
@@ -306,27 +389,30 @@ def cmd_status(req: Request) -> None:
         raise CNIError(limited, e.msg, e.details) from None
     if attached:
         _status_bridge(conf, node, attached)
-    allocator = ipam.Allocator(store, node.subnet, node.gateway)
-    free = allocator.free_count(taken)
-    if free <= 0:
-        raise CNIError(CNIError.NOT_AVAILABLE, f"no free IP addresses in {node.subnet}",
-                       f"all {allocator.size} usable addresses are reserved; delete pods "
-                       "or run GC")
+    for allocator in allocators(store, node):
+        if allocator.free_count(taken) <= 0:
+            raise CNIError(CNIError.NOT_AVAILABLE,
+                           f"no free IP addresses in {allocator.subnet}",
+                           f"all {allocator.size} usable addresses are reserved; delete "
+                           "pods or run GC")
 
 
 def _status_bridge(conf: NetConf, node: NodeSubnet, attached: int) -> None:
     try:
         with Rtnl() as host:
             bridge = pod.get_link(host, conf.bridge)
+            gw6 = node.ipv6_gateway_interface
             ok = (bridge is not None and bridge.up
-                  and node.gateway_interface in pod.get_addresses(host, bridge.index))
+                  and node.gateway_interface in pod.get_addresses(host, bridge.index)
+                  and (gw6 is None or gw6 in pod.get_addresses6(host, bridge.index)))
     except NetlinkOpError as e:
         raise CNIError(CNIError.LIMITED_CONNECTIVITY, f"cannot inspect {conf.bridge}",
                        str(e)) from None
     if not ok:
         raise CNIError(CNIError.LIMITED_CONNECTIVITY,
                        f"bridge {conf.bridge} is missing, down, or lacks gateway "
-                       f"{node.gateway_interface}",
+                       + ", ".join(str(g) for g in (node.gateway_interface,
+                                                    node.ipv6_gateway_interface) if g),
                        f"{attached} attached pod(s) may have lost connectivity; the next ADD "
                        "recreates it")
 
@@ -352,8 +438,9 @@ def cmd_gc(req: Request) -> None:
     valid = _valid_attachments(req.config)
     stale = ipam.gc(_store(conf), valid)
     errors = []
+    attachments = list(dict.fromkeys(owner for _, owner in stale))  # both families: one veth
     with Rtnl() as host:
-        for _, (container_id, ifname) in stale:
+        for container_id, ifname in attachments:
             try:
                 pod.del_link(host, pod.host_veth_name(container_id, ifname))
                 if conf.ip_masq:

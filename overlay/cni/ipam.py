@@ -1,7 +1,11 @@
 """IP address management on host-local's on-disk layout.
 
 ``<dataDir>/<network name>/<ip>`` holds ``<container id>\\r\\n<ifname>``;
-``last_reserved_ip.0`` the last address handed out (round robin starts after it);
+``last_reserved_ip.<range index>`` the last address handed out from that range (round
+robin starts after it).  One range per family, as host-local's ``ranges`` list gives a
+dual-stack pod: index 0 the IPv4 subnet, 1 the IPv6 one (``last_reserved_ip.0`` alone
+on an IPv4-only node, as before); an IPv6 file is named by the address in RFC 5952
+text (``fd00:10:244:1::2``), as host-local writes it;
 ``lock`` is taken with ``flock`` around every read-modify-write, so concurrent plugin
 processes (and the warm server's threads) never hand out one address twice.
 
@@ -16,9 +20,9 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
 from overlay.errors import IPAMError
@@ -27,20 +31,33 @@ from overlay.util import lazylog
 log = lazylog.get_logger(__name__)
 
 LINE_BREAK = "\r\n"
-LAST_IP_FILE = "last_reserved_ip.0"
+LAST_IP_PREFIX = "last_reserved_ip."
+LAST_IP_FILE = LAST_IP_PREFIX + "0"
 LOCK_FILE = "lock"
 
 Attachment = tuple[str, str]  # (container id, ifname)
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+def last_ip_file(range_id: int) -> str:
+    return f"{LAST_IP_PREFIX}{range_id}"
+
+
+def ip_sort_key(ip: IPAddress) -> tuple[int, int]:
+    """IPv4 before IPv6 (``ipaddress`` refuses to compare across families)."""
+    return ip.version, int(ip)
 
 
 class Store(Protocol):
     """What the allocator needs from storage (``DiskStore``; ``tests.fakes.FakeStore``)."""
 
     def lock(self) -> AbstractContextManager[None]: ...
-    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool: ...
-    def last_reserved(self) -> IPv4Address | None: ...
-    def reservations(self) -> dict[IPv4Address, Attachment]: ...
-    def release(self, ip: IPv4Address) -> None: ...
+    def reserve(self, container_id: str, ifname: str, ip: IPAddress,
+                range_id: int = 0) -> bool: ...
+    def last_reserved(self, range_id: int = 0) -> IPAddress | None: ...
+    def reservations(self) -> dict[IPAddress, Attachment]: ...
+    def release(self, ip: IPAddress) -> None: ...
 
 
 # Every file of the store is opened relative to the store's directory fd and without
@@ -99,7 +116,7 @@ class DiskStore:
             os.close(fd)  # closing releases the flock
             os.close(dfd)
 
-    def reserve(self, container_id: str, ifname: str, ip: IPv4Address) -> bool:
+    def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int = 0) -> bool:
         path = os.path.join(self.dir, str(ip))
         with self._at() as dfd:
             try:
@@ -117,23 +134,24 @@ class DiskStore:
                 raise IPAMError(f"cannot write {path}: {e.strerror}") from e
             os.close(fd)
             try:
-                self._write_last(dfd, ip)
+                self._write_last(dfd, ip, range_id)
             except OSError as e:  # e.g. ENOSPC, EROFS, a symlink: give the address back
                 try:
                     os.unlink(str(ip), dir_fd=dfd)
                 except OSError as undo:
                     log.warning("IPAM: cannot remove %s after a failed reservation: %s",
                                 path, undo.strerror)
-                raise IPAMError(f"cannot record {ip} in {self.dir}/{LAST_IP_FILE}: "
+                raise IPAMError(f"cannot record {ip} in {self.dir}/{last_ip_file(range_id)}: "
                                 f"{_os_problem(e)}") from e
         return True
 
     @staticmethod
-    def _write_last(dfd: int, ip: IPv4Address) -> None:
+    def _write_last(dfd: int, ip: IPAddress, range_id: int = 0) -> None:
         data = str(ip).encode()
         # Overwrite in place, then cut to length: O_TRUNC (size 0) makes ext4 flush the
         # file synchronously at close (auto_da_alloc), measured at 5-7 ms per ADD here.
-        fd = os.open(LAST_IP_FILE, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600, dir_fd=dfd)
+        fd = os.open(last_ip_file(range_id), os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600,
+                     dir_fd=dfd)
         try:
             os.pwrite(fd, data, 0)
             os.ftruncate(fd, len(data))
@@ -152,16 +170,19 @@ class DiskStore:
         finally:
             os.close(fd)
 
-    def last_reserved(self) -> IPv4Address | None:
+    def last_reserved(self, range_id: int = 0) -> IPAddress | None:
         try:
             with self._at() as dfd:
-                raw = self._read_small(dfd, LAST_IP_FILE)
-            return IPv4Address(raw.decode("ascii").strip()) if raw is not None else None
+                raw = self._read_small(dfd, last_ip_file(range_id))
+            if raw is None:
+                return None
+            text = raw.decode("ascii").strip()
+            return IPv6Address(text) if ":" in text else IPv4Address(text)
         except (OSError, ValueError):
             return None
 
-    def reservations(self) -> dict[IPv4Address, Attachment]:
-        out: dict[IPv4Address, Attachment] = {}
+    def reservations(self) -> dict[IPAddress, Attachment]:
+        out: dict[IPAddress, Attachment] = {}
         try:
             with self._at() as dfd:
                 for name in os.listdir(dfd):
@@ -174,15 +195,10 @@ class DiskStore:
             raise IPAMError(f"cannot read IPAM store {self.dir}: {_os_problem(e)}") from e
         return out
 
-    def _reservation(self, dfd: int, name: str) -> tuple[IPv4Address, Attachment] | None:
-        if not name[:1].isdigit() or name.count(".") != 3:
-            return None  # lock, last_reserved_ip.0, IPv6 files (hex)
-        try:
-            ip = IPv4Address(_socket.inet_aton(name))
-        except (OSError, ValueError):
+    def _reservation(self, dfd: int, name: str) -> tuple[IPAddress, Attachment] | None:
+        ip = _file_ip(name)
+        if ip is None:
             return None
-        if str(ip) != name:
-            return None  # "010.1.1.1" and friends: not a file this layout writes
         raw = self._read_small(dfd, name)  # released while we listed, or not a file
         if raw is None:
             return None
@@ -192,7 +208,7 @@ class DiskStore:
         container_id, _, ifname = text.partition(LINE_BREAK)
         return ip, (container_id, ifname)
 
-    def release(self, ip: IPv4Address) -> None:
+    def release(self, ip: IPAddress) -> None:
         try:
             with self._at() as dfd:
                 os.unlink(str(ip), dir_fd=dfd)
@@ -202,6 +218,27 @@ class DiskStore:
             raise IPAMError(f"cannot release {ip} in {self.dir}: {_os_problem(e)}") from e
 
 
+def _file_ip(name: str) -> IPAddress | None:
+    """The address a store file is named by, or None (lock, last_reserved_ip.N, pods/,
+    and any name this layout never writes: "010.1.1.1", "FD00::2", "fd00::2%eth0")."""
+    ip: IPAddress
+    if ":" in name:
+        if "%" in name:
+            return None  # a scoped (link-local) address: never a pod's
+        try:
+            ip = IPv6Address(name)
+        except ValueError:
+            return None
+    elif name[:1].isdigit() and name.count(".") == 3:
+        try:
+            ip = IPv4Address(_socket.inet_aton(name))
+        except (OSError, ValueError):
+            return None
+    else:
+        return None
+    return ip if str(ip) == name else None
+
+
 def _matches(owner: Attachment, container_id: str, ifname: str) -> bool:
     # host-local also releases old files that hold only the container ID.  No stripping:
     # the validated ID is the one name for the veth, the files and the result.
@@ -209,61 +246,75 @@ def _matches(owner: Attachment, container_id: str, ifname: str) -> bool:
 
 
 class Allocator:
-    """Round-robin allocation from ``subnet``, never the network, broadcast or gateway."""
+    """Round-robin allocation from ``subnet`` (range ``range_id`` of the store), never
+    the network address or the gateway; for IPv4 never the broadcast address either
+    (host-local's default range: IPv6 has no broadcast, so it ends at the last address)."""
 
-    def __init__(self, store: Store, subnet: IPv4Network, gateway: IPv4Address):
+    def __init__(self, store: Store, subnet: IPNetwork, gateway: IPAddress, range_id: int = 0):
         self.store = store
         self.subnet = subnet
         self.gateway = gateway
-        self.first = subnet.network_address + 1
-        self.last = subnet.broadcast_address - 1
+        self.range_id = range_id
+        self.first: IPAddress = subnet.network_address + 1
+        self.last: IPAddress = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
 
-    def usable(self, ip: IPv4Address) -> bool:
-        return self.first <= ip <= self.last and ip != self.gateway
+    def usable(self, ip: IPAddress) -> bool:
+        return (ip.version == self.subnet.version and self.first <= ip <= self.last  # type: ignore[operator]
+                and ip != self.gateway)
 
     def allocate(self, container_id: str, ifname: str,
-                 requested: IPv4Address | None = None) -> IPv4Address:
+                 requested: IPAddress | None = None) -> IPAddress:
         with self.store.lock():
-            taken = self.store.reservations()
-            for ip, owner in taken.items():
-                if owner == (container_id, ifname):
-                    raise IPAMError(f"{ip} is already allocated to container {container_id} "
-                                    f"interface {ifname}: duplicate allocation is not allowed")
-            if requested is not None:
-                return self._allocate_requested(container_id, ifname, requested)
-            for ip in self._candidates():
-                if ip not in taken and self.store.reserve(container_id, ifname, ip):
-                    log.info("IPAM: reserved %s for %s/%s", ip, container_id, ifname)
-                    return ip
+            return self.allocate_locked(container_id, ifname, requested)
+
+    def allocate_locked(self, container_id: str, ifname: str,
+                        requested: IPAddress | None = None) -> IPAddress:
+        """As :meth:`allocate`, with the store's lock already held by the caller."""
+        taken = self.store.reservations()
+        for ip, owner in taken.items():
+            if owner == (container_id, ifname) and ip.version == self.subnet.version:
+                raise IPAMError(f"{ip} is already allocated to container {container_id} "
+                                f"interface {ifname}: duplicate allocation is not allowed")
+        if requested is not None:
+            return self._allocate_requested(container_id, ifname, requested)
+        for ip in self._candidates():
+            if ip not in taken and self.store.reserve(container_id, ifname, ip, self.range_id):
+                log.info("IPAM: reserved %s for %s/%s", ip, container_id, ifname)
+                return ip
         raise IPAMError(f"no IP addresses available in {self.subnet} "
                         f"({self.size} usable, all reserved)")
 
-    def _allocate_requested(self, container_id: str, ifname: str, ip: IPv4Address) -> IPv4Address:
+    def _allocate_requested(self, container_id: str, ifname: str, ip: IPAddress) -> IPAddress:
         if not self.usable(ip):
             raise IPAMError(f"requested IP {ip} is not usable in {self.subnet} "
                             f"(range {self.first}-{self.last}, gateway {self.gateway})")
-        if not self.store.reserve(container_id, ifname, ip):
+        if not self.store.reserve(container_id, ifname, ip, self.range_id):
             raise IPAMError(f"requested IP {ip} is already allocated")
         log.info("IPAM: reserved requested %s for %s/%s", ip, container_id, ifname)
         return ip
 
     @property
     def size(self) -> int:
-        in_range = self.first <= self.gateway <= self.last
+        gw = self.gateway
+        in_range = gw.version == self.subnet.version and self.first <= gw <= self.last  # type: ignore[operator]
         return int(self.last) - int(self.first) + 1 - (1 if in_range else 0)
 
-    def _candidates(self) -> Iterator[IPv4Address]:
+    def _candidates(self) -> Iterator[IPAddress]:
         """Every usable address once, starting after the last reserved one."""
-        last = self.store.last_reserved()
-        start = last + 1 if last is not None and self.first <= last < self.last else self.first
-        span = int(self.last) - int(self.first) + 1
-        offset = int(start) - int(self.first)
+        last = self.store.last_reserved(self.range_id)
+        first, end = int(self.first), int(self.last)
+        start = first
+        if last is not None and last.version == self.subnet.version and first <= int(last) < end:
+            start = int(last) + 1
+        span = end - first + 1
+        offset = start - first
+        make = type(self.first)
         for i in range(span):
-            ip = self.first + (offset + i) % span
+            ip = make(first + (offset + i) % span)
             if ip != self.gateway:
                 yield ip
 
-    def free_count(self, taken: Iterable[IPv4Address] | None = None) -> int:
+    def free_count(self, taken: Iterable[IPAddress] | None = None) -> int:
         """Free usable addresses, in ``taken`` (a reservations snapshot) or read now."""
         if taken is None:
             with self.store.lock():
@@ -271,7 +322,31 @@ class Allocator:
         return self.size - sum(1 for ip in taken if self.usable(ip))
 
 
-def release(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:
+def allocate_all(store: Store, allocators: Sequence[Allocator], container_id: str, ifname: str,
+                 requested: Mapping[int, IPAddress] | None = None) -> list[IPAddress]:
+    """One address from each allocator (one range per family), under one lock: all or
+    none.  A later range's failure gives back what the earlier ones reserved, so a
+    dual-stack ADD never leaves a lone IPv4 reservation behind (a crash between the two
+    files leaves one, named by the container: DEL or GC frees it)."""
+    requested = requested or {}
+    got: list[IPAddress] = []
+    with store.lock():
+        try:
+            for a in allocators:
+                got.append(a.allocate_locked(container_id, ifname,
+                                             requested.get(a.subnet.version)))
+        except BaseException:
+            for ip in got:
+                try:
+                    store.release(ip)
+                    log.info("IPAM: gave back %s for %s/%s", ip, container_id, ifname)
+                except IPAMError as e:  # the original error is the one to report
+                    log.warning("IPAM: cannot give back %s: %s", ip, e)
+            raise
+    return got
+
+
+def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     """DEL: free every address held by this attachment (no subnet needed)."""
     released = []
     with store.lock():
@@ -283,7 +358,7 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:
     return released
 
 
-def release_ip(store: Store, ip: IPv4Address, container_id: str, ifname: str) -> None:
+def release_ip(store: Store, ip: IPAddress, container_id: str, ifname: str) -> None:
     """Rollback of one allocation: only if the file still holds this attachment."""
     with store.lock():
         owner = store.reservations().get(ip)
@@ -292,13 +367,13 @@ def release_ip(store: Store, ip: IPv4Address, container_id: str, ifname: str) ->
             log.info("IPAM: rolled back %s for %s/%s", ip, container_id, ifname)
 
 
-def get(store: Store, container_id: str, ifname: str) -> list[IPv4Address]:
+def get(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     with store.lock():
-        return sorted(ip for ip, owner in store.reservations().items()
-                      if _matches(owner, container_id, ifname))
+        return sorted((ip for ip, owner in store.reservations().items()
+                       if _matches(owner, container_id, ifname)), key=ip_sort_key)
 
 
-def gc(store: Store, valid: Iterable[Attachment]) -> list[tuple[IPv4Address, Attachment]]:
+def gc(store: Store, valid: Iterable[Attachment]) -> list[tuple[IPAddress, Attachment]]:
     """GC: release every reservation whose attachment is not in ``valid``."""
     keep = {(c, i) for c, i in valid}
     keep_ids = {c for c, _ in keep}

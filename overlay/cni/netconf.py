@@ -2,9 +2,11 @@
 
 Config keys (design.md): ``bridge``, ``subnetFile``, ``dataDir``, ``hairpinMode``,
 ``isDefaultGateway``, ``forceAddress``, ``ipMasq``, ``promiscMode``, ``mtu``, ``subnet``
-(and ``network``, the cluster's pod network, when ``subnet`` is given); plus
-``runtimeConfig.mac``, ``prevResult`` and ``cni.dev/valid-attachments``.
-An explicit ``subnet`` overrides subnet.env, so the plugin runs without a daemon.
+(and ``network``, the cluster's pod network, when ``subnet`` is given), ``ipv6Subnet``
+and ``ipv6Network`` (the same for IPv6: a dual-stack pod); plus ``runtimeConfig.mac``,
+``runtimeConfig.ips``, ``prevResult`` and ``cni.dev/valid-attachments``.
+An explicit ``subnet`` overrides subnet.env (its IPv6 half too), so the plugin runs
+without a daemon.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, SubnetEnvError
@@ -31,16 +40,27 @@ def is_mac(value: str) -> bool:
 
 
 class NodeSubnet(NamedTuple):
-    """What ADD needs from the node: the subnet, its gateway, the pod network, the MTU."""
+    """What ADD needs from the node: the subnet, its gateway, the pod network, the MTU;
+    and the IPv6 half of each when the node is dual-stack (subnet.env's
+    ``OVERLAY_IPV6_SUBNET``, or the config's ``ipv6Subnet``)."""
 
     subnet: IPv4Network
     gateway: IPv4Address
     network: IPv4Network
     mtu: int
+    ipv6_subnet: IPv6Network | None = None
+    ipv6_gateway: IPv6Address | None = None
+    ipv6_network: IPv6Network | None = None
 
     @property
     def gateway_interface(self) -> IPv4Interface:
         return IPv4Interface(f"{self.gateway}/{self.subnet.prefixlen}")
+
+    @property
+    def ipv6_gateway_interface(self) -> IPv6Interface | None:
+        if self.ipv6_subnet is None or self.ipv6_gateway is None:
+            return None
+        return IPv6Interface(f"{self.ipv6_gateway}/{self.ipv6_subnet.prefixlen}")
 
 
 class NetConf(NamedTuple):
@@ -58,19 +78,28 @@ class NetConf(NamedTuple):
     subnet: IPv4Network | None = None
     network: IPv4Network | None = None
     mac: str | None = None  # runtimeConfig.mac
+    ipv6_subnet: IPv6Network | None = None
+    ipv6_network: IPv6Network | None = None
 
     def load_node_subnet(self) -> NodeSubnet:
         """From the config's ``subnet`` if given, else subnet.env; CNIError otherwise."""
         if self.subnet is not None:
             network = self.network or self.subnet
+            v6 = self.ipv6_subnet
             return NodeSubnet(self.subnet, self.subnet.network_address + 1, network,
-                              self.mtu or DEFAULT_MTU)
+                              self.mtu or DEFAULT_MTU, v6,
+                              v6.network_address + 1 if v6 is not None else None,
+                              (self.ipv6_network or v6) if v6 is not None else None)
         try:
             env = load_subnet_env(self.subnet_file)
         except SubnetEnvError as e:
             raise subnet_env_error(self.subnet_file, e) from None
         subnet = env.subnet.network
-        return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu)
+        gw6 = env.ipv6_subnet  # the bridge's IPv6 gateway with the prefix, when dual-stack
+        return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu,
+                          gw6.network if gw6 is not None else None,
+                          gw6.ip if gw6 is not None else None,
+                          env.ipv6_network if gw6 is not None else None)
 
 
 def subnet_env_error(path: str, error: SubnetEnvError) -> CNIError:
@@ -111,6 +140,40 @@ def _network(config: Mapping[str, Any], key: str) -> IPv4Network | None:
                        f"{value!r}: {e}") from None
 
 
+def _network6(config: Mapping[str, Any], key: str) -> IPv6Network | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise TypeError(f"got {value!r}")
+        return IPv6Network(value, strict=False)
+    except (ValueError, TypeError) as e:
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" is not an IPv6 CIDR",
+                       f"{value!r}: {e}") from None
+
+
+def _ipv6_half(config: Mapping[str, Any],
+               subnet: IPv4Network | None) -> tuple[IPv6Network | None, IPv6Network | None]:
+    v6 = _network6(config, "ipv6Subnet")
+    network = _network6(config, "ipv6Network")
+    if v6 is None:
+        if network is not None:
+            raise CNIError(CNIError.INVALID_CONFIG, "\"ipv6Network\" needs \"ipv6Subnet\"", "")
+        return None, None
+    if subnet is None:
+        raise CNIError(CNIError.INVALID_CONFIG, "\"ipv6Subnet\" needs \"subnet\"",
+                       "a dual-stack pod gets one address per family: give the IPv4 "
+                       "subnet too, or neither (subnet.env)")
+    if v6.prefixlen > 126:
+        raise CNIError(CNIError.INVALID_CONFIG, f"ipv6Subnet {v6} is too small",
+                       "use a /126 or larger subnet")
+    if network is not None and not v6.subnet_of(network):
+        raise CNIError(CNIError.INVALID_CONFIG,
+                       f"ipv6Subnet {v6} is outside ipv6Network {network}", "")
+    return v6, network
+
+
 def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
     bridge = _str(config, "bridge", DEFAULT_BRIDGE)
     problem = ifname_problem(bridge)
@@ -130,6 +193,7 @@ def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
     if subnet is not None and network is not None and not subnet.subnet_of(network):
         raise CNIError(CNIError.INVALID_CONFIG,
                        f"subnet {subnet} is outside network {network}", "")
+    ipv6_subnet, ipv6_network = _ipv6_half(config, subnet)
     runtime = config.get("runtimeConfig") or {}
     mac = runtime.get("mac") if isinstance(runtime, dict) else None
     if mac is not None and (not isinstance(mac, str) or not is_mac(mac)):
@@ -146,4 +210,5 @@ def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
         promisc_mode=_bool(config, "promiscMode", False),
         mtu=mtu, subnet=subnet, network=network,
         mac=mac.lower() if mac else None,
+        ipv6_subnet=ipv6_subnet, ipv6_network=ipv6_network,
     )

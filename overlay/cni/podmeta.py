@@ -7,11 +7,14 @@ runtime said it::
 
     {"containerID": "...", "ifname": "eth0", "namespace": "default", "name": "web-1",
      "labels": [{"key": "app", "value": "web"}],
-     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+     "ips": ["10.244.1.5", "fd00:10:244:1::5"]}
 
 ``namespace``/``name`` are ``CNI_ARGS`` ``K8S_POD_NAMESPACE``/``K8S_POD_NAME`` (null when
 absent: podman passes only the name); ``labels`` the netconf's ``args.cni.labels``;
-``ports`` ``args.cni.ports`` or else ``runtimeConfig.portMappings``' container ports.
+``ports`` ``args.cni.ports`` or else ``runtimeConfig.portMappings``' container ports;
+``ips`` the addresses this ADD gave the attachment, IPv4 first (a dual-stack pod has
+two; the IPAM files stay the record of what is reserved).
 
 The plugin checks only shape and size here (plain types, bounded counts and lengths), so
 an ADD imports nothing more than ``json``: the one rule for each part (DNS-1123 names,
@@ -26,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from overlay.util.fsutil import atomic_write
@@ -85,13 +88,14 @@ def _ports(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def meta_from_request(container_id: str, ifname: str, args: Mapping[str, str],
-                      config: Mapping[str, Any]) -> dict[str, Any]:
-    """The file's content for one ADD: the runtime's words, shape-checked and bounded."""
+                      config: Mapping[str, Any], ips: Iterable[object] = ()) -> dict[str, Any]:
+    """The file's content for one ADD: the runtime's words, shape-checked and bounded,
+    and the addresses the ADD gave (``ips``: our own allocation, not the runtime's)."""
     return {"containerID": container_id, "ifname": ifname,
             "namespace": _text(args.get("K8S_POD_NAMESPACE")),
             "name": _text(args.get("K8S_POD_NAME")),
             "labels": _items(_cni_args(config).get("labels"), ("key", "value")),
-            "ports": _ports(config)}
+            "ports": _ports(config), "ips": [str(ip) for ip in ips]}
 
 
 def write_meta(data_dir: str, network: str, meta: Mapping[str, Any]) -> str:

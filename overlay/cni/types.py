@@ -1,6 +1,6 @@
 """The ADD result, rendered in each cniVersion's format.
 
-- 0.3.0 / 0.3.1 / 0.4.0: ``ips[].version`` is ``"4"``.
+- 0.3.0 / 0.3.1 / 0.4.0: ``ips[].version`` is ``"4"`` or ``"6"``.
 - 1.0.0: no ``version`` in ``ips``.
 - 1.1.0: as 1.0.0, plus ``interfaces[].mtu`` (the SPEC's 1.1 additions).
 """
@@ -8,7 +8,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
+)
 from typing import Any, NamedTuple
 
 from overlay.errors import CNIError
@@ -21,15 +31,20 @@ class Interface(NamedTuple):
     mtu: int | None = None
 
 
+IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
+IPNetwork = IPv4Network | IPv6Network
+
+
 class IPConfig(NamedTuple):
-    address: IPv4Interface
-    gateway: IPv4Address | None
+    address: IPInterface
+    gateway: IPAddress | None
     interface: int
 
 
 class Route(NamedTuple):
-    dst: IPv4Network
-    gw: IPv4Address | None = None
+    dst: IPNetwork
+    gw: IPAddress | None = None
 
 
 class Result(NamedTuple):
@@ -50,7 +65,7 @@ class Result(NamedTuple):
             interfaces.append(d)
         ips = []
         for ip in self.ips:
-            d = {"version": "4"} if legacy else {}
+            d = {"version": str(ip.address.version)} if legacy else {}
             d["interface"] = ip.interface
             d["address"] = str(ip.address)
             if ip.gateway is not None:
@@ -73,14 +88,24 @@ def parse_result(data: Any) -> Result:
     try:
         interfaces = tuple(Interface(i["name"], i.get("mac", ""), i.get("sandbox", ""),
                                      i.get("mtu")) for i in data.get("interfaces") or ())
-        ips = tuple(IPConfig(IPv4Interface(ip["address"]),
-                             IPv4Address(ip["gateway"]) if ip.get("gateway") else None,
+        ips = tuple(IPConfig(ip_interface(_text(ip["address"])),
+                             ip_address(_text(ip["gateway"])) if ip.get("gateway") else None,
                              int(ip.get("interface", -1)))
-                    for ip in data.get("ips") or ()
-                    if ip.get("version", "4") == "4" and ":" not in ip.get("address", ""))
-        routes = tuple(Route(IPv4Network(r["dst"]), IPv4Address(r["gw"]) if r.get("gw") else None)
-                       for r in data.get("routes") or () if ":" not in r.get("dst", ""))
+                    for ip in data.get("ips") or ())
+        routes = tuple(Route(ip_network(_text(r["dst"])),
+                             ip_address(_text(r["gw"])) if r.get("gw") else None)
+                       for r in data.get("routes") or ())
+        for ip in ips:
+            if ip.gateway is not None and ip.gateway.version != ip.address.version:
+                raise ValueError(f"gateway {ip.gateway} is not of {ip.address}'s family")
     except (KeyError, TypeError, ValueError) as e:
         raise CNIError(CNIError.DECODE_FAILURE, "prevResult is malformed",
                        f"{type(e).__name__}: {e}") from None
     return Result(interfaces, ips, routes, dict(data.get("dns") or {}))
+
+
+def _text(value: Any) -> str:
+    # ``ipaddress`` would take 167772161 for 10.0.0.1: only the SPEC's strings are addresses
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
@@ -114,11 +114,16 @@ class ObservedRegistry:
     def get_lease(self, subnet: IPv4Network) -> Lease | None:
         return self._counted(self._inner.get_lease, subnet)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
-        return self._counted(self._inner.create_lease, subnet, attrs, ttl)
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
+        return self._counted(self._inner.create_lease, subnet, attrs, ttl, ipv6_subnet)
 
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         return self._counted(self._inner.update_lease, old, attrs, ttl)
+
+    def rekey_lease(self, old: Lease, ipv6_subnet: IPv6Network | None,
+                    attrs: LeaseAttrs) -> Lease:
+        return self._counted(self._inner.rekey_lease, old, ipv6_subnet, attrs)
 
     def renew_lease(self, lease: Lease) -> Lease:
         return self._counted(self._inner.renew_lease, lease)
@@ -217,7 +222,7 @@ def _open_etcd_registry(opts: EtcdOptions) -> Registry:
 
 def node_options(settings: Settings) -> NodeOptions:
     return NodeOptions(settings.iface, settings.public_ip, settings.vxlan_device,
-                       settings.state_dir)
+                       settings.state_dir, settings.public_ipv6)
 
 
 # ---- the daemon ----------------------------------------------------------------------
@@ -423,6 +428,8 @@ class Daemon:
     def _hold_locked(self, lease: Lease) -> None:
         assert self.device is not None and self.config is not None, f"device, config {_UNSET}"
         self.device.ensure_address(lease.vtep_address)
+        assert self.plane is not None, f"data plane {_UNSET}"
+        self.plane.ensure_v6_address(lease)
         env = SubnetEnv(self.config.network,
                         IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
                         self.mtu, self.s.ip_masq)
@@ -430,6 +437,8 @@ class Daemon:
         self._env_written = True
         log.info("wrote %s: subnet %s, MTU %d", self.s.subnet_file, env.subnet, self.mtu)
         assert self.masq is not None, f"masquerade {_UNSET}"
+        if self.plane.v6 is not None:
+            self.masq.set_ipv6(self.config.ipv6_network, lease.ipv6_subnet)
         self.masq.update(lease.subnet)
         self._held = lease.subnet  # only once every step succeeded
 
@@ -448,6 +457,8 @@ class Daemon:
             else:
                 assert self.device is not None, f"device {_UNSET}"
                 self.device.ensure_address(lease.vtep_address)
+                assert self.plane is not None, f"data plane {_UNSET}"
+                self.plane.ensure_v6_address(lease)
 
     def _on_lease(self, lease: Lease) -> None:
         log.info("lease now %s (etcd lease %x)", lease.subnet, lease.etcd_lease_id)
@@ -519,7 +530,8 @@ class Daemon:
         self._spawn("keepalive", lambda: manager.run_keepalive(
             manager.current or lease, self.stop, self._on_lease))
         self._spawn("reconcile", self._reconcile_loop)
-        monitor_names = lambda: {device.spec.name, plane.underlay_name}  # noqa: E731
+        monitor_names = lambda: {device.spec.name, plane.underlay_name} | (  # noqa: E731
+            {plane.v6.device.spec.name, plane.v6.underlay_name} if plane.v6 else set())
         self._spawn("linkmon", lambda: LinkMonitor(monitor_names, self._on_link_change)
                     .run(self.stop))
         for name, target in self._cluster_threads():

@@ -12,7 +12,7 @@ import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from overlay.cluster.keys import dns_subdomain_problem
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--iface", help="underlay interface: a name or a regex "
                    "(default: the interface of the default route)")
     n.add_argument("--public-ip", help="this node's underlay IP (default: --iface's address)")
+    n.add_argument("--public-ipv6", help="this node's IPv6 underlay address, when the network "
+                   "config enables IPv6 (default: the underlay interface's global IPv6 address)")
     n.add_argument("--vxlan-device", default="",
                    help="VXLAN device name (default overlay.<VNI>)")
     n.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
@@ -177,6 +179,7 @@ class Settings:
     cni_data_dir: str = DEFAULT_CNI_DATA_DIR
     cni_conf_dir: str = DEFAULT_CONF_DIR
     cni_bin_dir: str = DEFAULT_BIN_DIR
+    public_ipv6: IPv6Address | None = None
 
 
 def _check_iface_pattern(iface: str) -> None:
@@ -211,6 +214,7 @@ def parse_settings(argv: Sequence[str] | None = None,
             raise ConfigError(f"--public-ip {a.public_ip!r}: not an IPv4 address") from None
         if public_ip.is_unspecified or public_ip.is_multicast or public_ip.is_loopback:
             raise ConfigError(f"--public-ip {public_ip}: must be a unicast underlay address")
+    public_ipv6 = _public_ipv6(a.public_ipv6) if a.public_ipv6 else None
     if a.iface is not None and not a.iface.strip():
         raise ConfigError("--iface: empty; give an interface name or a regex")
     if a.iface is not None:
@@ -247,4 +251,15 @@ def parse_settings(argv: Sequence[str] | None = None,
                     a.lease_ttl, a.lease_renew_margin, a.ip_masq, a.reconcile_interval,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
                     node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
-                    a.cni_data_dir, a.cni_conf_dir, a.cni_bin_dir)
+                    a.cni_data_dir, a.cni_conf_dir, a.cni_bin_dir, public_ipv6=public_ipv6)
+
+
+def _public_ipv6(text: str) -> IPv6Address:
+    try:
+        ip = IPv6Address(text)
+    except ValueError:
+        raise ConfigError(f"--public-ipv6 {text!r}: not an IPv6 address") from None
+    if (ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
+            or ip.ipv4_mapped is not None):
+        raise ConfigError(f"--public-ipv6 {ip}: must be a global unicast underlay address")
+    return ip

@@ -190,7 +190,8 @@ def scan_local(data_dir: str, subnet: IPv4Network,
         except OverlayError as e:
             raise ScanError(str(e)) from e
         for ip, (container_id, ifname) in reservations.items():
-            if ip in subnet and container_id_problem(container_id) is None and ifname:
+            if (isinstance(ip, IPv4Address) and ip in subnet  # IPv6: no IPv6 subnet known here
+                    and container_id_problem(container_id) is None and ifname):
                 by_container.setdefault(container_id, []).append((ifname, ip, network))
     out = {}
     for container_id, attachments in by_container.items():

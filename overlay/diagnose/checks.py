@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
 from overlay.cni.install import (
@@ -470,7 +470,7 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
         return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
     k = node.kernel
     vx = f.vxlan.index if f.vxlan else None
-    by_dst: dict[IPv4Network, list[RouteInfo]] = {}
+    by_dst: dict[IPv4Network | IPv6Network, list[RouteInfo]] = {}
     for r in k.routes:
         by_dst.setdefault(r.dst, []).append(r)
     missing: list[Route] = []

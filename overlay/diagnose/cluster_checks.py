@@ -34,7 +34,8 @@ def check_pod_ips_unique(pods: PodsState) -> CheckResult:
         return CheckResult(name, PASS, expected,
                            f"{len(pods.records)} pod(s), every IP held once{ignored}")
     shown = "; ".join(f"{ip}: " + ", ".join(f"{r.namespace}/{r.name} on {r.node}" for r in rs)
-                      for ip, rs in sorted(dup.items())[:5])
+                      for ip, rs in sorted(dup.items(),
+                                           key=lambda kv: (kv[0].version, int(kv[0])))[:5])
     return CheckResult(name, FAIL, expected, f"{len(dup)} IP(s) held by several pods: {shown}",
                        "each node publishes what its IPAM store holds: look for a copied "
                        "CNI data dir or two nodes on one subnet (`overlayctl leases list`)")

@@ -82,8 +82,10 @@ def read_reservations(data_dir: str, network: str) -> list[Reservation]:
     except (OverlayError, OSError) as e:
         log.info("IPAM store %s unreadable: %s", store.dir, e)
         return []
+    # IPv4 only: a dual-stack pod's IPv6 file is judged against no IPv6 subnet yet.
+    v4 = {ip: owner for ip, owner in held.items() if isinstance(ip, IPv4Address)}
     return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
-            for ip, (cid, ifname) in sorted(held.items())]
+            for ip, (cid, ifname) in sorted(v4.items())]
 
 
 def read_sysctl(path: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
 
 from overlay.netlink.rtnl import (
@@ -30,6 +30,7 @@ from overlay.netlink.rtnl import (
     IFLA_VXLAN_LEARNING,
     IFLA_VXLAN_LINK,
     IFLA_VXLAN_LOCAL,
+    IFLA_VXLAN_LOCAL6,
     IFLA_VXLAN_PORT,
     NLA_F_NESTED,
     NLM_F_CREATE,
@@ -60,6 +61,7 @@ class VXLANInfo(NamedTuple):
     local: IPv4Address | None
     link: int | None  # ifindex of the underlay device the VXLAN is bound to
     learning: bool
+    local6: IPv6Address | None = None  # a device over the IPv6 underlay: its local address
 
 
 class Link(NamedTuple):
@@ -100,11 +102,13 @@ def get_msg(name: str) -> Msg:
     return Msg(RTM_GETLINK, 0, _named(0, name), f"get link {name}")
 
 
-def vxlan_add_msg(name: str, vni: int, port: int, local: IPv4Address, link: int,
+def vxlan_add_msg(name: str, vni: int, port: int, local: IPv4Address | IPv6Address, link: int,
                   mac: str, mtu: int) -> Msg:
-    """Create a ``nolearning`` VXLAN device (``ip link add NAME type vxlan ...``)."""
+    """Create a ``nolearning`` VXLAN device (``ip link add NAME type vxlan ...``); an
+    IPv6 ``local`` makes it a device over the IPv6 underlay (its remotes are IPv6)."""
+    local_attr = IFLA_VXLAN_LOCAL6 if local.version == 6 else IFLA_VXLAN_LOCAL
     data = (attr_u32(IFLA_VXLAN_ID, vni) + attr_u32(IFLA_VXLAN_LINK, link)
-            + attr(IFLA_VXLAN_LOCAL, local.packed) + attr(IFLA_VXLAN_LEARNING, b"\0")
+            + attr(local_attr, local.packed) + attr(IFLA_VXLAN_LEARNING, b"\0")
             + attr(IFLA_VXLAN_PORT, _PORT.pack(port)))
     info = attr(IFLA_INFO_KIND, b"vxlan") + attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
     body = (_named(0, name) + attr_u32(IFLA_MTU, mtu) + attr(IFLA_ADDRESS, mac_bytes(mac))
@@ -161,13 +165,14 @@ def del_msg(index: int = 0, name: str | None = None) -> Msg:
 
 def _vxlan(data: bytes) -> VXLANInfo:
     d = attrs(data)
-    local = d.get(IFLA_VXLAN_LOCAL, b"")
+    local, local6 = d.get(IFLA_VXLAN_LOCAL, b""), d.get(IFLA_VXLAN_LOCAL6, b"")
     return VXLANInfo(vni=u32(d[IFLA_VXLAN_ID]) if IFLA_VXLAN_ID in d else 0,
                      port=_PORT.unpack(d[IFLA_VXLAN_PORT][:2])[0] if IFLA_VXLAN_PORT in d else 0,
                      local=IPv4Address(local) if len(local) == 4 else None,
                      link=u32(d[IFLA_VXLAN_LINK]) or None if IFLA_VXLAN_LINK in d else None,
                      learning=bool(d[IFLA_VXLAN_LEARNING][0]) if d.get(IFLA_VXLAN_LEARNING)
-                     else False)
+                     else False,
+                     local6=IPv6Address(local6) if len(local6) == 16 else None)
 
 
 def parse(buf: bytes, off: int = 0, end: int | None = None) -> Link:

@@ -1,4 +1,5 @@
-"""Neighbours (ARP entries) and FDB entries: one record, one parser, their builders.
+"""Neighbours (ARP and IPv6 neighbour entries) and FDB entries: one record, one parser,
+their builders.
 
 An FDB entry is a neighbour of family AF_BRIDGE: ``mac`` is the entry's key and
 ``dst`` the remote VTEP it points at (None for local/bridge entries)."""
@@ -6,11 +7,12 @@ An FDB entry is a neighbour of family AF_BRIDGE: ``mac`` is the entry's key and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from overlay.netlink.rtnl import (
     AF_BRIDGE,
     AF_INET,
+    AF_INET6,
     NDA_DST,
     NDA_LLADDR,
     NDMSG,
@@ -32,7 +34,7 @@ from overlay.netlink.rtnl import (
 
 @dataclass(frozen=True)
 class Neigh:
-    dst: IPv4Address | None
+    dst: IPv4Address | IPv6Address | None
     mac: str | None
     ifindex: int
     state: int
@@ -44,16 +46,18 @@ class Neigh:
         return bool(self.state & NUD_PERMANENT)
 
 
-def neigh_msg(add: bool, ifindex: int, ip: IPv4Address, mac: str | None) -> Msg:
-    """A permanent ARP entry ``ip -> mac`` on ``ifindex`` (the VXLAN device)."""
-    body = NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0) + attr(NDA_DST, ip.packed)
+def neigh_msg(add: bool, ifindex: int, ip: IPv4Address | IPv6Address, mac: str | None) -> Msg:
+    """A permanent ARP (or, for an IPv6 ``ip``, neighbour discovery) entry ``ip -> mac``
+    on ``ifindex`` (the VXLAN device)."""
+    family = AF_INET6 if ip.version == 6 else AF_INET
+    body = NDMSG.pack(family, ifindex, NUD_PERMANENT, 0, 0) + attr(NDA_DST, ip.packed)
     if add:
         body += attr(NDA_LLADDR, mac_bytes(mac or ""))
         return Msg(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"neigh {ip} -> {mac}")
     return Msg(RTM_DELNEIGH, 0, body, f"neigh {ip}")
 
 
-def fdb_msg(add: bool, ifindex: int, mac: str, dst: IPv4Address) -> Msg:
+def fdb_msg(add: bool, ifindex: int, mac: str, dst: IPv4Address | IPv6Address) -> Msg:
     """A permanent FDB entry on the VXLAN device: frames to ``mac`` go to VTEP ``dst``."""
     body = (NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, 0)
             + attr(NDA_LLADDR, mac_bytes(mac)) + attr(NDA_DST, dst.packed))
@@ -65,13 +69,15 @@ def fdb_msg(add: bool, ifindex: int, mac: str, dst: IPv4Address) -> Msg:
 def parse(buf: bytes, off: int = 0, end: int | None = None) -> Neigh:
     family, ifindex, state, flags, _ = NDMSG.unpack_from(buf, off)
     a = attrs(buf, off + NDMSG.size, end)
-    dst = IPv4Address(a[NDA_DST]) if len(a.get(NDA_DST, b"")) == 4 else None
+    raw = a.get(NDA_DST, b"")
+    dst = IPv4Address(raw) if len(raw) == 4 else IPv6Address(raw) if len(raw) == 16 else None
     mac = mac_str(a[NDA_LLADDR]) if len(a.get(NDA_LLADDR, b"")) == 6 else None
     return Neigh(dst, mac, ifindex, state, family, flags)
 
 
 def dump(nl: Rtnl, family: int, ifindex: int = 0) -> list[Neigh]:
-    """ARP entries (``AF_INET``) or FDB entries (``AF_BRIDGE``), of ``ifindex`` unless 0."""
+    """ARP entries (``AF_INET``), IPv6 neighbours (``AF_INET6``) or FDB entries
+    (``AF_BRIDGE``, whose ``dst`` is of either family), of ``ifindex`` unless 0."""
     out = [parse(b, o, e) for t, b, o, e in nl.dump(RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0))
            if t == RTM_NEWNEIGH]
     return [n for n in out if not ifindex or n.ifindex == ifindex]

@@ -1,13 +1,15 @@
-"""IPv4 routes: the one builder for add/delete, ``route get``, the one parser, and the
-one :class:`Route` record (protocol, metric and type included)."""
+"""Routes: the one builder for add/delete (either family), ``route get``, the one parser,
+and the one :class:`Route` record (protocol, metric and type included).  ``dump`` and
+``dump_main`` read one family (IPv4 unless asked): every IPv4 caller sees IPv4 only."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
-from typing import NamedTuple
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import NamedTuple, TypeAlias
 
 from overlay.netlink.rtnl import (
     AF_INET,
+    AF_INET6,
     NLM_F_CREATE,
     NLM_F_EXCL,
     NLM_F_REPLACE,
@@ -41,6 +43,9 @@ from overlay.netlink.rtnl import (
 # ever touching routes somebody else made.
 RTPROT_OVERLAY = 111
 
+IPNetwork: TypeAlias = IPv4Network | IPv6Network
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+
 
 class Route(NamedTuple):
     dst: IPv4Network
@@ -60,7 +65,7 @@ class Route(NamedTuple):
         return self.protocol is None or self.protocol == RTPROT_OVERLAY
 
 
-def msg(add: bool, dst: IPv4Network, gateway: IPv4Address, oif: int, *,
+def msg(add: bool, dst: IPNetwork, gateway: IPAddress, oif: int, *,
         protocol: int = RTPROT_OVERLAY, onlink: bool = False, metric: int = 0,
         replace: bool = False, what: str | None = None) -> Msg:
     """``dst via gateway dev oif [onlink] [metric M] proto P`` in the main table.
@@ -70,7 +75,8 @@ def msg(add: bool, dst: IPv4Network, gateway: IPv4Address, oif: int, *,
     route known to be ours) overwrites.  A delete names the protocol, and the kernel
     matches it, so it never removes another protocol's route to ``dst``.
     """
-    body = (RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
+    family = AF_INET6 if dst.version == 6 else AF_INET
+    body = (RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, protocol,
                        RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
             + (attr(RTA_DST, dst.network_address.packed) if dst.prefixlen else b"")
             + attr(RTA_GATEWAY, gateway.packed) + attr_u32(RTA_OIF, oif)
@@ -112,6 +118,39 @@ def parse(buf: bytes, off: int = 0, end: int | None = None) -> Route | None:
                  kind=route_type_name(rtype), table=table, tos=tos)
 
 
+class Route6(NamedTuple):
+    """An IPv6 route: :class:`Route`'s fields, of the other family."""
+
+    dst: IPv6Network
+    gateway: IPv6Address | None
+    oif: int | None
+    onlink: bool = False
+    prefsrc: IPv6Address | None = None
+    protocol: int | None = None
+    metric: int = 0
+    kind: str = "unicast"
+    table: int = RT_TABLE_MAIN
+    tos: int = 0
+
+
+def parse6(buf: bytes, off: int = 0, end: int | None = None) -> Route6 | None:
+    """An RTM_NEWROUTE payload, of any type and table; None unless IPv6."""
+    family, dst_len, _, tos, table, proto, _, rtype, flags = RTMSG.unpack_from(buf, off)
+    if family != AF_INET6:
+        return None
+    a = attrs(buf, off + RTMSG.size, end)
+    if RTA_TABLE in a:
+        table = u32(a[RTA_TABLE])
+    gw, src = a.get(RTA_GATEWAY, b""), a.get(RTA_PREFSRC, b"")
+    return Route6(dst=IPv6Network((IPv6Address(a.get(RTA_DST, bytes(16))), dst_len)),
+                  gateway=IPv6Address(gw) if len(gw) == 16 else None,
+                  oif=(u32(a[RTA_OIF]) or None) if RTA_OIF in a else None,
+                  onlink=bool(flags & RTNH_F_ONLINK),
+                  prefsrc=IPv6Address(src) if len(src) == 16 else None,
+                  protocol=proto, metric=u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else 0,
+                  kind=route_type_name(rtype), table=table, tos=tos)
+
+
 def dump(nl: Rtnl) -> list[Route]:
     """Every IPv4 route, of every table and type."""
     out = (parse(b, o, e) for t, b, o, e in nl.dump(RTM_GETROUTE, RTMSG.pack(AF_INET, *[0] * 8))
@@ -136,3 +175,23 @@ def dump_main(nl: Rtnl) -> tuple[list[Route], list[Route]]:
         elif rtype == RTN_UNICAST:
             ours.append(parse(b, o, e))
     return ours, others  # type: ignore[return-value]  # AF_INET checked: never None
+
+
+def dump6(nl: Rtnl) -> list[Route6]:
+    """Every IPv6 route, of every table and type."""
+    out = (parse6(b, o, e) for t, b, o, e in nl.dump(RTM_GETROUTE, RTMSG.pack(AF_INET6, *[0] * 8))
+           if t == RTM_NEWROUTE)
+    return [r for r in out if r is not None]
+
+
+def dump_main6(nl: Rtnl) -> tuple[list[Route6], list[Route6]]:
+    """``dump_main`` for IPv6: (ours: proto 111 unicast, every other protocol's)."""
+    ours, others = [], []
+    for r in dump6(nl):
+        if r.table != RT_TABLE_MAIN:
+            continue
+        if r.protocol != RTPROT_OVERLAY:
+            others.append(r)
+        elif r.kind == "unicast":
+            ours.append(r)
+    return ours, others

@@ -437,15 +437,26 @@ class SubnetManager:
         if on_rejected is None:
             return
         prefix = self.registry.subnets_prefix
+
+        def full(key: str) -> str:  # the view names keys without the prefix; etcd's
+            return key if key.startswith(prefix) else prefix + key  # rejections with it
         now = [*rejected]
         gone = [*cleared]
         for subnet in view.touched:
             r = view.rejected.get(subnet)
             if r is not None:
-                now.append(replace(r, key=prefix + r.key))
+                now.append(replace(r, key=full(r.key)))
             elif not complete:
                 gone.append(prefix + subnet_to_key(subnet))
+        # A second key holding an IPv4 subnet already held (``X`` beside ``X&<IPv6>``),
+        # and the keys whose rejection a step withdrew (a dual key's is not ``X``).
+        now += [replace(r, key=full(r.key)) for r in view.shadow_rejections(view.touched)]
+        if not complete:
+            held = {r.key for r in now}
+            gone += [full(k) for k in view.cleared]
+            gone = list(dict.fromkeys(k for k in gone if k not in held))
         view.touched = set()
+        view.cleared = []
         if now or gone or complete:
             on_rejected(now, gone, complete)
 

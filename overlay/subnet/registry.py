@@ -9,6 +9,10 @@ Layout (Flannel-compatible)::
     <prefix>/config                   network config JSON
     <prefix>/subnets/10.244.1.0-24    lease JSON, attached to an etcd lease (TTL);
                                       no etcd lease = a reservation
+    <prefix>/subnets/10.244.1.0-24&fd00:10:244:1::-64   a dual-stack lease
+
+A lease is found by its IPv4 subnet whichever form its key has (``get_lease``);
+``rekey_lease`` moves a lease between the two forms in one transaction.
 
 Every grpc / client error comes out as ``EtcdUnavailable`` (nothing answered; the
 message names the endpoints) or ``RegistryError`` (refused: auth, TLS, bad request).
@@ -28,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any, Protocol, TypeVar
 
 # grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
@@ -61,7 +65,7 @@ from overlay.lease import (
     Rejection,
     SubnetKeyName,
     decode_kv,
-    key_to_subnet,
+    key_to_name,
     subnet_to_key,
 )
 from overlay.subnet.etcd import EtcdClient
@@ -125,8 +129,11 @@ class Registry(Protocol):
     def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
     def list_subnets(self, with_expiration: bool = True) -> LeaseListing: ...
     def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease: ...
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
+    def rekey_lease(self, old: Lease, ipv6_subnet: IPv6Network | None,
+                    attrs: LeaseAttrs) -> Lease: ...
     def renew_lease(self, lease: Lease) -> Lease: ...
     def watch_leases(self, start_revision: int, stop: threading.Event,
                      on_error: Callable[[RegistryError], None] | None = None,
@@ -216,8 +223,21 @@ class EtcdRegistry:
 
     # -- leases ---------------------------------------------------------------------
 
-    def key_for(self, subnet: IPv4Network) -> str:
-        return self.subnets_prefix + subnet_to_key(subnet)
+    def key_for(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+        return self.subnets_prefix + subnet_to_key(subnet, ipv6_subnet)
+
+    def _kv_of(self, c: MultiEndpointEtcd3Client, subnet: IPv4Network) -> Any:
+        """The key/value holding ``subnet`` in either form (``X`` or ``X&<IPv6>``), or
+        None; of two such keys the one created first (the rule's holder)."""
+        found = []
+        for kv in c.get_prefix_response(self.key_for(subnet)).kvs:
+            try:
+                name = key_to_name(kv.key.decode(), self.subnets_prefix)
+            except (ValueError, UnicodeDecodeError):
+                continue  # e.g. 10.244.1.0-240: not a key of this subnet
+            if name.ipv4 == subnet:
+                found.append(kv)
+        return min(found, key=lambda kv: (kv.create_revision, kv.key), default=None)
 
     def _lease_from_kv(self, kv: Any, expiration: datetime | None = None,
                        ttl: int | None = None) -> Lease | None:
@@ -296,14 +316,14 @@ class EtcdRegistry:
     def get_subnet(self, subnet: IPv4Network) -> Lease | Rejection | None:
         """What the key of ``subnet`` holds: a lease, why it is not one, or nothing."""
         def op(c: MultiEndpointEtcd3Client) -> Lease | Rejection | None:
-            resp = c.get_response(self.key_for(subnet))
-            return self._judged_with_expiry(c, resp.kvs[0]) if resp.kvs else None
+            kv = self._kv_of(c, subnet)
+            return self._judged_with_expiry(c, kv) if kv is not None else None
         return self.etcd.call(f"reading the lease of {subnet}", op)
 
     def get_lease(self, subnet: IPv4Network) -> Lease | None:
         def op(c: MultiEndpointEtcd3Client) -> Lease | None:
-            resp = c.get_response(self.key_for(subnet))
-            return self._with_expiry(c, resp.kvs[0]) if resp.kvs else None
+            kv = self._kv_of(c, subnet)
+            return self._with_expiry(c, kv) if kv is not None else None
         return self.etcd.call(f"reading the lease of {subnet}", op)
 
     def _grant(self, ttl: int | None, what: str) -> int:
@@ -337,10 +357,9 @@ class EtcdRegistry:
         except RegistryError as e:  # it expires by itself anyway
             log.debug("could not revoke etcd lease %x: %s", lease_id, e)
 
-    def _put_txn(self, subnet: IPv4Network, attrs: LeaseAttrs, lease_id: int,
+    def _put_txn(self, key: str, attrs: LeaseAttrs, lease_id: int,
                  compare: Any, what: str) -> tuple[bool, int, Any]:
         """Put the lease if ``compare`` holds; else read the key. (ok, revision, kv or None)."""
-        key = self.key_for(subnet)
 
         def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int, Any]:
             txn = etcdrpc.TxnRequest(
@@ -354,16 +373,19 @@ class EtcdRegistry:
             return resp.succeeded, int(resp.header.revision), (kvs[0] if kvs else None)
         return self.etcd.call(what, op)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease:
         """Create the lease only if the key is absent (one txn).  ``ttl`` None: a reservation.
+        With ``ipv6_subnet`` the key is the dual-stack one.
 
         Raises ``LeaseExists`` (naming the holder) when the key exists.
         """
         what = f"creating the lease of {subnet}"
         lease_id = self._grant(ttl, what)
-        compare = pyetcd.transactions.Create(self.key_for(subnet)) == 0
+        key = self.key_for(subnet, ipv6_subnet)
+        compare = pyetcd.transactions.Create(key) == 0
         try:
-            ok, rev, kv = self._put_txn(subnet, attrs, lease_id, compare, what)
+            ok, rev, kv = self._put_txn(key, attrs, lease_id, compare, what)
         except BaseException:
             self._revoke_quietly(lease_id)
             raise
@@ -374,8 +396,9 @@ class EtcdRegistry:
             holder = self._lease_from_kv(kv) if kv is not None else None
             who = f" by {holder.attrs.public_ip}" if holder else ""
             raise LeaseExists(f"subnet {subnet} is already taken{who}")
-        log.debug("created %s for %s (ttl %s, rev %d)", subnet, attrs.public_ip, ttl, rev)
-        return Lease(subnet, attrs, _expires_in(ttl) if ttl else None, lease_id, rev, ttl)
+        log.debug("created %s for %s (ttl %s, rev %d)", key, attrs.public_ip, ttl, rev)
+        return Lease(subnet, attrs, _expires_in(ttl) if ttl else None, lease_id, rev, ttl,
+                     create_revision=rev, ipv6_subnet=ipv6_subnet)
 
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         """Replace ``old``'s value (and TTL) only if the key is unchanged since ``old`` was read.
@@ -384,9 +407,10 @@ class EtcdRegistry:
         """
         what = f"updating the lease of {old.subnet}"
         lease_id = self._grant(ttl, what)
-        compare = pyetcd.transactions.Mod(self.key_for(old.subnet)) == old.mod_revision
+        key = self.key_for(old.subnet, old.ipv6_subnet)
+        compare = pyetcd.transactions.Mod(key) == old.mod_revision
         try:
-            ok, rev, kv = self._put_txn(old.subnet, attrs, lease_id, compare, what)
+            ok, rev, kv = self._put_txn(key, attrs, lease_id, compare, what)
         except BaseException:
             self._revoke_quietly(lease_id)
             raise
@@ -399,7 +423,43 @@ class EtcdRegistry:
                                 f"(revision {old.mod_revision})")
         if old.etcd_lease_id and old.etcd_lease_id != lease_id:
             self._revoke_quietly(old.etcd_lease_id)
-        return Lease(old.subnet, attrs, _expires_in(ttl) if ttl else None, lease_id, rev, ttl)
+        return Lease(old.subnet, attrs, _expires_in(ttl) if ttl else None, lease_id, rev, ttl,
+                     create_revision=old.create_revision, ipv6_subnet=old.ipv6_subnet)
+
+    def rekey_lease(self, old: Lease, ipv6_subnet: IPv6Network | None,
+                    attrs: LeaseAttrs) -> Lease:
+        """Move ``old`` to the key of ``(old.subnet, ipv6_subnet)`` in ONE transaction:
+        delete the old key and put the new one on the same etcd lease, only if the old
+        key is unchanged since it was read and the new one is absent.  A watcher sees a
+        DELETE and a PUT of one revision; both keys name the same IPv4 subnet, so it is
+        one lease, changed (``LeaseView``), and no route is removed.
+
+        Raises ``LeaseConflict`` when the old key changed or the new key exists.
+        """
+        old_key = self.key_for(old.subnet, old.ipv6_subnet)
+        new_key = self.key_for(old.subnet, ipv6_subnet)
+        what = f"re-keying the lease of {old.subnet} to {new_key}"
+        cmp = [(pyetcd.transactions.Mod(old_key) == old.mod_revision).build_message(),
+               (pyetcd.transactions.Create(new_key) == 0).build_message()]
+
+        def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int]:
+            txn = etcdrpc.TxnRequest(compare=cmp, success=[
+                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(
+                    key=old_key.encode())),
+                etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
+                    key=new_key.encode(), value=attrs.to_json().encode(),
+                    lease=old.etcd_lease_id))])
+            resp = c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
+                                metadata=c.metadata)
+            return resp.succeeded, int(resp.header.revision)
+        ok, rev = self.etcd.call(what, op)
+        if not ok:
+            raise LeaseConflict(f"could not re-key the lease of {old.subnet}: {old_key} "
+                                f"changed since revision {old.mod_revision} or {new_key} "
+                                "exists")
+        log.info("re-keyed lease %s -> %s (revision %d)", old_key, new_key, rev)
+        return replace(old, attrs=attrs, mod_revision=rev, create_revision=rev,
+                       ipv6_subnet=ipv6_subnet)
 
     def renew_lease(self, lease: Lease) -> Lease:
         """Refresh the TTL of our lease.  ``LeaseConflict`` if the key or etcd lease is gone
@@ -413,7 +473,8 @@ class EtcdRegistry:
             if remaining <= 0:
                 raise LeaseConflict(f"lease of {lease.subnet} expired (etcd lease "
                                     f"{lease.etcd_lease_id:x} is gone)")
-        resp = self.etcd.call(what, lambda c: c.get_response(self.key_for(lease.subnet)))
+        key = self.key_for(lease.subnet, lease.ipv6_subnet)
+        resp = self.etcd.call(what, lambda c: c.get_response(key))
         kv = resp.kvs[0] if resp.kvs else None
         if kv is None:
             self._revoke_quietly(lease.etcd_lease_id)
@@ -427,15 +488,24 @@ class EtcdRegistry:
             raise LeaseConflict(f"lease of {lease.subnet} was rewritten by someone else")
         expiration = _expires_in(remaining) if lease.etcd_lease_id else None
         return Lease(lease.subnet, current.attrs, expiration, lease.etcd_lease_id,
-                     kv.mod_revision, granted or remaining)
+                     kv.mod_revision, granted or remaining, kv.create_revision,
+                     lease.ipv6_subnet)
 
-    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None) -> bool:
+    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None,
+                     ipv6_subnet: IPv6Network | None = None) -> bool:
         """Delete a lease or reservation; with ``expect_revision`` only if unchanged.
 
         Returns False when there was nothing (or, with ``expect_revision``, nothing
-        unchanged) to delete.  The etcd lease behind it is revoked.
+        unchanged) to delete.  The etcd lease behind it is revoked.  The key is the one
+        of ``(subnet, ipv6_subnet)``; without ``ipv6_subnet``, whichever key holds
+        ``subnet`` (``get_lease``).
         """
-        key = self.key_for(subnet)
+        key = self.key_for(subnet, ipv6_subnet)
+        if ipv6_subnet is None:
+            kv = self.etcd.call(f"reading the lease of {subnet}",
+                                lambda c: self._kv_of(c, subnet))
+            if kv is not None:
+                key = kv.key.decode()
 
         def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int]:
             compare = (pyetcd.transactions.Mod(key) == expect_revision if expect_revision
@@ -548,19 +618,22 @@ class EtcdRegistry:
             if judged.subnet is None:
                 return judged
             # Garbage under a subnet's key: whatever lease it held is gone.
+            name = key_to_name(kv.key.decode(), self.subnets_prefix)
             return LeaseEvent(EventType.REMOVED, Lease(judged.subnet, LeaseAttrs(UNKNOWN_IP),
-                                                       mod_revision=kv.mod_revision),
+                                                       mod_revision=kv.mod_revision,
+                                                       ipv6_subnet=name.ipv6),
                               kv.mod_revision, rejection=judged)
         try:
             # Whole-string: an alias (extra segments, a newline) of another node's key
             # must not remove that node's lease.
-            subnet = key_to_subnet(kv.key.decode(), self.subnets_prefix)
+            name = key_to_name(kv.key.decode(), self.subnets_prefix)
         except (ValueError, UnicodeDecodeError):
             return kv.key.decode("utf-8", "surrogateescape")
         prev = self._lease_from_kv(ev.prev_kv) if ev.HasField("prev_kv") else None
-        lease = Lease(subnet, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
+        # The key's IPv6 half names which of two keys with one IPv4 subnet went away.
+        lease = Lease(name.ipv4, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
                       etcd_lease_id=prev.etcd_lease_id if prev else 0,
-                      mod_revision=kv.mod_revision)
+                      mod_revision=kv.mod_revision, ipv6_subnet=name.ipv6)
         return LeaseEvent(EventType.REMOVED, lease, kv.mod_revision)
 
 

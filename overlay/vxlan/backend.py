@@ -17,6 +17,9 @@ Two ways in: ``apply_batch`` (watch events, only the leases concerned) and
 ``reconcile`` (kernel dump vs every lease; removes stale entries, adds missing ones,
 touches nothing that is right — never a flush, so pod traffic is never interrupted).
 The device is reached through a small ``DataPlane`` interface so tests use a fake.
+
+One backend drives one device, so one family: the IPv6 device's backend knows each
+dual-stack lease by its IPv6 half (``vxlan.dualstack``), keyed by its IPv6 subnet.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import Protocol
 
 from overlay.errors import OverlayError
@@ -38,6 +40,7 @@ from overlay.vxlan.entries import (
     BackendSettings,
     Entries,
     Entry,
+    IPNetwork,
     Neigh,
     Op,
     OtherRoute,
@@ -54,7 +57,7 @@ class DataPlane(Protocol):
     # that destination (the data plane replaces only a route of its own)
     def program(self, ops: Sequence[Op]) -> list[int]: ...
     def dump(self) -> Entries: ...  # ours, plus ``others``: other protocols' routes
-    def other_routes(self) -> dict[IPv4Network, OtherRoute]: ...
+    def other_routes(self) -> dict[IPNetwork, OtherRoute]: ...
 
 
 @dataclass
@@ -63,27 +66,27 @@ class Result:
 
     added: int = 0
     removed: int = 0
-    failed: tuple[IPv4Network, ...] = ()
-    conflicts: tuple[IPv4Network, ...] = ()  # left unprogrammed: another's route is there
+    failed: tuple[IPNetwork, ...] = ()
+    conflicts: tuple[IPNetwork, ...] = ()  # left unprogrammed: another's route is there
 
 
 class VXLANBackend:
     def __init__(self, dp: DataPlane, settings: BackendSettings):
         self.dp = dp
         self.s = settings
-        self.leases: dict[IPv4Network, Lease] = {}
-        self.failed: set[IPv4Network] = set()
+        self.leases: dict[IPNetwork, Lease] = {}
+        self.failed: set[IPNetwork] = set()
         # Remotes left unprogrammed because another protocol's route holds their subnet
         # (not in ``failed``: retrying sooner would not help), and the other protocols'
         # main-table routes seen at the last dump, which watch events are checked against.
-        self.conflicts: dict[IPv4Network, OtherRoute] = {}
-        self._others: dict[IPv4Network, OtherRoute] = {}
-        self._skipped: dict[IPv4Network, str] = {}
+        self.conflicts: dict[IPNetwork, OtherRoute] = {}
+        self._others: dict[IPNetwork, OtherRoute] = {}
+        self._skipped: dict[IPNetwork, str] = {}
         self._lock = threading.RLock()
         # Per known lease its entries; how many known leases share each FDB entry (the
         # only kind two leases can share: one node, two subnets); how many neigh and route
         # entries there are.  A batch then costs what it changes, not what is known.
-        self._entries: dict[IPv4Network, tuple[Entry, ...]] = {}
+        self._entries: dict[IPNetwork, tuple[Entry, ...]] = {}
         self._fdb_refs: Counter[FDB] = Counter()
         self._unshared = 0
 
@@ -101,10 +104,10 @@ class VXLANBackend:
             log.warning("skipping lease %s: %s", lease.subnet, why)
 
     def desired(self, leases: Iterable[Lease] | None = None
-                ) -> tuple[Entries, dict[Entry, IPv4Network]]:
+                ) -> tuple[Entries, dict[Entry, IPNetwork]]:
         """All entries wanted for ``leases`` (default: every known lease) and their owners."""
         want = Entries()
-        owner: dict[Entry, IPv4Network] = {}
+        owner: dict[Entry, IPNetwork] = {}
         pairs = (self._entries.items() if leases is None
                  else ((lease.subnet, self._known_entries(lease)) for lease in leases))
         for subnet, es in pairs:
@@ -125,7 +128,7 @@ class VXLANBackend:
             self._forget(lease.subnet)
         self._add_known(lease.subnet, lease)
 
-    def _add_known(self, subnet: IPv4Network, lease: Lease) -> None:
+    def _add_known(self, subnet: IPNetwork, lease: Lease) -> None:
         """``lease`` at ``subnet``, which is not known yet."""
         es = tuple(self.entries_for(lease))
         self.leases[subnet] = lease
@@ -137,7 +140,7 @@ class VXLANBackend:
         else:
             self._unshared += len(es)
 
-    def _forget(self, subnet: IPv4Network) -> tuple[Entry, ...]:
+    def _forget(self, subnet: IPNetwork) -> tuple[Entry, ...]:
         self.leases.pop(subnet, None)
         es = self._entries.pop(subnet, ())
         self._unshared -= len(es)
@@ -156,7 +159,7 @@ class VXLANBackend:
         self._fdb_refs = Counter(f for f in fdbs if f is not None)
         self._unshared = sum(2 if len(es) == 3 else len(es) for es in self._entries.values())
 
-    def _keeper(self, subnets: Iterable[IPv4Network]) -> Callable[[Entry], bool]:
+    def _keeper(self, subnets: Iterable[IPNetwork]) -> Callable[[Entry], bool]:
         """Whether a known lease still wants an entry that a lease of ``subnets`` had: a
         neigh or route only that subnet's lease can want (a neigh by IP: adding replaces
         its MAC); an FDB entry any lease of the same node."""
@@ -254,9 +257,9 @@ class VXLANBackend:
 
     # ---- converge --------------------------------------------------------------
     def _converge(self, current: Entries, want: Entries, keep: Callable[[Entry], bool],
-                  owner: dict[Entry, IPv4Network],
-                  conflicts: dict[IPv4Network, OtherRoute] | None = None,
-                  scope: set[IPv4Network] | None = None) -> Result:
+                  owner: dict[Entry, IPNetwork],
+                  conflicts: dict[IPNetwork, OtherRoute] | None = None,
+                  scope: set[IPNetwork] | None = None) -> Result:
         """Delete what is in ``current`` but not ``keep``-ed; add what ``want`` lacks.
 
         Deletes go routes first (reverse order); adds go neigh + FDB, then routes of the
@@ -272,8 +275,8 @@ class VXLANBackend:
         if dels:
             codes = self.dp.program(dels)
             res.removed = sum(1 for c in codes if c == 0)
-        failed: set[IPv4Network] = set()
-        done: dict[IPv4Network, list[Entry]] = {}
+        failed: set[IPNetwork] = set()
+        done: dict[IPNetwork, list[Entry]] = {}
         first = ([Op(True, n) for n in want.neighs.values() if n not in current]
                  + [Op(True, f) for f in want.fdb if f not in current])
         for op, code in zip(first, self.dp.program(first), strict=True):
@@ -285,7 +288,7 @@ class VXLANBackend:
                 res.added += 1
         routes = [Op(True, r) for r in want.routes.values()
                   if r not in current and owner[r] not in failed]
-        taken: set[IPv4Network] = set()
+        taken: set[IPNetwork] = set()
         for op, code in zip(routes, self.dp.program(routes), strict=True):
             if code == errno.EEXIST:
                 taken.add(owner[op.entry])
@@ -304,20 +307,20 @@ class VXLANBackend:
         return res
 
     # ---- conflicts with other protocols' routes -----------------------------------
-    def _blocked(self, leases: Iterable[Lease] | None = None) -> dict[IPv4Network, OtherRoute]:
+    def _blocked(self, leases: Iterable[Lease] | None = None) -> dict[IPNetwork, OtherRoute]:
         """The remotes of ``leases`` (default: all known) that want a route where another
         protocol has one."""
         others = self._others
         if not others:
             return {}
         if leases is None:  # a reconcile: far fewer others than leases to look up
-            subnets: Iterable[IPv4Network] = (s for s in others if s in self.leases)
+            subnets: Iterable[IPNetwork] = (s for s in others if s in self.leases)
         else:
             subnets = (lease.subnet for lease in leases if lease.subnet in others)
         return {s: others[s] for s in subnets
                 if any(isinstance(e, Route) for e in self._entries.get(s, ()))}
 
-    def _taken(self, subnets: set[IPv4Network]) -> dict[IPv4Network, OtherRoute]:
+    def _taken(self, subnets: set[IPNetwork]) -> dict[IPNetwork, OtherRoute]:
         """Remotes whose route add met another's route: which route (a fresh look, kept
         for the watch events that follow)."""
         try:
@@ -326,8 +329,8 @@ class VXLANBackend:
             log.warning("reading other protocols' routes failed: %s", e)
         return {s: self._others.get(s, OtherRoute(s, "unknown")) for s in subnets}
 
-    def _note_conflicts(self, found: dict[IPv4Network, OtherRoute],
-                        scope: set[IPv4Network] | None) -> None:
+    def _note_conflicts(self, found: dict[IPNetwork, OtherRoute],
+                        scope: set[IPNetwork] | None) -> None:
         """Log a conflict once (again only if the other route changes), and its end."""
         for subnet, other in found.items():
             if self.conflicts.get(subnet) != other:
@@ -344,14 +347,14 @@ class VXLANBackend:
                          "(was %s)", subnet, before[subnet])
         self.conflicts = {**kept, **found}
 
-    def _undo(self, failed: set[IPv4Network], done: dict[IPv4Network, list[Entry]]) -> None:
+    def _undo(self, failed: set[IPNetwork], done: dict[IPNetwork, list[Entry]]) -> None:
         """A remote that failed half-way loses what it got in this pass, so a retry
         starts from a clean slate and no half-programmed remote lingers."""
         undo = [Op(False, e) for s in sorted(failed) for e in reversed(done.get(s, []))]
         if undo:
             self.dp.program(undo)
 
-    def _note_failures(self, failed: set[IPv4Network], owner: dict[Entry, IPv4Network],
+    def _note_failures(self, failed: set[IPNetwork], owner: dict[Entry, IPNetwork],
                        want: Entries) -> None:
         touched = set(owner.values())
         for subnet in failed - self.failed:
@@ -362,7 +365,7 @@ class VXLANBackend:
 
 
 def _dropping(keep: Callable[[Entry], bool],
-              blocked: dict[IPv4Network, OtherRoute]) -> Callable[[Entry], bool]:
+              blocked: dict[IPNetwork, OtherRoute]) -> Callable[[Entry], bool]:
     """``keep`` except the neigh and route of the ``blocked`` remotes (their FDB entry
     may be shared with another lease of the node: the next reconcile sorts it out)."""
     gateways = {s.network_address for s in blocked}

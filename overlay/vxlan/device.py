@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 from overlay.errors import ConfigError, NetlinkOpError, OverlayError
 from overlay.netlink import addr, link, neigh, route
 from overlay.netlink.link import Link
-from overlay.netlink.netns import open_rtnl
+from overlay.netlink.netns import netns_path, open_rtnl, thread_in_netns
 from overlay.netlink.rtnl import (
     AF_BRIDGE,
     AF_INET,
+    AF_INET6,
     GONE,
     NUD_PERMANENT,
     RT_TABLE_MAIN,
@@ -34,7 +36,7 @@ from overlay.netlink.rtnl import (
     describe_errno,
     protocol_name,
 )
-from overlay.vxlan.entries import FDB, Entries, Neigh, Op, OtherRoute, Route
+from overlay.vxlan.entries import FDB, Entries, IPNetwork, Neigh, Op, OtherRoute, Route
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class VXLANSpec:
     name: str
     vni: int
     port: int
-    local: IPv4Address
+    local: IPv4Address | IPv6Address  # IPv6: the device over the IPv6 underlay (overlay-v6.N)
     underlay_index: int
     mtu: int
     mac: str
@@ -116,6 +118,42 @@ def find_underlay(nl: Rtnl, iface: str | None,
     else:
         raise UnderlayError(UnderlayError.NO_IPV4, f"interface {links[idx]} has no IPv4 address")
     return Underlay(links[idx], idx, chosen, records[idx].mtu)
+
+
+@dataclass(frozen=True)
+class Underlay6:
+    """The node's IPv6 underlay: the interface and its global IPv6 address."""
+
+    name: str
+    index: int
+    address: IPv6Interface  # public IPv6 with its prefix (the L2 subnet for DirectRouting)
+    mtu: int
+
+
+def find_underlay6(nl: Rtnl, ipv4_underlay: str, public_ipv6: IPv6Address | None
+                   ) -> Underlay6 | str:
+    """The IPv6 underlay: the link holding ``public_ipv6`` (else the IPv4 underlay's
+    link, with that address kept as given, e.g. behind NAT), or the IPv4 underlay's
+    link and its first global IPv6 address.  A string says why there is none."""
+    records = {ln.index: ln for ln in link.dump(nl)}
+    by_name = {ln.name: ln for ln in records.values()}
+    addrs = [a for a in addr.dump6(nl) if not a.interface.is_link_local
+             and not a.interface.is_loopback and a.scope == 0]
+    if public_ipv6 is not None:
+        held = next((a for a in addrs if a.interface.ip == public_ipv6), None)
+        ln = records.get(held.index) if held else by_name.get(ipv4_underlay)
+        if ln is None:
+            return f"no interface has --public-ipv6 {public_ipv6}"
+        iface = held.interface if held else IPv6Interface(f"{public_ipv6}/128")
+        return Underlay6(ln.name, ln.index, iface, ln.mtu)
+    ln = by_name.get(ipv4_underlay)
+    if ln is None:
+        return f"the underlay {ipv4_underlay} is gone"
+    mine = [a for a in addrs if a.index == ln.index]
+    if not mine:
+        return (f"the underlay {ln.name} has no global IPv6 address (give it one, or "
+                f"--public-ipv6)")
+    return Underlay6(ln.name, ln.index, mine[0].interface, ln.mtu)
 
 
 def _match_iface(links: dict[int, str], iface: str, with_ipv4: set[int]) -> int:
@@ -201,7 +239,8 @@ class VXLANDevice:
         v = dev.vxlan
         if v is None:
             return "no VXLAN attributes"
-        checks = (("VNI", v.vni, s.vni), ("port", v.port, s.port), ("local", v.local, s.local),
+        local = v.local6 if s.local.version == 6 else v.local
+        checks = (("VNI", v.vni, s.vni), ("port", v.port, s.port), ("local", local, s.local),
                   ("underlay link", v.link or 0, s.underlay_index),
                   ("learning", int(v.learning), 0))
         return ", ".join(f"{name} {have} != {want}" for name, have, want in checks
@@ -218,14 +257,17 @@ class VXLANDevice:
         if not dev.up:
             _run(self.raw, link.set_msg(dev.index, up=True), f"set {self.spec.name} up")
 
-    def ensure_address(self, want: IPv4Interface) -> None:
-        """Exactly ``want`` (the lease's network address /32) on the device."""
+    def ensure_address(self, want: IPv4Interface | IPv6Interface) -> None:
+        """Exactly ``want`` (the lease's network address /32, or /128 on the IPv6
+        device) on the device; an IPv6 device keeps its kernel-made link-local address."""
         with self._lock:
             idx = self.index
             if not idx:
                 dev = self._link()
                 idx = dev.index if dev else 0
-            have = [a.interface for a in addr.dump(self.raw, idx)] if idx else []
+            if want.version == 6:
+                self._enable_ipv6()
+            have = self._addresses(idx, want.version) if idx else []
             for a in have:
                 if a != want:
                     log.info("VXLAN device %s: removing old address %s", self.spec.name, a)
@@ -235,6 +277,23 @@ class VXLANDevice:
                 _run(self.raw, addr.msg(True, idx, want), f"add {want} to {self.spec.name}",
                      (errno.EEXIST,))
                 log.info("VXLAN device %s: address %s", self.spec.name, want)
+
+    def _addresses(self, idx: int, version: int) -> list[IPv4Interface | IPv6Interface]:
+        if version == 4:
+            return [a.interface for a in addr.dump(self.raw, idx)]
+        return [a.interface for a in addr.dump6(self.raw, idx) if not a.interface.is_link_local]
+
+    def _enable_ipv6(self) -> None:
+        """IPv6 on, DAD off for the device: a new device inherits ``disable_ipv6`` from
+        ``conf/default`` (an address add then fails), and our /128 is unique by
+        construction, so it must not sit "tentative" while peers already route to it."""
+        for key, value in (("disable_ipv6", "0"), ("accept_dad", "0")):
+            path = f"/proc/sys/net/ipv6/conf/{self.spec.name}/{key}"
+            try:
+                write_sysctl(path, value, self.netns)
+            except OSError as e:
+                raise NetlinkOpError(f"cannot set {key}={value} on {self.spec.name}: "
+                                     f"{e.strerror or e}", e.errno or 0) from e
 
     def state(self) -> tuple[bool, int]:
         """(device exists and is up, ifindex)."""
@@ -305,19 +364,27 @@ class VXLANDevice:
         for i, code in zip(redo, again, strict=True):
             codes[i] = code
 
-    def other_routes(self) -> dict[IPv4Network, OtherRoute]:
+    def other_routes(self) -> dict[IPNetwork, OtherRoute]:
         """The main table's routes of other protocols, by destination."""
         with self._lock:
             return self._other_routes_locked()
 
-    def _other_routes_locked(self) -> dict[IPv4Network, OtherRoute]:
-        return self._name_others(route.dump_main(self.raw)[1])
+    def _other_routes_locked(self) -> dict[IPNetwork, OtherRoute]:
+        return self._name_others(self._main_routes()[1])
 
-    def _name_others(self, records: list[route.Route]) -> dict[IPv4Network, OtherRoute]:
+    def _main_routes(self) -> tuple[Sequence[route.Route | route.Route6],
+                                    Sequence[route.Route | route.Route6]]:
+        """The main table's routes of the device's family: (ours, other protocols')."""
+        if self.spec.local.version == 6:
+            return route.dump_main6(self.raw)
+        return route.dump_main(self.raw)
+
+    def _name_others(self, records: Sequence[route.Route | route.Route6]
+                     ) -> dict[IPNetwork, OtherRoute]:
         if not records:
             return {}
         names = {ln.index: ln.name for ln in link.dump(self.raw)}
-        out: dict[IPv4Network, OtherRoute] = {}
+        out: dict[IPNetwork, OtherRoute] = {}
         for r in sorted(records, key=lambda r: r.metric):  # per destination the preferred
             out.setdefault(r.dst, OtherRoute(
                 r.dst, protocol_name(r.protocol or 0),
@@ -334,13 +401,14 @@ class VXLANDevice:
         # of remotes the records are the daemon's largest transient every 10 s, and the
         # RSS keeps the peak.
         with self._lock:
-            for n in neigh.dump(self.raw, AF_INET, self.index):
+            family = AF_INET6 if self.spec.local.version == 6 else AF_INET
+            for n in neigh.dump(self.raw, family, self.index):
                 if n.state & NUD_PERMANENT and n.dst is not None and n.mac:
                     out.add(Neigh(n.dst, n.mac))
             for f in neigh.dump(self.raw, AF_BRIDGE, self.index):
                 if f.dst is not None and f.mac and f.mac != ZERO_MAC:
                     out.add(FDB(f.mac, f.dst))
-            routes, others = route.dump_main(self.raw)
+            routes, others = self._main_routes()
             out.others = self._name_others(others)
         for r in routes:  # proto 111 only: nothing else is ever ours to remove
             if r.gateway is None:
@@ -350,6 +418,21 @@ class VXLANDevice:
             elif r.oif == self.spec.underlay_index:
                 out.add(Route(r.dst, r.gateway, direct=True))
         return out
+
+
+def write_sysctl(path: str, value: str, netns: str | None = None) -> None:
+    """Write one /proc/sys value, in ``netns`` (a name or path) if given: /proc/sys/net
+    shows the namespace of the thread that opens it."""
+    if netns is None:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value)
+        return
+    fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with thread_in_netns(fd), open(path, "w", encoding="ascii") as f:
+            f.write(value)
+    finally:
+        os.close(fd)
 
 
 class LinkMonitor:

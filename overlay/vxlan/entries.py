@@ -8,17 +8,29 @@ drift apart.  ``vxlan.VXLANDevice`` programs and dumps the entries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import TypeAlias
 
 from overlay.lease import Lease
 
+# Each device holds one family's entries: overlay.<VNI> IPv4, overlay-v6.<VNI> IPv6.
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+IPNetwork: TypeAlias = IPv4Network | IPv6Network
+
 
 @dataclass(frozen=True, slots=True)
 class Neigh:
-    """Permanent ARP entry on the VXLAN device: the remote's ``.0`` -> its VTEP MAC."""
+    """Permanent ARP (IPv6: neighbour) entry on the VXLAN device: the remote's VTEP
+    address (its subnet's network address) -> its VTEP MAC."""
 
-    ip: IPv4Address
+    ip: IPAddress
     mac: str
 
 
@@ -27,15 +39,15 @@ class FDB:
     """FDB entry on the VXLAN device: frames to ``mac`` are sent to VTEP ``dst``."""
 
     mac: str
-    dst: IPv4Address
+    dst: IPAddress
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """``dst via gateway``: onlink on the VXLAN device, or ``direct`` via the underlay."""
 
-    dst: IPv4Network
-    gateway: IPv4Address
+    dst: IPNetwork
+    gateway: IPAddress
     direct: bool = False
 
 
@@ -47,8 +59,9 @@ class BackendSettings:
     """What the rule needs to know about this node."""
 
     vni: int
-    public_ip: IPv4Address
-    underlay: IPv4Interface  # public IP with its prefix: the L2 subnet for DirectRouting
+    public_ip: IPAddress  # the family of the device's underlay
+    # public IP with its prefix: the L2 subnet for DirectRouting
+    underlay: IPv4Interface | IPv6Interface
     direct_routing: bool = False
 
 
@@ -95,7 +108,7 @@ class OtherRoute:
     unprogrammed (a conflict), because our route would replace it or, with another
     metric or TOS, shadow it."""
 
-    dst: IPv4Network
+    dst: IPNetwork
     protocol: str  # as ``ip route`` names it: "kernel", "static", "42"
     dev: str = ""  # "" for a route without a device (blackhole, unreachable)
     kind: str = "unicast"  # the route type
@@ -112,11 +125,11 @@ class OtherRoute:
 class Entries:
     """A set of entries keyed the way the kernel keys them."""
 
-    neighs: dict[IPv4Address, Neigh] = field(default_factory=dict)
+    neighs: dict[IPAddress, Neigh] = field(default_factory=dict)
     fdb: set[FDB] = field(default_factory=set)
-    routes: dict[IPv4Network, Route] = field(default_factory=dict)
+    routes: dict[IPNetwork, Route] = field(default_factory=dict)
     # Filled by a dump only: other protocols' routes by destination (not entries of ours).
-    others: dict[IPv4Network, OtherRoute] = field(default_factory=dict)
+    others: dict[IPNetwork, OtherRoute] = field(default_factory=dict)
 
     def add(self, e: Entry) -> None:
         if isinstance(e, Neigh):

@@ -11,15 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
-from overlay.config import VXLAN_OVERHEAD, NetworkConfig
-from overlay.errors import ConfigError
-from overlay.lease import LeaseAttrs
+from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
+from overlay.errors import ConfigError, OverlayError
+from overlay.lease import Lease, LeaseAttrs
 from overlay.netlink.addr import Addr, dump as dump_addrs
 from overlay.netlink.link import Link, dump as dump_links
 from overlay.vxlan.backend import BackendSettings, VXLANBackend
-from overlay.vxlan.device import VXLANDevice, VXLANSpec, find_underlay, open_netlink
+from overlay.vxlan.device import (
+    Underlay6,
+    VXLANDevice,
+    VXLANSpec,
+    find_underlay,
+    find_underlay6,
+    open_netlink,
+)
+from overlay.vxlan.dualstack import DualStackBackend
 from overlay.vxlan.vtep import load_or_create_vtep_mac
 
 log = logging.getLogger(__name__)
@@ -32,36 +40,84 @@ class NodeOptions:
     iface: str | None  # a name or a regex; None: the default route's interface
     public_ip: IPv4Address | None  # None: the underlay's address
     vxlan_device: str  # "" : overlay.<VNI>
-    state_dir: str  # where the VTEP MAC persists
+    state_dir: str  # where the VTEP MACs persist
+    public_ipv6: IPv6Address | None = None  # None: the underlay's global IPv6 address
+
+
+@dataclass(frozen=True)
+class V6Plane:
+    """The IPv6 half of a dual-stack node's data plane: ``overlay-v6.<VNI>`` over the
+    IPv6 underlay and its backend (fed IPv6 halves by the ``DualStackBackend``)."""
+
+    device: VXLANDevice
+    backend: VXLANBackend
+    underlay_name: str
+    mtu: int
+    public_ip: IPv6Address
+
+    def repair_device(self) -> None:
+        if _needs_repair(self.device):
+            nl = open_netlink()
+            try:
+                found = find_underlay6(nl, self.underlay_name, None)
+            finally:
+                nl.close()
+            index = found.index if isinstance(found, Underlay6) else 0
+            _repair(self.device, index)
+
+    def ensure_address(self, lease: Lease) -> None:
+        """The lease's IPv6 VTEP address (/128) on the device; a lease without an IPv6
+        half (the registry gave none) leaves the device without one."""
+        if lease.ipv6_vtep_address is not None:
+            self.device.ensure_address(lease.ipv6_vtep_address)
 
 
 @dataclass(frozen=True)
 class DataPlane:
     """The node's VXLAN data plane, ready to program: its device (created or kept),
-    the backend over it, and the attributes to publish in the lease."""
+    the backend over it, and the attributes to publish in the lease; ``v6`` the IPv6
+    device of a dual-stack node (``mtu`` is then the pod MTU, the smaller of both)."""
 
     device: VXLANDevice
     backend: VXLANBackend
     underlay_name: str
     mtu: int
     attrs: LeaseAttrs
+    v6: V6Plane | None = None
 
     def repair_device(self) -> None:
         """The device deleted or down (e.g. by hand, or its underlay replaced): recreate
         it; its address is the lease holder's to put back."""
-        up, index = self.device.state()
-        if up and index == self.device.index:
-            return
-        log.info("VXLAN device %s is %s: repairing it and replaying every entry",
-                 self.device.spec.name, "gone" if not index else "down" if not up else "replaced")
-        nl = open_netlink()
-        try:
-            underlay = find_underlay(nl, self.underlay_name, self.device.spec.local)
-        finally:
-            nl.close()
-        if underlay.index != self.device.spec.underlay_index:
-            self.device.spec = replace(self.device.spec, underlay_index=underlay.index)
-        self.device.ensure()
+        if _needs_repair(self.device):
+            nl = open_netlink()
+            try:
+                local = self.device.spec.local
+                underlay = find_underlay(nl, self.underlay_name,
+                                         local if isinstance(local, IPv4Address) else None)
+            finally:
+                nl.close()
+            _repair(self.device, underlay.index)
+        if self.v6 is not None:
+            self.v6.repair_device()
+
+    def ensure_v6_address(self, lease: Lease) -> None:
+        if self.v6 is not None:
+            self.v6.ensure_address(lease)
+
+
+def _needs_repair(device: VXLANDevice) -> bool:
+    up, index = device.state()
+    if up and index == device.index:
+        return False
+    log.info("VXLAN device %s is %s: repairing it and replaying every entry",
+             device.spec.name, "gone" if not index else "down" if not up else "replaced")
+    return True
+
+
+def _repair(device: VXLANDevice, underlay_index: int) -> None:
+    if underlay_index and underlay_index != device.spec.underlay_index:
+        device.spec = replace(device.spec, underlay_index=underlay_index)
+    device.ensure()
 
 
 def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
@@ -87,10 +143,62 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
     device = VXLANDevice(VXLANSpec(name, vni, config.backend.port, public_ip,
                                    underlay.index, mtu, mac))
     device.ensure()
-    backend = VXLANBackend(device, BackendSettings(
+    settings = BackendSettings(
         vni, public_ip, IPv4Interface(f"{public_ip}/{underlay.address.network.prefixlen}"),
+        config.backend.direct_routing)
+    attrs = LeaseAttrs(public_ip, "vxlan", vni, mac)
+    v6 = setup_v6(config, opts, underlay.name) if config.enable_ipv6 else None
+    if v6 is None:
+        return DataPlane(device, VXLANBackend(device, settings), underlay.name, mtu, attrs)
+    attrs = replace(attrs, public_ipv6=v6.public_ip, v6_vni=vni, v6_vtep_mac=v6.device.spec.mac)
+    return DataPlane(device, DualStackBackend(device, settings, v6.backend), underlay.name,
+                     min(mtu, v6.mtu), attrs, v6)
+
+
+def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str) -> V6Plane | None:
+    """``overlay-v6.<VNI>`` over the IPv6 underlay (the IPv4 underlay's link unless
+    ``--public-ipv6`` names another's address), its persisted VTEP MAC, MTU = the IPv6
+    underlay's (or Backend.MTU, the outer MTU) - 70; None, said once, when the node has
+    no IPv6 underlay: IPv4 keeps working and the lease has no IPv6 half."""
+    vni = config.backend.vni
+    name = f"overlay-v6.{vni}"
+    nl = open_netlink()
+    try:
+        underlay = find_underlay6(nl, ipv4_underlay, opts.public_ipv6)
+        existing = next((ln.mac for ln in dump_links(nl) if ln.name == name), None)
+    finally:
+        nl.close()
+    if not isinstance(underlay, Underlay6):
+        log.warning("IPv6 is off on this node: %s; IPv4 pod traffic is unaffected and this "
+                    "node's lease has no IPv6 half", underlay)
+        return None
+    mtu = (config.backend.mtu or underlay.mtu) - VXLAN_OVERHEAD_V6
+    mac = load_or_create_vtep_mac(opts.state_dir, name, adopt=existing)
+    public_ipv6 = opts.public_ipv6 or underlay.address.ip
+    log.info("IPv6 underlay %s (public IPv6 %s, MTU %d); VXLAN device %s VNI %d port %d "
+             "MTU %d VTEP MAC %s", underlay.name, public_ipv6, underlay.mtu, name, vni,
+             config.backend.port, mtu, mac)
+    _warn_forwarding_off()
+    device = VXLANDevice(VXLANSpec(name, vni, config.backend.port, public_ipv6,
+                                   underlay.index, mtu, mac))
+    device.ensure()
+    backend = VXLANBackend(device, BackendSettings(
+        vni, public_ipv6, IPv6Interface(f"{public_ipv6}/{underlay.address.network.prefixlen}"),
         config.backend.direct_routing))
-    return DataPlane(device, backend, underlay.name, mtu, LeaseAttrs(public_ip, "vxlan", vni, mac))
+    return V6Plane(device, backend, underlay.name, mtu, public_ipv6)
+
+
+def _warn_forwarding_off() -> None:
+    """IPv6 forwarding is the node's setting (turning it on changes how every interface
+    treats router advertisements): said, not changed."""
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/forwarding", encoding="ascii") as f:
+            on = f.read().strip() == "1"
+    except OSError as e:
+        raise OverlayError(f"cannot read net.ipv6.conf.all.forwarding: {e.strerror}") from e
+    if not on:
+        log.warning("net.ipv6.conf.all.forwarding is 0: this node will not forward its pods' "
+                    "IPv6 traffic (sysctl -w net.ipv6.conf.all.forwarding=1)")
 
 
 def connected_overlap(config: NetworkConfig, links: Sequence[Link], addrs: Sequence[Addr],

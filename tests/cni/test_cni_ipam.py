@@ -4,7 +4,7 @@ import errno
 import os
 import stat
 import threading
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -157,7 +157,7 @@ def test_unreadable_store_dir_is_an_ipam_error(tmp_path):
 
 
 def test_failing_to_record_the_last_address_gives_the_address_back(tmp_path, monkeypatch):
-    def disk_full(dfd, ip):
+    def disk_full(dfd, ip, range_id=0):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     store = ipam.DiskStore(str(tmp_path), "ovcni-net")
@@ -174,13 +174,17 @@ def test_unlistable_store_dir_is_an_ipam_error(tmp_path):
         ipam.DiskStore(str(tmp_path), "file").reservations()  # ENOTDIR, not ENOENT
 
 
-def test_files_that_are_not_ipv4_addresses_are_skipped(tmp_path):
+def test_files_that_are_not_addresses_in_the_layouts_text_are_skipped(tmp_path):
     store = ipam.DiskStore(str(tmp_path), "ovcni-net")
     alloc(store).allocate("c0", "eth0")
-    for name in ("10.30.1", "1.2.3.4.5", "2001:db8::5", "999.1.1.1"):
+    for name in ("10.30.1", "1.2.3.4.5", "999.1.1.1", "2001:0db8::5", "2001:DB8::5",
+                 "fe80::1%eth0", "2001:db8::5::1", "last_reserved_ip.1"):
         with open(os.path.join(store.dir, name), "w") as f:
             f.write("cX\r\neth0")
-    assert store.reservations() == {IPv4Address("10.30.1.2"): ("c0", "eth0")}
+    with open(os.path.join(store.dir, "2001:db8::5"), "w") as f:
+        f.write("c6\r\neth0")  # canonical IPv6 text: a reservation, as host-local's
+    assert store.reservations() == {IPv4Address("10.30.1.2"): ("c0", "eth0"),
+                                    IPv6Address("2001:db8::5"): ("c6", "eth0")}
 
 
 def test_an_id_with_a_trailing_newline_is_another_owner(tmp_path):
@@ -226,3 +230,96 @@ def test_a_symlinked_store_dir_is_refused(tmp_path):
     with pytest.raises(IPAMError, match="symlink"):
         alloc(store).allocate("c1", "eth0")
     assert list(elsewhere.iterdir()) == []
+
+
+# --- two ranges: one per family (dual-stack) ----------------------------------------------
+
+SUBNET6 = IPv6Network("fd00:30:1::/125")  # ::1 gateway, ::2-::7 usable (no broadcast in IPv6)
+GW6 = IPv6Address("fd00:30:1::1")
+
+
+def both(store):
+    return [ipam.Allocator(store, SUBNET, GW, 0), ipam.Allocator(store, SUBNET6, GW6, 1)]
+
+
+def test_ipv6_range_ends_at_the_last_address_and_skips_network_and_gateway(store):
+    a = ipam.Allocator(store, SUBNET6, GW6, 1)
+    got = [a.allocate(f"c{i}", "eth0") for i in range(6)]
+    assert got == [IPv6Address(f"fd00:30:1::{i}") for i in range(2, 8)]
+    assert a.size == 6 and a.free_count() == 0
+    with pytest.raises(IPAMError, match="no IP addresses available in fd00:30:1::/125"):
+        a.allocate("c9", "eth0")
+
+
+def test_one_address_per_family_for_one_attachment(store):
+    v4, v6 = ipam.allocate_all(store, both(store), "c0", "eth0")
+    assert (v4, v6) == (IPv4Address("10.30.1.2"), IPv6Address("fd00:30:1::2"))
+    assert ipam.get(store, "c0", "eth0") == [v4, v6]  # IPv4 first: sorted across families
+    assert ipam.allocate_all(store, both(store), "c1", "eth0") == [
+        IPv4Address("10.30.1.3"), IPv6Address("fd00:30:1::3")]
+    # each range counts only its own family's reservations
+    assert [a.free_count() for a in both(store)] == [3, 4]
+
+
+def test_each_range_keeps_its_own_last_reserved_file(tmp_path):
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    ipam.allocate_all(store, both(store), "c0", "eth0")
+    d = tmp_path / "ovcni-net"
+    assert sorted(os.listdir(d)) == ["10.30.1.2", "fd00:30:1::2", "last_reserved_ip.0",
+                                     "last_reserved_ip.1", "lock"]
+    assert (d / "fd00:30:1::2").read_bytes() == b"c0\r\neth0"
+    assert (d / "last_reserved_ip.0").read_bytes() == b"10.30.1.2"
+    assert (d / "last_reserved_ip.1").read_bytes() == b"fd00:30:1::2"
+    # round robin goes on per range: after ::5 in range 1, whatever range 0 says
+    (d / "last_reserved_ip.1").write_bytes(b"fd00:30:1::5")
+    assert ipam.allocate_all(store, both(store), "c1", "eth0") == [
+        IPv4Address("10.30.1.3"), IPv6Address("fd00:30:1::6")]
+
+
+def test_a_last_reserved_file_of_the_other_family_is_ignored(tmp_path):
+    store = ipam.DiskStore(str(tmp_path), "ovcni-net")
+    d = tmp_path / "ovcni-net"
+    d.mkdir()
+    (d / "last_reserved_ip.1").write_bytes(b"10.30.1.4")  # hand-edited, wrong family
+    (d / "last_reserved_ip.0").write_bytes(b"fd00:30:1::4")
+    assert ipam.allocate_all(store, both(store), "c0", "eth0") == [
+        IPv4Address("10.30.1.2"), IPv6Address("fd00:30:1::2")]
+
+
+def test_a_failing_second_range_gives_the_first_address_back(store):
+    a4, a6 = both(store)
+    for i in range(6):
+        a6.allocate(f"x{i}", "eth0")  # IPv6 range full
+    with pytest.raises(IPAMError, match="no IP addresses available in fd00:30:1::/125"):
+        ipam.allocate_all(store, [a4, a6], "c0", "eth0")
+    assert ipam.get(store, "c0", "eth0") == []
+    assert a4.free_count() == 5
+
+
+def test_requested_ip_per_family(store):
+    want: dict[int, ipam.IPAddress] = {4: IPv4Address("10.30.1.5"),
+                                       6: IPv6Address("fd00:30:1::7")}
+    assert ipam.allocate_all(store, both(store), "c0", "eth0", want) == [want[4], want[6]]
+    with pytest.raises(IPAMError, match="requested IP fd00:30:1::7 is already allocated"):
+        ipam.allocate_all(store, both(store), "c1", "eth0", {6: want[6]})
+    assert ipam.get(store, "c1", "eth0") == []  # its IPv4 address was given back
+    with pytest.raises(IPAMError, match="not usable"):
+        ipam.allocate_all(store, both(store), "c2", "eth0", {6: GW6})
+
+
+def test_duplicate_is_judged_per_family(store):
+    a4, a6 = both(store)
+    a4.allocate("c0", "eth0")
+    assert a6.allocate("c0", "eth0") == IPv6Address("fd00:30:1::2")  # not a duplicate
+    with pytest.raises(IPAMError, match="duplicate"):
+        a6.allocate("c0", "eth0")
+
+
+def test_release_and_gc_free_both_families(store):
+    ipam.allocate_all(store, both(store), "c0", "eth0")
+    ipam.allocate_all(store, both(store), "c1", "eth0")
+    assert ipam.release(store, "c0", "eth0") and ipam.get(store, "c0", "eth0") == []
+    stale = ipam.gc(store, [])
+    assert sorted((str(ip), owner) for ip, owner in stale) == [
+        ("10.30.1.3", ("c1", "eth0")), ("fd00:30:1::3", ("c1", "eth0"))]
+    assert store.reservations() == {}

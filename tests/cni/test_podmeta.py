@@ -2,6 +2,7 @@
 
 import json
 import os
+from ipaddress import IPv4Address, IPv6Address
 
 from overlay.cni import commands, podmeta
 from overlay.cni.skel import Request
@@ -61,14 +62,22 @@ def test_add_writes_the_metadata_file_and_a_failure_is_an_ipam_error(tmp_path):
               "args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}}
     req = Request("ADD", "1.1.0", config, "c1", "/x", "eth0", {"K8S_POD_NAME": "web"})
     conf = commands.parse_netconf(config, "1.1.0")
-    commands._write_pod_meta(req, conf)
+    commands._write_pod_meta(req, conf, [IPv4Address("10.1.1.2")])
     written = json.loads((tmp_path / "ovnet" / "pods" / "c1@eth0.json").read_text())
     assert written["labels"] == [{"key": "app", "value": "web"}] and written["name"] == "web"
+    assert written["ips"] == ["10.1.1.2"]
     (tmp_path / "ro").write_text("a file where the store's directory should be")
     bad = commands.parse_netconf({**config, "dataDir": str(tmp_path / "ro")}, "1.1.0")
     try:
-        commands._write_pod_meta(req, bad)
+        commands._write_pod_meta(req, bad, [])
     except commands.IPAMError as e:
         assert "cannot write pod metadata" in str(e)
     else:
         raise AssertionError("a metadata file that cannot be written must fail the ADD")
+
+
+def test_the_addresses_of_the_add_are_listed_ipv4_first():
+    m = podmeta.meta_from_request("c0ffee", "eth0", {}, {},
+                                  [IPv4Address("10.244.1.5"), IPv6Address("fd00:10:244:1::5")])
+    assert m["ips"] == ["10.244.1.5", "fd00:10:244:1::5"]
+    assert meta()["ips"] == []  # nothing given: nothing claimed

@@ -113,3 +113,17 @@ def test_heartbeat_period_and_probe_interval():
                       ("--probe-interval", "4000")):
         with pytest.raises(ConfigError, match=flag):
             parse_settings([flag, bad])
+
+
+def test_public_ipv6_flag_and_env():
+    from ipaddress import IPv6Address
+    assert parse_settings([], {}).public_ipv6 is None
+    s = parse_settings(["--public-ipv6", "fd00:192:168:1::11"], {})
+    assert s.public_ipv6 == IPv6Address("fd00:192:168:1::11")
+    s = parse_settings([], {"OVERLAYD_PUBLIC_IPV6": "2001:db8::5"})
+    assert s.public_ipv6 == IPv6Address("2001:db8::5")
+    for bad, why in (("192.168.1.11", "not an IPv6 address"), ("fe80::1", "global unicast"),
+                     ("::1", "global unicast"), ("ff02::1", "global unicast"),
+                     ("::ffff:192.168.1.11", "global unicast")):
+        with pytest.raises(ConfigError, match=why):
+            parse_settings(["--public-ipv6", bad], {})

@@ -1069,6 +1069,7 @@ def _kernel_of(node, programmed):
         elif isinstance(e, FDB):
             fdb.append(FDBInfo(e.mac, e.dst, VX, 0xC0))
         elif isinstance(e, Route):
+            assert isinstance(e.dst, IPv4Network) and isinstance(e.gateway, IPv4Address)
             routes.append(RouteInfo(e.dst, e.gateway, ETH if e.direct else VX,
                                     onlink=not e.direct, protocol=111))
     return kernel_without(node, routes=routes, neigh=neigh, fdb=fdb)

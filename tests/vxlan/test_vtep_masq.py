@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from overlay.masq.nft import Masquerade, ruleset
@@ -74,3 +74,59 @@ def test_disabled_masquerade_says_when_the_leftover_table_cannot_go(monkeypatch,
     with caplog.at_level("WARNING", logger="overlay.masq.nft"):
         assert m.ensure() is False
     assert "Operation not permitted" in caplog.text and "nft delete table ip overlay" in caplog.text
+
+
+def test_ipv6_vtep_mac_has_its_own_file(tmp_path):
+    """The IPv6 device's MAC persists beside the IPv4 one, in its own file (k3s#9957:
+    Flannel's changed on every boot)."""
+    v4 = load_or_create_vtep_mac(str(tmp_path), "overlay.1")
+    v6 = load_or_create_vtep_mac(str(tmp_path), "overlay-v6.1")
+    assert v6 != v4
+    assert Path(mac_path(str(tmp_path), "overlay-v6.1")).read_text().strip() == v6
+    assert load_or_create_vtep_mac(str(tmp_path), "overlay-v6.1") == v6
+
+
+def test_ipv6_ruleset_is_the_same_design_in_the_ip6_family():
+    text = ruleset(IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:3::/64"))
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines[:2] == ["table ip6 overlay", "delete table ip6 overlay"]
+    rules = [line for line in lines if line.startswith("ip6 ")]
+    assert len(rules) == 5 and not [line for line in lines if line.startswith("ip ")]
+    assert rules[0].startswith("ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244::/56 return")
+    assert "ip6 daddr ff00::/8 return" in rules[1]
+    assert "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:3::/64 return" in rules[3]
+    assert sum("masquerade" in r for r in rules) == 2
+
+
+def test_ipv6_intact_checks_the_ip6_table_against_the_ipv6_networks():
+    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
+    net6, sub6 = IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:3::/64")
+    m.set_ipv6(net6, sub6)
+    full6 = ruleset(net6, sub6).split("delete table ip6 overlay\n", 1)[1]
+    full4 = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
+    assert m.intact(full6, "ip6") and not m.intact(full4, "ip6")
+    assert m.intact(full4) and not m.intact(full6)
+    m.set_ipv6(IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:4::/64"))
+    assert not m.intact(full6, "ip6")  # a new subnet: the table is replaced
+
+
+def test_masquerade_removes_an_ip6_table_left_when_ipv6_is_off(monkeypatch):
+    """A node that ran with IPv6 and restarts without it drops its ip6 table; the ip
+    table stays as it is."""
+    import subprocess
+
+    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
+    full4 = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
+    calls = []
+
+    def nft(*args, stdin=None):
+        calls.append(args)
+        if args[:3] == ("list", "table", "ip"):
+            return subprocess.CompletedProcess(args, 0, full4, "")
+        if args[:3] == ("list", "table", "ip6"):
+            return subprocess.CompletedProcess(args, 0, "table ip6 overlay {}", "")
+        return subprocess.CompletedProcess(args, 0, "", "")
+    monkeypatch.setattr(m, "_nft", nft)
+    assert m.ensure() is True
+    assert ("delete", "table", "ip6", "overlay") in calls
+    assert not [c for c in calls if c[0] == "-f" or c[:3] == ("delete", "table", "ip")]
