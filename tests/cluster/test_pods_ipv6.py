@@ -2,6 +2,7 @@
 of the lease whose IPv4 subnet holds its IPv4 address."""
 
 import json
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -59,10 +60,15 @@ def test_rules_from_leases_carry_each_leases_ipv6_half():
     config = parse_network_config(json.dumps({
         "Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00:10:244::/56"}))
     attrs = LeaseAttrs(public_ip=IPv4Address("192.168.1.11"),
-                       vtep_mac="0e:00:00:00:00:01")
+                       vtep_mac="0e:00:00:00:00:01",
+                       public_ipv6=IPv6Address("fd00:192:168:1::11"), v6_vni=1,
+                       v6_vtep_mac="0e:00:00:00:00:02")
     leases = [Lease(N1, attrs, ipv6_subnet=V6_1)]
     rules = pods.rules_from_leases(config, leases)
     assert rules.lease_ipv6 == {N1: V6_1}
+    # an IPv6 half the lease rule rejects (no PublicIPv6) holds no pod IPv6 address
+    bare = replace(attrs, public_ipv6=None)
+    assert pods.rules_from_leases(config, [Lease(N1, bare, ipv6_subnet=V6_1)]).lease_ipv6 == {}
 
 
 def test_duplicates_across_families_are_reported_in_order():
