@@ -111,7 +111,9 @@ def diagnose(ctx: click.Context, cni_conf_dir: str, cni_bin_dir: str,
         service_cidrs=service_cidr, subnet_file=pick("subnet_file", subnet_file),
         vxlan_device=pick("vxlan_device", vxlan_device), bridge=pick("bridge", bridge),
         public_ip=pick("public_ip", public_ip), healthz_addr=pick("healthz_addr", healthz_addr),
-        probe=probe, probe_count=probe_count, probe_timeout=probe_timeout)
+        probe=probe, probe_count=probe_count, probe_timeout=probe_timeout,
+        node_name=getattr(rt, "node_name", None),
+        policy_log_denied=bool(getattr(rt, "policy_log_denied", False)))
     report = run(opts, obj.etcd_options())
     if obj.json:
         print_json(report.to_dict())
@@ -147,31 +149,107 @@ def _print_report(report: Any) -> None:
 
 @cli.command()
 @global_options
-@click.argument("src", callback=_ipv4)
-@click.argument("dst", callback=_ipv4)
+@click.argument("src")
+@click.argument("dst")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Destination port: shows the NetworkPolicy verdict for it.")
+@click.option("--protocol", type=click.Choice(["tcp", "udp", "sctp"], case_sensitive=False),
+              default="tcp", show_default=True, help="Protocol of the --port verdict.")
+@click.option("--policy-only", is_flag=True,
+              help="Only the policy verdict (runs on any machine reaching etcd).")
 @click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
 @click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True, help="Pod bridge.")
 @click.pass_context
-def trace(ctx: click.Context, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address,
-          vxlan_device: str | None, bridge: str) -> None:
-    """The path a packet takes from pod SRC to pod DST, hop by hop.
+def trace(ctx: click.Context, src: str, dst: str, port: int | None, protocol: str,
+          policy_only: bool, vxlan_device: str | None, bridge: str) -> None:
+    """The path a packet takes from pod SRC to pod DST, hop by hop, and the
+    NetworkPolicy verdict on a connection to --port.
 
-    Run it on SRC's node. Each hop (source node and bridge, route, VXLAN device, remote
-    VTEP MAC and public IP, destination node) is marked in place, missing or wrong.
-    Exits 1 when a hop is missing or wrong.
+    SRC and DST are pod IPs or pod names (NAMESPACE/NAME, or NAME in namespace default)
+    of the pod registry. Run it on SRC's node. Each hop (source node and bridge, route,
+    VXLAN device, remote VTEP MAC and public IP, destination node) is marked in place,
+    missing or wrong. With --port, the policy part says whether egress at SRC and
+    ingress at DST are isolated, which policies allow them, and the verdict. Exits 1
+    when a hop is missing or wrong, or when the policies deny the connection.
     """
-    from overlay.diagnose.trace import trace_path
+    from overlay.diagnose.gather import gather_cluster
+    from overlay.diagnose.trace import TraceResult, trace_path
 
     obj = ctx.ensure_object(CLIContext)
     rt = obj.runtime
     vxlan_device = runtime_default(ctx, "vxlan_device", vxlan_device,
                                    getattr(rt, "vxlan_device", None))
     bridge = runtime_default(ctx, "bridge", bridge, getattr(rt, "bridge", None))
-    result = trace_path(src, dst, obj.etcd_options(), vxlan_device=vxlan_device, bridge=bridge)
+    etcd = obj.etcd_options()
+    cluster = gather_cluster(etcd)
+    src_ip, dst_ip, verdict = _policy_part(etcd, cluster, src, dst, port, protocol)
+    result = (TraceResult(src_ip, dst_ip) if policy_only else
+              trace_path(src_ip, dst_ip, etcd, vxlan_device=vxlan_device, bridge=bridge,
+                         cluster=cluster))
     if obj.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "policy": verdict.to_dict()})
     else:
-        click.echo(f"trace {src} -> {dst}")
+        _print_trace(result, verdict, policy_only)
+    if not result.ok or verdict.allowed is False:
+        raise SystemExit(1)
+
+
+def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None,
+                 protocol: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address, Any]:
+    """SRC and DST as addresses, and the policy verdict (not judged without --port)."""
+    from overlay.diagnose.policy_state import gather_policy
+    from overlay.diagnose.policy_trace import (
+        build_verdict,
+        endpoint_text,
+        node_addresses,
+        resolve_endpoint,
+        unjudged,
+    )
+    from overlay.errors import ConfigError
+    from overlay.policy.build import pod_of
+
+    src_ip, dst_ip = _address(src), _address(dst)
+    if port is None and src_ip is not None and dst_ip is not None:
+        return src_ip, dst_ip, unjudged(src, dst, None, protocol,
+                                        "give --port P (and --protocol) for the "
+                                        "NetworkPolicy verdict")
+    state = gather_policy(etcd, cluster)
+    if state.error:
+        if src_ip is None or dst_ip is None:
+            raise ConfigError(f"cannot look pod names up: {state.error}")
+        return src_ip, dst_ip, unjudged(src, dst, port, protocol,
+                                        f"not judged: etcd not read ({state.error})")
+    pods = [pod_of(r) for r in state.records]
+    nodes = node_addresses(cluster.leases, pods)
+    a = resolve_endpoint(src, pods, nodes, "SRC")
+    b = resolve_endpoint(dst, pods, nodes, "DST")
+    if port is None:
+        v = unjudged(endpoint_text(a), endpoint_text(b), None, protocol,
+                     "give --port P (and --protocol) for the NetworkPolicy verdict")
+    else:
+        v = build_verdict(a, b, port, protocol, state.namespace_labels, state.policies)
+    return _v4(a.ip), _v4(b.ip), v
+
+
+def _address(text: str) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        return None
+
+
+def _v4(ip: Any) -> ipaddress.IPv4Address:
+    if not isinstance(ip, ipaddress.IPv4Address):
+        from overlay.errors import ConfigError
+        raise ConfigError(f"{ip} is not an IPv4 address: trace follows IPv4 pods only")
+    return ip
+
+
+def _print_trace(result: Any, verdict: Any, policy_only: bool) -> None:
+    from overlay.diagnose.policy_trace import verdict_lines
+
+    click.echo(f"trace {result.src} -> {result.dst}")
+    if not policy_only:
         print_table(["HOP", "STATUS", "DETAIL"],
                     [(h.name, h.status, h.detail) for h in result.hops], wrap=CELL_WIDTH)
         for h in result.hops:
@@ -179,5 +257,5 @@ def trace(ctx: click.Context, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Add
                 click.echo(f"  {h.name}: fix: {h.fix}")
         if result.note:
             click.echo(result.note)
-    if not result.ok:
-        raise SystemExit(1)
+    for line in verdict_lines(verdict):
+        click.echo(line)

@@ -1,8 +1,9 @@
-"""``overlayctl policy apply|get|delete`` and ``overlayctl namespaces label|list``: the
-NetworkPolicies and namespaces in etcd (``overlay.policy.objects``).
+"""``overlayctl policy apply|get|delete`` and ``overlayctl namespaces
+create|delete|label|list``: the NetworkPolicies and namespaces in etcd
+(``overlay.policy.objects``).
 
 Input is validated whole before anything is written: a manifest with one bad object,
-or one bad label argument, changes nothing.
+one bad label argument, or one object in a namespace that does not exist, changes nothing.
 """
 
 from __future__ import annotations
@@ -84,12 +85,14 @@ def policy_group() -> None:
 @click.pass_obj
 def policy_apply(obj: CLIContext, path: str) -> None:
     """Create or update every NetworkPolicy of a manifest (namespace 'default' when the
-    object names none; a namespace not yet known is created)."""
+    object names none). Its namespaces must exist (`overlayctl namespaces create`, or a
+    pod of the registry in it), else nothing is written."""
     policies = load_manifests(_read_manifest(path))
     for p in policies:
         objects.check_storable(p)
     with _store(obj) as store:
         objects.check_writable(store)
+        objects.require_namespaces(store, (p.namespace for p in policies))
         results = []
         for p in policies:
             objects.ensure_namespace(store, p.namespace)
@@ -179,7 +182,8 @@ def policy_delete(obj: CLIContext, ref: str) -> None:
 @cli.group("namespaces")
 @global_options
 def namespaces_group() -> None:
-    """List namespaces and set their labels (what namespaceSelectors match)."""
+    """Create, delete, list namespaces and set their labels (what namespaceSelectors
+    match)."""
 
 
 def parse_label_args(args: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
@@ -213,12 +217,14 @@ def parse_label_args(args: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
 @click.pass_obj
 def namespaces_label(obj: CLIContext, namespace: str, labels: tuple[str, ...],
                      overwrite: bool) -> None:
-    """Set or remove a namespace's labels (it is created if not known yet)."""
+    """Set or remove a namespace's labels (it must exist: created, or holding a pod)."""
     if problem := dns_label_problem(namespace):
         raise ConfigError(f"namespace {namespace!r} {problem}")
     set_labels, remove = parse_label_args(labels)
+    objects.check_label_change(set_labels, remove)
     with _store(obj) as store:
         objects.check_writable(store)
+        objects.require_namespaces(store, [namespace])
         ns = objects.label_namespace(store, namespace, set_labels, remove, overwrite)
     if obj.json:
         print_json({"name": ns.name, "labels": dict(sorted(ns.labels.items()))})
@@ -242,3 +248,64 @@ def namespaces_list(obj: CLIContext) -> None:
                 [[n.name, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())), "ok"]
                  for n in namespaces]
                 + [[printable_key(r.key), "-", f"rejected: {r.reason}"] for r in rejected])
+
+
+@namespaces_group.command("create")
+@global_options
+@click.argument("namespace")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="A label to create it with (repeatable).")
+@click.option("--exist-ok", is_flag=True,
+              help="Succeed without change when it exists already (scripts, the lab).")
+@click.pass_obj
+def namespaces_create(obj: CLIContext, namespace: str, labels: tuple[str, ...],
+                      exist_ok: bool) -> None:
+    """Create a namespace (with its automatic kubernetes.io/metadata.name label)."""
+    if problem := dns_label_problem(namespace):
+        raise ConfigError(f"namespace {namespace!r} {problem}")
+    set_labels, remove = parse_label_args(labels)
+    if remove:
+        raise ConfigError(f"--label {remove[0]}-: give labels to create with as key=value")
+    objects.check_label_change(set_labels, remove)
+    with _store(obj) as store:
+        objects.check_writable(store)
+        ns = objects.create_namespace(store, namespace, set_labels)
+    if ns is None and not exist_ok:
+        raise ConfigError(f'namespaces "{namespace}" already exists (change its labels '
+                          f"with `overlayctl namespaces label {namespace} ...`)")
+    if obj.json:
+        print_json({"name": namespace, "result": "created" if ns else "unchanged"})
+    else:
+        click.echo(f"namespace {namespace} {'created' if ns else 'unchanged'}")
+
+
+@namespaces_group.command("delete")
+@global_options
+@click.argument("namespace")
+@click.pass_obj
+def namespaces_delete(obj: CLIContext, namespace: str) -> None:
+    """Delete a namespace and every NetworkPolicy in it (as kubectl delete namespace).
+    Pods stay until their runtime deletes them; while one is in the registry the
+    namespace still exists, unlabelled."""
+    if problem := dns_label_problem(namespace):
+        raise ConfigError(f"namespace {namespace!r} {problem}")
+    if namespace == DEFAULT_NAMESPACE:
+        raise ConfigError(f'namespace "{namespace}" may not be deleted (as in Kubernetes); '
+                          "delete its policies with `overlayctl policy delete`")
+    with _store(obj) as store:
+        objects.check_writable(store)
+        deleted = objects.delete_namespace(store, namespace)
+        pods_left = deleted is not None and objects.namespace_has_pods(store, namespace)
+    if deleted is None:
+        raise ConfigError(f'namespaces "{namespace}" not found (see `overlayctl '
+                          f"namespaces list`)")
+    if obj.json:
+        print_json({"name": namespace, "result": "deleted", "policies_deleted": deleted,
+                    "pods_remain": pods_left})
+        return
+    for ref in deleted:
+        click.echo(f"networkpolicy {ref} deleted")
+    click.echo(f"namespace {namespace} deleted")
+    if pods_left:
+        click.echo(f"note: pods of the registry remain in {namespace}: it exists, without "
+                   "labels, until their runtime deletes them", err=True)

@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from overlay.cluster import keys
-from overlay.cluster.pods import PodRecord, PodRules, judge_pod
+from overlay.cluster.pods import PodRules, judge_pod
 from overlay.cluster.store import KV, ObjectStore
 from overlay.cni import podmeta
 from overlay.cni.skel import Handler, Request
@@ -44,7 +43,8 @@ from overlay.errors import CNIError, OverlayError
 from overlay.lease import Rejection
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import conntrack, nft
-from overlay.policy.model import NetworkPolicy, PolicyError
+from overlay.policy.build import Inputs, assemble, is_local
+from overlay.policy.model import PolicyError
 from overlay.policy.objects import Namespace, parse_namespace_kv, parse_policy_kv
 from overlay.policy.semantics import Host, Pod, allowed
 from overlay.subnetenv import policy_marker_path
@@ -65,22 +65,6 @@ BRIDGE_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
 POLICIES, NAMESPACES, PODS = "policy", "namespace", "pod"
 KINDS = (POLICIES, NAMESPACES, PODS)
-
-
-@dataclass
-class Inputs:
-    """The judged objects one table is compiled from."""
-    policies: list[NetworkPolicy] = field(default_factory=list)
-    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
-    pods: list[Pod] = field(default_factory=list)
-    local: list[nft.LocalPod] = field(default_factory=list)
-
-
-def pod_of(record: PodRecord) -> Pod:
-    """The registry's record as the policy code's pod (named ports only)."""
-    return Pod(record.namespace, record.name, tuple(record.ips), record.label_values(),
-               tuple(p for p in record.ports if p.name),
-               record.node)
 
 
 def bridge_filtering_problem(path: str = BRIDGE_SYSCTL) -> str | None:
@@ -298,16 +282,9 @@ class PolicyAgent:
     def _assemble(self, policies: list[Any], namespaces: list[Any], records: list[Any]
                   ) -> Inputs:
         subnet = self._own_subnet()
-        out = Inputs(policies=policies,
-                     namespaces={n.name: n.labels for n in namespaces if isinstance(n, Namespace)})
-        seen: set[str] = set()
-        for r in records:
-            assert isinstance(r, PodRecord)
-            pod = pod_of(r)
-            out.pods.append(pod)
-            if r.node == self.node and subnet is not None and all(ip in subnet for ip in r.ips):
-                out.local.append(nft.LocalPod(pod, host_veth_name(r.container_id, r.ifname)))
-                seen.add(r.container_id)
+        out = assemble(policies, [n for n in namespaces if isinstance(n, Namespace)],
+                       records, self.node, subnet)
+        seen = {r.container_id for r in records if is_local(r, self.node, subnet)}
         with self._state_lock:
             for cid in [cid for cid in self._pending if cid in seen]:
                 del self._pending[cid]  # the registry has it now

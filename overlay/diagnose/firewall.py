@@ -7,6 +7,10 @@ iptables-save's text instead).  A rule counts when it drops or rejects the port
 explicitly, or drops everything unconditionally; an input/output hook whose policy is
 drop with no rule accepting the port is a warning.  Every finding carries the command
 that removes it.  The parsers are pure; ``read_firewall`` runs the tools.
+
+overlayd's own NetworkPolicy table (``inet overlay-policy``) is not judged here: its drops
+filter forwarded pod connections only (never the node's VXLAN packets), and the
+``policy-table`` check compares it whole with what overlayd compiles.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from overlay.policy.nft import FAMILY as POLICY_FAMILY, TABLE as POLICY_TABLE
 from overlay.util.proc import run_quiet
 
 
@@ -109,7 +114,7 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
     except (ValueError, AttributeError) as e:
         out.errors.append(f"nft JSON unreadable: {e}")
         return out
-    skip = set(skip_tables)
+    skip = {*skip_tables, (POLICY_FAMILY, POLICY_TABLE)}
     chains: dict[tuple[str, str, str], dict[str, Any]] = {}
     accepted: set[tuple[str, str, str]] = set()
     for item in items:

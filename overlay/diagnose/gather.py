@@ -26,6 +26,7 @@ from overlay.cni.netconf import DEFAULT_DATA_DIR
 from overlay.diagnose.checks import derive_facts, run_checks
 from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
+from overlay.diagnose.policy_table import check_policy_table
 from overlay.diagnose.probe import Echo, echo_many
 from overlay.diagnose.state import (
     PLUGIN_TYPE,
@@ -297,6 +298,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
                                   opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
+    report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
+                                            opts.policy_log_denied))
     return report
 
 

@@ -56,6 +56,8 @@ class DiagnoseOptions:
     probe: bool = True
     probe_count: int = 2
     probe_timeout: float = 1.0
+    node_name: str | None = None  # overlayd's --node-name (the runtime file's)
+    policy_log_denied: bool = False  # overlayd compiles denied-packet log rules
 
 
 @dataclass(frozen=True)

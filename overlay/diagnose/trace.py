@@ -239,11 +239,13 @@ def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool) -> Hop
 
 
 def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
-               vxlan_device: str | None = None, bridge: str = DEFAULT_BRIDGE) -> TraceResult:
-    """Gather this node's state and the leases, then build the trace."""
+               vxlan_device: str | None = None, bridge: str = DEFAULT_BRIDGE,
+               cluster: ClusterState | None = None) -> TraceResult:
+    """Gather this node's state and the leases (unless ``cluster`` holds them), then
+    build the trace."""
     from overlay.netlink.kernel_state import RouteQuery, dump_kernel_state, routes_get
 
-    cluster = gather_cluster(etcd)
+    cluster = cluster if cluster is not None else gather_cluster(etcd)
     kernel = dump_kernel_state()
     name = vxlan_device or (f"overlay.{cluster.config.backend.vni}" if cluster.config
                             else "overlay.1")

@@ -633,7 +633,16 @@ class Lab:
                            f"remove it first with `overlay-lab pod del {namespace}/{name}`")
         pod = PodRecord(name, node, self._new_container_id(), namespace=namespace,
                         labels=dict(labels or {}), counted=False)
+        if namespace != DEFAULT_NAMESPACE:  # 'default' always exists
+            self._ensure_namespace(namespace)
         return self._ensure_attached(self._record(pod), fresh=True)
+
+    def _ensure_namespace(self, namespace: str) -> None:
+        """As kubelet's pods are made in an existing namespace: create it (policies and
+        labels need no wait for the pod to reach the registry)."""
+        got = self.overlayctl("namespaces", "create", namespace, "--exist-ok", check=False)
+        if got.returncode != 0:
+            log.warning("namespace %s not created: %s", namespace, got.stderr.strip())
 
     def del_pod(self, ref: str) -> PodRecord:
         """``overlay-lab pod del NS/NAME``: CNI DEL, stop its responder, drop its namespace.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,7 +26,13 @@ from overlay.cluster import keys
 from overlay.cluster.schema import read_schema
 from overlay.cluster.store import KV, MAX_OBJECT_BYTES, ObjectStore
 from overlay.errors import ConfigError, RegistryError
-from overlay.policy.model import NetworkPolicy, PolicyError, parse_labels, parse_policy
+from overlay.policy.model import (
+    DEFAULT_NAMESPACE,
+    NetworkPolicy,
+    PolicyError,
+    parse_labels,
+    parse_policy,
+)
 from overlay.policy.semantics import NAME_LABEL
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,15 @@ class Namespace:
         return json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": self.name, "labels": dict(sorted(self.labels.items()))}},
             separators=(",", ":")).encode()
+
+
+class NamespaceNotFound(ConfigError):
+    """What the API server answers for an object in a namespace nobody created."""
+
+    def __init__(self, name: str):
+        super().__init__(f'namespaces "{name}" not found (create it first: '
+                         f'overlayctl namespaces create {name})')
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,57 @@ def get_namespace(store: ObjectStore, name: str) -> Namespace | None:
     return None if kv is None else parse_namespace_kv(store.prefix, kv)
 
 
+def namespace_has_pods(store: ObjectStore, name: str) -> bool:
+    """Whether a pod record of the registry is in ``name`` (one that decodes: a stray key
+    under ``pods/<name>/`` makes no namespace)."""
+    from overlay.cluster.pods import decodable_records, list_pod_kvs
+
+    kvs, _ = list_pod_kvs(store, name)
+    return any(r.namespace == name for _, r in decodable_records(kvs))
+
+
+def namespace_exists(store: ObjectStore, name: str) -> bool:
+    """A namespace exists once created (``namespaces create``, or the implicit
+    ``default``) or while a pod of the registry is in it (kubelet's and the lab's pods)."""
+    return (name == DEFAULT_NAMESPACE or store.get(keys.namespace_key(store.prefix, name))
+            is not None or namespace_has_pods(store, name))
+
+
+def require_namespaces(store: ObjectStore, names: Iterable[str]) -> None:
+    """Refuse, as the API server does, when any of ``names`` does not exist."""
+    for name in sorted(set(names)):
+        if not namespace_exists(store, name):
+            raise NamespaceNotFound(name)
+
+
+def create_namespace(store: ObjectStore, name: str, labels: Mapping[str, str]
+                     ) -> Namespace | None:
+    """Create ``namespaces/<name>`` with ``labels``; None if it is there already."""
+    check_label_change(labels, ())
+    ns = new_namespace(name, labels)
+    if not store.create(keys.namespace_key(store.prefix, name), ns.to_json())[0]:
+        return None
+    log.info("namespace %s created: %s", name, dict(ns.labels))
+    return ns
+
+
+def delete_namespace(store: ObjectStore, name: str) -> list[str] | None:
+    """Delete ``name`` and its policies, as ``kubectl delete namespace`` removes what is in
+    it: the object first (so no policy is applied into it meanwhile), then each policy.
+    The refs of the policies deleted, or None when there was no namespace object and no
+    policy. Pods stay: their runtime removes them."""
+    gone = store.delete(keys.namespace_key(store.prefix, name))
+    kvs, _ = store.list(keys.policies_prefix(store.prefix, name))
+    deleted = []
+    for kv in kvs:
+        if store.delete(kv.key, kv.mod_revision):
+            deleted.append(kv.key.removeprefix(keys.policies_prefix(store.prefix)))
+    if not gone and not deleted:
+        return None
+    log.info("namespace %s deleted with %d policies", name, len(deleted))
+    return deleted
+
+
 def ensure_namespace(store: ObjectStore, name: str) -> bool:
     """Create ``namespaces/<name>`` with its automatic label if absent; True if created."""
     created, _ = store.create(keys.namespace_key(store.prefix, name),
@@ -147,12 +213,16 @@ def ensure_namespace(store: ObjectStore, name: str) -> bool:
     return created
 
 
+def check_label_change(set_labels: Mapping[str, str], remove: Iterable[str]) -> None:
+    if NAME_LABEL in set_labels or NAME_LABEL in remove:
+        raise ConfigError(f"label {NAME_LABEL} is set automatically and cannot be changed")
+
+
 def label_namespace(store: ObjectStore, name: str, set_labels: Mapping[str, str],
                     remove: list[str], overwrite: bool = False) -> Namespace:
     """Add, change (only with ``overwrite``, as kubectl) or remove labels, by
-    compare-and-swap; a namespace that does not exist yet is created."""
-    if NAME_LABEL in set_labels or NAME_LABEL in remove:
-        raise ConfigError(f"label {NAME_LABEL} is set automatically and cannot be changed")
+    compare-and-swap; a namespace that exists only by its pods gets its object now."""
+    check_label_change(set_labels, remove)
     key = keys.namespace_key(store.prefix, name)
     for _ in range(_RETRIES):
         kv = store.get(key)

@@ -458,6 +458,14 @@ def test_nft_skips_tables_iptables_reports():
     assert fw_mod.parse_nft_ruleset(text, 8472, skip_tables=[("ip", "filter")]).drops == []
 
 
+def test_nft_policy_table_drops_are_not_vxlan_drops():
+    """overlayd's NetworkPolicy chains drop forwarded pod connections, never VXLAN."""
+    text = nft([[{"drop": None}]], chain_hook=None, family="inet", table="overlay-policy")
+    assert fw_mod.parse_nft_ruleset(text, 8472).drops == []
+    other = nft([[{"drop": None}]], chain_hook=None, family="inet", table="other")
+    assert fw_mod.parse_nft_ruleset(other, 8472).drops  # a regular chain elsewhere counts
+
+
 def test_iptables_save_parsing():
     text = """*filter
 :INPUT ACCEPT [0:0]

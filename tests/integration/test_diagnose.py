@@ -406,8 +406,13 @@ def test_trace_healthy_and_with_a_missing_fdb_entry(cluster):
         p = cluster.overlayctl("trace", "10.244.1.2", "10.244.2.2")
     assert p.returncode == 1
     assert "remote-public-ip   missing" in p.stdout
-    p = cluster.overlayctl("trace", "10.244.1.2", "not-an-ip")
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+    p = cluster.overlayctl("trace", "10.244.1.2", "not-an-ip")  # a pod name: none such
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+        'error: DST: pods "not-an-ip" not found in namespace "default" (see '
+        "`overlayctl pods -A`)"]
+    p = cluster.overlayctl("trace", "10.244.1.2", "Not_An_IP")
+    assert p.returncode == 1 and "give a pod IP, NAMESPACE/NAME or NAME" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_path_mtu_problem_found_by_the_probe(cluster):

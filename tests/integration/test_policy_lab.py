@@ -10,9 +10,12 @@ and each leaves no policy behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -355,3 +358,90 @@ def test_policy_change_to_enforced_latency_on_every_node(lab: Lab) -> None:
         print(f"\n{what}: p50 {statistics.median(xs) * 1000:.0f} ms, "
               f"p99 {xs[-1] * 1000:.0f} ms (max of {len(xs)})")
     assert statistics.median(enforced) < 1.0
+
+
+OVERLAYCTL = os.path.join(os.path.dirname(sys.executable), "overlayctl")
+
+
+def _on_node(lab: Lab, node: str, *args: str) -> subprocess.CompletedProcess:
+    """``args`` in ``node``'s namespace with ``overlay-lab exec``'s environment."""
+    ns = lab.spec.node_ns(node)
+    return subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
+                          timeout=60, env=lab.exec_env(ns, os.environ))
+
+
+def _trace(lab: Lab, node: str, *args: str) -> tuple[int, dict]:
+    p = _on_node(lab, node, OVERLAYCTL, "-o", "json", "trace", *args)
+    assert p.stdout and "Traceback" not in p.stderr, p.stderr
+    return p.returncode, json.loads(p.stdout)
+
+
+def test_trace_verdicts_agree_with_the_probes(lab: Lab) -> None:
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    try:
+        assert _until(lambda: _passes(lab, "x/b", "x/a")) is not None
+        # on the source's node: every hop and the verdict naming the allowing policy
+        code, got = _trace(lab, "node1", "x/b", "x/a", "--port", "80")
+        assert code == 0 and got["ok"], got
+        assert got["policy"]["ingress"]["allowed_by"] == ["x/a-from-b"]
+        code, got = _trace(lab, "node2", "x/c", "x/a", "--port", "80")
+        assert code == 1 and got["ok"] and got["policy"]["verdict"] == "denied", got
+        assert got["policy"]["ingress"]["isolating"] == ["x/a-from-b",
+                                                          "x/default-deny-ingress"]
+        # every probed pair: the verdict is what the packets do
+        probed = _table(lab, ALL)
+        for (src, dst, port, proto), passed in probed.items():
+            code, got = _trace(lab, "node1", "--policy-only", src, dst, "--port", str(port),
+                               "--protocol", proto)
+            assert got["policy"]["allowed"] is passed, (src, dst, port, proto, got)
+            assert code == (0 if passed else 1)
+    finally:
+        _delete(lab, "x/a-from-b", "x/default-deny-ingress")
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+def _policy_check(lab: Lab, node: str) -> tuple[int, dict]:
+    p = _on_node(lab, node, OVERLAYCTL, "-o", "json", "diagnose", "--no-probe")
+    assert p.stdout and "Traceback" not in p.stderr, p.stderr
+    report = json.loads(p.stdout)
+    return p.returncode, next(c for c in report["checks"] if c["name"] == "policy-table")
+
+
+def _nft(lab: Lab, node: str, *args: str) -> str:
+    return sysx.run(sysx.in_netns(lab.spec.node_ns(node), ["nft", *args])).stdout
+
+
+def test_diagnose_finds_a_hand_edited_policy_table(lab: Lab) -> None:
+    for node in ("node1", "node2"):  # no policy: an empty table, or none
+        assert _policy_check(lab, node)[1]["status"] == "pass"
+    _apply_file(lab, "default-deny.yaml")
+    _apply(lab, ALLOW_A_FROM_B_TCP80)
+    try:
+        assert _until(lambda: _passes(lab, "x/b", "x/a")) is not None
+        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+        for node in ("node1", "node2"):
+            check = _policy_check(lab, node)[1]
+            assert check["status"] == "pass" and "as compiled" in check["found"], check
+        table = ("inet", "overlay-policy")
+        forward = _nft(lab, "node1", "list", "chain", *table, "forward")
+        isolated = next(w[1:] for line in forward.splitlines() if "jump check_ingress" in line
+                        for w in line.split() if w.startswith("@"))  # the isolated pods' set
+        _nft(lab, "node1", "add", "element", *table, isolated, "{ 10.244.99.99 }")
+        code, check = _policy_check(lab, "node1")
+        assert code == 1 and check["status"] == "fail", check
+        assert f"set {isolated}: extra element 10.244.99.99" in check["found"]
+        assert "restart overlayd" in check["fix"]
+        _nft(lab, "node1", "delete", "element", *table, isolated, "{ 10.244.99.99 }")
+        listing = _nft(lab, "node1", "-a", "list", "chain", *table, "check_ingress")
+        handle = next(line.split("# handle ")[1] for line in listing.splitlines()
+                      if line.strip().startswith("drop "))
+        _nft(lab, "node1", "delete", "rule", *table, "check_ingress", "handle", handle)
+        code, check = _policy_check(lab, "node1")
+        assert code == 1 and "chain check_ingress: rule missing: drop" in check["found"]
+        assert _policy_check(lab, "node2")[1]["status"] == "pass"  # its own table is fine
+        _nft(lab, "node1", "add", "rule", *table, "check_ingress", "drop")
+        assert _policy_check(lab, "node1")[1]["status"] == "pass"
+    finally:
+        _delete(lab, "x/a-from-b", "x/default-deny-ingress")
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None

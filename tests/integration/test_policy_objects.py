@@ -3,11 +3,14 @@ delete, label, list; bad input changes nothing; a bad object in etcd is rejected
 
 import json
 import os
+from ipaddress import IPv4Address
 
 import pytest
 import yaml
 
 from overlay.cluster import keys
+from overlay.cluster.keys import pod_key
+from overlay.cluster.pods import PodRecord, encode_pod
 from overlay.policy import objects
 
 from ..policy.cases import policy
@@ -32,6 +35,7 @@ def fails_with(result, words):
 
 
 def test_examples_apply_and_read_back(ctl, store):
+    assert ctl("namespaces", "create", "x").output.strip() == "namespace x created"
     names = sorted(os.listdir(EXAMPLES))
     assert len([n for n in names if n.endswith(".yaml")]) >= 3
     for n in names:
@@ -44,12 +48,13 @@ def test_examples_apply_and_read_back(ctl, store):
                     "x/egress-dns-only"]
     again = ctl("policy", "apply", "-f", os.path.join(EXAMPLES, "default-deny.yaml"))
     assert "x/default-deny-ingress unchanged" in again.output
-    # the namespace a policy names is known from then on, with its automatic label
+    # the namespace carries its automatic label
     ns = objects.get_namespace(store, "x")
     assert ns is not None and ns.labels == {"kubernetes.io/metadata.name": "x"}
 
 
 def test_apply_stdin_update_get_delete(ctl, store):
+    ctl("namespaces", "create", "y")
     manifest = policy("web", "y", {"podSelector": {"matchLabels": {"app": "web"}}})
     r = ctl("policy", "apply", "-f", "-", input=json.dumps(manifest))
     assert r.output.strip() == "networkpolicy y/web created"
@@ -78,6 +83,13 @@ def test_apply_stdin_update_get_delete(ctl, store):
     (("namespaces", "label", "x", "kubernetes.io/metadata.name=y"), "set automatically"),
     (("namespaces", "label", "x", "a=1", "a-"), "given twice"),
     (("namespaces", "label", "X_", "a=1"), "namespace 'X_'"),
+    (("namespaces", "label", "nowhere", "a=1"), 'namespaces "nowhere" not found'),
+    (("namespaces", "create", "X_"), "namespace 'X_'"),
+    (("namespaces", "create", "q", "--label", "a-"), "key=value"),
+    (("namespaces", "create", "q", "--label", "kubernetes.io/metadata.name=r"),
+     "set automatically"),
+    (("namespaces", "delete", "nowhere"), 'namespaces "nowhere" not found'),
+    (("namespaces", "delete", "default"), "may not be deleted"),
 ])
 def test_bad_arguments_change_nothing(ctl, store, args, words):
     before = everything(store)
@@ -95,6 +107,7 @@ def test_a_manifest_with_one_bad_object_writes_nothing(ctl, store):
 
 
 def test_namespaces_label_and_list(ctl, store):
+    ctl("namespaces", "create", "y")
     r = ctl("namespaces", "label", "y", "team=frontend", "env=prod")
     assert r.output.strip() == "namespace y labeled"
     fails_with(ctl("namespaces", "label", "y", "team=backend"), "--overwrite")
@@ -110,6 +123,7 @@ def test_namespaces_label_and_list(ctl, store):
 
 
 def test_bad_objects_in_etcd_are_rejected_alone(ctl, store):
+    ctl("namespaces", "create", "x")
     ctl("policy", "apply", "-f", "-", input=json.dumps(policy("ok", "x", {"podSelector": {}})))
     base = keys.policies_prefix(store.prefix)
     wide_open = policy("wide", "x", {"podSelector": {}, "ingress": [{"from": [{}]}]})
@@ -133,3 +147,52 @@ def test_bad_objects_in_etcd_are_rejected_alone(ctl, store):
     assert sum("rejected:" in line for line in r.stdout.splitlines()) == 4
     nss, bad_ns = objects.list_namespaces(store)
     assert [n.name for n in nss] == ["x"] and "must be the namespace's name" in bad_ns[0].reason
+
+
+def _pod_in(store, ns, name):
+    record = PodRecord(ns, name, (IPv4Address("10.244.1.5"),), "node1", "c1", "eth0")
+    store.put(pod_key(store.prefix, ns, name), encode_pod(record))
+
+
+def test_apply_into_an_unknown_namespace_writes_nothing(ctl, store):
+    doc = (yaml.safe_dump(policy("ok", "default", {"podSelector": {}})) + "---\n"
+           + yaml.safe_dump(policy("p", "foo", {"podSelector": {}})))
+    fails_with(ctl("policy", "apply", "-f", "-", input=doc), 'namespaces "foo" not found')
+    assert everything(store) == {}
+    # 'default' always exists; a namespace holding a pod of the registry exists too
+    _pod_in(store, "shop", "web")
+    r = ctl("policy", "apply", "-f", "-", input=json.dumps(policy("p", "shop", {
+        "podSelector": {}})))
+    assert r.output.strip() == "networkpolicy shop/p created", r.output
+    assert objects.get_namespace(store, "shop") is not None  # labels can go on it now
+    assert ctl("namespaces", "label", "shop", "team=a").exit_code == 0
+
+
+def test_namespaces_create_and_delete_with_its_policies(ctl, store):
+    r = ctl("namespaces", "create", "foo", "--label", "team=a", "-l", "env=prod")
+    assert r.output.strip() == "namespace foo created"
+    ns = objects.get_namespace(store, "foo")
+    assert ns is not None and ns.labels == {"kubernetes.io/metadata.name": "foo",
+                                            "team": "a", "env": "prod"}
+    fails_with(ctl("namespaces", "create", "foo"), 'namespaces "foo" already exists')
+    assert ctl("namespaces", "create", "foo", "--exist-ok").output.strip() == \
+        "namespace foo unchanged"
+    for name in ("p1", "p2"):
+        ctl("policy", "apply", "-f", "-", input=json.dumps(policy(name, "foo", {
+            "podSelector": {}})))
+    ctl("namespaces", "create", "bar")
+    ctl("policy", "apply", "-f", "-", input=json.dumps(policy("keep", "bar", {
+        "podSelector": {}})))
+    r = ctl("namespaces", "delete", "foo")
+    assert r.output.splitlines() == ["networkpolicy foo/p1 deleted",
+                                     "networkpolicy foo/p2 deleted", "namespace foo deleted"]
+    assert objects.get_namespace(store, "foo") is None
+    assert [p.ref for p in objects.list_policies(store)[0]] == ["bar/keep"]
+    fails_with(ctl("policy", "apply", "-f", "-", input=json.dumps(policy("p1", "foo", {
+        "podSelector": {}}))), 'namespaces "foo" not found')
+    # pods stay (their runtime removes them): the namespace still exists through them
+    _pod_in(store, "bar", "web")
+    got = json.loads(ctl("-o", "json", "namespaces", "delete", "bar").output)
+    assert got == {"name": "bar", "result": "deleted", "policies_deleted": ["bar/keep"],
+                   "pods_remain": True}
+    assert objects.namespace_exists(store, "bar")

@@ -1,0 +1,56 @@
+"""The inputs one node's policy table is compiled from, assembled from judged objects.
+
+Pure: the judged policies, namespaces and pod records go in, and :class:`Inputs` comes
+out, with this node's own pods (``local``: its name, IPs inside its subnet) beside every
+pod of the cluster. overlayd's agent (``overlay.daemon.policyagent``) and ``overlayctl
+diagnose``'s ``policy-table`` check both assemble through :func:`assemble`, so the table
+the check expects is the one the daemon loads from the same etcd state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+
+from overlay.cluster.pods import PodRecord
+from overlay.netlink.pod import host_veth_name
+from overlay.policy import nft
+from overlay.policy.model import NetworkPolicy
+from overlay.policy.objects import Namespace
+from overlay.policy.semantics import Pod
+
+
+@dataclass
+class Inputs:
+    """The judged objects one table is compiled from."""
+    policies: list[NetworkPolicy] = field(default_factory=list)
+    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    pods: list[Pod] = field(default_factory=list)
+    local: list[nft.LocalPod] = field(default_factory=list)
+
+
+def pod_of(record: PodRecord) -> Pod:
+    """The registry's record as the policy code's pod (named ports only)."""
+    return Pod(record.namespace, record.name, tuple(record.ips), record.label_values(),
+               tuple(p for p in record.ports if p.name),
+               record.node)
+
+
+def is_local(record: PodRecord, node: str, subnet: IPv4Network | None) -> bool:
+    """A pod of this node: its name, and every IP inside the node's own subnet."""
+    return record.node == node and subnet is not None and all(ip in subnet
+                                                               for ip in record.ips)
+
+
+def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
+             records: Iterable[PodRecord], node: str, subnet: IPv4Network | None) -> Inputs:
+    """The inputs of node ``node`` (own subnet ``subnet``) from judged objects."""
+    out = Inputs(policies=list(policies),
+                 namespaces={n.name: n.labels for n in namespaces})
+    for r in records:
+        pod = pod_of(r)
+        out.pods.append(pod)
+        if is_local(r, node, subnet):
+            out.local.append(nft.LocalPod(pod, host_veth_name(r.container_id, r.ifname)))
+    return out
