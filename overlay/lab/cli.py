@@ -364,8 +364,10 @@ def summary(lab: Lab, matrix: bool) -> int:
     say("")
     pods = endpoints(lab)
     far = [p for p in pods if pods and p.node != pods[0].node]
+    far6 = lab.state.pods[far[0].name].ip6 if far and lab.state else None
     for line in cheat_sheet(lab.spec, lab.state.nodes if lab.state else [], BIN_DIR,
-                            pods[0].name if far else None, far[0].ip if far else None):
+                            pods[0].name if far else None, far[0].ip if far else None,
+                            far6 if far6 != (far[0].ip if far else None) else None):
         say(line)
     return rc
 
@@ -393,7 +395,7 @@ def lab_flags(spec: LabSpec) -> str:
 
 
 def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None = None,
-                far_ip: str | None = None) -> list[str]:
+                far_ip: str | None = None, far_ip6: str | None = None) -> list[str]:
     """What to type next: the tools on PATH, overlayctl and diagnose on a node, the logs."""
     flag = lab_flags(spec)
     node = nodes[0] if nodes else "node1"
@@ -401,6 +403,8 @@ def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None =
              "(overlay-lab, overlayctl, overlayd, overlay-cni; or use the cmd/ links)"]
     if pod and far_ip:
         lines.append(f"Try:       overlay-lab exec{flag} {pod} -- ping -c3 {far_ip}")
+    if pod and far_ip6:
+        lines.append(f"           overlay-lab exec{flag} {pod} -- ping -c3 {far_ip6}")
     lines += [
         f"On a node: overlay-lab exec{flag} {node} -- overlayctl leases list",
         f"Diagnose:  overlay-lab exec{flag} {node} -- overlayctl diagnose",

@@ -151,3 +151,12 @@ def test_cli_status_of_a_dual_stack_lab_shows_both_families(tmp_path):
     assert st["families"] == "dual"
     assert [n["public_ipv6"] for n in st["nodes"]] == ["fd00:192:168:1::11", None]
     assert [p["ipv6"] for p in st["pods"]] == ["fd00:10:244:1::2", None]
+
+
+def test_the_cheat_sheet_of_a_dual_stack_lab_pings_both_families():
+    from overlay.lab.cli import cheat_sheet
+    text = "\n".join(cheat_sheet(LabSpec(), ["node1"], "/b", "pod-node1-1", "10.244.2.2",
+                                 "fd00:10:244:2::2"))
+    assert "pod-node1-1 -- ping -c3 10.244.2.2" in text
+    assert "pod-node1-1 -- ping -c3 fd00:10:244:2::2" in text
+    assert "fd00" not in "\n".join(cheat_sheet(LabSpec(), ["node1"], "/b", "p", "10.244.2.2"))
