@@ -36,7 +36,16 @@ from overlay.netlink.rtnl import (
     describe_errno,
     protocol_name,
 )
-from overlay.vxlan.entries import FDB, Entries, IPNetwork, Neigh, Op, OtherRoute, Route
+from overlay.vxlan.entries import (
+    FDB,
+    DeviceView,
+    Entries,
+    IPNetwork,
+    Neigh,
+    Op,
+    OtherRoute,
+    Route,
+)
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +427,36 @@ class VXLANDevice:
             elif r.oif == self.spec.underlay_index:
                 out.add(Route(r.dst, r.gateway, direct=True))
         return out
+
+
+def read_device(name: str, netns: str | None = None) -> DeviceView | None:
+    """``name``'s settings and entries (read only), or None when it is not a VXLAN device."""
+    nl = open_netlink(netns)
+    try:
+        links = {ln.index: ln for ln in link.dump(nl)}
+        found = next((ln for ln in links.values() if ln.name == name), None)
+        if found is None or found.vxlan is None:
+            return None
+        v = found.vxlan
+        local = v.local6 or v.local
+        under = links.get(v.link or 0)
+        addrs: Sequence[addr.Addr | addr.Addr6] = (
+            addr.dump6(nl, under.index) if under and v.local6 else
+            addr.dump(nl, under.index) if under else [])
+        held = next((a.interface for a in addrs if a.interface.ip == local), None)
+    finally:
+        nl.close()
+    if local is None:
+        return None
+    dev = VXLANDevice(VXLANSpec(name, v.vni, v.port, local, v.link or 0, found.mtu,
+                                found.mac or ZERO_MAC), netns)
+    try:
+        dev.index = found.index
+        entries = dev.dump()
+    finally:
+        dev.close()
+    return DeviceView(name, found.mtu, found.mac, local, under.mtu if under else None, held,
+                      entries)
 
 
 def write_sysctl(path: str, value: str, netns: str | None = None) -> None:

@@ -1059,7 +1059,7 @@ def test_checks_run_with_every_read_and_process_forbidden(monkeypatch):
         monkeypatch.setattr(mod, name, forbidden)
     for n, c in states:
         report = dg.run_checks(n, c, OPTS, "http://127.0.0.1:2379")
-        assert len(report.checks) == 21
+        assert len(report.checks) == 22
 
 
 # ---- one rule: diagnose expects exactly what the backend programs --------------------------

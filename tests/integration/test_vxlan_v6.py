@@ -245,6 +245,14 @@ def test_ping6_between_pods_through_overlay_v6_at_exactly_its_mtu():
             too_big = ping6(pa, "fd00:10:244:2::5", "-M", "do", "-s", "1383")
             assert too_big.returncode != 0 and "mtu=1430" in too_big.stdout + too_big.stderr, \
                 too_big.stdout + too_big.stderr
+            # diagnose's DF probe of the peer's IPv6 VTEP: answered at 1430, refused above
+            from overlay.diagnose.probe import echo_many6
+            vtep = IPv6Address("fd00:10:244:2::")
+            with inside(a):
+                fits6 = echo_many6([vtep], 1430 - 48, 2, 1.0)[vtep]
+                over6 = echo_many6([vtep], 1431 - 48, 1, 0.5)[vtep]
+            assert (fits6.sent, fits6.received, fits6.error) == (2, 2, "")
+            assert over6.received == 0 and "message too long (1431 bytes" in over6.error
         finally:
             for d in devices:
                 d.close()
@@ -347,6 +355,13 @@ def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only
     res = plane.backend.reconcile([lease(2), lease(3), lease(4, v6=False)])
     assert res.added == 9 + 6 and not res.failed
     assert kernel_entries6(netns) == want6(2, 3)
+    # what diagnose reads of the device (read only): the same entries, its MTU, its underlay
+    from overlay.vxlan.device import read_device
+    view = read_device(DEV, netns)
+    assert view is not None and set(view.entries.all()) == want6(2, 3)
+    assert (view.mtu, view.underlay_mtu, view.local) == (1430, 1500, IPv6Address(
+        "fd00:192:168:1::11"))
+    assert view.underlay_address == IPv6Interface("fd00:192:168:1::11/64")
     # somebody else's IPv6 route and neighbour on the device stay; our stale ones go
     ip(netns, "-6", "route", "add", "fd00:77::/64", "dev", DEV, "proto", "static")
     ip(netns, "-6", "neigh", "add", "fd00:10:244:9::", "lladdr", "0e:00:00:00:06:09", "dev", DEV,
