@@ -251,7 +251,15 @@ def _event_kind(view: LeaseView, ev: LeaseEvent) -> str:
 def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[str]:
     if update.snapshot is None:
         lines = []
-        for ev in update.events:  # one at a time: each event's word depends on the last
+        events = update.events
+        for i, ev in enumerate(events):  # one at a time: each event's word depends on the last
+            nxt = events[i + 1] if i + 1 < len(events) else None
+            if (ev.type is EventType.REMOVED and nxt is not None
+                    and nxt.type is EventType.ADDED and nxt.revision == ev.revision
+                    and nxt.lease.subnet == ev.lease.subnet and ev.lease.subnet in view.leases):
+                view.apply([ev])  # a re-key (one transaction): the next PUT is MODIFIED
+                view.leases[ev.lease.subnet] = ev.lease
+                continue
             kind = _event_kind(view, ev)
             view.apply([ev])
             lines.append(_event_line(kind, ev.lease, as_json, ev.revision))

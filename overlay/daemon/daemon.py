@@ -344,6 +344,8 @@ class Daemon:
                                           renew_margin=self.s.renew_margin,
                                           previous_subnet=self._previous_subnet(config))
         self.manager.previous_ipv6_subnet = self._previous_ipv6_subnet()
+        self.manager.on_ipv6_rejected = lambda r: self.metrics.leases_rejected.labels(
+            reason=r.reason).inc()  # an unused IPv6 half, counted as rejected keys are
         self.metrics.track_lease_expiry(self._lease_expiry)
         lease = self._retry("acquiring a subnet lease", self.manager.acquire)
         if lease is None:

@@ -106,8 +106,10 @@ class SubnetManager:
         self._watching: (tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None]
                          | None) = None
         self._renew_deadline: tuple[object, float] = (None, 0.0)
-        # The IPv6 halves logged as unused, so each (key, reason) is logged once.
+        # The IPv6 halves logged as unused, so each (key, reason) is logged once; the
+        # daemon counts them (``on_ipv6_rejected``) beside the rejected keys.
         self._v6_logged: dict[IPv4Network, tuple[str, str]] = {}
+        self.on_ipv6_rejected: Callable[[Rejection], None] | None = None
 
     @property
     def current(self) -> Lease | None:
@@ -582,6 +584,8 @@ class SubnetManager:
                 self._v6_logged[subnet] = seen
                 log.warning("lease %s: its IPv6 half is not used (%s: %s); its IPv4 half is",
                             r.key, r.reason, r.detail)
+                if self.on_ipv6_rejected is not None:
+                    self.on_ipv6_rejected(r)
         for subnet in [s for s in self._v6_logged if s not in view.ipv6_rejected]:
             key, _ = self._v6_logged.pop(subnet)
             if subnet in view.leases:

@@ -48,7 +48,8 @@ def test_enabling_ipv6_under_a_continuous_ping_flaps_no_route():
             n.wait_ready()
         keys = _keys(topo)
         assert len(keys) == 2 and not any("&" in k for k in keys)
-        pod1, pod2 = n1.add_pod(), n2.add_pod()
+        n1.add_pod()
+        pod2 = n2.add_pod()
         n2_subnet = str(n2.subnet().network)
         wait_for(lambda: subprocess.run(["ip", "netns", "exec", n1.pod_ns, "ping", "-c1",
                                          "-W1", pod2], capture_output=True).returncode == 0,

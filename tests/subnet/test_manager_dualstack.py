@@ -94,6 +94,8 @@ def test_the_watch_hands_the_data_plane_ipv4_only_for_a_rejected_ipv6_half(caplo
             ipv6_subnet=net6(5))
     reg.put(net(6), attrs(6), ttl=600, ipv6_subnet=net6(6))
     m = manager(reg)
+    counted: list[str] = []
+    m.on_ipv6_rejected = lambda r: counted.append(r.reason)
     m.acquire()
     got: queue.Queue[list[Lease]] = queue.Queue()
     stop = threading.Event()
@@ -113,6 +115,7 @@ def test_the_watch_hands_the_data_plane_ipv4_only_for_a_rejected_ipv6_half(caplo
         t.join(2)
     said = [r.getMessage() for r in caplog.records if "IPv6 half is not used" in r.getMessage()]
     assert len(said) == 1 and "public-ipv6-unusable" in said[0], said
+    assert counted == ["public-ipv6-unusable"]  # counted once too
     assert snapshot[net(5)].ipv6_subnet is None and snapshot[net(5)].attrs.public_ipv6 is None
     assert snapshot[net(5)].attrs.vtep_mac == attrs(5).vtep_mac  # IPv4 still used
     assert snapshot[net(6)].ipv6_subnet == net6(6)
