@@ -1,10 +1,9 @@
-"""End-to-end tests of a dual-stack lab (issue 14 items 5 and 6), and of an IPv6-only one.
+"""End-to-end tests of a dual-stack lab (issue 14 items 5 and 6).
 
 Real etcd, real overlayd per node, pods attached by the real CNI plugin, real VXLAN over
 the lab's IPv6 underlay (fd00:192:168:1::/64, only inside the lab's namespaces).  The
-IPv6-only lab comes first and is gone before the module's dual-stack lab (2 nodes, 2 pods
-each) starts, so only one lab loads the machine at a time.  Tests of the dual-stack lab
-run in file order and each leaves every node ready.  Run under the integration lock:
+module's dual-stack lab has 2 nodes, 2 pods each.  Its tests run in file order and each
+leaves every node ready.  Run under the integration lock:
 
     flock /tmp/overlay-integration.lock env OVERLAY_VENV=... ./cmd/run-tests \\
         tests/integration/test_lab_dualstack.py
@@ -34,9 +33,6 @@ from .support.labfixture import (
     TEST_PREFIX,
     UnderlayCapture,
     keep_logs,
-    lab_names,
-    lab_pids,
-    leftovers,
     poll,
     running_lab,
 )
@@ -133,36 +129,6 @@ def test_the_hand_built_ipv6_anchor_carries_pods_over_flannel_v6_and_leaves_noth
     assert bad.returncode == 1 and "NODES must be" in bad.stderr
 
 
-# --------------------------------------------------------------------- IPv6 only
-def test_ipv6_only_lab_every_pod_reaches_every_pod_and_pods_have_no_ipv4():
-    prefix = "ovl6" + TEST_PREFIX[4:]
-    with running_lab(nodes=2, pods_per_node=1, prefix=prefix, families="ipv6") as lab6:
-        names, pids = lab_names(lab6), lab_pids(lab6)
-        state = lab6.state
-        assert state is not None
-        pods = sorted(state.pods.values(), key=lambda p: p.key)
-        assert len(pods) == 2
-        net6 = ipaddress.ip_network(POD_NETWORK6)
-        for pod in pods:
-            assert pod.ip6 and ipaddress.ip_address(pod.ip6) in net6, pod
-            assert pod.address(4) is None and _pod_addrs(lab6, pod, 4) == [], pod
-            subnet6 = lab6.node_subnet6(pod.node)
-            assert subnet6 and ipaddress.ip_address(pod.ip6) in ipaddress.ip_network(subnet6)
-        m = reachability(endpoints(lab6, 6), attempts=2)
-        assert len(m) == 2 and not _failed(m), _failed(m)
-        a, b = pods
-        got = probe(lab6.spec.pod_ns(a.key), Target(b.ref, lab6.pod_address(b, 6)),
-                    RESPONDER_PORTS[0], "tcp")
-        assert got.ok, got.why
-        leases = lab6.overlayctl("-o", "json", "leases", "list").stdout
-        for node in state.nodes:
-            subnet6 = lab6.node_subnet6(node)
-            assert subnet6 and (subnet6 in leases or subnet6.replace("/", "-") in leases), leases
-        assert lab6.node_subnet(state.nodes[0]) is None   # no IPv4 subnet at all
-    assert leftovers(lab6, names, pids) == []
-
-
-# --------------------------------------------------------------------- dual-stack
 def test_underlay_carries_ipv6_inside_the_lab_only(lab):
     for node in lab.state.nodes:
         out = ip("-6", "-o", "addr", "show", "dev", "eth0", ns=lab.spec.node_ns(node)).stdout
@@ -327,7 +293,3 @@ def test_cli_probe_matrix_and_status_per_family(lab):
     assert all(p["ipv6"] for p in st["pods"]), st["pods"]
     table = run("status").stdout
     assert "PUBLIC-IPV6" in table and str(lab.spec.node_ip6("node1")) in table
-    # a running lab keeps its families: one line, no traceback, nothing changed
-    cp = run("up", "--ipv6-only")
-    assert cp.returncode == 1 and "cannot switch" in cp.stderr, cp.stderr
-    assert "Traceback" not in cp.stderr
