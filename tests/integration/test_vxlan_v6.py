@@ -447,3 +447,21 @@ def test_ipv6_direct_routing_for_a_peer_on_the_same_link(netns, tmp_path):
         Route(IPv6Network("fd00:10:244:3::/64"), gw3)}
     direct = ipj(netns, "-6", "route", "show", "fd00:10:244:2::/64")[0]
     assert (direct["dev"], direct["gateway"]) == ("eth0", "fd00:192:168:1::12")
+
+
+def test_firewall_drops_of_vxlan_over_ipv6_are_found_on_a_dual_stack_node(netns):
+    """diagnose's firewall check reads ip6 nft tables and ip6tables when IPv6 is on."""
+    from overlay.diagnose.firewall import read_firewall
+    subprocess.run(["ip", "netns", "exec", netns, "ip6tables", "-A", "INPUT", "-p", "udp",
+                    "--dport", "8472", "-j", "DROP"], check=True)
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], check=True, text=True,
+                   input="table ip6 ovdtest {\n chain filter_in {\n"
+                         "  type filter hook input priority 0;\n  udp dport 8472 drop\n }\n}\n")
+    with inside(netns):
+        v4_only = read_firewall(8472)
+        dual = read_firewall(8472, ipv6=True)
+    assert v4_only.drops == []
+    found = {(r.source, r.where) for r in dual.drops}
+    assert ("ip6tables", "filter INPUT") in found and ("nft", "ip6 ovdtest filter_in") in found
+    fixes = {r.fix for r in dual.drops}
+    assert "ip6tables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP" in fixes
