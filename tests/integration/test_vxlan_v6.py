@@ -379,7 +379,8 @@ def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only
 
 def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
     """Two overlayd nodes, a dual-stack config; n1 has an IPv6 underlay, n2 none: n1
-    runs overlay-v6.1 and publishes its IPv6 attributes, n2 says why IPv6 is off and
+    runs overlay-v6.1 (its IPv6 subnet's /128 on it, the ip6 masquerade table for it) and
+    publishes its IPv6 attributes, n2 says why IPv6 is off and
     keeps IPv4; a hand-written Flannel-format dual-stack lease reaches n1's IPv6 device
     (and only the IPv4 device of n2), and its removal removes it."""
     from .support.ovd_topology import Topology, wait_for
@@ -391,6 +392,7 @@ def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
         n1, n2 = topo.nodes
         ip(topo.underlay, "addr", "add", "fd00:192:168:1::1/64", "dev", "br0", "nodad")
         ip(n1.ns, "addr", "add", "fd00:192:168:1::11/64", "dev", "eth0", "nodad")
+        n1.extra_args = ["--ip-masq"]
         for n in topo.nodes:
             n.start()
         for n in topo.nodes:
@@ -399,7 +401,18 @@ def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
         assert DEV not in {ln["ifname"] for ln in ipj(n2.ns, "link", "show")}
         assert "IPv6 is off on this node" in n2.log()
         with open(n1.subnet_file) as f:
-            assert "OVERLAY_MTU=1430\n" in f.read()
+            env = f.read()
+        assert "OVERLAY_MTU=1430\n" in env
+        # n1's own IPv6 subnet: its network address /128 on the device, usable at once, and
+        # the ip6 masquerade table (--ip-masq) for it
+        sub6 = IPv6Interface(env.split("OVERLAY_IPV6_SUBNET=", 1)[1].split()[0]).network
+        addrs = [a for a in ipj(n1.ns, "-6", "addr", "show", "dev", DEV)[0]["addr_info"]
+                 if a.get("scope") == "global"]
+        assert [(a["local"], a["prefixlen"]) for a in addrs] == [
+            (str(sub6.network_address), 128)] and not addrs[0].get("tentative")
+        table = subprocess.run(["ip", "netns", "exec", n1.ns, "nft", "list", "table", "ip6",
+                                "overlay"], capture_output=True, text=True, check=True).stdout
+        assert f"ip6 daddr {sub6} return" in table and table.count("masquerade") == 2
         mac6 = ipj(n1.ns, "link", "show", DEV)[0]["address"]
         values = {json.dumps(v) for v in topo.leases().values()}
         assert any('"PublicIPv6": "fd00:192:168:1::11"' in v and mac6 in v for v in values)
