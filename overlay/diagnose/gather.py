@@ -317,7 +317,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     if opts.public_ip:
         local_ips.add(opts.public_ip)
     cluster = gather_cluster(etcd, local_ips)
-    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
+    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472,
+                                  bool(cluster.config and cluster.config.enable_ipv6))
     if cluster.config is not None and cluster.config.enable_ipv6:
         read_ipv6_device(node, f"overlay-v6.{cluster.config.backend.vni}")
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
