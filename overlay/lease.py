@@ -746,8 +746,16 @@ def ipv6_status(lease: Lease, rules: LeaseRules | None,
 def _subnet_claims(leases: Iterable[Lease]) -> tuple[list[Lease], list[Rejection]]:
     """Two keys with one IPv4 subnet (``X`` and ``X&v6``, or two IPv6 halves): the key
     created first holds it, the other is rejected alone."""
+    out, dups = _subnet_holders(leases)
+    first = {x.subnet: x for x in out}
+    return out, [Rejection(lease_key(d), Reason.SUBNET_CLAIMED, f"{d.subnet} is held by "
+                           f"the older key {lease_key(first[d.subnet])}", d.mod_revision,
+                           d.subnet) for d in dups]
+
+
+def _subnet_holders(leases: Iterable[Lease]) -> tuple[list[Lease], list[Lease]]:
+    """(the key holding each IPv4 subnet, the others)."""
     first: dict[IPv4Network, Lease] = {}
-    out: list[Lease] = []
     dups: list[Lease] = []
     for lease in leases:
         cur = first.get(lease.subnet)
@@ -758,10 +766,7 @@ def _subnet_claims(leases: Iterable[Lease]) -> tuple[list[Lease], list[Rejection
             dups.append(cur)
         else:
             dups.append(lease)
-    out = list(first.values())
-    return out, [Rejection(lease_key(d), Reason.SUBNET_CLAIMED, f"{d.subnet} is held by "
-                           f"the older key {lease_key(first[d.subnet])}", d.mod_revision,
-                           d.subnet) for d in dups]
+    return list(first.values()), dups
 
 
 @dataclass(frozen=True)
@@ -867,7 +872,7 @@ class LeaseView:
     def reset(self, snapshot: Iterable[Lease]) -> LeaseBatch:
         """Replace the view by a full listing; return the difference."""
         snapshot = [lease for lease in snapshot if lease.subnet != self.own]
-        old = {s: self.used(lease) for s, lease in self.leases.items()}
+        old = self._used_map()
         if self.rules is None:
             self.leases = {lease.subnet: lease for lease in snapshot}
         else:
@@ -875,19 +880,22 @@ class LeaseView:
             self.cleared = []
             self.leases, self.losers, self._by_mac, self.rejected, self._raw = {}, {}, {}, {}, {}
             self.ipv6_rejected, self._v6_net, self._v6_mac, self._v6_keys = {}, {}, {}, {}
-            unique, _ = _subnet_claims(snapshot)
-            kept = {id(lease) for lease in unique}
+            unique, dups = _subnet_holders(snapshot)
             self.shadows = {}
-            for lease in snapshot:
-                if id(lease) not in kept:
-                    self.shadows.setdefault(lease.subnet, []).append(lease)
+            for lease in dups:
+                self.shadows.setdefault(lease.subnet, []).append(lease)
             for lease in unique:
                 self._admit(lease, self.rules)
             # Only MACs with several leases need a claim decided.
             self._settle({m for m, s in self._by_mac.items() if isinstance(s, list)}, {})
             self._settle_v6(set(self.leases), {}, self.rules)
             self.touched |= set(self.rejected) | set(self.shadows)
-        return diff_leases(old, {s: self.used(lease) for s, lease in self.leases.items()})
+        return diff_leases(old, self._used_map())
+
+    def _used_map(self) -> dict[IPv4Network, Lease]:
+        if not self.ipv6_rejected:  # nearly always: no copy per lease
+            return dict(self.leases)
+        return {s: self.used(lease) for s, lease in self.leases.items()}
 
     def apply(self, events: Iterable[LeaseEvent]) -> LeaseBatch:
         """Apply watch events in order; return their net effect.
@@ -931,18 +939,19 @@ class LeaseView:
     def _unshadow(self, ev: LeaseEvent) -> LeaseEvent | None:
         """An event on a key whose IPv4 subnet another key holds (or held): settle which
         key holds the subnet; None when the event does not touch the holder."""
-        subnet, key = ev.lease.subnet, lease_key(ev.lease)
-        shadows = self.shadows.get(subnet)
+        # One IPv4 subnet: two keys differ by their IPv6 half alone.
+        subnet, v6 = ev.lease.subnet, ev.lease.ipv6_subnet
+        shadows = self.shadows.get(subnet) if self.shadows else None
         if shadows:
-            kept = [x for x in shadows if lease_key(x) != key]
+            kept = [x for x in shadows if x.ipv6_subnet != v6]
             if len(kept) != len(shadows):
-                self.cleared.append(key)
+                self.cleared.append(lease_key(ev.lease))
             if kept:
                 self.shadows[subnet] = kept
             else:
                 del self.shadows[subnet]
         holder = self._holder(subnet)
-        if holder is not None and lease_key(holder) != key:
+        if holder is not None and holder.ipv6_subnet != v6:
             if ev.type is EventType.REMOVED:
                 return None  # a shadow went away (or a key we never held)
             if _key_older(holder, ev.lease):
@@ -951,7 +960,7 @@ class LeaseView:
             self.shadows.setdefault(subnet, []).append(holder)
             self.cleared.append(lease_key(holder))
             return ev
-        if subnet not in self.shadows:
+        if not self.shadows or subnet not in self.shadows:
             return ev
         # The holder went away (or was re-created, so it is younger now): the oldest
         # key takes the subnet.
@@ -1076,10 +1085,12 @@ class LeaseView:
         nets: set[IPv6Network] = set()
         macs: set[str] = set()
         for subnet in subnets:
-            self._v6_forget(subnet, nets, macs)
+            if self._v6_keys:
+                self._v6_forget(subnet, nets, macs)
             lease = self.leases.get(subnet)
-            if lease is None:
-                self._v6_set(subnet, None, before)
+            if lease is None or (lease.ipv6_subnet is None and not lease.attrs.dual_stack):
+                if self.ipv6_rejected:  # an IPv4-only lease: nothing to decide
+                    self._v6_set(subnet, None, before)
                 continue
             v = check_ipv6(lease, rules)
             if v.reason is not None:

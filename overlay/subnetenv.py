@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from overlay.errors import SubnetEnvError
 from overlay.util.boolean import parse_bool
@@ -45,6 +45,18 @@ class SubnetEnv(NamedTuple):
             text += (f"OVERLAY_IPV6_NETWORK={self.ipv6_network}\n"
                      f"OVERLAY_IPV6_SUBNET={self.ipv6_subnet}\n")
         return text
+
+
+def env_for_lease(config: Any, lease: Any, mtu: int, ipmasq: bool) -> SubnetEnv:
+    """What the daemon writes for the lease it holds (a ``NetworkConfig`` and a
+    ``Lease``, duck-typed: this codec sits below both): the IPv6 pair only when the
+    lease has an IPv6 half and IPv6 is enabled."""
+    v4 = IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}")
+    net6, sub6 = None, None
+    if getattr(config, "enable_ipv6", False) and lease.ipv6_subnet is not None:
+        net6 = config.ipv6_network
+        sub6 = IPv6Interface(f"{lease.ipv6_gateway}/{lease.ipv6_subnet.prefixlen}")
+    return SubnetEnv(config.network, v4, mtu, ipmasq, net6, sub6)
 
 
 def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:

@@ -21,7 +21,9 @@ from overlay.lease import (
     LeaseRules,
     LeaseView,
     Rejection,
-    judge,
+    ipv6_status,
+    judge_all,
+    lease_key,
     normalize_mac,
     parse_subnet_arg,
     printable_key,
@@ -31,6 +33,8 @@ from overlay.subnet.registry import EtcdRegistry, WatchUpdate
 from overlay.util.text import rfc3339
 
 HEADERS = ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "EXPIRES", "STATUS"]
+# -o wide: the IPv6 half of a dual-stack lease, and whether it is used (and why not).
+WIDE = ["IPV6-SUBNET", "PUBLIC-IPV6", "V6-VTEP-MAC", "IPV6"]
 
 
 @cli.group("leases")
@@ -40,7 +44,7 @@ def leases_group() -> None:
 
 
 def lease_to_dict(lease: Lease) -> dict[str, Any]:
-    return {
+    out = {
         "subnet": str(lease.subnet),
         "public_ip": str(lease.attrs.public_ip),
         "vtep_mac": lease.attrs.vtep_mac,
@@ -48,6 +52,17 @@ def lease_to_dict(lease: Lease) -> dict[str, Any]:
         "expires": rfc3339(lease.expiration) if lease.expiration else None,
         "reserved": lease.reserved,
     }
+    a = lease.attrs
+    if lease.ipv6_subnet is not None or a.dual_stack:  # IPv4-only leases: as before
+        out.update(ipv6_subnet=str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
+                   public_ipv6=str(a.public_ipv6) if a.public_ipv6 else None,
+                   v6_vtep_mac=a.v6_vtep_mac, v6_vni=a.v6_vni)
+    return out
+
+
+def _wide_cells(lease: Lease, ipv6: str) -> list[Any]:
+    a = lease.attrs
+    return [lease.ipv6_subnet or "-", a.public_ipv6 or "-", a.v6_vtep_mac or "-", ipv6]
 
 
 def _expires_text(lease: Lease) -> str:
@@ -83,17 +98,26 @@ def _rules(reg: EtcdRegistry) -> LeaseRules | None:
 
 
 def lease_status(rules: LeaseRules | None, leases: list[Lease],
-                 rejected: list[Rejection]) -> dict[Any, str]:
-    """STATUS per lease subnet and per rejected key: ``ok``, a warning, or
-    ``rejected: <reason>`` (the rule of ``overlay.lease.judge``; no own node here)."""
-    out: dict[Any, str] = {r.key: f"rejected: {r.reason}" for r in rejected}
+                 rejected: list[Rejection]) -> tuple[dict[str, str], dict[str, str]]:
+    """(STATUS, IPV6) per lease key name and STATUS per rejected key: ``ok``, a warning,
+    or ``rejected: <reason>`` (the rule of ``overlay.lease.judge_all``; no own node
+    here).  IPV6 says whether the IPv6 half is used: ``ok``, ``none (...)``,
+    ``rejected: <reason>`` (the IPv4 half stays in use), ``-`` without IPv6."""
+    out: dict[str, str] = {r.key: f"rejected: {r.reason}" for r in rejected}
     if rules is None:
-        out.update({lease.subnet: "unchecked (no valid network config)" for lease in leases})
-        return out
-    _, bad, warnings = judge(leases, rules)
-    out.update({lease.subnet: warnings.get(lease.subnet, "ok") for lease in leases})
-    out.update({r.subnet: f"rejected: {r.reason}" for r in bad})
-    return out
+        out.update({lease_key(x): "unchecked (no valid network config)" for x in leases})
+        return out, {lease_key(x): "-" for x in leases}
+    j = judge_all(leases, rules)
+    out.update({lease_key(x): j.warnings.get(x.subnet, "ok") for x in leases})
+    out.update({r.key: f"rejected: {r.reason}" for r in j.rejected})
+    v6 = {lease_key(x): ipv6_status(x, rules, j.ipv6_rejected) for x in leases}
+    for x in leases:
+        k = lease_key(x)
+        if out[k].startswith("rejected: "):
+            v6[k] = "-"
+        elif v6[k].startswith("rejected: "):
+            out[k] += f" (ipv6 {v6[k]})"
+    return out, v6
 
 
 def _rejected_row(r: Rejection, status: str) -> list[Any]:
@@ -113,21 +137,28 @@ def leases_list(obj: CLIContext) -> None:
     with EtcdRegistry(obj.etcd_options()) as reg:
         listing = reg.list_subnets(with_expiration=True)
         rules = _rules(reg)
-    leases = sorted(listing.leases, key=lambda lease: lease.subnet)
+    leases = sorted(listing.leases, key=lambda lease: (lease.subnet, lease_key(lease)))
     rejected = sorted(listing.rejected, key=lambda r: r.key)
-    status = lease_status(rules, leases, rejected)
+    status, v6 = lease_status(rules, leases, rejected)
     if obj.json:
         out = []
         for lease in leases:
             d = lease_to_dict(lease)
-            st = status[lease.subnet]
+            st = status[lease_key(lease)]
             if st.startswith("rejected: "):  # accepted ones keep exactly their keys
                 d["rejected"] = st[len("rejected: "):]
+            if "ipv6_subnet" in d or v6[lease_key(lease)] != "-":
+                d["ipv6_status"] = v6[lease_key(lease)]
             out.append(d)
         print_json(out + [_rejected_dict(r) for r in rejected])
     else:
-        print_table(HEADERS, [lease_row(lease) + [status[lease.subnet]] for lease in leases]
-                    + [_rejected_row(r, status[r.key]) for r in rejected])
+        wide = obj.wide
+        blank = ["-"] * len(WIDE) if wide else []
+        print_table(HEADERS + (WIDE if wide else []),
+                    [lease_row(lease) + [status[lease_key(lease)]]
+                     + (_wide_cells(lease, v6[lease_key(lease)]) if wide else [])
+                     for lease in leases]
+                    + [_rejected_row(r, status[r.key]) + blank for r in rejected])
 
 
 @leases_group.command("show")
@@ -139,14 +170,15 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
     net = _subnet_arg(subnet)
     with EtcdRegistry(obj.etcd_options()) as reg:
         lease = reg.get_subnet(net)
-        key = reg.key_for(net)
+        key = reg.key_for(net, lease.ipv6_subnet) if isinstance(lease, Lease) else ""
         rules = _rules(reg) if isinstance(lease, Lease) else None
     if lease is None:
         raise LeaseNotFound(f"no lease or reservation for {net} (see `overlayctl leases list`)")
     if isinstance(lease, Rejection):
         _show_rejected(obj, lease)
         return
-    status = lease_status(rules, [lease], [])[lease.subnet]
+    statuses, v6 = lease_status(rules, [lease], [])
+    status, v6_status = statuses[lease_key(lease)], v6[lease_key(lease)]
     if obj.json:
         d = lease_to_dict(lease)
         # hex, as the table and etcdctl show it (0, a reservation, as null)
@@ -154,6 +186,8 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
                  mod_revision=lease.mod_revision, backend_type=lease.attrs.backend_type)
         if status.startswith("rejected: "):
             d["rejected"] = status[len("rejected: "):]
+        if "ipv6_subnet" in d or v6_status != "-":
+            d["ipv6_status"] = v6_status
         print_json(d)
         return
     rows = [("Subnet", lease.subnet), ("Key", key), ("Public IP", lease.attrs.public_ip),
@@ -162,6 +196,10 @@ def leases_show(obj: CLIContext, subnet: str) -> None:
             ("Expires", _expires_text(lease)), ("TTL", lease.ttl),
             ("etcd lease", _lease_id(lease)),
             ("Revision", lease.mod_revision), ("Status", status)]
+    if lease.ipv6_subnet is not None or v6_status != "-":
+        a = lease.attrs
+        rows += [("IPv6 subnet", lease.ipv6_subnet), ("Public IPv6", a.public_ipv6),
+                 ("V6 VNI", a.v6_vni), ("V6 VTEP MAC", a.v6_vtep_mac), ("IPv6", v6_status)]
     _print_rows(rows)
 
 
@@ -213,7 +251,15 @@ def _event_kind(view: LeaseView, ev: LeaseEvent) -> str:
 def _update_lines(view: LeaseView, update: WatchUpdate, as_json: bool) -> list[str]:
     if update.snapshot is None:
         lines = []
-        for ev in update.events:  # one at a time: each event's word depends on the last
+        events = update.events
+        for i, ev in enumerate(events):  # one at a time: each event's word depends on the last
+            nxt = events[i + 1] if i + 1 < len(events) else None
+            if (ev.type is EventType.REMOVED and nxt is not None
+                    and nxt.type is EventType.ADDED and nxt.revision == ev.revision
+                    and nxt.lease.subnet == ev.lease.subnet and ev.lease.subnet in view.leases):
+                view.apply([ev])  # a re-key (one transaction): the next PUT is MODIFIED
+                view.leases[ev.lease.subnet] = ev.lease
+                continue
             kind = _event_kind(view, ev)
             view.apply([ev])
             lines.append(_event_line(kind, ev.lease, as_json, ev.revision))

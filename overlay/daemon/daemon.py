@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from ipaddress import IPv4Interface, IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
@@ -50,8 +50,9 @@ from overlay.lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_ke
 from overlay.masq.nft import Masquerade
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnet.manager import SubnetManager
-from overlay.subnetenv import SubnetEnv, load_subnet_env, write_subnet_env
+from overlay.subnetenv import env_for_lease, load_subnet_env, write_subnet_env
 from overlay.util.backoff import Backoff
+from overlay.util.memory import keep_heap_small
 from overlay.vxlan.backend import Reconciler, VXLANBackend
 from overlay.vxlan.device import LinkMonitor, UnderlayError, VXLANDevice
 from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setup_data_plane_for
@@ -350,6 +351,9 @@ class Daemon:
         self.manager = self._make_manager(registry, config, plane.attrs, ttl=self.s.lease_ttl,
                                           renew_margin=self.s.renew_margin,
                                           previous_subnet=self._previous_subnet(config))
+        self.manager.previous_ipv6_subnet = self._previous_ipv6_subnet()
+        self.manager.on_ipv6_rejected = lambda r: self.metrics.leases_rejected.labels(
+            reason=r.reason).inc()  # an unused IPv6 half, counted as rejected keys are
         self.metrics.track_lease_expiry(self._lease_expiry)
         lease = self._retry("acquiring a subnet lease", self.manager.acquire)
         if lease is None:
@@ -389,7 +393,8 @@ class Daemon:
         from overlay.daemon.policyagent import policy_threads
         assert self.manager is not None, f"manager {_UNSET}"
         threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
-                               self.manager.own_subnet, self.stop, self.metrics.registry)
+                               self.manager.own_subnet, self.stop, self.metrics.registry,
+                               self.manager.own_ipv6_subnet)
         threads += policy_threads(self.policy_agent)
         return threads
 
@@ -422,6 +427,14 @@ class Daemon:
         log.info("previous subnet (from %s): %s", self.s.subnet_file, subnet)
         return subnet
 
+    def _previous_ipv6_subnet(self) -> IPv6Network | None:
+        """The IPv6 half of the old subnet.env (the manager checks it is still free)."""
+        try:
+            env = load_subnet_env(self.s.subnet_file)
+        except SubnetEnvError:
+            return None  # missing or bad: _previous_subnet said so
+        return None if env.ipv6_subnet is None else env.ipv6_subnet.network
+
     def _lease_expiry(self) -> Any:
         lease = self.manager.current if self.manager else None
         return None if lease is None else lease.expiration
@@ -437,12 +450,11 @@ class Daemon:
         self.device.ensure_address(lease.vtep_address)
         assert self.plane is not None, f"data plane {_UNSET}"
         self.plane.ensure_v6_address(lease)
-        env = SubnetEnv(self.config.network,
-                        IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
-                        self.mtu, self.s.ip_masq)
+        env = env_for_lease(self.config, lease, self.mtu, self.s.ip_masq)
         write_subnet_env(self.s.subnet_file, env)
         self._env_written = True
-        log.info("wrote %s: subnet %s, MTU %d", self.s.subnet_file, env.subnet, self.mtu)
+        log.info("wrote %s: subnet %s%s, MTU %d", self.s.subnet_file, env.subnet,
+                 f", IPv6 subnet {env.ipv6_subnet}" if env.ipv6_subnet else "", self.mtu)
         assert self.masq is not None, f"masquerade {_UNSET}"
         if self.plane.v6 is not None:
             self.masq.set_ipv6(self.config.ipv6_network, lease.ipv6_subnet)
@@ -718,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"overlayd: error: {e}", file=sys.stderr)
         return 2
     _setup_logging(settings.verbose)
+    keep_heap_small()  # before the first listing: see overlay.util.memory
     daemon = Daemon(settings)
 
     def on_signal(signum: int, _frame: Any) -> None:

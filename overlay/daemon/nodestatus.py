@@ -287,4 +287,5 @@ def node_agent_threads(d: Daemon) -> list[tuple[str, Callable[[], None]]]:
     device = plane.device
     return [("heartbeat", agent.run_heartbeat),
             ("mesh", lambda: agent.run_mesh(lambda: list(backend.leases.values()),
-                                            backend.entries_for, device.dump, d.mtu))]
+                                            backend.entries_for,
+                                            lambda: device.dump(routes=False), d.mtu))]

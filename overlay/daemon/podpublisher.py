@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -59,7 +59,7 @@ from overlay.cluster.pods import (
 )
 from overlay.cluster.store import KV, ObjectStore
 from overlay.cni import podmeta
-from overlay.cni.ipam import DiskStore
+from overlay.cni.ipam import DiskStore, IPAddress
 from overlay.errors import OverlayError
 from overlay.lease import key_to_subnet
 
@@ -163,7 +163,7 @@ class LocalPod:
     """One container's attachments (a second interface adds IPs), and who it is."""
     container_id: str
     ifname: str  # the first attachment's (by name)
-    ips: tuple[IPv4Address, ...]
+    ips: tuple[IPAddress, ...]  # IPv4 first, then IPv6 (a dual-stack node's)
     identity: PodIdentity
 
 
@@ -181,22 +181,26 @@ def _network_dirs(data_dir: str) -> list[str]:
 
 
 def scan_local(data_dir: str, subnet: IPv4Network,
-               warn: Callable[[str, str], None]) -> dict[str, LocalPod]:
-    """Every container with an IPAM record inside ``subnet``, by container ID."""
-    by_container: dict[str, list[tuple[str, IPv4Address, str]]] = {}
+               warn: Callable[[str, str], None],
+               ipv6: IPv6Network | None = None) -> dict[str, LocalPod]:
+    """Every container with an IPAM record inside ``subnet`` (or ``ipv6``, the node's
+    IPv6 subnet on a dual-stack node), by container ID."""
+    by_container: dict[str, list[tuple[str, IPAddress, str]]] = {}
     for network in _network_dirs(data_dir):
         try:
             reservations = DiskStore(data_dir, network).reservations()
         except OverlayError as e:
             raise ScanError(str(e)) from e
         for ip, (container_id, ifname) in reservations.items():
-            if (isinstance(ip, IPv4Address) and ip in subnet  # IPv6: no IPv6 subnet known here
+            if (_inside(ip, subnet, ipv6)
                     and container_id_problem(container_id) is None and ifname):
                 by_container.setdefault(container_id, []).append((ifname, ip, network))
     out = {}
     for container_id, attachments in by_container.items():
-        attachments.sort()
-        ifname, ip, network = attachments[0]
+        # IPv4 before IPv6 (the registry's order), then by interface; the metadata file
+        # is the first interface's, whichever family
+        attachments.sort(key=lambda a: (a[1].version, a[0], int(a[1])))
+        ifname, ip, network = min(attachments, key=lambda a: (a[0], a[1].version, int(a[1])))
         path = os.path.join(podmeta.meta_dir(data_dir, network),
                             podmeta.meta_file_name(container_id, ifname))
         raw = _read_json_file(path)
@@ -213,6 +217,12 @@ def scan_local(data_dir: str, subnet: IPv4Network,
         out[container_id] = LocalPod(container_id, ifname,
                                      tuple(ip for _, ip, _ in attachments), identity)
     return out
+
+
+def _inside(ip: IPAddress, subnet: IPv4Network, ipv6: IPv6Network | None) -> bool:
+    if isinstance(ip, IPv4Address):
+        return ip in subnet
+    return ipv6 is not None and ip in ipv6
 
 
 def _younger_than(path: str, seconds: float) -> bool:
@@ -275,11 +285,13 @@ class PodPublisher:
 
     def __init__(self, store: ObjectStore, node: str, data_dir: str,
                  own_subnet: Callable[[], IPv4Network | None],
-                 on_reject: Callable[[], None] = lambda: None):
+                 on_reject: Callable[[], None] = lambda: None,
+                 own_ipv6: Callable[[], IPv6Network | None] = lambda: None):
         self.store = store
         self.node = node
         self.data_dir = data_dir
         self.own_subnet = own_subnet
+        self.own_ipv6 = own_ipv6  # the lease's IPv6 half, on a dual-stack node
         self.on_reject = on_reject  # overlayd's metric
         self.rejected = 0  # metadata problems and name conflicts, each counted once
         self._warned: set[tuple[str, str]] = set()
@@ -299,7 +311,8 @@ class PodPublisher:
         subnet = self.own_subnet()
         if subnet is None:
             return None
-        local = scan_local(self.data_dir, subnet, self.warn_once)
+        v6 = self.own_ipv6()
+        local = scan_local(self.data_dir, subnet, self.warn_once, v6)
         kvs, _ = list_pod_kvs(self.store)
         held = {(r.namespace, r.name): (kv, r) for kv, r in decodable_records(kvs)}
         undecodable = {kv.key: kv for kv in kvs} if len(held) < len(kvs) else {}
@@ -312,26 +325,34 @@ class PodPublisher:
                                f"{pod.container_id} is not published")
                 continue
             wanted.add((*ident, pod.container_id))
-            self._publish(pod, held.get(ident), undecodable, out, subnet)
+            self._publish(pod, held.get(ident), undecodable, out, subnet, v6)
         for (ns, name), (kv, record) in held.items():
-            if (self._mine(record, subnet) and (ns, name, record.container_id) not in wanted
+            if (self._mine(record, subnet, v6) and (ns, name, record.container_id) not in wanted
                     and self.store.delete(kv.key, mod_revision=kv.mod_revision)):
                 out.deleted += 1
                 log.info("pod %s/%s (%s, container %s) is gone from this node: removed "
                          "from the registry", ns, name, record.ip, record.container_id)
         return out
 
-    def _mine(self, record: PodRecord, subnet: IPv4Network) -> bool:
-        """This node's record: its name and its subnet. The subnet too, so two daemons
+    def _mine(self, record: PodRecord, subnet: IPv4Network,
+              ipv6: IPv6Network | None = None) -> bool:
+        """This node's record: its name and its subnet(s). The subnet too, so two daemons
         under one name (a lab whose nodes share a hostname) never take each other's
-        pods for gone."""
-        return record.node == self.node and all(ip in subnet for ip in record.ips)
+        pods for gone. An IPv6 address counts as this node's only inside ``ipv6``; the
+        record's IPv4 address decides when the node has no IPv6 half (any more)."""
+        if record.node != self.node:
+            return False
+        v4 = [ip for ip in record.ips if isinstance(ip, IPv4Address)]
+        return bool(v4) and all(ip in subnet for ip in v4) and (
+            ipv6 is None or all(ip in ipv6 for ip in record.ips
+                                if not isinstance(ip, IPv4Address)))
 
     def _publish(self, pod: LocalPod, held: tuple[KV, PodRecord] | None,
-                 undecodable: Mapping[str, KV], out: Outcome, subnet: IPv4Network) -> None:
+                 undecodable: Mapping[str, KV], out: Outcome, subnet: IPv4Network,
+                 ipv6: IPv6Network | None = None) -> None:
         ns, name = pod.identity.namespace, pod.identity.name
         key = f"{pods_prefix(self.store.prefix)}{ns}/{name}"
-        if held is not None and not self._mine(held[1], subnet):
+        if held is not None and not self._mine(held[1], subnet, ipv6):
             out.conflicts += 1
             self.warn_once(f"{ns}/{name}", f"the registry holds it for node {held[1].node} "
                            f"(container {held[1].container_id}); not replacing another node's")
@@ -400,6 +421,7 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
     base = store.registry.subnets_prefix
     kvs, revision = store.list(base)
     known = {kv.key for kv in kvs}
+    del kvs  # only the keys are needed while the watch runs (5000 leases: ~2 MB of values)
     sweep_leaseless_pods(store)
     for batch in store.watch(base, revision + 1, stop):
         now = ({kv.key for kv in batch.snapshot} if batch.snapshot is not None else
@@ -416,7 +438,8 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
 
 def pod_threads(store: ObjectStore, node: str, data_dir: str,
                 own_subnet: Callable[[], IPv4Network | None], stop: threading.Event,
-                metrics: CollectorRegistry | None = None
+                metrics: CollectorRegistry | None = None,
+                own_ipv6: Callable[[], IPv6Network | None] = lambda: None,
                 ) -> list[tuple[str, Callable[[], None]]]:
     """The daemon's pod-registry threads (``Daemon._cluster_threads``); their rejections
     counted in ``metrics`` (overlayd's /metrics)."""
@@ -425,7 +448,7 @@ def pod_threads(store: ObjectStore, node: str, data_dir: str,
         on_reject = Counter(
             "overlay_pod_metadata_rejected", "Problems in this node's pod metadata files "
             "and pod name conflicts, each counted once (see the log)", registry=metrics).inc
-    publisher = PodPublisher(store, node, data_dir, own_subnet, on_reject)
+    publisher = PodPublisher(store, node, data_dir, own_subnet, on_reject, own_ipv6)
     return [("pod-publisher", lambda: publisher.run(stop)),
             ("pod-lease-gc", lambda: watch_gone_leases(store, stop))]
 

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_interface
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -423,7 +423,7 @@ class PolicyAgent:
                            "overlayd is still listing policies; retry")
         meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
         identity, _ = parse_meta(meta, req.container_id, req.ifname)
-        ips = tuple(ip for ip in (IPv4Interface(i["address"]).ip
+        ips = tuple(ip for ip in (ip_interface(i["address"]).ip
                                   for i in result.get("ips", [])) if isinstance(ip, IPv4Address))
         pod = Pod(identity.namespace, identity.name, ips, dict(identity.labels),
                   tuple(p for p in identity.ports if p.name), self.node)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
 from overlay.cni.install import (
@@ -24,7 +24,7 @@ from overlay.cni.install import (
     PLUGIN_NAME as PLUGIN_TYPE,
 )
 from overlay.cni.netconf import DEFAULT_BRIDGE
-from overlay.config import VXLAN_OVERHEAD, NetworkConfig
+from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
 from overlay.diagnose.state import (
     FAIL,
     PASS,
@@ -43,7 +43,16 @@ from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, prin
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.rtnl import protocol_name
 from overlay.util.text import rfc3339
-from overlay.vxlan.entries import FDB, BackendSettings, Neigh, Route, entries_for
+from overlay.vxlan.entries import (
+    FDB,
+    BackendSettings,
+    Entries,
+    Neigh,
+    Route,
+    describe,
+    entries_for,
+    v6_half,
+)
 
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 
@@ -819,6 +828,71 @@ def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
     return CheckResult(name, FAIL, expected, "; ".join(parts), fix)
 
 
+def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    """The IPv6 device (MTU = IPv6 underlay - 70) and exactly the entries overlayd's rule
+    gives the IPv6 halves of the accepted remote leases (``vxlan.dualstack.v6_half``)."""
+    name = "ipv6-data-plane"
+    cfg = cluster.config
+    if not cluster.available or cfg is None:
+        return CheckResult(name, SKIP, "the IPv6 VXLAN device", ETCD_SKIP)
+    dev = f"overlay-v6.{cfg.backend.vni}"
+    halves = [h for h in map(v6_half, f.remotes) if h is not None]
+    expected = (f"{dev} at the IPv6 underlay MTU - {VXLAN_OVERHEAD_V6}, with the entries of "
+                f"{len(halves)} peer(s)' IPv6 halves")
+    if not cfg.enable_ipv6:  # nothing is wrong: there is no IPv6 data plane to have
+        return CheckResult(name, PASS, "no IPv6 device (the network config does not enable "
+                           "IPv6)", "IPv6 not enabled")
+    if node.ipv6_device_error:
+        return CheckResult(name, SKIP, expected, f"unreadable: {node.ipv6_device_error}")
+    d = node.ipv6_device
+    if f.own is not None and f.own.attrs.public_ipv6 is None:
+        return CheckResult(name, WARN, expected, "this node's lease has no IPv6 half (no "
+                           "PublicIPv6): IPv6 is off here, overlayd's log says why",
+                           "give the underlay a global IPv6 address (or --public-ipv6) and "
+                           "restart overlayd")
+    if d is None or d.local is None or d.local.version != 6:
+        return CheckResult(name, FAIL, expected, f"no IPv6 VXLAN device {dev}",
+                           "restart overlayd on this node (it recreates the device)")
+    want_mtu = (cfg.backend.mtu or d.underlay_mtu or 0) - VXLAN_OVERHEAD_V6
+    if d.mtu != want_mtu:
+        return CheckResult(name, FAIL, expected, f"{dev} MTU {d.mtu}, want {want_mtu}",
+                           f"ip link set {dev} mtu {want_mtu}; or restart overlayd")
+    settings = BackendSettings(cfg.backend.vni, d.local, d.underlay_address
+                               or IPv6Interface(d.local), cfg.backend.direct_routing)
+    want = Entries()
+    for h in halves:
+        for e in entries_for(h, settings):
+            want.add(e)
+    missing = [e for e in want.all() if e not in d.entries]
+    stale = [e for e in d.entries.all() if e not in want]
+    res = _entry_result(name, expected, len(halves), [
+        ("missing", [describe(e) for e in missing], ["restart overlayd"] if missing else []),
+        ("stale (no lease)", [describe(e) for e in stale],
+         ["restart overlayd"] if stale else []),
+    ])
+    return res if res.status != PASS else _ipv6_probes(node, res)
+
+
+def _ipv6_probes(node: NodeState, entries_ok: CheckResult) -> CheckResult:
+    """The entries are right: what the DF probes of the peers' IPv6 VTEPs say."""
+    probes = node.probes6
+    if not probes:
+        return entries_ok
+    down = [p for p in probes if p.received == 0]
+    if not down:
+        return replace(entries_ok, found=f"{entries_ok.found}; {len(probes)} peer(s) answered "
+                       f"{probes[0].size}-byte DF pings over IPv6")
+    mtu = [p for p in down if p.small_received]
+    found = "; ".join(
+        [f"{p.target} ({p.subnet}) answers only small pings: the IPv6 path MTU is below "
+         f"{p.size + 48}" for p in mtu]
+        + [f"{p.target} ({p.subnet}) does not answer{f': {p.error}' if p.error else ''}"
+           for p in down if not p.small_received])
+    fix = ("lower Backend.MTU (or the underlay's MTU mismatches between nodes)" if mtu else
+           "check the peer's overlayd and that UDP 8472 over IPv6 is not dropped (ip6tables/nft)")
+    return replace(entries_ok, status=FAIL, found=found, fix=fix)
+
+
 def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:
     plugin = (f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None) or {}
     return opts.subnet_file is None and not plugin.get("subnetFile")
@@ -850,6 +924,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_cidr_overlap(node, f, opts),
         check_config_current(node, cluster, f),
         check_peer_vteps(node, cluster, f),
+        check_ipv6_data_plane(node, cluster, f),
     ]
     return Report(checks, f)
 

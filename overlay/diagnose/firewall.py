@@ -105,9 +105,10 @@ def _is_proto_match(left: Any) -> bool:
     return pl.get("protocol") in ("ip", "ip6") and pl.get("field") in ("protocol", "nexthdr")
 
 
-def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str]] = ()
-                      ) -> FirewallState:
-    """Rules in ``nft -j list ruleset`` that drop UDP ``port``, and drop-policy hooks."""
+def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str]] = (),
+                      families: tuple[str, ...] = ("ip", "inet")) -> FirewallState:
+    """Rules in ``nft -j list ruleset`` that drop UDP ``port``, and drop-policy hooks, in
+    the tables of ``families`` (``ip6`` too on a dual-stack node: VXLAN over IPv6)."""
     out = FirewallState()
     try:
         items = json.loads(text).get("nftables", [])
@@ -127,7 +128,7 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
             continue
         key = (r["family"], r["table"], r["chain"])
         hook = chains.get(key, {}).get("hook")
-        if r["family"] not in ("ip", "inet") or (hook is not None and hook not in NFT_HOOKS):
+        if r["family"] not in families or (hook is not None and hook not in NFT_HOOKS):
             continue  # regular chains (hook None) count: a base chain may jump to them
         expr = r.get("expr", [])
         where = f"{r['family']} {r['table']} {r['chain']}"
@@ -139,7 +140,7 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
             accepted.add(key)
     for key, c in chains.items():
         fam, table, name = key
-        if (fam, table) in skip or fam not in ("ip", "inet"):
+        if (fam, table) in skip or fam not in families:
             continue
         if (c.get("hook") in ("input", "output") and c.get("policy") == "drop"
                 and key not in accepted):
@@ -268,10 +269,14 @@ def merge_firewall(*states: FirewallState) -> FirewallState:
     return out
 
 
-def read_firewall(port: int) -> FirewallState:
-    """nft's ruleset (native tables) plus iptables-save for tables iptables manages."""
-    states, ipt_tables = [], set()
-    for source in ("iptables", "iptables-legacy"):
+def read_firewall(port: int, ipv6: bool = False) -> FirewallState:
+    """nft's ruleset (native tables) plus iptables-save for tables iptables manages;
+    ``ipv6`` (a dual-stack node, whose VXLAN also runs over IPv6): ip6 tables and
+    ip6tables-save too."""
+    states, skip = [], set()
+    sources = ("iptables", "iptables-legacy") + (("ip6tables", "ip6tables-legacy") if ipv6
+                                                 else ())
+    for source in sources:
         exe = shutil.which(f"{source}-save")
         if exe is None:
             continue
@@ -279,14 +284,16 @@ def read_firewall(port: int) -> FirewallState:
         if rc != 0:
             states.append(FirewallState(errors=[f"{source}-save: {err or rc}"]))
             continue
-        if source == "iptables":
-            ipt_tables = {line[1:].strip() for line in out.splitlines() if line.startswith("*")}
+        if source in ("iptables", "ip6tables"):  # the nft backend's tables: judged here
+            family = "ip6" if source == "ip6tables" else "ip"
+            skip |= {(family, line[1:].strip()) for line in out.splitlines()
+                     if line.startswith("*")}
         states.append(parse_iptables_save(out, port, source))
     if shutil.which("nft"):
         rc, out, err = run_quiet(["nft", "-j", "list", "ruleset"])
         if rc == 0:
-            skip = {("ip", t) for t in ipt_tables}
-            states.append(parse_nft_ruleset(out, port, skip))
+            families = ("ip", "inet", "ip6") if ipv6 else ("ip", "inet")
+            states.append(parse_nft_ruleset(out, port, skip, families))
         else:
             states.append(FirewallState(errors=[f"nft: {err or rc}"]))
     return merge_firewall(*states)

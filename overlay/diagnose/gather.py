@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
@@ -27,7 +27,7 @@ from overlay.diagnose.checks import derive_facts, run_checks
 from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
 from overlay.diagnose.policy_table import check_policy_table
-from overlay.diagnose.probe import Echo, echo_many
+from overlay.diagnose.probe import Echo, echo_many, echo_many6
 from overlay.diagnose.state import (
     PLUGIN_TYPE,
     ClusterState,
@@ -35,6 +35,7 @@ from overlay.diagnose.state import (
     DiagnoseOptions,
     NodeState,
     PodProbe,
+    Probe6Result,
     ProbeResult,
     Report,
     Reservation,
@@ -45,6 +46,7 @@ from overlay.lease import Lease
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, parse_subnet_env
 from overlay.util.proc import run_quiet
+from overlay.vxlan.entries import DeviceView, v6_half
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +193,27 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
             for peer, t in zip(remotes, targets, strict=True)]
 
 
+Echoer6 = Callable[[Sequence[IPv6Address], int, int, float], "dict[IPv6Address, Echo]"]
+
+
+def probe_peers6(remotes: Sequence[Lease], device: DeviceView, count: int, timeout: float,
+                 echo: Echoer6 = echo_many6) -> list[Probe6Result]:
+    """``probe_peers`` over IPv6: every peer whose IPv6 VTEP neighbour is on the device,
+    with DF at the IPv6 device's MTU (IPv6 40 + ICMPv6 8 bytes of headers)."""
+    halves = [h for h in map(v6_half, remotes) if h is not None
+              and h.subnet.network_address in device.entries.neighs]
+    if not halves:
+        return []
+    size = device.mtu - 48
+    targets = [IPv6Address(h.subnet.network_address) for h in halves]
+    full = echo(targets, size, count, timeout)
+    silent = [t for t in targets if full[t].received == 0]
+    small = echo(silent, 56, 1, timeout) if silent else {}
+    return [Probe6Result(IPv6Network(h.subnet), t, size, full[t].sent, full[t].received,
+                         small[t].received if t in small else None, full[t].error)
+            for h, t in zip(halves, targets, strict=True)]
+
+
 POD_PROBE_SIZE = 56  # ping's default payload: reachability, not the MTU (the mtu check)
 
 
@@ -279,6 +302,14 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     return node
 
 
+def read_ipv6_device(node: NodeState, name: str) -> None:
+    from overlay.vxlan.device import read_device
+    try:
+        node.ipv6_device = read_device(name)
+    except OverlayError as e:
+        node.ipv6_device_error = str(e)
+
+
 def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     """Gather everything, probe the peers, run every check."""
     node = gather_node(opts)
@@ -286,7 +317,10 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     if opts.public_ip:
         local_ips.add(opts.public_ip)
     cluster = gather_cluster(etcd, local_ips)
-    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472)
+    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472,
+                                  bool(cluster.config and cluster.config.enable_ipv6))
+    if cluster.config is not None and cluster.config.enable_ipv6:
+        read_ipv6_device(node, f"overlay-v6.{cluster.config.backend.vni}")
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
     if opts.probe and f.bridge is not None and f.overlay_cni is not None:
         # IPs outside this node's subnet are pod-ips' finding, not routed over the bridge
@@ -296,6 +330,9 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
                                   opts.probe_timeout)
+    if opts.probe and cluster.available and node.ipv6_device is not None:
+        node.probes6 = probe_peers6(f.remotes, node.ipv6_device, opts.probe_count,
+                                    opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
     report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeVar
 
 from overlay.cni.install import (
@@ -23,7 +23,7 @@ from overlay.diagnose.firewall import FirewallState
 from overlay.lease import Lease, Rejection
 from overlay.netlink.kernel_state import KernelState, LinkInfo
 from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv
-from overlay.vxlan.entries import Entry, Neigh, Route
+from overlay.vxlan.entries import DeviceView, Entry, Neigh, Route
 
 E = TypeVar("E", bound=Entry)  # one kind of entry
 
@@ -91,6 +91,19 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class Probe6Result:
+    """``ProbeResult`` for a peer's IPv6 VTEP address over overlay-v6.<VNI>."""
+
+    subnet: IPv6Network
+    target: IPv6Address
+    size: int  # ICMPv6 payload bytes, sent with DF
+    sent: int
+    received: int
+    small_received: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class PodProbe:
     """One local pod (an IPAM record) pinged from the node over the bridge."""
 
@@ -121,6 +134,10 @@ class NodeState:
     probes: list[ProbeResult] | None = None  # None = not run
     pod_probes: list[PodProbe] | None = None  # None = not run
     config_changed: bool | None = None  # overlayd's overlay_config_changed; None = not asked
+    # the IPv6 VXLAN device (read when the config enables IPv6; None: not read or absent)
+    ipv6_device: DeviceView | None = None
+    ipv6_device_error: str = ""
+    probes6: list[Probe6Result] | None = None  # None = not run
 
 
 @dataclass

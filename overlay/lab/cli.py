@@ -159,13 +159,18 @@ def _count(hi: int) -> click.IntRange:
 @click.option("--pods-per-node", type=_count(MAX_PODS_PER_NODE), default=None,
               help=f"Pods on each node (default {DEFAULT_PODS_PER_NODE}, or the running lab's).")
 @click.option("--no-matrix", is_flag=True, help="Skip the reachability matrix.")
+@click.option("--dual-stack", "families", flag_value="dual", default=None,
+              help="IPv4 and IPv6: the underlay gets fd00:192:168:1::/64 too, the pods "
+                   "an address from 10.244.0.0/16 and one from fd00:10:244::/56.")
 @click.pass_obj
-def up(obj: LabOptions, nodes: int | None, pods_per_node: int | None, no_matrix: bool) -> None:
-    """Create the lab, or repair a running one."""
+def up(obj: LabOptions, nodes: int | None, pods_per_node: int | None, no_matrix: bool,
+       families: str | None) -> None:
+    """Create the lab, or repair a running one (a new lab is IPv4 only unless
+    --dual-stack is given; a running one keeps its families)."""
     lab = open_lab(obj)
     with lab.lock():
         start = time.monotonic()
-        lab.up(nodes, pods_per_node)
+        lab.up(nodes, pods_per_node, families)
         say(f"==> lab {lab.spec.prefix} is up ({time.monotonic() - start:.1f} s)")
         sys.exit(summary(lab, matrix=not no_matrix))
 
@@ -197,12 +202,14 @@ def exec_(obj: LabOptions, target: str, cmd: tuple[str, ...]) -> None:
 @lab_options
 @click.option("--pods", type=_count(MAX_PODS_PER_NODE), default=None,
               help="Pods on the new node (default: the lab's pods per node).")
+@click.option("--no-ipv6", is_flag=True,
+              help="In a dual-stack lab: a node whose underlay has no IPv6 address.")
 @click.pass_obj
-def add_node(obj: LabOptions, pods: int | None) -> None:
+def add_node(obj: LabOptions, pods: int | None, no_ipv6: bool) -> None:
     """Add a node (and its pods)."""
     lab = open_lab(obj)
     with lab.lock():
-        node = lab.add_node(pods)
+        node = lab.add_node(pods, no_ipv6=no_ipv6)
         say(f"added {node}")
         sys.exit(print_matrix(lab))
 
@@ -244,14 +251,19 @@ def _protocol_option(f: F) -> F:
 @lab_options
 @_port_option
 @_protocol_option
+@click.option("--family", type=click.Choice(["4", "6", "all"]), default="all",
+              show_default=True, help="Which addresses to test: IPv4, IPv6 or every family "
+                                      "the lab has (one matrix each).")
 @click.pass_obj
-def matrix(obj: LabOptions, port: int | None, protocol: str | None) -> None:
+def matrix(obj: LabOptions, port: int | None, protocol: str | None, family: str) -> None:
     """Print the pod-to-pod reachability matrix (ping; with --port/--protocol, a
     connection to each pod's responder)."""
     lab = open_lab(obj)
+    families = None if family == "all" else [int(family)]
     if port is None and protocol is None:
-        sys.exit(print_matrix(lab))
-    sys.exit(print_matrix(lab, port or RESPONDER_PORTS[0], protocol or PROTOCOLS[0]))
+        sys.exit(print_matrix(lab, families=families))
+    sys.exit(print_matrix(lab, port or RESPONDER_PORTS[0], protocol or PROTOCOLS[0],
+                          families=families))
 
 
 @cli.command("probe")
@@ -262,21 +274,25 @@ def matrix(obj: LabOptions, port: int | None, protocol: str | None) -> None:
 @_protocol_option
 @click.option("--timeout", type=click.FloatRange(0.1, 30), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds to wait for an answer.")
+@click.option("--family", type=click.Choice(["4", "6"]), default=None,
+              help="Probe TO's IPv4 or IPv6 address (default: its first one).")
 @click.pass_obj
 def probe_cmd(obj: LabOptions, source: str, dest: str, port: int | None,
-              protocol: str | None, timeout: float) -> None:
+              protocol: str | None, timeout: float, family: str | None) -> None:
     """Does a connection from pod FROM reach pod TO's responder? One line saying why;
     exit 0 if it does, 1 if not, 2 if FROM or TO names no pod. FROM and TO: a lab pod's
     name, or NS/NAME."""
     lab = open_lab(obj)
     port, protocol = port or RESPONDER_PORTS[0], protocol or PROTOCOLS[0]
+    version = int(family) if family else None
     try:
         a, b = lab.find_pod(source), lab.find_pod(dest)
+        addr = lab.pod_address(b, version)
     except LabError as e:   # exit 1 means "not reachable": a bad name is not that
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    got = lab.probe(a.ref, b.ref, port, protocol, timeout)
-    say(f"{'reachable' if got.ok else 'unreachable'}: {a.ref} -> {b.ref} ({b.ip}) "
+    got = lab.probe(a.ref, b.ref, port, protocol, timeout, version)
+    say(f"{'reachable' if got.ok else 'unreachable'}: {a.ref} -> {b.ref} ({addr}) "
         f"{protocol}/{port}: {got.why}")
     sys.exit(0 if got.ok else 1)
 
@@ -301,7 +317,8 @@ def pod_add(obj: LabOptions, pod_name: str, node: str, namespace: str, labels: s
     parsed = parse_labels(labels)
     with lab.lock():
         pod = lab.add_pod(pod_name, node, namespace, parsed)
-    say(f"added pod {pod.ref}: {pod.ip} on {pod.node}")
+    say(f"added pod {pod.ref}: {' '.join(filter(None, dict.fromkeys([pod.ip, pod.ip6])))} "
+        f"on {pod.node}")
 
 
 @pod_group.command("del")
@@ -334,7 +351,8 @@ def _stdout_to_devnull() -> None:
 
 def summary(lab: Lab, matrix: bool) -> int:
     say("")
-    say("Nodes (the example cluster: node<i> at 192.168.1.1<i> holds 10.244.<i>.0/24):")
+    say("Nodes (the example cluster: node<i> at 192.168.1.1<i> holds 10.244.<i>.0/24"
+        + ("; IPv6 at fd00:192:168:1::1<i>" if lab._need_state().has_ipv6() else "") + "):")
     say(node_table(lab))
     say("")
     say("Leases (overlayctl leases list):")
@@ -344,19 +362,26 @@ def summary(lab: Lab, matrix: bool) -> int:
     say("")
     pods = endpoints(lab)
     far = [p for p in pods if pods and p.node != pods[0].node]
+    far6 = lab.state.pods[far[0].name].ip6 if far and lab.state else None
     for line in cheat_sheet(lab.spec, lab.state.nodes if lab.state else [], BIN_DIR,
-                            pods[0].name if far else None, far[0].ip if far else None):
+                            pods[0].name if far else None, far[0].ip if far else None,
+                            far6 if far6 != (far[0].ip if far else None) else None):
         say(line)
     return rc
 
 
 def node_table(lab: Lab) -> str:
     """NODE, NODE-IP, POD-CIDR: the subnet each node's overlayd really holds (its
-    subnet.env), so a reservation that did not take shows."""
+    subnet.env), so a reservation that did not take shows; with IPv6, its IPv6 columns."""
     state = lab.state
     assert state is not None
-    return format_table(["NODE", "NODE-IP", "POD-CIDR"],
-                        [[n, lab.spec.node_ip(n), lab.node_subnet(n)] for n in state.nodes])
+    if not state.has_ipv6():
+        return format_table(["NODE", "NODE-IP", "POD-CIDR"],
+                            [[n, lab.spec.node_ip(n), lab.node_subnet(n)] for n in state.nodes])
+    rows = [[n, lab.spec.node_ip(n), lab.spec.node_ip6(n) if state.node_has_ipv6(n) else None,
+             lab.node_subnet(n) if state.has_ipv4() else None, lab.node_subnet6(n)]
+            for n in state.nodes]
+    return format_table(["NODE", "NODE-IP", "NODE-IPV6", "POD-CIDR", "POD-CIDR-V6"], rows)
 
 
 def lab_flags(spec: LabSpec) -> str:
@@ -368,7 +393,7 @@ def lab_flags(spec: LabSpec) -> str:
 
 
 def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None = None,
-                far_ip: str | None = None) -> list[str]:
+                far_ip: str | None = None, far_ip6: str | None = None) -> list[str]:
     """What to type next: the tools on PATH, overlayctl and diagnose on a node, the logs."""
     flag = lab_flags(spec)
     node = nodes[0] if nodes else "node1"
@@ -376,6 +401,8 @@ def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None =
              "(overlay-lab, overlayctl, overlayd, overlay-cni; or use the cmd/ links)"]
     if pod and far_ip:
         lines.append(f"Try:       overlay-lab exec{flag} {pod} -- ping -c3 {far_ip}")
+    if pod and far_ip6:
+        lines.append(f"           overlay-lab exec{flag} {pod} -- ping -c3 {far_ip6}")
     lines += [
         f"On a node: overlay-lab exec{flag} {node} -- overlayctl leases list",
         f"Diagnose:  overlay-lab exec{flag} {node} -- overlayctl diagnose",
@@ -388,20 +415,35 @@ def cheat_sheet(spec: LabSpec, nodes: list[str], bin_dir: str, pod: str | None =
     return lines
 
 
-def endpoints(lab: Lab) -> list[Endpoint]:
+def endpoints(lab: Lab, family: int | None = None) -> list[Endpoint]:
+    """The pods with an address of IP version ``family`` (None: each pod's first one)."""
     state = lab.state
     assert state is not None
-    return [Endpoint(p.key, lab.spec.pod_ns(p.key), p.ip, p.node)
-            for p in sorted(state.pods.values(), key=lambda p: (p.node, p.key)) if p.ip]
+    pods = sorted(state.pods.values(), key=lambda p: (p.node, p.key))
+    addrs = [(p, p.ip if family is None else p.address(family)) for p in pods]
+    return [Endpoint(p.key, lab.spec.pod_ns(p.key), a, p.node) for p, a in addrs if a]
 
 
-def print_matrix(lab: Lab, port: int | None = None, protocol: str | None = None) -> int:
+def print_matrix(lab: Lab, port: int | None = None, protocol: str | None = None,
+                 families: list[int] | None = None) -> int:
     """The matrix by ping, or (``port`` and ``protocol`` given) by probing each pod's
-    responder; 1 if any pair failed."""
+    responder, once per IP version in ``families`` (default: each the lab has); 1 if
+    any pair failed."""
     state = lab._need_state()
-    pods = endpoints(lab)
+    rc = 0
+    for family in families or state.families_list():
+        if family not in state.families_list():
+            raise LabError(f"lab {lab.spec.prefix} has no IPv{family} pod addresses "
+                           f"(its families: {state.families})")
+        rc |= _print_matrix(lab, family, port, protocol)
+    return rc
+
+
+def _print_matrix(lab: Lab, family: int, port: int | None, protocol: str | None) -> int:
+    state = lab._need_state()
+    pods = endpoints(lab, family)
     if len(pods) < 2:
-        say("(fewer than two pods: no reachability matrix)")
+        say(f"(fewer than two pods with an IPv{family} address: no reachability matrix)")
         return 0
     if port is None or protocol is None:
         m = reachability(pods)
@@ -413,7 +455,8 @@ def print_matrix(lab: Lab, port: int | None = None, protocol: str | None = None)
         how = f"{protocol}/{port} from each pod to every other pod's responder"
     bad = sum(1 for ok in m.values() if not ok)
     say("")
-    say(f"Pod-to-pod reachability ({how}; {len(m)} pairs):")
+    over = f" over IPv{family}" if state.has_ipv6() else ""
+    say(f"Pod-to-pod reachability{over} ({how}; {len(m)} pairs):")
     say(render(pods, m))
     if bad:
         say(f"{bad} of {len(m)} pairs FAILED; see `overlay-lab status` and the overlayd logs "
@@ -429,19 +472,29 @@ def cmd_status(lab: Lab, output: str) -> int:
         say(json.dumps(st, indent=2))
         return 0
     e = st["etcd"]
+    six = st["families"] != "ipv4"
     say(f"lab {st['name']} ({st['dir']}); etcd {e['endpoint']} in {e['netns']}: "
-        f"{'healthy' if e['healthy'] else 'DOWN'} (pid {e['pid']})")
+        f"{'healthy' if e['healthy'] else 'DOWN'} (pid {e['pid']})"
+        + (f"; pod network {st['families']}" if six else ""))
     say("")
-    say(format_table(["NODE", "NETNS", "PUBLIC-IP", "SUBNET", "PID", "READY", "HEALTHZ"],
-                     [[n["name"], n["netns"], n["public_ip"], n["subnet"], n["pid"],
+    v6_node = ["PUBLIC-IPV6", "IPV6-SUBNET"] if six else []
+    say(format_table(["NODE", "NETNS", "PUBLIC-IP", *v6_node[:1], "SUBNET", *v6_node[1:],
+                      "PID", "READY", "HEALTHZ"],
+                     [[n["name"], n["netns"], n["public_ip"],
+                       *([n["public_ipv6"]] if six else []), n["subnet"],
+                       *([n["ipv6_subnet"]] if six else []), n["pid"],
                        "yes" if n["ready"] else "no", n["healthz"]] for n in st["nodes"]]))
     say("(each HEALTHZ address is inside its node's namespace: "
         "overlay-lab exec NODE -- curl http://ADDR/readyz)")
+    for n in st["nodes"]:
+        if n["ipv6_missing"]:
+            say(f"{n['name']}: no IPv6: {n['ipv6_missing']}")
     say("")
-    say(format_table(["NAMESPACE", "POD", "NETNS", "NODE", "IP", "LABELS"],
+    say(format_table(["NAMESPACE", "POD", "NETNS", "NODE", "IP", *(["IPV6"] if six else []),
+                      "LABELS"],
                      [[p["namespace"], p["name"],
                        p["netns"] if p["present"] else p["netns"] + " (missing)",
-                       p["node"], p["ip"],
+                       p["node"], p["ip"], *([p["ipv6"]] if six else []),
                        ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items())) or None]
                       for p in st["pods"]]))
     return 0

@@ -10,8 +10,12 @@
        ├─ <prefix>-node2  eth0 192.168.1.12  10.244.2.0/24 ...
 
 Node ``node<i>`` holds the subnet 10.244.<i>.0/24, reserved for it before its overlayd
-starts (the example cluster's table).  Every pod runs a responder (TCP and UDP, ports 80
-and 81) for ``probe`` and ``matrix --port/--protocol``.
+starts (the example cluster's table).  ``up --dual-stack`` adds IPv6 to the same pieces:
+the underlay bridge fd00:192:168:1::1/64 and node<i> at fd00:192:168:1::1<i> (overlayd's
+``--public-ipv6``), IPv6 forwarding in each node, pods in fd00:10:244::/56 (a /64 per
+node, overlay-v6.1 beside overlay.1).
+Every pod runs a responder (TCP and UDP, ports 80 and 81, both families) for ``probe``
+and ``matrix --port/--protocol``.
 
 Every ``ensure_*`` step is create-or-verify, so ``up`` on a running lab only repairs
 what is missing.  Names come from :class:`LabSpec`, files live under its lab dir.
@@ -39,7 +43,7 @@ from typing import Any
 from overlay.errors import OverlayError
 from overlay.lab import system as sysx
 from overlay.lab.probe import DEFAULT_TIMEOUT as DEFAULT_PROBE_TIMEOUT, ProbeResult, Target, probe
-from overlay.lab.runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ip
+from overlay.lab.runtime import Attachment, CNIRuntime, find_conflist, load_conflist, result_ips
 from overlay.lab.spec import (
     DEFAULT_NAMESPACE,
     ETCD_KEY_PREFIX,
@@ -47,13 +51,17 @@ from overlay.lab.spec import (
     ETCD_PORT,
     HEALTHZ_ADDR,
     POD_NETWORK,
+    POD_NETWORK6,
     RESPONDER_PORTS,
     SUBNET_LEN,
+    SUBNET_LEN6,
     UNDERLAY_GATEWAY,
+    UNDERLAY_GATEWAY6,
     VNI,
     VXLAN_PORT,
     LabError,
     LabSpec,
+    check_families,
     check_namespace,
     check_pod_name,
     next_free_node,
@@ -104,6 +112,10 @@ class NodeStatus:
     pid: int | None
     ready: bool
     healthz: str
+    public_ipv6: str | None = None
+    ipv6_subnet: str | None = None
+    # Why the node has no IPv6 half in a lab that has IPv6 (None when it has one).
+    ipv6_missing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,10 +143,19 @@ class Lab:
     def exists(self) -> bool:
         return self.state is not None
 
-    def up(self, nodes: int | None = None, pods_per_node: int | None = None) -> None:
+    def up(self, nodes: int | None = None, pods_per_node: int | None = None,
+           families: str | None = None) -> None:
+        """``families``: ``ipv4`` (a new lab's default), ``dual`` or ``ipv6``
+        (:data:`~overlay.lab.spec.FAMILIES`); a running lab keeps the ones it has."""
         sysx.require_tools("ip", "etcd", "ping")
         state = self.state
+        if families is not None:
+            check_families(families)
         if state is not None:
+            if families is not None and families != state.families:
+                raise LabError(f"lab {self.spec.prefix} runs with {_families_text(state.families)}"
+                               f"; it cannot switch to {_families_text(families)} in place: "
+                               f"`overlay-lab down{self._name_flag()}` first")
             self.progress(f"lab {self.spec.prefix} exists ({len(state.nodes)} nodes); "
                           "checking every part and repairing what is missing")
             if pods_per_node is not None:
@@ -144,7 +165,8 @@ class Lab:
         else:
             self.progress(f"creating lab {self.spec.prefix} in {self.spec.lab_dir}")
             state = self.state = LabState(self.spec.prefix,
-                                          2 if pods_per_node is None else pods_per_node)
+                                          2 if pods_per_node is None else pods_per_node,
+                                          families=families or "ipv4")
         want_nodes = nodes if nodes is not None else (len(state.nodes) or 3)
         if want_nodes < len(state.nodes):
             self.progress(f"note: the lab has {len(state.nodes)} nodes (more than "
@@ -226,8 +248,14 @@ class Lab:
             sysx.ip("link", "add", br, "address", UNDERLAY_BRIDGE_MAC, "type", "bridge", ns=ns)
             created = True
         sysx.ip("addr", "replace", str(UNDERLAY_GATEWAY), "dev", br, ns=ns)
+        six = self._need_state().has_ipv6()
+        if six:
+            # nodad: the address is usable at once (etcd binds it next); the lab's
+            # underlay is its own, so no one else can hold it.
+            sysx.ip("-6", "addr", "replace", str(UNDERLAY_GATEWAY6), "dev", br, "nodad", ns=ns)
         sysx.ip("link", "set", br, "up", ns=ns)
         self.progress(f"underlay  {ns}: bridge {br} {UNDERLAY_GATEWAY}"
+                      + (f" {UNDERLAY_GATEWAY6}" if six else "")
                       + ("" if created else " (was there)"))
 
     def _etcd_pid(self) -> sysx.PidFile:
@@ -256,10 +284,13 @@ class Lab:
         os.makedirs(self.spec.etcd_dir, mode=0o700, exist_ok=True)
         gw = UNDERLAY_GATEWAY.ip
         peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+        listen = f"http://{gw}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}"
+        if self.state is not None and self.state.has_ipv6():
+            listen += f",{self.spec.etcd_endpoint6}"
         argv = sysx.in_netns(self.spec.underlay_ns, [
             shutil.which("etcd") or "/usr/bin/etcd", "--name", self.spec.prefix,
             "--data-dir", self.spec.etcd_dir,
-            "--listen-client-urls", f"http://{gw}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}",
+            "--listen-client-urls", listen,
             "--advertise-client-urls", self.spec.etcd_endpoint,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{self.spec.prefix}={peer}",
@@ -283,22 +314,28 @@ class Lab:
             return False
         return status == 200 and '"true"' in body
 
-    def overlayctl(self, *args: str, check: bool = True):
+    def overlayctl(self, *args: str, check: bool = True, input: str | None = None):
         """Run overlayctl against the lab's etcd (from inside the underlay namespace)."""
         argv = sysx.in_netns(self.spec.underlay_ns, [
             program("overlayctl"), "--etcd-endpoints", self.spec.etcd_endpoint,
             "--etcd-prefix", ETCD_KEY_PREFIX, *args])
-        return sysx.run(argv, check=check)
+        return sysx.run(argv, check=check, input=input)
 
     def ensure_config(self) -> None:
         got = self.overlayctl("-o", "json", "config", "get", check=False)
         if got.returncode == 0:
             self.progress("config    network config present in etcd (was there)")
             return
-        self.overlayctl("config", "set", "--network", POD_NETWORK, "--subnet-len",
-                        str(SUBNET_LEN), "--vni", str(VNI), "--port", str(VXLAN_PORT))
-        self.progress(f"config    network {POD_NETWORK}, /{SUBNET_LEN} per node, vxlan VNI "
-                      f"{VNI} port {VXLAN_PORT} (written with overlayctl config set)")
+        families = self._need_state().families
+        if families == "ipv4":
+            self.overlayctl("config", "set", "--network", POD_NETWORK, "--subnet-len",
+                            str(SUBNET_LEN), "--vni", str(VNI), "--port", str(VXLAN_PORT))
+            self.progress(f"config    network {POD_NETWORK}, /{SUBNET_LEN} per node, vxlan VNI "
+                          f"{VNI} port {VXLAN_PORT} (written with overlayctl config set)")
+            return
+        config = json.dumps(network_config(families))
+        self.overlayctl("config", "set", "-f", "-", input=config)
+        self.progress(f"config    {config} (written with overlayctl config set -f -)")
 
     # ----------------------------------------------------------------- CNI install
     def install_cni(self, node: str) -> None:
@@ -332,12 +369,21 @@ class Lab:
             created = True
         sysx.ip("link", "set", port, "master", self.spec.bridge, "up", ns=self.spec.underlay_ns)
         sysx.ip("addr", "replace", str(self.spec.node_interface(node)), "dev", "eth0", ns=ns)
+        six = self._need_state().node_has_ipv6(node)
+        if six:
+            sysx.ip("-6", "addr", "replace", str(self.spec.node_interface6(node)), "dev", "eth0",
+                    "nodad", ns=ns)
         sysx.ip("link", "set", "eth0", "up", ns=ns)
         sysx.sysctl(ns, "net.ipv4.ip_forward", "1")
+        if six:
+            # Pods' IPv6 is routed by the node (cni0 -> overlay-v6.1 and back).
+            sysx.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
         self.install_cni(node)
-        self.reserve_subnet(node)
+        if self._need_state().has_ipv4():
+            self.reserve_subnet(node)
         started = self.ensure_daemon(node)
         self.progress(f"node      {node}: {ns} eth0 {self.spec.node_interface(node)}"
+                      f"{' ' + str(self.spec.node_interface6(node)) if six else ''}"
                       f"{' created' if created else ''}; CNI plugin installed with overlayctl "
                       f"install-cni; overlayd "
                       f"{'started' if started else 'running (was there)'}")
@@ -367,6 +413,8 @@ class Lab:
             ("--etcd-endpoints", self.spec.etcd_endpoint), ("--etcd-prefix", ETCD_KEY_PREFIX),
             ("--node-name", node),
             ("--iface", "eth0"), ("--public-ip", str(self.spec.node_ip(node))),
+            *([("--public-ipv6", str(self.spec.node_ip6(node)))]
+              if self.state is not None and self.state.node_has_ipv6(node) else []),
             ("--subnet-file", self.spec.node_file(node, "subnet.env")),
             ("--state-dir", self.spec.node_file(node, "state")),
             ("--healthz-addr", self.healthz_addr(node)),
@@ -459,15 +507,46 @@ class Lab:
                 time.sleep(0.1)
 
     def node_subnet(self, node: str) -> str | None:
+        """The IPv4 subnet the node's overlayd holds (its subnet.env), if any."""
         try:
-            return str(load_subnet_env(self.spec.node_file(node, "subnet.env")).subnet.network)
+            env = load_subnet_env(self.spec.node_file(node, "subnet.env"))
         except OverlayError:
             return None
+        return str(env.subnet.network) if env.subnet is not None else None
 
-    def add_node(self, pods_per_node: int | None = None) -> str:
+    def node_subnet6(self, node: str) -> str | None:
+        """The IPv6 subnet the node's overlayd holds (OVERLAY_IPV6_SUBNET), if any."""
+        try:
+            env = load_subnet_env(self.spec.node_file(node, "subnet.env"))
+        except OverlayError:
+            return None
+        return str(env.ipv6_subnet.network) if env.ipv6_subnet is not None else None
+
+    def ipv6_missing(self, node: str) -> str | None:
+        """Why ``node`` has no IPv6 half in a lab whose pod network has IPv6 (None if it
+        has one, or the lab has no IPv6)."""
         state = self._need_state()
+        if not state.has_ipv6() or self.node_subnet6(node) is not None:
+            return None
+        if not state.node_has_ipv6(node):
+            return ("its underlay has no IPv6 address (made with --no-ipv6), so overlayd "
+                    "runs without --public-ipv6 and leases no IPv6 subnet")
+        if self.daemon_pid(node) is None:
+            return "overlayd is not running"
+        return (f"overlayd holds no IPv6 subnet yet (no OVERLAY_IPV6_SUBNET in "
+                f"{self.spec.node_file(node, 'subnet.env')}); see {self.daemon_log(node)}")
+
+    def add_node(self, pods_per_node: int | None = None, no_ipv6: bool = False) -> str:
+        """One more node; ``no_ipv6``: in a lab with IPv6, a node whose underlay has
+        IPv4 only (its overlayd gets no --public-ipv6), to see how the cluster copes."""
+        state = self._need_state()
+        if no_ipv6 and state.families != "dual":
+            raise LabError(f"--no-ipv6 is for a dual-stack lab's node; lab {self.spec.prefix} "
+                           f"runs {_families_text(state.families)}")
         node = next_free_node(state.nodes)
         state.add_node(node, pods_per_node)
+        if no_ipv6:
+            state.no_ipv6.append(node)
         self._save()
         self.ensure_node(node)
         self.wait_ready([node])
@@ -616,7 +695,8 @@ class Lab:
         ns = self.spec.pod_ns(pod.key)
         if pod.ip and sysx.netns_exists(ns) and self._pod_has_ip(pod):
             self.ensure_responder(pod)
-            self.progress(f"pod       {pod.ref}: {pod.ip} on {pod.node} (was there)")
+            self.progress(f"pod       {pod.ref}: {_pod_addresses(pod)} on {pod.node} "
+                          "(was there)")
             return pod
         runtime = self.cni_runtime(pod.node)
         att = self.attachment(pod)
@@ -630,11 +710,11 @@ class Lab:
         self.stop_responder(pod)   # one left in a namespace that vanished serves no one
         sysx.ensure_netns(ns)
         result = runtime.add(att)
-        pod_ip = result_ip(result)
+        pod_ip, pod_ip6 = result_ips(result)
         with self._changing():
-            pod.result, pod.ip = result, pod_ip
+            pod.result, pod.ip, pod.ip6 = result, pod_ip, pod_ip6
         self.ensure_responder(pod)
-        self.progress(f"pod       {pod.ref}: {pod.ip} on {pod.node} "
+        self.progress(f"pod       {pod.ref}: {_pod_addresses(pod)} on {pod.node} "
                       f"(CNI ADD via {runtime_names(runtime)}; responder on tcp/udp "
                       f"{', '.join(map(str, RESPONDER_PORTS))})")
         return pod
@@ -680,17 +760,29 @@ class Lab:
         return sysx.stop_process(self._responder_pid(pod))
 
     def probe(self, src: str, dst: str, port: int, protocol: str,
-              timeout: float = DEFAULT_PROBE_TIMEOUT) -> ProbeResult:
-        """From pod ``src`` to pod ``dst``'s responder (names as :meth:`find_pod` takes)."""
+              timeout: float = DEFAULT_PROBE_TIMEOUT, family: int | None = None) -> ProbeResult:
+        """From pod ``src`` to pod ``dst``'s responder (names as :meth:`find_pod` takes), at
+        its address of IP version ``family`` (default: its first address)."""
         a, b = self.find_pod(src), self.find_pod(dst)
-        if not b.ip:
-            raise LabError(f"pod {b.ref} has no IP (run `overlay-lab up` to repair it)")
-        return probe(self.spec.pod_ns(a.key), Target(b.ref, b.ip), port, protocol, timeout)
+        return probe(self.spec.pod_ns(a.key), Target(b.ref, self.pod_address(b, family)),
+                     port, protocol, timeout)
+
+    def pod_address(self, pod: PodRecord, family: int | None = None) -> str:
+        """``pod``'s address of IP version ``family`` (4 or 6; None: its first one)."""
+        addr = pod.ip if family is None else pod.address(family)
+        if addr is None and pod.ip is not None and family is not None:
+            families = _families_text(self._need_state().families)
+            raise LabError(f"pod {pod.ref} has no IPv{family} address (lab "
+                           f"{self.spec.prefix} runs {families})")
+        if addr is None:
+            raise LabError(f"pod {pod.ref} has no IP (run `overlay-lab up` to repair it)")
+        return addr
 
     def _pod_has_ip(self, pod: PodRecord) -> bool:
-        got = sysx.ip("-4", "-o", "addr", "show", "dev", "eth0", ns=self.spec.pod_ns(pod.key),
+        got = sysx.ip("-o", "addr", "show", "dev", "eth0", ns=self.spec.pod_ns(pod.key),
                       check=False)
-        return got.returncode == 0 and f" {pod.ip}/" in got.stdout
+        want = [a for a in (pod.ip, pod.ip6) if a]
+        return got.returncode == 0 and all(f" {a}/" in got.stdout for a in want)
 
     def _del_pods(self, pods: list[PodRecord]) -> None:
         """CNI DEL for each pod, as a runtime does before it drops a pod (best effort)."""
@@ -707,19 +799,22 @@ class Lab:
     # ----------------------------------------------------------------- status
     def node_status(self, node: str) -> NodeStatus:
         pid = self.daemon_pid(node)
+        state = self._need_state()
         return NodeStatus(node, self.spec.node_ns(node), str(self.spec.node_ip(node)),
                           self.node_subnet(node), pid, pid is not None and self.ready(node),
-                          self.healthz_addr(node))
+                          self.healthz_addr(node),
+                          str(self.spec.node_ip6(node)) if state.node_has_ipv6(node) else None,
+                          self.node_subnet6(node), self.ipv6_missing(node))
 
     def status(self) -> dict[str, Any]:
         state = self._need_state()
         nodes = [self.node_status(n).__dict__ for n in state.nodes]
         pods = [{"namespace": p.namespace, "name": p.name, "netns": self.spec.pod_ns(p.key),
-                 "node": p.node, "ip": p.ip, "labels": p.labels,
+                 "node": p.node, "ip": p.ip, "ipv6": p.ip6, "labels": p.labels,
                  "present": sysx.netns_exists(self.spec.pod_ns(p.key)),
                  "responder_pid": self.responder_pid(p)}
                 for p in sorted(state.pods.values(), key=lambda p: p.key)]
-        return {"name": self.spec.prefix, "dir": self.spec.lab_dir,
+        return {"name": self.spec.prefix, "dir": self.spec.lab_dir, "families": state.families,
                 "etcd": {"endpoint": self.spec.etcd_endpoint, "netns": self.spec.underlay_ns,
                          "pid": self._etcd_pid().read(), "healthy": self.etcd_healthy()},
                 "nodes": nodes, "pods": pods}
@@ -761,8 +856,30 @@ class Lab:
         with self._changing():
             pass
 
+    def _name_flag(self) -> str:
+        return "" if self.spec.prefix == "ovlab" else f" --name {self.spec.prefix}"
+
     def lock(self) -> LabLock:
         return LabLock(os.path.join(self.spec.base_dir, f".{self.spec.prefix}.lock"))
+
+
+def network_config(families: str) -> dict[str, Any]:
+    """The seed network config of a lab with IPv6 (Flannel's field names)."""
+    config: dict[str, Any] = {"EnableIPv4": families != "ipv6", "EnableIPv6": True,
+                              "IPv6Network": POD_NETWORK6, "IPv6SubnetLen": SUBNET_LEN6,
+                              "Backend": {"Type": "vxlan", "VNI": VNI, "Port": VXLAN_PORT}}
+    if families != "ipv6":
+        config.update(Network=POD_NETWORK, SubnetLen=SUBNET_LEN)
+    return config
+
+
+def _families_text(families: str) -> str:
+    return {"ipv4": "IPv4 only", "dual": "dual-stack (IPv4 and IPv6)",
+            "ipv6": "IPv6 only"}[families]
+
+
+def _pod_addresses(pod: PodRecord) -> str:
+    return " ".join(a for a in (pod.ip, pod.ip6 if pod.ip6 != pod.ip else None) if a) or "-"
 
 
 def runtime_names(runtime: CNIRuntime) -> str:

@@ -58,9 +58,13 @@ def probe(src_ns: str, dst: Target, port: int, protocol: str,
     return ProbeResult(True, f"its responder answered in {ms:.1f} ms")
 
 
+def _family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def _tcp(src_ns: str, ip: str, port: int, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
-    with netns_socket(src_ns, socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with netns_socket(src_ns, _family(ip), socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect((ip, port))
         data = b""
@@ -75,7 +79,7 @@ def _tcp(src_ns: str, ip: str, port: int, timeout: float) -> bytes:
 
 def _udp(src_ns: str, ip: str, port: int, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
-    with netns_socket(src_ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with netns_socket(src_ns, _family(ip), socket.SOCK_DGRAM) as sock:
         sock.connect((ip, port))   # connected: an ICMP port unreachable is ECONNREFUSED
         while True:
             left = deadline - time.monotonic()

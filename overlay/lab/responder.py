@@ -1,4 +1,4 @@
-"""A lab pod's tiny responder: TCP and UDP on ports 80 and 81, inside the pod's namespace.
+"""A lab pod's tiny responder: TCP and UDP on ports 80 and 81 (IPv4 and IPv6), in the pod.
 
 What ``overlay-lab probe`` and ``matrix --port/--protocol`` talk to, so that a policy
 (or a firewall rule) can be seen to allow or block one port and protocol, not just ICMP.
@@ -35,17 +35,28 @@ BACKLOG = 64
 
 
 class Responder:
-    def __init__(self, pod: str, ports: Sequence[int] = PORTS, host: str = "0.0.0.0"):
+    def __init__(self, pod: str, ports: Sequence[int] = PORTS, host: str | None = None):
+        """``host``: one address to listen on; by default every address of both families
+        (IPv4 alone where the namespace has no IPv6)."""
         self.pod = pod
         self.sel = selectors.DefaultSelector()
         self.answered = 0
+        if host is None:
+            self.family = _listen_family()
+            host = "::" if self.family == socket.AF_INET6 else "0.0.0.0"
+        else:
+            self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for port in ports:
             self._listen(socket.SOCK_STREAM, host, port, "tcp")
             self._listen(socket.SOCK_DGRAM, host, port, "udp")
 
     def _listen(self, kind: int, host: str, port: int, protocol: str) -> None:
-        sock = socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(self.family, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.family == socket.AF_INET6:
+            # One socket for both families (IPv4 arrives as ::ffff:a.b.c.d), whatever
+            # the namespace's net.ipv6.bindv6only says.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
             sock.listen(BACKLOG)
@@ -75,6 +86,17 @@ class Responder:
         if self.answered <= LOG_LIMIT:
             log.info("answered %s:%d on %s/%d%s", peer[0], peer[1], protocol, port,
                      " (further requests are not logged)" if self.answered == LOG_LIMIT else "")
+
+
+def _listen_family() -> socket.AddressFamily:
+    """IPv6 (dual-stack sockets) where the namespace has IPv6, else IPv4 alone."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind(("::", 0))
+    except OSError:
+        return socket.AF_INET
+    return socket.AF_INET6
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

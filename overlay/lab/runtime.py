@@ -215,9 +215,18 @@ def _error_text(cp: subprocess.CompletedProcess) -> str:
 
 
 def result_ip(result: dict[str, Any]) -> str:
-    """The pod's address from a CNI result (0.3.0 and later all carry ``ips``)."""
+    """The pod's first address from a CNI result (0.3.0 and later all carry ``ips``)."""
     for entry in result.get("ips", []):
         addr = entry.get("address", "")
         if addr:
             return addr.split("/")[0]
     raise LabError(f"the CNI result has no IP address: {json.dumps(result)[:200]}")
+
+
+def result_ips(result: dict[str, Any]) -> tuple[str, str | None]:
+    """(the first address, the first IPv6 address or None) of a CNI result: a dual-stack
+    pod's IPv4 and IPv6, an IPv6-only pod's IPv6 twice."""
+    first = result_ip(result)
+    v6 = [e["address"].split("/")[0] for e in result.get("ips", [])
+          if ":" in str(e.get("address", ""))]
+    return first, (v6[0] if v6 else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 
 from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
 from overlay.errors import OverlayError
@@ -36,6 +36,16 @@ DEFAULT_NAMESPACE = "default"
 MAX_POD_NAME = 63        # a lab pod's name becomes part of its namespace's file name
 MAX_LABELS = 32
 RESPONDER_PORTS = (80, 81)   # every lab pod answers TCP and UDP on these
+
+# Dual-stack (``up --dual-stack``): the underlay gets IPv6 beside IPv4
+# (node<i> at fd00:192:168:1::1<i>, the decimal digits of 192.168.1.1<i> written in the
+# last group), the pods fd00:10:244::/56 with a /64 per node.  Only inside the lab's
+# namespaces; fd00::/8 is unique-local, never routed off the machine.
+UNDERLAY_GATEWAY6 = IPv6Interface("fd00:192:168:1::1/64")
+POD_NETWORK6 = "fd00:10:244::/56"
+SUBNET_LEN6 = 64
+# Which families the pod network has: IPv4 only (the default) or both.
+FAMILIES = ("ipv4", "dual")  # IPv6-only waits for the config to accept EnableIPv4 false
 
 UNIX_PATH_MAX = 107      # sun_path holds 108 bytes including the terminating NUL
 
@@ -117,9 +127,25 @@ class LabSpec:
     def node_interface(node: str) -> IPv4Interface:
         return IPv4Interface(f"{LabSpec.node_ip(node)}/{UNDERLAY_GATEWAY.network.prefixlen}")
 
+    @staticmethod
+    def node_ip6(node: str) -> IPv6Address:
+        """node<i>'s IPv6 underlay address: fd00:192:168:1::1<i> (node1 ::11, node12 ::22),
+        so it reads like the IPv4 one."""
+        return IPv6Address(f"{UNDERLAY_GATEWAY6.network.network_address}"
+                           f"{FIRST_NODE_HOST + node_index(node)}")
+
+    @staticmethod
+    def node_interface6(node: str) -> IPv6Interface:
+        return IPv6Interface(f"{LabSpec.node_ip6(node)}/{UNDERLAY_GATEWAY6.network.prefixlen}")
+
     @property
     def etcd_endpoint(self) -> str:
         return f"http://{UNDERLAY_GATEWAY.ip}:{ETCD_PORT}"
+
+    @property
+    def etcd_endpoint6(self) -> str:
+        """etcd over the IPv6 underlay (a dual-stack lab's etcd listens on both)."""
+        return f"http://[{UNDERLAY_GATEWAY6.ip}]:{ETCD_PORT}"
 
     # --- files --------------------------------------------------------------------------
     @property
@@ -158,6 +184,12 @@ class LabSpec:
     def pod_file(self, pod: str, name: str) -> str:
         """A file of the pod whose key is ``pod`` (its responder's pid file and log)."""
         return os.path.join(self.pod_dir(pod), name)
+
+
+def check_families(families: str) -> str:
+    if families not in FAMILIES:
+        raise LabError(f"address families {families!r}: expected one of {', '.join(FAMILIES)}")
+    return families
 
 
 def next_free_node(existing: list[str]) -> str:

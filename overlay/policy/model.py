@@ -11,17 +11,19 @@ errors (kubectl's default strict field validation). Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
 from overlay.errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
@@ -411,29 +413,37 @@ def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> Net
 
 # -- manifests ------------------------------------------------------------------------------
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (kubectl's strict decoding does)."""
+@functools.cache
+def _strict_loader() -> type[yaml.SafeLoader]:
+    """SafeLoader that refuses a key given twice (kubectl's strict decoding does).
+    Built on first use: only manifests (the CLI) need YAML, and PyYAML costs overlayd,
+    which reads policies from etcd as JSON, about 1.7 MB of RSS."""
+    import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        pass
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate field {key!r}", key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
+    def construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in out:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate field {key!r}", key_node.start_mark)
+            out[key] = loader.construct_object(value_node, deep=True)
+        return out
 
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                              _construct_mapping)
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 construct_mapping)
+    return StrictLoader
 
 
 def _documents(text: str) -> list[object]:
+    import yaml
+
     try:
-        return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+        return [d for d in yaml.load_all(text, Loader=_strict_loader()) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

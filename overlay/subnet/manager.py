@@ -16,6 +16,16 @@ Acquisition, in order:
 3. else a random subnet among the lowest ``spread`` free ones, so nodes racing each
    other rarely pick the same one; each lost race doubles that window (up to 32x).
 
+Dual-stack (``EnableIPv6`` and this node has a ``PublicIPv6``): the lease also holds an
+IPv6 subnet, in its key (Flannel's ``10.244.1.0-24&fd00:10:244:1::-64``).  The IPv6
+subnet is paired with the IPv4 one by index (the n-th IPv4 subnet of the range takes the
+n-th IPv6 subnet, so 10.244.5.0/24 takes fd00:10:244:5::/64 with the default ranges),
+else the previous subnet.env's, else the lowest free one.  A lease this node already
+holds keeps its pairing; one whose key lacks the IPv6 half (IPv6 was just enabled) or
+has one it must not have (IPv6 off, or no PublicIPv6 any more) is re-keyed in ONE
+transaction (``Registry.rekey_lease``), so peers see one change of the same lease.
+No free IPv6 subnet, or no PublicIPv6: the node takes an IPv4-only key and says why.
+
 A key holding garbage is never chosen (it exists, so creating it would always lose).
 A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
 ``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
@@ -31,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Set as AbstractSet
 from dataclasses import replace
 from datetime import UTC, datetime
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
 from overlay.config import NetworkConfig
@@ -45,6 +55,7 @@ from overlay.lease import (
     LeaseRules,
     LeaseView,
     Rejection,
+    lease_key,
     subnet_to_key,
 )
 from overlay.util.backoff import Backoff
@@ -71,7 +82,8 @@ class SubnetManager:
                  ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
                  previous_subnet: IPv4Network | None = None,
                  rng: random.Random | None = None, max_attempts: int = 20,
-                 spread: int = DEFAULT_SPREAD, check_interval: float = 300.0):
+                 spread: int = DEFAULT_SPREAD, check_interval: float = 300.0,
+                 previous_ipv6_subnet: IPv6Network | None = None):
         if ttl < 1:
             raise ValueError(f"lease TTL must be at least 1 s, got {ttl}")
         self.registry = registry
@@ -80,6 +92,7 @@ class SubnetManager:
         self.ttl = ttl
         self.renew_margin = renew_margin
         self.previous_subnet = previous_subnet
+        self.previous_ipv6_subnet = previous_ipv6_subnet
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
         self.spread = spread
@@ -93,6 +106,10 @@ class SubnetManager:
         self._watching: (tuple[LeaseView, Callable[[LeaseBatch], None], OnRejected | None]
                          | None) = None
         self._renew_deadline: tuple[object, float] = (None, 0.0)
+        # The IPv6 halves logged as unused, so each (key, reason) is logged once; the
+        # daemon counts them (``on_ipv6_rejected``) beside the rejected keys.
+        self._v6_logged: dict[IPv4Network, tuple[str, str]] = {}
+        self.on_ipv6_rejected: Callable[[Rejection], None] | None = None
 
     @property
     def current(self) -> Lease | None:
@@ -102,7 +119,8 @@ class SubnetManager:
 
     def _set_current(self, lease: Lease) -> Lease:
         with self._lock:
-            moved = self._current is None or self._current.subnet != lease.subnet
+            moved = self._current is None or (self._current.subnet, self._current.ipv6_subnet
+                                              ) != (lease.subnet, lease.ipv6_subnet)
             self._current = lease
         if moved:
             self._rejudge()
@@ -124,6 +142,11 @@ class SubnetManager:
         lease = self.current
         return lease.subnet if lease else None
 
+    def own_ipv6_subnet(self) -> IPv6Network | None:
+        """The IPv6 half of this node's lease (dual-stack), else None."""
+        lease = self.current
+        return lease.ipv6_subnet if lease else None
+
     # -- acquire --------------------------------------------------------------------
 
     def acquire(self) -> Lease:
@@ -141,7 +164,9 @@ class SubnetManager:
                          attempt, self.max_attempts, e)
                 time.sleep(self.rng.uniform(0, 0.02 * attempt))
                 continue
+            lease = self._settle_ipv6_race(lease)
             self.previous_subnet = lease.subnet
+            self.previous_ipv6_subnet = lease.ipv6_subnet or self.previous_ipv6_subnet
             return self._set_current(lease)
         raise RegistryError(f"could not acquire a subnet after {self.max_attempts} lost races "
                             f"(last: {last}); is the network nearly full?")
@@ -195,22 +220,106 @@ class SubnetManager:
                                              not candidate.reserved,
                                              candidate.attrs.public_ip != self.attrs.public_ip,
                                              candidate.subnet.network_address))
-            return self._reuse(mine[0])
+            return self._reuse(self._rekeyed(mine[0], leases))
         # A key holding garbage is not free either: creating it would lose every time.
         taken = {existing.subnet for existing in leases} | unusable
         prev = self.previous_subnet
         if prev is not None and self.config.in_range(prev) and prev not in taken:
-            lease = self.registry.create_lease(prev, self.attrs, self.ttl)
-            log.info("acquired subnet %s (previous subnet of this node), ttl %ds",
-                     prev, self.ttl)
+            v6 = self._pick_ipv6(prev, leases)
+            lease = self.registry.create_lease(prev, self.attrs, self.ttl, v6)
+            log.info("acquired subnet %s%s (previous subnet of this node), ttl %ds",
+                     prev, f" and {v6}" if v6 else "", self.ttl)
             return lease
         free = self._lowest_free(taken, spread)
         if not free:
             raise self._no_free(leases)
         subnet = self.rng.choice(free)
-        lease = self.registry.create_lease(subnet, self.attrs, self.ttl)
-        log.info("acquired subnet %s for %s, ttl %ds", subnet, self.attrs.public_ip, self.ttl)
+        v6 = self._pick_ipv6(subnet, leases)
+        lease = self.registry.create_lease(subnet, self.attrs, self.ttl, v6)
+        log.info("acquired subnet %s%s for %s, ttl %ds", subnet, f" and {v6}" if v6 else "",
+                 self.attrs.public_ip, self.ttl)
         return lease
+
+    # -- the IPv6 half ----------------------------------------------------------------
+
+    @property
+    def wants_ipv6(self) -> bool:
+        return self.config.enable_ipv6 and self.attrs.public_ipv6 is not None
+
+    def _pick_ipv6(self, subnet: IPv4Network, leases: list[Lease],
+                   current: IPv6Network | None = None) -> IPv6Network | None:
+        """The IPv6 subnet to pair with ``subnet`` (see the module doc); None when this
+        node has no IPv6 half to take."""
+        if not self.wants_ipv6:
+            if self.config.enable_ipv6:
+                log.warning("IPv6 is enabled but this node has no IPv6 public address "
+                            "(--public-ipv6): taking %s for IPv4 only", subnet)
+            return None
+        cfg = self.config
+        taken = {x.ipv6_subnet for x in leases if x.ipv6_subnet is not None
+                 and x.subnet != subnet}
+        index = (int(subnet.network_address) - int(cfg.subnet_min)) // cfg.subnet_size
+        candidates = [current, self.previous_ipv6_subnet]
+        if 0 <= index < cfg.ipv6_subnet_count:
+            candidates.append(cfg.ipv6_subnet_at(index))
+        for cand in candidates:
+            if cand is not None and cfg.ipv6_in_range(cand) and cand not in taken:
+                return cand
+        # The lowest free one: at most len(taken) + 1 steps, however large the range.
+        for i in range(min(cfg.ipv6_subnet_count, len(taken) + 1)):
+            cand = cfg.ipv6_subnet_at(i)
+            if cand not in taken:
+                return cand
+        log.warning("no free IPv6 subnet in %s (%s): taking %s for IPv4 only",
+                    cfg.ipv6_network, cfg.describe_ipv6_range(), subnet)
+        return None
+
+    def _settle_ipv6_race(self, lease: Lease) -> Lease:
+        """Two nodes that raced may both have created a key with one IPv6 subnet (their
+        IPv4 subnets differ, so both creates succeed): the lease created first keeps it,
+        as the rule decides; the other node, seeing that on a fresh read, re-keys to a
+        free IPv6 subnet.  Bounded: a few rounds, then it keeps IPv4 (the rule already
+        leaves its IPv6 half unused) and says so."""
+        for _ in range(5):
+            if lease.ipv6_subnet is None:
+                return lease
+            leases, _, _ = self._list()
+            holder = min((x for x in leases if x.ipv6_subnet == lease.ipv6_subnet),
+                         key=lambda x: (x.create_revision, int(x.subnet.network_address)),
+                         default=lease)
+            if holder.subnet == lease.subnet:
+                return lease
+            mine = next((x for x in leases if x.subnet == lease.subnet), lease)
+            log.warning("IPv6 subnet %s is also in the older lease of %s (a race): taking "
+                        "another", lease.ipv6_subnet, holder.subnet)
+            # the contested subnet is taken (by the holder), as is every other held one
+            v6 = self._pick_ipv6(lease.subnet, [x for x in leases if x.subnet != lease.subnet])
+            try:
+                lease = self.registry.rekey_lease(mine, v6, mine.attrs)
+            except LeaseConflict as e:
+                log.warning("re-keying after the IPv6 race failed (%s); re-reading", e)
+        log.warning("could not settle the IPv6 subnet of %s; IPv4 only for now", lease.subnet)
+        return lease
+
+    def _rekeyed(self, lease: Lease, leases: list[Lease]) -> Lease:
+        """``lease`` with the key it must have now (its IPv6 half added, kept or dropped),
+        re-keyed in one transaction when that differs from the key it has."""
+        v6 = self._pick_ipv6(lease.subnet, leases, lease.ipv6_subnet)
+        if v6 == lease.ipv6_subnet:
+            return lease
+        rivals = [lease_key(x) for x in leases
+                  if x.subnet == lease.subnet and x.ipv6_subnet != lease.ipv6_subnet]
+        if rivals:
+            # A new key is younger than every other key of our subnet, and the rule gives
+            # the subnet to the oldest: re-keying would hand it to the rival.
+            log.error("not re-keying the lease of %s: another key holds the same subnet "
+                      "(%s); remove it (`overlayctl leases list`), then restart", lease.subnet,
+                      ", ".join(rivals))
+            return lease
+        new = self.registry.rekey_lease(lease, v6, self.attrs)
+        log.info("re-keyed the lease of %s: IPv6 subnet %s (was %s)", lease.subnet, v6,
+                 lease.ipv6_subnet)
+        return new
 
     def _reuse(self, lease: Lease) -> Lease:
         if lease.reserved:
@@ -340,6 +449,7 @@ class SubnetManager:
 
     def _reacquire(self, lost: Lease) -> Lease:
         self.previous_subnet = lost.subnet
+        self.previous_ipv6_subnet = lost.ipv6_subnet or self.previous_ipv6_subnet
         new = self.acquire()
         if new.subnet == lost.subnet:
             log.warning("re-acquired subnet %s", new.subnet)
@@ -354,9 +464,11 @@ class SubnetManager:
         own = self.current
         if own is None:
             return
+        last = {}  # a re-key is a DELETE and a PUT of one revision: only the last counts
         for ev in events:
-            if ev.lease.subnet != own.subnet:
-                continue
+            if ev.lease.subnet == own.subnet:
+                last[ev.revision] = ev
+        for ev in last.values():
             if ev.type is EventType.REMOVED or not self._is_own(ev.lease):
                 log.warning("the watch saw lease %s %s", own.subnet,
                             "deleted" if ev.type is EventType.REMOVED else "taken by "
@@ -426,14 +538,20 @@ class SubnetManager:
 
     def _rules(self) -> LeaseRules:
         """The acceptance rule as it stands for this node now (its subnet may move)."""
-        own = self.own_subnet()
+        lease = self.current
+        own = None if lease is None else lease.subnet
+        own6 = None if lease is None else lease.ipv6_subnet
+        a = self.attrs
         return LeaseRules.from_config(self.config, () if own is None else (own,),
-                                      (self.attrs.public_ip,), self.attrs.vtep_mac)
+                                      (a.public_ip,), a.vtep_mac).with_own_ipv6(
+            () if own6 is None else (own6,), () if a.public_ipv6 is None else (a.public_ipv6,),
+            a.v6_vtep_mac)
 
     def _report(self, view: LeaseView, rejected: list[Rejection], cleared: list[str],
                 complete: bool, on_rejected: OnRejected | None) -> None:
         """Tell ``on_rejected`` what the registry and the rule rejected (only the subnets
         this step touched, so a quiet watch costs nothing)."""
+        self._log_ipv6(view)
         if on_rejected is None:
             return
         prefix = self.registry.subnets_prefix
@@ -460,13 +578,31 @@ class SubnetManager:
         if now or gone or complete:
             on_rejected(now, gone, complete)
 
+    def _log_ipv6(self, view: LeaseView) -> None:
+        """Log once per key and reason an IPv6 half the rule leaves unused (the IPv4 half
+        stays in use, so this is not a rejected key), and once when it is used again."""
+        if not view.ipv6_rejected and not self._v6_logged:
+            return
+        for subnet, r in view.ipv6_rejected.items():
+            seen = (r.key, r.reason)
+            if self._v6_logged.get(subnet) != seen:
+                self._v6_logged[subnet] = seen
+                log.warning("lease %s: its IPv6 half is not used (%s: %s); its IPv4 half is",
+                            r.key, r.reason, r.detail)
+                if self.on_ipv6_rejected is not None:
+                    self.on_ipv6_rejected(r)
+        for subnet in [s for s in self._v6_logged if s not in view.ipv6_rejected]:
+            key, _ = self._v6_logged.pop(subnet)
+            if subnet in view.leases:
+                log.info("lease %s: its IPv6 half is used again", key)
+
     def _snapshot(self, view: LeaseView, leases: list[Lease],
                   on_batch: Callable[[LeaseBatch], None],
                   on_snapshot: Callable[[list[Lease]], None] | None) -> None:
         remote = self._remote(leases)
         batch = view.reset(remote)
         if on_snapshot is not None:
-            on_snapshot(list(view.leases.values()))
+            on_snapshot(view.used_leases())  # rejected IPv6 halves left out
         else:
             _emit(batch, on_batch)
 

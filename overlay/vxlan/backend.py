@@ -35,6 +35,7 @@ from typing import Protocol
 from overlay.errors import OverlayError
 from overlay.lease import Lease, LeaseBatch
 from overlay.util.memory import release_free_memory
+from overlay.vxlan.drift import Wanted
 from overlay.vxlan.entries import (
     FDB,
     BackendSettings,
@@ -57,6 +58,8 @@ class DataPlane(Protocol):
     # that destination (the data plane replaces only a route of its own)
     def program(self, ops: Sequence[Op]) -> list[int]: ...
     def dump(self) -> Entries: ...  # ours, plus ``others``: other protocols' routes
+    # mark off in ``want`` what the device has, note the stale; the others' routes
+    def diff(self, want: Wanted) -> dict[IPNetwork, OtherRoute]: ...
     def other_routes(self) -> dict[IPNetwork, OtherRoute]: ...
 
 
@@ -104,16 +107,17 @@ class VXLANBackend:
             log.warning("skipping lease %s: %s", lease.subnet, why)
 
     def desired(self, leases: Iterable[Lease] | None = None
-                ) -> tuple[Entries, dict[Entry, IPNetwork]]:
-        """All entries wanted for ``leases`` (default: every known lease) and their owners."""
+                ) -> tuple[Entries, dict[int, IPNetwork]]:
+        """All entries wanted for ``leases`` (default: every known lease) and their
+        owners, by the entry's ``id`` (hashing thousands of entries costs more)."""
         want = Entries()
-        owner: dict[Entry, IPNetwork] = {}
+        owner: dict[int, IPNetwork] = {}
         pairs = (self._entries.items() if leases is None
                  else ((lease.subnet, self._known_entries(lease)) for lease in leases))
         for subnet, es in pairs:
             for e in es:
                 want.add(e)
-                owner[e] = subnet
+                owner[id(e)] = subnet
         return want, owner
 
     def _known_entries(self, lease: Lease) -> tuple[Entry, ...]:
@@ -218,7 +222,15 @@ class VXLANBackend:
                 keep = _dropping(keep, blocked)
             want_new, owner = self.desired(new)
             scope = {lease.subnet for lease in old} | {lease.subnet for lease in new} | set(blocked)
-            return self._converge(current, want_new, keep, owner, blocked, scope)
+            dels: list[Entry] = [
+                *(r for r in current.routes.values() if not keep(r)),
+                *(f for f in current.fdb if not keep(f)),
+                *(n for n in current.neighs.values() if not keep(n))]
+            first: list[Entry] = [*(n for n in want_new.neighs.values() if n not in current),
+                                  *(f for f in want_new.fdb if f not in current)]
+            routes: list[Entry] = [r for r in want_new.routes.values() if r not in current]
+            return self._converge(dels, first, routes, owner, set(owner.values()), blocked,
+                                  scope)
 
     def reconcile(self, leases: Iterable[Lease] | None = None) -> Result:
         """Make the device's entries exactly those of the known leases (or ``leases``)."""
@@ -232,19 +244,42 @@ class VXLANBackend:
         with self._lock:
             if leases is not None:
                 self._set_all(leases)
-            current = self.dp.dump()
-            self._others = current.others
-            blocked = self._blocked()
-            want, owner = self.desired(
-                (lease for s, lease in self.leases.items() if s not in blocked)
-                if blocked else None)
-            res = self._converge(current, want, lambda e: (e.ip in want.neighs) if isinstance(
-                e, Neigh) else e in want, owner, blocked)
+            want, blocked = self._diff()
+            first, routes = want.missing()
+            owner = self._owners(first + routes)
+            # Remotes failing before whose entries are all in now count as done too.
+            touched = set(owner.values()) | {s for s in self.failed
+                                             if s in self.leases and s not in blocked}
+            res = self._converge(want.stale_in_order(), first, routes, owner, touched,
+                                 blocked)
             if res.added or res.removed:
                 log.info("reconcile: %d entries added, %d stale removed, %d remotes failing, "
                          "%d route conflicts", res.added, res.removed, len(res.failed),
                          len(res.conflicts))
             return res
+
+    def _diff(self) -> tuple[Wanted, dict[IPNetwork, OtherRoute]]:
+        """The device's dump against every known lease but the blocked ones (see
+        :mod:`.drift`).  Which are blocked is known from the last dump's other routes; if
+        this dump shows others that change it, once more with the fresh ones."""
+        for _ in range(2):
+            blocked = self._blocked()
+            want = Wanted()
+            for s, es in self._entries.items():
+                if not blocked or s not in blocked:
+                    for e in es:
+                        want.add(e)
+            self._others = self.dp.diff(want)
+            if self._blocked().keys() == blocked.keys():
+                break
+        return want, blocked
+
+    def _owners(self, entries: list[Entry]) -> dict[int, IPNetwork]:
+        """The known lease of each of ``entries`` (objects of ``_entries``), by ``id``."""
+        if not entries:
+            return {}
+        ids = {id(e) for e in entries}
+        return {id(e): s for s, es in self._entries.items() for e in es if id(e) in ids}
 
     def entry_count(self) -> int:
         """Entries in place: those of every known lease except the failing ones."""
@@ -256,51 +291,49 @@ class VXLANBackend:
             return len(want)
 
     # ---- converge --------------------------------------------------------------
-    def _converge(self, current: Entries, want: Entries, keep: Callable[[Entry], bool],
-                  owner: dict[Entry, IPNetwork],
+    def _converge(self, stale: list[Entry], first: list[Entry], routes: list[Entry],
+                  owner: dict[int, IPNetwork], touched: set[IPNetwork],
                   conflicts: dict[IPNetwork, OtherRoute] | None = None,
                   scope: set[IPNetwork] | None = None) -> Result:
-        """Delete what is in ``current`` but not ``keep``-ed; add what ``want`` lacks.
+        """Delete ``stale`` (routes first); add ``first`` (neighbours and FDB entries),
+        then the ``routes`` of the remotes whose neighbour and FDB entry are in.
 
-        Deletes go routes first (reverse order); adds go neigh + FDB, then routes of the
-        remotes whose neigh and FDB are in.  ``conflicts``: remotes known to conflict
-        (left out of ``want``); a route add that meets another's route adds to them.
-        ``scope``: the remotes whose conflict state this pass decides (None: all).
+        ``owner``: the remote of each entry to add, by ``id``; ``touched``: the remotes
+        this pass programs (their failure state is decided here).  ``conflicts``: remotes
+        known to conflict (left out of the adds); a route add that meets another's route
+        adds to them.  ``scope``: the remotes whose conflict state this pass decides
+        (None: all).
         """
         conflicts = dict(conflicts or {})
         res = Result()
-        dels = ([Op(False, r) for r in current.routes.values() if not keep(r)]
-                + [Op(False, f) for f in current.fdb if not keep(f)]
-                + [Op(False, n) for n in current.neighs.values() if not keep(n)])
+        dels = [Op(False, e) for e in stale]
         if dels:
             codes = self.dp.program(dels)
             res.removed = sum(1 for c in codes if c == 0)
         failed: set[IPNetwork] = set()
         done: dict[IPNetwork, list[Entry]] = {}
-        first = ([Op(True, n) for n in want.neighs.values() if n not in current]
-                 + [Op(True, f) for f in want.fdb if f not in current])
-        for op, code in zip(first, self.dp.program(first), strict=True):
-            subnet = owner[op.entry]
+        adds = [Op(True, e) for e in first]
+        for op, code in zip(adds, self.dp.program(adds), strict=True):
+            subnet = owner[id(op.entry)]
             if code:
                 failed.add(subnet)
             else:
                 done.setdefault(subnet, []).append(op.entry)
                 res.added += 1
-        routes = [Op(True, r) for r in want.routes.values()
-                  if r not in current and owner[r] not in failed]
+        radds = [Op(True, r) for r in routes if owner[id(r)] not in failed]
         taken: set[IPNetwork] = set()
-        for op, code in zip(routes, self.dp.program(routes), strict=True):
+        for op, code in zip(radds, self.dp.program(radds), strict=True):
             if code == errno.EEXIST:
-                taken.add(owner[op.entry])
+                taken.add(owner[id(op.entry)])
             elif code:
-                failed.add(owner[op.entry])
+                failed.add(owner[id(op.entry)])
             else:
                 res.added += 1
         if taken:
             conflicts.update(self._taken(taken))
         self._undo(failed | taken, done)
         self.failed -= set(conflicts)  # first: a conflict is not "programmed after failures"
-        self._note_failures(failed, owner, want)
+        self._note_failures(failed, touched)
         self._note_conflicts(conflicts, scope)
         res.failed = tuple(sorted(failed))
         res.conflicts = tuple(sorted(conflicts))
@@ -354,9 +387,7 @@ class VXLANBackend:
         if undo:
             self.dp.program(undo)
 
-    def _note_failures(self, failed: set[IPNetwork], owner: dict[Entry, IPNetwork],
-                       want: Entries) -> None:
-        touched = set(owner.values())
+    def _note_failures(self, failed: set[IPNetwork], touched: set[IPNetwork]) -> None:
         for subnet in failed - self.failed:
             log.warning("remote %s: programming failed; will retry at the next reconcile", subnet)
         for subnet in (self.failed & touched) - failed:

@@ -24,11 +24,8 @@ from overlay.netlink import addr, link, neigh, route
 from overlay.netlink.link import Link
 from overlay.netlink.netns import netns_path, open_rtnl, thread_in_netns
 from overlay.netlink.rtnl import (
-    AF_BRIDGE,
-    AF_INET,
     AF_INET6,
     GONE,
-    NUD_PERMANENT,
     RT_TABLE_MAIN,
     RTMGRP_LINK,
     Msg,
@@ -36,11 +33,21 @@ from overlay.netlink.rtnl import (
     describe_errno,
     protocol_name,
 )
-from overlay.vxlan.entries import FDB, Entries, IPNetwork, Neigh, Op, OtherRoute, Route
+from overlay.vxlan import drift
+from overlay.vxlan.entries import (
+    FDB,
+    DeviceView,
+    Entries,
+    IPNetwork,
+    Neigh,
+    Op,
+    OtherRoute,
+    Route,
+)
 
 log = logging.getLogger(__name__)
 
-ZERO_MAC = "00:00:00:00:00:00"
+ZERO_MAC = drift.ZERO_MAC
 
 
 def open_netlink(netns: str | None = None) -> Rtnl:
@@ -391,33 +398,81 @@ class VXLANDevice:
                 names.get(r.oif, f"if{r.oif}") if r.oif else "", r.kind, r.metric))
         return out
 
-    def dump(self) -> Entries:
+    def dump(self, routes: bool = True) -> Entries:
         """The entries this daemon owns on the device (and its direct routes), and the
-        other protocols' main-table routes (``others``)."""
+        other protocols' main-table routes (``others``), as typed entries (diagnose and
+        the health mesh compare them with the leases; the reconcile uses :meth:`diff`).
+        ``routes=False``: neighbours and FDB entries only (the health mesh's check)."""
         out = Entries()
         if not self.index:
             return out
-        # One kind at a time, its records dropped before the next dump: with thousands
-        # of remotes the records are the daemon's largest transient every 10 s, and the
-        # RSS keeps the peak.
         with self._lock:
-            family = AF_INET6 if self.spec.local.version == 6 else AF_INET
-            for n in neigh.dump(self.raw, family, self.index):
-                if n.state & NUD_PERMANENT and n.dst is not None and n.mac:
-                    out.add(Neigh(n.dst, n.mac))
-            for f in neigh.dump(self.raw, AF_BRIDGE, self.index):
-                if f.dst is not None and f.mac and f.mac != ZERO_MAC:
-                    out.add(FDB(f.mac, f.dst))
-            routes, others = self._main_routes()
-            out.others = self._name_others(others)
-        for r in routes:  # proto 111 only: nothing else is ever ours to remove
-            if r.gateway is None:
-                continue
-            if r.oif == self.index:
-                out.add(Route(r.dst, r.gateway, direct=False))
-            elif r.oif == self.spec.underlay_index:
-                out.add(Route(r.dst, r.gateway, direct=True))
+            others = self._scan(
+                lambda ip, mac: out.add(Neigh(drift.ip_of(ip), mac)),
+                lambda mac, dst: out.add(FDB(mac, drift.ip_of(dst))),
+                (lambda dst, plen, gw, direct: out.add(Route(
+                    drift.net_of(dst, plen), drift.ip_of(gw), direct))) if routes else None)
+        out.others = others
         return out
+
+    def diff(self, want: drift.Wanted) -> dict[IPNetwork, OtherRoute]:
+        """Mark off in ``want`` every entry the device has, note the stale ones in it
+        (see :mod:`.drift`); the other protocols' main-table routes, by destination."""
+        if not self.index:
+            return {}
+        with self._lock:
+            return self._scan(want.see_neigh, want.see_fdb, want.see_route)
+
+    def _scan(self, on_neigh: Callable[[bytes, str], None],
+              on_fdb: Callable[[str, bytes], None],
+              on_route: Callable[[bytes, int, bytes, bool], None] | None
+              ) -> dict[IPNetwork, OtherRoute]:
+        """One pass over the device's neighbours, FDB entries and main-table routes, each
+        handed on as it is read (no list of the kernel's entries is ever built)."""
+        family = drift.family_of(self.spec.local)
+        for ip, mac in drift.scan_neighs(self.raw, family, self.index):
+            on_neigh(ip, mac)
+        for mac, dst in drift.scan_fdb(self.raw, self.index):
+            on_fdb(mac, dst)
+        if on_route is None:
+            return {}
+        raw_others: list[bytes] = []
+        for dst, plen, gw, direct in drift.scan_routes(self.raw, family, self.index,
+                                                        self.spec.underlay_index, raw_others):
+            on_route(dst, plen, gw, direct)
+        parse = route.parse6 if family == AF_INET6 else route.parse
+        parsed = (parse(b) for b in raw_others)
+        return self._name_others([r for r in parsed if r is not None])
+
+
+def read_device(name: str, netns: str | None = None) -> DeviceView | None:
+    """``name``'s settings and entries (read only), or None when it is not a VXLAN device."""
+    nl = open_netlink(netns)
+    try:
+        links = {ln.index: ln for ln in link.dump(nl)}
+        found = next((ln for ln in links.values() if ln.name == name), None)
+        if found is None or found.vxlan is None:
+            return None
+        v = found.vxlan
+        local = v.local6 or v.local
+        under = links.get(v.link or 0)
+        addrs: Sequence[addr.Addr | addr.Addr6] = (
+            addr.dump6(nl, under.index) if under and v.local6 else
+            addr.dump(nl, under.index) if under else [])
+        held = next((a.interface for a in addrs if a.interface.ip == local), None)
+    finally:
+        nl.close()
+    if local is None:
+        return None
+    dev = VXLANDevice(VXLANSpec(name, v.vni, v.port, local, v.link or 0, found.mtu,
+                                found.mac or ZERO_MAC), netns)
+    try:
+        dev.index = found.index
+        entries = dev.dump()
+    finally:
+        dev.close()
+    return DeviceView(name, found.mtu, found.mac, local, under.mtu if under else None, held,
+                      entries)
 
 
 def write_sysctl(path: str, value: str, netns: str | None = None) -> None:

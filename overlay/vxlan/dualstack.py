@@ -6,7 +6,7 @@ Each is driven by its own :class:`~overlay.vxlan.backend.VXLANBackend`, because 
 backend's rule (neigh, FDB, route last; diff against the kernel, never a flush, other
 protocols' routes never touched) is the same for both families; only the values differ.
 
-The IPv6 backend sees each lease as its IPv6 half (:func:`v6_half`): a lease whose
+The IPv6 backend sees each lease as its IPv6 half (``entries.v6_half``): a lease whose
 ``subnet`` is the IPv6 subnet and whose attributes are ``PublicIPv6`` and
 ``BackendV6Data``.  So its entries are: neigh ``remote VTEP address (the IPv6 subnet's
 network address) -> v6 VTEP MAC``, FDB ``v6 VTEP MAC -> PublicIPv6``, and route
@@ -17,29 +17,10 @@ PublicIPv6 on the underlay).  A lease without an IPv6 half has no IPv6 entries.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
-from typing import cast
 
-from overlay.lease import Lease, LeaseAttrs, LeaseBatch
+from overlay.lease import Lease, LeaseBatch
 from overlay.vxlan.backend import BackendSettings, DataPlane, Result, VXLANBackend
-from overlay.vxlan.entries import IPNetwork, OtherRoute
-
-
-def v6_half(lease: Lease) -> Lease | None:
-    """``lease`` as the IPv6 backend sees it, or None when it has no IPv6 half.
-
-    The backend and the entries rule use a lease's ``subnet`` and its attributes'
-    public IP, VNI, VTEP MAC and backend type only as values to compare and program,
-    for either family: typed as a ``Lease`` (whose fields say IPv4), the half carries
-    IPv6 values in them (the casts below), and nothing else ever sees it."""
-    a = lease.attrs
-    if lease.ipv6_subnet is None or a.public_ipv6 is None:
-        return None
-    attrs = LeaseAttrs(cast(IPv4Address, a.public_ipv6), a.backend_type, a.v6_vni,
-                       a.v6_vtep_mac, a.v6_extra)
-    return replace(lease, subnet=cast(IPv4Network, lease.ipv6_subnet), attrs=attrs,
-                   ipv6_subnet=None)
+from overlay.vxlan.entries import IPNetwork, OtherRoute, v6_half
 
 
 def v6_batch(batch: LeaseBatch) -> LeaseBatch:

@@ -7,7 +7,7 @@ drift apart.  ``vxlan.VXLANDevice`` programs and dumps the entries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -16,9 +16,9 @@ from ipaddress import (
     IPv6Interface,
     IPv6Network,
 )
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
-from overlay.lease import Lease
+from overlay.lease import Lease, LeaseAttrs
 
 # Each device holds one family's entries: overlay.<VNI> IPv4, overlay-v6.<VNI> IPv6.
 IPAddress: TypeAlias = IPv4Address | IPv6Address
@@ -79,6 +79,22 @@ def entries_for(lease: Lease, s: BackendSettings) -> list[Entry]:
         return []
     gw = lease.subnet.network_address
     return [Neigh(gw, a.vtep_mac), FDB(a.vtep_mac, a.public_ip), Route(lease.subnet, gw)]
+
+
+def v6_half(lease: Lease) -> Lease | None:
+    """``lease`` as the IPv6 backend sees it, or None when it has no IPv6 half.
+
+    The backend and the entries rule use a lease's ``subnet`` and its attributes'
+    public IP, VNI, VTEP MAC and backend type only as values to compare and program,
+    for either family: typed as a ``Lease`` (whose fields say IPv4), the half carries
+    IPv6 values in them (the casts below), and nothing else ever sees it."""
+    a = lease.attrs
+    if lease.ipv6_subnet is None or a.public_ipv6 is None:
+        return None
+    attrs = LeaseAttrs(cast(IPv4Address, a.public_ipv6), a.backend_type, a.v6_vni,
+                       a.v6_vtep_mac, a.v6_extra)
+    return replace(lease, subnet=cast(IPv4Network, lease.ipv6_subnet), attrs=attrs,
+                   ipv6_subnet=None)
 
 
 def skip_reason(lease: Lease, s: BackendSettings) -> str | None:
@@ -153,6 +169,20 @@ class Entries:
 
     def all(self) -> list[Entry]:
         return [*self.neighs.values(), *self.fdb, *self.routes.values()]
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """A VXLAN device as diagnose reads it (``device.read_device``, nothing changed): its
+    settings, its underlay's MTU and address, and the entries overlayd owns on it."""
+
+    name: str
+    mtu: int
+    mac: str | None
+    local: IPv4Address | IPv6Address | None
+    underlay_mtu: int | None
+    underlay_address: IPv4Interface | IPv6Interface | None
+    entries: Entries
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class RecordingRegistry(FakeRegistry):
     def get_subnet(self, subnet):
         return self.get_lease(subnet)
 
-    def key_for(self, subnet):
+    def key_for(self, subnet, ipv6_subnet=None):
         return self.subnets_prefix + str(subnet).replace("/", "-")
 
     def put_config(self, cfg):

@@ -64,3 +64,18 @@ def test_timeout_with_no_event_says_so_on_stderr_and_exits_0(reg):
     r = watch("--timeout", "0.3")
     assert r.exit_code == 0 and r.stdout == ""
     assert r.stderr == "watch timed out after 0.3s (0 events)\n"
+
+
+def test_a_rekey_in_one_revision_is_one_modified_line(reg):
+    from dataclasses import replace
+    from ipaddress import IPv6Address, IPv6Network
+    old = lease(1)
+    new = replace(old, attrs=replace(attrs(11), public_ipv6=IPv6Address("fd00::11")),
+                  ipv6_subnet=IPv6Network("fd00:10:244:1::/64"))
+    reg.events.put(WatchUpdate(events=[LeaseEvent(EventType.REMOVED, old, 9),
+                                       LeaseEvent(EventType.ADDED, new, 9)], revision=9))
+    r = watch("--count", "1", "-o", "json")
+    assert r.exit_code == 0, r.output
+    [line] = r.output.splitlines()
+    got = json.loads(line)
+    assert got["event"] == "MODIFIED" and got["ipv6_subnet"] == "fd00:10:244:1::/64"

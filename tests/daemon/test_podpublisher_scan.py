@@ -3,7 +3,7 @@ of this node's subnet only, an ADD still running skipped."""
 
 import os
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 
 import pytest
 
@@ -12,6 +12,7 @@ from overlay.cni import ipam, podmeta
 from overlay.daemon import podpublisher as pp
 
 SUBNET = IPv4Network("10.244.1.0/24")
+SUBNET_V6 = IPv6Network("fd00:10:244:1::/64")
 
 
 def test_parse_meta_drops_bad_parts_alone():
@@ -41,7 +42,7 @@ def test_metadata_of_another_attachment_is_not_used():
 def add(tmp_path, cid, ip, ifname="eth0", network="overlay", meta=True, **args):
     store = ipam.DiskStore(str(tmp_path), network)
     with store.lock():
-        assert store.reserve(cid, ifname, IPv4Address(ip))
+        assert store.reserve(cid, ifname, ip_address(ip))
     if meta:
         podmeta.write_meta(str(tmp_path), network,
                            podmeta.meta_from_request(cid, ifname, args, {}))
@@ -54,9 +55,21 @@ def test_scan_groups_attachments_by_container_and_keeps_this_subnet_only(tmp_pat
     warned = []
     got = pp.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
     assert list(got) == ["c1"] and warned == []
-    assert got["c1"].ips == (IPv4Address("10.244.1.5"), IPv4Address("10.244.1.6"))
+    assert got["c1"].ips == (ip_address("10.244.1.5"), ip_address("10.244.1.6"))
     assert (got["c1"].identity.namespace, got["c1"].identity.name, got["c1"].ifname) == (
         "shop", "web", "eth0")
+
+
+def test_a_dual_stack_pod_lists_ipv4_then_ipv6_of_this_nodes_halves_only(tmp_path):
+    add(tmp_path, "c1", "fd00:10:244:1::5", meta=False)
+    add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="web")
+    add(tmp_path, "c1", "fd00:10:244:2::9", ifname="net1", meta=False)  # another node's half
+    got = pp.scan_local(str(tmp_path), SUBNET, lambda *a: None, SUBNET_V6)
+    assert got["c1"].ips == (ip_address("10.244.1.5"), ip_address("fd00:10:244:1::5"))
+    assert (got["c1"].identity.name, got["c1"].ifname) == ("web", "eth0")
+    # without an IPv6 half (IPv4-only lease), the IPv6 reservation is not this node's
+    only_v4 = pp.scan_local(str(tmp_path), SUBNET, lambda *a: None)
+    assert only_v4["c1"].ips == (ip_address("10.244.1.5"),)
 
 
 def test_an_add_in_progress_waits_for_its_metadata_an_old_one_is_published(tmp_path):

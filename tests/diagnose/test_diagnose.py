@@ -839,7 +839,7 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
     derive = dg.derive_facts
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
-    monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "read_firewall", lambda port, ipv6=False: fw_mod.FirewallState())
 
     def derive_once(*a):
         derived.append(a)
@@ -866,7 +866,7 @@ def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
     probed = []
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
-    monkeypatch.setattr(ga, "read_firewall", lambda port: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "read_firewall", lambda port, ipv6=False: fw_mod.FirewallState())
 
     def probe_all_answer(remotes, mtu, *a):
         probed.append(sorted(str(peer.subnet) for peer in remotes))
@@ -1059,7 +1059,7 @@ def test_checks_run_with_every_read_and_process_forbidden(monkeypatch):
         monkeypatch.setattr(mod, name, forbidden)
     for n, c in states:
         report = dg.run_checks(n, c, OPTS, "http://127.0.0.1:2379")
-        assert len(report.checks) == 21
+        assert len(report.checks) == 22
 
 
 # ---- one rule: diagnose expects exactly what the backend programs --------------------------

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Network
 
 import pytest
 from click.testing import CliRunner
@@ -350,3 +350,23 @@ def test_two_daemons_under_one_name_keep_to_their_own_subnets(store, registry, t
     finally:
         a.close()
         b.close()
+
+
+def test_a_dual_stack_pod_is_published_with_both_addresses(store, node):
+    """On a dual-stack node the record lists the pod's IPv4 address, then its IPv6 one
+    (both from the real plugin's ADD); a publisher that knows no IPv6 half (its lease
+    lost it) keeps the record's IPv4 address and drops the IPv6 one."""
+    v6 = IPv6Network("fd00:10:244:1::/64")
+    pod = node.pod()
+    doc = node.add("c1", pod, conf=conf(node, ipv6Subnet=str(v6),
+                                        ipv6Network="fd00:10:244::/56"),
+                   env=k8s("shop", "web-1"))
+    want = [a["address"].split("/")[0] for a in doc["ips"]]
+    assert len(want) == 2 and ":" in want[1]
+    dual = PodPublisher(store, "node1", node.data_dir, lambda: net(1), own_ipv6=lambda: v6)
+    out = dual.reconcile()
+    assert out is not None and out.conflicts == 0
+    assert [str(i) for i in record(store, "shop", "web-1").ips] == want
+    out = PodPublisher(store, "node1", node.data_dir, lambda: net(1)).reconcile()
+    assert out is not None and out.deleted == 0  # still this node's pod
+    assert [str(i) for i in record(store, "shop", "web-1").ips] == want[:1]

@@ -245,6 +245,14 @@ def test_ping6_between_pods_through_overlay_v6_at_exactly_its_mtu():
             too_big = ping6(pa, "fd00:10:244:2::5", "-M", "do", "-s", "1383")
             assert too_big.returncode != 0 and "mtu=1430" in too_big.stdout + too_big.stderr, \
                 too_big.stdout + too_big.stderr
+            # diagnose's DF probe of the peer's IPv6 VTEP: answered at 1430, refused above
+            from overlay.diagnose.probe import echo_many6
+            vtep = IPv6Address("fd00:10:244:2::")
+            with inside(a):
+                fits6 = echo_many6([vtep], 1430 - 48, 2, 1.0)[vtep]
+                over6 = echo_many6([vtep], 1431 - 48, 1, 0.5)[vtep]
+            assert (fits6.sent, fits6.received, fits6.error) == (2, 2, "")
+            assert over6.received == 0 and "message too long (1431 bytes" in over6.error
         finally:
             for d in devices:
                 d.close()
@@ -347,6 +355,13 @@ def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only
     res = plane.backend.reconcile([lease(2), lease(3), lease(4, v6=False)])
     assert res.added == 9 + 6 and not res.failed
     assert kernel_entries6(netns) == want6(2, 3)
+    # what diagnose reads of the device (read only): the same entries, its MTU, its underlay
+    from overlay.vxlan.device import read_device
+    view = read_device(DEV, netns)
+    assert view is not None and set(view.entries.all()) == want6(2, 3)
+    assert (view.mtu, view.underlay_mtu, view.local) == (1430, 1500, IPv6Address(
+        "fd00:192:168:1::11"))
+    assert view.underlay_address == IPv6Interface("fd00:192:168:1::11/64")
     # somebody else's IPv6 route and neighbour on the device stay; our stale ones go
     ip(netns, "-6", "route", "add", "fd00:77::/64", "dev", DEV, "proto", "static")
     ip(netns, "-6", "neigh", "add", "fd00:10:244:9::", "lladdr", "0e:00:00:00:06:09", "dev", DEV,
@@ -364,7 +379,8 @@ def test_dual_stack_backend_entries_for_remote_leases_and_reconcile_removes_only
 
 def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
     """Two overlayd nodes, a dual-stack config; n1 has an IPv6 underlay, n2 none: n1
-    runs overlay-v6.1 and publishes its IPv6 attributes, n2 says why IPv6 is off and
+    runs overlay-v6.1 (its IPv6 subnet's /128 on it, the ip6 masquerade table for it) and
+    publishes its IPv6 attributes, n2 says why IPv6 is off and
     keeps IPv4; a hand-written Flannel-format dual-stack lease reaches n1's IPv6 device
     (and only the IPv4 device of n2), and its removal removes it."""
     from .support.ovd_topology import Topology, wait_for
@@ -376,6 +392,7 @@ def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
         n1, n2 = topo.nodes
         ip(topo.underlay, "addr", "add", "fd00:192:168:1::1/64", "dev", "br0", "nodad")
         ip(n1.ns, "addr", "add", "fd00:192:168:1::11/64", "dev", "eth0", "nodad")
+        n1.extra_args = ["--ip-masq"]
         for n in topo.nodes:
             n.start()
         for n in topo.nodes:
@@ -384,7 +401,18 @@ def test_overlayd_dual_stack_node_and_a_node_without_ipv6(tmp_path):
         assert DEV not in {ln["ifname"] for ln in ipj(n2.ns, "link", "show")}
         assert "IPv6 is off on this node" in n2.log()
         with open(n1.subnet_file) as f:
-            assert "OVERLAY_MTU=1430\n" in f.read()
+            env = f.read()
+        assert "OVERLAY_MTU=1430\n" in env
+        # n1's own IPv6 subnet: its network address /128 on the device, usable at once, and
+        # the ip6 masquerade table (--ip-masq) for it
+        sub6 = IPv6Interface(env.split("OVERLAY_IPV6_SUBNET=", 1)[1].split()[0]).network
+        addrs = [a for a in ipj(n1.ns, "-6", "addr", "show", "dev", DEV)[0]["addr_info"]
+                 if a.get("scope") == "global"]
+        assert [(a["local"], a["prefixlen"]) for a in addrs] == [
+            (str(sub6.network_address), 128)] and not addrs[0].get("tentative")
+        table = subprocess.run(["ip", "netns", "exec", n1.ns, "nft", "list", "table", "ip6",
+                                "overlay"], capture_output=True, text=True, check=True).stdout
+        assert f"ip6 daddr {sub6} return" in table and table.count("masquerade") == 2
         mac6 = ipj(n1.ns, "link", "show", DEV)[0]["address"]
         values = {json.dumps(v) for v in topo.leases().values()}
         assert any('"PublicIPv6": "fd00:192:168:1::11"' in v and mac6 in v for v in values)
@@ -432,3 +460,21 @@ def test_ipv6_direct_routing_for_a_peer_on_the_same_link(netns, tmp_path):
         Route(IPv6Network("fd00:10:244:3::/64"), gw3)}
     direct = ipj(netns, "-6", "route", "show", "fd00:10:244:2::/64")[0]
     assert (direct["dev"], direct["gateway"]) == ("eth0", "fd00:192:168:1::12")
+
+
+def test_firewall_drops_of_vxlan_over_ipv6_are_found_on_a_dual_stack_node(netns):
+    """diagnose's firewall check reads ip6 nft tables and ip6tables when IPv6 is on."""
+    from overlay.diagnose.firewall import read_firewall
+    subprocess.run(["ip", "netns", "exec", netns, "ip6tables", "-A", "INPUT", "-p", "udp",
+                    "--dport", "8472", "-j", "DROP"], check=True)
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], check=True, text=True,
+                   input="table ip6 ovdtest {\n chain filter_in {\n"
+                         "  type filter hook input priority 0;\n  udp dport 8472 drop\n }\n}\n")
+    with inside(netns):
+        v4_only = read_firewall(8472)
+        dual = read_firewall(8472, ipv6=True)
+    assert v4_only.drops == []
+    found = {(r.source, r.where) for r in dual.drops}
+    assert ("ip6tables", "filter INPUT") in found and ("nft", "ip6 ovdtest filter_in") in found
+    fixes = {r.fix for r in dual.drops}
+    assert "ip6tables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP" in fixes

@@ -221,8 +221,9 @@ def test_cli_status_of_a_recorded_lab_names_pods_with_namespace_and_labels(tmp_p
                                    "--lab-dir", str(tmp_path)])
     pods = json.loads(got.output)["pods"]
     assert pods == [{"namespace": "web", "name": "db", "netns": f"{prefix}-web_db",
-                     "node": "node1", "ip": "10.244.1.9", "labels": {"app": "db", "tier": "be"},
-                     "present": False, "responder_pid": None}]
+                     "node": "node1", "ip": "10.244.1.9", "ipv6": None,
+                     "labels": {"app": "db", "tier": "be"}, "present": False,
+                     "responder_pid": None}]
 
 
 @pytest.mark.parametrize("argv,msg", [

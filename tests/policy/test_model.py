@@ -210,3 +210,15 @@ def test_bad_manifests_fail_whole(text, message):
     with pytest.raises(PolicyError) as e:
         load_manifests(text)
     assert message in str(e.value)
+
+
+def test_overlayd_never_loads_yaml():
+    """Only manifests (the CLI) are YAML; overlayd reads policies from etcd as JSON, so
+    its policy code must not pull PyYAML in (about 1.7 MB of every node's RSS)."""
+    import subprocess
+    import sys
+    code = ("import sys, overlay.daemon.daemon, overlay.daemon.policyagent, "
+            "overlay.policy.objects, overlay.policy.nft; print('yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "False"

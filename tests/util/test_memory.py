@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import subprocess
 import sys
 from ipaddress import IPv4Address, IPv4Network
 
@@ -60,3 +61,34 @@ def test_release_free_memory_returns_a_freed_heap_to_the_kernel():
     finally:
         free(chunks[-1])
 
+
+CHILD = """
+import ctypes, sys
+from overlay.util.memory import keep_heap_small
+libc = ctypes.CDLL(None)
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    assert keep_heap_small()
+libc.free(libc.malloc(8 << 20))  # glibc would raise its threshold to 8 MB here
+before = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)
+print(libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+def mmapped_blocks(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_large_block_keeps_its_own_mapping_after_a_larger_one_was_freed():
+    assert mmapped_blocks("dynamic") == 0  # glibc's default: it came from the heap
+    assert mmapped_blocks("fixed") == 1

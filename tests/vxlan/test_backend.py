@@ -57,6 +57,10 @@ class FakeDataPlane:
         s.others = dict(self.others)
         return s
 
+    def diff(self, want):
+        want.see_all(self.dump())
+        return dict(self.others)
+
     def other_routes(self):
         return dict(self.others)
 

@@ -15,8 +15,8 @@ from ipaddress import (
 
 from overlay.lease import Lease, LeaseAttrs, LeaseBatch
 from overlay.vxlan.backend import BackendSettings, VXLANBackend
-from overlay.vxlan.dualstack import DualStackBackend, v6_batch, v6_half
-from overlay.vxlan.entries import FDB, Neigh, Route, entries_for, skip_reason
+from overlay.vxlan.dualstack import DualStackBackend, v6_batch
+from overlay.vxlan.entries import FDB, Neigh, Route, entries_for, skip_reason, v6_half
 
 from .test_backend import FakeDataPlane
 

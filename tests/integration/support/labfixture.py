@@ -42,13 +42,15 @@ def quiet(msg: str) -> None:
 
 @contextmanager
 def running_lab(nodes: int = 3, pods_per_node: int = 2, prefix: str = TEST_PREFIX,
-                daemons: Mapping[str, NodeDaemon] | None = None) -> Iterator[Lab]:
+                daemons: Mapping[str, NodeDaemon] | None = None,
+                families: str | None = None) -> Iterator[Lab]:
     """A lab under a temporary base dir; removed afterwards (and checked to be gone).
-    ``daemons``: per node, another overlayd (``Lab``'s option)."""
+    ``daemons``: per node, another overlayd (``Lab``'s option); ``families``: ``dual`` or
+    ``ipv6`` for a lab with IPv6 (``Lab.up``'s option)."""
     base = tempfile.mkdtemp(prefix=f"{prefix}-labdir-")
     lab = Lab(LabSpec(prefix, base), progress=quiet, daemons=daemons)
     try:
-        lab.up(nodes, pods_per_node)
+        lab.up(nodes, pods_per_node, families)
         yield lab
     finally:
         try:
