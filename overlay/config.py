@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 from overlay.errors import ConfigError
 
@@ -344,12 +344,12 @@ def _parse_network(value: Any) -> IPv4Network:
 def _parse_ipv6(fields: dict[str, Any], cfg: NetworkConfig) -> NetworkConfig:
     """The IPv6 half, as strict as the IPv4 one and with Flannel's defaults."""
     net = _parse_ipv6_network(fields.get("IPv6Network"))
-    n = _parse_ipv6_subnet_len(fields.get("IPv6SubnetLen"), net)
+    n = _parse_subnet_len(fields.get("IPv6SubnetLen"), net, "IPv6SubnetLen")
     size = 1 << (128 - n)
-    lo = _parse_ipv6_bound(fields, "IPv6SubnetMin", net, n,
-                           IPv6Address(int(net.network_address) + size))
-    hi = _parse_ipv6_bound(fields, "IPv6SubnetMax", net, n,
-                           IPv6Address(int(net.broadcast_address) + 1 - size))
+    lo = _parse_bound(fields, "IPv6SubnetMin", net, n,
+                      IPv6Address(int(net.network_address) + size))
+    hi = _parse_bound(fields, "IPv6SubnetMax", net, n,
+                      IPv6Address(int(net.broadcast_address) + 1 - size))
     if lo > hi:
         raise ConfigError(f"IPv6SubnetMin {lo} is above IPv6SubnetMax {hi}")
     return replace(cfg, enable_ipv6=True, ipv6_network=net, ipv6_subnet_len=n,
@@ -386,70 +386,51 @@ def _parse_ipv6_network(value: Any) -> IPv6Network:
     return net
 
 
-def _parse_ipv6_subnet_len(value: Any, network: IPv6Network) -> int:
-    if value is None or (_is_int(value) and value == 0):
-        return 64 if network.prefixlen <= 62 else network.prefixlen + 2
-    if not _is_int(value):
-        raise ConfigError(f"IPv6SubnetLen: must be an integer, got {_show(value)}")
-    if value > 126:
-        raise ConfigError(f"IPv6SubnetLen: {value} is too long; it must be at most 126 "
-                          "(each node needs room for a gateway and pods)")
-    if value < network.prefixlen + 2:
-        raise ConfigError(f"IPv6SubnetLen: {value} leaves fewer than four subnets in "
-                          f"{network}; use at least {network.prefixlen + 2}")
-    return value
-
-
-def _parse_ipv6_bound(fields: dict[str, Any], name: str, network: IPv6Network,
-                      subnet_len: int, default: IPv6Address) -> IPv6Address:
-    value = fields.get(name)
-    if value is None or value == "":
-        return default
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: must be an IPv6 address string, got {_show(value)}")
-    try:
-        addr = IPv6Address(value)
-    except ValueError as e:
-        raise ConfigError(f"{name}: {_show(value)} is not an IPv6 address") from e
-    if addr not in network:
-        raise ConfigError(f"{name}: {addr} is outside the IPv6Network {network}")
-    if int(addr) % (1 << (128 - subnet_len)):
-        raise ConfigError(f"{name}: {addr} is not on a /{subnet_len} boundary")
-    return addr
-
-
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _parse_subnet_len(value: Any, network: IPv4Network) -> int:
+# Per family: (the default subnet length, the longest allowed, the network's field name,
+# the family's name). Both families follow one rule, with Flannel's defaults.
+_FAMILY = {4: (24, 30, "Network", "IPv4"), 6: (64, 126, "IPv6Network", "IPv6")}
+
+
+def _parse_subnet_len(value: Any, network: IPv4Network | IPv6Network,
+                      name: str = "SubnetLen") -> int:
+    default, longest, _, _ = _FAMILY[network.version]
     if value is None or (_is_int(value) and value == 0):
-        return 24 if network.prefixlen <= 22 else network.prefixlen + 2
+        return default if network.prefixlen <= default - 2 else network.prefixlen + 2
     if not _is_int(value):
-        raise ConfigError(f"SubnetLen: must be an integer, got {_show(value)}")
-    if value > 30:
-        raise ConfigError(f"SubnetLen: {value} is too long; it must be at most 30 "
+        raise ConfigError(f"{name}: must be an integer, got {_show(value)}")
+    if value > longest:
+        raise ConfigError(f"{name}: {value} is too long; it must be at most {longest} "
                           "(each node needs room for a gateway and pods)")
     if value < network.prefixlen + 2:
-        raise ConfigError(f"SubnetLen: {value} leaves fewer than four subnets in "
+        raise ConfigError(f"{name}: {value} leaves fewer than four subnets in "
                           f"{network}; use at least {network.prefixlen + 2}")
     return value
 
 
-def _parse_bound(fields: dict[str, Any], name: str, network: IPv4Network,
-                 subnet_len: int, default: IPv4Address) -> IPv4Address:
+_Addr = TypeVar("_Addr", IPv4Address, IPv6Address)
+
+
+def _parse_bound(fields: dict[str, Any], name: str, network: IPv4Network | IPv6Network,
+                 subnet_len: int, default: _Addr) -> _Addr:
+    """``SubnetMin``/``SubnetMax`` (or the IPv6 ones): an address of the network's family
+    inside it, on a subnet boundary; ``default`` when absent."""
     value = fields.get(name)
     if value is None or value == "":
         return default
+    _, _, net_field, family = _FAMILY[network.version]
     if not isinstance(value, str):  # IPv4Address() would take an int (or a bool)
-        raise ConfigError(f"{name}: must be an IPv4 address string, got {_show(value)}")
+        raise ConfigError(f"{name}: must be an {family} address string, got {_show(value)}")
     try:
-        addr = IPv4Address(value)
+        addr = type(default)(value)
     except ValueError as e:
-        raise ConfigError(f"{name}: {_show(value)} is not an IPv4 address") from e
+        raise ConfigError(f"{name}: {_show(value)} is not an {family} address") from e
     if addr not in network:
-        raise ConfigError(f"{name}: {addr} is outside the Network {network}")
-    if int(addr) % (1 << (32 - subnet_len)):
+        raise ConfigError(f"{name}: {addr} is outside the {net_field} {network}")
+    if int(addr) % (1 << (network.max_prefixlen - subnet_len)):
         raise ConfigError(f"{name}: {addr} is not on a /{subnet_len} boundary")
     return addr
 
