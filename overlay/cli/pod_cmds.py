@@ -37,7 +37,7 @@ from overlay.subnet.registry import EtcdRegistry
 from overlay.util.text import age, rfc3339
 
 HEADERS = ["NAMESPACE", "NAME", "IP", "NODE", "AGE"]
-WIDE = ["CONTAINER", "LABELS"]
+WIDE = ["IPV6", "CONTAINER", "LABELS"]  # IPV6: a dual-stack pod's second address
 CAS_TRIES = 5  # a label edit racing another writer re-reads and retries
 
 
@@ -69,7 +69,8 @@ def pod_row(r: PodRecord, wide: bool, now: datetime) -> list[Any]:
                       age((now - r.created).total_seconds())]
     if wide:
         labels = ",".join(f"{k}={lab.value}" for k, lab in r.labels.items())
-        row += [r.container_id[:12], labels or None]
+        v6 = ",".join(str(ip) for ip in r.ips if ip.version == 6)
+        row += [v6 or None, r.container_id[:12], labels or None]
     return row
 
 

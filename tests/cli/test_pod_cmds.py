@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from overlay.cli import cli
-from overlay.cli.pod_cmds import parse_label_args, parse_pod_ref
+from overlay.cli.pod_cmds import parse_label_args, parse_pod_ref, pod_row
 from overlay.errors import ConfigError
 
 
@@ -37,3 +37,19 @@ def test_bad_input_is_one_line_and_exit_1_without_etcd(argv):
     r = CliRunner().invoke(cli, argv + ["--etcd-endpoints", "http://127.0.0.1:9"])
     assert r.exit_code == 1, r.output
     assert r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
+
+
+def test_the_wide_row_shows_a_dual_stack_pods_ipv6_address():
+    from datetime import UTC, datetime
+    from ipaddress import ip_address
+
+    from overlay.cluster.pods import PodRecord
+
+    now = datetime.now(UTC)
+    dual = PodRecord("shop", "web", (ip_address("10.244.1.5"), ip_address("fd00:10:244:1::5")),
+                     "node1", "c1" * 6, "eth0", {}, (), now)
+    assert pod_row(dual, True, now)[2] == ip_address("10.244.1.5")
+    assert pod_row(dual, True, now)[5] == "fd00:10:244:1::5"
+    v4 = PodRecord("shop", "web", (ip_address("10.244.1.5"),), "node1", "c1", "eth0", {}, (),
+                   now)
+    assert pod_row(v4, True, now)[5] is None and len(pod_row(v4, False, now)) == 5

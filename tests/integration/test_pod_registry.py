@@ -136,7 +136,8 @@ def test_a_pod_is_published_with_identity_labels_and_ip(etcd_server, store, node
     assert [(p["namespace"], p["name"], p["ip"], p["ips"], p["node"], p["labels"])
             for p in listed] == [("shop", "web-1", ip, [ip], "node1", {"app": "web"})]
     table = ctl(etcd_server, "pods", "-n", "shop", "-o", "wide").output.splitlines()
-    assert table[0].split() == ["NAMESPACE", "NAME", "IP", "NODE", "AGE", "CONTAINER", "LABELS"]
+    assert table[0].split() == ["NAMESPACE", "NAME", "IP", "NODE", "AGE", "IPV6", "CONTAINER",
+                                "LABELS"]
     assert table[1].split()[:4] == ["shop", "web-1", ip, "node1"] and "app=web" in table[1]
     assert ctl(etcd_server, "pods").output.splitlines()[1:] == []  # namespace default: none
     # DEL: the record leaves the registry
