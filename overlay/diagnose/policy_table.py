@@ -19,10 +19,10 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, TypeVar
 
 from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
 from overlay.policy import nft
@@ -38,6 +38,9 @@ RECHECK = 0.5  # seconds before the second look
 SHOWN = 5  # differences named in FOUND
 
 Component = tuple[Any, ...]
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -273,22 +276,28 @@ def _minus(a: frozenset[tuple[Component, ...]], b: frozenset[tuple[Component, ..
     return out
 
 
-def _diff_sets(want: Table, got: Table) -> list[str]:
+def _diff_named(kind: str, want: Mapping[str, T], got: Mapping[str, T],
+                diff: Callable[[str, T, T], list[str]]) -> list[str]:
+    """Sets or chains by name: missing, extra, or ``diff`` of the two."""
     out = []
-    for name in sorted(want.sets.keys() | got.sets.keys()):
-        a, b = want.sets.get(name), got.sets.get(name)
+    for name in sorted(want.keys() | got.keys()):
+        a, b = want.get(name), got.get(name)
         if b is None:
-            out.append(f"set {name} missing")
+            out.append(f"{kind} {name} missing")
         elif a is None:
-            out.append(f"set {name} extra (overlayd compiles no such set)")
+            out.append(f"{kind} {name} extra (overlayd compiles no such {kind})")
         else:
-            if a.props != b.props:
-                out.append(f"set {name}: {'; '.join(sorted(b.props))} instead of "
-                           f"{'; '.join(sorted(a.props))}")
-            out += [f"set {name}: element {_show(e)} missing"
-                    for e in _minus(a.elements, b.elements)]
-            out += [f"set {name}: extra element {_show(e)}"
-                    for e in _minus(b.elements, a.elements)]
+            out += diff(name, a, b)
+    return out
+
+
+def _diff_set(name: str, a: NftSet, b: NftSet) -> list[str]:
+    out = []
+    if a.props != b.props:
+        out.append(f"set {name}: {'; '.join(sorted(b.props))} instead of "
+                   f"{'; '.join(sorted(a.props))}")
+    out += [f"set {name}: element {_show(e)} missing" for e in _minus(a.elements, b.elements)]
+    out += [f"set {name}: extra element {_show(e)}" for e in _minus(b.elements, a.elements)]
     return out
 
 
@@ -310,17 +319,10 @@ def _diff_chain(name: str, a: Chain, b: Chain) -> list[str]:
 def diff_tables(want: Table, got: Table) -> list[str]:
     """What ``got`` (the kernel's) lacks or has beyond ``want`` (the compiled), in order:
     sets, counters, chains, anything else."""
-    out = _diff_sets(want, got)
+    out = _diff_named("set", want.sets, got.sets, _diff_set)
     out += [f"counter {c} missing" for c in sorted(want.counters - got.counters)]
     out += [f"extra counter {c}" for c in sorted(got.counters - want.counters)]
-    for name in sorted(want.chains.keys() | got.chains.keys()):
-        a, b = want.chains.get(name), got.chains.get(name)
-        if b is None:
-            out.append(f"chain {name} missing")
-        elif a is None:
-            out.append(f"chain {name} extra (overlayd compiles no such chain)")
-        else:
-            out += _diff_chain(name, a, b)
+    out += _diff_named("chain", want.chains, got.chains, _diff_chain)
     out += [f"extra: {s}" for s in sorted(got.other - want.other)]
     out += [f"missing: {s}" for s in sorted(want.other - got.other)]
     return out
