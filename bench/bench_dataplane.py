@@ -197,20 +197,24 @@ def policy_labs(n: int) -> Iterator[tuple[Arm, Arm]]:
 
 # --- measurements ----------------------------------------------------------------------
 @contextmanager
-def servers(paths: list[Path_]) -> Iterator[None]:
-    """An iperf3 and a sockperf server at every destination, for the whole run."""
+def servers(paths: list[Path_], sockperf: bool = True) -> Iterator[None]:
+    """An iperf3 and (``sockperf``) a sockperf server at every destination, for the whole
+    run (the IPv6 benchmark runs iperf3 alone: Debian's sockperf has no IPv6)."""
     procs = []
     try:
         for p in paths:
-            for argv in (["iperf3", "-s", "-p", str(IPERF_PORT), "-B", p.dst_ip],
-                         ["sockperf", "server", "--tcp", "-i", p.dst_ip, "-p",
-                          str(SOCKPERF_PORT)]):
+            argvs = [["iperf3", "-s", "-p", str(IPERF_PORT), "-B", p.dst_ip]]
+            if sockperf:
+                argvs.append(["sockperf", "server", "--tcp", "-i", p.dst_ip, "-p",
+                              str(SOCKPERF_PORT)])
+            for argv in argvs:
                 procs.append(subprocess.Popen(in_netns(p.dst_ns, argv),
                                               stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
         for p in paths:
             wait_listening(p, IPERF_PORT)
-            wait_listening(p, SOCKPERF_PORT)
+            if sockperf:
+                wait_listening(p, SOCKPERF_PORT)
         yield
     finally:
         for proc in procs:

@@ -45,13 +45,12 @@ sys.path.insert(0, ROOT)
 from bench_dataplane import (  # noqa: E402  (a sibling: bench/ is on sys.path)
     BLOCKS,
     CYCLE,
-    IPERF_PORT,
     Arm,
     Path_,
     bootstrap_median,
     bulk_gbps,
     geomean,
-    wait_listening,
+    servers,
 )
 
 from overlay.lab.lab import Lab  # noqa: E402
@@ -135,28 +134,6 @@ def warm_up(path: Path_, timeout: float = WARM_UP_TIMEOUT) -> None:
         if ok.returncode == 0:
             return
     raise RuntimeError(f"{path.label}: {path.dst_ip} does not answer ping after {timeout:g} s")
-
-
-@contextmanager
-def iperf_servers(paths: list[Path_]) -> Iterator[None]:
-    procs = []
-    try:
-        for p in paths:
-            procs.append(subprocess.Popen(
-                in_netns(p.dst_ns, ["iperf3", "-s", "-p", str(IPERF_PORT), "-B", p.dst_ip]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for p in paths:
-            wait_listening(p, IPERF_PORT)
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 # --- the schedule ----------------------------------------------------------------------
@@ -267,7 +244,8 @@ def main() -> None:
         for arm in arms.values():
             for p in (arm.node, arm.pod):
                 warm_up(p)
-        stack.enter_context(iperf_servers([p for a in arms.values() for p in (a.node, a.pod)]))
+        stack.enter_context(servers([p for a in arms.values() for p in (a.node, a.pod)],
+                                    sockperf=False))
         blocks = run_blocks(arms, args, started)
     report(blocks, args, time.monotonic() - started)
 
