@@ -88,3 +88,24 @@ def test_watch_sees_puts_deletes_and_resumes_after_compaction(store):
     stop2.set()
     assert first and first[0].snapshot is not None
     assert [k.value for k in first[0].snapshot] == [b"2"]
+
+
+def test_the_test_etcd_picks_new_ports_when_a_picked_one_is_taken():
+    """The support server's own retry: a port taken between free_port() and etcd's bind
+    (another process's) makes start() pick again instead of failing the test."""
+    import socket
+
+    from .support.etcd_server import EtcdServer
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    server = EtcdServer()
+    server.client_port = taken.getsockname()[1]  # as if someone bound it meanwhile
+    try:
+        server.start()
+        assert server.client_port != taken.getsockname()[1] and server.healthy()
+    finally:
+        server.stop()
+        server.cleanup()
+        taken.close()

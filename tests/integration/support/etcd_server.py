@@ -38,6 +38,9 @@ class EtcdServer:
         self.host = host
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
+        # ports we picked may be taken between free_port() and etcd's bind (another
+        # process's ephemeral port): start() then picks again; given ones are kept
+        self._picked_ports = client_port is None and peer_port is None
         self.tls = tls
         self.scheme = "https" if tls is not None else scheme
         self.initial_cluster = initial_cluster
@@ -72,12 +75,22 @@ class EtcdServer:
                 "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
 
     def start(self, wait: bool = True) -> Self:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (a child's log: open while the child runs)
-        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        if wait:
-            self.wait_healthy()
+        for attempt in range(3):
+            log = open(self.log_path, "ab")  # noqa: SIM115 (a child's log: open while it runs)
+            self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+            if not wait:
+                return self
+            try:
+                self.wait_healthy()
+                return self
+            except RuntimeError:
+                lost_port = (self.proc.poll() is not None and "address already in use"
+                             in Path(self.log_path).read_text()[-2000:])
+                if not (lost_port and self._picked_ports and attempt < 2):
+                    raise
+                self.client_port, self.peer_port = free_port(), free_port()
         return self
 
     def wait_healthy(self, timeout: float = 15.0) -> None:
