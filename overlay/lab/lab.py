@@ -69,14 +69,16 @@ from overlay.lab.spec import (
     pod_key,
 )
 from overlay.lab.state import LabState, PodRecord, load_state, save_state
-from overlay.subnetenv import load_subnet_env
+from overlay.subnetenv import POLICY_MARKER, load_subnet_env
 
 log = logging.getLogger(__name__)
 
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
-# What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
-NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json")
+# What ``up`` and the node's overlayd and CNI plugin make in a node's directory (the
+# policy marker stays while overlayd is stopped, on purpose: see subnetenv).
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json",
+              POLICY_MARKER)
 NODE_TREES = ("state", "ipam", "net.d")
 POD_FILES = ("responder.pid", "responder.log")     # in each pod's directory
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
