@@ -259,10 +259,12 @@ def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
     queries = [RouteQuery(dst)]
     if br is not None:
         queries.insert(0, RouteQuery(dst, src, br.index))
-    if dst_lease is not None:
-        queries.append(RouteQuery(dst_lease.attrs.public_ip))
+    # An IPv4 destination's lease is an IPv4 one: its public IP is IPv4 too.
+    peer = dst_lease.attrs.public_ip if dst_lease is not None else None
+    if isinstance(peer, IPv4Address):
+        queries.append(RouteQuery(peer))
     answers = routes_get(queries)
-    underlay = answers.pop() if dst_lease is not None else None
+    underlay = answers.pop() if isinstance(peer, IPv4Address) else None
     forwarded, plain = (answers[0], answers[1]) if br is not None else (None, answers[0])
     route = forwarded or plain
     forwarding = None if br is None or route is None else forwarded is not None

@@ -13,7 +13,7 @@ Node ``node<i>`` holds the subnet 10.244.<i>.0/24, reserved for it before its ov
 starts (the example cluster's table).  ``up --dual-stack`` adds IPv6 to the same pieces:
 the underlay bridge fd00:192:168:1::1/64 and node<i> at fd00:192:168:1::1<i> (overlayd's
 ``--public-ipv6``), IPv6 forwarding in each node, pods in fd00:10:244::/56 (a /64 per
-node, overlay-v6.1 beside overlay.1).
+node, overlay-v6.1 beside overlay.1); ``--ipv6-only`` the same with EnableIPv4 false.
 Every pod runs a responder (TCP and UDP, ports 80 and 81, both families) for ``probe``
 and ``matrix --port/--protocol``.
 
