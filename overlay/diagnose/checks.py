@@ -24,7 +24,7 @@ from overlay.cni.install import (
     PLUGIN_NAME as PLUGIN_TYPE,
 )
 from overlay.cni.netconf import DEFAULT_BRIDGE
-from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
+from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, BackendConfig, NetworkConfig
 from overlay.diagnose.state import (
     FAIL,
     PASS,
@@ -134,11 +134,32 @@ def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | N
 
 
 def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
-    if cluster.config and cluster.config.backend.mtu:
-        return cluster.config.backend.mtu
+    """The IPv4 device's MTU as overlayd sets it (``BackendConfig.device_mtu``: the outer
+    MTU, Backend.MTU or the underlay's, whichever is smaller, - 50)."""
+    backend = cluster.config.backend if cluster.config else BackendConfig()
     if facts.underlay:
-        return facts.underlay.mtu - VXLAN_OVERHEAD
-    return None
+        return backend.device_mtu(facts.underlay.mtu, 4)
+    return backend.mtu - VXLAN_OVERHEAD if backend.mtu else None
+
+
+def expected_mtu6(cluster: ClusterState, node: NodeState) -> int | None:
+    """The IPv6 device's MTU (the outer MTU - 70), when the node has that device."""
+    d = node.ipv6_device
+    if cluster.config is None or d is None or d.local is None or d.local.version != 6:
+        return None
+    backend = cluster.config.backend
+    if d.underlay_mtu:
+        return backend.device_mtu(d.underlay_mtu, 6)
+    return backend.mtu - VXLAN_OVERHEAD_V6 if backend.mtu else None
+
+
+def expected_pod_mtu(node: NodeState, cluster: ClusterState, facts: Facts) -> int | None:
+    """OVERLAY_MTU: the IPv4 device's, or on a node whose subnet.env has an IPv6 subnet
+    the smaller of both devices' (a pod has one MTU for both families)."""
+    want = expected_mtu(cluster, facts)
+    env = node.subnet_env
+    want6 = expected_mtu6(cluster, node) if env is not None and env.ipv6_subnet else None
+    return min(want, want6) if want is not None and want6 is not None else want
 
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
@@ -697,10 +718,14 @@ def check_firewall(node: NodeState, cluster: ClusterState) -> CheckResult:
 def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "mtu"
     want = expected_mtu(cluster, f)
-    expected = (f"{f.vxlan_name} MTU {want} (" + ("Backend.MTU" if cluster.config and
-                cluster.config.backend.mtu else f"underlay {f.underlay.name if f.underlay else '?'}"
-                f" {f.underlay.mtu if f.underlay else '?'} - {VXLAN_OVERHEAD}") +
-                ") = OVERLAY_MTU; bridge and pods <= it")
+    pod_mtu = expected_pod_mtu(node, cluster, f)
+    outer = (f"Backend.MTU {cluster.config.backend.mtu}" if cluster.config and
+             cluster.config.backend.mtu else "")
+    under = f"underlay {f.underlay.name} {f.underlay.mtu}" if f.underlay else "underlay ?"
+    expected = (f"{f.vxlan_name} MTU {want} ((" + (f"{outer}, at most {under}" if outer
+                else under) + f") - {VXLAN_OVERHEAD}); OVERLAY_MTU {pod_mtu}"
+                + (" (the smaller of both families')" if pod_mtu != want else "")
+                + "; bridge and pods <= it")
     if node.kernel is None:
         return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
     if f.vxlan is None:
@@ -714,14 +739,14 @@ def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     env = node.subnet_env
     if env is not None:
         found.append(f"OVERLAY_MTU {env.mtu}")
-        target = want if want is not None else dev_mtu
+        target = pod_mtu if pod_mtu is not None else dev_mtu
         if env.mtu != target:
             problems.append(f"OVERLAY_MTU {env.mtu} != {target}")
             fix = fix or "restart overlayd on this node so it rewrites subnet.env"
     if f.bridge is not None:
         ports = node.kernel.ports_of(f.bridge.index)
         found.append(f"{f.bridge_name} {f.bridge.mtu}")
-        limit = want if want is not None else dev_mtu
+        limit = pod_mtu if pod_mtu is not None else dev_mtu
         big = [p for p in ports if p.mtu > limit]
         if ports and f.bridge.mtu > limit:
             problems.append(f"{f.bridge_name} MTU {f.bridge.mtu} > {limit}")
@@ -829,7 +854,7 @@ def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
 
 
 def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
-    """The IPv6 device (MTU = IPv6 underlay - 70) and exactly the entries overlayd's rule
+    """The IPv6 device (MTU = the outer MTU - 70) and exactly the entries overlayd's rule
     gives the IPv6 halves of the accepted remote leases (``vxlan.dualstack.v6_half``)."""
     name = "ipv6-data-plane"
     cfg = cluster.config
@@ -837,7 +862,8 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
         return CheckResult(name, SKIP, "the IPv6 VXLAN device", ETCD_SKIP)
     dev = f"overlay-v6.{cfg.backend.vni}"
     halves = [h for h in map(v6_half, f.remotes) if h is not None]
-    expected = (f"{dev} at the IPv6 underlay MTU - {VXLAN_OVERHEAD_V6}, with the entries of "
+    expected = (f"{dev} at the outer MTU (Backend.MTU, at most the IPv6 underlay's) - "
+                f"{VXLAN_OVERHEAD_V6}, with the entries of "
                 f"{len(halves)} peer(s)' IPv6 halves")
     if not cfg.enable_ipv6:  # nothing is wrong: there is no IPv6 data plane to have
         return CheckResult(name, PASS, "no IPv6 device (the network config does not enable "
@@ -853,8 +879,8 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
     if d is None or d.local is None or d.local.version != 6:
         return CheckResult(name, FAIL, expected, f"no IPv6 VXLAN device {dev}",
                            "restart overlayd on this node (it recreates the device)")
-    want_mtu = (cfg.backend.mtu or d.underlay_mtu or 0) - VXLAN_OVERHEAD_V6
-    if d.mtu != want_mtu:
+    want_mtu = expected_mtu6(cluster, node)
+    if want_mtu is not None and d.mtu != want_mtu:
         return CheckResult(name, FAIL, expected, f"{dev} MTU {d.mtu}, want {want_mtu}",
                            f"ip link set {dev} mtu {want_mtu}; or restart overlayd")
     settings = BackendSettings(cfg.backend.vni, d.local, d.underlay_address

@@ -1223,3 +1223,34 @@ def test_lease_times_are_rfc3339_whole_seconds():
         + cluster.leases[1:]
     checks, _ = statuses(node, cluster)
     assert "expired at 2025-12-31T23:59:59Z" in checks["lease"].found, checks["lease"].found
+
+
+def test_backend_mtu_is_the_outer_mtu_and_a_device_at_the_old_meaning_fails():
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16",
+                                           "Backend": {"MTU": 1400}})
+    # overlayd before Backend.MTU became the outer MTU set the device to 1400 itself
+    links = [link._replace(mtu=1400) if link.index in (VX, BR, POD) else link
+             for link in node.kernel.links]
+    node.subnet_env = node.subnet_env._replace(mtu=1400)
+    c = only_failure(kernel_without(node, links=links), cluster, "mtu")
+    assert "overlay.1 MTU 1350 ((Backend.MTU 1400, at most underlay eth0 1500) - 50)" \
+        in c.expected
+    assert "overlay.1 MTU 1400 != 1350" in c.found and "OVERLAY_MTU 1400 != 1350" in c.found
+    assert "pod veth(s) veth1234 1400 > 1350" in c.found
+    assert c.fix.startswith("ip link set overlay.1 mtu 1350")
+    # after the upgrade: the device and subnet.env at 1350, an old pod still at 1400
+    links = [link._replace(mtu=1350) if link.index in (VX, BR) else link for link in links]
+    node.subnet_env = node.subnet_env._replace(mtu=1350)
+    c = only_failure(kernel_without(node, links=links), cluster, "mtu")
+    assert c.found.endswith("pod veth(s) veth1234 1400 > 1350")
+    assert "recreate the pods on cni0" in c.fix
+
+
+def test_backend_mtu_above_the_underlays_expects_the_underlays():
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16",
+                                           "Backend": {"MTU": 9000}})
+    checks, _ = statuses(node, cluster)
+    assert checks["mtu"].status == st.PASS, checks["mtu"].found
+    assert "overlay.1 MTU 1450" in checks["mtu"].expected

@@ -128,3 +128,33 @@ def test_probe_peers6_pings_the_programmed_ipv6_vteps_at_the_device_mtu():
     assert calls[0] == ([IPv6Address("fd00:10:244:2::"), IPv6Address("fd00:10:244:3::")], 1382)
     assert calls[1] == ([IPv6Address("fd00:10:244:3::")], 56)
     assert [(p.received, p.small_received) for p in got] == [(2, None), (0, 1)]
+
+
+def _dual_env(node, mtu):
+    node.subnet_env = node.subnet_env._replace(
+        mtu=mtu, ipv6_network=IPv6Network("fd00:10:244::/56"),
+        ipv6_subnet=IPv6Interface("fd00:10:244:1::1/64"))
+
+
+def test_pod_mtu_of_a_dual_stack_node_is_the_smaller_devices():
+    node, cluster = dual_stack()
+    links = [ln._replace(mtu=1430) if ln.name in ("cni0", "veth1234") else ln
+             for ln in node.kernel.links]
+    node.kernel = replace(node.kernel, links=links)
+    _dual_env(node, 1430)
+    checks, _ = statuses(node, cluster)
+    assert checks["mtu"].status == st.PASS, checks["mtu"].found
+    assert "OVERLAY_MTU 1430 (the smaller of both families')" in checks["mtu"].expected
+    _dual_env(node, 1450)  # the IPv4 device's: too big for IPv6
+    checks, _ = statuses(node, cluster)
+    assert checks["mtu"].status == st.FAIL and "OVERLAY_MTU 1450 != 1430" in checks["mtu"].found
+
+
+def test_backend_mtu_gives_the_ipv6_device_the_outer_mtu_less_70():
+    node, cluster = dual_stack(mtu=1330)
+    cluster.config = replace(cluster.config, backend=replace(cluster.config.backend, mtu=1400))
+    assert check(node, cluster).status == st.PASS
+    node, cluster = dual_stack(mtu=1400)  # Backend.MTU given to the device as is: #1781
+    cluster.config = replace(cluster.config, backend=replace(cluster.config.backend, mtu=1400))
+    c = check(node, cluster)
+    assert c.status == st.FAIL and "MTU 1400, want 1330" in c.found
