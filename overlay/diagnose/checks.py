@@ -41,6 +41,7 @@ from overlay.diagnose.state import (
 )
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
+from overlay.netlink.pod import host_veth_name
 from overlay.netlink.rtnl import protocol_name
 from overlay.util.text import rfc3339
 from overlay.vxlan.entries import (
@@ -412,6 +413,69 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
                            "without a pod interface on the bridge (leaked IPs?)",
                            "remove the leaked IPs with the runtime's CNI GC (or CNI DEL)")
     return CheckResult(name, PASS, expected, found)
+
+
+def own_ipv6_subnet(node: NodeState, f: Facts) -> IPv6Network | None:
+    """This node's IPv6 subnet: its lease's IPv6 half, else subnet.env's."""
+    if f.own is not None and f.own.ipv6_subnet is not None:
+        return f.own.ipv6_subnet
+    env = node.subnet_env
+    return env.ipv6_subnet.network if env is not None and env.ipv6_subnet else None
+
+
+def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    """The IPAM store's IPv6 addresses: each inside this node's IPv6 subnet (not its
+    VTEP ``::`` or gateway ``::1``) and held by a pod that is there, i.e. whose host veth
+    (named from its container ID and interface, as the plugin names it) is on the
+    bridge; one without is leaked (a DEL that never came)."""
+    name = "ipv6-pod-ips"
+    res = node.reservations6
+    subnet6 = own_ipv6_subnet(node, f)
+    expected = (f"every IPv6 address in {node.ipam_dir or 'the CNI dataDir'} inside "
+                f"{subnet6 or 'this node IPv6 subnet'} and held by a pod on {f.bridge_name}")
+    if f.overlay_cni is None:
+        return CheckResult(name, SKIP, expected, "no overlay CNI config to find the IPAM dir")
+    enabled = bool(cluster.config and cluster.config.enable_ipv6)
+    if not res:
+        return CheckResult(name, PASS, expected, "no IPv6 addresses reserved" + (
+            "" if enabled or not cluster.available else " (IPv6 not enabled)"))
+    if subnet6 is None:
+        return CheckResult(name, FAIL, expected, f"{len(res)} IPv6 address(es) reserved, "
+                           "but this node has no IPv6 subnet: "
+                           + ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in res),
+                           "recreate those pods (CNI DEL, then ADD); stale file(s): "
+                           + res[0].path)
+    return _ipv6_ipam_result(node, f, subnet6, expected)
+
+
+def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network,
+                      expected: str) -> CheckResult:
+    name, res = "ipv6-pod-ips", node.reservations6
+    reserved = (subnet6.network_address, subnet6.network_address + 1)  # VTEP, gateway
+    outside = [r for r in res if r.ip not in subnet6 or r.ip in reserved]
+    ports = ({p.name for p in node.kernel.ports_of(f.bridge.index)}
+             if node.kernel is not None and f.bridge is not None else None)
+    leaked = [r for r in res if r not in outside and ports is not None
+              and host_veth_name(r.container_id, r.ifname) not in ports]
+    v4_owners = {(r.container_id, r.ifname) for r in node.reservations}
+    found = f"{len(res)} IPv6 address(es)" + (f", {len(ports)} bridge port(s)"
+                                               if ports is not None else "")
+    problems = []
+    if outside:
+        problems.append(f"outside {subnet6} (or its VTEP/gateway address): " + ", ".join(
+            f"{r.ip} ({r.container_id[:12]})" for r in outside))
+    if leaked:
+        problems.append("leaked (no pod interface on the bridge): " + ", ".join(
+            f"{r.ip} (container {r.container_id[:12]}, {r.ifname}"
+            + ("" if (r.container_id, r.ifname) in v4_owners else ", no IPv4 address")
+            + ")" for r in leaked))
+    if not problems:
+        return CheckResult(name, PASS, expected, found)
+    bad = (outside + leaked)[0]
+    return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems),
+                       f"let the runtime release them (CNI GC, or DEL of container "
+                       f"{bad.container_id[:12]}); if no runtime knows the container, remove "
+                       f"the stale file {bad.path}")
 
 
 def check_local_pods(node: NodeState, f: Facts) -> CheckResult:
@@ -938,6 +1002,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_cni_binary(node, f, opts),
         check_bridge(node, f),
         check_pod_ips(node, f),
+        check_ipv6_pod_ips(node, cluster, f),
         check_local_pods(node, f),
         check_vxlan_device(node, cluster, f),
         check_routes(node, cluster, f),

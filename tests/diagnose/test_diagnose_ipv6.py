@@ -3,11 +3,12 @@ exactly the entries of the remote leases' IPv6 halves."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 
 from overlay.config import parse_network_config
-from overlay.diagnose import checks as dg, state as st
+from overlay.diagnose import checks as dg, firewall as fw_mod, state as st
 from overlay.vxlan.entries import FDB, DeviceView, Entries, Neigh, Route
 
 from .test_diagnose import PEERS, healthy, statuses
@@ -158,3 +159,109 @@ def test_backend_mtu_gives_the_ipv6_device_the_outer_mtu_less_70():
     cluster.config = replace(cluster.config, backend=replace(cluster.config.backend, mtu=1400))
     c = check(node, cluster)
     assert c.status == st.FAIL and "MTU 1400, want 1330" in c.found
+
+
+# --- ipv6-pod-ips: the IPv6 range of the IPAM store ----------------------------------------
+
+def _with_pod6(node, ip="fd00:10:244:1::2", cid="c0ffee", ifname="eth0"):
+    """The healthy node's pod (veth of c0ffee/eth0 on cni0) holding an IPv6 address too."""
+    from overlay.netlink.pod import host_veth_name
+    node.kernel = replace(node.kernel, links=[
+        ln._replace(name=host_veth_name("c0ffee", "eth0")) if ln.name == "veth1234" else ln
+        for ln in node.kernel.links])
+    node.reservations6 = [st.Reservation6(IPv6Address(ip), cid, ifname, f"/x/{ip}")]
+    return node
+
+
+def ipam6(node, cluster) -> st.CheckResult:
+    checks, _ = statuses(node, cluster)
+    return checks["ipv6-pod-ips"]
+
+
+def test_ipv6_reservations_of_the_pods_on_the_bridge_pass():
+    node, cluster = dual_stack()
+    c = ipam6(_with_pod6(node), cluster)
+    assert c.status == st.PASS and "1 IPv6 address(es), 1 bridge port(s)" in c.found
+    assert "fd00:10:244:1::/64" in c.expected
+    node, cluster = healthy()
+    assert ipam6(node, cluster).status == st.PASS  # IPv4-only: nothing to judge
+
+
+def test_leaked_ipv6_reservation_fails_with_its_file():
+    node, cluster = dual_stack()
+    node = _with_pod6(node)
+    node.reservations6.append(st.Reservation6(IPv6Address("fd00:10:244:1::9"), "deadbeef",
+                                              "eth0", "/x/fd00:10:244:1::9"))
+    c = ipam6(node, cluster)
+    assert c.status == st.FAIL
+    assert ("leaked (no pod interface on the bridge): fd00:10:244:1::9 (container deadbeef, "
+            "eth0, no IPv4 address)") in c.found
+    assert "CNI GC" in c.fix and "/x/fd00:10:244:1::9" in c.fix
+
+
+def test_ipv6_reservation_outside_the_nodes_ipv6_subnet_or_on_its_gateway_fails():
+    for ip in ("fd00:10:244:7::2", "fd00:10:244:1::1", "fd00:10:244:1::"):
+        node, cluster = dual_stack()
+        c = ipam6(_with_pod6(node, ip), cluster)
+        assert c.status == st.FAIL and "outside fd00:10:244:1::/64" in c.found, ip
+        assert ip in c.found and f"/x/{ip}" in c.fix
+
+
+def test_ipv6_reservations_on_a_node_without_an_ipv6_subnet_fail():
+    node, cluster = dual_stack(own_v6=False)
+    c = ipam6(_with_pod6(node), cluster)
+    assert c.status == st.FAIL and "this node has no IPv6 subnet" in c.found
+
+
+def test_ipv6_subnet_comes_from_subnet_env_without_etcd():
+    node, cluster = dual_stack()
+    _dual_env(node, 1430)
+    c = ipam6(_with_pod6(node, "fd00:10:244:7::2"), st.ClusterState(error="etcd down"))
+    assert c.status == st.FAIL and "outside fd00:10:244:1::/64" in c.found
+
+
+# --- firewall: UDP 8472 dropped over IPv6 (nft -j / ip6tables-save as this machine prints) --
+
+NFT_V6 = json.dumps({"nftables": [
+    {"table": {"family": "ip6", "name": "f6", "handle": 1}},
+    {"chain": {"family": "ip6", "table": "f6", "name": "input", "handle": 1, "type": "filter",
+               "hook": "input", "prio": 0, "policy": "accept"}},
+    {"rule": {"family": "ip6", "table": "f6", "chain": "input", "handle": 2, "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                   "right": 8472}},
+        {"counter": {"packets": 0, "bytes": 0}}, {"drop": None}]}},
+    {"table": {"family": "inet", "name": "fi", "handle": 2}},
+    {"chain": {"family": "inet", "table": "fi", "name": "input", "handle": 1, "type": "filter",
+               "hook": "input", "prio": 0, "policy": "accept"}},
+    {"rule": {"family": "inet", "table": "fi", "chain": "input", "handle": 2, "expr": [
+        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                   "right": 8472}},
+        {"drop": None}]}}]})
+IP6TABLES_SAVE = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 8472 -j DROP
+COMMIT
+"""
+
+
+def test_nft_drops_of_vxlan_over_ipv6_are_found_in_ip6_and_inet_tables():
+    fw = fw_mod.parse_nft_ruleset(NFT_V6, 8472, families=("ip", "inet", "ip6"))
+    assert [r.fix for r in fw.drops] == ["nft delete rule ip6 f6 input handle 2",
+                                         "nft delete rule inet fi input handle 2"]
+    # an IPv4-only node's VXLAN never runs over IPv6: neither rule drops it
+    assert fw_mod.parse_nft_ruleset(NFT_V6, 8472).drops == []
+    ipv4_only = NFT_V6.replace('"right": "ipv6"', '"right": "ipv4"')
+    fw = fw_mod.parse_nft_ruleset(ipv4_only, 8472, families=("ip", "inet", "ip6"))
+    assert [r.where for r in fw.drops] == ["ip6 f6 input", "inet fi input"]
+
+
+def test_ip6tables_drop_fails_the_firewall_check_with_its_delete_command():
+    node, cluster = dual_stack()
+    node.firewall = fw_mod.parse_iptables_save(IP6TABLES_SAVE, 8472, "ip6tables")
+    checks, _ = statuses(node, cluster)
+    c = checks["firewall"]
+    assert c.status == st.FAIL and "ip6tables filter INPUT" in c.found
+    assert c.fix == "ip6tables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP"
