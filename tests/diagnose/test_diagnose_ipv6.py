@@ -1,11 +1,15 @@
-"""diagnose's ipv6-data-plane check on made-up state (no root): the IPv6 device's MTU and
-exactly the entries of the remote leases' IPv6 halves."""
+"""diagnose and trace over IPv6 on made-up state (no root): the ipv6-data-plane check (the
+IPv6 device's MTU and exactly the entries of the remote leases' IPv6 halves), the pod MTU
+of a dual-stack node, the IPAM store's IPv6 range, UDP 8472 dropped over IPv6, and trace
+between two IPv6 pod addresses."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
+
+import pytest
 
 from overlay.config import parse_network_config
 from overlay.diagnose import checks as dg, firewall as fw_mod, state as st
@@ -265,3 +269,106 @@ def test_ip6tables_drop_fails_the_firewall_check_with_its_delete_command():
     c = checks["firewall"]
     assert c.status == st.FAIL and "ip6tables filter INPUT" in c.found
     assert c.fix == "ip6tables -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP"
+
+
+# --- trace over IPv6 ------------------------------------------------------------------------
+
+V6DEV, ETH_IX, BR_IX = 8, 2, 6
+SRC6, DST6 = IPv6Address("fd00:10:244:1::2"), IPv6Address("fd00:10:244:2::5")
+PEER6, PEER_MAC6 = IPv6Address("fd00:192:168:1::12"), "0e:00:00:00:06:02"
+
+
+def ipv6_kernel(node, fdb=True, neigh=True):
+    """The node's IPv6 side as ``read_ipv6_state`` gives it: overlay-v6.1 over eth0, the
+    bridge's IPv6 gateway, node2's IPv6 VTEP entries."""
+    from overlay.netlink.addr import Addr6
+    from overlay.netlink.kernel_state import KernelState, NeighInfo
+    from overlay.netlink.link import Link, VXLANInfo
+    from overlay.netlink.rtnl import AF_BRIDGE
+    links = [*node.kernel.links, Link(
+        V6DEV, "overlay-v6.1", "vxlan", True, "UNKNOWN", 1430, "0e:00:00:00:06:01",
+        vxlan=VXLANInfo(1, 8472, None, ETH_IX, False, MY6))]
+    addrs: list = [Addr6(BR_IX, IPv6Interface("fd00:10:244:1::1/64")),
+             Addr6(ETH_IX, IPv6Interface(f"{MY6}/64"))]
+    neighs = [NeighInfo(IPv6Address("fd00:10:244:2::"), PEER_MAC6, V6DEV, 0x80)] if neigh else []
+    fdbs = [NeighInfo(PEER6, PEER_MAC6, V6DEV, 0xC0, family=AF_BRIDGE)] if fdb else []
+    return KernelState(links, addrs, [], neighs, fdbs)
+
+
+def route6_reply(gateway, oif, onlink=False):
+    from overlay.netlink import rtnl
+    body = rtnl.RTMSG.pack(10, 128, 0, 0, 254, 0, 0, 1, rtnl.RTNH_F_ONLINK if onlink else 0)
+    if gateway is not None:
+        body += rtnl.attr(rtnl.RTA_GATEWAY, IPv6Address(gateway).packed)
+    return body + rtnl.attr_u32(rtnl.RTA_OIF, oif)
+
+
+def trace6(monkeypatch, kernel, cluster, forwarding=True):
+    from overlay.diagnose import trace as trace_mod
+    from overlay.netlink import kernel_state, rtnl
+    from overlay.subnet.etcdconf import make_etcd_options
+    sent = []
+
+    class Kernel:  # one rtnetlink socket answering IPv6 route gets as the node would
+        def __init__(self, netns=None):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def batch(self, msgs):
+            sent.append(msgs)
+            out = []
+            for m in msgs:
+                a = rtnl.attrs(m.body, rtnl.RTMSG.size)
+                dst = IPv6Address(a[rtnl.RTA_DST])
+                if dst == PEER6:
+                    out.append(([route6_reply(None, ETH_IX)], 0))
+                elif rtnl.RTA_IIF in a and not forwarding:
+                    out.append(([], 113))
+                else:
+                    out.append(([route6_reply("fd00:10:244:2::", V6DEV, onlink=True)], 0))
+            return out
+
+    monkeypatch.setattr(kernel_state, "open_rtnl", Kernel)
+    monkeypatch.setattr(kernel_state, "read_ipv6_state", lambda: kernel)
+    monkeypatch.setattr(kernel_state, "dump_kernel_state", lambda: pytest.fail("IPv4 read"))
+    return trace_mod.trace_path(SRC6, DST6, make_etcd_options(), cluster=cluster), sent
+
+
+def test_trace_over_ipv6_walks_overlay_v6_to_the_remote_vtep(monkeypatch):
+    node, cluster = dual_stack()
+    t, sent = trace6(monkeypatch, ipv6_kernel(node), cluster)
+    assert [(h.name, h.status) for h in t.hops] == [
+        ("source-node", "ok"), ("source-bridge", "ok"), ("route", "ok"), ("vxlan-device", "ok"),
+        ("remote-vtep-mac", "ok"), ("remote-public-ip", "ok"), ("underlay", "ok"),
+        ("destination-node", "ok")], t.hops
+    hops = {h.name: h.detail for h in t.hops}
+    assert hops["source-node"] == f"{SRC6} in fd00:10:244:1::/64, node {MY6}"
+    assert "fd00:10:244:1::1/64" in hops["source-bridge"]
+    assert hops["route"] == f"{DST6} via fd00:10:244:2:: dev overlay-v6.1"
+    assert f"overlay-v6.1 VNI 1 port 8472 local {MY6} mtu 1430 up" == hops["vxlan-device"]
+    assert hops["remote-vtep-mac"] == f"fd00:10:244:2:: -> {PEER_MAC6}"
+    assert hops["remote-public-ip"].startswith(f"{PEER_MAC6} -> {PEER6}")
+    assert hops["underlay"] == f"{PEER6} via direct dev eth0"
+    assert t.to_dict()["src"] == str(SRC6)
+    forwarded, plain, underlay = sent[0]  # the three route gets in one send, all IPv6
+    assert all(m.body[0] == 10 for m in (forwarded, plain, underlay))
+
+
+def test_trace_over_ipv6_names_a_missing_fdb_entry_and_forwarding_off(monkeypatch):
+    node, cluster = dual_stack()
+    t, _ = trace6(monkeypatch, ipv6_kernel(node, fdb=False), cluster, forwarding=False)
+    hops = {h.name: h for h in t.hops}
+    assert hops["forwarding"].fix == "sysctl -w net.ipv6.conf.all.forwarding=1"
+    assert hops["remote-public-ip"].status == "missing"
+    assert hops["remote-public-ip"].fix == (f"bridge fdb replace {PEER_MAC6} dev overlay-v6.1 "
+                                            f"dst {PEER6} self permanent")
+    assert not t.ok
+    t, _ = trace6(monkeypatch, ipv6_kernel(node, neigh=False), cluster)
+    hop = next(h for h in t.hops if h.name == "remote-vtep-mac")
+    assert hop.status == "missing" and hop.fix == (
+        f"ip neigh replace fd00:10:244:2:: lladdr {PEER_MAC6} dev overlay-v6.1 nud permanent")
