@@ -21,6 +21,9 @@ use it).  A ``NetworkConfig`` names the family that leases are keyed by its *pri
 family: ``network``, ``subnet_len``, ``subnet_min`` and ``subnet_max`` are IPv4's, or in
 an IPv6-only config the IPv6 ones (the ``ipv6_*`` fields hold the same values), so the
 subnet manager and the acceptance rule need not care which family it is.
+
+``Backend.MTU`` is the outer (underlay) MTU, unlike Flannel's (flannel#1781 gave both
+devices the same MTU): ``overlay.<VNI>`` gets MTU - 50 and ``overlay-v6.<VNI>`` MTU - 70.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ DEFAULT_VNI = 1
 DEFAULT_PORT = 8472
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 VXLAN_OVERHEAD_V6 = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
+MIN_POD_MTU = 576  # IPv4's minimum datagram; subnet.env and the CNI plugin refuse less
+IPV6_MIN_MTU = 1280  # RFC 8200: below it a link carries no IPv6 at all
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,20 @@ class BackendConfig:
     vni: int = DEFAULT_VNI
     port: int = DEFAULT_PORT
     direct_routing: bool = False
-    mtu: int | None = None  # None: underlay MTU - 50
+    # The outer (underlay) MTU: each family's device gets it minus its own overhead
+    # (see ``device_mtu``).  None: the underlay's own MTU.
+    mtu: int | None = None
+
+    def outer_mtu(self, underlay_mtu: int) -> int:
+        """The MTU the VXLAN packets may have: Backend.MTU, but never more than the
+        underlay carries (a larger one would have the kernel drop what it cannot send)."""
+        return min(self.mtu, underlay_mtu) if self.mtu else underlay_mtu
+
+    def device_mtu(self, underlay_mtu: int, version: int = 4) -> int:
+        """The MTU of the family's VXLAN device (``overlay.<VNI>`` for 4,
+        ``overlay-v6.<VNI>`` for 6): the outer MTU minus that family's encapsulation."""
+        overhead = VXLAN_OVERHEAD_V6 if version == 6 else VXLAN_OVERHEAD
+        return self.outer_mtu(underlay_mtu) - overhead
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type, "VNI": self.vni, "Port": self.port}
@@ -249,7 +267,9 @@ def _parse_ipv6_only(fields: dict[str, Any]) -> NetworkConfig:
             raise ConfigError(f"{name}: given with \"EnableIPv4\": false (IPv6-only); "
                               "remove it, or set EnableIPv4 to true for dual-stack")
     net, n, lo, hi = _parse_ipv6_range(fields)
-    return NetworkConfig(net, n, lo, hi, _parse_backend(fields.get("Backend")),
+    backend = _parse_backend(fields.get("Backend"))
+    _check_ipv6_mtu(backend)
+    return NetworkConfig(net, n, lo, hi, backend,
                          enable_ipv4=False, enable_ipv6=True, ipv6_network=net,
                          ipv6_subnet_len=n, ipv6_subnet_min=lo, ipv6_subnet_max=hi)
 
@@ -391,6 +411,7 @@ def _parse_network(value: Any) -> IPv4Network:
 def _parse_ipv6(fields: dict[str, Any], cfg: NetworkConfig) -> NetworkConfig:
     """The IPv6 half, as strict as the IPv4 one and with Flannel's defaults."""
     net, n, lo, hi = _parse_ipv6_range(fields)
+    _check_ipv6_mtu(cfg.backend)
     return replace(cfg, enable_ipv6=True, ipv6_network=net, ipv6_subnet_len=n,
                    ipv6_subnet_min=lo, ipv6_subnet_max=hi)
 
@@ -408,6 +429,17 @@ def _parse_ipv6_range(fields: dict[str, Any]
     if lo > hi:
         raise ConfigError(f"IPv6SubnetMin {lo} is above IPv6SubnetMax {hi}")
     return net, n, lo, hi
+
+
+def _check_ipv6_mtu(backend: BackendConfig) -> None:
+    """Backend.MTU is the outer MTU of both families: IPv6's device (MTU - 70) must carry
+    IPv6's minimum link MTU, or the kernel gives it no IPv6 at all."""
+    least = IPV6_MIN_MTU + VXLAN_OVERHEAD_V6
+    if backend.mtu is not None and backend.mtu < least:
+        raise ConfigError(f"Backend.MTU: {backend.mtu} is too small for EnableIPv6: the "
+                          f"IPv6 device gets MTU - {VXLAN_OVERHEAD_V6} = "
+                          f"{backend.mtu - VXLAN_OVERHEAD_V6}, below IPv6's minimum "
+                          f"{IPV6_MIN_MTU}; use at least {least} (or leave MTU unset)")
 
 
 def _parse_ipv6_network(value: Any) -> IPv6Network:
@@ -503,7 +535,12 @@ def _parse_backend(value: Any) -> BackendConfig:
             raise ConfigError(f"Backend.{name}: {why}")
     vni = _int_field(fields, "VNI", 1, (1 << 24) - 1) or DEFAULT_VNI
     port = _int_field(fields, "Port", 1, 65535) or DEFAULT_PORT
-    mtu = _int_field(fields, "MTU", 576, 65535)
+    mtu = _int_field(fields, "MTU", 1, 65535)
+    if mtu is not None and mtu < MIN_POD_MTU + VXLAN_OVERHEAD:
+        raise ConfigError(f"Backend.MTU: {mtu} is too small: it is the outer (underlay) MTU "
+                          f"and the IPv4 device gets MTU - {VXLAN_OVERHEAD} = "
+                          f"{mtu - VXLAN_OVERHEAD}, below the pods' minimum {MIN_POD_MTU}; "
+                          f"use at least {MIN_POD_MTU + VXLAN_OVERHEAD} (or leave MTU unset)")
     direct = fields.get("DirectRouting", False)
     if not isinstance(direct, bool):
         raise ConfigError(f"Backend.DirectRouting: must be true or false, got {_show(direct)}")

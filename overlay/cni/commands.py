@@ -240,9 +240,13 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int,
         pod.prepare_pod_ipv6(netns_fd, req.ifname)  # before the link comes up
     inside = stack.enter_context(netns.open_in_netns(netns_fd))
     pod_link = pod.configure_pod_link(inside, req.ifname, address, routes, address6)
-    if conf.ip_masq and ip is not None and node.network is not None:
-        masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
+    if conf.ip_masq:
         undo.append(lambda: masq.del_masq(conf.name, req.container_id, req.ifname))
+        if ip is not None and node.network is not None:
+            masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
+        if address6 is not None and node.ipv6_network is not None:
+            masq.add_masq(conf.name, req.container_id, req.ifname, address6.ip,
+                          node.ipv6_network)
     return Result(
         interfaces=(Interface(bridge.name, _mac(bridge), mtu=bridge.mtu),
                     Interface(host_link.name, _mac(host_link), mtu=node.mtu),
@@ -360,6 +364,9 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
             raise fail(f"{address.ip} is not reserved for this attachment in IPAM")
     if conf.ip_masq and not masq.has_masq(conf.name, req.container_id, req.ifname):
         raise fail("masquerade rules are missing")
+    if (conf.ip_masq and any(a.version == 6 for a in ips)
+            and not masq.has_masq(conf.name, req.container_id, req.ifname, 6)):
+        raise fail("IPv6 masquerade rules (ip6tables) are missing")
 
 
 def _check_host(req: Request, conf: NetConf, node: NodeSubnet, host, fail) -> None:

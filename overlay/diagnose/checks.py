@@ -31,7 +31,7 @@ from overlay.cni.install import (
     PLUGIN_NAME as PLUGIN_TYPE,
 )
 from overlay.cni.netconf import DEFAULT_BRIDGE
-from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
+from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, BackendConfig, NetworkConfig
 from overlay.diagnose.state import (
     FAIL,
     PASS,
@@ -48,6 +48,7 @@ from overlay.diagnose.state import (
 )
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
+from overlay.netlink.pod import host_veth_name
 from overlay.netlink.rtnl import protocol_name
 from overlay.util.text import rfc3339
 from overlay.vxlan.entries import (
@@ -146,11 +147,32 @@ def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | N
 
 
 def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
-    if cluster.config and cluster.config.backend.mtu:
-        return cluster.config.backend.mtu
+    """The IPv4 device's MTU as overlayd sets it (``BackendConfig.device_mtu``: the outer
+    MTU, Backend.MTU or the underlay's, whichever is smaller, - 50)."""
+    backend = cluster.config.backend if cluster.config else BackendConfig()
     if facts.underlay:
-        return facts.underlay.mtu - VXLAN_OVERHEAD
-    return None
+        return backend.device_mtu(facts.underlay.mtu, 4)
+    return backend.mtu - VXLAN_OVERHEAD if backend.mtu else None
+
+
+def expected_mtu6(cluster: ClusterState, node: NodeState) -> int | None:
+    """The IPv6 device's MTU (the outer MTU - 70), when the node has that device."""
+    d = node.ipv6_device
+    if cluster.config is None or d is None or d.local is None or d.local.version != 6:
+        return None
+    backend = cluster.config.backend
+    if d.underlay_mtu:
+        return backend.device_mtu(d.underlay_mtu, 6)
+    return backend.mtu - VXLAN_OVERHEAD_V6 if backend.mtu else None
+
+
+def expected_pod_mtu(node: NodeState, cluster: ClusterState, facts: Facts) -> int | None:
+    """OVERLAY_MTU: the IPv4 device's, or on a node whose subnet.env has an IPv6 subnet
+    the smaller of both devices' (a pod has one MTU for both families)."""
+    want = expected_mtu(cluster, facts)
+    env = node.subnet_env
+    want6 = expected_mtu6(cluster, node) if env is not None and env.ipv6_subnet else None
+    return min(want, want6) if want is not None and want6 is not None else want
 
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
@@ -403,6 +425,69 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
                            "without a pod interface on the bridge (leaked IPs?)",
                            "remove the leaked IPs with the runtime's CNI GC (or CNI DEL)")
     return CheckResult(name, PASS, expected, found)
+
+
+def own_ipv6_subnet(node: NodeState, f: Facts) -> IPv6Network | None:
+    """This node's IPv6 subnet: its lease's IPv6 half, else subnet.env's."""
+    if f.own is not None and f.own.ipv6_subnet is not None:
+        return f.own.ipv6_subnet
+    env = node.subnet_env
+    return env.ipv6_subnet.network if env is not None and env.ipv6_subnet else None
+
+
+def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    """The IPAM store's IPv6 addresses: each inside this node's IPv6 subnet (not its
+    VTEP ``::`` or gateway ``::1``) and held by a pod that is there, i.e. whose host veth
+    (named from its container ID and interface, as the plugin names it) is on the
+    bridge; one without is leaked (a DEL that never came)."""
+    name = "ipv6-pod-ips"
+    res = node.reservations6
+    subnet6 = own_ipv6_subnet(node, f)
+    expected = (f"every IPv6 address in {node.ipam_dir or 'the CNI dataDir'} inside "
+                f"{subnet6 or 'this node IPv6 subnet'} and held by a pod on {f.bridge_name}")
+    if f.overlay_cni is None:
+        return CheckResult(name, SKIP, expected, "no overlay CNI config to find the IPAM dir")
+    enabled = bool(cluster.config and cluster.config.enable_ipv6)
+    if not res:
+        return CheckResult(name, PASS, expected, "no IPv6 addresses reserved" + (
+            "" if enabled or not cluster.available else " (IPv6 not enabled)"))
+    if subnet6 is None:
+        return CheckResult(name, FAIL, expected, f"{len(res)} IPv6 address(es) reserved, "
+                           "but this node has no IPv6 subnet: "
+                           + ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in res),
+                           "recreate those pods (CNI DEL, then ADD); stale file(s): "
+                           + res[0].path)
+    return _ipv6_ipam_result(node, f, subnet6, expected)
+
+
+def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network,
+                      expected: str) -> CheckResult:
+    name, res = "ipv6-pod-ips", node.reservations6
+    reserved = (subnet6.network_address, subnet6.network_address + 1)  # VTEP, gateway
+    outside = [r for r in res if r.ip not in subnet6 or r.ip in reserved]
+    ports = ({p.name for p in node.kernel.ports_of(f.bridge.index)}
+             if node.kernel is not None and f.bridge is not None else None)
+    leaked = [r for r in res if r not in outside and ports is not None
+              and host_veth_name(r.container_id, r.ifname) not in ports]
+    v4_owners = {(r.container_id, r.ifname) for r in node.reservations}
+    found = f"{len(res)} IPv6 address(es)" + (f", {len(ports)} bridge port(s)"
+                                               if ports is not None else "")
+    problems = []
+    if outside:
+        problems.append(f"outside {subnet6} (or its VTEP/gateway address): " + ", ".join(
+            f"{r.ip} ({r.container_id[:12]})" for r in outside))
+    if leaked:
+        problems.append("leaked (no pod interface on the bridge): " + ", ".join(
+            f"{r.ip} (container {r.container_id[:12]}, {r.ifname}"
+            + ("" if (r.container_id, r.ifname) in v4_owners else ", no IPv4 address")
+            + ")" for r in leaked))
+    if not problems:
+        return CheckResult(name, PASS, expected, found)
+    bad = (outside + leaked)[0]
+    return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems),
+                       f"let the runtime release them (CNI GC, or DEL of container "
+                       f"{bad.container_id[:12]}); if no runtime knows the container, remove "
+                       f"the stale file {bad.path}")
 
 
 def check_local_pods(node: NodeState, f: Facts) -> CheckResult:
@@ -711,10 +796,14 @@ def check_firewall(node: NodeState, cluster: ClusterState) -> CheckResult:
 def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "mtu"
     want = expected_mtu(cluster, f)
-    expected = (f"{f.vxlan_name} MTU {want} (" + ("Backend.MTU" if cluster.config and
-                cluster.config.backend.mtu else f"underlay {f.underlay.name if f.underlay else '?'}"
-                f" {f.underlay.mtu if f.underlay else '?'} - {VXLAN_OVERHEAD}") +
-                ") = OVERLAY_MTU; bridge and pods <= it")
+    pod_mtu = expected_pod_mtu(node, cluster, f)
+    outer = (f"Backend.MTU {cluster.config.backend.mtu}" if cluster.config and
+             cluster.config.backend.mtu else "")
+    under = f"underlay {f.underlay.name} {f.underlay.mtu}" if f.underlay else "underlay ?"
+    expected = (f"{f.vxlan_name} MTU {want} ((" + (f"{outer}, at most {under}" if outer
+                else under) + f") - {VXLAN_OVERHEAD}); OVERLAY_MTU {pod_mtu}"
+                + (" (the smaller of both families')" if pod_mtu != want else "")
+                + "; bridge and pods <= it")
     if node.kernel is None:
         return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
     if f.vxlan is None:
@@ -728,14 +817,14 @@ def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     env = node.subnet_env
     if env is not None:
         found.append(f"OVERLAY_MTU {env.mtu}")
-        target = want if want is not None else dev_mtu
+        target = pod_mtu if pod_mtu is not None else dev_mtu
         if env.mtu != target:
             problems.append(f"OVERLAY_MTU {env.mtu} != {target}")
             fix = fix or "restart overlayd on this node so it rewrites subnet.env"
     if f.bridge is not None:
         ports = node.kernel.ports_of(f.bridge.index)
         found.append(f"{f.bridge_name} {f.bridge.mtu}")
-        limit = want if want is not None else dev_mtu
+        limit = pod_mtu if pod_mtu is not None else dev_mtu
         big = [p for p in ports if p.mtu > limit]
         if ports and f.bridge.mtu > limit:
             problems.append(f"{f.bridge_name} MTU {f.bridge.mtu} > {limit}")
@@ -843,7 +932,7 @@ def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
 
 
 def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
-    """The IPv6 device (MTU = IPv6 underlay - 70) and exactly the entries overlayd's rule
+    """The IPv6 device (MTU = the outer MTU - 70) and exactly the entries overlayd's rule
     gives the IPv6 halves of the accepted remote leases (``vxlan.dualstack.v6_half``)."""
     name = "ipv6-data-plane"
     cfg = cluster.config
@@ -851,7 +940,8 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
         return CheckResult(name, SKIP, "the IPv6 VXLAN device", ETCD_SKIP)
     dev = f"overlay-v6.{cfg.backend.vni}"
     halves = [h for h in map(v6_half, f.remotes) if h is not None]
-    expected = (f"{dev} at the IPv6 underlay MTU - {VXLAN_OVERHEAD_V6}, with the entries of "
+    expected = (f"{dev} at the outer MTU (Backend.MTU, at most the IPv6 underlay's) - "
+                f"{VXLAN_OVERHEAD_V6}, with the entries of "
                 f"{len(halves)} peer(s)' IPv6 halves")
     if not cfg.enable_ipv6:  # nothing is wrong: there is no IPv6 data plane to have
         return CheckResult(name, PASS, "no IPv6 device (the network config does not enable "
@@ -867,8 +957,8 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
     if d is None or d.local is None or d.local.version != 6:
         return CheckResult(name, FAIL, expected, f"no IPv6 VXLAN device {dev}",
                            "restart overlayd on this node (it recreates the device)")
-    want_mtu = (cfg.backend.mtu or d.underlay_mtu or 0) - VXLAN_OVERHEAD_V6
-    if d.mtu != want_mtu:
+    want_mtu = expected_mtu6(cluster, node)
+    if want_mtu is not None and d.mtu != want_mtu:
         return CheckResult(name, FAIL, expected, f"{dev} MTU {d.mtu}, want {want_mtu}",
                            f"ip link set {dev} mtu {want_mtu}; or restart overlayd")
     settings = BackendSettings(cfg.backend.vni, d.local, d.underlay_address
@@ -926,6 +1016,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_cni_binary(node, f, opts),
         check_bridge(node, f),
         check_pod_ips(node, f),
+        check_ipv6_pod_ips(node, cluster, f),
         check_local_pods(node, f),
         check_vxlan_device(node, cluster, f),
         check_routes(node, cluster, f),

@@ -39,6 +39,7 @@ from overlay.diagnose.state import (
     ProbeResult,
     Report,
     Reservation,
+    Reservation6,
     overlay_conf,
 )
 from overlay.errors import OverlayError, SubnetEnvError
@@ -76,19 +77,25 @@ def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
                    for d in dirs) for n in names}
 
 
-def read_reservations(data_dir: str, network: str) -> list[Reservation]:
-    """The CNI IPAM store's reservations (``overlay.cni.ipam``), by address; none when
-    the store cannot be read."""
+def read_reservations(data_dir: str, network: str
+                      ) -> tuple[list[Reservation], list[Reservation6]]:
+    """The CNI IPAM store's reservations (``overlay.cni.ipam``), IPv4 and IPv6 apart, by
+    address; none when the store cannot be read."""
     store = DiskStore(data_dir, network)
     try:
         held = store.reservations()
     except (OverlayError, OSError) as e:
         log.info("IPAM store %s unreadable: %s", store.dir, e)
-        return []
-    # IPv4 only: a dual-stack pod's IPv6 file is judged against no IPv6 subnet yet.
-    v4 = {ip: owner for ip, owner in held.items() if isinstance(ip, IPv4Address)}
-    return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
-            for ip, (cid, ifname) in sorted(v4.items())]
+        return [], []
+    v4, v6 = [], []
+    for ip, (cid, ifname) in sorted(held.items(), key=lambda item: (item[0].version,
+                                                                    item[0])):
+        path = os.path.join(store.dir, str(ip))
+        if isinstance(ip, IPv4Address):
+            v4.append(Reservation(ip, cid, ifname, path))
+        else:
+            v6.append(Reservation6(ip, cid, ifname, path))
+    return v4, v6
 
 
 def read_sysctl(path: str) -> str | None:
@@ -294,7 +301,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     if ours is not None:
         data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
         node.ipam_dir = os.path.join(data_dir, ours.name)
-        node.reservations = read_reservations(data_dir, ours.name)
+        node.reservations, node.reservations6 = read_reservations(data_dir, ours.name)
     if opts.healthz_addr:
         node.readyz = read_readyz(opts.healthz_addr)
         node.config_changed = read_config_changed(opts.healthz_addr)

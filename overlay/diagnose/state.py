@@ -80,6 +80,16 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class Reservation6:
+    """An IPv6 address in the IPAM store (a dual-stack pod's second range)."""
+
+    ip: IPv6Address
+    container_id: str
+    ifname: str
+    path: str
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     subnet: IPv4Network | IPv6Network
     target: IPv4Address | IPv6Address
@@ -126,6 +136,7 @@ class NodeState:
     cni_conf_error: str = ""
     cni_bins: dict[str, bool] = field(default_factory=dict)  # name -> executable
     reservations: list[Reservation] = field(default_factory=list)
+    reservations6: list[Reservation6] = field(default_factory=list)
     ipam_dir: str = ""
     subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
     firewall: FirewallState = field(default_factory=FirewallState)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
-from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
+from overlay.config import NetworkConfig
 from overlay.errors import ConfigError, OverlayError
 from overlay.lease import Lease, LeaseAttrs
 from overlay.netlink.addr import Addr, Addr6, dump as dump_addrs, dump6 as dump_addrs6
@@ -136,7 +136,7 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
         nl.close()
     if clash:  # before anything in the kernel changes
         raise ConfigError(clash)
-    mtu = config.backend.mtu or underlay.mtu - VXLAN_OVERHEAD
+    mtu = _device_mtu(config, underlay.name, underlay.mtu, 4)
     mac = load_or_create_vtep_mac(opts.state_dir, name, adopt=existing)
     public_ip = opts.public_ip or underlay.address.ip
     log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
@@ -185,8 +185,8 @@ def setup_ipv6_only(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
 def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str,
              name: str = "") -> V6Plane | None:
     """``overlay-v6.<VNI>`` over the IPv6 underlay (the IPv4 underlay's link unless
-    ``--public-ipv6`` names another's address), its persisted VTEP MAC, MTU = the IPv6
-    underlay's (or Backend.MTU, the outer MTU) - 70; None, said once, when the node has
+    ``--public-ipv6`` names another's address), its persisted VTEP MAC, MTU = the outer
+    MTU (Backend.MTU, else the IPv6 underlay's) - 70; None, said once, when the node has
     no IPv6 underlay: IPv4 keeps working and the lease has no IPv6 half."""
     vni = config.backend.vni
     name = name or f"overlay-v6.{vni}"
@@ -200,7 +200,7 @@ def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str,
         log.warning("IPv6 is off on this node: %s; IPv4 pod traffic is unaffected and this "
                     "node's lease has no IPv6 half", underlay)
         return None
-    mtu = (config.backend.mtu or underlay.mtu) - VXLAN_OVERHEAD_V6
+    mtu = _device_mtu(config, underlay.name, underlay.mtu, 6)
     mac = load_or_create_vtep_mac(opts.state_dir, name, adopt=existing)
     public_ipv6 = opts.public_ipv6 or underlay.address.ip
     log.info("IPv6 underlay %s (public IPv6 %s, MTU %d); VXLAN device %s VNI %d port %d "
@@ -214,6 +214,17 @@ def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str,
         vni, public_ipv6, IPv6Interface(f"{public_ipv6}/{underlay.address.network.prefixlen}"),
         config.backend.direct_routing))
     return V6Plane(device, backend, underlay.name, mtu, public_ipv6)
+
+
+def _device_mtu(config: NetworkConfig, underlay: str, underlay_mtu: int, version: int) -> int:
+    """The family's device MTU (``BackendConfig.device_mtu``: Backend.MTU is the outer
+    MTU); a Backend.MTU the underlay cannot carry is said, and the underlay's used."""
+    wanted = config.backend.mtu
+    if wanted is not None and wanted > underlay_mtu:
+        log.warning("Backend.MTU %d is more than the IPv%d underlay %s carries (MTU %d): "
+                    "using %d as the outer MTU", wanted, version, underlay, underlay_mtu,
+                    underlay_mtu)
+    return config.backend.device_mtu(underlay_mtu, version)
 
 
 def _warn_forwarding_off() -> None:
