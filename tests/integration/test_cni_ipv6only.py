@@ -10,8 +10,7 @@ import pytest
 
 from overlay.subnetenv import SubnetEnv, write_subnet_env
 
-from .support.cni_node import CNINode, sh
-from .test_cni_dualstack import addrs6, store_files
+from .support.cni_node import CNINode, addrs6, sh, store_files
 
 pytestmark = pytest.mark.integration
 
