@@ -215,7 +215,7 @@ def check_consistent(cfg: NetworkConfig) -> None:
     net, n = cfg.network, cfg.subnet_len
     assert isinstance(net, IPv4Network) and net.prefixlen + 2 <= n <= 30
     assert cfg.subnet_min in net and cfg.subnet_max in net
-    assert cfg.subnet_min <= cfg.subnet_max
+    assert int(cfg.subnet_min) <= int(cfg.subnet_max)
     for bound in (cfg.subnet_min, cfg.subnet_max):
         assert IPv4Network((bound, n)).subnet_of(net)  # aligned: strict construction
     assert not net.is_loopback and not net.is_multicast

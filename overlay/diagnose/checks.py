@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
 from overlay.cni.install import (
@@ -71,14 +78,18 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     underlay = _underlay(k, vxlan, public_ip)
     own = next((lease for lease in cluster.leases
                 if public_ip and lease.attrs.public_ip == public_ip), None)
-    if own is None and public_ip is None and node.subnet_env is not None:
+    env = node.subnet_env
+    # subnet.env's subnet of the lease's family (an IPv6-only node's is its IPv6 one)
+    env_subnet = None if env is None else (env.subnet or env.ipv6_subnet)
+    env_net = None if env_subnet is None else env_subnet.network
+    if own is None and public_ip is None and env_net is not None:
         # No device to learn our public IP from: subnet.env still says which lease is ours.
-        own = next((lease for lease in cluster.leases
-                    if lease.subnet == node.subnet_env.subnet.network), None)
-        public_ip = own.attrs.public_ip if own else None
+        own = next((lease for lease in cluster.leases if lease.subnet == env_net), None)
+        # (its subnet is subnet.env's IPv4 one, so its public IP is IPv4 too)
+        public_ip = own.attrs.public_ip if own and isinstance(own.attrs.public_ip,
+                                                              IPv4Address) else None
         underlay = _underlay(k, vxlan, public_ip)
-    own_subnet = own.subnet if own else (node.subnet_env.subnet.network if node.subnet_env
-                                         else None)
+    own_subnet = own.subnet if own else env_net
     remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
     settings = backend_settings(cfg, k, public_ip, vxlan)
@@ -99,8 +110,9 @@ def backend_settings(cfg: NetworkConfig | None, k: KernelState, public_ip: IPv4A
     return BackendSettings(vni, ip, underlay, bool(cfg and cfg.backend.direct_routing))
 
 
-def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Network | None,
-                   public_ip: IPv4Address | None, vxlan: LinkInfo | None
+def _judge_remotes(cluster: ClusterState, own: Lease | None,
+                   own_subnet: IPv4Network | IPv6Network | None,
+                   public_ip: IPv4Address | IPv6Address | None, vxlan: LinkInfo | None
                    ) -> tuple[list[Lease], tuple[Rejection, ...]]:
     """The remotes overlayd programs, by the very rule it uses (``overlay.lease.judge``),
     and every key it rejects (those that hold no lease included)."""
@@ -549,7 +561,7 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
 
 
 def _in_network(f: Facts, net: IPv4Network) -> bool:
-    return f.network is not None and net.subnet_of(f.network)
+    return isinstance(f.network, IPv4Network) and net.subnet_of(f.network)
 
 
 def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
@@ -604,18 +616,20 @@ def _is(want: Route, r: RouteInfo, vx: int | None) -> bool:
     return r.oif == vx and r.gateway == want.gateway and r.onlink
 
 
-def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteInfo]]:
+def _route_conflicts(k: KernelState, f: Facts
+                     ) -> dict[IPv4Network | IPv6Network, list[RouteInfo]]:
     """Peer subnets that a main-table route of another protocol holds: overlayd leaves
     those peers unprogrammed rather than replace (or shadow) that route."""
     want = {s for s, _ in f.wanted(Route)}
-    out: dict[IPv4Network, list[RouteInfo]] = {}
+    out: dict[IPv4Network | IPv6Network, list[RouteInfo]] = {}
     for r in (*k.routes, *k.typed_routes):
         if r.dst in want and not r.ours:
             out.setdefault(r.dst, []).append(r)
     return out
 
 
-def _unblocked(k: KernelState, f: Facts, kind: type[E]) -> list[tuple[IPv4Network, E]]:
+def _unblocked(k: KernelState, f: Facts, kind: type[E]
+               ) -> list[tuple[IPv4Network | IPv6Network, E]]:
     """The expected entries of one kind, with their remote, but a conflicting remote's:
     overlayd gives that one no neigh or FDB entry."""
     taken = _route_conflicts(k, f)
@@ -667,8 +681,8 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     for entry in entries:
         if entry.mac is not None:  # an FDB entry always has one; the record type allows None
             by_mac.setdefault(entry.mac, []).append(entry)
-    missing: list[tuple[IPv4Network, FDB]] = []
-    wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
+    missing: list[tuple[IPv4Network | IPv6Network, FDB]] = []
+    wrong: list[tuple[IPv4Network | IPv6Network, FDB, list[FDBInfo]]] = []
     want_macs = set()
     for subnet, e in _unblocked(node.kernel, f, FDB):
         want_macs.add(e.mac)

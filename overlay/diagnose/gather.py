@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
@@ -188,10 +188,11 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
                 echo: Echoer = echo_peers) -> list[ProbeResult]:
     """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
     peers that do not answer get one small ping, which tells a path-MTU problem apart."""
+    remotes = [peer for peer in remotes if peer.subnet.version == 4]  # IPv6: probe_peers6
     if not remotes:
         return []
     size = mtu - 28  # IPv4 + ICMP headers
-    targets = [peer.subnet.network_address for peer in remotes]
+    targets = [IPv4Address(peer.subnet.network_address) for peer in remotes]
     full = echo(targets, size, count, timeout)
     silent = [t for t in targets if full[t].received == 0]
     small = echo(silent, 56, 1, timeout) if silent else {}
@@ -342,7 +343,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
                                     opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
-    report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
+    own4 = f.own_subnet if isinstance(f.own_subnet, IPv4Network) else None  # policy: IPv4
+    report.checks.append(check_policy_table(etcd, cluster, own4, opts.node_name,
                                             opts.policy_log_denied))
     return report
 

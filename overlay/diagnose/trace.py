@@ -281,10 +281,12 @@ def _trace_on(src: IPAddress, dst: IPAddress, kernel: KernelState, cluster: Clus
     queries = [RouteQuery(dst)]
     if br is not None:
         queries.insert(0, RouteQuery(dst, src, br.index))
-    if dst_lease is not None:  # an IPv6 half's "public IP" is its public IPv6 address
-        queries.append(RouteQuery(dst_lease.attrs.public_ip))
+    # the destination lease's public IP is of its family (an IPv6 half's: its PublicIPv6)
+    peer = dst_lease.attrs.public_ip if dst_lease is not None else None
+    if peer is not None:
+        queries.append(RouteQuery(peer))
     answers = routes_get(queries)
-    underlay = answers.pop() if dst_lease is not None else None
+    underlay = answers.pop() if peer is not None else None
     forwarded, plain = (answers[0], answers[1]) if br is not None else (None, answers[0])
     route = forwarded or plain
     forwarding = None if br is None or route is None else forwarded is not None
