@@ -17,7 +17,6 @@ from dataclasses import replace
 from datetime import UTC
 from ipaddress import (
     IPv4Address,
-    IPv4Interface,
     IPv4Network,
     IPv6Address,
     IPv6Interface,
@@ -373,7 +372,7 @@ def check_cni_binary(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckR
 def check_bridge(node: NodeState, f: Facts) -> CheckResult:
     name = "bridge"
     br = f.bridge_name
-    gw = (IPv4Interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
+    gw = (ip_interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
           if f.own_subnet else None)
     expected = f"bridge {br} up holding {gw or 'the subnet gateway .1'}"
     if node.kernel is None:
@@ -437,9 +436,12 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
 
 
 def own_ipv6_subnet(node: NodeState, f: Facts) -> IPv6Network | None:
-    """This node's IPv6 subnet: its lease's IPv6 half, else subnet.env's."""
+    """This node's IPv6 subnet: its lease's IPv6 half (an IPv6-only lease's subnet), else
+    subnet.env's."""
     if f.own is not None and f.own.ipv6_subnet is not None:
         return f.own.ipv6_subnet
+    if f.own is not None and isinstance(f.own.subnet, IPv6Network):
+        return f.own.subnet
     env = node.subnet_env
     return env.ipv6_subnet.network if env is not None and env.ipv6_subnet else None
 
@@ -466,11 +468,12 @@ def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
                            + ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in res),
                            "recreate those pods (CNI DEL, then ADD); stale file(s): "
                            + res[0].path)
-    return _ipv6_ipam_result(node, f, subnet6, expected)
+    dual = not (cluster.config and not cluster.config.enable_ipv4)
+    return _ipv6_ipam_result(node, f, subnet6, expected, dual)
 
 
-def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network,
-                      expected: str) -> CheckResult:
+def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network, expected: str,
+                      dual: bool) -> CheckResult:
     name, res = "ipv6-pod-ips", node.reservations6
     reserved = (subnet6.network_address, subnet6.network_address + 1)  # VTEP, gateway
     outside = [r for r in res if r.ip not in subnet6 or r.ip in reserved]
@@ -488,7 +491,8 @@ def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network,
     if leaked:
         problems.append("leaked (no pod interface on the bridge): " + ", ".join(
             f"{r.ip} (container {r.container_id[:12]}, {r.ifname}"
-            + ("" if (r.container_id, r.ifname) in v4_owners else ", no IPv4 address")
+            + ("" if not dual or (r.container_id, r.ifname) in v4_owners
+               else ", no IPv4 address")
             + ")" for r in leaked))
     if not problems:
         return CheckResult(name, PASS, expected, found)
@@ -555,7 +559,8 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
         problems.append(f"local is not {f.public_ip}")
     if v.learning:
         problems.append("learning on")
-    if f.own_subnet and IPv4Interface(f"{f.own_subnet.network_address}/32") not in addrs:
+    if f.own_subnet and ip_interface(f"{f.own_subnet.network_address}/"
+                                     f"{f.own_subnet.max_prefixlen}") not in addrs:
         problems.append("address missing")
     if not link.up:
         fix = f"ip link set {dev} up" if not problems else restart
