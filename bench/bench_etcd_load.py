@@ -73,8 +73,10 @@ from overlay.cluster.keys import (  # noqa: E402
     pods_prefix,
     policies_prefix,
 )
+from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, encode_pod  # noqa: E402
 from overlay.daemon.flags import DEFAULT_HEARTBEAT_PERIOD  # noqa: E402
 from overlay.daemon.nodestatus import RECORD_REFRESH  # noqa: E402
+from overlay.daemon.podpublisher import RESYNC  # noqa: E402
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, progress_interval  # noqa: E402
 from overlay.lease import Lease, LeaseAttrs  # noqa: E402
 from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
@@ -168,6 +170,7 @@ class Share:
     heartbeat_period: float
     heartbeat_put: bool
     lag_limit: float
+    pods: bool  # list every pod record each RESYNC s, as the pod publisher does
     deadline: float  # time.monotonic() at which the process stops whatever happens
 
 
@@ -195,7 +198,8 @@ class Sim:
     def __init__(self, share: Share):
         self.s = share
         self.counts = {"keepalives": 0, "heartbeat_puts": 0, "record_reads": 0,
-                       "progress_requests": 0, "lease_watch_events": 0, "other_watch_events": 0}
+                       "progress_requests": 0, "lease_watch_events": 0, "other_watch_events": 0,
+                       "pod_listings": 0, "pod_records_listed": 0}
         self.receipts: list[tuple[int, float]] = []  # (revision, receipt time), lease watches
         self.loop_lag: list[float] = []
         self.measuring = self.stopping = False
@@ -297,6 +301,14 @@ class Sim:
             key=node_key(PREFIX, node.name).encode()))
         self.counts["record_reads"] += 1
 
+    async def list_pods(self, node: Node) -> None:
+        """The pod publisher's resync: every pod record in the cluster, values and all."""
+        key = pods_prefix(PREFIX).encode()
+        resp = await etcdrpc.KVStub(node.channel).Range(etcdrpc.RangeRequest(
+            key=key, range_end=pyetcd.utils.prefix_range_end(key)))
+        self.counts["pod_listings"] += 1
+        self.counts["pod_records_listed"] += len(resp.kvs)
+
     async def progress(self, nodes: list[Node]) -> None:
         """Every 50 ms: the watches due a progress request (silent for the interval)."""
         while True:
@@ -325,6 +337,7 @@ class Sim:
             tasks = [asyncio.create_task(c) for c in (
                 self.spread(nodes, self.s.heartbeat_period, self.keepalive),
                 self.spread(nodes, RECORD_REFRESH, self.read_back),
+                *([self.spread(nodes, RESYNC, self.list_pods)] if self.s.pods else []),
                 self.progress(nodes), self.lag_probe())]
             ctl.send("ready")
             while True:
@@ -387,6 +400,18 @@ def setup_leases(reg: EtcdRegistry, n: int, ttl: int) -> list[Lease]:
             for i in range(n)]
 
 
+def setup_pods(reg: EtcdRegistry, leases: list[Lease], per_node: int) -> None:
+    """``per_node`` pod records per node, as its pod publisher writes them."""
+    client = reg.client()
+    for i, lease in enumerate(leases):
+        for j in range(per_node):
+            ip = lease.subnet.network_address + 2 + j
+            record = PodRecord(f"ns-{j % 10}", f"pod-{i}-{j}", (ip,), f"node-{i}",
+                               f"{i:032x}{j:032x}", "eth0",
+                               {"app": Label(f"app-{j % 20}", SOURCE_CNI)})
+            client.put(record.key(PREFIX), encode_pod(record))
+
+
 def start_simulators(a: argparse.Namespace, nodes: int, model: str, endpoint: str
                      ) -> list[tuple[Any, Connection]]:
     ctx = multiprocessing.get_context("spawn")  # never fork a process holding gRPC
@@ -396,7 +421,7 @@ def start_simulators(a: argparse.Namespace, nodes: int, model: str, endpoint: st
     for p in range(a.procs):
         share = Share(endpoint.split("//", 1)[1], tuple(names[p::a.procs]),
                       max(1, a.channels // a.procs), model, a.heartbeat_period,
-                      a.heartbeat_put, a.watch_lag_limit, deadline)
+                      a.heartbeat_put, a.watch_lag_limit, a.pods_per_node > 0, deadline)
         mine, theirs = ctx.Pipe()
         proc = ctx.Process(target=simulate, args=(share, theirs), daemon=True)
         proc.start()
@@ -443,6 +468,7 @@ def run(a: argparse.Namespace, nodes: int, model: str, server: EtcdServer) -> di
     url = f"{server.endpoint}/metrics"
     try:
         leases = setup_leases(reg, nodes, a.lease_ttl)
+        setup_pods(reg, leases, a.pods_per_node)
         sims = start_simulators(a, nodes, model, server.endpoint)
         renewer = threading.Thread(target=renewals, daemon=True, args=(
             reg, leases, nodes / max(1, a.lease_ttl - a.renew_margin), stop, counts))
@@ -482,6 +508,7 @@ def run(a: argparse.Namespace, nodes: int, model: str, server: EtcdServer) -> di
         "nodes": nodes, "model": model, "procs": a.procs, "channels": a.channels,
         "duration_s": secs, "heartbeat_period_s": a.heartbeat_period,
         "heartbeat_put": a.heartbeat_put, "watch_lag_limit_s": a.watch_lag_limit,
+        "pods_per_node": a.pods_per_node,
         "lease_ttl_s": a.lease_ttl, "renew_margin_s": a.renew_margin,
         "etcd_cpu_s_per_s": (cpu1[0] - cpu0[0]) / secs,
         "simulator_cpu_s_per_s": sum(c1 - c0 for c0, c1 in zip(cpu0[1:], cpu1[1:],
@@ -552,6 +579,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lease-ttl", type=int, default=86400)
     ap.add_argument("--renew-margin", type=int, default=3600)
     ap.add_argument("--probe-interval", type=float, default=0.5)
+    ap.add_argument("--pods-per-node", type=int, default=0,
+                    help="pod records per node; each node then lists them all every "
+                    f"{RESYNC:g} s as the pod publisher does (default 0: no pods)")
     ap.add_argument("--out", help="write every run's figures here as JSON")
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     a = ap.parse_args()
@@ -564,11 +594,12 @@ def parse_args() -> argparse.Namespace:
             and set(a.models) <= set(MODELS) and 1 <= a.duration <= 300
             and 0.5 <= a.heartbeat_period <= 3600 and 0 < a.renew_margin < a.lease_ttl
             and 0.2 <= a.watch_lag_limit <= 86400 and 1 <= a.procs <= 8
-            and a.procs <= a.channels <= 1000 and a.probe_interval >= 0.05):
+            and a.procs <= a.channels <= 1000 and a.probe_interval >= 0.05
+            and 0 <= a.pods_per_node <= 30):
         ap.error("need 1 <= nodes <= 5000, 1 <= runs <= 10, known models, 1 <= "
                  "duration <= 300 s, heartbeat period 0.5..3600 s, 0 < renew margin < lease "
                  "TTL, watch lag limit 0.2..86400 s, 1 <= procs <= 8, procs <= channels <= "
-                 "1000, probe interval >= 0.05 s")
+                 "1000, probe interval >= 0.05 s, 0 <= pods per node <= 30")
     return a
 
 
