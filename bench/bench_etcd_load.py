@@ -135,6 +135,12 @@ def _le(labels: str) -> float:
     return float(m.group(1)) if m else float("inf")
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -488,6 +494,7 @@ def run(a: argparse.Namespace, nodes: int, model: str, server: EtcdServer) -> di
         prober.join(10)
         time.sleep(DRAIN)  # the last puts reach every watcher
         after, cpu1, t1 = scrape(url), [cpu_seconds(p) for p in pids], time.monotonic()
+        etcd_rss = rss_mb(server.proc.pid)
         results = gather(sims, "stop")
         renewed = counts["renewals"] - renewed0
     finally:
@@ -510,7 +517,7 @@ def run(a: argparse.Namespace, nodes: int, model: str, server: EtcdServer) -> di
         "heartbeat_put": a.heartbeat_put, "watch_lag_limit_s": a.watch_lag_limit,
         "pods_per_node": a.pods_per_node,
         "lease_ttl_s": a.lease_ttl, "renew_margin_s": a.renew_margin,
-        "etcd_cpu_s_per_s": (cpu1[0] - cpu0[0]) / secs,
+        "etcd_cpu_s_per_s": (cpu1[0] - cpu0[0]) / secs, "etcd_rss_mb": etcd_rss,
         "simulator_cpu_s_per_s": sum(c1 - c0 for c0, c1 in zip(cpu0[1:], cpu1[1:],
                                                                  strict=True)) / secs,
         "simulator_loop_lag_ms": {"p99": 1000 * p99(lag), "max": 1000 * lag[-1] if lag else 0},
@@ -537,7 +544,8 @@ def show(r: dict[str, Any]) -> str:
         f"{' + put' if r['heartbeat_put'] else ''}; {r['watchers']:.0f} watchers, "
         f"{r['duration_s']:.0f} s measured: {rates}",
         f"  {r['proposals_per_s']:.0f} raft proposals/s, {r['grpc_msgs_received_per_s']:.0f} "
-        f"gRPC messages in/s; etcd CPU {r['etcd_cpu_s_per_s']:.3f} s/s; simulator "
+        f"gRPC messages in/s; etcd CPU {r['etcd_cpu_s_per_s']:.3f} s/s, RSS "
+        f"{r['etcd_rss_mb']:.0f} MB; simulator "
         f"{r['simulator_cpu_s_per_s']:.3f} s/s (loop lag p99 "
         f"{r['simulator_loop_lag_ms']['p99']:.1f} ms); slow watchers <= "
         f"{r['slow_watchers_max']:.0f}",
