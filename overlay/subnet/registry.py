@@ -84,8 +84,9 @@ CACHED_VALUES = 4096  # values decoded; a larger listing bypasses the cache (see
 WATCH_BACKOFF_MAX = 2.0
 # How often an open watch asks etcd for a progress notification, so a silent stream
 # (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".  Only a
-# watch whose caller listens (``on_progress``) asks, and only after a silent interval: at
-# 1000 nodes every request is 1000 answers, and an event answers as well as one.
+# watch whose caller listens (``on_progress``) asks, and only after a silent interval (an
+# event answers as well): six streams per node asking every 5 s were 1200 requests/s at
+# 1000 nodes, each answered by etcd.
 WATCH_PROGRESS_INTERVAL = 5.0
 
 

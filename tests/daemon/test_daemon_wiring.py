@@ -519,3 +519,9 @@ def test_the_runtime_file_is_written_before_etcd_is_reached(tmp_path):
     assert d.run() == 0
     info = load_runtime_file(str(path))
     assert info.node_name == "n1" and info.vxlan_device is None  # no data plane yet
+
+
+def test_the_progress_interval_is_a_quarter_of_the_lag_limit_uncapped():
+    from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, progress_interval
+    assert progress_interval(DEFAULT_MAX_LAG) == 7.5  # was capped at 5 s: 200 requests/s
+    assert progress_interval(120) == 30.0 and progress_interval(0.2) == 0.05
