@@ -55,10 +55,11 @@ def test_rules_do_not_grow_with_pods():
 def test_rules_grow_linearly_with_policies():
     pods = _cluster(300)
     local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods[:100])]
-    # Fixed: forward's 3, the source check's 2, two drops. Per policy (each selects a
-    # local pod): one ingress and one egress rule, and each direction's denied counter.
+    # Fixed: forward's 6 (3 for IPv6 link-local), the source check's 2, two drops. Per
+    # policy (each selects a local pod): one ingress and one egress rule, and each
+    # direction's denied counter.
     for n in (10, 40):
-        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 7 + 4 * n
+        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 10 + 4 * n
 
 
 def test_no_policy_compiles_to_an_empty_table():
