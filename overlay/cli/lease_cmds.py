@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Any
 
 import click
@@ -16,6 +16,7 @@ from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
+    IPNetwork,
     Lease,
     LeaseEvent,
     LeaseRules,
@@ -82,7 +83,7 @@ def lease_row(lease: Lease) -> list[Any]:
             _expires_text(lease)]
 
 
-def _subnet_arg(text: str) -> IPv4Network:
+def _subnet_arg(text: str) -> IPNetwork:
     try:
         return parse_subnet_arg(text)
     except ValueError as e:
@@ -137,7 +138,7 @@ def leases_list(obj: CLIContext) -> None:
     with EtcdRegistry(obj.etcd_options()) as reg:
         listing = reg.list_subnets(with_expiration=True)
         rules = _rules(reg)
-    leases = sorted(listing.leases, key=lambda lease: (lease.subnet, lease_key(lease)))
+    leases = sorted(listing.leases, key=lambda x: (x.subnet.version, x.subnet, lease_key(x)))
     rejected = sorted(listing.rejected, key=lambda r: r.key)
     status, v6 = lease_status(rules, leases, rejected)
     if obj.json:

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_interface
+from ipaddress import IPv6Network, ip_interface
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -40,7 +40,7 @@ from overlay.cluster.store import KV, ObjectStore
 from overlay.cni import podmeta
 from overlay.cni.skel import Handler, Request
 from overlay.errors import CNIError, OverlayError
-from overlay.lease import Rejection
+from overlay.lease import IPNetwork, Rejection
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import conntrack, nft
 from overlay.policy.build import Inputs, assemble, is_local
@@ -162,7 +162,7 @@ class PolicyAgent:
     """Watches the objects, compiles and loads this node's table; see the module."""
 
     def __init__(self, store: ObjectStore, node: str,
-                 own_subnet: Callable[[], IPv4Network | None],
+                 own_subnet: Callable[[], IPNetwork | None],
                  pod_rules: Callable[[], PodRules], marker: str, metrics: CollectorRegistry,
                  stop: threading.Event, *,
                  leases_listed: Callable[[], bool] = lambda: True,
@@ -528,6 +528,7 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
                         lease_ipv6={lease.subnet: lease.ipv6_subnet for lease in leases
                                     if lease.ipv6_subnet is not None})
 
+    # an IPv6-only network's own subnet is IPv6 (its pods are filtered as IPv6 ones)
     own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
     own6 = (lambda: d.manager.own_ipv6_subnet() if d.manager else None)  # noqa: E731
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),

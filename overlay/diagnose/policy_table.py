@@ -21,10 +21,11 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
 from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
+from overlay.lease import IPNetwork
 from overlay.policy import nft
 from overlay.util.proc import FAILED, ProgramError, run
 
@@ -399,16 +400,16 @@ def skipped(why: str) -> CheckResult:
     return CheckResult(NAME, SKIP, EXPECTED, why)
 
 
-def node_of_subnet(records: Any, subnet: IPv4Network | None) -> str | None:
+def node_of_subnet(records: Any, subnet: IPNetwork | None) -> str | None:
     """The one node name the registry's pods in ``subnet`` carry (None: none or several);
-    a dual-stack pod is known by its IPv4 addresses."""
+    a dual-stack pod is known by its addresses of ``subnet``'s family."""
     names = {r.node for r in records if subnet is not None
-             and (v4 := [ip for ip in r.ips if ip.version == 4])
-             and all(ip in subnet for ip in v4)}
+             and (own := [ip for ip in r.ips if ip.version == subnet.version])
+             and all(ip in subnet for ip in own)}
     return names.pop() if len(names) == 1 else None
 
 
-def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPv4Network | None,
+def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
                        node_name: str | None, log_denied: bool = False) -> CheckResult:
     """Gather etcd's policy state, compile this node's table, compare with the kernel's
     (twice, RECHECK apart, before failing)."""

@@ -42,7 +42,7 @@ def node_addresses(leases: Iterable[Lease], pods: Iterable[Pod]) -> dict[IPAddre
     out: dict[IPAddress, str] = {}
     for lease in leases:
         node = next((p.node for p in sorted(pods, key=lambda p: p.ref)
-                     if p.node and p.ip.version == 4 and p.ip in lease.subnet), "")
+                     if p.node and any(ip in lease.subnet for ip in p.ips)), "")
         if node:
             v6 = (lease.attrs.public_ipv6, lease.ipv6_gateway,
                   lease.ipv6_subnet.network_address if lease.ipv6_subnet else None)

@@ -162,11 +162,13 @@ def _count(hi: int) -> click.IntRange:
 @click.option("--dual-stack", "families", flag_value="dual", default=None,
               help="IPv4 and IPv6: the underlay gets fd00:192:168:1::/64 too, the pods "
                    "an address from 10.244.0.0/16 and one from fd00:10:244::/56.")
+@click.option("--ipv6-only", "families", flag_value="ipv6",
+              help="Pods in fd00:10:244::/56 only (EnableIPv4 false).")
 @click.pass_obj
 def up(obj: LabOptions, nodes: int | None, pods_per_node: int | None, no_matrix: bool,
        families: str | None) -> None:
     """Create the lab, or repair a running one (a new lab is IPv4 only unless
-    --dual-stack is given; a running one keeps its families)."""
+    --dual-stack or --ipv6-only is given; a running one keeps its families)."""
     lab = open_lab(obj)
     with lab.lock():
         start = time.monotonic()

@@ -13,7 +13,7 @@ Node ``node<i>`` holds the subnet 10.244.<i>.0/24, reserved for it before its ov
 starts (the example cluster's table).  ``up --dual-stack`` adds IPv6 to the same pieces:
 the underlay bridge fd00:192:168:1::1/64 and node<i> at fd00:192:168:1::1<i> (overlayd's
 ``--public-ipv6``), IPv6 forwarding in each node, pods in fd00:10:244::/56 (a /64 per
-node, overlay-v6.1 beside overlay.1).
+node, overlay-v6.1 beside overlay.1); ``--ipv6-only`` the same with EnableIPv4 false.
 Every pod runs a responder (TCP and UDP, ports 80 and 81, both families) for ``probe``
 and ``matrix --port/--protocol``.
 
@@ -69,14 +69,16 @@ from overlay.lab.spec import (
     pod_key,
 )
 from overlay.lab.state import LabState, PodRecord, load_state, save_state
-from overlay.subnetenv import load_subnet_env
+from overlay.subnetenv import POLICY_MARKER, load_subnet_env
 
 log = logging.getLogger(__name__)
 
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
-# What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
-NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json")
+# What ``up`` and the node's overlayd and CNI plugin make in a node's directory (the
+# policy marker stays while overlayd is stopped, on purpose: see subnetenv).
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json",
+              POLICY_MARKER)
 NODE_TREES = ("state", "ipam", "net.d")
 POD_FILES = ("responder.pid", "responder.log")     # in each pod's directory
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv6Network
 
 from overlay.cluster.pods import PodRecord
+from overlay.lease import IPNetwork
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import nft
 from overlay.policy.model import NetworkPolicy
@@ -38,20 +39,22 @@ def pod_of(record: PodRecord) -> Pod:
                record.node)
 
 
-def is_local(record: PodRecord, node: str, subnet: IPv4Network | None,
+def is_local(record: PodRecord, node: str, subnet: IPNetwork | None,
              ipv6_subnet: IPv6Network | None = None) -> bool:
-    """A pod of this node: its name, and every IPv4 address inside the node's own subnet
-    (at least one), every IPv6 one inside its IPv6 subnet (``ipv6_subnet`` None: the pod
-    rule, ``judge_pod``, already tied them to the lease holding the IPv4 ones)."""
+    """A pod of this node: its name, and its addresses of ``subnet``'s family (the
+    node's own lease: IPv4, or IPv6 in an IPv6-only network; at least one) inside it, a
+    dual-stack pod's IPv6 ones inside ``ipv6_subnet`` (None: the pod rule, ``judge_pod``,
+    already tied them to the lease holding the IPv4 ones)."""
     if record.node != node or subnet is None:
         return False
-    v4 = [ip for ip in record.ips if ip.version == 4]
-    return bool(v4) and all(ip in subnet for ip in v4) and (
-        ipv6_subnet is None or all(ip in ipv6_subnet for ip in record.ips if ip.version == 6))
+    own = [ip for ip in record.ips if ip.version == subnet.version]
+    other = [ip for ip in record.ips if ip.version != subnet.version]
+    return bool(own) and all(ip in subnet for ip in own) and (
+        ipv6_subnet is None or all(ip in ipv6_subnet for ip in other))
 
 
 def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
-             records: Iterable[PodRecord], node: str, subnet: IPv4Network | None,
+             records: Iterable[PodRecord], node: str, subnet: IPNetwork | None,
              ipv6_subnet: IPv6Network | None = None) -> Inputs:
     """The inputs of node ``node`` (own subnets ``subnet``, ``ipv6_subnet``) from judged
     objects."""
