@@ -164,8 +164,10 @@ def build_verdict(src: Endpoint, dst: Endpoint, port: int, protocol: str,
                   namespaces: Namespaces, policies: Sequence[NetworkPolicy],
                   family: int | None = None) -> PolicyVerdict:
     """The verdict on a new ``protocol`` connection ``src`` -> ``dst``:``port`` over IP
-    version ``family`` (None: a host end's, else the source pod's first address's)."""
+    version ``family`` (None: IPv6 if either end's ``ip`` is IPv6)."""
     proto = protocol.upper()
+    # an end given by an IPv6 address has it as its ``ip`` (resolve_endpoint)
+    family = family or max(src.ip.version, dst.ip.version)
     v = decide(src, dst, port, proto, namespaces, policies, family)
     always = v.reason if v.allowed and v.reason != "allowed" else ""
     eg = _side(EGRESS, src, v.egress.allowed_by, policies, always, family)

@@ -56,9 +56,9 @@ def test_the_verdict_is_the_connections_familys() -> None:
     assert over6.src == f"y/a ({pod_ip6('y', 'a')})"
     over4 = build_verdict(src, dst, 80, "tcp", model_namespaces(), V6_BLOCK, family=4)
     assert over4.allowed is False and over4.src == "y/a (10.244.2.13)"
-    # x/b's IPv6 address is excepted from the block
-    b = build_verdict(pod("x/b"), dst, 80, "tcp", model_namespaces(), V6_BLOCK, family=6)
-    assert b.allowed is False
+    # a named end and an IPv6 address: over IPv6; x/b's IPv6 address is excepted
+    b = build_verdict(pod("x/b"), dst, 80, "tcp", model_namespaces(), V6_BLOCK)
+    assert b.allowed is False and b.src == f"x/b ({pod_ip6('x', 'b')})"
     assert verdict_lines(b)[0] == "policy tcp/80: DENIED (no policy allows ingress to the " \
         "destination)"
 

@@ -6,13 +6,14 @@ verdicts are tests/integration/test_policy_lab_v6.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
 from overlay.cluster.pods import Port
-from overlay.policy.model import PolicyError, parse_policy
+from overlay.policy.model import PolicyError, load_manifests, parse_policy
 from overlay.policy.nft import LocalPod, admit_script, compile_table, merge_ranges
 from overlay.policy.semantics import Host, Pod, allowed, decide
 
@@ -219,3 +220,15 @@ def test_a_bad_ipv6_cidr_names_the_field():
     with pytest.raises(PolicyError, match=r"ipBlock.cidr: must be a valid CIDR, not "
                                           r"'fd00::/129'"):
         parse_policy(_block("fd00::/129"))
+
+
+def test_the_ipv6_example_compiles_to_ipv6_peers_only():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                        "allow-ipv6-block.yaml")
+    with open(path) as f:
+        (example,) = load_manifests(f.read())
+    pods = [Pod("x", "web", (IPv4Address("10.244.1.5"), IPv6Address(f"{V6_PREFIX}:1::5")),
+                {"app": "web"}, (), "node1"), *dual_stack_pods()]
+    text = compile_table(_local(pods), pods, model_namespaces(), [example]).text
+    assert "p0_i0_peer6" in text and "p0_i0_peer " not in text
+    assert "fd00:10:244:2::-fd00:10:244:2::fe:ffff, fd00:10:244:2::100:0-" in text
