@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 from typing import Any
@@ -30,7 +30,7 @@ from overlay.policy.model import parse_policy
 from overlay.policy.semantics import Pod, decide
 
 from .support.labfixture import keep_logs, running_lab
-from .test_policy_lab import _apply, _delete, _until
+from .test_policy_lab import _apply, _delete, _metrics, _packets, _policy_check, _until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -97,9 +97,12 @@ def _diff(want: dict, got: dict) -> list[str]:
 
 
 def _enforced_as_the_oracle_says(lab: Lab, manifests: Sequence[str], refs: Sequence[str],
-                                 family: int = 6) -> dict[tuple, bool]:
+                                 family: int = 6,
+                                 while_in_force: Callable[[Lab], None] | None = None
+                                 ) -> dict[tuple, bool]:
     """Apply, wait until the probes agree with the oracle, then probe once more with
-    fresh neighbour caches and compare the whole table; the policies are deleted after."""
+    fresh neighbour caches and compare the whole table (and run ``while_in_force``); the
+    policies are deleted after."""
     want = _oracle(lab, manifests, family)
     for m in manifests:
         _apply(lab, m)
@@ -114,6 +117,8 @@ def _enforced_as_the_oracle_says(lab: Lab, manifests: Sequence[str], refs: Seque
         _flush_neighbours(lab)
         got = _probe(lab, family)
         assert got == want, _diff(want, got)
+        if while_in_force is not None:
+            while_in_force(lab)
         return got
     finally:
         _delete(lab, *refs)
@@ -146,8 +151,24 @@ def test_default_deny_ingress_over_ipv6(lab: Lab) -> None:
 def test_a_pod_selector_allows_its_pair_over_ipv6(lab: Lab) -> None:
     allow = _policy("a-from-b", "x", {"podSelector": _pod_sel("a"), "ingress": [
         {"from": [{"podSelector": _pod_sel("b")}], "ports": [{"port": 80}]}]})
-    got = _enforced_as_the_oracle_says(lab, [DENY_X, allow], ["x/a-from-b", "x/deny"])
+    got = _enforced_as_the_oracle_says(lab, [DENY_X, allow], ["x/a-from-b", "x/deny"],
+                                       while_in_force=_counted_and_no_drift)
     assert got[("x/b", "x/a", 80, "tcp")] and not got[("x/b", "x/a", 81, "udp")]
+
+
+def _counted_and_no_drift(lab: Lab) -> None:
+    """IPv6 connections move the policies' counters on /metrics, and diagnose finds each
+    node's table (IPv6 sets, source checks) as compiled."""
+    before = _metrics(lab, "node1")
+    for _ in range(3):
+        assert lab.probe("x/b", "x/a", 80, "tcp", PROBE_TIMEOUT, 6).ok
+        assert not lab.probe("y/a", "x/a", 80, "tcp", PROBE_TIMEOUT, 6).ok
+    after = _metrics(lab, "node1")
+    for policy, verdict in (("x/a-from-b", "allowed"), ("x/deny", "denied")):
+        assert _packets(after, policy, verdict) - _packets(before, policy, verdict) >= 3
+    for node in ("node1", "node2"):
+        check = _policy_check(lab, node)[1]
+        assert check["status"] == "pass" and "as compiled" in check["found"], check
 
 
 def test_a_namespace_selector_over_ipv6(lab: Lab) -> None:
