@@ -35,7 +35,7 @@ import socket
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_network
 from typing import NamedTuple
 
 from overlay.policy.model import (
@@ -425,6 +425,20 @@ def _compile_policy(b: _Builder, index: int, policy: NetworkPolicy,
         denied = b.add_counter(f"p{index}_{short}_denied",
                                PolicyCounter(policy.ref, direction, "denied"))
         b.denied[short] += [f"{fam.keyword} {own} {sel} {denied}" for fam, sel in sels]
+
+
+def ipv6_source_rule(addresses: Iterable[IPAddress], counter: str) -> str:
+    """The source check's IPv6 rule for a pod holding ``addresses`` (its IPv4 ones are
+    ignored): drop, counting with ``counter``, what does not come from one of its own
+    IPv6 addresses, a link-local one or the unspecified one. The set is written in the
+    order nft lists an interval set (by address), so the drift check reads it back as
+    compiled."""
+    own = [ip_network(f"{ip}/128") for ip in _ips(addresses, 6)]
+    allowed = sorted({*own, *map(ip_network, IPV6_LINK_LOCAL_SOURCES)},
+                     key=lambda n: int(n.network_address))
+    shown = ", ".join(str(n.network_address) if n.prefixlen == 128 else str(n)
+                      for n in allowed)
+    return f"meta protocol ip6 ip6 saddr != {{ {shown} }} {counter} drop"
 
 
 def _source_check(b: _Builder, local: Sequence[LocalPod]) -> list[str]:

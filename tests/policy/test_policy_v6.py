@@ -14,7 +14,13 @@ import pytest
 
 from overlay.cluster.pods import Port
 from overlay.policy.model import PolicyError, load_manifests, parse_policy
-from overlay.policy.nft import LocalPod, admit_script, compile_table, merge_ranges
+from overlay.policy.nft import (
+    LocalPod,
+    admit_script,
+    compile_table,
+    ipv6_source_rule,
+    merge_ranges,
+)
 from overlay.policy.semantics import Host, Pod, allowed, decide
 
 from .cases import CASES, POD_NAMES, Case, model_namespaces, policy, probes
@@ -232,3 +238,14 @@ def test_the_ipv6_example_compiles_to_ipv6_peers_only():
     text = compile_table(_local(pods), pods, model_namespaces(), [example]).text
     assert "p0_i0_peer6" in text and "p0_i0_peer " not in text
     assert "fd00:10:244:2::-fd00:10:244:2::fe:ffff, fd00:10:244:2::100:0-" in text
+
+
+def test_the_ipv6_source_rule_allows_own_link_local_and_unspecified_sources():
+    rule = ipv6_source_rule([IPv4Address("10.244.1.9"), IPv6Address("fd00:10:244:1::9")],
+                            'counter name "spoofed"')
+    assert rule == ('meta protocol ip6 ip6 saddr != { ::, fd00:10:244:1::9, fe80::/64 } '
+                    'counter name "spoofed" drop')
+    # sorted by address (nft's listing order), whatever the pod's addresses
+    assert "{ ::, 2001:db8::1, fd00::2, fe80::/64 }" in ipv6_source_rule(
+        [IPv6Address("fd00::2"), IPv6Address("2001:db8::1")], "counter")
+    assert "{ ::, fe80::/64 }" in ipv6_source_rule([IPv4Address("10.244.1.9")], "counter")
