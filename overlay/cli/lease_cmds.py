@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from datetime import UTC, datetime
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import Any
 
 import click
@@ -348,7 +348,9 @@ def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str |
     """
     net = _subnet_arg(subnet)
     try:
-        ip = IPv4Address(public_ip)
+        if "%" in public_ip:  # ip_address takes a scope; no public IP has one
+            raise ValueError(f"{public_ip!r} carries a scope")
+        ip = ip_address(public_ip)  # an IPv6-only network's nodes: their IPv6 address
         mac = normalize_mac(vtep_mac) if vtep_mac else None
     except ValueError as e:
         raise ConfigError(f"--public-ip/--vtep-mac: {e}") from None

@@ -220,9 +220,8 @@ def scan_local(data_dir: str, subnet: IPNetwork,
 
 
 def _inside(ip: IPAddress, subnet: IPNetwork, ipv6: IPv6Network | None) -> bool:
-    if isinstance(ip, IPv4Address):
-        return ip in subnet
-    return ipv6 is not None and ip in ipv6
+    """In the lease's subnet (an IPv6-only lease's is IPv6), or in its IPv6 half."""
+    return ip in subnet or (ipv6 is not None and ip in ipv6)
 
 
 def _younger_than(path: str, seconds: float) -> bool:
@@ -342,6 +341,8 @@ class PodPublisher:
         record's IPv4 address decides when the node has no IPv6 half (any more)."""
         if record.node != self.node:
             return False
+        if subnet.version == 6:  # an IPv6-only node: every address in its one subnet
+            return all(ip in subnet for ip in record.ips)
         v4 = [ip for ip in record.ips if isinstance(ip, IPv4Address)]
         return bool(v4) and all(ip in subnet for ip in v4) and (
             ipv6 is None or all(ip in ipv6 for ip in record.ips

@@ -17,11 +17,11 @@ from dataclasses import replace
 from datetime import UTC
 from ipaddress import (
     IPv4Address,
-    IPv4Interface,
     IPv4Network,
     IPv6Address,
     IPv6Interface,
     IPv6Network,
+    ip_interface,
 )
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
@@ -68,13 +68,18 @@ ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
     k = node.kernel or KernelState()
     cfg = cluster.config
-    vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
+    # an IPv6-only node's one device is overlay-v6.<VNI>
+    default = f"overlay{'-v6' if cfg and cfg.ipv6_only else ''}.{cfg.backend.vni}" if cfg else ""
+    vxlan_name = opts.vxlan_device or default or _guess_vxlan(k)
     vxlan = k.link(vxlan_name)
     overlay_cni = overlay_conf(node.cni_files)
     cni_plugin = overlay_cni.plugin(PLUGIN_TYPE) if overlay_cni else None
     cni_bridge = (cni_plugin or {}).get("bridge")
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
-    public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
+    local = vxlan.vxlan.local if vxlan and vxlan.vxlan else None
+    # --public-ip (and the runtime file's) is IPv4's: an IPv6-only node's is its device's
+    public_ip: IPv4Address | IPv6Address | None = (
+        local if cfg and cfg.ipv6_only else opts.public_ip or local)
     underlay = _underlay(k, vxlan, public_ip)
     own = next((lease for lease in cluster.leases
                 if public_ip and lease.attrs.public_ip == public_ip), None)
@@ -85,9 +90,7 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     if own is None and public_ip is None and env_net is not None:
         # No device to learn our public IP from: subnet.env still says which lease is ours.
         own = next((lease for lease in cluster.leases if lease.subnet == env_net), None)
-        # (its subnet is subnet.env's IPv4 one, so its public IP is IPv4 too)
-        public_ip = own.attrs.public_ip if own and isinstance(own.attrs.public_ip,
-                                                              IPv4Address) else None
+        public_ip = own.attrs.public_ip if own else None
         underlay = _underlay(k, vxlan, public_ip)
     own_subnet = own.subnet if own else env_net
     remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
@@ -98,14 +101,15 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
                  vxlan, k.link(bridge_name), underlay, overlay_cni, entries, rejected)
 
 
-def backend_settings(cfg: NetworkConfig | None, k: KernelState, public_ip: IPv4Address | None,
+def backend_settings(cfg: NetworkConfig | None, k: KernelState,
+                     public_ip: IPv4Address | IPv6Address | None,
                      vxlan: LinkInfo | None) -> BackendSettings:
     """This node as overlayd's backend sees it, from what the node shows: the VNI, the
     public IP and the underlay address holding it (its L2 subnet, for DirectRouting)."""
     # Unknown public IP: 0.0.0.0 is no accepted lease's (the acceptance rule rejects it).
     ip = public_ip or IPv4Address(0)
     # No address holds it: a /32, so no peer counts as on our L2 (as with no underlay).
-    underlay = next((a.interface for a in k.addrs if a.interface.ip == ip), IPv4Interface(ip))
+    underlay = next((a.interface for a in k.addrs if a.interface.ip == ip), ip_interface(ip))
     vni = cfg.backend.vni if cfg else (vxlan.vxlan.vni if vxlan and vxlan.vxlan else 1)
     return BackendSettings(vni, ip, underlay, bool(cfg and cfg.backend.direct_routing))
 
@@ -136,8 +140,8 @@ def _guess_vxlan(k: KernelState) -> str:
     return names[0] if names else "overlay.1"
 
 
-def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | None
-              ) -> LinkInfo | None:
+def _underlay(k: KernelState, vxlan: LinkInfo | None,
+              public_ip: IPv4Address | IPv6Address | None) -> LinkInfo | None:
     if vxlan and vxlan.vxlan and vxlan.vxlan.link:
         return k.link_by_index(vxlan.vxlan.link)
     if public_ip:
@@ -287,18 +291,22 @@ def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str
         return CheckResult(name, FAIL, f"{path} present and valid",
                            node.subnet_env_error or "missing", fix)
     env = node.subnet_env
-    found = f"OVERLAY_NETWORK={env.network} OVERLAY_SUBNET={env.subnet} OVERLAY_MTU={env.mtu}"
+    # An IPv6-only node's file has the IPv6 pair alone: it is the lease's family.
+    pre = "OVERLAY_IPV6_" if env.subnet is None else "OVERLAY_"
+    network = env.ipv6_network if env.subnet is None else env.network
+    subnet = env.ipv6_subnet if env.subnet is None else env.subnet
+    found = f"{pre}NETWORK={network} {pre}SUBNET={subnet} OVERLAY_MTU={env.mtu}"
     if not cluster.available:
         return CheckResult(name, WARN, f"{path} consistent with the lease", found +
                            " (not compared with the lease: etcd unreachable)")
     problems = []
-    if cluster.config and env.network != cluster.config.network:
-        problems.append(f"network {env.network} != config {cluster.config.network}")
+    if cluster.config and network != cluster.config.network:
+        problems.append(f"network {network} != config {cluster.config.network}")
     if f.own is not None:
-        want = IPv4Interface(f"{f.own.gateway}/{f.own.subnet.prefixlen}")
-        if env.subnet != want:
-            problems.append(f"subnet {env.subnet} != lease {want}")
-    expected = (f"OVERLAY_SUBNET={f.own.gateway}/{f.own.subnet.prefixlen}" if f.own
+        want = ip_interface(f"{f.own.gateway}/{f.own.subnet.prefixlen}")
+        if subnet != want:
+            problems.append(f"subnet {subnet} != lease {want}")
+    expected = (f"{pre}SUBNET={f.own.gateway}/{f.own.subnet.prefixlen}" if f.own
                 else "subnet.env matching this node's lease")
     if problems:
         return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems), fix)
@@ -364,7 +372,7 @@ def check_cni_binary(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckR
 def check_bridge(node: NodeState, f: Facts) -> CheckResult:
     name = "bridge"
     br = f.bridge_name
-    gw = (IPv4Interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
+    gw = (ip_interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
           if f.own_subnet else None)
     expected = f"bridge {br} up holding {gw or 'the subnet gateway .1'}"
     if node.kernel is None:
@@ -428,9 +436,12 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
 
 
 def own_ipv6_subnet(node: NodeState, f: Facts) -> IPv6Network | None:
-    """This node's IPv6 subnet: its lease's IPv6 half, else subnet.env's."""
+    """This node's IPv6 subnet: its lease's IPv6 half (an IPv6-only lease's subnet), else
+    subnet.env's."""
     if f.own is not None and f.own.ipv6_subnet is not None:
         return f.own.ipv6_subnet
+    if f.own is not None and isinstance(f.own.subnet, IPv6Network):
+        return f.own.subnet
     env = node.subnet_env
     return env.ipv6_subnet.network if env is not None and env.ipv6_subnet else None
 
@@ -457,11 +468,12 @@ def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
                            + ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in res),
                            "recreate those pods (CNI DEL, then ADD); stale file(s): "
                            + res[0].path)
-    return _ipv6_ipam_result(node, f, subnet6, expected)
+    dual = not (cluster.config and not cluster.config.enable_ipv4)
+    return _ipv6_ipam_result(node, f, subnet6, expected, dual)
 
 
-def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network,
-                      expected: str) -> CheckResult:
+def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network, expected: str,
+                      dual: bool) -> CheckResult:
     name, res = "ipv6-pod-ips", node.reservations6
     reserved = (subnet6.network_address, subnet6.network_address + 1)  # VTEP, gateway
     outside = [r for r in res if r.ip not in subnet6 or r.ip in reserved]
@@ -479,7 +491,8 @@ def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network,
     if leaked:
         problems.append("leaked (no pod interface on the bridge): " + ", ".join(
             f"{r.ip} (container {r.container_id[:12]}, {r.ifname}"
-            + ("" if (r.container_id, r.ifname) in v4_owners else ", no IPv4 address")
+            + ("" if not dual or (r.container_id, r.ifname) in v4_owners
+               else ", no IPv4 address")
             + ")" for r in leaked))
     if not problems:
         return CheckResult(name, PASS, expected, found)
@@ -546,7 +559,8 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
         problems.append(f"local is not {f.public_ip}")
     if v.learning:
         problems.append("learning on")
-    if f.own_subnet and IPv4Interface(f"{f.own_subnet.network_address}/32") not in addrs:
+    if f.own_subnet and ip_interface(f"{f.own_subnet.network_address}/"
+                                     f"{f.own_subnet.max_prefixlen}") not in addrs:
         problems.append("address missing")
     if not link.up:
         fix = f"ip link set {dev} up" if not problems else restart
@@ -881,8 +895,10 @@ def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> Ch
     if not cluster.available or cfg is None:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     differs = ["overlayd reports overlay_config_changed 1"] if node.config_changed else []
-    if node.subnet_env is not None and node.subnet_env.network != cfg.network:
-        differs.append(f"subnet.env network {node.subnet_env.network} != {cfg.network}")
+    env = node.subnet_env
+    env_net = None if env is None else env.ipv6_network if env.subnet is None else env.network
+    if env is not None and env_net != cfg.network:
+        differs.append(f"subnet.env network {env_net} != {cfg.network}")
     v = f.vxlan.vxlan if f.vxlan is not None else None
     if v is not None and (v.vni, v.port) != (cfg.backend.vni, cfg.backend.port):
         differs.append(f"device VNI {v.vni} port {v.port} != VNI {cfg.backend.vni} "
@@ -997,6 +1013,23 @@ def _ipv6_probes(node: NodeState, entries_ok: CheckResult) -> CheckResult:
     return replace(entries_ok, status=FAIL, found=found, fix=fix)
 
 
+def _ipv6_only_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
+                      endpoints: str, f: Facts) -> list[CheckResult]:
+    """An IPv6-only network (EnableIPv4 false): the checks that hold for any family (etcd,
+    the lease and rejected keys, overlayd, subnet.env, CNI); the kernel checks read IPv4
+    state only, so they are skipped, saying so, rather than fail a healthy node."""
+    skipped = CheckResult("data-plane", SKIP, f"the kernel entries of {f.vxlan_name}",
+                          "not checked: this network is IPv6-only (EnableIPv4 false) and the "
+                          "kernel checks read IPv4 state", "inspect with `ip -6 route`, "
+                          f"`ip -6 neigh show dev {f.vxlan_name}`, `bridge fdb show dev "
+                          f"{f.vxlan_name}`")
+    return [check_etcd(cluster, endpoints), check_lease(cluster, f),
+            check_rejected_leases(cluster, f, endpoints), check_daemon(node, opts),
+            check_subnet_env(node, cluster, f, node.subnet_file, _subnet_file_assumed(f, opts)),
+            check_cni_config(node, opts), check_cni_binary(node, f, opts),
+            check_config_current(node, cluster, f), skipped]
+
+
 def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:
     plugin = (f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None) or {}
     return opts.subnet_file is None and not plugin.get("subnetFile")
@@ -1006,6 +1039,8 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
                endpoints: str = "", facts: Facts | None = None) -> Report:
     """Every check; ``facts``: derived from this very state already (else derived here)."""
     f = facts or derive_facts(node, cluster, opts)
+    if cluster.config is not None and cluster.config.ipv6_only:
+        return Report(_ipv6_only_checks(node, cluster, opts, endpoints, f), f)
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),

@@ -259,11 +259,17 @@ def trace_path(src: IPAddress, dst: IPAddress, etcd: EtcdOptions, *,
     cluster = cluster if cluster is not None else gather_cluster(etcd)
     vni = cluster.config.backend.vni if cluster.config else 1
     if src.version == 6:
-        halves = [h for h in map(v6_half, cluster.leases) if h is not None]
-        return _trace_on(src, dst, read_ipv6_state(), replace(cluster, leases=halves),
+        leases6 = [h for h in map(_ipv6_side, cluster.leases) if h is not None]
+        return _trace_on(src, dst, read_ipv6_state(), replace(cluster, leases=leases6),
                          f"overlay-v6.{vni}", bridge)
     return _trace_on(src, dst, dump_kernel_state(), cluster,
                      vxlan_device or f"overlay.{vni}", bridge)
+
+
+def _ipv6_side(lease: Lease) -> Lease | None:
+    """A lease as the IPv6 backend sees it: an IPv6-only lease as it is, a dual-stack
+    one's IPv6 half; None for an IPv4-only lease."""
+    return lease if lease.subnet.version == 6 else v6_half(lease)
 
 
 def _trace_on(src: IPAddress, dst: IPAddress, kernel: KernelState, cluster: ClusterState,

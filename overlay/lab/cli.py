@@ -353,8 +353,11 @@ def _stdout_to_devnull() -> None:
 
 def summary(lab: Lab, matrix: bool) -> int:
     say("")
-    say("Nodes (the example cluster: node<i> at 192.168.1.1<i> holds 10.244.<i>.0/24"
-        + ("; IPv6 at fd00:192:168:1::1<i>" if lab._need_state().has_ipv6() else "") + "):")
+    state = lab._need_state()
+    holds = ("holds 10.244.<i>.0/24" if state.has_ipv4() else
+             "holds fd00:10:244:<i>::/64 (IPv6-only)")
+    say(f"Nodes (the example cluster: node<i> at 192.168.1.1<i> {holds}"
+        + ("; IPv6 at fd00:192:168:1::1<i>" if state.has_ipv6() else "") + "):")
     say(node_table(lab))
     say("")
     say("Leases (overlayctl leases list):")

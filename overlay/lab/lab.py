@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from overlay.errors import OverlayError
@@ -381,8 +382,7 @@ class Lab:
             # Pods' IPv6 is routed by the node (cni0 -> overlay-v6.1 and back).
             sysx.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
         self.install_cni(node)
-        if self._need_state().has_ipv4():
-            self.reserve_subnet(node)
+        self.reserve_subnet(node)
         started = self.ensure_daemon(node)
         self.progress(f"node      {node}: {ns} eth0 {self.spec.node_interface(node)}"
                       f"{' ' + str(self.spec.node_interface6(node)) if six else ''}"
@@ -394,9 +394,13 @@ class Lab:
         """Reserve the node's subnet of the example cluster (node<i>: 10.244.<i>.0/24) with
         ``overlayctl leases reserve``, so its overlayd takes exactly that one.  A node that
         already holds another subnet (a lab made before this rule) keeps it: a warning."""
-        subnet = self.spec.node_subnet(node)
+        if self._need_state().has_ipv4():
+            subnet: IPv4Network | IPv6Network = self.spec.node_subnet(node)
+            public_ip: IPv4Address | IPv6Address = self.spec.node_ip(node)
+        else:  # IPv6-only: node<i> holds fd00:10:244:<i>::/64, for its IPv6 address
+            subnet, public_ip = self.spec.node_subnet6(node), self.spec.node_ip6(node)
         got = self.overlayctl("leases", "reserve", str(subnet), "--public-ip",
-                              str(self.spec.node_ip(node)), check=False)
+                              str(public_ip), check=False)
         if got.returncode != 0:
             self.progress(f"warning: could not reserve {subnet} for {node}: "
                           f"{(got.stderr or got.stdout).strip()}")
@@ -499,7 +503,7 @@ class Lab:
                 if self.ready(node):
                     pending.remove(node)
                     self.progress(f"ready     {node}: /readyz 200, subnet "
-                                  f"{self.node_subnet(node)} "
+                                  f"{self.node_subnet(node) or self.node_subnet6(node)} "
                                   f"({time.monotonic() - start:.1f} s)")
             if pending and time.monotonic() - start > timeout:
                 raise LabError(f"overlayd not ready after {timeout:g} s on "

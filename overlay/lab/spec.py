@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 
 from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
 from overlay.errors import OverlayError
@@ -122,6 +129,14 @@ class LabSpec:
         net = IPv4Network(POD_NETWORK)
         return IPv4Network((int(net.network_address) + (node_index(node) << (32 - SUBNET_LEN)),
                             SUBNET_LEN))
+
+    @staticmethod
+    def node_subnet6(node: str) -> IPv6Network:
+        """The subnet an IPv6-only lab reserves for ``node``: node<i> holds
+        fd00:10:244:<i>::/64 (hexadecimal i), as its IPv4 twin holds 10.244.<i>.0/24."""
+        net = IPv6Network(POD_NETWORK6)
+        return IPv6Network((int(net.network_address) + (node_index(node) << (128 - SUBNET_LEN6)),
+                            SUBNET_LEN6))
 
     @staticmethod
     def node_interface(node: str) -> IPv4Interface:

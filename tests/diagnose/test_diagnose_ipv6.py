@@ -372,3 +372,30 @@ def test_trace_over_ipv6_names_a_missing_fdb_entry_and_forwarding_off(monkeypatc
     hop = next(h for h in t.hops if h.name == "remote-vtep-mac")
     assert hop.status == "missing" and hop.fix == (
         f"ip neigh replace fd00:10:244:2:: lladdr {PEER_MAC6} dev overlay-v6.1 nud permanent")
+
+
+def test_trace_over_ipv6_on_an_ipv6_only_cluster_uses_its_leases_as_they_are(monkeypatch):
+    from overlay.lease import Lease, LeaseAttrs
+    node, dual = dual_stack()
+    cfg = parse_network_config({"EnableIPv4": False, "EnableIPv6": True,
+                                "IPv6Network": "fd00:10:244::/56"})
+    leases = [Lease(IPv6Network(f"fd00:10:244:{i}::/64"),
+                    LeaseAttrs(public_ip=IPv6Address(f"fd00:192:168:1::{10 + i}"), vni=1,
+                               vtep_mac=f"0e:00:00:00:06:{i:02x}"))
+              for i in (1, 2, 3)]
+    cluster = st.ClusterState(config=cfg, leases=leases, now=dual.now)
+    t, _ = trace6(monkeypatch, ipv6_kernel(node), cluster)
+    assert t.ok and [h.status for h in t.hops] == ["ok"] * 8, t.hops
+    assert t.hops[-1].detail == f"{DST6} in fd00:10:244:2::/64, node {PEER6} VTEP {PEER_MAC6}"
+    # its IPAM: the lease's subnet is the IPv6 one; a leak names no missing IPv4 address
+    node.kernel = replace(node.kernel, links=[ln for ln in node.kernel.links
+                                              if ln.name != "overlay.1"])
+    node.subnet_env = node.subnet_env._replace(
+        network=None, subnet=None, ipv6_network=IPv6Network("fd00:10:244::/56"),
+        ipv6_subnet=IPv6Interface("fd00:10:244:1::1/64"))
+    node.reservations, node.reservations6 = [], [st.Reservation6(
+        IPv6Address("fd00:10:244:1::9"), "gone", "eth0", "/x/fd00:10:244:1::9")]
+    c = dg.check_ipv6_pod_ips(node, cluster, dg.derive_facts(node, cluster, st.DiagnoseOptions()))
+    assert c.status == st.FAIL and "fd00:10:244:1::/64" in c.expected
+    assert "(container gone, eth0)" in c.found
+    dg.run_checks(node, cluster, st.DiagnoseOptions())  # and no check raises on such a node

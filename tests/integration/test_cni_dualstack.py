@@ -15,7 +15,7 @@ import pytest
 
 from overlay.subnetenv import SubnetEnv, write_subnet_env
 
-from .support.cni_node import CNINode, sh
+from .support.cni_node import CNINode, addrs6, sh, store_files
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +35,6 @@ def node(request, tmp_path):
 
 def dual(node, **overrides):
     return node.conf(ipv6Subnet=V6_SUBNET, ipv6Network=V6_NETWORK, **overrides)
-
-
-def store_files(node):
-    d = os.path.join(node.data_dir, f"ovcni-{node.tag}")
-    return sorted(n for n in os.listdir(d) if n not in ("lock", "pods")) if os.path.isdir(d) else []
-
-
-def addrs6(node, ns, dev):
-    """(address/prefix, flags) of ``dev``'s global IPv6 addresses in ``ns``."""
-    return [(f"{a['local']}/{a['prefixlen']}",
-             {k for k in ("tentative", "dadfailed", "nodad") if a.get(k)})
-            for i in node.ip(ns, "-6", "addr", "show", "dev", dev) for a in i["addr_info"]
-            if a.get("scope") == "global"]
 
 
 def sysctl(ns, key):

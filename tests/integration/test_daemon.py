@@ -452,7 +452,7 @@ def direct_cluster():
         # node 3 lives on another L2 subnet behind the underlay's router
         u, n3 = topo.underlay, topo.nodes[2]
         sh("ip", "-n", u, "addr", "add", "192.168.2.1/24", "dev", "br0")
-        nsx(u, "sysctl", "-qw", "net.subnet.ip_forward=1")
+        nsx(u, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh("ip", "-n", n3.ns, "addr", "flush", "dev", "eth0")
         sh("ip", "-n", n3.ns, "addr", "add", "192.168.2.13/24", "dev", "eth0")
         sh("ip", "-n", n3.ns, "route", "add", "default", "via", "192.168.2.1")

@@ -122,7 +122,7 @@ def make_node(node: Node) -> None:
     sh("ip", "-n", UNDERLAY, "link", "set", f"u{node.index}", "master", "br0", "up")
     node.ip("addr", "add", f"{node.public_ip}/24", "dev", "eth0")
     node.ip("link", "set", "eth0", "up")
-    nsx(ns, "sysctl", "-qw", "net.subnet.ip_forward=1")
+    nsx(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     make_vxlan(node)
     make_bridge(node)
     sh("ip", "netns", "add", node.pod_ns)
@@ -294,9 +294,9 @@ BREAKAGES = [
             "nud", "permanent")],
      "neigh", "ip neigh replace 10.244.2.0 lladdr 0e:0d:0a:00:00:02 dev overlay.1 nud permanent",
      True),
-    ("ip_forward", [("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.subnet.ip_forward=0")],
-     [("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.subnet.ip_forward=1")],
-     "ip-forward", "sysctl -w net.subnet.ip_forward=1", False),
+    ("ip_forward", [("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.ipv4.ip_forward=0")],
+     [("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.ipv4.ip_forward=1")],
+     "ip-forward", "sysctl -w net.ipv4.ip_forward=1", False),
     ("firewall", [("ip", "netns", "exec", "ovdg-n1", "iptables", "-A", "INPUT", "-p", "udp",
                    "--dport", "8472", "-j", "DROP")],
      [("ip", "netns", "exec", "ovdg-n1", "iptables", "-D", "INPUT", "-p", "udp", "--dport",
@@ -506,13 +506,13 @@ def test_find_daemons_only_in_this_namespace(cluster):
 
 
 def test_trace_names_forwarding_off(cluster):
-    with broken([("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.subnet.ip_forward=1")]):
-        nsx("ovdg-n1", "sysctl", "-qw", "net.subnet.ip_forward=0")
+    with broken([("ip", "netns", "exec", "ovdg-n1", "sysctl", "-qw", "net.ipv4.ip_forward=1")]):
+        nsx("ovdg-n1", "sysctl", "-qw", "net.ipv4.ip_forward=0")
         p = cluster.overlayctl("-o", "json", "trace", "10.244.1.2", "10.244.2.2")
     result = json.loads(p.stdout)
     hops = {h["name"]: h for h in result["hops"]}
     assert p.returncode == 1 and hops["forwarding"]["status"] == "wrong"
-    assert hops["forwarding"]["fix"] == "sysctl -w net.subnet.ip_forward=1"
+    assert hops["forwarding"]["fix"] == "sysctl -w net.ipv4.ip_forward=1"
     assert hops["route"]["status"] == "ok"  # the route itself is there
 
 

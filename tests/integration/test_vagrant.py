@@ -382,7 +382,7 @@ def make_nodes(routes: bool) -> list[str]:
             sh("ip", "netns", "add", ns)
             made.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.subnet.ip_forward=1")
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         n1, n2 = made
         # Created inside node1 with its peer in node2: never in the host's namespace.
         sh("ip", "-n", n1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",

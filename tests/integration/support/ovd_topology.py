@@ -238,7 +238,7 @@ class Topology:
         sh("ip", "-n", node.ns, "addr", "add", f"{node.ip}/24", "dev", "eth0")
         sh("ip", "-n", node.ns, "link", "set", "eth0", "up")
         sh("ip", "-n", node.ns, "route", "add", "default", "via", UNDERLAY_IP)
-        nsx(node.ns, "sysctl", "-qw", "net.subnet.ip_forward=1")
+        nsx(node.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.nodes.append(node)
         return node
 

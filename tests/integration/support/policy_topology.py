@@ -87,7 +87,7 @@ class PolicyTopology:
     def _node(self, n: int) -> None:
         name = self.node(n)
         self._netns(name)
-        sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.subnet.ip_forward=1")
+        sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self._ip(name, "link", "add", "cni0", "type", "bridge")
         self._ip(name, "addr", "add", f"10.244.{n}.1/24", "dev", "cni0")
         self._ip(name, "link", "set", "cni0", "up")
