@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -83,7 +84,10 @@ CACHED_VALUE_BYTES = 4096  # lease values larger than this are decoded every tim
 CACHED_VALUES = 4096  # values decoded; a larger listing bypasses the cache (see _parse_kv)
 WATCH_BACKOFF_MAX = 2.0
 # How often an open watch asks etcd for a progress notification, so a silent stream
-# (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".
+# (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".  Only a
+# watch whose caller listens (``on_progress``) asks, and only after a silent interval (an
+# event answers as well): six streams per node asking every 5 s were 1200 requests/s at
+# 1000 nodes, each answered by etcd.
 WATCH_PROGRESS_INTERVAL = 5.0
 
 
@@ -547,8 +551,9 @@ class EtcdRegistry:
 
         ``on_error`` is told of every interruption that is retried (for metrics).
         ``on_progress`` is told the store revision of every answer etcd sends on the
-        stream as it is read (events, and progress notifications requested every
-        ``progress_interval`` seconds): how recently the watch was known to be live.
+        stream as it is read (events, and progress notifications requested after every
+        ``progress_interval`` seconds without an answer): how recently the watch was known
+        to be live.  Without ``on_progress`` no progress is requested.
         A broken stream (etcd restarted, member down) is re-opened from the last
         delivered revision + 1 with a capped backoff, on the next endpoint.  If that
         revision was compacted away, the leases are re-listed and yielded as a snapshot.
@@ -665,7 +670,7 @@ class _WatchStream:
     def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event,
                  key: bytes | None = None, range_end: bytes | None = None,
                  on_progress: Callable[[int], None] | None = None,
-                 progress_interval: float = WATCH_PROGRESS_INTERVAL):
+                 progress_interval: float | None = WATCH_PROGRESS_INTERVAL):
         self.registry = registry
         self.start_revision = start_revision
         self.stop = stop
@@ -673,7 +678,8 @@ class _WatchStream:
         self.range_end = (range_end if range_end is not None
                           else pyetcd.utils.prefix_range_end(self.key))
         self.on_progress = on_progress
-        self.progress_interval = progress_interval
+        self.progress_interval = progress_interval if on_progress is not None else None
+        self._heard_at = time.monotonic()  # the last answer (or request): progress is due after
         self.compacted = 0
         self._done = threading.Event()
         self._call: Any = None
@@ -686,9 +692,16 @@ class _WatchStream:
             key=self.key, range_end=self.range_end, start_revision=self.start_revision,
             prev_kv=True, progress_notify=True))
         # Keep the request side open until we are done, asking for progress meanwhile
-        # (etcd's own progress_notify comes only every 10 minutes by default).
-        while not self._done.wait(self.progress_interval):
-            yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
+        # (etcd's own progress_notify comes only every 10 minutes by default), unless
+        # the stream answered within the interval anyway.
+        interval = self.progress_interval
+        if interval is None:
+            self._done.wait()
+            return
+        while not self._done.wait(max(0.0, self._heard_at + interval - time.monotonic())):
+            if time.monotonic() - self._heard_at >= interval:
+                self._heard_at = time.monotonic()
+                yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
 
     def _cancel_on_stop(self) -> None:
         while not self._done.wait(0.2):
@@ -735,6 +748,7 @@ class _WatchStream:
                     raise RegistryError(f"etcd cancelled the watch ({what}): "
                                         f"{resp.cancel_reason}")
                 if self.on_progress is not None:
+                    self._heard_at = time.monotonic()
                     self.on_progress(int(resp.header.revision))
                 yield resp
         except grpc.RpcError as e:

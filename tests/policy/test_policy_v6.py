@@ -134,7 +134,10 @@ def test_ipv6_rules_do_not_grow_with_pods():
                                                        IPv6Address(f"{V6_PREFIX}:1::{100 + i:x}")),
                                       {"pod": "b"}, (), "node1") for i in range(50))]
     big = _compile(case, more)
-    assert len(_rules(small.text)) == len(_rules(big.text))
+
+    def policy_rules(text: str) -> list[str]:  # each veth's source chain apart
+        return [r for r in _rules(text) if "spoofed" not in r]
+    assert len(policy_rules(small.text)) == len(policy_rules(big.text))
     assert len(big.text) > len(small.text)
 
 
@@ -249,3 +252,4 @@ def test_the_ipv6_source_rule_allows_own_link_local_and_unspecified_sources():
     assert "{ ::, 2001:db8::1, fd00::2, fe80::/64 }" in ipv6_source_rule(
         [IPv6Address("fd00::2"), IPv6Address("2001:db8::1")], "counter")
     assert "{ ::, fe80::/64 }" in ipv6_source_rule([IPv4Address("10.244.1.9")], "counter")
+

@@ -206,3 +206,42 @@ def test_a_listing_larger_than_the_cache_turns_it_off():
     reg._use_cache(registry_mod.CACHED_VALUES)
     judge(3)
     assert registry_mod._parse_kv.cache_info().currsize == 1
+
+
+def _requests_seen(stream: _WatchStream, seconds: float, heard_every: float | None = None):
+    """The requests a stream sends in ``seconds`` (its request side, as grpc drains it),
+    with an answer noted every ``heard_every`` s."""
+    import time
+    sent: list[str] = []
+
+    def drain():
+        for req in stream._requests():
+            sent.append(req.WhichOneof("request_union"))
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if heard_every is not None:
+            stream._heard_at = time.monotonic()  # what responses() does for each answer
+        time.sleep(heard_every or 0.01)
+    stream.close()
+    t.join(2)
+    assert not t.is_alive()
+    return sent
+
+
+def test_a_watch_nobody_asks_progress_of_requests_none():
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    stream = _WatchStream(reg, 5, threading.Event(), progress_interval=0.05)  # no on_progress
+    assert _requests_seen(stream, 0.4) == ["create_request"]
+
+
+def test_progress_is_asked_after_a_silent_interval_only():
+    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
+    quiet = _WatchStream(reg, 5, threading.Event(), on_progress=lambda rev: None,
+                         progress_interval=0.05)
+    sent = _requests_seen(quiet, 0.5)
+    assert sent[0] == "create_request" and 5 <= sent.count("progress_request") <= 11
+    busy = _WatchStream(reg, 5, threading.Event(), on_progress=lambda rev: None,
+                        progress_interval=0.1)
+    assert _requests_seen(busy, 0.5, heard_every=0.02) == ["create_request"]  # events answer
