@@ -491,10 +491,11 @@ def source_chain(veth: str, addresses: Iterable[IPAddress]) -> SourceChain:
     counter = f'counter name "{SPOOFED}"'
     rules = (f"meta protocol ip ip saddr != {own} {counter} drop" if own
              else f"meta protocol ip {counter} drop",
-             f"meta protocol ip6 {counter} drop")
+             ipv6_source_rule(addresses, counter))
     header = (f'type filter hook ingress device "{veth}" priority {SOURCE_CHECK_PRIORITY}; '
               "policy accept;")
-    return SourceChain(veth, SOURCE_CHAIN_PREFIX + veth, header, rules, shown)
+    v6 = tuple(str(ip) for ip in sorted(set(_ips(addresses, 6))))
+    return SourceChain(veth, SOURCE_CHAIN_PREFIX + veth, header, rules, shown + v6)
 
 
 def _source_chains(b: _Builder, local: Sequence[LocalPod]) -> list[SourceChain]:

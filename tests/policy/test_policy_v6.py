@@ -253,3 +253,13 @@ def test_the_ipv6_source_rule_allows_own_link_local_and_unspecified_sources():
         [IPv6Address("fd00::2"), IPv6Address("2001:db8::1")], "counter")
     assert "{ ::, fe80::/64 }" in ipv6_source_rule([IPv4Address("10.244.1.9")], "counter")
 
+
+def test_a_dual_stack_veths_source_chain_allows_its_ipv6_address():
+    pods = dual_stack_pods()
+    xa = next(p for p in pods if p.ref == "x/a")
+    t = _compile(CASES[1], pods)
+    chain = t.text.split("\tchain src_v-x-a {\n")[1].split("\n\t}")[0].splitlines()
+    assert chain[-1].strip() == ('meta protocol ip6 ip6 saddr != { ::, fd00:10:244:1::a, '
+                                 'fe80::/64 } counter name "spoofed" drop')
+    assert t.index is not None
+    assert t.index.sources["v-x-a"] == (str(xa.ip), str(pod_ip6("x", "a")))
