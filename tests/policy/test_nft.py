@@ -66,10 +66,11 @@ def test_rules_do_not_grow_with_pods():
 def test_rules_grow_linearly_with_policies():
     pods = _cluster(300)
     local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods[:100])]
-    # Fixed: forward's 3, two drops (the source chains' 2 per veth apart). Per policy (each
-    # selects a local pod): one ingress and one egress rule, each direction's denied counter.
+    # Fixed: forward's 6 (3 for IPv6 link-local), two drops (the source chains' 2 per veth
+    # apart). Per policy (each selects a local pod): one ingress and one egress rule, each
+    # direction's denied counter.
     for n in (10, 40):
-        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 5 + 4 * n
+        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 8 + 4 * n
 
 
 def test_no_policy_compiles_to_an_empty_table():
@@ -179,7 +180,7 @@ def test_each_local_veth_has_its_own_source_chain():
     assert [line.strip() for line in chain] == [
         'type filter hook ingress device "veth0a" priority -500; policy accept;',
         f'meta protocol ip ip saddr != {a.ip} counter name "spoofed" drop',
-        'meta protocol ip6 counter name "spoofed" drop']
+        'meta protocol ip6 ip6 saddr != { ::, fe80::/64 } counter name "spoofed" drop']
     assert "chain src_veth0b {" in t.text
     # a name that could break out of nft's text gets no chain and never reaches the text
     assert 'bad"name' not in t.text and "bad" not in t.text
