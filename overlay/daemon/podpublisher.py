@@ -80,6 +80,7 @@ POLL = 0.5  # seconds between looks at the data dir
 RESYNC = 30.0  # seconds between reconciles when nothing changed on disk
 FULL_RESYNC = 600.0  # seconds (x 0.75..1.25 per pass) between listings of all of pods/
 LEASE_GONE_GRACE = 3.0  # a lease re-acquired within this is not "gone"
+GC_RETRY = 30.0  # seconds before a gone lease's pods are tried again after a failure
 ADD_GRACE = 10.0  # an IPAM record this young without metadata is an ADD still running
 MAX_WARNED = 4096
 
@@ -330,7 +331,7 @@ class PodPublisher:
         local = scan_local(self.data_dir, subnet, self.warn_once, v6)
         if full is None:
             full = time.monotonic() >= self._next_full
-        kvs = list_pod_kvs(self.store)[0] if full else self._read_keys(local.values())
+        kvs = self._list_all(local.values()) if full else self._read_keys(local.values())
         held = {(r.namespace, r.name): (kv, r) for kv, r in decodable_records(kvs)}
         undecodable = {kv.key: kv for kv in kvs} if len(held) < len(kvs) else {}
         out = Outcome()
@@ -360,6 +361,17 @@ class PodPublisher:
 
     def _key(self, namespace: str, name: str) -> str:
         return f"{pods_prefix(self.store.prefix)}{namespace}/{name}"
+
+    def _list_all(self, local: Iterable[LocalPod]) -> list[KV]:
+        """Every record; this node's keys only if the listing fails (a reply above gRPC's
+        4 MB receive limit, ~13 000 pods: publishing must not stop on it; only what just
+        a listing shows waits for the next FULL_RESYNC)."""
+        try:
+            return list_pod_kvs(self.store)[0]
+        except OverlayError as e:
+            self.warn_once(pods_prefix(self.store.prefix), f"listing every record failed "
+                           f"({e}); reading this node's keys only until the next full resync")
+            return self._read_keys(local)  # etcd down: this fails too, and the pass with it
 
     def _read_keys(self, local: Iterable[LocalPod]) -> list[KV]:
         """The records under the names of ``local`` and of the ones this node held at
@@ -483,8 +495,8 @@ class LeaseGoneGC:
                 self._known = (self._known - removed) | added
             self._mark_gone(removed - added)
 
-    def _mark_gone(self, keys: set[str]) -> None:
-        when = time.monotonic()
+    def _mark_gone(self, keys: set[str], delay: float = 0.0) -> None:
+        when = time.monotonic() + delay
         for key in keys:
             self._gone.setdefault(key, when)
         if keys:
@@ -507,7 +519,10 @@ class LeaseGoneGC:
 
     def run(self, stop: threading.Event) -> None:
         """The sweep at start, then the pods of each gone lease whose key is still absent."""
-        sweep_leaseless_pods(self.store)
+        try:
+            sweep_leaseless_pods(self.store)
+        except OverlayError as e:  # the gone leases' pods are still worth removing
+            log.warning("pod registry: the sweep of pods in no lease failed: %s", e)
         while not stop.is_set():
             for key in self._due(stop):
                 self._collect(key)
@@ -519,9 +534,9 @@ class LeaseGoneGC:
                 delete_pods_in_subnet(self.store, subnet)
         except OverlayError as e:
             log.warning("pod registry: removing the pods of gone lease %s failed: %s; "
-                        "retrying", subnet, e)
+                        "retrying in %.0fs", subnet, e, GC_RETRY)
             with self._cond:
-                self._mark_gone({key})
+                self._mark_gone({key}, GC_RETRY - LEASE_GONE_GRACE)
 
 
 def pod_threads(store: ObjectStore, node: str, data_dir: str,

@@ -106,6 +106,20 @@ def test_a_record_only_a_listing_shows_goes_at_the_full_resync(store, tmp_path, 
     assert record(store, "shop", "stray") is None
 
 
+def test_a_listing_that_fails_still_publishes_by_key(store, tmp_path, monkeypatch):
+    """A reply above gRPC's receive limit fails the listing: the pass reads this node's
+    keys instead (warned once), and the listing waits for the next full resync."""
+    from overlay.errors import RegistryError
+
+    def too_large(base):
+        raise RegistryError("listing pods/: received message larger than max")
+    monkeypatch.setattr(store, "list", too_large)
+    add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="a")
+    pub = publisher(store, tmp_path)
+    assert pub.reconcile().created == 1 and pub.rejected == 1
+    assert pub._next_full > time.monotonic() + pp.FULL_RESYNC / 2
+
+
 def test_the_run_loop_lists_once_however_many_resyncs(store, tmp_path, monkeypatch):
     monkeypatch.setattr(pp, "RESYNC", 0.0)
     monkeypatch.setattr(pp, "POLL", 0.01)
