@@ -488,8 +488,11 @@ class LeaseGoneGC:
             self._known = now
 
     def note_batch(self, batch: LeaseBatch) -> None:
-        removed = {self.base + lease_key(lease) for lease in batch.removed}
-        added = {self.base + lease_key(lease) for lease in batch.added}
+        # a changed lease may move to another key (a dual-stack lease's new IPv6 half)
+        removed = {self.base + lease_key(lease) for lease in (
+            *batch.removed, *(old for old, _ in batch.changed))}
+        added = {self.base + lease_key(lease) for lease in (
+            *batch.added, *(new for _, new in batch.changed))}
         with self._cond:
             if self._known is not None:
                 self._known = (self._known - removed) | added
@@ -527,10 +530,15 @@ class LeaseGoneGC:
             for key in self._due(stop):
                 self._collect(key)
 
+    def _held(self, subnet: IPNetwork) -> bool:
+        """A known lease holds ``subnet`` (under another key: its IPv6 half changed)."""
+        with self._cond:
+            return any(_subnet_of(k, self.base) == subnet for k in self._known or ())
+
     def _collect(self, key: str) -> None:
         subnet = _subnet_of(key, self.base)
         try:
-            if subnet is not None and self.store.get(key) is None:
+            if subnet is not None and not self._held(subnet) and self.store.get(key) is None:
                 delete_pods_in_subnet(self.store, subnet)
         except OverlayError as e:
             log.warning("pod registry: removing the pods of gone lease %s failed: %s; "

@@ -193,6 +193,21 @@ def test_a_lease_its_node_reacquires_within_the_grace_keeps_its_pods(gc, monkeyp
     assert store.calls["get"] >= 1  # looked, found the key
 
 
+def test_a_lease_that_moves_to_another_key_keeps_its_pods(gc):
+    """A dual-stack lease whose IPv6 half changes lives at a new key: its old key is gone,
+    its subnet is not."""
+    from dataclasses import replace as with_
+    from ipaddress import IPv6Network
+    store = gc.store
+    gc.note_snapshot([lease(2), lease(3), lease(4)])
+    moved = with_(lease(2), ipv6_subnet=IPv6Network("fd00:10:244:2::/64"))
+    del store.kvs[f"{PREFIX}/subnets/10.244.2.0-24"]
+    gc.note_batch(LeaseBatch(changed=((lease(2), moved),)))
+    gc.note_snapshot([moved, lease(3), lease(4)])
+    time.sleep(0.4)
+    assert record(store, "ns", "pod2") is not None
+
+
 def test_a_relisting_that_lacks_a_lease_takes_its_pods(gc):
     store = gc.store
     gc.note_snapshot([lease(2), lease(3), lease(4)])
