@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -105,7 +105,7 @@ def bench_watch(opts, samples: int) -> dict:
     writer, watcher_reg = EtcdRegistry(opts), EtcdRegistry(opts)
     clear(writer)
     mgr = SubnetManager(watcher_reg, CFG, node_attrs(9999))
-    seen: dict[IPv4Network, float] = {}
+    seen: dict[IPv4Network | IPv6Network, float] = {}
     cond = threading.Condition()
 
     def on_batch(batch) -> None:

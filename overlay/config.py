@@ -14,6 +14,16 @@ Dual-stack adds Flannel's ``"EnableIPv6": true``, ``"IPv6Network": "fd00:10:244:
 ``IPv6SubnetLen`` (64 for a /62 or larger network, else prefix + 2) and
 ``IPv6SubnetMin``/``IPv6SubnetMax`` (addresses, defaults as for IPv4).  An IPv4-only
 config is written without any of them, exactly as before.
+
+IPv6-only is Flannel's ``"EnableIPv4": false`` with ``"EnableIPv6": true`` and an
+``IPv6Network`` (``Network`` is then not needed, and refused if given, since nothing would
+use it).  A ``NetworkConfig`` names the family that leases are keyed by its *primary*
+family: ``network``, ``subnet_len``, ``subnet_min`` and ``subnet_max`` are IPv4's, or in
+an IPv6-only config the IPv6 ones (the ``ipv6_*`` fields hold the same values), so the
+subnet manager and the acceptance rule need not care which family it is.
+
+``Backend.MTU`` is the outer (underlay) MTU, unlike Flannel's (flannel#1781 gave both
+devices the same MTU): ``overlay.<VNI>`` gets MTU - 50 and ``overlay-v6.<VNI>`` MTU - 70.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeAlias, TypeGuard, TypeVar
 
 from overlay.errors import ConfigError
 
@@ -33,6 +43,8 @@ DEFAULT_VNI = 1
 DEFAULT_PORT = 8472
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 VXLAN_OVERHEAD_V6 = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
+MIN_POD_MTU = 576  # IPv4's minimum datagram; subnet.env and the CNI plugin refuse less
+IPV6_MIN_MTU = 1280  # RFC 8200: below it a link carries no IPv6 at all
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,20 @@ class BackendConfig:
     vni: int = DEFAULT_VNI
     port: int = DEFAULT_PORT
     direct_routing: bool = False
-    mtu: int | None = None  # None: underlay MTU - 50
+    # The outer (underlay) MTU: each family's device gets it minus its own overhead
+    # (see ``device_mtu``).  None: the underlay's own MTU.
+    mtu: int | None = None
+
+    def outer_mtu(self, underlay_mtu: int) -> int:
+        """The MTU the VXLAN packets may have: Backend.MTU, but never more than the
+        underlay carries (a larger one would have the kernel drop what it cannot send)."""
+        return min(self.mtu, underlay_mtu) if self.mtu else underlay_mtu
+
+    def device_mtu(self, underlay_mtu: int, version: int = 4) -> int:
+        """The MTU of the family's VXLAN device (``overlay.<VNI>`` for 4,
+        ``overlay-v6.<VNI>`` for 6): the outer MTU minus that family's encapsulation."""
+        overhead = VXLAN_OVERHEAD_V6 if version == 6 else VXLAN_OVERHEAD
+        return self.outer_mtu(underlay_mtu) - overhead
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type, "VNI": self.vni, "Port": self.port}
@@ -52,12 +77,17 @@ class BackendConfig:
         return out
 
 
+IPNetwork: TypeAlias = IPv4Network | IPv6Network
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
-    network: IPv4Network
+    # The primary family (the one leases are keyed by): IPv4, or IPv6 when IPv6-only.
+    network: IPNetwork
     subnet_len: int
-    subnet_min: IPv4Address
-    subnet_max: IPv4Address
+    subnet_min: IPAddress
+    subnet_max: IPAddress
     backend: BackendConfig = field(default_factory=BackendConfig)
     enable_ipv4: bool = True
     enable_ipv6: bool = False
@@ -67,6 +97,21 @@ class NetworkConfig:
     ipv6_subnet_len: int = 64
     ipv6_subnet_min: IPv6Address | None = None
     ipv6_subnet_max: IPv6Address | None = None
+
+    @property
+    def ipv6_only(self) -> bool:
+        """``EnableIPv4: false``: leases, devices and pods are IPv6 only."""
+        return not self.enable_ipv4
+
+    @property
+    def dual_stack(self) -> bool:
+        """Both families: IPv4 is primary, every lease may carry an IPv6 half."""
+        return self.enable_ipv4 and self.enable_ipv6
+
+    @property
+    def ipv4_network(self) -> IPv4Network | None:
+        """IPv4's Network, None in an IPv6-only config."""
+        return self.network if isinstance(self.network, IPv4Network) else None
 
     @property
     def ipv6_subnet_size(self) -> int:
@@ -99,23 +144,26 @@ class NetworkConfig:
 
     @property
     def subnet_size(self) -> int:
-        return 1 << (32 - self.subnet_len)
+        return 1 << (self.network.max_prefixlen - self.subnet_len)
 
     @property
     def subnet_count(self) -> int:
         """How many subnets lie in [SubnetMin, SubnetMax]."""
         return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
 
-    def iter_subnets(self) -> Iterator[IPv4Network]:
-        """Every allocatable subnet, lowest first."""
+    def iter_subnets(self) -> Iterator[IPNetwork]:
+        """Every allocatable subnet of the primary family, lowest first (lazily: an IPv6
+        range may hold billions)."""
         size = self.subnet_size
+        net_type = type(self.network)
         for base in range(int(self.subnet_min), int(self.subnet_max) + 1, size):
-            yield IPv4Network((base, self.subnet_len))
+            yield net_type((base, self.subnet_len))
 
-    def in_range(self, subnet: IPv4Network) -> bool:
+    def in_range(self, subnet: IPNetwork) -> bool:
         return (
-            subnet.prefixlen == self.subnet_len
-            and self.subnet_min <= subnet.network_address <= self.subnet_max
+            subnet.version == self.network.version
+            and subnet.prefixlen == self.subnet_len
+            and int(self.subnet_min) <= int(subnet.network_address) <= int(self.subnet_max)
         )
 
     def describe_range(self) -> str:
@@ -125,12 +173,13 @@ class NetworkConfig:
         out: dict[str, Any] = {}
         if not self.enable_ipv4:
             out["EnableIPv4"] = False
-        out.update({
-            "Network": str(self.network),
-            "SubnetLen": self.subnet_len,
-            "SubnetMin": str(self.subnet_min),
-            "SubnetMax": str(self.subnet_max),
-        })
+        else:
+            out.update({
+                "Network": str(self.network),
+                "SubnetLen": self.subnet_len,
+                "SubnetMin": str(self.subnet_min),
+                "SubnetMax": str(self.subnet_max),
+            })
         if self.enable_ipv6:  # an IPv4-only config is written exactly as before
             out.update({
                 "EnableIPv6": True,
@@ -193,7 +242,9 @@ def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
     if not isinstance(obj, dict):
         raise ConfigError(f"network config must be a JSON object, got {_show(obj)}")
     fields = _pick_fields(obj, "", _TOP_FIELDS, _TOP_UNSUPPORTED)
-    enable_ipv6 = _check_families(fields)
+    enable_ipv4, enable_ipv6 = _check_families(fields)
+    if not enable_ipv4:
+        return _parse_ipv6_only(fields)
     network = _parse_network(fields.get("Network"))
     subnet_len = _parse_subnet_len(fields.get("SubnetLen"), network)
     size = 1 << (32 - subnet_len)
@@ -206,6 +257,21 @@ def parse_network_config(data: str | bytes | dict[str, Any]) -> NetworkConfig:
     backend = _parse_backend(fields.get("Backend"))
     cfg = NetworkConfig(network, subnet_len, subnet_min, subnet_max, backend)
     return _parse_ipv6(fields, cfg) if enable_ipv6 else cfg
+
+
+def _parse_ipv6_only(fields: dict[str, Any]) -> NetworkConfig:
+    """``EnableIPv4: false``: the IPv6 fields are the primary family's too.  The IPv4
+    fields are refused (a Network that nothing uses would look like a dual-stack config)."""
+    for name in ("Network", "SubnetLen", "SubnetMin", "SubnetMax"):
+        if name in fields and fields[name] != "" and fields[name] != 0:
+            raise ConfigError(f"{name}: given with \"EnableIPv4\": false (IPv6-only); "
+                              "remove it, or set EnableIPv4 to true for dual-stack")
+    net, n, lo, hi = _parse_ipv6_range(fields)
+    backend = _parse_backend(fields.get("Backend"))
+    _check_ipv6_mtu(backend)
+    return NetworkConfig(net, n, lo, hi, backend,
+                         enable_ipv4=False, enable_ipv6=True, ipv6_network=net,
+                         ipv6_subnet_len=n, ipv6_subnet_min=lo, ipv6_subnet_max=hi)
 
 
 class _Refused(Exception):
@@ -296,8 +362,8 @@ def _unknown(key: Any, names: Any) -> str:
     return f"unknown field {text}{hint}"
 
 
-def _check_families(fields: dict[str, Any]) -> bool:
-    """Whether IPv6 is on; the IPv6 fields without EnableIPv6 are refused, since a
+def _check_families(fields: dict[str, Any]) -> tuple[bool, bool]:
+    """(IPv4 on, IPv6 on); the IPv6 fields without EnableIPv6 are refused, since a
     config that names an IPv6Network but has it ignored would look dual-stack."""
     v6, v4 = fields.get("EnableIPv6", False), fields.get("EnableIPv4", True)
     for name, value in (("EnableIPv6", v6), ("EnableIPv4", v4)):
@@ -308,9 +374,10 @@ def _check_families(fields: dict[str, Any]) -> bool:
             if name in fields and fields[name] != "" and fields[name] != 0:
                 raise ConfigError(f"{name}: given without \"EnableIPv6\": true; add that "
                                   "or remove it")
-    if not v4:
-        raise ConfigError("EnableIPv4: false (IPv6-only) is not supported yet")
-    return bool(v6)
+    if not v4 and not v6:
+        raise ConfigError("EnableIPv4 and EnableIPv6 are both false: a network needs a "
+                          "family; set EnableIPv6 to true (with an IPv6Network) for IPv6-only")
+    return bool(v4), bool(v6)
 
 
 def _parse_network(value: Any) -> IPv4Network:
@@ -343,6 +410,15 @@ def _parse_network(value: Any) -> IPv4Network:
 
 def _parse_ipv6(fields: dict[str, Any], cfg: NetworkConfig) -> NetworkConfig:
     """The IPv6 half, as strict as the IPv4 one and with Flannel's defaults."""
+    net, n, lo, hi = _parse_ipv6_range(fields)
+    _check_ipv6_mtu(cfg.backend)
+    return replace(cfg, enable_ipv6=True, ipv6_network=net, ipv6_subnet_len=n,
+                   ipv6_subnet_min=lo, ipv6_subnet_max=hi)
+
+
+def _parse_ipv6_range(fields: dict[str, Any]
+                      ) -> tuple[IPv6Network, int, IPv6Address, IPv6Address]:
+    """IPv6Network, IPv6SubnetLen, IPv6SubnetMin, IPv6SubnetMax (defaults filled)."""
     net = _parse_ipv6_network(fields.get("IPv6Network"))
     n = _parse_subnet_len(fields.get("IPv6SubnetLen"), net, "IPv6SubnetLen")
     size = 1 << (128 - n)
@@ -352,8 +428,18 @@ def _parse_ipv6(fields: dict[str, Any], cfg: NetworkConfig) -> NetworkConfig:
                       IPv6Address(int(net.broadcast_address) + 1 - size))
     if lo > hi:
         raise ConfigError(f"IPv6SubnetMin {lo} is above IPv6SubnetMax {hi}")
-    return replace(cfg, enable_ipv6=True, ipv6_network=net, ipv6_subnet_len=n,
-                   ipv6_subnet_min=lo, ipv6_subnet_max=hi)
+    return net, n, lo, hi
+
+
+def _check_ipv6_mtu(backend: BackendConfig) -> None:
+    """Backend.MTU is the outer MTU of both families: IPv6's device (MTU - 70) must carry
+    IPv6's minimum link MTU, or the kernel gives it no IPv6 at all."""
+    least = IPV6_MIN_MTU + VXLAN_OVERHEAD_V6
+    if backend.mtu is not None and backend.mtu < least:
+        raise ConfigError(f"Backend.MTU: {backend.mtu} is too small for EnableIPv6: the "
+                          f"IPv6 device gets MTU - {VXLAN_OVERHEAD_V6} = "
+                          f"{backend.mtu - VXLAN_OVERHEAD_V6}, below IPv6's minimum "
+                          f"{IPV6_MIN_MTU}; use at least {least} (or leave MTU unset)")
 
 
 def _parse_ipv6_network(value: Any) -> IPv6Network:
@@ -449,7 +535,12 @@ def _parse_backend(value: Any) -> BackendConfig:
             raise ConfigError(f"Backend.{name}: {why}")
     vni = _int_field(fields, "VNI", 1, (1 << 24) - 1) or DEFAULT_VNI
     port = _int_field(fields, "Port", 1, 65535) or DEFAULT_PORT
-    mtu = _int_field(fields, "MTU", 576, 65535)
+    mtu = _int_field(fields, "MTU", 1, 65535)
+    if mtu is not None and mtu < MIN_POD_MTU + VXLAN_OVERHEAD:
+        raise ConfigError(f"Backend.MTU: {mtu} is too small: it is the outer (underlay) MTU "
+                          f"and the IPv4 device gets MTU - {VXLAN_OVERHEAD} = "
+                          f"{mtu - VXLAN_OVERHEAD}, below the pods' minimum {MIN_POD_MTU}; "
+                          f"use at least {MIN_POD_MTU + VXLAN_OVERHEAD} (or leave MTU unset)")
     direct = fields.get("DirectRouting", False)
     if not isinstance(direct, bool):
         raise ConfigError(f"Backend.DirectRouting: must be true or false, got {_show(direct)}")

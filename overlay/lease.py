@@ -7,6 +7,14 @@ A lease lives at ``<prefix>/subnets/10.244.1.0-24`` with a JSON value::
 
 attached to an etcd lease (TTL).  A key with no etcd lease is a *reservation*.
 
+An IPv6-only network (``EnableIPv4: false``) keys its leases by the IPv6 subnet alone,
+``<prefix>/subnets/fd00:10:244:1::-64``: a form of our own (Flannel's etcd mode always
+starts a key with the IPv4 half, so Flannel cannot read it).  Its value is Flannel's
+shape with only the IPv6 fields set (``"PublicIP": "0.0.0.0"``, as Go writes an unset
+address, ``PublicIPv6`` and ``BackendV6Data``); in memory such a lease is a one-family
+lease like an IPv4 one: ``subnet`` is the IPv6 subnet, ``attrs.public_ip`` the
+PublicIPv6, ``attrs.vni``/``vtep_mac`` BackendV6Data's, and it has no "IPv6 half".
+
 Everything in etcd is untrusted, so this is also where the one acceptance rule for a
 remote lease lives: the key and value codec (``decode_kv``: whole-string keys, bounded
 values, any decoding failure a rejection), the per-lease checks (``check_remote``), the
@@ -31,8 +39,9 @@ from ipaddress import (
     IPv6Address,
     IPv6Interface,
     IPv6Network,
+    ip_network,
 )
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 from overlay.errors import LeaseValueTooLarge, RegistryError
 
@@ -41,27 +50,35 @@ from overlay.errors import LeaseValueTooLarge, RegistryError
 # Flannel's dual-stack form appends ``&<IPv6 network address>-<len>`` (Go prints the
 # address as RFC 5952, which is also Python's ``compressed`` form).
 _KEY_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})(?:&([0-9a-f:]{2,39})-(\d{1,3}))?")
+_KEY6_RE = re.compile(r"([0-9a-f:]{2,39})-(\d{1,3})")  # IPv6-only: ours, not Flannel's
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 MAX_VALUE_BYTES = 64 * 1024  # a lease value is ~150 bytes; anything near this is hostile
+IPNetwork: TypeAlias = IPv4Network | IPv6Network
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+_NO_IPV4 = IPv4Address(0)  # PublicIP as Flannel writes an unset one (an IPv6-only lease)
 
 
 @dataclass(frozen=True)
 class SubnetKeyName:
-    """The last element of a lease key, parsed: ``10.244.1.0-24``, or Flannel's
-    dual-stack ``10.244.1.0-24&fd00:10:244:1::-64`` (``ipv6`` set)."""
+    """The last element of a lease key, parsed: ``10.244.1.0-24``, Flannel's
+    dual-stack ``10.244.1.0-24&fd00:10:244:1::-64`` (``ipv6`` set), or an IPv6-only
+    ``fd00:10:244:1::-64`` (``subnet`` is IPv6, ``ipv6`` None)."""
 
-    ipv4: IPv4Network
+    subnet: IPNetwork  # the lease's identity
     ipv6: IPv6Network | None = None
 
     def encode(self) -> str:
-        return subnet_to_key(self.ipv4, self.ipv6)
+        return subnet_to_key(self.subnet, self.ipv6)
 
 
-def subnet_to_key(subnet: IPv4Network, ipv6: IPv6Network | None = None) -> str:
+def subnet_to_key(subnet: IPNetwork, ipv6: IPv6Network | None = None) -> str:
     """``10.244.1.0/24`` -> ``10.244.1.0-24`` (Flannel's key form); with ``ipv6``
-    Flannel's dual-stack ``10.244.1.0-24&fd00:10:244:1::-64``."""
-    v4 = f"{subnet.network_address}-{subnet.prefixlen}"
-    return v4 if ipv6 is None else f"{v4}&{ipv6.network_address}-{ipv6.prefixlen}"
+    Flannel's dual-stack ``10.244.1.0-24&fd00:10:244:1::-64``; an IPv6 ``subnet`` (an
+    IPv6-only lease) -> ``fd00:10:244:1::-64``."""
+    one = f"{subnet.network_address}-{subnet.prefixlen}"
+    if ipv6 is not None and subnet.version == 6:
+        raise ValueError(f"an IPv6-only key has no second half: {subnet} & {ipv6}")
+    return one if ipv6 is None else f"{one}&{ipv6.network_address}-{ipv6.prefixlen}"
 
 
 def lease_key(lease: Lease) -> str:
@@ -75,7 +92,14 @@ def parse_key_name(name: str) -> SubnetKeyName:
     leading zeros, no host bits, the IPv6 address compressed as Go prints it)."""
     m = _KEY_RE.fullmatch(name)
     if not m:
-        raise ValueError(f"not a subnet key: {name!r}")
+        m6 = _KEY6_RE.fullmatch(name)
+        if not m6:
+            raise ValueError(f"not a subnet key: {name!r}")
+        parsed = SubnetKeyName(IPv6Network(f"{m6.group(1)}/{m6.group(2)}", strict=True))
+        if parsed.encode() != name:
+            raise ValueError(f"not a canonical subnet key: {name!r} "
+                             f"(expected {parsed.encode()!r})")
+        return parsed
     v6 = None
     if m.group(3) is not None:
         v6 = IPv6Network(f"{m.group(3)}/{m.group(4)}", strict=True)
@@ -99,17 +123,19 @@ def key_to_name(key: str, prefix: str | None = None) -> SubnetKeyName:
     return parse_key_name(key)
 
 
-def key_to_subnet(key: str, prefix: str | None = None) -> IPv4Network:
-    """A subnet key's IPv4 subnet (the lease's identity); strict, see ``key_to_name``."""
-    return key_to_name(key, prefix).ipv4
+def key_to_subnet(key: str, prefix: str | None = None) -> IPNetwork:
+    """A subnet key's identity (its IPv4 subnet, or an IPv6-only key's IPv6 subnet);
+    strict, see ``key_to_name``."""
+    return key_to_name(key, prefix).subnet
 
 
-def parse_subnet_arg(text: str) -> IPv4Network:
-    """A subnet typed by a user: ``10.244.1.0/24`` or ``10.244.1.0-24``."""
+def parse_subnet_arg(text: str) -> IPNetwork:
+    """A subnet typed by a user: ``10.244.1.0/24`` or ``10.244.1.0-24`` (an IPv6-only
+    lease's ``fd00:10:244:1::/64`` or ``fd00:10:244:1::-64``)."""
     try:
         if "-" in text and "/" not in text:
             return key_to_subnet(text)
-        return IPv4Network(text, strict=True)
+        return ip_network(text, strict=True)
     except ValueError as e:
         raise ValueError(f"{text!r} is not a subnet (e.g. 10.244.1.0/24): {e}") from e
 
@@ -123,9 +149,10 @@ def normalize_mac(mac: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LeaseAttrs:
-    """What a node publishes about itself in its lease."""
+    """What a node publishes about itself in its lease (an IPv6-only lease's: its
+    PublicIPv6 in ``public_ip``, its BackendV6Data in ``vni``/``vtep_mac``/``extra``)."""
 
-    public_ip: IPv4Address
+    public_ip: IPAddress
     backend_type: str = "vxlan"
     vni: int | None = 1
     vtep_mac: str | None = None
@@ -144,14 +171,26 @@ class LeaseAttrs:
         return (self.public_ipv6 is not None or self.v6_vni is not None
                 or self.v6_vtep_mac is not None or bool(self.v6_extra))
 
+    @property
+    def ipv6_only(self) -> bool:
+        """An IPv6-only lease's attributes (written as Flannel's IPv6 fields)."""
+        return self.public_ip.version == 6
+
     def to_dict(self) -> dict[str, Any]:
         data = _backend_data(self.extra, self.vni, self.vtep_mac)
+        if self.ipv6_only:  # Flannel's struct with only the IPv6 fields set
+            out: dict[str, Any] = {"PublicIP": str(_NO_IPV4), "PublicIPv6": str(self.public_ip)}
+            if self.backend_type:
+                out["BackendType"] = self.backend_type
+            if data:
+                out["BackendV6Data"] = data
+            return out
         if not self.dual_stack:  # an IPv4-only value is written exactly as before
             return {"PublicIP": str(self.public_ip), "BackendType": self.backend_type,
                     "BackendData": data}
         # Flannel's struct order; PublicIPv6 has no omitempty (null when absent), the
         # others do.
-        out: dict[str, Any] = {
+        out = {
             "PublicIP": str(self.public_ip),
             "PublicIPv6": None if self.public_ipv6 is None else str(self.public_ipv6)}
         if self.backend_type:
@@ -163,13 +202,14 @@ class LeaseAttrs:
         return out
 
     def to_json(self) -> str:
-        if self.dual_stack:  # byte for byte what Flannel's json.Marshal writes
+        if self.dual_stack or self.ipv6_only:  # byte for byte what Flannel's json.Marshal writes
             return json.dumps(self.to_dict(), separators=(",", ":"))
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> LeaseAttrs:
-        """Decode a lease value; ``RegistryError`` for anything that is not one.
+    def from_json(cls, raw: str | bytes, ipv6_only: bool = False) -> LeaseAttrs:
+        """Decode a lease value (``ipv6_only``: of an IPv6-only key); ``RegistryError``
+        for anything that is not one.
 
         Bounded (``MAX_VALUE_BYTES``), and *any* exception while decoding (a huge
         number, nesting deep enough for RecursionError, bad UTF-8, wrong types) becomes
@@ -180,7 +220,7 @@ class LeaseAttrs:
                                      f"{MAX_VALUE_BYTES}")
         try:
             obj = json.loads(raw)
-            return cls.from_dict(obj)
+            return cls.from_dict_v6(obj) if ipv6_only else cls.from_dict(obj)
         except Exception as e:
             raise RegistryError(f"malformed lease value {_preview(raw)}: "
                                 f"{type(e).__name__}: {_preview(str(e))}") from e
@@ -216,6 +256,23 @@ class LeaseAttrs:
             v6_vtep_mac=v6_mac,
             v6_extra=v6_extra,
         )
+
+    @classmethod
+    def from_dict_v6(cls, obj: Mapping[str, Any]) -> LeaseAttrs:
+        """An IPv6-only lease's value: PublicIPv6 and BackendV6Data; an IPv4 field that
+        says anything (a PublicIP other than Go's unset one, a BackendData) is an error,
+        since nothing would use it."""
+        full = cls.from_dict({"PublicIP": str(_NO_IPV4), **obj}) if isinstance(obj, dict) \
+            else cls.from_dict(obj)
+        if full.public_ip != _NO_IPV4:
+            raise ValueError(f"PublicIP {full.public_ip} in an IPv6-only lease (only "
+                             f"{_NO_IPV4} or none)")
+        if full.vni is not None or full.vtep_mac is not None or full.extra:
+            raise ValueError("BackendData in an IPv6-only lease (BackendV6Data only)")
+        if full.public_ipv6 is None:
+            raise ValueError("no PublicIPv6 in an IPv6-only lease")
+        return cls(full.public_ipv6, full.backend_type, full.v6_vni, full.v6_vtep_mac,
+                   full.v6_extra)
 
 
 def _backend_data(extra: tuple[tuple[str, Any], ...], vni: int | None,
@@ -255,7 +312,7 @@ def _preview(raw: str | bytes, limit: int = 80) -> str:
 class Lease:
     """A subnet held by a node (or reserved for one)."""
 
-    subnet: IPv4Network
+    subnet: IPNetwork  # IPv6 for an IPv6-only lease
     attrs: LeaseAttrs
     expiration: datetime | None = None  # None for a reservation
     etcd_lease_id: int = 0  # 0: no etcd lease, i.e. a reservation
@@ -271,13 +328,15 @@ class Lease:
         return self.etcd_lease_id == 0
 
     @property
-    def gateway(self) -> IPv4Address:
+    def gateway(self) -> IPAddress:
         """The first host address, held by the node's bridge (``.1``)."""
         return self.subnet.network_address + 1
 
     @property
-    def vtep_address(self) -> IPv4Interface:
-        """The VXLAN device's address: the subnet's network address as a /32."""
+    def vtep_address(self) -> IPv4Interface | IPv6Interface:
+        """The VXLAN device's address: the subnet's network address as a /32 (/128)."""
+        if isinstance(self.subnet, IPv6Network):
+            return IPv6Interface((self.subnet.network_address, 128))
         return IPv4Interface((self.subnet.network_address, 32))
 
     @property
@@ -321,16 +380,16 @@ class LeaseBatch:
 
 
 def decode_kv(prefix: str, key: bytes, value: bytes
-              ) -> tuple[SubnetKeyName, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
+              ) -> tuple[SubnetKeyName, LeaseAttrs] | tuple[str, str, IPNetwork | None]:
     """One key/value read under ``prefix`` (``<prefix>/subnets/``): (key name, attrs),
     or (reason, detail, subnet-or-None) when it is rejected.  Never raises."""
     try:
         name = key_to_name(key.decode(), prefix)
     except (ValueError, UnicodeDecodeError):
         return Reason.BAD_KEY, f"not a subnet key: {_preview(key)}", None
-    subnet = name.ipv4
+    subnet = name.subnet
     try:
-        return name, LeaseAttrs.from_json(value)
+        return name, LeaseAttrs.from_json(value, ipv6_only=subnet.version == 6)
     except LeaseValueTooLarge as e:
         return Reason.VALUE_TOO_LARGE, str(e), subnet
     except RegistryError as e:
@@ -379,6 +438,9 @@ class Reason:
     VNI_MISMATCH = "vni-mismatch"
     BACKEND_TYPE = "backend-type"
     SUBNET_CLAIMED = "subnet-claimed"  # another key holds the same IPv4 subnet (older)
+    # An IPv4 (or dual-stack) key in an IPv6-only network, or an IPv6-only key in one
+    # with IPv4.
+    FAMILY_MISMATCH = "family-mismatch"
     # The IPv6 half of a dual-stack lease: rejected alone, the IPv4 half stays in use.
     IPV6_NOT_ENABLED = "ipv6-not-enabled"
     IPV6_SUBNET_OUTSIDE_NETWORK = "ipv6-subnet-outside-network"
@@ -406,7 +468,7 @@ class Rejection:
     reason: str  # a ``Reason`` slug
     detail: str  # one human line
     mod_revision: int = 0
-    subnet: IPv4Network | None = None  # when the key itself parsed
+    subnet: IPNetwork | None = None  # when the key itself parsed
 
 
 @dataclass(frozen=True)
@@ -428,7 +490,7 @@ ACCEPTED = Verdict()
 NO_MAC = Verdict(warning=NO_VTEP_MAC, detail="no VtepMAC in the lease (yet)")
 
 
-def _net_range(net: IPv4Network) -> tuple[int, int]:
+def _net_range(net: IPNetwork) -> tuple[int, int]:
     return int(net.network_address), int(net.broadcast_address)
 
 
@@ -446,13 +508,13 @@ _UNUSABLE_IPS = tuple(_net_range(IPv4Network(n)) for n in (
 class LeaseRules:
     """What a remote lease is checked against: the network config and this node."""
 
-    network: IPv4Network
+    network: IPNetwork
     subnet_len: int
-    subnet_min: IPv4Address
-    subnet_max: IPv4Address
+    subnet_min: IPAddress
+    subnet_max: IPAddress
     vni: int
-    own_subnets: frozenset[IPv4Network] = frozenset()
-    own_ips: frozenset[IPv4Address] = frozenset()
+    own_subnets: frozenset[IPNetwork] = frozenset()
+    own_ips: frozenset[IPAddress] = frozenset()
     own_mac: str | None = None
     # The IPv6 half (None: IPv6 is not enabled, every lease's IPv6 half is unused).
     ipv6_network: IPv6Network | None = None
@@ -473,11 +535,12 @@ class LeaseRules:
             object.__setattr__(self, name, v)
 
     @classmethod
-    def from_config(cls, cfg: Any, own_subnets: Iterable[IPv4Network] = (),
-                    own_ips: Iterable[IPv4Address] = (), own_mac: str | None = None
+    def from_config(cls, cfg: Any, own_subnets: Iterable[IPNetwork] = (),
+                    own_ips: Iterable[IPAddress] = (), own_mac: str | None = None
                     ) -> LeaseRules:
-        """From a ``NetworkConfig`` (duck-typed: the lease layer sits below config)."""
-        v6 = cfg.ipv6_network if getattr(cfg, "enable_ipv6", False) else None
+        """From a ``NetworkConfig`` (duck-typed: the lease layer sits below config).  An
+        IPv6-only config's primary family is IPv6 and it has no second one."""
+        v6 = cfg.ipv6_network if cfg.dual_stack else None
         return cls(cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max,
                    cfg.backend.vni, frozenset(own_subnets), frozenset(own_ips), own_mac,
                    ipv6_network=v6, ipv6_subnet_len=getattr(cfg, "ipv6_subnet_len", 64))
@@ -489,8 +552,8 @@ class LeaseRules:
         return replace(self, own_ipv6_subnets=frozenset(own_subnets),
                        own_ipv6s=frozenset(own_ips), own_v6_mac=own_mac)
 
-    def with_own(self, own_subnets: Iterable[IPv4Network] = (),
-                 own_ips: Iterable[IPv4Address] | None = None) -> LeaseRules:
+    def with_own(self, own_subnets: Iterable[IPNetwork] = (),
+                 own_ips: Iterable[IPAddress] | None = None) -> LeaseRules:
         return replace(self, own_subnets=frozenset(own_subnets),
                        own_ips=self.own_ips if own_ips is None else frozenset(own_ips))
 
@@ -498,6 +561,8 @@ class LeaseRules:
 def check_remote(lease: Lease, rules: LeaseRules) -> Verdict:
     """Whether a remote lease may be programmed (the VTEP MAC claim aside: that needs
     every lease, see ``claim_macs``).  Pure and cheap: integer comparisons only."""
+    if lease.subnet.version != rules.network.version:
+        return _wrong_family(lease, rules)
     base = int(lease.subnet.network_address)
     bad = _check_subnet(lease.subnet, base, rules) or _check_attrs(lease.attrs, rules)
     if bad is not None:
@@ -509,7 +574,15 @@ def check_remote(lease: Lease, rules: LeaseRules) -> Verdict:
                    f", {rules.subnet_max}] (accepted: inside the Network)")
 
 
-def _check_subnet(subnet: IPv4Network, base: int, rules: LeaseRules) -> Verdict | None:
+def _wrong_family(lease: Lease, rules: LeaseRules) -> Verdict:
+    if rules.network.version == 6:
+        return Verdict(Reason.FAMILY_MISMATCH, f"an IPv4 key ({lease.subnet}) in an "
+                       f"IPv6-only network ({rules.network}, EnableIPv4 false)")
+    return Verdict(Reason.FAMILY_MISMATCH, f"an IPv6-only key ({lease.subnet}) in a network "
+                   f"with IPv4 ({rules.network}); dual-stack keys name both halves")
+
+
+def _check_subnet(subnet: IPNetwork, base: int, rules: LeaseRules) -> Verdict | None:
     if subnet.prefixlen != rules.subnet_len:
         return Verdict(Reason.SUBNET_LENGTH, f"{subnet} is not a /{rules.subnet_len} "
                        "(SubnetLen)")
@@ -533,8 +606,8 @@ def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
     if a.vni is not None and a.vni != rules.vni:
         return Verdict(Reason.VNI_MISMATCH, f"VNI {a.vni}, the network's is {rules.vni}")
     ip = int(a.public_ip)
-    if _unusable_ip(ip):
-        return Verdict(Reason.PUBLIC_IP_UNUSABLE, f"PublicIP {a.public_ip} is not a "
+    if a.public_ip.version != rules.network.version or not usable_public_ip(a.public_ip):
+        return Verdict(Reason.PUBLIC_IP_UNUSABLE, f"{_ip_field(a)} {a.public_ip} is not a "
                        "routable unicast address")
     if rules.net_lo <= ip <= rules.net_hi:
         return Verdict(Reason.PUBLIC_IP_IN_NETWORK, f"PublicIP {a.public_ip} is inside the "
@@ -544,8 +617,15 @@ def _check_attrs(a: LeaseAttrs, rules: LeaseRules) -> Verdict | None:
     return _check_mac(a.vtep_mac, rules)
 
 
-def usable_public_ip(ip: IPv4Address) -> bool:
+def _ip_field(a: LeaseAttrs) -> str:
+    """The value's field that ``public_ip`` came from."""
+    return "PublicIPv6" if a.ipv6_only else "PublicIP"
+
+
+def usable_public_ip(ip: IPAddress) -> bool:
     """The lease rule's test of a public IP, for the rules of other kinds (node records)."""
+    if isinstance(ip, IPv6Address):
+        return usable_public_ipv6(ip)
     return not _unusable_ip(int(ip))
 
 
@@ -565,7 +645,7 @@ def _check_mac(mac: str | None, rules: LeaseRules) -> Verdict | None:
     return None
 
 
-def claim_macs(leases: Iterable[Lease]) -> dict[str, IPv4Address]:
+def claim_macs(leases: Iterable[Lease]) -> dict[str, IPAddress]:
     """Per VTEP MAC the public IP that holds it: the one of the lease created first
     (etcd create_revision; the subnet breaks ties).  A lease with that MAC and another
     public IP is rejected (``vtep-mac-claimed``), so a second lease cannot flip a node's
@@ -592,7 +672,7 @@ def _older(a: Lease, b: Lease) -> bool:
         b.create_revision, int(b.subnet.network_address))
 
 
-def claim_rejection(lease: Lease, holder: IPv4Address, key: str = "") -> Rejection:
+def claim_rejection(lease: Lease, holder: IPAddress, key: str = "") -> Rejection:
     return Rejection(key or lease_key(lease), Reason.VTEP_MAC_CLAIMED,
                      f"VtepMAC {lease.attrs.vtep_mac} belongs to {holder} (an older lease)",
                      lease.mod_revision, lease.subnet)
@@ -675,7 +755,7 @@ def ipv4_only(lease: Lease) -> Lease:
     return replace(lease, attrs=a, ipv6_subnet=None)
 
 
-def ipv6_claims(group: Iterable[Lease]) -> dict[IPv4Network, Rejection]:
+def ipv6_claims(group: Iterable[Lease]) -> dict[IPNetwork, Rejection]:
     """The claims among leases whose IPv6 half passed ``check_ipv6``: per IPv6 subnet the
     lease created first holds it, per v6 VTEP MAC the PublicIPv6 of the lease created
     first (as ``claim_macs`` for IPv4).  Returns the IPv6 halves that lose, by subnet."""
@@ -712,11 +792,11 @@ def ipv6_claims(group: Iterable[Lease]) -> dict[IPv4Network, Rejection]:
 
 
 def judge_ipv6(accepted: Iterable[Lease], rules: LeaseRules
-               ) -> tuple[list[Lease], dict[IPv4Network, Rejection]]:
+               ) -> tuple[list[Lease], dict[IPNetwork, Rejection]]:
     """The IPv6 rule over leases whose IPv4 half is accepted: (the leases as the data
     plane uses them, i.e. ``ipv4_only`` where the IPv6 half is rejected; why, by subnet)."""
     accepted = list(accepted)
-    rejected: dict[IPv4Network, Rejection] = {}
+    rejected: dict[IPNetwork, Rejection] = {}
     passed = []
     for lease in accepted:
         v = check_ipv6(lease, rules)
@@ -730,7 +810,7 @@ def judge_ipv6(accepted: Iterable[Lease], rules: LeaseRules
 
 
 def ipv6_status(lease: Lease, rules: LeaseRules | None,
-                rejected: Mapping[IPv4Network, Rejection]) -> str:
+                rejected: Mapping[IPNetwork, Rejection]) -> str:
     """The IPv6 half in one word or two, for tables: ``ok``, ``none (…)``,
     ``rejected: <reason>``."""
     r = rejected.get(lease.subnet)
@@ -755,7 +835,7 @@ def _subnet_claims(leases: Iterable[Lease]) -> tuple[list[Lease], list[Rejection
 
 def _subnet_holders(leases: Iterable[Lease]) -> tuple[list[Lease], list[Lease]]:
     """(the key holding each IPv4 subnet, the others)."""
-    first: dict[IPv4Network, Lease] = {}
+    first: dict[IPNetwork, Lease] = {}
     dups: list[Lease] = []
     for lease in leases:
         cur = first.get(lease.subnet)
@@ -775,8 +855,8 @@ class Judgement:
 
     accepted: list[Lease]  # as the data plane uses them (``ipv4_only`` if IPv6 rejected)
     rejected: list[Rejection]  # keys not used at all
-    warnings: dict[IPv4Network, str]
-    ipv6_rejected: dict[IPv4Network, Rejection]  # accepted leases whose IPv6 half is not
+    warnings: dict[IPNetwork, str]
+    ipv6_rejected: dict[IPNetwork, Rejection]  # accepted leases whose IPv6 half is not
 
 
 def judge_all(leases: Iterable[Lease], rules: LeaseRules) -> Judgement:
@@ -807,7 +887,7 @@ def judge_all(leases: Iterable[Lease], rules: LeaseRules) -> Judgement:
 
 
 def judge(leases: Iterable[Lease], rules: LeaseRules
-          ) -> tuple[list[Lease], list[Rejection], dict[IPv4Network, str]]:
+          ) -> tuple[list[Lease], list[Rejection], dict[IPNetwork, str]]:
     """The whole rule over a snapshot: (accepted, rejected, warnings by subnet); see
     ``judge_all`` for why an accepted lease's IPv6 half is not used.
 
@@ -830,25 +910,25 @@ class LeaseView:
     ``ipv6_rejected``; ``used`` (and every batch) gives it as ``ipv4_only``.
     """
 
-    own: IPv4Network | None = None
-    leases: dict[IPv4Network, Lease] = field(default_factory=dict)
+    own: IPNetwork | None = None
+    leases: dict[IPNetwork, Lease] = field(default_factory=dict)
     rules: LeaseRules | None = None
-    rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
-    losers: dict[IPv4Network, Lease] = field(default_factory=dict)
-    ipv6_rejected: dict[IPv4Network, Rejection] = field(default_factory=dict)
-    shadows: dict[IPv4Network, list[Lease]] = field(default_factory=dict)
+    rejected: dict[IPNetwork, Rejection] = field(default_factory=dict)
+    losers: dict[IPNetwork, Lease] = field(default_factory=dict)
+    ipv6_rejected: dict[IPNetwork, Rejection] = field(default_factory=dict)
+    shadows: dict[IPNetwork, list[Lease]] = field(default_factory=dict)
     # Leases by VTEP MAC: a lone subnet or, for a MAC several leases carry, a list (a list
     # per lease would cost ~70 bytes each, for groups that nearly always have one member).
-    _by_mac: dict[str, IPv4Network | list[IPv4Network]] = field(default_factory=dict)
+    _by_mac: dict[str, IPNetwork | list[IPNetwork]] = field(default_factory=dict)
     # Leases the per-lease checks rejected, kept so ``set_rules`` can judge them again.
-    _raw: dict[IPv4Network, Lease] = field(default_factory=dict)
+    _raw: dict[IPNetwork, Lease] = field(default_factory=dict)
     # Accepted leases whose IPv6 half passed ``check_ipv6``, by IPv6 subnet and v6 MAC
     # (the groups ``ipv6_claims`` decides), and the group keys of each.
-    _v6_net: dict[IPv6Network, set[IPv4Network]] = field(default_factory=dict)
-    _v6_mac: dict[str, set[IPv4Network]] = field(default_factory=dict)
-    _v6_keys: dict[IPv4Network, tuple[IPv6Network, str | None]] = field(default_factory=dict)
+    _v6_net: dict[IPv6Network, set[IPNetwork]] = field(default_factory=dict)
+    _v6_mac: dict[str, set[IPNetwork]] = field(default_factory=dict)
+    _v6_keys: dict[IPNetwork, tuple[IPv6Network, str | None]] = field(default_factory=dict)
     # Subnets whose entry in ``rejected`` the last reset/apply may have changed.
-    touched: set[IPv4Network] = field(default_factory=set)
+    touched: set[IPNetwork] = field(default_factory=set)
     # Keys whose rejection the last reset/apply withdrew (other than the subnet's own).
     cleared: list[str] = field(default_factory=list)
 
@@ -859,7 +939,7 @@ class LeaseView:
     def used_leases(self) -> list[Lease]:
         return [self.used(lease) for lease in self.leases.values()]
 
-    def shadow_rejections(self, subnets: Iterable[IPv4Network]) -> list[Rejection]:
+    def shadow_rejections(self, subnets: Iterable[IPNetwork]) -> list[Rejection]:
         out = []
         for subnet in subnets:
             holder = self.leases.get(subnet) or self.losers.get(subnet) or self._raw.get(subnet)
@@ -892,7 +972,7 @@ class LeaseView:
             self.touched |= set(self.rejected) | set(self.shadows)
         return diff_leases(old, self._used_map())
 
-    def _used_map(self) -> dict[IPv4Network, Lease]:
+    def _used_map(self) -> dict[IPNetwork, Lease]:
         if not self.ipv6_rejected:  # nearly always: no copy per lease
             return dict(self.leases)
         return {s: self.used(lease) for s, lease in self.leases.items()}
@@ -902,7 +982,7 @@ class LeaseView:
 
         Costs what the events touch, not what the view holds: ``before`` keeps each
         touched subnet's accepted lease as it was, and only those are compared."""
-        before: dict[IPv4Network, Lease | None] = {}
+        before: dict[IPNetwork, Lease | None] = {}
         macs: set[str] = set()
         self.touched = set()
         self.cleared = []
@@ -933,7 +1013,7 @@ class LeaseView:
             self._settle_v6(self.touched, before, self.rules)
         return self._net(before)
 
-    def _holder(self, subnet: IPv4Network) -> Lease | None:
+    def _holder(self, subnet: IPNetwork) -> Lease | None:
         return self.leases.get(subnet) or self.losers.get(subnet) or self._raw.get(subnet)
 
     def _unshadow(self, ev: LeaseEvent) -> LeaseEvent | None:
@@ -981,12 +1061,12 @@ class LeaseView:
         self.rules = rules
         return self.reset(everything)
 
-    def _remember(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
+    def _remember(self, subnet: IPNetwork, before: dict[IPNetwork, Lease | None]) -> None:
         if subnet not in before:
             lease = self.leases.get(subnet)
             before[subnet] = None if lease is None else self.used(lease)
 
-    def _net(self, before: Mapping[IPv4Network, Lease | None]) -> LeaseBatch:
+    def _net(self, before: Mapping[IPNetwork, Lease | None]) -> LeaseBatch:
         added, removed, changed = [], [], []
         for subnet, was in before.items():
             lease = self.leases.get(subnet)
@@ -1022,7 +1102,7 @@ class LeaseView:
                 self._by_mac[mac] = [had, subnet]
         return mac
 
-    def _drop(self, subnet: IPv4Network, macs: set[str]) -> None:
+    def _drop(self, subnet: IPNetwork, macs: set[str]) -> None:
         """Forget whatever the view had at ``subnet`` (a new event replaces it)."""
         gone = self.rejected.pop(subnet, None)
         if gone is not None:
@@ -1042,7 +1122,7 @@ class LeaseView:
             del self._by_mac[mac]
         macs.add(mac)
 
-    def _settle(self, macs: set[str], before: dict[IPv4Network, Lease | None]) -> None:
+    def _settle(self, macs: set[str], before: dict[IPNetwork, Lease | None]) -> None:
         """Decide the VTEP MAC claims of the groups in ``macs`` (only those changed)."""
         for mac in macs:
             members = self._by_mac.get(mac) if mac else None
@@ -1061,7 +1141,7 @@ class LeaseView:
                 else:
                     self._win(lease.subnet, before)
 
-    def _win(self, subnet: IPv4Network, before: dict[IPv4Network, Lease | None]) -> None:
+    def _win(self, subnet: IPNetwork, before: dict[IPNetwork, Lease | None]) -> None:
         if subnet in self.losers:
             self._remember(subnet, before)
             self.leases[subnet] = self.losers.pop(subnet)
@@ -1069,8 +1149,8 @@ class LeaseView:
         if rej is not None and rej.reason == Reason.VTEP_MAC_CLAIMED:
             del self.rejected[subnet]
 
-    def _lose(self, lease: Lease, holder: IPv4Address,
-              before: dict[IPv4Network, Lease | None]) -> None:
+    def _lose(self, lease: Lease, holder: IPAddress,
+              before: dict[IPNetwork, Lease | None]) -> None:
         subnet = lease.subnet
         if subnet in self.leases:
             self._remember(subnet, before)
@@ -1078,8 +1158,8 @@ class LeaseView:
         self.losers[subnet] = lease
         self.rejected[subnet] = claim_rejection(lease, holder)
 
-    def _settle_v6(self, subnets: Iterable[IPv4Network],
-                   before: dict[IPv4Network, Lease | None], rules: LeaseRules) -> None:
+    def _settle_v6(self, subnets: Iterable[IPNetwork],
+                   before: dict[IPNetwork, Lease | None], rules: LeaseRules) -> None:
         """Decide the IPv6 halves of ``subnets`` and of every lease that shares an IPv6
         subnet or v6 VTEP MAC with one of them (only those can have changed)."""
         nets: set[IPv6Network] = set()
@@ -1100,7 +1180,7 @@ class LeaseView:
                 self._v6_set(subnet, None, before)
             else:
                 self._v6_join(lease, lease.ipv6_subnet, nets, macs)
-        members: set[IPv4Network] = set()
+        members: set[IPNetwork] = set()
         for net in nets:
             members |= self._v6_net.get(net, set())
         for mac in macs:
@@ -1120,7 +1200,7 @@ class LeaseView:
             self._v6_mac.setdefault(mac, set()).add(lease.subnet)
             macs.add(mac)
 
-    def _v6_forget(self, subnet: IPv4Network, nets: set[IPv6Network], macs: set[str]) -> None:
+    def _v6_forget(self, subnet: IPNetwork, nets: set[IPv6Network], macs: set[str]) -> None:
         keys = self._v6_keys.pop(subnet, None)
         if keys is None:
             return
@@ -1139,8 +1219,8 @@ class LeaseView:
         if mac is not None:
             macs.add(mac)
 
-    def _v6_set(self, subnet: IPv4Network, rejection: Rejection | None,
-                before: dict[IPv4Network, Lease | None]) -> None:
+    def _v6_set(self, subnet: IPNetwork, rejection: Rejection | None,
+                before: dict[IPNetwork, Lease | None]) -> None:
         had = self.ipv6_rejected.get(subnet)
         if had == rejection:
             return
@@ -1150,16 +1230,19 @@ class LeaseView:
         else:
             self.ipv6_rejected[subnet] = rejection
 
-    def warnings(self) -> dict[IPv4Network, str]:
+    def warnings(self) -> dict[IPNetwork, str]:
         """Accepted leases the rule warns about (outside [SubnetMin, SubnetMax])."""
         r = self.rules
         if r is None:
             return {}
         return {s: OUTSIDE_RANGE for s in self.leases
-                if not r.subnet_min <= s.network_address <= r.subnet_max}
+                if not r.min_int <= int(s.network_address) <= r.max_int}
 
 
-def diff_leases(old: Mapping[IPv4Network, Lease], new: Mapping[IPv4Network, Lease]) -> LeaseBatch:
+_K = TypeVar("_K")
+
+
+def diff_leases(old: Mapping[_K, Lease], new: Mapping[_K, Lease]) -> LeaseBatch:
     """Added, removed and changed leases between two views.
 
     A renewal (same attrs, new expiry) is not a change for the data plane.

@@ -11,6 +11,9 @@
 
 ``OVERLAY_MTU`` is the pod MTU: with both families, the smaller of IPv4's underlay - 50
 and IPv6's underlay - 70, since one veth carries both.
+
+An IPv6-only node (``EnableIPv4: false``) writes no ``OVERLAY_NETWORK``/``OVERLAY_SUBNET``,
+only the IPv6 pair, as Flannel's subnet.env does for IPv6-only (``FLANNEL_IPV6_*``).
 """
 
 from __future__ import annotations
@@ -27,21 +30,29 @@ DEFAULT_SUBNET_FILE = "/run/overlay/subnet.env"
 
 
 class SubnetEnv(NamedTuple):
-    network: IPv4Network
-    subnet: IPv4Interface  # the gateway address with the subnet's prefix, e.g. 10.244.1.1/24
+    network: IPv4Network | None  # None (with ``subnet``): IPv6-only
+    subnet: IPv4Interface | None  # the gateway address with the subnet's prefix, e.g. 10.244.1.1/24
     mtu: int
     ipmasq: bool = False
     ipv6_network: IPv6Network | None = None
     ipv6_subnet: IPv6Interface | None = None  # the bridge's IPv6 gateway with the prefix
 
+    @property
+    def ipv6_only(self) -> bool:
+        return self.subnet is None
+
     def format(self) -> str:
-        text = (
-            f"OVERLAY_NETWORK={self.network}\n"
-            f"OVERLAY_SUBNET={self.subnet}\n"
+        text = ""
+        if self.network is not None and self.subnet is not None:
+            text = f"OVERLAY_NETWORK={self.network}\nOVERLAY_SUBNET={self.subnet}\n"
+        elif self.ipv6_network is not None and self.ipv6_subnet is not None:  # Flannel's order
+            text = (f"OVERLAY_IPV6_NETWORK={self.ipv6_network}\n"
+                    f"OVERLAY_IPV6_SUBNET={self.ipv6_subnet}\n")
+        text += (
             f"OVERLAY_MTU={self.mtu}\n"
             f"OVERLAY_IPMASQ={'true' if self.ipmasq else 'false'}\n"
         )
-        if self.ipv6_network is not None and self.ipv6_subnet is not None:
+        if self.subnet is not None and self.ipv6_network is not None and self.ipv6_subnet:
             text += (f"OVERLAY_IPV6_NETWORK={self.ipv6_network}\n"
                      f"OVERLAY_IPV6_SUBNET={self.ipv6_subnet}\n")
         return text
@@ -50,7 +61,10 @@ class SubnetEnv(NamedTuple):
 def env_for_lease(config: Any, lease: Any, mtu: int, ipmasq: bool) -> SubnetEnv:
     """What the daemon writes for the lease it holds (a ``NetworkConfig`` and a
     ``Lease``, duck-typed: this codec sits below both): the IPv6 pair only when the
-    lease has an IPv6 half and IPv6 is enabled."""
+    lease has an IPv6 half and IPv6 is enabled; an IPv6-only lease's alone."""
+    if lease.subnet.version == 6:
+        sub = IPv6Interface(f"{lease.gateway}/{lease.subnet.prefixlen}")
+        return SubnetEnv(None, None, mtu, ipmasq, config.ipv6_network, sub)
     v4 = IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}")
     net6, sub6 = None, None
     if getattr(config, "enable_ipv6", False) and lease.ipv6_subnet is not None:
@@ -69,15 +83,11 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
         if not sep:
             raise SubnetEnvError(f"{source}:{lineno}: expected KEY=VALUE, got {line!r}")
         values[key.strip()] = value.strip().strip('"')
+    network, subnet = _parse_ipv4(values, source)
     try:
-        network = IPv4Network(_need(values, "OVERLAY_NETWORK", source), strict=True)
-        subnet = IPv4Interface(_need(values, "OVERLAY_SUBNET", source))
         mtu = int(_need(values, "OVERLAY_MTU", source))
     except ValueError as e:
         raise SubnetEnvError(f"{source}: malformed value: {e}") from e
-    if subnet.network.subnet_of(network) is False:
-        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside "
-                             f"OVERLAY_NETWORK {network}")
     if not 576 <= mtu <= 65535:
         raise SubnetEnvError(f"{source}: OVERLAY_MTU {mtu} is out of range 576..65535")
     ipmasq = parse_bool(values.get("OVERLAY_IPMASQ", "false"))
@@ -85,7 +95,27 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
         raise SubnetEnvError(f"{source}: OVERLAY_IPMASQ={values['OVERLAY_IPMASQ']!r}: "
                              "expected true or false")
     ipv6_network, ipv6_subnet = _parse_ipv6(values, source)
+    if subnet is None and ipv6_subnet is None:
+        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET is missing (and so is "
+                             "OVERLAY_IPV6_SUBNET, which an IPv6-only node writes instead)")
     return SubnetEnv(network, subnet, mtu, ipmasq, ipv6_network, ipv6_subnet)
+
+
+def _parse_ipv4(values: dict[str, str], source: str
+                ) -> tuple[IPv4Network | None, IPv4Interface | None]:
+    """The IPv4 pair: both or neither (neither: an IPv6-only node's file)."""
+    net_text, sub_text = values.get("OVERLAY_NETWORK"), values.get("OVERLAY_SUBNET")
+    if net_text is None and sub_text is None:
+        return None, None
+    try:
+        network = IPv4Network(_need(values, "OVERLAY_NETWORK", source), strict=True)
+        subnet = IPv4Interface(_need(values, "OVERLAY_SUBNET", source))
+    except ValueError as e:
+        raise SubnetEnvError(f"{source}: malformed value: {e}") from e
+    if subnet.network.subnet_of(network) is False:
+        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside "
+                             f"OVERLAY_NETWORK {network}")
+    return network, subnet
 
 
 def _parse_ipv6(values: dict[str, str], source: str

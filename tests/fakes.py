@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv6Network
 
 from overlay.cni.ipam import Attachment, IPAddress
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import ConfigNotFound, LeaseConflict, LeaseExists, RegistryError
-from overlay.lease import Lease, LeaseAttrs, Rejection
+from overlay.lease import IPNetwork, Lease, LeaseAttrs, Rejection
 from overlay.subnet.registry import WATCH_PROGRESS_INTERVAL, LeaseListing, WatchUpdate
 
 PREFIX = "/overlay/network"
@@ -36,12 +36,12 @@ class FakeRegistry:
 
     def __init__(self, config: bytes | None = b'{"Network": "10.244.0.0/16"}'):
         self.lock = threading.RLock()
-        self.leases: dict[IPv4Network, Lease] = {}
-        self.garbage: dict[IPv4Network, bytes] = {}
+        self.leases: dict[IPNetwork, Lease] = {}
+        self.garbage: dict[IPNetwork, bytes] = {}
         self.config = config
         self.rev = 1
         self.next_id = 100
-        self.before_write: Callable[[IPv4Network], None] | None = None
+        self.before_write: Callable[[IPNetwork], None] | None = None
         self.fail: RegistryError | None = None
         self.creates = 0
         self.closed = False
@@ -56,7 +56,7 @@ class FakeRegistry:
     def _expires(self, ttl: int | None) -> datetime | None:
         return datetime.now(UTC) + timedelta(seconds=ttl) if ttl else None
 
-    def put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None = None,
+    def put(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None = None,
             ipv6_subnet: IPv6Network | None = None) -> Lease:
         with self.lock:
             self.rev += 1
@@ -69,7 +69,7 @@ class FakeRegistry:
             self.leases[subnet] = lease
             return lease
 
-    def delete(self, subnet: IPv4Network) -> Lease:
+    def delete(self, subnet: IPNetwork) -> Lease:
         with self.lock:
             self.rev += 1
             return self.leases.pop(subnet)
@@ -105,12 +105,12 @@ class FakeRegistry:
         with self.lock:
             return LeaseListing(list(self.leases.values()), self._rejected(), self.rev)
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+    def get_lease(self, subnet: IPNetwork) -> Lease | None:
         self._check()
         with self.lock:
             return self.leases.get(subnet)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+    def create_lease(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None,
                      ipv6_subnet: IPv6Network | None = None) -> Lease:
         self._check()
         if self.before_write:
@@ -158,7 +158,7 @@ class FakeRegistry:
             self.leases[lease.subnet] = new
             return new
 
-    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None,
+    def delete_lease(self, subnet: IPNetwork, expect_revision: int | None = None,
                      ipv6_subnet: IPv6Network | None = None) -> bool:
         self._check()
         with self.lock:

@@ -215,12 +215,15 @@ def check_consistent(cfg: NetworkConfig) -> None:
     net, n = cfg.network, cfg.subnet_len
     assert isinstance(net, IPv4Network) and net.prefixlen + 2 <= n <= 30
     assert cfg.subnet_min in net and cfg.subnet_max in net
-    assert cfg.subnet_min <= cfg.subnet_max
+    assert int(cfg.subnet_min) <= int(cfg.subnet_max)
     for bound in (cfg.subnet_min, cfg.subnet_max):
         assert IPv4Network((bound, n)).subnet_of(net)  # aligned: strict construction
     assert not net.is_loopback and not net.is_multicast
     assert 1 <= cfg.backend.vni < 2**24 and 1 <= cfg.backend.port <= 65535
-    assert cfg.backend.mtu is None or 576 <= cfg.backend.mtu <= 65535
+    # the outer MTU: the IPv4 device (MTU - 50) holds at least a 576-byte pod MTU
+    assert cfg.backend.mtu is None or 626 <= cfg.backend.mtu <= 65535
+    if cfg.enable_ipv6 and cfg.backend.mtu is not None:
+        assert cfg.backend.device_mtu(65535, 6) >= 1280
     assert parse_network_config(cfg.to_json()) == cfg  # what we write, we read back
 
 
@@ -295,3 +298,45 @@ def test_ranged_strategy_accepts_often_enough():
         accepted.append(parse_or_error(obj) is not None)
     count()
     assert sum(accepted) >= 50, sum(accepted)
+
+
+# --- Backend.MTU: the outer (underlay) MTU of both families -------------------------------
+
+DUAL = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00:10:244::/56"}
+
+
+def test_backend_mtu_is_the_outer_mtu_each_family_takes_its_overhead_off():
+    backend = parse_network_config({**DUAL, "Backend": {"MTU": 1400}}).backend
+    assert (backend.device_mtu(1500, 4), backend.device_mtu(1500, 6)) == (1350, 1330)
+    # unset: the underlay's MTU is the outer one
+    backend = parse_network_config(DUAL).backend
+    assert (backend.device_mtu(1500, 4), backend.device_mtu(1500, 6)) == (1450, 1430)
+    assert (backend.device_mtu(9000, 4), backend.device_mtu(9000, 6)) == (8950, 8930)
+
+
+def test_backend_mtu_above_the_underlays_is_never_used():
+    backend = parse_network_config({**DUAL, "Backend": {"MTU": 9000}}).backend
+    assert backend.outer_mtu(1500) == 1500
+    assert (backend.device_mtu(1500, 4), backend.device_mtu(1500, 6)) == (1450, 1430)
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"Network": "10.244.0.0/16", "Backend": {"MTU": 625}},
+     ["Backend.MTU: 625 is too small", "575", "at least 626"]),
+    ({**DUAL, "Backend": {"MTU": 1349}},
+     ["Backend.MTU: 1349 is too small for EnableIPv6", "1279", "1280", "at least 1350"]),
+])
+def test_backend_mtu_too_small_for_a_family_is_a_clear_error(config, words):
+    with pytest.raises(ConfigError) as e:
+        parse_network_config(config)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_smallest_backend_mtus_each_family_can_carry_are_accepted():
+    assert parse_network_config({"Network": "10.244.0.0/16",
+                                 "Backend": {"MTU": 626}}).backend.device_mtu(1500) == 576
+    cfg = parse_network_config({**DUAL, "Backend": {"MTU": 1350}})
+    assert cfg.backend.device_mtu(1500, 6) == 1280
+    # IPv4-only, 1349 is fine: only IPv6 needs 1280 inside
+    assert parse_network_config({"Network": "10.244.0.0/16",
+                                 "Backend": {"MTU": 1349}}).backend.mtu == 1349

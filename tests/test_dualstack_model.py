@@ -141,7 +141,7 @@ def test_dual_stack_key_is_flannels():
     assert subnet_to_key(V4, V6) == "10.244.1.0-24&fd00:10:244:1::-64"
     assert subnet_to_key(V4) == "10.244.1.0-24"
     name = parse_key_name("10.244.1.0-24&fd00:10:244:1::-64")
-    assert (name.ipv4, name.ipv6) == (V4, V6)
+    assert (name.subnet, name.ipv6) == (V4, V6)
     assert parse_key_name("10.244.1.0-24").ipv6 is None
     key = PREFIX + "10.244.1.0-24&fd00:10:244:1::-64"
     assert key_to_subnet(key, PREFIX) == V4  # the IPv4 half is the identity
@@ -181,7 +181,7 @@ def test_flannels_dual_stack_value_reads_back_whole():
                     FLANNEL_DUAL_VALUE.encode())
     assert len(got) == 2
     name, attrs = got
-    assert (name.ipv4, name.ipv6) == (V4, V6)
+    assert (name.subnet, name.ipv6) == (V4, V6)
     assert attrs == dual_attrs() and attrs.dual_stack
     assert attrs.to_json() == FLANNEL_DUAL_VALUE
 

@@ -106,7 +106,7 @@ def _leases(draw_items):
     for i, (name, raw) in enumerate(draw_items):
         got = decode_kv(PREFIX, (PREFIX + name).encode("utf-8", "surrogatepass"), raw)
         if len(got) == 2:
-            out.append(Lease(got[0].ipv4, got[1], create_revision=i + 1, mod_revision=i + 1,
+            out.append(Lease(got[0].subnet, got[1], create_revision=i + 1, mod_revision=i + 1,
                              ipv6_subnet=got[0].ipv6))
     return out
 

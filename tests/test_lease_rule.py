@@ -70,10 +70,10 @@ def test_key_codec_is_a_whole_string_match(key):
 
 
 def test_key_codec_round_trips_and_returns_a_typed_name():
-    assert parse_key_name("10.244.5.0-24").ipv4 == net(5)
+    assert parse_key_name("10.244.5.0-24").subnet == net(5)
     assert parse_key_name("10.244.5.0-24").encode() == "10.244.5.0-24"
     name = decode_kv(PREFIX, (PREFIX + "10.244.5.0-24").encode(), value())[0]
-    assert isinstance(name, SubnetKeyName) and name.ipv4 == net(5)
+    assert isinstance(name, SubnetKeyName) and name.subnet == net(5)
 
 
 def test_non_utf8_key_is_a_bad_key():

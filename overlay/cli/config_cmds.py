@@ -46,9 +46,11 @@ def config_get(obj: CLIContext) -> None:
     if obj.json:
         print_json(cfg.to_dict())
     else:
-        print_table(["NETWORK", "SUBNET-LEN", "SUBNET-MIN", "SUBNET-MAX", "SUBNETS",
-                     "BACKEND", "VNI", "PORT"], [config_row(cfg)])
-        if cfg.enable_ipv6:
+        # an IPv6-only config's primary range is the IPv6 one: one table, named so
+        print_table(["IPV6-NETWORK" if cfg.ipv6_only else "NETWORK", "SUBNET-LEN",
+                     "SUBNET-MIN", "SUBNET-MAX", "SUBNETS", "BACKEND", "VNI", "PORT"],
+                    [config_row(cfg)])
+        if cfg.dual_stack:
             click.echo()
             print_table(["IPV6-NETWORK", "SUBNET-LEN", "SUBNET-MIN", "SUBNET-MAX",
                          "SUBNETS"], [ipv6_row(cfg)])
@@ -77,10 +79,16 @@ def build_config(network: str | None, subnet_len: int | None, vni: int | None,
                           "--ipv6-network/--ipv6-subnet-len, not both")
     if file:
         return parse_network_config(_read_file(file))
-    if network is None:
-        raise ConfigError("config set needs --network CIDR (e.g. --network 10.244.0.0/16) "
-                          "or -f FILE")
-    obj: dict[str, Any] = {"Network": network, "Backend": {"Type": "vxlan"}}
+    if network is None and ipv6_network is None:
+        raise ConfigError("config set needs --network CIDR (e.g. --network 10.244.0.0/16), "
+                          "--ipv6-network CIDR alone (IPv6-only) or -f FILE")
+    if network is None and subnet_len is not None:
+        raise ConfigError("--subnet-len is IPv4's (with --network); an IPv6-only network "
+                          "takes --ipv6-subnet-len")
+    # --ipv6-network without --network: IPv6-only (Flannel's EnableIPv4 false)
+    obj: dict[str, Any] = ({"Network": network} if network is not None
+                           else {"EnableIPv4": False})
+    obj["Backend"] = {"Type": "vxlan"}
     if subnet_len is not None:
         obj["SubnetLen"] = subnet_len
     if vni is not None:
@@ -106,8 +114,8 @@ def build_config(network: str | None, subnet_len: int | None, vni: int | None,
 @click.option("--vni", type=int, help=f"VXLAN network identifier [default: {DEFAULT_VNI}].")
 @click.option("--port", type=int, help=f"VXLAN UDP port [default: {DEFAULT_PORT}].")
 @click.option("--ipv6-network", metavar="CIDR",
-              help="Dual-stack: the IPv6 pod network, e.g. fd00:10:244::/56 (sets "
-                   "EnableIPv6).")
+              help="The IPv6 pod network, e.g. fd00:10:244::/56 (sets EnableIPv6): "
+                   "dual-stack with --network, IPv6-only (EnableIPv4 false) without.")
 @click.option("--ipv6-subnet-len", type=int,
               help="Prefix length of each node's IPv6 subnet [default: 64 for a /62 or "
                    "larger network, else the network's prefix + 2].")

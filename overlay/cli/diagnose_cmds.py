@@ -166,7 +166,8 @@ def trace(ctx: click.Context, src: str, dst: str, port: int | None, protocol: st
     NetworkPolicy verdict on a connection to --port.
 
     SRC and DST are pod IPs or pod names (NAMESPACE/NAME, or NAME in namespace default)
-    of the pod registry. Run it on SRC's node. Each hop (source node and bridge, route,
+    of the pod registry; two IPv6 pod IPs are traced over overlay-v6.<VNI> and the
+    IPv6 underlay. Run it on SRC's node. Each hop (source node and bridge, route,
     VXLAN device, remote VTEP MAC and public IP, destination node) is marked in place,
     missing or wrong. With --port, the policy part says whether egress at SRC and
     ingress at DST are isolated, which policies allow them, and the verdict. Exits 1
@@ -194,8 +195,9 @@ def trace(ctx: click.Context, src: str, dst: str, port: int | None, protocol: st
         raise SystemExit(1)
 
 
-def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None,
-                 protocol: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address, Any]:
+def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None, protocol: str
+                 ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
+                            ipaddress.IPv4Address | ipaddress.IPv6Address, Any]:
     """SRC and DST as addresses, and the policy verdict (not judged without --port)."""
     from overlay.diagnose.policy_state import gather_policy
     from overlay.diagnose.policy_trace import (
@@ -209,6 +211,10 @@ def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None,
     from overlay.policy.build import pod_of
 
     src_ip, dst_ip = _address(src), _address(dst)
+    if src_ip is not None and dst_ip is not None and src_ip.version != dst_ip.version:
+        from overlay.errors import ConfigError
+        raise ConfigError(f"SRC {src_ip} and DST {dst_ip} are of different families: give "
+                          "two IPv4 or two IPv6 pod addresses")
     if port is None and src_ip is not None and dst_ip is not None:
         return src_ip, dst_ip, unjudged(src, dst, None, protocol,
                                         "give --port P (and --protocol) for the "
@@ -228,20 +234,22 @@ def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None,
                      "give --port P (and --protocol) for the NetworkPolicy verdict")
     else:
         v = build_verdict(a, b, port, protocol, state.namespace_labels, state.policies)
-    return _v4(a.ip), _v4(b.ip), v
+    return _ip(a.ip), _ip(b.ip), v
 
 
-def _address(text: str) -> ipaddress.IPv4Address | None:
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.IPv4Address(text)
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
 
 
-def _v4(ip: Any) -> ipaddress.IPv4Address:
-    if not isinstance(ip, ipaddress.IPv4Address):
+def _ip(ip: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A resolved endpoint's address (a pod name resolves to its IPv4 one; give the
+    IPv6 addresses to trace over IPv6)."""
+    if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         from overlay.errors import ConfigError
-        raise ConfigError(f"{ip} is not an IPv4 address: trace follows IPv4 pods only")
+        raise ConfigError(f"{ip} is not an IP address")
     return ip
 
 

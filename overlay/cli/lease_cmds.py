@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address
 from typing import Any
 
 import click
@@ -16,6 +16,7 @@ from overlay.cli import CLIContext, cli, global_options, print_json, print_table
 from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
+    IPNetwork,
     Lease,
     LeaseEvent,
     LeaseRules,
@@ -82,7 +83,7 @@ def lease_row(lease: Lease) -> list[Any]:
             _expires_text(lease)]
 
 
-def _subnet_arg(text: str) -> IPv4Network:
+def _subnet_arg(text: str) -> IPNetwork:
     try:
         return parse_subnet_arg(text)
     except ValueError as e:
@@ -137,7 +138,7 @@ def leases_list(obj: CLIContext) -> None:
     with EtcdRegistry(obj.etcd_options()) as reg:
         listing = reg.list_subnets(with_expiration=True)
         rules = _rules(reg)
-    leases = sorted(listing.leases, key=lambda lease: (lease.subnet, lease_key(lease)))
+    leases = sorted(listing.leases, key=lambda x: (x.subnet.version, x.subnet, lease_key(x)))
     rejected = sorted(listing.rejected, key=lambda r: r.key)
     status, v6 = lease_status(rules, leases, rejected)
     if obj.json:
@@ -347,7 +348,9 @@ def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str |
     """
     net = _subnet_arg(subnet)
     try:
-        ip = IPv4Address(public_ip)
+        if "%" in public_ip:  # ip_address takes a scope; no public IP has one
+            raise ValueError(f"{public_ip!r} carries a scope")
+        ip = ip_address(public_ip)  # an IPv6-only network's nodes: their IPv6 address
         mac = normalize_mac(vtep_mac) if vtep_mac else None
     except ValueError as e:
         raise ConfigError(f"--public-ip/--vtep-mac: {e}") from None

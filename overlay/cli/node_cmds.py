@@ -5,7 +5,6 @@ beyond etcd's)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from ipaddress import IPv4Network
 from typing import Any
 
 import click
@@ -26,7 +25,7 @@ from overlay.cluster.nodes import NodeRejection, NodeStatus
 from overlay.cluster.nodestore import NodeListing, delete_node, read_nodes
 from overlay.cluster.store import ObjectStore
 from overlay.errors import ConfigError
-from overlay.lease import Lease, printable_key
+from overlay.lease import IPNetwork, Lease, printable_key
 from overlay.subnet.registry import EtcdRegistry
 from overlay.util.text import age, rfc3339
 
@@ -47,7 +46,7 @@ LIKELY = {
 }
 
 
-def _read(obj: CLIContext) -> tuple[NodeListing, dict[IPv4Network, Lease]]:
+def _read(obj: CLIContext) -> tuple[NodeListing, dict[IPNetwork, Lease]]:
     with EtcdRegistry(obj.etcd_options()) as reg:
         leases = {lease.subnet: lease for lease in reg.list_subnets(with_expiration=False).leases}
         return read_nodes(ObjectStore(reg), leases), leases
@@ -127,7 +126,7 @@ def nodes_delete(obj: CLIContext, name: str, force: bool) -> None:
 
 # ---- connectivity ------------------------------------------------------------------
 
-def members(listing: NodeListing, leases: dict[IPv4Network, Lease]) -> list[MeshMember]:
+def members(listing: NodeListing, leases: dict[IPNetwork, Lease]) -> list[MeshMember]:
     out = []
     for st in listing.statuses:
         lease = leases.get(st.record.subnet)

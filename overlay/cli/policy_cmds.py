@@ -236,17 +236,21 @@ def namespaces_label(obj: CLIContext, namespace: str, labels: tuple[str, ...],
 @global_options
 @click.pass_obj
 def namespaces_list(obj: CLIContext) -> None:
-    """Every namespace and its labels."""
+    """Every namespace and its labels: those created, and those that exist without an
+    object (``default``, and any namespace holding a pod; STATUS "implicit")."""
     with _store(obj) as store:
         namespaces, rejected = objects.list_namespaces(store)
+        implicit = objects.implicit_namespaces(store, namespaces)
+    rows = sorted([(n, False) for n in namespaces] + [(n, True) for n in implicit],
+                  key=lambda row: row[0].name)
     if obj.json:
-        print_json([{"name": n.name, "labels": dict(sorted(n.labels.items()))}
-                    for n in namespaces]
+        print_json([{"name": n.name, "labels": dict(sorted(n.labels.items())),
+                     "implicit": imp} for n, imp in rows]
                    + [{"key": printable_key(r.key), "rejected": r.reason} for r in rejected])
         return
     print_table(["NAME", "LABELS", "STATUS"],
-                [[n.name, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())), "ok"]
-                 for n in namespaces]
+                [[n.name, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())),
+                  "implicit" if imp else "ok"] for n, imp in rows]
                 + [[printable_key(r.key), "-", f"rejected: {r.reason}"] for r in rejected])
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from overlay.lease import IPAddress, IPNetwork
 from overlay.util.text import rfc3339
 from overlay.vxlan.entries import FDB, Entries, Entry, Neigh
 
@@ -41,8 +41,8 @@ OK, BROKEN, UNKNOWN = "ok", "broken", "unknown"
 class PeerCheck:
     """One peer as one round saw it: the probe's answers and the kernel's VTEP entries."""
 
-    subnet: IPv4Network
-    public_ip: IPv4Address
+    subnet: IPNetwork
+    public_ip: IPAddress
     size: int  # ICMP payload bytes of the full-size probe
     full_answered: bool
     small_answered: bool | None  # None: not tried (the full-size probe was answered)
@@ -52,8 +52,8 @@ class PeerCheck:
 
 @dataclass(frozen=True)
 class BrokenPeer:
-    subnet: IPv4Network
-    public_ip: IPv4Address
+    subnet: IPNetwork
+    public_ip: IPAddress
     cause: str
     since: datetime
     detail: str = ""
@@ -145,7 +145,7 @@ class MeshMember:
     """A node as the matrix sees it (from its record, its heartbeat and its lease)."""
 
     name: str
-    subnet: IPv4Network
+    subnet: IPNetwork
     live: bool  # Ready and heartbeating: its summary is current
     mesh: MeshSummary | None
     vtep_problem: str | None = None  # record_vtep_problem for this node
@@ -167,7 +167,7 @@ class BrokenPair:
     since: datetime | None
 
 
-def _cell(src: MeshMember, dst: MeshMember, by_subnet: Mapping[IPv4Network, BrokenPeer]
+def _cell(src: MeshMember, dst: MeshMember, by_subnet: Mapping[IPNetwork, BrokenPeer]
           ) -> Cell:
     if not src.live or src.mesh is None:
         return Cell(UNKNOWN)

@@ -19,12 +19,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from overlay.cluster.keys import nodes_prefix, split_single
 from overlay.cluster.mesh import CAUSES, MAX_BROKEN_LISTED, MAX_DETAIL, BrokenPeer, MeshSummary
-from overlay.lease import Lease, normalize_mac, usable_mac, usable_public_ip
+from overlay.lease import IPNetwork, Lease, normalize_mac, usable_mac, usable_public_ip
 from overlay.util.text import rfc3339
 
 MAX_RECORD_BYTES = 64 * 1024  # a record is ~500 bytes, ~10 KiB with every broken peer listed
@@ -47,8 +47,8 @@ class Reason:
 @dataclass(frozen=True)
 class NodeRecord:
     name: str
-    public_ip: IPv4Address
-    subnet: IPv4Network
+    public_ip: IPv4Address | IPv6Address  # IPv6 in an IPv6-only network
+    subnet: IPNetwork | IPv6Network
     vtep_mac: str
     version: str
     started_at: datetime
@@ -139,21 +139,23 @@ def _time(obj: Mapping[str, Any], name: str) -> datetime:
     return when
 
 
-def _ip(obj: Mapping[str, Any], name: str) -> IPv4Address:
+def _ip(obj: Mapping[str, Any], name: str) -> IPv4Address | IPv6Address:
     text = _get(obj, name, str)
     try:
-        ip = IPv4Address(text)
+        if "%" in text:  # ipaddress takes a scope; no public IP has one
+            raise ValueError(text)
+        ip = ip_address(text)
     except ValueError:
-        raise _Bad(Reason.BAD_VALUE, f"{name}: {text!r:.60} is not an IPv4 address") from None
+        raise _Bad(Reason.BAD_VALUE, f"{name}: {text!r:.60} is not an IP address") from None
     return ip
 
 
-def _subnet(obj: Mapping[str, Any], name: str) -> IPv4Network:
+def _subnet(obj: Mapping[str, Any], name: str) -> IPNetwork | IPv6Network:
     text = _get(obj, name, str)
     try:
-        return IPv4Network(text)  # strict: host bits set is not a network
+        return ip_network(text)  # strict: host bits set is not a network
     except ValueError:
-        raise _Bad(Reason.BAD_VALUE, f"{name}: {text!r:.60} is not an IPv4 network") from None
+        raise _Bad(Reason.BAD_VALUE, f"{name}: {text!r:.60} is not an IP network") from None
 
 
 def _mac(text: str) -> str:
@@ -209,18 +211,23 @@ def decode_node(name: str, value: bytes) -> NodeRecord:
     if not usable_public_ip(public_ip):
         raise _Bad(Reason.PUBLIC_IP_UNUSABLE, f"public_ip {public_ip} is not a routable "
                    "unicast address")
+    subnet = _subnet(obj, "subnet")
+    if subnet.version != public_ip.version:  # one family: IPv4's, or IPv6-only's
+        raise _Bad(Reason.BAD_VALUE, f"subnet {subnet} and public_ip {public_ip} are of "
+                   "different families")
     ttl, interval = _get(obj, "heartbeat_ttl", int), _get(obj, "probe_interval", (int, float))
     if not (1 <= ttl <= 86400 and 0 < interval <= 86400):
         raise _Bad(Reason.BAD_VALUE, f"heartbeat_ttl {ttl} / probe_interval {interval} out "
                    "of range")
-    return NodeRecord(name, public_ip, _subnet(obj, "subnet"), _mac(_get(obj, "vtep_mac", str)),
+    return NodeRecord(name, public_ip, subnet, _mac(_get(obj, "vtep_mac", str)),
                       _get(obj, "version", str), _time(obj, "started_at"),
                       _get(obj, "ready", bool), _get(obj, "reason", str), ttl, float(interval),
                       _mesh(obj.get("mesh")))
 
 
 def judge_node(key: str, value: bytes, prefix: str,
-               leases: Mapping[IPv4Network, Lease] | None = None, mod_revision: int = 0
+               leases: Mapping[IPNetwork, Lease] | None = None,
+               mod_revision: int = 0
                ) -> NodeRecord | NodeRejection:
     """The one rule for a key under ``nodes/``: the record, or why it is not used.  With
     ``leases`` (the accepted ones), a record claiming a subnet leased to another public IP

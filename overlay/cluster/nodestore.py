@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
 from overlay.cluster.keys import (
@@ -22,7 +21,7 @@ from overlay.cluster.keys import (
 )
 from overlay.cluster.nodes import NodeRecord, NodeRejection, NodeStatus, judge_node
 from overlay.errors import OverlayError
-from overlay.lease import Lease
+from overlay.lease import IPNetwork, Lease
 
 if TYPE_CHECKING:  # the etcd client loads only where etcd is opened
     from overlay.cluster.store import ObjectStore
@@ -57,7 +56,7 @@ def read_heartbeats(store: ObjectStore) -> set[str]:
 
 
 def read_nodes(store: ObjectStore,
-               leases: Mapping[IPv4Network, Lease] | None = None) -> NodeListing:
+               leases: Mapping[IPNetwork, Lease] | None = None) -> NodeListing:
     """Every node record, judged, with its liveness."""
     kvs, _ = store.list(nodes_prefix(store.prefix))
     out = NodeListing(heartbeats=read_heartbeats(store))

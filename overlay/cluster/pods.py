@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any, Protocol
 
 from overlay.cluster.keys import (
@@ -41,7 +41,7 @@ from overlay.cluster.keys import (
     pods_prefix,
     split_namespaced,
 )
-from overlay.lease import Lease, LeaseRules, Rejection, judge
+from overlay.lease import IPNetwork, Lease, LeaseRules, Rejection, judge
 
 if TYPE_CHECKING:  # the etcd client is not imported by the values (the CNI plugin uses them)
     from overlay.cluster.store import KV, ObjectStore
@@ -291,8 +291,8 @@ def _ips(raw: object) -> tuple[IPv4Address | IPv6Address, ...]:
     ips = tuple(_ip(ip) for ip in raw)
     if len(set(ips)) != len(ips):
         raise PodValueError("ips must be distinct")
-    if not isinstance(ips[0], IPv4Address):
-        raise PodValueError("ips must start with the pod's IPv4 address")
+    if not isinstance(ips[0], IPv4Address) and any(isinstance(ip, IPv4Address) for ip in ips):
+        raise PodValueError("ips must start with the pod's IPv4 address")  # IPv6-only: none
     return ips
 
 
@@ -360,20 +360,22 @@ class PodRules:
     lie in one of them).  A dual-stack record's IPv6 addresses must lie in the IPv6
     subnet of that same lease (``lease_ipv6``, by the lease's IPv4 subnet)."""
 
-    node_subnets: Mapping[str, IPv4Network] = field(default_factory=dict)
-    lease_subnets: frozenset[IPv4Network] = frozenset()
-    lease_ipv6: Mapping[IPv4Network, IPv6Network] = field(default_factory=dict)
-    # the leases by (prefix length, network as an int), computed once: the rule runs
-    # per record, and ipaddress objects are slow to build (10 000 pods per listing)
-    _by_int: dict[int, dict[int, IPv4Network]] = field(init=False, repr=False, compare=False)
+    # An IPv6-only network's leases (and so its pods' subnets) are IPv6.
+    node_subnets: Mapping[str, IPNetwork] = field(default_factory=dict)
+    lease_subnets: frozenset[IPNetwork] = frozenset()
+    lease_ipv6: Mapping[IPNetwork, IPv6Network] = field(default_factory=dict)
+    # the leases by (family, prefix length) and network as an int, computed once: the
+    # rule runs per record, and ipaddress objects are slow to build (10 000 pods per listing)
+    _by_int: dict[tuple[int, int], dict[int, IPNetwork]] = field(init=False, repr=False,
+                                                                 compare=False)
 
     def __post_init__(self) -> None:
-        by_int: dict[int, dict[int, IPv4Network]] = {}
+        by_int: dict[tuple[int, int], dict[int, IPNetwork]] = {}
         for s in self.lease_subnets:
-            by_int.setdefault(s.prefixlen, {})[int(s.network_address)] = s
+            by_int.setdefault((s.version, s.prefixlen), {})[int(s.network_address)] = s
         object.__setattr__(self, "_by_int", by_int)
 
-    def with_nodes(self, node_subnets: Mapping[str, IPv4Network]) -> PodRules:
+    def with_nodes(self, node_subnets: Mapping[str, IPNetwork]) -> PodRules:
         """These rules, each node's pods held to its own record's subnet (where that
         subnet is an accepted lease: a record naming any other is not believed)."""
         own = {n: s for n, s in node_subnets.items() if s in self.lease_subnets}
@@ -381,24 +383,29 @@ class PodRules:
                         lease_ipv6=self.lease_ipv6)
 
     def subnet_for(self, node: str,
-                   ips: Sequence[IPv4Address | IPv6Address]) -> IPv4Network | None:
+                   ips: Sequence[IPv4Address | IPv6Address]) -> IPNetwork | None:
         """The accepted subnet holding every one of ``ips`` for ``node`` (its IPv6
-        half holding the IPv6 ones), or None."""
+        half holding the IPv6 ones; an IPv6-only pod's, the IPv6 lease), or None."""
         v6 = [ip for ip in ips if isinstance(ip, IPv6Address)]
-        if not v6:
-            return self._subnet_for(node, ips)  # type: ignore[arg-type]  # IPv4 only
-        subnet = self._subnet_for(node, [ip for ip in ips if isinstance(ip, IPv4Address)])
+        v4 = [ip for ip in ips if isinstance(ip, IPv4Address)]
+        if not v6 or not v4:
+            return self._subnet_for(node, ips)  # one family: the lease's own
+        subnet = self._subnet_for(node, v4)
         half = self.lease_ipv6.get(subnet) if subnet is not None else None
         return subnet if half is not None and all(ip in half for ip in v6) else None
 
-    def _subnet_for(self, node: str, ips: Sequence[IPv4Address]) -> IPv4Network | None:
+    def _subnet_for(self, node: str, ips: Sequence[IPv4Address | IPv6Address]
+                    ) -> IPNetwork | None:
         if not ips:
             return None
         if node in self.node_subnets:
             subnet = self.node_subnets[node]
             return subnet if all(ip in subnet for ip in ips) else None
-        for plen, nets in self._by_int.items():
-            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+        bits = ips[0].max_prefixlen
+        for (version, plen), nets in self._by_int.items():
+            if version != ips[0].version:
+                continue
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
             candidate = nets.get(int(ips[0]) & mask)
             if candidate is not None and all(int(ip) & mask == int(candidate.network_address)
                                              for ip in ips):
@@ -503,7 +510,7 @@ def delete_pods_of_node(store: ObjectStore, node: str) -> int:
     return delete_pods_where(store, lambda r: r.node == node, f"node {node} is gone")
 
 
-def delete_pods_in_subnet(store: ObjectStore, subnet: IPv4Network) -> int:
+def delete_pods_in_subnet(store: ObjectStore, subnet: IPNetwork) -> int:
     """A subnet lease expired or released: the pods of the node that held it go. A
     valid record's IPs lie inside its node's subnet, so the IPs name the node's pods."""
     return delete_pods_where(store, lambda r: any(ip in subnet for ip in r.ips),

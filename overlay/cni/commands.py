@@ -16,6 +16,7 @@ from ipaddress import (
     IPv4Address,
     IPv4Interface,
     IPv4Network,
+    IPv6Address,
     IPv6Interface,
     IPv6Network,
     ip_address,
@@ -111,9 +112,10 @@ def _requested_ip(where: str, text: str) -> ipam.IPAddress:
 
 def pod_routes(conf: NetConf, node: NodeSubnet) -> list[pod.PodRoute]:
     routes: list[pod.PodRoute] = []
-    if conf.is_default_gateway:
+    if node.gateway is not None and conf.is_default_gateway:
         routes.append((DEFAULT_ROUTE, node.gateway))
-    if node.network != node.subnet and node.network != DEFAULT_ROUTE:
+    if (node.gateway is not None and node.network is not None
+            and node.network != node.subnet and node.network != DEFAULT_ROUTE):
         routes.append((node.network, node.gateway))
     if node.ipv6_subnet is not None and node.ipv6_gateway is not None:
         v6net = node.ipv6_network or node.ipv6_subnet
@@ -125,10 +127,13 @@ def pod_routes(conf: NetConf, node: NodeSubnet) -> list[pod.PodRoute]:
 
 
 def allocators(store: ipam.Store, node: NodeSubnet) -> list[ipam.Allocator]:
-    """One range per family, in host-local's order: 0 IPv4, 1 IPv6."""
-    out = [ipam.Allocator(store, node.subnet, node.gateway, 0)]
+    """One range per family, in host-local's order: 0 IPv4, 1 IPv6 (an IPv6-only node's
+    one range is 0, as host-local numbers a lone IPv6 range)."""
+    out = []
+    if node.subnet is not None and node.gateway is not None:
+        out.append(ipam.Allocator(store, node.subnet, node.gateway, 0))
     if node.ipv6_subnet is not None and node.ipv6_gateway is not None:
-        out.append(ipam.Allocator(store, node.ipv6_subnet, node.ipv6_gateway, 1))
+        out.append(ipam.Allocator(store, node.ipv6_subnet, node.ipv6_gateway, len(out)))
     return out
 
 
@@ -168,6 +173,9 @@ def _release_ips(store: ipam.Store, ips: list[ipam.IPAddress], container_id: str
 
 
 def _check_family_fit(node: NodeSubnet, requested: dict[int, ipam.IPAddress]) -> None:
+    if 4 in requested and node.subnet is None:
+        raise CNIError(CNIError.INVALID_CONFIG, f"IPv4 address {requested[4]} requested, "
+                       "but this node is IPv6-only", "request an IPv6 address or none")
     if 6 in requested and node.ipv6_subnet is None:
         raise CNIError(CNIError.INVALID_CONFIG, f"IPv6 address {requested[6]} requested, "
                        "but this node has no IPv6 subnet",
@@ -197,12 +205,15 @@ def _mac(link: Link) -> str:
 def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int,
             ips: list[ipam.IPAddress], mac: str | None, undo: list, stack: ExitStack) -> Result:
     host_name = pod.host_veth_name(req.container_id, req.ifname)
-    ip = ips[0]
-    assert isinstance(ip, IPv4Address), f"range 0 gave {ip}"
-    address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
+    # One address per family the node has, IPv4's first (an IPv6-only pod: IPv6's alone).
+    ip = next((x for x in ips if isinstance(x, IPv4Address)), None)
+    ip6 = next((x for x in ips if isinstance(x, IPv6Address)), None)
+    address = None
+    if ip is not None and node.subnet is not None:
+        address = IPv4Interface(f"{ip}/{node.subnet.prefixlen}")
     address6 = None
-    if len(ips) > 1 and node.ipv6_subnet is not None:
-        address6 = IPv6Interface(f"{ips[1]}/{node.ipv6_subnet.prefixlen}")
+    if ip6 is not None and node.ipv6_subnet is not None:
+        address6 = IPv6Interface(f"{ip6}/{node.ipv6_subnet.prefixlen}")
     routes = pod_routes(conf, node)
     host = stack.enter_context(Rtnl())
     bridge = pod.ensure_bridge(host, conf.bridge, node.gateway_interface, node.mtu,
@@ -230,13 +241,17 @@ def _attach(req: Request, conf: NetConf, node: NodeSubnet, netns_fd: int,
     inside = stack.enter_context(netns.open_in_netns(netns_fd))
     pod_link = pod.configure_pod_link(inside, req.ifname, address, routes, address6)
     if conf.ip_masq:
-        masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
         undo.append(lambda: masq.del_masq(conf.name, req.container_id, req.ifname))
+        if ip is not None and node.network is not None:
+            masq.add_masq(conf.name, req.container_id, req.ifname, ip, node.network)
+        if address6 is not None and node.ipv6_network is not None:
+            masq.add_masq(conf.name, req.container_id, req.ifname, address6.ip,
+                          node.ipv6_network)
     return Result(
         interfaces=(Interface(bridge.name, _mac(bridge), mtu=bridge.mtu),
                     Interface(host_link.name, _mac(host_link), mtu=node.mtu),
                     Interface(pod_link.name, _mac(pod_link), req.netns, node.mtu)),
-        ips=(IPConfig(address, node.gateway, 2),)
+        ips=((IPConfig(address, node.gateway, 2),) if address is not None else ())
         + ((IPConfig(address6, node.ipv6_gateway, 2),) if address6 is not None else ()),
         routes=tuple(Route(dst, gw) for dst, gw in routes),
     )
@@ -334,7 +349,7 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
         have += pod.get_addresses6(inside, link.index)
         present += pod.get_routes6(inside, link.index)
     if dual and not any(a.version == 6 for a in ips):
-        raise fail("prevResult has no IPv6 address, but this node is dual-stack")
+        raise fail("prevResult has no IPv6 address, but this node has an IPv6 subnet")
     for address in ips:
         if address not in have:
             raise fail(f"{req.ifname} lacks address {address}")
@@ -349,14 +364,18 @@ def _check(req: Request, conf: NetConf, node: NodeSubnet, prev: Result, netns_fd
             raise fail(f"{address.ip} is not reserved for this attachment in IPAM")
     if conf.ip_masq and not masq.has_masq(conf.name, req.container_id, req.ifname):
         raise fail("masquerade rules are missing")
+    if (conf.ip_masq and any(a.version == 6 for a in ips)
+            and not masq.has_masq(conf.name, req.container_id, req.ifname, 6)):
+        raise fail("IPv6 masquerade rules (ip6tables) are missing")
 
 
 def _check_host(req: Request, conf: NetConf, node: NodeSubnet, host, fail) -> None:
     bridge = pod.get_link(host, conf.bridge)
     if bridge is None or bridge.kind != "bridge":
         raise fail(f"bridge {conf.bridge} is missing")
-    if node.gateway_interface not in pod.get_addresses(host, bridge.index):
-        raise fail(f"bridge {conf.bridge} lacks gateway {node.gateway_interface}")
+    gw = node.gateway_interface  # None on an IPv6-only node
+    if gw is not None and gw not in pod.get_addresses(host, bridge.index):
+        raise fail(f"bridge {conf.bridge} lacks gateway {gw}")
     gw6 = node.ipv6_gateway_interface
     if gw6 is not None and gw6 not in pod.get_addresses6(host, bridge.index):
         raise fail(f"bridge {conf.bridge} lacks gateway {gw6}")
@@ -401,9 +420,9 @@ def _status_bridge(conf: NetConf, node: NodeSubnet, attached: int) -> None:
     try:
         with Rtnl() as host:
             bridge = pod.get_link(host, conf.bridge)
-            gw6 = node.ipv6_gateway_interface
+            gw, gw6 = node.gateway_interface, node.ipv6_gateway_interface
             ok = (bridge is not None and bridge.up
-                  and node.gateway_interface in pod.get_addresses(host, bridge.index)
+                  and (gw is None or gw in pod.get_addresses(host, bridge.index))
                   and (gw6 is None or gw6 in pod.get_addresses6(host, bridge.index)))
     except NetlinkOpError as e:
         raise CNIError(CNIError.LIMITED_CONNECTIVITY, f"cannot inspect {conf.bridge}",

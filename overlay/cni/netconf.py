@@ -42,18 +42,21 @@ def is_mac(value: str) -> bool:
 class NodeSubnet(NamedTuple):
     """What ADD needs from the node: the subnet, its gateway, the pod network, the MTU;
     and the IPv6 half of each when the node is dual-stack (subnet.env's
-    ``OVERLAY_IPV6_SUBNET``, or the config's ``ipv6Subnet``)."""
+    ``OVERLAY_IPV6_SUBNET``, or the config's ``ipv6Subnet``).  An IPv6-only node has
+    the IPv6 half alone (``subnet``, ``gateway`` and ``network`` None)."""
 
-    subnet: IPv4Network
-    gateway: IPv4Address
-    network: IPv4Network
+    subnet: IPv4Network | None
+    gateway: IPv4Address | None
+    network: IPv4Network | None
     mtu: int
     ipv6_subnet: IPv6Network | None = None
     ipv6_gateway: IPv6Address | None = None
     ipv6_network: IPv6Network | None = None
 
     @property
-    def gateway_interface(self) -> IPv4Interface:
+    def gateway_interface(self) -> IPv4Interface | None:
+        if self.subnet is None or self.gateway is None:
+            return None
         return IPv4Interface(f"{self.gateway}/{self.subnet.prefixlen}")
 
     @property
@@ -82,7 +85,12 @@ class NetConf(NamedTuple):
     ipv6_network: IPv6Network | None = None
 
     def load_node_subnet(self) -> NodeSubnet:
-        """From the config's ``subnet`` if given, else subnet.env; CNIError otherwise."""
+        """From the config's ``subnet`` (or, IPv6-only, ``ipv6Subnet``) if given, else
+        subnet.env; CNIError otherwise."""
+        if self.subnet is None and self.ipv6_subnet is not None:
+            only6 = self.ipv6_subnet
+            return NodeSubnet(None, None, None, self.mtu or DEFAULT_MTU, only6,
+                              only6.network_address + 1, self.ipv6_network or only6)
         if self.subnet is not None:
             network = self.network or self.subnet
             v6 = self.ipv6_subnet
@@ -94,9 +102,10 @@ class NetConf(NamedTuple):
             env = load_subnet_env(self.subnet_file)
         except SubnetEnvError as e:
             raise subnet_env_error(self.subnet_file, e) from None
-        subnet = env.subnet.network
         gw6 = env.ipv6_subnet  # the bridge's IPv6 gateway with the prefix, when dual-stack
-        return NodeSubnet(subnet, env.subnet.ip, env.network, self.mtu or env.mtu,
+        v4 = env.subnet  # None on an IPv6-only node
+        return NodeSubnet(v4.network if v4 else None, v4.ip if v4 else None, env.network,
+                          self.mtu or env.mtu,
                           gw6.network if gw6 is not None else None,
                           gw6.ip if gw6 is not None else None,
                           env.ipv6_network if gw6 is not None else None)
@@ -161,10 +170,6 @@ def _ipv6_half(config: Mapping[str, Any],
         if network is not None:
             raise CNIError(CNIError.INVALID_CONFIG, "\"ipv6Network\" needs \"ipv6Subnet\"", "")
         return None, None
-    if subnet is None:
-        raise CNIError(CNIError.INVALID_CONFIG, "\"ipv6Subnet\" needs \"subnet\"",
-                       "a dual-stack pod gets one address per family: give the IPv4 "
-                       "subnet too, or neither (subnet.env)")
     if v6.prefixlen > 126:
         raise CNIError(CNIError.INVALID_CONFIG, f"ipv6Subnet {v6} is too small",
                        "use a /126 or larger subnet")

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
@@ -46,7 +46,7 @@ from overlay.errors import (
     RegistryError,
     SubnetEnvError,
 )
-from overlay.lease import Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
+from overlay.lease import IPNetwork, Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
 from overlay.masq.nft import Masquerade
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnet.manager import SubnetManager
@@ -112,10 +112,10 @@ class ObservedRegistry:
     def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
         return self._counted(self._inner.list_subnets, with_expiration)
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+    def get_lease(self, subnet: IPNetwork) -> Lease | None:
         return self._counted(self._inner.get_lease, subnet)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+    def create_lease(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None,
                      ipv6_subnet: IPv6Network | None = None) -> Lease:
         return self._counted(self._inner.create_lease, subnet, attrs, ttl, ipv6_subnet)
 
@@ -213,7 +213,7 @@ class RejectionLog:
 # ---- collaborators ----------------------------------------------------------------
 
 ManagerFactory = Callable[..., SubnetManager]  # SubnetManager's signature
-MasqueradeFactory = Callable[[IPv4Network, IPv4Network, bool], Masquerade]
+MasqueradeFactory = Callable[[IPv4Network | None, IPv4Network | None, bool], Masquerade]
 
 
 def _open_etcd_registry(opts: EtcdOptions) -> Registry:
@@ -263,7 +263,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self._lease_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
-        self._held: IPv4Network | None = None  # the subnet _hold last completed for
+        self._held: IPNetwork | None = None  # the subnet _hold last completed for
         self.watch_health = watch_health or WatchHealth(settings.watch_lag_limit)
         self.config_drift: str | None = None  # how etcd's config differs from ours, if it does
         self.rejections = RejectionLog(self.metrics)
@@ -321,7 +321,9 @@ class Daemon:
         if self.bring_up(raw_registry) is None:
             return 0
         assert self.plane is not None, f"data plane {_UNSET}"
-        publish_runtime(self.s, self.plane.device.spec.name, self.plane.attrs.public_ip)
+        ip = self.plane.attrs.public_ip  # the runtime file names an IPv4 one (diagnose's)
+        publish_runtime(self.s, self.plane.device.spec.name,
+                        ip if isinstance(ip, IPv4Address) else None)
         self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
         while not self.stop.wait(3600):
@@ -358,7 +360,8 @@ class Daemon:
         lease = self._retry("acquiring a subnet lease", self.manager.acquire)
         if lease is None:
             return None
-        self.masq = self._make_masquerade(config.network, lease.subnet, self.s.ip_masq)
+        self.masq = self._make_masquerade(config.ipv4_network, _ipv4(lease.subnet),
+                                          self.s.ip_masq)
         self._hold(lease)
         return lease
 
@@ -411,7 +414,8 @@ class Daemon:
                 backoff.wait(self.stop)
         return None
 
-    def _previous_subnet(self, config: NetworkConfig) -> IPv4Network | None:
+    def _previous_subnet(self, config: NetworkConfig) -> IPNetwork | None:
+        """The old subnet.env's subnet of the lease's family (IPv6-only: its IPv6 one)."""
         if not os.path.exists(self.s.subnet_file):
             return None
         try:
@@ -419,7 +423,11 @@ class Daemon:
         except SubnetEnvError as e:
             log.warning("ignoring the old subnet.env: %s", e)
             return None
-        subnet = env.subnet.network
+        iface = env.ipv6_subnet if config.ipv6_only else env.subnet
+        if iface is None:
+            log.info("old subnet.env has no subnet of this network's family; ignoring it")
+            return None
+        subnet = iface.network
         if not config.in_range(subnet):
             log.info("old subnet.env's %s is outside the current network config; ignoring it",
                      subnet)
@@ -458,7 +466,9 @@ class Daemon:
         assert self.masq is not None, f"masquerade {_UNSET}"
         if self.plane.v6 is not None:
             self.masq.set_ipv6(self.config.ipv6_network, lease.ipv6_subnet)
-        self.masq.update(lease.subnet)
+        elif isinstance(lease.subnet, IPv6Network):  # IPv6-only: the lease's own subnet
+            self.masq.set_ipv6(self.config.ipv6_network, lease.subnet)
+        self.masq.update(_ipv4(lease.subnet))
         self._held = lease.subnet  # only once every step succeeded
 
     def _ensure_held(self) -> None:
@@ -714,6 +724,11 @@ def config_drift(running: NetworkConfig, value: bytes | None) -> str | None:
 
 def _short(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _ipv4(subnet: IPNetwork) -> IPv4Network | None:
+    """An IPv4 lease's subnet; None for an IPv6-only lease (nothing IPv4 to set up)."""
+    return subnet if isinstance(subnet, IPv4Network) else None
 
 
 def _setup_logging(verbose: int) -> None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -35,9 +35,9 @@ from overlay.cluster.keys import heartbeat_key, node_key
 from overlay.cluster.mesh import MeshSummary, PeerCheck, kernel_vtep_problem, summarize
 from overlay.cluster.nodes import MAX_TEXT, NodeRecord, decode_node
 from overlay.cluster.nodestore import NodeNameInUse
-from overlay.diagnose.probe import Echo, echo_many
+from overlay.diagnose.probe import Echo, echo_many, echo_many6
 from overlay.errors import OverlayError
-from overlay.lease import Lease
+from overlay.lease import IPAddress, Lease
 from overlay.util.version import package_version
 from overlay.vxlan.entries import Entries, Entry
 
@@ -54,7 +54,7 @@ PROBE_COUNT, PROBE_TIMEOUT = 2, 1.0  # echoes per peer per round; seconds to wai
 class Identity:
     """What tells this node apart from another claiming its name."""
 
-    public_ip: IPv4Address
+    public_ip: IPAddress
     vtep_mac: str
 
     def encode(self) -> bytes:
@@ -66,7 +66,7 @@ def holder_of(heartbeat: bytes, record: bytes | None, name: str) -> Identity | N
     can be read (then the name is taken over: nobody we could tell apart holds it)."""
     try:
         obj = json.loads(heartbeat)
-        return Identity(IPv4Address(obj["public_ip"]), str(obj["vtep_mac"]))
+        return Identity(ip_address(obj["public_ip"]), str(obj["vtep_mac"]))
     except (ValueError, TypeError, KeyError, UnicodeDecodeError):
         pass
     if record is None:
@@ -97,11 +97,25 @@ class AgentMetrics:
             Counter("overlay_mesh_probe_rounds", "Health-mesh probe rounds", registry=r))
 
 
-Echoer = Callable[[Sequence[IPv4Address], int, int, float], dict[IPv4Address, Echo]]
+Echoer = Callable[[Sequence[IPAddress], int, int, float], dict[IPAddress, Echo]]
+
+
+def echo_any(targets: Sequence[IPAddress], size: int, count: int, timeout: float
+             ) -> dict[IPAddress, Echo]:
+    """``echo_many`` for IPv4 targets, ``echo_many6`` for IPv6 ones (an IPv6-only
+    network's VTEPs), ``size`` being the IPv4 payload (IPv6's header is 20 bytes more)."""
+    v4 = [t for t in targets if isinstance(t, IPv4Address)]
+    v6 = [t for t in targets if isinstance(t, IPv6Address)]
+    out: dict[IPAddress, Echo] = {}
+    for ip, echo in (echo_many(v4, size, count, timeout) if v4 else {}).items():
+        out[ip] = echo
+    for ip6, echo in (echo_many6(v6, size - 20, count, timeout) if v6 else {}).items():
+        out[ip6] = echo
+    return out
 
 
 def check_peers(remotes: Sequence[Lease], mtu: int, want: Callable[[Lease], list[Entry]],
-                have: Entries, echo: Echoer = echo_many) -> list[PeerCheck]:
+                have: Entries, echo: Echoer = echo_any) -> list[PeerCheck]:
     """One round: DF echoes at the full overlay MTU to every peer's VTEP address at once,
     one small echo to each silent peer (an MTU problem answers it), and the kernel's VTEP
     entries against each lease.  Diagnose's ``probe_peers`` does the same two steps; it

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv6Network
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -61,7 +61,7 @@ from overlay.cluster.store import KV, ObjectStore
 from overlay.cni import podmeta
 from overlay.cni.ipam import DiskStore, IPAddress
 from overlay.errors import OverlayError
-from overlay.lease import key_to_subnet
+from overlay.lease import IPNetwork, key_to_subnet
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _network_dirs(data_dir: str) -> list[str]:
         raise ScanError(f"cannot read {data_dir}: {e.strerror}") from e
 
 
-def scan_local(data_dir: str, subnet: IPv4Network,
+def scan_local(data_dir: str, subnet: IPNetwork,
                warn: Callable[[str, str], None],
                ipv6: IPv6Network | None = None) -> dict[str, LocalPod]:
     """Every container with an IPAM record inside ``subnet`` (or ``ipv6``, the node's
@@ -219,10 +219,9 @@ def scan_local(data_dir: str, subnet: IPv4Network,
     return out
 
 
-def _inside(ip: IPAddress, subnet: IPv4Network, ipv6: IPv6Network | None) -> bool:
-    if isinstance(ip, IPv4Address):
-        return ip in subnet
-    return ipv6 is not None and ip in ipv6
+def _inside(ip: IPAddress, subnet: IPNetwork, ipv6: IPv6Network | None) -> bool:
+    """In the lease's subnet (an IPv6-only lease's is IPv6), or in its IPv6 half."""
+    return ip in subnet or (ipv6 is not None and ip in ipv6)
 
 
 def _younger_than(path: str, seconds: float) -> bool:
@@ -284,7 +283,7 @@ class PodPublisher:
     """Keeps ``pods/`` equal to this node's attachments (see the module docstring)."""
 
     def __init__(self, store: ObjectStore, node: str, data_dir: str,
-                 own_subnet: Callable[[], IPv4Network | None],
+                 own_subnet: Callable[[], IPNetwork | None],
                  on_reject: Callable[[], None] = lambda: None,
                  own_ipv6: Callable[[], IPv6Network | None] = lambda: None):
         self.store = store
@@ -334,7 +333,7 @@ class PodPublisher:
                          "from the registry", ns, name, record.ip, record.container_id)
         return out
 
-    def _mine(self, record: PodRecord, subnet: IPv4Network,
+    def _mine(self, record: PodRecord, subnet: IPNetwork,
               ipv6: IPv6Network | None = None) -> bool:
         """This node's record: its name and its subnet(s). The subnet too, so two daemons
         under one name (a lab whose nodes share a hostname) never take each other's
@@ -342,13 +341,15 @@ class PodPublisher:
         record's IPv4 address decides when the node has no IPv6 half (any more)."""
         if record.node != self.node:
             return False
+        if subnet.version == 6:  # an IPv6-only node: every address in its one subnet
+            return all(ip in subnet for ip in record.ips)
         v4 = [ip for ip in record.ips if isinstance(ip, IPv4Address)]
         return bool(v4) and all(ip in subnet for ip in v4) and (
             ipv6 is None or all(ip in ipv6 for ip in record.ips
                                 if not isinstance(ip, IPv4Address)))
 
     def _publish(self, pod: LocalPod, held: tuple[KV, PodRecord] | None,
-                 undecodable: Mapping[str, KV], out: Outcome, subnet: IPv4Network,
+                 undecodable: Mapping[str, KV], out: Outcome, subnet: IPNetwork,
                  ipv6: IPv6Network | None = None) -> None:
         ns, name = pod.identity.namespace, pod.identity.name
         key = f"{pods_prefix(self.store.prefix)}{ns}/{name}"
@@ -408,7 +409,7 @@ def sweep_leaseless_pods(store: ObjectStore) -> int:
                              "their IPs lie in no subnet lease", kvs)
 
 
-def _subnet_of(key: str, base: str) -> IPv4Network | None:
+def _subnet_of(key: str, base: str) -> IPNetwork | None:
     try:
         return key_to_subnet(key, base)
     except ValueError:
@@ -437,7 +438,7 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
 
 
 def pod_threads(store: ObjectStore, node: str, data_dir: str,
-                own_subnet: Callable[[], IPv4Network | None], stop: threading.Event,
+                own_subnet: Callable[[], IPNetwork | None], stop: threading.Event,
                 metrics: CollectorRegistry | None = None,
                 own_ipv6: Callable[[], IPv6Network | None] = lambda: None,
                 ) -> list[tuple[str, Callable[[], None]]]:

@@ -521,7 +521,9 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
                   *([manager.current] if manager and manager.current else [])]
         return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases))
 
-    own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
+    def own() -> IPv4Network | None:  # NetworkPolicy is compiled for IPv4 pods only
+        subnet = d.manager.own_subnet() if d.manager else None
+        return subnet if isinstance(subnet, IPv4Network) else None
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
                        d.metrics.registry, d.stop, leases_listed=lambda: d.leases_programmed,
                        log_denied=d.s.policy_log_denied)

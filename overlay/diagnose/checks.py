@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+)
 from posixpath import basename  # of a path read elsewhere: string work, no file access
 
 from overlay.cni.install import (
@@ -24,7 +31,7 @@ from overlay.cni.install import (
     PLUGIN_NAME as PLUGIN_TYPE,
 )
 from overlay.cni.netconf import DEFAULT_BRIDGE
-from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
+from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, BackendConfig, NetworkConfig
 from overlay.diagnose.state import (
     FAIL,
     PASS,
@@ -41,6 +48,7 @@ from overlay.diagnose.state import (
 )
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
+from overlay.netlink.pod import host_veth_name
 from overlay.netlink.rtnl import protocol_name
 from overlay.util.text import rfc3339
 from overlay.vxlan.entries import (
@@ -60,24 +68,31 @@ ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
     k = node.kernel or KernelState()
     cfg = cluster.config
-    vxlan_name = opts.vxlan_device or (f"overlay.{cfg.backend.vni}" if cfg else _guess_vxlan(k))
+    # an IPv6-only node's one device is overlay-v6.<VNI>
+    default = f"overlay{'-v6' if cfg and cfg.ipv6_only else ''}.{cfg.backend.vni}" if cfg else ""
+    vxlan_name = opts.vxlan_device or default or _guess_vxlan(k)
     vxlan = k.link(vxlan_name)
     overlay_cni = overlay_conf(node.cni_files)
     cni_plugin = overlay_cni.plugin(PLUGIN_TYPE) if overlay_cni else None
     cni_bridge = (cni_plugin or {}).get("bridge")
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
-    public_ip = opts.public_ip or (vxlan.vxlan.local if vxlan and vxlan.vxlan else None)
+    local = vxlan.vxlan.local if vxlan and vxlan.vxlan else None
+    # --public-ip (and the runtime file's) is IPv4's: an IPv6-only node's is its device's
+    public_ip: IPv4Address | IPv6Address | None = (
+        local if cfg and cfg.ipv6_only else opts.public_ip or local)
     underlay = _underlay(k, vxlan, public_ip)
     own = next((lease for lease in cluster.leases
                 if public_ip and lease.attrs.public_ip == public_ip), None)
-    if own is None and public_ip is None and node.subnet_env is not None:
+    env = node.subnet_env
+    # subnet.env's subnet of the lease's family (an IPv6-only node's is its IPv6 one)
+    env_subnet = None if env is None else (env.subnet or env.ipv6_subnet)
+    env_net = None if env_subnet is None else env_subnet.network
+    if own is None and public_ip is None and env_net is not None:
         # No device to learn our public IP from: subnet.env still says which lease is ours.
-        own = next((lease for lease in cluster.leases
-                    if lease.subnet == node.subnet_env.subnet.network), None)
+        own = next((lease for lease in cluster.leases if lease.subnet == env_net), None)
         public_ip = own.attrs.public_ip if own else None
         underlay = _underlay(k, vxlan, public_ip)
-    own_subnet = own.subnet if own else (node.subnet_env.subnet.network if node.subnet_env
-                                         else None)
+    own_subnet = own.subnet if own else env_net
     remotes, rejected = _judge_remotes(cluster, own, own_subnet, public_ip, vxlan)
     network = cfg.network if cfg else (node.subnet_env.network if node.subnet_env else None)
     settings = backend_settings(cfg, k, public_ip, vxlan)
@@ -86,20 +101,22 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
                  vxlan, k.link(bridge_name), underlay, overlay_cni, entries, rejected)
 
 
-def backend_settings(cfg: NetworkConfig | None, k: KernelState, public_ip: IPv4Address | None,
+def backend_settings(cfg: NetworkConfig | None, k: KernelState,
+                     public_ip: IPv4Address | IPv6Address | None,
                      vxlan: LinkInfo | None) -> BackendSettings:
     """This node as overlayd's backend sees it, from what the node shows: the VNI, the
     public IP and the underlay address holding it (its L2 subnet, for DirectRouting)."""
     # Unknown public IP: 0.0.0.0 is no accepted lease's (the acceptance rule rejects it).
     ip = public_ip or IPv4Address(0)
     # No address holds it: a /32, so no peer counts as on our L2 (as with no underlay).
-    underlay = next((a.interface for a in k.addrs if a.interface.ip == ip), IPv4Interface(ip))
+    underlay = next((a.interface for a in k.addrs if a.interface.ip == ip), ip_interface(ip))
     vni = cfg.backend.vni if cfg else (vxlan.vxlan.vni if vxlan and vxlan.vxlan else 1)
     return BackendSettings(vni, ip, underlay, bool(cfg and cfg.backend.direct_routing))
 
 
-def _judge_remotes(cluster: ClusterState, own: Lease | None, own_subnet: IPv4Network | None,
-                   public_ip: IPv4Address | None, vxlan: LinkInfo | None
+def _judge_remotes(cluster: ClusterState, own: Lease | None,
+                   own_subnet: IPv4Network | IPv6Network | None,
+                   public_ip: IPv4Address | IPv6Address | None, vxlan: LinkInfo | None
                    ) -> tuple[list[Lease], tuple[Rejection, ...]]:
     """The remotes overlayd programs, by the very rule it uses (``overlay.lease.judge``),
     and every key it rejects (those that hold no lease included)."""
@@ -123,8 +140,8 @@ def _guess_vxlan(k: KernelState) -> str:
     return names[0] if names else "overlay.1"
 
 
-def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | None
-              ) -> LinkInfo | None:
+def _underlay(k: KernelState, vxlan: LinkInfo | None,
+              public_ip: IPv4Address | IPv6Address | None) -> LinkInfo | None:
     if vxlan and vxlan.vxlan and vxlan.vxlan.link:
         return k.link_by_index(vxlan.vxlan.link)
     if public_ip:
@@ -134,11 +151,32 @@ def _underlay(k: KernelState, vxlan: LinkInfo | None, public_ip: IPv4Address | N
 
 
 def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
-    if cluster.config and cluster.config.backend.mtu:
-        return cluster.config.backend.mtu
+    """The IPv4 device's MTU as overlayd sets it (``BackendConfig.device_mtu``: the outer
+    MTU, Backend.MTU or the underlay's, whichever is smaller, - 50)."""
+    backend = cluster.config.backend if cluster.config else BackendConfig()
     if facts.underlay:
-        return facts.underlay.mtu - VXLAN_OVERHEAD
-    return None
+        return backend.device_mtu(facts.underlay.mtu, 4)
+    return backend.mtu - VXLAN_OVERHEAD if backend.mtu else None
+
+
+def expected_mtu6(cluster: ClusterState, node: NodeState) -> int | None:
+    """The IPv6 device's MTU (the outer MTU - 70), when the node has that device."""
+    d = node.ipv6_device
+    if cluster.config is None or d is None or d.local is None or d.local.version != 6:
+        return None
+    backend = cluster.config.backend
+    if d.underlay_mtu:
+        return backend.device_mtu(d.underlay_mtu, 6)
+    return backend.mtu - VXLAN_OVERHEAD_V6 if backend.mtu else None
+
+
+def expected_pod_mtu(node: NodeState, cluster: ClusterState, facts: Facts) -> int | None:
+    """OVERLAY_MTU: the IPv4 device's, or on a node whose subnet.env has an IPv6 subnet
+    the smaller of both devices' (a pod has one MTU for both families)."""
+    want = expected_mtu(cluster, facts)
+    env = node.subnet_env
+    want6 = expected_mtu6(cluster, node) if env is not None and env.ipv6_subnet else None
+    return min(want, want6) if want is not None and want6 is not None else want
 
 
 def check_etcd(cluster: ClusterState, endpoints: str) -> CheckResult:
@@ -253,18 +291,22 @@ def check_subnet_env(node: NodeState, cluster: ClusterState, f: Facts, path: str
         return CheckResult(name, FAIL, f"{path} present and valid",
                            node.subnet_env_error or "missing", fix)
     env = node.subnet_env
-    found = f"OVERLAY_NETWORK={env.network} OVERLAY_SUBNET={env.subnet} OVERLAY_MTU={env.mtu}"
+    # An IPv6-only node's file has the IPv6 pair alone: it is the lease's family.
+    pre = "OVERLAY_IPV6_" if env.subnet is None else "OVERLAY_"
+    network = env.ipv6_network if env.subnet is None else env.network
+    subnet = env.ipv6_subnet if env.subnet is None else env.subnet
+    found = f"{pre}NETWORK={network} {pre}SUBNET={subnet} OVERLAY_MTU={env.mtu}"
     if not cluster.available:
         return CheckResult(name, WARN, f"{path} consistent with the lease", found +
                            " (not compared with the lease: etcd unreachable)")
     problems = []
-    if cluster.config and env.network != cluster.config.network:
-        problems.append(f"network {env.network} != config {cluster.config.network}")
+    if cluster.config and network != cluster.config.network:
+        problems.append(f"network {network} != config {cluster.config.network}")
     if f.own is not None:
-        want = IPv4Interface(f"{f.own.gateway}/{f.own.subnet.prefixlen}")
-        if env.subnet != want:
-            problems.append(f"subnet {env.subnet} != lease {want}")
-    expected = (f"OVERLAY_SUBNET={f.own.gateway}/{f.own.subnet.prefixlen}" if f.own
+        want = ip_interface(f"{f.own.gateway}/{f.own.subnet.prefixlen}")
+        if subnet != want:
+            problems.append(f"subnet {subnet} != lease {want}")
+    expected = (f"{pre}SUBNET={f.own.gateway}/{f.own.subnet.prefixlen}" if f.own
                 else "subnet.env matching this node's lease")
     if problems:
         return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems), fix)
@@ -330,7 +372,7 @@ def check_cni_binary(node: NodeState, f: Facts, opts: DiagnoseOptions) -> CheckR
 def check_bridge(node: NodeState, f: Facts) -> CheckResult:
     name = "bridge"
     br = f.bridge_name
-    gw = (IPv4Interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
+    gw = (ip_interface(f"{f.own_subnet.network_address + 1}/{f.own_subnet.prefixlen}")
           if f.own_subnet else None)
     expected = f"bridge {br} up holding {gw or 'the subnet gateway .1'}"
     if node.kernel is None:
@@ -393,6 +435,74 @@ def check_pod_ips(node: NodeState, f: Facts) -> CheckResult:
     return CheckResult(name, PASS, expected, found)
 
 
+def own_ipv6_subnet(node: NodeState, f: Facts) -> IPv6Network | None:
+    """This node's IPv6 subnet: its lease's IPv6 half (an IPv6-only lease's subnet), else
+    subnet.env's."""
+    if f.own is not None and f.own.ipv6_subnet is not None:
+        return f.own.ipv6_subnet
+    if f.own is not None and isinstance(f.own.subnet, IPv6Network):
+        return f.own.subnet
+    env = node.subnet_env
+    return env.ipv6_subnet.network if env is not None and env.ipv6_subnet else None
+
+
+def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
+    """The IPAM store's IPv6 addresses: each inside this node's IPv6 subnet (not its
+    VTEP ``::`` or gateway ``::1``) and held by a pod that is there, i.e. whose host veth
+    (named from its container ID and interface, as the plugin names it) is on the
+    bridge; one without is leaked (a DEL that never came)."""
+    name = "ipv6-pod-ips"
+    res = node.reservations6
+    subnet6 = own_ipv6_subnet(node, f)
+    expected = (f"every IPv6 address in {node.ipam_dir or 'the CNI dataDir'} inside "
+                f"{subnet6 or 'this node IPv6 subnet'} and held by a pod on {f.bridge_name}")
+    if f.overlay_cni is None:
+        return CheckResult(name, SKIP, expected, "no overlay CNI config to find the IPAM dir")
+    enabled = bool(cluster.config and cluster.config.enable_ipv6)
+    if not res:
+        return CheckResult(name, PASS, expected, "no IPv6 addresses reserved" + (
+            "" if enabled or not cluster.available else " (IPv6 not enabled)"))
+    if subnet6 is None:
+        return CheckResult(name, FAIL, expected, f"{len(res)} IPv6 address(es) reserved, "
+                           "but this node has no IPv6 subnet: "
+                           + ", ".join(f"{r.ip} ({r.container_id[:12]})" for r in res),
+                           "recreate those pods (CNI DEL, then ADD); stale file(s): "
+                           + res[0].path)
+    dual = not (cluster.config and not cluster.config.enable_ipv4)
+    return _ipv6_ipam_result(node, f, subnet6, expected, dual)
+
+
+def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network, expected: str,
+                      dual: bool) -> CheckResult:
+    name, res = "ipv6-pod-ips", node.reservations6
+    reserved = (subnet6.network_address, subnet6.network_address + 1)  # VTEP, gateway
+    outside = [r for r in res if r.ip not in subnet6 or r.ip in reserved]
+    ports = ({p.name for p in node.kernel.ports_of(f.bridge.index)}
+             if node.kernel is not None and f.bridge is not None else None)
+    leaked = [r for r in res if r not in outside and ports is not None
+              and host_veth_name(r.container_id, r.ifname) not in ports]
+    v4_owners = {(r.container_id, r.ifname) for r in node.reservations}
+    found = f"{len(res)} IPv6 address(es)" + (f", {len(ports)} bridge port(s)"
+                                               if ports is not None else "")
+    problems = []
+    if outside:
+        problems.append(f"outside {subnet6} (or its VTEP/gateway address): " + ", ".join(
+            f"{r.ip} ({r.container_id[:12]})" for r in outside))
+    if leaked:
+        problems.append("leaked (no pod interface on the bridge): " + ", ".join(
+            f"{r.ip} (container {r.container_id[:12]}, {r.ifname}"
+            + ("" if not dual or (r.container_id, r.ifname) in v4_owners
+               else ", no IPv4 address")
+            + ")" for r in leaked))
+    if not problems:
+        return CheckResult(name, PASS, expected, found)
+    bad = (outside + leaked)[0]
+    return CheckResult(name, FAIL, expected, found + "; " + "; ".join(problems),
+                       f"let the runtime release them (CNI GC, or DEL of container "
+                       f"{bad.container_id[:12]}); if no runtime knows the container, remove "
+                       f"the stale file {bad.path}")
+
+
 def check_local_pods(node: NodeState, f: Facts) -> CheckResult:
     """The node reaches each of its pods over the bridge (same-node traffic)."""
     name = "local-pods"
@@ -449,7 +559,8 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
         problems.append(f"local is not {f.public_ip}")
     if v.learning:
         problems.append("learning on")
-    if f.own_subnet and IPv4Interface(f"{f.own_subnet.network_address}/32") not in addrs:
+    if f.own_subnet and ip_interface(f"{f.own_subnet.network_address}/"
+                                     f"{f.own_subnet.max_prefixlen}") not in addrs:
         problems.append("address missing")
     if not link.up:
         fix = f"ip link set {dev} up" if not problems else restart
@@ -464,7 +575,7 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
 
 
 def _in_network(f: Facts, net: IPv4Network) -> bool:
-    return f.network is not None and net.subnet_of(f.network)
+    return isinstance(f.network, IPv4Network) and net.subnet_of(f.network)
 
 
 def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
@@ -519,18 +630,20 @@ def _is(want: Route, r: RouteInfo, vx: int | None) -> bool:
     return r.oif == vx and r.gateway == want.gateway and r.onlink
 
 
-def _route_conflicts(k: KernelState, f: Facts) -> dict[IPv4Network, list[RouteInfo]]:
+def _route_conflicts(k: KernelState, f: Facts
+                     ) -> dict[IPv4Network | IPv6Network, list[RouteInfo]]:
     """Peer subnets that a main-table route of another protocol holds: overlayd leaves
     those peers unprogrammed rather than replace (or shadow) that route."""
     want = {s for s, _ in f.wanted(Route)}
-    out: dict[IPv4Network, list[RouteInfo]] = {}
+    out: dict[IPv4Network | IPv6Network, list[RouteInfo]] = {}
     for r in (*k.routes, *k.typed_routes):
         if r.dst in want and not r.ours:
             out.setdefault(r.dst, []).append(r)
     return out
 
 
-def _unblocked(k: KernelState, f: Facts, kind: type[E]) -> list[tuple[IPv4Network, E]]:
+def _unblocked(k: KernelState, f: Facts, kind: type[E]
+               ) -> list[tuple[IPv4Network | IPv6Network, E]]:
     """The expected entries of one kind, with their remote, but a conflicting remote's:
     overlayd gives that one no neigh or FDB entry."""
     taken = _route_conflicts(k, f)
@@ -582,8 +695,8 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     for entry in entries:
         if entry.mac is not None:  # an FDB entry always has one; the record type allows None
             by_mac.setdefault(entry.mac, []).append(entry)
-    missing: list[tuple[IPv4Network, FDB]] = []
-    wrong: list[tuple[IPv4Network, FDB, list[FDBInfo]]] = []
+    missing: list[tuple[IPv4Network | IPv6Network, FDB]] = []
+    wrong: list[tuple[IPv4Network | IPv6Network, FDB, list[FDBInfo]]] = []
     want_macs = set()
     for subnet, e in _unblocked(node.kernel, f, FDB):
         want_macs.add(e.mac)
@@ -697,10 +810,14 @@ def check_firewall(node: NodeState, cluster: ClusterState) -> CheckResult:
 def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "mtu"
     want = expected_mtu(cluster, f)
-    expected = (f"{f.vxlan_name} MTU {want} (" + ("Backend.MTU" if cluster.config and
-                cluster.config.backend.mtu else f"underlay {f.underlay.name if f.underlay else '?'}"
-                f" {f.underlay.mtu if f.underlay else '?'} - {VXLAN_OVERHEAD}") +
-                ") = OVERLAY_MTU; bridge and pods <= it")
+    pod_mtu = expected_pod_mtu(node, cluster, f)
+    outer = (f"Backend.MTU {cluster.config.backend.mtu}" if cluster.config and
+             cluster.config.backend.mtu else "")
+    under = f"underlay {f.underlay.name} {f.underlay.mtu}" if f.underlay else "underlay ?"
+    expected = (f"{f.vxlan_name} MTU {want} ((" + (f"{outer}, at most {under}" if outer
+                else under) + f") - {VXLAN_OVERHEAD}); OVERLAY_MTU {pod_mtu}"
+                + (" (the smaller of both families')" if pod_mtu != want else "")
+                + "; bridge and pods <= it")
     if node.kernel is None:
         return CheckResult(name, SKIP, expected, f"kernel state unreadable: {node.kernel_error}")
     if f.vxlan is None:
@@ -714,14 +831,14 @@ def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     env = node.subnet_env
     if env is not None:
         found.append(f"OVERLAY_MTU {env.mtu}")
-        target = want if want is not None else dev_mtu
+        target = pod_mtu if pod_mtu is not None else dev_mtu
         if env.mtu != target:
             problems.append(f"OVERLAY_MTU {env.mtu} != {target}")
             fix = fix or "restart overlayd on this node so it rewrites subnet.env"
     if f.bridge is not None:
         ports = node.kernel.ports_of(f.bridge.index)
         found.append(f"{f.bridge_name} {f.bridge.mtu}")
-        limit = want if want is not None else dev_mtu
+        limit = pod_mtu if pod_mtu is not None else dev_mtu
         big = [p for p in ports if p.mtu > limit]
         if ports and f.bridge.mtu > limit:
             problems.append(f"{f.bridge_name} MTU {f.bridge.mtu} > {limit}")
@@ -778,8 +895,10 @@ def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> Ch
     if not cluster.available or cfg is None:
         return CheckResult(name, SKIP, expected, ETCD_SKIP)
     differs = ["overlayd reports overlay_config_changed 1"] if node.config_changed else []
-    if node.subnet_env is not None and node.subnet_env.network != cfg.network:
-        differs.append(f"subnet.env network {node.subnet_env.network} != {cfg.network}")
+    env = node.subnet_env
+    env_net = None if env is None else env.ipv6_network if env.subnet is None else env.network
+    if env is not None and env_net != cfg.network:
+        differs.append(f"subnet.env network {env_net} != {cfg.network}")
     v = f.vxlan.vxlan if f.vxlan is not None else None
     if v is not None and (v.vni, v.port) != (cfg.backend.vni, cfg.backend.port):
         differs.append(f"device VNI {v.vni} port {v.port} != VNI {cfg.backend.vni} "
@@ -829,7 +948,7 @@ def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
 
 
 def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
-    """The IPv6 device (MTU = IPv6 underlay - 70) and exactly the entries overlayd's rule
+    """The IPv6 device (MTU = the outer MTU - 70) and exactly the entries overlayd's rule
     gives the IPv6 halves of the accepted remote leases (``vxlan.dualstack.v6_half``)."""
     name = "ipv6-data-plane"
     cfg = cluster.config
@@ -837,7 +956,8 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
         return CheckResult(name, SKIP, "the IPv6 VXLAN device", ETCD_SKIP)
     dev = f"overlay-v6.{cfg.backend.vni}"
     halves = [h for h in map(v6_half, f.remotes) if h is not None]
-    expected = (f"{dev} at the IPv6 underlay MTU - {VXLAN_OVERHEAD_V6}, with the entries of "
+    expected = (f"{dev} at the outer MTU (Backend.MTU, at most the IPv6 underlay's) - "
+                f"{VXLAN_OVERHEAD_V6}, with the entries of "
                 f"{len(halves)} peer(s)' IPv6 halves")
     if not cfg.enable_ipv6:  # nothing is wrong: there is no IPv6 data plane to have
         return CheckResult(name, PASS, "no IPv6 device (the network config does not enable "
@@ -853,8 +973,8 @@ def check_ipv6_data_plane(node: NodeState, cluster: ClusterState, f: Facts) -> C
     if d is None or d.local is None or d.local.version != 6:
         return CheckResult(name, FAIL, expected, f"no IPv6 VXLAN device {dev}",
                            "restart overlayd on this node (it recreates the device)")
-    want_mtu = (cfg.backend.mtu or d.underlay_mtu or 0) - VXLAN_OVERHEAD_V6
-    if d.mtu != want_mtu:
+    want_mtu = expected_mtu6(cluster, node)
+    if want_mtu is not None and d.mtu != want_mtu:
         return CheckResult(name, FAIL, expected, f"{dev} MTU {d.mtu}, want {want_mtu}",
                            f"ip link set {dev} mtu {want_mtu}; or restart overlayd")
     settings = BackendSettings(cfg.backend.vni, d.local, d.underlay_address
@@ -893,6 +1013,23 @@ def _ipv6_probes(node: NodeState, entries_ok: CheckResult) -> CheckResult:
     return replace(entries_ok, status=FAIL, found=found, fix=fix)
 
 
+def _ipv6_only_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
+                      endpoints: str, f: Facts) -> list[CheckResult]:
+    """An IPv6-only network (EnableIPv4 false): the checks that hold for any family (etcd,
+    the lease and rejected keys, overlayd, subnet.env, CNI); the kernel checks read IPv4
+    state only, so they are skipped, saying so, rather than fail a healthy node."""
+    skipped = CheckResult("data-plane", SKIP, f"the kernel entries of {f.vxlan_name}",
+                          "not checked: this network is IPv6-only (EnableIPv4 false) and the "
+                          "kernel checks read IPv4 state", "inspect with `ip -6 route`, "
+                          f"`ip -6 neigh show dev {f.vxlan_name}`, `bridge fdb show dev "
+                          f"{f.vxlan_name}`")
+    return [check_etcd(cluster, endpoints), check_lease(cluster, f),
+            check_rejected_leases(cluster, f, endpoints), check_daemon(node, opts),
+            check_subnet_env(node, cluster, f, node.subnet_file, _subnet_file_assumed(f, opts)),
+            check_cni_config(node, opts), check_cni_binary(node, f, opts),
+            check_config_current(node, cluster, f), skipped]
+
+
 def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:
     plugin = (f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None) or {}
     return opts.subnet_file is None and not plugin.get("subnetFile")
@@ -902,6 +1039,8 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
                endpoints: str = "", facts: Facts | None = None) -> Report:
     """Every check; ``facts``: derived from this very state already (else derived here)."""
     f = facts or derive_facts(node, cluster, opts)
+    if cluster.config is not None and cluster.config.ipv6_only:
+        return Report(_ipv6_only_checks(node, cluster, opts, endpoints, f), f)
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),
@@ -912,6 +1051,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_cni_binary(node, f, opts),
         check_bridge(node, f),
         check_pod_ips(node, f),
+        check_ipv6_pod_ips(node, cluster, f),
         check_local_pods(node, f),
         check_vxlan_device(node, cluster, f),
         check_routes(node, cluster, f),

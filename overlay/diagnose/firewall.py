@@ -59,8 +59,11 @@ def _port_in(right: Any, port: int) -> bool | None:
     return None
 
 
-def _nft_rule_drops(expr: list[dict[str, Any]], port: int) -> bool:
-    """True when an nft rule drops/rejects UDP ``port`` (explicitly or unconditionally)."""
+def _nft_rule_drops(expr: list[dict[str, Any]], port: int,
+                    nfprotos: tuple[str, ...] = ("ipv4", "ipv6")) -> bool:
+    """True when an nft rule drops/rejects UDP ``port`` (explicitly or unconditionally);
+    ``nfprotos``: the families our VXLAN runs over (an inet rule of ``meta nfproto
+    ipv6`` alone cannot drop an IPv4-only node's)."""
     verdict, port_hit, conditions = None, False, 0
     for e in expr:
         if len(e) != 1:
@@ -89,6 +92,10 @@ def _nft_rule_drops(expr: list[dict[str, Any]], port: int) -> bool:
                 protos = right.get("set", []) if isinstance(right, dict) else [right]
                 if ("udp" in protos) == negate:
                     return False
+            elif isinstance(left, dict) and left.get("meta", {}).get("key") == "nfproto":
+                families = right.get("set", []) if isinstance(right, dict) else [right]
+                if any(f in families for f in nfprotos) == negate:
+                    return False
             else:
                 conditions += 1
         elif key == "xt":
@@ -116,6 +123,7 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
         out.errors.append(f"nft JSON unreadable: {e}")
         return out
     skip = {*skip_tables, (POLICY_FAMILY, POLICY_TABLE)}
+    nfprotos = ("ipv4", "ipv6") if "ip6" in families else ("ipv4",)
     chains: dict[tuple[str, str, str], dict[str, Any]] = {}
     accepted: set[tuple[str, str, str]] = set()
     for item in items:
@@ -132,11 +140,11 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
             continue  # regular chains (hook None) count: a base chain may jump to them
         expr = r.get("expr", [])
         where = f"{r['family']} {r['table']} {r['chain']}"
-        if _nft_rule_drops(expr, port):
+        if _nft_rule_drops(expr, port, nfprotos):
             out.drops.append(FirewallRule(
                 "nft", where, f"handle {r.get('handle')}: {_nft_text(expr)}",
                 f"nft delete rule {where} handle {r.get('handle')}"))
-        elif _nft_rule_accepts(expr, port):
+        elif _nft_rule_accepts(expr, port, nfprotos):
             accepted.add(key)
     for key, c in chains.items():
         fam, table, name = key
@@ -151,9 +159,10 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
     return out
 
 
-def _nft_rule_accepts(expr: list[dict[str, Any]], port: int) -> bool:
+def _nft_rule_accepts(expr: list[dict[str, Any]], port: int,
+                      nfprotos: tuple[str, ...] = ("ipv4", "ipv6")) -> bool:
     flipped = [({"drop": None} if "accept" in e else e) for e in expr]
-    return any("accept" in e for e in expr) and _nft_rule_drops(flipped, port)
+    return any("accept" in e for e in expr) and _nft_rule_drops(flipped, port, nfprotos)
 
 
 def _nft_text(expr: list[dict[str, Any]]) -> str:

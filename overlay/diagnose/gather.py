@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
@@ -39,6 +39,7 @@ from overlay.diagnose.state import (
     ProbeResult,
     Report,
     Reservation,
+    Reservation6,
     overlay_conf,
 )
 from overlay.errors import OverlayError, SubnetEnvError
@@ -76,19 +77,25 @@ def read_cni_bins(bin_dirs: str, names: Iterable[str]) -> dict[str, bool]:
                    for d in dirs) for n in names}
 
 
-def read_reservations(data_dir: str, network: str) -> list[Reservation]:
-    """The CNI IPAM store's reservations (``overlay.cni.ipam``), by address; none when
-    the store cannot be read."""
+def read_reservations(data_dir: str, network: str
+                      ) -> tuple[list[Reservation], list[Reservation6]]:
+    """The CNI IPAM store's reservations (``overlay.cni.ipam``), IPv4 and IPv6 apart, by
+    address; none when the store cannot be read."""
     store = DiskStore(data_dir, network)
     try:
         held = store.reservations()
     except (OverlayError, OSError) as e:
         log.info("IPAM store %s unreadable: %s", store.dir, e)
-        return []
-    # IPv4 only: a dual-stack pod's IPv6 file is judged against no IPv6 subnet yet.
-    v4 = {ip: owner for ip, owner in held.items() if isinstance(ip, IPv4Address)}
-    return [Reservation(ip, cid, ifname, os.path.join(store.dir, str(ip)))
-            for ip, (cid, ifname) in sorted(v4.items())]
+        return [], []
+    v4, v6 = [], []
+    for ip, (cid, ifname) in sorted(held.items(), key=lambda item: (item[0].version,
+                                                                    item[0])):
+        path = os.path.join(store.dir, str(ip))
+        if isinstance(ip, IPv4Address):
+            v4.append(Reservation(ip, cid, ifname, path))
+        else:
+            v6.append(Reservation6(ip, cid, ifname, path))
+    return v4, v6
 
 
 def read_sysctl(path: str) -> str | None:
@@ -181,10 +188,11 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
                 echo: Echoer = echo_peers) -> list[ProbeResult]:
     """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
     peers that do not answer get one small ping, which tells a path-MTU problem apart."""
+    remotes = [peer for peer in remotes if peer.subnet.version == 4]  # IPv6: probe_peers6
     if not remotes:
         return []
     size = mtu - 28  # IPv4 + ICMP headers
-    targets = [peer.subnet.network_address for peer in remotes]
+    targets = [IPv4Address(peer.subnet.network_address) for peer in remotes]
     full = echo(targets, size, count, timeout)
     silent = [t for t in targets if full[t].received == 0]
     small = echo(silent, 56, 1, timeout) if silent else {}
@@ -293,7 +301,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     if ours is not None:
         data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
         node.ipam_dir = os.path.join(data_dir, ours.name)
-        node.reservations = read_reservations(data_dir, ours.name)
+        node.reservations, node.reservations6 = read_reservations(data_dir, ours.name)
     if opts.healthz_addr:
         node.readyz = read_readyz(opts.healthz_addr)
         node.config_changed = read_config_changed(opts.healthz_addr)
@@ -335,7 +343,8 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
                                     opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
-    report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
+    own4 = f.own_subnet if isinstance(f.own_subnet, IPv4Network) else None  # policy: IPv4
+    report.checks.append(check_policy_table(etcd, cluster, own4, opts.node_name,
                                             opts.policy_log_denied))
     return report
 

@@ -40,7 +40,8 @@ def node_addresses(leases: Iterable[Lease], pods: Iterable[Pod]) -> dict[IPv4Add
                      if p.node and isinstance(p.ip, IPv4Address) and p.ip in lease.subnet), "")
         if node:
             for ip in (lease.attrs.public_ip, lease.subnet.network_address, lease.gateway):
-                out[ip] = node
+                if isinstance(ip, IPv4Address):  # an IPv4 pod's lease: IPv4 throughout
+                    out[ip] = node
     return out
 
 

@@ -80,9 +80,19 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class Reservation6:
+    """An IPv6 address in the IPAM store (a dual-stack pod's second range)."""
+
+    ip: IPv6Address
+    container_id: str
+    ifname: str
+    path: str
+
+
+@dataclass(frozen=True)
 class ProbeResult:
-    subnet: IPv4Network
-    target: IPv4Address
+    subnet: IPv4Network | IPv6Network
+    target: IPv4Address | IPv6Address
     size: int  # ICMP payload bytes, sent with DF
     sent: int
     received: int
@@ -126,6 +136,7 @@ class NodeState:
     cni_conf_error: str = ""
     cni_bins: dict[str, bool] = field(default_factory=dict)  # name -> executable
     reservations: list[Reservation] = field(default_factory=list)
+    reservations6: list[Reservation6] = field(default_factory=list)
     ipam_dir: str = ""
     subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
     firewall: FirewallState = field(default_factory=FirewallState)
@@ -160,26 +171,26 @@ class Facts:
 
     vxlan_name: str
     bridge_name: str
-    public_ip: IPv4Address | None
+    public_ip: IPv4Address | IPv6Address | None
     own: Lease | None
-    own_subnet: IPv4Network | None
+    own_subnet: IPv4Network | IPv6Network | None
     remotes: list[Lease]
-    network: IPv4Network | None
+    network: IPv4Network | IPv6Network | None
     vxlan: LinkInfo | None
     bridge: LinkInfo | None
     underlay: LinkInfo | None
     overlay_cni: CNIConfigFile | None
     # Per remote (in ``remotes``' order) the entries overlayd programs for it: the very
     # rule it uses (``overlay.vxlan.entries.entries_for``); () for one it skips.
-    entries: Mapping[IPv4Network, tuple[Entry, ...]] = field(default_factory=dict)
+    entries: Mapping[IPv4Network | IPv6Network, tuple[Entry, ...]] = field(default_factory=dict)
     rejected: tuple[Rejection, ...] = ()  # keys the acceptance rule rejects, as overlayd does
 
-    def wanted(self, kind: type[E]) -> list[tuple[IPv4Network, E]]:
+    def wanted(self, kind: type[E]) -> list[tuple[IPv4Network | IPv6Network, E]]:
         """Every expected entry of one kind, with the remote it is for."""
         return [(s, e) for s, es in self.entries.items() for e in es if isinstance(e, kind)]
 
     @property
-    def direct(self) -> frozenset[IPv4Network]:
+    def direct(self) -> frozenset[IPv4Network | IPv6Network]:
         """DirectRouting peers: one route via their public IP, no neigh, no FDB entry."""
         return frozenset(s for s, r in self.wanted(Route) if r.direct)
 

@@ -5,13 +5,18 @@ chose, the VXLAN device, the neighbour entry giving the remote VTEP MAC, the FDB
 giving its public IP, the destination node) over the leases and this node's kernel
 state, and marks each one ``ok``, ``missing``, ``wrong`` or ``unknown``.
 ``trace_path`` gathers that state on the node it runs on (the source node).
+
+Two IPv6 pod addresses are traced the same way over the IPv6 side: the leases' IPv6
+halves (``vxlan.entries.v6_half``, the very leases overlayd's IPv6 backend programs),
+``overlay-v6.<VNI>`` and the node's IPv6 routes, neighbours and addresses
+(``kernel_state.read_ipv6_state``), down to the remote VTEP over the IPv6 underlay.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address
-from typing import Any
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, TypeAlias
 
 from overlay.cni.netconf import DEFAULT_BRIDGE
 from overlay.diagnose.gather import gather_cluster
@@ -19,8 +24,10 @@ from overlay.diagnose.state import ClusterState
 from overlay.lease import Lease
 from overlay.netlink.kernel_state import KernelState, RouteInfo
 from overlay.subnet.etcdconf import EtcdOptions
+from overlay.vxlan.entries import v6_half
 
 OK, MISSING, WRONG, UNKNOWN = "ok", "missing", "wrong", "unknown"
+IPAddress: TypeAlias = IPv4Address | IPv6Address
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,8 @@ class Hop:
 
 @dataclass
 class TraceResult:
-    src: IPv4Address
-    dst: IPv4Address
+    src: IPAddress
+    dst: IPAddress
     hops: list[Hop] = field(default_factory=list)
     note: str = ""
 
@@ -50,13 +57,13 @@ class TraceResult:
                 "hops": [h.to_dict() for h in self.hops], "note": self.note}
 
 
-def _lease_for(leases: list[Lease], ip: IPv4Address) -> Lease | None:
+def _lease_for(leases: list[Lease], ip: IPAddress) -> Lease | None:
     return next((lease for lease in leases if ip in lease.subnet), None)
 
 
-def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
+def build_trace(src: IPAddress, dst: IPAddress, kernel: KernelState,
                 route: RouteInfo | None, cluster: ClusterState, *, vxlan_name: str,
-                bridge_name: str, local_public_ip: IPv4Address | None,
+                bridge_name: str, local_public_ip: IPAddress | None,
                 forwarding: bool | None = None,
                 underlay_route: RouteInfo | None = None) -> TraceResult:
     res = TraceResult(src, dst)
@@ -74,9 +81,11 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
         return res
     res.hops.append(_source_bridge(src, src_lease, kernel, bridge_name))
     if forwarding is False:
+        sysctl = ("net.ipv6.conf.all.forwarding" if src.version == 6
+                  else "net.ipv4.ip_forward")
         res.hops.append(Hop("forwarding", WRONG, f"the kernel refuses to forward {src} -> {dst} "
-                            f"arriving on {bridge_name} (ip_forward off?)",
-                            "sysctl -w net.ipv4.ip_forward=1"))
+                            f"arriving on {bridge_name} ({sysctl} off?)",
+                            f"sysctl -w {sysctl}=1"))
     twice = _second_own_lease(src_lease, dst_lease, local_public_ip)
     if twice is not None:  # never route a subnet of this very node into the tunnel
         res.hops += [twice, _destination_node(dst, dst_lease, known)]
@@ -95,8 +104,8 @@ def build_trace(src: IPv4Address, dst: IPv4Address, kernel: KernelState,
     return res
 
 
-def _source_node(src: IPv4Address, lease: Lease | None, known: bool,
-                 local: IPv4Address | None) -> Hop:
+def _source_node(src: IPAddress, lease: Lease | None, known: bool,
+                 local: IPAddress | None) -> Hop:
     if lease is None:
         if not known:
             return Hop("source-node", UNKNOWN, f"{src}: leases unavailable")
@@ -111,7 +120,7 @@ def _source_node(src: IPv4Address, lease: Lease | None, known: bool,
 
 
 def _second_own_lease(src: Lease | None, dst: Lease | None,
-                      local: IPv4Address | None) -> Hop | None:
+                      local: IPAddress | None) -> Hop | None:
     """DST in another subnet leased to this same node: a route "fix" via the tunnel would
     send this node's own addresses away; the problem is the second lease."""
     if src is None or dst is None or local is None or src.subnet == dst.subnet \
@@ -123,7 +132,7 @@ def _second_own_lease(src: Lease | None, dst: Lease | None,
                "the other (overlayctl leases list shows both; overlayctl leases release)")
 
 
-def _source_bridge(src: IPv4Address, lease: Lease | None, k: KernelState, bridge: str) -> Hop:
+def _source_bridge(src: IPAddress, lease: Lease | None, k: KernelState, bridge: str) -> Hop:
     link = k.link(bridge)
     if link is None:
         return Hop("source-bridge", MISSING, f"no bridge {bridge}",
@@ -141,7 +150,7 @@ def _source_bridge(src: IPv4Address, lease: Lease | None, k: KernelState, bridge
     return Hop("source-bridge", OK, detail)
 
 
-def _route_hop(dst: IPv4Address, dst_lease: Lease | None, src_lease: Lease | None,
+def _route_hop(dst: IPAddress, dst_lease: Lease | None, src_lease: Lease | None,
                route: RouteInfo | None, k: KernelState, vxlan: str, bridge: str,
                cluster: ClusterState) -> tuple[Hop, bool]:
     local = src_lease is not None and dst_lease is not None and src_lease.subnet == dst_lease.subnet
@@ -180,7 +189,8 @@ def _vxlan_hops(route: RouteInfo, lease: Lease | None, k: KernelState, vxlan: st
                     "restart overlayd on this node")]
     v = link.vxlan
     hops.append(Hop("vxlan-device", OK if link.up else WRONG,
-                    f"{vxlan} VNI {v.vni} port {v.port} local {v.local} mtu {link.mtu} "
+                    f"{vxlan} VNI {v.vni} port {v.port} local {v.local6 or v.local} "
+                    f"mtu {link.mtu} "
                     f"{'up' if link.up else 'down'}", "" if link.up else f"ip link set {vxlan} up"))
     gw = route.gateway
     neigh = next((n for n in k.neigh_on(link.index) if n.dst == gw), None)
@@ -227,7 +237,7 @@ def _underlay_hop(lease: Lease, route: RouteInfo | None, k: KernelState, vxlan: 
     return Hop("underlay", OK, detail)
 
 
-def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool) -> Hop:
+def _destination_node(dst: IPAddress, lease: Lease | None, known: bool) -> Hop:
     if lease is None:
         if not known:
             return Hop("destination-node", UNKNOWN, f"{dst}: leases unavailable")
@@ -238,31 +248,51 @@ def _destination_node(dst: IPv4Address, lease: Lease | None, known: bool) -> Hop
                f" VTEP {lease.attrs.vtep_mac}")
 
 
-def trace_path(src: IPv4Address, dst: IPv4Address, etcd: EtcdOptions, *,
+def trace_path(src: IPAddress, dst: IPAddress, etcd: EtcdOptions, *,
                vxlan_device: str | None = None, bridge: str = DEFAULT_BRIDGE,
                cluster: ClusterState | None = None) -> TraceResult:
     """Gather this node's state and the leases (unless ``cluster`` holds them), then
-    build the trace."""
-    from overlay.netlink.kernel_state import RouteQuery, dump_kernel_state, routes_get
+    build the trace; two IPv6 addresses are traced over ``overlay-v6.<VNI>`` and the
+    leases' IPv6 halves (``vxlan_device`` names the IPv4 device only)."""
+    from overlay.netlink.kernel_state import dump_kernel_state, read_ipv6_state
 
     cluster = cluster if cluster is not None else gather_cluster(etcd)
-    kernel = dump_kernel_state()
-    name = vxlan_device or (f"overlay.{cluster.config.backend.vni}" if cluster.config
-                            else "overlay.1")
+    vni = cluster.config.backend.vni if cluster.config else 1
+    if src.version == 6:
+        leases6 = [h for h in map(_ipv6_side, cluster.leases) if h is not None]
+        return _trace_on(src, dst, read_ipv6_state(), replace(cluster, leases=leases6),
+                         f"overlay-v6.{vni}", bridge)
+    return _trace_on(src, dst, dump_kernel_state(), cluster,
+                     vxlan_device or f"overlay.{vni}", bridge)
+
+
+def _ipv6_side(lease: Lease) -> Lease | None:
+    """A lease as the IPv6 backend sees it: an IPv6-only lease as it is, a dual-stack
+    one's IPv6 half; None for an IPv4-only lease."""
+    return lease if lease.subnet.version == 6 else v6_half(lease)
+
+
+def _trace_on(src: IPAddress, dst: IPAddress, kernel: KernelState, cluster: ClusterState,
+              name: str, bridge: str) -> TraceResult:
+    """The route lookups of the family of ``src``, then the trace over ``kernel``."""
+    from overlay.netlink.kernel_state import RouteQuery, routes_get
+
     link = kernel.link(name)
-    local = link.vxlan.local if link and link.vxlan else None
+    local = (link.vxlan.local6 or link.vxlan.local) if link and link.vxlan else None
     br = kernel.link(bridge)
     dst_lease = _lease_for(cluster.leases, dst)
     # Asked as for a packet forwarded from the pod (iif = bridge), which also shows
-    # ip_forward off, and as a plain lookup for when that fails or the bridge is gone;
+    # forwarding off, and as a plain lookup for when that fails or the bridge is gone;
     # then the encapsulated packet's way to the peer.  One send on one socket.
     queries = [RouteQuery(dst)]
     if br is not None:
         queries.insert(0, RouteQuery(dst, src, br.index))
-    if dst_lease is not None:
-        queries.append(RouteQuery(dst_lease.attrs.public_ip))
+    # the destination lease's public IP is of its family (an IPv6 half's: its PublicIPv6)
+    peer = dst_lease.attrs.public_ip if dst_lease is not None else None
+    if peer is not None:
+        queries.append(RouteQuery(peer))
     answers = routes_get(queries)
-    underlay = answers.pop() if dst_lease is not None else None
+    underlay = answers.pop() if peer is not None else None
     forwarded, plain = (answers[0], answers[1]) if br is not None else (None, answers[0])
     route = forwarded or plain
     forwarding = None if br is None or route is None else forwarded is not None

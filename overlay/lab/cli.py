@@ -162,11 +162,13 @@ def _count(hi: int) -> click.IntRange:
 @click.option("--dual-stack", "families", flag_value="dual", default=None,
               help="IPv4 and IPv6: the underlay gets fd00:192:168:1::/64 too, the pods "
                    "an address from 10.244.0.0/16 and one from fd00:10:244::/56.")
+@click.option("--ipv6-only", "families", flag_value="ipv6",
+              help="Pods in fd00:10:244::/56 only (EnableIPv4 false).")
 @click.pass_obj
 def up(obj: LabOptions, nodes: int | None, pods_per_node: int | None, no_matrix: bool,
        families: str | None) -> None:
     """Create the lab, or repair a running one (a new lab is IPv4 only unless
-    --dual-stack is given; a running one keeps its families)."""
+    --dual-stack or --ipv6-only is given; a running one keeps its families)."""
     lab = open_lab(obj)
     with lab.lock():
         start = time.monotonic()
@@ -351,8 +353,11 @@ def _stdout_to_devnull() -> None:
 
 def summary(lab: Lab, matrix: bool) -> int:
     say("")
-    say("Nodes (the example cluster: node<i> at 192.168.1.1<i> holds 10.244.<i>.0/24"
-        + ("; IPv6 at fd00:192:168:1::1<i>" if lab._need_state().has_ipv6() else "") + "):")
+    state = lab._need_state()
+    holds = ("holds 10.244.<i>.0/24" if state.has_ipv4() else
+             "holds fd00:10:244:<i>::/64 (IPv6-only)")
+    say(f"Nodes (the example cluster: node<i> at 192.168.1.1<i> {holds}"
+        + ("; IPv6 at fd00:192:168:1::1<i>" if state.has_ipv6() else "") + "):")
     say(node_table(lab))
     say("")
     say("Leases (overlayctl leases list):")

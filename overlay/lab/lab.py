@@ -13,7 +13,7 @@ Node ``node<i>`` holds the subnet 10.244.<i>.0/24, reserved for it before its ov
 starts (the example cluster's table).  ``up --dual-stack`` adds IPv6 to the same pieces:
 the underlay bridge fd00:192:168:1::1/64 and node<i> at fd00:192:168:1::1<i> (overlayd's
 ``--public-ipv6``), IPv6 forwarding in each node, pods in fd00:10:244::/56 (a /64 per
-node, overlay-v6.1 beside overlay.1).
+node, overlay-v6.1 beside overlay.1); ``--ipv6-only`` the same with EnableIPv4 false.
 Every pod runs a responder (TCP and UDP, ports 80 and 81, both families) for ``probe``
 and ``matrix --port/--protocol``.
 
@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from overlay.errors import OverlayError
@@ -69,14 +70,16 @@ from overlay.lab.spec import (
     pod_key,
 )
 from overlay.lab.state import LabState, PodRecord, load_state, save_state
-from overlay.subnetenv import load_subnet_env
+from overlay.subnetenv import POLICY_MARKER, load_subnet_env
 
 log = logging.getLogger(__name__)
 
 BIN_DIR = os.path.dirname(os.path.abspath(sys.executable))
 REFERENCE_CNI_DIR = "/usr/lib/cni"
-# What ``up`` and the node's overlayd and CNI plugin make in a node's directory.
-NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json")
+# What ``up`` and the node's overlayd and CNI plugin make in a node's directory (the
+# policy marker stays while overlayd is stopped, on purpose: see subnetenv).
+NODE_FILES = ("overlayd.log", "overlayd.pid", "subnet.env", "cni.sock", "overlayd.json",
+              POLICY_MARKER)
 NODE_TREES = ("state", "ipam", "net.d")
 POD_FILES = ("responder.pid", "responder.log")     # in each pod's directory
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -379,8 +382,7 @@ class Lab:
             # Pods' IPv6 is routed by the node (cni0 -> overlay-v6.1 and back).
             sysx.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
         self.install_cni(node)
-        if self._need_state().has_ipv4():
-            self.reserve_subnet(node)
+        self.reserve_subnet(node)
         started = self.ensure_daemon(node)
         self.progress(f"node      {node}: {ns} eth0 {self.spec.node_interface(node)}"
                       f"{' ' + str(self.spec.node_interface6(node)) if six else ''}"
@@ -392,9 +394,13 @@ class Lab:
         """Reserve the node's subnet of the example cluster (node<i>: 10.244.<i>.0/24) with
         ``overlayctl leases reserve``, so its overlayd takes exactly that one.  A node that
         already holds another subnet (a lab made before this rule) keeps it: a warning."""
-        subnet = self.spec.node_subnet(node)
+        if self._need_state().has_ipv4():
+            subnet: IPv4Network | IPv6Network = self.spec.node_subnet(node)
+            public_ip: IPv4Address | IPv6Address = self.spec.node_ip(node)
+        else:  # IPv6-only: node<i> holds fd00:10:244:<i>::/64, for its IPv6 address
+            subnet, public_ip = self.spec.node_subnet6(node), self.spec.node_ip6(node)
         got = self.overlayctl("leases", "reserve", str(subnet), "--public-ip",
-                              str(self.spec.node_ip(node)), check=False)
+                              str(public_ip), check=False)
         if got.returncode != 0:
             self.progress(f"warning: could not reserve {subnet} for {node}: "
                           f"{(got.stderr or got.stdout).strip()}")
@@ -497,7 +503,7 @@ class Lab:
                 if self.ready(node):
                     pending.remove(node)
                     self.progress(f"ready     {node}: /readyz 200, subnet "
-                                  f"{self.node_subnet(node)} "
+                                  f"{self.node_subnet(node) or self.node_subnet6(node)} "
                                   f"({time.monotonic() - start:.1f} s)")
             if pending and time.monotonic() - start > timeout:
                 raise LabError(f"overlayd not ready after {timeout:g} s on "

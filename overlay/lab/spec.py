@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 
 from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
 from overlay.errors import OverlayError
@@ -37,15 +44,15 @@ MAX_POD_NAME = 63        # a lab pod's name becomes part of its namespace's file
 MAX_LABELS = 32
 RESPONDER_PORTS = (80, 81)   # every lab pod answers TCP and UDP on these
 
-# Dual-stack (``up --dual-stack``): the underlay gets IPv6 beside IPv4
+# Dual-stack (``up --dual-stack`` / ``--ipv6-only``): the underlay gets IPv6 beside IPv4
 # (node<i> at fd00:192:168:1::1<i>, the decimal digits of 192.168.1.1<i> written in the
 # last group), the pods fd00:10:244::/56 with a /64 per node.  Only inside the lab's
 # namespaces; fd00::/8 is unique-local, never routed off the machine.
 UNDERLAY_GATEWAY6 = IPv6Interface("fd00:192:168:1::1/64")
 POD_NETWORK6 = "fd00:10:244::/56"
 SUBNET_LEN6 = 64
-# Which families the pod network has: IPv4 only (the default) or both.
-FAMILIES = ("ipv4", "dual")  # IPv6-only waits for the config to accept EnableIPv4 false
+# Which families the pod network has: IPv4 only (the default), both, or IPv6 only.
+FAMILIES = ("ipv4", "dual", "ipv6")
 
 UNIX_PATH_MAX = 107      # sun_path holds 108 bytes including the terminating NUL
 
@@ -122,6 +129,14 @@ class LabSpec:
         net = IPv4Network(POD_NETWORK)
         return IPv4Network((int(net.network_address) + (node_index(node) << (32 - SUBNET_LEN)),
                             SUBNET_LEN))
+
+    @staticmethod
+    def node_subnet6(node: str) -> IPv6Network:
+        """The subnet an IPv6-only lab reserves for ``node``: node<i> holds
+        fd00:10:244:<i>::/64 (hexadecimal i), as its IPv4 twin holds 10.244.<i>.0/24."""
+        net = IPv6Network(POD_NETWORK6)
+        return IPv6Network((int(net.network_address) + (node_index(node) << (128 - SUBNET_LEN6)),
+                            SUBNET_LEN6))
 
     @staticmethod
     def node_interface(node: str) -> IPv4Interface:

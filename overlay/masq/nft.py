@@ -73,7 +73,8 @@ table {family} {TABLE} {{
 class Masquerade:
     """Installs, checks and restores the masquerade table (or removes it when disabled)."""
 
-    def __init__(self, network: IPv4Network, subnet: IPv4Network, enabled: bool):
+    def __init__(self, network: IPv4Network | None, subnet: IPv4Network | None, enabled: bool):
+        # the IPv4 pair is None in an IPv6-only network: no ip table, only ip6's
         self.network = network
         self.subnet = subnet
         self.enabled = enabled
@@ -140,7 +141,8 @@ class Masquerade:
         if listing is None:
             return False
         r = self._nft("delete", "table", family, TABLE)
-        why = "--ip-masq is off" if not self.enabled else "IPv6 is off"
+        why = ("--ip-masq is off" if not self.enabled else "IPv6 is off" if family == "ip6"
+               else "IPv4 is off")
         if r.returncode != 0:  # pods still work; the leftover rules are only extra NAT
             log.warning("%s but removing the leftover nftables table %s %s failed: %s "
                         "(remove it with `nft delete table %s %s`)", why, family, TABLE,
@@ -151,7 +153,7 @@ class Masquerade:
             self._installed6 = False
         return True
 
-    def update(self, subnet: IPv4Network) -> None:
+    def update(self, subnet: IPv4Network | None) -> None:
         self.subnet = subnet
         self.ensure()
 

@@ -15,8 +15,8 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import TypeAlias
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_network
+from typing import TypeAlias, cast
 
 from overlay.errors import NetlinkOpError
 from overlay.netlink import addr, link, neigh, route
@@ -37,8 +37,8 @@ RouteInfo: TypeAlias = Route
 NeighInfo: TypeAlias = Neigh
 FDBInfo: TypeAlias = Neigh
 __all__ = ["AddrInfo", "FDBInfo", "KernelState", "LinkInfo", "NeighInfo", "RouteInfo",
-           "RouteQuery", "VXLANInfo", "dump_kernel_state", "read_with_codec", "route_get",
-           "routes_get"]
+           "RouteQuery", "VXLANInfo", "dump_kernel_state", "read_ipv6_state", "read_with_codec",
+           "route_get", "routes_get"]
 
 
 @dataclass
@@ -95,6 +95,23 @@ def read_with_codec(netns: str | None = None) -> KernelState:
         nl.close()
 
 
+def read_ipv6_state(netns: str | None = None) -> KernelState:
+    """The IPv6 side for ``trace`` over IPv6: links, IPv6 addresses, main-table IPv6
+    routes, IPv6 neighbours and FDB entries, read through the codec.  The records are
+    :class:`KernelState`'s shapes holding IPv6 values (``Addr6``, ``Route6``): trace reads
+    only the fields both families share (the casts below say so)."""
+    nl = open_rtnl(netns, bulk=True)
+    try:
+        state = _snapshot(link.dump(nl), cast(list[Addr], addr.dump6(nl)),
+                          cast(list[Route], route.dump6(nl)),
+                          neigh.dump(nl, socket.AF_INET6), neigh.dump(nl, AF_BRIDGE))
+    except OSError as e:
+        raise NetlinkOpError(f"reading kernel state: {e.strerror or e}", e.errno or 0) from e
+    finally:
+        nl.close()
+    return state
+
+
 def _snapshot(links: list[Link], addrs: list[Addr], all_routes: list[Route],
               all_neigh: list[Neigh], all_fdb: list[Neigh]) -> KernelState:
     """Main-table routes (unicast, and the other types apart), neighbours with an IP,
@@ -112,10 +129,11 @@ def _snapshot(links: list[Link], addrs: list[Addr], all_routes: list[Route],
 @dataclass(frozen=True)
 class RouteQuery:
     """One ``ip route get``: to ``dst``; with ``src`` and ``iif`` asked as for a packet
-    arriving on ``iif`` to be forwarded, which fails when forwarding is off."""
+    arriving on ``iif`` to be forwarded, which fails when forwarding is off.  An IPv6
+    ``dst`` is answered with a ``Route6`` (typed ``Route``, as ``read_ipv6_state``'s)."""
 
-    dst: IPv4Address
-    src: IPv4Address | None = None
+    dst: IPv4Address | IPv6Address
+    src: IPv4Address | IPv6Address | None = None
     iif: int | None = None
 
 
@@ -133,13 +151,14 @@ def routes_get(queries: Sequence[RouteQuery], netns: str | None = None
                              e.errno or 0) from e
     out: list[Route | None] = []
     for q, (replies, code) in zip(queries, answers, strict=True):
-        found = route.parse(replies[0]) if not code and replies else None
+        parse = route.parse6 if q.dst.version == 6 else route.parse
+        found = cast(Route | None, parse(replies[0]) if not code and replies else None)
         if found is None:
             log.debug("route get %s: %s", q.dst, describe_errno(code) if code else "no answer")
             out.append(None)
         else:  # the answer's protocol is the matched route's: not asked about here
-            out.append(found._replace(dst=IPv4Network(f"{q.dst}/32"), protocol=None, metric=0,
-                                      kind="unicast"))
+            host = cast(IPv4Network, ip_network(q.dst))
+            out.append(found._replace(dst=host, protocol=None, metric=0, kind="unicast"))
     return out
 
 

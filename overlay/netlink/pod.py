@@ -91,11 +91,12 @@ def get_routes(nl: Rtnl, index: int) -> list[tuple[IPv4Network, IPv4Address | No
 
 # --- the bridge -------------------------------------------------------------------------
 
-def ensure_bridge(nl: Rtnl, name: str, gateway: IPv4Interface, mtu: int,
+def ensure_bridge(nl: Rtnl, name: str, gateway: IPv4Interface | None, mtu: int,
                   force_address: bool = False, promisc: bool = False,
                   gateway6: IPv6Interface | None = None) -> Link:
     """Create-or-verify the node bridge holding ``gateway`` (and ``gateway6`` on a
-    dual-stack node); say why when it cannot."""
+    dual-stack node; an IPv6-only node's bridge has ``gateway6`` alone); say why when
+    it cannot."""
     bridge = get_link(nl, name)
     if bridge is None:
         # A fixed MAC: otherwise the bridge takes its lowest port's MAC and changes it
@@ -110,7 +111,8 @@ def ensure_bridge(nl: Rtnl, name: str, gateway: IPv4Interface, mtu: int,
         raise NetlinkOpError(f"{name} already exists and is a {bridge.kind or 'non-bridge'} "
                              "device, not a bridge: remove it or set \"bridge\" to another "
                              "name", errno.EEXIST)
-    _ensure_gateway(nl, bridge, gateway, force_address)
+    if gateway is not None:
+        _ensure_gateway(nl, bridge, gateway, force_address)
     if gateway6 is not None:
         _ensure_gateway6(nl, bridge, gateway6, force_address)
     if not bridge.up or (promisc and not bridge.promisc):
@@ -183,7 +185,8 @@ def _route_msg(dst: IPv4Network | IPv6Network, gw: IPv4Address | IPv6Address, in
 PodRoute = tuple[IPv4Network | IPv6Network, IPv4Address | IPv6Address]
 
 
-def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface, routes: list[PodRoute],
+def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface | None,
+                       routes: list[PodRoute],
                        address6: IPv6Interface | None = None) -> Link:
     """Inside the pod: bring ``ifname`` up with its address (and ``address6`` on a
     dual-stack node: without duplicate address detection, usable at once) and routes
@@ -197,11 +200,10 @@ def configure_pod_link(nl: Rtnl, ifname: str, address: IPv4Interface, routes: li
     dev = get_link(nl, ifname)
     if dev is None:
         raise NetlinkOpError(f"{ifname} is missing from the pod's namespace", errno.ENODEV)
-    requests = [
-        link.set_msg(dev.index, up=True, what=f"bring up {ifname} in the pod"),
-        addr.msg(True, dev.index, address, broadcast=True,
-                 what=f"add {address} to {ifname} in the pod"),
-    ]
+    requests = [link.set_msg(dev.index, up=True, what=f"bring up {ifname} in the pod")]
+    if address is not None:  # None: an IPv6-only pod
+        requests.append(addr.msg(True, dev.index, address, broadcast=True,
+                                 what=f"add {address} to {ifname} in the pod"))
     if address6 is not None:
         requests.append(_addr6_msg(True, dev.index, address6,
                                    f"add {address6} to {ifname} in the pod"))

@@ -89,10 +89,12 @@ def msg(add: bool, dst: IPNetwork, gateway: IPAddress, oif: int, *,
     return Msg(RTM_DELROUTE, 0, body, what)
 
 
-def get_msg(dst: IPv4Address, src: IPv4Address | None = None, iif: int | None = None) -> Msg:
-    """``ip route get dst [from src iif IIF]``: with ``src`` and ``iif`` asked as for a
-    packet arriving on ``iif`` to be forwarded."""
-    body = RTMSG.pack(AF_INET, 32, 32 if src else 0, 0, 0, 0, 0, 0, 0) + attr(RTA_DST, dst.packed)
+def get_msg(dst: IPAddress, src: IPAddress | None = None, iif: int | None = None) -> Msg:
+    """``ip route get dst [from src iif IIF]`` (either family, ``src`` of ``dst``'s): with
+    ``src`` and ``iif`` asked as for a packet arriving on ``iif`` to be forwarded."""
+    family, bits = (AF_INET6, 128) if dst.version == 6 else (AF_INET, 32)
+    body = (RTMSG.pack(family, bits, bits if src else 0, 0, 0, 0, 0, 0, 0)
+            + attr(RTA_DST, dst.packed))
     if src is not None:
         body += attr(RTA_SRC, src.packed)
     if iif is not None:

@@ -133,6 +133,18 @@ def list_namespaces(store: ObjectStore) -> tuple[list[Namespace], list[Rejected]
     return sorted(good, key=lambda n: n.name), bad
 
 
+def implicit_namespaces(store: ObjectStore, created: Iterable[Namespace]) -> list[Namespace]:
+    """The namespaces that exist without an object under ``namespaces/`` (see
+    :func:`namespace_exists`): ``default`` and those holding a pod of the registry, each
+    with only its automatic label, as the policy agent judges them."""
+    from overlay.cluster.pods import decodable_records, list_pod_kvs
+
+    kvs, _ = list_pod_kvs(store)
+    names = {DEFAULT_NAMESPACE} | {r.namespace for _, r in decodable_records(kvs)}
+    names -= {n.name for n in created}
+    return [new_namespace(n) for n in sorted(names) if not keys.dns_label_problem(n)]
+
+
 def list_policies(store: ObjectStore, namespace: str | None = None
                   ) -> tuple[list[NetworkPolicy], list[Rejected]]:
     good, bad = _list_judged(store, keys.policies_prefix(store.prefix, namespace),

@@ -26,6 +26,10 @@ has one it must not have (IPv6 off, or no PublicIPv6 any more) is re-keyed in ON
 transaction (``Registry.rekey_lease``), so peers see one change of the same lease.
 No free IPv6 subnet, or no PublicIPv6: the node takes an IPv4-only key and says why.
 
+IPv6-only (``EnableIPv4: false``): the config's primary family is IPv6, so all of the
+above runs unchanged on IPv6 subnets (``<prefix>/subnets/fd00:10:244:1::-64``), public
+IPs and VTEP MACs; there is no second half to pair.
+
 A key holding garbage is never chosen (it exists, so creating it would always lose).
 A lost race (``LeaseExists`` / ``LeaseConflict``) is retried with a fresh read, up to
 ``max_attempts``; it is never an exit.  Reservations belonging to other public IPs are
@@ -41,13 +45,14 @@ import time
 from collections.abc import Callable, Iterable, Set as AbstractSet
 from dataclasses import replace
 from datetime import UTC, datetime
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv6Network
 from typing import TYPE_CHECKING
 
 from overlay.config import NetworkConfig
 from overlay.errors import LeaseConflict, LeaseExists, NoFreeSubnet, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
+    IPNetwork,
     Lease,
     LeaseAttrs,
     LeaseBatch,
@@ -80,7 +85,7 @@ OnRejected = Callable[[list[Rejection], list[str], bool], None]
 class SubnetManager:
     def __init__(self, registry: Registry, config: NetworkConfig, attrs: LeaseAttrs, *,
                  ttl: int = DEFAULT_TTL, renew_margin: int = DEFAULT_RENEW_MARGIN,
-                 previous_subnet: IPv4Network | None = None,
+                 previous_subnet: IPNetwork | None = None,
                  rng: random.Random | None = None, max_attempts: int = 20,
                  spread: int = DEFAULT_SPREAD, check_interval: float = 300.0,
                  previous_ipv6_subnet: IPv6Network | None = None):
@@ -108,7 +113,7 @@ class SubnetManager:
         self._renew_deadline: tuple[object, float] = (None, 0.0)
         # The IPv6 halves logged as unused, so each (key, reason) is logged once; the
         # daemon counts them (``on_ipv6_rejected``) beside the rejected keys.
-        self._v6_logged: dict[IPv4Network, tuple[str, str]] = {}
+        self._v6_logged: dict[IPNetwork, tuple[str, str]] = {}
         self.on_ipv6_rejected: Callable[[Rejection], None] | None = None
 
     @property
@@ -138,7 +143,7 @@ class SubnetManager:
                 _emit(view.set_rules(rules), on_batch)
                 self._report(view, [], [], False, on_rejected)
 
-    def own_subnet(self) -> IPv4Network | None:
+    def own_subnet(self) -> IPNetwork | None:
         lease = self.current
         return lease.subnet if lease else None
 
@@ -213,7 +218,7 @@ class SubnetManager:
                 and self.config.in_range(lease.subnet))
 
     def _try_acquire(self, leases: list[Lease], spread: int,
-                     unusable: AbstractSet[IPv4Network] = frozenset()) -> Lease:
+                     unusable: AbstractSet[IPNetwork] = frozenset()) -> Lease:
         mine = self._mine(leases)
         if mine:
             mine.sort(key=lambda candidate: (candidate.subnet != self.previous_subnet,
@@ -244,14 +249,16 @@ class SubnetManager:
 
     @property
     def wants_ipv6(self) -> bool:
-        return self.config.enable_ipv6 and self.attrs.public_ipv6 is not None
+        """A second (IPv6) half to take: dual-stack only (IPv6-only leases are keyed by
+        their IPv6 subnet, so they have no half)."""
+        return self.config.dual_stack and self.attrs.public_ipv6 is not None
 
-    def _pick_ipv6(self, subnet: IPv4Network, leases: list[Lease],
+    def _pick_ipv6(self, subnet: IPNetwork, leases: list[Lease],
                    current: IPv6Network | None = None) -> IPv6Network | None:
         """The IPv6 subnet to pair with ``subnet`` (see the module doc); None when this
         node has no IPv6 half to take."""
         if not self.wants_ipv6:
-            if self.config.enable_ipv6:
+            if self.config.dual_stack:
                 log.warning("IPv6 is enabled but this node has no IPv6 public address "
                             "(--public-ipv6): taking %s for IPv4 only", subnet)
             return None
@@ -334,7 +341,7 @@ class SubnetManager:
                  self.attrs.public_ip, self.ttl)
         return new
 
-    def _lowest_free(self, taken: set[IPv4Network], spread: int) -> list[IPv4Network]:
+    def _lowest_free(self, taken: set[IPNetwork], spread: int) -> list[IPNetwork]:
         out = []
         for subnet in self.config.iter_subnets():
             if subnet not in taken:
@@ -475,7 +482,7 @@ class SubnetManager:
                             f"{ev.lease.attrs.public_ip}")
                 self.lost.set()
 
-    def run_watch(self, own: Callable[[], IPv4Network | None], stop: threading.Event,
+    def run_watch(self, own: Callable[[], IPNetwork | None], stop: threading.Event,
                   on_batch: Callable[[LeaseBatch], None],
                   on_snapshot: Callable[[list[Lease]], None] | None = None,
                   on_rejected: OnRejected | None = None) -> None:

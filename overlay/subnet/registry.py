@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv6Network
 from typing import Any, Protocol, TypeVar
 
 from overlay.config import NetworkConfig, parse_network_config
@@ -45,6 +45,7 @@ from overlay.errors import (
 )
 from overlay.lease import (
     EventType,
+    IPNetwork,
     Lease,
     LeaseAttrs,
     LeaseEvent,
@@ -115,8 +116,8 @@ class Registry(Protocol):
                      ) -> Iterator[tuple[bytes | None, int]]: ...
     def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
     def list_subnets(self, with_expiration: bool = True) -> LeaseListing: ...
-    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+    def get_lease(self, subnet: IPNetwork) -> Lease | None: ...
+    def create_lease(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None,
                      ipv6_subnet: IPv6Network | None = None) -> Lease: ...
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
     def rekey_lease(self, old: Lease, ipv6_subnet: IPv6Network | None,
@@ -226,10 +227,10 @@ class EtcdRegistry:
 
     # -- leases ---------------------------------------------------------------------
 
-    def key_for(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+    def key_for(self, subnet: IPNetwork, ipv6_subnet: IPv6Network | None = None) -> str:
         return self.subnets_prefix + subnet_to_key(subnet, ipv6_subnet)
 
-    def _kv_of(self, c: EtcdAPI, subnet: IPv4Network) -> Any:
+    def _kv_of(self, c: EtcdAPI, subnet: IPNetwork) -> Any:
         """The key/value holding ``subnet`` in either form (``X`` or ``X&<IPv6>``), or
         None; of two such keys the one created first (the rule's holder)."""
         found = []
@@ -238,7 +239,7 @@ class EtcdRegistry:
                 name = key_to_name(kv.key.decode(), self.subnets_prefix)
             except (ValueError, UnicodeDecodeError):
                 continue  # e.g. 10.244.1.0-240: not a key of this subnet
-            if name.ipv4 == subnet:
+            if name.subnet == subnet:
                 found.append(kv)
         return min(found, key=lambda kv: (kv.create_revision, kv.key), default=None)
 
@@ -260,7 +261,7 @@ class EtcdRegistry:
             return Rejection(kv.key.decode("utf-8", "surrogateescape"), reason, detail,
                              int(kv.mod_revision), subnet)
         name, attrs = parsed
-        return Lease(subnet=name.ipv4, attrs=attrs, expiration=expiration,
+        return Lease(subnet=name.subnet, attrs=attrs, expiration=expiration,
                      etcd_lease_id=kv.lease, mod_revision=kv.mod_revision, ttl=ttl,
                      create_revision=kv.create_revision, ipv6_subnet=name.ipv6)
 
@@ -315,14 +316,14 @@ class EtcdRegistry:
             return LeaseListing(leases, rejected, revision)
         return self.etcd.call("listing leases", op)
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | Rejection | None:
+    def get_subnet(self, subnet: IPNetwork) -> Lease | Rejection | None:
         """What the key of ``subnet`` holds: a lease, why it is not one, or nothing."""
         def op(c: EtcdAPI) -> Lease | Rejection | None:
             kv = self._kv_of(c, subnet)
             return self._judged_with_expiry(c, kv) if kv is not None else None
         return self.etcd.call(f"reading the lease of {subnet}", op)
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+    def get_lease(self, subnet: IPNetwork) -> Lease | None:
         def op(c: EtcdAPI) -> Lease | None:
             kv = self._kv_of(c, subnet)
             return self._with_expiry(c, kv) if kv is not None else None
@@ -369,7 +370,7 @@ class EtcdRegistry:
             return resp.succeeded, resp.revision, (kvs[0] if kvs else None)
         return self.etcd.call(what, op)
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+    def create_lease(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None,
                      ipv6_subnet: IPv6Network | None = None) -> Lease:
         """Create the lease only if the key is absent (one txn).  ``ttl`` None: a reservation.
         With ``ipv6_subnet`` the key is the dual-stack one.
@@ -478,7 +479,7 @@ class EtcdRegistry:
                      kv.mod_revision, granted or remaining, kv.create_revision,
                      lease.ipv6_subnet)
 
-    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None,
+    def delete_lease(self, subnet: IPNetwork, expect_revision: int | None = None,
                      ipv6_subnet: IPv6Network | None = None) -> bool:
         """Delete a lease or reservation; with ``expect_revision`` only if unchanged.
 
@@ -613,7 +614,7 @@ class EtcdRegistry:
             return kv.key.decode("utf-8", "surrogateescape")
         prev = self._lease_from_kv(ev.prev_kv) if ev.prev_kv is not None else None
         # The key's IPv6 half names which of two keys with one IPv4 subnet went away.
-        lease = Lease(name.ipv4, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
+        lease = Lease(name.subnet, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
                       etcd_lease_id=prev.etcd_lease_id if prev else 0,
                       mod_revision=kv.mod_revision, ipv6_subnet=name.ipv6)
         return LeaseEvent(EventType.REMOVED, lease, kv.mod_revision)
@@ -778,7 +779,7 @@ class _WatchStream:
 
 @functools.lru_cache(maxsize=CACHED_VALUES)
 def _parse_kv(prefix: str, key: bytes, value: bytes
-              ) -> tuple[SubnetKeyName, LeaseAttrs] | tuple[str, str, IPv4Network | None]:
+              ) -> tuple[SubnetKeyName, LeaseAttrs] | tuple[str, str, IPNetwork | None]:
     """``decode_kv``, cached: every listing re-reads every lease, and most of them have
     not changed (a daemon lists twice as it starts: to acquire, then to watch).
     Each entry pins the raw key and value, and an LRU smaller than a listing misses

@@ -11,12 +11,12 @@ reserve|release`` parses and prints; this decides.
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv6Network
 from typing import Protocol
 
 from overlay.config import NetworkConfig
 from overlay.errors import ConfigError, LeaseExists, LeaseNotFound
-from overlay.lease import Lease, LeaseAttrs
+from overlay.lease import IPAddress, IPNetwork, Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,16 @@ class ReservationStore(Protocol):
     """The registry methods reservations need (``EtcdRegistry``; ``tests.fakes.FakeRegistry``)."""
 
     def get_config(self) -> NetworkConfig: ...
-    def get_lease(self, subnet: IPv4Network) -> Lease | None: ...
+    def get_lease(self, subnet: IPNetwork) -> Lease | None: ...
     def list_leases(self, with_expiration: bool = True) -> tuple[list[Lease], int]: ...
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+    def create_lease(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None,
                      ipv6_subnet: IPv6Network | None = None) -> Lease: ...
     def update_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease: ...
-    def delete_lease(self, subnet: IPv4Network, expect_revision: int | None = None,
+    def delete_lease(self, subnet: IPNetwork, expect_revision: int | None = None,
                      ipv6_subnet: IPv6Network | None = None) -> bool: ...
 
 
-def reserve(store: ReservationStore, subnet: IPv4Network, public_ip: IPv4Address,
+def reserve(store: ReservationStore, subnet: IPNetwork, public_ip: IPAddress,
             vtep_mac: str | None = None) -> Lease:
     """Reserve ``subnet`` for the node ``public_ip``; its own lease becomes the
     reservation (keeping its VTEP MAC unless one is given)."""
@@ -42,6 +42,10 @@ def reserve(store: ReservationStore, subnet: IPv4Network, public_ip: IPv4Address
     if not cfg.in_range(subnet):
         raise ConfigError(f"{subnet} is not a subnet of the network's range "
                           f"{cfg.describe_range()}")
+    if public_ip.version != subnet.version:  # an IPv6-only network's nodes: IPv6 only
+        raise ConfigError(f"--public-ip {public_ip} is IPv{public_ip.version} but the "
+                          f"subnet {subnet} is IPv{subnet.version}; give the node's "
+                          f"IPv{subnet.version} underlay address")
     _refuse_second_subnet(store, subnet, public_ip)
     attrs = LeaseAttrs(public_ip, vni=cfg.backend.vni, vtep_mac=vtep_mac)
     existing = store.get_lease(subnet)
@@ -57,15 +61,15 @@ def reserve(store: ReservationStore, subnet: IPv4Network, public_ip: IPv4Address
     return lease
 
 
-def _refuse_second_subnet(store: ReservationStore, subnet: IPv4Network,
-                          public_ip: IPv4Address) -> None:
+def _refuse_second_subnet(store: ReservationStore, subnet: IPNetwork,
+                          public_ip: IPAddress) -> None:
     """A node holding another subnet would get two: refuse, naming what it holds.
 
     Flannel's documented conversion is the node's *own* subnet losing its TTL (which
     ``reserve`` does for that subnet); moving a node to another subnet is two steps the
     operator takes knowingly: release the old one, then reserve."""
     leases, _ = store.list_leases(with_expiration=False)
-    for held in sorted(leases, key=lambda lease: lease.subnet):
+    for held in sorted(leases, key=lambda x: (x.subnet.version, x.subnet)):
         if held.attrs.public_ip == public_ip and held.subnet != subnet:
             what = "a reservation" if held.reserved else "a live lease"
             lease_id = f", etcd lease {held.etcd_lease_id:x}" if held.etcd_lease_id else ""
@@ -76,7 +80,7 @@ def _refuse_second_subnet(store: ReservationStore, subnet: IPv4Network,
                 f"{held.subnet} --yes`)")
 
 
-def release(store: ReservationStore, subnet: IPv4Network) -> None:
+def release(store: ReservationStore, subnet: IPNetwork) -> None:
     """Delete the lease or reservation of ``subnet`` (its holder, if running, re-acquires)."""
     if not store.delete_lease(subnet):
         raise LeaseNotFound(f"no lease or reservation for {subnet} "

@@ -257,9 +257,14 @@ class VXLANDevice:
         """MTU and MAC can change without a new device; then bring it up."""
         mtu = self.spec.mtu if dev.mtu != self.spec.mtu else None
         mac = self.spec.mac if (dev.mac or "") != self.spec.mac else None
+        if mtu is not None:
+            # e.g. an upgrade that reads Backend.MTU as the outer MTU: pods attached
+            # before keep their own MTU until they are re-created
+            log.info("VXLAN device %s: MTU %d -> %d (pods attached before keep their MTU "
+                     "until re-created)", self.spec.name, dev.mtu, mtu)
+        if mac is not None:
+            log.info("VXLAN device %s: setting MAC %s", self.spec.name, mac)
         if mtu is not None or mac is not None:
-            log.info("VXLAN device %s: setting%s%s", self.spec.name,
-                     f" MTU {mtu}" if mtu else "", f" MAC {mac}" if mac else "")
             _run(self.raw, link.set_msg(dev.index, mtu=mtu, mac=mac), f"set {self.spec.name}")
         if not dev.up:
             _run(self.raw, link.set_msg(dev.index, up=True), f"set {self.spec.name} up")

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
-from overlay.config import VXLAN_OVERHEAD, VXLAN_OVERHEAD_V6, NetworkConfig
+from overlay.config import NetworkConfig
 from overlay.errors import ConfigError, OverlayError
 from overlay.lease import Lease, LeaseAttrs
-from overlay.netlink.addr import Addr, dump as dump_addrs
+from overlay.netlink.addr import Addr, Addr6, dump as dump_addrs, dump6 as dump_addrs6
 from overlay.netlink.link import Link, dump as dump_links
 from overlay.vxlan.backend import BackendSettings, VXLANBackend
 from overlay.vxlan.device import (
@@ -122,6 +122,8 @@ def _repair(device: VXLANDevice, underlay_index: int) -> None:
 
 def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
     """Underlay, VTEP MAC, the device (created or kept) and the backend."""
+    if config.ipv6_only:
+        return setup_ipv6_only(config, opts)
     vni = config.backend.vni
     name = opts.vxlan_device or f"overlay.{vni}"
     nl = open_netlink()
@@ -134,7 +136,7 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
         nl.close()
     if clash:  # before anything in the kernel changes
         raise ConfigError(clash)
-    mtu = config.backend.mtu or underlay.mtu - VXLAN_OVERHEAD
+    mtu = _device_mtu(config, underlay.name, underlay.mtu, 4)
     mac = load_or_create_vtep_mac(opts.state_dir, name, adopt=existing)
     public_ip = opts.public_ip or underlay.address.ip
     log.info("underlay %s (public IP %s, MTU %d); VXLAN device %s VNI %d port %d MTU %d "
@@ -155,13 +157,39 @@ def setup_data_plane(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
                      min(mtu, v6.mtu), attrs, v6)
 
 
-def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str) -> V6Plane | None:
+def setup_ipv6_only(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
+    """IPv6-only (``EnableIPv4: false``): ``overlay-v6.<VNI>`` is the node's one device
+    (no IPv4 device), its backend a plain one fed whole leases (an IPv6-only lease is a
+    one-family lease, like an IPv4 one), the lease's attributes its PublicIPv6 and MAC.
+    The underlay is ``--iface`` (a name) or the link holding ``--public-ipv6``."""
+    if not opts.iface and opts.public_ipv6 is None:
+        raise ConfigError("an IPv6-only network (EnableIPv4 false) needs --iface or "
+                          "--public-ipv6 to find this node's IPv6 underlay")
+    nl = open_netlink()
+    try:
+        links = dump_links(nl)
+        clash = connected_overlap(config, links, [*dump_addrs(nl), *dump_addrs6(nl)],
+                                  opts.vxlan_device or f"overlay-v6.{config.backend.vni}")
+    finally:
+        nl.close()
+    if clash:  # before anything in the kernel changes
+        raise ConfigError(clash)
+    v6 = setup_v6(config, opts, opts.iface or "", opts.vxlan_device)
+    if v6 is None:
+        raise ConfigError("an IPv6-only network needs an IPv6 underlay address on this node "
+                          "(see the warning above): give the underlay one, or --public-ipv6")
+    attrs = LeaseAttrs(v6.public_ip, "vxlan", config.backend.vni, v6.device.spec.mac)
+    return DataPlane(v6.device, v6.backend, v6.underlay_name, v6.mtu, attrs)
+
+
+def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str,
+             name: str = "") -> V6Plane | None:
     """``overlay-v6.<VNI>`` over the IPv6 underlay (the IPv4 underlay's link unless
-    ``--public-ipv6`` names another's address), its persisted VTEP MAC, MTU = the IPv6
-    underlay's (or Backend.MTU, the outer MTU) - 70; None, said once, when the node has
+    ``--public-ipv6`` names another's address), its persisted VTEP MAC, MTU = the outer
+    MTU (Backend.MTU, else the IPv6 underlay's) - 70; None, said once, when the node has
     no IPv6 underlay: IPv4 keeps working and the lease has no IPv6 half."""
     vni = config.backend.vni
-    name = f"overlay-v6.{vni}"
+    name = name or f"overlay-v6.{vni}"
     nl = open_netlink()
     try:
         underlay = find_underlay6(nl, ipv4_underlay, opts.public_ipv6)
@@ -172,7 +200,7 @@ def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str) -> V6
         log.warning("IPv6 is off on this node: %s; IPv4 pod traffic is unaffected and this "
                     "node's lease has no IPv6 half", underlay)
         return None
-    mtu = (config.backend.mtu or underlay.mtu) - VXLAN_OVERHEAD_V6
+    mtu = _device_mtu(config, underlay.name, underlay.mtu, 6)
     mac = load_or_create_vtep_mac(opts.state_dir, name, adopt=existing)
     public_ipv6 = opts.public_ipv6 or underlay.address.ip
     log.info("IPv6 underlay %s (public IPv6 %s, MTU %d); VXLAN device %s VNI %d port %d "
@@ -188,6 +216,17 @@ def setup_v6(config: NetworkConfig, opts: NodeOptions, ipv4_underlay: str) -> V6
     return V6Plane(device, backend, underlay.name, mtu, public_ipv6)
 
 
+def _device_mtu(config: NetworkConfig, underlay: str, underlay_mtu: int, version: int) -> int:
+    """The family's device MTU (``BackendConfig.device_mtu``: Backend.MTU is the outer
+    MTU); a Backend.MTU the underlay cannot carry is said, and the underlay's used."""
+    wanted = config.backend.mtu
+    if wanted is not None and wanted > underlay_mtu:
+        log.warning("Backend.MTU %d is more than the IPv%d underlay %s carries (MTU %d): "
+                    "using %d as the outer MTU", wanted, version, underlay, underlay_mtu,
+                    underlay_mtu)
+    return config.backend.device_mtu(underlay_mtu, version)
+
+
 def _warn_forwarding_off() -> None:
     """IPv6 forwarding is the node's setting (turning it on changes how every interface
     treats router advertisements): said, not changed."""
@@ -201,8 +240,8 @@ def _warn_forwarding_off() -> None:
                     "IPv6 traffic (sysctl -w net.ipv6.conf.all.forwarding=1)")
 
 
-def connected_overlap(config: NetworkConfig, links: Sequence[Link], addrs: Sequence[Addr],
-                      device: str) -> str | None:
+def connected_overlap(config: NetworkConfig, links: Sequence[Link],
+                      addrs: Sequence[Addr | Addr6], device: str) -> str | None:
     """Why ``config.network`` cannot be this node's pod network, or None: it overlaps a
     network the node is connected to (pod CIDRs must not overlap node CIDRs, or the
     node's own traffic would be routed into VXLAN).  Our own addresses are exempt: the
@@ -215,11 +254,13 @@ def connected_overlap(config: NetworkConfig, links: Sequence[Link], addrs: Seque
         iface = a.interface
         name, kind = kinds.get(a.index, (f"#{a.index}", ""))
         connected = iface.network
-        if connected.is_loopback or not connected.overlaps(net):
+        if (connected.version != net.version or connected.is_loopback
+                or connected.is_link_local or not connected.overlaps(net)):
             continue
-        if name == device or (kind == "vxlan" and connected.subnet_of(net)):
+        inside = connected.prefixlen >= net.prefixlen  # it overlaps: so it lies inside
+        if name == device or (kind == "vxlan" and inside):
             continue
-        if (kind == "bridge" and connected.subnet_of(net) and connected != net
+        if (kind == "bridge" and inside and connected != net
                 and iface.ip == connected.network_address + 1):
             continue
         return (f"Network {net} overlaps {connected}, a network this node is connected to "

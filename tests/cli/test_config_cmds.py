@@ -55,3 +55,21 @@ def test_help_states_the_ipv6_subnet_len_rule():
     text = " ".join(r.output.split())
     assert "--ipv6-network CIDR" in text
     assert "[default: 64 for a /62 or larger network, else the network's prefix + 2]" in text
+
+
+def test_ipv6_network_alone_makes_an_ipv6_only_config():
+    cfg = build_config(None, None, None, None, None, "fd00:10:244::/56", 64)
+    assert cfg.ipv6_only and cfg.to_dict()["EnableIPv4"] is False
+    assert "Network" not in cfg.to_dict() and str(cfg.network) == "fd00:10:244::/56"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--subnet-len", "24", "--ipv6-network", "fd00::/56"], ["--subnet-len is IPv4's"]),
+    ([], ["--ipv6-network CIDR alone (IPv6-only)"]),
+])
+def test_bad_ipv6_only_flags_are_one_line_and_write_nothing(args, words):
+    r = CliRunner().invoke(cli, ["--etcd-endpoints", "http://127.0.0.1:9",
+                                 "config", "set", *args])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    for w in words:
+        assert w in r.output, r.output

@@ -58,7 +58,8 @@ def mutate(**changes):
     (mutate(name="web-2"), pods.PodReason.NAME_MISMATCH),
     (mutate(ips=[]), pods.PodReason.BAD_VALUE),
     (mutate(ips=["10.244.1.5", "10.244.1.5"]), pods.PodReason.BAD_VALUE),
-    (mutate(ips=["fd00::1"]), pods.PodReason.BAD_VALUE),
+    (mutate(ips=["fd00::1"]), pods.PodReason.IP_OUTSIDE_SUBNET),  # IPv6-only shape, no lease
+    (mutate(ips=["fd00::1", "10.244.1.5"]), pods.PodReason.BAD_VALUE),  # IPv4 comes first
     (mutate(node="Node1"), pods.PodReason.BAD_VALUE),
     (mutate(containerID="a b"), pods.PodReason.BAD_VALUE),
     (mutate(labels={"app": {"value": "bad value", "source": "cni"}}), pods.PodReason.BAD_VALUE),

@@ -46,7 +46,7 @@ def test_an_ipv6_address_on_a_node_without_an_ipv6_half_is_rejected():
 
 
 @pytest.mark.parametrize("ips", [
-    ["fd00:10:244:1::5"],                       # the IPv4 address comes first
+    ["fd00:10:244:1::5", "10.244.1.5"],         # the IPv4 address comes first
     ["10.244.1.5", "FD00:10:244:1::5"],         # one spelling: RFC 5952
     ["10.244.1.5", "fd00:10:244:1:0:0:0:5"],
     ["10.244.1.5", "fd00:10:244:1::5%eth0"],

@@ -73,3 +73,20 @@ def test_unenforced_add_says_try_again_while_policies_are_in_force(tmp_path, mon
     with pytest.raises(CNIError) as e:
         commands.UNENFORCED_HANDLERS["ADD"](req)
     assert e.value.code == CNIError.TRY_AGAIN and len(added) == 1
+
+
+def test_an_ipv6_only_node_has_one_ipv6_range_numbered_0_and_ipv6_routes(tmp_path):
+    from ipaddress import IPv6Address, IPv6Network
+
+    from overlay.cni.netconf import parse_netconf
+    conf = parse_netconf({"name": "ovcni-v6o", "type": "overlay", "isDefaultGateway": True,
+                          "ipv6Subnet": "fd00:87:0:5::/64", "ipv6Network": "fd00:87::/56",
+                          "dataDir": str(tmp_path)}, "1.1.0")
+    node = conf.load_node_subnet()
+    assert (node.subnet, node.gateway, node.network, node.gateway_interface) == (
+        None, None, None, None)
+    assert node.ipv6_gateway == IPv6Address("fd00:87:0:5::1")
+    [only] = commands.allocators(ipam.DiskStore(str(tmp_path), "ovcni-v6o"), node)
+    assert (only.subnet, only.range_id) == (IPv6Network("fd00:87:0:5::/64"), 0)
+    assert [(str(d), str(g)) for d, g in commands.pod_routes(conf, node)] == [
+        ("::/0", "fd00:87:0:5::1"), ("fd00:87::/56", "fd00:87:0:5::1")]

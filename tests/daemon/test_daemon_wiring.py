@@ -105,9 +105,16 @@ class FakeBackend:
 
 class FakeMasq:
     enabled = False
+    network6 = subnet6 = None
+
+    def __init__(self, network=None):
+        self.network = network
 
     def update(self, subnet):
         self.subnet = subnet
+
+    def set_ipv6(self, network, subnet):
+        self.network6, self.subnet6 = network, subnet
 
 
 class FakeManager:
@@ -121,24 +128,24 @@ class FakeManager:
         return self.current
 
 
-def wired_daemon(tmp_path, subnet_file, lease=None, watch_health=None):
+def wired_daemon(tmp_path, subnet_file, lease=None, watch_health=None, registry=None):
     """A daemon brought up through its constructor's collaborators: a fake registry,
     data plane, manager and masquerade; holding ``lease`` (10.244.3.0/24 by default)."""
     lease = lease or lease_of(3)
     # The fakes have only what the daemon uses of the real parts (duck typing), so mypy
     # does not take them for those; each ignore below is one fake standing in.
     plane = DataPlane(FakeDevice(), FakeBackend(),  # type: ignore[arg-type]
-                      "eth0", 1450, LeaseAttrs(IPv4Address("192.168.1.11")))
+                      "eth0", 1450, LeaseAttrs(lease.attrs.public_ip))
 
     def make_masquerade(network, subnet, enabled) -> Masquerade:
-        return FakeMasq()  # type: ignore[return-value]
+        return FakeMasq(network)  # type: ignore[return-value]
     d = Daemon(parse_settings(["--subnet-file", str(subnet_file)], environ={}),
                setup_data_plane=lambda config: plane,
                make_manager=lambda registry, *a, **kw: (  # type: ignore[arg-type]
                    FakeManager(lease, registry)),
                make_masquerade=make_masquerade,
                watch_health=watch_health)
-    assert d.bring_up(FakeRegistry()) == lease
+    assert d.bring_up(registry or FakeRegistry()) == lease
     return d
 
 
@@ -519,3 +526,24 @@ def test_the_runtime_file_is_written_before_etcd_is_reached(tmp_path):
     assert d.run() == 0
     info = load_runtime_file(str(path))
     assert info.node_name == "n1" and info.vxlan_device is None  # no data plane yet
+
+
+def test_an_ipv6_only_lease_writes_the_ipv6_pair_and_no_ipv4_masquerade(tmp_path):
+    from ipaddress import IPv6Address, IPv6Network
+
+    from overlay.config import parse_network_config
+    reg = FakeRegistry()
+    reg.config = parse_network_config({"EnableIPv4": False, "EnableIPv6": True,
+                                       "IPv6Network": "fd00:10:244::/56"}).to_json().encode()
+    lease = Lease(IPv6Network("fd00:10:244:3::/64"), LeaseAttrs(IPv6Address("fd00:192:168:1::13")),
+                  etcd_lease_id=0x13)
+    env = tmp_path / "subnet.env"
+    d = wired_daemon(tmp_path, env, lease, registry=reg)
+    assert env.read_text() == ("OVERLAY_IPV6_NETWORK=fd00:10:244::/56\n"
+                               "OVERLAY_IPV6_SUBNET=fd00:10:244:3::1/64\n"
+                               "OVERLAY_MTU=1450\nOVERLAY_IPMASQ=false\n")
+    assert [str(a) for a in d.device.addrs] == ["fd00:10:244:3::/128"]
+    assert d.masq.network is None and d.masq.subnet is None  # no IPv4 masquerade
+    assert (d.masq.network6, d.masq.subnet6) == (IPv6Network("fd00:10:244::/56"), lease.subnet)
+    # a restart finds its previous subnet in the IPv6 pair
+    assert d._previous_subnet(d.config) == lease.subnet

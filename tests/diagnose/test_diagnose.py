@@ -524,13 +524,16 @@ def test_cni_dir_and_reservations(tmp_path):
     ipam.mkdir()
     (ipam / "10.244.1.2").write_text("abc\r\neth0")
     (ipam / "10.244.1.10").write_text("def\r\neth1")
+    (ipam / "fd00:10:244:1::2").write_text("abc\r\neth0")
     (ipam / "last_reserved_ip.0").write_text("10.244.1.2")
     (ipam / "lock").write_text("")
-    res = ga.read_reservations(str(tmp_path), "overlay")
+    res, res6 = ga.read_reservations(str(tmp_path), "overlay")
     assert [(str(r.ip), r.container_id, r.ifname, r.path) for r in res] == [
         ("10.244.1.2", "abc", "eth0", str(ipam / "10.244.1.2")),
         ("10.244.1.10", "def", "eth1", str(ipam / "10.244.1.10"))]
-    assert ga.read_reservations(str(tmp_path), "absent") == []
+    assert [(str(r.ip), r.container_id, r.ifname, r.path) for r in res6] == [
+        ("fd00:10:244:1::2", "abc", "eth0", str(ipam / "fd00:10:244:1::2"))]
+    assert ga.read_reservations(str(tmp_path), "absent") == ([], [])
     bins = tmp_path / "bin"
     bins.mkdir()
     (bins / "overlay").write_text("#!/bin/sh\n")
@@ -1014,7 +1017,8 @@ IO_MODULES = ("os", "io", "socket", "subprocess", "urllib", "http", "shutil", "s
               "overlay.diagnose.probe", "overlay.diagnose.firewall", "overlay.diagnose.trace")
 PURE_MODULES = ("overlay.diagnose.state", "overlay.lease", "overlay.config",
                 "overlay.vxlan.entries", "overlay.util.text")
-PURE_FUNCTIONS = {"protocol_name"}  # a table lookup in the netlink codec
+# a table lookup in the netlink codec; the plugin's naming rule for a pod's host veth
+PURE_FUNCTIONS = {"protocol_name", "host_veth_name"}
 
 
 def test_checks_import_nothing_that_does_io():
@@ -1059,7 +1063,7 @@ def test_checks_run_with_every_read_and_process_forbidden(monkeypatch):
         monkeypatch.setattr(mod, name, forbidden)
     for n, c in states:
         report = dg.run_checks(n, c, OPTS, "http://127.0.0.1:2379")
-        assert len(report.checks) == 22
+        assert len(report.checks) == 23
 
 
 # ---- one rule: diagnose expects exactly what the backend programs --------------------------
@@ -1223,3 +1227,34 @@ def test_lease_times_are_rfc3339_whole_seconds():
         + cluster.leases[1:]
     checks, _ = statuses(node, cluster)
     assert "expired at 2025-12-31T23:59:59Z" in checks["lease"].found, checks["lease"].found
+
+
+def test_backend_mtu_is_the_outer_mtu_and_a_device_at_the_old_meaning_fails():
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16",
+                                           "Backend": {"MTU": 1400}})
+    # overlayd before Backend.MTU became the outer MTU set the device to 1400 itself
+    links = [link._replace(mtu=1400) if link.index in (VX, BR, POD) else link
+             for link in node.kernel.links]
+    node.subnet_env = node.subnet_env._replace(mtu=1400)
+    c = only_failure(kernel_without(node, links=links), cluster, "mtu")
+    assert "overlay.1 MTU 1350 ((Backend.MTU 1400, at most underlay eth0 1500) - 50)" \
+        in c.expected
+    assert "overlay.1 MTU 1400 != 1350" in c.found and "OVERLAY_MTU 1400 != 1350" in c.found
+    assert "pod veth(s) veth1234 1400 > 1350" in c.found
+    assert c.fix.startswith("ip link set overlay.1 mtu 1350")
+    # after the upgrade: the device and subnet.env at 1350, an old pod still at 1400
+    links = [link._replace(mtu=1350) if link.index in (VX, BR) else link for link in links]
+    node.subnet_env = node.subnet_env._replace(mtu=1350)
+    c = only_failure(kernel_without(node, links=links), cluster, "mtu")
+    assert c.found.endswith("pod veth(s) veth1234 1400 > 1350")
+    assert "recreate the pods on cni0" in c.fix
+
+
+def test_backend_mtu_above_the_underlays_expects_the_underlays():
+    node, cluster = healthy()
+    cluster.config = parse_network_config({"Network": "10.244.0.0/16",
+                                           "Backend": {"MTU": 9000}})
+    checks, _ = statuses(node, cluster)
+    assert checks["mtu"].status == st.PASS, checks["mtu"].found
+    assert "overlay.1 MTU 1450" in checks["mtu"].expected

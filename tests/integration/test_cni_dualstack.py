@@ -6,13 +6,16 @@ own, through the warm server and the in-process fallback."""
 
 import json
 import os
+import shlex
+import subprocess
+import sys
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 import pytest
 
 from overlay.subnetenv import SubnetEnv, write_subnet_env
 
-from .support.cni_node import CNINode, sh
+from .support.cni_node import CNINode, addrs6, sh, store_files
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +35,6 @@ def node(request, tmp_path):
 
 def dual(node, **overrides):
     return node.conf(ipv6Subnet=V6_SUBNET, ipv6Network=V6_NETWORK, **overrides)
-
-
-def store_files(node):
-    d = os.path.join(node.data_dir, f"ovcni-{node.tag}")
-    return sorted(n for n in os.listdir(d) if n not in ("lock", "pods")) if os.path.isdir(d) else []
-
-
-def addrs6(node, ns, dev):
-    """(address/prefix, flags) of ``dev``'s global IPv6 addresses in ``ns``."""
-    return [(f"{a['local']}/{a['prefixlen']}",
-             {k for k in ("tentative", "dadfailed", "nodad") if a.get(k)})
-            for i in node.ip(ns, "-6", "addr", "show", "dev", dev) for a in i["addr_info"]
-            if a.get("scope") == "global"]
 
 
 def sysctl(ns, key):
@@ -200,3 +190,91 @@ def test_subnet_env_ipv6_half_makes_the_pod_dual_stack(node):
     assert status.code == 51 and "fd00:89:0:5::1/64" in status.doc["msg"], status
     check = node.cni("CHECK", "senv6", pod, conf=dict(conf, prevResult=doc))
     assert check.code == 103 and "lacks gateway fd00:89:0:5::1/64" in check.doc["msg"], check
+
+
+# --- ipMasq for IPv6 ----------------------------------------------------------------------
+
+OUT6 = "fd00:99::2"  # an address outside the cluster's IPv6 network
+REMOTE_POD6 = "fd00:88:0:2::2"  # inside V6_NETWORK, on another "node"
+
+
+def nat_rules(node, tool):
+    return sh("ip", "netns", "exec", node.name, tool, "-w", "-t", "nat", "-S").stdout
+
+
+def outside_world(node):
+    """A namespace beyond the node: an address outside V6_NETWORK (fd00:99::2) and one of
+    a remote pod inside it (fd00:88:0:2::2), both routed back only to the node's side of
+    the link, so a reply reaches the pod's own address only if the node routes it."""
+    ns = f"ovcni-out-{node.tag}"
+    sh("ip", "netns", "add", ns)
+    node.pods.append(ns)  # removed with the pods
+    sh("ip", "-n", node.name, "link", "add", "ovout", "type", "veth", "peer", "name", "ovin",
+       "netns", ns)
+    for where, dev, addrs in ((node.name, "ovout", ("fd00:99::1/64", "fd00:88:0:2::1/64")),
+                              (ns, "ovin", (f"{OUT6}/64", f"{REMOTE_POD6}/64"))):
+        for a in addrs:
+            sh("ip", "-n", where, "addr", "add", a, "dev", dev, "nodad")
+        sh("ip", "-n", where, "link", "set", dev, "up")
+    sh("ip", "-n", ns, "-6", "route", "add", V6_SUBNET, "via", "fd00:88:0:2::1")
+    return ns
+
+
+RECEIVE = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999)); s.settimeout(5); print("ready", flush=True)
+print(s.recvfrom(64)[1][0], flush=True)
+"""
+SEND = ("import socket, sys; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)"
+        ".sendto(b'x', (sys.argv[1], 9999))")
+
+
+def source_seen(receiver_ns, dst, sender_ns):
+    """The source address a UDP datagram from ``sender_ns`` to ``dst`` arrives with."""
+    rx = subprocess.Popen(["ip", "netns", "exec", receiver_ns, sys.executable, "-c", RECEIVE,
+                           dst], stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        sh("ip", "netns", "exec", sender_ns, sys.executable, "-c", SEND, dst)
+        return rx.stdout.readline().strip()
+    finally:
+        rx.kill()
+        rx.wait()
+
+
+def test_ip_masq_masquerades_ipv6_leaving_the_network_and_never_between_pods(node):
+    conf = dual(node, ipMasq=True)
+    pod = node.pod()
+    doc = node.add("mq6", pod, conf=conf)
+    ip4, ip6 = (a["address"].split("/")[0] for a in doc["ips"])
+    v6 = nat_rules(node, "ip6tables")
+    assert f"-s {ip6}/128" in v6 and f"-d {V6_NETWORK} -j ACCEPT" in v6, v6
+    assert "! -d ff00::/8 -j MASQUERADE" in v6, v6
+    assert ip4 not in v6 and f"-s {ip4}/32" in nat_rules(node, "iptables")
+    out = outside_world(node)
+    assert source_seen(out, OUT6, pod) == "fd00:99::1"   # leaving: the node's address
+    assert source_seen(out, REMOTE_POD6, pod) == ip6     # to a pod: the pod's own
+    assert node.cni("CHECK", "mq6", pod, conf=dict(conf, prevResult=doc)).rc == 0
+    jump = next(line for line in v6.splitlines() if f"-s {ip6}/128" in line)
+    sh("ip", "netns", "exec", node.name, "ip6tables", "-w", "-t", "nat", "-D",
+       *shlex.split(jump)[1:])
+    missing = node.cni("CHECK", "mq6", pod, conf=dict(conf, prevResult=doc))
+    assert missing.code == 103 and "IPv6 masquerade" in missing.doc["msg"], missing
+    assert node.cni("DEL", "mq6", None, conf=conf).rc == 0  # no netns: still cleaned
+    for tool in ("iptables", "ip6tables"):
+        assert "OVERLAY-" not in nat_rules(node, tool), tool
+
+
+def test_gc_leaves_no_ipv6_masquerade_rule_of_a_stale_attachment(node):
+    conf = dual(node, ipMasq=True)
+    pods = [node.pod() for _ in range(2)]
+    docs = [node.add(f"mqgc{i}", pods[i], conf=conf) for i in range(2)]
+    kept = docs[1]["ips"][1]["address"].split("/")[0]
+    valid = [{"containerID": "mqgc1", "ifname": "eth0"}]
+    result = node.cni("GC", conf=dict(conf, **{"cni.dev/valid-attachments": valid}),
+                      ifname=None)
+    assert result.rc == 0, result
+    v6 = nat_rules(node, "ip6tables")
+    assert v6.count("-j OVERLAY-") == 1 and f"-s {kept}/128" in v6, v6
+    assert nat_rules(node, "iptables").count("-j OVERLAY-") == 1

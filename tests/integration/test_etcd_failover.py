@@ -73,7 +73,7 @@ def test_a_watch_moves_to_another_member_when_its_member_stops(cluster):
     writer = EtcdRegistry(make_etcd_options(
         ",".join(m.endpoint for m in cluster.members[1:]), prefix=prefix, timeout=1.0))
     stop = threading.Event()
-    seen: set[IPv4Network] = set()
+    seen: set[object] = set()
 
     def run():
         for update in watching.watch_leases(rev + 1, stop):

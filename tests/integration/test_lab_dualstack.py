@@ -29,6 +29,15 @@ from overlay.lab.probe import Target, probe
 from overlay.lab.spec import POD_NETWORK6, RESPONDER_PORTS
 from overlay.lab.system import in_netns, ip
 
+from .support.lab_ipv6 import (
+    V6_DEVICE,
+    device_mac,
+    failed,
+    fdb,
+    peer_has_fdb,
+    pod_addrs,
+    vxlan6_echoes,
+)
 from .support.labfixture import (
     TEST_PREFIX,
     UnderlayCapture,
@@ -40,8 +49,6 @@ from .support.labfixture import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LAB = os.path.join(os.path.dirname(sys.executable), "overlay-lab")
-V6_DEVICE = "overlay-v6.1"
-VXLAN_PORT = 8472
 UNDERLAY_MTU = 1500
 V6_OVERHEAD = 70          # outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
 ICMP6_HEADERS = 48        # IPv6 40 + ICMPv6 8: ping -s N sends N + 48 bytes
@@ -63,31 +70,8 @@ def _cross_pair(lab):
     return lab.state.pods_of("node1")[0], lab.state.pods_of("node2")[0]
 
 
-def _failed(matrix):
-    return sorted(pair for pair, ok in matrix.items() if not ok)
-
-
-def _mac(lab, node, device=V6_DEVICE):
-    out = ip("-o", "link", "show", "dev", device, ns=lab.spec.node_ns(node)).stdout
-    m = re.search(r"link/ether ([0-9a-f:]{17})", out)
-    assert m, f"no MAC on {device} of {node}: {out}"
-    return m.group(1)
-
-
 def _mtu(ns, device):
     return json.loads(ip("-j", "link", "show", "dev", device, ns=ns).stdout)[0]["mtu"]
-
-
-def _fdb(lab, node, device=V6_DEVICE):
-    return subprocess.run(in_netns(lab.spec.node_ns(node), ["bridge", "fdb", "show", "dev",
-                                                           device]),
-                          capture_output=True, text=True).stdout
-
-
-def _pod_addrs(lab, pod, family):
-    out = ip(f"-{family}", "-o", "addr", "show", "dev", "eth0", "scope", "global",
-             ns=lab.spec.pod_ns(pod.key)).stdout
-    return re.findall(r"inet6? ([0-9a-f.:]+)/", out)
 
 
 # --------------------------------------------------------------------- the IPv6 anchor
@@ -151,7 +135,7 @@ def test_every_pod_has_an_address_of_each_family_in_its_nodes_subnets(lab):
         assert ipaddress.ip_address(pod.ip) in ipaddress.ip_network(subnet)
         assert ipaddress.ip_address(pod.ip6) in ipaddress.ip_network(subnet6)
         assert ipaddress.IPv6Network(subnet6).subnet_of(ipaddress.IPv6Network(POD_NETWORK6))
-        assert _pod_addrs(lab, pod, 4) == [pod.ip] and _pod_addrs(lab, pod, 6) == [pod.ip6]
+        assert pod_addrs(lab, pod, 4) == [pod.ip] and pod_addrs(lab, pod, 6) == [pod.ip6]
 
 
 def test_every_pod_reaches_every_pod_over_both_families(lab):
@@ -159,38 +143,24 @@ def test_every_pod_reaches_every_pod_over_both_families(lab):
         eps = endpoints(lab, family)
         assert len(eps) == 4
         m = reachability(eps, attempts=2)
-        assert len(m) == 12 and not _failed(m), (family, _failed(m))
+        assert len(m) == 12 and not failed(m), (family, failed(m))
     # TCP and UDP to every pod's responder over IPv6 (the matrix's probe, in parallel)
     refs = {p.key: p.ref for p in lab.state.pods.values()}
     for protocol in ("tcp", "udp"):
         def responder(a, b, protocol=protocol):
             return probe(a.netns, Target(refs[b.name], b.ip), RESPONDER_PORTS[1], protocol).ok
         m = reachability(endpoints(lab, 6), check=responder)
-        assert not _failed(m), (protocol, _failed(m))
+        assert not failed(m), (protocol, failed(m))
 
 
 def test_ipv6_crosses_the_underlay_as_vxlan_with_the_pods_own_addresses(lab):
-    from scapy.layers.inet import UDP
-    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-    from scapy.layers.l2 import Ether
-    from scapy.layers.vxlan import VXLAN
     a, b = _cross_pair(lab)
     cap = UnderlayCapture(lab)
     try:
         assert ping(lab.spec.pod_ns(a.key), b.ip6, count=3, wait=1)
     finally:
         frames = cap.stop()
-    seen = set()
-    for raw in frames:
-        outer = Ether(raw)
-        if IPv6 not in outer or UDP not in outer or outer[UDP].dport != VXLAN_PORT:
-            continue
-        vx = VXLAN(bytes(outer[UDP].payload))
-        inner = vx.payload
-        if IPv6 in inner and (ICMPv6EchoRequest in inner or ICMPv6EchoReply in inner):
-            kind = "request" if ICMPv6EchoRequest in inner else "reply"
-            seen.add((outer[IPv6].src, outer[IPv6].dst, vx.vni, inner[IPv6].src,
-                      inner[IPv6].dst, kind))
+    seen = vxlan6_echoes(frames)
     n1, n2 = str(lab.spec.node_ip6("node1")), str(lab.spec.node_ip6("node2"))
     assert (n1, n2, 1, a.ip6, b.ip6, "request") in seen, seen
     assert (n2, n1, 1, b.ip6, a.ip6, "reply") in seen, seen
@@ -217,14 +187,10 @@ def test_largest_df_payload_is_the_ipv6_overlay_mtus(lab):
                     dont_fragment=True)
 
 
-def _peer_has_fdb(lab, node, peer, mac):
-    return f"{mac} dst {lab.spec.node_ip6(node)} " in _fdb(lab, peer)
-
-
 def test_ipv6_vtep_mac_survives_an_overlayd_restart_and_a_device_deletion(lab):
     node, peer = "node2", "node1"
-    mac = _mac(lab, node)
-    assert _peer_has_fdb(lab, node, peer, mac), _fdb(lab, peer)
+    mac = device_mac(lab, node)
+    assert peer_has_fdb(lab, node, peer, mac), fdb(lab, peer)
     old = lab.daemon_pid(node)
     lab.stop_daemon(node, signal.SIGKILL)
     ip("link", "del", V6_DEVICE, ns=lab.spec.node_ns(node))   # a reboot loses the device
@@ -233,13 +199,13 @@ def test_ipv6_vtep_mac_survives_an_overlayd_restart_and_a_device_deletion(lab):
     assert lab.daemon_pid(node) not in (None, old)
     assert poll(lambda: ip("link", "show", "dev", V6_DEVICE, ns=lab.spec.node_ns(node),
                            check=False).returncode == 0, 10.0) is not None
-    assert _mac(lab, node) == mac
+    assert device_mac(lab, node) == mac
     # deleted under a running overlayd: it puts the device back, with the same MAC
     ip("link", "del", V6_DEVICE, ns=lab.spec.node_ns(node))
     assert poll(lambda: ip("link", "show", "dev", V6_DEVICE, ns=lab.spec.node_ns(node),
                            check=False).returncode == 0, 15.0) is not None
-    assert _mac(lab, node) == mac
-    assert _peer_has_fdb(lab, node, peer, mac), _fdb(lab, peer)
+    assert device_mac(lab, node) == mac
+    assert peer_has_fdb(lab, node, peer, mac), fdb(lab, peer)
     a, b = _cross_pair(lab)
 
     def both_ways():
@@ -255,11 +221,11 @@ def test_node_without_ipv6_keeps_ipv4_for_all_and_says_why(lab):
         ns = lab.spec.node_ns(node)
         assert "inet6 fd00:" not in ip("-6", "addr", "show", "dev", "eth0", ns=ns).stdout
         pod = lab.state.pods_of(node)[0]
-        assert pod.ip and pod.ip6 is None and _pod_addrs(lab, pod, 6) == []
+        assert pod.ip and pod.ip6 is None and pod_addrs(lab, pod, 6) == []
         m = reachability(endpoints(lab, 4), attempts=2)           # all six pods, IPv4
-        assert len(m) == 20 and not _failed(m), _failed(m)
+        assert len(m) == 20 and not failed(m), failed(m)
         m6 = reachability(endpoints(lab, 6), attempts=2)          # the others, IPv6
-        assert len(m6) == 12 and not _failed(m6), _failed(m6)
+        assert len(m6) == 12 and not failed(m6), failed(m6)
         st = lab.node_status(node)
         assert st.ready and st.public_ipv6 is None and st.ipv6_subnet is None
         assert st.ipv6_missing and "no IPv6 address" in st.ipv6_missing

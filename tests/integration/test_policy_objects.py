@@ -116,10 +116,31 @@ def test_namespaces_label_and_list(ctl, store):
     assert ns is not None and ns.labels == {"kubernetes.io/metadata.name": "y",
                                             "team": "backend"}
     out = ctl("namespaces", "list").output.splitlines()
-    assert out[1].split() == ["y", "kubernetes.io/metadata.name=y,team=backend", "ok"]
+    assert [line.split() for line in out[1:]] == [
+        ["default", "kubernetes.io/metadata.name=default", "implicit"],
+        ["y", "kubernetes.io/metadata.name=y,team=backend", "ok"]]
     listed = json.loads(ctl("namespaces", "list", "-o", "json").output)
-    assert listed == [{"name": "y", "labels": {"kubernetes.io/metadata.name": "y",
-                                               "team": "backend"}}]
+    assert listed == [
+        {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"},
+         "implicit": True},
+        {"name": "y", "labels": {"kubernetes.io/metadata.name": "y", "team": "backend"},
+         "implicit": False}]
+
+
+def test_namespaces_list_shows_those_that_exist_through_pods(ctl, store):
+    """A namespace holding a pod of the registry exists (policies may go into it), so the
+    list shows it; once created it is listed once, with its labels; a pod record that does
+    not decode makes no namespace."""
+    _pod_in(store, "shop", "web")
+    _pod_in(store, "shop", "db")
+    store.put(pod_key(store.prefix, "junk", "x"), b"not a record")
+    rows = [line.split() for line in ctl("namespaces", "list").output.splitlines()[1:]]
+    assert rows == [["default", "kubernetes.io/metadata.name=default", "implicit"],
+                    ["shop", "kubernetes.io/metadata.name=shop", "implicit"]]
+    ctl("namespaces", "label", "shop", "team=a")
+    listed = json.loads(ctl("namespaces", "list", "-o", "json").output)
+    assert [(n["name"], n["implicit"], n["labels"].get("team")) for n in listed] == [
+        ("default", True, None), ("shop", False, "a")]
 
 
 def test_bad_objects_in_etcd_are_rejected_alone(ctl, store):

@@ -309,6 +309,11 @@ def test_setup_dual_stack_mtus_lease_attrs_and_mac_kept_across_restart_and_delet
     # Backend.MTU is the outer MTU: each family takes its own overhead off
     plane = setup_in(netns, str(tmp_path), dual_config(MTU=1400))
     assert ipj(netns, "link", "show", DEV)[0]["mtu"] == 1330
+    assert ipj(netns, "link", "show", "overlay.1")[0]["mtu"] == 1350 and plane.mtu == 1330
+    # more than the underlay carries: the underlay's MTU is the outer one
+    plane = setup_in(netns, str(tmp_path), dual_config(MTU=9000))
+    assert (ipj(netns, "link", "show", "overlay.1")[0]["mtu"],
+            ipj(netns, "link", "show", DEV)[0]["mtu"], plane.mtu) == (1450, 1430, 1430)
 
 
 def test_setup_without_ipv6_underlay_keeps_ipv4_and_says_why(netns, tmp_path, caplog):

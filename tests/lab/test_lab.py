@@ -462,7 +462,8 @@ def _made_by_up(lab):
     paths = [spec.pod_file(k, f) for k in lab.state.pods
              for f in ("responder.log", "responder.pid")]
     paths += [spec.node_file(n, f) for n in lab.state.nodes
-             for f in ("subnet.env", "overlayd.log", "overlayd.pid", "net.d/10-overlay.conflist",
+             for f in ("subnet.env", "overlayd.log", "overlayd.pid", "policy-enforced",
+                       "net.d/10-overlay.conflist",
                        "ipam/overlay/10.244.1.2", "state/vtep-mac")]
     paths += [os.path.join(spec.etcd_dir, "member/wal/0.wal"), spec.cni_bin_dir + "/overlay",
               os.path.join(spec.lab_dir, "etcd.log"), os.path.join(spec.lab_dir, "etcd.pid")]

@@ -50,6 +50,13 @@ def test_state_keeps_its_families_and_ipv4_only_nodes(tmp_path):
     assert back.no_ipv6 == []
 
 
+def test_an_ipv6_only_pods_first_address_is_not_taken_for_ipv4():
+    pod = PodRecord("p", "node1", "c1", "fd00:10:244:1::2", ip6="fd00:10:244:1::2")
+    assert pod.address(4) is None and pod.address(6) == "fd00:10:244:1::2"
+    assert LabState("x", 1, families="ipv6").families_list() == [6]
+    assert LabState("x", 1).families_list() == [4] and not LabState("x", 1).has_ipv6()
+
+
 @pytest.mark.parametrize("extra", [{"families": "ipv5"}, {"no_ipv6": ["node7"]}])
 def test_damaged_families_are_refused(tmp_path, extra):
     path = tmp_path / "lab.json"
@@ -69,7 +76,7 @@ def test_a_state_from_before_dual_stack_is_ipv4_only(tmp_path):
     assert st.pods["pod-node1-1"].ip6 is None
 
 
-@pytest.mark.parametrize("families,v4", [("dual", True)])
+@pytest.mark.parametrize("families,v4", [("dual", True), ("ipv6", False)])
 def test_the_seed_config_is_flannels_schema_and_the_parser_takes_it(families, v4):
     raw = network_config(families)
     assert raw["EnableIPv6"] is True and raw["EnableIPv4"] is v4

@@ -9,6 +9,8 @@ from pathlib import Path
 from overlay.masq.nft import Masquerade, ruleset
 from overlay.vxlan.vtep import load_or_create_vtep_mac, mac_path, random_mac
 
+NET, SUB = IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24")
+
 
 def test_random_mac_is_local_unicast():
     for seed in range(50):
@@ -52,8 +54,8 @@ def test_ruleset_never_nats_pod_to_pod_and_replaces_atomically():
 
 
 def test_intact_detects_missing_rules():
-    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
-    full = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
+    m = Masquerade(NET, SUB, True)
+    full = ruleset(NET, SUB).split("delete table ip overlay\n", 1)[1]
     assert m.intact(full)
     assert not m.intact(None)
     assert not m.intact(full.replace('comment "overlay: pod-to-pod, no NAT"', ""))
@@ -63,7 +65,7 @@ def test_disabled_masquerade_says_when_the_leftover_table_cannot_go(monkeypatch,
     import subprocess
 
     from overlay.masq import nft as masq_mod
-    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), False)
+    m = Masquerade(NET, SUB, False)
     monkeypatch.setattr(masq_mod.os.path, "exists", lambda p: True)
 
     def nft(*args, stdin=None):
@@ -99,11 +101,11 @@ def test_ipv6_ruleset_is_the_same_design_in_the_ip6_family():
 
 
 def test_ipv6_intact_checks_the_ip6_table_against_the_ipv6_networks():
-    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
+    m = Masquerade(NET, SUB, True)
     net6, sub6 = IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:3::/64")
     m.set_ipv6(net6, sub6)
     full6 = ruleset(net6, sub6).split("delete table ip6 overlay\n", 1)[1]
-    full4 = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
+    full4 = ruleset(NET, SUB).split("delete table ip overlay\n", 1)[1]
     assert m.intact(full6, "ip6") and not m.intact(full4, "ip6")
     assert m.intact(full4) and not m.intact(full6)
     m.set_ipv6(IPv6Network("fd00:10:244::/56"), IPv6Network("fd00:10:244:4::/64"))
@@ -115,8 +117,8 @@ def test_masquerade_removes_an_ip6_table_left_when_ipv6_is_off(monkeypatch):
     table stays as it is."""
     import subprocess
 
-    m = Masquerade(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"), True)
-    full4 = ruleset(m.network, m.subnet).split("delete table ip overlay\n", 1)[1]
+    m = Masquerade(NET, SUB, True)
+    full4 = ruleset(NET, SUB).split("delete table ip overlay\n", 1)[1]
     calls = []
 
     def nft(*args, stdin=None):

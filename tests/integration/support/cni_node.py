@@ -157,3 +157,17 @@ class CNINode:
         while not predicate():
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.05)
+
+
+def store_files(node: CNINode) -> list[str]:
+    """The node's IPAM store files of its test network (the lock and pods/ aside)."""
+    d = os.path.join(node.data_dir, f"ovcni-{node.tag}")
+    return sorted(n for n in os.listdir(d) if n not in ("lock", "pods")) if os.path.isdir(d) else []
+
+
+def addrs6(node: CNINode, ns: str, dev: str) -> list[tuple[str, set[str]]]:
+    """(address/prefix, flags) of ``dev``'s global IPv6 addresses in ``ns``."""
+    return [(f"{a['local']}/{a['prefixlen']}",
+             {k for k in ("tentative", "dadfailed", "nodad") if a.get(k)})
+            for i in node.ip(ns, "-6", "addr", "show", "dev", dev) for a in i["addr_info"]
+            if a.get("scope") == "global"]

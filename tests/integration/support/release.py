@@ -23,6 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 # only subnets/ and knows none of the lab's flags added since (node name, heartbeats and
 # health mesh, runtime file, CNI dirs); ``unknown_flags`` finds them from the two helps.
 V0_1_0 = "7e0936c80304999ca4e75870d27d564d50bf9d4f"
+# The last commit giving Backend.MTU to overlay.<VNI> as is (before it became the outer
+# MTU of both families): the upgrade test of that change starts a node on it.
+INNER_BACKEND_MTU = "2fbf638c9b78d74782bb7128a68502c9cf63a539"
 _FLAG_RE = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
 
