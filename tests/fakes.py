@@ -215,3 +215,71 @@ class FakeStore:
 
     def release(self, ip: IPAddress) -> None:
         self.ips.pop(ip, None)
+
+
+class FakeObjectStore:
+    """The ``ObjectStore`` calls the node agent makes (heartbeat leases, its record), in
+    memory, with each call counted: the heartbeat's tests count what would reach etcd."""
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        from collections import Counter
+
+        from overlay.cluster.store import KV
+        self._KV = KV
+        self.prefix = prefix
+        self.kvs: dict[str, KV] = {}
+        self.leases: dict[int, set[str]] = {}  # live etcd leases -> their keys
+        self.calls: Counter[str] = Counter()
+        self.revision = 1
+
+    def _set(self, key: str, value: bytes, lease: int) -> int:
+        self.revision += 1
+        self.kvs[key] = self._KV(key, value, self.revision, lease=lease)
+        if lease:
+            self.leases[lease].add(key)
+        return self.revision
+
+    def expire(self, lease_id: int) -> None:
+        """The lease runs out (keepalives stopped): its keys go."""
+        for key in self.leases.pop(lease_id, set()):
+            self.kvs.pop(key, None)
+
+    def grant(self, ttl: int) -> int:
+        self.calls["grant"] += 1
+        lease_id = max(self.leases, default=0) + 1
+        self.leases[lease_id] = set()
+        return lease_id
+
+    def keepalive(self, lease_id: int) -> int:
+        self.calls["keepalive"] += 1
+        return 10 if lease_id in self.leases else 0
+
+    def revoke(self, lease_id: int) -> None:
+        self.calls["revoke"] += 1
+        self.expire(lease_id)
+
+    def get(self, key: str):  # -> KV | None
+        self.calls["get"] += 1
+        return self.kvs.get(key)
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        self.calls["put"] += 1
+        return self._set(key, value, lease)
+
+    def create(self, key: str, value: bytes, lease: int = 0):  # -> tuple[bool, KV | None]
+        self.calls["create"] += 1
+        if key in self.kvs:
+            return False, self.kvs[key]
+        self._set(key, value, lease)
+        return True, None
+
+    def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
+        self.calls["replace"] += 1
+        held = self.kvs.get(key)
+        if held is None or held.mod_revision != mod_revision:
+            return False
+        self._set(key, value, lease)
+        return True
+
+    def writes(self) -> int:
+        return self.calls["put"] + self.calls["create"] + self.calls["replace"]

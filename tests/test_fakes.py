@@ -85,3 +85,11 @@ def test_the_check_notices_a_missing_method():
 def _metrics():
     from overlay.daemon.http import Metrics
     return Metrics()
+
+
+def test_the_object_store_fake_has_the_real_signatures():
+    from overlay.cluster.store import ObjectStore
+    from tests.fakes import FakeObjectStore
+    for name in ("grant", "keepalive", "revoke", "get", "put", "create", "replace"):
+        want = list(inspect.signature(getattr(ObjectStore, name)).parameters)[1:]
+        assert list(inspect.signature(getattr(FakeObjectStore, name)).parameters)[1:] == want

@@ -35,7 +35,7 @@ from overlay.daemon.flags import Settings, parse_settings
 from overlay.daemon.http import HealthServer, Metrics
 from overlay.daemon.nodestatus import NodeAgent, claim_node, node_agent_threads
 from overlay.daemon.runtime import publish_runtime
-from overlay.daemon.watchhealth import WatchHealth
+from overlay.daemon.watchhealth import WatchHealth, progress_interval as watch_progress_interval
 from overlay.errors import (
     ConfigError,
     ConfigNotFound,
@@ -138,8 +138,7 @@ class ObservedRegistry:
                      progress_interval: float | None = None) -> Iterator[WatchUpdate]:
         hooks = [h for h in (on_progress, self._health and self._health.heard) if h]
         if self._health is not None and progress_interval is None:
-            # Ask for progress a few times per lag limit, so a live watch never looks stale.
-            progress_interval = min(5.0, max(0.05, self._health.max_lag / 4))
+            progress_interval = watch_progress_interval(self._health.max_lag)
         kw: dict[str, Any] = {"on_error": self._counting(on_error)}
 
         def progressed(revision: int) -> None:

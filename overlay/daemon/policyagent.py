@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from ipaddress import IPv4Address, IPv4Network, ip_interface
+from ipaddress import IPv6Network, ip_interface
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -40,7 +40,7 @@ from overlay.cluster.store import KV, ObjectStore
 from overlay.cni import podmeta
 from overlay.cni.skel import Handler, Request
 from overlay.errors import CNIError, OverlayError
-from overlay.lease import Rejection
+from overlay.lease import IPNetwork, Rejection
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import conntrack, nft
 from overlay.policy.build import Inputs, assemble, is_local
@@ -162,15 +162,18 @@ class PolicyAgent:
     """Watches the objects, compiles and loads this node's table; see the module."""
 
     def __init__(self, store: ObjectStore, node: str,
-                 own_subnet: Callable[[], IPv4Network | None],
+                 own_subnet: Callable[[], IPNetwork | None],
                  pod_rules: Callable[[], PodRules], marker: str, metrics: CollectorRegistry,
                  stop: threading.Event, *,
                  leases_listed: Callable[[], bool] = lambda: True,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
                  bridge_problem: Callable[[], str | None] = bridge_filtering_problem,
-                 update: Callable[[str], None] = nft.apply_script, log_denied: bool = False):
+                 update: Callable[[nft.Admission], None] = nft.apply_admission,
+                 log_denied: bool = False,
+                 own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None):
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
+        self._own_ipv6_subnet = own_ipv6_subnet
         self._apply, self._bridge_problem = apply, bridge_problem
         self._update, self.log_denied = update, log_denied
         self._leases_listed = leases_listed  # pods are judged against the leases
@@ -298,10 +301,10 @@ class PolicyAgent:
 
     def _assemble(self, policies: list[Any], namespaces: list[Any], records: list[Any]
                   ) -> Inputs:
-        subnet = self._own_subnet()
+        subnet, subnet6 = self._own_subnet(), self._own_ipv6_subnet()
         out = assemble(policies, [n for n in namespaces if isinstance(n, Namespace)],
-                       records, self.node, subnet)
-        seen = {r.container_id for r in records if is_local(r, self.node, subnet)}
+                       records, self.node, subnet, subnet6)
+        seen = {r.container_id for r in records if is_local(r, self.node, subnet, subnet6)}
         with self._state_lock:
             for cid in [cid for cid in self._pending if cid in seen]:
                 del self._pending[cid]  # the registry has it now
@@ -358,7 +361,9 @@ class PolicyAgent:
             got = self.inputs()
         local = {ip for lp in got.local for ip in lp.pod.ips}
         subnet = self._own_subnet()
-        gateway = subnet.network_address + 1 if subnet is not None else None
+        # the bridge's addresses: each of the node's subnets' first host
+        gateways = {net.network_address + 1 for net in (subnet, self._own_ipv6_subnet())
+                    if net is not None}
         try:
             flows = conntrack.list_flows()
         except ProgramError as e:
@@ -369,7 +374,7 @@ class PolicyAgent:
             return 0
         self._conntrack_problem = None
         denied = [f for f in flows if (f.src in local or f.dst in local)
-                  and gateway not in (f.src, f.dst)
+                  and not gateways & {f.src, f.dst}
                   and not allowed(Host(f.src), Host(f.dst), f.dport, f.protocol, got.pods,
                                   got.namespaces, got.policies)]
         gone = conntrack.delete_flows(denied)
@@ -423,8 +428,9 @@ class PolicyAgent:
                            "overlayd is still listing policies; retry")
         meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config)
         identity, _ = parse_meta(meta, req.container_id, req.ifname)
-        ips = tuple(ip for ip in (ip_interface(i["address"]).ip
-                                  for i in result.get("ips", [])) if isinstance(ip, IPv4Address))
+        # IPv4 first, as the pod's registry record orders them
+        ips = tuple(sorted((ip_interface(i["address"]).ip for i in result.get("ips", [])),
+                           key=lambda ip: ip.version))
         pod = Pod(identity.namespace, identity.name, ips, dict(identity.labels),
                   tuple(p for p in identity.ports if p.name), self.node)
         local = nft.LocalPod(pod, host_veth_name(req.container_id, req.ifname))
@@ -444,7 +450,7 @@ class PolicyAgent:
 
     def _add_elements(self, local: nft.LocalPod) -> bool:
         """Put a new pod into the loaded table by adding its elements (one transaction,
-        the same verdicts as compiling the table with it: ``nft.admit_script``); the whole
+        the same verdicts as compiling the table with it: ``nft.admission``); the whole
         table follows from the compiler thread. False: only a full compile can say it.
 
         Only while the table is compiled from the policies and namespaces the watches hold
@@ -459,12 +465,12 @@ class PolicyAgent:
                 return True  # a compile that waited for this lock included the pod
             if changed or local.pod.ref in self._loaded_refs:
                 return False
-            script = nft.admit_script(loaded, local)
-            if script is None:
+            adm = nft.admission(loaded, local)
+            if adm is None:
                 return False
-            if script:
+            if not adm.empty:
                 try:
-                    self._update(script)
+                    self._update(adm)
                 except OverlayError:
                     self._ahead = True  # maybe half loaded: the next compile replaces it
                     self._dirty.set()
@@ -519,14 +525,16 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
         backend, manager = d.backend, d.manager
         leases = [*(backend.leases.values() if backend else ()),
                   *([manager.current] if manager and manager.current else [])]
-        return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases))
+        return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases),
+                        lease_ipv6={lease.subnet: lease.ipv6_subnet for lease in leases
+                                    if lease.ipv6_subnet is not None})
 
-    def own() -> IPv4Network | None:  # NetworkPolicy is compiled for IPv4 pods only
-        subnet = d.manager.own_subnet() if d.manager else None
-        return subnet if isinstance(subnet, IPv4Network) else None
+    # an IPv6-only network's own subnet is IPv6 (its pods are filtered as IPv6 ones)
+    own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
+    own6 = (lambda: d.manager.own_ipv6_subnet() if d.manager else None)  # noqa: E731
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
                        d.metrics.registry, d.stop, leases_listed=lambda: d.leases_programmed,
-                       log_denied=d.s.policy_log_denied)
+                       log_denied=d.s.policy_log_denied, own_ipv6_subnet=own6)
 
 
 def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:

@@ -939,8 +939,8 @@ def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
         fix = ("this node has no route to the peer's VXLAN address: fix the routes check, "
                "or restart overlayd")
     elif len(mtu_only) == len(down):
-        fix = ("lower the overlay MTU (Backend.MTU in the network config) or raise the "
-               "underlay MTU on the path")
+        fix = ("set Backend.MTU in the network config (the outer MTU) to the underlay's "
+               "path MTU, or raise the underlay MTU on the path")
     else:
         fix = (f"check overlayd and the firewall (UDP {cfg.backend.port}) on the "
                "unreachable peer(s), and the underlay route to their public IP")
@@ -1008,7 +1008,8 @@ def _ipv6_probes(node: NodeState, entries_ok: CheckResult) -> CheckResult:
          f"{p.size + 48}" for p in mtu]
         + [f"{p.target} ({p.subnet}) does not answer{f': {p.error}' if p.error else ''}"
            for p in down if not p.small_received])
-    fix = ("lower Backend.MTU (or the underlay's MTU mismatches between nodes)" if mtu else
+    fix = ("set Backend.MTU (the outer MTU) to the IPv6 underlay's path MTU (or the "
+           "underlay's MTU mismatches between nodes)" if mtu else
            "check the peer's overlayd and that UDP 8472 over IPv6 is not dropped (ip6tables/nft)")
     return replace(entries_ok, status=FAIL, found=found, fix=fix)
 

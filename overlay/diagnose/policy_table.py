@@ -21,10 +21,11 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
 from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
+from overlay.lease import IPNetwork
 from overlay.policy import nft
 from overlay.util.proc import FAILED, ProgramError, run
 
@@ -144,24 +145,31 @@ def _int_range(text: str) -> tuple[int, int] | None:
     return None
 
 
+_KINDS = {4: "ip", 6: "ip6"}
+
+
 def _component(text: str) -> Component:
-    """An element's part: ("ip", lo, hi), ("n", lo, hi), or ("s", text)."""
+    """An element's part: ("ip", lo, hi) or ("ip6", lo, hi) (IPv4, IPv6), ("n", lo, hi),
+    or ("s", text)."""
     text = text.strip().replace('"', "")
     if (r := _int_range(text)) is not None:
         return ("n", *r)
     try:
         if (m := _RANGE.match(text)) and "/" not in text:
-            lo, hi = (IPv4Network(m[1]).network_address, IPv4Network(m[2]).network_address)
-            return ("ip", int(lo), int(hi))
-        net = IPv4Network(text, strict=False)
-        return ("ip", int(net.network_address), int(net.broadcast_address))
+            lo, hi = ip_address(m[1]), ip_address(m[2])
+            if lo.version != hi.version:
+                return ("s", text)
+            return (_KINDS[lo.version], int(lo), int(hi))
+        net = ip_network(text, strict=False)
+        return (_KINDS[net.version], int(net.network_address), int(net.broadcast_address))
     except ValueError:
         return ("s", text)
 
 
 def _merge(elements: list[tuple[Component, ...]]) -> list[tuple[Component, ...]]:
     """Single-part address or number elements as merged ranges (an interval set's)."""
-    if not elements or any(len(e) != 1 or e[0][0] not in ("ip", "n") for e in elements):
+    if not elements or any(len(e) != 1 or e[0][0] not in ("ip", "ip6", "n")
+                           for e in elements) or len({e[0][0] for e in elements}) != 1:
         return elements
     kind = elements[0][0][0]
     spans = sorted((e[0][1], e[0][2]) for e in elements)
@@ -240,16 +248,16 @@ def _show(e: tuple[Component, ...]) -> str:
     def one(c: Component) -> str:
         if c[0] == "s":
             return str(c[1])
-        if c[0] == "ip":
-            lo, hi = (nft._addr(c[1]), nft._addr(c[2]))
-            return lo if c[1] == c[2] else f"{lo}-{hi}"
+        if c[0] in ("ip", "ip6"):
+            return nft.range_text((c[1], c[2]), 6 if c[0] == "ip6" else 4)
         return str(c[1]) if c[1] == c[2] else f"{c[1]}-{c[2]}"
     return " . ".join(one(c) for c in e)
 
 
 def _ranges(elements: frozenset[tuple[Component, ...]]) -> list[tuple[str, int, int]] | None:
     """An interval set's merged ranges, None for any other set."""
-    if not elements or any(len(e) != 1 or e[0][0] not in ("ip", "n") for e in elements):
+    if not elements or any(len(e) != 1 or e[0][0] not in ("ip", "ip6", "n")
+                           for e in elements) or len({e[0][0] for e in elements}) != 1:
         return None
     return sorted((e[0][0], e[0][1], e[0][2]) for e in elements)
 
@@ -392,14 +400,16 @@ def skipped(why: str) -> CheckResult:
     return CheckResult(NAME, SKIP, EXPECTED, why)
 
 
-def node_of_subnet(records: Any, subnet: IPv4Network | None) -> str | None:
-    """The one node name the registry's pods in ``subnet`` carry (None: none or several)."""
-    names = {r.node for r in records if subnet is not None and r.ips
-             and all(ip in subnet for ip in r.ips)}
+def node_of_subnet(records: Any, subnet: IPNetwork | None) -> str | None:
+    """The one node name the registry's pods in ``subnet`` carry (None: none or several);
+    a dual-stack pod is known by its addresses of ``subnet``'s family."""
+    names = {r.node for r in records if subnet is not None
+             and (own := [ip for ip in r.ips if ip.version == subnet.version])
+             and all(ip in subnet for ip in own)}
     return names.pop() if len(names) == 1 else None
 
 
-def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPv4Network | None,
+def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
                        node_name: str | None, log_denied: bool = False) -> CheckResult:
     """Gather etcd's policy state, compile this node's table, compare with the kernel's
     (twice, RECHECK apart, before failing)."""

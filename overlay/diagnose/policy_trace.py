@@ -6,56 +6,81 @@ Pure. :func:`resolve_endpoint` turns what the user typed (a pod IP, ``NS/NAME``,
 :func:`build_verdict` explains :func:`overlay.policy.semantics.decide`, the evaluator the
 nftables compiler is tested against: egress at the source (is it isolated, by which
 policies, which of them allow it), ingress at the destination, and the overall verdict.
+Either IP family: a connection is of the family of an address the user typed (IPv4 when
+both ends are named: a pod's first address), and a dual-stack pod is shown and judged by
+its address of that family (an ipBlock matches one family only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from ipaddress import IPv4Address
+from dataclasses import dataclass, replace
+from ipaddress import ip_address
 from typing import Any
 
 from overlay.cluster.keys import dns_label_problem, dns_subdomain_problem
 from overlay.errors import ConfigError
 from overlay.lease import Lease
-from overlay.policy.model import DEFAULT_NAMESPACE, EGRESS, INGRESS, NetworkPolicy
+from overlay.policy.model import DEFAULT_NAMESPACE, EGRESS, INGRESS, IPAddress, NetworkPolicy
 from overlay.policy.semantics import Endpoint, Host, Namespaces, Pod, decide, isolating
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 
 
-def endpoint_text(e: Endpoint) -> str:
+def endpoint_text(e: Endpoint, family: int | None = None) -> str:
+    """An end as shown; a pod by its address of IP version ``family`` (None: its first)."""
     if isinstance(e, Pod):
-        return f"{e.ref} ({e.ip})"
+        return f"{e.ref} ({(e.address(family) if family else None) or e.ip})"
     return f"{e.ip} (node {e.node})" if e.node else f"{e.ip} (no pod)"
 
 
-def node_addresses(leases: Iterable[Lease], pods: Iterable[Pod]) -> dict[IPv4Address, str]:
-    """Each node's own addresses (public IP, VXLAN ``.0``, bridge gateway ``.1``) -> the
-    node's name, as its pods' records give it (a node without pods names no one)."""
+def node_addresses(leases: Iterable[Lease], pods: Iterable[Pod]) -> dict[IPAddress, str]:
+    """Each node's own addresses (public IP, VXLAN ``.0``, bridge gateway ``.1``, and
+    their IPv6 counterparts on a dual-stack lease) -> the node's name, as its pods'
+    records give it (a node without pods names no one)."""
     pods = list(pods)
-    out: dict[IPv4Address, str] = {}
+    out: dict[IPAddress, str] = {}
     for lease in leases:
         node = next((p.node for p in sorted(pods, key=lambda p: p.ref)
-                     if p.node and isinstance(p.ip, IPv4Address) and p.ip in lease.subnet), "")
+                     if p.node and any(ip in lease.subnet for ip in p.ips)), "")
         if node:
-            for ip in (lease.attrs.public_ip, lease.subnet.network_address, lease.gateway):
-                if isinstance(ip, IPv4Address):  # an IPv4 pod's lease: IPv4 throughout
+            v6 = (lease.attrs.public_ipv6, lease.ipv6_gateway,
+                  lease.ipv6_subnet.network_address if lease.ipv6_subnet else None)
+            for ip in (lease.attrs.public_ip, lease.subnet.network_address, lease.gateway,
+                       *v6):
+                if ip is not None:
                     out[ip] = node
     return out
 
 
-def resolve_endpoint(text: str, pods: Sequence[Pod], nodes: Mapping[IPv4Address, str],
+def connection_family(*typed: str) -> int:
+    """The IP version of a traced connection: 6 when an address the user typed is IPv6."""
+    for text in typed:
+        try:
+            if ip_address(text).version == 6:
+                return 6
+        except ValueError:
+            continue
+    return 4
+
+
+def resolve_endpoint(text: str, pods: Sequence[Pod], nodes: Mapping[IPAddress, str],
                      what: str = "SRC") -> Endpoint:
-    """A pod IP (the pod holding it, else a node's or a foreign address), ``NS/NAME`` or
-    ``NAME`` (namespace default) of the registry; ConfigError says what is wrong."""
+    """A pod IP of either family (the pod holding it, that address first; else a node's
+    or a foreign address), ``NS/NAME`` or ``NAME`` (namespace default) of the registry;
+    ConfigError says what is wrong."""
+    ip: IPAddress | None
     try:
-        ip = IPv4Address(text)
+        ip = ip_address(text)
     except ValueError:
         ip = None
     if ip is not None:
         pod = next((p for p in pods if ip in p.ips), None)
-        return pod if pod is not None else Host(ip, nodes.get(ip, ""))
+        if pod is None:
+            return Host(ip, nodes.get(ip, ""))
+        # the pod as a connection to this address sees it: that address first, so its
+        # ``ip`` (and the connection's family) is the one typed
+        return replace(pod, ips=(ip, *(a for a in pod.ips if a != ip)))
     ns, sep, name = text.rpartition("/")
     ns = ns if sep else DEFAULT_NAMESPACE
     if (sep and dns_label_problem(ns)) or dns_subdomain_problem(name):
@@ -128,23 +153,27 @@ class PolicyVerdict:
 
 
 def _side(direction: str, at: Endpoint, allowed_by: tuple[str, ...],
-          policies: Sequence[NetworkPolicy], always: str) -> Side:
+          policies: Sequence[NetworkPolicy], always: str, family: int | None) -> Side:
     chosen = sorted(p.ref for p in isolating(policies, at, direction)) \
         if isinstance(at, Pod) and not always else []
-    return Side(direction, endpoint_text(at), isinstance(at, Pod), tuple(chosen),
+    return Side(direction, endpoint_text(at, family), isinstance(at, Pod), tuple(chosen),
                 tuple(sorted(allowed_by)), always)
 
 
 def build_verdict(src: Endpoint, dst: Endpoint, port: int, protocol: str,
-                  namespaces: Namespaces, policies: Sequence[NetworkPolicy]) -> PolicyVerdict:
-    """The verdict on a new ``protocol`` connection ``src`` -> ``dst``:``port``."""
+                  namespaces: Namespaces, policies: Sequence[NetworkPolicy],
+                  family: int | None = None) -> PolicyVerdict:
+    """The verdict on a new ``protocol`` connection ``src`` -> ``dst``:``port`` over IP
+    version ``family`` (None: IPv6 if either end's ``ip`` is IPv6)."""
     proto = protocol.upper()
-    v = decide(src, dst, port, proto, namespaces, policies)
+    # an end given by an IPv6 address has it as its ``ip`` (resolve_endpoint)
+    family = family or max(src.ip.version, dst.ip.version)
+    v = decide(src, dst, port, proto, namespaces, policies, family)
     always = v.reason if v.allowed and v.reason != "allowed" else ""
-    eg = _side(EGRESS, src, v.egress.allowed_by, policies, always)
-    ing = _side(INGRESS, dst, v.ingress.allowed_by, policies, always)
-    return PolicyVerdict(endpoint_text(src), endpoint_text(dst), port, protocol.lower(),
-                         v.allowed, always or v.reason, eg, ing)
+    eg = _side(EGRESS, src, v.egress.allowed_by, policies, always, family)
+    ing = _side(INGRESS, dst, v.ingress.allowed_by, policies, always, family)
+    return PolicyVerdict(endpoint_text(src, family), endpoint_text(dst, family), port,
+                         protocol.lower(), v.allowed, always or v.reason, eg, ing)
 
 
 def unjudged(src: str, dst: str, port: int | None, protocol: str, why: str) -> PolicyVerdict:

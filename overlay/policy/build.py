@@ -2,7 +2,8 @@
 
 Pure: the judged policies, namespaces and pod records go in, and :class:`Inputs` comes
 out, with this node's own pods (``local``: its name, IPs inside its subnet) beside every
-pod of the cluster. overlayd's agent (``overlay.daemon.policyagent``) and ``overlayctl
+pod of the cluster (a dual-stack pod's IPv6 addresses inside the node's IPv6 subnet).
+overlayd's agent (``overlay.daemon.policyagent``) and ``overlayctl
 diagnose``'s ``policy-table`` check both assemble through :func:`assemble`, so the table
 the check expects is the one the daemon loads from the same etcd state.
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv6Network
 
 from overlay.cluster.pods import PodRecord
+from overlay.lease import IPNetwork
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import nft
 from overlay.policy.model import NetworkPolicy
@@ -37,20 +39,30 @@ def pod_of(record: PodRecord) -> Pod:
                record.node)
 
 
-def is_local(record: PodRecord, node: str, subnet: IPv4Network | None) -> bool:
-    """A pod of this node: its name, and every IP inside the node's own subnet."""
-    return record.node == node and subnet is not None and all(ip in subnet
-                                                               for ip in record.ips)
+def is_local(record: PodRecord, node: str, subnet: IPNetwork | None,
+             ipv6_subnet: IPv6Network | None = None) -> bool:
+    """A pod of this node: its name, and its addresses of ``subnet``'s family (the
+    node's own lease: IPv4, or IPv6 in an IPv6-only network; at least one) inside it, a
+    dual-stack pod's IPv6 ones inside ``ipv6_subnet`` (None: the pod rule, ``judge_pod``,
+    already tied them to the lease holding the IPv4 ones)."""
+    if record.node != node or subnet is None:
+        return False
+    own = [ip for ip in record.ips if ip.version == subnet.version]
+    other = [ip for ip in record.ips if ip.version != subnet.version]
+    return bool(own) and all(ip in subnet for ip in own) and (
+        ipv6_subnet is None or all(ip in ipv6_subnet for ip in other))
 
 
 def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
-             records: Iterable[PodRecord], node: str, subnet: IPv4Network | None) -> Inputs:
-    """The inputs of node ``node`` (own subnet ``subnet``) from judged objects."""
+             records: Iterable[PodRecord], node: str, subnet: IPNetwork | None,
+             ipv6_subnet: IPv6Network | None = None) -> Inputs:
+    """The inputs of node ``node`` (own subnets ``subnet``, ``ipv6_subnet``) from judged
+    objects."""
     out = Inputs(policies=list(policies),
                  namespaces={n.name: n.labels for n in namespaces})
     for r in records:
         pod = pod_of(r)
         out.pods.append(pod)
-        if is_local(r, node, subnet):
+        if is_local(r, node, subnet, ipv6_subnet):
             out.local.append(nft.LocalPod(pod, host_veth_name(r.container_id, r.ifname)))
     return out

@@ -5,13 +5,14 @@ while a policy allowed it would outlive a change that denies it. After such a ch
 agent lists this namespace's entries (``conntrack -L``), judges each one's original
 direction by the semantics, and deletes those now denied (``conntrack -D`` with the
 entry's exact 5-tuple): their next packet is a new connection, checked by the table.
+Both families: ``conntrack -L`` alone lists IPv4 entries only, so IPv6 is listed apart.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import NamedTuple
 
 from overlay.util.proc import ProgramError, run
@@ -24,8 +25,8 @@ PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
 class Flow(NamedTuple):
     """An entry's original direction."""
     protocol: str  # TCP | UDP | SCTP
-    src: IPv4Address
-    dst: IPv4Address
+    src: IPv4Address | IPv6Address
+    dst: IPv4Address | IPv6Address
     sport: int
     dport: int
 
@@ -44,8 +45,10 @@ def parse_flows(text: str) -> list[Flow]:
             if eq and key in ("src", "dst", "sport", "dport") and key not in fields:
                 fields[key] = value
         try:
-            out.append(Flow(PROTOCOLS[words[0]], IPv4Address(fields["src"]),
-                            IPv4Address(fields["dst"]), int(fields["sport"]),
+            src, dst = ip_address(fields["src"]), ip_address(fields["dst"])
+            if src.version != dst.version:
+                continue
+            out.append(Flow(PROTOCOLS[words[0]], src, dst, int(fields["sport"]),
                             int(fields["dport"])))
         except (KeyError, ValueError):
             continue
@@ -53,8 +56,10 @@ def parse_flows(text: str) -> list[Flow]:
 
 
 def list_flows() -> list[Flow]:
-    """This namespace's tracked TCP/UDP/SCTP flows (ProgramError if conntrack fails)."""
-    return parse_flows(run(["conntrack", "-L"], check=True, timeout=10.0).stdout)
+    """This namespace's tracked TCP/UDP/SCTP flows of both IP families (ProgramError if
+    conntrack fails)."""
+    return [f for family in ("ipv4", "ipv6") for f in parse_flows(
+        run(["conntrack", "-L", "-f", family], check=True, timeout=10.0).stdout)]
 
 
 def delete_flows(flows: Iterable[Flow]) -> int:
@@ -62,7 +67,8 @@ def delete_flows(flows: Iterable[Flow]) -> int:
     gone = 0
     for f in flows:
         try:
-            run(["conntrack", "-D", "-p", f.protocol.lower(), "-s", str(f.src), "-d", str(f.dst),
+            run(["conntrack", "-D", "-f", "ipv6" if f.src.version == 6 else "ipv4",
+                 "-p", f.protocol.lower(), "-s", str(f.src), "-d", str(f.dst),
                  "--sport", str(f.sport), "--dport", str(f.dport)], check=True, timeout=10.0)
             gone += 1
         except ProgramError as e:

@@ -13,6 +13,9 @@ what ``trace`` will explain a verdict with. The rules, from the API reference:
 * A rule's ports default to all; a named port resolves on the destination pod.
 * Traffic between a pod and its own node, and a pod's traffic to itself, is always allowed.
   Replies of an allowed connection are allowed (conntrack, in the data plane).
+* A connection is of one IP family: a dual-stack pod is known by its address of that
+  family, so an ipBlock (one family, as in Kubernetes) never matches the other family's
+  connections, while selectors match the pod whatever the family.
 
 Pods are the minimal local :class:`Pod` (the registry's PodRecord carries these fields).
 """
@@ -48,8 +51,12 @@ class Pod:
 
     @property
     def ip(self) -> IPAddress:
-        """The address a connection uses (pods here are single-stack)."""
+        """The pod's first address (a dual-stack pod's IPv4 one)."""
         return self.ips[0]
+
+    def address(self, family: int) -> IPAddress | None:
+        """The pod's address of IP version ``family`` (4 or 6), None if it has none."""
+        return next((ip for ip in self.ips if ip.version == family), None)
 
     @property
     def ref(self) -> str:
@@ -105,11 +112,13 @@ def isolating(policies: Iterable[NetworkPolicy], pod: Pod, direction: str
     return [p for p in policies if direction in p.policy_types and selects(p, pod)]
 
 
-def peer_matches(peer: Peer, policy_ns: str, other: Endpoint, namespaces: Namespaces) -> bool:
-    """Whether ``other`` (the far end) is this peer of a policy of ``policy_ns``."""
+def peer_matches(peer: Peer, policy_ns: str, other: Endpoint, namespaces: Namespaces,
+                 family: int | None = None) -> bool:
+    """Whether ``other`` (the far end) is this peer of a policy of ``policy_ns``, on a
+    connection of IP version ``family`` (None: ``other``'s first address's)."""
     if peer.ip_block is not None:
-        ip = other.ip
-        return peer.ip_block.contains(ip)
+        ip = other.address(family) if isinstance(other, Pod) and family else other.ip
+        return ip is not None and peer.ip_block.contains(ip)
     if not isinstance(other, Pod):
         return False  # selectors name pods only
     if peer.namespace_selector is None:
@@ -140,20 +149,21 @@ def port_matches(ports: Sequence[PolicyPort], port: int | None, protocol: str,
 
 
 def rule_matches(rule: Rule, policy_ns: str, other: Endpoint, dst: Endpoint, port: int | None,
-                 protocol: str, namespaces: Namespaces) -> bool:
-    peers_ok = rule.peers is None or any(peer_matches(peer, policy_ns, other, namespaces)
+                 protocol: str, namespaces: Namespaces, family: int | None = None) -> bool:
+    peers_ok = rule.peers is None or any(peer_matches(peer, policy_ns, other, namespaces, family)
                                          for peer in rule.peers)
     return peers_ok and port_matches(rule.ports, port, protocol, dst)
 
 
 def _decide(pod: Pod, direction: str, other: Endpoint, dst: Endpoint, port: int | None,
-            protocol: str, namespaces: Namespaces, policies: Sequence[NetworkPolicy]
-            ) -> Decision:
+            protocol: str, namespaces: Namespaces, policies: Sequence[NetworkPolicy],
+            family: int) -> Decision:
     chosen = isolating(policies, pod, direction)
     if not chosen:
         return Decision(False)
     allowing = tuple(p.ref for p in chosen
-                     if any(rule_matches(r, p.namespace, other, dst, port, protocol, namespaces)
+                     if any(rule_matches(r, p.namespace, other, dst, port, protocol, namespaces,
+                                         family)
                             for r in (p.ingress if direction == INGRESS else p.egress)))
     return Decision(True, allowing)
 
@@ -167,15 +177,25 @@ def _always_allowed(src: Endpoint, dst: Endpoint) -> str:
     return ""
 
 
+def connection_family(src: Endpoint, dst: Endpoint) -> int:
+    """A connection's IP version: a host end's address says it, else the source pod's
+    first address."""
+    host = next((e for e in (src, dst) if isinstance(e, Host)), None)
+    return (host or src).ip.version
+
+
 def decide(src: Endpoint, dst: Endpoint, port: int | None, protocol: str,
-           namespaces: Namespaces, policies: Sequence[NetworkPolicy]) -> Verdict:
+           namespaces: Namespaces, policies: Sequence[NetworkPolicy],
+           family: int | None = None) -> Verdict:
     """The verdict on a new connection from ``src`` to ``dst`` (``port`` None for a
-    protocol without ports), and why."""
+    protocol without ports) over IP version ``family`` (None: :func:`connection_family`),
+    and why."""
     if why := _always_allowed(src, dst):
         return Verdict(True, why)
-    eg = (_decide(src, EGRESS, dst, dst, port, protocol, namespaces, policies)
+    fam = family or connection_family(src, dst)
+    eg = (_decide(src, EGRESS, dst, dst, port, protocol, namespaces, policies, fam)
           if isinstance(src, Pod) else Decision(False))
-    ing = (_decide(dst, INGRESS, src, dst, port, protocol, namespaces, policies)
+    ing = (_decide(dst, INGRESS, src, dst, port, protocol, namespaces, policies, fam)
            if isinstance(dst, Pod) else Decision(False))
     if not eg.allowed:
         return Verdict(False, "no policy allows egress from the source", eg, ing)
@@ -190,8 +210,9 @@ def allowed(src: Endpoint, dst: Endpoint, port: int | None, protocol: str,
     """Whether a new connection ``src`` -> ``dst`` on (``protocol``, ``port``) is allowed.
 
     ``pods`` is the cluster's pods: a :class:`Host` whose address is a pod's is judged
-    as that pod (a peer is known by its address on the wire)."""
+    as that pod (a peer is known by its address on the wire, which says the family)."""
+    family = connection_family(src, dst)
     by_ip = {ip: p for p in pods for ip in p.ips}
     src = by_ip.get(src.ip, src) if isinstance(src, Host) else src
     dst = by_ip.get(dst.ip, dst) if isinstance(dst, Host) else dst
-    return decide(src, dst, port, protocol, namespaces, policies).allowed
+    return decide(src, dst, port, protocol, namespaces, policies, family).allowed

@@ -361,7 +361,8 @@ class WatchCall:
         while True:
             try:
                 line = resp.readline(self.limit + 1)
-            except (OSError, http.client.HTTPException, ValueError) as e:
+            # AttributeError: close() from another thread took the response's file away
+            except (OSError, http.client.HTTPException, ValueError, AttributeError) as e:
                 if self._cancelled:
                     return
                 raise Unreachable(f"{self.endpoint}: watch stream: {_describe(e)}") from e

@@ -70,7 +70,10 @@ CACHED_VALUE_BYTES = 4096  # lease values larger than this are decoded every tim
 CACHED_VALUES = 4096  # values decoded; a larger listing bypasses the cache (see _parse_kv)
 WATCH_BACKOFF_MAX = 2.0
 # How often an open watch asks etcd for a progress notification, so a silent stream
-# (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".
+# (etcd frozen, a half-open connection) shows as lag rather than as "all quiet".  Only a
+# watch whose caller listens (``on_progress``) asks, and only after a silent interval (an
+# event answers as well): six streams per node asking every 5 s were 1200 requests/s at
+# 1000 nodes, each answered by etcd.
 WATCH_PROGRESS_INTERVAL = 5.0
 
 
@@ -529,8 +532,9 @@ class EtcdRegistry:
 
         ``on_error`` is told of every interruption that is retried (for metrics).
         ``on_progress`` is told the store revision of every answer etcd sends on the
-        stream as it is read (events, and progress notifications requested every
-        ``progress_interval`` seconds): how recently the watch was known to be live.
+        stream as it is read (events, and progress notifications requested after every
+        ``progress_interval`` seconds without an answer): how recently the watch was known
+        to be live.  Without ``on_progress`` no progress is requested.
         A broken stream (etcd restarted, member down) is re-opened from the last
         delivered revision + 1 with a capped backoff, on the next endpoint.  If that
         revision was compacted away, the leases are re-listed and yielded as a snapshot.
@@ -657,7 +661,7 @@ class _WatchStream:
     def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event,
                  key: bytes | None = None, range_end: bytes | None = None,
                  on_progress: Callable[[int], None] | None = None,
-                 progress_interval: float = WATCH_PROGRESS_INTERVAL):
+                 progress_interval: float | None = WATCH_PROGRESS_INTERVAL):
         self.registry = registry
         self.start_revision = start_revision
         self.stop = stop
@@ -665,7 +669,8 @@ class _WatchStream:
         self.range_end = (range_end if range_end is not None
                           else gw.prefix_range_end(self.key))
         self.on_progress = on_progress
-        self.progress_interval = progress_interval
+        # no progress is asked for when nobody listens for it
+        self.progress_interval = progress_interval if on_progress is not None else None
         self.compacted = 0
         self._done = threading.Event()
         self._call: gw.WatchCall | None = None
@@ -683,12 +688,12 @@ class _WatchStream:
         return req
 
     def _guard_stream(self) -> None:
-        tick = min(0.2, self.progress_interval)
+        interval = self.progress_interval
+        tick = 0.2 if interval is None else min(0.2, interval)
         while not self._done.wait(tick):
             if self.stop.is_set():
                 break
-            if (self.on_progress is not None
-                    and time.monotonic() - self._heard >= self.progress_interval):
+            if interval is not None and time.monotonic() - self._heard >= interval:
                 self._check_progress()
         call = self._call
         if call is not None:

@@ -165,6 +165,9 @@ def setup_ipv6_only(config: NetworkConfig, opts: NodeOptions) -> DataPlane:
     if not opts.iface and opts.public_ipv6 is None:
         raise ConfigError("an IPv6-only network (EnableIPv4 false) needs --iface or "
                           "--public-ipv6 to find this node's IPv6 underlay")
+    if opts.public_ip is not None:
+        log.info("IPv6-only network: --public-ip %s is not used (no IPv4 device)",
+                 opts.public_ip)
     nl = open_netlink()
     try:
         links = dump_links(nl)

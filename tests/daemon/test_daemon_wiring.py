@@ -547,3 +547,9 @@ def test_an_ipv6_only_lease_writes_the_ipv6_pair_and_no_ipv4_masquerade(tmp_path
     assert (d.masq.network6, d.masq.subnet6) == (IPv6Network("fd00:10:244::/56"), lease.subnet)
     # a restart finds its previous subnet in the IPv6 pair
     assert d._previous_subnet(d.config) == lease.subnet
+
+
+def test_the_progress_interval_is_a_quarter_of_the_lag_limit_uncapped():
+    from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, progress_interval
+    assert progress_interval(DEFAULT_MAX_LAG) == 7.5  # was capped at 5 s: 200 requests/s
+    assert progress_interval(120) == 30.0 and progress_interval(0.2) == 0.05

@@ -47,3 +47,92 @@ def test_a_round_probes_full_size_then_small_only_the_silent():
                      (["10.244.3.0", "10.244.4.0"], 56, 1)]
     assert [(c.full_answered, c.small_answered) for c in checks] == [
         (True, None), (False, True), (False, False)]
+
+
+# ---- the heartbeat: keepalives, the record written on change, its read-back --------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_agent(record):
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from overlay.daemon.nodestatus import AgentMetrics, NodeAgent
+    from tests.fakes import FakeObjectStore
+
+    store, clock, current = FakeObjectStore(), Clock(), [record]
+    agent = NodeAgent(store, "node1", ME, lambda: current[0], threading.Event(),  # type: ignore[arg-type]
+                      AgentMetrics.on(CollectorRegistry()), 5.0, 10.0, refresh=300.0,
+                      clock=clock)
+    agent.claim()
+    return agent, store, clock, current
+
+
+def beat(agent, clock, times=1):
+    """What ``run_heartbeat`` does every period."""
+    for _ in range(times):
+        agent._beat()
+        agent.sync()
+        clock.now += agent.period
+
+
+MINE = NodeRecord("node1", ME.public_ip, IPv4Network("10.244.1.0/24"), ME.vtep_mac, "0.2.0",
+                  datetime(2026, 12, 3, tzinfo=UTC), True)
+
+
+def test_a_steady_node_sends_keepalives_and_writes_its_record_once():
+    agent, store, clock, _ = make_agent(MINE)
+    assert store.writes() == 1 and store.calls["create"] == 1  # the heartbeat key
+    beat(agent, clock, 50)  # 250 s: before the first read-back
+    assert store.calls["keepalive"] == 50  # one per period, nothing else
+    assert store.writes() == 2  # + the record, once
+    assert store.calls["grant"] == 1
+    assert store.kvs["/overlay/network/nodes/node1"].value == MINE.encode()
+
+
+def test_the_record_is_rewritten_when_its_content_changes_only():
+    agent, store, clock, current = make_agent(MINE)
+    beat(agent, clock, 3)
+    writes = store.writes()
+    from dataclasses import replace
+    current[0] = replace(MINE, ready=False, reason="subnet.env not written")
+    beat(agent, clock, 3)
+    assert store.writes() == writes + 1 and store.calls["replace"] == 1
+    held = store.kvs["/overlay/network/nodes/node1"].value
+    assert json.loads(held)["reason"] == "subnet.env not written"
+
+
+def test_a_lost_heartbeat_lease_is_granted_again_and_the_record_rewritten():
+    agent, store, clock, _ = make_agent(MINE)
+    beat(agent, clock, 2)
+    store.expire(agent.lease_id)  # keepalives stopped reaching etcd for over the TTL
+    del store.kvs["/overlay/network/nodes/node1"]  # e.g. `nodes delete --force`
+    beat(agent, clock)
+    assert store.calls["grant"] == 2
+    assert "/overlay/network/heartbeats/node1" in store.kvs
+    assert store.kvs["/overlay/network/nodes/node1"].value == MINE.encode()
+
+
+def test_the_record_is_read_back_slowly_and_repaired_only_when_lost():
+    agent, store, clock, _ = make_agent(MINE)
+    beat(agent, clock)
+    reads, writes = store.calls["get"], store.writes()
+    beat(agent, clock, 59)  # 295 s after the write: no read-back yet
+    assert (store.calls["get"], store.writes()) == (reads, writes)
+    beat(agent, clock)  # 300 s: one read, intact, no write
+    assert (store.calls["get"], store.writes()) == (reads + 1, writes)
+    del store.kvs["/overlay/network/nodes/node1"]  # deleted by hand, heartbeat alive
+    beat(agent, clock, 59)
+    assert "/overlay/network/nodes/node1" not in store.kvs  # noticed at the next read-back
+    beat(agent, clock)
+    assert store.kvs["/overlay/network/nodes/node1"].value == MINE.encode()
+    store.put("/overlay/network/nodes/node1", b'{"overwritten": true}')  # changed by hand
+    beat(agent, clock, 60)
+    assert store.kvs["/overlay/network/nodes/node1"].value == MINE.encode()

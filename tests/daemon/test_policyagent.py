@@ -47,7 +47,7 @@ def _policy(obj: dict[str, Any], rev: int = 1) -> KV:
 class Applied:
     def __init__(self) -> None:
         self.tables: list[nft.CompiledTable] = []
-        self.scripts: list[str] = []  # admit_script's element updates
+        self.scripts: list[str] = []  # the ADDs' admissions, as nft commands
         self.fail = False
 
     def __call__(self, table: nft.CompiledTable) -> None:
@@ -55,10 +55,10 @@ class Applied:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
         self.tables.append(table)
 
-    def update(self, script: str) -> None:
+    def update(self, adm: nft.Admission) -> None:
         if self.fail:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
-        self.scripts.append(script)
+        self.scripts.append(adm.script())
 
 
 @pytest.fixture
@@ -194,7 +194,8 @@ def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
     assert handlers["ADD"](_request()) == RESULT
     # DENY (every pod of x) was compiled with x/a: the new pod's elements were added
     assert len(applied.tables) == 1 and len(applied.scripts) == 1
-    assert "10.244.1.9" in applied.scripts[0] and "pod_sources_check" in applied.scripts[0]
+    assert "10.244.1.9" in applied.scripts[0]
+    assert "add chain inet overlay-policy src_veth" in applied.scripts[0]  # its source check
     assert list(a._pending) == ["c-new"]  # until the registry has it
     a.sync()  # the compiler's pass replaces the table whole, the pod in it
     assert len(applied.tables) == 2 and "10.244.1.9" in applied.tables[-1].text

@@ -82,7 +82,7 @@ def all_reach(lab):
 # --------------------------------------------------------------------- the nodes
 def test_each_node_has_overlay_v6_only_and_writes_the_ipv6_pair_alone(lab):
     config = json.loads(lab.overlayctl("-o", "json", "config", "get").stdout)
-    assert config.get("EnableIPv4") is False and "Network" not in json.dumps(config)
+    assert config.get("EnableIPv4") is False and "Network" not in config, config
     for i, node in enumerate(NODES, 1):
         ns = lab.spec.node_ns(node)
         links = {x["ifname"] for x in json.loads(ip("-j", "link", "show", ns=ns).stdout)}

@@ -1,6 +1,6 @@
 """conntrack -L lines as flows: the original direction, other protocols skipped."""
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from overlay.policy.conntrack import Flow, parse_flows
 
@@ -19,3 +19,12 @@ def test_flows_keep_the_original_direction_only() -> None:
     assert parse_flows(LISTING) == [
         Flow("UDP", IPv4Address("10.244.2.3"), IPv4Address("10.244.1.3"), 57300, 81),
         Flow("TCP", IPv4Address("10.244.1.2"), IPv4Address("10.244.2.2"), 37258, 80)]
+
+
+def test_ipv6_flows_are_read_and_mixed_families_skipped() -> None:
+    listing = ("tcp      6 431999 ESTABLISHED src=fd00:10:244:1::2 dst=fd00:10:244:2::3 "
+               "sport=40000 dport=80 src=fd00:10:244:2::3 dst=fd00:10:244:1::2 sport=80 "
+               "dport=40000 [ASSURED] mark=0 use=1\n"
+               "udp      17 29 src=fd00::1 dst=10.0.0.1 sport=1 dport=2\n")
+    assert parse_flows(listing) == [Flow("TCP", IPv6Address("fd00:10:244:1::2"),
+                                         IPv6Address("fd00:10:244:2::3"), 40000, 80)]

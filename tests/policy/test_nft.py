@@ -4,6 +4,8 @@ is tests/integration/test_policy_nft.py."""
 
 from ipaddress import IPv4Address
 
+import pytest
+
 from overlay.cluster.pods import Port
 from overlay.policy.model import parse_policy
 from overlay.policy.nft import (
@@ -14,6 +16,7 @@ from overlay.policy.nft import (
     merge_ranges,
     range_text,
     replacement,
+    veth_problem,
 )
 from overlay.policy.semantics import Pod, peer_matches
 
@@ -36,9 +39,15 @@ def _policies(n: int) -> list:
         for i in range(n)]
 
 
-def _rules(text: str) -> int:
-    return sum(1 for line in text.splitlines() if line.startswith("\t\t")
-               and not line.strip().startswith("type "))
+def _rules(text: str, chains: str = "") -> int:
+    """Rules outside the per-veth source chains (``chains="src_"``: only theirs)."""
+    count, chain = 0, ""
+    for line in text.splitlines():
+        if line.startswith("\tchain "):
+            chain = line.split()[1]
+        elif line.startswith("\t\t") and not line.strip().startswith("type "):
+            count += chain.startswith("src_") == (chains == "src_")
+    return count
 
 
 def test_rules_do_not_grow_with_pods():
@@ -50,15 +59,18 @@ def test_rules_do_not_grow_with_pods():
                           pols)
     assert _rules(t_small.text) == _rules(t_big.text)
     assert len(t_big.text) > len(t_small.text)  # the sets grew instead
+    # but for each local pod's own source chain: two rules per veth, whatever the policies
+    assert _rules(t_small.text, "src_") == 2 * 50 and _rules(t_big.text, "src_") == 2 * 500
 
 
 def test_rules_grow_linearly_with_policies():
     pods = _cluster(300)
     local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods[:100])]
-    # Fixed: forward's 3, the source check's 2, two drops. Per policy (each selects a
-    # local pod): one ingress and one egress rule, and each direction's denied counter.
+    # Fixed: forward's 6 (3 for IPv6 link-local), two drops (the source chains' 2 per veth
+    # apart). Per policy (each selects a local pod): one ingress and one egress rule, each
+    # direction's denied counter.
     for n in (10, 40):
-        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 7 + 4 * n
+        assert _rules(compile_table(local, pods, {}, _policies(n)).text) == 8 + 4 * n
 
 
 def test_no_policy_compiles_to_an_empty_table():
@@ -156,3 +168,37 @@ def test_the_cluster_index_names_the_pods_the_evaluator_does():
                     assert sorted(x.ref for x in cluster.peer_pods(peer, p.namespace)) == want
                     checked += 1
     assert checked > 50
+
+
+def test_each_local_veth_has_its_own_source_chain():
+    deny = parse_policy(policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    pods = model_pods()
+    a, b = pods[0], pods[1]
+    local = [LocalPod(a, "veth0a"), LocalPod(b, "veth0b"), LocalPod(pods[2], 'bad"name')]
+    t = compile_table(local, pods, model_namespaces(), [deny])
+    chain = t.text.split("\tchain src_veth0a {\n")[1].split("\t}")[0].splitlines()
+    assert [line.strip() for line in chain] == [
+        'type filter hook ingress device "veth0a" priority -500; policy accept;',
+        f'meta protocol ip ip saddr != {a.ip} counter name "spoofed" drop',
+        'meta protocol ip6 ip6 saddr != { ::, fe80::/64 } counter name "spoofed" drop']
+    assert "chain src_veth0b {" in t.text
+    # a name that could break out of nft's text gets no chain and never reaches the text
+    assert 'bad"name' not in t.text and "bad" not in t.text
+    assert t.index is not None and dict(t.index.sources) == {
+        "veth0a": (str(a.ip),), "veth0b": (str(b.ip),)}
+    assert t.counters["spoofed"].verdict == "spoofed"
+
+
+def test_a_veth_two_records_share_allows_both_addresses():
+    deny = parse_policy(policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    pods = model_pods()
+    t = compile_table([LocalPod(pods[0], "veth0"), LocalPod(pods[2], "veth0")], pods,
+                      model_namespaces(), [deny])
+    both = ", ".join(sorted(str(p.ip) for p in (pods[0], pods[2])))
+    assert f"ip saddr != {{ {both} }} counter" in t.text and t.text.count("chain src_") == 1
+
+
+@pytest.mark.parametrize("name", ["", "a" * 16, "-lead", 'q"uote', "sp ace", "semi;", "{"])
+def test_veth_names_that_cannot_reach_nft_text(name):
+    assert veth_problem(name) is not None
+    assert veth_problem("veth0123456789a") is None  # the project's own shape, 15 bytes

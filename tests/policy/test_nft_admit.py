@@ -20,7 +20,9 @@ from .randomized import random_policies
 SET_RE = re.compile(r"^\tset (\S+) \{ type ([^;]+);( flags interval; auto-merge;)?"
                     r"(?: elements = \{ (.*) \};)? \}$")
 ADD_RE = re.compile(r"^add element inet overlay-policy (\S+) \{ (.*) \}$")
-DEVICES_RE = re.compile(r"devices = \{ ([^}]*) \}")
+CHAIN_RE = re.compile(r"^\tchain (\S+) \{$")
+ADD_CHAIN_RE = re.compile(r"^add chain inet overlay-policy (src_\S+) \{ (.*) \}$")
+ADD_RULE_RE = re.compile(r"^add rule inet overlay-policy (src_\S+) (.*)$")
 
 
 def _new_pod(label: str = "a", ns: str = "x") -> Pod:
@@ -43,32 +45,33 @@ class Kernel:
     """What a table's text (plus element updates) holds, as the kernel would: each set's
     content (an address interval set as merged ranges), and the rules with every
     ``@set`` replaced by that content (so equal tables compare equal whatever their sets
-    are named)."""
+    are named), by chain (its header first)."""
 
     def __init__(self, text: str):
         self.types: dict[str, tuple[str, bool]] = {}
         self.elements: dict[str, set[str]] = {}
-        self.rules: list[str] = []
-        self.devices: set[str] = set()
+        self.chains: dict[str, list[str]] = {}
+        chain: list[str] = []
         for line in text.splitlines():
             if m := SET_RE.match(line):
                 self.types[m[1]] = (m[2], bool(m[3]))
                 self.elements[m[1]] = set(m[4].split(", ")) if m[4] else set()
+            elif m := CHAIN_RE.match(line):
+                chain = self.chains.setdefault(m[1], [])
             elif line.startswith("\t\t"):
-                if d := DEVICES_RE.search(line):
-                    self.devices = {v.strip('"') for v in d[1].split(", ")}
-                    line = DEVICES_RE.sub("devices = {}", line)
-                self.rules.append(line.strip())
+                chain.append(line.strip())
 
     def load(self, script: str) -> None:
         for line in script.splitlines():
             if m := ADD_RE.match(line):
                 assert m[1] in self.elements, f"no set {m[1]}"
                 self.elements[m[1]] |= set(m[2].split(", "))
-            elif d := DEVICES_RE.search(line):
-                assert line.startswith("add chain inet overlay-policy pod_sources_check {")
-                assert self.devices <= {v.strip('"') for v in d[1].split(", ")}
-                self.devices = {v.strip('"') for v in d[1].split(", ")}
+            elif m := ADD_CHAIN_RE.match(line):
+                assert m[1] not in self.chains, f"chain {m[1]} exists"
+                self.chains[m[1]] = [m[2]]
+            elif m := ADD_RULE_RE.match(line):
+                assert m[1] in self.chains, f"no chain {m[1]}"
+                self.chains[m[1]].append(m[2])
             else:
                 raise AssertionError(f"unexpected command {line!r}")
 
@@ -78,10 +81,11 @@ class Kernel:
             return repr(_ranges(sorted(self.elements[name])))
         return repr(sorted(self.elements[name]))
 
-    def view(self) -> tuple[list[str], set[str]]:
+    def view(self) -> dict[str, list[str]]:
         def sub(m: re.Match[str]) -> str:
             return f"@{self.content(m[1])}"
-        return [re.sub(r"@(\w+)", sub, r) for r in self.rules], self.devices
+        return {name: [re.sub(r"@(\w+)", sub, r) for r in rules]
+                for name, rules in self.chains.items()}
 
 
 def _before_after(policies, new: Pod):
@@ -100,12 +104,16 @@ def test_the_commands_for_a_pod_a_default_deny_selects():
     lines = script.splitlines()
     # x's pods on node1 (model: x/a, x/b ... per node_of) share one set for the policy's
     # selection and the isolation: one element for both
-    assert 'add element inet overlay-policy pod_sources { "v-new" . 10.244.1.50 }' in lines
-    assert any(re.fullmatch(r"add element inet overlay-policy \w+ \{ 10\.244\.1\.50 \}", line)
-               for line in lines if "pod_sources" not in line)
-    assert lines[-1].startswith("add chain inet overlay-policy pod_sources_check { type filter "
-                                "hook ingress devices = { ")
-    assert '"v-new"' in lines[-1] and lines[-1].endswith("priority -500; policy accept; }")
+    assert re.fullmatch(r"add element inet overlay-policy \w+ \{ 10\.244\.1\.50 \}", lines[0])
+    # then the veth's own source chain, hooked on it alone, with the same rules the
+    # compiled table gives it
+    assert lines[-3:] == [
+        'add chain inet overlay-policy src_v-new { type filter hook ingress device "v-new" '
+        "priority -500; policy accept; }",
+        'add rule inet overlay-policy src_v-new meta protocol ip ip saddr != 10.244.1.50 '
+        'counter name "spoofed" drop',
+        'add rule inet overlay-policy src_v-new meta protocol ip6 ip6 saddr != { ::, '
+        'fe80::/64 } counter name "spoofed" drop']
     assert all(line.startswith("add ") for line in lines)  # never a delete or a flush
 
 
@@ -153,7 +161,7 @@ def test_elements_give_the_table_a_compile_would(seed):
     assert kernel.view() == Kernel(after.text).view()
     index = admitted(before, LocalPod(new, f"v-{new.namespace}-new")).index
     assert index is not None and after.index is not None
-    assert index.veths == after.index.veths
+    assert index.sources == after.index.sources
 
 
 def test_most_random_cases_take_the_element_path():

@@ -2,14 +2,16 @@
 
 Each path answers from its own list of replies, in order (the last one repeats): a
 reply is ``(status, body)``, ``DROP`` (close the connection without answering, like a
-member that died mid-request) or ``("stream", [lines])`` for a watch.  The answers the
-tests give are ones recorded from etcd 3.4.23 here.
+member that died mid-request) or ``("stream", [lines], hold)`` for a watch (kept open
+``hold`` seconds after the lines).  The answers the tests give are ones recorded from
+etcd 3.4.23 here.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,7 +38,7 @@ class Gateway:
                 if reply == DROP:
                     self.close_connection = True
                     return
-                status, payload = reply
+                status, payload, *hold = reply
                 if status == "stream":
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -47,6 +49,8 @@ class Gateway:
                         data += b"\n"
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                         self.wfile.flush()
+                    if hold:  # keep the stream open, quiet, this long
+                        time.sleep(hold[0])
                     self.wfile.write(b"0\r\n\r\n")
                     self.close_connection = True
                     return

@@ -4,6 +4,7 @@ gateway (no etcd)."""
 from __future__ import annotations
 
 import threading
+import time
 from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 
@@ -149,3 +150,43 @@ def test_a_listing_larger_than_the_cache_turns_it_off():
     reg._use_cache(registry_mod.CACHED_VALUES)
     judge(3)
     assert registry_mod._parse_kv.cache_info().currsize == 1
+
+
+def _watch_for(gateway, seconds: float, **kw) -> list[dict]:
+    """Run a stream against ``gateway`` for ``seconds``; the progress ranges it sent."""
+    reg = registry(gateway)
+    stream = _WatchStream(reg, 5, threading.Event(), **kw)
+    t = threading.Thread(target=lambda: list(stream.updates()), daemon=True)
+    t.start()
+    time.sleep(seconds)
+    stream.close()
+    t.join(2)
+    assert not t.is_alive()
+    reg.close()
+    return [b for p, b, _ in gateway.requests if p == "/v3/kv/range"]
+
+
+def test_a_watch_nobody_asks_progress_of_requests_none(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
+    assert _watch_for(gateway, 0.4, progress_interval=0.05) == []  # no on_progress
+
+
+def test_progress_is_asked_of_the_streams_member_after_a_silent_interval(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
+    gateway.on("/v3/kv/range", (200, {"header": {**HEADER, "revision": "7"}}))
+    heard: list[int] = []
+    asked = _watch_for(gateway, 0.6, on_progress=heard.append, progress_interval=0.1)
+    assert 3 <= len(asked) <= 6
+    # one key at most, changed after what the stream delivered (from revision 5 on)
+    assert all(b["limit"] == "1" and b["keys_only"] and b["min_mod_revision"] == "5"
+               for b in asked)
+    assert heard[0] == 2 and heard[1:] == [7] * len(asked)  # created, then each progress
+
+
+def test_no_progress_while_the_range_shows_an_undelivered_change(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
+    gateway.on("/v3/kv/range", (200, {"header": {**HEADER, "revision": "9"}, "kvs": [
+        {"key": gw.b64("/overlay/network/subnets/10.244.9.0-24"), "mod_revision": "9"}]}))
+    heard: list[int] = []
+    asked = _watch_for(gateway, 0.4, on_progress=heard.append, progress_interval=0.1)
+    assert asked and heard == [2]  # only the stream's own answer
