@@ -173,20 +173,21 @@ def test_a_watch_nobody_asks_progress_of_requests_none(gateway):
 
 def test_progress_is_asked_of_the_streams_member_after_a_silent_interval(gateway):
     gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
-    gateway.on("/v3/kv/range", (200, {"header": {**HEADER, "revision": "7"}}))
+    gateway.on("/v3/kv/range", (200, {"header": {**HEADER, "revision": "7"}, "count": "0"}))
     heard: list[int] = []
     asked = _watch_for(gateway, 0.6, on_progress=heard.append, progress_interval=0.1)
     assert 3 <= len(asked) <= 6
-    # one key at most, changed after what the stream delivered (from revision 5 on)
-    assert all(b["limit"] == "1" and b["keys_only"] and b["min_mod_revision"] == "5"
+    # the watched key alone, counted: no range of the prefix for etcd to read
+    assert all(b == {"key": gw.b64(b"/overlay/network/subnets/"), "count_only": True}
                for b in asked)
-    assert heard[0] == 2 and heard[1:] == [7] * len(asked)  # created, then each progress
+    # created at 2; then the stream's own revision (from 5: nothing delivered since)
+    assert heard[0] == 2 and heard[1:] == [4] * len(asked)
 
 
-def test_no_progress_while_the_range_shows_an_undelivered_change(gateway):
+def test_no_progress_while_the_member_does_not_answer(gateway):
     gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
-    gateway.on("/v3/kv/range", (200, {"header": {**HEADER, "revision": "9"}, "kvs": [
-        {"key": gw.b64("/overlay/network/subnets/10.244.9.0-24"), "mod_revision": "9"}]}))
+    gateway.on("/v3/kv/range", (503, {"error": "etcdserver: request timed out",
+                                      "message": "etcdserver: request timed out", "code": 14}))
     heard: list[int] = []
     asked = _watch_for(gateway, 0.4, on_progress=heard.append, progress_interval=0.1)
     assert asked and heard == [2]  # only the stream's own answer
