@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Network
@@ -431,10 +431,22 @@ def watch_gone_leases(store: ObjectStore, stop: threading.Event) -> None:
         gone, known = known - now, now
         if not gone or stop.wait(LEASE_GONE_GRACE):  # one grace for the whole batch
             continue
-        for key in sorted(gone):
-            subnet = _subnet_of(key, base)
-            if subnet is not None and store.get(key) is None:
-                delete_pods_in_subnet(store, subnet)
+        for subnet in gone_subnets(gone, known, base, store.get):
+            delete_pods_in_subnet(store, subnet)
+
+
+def gone_subnets(gone: Iterable[str], known: Iterable[str], base: str,
+                 get: Callable[[str], object]) -> list[IPNetwork]:
+    """The subnets of the ``gone`` keys that are still absent and that no ``known`` key
+    holds: a lease re-keyed (its IPv6 half gained, lost or moved: one transaction that
+    deletes the old key and puts the new one) keeps its subnet, and so its pods."""
+    held = {s for s in (_subnet_of(k, base) for k in known) if s is not None}
+    out = []
+    for key in sorted(gone):
+        subnet = _subnet_of(key, base)
+        if subnet is not None and subnet not in held and get(key) is None:
+            out.append(subnet)
+    return out
 
 
 def pod_threads(store: ObjectStore, node: str, data_dir: str,
