@@ -168,7 +168,8 @@ class PolicyAgent:
                  leases_listed: Callable[[], bool] = lambda: True,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
                  bridge_problem: Callable[[], str | None] = bridge_filtering_problem,
-                 update: Callable[[str], None] = nft.apply_script, log_denied: bool = False,
+                 update: Callable[[nft.Admission], None] = nft.apply_admission,
+                 log_denied: bool = False,
                  own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None):
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
@@ -449,7 +450,7 @@ class PolicyAgent:
 
     def _add_elements(self, local: nft.LocalPod) -> bool:
         """Put a new pod into the loaded table by adding its elements (one transaction,
-        the same verdicts as compiling the table with it: ``nft.admit_script``); the whole
+        the same verdicts as compiling the table with it: ``nft.admission``); the whole
         table follows from the compiler thread. False: only a full compile can say it.
 
         Only while the table is compiled from the policies and namespaces the watches hold
@@ -464,12 +465,12 @@ class PolicyAgent:
                 return True  # a compile that waited for this lock included the pod
             if changed or local.pod.ref in self._loaded_refs:
                 return False
-            script = nft.admit_script(loaded, local)
-            if script is None:
+            adm = nft.admission(loaded, local)
+            if adm is None:
                 return False
-            if script:
+            if not adm.empty:
                 try:
-                    self._update(script)
+                    self._update(adm)
                 except OverlayError:
                     self._ahead = True  # maybe half loaded: the next compile replaces it
                     self._dirty.set()

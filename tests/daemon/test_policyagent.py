@@ -47,7 +47,7 @@ def _policy(obj: dict[str, Any], rev: int = 1) -> KV:
 class Applied:
     def __init__(self) -> None:
         self.tables: list[nft.CompiledTable] = []
-        self.scripts: list[str] = []  # admit_script's element updates
+        self.scripts: list[str] = []  # the ADDs' admissions, as nft commands
         self.fail = False
 
     def __call__(self, table: nft.CompiledTable) -> None:
@@ -55,10 +55,10 @@ class Applied:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
         self.tables.append(table)
 
-    def update(self, script: str) -> None:
+    def update(self, adm: nft.Admission) -> None:
         if self.fail:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
-        self.scripts.append(script)
+        self.scripts.append(adm.script())
 
 
 @pytest.fixture

@@ -63,10 +63,10 @@ def test_added_elements_and_the_full_compile_give_the_same_verdicts(topo, seed):
     node1 = topo.local(1)
     new = node1[seed % len(node1)]
     table = _load_without(topo, policies, new.pod.ref)
-    script = nft.admit_script(table, new)
-    if script is None:
+    adm = nft.admission(table, new)
+    if adm is None:
         pytest.skip("this pod needs a whole compile (tests/policy/test_nft_admit.py counts)")
-    nft.apply_script(script, netns=topo.node(1))
+    nft.apply_admission(adm, netns=topo.node(1))  # as nfnetlink messages where it can
     by_elements = topo.probe(probes())
     full = nft.compile_table(node1, list(topo.pods.values()), model_namespaces(), policies)
     # the kernel's table as diagnose's drift check reads it: the full compile's
@@ -90,9 +90,10 @@ def test_a_default_deny_pod_added_by_elements_is_filtered_and_not_spoofing(topo)
                                                                         "protocol": "UDP"}]}]}))]
     new = next(lp for lp in topo.local(1) if lp.pod.namespace == "x")
     table = _load_without(topo, policies, new.pod.ref)
-    script = nft.admit_script(table, new)
-    assert script is not None and new.ifname in script
-    nft.apply_script(script, netns=topo.node(1))
+    adm = nft.admission(table, new)
+    assert adm is not None and adm.chain is not None and adm.chain.veth == new.ifname
+    assert nft._netlink_messages(adm) is not None  # the ADD's path: no libnftables
+    nft.apply_admission(adm, netns=topo.node(1))
     chain = topo.nft(1, "list", "chain", "inet", nft.TABLE, f"src_{new.ifname}")
     assert f'device "{new.ifname}"' in chain or f'"{new.ifname}"' in chain
     got = topo.probe(probes())
@@ -112,10 +113,10 @@ def _kernel_diff(topo: PolicyTopology, table: nft.CompiledTable) -> list[str]:
 
 def test_several_adds_then_a_compile_leave_no_drift_and_a_gone_pod_no_chain(topo):
     """Three of node1's pods (one selected, two not) put in by element updates, one after
-    the other (each its own transaction with its veth's chain), hold the table a compile
-    with them gives; loading that compile changes nothing; the compile once a pod is gone
-    (its DEL, then the registry) removes that veth's chain and nothing else, and the
-    kernel still agrees."""
+    the other (each its own transaction with its veth's chain; the first as nft text, the
+    others as nfnetlink messages), hold the table a compile with them gives; loading that
+    compile changes nothing; the compile once a pod is gone (its DEL, then the registry)
+    removes that veth's chain and nothing else, and the kernel still agrees."""
     deny = parse_policy(policy("deny", "x", {"podSelector": {},
                                              "policyTypes": ["Ingress", "Egress"]}))
     node1 = topo.local(1)
@@ -125,10 +126,14 @@ def test_several_adds_then_a_compile_leave_no_drift_and_a_gone_pod_no_chain(topo
     assert len(new) == 3
     refs = {lp.pod.ref for lp in new}
     table = _load_without_all(topo, [deny], refs)
-    for lp in new:
-        script = nft.admit_script(table, lp)
-        assert script is not None and f"add chain inet overlay-policy src_{lp.ifname}" in script
-        nft.apply_script(script, netns=topo.node(1))
+    for i, lp in enumerate(new):
+        adm = nft.admission(table, lp)
+        assert adm is not None and adm.chain is not None and adm.chain.veth == lp.ifname
+        if i == 0:  # the text path (libnftables or nft -f), then nfnetlink messages
+            nft.apply_script(adm.script(), netns=topo.node(1))
+        else:
+            assert nft._netlink_messages(adm) is not None
+            nft.apply_admission(adm, netns=topo.node(1))
         table = nft.admitted(table, lp)
     full = nft.compile_table(node1, pods, model_namespaces(), [deny])
     assert _kernel_diff(topo, full) == []
