@@ -496,9 +496,9 @@ def source_chain(veth: str, addresses: Iterable[IPAddress]) -> SourceChain:
     own addresses (a pod with NET_RAW cannot borrow an allowed peer's). It must be the
     veth's own hook: for bridged traffic the inet prerouting hook sees only ``cni0``.
     IPv6 only from the pod's own IPv6 addresses, link-local and ``::``
-    (:func:`ipv6_source_rule`); none from a pod without an IPv6 address. ``veth`` must
-    have passed :func:`veth_problem`. The one place a veth's check is written: the
-    compiled table and an ADD's commands (:func:`admit_script`) both use it."""
+    (:func:`ipv6_source_rule`). ``veth`` must have passed :func:`veth_problem`. The one
+    place a veth's check is written: the compiled table and an ADD's commands
+    (:func:`admit_script`) both use it."""
     assert veth_problem(veth) is None, veth
     addresses = list(addresses)
     v4 = sorted(set(_ipv4(addresses)))
@@ -507,10 +507,7 @@ def source_chain(veth: str, addresses: Iterable[IPAddress]) -> SourceChain:
     counter = f'counter name "{SPOOFED}"'
     rules = (f"meta protocol ip ip saddr != {own} {counter} drop" if own
              else f"meta protocol ip {counter} drop",
-             # a pod without an IPv6 address sends no IPv6 at all (and its chain keeps the
-             # form nftables.source_rules encodes: the ADD's nfnetlink batch)
-             ipv6_source_rule(addresses, counter) if _ips(addresses, 6)
-             else f"meta protocol ip6 {counter} drop")
+             ipv6_source_rule(addresses, counter))
     header = (f'type filter hook ingress device "{veth}" priority {SOURCE_CHECK_PRIORITY}; '
               "policy accept;")
     v6 = tuple(str(ip) for ip in sorted(set(_ips(addresses, 6))))
