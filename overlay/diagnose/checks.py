@@ -49,6 +49,7 @@ from overlay.diagnose.state import (
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.pod import host_veth_name
+from overlay.netlink.route import RTPROT_OVERLAY
 from overlay.netlink.rtnl import protocol_name
 from overlay.util.text import rfc3339
 from overlay.vxlan.entries import (
@@ -663,9 +664,15 @@ def _route_conflicts(k: KernelState, f: Facts
     want = {s for s, _ in f.wanted(Route)}
     out: dict[IPv4Network | IPv6Network, list[RouteInfo]] = {}
     for r in (*k.routes, *k.typed_routes):
-        if r.dst in want and not r.ours:
+        if r.dst in want and not _ours(r):
             out.setdefault(r.dst, []).append(r)
     return out
+
+
+def _ours(r: RouteInfo) -> bool:
+    """``Route.ours``, for either family's record (an IPv6-only node's are ``Route6``s,
+    which have the same fields but not the property)."""
+    return r.protocol is None or r.protocol == RTPROT_OVERLAY
 
 
 def _unblocked(k: KernelState, f: Facts, kind: type[E]
