@@ -157,7 +157,8 @@ def read_config_changed(addr: str, timeout: float = 2.0) -> bool | None:
 _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 
 
-def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[int, int, str]:
+def ping(target: IPv4Address | IPv6Address, size: int, count: int, timeout: float
+         ) -> tuple[int, int, str]:
     """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
     argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
             "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
@@ -188,8 +189,23 @@ def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: f
         return dict(zip(targets, pool.map(one, targets), strict=True))
 
 
+def echo_peers6(targets: Sequence[IPv6Address], size: int, count: int, timeout: float
+                ) -> dict[IPv6Address, Echo]:
+    """``echo_peers`` over ICMPv6 (iputils' ``ping`` takes either family)."""
+    try:
+        return echo_many6(targets, size, count, timeout)
+    except PermissionError:
+        log.info("no raw ICMPv6 socket (not root?): probing with one ping per peer")
+
+    def one(t: IPv6Address) -> Echo:
+        return Echo(*ping(t, size, count, timeout))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+        return dict(zip(targets, pool.map(one, targets), strict=True))
+
+
 def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
-                echo: Echoer = echo_peers, echo6: Echoer6 = echo_many6) -> list[ProbeResult]:
+                echo: Echoer = echo_peers, echo6: Echoer6 = echo_peers6) -> list[ProbeResult]:
     """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
     peers that do not answer get one small ping, which tells a path-MTU problem apart.
     An IPv6-only network's peers (IPv6 leases) are pinged at their ``::`` over ICMPv6;
@@ -217,7 +233,7 @@ def _probe(remotes: Sequence[Lease], targets: Sequence[A], size: int, count: int
 
 
 def probe_peers6(remotes: Sequence[Lease], device: DeviceView, count: int, timeout: float,
-                 echo: Echoer6 = echo_many6) -> list[Probe6Result]:
+                 echo: Echoer6 = echo_peers6) -> list[Probe6Result]:
     """``probe_peers`` over IPv6: every peer whose IPv6 VTEP neighbour is on the device,
     with DF at the IPv6 device's MTU (IPv6 40 + ICMPv6 8 bytes of headers)."""
     halves = [h for h in map(v6_half, remotes) if h is not None
@@ -249,7 +265,7 @@ def probe_local_pods(reservations: Sequence[Reservation], count: int, timeout: f
 
 
 def probe_local_pods6(reservations: Sequence[Reservation6], count: int, timeout: float,
-                      echo: Echoer6 = echo_many6) -> list[PodProbe]:
+                      echo: Echoer6 = echo_peers6) -> list[PodProbe]:
     """``probe_local_pods`` over ICMPv6: an IPv6-only node's pods hold IPv6 addresses only."""
     if not reservations:
         return []
