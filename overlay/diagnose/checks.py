@@ -66,12 +66,21 @@ from overlay.vxlan.entries import (
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 
 
+def ipv6_only(node: NodeState, cluster: ClusterState) -> bool:
+    """An IPv6-only network (EnableIPv4 false): the config says so, or, with etcd
+    unreadable, this node's subnet.env (the IPv6 pair alone)."""
+    if cluster.config is not None:
+        return cluster.config.ipv6_only
+    return node.subnet_env is not None and node.subnet_env.ipv6_only
+
+
 def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
     k = node.kernel or KernelState()
     cfg = cluster.config
+    v6only = ipv6_only(node, cluster)
     # an IPv6-only node's one device is overlay-v6.<VNI>
-    default = f"overlay{'-v6' if cfg and cfg.ipv6_only else ''}.{cfg.backend.vni}" if cfg else ""
-    vxlan_name = opts.vxlan_device or default or _guess_vxlan(k)
+    default = f"overlay{'-v6' if v6only else ''}.{cfg.backend.vni}" if cfg else ""
+    vxlan_name = opts.vxlan_device or default or _guess_vxlan(k, v6only)
     vxlan = k.link(vxlan_name)
     overlay_cni = overlay_conf(node.cni_files)
     cni_plugin = overlay_cni.plugin(PLUGIN_TYPE) if overlay_cni else None
@@ -81,7 +90,7 @@ def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) 
     local = (vxlan.vxlan.local6 or vxlan.vxlan.local) if vxlan and vxlan.vxlan else None
     # --public-ip (and the runtime file's) is IPv4's: an IPv6-only node's is its device's
     public_ip: IPv4Address | IPv6Address | None = (
-        local if cfg and cfg.ipv6_only else opts.public_ip or local)
+        local if v6only else opts.public_ip or local)
     underlay = _underlay(k, vxlan, public_ip)
     own = next((lease for lease in cluster.leases
                 if public_ip and lease.attrs.public_ip == public_ip), None)
@@ -136,10 +145,11 @@ def _judge_remotes(cluster: ClusterState, own: Lease | None,
     return remotes, (*cluster.rejected, *sorted(bad, key=lambda r: r.key))
 
 
-def _guess_vxlan(k: KernelState) -> str:
+def _guess_vxlan(k: KernelState, v6only: bool = False) -> str:
+    base = "overlay-v6." if v6only else "overlay."
     names = sorted(link.name for link in k.links
-                   if link.kind == "vxlan" and link.name.startswith("overlay."))
-    return names[0] if names else "overlay.1"
+                   if link.kind == "vxlan" and link.name.startswith(base))
+    return names[0] if names else base + "1"
 
 
 def _underlay(k: KernelState, vxlan: LinkInfo | None,
@@ -831,7 +841,7 @@ def check_ip_forward(node: NodeState, ipv6: bool = False) -> CheckResult:
 def check_firewall(node: NodeState, cluster: ClusterState) -> CheckResult:
     port = cluster.config.backend.port if cluster.config else 8472
     fw = node.firewall
-    over = " over IPv6" if cluster.config is not None and cluster.config.ipv6_only else ""
+    over = " over IPv6" if ipv6_only(node, cluster) else ""
     expected = f"no firewall rule dropping UDP {port} (VXLAN){over}"
     if fw.drops:
         return CheckResult("firewall", FAIL, expected, "; ".join(
@@ -1070,7 +1080,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
     IPv6 ones; there is no IPv4 pod range (no pod-ips) and no second device to check
     apart (no ipv6-data-plane)."""
     f = facts or derive_facts(node, cluster, opts)
-    v6only = cluster.config is not None and cluster.config.ipv6_only
+    v6only = ipv6_only(node, cluster)
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),

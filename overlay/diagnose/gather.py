@@ -25,7 +25,7 @@ from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
 from overlay.cni.netconf import DEFAULT_DATA_DIR
 from overlay.config import NetworkConfig
-from overlay.diagnose.checks import derive_facts, run_checks
+from overlay.diagnose.checks import derive_facts, ipv6_only, run_checks
 from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
 from overlay.diagnose.policy_table import check_policy_table
@@ -391,15 +391,17 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     node = gather_node(opts)
     cluster = gather_cluster(etcd, lambda config: node_addresses(node, opts, config))
     cfg = cluster.config
+    v6only = ipv6_only(node, cluster)
+    if cfg is None and v6only:  # etcd unreadable: subnet.env says the network is IPv6-only
+        read_ipv6_kernel(node)
     node.firewall = read_firewall(cfg.backend.port if cfg else 8472,
-                                  bool(cfg and cfg.enable_ipv6),
-                                  ipv4=not (cfg and cfg.ipv6_only))
+                                  v6only or bool(cfg and cfg.enable_ipv6), ipv4=not v6only)
     if cfg is not None and cfg.dual_stack:  # IPv6-only: overlay-v6 is node.kernel's device
         read_ipv6_device(node, f"overlay-v6.{cfg.backend.vni}")
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
     if opts.probe and f.bridge is not None and f.overlay_cni is not None:
         # IPs outside this node's subnet are pod-ips' finding, not routed over the bridge
-        if cfg is not None and cfg.ipv6_only:
+        if v6only:
             pods6 = [r for r in node.reservations6 if f.own_subnet is None
                      or r.ip in f.own_subnet]
             node.pod_probes = probe_local_pods6(pods6, opts.probe_count, opts.probe_timeout)
@@ -412,7 +414,7 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
                                   opts.probe_timeout)
     if opts.probe and cluster.available and node.ipv6_device is not None and \
-            not (cfg and cfg.ipv6_only):  # IPv6-only: its one device's, probed above
+            not v6only:  # IPv6-only: its one device's, probed above
         node.probes6 = probe_peers6(f.remotes, node.ipv6_device, opts.probe_count,
                                     opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)

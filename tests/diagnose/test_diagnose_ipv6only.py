@@ -312,3 +312,15 @@ def test_diagnose_reads_the_ipv6_kernel_state_and_probes_over_ipv6(monkeypatch):
     assert {n: c.found for n, c in checks.items() if c.status != st.PASS} == {}
     assert "answered 1382-byte DF pings" in checks["peer-vteps"].found
     assert checks["local-pods"].found == "1 pod(s) answered over cni0"
+
+
+def test_etcd_unreachable_ipv6_only_node_still_checks_its_ipv6_device():
+    """No config: subnet.env's IPv6 pair alone says IPv6-only, so the local checks read
+    overlay-v6.1 (not a missing overlay.1) and the lease-dependent ones are skipped."""
+    node, _ = ipv6_only()
+    checks, report = statuses(node, st.ClusterState(error="connection refused", now=NOW))
+    assert report.facts.vxlan_name == DEV and report.facts.public_ip == MY6
+    assert sorted(n for n, c in checks.items() if c.status == st.FAIL) == ["etcd"]
+    assert checks["vxlan-device"].status == st.WARN  # VNI/port not compared
+    assert checks["ip-forward"].expected == "net.ipv6.conf.all.forwarding = 1"
+    assert checks["routes"].status == st.SKIP and "pod-ips" not in checks
