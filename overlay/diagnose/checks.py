@@ -604,14 +604,15 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
 
 
 def _stale_candidate(f: Facts, net: IPv4Network | IPv6Network) -> bool:
-    """A route inside the pod network that is not this node's own (the kernel's /128 of
-    the IPv6 device's address sits inside the node's subnet)."""
+    """A route inside the pod network that is neither this node's subnet nor the kernel's
+    host route of the device's own address (IPv6 gives its ``::/128`` one)."""
     if f.network is None or net.version != f.network.version:
         return False
-    inside = net.subnet_of(f.network)  # type: ignore[arg-type]  # same family: checked
-    own = f.own_subnet is not None and f.own_subnet.version == net.version and \
-        net.subnet_of(f.own_subnet)  # type: ignore[arg-type]
-    return inside and not own
+    own = f.own_subnet
+    if own is not None and (net == own or (net.prefixlen == net.max_prefixlen
+                                           and net.network_address == own.network_address)):
+        return False
+    return net.subnet_of(f.network)  # type: ignore[arg-type]  # same family: checked
 
 
 def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
