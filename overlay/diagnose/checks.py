@@ -486,6 +486,11 @@ def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
                 f"{subnet6 or 'this node IPv6 subnet'} and held by a pod on {f.bridge_name}")
     if f.overlay_cni is None:
         return CheckResult(name, SKIP, expected, "no overlay CNI config to find the IPAM dir")
+    wrong_range = _cni_range6_mismatch(f, subnet6)
+    if wrong_range is not None:
+        return CheckResult(name, FAIL, expected, wrong_range, "remove \"ipv6Subnet\" from "
+                           f"{f.overlay_cni.path}: the plugin then allocates from subnet.env's "
+                           "OVERLAY_IPV6_SUBNET, this node's lease")
     enabled = bool(cluster.config and cluster.config.enable_ipv6)
     if not res:
         return CheckResult(name, PASS, expected, "no IPv6 addresses reserved" + (
@@ -498,6 +503,23 @@ def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
                            + res[0].path)
     dual = not (cluster.config and not cluster.config.enable_ipv4)
     return _ipv6_ipam_result(node, f, subnet6, expected, dual)
+
+
+def _cni_range6_mismatch(f: Facts, subnet6: IPv6Network | None) -> str | None:
+    """What is wrong with an explicit ``ipv6Subnet`` in the CNI config (it overrides
+    subnet.env, so the IPAM range would not be this node's), or None."""
+    conf = f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None
+    given = (conf or {}).get("ipv6Subnet")
+    if given is None or subnet6 is None:
+        return None
+    try:
+        ok = isinstance(given, str) and IPv6Network(given, strict=False) == subnet6
+    except ValueError:
+        ok = False
+    if ok:
+        return None
+    return (f"the CNI config's IPAM range is ipv6Subnet {str(given)[:60]!r}, not this "
+            f"node's IPv6 subnet {subnet6}")
 
 
 def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network, expected: str,

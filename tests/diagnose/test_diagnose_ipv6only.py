@@ -324,3 +324,15 @@ def test_etcd_unreachable_ipv6_only_node_still_checks_its_ipv6_device():
     assert checks["vxlan-device"].status == st.WARN  # VNI/port not compared
     assert checks["ip-forward"].expected == "net.ipv6.conf.all.forwarding = 1"
     assert checks["routes"].status == st.SKIP and "pod-ips" not in checks
+
+
+def test_a_cni_ipv6_range_other_than_the_leases_fails_ipv6_pod_ips():
+    node, cluster = ipv6_only()
+    conf = node.cni_files[0]
+    plugin = {**conf.plugins[0], "ipv6Subnet": "fd00:10:244:9::/64"}
+    node.cni_files = [replace(conf, plugins=(plugin,))]
+    c = only(node, cluster, "ipv6-pod-ips")
+    assert "ipv6Subnet 'fd00:10:244:9::/64', not this node's IPv6 subnet" in c.found
+    assert c.fix.startswith(f'remove "ipv6Subnet" from {conf.path}')
+    node.cni_files = [replace(conf, plugins=({**plugin, "ipv6Subnet": str(OWN6)},))]
+    assert statuses(node, cluster)[0]["ipv6-pod-ips"].status == st.PASS
