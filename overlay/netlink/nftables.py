@@ -5,9 +5,10 @@ Why (measured at 100 policies, in a scratch namespace and in the lab's overlayd)
 command libnftables runs first refreshes its cache of the table's sets, ~1.2 ms for the
 table's ~200 sets and more in a busy daemon, and a new pod's commands are a few set
 elements and one small chain that need none of it. Encoded here they cost ~0.1–0.2 ms
-(a dual-stack pod's chain and ten elements, in this interpreter), and the transaction is the one the ``nft`` text would give: the same messages, attribute
-for attribute (the tests compare them with what nft 1.0.6 sends for the same text, and
-read the result back with ``nft list``).
+(a dual-stack pod's chain and ten elements, in this interpreter), and the transaction is
+the one the ``nft`` text would give: the same messages, attribute for attribute (the
+tests compare them with what nft 1.0.6 sends for the same text, and read the result back
+with ``nft list``).
 
 Only what an ADD sends is encoded: elements of plain (non-interval) sets whose key is an
 IPv4 or IPv6 address, optionally concatenated with a protocol and a port, and a veth's
