@@ -221,21 +221,24 @@ def _payload(offset: int, length: int) -> bytes:
                  _be32(3, offset), _be32(4, length))  # DREG, BASE, OFFSET, LEN
 
 
-def source_rules(address: IPv4Address | None, counter: str, set_id: int
+def source_rules(address: IPv4Address | None, counter: str, set_id: int | None
                  ) -> list[list[bytes]]:
     """The expressions of ``meta protocol ip ip saddr != ADDRESS counter name C drop``
     (without an address: every IPv4 packet) and ``meta protocol ip6 ip6 saddr != SET
-    counter name C drop`` (the anonymous set ``set_id`` of :func:`ipv6_lookup_set`), as
-    nft 1.0.6 encodes them (``ip saddr`` brings its ``meta nfproto ipv4``)."""
+    counter name C drop`` (the anonymous set ``set_id`` of :func:`ipv6_lookup_set`;
+    without one, ``meta protocol ip6 counter name C drop``: every IPv6 packet), as nft
+    1.0.6 encodes them (``ip saddr`` brings its ``meta nfproto ipv4``)."""
     ipv4 = [_meta(NFT_META_PROTOCOL), _cmp(NFT_CMP_EQ, struct.pack("!H", ETH_P_IP))]
     if address is not None:
         ipv4 += [_meta(NFT_META_NFPROTO), _cmp(NFT_CMP_EQ, bytes([NFPROTO_IPV4])),
                  _payload(12, 4), _cmp(NFT_CMP_NEQ, address.packed)]  # saddr
-    lookup = _expr("lookup", _be32(LOOKUP_SREG, NFT_REG_1), attr_str(LOOKUP_SET, ANONYMOUS_SET),
-                   _be32(LOOKUP_SET_ID, set_id), _be32(LOOKUP_FLAGS, NFT_LOOKUP_F_INV))
-    ipv6 = [_meta(NFT_META_PROTOCOL), _cmp(NFT_CMP_EQ, struct.pack("!H", ETH_P_IPV6)),
-            _meta(NFT_META_NFPROTO), _cmp(NFT_CMP_EQ, bytes([NFPROTO_IPV6])),
-            _payload(8, 16), lookup]  # saddr
+    ipv6 = [_meta(NFT_META_PROTOCOL), _cmp(NFT_CMP_EQ, struct.pack("!H", ETH_P_IPV6))]
+    if set_id is not None:
+        lookup = _expr("lookup", _be32(LOOKUP_SREG, NFT_REG_1),
+                       attr_str(LOOKUP_SET, ANONYMOUS_SET), _be32(LOOKUP_SET_ID, set_id),
+                       _be32(LOOKUP_FLAGS, NFT_LOOKUP_F_INV))
+        ipv6 += [_meta(NFT_META_NFPROTO), _cmp(NFT_CMP_EQ, bytes([NFPROTO_IPV6])),
+                 _payload(8, 16), lookup]  # saddr
     return [ipv4 + _counted_drop(counter), ipv6 + _counted_drop(counter)]
 
 
@@ -251,15 +254,16 @@ def next_set_id() -> int:
 
 def source_chain_messages(table: str, name: str, device: str, priority: int,
                           address: IPv4Address | None, ipv6_allowed: Sequence[IPv6Network],
-                          counter: str, set_id: int) -> list[Message]:
+                          counter: str, set_id: int | None) -> list[Message]:
     """A veth's source chain created with its two rules, in nft's order: the chain, the
     IPv4 rule, the IPv6 rule's anonymous set (``set_id``, unique in the batch) and its
-    elements, the IPv6 rule. ValueError when ``ipv6_allowed`` is not a set
-    :func:`interval_ends` writes."""
+    elements, the IPv6 rule. Without ``set_id`` the IPv6 rule drops every IPv6 packet
+    (a pod without an IPv6 address) and no set is sent. ValueError when ``ipv6_allowed``
+    is not a set :func:`interval_ends` writes."""
     v4, v6 = source_rules(address, counter, set_id)
+    ipv6_set = [] if set_id is None else ipv6_lookup_set(table, set_id, ipv6_allowed)
     return [new_chain_msg(ingress_chain(table, name, device, priority)),
-            new_rule_msg(rule(table, name, v4)), *ipv6_lookup_set(table, set_id, ipv6_allowed),
-            new_rule_msg(rule(table, name, v6))]
+            new_rule_msg(rule(table, name, v4)), *ipv6_set, new_rule_msg(rule(table, name, v6))]
 
 
 def rule(table: str, chain: str, expressions: Sequence[bytes]) -> bytes:

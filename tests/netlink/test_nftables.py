@@ -5,6 +5,7 @@ is tests/integration/test_policy_admit.py."""
 
 from __future__ import annotations
 
+import struct
 from ipaddress import IPv4Address, IPv6Network, ip_address
 
 import pytest
@@ -75,8 +76,10 @@ def test_source_rules_are_the_expressions_nft_writes():
     lookup = attrs(attrs(attrs(v6[5])[nl.NFTA_LIST_ELEM])[nl.EXPR_DATA])
     assert int.from_bytes(lookup[nl.LOOKUP_SET_ID], "big") == 7
     assert int.from_bytes(lookup[nl.LOOKUP_FLAGS], "big") == nl.NFT_LOOKUP_F_INV
-    no_address, _ = nl.source_rules(None, "spoofed", 7)
+    no_address, no_ipv6 = nl.source_rules(None, "spoofed", None)
     assert _expr_names(no_address) == ["meta", "cmp", "objref", "immediate"]
+    assert _expr_names(no_ipv6) == ["meta", "cmp", "objref", "immediate"]
+    assert struct.pack("!H", nl.ETH_P_IPV6) in no_ipv6[1]
 
 
 # What nft 1.0.6 sent (read with strace, set id 1) for
@@ -165,6 +168,16 @@ def test_sets_nft_would_write_otherwise_are_refused(networks):
         nl.interval_ends([IPv6Network(n) for n in networks])
 
 
+def _split(blob: bytes) -> list[bytes]:
+    """A nest's attributes, each whole (header included)."""
+    out, off = [], 0
+    while off + 4 <= len(blob):
+        n = int.from_bytes(blob[off:off + 2], "little")
+        out.append(blob[off:off + n])
+        off += (n + 3) & ~3
+    return out
+
+
 def _adm(elements: tuple[nft.SetElements, ...], addresses: tuple[str, ...] = ("10.0.0.1",)
          ) -> nft.Admission:
     chain = nft.source_chain("veth0", [ip_address(a) for a in addresses])
@@ -181,12 +194,17 @@ def test_the_common_chains_take_the_messages(addresses):
     plain = nft.SetElements("p0_sel", nl.ADDRESS, False, ("10.0.0.1",))
     named = nft.SetElements("p0_i0_named6", nl.NAMED6, False, ("fd00::1 . tcp . 80",))
     msgs = nft._netlink_messages(_adm((plain, named), addresses))
-    assert msgs is not None and [m[0] for m in msgs] == [
-        nl.NFT_MSG_NEWSETELEM, nl.NFT_MSG_NEWSETELEM, *CHAIN_MSGS]
-    assert all(m[1] & nl.NLM_F_APPEND for m in msgs if m[0] == nl.NFT_MSG_NEWRULE)
-    ends = attrs(attrs(msgs[5][2], 4)[nl.SET_ELEM_LIST_ELEMENTS])
     v6 = [a for a in addresses if ":" in a]
-    assert len(ends) == 2 * (len(v6) + 2)  # each /128, ::, fe80::/64: a start and an end
+    chain = CHAIN_MSGS if v6 else [nl.NFT_MSG_NEWCHAIN, nl.NFT_MSG_NEWRULE, nl.NFT_MSG_NEWRULE]
+    assert msgs is not None and [m[0] for m in msgs] == [
+        nl.NFT_MSG_NEWSETELEM, nl.NFT_MSG_NEWSETELEM, *chain]
+    assert all(m[1] & nl.NLM_F_APPEND for m in msgs if m[0] == nl.NFT_MSG_NEWRULE)
+    if v6:  # each /128, ::, fe80::/64: a start and an end
+        ends = attrs(attrs(msgs[5][2], 4)[nl.SET_ELEM_LIST_ELEMENTS])
+        assert len(ends) == 2 * (len(v6) + 2)
+    else:  # no IPv6 address: every IPv6 packet dropped, as source_chain writes
+        assert _expr_names(_split(attrs(msgs[-1][2], 4)[nl.RULE_EXPRESSIONS])) == [
+            "meta", "cmp", "objref", "immediate"]
 
 
 def test_what_only_nft_text_can_say():
