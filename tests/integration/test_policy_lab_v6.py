@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
@@ -44,7 +45,8 @@ ENFORCED = 10.0  # seconds for a change to reach both nodes' tables
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    failed_before = request.session.testsfailed
     with running_lab(nodes=2, pods_per_node=0, families="dual") as lab:
         try:
             for ns, name, node in PODS:
@@ -53,6 +55,9 @@ def lab() -> Iterator[Lab]:
         except BaseException:
             print("lab logs kept in", keep_logs(lab))
             raise
+        if request.session.testsfailed > failed_before:
+            warnings.warn(f"policy lab failed: its logs are kept in {keep_logs(lab)}",
+                          stacklevel=1)
 
 
 def _pods(lab: Lab) -> dict[str, Pod]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -50,7 +51,8 @@ NODES = ("node1", "node2")
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    failed_before = request.session.testsfailed
     with running_lab(nodes=2, pods_per_node=0, families="ipv6") as lab:
         try:
             for ns, name, node in PODS:
@@ -60,6 +62,9 @@ def lab() -> Iterator[Lab]:
         except BaseException:
             print("lab logs kept in", keep_logs(lab))
             raise
+        if request.session.testsfailed > failed_before:
+            warnings.warn(f"IPv6-only policy lab failed: its logs are kept in "
+                          f"{keep_logs(lab)}", stacklevel=1)
 
 
 def _table(lab: Lab, node: str) -> dict:
