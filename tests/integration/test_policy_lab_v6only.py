@@ -29,7 +29,15 @@ from overlay.netlink.pod import host_veth_name
 from overlay.subnetenv import policy_marker_path
 
 from .support.labfixture import keep_logs, running_lab
-from .test_policy_lab import _apply, _delete, _nft, _policy_check, _trace, _until
+from .test_policy_lab import (
+    _apply,
+    _delete,
+    _nft,
+    _policy_check,
+    _source_chains,
+    _trace,
+    _until,
+)
 from .test_policy_lab_v6 import (
     DENY_X,
     ENFORCED,
@@ -162,6 +170,30 @@ def test_egress_deny(lab: Lab) -> None:
 
 def test_a_spoofed_ipv6_source_is_dropped(lab: Lab) -> None:
     _spoofed_source_dropped(lab)
+
+
+def test_a_pod_added_under_a_policy_is_filtered_from_its_first_packet(lab: Lab) -> None:
+    """The ADD puts the IPv6-only pod into node1's table (its IPv6 elements and its veth's
+    source chain) before it returns."""
+    _apply(lab, DENY_X)
+    try:
+        assert _until(lambda: not lab.probe("x/b", "x/a", 80, "tcp", PROBE_TIMEOUT, 6).ok,
+                      ENFORCED) is not None
+        pod = lab.add_pod("d", "node1", "x", {"pod": "d"})
+        assert pod.ip6 and pod.address(4) is None, pod
+        assert f"src_{host_veth_name(pod.container_id, 'eth0')}" in _source_chains(lab,
+                                                                                   "node1")
+        assert not lab.probe("x/b", "x/d", 80, "tcp", PROBE_TIMEOUT, 6).ok
+        assert not lab.probe("y/b", "x/d", 81, "udp", PROBE_TIMEOUT, 6).ok
+        # its own address passes its source check, and its egress is not isolated
+        assert lab.probe("x/d", "y/a", 80, "tcp", PROBE_TIMEOUT, 6).ok
+    finally:
+        _delete(lab, "x/deny")
+    try:  # it answers once the policy is gone: the drops were the policy's
+        assert _until(lambda: lab.probe("x/b", "x/d", 80, "tcp", PROBE_TIMEOUT, 6).ok,
+                      ENFORCED) is not None
+    finally:
+        lab.del_pod("x/d")
 
 
 def test_ip6tables_bridge_filtering_off_makes_a_selecting_node_not_ready(lab: Lab) -> None:
