@@ -5,21 +5,26 @@ One etcd (loopback, data on disk under /var/tmp, prefix ``ovload-``) per run and
 ``--duration`` seconds, ``--nodes`` simulated nodes that load etcd as overlayd does (the
 ``branch`` model, the default; its figures come from the product's own constants):
 
-- six Watch streams per node, as overlayd opens: the lease watch on ``subnets/``, the
-  pod-lease GC's second watch of ``subnets/``, the config key, and the policy agent's
-  ``policies/``, ``namespaces/`` and ``pods/``.  Only the lease watch asks for progress,
-  after ``progress_interval(--watch-lag-limit)`` s without an answer (an event resets it);
+- five Watch streams per node, as overlayd opens: the lease watch on ``subnets/`` (which
+  also feeds the pod-lease GC), the config key, and the policy agent's ``policies/``,
+  ``namespaces/`` and ``pods/``.  Only the lease watch asks for progress, after
+  ``progress_interval(--watch-lag-limit)`` s without an answer (an event resets it);
 - a heartbeat: one LeaseKeepAlive stream per ``--heartbeat-period`` (a new stream per
   keepalive, as ``ObjectStore.keepalive`` opens one) on a lease of two periods; the
   node's record is written once at start (it changes only when the node's state does) and
   read back every ``RECORD_REFRESH`` s;
 - its subnet lease, renewed ``--renew-margin`` s before its ``--lease-ttl`` expires
-  (Flannel's defaults, 86400/3600: one renewal per node per 23 h), from the parent.
+  (Flannel's defaults, 86400/3600: one renewal per node per 23 h), from the parent;
+- with ``--pods-per-node P``, P pod records per node, and the pod publisher's reads: every
+  ``RESYNC`` s one Range per key of this node's P pods, and every ``FULL_RESYNC`` s (in
+  all, spread over the nodes) one listing of every pod record.
 
-``--model main`` is overlayd before this change (all six streams ask for progress every
-``min(5, limit/4)`` s, answered or not); ``--heartbeat-put`` adds a put of the record per
-heartbeat (what this benchmark simulated first); ``--model one-subnets-watch`` drops the
-pod-lease GC's second subnets watch (a proposal: the GC fed by the lease watch).  A probe
+``--model main`` is overlayd before the pod registry's change: a sixth stream per node (the
+pod-lease GC's own watch of ``subnets/``) and, with pods, a listing of every pod record by
+every node every ``RESYNC`` s.  ``--model progress-all`` is main with all six streams asking
+for progress every ``min(5, limit/4)`` s, answered or not (overlayd before the watch-progress
+change); ``--heartbeat-put`` adds a put of the record per heartbeat (what this benchmark
+simulated first).  A probe
 puts a lease key every ``--probe-interval`` s; its fan-out latency is the time from just
 before the put to each lease watch's receipt (p99 target < 500 ms), and to the first one
 (etcd's own part).  The probe's events do not put a progress request off (a real cluster's
@@ -76,7 +81,7 @@ from overlay.cluster.keys import (  # noqa: E402
 from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, encode_pod  # noqa: E402
 from overlay.daemon.flags import DEFAULT_HEARTBEAT_PERIOD  # noqa: E402
 from overlay.daemon.nodestatus import RECORD_REFRESH  # noqa: E402
-from overlay.daemon.podpublisher import RESYNC  # noqa: E402
+from overlay.daemon.podpublisher import FULL_RESYNC, RESYNC  # noqa: E402
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, progress_interval  # noqa: E402
 from overlay.lease import Lease, LeaseAttrs  # noqa: E402
 from overlay.subnet.etcdconf import make_etcd_options  # noqa: E402
@@ -92,10 +97,11 @@ HISTOGRAMS = ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_
 COUNTERS = ("etcd_server_proposals_committed_total", "grpc_server_handled_total",
             "grpc_server_msg_received_total")
 SLOW = "etcd_debugging_mvcc_slow_watcher_total"
-MODELS = {"branch": "overlayd now (the default)",
-          "main": "overlayd before: six streams ask for progress every 5 s",
-          "one-subnets-watch": "branch, with the pod-lease GC fed by the lease watch instead "
-                               "of a second subnets watch (not in overlayd)"}
+MODELS = {"branch": "overlayd now (the default): five streams, a node reads its own pods' "
+                    "keys, all pods listed every FULL_RESYNC s",
+          "main": "overlayd before: a sixth stream (the pod-lease GC's subnets watch), "
+                  "every node lists every pod every RESYNC s",
+          "progress-all": "main, with all six streams asking for progress every 5 s"}
 _SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|\+Inf)$')
 
 
@@ -172,17 +178,17 @@ class Share:
     endpoint: str  # host:port
     names: tuple[str, ...]
     channels: int
-    model: str  # "branch" or "main"
+    model: str  # one of MODELS
     heartbeat_period: float
     heartbeat_put: bool
     lag_limit: float
-    pods: bool  # list every pod record each RESYNC s, as the pod publisher does
+    pods: int  # pod records per node (the pod publisher's reads: see the docstring)
     deadline: float  # time.monotonic() at which the process stops whatever happens
 
 
-def watch_keys(prefix: str, gc_watch: bool = True) -> list[tuple[bytes, bytes]]:
-    """overlayd's six watches as (key, range_end); the first is the lease watch, the
-    second the pod-lease GC's (left out by the ``one-subnets-watch`` model)."""
+def watch_keys(prefix: str, gc_watch: bool = False) -> list[tuple[bytes, bytes]]:
+    """overlayd's watches as (key, range_end); the first is the lease watch, then (the
+    ``main`` models) the pod-lease GC's own."""
     subnets = f"{prefix}/subnets/".encode()
     prefixes = [subnets, *([subnets] if gc_watch else []), policies_prefix(prefix).encode(),
                 namespaces_prefix(prefix).encode(), pods_prefix(prefix).encode()]
@@ -205,13 +211,13 @@ class Sim:
         self.s = share
         self.counts = {"keepalives": 0, "heartbeat_puts": 0, "record_reads": 0,
                        "progress_requests": 0, "lease_watch_events": 0, "other_watch_events": 0,
-                       "pod_listings": 0, "pod_records_listed": 0}
+                       "pod_listings": 0, "pod_records_listed": 0, "pod_key_reads": 0}
         self.receipts: list[tuple[int, float]] = []  # (revision, receipt time), lease watches
         self.loop_lag: list[float] = []
         self.measuring = self.stopping = False
         self.failures: list[str] = []
-        self.gc_watch = share.model != "one-subnets-watch"
-        if share.model != "main":
+        self.gc_watch = share.model != "branch"
+        if share.model != "progress-all":
             self.progress_every, self.progress_on = progress_interval(share.lag_limit), 1
         else:
             self.progress_every, self.progress_on = min(5.0, share.lag_limit / 4), 6
@@ -253,7 +259,7 @@ class Sim:
 
     async def read(self, node: Node, i: int, created: asyncio.Future[None]) -> None:
         counter = "lease_watch_events" if i == 0 else "other_watch_events"
-        coalesce = self.s.model != "main"  # an answer puts the next request off
+        coalesce = self.s.model != "progress-all"  # an answer puts the next request off
         try:
             async for resp in node.watches[i]:
                 now = time.monotonic()
@@ -307,13 +313,29 @@ class Sim:
             key=node_key(PREFIX, node.name).encode()))
         self.counts["record_reads"] += 1
 
+    async def read_own_pods(self, node: Node) -> None:
+        """The pod publisher's resync now: one Range per key of this node's pods."""
+        kv, i = etcdrpc.KVStub(node.channel), int(node.name.rsplit("-", 1)[1])
+        for j in range(self.s.pods):
+            await kv.Range(etcdrpc.RangeRequest(key=pod_name(i, j).key(PREFIX).encode()))
+        self.counts["pod_key_reads"] += self.s.pods
+
     async def list_pods(self, node: Node) -> None:
-        """The pod publisher's resync: every pod record in the cluster, values and all."""
+        """A full listing: every pod record in the cluster, values and all (main: every
+        resync; branch: every FULL_RESYNC s)."""
         key = pods_prefix(PREFIX).encode()
         resp = await etcdrpc.KVStub(node.channel).Range(etcdrpc.RangeRequest(
             key=key, range_end=pyetcd.utils.prefix_range_end(key)))
         self.counts["pod_listings"] += 1
         self.counts["pod_records_listed"] += len(resp.kvs)
+
+    def pod_reads(self, nodes: list[Node]) -> list[Any]:
+        if not self.s.pods:
+            return []
+        if self.s.model != "branch":
+            return [self.spread(nodes, RESYNC, self.list_pods)]
+        return [self.spread(nodes, RESYNC, self.read_own_pods),
+                self.spread(nodes, FULL_RESYNC, self.list_pods)]
 
     async def progress(self, nodes: list[Node]) -> None:
         """Every 50 ms: the watches due a progress request (silent for the interval)."""
@@ -343,7 +365,7 @@ class Sim:
             tasks = [asyncio.create_task(c) for c in (
                 self.spread(nodes, self.s.heartbeat_period, self.keepalive),
                 self.spread(nodes, RECORD_REFRESH, self.read_back),
-                *([self.spread(nodes, RESYNC, self.list_pods)] if self.s.pods else []),
+                *self.pod_reads(nodes),
                 self.progress(nodes), self.lag_probe())]
             ctl.send("ready")
             while True:
@@ -406,15 +428,21 @@ def setup_leases(reg: EtcdRegistry, n: int, ttl: int) -> list[Lease]:
             for i in range(n)]
 
 
+ANY_IP = IPv4Address("10.0.0.1")
+
+
+def pod_name(i: int, j: int, ip: IPv4Address = ANY_IP) -> PodRecord:
+    """Node ``i``'s ``j``-th pod (its key is all the simulator needs of it)."""
+    return PodRecord(f"ns-{j % 10}", f"pod-{i}-{j}", (ip,), f"node-{i}",
+                     f"{i:032x}{j:032x}", "eth0", {"app": Label(f"app-{j % 20}", SOURCE_CNI)})
+
+
 def setup_pods(reg: EtcdRegistry, leases: list[Lease], per_node: int) -> None:
     """``per_node`` pod records per node, as its pod publisher writes them."""
     client = reg.client()
     for i, lease in enumerate(leases):
         for j in range(per_node):
-            ip = lease.subnet.network_address + 2 + j
-            record = PodRecord(f"ns-{j % 10}", f"pod-{i}-{j}", (ip,), f"node-{i}",
-                               f"{i:032x}{j:032x}", "eth0",
-                               {"app": Label(f"app-{j % 20}", SOURCE_CNI)})
+            record = pod_name(i, j, IPv4Address(lease.subnet.network_address + 2 + j))
             client.put(record.key(PREFIX), encode_pod(record))
 
 
@@ -427,7 +455,7 @@ def start_simulators(a: argparse.Namespace, nodes: int, model: str, endpoint: st
     for p in range(a.procs):
         share = Share(endpoint.split("//", 1)[1], tuple(names[p::a.procs]),
                       max(1, a.channels // a.procs), model, a.heartbeat_period,
-                      a.heartbeat_put, a.watch_lag_limit, a.pods_per_node > 0, deadline)
+                      a.heartbeat_put, a.watch_lag_limit, a.pods_per_node, deadline)
         mine, theirs = ctx.Pipe()
         proc = ctx.Process(target=simulate, args=(share, theirs), daemon=True)
         proc.start()
@@ -588,8 +616,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--renew-margin", type=int, default=3600)
     ap.add_argument("--probe-interval", type=float, default=0.5)
     ap.add_argument("--pods-per-node", type=int, default=0,
-                    help="pod records per node; each node then lists them all every "
-                    f"{RESYNC:g} s as the pod publisher does (default 0: no pods)")
+                    help="pod records per node, read as the model's pod publisher reads "
+                    f"them (main: all, by every node every {RESYNC:g} s; default 0: no pods)")
     ap.add_argument("--out", help="write every run's figures here as JSON")
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     a = ap.parse_args()

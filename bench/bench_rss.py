@@ -40,6 +40,16 @@ def status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def thread_names(pid: int) -> dict[str, int]:
+    """How many of the process's threads carry each name (``/proc/<pid>/task/*/comm``)."""
+    names: dict[str, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items(), key=lambda kv: -kv[1]))
+
+
 def lease_for(i: int) -> tuple[IPv4Network, LeaseAttrs]:
     """The i-th synthetic remote (i < 64000): a /24 of 10.0.0.0/8, a public IP, a MAC.
     From 10.2.0.0 on: bench_program's namespace holds 10.1.1.0."""
@@ -101,6 +111,8 @@ def main() -> int:
             samples.append(status_kb(pid, "VmRSS"))
             time.sleep(0.25)
         hwm = status_kb(pid, "VmHWM")
+        anon, file = status_kb(pid, "RssAnon"), status_kb(pid, "RssFile")
+        threads = thread_names(pid)
         status, metrics = node.http("/metrics")
         runs = [line for line in metrics.splitlines()
                 if line.startswith("overlay_reconcile_runs_total")]
@@ -108,13 +120,18 @@ def main() -> int:
         topo.cleanup()
     report = {"leases": a.leases, "rss_mb": samples[-1] / 1024, "rss_max_mb": max(samples) / 1024,
               "hwm_mb": hwm / 1024, "reconcile_runs": runs[0].split()[-1] if runs else None,
-              "all_routes_after_ready_s": programmed}
+              "all_routes_after_ready_s": programmed, "rss_anon_mb": anon / 1024,
+              "rss_file_mb": file / 1024, "threads": sum(threads.values()),
+              "thread_names": threads}
     if a.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"overlayd with {a.leases} remote leases: RSS {report['rss_mb']:.1f} MB "
               f"(max {report['rss_max_mb']:.1f} MB over {a.settle:.0f}s of reconciles, "
               f"peak VmHWM {report['hwm_mb']:.1f} MB; {report['reconcile_runs']} reconciles)")
+        print(f"  anonymous {report['rss_anon_mb']:.1f} MB, file-backed (shared libraries) "
+              f"{report['rss_file_mb']:.1f} MB; {report['threads']} threads: "
+              + ", ".join(f"{n} x{c}" for n, c in threads.items()))
         print(f"  target: RSS <= 60 MB -> {'MET' if report['hwm_mb'] <= 60 else 'NOT MET'}")
     return 0
 

@@ -218,15 +218,19 @@ class FakeStore:
 
 
 class FakeObjectStore:
-    """The ``ObjectStore`` calls the node agent makes (heartbeat leases, its record), in
-    memory, with each call counted: the heartbeat's tests count what would reach etcd."""
+    """The ``ObjectStore`` calls the node agent and the pod publisher make (heartbeat
+    leases, records, listings), in memory, with each call counted: their tests count what
+    would reach etcd (``listed``: every prefix listed, in order)."""
 
     def __init__(self, prefix: str = PREFIX) -> None:
         from collections import Counter
+        from types import SimpleNamespace
 
         from overlay.cluster.store import KV
         self._KV = KV
         self.prefix = prefix
+        self.registry = SimpleNamespace(subnets_prefix=f"{prefix}/subnets/")
+        self.listed: list[str] = []
         self.kvs: dict[str, KV] = {}
         self.leases: dict[int, set[str]] = {}  # live etcd leases -> their keys
         self.calls: Counter[str] = Counter()
@@ -261,6 +265,20 @@ class FakeObjectStore:
     def get(self, key: str):  # -> KV | None
         self.calls["get"] += 1
         return self.kvs.get(key)
+
+    def list(self, base: str):  # -> tuple[list[KV], int]
+        self.calls["list"] += 1
+        self.listed.append(base)
+        return [kv for k, kv in sorted(self.kvs.items()) if k.startswith(base)], self.revision
+
+    def delete(self, key: str, mod_revision: int | None = None) -> bool:
+        self.calls["delete"] += 1
+        held = self.kvs.get(key)
+        if held is None or (mod_revision and held.mod_revision != mod_revision):
+            return False
+        self.revision += 1
+        del self.kvs[key]
+        return True
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         self.calls["put"] += 1

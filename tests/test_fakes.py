@@ -90,6 +90,7 @@ def _metrics():
 def test_the_object_store_fake_has_the_real_signatures():
     from overlay.cluster.store import ObjectStore
     from tests.fakes import FakeObjectStore
-    for name in ("grant", "keepalive", "revoke", "get", "put", "create", "replace"):
+    for name in ("grant", "keepalive", "revoke", "get", "list", "put", "create", "replace",
+                 "delete"):
         want = list(inspect.signature(getattr(ObjectStore, name)).parameters)[1:]
         assert list(inspect.signature(getattr(FakeObjectStore, name)).parameters)[1:] == want

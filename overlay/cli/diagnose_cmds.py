@@ -70,10 +70,12 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--subnet-file",
               help=f"overlayd's subnet.env [default: the CNI config's subnetFile, else "
                    f"{DEFAULT_SUBNET_FILE}].")
-@click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>].")
+@click.option("--vxlan-device", help="VXLAN device name [default: overlay.<VNI>; "
+                                     "overlay-v6.<VNI> on an IPv6-only network].")
 @click.option("--bridge", help=f"Pod bridge [default: the CNI config's, else {DEFAULT_BRIDGE}].")
 @click.option("--public-ip", callback=_ipv4,
-              help="This node's public IP [default: the VXLAN device's local address].")
+              help="This node's public IP [default: the VXLAN device's local address; "
+                   "an IPv6-only node's is always its device's].")
 @click.option("--healthz-addr", callback=_hostport,
               help="overlayd's --healthz-addr, to check /readyz [default: the runtime "
                    "file's; '' to look for the overlayd process instead].")

@@ -13,13 +13,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-
-import pyetcd
-from pyetcd import etcdrpc
-from pyetcd.client import MultiEndpointEtcd3Client
-from pyetcd.etcdrpc import kv_pb2
+from typing import Any
 
 from overlay.errors import RegistryError
+from overlay.subnet import etcdhttp as gw
+from overlay.subnet.etcd import EtcdAPI, TxnResult, op_delete, op_put, op_range
 from overlay.subnet.registry import EtcdRegistry, _WatchStream
 
 log = logging.getLogger(__name__)
@@ -57,10 +55,9 @@ class ChangeBatch:
     snapshot: list[KV] | None = None
 
 
-def _kv(raw: object) -> KV:
-    k = raw  # a kv_pb2.KeyValue
-    return KV(k.key.decode("utf-8", "surrogateescape"), bytes(k.value),  # type: ignore[attr-defined]
-              int(k.mod_revision), int(k.create_revision), int(k.lease))  # type: ignore[attr-defined]
+def _kv(k: gw.KeyValue) -> KV:
+    return KV(k.key.decode("utf-8", "surrogateescape"), k.value, k.mod_revision,
+              k.create_revision, k.lease)
 
 
 class ObjectStore:
@@ -71,63 +68,50 @@ class ObjectStore:
         self.prefix = registry.prefix
         self.etcd = registry.etcd
 
-    def _txn(self, what: str, compare: list[object], success: list[object],
-             failure: list[object] | None = None) -> etcdrpc.TxnResponse:
-        def op(c: MultiEndpointEtcd3Client) -> etcdrpc.TxnResponse:
-            txn = etcdrpc.TxnRequest(compare=[cmp.build_message() for cmp in compare],  # type: ignore[attr-defined]
-                                     success=success, failure=failure or [])
-            return c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
-                                metadata=c.metadata)
-        return self.etcd.call(what, op)
+    def _txn(self, what: str, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+             failure: list[dict[str, Any]] | None = None) -> TxnResult:
+        return self.etcd.call(what, lambda c: c.txn(compare, success, failure))
 
     # -- reads --------------------------------------------------------------------
     def list(self, base: str) -> tuple[list[KV], int]:
         """Every key under ``base`` and the store revision they were read at."""
-        def op(c: MultiEndpointEtcd3Client) -> tuple[list[KV], int]:
-            resp = c.get_prefix_response(base)
-            return [_kv(k) for k in resp.kvs], int(resp.header.revision)
+        def op(c: EtcdAPI) -> tuple[list[KV], int]:
+            kvs, rev = c.range_all(base)
+            return [_kv(k) for k in kvs], rev
         return self.etcd.call(f"listing {base}", op)
 
     def get(self, key: str) -> KV | None:
-        def op(c: MultiEndpointEtcd3Client) -> KV | None:
-            resp = c.get_response(key)
-            return _kv(resp.kvs[0]) if resp.kvs else None
+        def op(c: EtcdAPI) -> KV | None:
+            kvs, _ = c.get_response(key)
+            return _kv(kvs[0]) if kvs else None
         return self.etcd.call(f"reading {key}", op)
 
     # -- writes -------------------------------------------------------------------
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write unconditionally; the new revision."""
-        resp = self._txn(f"writing {key}", [], [etcdrpc.RequestOp(
-            request_put=etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease))])
-        return int(resp.header.revision)
+        return self._txn(f"writing {key}", [], [op_put(key, value, lease)]).revision
 
     def create(self, key: str, value: bytes, lease: int = 0) -> tuple[bool, KV | None]:
         """Write only if ``key`` is absent: (True, None), or (False, what it holds)."""
-        resp = self._txn(
-            f"creating {key}", [pyetcd.transactions.Version(key) == 0],
-            [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value,
-                                                              lease=lease))],
-            [etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))])
+        resp = self._txn(f"creating {key}", [gw.compare(key, "VERSION", 0)],
+                         [op_put(key, value, lease)], [op_range(key)])
         if resp.succeeded:
             return True, None
-        kvs = list(resp.responses[0].response_range.kvs)
+        kvs = resp.kvs[0] if resp.kvs else []
         return False, (_kv(kvs[0]) if kvs else None)
 
     def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
         """Write only if ``key`` is unchanged since ``mod_revision`` (compare-and-swap)."""
-        resp = self._txn(
-            f"updating {key}", [pyetcd.transactions.Mod(key) == mod_revision],
-            [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key.encode(), value=value,
-                                                              lease=lease))])
+        resp = self._txn(f"updating {key}", [gw.compare(key, "MOD", mod_revision)],
+                         [op_put(key, value, lease)])
         return bool(resp.succeeded)
 
     def delete(self, key: str, mod_revision: int | None = None) -> bool:
         """Delete ``key`` (only if unchanged since ``mod_revision`` when given); False when
         there was nothing, or nothing unchanged, to delete."""
-        compare = (pyetcd.transactions.Mod(key) == mod_revision if mod_revision
-                   else pyetcd.transactions.Version(key) > 0)
-        resp = self._txn(f"deleting {key}", [compare], [etcdrpc.RequestOp(
-            request_delete_range=etcdrpc.DeleteRangeRequest(key=key.encode()))])
+        compare = (gw.compare(key, "MOD", mod_revision) if mod_revision
+                   else gw.compare(key, "VERSION", 0, "GREATER"))
+        resp = self._txn(f"deleting {key}", [compare], [op_delete(key)])
         return bool(resp.succeeded)
 
     # -- short leases (heartbeats) ------------------------------------------------
@@ -137,9 +121,8 @@ class ObjectStore:
 
     def keepalive(self, lease_id: int) -> int:
         """Refresh ``lease_id``; its remaining TTL, 0 if it is gone."""
-        def op(c: MultiEndpointEtcd3Client) -> int:
-            return max((int(r.TTL) for r in c.refresh_lease(lease_id)), default=0)
-        return self.etcd.call(f"refreshing etcd lease {lease_id:x}", op)
+        return self.etcd.call(f"refreshing etcd lease {lease_id:x}",
+                              lambda c: c.keepalive(lease_id))
 
     def revoke(self, lease_id: int) -> None:
         self.registry._revoke_quietly(lease_id)
@@ -153,18 +136,18 @@ class ObjectStore:
         key = base.encode()
 
         def batches(stream: _WatchStream) -> Iterator[tuple[ChangeBatch, int]]:
-            for resp in stream.responses(f"watching {base}"):
+            for events in stream.responses(f"watching {base}"):
                 changes = []
                 rev = 0
-                for ev in resp.events:
+                for ev in events:
                     kv = ev.kv
-                    rev = max(rev, int(kv.mod_revision))
+                    rev = max(rev, kv.mod_revision)
                     name = kv.key.decode("utf-8", "surrogateescape")
-                    if ev.type == kv_pb2.Event.PUT:
-                        changes.append(Change(name, bytes(kv.value), int(kv.mod_revision)))
+                    if ev.type == "PUT":
+                        changes.append(Change(name, kv.value, kv.mod_revision))
                     else:
-                        prev = bytes(ev.prev_kv.value) if ev.HasField("prev_kv") else None
-                        changes.append(Change(name, None, int(kv.mod_revision), prev))
+                        prev = ev.prev_kv.value if ev.prev_kv is not None else None
+                        changes.append(Change(name, None, kv.mod_revision, prev))
                 if changes:
                     yield ChangeBatch(rev, changes), rev
 
@@ -177,5 +160,5 @@ class ObjectStore:
         return self.registry._resumed_watch(
             f"watch of {base}", start_revision, stop, on_error,
             lambda rev: _WatchStream(self.registry, rev, stop, key=key,
-                                     range_end=pyetcd.utils.prefix_range_end(key)),
+                                     range_end=gw.prefix_range_end(key)),
             batches, relist)

@@ -60,6 +60,7 @@ from overlay.vxlan.setup import DataPlane, NodeOptions, setup_data_plane as setu
 if TYPE_CHECKING:  # the etcd client loads only when etcd is opened (~115 ms of import)
     from overlay.cluster.schema import SchemaStatus
     from overlay.cluster.store import ObjectStore
+    from overlay.daemon.podpublisher import LeaseGoneGC
     from overlay.daemon.policyagent import PolicyAgent
     from overlay.subnet.registry import LeaseListing, Registry, WatchUpdate
 
@@ -272,6 +273,7 @@ class Daemon:
         self.schema: SchemaStatus | None = None
         self.node_agent: NodeAgent | None = None  # heartbeat, record, health mesh
         self.policy_agent: PolicyAgent | None = None  # NetworkPolicy -> nftables
+        self.pod_gc: LeaseGoneGC | None = None  # gone leases' pods, fed by _on_batch
         self.metrics.ready.set_function(lambda: 0 if self.readiness() else 1)
         self.metrics.track_watch(self.watch_health.lag, lambda: self.config_drift is not None)
 
@@ -382,6 +384,8 @@ class Daemon:
             self.node_agent = claim_node(self)  # NodeNameInUse: one line, exit 1
             from overlay.daemon.policyagent import make_policy_agent
             self.policy_agent = make_policy_agent(self)
+            from overlay.daemon.podpublisher import LeaseGoneGC
+            self.pod_gc = LeaseGoneGC(store)
         return True
 
     def _cluster_threads(self) -> list[tuple[str, Callable[[], None]]]:
@@ -394,9 +398,10 @@ class Daemon:
         from overlay.daemon.podpublisher import pod_threads  # the etcd client: only here
         from overlay.daemon.policyagent import policy_threads
         assert self.manager is not None, f"manager {_UNSET}"
+        assert self.pod_gc is not None, f"pod GC {_UNSET}"
         threads += pod_threads(self.store, self.s.node_name, self.s.cni_data_dir,
-                               self.manager.own_subnet, self.stop, self.metrics.registry,
-                               self.manager.own_ipv6_subnet)
+                               self.manager.own_subnet, self.stop, self.pod_gc,
+                               self.metrics.registry, self.manager.own_ipv6_subnet)
         threads += policy_threads(self.policy_agent)
         return threads
 
@@ -500,11 +505,16 @@ class Daemon:
     # -- watch -> backend --------------------------------------------------------------
     def _on_snapshot(self, remote: list[Lease]) -> None:
         """Every complete listing (the first after a start, a re-list after a compaction)
-        is a reconcile, so entries of peers that vanished meanwhile are removed."""
+        is a reconcile, so entries of peers that vanished meanwhile are removed (and
+        their pods, by the pod-lease GC)."""
+        if self.pod_gc is not None:
+            self.pod_gc.note_snapshot(remote)
         self._reconcile(remote)
 
     def _on_batch(self, batch: LeaseBatch) -> None:
         assert self.backend is not None, f"backend {_UNSET}"
+        if self.pod_gc is not None:
+            self.pod_gc.note_batch(batch)
         res = self.backend.apply_batch(batch)
         self._update_gauges()
         if res.failed:

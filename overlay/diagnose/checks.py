@@ -49,6 +49,7 @@ from overlay.diagnose.state import (
 from overlay.lease import Lease, LeaseRules, Rejection, etcdctl_del, judge, printable_key
 from overlay.netlink.kernel_state import FDBInfo, KernelState, LinkInfo, NeighInfo, RouteInfo
 from overlay.netlink.pod import host_veth_name
+from overlay.netlink.route import RTPROT_OVERLAY
 from overlay.netlink.rtnl import protocol_name
 from overlay.util.text import rfc3339
 from overlay.vxlan.entries import (
@@ -65,21 +66,31 @@ from overlay.vxlan.entries import (
 ETCD_SKIP = "etcd unreachable: needs the leases/config from etcd"
 
 
+def ipv6_only(node: NodeState, cluster: ClusterState) -> bool:
+    """An IPv6-only network (EnableIPv4 false): the config says so, or, with etcd
+    unreadable, this node's subnet.env (the IPv6 pair alone)."""
+    if cluster.config is not None:
+        return cluster.config.ipv6_only
+    return node.subnet_env is not None and node.subnet_env.ipv6_only
+
+
 def derive_facts(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions) -> Facts:
     k = node.kernel or KernelState()
     cfg = cluster.config
+    v6only = ipv6_only(node, cluster)
     # an IPv6-only node's one device is overlay-v6.<VNI>
-    default = f"overlay{'-v6' if cfg and cfg.ipv6_only else ''}.{cfg.backend.vni}" if cfg else ""
-    vxlan_name = opts.vxlan_device or default or _guess_vxlan(k)
+    default = f"overlay{'-v6' if v6only else ''}.{cfg.backend.vni}" if cfg else ""
+    vxlan_name = opts.vxlan_device or default or _guess_vxlan(k, v6only)
     vxlan = k.link(vxlan_name)
     overlay_cni = overlay_conf(node.cni_files)
     cni_plugin = overlay_cni.plugin(PLUGIN_TYPE) if overlay_cni else None
     cni_bridge = (cni_plugin or {}).get("bridge")
     bridge_name = opts.bridge or (cni_bridge if isinstance(cni_bridge, str) else DEFAULT_BRIDGE)
-    local = vxlan.vxlan.local if vxlan and vxlan.vxlan else None
+    # an IPv6-only node's device runs over the IPv6 underlay: its local address is local6
+    local = (vxlan.vxlan.local6 or vxlan.vxlan.local) if vxlan and vxlan.vxlan else None
     # --public-ip (and the runtime file's) is IPv4's: an IPv6-only node's is its device's
     public_ip: IPv4Address | IPv6Address | None = (
-        local if cfg and cfg.ipv6_only else opts.public_ip or local)
+        local if v6only else opts.public_ip or local)
     underlay = _underlay(k, vxlan, public_ip)
     own = next((lease for lease in cluster.leases
                 if public_ip and lease.attrs.public_ip == public_ip), None)
@@ -134,10 +145,11 @@ def _judge_remotes(cluster: ClusterState, own: Lease | None,
     return remotes, (*cluster.rejected, *sorted(bad, key=lambda r: r.key))
 
 
-def _guess_vxlan(k: KernelState) -> str:
+def _guess_vxlan(k: KernelState, v6only: bool = False) -> str:
+    base = "overlay-v6." if v6only else "overlay."
     names = sorted(link.name for link in k.links
-                   if link.kind == "vxlan" and link.name.startswith("overlay."))
-    return names[0] if names else "overlay.1"
+                   if link.kind == "vxlan" and link.name.startswith(base))
+    return names[0] if names else base + "1"
 
 
 def _underlay(k: KernelState, vxlan: LinkInfo | None,
@@ -150,13 +162,28 @@ def _underlay(k: KernelState, vxlan: LinkInfo | None,
     return None
 
 
+def family(facts: Facts) -> int:
+    """The family of this node's VXLAN device (``facts.vxlan``): 6 on an IPv6-only node,
+    whose one device is overlay-v6.<VNI> over the IPv6 underlay."""
+    return 6 if isinstance(facts.public_ip, IPv6Address) else 4
+
+
+def overhead(facts: Facts) -> int:
+    return VXLAN_OVERHEAD_V6 if family(facts) == 6 else VXLAN_OVERHEAD
+
+
+def _vtep(facts: Facts) -> str:
+    """How a peer's VTEP address is named: its subnet's first address."""
+    return "::" if family(facts) == 6 else ".0"
+
+
 def expected_mtu(cluster: ClusterState, facts: Facts) -> int | None:
-    """The IPv4 device's MTU as overlayd sets it (``BackendConfig.device_mtu``: the outer
-    MTU, Backend.MTU or the underlay's, whichever is smaller, - 50)."""
+    """The device's MTU as overlayd sets it (``BackendConfig.device_mtu``: the outer
+    MTU, Backend.MTU or the underlay's, whichever is smaller, - 50; - 70 over IPv6)."""
     backend = cluster.config.backend if cluster.config else BackendConfig()
     if facts.underlay:
-        return backend.device_mtu(facts.underlay.mtu, 4)
-    return backend.mtu - VXLAN_OVERHEAD if backend.mtu else None
+        return backend.device_mtu(facts.underlay.mtu, family(facts))
+    return backend.mtu - overhead(facts) if backend.mtu else None
 
 
 def expected_mtu6(cluster: ClusterState, node: NodeState) -> int | None:
@@ -175,7 +202,8 @@ def expected_pod_mtu(node: NodeState, cluster: ClusterState, facts: Facts) -> in
     the smaller of both devices' (a pod has one MTU for both families)."""
     want = expected_mtu(cluster, facts)
     env = node.subnet_env
-    want6 = expected_mtu6(cluster, node) if env is not None and env.ipv6_subnet else None
+    dual = env is not None and env.subnet is not None and env.ipv6_subnet is not None
+    want6 = expected_mtu6(cluster, node) if dual else None
     return min(want, want6) if want is not None and want6 is not None else want
 
 
@@ -381,7 +409,7 @@ def check_bridge(node: NodeState, f: Facts) -> CheckResult:
     create = f"ip link add {br} type bridge && ip link set {br} up" + (
         f" && ip addr add {gw} dev {br}" if gw else "")
     if link is None:
-        n = len(node.reservations)
+        n = len(node.reservations) + len(node.reservations6)
         return CheckResult(name, FAIL, expected, f"no link {br} ({n} pod IP reservation(s))",
                            f"{create} (the CNI plugin makes it at the next pod ADD)")
     if link.kind != "bridge":
@@ -458,6 +486,11 @@ def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
                 f"{subnet6 or 'this node IPv6 subnet'} and held by a pod on {f.bridge_name}")
     if f.overlay_cni is None:
         return CheckResult(name, SKIP, expected, "no overlay CNI config to find the IPAM dir")
+    wrong_range = _cni_range6_mismatch(f, subnet6)
+    if wrong_range is not None:
+        return CheckResult(name, FAIL, expected, wrong_range, "remove \"ipv6Subnet\" from "
+                           f"{f.overlay_cni.path}: the plugin then allocates from subnet.env's "
+                           "OVERLAY_IPV6_SUBNET, this node's lease")
     enabled = bool(cluster.config and cluster.config.enable_ipv6)
     if not res:
         return CheckResult(name, PASS, expected, "no IPv6 addresses reserved" + (
@@ -470,6 +503,23 @@ def check_ipv6_pod_ips(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
                            + res[0].path)
     dual = not (cluster.config and not cluster.config.enable_ipv4)
     return _ipv6_ipam_result(node, f, subnet6, expected, dual)
+
+
+def _cni_range6_mismatch(f: Facts, subnet6: IPv6Network | None) -> str | None:
+    """What is wrong with an explicit ``ipv6Subnet`` in the CNI config (it overrides
+    subnet.env, so the IPAM range would not be this node's), or None."""
+    conf = f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None
+    given = (conf or {}).get("ipv6Subnet")
+    if given is None or subnet6 is None:
+        return None
+    try:
+        ok = isinstance(given, str) and IPv6Network(given, strict=False) == subnet6
+    except ValueError:
+        ok = False
+    if ok:
+        return None
+    return (f"the CNI config's IPAM range is ipv6Subnet {str(given)[:60]!r}, not this "
+            f"node's IPv6 subnet {subnet6}")
 
 
 def _ipv6_ipam_result(node: NodeState, f: Facts, subnet6: IPv6Network, expected: str,
@@ -548,14 +598,15 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
         what = "missing" if link is None else f"{dev} is a {link.kind or 'non-VXLAN'} link"
         return CheckResult(name, FAIL, expected, what, restart)
     v = link.vxlan
+    local = v.local6 or v.local
     addrs = node.kernel.addrs_of(link.index)
-    found = (f"{dev} {'up' if link.up else 'down'} VNI {v.vni} port {v.port} local {v.local} "
+    found = (f"{dev} {'up' if link.up else 'down'} VNI {v.vni} port {v.port} local {local} "
              f"learning {'on' if v.learning else 'off'} addr "
              + (", ".join(map(str, addrs)) or "none"))
     problems = []
     if cfg and (v.vni != cfg.backend.vni or v.port != cfg.backend.port):
         problems.append("VNI/port differ from the config")
-    if f.public_ip and v.local != f.public_ip:
+    if f.public_ip and local != f.public_ip:
         problems.append(f"local is not {f.public_ip}")
     if v.learning:
         problems.append("learning on")
@@ -574,14 +625,23 @@ def check_vxlan_device(node: NodeState, cluster: ClusterState, f: Facts) -> Chec
     return CheckResult(name, PASS, expected, found)
 
 
-def _in_network(f: Facts, net: IPv4Network) -> bool:
-    return isinstance(f.network, IPv4Network) and net.subnet_of(f.network)
+def _stale_candidate(f: Facts, net: IPv4Network | IPv6Network) -> bool:
+    """A route inside the pod network that is neither this node's subnet nor the kernel's
+    host route of the device's own address (IPv6 gives its ``::/128`` one)."""
+    if f.network is None or net.version != f.network.version:
+        return False
+    own = f.own_subnet
+    if own is not None and (net == own or (net.prefixlen == net.max_prefixlen
+                                           and net.network_address == own.network_address)):
+        return False
+    return net.subnet_of(f.network)  # type: ignore[arg-type]  # same family: checked
 
 
 def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "routes"
     dev = f.vxlan_name
-    expected = f"a route for each of {len(f.remotes)} peer subnet(s) via its .0 dev {dev} onlink"
+    expected = (f"a route for each of {len(f.remotes)} peer subnet(s) via its {_vtep(f)} "
+                f"dev {dev} onlink")
     if f.direct:
         expected += f" ({len(f.direct)} DirectRouting peer(s): via their public IP)"
     if not cluster.available:
@@ -606,8 +666,8 @@ def check_routes(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResul
         else:
             wrong.append((want_route, routes[0]))
     leased = {lease.subnet for lease in cluster.leases}
-    stale = [r for r in k.routes if _in_network(f, r.dst) and r.dst not in leased
-             and r.dst != f.own_subnet and r.oif is not None and r.oif == vx]
+    stale = [r for r in k.routes if _stale_candidate(f, r.dst) and r.dst not in leased
+             and r.oif is not None and r.oif == vx]
 
     def add(r: Route) -> str:  # proto 111: overlayd's own, which it may replace and remove
         if r.direct:
@@ -637,9 +697,15 @@ def _route_conflicts(k: KernelState, f: Facts
     want = {s for s, _ in f.wanted(Route)}
     out: dict[IPv4Network | IPv6Network, list[RouteInfo]] = {}
     for r in (*k.routes, *k.typed_routes):
-        if r.dst in want and not r.ours:
+        if r.dst in want and not _ours(r):
             out.setdefault(r.dst, []).append(r)
     return out
+
+
+def _ours(r: RouteInfo) -> bool:
+    """``Route.ours``, for either family's record (an IPv6-only node's are ``Route6``s,
+    which have the same fields but not the property)."""
+    return r.protocol is None or r.protocol == RTPROT_OVERLAY
 
 
 def _unblocked(k: KernelState, f: Facts, kind: type[E]
@@ -725,7 +791,7 @@ def check_fdb(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
 def check_neigh(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     name = "neigh"
     dev = f.vxlan_name
-    expected = (f"permanent neighbour .0 -> VTEP MAC on {dev} "
+    expected = (f"permanent neighbour {_vtep(f)} -> VTEP MAC on {dev} "
                 f"for each of {len(f.vxlan_remotes)} peer(s)")
     skip = _need_vxlan(node, cluster, f, expected, name)
     if skip:
@@ -781,20 +847,25 @@ def _entry_result(name: str, expected: str, total: int,
     return CheckResult(name, FAIL, expected, found, fix)
 
 
-def check_ip_forward(node: NodeState) -> CheckResult:
-    expected = "net.ipv4.ip_forward = 1"
-    if node.ip_forward is None:
-        return CheckResult("ip-forward", SKIP, expected, "/proc/sys/net/ipv4/ip_forward unreadable")
-    if node.ip_forward == "1":
+def check_ip_forward(node: NodeState, ipv6: bool = False) -> CheckResult:
+    """Forwarding of the pods' family: an IPv6-only node forwards IPv6 only."""
+    key, value = (("net.ipv6.conf.all.forwarding", node.ip6_forward) if ipv6
+                  else ("net.ipv4.ip_forward", node.ip_forward))
+    expected = f"{key} = 1"
+    if value is None:
+        return CheckResult("ip-forward", SKIP, expected,
+                           f"/proc/sys/{key.replace('.', '/')} unreadable")
+    if value == "1":
         return CheckResult("ip-forward", PASS, expected, "1")
-    return CheckResult("ip-forward", FAIL, expected, node.ip_forward,
-                       "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d)")
+    return CheckResult("ip-forward", FAIL, expected, value,
+                       f"sysctl -w {key}=1 (and persist it in /etc/sysctl.d)")
 
 
 def check_firewall(node: NodeState, cluster: ClusterState) -> CheckResult:
     port = cluster.config.backend.port if cluster.config else 8472
     fw = node.firewall
-    expected = f"no firewall rule dropping UDP {port} (VXLAN)"
+    over = " over IPv6" if ipv6_only(node, cluster) else ""
+    expected = f"no firewall rule dropping UDP {port} (VXLAN){over}"
     if fw.drops:
         return CheckResult("firewall", FAIL, expected, "; ".join(
             f"{r.source} {r.where}: {r.text}" for r in fw.drops), fw.drops[0].fix)
@@ -815,7 +886,7 @@ def check_mtu(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
              cluster.config.backend.mtu else "")
     under = f"underlay {f.underlay.name} {f.underlay.mtu}" if f.underlay else "underlay ?"
     expected = (f"{f.vxlan_name} MTU {want} ((" + (f"{outer}, at most {under}" if outer
-                else under) + f") - {VXLAN_OVERHEAD}); OVERLAY_MTU {pod_mtu}"
+                else under) + f") - {overhead(f)}); OVERLAY_MTU {pod_mtu}"
                 + (" (the smaller of both families')" if pod_mtu != want else "")
                 + "; bridge and pods <= it")
     if node.kernel is None:
@@ -914,7 +985,9 @@ def check_config_current(node: NodeState, cluster: ClusterState, f: Facts) -> Ch
 def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckResult:
     """Every peer's VTEP over the overlay (cross-node traffic), all peers at once."""
     name = "peer-vteps"
-    expected = (f"each of {len(f.programmed)} peer VTEP(s) (its subnet's .0) answers a DF "
+    vtep = _vtep(f)
+    headers = 48 if family(f) == 6 else 28  # IP + ICMP headers: IPv6 40 + 8, IPv4 20 + 8
+    expected = (f"each of {len(f.programmed)} peer VTEP(s) (its subnet's {vtep}) answers a DF "
                 f"ping of the overlay MTU across {f.vxlan_name}")
     cfg = cluster.config
     if not cluster.available or cfg is None:
@@ -933,7 +1006,8 @@ def check_peer_vteps(node: NodeState, cluster: ClusterState, f: Facts) -> CheckR
     for p in down:
         why = p.error or f"{p.received}/{p.sent} replies"
         if p.small_received:
-            why += f", but {p.small_received} small ping(s) answered: path MTU below {p.size + 28}"
+            why += (f", but {p.small_received} small ping(s) answered: path MTU below "
+                    f"{p.size + headers}")
         parts.append(f"{p.subnet} ({p.target}): {why}")
     if any("unreachable" in p.error.lower() for p in down):
         fix = ("this node has no route to the peer's VXLAN address: fix the routes check, "
@@ -1014,23 +1088,6 @@ def _ipv6_probes(node: NodeState, entries_ok: CheckResult) -> CheckResult:
     return replace(entries_ok, status=FAIL, found=found, fix=fix)
 
 
-def _ipv6_only_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
-                      endpoints: str, f: Facts) -> list[CheckResult]:
-    """An IPv6-only network (EnableIPv4 false): the checks that hold for any family (etcd,
-    the lease and rejected keys, overlayd, subnet.env, CNI); the kernel checks read IPv4
-    state only, so they are skipped, saying so, rather than fail a healthy node."""
-    skipped = CheckResult("data-plane", SKIP, f"the kernel entries of {f.vxlan_name}",
-                          "not checked: this network is IPv6-only (EnableIPv4 false) and the "
-                          "kernel checks read IPv4 state", "inspect with `ip -6 route`, "
-                          f"`ip -6 neigh show dev {f.vxlan_name}`, `bridge fdb show dev "
-                          f"{f.vxlan_name}`")
-    return [check_etcd(cluster, endpoints), check_lease(cluster, f),
-            check_rejected_leases(cluster, f, endpoints), check_daemon(node, opts),
-            check_subnet_env(node, cluster, f, node.subnet_file, _subnet_file_assumed(f, opts)),
-            check_cni_config(node, opts), check_cni_binary(node, f, opts),
-            check_config_current(node, cluster, f), skipped]
-
-
 def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:
     plugin = (f.overlay_cni.plugin(PLUGIN_TYPE) if f.overlay_cni else None) or {}
     return opts.subnet_file is None and not plugin.get("subnetFile")
@@ -1038,10 +1095,15 @@ def _subnet_file_assumed(f: Facts, opts: DiagnoseOptions) -> bool:
 
 def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
                endpoints: str = "", facts: Facts | None = None) -> Report:
-    """Every check; ``facts``: derived from this very state already (else derived here)."""
+    """Every check; ``facts``: derived from this very state already (else derived here).
+
+    On an IPv6-only network (EnableIPv4 false) the same checklist runs over the IPv6 data
+    plane: ``node.kernel`` is then the IPv6 side (``gather`` reads it), the device is
+    overlay-v6.<VNI>, forwarding is IPv6's, and the pods' addresses are the IPAM store's
+    IPv6 ones; there is no IPv4 pod range (no pod-ips) and no second device to check
+    apart (no ipv6-data-plane)."""
     f = facts or derive_facts(node, cluster, opts)
-    if cluster.config is not None and cluster.config.ipv6_only:
-        return Report(_ipv6_only_checks(node, cluster, opts, endpoints, f), f)
+    v6only = ipv6_only(node, cluster)
     checks = [
         check_etcd(cluster, endpoints),
         check_lease(cluster, f),
@@ -1051,7 +1113,7 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_cni_config(node, opts),
         check_cni_binary(node, f, opts),
         check_bridge(node, f),
-        check_pod_ips(node, f),
+        *(() if v6only else (check_pod_ips(node, f),)),
         check_ipv6_pod_ips(node, cluster, f),
         check_local_pods(node, f),
         check_vxlan_device(node, cluster, f),
@@ -1059,13 +1121,12 @@ def run_checks(node: NodeState, cluster: ClusterState, opts: DiagnoseOptions,
         check_route_conflicts(node, cluster, f),
         check_fdb(node, cluster, f),
         check_neigh(node, cluster, f),
-        check_ip_forward(node),
+        check_ip_forward(node, ipv6=v6only),
         check_firewall(node, cluster),
         check_mtu(node, cluster, f),
         check_cidr_overlap(node, f, opts),
         check_config_current(node, cluster, f),
         check_peer_vteps(node, cluster, f),
-        check_ipv6_data_plane(node, cluster, f),
+        *(() if v6only else (check_ipv6_data_plane(node, cluster, f),)),
     ]
     return Report(checks, f)
-

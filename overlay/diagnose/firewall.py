@@ -123,7 +123,9 @@ def parse_nft_ruleset(text: str, port: int, skip_tables: Iterable[tuple[str, str
         out.errors.append(f"nft JSON unreadable: {e}")
         return out
     skip = {*skip_tables, (POLICY_FAMILY, POLICY_TABLE)}
-    nfprotos = ("ipv4", "ipv6") if "ip6" in families else ("ipv4",)
+    # the families our VXLAN runs over: an IPv6-only node's ``families`` have no "ip"
+    nfprotos = (("ipv4",) if "ip" in families else ()) + (("ipv6",) if "ip6" in families
+                                                          else ())
     chains: dict[tuple[str, str, str], dict[str, Any]] = {}
     accepted: set[tuple[str, str, str]] = set()
     for item in items:
@@ -278,13 +280,13 @@ def merge_firewall(*states: FirewallState) -> FirewallState:
     return out
 
 
-def read_firewall(port: int, ipv6: bool = False) -> FirewallState:
+def read_firewall(port: int, ipv6: bool = False, ipv4: bool = True) -> FirewallState:
     """nft's ruleset (native tables) plus iptables-save for tables iptables manages;
-    ``ipv6`` (a dual-stack node, whose VXLAN also runs over IPv6): ip6 tables and
-    ip6tables-save too."""
+    ``ipv6`` (VXLAN also runs over IPv6): ip6 tables and ip6tables-save too; ``ipv4``
+    False (an IPv6-only node, whose VXLAN runs over IPv6 alone): no IPv4 tables."""
     states, skip = [], set()
-    sources = ("iptables", "iptables-legacy") + (("ip6tables", "ip6tables-legacy") if ipv6
-                                                 else ())
+    sources = ((("iptables", "iptables-legacy") if ipv4 else ())
+               + (("ip6tables", "ip6tables-legacy") if ipv6 else ()))
     for source in sources:
         exe = shutil.which(f"{source}-save")
         if exe is None:
@@ -301,7 +303,7 @@ def read_firewall(port: int, ipv6: bool = False) -> FirewallState:
     if shutil.which("nft"):
         rc, out, err = run_quiet(["nft", "-j", "list", "ruleset"])
         if rc == 0:
-            families = ("ip", "inet", "ip6") if ipv6 else ("ip", "inet")
+            families = (("ip",) if ipv4 else ()) + ("inet",) + (("ip6",) if ipv6 else ())
             states.append(parse_nft_ruleset(out, port, skip, families))
         else:
             states.append(FirewallState(errors=[f"nft: {err or rc}"]))

@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import TypeVar
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
 from overlay.cni.ipam import DiskStore
 from overlay.cni.netconf import DEFAULT_DATA_DIR
-from overlay.diagnose.checks import derive_facts, run_checks
+from overlay.config import NetworkConfig
+from overlay.diagnose.checks import derive_facts, ipv6_only, run_checks
 from overlay.diagnose.cluster_checks import PodsState, run_cluster_checks
 from overlay.diagnose.firewall import read_firewall
 from overlay.diagnose.policy_table import check_policy_table
@@ -155,7 +157,8 @@ def read_config_changed(addr: str, timeout: float = 2.0) -> bool | None:
 _PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 
 
-def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[int, int, str]:
+def ping(target: IPv4Address | IPv6Address, size: int, count: int, timeout: float
+         ) -> tuple[int, int, str]:
     """(sent, received, error) for ``count`` DF pings of ``size`` payload bytes."""
     argv = ["ping", "-n", "-q", "-M", "do", "-s", str(size), "-c", str(count),
             "-i", "0.2", "-W", str(max(1, int(round(timeout)))), str(target)]
@@ -167,6 +170,8 @@ def ping(target: IPv4Address, size: int, count: int, timeout: float) -> tuple[in
 
 
 Echoer = Callable[[Sequence[IPv4Address], int, int, float], "dict[IPv4Address, Echo]"]
+Echoer6 = Callable[[Sequence[IPv6Address], int, int, float], "dict[IPv6Address, Echo]"]
+A = TypeVar("A", IPv4Address, IPv6Address)
 
 
 def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: float
@@ -184,15 +189,41 @@ def echo_peers(targets: Sequence[IPv4Address], size: int, count: int, timeout: f
         return dict(zip(targets, pool.map(one, targets), strict=True))
 
 
+def echo_peers6(targets: Sequence[IPv6Address], size: int, count: int, timeout: float
+                ) -> dict[IPv6Address, Echo]:
+    """``echo_peers`` over ICMPv6 (iputils' ``ping`` takes either family)."""
+    try:
+        return echo_many6(targets, size, count, timeout)
+    except PermissionError:
+        log.info("no raw ICMPv6 socket (not root?): probing with one ping per peer")
+
+    def one(t: IPv6Address) -> Echo:
+        return Echo(*ping(t, size, count, timeout))
+
+    with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+        return dict(zip(targets, pool.map(one, targets), strict=True))
+
+
 def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
-                echo: Echoer = echo_peers) -> list[ProbeResult]:
+                echo: Echoer = echo_peers, echo6: Echoer6 = echo_peers6) -> list[ProbeResult]:
     """Ping every peer's .0 (its VXLAN address) with DF at the full path MTU, all at once;
-    peers that do not answer get one small ping, which tells a path-MTU problem apart."""
-    remotes = [peer for peer in remotes if peer.subnet.version == 4]  # IPv6: probe_peers6
-    if not remotes:
+    peers that do not answer get one small ping, which tells a path-MTU problem apart.
+    An IPv6-only network's peers (IPv6 leases) are pinged at their ``::`` over ICMPv6;
+    a dual-stack node's IPv6 halves are ``probe_peers6``'s."""
+    v6 = bool(remotes) and all(peer.subnet.version == 6 for peer in remotes)
+    if v6:
+        six = [IPv6Address(peer.subnet.network_address) for peer in remotes]
+        return _probe(remotes, six, mtu - 48, count, timeout, echo6)  # IPv6 40 + ICMPv6 8
+    remotes = [peer for peer in remotes if peer.subnet.version == 4]
+    four = [IPv4Address(peer.subnet.network_address) for peer in remotes]
+    return _probe(remotes, four, mtu - 28, count, timeout, echo)  # IPv4 20 + ICMP 8
+
+
+def _probe(remotes: Sequence[Lease], targets: Sequence[A], size: int, count: int,
+           timeout: float, echo: Callable[[Sequence[A], int, int, float], dict[A, Echo]]
+           ) -> list[ProbeResult]:
+    if not targets:
         return []
-    size = mtu - 28  # IPv4 + ICMP headers
-    targets = [IPv4Address(peer.subnet.network_address) for peer in remotes]
     full = echo(targets, size, count, timeout)
     silent = [t for t in targets if full[t].received == 0]
     small = echo(silent, 56, 1, timeout) if silent else {}
@@ -201,11 +232,8 @@ def probe_peers(remotes: Sequence[Lease], mtu: int, count: int, timeout: float,
             for peer, t in zip(remotes, targets, strict=True)]
 
 
-Echoer6 = Callable[[Sequence[IPv6Address], int, int, float], "dict[IPv6Address, Echo]"]
-
-
 def probe_peers6(remotes: Sequence[Lease], device: DeviceView, count: int, timeout: float,
-                 echo: Echoer6 = echo_many6) -> list[Probe6Result]:
+                 echo: Echoer6 = echo_peers6) -> list[Probe6Result]:
     """``probe_peers`` over IPv6: every peer whose IPv6 VTEP neighbour is on the device,
     with DF at the IPv6 device's MTU (IPv6 40 + ICMPv6 8 bytes of headers)."""
     halves = [h for h in map(v6_half, remotes) if h is not None
@@ -236,19 +264,34 @@ def probe_local_pods(reservations: Sequence[Reservation], count: int, timeout: f
                      got[r.ip].error) for r in reservations]
 
 
-def gather_cluster(opts: EtcdOptions, local_ips: Iterable[IPv4Address] = (),
+def probe_local_pods6(reservations: Sequence[Reservation6], count: int, timeout: float,
+                      echo: Echoer6 = echo_peers6) -> list[PodProbe]:
+    """``probe_local_pods`` over ICMPv6: an IPv6-only node's pods hold IPv6 addresses only."""
+    if not reservations:
+        return []
+    got = echo([r.ip for r in reservations], POD_PROBE_SIZE, count, timeout)
+    return [PodProbe(r.ip, r.container_id, r.ifname, got[r.ip].sent, got[r.ip].received,
+                     got[r.ip].error) for r in reservations]
+
+
+LocalIPs = Iterable[IPv4Address | IPv6Address]
+
+
+def gather_cluster(opts: EtcdOptions,
+                   local_ips: LocalIPs | Callable[[NetworkConfig], LocalIPs] = (),
                    timeout: float = 3.0) -> ClusterState:
     """The config and leases from etcd; on failure an empty state naming the error.
 
     Only the leases of ``local_ips`` (this node's) get their expiry read: that is one
-    request per lease, which a listing of a thousand peers should not pay.
+    request per lease, which a listing of a thousand peers should not pay.  Given as a
+    function, it is asked once the config is read (which family's addresses are ours).
     """
     from overlay.subnet.registry import EtcdRegistry
 
-    mine = set(local_ips)
     try:
         with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
             config = reg.get_config()
+            mine = set(local_ips(config) if callable(local_ips) else local_ips)
             listing = reg.list_subnets(with_expiration=False)
             leases, rejected = listing.leases, listing.rejected
             for i, lease in enumerate(leases):
@@ -288,6 +331,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     except OverlayError as e:
         node.kernel_error = str(e)
     node.ip_forward = read_sysctl("/proc/sys/net/ipv4/ip_forward")
+    node.ip6_forward = read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding")
     node.cni_files, node.cni_conf_error = read_cni_conf_dir(opts.cni_conf_dir)
     ours = overlay_conf(node.cni_files)
     plugin = (ours.plugin(PLUGIN_TYPE) if ours else None) or {}
@@ -318,27 +362,59 @@ def read_ipv6_device(node: NodeState, name: str) -> None:
         node.ipv6_device_error = str(e)
 
 
+def read_ipv6_kernel(node: NodeState) -> None:
+    """An IPv6-only node's kernel state: its IPv6 addresses, routes and neighbours (the
+    checks read ``node.kernel`` whichever family the network is)."""
+    from overlay.netlink.kernel_state import read_ipv6_state
+
+    try:
+        node.kernel, node.kernel_error = read_ipv6_state(), ""
+    except OverlayError as e:
+        node.kernel, node.kernel_error = None, str(e)
+
+
+def node_addresses(node: NodeState, opts: DiagnoseOptions, config: NetworkConfig
+                   ) -> set[IPv4Address | IPv6Address]:
+    """This node's addresses, once the config says which family is the network's: on an
+    IPv6-only network the kernel state is re-read as the IPv6 side first."""
+    if config.ipv6_only:
+        read_ipv6_kernel(node)
+    out: set[IPv4Address | IPv6Address] = (
+        {a.interface.ip for a in node.kernel.addrs} if node.kernel else set())
+    if opts.public_ip and not config.ipv6_only:
+        out.add(opts.public_ip)
+    return out
+
+
 def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     """Gather everything, probe the peers, run every check."""
     node = gather_node(opts)
-    local_ips = {a.interface.ip for a in node.kernel.addrs} if node.kernel else set()
-    if opts.public_ip:
-        local_ips.add(opts.public_ip)
-    cluster = gather_cluster(etcd, local_ips)
-    node.firewall = read_firewall(cluster.config.backend.port if cluster.config else 8472,
-                                  bool(cluster.config and cluster.config.enable_ipv6))
-    if cluster.config is not None and cluster.config.enable_ipv6:
-        read_ipv6_device(node, f"overlay-v6.{cluster.config.backend.vni}")
+    cluster = gather_cluster(etcd, lambda config: node_addresses(node, opts, config))
+    cfg = cluster.config
+    v6only = ipv6_only(node, cluster)
+    if cfg is None and v6only:  # etcd unreadable: subnet.env says the network is IPv6-only
+        read_ipv6_kernel(node)
+    node.firewall = read_firewall(cfg.backend.port if cfg else 8472,
+                                  v6only or bool(cfg and cfg.enable_ipv6), ipv4=not v6only)
+    if cfg is not None and cfg.dual_stack:  # IPv6-only: overlay-v6 is node.kernel's device
+        read_ipv6_device(node, f"overlay-v6.{cfg.backend.vni}")
     f = derive_facts(node, cluster, opts)  # the probes below do not change what it reads
     if opts.probe and f.bridge is not None and f.overlay_cni is not None:
         # IPs outside this node's subnet are pod-ips' finding, not routed over the bridge
-        pods = [r for r in node.reservations if f.own_subnet is None or r.ip in f.own_subnet]
-        node.pod_probes = probe_local_pods(pods, opts.probe_count, opts.probe_timeout)
+        if v6only:
+            pods6 = [r for r in node.reservations6 if f.own_subnet is None
+                     or r.ip in f.own_subnet]
+            node.pod_probes = probe_local_pods6(pods6, opts.probe_count, opts.probe_timeout)
+        else:
+            pods = [r for r in node.reservations if f.own_subnet is None
+                    or r.ip in f.own_subnet]
+            node.pod_probes = probe_local_pods(pods, opts.probe_count, opts.probe_timeout)
     if opts.probe and cluster.available and f.vxlan is not None:
         # Only peers overlayd programs: one it skips (no VTEP MAC, off our L2) has no route.
         node.probes = probe_peers(f.programmed, f.vxlan.mtu, opts.probe_count,
                                   opts.probe_timeout)
-    if opts.probe and cluster.available and node.ipv6_device is not None:
+    if opts.probe and cluster.available and node.ipv6_device is not None and \
+            not v6only:  # IPv6-only: its one device's, probed above
         node.probes6 = probe_peers6(f.remotes, node.ipv6_device, opts.probe_count,
                                     opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)

@@ -117,7 +117,7 @@ class Probe6Result:
 class PodProbe:
     """One local pod (an IPAM record) pinged from the node over the bridge."""
 
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     container_id: str
     ifname: str
     sent: int
@@ -130,6 +130,7 @@ class NodeState:
     kernel: KernelState | None = None
     kernel_error: str = ""
     ip_forward: str | None = None
+    ip6_forward: str | None = None  # net.ipv6.conf.all.forwarding
     subnet_env: SubnetEnv | None = None
     subnet_env_error: str = ""
     cni_files: list[CNIConfigFile] = field(default_factory=list)

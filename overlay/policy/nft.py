@@ -33,6 +33,8 @@ packet the check is one compare instead of a concatenated set lookup. (At 100 po
 ADD's transaction that grows a shared chain's device list took 14.3 ms through the ``nft``
 CLI against 3.6 ms creating a chain instead; through libnftables in-process, as overlayd
 loads, 1.44 ms against 1.58 ms: there the cost is nft's cache of the table's sets.)
+So an ADD's :class:`Admission` is loaded by :func:`apply_admission` as nfnetlink messages
+(``overlay.netlink.nftables``, 0.2-0.4 ms), and as nft text only for what those cannot say.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING, NamedTuple
 
 from overlay.errors import OverlayError
@@ -453,17 +455,22 @@ def _compile_policy(b: _Builder, index: int, policy: NetworkPolicy,
         b.denied[short] += [f"{fam.keyword} {own} {sel} {denied}" for fam, sel in sels]
 
 
+def ipv6_sources(addresses: Iterable[IPAddress]) -> list[IPv6Network]:
+    """What the source check lets a pod holding ``addresses`` send IPv6 from: its own
+    IPv6 addresses (as /128s), link-local and ``::``, in the order nft lists an interval
+    set (by address). The one list both the rule's text and its nfnetlink set are made of."""
+    own = [IPv6Network(f"{ip}/128") for ip in _ips(addresses, 6)]
+    return sorted({*own, *map(IPv6Network, IPV6_LINK_LOCAL_SOURCES)},
+                  key=lambda n: int(n.network_address))
+
+
 def ipv6_source_rule(addresses: Iterable[IPAddress], counter: str) -> str:
     """The source check's IPv6 rule for a pod holding ``addresses`` (its IPv4 ones are
-    ignored): drop, counting with ``counter``, what does not come from one of its own
-    IPv6 addresses, a link-local one or the unspecified one. The set is written in the
-    order nft lists an interval set (by address), so the drift check reads it back as
+    ignored): drop, counting with ``counter``, what does not come from one of
+    :func:`ipv6_sources`. Written as nft lists it, so the drift check reads it back as
     compiled."""
-    own = [ip_network(f"{ip}/128") for ip in _ips(addresses, 6)]
-    allowed = sorted({*own, *map(ip_network, IPV6_LINK_LOCAL_SOURCES)},
-                     key=lambda n: int(n.network_address))
     shown = ", ".join(str(n.network_address) if n.prefixlen == 128 else str(n)
-                      for n in allowed)
+                      for n in ipv6_sources(addresses))
     return f"meta protocol ip6 ip6 saddr != {{ {shown} }} {counter} drop"
 
 
@@ -489,9 +496,9 @@ def source_chain(veth: str, addresses: Iterable[IPAddress]) -> SourceChain:
     own addresses (a pod with NET_RAW cannot borrow an allowed peer's). It must be the
     veth's own hook: for bridged traffic the inet prerouting hook sees only ``cni0``.
     IPv6 only from the pod's own IPv6 addresses, link-local and ``::``
-    (:func:`ipv6_source_rule`). ``veth`` must have passed :func:`veth_problem`. The one
-    place a veth's check is written: the compiled table and an ADD's commands
-    (:func:`admit_script`) both use it."""
+    (:func:`ipv6_source_rule`); none from a pod without an IPv6 address. ``veth`` must
+    have passed :func:`veth_problem`. The one place a veth's check is written: the
+    compiled table and an ADD's commands (:func:`admit_script`) both use it."""
     assert veth_problem(veth) is None, veth
     addresses = list(addresses)
     v4 = sorted(set(_ipv4(addresses)))
@@ -500,7 +507,10 @@ def source_chain(veth: str, addresses: Iterable[IPAddress]) -> SourceChain:
     counter = f'counter name "{SPOOFED}"'
     rules = (f"meta protocol ip ip saddr != {own} {counter} drop" if own
              else f"meta protocol ip {counter} drop",
-             ipv6_source_rule(addresses, counter))
+             # a pod without an IPv6 address sends no IPv6 at all (and its chain keeps the
+             # form nftables.source_rules encodes: the ADD's nfnetlink batch)
+             ipv6_source_rule(addresses, counter) if _ips(addresses, 6)
+             else f"meta protocol ip6 {counter} drop")
     header = (f'type filter hook ingress device "{veth}" priority {SOURCE_CHECK_PRIORITY}; '
               "policy accept;")
     v6 = tuple(str(ip) for ip in sorted(set(_ips(addresses, 6))))
@@ -842,8 +852,8 @@ def apply_admission(adm: Admission, netns: str | None = None) -> None:
 
 def _netlink_messages(adm: Admission) -> list[Message] | None:
     """The admission's nfnetlink messages, or None when it holds what only nft's text
-    can say (an interval set's element, a key of another type, a chain of several
-    addresses)."""
+    can say (an interval set's element, a key of another type, a chain allowing several
+    IPv4 addresses or an IPv6 set nft would merge)."""
     from overlay.netlink import nftables as nl
 
     msgs = []
@@ -852,33 +862,29 @@ def _netlink_messages(adm: Admission) -> list[Message] | None:
             if e.interval or e.type not in nl.KEY_TYPES:
                 return None
             msgs.append(nl.new_elements_msg(nl.set_elements(TABLE, e.set, e.type, e.elements)))
+        if adm.chain is not None:
+            chain = _chain_messages(adm.chain)
+            if chain is None:
+                return None
+            msgs += chain
     except ValueError:
         return None
-    chain = adm.chain
-    if chain is not None:
-        if chain.rules != _drop_all_ipv6_form(chain):
-            # what nftables.source_rules encodes is the IPv4 check and "drop all IPv6";
-            # the IPv6 check (own, link-local and :: sources, an anonymous interval set)
-            # has no nfnetlink encoder here yet, so such a chain goes as text
-            return None
-        address = IPv4Address(chain.addresses[0]) if chain.addresses else None
-        msgs.append(nl.new_chain_msg(nl.ingress_chain(TABLE, chain.name, chain.veth,
-                                                      SOURCE_CHECK_PRIORITY)))
-        msgs += [nl.new_rule_msg(nl.rule(TABLE, chain.name, exprs))
-                 for exprs in nl.source_rules(address, SPOOFED)]
     return msgs
 
 
-def _drop_all_ipv6_form(chain: SourceChain) -> tuple[str, ...] | None:
-    """The text of the rules :func:`nftables.source_rules` encodes for ``chain``'s veth
-    (at most one IPv4 address, every IPv6 packet dropped), or None when it has more than
-    one address or one that is IPv6."""
-    if len(chain.addresses) > 1 or any(":" in a for a in chain.addresses):
+def _chain_messages(chain: SourceChain) -> list[Message] | None:
+    """``chain`` as :func:`overlay.netlink.nftables.source_chain_messages`, if it is the
+    chain :func:`source_chain` writes for its addresses and holds at most one IPv4 one
+    (a set of several is not encoded). ValueError: an address or a set not encoded."""
+    from overlay.netlink import nftables as nl
+
+    addresses = [ip_address(a) for a in chain.addresses]
+    v4 = [a for a in addresses if isinstance(a, IPv4Address)]
+    if len(v4) > 1 or veth_problem(chain.veth) or source_chain(chain.veth, addresses) != chain:
         return None
-    counter = f'counter name "{SPOOFED}"'
-    own = chain.addresses[0] if chain.addresses else None
-    return (f"meta protocol ip ip saddr != {own} {counter} drop" if own
-            else f"meta protocol ip {counter} drop", f"meta protocol ip6 {counter} drop")
+    return nl.source_chain_messages(TABLE, chain.name, chain.veth, SOURCE_CHECK_PRIORITY,
+                                    v4[0] if v4 else None, ipv6_sources(addresses), SPOOFED,
+                                    nl.next_set_id())
 
 
 _own_socket: list[NftSocket] = []  # this process's namespace: made once, kept

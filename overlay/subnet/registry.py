@@ -1,8 +1,8 @@
 """The etcd v3 registry: raw, revision-aware storage of the network config and leases.
 
 Storage only, no policy (the subnet manager decides).  The client beneath it
-(connection, auth, failover, TLS, error translation) is ``overlay.subnet.etcd``; the
-two are the only modules that import the etcd client (``pyetcd``).
+(connection, auth, failover, TLS, error translation) is ``overlay.subnet.etcd``, on
+``overlay.subnet.etcdhttp`` (etcd's JSON gateway over ``http.client``).
 
 Layout (Flannel-compatible)::
 
@@ -14,7 +14,7 @@ Layout (Flannel-compatible)::
 A lease is found by its IPv4 subnet whichever form its key has (``get_lease``);
 ``rekey_lease`` moves a lease between the two forms in one transaction.
 
-Every grpc / client error comes out as ``EtcdUnavailable`` (nothing answered; the
+Every client error comes out as ``EtcdUnavailable`` (nothing answered; the
 message names the endpoints) or ``RegistryError`` (refused: auth, TLS, bad request).
 Calls are synchronous; the object is safe to share between threads.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import secrets
 import threading
 import time
@@ -35,20 +34,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Network
 from typing import Any, Protocol, TypeVar
-
-# grpc's C core logs TLS failures on stderr itself; we report them as one clear error.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-
-import grpc
-import pyetcd
-from pyetcd import (
-    etcdrpc,
-    exceptions as etcd_exc,
-)
-from pyetcd.client import (
-    MultiEndpointEtcd3Client,
-)
-from pyetcd.etcdrpc import kv_pb2
 
 from overlay.config import NetworkConfig, parse_network_config
 from overlay.errors import (
@@ -70,7 +55,8 @@ from overlay.lease import (
     key_to_name,
     subnet_to_key,
 )
-from overlay.subnet.etcd import EtcdClient
+from overlay.subnet import etcdhttp as gw
+from overlay.subnet.etcd import EtcdAPI, EtcdClient, op_delete, op_put, op_range
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.util.backoff import Backoff
 
@@ -157,16 +143,34 @@ class EtcdRegistry:
         self.config_key = f"{self.prefix}/config"
         self.subnets_prefix = f"{self.prefix}/subnets/"
         self.etcd = EtcdClient(opts)
+        self._raw: Any = None  # client()'s
+        self._raw_lock = threading.Lock()
         # whether decoding goes through _parse_kv: until a listing is larger than it
         self._cache = True
 
-    def client(self) -> MultiEndpointEtcd3Client:
-        """The etcd client (connected, authenticated) for requests the registry's
-        helpers do not cover (tests, the CLI)."""
-        return self.etcd.client()
+    def api(self) -> EtcdAPI:
+        """etcd's calls on the endpoint in use (authenticated, no failover), for
+        requests the registry's helpers do not cover."""
+        return self.etcd.api()
+
+    def client(self) -> Any:
+        """A python-etcd3 client (``pyetcd``, from the ``test`` extra) on the same
+        endpoints, for tests and benchmarks that write raw keys through a client other
+        than the project's; overlayd, overlayctl and the CNI plugin never call it."""
+        with self._raw_lock:
+            if self._raw is None:
+                from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+                self._raw = MultiEndpointEtcd3Client(
+                    [Endpoint(e.host, e.port, secure=False, time_retry=1)
+                     for e in self.opts.endpoints], timeout=self.opts.timeout, failover=True)
+            return self._raw
 
     def close(self) -> None:
         self.etcd.close()
+        with self._raw_lock:
+            raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.close()
 
     def __enter__(self) -> EtcdRegistry:
         return self
@@ -193,10 +197,9 @@ class EtcdRegistry:
     def get_config_value(self) -> tuple[bytes | None, int]:
         """The config key's raw value (None: absent) and the store revision it was read
         at; for watching the key from the next revision."""
-        resp = self.etcd.call("reading the network config",
-                          lambda c: c.get_response(self.config_key))
-        value = bytes(resp.kvs[0].value) if resp.kvs else None
-        return value, int(resp.header.revision)
+        kvs, rev = self.etcd.call("reading the network config",
+                                  lambda c: c.get_response(self.config_key))
+        return (kvs[0].value if kvs else None), rev
 
     def watch_config(self, start_revision: int, stop: threading.Event,
                      on_error: Callable[[RegistryError], None] | None = None
@@ -207,11 +210,10 @@ class EtcdRegistry:
         key = self.config_key.encode()
 
         def changes(stream: _WatchStream) -> Iterator[tuple[tuple[bytes | None, int], int]]:
-            for resp in stream.responses("watching the network config"):
-                for ev in resp.events:
-                    rev = int(ev.kv.mod_revision)
-                    put = ev.type == kv_pb2.Event.PUT
-                    yield ((bytes(ev.kv.value) if put else None), rev), rev
+            for events in stream.responses("watching the network config"):
+                for ev in events:
+                    rev = ev.kv.mod_revision
+                    yield ((ev.kv.value if ev.type == "PUT" else None), rev), rev
 
         def reread(_stream: _WatchStream, _next_rev: int) -> tuple[tuple[bytes | None, int], int]:
             value, rev = self.get_config_value()
@@ -231,11 +233,11 @@ class EtcdRegistry:
     def key_for(self, subnet: IPNetwork, ipv6_subnet: IPv6Network | None = None) -> str:
         return self.subnets_prefix + subnet_to_key(subnet, ipv6_subnet)
 
-    def _kv_of(self, c: MultiEndpointEtcd3Client, subnet: IPNetwork) -> Any:
+    def _kv_of(self, c: EtcdAPI, subnet: IPNetwork) -> Any:
         """The key/value holding ``subnet`` in either form (``X`` or ``X&<IPv6>``), or
         None; of two such keys the one created first (the rule's holder)."""
         found = []
-        for kv in c.get_prefix_response(self.key_for(subnet)).kvs:
+        for kv in c.range_all(self.key_for(subnet))[0]:
             try:
                 name = key_to_name(kv.key.decode(), self.subnets_prefix)
             except (ValueError, UnicodeDecodeError):
@@ -273,16 +275,15 @@ class EtcdRegistry:
             _parse_kv.cache_clear()  # what it holds would only be evicted unused
         self._cache = fits
 
-    def _lease_ttl(self, client: MultiEndpointEtcd3Client, lease_id: int) -> tuple[int, int]:
+    def _lease_ttl(self, client: EtcdAPI, lease_id: int) -> tuple[int, int]:
         """(remaining, granted) seconds of an etcd lease; remaining -1 if it is gone."""
-        info = client.get_lease_info(lease_id)
-        return int(info.TTL), int(info.grantedTTL)
+        return client.time_to_live(lease_id)
 
-    def _with_expiry(self, client: MultiEndpointEtcd3Client, kv: Any) -> Lease | None:
+    def _with_expiry(self, client: EtcdAPI, kv: Any) -> Lease | None:
         judged = self._judged_with_expiry(client, kv)
         return judged if isinstance(judged, Lease) else None
 
-    def _judged_with_expiry(self, client: MultiEndpointEtcd3Client,
+    def _judged_with_expiry(self, client: EtcdAPI,
                             kv: Any) -> Lease | Rejection | None:
         judged = self._judge_kv(kv)
         if not kv.lease or not isinstance(judged, Lease):
@@ -304,29 +305,29 @@ class EtcdRegistry:
 
     def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
         """Like ``list_leases``, with every rejected key beside the leases."""
-        def op(c: MultiEndpointEtcd3Client) -> LeaseListing:
-            resp = c.get_prefix_response(self.subnets_prefix)
-            self._use_cache(len(resp.kvs))
+        def op(c: EtcdAPI) -> LeaseListing:
+            kvs, revision = c.range_all(self.subnets_prefix)
+            self._use_cache(len(kvs))
             leases, rejected = [], []
-            for kv in resp.kvs:
+            for kv in kvs:
                 got = (self._judged_with_expiry(c, kv) if with_expiration
                        else self._judge_kv(kv))
                 if isinstance(got, Lease):
                     leases.append(got)
                 elif got is not None:
                     rejected.append(got)
-            return LeaseListing(leases, rejected, int(resp.header.revision))
+            return LeaseListing(leases, rejected, revision)
         return self.etcd.call("listing leases", op)
 
     def get_subnet(self, subnet: IPNetwork) -> Lease | Rejection | None:
         """What the key of ``subnet`` holds: a lease, why it is not one, or nothing."""
-        def op(c: MultiEndpointEtcd3Client) -> Lease | Rejection | None:
+        def op(c: EtcdAPI) -> Lease | Rejection | None:
             kv = self._kv_of(c, subnet)
             return self._judged_with_expiry(c, kv) if kv is not None else None
         return self.etcd.call(f"reading the lease of {subnet}", op)
 
     def get_lease(self, subnet: IPNetwork) -> Lease | None:
-        def op(c: MultiEndpointEtcd3Client) -> Lease | None:
+        def op(c: EtcdAPI) -> Lease | None:
             kv = self._kv_of(c, subnet)
             return self._with_expiry(c, kv) if kv is not None else None
         return self.etcd.call(f"reading the lease of {subnet}", op)
@@ -344,12 +345,12 @@ class EtcdRegistry:
         lease_id = secrets.randbits(62) | 1
         sent = []
 
-        def grant(c: MultiEndpointEtcd3Client) -> int:
+        def grant(c: EtcdAPI) -> int:
             try:
                 sent.append(lease_id)
-                return c.lease(ttl, lease_id=lease_id).id
-            except etcd_exc.PreconditionFailedError:
-                if len(sent) > 1:
+                return c.grant(ttl, lease_id)
+            except gw.GatewayError as e:
+                if e.code == gw.FAILED_PRECONDITION and len(sent) > 1:
                     return lease_id  # an earlier attempt of ours was granted
                 raise
         return self.etcd.call(what, grant)
@@ -363,19 +364,13 @@ class EtcdRegistry:
             log.debug("could not revoke etcd lease %x: %s", lease_id, e)
 
     def _put_txn(self, key: str, attrs: LeaseAttrs, lease_id: int,
-                 compare: Any, what: str) -> tuple[bool, int, Any]:
+                 compare: dict[str, Any], what: str) -> tuple[bool, int, Any]:
         """Put the lease if ``compare`` holds; else read the key. (ok, revision, kv or None)."""
 
-        def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int, Any]:
-            txn = etcdrpc.TxnRequest(
-                compare=[compare.build_message()],
-                success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
-                    key=key.encode(), value=attrs.to_json().encode(), lease=lease_id))],
-                failure=[etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key.encode()))])
-            resp = c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
-                                metadata=c.metadata)
-            kvs = [] if resp.succeeded else list(resp.responses[0].response_range.kvs)
-            return resp.succeeded, int(resp.header.revision), (kvs[0] if kvs else None)
+        def op(c: EtcdAPI) -> tuple[bool, int, Any]:
+            resp = c.txn([compare], [op_put(key, attrs.to_json(), lease_id)], [op_range(key)])
+            kvs = [] if resp.succeeded or not resp.kvs else resp.kvs[0]
+            return resp.succeeded, resp.revision, (kvs[0] if kvs else None)
         return self.etcd.call(what, op)
 
     def create_lease(self, subnet: IPNetwork, attrs: LeaseAttrs, ttl: int | None,
@@ -388,7 +383,7 @@ class EtcdRegistry:
         what = f"creating the lease of {subnet}"
         lease_id = self._grant(ttl, what)
         key = self.key_for(subnet, ipv6_subnet)
-        compare = pyetcd.transactions.Create(key) == 0
+        compare = gw.compare(key, "CREATE", 0)
         try:
             ok, rev, kv = self._put_txn(key, attrs, lease_id, compare, what)
         except BaseException:
@@ -413,7 +408,7 @@ class EtcdRegistry:
         what = f"updating the lease of {old.subnet}"
         lease_id = self._grant(ttl, what)
         key = self.key_for(old.subnet, old.ipv6_subnet)
-        compare = pyetcd.transactions.Mod(key) == old.mod_revision
+        compare = gw.compare(key, "MOD", old.mod_revision)
         try:
             ok, rev, kv = self._put_txn(key, attrs, lease_id, compare, what)
         except BaseException:
@@ -444,19 +439,12 @@ class EtcdRegistry:
         old_key = self.key_for(old.subnet, old.ipv6_subnet)
         new_key = self.key_for(old.subnet, ipv6_subnet)
         what = f"re-keying the lease of {old.subnet} to {new_key}"
-        cmp = [(pyetcd.transactions.Mod(old_key) == old.mod_revision).build_message(),
-               (pyetcd.transactions.Create(new_key) == 0).build_message()]
+        cmp = [gw.compare(old_key, "MOD", old.mod_revision), gw.compare(new_key, "CREATE", 0)]
 
-        def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int]:
-            txn = etcdrpc.TxnRequest(compare=cmp, success=[
-                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(
-                    key=old_key.encode())),
-                etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
-                    key=new_key.encode(), value=attrs.to_json().encode(),
-                    lease=old.etcd_lease_id))])
-            resp = c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
-                                metadata=c.metadata)
-            return resp.succeeded, int(resp.header.revision)
+        def op(c: EtcdAPI) -> tuple[bool, int]:
+            resp = c.txn(cmp, [op_delete(old_key),
+                               op_put(new_key, attrs.to_json(), old.etcd_lease_id)])
+            return resp.succeeded, resp.revision
         ok, rev = self.etcd.call(what, op)
         if not ok:
             raise LeaseConflict(f"could not re-key the lease of {old.subnet}: {old_key} "
@@ -472,15 +460,13 @@ class EtcdRegistry:
         what = f"renewing the lease of {lease.subnet}"
         remaining, granted = -1, lease.ttl
         if lease.etcd_lease_id:
-            def keepalive(c: MultiEndpointEtcd3Client) -> int:
-                return max((int(r.TTL) for r in c.refresh_lease(lease.etcd_lease_id)), default=0)
-            remaining = self.etcd.call(what, keepalive)
+            remaining = self.etcd.call(what, lambda c: c.keepalive(lease.etcd_lease_id))
             if remaining <= 0:
                 raise LeaseConflict(f"lease of {lease.subnet} expired (etcd lease "
                                     f"{lease.etcd_lease_id:x} is gone)")
         key = self.key_for(lease.subnet, lease.ipv6_subnet)
-        resp = self.etcd.call(what, lambda c: c.get_response(key))
-        kv = resp.kvs[0] if resp.kvs else None
+        kvs, _ = self.etcd.call(what, lambda c: c.get_response(key))
+        kv = kvs[0] if kvs else None
         if kv is None:
             self._revoke_quietly(lease.etcd_lease_id)
             raise LeaseConflict(f"lease of {lease.subnet} was deleted")
@@ -512,18 +498,13 @@ class EtcdRegistry:
             if kv is not None:
                 key = kv.key.decode()
 
-        def op(c: MultiEndpointEtcd3Client) -> tuple[bool, int]:
-            compare = (pyetcd.transactions.Mod(key) == expect_revision if expect_revision
-                       else pyetcd.transactions.Version(key) > 0)
-            txn = etcdrpc.TxnRequest(
-                compare=[compare.build_message()],
-                success=[etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(
-                    key=key.encode(), prev_kv=True))])
-            resp = c.kvstub.Txn(txn, c.timeout, credentials=c.call_credentials,
-                                metadata=c.metadata)
+        def op(c: EtcdAPI) -> tuple[bool, int]:
+            compare = (gw.compare(key, "MOD", expect_revision) if expect_revision
+                       else gw.compare(key, "VERSION", 0, "GREATER"))
+            resp = c.txn([compare], [op_delete(key, prev_kv=True)])
             if not resp.succeeded:
                 return False, 0
-            prev = resp.responses[0].response_delete_range.prev_kvs
+            prev = resp.kvs[0] if resp.kvs else []
             return bool(prev), (prev[0].lease if prev else 0)
         deleted, lease_id = self.etcd.call(f"deleting the lease of {subnet}", op)
         if lease_id:
@@ -534,9 +515,9 @@ class EtcdRegistry:
 
     def compact(self, revision: int | None = None) -> int:
         """Compact the store's history up to ``revision`` (default: now); for tests and ops."""
-        def op(c: MultiEndpointEtcd3Client) -> int:
-            rev = revision or int(c.get_response(self.config_key).header.revision)
-            c.compact(rev, physical=True)
+        def op(c: EtcdAPI) -> int:
+            rev = revision or c.get_response(self.config_key)[1]
+            c.compact(rev)
             return rev
         return self.etcd.call("compacting", op)
 
@@ -617,7 +598,7 @@ class EtcdRegistry:
         """A watch event as a lease event; a ``Rejection`` (a put of a key that holds no
         lease and names no subnet) or the key (such a key deleted)."""
         kv = ev.kv
-        if ev.type == kv_pb2.Event.PUT:
+        if ev.type == "PUT":
             judged = self._judge_kv(kv)
             if isinstance(judged, Lease):
                 return LeaseEvent(EventType.ADDED, judged, kv.mod_revision)
@@ -635,7 +616,7 @@ class EtcdRegistry:
             name = key_to_name(kv.key.decode(), self.subnets_prefix)
         except (ValueError, UnicodeDecodeError):
             return kv.key.decode("utf-8", "surrogateescape")
-        prev = self._lease_from_kv(ev.prev_kv) if ev.HasField("prev_kv") else None
+        prev = self._lease_from_kv(ev.prev_kv) if ev.prev_kv is not None else None
         # The key's IPv6 half names which of two keys with one IPv4 subnet went away.
         lease = Lease(name.subnet, prev.attrs if prev else LeaseAttrs(UNKNOWN_IP),
                       etcd_lease_id=prev.etcd_lease_id if prev else 0,
@@ -664,8 +645,20 @@ def _watch_update(registry: EtcdRegistry, raw_events: Any) -> WatchUpdate | None
 
 
 class _WatchStream:
-    """One grpc Watch stream on a key or prefix (default: the subnets); cancelled promptly
-    when ``stop`` is set."""
+    """One watch stream on a key or prefix (default: the subnets), on its own HTTP
+    connection; cancelled promptly when ``stop`` is set.
+
+    etcd's gateway takes a watch's request whole, so no progress request can follow it
+    on the stream.  Instead, whenever the stream has been silent for ``progress_interval``
+    seconds, the guard asks the stream's own member a request that costs etcd one index
+    lookup (a count of the watched key alone); when it answers, ``on_progress`` hears the
+    last revision the stream delivered.  A frozen or vanished member answers nothing, so
+    it shows as lag as a missed progress notification would; a half-open stream to a
+    member that still answers is broken by TCP keepalive in about 10 s, and re-watched.
+    Unlike etcd's progress notification, an answer does not prove the stream has sent
+    every event up to the store's revision (a range that could tell costs etcd a read of
+    every key under the prefix, per node per interval).
+    """
 
     def __init__(self, registry: EtcdRegistry, start_revision: int, stop: threading.Event,
                  key: bytes | None = None, range_end: bytes | None = None,
@@ -676,88 +669,117 @@ class _WatchStream:
         self.stop = stop
         self.key = key if key is not None else registry.subnets_prefix.encode()
         self.range_end = (range_end if range_end is not None
-                          else pyetcd.utils.prefix_range_end(self.key))
+                          else gw.prefix_range_end(self.key))
         self.on_progress = on_progress
+        # no progress is asked for when nobody listens for it
         self.progress_interval = progress_interval if on_progress is not None else None
-        self._heard_at = time.monotonic()  # the last answer (or request): progress is due after
         self.compacted = 0
         self._done = threading.Event()
-        self._call: Any = None
-        self._client: MultiEndpointEtcd3Client | None = None
-        self._guard = threading.Thread(target=self._cancel_on_stop, daemon=True,
+        self._call: gw.WatchCall | None = None
+        self._seen = start_revision - 1  # the stream is current up to this revision
+        self._heard = time.monotonic()  # when it last said anything
+        self._guard = threading.Thread(target=self._guard_stream, daemon=True,
                                        name="overlay-watch-guard")
 
-    def _requests(self) -> Iterator[Any]:
-        yield etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
-            key=self.key, range_end=self.range_end, start_revision=self.start_revision,
-            prev_kv=True, progress_notify=True))
-        # Keep the request side open until we are done, asking for progress meanwhile
-        # (etcd's own progress_notify comes only every 10 minutes by default), unless
-        # the stream answered within the interval anyway.
-        interval = self.progress_interval
-        if interval is None:
-            self._done.wait()
-            return
-        while not self._done.wait(max(0.0, self._heard_at + interval - time.monotonic())):
-            if time.monotonic() - self._heard_at >= interval:
-                self._heard_at = time.monotonic()
-                yield etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
+    def _create_request(self) -> dict[str, Any]:
+        req: dict[str, Any] = {"key": gw.b64(self.key), "prev_kv": True,
+                               "start_revision": str(self.start_revision),
+                               "progress_notify": True}
+        if self.range_end:
+            req["range_end"] = gw.b64(self.range_end)
+        return req
 
-    def _cancel_on_stop(self) -> None:
-        while not self._done.wait(0.2):
+    def _guard_stream(self) -> None:
+        interval = self.progress_interval
+        tick = 0.2 if interval is None else min(0.2, interval)
+        while not self._done.wait(tick):
             if self.stop.is_set():
                 break
+            if interval is not None and time.monotonic() - self._heard >= interval:
+                self._check_progress()
         call = self._call
         if call is not None:
             call.cancel()
+
+    def _check_progress(self) -> None:
+        call = self._call
+        if call is None:
+            return
+        try:
+            # one key, counted: an index lookup for etcd, whatever the prefix holds
+            EtcdAPI(call.endpoint).range(self.key, count_only=True)
+        except (gw.Unreachable, gw.GatewayError):
+            return  # not heard: the lag grows, which is the point
+        if self._done.is_set() or self.stop.is_set():
+            return
+        if self.on_progress is not None:
+            self._heard = time.monotonic()
+            self.on_progress(self._seen)
 
     def close(self) -> None:
         self._done.set()
         call = self._call
         if call is not None:
-            call.cancel()
+            call.close()
 
     def updates(self) -> Iterator[WatchUpdate]:
         reg = self.registry
-        for resp in self.responses("watching leases"):
-            update = _watch_update(reg, resp.events)
+        for events in self.responses("watching leases"):
+            update = _watch_update(reg, events)
             if update is not None:
                 yield update
 
-    def responses(self, what: str) -> Iterator[Any]:
-        """etcd's WatchResponses on this stream (``on_progress`` told of each one);
-        returns at a compaction (``compacted`` set) or stop, raises RegistryError
-        when the stream fails or etcd cancels it."""
+    def responses(self, what: str) -> Iterator[list[gw.Event]]:
+        """The events of each of etcd's watch responses on this stream (``on_progress``
+        told of each one); returns at a compaction (``compacted`` set) or stop, raises
+        RegistryError when the stream fails or etcd cancels it."""
         reg = self.registry
-        try:
-            self._client = client = reg.etcd.client()
-            stub = etcdrpc.WatchStub(client.channel)
-            self._call = stub.Watch(self._requests(), credentials=client.call_credentials,
-                                    metadata=client.metadata)
-        except (etcd_exc.Etcd3Exception, ValueError, grpc.RpcError) as e:
-            raise reg.etcd.translate(e, "opening the lease watch") from e
+        create = self._create_request()
+        self._call = call = reg.etcd.call(
+            f"opening the watch ({what})", lambda c: gw.WatchCall(c.endpoint, create))
         self._guard.start()
         try:
-            for resp in self._call:
-                if resp.compact_revision:
-                    self.compacted = int(resp.compact_revision)
+            for resp in call.messages():
+                events, revision = self._parse(resp, what, call)
+                if events is None:
                     return
-                if resp.canceled:
-                    if reg.opts.username:  # e.g. "permission denied": a token etcd forgot
-                        reg.etcd.reset_client(client)
-                    raise RegistryError(f"etcd cancelled the watch ({what}): "
-                                        f"{resp.cancel_reason}")
+                self._heard = time.monotonic()
+                self._seen = max(self._seen, revision)
                 if self.on_progress is not None:
-                    self._heard_at = time.monotonic()
-                    self.on_progress(int(resp.header.revision))
-                yield resp
-        except grpc.RpcError as e:
-            if self.stop.is_set() or e.code() is grpc.StatusCode.CANCELLED and self._done.is_set():
+                    self.on_progress(revision)
+                yield events
+        except gw.Unreachable as e:
+            if self.stop.is_set() or call.cancelled:
                 return
-            reg.etcd.recover(client, e)
+            reg.etcd.fail_over(call.endpoint)
             raise reg.etcd.translate(e, what) from e
-        if not self.stop.is_set():
+        except gw.GatewayError as e:
+            if self.stop.is_set() or call.cancelled:
+                return
+            raise reg.etcd.translate(e, what) from e
+        if not self.stop.is_set() and not call.cancelled:
             raise RegistryError(f"etcd closed the watch stream ({what})")
+
+    def _parse(self, resp: dict[str, Any], what: str, call: gw.WatchCall
+               ) -> tuple[list[gw.Event] | None, int]:
+        """(events, revision) of one watch response; (None, 0) at a compaction."""
+        reg = self.registry
+        try:
+            compacted = gw.num(resp, "compact_revision")
+            if compacted:
+                self.compacted = compacted
+                return None, 0
+            if resp.get("canceled"):
+                if reg.opts.username:  # e.g. "permission denied": a token etcd forgot
+                    reg.etcd.forget_token(call.endpoint)
+                raise RegistryError(f"etcd cancelled the watch ({what}): "
+                                    f"{str(resp.get('cancel_reason', ''))[:200]}")
+            raw = resp.get("events", [])
+            if not isinstance(raw, list):
+                raise ValueError("events is not a list")
+            return [gw.parse_event(e) for e in raw], gw.revision_of(resp)
+        except ValueError as e:
+            raise reg.etcd.translate(gw.decode_error(e), what) from e
 
 
 @functools.lru_cache(maxsize=CACHED_VALUES)

@@ -1,8 +1,8 @@
 """Keep the C allocator's heap small: fixed mmap threshold, and free memory given back.
 
 A full lease listing or a reconcile of thousands of remotes allocates megabytes for a
-moment (etcd's protobuf response, decoded values, the kernel dump's buffers), much of it
-in the C heap of whichever thread ran it (gRPC's threads and ours).  Two glibc habits
+moment (etcd's JSON pages, decoded values, the kernel dump's buffers), much of it in the
+C heap of whichever thread ran it.  Two glibc habits
 would keep the daemon's RSS at the peak of its largest listing:
 
 - freed chunks stay in each thread's arena: ``release_free_memory`` (``malloc_trim``,

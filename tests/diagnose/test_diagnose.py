@@ -842,7 +842,7 @@ def test_diagnose_derives_the_facts_once(monkeypatch):
     derive = dg.derive_facts
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
-    monkeypatch.setattr(ga, "read_firewall", lambda port, ipv6=False: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "read_firewall", lambda *a, **kw: fw_mod.FirewallState())
 
     def derive_once(*a):
         derived.append(a)
@@ -869,7 +869,7 @@ def test_diagnose_probes_only_the_peers_overlayd_programs(monkeypatch):
     probed = []
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
-    monkeypatch.setattr(ga, "read_firewall", lambda port, ipv6=False: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "read_firewall", lambda *a, **kw: fw_mod.FirewallState())
 
     def probe_all_answer(remotes, mtu, *a):
         probed.append(sorted(str(peer.subnet) for peer in remotes))

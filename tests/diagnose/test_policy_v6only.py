@@ -41,8 +41,9 @@ def test_the_policy_table_check_gets_the_nodes_ipv6_subnet(monkeypatch) -> None:
     asked = []
     monkeypatch.setattr(ga, "gather_node", lambda opts: node)
     monkeypatch.setattr(ga, "gather_cluster", lambda etcd, local_ips: cluster)
-    monkeypatch.setattr(ga, "read_firewall", lambda port, ipv6=False: fw_mod.FirewallState())
+    monkeypatch.setattr(ga, "read_firewall", lambda *a, **kw: fw_mod.FirewallState())
     monkeypatch.setattr(ga, "read_ipv6_device", lambda node, name: None)
+    monkeypatch.setattr(ga, "read_ipv6_kernel", lambda node: None)  # the made-up one stays
 
     def check(etcd, cluster, own_subnet, node_name, log_denied=False):
         asked.append(own_subnet)

@@ -20,6 +20,7 @@ from overlay.config import parse_network_config
 from overlay.daemon import podpublisher
 from overlay.daemon.podpublisher import PodPublisher
 from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.manager import SubnetManager
 from overlay.subnet.registry import EtcdRegistry
 
 from .support.cni_node import CNINode
@@ -56,8 +57,9 @@ def node(tmp_path):
 
 
 class Overlayd:
-    """The publisher thread as overlayd runs it (``pod_threads``), startable and stoppable
-    to play a daemon that is down while pods come and go."""
+    """The publisher and GC threads as overlayd runs them (``pod_threads``, the GC fed by
+    a subnet manager's lease watch as the daemon's ``_on_batch`` feeds it), startable and
+    stoppable to play a daemon that is down while pods come and go."""
 
     def __init__(self, store, data_dir, node="node1"):
         self.store, self.data_dir, self.node = store, data_dir, node
@@ -66,8 +68,12 @@ class Overlayd:
 
     def start(self):
         self.stop = threading.Event()
-        for name, target in podpublisher.pod_threads(self.store, self.node, self.data_dir,
-                                                     lambda: net(1), self.stop):
+        gc = podpublisher.LeaseGoneGC(self.store)
+        manager = SubnetManager(self.store.registry, CONFIG, attrs(11))
+        watch = ("lease-watch", lambda: manager.run_watch(
+            lambda: net(1), self.stop, gc.note_batch, gc.note_snapshot))
+        for name, target in [watch, *podpublisher.pod_threads(
+                self.store, self.node, self.data_dir, lambda: net(1), self.stop, gc)]:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self.threads.append(t)
@@ -293,7 +299,8 @@ def test_a_bad_metadata_file_is_counted_once_in_overlayds_metrics(store, node):
     with open(meta, "w") as f:
         f.write('{"namespace": "Not A Namespace!", "name": "web-1"}')
     registry = CollectorRegistry()
-    pod_threads(store, "node1", node.data_dir, lambda: net(1), threading.Event(), registry)
+    pod_threads(store, "node1", node.data_dir, lambda: net(1), threading.Event(),
+                podpublisher.LeaseGoneGC(store), registry)
     counted = []
     publisher = PodPublisher(store, "node1", node.data_dir, lambda: net(1),
                              lambda: counted.append(1))

@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from .support.cni_node import ENTRY, PY
-from .support.ovd_topology import Topology, nsx, sh, wait_for
+from .support.ovd_topology import Topology, ns_http_get, nsx, sh, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,14 @@ def pods(topo, node):
     return {p["name"]: p for p in json.loads(out)}
 
 
+def etcd_watchers(topo):
+    status, body = ns_http_get(topo.underlay, topo.etcd.host, topo.etcd.client_port,
+                               "/metrics")
+    assert status == 200, body
+    (line,) = [x for x in body.splitlines() if x.startswith("etcd_debugging_mvcc_watcher_total")]
+    return int(float(line.split()[-1]))
+
+
 def test_overlayd_publishes_and_catches_up_after_being_down(topo):
     node = topo.nodes[0]
     rt = Runtime(topo, node)
@@ -81,6 +90,11 @@ def test_overlayd_publishes_and_catches_up_after_being_down(topo):
     assert (got["stay"]["ip"], got["stay"]["node"], got["stay"]["labels"]) == (
         stay_ip, "node1", {"app": "web"})
     assert got["gone"]["namespace"] == "shop" and got["gone"]["ip"] == gone_ip
+    # one watch of subnets/ (the pod-lease GC rides on the lease watch), the config key's
+    # and the policy agent's three: five in all, where the GC's own watch made six
+    wait_for(lambda: etcd_watchers(topo) >= 5, 10, what="overlayd's watches")
+    time.sleep(1.0)
+    assert etcd_watchers(topo) == 5
     assert node.stop(signal.SIGKILL) is not None  # down: no clean shutdown
     rt.call("DEL", "c-gone", gone_ns)
     _, new_ip = rt.add("c-new", "new")

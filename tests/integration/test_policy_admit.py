@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from ipaddress import ip_address
 
 import pytest
 
@@ -101,6 +102,26 @@ def test_a_default_deny_pod_added_by_elements_is_filtered_and_not_spoofing(topo)
     assert not any(ok for pr, ok in got.items() if pr.src == new.pod.ref and
                    not (pr.protocol == "UDP" and pr.port == 81 and
                         not pr.dst.startswith("x/")))
+
+
+@pytest.mark.parametrize("addresses", [
+    ("10.244.1.20",), ("10.244.1.20", "fd00:10:244:1::20"), ("fd00:10:244:1::20",),
+    ("fd00:10:244:1::20", "fd00:10:244:1::30"), ()])
+def test_each_source_chain_form_sent_as_messages_lists_as_its_text(topo, addresses):
+    """The kernel's reading of the encoded chain (IPv4, dual-stack, IPv6-only, two IPv6,
+    none): ``nft list`` shows the very header and rules the text path loads."""
+    deny = [parse_policy(policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress"]}))]
+    lp = topo.local(1)[0]
+    table = _load_without(topo, deny, lp.pod.ref)
+    chain = nft.source_chain(lp.ifname, [ip_address(a) for a in addresses])
+    adm = nft.Admission((), chain)
+    assert nft._netlink_messages(adm) is not None
+    nft.apply_admission(adm, netns=topo.node(1))
+    listed = [line.strip() for line in
+              topo.nft(1, "list", "chain", "inet", nft.TABLE, chain.name).splitlines()]
+    start = listed.index(f"chain {chain.name} {{")
+    assert listed[start + 1:start + 2 + len(chain.rules)] == [chain.header, *chain.rules]
+    assert table.index is not None and lp.ifname not in table.index.sources
 
 
 def _kernel_diff(topo: PolicyTopology, table: nft.CompiledTable) -> list[str]:

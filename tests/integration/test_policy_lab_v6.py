@@ -246,3 +246,54 @@ def _spoofed_source_dropped(lab: Lab) -> None:
         assert lab.probe("y/a", "y/b", 80, "tcp", PROBE_TIMEOUT, 6).ok
     finally:
         _delete(lab, "x/a-from-b")
+
+
+def _element_admits(lab: Lab, node: str) -> float:
+    want = 'overlay_policy_admits_total{path="elements"} '
+    return sum(float(line[len(want):]) for line in _metrics(lab, node).splitlines()
+               if line.startswith(want))
+
+
+def test_a_pod_added_under_a_policy_checks_its_ipv6_sources(lab: Lab) -> None:
+    """x/d joins node1 while x's default deny is in force: its ADD puts it into the loaded
+    table by elements (selected and isolated sets, both families) and creates its veth's
+    chain in the same nfnetlink batch, IPv6 set included. Its IPv6 works where the
+    policy allows (NDP through the source check), is denied where it does not, and a
+    source it does not own is dropped and counted."""
+    from overlay.netlink.pod import host_veth_name
+    from overlay.policy import nft
+
+    _apply(lab, DENY_X)
+    try:
+        assert _until(lambda: not lab.probe("y/a", "x/a", 81, "udp", PROBE_TIMEOUT, 6).ok,
+                      ENFORCED) is not None
+        before = _element_admits(lab, "node1")
+        pod = lab.add_pod("d", "node1", "x", {"pod": "d"})  # returns once its ADD did
+        try:
+            assert _element_admits(lab, "node1") == before + 1
+            veth = host_veth_name(pod.container_id, "eth0")
+            listed = [line.strip() for line in sysx.run(sysx.in_netns(
+                lab.spec.node_ns("node1"), ["nft", "list", "chain", "inet", nft.TABLE,
+                                            f"src_{veth}"])).stdout.splitlines()]
+            want = nft.source_chain(veth, [ip_address(a) for a in
+                                           (pod.address(4), pod.ip6) if a is not None])
+            assert want.rules[1] in listed and want.rules[0] in listed
+            d = lab.find_pod("x/d")
+            assert lab.probe("x/d", "y/a", 80, "tcp", PROBE_TIMEOUT, 6).ok
+            assert not lab.probe("y/a", "x/d", 81, "udp", PROBE_TIMEOUT, 6).ok
+            xb, ya = lab.find_pod("x/b"), lab.find_pod("y/a")
+            ns = lab.spec.pod_ns(d.key)
+            sysx.ip("-6", "addr", "add", f"{xb.ip6}/128", "dev", "eth0", "nodad", ns=ns)
+            try:
+                spoofed = _spoofed(lab, "node1")
+                with sysx.netns_socket(ns, socket.AF_INET6, socket.SOCK_DGRAM) as s:
+                    s.bind((xb.ip6, 0))
+                    for _ in range(5):
+                        s.sendto(b"spoofed\n", (ya.ip6, 81))
+                assert _until(lambda: _spoofed(lab, "node1") - spoofed >= 5, 2.0) is not None
+            finally:
+                sysx.ip("-6", "addr", "del", f"{xb.ip6}/128", "dev", "eth0", ns=ns)
+        finally:
+            lab.del_pod("x/d")
+    finally:
+        _delete(lab, "x/deny")

@@ -1,52 +1,34 @@
-"""EtcdRegistry's reaction to refused requests, against a fake grpc stream (no etcd)."""
+"""EtcdRegistry's reaction to refused requests and odd events, against a scripted
+gateway (no etcd)."""
 
 from __future__ import annotations
 
 import threading
+import time
+from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 
-import grpc
 import pytest
 
-from overlay.errors import RegistryError
-from overlay.subnet import registry as registry_mod
+from overlay.errors import LeaseConflict, RegistryError
+from overlay.lease import EventType, Lease, LeaseAttrs
+from overlay.subnet import etcdhttp as gw, registry as registry_mod
 from overlay.subnet.etcdconf import make_etcd_options
-from overlay.subnet.registry import EtcdRegistry, _WatchStream
+from overlay.subnet.registry import EtcdRegistry, _watch_update, _WatchStream
+
+from .gateway import DROP, Gateway
+from .test_etcdhttp import HEADER
 
 
-class Refused(grpc.RpcError):
-    def __init__(self, code):
-        self._code = code
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return "etcdserver: invalid auth token"
+@pytest.fixture
+def gateway():
+    g = Gateway()
+    yield g
+    g.close()
 
 
-def registry_with_stream(monkeypatch, responses, username="overlay"):
-    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1", username=username,
-                                         password="pw" if username else None))
-    client = SimpleNamespace(channel=None, call_credentials=None, metadata=(("token", "old"),),
-                             endpoint_in_use=None, endpoints={})
-    resets: list[object] = []  # the clients reset_client was given
-    monkeypatch.setattr(reg.etcd, "client", lambda: client)
-    monkeypatch.setattr(reg.etcd, "reset_client", resets.append)
-
-    class Call:
-        def __iter__(self):
-            for r in responses:
-                if isinstance(r, Exception):
-                    raise r
-                yield r
-
-        def cancel(self):
-            pass
-
-    monkeypatch.setattr(registry_mod.etcdrpc, "WatchStub",
-                        lambda channel: SimpleNamespace(Watch=lambda *a, **kw: Call()))
-    return reg, client, resets
+def registry(gateway, **kw) -> EtcdRegistry:
+    return EtcdRegistry(make_etcd_options(gateway.endpoint, timeout=2.0, **kw))
 
 
 def drain(reg):
@@ -58,99 +40,67 @@ def drain(reg):
         stream.close()
 
 
-def test_watch_refused_with_a_stale_token_authenticates_again(monkeypatch):
-    reg, client, resets = registry_with_stream(
-        monkeypatch, [Refused(grpc.StatusCode.UNAUTHENTICATED)])
+def test_watch_cancelled_by_etcd_with_auth_on_authenticates_again(gateway):
+    gateway.on("/v3/auth/authenticate", (200, {"header": HEADER, "token": "tok"}))
+    gateway.on("/v3/watch", ("stream", [{"result": {
+        "header": HEADER, "canceled": True, "cancel_reason": "etcdserver: permission denied"}}]))
+    reg = registry(gateway, username="overlay", password="pw")
     drain(reg)
-    assert resets == [client]
+    assert reg.etcd.active().token is None  # the next request authenticates again
 
 
-def test_watch_cancelled_by_etcd_with_auth_on_authenticates_again(monkeypatch):
-    cancelled = SimpleNamespace(compact_revision=0, canceled=True,
-                                cancel_reason="etcdserver: permission denied", events=[])
-    reg, client, resets = registry_with_stream(monkeypatch, [cancelled])
-    drain(reg)
-    assert resets == [client]
+def test_watch_error_from_the_gateway_is_a_registry_error(gateway):
+    gateway.on("/v3/watch", ("stream", [{"error": {"grpc_code": 16, "http_code": 401,
+                                                   "message": "invalid auth token"}}]))
+    drain(registry(gateway))
 
 
-def test_watch_without_auth_keeps_its_client(monkeypatch):
-    reg, _, resets = registry_with_stream(
-        monkeypatch, [Refused(grpc.StatusCode.UNAUTHENTICATED)], username=None)
-    drain(reg)
-    assert resets == []
+def test_a_watch_stream_that_ends_is_an_interruption(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}]))
+    drain(registry(gateway))
 
 
-class FakeClient(SimpleNamespace):
-    pass
-
-
-def registry_with_client(monkeypatch, **methods):
-    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
-    client = FakeClient(endpoint_in_use=None, endpoints={}, **methods)
-    monkeypatch.setattr(reg.etcd, "client", lambda: client)
-    return reg
-
-
-def test_grant_retried_after_a_timeout_does_not_grant_twice(monkeypatch):
-    from pyetcd import exceptions as etcd_exc
-    granted = []
-
-    def lease(ttl, lease_id=None):
-        if lease_id in granted:
-            raise etcd_exc.PreconditionFailedError()  # etcd: lease already exists
-        granted.append(lease_id)
-        if len(granted) == 1:
-            raise etcd_exc.ConnectionTimeoutError()  # granted, but the answer was lost
-        return SimpleNamespace(id=lease_id)
-    reg = registry_with_client(monkeypatch, lease=lease)
+def test_grant_retried_after_a_lost_answer_does_not_grant_twice(gateway):
+    # the first grant went through but its answer was lost; the retry is refused
+    gateway.on("/v3/lease/grant", DROP, (412, {"error": "etcdserver: lease already exists",
+                                               "message": "etcdserver: lease already exists",
+                                               "code": 9}))
+    reg = registry(gateway)
     lease_id = reg._grant(60, "creating a lease")
-    assert granted == [lease_id] and lease_id > 0
+    ids = [b["ID"] for p, b, _ in gateway.requests if p == "/v3/lease/grant"]
+    assert ids == [str(lease_id)] * 2 and lease_id > 0
 
 
-def test_renewing_a_key_now_on_another_etcd_lease_revokes_ours(monkeypatch):
-    from ipaddress import IPv4Address, IPv4Network
-
-    from overlay.errors import LeaseConflict
-    from overlay.lease import Lease, LeaseAttrs
-    revoked: list[int] = []
-    theirs = SimpleNamespace(key=b"/overlay/network/subnets/10.244.1.0-24", lease=0x99,
-                             value=LeaseAttrs(IPv4Address("192.168.1.12")).to_json().encode(),
-                             mod_revision=9)
-    reg = registry_with_client(
-        monkeypatch, refresh_lease=lambda i: [SimpleNamespace(TTL=30)],
-        get_response=lambda key: SimpleNamespace(kvs=[theirs]), revoke_lease=revoked.append)
+def test_renewing_a_key_now_on_another_etcd_lease_revokes_ours(gateway):
+    theirs = LeaseAttrs(IPv4Address("192.168.1.12")).to_json()
+    gateway.on("/v3/lease/keepalive", (200, {"result": {"header": HEADER, "ID": "66",
+                                                         "TTL": "30"}}))
+    gateway.on("/v3/kv/range", (200, {"header": HEADER, "kvs": [{
+        "key": gw.b64("/overlay/network/subnets/10.244.1.0-24"), "value": gw.b64(theirs),
+        "lease": str(0x99), "mod_revision": "9", "create_revision": "9"}]}))
+    gateway.on("/v3/lease/revoke", (200, {"header": HEADER}))
+    reg = registry(gateway)
     ours = Lease(IPv4Network("10.244.1.0/24"), LeaseAttrs(IPv4Address("192.168.1.11")),
                  etcd_lease_id=0x42, mod_revision=3, ttl=60)
     with pytest.raises(LeaseConflict):
         reg.renew_lease(ours)
-    assert revoked == [0x42]
+    assert [b["ID"] for p, b, _ in gateway.requests if p == "/v3/lease/revoke"] == ["66"]
 
 
 def _event(kind, key, value=b"", rev=5, prev=None):
-    from pyetcd.etcdrpc import kv_pb2
-    ev = kv_pb2.Event(type=kind, kv=kv_pb2.KeyValue(key=key, value=value, mod_revision=rev,
-                                                    create_revision=rev))
-    if prev is not None:
-        ev.prev_kv.CopyFrom(kv_pb2.KeyValue(key=key, value=prev, mod_revision=rev - 1))
-    return ev
+    return gw.Event(kind, gw.KeyValue(key, value, rev, rev),
+                    gw.KeyValue(key, prev, rev - 1, rev - 1) if prev is not None else None)
 
 
 def test_watch_events_carry_rejections_and_an_alias_delete_removes_nothing():
-    from ipaddress import IPv4Address
-
-    from pyetcd.etcdrpc import kv_pb2
-
-    from overlay.lease import EventType, LeaseAttrs
-    from overlay.subnet.registry import _watch_update
     reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
     p = reg.subnets_prefix.encode()
     good = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
-    PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
     u = _watch_update(reg, [
-        _event(PUT, p + b"10.244.2.0-24", good.encode(), 5),
-        _event(PUT, p + b"10.244.2.0-24\n", good.encode(), 6),  # an alias
-        _event(DELETE, p + b"10.244.2.0-24\n", rev=7, prev=good.encode()),
-        _event(PUT, p + b"10.244.3.0-24", b'{"PublicIP": "1.2.3.4", "BackendData": '
+        _event("PUT", p + b"10.244.2.0-24", good.encode(), 5),
+        _event("PUT", p + b"10.244.2.0-24\n", good.encode(), 6),  # an alias
+        _event("DELETE", p + b"10.244.2.0-24\n", rev=7, prev=good.encode()),
+        _event("PUT", p + b"10.244.3.0-24", b'{"PublicIP": "1.2.3.4", "BackendData": '
                b'{"VNI": 1e400}}', 8),
     ])
     assert u is not None
@@ -167,9 +117,6 @@ def test_watch_events_carry_rejections_and_an_alias_delete_removes_nothing():
 
 def test_only_small_values_are_cached():
     """A hostile writer's big values must not be pinned by the decode cache."""
-    from ipaddress import IPv4Address
-
-    from overlay.lease import LeaseAttrs
     reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
     key = (reg.subnets_prefix + "10.244.2.0-24").encode()
     small = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
@@ -185,9 +132,6 @@ def test_only_small_values_are_cached():
 
 def test_a_listing_larger_than_the_cache_turns_it_off():
     """An LRU smaller than a listing only pins raw values it will evict unused."""
-    from ipaddress import IPv4Address
-
-    from overlay.lease import LeaseAttrs
     reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
     value = LeaseAttrs(IPv4Address("192.168.1.12"), vtep_mac="0e:00:00:00:00:0c").to_json()
 
@@ -208,40 +152,42 @@ def test_a_listing_larger_than_the_cache_turns_it_off():
     assert registry_mod._parse_kv.cache_info().currsize == 1
 
 
-def _requests_seen(stream: _WatchStream, seconds: float, heard_every: float | None = None):
-    """The requests a stream sends in ``seconds`` (its request side, as grpc drains it),
-    with an answer noted every ``heard_every`` s."""
-    import time
-    sent: list[str] = []
-
-    def drain():
-        for req in stream._requests():
-            sent.append(req.WhichOneof("request_union"))
-    t = threading.Thread(target=drain, daemon=True)
+def _watch_for(gateway, seconds: float, **kw) -> list[dict]:
+    """Run a stream against ``gateway`` for ``seconds``; the progress ranges it sent."""
+    reg = registry(gateway)
+    stream = _WatchStream(reg, 5, threading.Event(), **kw)
+    t = threading.Thread(target=lambda: list(stream.updates()), daemon=True)
     t.start()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if heard_every is not None:
-            stream._heard_at = time.monotonic()  # what responses() does for each answer
-        time.sleep(heard_every or 0.01)
+    time.sleep(seconds)
     stream.close()
     t.join(2)
     assert not t.is_alive()
-    return sent
+    reg.close()
+    return [b for p, b, _ in gateway.requests if p == "/v3/kv/range"]
 
 
-def test_a_watch_nobody_asks_progress_of_requests_none():
-    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
-    stream = _WatchStream(reg, 5, threading.Event(), progress_interval=0.05)  # no on_progress
-    assert _requests_seen(stream, 0.4) == ["create_request"]
+def test_a_watch_nobody_asks_progress_of_requests_none(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
+    assert _watch_for(gateway, 0.4, progress_interval=0.05) == []  # no on_progress
 
 
-def test_progress_is_asked_after_a_silent_interval_only():
-    reg = EtcdRegistry(make_etcd_options("http://127.0.0.1:1"))
-    quiet = _WatchStream(reg, 5, threading.Event(), on_progress=lambda rev: None,
-                         progress_interval=0.05)
-    sent = _requests_seen(quiet, 0.5)
-    assert sent[0] == "create_request" and 5 <= sent.count("progress_request") <= 11
-    busy = _WatchStream(reg, 5, threading.Event(), on_progress=lambda rev: None,
-                        progress_interval=0.1)
-    assert _requests_seen(busy, 0.5, heard_every=0.02) == ["create_request"]  # events answer
+def test_progress_is_asked_of_the_streams_member_after_a_silent_interval(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
+    gateway.on("/v3/kv/range", (200, {"header": {**HEADER, "revision": "7"}, "count": "0"}))
+    heard: list[int] = []
+    asked = _watch_for(gateway, 0.6, on_progress=heard.append, progress_interval=0.1)
+    assert 3 <= len(asked) <= 6
+    # the watched key alone, counted: no range of the prefix for etcd to read
+    assert all(b == {"key": gw.b64(b"/overlay/network/subnets/"), "count_only": True}
+               for b in asked)
+    # created at 2; then the stream's own revision (from 5: nothing delivered since)
+    assert heard[0] == 2 and heard[1:] == [4] * len(asked)
+
+
+def test_no_progress_while_the_member_does_not_answer(gateway):
+    gateway.on("/v3/watch", ("stream", [{"result": {"header": HEADER, "created": True}}], 2))
+    gateway.on("/v3/kv/range", (503, {"error": "etcdserver: request timed out",
+                                      "message": "etcdserver: request timed out", "code": 14}))
+    heard: list[int] = []
+    asked = _watch_for(gateway, 0.4, on_progress=heard.append, progress_interval=0.1)
+    assert asked and heard == [2]  # only the stream's own answer
