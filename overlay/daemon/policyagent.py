@@ -62,6 +62,10 @@ RESYNC = 10.0  # seconds: compile again anyway (a new lease may accept a pod)
 RETRY = 1.0  # seconds after nft refused a table
 ADMIT_TIMEOUT = 10.0  # an ADD waits at most this for the first complete listing
 BRIDGE_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+# IPv6's own knob: bridged IPv6 reaches the inet forward hook only while it is 1, whatever
+# the IPv4 one says (an IPv6-only or dual-stack node's pods depend on it)
+BRIDGE_SYSCTL6 = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
+BRIDGE_SYSCTLS = {4: BRIDGE_SYSCTL, 6: BRIDGE_SYSCTL6}
 
 POLICIES, NAMESPACES, PODS = "policy", "namespace", "pod"
 KINDS = (POLICIES, NAMESPACES, PODS)
@@ -80,6 +84,14 @@ def bridge_filtering_problem(path: str = BRIDGE_SYSCTL) -> str | None:
         return f"cannot read {path}: {e.strerror}"
     return None if value == "1" else (f"{path} is {value}, not 1: same-node pod traffic "
                                       "bypasses NetworkPolicy")
+
+
+def bridge_problem_for(families: Iterable[int],
+                       paths: Mapping[int, str] = BRIDGE_SYSCTLS) -> str | None:
+    """Why bridged traffic of one of the IP versions ``families`` (the local pods') would
+    bypass the table, or None: each family has its own br_netfilter sysctl."""
+    return next((p for v in sorted(set(families))
+                 if (p := bridge_filtering_problem(paths[v])) is not None), None)
 
 
 class _Judged:
@@ -167,7 +179,7 @@ class PolicyAgent:
                  stop: threading.Event, *,
                  leases_listed: Callable[[], bool] = lambda: True,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
-                 bridge_problem: Callable[[], str | None] = bridge_filtering_problem,
+                 bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
                  update: Callable[[nft.Admission], None] = nft.apply_admission,
                  log_denied: bool = False,
                  own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None):
@@ -336,7 +348,8 @@ class PolicyAgent:
                 self._loaded_local = {lp.ifname: lp for lp in got.local}
                 self._compiled_generation = generation
             self.first_load.set()
-            self._note(bool(table.counters), bool(got.policies))
+            self._note(bool(table.counters), bool(got.policies),
+                       {ip.version for lp in got.local for ip in lp.pod.ips})
             return table
 
     def _compile(self) -> tuple[int, Inputs, nft.CompiledTable]:
@@ -382,17 +395,19 @@ class PolicyAgent:
             log.info("cut %d connection(s) the policies now deny", gone)
         return gone
 
-    def _note(self, selecting: bool, any_policy: bool) -> None:
-        """Keep the marker file and the br_netfilter check in line with the table."""
+    def _note(self, selecting: bool, any_policy: bool, families: Iterable[int]) -> None:
+        """Keep the marker file and the br_netfilter check (of the local pods' IP
+        ``families``) in line with the table."""
         if selecting != self.selecting:
             log.info("NetworkPolicy %s pods of this node", "now selects" if selecting
                      else "no longer selects")
         self.selecting = selecting
-        problem = self._bridge_problem() if selecting else None
+        problem = self._bridge_problem(families) if selecting else None
         if problem != self.bridge_problem:
             if problem:
-                log.error("node NotReady: %s (modprobe br_netfilter; sysctl -w "
-                          "net.bridge.bridge-nf-call-iptables=1)", problem)
+                log.error("node NotReady: %s (modprobe br_netfilter; set that sysctl "
+                          "to 1, e.g. sysctl -w net.bridge.bridge-nf-call-ip6tables=1)",
+                          problem)
             else:
                 log.info("br_netfilter filters bridged pod traffic again")
         self.bridge_problem = problem

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import TypeVar
 
 from overlay.cni.conflist import ConfListError, conf_files, load_conflist
@@ -419,8 +419,9 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
                                     opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
-    own4 = f.own_subnet if isinstance(f.own_subnet, IPv4Network) else None  # policy: IPv4
-    report.checks.append(check_policy_table(etcd, cluster, own4, opts.node_name,
+    # the node's lease subnet: IPv4, or IPv6 in an IPv6-only network (its pods are
+    # local by it, as overlayd's agent finds them)
+    report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
                                             opts.policy_log_denied))
     return report
 

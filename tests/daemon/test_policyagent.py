@@ -69,7 +69,7 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, dict[str, str | None]]:
     a = PolicyAgent(store, "n1", lambda: SUBNET,
                     lambda: PodRules(lease_subnets=frozenset({SUBNET, OTHER})),
                     str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
-                    apply=applied, bridge_problem=lambda: bridge["problem"],
+                    apply=applied, bridge_problem=lambda _families: bridge["problem"],
                     update=applied.update)
     return a, applied, bridge
 

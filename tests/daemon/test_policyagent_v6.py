@@ -43,7 +43,8 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied]:
                      lease_ipv6={SUBNET: SUBNET6, OTHER: OTHER6})
     a = PolicyAgent(store, "n1", lambda: SUBNET, lambda: rules,
                     str(tmp_path / "policy-enforced"), CollectorRegistry(), threading.Event(),
-                    apply=applied, bridge_problem=lambda: None, update=applied.update,
+                    apply=applied, bridge_problem=lambda _families: None,
+                    update=applied.update,
                     own_ipv6_subnet=lambda: SUBNET6)
     return a, applied
 
