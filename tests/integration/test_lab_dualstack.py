@@ -31,16 +31,15 @@ from overlay.lab.system import in_netns, ip
 
 from .support.lab_ipv6 import (
     V6_DEVICE,
+    assert_echo_crosses_as_vxlan6,
     device_mac,
     failed,
     fdb,
     peer_has_fdb,
     pod_addrs,
-    vxlan6_echoes,
 )
 from .support.labfixture import (
     TEST_PREFIX,
-    UnderlayCapture,
     keep_logs,
     poll,
     running_lab,
@@ -155,15 +154,7 @@ def test_every_pod_reaches_every_pod_over_both_families(lab):
 
 def test_ipv6_crosses_the_underlay_as_vxlan_with_the_pods_own_addresses(lab):
     a, b = _cross_pair(lab)
-    cap = UnderlayCapture(lab)
-    try:
-        assert ping(lab.spec.pod_ns(a.key), b.ip6, count=3, wait=1)
-    finally:
-        frames = cap.stop()
-    seen = vxlan6_echoes(frames)
-    n1, n2 = str(lab.spec.node_ip6("node1")), str(lab.spec.node_ip6("node2"))
-    assert (n1, n2, 1, a.ip6, b.ip6, "request") in seen, seen
-    assert (n2, n1, 1, b.ip6, a.ip6, "reply") in seen, seen
+    assert_echo_crosses_as_vxlan6(lab, a, b)
 
 
 def test_largest_df_payload_is_the_ipv6_overlay_mtus(lab):

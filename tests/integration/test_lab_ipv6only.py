@@ -30,14 +30,14 @@ from overlay.lab.system import in_netns, ip
 
 from .support.lab_ipv6 import (
     V6_DEVICE,
+    assert_echo_crosses_as_vxlan6,
     device_mac,
     failed,
     fdb,
     peer_has_fdb,
     pod_addrs,
-    vxlan6_echoes,
 )
-from .support.labfixture import TEST_PREFIX, UnderlayCapture, keep_logs, poll, running_lab
+from .support.labfixture import TEST_PREFIX, keep_logs, poll, running_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,15 +127,7 @@ def test_every_pod_reaches_every_pod_over_ipv6_and_has_no_ipv4(lab):
 
 def test_the_underlay_carries_ipv6_udp_8472_with_the_pods_own_addresses(lab):
     a, b = lab.state.pods_of("node1")[0], lab.state.pods_of("node2")[0]
-    cap = UnderlayCapture(lab)
-    try:
-        assert ping(lab.spec.pod_ns(a.key), b.ip6, count=3, wait=1)
-    finally:
-        frames = cap.stop()
-    seen = vxlan6_echoes(frames)
-    n1, n2 = str(lab.spec.node_ip6("node1")), str(lab.spec.node_ip6("node2"))
-    assert (n1, n2, 1, a.ip6, b.ip6, "request") in seen, seen
-    assert (n2, n1, 1, b.ip6, a.ip6, "reply") in seen, seen
+    assert_echo_crosses_as_vxlan6(lab, a, b)
 
 
 def test_the_cluster_tables_show_ipv6_only(lab):

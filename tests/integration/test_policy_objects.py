@@ -44,8 +44,8 @@ def test_examples_apply_and_read_back(ctl, store):
     got = ctl("policy", "get", "-o", "json")
     refs = sorted(f"{i['metadata']['namespace']}/{i['metadata']['name']}"
                   for i in json.loads(got.output)["items"])
-    assert refs == ["x/allow-from-frontend", "x/allow-http", "x/default-deny-ingress",
-                    "x/egress-dns-only"]
+    assert refs == ["x/allow-from-frontend", "x/allow-http", "x/allow-ipv6-block",
+                    "x/default-deny-ingress", "x/egress-dns-only"]
     again = ctl("policy", "apply", "-f", os.path.join(EXAMPLES, "default-deny.yaml"))
     assert "x/default-deny-ingress unchanged" in again.output
     # the namespace carries its automatic label

@@ -9,8 +9,11 @@ import subprocess
 from collections.abc import Iterable, Mapping
 
 from overlay.lab.lab import Lab
+from overlay.lab.matrix import ping
 from overlay.lab.state import PodRecord
 from overlay.lab.system import in_netns, ip
+
+from .labfixture import UnderlayCapture
 
 V6_DEVICE = "overlay-v6.1"
 VXLAN_PORT = 8472
@@ -65,3 +68,19 @@ def vxlan6_echoes(frames: Iterable[bytes]) -> set[tuple[str, str, int, str, str,
             seen.add((outer[IPv6].src, outer[IPv6].dst, vx.vni, inner[IPv6].src,
                       inner[IPv6].dst, kind))
     return seen
+
+
+def assert_echo_crosses_as_vxlan6(lab: Lab, a: PodRecord, b: PodRecord) -> None:
+    """Pod ``a`` (on node1) pings pod ``b`` (on node2) over IPv6 while the underlay is
+    captured: the request and the reply cross as IPv6 UDP to the VXLAN port between the
+    nodes' IPv6 addresses, carrying the pods' own addresses (no NAT)."""
+    assert a.ip6 is not None and b.ip6 is not None
+    cap = UnderlayCapture(lab)
+    try:
+        assert ping(lab.spec.pod_ns(a.key), b.ip6, count=3, wait=1)
+    finally:
+        frames = cap.stop()
+    seen = vxlan6_echoes(frames)
+    n1, n2 = str(lab.spec.node_ip6("node1")), str(lab.spec.node_ip6("node2"))
+    assert (n1, n2, 1, a.ip6, b.ip6, "request") in seen, seen
+    assert (n2, n1, 1, b.ip6, a.ip6, "reply") in seen, seen
