@@ -258,12 +258,9 @@ class Endpoint:
                     self.close()
                     continue
                 raise Unreachable(f"{self}: {e or type(e).__name__}") from e
-            except ssl.SSLError as e:
-                conn.close()
-                raise Unreachable(f"{self}: TLS: {e.reason or e}") from e
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                raise Unreachable(f"{self}: {_describe(e)}") from e
+                raise _unreachable(self, e) from e
             return self._answer(conn, resp, path, limit)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -281,12 +278,9 @@ class Endpoint:
         except TooLarge:
             conn.close()
             raise
-        except ssl.SSLError as e:
-            conn.close()
-            raise Unreachable(f"{self}: TLS: {e.reason or e}") from e
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise Unreachable(f"{self}: {_describe(e)}") from e
+            raise _unreachable(self, e) from e
         if resp.will_close:
             conn.close()
         else:
@@ -298,6 +292,14 @@ class Endpoint:
         if "error" in d and isinstance(d["error"], dict):
             raise _gateway_error(resp.status, body)
         return d
+
+
+def _unreachable(where: object, e: BaseException) -> Unreachable:
+    """A failed request to ``where`` (an endpoint) as the edge's error; TLS failures say
+    so (``ssl.SSLError`` is an OSError too)."""
+    if isinstance(e, ssl.SSLError):
+        return Unreachable(f"{where}: TLS: {e.reason or e}")
+    return Unreachable(f"{where}: {_describe(e)}")
 
 
 def _describe(e: BaseException) -> str:
@@ -325,12 +327,9 @@ class WatchCall:
         try:
             conn.request("POST", "/v3/watch", data, endpoint.headers(len(data)))
             self._resp = conn.getresponse()
-        except ssl.SSLError as e:
-            conn.close()
-            raise Unreachable(f"{endpoint}: TLS: {e.reason or e}") from e
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise Unreachable(f"{endpoint}: {_describe(e)}") from e
+            raise _unreachable(endpoint, e) from e
         if self._resp.status != 200:
             body = self._resp.read(64 * 1024)
             conn.close()
