@@ -220,6 +220,23 @@ def test_a_spoofed_ipv6_source_is_dropped(lab: Lab) -> None:
     _spoofed_source_dropped(lab)
 
 
+def _send_from_a_borrowed_ipv6(lab: Lab, ns: str, borrowed: str | None,
+                               dst: str | None) -> None:
+    """The pod of netns ``ns`` (on node1) sends five datagrams to ``dst`` from another
+    pod's IPv6 address ``borrowed``: node1's spoofed counter must count all five."""
+    assert borrowed is not None and dst is not None
+    sysx.ip("-6", "addr", "add", f"{borrowed}/128", "dev", "eth0", "nodad", ns=ns)
+    try:
+        before = _spoofed(lab, "node1")
+        with sysx.netns_socket(ns, socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind((borrowed, 0))
+            for _ in range(5):
+                s.sendto(b"spoofed\n", (dst, 81))
+        assert _until(lambda: _spoofed(lab, "node1") - before >= 5, 2.0) is not None
+    finally:
+        sysx.ip("-6", "addr", "del", f"{borrowed}/128", "dev", "eth0", ns=ns)
+
+
 def _spoofed_source_dropped(lab: Lab) -> None:
     """x/a accepts only x/b; y/a (same node as x/b) sends from x/b's IPv6 address: only
     the source check can stop it, and its counter counts it."""
@@ -232,16 +249,7 @@ def _spoofed_source_dropped(lab: Lab) -> None:
         assert _until(lambda: not lab.probe("y/a", "x/a", 81, "udp", PROBE_TIMEOUT, 6).ok
                       and lab.probe("x/b", "x/a", 81, "udp", PROBE_TIMEOUT, 6).ok,
                       ENFORCED) is not None
-        sysx.ip("-6", "addr", "add", f"{xb.ip6}/128", "dev", "eth0", "nodad", ns=ns)
-        try:
-            before = _spoofed(lab, "node1")
-            with sysx.netns_socket(ns, socket.AF_INET6, socket.SOCK_DGRAM) as s:
-                s.bind((xb.ip6, 0))
-                for _ in range(5):
-                    s.sendto(b"spoofed\n", (xa.ip6, 81))
-            assert _until(lambda: _spoofed(lab, "node1") - before >= 5, 2.0) is not None
-        finally:
-            sysx.ip("-6", "addr", "del", f"{xb.ip6}/128", "dev", "eth0", ns=ns)
+        _send_from_a_borrowed_ipv6(lab, ns, xb.ip6, xa.ip6)
         # y/a's own address and link-local NDP still work: it reaches an unpolicied pod
         assert lab.probe("y/a", "y/b", 80, "tcp", PROBE_TIMEOUT, 6).ok
     finally:
@@ -283,16 +291,7 @@ def test_a_pod_added_under_a_policy_checks_its_ipv6_sources(lab: Lab) -> None:
             assert not lab.probe("y/a", "x/d", 81, "udp", PROBE_TIMEOUT, 6).ok
             xb, ya = lab.find_pod("x/b"), lab.find_pod("y/a")
             ns = lab.spec.pod_ns(d.key)
-            sysx.ip("-6", "addr", "add", f"{xb.ip6}/128", "dev", "eth0", "nodad", ns=ns)
-            try:
-                spoofed = _spoofed(lab, "node1")
-                with sysx.netns_socket(ns, socket.AF_INET6, socket.SOCK_DGRAM) as s:
-                    s.bind((xb.ip6, 0))
-                    for _ in range(5):
-                        s.sendto(b"spoofed\n", (ya.ip6, 81))
-                assert _until(lambda: _spoofed(lab, "node1") - spoofed >= 5, 2.0) is not None
-            finally:
-                sysx.ip("-6", "addr", "del", f"{xb.ip6}/128", "dev", "eth0", ns=ns)
+            _send_from_a_borrowed_ipv6(lab, ns, xb.ip6, ya.ip6)
         finally:
             lab.del_pod("x/d")
     finally:
