@@ -879,11 +879,10 @@ def _chain_messages(chain: SourceChain) -> list[Message] | None:
     v4 = [a for a in addresses if isinstance(a, IPv4Address)]
     if len(v4) > 1 or veth_problem(chain.veth) or source_chain(chain.veth, addresses) != chain:
         return None
-    # the form source_chain wrote: the IPv6 sources' set, or (none sent) every IPv6 dropped
-    has_ipv6 = chain.rules[-1] != f'meta protocol ip6 counter name "{SPOOFED}" drop'
+    # source_chain writes the IPv6 sources' set for every pod (checked just above)
     return nl.source_chain_messages(TABLE, chain.name, chain.veth, SOURCE_CHECK_PRIORITY,
                                     v4[0] if v4 else None, ipv6_sources(addresses), SPOOFED,
-                                    nl.next_set_id() if has_ipv6 else None)
+                                    nl.next_set_id())
 
 
 _own_socket: list[NftSocket] = []  # this process's namespace: made once, kept
