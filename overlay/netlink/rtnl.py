@@ -219,13 +219,35 @@ def walk(data: bytes) -> Iterable[tuple[int, int, int, int, int]]:
         off += (length + 3) & ~3
 
 
+class Lazy:
+    """A request's description, formatted (``fmt % args``) only when it is shown: a
+    resync builds thousands of requests and shows none (their f-strings were 3 of the
+    7.4 ms that 1000 remotes' 3000 requests took to build)."""
+
+    __slots__ = ("fmt", "args")
+
+    def __init__(self, fmt: str, *args: object):
+        self.fmt, self.args = fmt, args
+
+    def __str__(self) -> str:
+        return self.fmt % self.args
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
 class Msg(NamedTuple):
     """One request without its netlink header (added when sent)."""
 
     type: int
     flags: int
     body: bytes
-    what: str  # for logs and errors, e.g. "neigh 10.244.2.0 -> 0e:..:01"
+    what: str | Lazy  # for logs and errors, e.g. "neigh 10.244.2.0 -> 0e:..:01"
 
 
 # --- the socket ------------------------------------------------------------------------------

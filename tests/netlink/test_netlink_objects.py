@@ -157,3 +157,28 @@ def test_diagnose_snapshot_comes_from_the_pyroute2_adapter(monkeypatch):
     assert [r.dst for r in k.routes] == [IPv4Network("10.7.0.0/16")]  # main table only
     assert [r.kind for r in k.typed_routes] == ["blackhole"]
     assert k.neigh == [] and k.fdb == []  # no IP / no MAC: not entries
+
+
+def test_one_struct_requests_are_the_attribute_by_attribute_bytes():
+    """The resync's IPv4 neighbour, FDB and route requests are packed by one struct each;
+    they must be exactly what the general builders pack (and describe the same)."""
+    ip, mac = IPv4Address("10.244.7.0"), "0e:12:34:56:78:9a"
+    vtep, net = IPv4Address("192.168.1.13"), IPv4Network("10.244.7.0/24")
+    fast = neigh.neigh_msg(True, 11, ip, mac)
+    assert fast == neigh._neigh_msg(True, 11, ip, mac)
+    assert str(fast.what) == "neigh 10.244.7.0 -> 0e:12:34:56:78:9a"
+    assert neigh.fdb_msg(True, 11, mac, vtep).body == neigh._fdb_body(11, mac, vtep)
+    for onlink in (True, False):
+        r = route.msg(True, net, ip, 11, onlink=onlink)
+        assert r.body == route._body(net, ip, 11, route.RTPROT_OVERLAY,
+                                     rtnl.RTNH_F_ONLINK if onlink else 0, 0)
+    assert str(route.msg(True, net, ip, 11, onlink=True).what) == (
+        "route 10.244.7.0/24 via 10.244.7.0 dev #11 onlink")
+    assert str(route.msg(False, net, ip, 11, metric=7).what) == (
+        "route 10.244.7.0/24 via 10.244.7.0 dev #11 metric 7")
+
+
+def test_a_lazy_description_reads_as_its_text():
+    lazy = rtnl.Lazy("neigh %s -> %s", IPv4Address("10.244.2.0"), "0e:00:00:00:00:02")
+    assert lazy == "neigh 10.244.2.0 -> 0e:00:00:00:00:02" and f"{lazy}: x" == (
+        "neigh 10.244.2.0 -> 0e:00:00:00:00:02: x")
