@@ -58,6 +58,37 @@ IPAddress: TypeAlias = IPv4Address | IPv6Address
 _NO_IPV4 = IPv4Address(0)  # PublicIP as Flannel writes an unset one (an IPv6-only lease)
 
 
+class KeySubnet4(IPv4Network):
+    """A lease key's IPv4 subnet, equal to (and hashed like) the ``IPv4Network`` it is,
+    with the hash computed once: a resync looks each lease's subnet up about 16 times
+    (view, rules, backend, owners) and ``IPv4Network`` derives its hash from two
+    ``int()`` conversions each time (0.27 against 0.05 us; 1000 leases: ~3.6 ms)."""
+
+    def __hash__(self) -> int:
+        d = self.__dict__
+        h: int | None = d.get("_hash")
+        if h is None:
+            h = d["_hash"] = IPv4Network.__hash__(self)
+        return h
+
+    def __repr__(self) -> str:
+        return f"IPv4Network({str(self)!r})"
+
+
+class KeySubnet6(IPv6Network):
+    """``KeySubnet4`` for an IPv6-only lease's key."""
+
+    def __hash__(self) -> int:
+        d = self.__dict__
+        h: int | None = d.get("_hash")
+        if h is None:
+            h = d["_hash"] = IPv6Network.__hash__(self)
+        return h
+
+    def __repr__(self) -> str:
+        return f"IPv6Network({str(self)!r})"
+
+
 @dataclass(frozen=True)
 class SubnetKeyName:
     """The last element of a lease key, parsed: ``10.244.1.0-24``, Flannel's
@@ -95,7 +126,7 @@ def parse_key_name(name: str) -> SubnetKeyName:
         m6 = _KEY6_RE.fullmatch(name)
         if not m6:
             raise ValueError(f"not a subnet key: {name!r}")
-        parsed = SubnetKeyName(IPv6Network(f"{m6.group(1)}/{m6.group(2)}", strict=True))
+        parsed = SubnetKeyName(KeySubnet6(f"{m6.group(1)}/{m6.group(2)}", strict=True))
         if parsed.encode() != name:
             raise ValueError(f"not a canonical subnet key: {name!r} "
                              f"(expected {parsed.encode()!r})")
@@ -103,7 +134,7 @@ def parse_key_name(name: str) -> SubnetKeyName:
     v6 = None
     if m.group(3) is not None:
         v6 = IPv6Network(f"{m.group(3)}/{m.group(4)}", strict=True)
-    parsed = SubnetKeyName(IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True), v6)
+    parsed = SubnetKeyName(KeySubnet4(f"{m.group(1)}/{m.group(2)}", strict=True), v6)
     if parsed.encode() != name:
         raise ValueError(f"not a canonical subnet key: {name!r} (expected {parsed.encode()!r})")
     return parsed
