@@ -56,7 +56,7 @@ from overlay.lease import (
     subnet_to_key,
 )
 from overlay.subnet import etcdhttp as gw
-from overlay.subnet.etcd import EtcdAPI, EtcdClient, op_delete, op_put, op_range
+from overlay.subnet.etcd import EtcdAPI, EtcdClient, op_delete, op_put, op_range, split_keys
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.util.backoff import Backoff
 
@@ -147,6 +147,8 @@ class EtcdRegistry:
         self._raw_lock = threading.Lock()
         # whether decoding goes through _parse_kv: until a listing is larger than it
         self._cache = True
+        # where the last listing of subnets/ would be cut to be read in pieces at once
+        self._splits: tuple[bytes, ...] = ()
 
     def api(self) -> EtcdAPI:
         """etcd's calls on the endpoint in use (authenticated, no failover), for
@@ -306,7 +308,8 @@ class EtcdRegistry:
     def list_subnets(self, with_expiration: bool = True) -> LeaseListing:
         """Like ``list_leases``, with every rejected key beside the leases."""
         def op(c: EtcdAPI) -> LeaseListing:
-            kvs, revision = c.range_all(self.subnets_prefix)
+            kvs, revision = c.range_all(self.subnets_prefix, splits=self._splits)
+            self._splits = split_keys(kvs)
             self._use_cache(len(kvs))
             leases, rejected = [], []
             for kv in kvs:

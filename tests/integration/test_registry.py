@@ -394,3 +394,42 @@ def test_listing_carries_create_revision(registry):
     assert leases[net(2)].create_revision == a.mod_revision
     assert leases[net(2)].mod_revision > a.mod_revision
     assert leases[net(3)].create_revision == b.mod_revision
+
+
+def test_a_listing_read_in_pieces_at_once_is_the_listing_at_one_revision(registry,
+                                                                          monkeypatch):
+    """Once a listing is large, the next is read in pieces on threads of their own (cut
+    where the last one would split evenly), every piece at the revision a count-only
+    request read first: the same leases, in key order, as one sequential read, even
+    when a lease is put between the count and the pieces."""
+    from overlay.subnet import etcd
+
+    monkeypatch.setattr(etcd, "PIECE_KEYS", 4)  # 12 leases: 3 pieces
+    for i in range(12):
+        registry.create_lease(net(i), attrs(i + 10), None)
+    first = registry.list_subnets(with_expiration=False)
+    assert len(registry._splits) == 2 and not first.rejected
+    calls: list[tuple[int, bool, str]] = []
+    plain_range = etcd.EtcdAPI.range
+    putting = threading.Event()  # our own put's reads are not the listing's
+
+    def recorded(self, key, range_end=None, revision=0, limit=0, **flags):
+        got = plain_range(self, key, range_end, revision, limit, **flags)
+        if not putting.is_set():
+            calls.append((revision, bool(flags.get("count_only")),
+                          threading.current_thread().name))
+            if flags.get("count_only"):
+                putting.set()
+                registry.create_lease(net(40), attrs(50), None)  # after the revision read
+                putting.clear()
+        return got
+    monkeypatch.setattr(etcd.EtcdAPI, "range", recorded)
+    second = registry.list_subnets(with_expiration=False)
+    monkeypatch.setattr(etcd.EtcdAPI, "range", plain_range)
+    assert [lease.subnet for lease in second.leases] == [lease.subnet for lease in first.leases]
+    assert second.revision == first.revision
+    assert calls[0][:2] == (0, True) and len(calls) == 1 + 3  # the count, 3 pieces
+    assert {(rev, count) for rev, count, _ in calls[1:]} == {(first.revision, False)}
+    assert {name for *_, name in calls} == {"etcd-range", threading.current_thread().name}
+    third = registry.list_subnets(with_expiration=False)
+    assert net(40) in {lease.subnet for lease in third.leases}

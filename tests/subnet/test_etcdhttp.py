@@ -233,3 +233,19 @@ def test_prefix_range_end():
     assert gw.prefix_range_end(b"/a/") == b"/a0"
     assert gw.prefix_range_end(b"a\xff") == b"b"
     assert gw.prefix_range_end(b"\xff\xff") == b"\0"
+
+
+def test_a_piece_that_fails_on_its_thread_fails_the_listing_in_the_callers(gateway):
+    """A listing read in pieces at once: a piece's failure (here etcd unavailable) is
+    raised where the listing was asked, so the client's failover sees it."""
+    gateway.on("/v3/kv/range", (200, {"header": HEADER, "count": "3"}),
+               (503, {"error": "etcdserver: leader changed", "code": 14,
+                      "message": "etcdserver: leader changed"}))
+    with pytest.raises(gw.GatewayError) as e:
+        client(gateway.endpoint).api().range_all("/p/", splits=[b"/p/b", b"/p/c", b"/q"])
+    assert e.value.code == gw.UNAVAILABLE
+    count, *pieces = [b for _, b, _ in gateway.requests]
+    assert count["count_only"] is True and len(pieces) == 3  # /q is outside: ignored
+    assert {(gw.unb64(p["key"]), gw.unb64(p["range_end"])) for p in pieces} == {
+        (b"/p/", b"/p/b"), (b"/p/b", b"/p/c"), (b"/p/c", b"/p0")}
+    assert {p["revision"] for p in pieces} == {"2"}
