@@ -60,6 +60,8 @@ DEBOUNCE = 0.05  # seconds of quiet that end a burst of changes
 DEBOUNCE_MAX = 0.25  # a continuous stream is still compiled this often
 RESYNC = 10.0  # seconds: compile again anyway (a new lease may accept a pod)
 RETRY = 1.0  # seconds after nft refused a table
+CUT_AGAIN = 0.5  # seconds: after a cut that deleted entries, look again this much later
+CUT_PASSES = 3  # at most this many cuts follow one load
 ADMIT_TIMEOUT = 10.0  # an ADD waits at most this for the first complete listing
 BRIDGE_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 # IPv6's own knob: bridged IPv6 reaches the inet forward hook only while it is 1, whatever
@@ -210,7 +212,8 @@ class PolicyAgent:
         self.first_load = threading.Event()  # a complete table was loaded
         self.selecting = False  # a policy selects a local pod
         self.bridge_problem: str | None = None
-        self._cut_due = False  # a table was loaded: connections it denies are still tracked
+        self._cut_wanted = threading.Event()  # a table was loaded: what it denies may be
+        # tracked still
         self._conntrack_problem: str | None = None
         rejected = Counter("overlay_policy_objects_rejected", "Keys under policies/, "
                            "namespaces/ or pods/ rejected by their kind's rule (once per "
@@ -277,8 +280,6 @@ class PolicyAgent:
             self._dirty.clear()
             try:
                 self.sync()
-                if self._cut_due:
-                    self.cut_denied()
             except OverlayError as e:
                 log.warning("policy table not loaded: %s; retrying in %.0fs", e, RETRY)
                 self._dirty.set()
@@ -343,7 +344,8 @@ class PolicyAgent:
                     self._apply(table)
                     self.loaded, self._ahead = table, False
                     self.loads.inc()
-                    self._cut_due = bool(table.counters)
+                    if table.counters:
+                        self._cut_wanted.set()
                 self._loaded_refs = frozenset(p.ref for p in got.pods)
                 self._loaded_local = {lp.ifname: lp for lp in got.local}
                 self._compiled_generation = generation
@@ -364,12 +366,26 @@ class PolicyAgent:
             pending = {lp.ifname for lp in self._pending.values()}
         return not pending <= {lp.ifname for lp in got.local}
 
+    def run_cutter(self) -> None:
+        """Cut the denied connections after each load of a table that selects pods, on a
+        thread of its own (a compile never waits for conntrack). While a cut deletes
+        entries, cut again CUT_AGAIN later, at most CUT_PASSES times: a reply in flight
+        while its entry went makes a new entry the other way round (from this node's pod
+        to the peer), which this node's table accepts because the peer's side decides, and
+        that entry would carry the connection on; the next pass judges it and deletes it."""
+        while not self.stop.is_set():
+            if not self._cut_wanted.wait(1.0):
+                continue
+            for _ in range(CUT_PASSES):
+                self._cut_wanted.clear()
+                if self.stop.is_set() or not self.cut_denied() or self.stop.wait(CUT_AGAIN):
+                    break
+
     def cut_denied(self) -> int:
         """Delete the conntrack entries of local pods' connections the loaded policies
         now deny (established connections would otherwise outlive the change); flows
         with the node's own side of the bridge (the gateway: kubelet's probes) are never
         filtered and are left alone. How many went."""
-        self._cut_due = False
         with self._inputs_lock:  # inputs() updates the judged caches
             got = self.inputs()
         local = {ip for lp in got.local for ip in lp.pod.ips}
@@ -553,8 +569,8 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
 
 
 def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:
-    """The agent's threads: one watch per kind and the compiler."""
+    """The agent's threads: one watch per kind, the compiler and the cutter."""
     if agent is None:
         return []
     return [*((f"policy-watch-{kind}", lambda k=kind: agent.run_watch(k)) for kind in KINDS),
-            ("policy-compile", agent.run_compiler)]
+            ("policy-compile", agent.run_compiler), ("policy-cut", agent.run_cutter)]

@@ -268,6 +268,56 @@ def test_cut_denied_deletes_only_flows_the_policies_now_deny(agent, monkeypatch)
     assert a.cut_denied() == 1 and deleted == [flows[1]]
 
 
+def test_a_load_is_followed_by_cuts_until_one_finds_nothing(agent, monkeypatch) -> None:
+    """The first cut deletes c -> a; a reply in flight meanwhile made a -> c:5001 (this
+    node accepts it, c's ingress denies it), which carries the flow on: the next pass
+    deletes it, the third finds nothing and the cutter waits for the next load."""
+    from overlay.policy import conntrack
+    from overlay.policy.conntrack import Flow
+
+    a, _, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("c", "10.244.2.3", "n2")])
+    ip = IPv4Address
+    forward = Flow("UDP", ip("10.244.2.3"), ip("10.244.1.2"), 5001, 81)
+    reversed_ = Flow("UDP", ip("10.244.1.2"), ip("10.244.2.3"), 81, 5001)
+    listings = [[forward], [reversed_], []]
+    deleted: list[Flow] = []
+    done = threading.Event()
+
+    def listed() -> list[Flow]:
+        if len(listings) == 1:
+            done.set()
+        return listings.pop(0) if listings else []
+
+    def delete(fs: list[Flow]) -> int:
+        deleted.extend(fs)
+        return len(fs)
+
+    monkeypatch.setattr(conntrack, "list_flows", listed)
+    monkeypatch.setattr(conntrack, "delete_flows", delete)
+    monkeypatch.setattr(policyagent, "CUT_AGAIN", 0.01)
+    cutter = threading.Thread(target=a.run_cutter, daemon=True)
+    cutter.start()
+    try:
+        a.sync()  # loads a table that selects a pod: the cutter wakes
+        assert done.wait(5.0)
+        assert deleted == [forward, reversed_]
+    finally:
+        a.stop.set()
+        cutter.join(5.0)
+    assert not cutter.is_alive() and listings == []
+
+
+def test_a_table_that_selects_nothing_wants_no_cut(agent) -> None:
+    a, _, _ = agent
+    _listed(a, [], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert not a._cut_wanted.is_set()
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert a._cut_wanted.is_set()
+
+
 def test_an_add_after_a_policy_change_compiles_instead(agent) -> None:
     """The element path extends the table as compiled: a policy put since then (not yet
     compiled) must be in force for the new pod, so that ADD compiles."""
