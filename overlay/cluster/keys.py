@@ -9,6 +9,7 @@ the names that become key segments.
     <prefix>/pods/<namespace>/<name>    a pod's registry record
     <prefix>/namespaces/<namespace>     a namespace and its labels
     <prefix>/policies/<namespace>/<name>  a NetworkPolicy object
+    <prefix>/collected/<subnet>         a gone lease's pods were deleted (short etcd lease)
 
 A name that fails the rule never becomes a key, and a key read back whose segments fail
 it is rejected (an alias such as ``nodes/a/b`` or ``nodes/A`` names nothing).
@@ -98,6 +99,12 @@ def policies_prefix(prefix: str, namespace: str | None = None) -> str:
 
 def policy_key(prefix: str, namespace: str, name: str) -> str:
     return f"{policies_prefix(prefix)}{namespace}/{name}"
+
+
+def collected_key(prefix: str, subnet_name: str) -> str:
+    """The marker that a gone lease's pods were deleted; ``subnet_name`` is the lease
+    key's last segment as the key codec writes it (``10.244.2.0-24``)."""
+    return f"{_root(prefix)}/collected/{subnet_name}"
 
 
 def split_single(key: str, base: str) -> str | None:

@@ -49,7 +49,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from overlay.cluster.keys import pods_prefix
+from overlay.cluster.keys import collected_key, pods_prefix
 from overlay.cluster.pods import (
     DEFAULT_NAMESPACE,
     SOURCE_CNI,
@@ -73,6 +73,7 @@ from overlay.cni import podmeta
 from overlay.cni.ipam import DiskStore, IPAddress
 from overlay.errors import OverlayError
 from overlay.lease import IPNetwork, Lease, LeaseBatch, key_to_subnet, lease_key
+from overlay.util.digest import name_digest
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ RESYNC = 30.0  # seconds between reconciles when nothing changed on disk
 FULL_RESYNC = 600.0  # seconds (x 0.75..1.25 per pass) between listings of all of pods/
 LEASE_GONE_GRACE = 3.0  # a lease re-acquired within this is not "gone"
 GC_RETRY = 30.0  # seconds before a gone lease's pods are tried again after a failure
+GC_RANKS = 3  # how many nodes (by rendezvous rank) take a gone lease's pods in turn
+GC_STEP = 15.0  # seconds between one rank's turn and the next's
+COLLECTED_TTL = 300  # seconds the "collected" marker of a gone lease lives
 ADD_GRACE = 10.0  # an IPAM record this young without metadata is an ADD still running
 MAX_WARNED = 4096
 
@@ -464,6 +468,14 @@ def _subnet_of(key: str, base: str) -> IPNetwork | None:
         return None
 
 
+def gc_rank(gone: str, me: str, others: Iterable[str]) -> int:
+    """Where ``me`` stands (0: first) among the nodes, named by their lease keys, that may
+    delete the pods of lease key ``gone``: rendezvous hashing, so every node that knows
+    the same leases computes the same order without talking to the others."""
+    mine = name_digest(gone, me)
+    return sum(1 for k in others if k != me and name_digest(gone, k) < mine)
+
+
 class LeaseGoneGC:
     """Deletes the pods of every remote lease that disappears (and stays away for
     LEASE_GONE_GRACE seconds: a lost lease its node re-acquires keeps its pods).
@@ -471,14 +483,26 @@ class LeaseGoneGC:
     Fed by the daemon's lease watch (``note_batch``, ``note_snapshot``), so a node opens
     one watch of ``subnets/``, not two: a second one doubled every lease event's
     deliveries (at 1000 nodes etcd CPU 0.403 -> 0.273 s/s without it; the README's "One
-    etcd for the cluster")."""
+    etcd for the cluster").
 
-    def __init__(self, store: ObjectStore):
+    Deleting them means listing every pod, so not every node does it: the nodes rank
+    themselves for each gone key (``gc_rank``, over the leases they know), the first takes
+    it after the grace, the next GC_STEP later and so on for GC_RANKS nodes; each later one
+    first reads the key ``collected/<subnet>`` that the one before it wrote when done and
+    stops there. One listing per gone lease instead of one per node (1000 nodes: 1000
+    listings of all pods), and a collector that died on the way is covered by the next. The
+    first rank never trusts the marker (any node can write it), so a false one can only
+    take the backups' turns away; without its own lease (``own_key`` None) a node counts
+    as first."""
+
+    def __init__(self, store: ObjectStore, own_key: Callable[[], str | None] = lambda: None):
         self.store = store
         self.base = store.registry.subnets_prefix
+        self.own_key = own_key
         self._cond = threading.Condition()
         self._known: set[str] | None = None  # remote lease keys, from the last snapshot on
-        self._gone: dict[str, float] = {}  # key -> monotonic time it went
+        self._gone: dict[str, float] = {}  # key -> monotonic time it is due
+        self._rank: dict[str, int] = {}  # key -> this node's rank, once its turn was set
 
     def note_snapshot(self, leases: Iterable[Lease]) -> None:
         """A complete listing: what the previous one (and the events since) had and this
@@ -500,25 +524,24 @@ class LeaseGoneGC:
             self._mark_gone(removed - added)
 
     def _mark_gone(self, keys: set[str], delay: float = 0.0) -> None:
-        when = time.monotonic() + delay
+        when = time.monotonic() + LEASE_GONE_GRACE + delay
         for key in keys:
             self._gone.setdefault(key, when)
         if keys:
             self._cond.notify()
 
     def _due(self, stop: threading.Event) -> list[str]:
-        """The keys gone for LEASE_GONE_GRACE s (waits for one; [] once stopped)."""
+        """The keys whose time came (waits for one; [] once stopped)."""
         with self._cond:
             while not stop.is_set():
                 now = time.monotonic()
-                due = [k for k, t in self._gone.items() if now - t >= LEASE_GONE_GRACE]
+                due = [k for k, t in self._gone.items() if t <= now]
                 if due:
                     for key in due:
                         del self._gone[key]
                     return sorted(due)
                 first = min(self._gone.values(), default=None)
-                self._cond.wait(0.5 if first is None else
-                                min(0.5, first + LEASE_GONE_GRACE - now))
+                self._cond.wait(0.5 if first is None else min(0.5, first - now))
         return []
 
     def run(self, stop: threading.Event) -> None:
@@ -536,16 +559,51 @@ class LeaseGoneGC:
         with self._cond:
             return any(_subnet_of(k, self.base) == subnet for k in self._known or ())
 
+    def _turn(self, key: str) -> int | None:
+        """This node's rank for ``key`` when its turn is now; None when it is later (the
+        key is rescheduled) or never (past GC_RANKS)."""
+        with self._cond:
+            rank = self._rank.pop(key, None)
+            if rank is not None:
+                return rank
+            me, others = self.own_key(), list(self._known or ())
+        rank = 0 if me is None else gc_rank(key, me, others)
+        if rank >= GC_RANKS:
+            log.debug("pod registry: %d nodes before this one take gone lease %s", rank, key)
+            return None
+        if rank == 0:
+            return 0
+        with self._cond:
+            self._rank[key] = rank
+            self._gone[key] = time.monotonic() + rank * GC_STEP
+        return None
+
     def _collect(self, key: str) -> None:
         subnet = _subnet_of(key, self.base)
+        if subnet is None:
+            return
+        rank = self._turn(key)
+        if rank is None:
+            return
+        marker = collected_key(self.store.prefix, key[len(self.base):])
         try:
-            if subnet is not None and not self._held(subnet) and self.store.get(key) is None:
-                delete_pods_in_subnet(self.store, subnet)
+            if self._held(subnet) or self.store.get(key) is not None:
+                return
+            if rank and self.store.get(marker) is not None:
+                log.debug("pod registry: the pods of gone lease %s were taken", subnet)
+                return
+            delete_pods_in_subnet(self.store, subnet)
         except OverlayError as e:
             log.warning("pod registry: removing the pods of gone lease %s failed: %s; "
                         "retrying in %.0fs", subnet, e, GC_RETRY)
             with self._cond:
+                self._rank[key] = 0  # its turn came: the retry is this node's
                 self._mark_gone({key}, GC_RETRY - LEASE_GONE_GRACE)
+            return
+        try:
+            self.store.put(marker, b"{}", lease=self.store.grant(COLLECTED_TTL))
+        except OverlayError as e:  # the next ranks list the pods again: no harm
+            log.debug("pod registry: marking gone lease %s collected failed: %s", subnet, e)
 
 
 def pod_threads(store: ObjectStore, node: str, data_dir: str,

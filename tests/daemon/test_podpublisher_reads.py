@@ -243,3 +243,87 @@ def test_the_pod_threads_open_no_watch_of_their_own(store, tmp_path, monkeypatch
     for t in threads:
         t.join(5)
     assert opened == [] and store.listed.count(PODS) >= 1
+
+
+# ---- which node takes a gone lease's pods --------------------------------------------------
+
+def key(i):
+    return f"{PREFIX}/subnets/10.244.{i}.0-24"
+
+
+def test_every_node_agrees_on_one_order_for_each_gone_lease():
+    nodes = [key(i) for i in range(10, 60)]
+    for gone in (key(2), key(3), key(4)):
+        ranks = sorted(pp.gc_rank(gone, me, nodes) for me in nodes)
+        assert ranks == list(range(len(nodes)))  # one first, one second, ...
+    firsts = {min(nodes, key=lambda me: pp.gc_rank(g, me, nodes)) for g in map(key, range(100))}
+    assert len(firsts) > 20  # the work spreads over the nodes
+
+
+def ranked(gone, rank, candidates):
+    return next(me for me in candidates if pp.gc_rank(gone, me, candidates) == rank)
+
+
+def node_gc(monkeypatch, rank):
+    """A GC on a store holding leases 2, 3, 4 and their pods plus nodes 10..19, this node
+    being the one of ``rank`` for lease 2."""
+    monkeypatch.setattr(pp, "LEASE_GONE_GRACE", 0.05)
+    monkeypatch.setattr(pp, "GC_STEP", 0.2)
+    store = FakeObjectStore()
+    leases_and_pods(store, 2, 3, 4)
+    others = [key(i) for i in (3, 4, *range(10, 20))]
+    me = ranked(key(2), rank, others)
+    gc = pp.LeaseGoneGC(store, lambda: me)  # type: ignore[arg-type]
+    gc.note_snapshot([lease(i) for i in (2, 3, 4, *range(10, 20)) if key(i) != me])
+    return gc, store
+
+
+def run_for(gc, seconds, before=lambda: None, until=None):
+    """Run the GC for ``seconds`` (or until ``until()`` holds, within 5 s); lease 2 goes
+    once its start sweep is done."""
+    store = gc.store
+    stop = threading.Event()
+    t = threading.Thread(target=gc.run, args=(stop,), daemon=True)
+    t.start()
+    wait_until(lambda: store.listed.count(f"{PREFIX}/subnets/") == 1)
+    before()
+    del store.kvs[key(2)]
+    gc.note_batch(LeaseBatch(removed=(lease(2),)))
+    if until is None:
+        time.sleep(seconds)
+    else:
+        wait_until(until)
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_the_first_node_takes_the_pods_and_marks_the_lease_collected(monkeypatch):
+    gc, store = node_gc(monkeypatch, 0)
+    run_for(gc, 0, until=lambda: f"{PREFIX}/collected/10.244.2.0-24" in store.kvs)
+    assert record(store, "ns", "pod2") is None and record(store, "ns", "pod3")
+    assert f"{PREFIX}/collected/10.244.2.0-24" in store.kvs
+    assert store.listed.count(PODS) == 2  # the start sweep's and the collection's
+
+
+def test_a_later_node_does_nothing_once_the_lease_is_marked_collected(monkeypatch):
+    gc, store = node_gc(monkeypatch, 1)
+    run_for(gc, 0.5, lambda: store.put(f"{PREFIX}/collected/10.244.2.0-24", b"{}"))
+    assert record(store, "ns", "pod2") is not None  # (left as it was: the marker said so)
+    assert store.listed.count(PODS) == 1  # the start sweep's only
+
+
+def test_a_later_node_takes_its_turn_when_the_first_did_not(monkeypatch):
+    gc, store = node_gc(monkeypatch, 1)
+    run_for(gc, 0.12)  # before its turn (grace + one step)
+    assert record(store, "ns", "pod2") is not None
+    gc2, store2 = node_gc(monkeypatch, 1)
+    run_for(gc2, 0, until=lambda: record(store2, "ns", "pod2") is None)
+    assert record(store2, "ns", "pod2") is None
+
+
+def test_nodes_past_the_ranks_never_list_for_a_gone_lease(monkeypatch):
+    gc, store = node_gc(monkeypatch, pp.GC_RANKS)
+    run_for(gc, 0.3 + pp.GC_RANKS * 0.2)
+    assert record(store, "ns", "pod2") is not None
+    assert store.listed.count(PODS) == 1

@@ -2,6 +2,7 @@
 writes IPAM records and pod metadata, the publisher (as overlayd runs it) reconciles them
 into a real etcd, and overlayctl reads them back."""
 
+import functools
 import json
 import os
 import threading
@@ -272,6 +273,63 @@ def test_the_pods_of_a_lease_that_is_gone_leave_the_registry(store, registry, no
     assert registry.delete_lease(net(2), lease2.mod_revision)
     wait_for(lambda: record(store, "shop", "theirs") is None, what="node2's pod removal")
     assert record(store, "shop", "mine") is not None
+
+
+class _CountingStore(ObjectStore):
+    """The real store, counting its listings of pods/ (a GC's costly read)."""
+
+    def __init__(self, registry):
+        super().__init__(registry)
+        self.pod_listings = 0
+
+    def list(self, base):
+        self.pod_listings += base == f"{self.prefix.rstrip('/')}/pods/"
+        return super().list(base)
+
+
+def test_one_node_lists_the_pods_of_a_gone_lease_and_the_next_reads_its_marker(
+        registry, monkeypatch):
+    """Two nodes' GCs over one etcd: the earlier ranked for lease 2 deletes its pod and
+    marks it collected (on a short etcd lease); the later one, at its turn, reads the
+    marker and lists nothing."""
+    from overlay.cluster.keys import collected_key
+    from overlay.cluster.pods import PodRecord
+    from overlay.lease import LeaseBatch, lease_key
+    monkeypatch.setattr(podpublisher, "LEASE_GONE_GRACE", 0.2)
+    monkeypatch.setattr(podpublisher, "GC_STEP", 0.5)
+    leases = [registry.get_lease(net(1)),
+              *(registry.create_lease(net(i), attrs(10 + i), ttl=3600) for i in (2, 3, 4))]
+    base = registry.subnets_prefix
+    keys = [base + lease_key(lease) for lease in leases]
+    gone, candidates = keys[1], [keys[0], *keys[2:]]
+    mine = sorted(keys[2:], key=lambda me: podpublisher.gc_rank(gone, me, candidates))
+    pod = PodRecord("shop", "theirs", (IPv4Address("10.244.2.7"),), "node2", "c9", "eth0")
+    stores = {me: _CountingStore(registry) for me in mine}
+    stores[mine[0]].put(pod.key(registry.prefix), encode_pod(pod))
+    gcs = {me: podpublisher.LeaseGoneGC(stores[me], functools.partial(str, me)) for me in mine}
+    stop = threading.Event()
+    threads = [threading.Thread(target=gc.run, args=(stop,), daemon=True) for gc in gcs.values()]
+    for me, gc in gcs.items():
+        gc.note_snapshot([lease for lease, k in zip(leases, keys, strict=True) if k != me])
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: all(s.pod_listings == 1 for s in stores.values()),
+                 what="the start sweeps")
+        assert registry.delete_lease(net(2), leases[1].mod_revision)
+        for gc in gcs.values():
+            gc.note_batch(LeaseBatch(removed=(leases[1],)))
+        store = stores[mine[0]]
+        marker = wait_for(lambda: store.get(collected_key(registry.prefix, "10.244.2.0-24")),
+                          what="the collected marker")
+        assert marker.lease  # it goes by itself
+        assert store.get(pod.key(registry.prefix)) is None
+        time.sleep(0.5 + 2 * 0.5)  # the later node's turn came and went
+        assert [stores[me].pod_listings for me in mine] == [2, 1]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
 
 
 def test_a_bad_record_is_rejected_alone_in_the_listing(etcd_server, store, node, overlayd):
