@@ -6,7 +6,10 @@ Two supervised threads (``Daemon._cluster_threads``):
   refreshed by keepalive every period (no writes), so a node that dies uncleanly is
   NotReady within two periods.  The record ``<prefix>/nodes/<node>`` is rewritten only
   when its content changes (readiness, reason, mesh summary, public IP, MAC, version):
-  at 1000 nodes the steady cost is keepalives, not writes (Kubernetes' node Lease).  Every
+  at 1000 nodes the steady cost is keepalives, not writes (Kubernetes' node Lease).  A
+  change of the mesh's peer counts alone waits up to ``COUNTS_WAIT_PER_PEER`` s per peer
+  (at most a minute) after the last write, so a node joining a large cluster is not one
+  write by every node at once.  Every
   ``RECORD_REFRESH`` seconds the record is read back (a read, not a raft write) and written
   again only if it is no longer what this node wrote (deleted or overwritten by hand).  On
   a clean stop the record says NotReady ("overlayd stopped") and the lease is revoked.
@@ -51,6 +54,10 @@ log = logging.getLogger(__name__)
 
 PROBE_COUNT, PROBE_TIMEOUT = 2, 1.0  # echoes per peer per round; seconds to wait for them
 RECORD_REFRESH = 300.0  # seconds between read-backs of our record (1000 nodes: 3.3 reads/s)
+# A change of the mesh's peer counts alone (a node joined or left; no peer newly broken or
+# mended) waits this long per peer after the record's last write, at most COUNTS_WAIT_MAX:
+# every node sees a join, so without it one join is N record writes at once.
+COUNTS_WAIT_PER_PEER, COUNTS_WAIT_MAX = 0.05, 60.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ class NodeAgent:
         self.mesh: MeshSummary | None = None
         self.lease_id = 0
         self._written: NodeRecord | None = None
+        self._written_at = 0.0  # self.clock() of that write
         self._lock = threading.Lock()  # one record write at a time (both threads write)
         self._changed = threading.Event()  # the mesh summary changed: write soon
 
@@ -208,10 +216,25 @@ class NodeAgent:
             if record is None:
                 return False
             record = replace(record, mesh=self.mesh)
-            if record == self._written and not self._lost(record):
-                return False
+            if record == self._written:
+                if not self._lost(record):
+                    return False
+            elif self._counts_may_wait(record):
+                return False  # a later beat writes it
             self._write(record)
             return True
+
+    def _counts_may_wait(self, record: NodeRecord) -> bool:
+        """Only the mesh's peer counts changed since the last write, and that write is
+        younger than the wait for this many peers (20 peers: 1 s; 1000 or more: 60 s)."""
+        old = self._written
+        if old is None or old.mesh is None or record.mesh is None:
+            return False
+        if replace(old, mesh=None) != replace(record, mesh=None) or \
+                old.mesh.broken != record.mesh.broken:
+            return False
+        wait = min(COUNTS_WAIT_MAX, COUNTS_WAIT_PER_PEER * record.mesh.peers_total)
+        return self.clock() < self._written_at + wait
 
     def _lost(self, record: NodeRecord) -> bool:
         """Every ``refresh`` seconds: is our record in etcd no longer what we wrote?"""
@@ -236,7 +259,7 @@ class NodeAgent:
             return
         self.metrics.record_writes.inc()
         before = self._written
-        self._written = record
+        self._written, self._written_at = record, self.clock()
         self._check_at = self.clock() + self.refresh
         if before is None or before.ready != record.ready or before.reason != record.reason:
             log.info("node %s: record written: %s%s", self.name,

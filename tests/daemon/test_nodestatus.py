@@ -136,3 +136,41 @@ def test_the_record_is_read_back_slowly_and_repaired_only_when_lost():
     store.put("/overlay/network/nodes/node1", b'{"overwritten": true}')  # changed by hand
     beat(agent, clock, 60)
     assert store.kvs["/overlay/network/nodes/node1"].value == MINE.encode()
+
+
+def mesh(total, reachable=None, broken=()):
+    from overlay.cluster.mesh import MeshSummary
+    return MeshSummary(total, total if reachable is None else reachable, broken,
+                       datetime(2026, 12, 3, tzinfo=UTC))
+
+
+def test_a_join_seen_by_a_large_mesh_is_written_late_a_broken_peer_at_once():
+    """1000 peers: a change of the counts alone waits 50 s after the last write (every
+    node sees a join: N writes at once otherwise); a newly broken peer does not wait."""
+    from overlay.cluster.mesh import BrokenPeer
+    agent, store, clock, _ = make_agent(MINE)
+    agent.mesh = mesh(1000)
+    beat(agent, clock)
+    writes = store.writes()
+    agent.mesh = mesh(1001)  # a node joined
+    beat(agent, clock, 9)  # 45 s
+    assert store.writes() == writes
+    beat(agent, clock, 2)  # 55 s: past the 50 s
+    assert store.writes() == writes + 1
+    assert json.loads(store.kvs["/overlay/network/nodes/node1"].value)["mesh"][
+        "peers_total"] == 1001
+    broken = (BrokenPeer(IPv4Network("10.244.9.0/24"), IPv4Address("192.168.1.19"),
+                         "no-answer", datetime(2026, 12, 3, tzinfo=UTC)),)
+    agent.mesh = mesh(1001, 1000, broken)
+    beat(agent, clock)
+    assert store.writes() == writes + 2
+
+
+def test_a_small_mesh_writes_a_join_at_the_next_beat():
+    agent, store, clock, _ = make_agent(MINE)
+    agent.mesh = mesh(2)
+    beat(agent, clock)
+    writes = store.writes()
+    agent.mesh = mesh(3)
+    beat(agent, clock)
+    assert store.writes() == writes + 1
