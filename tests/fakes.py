@@ -266,6 +266,11 @@ class FakeObjectStore:
         self.calls["get"] += 1
         return self.kvs.get(key)
 
+    def get_many(self, keys):  # -> list[KV]
+        self.calls["get_many"] += 1
+        self.calls["keys_read"] += len(keys)
+        return [self.kvs[k] for k in keys if k in self.kvs]
+
     def list(self, base: str):  # -> tuple[list[KV], int]
         self.calls["list"] += 1
         self.listed.append(base)

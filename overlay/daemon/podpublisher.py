@@ -379,9 +379,9 @@ class PodPublisher:
 
     def _read_keys(self, local: Iterable[LocalPod]) -> list[KV]:
         """The records under the names of ``local`` and of the ones this node held at
-        the last pass, one key each: O(this node's pods) for etcd."""
+        the last pass, read by key in one txn per 64: O(this node's pods) for etcd."""
         keys = self._known | {self._key(p.identity.namespace, p.identity.name) for p in local}
-        return [kv for kv in map(self.store.get, sorted(keys)) if kv is not None]
+        return self.store.get_many(sorted(keys))
 
     def _mine(self, record: PodRecord, subnet: IPNetwork,
               ipv6: IPv6Network | None = None) -> bool:

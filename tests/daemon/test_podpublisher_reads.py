@@ -51,12 +51,13 @@ def test_after_the_first_listing_a_pass_reads_only_this_nodes_keys(store, tmp_pa
     pub = publisher(store, tmp_path)
     assert pub.reconcile().created == 2
     assert store.listed == [PODS]
-    gets = store.calls["get"]
+    txns, keys = store.calls["get_many"], store.calls["keys_read"]
     for _ in range(5):
         out = pub.reconcile()
         assert out is not None and (out.created, out.replaced, out.deleted) == (0, 0, 0)
     assert store.listed == [PODS]  # never the whole prefix again
-    assert store.calls["get"] - gets == 5 * 2  # one key per pod of this node
+    assert store.calls["keys_read"] - keys == 5 * 2  # one key per pod of this node
+    assert store.calls["get_many"] - txns == 5  # in one request per pass
     assert store.writes() == 2 + 1000
 
 
@@ -129,11 +130,11 @@ def test_the_run_loop_lists_once_however_many_resyncs(store, tmp_path, monkeypat
     t = threading.Thread(target=pub.run, args=(stop,), daemon=True)
     t.start()
     deadline = time.monotonic() + 10
-    while store.calls["get"] < 20 and time.monotonic() < deadline:
+    while store.calls["get_many"] < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
     t.join(5)
-    assert store.calls["get"] >= 20 and store.listed == [PODS]
+    assert store.calls["get_many"] >= 20 and store.listed == [PODS]
     assert record(store, "shop", "a") is not None
 
 

@@ -32,6 +32,19 @@ def test_list_is_the_prefix_only(store):
     assert sorted(k.value for k in kvs) == [b"a", b"b"] and rev > 0
 
 
+def test_get_many_reads_the_present_keys_in_order_over_several_txns(store, monkeypatch):
+    from overlay.cluster import store as store_module
+    monkeypatch.setattr(store_module, "GET_MANY", 3)  # 7 keys: three txns
+    keys = [f"{store.prefix}/pods/ns/p{i}" for i in range(7)]
+    for i, key in enumerate(keys):
+        if i != 4:
+            store.put(key, f"v{i}".encode())
+    got = store.get_many(list(reversed(keys)))
+    assert [kv.key for kv in got] == [k for k in reversed(keys) if not k.endswith("p4")]
+    assert [kv.value for kv in got][:2] == [b"v6", b"v5"] and all(kv.mod_revision for kv in got)
+    assert store.get_many([]) == []
+
+
 def test_lease_expiry_removes_the_key(store):
     lease = store.grant(1)
     key = f"{store.prefix}/heartbeats/n1"
