@@ -16,19 +16,20 @@ One etcd (loopback, data on disk under /var/tmp, prefix ``ovload-``) per run and
 - its subnet lease, renewed ``--renew-margin`` s before its ``--lease-ttl`` expires
   (Flannel's defaults, 86400/3600: one renewal per node per 23 h), from the parent;
 - with ``--pods-per-node P``, P pod records per node, and the pod publisher's reads: every
-  ``RESYNC`` s one Range per key of this node's P pods, and every ``FULL_RESYNC`` s (in
-  all, spread over the nodes) one listing of every pod record.
+  ``RESYNC`` s the keys of this node's P pods in one read-only Txn (per 64 keys), and every
+  ``FULL_RESYNC`` s (in all, spread over the nodes) one listing of every pod record.
 
 ``--model main`` is overlayd before the pod registry's change: a sixth stream per node (the
 pod-lease GC's own watch of ``subnets/``) and, with pods, a listing of every pod record by
 every node every ``RESYNC`` s.  ``--model progress-all`` is main with all six streams asking
-for progress every ``min(5, limit/4)`` s, answered or not (overlayd before the watch-progress
-change); ``--heartbeat-put`` adds a put of the record per heartbeat (what this benchmark
-simulated first).  A probe
-puts a lease key every ``--probe-interval`` s; its fan-out latency is the time from just
-before the put to each lease watch's receipt (p99 target < 500 ms), and to the first one
-(etcd's own part).  The probe's events do not put a progress request off (a real cluster's
-lease watches are quiet: renewals are about one event per node per 80 s at 1000 nodes).
+for progress every ``min(5, limit/4)`` s, answered or not (overlayd before the
+watch-progress change); ``--model key-reads`` is branch reading each pod key with a Range of
+its own (overlayd before ``ObjectStore.get_many``); ``--heartbeat-put`` adds a put of the
+record per heartbeat (what this benchmark simulated first).  A probe puts a lease key every
+``--probe-interval`` s; its fan-out latency is the time from just before the put to each
+lease watch's receipt (p99 target < 500 ms), and to the first one (etcd's own part).  The
+probe's events do not put a progress request off (a real cluster's lease watches are quiet:
+renewals are about one event per node per 80 s at 1000 nodes).
 
 The simulator is asyncio on grpc.aio, ``--procs`` processes: a receipt costs one Python
 callback, not a thread switch, so it leaves the two cores to etcd.  It reports its own
@@ -79,6 +80,7 @@ from overlay.cluster.keys import (  # noqa: E402
     policies_prefix,
 )
 from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, encode_pod  # noqa: E402
+from overlay.cluster.store import GET_MANY  # noqa: E402
 from overlay.daemon.flags import DEFAULT_HEARTBEAT_PERIOD  # noqa: E402
 from overlay.daemon.nodestatus import RECORD_REFRESH  # noqa: E402
 from overlay.daemon.podpublisher import FULL_RESYNC, RESYNC  # noqa: E402
@@ -101,7 +103,9 @@ MODELS = {"branch": "overlayd now (the default): five streams, a node reads its 
                     "keys, all pods listed every FULL_RESYNC s",
           "main": "overlayd before: a sixth stream (the pod-lease GC's subnets watch), "
                   "every node lists every pod every RESYNC s",
-          "progress-all": "main, with all six streams asking for progress every 5 s"}
+          "progress-all": "main, with all six streams asking for progress every 5 s",
+          "key-reads": "branch, with a node's own pod keys read one Range each (overlayd "
+                       "before ObjectStore.get_many: one read-only Txn per 64 keys)"}
 _SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|\+Inf)$')
 
 
@@ -216,7 +220,7 @@ class Sim:
         self.loop_lag: list[float] = []
         self.measuring = self.stopping = False
         self.failures: list[str] = []
-        self.gc_watch = share.model != "branch"
+        self.gc_watch = share.model not in ("branch", "key-reads")
         if share.model != "progress-all":
             self.progress_every, self.progress_on = progress_interval(share.lag_limit), 1
         else:
@@ -314,10 +318,18 @@ class Sim:
         self.counts["record_reads"] += 1
 
     async def read_own_pods(self, node: Node) -> None:
-        """The pod publisher's resync now: one Range per key of this node's pods."""
+        """The pod publisher's resync: the keys of this node's pods, in one read-only Txn
+        per 64 (``ObjectStore.get_many``), or one Range each (``key-reads``)."""
         kv, i = etcdrpc.KVStub(node.channel), int(node.name.rsplit("-", 1)[1])
-        for j in range(self.s.pods):
-            await kv.Range(etcdrpc.RangeRequest(key=pod_name(i, j).key(PREFIX).encode()))
+        keys = [pod_name(i, j).key(PREFIX).encode() for j in range(self.s.pods)]
+        if self.s.model == "key-reads":
+            for key in keys:
+                await kv.Range(etcdrpc.RangeRequest(key=key))
+        else:
+            for k in range(0, len(keys), GET_MANY):
+                await kv.Txn(etcdrpc.TxnRequest(success=[
+                    etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
+                    for key in keys[k:k + GET_MANY]]))
         self.counts["pod_key_reads"] += self.s.pods
 
     async def list_pods(self, node: Node) -> None:
@@ -332,7 +344,7 @@ class Sim:
     def pod_reads(self, nodes: list[Node]) -> list[Any]:
         if not self.s.pods:
             return []
-        if self.s.model != "branch":
+        if self.s.model not in ("branch", "key-reads"):
             return [self.spread(nodes, RESYNC, self.list_pods)]
         return [self.spread(nodes, RESYNC, self.read_own_pods),
                 self.spread(nodes, FULL_RESYNC, self.list_pods)]
