@@ -378,7 +378,12 @@ class PolicyAgent:
                 continue
             for _ in range(CUT_PASSES):
                 self._cut_wanted.clear()
-                if self.stop.is_set() or not self.cut_denied() or self.stop.wait(CUT_AGAIN):
+                try:
+                    cut = self.cut_denied()
+                except OverlayError as e:  # the next load asks again
+                    log.warning("cutting the connections the policies now deny: %s", e)
+                    break
+                if self.stop.is_set() or not cut or self.stop.wait(CUT_AGAIN):
                     break
 
     def cut_denied(self) -> int:
