@@ -22,16 +22,17 @@ nothing at all). A record of another node under the same name is left alone (log
 What a pass reads costs etcd this node's pods, not the cluster's: the first pass lists
 every record under ``pods/`` (which ones are this node's is only known from a listing),
 later ones read only the keys of the pods attached here and of the records this node
-holds, one key each; a full listing comes back every ``FULL_RESYNC`` seconds (jittered
-per node), for a record of this node that only a listing shows. Every node listing every
-pod every ``RESYNC`` s was N nodes x all pods / 30 s: 333 000 records/s for etcd at 1000
-nodes of 10 pods (the README's "One etcd for the cluster").
+holds, in one read-only txn per 64 keys; a full listing comes back every ``FULL_RESYNC``
+seconds (jittered per node), for a record of this node that only a listing shows. Every
+node listing every pod every ``RESYNC`` s was N nodes x all pods / 30 s: 333 000 records/s
+for etcd at 1000 nodes of 10 pods (the README's "One etcd for the cluster").
 
 The pod-lease GC is fed by the daemon's lease watch (``LeaseGoneGC.note_batch`` /
 ``note_snapshot``, no watch of its own): when a remote lease disappears (expired or
 released) and its key is still absent ``LEASE_GONE_GRACE`` s later, the pods in its subnet
-leave the registry (any node may do it; CAS, idempotent). At start it also removes pods
-whose IPs lie in no lease at all.
+leave the registry: one node does it, the first by rendezvous rank, and the next two in
+turn only if it left no ``collected/`` marker (CAS deletes, idempotent). At start it also
+removes pods whose IPs lie in no lease at all.
 """
 
 from __future__ import annotations
