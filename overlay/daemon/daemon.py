@@ -46,15 +46,7 @@ from overlay.errors import (
     RegistryError,
     SubnetEnvError,
 )
-from overlay.lease import (
-    IPNetwork,
-    Lease,
-    LeaseAttrs,
-    LeaseBatch,
-    Rejection,
-    lease_key,
-    printable_key,
-)
+from overlay.lease import IPNetwork, Lease, LeaseAttrs, LeaseBatch, Rejection, printable_key
 from overlay.masq.nft import Masquerade
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnet.manager import SubnetManager
@@ -393,16 +385,9 @@ class Daemon:
             from overlay.daemon.policyagent import make_policy_agent
             self.policy_agent = make_policy_agent(self)
             from overlay.daemon.podpublisher import LeaseGoneGC
-            self.pod_gc = LeaseGoneGC(store, self._own_lease_key)
+            self.pod_gc = LeaseGoneGC(
+                store, lambda: self.manager.current if self.manager else None)
         return True
-
-    def _own_lease_key(self) -> str | None:
-        """This node's lease key as the lease watch writes the others' (the pod GC ranks
-        itself by it), None before it holds one."""
-        manager = self.manager
-        if manager is None or manager.current is None or self.store is None:
-            return None
-        return self.store.registry.subnets_prefix + lease_key(manager.current)
 
     def _cluster_threads(self) -> list[tuple[str, Callable[[], None]]]:
         """The threads that keep this node's cluster objects (named, each supervised by

@@ -493,13 +493,14 @@ class LeaseGoneGC:
     stops there. One listing per gone lease instead of one per node (1000 nodes: 1000
     listings of all pods), and a collector that died on the way is covered by the next. The
     first rank never trusts the marker (any node can write it), so a false one can only
-    take the backups' turns away; without its own lease (``own_key`` None) a node counts
+    take the backups' turns away; without its own lease (``own_lease`` None) a node counts
     as first."""
 
-    def __init__(self, store: ObjectStore, own_key: Callable[[], str | None] = lambda: None):
+    def __init__(self, store: ObjectStore,
+                 own_lease: Callable[[], Lease | None] = lambda: None):
         self.store = store
         self.base = store.registry.subnets_prefix
-        self.own_key = own_key
+        self.own_lease = own_lease
         self._cond = threading.Condition()
         self._known: set[str] | None = None  # remote lease keys, from the last snapshot on
         self._gone: dict[str, float] = {}  # key -> monotonic time it is due
@@ -567,8 +568,8 @@ class LeaseGoneGC:
             rank = self._rank.pop(key, None)
             if rank is not None:
                 return rank
-            me, others = self.own_key(), list(self._known or ())
-        rank = 0 if me is None else gc_rank(key, me, others)
+            own, others = self.own_lease(), list(self._known or ())
+        rank = 0 if own is None else gc_rank(key, self.base + lease_key(own), others)
         if rank >= GC_RANKS:
             log.debug("pod registry: %d nodes before this one take gone lease %s", rank, key)
             return None

@@ -212,8 +212,7 @@ class PolicyAgent:
         self.first_load = threading.Event()  # a complete table was loaded
         self.selecting = False  # a policy selects a local pod
         self.bridge_problem: str | None = None
-        self._cut_wanted = threading.Event()  # a table was loaded: what it denies may be
-        # tracked still
+        self._cut_wanted = threading.Event()  # a table loaded: its denied flows may live
         self._conntrack_problem: str | None = None
         rejected = Counter("overlay_policy_objects_rejected", "Keys under policies/, "
                            "namespaces/ or pods/ rejected by their kind's rule (once per "

@@ -272,10 +272,11 @@ def node_gc(monkeypatch, rank):
     monkeypatch.setattr(pp, "GC_STEP", 0.2)
     store = FakeObjectStore()
     leases_and_pods(store, 2, 3, 4)
-    others = [key(i) for i in (3, 4, *range(10, 20))]
-    me = ranked(key(2), rank, others)
-    gc = pp.LeaseGoneGC(store, lambda: me)  # type: ignore[arg-type]
-    gc.note_snapshot([lease(i) for i in (2, 3, 4, *range(10, 20)) if key(i) != me])
+    nodes = (3, 4, *range(10, 20))
+    me = ranked(key(2), rank, [key(i) for i in nodes])
+    (mine,) = [i for i in nodes if key(i) == me]
+    gc = pp.LeaseGoneGC(store, lambda: lease(mine))  # type: ignore[arg-type]
+    gc.note_snapshot([lease(i) for i in (2, *nodes) if i != mine])
     return gc, store
 
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from overlay.cli import cli
-from overlay.cluster.keys import pod_key
+from overlay.cluster.keys import pod_key, pods_prefix
 from overlay.cluster.pods import decode_pod, encode_pod
 from overlay.cluster.store import ObjectStore
 from overlay.config import parse_network_config
@@ -283,7 +283,7 @@ class _CountingStore(ObjectStore):
         self.pod_listings = 0
 
     def list(self, base):
-        self.pod_listings += base == f"{self.prefix.rstrip('/')}/pods/"
+        self.pod_listings += base == pods_prefix(self.prefix)
         return super().list(base)
 
 
@@ -306,7 +306,9 @@ def test_one_node_lists_the_pods_of_a_gone_lease_and_the_next_reads_its_marker(
     pod = PodRecord("shop", "theirs", (IPv4Address("10.244.2.7"),), "node2", "c9", "eth0")
     stores = {me: _CountingStore(registry) for me in mine}
     stores[mine[0]].put(pod.key(registry.prefix), encode_pod(pod))
-    gcs = {me: podpublisher.LeaseGoneGC(stores[me], functools.partial(str, me)) for me in mine}
+    own = dict(zip(keys, leases, strict=True))
+    gcs = {me: podpublisher.LeaseGoneGC(stores[me], functools.partial(own.get, me))
+           for me in mine}
     stop = threading.Event()
     threads = [threading.Thread(target=gc.run, args=(stop,), daemon=True) for gc in gcs.values()]
     for me, gc in gcs.items():
