@@ -7,7 +7,9 @@ schedule and its budget, the per-block ratio, the bootstrap interval, the state 
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,11 +109,47 @@ def test_blocks_follow_the_cycle_and_stop_within_the_budget(
 def test_measure_arm_inverts_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     pod, node = bd.Path_("pod", "a", "b", "1"), bd.Path_("node", "c", "d", "2")
     values = {"pod": 4.0, "node": 2.0}
-    monkeypatch.setattr(bd, "METRICS", (
-        bd.Metric("rate", "x", True, lambda p, a: values[p.label]),
-        bd.Metric("latency", "us", False, lambda p, a: values[p.label])))
-    got = bd.measure_arm(bd.Arm("a", node, pod), None, flip=False)
+    monkeypatch.setattr(bd, "METRIC_KEYS", {
+        "bulk": bd.Metric("rate", "x", True, lambda p, a: values[p.label]),
+        "rr": bd.Metric("latency", "us", False, lambda p, a: values[p.label])})
+    args = argparse.Namespace(warmup=0, metrics=["bulk", "rr"])
+    got = bd.measure_arm(bd.Arm("a", node, pod), args, flip=False)
     assert got["rate"]["rel"] == 2.0 and got["latency"]["rel"] == 0.5
+
+
+def test_a_warmup_run_goes_first_and_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    pod, node = bd.Path_("pod", "a", "b", "1"), bd.Path_("node", "c", "d", "2")
+    runs: list[tuple[str, int]] = []
+
+    def fake_bulk(path: Any, seconds: int, streams: int = 1) -> float:
+        runs.append((path.label, seconds))
+        return 1.0 if runs[1:] else 100.0  # the first (the warm-up) reads far off
+    monkeypatch.setattr(bd, "bulk_gbps", fake_bulk)
+    args = argparse.Namespace(warmup=1, metrics=["bulk"], seconds=2, streams=4)
+    got = bd.measure_arm(bd.Arm("a", node, pod), args, flip=False)
+    assert runs == [("pod", 1), ("pod", 2), ("node", 2)]
+    assert set(got) == {"bulk TCP"} and got["bulk TCP"]["rel"] == 1.0
+
+
+def _blocks(ratios: list[float]) -> list[dict[str, Any]]:
+    return [{"kind": "ABBA", "slots": [slot("ours", "x", r), slot("anchor", "y", 1.0),
+                                       slot("anchor", "y", 1.0), slot("ours", "x", r)]}
+            for r in ratios]
+
+
+def test_the_policy_verdict_needs_the_interval_low_end_too(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(metrics=["bulk", "parallel"], policies=100, save=None, json=True,
+                              tweak=[], anchor_udpcsum="", seconds=2, short=1, streams=4,
+                              warmup=1)
+    wide = [0.90, 0.93, 0.96, 0.96, 0.97, 0.99, 1.0]  # median 0.96, low end under 0.95
+    bd.report(_blocks(wide), args, 1.0)
+    out = json.loads(capsys.readouterr().out)
+    assert out["tested"]["bulk TCP"]["median"] == pytest.approx(0.96)
+    assert out["met"] is False and out["target"] == {"median": 0.95, "low": 0.95}
+    assert out["metrics"] == ["bulk TCP", "parallel TCP"]
+    bd.report(_blocks([0.96, 0.97, 0.96, 0.98, 0.97, 0.96, 0.97]), args, 1.0)
+    assert json.loads(capsys.readouterr().out)["met"] is True
 
 
 def test_diff_states_names_only_what_differs() -> None:
