@@ -71,7 +71,6 @@ class RuntimeInfo:
     public_ip: IPv4Address | None = None
     bridge: str | None = None
     policy_log_denied: bool = False  # compile_table(..., log_denied=) as overlayd does
-    policy_untrack_port: int | None = None  # compile_table(..., untrack_port=) likewise
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,7 +83,6 @@ class RuntimeInfo:
             "public_ip": None if self.public_ip is None else str(self.public_ip),
             "bridge": self.bridge, "cni_conf_dir": self.cni_conf_dir,
             "cni_bin_dir": self.cni_bin_dir, "policy_log_denied": self.policy_log_denied,
-            "policy_untrack_port": self.policy_untrack_port,
         }
 
     def etcd_flags(self) -> dict[str, str | None]:
@@ -173,7 +171,6 @@ def _parse_obj(obj: Any) -> RuntimeInfo:
         public_ip=_opt(_ipv4, obj.get("public_ip"), "public_ip"),
         bridge=_opt(_ifname, obj.get("bridge"), "bridge"),
         policy_log_denied=_flag(obj.get("policy_log_denied", False), "policy_log_denied"),
-        policy_untrack_port=_opt(_port, obj.get("policy_untrack_port"), "policy_untrack_port"),
     )
 
 
@@ -231,12 +228,6 @@ def _ipv4(value: Any, name: str) -> IPv4Address:
         return IPv4Address(text)
     except ValueError:
         raise _Bad(f"{name} {text!r}: not an IPv4 address") from None
-
-
-def _port(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _Bad(f"{name} {value!r}: expected a UDP port 1-65535")
-    return value
 
 
 def _opt(parse: Callable[[Any, str], T], value: Any, name: str) -> T | None:

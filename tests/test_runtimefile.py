@@ -153,16 +153,3 @@ def test_policy_log_denied_round_trips_and_defaults_to_off():
     assert parse_runtime(json.dumps(older).encode()).policy_log_denied is False
     with pytest.raises(ConfigError, match="policy_log_denied 'yes': expected true or false"):
         parse_runtime(json.dumps({**good(), "policy_log_denied": "yes"}).encode())
-
-
-def test_policy_untrack_port_round_trips_and_defaults_to_none():
-    import dataclasses
-
-    info = dataclasses.replace(INFO, policy_untrack_port=8472)
-    assert parse_runtime(json.dumps(info.to_dict()).encode()).policy_untrack_port == 8472
-    older = good()
-    older.pop("policy_untrack_port", None)  # written by an overlayd before the setting
-    assert parse_runtime(json.dumps(older).encode()).policy_untrack_port is None
-    for bad in (0, 65536, "8472", True):
-        with pytest.raises(ConfigError, match="policy_untrack_port .*expected a UDP port"):
-            parse_runtime(json.dumps({**good(), "policy_untrack_port": bad}).encode())

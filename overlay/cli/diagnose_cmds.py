@@ -115,8 +115,7 @@ def diagnose(ctx: click.Context, cni_conf_dir: str, cni_bin_dir: str,
         public_ip=pick("public_ip", public_ip), healthz_addr=pick("healthz_addr", healthz_addr),
         probe=probe, probe_count=probe_count, probe_timeout=probe_timeout,
         node_name=getattr(rt, "node_name", None),
-        policy_log_denied=bool(getattr(rt, "policy_log_denied", False)),
-        policy_untrack_port=getattr(rt, "policy_untrack_port", None))
+        policy_log_denied=bool(getattr(rt, "policy_log_denied", False)))
     report = run(opts, obj.etcd_options())
     if obj.json:
         print_json(report.to_dict())

@@ -324,8 +324,7 @@ class Daemon:
         assert self.plane is not None, f"data plane {_UNSET}"
         ip = self.plane.attrs.public_ip  # the runtime file names an IPv4 one (diagnose's)
         publish_runtime(self.s, self.plane.device.spec.name,
-                        ip if isinstance(ip, IPv4Address) else None,
-                        self.policy_agent.untrack_port if self.policy_agent else None)
+                        ip if isinstance(ip, IPv4Address) else None)
         self._start_cni_server()  # before the watch can make /readyz say 200
         self._start_threads()
         while not self.stop.wait(3600):

@@ -89,11 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log packets NetworkPolicy drops to the kernel log (nft log, "
                         "prefix 'overlay-policy denied ingress|egress: ', at most 10/s "
                         "per direction after a burst of 20; default off)")
-    n.add_argument("--policy-track-vxlan", action="store_true",
-                   help="keep conntrack following the VXLAN packets (UDP to and from the "
-                        "network's port) while NetworkPolicy is enforced; by default the "
-                        "policy table exempts them, as policy never judges them (a host "
-                        "firewall accepting only 'ct state new' on that port needs this)")
     n.add_argument("--reconcile-interval", type=float, default=10.0,
                    help="seconds between periodic reconciles (default %(default)s)")
     n.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD,
@@ -189,7 +184,6 @@ class Settings:
     cni_conf_dir: str = DEFAULT_CONF_DIR
     cni_bin_dir: str = DEFAULT_BIN_DIR
     policy_log_denied: bool = False
-    policy_track_vxlan: bool = False
     public_ipv6: IPv6Address | None = None
 
 
@@ -263,8 +257,7 @@ def parse_settings(argv: Sequence[str] | None = None,
                     a.healthz_addr, a.cni_socket, a.verbose, a.watch_lag_limit,
                     node_name, a.runtime_file, a.heartbeat_period, a.probe_interval,
                     a.cni_data_dir, a.cni_conf_dir, a.cni_bin_dir, public_ipv6=public_ipv6,
-                    policy_log_denied=a.policy_log_denied,
-                    policy_track_vxlan=a.policy_track_vxlan)
+                    policy_log_denied=a.policy_log_denied)
 
 
 def _public_ipv6(text: str) -> IPv6Address:

@@ -52,9 +52,7 @@ from overlay.util.fsutil import atomic_write
 from overlay.util.proc import ProgramError, run
 
 if TYPE_CHECKING:
-    from overlay.config import NetworkConfig
     from overlay.daemon.daemon import Daemon
-    from overlay.daemon.flags import Settings
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +183,13 @@ class PolicyAgent:
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
                  bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
                  update: Callable[[nft.Admission], None] = nft.apply_admission,
-                 log_denied: bool = False, untrack_port: int | None = None,
+                 log_denied: bool = False,
                  own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None):
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
         self._own_ipv6_subnet = own_ipv6_subnet
         self._apply, self._bridge_problem = apply, bridge_problem
         self._update, self.log_denied = update, log_denied
-        self.untrack_port = untrack_port  # the VXLAN port conntrack skips (None: tracked)
         self._leases_listed = leases_listed  # pods are judged against the leases
         self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
         self._listed: set[str] = set()
@@ -361,8 +358,7 @@ class PolicyAgent:
             generation = self._generation  # a later change bumps it past this
         got = self.inputs()
         return generation, got, nft.compile_table(got.local, got.pods, got.namespaces,
-                                                  got.policies, log_denied=self.log_denied,
-                                                  untrack_port=self.untrack_port)
+                                                  got.policies, log_denied=self.log_denied)
 
     def _misses_admitted(self, got: Inputs) -> bool:
         with self._state_lock:
@@ -573,16 +569,7 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
     own6 = (lambda: d.manager.own_ipv6_subnet() if d.manager else None)  # noqa: E731
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
                        d.metrics.registry, d.stop, leases_listed=lambda: d.leases_programmed,
-                       log_denied=d.s.policy_log_denied, own_ipv6_subnet=own6,
-                       untrack_port=policy_untrack_port(d.s, d.config))
-
-
-def policy_untrack_port(s: Settings, config: NetworkConfig | None) -> int | None:
-    """The VXLAN port the table exempts from conntrack: the network's, unless
-    ``--policy-track-vxlan`` keeps those packets tracked (or there is no config yet)."""
-    if s.policy_track_vxlan or config is None:
-        return None
-    return config.backend.port
+                       log_denied=d.s.policy_log_denied, own_ipv6_subnet=own6)
 
 
 def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:

@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def runtime_info(s: Settings, vxlan_device: str | None = None,
-                 public_ip: IPv4Address | None = None,
-                 untrack_port: int | None = None) -> RuntimeInfo:
+                 public_ip: IPv4Address | None = None) -> RuntimeInfo:
     e = s.etcd
     return RuntimeInfo(
         version=package_version() or "unknown", pid=os.getpid(), node_name=s.node_name,
@@ -35,8 +34,7 @@ def runtime_info(s: Settings, vxlan_device: str | None = None,
         etcd_username=e.username, etcd_password_file=_abs(e.password_file),
         healthz_addr=s.healthz_addr or None, cni_socket=_abs(s.cni_socket or None),
         vxlan_device=vxlan_device or s.vxlan_device or None, public_ip=public_ip or s.public_ip,
-        bridge=cni_bridge(s.cni_conf_dir), policy_log_denied=s.policy_log_denied,
-        policy_untrack_port=untrack_port)
+        bridge=cni_bridge(s.cni_conf_dir), policy_log_denied=s.policy_log_denied)
 
 
 def cni_bridge(conf_dir: str) -> str | None:
@@ -52,11 +50,9 @@ def cni_bridge(conf_dir: str) -> str | None:
 
 
 def publish_runtime(s: Settings, vxlan_device: str | None = None,
-                    public_ip: IPv4Address | None = None,
-                    untrack_port: int | None = None) -> None:
+                    public_ip: IPv4Address | None = None) -> None:
     try:
-        write_runtime_file(s.runtime_file, runtime_info(s, vxlan_device, public_ip,
-                                                        untrack_port))
+        write_runtime_file(s.runtime_file, runtime_info(s, vxlan_device, public_ip))
     except OSError as e:
         log.warning("cannot write the runtime file %s: %s (overlayctl on this node then "
                     "needs flags)", s.runtime_file, e.strerror or e)

@@ -422,8 +422,7 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     # the node's lease subnet: IPv4, or IPv6 in an IPv6-only network (its pods are
     # local by it, as overlayd's agent finds them)
     report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
-                                            opts.policy_log_denied,
-                                            opts.policy_untrack_port))
+                                            opts.policy_log_denied))
     return report
 
 

@@ -377,15 +377,11 @@ def read_kernel_table() -> str | None:
                        FAILED, cp.returncode, cp.stderr)
 
 
-def compile_expected(inputs: Any, log_denied: bool,
-                     untrack_port: int | None = None) -> nft.CompiledTable:
-    """``compile_table`` as overlayd calls it (each keyword only where it exists)."""
+def compile_expected(inputs: Any, log_denied: bool) -> nft.CompiledTable:
+    """``compile_table`` as overlayd calls it (``log_denied`` only where it exists)."""
     kw: dict[str, Any] = {}
-    params = inspect.signature(nft.compile_table).parameters
-    if log_denied and "log_denied" in params:
+    if log_denied and "log_denied" in inspect.signature(nft.compile_table).parameters:
         kw["log_denied"] = True
-    if untrack_port is not None and "untrack_port" in params:
-        kw["untrack_port"] = untrack_port
     return nft.compile_table(inputs.local, inputs.pods, inputs.namespaces, inputs.policies,
                              **kw)
 
@@ -414,8 +410,7 @@ def node_of_subnet(records: Any, subnet: IPNetwork | None) -> str | None:
 
 
 def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
-                       node_name: str | None, log_denied: bool = False,
-                       untrack_port: int | None = None) -> CheckResult:
+                       node_name: str | None, log_denied: bool = False) -> CheckResult:
     """Gather etcd's policy state, compile this node's table, compare with the kernel's
     (twice, RECHECK apart, before failing)."""
     from overlay.diagnose.policy_state import gather_policy
@@ -435,7 +430,7 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
         if state.error:
             raise ProgramError(f"policy objects not read: {state.error}", ["etcd"], FAILED)
         inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet)
-        return compile_expected(inputs, log_denied, untrack_port).text
+        return compile_expected(inputs, log_denied).text
 
     try:
         return check_twice(expected, read_kernel_table)

@@ -58,7 +58,6 @@ class DiagnoseOptions:
     probe_timeout: float = 1.0
     node_name: str | None = None  # overlayd's --node-name (the runtime file's)
     policy_log_denied: bool = False  # overlayd compiles denied-packet log rules
-    policy_untrack_port: int | None = None  # and exempts that VXLAN port from conntrack
 
 
 @dataclass(frozen=True)

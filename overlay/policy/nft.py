@@ -539,16 +539,11 @@ _LINK_LOCAL_RULES = ("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } "
 
 
 def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Namespaces,
-                  policies: Sequence[NetworkPolicy], log_denied: bool = False,
-                  untrack_port: int | None = None) -> CompiledTable:
+                  policies: Sequence[NetworkPolicy], log_denied: bool = False) -> CompiledTable:
     """The whole table for a node whose pods are ``local``; ``pods`` is every pod of the
     cluster (peers are anywhere). With no policy selecting a local pod, the table is empty:
     nothing is filtered and the data plane pays nothing. ``log_denied``: each direction's
-    drop is preceded by a kernel log line, at most ``LOG_RATE`` after ``LOG_BURST``.
-    ``untrack_port``: the VXLAN UDP port whose packets to and from this node skip
-    conntrack (:func:`untrack_chains`); None tracks them like any other."""
-    if untrack_port is not None:
-        port_problem(untrack_port)
+    drop is preceded by a kernel log line, at most ``LOG_RATE`` after ``LOG_BURST``."""
     b = _Builder()
     cluster = Cluster(pods, namespaces)
     local_by_ns: dict[str, list[Pod]] = {}
@@ -582,9 +577,6 @@ def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Na
         lines += _chain(sc.name, sc.header, sc.rules)
     lines += _chain("forward", "type filter hook forward priority filter; policy accept;",
                     forward)
-    if untrack_port is not None:
-        for name, header, rules in untrack_chains(untrack_port):
-            lines += _chain(name, header, rules)
     for short in ("egress", "ingress"):
         logged = [_log_rule(short)] if log_denied else []
         lines += _chain(f"check_{short}", "", [*b.chains[f"check_{short}"], *b.denied[short],
@@ -595,29 +587,6 @@ def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Na
                        frozenset(b.unnamed), {sc.veth: sc.addresses for sc in sources},
                        dict(b.types))
     return CompiledTable("\n".join(lines) + "\n", dict(b.counters), index)
-
-
-def port_problem(port: object) -> None:
-    """A UDP port number, or ValueError: it becomes part of nft text."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"untrack_port {port!r}: expected a UDP port 1-65535")
-
-
-def untrack_chains(port: int) -> list[tuple[str, str, list[str]]]:
-    """The VXLAN packets' own conntrack exemption, as (name, header, rules) of two base
-    chains at the raw priority (before conntrack sees a packet).
-
-    Once a table holds a ``ct`` rule, conntrack follows every packet of the node's
-    namespace, the encapsulated ones too: a pod-to-pod packet would be looked up four
-    times (inner and outer, on both nodes) where two decide. Policy never judges the
-    outer packets (node to node), so they skip it: received ones addressed to this node
-    (``fib daddr type local``: a pod's own traffic to that port, forwarded, stays
-    tracked) and sent ones (only the node sends from its namespace; a pod's are
-    forwarded, never through output)."""
-    return [("untrack_vxlan_in", "type filter hook prerouting priority raw; policy accept;",
-             [f"udp dport {port} fib daddr type local notrack"]),
-            ("untrack_vxlan_out", "type filter hook output priority raw; policy accept;",
-             [f"udp dport {port} notrack"])]
 
 
 def _log_rule(short: str) -> str:

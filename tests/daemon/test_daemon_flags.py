@@ -136,18 +136,3 @@ def test_public_ipv6_flag_and_env():
                      ("::ffff:192.168.1.11", "global unicast")):
         with pytest.raises(ConfigError, match=why):
             parse_settings(["--public-ipv6", bad], {})
-
-
-def test_policy_track_vxlan_is_off_by_default_and_set_by_flag_or_env():
-    from overlay.config import parse_network_config
-    from overlay.daemon.policyagent import policy_untrack_port
-
-    config = parse_network_config({"Network": "10.244.0.0/16",
-                                   "Backend": {"Type": "vxlan", "Port": 4789}})
-    s = parse_settings([], environ={})
-    assert s.policy_track_vxlan is False and policy_untrack_port(s, config) == 4789
-    assert policy_untrack_port(s, None) is None
-    tracked = parse_settings(["--policy-track-vxlan"], environ={})
-    assert tracked.policy_track_vxlan is True and policy_untrack_port(tracked, config) is None
-    env = {"OVERLAYD_POLICY_TRACK_VXLAN": "true"}
-    assert parse_settings([], environ=env).policy_track_vxlan is True

@@ -26,7 +26,7 @@ import pytest
 
 from overlay.lab import system as sysx
 from overlay.lab.lab import Lab
-from overlay.lab.spec import VXLAN_PORT, LabError
+from overlay.lab.spec import LabError
 from overlay.netlink.pod import host_veth_name
 
 from .support.labfixture import keep_logs, running_lab
@@ -461,38 +461,3 @@ def test_diagnose_finds_a_hand_edited_policy_table(lab: Lab) -> None:
     finally:
         _delete(lab, "x/a-from-b", "x/default-deny-ingress")
     assert _until(lambda: all(_table(lab, ALL).values())) is not None
-
-
-def _conntrack(lab: Lab, node: str, *match: str) -> str:
-    p = sysx.run(sysx.in_netns(lab.spec.node_ns(node), ["conntrack", "-L", *match]),
-                 check=False)
-    return p.stdout
-
-
-def test_vxlan_packets_skip_conntrack_while_policies_are_enforced(lab: Lab) -> None:
-    """Once a table selects pods, conntrack follows the node's packets; the encapsulated
-    ones (node to node, never judged by policy) are exempt, the pods' own stay tracked."""
-    vxlan = [("--dport", str(VXLAN_PORT)), ("--sport", str(VXLAN_PORT))]
-    _apply_file(lab, "default-deny.yaml")
-    try:
-        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
-        for node in ("node1", "node2"):
-            chain = _nft(lab, node, "list", "chain", "inet", "overlay-policy",
-                         "untrack_vxlan_in")
-            assert f"udp dport {VXLAN_PORT} fib daddr type local notrack" in chain
-            # what packets in flight while the table was loaded left behind (they age out)
-            for match in vxlan:
-                _conntrack_delete(lab, node, "-p", "udp", *match)
-        assert _passes(lab, "default/pod-node1-1", "default/pod-node2-1")  # not selected
-        assert _passes(lab, "x/a", "default/pod-node2-1")  # x/a's egress is not isolated
-        for node in ("node1", "node2"):
-            assert "dport=80" in _conntrack(lab, node, "-p", "tcp", "--dport", "80")
-            for match in vxlan:  # neither the packets sent nor those received
-                assert _conntrack(lab, node, "-p", "udp", *match) == "", (node, match)
-    finally:
-        _delete(lab, "x/default-deny-ingress")
-    assert _until(lambda: all(_table(lab, ALL).values())) is not None
-
-
-def _conntrack_delete(lab: Lab, node: str, *match: str) -> None:
-    sysx.run(sysx.in_netns(lab.spec.node_ns(node), ["conntrack", "-D", *match]), check=False)

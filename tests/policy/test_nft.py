@@ -3,7 +3,6 @@ their product), the address sets, the atomic replacement script. The kernel's be
 is tests/integration/test_policy_nft.py."""
 
 from ipaddress import IPv4Address
-from typing import Any
 
 import pytest
 
@@ -203,24 +202,3 @@ def test_a_veth_two_records_share_allows_both_addresses():
 def test_veth_names_that_cannot_reach_nft_text(name):
     assert veth_problem(name) is not None
     assert veth_problem("veth0123456789a") is None  # the project's own shape, 15 bytes
-
-
-def test_a_selecting_table_exempts_the_vxlan_port_from_conntrack():
-    pods = model_pods()
-    local = [LocalPod(p, f"v{i}") for i, p in enumerate(pods) if p.namespace == "x"]
-    deny = [parse_policy(policy("deny", "x", {"podSelector": {}}))]
-    t = compile_table(local, pods, model_namespaces(), deny, untrack_port=4789)
-    assert ("\tchain untrack_vxlan_in {\n"
-            "\t\ttype filter hook prerouting priority raw; policy accept;\n"
-            "\t\tudp dport 4789 fib daddr type local notrack\n\t}") in t.text
-    assert ("\tchain untrack_vxlan_out {\n"
-            "\t\ttype filter hook output priority raw; policy accept;\n"
-            "\t\tudp dport 4789 notrack\n\t}") in t.text
-    assert "notrack" not in compile_table(local, pods, model_namespaces(), deny).text
-    # nothing selected: nothing at all, conntrack exemption included (no ct rule either)
-    empty = compile_table(local, pods, model_namespaces(), [], untrack_port=4789)
-    assert empty.text == "table inet overlay-policy {\n}\n"
-    bad: Any
-    for bad in (0, 65536, True, "8472"):
-        with pytest.raises(ValueError, match="expected a UDP port"):
-            compile_table(local, pods, model_namespaces(), deny, untrack_port=bad)
