@@ -24,9 +24,9 @@ pod-to-pod TCP with 100 policies >= 0.95 x with none). The policies select the m
 pods (namespace ``default``, every pod) and one of them allows the benchmark's flows; the
 others mix namespace and pod selectors, ipBlocks and ports. "overlay/anchor" is then
 "with N policies / with none". Such a run measures bulk TCP alone (``--metrics``: the
-budget buys more blocks of what is judged), discards a 1 s bulk run before
-each slot's figures (``--warmup``), and is met when bulk TCP's median and its interval's
-low end are both >= 0.95.
+budget buys more blocks of what is judged), discards a 1 s bulk run before each slot's
+figures (``--warmup``), and is met when bulk TCP's median and its interval's low end are
+both >= 0.95.
 
     sudo .venv/bin/python bench/bench_dataplane.py [--budget 540] [--json]
     sudo .venv/bin/python bench/bench_dataplane.py --compare   # kernel state, no timing
@@ -601,7 +601,8 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
         print(f"'anchor' is the project's lab with no policy; 'overlay' has {args.policies}")
     print(f"{n_t} tested blocks (ABBA/BAAB) and {len(blocks) - n_t} control blocks (anchor vs "
           f"itself) in {took:.0f} s; TCP runs {args.seconds} s, latency/small-packet runs "
-          f"{args.short} s; load average {' '.join(summary['loadavg'])}")
+          f"{args.short} s, warm-up {args.warmup} s; load average "
+          f"{' '.join(summary['loadavg'])}")
     print(f"{'metric':<16}{'overlay/anchor':>15}{'90% interval':>16}{'control':>9}"
           f"{'its interval':>16}   medians: overlay pod/node, anchor pod/node")
     for m in metrics:
