@@ -531,12 +531,12 @@ def main() -> None:
     if args.budget <= 0 or args.seconds < 1 or args.short < 1 or args.streams < 1:
         sys.exit("error: --budget, --seconds, --short and --streams must be positive")
     keys = (args.metrics or (POLICY_METRICS if args.policies else ",".join(METRIC_KEYS)))
-    args.metrics = [k.strip() for k in keys.split(",") if k.strip()]
-    if unknown := [k for k in args.metrics if k not in METRIC_KEYS]:
+    named = {k.strip() for k in keys.split(",") if k.strip()}
+    if unknown := sorted(named - METRIC_KEYS.keys()):
         sys.exit(f"error: --metrics {','.join(unknown)}: not one of {','.join(METRIC_KEYS)}")
-    if "bulk" not in args.metrics:
+    if "bulk" not in named:
         sys.exit("error: --metrics must include bulk (the verdict is bulk TCP's)")
-    args.metrics.sort(key=list(METRIC_KEYS).index)
+    args.metrics = [k for k in METRIC_KEYS if k in named]  # each once, bulk first
     if args.warmup < 0:
         args.warmup = 1 if args.policies else 0
     missing = [t for t in ("iperf3", "sockperf", "ethtool") if shutil.which(t) is None]
