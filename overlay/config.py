@@ -37,6 +37,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeAlias, TypeGuard, TypeVar
 
 from overlay.errors import ConfigError
+from overlay.util import jsontext
 
 SUPPORTED_BACKENDS = ("vxlan",)
 DEFAULT_VNI = 1
@@ -309,11 +310,11 @@ def _load_json(data: str | bytes) -> Any:
         except UnicodeDecodeError as e:
             raise ConfigError(f"network config is not UTF-8 text (byte {e.start})") from e
     try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_int=_bounded_int,
-                          object_pairs_hook=_no_duplicates)
+        return jsontext.loads(data, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                              object_pairs_hook=_no_duplicates)
     except _Refused as e:
         raise ConfigError(f"network config: {e}") from e
-    except RecursionError as e:
+    except jsontext.NestedTooDeeply as e:
         raise ConfigError("network config is nested too deeply") from e
     except ValueError as e:  # json.JSONDecodeError: its message is one line with a position
         raise ConfigError(f"network config is not valid JSON: {e}") from e

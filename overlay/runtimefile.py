@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from overlay.cluster.keys import dns_subdomain_problem
 from overlay.errors import ConfigError
 from overlay.subnet.etcdconf import parse_endpoints
+from overlay.util import jsontext
 from overlay.util.fsutil import atomic_write
 from overlay.util.ifname import ifname_problem
 
@@ -115,8 +116,8 @@ def load_runtime_file(path: str) -> RuntimeInfo:
 def parse_runtime(raw: bytes, source: str = "runtime file") -> RuntimeInfo:
     """The one rule for the runtime file's content."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        obj = jsontext.loads(raw.decode("utf-8"))
+    except ValueError as e:
         raise ConfigError(f"runtime file {source}: not JSON ({e})") from e
     try:
         return _parse_obj(obj)

@@ -25,6 +25,7 @@ from typing import Any
 from overlay.cluster.keys import nodes_prefix, split_single
 from overlay.cluster.mesh import CAUSES, MAX_BROKEN_LISTED, MAX_DETAIL, BrokenPeer, MeshSummary
 from overlay.lease import IPNetwork, Lease, normalize_mac, usable_mac, usable_public_ip
+from overlay.util import jsontext
 from overlay.util.text import rfc3339
 
 MAX_RECORD_BYTES = 64 * 1024  # a record is ~500 bytes, ~10 KiB with every broken peer listed
@@ -200,8 +201,8 @@ def decode_node(name: str, value: bytes) -> NodeRecord:
     if len(value) > MAX_RECORD_BYTES:
         raise _Bad(Reason.VALUE_TOO_LARGE, f"{len(value)} bytes (at most {MAX_RECORD_BYTES})")
     try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = jsontext.loads(value)
+    except ValueError:
         raise _Bad(Reason.BAD_VALUE, "not a JSON document") from None
     if not isinstance(obj, dict):
         raise _Bad(Reason.BAD_VALUE, "not a JSON object")

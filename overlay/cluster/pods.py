@@ -42,6 +42,7 @@ from overlay.cluster.keys import (
     split_namespaced,
 )
 from overlay.lease import IPNetwork, Lease, LeaseRules, Rejection, judge
+from overlay.util import jsontext
 
 if TYPE_CHECKING:  # the etcd client is not imported by the values (the CNI plugin uses them)
     from overlay.cluster.store import KV, ObjectStore
@@ -330,8 +331,8 @@ def decode_pod(value: bytes, mod_revision: int = 0) -> PodRecord:
     if len(value) > MAX_RECORD_BYTES:
         raise PodValueError(f"value is {len(value)} bytes (at most {MAX_RECORD_BYTES})")
     try:
-        obj = json.loads(value, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError) as e:
+        obj = jsontext.loads(value, object_pairs_hook=_no_duplicates)
+    except ValueError as e:
         raise PodValueError(f"not JSON: {e}") from None
     if not isinstance(obj, dict) or set(obj) != _FIELDS:
         raise PodValueError(f"must be an object with exactly {', '.join(sorted(_FIELDS))}")

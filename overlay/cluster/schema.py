@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from overlay.cluster.keys import schema_key
 from overlay.cluster.store import ObjectStore
+from overlay.util import jsontext
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ class SchemaStatus:
 def parse_schema(value: bytes) -> int | None:
     """The version in a schema record; None if it is not ``{"version": <int >= 1>}``."""
     try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+        obj = jsontext.loads(value)
+    except ValueError:
         return None
     v = obj.get("version") if isinstance(obj, dict) else None
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None

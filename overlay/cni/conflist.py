@@ -18,11 +18,11 @@ A loaded list is a dict: the ``.conflist``'s object, or ``{"cniVersion", "name",
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from overlay.errors import ConfigError
+from overlay.util import jsontext
 
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 LIST_EXTENSION = ".conflist"
@@ -80,7 +80,7 @@ def load_conflist(path: str) -> dict[str, Any]:
     """One file, read and checked."""
     try:
         with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+            obj = jsontext.loads(f.read())
     except (OSError, ValueError) as e:
         raise ConfListError(f"cannot read the CNI network configuration {path}: {e}") from e
     return parse_conflist(obj, path)

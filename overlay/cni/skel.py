@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
-from overlay.util import lazylog
+from overlay.util import jsontext, lazylog
 from overlay.util.ifname import ifname_problem
 
 log = lazylog.get_logger(__name__)
@@ -149,13 +149,10 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
         raise CNIError(CNIError.DECODE_FAILURE, "no network config on stdin",
                        "the runtime must pass the network config as JSON on stdin")
     try:
-        config = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as e:
+        config = jsontext.loads(stdin)
+    except ValueError as e:  # [[[[...]]]] too: "nested too deeply"
         raise CNIError(CNIError.DECODE_FAILURE, "network config is not valid JSON",
                        str(e)) from None
-    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the interpreter's stack
-        raise CNIError(CNIError.DECODE_FAILURE, "network config is not valid JSON",
-                       "nested too deeply") from None
     if not isinstance(config, dict):
         raise CNIError(CNIError.DECODE_FAILURE, "network config is not a JSON object",
                        f"got {type(config).__name__}")
@@ -214,8 +211,8 @@ def parse_request(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = N
 def _stdin_version(stdin: bytes) -> Any:
     """The cniVersion on stdin if it parses (whatever its type), else None."""
     try:
-        return json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+        return jsontext.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
         return None
 
 

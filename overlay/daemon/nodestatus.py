@@ -43,6 +43,7 @@ from overlay.cluster.nodestore import NodeNameInUse
 from overlay.diagnose.probe import Echo, echo_many, echo_many6
 from overlay.errors import OverlayError
 from overlay.lease import IPAddress, Lease
+from overlay.util import jsontext
 from overlay.util.version import package_version
 from overlay.vxlan.entries import Entries, Entry
 
@@ -75,9 +76,9 @@ def holder_of(heartbeat: bytes, record: bytes | None, name: str) -> Identity | N
     """Who a live heartbeat belongs to: its own value, else the record's; None if neither
     can be read (then the name is taken over: nobody we could tell apart holds it)."""
     try:
-        obj = json.loads(heartbeat)
+        obj = jsontext.loads(heartbeat)
         return Identity(ip_address(obj["public_ip"]), str(obj["vtep_mac"]))
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError):
         pass
     if record is None:
         return None

@@ -74,6 +74,7 @@ from overlay.cni import podmeta
 from overlay.cni.ipam import DiskStore, IPAddress
 from overlay.errors import OverlayError
 from overlay.lease import IPNetwork, Lease, LeaseBatch, key_to_subnet, lease_key
+from overlay.util import jsontext
 from overlay.util.digest import name_digest
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,6 @@ _ABSENT = object()
 def _read_json_file(path: str) -> Any:
     """A small regular file's JSON (no symlink, bounded); None if unusable, ``_ABSENT``
     if there is no such file."""
-    import json
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -169,8 +169,8 @@ def _read_json_file(path: str) -> Any:
     if len(raw) > podmeta.MAX_META_BYTES:
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return jsontext.loads(raw)
+    except ValueError:
         return None
 
 

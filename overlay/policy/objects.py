@@ -34,6 +34,7 @@ from overlay.policy.model import (
     parse_policy,
 )
 from overlay.policy.semantics import NAME_LABEL
+from overlay.util import jsontext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,8 +82,8 @@ def _decode(kv: KV) -> object:
     if len(kv.value) > MAX_OBJECT_BYTES:
         raise PolicyError(f"value is {len(kv.value)} bytes (at most {MAX_OBJECT_BYTES})")
     try:
-        return json.loads(kv.value)
-    except (ValueError, UnicodeDecodeError) as e:
+        return jsontext.loads(kv.value)
+    except ValueError as e:
         raise PolicyError(f"value is not JSON: {e}") from None
 
 

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from overlay.util import jsontext
+
 # gRPC status codes etcd answers with (the gateway passes them on as "code")
 NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED = 5, 9, 7, 16
 INVALID_ARGUMENT, DEADLINE_EXCEEDED, UNAVAILABLE = 3, 4, 14
@@ -168,7 +170,7 @@ def compare(key: bytes | str, target: str, value: int | bytes, result: str = "EQ
 
 def _gateway_error(status: int, body: bytes) -> GatewayError:
     try:
-        d = json.loads(body)
+        d = jsontext.loads(body)
         err = d["error"] if isinstance(d.get("error"), dict) else d
         code = int(err.get("code", err.get("grpc_code", 2)))
         message = str(err.get("message") or err.get("error") or "")
@@ -180,8 +182,8 @@ def _gateway_error(status: int, body: bytes) -> GatewayError:
 
 def _load(body: bytes, what: str) -> dict[str, Any]:
     try:
-        d = json.loads(body)
-    except (ValueError, RecursionError) as e:
+        d = jsontext.loads(body)
+    except ValueError as e:
         raise GatewayError(13, f"{what}: etcd's answer is not JSON ({e})") from e
     if not isinstance(d, dict):
         raise GatewayError(13, f"{what}: etcd's answer is not a JSON object")

@@ -79,6 +79,10 @@ def test_duplicate_fields_and_huge_values_are_rejected():
     assert reason(pods.judge_pod(kv(dup), BASE, RULES)) == pods.PodReason.BAD_VALUE
     huge = kv(b" " * (pods.MAX_RECORD_BYTES + 1))
     assert reason(pods.judge_pod(huge, BASE, RULES)) == pods.PodReason.VALUE_TOO_LARGE
+    deep = kv(b"[" * 5000 + b"]" * 5000)  # RecursionError inside json, under the size bound
+    got = pods.judge_pod(deep, BASE, RULES)
+    assert isinstance(got, Rejection) and got.reason == pods.PodReason.BAD_VALUE
+    assert "nested too deeply" in got.detail
 
 
 @pytest.mark.parametrize("key", [BASE + "default", BASE + "Default/web-1",

@@ -136,6 +136,21 @@ def test_a_bad_policy_is_rejected_alone_and_counted_once(agent, caplog) -> None:
         generate_latest(REGISTRY[0])
 
 
+def test_values_nested_too_deeply_are_rejected_alone(agent) -> None:
+    # json raises RecursionError, not ValueError, for these: each must be one rejection,
+    # not an exception out of the compile
+    a, applied, _ = agent
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    _listed(a, [KV(keys.policy_key(PREFIX, "x", "deep"), deep, 7), _policy(DENY)],
+            [KV(keys.pod_key(PREFIX, "x", "deep"), deep, 8), _pod("a", "10.244.1.2")],
+            [KV(keys.namespace_key(PREFIX, "y"), deep, 9)])
+    a.sync()
+    assert "check_ingress" in applied.tables[0].text and "10.244.1.2" in applied.tables[0].text
+    text = generate_latest(REGISTRY[0])
+    for kind in (b"policy", b"namespace"):
+        assert b'overlay_policy_objects_rejected_total{kind="' + kind + b'"} 1.0' in text
+
+
 def test_a_pod_outside_its_nodes_subnet_is_not_a_peer(agent) -> None:
     a, applied, _ = agent
     allow = {**DENY, "metadata": {"name": "allow", "namespace": "x"},

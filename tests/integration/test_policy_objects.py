@@ -152,6 +152,7 @@ def test_bad_objects_in_etcd_are_rejected_alone(ctl, store):
     store.put(base + "x/other", json.dumps(policy("ok", "x", {"podSelector": {}})).encode())
     store.put(base + "x/a/b", b"{}")
     store.put(base + "x/garbage", b"\xff not json")
+    store.put(base + "x/deep", b'{"a":' * 5000 + b"1" + b"}" * 5000)  # RecursionError in json
     store.put(keys.namespace_key(store.prefix, "z"), json.dumps({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": "z", "labels": {"kubernetes.io/metadata.name": "x"}}}).encode())
@@ -161,11 +162,12 @@ def test_bad_objects_in_etcd_are_rejected_alone(ctl, store):
     assert "must specify a peer" in reasons["x/wide"]
     assert "not the key's x/other" in reasons["x/other"]
     assert "key is not" in reasons["x/a/b"] and "not JSON" in reasons["x/garbage"]
+    assert "nested too deeply" in reasons["x/deep"]
     r = ctl("policy", "get")
     assert r.exit_code == 0
     rows = [line.split() for line in r.stdout.splitlines()]
     assert ["x", "ok", "<none>", "Ingress", "ok"] in rows
-    assert sum("rejected:" in line for line in r.stdout.splitlines()) == 4
+    assert sum("rejected:" in line for line in r.stdout.splitlines()) == 5
     nss, bad_ns = objects.list_namespaces(store)
     assert [n.name for n in nss] == ["x"] and "must be the namespace's name" in bad_ns[0].reason
 

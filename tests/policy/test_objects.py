@@ -37,6 +37,7 @@ def test_a_namespace_round_trips_with_its_automatic_label():
     ("a", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
         "name": "a", "labels": {"k": "bad value"}}}, "metadata.labels.k"),
     ("a", b"\xff", "not JSON"),
+    ("a", b'{"a":' * 5000 + b"1" + b"}" * 5000, "not JSON: nested too deeply"),
     ("a", b" " * (MAX_OBJECT_BYTES + 1), "bytes"),
 ])
 def test_bad_namespaces_are_rejected(name, value, words):
@@ -55,3 +56,9 @@ def test_a_policy_must_agree_with_its_key():
     del obj["metadata"]["namespace"]  # stored objects always name their namespace
     with pytest.raises(PolicyError, match="metadata.namespace"):
         parse_policy_kv(P, KV(f"{P}/policies/x/web", json.dumps(obj).encode(), 1))
+
+
+def test_a_policy_nested_too_deeply_is_rejected_not_raised():
+    deep = b'{"apiVersion":' * 5000 + b'"x"' + b"}" * 5000
+    with pytest.raises(PolicyError, match="nested too deeply"):
+        parse_policy_kv(P, KV(f"{P}/policies/x/web", deep, 1))
