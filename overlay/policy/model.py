@@ -33,6 +33,10 @@ IN, NOT_IN, EXISTS, DOES_NOT_EXIST = "In", "NotIn", "Exists", "DoesNotExist"
 DEFAULT_NAMESPACE = "default"
 # A manifest file is read whole; kubectl's own limit on a request body is 3 MiB.
 MAX_MANIFEST_BYTES = 3 * 1024 * 1024
+# How many nodes a manifest's YAML aliases may repeat beyond those its text writes out:
+# forty kilobytes of nested aliases otherwise expand to hundreds of millions of nodes, and
+# validating them takes minutes and gigabytes (kubectl refuses "excessive aliasing" too).
+MAX_ALIAS_NODES = 1_000_000
 
 IPNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
@@ -415,13 +419,20 @@ def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> Net
 
 @functools.cache
 def _strict_loader() -> type[yaml.SafeLoader]:
-    """SafeLoader that refuses a key given twice (kubectl's strict decoding does).
-    Built on first use: only manifests (the CLI) need YAML, and PyYAML costs overlayd,
+    """SafeLoader that refuses a key given twice (kubectl's strict decoding does) and a
+    document whose aliases repeat more than MAX_ALIAS_NODES nodes. Built on first use: only manifests (the CLI) need YAML, and PyYAML costs overlayd,
     which reads policies from etcd as JSON, about 1.7 MB of RSS."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
-        pass
+        def compose_document(self) -> yaml.Node | None:
+            node = super().compose_document()
+            if node is not None and (_expanded_nodes(node) - _distinct_nodes(node)
+                                     > MAX_ALIAS_NODES):
+                raise yaml.composer.ComposerError(
+                    None, None, f"excessive aliasing: its aliases repeat more than "
+                    f"{MAX_ALIAS_NODES} nodes", None)
+            return node
 
     def construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
         loader.flatten_mapping(node)
@@ -439,11 +450,55 @@ def _strict_loader() -> type[yaml.SafeLoader]:
     return StrictLoader
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _distinct_nodes(root: yaml.Node) -> int:
+    seen, todo = {id(root)}, [root]
+    while todo:
+        for child in _children(todo.pop()):
+            if id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
+    return len(seen)
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """How many nodes the document has once every alias is replaced by a copy of what it
+    names: each node's count is worked out once (aliases share the node), without
+    recursion (the depth is the input's). Stops counting past MAX_ALIAS_NODES's reach; a
+    node that contains itself counts once there (the constructor refuses it anyway)."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+    todo: list[tuple[yaml.Node, bool]] = [(root, False)]
+    cap = 2 * MAX_ALIAS_NODES + 1
+    while todo:
+        node, children_done = todo.pop()
+        key = id(node)
+        if children_done:
+            visiting.discard(key)
+            sizes[key] = min(cap, 1 + sum(sizes.get(id(c), 0) for c in _children(node)))
+            continue
+        if key in sizes or key in visiting:
+            continue
+        visiting.add(key)
+        todo.append((node, True))
+        todo.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def _documents(text: str) -> list[object]:
     import yaml
 
     try:
         return [d for d in yaml.load_all(text, Loader=_strict_loader()) if d is not None]
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise PolicyError("not valid YAML or JSON: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -41,6 +41,10 @@ def test_selector_column():
     (("policy", "apply", "-f", "-"), "kind: NetworkPolicy\n", "apiVersion"),
     (("policy", "apply", "-f", "-"), "a: [\n", "not valid YAML or JSON"),
     (("policy", "apply", "-f", "-"), "\xff", ""),
+    (("policy", "apply", "-f", "-"), "[" * 50_000, "nested too deeply"),
+    (("policy", "apply", "-f", "-"), "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
+        for p, c in zip("abcdefg", "bcdefgh", strict=True)), "excessive aliasing"),
     (("policy", "delete", "no-slash"), None, "NAMESPACE/NAME"),
     (("namespaces", "label", "x", "bad"), None, "key=value"),
     (("policy", "get", "-n", "UPPER"), None, "namespace 'UPPER'"),
