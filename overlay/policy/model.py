@@ -419,9 +419,11 @@ def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> Net
 
 @functools.cache
 def _strict_loader() -> type[yaml.SafeLoader]:
-    """SafeLoader that refuses a key given twice (kubectl's strict decoding does) and a
-    document whose aliases repeat more than MAX_ALIAS_NODES nodes. Built on first use: only manifests (the CLI) need YAML, and PyYAML costs overlayd,
-    which reads policies from etcd as JSON, about 1.7 MB of RSS."""
+    """SafeLoader that refuses a field name that is not a string or is given twice
+    (kubectl's strict decoding refuses duplicates) and a document whose aliases repeat
+    more than MAX_ALIAS_NODES nodes. Built on first use: only manifests (the CLI) need
+    YAML, and PyYAML costs overlayd, which reads policies from etcd as JSON, about 1.7 MB
+    of RSS."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
@@ -436,9 +438,15 @@ def _strict_loader() -> type[yaml.SafeLoader]:
 
     def construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
         loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
+        out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):  # 1, true, null, a list...: quote the name
+                shown = (f"{key_node.value!r:.60} " if isinstance(key_node, yaml.ScalarNode)
+                         else "")
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"field name {shown}is a {_yaml_kind(key)}, not a string"
+                    f"{' (quote it)' if shown else ''}", key_node.start_mark)
             if key in out:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate field {key!r}", key_node.start_mark)
@@ -448,6 +456,11 @@ def _strict_loader() -> type[yaml.SafeLoader]:
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                                  construct_mapping)
     return StrictLoader
+
+
+def _yaml_kind(value: object) -> str:
+    return {bool: "boolean", int: "number", float: "number", type(None): "null", list: "list",
+            dict: "mapping"}.get(type(value), type(value).__name__)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -42,6 +42,7 @@ def test_selector_column():
     (("policy", "apply", "-f", "-"), "a: [\n", "not valid YAML or JSON"),
     (("policy", "apply", "-f", "-"), "\xff", ""),
     (("policy", "apply", "-f", "-"), "[" * 50_000, "nested too deeply"),
+    (("policy", "apply", "-f", "-"), "spec: {? [a, b] : c}\n", "field name is a list"),
     (("policy", "apply", "-f", "-"), "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
         for p, c in zip("abcdefg", "bcdefgh", strict=True)), "excessive aliasing"),

@@ -208,6 +208,10 @@ def test_manifests_yaml_multi_document_json_and_list():
     ("[" * 50_000, "not valid YAML or JSON: nested too deeply"),
     ('{"a":' * 5_000 + "1" + "}" * 5_000, "not valid YAML or JSON: nested too deeply"),
     ("a: &a [*a]\n", "recursive"),
+    ("spec: {? [a, b] : c}\n", "line 1: field name is a list, not a string"),
+    ("metadata: {labels: {1: a, true: b}}\n", "field name '1' is a number, not a string (quote"),
+    ("metadata: {labels: {on: a}}\n", "field name 'on' is a boolean"),
+    ("metadata: {labels: {~: a}}\n", "field name '~' is a null"),
 ])
 def test_bad_manifests_fail_whole(text, message):
     with pytest.raises(PolicyError) as e:
