@@ -8,30 +8,15 @@ schedule and its budget, the per-block ratio, the bootstrap interval, the state 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .benchmod import ROOT, load
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_dataplane",
-                                                  ROOT / "bench" / "bench_dataplane.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_dataplane"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bd = _load()
+bd = load("bench_dataplane")
 
 
 def slot(arm: str, side: str, rel: float) -> dict[str, Any]:

@@ -7,29 +7,15 @@ is what turns figures into the verdict.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .benchmod import ROOT, load
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("bench_dataplane")
-b6 = _load("bench_dataplane_v6")
+load("bench_dataplane")
+b6 = load("bench_dataplane_v6")
 
 
 class FakeClock:

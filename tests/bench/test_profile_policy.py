@@ -5,28 +5,15 @@ The profiling itself needs two labs, root and perf (the benchmark run is its tes
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .benchmod import ROOT, load
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("bench_dataplane")
-pp = _load("profile_policy")
+load("bench_dataplane")
+pp = load("profile_policy")
 
 # perf report --no-children --sort symbol --stdio -q, abridged from a real run
 REPORT = """\
