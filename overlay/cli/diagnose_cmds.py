@@ -206,6 +206,7 @@ def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None, 
         build_verdict,
         endpoint_text,
         node_addresses,
+        pod_name,
         resolve_endpoint,
         unjudged,
     )
@@ -213,6 +214,9 @@ def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None, 
     from overlay.policy.build import pod_of
 
     src_ip, dst_ip = _address(src), _address(dst)
+    for ip, text, what in ((src_ip, src, "SRC"), (dst_ip, dst, "DST")):
+        if ip is None:
+            pod_name(text, what)  # a malformed name is refused before etcd is read
     if src_ip is not None and dst_ip is not None and src_ip.version != dst_ip.version:
         from overlay.errors import ConfigError
         raise ConfigError(f"SRC {src_ip} and DST {dst_ip} are of different families: give "

@@ -64,6 +64,18 @@ def connection_family(*typed: str) -> int:
     return 4
 
 
+def pod_name(text: str, what: str = "SRC") -> tuple[str, str]:
+    """(namespace, name) of ``NS/NAME`` or ``NAME`` (namespace default); ConfigError if
+    ``text`` is neither (nor an address: callers try that first)."""
+    ns, sep, name = text.rpartition("/")
+    ns = ns if sep else DEFAULT_NAMESPACE
+    if (sep and dns_label_problem(ns)) or dns_subdomain_problem(name):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ConfigError(f"{what} {shown!r}: give a pod IP, NAMESPACE/NAME or NAME "
+                          f"(namespace {DEFAULT_NAMESPACE})")
+    return ns, name
+
+
 def resolve_endpoint(text: str, pods: Sequence[Pod], nodes: Mapping[IPAddress, str],
                      what: str = "SRC") -> Endpoint:
     """A pod IP of either family (the pod holding it, that address first; else a node's
@@ -81,11 +93,7 @@ def resolve_endpoint(text: str, pods: Sequence[Pod], nodes: Mapping[IPAddress, s
         # the pod as a connection to this address sees it: that address first, so its
         # ``ip`` (and the connection's family) is the one typed
         return replace(pod, ips=(ip, *(a for a in pod.ips if a != ip)))
-    ns, sep, name = text.rpartition("/")
-    ns = ns if sep else DEFAULT_NAMESPACE
-    if (sep and dns_label_problem(ns)) or dns_subdomain_problem(name):
-        raise ConfigError(f"{what} {text!r}: give a pod IP, NAMESPACE/NAME or NAME "
-                          f"(namespace {DEFAULT_NAMESPACE})")
+    ns, name = pod_name(text, what)
     pod = next((p for p in pods if p.namespace == ns and p.name == name), None)
     if pod is None:
         raise ConfigError(f'{what}: pods "{name}" not found in namespace "{ns}" (see '

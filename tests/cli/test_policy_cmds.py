@@ -49,6 +49,8 @@ def test_selector_column():
     (("policy", "delete", "no-slash"), None, "NAMESPACE/NAME"),
     (("namespaces", "label", "x", "bad"), None, "key=value"),
     (("policy", "get", "-n", "UPPER"), None, "namespace 'UPPER'"),
+    (("trace", "x/a", "Y/b", "--port", "80"), None, "DST 'Y/b': give a pod IP"),
+    (("trace", "x/" + "a" * 300, "y/b"), None, "SRC 'x/aaa"),  # shortened, refused first
 ])
 def test_bad_input_is_one_line_before_etcd(args, input, words):
     r = run(*args, input=input)
