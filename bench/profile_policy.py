@@ -154,8 +154,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--save", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
-    if args.policies < 0 or args.rounds < 1 or not 0 < args.sample < args.seconds:
-        sys.exit("error: --policies >= 0, --rounds >= 1 and 0 < --sample < --seconds")
+    if args.policies < 1 or args.rounds < 1 or not 0 < args.sample < args.seconds:
+        sys.exit("error: --policies >= 1, --rounds >= 1 and 0 < --sample < --seconds")
     if args.extra_nft and not os.path.isfile(args.extra_nft):
         sys.exit(f"error: --extra-nft {args.extra_nft}: no such file")
     missing = [t for t in ("perf", "iperf3") if shutil.which(t) is None]

@@ -78,10 +78,11 @@ def test_added_is_the_per_round_difference() -> None:
     assert s["none"]["gbps"]["median"] == 10.0
 
 
-def test_bad_arguments_get_one_line_and_no_lab() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_policy.py"),
-                           "--seconds", "3", "--sample", "3"],
+@pytest.mark.parametrize("args", [["--seconds", "3", "--sample", "3"], ["--policies", "0"],
+                                  ["--rounds", "0"]])
+def test_bad_arguments_get_one_line_and_no_lab(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_policy.py"), *args],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert proc.stderr.strip() == ("error: --policies >= 0, --rounds >= 1 and "
+    assert proc.stderr.strip() == ("error: --policies >= 1, --rounds >= 1 and "
                                    "0 < --sample < --seconds")
