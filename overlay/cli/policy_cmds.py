@@ -119,10 +119,16 @@ def _list_output(items: list[dict[str, Any]]) -> dict[str, Any]:
 @yaml_global_options
 @click.option("-n", "--namespace", help="Only this namespace (default: all; 'default' "
               "when NAME is given).")
+@click.option("-A", "--all-namespaces", is_flag=True,
+              help="Every namespace (what a listing without -n shows; kubectl's spelling).")
 @click.argument("name", required=False)
 @click.pass_obj
-def policy_get(obj: CLIContext, namespace: str | None, name: str | None) -> None:
+def policy_get(obj: CLIContext, namespace: str | None, all_namespaces: bool,
+               name: str | None) -> None:
     """List NetworkPolicies, or show one; -o json/yaml prints the objects themselves."""
+    if all_namespaces and (namespace is not None or name is not None):
+        raise ConfigError("-A lists every namespace: give it without -n and without NAME "
+                          "(a policy is shown by NAMESPACE and NAME)")
     if namespace is not None and (problem := dns_label_problem(namespace)):
         raise ConfigError(f"namespace {namespace!r} {problem}")
     if name is not None and (problem := dns_subdomain_problem(name)):

@@ -66,6 +66,8 @@ def test_apply_stdin_update_get_delete(ctl, store):
     table = ctl("policy", "get", "-n", "y").output.splitlines()
     assert table[0].split() == ["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES", "STATUS"]
     assert table[1].split() == ["y", "web", "app=web", "Ingress", "ok"]
+    assert ctl("policy", "get", "-A").output.splitlines() == table  # kubectl's spelling
+    fails_with(ctl("policy", "get", "-A", "web"), "-A lists every namespace")
     one = yaml.safe_load(ctl("policy", "get", "-n", "y", "web", "-o", "yaml").output)
     assert one["metadata"] == {"name": "web", "namespace": "y"}
     assert ctl("policy", "delete", "y/web").output.strip() == "networkpolicy y/web deleted"
