@@ -461,3 +461,37 @@ def test_diagnose_finds_a_hand_edited_policy_table(lab: Lab) -> None:
     finally:
         _delete(lab, "x/a-from-b", "x/default-deny-ingress")
     assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+def test_values_nested_too_deeply_in_etcd_are_rejected_alone(lab: Lab) -> None:
+    """Any node can write etcd: a policy, a namespace and a pod record nested a few
+    thousand levels deep (json raises RecursionError, under every size bound) must each be
+    one rejection, and the policy agent go on enforcing what is valid."""
+    from overlay.lab.spec import ETCD_KEY_PREFIX
+
+    from .support.rogue_etcd import Op, run_ops
+
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    keys = [f"{ETCD_KEY_PREFIX}/{k}".encode() for k in
+            ("policies/x/deep", "namespaces/deep", "pods/x/deep")]
+    marks = {node: os.path.getsize(lab.daemon_log(node)) for node in ("node1", "node2")}
+    run_ops(lab.spec.underlay_ns, lab.spec.etcd_endpoint, [Op("put", k, deep) for k in keys])
+    try:
+        _apply_file(lab, "default-deny.yaml")
+        try:
+            assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+            assert _passes(lab, "x/a", "default/pod-node2-1")  # default is not isolated
+            for node in ("node1", "node2"):
+                assert lab.ready(node)
+                with open(lab.daemon_log(node)) as f:
+                    f.seek(marks[node])
+                    log = f.read()
+                assert "Traceback" not in log, log[-3000:]
+                assert "nested too deeply" in log, log[-3000:]
+            listed = _on_node(lab, "node1", OVERLAYCTL, "policy", "get")
+            assert "rejected: value is not JSON: nested too deeply" in listed.stdout
+        finally:
+            _delete(lab, "x/default-deny-ingress")
+    finally:
+        run_ops(lab.spec.underlay_ns, lab.spec.etcd_endpoint, [Op("del", k) for k in keys])
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None
