@@ -5,6 +5,10 @@ same whichever node runs them (pure: ``gather.read_pods`` does the reading).
 impossible by construction (each node publishes only what its own IPAM store handed out
 from its own subnet, see ``overlay.cluster.pods``); this check is the proof on a live
 cluster, and what finds a node whose IPAM store was copied or whose subnet was taken over.
+
+``rejected-objects``: every key under ``policies/``, ``namespaces/`` and ``pods/`` that its
+kind's rule rejects (each node's overlayd logs and counts it once and never uses it; this
+names them all in one place, with the command deleting each).
 """
 
 from __future__ import annotations
@@ -13,15 +17,44 @@ from dataclasses import dataclass, field
 
 from overlay.cluster.pods import PodRecord, duplicate_ips
 from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
-from overlay.lease import Rejection
+from overlay.lease import Rejection, etcdctl_del, printable_key
+from overlay.policy.objects import Rejected
 
 
 @dataclass(frozen=True)
 class PodsState:
-    """The accepted pod records and the rejected keys; ``error`` when etcd was not read."""
+    """The accepted pod records and the rejected keys; ``error`` when etcd was not read.
+    ``rejected_objects``: the keys under ``policies/`` and ``namespaces/`` that fail their
+    rule (read in the same session)."""
     records: list[PodRecord] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     error: str = ""
+    rejected_objects: list[Rejected] = field(default_factory=list)
+
+
+MAX_LISTED = 20
+
+
+def check_rejected_objects(pods: PodsState, endpoints: str = "") -> CheckResult:
+    """Every key under policies/, namespaces/ and pods/ that overlayd rejects (never
+    enforced, never a peer), why, and the command removing it."""
+    name = "rejected-objects"
+    expected = "every key under policies/, namespaces/ and pods/ is an object overlayd accepts"
+    if pods.error:
+        return CheckResult(name, SKIP, expected, f"not read: {pods.error}")
+    bad = [(r.key, r.reason) for r in pods.rejected_objects] + [
+        (r.key, f"{r.reason} ({r.detail})") for r in pods.rejected]
+    if not bad:
+        return CheckResult(name, PASS, expected, f"{len(pods.records)} pod record(s), none "
+                           "rejected; no policy or namespace rejected")
+    bad.sort()
+    shown = bad[:MAX_LISTED]
+    more = f"; and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
+    found = "; ".join(f"{printable_key(key)}: {why}" for key, why in shown)
+    return CheckResult(name, FAIL, expected, f"{len(bad)} rejected key(s): {found}{more}",
+                       "find what wrote them (`overlayctl policy get` and `overlayctl pods "
+                       "-A` list them too); if nothing should, delete each: "
+                       + "; ".join(etcdctl_del(key, endpoints) for key, _ in shown))
 
 
 def check_pod_ips_unique(pods: PodsState) -> CheckResult:
@@ -41,5 +74,5 @@ def check_pod_ips_unique(pods: PodsState) -> CheckResult:
                        "CNI data dir or two nodes on one subnet (`overlayctl leases list`)")
 
 
-def run_cluster_checks(pods: PodsState) -> list[CheckResult]:
-    return [check_pod_ips_unique(pods)]
+def run_cluster_checks(pods: PodsState, endpoints: str = "") -> list[CheckResult]:
+    return [check_pod_ips_unique(pods), check_rejected_objects(pods, endpoints)]

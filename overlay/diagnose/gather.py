@@ -418,7 +418,7 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
         node.probes6 = probe_peers6(f.remotes, node.ipv6_device, opts.probe_count,
                                     opts.probe_timeout)
     report = run_checks(node, cluster, opts, etcd.describe(), f)
-    report.checks.extend(run_cluster_checks(read_pods(etcd, cluster)))
+    report.checks.extend(run_cluster_checks(read_pods(etcd, cluster), etcd.describe()))
     # the node's lease subnet: IPv4, or IPv6 in an IPv6-only network (its pods are
     # local by it, as overlayd's agent finds them)
     report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
@@ -434,16 +434,18 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
     from overlay.cluster.nodestore import read_nodes
     from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_from_leases
     from overlay.cluster.store import ObjectStore
+    from overlay.policy.objects import list_namespaces, list_policies
     from overlay.subnet.registry import EtcdRegistry
     try:
         with EtcdRegistry(replace(opts, timeout=min(opts.timeout, timeout))) as reg:
             store = ObjectStore(reg)
             kvs, _ = list_pod_kvs(store)
             nodes = read_nodes(store, {lease.subnet: lease for lease in cluster.leases})
+            bad_objects = [*list_policies(store)[1], *list_namespaces(store)[1]]
     except OverlayError as e:
         return PodsState(error=str(e))
     rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
         {st.record.name: st.record.subnet for st in nodes.statuses})
     records, rejected = judge_pods(kvs, pods_prefix(store.prefix), rules)
-    return PodsState(records, rejected)
+    return PodsState(records, rejected, rejected_objects=bad_objects)
 

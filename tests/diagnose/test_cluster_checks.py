@@ -33,3 +33,25 @@ def test_rejected_records_are_counted_not_compared():
 
 def test_without_etcd_it_is_skipped():
     assert check_pod_ips_unique(PodsState(error="etcd down")).status == st.SKIP
+
+
+def test_rejected_objects_of_every_kind_fail_with_their_delete_commands():
+    from overlay.diagnose.cluster_checks import check_rejected_objects
+    from overlay.policy.objects import Rejected
+
+    got = check_rejected_objects(PodsState(
+        [pod("a", "10.244.1.2")], [Rejection("/p/pods/x/deep", "bad-value", "nested too deeply")],
+        rejected_objects=[Rejected("/p/policies/x/wide", "must specify a peer"),
+                          Rejected("/p/namespaces/z\n", "not JSON")]), "http://e:2379")
+    assert got.status == st.FAIL and got.found.startswith("3 rejected key(s): ")
+    assert "/p/pods/x/deep: bad-value (nested too deeply)" in got.found
+    assert "/p/policies/x/wide: must specify a peer" in got.found
+    assert "etcdctl --endpoints=http://e:2379 del '/p/policies/x/wide'" in got.fix
+    assert "printf" in got.fix  # the key with a newline, rebuilt byte for byte
+
+
+def test_no_rejected_object_passes_and_without_etcd_it_is_skipped():
+    from overlay.diagnose.cluster_checks import check_rejected_objects
+
+    assert check_rejected_objects(PodsState([pod("a", "10.244.1.2")])).status == st.PASS
+    assert check_rejected_objects(PodsState(error="etcd down")).status == st.SKIP

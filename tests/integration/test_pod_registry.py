@@ -371,7 +371,7 @@ def test_a_bad_metadata_file_is_counted_once_in_overlayds_metrics(store, node):
 
 
 def test_diagnose_reads_the_registry_and_finds_a_shared_ip(etcd_server, store, registry, node):
-    from overlay.diagnose.cluster_checks import check_pod_ips_unique
+    from overlay.diagnose.cluster_checks import check_pod_ips_unique, check_rejected_objects
     from overlay.diagnose.gather import gather_cluster, read_pods
     node.add("c1", node.pod(), conf=conf(node), env=k8s("shop", "a"))
     PodPublisher(store, "node1", node.data_dir, lambda: net(1)).reconcile()
@@ -382,6 +382,16 @@ def test_diagnose_reads_the_registry_and_finds_a_shared_ip(etcd_server, store, r
     store.put(pod_key(store.prefix, "shop", "copy"), encode_pod(copy))
     got = check_pod_ips_unique(read_pods(opts, cluster))
     assert got.status == "fail" and "shop/a on node1, shop/copy on node1" in got.found
+    assert check_rejected_objects(read_pods(opts, cluster)).status == "pass"
+    store.put(f"{store.prefix}/pods/shop/garbage", b"{not json")
+    store.put(f"{store.prefix}/policies/shop/deep", b'{"a":' * 5000 + b"1" + b"}" * 5000)
+    store.put(f"{store.prefix}/namespaces/Bad", b"{}")
+    got = check_rejected_objects(read_pods(opts, cluster), etcd_server.endpoint)
+    assert got.status == "fail" and got.found.startswith("3 rejected key(s)"), got.found
+    for key in ("pods/shop/garbage: bad-value", "policies/shop/deep: value is not JSON: "
+                "nested too deeply", "namespaces/Bad: "):
+        assert f"{store.prefix}/{key}" in got.found, got.found
+    assert f"del '{store.prefix}/policies/shop/deep'" in got.fix
 
 
 def test_a_node_deleted_for_good_takes_its_pods_along(store, node):
