@@ -6,9 +6,9 @@ impossible by construction (each node publishes only what its own IPAM store han
 from its own subnet, see ``overlay.cluster.pods``); this check is the proof on a live
 cluster, and what finds a node whose IPAM store was copied or whose subnet was taken over.
 
-``rejected-objects``: every key under ``policies/``, ``namespaces/`` and ``pods/`` that its
-kind's rule rejects (each node's overlayd logs and counts it once and never uses it; this
-names them all in one place, with the command deleting each).
+``rejected-objects``: every key under ``policies/``, ``namespaces/``, ``pods/`` and
+``nodes/`` that its kind's rule rejects (each node's overlayd logs and counts it once and
+never uses it; this names them all in one place, with the command deleting each).
 """
 
 from __future__ import annotations
@@ -18,42 +18,43 @@ from dataclasses import dataclass, field
 from overlay.cluster.pods import PodRecord, duplicate_ips
 from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
 from overlay.lease import Rejection, etcdctl_del, printable_key
-from overlay.policy.objects import Rejected
 
 
 @dataclass(frozen=True)
 class PodsState:
     """The accepted pod records and the rejected keys; ``error`` when etcd was not read.
-    ``rejected_objects``: the keys under ``policies/`` and ``namespaces/`` that fail their
-    rule (read in the same session)."""
+    ``rejected_objects``: (key, why) of the keys under ``policies/``, ``namespaces/`` and
+    ``nodes/`` that fail their kind's rule (read in the same session)."""
     records: list[PodRecord] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     error: str = ""
-    rejected_objects: list[Rejected] = field(default_factory=list)
+    rejected_objects: list[tuple[str, str]] = field(default_factory=list)
 
 
 MAX_LISTED = 20
 
 
 def check_rejected_objects(pods: PodsState, endpoints: str = "") -> CheckResult:
-    """Every key under policies/, namespaces/ and pods/ that overlayd rejects (never
-    enforced, never a peer), why, and the command removing it."""
+    """Every key under policies/, namespaces/, pods/ and nodes/ that overlayd rejects
+    (never enforced, never a peer, never shown as a node), why, and the command removing
+    it."""
     name = "rejected-objects"
-    expected = "every key under policies/, namespaces/ and pods/ is an object overlayd accepts"
+    expected = ("every key under policies/, namespaces/, pods/ and nodes/ is an object "
+                "overlayd accepts")
     if pods.error:
         return CheckResult(name, SKIP, expected, f"not read: {pods.error}")
-    bad = [(r.key, r.reason) for r in pods.rejected_objects] + [
-        (r.key, f"{r.reason} ({r.detail})") for r in pods.rejected]
+    bad = [*pods.rejected_objects, *((r.key, f"{r.reason} ({r.detail})")
+                                     for r in pods.rejected)]
     if not bad:
-        return CheckResult(name, PASS, expected, f"{len(pods.records)} pod record(s), none "
-                           "rejected; no policy or namespace rejected")
+        return CheckResult(name, PASS, expected, f"{len(pods.records)} pod record(s); no "
+                           "pod, policy, namespace or node record rejected")
     bad.sort()
     shown = bad[:MAX_LISTED]
     more = f"; and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
     found = "; ".join(f"{printable_key(key)}: {why}" for key, why in shown)
     return CheckResult(name, FAIL, expected, f"{len(bad)} rejected key(s): {found}{more}",
-                       "find what wrote them (`overlayctl policy get` and `overlayctl pods "
-                       "-A` list them too); if nothing should, delete each: "
+                       "find what wrote them (`overlayctl policy get`, `pods -A` and `nodes` "
+                       "list them too); if nothing should, delete each: "
                        + "; ".join(etcdctl_del(key, endpoints) for key, _ in shown))
 
 

@@ -441,11 +441,13 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
             store = ObjectStore(reg)
             kvs, _ = list_pod_kvs(store)
             nodes = read_nodes(store, {lease.subnet: lease for lease in cluster.leases})
-            bad_objects = [*list_policies(store)[1], *list_namespaces(store)[1]]
+            bad_objects = [(r.key, r.reason) for r in (*list_policies(store)[1],
+                                                       *list_namespaces(store)[1])]
     except OverlayError as e:
         return PodsState(error=str(e))
     rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
         {st.record.name: st.record.subnet for st in nodes.statuses})
     records, rejected = judge_pods(kvs, pods_prefix(store.prefix), rules)
+    bad_objects += [(r.key, f"{r.reason} ({r.detail})") for r in nodes.rejected]
     return PodsState(records, rejected, rejected_objects=bad_objects)
 

@@ -37,13 +37,14 @@ def test_without_etcd_it_is_skipped():
 
 def test_rejected_objects_of_every_kind_fail_with_their_delete_commands():
     from overlay.diagnose.cluster_checks import check_rejected_objects
-    from overlay.policy.objects import Rejected
 
     got = check_rejected_objects(PodsState(
         [pod("a", "10.244.1.2")], [Rejection("/p/pods/x/deep", "bad-value", "nested too deeply")],
-        rejected_objects=[Rejected("/p/policies/x/wide", "must specify a peer"),
-                          Rejected("/p/namespaces/z\n", "not JSON")]), "http://e:2379")
-    assert got.status == st.FAIL and got.found.startswith("3 rejected key(s): ")
+        rejected_objects=[("/p/policies/x/wide", "must specify a peer"),
+                          ("/p/namespaces/z\n", "not JSON"),
+                          ("/p/nodes/n1", "bad-value (not a JSON document)")]), "http://e:2379")
+    assert got.status == st.FAIL and got.found.startswith("4 rejected key(s): ")
+    assert "/p/nodes/n1: bad-value (not a JSON document)" in got.found
     assert "/p/pods/x/deep: bad-value (nested too deeply)" in got.found
     assert "/p/policies/x/wide: must specify a peer" in got.found
     assert "etcdctl --endpoints=http://e:2379 del '/p/policies/x/wide'" in got.fix

@@ -386,10 +386,11 @@ def test_diagnose_reads_the_registry_and_finds_a_shared_ip(etcd_server, store, r
     store.put(f"{store.prefix}/pods/shop/garbage", b"{not json")
     store.put(f"{store.prefix}/policies/shop/deep", b'{"a":' * 5000 + b"1" + b"}" * 5000)
     store.put(f"{store.prefix}/namespaces/Bad", b"{}")
+    store.put(f"{store.prefix}/nodes/node9", b"[" * 5000)
     got = check_rejected_objects(read_pods(opts, cluster), etcd_server.endpoint)
-    assert got.status == "fail" and got.found.startswith("3 rejected key(s)"), got.found
+    assert got.status == "fail" and got.found.startswith("4 rejected key(s)"), got.found
     for key in ("pods/shop/garbage: bad-value", "policies/shop/deep: value is not JSON: "
-                "nested too deeply", "namespaces/Bad: "):
+                "nested too deeply", "namespaces/Bad: ", "nodes/node9: bad-value"):
         assert f"{store.prefix}/{key}" in got.found, got.found
     assert f"del '{store.prefix}/policies/shop/deep'" in got.fix
 
