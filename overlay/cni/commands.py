@@ -190,6 +190,10 @@ def _write_pod_meta(req: Request, conf: NetConf, ips: list[ipam.IPAddress]) -> N
     meta = podmeta.meta_from_request(req.container_id, req.ifname, req.args, req.config, ips)
     try:
         podmeta.write_meta(conf.data_dir, conf.name, meta)
+    except podmeta.MetaTooLarge as e:
+        raise CNIError(CNIError.INVALID_CONFIG, f"the pod's metadata is too large: {e}",
+                       "args.cni.labels and ports: Kubernetes label syntax (ASCII), at most "
+                       f"{podmeta.MAX_ITEMS} of each") from None
     except OSError as e:
         raise IPAMError(f"cannot write pod metadata in {conf.data_dir}/{conf.name}: "
                         f"{e.strerror}") from e

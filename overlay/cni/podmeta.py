@@ -36,9 +36,16 @@ from overlay.util.fsutil import atomic_write
 
 META_DIR = "pods"
 SUFFIX = ".json"
-MAX_META_BYTES = 16 * 1024
 MAX_ITEMS = 64  # labels, ports
 MAX_TEXT = 320  # a label key (253 + '/' + 63), a name (253)
+# Whatever meta_from_request keeps of printable ASCII fits (64 labels and 64 ports of
+# MAX_TEXT-long strings: about 90 KB); write_meta refuses a larger file (escapes of other
+# characters inflate it), so the reader never drops a pod's identity for its size.
+MAX_META_BYTES = 128 * 1024
+
+
+class MetaTooLarge(ValueError):
+    """The pod's metadata would not fit MAX_META_BYTES."""
 
 
 def meta_dir(data_dir: str, network: str) -> str:
@@ -99,9 +106,16 @@ def meta_from_request(container_id: str, ifname: str, args: Mapping[str, str],
 
 
 def write_meta(data_dir: str, network: str, meta: Mapping[str, Any]) -> str:
+    """The file for ``meta``; MetaTooLarge (nothing written) if it exceeds MAX_META_BYTES:
+    a larger file would be unreadable to overlayd, whose registry record would then lose
+    the pod's namespace, name and labels, and with them the policies selecting it."""
+    text = json.dumps(meta, separators=(",", ":"))
+    if len(text) > MAX_META_BYTES:
+        raise MetaTooLarge(f"{len(text)} bytes of labels and ports (at most "
+                           f"{MAX_META_BYTES})")
     path = os.path.join(meta_dir(data_dir, network),
                         meta_file_name(meta["containerID"], meta["ifname"]))
-    atomic_write(path, json.dumps(meta, separators=(",", ":")), mode=0o600, durable=False)
+    atomic_write(path, text, mode=0o600, durable=False)
     return path
 
 

@@ -81,3 +81,52 @@ def test_the_addresses_of_the_add_are_listed_ipv4_first():
                                   [IPv4Address("10.244.1.5"), IPv6Address("fd00:10:244:1::5")])
     assert m["ips"] == ["10.244.1.5", "fd00:10:244:1::5"]
     assert meta()["ips"] == []  # nothing given: nothing claimed
+
+
+def _longest(key_char="k"):
+    """The largest metadata meta_from_request keeps of printable ASCII: every count and
+    length at its bound (the container ID a runtime's usual 64 hex digits)."""
+    text = key_char * podmeta.MAX_TEXT
+    labels = [{"key": text, "value": text}] * 1000
+    ports = [{"name": text, "port": 65535, "protocol": text}] * 1000
+    args = {"K8S_POD_NAMESPACE": "n" * podmeta.MAX_TEXT, "K8S_POD_NAME": "p" * podmeta.MAX_TEXT}
+    return podmeta.meta_from_request("c" * 64, "eth0" * 3 + "abc", args,
+                                     {"args": {"cni": {"labels": labels, "ports": ports}}},
+                                     [IPv6Address("fd00:10:244:ffff:ffff:ffff:ffff:fffe")] * 2)
+
+
+def test_whatever_ascii_the_plugin_keeps_fits_the_readers_bound(tmp_path):
+    # The reader drops a larger file whole, and with it the pod's namespace, name and
+    # labels: its registry record would fall back to default/<container ID>, out of reach
+    # of the policies selecting it (16 KiB once held about 40 labels of Kubernetes' longest:
+    # a 317-character key and a 63-character value).
+    m = _longest()
+    path = podmeta.write_meta(str(tmp_path), "overlay", m)
+    assert os.path.getsize(path) <= podmeta.MAX_META_BYTES
+    from overlay.daemon.podpublisher import _read_json_file
+    assert _read_json_file(path) == m
+
+
+def test_a_larger_file_is_refused_and_nothing_is_written(tmp_path):
+    m = _longest(key_char="\u00e9")  # each escaped as \u00e9: six bytes a character
+    try:
+        podmeta.write_meta(str(tmp_path), "overlay", m)
+    except podmeta.MetaTooLarge as e:
+        assert f"at most {podmeta.MAX_META_BYTES}" in str(e)
+    else:
+        raise AssertionError("an oversized metadata file must be refused")
+    assert not (tmp_path / "overlay").exists()
+
+
+def test_an_add_with_oversized_metadata_is_invalid_config(tmp_path):
+    labels = [{"key": "\u00e9" * podmeta.MAX_TEXT, "value": "\u00e9" * podmeta.MAX_TEXT}] * 64
+    config = {"cniVersion": "1.1.0", "name": "ovnet", "dataDir": str(tmp_path),
+              "args": {"cni": {"labels": labels}}}
+    req = Request("ADD", "1.1.0", config, "c1", "/x", "eth0", {"K8S_POD_NAME": "web"})
+    conf = commands.parse_netconf(config, "1.1.0")
+    try:
+        commands._write_pod_meta(req, conf, [IPv4Address("10.1.1.2")])
+    except commands.CNIError as e:
+        assert e.code == commands.CNIError.INVALID_CONFIG and "too large" in str(e)
+    else:
+        raise AssertionError("an ADD whose metadata cannot be read back must fail")
