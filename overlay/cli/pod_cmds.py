@@ -177,7 +177,11 @@ def _relabel(store: ObjectStore, key: str, set_: dict[str, str],
             record = decode_pod(held.value)
         except PodValueError as e:
             raise ConfigError(f"the record at {printable_key(key)} is unusable: {e}") from None
-        new = with_cli_labels(record, set_, remove)
+        try:
+            new = with_cli_labels(record, set_, remove)
+        except PodValueError as e:
+            raise ConfigError(f"pod {key.removeprefix(pods_prefix(store.prefix))}: {e}"
+                              ) from None
         if store.replace(key, encode_pod(new), held.mod_revision):
             return new
     raise OverlayError(f"{printable_key(key)} kept changing; try again")

@@ -58,9 +58,13 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 DEFAULT_NAMESPACE = "default"
 
 # Bounds: a record is a few hundred bytes; these keep a hostile one small to hold.
-MAX_RECORD_BYTES = 64 * 1024
+# Each source of labels brings at most MAX_SOURCE_LABELS (the plugin keeps 64, `pods
+# label` refuses more), so a record holds up to that many of each and, at Kubernetes'
+# longest labels (a 317-character key, a 63-character value), about 85 KB.
+MAX_SOURCE_LABELS = 64
+MAX_LABELS = MAX_SOURCE_LABELS * 3  # PRECEDENCE's sources
+MAX_RECORD_BYTES = 128 * 1024
 MAX_IPS = 8
-MAX_LABELS = 64
 MAX_PORTS = 64
 MAX_CONTAINER_ID = 256
 MAX_IFNAME = 15
@@ -224,9 +228,13 @@ def labels_by_source(labels: Mapping[str, Label]) -> dict[str, dict[str, str]]:
 def with_cli_labels(record: PodRecord, set_: Mapping[str, str],
                     remove: Iterable[str]) -> PodRecord:
     """``overlayctl pods label``: set keys (source ``cli``, winning over the others) and
-    remove keys whatever their source."""
+    remove keys whatever their source; PodValueError if the pod would carry more than
+    MAX_SOURCE_LABELS of the operator's (a record every reader rejects would drop the pod
+    out of its policies' reach)."""
     labels = {k: v for k, v in record.labels.items() if k not in set(remove)}
     labels.update({k: Label(v, SOURCE_CLI) for k, v in set_.items()})
+    if (cli := sum(lab.source == SOURCE_CLI for lab in labels.values())) > MAX_SOURCE_LABELS:
+        raise PodValueError(f"{cli} labels set with `pods label`: at most {MAX_SOURCE_LABELS}")
     return replace(record, labels=dict(sorted(labels.items())))
 
 

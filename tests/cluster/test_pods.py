@@ -131,6 +131,43 @@ def test_cli_label_edit_sets_and_removes_whatever_the_source():
     assert r.labels == {"tier": Label("gold", "cli")}
 
 
+def _longest_labels(source, n=pods.MAX_SOURCE_LABELS):
+    """``n`` labels of Kubernetes' longest form: a 253-character prefix, '/', a
+    63-character name (317 in all), a 63-character value."""
+    prefix = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, a DNS-1123 subdomain
+    return {f"{prefix}/{source[:2]}{i:02d}{'n' * 59}": Label(f"{i:02d}{'v' * 61}", source)
+            for i in range(n)}
+
+
+def test_the_largest_record_a_pod_can_have_is_readable():
+    # the plugin keeps 64 labels and 64 ports, the operator sets up to 64 more labels
+    big = record(namespace="n" * 63, name=".".join(["p" * 63] * 3 + ["q" * 61]),
+                 container_id="c" * pods.MAX_CONTAINER_ID, ifname="e" * pods.MAX_IFNAME,
+                 labels={**_longest_labels("cni"), **_longest_labels("kubernetes"),
+                         **_longest_labels("cli")},
+                 ports=tuple(Port(f"p{i:02d}{'x' * 12}", 65535 - i, "SCTP") for i in range(64)))
+    raw = pods.encode_pod(big)
+    assert len(big.labels) == 3 * pods.MAX_SOURCE_LABELS
+    assert len(raw) <= pods.MAX_RECORD_BYTES
+    assert pods.decode_pod(raw) == big
+
+
+def test_an_operators_label_on_a_fully_labelled_pod_keeps_it_readable():
+    # 64 of the CNI's and one of the operator's: a record the readers once rejected (at
+    # most 64 labels in all), which dropped the pod out of its policies' reach
+    full = record(labels=_longest_labels("cni"))
+    got = pods.with_cli_labels(full, {"tier": "gold"}, [])
+    assert pods.decode_pod(pods.encode_pod(got)).labels == got.labels
+
+
+def test_more_operator_labels_than_a_source_may_bring_are_refused():
+    many = {f"k{i}": "v" for i in range(pods.MAX_SOURCE_LABELS)}
+    ok = pods.with_cli_labels(record(), many, [])
+    assert sum(lab.source == "cli" for lab in ok.labels.values()) == pods.MAX_SOURCE_LABELS
+    with pytest.raises(pods.PodValueError, match="65 labels set with `pods label`: at most 64"):
+        pods.with_cli_labels(ok, {"one-more": "v"}, [])
+
+
 def test_duplicate_ips_names_every_holder():
     a, b = record(), record(name="web-2", container_id="c2")
     dup = pods.duplicate_ips([a, b, record(name="x", ips=(IPv4Address("10.244.1.9"),))])
