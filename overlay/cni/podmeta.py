@@ -39,7 +39,7 @@ SUFFIX = ".json"
 MAX_ITEMS = 64  # labels, ports
 MAX_TEXT = 320  # a label key (253 + '/' + 63), a name (253)
 # Whatever meta_from_request keeps of printable ASCII fits (64 labels and 64 ports of
-# MAX_TEXT-long strings: about 90 KB); write_meta refuses a larger file (escapes of other
+# MAX_TEXT-long strings: about 87 KB); write_meta refuses a larger file (escapes of other
 # characters inflate it), so the reader never drops a pod's identity for its size.
 MAX_META_BYTES = 128 * 1024
 
