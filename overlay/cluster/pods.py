@@ -62,6 +62,9 @@ DEFAULT_NAMESPACE = "default"
 # label` refuses more), so a record holds up to that many of each and, at Kubernetes'
 # longest labels (a 317-character key, a 63-character value), about 85 KB.
 MAX_SOURCE_LABELS = 64
+# Why a record whose node's lease is gone is rejected (its IPs' subnet has no lease): the
+# ordinary state between a node's removal and the lease-gone GC deleting its pods.
+NO_LEASE = "no accepted lease holds them"
 MAX_LABELS = MAX_SOURCE_LABELS * 3  # PRECEDENCE's sources
 MAX_RECORD_BYTES = 128 * 1024
 MAX_IPS = 8
@@ -455,7 +458,7 @@ def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:
         where = rules.node_subnets.get(record.node)
         return Rejection(kv.key, PodReason.IP_OUTSIDE_SUBNET,
                          f"{', '.join(map(str, record.ips))} not inside node {record.node}'s "
-                         f"subnet ({where or 'no accepted lease holds them'})", kv.mod_revision)
+                         f"subnet ({where or NO_LEASE})", kv.mod_revision)
     return record
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from overlay.cluster.pods import PodRecord, duplicate_ips
-from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
+from overlay.cluster.pods import NO_LEASE, PodReason, PodRecord, duplicate_ips
+from overlay.diagnose.state import FAIL, PASS, SKIP, WARN, CheckResult
 from overlay.lease import Rejection, etcdctl_del, printable_key
 
 
@@ -43,16 +43,29 @@ def check_rejected_objects(pods: PodsState, endpoints: str = "") -> CheckResult:
                 "overlayd accepts")
     if pods.error:
         return CheckResult(name, SKIP, expected, f"not read: {pods.error}")
-    bad = [*pods.rejected_objects, *((r.key, f"{r.reason} ({r.detail})")
-                                     for r in pods.rejected)]
+    # a removed node's pods wait for the lease-gone GC (any node's overlayd, within a
+    # minute): rejected, but expected for a while
+    gone = [r for r in pods.rejected if r.reason == PodReason.IP_OUTSIDE_SUBNET
+            and r.detail.endswith(f"({NO_LEASE})")]
+    gone_keys = {r.key for r in gone}
+    bad = sorted([*pods.rejected_objects, *((r.key, f"{r.reason} ({r.detail})")
+                                            for r in pods.rejected if r.key not in gone_keys)])
+    waiting = (f"{len(gone)} record(s) of pods whose node's lease is gone, awaiting "
+               "removal" if gone else "")
     if not bad:
+        if gone:
+            return CheckResult(name, WARN, expected, waiting + ": " + ", ".join(
+                printable_key(r.key) for r in gone[:MAX_LISTED]),
+                "overlayd on the remaining nodes deletes them within a minute of the lease "
+                "going; if they stay, `overlayctl nodes delete NODE` removes a node gone "
+                "for good with its pods")
         return CheckResult(name, PASS, expected, f"{len(pods.records)} pod record(s); no "
                            "pod, policy, namespace or node record rejected")
-    bad.sort()
     shown = bad[:MAX_LISTED]
     more = f"; and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
     found = "; ".join(f"{printable_key(key)}: {why}" for key, why in shown)
-    return CheckResult(name, FAIL, expected, f"{len(bad)} rejected key(s): {found}{more}",
+    return CheckResult(name, FAIL, expected, f"{len(bad)} rejected key(s): {found}{more}"
+                       + (f" ({waiting})" if gone else ""),
                        "find what wrote them (`overlayctl policy get`, `pods -A` and `nodes` "
                        "list them too); if nothing should, delete each: "
                        + "; ".join(etcdctl_del(key, endpoints) for key, _ in shown))

@@ -56,3 +56,21 @@ def test_no_rejected_object_passes_and_without_etcd_it_is_skipped():
 
     assert check_rejected_objects(PodsState([pod("a", "10.244.1.2")])).status == st.PASS
     assert check_rejected_objects(PodsState(error="etcd down")).status == st.SKIP
+
+
+def test_pods_of_a_gone_lease_are_a_warning_until_the_gc_takes_them():
+    # a removed node's records stay until the lease-gone GC deletes them: expected for a
+    # while, so diagnose warns instead of failing (`overlay-lab remove-node` then diagnose)
+    from overlay.cluster.pods import NO_LEASE
+    from overlay.diagnose.cluster_checks import check_rejected_objects
+
+    gone = Rejection("/p/pods/default/web", "ip-outside-node-subnet",
+                     f"10.244.4.2 not inside node node4's subnet ({NO_LEASE})")
+    got = check_rejected_objects(PodsState([pod("a", "10.244.1.2")], [gone]))
+    assert got.status == st.WARN and "1 record(s) of pods whose node's lease is gone" in got.found
+    assert "/p/pods/default/web" in got.found and "nodes delete" in got.fix
+    elsewhere = Rejection("/p/pods/default/x", "ip-outside-node-subnet",
+                          "10.244.9.2 not inside node node1's subnet (10.244.1.0/24)")
+    got = check_rejected_objects(PodsState([], [gone, elsewhere]))
+    assert got.status == st.FAIL and got.found.startswith("1 rejected key(s): /p/pods/default/x")
+    assert "(1 record(s) of pods whose node's lease is gone, awaiting removal)" in got.found
