@@ -43,6 +43,7 @@ from overlay.cluster.keys import (
 )
 from overlay.lease import IPNetwork, Lease, LeaseRules, Rejection, judge
 from overlay.util import jsontext
+from overlay.util.containerid import container_id_problem as _container_id_problem
 
 if TYPE_CHECKING:  # the etcd client is not imported by the values (the CNI plugin uses them)
     from overlay.cluster.store import KV, ObjectStore
@@ -69,13 +70,11 @@ MAX_LABELS = MAX_SOURCE_LABELS * 3  # PRECEDENCE's sources
 MAX_RECORD_BYTES = 128 * 1024
 MAX_IPS = 8
 MAX_PORTS = 64
-MAX_CONTAINER_ID = 256
 MAX_IFNAME = 15
 
 # Kubernetes' label syntax: a key is an optional DNS-1123 subdomain prefix and '/', then a
 # name of at most 63 characters; a value is empty or a name.
 _LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
-_CONTAINER_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # skel's CNI_CONTAINERID rule
 _PORT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # IANA_SVC_NAME, at most 15
 
 
@@ -195,10 +194,9 @@ def _node_problem(node: object) -> str | None:
 
 
 def container_id_problem(value: object) -> str | None:
-    if (not isinstance(value, str) or not value or len(value) > MAX_CONTAINER_ID
-            or not _CONTAINER_ID_RE.fullmatch(value)):
-        return f"container ID {value!r:.80} must be 1-{MAX_CONTAINER_ID} letters, digits, '_.-'"
-    return None
+    """The plugin's CNI_CONTAINERID rule (:mod:`overlay.util.containerid`)."""
+    problem = _container_id_problem(value)
+    return f"container ID {value!r:.80} {problem}" if problem else None
 
 
 # ---- label precedence -----------------------------------------------------------------

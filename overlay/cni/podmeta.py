@@ -2,8 +2,8 @@
 overlayd's pod publisher (``overlay.daemon.podpublisher``) to read off the ADD's path.
 
 The IPAM record (``<dataDir>/<network>/<ip>``) holds only the container ID and ifname;
-``<dataDir>/<network>/pods/<container id>@<ifname>.json`` adds who the pod is, as the
-runtime said it::
+``<dataDir>/<network>/pods/<container id>@<ifname>.json`` (:func:`meta_file_name`) adds
+who the pod is, as the runtime said it::
 
     {"containerID": "...", "ifname": "eth0", "namespace": "default", "name": "web-1",
      "labels": [{"key": "app", "value": "web"}],
@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from overlay.util.digest import name_digest
 from overlay.util.fsutil import atomic_write
 
 META_DIR = "pods"
@@ -42,6 +43,8 @@ MAX_TEXT = 320  # a label key (253 + '/' + 63), a name (253)
 # MAX_TEXT-long strings: about 87 KB); write_meta refuses a larger file (escapes of other
 # characters inflate it), so the reader never drops a pod's identity for its size.
 MAX_META_BYTES = 128 * 1024
+# NAME_MAX (255) less what atomic_write's temporary name adds ('.' and '.' + 16 hex).
+MAX_FILE_NAME = 255 - 18
 
 
 class MetaTooLarge(ValueError):
@@ -53,8 +56,15 @@ def meta_dir(data_dir: str, network: str) -> str:
 
 
 def meta_file_name(container_id: str, ifname: str) -> str:
-    # '@' never occurs in a container ID (skel's rule), so the name is unambiguous.
-    return f"{container_id}@{ifname}{SUFFIX}"
+    """``<container id>@<ifname>.json``, or for a name too long for Linux (a container ID
+    of more than about 215 of its 256 characters) ``<SHA-256 of both>.json``: the reader
+    derives the name the same way, and the file's ``containerID`` says whose it is."""
+    # '@' never occurs in a container ID (its rule), so a plain name is unambiguous, and a
+    # digest's name, without '@', is never one.
+    name = f"{container_id}@{ifname}{SUFFIX}"
+    if len(name.encode()) <= MAX_FILE_NAME:
+        return name
+    return name_digest(container_id, ifname) + SUFFIX
 
 
 def _text(value: object) -> str | None:

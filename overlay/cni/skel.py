@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
 from overlay.util import jsontext, lazylog
+from overlay.util.containerid import CONTAINER_ID_RE, MAX_CONTAINER_ID, container_id_problem
 from overlay.util.ifname import ifname_problem
 
 log = lazylog.get_logger(__name__)
@@ -32,7 +33,7 @@ ERR_INTERNAL = 999    # a bug: same code as libcni's ErrInternal
 
 # Whole-string rules (used with fullmatch): ``re.match("...$")`` also accepts a trailing
 # newline, and "c1\n" then named other files and veths than "c1" (two pods, one IP).
-_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+_NAME_RE = CONTAINER_ID_RE  # network names follow the container ID's characters
 _ARG_RE = re.compile(r"[A-Za-z0-9_\-]+")
 
 # Bounds on one request, the same for the in-process plugin and the warm server (which
@@ -87,7 +88,10 @@ def validate_container_id(value: str) -> None:
     if not value:
         raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is empty",
                        "the runtime must pass the container ID in CNI_CONTAINERID")
-    if not _NAME_RE.fullmatch(value):
+    if len(value) > MAX_CONTAINER_ID:
+        raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is too long",
+                       f"{len(value)} characters (at most {MAX_CONTAINER_ID})")
+    if container_id_problem(value):
         raise CNIError(CNIError.INVALID_ENV, "invalid characters in CNI_CONTAINERID",
                        f"{value!r}: must start with a letter or digit and contain only "
                        "letters, digits, '_', '.' and '-'")

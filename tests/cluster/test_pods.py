@@ -12,6 +12,7 @@ from overlay.cluster import pods
 from overlay.cluster.pods import Label, PodRecord, PodRules, Port
 from overlay.cluster.store import KV
 from overlay.lease import Rejection
+from overlay.util.containerid import MAX_CONTAINER_ID
 
 BASE = "/overlay/network/pods/"
 N1 = IPv4Network("10.244.1.0/24")
@@ -142,7 +143,7 @@ def _longest_labels(source, n=pods.MAX_SOURCE_LABELS):
 def test_the_largest_record_a_pod_can_have_is_readable():
     # the plugin keeps 64 labels and 64 ports, the operator sets up to 64 more labels
     big = record(namespace="n" * 63, name=".".join(["p" * 63] * 3 + ["q" * 61]),
-                 container_id="c" * pods.MAX_CONTAINER_ID, ifname="e" * pods.MAX_IFNAME,
+                 container_id="c" * MAX_CONTAINER_ID, ifname="e" * pods.MAX_IFNAME,
                  labels={**_longest_labels("cni"), **_longest_labels("kubernetes"),
                          **_longest_labels("cli")},
                  ports=tuple(Port(f"p{i:02d}{'x' * 12}", 65535 - i, "SCTP") for i in range(64)))

@@ -71,6 +71,10 @@ BAD_ENV = [
     (dict(ENV, CNI_CONTAINERID="../../etc/passwd"), 4, "CNI_CONTAINERID"),
     (dict(ENV, CNI_CONTAINERID="-starts-with-dash"), 4, "CNI_CONTAINERID"),
     (dict(ENV, CNI_CONTAINERID="has space"), 4, "CNI_CONTAINERID"),
+    # The pod registry's bound: a longer ID would get a pod no record names, outside the
+    # policies that select it.
+    (dict(ENV, CNI_CONTAINERID="c" * 257), 4, "CNI_CONTAINERID is too long"),
+    (dict(ENV, CNI_COMMAND="DEL", CNI_CONTAINERID="c" * 257), 4, "257 characters"),
     (dict(ENV, CNI_IFNAME="a" * 16), 4, "CNI_IFNAME"),
     (dict(ENV, CNI_IFNAME="."), 4, "CNI_IFNAME"),
     (dict(ENV, CNI_IFNAME=".."), 4, "CNI_IFNAME"),
@@ -111,6 +115,11 @@ def test_bad_environment_is_rejected_before_any_handler(env, code, needle):
 
 def test_fifteen_character_ifname_is_fine():
     rc, _, rec = run(dict(ENV, CNI_IFNAME="a" * 15))
+    assert rc == 0 and rec.calls
+
+
+def test_a_container_id_of_256_characters_is_fine():
+    rc, _, rec = run(dict(ENV, CNI_CONTAINERID="c" * 256))
     assert rc == 0 and rec.calls
 
 

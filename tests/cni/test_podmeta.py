@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from overlay.cni import commands, podmeta
 from overlay.cni.skel import Request
+from overlay.util.containerid import MAX_CONTAINER_ID
 
 
 def meta(k8s=None, **config):
@@ -55,6 +56,28 @@ def test_write_is_atomic_beside_the_ipam_record_and_del_removes_it(tmp_path):
     podmeta.remove_meta(str(tmp_path), "overlay", "c0ffee", "eth0")
     assert not os.path.exists(path)
     podmeta.remove_meta(str(tmp_path), "overlay", "c0ffee", "eth0")  # idempotent
+
+
+def test_the_longest_container_id_gets_a_file_linux_can_name(tmp_path):
+    # 256 characters (the bound) and a 15-character ifname made a name of 277 bytes:
+    # "File name too long", and the ADD failed
+    longest, ifname = "c" * MAX_CONTAINER_ID, "e" * 15
+    names = {podmeta.meta_file_name(longest, ifname), podmeta.meta_file_name(longest, "eth0"),
+             podmeta.meta_file_name(longest[:-1] + "d", ifname)}
+    assert len(names) == 3 and all(len(n) <= podmeta.MAX_FILE_NAME for n in names)
+    assert all("@" not in n for n in names)  # never a plain name's shape
+    m = dict(meta(), containerID=longest, ifname=ifname)
+    path = podmeta.write_meta(str(tmp_path), "overlay", m)
+    assert os.path.basename(path) == podmeta.meta_file_name(longest, ifname)
+    written = tmp_path / "overlay" / "pods" / os.path.basename(path)
+    assert json.loads(written.read_text())["containerID"] == longest
+    podmeta.remove_meta(str(tmp_path), "overlay", longest, ifname)
+    assert os.listdir(tmp_path / "overlay" / "pods") == []
+    # the longest plain name still fits with atomic_write's temporary name beside it
+    fits = "c" * (podmeta.MAX_FILE_NAME - len("@eth0.json"))
+    assert podmeta.meta_file_name(fits, "eth0") == fits + "@eth0.json"
+    podmeta.write_meta(str(tmp_path), "overlay", dict(meta(), containerID=fits))
+    assert podmeta.meta_file_name(fits + "c", "eth0") != fits + "c@eth0.json"
 
 
 def test_add_writes_the_metadata_file_and_a_failure_is_an_ipam_error(tmp_path):

@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Network
 
 import pytest
+
+from overlay.daemon import podpublisher
 
 from .support.cni_node import ENTRY, CNINode, sh
 from .support.ovd_topology import Topology
@@ -190,6 +193,25 @@ def test_bad_input_gets_spec_error_and_changes_nothing(node, what, kw, stdin, co
     assert node.veths() == [] and "cni0" not in node.links()
     assert node.ip_files() == []
     assert list(node.links(pod)) == ["lo"]
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "fallback"])
+def test_the_longest_container_id_is_attached_published_and_released(node, warm):
+    # 256 characters (the registry's bound) once failed the ADD: its metadata file's name
+    # exceeded NAME_MAX ("File name too long"); one more is refused before anything changes
+    pod, longest = node.pod(), "c" * 255 + ("w" if warm else "f")
+    doc = node.add(longest, pod, warm=warm, env={"CNI_ARGS": "K8S_POD_NAME=web-1"})
+    assert node.cni("CHECK", longest, pod, warm=warm,
+                    conf=node.conf(prevResult=doc)).rc == 0
+    scanned = podpublisher.scan_local(node.data_dir, IPv4Network("10.88.1.0/24"),
+                                      lambda *a: pytest.fail(f"warned {a}"))
+    assert scanned[longest].identity.name == "web-1"
+    assert node.cni("DEL", longest, pod, warm=warm).rc == 0
+    assert node.veths() == [] and node.ip_files() == []
+    assert os.listdir(os.path.join(node.data_dir, f"ovcni-{node.tag}", "pods")) == []
+    too_long = node.cni("ADD", longest + "c", node.pod(), warm=warm)
+    assert too_long.rc == 1 and too_long.code == 4, too_long
+    assert "too long" in too_long.doc["msg"] and node.ip_files() == []
 
 
 @pytest.mark.slow
