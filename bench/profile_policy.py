@@ -8,8 +8,10 @@ of ``--seconds`` on each lab in turn (the order alternates) and samples the whol
 with ``perf record -a`` for ``--sample`` seconds in its middle. A round's figures are the
 shares of the busy CPU (samples outside the idle loop) spent in netfilter, by part:
 conntrack, nftables' chains, the hook walk, br_netfilter's bridge hooks and the rest of
-netfilter. The summary gives each lab's median over the rounds and the per-round
-difference (with N policies minus none) with its range: what the policies add.
+netfilter, and the flow's cost: busy CPU-seconds per gigabit moved, which needs no
+symbol's classification. The summary gives each lab's median over the rounds and the
+per-round difference (with N policies minus none; the cost's in percent) with its range:
+what the policies add.
 
 ``--extra-nft FILE`` loads an nft file of your own into the policy lab's node namespaces
 before the rounds (to try a variant of the table's surroundings, such as a conntrack
@@ -120,20 +122,31 @@ def profile_flow(path: Path_, seconds: int, sample: float, workdir: str) -> dict
         raise RuntimeError(f"iperf3 {path.label}: {flow['error']}")
     report = run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol",
                   "--stdio", "-q"], timeout=120).stdout
-    return {"gbps": float(flow["end"]["sum_received"]["bits_per_second"]) / 1e9,
-            **shares(report)}
+    gbps = float(flow["end"]["sum_received"]["bits_per_second"]) / 1e9
+    got = shares(report)
+    return {"gbps": gbps, **got, "cost": cost(got["busy"], gbps)}
+
+
+def cost(busy: float, gbps: float, cpus: int | None = None) -> float:
+    """CPU-seconds the machine was busy per gigabit moved: ``busy`` percent of ``cpus``
+    (all of them by default) at ``gbps``. Unlike the shares, it needs no symbol's part:
+    it is what a flow pays per byte, whatever the kernel names the code."""
+    return busy / 100 * (cpus or os.cpu_count() or 1) / gbps
 
 
 def summarize(rounds: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per arm, each figure's median and range over the rounds; ``added``: the per-round
     difference (policies minus none) of each share, median and range."""
     rounds = list(rounds)
-    keys = ("gbps", "busy", "netfilter", *PART_NAMES)
+    keys = ("gbps", "busy", "cost", "netfilter", *PART_NAMES)
     out: dict[str, dict[str, Any]] = {}
     for arm in ("policies", "none"):
         out[arm] = {k: _spread([r[arm][k] for r in rounds]) for k in keys}
     out["added"] = {k: _spread([r["policies"][k] - r["none"][k] for r in rounds])
                     for k in ("netfilter", *PART_NAMES)}
+    # the cost's growth in percent of the no-policy lab's, each round's own
+    out["added"]["cost"] = _spread([100 * (r["policies"]["cost"] / r["none"]["cost"] - 1)
+                                    for r in rounds])
     return out
 
 
@@ -199,15 +212,21 @@ def report(summary: dict[str, Any]) -> None:
     s = summary["summary"]
     print(f"{len(summary['rounds'])} rounds in {summary['took_s']:.0f} s: a {summary['seconds']} s "
           f"bulk pod-to-pod flow per lab, perf sampling {summary['sample']} s of it; "
-          f"shares are percent of the busy CPU, median (min-max) over the rounds")
-    cols = ("gbps", "busy", "netfilter", *PART_NAMES)
+          f"shares are percent of the busy CPU, median (min-max) over the rounds; cost is "
+          f"busy CPU-seconds per gigabit (added: percent more than without policies)")
+    cols = ("gbps", "busy", "cost", "netfilter", *PART_NAMES)
     print(f"{'':<14}" + "".join(f"{c:>21}" for c in cols))
     rows = ((f"{summary['policies']} policies", s["policies"]), ("no policy", s["none"]),
             ("added", s["added"]))
     for label, figures in rows:
-        cells = [(f"{figures[c]['median']:.2f} ({figures[c]['min']:.2f}-{figures[c]['max']:.2f})"
-                  if c in figures else "") for c in cols]
+        cells = [_cell(figures[c], 3 if c == "cost" and label != "added" else 2)
+                 if c in figures else "" for c in cols]
         print(f"{label:<14}" + "".join(f"{cell:>21}" for cell in cells))
+
+
+def _cell(spread: dict[str, float], digits: int) -> str:
+    return (f"{spread['median']:.{digits}f} ({spread['min']:.{digits}f}-"
+            f"{spread['max']:.{digits}f})")
 
 
 if __name__ == "__main__":

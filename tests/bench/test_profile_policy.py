@@ -67,6 +67,7 @@ def test_a_profile_without_busy_samples_is_an_error() -> None:
 def test_added_is_the_per_round_difference() -> None:
     def figures(netfilter: float, gbps: float) -> dict[str, float]:
         return {"gbps": gbps, "busy": 80.0, "netfilter": netfilter,
+                "cost": pp.cost(80.0, gbps, cpus=2),
                 **{p: netfilter / len(pp.PART_NAMES) for p in pp.PART_NAMES}}
     rounds = [{"policies": figures(9.0, 9.0), "none": figures(3.0, 10.0)},
               {"policies": figures(12.0, 8.0), "none": figures(4.0, 9.0)},
@@ -76,6 +77,15 @@ def test_added_is_the_per_round_difference() -> None:
     # the range is the rounds' own differences (7 - 3 to 12 - 4), not the arms' ranges'
     assert s["policies"]["netfilter"] == {"median": 9.0, "min": 7.0, "max": 12.0}
     assert s["none"]["gbps"]["median"] == 10.0
+    # as busy, 10/9, 9/8 and 10.5/9.5 times the CPU per gigabit
+    assert s["added"]["cost"]["median"] == pytest.approx(100 * (10 / 9 - 1))
+    assert s["added"]["cost"]["min"] == pytest.approx(100 * (10.5 / 9.5 - 1))
+    assert s["added"]["cost"]["max"] == pytest.approx(100 * (9 / 8 - 1))
+
+
+def test_cost_is_busy_cpu_seconds_per_gigabit() -> None:
+    assert pp.cost(80.0, 10.0, cpus=2) == pytest.approx(0.16)  # 1.6 CPUs busy at 10 Gbit/s
+    assert pp.cost(40.0, 5.0, cpus=4) == pytest.approx(0.32)
 
 
 @pytest.mark.parametrize("args", [["--seconds", "3", "--sample", "3"], ["--policies", "0"],
