@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
 from overlay.util import jsontext, lazylog
-from overlay.util.containerid import CONTAINER_ID_RE, MAX_CONTAINER_ID, container_id_problem
+from overlay.util.containerid import CONTAINER_ID_RE, MAX_CONTAINER_ID
 from overlay.util.ifname import ifname_problem
 
 log = lazylog.get_logger(__name__)
@@ -84,14 +84,17 @@ def version_tuple(version: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
-def validate_container_id(value: str) -> None:
+def validate_container_id(value: str, bounded: bool = True) -> None:
+    """The container ID's rule; ``bounded=False`` (DEL, CHECK) waives its length bound:
+    a runtime cleaning up after a refused ADD must not be refused again (nothing can be
+    attached under a longer ID, so a DEL of one succeeds and a CHECK finds nothing)."""
     if not value:
         raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is empty",
                        "the runtime must pass the container ID in CNI_CONTAINERID")
-    if len(value) > MAX_CONTAINER_ID:
+    if bounded and len(value) > MAX_CONTAINER_ID:
         raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is too long",
                        f"{len(value)} characters (at most {MAX_CONTAINER_ID})")
-    if container_id_problem(value):
+    if not CONTAINER_ID_RE.fullmatch(value):
         raise CNIError(CNIError.INVALID_ENV, "invalid characters in CNI_CONTAINERID",
                        f"{value!r}: must start with a letter or digit and contain only "
                        "letters, digits, '_', '.' and '-'")
@@ -202,7 +205,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = N
     container_id = ifname = ""
     if "CNI_CONTAINERID" in _REQUIRED_ENV[command]:
         container_id, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
-        validate_container_id(container_id)
+        validate_container_id(container_id, bounded=command == "ADD")
         validate_ifname(ifname)
     args = parse_cni_args(env.get("CNI_ARGS", ""))
     config = decode_config(stdin)

@@ -209,9 +209,11 @@ def test_the_longest_container_id_is_attached_published_and_released(node, warm)
     assert node.cni("DEL", longest, pod, warm=warm).rc == 0
     assert node.veths() == [] and node.ip_files() == []
     assert os.listdir(os.path.join(node.data_dir, f"ovcni-{node.tag}", "pods")) == []
-    too_long = node.cni("ADD", longest + "c", node.pod(), warm=warm)
+    pod = node.pod()
+    too_long = node.cni("ADD", longest + "c", pod, warm=warm)
     assert too_long.rc == 1 and too_long.code == 4, too_long
     assert "too long" in too_long.doc["msg"] and node.ip_files() == []
+    assert node.cni("DEL", longest + "c", pod, warm=warm).rc == 0  # the runtime's cleanup
 
 
 @pytest.mark.slow
