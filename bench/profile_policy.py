@@ -54,7 +54,10 @@ from overlay.util.fsutil import atomic_write  # noqa: E402
 # A symbol's part, first match wins; None for everything outside netfilter.
 IDLE = re.compile(r"(^|_)idle|safe_halt|mwait")
 PARTS = (("br_netfilter", re.compile(r"^br_nf|^brnf|ip_sabotage|^nf_bridge")),
-         ("conntrack", re.compile(r"conntrack|^nf_ct_|^__nf_ct|confirm|^tcp_in_window|defrag")),
+         # siphash keys conntrack's table; ipv4_get_l4proto is its header parse (no other
+         # user on this path: both are absent from a profile without policies)
+         ("conntrack", re.compile(r"conntrack|^nf_ct_|^__nf_ct|confirm|^tcp_in_window|defrag"
+                                  r"|siphash|^ipv[46]_get_l4proto")),
          ("nftables", re.compile(r"^_*nft_|^nf_tables")),
          ("hooks", re.compile(r"^_*nf_hook|^nf_ingress|^nf_reinject")),
          ("other", re.compile(r"^_*nf_|^nfnetlink|^xt_|^ipt_")))

@@ -36,7 +36,8 @@ REPORT = """\
 @pytest.mark.parametrize(("symbol", "part"), [
     ("__nf_conntrack_find_get", "conntrack"), ("nf_conntrack_in", "conntrack"),
     ("ipv4_conntrack_defrag", "conntrack"), ("nf_ct_deliver_cached_events", "conntrack"),
-    ("tcp_in_window", "conntrack"), ("nft_do_chain", "nftables"),
+    ("tcp_in_window", "conntrack"), ("__siphash_unaligned", "conntrack"),
+    ("ipv4_get_l4proto", "conntrack"), ("nft_do_chain", "nftables"),
     ("__nft_trace_packet", "nftables"), ("nf_hook_slow", "hooks"),
     ("nf_hook_slow_list", "hooks"), ("br_nf_forward_ip.part.0", "br_netfilter"),
     ("ip_sabotage_in", "br_netfilter"), ("nf_checksum", "other"),
