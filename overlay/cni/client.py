@@ -103,12 +103,14 @@ def main(root=None):
         sock.close()
         fallback(stdin)
     code, sep, out = reply.partition(b"\n")
-    if not sep or not code.isdigit():
-        # The server accepted but died mid-request: the runtime should retry (code 11).
+    if not sep or code not in (b"0", b"1"):
+        # The server accepted but died mid-request, or what answered is not our server
+        # (a plugin exits 0 or 1; 256 would end this process as success): the runtime
+        # should retry (code 11).
         sys.stdout.write('{"cniVersion": "1.1.0", "code": 11, "msg": "overlay CNI server '
                          'closed the connection", "details": "retry; check overlayd or '
                          'overlay-cni serve on ' + SOCKET.decode() + '"}\n')
         finish(1)
     posix.write(1, out)
-    finish(int(code))
+    finish(1 if code == b"1" else 0)
 

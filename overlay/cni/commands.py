@@ -485,9 +485,10 @@ def cmd_add_unenforced(req: Request) -> dict[str, Any]:
     conf = parse_netconf(req.config, req.cni_version)
     marker = policy_marker_path(conf.subnet_file)
     if os.path.exists(marker):
-        raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicies are in force and overlayd is "
-                       "not answering", f"{marker} exists: the pod would be unfiltered; "
-                       "retry once overlayd serves the CNI socket")
+        raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicies are in force and overlayd did "
+                       "not take the request", f"{marker} exists: the pod would be "
+                       "unfiltered; retry once overlayd serves the CNI socket (it is not "
+                       "running, or was at its bound of requests at once)")
     return cmd_add(req)
 
 

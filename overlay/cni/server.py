@@ -24,10 +24,12 @@ The socket is created mode 0600 and only peers with the server's uid (or root) a
 
 Nothing a peer does can hold the server: a request must arrive whole within
 ``request_deadline`` (an idle or slow-loris connection is closed), at most
-``max_connections`` are served at once (beyond that the entry is told to run
-in-process, so no thread is started), an oversized request is answered with the same
-CNI error as the in-process plugin gives, and ``shutdown`` closes connections still
-waiting for their request at once and gives started requests one total deadline.
+``max_connections`` run at once and the others that arrived whole wait for a slot (up to
+``slot_wait``), at most ``max_pending`` connections are held in all (beyond that, or past
+the wait, the entry is told to run in-process, so no thread is started), an oversized
+request is answered with the same CNI error as the in-process plugin gives, and
+``shutdown`` closes connections still waiting for their request at once, sends back the
+ones waiting for a slot and gives started requests one total deadline.
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ MAGIC = b"OVCNI1"
 MAX_FDS = 2
 BUSY = b"BUSY\n"
 REQUEST_DEADLINE = 5.0   # seconds for a whole request to arrive
-MAX_CONNECTIONS = 64     # served at once; a runtime's burst of pod starts fits well
+MAX_CONNECTIONS = 64     # requests run at once; a runtime's burst of pod starts fits well
+# Connections held at once: waiting for their request, for a slot to run in, or running.
+# A request that arrived whole waits up to SLOT_WAIT for a slot rather than being sent back
+# (with policies in force the in-process fallback must refuse an ADD), and connections
+# that never send one hold no slot, only their thread until REQUEST_DEADLINE.
+MAX_PENDING = 256
+SLOT_WAIT = 30.0
 SHUTDOWN_DEADLINE = 5.0  # total, for requests in flight and deferred link deletes
 _HEADER_MAX = 128        # b"OVCNI1 <len> <len> <n>\n" is ~30 bytes
 
@@ -127,17 +135,22 @@ class CNIServer:
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, handlers: Mapping = HANDLERS,
                  max_connections: int = MAX_CONNECTIONS,
-                 request_deadline: float = REQUEST_DEADLINE):
+                 request_deadline: float = REQUEST_DEADLINE,
+                 max_pending: int = MAX_PENDING, slot_wait: float = SLOT_WAIT):
         self.socket_path = socket_path
         self.handlers = handlers
         self.max_connections = max_connections
+        self.max_pending = max(max_pending, max_connections)
         self.request_deadline = request_deadline
+        self.slot_wait = slot_wait
+        self._running = 0  # requests holding one of the max_connections slots
         self._sock: socket.socket | None = None
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         # Connections whose request has not fully arrived: shutdown() closes them at once.
         self._waiting: dict[threading.Thread, socket.socket] = {}
         self._lock = threading.Lock()
+        self._slot_free = threading.Condition(self._lock)
         self._inode: int | None = None  # of the socket file we bound
         self.reaper = LinkReaper()
 
@@ -220,8 +233,8 @@ class CNIServer:
             if self._stopping.is_set():
                 conn.close()
                 return
-            if len(self._threads) >= self.max_connections:
-                _answer_busy(conn, len(self._threads))
+            if len(self._threads) >= self.max_pending:
+                _answer_busy(conn, f"{len(self._threads)} connections held (the bound)")
                 return
             self._threads.add(thread)
             self._waiting[thread] = conn
@@ -241,6 +254,7 @@ class CNIServer:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._stopping.set()
+            self._slot_free.notify_all()  # requests waiting for a slot are sent back
             threads = list(self._threads)
             waiting = list(self._waiting.values())
         if self._sock is not None:
@@ -283,7 +297,14 @@ class CNIServer:
                 if request is None or not self._begin():
                     return  # a liveness probe (connect + close), or shutting down
                 env, stdin, fds = request
-                code, out = self._run(env, stdin, fds)
+                if not self._take_slot():
+                    _answer_busy(conn, f"{self.max_connections} requests running (the "
+                                 f"bound) for {self.slot_wait:.0f} s, or shutting down")
+                    return
+                try:
+                    code, out = self._run(env, stdin, fds)
+                finally:
+                    self._free_slot()
                 _send_reply(conn, code, out, self.request_deadline)
                 log.debug("CNI %s %s/%s: exit %d in %.2f ms",
                           *(skel.shown(env.get(k)) for k in
@@ -303,6 +324,26 @@ class CNIServer:
         with self._lock:
             self._waiting.pop(threading.current_thread(), None)
             return not self._stopping.is_set()
+
+    def _take_slot(self) -> bool:
+        """One of the ``max_connections`` slots, waiting up to ``slot_wait``; False when
+        none freed in time or the server is stopping."""
+        deadline = time.monotonic() + self.slot_wait
+        with self._slot_free:
+            while self._running >= self.max_connections and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._slot_free.wait(remaining)
+            if self._stopping.is_set():
+                return False
+            self._running += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._slot_free:
+            self._running -= 1
+            self._slot_free.notify()
 
     def _run(self, env: dict[str, str], stdin: bytes, fds: list[int]) -> tuple[int, bytes]:
         host_fd = fds[0] if fds else None
@@ -333,8 +374,9 @@ def _warm_up() -> None:
         ipr.close()
 
 
-def _answer_busy(conn: socket.socket, serving: int) -> None:
-    """Tell the entry to run this request in-process; never blocks the accept loop."""
+def _answer_busy(conn: socket.socket, why: str) -> None:
+    """Tell the entry to run this request in-process, and close ``conn``; never blocks
+    (the accept loop calls it)."""
     try:
         conn.setblocking(False)
         conn.send(BUSY)
@@ -342,8 +384,7 @@ def _answer_busy(conn: socket.socket, serving: int) -> None:
         pass  # the entry then answers "try again" (11)
     finally:
         conn.close()
-    log.warning("CNI server: %d requests in progress (the bound); one sent back to run "
-                "in-process", serving)
+    log.warning("CNI server: %s; one request sent back to run in-process", why)
 
 
 def _send_reply(conn: socket.socket, code: int, out: bytes, timeout: float) -> None:

@@ -115,6 +115,30 @@ def test_garbage_request_is_dropped_and_server_keeps_serving(server):
     assert proc.returncode == 0
 
 
+@pytest.mark.parametrize("reply", [b"256\n", b"99999999999999999999\n", b"2\n{}", b"-1\n"])
+def test_a_reply_code_other_than_0_or_1_is_try_again(tmp_path, reply):
+    # Found by probing: 256 ended the entry as a success with no result, and a code past
+    # a C int in a traceback.
+    path = str(tmp_path / "odd.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(reply)
+        conn.close()
+
+    t = threading.Thread(target=answer)
+    t.start()
+    proc = call(path, ENV, json.dumps(CONF).encode())
+    t.join(10)
+    listener.close()
+    assert proc.returncode == 1 and proc.stderr == b""
+    assert json.loads(proc.stdout)["code"] == 11
+
+
 def test_server_dying_mid_request_is_try_again(tmp_path):
     path = str(tmp_path / "half.sock")
     listener = socket.socket(socket.AF_UNIX)
@@ -298,9 +322,10 @@ def test_a_slow_loris_is_closed_at_the_deadline_not_per_byte(tmp_path):
         srv.shutdown()
 
 
-def test_beyond_the_connection_bound_the_entry_runs_in_process(tmp_path):
+def test_beyond_the_pending_bound_the_entry_runs_in_process(tmp_path):
     seen = Seen()
-    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), max_connections=3).bind()
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), max_connections=3,
+                    max_pending=3).bind()
     _serve(srv)
     conns = _idle(srv.socket_path, 3)
     try:
@@ -317,6 +342,77 @@ def test_beyond_the_connection_bound_the_entry_runs_in_process(tmp_path):
         time.sleep(0.2)
         proc = call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)
         assert proc.returncode == 0 and seen.requests  # served warm again
+    finally:
+        srv.shutdown()
+
+
+def test_idle_connections_hold_no_slot_a_request_needs(tmp_path):
+    # Found by probing: 64 connections that never sent a request took every slot, so a
+    # real ADD was sent back in-process, which with policies in force refuses it (11).
+    seen = Seen()
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), max_connections=3,
+                    max_pending=10).bind()
+    _serve(srv)
+    conns = _idle(srv.socket_path, 6)
+    try:
+        time.sleep(0.2)
+        proc = call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)
+        assert proc.returncode == 0, proc.stderr
+        assert len(seen.requests) == 1  # served warm, by the test's handler
+    finally:
+        for s in conns:
+            s.close()
+        srv.shutdown()
+
+
+def _slow_server(tmp_path, hold: float, slot_wait: float):
+    """A server of one slot whose ADD holds it ``hold`` seconds; ``entered`` is set when
+    an ADD runs, ``ran`` counts them."""
+    entered, ran = threading.Event(), []
+
+    def slow_add(req):
+        ran.append(req)
+        entered.set()
+        time.sleep(hold)
+        return {"cniVersion": req.cni_version, "n": len(ran)}
+
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers={"ADD": slow_add},
+                    max_connections=1, slot_wait=slot_wait).bind()
+    _serve(srv)
+    return srv, entered, ran
+
+
+def test_a_request_past_the_running_bound_waits_for_a_slot(tmp_path):
+    srv, entered, ran = _slow_server(tmp_path, hold=1.0, slot_wait=20)
+    first: dict[str, subprocess.CompletedProcess[bytes]] = {}
+    try:
+        caller = threading.Thread(target=lambda: first.update(
+            proc=call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)))
+        caller.start()
+        assert entered.wait(10)
+        started = time.monotonic()
+        second = call(srv.socket_path, ENV, json.dumps(CONF).encode(), timeout=20)
+        caller.join(20)
+        assert second.returncode == 0 and first["proc"].returncode == 0
+        assert json.loads(second.stdout)["n"] == 2  # warm, after the first freed the slot
+        assert len(ran) == 2 and time.monotonic() - started > 0.5
+    finally:
+        srv.shutdown()
+
+
+def test_a_request_waiting_past_slot_wait_runs_in_process(tmp_path, caplog):
+    srv, entered, _ = _slow_server(tmp_path, hold=3.0, slot_wait=0.3)
+    try:
+        caller = threading.Thread(target=lambda: call(srv.socket_path, ENV,
+                                                      json.dumps(CONF).encode(), timeout=20))
+        caller.start()
+        assert entered.wait(10)
+        with caplog.at_level("WARNING", logger="overlay.cni.server"):
+            proc = call(srv.socket_path, {"CNI_COMMAND": "VERSION"},
+                        b'{"cniVersion": "0.4.0"}', timeout=20)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["cniVersion"] == "0.4.0"
+        assert "requests running (the bound)" in caplog.text
+        caller.join(20)
     finally:
         srv.shutdown()
 
