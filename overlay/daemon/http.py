@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,7 +99,61 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-HANDLER_TIMEOUT = 5.0  # seconds a client may stay silent on a connection
+HANDLER_TIMEOUT = 5.0  # seconds for a whole request to arrive (and for the reply's writes)
+MAX_HTTP_CONNECTIONS = 64  # served at once; probes and scrapes need a handful
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads against one deadline for the whole request, not per read:
+    a client trickling a byte every few seconds is cut off at the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no whole request within the deadline")
+        self.sock.settimeout(remaining)
+        return self.sock.recv_into(buffer)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``max_connections`` served at once; one past them is closed unanswered
+    (logged once per burst) rather than given a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 max_connections: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self._refusing = False
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            if not self._refusing:
+                self._refusing = True
+                log.warning("http: %d connections open (the bound); closing new ones until "
+                            "one ends", self.max_connections)
+            self.shutdown_request(request)
+            return
+        self._refusing = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class HealthServer:
@@ -108,10 +165,9 @@ class HealthServer:
         self.readiness = readiness
         handler = self._handler()
         try:
-            self.server = ThreadingHTTPServer((host, port), handler)
+            self.server = _BoundedServer((host, port), handler, MAX_HTTP_CONNECTIONS)
         except OSError as e:
             raise ConfigError(f"--healthz-addr {addr}: cannot listen: {e.strerror}") from e
-        self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property
@@ -136,6 +192,13 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = HANDLER_TIMEOUT  # an idle connection must not pin a thread forever
 
+            def setup(self) -> None:
+                super().setup()
+                # the whole request within HANDLER_TIMEOUT, however it trickles in
+                self.rfile.close()
+                self.rfile = io.BufferedReader(_DeadlineReader(
+                    self.connection, time.monotonic() + HANDLER_TIMEOUT))
+
             def do_GET(self) -> None:  # the name http.server calls
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
@@ -152,6 +215,7 @@ class HealthServer:
                     self._reply(404, b"not found: try /healthz, /readyz or /metrics\n")
 
             def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.connection.settimeout(HANDLER_TIMEOUT)  # the reply's own writes
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))

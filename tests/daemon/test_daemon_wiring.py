@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
@@ -206,6 +207,72 @@ def test_health_server_drops_idle_connections(monkeypatch):
         with socket.create_connection(srv.address, timeout=3) as c:
             assert c.recv(1) == b""  # closed by the server, not left hanging
     finally:
+        srv.stop()
+
+
+def _health_server(monkeypatch, **bounds):
+    import socket
+
+    from overlay.daemon import http
+    for name, value in bounds.items():
+        monkeypatch.setattr(http, name, value)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    srv = http.HealthServer(f"127.0.0.1:{port}", Metrics(), list)
+    srv.start()
+    return srv
+
+
+def _healthz(address) -> bytes:
+    import socket
+    with socket.create_connection(address, timeout=3) as c:
+        c.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        return c.recv(100)
+
+
+def test_health_server_cuts_a_trickling_request_at_its_deadline(monkeypatch):
+    # Found by probing: the timeout was per read, so a byte every 3 s held a thread for
+    # as long as the client liked.
+    import socket
+    srv = _health_server(monkeypatch, HANDLER_TIMEOUT=0.6)
+    try:
+        with socket.create_connection(srv.address, timeout=3) as c:
+            c.settimeout(0.25)
+            started, closed = time.monotonic(), False
+            for byte in b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"y" * 40:
+                try:
+                    c.send(bytes([byte]))  # one byte every 0.25 s: each read sees progress
+                    if c.recv(100) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                    break
+            assert closed and time.monotonic() - started < 2.0
+        assert _healthz(srv.address).startswith(b"HTTP/1.0 200")
+    finally:
+        srv.stop()
+
+
+def test_health_server_closes_connections_past_its_bound(monkeypatch):
+    import socket
+    srv = _health_server(monkeypatch, MAX_HTTP_CONNECTIONS=3, HANDLER_TIMEOUT=30.0)
+    idle = [socket.create_connection(srv.address, timeout=3) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(srv.address, timeout=3) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert extra.recv(100) == b""  # closed unanswered: no fourth thread
+        for c in idle:
+            c.close()
+        time.sleep(0.2)
+        assert _healthz(srv.address).startswith(b"HTTP/1.0 200")
+    finally:
+        for c in idle:
+            c.close()
         srv.stop()
 
 
