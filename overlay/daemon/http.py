@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -154,6 +155,12 @@ class _BoundedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver prints a traceback to stderr; a client resetting its connection
+        # is one line in the log
+        log.debug("http: connection from %s failed: %s", client_address[0],
+                  sys.exc_info()[1])
 
 
 class HealthServer:

@@ -257,6 +257,22 @@ def test_health_server_cuts_a_trickling_request_at_its_deadline(monkeypatch):
         srv.stop()
 
 
+def test_a_client_resetting_its_connection_is_no_traceback(monkeypatch, capfd):
+    import socket
+    import struct
+    srv = _health_server(monkeypatch)
+    try:
+        c = socket.create_connection(srv.address, timeout=3)
+        c.send(b"GET /heal")
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # a reset mid-request
+        time.sleep(0.3)
+        assert _healthz(srv.address).startswith(b"HTTP/1.0 200")
+    finally:
+        srv.stop()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_health_server_closes_connections_past_its_bound(monkeypatch):
     import socket
     srv = _health_server(monkeypatch, MAX_HTTP_CONNECTIONS=3, HANDLER_TIMEOUT=30.0)
