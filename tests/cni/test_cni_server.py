@@ -14,6 +14,7 @@ import pytest
 from overlay.cni import server as server_mod
 from overlay.cni.server import CNIServer
 from overlay.errors import NetlinkOpError
+from tests.trickle import trickle_until_closed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENTRY = os.path.join(ROOT, "cni-plugin", "overlay")
@@ -301,22 +302,8 @@ def test_a_slow_loris_is_closed_at_the_deadline_not_per_byte(tmp_path):
     _serve(srv)
     try:
         s, = _idle(srv.socket_path, 1)
-        started = time.monotonic()
-        s.settimeout(0.2)
-        request = b"OVCNI1 10 10 0\n" + b"x" * 20
-        closed = False
-        for byte in request:  # one byte every 0.2 s: every recv sees progress
-            try:
-                s.send(bytes([byte]))
-                if s.recv(100) == b"":
-                    closed = True
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed = True
-                break
-        assert closed and time.monotonic() - started < 2.5
+        took = trickle_until_closed(s, b"OVCNI1 10 10 0\n" + b"x" * 20, every=0.2)
+        assert took is not None and took < 2.5
         s.close()
     finally:
         srv.shutdown()

@@ -18,6 +18,7 @@ from overlay.masq.nft import Masquerade
 from overlay.vxlan.device import UnderlayError
 from overlay.vxlan.setup import DataPlane
 from tests.fakes import FakeRegistry
+from tests.trickle import trickle_until_closed
 
 
 def value(metrics: Metrics, name: str) -> float:
@@ -238,20 +239,9 @@ def test_health_server_cuts_a_trickling_request_at_its_deadline(monkeypatch):
     srv = _health_server(monkeypatch, HANDLER_TIMEOUT=0.6)
     try:
         with socket.create_connection(srv.address, timeout=3) as c:
-            c.settimeout(0.25)
-            started, closed = time.monotonic(), False
-            for byte in b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"y" * 40:
-                try:
-                    c.send(bytes([byte]))  # one byte every 0.25 s: each read sees progress
-                    if c.recv(100) == b"":
-                        closed = True
-                        break
-                except TimeoutError:
-                    continue
-                except OSError:
-                    closed = True
-                    break
-            assert closed and time.monotonic() - started < 2.0
+            took = trickle_until_closed(c, b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"y" * 40,
+                                        every=0.25)
+            assert took is not None and took < 2.0
         assert _healthz(srv.address).startswith(b"HTTP/1.0 200")
     finally:
         srv.stop()
