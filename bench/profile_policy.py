@@ -62,6 +62,8 @@ PARTS = (("br_netfilter", re.compile(r"^br_nf|^brnf|ip_sabotage|^nf_bridge")),
          ("hooks", re.compile(r"^_*nf_hook|^nf_ingress|^nf_reinject")),
          ("other", re.compile(r"^_*nf_|^nfnetlink|^xt_|^ipt_")))
 PART_NAMES = tuple(name for name, _ in PARTS)
+# Each flow's figures, in the order the summary and the table give them.
+FIGURES = ("gbps", "busy", "cost", "netfilter", *PART_NAMES)
 REPORT_LINE = re.compile(r"^\s*([\d.]+)%\s+\[.\]\s+(\S+)")
 
 
@@ -139,12 +141,12 @@ def cost(busy: float, gbps: float, cpus: int | None = None) -> float:
 
 def summarize(rounds: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per arm, each figure's median and range over the rounds; ``added``: the per-round
-    difference (policies minus none) of each share, median and range."""
+    difference (policies minus none) of each share, and the cost's growth in percent,
+    median and range."""
     rounds = list(rounds)
-    keys = ("gbps", "busy", "cost", "netfilter", *PART_NAMES)
     out: dict[str, dict[str, Any]] = {}
     for arm in ("policies", "none"):
-        out[arm] = {k: _spread([r[arm][k] for r in rounds]) for k in keys}
+        out[arm] = {k: _spread([r[arm][k] for r in rounds]) for k in FIGURES}
     out["added"] = {k: _spread([r["policies"][k] - r["none"][k] for r in rounds])
                     for k in ("netfilter", *PART_NAMES)}
     # the cost's growth in percent of the no-policy lab's, each round's own
@@ -217,13 +219,12 @@ def report(summary: dict[str, Any]) -> None:
           f"bulk pod-to-pod flow per lab, perf sampling {summary['sample']} s of it; "
           f"shares are percent of the busy CPU, median (min-max) over the rounds; cost is "
           f"busy CPU-seconds per gigabit (added: percent more than without policies)")
-    cols = ("gbps", "busy", "cost", "netfilter", *PART_NAMES)
-    print(f"{'':<14}" + "".join(f"{c:>21}" for c in cols))
+    print(f"{'':<14}" + "".join(f"{c:>21}" for c in FIGURES))
     rows = ((f"{summary['policies']} policies", s["policies"]), ("no policy", s["none"]),
             ("added", s["added"]))
     for label, figures in rows:
         cells = [_cell(figures[c], 3 if c == "cost" and label != "added" else 2)
-                 if c in figures else "" for c in cols]
+                 if c in figures else "" for c in FIGURES]
         print(f"{label:<14}" + "".join(f"{cell:>21}" for cell in cells))
 
 

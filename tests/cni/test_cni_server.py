@@ -116,11 +116,10 @@ def test_garbage_request_is_dropped_and_server_keeps_serving(server):
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("reply", [b"256\n", b"99999999999999999999\n", b"2\n{}", b"-1\n"])
-def test_a_reply_code_other_than_0_or_1_is_try_again(tmp_path, reply):
-    # Found by probing: 256 ended the entry as a success with no result, and a code past
-    # a C int in a traceback.
-    path = str(tmp_path / "odd.sock")
+def _entry_against(tmp_path, reply: bytes | None) -> subprocess.CompletedProcess[bytes]:
+    """The entry's ADD against a fake server that reads the request, then sends ``reply``
+    (None: nothing) and closes."""
+    path = str(tmp_path / "fake.sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(1)
@@ -128,7 +127,8 @@ def test_a_reply_code_other_than_0_or_1_is_try_again(tmp_path, reply):
     def answer():
         conn, _ = listener.accept()
         conn.recv(65536)
-        conn.sendall(reply)
+        if reply is not None:
+            conn.sendall(reply)
         conn.close()
 
     t = threading.Thread(target=answer)
@@ -136,26 +136,20 @@ def test_a_reply_code_other_than_0_or_1_is_try_again(tmp_path, reply):
     proc = call(path, ENV, json.dumps(CONF).encode())
     t.join(10)
     listener.close()
+    return proc
+
+
+@pytest.mark.parametrize("reply", [b"256\n", b"99999999999999999999\n", b"2\n{}", b"-1\n"])
+def test_a_reply_code_other_than_0_or_1_is_try_again(tmp_path, reply):
+    # Found by probing: 256 ended the entry as a success with no result, and a code past
+    # a C int in a traceback.
+    proc = _entry_against(tmp_path, reply)
     assert proc.returncode == 1 and proc.stderr == b""
     assert json.loads(proc.stdout)["code"] == 11
 
 
 def test_server_dying_mid_request_is_try_again(tmp_path):
-    path = str(tmp_path / "half.sock")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(1)
-
-    def accept_and_drop():
-        conn, _ = listener.accept()
-        conn.recv(65536)
-        conn.close()
-
-    t = threading.Thread(target=accept_and_drop)
-    t.start()
-    proc = call(path, ENV, json.dumps(CONF).encode())
-    t.join(10)
-    listener.close()
+    proc = _entry_against(tmp_path, None)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["code"] == 11
 
@@ -309,11 +303,16 @@ def test_a_slow_loris_is_closed_at_the_deadline_not_per_byte(tmp_path):
         srv.shutdown()
 
 
-def test_beyond_the_pending_bound_the_entry_runs_in_process(tmp_path):
+def _seen_server(tmp_path, **bounds) -> tuple[CNIServer, Seen]:
+    """A serving server with ``bounds`` whose handlers record what they saw."""
     seen = Seen()
-    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), max_connections=3,
-                    max_pending=3).bind()
+    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), **bounds).bind()
     _serve(srv)
+    return srv, seen
+
+
+def test_beyond_the_pending_bound_the_entry_runs_in_process(tmp_path):
+    srv, seen = _seen_server(tmp_path, max_connections=3, max_pending=3)
     conns = _idle(srv.socket_path, 3)
     try:
         time.sleep(0.2)
@@ -336,10 +335,7 @@ def test_beyond_the_pending_bound_the_entry_runs_in_process(tmp_path):
 def test_idle_connections_hold_no_slot_a_request_needs(tmp_path):
     # Found by probing: 64 connections that never sent a request took every slot, so a
     # real ADD was sent back in-process, which with policies in force refuses it (11).
-    seen = Seen()
-    srv = CNIServer(str(tmp_path / "cni.sock"), handlers=seen.table(), max_connections=3,
-                    max_pending=10).bind()
-    _serve(srv)
+    srv, seen = _seen_server(tmp_path, max_connections=3, max_pending=10)
     conns = _idle(srv.socket_path, 6)
     try:
         time.sleep(0.2)
