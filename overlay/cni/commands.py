@@ -26,7 +26,7 @@ from typing import Any
 
 from overlay.cni import ipam, podmeta
 from overlay.cni.netconf import NetConf, NodeSubnet, is_mac, parse_netconf
-from overlay.cni.skel import ERR_CHECK, ERR_KERNEL, Request
+from overlay.cni.skel import ERR_CHECK, ERR_KERNEL, MAX_NETWORK_NAME, Request
 from overlay.cni.types import Interface, IPConfig, Result, Route, parse_result
 from overlay.errors import CNIError, IPAMError, NetlinkOpError
 from overlay.masq import iptables as masq
@@ -292,8 +292,10 @@ def cmd_del(req: Request) -> None:
             removed = pod.del_link(host, host_name)
     if not removed:
         _del_pod_side(req)
-    released = ipam.release(_store(conf), req.container_id, req.ifname)
-    podmeta.remove_meta(conf.data_dir, conf.name, req.container_id, req.ifname)
+    released: list[ipam.IPAddress] = []
+    if len(conf.name) <= MAX_NETWORK_NAME:  # else no ADD could store anything under it
+        released = ipam.release(_store(conf), req.container_id, req.ifname)
+        podmeta.remove_meta(conf.data_dir, conf.name, req.container_id, req.ifname)
     if conf.ip_masq:
         masq.del_masq(conf.name, req.container_id, req.ifname)
     log.info("DEL %s/%s: veth %s, released %s", req.container_id, req.ifname,

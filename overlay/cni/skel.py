@@ -35,6 +35,9 @@ ERR_INTERNAL = 999    # a bug: same code as libcni's ErrInternal
 # newline, and "c1\n" then named other files and veths than "c1" (two pods, one IP).
 _NAME_RE = CONTAINER_ID_RE  # network names follow the container ID's characters
 _ARG_RE = re.compile(r"[A-Za-z0-9_\-]+")
+# A network's name is its IPAM store's directory name (host-local's layout), so one file
+# name at most: a longer one failed the ADD with "File name too long" (code 101).
+MAX_NETWORK_NAME = 255
 
 # Bounds on one request, the same for the in-process plugin and the warm server (which
 # checks them on the request header, before reading the body).  Real configs, even with
@@ -107,10 +110,16 @@ def validate_ifname(value: str) -> None:
                        f"CNI_IFNAME={value!r} is not a valid Linux interface name")
 
 
-def validate_network_name(value: Any) -> None:
+def validate_network_name(value: Any, bounded: bool = True) -> None:
+    """The network name's rule; ``bounded=False`` (DEL) waives its length bound, as
+    :func:`validate_container_id` does: nothing is stored under a name no ADD accepts."""
     if not isinstance(value, str) or not value:
         raise CNIError(CNIError.INVALID_CONFIG, "network config has no \"name\"",
                        "every network config needs a name (letters, digits, '_', '.', '-')")
+    if bounded and len(value) > MAX_NETWORK_NAME:
+        raise CNIError(CNIError.INVALID_CONFIG, "network name is too long",
+                       f"{len(value)} characters (at most {MAX_NETWORK_NAME}: it names the "
+                       "IPAM store's directory)")
     if not _NAME_RE.fullmatch(value):
         raise CNIError(CNIError.INVALID_CONFIG, "invalid characters in network name",
                        f"{value!r}: must start with a letter or digit and contain only "
@@ -210,7 +219,7 @@ def parse_request(env: Mapping[str, str], stdin: bytes, netns_fd: int | None = N
     args = parse_cni_args(env.get("CNI_ARGS", ""))
     config = decode_config(stdin)
     version = check_version(command, config)
-    validate_network_name(config.get("name"))
+    validate_network_name(config.get("name"), bounded=command != "DEL")
     return Request(command, version, config, container_id, env.get("CNI_NETNS", ""),
                    ifname, args, env.get("CNI_PATH", ""), netns_fd, host_netns_fd, reaper)
 

@@ -124,6 +124,20 @@ def test_a_container_id_of_256_characters_is_fine():
     assert rc == 0 and rec.calls
 
 
+def test_a_network_name_of_255_characters_is_fine():
+    rc, _, rec = run(ENV, dict(CONF, name="n" * 255))
+    assert rc == 0 and rec.calls
+
+
+@pytest.mark.parametrize("command,served", [("DEL", True), ("CHECK", False), ("GC", False)])
+def test_only_del_is_served_a_longer_network_name(command, served):
+    # the runtime's cleanup after the refused ADD must not fail again; the rest is code 7
+    rc, out, rec = run(dict(ENV, CNI_COMMAND=command), dict(CONF, name="n" * 256))
+    assert (rc, bool(rec.calls)) == ((0, True) if served else (1, False))
+    if not served:
+        assert error_of(rc, out)["code"] == 7
+
+
 @pytest.mark.parametrize("command", ["DEL", "CHECK"])
 def test_only_add_is_refused_a_longer_container_id(command):
     # a runtime cleans up after the refused ADD: its DEL must not fail again
@@ -143,6 +157,7 @@ BAD_STDIN = [
     (json.dumps({"cniVersion": "1.1.0"}).encode(), 7, "name"),
     (json.dumps({"cniVersion": "1.1.0", "name": "../etc"}).encode(), 7, "network name"),
     (json.dumps({"cniVersion": "1.1.0", "name": "ovnet\n"}).encode(), 7, "network name"),
+    (json.dumps({"cniVersion": "1.1.0", "name": "n" * 256}).encode(), 7, "too long"),
     (b"[" * 100_000 + b"]" * 100_000, 6, "not valid JSON"),
     (json.dumps({"cniVersion": "1.1.0", "name": "n", "pad": "x" * (4 << 20)}).encode(), 7,
      "too large"),

@@ -346,6 +346,28 @@ def test_bridge_with_another_address_is_explained_or_forced(node):
     assert addrs == ["10.88.1.1"]
 
 
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "fallback"])
+def test_the_longest_network_name_is_attached_masqueraded_and_released(node, warm):
+    # the name is the IPAM store's directory: 256 characters failed the ADD with "File
+    # name too long" (code 101); now it is a config error (7) and the DEL still succeeds
+    longest = "n" * 254 + ("w" if warm else "f")
+    conf, pod = node.conf(name=longest, ipMasq=True), node.pod()
+    doc = node.add("ln", pod, conf=conf, warm=warm)
+    assert node.ip_files(longest) != []
+    rules = sh("ip", "netns", "exec", node.name, "iptables", "-t", "nat", "-S").stdout
+    assert "OVERLAY-" in rules
+    assert node.cni("CHECK", "ln", pod, conf=dict(conf, prevResult=doc), warm=warm).rc == 0
+    assert node.cni("DEL", "ln", pod, conf=conf, warm=warm).rc == 0
+    assert node.veths() == [] and node.ip_files(longest) == []
+    rules = sh("ip", "netns", "exec", node.name, "iptables", "-t", "nat", "-S").stdout
+    assert "OVERLAY-" not in rules
+    too_long = dict(conf, name=longest + "n")
+    refused = node.cni("ADD", "ln", pod, conf=too_long, warm=warm)
+    assert refused.rc == 1 and refused.code == 7 and "too long" in refused.doc["msg"], refused
+    assert node.veths() == [] and list(node.links(pod)) == ["lo"]
+    assert node.cni("DEL", "ln", pod, conf=too_long, warm=warm).rc == 0  # runtime's cleanup
+
+
 def test_ip_masq_rules_follow_the_attachment(node):
     conf = node.conf(ipMasq=True)
     pod = node.pod()
