@@ -42,7 +42,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from overlay.cni import skel
 from overlay.cni.commands import HANDLERS
@@ -65,11 +65,48 @@ MAX_CONNECTIONS = 64     # requests run at once; a runtime's burst of pod starts
 MAX_PENDING = 256
 SLOT_WAIT = 30.0
 SHUTDOWN_DEADLINE = 5.0  # total, for requests in flight and deferred link deletes
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines of one kind of refusal
 _HEADER_MAX = 128        # b"OVCNI1 <len> <len> <n>\n" is ~30 bytes
 
 
 class RequestTimeout(Exception):
     """The peer did not send a whole request within the deadline."""
+
+
+class Refusals:
+    """Requests the server did not run, counted by reason (overlayd exports the counts
+    as ``overlay_cni_requests_refused_total``).  Each reason logs one warning per
+    ``interval`` at most, the next one saying how many it left out: 256 idle connections
+    renewed every 5 s were 256 lines per 5 s."""
+
+    REASONS = ("busy", "deadline", "malformed", "oversized", "peer")
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic):
+        self.interval, self._clock = interval, clock
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.REASONS, 0)
+        self._left_out = dict.fromkeys(self.REASONS, 0)
+        self._logged_at: dict[str, float] = {}
+
+    def note(self, reason: str, msg: str, *args: object) -> None:
+        now = self._clock()
+        with self._lock:
+            self._counts[reason] += 1
+            last = self._logged_at.get(reason)
+            if last is not None and now - last < self.interval:
+                self._left_out[reason] += 1
+                return
+            self._logged_at[reason] = now
+            left_out, self._left_out[reason] = self._left_out[reason], 0
+        if left_out:
+            msg, args = msg + " (and %d more like it in the last %.0f s)", (
+                *args, left_out, now - (last or now))
+        log.warning(msg, *args)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
 
 
 class LinkReaper:
@@ -153,6 +190,7 @@ class CNIServer:
         self._slot_free = threading.Condition(self._lock)
         self._inode: int | None = None  # of the socket file we bound
         self.reaper = LinkReaper()
+        self.refusals = Refusals()
 
     def bind(self) -> CNIServer:
         # Warm up first: a server that cannot reach netlink must not leave a listening
@@ -234,7 +272,7 @@ class CNIServer:
                 conn.close()
                 return
             if len(self._threads) >= self.max_pending:
-                _answer_busy(conn, f"{len(self._threads)} connections held (the bound)")
+                self._answer_busy(conn, "%d connections held (the bound)", len(self._threads))
                 return
             self._threads.add(thread)
             self._waiting[thread] = conn
@@ -284,22 +322,25 @@ class CNIServer:
                 try:
                     request = _read_request(conn, time.monotonic() + self.request_deadline)
                 except RequestTimeout:
-                    log.warning("CNI server: no whole request within %.1f s; closed",
-                                self.request_deadline)
+                    self.refusals.note("deadline", "CNI server: no whole request within "
+                                       "%.1f s; closed", self.request_deadline)
                     return
                 except CNIError as e:  # oversized: the in-process plugin's answer
-                    log.warning("CNI server: refused a request: %s (%s)", e.msg, e.details)
+                    self.refusals.note("oversized", "CNI server: refused a request: %s (%s)",
+                                       e.msg, e.details)
                     _send_reply(conn, 1, skel.error_output(e), self.request_deadline)
                     return
                 except ValueError as e:  # not our entry's wire format: one line, no answer
-                    log.warning("CNI server: dropped a malformed request: %s", e)
+                    self.refusals.note("malformed", "CNI server: dropped a malformed "
+                                       "request: %s", e)
                     return
                 if request is None or not self._begin():
                     return  # a liveness probe (connect + close), or shutting down
                 env, stdin, fds = request
                 if not self._take_slot():
-                    _answer_busy(conn, f"{self.max_connections} requests running (the "
-                                 f"bound) for {self.slot_wait:.0f} s, or shutting down")
+                    self._answer_busy(conn, "%d requests running (the bound) for %.0f s, "
+                                      "or shutting down", self.max_connections,
+                                      self.slot_wait)
                     return
                 try:
                     code, out = self._run(env, stdin, fds)
@@ -358,9 +399,22 @@ class CNIServer:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _, uid, _ = struct.unpack("3i", creds)
         if uid not in (0, os.getuid()):
-            log.warning("CNI server: refused a request from uid %d", uid)
+            self.refusals.note("peer", "CNI server: refused a request from uid %d", uid)
             return False
         return True
+
+    def _answer_busy(self, conn: socket.socket, why: str, *args: object) -> None:
+        """Tell the entry to run this request in-process, and close ``conn``; never
+        blocks (the accept loop calls it)."""
+        try:
+            conn.setblocking(False)
+            conn.send(BUSY)
+        except OSError:
+            pass  # the entry then answers "try again" (11)
+        finally:
+            conn.close()
+        self.refusals.note("busy", "CNI server: " + why + "; a request sent back to run "
+                           "in-process", *args)
 
 
 def _warm_up() -> None:
@@ -372,19 +426,6 @@ def _warm_up() -> None:
         pod.get_routes(ipr, 1)
     finally:
         ipr.close()
-
-
-def _answer_busy(conn: socket.socket, why: str) -> None:
-    """Tell the entry to run this request in-process, and close ``conn``; never blocks
-    (the accept loop calls it)."""
-    try:
-        conn.setblocking(False)
-        conn.send(BUSY)
-    except OSError:
-        pass  # the entry then answers "try again" (11)
-    finally:
-        conn.close()
-    log.warning("CNI server: %s; one request sent back to run in-process", why)
 
 
 def _send_reply(conn: socket.socket, code: int, out: bytes, timeout: float) -> None:

@@ -664,6 +664,7 @@ class Daemon:
         except (OverlayError, OSError) as e:
             log.warning("warm CNI server on %s not started: %s", self.s.cni_socket, e)
             return
+        self.metrics.track_cni_refusals(self.cni_server.refusals.counts)
         t = threading.Thread(target=self.cni_server.serve_forever, name="cni", daemon=True)
         t.start()
         log.info("serving the CNI plugin warm on %s", self.s.cni_socket)

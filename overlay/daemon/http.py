@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -27,6 +27,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from overlay.errors import ConfigError
 
@@ -80,6 +82,10 @@ class Metrics:
         self.watch_lag.set_function(lag)
         self.config_changed.set_function(lambda: 1 if config_changed() else 0)
 
+    def track_cni_refusals(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """The warm CNI server's refusals by reason, read at every scrape."""
+        self.registry.register(_CNIRefusals(counts))
+
     def track_lease_expiry(self, expiry: Callable[[], datetime | None]) -> None:
         self._expiry = expiry
 
@@ -91,6 +97,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CNIRefusals(Collector):
+    def __init__(self, counts: Callable[[], Mapping[str, int]]):
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "overlay_cni_requests_refused", "Requests the warm CNI server did not run, by "
+            "reason: busy (sent back to run in-process), deadline (no whole request in "
+            "time), malformed, oversized, peer (a uid other than root or overlayd's)",
+            labels=["reason"])
+        for reason, count in self._counts().items():
+            family.add_metric([reason], count)
+        yield family
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

@@ -332,6 +332,41 @@ def test_beyond_the_pending_bound_the_entry_runs_in_process(tmp_path):
         srv.shutdown()
 
 
+def test_a_flood_past_the_bound_is_counted_and_logged_once(tmp_path, caplog):
+    # each BUSY answer was one warning: 256 idle connections renewed every 5 s were 256
+    # lines per 5 s; now the first is logged, the rest counted (overlayd exports them)
+    srv, _ = _seen_server(tmp_path, max_connections=2, max_pending=2)
+    conns = _idle(srv.socket_path, 2)
+    try:
+        time.sleep(0.2)
+        with caplog.at_level("WARNING", logger="overlay.cni.server"):
+            for s in _idle(srv.socket_path, 20):
+                s.settimeout(5)
+                assert s.recv(16) == server_mod.BUSY
+                s.close()
+        assert srv.refusals.counts()["busy"] == 20
+        assert caplog.text.count("connections held (the bound)") == 1
+    finally:
+        for s in conns:
+            s.close()
+        srv.shutdown()
+
+
+def test_refusals_log_each_reason_once_per_interval_and_say_what_they_left_out(caplog):
+    now = [100.0]
+    refusals = server_mod.Refusals(interval=10.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="overlay.cni.server"):
+        for _ in range(5):
+            refusals.note("busy", "busy %d", 1)
+        refusals.note("deadline", "deadline")  # another reason has its own interval
+        now[0] += 10.0
+        refusals.note("busy", "busy %d", 2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["busy 1", "deadline", "busy 2 (and 4 more like it in the last 10 s)"]
+    assert refusals.counts() == {"busy": 6, "deadline": 1, "malformed": 0, "oversized": 0,
+                                 "peer": 0}
+
+
 def test_idle_connections_hold_no_slot_a_request_needs(tmp_path):
     # Found by probing: 64 connections that never sent a request took every slot, so a
     # real ADD was sent back in-process, which with policies in force refuses it (11).

@@ -582,6 +582,17 @@ def test_overlayd_serves_add_under_80_idle_connections_and_stops_within_6s(tmp_p
         assert proc.returncode == 0, proc
         assert elapsed < 1.0, f"ADD took {elapsed:.2f} s with 80 idle connections"
         assert "ADD 'idle-add'" in n.log() or "ADD idle-add/eth0" in n.log()  # served warm
+        # past the 256 connections held, each is sent back: counted, logged once
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock_path)
+            idle.append(s)
+        time.sleep(0.5)
+        busy = sum(_busy_answer(s) for s in idle)
+        status, text = n.http("/metrics")
+        assert status == 200 and busy >= 20
+        assert f'overlay_cni_requests_refused_total{{reason="busy"}} {busy}.0' in text
+        assert n.log().count("connections held (the bound)") == 1
         started = time.monotonic()
         assert n.stop(signal.SIGTERM, timeout=15) == 0
         stopped = time.monotonic() - started
@@ -591,3 +602,10 @@ def test_overlayd_serves_add_under_80_idle_connections_and_stops_within_6s(tmp_p
             s.close()
         sh("ip", "netns", "del", pod, check=False)
         topo.cleanup()
+
+
+def _busy_answer(s: socket.socket) -> bool:
+    try:
+        return s.recv(16, socket.MSG_DONTWAIT) == b"BUSY\n"
+    except BlockingIOError:
+        return False  # held, waiting for its request
