@@ -368,9 +368,8 @@ class PodPublisher:
         return f"{pods_prefix(self.store.prefix)}{namespace}/{name}"
 
     def _list_all(self, local: Iterable[LocalPod]) -> list[KV]:
-        """Every record; this node's keys only if the listing fails (a reply above gRPC's
-        4 MB receive limit, ~13 000 pods: publishing must not stop on it; only what just
-        a listing shows waits for the next FULL_RESYNC)."""
+        """Every record; this node's keys only if the listing fails (publishing must not
+        stop on it; only what just a listing shows waits for the next FULL_RESYNC)."""
         try:
             return list_pod_kvs(self.store)[0]
         except OverlayError as e:
