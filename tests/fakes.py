@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv6Network
+from typing import Any
 
 from overlay.cni.ipam import Attachment, IPAddress
 from overlay.config import NetworkConfig, parse_network_config
@@ -306,3 +307,28 @@ class FakeObjectStore:
 
     def writes(self) -> int:
         return self.calls["put"] + self.calls["create"] + self.calls["replace"]
+
+
+def attachments_of_records(agent: Any, node: str) -> Callable[..., dict[str, Any]]:
+    """A policy agent's ``attachments`` for unit tests of its decisions: the pods its pod
+    watch holds that name ``node`` inside the node's subnets stand for the node's disk
+    (the real one is ``overlay.cni.attachments.scan_local``, tested on files)."""
+    from overlay.cluster.pods import PodValueError, decode_pod
+    from overlay.cni.attachments import LocalPod, PodIdentity
+    from overlay.daemon.policyagent import PODS
+
+    def attached(subnet: IPNetwork | None, ipv6: IPv6Network | None = None
+                 ) -> dict[str, Any]:
+        out = {}
+        for kv in list(agent._kvs[PODS].values()):
+            try:
+                r = decode_pod(kv.value)
+            except PodValueError:
+                continue
+            own = [s for s in (subnet, ipv6) if s is not None]
+            if r.node == node and own and all(any(ip in s for s in own) for ip in r.ips):
+                out[r.container_id] = LocalPod(r.container_id, r.ifname, tuple(r.ips),
+                                               PodIdentity(r.namespace, r.name,
+                                                           r.label_values(), r.ports))
+        return out
+    return attached

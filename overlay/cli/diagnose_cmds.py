@@ -231,7 +231,7 @@ def _policy_part(etcd: Any, cluster: Any, src: str, dst: str, port: int | None, 
             raise ConfigError(f"cannot look pod names up: {state.error}")
         return src_ip, dst_ip, unjudged(src, dst, port, protocol,
                                         f"not judged: etcd not read ({state.error})")
-    pods = [pod_of(r) for r in state.records]
+    pods = [pod_of(r) for r in state.unambiguous()]
     nodes = node_addresses(cluster.leases, pods)
     a = resolve_endpoint(src, pods, nodes, "SRC")
     b = resolve_endpoint(dst, pods, nodes, "DST")

@@ -21,6 +21,7 @@ from overlay.cluster.pods import (
     PodRecord,
     PodRules,
     PodValueError,
+    believed_node_subnets,
     decode_pod,
     encode_pod,
     identity_problem,
@@ -51,7 +52,7 @@ def pod_rules(reg: EtcdRegistry) -> PodRules:
         config = None  # no valid network config: no lease is accepted, nor any pod
     nodes = read_nodes(ObjectStore(reg), {lease.subnet: lease for lease in listing.leases})
     return rules_from_leases(config, listing.leases).with_nodes(
-        {st.record.name: st.record.subnet for st in nodes.statuses})
+        believed_node_subnets((st.record.name, st.record.subnet) for st in nodes.statuses))
 
 
 def pod_to_dict(r: PodRecord) -> dict[str, Any]:

@@ -374,6 +374,9 @@ class PodRules:
     node_subnets: Mapping[str, IPNetwork] = field(default_factory=dict)
     lease_subnets: frozenset[IPNetwork] = frozenset()
     lease_ipv6: Mapping[IPNetwork, IPv6Network] = field(default_factory=dict)
+    # with_nodes' rules: a record naming a node without a (believed) node record is
+    # rejected, where without node records any accepted lease holding its IPs will do
+    nodes_known: bool = False
     # the leases by (family, prefix length) and network as an int, computed once: the
     # rule runs per record, and ipaddress objects are slow to build (10 000 pods per listing)
     _by_int: dict[tuple[int, int], dict[int, IPNetwork]] = field(init=False, repr=False,
@@ -390,7 +393,7 @@ class PodRules:
         subnet is an accepted lease: a record naming any other is not believed)."""
         own = {n: s for n, s in node_subnets.items() if s in self.lease_subnets}
         return PodRules(node_subnets=own, lease_subnets=self.lease_subnets,
-                        lease_ipv6=self.lease_ipv6)
+                        lease_ipv6=self.lease_ipv6, nodes_known=True)
 
     def subnet_for(self, node: str,
                    ips: Sequence[IPv4Address | IPv6Address]) -> IPNetwork | None:
@@ -402,15 +405,23 @@ class PodRules:
             return self._subnet_for(node, ips)  # one family: the lease's own
         subnet = self._subnet_for(node, v4)
         half = self.lease_ipv6.get(subnet) if subnet is not None else None
-        return subnet if half is not None and all(ip in half for ip in v6) else None
+        return subnet if half is not None and all(ip in half for ip in v6) and (
+            node_address_problem(half, v6) is None) else None
 
     def _subnet_for(self, node: str, ips: Sequence[IPv4Address | IPv6Address]
                     ) -> IPNetwork | None:
         if not ips:
             return None
+        subnet = self._holding(node, ips)
+        return None if subnet is None or node_address_problem(subnet, ips) else subnet
+
+    def _holding(self, node: str, ips: Sequence[IPv4Address | IPv6Address]
+                 ) -> IPNetwork | None:
         if node in self.node_subnets:
             subnet = self.node_subnets[node]
             return subnet if all(ip in subnet for ip in ips) else None
+        if self.nodes_known:
+            return None  # a node no believed record names: its pods are not either
         bits = ips[0].max_prefixlen
         for (version, plen), nets in self._by_int.items():
             if version != ips[0].version:
@@ -421,6 +432,28 @@ class PodRules:
                                              for ip in ips):
                 return candidate
         return None
+
+
+def node_address_problem(subnet: IPNetwork | IPv6Network,
+                         ips: Iterable[IPv4Address | IPv6Address]) -> str | None:
+    """Why one of ``ips`` is the node's own address in ``subnet``, never a pod's, or
+    None: the network address (the VTEP's), the first host (the bridge's gateway) and, in
+    IPv4, the broadcast address."""
+    base = int(subnet.network_address)
+    own = {base, base + 1} | ({int(subnet.broadcast_address)} if subnet.version == 4 else set())
+    hit = next((ip for ip in ips if ip.version == subnet.version and int(ip) in own), None)
+    return None if hit is None else f"{hit} is node {subnet}'s own address, not a pod's"
+
+
+def believed_node_subnets(claims: Iterable[tuple[str, IPNetwork]]) -> dict[str, IPNetwork]:
+    """Each node's subnet by its node record (``claims``: name, subnet), leaving out
+    every subnet two records claim: which node holds it is then not known, and believing
+    either would let one node's record speak for the other's pods."""
+    holders: dict[IPNetwork, set[str]] = {}
+    for name, subnet in claims:
+        holders.setdefault(subnet, set()).add(name)
+    return {next(iter(names)): subnet for subnet, names in holders.items()
+            if len(names) == 1}
 
 
 def rules_from_leases(config: Any, leases: Iterable[Lease]) -> PodRules:
@@ -453,11 +486,23 @@ def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:
         return Rejection(kv.key, PodReason.NAME_MISMATCH, f"the value names "
                          f"{record.namespace}/{record.name}", kv.mod_revision)
     if rules.subnet_for(record.node, record.ips) is None:
-        where = rules.node_subnets.get(record.node)
-        return Rejection(kv.key, PodReason.IP_OUTSIDE_SUBNET,
-                         f"{', '.join(map(str, record.ips))} not inside node {record.node}'s "
-                         f"subnet ({where or NO_LEASE})", kv.mod_revision)
+        return Rejection(kv.key, PodReason.IP_OUTSIDE_SUBNET, _outside(record, rules),
+                         kv.mod_revision)
     return record
+
+
+def _outside(record: PodRecord, rules: PodRules) -> str:
+    """Why ``subnet_for`` found no subnet for ``record``: one line."""
+    where = rules.node_subnets.get(record.node)
+    if where is None and rules.nodes_known:
+        return (f"node {record.node} has no node record of its own (none, or its subnet "
+                "is claimed by another too)")
+    ips = ", ".join(map(str, record.ips))
+    held = where or next((s for s in rules.lease_subnets if record.ips[0] in s), None)
+    halves = [held, rules.lease_ipv6.get(held)] if held is not None else []
+    own = next((p for h in halves if h is not None
+                and (p := node_address_problem(h, record.ips))), None)
+    return own or f"{ips} not inside node {record.node}'s subnet ({where or NO_LEASE})"
 
 
 def judge_pods(kvs: Iterable[KV], base: str, rules: PodRules

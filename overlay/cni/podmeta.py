@@ -18,7 +18,7 @@ two; the IPAM files stay the record of what is reserved).
 
 The plugin checks only shape and size here (plain types, bounded counts and lengths), so
 an ADD imports nothing more than ``json``: the one rule for each part (DNS-1123 names,
-Kubernetes label syntax, ports) is applied by the reader, ``podpublisher.parse_meta``,
+Kubernetes label syntax, ports) is applied by the reader, ``overlay.cni.attachments.parse_meta``,
 which drops a bad part alone. The directory name is not an IPv4 address, so the IPAM
 store (ours and host-local's) ignores it. Writes are atomic (temp + rename) without fsync:
 the file matters only while the pod's network namespace exists, which no reboot keeps.

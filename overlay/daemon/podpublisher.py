@@ -38,43 +38,32 @@ removes pods whose IPs lie in no lease at all.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Network
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from overlay.cluster.keys import collected_key, pods_prefix
 from overlay.cluster.pods import (
-    DEFAULT_NAMESPACE,
     SOURCE_CNI,
     PodRecord,
-    PodValueError,
-    Port,
-    container_id_problem,
     decodable_records,
     delete_pods_in_subnet,
     delete_pods_where,
     encode_pod,
-    identity_problem,
-    label_problem,
     labels_by_source,
     list_pod_kvs,
     merge_labels,
-    parse_port,
 )
 from overlay.cluster.store import KV, ObjectStore
-from overlay.cni import podmeta
-from overlay.cni.ipam import DiskStore, IPAddress
+from overlay.cni.attachments import LocalPod, ScanError, disk_signature, scan_local
 from overlay.errors import OverlayError
 from overlay.lease import IPNetwork, Lease, LeaseBatch, key_to_subnet, lease_key
-from overlay.util import jsontext
 from overlay.util.digest import name_digest
 
 log = logging.getLogger(__name__)
@@ -87,185 +76,7 @@ GC_RETRY = 30.0  # seconds before a gone lease's pods are tried again after a fa
 GC_RANKS = 3  # how many nodes (by rendezvous rank) take a gone lease's pods in turn
 GC_STEP = 15.0  # seconds between one rank's turn and the next's
 COLLECTED_TTL = 300  # seconds the "collected" marker of a gone lease lives
-ADD_GRACE = 10.0  # an IPAM record this young without metadata is an ADD still running
 MAX_WARNED = 4096
-
-
-# ---- the pod metadata file, judged ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class PodIdentity:
-    namespace: str
-    name: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    ports: tuple[Port, ...] = ()
-
-
-def fallback_identity(container_id: str) -> PodIdentity:
-    """What a pod is called without usable metadata: namespace default, the container ID."""
-    return PodIdentity(DEFAULT_NAMESPACE, container_id)
-
-
-def _meta_labels(raw: Any, problems: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in raw if isinstance(raw, list) else []:
-        key, value = (item.get("key"), item.get("value", "")) if isinstance(item, dict) else (
-            None, None)
-        problem = label_problem(key, value)
-        if problem:
-            problems.append(problem)
-        elif isinstance(key, str) and isinstance(value, str):  # what label_problem proved
-            out[key] = value
-    return out
-
-
-def _meta_ports(raw: Any, problems: list[str]) -> tuple[Port, ...]:
-    ports: list[Port] = []
-    for item in raw if isinstance(raw, list) else []:
-        try:
-            port = parse_port(item)
-        except PodValueError as e:
-            problems.append(str(e))
-            continue
-        if port not in ports:
-            ports.append(port)
-    return tuple(ports)
-
-
-def parse_meta(obj: Any, container_id: str, ifname: str) -> tuple[PodIdentity, list[str]]:
-    """The one rule for a metadata file's content: the identity (DNS-1123 names, else the
-    fallback), labels (Kubernetes' syntax) and ports, each bad part dropped alone; the
-    problems found, for the caller to log."""
-    if not isinstance(obj, dict) or (obj.get("containerID"), obj.get("ifname")) != (
-            container_id, ifname):
-        return fallback_identity(container_id), ["not this attachment's metadata"]
-    problems: list[str] = []
-    namespace = obj.get("namespace") or DEFAULT_NAMESPACE
-    name = obj.get("name") or container_id
-    problem = identity_problem(namespace, name)
-    if problem:
-        problems.append(f"{problem}; using {DEFAULT_NAMESPACE}/{container_id}")
-        namespace, name = DEFAULT_NAMESPACE, container_id
-    return PodIdentity(namespace, name, _meta_labels(obj.get("labels"), problems),
-                       _meta_ports(obj.get("ports"), problems)), problems
-
-
-_ABSENT = object()
-
-
-def _read_json_file(path: str) -> Any:
-    """A small regular file's JSON (no symlink, bounded); None if unusable, ``_ABSENT``
-    if there is no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return _ABSENT
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, podmeta.MAX_META_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > podmeta.MAX_META_BYTES:
-        return None
-    try:
-        return jsontext.loads(raw)
-    except ValueError:
-        return None
-
-
-# ---- this node's attachments on disk -------------------------------------------------------
-
-@dataclass(frozen=True)
-class LocalPod:
-    """One container's attachments (a second interface adds IPs), and who it is."""
-    container_id: str
-    ifname: str  # the first attachment's (by name)
-    ips: tuple[IPAddress, ...]  # IPv4 first, then IPv6 (a dual-stack node's)
-    identity: PodIdentity
-
-
-class ScanError(OverlayError):
-    """The data dir could not be read: nothing may be deleted on its account."""
-
-
-def _network_dirs(data_dir: str) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(data_dir) if e.is_dir(follow_symlinks=False))
-    except FileNotFoundError:
-        raise ScanError(f"{data_dir} does not exist (is --cni-data-dir right?)") from None
-    except OSError as e:
-        raise ScanError(f"cannot read {data_dir}: {e.strerror}") from e
-
-
-def scan_local(data_dir: str, subnet: IPNetwork,
-               warn: Callable[[str, str], None],
-               ipv6: IPv6Network | None = None) -> dict[str, LocalPod]:
-    """Every container with an IPAM record inside ``subnet`` (or ``ipv6``, the node's
-    IPv6 subnet on a dual-stack node), by container ID."""
-    by_container: dict[str, list[tuple[str, IPAddress, str]]] = {}
-    for network in _network_dirs(data_dir):
-        try:
-            reservations = DiskStore(data_dir, network).reservations()
-        except OverlayError as e:
-            raise ScanError(str(e)) from e
-        for ip, (container_id, ifname) in reservations.items():
-            if (_inside(ip, subnet, ipv6)
-                    and container_id_problem(container_id) is None and ifname):
-                by_container.setdefault(container_id, []).append((ifname, ip, network))
-    out = {}
-    for container_id, attachments in by_container.items():
-        # IPv4 before IPv6 (the registry's order), then by interface; the metadata file
-        # is the first interface's, whichever family
-        attachments.sort(key=lambda a: (a[1].version, a[0], int(a[1])))
-        ifname, ip, network = min(attachments, key=lambda a: (a[0], a[1].version, int(a[1])))
-        path = os.path.join(podmeta.meta_dir(data_dir, network),
-                            podmeta.meta_file_name(container_id, ifname))
-        raw = _read_json_file(path)
-        if raw is _ABSENT and _younger_than(os.path.join(data_dir, network, str(ip)), ADD_GRACE):
-            continue  # its ADD writes the metadata last: publish it once that is there
-        if raw is _ABSENT:
-            identity, problems = fallback_identity(container_id), [
-                f"no metadata file (an ADD by an older plugin?): published as "
-                f"{DEFAULT_NAMESPACE}/{container_id}"]
-        else:
-            identity, problems = parse_meta(raw, container_id, ifname)
-        for problem in problems:
-            warn(path, problem)
-        out[container_id] = LocalPod(container_id, ifname,
-                                     tuple(ip for _, ip, _ in attachments), identity)
-    return out
-
-
-def _inside(ip: IPAddress, subnet: IPNetwork, ipv6: IPv6Network | None) -> bool:
-    """In the lease's subnet (an IPv6-only lease's is IPv6), or in its IPv6 half."""
-    return ip in subnet or (ipv6 is not None and ip in ipv6)
-
-
-def _younger_than(path: str, seconds: float) -> bool:
-    try:
-        return time.time() - os.stat(path, follow_symlinks=False).st_mtime < seconds
-    except OSError:
-        return False
-
-
-def disk_signature(data_dir: str) -> tuple[int, ...]:
-    """The data dir's and its network and metadata dirs' mtimes: any ADD or DEL moves one."""
-    marks = []
-    for path in [data_dir] + [os.path.join(data_dir, n) for n in _safe_dirs(data_dir)]:
-        for p in (path, os.path.join(path, podmeta.META_DIR)):
-            try:
-                marks.append(os.stat(p, follow_symlinks=False).st_mtime_ns)
-            except OSError:
-                marks.append(0)
-    return tuple(marks)
-
-
-def _safe_dirs(data_dir: str) -> list[str]:
-    try:
-        return _network_dirs(data_dir)
-    except ScanError:
-        return []
 
 
 # ---- the reconcile ------------------------------------------------------------------------

@@ -35,15 +35,17 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from overlay.cluster import keys
-from overlay.cluster.pods import PodRules, judge_pod
+from overlay.cluster.nodes import NodeRecord, judge_node
+from overlay.cluster.pods import PodRecord, PodRules, believed_node_subnets, judge_pod
 from overlay.cluster.store import KV, ObjectStore
 from overlay.cni import podmeta
+from overlay.cni.attachments import AttachmentCache, LocalPod as Attachment
 from overlay.cni.skel import Handler, Request
 from overlay.errors import CNIError, OverlayError
 from overlay.lease import IPNetwork, Rejection
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import conntrack, nft
-from overlay.policy.build import Inputs, assemble, is_local
+from overlay.policy.build import Inputs, assemble
 from overlay.policy.model import PolicyError
 from overlay.policy.objects import Namespace, parse_namespace_kv, parse_policy_kv
 from overlay.policy.semantics import Host, Pod, allowed
@@ -69,8 +71,10 @@ BRIDGE_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 BRIDGE_SYSCTL6 = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
 BRIDGE_SYSCTLS = {4: BRIDGE_SYSCTL, 6: BRIDGE_SYSCTL6}
 
-POLICIES, NAMESPACES, PODS = "policy", "namespace", "pod"
-KINDS = (POLICIES, NAMESPACES, PODS)
+POLICIES, NAMESPACES, PODS, NODES = "policy", "namespace", "pod", "node"
+# node records say which node holds which subnet: a pod record is believed only inside
+# the subnet of the node it names (``PodRules.with_nodes``)
+KINDS = (POLICIES, NAMESPACES, PODS, NODES)
 
 
 def bridge_filtering_problem(path: str = BRIDGE_SYSCTL) -> str | None:
@@ -132,6 +136,10 @@ class _Judged:
             log.warning("%s %s rejected: %s (not enforced)", self.kind, kv.key, got.detail)
         return got
 
+    def count(self) -> None:
+        """One more key not used (a record ``assemble`` did not believe)."""
+        self._rejected.labels(self.kind).inc()
+
     def forget(self) -> None:
         """Judge everything again (the pods' rule changed: a lease came or went)."""
         self._cache = {}
@@ -177,8 +185,10 @@ class PolicyAgent:
 
     def __init__(self, store: ObjectStore, node: str,
                  own_subnet: Callable[[], IPNetwork | None],
-                 pod_rules: Callable[[], PodRules], marker: str, metrics: CollectorRegistry,
-                 stop: threading.Event, *,
+                 pod_rules: Callable[[Iterable[KV]], PodRules], marker: str,
+                 metrics: CollectorRegistry, stop: threading.Event, *,
+                 attachments: Callable[[IPNetwork | None, IPv6Network | None],
+                                       Mapping[str, Attachment]],
                  leases_listed: Callable[[], bool] = lambda: True,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
                  bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
@@ -188,6 +198,9 @@ class PolicyAgent:
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
         self._own_ipv6_subnet = own_ipv6_subnet
+        # this node's pods as its disk holds them (the local pods: never etcd's word)
+        self._attachments = attachments
+        self._dropped_logged: set[tuple[str, int]] = set()
         self._apply, self._bridge_problem = apply, bridge_problem
         self._update, self.log_denied = update, log_denied
         self._leases_listed = leases_listed  # pods are judged against the leases
@@ -231,7 +244,7 @@ class PolicyAgent:
     # -- watches --------------------------------------------------------------------
     def _base(self, kind: str) -> str:
         return {POLICIES: keys.policies_prefix, NAMESPACES: keys.namespaces_prefix,
-                PODS: keys.pods_prefix}[kind](self.store.prefix)
+                PODS: keys.pods_prefix, NODES: keys.nodes_prefix}[kind](self.store.prefix)
 
     def run_watch(self, kind: str) -> None:
         """List ``kind``'s prefix, then follow it (a compaction re-lists it whole)."""
@@ -249,13 +262,13 @@ class PolicyAgent:
                         held.pop(c.key, None)
                     else:
                         held[c.key] = KV(c.key, c.value, c.mod_revision)
-                self._generation += kind != PODS
+                self._generation += kind in (POLICIES, NAMESPACES)
             self._dirty.set()
 
     def _replace(self, kind: str, kvs: Iterable[KV]) -> None:
         with self._state_lock:
             self._kvs[kind] = {kv.key: kv for kv in kvs}
-            self._generation += kind != PODS
+            self._generation += kind in (POLICIES, NAMESPACES)
             self._listed.add(kind)
             if self._listed == set(KINDS):
                 self.complete.set()
@@ -298,7 +311,7 @@ class PolicyAgent:
         """The judged objects of the current state (the pending ADDs included)."""
         with self._state_lock:
             raw = {kind: dict(kvs) for kind, kvs in self._kvs.items()}
-        rules = self._pod_rules()
+        rules = self._pod_rules(raw[NODES].values())
         if rules != self._rules:
             self._judged[PODS].forget()
             self._rules = rules
@@ -314,19 +327,31 @@ class PolicyAgent:
     def _assemble(self, policies: list[Any], namespaces: list[Any], records: list[Any]
                   ) -> Inputs:
         subnet, subnet6 = self._own_subnet(), self._own_ipv6_subnet()
-        out = assemble(policies, [n for n in namespaces if isinstance(n, Namespace)],
-                       records, self.node, subnet, subnet6)
-        seen = {r.container_id for r in records if is_local(r, self.node, subnet, subnet6)}
+        attached = dict(self._attachments(subnet, subnet6))
         with self._state_lock:
-            for cid in [cid for cid in self._pending if cid in seen]:
-                del self._pending[cid]  # the registry has it now
+            for cid in [cid for cid in self._pending if cid in attached]:
+                del self._pending[cid]  # the disk has it now
             pending = list(self._pending.values())
+        out = assemble(policies, [n for n in namespaces if isinstance(n, Namespace)],
+                       records, self.node, subnet, subnet6, attached=attached)
+        self._note_dropped(out.dropped)
         known = {p.ref for p in out.pods}
         for lp in pending:
             out.local.append(lp)
             if lp.pod.ref not in known:
                 out.pods.append(lp.pod)
         return out
+
+    def _note_dropped(self, dropped: list[tuple[PodRecord, str]]) -> None:
+        """Each record ``assemble`` did not believe: logged and counted once per key
+        revision, as a rejection is."""
+        base = keys.pods_prefix(self.store.prefix)
+        now = {(f"{base}{r.namespace}/{r.name}", r.mod_revision): why for r, why in dropped}
+        for key, rev in sorted(now.keys() - self._dropped_logged):
+            self._judged[PODS].count()
+            why = now[key, rev]
+            log.warning("pod %s not used: %s (no policy counts it as that pod)", key, why)
+        self._dropped_logged = set(now)
 
     def sync(self) -> nft.CompiledTable:
         """Compile the current state; load it if its text changed (OverlayError: not).
@@ -456,7 +481,7 @@ class PolicyAgent:
     # -- CNI ADD / DEL ----------------------------------------------------------------
     def admit(self, req: Request, result: Mapping[str, Any]) -> None:
         """A pod just attached here is in the loaded table before its ADD returns."""
-        from overlay.daemon.podpublisher import parse_meta
+        from overlay.cni.attachments import parse_meta
 
         if not self.first_load.wait(ADMIT_TIMEOUT):
             raise CNIError(CNIError.TRY_AGAIN, "NetworkPolicy state not loaded yet",
@@ -555,21 +580,40 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
     if d.store is None or d.schema is None or not d.schema.writable:
         return None
     store = d.store
-
-    def rules() -> PodRules:
-        backend, manager = d.backend, d.manager
-        leases = [*(backend.leases.values() if backend else ()),
-                  *([manager.current] if manager and manager.current else [])]
-        return PodRules(lease_subnets=frozenset(lease.subnet for lease in leases),
-                        lease_ipv6={lease.subnet: lease.ipv6_subnet for lease in leases
-                                    if lease.ipv6_subnet is not None})
-
     # an IPv6-only network's own subnet is IPv6 (its pods are filtered as IPv6 ones)
     own = (lambda: d.manager.own_subnet() if d.manager else None)  # noqa: E731
     own6 = (lambda: d.manager.own_ipv6_subnet() if d.manager else None)  # noqa: E731
+
+    def rules(node_kvs: Iterable[KV]) -> PodRules:
+        backend, manager = d.backend, d.manager
+        leases = [*(backend.leases.values() if backend else ()),
+                  *([manager.current] if manager and manager.current else [])]
+        by_subnet = {lease.subnet: lease for lease in leases}
+        base = PodRules(lease_subnets=frozenset(by_subnet),
+                        lease_ipv6={lease.subnet: lease.ipv6_subnet for lease in leases
+                                    if lease.ipv6_subnet is not None})
+        return base.with_nodes(node_subnets(d.s.node_name, own(), store.prefix, node_kvs,
+                                            by_subnet))
+
+    disk = AttachmentCache(d.s.cni_data_dir)
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
-                       d.metrics.registry, d.stop, leases_listed=lambda: d.leases_programmed,
+                       d.metrics.registry, d.stop, attachments=disk.current,
+                       leases_listed=lambda: d.leases_programmed,
                        log_denied=d.s.policy_log_denied, own_ipv6_subnet=own6)
+
+
+def node_subnets(node: str, own: IPNetwork | None, prefix: str, node_kvs: Iterable[KV],
+                 leases: Mapping[IPNetwork, Any]) -> dict[str, IPNetwork]:
+    """Which node holds which subnet, for the pod rule: the node records (judged against
+    the accepted ``leases``) each claiming a subnet no other claims, and this node's own
+    lease (``own``: known here, whatever a record says)."""
+    claims = [(r.name, r.subnet) for kv in node_kvs
+              if isinstance(r := judge_node(kv.key, kv.value, prefix, leases, kv.mod_revision),
+                            NodeRecord) and r.name != node and r.subnet != own]
+    out = believed_node_subnets(claims)
+    if own is not None:
+        out[node] = own
+    return out
 
 
 def policy_threads(agent: PolicyAgent | None) -> list[tuple[str, Callable[[], None]]]:

@@ -344,6 +344,7 @@ def gather_node(opts: DiagnoseOptions) -> NodeState:
     node.cni_bins = read_cni_bins(opts.cni_bin_dir, types)
     if ours is not None:
         data_dir = str(plugin.get("dataDir") or DEFAULT_DATA_DIR)
+        node.cni_data_dir = data_dir
         node.ipam_dir = os.path.join(data_dir, ours.name)
         node.reservations, node.reservations6 = read_reservations(data_dir, ours.name)
     if opts.healthz_addr:
@@ -421,8 +422,9 @@ def diagnose(opts: DiagnoseOptions, etcd: EtcdOptions) -> Report:
     report.checks.extend(run_cluster_checks(read_pods(etcd, cluster), etcd.describe()))
     # the node's lease subnet: IPv4, or IPv6 in an IPv6-only network (its pods are
     # local by it, as overlayd's agent finds them)
-    report.checks.append(check_policy_table(etcd, cluster, f.own_subnet, opts.node_name,
-                                            opts.policy_log_denied))
+    report.checks.append(check_policy_table(
+        etcd, cluster, f.own_subnet, opts.node_name, opts.policy_log_denied,
+        data_dir=node.cni_data_dir, own_ipv6=f.own.ipv6_subnet if f.own else None))
     return report
 
 
@@ -432,7 +434,12 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
         return PodsState(error=cluster.error or "no network config")
     from overlay.cluster.keys import pods_prefix
     from overlay.cluster.nodestore import read_nodes
-    from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_from_leases
+    from overlay.cluster.pods import (
+        believed_node_subnets,
+        judge_pods,
+        list_pod_kvs,
+        rules_from_leases,
+    )
     from overlay.cluster.store import ObjectStore
     from overlay.policy.objects import list_namespaces, list_policies
     from overlay.subnet.registry import EtcdRegistry
@@ -446,7 +453,7 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
     except OverlayError as e:
         return PodsState(error=str(e))
     rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
-        {st.record.name: st.record.subnet for st in nodes.statuses})
+        believed_node_subnets((st.record.name, st.record.subnet) for st in nodes.statuses))
     records, rejected = judge_pods(kvs, pods_prefix(store.prefix), rules)
     bad_objects += [(r.key, f"{r.reason} ({r.detail})") for r in nodes.rejected]
     return PodsState(records, rejected, rejected_objects=bad_objects)

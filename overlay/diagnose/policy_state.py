@@ -1,8 +1,9 @@
 """The NetworkPolicy state in etcd as overlayd judges it, for ``trace`` and ``diagnose``.
 
 One read of ``policies/``, ``namespaces/`` and ``pods/``, each key through its kind's one
-rule, pods judged against the accepted leases exactly as the daemon's agent does
-(``rules_from_leases``), so what these commands explain or expect is what the nodes
+rule, pods judged against the accepted leases and node records exactly as the daemon's
+agent does (``rules_from_leases(...).with_nodes``: a record is believed only inside the
+subnet of the node it names), so what these commands explain or expect is what the nodes
 enforce. Rejected keys are kept (counted and named by the callers), never used.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-from overlay.cluster.pods import PodRecord
+from overlay.cluster.pods import PodRecord, duplicate_ips
 from overlay.diagnose.state import ClusterState
 from overlay.errors import OverlayError
 from overlay.lease import Rejection
@@ -31,6 +32,12 @@ class PolicyState:
     rejected_pods: list[Rejection] = field(default_factory=list)
     error: str = ""  # etcd was not read
 
+    def unambiguous(self) -> list[PodRecord]:
+        """The records no other record shares an IP with: the pods every node's table
+        holds (``overlay.policy.build.assemble`` believes neither of two claims)."""
+        shared = {id(r) for rs in duplicate_ips(self.records).values() for r in rs}
+        return [r for r in self.records if id(r) not in shared]
+
     @property
     def namespace_labels(self) -> dict[str, dict[str, str]]:
         return {n.name: dict(n.labels) for n in self.namespaces}
@@ -42,7 +49,13 @@ def gather_policy(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0
     if not cluster.available:
         return PolicyState(error=cluster.error or "no network config in etcd")
     from overlay.cluster.keys import pods_prefix
-    from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_from_leases
+    from overlay.cluster.nodestore import read_nodes
+    from overlay.cluster.pods import (
+        believed_node_subnets,
+        judge_pods,
+        list_pod_kvs,
+        rules_from_leases,
+    )
     from overlay.cluster.store import ObjectStore
     from overlay.policy.objects import list_namespaces, list_policies
     from overlay.subnet.registry import EtcdRegistry
@@ -53,9 +66,11 @@ def gather_policy(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0
             policies, bad_policies = list_policies(store)
             namespaces, bad_namespaces = list_namespaces(store)
             kvs, _ = list_pod_kvs(store)
+            nodes = read_nodes(store, {lease.subnet: lease for lease in cluster.leases})
     except OverlayError as e:
         log.info("etcd unavailable for the policy state: %s", e)
         return PolicyState(error=str(e))
-    records, bad_pods = judge_pods(kvs, pods_prefix(store.prefix),
-                                   rules_from_leases(cluster.config, cluster.leases))
+    rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
+        believed_node_subnets((st.record.name, st.record.subnet) for st in nodes.statuses))
+    records, bad_pods = judge_pods(kvs, pods_prefix(store.prefix), rules)
     return PolicyState(policies, namespaces, records, bad_policies + bad_namespaces, bad_pods)

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
 from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
@@ -410,9 +410,12 @@ def node_of_subnet(records: Any, subnet: IPNetwork | None) -> str | None:
 
 
 def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
-                       node_name: str | None, log_denied: bool = False) -> CheckResult:
-    """Gather etcd's policy state, compile this node's table, compare with the kernel's
-    (twice, RECHECK apart, before failing)."""
+                       node_name: str | None, log_denied: bool = False, *,
+                       data_dir: str, own_ipv6: IPv6Network | None = None) -> CheckResult:
+    """Gather etcd's policy state and this node's attachments (the CNI ``data_dir``),
+    compile this node's table, compare with the kernel's (twice, RECHECK apart, before
+    failing)."""
+    from overlay.cni.attachments import ScanError, scan_local
     from overlay.diagnose.policy_state import gather_policy
     from overlay.policy.build import assemble
 
@@ -423,13 +426,20 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
     states = [gather_policy(etcd, cluster)]
     if states[0].error:
         return skipped(f"policy objects not read: {states[0].error}")
+    if not data_dir:
+        return skipped("this node's CNI data dir is unknown (no CNI config of ours)")
     node = node_name or node_of_subnet(states[0].records, own_subnet) or ""
 
     def expected() -> str:
         state = states.pop() if states else gather_policy(etcd, cluster)
         if state.error:
             raise ProgramError(f"policy objects not read: {state.error}", ["etcd"], FAILED)
-        inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet)
+        try:
+            attached = scan_local(data_dir, own_subnet, lambda _what, _why: None, own_ipv6)
+        except ScanError as e:
+            raise ProgramError(f"pods on disk not read: {e}", [data_dir], FAILED) from e
+        inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet,
+                          own_ipv6, attached=attached)
         return compile_expected(inputs, log_denied).text
 
     try:

@@ -139,6 +139,7 @@ class NodeState:
     reservations: list[Reservation] = field(default_factory=list)
     reservations6: list[Reservation6] = field(default_factory=list)
     ipam_dir: str = ""
+    cni_data_dir: str = ""  # the plugin's dataDir (its IPAM store, the pods' metadata)
     subnet_file: str = DEFAULT_SUBNET_FILE  # the subnet.env read (given, or the CNI config's)
     firewall: FirewallState = field(default_factory=FirewallState)
     readyz: tuple[int | None, str] | None = None  # (HTTP status, detail); None = not asked

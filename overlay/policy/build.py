@@ -1,8 +1,8 @@
 """The inputs one node's policy table is compiled from, assembled from judged objects.
 
-Pure: the judged policies, namespaces and pod records go in, and :class:`Inputs` comes
-out, with this node's own pods (``local``: its name, IPs inside its subnet) beside every
-pod of the cluster (a dual-stack pod's IPv6 addresses inside the node's IPv6 subnet).
+Pure: the judged policies, namespaces and pod records, and this node's attachments as
+its disk holds them, go in, and :class:`Inputs` comes out, with this node's own pods
+(``local``: the attachments, never etcd's word for them) beside every pod of the cluster.
 overlayd's agent (``overlay.daemon.policyagent``) and ``overlayctl
 diagnose``'s ``policy-table`` check both assemble through :func:`assemble`, so the table
 the check expects is the one the daemon loads from the same etcd state.
@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv6Network
 
-from overlay.cluster.pods import PodRecord
+from overlay.cluster.pods import PodRecord, duplicate_ips
+from overlay.cni.attachments import LocalPod as Attachment
 from overlay.lease import IPNetwork
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import nft
@@ -30,6 +31,8 @@ class Inputs:
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
     local: list[nft.LocalPod] = field(default_factory=list)
+    # accepted records not believed (an IP another record holds too): record, why
+    dropped: list[tuple[PodRecord, str]] = field(default_factory=list)
 
 
 def pod_of(record: PodRecord) -> Pod:
@@ -53,16 +56,58 @@ def is_local(record: PodRecord, node: str, subnet: IPNetwork | None,
         ipv6_subnet is None or all(ip in ipv6_subnet for ip in other))
 
 
+def local_pod_of(att: Attachment, record: PodRecord | None, node: str) -> Pod:
+    """The pod of one attachment on this node's disk: its name and IPs from the disk;
+    its labels and named ports from the registry's record when that record is this
+    attachment's (same name, container and IPs: an operator's ``pods label`` lives
+    there), else the metadata file's."""
+    ident = att.identity
+    if record is not None and (record.namespace, record.name, record.container_id,
+                               tuple(record.ips)) == (ident.namespace, ident.name,
+                                                      att.container_id, att.ips):
+        return pod_of(record)
+    return Pod(ident.namespace, ident.name, att.ips, dict(ident.labels),
+               tuple(p for p in ident.ports if p.name), node)
+
+
 def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
              records: Iterable[PodRecord], node: str, subnet: IPNetwork | None,
-             ipv6_subnet: IPv6Network | None = None) -> Inputs:
+             ipv6_subnet: IPv6Network | None = None, *,
+             attached: Mapping[str, Attachment]) -> Inputs:
     """The inputs of node ``node`` (own subnets ``subnet``, ``ipv6_subnet``) from judged
-    objects."""
+    objects and the node's attachments on its own disk (``attached``, by container ID).
+
+    Any node can write etcd, so the registry does not say which pods are this node's:
+    the local pods (what the table isolates, and each veth's source check) are the
+    attachments, and a record with an address in this node's subnets stands for nothing
+    but its attachment's labels. Of the other records, every one holding an IP that
+    another also holds is dropped (in ``dropped``): which is true is not known, and
+    believing either could widen what a policy allows."""
     out = Inputs(policies=list(policies),
                  namespaces={n.name: n.labels for n in namespaces})
+    own = [s for s in (subnet, ipv6_subnet) if s is not None]
+    mine: dict[str, PodRecord] = {}
+    remote: list[PodRecord] = []
     for r in records:
-        pod = pod_of(r)
+        if any(ip in s for s in own for ip in r.ips):
+            if r.node == node and r.container_id in attached:
+                mine[r.container_id] = r
+        else:
+            remote.append(r)
+    holders = duplicate_ips(remote)
+    ambiguous = {id(r): ip for ip, rs in holders.items() for r in rs}
+    for r in remote:
+        if id(r) in ambiguous:
+            out.dropped.append((r, f"{ambiguous[id(r)]} is held by another record too"))
+        else:
+            out.pods.append(pod_of(r))
+    refs: set[str] = set()
+    for cid in sorted(attached):
+        att = attached[cid]
+        pod = local_pod_of(att, mine.get(cid), node)
+        if pod.ref in refs:
+            continue  # two containers under one name: the publisher takes the first too
+        refs.add(pod.ref)
         out.pods.append(pod)
-        if is_local(r, node, subnet, ipv6_subnet):
-            out.local.append(nft.LocalPod(pod, host_veth_name(r.container_id, r.ifname)))
+        out.local.append(nft.LocalPod(pod, host_veth_name(cid, att.ifname)))
     return out

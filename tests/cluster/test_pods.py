@@ -196,3 +196,42 @@ def test_with_nodes_holds_each_node_to_its_own_record_subnet():
     assert reason(got) == pods.PodReason.IP_OUTSIDE_SUBNET
     # a node record naming a subnet that no accepted lease holds is not believed
     assert rules.with_nodes({"node1": IPv4Network("10.9.0.0/24")}).node_subnets == {}
+
+
+def test_with_nodes_rejects_a_record_naming_a_node_without_a_record():
+    """A hostile writer's record naming a node that does not exist (node9) with another
+    node's pod IP was accepted by the lease it lies in; with node records known it is not."""
+    rules = PodRules({}, frozenset({N1, N2})).with_nodes({"node1": N1})
+    forged = record(node="node9")  # 10.244.1.5: node1's address
+    got = pods.judge_pod(kv(pods.encode_pod(forged)), BASE, rules)
+    assert isinstance(got, Rejection) and got.reason == pods.PodReason.IP_OUTSIDE_SUBNET
+    assert "node node9 has no node record" in got.detail
+    # another existing node naming node1's address: outside node2's subnet
+    rules2 = PodRules({}, frozenset({N1, N2})).with_nodes({"node1": N1, "node2": N2})
+    got = pods.judge_pod(kv(pods.encode_pod(record(node="node2"))), BASE, rules2)
+    assert isinstance(got, Rejection) and "node2's subnet" in got.detail
+    # without node records (a reader that has none) the lease still decides
+    assert isinstance(pods.judge_pod(kv(pods.encode_pod(forged)), BASE,
+                                     PodRules({}, frozenset({N1}))), PodRecord)
+
+
+@pytest.mark.parametrize("ip", ["10.244.1.0", "10.244.1.1", "10.244.1.255"])
+def test_the_nodes_own_addresses_are_never_a_pods(ip):
+    """The subnet's network address (the VTEP's), gateway (the bridge's) and broadcast
+    address: a record claiming one would make the node itself a labelled pod."""
+    got = pods.judge_pod(kv(pods.encode_pod(record(ips=(IPv4Address(ip),)))), BASE, RULES)
+    assert isinstance(got, Rejection) and got.reason == pods.PodReason.IP_OUTSIDE_SUBNET
+    assert f"{ip} is node 10.244.1.0/24's own address" in got.detail
+    # the lease fallback holds them to it too
+    got = pods.judge_pod(kv(pods.encode_pod(record(ips=(IPv4Address(ip),)))), BASE,
+                         PodRules({}, frozenset({N1})))
+    assert reason(got) == pods.PodReason.IP_OUTSIDE_SUBNET
+    for fine in ("10.244.1.2", "10.244.1.254"):
+        assert isinstance(pods.judge_pod(kv(pods.encode_pod(record(
+            ips=(IPv4Address(fine),)))), BASE, RULES), PodRecord)
+
+
+def test_a_subnet_two_node_records_claim_belongs_to_neither():
+    claims = [("node1", N1), ("node2", N2), ("forged", N1)]
+    assert pods.believed_node_subnets(claims) == {"node2": N2}
+    assert pods.believed_node_subnets([("node1", N1), ("node1", N1)]) == {"node1": N1}

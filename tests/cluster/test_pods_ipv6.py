@@ -10,7 +10,7 @@ import pytest
 from overlay.cluster import pods
 from overlay.cluster.pods import PodRecord, PodRules
 from overlay.config import parse_network_config
-from overlay.lease import Lease, LeaseAttrs
+from overlay.lease import Lease, LeaseAttrs, Rejection
 from tests.cluster.test_pods import BASE, kv, mutate, reason, record
 
 N1 = IPv4Network("10.244.1.0/24")
@@ -75,3 +75,11 @@ def test_duplicates_across_families_are_reported_in_order():
     a = record(ips=(record().ips[0], IPv6Address("fd00:10:244:1::5")))
     b = record(name="web-2", ips=a.ips)
     assert list(pods.duplicate_ips([a, b])) == list(a.ips)
+
+
+@pytest.mark.parametrize("v6", ["fd00:10:244:1::", "fd00:10:244:1::1"])
+def test_the_ipv6_halfs_node_addresses_are_never_a_pods(v6):
+    """The IPv6 half's network address (the IPv6 VTEP's) and gateway (the bridge's)."""
+    got = pods.judge_pod(kv(mutate(ips=["10.244.1.5", v6])), BASE, RULES)
+    assert isinstance(got, Rejection) and got.reason == pods.PodReason.IP_OUTSIDE_SUBNET
+    assert f"{v6} is node fd00:10:244:1::/64's own address" in got.detail

@@ -126,7 +126,7 @@ def test_whatever_ascii_the_plugin_keeps_fits_the_readers_bound(tmp_path):
     m = _longest()
     path = podmeta.write_meta(str(tmp_path), "overlay", m)
     assert os.path.getsize(path) <= podmeta.MAX_META_BYTES
-    from overlay.daemon.podpublisher import _read_json_file
+    from overlay.cni.attachments import _read_json_file
     assert _read_json_file(path) == m
 
 

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 import pytest
 
 from overlay.cluster.pods import Label, PodRecord, Port
-from overlay.cni import ipam, podmeta
+from overlay.cni import attachments as at, ipam, podmeta
 from overlay.daemon import podpublisher as pp
 
 SUBNET = IPv4Network("10.244.1.0/24")
@@ -20,23 +20,23 @@ def test_parse_meta_drops_bad_parts_alone():
            "labels": [{"key": "app", "value": "web"}, {"key": "bad key", "value": "x"},
                       {"key": "n", "value": 1}],
            "ports": [{"name": "http", "port": 80}, {"port": 0}, {"port": 80, "name": "http"}]}
-    ident, problems = pp.parse_meta(obj, "c1", "eth0")
-    assert ident == pp.PodIdentity("shop", "web-1", {"app": "web"}, (Port("http", 80, "TCP"),))
+    ident, problems = at.parse_meta(obj, "c1", "eth0")
+    assert ident == at.PodIdentity("shop", "web-1", {"app": "web"}, (Port("http", 80, "TCP"),))
     assert len(problems) == 3
 
 
 @pytest.mark.parametrize("ns, name", [(None, None), ("Shop", "web"), ("shop", "Web_1")])
 def test_unusable_identity_falls_back_to_default_and_the_container_id(ns, name):
     obj = {"containerID": "c1", "ifname": "eth0", "namespace": ns, "name": name}
-    ident, problems = pp.parse_meta(obj, "c1", "eth0")
+    ident, problems = at.parse_meta(obj, "c1", "eth0")
     assert (ident.namespace, ident.name) == ("default", "c1")
     assert bool(problems) == (name is not None)
 
 
 def test_metadata_of_another_attachment_is_not_used():
     obj = {"containerID": "c2", "ifname": "eth0", "namespace": "shop", "name": "web"}
-    ident, problems = pp.parse_meta(obj, "c1", "eth0")
-    assert ident == pp.fallback_identity("c1") and problems
+    ident, problems = at.parse_meta(obj, "c1", "eth0")
+    assert ident == at.fallback_identity("c1") and problems
 
 
 def add(tmp_path, cid, ip, ifname="eth0", network="overlay", meta=True, **args):
@@ -53,7 +53,7 @@ def test_scan_groups_attachments_by_container_and_keeps_this_subnet_only(tmp_pat
     add(tmp_path, "c1", "10.244.1.6", ifname="net1", meta=False)
     add(tmp_path, "c2", "10.88.0.5", network="podman")  # another network's range
     warned = []
-    got = pp.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
+    got = at.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
     assert list(got) == ["c1"] and warned == []
     assert got["c1"].ips == (ip_address("10.244.1.5"), ip_address("10.244.1.6"))
     assert (got["c1"].identity.namespace, got["c1"].identity.name, got["c1"].ifname) == (
@@ -64,41 +64,41 @@ def test_a_dual_stack_pod_lists_ipv4_then_ipv6_of_this_nodes_halves_only(tmp_pat
     add(tmp_path, "c1", "fd00:10:244:1::5", meta=False)
     add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="web")
     add(tmp_path, "c1", "fd00:10:244:2::9", ifname="net1", meta=False)  # another node's half
-    got = pp.scan_local(str(tmp_path), SUBNET, lambda *a: None, SUBNET_V6)
+    got = at.scan_local(str(tmp_path), SUBNET, lambda *a: None, SUBNET_V6)
     assert got["c1"].ips == (ip_address("10.244.1.5"), ip_address("fd00:10:244:1::5"))
     assert (got["c1"].identity.name, got["c1"].ifname) == ("web", "eth0")
     # without an IPv6 half (IPv4-only lease), the IPv6 reservation is not this node's
-    only_v4 = pp.scan_local(str(tmp_path), SUBNET, lambda *a: None)
+    only_v4 = at.scan_local(str(tmp_path), SUBNET, lambda *a: None)
     assert only_v4["c1"].ips == (ip_address("10.244.1.5"),)
 
 
 def test_an_add_in_progress_waits_for_its_metadata_an_old_one_is_published(tmp_path):
     add(tmp_path, "c1", "10.244.1.5", meta=False)
-    assert pp.scan_local(str(tmp_path), SUBNET, lambda *a: None) == {}
-    old = time.time() - pp.ADD_GRACE - 1
+    assert at.scan_local(str(tmp_path), SUBNET, lambda *a: None) == {}
+    old = time.time() - at.ADD_GRACE - 1
     os.utime(tmp_path / "overlay" / "10.244.1.5", (old, old))
     warned = []
-    got = pp.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
-    assert got["c1"].identity == pp.fallback_identity("c1") and "no metadata" in warned[0]
+    got = at.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
+    assert got["c1"].identity == at.fallback_identity("c1") and "no metadata" in warned[0]
 
 
 def test_a_missing_data_dir_is_a_scan_error_not_an_empty_node(tmp_path):
-    with pytest.raises(pp.ScanError):
-        pp.scan_local(str(tmp_path / "nope"), SUBNET, lambda *a: None)
+    with pytest.raises(at.ScanError):
+        at.scan_local(str(tmp_path / "nope"), SUBNET, lambda *a: None)
 
 
 def test_the_disk_signature_moves_on_add_and_del(tmp_path):
     add(tmp_path, "c0", "10.244.1.4")
-    before = pp.disk_signature(str(tmp_path))
+    before = at.disk_signature(str(tmp_path))
     add(tmp_path, "c1", "10.244.1.5")
-    after_add = pp.disk_signature(str(tmp_path))
+    after_add = at.disk_signature(str(tmp_path))
     podmeta.remove_meta(str(tmp_path), "overlay", "c1", "eth0")
-    assert before != after_add != pp.disk_signature(str(tmp_path))
+    assert before != after_add != at.disk_signature(str(tmp_path))
 
 
 def local(cid="c2", labels=None):
-    return pp.LocalPod(cid, "eth0", (IPv4Address("10.244.1.5"),),
-                       pp.PodIdentity("shop", "web", labels or {"app": "web", "tier": "x"}))
+    return at.LocalPod(cid, "eth0", (IPv4Address("10.244.1.5"),),
+                       at.PodIdentity("shop", "web", labels or {"app": "web", "tier": "x"}))
 
 
 def test_a_new_sandbox_takes_cni_labels_under_the_operators():

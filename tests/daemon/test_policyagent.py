@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,10 +20,11 @@ from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, PodRules, encode_
 from overlay.cluster.store import KV, ObjectStore
 from overlay.cni.skel import Request
 from overlay.daemon import policyagent
-from overlay.daemon.policyagent import NAMESPACES, PODS, POLICIES, PolicyAgent
+from overlay.daemon.policyagent import NAMESPACES, NODES, PODS, POLICIES, PolicyAgent
 from overlay.errors import CNIError
 from overlay.policy import nft
 from overlay.util.proc import ProgramError
+from tests.fakes import attachments_of_records
 
 PREFIX = "/overlay/network"
 SUBNET = IPv4Network("10.244.1.0/24")
@@ -67,8 +69,9 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, dict[str, str | None]]:
     bridge: dict[str, str | None] = {"problem": None}
     store = cast(ObjectStore, SimpleNamespace(prefix=PREFIX))
     a = PolicyAgent(store, "n1", lambda: SUBNET,
-                    lambda: PodRules(lease_subnets=frozenset({SUBNET, OTHER})),
+                    lambda _nodes: PodRules(lease_subnets=frozenset({SUBNET, OTHER})),
                     str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
+                    attachments=lambda s, s6: attachments_of_records(a, "n1")(s, s6),
                     apply=applied, bridge_problem=lambda _families: bridge["problem"],
                     update=applied.update)
     return a, applied, bridge
@@ -86,6 +89,7 @@ def _listed(a: PolicyAgent, policies: list[KV], pods: list[KV],
             namespaces: list[KV] | None = None) -> None:
     a._replace(POLICIES, policies)
     a._replace(NAMESPACES, namespaces or [])
+    a._replace(NODES, [])
     a._replace(PODS, pods)
 
 
@@ -96,6 +100,8 @@ def test_nothing_is_loaded_before_every_prefix_is_listed(agent) -> None:
     assert not a.complete.is_set()
     assert a.problems() == ["NetworkPolicy table not compiled yet"]
     a._replace(NAMESPACES, [])
+    assert not a.complete.is_set()  # nor before the node records (which node has a subnet)
+    a._replace(NODES, [])
     assert a.complete.is_set()
     a.sync()
     assert len(applied.tables) == 1 and a.problems() == []
@@ -366,8 +372,42 @@ def test_log_denied_reaches_the_compiled_table(tmp_path: Path) -> None:
     applied = Applied()
     store = cast(ObjectStore, SimpleNamespace(prefix=PREFIX))
     a = PolicyAgent(store, "n1", lambda: SUBNET,
-                    lambda: PodRules(lease_subnets=frozenset({SUBNET})),
+                    lambda _nodes: PodRules(lease_subnets=frozenset({SUBNET})),
                     str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
+                    attachments=lambda s, s6: attachments_of_records(a, "n1")(s, s6),
                     apply=applied, update=applied.update, log_denied=True)
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     assert 'log prefix "overlay-policy denied ingress: "' in a.sync().text
+
+
+def test_two_records_of_one_ip_are_dropped_logged_and_counted_once(agent, caplog) -> None:
+    a, _, _ = agent
+    twin = _pod("b2", "10.244.2.2", "n2")
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("b", "10.244.2.2", "n2"), twin])
+    for _ in range(3):
+        table = a.sync()
+    assert "10.244.2.2" not in table.text
+    said = [r.message for r in caplog.records if "not used" in r.message]
+    assert len(said) == 2 and all("held by another record too" in m for m in said), said
+    assert b'overlay_policy_objects_rejected_total{kind="pod"} 2.0' in \
+        generate_latest(REGISTRY[0])
+
+
+def test_node_records_bind_each_subnet_to_one_node() -> None:
+    from overlay.cluster.nodes import NodeRecord
+    from overlay.lease import IPNetwork, Lease, LeaseAttrs
+
+    def node(name: str, subnet: IPv4Network, public: str) -> KV:
+        r = NodeRecord(name, IPv4Address(public), subnet, "02:00:00:00:00:01", "1",
+                       datetime(2026, 12, 1, tzinfo=UTC), True)
+        return KV(keys.node_key(PREFIX, name), r.encode(), 1)
+
+    leases: dict[IPNetwork, Lease] = {s: Lease(s, LeaseAttrs(IPv4Address(ip))) for s, ip in
+              ((SUBNET, "192.168.0.1"), (OTHER, "192.168.0.2"))}
+    kvs = [node("n1", OTHER, "192.168.0.2"),  # a record naming this node: its lease decides
+           node("n2", OTHER, "192.168.0.2"), node("n3", SUBNET, "192.168.0.1"),
+           node("n4", OTHER, "192.168.0.9")]  # another public IP than the lease's: rejected
+    assert policyagent.node_subnets("n1", SUBNET, PREFIX, kvs, leases) == {
+        "n1": SUBNET, "n2": OTHER}
+    kvs.append(node("n5", OTHER, "192.168.0.2"))  # a second claim: neither holds it
+    assert policyagent.node_subnets("n1", SUBNET, PREFIX, kvs, leases) == {"n1": SUBNET}

@@ -20,6 +20,7 @@ from overlay.cluster.store import KV, ObjectStore
 from overlay.daemon import policyagent
 from overlay.daemon.policyagent import PolicyAgent
 from overlay.policy.build import is_local
+from tests.fakes import attachments_of_records
 
 from .test_policyagent import DENY, PREFIX, Applied, _listed, _policy, _request
 
@@ -41,8 +42,9 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied]:
     store = cast(ObjectStore, SimpleNamespace(prefix=PREFIX))
     rules = PodRules(lease_subnets=frozenset({SUBNET, OTHER}),
                      lease_ipv6={SUBNET: SUBNET6, OTHER: OTHER6})
-    a = PolicyAgent(store, "n1", lambda: SUBNET, lambda: rules,
+    a = PolicyAgent(store, "n1", lambda: SUBNET, lambda _nodes: rules,
                     str(tmp_path / "policy-enforced"), CollectorRegistry(), threading.Event(),
+                    attachments=lambda s, s6: attachments_of_records(a, "n1")(s, s6),
                     apply=applied, bridge_problem=lambda _families: None,
                     update=applied.update,
                     own_ipv6_subnet=lambda: SUBNET6)

@@ -20,6 +20,7 @@ from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, PodRules, encode_
 from overlay.cluster.store import KV, ObjectStore
 from overlay.daemon import policyagent
 from overlay.daemon.policyagent import PolicyAgent
+from tests.fakes import attachments_of_records
 
 from .test_policyagent import DENY, PREFIX, Applied, _listed, _policy, _request
 
@@ -53,8 +54,9 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, Bridge]:
     rules = PodRules(lease_subnets=frozenset({SUBNET6, OTHER6}))
     # make_policy_agent's wiring on an IPv6-only node: own_subnet() is the IPv6 lease's,
     # own_ipv6_subnet() None
-    a = PolicyAgent(store, "n1", lambda: SUBNET6, lambda: rules,
+    a = PolicyAgent(store, "n1", lambda: SUBNET6, lambda _nodes: rules,
                     str(tmp_path / "policy-enforced"), CollectorRegistry(), threading.Event(),
+                    attachments=lambda s, s6: attachments_of_records(a, "n1")(s, s6),
                     apply=applied, bridge_problem=bridge, update=applied.update)
     return a, applied, bridge
 

@@ -304,7 +304,7 @@ def test_diagnose_reads_the_ipv6_kernel_state_and_probes_over_ipv6(monkeypatch):
     monkeypatch.setattr(ga, "probe_local_pods6", lambda rs, n, t: [
         st.PodProbe(r.ip, r.container_id, r.ifname, n, n) for r in rs])
     monkeypatch.setattr(ga, "read_pods", lambda etcd, cluster: ga.PodsState())
-    monkeypatch.setattr(ga, "check_policy_table", lambda *a: st.CheckResult(
+    monkeypatch.setattr(ga, "check_policy_table", lambda *a, **_kw: st.CheckResult(
         "policy-table", st.PASS, "", ""))
     report = ga.diagnose(OPTS, make_etcd_options(endpoints="http://127.0.0.1:1"))
     assert MY6 in calls["local_ips"] and calls["firewall"] == (8472, True, False)

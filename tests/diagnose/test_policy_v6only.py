@@ -45,7 +45,7 @@ def test_the_policy_table_check_gets_the_nodes_ipv6_subnet(monkeypatch) -> None:
     monkeypatch.setattr(ga, "read_ipv6_device", lambda node, name: None)
     monkeypatch.setattr(ga, "read_ipv6_kernel", lambda node: None)  # the made-up one stays
 
-    def check(etcd, cluster, own_subnet, node_name, log_denied=False):
+    def check(etcd, cluster, own_subnet, node_name, log_denied=False, **_where):
         asked.append(own_subnet)
         return st.CheckResult("policy-table", st.PASS, "", "")
     monkeypatch.setattr(ga, "check_policy_table", check)

@@ -14,7 +14,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from overlay.daemon import podpublisher
+from overlay.cni import attachments
 
 from .support.cni_node import ENTRY, CNINode, sh
 from .support.ovd_topology import Topology
@@ -203,7 +203,7 @@ def test_the_longest_container_id_is_attached_published_and_released(node, warm)
     doc = node.add(longest, pod, warm=warm, env={"CNI_ARGS": "K8S_POD_NAME=web-1"})
     assert node.cni("CHECK", longest, pod, warm=warm,
                     conf=node.conf(prevResult=doc)).rc == 0
-    scanned = podpublisher.scan_local(node.data_dir, IPv4Network("10.88.1.0/24"),
+    scanned = attachments.scan_local(node.data_dir, IPv4Network("10.88.1.0/24"),
                                       lambda *a: pytest.fail(f"warned {a}"))
     assert scanned[longest].identity.name == "web-1"
     assert node.cni("DEL", longest, pod, warm=warm).rc == 0

@@ -34,9 +34,9 @@ def test_every_reader_of_outside_json_rejects_deep_nesting(tmp_path):
     RecursionError (they all decode through jsontext)."""
     from overlay.cluster.nodes import decode_node
     from overlay.cluster.schema import parse_schema
+    from overlay.cni.attachments import _read_json_file
     from overlay.cni.conflist import ConfListError, load_conflist
     from overlay.daemon.nodestatus import holder_of
-    from overlay.daemon.podpublisher import _read_json_file
     from overlay.errors import ConfigError
     from overlay.runtimefile import parse_runtime
 

@@ -1,0 +1,71 @@
+"""What one node's table is compiled from (``overlay.policy.build.assemble``): its local
+pods are its attachments on disk, whatever etcd says of them, and of the other records
+none holding an IP another record holds is believed."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from overlay.cluster.pods import SOURCE_CLI, SOURCE_CNI, Label, PodRecord
+from overlay.cni.attachments import LocalPod, PodIdentity
+from overlay.netlink.pod import host_veth_name
+from overlay.policy.build import assemble
+
+N1 = IPv4Network("10.244.1.0/24")
+
+
+def rec(name: str, ip: str, node: str = "node1", cid: str | None = None,
+        labels: dict[str, str] | None = None, source: str = SOURCE_CNI) -> PodRecord:
+    return PodRecord("x", name, (IPv4Address(ip),), node, cid or f"c-{name}", "eth0",
+                     {k: Label(v, source) for k, v in (labels or {"pod": name}).items()})
+
+
+def disk(*pods: tuple[str, str]) -> dict[str, LocalPod]:
+    return {f"c-{n}": LocalPod(f"c-{n}", "eth0", (IPv4Address(ip),),
+                               PodIdentity("x", n, {"pod": n})) for n, ip in pods}
+
+
+def run(records: list[PodRecord], attached: dict[str, LocalPod]):
+    return assemble([], [], records, "node1", N1, attached=attached)
+
+
+def by_ref(inputs) -> dict[str, tuple]:
+    return {p.ref: (p.ips, dict(p.labels)) for p in inputs.pods}
+
+
+def test_a_local_pod_stays_local_whatever_its_record_says() -> None:
+    attached = disk(("a", "10.244.1.2"))
+    veth = host_veth_name("c-a", "eth0")
+    for records in ([rec("a", "10.244.1.2")],          # the true record
+                    [],                                 # deleted (or garbled: not judged)
+                    [rec("a", "10.244.1.2", node="node9")],  # moved to a node that is not
+                    [rec("a", "10.244.1.3", cid="c-a")]):    # claims another IP
+        got = run(records, attached)
+        assert [(lp.ifname, lp.pod.ips) for lp in got.local] == [
+            (veth, (IPv4Address("10.244.1.2"),))], records
+        assert by_ref(got)["x/a"] == ((IPv4Address("10.244.1.2"),), {"pod": "a"})
+
+
+def test_the_operators_labels_come_from_the_pods_own_record() -> None:
+    own = rec("a", "10.244.1.2", labels={"pod": "a", "tier": "db"}, source=SOURCE_CLI)
+    got = run([own], disk(("a", "10.244.1.2")))
+    assert by_ref(got)["x/a"][1] == {"pod": "a", "tier": "db"}
+    # the same labels on a record of another container are not the pod's
+    other = rec("a", "10.244.1.2", cid="c-other", labels={"pod": "a", "tier": "db"})
+    assert by_ref(run([other], disk(("a", "10.244.1.2"))))["x/a"][1] == {"pod": "a"}
+
+
+def test_a_record_in_this_nodes_subnet_without_an_attachment_is_no_pod() -> None:
+    forged = rec("intruder", "10.244.1.9", labels={"app": "trusted"})
+    got = run([forged, rec("b", "10.244.2.2", node="node2")], disk(("a", "10.244.1.2")))
+    assert set(by_ref(got)) == {"x/a", "x/b"} and got.dropped == []
+
+
+def test_two_records_of_one_remote_ip_are_both_dropped() -> None:
+    real = rec("b", "10.244.2.2", node="node2")
+    twin = rec("fake", "10.244.2.2", node="node2", labels={"app": "trusted"})
+    got = run([real, twin, rec("c", "10.244.2.3", node="node2")], disk())
+    assert set(by_ref(got)) == {"x/c"}
+    assert sorted((r.name, why) for r, why in got.dropped) == [
+        ("b", "10.244.2.2 is held by another record too"),
+        ("fake", "10.244.2.2 is held by another record too")]
