@@ -217,7 +217,7 @@ class AttachmentCache:
     """``scan_local`` again only when the data dir changed (``disk_signature``) or the
     subnets did: the policy agent asks at every compile, and a scan reads two files per
     pod. Problems are the publisher's to log (it reads the same files); a data dir that
-    cannot be read raises ScanError."""
+    cannot be read raises ScanError, one that does not exist yet holds nothing."""
 
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
@@ -227,8 +227,8 @@ class AttachmentCache:
 
     def current(self, subnet: IPNetwork | None, ipv6: IPv6Network | None = None
                 ) -> dict[str, LocalPod]:
-        if subnet is None:
-            return {}
+        if subnet is None or not os.path.lexists(self.data_dir):
+            return {}  # no ADD has run on this node yet: nothing is attached
         key = (subnet, ipv6, disk_signature(self.data_dir))
         # again after ADD_GRACE anyway: a young IPAM record without metadata (an ADD
         # still running) is left out of a scan, and may stay without one

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -435,7 +436,8 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
         if state.error:
             raise ProgramError(f"policy objects not read: {state.error}", ["etcd"], FAILED)
         try:
-            attached = scan_local(data_dir, own_subnet, lambda _what, _why: None, own_ipv6)
+            attached = scan_local(data_dir, own_subnet, lambda _what, _why: None, own_ipv6
+                                  ) if os.path.lexists(data_dir) else {}
         except ScanError as e:
             raise ProgramError(f"pods on disk not read: {e}", [data_dir], FAILED) from e
         inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet,

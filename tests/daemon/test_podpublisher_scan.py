@@ -87,6 +87,22 @@ def test_a_missing_data_dir_is_a_scan_error_not_an_empty_node(tmp_path):
         at.scan_local(str(tmp_path / "nope"), SUBNET, lambda *a: None)
 
 
+def test_the_policy_agents_cache_scans_again_only_when_the_disk_moved(tmp_path, monkeypatch):
+    cache = at.AttachmentCache(str(tmp_path / "data"))
+    assert cache.current(SUBNET) == {}  # no ADD yet: the dir does not exist, nothing attached
+    root = tmp_path / "data"
+    root.mkdir()
+    add(root, "c1", "10.244.1.5")
+    scans = []
+    real = at.scan_local
+    monkeypatch.setattr(at, "scan_local", lambda *a: scans.append(1) or real(*a))
+    assert set(cache.current(SUBNET)) == {"c1"}
+    assert set(cache.current(SUBNET)) == {"c1"} and len(scans) == 1  # nothing moved
+    add(root, "c2", "10.244.1.6")
+    assert set(cache.current(SUBNET)) == {"c1", "c2"} and len(scans) == 2
+    assert cache.current(None) == {}
+
+
 def test_the_disk_signature_moves_on_add_and_del(tmp_path):
     add(tmp_path, "c0", "10.244.1.4")
     before = at.disk_signature(str(tmp_path))

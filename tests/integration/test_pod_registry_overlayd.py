@@ -91,10 +91,11 @@ def test_overlayd_publishes_and_catches_up_after_being_down(topo):
         stay_ip, "node1", {"app": "web"})
     assert got["gone"]["namespace"] == "shop" and got["gone"]["ip"] == gone_ip
     # one watch of subnets/ (the pod-lease GC rides on the lease watch), the config key's
-    # and the policy agent's three: five in all, where the GC's own watch made six
-    wait_for(lambda: etcd_watchers(topo) >= 5, 10, what="overlayd's watches")
+    # and the policy agent's four (policies, namespaces, pods, nodes): six in all, where
+    # the GC's own watch made seven
+    wait_for(lambda: etcd_watchers(topo) >= 6, 10, what="overlayd's watches")
     time.sleep(1.0)
-    assert etcd_watchers(topo) == 5
+    assert etcd_watchers(topo) == 6
     assert node.stop(signal.SIGKILL) is not None  # down: no clean shutdown
     rt.call("DEL", "c-gone", gone_ns)
     _, new_ip = rt.add("c-new", "new")

@@ -10,6 +10,7 @@ and each leaves no policy behind.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -494,4 +495,89 @@ def test_values_nested_too_deeply_in_etcd_are_rejected_alone(lab: Lab) -> None:
             _delete(lab, "x/default-deny-ingress")
     finally:
         run_ops(lab.spec.underlay_ns, lab.spec.etcd_endpoint, [Op("del", k) for k in keys])
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+ALLOW_A_FROM_TRUSTED = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-trusted, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: trusted}}}]
+"""
+
+
+def test_a_hostile_etcd_writer_cannot_widen_a_policy_or_lift_isolation(lab: Lab) -> None:
+    """Any node can write etcd. x/a admits only ``app=trusted`` pods; each write below
+    was one ``etcdctl put`` that made a denied pair pass (or took x/a's isolation or
+    its source check away) before pods were held to their node records and the local
+    pods came from the node's disk. Every verdict is probed, over 2 s per write."""
+    from overlay.cluster.keys import pod_key
+    from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, encode_pod
+    from overlay.lab.spec import ETCD_KEY_PREFIX
+
+    from .support.rogue_etcd import Op, run_ops
+
+    a, b, c = (lab.find_pod(ref) for ref in ("x/a", "x/b", "x/c"))
+    ip = {p.name: ipaddress.ip_address(p.ip or "") for p in (a, b, c)}
+    unused = ipaddress.ip_network(lab.node_subnet("node1") or "").network_address + 200
+
+    def record(name: str, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, node: str,
+               cid: str, labels: dict[str, str]) -> bytes:
+        return encode_pod(PodRecord("x", name, (addr,), node, cid, "eth0",
+                                    {k: Label(v, SOURCE_CNI) for k, v in labels.items()}))
+
+    trusted = {"app": "trusted"}
+    writes = {
+        # another node's name with node1's pod IP (x/b, denied), labelled trusted
+        "forged-b": record("forged-b", ip["b"], "node2", "c0ffee01", trusted),
+        # node1's name with node2's pod IP (x/c, denied)
+        "forged-c": record("forged-c", ip["c"], "node1", "c0ffee02", trusted),
+        # a node that does not exist, with x/c's IP
+        "forged-c9": record("forged-c9", ip["c"], "node9", "c0ffee03", trusted),
+        # x/a's container ID with an unused address of node1's: x/a's source check
+        "twin-a": record("twin-a", unused, "node1", a.container_id, {"pod": "a"}),
+    }
+    key = {n: f"{ETCD_KEY_PREFIX}/pods/x/{n}" for n in ("a", *writes)}
+    assert pod_key(ETCD_KEY_PREFIX, "x", "a") == key["a"]
+    veth = host_veth_name(a.container_id, "eth0")
+
+    def put(name: str, value: bytes) -> None:
+        run_ops(lab.spec.underlay_ns, lab.spec.etcd_endpoint, [Op("put", key[name].encode(),
+                                                                  value)])
+
+    def denied_throughout() -> None:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            got = _table(lab, [("x/b", "x/a", 80, "tcp"), ("x/c", "x/a", 80, "tcp"),
+                               ("x/c", "x/a", 81, "udp")])
+            assert not any(got.values()), got
+        chain = _nft(lab, "node1", "list", "chain", "inet", "overlay-policy", f"src_{veth}")
+        assert str(ip["a"]) in chain and str(unused) not in chain, chain
+
+    _apply(lab, ALLOW_A_FROM_TRUSTED)
+    try:
+        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+        for name, value in writes.items():
+            put(name, value)
+            denied_throughout()
+        # x/a's own record moved to a node that does not exist, then garbled, then gone
+        put("a", record("a", ip["a"], "node9", a.container_id, {"pod": "a"}))
+        denied_throughout()
+        put("a", b"{garbage")
+        denied_throughout()
+        run_ops(lab.spec.underlay_ns, lab.spec.etcd_endpoint, [Op("del", key["a"].encode())])
+        denied_throughout()
+        with open(lab.daemon_log("node2")) as f:
+            log = f.read()
+        assert "pod " + key["forged-b"] + " rejected" in log, log[-3000:]
+        assert "Traceback" not in log
+    finally:
+        run_ops(lab.spec.underlay_ns, lab.spec.etcd_endpoint,
+                [Op("del", key[n].encode()) for n in writes])
+        _delete(lab, "x/a-from-trusted")
+    # the publisher writes x/a's record again (its next pass; RESYNC at the latest)
+    assert _until(lambda: _policy_check(lab, "node1")[1]["status"] == "pass", 40) is not None
     assert _until(lambda: all(_table(lab, ALL).values())) is not None
