@@ -50,7 +50,7 @@ from overlay.lease import IPNetwork, Lease, LeaseAttrs, LeaseBatch, Rejection, p
 from overlay.masq.nft import Masquerade
 from overlay.subnet.etcdconf import EtcdOptions
 from overlay.subnet.manager import SubnetManager
-from overlay.subnetenv import env_for_lease, load_subnet_env, write_subnet_env
+from overlay.subnetenv import env_for_lease, load_subnet_env, policy_marker_path, write_subnet_env
 from overlay.util.backoff import Backoff
 from overlay.util.memory import keep_heap_small
 from overlay.vxlan.backend import Reconciler, VXLANBackend
@@ -300,7 +300,20 @@ class Daemon:
             missing.extend(self._watch_problems())
         if self.policy_agent is not None:
             missing.extend(self.policy_agent.problems())
+        elif self.schema is not None and not self.schema.writable:
+            missing.extend(self._unenforced_problems())
         return missing
+
+    def _unenforced_problems(self) -> list[str]:
+        """Under a schema this release does not know no policy agent runs: harmless while
+        no policy was in force here, but while one was (its marker is there) the table
+        loaded before stays frozen and every ADD is refused, which must not look ready."""
+        marker = policy_marker_path(self.s.subnet_file)
+        if not os.path.exists(marker):
+            return []
+        return [f"NetworkPolicy not enforced: {self.schema.describe() if self.schema else ''} "
+                f"(policies were in force, {marker}: the table loaded before stays, pod "
+                "ADDs are refused)"]
 
     def _watch_problems(self) -> list[str]:
         problem = self.watch_health.problem()

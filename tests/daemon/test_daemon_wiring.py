@@ -626,3 +626,21 @@ def test_the_progress_interval_is_a_quarter_of_the_lag_limit_uncapped():
     from overlay.daemon.watchhealth import DEFAULT_MAX_LAG, progress_interval
     assert progress_interval(DEFAULT_MAX_LAG) == 7.5  # was capped at 5 s: 200 requests/s
     assert progress_interval(120) == 30.0 and progress_interval(0.2) == 0.05
+
+
+def test_an_unknown_schema_with_policies_in_force_is_not_ready(tmp_path):
+    """No policy agent runs under a newer schema; with policies in force before (their
+    marker on disk) the table is frozen and ADDs refused: /readyz must say so."""
+    from overlay.cluster.schema import SchemaStatus
+    from overlay.subnetenv import policy_marker_path
+
+    env = str(tmp_path / "subnet.env")
+    d = Daemon(parse_settings(["--subnet-file", env], environ={}))
+    d.schema = SchemaStatus(999, problem="the cluster's schema version is 999, newer")
+    assert not any("NetworkPolicy" in m for m in d.readiness())  # no policy was in force
+    with open(policy_marker_path(env), "w") as f:
+        f.write('{"policies":"in force"}\n')
+    said = [m for m in d.readiness() if "NetworkPolicy not enforced" in m]
+    assert len(said) == 1 and "schema version is 999" in said[0], d.readiness()
+    d.schema = SchemaStatus(1)
+    assert not any("NetworkPolicy" in m for m in d.readiness())
