@@ -139,6 +139,11 @@ class ObjectStore:
         return self.etcd.call(f"refreshing etcd lease {lease_id:x}",
                               lambda c: c.keepalive(lease_id))
 
+    def lease_ttl(self, lease_id: int) -> tuple[int, int]:
+        """(remaining, granted) seconds of etcd lease ``lease_id``; remaining -1 if gone."""
+        return self.etcd.call(f"reading etcd lease {lease_id:x}",
+                              lambda c: c.time_to_live(lease_id))
+
     def revoke(self, lease_id: int) -> None:
         self.registry._revoke_quietly(lease_id)
 

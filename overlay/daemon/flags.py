@@ -34,6 +34,8 @@ from overlay.util.boolean import parse_bool
 from overlay.util.ifname import ifname_problem
 from overlay.util.version import version_line
 
+MAX_HEARTBEAT_PERIOD = 3600.0  # seconds: --heartbeat-period and --probe-interval
+
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
 DEFAULT_CNI_SOCKET = "/run/overlay/cni.sock"
@@ -234,8 +236,8 @@ def parse_settings(argv: Sequence[str] | None = None,
         raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
     for flag, value in (("--heartbeat-period", a.heartbeat_period),
                         ("--probe-interval", a.probe_interval)):
-        if not 0.5 <= value <= 3600:  # NaN fails this too
-            raise ConfigError(f"{flag} {value}: must be 0.5..3600 seconds")
+        if not 0.5 <= value <= MAX_HEARTBEAT_PERIOD:  # NaN fails this too
+            raise ConfigError(f"{flag} {value}: must be 0.5..{MAX_HEARTBEAT_PERIOD:g} seconds")
     problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
     if problem:
         raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "

@@ -40,6 +40,7 @@ from overlay.cluster.keys import heartbeat_key, node_key
 from overlay.cluster.mesh import MeshSummary, PeerCheck, kernel_vtep_problem, summarize
 from overlay.cluster.nodes import MAX_TEXT, NodeRecord, decode_node
 from overlay.cluster.nodestore import NodeNameInUse
+from overlay.daemon.flags import MAX_HEARTBEAT_PERIOD
 from overlay.diagnose.probe import Echo, echo_many, echo_many6
 from overlay.errors import OverlayError
 from overlay.lease import IPAddress, Lease
@@ -48,12 +49,15 @@ from overlay.util.version import package_version
 from overlay.vxlan.entries import Entries, Entry
 
 if TYPE_CHECKING:
-    from overlay.cluster.store import ObjectStore
+    from overlay.cluster.store import KV, ObjectStore
     from overlay.daemon.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
 PROBE_COUNT, PROBE_TIMEOUT = 2, 1.0  # echoes per peer per round; seconds to wait for them
+# the longest --heartbeat-period twice: the longest lease a heartbeat of an overlayd is
+# written on (NodeAgent.ttl)
+MAX_HEARTBEAT_TTL = round(2 * MAX_HEARTBEAT_PERIOD)
 RECORD_REFRESH = 300.0  # seconds between read-backs of our record (1000 nodes: 3.3 reads/s)
 # A change of the mesh's peer counts alone (a node joined or left; no peer newly broken or
 # mended) waits this long per peer after the record's last write, at most COUNTS_WAIT_MAX:
@@ -170,7 +174,11 @@ class NodeAgent:
         lease = self.store.grant(self.ttl)
         self.metrics.heartbeat_grants.inc()
         created, held = self.store.create(self.hb_key, self.identity.encode(), lease)
-        if not created and held is not None:
+        if not created and held is not None and (why := self._not_a_heartbeat(held)):
+            log.warning("node name %s: %s holds %s; not a live node's heartbeat, taking the "
+                        "name", self.name, why, self.hb_key)
+            self.store.put(self.hb_key, self.identity.encode(), lease)
+        elif not created and held is not None:
             record = self.store.get(self.key)
             holder = holder_of(held.value, record.value if record else None, self.name)
             if holder is not None and holder != self.identity:
@@ -183,6 +191,19 @@ class NodeAgent:
             self.store.put(self.hb_key, self.identity.encode(), lease)
         self.lease_id = lease
         log.info("node %s: heartbeat %s on a %ds etcd lease", self.name, self.hb_key, self.ttl)
+
+    def _not_a_heartbeat(self, held: KV) -> str | None:
+        """Why the key ``held`` under our heartbeat's name is no live node's heartbeat,
+        or None: an overlayd's lives on an etcd lease of at most MAX_HEARTBEAT_TTL s (two
+        of the longest --heartbeat-period), so a key without one, or on a longer one,
+        was written by hand (or by a hostile node) and would hold the name for ever."""
+        if not held.lease:
+            return "a key without an etcd lease"
+        _, granted = self.store.lease_ttl(held.lease)
+        if granted > MAX_HEARTBEAT_TTL:
+            return f"a key on a {granted}s etcd lease (an overlayd's lasts at most " \
+                   f"{MAX_HEARTBEAT_TTL}s)"
+        return None
 
     # -- heartbeat thread ------------------------------------------------------------
     def run_heartbeat(self) -> None:

@@ -156,3 +156,25 @@ def test_forced_delete_of_a_live_node_is_undone_by_its_overlayd(topo):
     wait_for(lambda: metric(topo.nodes[0], "overlay_node_heartbeat_grants") == grants + 1,
              3 * PERIOD + 2, 0.1, "a new heartbeat lease")
     wait_for(lambda: status(topo, "node1") == "Ready", 3 * PERIOD + 2, 0.1, "node1 back")
+
+
+def test_a_forged_heartbeat_on_a_long_lease_does_not_keep_a_node_out(topo):
+    """Any node can write etcd: a record and a heartbeat under node3's name, the heartbeat
+    on a day-long etcd lease, kept node3's overlayd from starting ("in use") for that day.
+    An overlayd's heartbeat lives at most two of the longest heartbeat periods."""
+    out = topo.etcdctl("lease", "grant", "86400").stdout  # "lease <hex> granted with TTL(..)"
+    lease = out.split()[1]
+    hb = "/overlay/network/heartbeats/node3"
+    try:
+        topo.etcdctl("put", "--lease", lease, hb,
+                     json.dumps({"public_ip": "192.168.1.99", "vtep_mac": "02:00:00:00:00:99"}))
+        node3 = topo.nodes[2]
+        node3.start("--node-name", "node3", "--heartbeat-period", str(PERIOD))
+        node3.wait_ready()
+        assert "not a live node's heartbeat, taking the name" in node3.log()
+        assert "a key on a 86400s etcd lease" in node3.log()
+        wait_for(lambda: status(topo, "node3") == "Ready", 10, 0.2, "node3 Ready")
+        assert nodes_json(topo)["node3"]["public_ip"] == node3.ip
+    finally:
+        topo.nodes[2].stop()
+        topo.etcdctl("lease", "revoke", lease)
