@@ -121,6 +121,9 @@ def _get(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> An
         raise _Bad(Reason.BAD_VALUE, f"{name}: expected {_kind(kind)}, got {value!r:.60}")
     if isinstance(value, str) and len(value) > MAX_TEXT:
         raise _Bad(Reason.BAD_VALUE, f"{name}: {len(value)} characters (at most {MAX_TEXT})")
+    if isinstance(value, str) and not value.isprintable():
+        # shown in tables and logs: an escape sequence or a '\r' would rewrite the screen
+        raise _Bad(Reason.BAD_VALUE, f"{name}: {value!r:.60} holds a control character")
     return value
 
 

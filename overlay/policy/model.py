@@ -272,6 +272,10 @@ def _cidr(value: object, path: str) -> IPNetwork:
     text = _string(value, path)
     if not text:
         raise _fail(path, "Required value")
+    # As the API server's: an address and a prefix length (a bare address is no CIDR),
+    # and no IPv6 zone ("%eth0"), which names an interface of one host.
+    if text.count("/") != 1 or "%" in text:
+        raise _fail(path, f"must be a valid CIDR, not {text!r}")
     try:
         # The API server accepts host bits (10.0.0.1/8 is 10.0.0.0/8).
         return ip_network(text, strict=False)

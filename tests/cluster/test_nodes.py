@@ -63,6 +63,9 @@ def test_a_bad_key_is_rejected(key):
     ({"heartbeat_ttl": True}, Reason.BAD_VALUE),
     ({"heartbeat_ttl": 0}, Reason.BAD_VALUE),
     ({"version": "x" * 300}, Reason.BAD_VALUE),
+    ({"version": "1.0\x1b[2J"}, Reason.BAD_VALUE),  # an escape sequence for the terminal
+    ({"reason": "ok\rReady"}, Reason.BAD_VALUE),
+    ({"reason": "two\nlines"}, Reason.BAD_VALUE),
     ({"started_at": "yesterday"}, Reason.BAD_VALUE),
     ({"started_at": "2026-12-02T14:00:00"}, Reason.BAD_VALUE),
     ({"mesh": {"peers_total": 1, "peers_reachable": 2, "broken": [], "since": "x"}},

@@ -129,6 +129,10 @@ BAD = [
      "spec.ingress[0].from[0]: may not specify both ipBlock"),
     (with_spec(egress=[{"to": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]),
      "spec.egress[0].to[0].ipBlock.cidr: must be a valid CIDR"),
+    (with_spec(egress=[{"to": [{"ipBlock": {"cidr": "10.0.0.1"}}]}]),  # no prefix length
+     "spec.egress[0].to[0].ipBlock.cidr: must be a valid CIDR"),
+    (with_spec(egress=[{"to": [{"ipBlock": {"cidr": "fe80::%eth0/64"}}]}]),  # a zone
+     "spec.egress[0].to[0].ipBlock.cidr: must be a valid CIDR"),
     (with_spec(egress=[{"to": [{"ipBlock": {"cidr": ""}}]}]),
      "spec.egress[0].to[0].ipBlock.cidr: Required"),
     (with_spec(egress=[{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]),
