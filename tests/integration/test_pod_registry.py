@@ -25,6 +25,7 @@ from overlay.subnet.manager import SubnetManager
 from overlay.subnet.registry import EtcdRegistry
 
 from .support.cni_node import CNINode
+from .support.noderecords import put_node_record
 from .test_registry import attrs, net
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,9 @@ def registry(etcd_server):
 
 @pytest.fixture
 def store(registry):
-    return ObjectStore(registry)
+    s = ObjectStore(registry)
+    put_node_record(s, "node1", net(1), attrs(11))  # as node1's overlayd would
+    return s
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from overlay.subnet.etcdconf import make_etcd_options
 from overlay.subnet.registry import EtcdRegistry
 
 from ..policy.cases import model_pods, pod_ip, policy
+from .support.noderecords import put_node_record
 from .test_registry import attrs, net
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,7 @@ def cluster(etcd_server, store, ctl):
         reg.put_config(parse_network_config(b'{"Network": "10.244.0.0/16"}'))
         for i in (1, 2):
             reg.create_lease(net(i), attrs(10 + i), ttl=3600)
+            put_node_record(store, f"node{i}", net(i), attrs(10 + i))
     for i, p in enumerate(model_pods()):
         record = PodRecord(p.namespace, p.name, (pod_ip(p.namespace, p.name),), p.node,
                            f"c{i}", "eth0",
