@@ -62,12 +62,15 @@ def local_pod_of(att: Attachment, record: PodRecord | None, node: str) -> Pod:
     attachment's (same name, container and IPs: an operator's ``pods label`` lives
     there), else the metadata file's."""
     ident = att.identity
-    if record is not None and (record.namespace, record.name, record.container_id,
-                               tuple(record.ips)) == (ident.namespace, ident.name,
-                                                      att.container_id, att.ips):
+    if record is not None and _is_record_of(record, att):
         return pod_of(record)
     return Pod(ident.namespace, ident.name, att.ips, dict(ident.labels),
                tuple(p for p in ident.ports if p.name), node)
+
+
+def _is_record_of(record: PodRecord, att: Attachment) -> bool:
+    return (record.namespace, record.name, record.container_id, tuple(record.ips)) == (
+        att.identity.namespace, att.identity.name, att.container_id, att.ips)
 
 
 def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
@@ -90,7 +93,8 @@ def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
     remote: list[PodRecord] = []
     for r in records:
         if any(ip in s for s in own for ip in r.ips):
-            if r.node == node and r.container_id in attached:
+            att = attached.get(r.container_id) if r.node == node else None
+            if att is not None and _is_record_of(r, att):  # (one key holds that name)
                 mine[r.container_id] = r
         else:
             remote.append(r)

@@ -69,3 +69,11 @@ def test_two_records_of_one_remote_ip_are_both_dropped() -> None:
     assert sorted((r.name, why) for r, why in got.dropped) == [
         ("b", "10.244.2.2 is held by another record too"),
         ("fake", "10.244.2.2 is held by another record too")]
+
+
+def test_a_twin_record_under_another_name_does_not_take_the_pods_labels_away() -> None:
+    own = rec("a", "10.244.1.2", labels={"pod": "a", "tier": "db"}, source=SOURCE_CLI)
+    twin = rec("twin", "10.244.1.2", cid="c-a", labels={"pod": "evil"})
+    for records in ([own, twin], [twin, own]):
+        assert by_ref(run(records, disk(("a", "10.244.1.2"))))["x/a"][1] == {
+            "pod": "a", "tier": "db"}
