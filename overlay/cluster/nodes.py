@@ -243,6 +243,13 @@ def judge_node(key: str, value: bytes, prefix: str,
         record = decode_node(name, value)
     except _Bad as e:
         return NodeRejection(key, e.reason, str(e), mod_revision)
+    return judge_node_lease(key, record, leases, mod_revision)
+
+
+def judge_node_lease(key: str, record: NodeRecord,
+                     leases: Mapping[IPNetwork, Lease] | None,
+                     mod_revision: int = 0) -> NodeRecord | NodeRejection:
+    """``judge_node``'s second half, for a record already decoded: against ``leases``."""
     lease = leases.get(record.subnet) if leases is not None else None
     if lease is not None and lease.attrs.public_ip != record.public_ip:
         return NodeRejection(key, Reason.SUBNET_TAKEN, f"subnet {record.subnet} is leased to "

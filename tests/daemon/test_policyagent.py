@@ -411,3 +411,9 @@ def test_node_records_bind_each_subnet_to_one_node() -> None:
         "n1": SUBNET, "n2": OTHER}
     kvs.append(node("n5", OTHER, "192.168.0.2"))  # a second claim: neither holds it
     assert policyagent.node_subnets("n1", SUBNET, PREFIX, kvs, leases) == {"n1": SUBNET}
+    # decoded once per key revision; a record gone leaves the cache
+    cache: dict = {}
+    policyagent.node_subnets("n1", SUBNET, PREFIX, kvs, leases, cache)
+    assert set(cache) == {kv.key for kv in kvs}
+    got = policyagent.node_subnets("n1", SUBNET, PREFIX, kvs[:2], leases, cache)
+    assert got == {"n1": SUBNET, "n2": OTHER} and set(cache) == {kvs[0].key, kvs[1].key}
