@@ -494,11 +494,12 @@ def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:
 def _outside(record: PodRecord, rules: PodRules) -> str:
     """Why ``subnet_for`` found no subnet for ``record``: one line."""
     where = rules.node_subnets.get(record.node)
-    if where is None and rules.nodes_known:
+    ips = ", ".join(map(str, record.ips))
+    leased = next((s for s in rules.lease_subnets if record.ips[0] in s), None)
+    if where is None and rules.nodes_known and leased is not None:
         return (f"node {record.node} has no node record of its own (none, or its subnet "
                 "is claimed by another too)")
-    ips = ", ".join(map(str, record.ips))
-    held = where or next((s for s in rules.lease_subnets if record.ips[0] in s), None)
+    held = where or leased
     halves = [held, rules.lease_ipv6.get(held)] if held is not None else []
     own = next((p for h in halves if h is not None
                 and (p := node_address_problem(h, record.ips))), None)

@@ -210,6 +210,11 @@ def test_with_nodes_rejects_a_record_naming_a_node_without_a_record():
     rules2 = PodRules({}, frozenset({N1, N2})).with_nodes({"node1": N1, "node2": N2})
     got = pods.judge_pod(kv(pods.encode_pod(record(node="node2"))), BASE, rules2)
     assert isinstance(got, Rejection) and "node2's subnet" in got.detail
+    # a node gone with its lease (its record no longer believed): the lease-gone wording,
+    # which diagnose's rejected-objects takes for a record awaiting the GC
+    gone = pods.judge_pod(kv(pods.encode_pod(record(node="node3", ips=(
+        IPv4Address("10.244.3.5"),)))), BASE, rules)
+    assert isinstance(gone, Rejection) and gone.detail.endswith(f"({pods.NO_LEASE})")
     # without node records (a reader that has none) the lease still decides
     assert isinstance(pods.judge_pod(kv(pods.encode_pod(forged)), BASE,
                                      PodRules({}, frozenset({N1}))), PodRecord)

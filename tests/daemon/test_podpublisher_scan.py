@@ -93,9 +93,13 @@ def test_the_policy_agents_cache_scans_again_only_when_the_disk_moved(tmp_path, 
     root = tmp_path / "data"
     root.mkdir()
     add(root, "c1", "10.244.1.5")
-    scans = []
+    scans: list[int] = []
     real = at.scan_local
-    monkeypatch.setattr(at, "scan_local", lambda *a: scans.append(1) or real(*a))
+
+    def counted(*a):
+        scans.append(1)
+        return real(*a)
+    monkeypatch.setattr(at, "scan_local", counted)
     assert set(cache.current(SUBNET)) == {"c1"}
     assert set(cache.current(SUBNET)) == {"c1"} and len(scans) == 1  # nothing moved
     add(root, "c2", "10.244.1.6")
