@@ -21,13 +21,12 @@ from overlay.cluster.pods import (
     PodRecord,
     PodRules,
     PodValueError,
-    believed_node_subnets,
     decode_pod,
     encode_pod,
     identity_problem,
     judge_pods,
     label_problem,
-    rules_from_leases,
+    rules_with_nodes,
     with_cli_labels,
 )
 from overlay.cluster.schema import read_schema
@@ -51,8 +50,7 @@ def pod_rules(reg: EtcdRegistry) -> PodRules:
     except (ConfigError, RegistryError):
         config = None  # no valid network config: no lease is accepted, nor any pod
     nodes = read_nodes(ObjectStore(reg), {lease.subnet: lease for lease in listing.leases})
-    return rules_from_leases(config, listing.leases).with_nodes(
-        believed_node_subnets((st.record.name, st.record.subnet) for st in nodes.statuses))
+    return rules_with_nodes(config, listing.leases, (st.record for st in nodes.statuses))
 
 
 def pod_to_dict(r: PodRecord) -> dict[str, Any]:

@@ -467,6 +467,13 @@ def rules_from_leases(config: Any, leases: Iterable[Lease]) -> PodRules:
                                 if lease.ipv6_subnet is not None})
 
 
+def rules_with_nodes(config: Any, leases: Iterable[Lease], nodes: Iterable[Any]) -> PodRules:
+    """``rules_from_leases`` held to the node records ``nodes`` (each with ``name`` and
+    ``subnet``): what every reader of the registry judges pods by."""
+    return rules_from_leases(config, leases).with_nodes(
+        believed_node_subnets((n.name, n.subnet) for n in nodes))
+
+
 def judge_pod(kv: KV, base: str, rules: PodRules) -> PodRecord | Rejection:
     """The one rule for a key under ``pods/`` (``base`` is ``pods_prefix(prefix)``): the
     key names a valid namespace/name, the value decodes strictly and names the same pod,

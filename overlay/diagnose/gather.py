@@ -434,12 +434,7 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
         return PodsState(error=cluster.error or "no network config")
     from overlay.cluster.keys import pods_prefix
     from overlay.cluster.nodestore import read_nodes
-    from overlay.cluster.pods import (
-        believed_node_subnets,
-        judge_pods,
-        list_pod_kvs,
-        rules_from_leases,
-    )
+    from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_with_nodes
     from overlay.cluster.store import ObjectStore
     from overlay.policy.objects import list_namespaces, list_policies
     from overlay.subnet.registry import EtcdRegistry
@@ -452,8 +447,8 @@ def read_pods(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0) ->
                                                        *list_namespaces(store)[1])]
     except OverlayError as e:
         return PodsState(error=str(e))
-    rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
-        believed_node_subnets((st.record.name, st.record.subnet) for st in nodes.statuses))
+    rules = rules_with_nodes(cluster.config, cluster.leases,
+                             (st.record for st in nodes.statuses))
     records, rejected = judge_pods(kvs, pods_prefix(store.prefix), rules)
     bad_objects += [(r.key, f"{r.reason} ({r.detail})") for r in nodes.rejected]
     return PodsState(records, rejected, rejected_objects=bad_objects)

@@ -2,7 +2,7 @@
 
 One read of ``policies/``, ``namespaces/`` and ``pods/``, each key through its kind's one
 rule, pods judged against the accepted leases and node records exactly as the daemon's
-agent does (``rules_from_leases(...).with_nodes``: a record is believed only inside the
+agent does (``rules_with_nodes``: a record is believed only inside the
 subnet of the node it names), so what these commands explain or expect is what the nodes
 enforce. Rejected keys are kept (counted and named by the callers), never used.
 """
@@ -50,12 +50,7 @@ def gather_policy(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0
         return PolicyState(error=cluster.error or "no network config in etcd")
     from overlay.cluster.keys import pods_prefix
     from overlay.cluster.nodestore import read_nodes
-    from overlay.cluster.pods import (
-        believed_node_subnets,
-        judge_pods,
-        list_pod_kvs,
-        rules_from_leases,
-    )
+    from overlay.cluster.pods import judge_pods, list_pod_kvs, rules_with_nodes
     from overlay.cluster.store import ObjectStore
     from overlay.policy.objects import list_namespaces, list_policies
     from overlay.subnet.registry import EtcdRegistry
@@ -70,7 +65,7 @@ def gather_policy(opts: EtcdOptions, cluster: ClusterState, timeout: float = 3.0
     except OverlayError as e:
         log.info("etcd unavailable for the policy state: %s", e)
         return PolicyState(error=str(e))
-    rules = rules_from_leases(cluster.config, cluster.leases).with_nodes(
-        believed_node_subnets((st.record.name, st.record.subnet) for st in nodes.statuses))
+    rules = rules_with_nodes(cluster.config, cluster.leases,
+                             (st.record for st in nodes.statuses))
     records, bad_pods = judge_pods(kvs, pods_prefix(store.prefix), rules)
     return PolicyState(policies, namespaces, records, bad_policies + bad_namespaces, bad_pods)
