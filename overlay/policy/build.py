@@ -42,20 +42,6 @@ def pod_of(record: PodRecord) -> Pod:
                record.node)
 
 
-def is_local(record: PodRecord, node: str, subnet: IPNetwork | None,
-             ipv6_subnet: IPv6Network | None = None) -> bool:
-    """A pod of this node: its name, and its addresses of ``subnet``'s family (the
-    node's own lease: IPv4, or IPv6 in an IPv6-only network; at least one) inside it, a
-    dual-stack pod's IPv6 ones inside ``ipv6_subnet`` (None: the pod rule, ``judge_pod``,
-    already tied them to the lease holding the IPv4 ones)."""
-    if record.node != node or subnet is None:
-        return False
-    own = [ip for ip in record.ips if ip.version == subnet.version]
-    other = [ip for ip in record.ips if ip.version != subnet.version]
-    return bool(own) and all(ip in subnet for ip in own) and (
-        ipv6_subnet is None or all(ip in ipv6_subnet for ip in other))
-
-
 def local_pod_of(att: Attachment, record: PodRecord | None, node: str) -> Pod:
     """The pod of one attachment on this node's disk: its name and IPs from the disk;
     its labels and named ports from the registry's record when that record is this

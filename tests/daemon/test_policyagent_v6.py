@@ -19,7 +19,6 @@ from overlay.cluster.pods import SOURCE_CNI, Label, PodRecord, PodRules, encode_
 from overlay.cluster.store import KV, ObjectStore
 from overlay.daemon import policyagent
 from overlay.daemon.policyagent import PolicyAgent
-from overlay.policy.build import is_local
 from tests.fakes import attachments_of_records
 
 from .test_policyagent import DENY, PREFIX, Applied, _listed, _policy, _request
@@ -59,16 +58,6 @@ def test_a_dual_stack_pod_is_selected_by_both_addresses(agent) -> None:
     assert "10.244.1.2" in table.text and "fd00:10:244:1::2" in table.text
     assert "fd00:10:244:2::2" not in table.text  # not local, and no rule names it
     assert "ip6 daddr @" in table.text
-
-
-def test_a_pod_whose_ipv6_address_is_outside_its_lease_is_not_local() -> None:
-    rec = PodRecord("x", "a", (IPv4Address("10.244.1.2"), IPv6Address("fd00:10:244:2::2")),
-                    "n1", "c", "eth0")
-    assert not is_local(rec, "n1", SUBNET, SUBNET6)
-    assert is_local(rec, "n1", SUBNET)  # without the IPv6 subnet: the pod rule's word
-    only6 = PodRecord("x", "b", (IPv6Address("fd00:10:244:1::3"),), "n1", "c", "eth0")
-    assert is_local(only6, "n1", SUBNET6)  # an IPv6-only network's own subnet
-    assert not is_local(only6, "n1", SUBNET)
 
 
 def test_an_add_puts_the_pods_ipv6_address_in_the_same_transaction(agent) -> None:
