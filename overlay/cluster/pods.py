@@ -536,6 +536,18 @@ def duplicate_ips(records: Iterable[PodRecord]
     return {ip: rs for ip, rs in holders.items() if len(rs) > 1}
 
 
+def split_ambiguous(records: Iterable[PodRecord]
+                    ) -> tuple[list[PodRecord], list[tuple[PodRecord, str]]]:
+    """The records no other record shares an IP with, and the others with why: which of
+    two claims to an IP is true is not known, and believing either could widen what a
+    policy allows, so readers that enforce or explain policy use neither."""
+    records = list(records)
+    shared = {id(r): ip for ip, rs in duplicate_ips(records).items() for r in rs}
+    kept = [r for r in records if id(r) not in shared]
+    return kept, [(r, f"{shared[id(r)]} is held by another record too")
+                  for r in records if id(r) in shared]
+
+
 # ---- store operations --------------------------------------------------------------------
 
 def list_pod_kvs(store: ObjectStore, namespace: str | None = None) -> tuple[list[KV], int]:

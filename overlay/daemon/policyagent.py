@@ -327,7 +327,7 @@ class PolicyAgent:
     def _assemble(self, policies: list[Any], namespaces: list[Any], records: list[Any]
                   ) -> Inputs:
         subnet, subnet6 = self._own_subnet(), self._own_ipv6_subnet()
-        attached = dict(self._attachments(subnet, subnet6))
+        attached = self._attachments(subnet, subnet6)
         with self._state_lock:
             for cid in [cid for cid in self._pending if cid in attached]:
                 del self._pending[cid]  # the disk has it now

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-from overlay.cluster.pods import PodRecord, duplicate_ips
+from overlay.cluster.pods import PodRecord, split_ambiguous
 from overlay.diagnose.state import ClusterState
 from overlay.errors import OverlayError
 from overlay.lease import Rejection
@@ -35,8 +35,7 @@ class PolicyState:
     def unambiguous(self) -> list[PodRecord]:
         """The records no other record shares an IP with: the pods every node's table
         holds (``overlay.policy.build.assemble`` believes neither of two claims)."""
-        shared = {id(r) for rs in duplicate_ips(self.records).values() for r in rs}
-        return [r for r in self.records if id(r) not in shared]
+        return split_ambiguous(self.records)[0]
 
     @property
     def namespace_labels(self) -> dict[str, dict[str, str]]:

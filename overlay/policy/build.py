@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv6Network
 
-from overlay.cluster.pods import PodRecord, duplicate_ips
+from overlay.cluster.pods import PodRecord, split_ambiguous
 from overlay.cni.attachments import LocalPod as Attachment
 from overlay.lease import IPNetwork
 from overlay.netlink.pod import host_veth_name
@@ -84,13 +84,8 @@ def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
                 mine[r.container_id] = r
         else:
             remote.append(r)
-    holders = duplicate_ips(remote)
-    ambiguous = {id(r): ip for ip, rs in holders.items() for r in rs}
-    for r in remote:
-        if id(r) in ambiguous:
-            out.dropped.append((r, f"{ambiguous[id(r)]} is held by another record too"))
-        else:
-            out.pods.append(pod_of(r))
+    kept, out.dropped = split_ambiguous(remote)
+    out.pods.extend(pod_of(r) for r in kept)
     refs: set[str] = set()
     for cid in sorted(attached):
         att = attached[cid]
