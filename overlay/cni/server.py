@@ -405,7 +405,10 @@ class CNIServer:
 
     def _answer_busy(self, conn: socket.socket, why: str, *args: object) -> None:
         """Tell the entry to run this request in-process, and close ``conn``; never
-        blocks (the accept loop calls it)."""
+        blocks (the accept loop calls it). Counted before the answer goes out, so whoever
+        has read BUSY finds it in the count."""
+        self.refusals.note("busy", "CNI server: " + why + "; a request sent back to run "
+                           "in-process", *args)
         try:
             conn.setblocking(False)
             conn.send(BUSY)
@@ -413,8 +416,6 @@ class CNIServer:
             pass  # the entry then answers "try again" (11)
         finally:
             conn.close()
-        self.refusals.note("busy", "CNI server: " + why + "; a request sent back to run "
-                           "in-process", *args)
 
 
 def _warm_up() -> None:
