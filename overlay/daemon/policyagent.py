@@ -335,11 +335,9 @@ class PolicyAgent:
         out = assemble(policies, [n for n in namespaces if isinstance(n, Namespace)],
                        records, self.node, subnet, subnet6, attached=attached)
         self._note_dropped(out.dropped)
-        known = {p.ref for p in out.pods}
-        for lp in pending:
+        for lp in pending:  # never on the disk's list: those left _pending above
             out.local.append(lp)
-            if lp.pod.ref not in known:
-                out.pods.append(lp.pod)
+            out.pods.append(lp.pod)
         return out
 
     def _note_dropped(self, dropped: list[tuple[PodRecord, str]]) -> None:

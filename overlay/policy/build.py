@@ -86,13 +86,12 @@ def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
             remote.append(r)
     kept, out.dropped = split_ambiguous(remote)
     out.pods.extend(pod_of(r) for r in kept)
-    refs: set[str] = set()
     for cid in sorted(attached):
+        # every attachment, even a second container under a name another holds (a
+        # sandbox recreated before its old one's DEL): the publisher publishes only the
+        # first, but each is a pod here, isolated and source-checked by its own veth
         att = attached[cid]
         pod = local_pod_of(att, mine.get(cid), node)
-        if pod.ref in refs:
-            continue  # two containers under one name: the publisher takes the first too
-        refs.add(pod.ref)
         out.pods.append(pod)
         out.local.append(nft.LocalPod(pod, host_veth_name(cid, att.ifname)))
     return out

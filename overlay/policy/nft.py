@@ -302,9 +302,9 @@ class Cluster:
         """The pods an egress rule's peers name (where its named ports resolve)."""
         if rule.peers is None:
             return self.pods
-        seen: dict[str, Pod] = {}
+        seen: dict[tuple[str, tuple[IPAddress, ...]], Pod] = {}  # two pods may share a name
         for peer in rule.peers:
-            seen.update((p.ref, p) for p in self.peer_pods(peer, policy_ns))
+            seen.update(((p.ref, p.ips), p) for p in self.peer_pods(peer, policy_ns))
         return list(seen.values())
 
 

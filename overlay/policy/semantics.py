@@ -169,7 +169,9 @@ def _decide(pod: Pod, direction: str, other: Endpoint, dst: Endpoint, port: int 
 
 
 def _always_allowed(src: Endpoint, dst: Endpoint) -> str:
-    if isinstance(src, Pod) and isinstance(dst, Pod) and src.ref == dst.ref:
+    # the same pod: two containers may share a name, never their addresses
+    if isinstance(src, Pod) and isinstance(dst, Pod) and (
+            src.ref == dst.ref and src.ips == dst.ips):
         return "a pod's traffic to itself"
     pod, host = (src, dst) if isinstance(src, Pod) else (dst, src)
     if isinstance(pod, Pod) and isinstance(host, Host) and host.node and host.node == pod.node:

@@ -581,3 +581,62 @@ def test_a_hostile_etcd_writer_cannot_widen_a_policy_or_lift_isolation(lab: Lab)
     # the publisher writes x/a's record again (its next pass; RESYNC at the latest)
     assert _until(lambda: _policy_check(lab, "node1")[1]["status"] == "pass", 40) is not None
     assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+_SYN_ANSWERED = """\
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except ConnectionRefusedError:
+    pass  # a RST came back: the SYN reached the pod
+except OSError:
+    sys.exit(1)  # no answer: dropped on the way
+"""
+
+
+def _syn_answered(netns: str, ip: str, port: int = 80, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a TCP SYN from ``netns`` to ``ip`` is answered (accepted or refused)."""
+    got = sysx.run(sysx.in_netns(netns, [sys.executable, "-c", _SYN_ANSWERED, ip, str(port),
+                                         str(timeout)]), check=False, timeout=timeout + 10)
+    return got.returncode == 0
+
+
+def test_a_second_container_under_a_pods_name_is_isolated_too(lab: Lab) -> None:
+    """A sandbox made again before its old one's DEL (or any runtime's second ADD under
+    one namespace/name): both containers are this node's pods. Only the first is
+    published, but the second must be isolated from its first packet on and stay so
+    after its ADD (it was: by the ADD's own admission, then dropped by the next
+    compile, which took only one container per name)."""
+    from overlay.lab.runtime import Attachment
+
+    _apply(lab, DENY_A_AND_C)
+    ns = f"{lab.spec.prefix}-twin"
+    cid = f"{lab.spec.prefix}-twin{os.getpid()}"
+    att = Attachment(cid, ns, "eth0", "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a",
+                     labels=(("pod", "a"),))
+    runtime = lab.cni_runtime("node1")
+    sysx.ensure_netns(ns)
+    result = None
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        b_ns = lab.spec.pod_ns(lab.find_pod("x/b").key)
+        # the probe can tell: an unselected address answers (RST), the pod x/a drops
+        assert _syn_answered(b_ns, str(lab.find_pod("x/b").ip))
+        assert not _syn_answered(b_ns, str(lab.find_pod("x/a").ip))
+        result = runtime.add(att)
+        twin = ipaddress.ip_interface(result["ips"][0]["address"]).ip
+        deadline = time.monotonic() + 3.0  # several compiles after the ADD
+        probes = 0
+        while time.monotonic() < deadline:
+            assert not _syn_answered(b_ns, str(twin)), f"x/a's twin {twin} reachable"
+            probes += 1
+        assert probes >= 3
+        assert f"src_{host_veth_name(cid, 'eth0')}" in _source_chains(lab, "node1")
+        assert _policy_check(lab, "node1")[1]["status"] == "pass"
+    finally:
+        if result is not None:
+            runtime.delete(att, result)
+        sysx.delete_netns(ns)
+        _delete(lab, "x/deny-a-c")

@@ -77,3 +77,15 @@ def test_a_twin_record_under_another_name_does_not_take_the_pods_labels_away() -
     for records in ([own, twin], [twin, own]):
         assert by_ref(run(records, disk(("a", "10.244.1.2"))))["x/a"][1] == {
             "pod": "a", "tier": "db"}
+
+
+def test_two_containers_under_one_name_are_both_local_pods() -> None:
+    # a sandbox recreated before its old one's DEL: the publisher publishes one of them,
+    # but both are attached here, so both are isolated and source-checked
+    attached = {cid: LocalPod(cid, "eth0", (IPv4Address(ip),), PodIdentity("x", "a", {"pod": "a"}))
+                for cid, ip in (("c-old", "10.244.1.2"), ("c-new", "10.244.1.3"))}
+    got = run([rec("a", "10.244.1.2", cid="c-old")], attached)
+    assert sorted((lp.ifname, str(lp.pod.ip)) for lp in got.local) == sorted(
+        [(host_veth_name("c-old", "eth0"), "10.244.1.2"),
+         (host_veth_name("c-new", "eth0"), "10.244.1.3")])
+    assert sorted(str(p.ip) for p in got.pods if p.ref == "x/a") == ["10.244.1.2", "10.244.1.3"]

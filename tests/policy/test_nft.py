@@ -202,3 +202,20 @@ def test_a_veth_two_records_share_allows_both_addresses():
 def test_veth_names_that_cannot_reach_nft_text(name):
     assert veth_problem(name) is not None
     assert veth_problem("veth0123456789a") is None  # the project's own shape, 15 bytes
+
+
+def test_two_pods_under_one_name_are_both_isolated_and_their_named_ports_resolve():
+    a1 = Pod("x", "a", (IPv4Address("10.244.1.2"),), {"pod": "a"}, (Port("http", 8080),))
+    a2 = Pod("x", "a", (IPv4Address("10.244.1.3"),), {"pod": "a"}, (Port("http", 9090),))
+    b = Pod("x", "b", (IPv4Address("10.244.1.4"),), {"pod": "b"})
+    egress = parse_policy(policy("to-a", "x", {
+        "podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "a"}}}],
+                    "ports": [{"port": "http"}]}]}))
+    deny = parse_policy(policy("deny", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
+                                             "policyTypes": ["Ingress"]}))
+    t = compile_table([LocalPod(a1, "veth1"), LocalPod(a2, "veth2"), LocalPod(b, "veth3")],
+                      [a1, a2, b], model_namespaces(), [egress, deny])
+    assert "10.244.1.2" in t.text and "10.244.1.3" in t.text
+    assert "8080" in t.text and "9090" in t.text  # each one's own http port
+    assert "chain src_veth1 {" in t.text and "chain src_veth2 {" in t.text

@@ -115,3 +115,11 @@ def test_random_policies_are_valid_and_decide_both_ways(seed):
     results = {allowed(pods[pr.src], pods[pr.dst], pr.port, pr.protocol, list(pods.values()),
                        model_namespaces(), policies) for pr in probes()}
     assert results == {True, False}, policies
+
+
+def test_two_pods_under_one_name_are_not_one_pod_talking_to_itself():
+    deny = parse_policy(policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    old = Pod("x", "a", (IPv4Address("10.244.1.2"),), {"pod": "a"})
+    new = Pod("x", "a", (IPv4Address("10.244.1.3"),), {"pod": "a"})
+    assert not decide(old, new, 80, "TCP", model_namespaces(), [deny]).allowed
+    assert decide(old, old, 80, "TCP", model_namespaces(), [deny]).allowed  # itself
