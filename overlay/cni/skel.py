@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from overlay.errors import CNIError, IPAMError, NetlinkOpError, OverlayError
 from overlay.util import jsontext, lazylog
-from overlay.util.containerid import CONTAINER_ID_RE, MAX_CONTAINER_ID
+from overlay.util.containerid import CONTAINER_ID_RE, container_id_problem
 from overlay.util.ifname import ifname_problem
 
 log = lazylog.get_logger(__name__)
@@ -88,19 +88,13 @@ def version_tuple(version: str) -> tuple[int, int, int]:
 
 
 def validate_container_id(value: str, bounded: bool = True) -> None:
-    """The container ID's rule; ``bounded=False`` (DEL, CHECK) waives its length bound:
-    a runtime cleaning up after a refused ADD must not be refused again (nothing can be
-    attached under a longer ID, so a DEL of one succeeds and a CHECK finds nothing)."""
-    if not value:
-        raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is empty",
+    """The container ID's one rule (:mod:`overlay.util.containerid`); ``bounded=False``
+    (DEL, CHECK) waives its length bound."""
+    problem = container_id_problem(value, bounded)
+    if problem:
+        raise CNIError(CNIError.INVALID_ENV, f"CNI_CONTAINERID {problem}",
+                       f"CNI_CONTAINERID={value!r:.80}" if value else
                        "the runtime must pass the container ID in CNI_CONTAINERID")
-    if bounded and len(value) > MAX_CONTAINER_ID:
-        raise CNIError(CNIError.INVALID_ENV, "CNI_CONTAINERID is too long",
-                       f"{len(value)} characters (at most {MAX_CONTAINER_ID})")
-    if not CONTAINER_ID_RE.fullmatch(value):
-        raise CNIError(CNIError.INVALID_ENV, "invalid characters in CNI_CONTAINERID",
-                       f"{value!r}: must start with a letter or digit and contain only "
-                       "letters, digits, '_', '.' and '-'")
 
 
 def validate_ifname(value: str) -> None:

@@ -13,13 +13,15 @@ CONTAINER_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MAX_CONTAINER_ID = 256
 
 
-def container_id_problem(value: object) -> str | None:
-    """What makes ``value`` unusable as a container ID, or None."""
+def container_id_problem(value: object, bounded: bool = True) -> str | None:
+    """What makes ``value`` unusable as a container ID, or None. ``bounded=False`` waives
+    the length bound (the plugin's DEL and CHECK: a runtime cleaning up after a refused
+    ADD must not be refused again; nothing can be attached under a longer ID)."""
     if not isinstance(value, str) or not value:
         return "is empty"
-    if len(value) > MAX_CONTAINER_ID:
-        return f"is {len(value)} characters long (at most {MAX_CONTAINER_ID})"
+    if bounded and len(value) > MAX_CONTAINER_ID:
+        return f"is too long: {len(value)} characters (at most {MAX_CONTAINER_ID})"
     if not CONTAINER_ID_RE.fullmatch(value):
-        return ("must start with a letter or digit and contain only letters, digits, "
-                "'_', '.' and '-'")
+        return ("has invalid characters: it must start with a letter or digit and contain "
+                "only letters, digits, '_', '.' and '-'")
     return None

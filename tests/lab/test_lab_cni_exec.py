@@ -162,7 +162,7 @@ def test_a_container_id_or_name_unfit_for_a_file_name_is_refused(lab, tmp_path):
     (lab / "cache" / "two-x").mkdir(parents=True)
     # "<cache>/<network>-<id>-<ifname>.json" with this ID is lab/outside-eth0.json
     r = cni_exec(lab, "del", "--network", "two", container_id="x/../../outside")
-    assert r.returncode == 1 and "invalid characters in CNI_CONTAINERID" in r.stderr
+    assert r.returncode == 1 and "CNI_CONTAINERID has invalid characters" in r.stderr
     assert outside.exists() and calls(lab) == []  # nothing read, run or removed
     r = cni_exec(lab, "add", container_id="../ovlt-c1")
     assert r.returncode == 1 and calls(lab) == []
