@@ -1,13 +1,14 @@
 """Enforces NetworkPolicy on this node: etcd's policies, namespaces and pods -> one
 nftables table (``overlay.policy.nft``), replaced whole whenever what it says changes.
 
-Three watches (``policies/``, ``namespaces/``, ``pods/``) keep the raw objects; each is
+Four watches (``policies/``, ``namespaces/``, ``pods/``, ``nodes/``) keep the raw
+objects; each is
 judged by its kind's one rule when the table is compiled (a bad one is rejected alone,
 logged once per revision and counted, and never widens what is allowed). A burst of
 changes is compiled once (``DEBOUNCE``), and the table is loaded (one ``nft -f``
 transaction) only when its text differs from the one loaded last.
 
-No allow-all window: nothing is loaded before all three prefixes have been listed once,
+No allow-all window: nothing is loaded before all four prefixes have been listed once,
 so at start the table the previous overlayd left in the kernel stays in force until a
 complete new one replaces it, and nothing is ever flushed, on restart or shutdown.
 
