@@ -24,8 +24,6 @@ overlayd may add some), and any problem is one ``ConfigError`` naming the file.
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -35,7 +33,13 @@ from overlay.cluster.keys import dns_subdomain_problem
 from overlay.errors import ConfigError
 from overlay.subnet.etcdconf import parse_endpoints
 from overlay.util import jsontext
-from overlay.util.fsutil import atomic_write
+from overlay.util.fsutil import (
+    FileTooLarge,
+    SmallFileError,
+    atomic_write,
+    os_reason,
+    read_small_file,
+)
 from overlay.util.ifname import ifname_problem
 
 DEFAULT_RUNTIME_FILE = "/run/overlay/overlayd.json"
@@ -100,16 +104,14 @@ def write_runtime_file(path: str, info: RuntimeInfo) -> None:
 def load_runtime_file(path: str) -> RuntimeInfo:
     """Read and validate ``path``; ConfigError (one line naming the file) otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise ConfigError(f"runtime file {path}: cannot read it ({e.strerror or e})") from e
-    with os.fdopen(fd, "rb") as f:  # O_NONBLOCK: a FIFO planted there cannot hang us
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ConfigError(f"runtime file {path}: not a regular file")
-        raw = f.read(MAX_BYTES + 1)
-    if len(raw) > MAX_BYTES:
+        raw = read_small_file(path, MAX_BYTES)  # a FIFO or device planted there: refused
+    except FileTooLarge:
         raise ConfigError(f"runtime file {path}: larger than {MAX_BYTES} bytes; overlayd "
-                          "writes a small JSON file here")
+                          "writes a small JSON file here") from None
+    except SmallFileError as e:
+        raise ConfigError(f"runtime file {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"runtime file {path}: cannot read it ({os_reason(e)})") from None
     return parse_runtime(raw, path)
 
 

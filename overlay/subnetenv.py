@@ -19,14 +19,18 @@ only the IPv6 pair, as Flannel's subnet.env does for IPv6-only (``FLANNEL_IPV6_*
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any, NamedTuple
 
 from overlay.errors import SubnetEnvError
 from overlay.util.boolean import parse_bool
-from overlay.util.fsutil import atomic_write
+from overlay.util.fsutil import FileTooLarge, atomic_write, os_reason, read_small_text
 
 DEFAULT_SUBNET_FILE = "/run/overlay/subnet.env"
+MAX_BYTES = 64 << 10  # what overlayd writes is under 300 bytes
+KEYS = ("OVERLAY_NETWORK", "OVERLAY_SUBNET", "OVERLAY_MTU", "OVERLAY_IPMASQ",
+        "OVERLAY_IPV6_NETWORK", "OVERLAY_IPV6_SUBNET")
 
 
 class SubnetEnv(NamedTuple):
@@ -74,51 +78,70 @@ def env_for_lease(config: Any, lease: Any, mtu: int, ipmasq: bool) -> SubnetEnv:
 
 
 def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
+    """The one rule for subnet.env's content.  An error names ``source``, the line and
+    the known key that is wrong, never a line's raw text: ``--subnet-file`` may point
+    at any file (``/etc/shadow``), and its lines must not reach a terminal or a CNI
+    error.  Values are shown only once parsed (an address, a number)."""
     values: dict[str, str] = {}
+    where: dict[str, str] = {}  # key -> "source:line", for the errors
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise SubnetEnvError(f"{source}:{lineno}: expected KEY=VALUE, got {line!r}")
-        values[key.strip()] = value.strip().strip('"')
-    network, subnet = _parse_ipv4(values, source)
-    try:
-        mtu = int(_need(values, "OVERLAY_MTU", source))
-    except ValueError as e:
-        raise SubnetEnvError(f"{source}: malformed value: {e}") from e
+            raise SubnetEnvError(f"{source}:{lineno}: expected KEY=VALUE (the line has "
+                                 "no '=')")
+        key = key.strip()
+        if key in KEYS:  # anything else is ignored, as a shell would keep it to itself
+            values[key] = value.strip().strip('"')
+            where[key] = f"{source}:{lineno}"
+    network, subnet = _parse_ipv4(values, where, source)
+    mtu_text = _need(values, "OVERLAY_MTU", source)
+    if not re.fullmatch(r"[0-9]{1,9}", mtu_text):
+        raise SubnetEnvError(f"{where['OVERLAY_MTU']}: OVERLAY_MTU: malformed value: expected a "
+                             "whole number")
+    mtu = int(mtu_text)
     if not 576 <= mtu <= 65535:
-        raise SubnetEnvError(f"{source}: OVERLAY_MTU {mtu} is out of range 576..65535")
+        raise SubnetEnvError(f"{where['OVERLAY_MTU']}: OVERLAY_MTU {mtu} is out of range "
+                             "576..65535")
     ipmasq = parse_bool(values.get("OVERLAY_IPMASQ", "false"))
     if ipmasq is None:
-        raise SubnetEnvError(f"{source}: OVERLAY_IPMASQ={values['OVERLAY_IPMASQ']!r}: "
-                             "expected true or false")
-    ipv6_network, ipv6_subnet = _parse_ipv6(values, source)
+        raise SubnetEnvError(f"{where['OVERLAY_IPMASQ']}: OVERLAY_IPMASQ: expected true "
+                             "or false")
+    ipv6_network, ipv6_subnet = _parse_ipv6(values, where, source)
     if subnet is None and ipv6_subnet is None:
         raise SubnetEnvError(f"{source}: OVERLAY_SUBNET is missing (and so is "
                              "OVERLAY_IPV6_SUBNET, which an IPv6-only node writes instead)")
     return SubnetEnv(network, subnet, mtu, ipmasq, ipv6_network, ipv6_subnet)
 
 
-def _parse_ipv4(values: dict[str, str], source: str
+def _parse_ipv4(values: dict[str, str], where: dict[str, str], source: str
                 ) -> tuple[IPv4Network | None, IPv4Interface | None]:
     """The IPv4 pair: both or neither (neither: an IPv6-only node's file)."""
     net_text, sub_text = values.get("OVERLAY_NETWORK"), values.get("OVERLAY_SUBNET")
     if net_text is None and sub_text is None:
         return None, None
+    net_text = _need(values, "OVERLAY_NETWORK", source)
+    sub_text = _need(values, "OVERLAY_SUBNET", source)
     try:
-        network = IPv4Network(_need(values, "OVERLAY_NETWORK", source), strict=True)
-        subnet = IPv4Interface(_need(values, "OVERLAY_SUBNET", source))
-    except ValueError as e:
-        raise SubnetEnvError(f"{source}: malformed value: {e}") from e
+        network = IPv4Network(net_text, strict=True)
+    except ValueError:
+        raise SubnetEnvError(f"{where['OVERLAY_NETWORK']}: OVERLAY_NETWORK: malformed value: "
+                             "expected an IPv4 network such as 10.244.0.0/16") from None
+    try:
+        subnet = IPv4Interface(sub_text)
+    except ValueError:
+        raise SubnetEnvError(f"{where['OVERLAY_SUBNET']}: OVERLAY_SUBNET: malformed value: "
+                             "expected an IPv4 gateway with its prefix, such as "
+                             "10.244.1.1/24") from None
     if subnet.network.subnet_of(network) is False:
-        raise SubnetEnvError(f"{source}: OVERLAY_SUBNET {subnet} is outside "
+        raise SubnetEnvError(f"{where['OVERLAY_SUBNET']}: OVERLAY_SUBNET {subnet} is outside "
                              f"OVERLAY_NETWORK {network}")
     return network, subnet
 
 
-def _parse_ipv6(values: dict[str, str], source: str
+def _parse_ipv6(values: dict[str, str], where: dict[str, str], source: str
                 ) -> tuple[IPv6Network | None, IPv6Interface | None]:
     """The IPv6 pair: both or neither (one alone is a half-written dual-stack file)."""
     net_text, sub_text = values.get("OVERLAY_IPV6_NETWORK"), values.get("OVERLAY_IPV6_SUBNET")
@@ -127,18 +150,28 @@ def _parse_ipv6(values: dict[str, str], source: str
     if net_text is None or sub_text is None:
         have, need = (("OVERLAY_IPV6_NETWORK", "OVERLAY_IPV6_SUBNET") if sub_text is None
                       else ("OVERLAY_IPV6_SUBNET", "OVERLAY_IPV6_NETWORK"))
-        raise SubnetEnvError(f"{source}: {have} is set but {need} is missing")
+        raise SubnetEnvError(f"{where[have]}: {have} is set but {need} is missing")
     try:
-        if "%" in sub_text:  # ipaddress would take a scope; no gateway has one
-            raise ValueError(f"{sub_text!r} carries a scope")
         network = IPv6Network(net_text, strict=True)
+    except ValueError:
+        raise SubnetEnvError(f"{where['OVERLAY_IPV6_NETWORK']}: OVERLAY_IPV6_NETWORK: "
+                             "malformed IPv6 value: expected an IPv6 network such as "
+                             "fd00:10:244::/56") from None
+    sub_where = where["OVERLAY_IPV6_SUBNET"]
+    if "%" in sub_text:  # ipaddress would take a scope; no gateway has one
+        raise SubnetEnvError(f"{sub_where}: OVERLAY_IPV6_SUBNET: malformed IPv6 value: a "
+                             "gateway carries no %scope")
+    try:
         subnet = IPv6Interface(sub_text)
-    except ValueError as e:
-        raise SubnetEnvError(f"{source}: malformed IPv6 value: {e}") from e
+    except ValueError:
+        raise SubnetEnvError(f"{sub_where}: OVERLAY_IPV6_SUBNET: malformed IPv6 value: "
+                             "expected an IPv6 gateway with its prefix, such as "
+                             "fd00:10:244:1::1/64") from None
     if "/" not in sub_text:
-        raise SubnetEnvError(f"{source}: OVERLAY_IPV6_SUBNET {sub_text} has no prefix length")
+        raise SubnetEnvError(f"{sub_where}: OVERLAY_IPV6_SUBNET {subnet.ip} has no prefix "
+                             "length")
     if not subnet.network.subnet_of(network):
-        raise SubnetEnvError(f"{source}: OVERLAY_IPV6_SUBNET {subnet} is outside "
+        raise SubnetEnvError(f"{sub_where}: OVERLAY_IPV6_SUBNET {subnet} is outside "
                              f"OVERLAY_IPV6_NETWORK {network}")
     return network, subnet
 
@@ -151,16 +184,25 @@ def _need(values: dict[str, str], key: str, source: str) -> str:
 
 
 def load_subnet_env(path: str = DEFAULT_SUBNET_FILE) -> SubnetEnv:
+    """Read and parse ``path``; every failure a one-line ``SubnetEnvError`` naming it."""
+    return parse_subnet_env(read_subnet_text(path, missing=(
+        "is overlayd running on this node and has it acquired a subnet lease? "
+        "(check `overlayctl diagnose`)")), source=path)
+
+
+def read_subnet_text(path: str, missing: str) -> str:
+    """subnet.env's text, read by the one rule for small files (``read_small_text``: a
+    FIFO, a device or a huge file planted there is refused, not waited on or swallowed);
+    ``missing`` is what to suggest when there is no such file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        return read_small_text(path, MAX_BYTES)
     except FileNotFoundError:
-        raise SubnetEnvError(
-            f"{path} does not exist: is overlayd running on this node and has it "
-            "acquired a subnet lease? (check `overlayctl diagnose`)") from None
+        raise SubnetEnvError(f"{path} does not exist: {missing}") from None
+    except FileTooLarge:
+        raise SubnetEnvError(f"cannot read {path}: larger than {MAX_BYTES} bytes; overlayd "
+                             "writes a few lines here") from None
     except OSError as e:
-        raise SubnetEnvError(f"cannot read {path}: {e.strerror}") from e
-    return parse_subnet_env(text, source=path)
+        raise SubnetEnvError(f"cannot read {path}: {os_reason(e)}") from None
 
 
 def write_subnet_env(path: str, env: SubnetEnv) -> None:

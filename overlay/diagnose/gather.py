@@ -47,7 +47,7 @@ from overlay.diagnose.state import (
 from overlay.errors import OverlayError, SubnetEnvError
 from overlay.lease import Lease
 from overlay.subnet.etcdconf import EtcdOptions
-from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, parse_subnet_env
+from overlay.subnetenv import DEFAULT_SUBNET_FILE, SubnetEnv, parse_subnet_env, read_subnet_text
 from overlay.util.proc import run_quiet
 from overlay.vxlan.entries import DeviceView, v6_half
 
@@ -308,16 +308,7 @@ def gather_cluster(opts: EtcdOptions,
 def read_subnet_env(path: str) -> SubnetEnv:
     """subnet.env for diagnose: like load_subnet_env, but its "file missing" text does not
     send the reader to `overlayctl diagnose`, which is what is printing it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise SubnetEnvError(f"{path} does not exist: overlayd writes it once it holds a "
-                             "subnet lease") from None
-    except OSError as e:
-        raise SubnetEnvError(f"cannot read {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise SubnetEnvError(f"cannot read {path}: not UTF-8 text") from e
+    text = read_subnet_text(path, missing="overlayd writes it once it holds a subnet lease")
     return parse_subnet_env(text, source=path)
 
 
