@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from ipaddress import IPv6Address
 from urllib.parse import urlsplit
 
 from overlay.errors import ConfigError
+from overlay.util.fsutil import FileTooLarge, SmallFileError, os_reason, read_small_text
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/overlay/network"
@@ -18,8 +21,9 @@ class Endpoint:
     port: int
     secure: bool
 
-    def __str__(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+    def __str__(self) -> str:  # what parse_endpoints reads back (the runtime file holds it)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.secure else 'http'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -43,22 +47,59 @@ class EtcdOptions:
 
 
 def parse_endpoints(text: str) -> tuple[Endpoint, ...]:
-    """``http://127.0.0.1:2379,https://10.0.0.2:2379`` -> endpoints (scheme defaults to http)."""
+    """``http://127.0.0.1:2379,https://10.0.0.2:2379`` -> endpoints (scheme defaults to
+    http, port to 2379; an IPv6 host in brackets).  Anything else is one ConfigError."""
     out = []
     for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        url = urlsplit(item if "://" in item else "http://" + item)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigError(f"etcd endpoint {item!r}: expected http(s)://HOST:PORT")
-        try:
-            port = url.port or 2379
-        except ValueError as e:
-            raise ConfigError(f"etcd endpoint {item!r}: bad port") from e
-        out.append(Endpoint(url.hostname, port, url.scheme == "https"))
+        if item:
+            out.append(_parse_endpoint(item))
     if not out:
         raise ConfigError("no etcd endpoint given (e.g. --etcd-endpoints http://127.0.0.1:2379)")
     return tuple(out)
+
+
+_HOSTPORT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<name>[A-Za-z0-9._-]+))"
+                       r"(?::(?P<port>[^:]*))?")
+EXPECTED = "expected http(s)://HOST:PORT (PORT defaults to 2379; an IPv6 HOST in [brackets])"
+
+
+def _parse_endpoint(item: str) -> Endpoint:
+    if any(c.isspace() or not c.isprintable() for c in item):
+        raise ConfigError(f"etcd endpoint {item!r}: contains spaces or control characters; "
+                          f"{EXPECTED}")
+    try:  # urlsplit raises ValueError on a bad [IPv6] part; the host is parsed below
+        url = urlsplit(item if "://" in item else "http://" + item)
+    except ValueError:
+        raise ConfigError(f"etcd endpoint {item!r}: bad [IPv6] host; {EXPECTED}") from None
+    if url.scheme not in ("http", "https"):
+        raise ConfigError(f"etcd endpoint {item!r}: {EXPECTED}")
+    if "@" in url.netloc:
+        raise ConfigError(f"etcd endpoint {item!r}: credentials do not go in the URL (use "
+                          "--etcd-username and --etcd-password-file)")
+    if url.path not in ("", "/") or url.query or url.fragment or "?" in item or "#" in item:
+        raise ConfigError(f"etcd endpoint {item!r}: a path, query or fragment has no place "
+                          f"here; {EXPECTED}")
+    m = _HOSTPORT.fullmatch(url.netloc)
+    if m is None:
+        raise ConfigError(f"etcd endpoint {item!r}: bad HOST[:PORT]; {EXPECTED}")
+    host = m["name"]
+    if host is None:
+        host = m["v6"]
+        try:
+            if "%" in host:  # a zone: no use to etcd's peers, and not in etcd's own URLs
+                raise ValueError(host)
+            IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"etcd endpoint {item!r}: bad [IPv6] host (an IPv6 address, "
+                              f"no %zone); {EXPECTED}") from None
+    digits = m["port"]
+    if digits is not None and not re.fullmatch(r"[0-9]{1,5}", digits):
+        port = 0
+    else:
+        port = 2379 if digits is None else int(digits)
+    if not 0 < port < 65536:
+        raise ConfigError(f"etcd endpoint {item!r}: bad port (a number 1..65535); {EXPECTED}")
+    return Endpoint(host.lower(), port, url.scheme == "https")
 
 
 MAX_PASSWORD_FILE = 4096  # bytes: a password, not a document
@@ -67,19 +108,16 @@ MAX_PASSWORD_FILE = 4096  # bytes: a password, not a document
 def read_password_file(path: str) -> str:
     """The etcd password held in ``path``: its first line, without the line ending.  A
     file keeps the password out of argv, the environment and overlayd's runtime file."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PASSWORD_FILE + 1)
+    try:  # the one rule for small files: a FIFO or a device given here is refused
+        text = read_small_text(path, MAX_PASSWORD_FILE)
+    except FileTooLarge:
+        raise ConfigError(f"--etcd-password-file {path}: larger than {MAX_PASSWORD_FILE} "
+                          "bytes; it should hold only the password") from None
+    except SmallFileError as e:
+        raise ConfigError(f"--etcd-password-file {path}: {e}") from None
     except OSError as e:
         raise ConfigError(f"--etcd-password-file {path}: cannot read it "
-                          f"({e.strerror or e})") from e
-    if len(raw) > MAX_PASSWORD_FILE:
-        raise ConfigError(f"--etcd-password-file {path}: larger than {MAX_PASSWORD_FILE} "
-                          "bytes; it should hold only the password")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--etcd-password-file {path}: not UTF-8 text") from e
+                          f"({os_reason(e)})") from None
     lines = text.splitlines()
     if not lines or not lines[0] or any(line.strip() for line in lines[1:]):
         raise ConfigError(f"--etcd-password-file {path}: expected the password alone on "
