@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
+import pytest
+
+from overlay.errors import ConfigError
 from overlay.masq.nft import Masquerade, ruleset
-from overlay.vxlan.vtep import load_or_create_vtep_mac, mac_path, random_mac
+from overlay.vxlan.vtep import _usable, load_or_create_vtep_mac, mac_path, random_mac
+from tests.deadline import deadline
 
 NET, SUB = IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24")
 
@@ -132,3 +138,40 @@ def test_masquerade_removes_an_ip6_table_left_when_ipv6_is_off(monkeypatch):
     assert m.ensure() is True
     assert ("delete", "table", "ip6", "overlay") in calls
     assert not [c for c in calls if c[0] == "-f" or c[:3] == ("delete", "table", "ip")]
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"0e:11:22:33:44:\xe9\n", "does not hold a MAC"),
+    (b"\xff\xfe\x00\x01", "does not hold a MAC"),
+    (b"01:00:5e:00:00:01\n", "holds 01:00:5e:00:00:01, not a unicast MAC"),
+    (b"ff:ff:ff:ff:ff:ff\n", "holds ff:ff:ff:ff:ff:ff"),
+    (b"00:00:00:00:00:00\n", "holds 00:00:00:00:00:00"),
+    (b"0e:11:22:33:44:55\n" * 1000, "larger than"),
+])
+def test_a_garbled_or_unusable_mac_file_is_replaced_once_with_a_warning(
+        tmp_path, caplog, content, words):
+    path = Path(mac_path(str(tmp_path), "overlay.1"))
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="overlay.vxlan.vtep"):
+        mac = load_or_create_vtep_mac(str(tmp_path), "overlay.1")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and words in warnings[0], warnings
+    assert "\\x" not in warnings[0]  # the file's raw bytes are not logged
+    assert _usable(mac) == mac and path.read_text() == mac + "\n"
+    # the device's own MAC is adopted instead, as for any file that holds no MAC
+    path.write_bytes(content)
+    assert load_or_create_vtep_mac(str(tmp_path), "overlay.1",
+                                   adopt="0e:aa:bb:cc:dd:ee") == "0e:aa:bb:cc:dd:ee"
+    assert path.read_text() == "0e:aa:bb:cc:dd:ee\n"
+
+
+def test_a_fifo_or_device_as_mac_file_is_one_error_not_a_hang(tmp_path):
+    path = mac_path(str(tmp_path), "overlay.1")
+    os.mkfifo(path)
+    with deadline(), pytest.raises(ConfigError) as e:
+        load_or_create_vtep_mac(str(tmp_path), "overlay.1")
+    assert path in str(e.value) and "not a regular file" in str(e.value)
+    os.unlink(path)
+    os.symlink("/dev/zero", path)
+    with deadline(), pytest.raises(ConfigError, match="not a regular file"):
+        load_or_create_vtep_mac(str(tmp_path), "overlay.1")
