@@ -13,6 +13,7 @@ where any node could rewrite them (``overlay.policy.build``).
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,12 +78,16 @@ def _meta_ports(raw: Any, problems: list[str]) -> tuple[Port, ...]:
     return tuple(ports)
 
 
+def _is_own_meta(obj: Any, container_id: str, ifname: str) -> bool:
+    return isinstance(obj, dict) and (obj.get("containerID"), obj.get("ifname")) == (
+        container_id, ifname)
+
+
 def parse_meta(obj: Any, container_id: str, ifname: str) -> tuple[PodIdentity, list[str]]:
     """The one rule for a metadata file's content: the identity (DNS-1123 names, else the
     fallback), labels (Kubernetes' syntax) and ports, each bad part dropped alone; the
     problems found, for the caller to log."""
-    if not isinstance(obj, dict) or (obj.get("containerID"), obj.get("ifname")) != (
-            container_id, ifname):
+    if not _is_own_meta(obj, container_id, ifname):
         return fallback_identity(container_id), ["not this attachment's metadata"]
     problems: list[str] = []
     namespace = obj.get("namespace") or DEFAULT_NAMESPACE
@@ -98,36 +103,52 @@ def parse_meta(obj: Any, container_id: str, ifname: str) -> tuple[PodIdentity, l
 _ABSENT = object()
 
 
-def _read_json_file(path: str) -> Any:
-    """A small regular file's JSON (no symlink, bounded); None if unusable, ``_ABSENT``
-    if there is no such file."""
+def _read_json_file(path: str) -> tuple[Any, str]:
+    """A small regular file's JSON (no symlink, bounded) and "", or None and what makes
+    it unusable, or ``_ABSENT`` if there is no such file. Never raises: a directory, a
+    FIFO or an I/O error at ``path`` is one unusable file, not a failed scan."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return _ABSENT
-    except OSError:
-        return None
+        return _ABSENT, ""
+    except OSError as e:
+        return None, f"cannot open it ({e.strerror or e})"
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "not a regular file"
         raw = os.read(fd, podmeta.MAX_META_BYTES + 1)
+    except OSError as e:
+        return None, f"cannot read it ({e.strerror or e})"
     finally:
         os.close(fd)
     if len(raw) > podmeta.MAX_META_BYTES:
-        return None
+        return None, f"larger than {podmeta.MAX_META_BYTES} bytes"
     try:
-        return jsontext.loads(raw)
-    except ValueError:
-        return None
+        return jsontext.loads(raw), ""
+    except ValueError as e:
+        return None, f"not JSON ({e})"
 
 
 # ---- this node's attachments on disk -------------------------------------------------------
 
 @dataclass(frozen=True)
 class LocalPod:
-    """One container's attachments (a second interface adds IPs), and who it is."""
+    """One container's attachments (a second interface adds IPs), and who it is.
+
+    ``identity_known`` is False when the metadata file is missing or unusable (garbled,
+    not a regular file, another attachment's): who the pod is, and so which policies
+    select it, is not known. Such a pod is not published, and while any NetworkPolicy
+    is in force it is isolated both ways (``overlay.policy.build``): a damaged file
+    never lifts the isolation a policy gave the pod."""
     container_id: str
     ifname: str  # the first attachment's (by name)
     ips: tuple[IPAddress, ...]  # IPv4 first, then IPv6 (a dual-stack node's)
     identity: PodIdentity
+    identity_known: bool = True
+
+
+UNKNOWN = ("; who the pod is stays unknown: not published, and isolated both ways while "
+           "any NetworkPolicy is in force")
 
 
 class ScanError(OverlayError):
@@ -145,9 +166,12 @@ def _network_dirs(data_dir: str) -> list[str]:
 
 def scan_local(data_dir: str, subnet: IPNetwork,
                warn: Callable[[str, str], None],
-               ipv6: IPv6Network | None = None) -> dict[str, LocalPod]:
+               ipv6: IPv6Network | None = None, *,
+               running: bool = False) -> dict[str, LocalPod]:
     """Every container with an IPAM record inside ``subnet`` (or ``ipv6``, the node's
-    IPv6 subnet on a dual-stack node), by container ID."""
+    IPv6 subnet on a dual-stack node), by container ID. One whose IPAM record is younger
+    than ADD_GRACE and has no metadata yet (its ADD still running) is left out, or with
+    ``running`` (policy: attached is attached) taken as of unknown identity, unwarned."""
     by_container: dict[str, list[tuple[str, IPAddress, str]]] = {}
     for network in _network_dirs(data_dir):
         try:
@@ -166,19 +190,27 @@ def scan_local(data_dir: str, subnet: IPNetwork,
         ifname, ip, network = min(attachments, key=lambda a: (a[0], a[1].version, int(a[1])))
         path = os.path.join(podmeta.meta_dir(data_dir, network),
                             podmeta.meta_file_name(container_id, ifname))
-        raw = _read_json_file(path)
+        raw, unusable = _read_json_file(path)
         if raw is _ABSENT and _younger_than(os.path.join(data_dir, network, str(ip)), ADD_GRACE):
-            continue  # its ADD writes the metadata last: publish it once that is there
-        if raw is _ABSENT:
-            identity, problems = fallback_identity(container_id), [
-                f"no metadata file (an ADD by an older plugin?): published as "
-                f"{DEFAULT_NAMESPACE}/{container_id}"]
-        else:
+            # its ADD writes the metadata last: publish it once that is there
+            if running:
+                out[container_id] = LocalPod(container_id, ifname,
+                                             tuple(ip for _, ip, _ in attachments),
+                                             fallback_identity(container_id), False)
+            continue
+        known = raw is not _ABSENT and raw is not None
+        if known:
             identity, problems = parse_meta(raw, container_id, ifname)
+            known = _is_own_meta(raw, container_id, ifname)
+        else:
+            identity, problems = fallback_identity(container_id), [
+                unusable or "no metadata file (removed, or an ADD by an older plugin)"]
+        if not known:
+            problems = [problems[0] + UNKNOWN]
         for problem in problems:
             warn(path, problem)
         out[container_id] = LocalPod(container_id, ifname,
-                                     tuple(ip for _, ip, _ in attachments), identity)
+                                     tuple(ip for _, ip, _ in attachments), identity, known)
     return out
 
 
@@ -225,6 +257,10 @@ class AttachmentCache:
         self._held: dict[str, LocalPod] = {}
         self._at = 0.0
 
+    def moved(self) -> bool:
+        """Whether the data dir changed since the last scan (a few ``stat`` calls)."""
+        return self._key is not None and disk_signature(self.data_dir) != self._key[2]
+
     def current(self, subnet: IPNetwork | None, ipv6: IPv6Network | None = None
                 ) -> dict[str, LocalPod]:
         if subnet is None or not os.path.lexists(self.data_dir):
@@ -233,6 +269,7 @@ class AttachmentCache:
         # again after ADD_GRACE anyway: a young IPAM record without metadata (an ADD
         # still running) is left out of a scan, and may stay without one
         if key != self._key or time.monotonic() - self._at >= ADD_GRACE:
-            self._held = scan_local(self.data_dir, subnet, lambda _what, _problem: None, ipv6)
+            self._held = scan_local(self.data_dir, subnet, lambda _what, _problem: None, ipv6,
+                                    running=True)
             self._key, self._at = key, time.monotonic()
         return dict(self._held)

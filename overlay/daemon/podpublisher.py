@@ -56,6 +56,7 @@ from overlay.cluster.pods import (
     delete_pods_in_subnet,
     delete_pods_where,
     encode_pod,
+    identity_problem,
     labels_by_source,
     list_pod_kvs,
     merge_labels,
@@ -152,8 +153,19 @@ class PodPublisher:
         undecodable = {kv.key: kv for kv in kvs} if len(held) < len(kvs) else {}
         out = Outcome()
         wanted: set[tuple[str, str, str]] = set()
+        # a container whose metadata is unusable keeps the records it had (who it is is
+        # not known: neither publishing a fallback nor deleting its record says better)
+        unknown = {p.container_id for p in local.values() if not p.identity_known}
         for pod in sorted(local.values(), key=lambda p: p.container_id):
             ident = (pod.identity.namespace, pod.identity.name)
+            if pod.container_id in unknown:
+                continue  # scan_local warned
+            if problem := identity_problem(*ident):
+                # a name the registry's own rule rejects (a container ID with '_' or
+                # capitals, without K8S_POD_NAME): written, it would be rejected by every
+                # node, rewritten each pass and never deleted
+                self.warn_once(f"{ident[0]}/{ident[1]}", f"{problem}; not published")
+                continue
             if any(w[:2] == ident for w in wanted):
                 self.warn_once(f"{ident[0]}/{ident[1]}", f"claimed by two containers here; "
                                f"{pod.container_id} is not published")
@@ -165,6 +177,7 @@ class PodPublisher:
         known = {kv.key for kv, r in held.values() if self._mine(r, subnet, v6)}
         for (ns, name), (kv, record) in held.items():
             if (self._mine(record, subnet, v6) and (ns, name, record.container_id) not in wanted
+                    and record.container_id not in unknown
                     and self.store.delete(kv.key, mod_revision=kv.mod_revision)):
                 out.deleted += 1
                 known.discard(kv.key)

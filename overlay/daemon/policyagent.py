@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE = 0.05  # seconds of quiet that end a burst of changes
 DEBOUNCE_MAX = 0.25  # a continuous stream is still compiled this often
 RESYNC = 10.0  # seconds: compile again anyway (a new lease may accept a pod)
+DISK_POLL = 0.5  # seconds between looks at the data dir's mtimes (the publisher's POLL)
 RETRY = 1.0  # seconds after nft refused a table
 CUT_AGAIN = 0.5  # seconds: after a cut that deleted entries, look again this much later
 CUT_PASSES = 3  # at most this many cuts follow one load
@@ -191,6 +192,7 @@ class PolicyAgent:
                  attachments: Callable[[IPNetwork | None, IPv6Network | None],
                                        Mapping[str, Attachment]],
                  leases_listed: Callable[[], bool] = lambda: True,
+                 disk_moved: Callable[[], bool] = lambda: False,
                  apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
                  bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
                  update: Callable[[nft.Admission], None] = nft.apply_admission,
@@ -201,6 +203,7 @@ class PolicyAgent:
         self._own_ipv6_subnet = own_ipv6_subnet
         # this node's pods as its disk holds them (the local pods: never etcd's word)
         self._attachments = attachments
+        self._disk_moved = disk_moved  # whether they changed since the last look (stats)
         self._dropped_logged: set[tuple[str, int]] = set()
         self._apply, self._bridge_problem = apply, bridge_problem
         self._update, self.log_denied = update, log_denied
@@ -277,11 +280,16 @@ class PolicyAgent:
 
     # -- compile and load -------------------------------------------------------------
     def run_compiler(self) -> None:
-        """Compile after each burst of changes, and every RESYNC seconds."""
+        """Compile after each burst of changes, when the node's attachments on disk
+        change (looked at every DISK_POLL seconds: a damaged metadata file changes no
+        etcd key), and every RESYNC seconds."""
         last = 0.0
         while not self.stop.is_set():
-            if not self._dirty.wait(max(0.0, RESYNC - (time.monotonic() - last))):
-                self._dirty.set()  # the periodic pass
+            due = RESYNC - (time.monotonic() - last)
+            if not self._dirty.wait(max(0.0, min(due, DISK_POLL))):
+                if due > DISK_POLL and not self._disk_moved():
+                    continue
+                self._dirty.set()  # the periodic pass, or the disk moved
             if self.stop.is_set():
                 return
             self._settle()
@@ -328,10 +336,13 @@ class PolicyAgent:
     def _assemble(self, policies: list[Any], namespaces: list[Any], records: list[Any]
                   ) -> Inputs:
         subnet, subnet6 = self._own_subnet(), self._own_ipv6_subnet()
-        attached = self._attachments(subnet, subnet6)
+        attached = dict(self._attachments(subnet, subnet6))
         with self._state_lock:
-            for cid in [cid for cid in self._pending if cid in attached]:
+            for cid in [cid for cid in self._pending
+                        if cid in attached and attached[cid].identity_known]:
                 del self._pending[cid]  # the disk has it now
+            for cid in self._pending:
+                attached.pop(cid, None)  # its ADD's word, until the disk has its metadata
             pending = list(self._pending.values())
         out = assemble(policies, [n for n in namespaces if isinstance(n, Namespace)],
                        records, self.node, subnet, subnet6, attached=attached)
@@ -522,6 +533,8 @@ class PolicyAgent:
                 return False
             if self._loaded_local.get(local.ifname) == local:
                 return True  # a compile that waited for this lock included the pod
+            if local.ifname in self._loaded_local:
+                return False  # compiled while its ADD ran (of unknown identity then)
             if changed or local.pod.ref in self._loaded_refs:
                 return False
             adm = nft.admission(loaded, local)
@@ -599,6 +612,7 @@ def make_policy_agent(d: Daemon) -> PolicyAgent | None:
     disk = AttachmentCache(d.s.cni_data_dir)
     return PolicyAgent(store, d.s.node_name, own, rules, policy_marker_path(d.s.subnet_file),
                        d.metrics.registry, d.stop, attachments=disk.current,
+                       disk_moved=disk.moved,
                        leases_listed=lambda: d.leases_programmed,
                        log_denied=d.s.policy_log_denied, own_ipv6_subnet=own6)
 

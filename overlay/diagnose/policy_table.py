@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
-from overlay.diagnose.state import FAIL, PASS, SKIP, CheckResult
+from overlay.diagnose.state import FAIL, PASS, SKIP, WARN, CheckResult
 from overlay.lease import IPNetwork
 from overlay.policy import nft
 from overlay.util.proc import FAILED, ProgramError, run
@@ -418,7 +418,7 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
     failing)."""
     from overlay.cni.attachments import ScanError, scan_local
     from overlay.diagnose.policy_state import gather_policy
-    from overlay.policy.build import assemble
+    from overlay.policy.build import UNKNOWN_NAMESPACE, assemble
 
     if not cluster.available:
         return skipped(f"etcd not read ({cluster.error or 'no network config'})")
@@ -436,15 +436,26 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
         if state.error:
             raise ProgramError(f"policy objects not read: {state.error}", ["etcd"], FAILED)
         try:
-            attached = scan_local(data_dir, own_subnet, lambda _what, _why: None, own_ipv6
-                                  ) if os.path.lexists(data_dir) else {}
+            attached = scan_local(data_dir, own_subnet, lambda _what, _why: None, own_ipv6,
+                                  running=True) if os.path.lexists(data_dir) else {}
         except ScanError as e:
             raise ProgramError(f"pods on disk not read: {e}", [data_dir], FAILED) from e
         inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet,
                           own_ipv6, attached=attached)
+        quarantined[:] = sorted(p.name for p in inputs.pods if p.namespace == UNKNOWN_NAMESPACE)
         return compile_expected(inputs, log_denied).text
 
+    quarantined: list[str] = []  # container IDs of the pods of unknown identity
     try:
-        return check_twice(expected, read_kernel_table)
+        result = check_twice(expected, read_kernel_table)
     except ProgramError as e:
         return skipped(f"cannot compare: {e}")
+    if result.status != PASS or not quarantined:
+        return result
+    return CheckResult(
+        NAME, WARN, EXPECTED,
+        f"{result.found}; {len(quarantined)} pod(s) of unknown identity (metadata file "
+        f"missing or unusable) isolated both ways: {', '.join(quarantined[:5])}"
+        f"{', ...' if len(quarantined) > 5 else ''}",
+        f"see overlayd's log for what is wrong with each file under {data_dir}; restore it, "
+        "or delete and recreate the pod")

@@ -10,6 +10,7 @@ the check expects is the one the daemon loads from the same etcd state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv6Network
@@ -19,7 +20,7 @@ from overlay.cni.attachments import LocalPod as Attachment
 from overlay.lease import IPNetwork
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import nft
-from overlay.policy.model import NetworkPolicy
+from overlay.policy.model import EGRESS, INGRESS, LabelSelector, NetworkPolicy
 from overlay.policy.objects import Namespace
 from overlay.policy.semantics import Pod
 
@@ -42,11 +43,25 @@ def pod_of(record: PodRecord) -> Pod:
                record.node)
 
 
+# Where a local pod of unknown identity (its metadata file missing or unusable) stands:
+# no namespace, policy or record can be named so (DNS-1123 names only), so no policy of
+# the cluster selects it, and QUARANTINE, isolating both ways with no rule, holds it.
+UNKNOWN_NAMESPACE = "(identity-unknown)"
+QUARANTINE = NetworkPolicy(
+    UNKNOWN_NAMESPACE, "quarantine", LabelSelector(), frozenset({INGRESS, EGRESS}),
+    source=json.dumps({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                       "metadata": {"name": "quarantine", "namespace": UNKNOWN_NAMESPACE},
+                       "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}))
+
+
 def local_pod_of(att: Attachment, record: PodRecord | None, node: str) -> Pod:
     """The pod of one attachment on this node's disk: its name and IPs from the disk;
     its labels and named ports from the registry's record when that record is this
     attachment's (same name, container and IPs: an operator's ``pods label`` lives
-    there), else the metadata file's."""
+    there), else the metadata file's. Of unknown identity, it is in
+    ``UNKNOWN_NAMESPACE``, without labels, whatever etcd says."""
+    if not att.identity_known:
+        return Pod(UNKNOWN_NAMESPACE, att.container_id, att.ips, {}, (), node)
     ident = att.identity
     if record is not None and _is_record_of(record, att):
         return pod_of(record)
@@ -71,7 +86,9 @@ def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
     attachments, and a record with an address in this node's subnets stands for nothing
     but its attachment's labels. Of the other records, every one holding an IP that
     another also holds is dropped (in ``dropped``): which is true is not known, and
-    believing either could widen what a policy allows."""
+    believing either could widen what a policy allows. While any policy is in force, a
+    local pod of unknown identity is isolated both ways (``QUARANTINE``, added to the
+    policies): which policies would select it is not known."""
     out = Inputs(policies=list(policies),
                  namespaces={n.name: n.labels for n in namespaces})
     own = [s for s in (subnet, ipv6_subnet) if s is not None]
@@ -94,4 +111,6 @@ def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
         pod = local_pod_of(att, mine.get(cid), node)
         out.pods.append(pod)
         out.local.append(nft.LocalPod(pod, host_veth_name(cid, att.ifname)))
+    if out.policies and any(not att.identity_known for att in attached.values()):
+        out.policies.append(QUARANTINE)
     return out

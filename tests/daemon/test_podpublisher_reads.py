@@ -329,3 +329,32 @@ def test_nodes_past_the_ranks_never_list_for_a_gone_lease(monkeypatch):
     run_for(gc, 0.3 + pp.GC_RANKS * 0.2)
     assert record(store, "ns", "pod2") is not None
     assert store.listed.count(PODS) == 1
+
+
+def test_a_pod_whose_metadata_turns_unusable_keeps_its_record(store, tmp_path):
+    # garbled (or removed), the file says nothing of who the pod is: the record it had is
+    # neither replaced by a "default/<container ID>" fallback nor deleted
+    add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="a")
+    pub = publisher(store, tmp_path)
+    pub.reconcile()
+    before = record(store, "shop", "a")
+    (tmp_path / "overlay" / "pods" / "c1@eth0.json").write_text("{garbled")
+    for full in (False, True):
+        out = pub.reconcile(full=full)
+        assert (out.created, out.replaced, out.deleted) == (0, 0, 0)
+        assert record(store, "shop", "a") == before and record(store, "default", "c1") is None
+    # once the container is gone, its record goes as any other
+    (tmp_path / "overlay" / "10.244.1.5").unlink()
+    assert pub.reconcile().deleted == 1 and record(store, "shop", "a") is None
+
+
+def test_a_container_id_that_is_no_pod_name_is_not_published(store, tmp_path):
+    # without K8S_POD_NAME a pod is named by its container ID; one with '_' or capitals
+    # is no DNS-1123 name: every node rejected its record, rewritten each pass, and no
+    # DEL ever removed it
+    add(tmp_path, "c_1", "10.244.1.5")
+    pub = publisher(store, tmp_path)
+    assert pub.reconcile().created == 0 and record(store, "default", "c_1") is None
+    warned = pub.rejected
+    assert pub.reconcile().created == 0 and pub.rejected == warned  # warned once
+    assert store.writes() == 1000  # the other nodes' records only

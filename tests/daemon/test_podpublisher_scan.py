@@ -72,7 +72,7 @@ def test_a_dual_stack_pod_lists_ipv4_then_ipv6_of_this_nodes_halves_only(tmp_pat
     assert only_v4["c1"].ips == (ip_address("10.244.1.5"),)
 
 
-def test_an_add_in_progress_waits_for_its_metadata_an_old_one_is_published(tmp_path):
+def test_an_add_in_progress_waits_for_its_metadata_an_old_one_is_of_unknown_identity(tmp_path):
     add(tmp_path, "c1", "10.244.1.5", meta=False)
     assert at.scan_local(str(tmp_path), SUBNET, lambda *a: None) == {}
     old = time.time() - at.ADD_GRACE - 1
@@ -80,6 +80,43 @@ def test_an_add_in_progress_waits_for_its_metadata_an_old_one_is_published(tmp_p
     warned = []
     got = at.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
     assert got["c1"].identity == at.fallback_identity("c1") and "no metadata" in warned[0]
+    assert not got["c1"].identity_known and "isolated both ways" in warned[0]
+
+
+def _damage(path, how):
+    path.unlink()
+    if how == "directory":
+        path.mkdir()
+    elif how == "fifo":
+        os.mkfifo(path)
+    elif how == "symlink":
+        path.symlink_to("/etc/hostname")
+    elif how == "garbled":
+        path.write_text('{"containerID": trunc')
+    elif how == "non-utf8":
+        path.write_bytes(b'{"containerID": "c1\xff"}')
+    elif how == "oversized":
+        path.write_text(" " * (podmeta.MAX_META_BYTES + 1) + "{}")
+    elif how == "another's":
+        path.write_text('{"containerID": "c9", "ifname": "eth0", "namespace": "x", '
+                        '"name": "y"}')
+
+
+@pytest.mark.parametrize("how", ["directory", "fifo", "symlink", "garbled", "non-utf8",
+                                 "oversized", "another's", "removed"])
+def test_an_unusable_metadata_file_is_one_pod_of_unknown_identity_never_a_failed_scan(
+        tmp_path, how):
+    add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="web")
+    add(tmp_path, "c2", "10.244.1.6", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="db")
+    _damage(tmp_path / "overlay" / "pods" / "c1@eth0.json", how)
+    old = time.time() - at.ADD_GRACE - 1
+    os.utime(tmp_path / "overlay" / "10.244.1.5", (old, old))
+    warned = []
+    got = at.scan_local(str(tmp_path), SUBNET, lambda what, p: warned.append(p))
+    assert set(got) == {"c1", "c2"}  # a directory there raised IsADirectoryError
+    assert not got["c1"].identity_known and got["c1"].identity.labels == {}
+    assert got["c2"].identity_known and got["c2"].identity.name == "db"
+    assert len(warned) == 1 and "unknown" in warned[0], warned
 
 
 def test_a_missing_data_dir_is_a_scan_error_not_an_empty_node(tmp_path):
@@ -96,15 +133,24 @@ def test_the_policy_agents_cache_scans_again_only_when_the_disk_moved(tmp_path, 
     scans: list[int] = []
     real = at.scan_local
 
-    def counted(*a):
+    def counted(*a, **kw):
         scans.append(1)
-        return real(*a)
+        return real(*a, **kw)
     monkeypatch.setattr(at, "scan_local", counted)
     assert set(cache.current(SUBNET)) == {"c1"}
     assert set(cache.current(SUBNET)) == {"c1"} and len(scans) == 1  # nothing moved
     add(root, "c2", "10.244.1.6")
     assert set(cache.current(SUBNET)) == {"c1", "c2"} and len(scans) == 2
     assert cache.current(None) == {}
+
+
+def test_for_policy_an_add_still_running_is_attached_of_unknown_identity(tmp_path):
+    # the publisher waits for its metadata; the policy table must not leave it out
+    add(tmp_path, "c1", "10.244.1.5", meta=False)
+    warned = []
+    got = at.scan_local(str(tmp_path), SUBNET, lambda *a: warned.append(a), running=True)
+    assert not got["c1"].identity_known and warned == []
+    assert at.AttachmentCache(str(tmp_path)).current(SUBNET)["c1"].identity_known is False
 
 
 def test_the_disk_signature_moves_on_add_and_del(tmp_path):
@@ -146,3 +192,17 @@ def test_cni_data_dir_flag_defaults_to_the_plugins_and_refuses_empty():
                           {"OVERLAYD_CNI_DATA_DIR": "/y"}).cni_data_dir == "/y"
     with pytest.raises(ConfigError, match="--cni-data-dir: empty path"):
         parse_settings(["--node-name", "n1", "--cni-data-dir", ""], {})
+
+
+def test_the_cache_says_when_the_disk_moved_since_its_last_scan(tmp_path):
+    add(tmp_path, "c1", "10.244.1.5")
+    cache = at.AttachmentCache(str(tmp_path))
+    assert not cache.moved()  # nothing scanned yet: nothing to compare with
+    cache.current(SUBNET)
+    assert not cache.moved()
+    meta = tmp_path / "overlay" / "pods" / "c1@eth0.json"
+    meta.unlink()
+    meta.write_text("{garbled")  # no etcd key changes: the agent learns it from here
+    assert cache.moved()
+    cache.current(SUBNET)
+    assert not cache.moved()

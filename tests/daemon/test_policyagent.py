@@ -417,3 +417,31 @@ def test_node_records_bind_each_subnet_to_one_node() -> None:
     assert set(cache) == {kv.key for kv in kvs}
     got = policyagent.node_subnets("n1", SUBNET, PREFIX, kvs[:2], leases, cache)
     assert got == {"n1": SUBNET, "n2": OTHER} and set(cache) == {kvs[0].key, kvs[1].key}
+
+
+def test_an_add_compiled_while_it_ran_takes_its_identity_from_the_add(agent) -> None:
+    # a compile between the ADD's IPAM record and its metadata file sees an attachment of
+    # unknown identity (held in quarantine); the ADD's own admission must then compile
+    # the pod as the ADD names it, not add elements beside the quarantine's
+    from overlay.cni.attachments import LocalPod, PodIdentity
+    from overlay.policy.build import QUARANTINE
+
+    a, applied, _ = agent
+    disk = {"c-new": LocalPod("c-new", "eth0", (IPv4Address("10.244.1.9"),),
+                              PodIdentity("default", "c-new"), identity_known=False)}
+    a._attachments = lambda s, s6: {**attachments_of_records(a, "n1")(s, s6), **disk}
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert QUARANTINE in a.inputs().policies
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    assert handlers["ADD"](_request()) == RESULT
+    assert applied.scripts == [] and len(applied.tables) == 2  # compiled, not elements
+    got = a.inputs()
+    assert QUARANTINE not in got.policies
+    assert [p.ref for p in got.pods if IPv4Address("10.244.1.9") in p.ips] == ["x/new"]
+    # once the disk holds its metadata, the disk's word replaces the ADD's
+    disk["c-new"] = LocalPod("c-new", "eth0", (IPv4Address("10.244.1.9"),),
+                             PodIdentity("x", "new"))
+    a.sync()
+    assert a._pending == {}

@@ -640,3 +640,55 @@ def test_a_second_container_under_a_pods_name_is_isolated_too(lab: Lab) -> None:
             runtime.delete(att, result)
         sysx.delete_netns(ns)
         _delete(lab, "x/deny-a-c")
+
+
+def test_a_damaged_metadata_file_never_lifts_a_pods_isolation(lab: Lab) -> None:
+    """x/a's metadata file on node1 garbled, removed, or a directory in its place: who
+    x/a is is no longer known, so it stays isolated (both ways, while a policy is in
+    force) instead of turning into an unselected default/<container ID>. It was: x/b
+    reached x/a within seconds of the file going bad; a directory there crashed the
+    pod publisher and the policy compile on every pass, freezing the table."""
+    a = lab.find_pod("x/a")
+    meta = os.path.join(lab.spec.node_file("node1", "ipam"), lab.cni_runtime("node1").network,
+                        "pods", f"{a.container_id}@eth0.json")
+    with open(meta, "rb") as fb:
+        good = fb.read()
+
+    def restore() -> None:
+        if os.path.isdir(meta) and not os.path.islink(meta):
+            os.rmdir(meta)
+        with open(meta + ".tmp", "wb") as out:
+            out.write(good)
+        os.replace(meta + ".tmp", meta)
+
+    _apply(lab, DENY_A_AND_C)
+    try:
+        assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
+        assert _passes(lab, "x/a", "x/b")  # x/a's egress is not isolated
+        for damage in ("garbled", "removed", "directory"):
+            os.unlink(meta)
+            if damage == "garbled":
+                with open(meta, "w") as bad:
+                    bad.write('{"containerID": trunc')
+            elif damage == "directory":
+                os.mkdir(meta)
+            # x/a is quarantined: its egress goes too; never does x/b reach it. No etcd
+            # key changes: the agent sees the disk move (it compiled at RESYNC, 10 s, only)
+            took = _until(lambda: not _passes(lab, "x/a", "x/b"), timeout=5.0)
+            assert took is not None, damage
+            print(f"\n{damage}: x/a quarantined after {took:.2f} s")
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                assert not any(_table(lab, [("x/b", "x/a", 80, "tcp"),
+                                            ("x/b", "x/a", 81, "udp")]).values()), damage
+            check = _policy_check(lab, "node1")[1]
+            assert check["status"] == "warn" and a.container_id in check["found"], check
+            restore()
+            assert _until(lambda: _passes(lab, "x/a", "x/b")) is not None, damage
+        with open(lab.daemon_log("node1")) as logf:
+            log = logf.read()
+        assert "Traceback" not in log and "isolated both ways" in log
+    finally:
+        if os.path.isdir(meta) or not os.path.exists(meta):
+            restore()
+        _delete(lab, "x/deny-a-c")

@@ -9,7 +9,11 @@ from ipaddress import IPv4Address, IPv4Network
 from overlay.cluster.pods import SOURCE_CLI, SOURCE_CNI, Label, PodRecord
 from overlay.cni.attachments import LocalPod, PodIdentity
 from overlay.netlink.pod import host_veth_name
-from overlay.policy.build import assemble
+from overlay.policy.build import QUARANTINE, UNKNOWN_NAMESPACE, assemble
+from overlay.policy.model import parse_policy
+from overlay.policy.semantics import Host, decide
+
+from .cases import policy
 
 N1 = IPv4Network("10.244.1.0/24")
 
@@ -89,3 +93,27 @@ def test_two_containers_under_one_name_are_both_local_pods() -> None:
         [(host_veth_name("c-old", "eth0"), "10.244.1.2"),
          (host_veth_name("c-new", "eth0"), "10.244.1.3")])
     assert sorted(str(p.ip) for p in got.pods if p.ref == "x/a") == ["10.244.1.2", "10.244.1.3"]
+
+
+def test_a_local_pod_of_unknown_identity_is_isolated_both_ways_while_policies_exist() -> None:
+    # its metadata file garbled or removed: which policies select it is not known, so no
+    # policy's allow reaches it, whatever its record (here: the labels an allow names) says
+    allow = parse_policy(policy("allow-all-to-a", "x", {
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{}], "egress": [{}], "policyTypes": ["Ingress", "Egress"]}))
+    attached = disk(("a", "10.244.1.2"), ("b", "10.244.1.3"))
+    attached["c-a"] = LocalPod("c-a", "eth0", (IPv4Address("10.244.1.2"),),
+                               PodIdentity("default", "c-a"), identity_known=False)
+    records = [rec("a", "10.244.1.2"), rec("b", "10.244.1.3"), rec("c", "10.244.2.2", "node2")]
+    got = assemble([allow], [], records, "node1", N1, attached=attached)
+    a = next(p for p in got.pods if p.ip == IPv4Address("10.244.1.2"))
+    assert (a.namespace, a.labels) == (UNKNOWN_NAMESPACE, {})
+    assert got.policies == [allow, QUARANTINE]
+    others = [p for p in got.pods if p is not a]
+    for other in others:
+        assert not decide(a, other, 80, "TCP", got.namespaces, got.policies).allowed
+        assert not decide(other, a, 80, "TCP", got.namespaces, got.policies).allowed
+    assert decide(Host(IPv4Address("10.244.1.1"), "node1"), a, 80, "TCP", got.namespaces,
+                  got.policies).allowed  # its own node (probes) still reaches it
+    # with no policy at all nothing is filtered: no quarantine either
+    assert assemble([], [], records, "node1", N1, attached=attached).policies == []

@@ -51,4 +51,4 @@ def test_every_reader_of_outside_json_rejects_deep_nesting(tmp_path):
     path.write_bytes(deep)
     with pytest.raises(ConfListError, match="nested too deeply"):
         load_conflist(str(path))
-    assert _read_json_file(str(path)) is None
+    assert _read_json_file(str(path))[0] is None
