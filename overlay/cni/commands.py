@@ -278,7 +278,7 @@ def _del_host_veth(name: str) -> None:
 
 def cmd_del(req: Request) -> None:
     """Idempotent: whatever is already gone is success; needs neither daemon nor netns."""
-    conf = parse_netconf(req.config, req.cni_version)
+    conf = parse_netconf(req.config, req.cni_version, relative_paths=True)
     host_name = pod.host_veth_name(req.container_id, req.ifname)
     with Rtnl() as host:
         if req.reaper is not None:
@@ -293,7 +293,8 @@ def cmd_del(req: Request) -> None:
     if not removed:
         _del_pod_side(req)
     released: list[ipam.IPAddress] = []
-    if len(conf.name) <= MAX_NETWORK_NAME:  # else no ADD could store anything under it
+    # else no ADD could store anything there (a relative dataDir: one it refused)
+    if len(conf.name) <= MAX_NETWORK_NAME and os.path.isabs(conf.data_dir):
         released = ipam.release(_store(conf), req.container_id, req.ifname)
         podmeta.remove_meta(conf.data_dir, conf.name, req.container_id, req.ifname)
     if conf.ip_masq:

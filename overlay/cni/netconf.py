@@ -179,7 +179,21 @@ def _ipv6_half(config: Mapping[str, Any],
     return v6, network
 
 
-def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
+def _abs_path(config: Mapping[str, Any], key: str, default: str, relative_ok: bool) -> str:
+    """An absolute path: a relative one would name one file for the plugin run by the
+    runtime (its working directory) and another for overlayd's warm server (overlayd's)."""
+    value = _str(config, key, default)
+    if not os.path.isabs(value) and not relative_ok:
+        raise CNIError(CNIError.INVALID_CONFIG, f"\"{key}\" must be an absolute path",
+                       f"got {value!r:.80}")
+    return value
+
+
+def parse_netconf(config: Mapping[str, Any], cni_version: str, *,
+                  relative_paths: bool = False) -> NetConf:
+    """The netconf's one rule. ``relative_paths`` (DEL) lets a relative ``subnetFile`` or
+    ``dataDir`` through, for the caller to skip: a runtime cleaning up after a refused
+    ADD must not be refused again."""
     bridge = _str(config, "bridge", DEFAULT_BRIDGE)
     problem = ifname_problem(bridge)
     if problem:
@@ -206,8 +220,8 @@ def parse_netconf(config: Mapping[str, Any], cni_version: str) -> NetConf:
                        f"got {mac!r}")
     return NetConf(
         cni_version=cni_version, name=config["name"], bridge=bridge,
-        subnet_file=_str(config, "subnetFile", DEFAULT_SUBNET_FILE),
-        data_dir=_str(config, "dataDir", DEFAULT_DATA_DIR),
+        subnet_file=_abs_path(config, "subnetFile", DEFAULT_SUBNET_FILE, relative_paths),
+        data_dir=_abs_path(config, "dataDir", DEFAULT_DATA_DIR, relative_paths),
         hairpin_mode=_bool(config, "hairpinMode", False),
         is_default_gateway=_bool(config, "isDefaultGateway", False),
         force_address=_bool(config, "forceAddress", False),

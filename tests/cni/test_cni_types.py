@@ -79,11 +79,20 @@ def test_netconf_defaults_and_overrides():
     ({"subnet": "banana"}, "subnet"),
     ({"subnet": "10.1.0.0/24", "network": "10.2.0.0/16"}, "outside"),
     ({"runtimeConfig": {"mac": "zz"}}, "mac"),
+    # relative: the warm server resolved it against overlayd's working directory, the
+    # runtime's plugin against its own (two IPAM stores for one network)
+    ({"dataDir": "relative/dir"}, "dataDir\" must be an absolute path"),
+    ({"subnetFile": "subnet.env"}, "subnetFile\" must be an absolute path"),
 ])
 def test_netconf_errors_are_code_7(config, needle):
     with pytest.raises(CNIError) as e:
         parse_netconf(dict(config, name="n"), "1.1.0")
     assert e.value.code == 7 and needle in str(e.value) + e.value.details
+
+
+def test_del_lets_a_relative_path_through_for_the_caller_to_skip():
+    conf = parse_netconf({"name": "n", "dataDir": "rel"}, "1.1.0", relative_paths=True)
+    assert conf.data_dir == "rel"
 
 
 def test_missing_subnet_env_is_try_again_and_names_the_file(tmp_path):

@@ -127,7 +127,7 @@ def test_whatever_ascii_the_plugin_keeps_fits_the_readers_bound(tmp_path):
     path = podmeta.write_meta(str(tmp_path), "overlay", m)
     assert os.path.getsize(path) <= podmeta.MAX_META_BYTES
     from overlay.cni.attachments import _read_json_file
-    assert _read_json_file(path) == m
+    assert _read_json_file(path) == (m, "")
 
 
 def test_a_larger_file_is_refused_and_nothing_is_written(tmp_path):
