@@ -205,8 +205,9 @@ class Endpoint:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def __str__(self) -> str:
-        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
+    def __str__(self) -> str:  # in log lines: an IPv6 host in brackets, as URLs write it
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     def connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.ssl_context is not None:

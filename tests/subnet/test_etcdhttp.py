@@ -249,3 +249,9 @@ def test_a_piece_that_fails_on_its_thread_fails_the_listing_in_the_callers(gatew
     assert {(gw.unb64(p["key"]), gw.unb64(p["range_end"])) for p in pieces} == {
         (b"/p/", b"/p/b"), (b"/p/b", b"/p/c"), (b"/p/c", b"/p0")}
     assert {p["revision"] for p in pieces} == {"2"}
+
+
+def test_an_endpoint_names_an_ipv6_host_in_brackets():
+    from overlay.subnet.etcdhttp import Endpoint
+    assert str(Endpoint("::1", 2379, None, 1.0)) == "http://[::1]:2379"
+    assert str(Endpoint("127.0.0.1", 2379, None, 1.0)) == "http://127.0.0.1:2379"
