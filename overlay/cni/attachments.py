@@ -227,7 +227,9 @@ def _younger_than(path: str, seconds: float) -> bool:
 
 
 def disk_signature(data_dir: str) -> tuple[int, ...]:
-    """The data dir's and its network and metadata dirs' mtimes: any ADD or DEL moves one."""
+    """The data dir's and its network dirs' mtimes, and each metadata file's (inode,
+    mtime, size): any ADD or DEL moves one, and so does a metadata file rewritten in
+    place (which moves no directory's mtime). One ``stat`` per pod."""
     marks = []
     for path in [data_dir] + [os.path.join(data_dir, n) for n in _safe_dirs(data_dir)]:
         for p in (path, os.path.join(path, podmeta.META_DIR)):
@@ -235,7 +237,23 @@ def disk_signature(data_dir: str) -> tuple[int, ...]:
                 marks.append(os.stat(p, follow_symlinks=False).st_mtime_ns)
             except OSError:
                 marks.append(0)
+        marks.append(_files_mark(os.path.join(path, podmeta.META_DIR)))
     return tuple(marks)
+
+
+def _files_mark(path: str) -> int:
+    files = []
+    try:
+        with os.scandir(path) as entries:
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone since listed: the directory's mtime says so
+                files.append((e.name, st.st_ino, st.st_mtime_ns, st.st_size))
+    except OSError:
+        return 0
+    return hash(tuple(sorted(files)))
 
 
 def _safe_dirs(data_dir: str) -> list[str]:
@@ -266,8 +284,8 @@ class AttachmentCache:
         if subnet is None or not os.path.lexists(self.data_dir):
             return {}  # no ADD has run on this node yet: nothing is attached
         key = (subnet, ipv6, disk_signature(self.data_dir))
-        # again after ADD_GRACE anyway: a young IPAM record without metadata (an ADD
-        # still running) is left out of a scan, and may stay without one
+        # again after ADD_GRACE anyway: a file rewritten within one mtime tick of the
+        # last scan, at the same size, moves no mark
         if key != self._key or time.monotonic() - self._at >= ADD_GRACE:
             self._held = scan_local(self.data_dir, subnet, lambda _what, _problem: None, ipv6,
                                     running=True)

@@ -206,3 +206,11 @@ def test_the_cache_says_when_the_disk_moved_since_its_last_scan(tmp_path):
     assert cache.moved()
     cache.current(SUBNET)
     assert not cache.moved()
+
+
+def test_a_metadata_file_rewritten_in_place_moves_the_signature(tmp_path):
+    add(tmp_path, "c1", "10.244.1.5", K8S_POD_NAMESPACE="shop", K8S_POD_NAME="web")
+    before = at.disk_signature(str(tmp_path))
+    with open(tmp_path / "overlay" / "pods" / "c1@eth0.json", "r+") as f:
+        f.write("{")  # in place: no directory's mtime moves
+    assert at.disk_signature(str(tmp_path)) != before

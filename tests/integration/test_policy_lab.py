@@ -666,11 +666,12 @@ def test_a_damaged_metadata_file_never_lifts_a_pods_isolation(lab: Lab) -> None:
         assert _until(lambda: not _passes(lab, "x/b", "x/a")) is not None
         assert _passes(lab, "x/a", "x/b")  # x/a's egress is not isolated
         for damage in ("garbled", "removed", "directory"):
-            os.unlink(meta)
-            if damage == "garbled":
-                with open(meta, "w") as bad:
+            if damage == "garbled":  # in place: no directory's mtime moves
+                with open(meta, "r+") as bad:
                     bad.write('{"containerID": trunc')
-            elif damage == "directory":
+            else:
+                os.unlink(meta)
+            if damage == "directory":
                 os.mkdir(meta)
             # x/a is quarantined: its egress goes too; never does x/b reach it. No etcd
             # key changes: the agent sees the disk move (it compiled at RESYNC, 10 s, only)
