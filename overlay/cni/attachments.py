@@ -274,10 +274,17 @@ class AttachmentCache:
         self._key: tuple[object, ...] | None = None
         self._held: dict[str, LocalPod] = {}
         self._at = 0.0
+        self._looked: tuple[int, ...] | None = None  # the signature at the last moved()
 
     def moved(self) -> bool:
-        """Whether the data dir changed since the last scan (a few ``stat`` calls)."""
-        return self._key is not None and disk_signature(self.data_dir) != self._key[2]
+        """Whether the data dir changed since the last scan and held still since the
+        last look (one ``stat`` per pod): an ADD moves it twice within milliseconds
+        (IPAM record, then metadata), and its own admission compiles it."""
+        if self._key is None:
+            return False
+        now = disk_signature(self.data_dir)
+        still, self._looked = now == self._looked, now
+        return still and now != self._key[2]
 
     def current(self, subnet: IPNetwork | None, ipv6: IPv6Network | None = None
                 ) -> dict[str, LocalPod]:

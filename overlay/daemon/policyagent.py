@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 DEBOUNCE = 0.05  # seconds of quiet that end a burst of changes
 DEBOUNCE_MAX = 0.25  # a continuous stream is still compiled this often
 RESYNC = 10.0  # seconds: compile again anyway (a new lease may accept a pod)
-DISK_POLL = 0.5  # seconds between looks at the data dir's mtimes (the publisher's POLL)
+# seconds between looks at the data dir; a change is acted on once it held still for one
+# look (an ADD in flight moves it too, and its own admission compiles it)
+DISK_POLL = 0.25
 RETRY = 1.0  # seconds after nft refused a table
 CUT_AGAIN = 0.5  # seconds: after a cut that deleted entries, look again this much later
 CUT_PASSES = 3  # at most this many cuts follow one load
