@@ -560,3 +560,52 @@ def _int_field(fields: dict[str, Any], name: str, lo: int, hi: int) -> int | Non
     if not lo <= value <= hi:
         raise ConfigError(f"Backend.{name}: {value} is out of range {lo}..{hi}")
     return value
+
+
+# ---- the etcd key prefix ------------------------------------------------------------------
+#
+# Where the network lives in etcd (``--etcd-prefix``), config, leases and objects under it.
+# It is checked here, once, for overlayd and overlayctl alike (flags, environment and the
+# runtime file), so the two never disagree on which prefixes exist.
+
+MAX_ETCD_PREFIX = 256  # characters: a path of a few names, not a document
+# What a component between the slashes may hold: letters, digits and a few punctuation
+# marks that etcdctl, a shell and a URL carry as they are.  No control characters, no
+# spaces, nothing beyond ASCII (a key printed or pasted must read back the same).
+_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                          "._~-:@+=")
+PREFIX_CHARS_TEXT = "letters, digits and . _ ~ - : @ + = between the slashes"
+
+
+def etcd_prefix_problem(prefix: object) -> str | None:
+    """Why ``prefix`` is not an etcd key prefix (``/`` then names joined by ``/``, e.g.
+    ``/overlay/network`` or Flannel's ``/coreos.com/network``; ``/`` alone is the root),
+    or None."""
+    if not isinstance(prefix, str):
+        return "must be a string"
+    if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/":
+        return "must start with / and not end with /"
+    if len(prefix) > MAX_ETCD_PREFIX:
+        return f"is {len(prefix)} characters long (at most {MAX_ETCD_PREFIX})"
+    if prefix == "/":
+        return None
+    for part in prefix[1:].split("/"):
+        if not part:
+            return "has an empty component (//)"
+        if part in (".", ".."):
+            return f"has a {part!r} component"
+        for ch in part:
+            if ch not in _PREFIX_CHARS:
+                what = ("a control character" if ord(ch) < 32 or 127 <= ord(ch) < 160
+                        else "a space" if ch.isspace()
+                        else "an invisible character" if not ch.isprintable()
+                        else "not ASCII" if ord(ch) > 127 else "not allowed")
+                return f"contains {ascii(ch)} ({what}); use {PREFIX_CHARS_TEXT}"
+    return None
+
+
+def check_etcd_prefix(prefix: object, source: str = "etcd prefix") -> None:
+    """ConfigError (one line, the value quoted bounded and escaped) unless ``prefix`` is
+    valid; ``source`` names where it came from (``--etcd-prefix``)."""
+    if problem := etcd_prefix_problem(prefix):
+        raise ConfigError(f"{source} {_show(prefix)}: {problem}")

@@ -340,3 +340,19 @@ def test_smallest_backend_mtus_each_family_can_carry_are_accepted():
     # IPv4-only, 1349 is fine: only IPv6 needs 1280 inside
     assert parse_network_config({"Network": "10.244.0.0/16",
                                  "Backend": {"MTU": 1349}}).backend.mtu == 1349
+
+
+# -- the etcd key prefix (overlayd's and overlayctl's one rule) --------------------------
+
+def test_etcd_prefix_problem():
+    from overlay.config import MAX_ETCD_PREFIX, etcd_prefix_problem
+    for good in ("/overlay/network", "/coreos.com/network", "/", "/a_b/c~d/e:f@g+h=i",
+                 "/" + "x" * (MAX_ETCD_PREFIX - 1)):
+        assert etcd_prefix_problem(good) is None, good
+    for bad, problem in (("/a\x1bb", "a control character"), ("/a\x85b", "a control character"),
+                         ("/a\u2028b", "a space"), ("/a\u200bb", "an invisible character"),
+                         ("/\u00e9", "not ASCII"), ("/a?b", "not allowed"),
+                         ("/" + "x" * MAX_ETCD_PREFIX, "characters long"),
+                         ("/a/./b", "a '.' component"), ("", "must start with /"),
+                         (None, "must be a string")):
+        assert problem in (etcd_prefix_problem(bad) or ""), bad

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from overlay.config import check_etcd_prefix, etcd_prefix_problem
 from overlay.errors import OverlayError
 from overlay.runtimefile import DEFAULT_RUNTIME_FILE, RuntimeInfo, load_runtime_file
 from overlay.subnet.etcdconf import (
@@ -65,6 +67,13 @@ class CLIContext:
         if rt is not None:
             flags.update(rt.etcd_flags())
         flags.update(self.etcd_flags)
+        if "prefix" in self.etcd_flags:
+            source = "--etcd-prefix"
+        elif rt is not None and rt.etcd_flags().get("prefix") is not None:
+            source = f"the runtime file's etcd.prefix ({self.runtime_path or DEFAULT_RUNTIME_FILE})"
+        else:
+            source = "etcd prefix"
+        check_etcd_prefix(flags["prefix"], source)
         return make_etcd_options(**flags)
 
     @cached_property
@@ -106,6 +115,8 @@ def _given(ctx: click.Context, param: click.Parameter) -> bool:
 def _set_etcd(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if _given(ctx, param):
         assert param.name is not None
+        if param.name == "etcd_prefix" and (problem := etcd_prefix_problem(value)):
+            raise click.BadParameter(f"{_shown(value)}: {problem}")
         ctx.ensure_object(CLIContext).etcd_flags[param.name.removeprefix("etcd_")] = value
 
 
@@ -139,6 +150,39 @@ def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None
 
 
 OUTPUTS = ("table", "wide", "json")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A rejected value as an error quotes it: one line (escaped), bounded."""
+    text = ascii(value) if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "...(truncated)"
+
+
+class Seconds(click.ParamType):
+    """A duration option (timeouts): a finite number of seconds in ``low..high``.
+    click's FloatRange lets NaN through (every comparison with it is false) and, with no
+    upper bound, infinity; NaN made ``leases watch --timeout nan`` never end."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float) and math.isfinite(value) and self.low <= value <= self.high:
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{_shown(value)} is not a number of seconds", param, ctx)
+        if not (math.isfinite(seconds) and self.low <= seconds <= self.high):
+            self.fail(f"{_shown(value)}: must be a number of seconds from {self.low:g} to "
+                      f"{self.high:g}", param, ctx)
+        return seconds
+
+    def __repr__(self) -> str:
+        return f"Seconds({self.low:g}, {self.high:g})"
 
 
 def global_options(f: F) -> F:

@@ -9,6 +9,7 @@ import click
 
 from overlay.cli import (
     CLIContext,
+    Seconds,
     cli,
     global_options,
     print_json,
@@ -83,7 +84,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Ping every peer across the overlay (DF, path MTU size).")
 @click.option("--probe-count", type=click.IntRange(1, 10), default=2, show_default=True,
               help="Echo requests per peer.")
-@click.option("--probe-timeout", type=click.FloatRange(0.1, 10), default=1.0, show_default=True,
+@click.option("--probe-timeout", type=Seconds(0.1, 10), default=1.0, show_default=True,
               help="Seconds to wait for the replies (all peers are probed at once).")
 @click.pass_context
 def diagnose(ctx: click.Context, cni_conf_dir: str, cni_bin_dir: str,

@@ -7,6 +7,7 @@ is one line and exit 2 with nothing changed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 from overlay.cluster.keys import dns_subdomain_problem
 from overlay.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
 from overlay.cni.netconf import DEFAULT_DATA_DIR as DEFAULT_CNI_DATA_DIR
+from overlay.config import check_etcd_prefix
 from overlay.daemon.http import parse_hostport
 from overlay.daemon.watchhealth import DEFAULT_MAX_LAG
 from overlay.errors import ConfigError
@@ -35,6 +37,17 @@ from overlay.util.ifname import ifname_problem
 from overlay.util.version import version_line
 
 MAX_HEARTBEAT_PERIOD = 3600.0  # seconds: --heartbeat-period and --probe-interval
+
+# The bounds of every duration flag, in seconds, both inclusive (see check_seconds).  The
+# upper ones are what makes sense for the flag, and each lies far below where a wait
+# overflows (time.sleep and Event.wait refuse ~9.2e9 s, a datetime past 9999 ~2.5e11 s);
+# the lower ones keep a loop from spinning.
+RECONCILE_INTERVAL_BOUNDS = (0.1, 86400.0)  # a day: the periodic reconcile is a safety net
+HEARTBEAT_BOUNDS = (0.5, MAX_HEARTBEAT_PERIOD)  # --heartbeat-period, --probe-interval
+WATCH_LAG_LIMIT_BOUNDS = (0.2, 86400.0)  # a day without a word from etcd
+MAX_LEASE_TTL = 7 * 86400  # a week (7 times Flannel's 24 h); a reservation never expires
+LEASE_TTL_BOUNDS = (1, MAX_LEASE_TTL)
+RENEW_MARGIN_BOUNDS = (0, MAX_LEASE_TTL)  # a margin >= the TTL renews at half the TTL
 
 ENV_PREFIX = "OVERLAYD_"
 DEFAULT_STATE_DIR = "/var/lib/overlay"
@@ -199,6 +212,26 @@ def _check_iface_pattern(iface: str) -> None:
         raise ConfigError(f"--iface {iface!r}: not a valid regex ({e})") from e
 
 
+def check_seconds(flag: str, value: float, low: float, high: float) -> None:
+    """The one rule of overlayd's durations (periods, intervals, limits, TTLs): a finite
+    number of seconds in ``low..high``.  NaN and infinity fail it (NaN would make a wait
+    return at once, a busy loop; infinity overflows the wait)."""
+    if not ((isinstance(value, int) or math.isfinite(value)) and low <= value <= high):
+        shown = str(value)
+        shown = shown if len(shown) <= 24 else shown[:24] + "..."
+        raise ConfigError(f"{flag} {shown}: must be a number of seconds from {low:g} to "
+                          f"{high:g}{_human(high)}")
+
+
+def _human(seconds: float) -> str:
+    """`` (a day)``-style words for a bound of whole days or hours, else nothing."""
+    for unit, name in ((86400, "day"), (3600, "hour")):
+        if seconds >= unit and seconds % unit == 0:
+            n = int(seconds // unit)
+            return f" ({'an' if name == 'hour' else 'a'} {name})" if n == 1 else f" ({n} {name}s)"
+    return ""
+
+
 def default_node_name() -> str:
     """The hostname as a node name: lower-cased, as Kubernetes names nodes."""
     return socket.gethostname().lower()
@@ -210,6 +243,7 @@ def parse_settings(argv: Sequence[str] | None = None,
     parser = build_parser()
     apply_env_defaults(parser, dict(os.environ if environ is None else environ))
     a = parser.parse_args(argv)
+    check_etcd_prefix(a.etcd_prefix, "--etcd-prefix")
     etcd = make_etcd_options(a.etcd_endpoints, a.etcd_prefix, a.etcd_cafile, a.etcd_certfile,
                              a.etcd_keyfile, a.etcd_username, a.etcd_password,
                              password_file=a.etcd_password_file)
@@ -226,18 +260,14 @@ def parse_settings(argv: Sequence[str] | None = None,
         raise ConfigError("--iface: empty; give an interface name or a regex")
     if a.iface is not None:
         _check_iface_pattern(a.iface)
-    if a.lease_ttl < 1:
-        raise ConfigError(f"--lease-ttl {a.lease_ttl}: must be at least 1 second")
-    if a.lease_renew_margin < 0:
-        raise ConfigError(f"--lease-renew-margin {a.lease_renew_margin}: must not be negative")
-    if a.reconcile_interval <= 0:
-        raise ConfigError(f"--reconcile-interval {a.reconcile_interval}: must be positive")
-    if not 0.2 <= a.watch_lag_limit <= 86400:  # NaN fails this too
-        raise ConfigError(f"--watch-lag-limit {a.watch_lag_limit}: must be 0.2..86400 seconds")
-    for flag, value in (("--heartbeat-period", a.heartbeat_period),
-                        ("--probe-interval", a.probe_interval)):
-        if not 0.5 <= value <= MAX_HEARTBEAT_PERIOD:  # NaN fails this too
-            raise ConfigError(f"{flag} {value}: must be 0.5..{MAX_HEARTBEAT_PERIOD:g} seconds")
+    for flag, value, (low, high) in (
+            ("--lease-ttl", a.lease_ttl, LEASE_TTL_BOUNDS),
+            ("--lease-renew-margin", a.lease_renew_margin, RENEW_MARGIN_BOUNDS),
+            ("--reconcile-interval", a.reconcile_interval, RECONCILE_INTERVAL_BOUNDS),
+            ("--watch-lag-limit", a.watch_lag_limit, WATCH_LAG_LIMIT_BOUNDS),
+            ("--heartbeat-period", a.heartbeat_period, HEARTBEAT_BOUNDS),
+            ("--probe-interval", a.probe_interval, HEARTBEAT_BOUNDS)):
+        check_seconds(flag, value, low, high)
     problem = ifname_problem(a.vxlan_device) if a.vxlan_device else None
     if problem:
         raise ConfigError(f"--vxlan-device {a.vxlan_device!r}: not a valid interface name "

@@ -54,8 +54,9 @@ def test_environment_and_flags_win():
 @pytest.mark.parametrize("argv, env, message", [
     (["--public-ip", "192.168.1"], {}, "--public-ip '192.168.1': not an IPv4 address"),
     (["--public-ip", "127.0.0.1"], {}, "must be a unicast underlay address"),
-    (["--lease-ttl", "0"], {}, "--lease-ttl 0: must be at least 1 second"),
-    (["--lease-renew-margin", "-5"], {}, "must not be negative"),
+    (["--lease-ttl", "0"], {}, "--lease-ttl 0: must be a number of seconds from 1 to "),
+    (["--lease-renew-margin", "-5"], {}, "--lease-renew-margin -5: must be a number of "
+     "seconds from 0 to 604800 (7 days)"),
     (["--healthz-addr", "localhost"], {}, "expected HOST:PORT"),
     (["--healthz-addr", "127.0.0.1:99999"], {}, "expected HOST:PORT"),
     (["--vxlan-device", "a-very-long-device-name"], {}, "not a valid interface name"),
@@ -115,6 +116,50 @@ def test_heartbeat_period_and_probe_interval():
             parse_settings([flag, bad])
 
 
+# Every duration flag: (flag, the lowest and highest value it takes).
+DURATIONS = [("--reconcile-interval", "0.1", "86400"), ("--heartbeat-period", "0.5", "3600"),
+             ("--probe-interval", "0.5", "3600"), ("--watch-lag-limit", "0.2", "86400"),
+             ("--lease-ttl", "1", "604800"), ("--lease-renew-margin", "0", "604800")]
+FLOATS = [d for d in DURATIONS if d[0] not in ("--lease-ttl", "--lease-renew-margin")]
+
+
+@pytest.mark.parametrize("flag, low, high", DURATIONS)
+def test_every_duration_takes_its_bounds(flag, low, high):
+    dest = {"--lease-renew-margin": "renew_margin"}.get(flag, flag[2:].replace("-", "_"))
+    for value in (low, high):
+        assert getattr(parse_settings([flag, value], environ={}), dest) == float(value)
+
+
+@pytest.mark.parametrize("flag, low, high", FLOATS)
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf", "1e308", "1e10", "0", "-1"])
+def test_every_float_duration_refuses_nan_inf_and_out_of_bounds(flag, low, high, bad):
+    """NaN made --reconcile-interval's wait return at once (600 reconciles/s), inf and
+    1e308 crash-looped its thread (OverflowError: timestamp out of range)."""
+    message = f"must be a number of seconds from {low} to {high}"
+    with pytest.raises(ConfigError, match=f"^{flag} .*: {message}"):
+        parse_settings([f"{flag}={bad}"], environ={})
+    env = "OVERLAYD_" + flag[2:].replace("-", "_").upper()
+    with pytest.raises(ConfigError, match=message):
+        parse_settings([], environ={env: bad})
+
+
+@pytest.mark.parametrize("flag", ["--lease-ttl", "--lease-renew-margin"])
+def test_a_huge_integer_duration_is_refused_in_a_bounded_line(flag):
+    with pytest.raises(ConfigError) as e:
+        parse_settings([flag, "9" * 400], environ={})
+    assert "to 604800 (7 days)" in str(e.value) and len(str(e.value)) < 120
+
+
+def test_reconcile_interval_inf_is_one_line_exit_2_from_the_console_script():
+    r = subprocess.run([OVERLAYD, "--reconcile-interval", "inf"], capture_output=True,
+                       text=True, timeout=30,
+                       env={**os.environ, "OVERLAYD_ETCD_ENDPOINTS": "http://127.0.0.1:1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "overlayd: error: --reconcile-interval inf: must be a number of seconds from 0.1 to "
+        "86400 (a day)"]
+
+
 def test_policy_log_denied_is_off_by_default_and_set_by_flag_or_env():
     assert parse_settings([], environ={}).policy_log_denied is False
     assert parse_settings(["--policy-log-denied"], environ={}).policy_log_denied is True
@@ -136,3 +181,23 @@ def test_public_ipv6_flag_and_env():
                      ("::ffff:192.168.1.11", "global unicast")):
         with pytest.raises(ConfigError, match=why):
             parse_settings(["--public-ipv6", bad], {})
+
+
+@pytest.mark.parametrize("prefix, problem", [
+    ("/a\nb", "contains '\\n' (a control character)"), ("/a b", "contains ' ' (a space)"),
+    ("/a//b", "has an empty component (//)"), ("/a/..", "has a '..' component"),
+    ("/caf\u00e9", "contains '\\xe9' (not ASCII)"), ("a/b", "must start with /"),
+])
+def test_a_bad_etcd_prefix_is_refused_by_flag_and_environment(prefix, problem):
+    with pytest.raises(ConfigError) as e:
+        parse_settings(["--etcd-prefix", prefix], environ={})
+    assert str(e.value).startswith(f"--etcd-prefix {ascii(prefix)}: {problem}")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="^--etcd-prefix "):
+        parse_settings([], environ={"OVERLAYD_ETCD_PREFIX": prefix})
+
+
+@pytest.mark.parametrize("prefix", ["/overlay/network", "/coreos.com/network", "/",
+                                    "/ovd-hostile-0", "/t/net"])
+def test_the_prefixes_in_use_stay_valid(prefix):
+    assert parse_settings(["--etcd-prefix", prefix], environ={}).etcd.prefix == prefix
