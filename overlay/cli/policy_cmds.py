@@ -37,6 +37,7 @@ from overlay.policy.model import (
     label_value_problem,
     load_manifests,
     qualified_name_problem,
+    shown,
 )
 from overlay.subnet.registry import EtcdRegistry
 
@@ -130,9 +131,9 @@ def policy_get(obj: CLIContext, namespace: str | None, all_namespaces: bool,
         raise ConfigError("-A lists every namespace: give it without -n and without NAME "
                           "(a policy is shown by NAMESPACE and NAME)")
     if namespace is not None and (problem := dns_label_problem(namespace)):
-        raise ConfigError(f"namespace {namespace!r} {problem}")
+        raise ConfigError(f"namespace {shown(namespace)} {problem}")
     if name is not None and (problem := dns_subdomain_problem(name)):
-        raise ConfigError(f"policy name {name!r} {problem}")
+        raise ConfigError(f"policy name {shown(name)} {problem}")
     ns = namespace or (DEFAULT_NAMESPACE if name else None)
     with _store(obj) as store:
         policies, rejected = objects.list_policies(store, ns)
@@ -163,11 +164,11 @@ def policy_get(obj: CLIContext, namespace: str | None, all_namespaces: bool,
 def _split_ref(ref: str) -> tuple[str, str]:
     ns, sep, name = ref.partition("/")
     if not sep:
-        raise ConfigError(f"{ref!r}: give the policy as NAMESPACE/NAME")
+        raise ConfigError(f"{shown(ref)}: give the policy as NAMESPACE/NAME")
     if problem := dns_label_problem(ns):
-        raise ConfigError(f"namespace {ns!r} {problem}")
+        raise ConfigError(f"namespace {shown(ns)} {problem}")
     if problem := dns_subdomain_problem(name):
-        raise ConfigError(f"policy name {name!r} {problem}")
+        raise ConfigError(f"policy name {shown(name)} {problem}")
     return ns, name
 
 
@@ -201,11 +202,11 @@ def parse_label_args(args: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
         if not eq and arg.endswith("-"):
             key = arg[:-1]
         elif not eq:
-            raise ConfigError(f"{arg!r}: give labels as key=value, or key- to remove one")
+            raise ConfigError(f"{shown(arg)}: give labels as key=value, or key- to remove one")
         if problem := qualified_name_problem(key):
-            raise ConfigError(f"label key {key!r}: {problem}")
+            raise ConfigError(f"label key {shown(key)}: {problem}")
         if eq and (problem := label_value_problem(value)):
-            raise ConfigError(f"label {key}={value!r}: value {problem}")
+            raise ConfigError(f"label {key}={shown(value)}: value {problem}")
         if key in set_labels or key in remove:
             raise ConfigError(f"label {key} is given twice")
         if eq:
@@ -225,7 +226,7 @@ def namespaces_label(obj: CLIContext, namespace: str, labels: tuple[str, ...],
                      overwrite: bool) -> None:
     """Set or remove a namespace's labels (it must exist: created, or holding a pod)."""
     if problem := dns_label_problem(namespace):
-        raise ConfigError(f"namespace {namespace!r} {problem}")
+        raise ConfigError(f"namespace {shown(namespace)} {problem}")
     set_labels, remove = parse_label_args(labels)
     objects.check_label_change(set_labels, remove)
     with _store(obj) as store:
@@ -272,7 +273,7 @@ def namespaces_create(obj: CLIContext, namespace: str, labels: tuple[str, ...],
                       exist_ok: bool) -> None:
     """Create a namespace (with its automatic kubernetes.io/metadata.name label)."""
     if problem := dns_label_problem(namespace):
-        raise ConfigError(f"namespace {namespace!r} {problem}")
+        raise ConfigError(f"namespace {shown(namespace)} {problem}")
     set_labels, remove = parse_label_args(labels)
     if remove:
         raise ConfigError(f"--label {remove[0]}-: give labels to create with as key=value")
@@ -298,7 +299,7 @@ def namespaces_delete(obj: CLIContext, namespace: str) -> None:
     Pods stay until their runtime deletes them; while one is in the registry the
     namespace still exists, unlabelled."""
     if problem := dns_label_problem(namespace):
-        raise ConfigError(f"namespace {namespace!r} {problem}")
+        raise ConfigError(f"namespace {shown(namespace)} {problem}")
     if namespace == DEFAULT_NAMESPACE:
         raise ConfigError(f'namespace "{namespace}" may not be deleted (as in Kubernetes); '
                           "delete its policies with `overlayctl policy delete`")

@@ -11,8 +11,10 @@ errors (kubectl's default strict field validation). Pure: no I/O.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -157,7 +159,8 @@ def _mapping(value: object, path: str, allowed: Sequence[str] | frozenset[str]) 
         raise _fail(path, f"must be an object, not {_kind(value)}")
     for k in value:
         if not isinstance(k, str) or k not in allowed:
-            raise _fail(f"{path}.{k}" if path else str(k), "unknown field")
+            name = _key(k) if isinstance(k, str) else shown(k)
+            raise _fail(f"{path}.{name}" if path else name, "unknown field")
     return value
 
 
@@ -182,10 +185,58 @@ def _int(value: object, path: str) -> int:
 
 
 def _kind(value: object) -> str:
+    """What ``value`` is in YAML/JSON terms (never a Python repr): YAML turns an unquoted
+    2001-01-01 into a date, ``!!binary`` into bytes, ``!!set`` into a set."""
     if value is None:
         return "null"
+    if isinstance(value, datetime.datetime):
+        return "a timestamp"
+    if isinstance(value, datetime.date):
+        return "a date"
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+            list: "a list", tuple: "a list", dict: "an object", bytes: "binary data",
+            set: "a set"}.get(type(value), f"a YAML {type(value).__name__}")
+
+
+MAX_SHOWN = 80  # characters of a value an error quotes
+
+
+def shown(value: object) -> str:
+    """A value as an error quotes it: a string quoted, escaped to one line and cut at
+    MAX_SHOWN characters (a 100 000-character name is not echoed whole); a scalar as
+    JSON writes it; anything else by its kind."""
+    if isinstance(value, str):
+        if len(value) <= MAX_SHOWN:
+            return repr(value)
+        return f"{value[:MAX_SHOWN]!r}..."
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int) and abs(value) < 10**30 or isinstance(value, float):
+        return repr(value)
+    return _kind(value)
+
+
+def _key(key: str) -> str:
+    """A field name inside an error's path: bounded, one line."""
+    return key if len(key) <= MAX_SHOWN and key.isprintable() else shown(key)
+
+
+def _check_json(value: object, path: str) -> None:
+    """Every value a policy stores (``metadata`` fields are kept as given) must be JSON:
+    a YAML date, binary, set or non-finite number is refused naming its field."""
+    todo: list[tuple[object, str]] = [(value, path)]
+    while todo:
+        v, where = todo.pop()
+        if isinstance(v, dict):
+            todo.extend((item, f"{where}.{_key(k)}" if where else _key(k))
+                        for k, item in v.items())
+        elif isinstance(v, list):
+            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise _fail(where, f"must be a finite number, not {v!r}")
+        elif not (v is None or isinstance(v, str | int | float)):
+            raise _fail(where, f"must be a JSON value, not {_kind(v)} (quote it to make it "
+                        "a string)")
 
 
 def qualified_name_problem(key: str) -> str | None:
@@ -216,10 +267,10 @@ def parse_labels(value: object, path: str) -> dict[str, str]:
     for k, v in value.items():
         key = _string(k, path)
         if problem := qualified_name_problem(key):
-            raise _fail(f"{path}.{key}", f"invalid label key: {problem}")
+            raise _fail(f"{path}.{_key(key)}", f"invalid label key: {problem}")
         text = _string(v, f"{path}.{key}")
         if problem := label_value_problem(text):
-            raise _fail(f"{path}.{key}", f"invalid label value {text!r}: {problem}")
+            raise _fail(f"{path}.{key}", f"invalid label value {shown(text)}: {problem}")
         out[key] = text
     return out
 
@@ -234,8 +285,9 @@ def _annotations(value: object) -> None:
     for k, v in value.items():
         key = _string(k, "metadata.annotations")
         if problem := qualified_name_problem(key.lower()):  # as ValidateAnnotations
-            raise _fail(f"metadata.annotations.{key}", f"invalid annotation key: {problem}")
-        _string(v, f"metadata.annotations.{key}")
+            raise _fail(f"metadata.annotations.{_key(key)}",
+                        f"invalid annotation key: {problem}")
+        _string(v, f"metadata.annotations.{_key(key)}")
 
 
 def _requirement(value: object, path: str) -> Requirement:
@@ -252,7 +304,7 @@ def _requirement(value: object, path: str) -> Requirement:
         raise _fail(f"{path}.values",
                     "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
     if op not in (IN, NOT_IN, EXISTS, DOES_NOT_EXIST):
-        raise _fail(f"{path}.operator", f"not a valid selector operator: {op!r}")
+        raise _fail(f"{path}.operator", f"not a valid selector operator: {shown(op)}")
     for i, v in enumerate(values):
         if problem := label_value_problem(v):
             raise _fail(f"{path}.values[{i}]", problem)
@@ -275,12 +327,12 @@ def _cidr(value: object, path: str) -> IPNetwork:
     # As the API server's: an address and a prefix length (a bare address is no CIDR),
     # and no IPv6 zone ("%eth0"), which names an interface of one host.
     if text.count("/") != 1 or "%" in text:
-        raise _fail(path, f"must be a valid CIDR, not {text!r}")
+        raise _fail(path, f"must be a valid CIDR, not {shown(text)}")
     try:
         # The API server accepts host bits (10.0.0.1/8 is 10.0.0.0/8).
         return ip_network(text, strict=False)
     except ValueError:
-        raise _fail(path, f"must be a valid CIDR, not {text!r}") from None
+        raise _fail(path, f"must be a valid CIDR, not {shown(text)}") from None
 
 
 def _ip_block(value: object, path: str) -> IPBlock:
@@ -338,7 +390,7 @@ def _port(value: object, path: str) -> PolicyPort:
     proto = d.get("protocol")
     proto = "TCP" if proto is None else _string(proto, f"{path}.protocol")
     if proto not in PROTOCOLS:
-        raise _fail(f"{path}.protocol", f"Unsupported value: {proto!r}: supported values: "
+        raise _fail(f"{path}.protocol", f"Unsupported value: {shown(proto)}: supported values: "
                     '"TCP", "UDP", "SCTP"')
     port, end = d.get("port"), d.get("endPort")
     if port is None:
@@ -349,7 +401,7 @@ def _port(value: object, path: str) -> PolicyPort:
         if end is not None:
             raise _fail(f"{path}.endPort", "may not be specified when `port` is non-numeric")
         if problem := port_name_problem(port):
-            raise _fail(f"{path}.port", f"{port!r}: {problem}")
+            raise _fail(f"{path}.port", f"{shown(port)}: {problem}")
         return PolicyPort(proto, port)
     number = _port_number(port, f"{path}.port")
     if end is None:
@@ -377,7 +429,7 @@ def _policy_types(value: object, has_egress: bool) -> frozenset[str]:
     for i, t in enumerate(given):
         if t not in (INGRESS, EGRESS):
             raise _fail(f"spec.policyTypes[{i}]",
-                        f'Unsupported value: {t!r}: supported values: "Ingress", "Egress"')
+                        f'Unsupported value: {shown(t)}: supported values: "Ingress", "Egress"')
     if given:
         return frozenset(given)
     return frozenset({INGRESS, EGRESS} if has_egress else {INGRESS})
@@ -389,18 +441,22 @@ def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> Net
     """One NetworkPolicy object (decoded JSON/YAML) -> the validated value."""
     d = _mapping(obj, "", ("apiVersion", "kind", "metadata", "spec"))
     if d.get("apiVersion") != API_VERSION:
-        raise _fail("apiVersion", f"must be {API_VERSION!r}, not {d.get('apiVersion')!r}")
+        raise _fail("apiVersion", f"must be {API_VERSION!r}, not {shown(d.get('apiVersion'))}")
     if d.get("kind") != KIND:
-        raise _fail("kind", f"must be {KIND!r}, not {d.get('kind')!r}")
+        raise _fail("kind", f"must be {KIND!r}, not {shown(d.get('kind'))}")
     meta = _mapping(d.get("metadata"), "metadata", _META_FIELDS)
     name = meta.get("name")
     if name is None:
         raise _fail("metadata.name", "Required value: name is required")
+    name = _string(name, "metadata.name")
     if problem := dns_subdomain_problem(name):
-        raise _fail("metadata.name", f"{name!r} {problem}")
+        raise _fail("metadata.name", f"{shown(name)} {problem}")
     ns = meta.get("namespace", default_namespace)
+    if ns is not None and not isinstance(ns, str):
+        raise _fail("metadata.namespace", f"must be a string, not {_kind(ns)}")
     if problem := dns_label_problem(ns):
-        raise _fail("metadata.namespace", f"{ns!r} {problem}")
+        raise _fail("metadata.namespace", f"{shown(ns)} {problem}")
+    assert isinstance(ns, str)  # dns_label_problem refuses anything else
     parse_labels(meta.get("labels"), "metadata.labels")
     _annotations(meta.get("annotations"))
     spec = _mapping(d.get("spec"), "spec", ("podSelector", "ingress", "egress", "policyTypes"))
@@ -413,6 +469,7 @@ def parse_policy(obj: object, default_namespace: str = DEFAULT_NAMESPACE) -> Net
                    for i, r in enumerate(_list(spec.get("egress"), "spec.egress")))
     types = _policy_types(spec.get("policyTypes"), bool(egress))
     stored = {**d, "metadata": {**meta, "namespace": ns}}
+    _check_json(stored, "")
     return NetworkPolicy(ns, name, selector, types,
                          ingress if INGRESS in types else (),
                          egress if EGRESS in types else (),
@@ -446,14 +503,14 @@ def _strict_loader() -> type[yaml.SafeLoader]:
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str):  # 1, true, null, a list...: quote the name
-                shown = (f"{key_node.value!r:.60} " if isinstance(key_node, yaml.ScalarNode)
-                         else "")
+                text = (f"{shown(key_node.value)} " if isinstance(key_node, yaml.ScalarNode)
+                        else "")
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"field name {shown}is a {_yaml_kind(key)}, not a string"
-                    f"{' (quote it)' if shown else ''}", key_node.start_mark)
+                    None, None, f"field name {text}is a {_yaml_kind(key)}, not a string"
+                    f"{' (quote it)' if text else ''}", key_node.start_mark)
             if key in out:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate field {key!r}", key_node.start_mark)
+                    None, None, f"duplicate field {shown(key)}", key_node.start_mark)
             out[key] = loader.construct_object(value_node, deep=True)
         return out
 

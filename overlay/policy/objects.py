@@ -32,6 +32,7 @@ from overlay.policy.model import (
     PolicyError,
     parse_labels,
     parse_policy,
+    shown,
 )
 from overlay.policy.semantics import NAME_LABEL
 from overlay.util import jsontext
@@ -74,7 +75,7 @@ class Rejected:
 def new_namespace(name: str, labels: Mapping[str, str] | None = None) -> Namespace:
     """A namespace carrying the automatic ``kubernetes.io/metadata.name`` label."""
     if problem := keys.dns_label_problem(name):
-        raise ConfigError(f"namespace {name!r} {problem}")
+        raise ConfigError(f"namespace {shown(name)} {problem}")
     return Namespace(name, {**(labels or {}), NAME_LABEL: name})
 
 

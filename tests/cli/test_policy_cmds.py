@@ -70,3 +70,38 @@ def test_a_policy_too_large_to_be_read_back_is_refused():
 
 def test_yaml_output_only_where_objects_are_printed():
     assert run("leases", "list", "-o", "yaml").exit_code == 2  # click's usage error
+
+
+MANIFEST = ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {%s}\n"
+            "spec: {podSelector: {}}\n")
+
+
+@pytest.mark.parametrize("meta, words", [
+    ("name: " + "a" * 100_000, "metadata.name: 'aaaa"),
+    ("name: x, namespace: " + "n" * 100_000, "metadata.namespace: 'nnnn"),
+    ("name: x, labels: {k: " + "v" * 100_000 + "}", "invalid label value 'vvvv"),
+    ("name: 2001-01-01", "metadata.name: must be a string, not a date"),
+    ("name: 2001-01-01T10:00:00Z", "metadata.name: must be a string, not a timestamp"),
+    ("name: x, namespace: 2001-01-01", "metadata.namespace: must be a string, not a date"),
+    ("name: x, creationTimestamp: 2001-01-01",
+     "metadata.creationTimestamp: must be a JSON value, not a date"),
+    ("name: x, uid: !!binary aGVsbG8=", "metadata.uid: must be a JSON value, not binary data"),
+    ("name: x, generation: .nan", "metadata.generation: must be a finite number"),
+])
+def test_policy_apply_errors_are_bounded_and_in_yaml_terms(meta, words):
+    """A 100 000-character name was echoed whole; a date read
+    ``datetime.date(2001, 1, 1) must be a non-empty string``; a date or binary value in
+    metadata was a TypeError traceback, a NaN was stored as invalid JSON."""
+    r = CliRunner().invoke(cli, [*NOWHERE, "policy", "apply", "-f", "-"],
+                           input=MANIFEST % meta)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    assert len(lines[0]) < 300 and "datetime" not in lines[0]
+
+
+def test_policy_cli_arguments_are_echoed_bounded():
+    r = run("policy", "get", "-n", "N" * 100_000)
+    assert r.exit_code == 1 and len(r.output) < 300 and "namespace 'NNNN" in r.output
+    r = run("policy", "delete", "x" * 100_000)
+    assert r.exit_code == 1 and len(r.output) < 300 and "NAMESPACE/NAME" in r.output

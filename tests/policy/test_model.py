@@ -261,3 +261,25 @@ def test_aliases_within_the_budget_still_load():
               "- {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, "
               "metadata: {name: b, namespace: x}, spec: *spec}\n")
     assert [p.ref for p in load_manifests(shared)] == ["x/a", "x/b"]
+
+
+def test_errors_quote_values_bounded_and_name_yaml_kinds():
+    import datetime
+
+    from overlay.policy.model import MAX_SHOWN, shown
+    assert shown("a" * 100_000) == repr("a" * MAX_SHOWN) + "..."
+    assert shown("a\nb") == "'a\\nb'" and shown(None) == "null" and shown(True) == "true"
+    assert shown(datetime.date(2001, 1, 1)) == "a date" and shown(b"x") == "binary data"
+    assert shown(10**400) == "a number"
+    for name, words in ((datetime.date(2001, 1, 1), "must be a string, not a date"),
+                        (12, "must be a string, not a number"), ([], "not a list"),
+                        ("x" * 100_000, "'xxx")):
+        with pytest.raises(PolicyError) as e:
+            parse_policy({**BASE, "metadata": {"name": name}})
+        assert words in str(e.value) and len(str(e.value)) < 200, str(e.value)
+        assert "datetime" not in str(e.value)
+    with pytest.raises(PolicyError, match=r"^metadata\.'kkkk.*\.\.\.: unknown field$"):
+        parse_policy({**BASE, "metadata": {"name": "w", "k" * 100_000: 1}})
+    with pytest.raises(PolicyError, match="spec.ingress.0..ports.0..protocol: Unsupported "
+                       "value: 'TTTT"):
+        parse_policy(with_spec(ingress=[{"ports": [{"protocol": "T" * 100_000}]}]))
