@@ -36,6 +36,10 @@ from overlay.lease import IPNetwork
 from overlay.util import jsontext
 
 ADD_GRACE = 10.0  # an IPAM record this young without metadata is an ADD still running
+# ... for the policy table, which takes an older one as a pod of unknown identity: an ADD
+# writes its metadata milliseconds after its IPAM record (one slower is compiled again by
+# its own admission)
+RUNNING_GRACE = 2.0
 
 # ---- the pod metadata file, judged ---------------------------------------------------------
 
@@ -167,11 +171,11 @@ def _network_dirs(data_dir: str) -> list[str]:
 def scan_local(data_dir: str, subnet: IPNetwork,
                warn: Callable[[str, str], None],
                ipv6: IPv6Network | None = None, *,
-               running: bool = False) -> dict[str, LocalPod]:
+               grace: float = ADD_GRACE) -> dict[str, LocalPod]:
     """Every container with an IPAM record inside ``subnet`` (or ``ipv6``, the node's
     IPv6 subnet on a dual-stack node), by container ID. One whose IPAM record is younger
-    than ADD_GRACE and has no metadata yet (its ADD still running) is left out, or with
-    ``running`` (policy: attached is attached) taken as of unknown identity, unwarned."""
+    than ``grace`` and has no metadata yet (its ADD still running) is left out; an older
+    one without metadata is of unknown identity."""
     by_container: dict[str, list[tuple[str, IPAddress, str]]] = {}
     for network in _network_dirs(data_dir):
         try:
@@ -191,13 +195,8 @@ def scan_local(data_dir: str, subnet: IPNetwork,
         path = os.path.join(podmeta.meta_dir(data_dir, network),
                             podmeta.meta_file_name(container_id, ifname))
         raw, unusable = _read_json_file(path)
-        if raw is _ABSENT and _younger_than(os.path.join(data_dir, network, str(ip)), ADD_GRACE):
-            # its ADD writes the metadata last: publish it once that is there
-            if running:
-                out[container_id] = LocalPod(container_id, ifname,
-                                             tuple(ip for _, ip, _ in attachments),
-                                             fallback_identity(container_id), False)
-            continue
+        if raw is _ABSENT and _younger_than(os.path.join(data_dir, network, str(ip)), grace):
+            continue  # its ADD writes the metadata last: publish it once that is there
         known = raw is not _ABSENT and raw is not None
         if known:
             identity, problems = parse_meta(raw, container_id, ifname)
@@ -291,10 +290,11 @@ class AttachmentCache:
         if subnet is None or not os.path.lexists(self.data_dir):
             return {}  # no ADD has run on this node yet: nothing is attached
         key = (subnet, ipv6, disk_signature(self.data_dir))
-        # again after ADD_GRACE anyway: a file rewritten within one mtime tick of the
-        # last scan, at the same size, moves no mark
-        if key != self._key or time.monotonic() - self._at >= ADD_GRACE:
+        # again after RUNNING_GRACE anyway: an IPAM record left out as an ADD still
+        # running may stay without metadata (and a file rewritten within one mtime tick
+        # of the last scan, at the same size, moves no mark)
+        if key != self._key or time.monotonic() - self._at >= RUNNING_GRACE:
             self._held = scan_local(self.data_dir, subnet, lambda _what, _problem: None, ipv6,
-                                    running=True)
+                                    grace=RUNNING_GRACE)
             self._key, self._at = key, time.monotonic()
         return dict(self._held)

@@ -416,7 +416,7 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
     """Gather etcd's policy state and this node's attachments (the CNI ``data_dir``),
     compile this node's table, compare with the kernel's (twice, RECHECK apart, before
     failing)."""
-    from overlay.cni.attachments import ScanError, scan_local
+    from overlay.cni.attachments import RUNNING_GRACE, ScanError, scan_local
     from overlay.diagnose.policy_state import gather_policy
     from overlay.policy.build import UNKNOWN_NAMESPACE, assemble
 
@@ -437,7 +437,7 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
             raise ProgramError(f"policy objects not read: {state.error}", ["etcd"], FAILED)
         try:
             attached = scan_local(data_dir, own_subnet, lambda _what, _why: None, own_ipv6,
-                                  running=True) if os.path.lexists(data_dir) else {}
+                                  grace=RUNNING_GRACE) if os.path.lexists(data_dir) else {}
         except ScanError as e:
             raise ProgramError(f"pods on disk not read: {e}", [data_dir], FAILED) from e
         inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet,

@@ -144,12 +144,16 @@ def test_the_policy_agents_cache_scans_again_only_when_the_disk_moved(tmp_path, 
     assert cache.current(None) == {}
 
 
-def test_for_policy_an_add_still_running_is_attached_of_unknown_identity(tmp_path):
-    # the publisher waits for its metadata; the policy table must not leave it out
+def test_for_policy_an_add_without_metadata_after_seconds_is_of_unknown_identity(tmp_path):
+    # the publisher waits ADD_GRACE for its metadata; the policy table only RUNNING_GRACE
     add(tmp_path, "c1", "10.244.1.5", meta=False)
-    warned = []
-    got = at.scan_local(str(tmp_path), SUBNET, lambda *a: warned.append(a), running=True)
-    assert not got["c1"].identity_known and warned == []
+    cache = at.AttachmentCache(str(tmp_path))
+    assert cache.current(SUBNET) == {}
+    old = time.time() - at.RUNNING_GRACE - 0.5
+    os.utime(tmp_path / "overlay" / "10.244.1.5", (old, old))
+    assert at.scan_local(str(tmp_path), SUBNET, lambda *a: None) == {}
+    got = at.scan_local(str(tmp_path), SUBNET, lambda *a: None, grace=at.RUNNING_GRACE)
+    assert not got["c1"].identity_known
     assert at.AttachmentCache(str(tmp_path)).current(SUBNET)["c1"].identity_known is False
 
 
