@@ -418,7 +418,7 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
     failing)."""
     from overlay.cni.attachments import RUNNING_GRACE, ScanError, scan_local
     from overlay.diagnose.policy_state import gather_policy
-    from overlay.policy.build import UNKNOWN_NAMESPACE, assemble
+    from overlay.policy.build import QUARANTINE, UNKNOWN_NAMESPACE, assemble
 
     if not cluster.available:
         return skipped(f"etcd not read ({cluster.error or 'no network config'})")
@@ -442,7 +442,8 @@ def check_policy_table(etcd: Any, cluster: Any, own_subnet: IPNetwork | None,
             raise ProgramError(f"pods on disk not read: {e}", [data_dir], FAILED) from e
         inputs = assemble(state.policies, state.namespaces, state.records, node, own_subnet,
                           own_ipv6, attached=attached)
-        quarantined[:] = sorted(p.name for p in inputs.pods if p.namespace == UNKNOWN_NAMESPACE)
+        quarantined[:] = sorted(p.name for p in inputs.pods if p.namespace == UNKNOWN_NAMESPACE
+                                ) if QUARANTINE in inputs.policies else []
         return compile_expected(inputs, log_denied).text
 
     quarantined: list[str] = []  # container IDs of the pods of unknown identity
