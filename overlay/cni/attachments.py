@@ -13,7 +13,6 @@ where any node could rewrite them (``overlay.policy.build``).
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from overlay.cni.ipam import DiskStore, IPAddress
 from overlay.errors import OverlayError
 from overlay.lease import IPNetwork
 from overlay.util import jsontext
+from overlay.util.fsutil import os_reason, read_small_file
 
 ADD_GRACE = 10.0  # an IPAM record this young without metadata is an ADD still running
 # ... for the policy table, which takes an older one as a pod of unknown identity: an ADD
@@ -108,25 +108,16 @@ _ABSENT = object()
 
 
 def _read_json_file(path: str) -> tuple[Any, str]:
-    """A small regular file's JSON (no symlink, bounded) and "", or None and what makes
-    it unusable, or ``_ABSENT`` if there is no such file. Never raises: a directory, a
-    FIFO or an I/O error at ``path`` is one unusable file, not a failed scan."""
+    """A small regular file's JSON (no symlink, bounded: ``read_small_file``) and "", or
+    None and what makes it unusable, or ``_ABSENT`` if there is no such file. Never
+    raises: a directory, a FIFO or an I/O error at ``path`` is one unusable file, not a
+    failed scan."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        raw = read_small_file(path, podmeta.MAX_META_BYTES, follow_symlinks=False)
     except FileNotFoundError:
         return _ABSENT, ""
     except OSError as e:
-        return None, f"cannot open it ({e.strerror or e})"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, "not a regular file"
-        raw = os.read(fd, podmeta.MAX_META_BYTES + 1)
-    except OSError as e:
-        return None, f"cannot read it ({e.strerror or e})"
-    finally:
-        os.close(fd)
-    if len(raw) > podmeta.MAX_META_BYTES:
-        return None, f"larger than {podmeta.MAX_META_BYTES} bytes"
+        return None, os_reason(e)
     try:
         return jsontext.loads(raw), ""
     except ValueError as e:

@@ -68,7 +68,7 @@ def _kind(mode: int) -> str:
     return "not a file"
 
 
-def read_small_file(path: str, limit: int) -> bytes:
+def read_small_file(path: str, limit: int, follow_symlinks: bool = True) -> bytes:
     """The bytes of the small regular file ``path`` (a config file, a state file): the
     one rule for reading a file anything may have put there.
 
@@ -77,8 +77,10 @@ def read_small_file(path: str, limit: int) -> bytes:
     file (FIFO, device such as /dev/zero, directory) is refused before a byte is read,
     and at most ``limit`` bytes are accepted (``FileTooLarge`` past that).  Failures are
     ``OSError``: the system's own (``FileNotFoundError``, ``PermissionError``...) or a
-    ``SmallFileError``; either way ``e.strerror`` is a short reason without the path."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    ``SmallFileError``; either way ``e.strerror`` is a short reason without the path.
+    ``follow_symlinks=False``: a symlink at ``path`` is refused (ELOOP)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

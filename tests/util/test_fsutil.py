@@ -68,3 +68,11 @@ def test_text_is_strict_utf8(tmp_path):
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(SmallFileError, match="^not UTF-8 text$"):
         read_small_text(str(path), 100)
+
+
+def test_a_symlink_is_refused_when_not_followed(tmp_path):
+    (tmp_path / "real").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert read_small_file(str(tmp_path / "link"), 10) == b"x"
+    with pytest.raises(OSError):
+        read_small_file(str(tmp_path / "link"), 10, follow_symlinks=False)
