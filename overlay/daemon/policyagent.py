@@ -434,8 +434,10 @@ class PolicyAgent:
         # the bridge's addresses: each of the node's subnets' first host
         gateways = {net.network_address + 1 for net in (subnet, self._own_ipv6_subnet())
                     if net is not None}
-        try:
-            flows = conntrack.list_flows()
+        if not local:
+            return 0
+        try:  # only the local pods' families (each listing walks the whole table)
+            flows = conntrack.list_flows({ip.version for ip in local})
         except ProgramError as e:
             if str(e) != self._conntrack_problem:
                 log.warning("cannot list conntrack entries (%s): connections a policy "

@@ -55,11 +55,13 @@ def parse_flows(text: str) -> list[Flow]:
     return out
 
 
-def list_flows() -> list[Flow]:
-    """This namespace's tracked TCP/UDP/SCTP flows of both IP families (ProgramError if
-    conntrack fails)."""
-    return [f for family in ("ipv4", "ipv6") for f in parse_flows(
-        run(["conntrack", "-L", "-f", family], check=True, timeout=10.0).stdout)]
+def list_flows(versions: Iterable[int] = (4, 6)) -> list[Flow]:
+    """This namespace's tracked TCP/UDP/SCTP flows of these IP versions (ProgramError if
+    conntrack fails). Each listing walks the kernel's whole connection table, every
+    namespace's (about 16 ms of system time at 262144 buckets), so a family no local pod
+    has is not listed."""
+    return [f for version in sorted(set(versions)) for f in parse_flows(
+        run(["conntrack", "-L", "-f", f"ipv{version}"], check=True, timeout=10.0).stdout)]
 
 
 def delete_flows(flows: Iterable[Flow]) -> int:

@@ -284,7 +284,7 @@ def test_cut_denied_deletes_only_flows_the_policies_now_deny(agent, monkeypatch)
         deleted.extend(fs)
         return len(fs)
 
-    monkeypatch.setattr(conntrack, "list_flows", lambda: flows)
+    monkeypatch.setattr(conntrack, "list_flows", lambda _versions: flows)
     monkeypatch.setattr(conntrack, "delete_flows", delete)
     assert a.cut_denied() == 1 and deleted == [flows[1]]
 
@@ -305,7 +305,7 @@ def test_a_load_is_followed_by_cuts_until_one_finds_nothing(agent, monkeypatch) 
     deleted: list[Flow] = []
     done = threading.Event()
 
-    def listed() -> list[Flow]:
+    def listed(_versions: object) -> list[Flow]:
         if len(listings) == 1:
             done.set()
         return listings.pop(0) if listings else []
@@ -445,3 +445,24 @@ def test_an_add_compiled_while_it_ran_takes_its_identity_from_the_add(agent) -> 
                              PodIdentity("x", "new"))
     a.sync()
     assert a._pending == {}
+
+
+def test_cut_lists_only_the_local_pods_families(agent, monkeypatch) -> None:
+    """Each conntrack listing walks the kernel's whole table: an IPv4-only node lists
+    IPv4 alone, a node with no local pod lists nothing."""
+    from overlay.policy import conntrack
+
+    a, _, _ = agent
+    asked: list[set[int]] = []
+
+    def listed(versions: set[int]) -> list[object]:
+        asked.append(set(versions))
+        return []
+
+    monkeypatch.setattr(conntrack, "list_flows", listed)
+    _listed(a, [_policy(DENY)], [])
+    a.sync()
+    assert a.cut_denied() == 0 and asked == []
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert a.cut_denied() == 0 and asked == [{4}]
