@@ -195,7 +195,7 @@ class PolicyAgent:
                                        Mapping[str, Attachment]],
                  leases_listed: Callable[[], bool] = lambda: True,
                  disk_moved: Callable[[], bool] = lambda: False,
-                 apply: Callable[[nft.CompiledTable], None] = nft.apply_table,
+                 apply: Callable[..., bool] = nft.apply_table,
                  bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
                  update: Callable[[nft.Admission], None] = nft.apply_admission,
                  log_denied: bool = False,
@@ -226,7 +226,7 @@ class PolicyAgent:
         self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
         self._loaded_refs: frozenset[str] = frozenset()  # the pods it was compiled with
         self._loaded_local: dict[str, nft.LocalPod] = {}  # and the local ones, by veth
-        self._ahead = False  # an ADD's elements were added to it: the kernel holds more
+        self._unsure = False  # an update may have half failed: replace the table whole
         self.complete = threading.Event()  # every prefix listed once
         self.first_load = threading.Event()  # a complete table was loaded
         self.selecting = False  # a policy selects a local pod
@@ -238,7 +238,11 @@ class PolicyAgent:
                            "key revision)", ["kind"], registry=metrics)
         self._judged = {kind: _Judged(kind, rejected) for kind in KINDS}
         self.loads = Counter("overlay_policy_table_loads", "Policy tables loaded into the "
-                             "kernel (only when the compiled text changed)", registry=metrics)
+                             "kernel whole (a policy, rule or set appeared or went)",
+                             registry=metrics)
+        self.updates = Counter("overlay_policy_table_updates", "Policy tables changed in "
+                               "place: only set elements and source chains (a pod came, "
+                               "went or changed)", registry=metrics)
         self.admits = Counter("overlay_policy_admits", "CNI ADDs whose pod was put into the "
                               "policy table before the ADD returned, by how: 'elements' "
                               "(added to the loaded table's sets) or 'table' (compiled and "
@@ -366,7 +370,9 @@ class PolicyAgent:
         self._dropped_logged = set(now)
 
     def sync(self) -> nft.CompiledTable:
-        """Compile the current state; load it if its text changed (OverlayError: not).
+        """Compile the current state; load it if it differs from what the kernel holds
+        (OverlayError: not): in place when only set elements and source chains differ
+        (a pod came, went or changed: ``nft.apply_table`` given ``held``), else whole.
 
         The compile runs outside the load lock, so an ADD's element update waits only
         for a load, not for a compile; a compile that missed a pod admitted meanwhile is
@@ -376,10 +382,11 @@ class PolicyAgent:
             with self._compile_lock:
                 if self._misses_admitted(got):
                     generation, got, table = self._compile()
-                if self.loaded is None or self._ahead or table.text != self.loaded.text:
-                    self._apply(table)
-                    self.loaded, self._ahead = table, False
-                    self.loads.inc()
+                if (self.loaded is None or self._unsure
+                        or not nft.same_table(table, self.loaded)):
+                    whole = self._apply(table, held=None if self._unsure else self.loaded)
+                    self.loaded, self._unsure = table, False
+                    (self.loads if whole else self.updates).inc()
                     if table.counters:
                         self._cut_wanted.set()
                 self._loaded_refs = frozenset(p.ref for p in got.pods)
@@ -548,11 +555,13 @@ class PolicyAgent:
                 try:
                     self._update(adm)
                 except OverlayError:
-                    self._ahead = True  # maybe half loaded: the next compile replaces it
+                    self._unsure = True  # maybe half loaded: the next compile replaces it
                     self._dirty.set()
                     raise
-                self.loaded, self._ahead = nft.admitted(loaded, local), True
+                self.loaded = nft.admitted(loaded, local, adm)
                 self._loaded_refs |= {local.pod.ref}
+                if loaded.counters:
+                    self._cut_wanted.set()  # its addresses' entries of an earlier pod
         log.debug("pod %s admitted by adding its policy elements", local.pod.ref)
         self._dirty.set()
         return True

@@ -1,5 +1,7 @@
 """NetworkPolicy compiled to one nftables table of our own, ``inet overlay-policy``, and
-the one edge that loads it (``nft -f``: a single atomic transaction).
+the one edge that loads it (libnftables or ``nft -f``: each load a single atomic
+transaction, the table replaced whole, or changed in place when only pods changed:
+:func:`update_script`).
 
 What a node enforces is what :mod:`overlay.policy.semantics` decides, for its own pods:
 egress for connections its pods open, ingress for connections to them (the peer's node
@@ -175,9 +177,15 @@ class TableIndex:
 
 @dataclass
 class CompiledTable:
+    """A table as nft text, and as what an update compares: ``skeleton`` (the text
+    without the sets' elements and the source chains), the sets' ``elements`` (as
+    written) and the index's ``sources``. A table admitted into (:func:`admitted`) keeps
+    its compiled text; its elements and sources are what the kernel then holds."""
     text: str
     counters: dict[str, PolicyCounter] = field(default_factory=dict)
     index: TableIndex | None = None  # None: not compiled by compile_table
+    skeleton: str | None = None  # None: not compiled by compile_table
+    elements: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _ipv4(ips: Iterable[object]) -> list[IPv4Address]:
@@ -351,12 +359,15 @@ class _Builder:
         self.types: dict[str, tuple[str, bool]] = {}
         self.unnamed: set[Role] = set()
         self.compiled: set[int] = set()
+        self.decls: list[str] = []  # the sets without their elements (the skeleton's)
+        self.elements: dict[str, frozenset[str]] = {}
 
     def add_set(self, name: str, type_: str, elements: Iterable[object], role: Role,
                 interval: bool = False) -> str:
         """A set of these elements: one already defined with the same ones is reused (a
         table of 1000 policies sharing a few selectors holds each address set once)."""
-        elems = ", ".join(str(e) for e in elements)
+        texts = [str(e) for e in elements]
+        elems = ", ".join(texts)
         key = (type_, interval, elems)
         if key not in self._set_names:
             self._set_names[key] = name
@@ -364,6 +375,8 @@ class _Builder:
             flags = " flags interval; auto-merge;" if interval else ""
             body = f" elements = {{ {elems} }};" if elems else ""
             self.sets.append(f"\tset {name} {{ type {type_};{flags}{body} }}")
+            self.decls.append(f"\tset {name} {{ type {type_};{flags} }}")
+            self.elements[name] = frozenset(texts)
         self.roles.setdefault(self._set_names[key], []).append(role)
         return f"@{self._set_names[key]}"
 
@@ -560,8 +573,9 @@ def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Na
                 isolated[direction].update(ip for p in selected for ip in p.ips)
     namespace_copy = {ns: dict(labels) for ns, labels in namespaces.items()}
     if not b.counters:
-        return CompiledTable(f"table {FAMILY} {TABLE} {{\n}}\n", {}, TableIndex(
-            ordered, namespace_copy, frozenset(), {}, frozenset(), {}))
+        empty = f"table {FAMILY} {TABLE} {{\n}}\n"
+        return CompiledTable(empty, {}, TableIndex(
+            ordered, namespace_copy, frozenset(), {}, frozenset(), {}), empty)
     sources = _source_chains(b, local)
     forward = ["ct state established,related accept", *_LINK_LOCAL_RULES]
     for direction, short, own, _ in _DIRECTIONS:
@@ -571,22 +585,23 @@ def compile_table(local: Sequence[LocalPod], pods: Sequence[Pod], namespaces: Na
                 isolated_set = b.add_set(f"isolated_{short}{fam.suffix}", fam.type, members,
                                          role)
                 forward.append(f"{fam.keyword} {own} {isolated_set} jump check_{short}")
-    lines = [f"table {FAMILY} {TABLE} {{", *b.sets]
-    lines += [f"\tcounter {name} {{ }}" for name in b.counters]
-    for sc in sources:
-        lines += _chain(sc.name, sc.header, sc.rules)
-    lines += _chain("forward", "type filter hook forward priority filter; policy accept;",
+    counters = [f"\tcounter {name} {{ }}" for name in b.counters]
+    chains = _chain("forward", "type filter hook forward priority filter; policy accept;",
                     forward)
     for short in ("egress", "ingress"):
         logged = [_log_rule(short)] if log_denied else []
-        lines += _chain(f"check_{short}", "", [*b.chains[f"check_{short}"], *b.denied[short],
-                                                *logged, "drop"])
-    lines.append("}")
+        chains += _chain(f"check_{short}", "", [*b.chains[f"check_{short}"], *b.denied[short],
+                                                 *logged, "drop"])
+    lines = [f"table {FAMILY} {TABLE} {{", *b.sets, *counters]
+    for sc in sources:
+        lines += _chain(sc.name, sc.header, sc.rules)
+    skeleton = "\n".join([f"table {FAMILY} {TABLE} {{", *b.decls, *counters, *chains, "}", ""])
     index = TableIndex(ordered, namespace_copy, frozenset(b.compiled),
                        {k: tuple(v) for k, v in b.roles.items()},
                        frozenset(b.unnamed), {sc.veth: sc.addresses for sc in sources},
                        dict(b.types))
-    return CompiledTable("\n".join(lines) + "\n", dict(b.counters), index)
+    return CompiledTable("\n".join([*lines, *chains, "}", ""]), dict(b.counters), index,
+                         skeleton, b.elements)
 
 
 def _log_rule(short: str) -> str:
@@ -737,13 +752,71 @@ def _chain_commands(chain: SourceChain) -> list[str]:
             *(f"add rule {FAMILY} {TABLE} {chain.name} {r}" for r in chain.rules)]
 
 
-def admitted(table: CompiledTable, lp: LocalPod) -> CompiledTable:
-    """``table``'s index once :func:`admit_script`'s commands are loaded (its text is
-    what was compiled, not what the kernel now holds)."""
+def admitted(table: CompiledTable, lp: LocalPod, adm: Admission | None = None
+             ) -> CompiledTable:
+    """``table`` once ``adm`` (``admission(table, lp)`` when not given) is loaded: its
+    index, elements and sources are what the kernel then holds; its text is what was
+    compiled."""
     if table.index is None or veth_problem(lp.ifname):
         return table
+    if adm is None:
+        adm = admission(table, lp) or Admission((), None)
+    elements = dict(table.elements)
+    for e in adm.elements:
+        elements[e.set] = elements.get(e.set, frozenset()) | frozenset(e.elements)
     sources = {**table.index.sources, lp.ifname: source_chain(lp.ifname, lp.pod.ips).addresses}
-    return dataclasses.replace(table, index=dataclasses.replace(table.index, sources=sources))
+    return dataclasses.replace(table, index=dataclasses.replace(table.index, sources=sources),
+                               elements=elements)
+
+
+# -- a table changed in place ------------------------------------------------------------
+def same_table(a: CompiledTable, b: CompiledTable) -> bool:
+    """Whether loading ``b`` over ``a`` would change nothing in the kernel."""
+    if a.skeleton is None or b.skeleton is None or a.index is None or b.index is None:
+        return a.text == b.text
+    return (a.skeleton == b.skeleton and a.elements == b.elements
+            and a.index.sources == b.index.sources)
+
+
+def update_script(held: CompiledTable, table: CompiledTable) -> str | None:
+    """``nft`` commands turning the kernel's table ``held`` (as loaded or admitted into by
+    us) into ``table`` in one transaction, when the two differ only in set elements and
+    source chains ("" when in nothing); None when anything else differs (a set, counter,
+    rule or chain; or either was not compiled by :func:`compile_table`): replace it whole.
+
+    A plain set gets ``delete element`` for what went and ``add element`` for what came;
+    an interval set is flushed and filled again (nft merges ranges, so its elements are
+    not the texts it was given); a veth's source chain is deleted when its pod went,
+    created when it came, and both when its addresses changed. Every command names one
+    of our sets or chains; the kernel applies all of them or none."""
+    if (held.skeleton is None or table.skeleton is None or held.index is None
+            or table.index is None or held.skeleton != table.skeleton):
+        return None
+    removals: list[str] = []
+    additions: list[str] = []
+    for name, want in table.elements.items():
+        have = held.elements.get(name, frozenset())
+        if want == have:
+            continue
+        if table.index.set_types.get(name, ("", True))[1]:
+            removals.append(f"flush set {FAMILY} {TABLE} {name}")
+            gone, came = frozenset[str](), want
+        else:
+            gone, came = have - want, want - have
+        if gone:
+            removals.append(f"delete element {FAMILY} {TABLE} {name} "
+                            f"{{ {', '.join(sorted(gone))} }}")
+        if came:
+            additions.append(f"add element {FAMILY} {TABLE} {name} "
+                             f"{{ {', '.join(sorted(came))} }}")
+    had, has = held.index.sources, table.index.sources
+    for veth in sorted(had):
+        if had[veth] != has.get(veth):
+            removals.append(f"delete chain {FAMILY} {TABLE} {SOURCE_CHAIN_PREFIX}{veth}")
+    for veth in sorted(has):
+        if has[veth] != had.get(veth):
+            additions += _chain_commands(source_chain(veth, map(ip_address, has[veth])))
+    return "".join(f"{line}\n" for line in removals + additions)
 
 
 def _chain(name: str, header: str, rules: Sequence[str]) -> list[str]:
@@ -817,14 +890,28 @@ def load_script(script: str, netns: str | None = None) -> None:
     run(argv, input=script, check=True, timeout=30.0)
 
 
-def apply_table(table: CompiledTable, netns: str | None = None) -> None:
-    """Load ``table`` atomically, replacing ours whole (``replacement``)."""
+def apply_table(table: CompiledTable, netns: str | None = None, *,
+                held: CompiledTable | None = None) -> bool:
+    """Load ``table`` atomically. Given ``held``, what the kernel holds of ours (as we
+    loaded it), only what differs when :func:`update_script` can say it (a pod came or
+    went: no whole table to parse and commit); otherwise, or if the kernel refuses that,
+    ours is replaced whole (``replacement``). True: replaced whole."""
+    script = update_script(held, table) if held is not None else None
+    if script is not None:
+        try:
+            if script:
+                load_script(script, netns)
+            log.info("policy table updated in place (%d command(s))", script.count("\n"))
+            return False
+        except ProgramError as e:
+            log.warning("nft refused the policy table's update (%s); replacing it whole", e)
     try:
         load_script(replacement(table), netns)
     except ProgramError:
         log.warning("nft refused the policy table; the previous one stays in force")
         raise
     log.info("policy table loaded: %d counters", len(table.counters))
+    return True
 
 
 def apply_admission(adm: Admission, netns: str | None = None) -> None:

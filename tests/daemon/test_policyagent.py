@@ -50,12 +50,17 @@ class Applied:
     def __init__(self) -> None:
         self.tables: list[nft.CompiledTable] = []
         self.scripts: list[str] = []  # the ADDs' admissions, as nft commands
+        self.helds: list[nft.CompiledTable | None] = []  # what the kernel held before each
         self.fail = False
 
-    def __call__(self, table: nft.CompiledTable) -> None:
+    def __call__(self, table: nft.CompiledTable, held: nft.CompiledTable | None = None
+                 ) -> bool:
+        """Records each table the kernel would hold; whole unless an update can say it."""
         if self.fail:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
         self.tables.append(table)
+        self.helds.append(held)
+        return held is None or nft.update_script(held, table) is None
 
     def update(self, adm: nft.Admission) -> None:
         if self.fail:
@@ -218,13 +223,15 @@ def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
     assert "10.244.1.9" in applied.scripts[0]
     assert "add chain inet overlay-policy src_veth" in applied.scripts[0]  # its source check
     assert list(a._pending) == ["c-new"]  # until the registry has it
-    a.sync()  # the compiler's pass replaces the table whole, the pod in it
-    assert len(applied.tables) == 2 and "10.244.1.9" in applied.tables[-1].text
+    assert a._cut_wanted.is_set()  # an earlier holder of its address may have entries
+    a.sync()  # the compiler's pass: the kernel already holds what it compiles
+    assert len(applied.tables) == 1
+    assert "10.244.1.9" in a.loaded.elements["p0_sel"] and "veth" in str(a.loaded.index.sources)
     published = KV(keys.pod_key(PREFIX, "x", "new"), encode_pod(PodRecord(
         "x", "new", (IPv4Address("10.244.1.9"),), "n1", "c-new", "eth0")), 3)
     a._replace(PODS, [_pod("a", "10.244.1.2"), published])
     a.sync()
-    assert a._pending == {} and "10.244.1.9" in applied.tables[-1].text
+    assert a._pending == {} and len(applied.tables) == 1
 
 
 def test_del_forgets_a_pod_the_registry_never_had(agent) -> None:
@@ -366,6 +373,26 @@ def test_after_elements_the_next_compile_replaces_the_table(agent) -> None:
     a.sync()
     assert len(applied.tables) == 2  # loaded although its text equals the first's
     assert applied.tables[-1].text == applied.tables[0].text
+    # as an update of what the kernel holds: the pod's element and its source chain go
+    held = applied.helds[-1]
+    assert held is not None
+    veth = next(iter(held.index.sources.keys() - applied.tables[-1].index.sources.keys()))
+    assert nft.update_script(held, applied.tables[-1]) == (
+        "delete element inet overlay-policy p0_sel { 10.244.1.9 }\n"
+        f"delete chain inet overlay-policy src_{veth}\n")
+    assert b"overlay_policy_table_updates_total 1.0" in generate_latest(REGISTRY[0])
+
+
+def test_a_failed_update_makes_the_next_load_whole(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    applied.fail = True
+    with pytest.raises(CNIError):
+        a.admit(_request(), RESULT)  # maybe half loaded, as far as the agent knows
+    applied.fail = False
+    a.sync()
+    assert applied.helds[-1] is None  # replaced whole, not updated
 
 
 def test_log_denied_reaches_the_compiled_table(tmp_path: Path) -> None:
