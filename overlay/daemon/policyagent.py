@@ -199,7 +199,8 @@ class PolicyAgent:
                  bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
                  update: Callable[[nft.Admission], None] = nft.apply_admission,
                  log_denied: bool = False,
-                 own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None):
+                 own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None,
+                 kernel_chains: Callable[[], frozenset[str] | None] = nft.kernel_chains):
         self.store, self.node, self.stop = store, node, stop
         self._own_subnet, self._pod_rules, self.marker = own_subnet, pod_rules, marker
         self._own_ipv6_subnet = own_ipv6_subnet
@@ -209,6 +210,7 @@ class PolicyAgent:
         self._dropped_logged: set[tuple[str, int]] = set()
         self._apply, self._bridge_problem = apply, bridge_problem
         self._update, self.log_denied = update, log_denied
+        self._kernel_chains = kernel_chains
         self._leases_listed = leases_listed  # pods are judged against the leases
         self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
         self._listed: set[str] = set()
@@ -243,6 +245,10 @@ class PolicyAgent:
         self.updates = Counter("overlay_policy_table_updates", "Policy tables changed in "
                                "place: only set elements and source chains (a pod came, "
                                "went or changed)", registry=metrics)
+        self.repairs = Counter("overlay_policy_table_repairs", "Policy tables loaded again "
+                               "whole because the kernel no longer held the loaded one's "
+                               "chains (deleted by another hand, e.g. nft flush ruleset)",
+                               registry=metrics)
         self.admits = Counter("overlay_policy_admits", "CNI ADDs whose pod was put into the "
                               "policy table before the ADD returned, by how: 'elements' "
                               "(added to the loaded table's sets) or 'table' (compiled and "
@@ -295,6 +301,8 @@ class PolicyAgent:
             if not self._dirty.wait(max(0.0, min(due, DISK_POLL))):
                 if due > DISK_POLL and not self._disk_moved():
                     continue
+                if due <= DISK_POLL:
+                    self.check_kernel()  # the periodic pass: is the table still there?
                 self._dirty.set()  # the periodic pass, or the disk moved
             if self.stop.is_set():
                 return
@@ -396,6 +404,34 @@ class PolicyAgent:
             self._note(bool(table.counters), bool(got.policies),
                        {ip.version for lp in got.local for ip in lp.pod.ips})
             return table
+
+    def check_kernel(self) -> bool:
+        """Whether the kernel still holds the chains of the table we loaded. Another hand
+        may delete it while nothing changes here (``nft flush ruleset``, which Debian's
+        nftables.service runs on restart; a ``delete table`` or ``delete chain``), and the
+        pods would go unfiltered: then the next pass loads it again whole (False).
+        A table's rules and elements edited in place are diagnose's drift check."""
+        with self._compile_lock:
+            loaded = self.loaded
+            if loaded is None or self._unsure:
+                return True
+            want = nft.chain_names(loaded)
+            try:
+                got = self._kernel_chains()
+            except OverlayError as e:
+                log.debug("policy table's chains not listed: %s", e)
+                return True
+            if (got or frozenset()) == want:
+                return True
+            missing = sorted(want - (got or frozenset()))
+            log.warning("the kernel's policy table is not the one overlayd loaded (%s): "
+                        "loading it again whole", "table gone" if got is None else
+                        f"chains missing: {', '.join(missing[:5]) or 'none'}; extra: "
+                        f"{', '.join(sorted((got or frozenset()) - want)[:5]) or 'none'}")
+            self._unsure = True
+            self.repairs.inc()
+        self._dirty.set()
+        return False
 
     def _compile(self) -> tuple[int, Inputs, nft.CompiledTable]:
         with self._state_lock:

@@ -819,6 +819,49 @@ def update_script(held: CompiledTable, table: CompiledTable) -> str | None:
     return "".join(f"{line}\n" for line in removals + additions)
 
 
+_CHAIN_LINE = re.compile(r"\tchain (\S+) \{$")
+_TABLE_LINE = re.compile(r"table (\S+) (\S+) \{$")
+
+
+def chain_names(table: CompiledTable) -> frozenset[str]:
+    """The chains the kernel holds while ``table`` is loaded (its source chains included,
+    an ADD's too)."""
+    names = {m[1] for line in (table.skeleton or table.text).splitlines()
+             if (m := _CHAIN_LINE.match(line))}
+    if table.index is not None:
+        names |= {SOURCE_CHAIN_PREFIX + veth for veth in table.index.sources}
+    return frozenset(names)
+
+
+def listed_chains(listing: str) -> frozenset[str] | None:
+    """Our table's chains in an ``nft list chains`` output; None when it lists no such
+    table."""
+    found: set[str] | None = None
+    ours = False
+    for line in listing.splitlines():
+        if m := _TABLE_LINE.fullmatch(line):
+            ours = (m[1], m[2]) == (FAMILY, TABLE)
+            if ours:
+                found = set()
+        elif ours and found is not None and (m := _CHAIN_LINE.match(line)):
+            found.add(m[1])
+    return None if found is None else frozenset(found)
+
+
+def kernel_chains(netns: str | None = None) -> frozenset[str] | None:
+    """The chains of our table in the kernel (None: no table), from ``list chains``,
+    which fetches no rule or set element: a few ms even at 1000 policies, where listing
+    the table takes ~0.4 s. ProgramError when nft cannot list."""
+    command = f"list chains {FAMILY}"
+    lib = _library() if netns is None else None
+    if lib is not None:
+        return listed_chains(lib.run(command))
+    argv = ["nft", *command.split()]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    return listed_chains(run(argv, check=True, timeout=10.0).stdout)
+
+
 def _chain(name: str, header: str, rules: Sequence[str]) -> list[str]:
     return [f"\tchain {name} {{", *([f"\t\t{header}"] if header else []),
             *(f"\t\t{r}" for r in rules), "\t}"]
@@ -844,6 +887,8 @@ class _LibNft:
         lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
         self._lib, self._lock = lib, threading.Lock()
@@ -853,14 +898,18 @@ class _LibNft:
         lib.nft_ctx_buffer_error(self._ctx)
         lib.nft_ctx_buffer_output(self._ctx)
 
-    def run(self, script: str) -> None:
+    def run(self, script: str) -> str:
+        """Run ``script``; what it printed (a ``list`` command's output)."""
         with self._lock:
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
             err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(
+                errors="replace")
         if rc != 0:
             lines = err.strip().splitlines()
             raise ProgramError(f"nft: {lines[0] if lines else 'transaction refused'}",
                                ["libnftables"], FAILED, 1, err.strip())
+        return out
 
 
 _libnft: list[_LibNft | None] = []  # [] not tried yet, [None] unavailable

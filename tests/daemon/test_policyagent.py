@@ -493,3 +493,41 @@ def test_cut_lists_only_the_local_pods_families(agent, monkeypatch) -> None:
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
     assert a.cut_denied() == 0 and asked == [{4}]
+
+
+def test_a_table_gone_from_the_kernel_is_loaded_again_whole(agent) -> None:
+    """``nft flush ruleset`` (Debian's nftables.service on restart) or a hand's ``delete
+    table``/``delete chain``: the periodic look at the kernel's chains finds it and the
+    next pass replaces the table whole; while the chains are ours nothing is loaded."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    assert a.loaded is not None
+    chains = nft.chain_names(a.loaded)
+    assert {"forward", "check_ingress", "check_egress"} <= chains
+    assert any(c.startswith("src_") for c in chains)
+    kernel: dict[str, frozenset[str] | None] = {"chains": chains}
+    a._kernel_chains = lambda: kernel["chains"]
+    a._dirty.clear()  # as the compiler leaves it after its pass
+    assert a.check_kernel() and not a._dirty.is_set()
+    kernel["chains"] = None  # the table is gone
+    assert not a.check_kernel() and a._dirty.is_set()
+    a.sync()
+    assert len(applied.tables) == 2 and applied.helds[-1] is None  # whole, not updated
+    assert b"overlay_policy_table_repairs_total 1.0" in generate_latest(REGISTRY[0])
+    kernel["chains"] = chains - {next(c for c in chains if c.startswith("src_"))}
+    assert not a.check_kernel()  # one pod's source check gone alone
+    kernel["chains"] = chains
+    assert a.check_kernel()
+
+
+def test_an_unreadable_kernel_is_not_a_reason_to_reload(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+
+    def fails() -> frozenset[str] | None:
+        raise ProgramError("nft: cannot list", ["nft"], "failed", 1)
+
+    a._kernel_chains = fails
+    assert a.check_kernel() and len(applied.tables) == 1

@@ -205,6 +205,18 @@ def test_a_table_updated_in_place_is_the_whole_compiles(topo, seed):
     assert f"chain src_{gone.ifname} {{" not in topo.nft(1, "list", "table", "inet", nft.TABLE)
 
 
+def test_the_kernels_chains_are_listed_as_loaded(topo):
+    """What overlayd's periodic look compares (``nft.kernel_chains``): the chains of the
+    loaded table, and None once the table is gone."""
+    deny = [parse_policy(policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress"]}))]
+    table = nft.compile_table(topo.local(1), list(topo.pods.values()), model_namespaces(), deny)
+    nft.apply_table(table, netns=topo.node(1))
+    assert nft.kernel_chains(netns=topo.node(1)) == nft.chain_names(table)
+    topo.nft(1, "delete", "table", "inet", nft.TABLE)
+    assert nft.kernel_chains(netns=topo.node(1)) is None
+    nft.apply_table(table, netns=topo.node(1))
+
+
 def _load_without_all(topo: PolicyTopology, policies, missing: set[str]) -> nft.CompiledTable:
     pods = list(topo.pods.values())
     table = nft.compile_table([lp for lp in topo.local(1) if lp.pod.ref not in missing],

@@ -464,6 +464,47 @@ def test_diagnose_finds_a_hand_edited_policy_table(lab: Lab) -> None:
     assert _until(lambda: all(_table(lab, ALL).values())) is not None
 
 
+def _our_chains(lab: Lab, node: str) -> set[str]:
+    out = json.loads(_nft(lab, node, "-j", "list", "chains", "inet"))
+    return {c["chain"]["name"] for c in out["nftables"] if "chain" in c
+            and c["chain"]["table"] == "overlay-policy"}
+
+
+def test_a_policy_table_deleted_behind_overlayds_back_is_loaded_again(lab: Lab) -> None:
+    """As ``systemctl restart nftables`` does on Debian (its nftables.conf begins with
+    ``flush ruleset``): the table goes while nothing changes in etcd. overlayd looks at
+    its chains on every periodic pass and loads the table again whole; x/c -> x/a is
+    denied again within that pass."""
+    from overlay.daemon.policyagent import RESYNC
+
+    _apply_file(lab, "default-deny.yaml")
+    try:
+        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+        chains = _our_chains(lab, "node1")
+        assert {"forward", "check_ingress"} <= chains
+        repairs = _counter(_metrics(lab, "node1"), "overlay_policy_table_repairs_total")
+        _nft(lab, "node1", "delete", "table", "inet", "overlay-policy")
+        assert _our_chains(lab, "node1") == set()
+        took = _until(lambda: _our_chains(lab, "node1") == chains, timeout=RESYNC + 5.0)
+        assert took is not None, "the table was not loaded again"
+        assert not _passes(lab, "x/c", "x/a")
+        assert _counter(_metrics(lab, "node1"), "overlay_policy_table_repairs_total") == \
+            repairs + 1
+        # a source chain gone alone (one pod's spoofing check) is noticed as well
+        victim = sorted(c for c in chains if c.startswith("src_"))[0]
+        _nft(lab, "node1", "delete", "chain", "inet", "overlay-policy", victim)
+        assert _until(lambda: victim in _our_chains(lab, "node1"),
+                      timeout=RESYNC + 5.0) is not None
+    finally:
+        _delete(lab, "x/default-deny-ingress")
+    assert _until(lambda: all(_table(lab, ALL).values())) is not None
+
+
+def _counter(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f"{name} "))
+
+
 def test_values_nested_too_deeply_in_etcd_are_rejected_alone(lab: Lab) -> None:
     """Any node can write etcd: a policy, a namespace and a pod record nested a few
     thousand levels deep (json raises RecursionError, under every size bound) must each be

@@ -176,3 +176,43 @@ def test_same_table_sees_a_pod_in_the_kernel_but_not_in_the_compile():
     held = admitted(table, lp, admission(table, lp))
     assert not same_table(held, table)  # its DEL came before the compile: unload it
     assert same_table(held, _compile([*pods, new], [DENY]))
+
+
+LISTING = """\
+table inet other {
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t}
+}
+table inet overlay-policy {
+\tchain src_v-x-a {
+\t\ttype filter hook ingress device "v-x-a" priority -500; policy accept;
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t}
+\tchain check_ingress {
+\t}
+}
+table inet emptyt {
+}
+"""
+
+
+def test_our_chains_are_read_from_nft_list_chains():
+    assert nft.listed_chains(LISTING) == frozenset({"src_v-x-a", "forward", "check_ingress"})
+    assert nft.listed_chains(LISTING.replace("overlay-policy", "other-table")) is None
+    assert nft.listed_chains("table inet overlay-policy {\n}\n") == frozenset()
+    # a table of another family by our name is not ours
+    assert nft.listed_chains("table ip overlay-policy {\n\tchain x {\n\t}\n}\n") is None
+
+
+def test_a_loaded_tables_chains_include_every_source_chain_an_add_made():
+    pods, new = model_pods(), _new_pod()
+    table = _compile(pods, [DENY])
+    names = nft.chain_names(table)
+    assert {"forward", "check_egress", "check_ingress"} <= names
+    assert {f"src_v-{p.namespace}-{p.name}" for p in pods if p.node == "node1"} <= names
+    lp = LocalPod(new, "v-x-new")
+    assert nft.chain_names(admitted(table, lp, admission(table, lp))) == names | {"src_v-x-new"}
+    assert nft.chain_names(_compile(pods, [])) == frozenset()  # the empty table has none
