@@ -361,13 +361,29 @@ class _Builder:
         self.compiled: set[int] = set()
         self.decls: list[str] = []  # the sets without their elements (the skeleton's)
         self.elements: dict[str, frozenset[str]] = {}
+        # a pods-only peer set's addresses as text, by family and ranges: 1000 policies
+        # name a few dozen distinct peer sets, each written out once
+        self._addresses: dict[tuple[int, tuple[Range, ...]], tuple[list[str], str]] = {}
 
     def add_set(self, name: str, type_: str, elements: Iterable[object], role: Role,
                 interval: bool = False) -> str:
         """A set of these elements: one already defined with the same ones is reused (a
         table of 1000 policies sharing a few selectors holds each address set once)."""
         texts = [str(e) for e in elements]
-        elems = ", ".join(texts)
+        return self._define(name, type_, interval, texts, ", ".join(texts), role)
+
+    def add_addresses(self, name: str, fam: Family, ranges: Sequence[Range], role: Role
+                      ) -> str:
+        """:meth:`add_set` of every address in ``ranges`` (a plain set of family ``fam``)."""
+        key = (fam.version, tuple(ranges))
+        if key not in self._addresses:
+            texts = [_addr(n, fam.version) for lo, hi in ranges for n in range(lo, hi + 1)]
+            self._addresses[key] = texts, ", ".join(texts)
+        texts, elems = self._addresses[key]
+        return self._define(name, fam.type, False, texts, elems, role)
+
+    def _define(self, name: str, type_: str, interval: bool, texts: list[str], elems: str,
+                role: Role) -> str:
         key = (type_, interval, elems)
         if key not in self._set_names:
             self._set_names[key] = name
@@ -407,10 +423,8 @@ def _compile_rule(b: _Builder, tag: str, rule: Rule, policy: NetworkPolicy, dire
             # pods only: a plain set of addresses, so a new pod is one cheap ``add element``
             # (adding to an interval set makes nft fetch every set's elements first: 2 ms
             # at 100 policies, against 0.02 ms)
-            peers = b.add_set(f"{tag}_peer{fam.suffix}", fam.type,
-                              [_addr(n, fam.version) for lo, hi in ranges
-                               for n in range(lo, hi + 1)],
-                              role._replace(kind="peer"))
+            peers = b.add_addresses(f"{tag}_peer{fam.suffix}", fam, ranges,
+                                    role._replace(kind="peer"))
         match.append(f"{far} {peers}")
     if not rule.ports:
         return [" ".join(match)]
