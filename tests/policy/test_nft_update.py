@@ -216,3 +216,26 @@ def test_a_loaded_tables_chains_include_every_source_chain_an_add_made():
     lp = LocalPod(new, "v-x-new")
     assert nft.chain_names(admitted(table, lp, admission(table, lp))) == names | {"src_v-x-new"}
     assert nft.chain_names(_compile(pods, [])) == frozenset()  # the empty table has none
+
+
+def test_a_veth_whose_addresses_changed_gets_its_chain_made_again():
+    """The same veth name with another address (a pod made again under one container ID):
+    its chain is deleted and created in the one transaction (the kernel takes both)."""
+    pods = model_pods()
+    one = next(p for p in pods if p.node == "node1" and p.namespace == "x")
+    moved = dataclasses.replace(one, ips=(IPv4Address("10.244.1.77"),))
+    before = _compile(pods, [DENY])
+    after = _compile([moved if p is one else p for p in pods], [DENY])
+    script = nft.update_script(before, after)
+    assert script is not None
+    lines = script.splitlines()
+    chain = f"src_v-{one.namespace}-{one.name}"
+    deleted = lines.index(f"delete chain inet overlay-policy {chain}")
+    added = next(i for i, line in enumerate(lines)
+                 if line.startswith(f"add chain inet overlay-policy {chain} "))
+    assert deleted < added
+    assert f"add rule inet overlay-policy {chain} meta protocol ip ip saddr != 10.244.1.77 " \
+           'counter name "spoofed" drop' in lines
+    kernel = UpdatedKernel(before.text)
+    kernel.load(script)
+    assert kernel.view() == Kernel(after.text).view()
