@@ -864,8 +864,9 @@ def listed_chains(listing: str) -> frozenset[str] | None:
 
 def kernel_chains(netns: str | None = None) -> frozenset[str] | None:
     """The chains of our table in the kernel (None: no table), from ``list chains``,
-    which fetches no rule or set element: a few ms even at 1000 policies, where listing
-    the table takes ~0.4 s. ProgramError when nft cannot list."""
+    which fetches no rule or set element: 15 ms through the ``nft`` CLI at 1000 policies
+    (fork included), where listing the table takes ~0.4 s. ProgramError when nft cannot
+    list."""
     command = f"list chains {FAMILY}"
     lib = _library() if netns is None else None
     if lib is not None:
