@@ -135,10 +135,28 @@ def _parse_ipv4(values: dict[str, str], where: dict[str, str], source: str
         raise SubnetEnvError(f"{where['OVERLAY_SUBNET']}: OVERLAY_SUBNET: malformed value: "
                              "expected an IPv4 gateway with its prefix, such as "
                              "10.244.1.1/24") from None
+    if "/" not in sub_text:  # ipaddress reads a bare address as a /32
+        raise SubnetEnvError(f"{where['OVERLAY_SUBNET']}: OVERLAY_SUBNET {subnet.ip} has no "
+                             "prefix length")
     if subnet.network.subnet_of(network) is False:
         raise SubnetEnvError(f"{where['OVERLAY_SUBNET']}: OVERLAY_SUBNET {subnet} is outside "
                              f"OVERLAY_NETWORK {network}")
+    _need_host(subnet, "OVERLAY_SUBNET", where)
     return network, subnet
+
+
+def _need_host(subnet: IPv4Interface | IPv6Interface, key: str, where: dict[str, str]
+               ) -> None:
+    """The gateway is a host of its subnet: not the subnet's own address, nor IPv4's
+    broadcast (the bridge takes it, and the plugin hands out the rest)."""
+    net = subnet.network
+    if net.prefixlen >= net.max_prefixlen - 1:
+        return  # a /31 or /32 (/127, /128) has no network or broadcast address to avoid
+    if subnet.ip == net.network_address or (
+            subnet.version == 4 and subnet.ip == net.broadcast_address):
+        which = "own address" if subnet.ip == net.network_address else "broadcast address"
+        raise SubnetEnvError(f"{where[key]}: {key} {subnet} is its subnet's {which}, not a "
+                             "gateway (overlayd writes the subnet's first host)")
 
 
 def _parse_ipv6(values: dict[str, str], where: dict[str, str], source: str
@@ -173,6 +191,7 @@ def _parse_ipv6(values: dict[str, str], where: dict[str, str], source: str
     if not subnet.network.subnet_of(network):
         raise SubnetEnvError(f"{sub_where}: OVERLAY_IPV6_SUBNET {subnet} is outside "
                              f"OVERLAY_IPV6_NETWORK {network}")
+    _need_host(subnet, "OVERLAY_IPV6_SUBNET", where)
     return network, subnet
 
 

@@ -53,6 +53,15 @@ def test_parse_tolerates_comments_quotes_and_blank_lines():
     ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.1/24\nOVERLAY_MTU=9\n",
      "out of range"),
     ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=x\nOVERLAY_MTU=1450\n", "malformed"),
+    ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.1\nOVERLAY_MTU=1450\n",
+     "subnet.env:2: OVERLAY_SUBNET 10.244.1.1 has no prefix length"),
+    ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.0/24\nOVERLAY_MTU=1450\n",
+     "OVERLAY_SUBNET 10.244.1.0/24 is its subnet's own address, not a gateway"),
+    ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.255/24\nOVERLAY_MTU=1450\n",
+     "OVERLAY_SUBNET 10.244.1.255/24 is its subnet's broadcast address"),
+    ("OVERLAY_MTU=1450\nOVERLAY_IPV6_NETWORK=fd00:10:244::/56\n"
+     "OVERLAY_IPV6_SUBNET=fd00:10:244:1::/64\n",
+     "OVERLAY_IPV6_SUBNET fd00:10:244:1::/64 is its subnet's own address"),
     ("garbage line\n", "expected KEY=VALUE"),
     ("OVERLAY_NETWORK=10.244.0.0/16\nOVERLAY_SUBNET=10.244.1.1/24\nOVERLAY_MTU=1450\n"
      "OVERLAY_IPMASQ=maybe\n", "subnet.env:4: OVERLAY_IPMASQ: expected true or false"),
