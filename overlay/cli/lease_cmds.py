@@ -16,15 +16,12 @@ from overlay.cli import CLIContext, Seconds, cli, global_options, print_json, pr
 from overlay.errors import ConfigError, LeaseNotFound, OverlayError, RegistryError
 from overlay.lease import (
     EventType,
-    IPAddress,
     IPNetwork,
     Lease,
-    LeaseAttrs,
     LeaseEvent,
     LeaseRules,
     LeaseView,
     Rejection,
-    check_remote,
     ipv6_status,
     judge_all,
     lease_key,
@@ -361,31 +358,11 @@ def leases_reserve(obj: CLIContext, subnet: str, public_ip: str, vtep_mac: str |
     except ValueError as e:
         raise ConfigError(f"--public-ip/--vtep-mac: {e}") from None
     with EtcdRegistry(obj.etcd_options()) as reg:
-        _refuse_unusable(reg, net, ip, mac)
         lease = reservations.reserve(reg, net, ip, mac)
     if obj.json:
         print_json(lease_to_dict(lease))
     else:
         click.echo(f"reserved {lease.subnet} for {lease.attrs.public_ip}")
-
-
-def _refuse_unusable(reg: EtcdRegistry, net: IPNetwork, ip: IPAddress,
-                     mac: str | None) -> None:
-    """Refuse a reservation that every overlayd would reject: the lease it writes is
-    judged by the rule the daemons apply to a remote lease (``check_remote``, no own node
-    here), so e.g. a loopback, link-local or multicast public IP, or one inside the pod
-    Network, is refused with that rule's reason before anything is written."""
-    cfg = reg.get_config()
-    if not cfg.in_range(net) or ip.version != net.version:
-        return  # reservations.reserve says what is wrong with the subnet
-    lease = Lease(net, LeaseAttrs(ip, vni=cfg.backend.vni, vtep_mac=mac))
-    verdict = check_remote(lease, LeaseRules.from_config(cfg))
-    if verdict.reason is None:
-        return
-    flag = ("--vtep-mac" if "mac" in verdict.reason
-            else "--public-ip" if "public-ip" in verdict.reason else "the reservation")
-    raise ConfigError(f"{flag}: every node would reject this lease ({verdict.reason}: "
-                      f"{verdict.detail}); nothing written")
 
 
 @leases_group.command("release")

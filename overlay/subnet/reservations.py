@@ -16,7 +16,7 @@ from typing import Protocol
 
 from overlay.config import NetworkConfig
 from overlay.errors import ConfigError, LeaseExists, LeaseNotFound
-from overlay.lease import IPAddress, IPNetwork, Lease, LeaseAttrs
+from overlay.lease import IPAddress, IPNetwork, Lease, LeaseAttrs, LeaseRules, check_remote
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ def reserve(store: ReservationStore, subnet: IPNetwork, public_ip: IPAddress,
         raise ConfigError(f"--public-ip {public_ip} is IPv{public_ip.version} but the "
                           f"subnet {subnet} is IPv{subnet.version}; give the node's "
                           f"IPv{subnet.version} underlay address")
-    _refuse_second_subnet(store, subnet, public_ip)
     attrs = LeaseAttrs(public_ip, vni=cfg.backend.vni, vtep_mac=vtep_mac)
+    _refuse_unusable(cfg, subnet, attrs)
+    _refuse_second_subnet(store, subnet, public_ip)
     existing = store.get_lease(subnet)
     if existing is None:
         lease = store.create_lease(subnet, attrs, None)
@@ -59,6 +60,20 @@ def reserve(store: ReservationStore, subnet: IPNetwork, public_ip: IPAddress,
                           f"(`overlayctl leases release {subnet} --yes`)")
     log.info("reserved %s for %s", lease.subnet, lease.attrs.public_ip)
     return lease
+
+
+def _refuse_unusable(cfg: NetworkConfig, subnet: IPNetwork, attrs: LeaseAttrs) -> None:
+    """Refuse a reservation every overlayd would reject: the lease it writes is judged by
+    the rule the daemons apply to a remote lease (``check_remote``, no own node here), so
+    e.g. a loopback, link-local or multicast public IP, or one inside the pod Network, is
+    refused with that rule's reason before anything is written."""
+    verdict = check_remote(Lease(subnet, attrs), LeaseRules.from_config(cfg))
+    if verdict.reason is None:
+        return
+    flag = ("--vtep-mac" if "mac" in verdict.reason
+            else "--public-ip" if "public-ip" in verdict.reason else "the reservation")
+    raise ConfigError(f"{flag}: every node would reject this lease ({verdict.reason}: "
+                      f"{verdict.detail}); nothing written")
 
 
 def _refuse_second_subnet(store: ReservationStore, subnet: IPNetwork,

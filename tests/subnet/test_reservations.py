@@ -77,3 +77,16 @@ def test_another_nodes_lease_elsewhere_does_not_block_a_reservation():
     reg = FakeRegistry()
     reg.put(IPv4Network("10.244.3.0/24"), LeaseAttrs(OTHER), ttl=600)
     assert reservations.reserve(reg, NET, NODE).reserved
+
+
+@pytest.mark.parametrize("public_ip, mac, flag", [
+    ("127.0.0.1", None, "--public-ip"), ("169.254.1.1", None, "--public-ip"),
+    ("10.244.3.3", None, "--public-ip"),  # inside the pod Network
+    ("192.168.1.11", "01:00:5e:00:00:01", "--vtep-mac")])  # a multicast MAC
+def test_a_reservation_every_node_would_reject_is_refused_here(public_ip, mac, flag):
+    """The rule the daemons apply to a remote lease, applied by the policy itself (not
+    only by the CLI), before anything is written."""
+    reg = FakeRegistry()
+    with pytest.raises(ConfigError, match=rf"^{flag}: every node would reject this lease"):
+        reservations.reserve(reg, NET, IPv4Address(public_ip), mac)
+    assert NET not in reg.leases
