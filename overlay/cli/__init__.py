@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from overlay.subnet.etcdconf import (
     EtcdOptions,
     make_etcd_options,
 )
+from overlay.util.seconds import seconds_problem
 from overlay.util.text import format_table
 from overlay.util.version import version_line
 
@@ -170,15 +170,15 @@ class Seconds(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
-        if isinstance(value, float) and math.isfinite(value) and self.low <= value <= self.high:
+        if isinstance(value, float) and seconds_problem(value, self.low, self.high) is None:
             return value
         try:
             seconds = float(value)
         except (TypeError, ValueError):
             self.fail(f"{_shown(value)} is not a number of seconds", param, ctx)
-        if not (math.isfinite(seconds) and self.low <= seconds <= self.high):
-            self.fail(f"{_shown(value)}: must be a number of seconds from {self.low:g} to "
-                      f"{self.high:g}", param, ctx)
+        problem = seconds_problem(seconds, self.low, self.high)
+        if problem:
+            self.fail(f"{_shown(value)}: {problem}", param, ctx)
         return seconds
 
     def __repr__(self) -> str:

@@ -7,7 +7,6 @@ is one line and exit 2 with nothing changed.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import socket
@@ -34,6 +33,7 @@ from overlay.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
 from overlay.subnetenv import DEFAULT_SUBNET_FILE
 from overlay.util.boolean import parse_bool
 from overlay.util.ifname import ifname_problem
+from overlay.util.seconds import seconds_problem
 from overlay.util.version import version_line
 
 MAX_HEARTBEAT_PERIOD = 3600.0  # seconds: --heartbeat-period and --probe-interval
@@ -213,23 +213,13 @@ def _check_iface_pattern(iface: str) -> None:
 
 
 def check_seconds(flag: str, value: float, low: float, high: float) -> None:
-    """The one rule of overlayd's durations (periods, intervals, limits, TTLs): a finite
-    number of seconds in ``low..high``.  NaN and infinity fail it (NaN would make a wait
-    return at once, a busy loop; infinity overflows the wait)."""
-    if not ((isinstance(value, int) or math.isfinite(value)) and low <= value <= high):
+    """overlayd's durations (periods, intervals, limits, TTLs) by the one rule,
+    ``seconds_problem``: ConfigError naming the flag and the value (bounded)."""
+    problem = seconds_problem(value, low, high)
+    if problem:
         shown = str(value)
         shown = shown if len(shown) <= 24 else shown[:24] + "..."
-        raise ConfigError(f"{flag} {shown}: must be a number of seconds from {low:g} to "
-                          f"{high:g}{_human(high)}")
-
-
-def _human(seconds: float) -> str:
-    """`` (a day)``-style words for a bound of whole days or hours, else nothing."""
-    for unit, name in ((86400, "day"), (3600, "hour")):
-        if seconds >= unit and seconds % unit == 0:
-            n = int(seconds // unit)
-            return f" ({'an' if name == 'hour' else 'a'} {name})" if n == 1 else f" ({n} {name}s)"
-    return ""
+        raise ConfigError(f"{flag} {shown}: {problem}")
 
 
 def default_node_name() -> str:
