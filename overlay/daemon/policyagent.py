@@ -421,13 +421,13 @@ class PolicyAgent:
             except OverlayError as e:
                 log.debug("policy table's chains not listed: %s", e)
                 return True
-            if (got or frozenset()) == want:
+            have = got or frozenset()
+            if have == want:
                 return True
-            missing = sorted(want - (got or frozenset()))
             log.warning("the kernel's policy table is not the one overlayd loaded (%s): "
                         "loading it again whole", "table gone" if got is None else
-                        f"chains missing: {', '.join(missing[:5]) or 'none'}; extra: "
-                        f"{', '.join(sorted((got or frozenset()) - want)[:5]) or 'none'}")
+                        f"chains missing: {', '.join(sorted(want - have)[:5]) or 'none'}; "
+                        f"extra: {', '.join(sorted(have - want)[:5]) or 'none'}")
             self._unsure = True
             self.repairs.inc()
         self._dirty.set()

@@ -867,14 +867,7 @@ def kernel_chains(netns: str | None = None) -> frozenset[str] | None:
     which fetches no rule or set element: 15 ms through the ``nft`` CLI at 1000 policies
     (fork included), where listing the table takes ~0.4 s. ProgramError when nft cannot
     list."""
-    command = f"list chains {FAMILY}"
-    lib = _library() if netns is None else None
-    if lib is not None:
-        return listed_chains(lib.run(command))
-    argv = ["nft", *command.split()]
-    if netns is not None:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    return listed_chains(run(argv, check=True, timeout=10.0).stdout)
+    return listed_chains(load_script(f"list chains {FAMILY}\n", netns))
 
 
 def _chain(name: str, header: str, rules: Sequence[str]) -> list[str]:
@@ -941,17 +934,17 @@ def _library() -> _LibNft | None:
     return _libnft[0]
 
 
-def load_script(script: str, netns: str | None = None) -> None:
+def load_script(script: str, netns: str | None = None) -> str:
     """One atomic transaction (in ``netns`` if given: the tests' nodes, by ``nft -f``);
-    a rejected script changes nothing and raises ``ProgramError``."""
+    a rejected script changes nothing and raises ``ProgramError``. What nft printed (a
+    ``list`` command's output)."""
     lib = _library() if netns is None else None
     if lib is not None:
-        lib.run(script)
-        return
+        return lib.run(script)
     argv = ["nft", "-f", "-"]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
-    run(argv, input=script, check=True, timeout=30.0)
+    return run(argv, input=script, check=True, timeout=30.0).stdout
 
 
 def apply_table(table: CompiledTable, netns: str | None = None, *,
