@@ -15,6 +15,12 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/overlay/network"
 
 
+def endpoint_url(host: str, port: int, secure: bool) -> str:
+    """An etcd member's URL, an IPv6 host in brackets (what parse_endpoints reads)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if secure else 'http'}://{shown}:{port}"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str
@@ -22,8 +28,7 @@ class Endpoint:
     secure: bool
 
     def __str__(self) -> str:  # what parse_endpoints reads back (the runtime file holds it)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.secure else 'http'}://{host}:{self.port}"
+        return endpoint_url(self.host, self.port, self.secure)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from overlay.subnet.etcdconf import endpoint_url
 from overlay.util import jsontext
 
 # gRPC status codes etcd answers with (the gateway passes them on as "code")
@@ -205,9 +206,8 @@ class Endpoint:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def __str__(self) -> str:  # in log lines: an IPv6 host in brackets, as URLs write it
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
+    def __str__(self) -> str:  # in log lines, as the endpoint was given
+        return endpoint_url(self.host, self.port, self.ssl_context is not None)
 
     def connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.ssl_context is not None:

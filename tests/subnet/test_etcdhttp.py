@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import ssl
 
 import pytest
 
 from overlay.errors import EtcdUnavailable, RegistryError
 from overlay.subnet import etcdhttp as gw
 from overlay.subnet.etcd import EtcdClient, op_put, op_range
-from overlay.subnet.etcdconf import make_etcd_options
+from overlay.subnet.etcdconf import Endpoint, make_etcd_options
 
 from .gateway import DROP, Gateway
 
@@ -255,3 +256,10 @@ def test_an_endpoint_names_an_ipv6_host_in_brackets():
     from overlay.subnet.etcdhttp import Endpoint
     assert str(Endpoint("::1", 2379, None, 1.0)) == "http://[::1]:2379"
     assert str(Endpoint("127.0.0.1", 2379, None, 1.0)) == "http://127.0.0.1:2379"
+
+
+def test_a_member_is_shown_in_log_lines_as_its_endpoint_was_given():
+    given = Endpoint("fd00::1", 2379, False)
+    assert str(gw.Endpoint("fd00::1", 2379, None, 5.0)) == str(given) == "http://[fd00::1]:2379"
+    assert str(gw.Endpoint("10.0.0.1", 2380, ssl.create_default_context(), 5.0)) == \
+        "https://10.0.0.1:2380"
