@@ -32,15 +32,19 @@ from overlay.errors import NetlinkOpError
 from overlay.netlink.rtnl import (
     ERR,
     NETLINK_CAP_ACK,
+    NLA,
     NLA_F_NESTED,
     NLHDR,
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_DUMP,
     NLM_F_REQUEST,
+    NLMSG_DONE,
     NLMSG_ERROR,
     SOL_NETLINK,
     attr,
     attr_str,
+    cstr,
     describe_errno,
     walk,
 )
@@ -49,6 +53,8 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM = 3, 6, 9, 12
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
+NLM_F_DUMP_INTR = 0x10  # the ruleset changed while the kernel dumped it
 NLM_F_APPEND = 0x800
 NFPROTO_INET = 1
 NFGEN = struct.Struct("!BBH")  # family, version, resource id (big-endian)
@@ -65,6 +71,7 @@ NFT_SET_ANONYMOUS, NFT_SET_CONSTANT, NFT_SET_INTERVAL = 0x1, 0x2, 0x4
 NFT_SET_ELEM_INTERVAL_END = 0x1
 LOOKUP_SET, LOOKUP_SREG, LOOKUP_SET_ID, LOOKUP_FLAGS = 1, 2, 4, 5
 NFT_LOOKUP_F_INV = 0x1
+TABLE_NAME = 1
 CHAIN_TABLE, CHAIN_NAME, CHAIN_HOOK, CHAIN_POLICY, CHAIN_TYPE = 1, 3, 4, 5, 7
 HOOK_HOOKNUM, HOOK_PRIORITY, HOOK_DEV = 1, 2, 3
 RULE_TABLE, RULE_CHAIN, RULE_EXPRESSIONS = 1, 2, 4
@@ -341,6 +348,69 @@ class NftSocket:
             index, code = min(failed)
             raise NetlinkOpError(f"nf_tables refused message {index + 1} of the batch: "
                                  f"{describe_errno(code)}", code)
+
+
+    def dump(self, kind: int, body: bytes, keys: Sequence[int]) -> list[dict[int, bytes]]:
+        """Attributes ``keys`` of every message a ``NFT_MSG_GET*`` dump of ``body``
+        (nfgenmsg and filter attributes) answers. NetlinkOpError when the kernel refuses
+        it, or when the ruleset changed while it was dumped (the answer would be a mix)."""
+        with self._lock:
+            seq = next(self._seq)
+            out: list[dict[int, bytes]] = []
+            try:
+                self.sock.send(NLHDR.pack(NLHDR.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | kind,
+                                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+                while True:
+                    buf = self.sock.recv(1 << 16)
+                    for mtype, flags, rseq, off, end in walk(buf):
+                        if rseq != seq:
+                            continue
+                        if flags & NLM_F_DUMP_INTR:
+                            raise NetlinkOpError("nfnetlink: the ruleset changed during a dump")
+                        if mtype == NLMSG_DONE:
+                            return out
+                        if mtype == NLMSG_ERROR:
+                            code = -ERR.unpack_from(buf, off)[0]
+                            if code:
+                                raise NetlinkOpError(
+                                    f"nfnetlink dump: {describe_errno(code)}", code)
+                            return out
+                        out.append(_some_attrs(buf, off + NFGEN.size, end, keys))
+            except OSError as e:
+                raise NetlinkOpError(f"nfnetlink: {describe_errno(e.errno or 0)}",
+                                     e.errno or 0) from e
+
+    def rules_per_chain(self, table: str) -> dict[str, int] | None:
+        """Each chain of inet ``table`` with its number of rules; None when there is no
+        such table. Three dumps, of tables, chains and the table's rules (the kernel
+        filters rules by table), none of set elements."""
+        family = NFGEN.pack(NFPROTO_INET, 0, 0)
+        tables = self.dump(NFT_MSG_GETTABLE, family, (TABLE_NAME,))
+        if table not in {cstr(t.get(TABLE_NAME)) for t in tables}:
+            return None
+        counts = {cstr(c.get(CHAIN_NAME)): 0
+                  for c in self.dump(NFT_MSG_GETCHAIN, family, (CHAIN_TABLE, CHAIN_NAME))
+                  if cstr(c.get(CHAIN_TABLE)) == table}
+        for r in self.dump(NFT_MSG_GETRULE, family + attr_str(RULE_TABLE, table),
+                           (RULE_TABLE, RULE_CHAIN)):
+            if cstr(r.get(RULE_TABLE)) == table:
+                chain = cstr(r.get(RULE_CHAIN))
+                counts[chain] = counts.get(chain, 0) + 1
+        return counts
+
+
+def _some_attrs(buf: bytes, off: int, end: int, keys: Sequence[int]) -> dict[int, bytes]:
+    """Attributes ``keys`` of one message, read no further than the last of them (a
+    rule's table and chain come before its expressions)."""
+    out: dict[int, bytes] = {}
+    while off + 4 <= end and len(out) < len(keys):
+        n, kind = NLA.unpack_from(buf, off)
+        if n < 4:
+            break
+        if (kind & 0x3FFF) in keys:
+            out[kind & 0x3FFF] = buf[off + 4:off + n]
+        off += (n + 3) & ~3
+    return out
 
 
 def _batch_body() -> bytes:

@@ -4,6 +4,7 @@ real etcd and the kernel table are in tests/integration/test_policy_agent.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from overlay.cluster.store import KV, ObjectStore
 from overlay.cni.skel import Request
 from overlay.daemon import policyagent
 from overlay.daemon.policyagent import NAMESPACES, NODES, PODS, POLICIES, PolicyAgent
-from overlay.errors import CNIError
+from overlay.errors import CNIError, NetlinkOpError
 from overlay.policy import nft
 from overlay.util.proc import ProgramError
 from tests.fakes import attachments_of_records
@@ -496,18 +497,19 @@ def test_cut_lists_only_the_local_pods_families(agent, monkeypatch) -> None:
 
 
 def test_a_table_gone_from_the_kernel_is_loaded_again_whole(agent) -> None:
-    """``nft flush ruleset`` (Debian's nftables.service on restart) or a hand's ``delete
-    table``/``delete chain``: the periodic look at the kernel's chains finds it and the
-    next pass replaces the table whole; while the chains are ours nothing is loaded."""
+    """``nft flush ruleset`` (Debian's nftables.service on restart), a hand's ``delete
+    table``/``delete chain``/``flush table``: the periodic look at the kernel's chains and
+    their rule counts finds it and the next pass replaces the table whole; while they are
+    ours nothing is loaded."""
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
     assert a.loaded is not None
-    chains = nft.chain_names(a.loaded)
-    assert {"forward", "check_ingress", "check_egress"} <= chains
-    assert any(c.startswith("src_") for c in chains)
-    kernel: dict[str, frozenset[str] | None] = {"chains": chains}
-    a._kernel_chains = lambda: kernel["chains"]
+    chains = nft.chain_rules(a.loaded)
+    assert {"forward", "check_ingress", "check_egress"} <= chains.keys()
+    src = next(c for c in chains if c.startswith("src_"))
+    kernel: dict[str, dict[str, int] | None] = {"chains": dict(chains)}
+    a._kernel_rules = lambda: kernel["chains"]
     a._dirty.clear()  # as the compiler leaves it after its pass
     assert a.check_kernel() and not a._dirty.is_set()
     kernel["chains"] = None  # the table is gone
@@ -515,10 +517,38 @@ def test_a_table_gone_from_the_kernel_is_loaded_again_whole(agent) -> None:
     a.sync()
     assert len(applied.tables) == 2 and applied.helds[-1] is None  # whole, not updated
     assert b"overlay_policy_table_repairs_total 1.0" in generate_latest(REGISTRY[0])
-    kernel["chains"] = chains - {next(c for c in chains if c.startswith("src_"))}
+    kernel["chains"] = {c: n for c, n in chains.items() if c != src}
     assert not a.check_kernel()  # one pod's source check gone alone
-    kernel["chains"] = chains
+    a.sync()
+    kernel["chains"] = dict.fromkeys(chains, 0)  # nft flush table: chains kept, rules gone
+    assert not a.check_kernel()
+    a.sync()
+    kernel["chains"] = {**chains, "check_ingress": chains["check_ingress"] + 1}
+    assert not a.check_kernel()  # a rule someone added
+    a.sync()
+    assert b"overlay_policy_table_repairs_total 4.0" in generate_latest(REGISTRY[0])
+    kernel["chains"] = dict(chains)
     assert a.check_kernel()
+
+
+def test_counts_a_load_overtook_are_not_a_reason_to_reload(agent) -> None:
+    """The kernel is counted outside the compile lock (an ADD must not wait for it): when
+    a load replaced what the agent holds meanwhile, the counts describe neither, and the
+    next periodic pass looks again."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    held = a.loaded
+    assert held is not None
+
+    def counted_while_a_load_ran() -> dict[str, int] | None:
+        a.loaded = dataclasses.replace(held)  # what that load left (another object)
+        return {}
+
+    a._kernel_rules = counted_while_a_load_ran
+    assert a.check_kernel() and not a._unsure and len(applied.tables) == 1
+    a._kernel_rules = dict
+    assert not a.check_kernel()  # the same counts with nothing loaded meanwhile
 
 
 def test_an_unreadable_kernel_is_not_a_reason_to_reload(agent) -> None:
@@ -526,8 +556,8 @@ def test_an_unreadable_kernel_is_not_a_reason_to_reload(agent) -> None:
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
 
-    def fails() -> frozenset[str] | None:
-        raise ProgramError("nft: cannot list", ["nft"], "failed", 1)
+    def fails() -> dict[str, int] | None:
+        raise NetlinkOpError("nfnetlink: the ruleset changed during a dump")
 
-    a._kernel_chains = fails
+    a._kernel_rules = fails
     assert a.check_kernel() and len(applied.tables) == 1

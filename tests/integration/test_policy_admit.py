@@ -205,16 +205,28 @@ def test_a_table_updated_in_place_is_the_whole_compiles(topo, seed):
     assert f"chain src_{gone.ifname} {{" not in topo.nft(1, "list", "table", "inet", nft.TABLE)
 
 
-def test_the_kernels_chains_are_listed_as_loaded(topo):
-    """What overlayd's periodic look compares (``nft.kernel_chains``): the chains of the
-    loaded table, and None once the table is gone."""
+def test_the_kernels_chains_and_rules_are_counted_as_loaded(topo):
+    """What overlayd's periodic look compares (``nft.kernel_rules``): each chain of the
+    loaded table with its number of rules, another table's not among them; the counts
+    move with ``flush table`` and an added rule, and None once the table is gone."""
     deny = [parse_policy(policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress"]}))]
     table = nft.compile_table(topo.local(1), list(topo.pods.values()), model_namespaces(), deny)
     nft.apply_table(table, netns=topo.node(1))
-    assert nft.kernel_chains(netns=topo.node(1)) == nft.chain_names(table)
-    topo.nft(1, "delete", "table", "inet", nft.TABLE)
-    assert nft.kernel_chains(netns=topo.node(1)) is None
-    nft.apply_table(table, netns=topo.node(1))
+    for cmd in (("table",), ("chain", "forward"), ("rule", "forward", "counter")):
+        topo.nft(1, "add", cmd[0], "inet", "ovtest-other", *cmd[1:])
+    try:
+        want = nft.chain_rules(table)
+        assert nft.kernel_rules(netns=topo.node(1)) == want
+        topo.nft(1, "add", "rule", "inet", nft.TABLE, "check_ingress", "counter")
+        assert nft.kernel_rules(netns=topo.node(1)) == {
+            **want, "check_ingress": want["check_ingress"] + 1}
+        topo.nft(1, "flush", "table", "inet", nft.TABLE)
+        assert nft.kernel_rules(netns=topo.node(1)) == dict.fromkeys(want, 0)
+        topo.nft(1, "delete", "table", "inet", nft.TABLE)
+        assert nft.kernel_rules(netns=topo.node(1)) is None
+    finally:
+        topo.nft(1, "delete", "table", "inet", "ovtest-other")
+        nft.apply_table(table, netns=topo.node(1))
 
 
 def _load_without_all(topo: PolicyTopology, policies, missing: set[str]) -> nft.CompiledTable:

@@ -473,8 +473,9 @@ def _our_chains(lab: Lab, node: str) -> set[str]:
 def test_a_policy_table_deleted_behind_overlayds_back_is_loaded_again(lab: Lab) -> None:
     """As ``systemctl restart nftables`` does on Debian (its nftables.conf begins with
     ``flush ruleset``): the table goes while nothing changes in etcd. overlayd looks at
-    its chains on every periodic pass and loads the table again whole; x/c -> x/a is
-    denied again within that pass."""
+    its chains and their rule counts on every periodic pass and loads the table again
+    whole; x/c -> x/a is denied again within that pass. Then one source chain deleted,
+    then ``flush table`` (chains kept, rules gone)."""
     from overlay.daemon.policyagent import RESYNC
 
     _apply_file(lab, "default-deny.yaml")
@@ -495,6 +496,14 @@ def test_a_policy_table_deleted_behind_overlayds_back_is_loaded_again(lab: Lab) 
         _nft(lab, "node1", "delete", "chain", "inet", "overlay-policy", victim)
         assert _until(lambda: victim in _our_chains(lab, "node1"),
                       timeout=RESYNC + 5.0) is not None
+        # ``flush table`` keeps every chain and empties them: the rule counts tell
+        assert _until(lambda: not _passes(lab, "x/c", "x/a")) is not None
+        _nft(lab, "node1", "flush", "table", "inet", "overlay-policy")
+        assert _our_chains(lab, "node1") == chains  # (a pass may refill it at any moment)
+        assert _until(lambda: not _passes(lab, "x/c", "x/a"),
+                      timeout=RESYNC + 5.0) is not None, "the emptied table was not refilled"
+        assert _counter(_metrics(lab, "node1"), "overlay_policy_table_repairs_total") == \
+            repairs + 3
     finally:
         _delete(lab, "x/default-deny-ingress")
     assert _until(lambda: all(_table(lab, ALL).values())) is not None

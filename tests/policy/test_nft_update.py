@@ -178,44 +178,38 @@ def test_same_table_sees_a_pod_in_the_kernel_but_not_in_the_compile():
     assert same_table(held, _compile([*pods, new], [DENY]))
 
 
-LISTING = """\
-table inet other {
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy accept;
-\t}
-}
-table inet overlay-policy {
-\tchain src_v-x-a {
-\t\ttype filter hook ingress device "v-x-a" priority -500; policy accept;
-\t}
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy accept;
-\t}
-\tchain check_ingress {
-\t}
-}
-table inet emptyt {
-}
-"""
-
-
-def test_our_chains_are_read_from_nft_list_chains():
-    assert nft.listed_chains(LISTING) == frozenset({"src_v-x-a", "forward", "check_ingress"})
-    assert nft.listed_chains(LISTING.replace("overlay-policy", "other-table")) is None
-    assert nft.listed_chains("table inet overlay-policy {\n}\n") == frozenset()
-    # a table of another family by our name is not ours
-    assert nft.listed_chains("table ip overlay-policy {\n\tchain x {\n\t}\n}\n") is None
-
-
 def test_a_loaded_tables_chains_include_every_source_chain_an_add_made():
     pods, new = model_pods(), _new_pod()
     table = _compile(pods, [DENY])
-    names = nft.chain_names(table)
-    assert {"forward", "check_egress", "check_ingress"} <= names
-    assert {f"src_v-{p.namespace}-{p.name}" for p in pods if p.node == "node1"} <= names
+    rules = nft.chain_rules(table)
+    assert {"forward", "check_egress", "check_ingress"} <= rules.keys()
+    local = {f"src_v-{p.namespace}-{p.name}" for p in pods if p.node == "node1"}
+    assert local <= rules.keys()
+    assert all(rules[c] == 2 for c in local)  # IPv4's rule and IPv6's
     lp = LocalPod(new, "v-x-new")
-    assert nft.chain_names(admitted(table, lp, admission(table, lp))) == names | {"src_v-x-new"}
-    assert nft.chain_names(_compile(pods, [])) == frozenset()  # the empty table has none
+    assert nft.chain_rules(admitted(table, lp, admission(table, lp))) == {**rules,
+                                                                         "src_v-x-new": 2}
+    assert nft.chain_rules(_compile(pods, [])) == {}  # the empty table has none
+
+
+def test_each_chains_rules_are_counted_as_the_text_writes_them():
+    table = _compile(model_pods(), [DENY])
+    counted: dict[str, int] = {}
+    chain = ""
+    for line in table.text.splitlines():
+        if line.startswith("\tchain "):
+            chain = line.split()[1]
+            counted[chain] = 0
+        elif line.startswith("\t\t") and chain and " hook " not in line:
+            counted[chain] += 1
+        elif line == "\t}":
+            chain = ""
+    assert nft.chain_rules(table) == counted
+    assert counted["forward"] >= 5  # established, neighbour discovery, link-local, a jump
+    pods = model_pods()
+    logged = nft.chain_rules(compile_table(_local(pods), pods, model_namespaces(), [DENY],
+                                           log_denied=True))
+    assert logged["check_ingress"] == counted["check_ingress"] + 1  # the log rule
 
 
 def test_a_veth_whose_addresses_changed_gets_its_chain_made_again():
