@@ -858,8 +858,8 @@ def chain_rules(table: CompiledTable) -> dict[str, int]:
 
 def kernel_rules(netns: str | None = None) -> dict[str, int] | None:
     """The chains of our table in the kernel, each with its number of rules (None: no
-    table), from three nfnetlink dumps that fetch no set element (a few ms at 1000
-    policies, where ``nft list table`` takes ~0.4 s). NetlinkOpError when they fail."""
+    table), from three nfnetlink dumps that fetch no set element (4 ms at 100 policies,
+    27 ms at 1000, where ``nft list table`` takes ~0.4 s). NetlinkOpError when they fail."""
     with _nft_socket(netns) as sock:
         return sock.rules_per_chain(TABLE)
 
