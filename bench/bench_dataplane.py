@@ -25,12 +25,19 @@ pods (namespace ``default``, every pod) and one of them allows the benchmark's f
 others mix namespace and pod selectors, ipBlocks and ports. "overlay/anchor" is then
 "with N policies / with none". Such a run measures bulk TCP alone (``--metrics``: the
 budget buys more blocks of what is judged), discards a 1 s bulk run before each slot's
-figures (``--warmup``), and is met when bulk TCP's median and its interval's low end are
-both >= 0.95.
+figures (``--warmup``), and is judged on the pod path's own throughput, the labs' pod-to-pod
+Gbit/s with policies over without ("pod-to-pod alone"), met when its median and its
+interval's low end are both >= 0.95. The pod/node figure is shown beside it but is not the
+verdict here: the policy table turns conntrack on for the whole node, so the node path of
+the lab with policies slows as well, and dividing by it credits the policies with part of
+their own cost. (The two labs are alike and measured in turn, so their pod figures compare
+directly.) ``--from PATH`` reports a run saved with ``--save`` again, with this code's
+statistics.
 
     sudo .venv/bin/python bench/bench_dataplane.py [--budget 540] [--json]
     sudo .venv/bin/python bench/bench_dataplane.py --compare   # kernel state, no timing
     sudo .venv/bin/python bench/bench_dataplane.py --policies 100 [--budget 540]
+    .venv/bin/python bench/bench_dataplane.py --from bench/results/dataplane_policies.json
 """
 
 from __future__ import annotations
@@ -330,10 +337,11 @@ def geomean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-def block_ratio(slots: list[dict[str, Any]], metric: str) -> float:
-    """The tested side's geometric mean of ``rel`` over the reference side's."""
-    x = [s["figures"][metric]["rel"] for s in slots if s["side"] == "x"]
-    y = [s["figures"][metric]["rel"] for s in slots if s["side"] == "y"]
+def block_ratio(slots: list[dict[str, Any]], metric: str, figure: str = "rel") -> float:
+    """The tested side's geometric mean of ``figure`` (``rel``, or the ``pod`` path's
+    own) over the reference side's."""
+    x = [s["figures"][metric][figure] for s in slots if s["side"] == "x"]
+    y = [s["figures"][metric][figure] for s in slots if s["side"] == "y"]
     return geomean(x) / geomean(y)
 
 
@@ -347,12 +355,12 @@ def bootstrap_median(xs: list[float], level: float = 0.90, draws: int = 4000,
     return meds[int(tail * draws)], meds[min(draws - 1, int((1 - tail) * draws))]
 
 
-def summarize(blocks: list[dict[str, Any]], kind: str,
-              metrics: tuple[Metric, ...] = METRICS) -> dict[str, dict[str, Any]]:
+def summarize(blocks: list[dict[str, Any]], kind: str, metrics: tuple[Metric, ...] = METRICS,
+              figure: str = "rel") -> dict[str, dict[str, Any]]:
     out = {}
     for m in metrics:
-        ratios = [block_ratio(b["slots"], m.name) for b in blocks if (b["kind"] == "control")
-                  == (kind == "control")]
+        ratios = [block_ratio(b["slots"], m.name, figure) for b in blocks
+                  if (b["kind"] == "control") == (kind == "control")]
         if not ratios:
             continue
         low, high = bootstrap_median(ratios)
@@ -527,7 +535,12 @@ def main() -> None:
                          "(default 0; with --policies 1)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--save", metavar="PATH", help="also write the figures as JSON to PATH")
+    ap.add_argument("--from", dest="saved", metavar="PATH",
+                    help="report a run saved with --save again (no lab, no timing)")
     args = ap.parse_args()
+    if args.saved:
+        rereport(args)
+        return
     if args.budget <= 0 or args.seconds < 1 or args.short < 1 or args.streams < 1:
         sys.exit("error: --budget, --seconds, --short and --streams must be positive")
     keys = (args.metrics or (POLICY_METRICS if args.policies else ",".join(METRIC_KEYS)))
@@ -564,14 +577,36 @@ def main() -> None:
     report(blocks, args, time.monotonic() - started)
 
 
-def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) -> None:
+def rereport(args: argparse.Namespace) -> None:
+    """``--from``: the saved run's blocks and settings, reported by :func:`report`."""
+    try:
+        with open(args.saved, encoding="utf-8") as f:
+            saved = json.load(f)
+        blocks = saved["blocks"]
+        for key in ("seconds", "short", "warmup", "streams", "policies", "anchor_udpcsum"):
+            setattr(args, key, saved[key])
+        args.tweak = saved["tweaks"]
+        args.metrics = [k for k, m in METRIC_KEYS.items() if m.name in saved["metrics"]]
+        took = float(saved["took_s"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"error: {args.saved}: not a saved run ({e})")
+    args.save = None
+    report(blocks, args, took, loadavg=saved.get("loadavg"))
+
+
+def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float,
+           loadavg: list[str] | None = None) -> None:
     metrics = chosen(args)
     tested = summarize(blocks, "tested", metrics)
     control = summarize(blocks, "control", metrics)
     bulk = tested[METRICS[0].name]
     met = bulk["median"] >= TARGET_MEDIAN and bulk["low"] >= TARGET_LOW
-    if args.policies:  # issue 13: with N policies >= 0.95 x with none, the interval too
-        met = bulk["median"] >= POLICY_TARGET and bulk["low"] >= POLICY_TARGET
+    pod_alone: dict[str, dict[str, Any]] = {}
+    if args.policies:  # issue 13: pod-to-pod with N policies >= 0.95 x with none, its interval too
+        pod_alone = {kind: got[METRICS[0].name] for kind in ("tested", "control")
+                     if (got := summarize(blocks, kind, metrics, "pod"))}
+        judged = pod_alone["tested"]
+        met = judged["median"] >= POLICY_TARGET and judged["low"] >= POLICY_TARGET
     absolute: dict[str, dict[str, float]] = {}
     for m in metrics:
         for arm in ("ours", "anchor"):
@@ -584,9 +619,12 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
                "seconds": args.seconds, "short": args.short, "warmup": args.warmup,
                "metrics": [m.name for m in metrics],
                "streams": args.streams, "policies": args.policies,
-               "took_s": took, "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+               "took_s": took,
+               "loadavg": loadavg or Path("/proc/loadavg").read_text().split()[:3],
                "target": ({"median": POLICY_TARGET, "low": POLICY_TARGET} if args.policies else
                           {"median": TARGET_MEDIAN, "low": TARGET_LOW}), "met": met}
+    if pod_alone:
+        summary["pod_alone"] = pod_alone
     if args.save:
         atomic_write(args.save, json.dumps(summary, indent=2) + "\n")
     if args.json:
@@ -613,10 +651,19 @@ def report(blocks: list[dict[str, Any]], args: argparse.Namespace, took: float) 
         print(f"{m.name:<16}{t['median']:>15.3f}{t['low']:>8.3f}-{t['high']:<7.3f}{ctl}   "
               f"{a['ours pod']:.3g}/{a['ours node']:.3g}, {a['anchor pod']:.3g}/"
               f"{a['anchor node']:.3g} {m.unit}")
-    goal = (f"median >= {POLICY_TARGET}, low >= {POLICY_TARGET}" if args.policies else
-            f"median >= {TARGET_MEDIAN}, low >= {TARGET_LOW}")
+    if pod_alone:
+        for kind, label in (("tested", "with/none"), ("control", "control")):
+            if (p := pod_alone.get(kind)) is None:
+                continue
+            print(f"bulk TCP, pod-to-pod alone ({label}): {p['median']:.3f} "
+                  f"({p['low']:.3f}-{p['high']:.3f})")
+        judged = pod_alone["tested"]
+        print(f"bulk TCP pod-to-pod alone: median {judged['median']:.3f}, interval low "
+              f"{judged['low']:.3f}: target (median >= {POLICY_TARGET}, low >= "
+              f"{POLICY_TARGET}) {'met' if met else 'NOT met'}")
+        return
     print(f"bulk TCP: median {bulk['median']:.3f}, interval low {bulk['low']:.3f}: target "
-          f"({goal}) {'met' if met else 'NOT met'}")
+          f"(median >= {TARGET_MEDIAN}, low >= {TARGET_LOW}) {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,41 @@ def test_the_policy_verdict_needs_the_interval_low_end_too(
     assert json.loads(capsys.readouterr().out)["met"] is True
 
 
+def test_the_policy_verdict_is_the_pod_paths_own_throughput(
+        capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    """The policy table slows the node path too (conntrack for the whole node): pod/node
+    then reads 1.0 while pods lose 8 %, and the verdict must be the 0.92."""
+    def node_slowed(pod: float, node: float) -> dict[str, Any]:
+        return {m.name: {"pod": pod, "node": node, "rel": pod / node} for m in bd.METRICS}
+
+    blocks = [{"kind": "ABBA", "slots": [
+        {"arm": "ours", "side": "x", "figures": node_slowed(9.2, 9.2 * 1.2)},
+        {"arm": "anchor", "side": "y", "figures": node_slowed(10.0, 12.0)},
+        {"arm": "anchor", "side": "y", "figures": node_slowed(10.0, 12.0)},
+        {"arm": "ours", "side": "x", "figures": node_slowed(9.2, 9.2 * 1.2)}]}] * 5
+    args = argparse.Namespace(metrics=["bulk"], policies=100, save=str(tmp_path / "run.json"),
+                              json=True, tweak=[], anchor_udpcsum="", seconds=2, short=1,
+                              streams=4, warmup=1)
+    bd.report(blocks, args, 1.0)
+    out = json.loads(capsys.readouterr().out)
+    assert out["tested"]["bulk TCP"]["median"] == pytest.approx(1.0)
+    assert out["pod_alone"]["tested"]["median"] == pytest.approx(0.92)
+    assert out["met"] is False
+    # the saved run reported again: the same verdict, in words
+    again = argparse.Namespace(saved=args.save, json=False)
+    bd.rereport(again)
+    text = capsys.readouterr().out
+    assert "pod-to-pod alone: median 0.920, interval low 0.920" in text and "NOT met" in text
+
+
+def test_a_file_that_is_not_a_saved_run_is_one_line(tmp_path: Any) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"blocks": []}')
+    with pytest.raises(SystemExit) as e:
+        bd.rereport(argparse.Namespace(saved=str(bad), json=False))
+    assert "not a saved run" in str(e.value)
+
+
 def test_diff_states_names_only_what_differs() -> None:
     ours = {"link vxlan": {"mtu": 1450, "ethtool.gro": "on"}, "sysctl": {"a": "1"},
             "nft hooks": ["type nat hook postrouting"]}
