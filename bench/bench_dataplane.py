@@ -388,8 +388,10 @@ def run_blocks(arms: dict[str, Arm], args: argparse.Namespace,
                           "figures": measure_arm(arms[arm], args, flip=bool((n + i) % 2))})
         longest = max(longest, time.monotonic() - t0)
         blocks.append({"kind": kind, "slots": slots})
+        pods = (f", pod-to-pod alone {block_ratio(slots, METRICS[0].name, 'pod'):.3f}"
+                if getattr(args, "policies", 0) else "")
         print(f"  block {n + 1} ({kind}) in {time.monotonic() - t0:.0f} s: bulk "
-              f"{block_ratio(slots, METRICS[0].name):.3f}", file=sys.stderr)
+              f"{block_ratio(slots, METRICS[0].name):.3f}{pods}", file=sys.stderr)
     return blocks
 
 
@@ -588,9 +590,12 @@ def rereport(args: argparse.Namespace) -> None:
         args.tweak = saved["tweaks"]
         args.metrics = [k for k, m in METRIC_KEYS.items() if m.name in saved["metrics"]]
         took = float(saved["took_s"])
+        if not any(b["kind"] != "control" for b in blocks) or "bulk" not in args.metrics:
+            raise ValueError("no tested block of bulk TCP")
     except (OSError, ValueError, KeyError, TypeError) as e:
         sys.exit(f"error: {args.saved}: not a saved run ({e})")
-    args.save = None
+    if args.save:
+        sys.exit("error: --from reports a saved run; it saves nothing (no --save)")
     report(blocks, args, took, loadavg=saved.get("loadavg"))
 
 

@@ -16,6 +16,10 @@ source chain in the shape :func:`overlay.policy.nft.source_chain` writes for at 
 IPv4 address: ``ip saddr != ADDRESS`` and ``ip6 saddr != { ... }``, whose anonymous
 constant interval set is created in the same batch (:func:`source_chain_messages`).
 Anything else goes through libnftables as text.
+
+One read is here too: the number of rules in each chain of our table (three dumps that
+fetch no set element, :meth:`NftSocket.rules_per_chain`), which overlayd's periodic look
+at the kernel compares with what it loaded.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from overlay.netlink.rtnl import (
     SOL_NETLINK,
     attr,
     attr_str,
-    cstr,
     describe_errno,
     walk,
 )
@@ -353,50 +356,61 @@ class NftSocket:
     def dump(self, kind: int, body: bytes, keys: Sequence[int]) -> list[dict[int, bytes]]:
         """Attributes ``keys`` of every message a ``NFT_MSG_GET*`` dump of ``body``
         (nfgenmsg and filter attributes) answers. NetlinkOpError when the kernel refuses
-        it, or when the ruleset changed while it was dumped (the answer would be a mix)."""
+        it, or when the ruleset changed while it was dumped (the answer would be a mix);
+        either way the dump is read to its end, so the next one on this socket finds
+        nothing of it left (the kernel refuses a dump while another is unread: EBUSY)."""
         with self._lock:
             seq = next(self._seq)
             out: list[dict[int, bytes]] = []
+            interrupted, code = False, 0
             try:
                 self.sock.send(NLHDR.pack(NLHDR.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | kind,
                                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-                while True:
+                done = False
+                while not done:
                     buf = self.sock.recv(1 << 16)
                     for mtype, flags, rseq, off, end in walk(buf):
                         if rseq != seq:
                             continue
-                        if flags & NLM_F_DUMP_INTR:
-                            raise NetlinkOpError("nfnetlink: the ruleset changed during a dump")
-                        if mtype == NLMSG_DONE:
-                            return out
-                        if mtype == NLMSG_ERROR:
-                            code = -ERR.unpack_from(buf, off)[0]
-                            if code:
-                                raise NetlinkOpError(
-                                    f"nfnetlink dump: {describe_errno(code)}", code)
-                            return out
+                        interrupted |= bool(flags & NLM_F_DUMP_INTR)
+                        if mtype in (NLMSG_DONE, NLMSG_ERROR):
+                            # both carry an error code (0: the dump is complete)
+                            code = -ERR.unpack_from(buf, off)[0] if end - off >= 4 else 0
+                            done = True
+                            break
                         out.append(_some_attrs(buf, off + NFGEN.size, end, keys))
             except OSError as e:
                 raise NetlinkOpError(f"nfnetlink: {describe_errno(e.errno or 0)}",
                                      e.errno or 0) from e
+        if code:
+            raise NetlinkOpError(f"nfnetlink dump: {describe_errno(code)}", code)
+        if interrupted:
+            raise NetlinkOpError("nfnetlink: the ruleset changed during a dump")
+        return out
 
     def rules_per_chain(self, table: str) -> dict[str, int] | None:
         """Each chain of inet ``table`` with its number of rules; None when there is no
         such table. Three dumps, of tables, chains and the table's rules (the kernel
-        filters rules by table), none of set elements."""
-        family = NFGEN.pack(NFPROTO_INET, 0, 0)
+        filters rules by table), none of set elements. Names are compared as bytes:
+        another tool's table may be named in anything."""
+        family, ours = NFGEN.pack(NFPROTO_INET, 0, 0), table.encode()
         tables = self.dump(NFT_MSG_GETTABLE, family, (TABLE_NAME,))
-        if table not in {cstr(t.get(TABLE_NAME)) for t in tables}:
+        if ours not in {_name(t.get(TABLE_NAME)) for t in tables}:
             return None
-        counts = {cstr(c.get(CHAIN_NAME)): 0
+        counts = {_name(c.get(CHAIN_NAME)): 0
                   for c in self.dump(NFT_MSG_GETCHAIN, family, (CHAIN_TABLE, CHAIN_NAME))
-                  if cstr(c.get(CHAIN_TABLE)) == table}
+                  if _name(c.get(CHAIN_TABLE)) == ours}
         for r in self.dump(NFT_MSG_GETRULE, family + attr_str(RULE_TABLE, table),
                            (RULE_TABLE, RULE_CHAIN)):
-            if cstr(r.get(RULE_TABLE)) == table:
-                chain = cstr(r.get(RULE_CHAIN))
+            if _name(r.get(RULE_TABLE)) == ours:
+                chain = _name(r.get(RULE_CHAIN))
                 counts[chain] = counts.get(chain, 0) + 1
-        return counts
+        return {name.decode(errors="replace"): n for name, n in counts.items()}
+
+
+def _name(data: bytes | None) -> bytes:
+    """A string attribute's bytes up to its NUL."""
+    return data.split(b"\0", 1)[0] if data else b""
 
 
 def _some_attrs(buf: bytes, off: int, end: int, keys: Sequence[int]) -> dict[int, bytes]:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING, NamedTuple
 
-from overlay.errors import OverlayError
+from overlay.errors import NetlinkOpError, OverlayError
 from overlay.policy.model import (
     EGRESS,
     IN,
@@ -860,8 +860,11 @@ def kernel_rules(netns: str | None = None) -> dict[str, int] | None:
     """The chains of our table in the kernel, each with its number of rules (None: no
     table), from three nfnetlink dumps that fetch no set element (4 ms at 100 policies,
     27 ms at 1000, where ``nft list table`` takes ~0.4 s). NetlinkOpError when they fail."""
-    with _nft_socket(netns) as sock:
-        return sock.rules_per_chain(TABLE)
+    try:
+        with _nft_socket(netns) as sock:
+            return sock.rules_per_chain(TABLE)
+    except OSError as e:  # no socket (EMFILE, no nf_tables), no namespace
+        raise NetlinkOpError(f"nfnetlink: {e.strerror or e}", e.errno or 0) from e
 
 
 def _chain(name: str, header: str, rules: Sequence[str]) -> list[str]:

@@ -158,7 +158,7 @@ def test_the_policy_verdict_is_the_pod_paths_own_throughput(
     assert out["pod_alone"]["tested"]["median"] == pytest.approx(0.92)
     assert out["met"] is False
     # the saved run reported again: the same verdict, in words
-    again = argparse.Namespace(saved=args.save, json=False)
+    again = argparse.Namespace(saved=args.save, json=False, save=None)
     bd.rereport(again)
     text = capsys.readouterr().out
     assert "pod-to-pod alone: median 0.920, interval low 0.920" in text and "NOT met" in text
@@ -166,10 +166,11 @@ def test_the_policy_verdict_is_the_pod_paths_own_throughput(
 
 def test_a_file_that_is_not_a_saved_run_is_one_line(tmp_path: Any) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text('{"blocks": []}')
-    with pytest.raises(SystemExit) as e:
-        bd.rereport(argparse.Namespace(saved=str(bad), json=False))
-    assert "not a saved run" in str(e.value)
+    for text in ('{"blocks": []}', "[]", "{"):
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            bd.rereport(argparse.Namespace(saved=str(bad), json=False, save=None))
+        assert "not a saved run" in str(e.value)
 
 
 def test_diff_states_names_only_what_differs() -> None:

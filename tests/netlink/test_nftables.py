@@ -5,13 +5,18 @@ is tests/integration/test_policy_admit.py."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import struct
+import threading
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Network, ip_address
 
 import pytest
 
+from overlay.errors import NetlinkOpError
 from overlay.netlink import nftables as nl
-from overlay.netlink.rtnl import attrs, cstr
+from overlay.netlink.rtnl import NLHDR, NLMSG_DONE, attr, attr_str, attrs, cstr
 from overlay.policy import nft
 
 
@@ -209,3 +214,96 @@ def test_what_only_nft_text_can_say():
     assert nft._netlink_messages(nft.Admission((plain,), chain._replace(veth="bad name"))
                                  ) is None
     assert nft._netlink_messages(nft.Admission((), None)) == []
+
+
+
+class _ScriptedSocket:
+    """Replays datagrams a kernel would send for one dump: each script item is a
+    function of the request's sequence number, read from what was sent."""
+
+    def __init__(self, script: list[Callable[[int], bytes]]):
+        self.script, self.sent = script, list[bytes]()
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def recv(self, _size: int) -> bytes:
+        seq = struct.unpack_from("=I", self.sent[-1], 8)[0]
+        return self.script.pop(0)(seq)
+
+
+FAM = nl.NFGEN.pack(nl.NFPROTO_INET, 0, 0)
+
+
+def _msg(kind: int, *attributes: bytes, flags: int = 0, seq_offset: int = 0
+         ) -> Callable[[int], bytes]:
+    payload = FAM + b"".join(attributes)
+    return lambda seq: NLHDR.pack(NLHDR.size + len(payload), nl.NFNL_SUBSYS_NFTABLES << 8 | kind,
+                                  flags, seq + seq_offset, 0) + payload
+
+
+def _rule(table: str, chain: str, **kw: int) -> Callable[[int], bytes]:
+    return _msg(nl.NFT_MSG_NEWRULE, attr_str(nl.RULE_TABLE, table),
+                attr_str(nl.RULE_CHAIN, chain), **kw)
+
+
+def _done(code: int = 0) -> Callable[[int], bytes]:
+    return lambda seq: NLHDR.pack(NLHDR.size + 4, NLMSG_DONE, 0, seq, 0) + struct.pack(
+        "=i", -code)
+
+
+def _datagram(*parts: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    return lambda seq: b"".join(p(seq) for p in parts)
+
+
+def _scripted(script: list[Callable[[int], bytes]]) -> nl.NftSocket:
+    sock = nl.NftSocket.__new__(nl.NftSocket)  # no kernel: the codec alone
+    sock.sock = _ScriptedSocket(script)  # type: ignore[assignment]
+    sock._seq, sock._lock = itertools.count(7), threading.Lock()
+    return sock
+
+
+RULE_KEYS = (nl.RULE_TABLE, nl.RULE_CHAIN)
+
+
+def test_a_dump_is_read_to_its_end_past_an_earlier_requests_answer():
+    sock = _scripted([_datagram(_rule("overlay-policy", "old", seq_offset=-1),
+                                _rule("overlay-policy", "forward")),
+                      _datagram(_rule("other", "forward"), _done())])
+    got = sock.dump(nl.NFT_MSG_GETRULE, FAM, RULE_KEYS)
+    assert [(cstr(g[nl.RULE_TABLE]), cstr(g[nl.RULE_CHAIN])) for g in got] == [
+        ("overlay-policy", "forward"), ("other", "forward")]
+
+
+def test_an_interrupted_dump_is_drained_then_refused():
+    script = [_rule("overlay-policy", "forward", flags=nl.NLM_F_DUMP_INTR),
+              _rule("overlay-policy", "a"), _done()]
+    sock = _scripted(script)
+    with pytest.raises(NetlinkOpError, match="changed during a dump"):
+        sock.dump(nl.NFT_MSG_GETRULE, FAM, RULE_KEYS)
+    assert script == []  # nothing of it is left to refuse the next dump (EBUSY)
+
+
+def test_a_dump_that_ends_in_an_error_is_refused():
+    sock = _scripted([_datagram(_rule("overlay-policy", "forward"), _done(errno.ENOBUFS))])
+    with pytest.raises(NetlinkOpError) as e:
+        sock.dump(nl.NFT_MSG_GETRULE, FAM, RULE_KEYS)
+    assert e.value.code == errno.ENOBUFS
+
+
+def test_rules_are_counted_per_chain_of_our_table_alone():
+    def chain(table: str, name: str) -> Callable[[int], bytes]:
+        return _msg(nl.NFT_MSG_NEWCHAIN, attr_str(nl.CHAIN_TABLE, table),
+                    attr_str(nl.CHAIN_NAME, name))
+
+    ours = _msg(0, attr_str(nl.TABLE_NAME, "overlay-policy"))
+    not_utf8 = _msg(0, attr(nl.TABLE_NAME, b"t\xff\0"))  # another tool's, in any bytes
+    sock = _scripted([_datagram(not_utf8, ours, _done()),
+                      _datagram(chain("overlay-policy", "forward"),
+                                chain("overlay-policy", "empty"), chain("other", "forward"),
+                                _done()),
+                      _datagram(_rule("overlay-policy", "forward"),
+                                _rule("overlay-policy", "forward"), _done())])
+    assert sock.rules_per_chain("overlay-policy") == {"forward": 2, "empty": 0}
+    assert _scripted([_datagram(not_utf8, _done())]).rules_per_chain("overlay-policy") is None
