@@ -352,7 +352,6 @@ class NftSocket:
             raise NetlinkOpError(f"nf_tables refused message {index + 1} of the batch: "
                                  f"{describe_errno(code)}", code)
 
-
     def dump(self, kind: int, body: bytes, keys: Sequence[int]) -> list[dict[int, bytes]]:
         """Attributes ``keys`` of every message a ``NFT_MSG_GET*`` dump of ``body``
         (nfgenmsg and filter attributes) answers. NetlinkOpError when the kernel refuses
