@@ -892,8 +892,6 @@ class _LibNft:
         lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
         self._lib, self._lock = lib, threading.Lock()
@@ -903,18 +901,14 @@ class _LibNft:
         lib.nft_ctx_buffer_error(self._ctx)
         lib.nft_ctx_buffer_output(self._ctx)
 
-    def run(self, script: str) -> str:
-        """Run ``script``; what it printed (a ``list`` command's output)."""
+    def run(self, script: str) -> None:
         with self._lock:
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
             err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
-            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(
-                errors="replace")
         if rc != 0:
             lines = err.strip().splitlines()
             raise ProgramError(f"nft: {lines[0] if lines else 'transaction refused'}",
                                ["libnftables"], FAILED, 1, err.strip())
-        return out
 
 
 _libnft: list[_LibNft | None] = []  # [] not tried yet, [None] unavailable
@@ -931,17 +925,17 @@ def _library() -> _LibNft | None:
     return _libnft[0]
 
 
-def load_script(script: str, netns: str | None = None) -> str:
+def load_script(script: str, netns: str | None = None) -> None:
     """One atomic transaction (in ``netns`` if given: the tests' nodes, by ``nft -f``);
-    a rejected script changes nothing and raises ``ProgramError``. What nft printed (a
-    ``list`` command's output)."""
+    a rejected script changes nothing and raises ``ProgramError``."""
     lib = _library() if netns is None else None
     if lib is not None:
-        return lib.run(script)
+        lib.run(script)
+        return
     argv = ["nft", "-f", "-"]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
-    return run(argv, input=script, check=True, timeout=30.0).stdout
+    run(argv, input=script, check=True, timeout=30.0)
 
 
 def apply_table(table: CompiledTable, netns: str | None = None, *,
