@@ -216,7 +216,6 @@ def test_what_only_nft_text_can_say():
     assert nft._netlink_messages(nft.Admission((), None)) == []
 
 
-
 class _ScriptedSocket:
     """Replays datagrams a kernel would send for one dump: each script item is a
     function of the request's sequence number, read from what was sent."""

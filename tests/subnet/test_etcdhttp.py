@@ -253,12 +253,9 @@ def test_a_piece_that_fails_on_its_thread_fails_the_listing_in_the_callers(gatew
 
 
 def test_an_endpoint_names_an_ipv6_host_in_brackets():
-    from overlay.subnet.etcdhttp import Endpoint
-    assert str(Endpoint("::1", 2379, None, 1.0)) == "http://[::1]:2379"
-    assert str(Endpoint("127.0.0.1", 2379, None, 1.0)) == "http://127.0.0.1:2379"
-
-
-def test_a_member_is_shown_in_log_lines_as_its_endpoint_was_given():
+    assert str(gw.Endpoint("::1", 2379, None, 1.0)) == "http://[::1]:2379"
+    assert str(gw.Endpoint("127.0.0.1", 2379, None, 1.0)) == "http://127.0.0.1:2379"
+    # as the config's endpoint is written (one rule: etcdconf.endpoint_url)
     given = Endpoint("fd00::1", 2379, False)
     assert str(gw.Endpoint("fd00::1", 2379, None, 5.0)) == str(given) == "http://[fd00::1]:2379"
     assert str(gw.Endpoint("10.0.0.1", 2380, ssl.create_default_context(), 5.0)) == \
