@@ -389,7 +389,7 @@ def run_blocks(arms: dict[str, Arm], args: argparse.Namespace,
         longest = max(longest, time.monotonic() - t0)
         blocks.append({"kind": kind, "slots": slots})
         pods = (f", pod-to-pod alone {block_ratio(slots, METRICS[0].name, 'pod'):.3f}"
-                if getattr(args, "policies", 0) else "")
+                if args.policies else "")
         print(f"  block {n + 1} ({kind}) in {time.monotonic() - t0:.0f} s: bulk "
               f"{block_ratio(slots, METRICS[0].name):.3f}{pods}", file=sys.stderr)
     return blocks

@@ -78,7 +78,7 @@ def test_blocks_follow_the_cycle_and_stop_within_the_budget(
     monkeypatch.setattr(bd, "measure_arm", fake_measure)
     ours = bd.Arm("overlay", *(bd.Path_("", "", "", ""),) * 2)
     anchor = bd.Arm("anchor", *(bd.Path_("", "", "", ""),) * 2)
-    args = type("Args", (), {"budget": 200.0})()
+    args = type("Args", (), {"budget": 200.0, "policies": 0})()
     blocks = bd.run_blocks({"ours": ours, "anchor": anchor}, args, started=0.0)
     assert [b["kind"] for b in blocks] == ["ABBA", "BAAB", "control", "ABBA", "BAAB"]
     assert clock.now <= 200.0
