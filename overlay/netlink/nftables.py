@@ -15,7 +15,9 @@ IPv4 or IPv6 address, optionally concatenated with a protocol and a port, and a 
 source chain in the shape :func:`overlay.policy.nft.source_chain` writes for at most one
 IPv4 address: ``ip saddr != ADDRESS`` and ``ip6 saddr != { ... }``, whose anonymous
 constant interval set is created in the same batch (:func:`source_chain_messages`).
-Anything else goes through libnftables as text.
+A DEL sends the inverse: the same elements deleted, and the veth's chain deleted with its
+rules (:func:`del_elements_msg`, :func:`del_chain_msg`). Anything else goes through
+libnftables as text.
 
 One read is here too: the number of rules in each chain of our table (three dumps that
 fetch no set element, :meth:`NftSocket.rules_per_chain`), which overlayd's periodic look
@@ -57,6 +59,7 @@ NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM = 3, 6, 9, 12
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
+NFT_MSG_DELCHAIN, NFT_MSG_DELSETELEM = 5, 14
 NLM_F_DUMP_INTR = 0x10  # the ruleset changed while the kernel dumped it
 NLM_F_APPEND = 0x800
 NFPROTO_INET = 1
@@ -295,6 +298,18 @@ def new_rule_msg(body: bytes) -> Message:
 
 def new_elements_msg(body: bytes) -> Message:
     return NFT_MSG_NEWSETELEM, NLM_F_CREATE, body
+
+
+def del_elements_msg(body: bytes) -> Message:
+    """DELSETELEM: ``body`` as :func:`set_elements` writes it (each element must be there)."""
+    return NFT_MSG_DELSETELEM, 0, body
+
+
+def del_chain_msg(table: str, name: str) -> Message:
+    """DELCHAIN of chain ``name``, with its rules (no hook attribute: that would delete
+    only the hook's devices)."""
+    return NFT_MSG_DELCHAIN, 0, (NFGEN.pack(NFPROTO_INET, 0, 0) + attr_str(CHAIN_TABLE, table)
+                                 + attr_str(CHAIN_NAME, name))
 
 
 class NftSocket:

@@ -37,6 +37,9 @@ CLI against 3.6 ms creating a chain instead; through libnftables in-process, as 
 loads, 1.44 ms against 1.58 ms: there the cost is nft's cache of the table's sets.)
 So an ADD's :class:`Admission` is loaded by :func:`apply_admission` as nfnetlink messages
 (``overlay.netlink.nftables``, 0.2-0.4 ms), and as nft text only for what those cannot say.
+A DEL's :class:`Withdrawal` is its inverse (:func:`withdrawal`, :func:`apply_withdrawal`):
+the pod's elements deleted and its veth's chain with them, so the compiles that would
+follow a DEL have nothing to do.
 """
 
 from __future__ import annotations
@@ -783,6 +786,82 @@ def admitted(table: CompiledTable, lp: LocalPod, adm: Admission | None = None
                                elements=elements)
 
 
+class Withdrawal(NamedTuple):
+    """What a deleted local pod takes out of the loaded table: its elements, and its
+    veth's source chain (by name) if the table holds one."""
+    elements: tuple[SetElements, ...]
+    chain: str | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.elements and self.chain is None
+
+    def script(self) -> str:
+        """As ``nft`` commands: one transaction."""
+        lines = [f"delete element {FAMILY} {TABLE} {e.set} {{ {', '.join(e.elements)} }}"
+                 for e in self.elements]
+        if self.chain is not None:
+            lines.append(f"delete chain {FAMILY} {TABLE} {self.chain}")
+        return "".join(f"{line}\n" for line in lines)
+
+
+def withdrawal(table: CompiledTable, lp: LocalPod, remaining: Iterable[LocalPod]
+               ) -> Withdrawal | None:
+    """The ``delete element`` commands (and the source chain's ``delete chain``) taking a
+    local pod whose DEL ran out of the loaded ``table``, leaving the verdicts compiling the
+    table without it would give; ``remaining`` are the table's other local pods. The
+    inverse of :func:`admission`, and as narrow: None when only a compile can say it
+    (its address also held by a remaining pod or its veth shared with one, a set shared by
+    roles the pod splits, an interval set it is in, an element the table lacks, or no pod
+    left isolated: then the compile's table is empty and filters nothing).
+
+    Exact because a local pod's addresses are its own: the remote records holding an
+    address of this node's subnets stand for nothing (``build.assemble``), so the pod's
+    addresses and its named ports' elements are in a set only for it."""
+    idx = table.index
+    if idx is None or not table.counters:
+        return None
+    mine = set(lp.pod.ips)
+    if any(o.ifname == lp.ifname or mine.intersection(o.pod.ips) for o in remaining):
+        return None
+    new = _NewPod(idx, lp)
+    if new.selected - idx.compiled:
+        return None
+    elements, left = [], dict(table.elements)
+    for name, set_roles in idx.pod_sets:
+        wants = [new.wanted(role) for role in set_roles]
+        if any(w != wants[0] for w in wants):
+            return None
+        if not wants[0]:
+            continue
+        type_, interval = idx.set_types.get(name, ("", True))
+        have = table.elements.get(name, frozenset())
+        if interval or not wants[0] <= have:
+            return None
+        elements.append(SetElements(name, type_, interval, tuple(sorted(wants[0]))))
+        left[name] = have - wants[0]
+    if not any(left.get(name) for name, set_roles in idx.roles.items()
+               if any(r.kind == "isolated" for r in set_roles)):
+        return None
+    held = idx.sources.get(lp.ifname)
+    if held is not None and held != source_chain(lp.ifname, lp.pod.ips).addresses:
+        return None
+    return Withdrawal(tuple(elements), None if held is None else
+                      f"{SOURCE_CHAIN_PREFIX}{lp.ifname}")
+
+
+def withdrawn(table: CompiledTable, lp: LocalPod, w: Withdrawal) -> CompiledTable:
+    """``table`` once ``w`` (``withdrawal(table, lp, ...)``) is loaded."""
+    if table.index is None:
+        return table
+    elements = dict(table.elements)
+    for e in w.elements:
+        elements[e.set] = elements[e.set] - frozenset(e.elements)
+    sources = {v: a for v, a in table.index.sources.items() if v != lp.ifname}
+    return dataclasses.replace(table, index=dataclasses.replace(table.index, sources=sources),
+                               elements=elements)
+
+
 # -- a table changed in place ------------------------------------------------------------
 def same_table(a: CompiledTable, b: CompiledTable) -> bool:
     """Whether loading ``b`` over ``a`` would change nothing in the kernel."""
@@ -980,6 +1059,46 @@ def apply_admission(adm: Admission, netns: str | None = None) -> None:
     except OSError as e:  # no socket here (not permitted?): the text path works or says why
         log.debug("nfnetlink not usable (%s): loading the ADD's commands as text", e)
         apply_script(adm.script(), netns)
+
+
+def apply_withdrawal(w: Withdrawal, netns: str | None = None) -> None:
+    """Load a DEL's :class:`Withdrawal`: one transaction, all or nothing, as nfnetlink
+    messages when it can be (see :func:`apply_admission`), else as its script."""
+    msgs = _withdrawal_messages(w)
+    if msgs is None:
+        try:
+            load_script(w.script(), netns)
+        except ProgramError:
+            log.warning("nft refused to take a deleted pod's policy elements out; "
+                        "the table is unchanged")
+            raise
+        return
+    try:
+        with _nft_socket(netns) as sock:
+            sock.transaction(msgs)
+    except OverlayError:
+        log.warning("nf_tables refused to take a deleted pod's policy elements out; "
+                    "the table is unchanged")
+        raise
+    except OSError as e:
+        log.debug("nfnetlink not usable (%s): loading the DEL's commands as text", e)
+        load_script(w.script(), netns)
+
+
+def _withdrawal_messages(w: Withdrawal) -> list[Message] | None:
+    """The withdrawal's nfnetlink messages, or None when an element is not encoded here."""
+    from overlay.netlink import nftables as nl
+
+    try:
+        msgs = [nl.del_elements_msg(nl.set_elements(TABLE, e.set, e.type, e.elements))
+                for e in w.elements if not e.interval and e.type in nl.KEY_TYPES]
+    except ValueError:
+        return None
+    if len(msgs) != len(w.elements):
+        return None
+    if w.chain is not None:
+        msgs.append(nl.del_chain_msg(TABLE, w.chain))
+    return msgs
 
 
 def _netlink_messages(adm: Admission) -> list[Message] | None:

@@ -19,6 +19,7 @@ from ipaddress import ip_address
 import pytest
 
 from overlay.diagnose.policy_table import diff_tables, parse_table
+from overlay.errors import OverlayError
 from overlay.policy import nft
 from overlay.policy.model import parse_policy
 from overlay.policy.semantics import allowed
@@ -202,6 +203,45 @@ def test_a_table_updated_in_place_is_the_whole_compiles(topo, seed):
     in_place = nft.update_script(after, without) is not None
     assert nft.apply_table(without, netns=topo.node(1), held=after) is not in_place
     assert _kernel_diff(topo, without) == []
+    assert f"chain src_{gone.ifname} {{" not in topo.nft(1, "list", "table", "inet", nft.TABLE)
+
+
+@pytest.mark.parametrize("seed", [300, 301, 303])
+def test_a_withdrawn_pod_leaves_the_verdicts_of_a_compile_without_it(topo, seed):
+    """A DEL's path (``nft.withdrawal``, sent as nfnetlink messages): admitted then
+    withdrawn, node1's table is again the one loaded before the ADD (diagnose finds no
+    drift); withdrawn from the full compile, every probe between the other pods is judged
+    as the semantics judge it without that pod, and its veth's chain is gone."""
+    policies = [parse_policy(p) for p in random_policies(seed)]
+    ns, pods, node1 = model_namespaces(), list(topo.pods.values()), topo.local(1)
+    for gone in node1[seed % len(node1):] + node1[:seed % len(node1)]:
+        table = _load_without(topo, policies, gone.pod.ref)
+        adm = nft.admission(table, gone)
+        rest = [lp for lp in node1 if lp is not gone]
+        full = nft.compile_table(node1, pods, ns, policies)
+        if adm is not None and nft.withdrawal(full, gone, rest) is not None:
+            break
+    else:
+        raise AssertionError("no pod of node1 takes both paths: pick other seeds")
+    nft.apply_admission(adm, netns=topo.node(1))
+    w = nft.withdrawal(nft.admitted(table, gone, adm), gone, rest)
+    assert w is not None and nft._withdrawal_messages(w) is not None
+    nft.apply_withdrawal(w, netns=topo.node(1))
+    assert _kernel_diff(topo, table) == []
+    nft.apply_table(full, netns=topo.node(1))
+    w = nft.withdrawal(full, gone, rest)
+    assert w is not None and w.chain == f"src_{gone.ifname}"
+    nft.apply_withdrawal(w, netns=topo.node(1))
+    assert f"chain src_{gone.ifname} {{" not in topo.nft(1, "list", "table", "inet", nft.TABLE)
+    others = [p for p in pods if p.ref != gone.pod.ref]
+    asked = [pr for pr in probes() if gone.pod.ref not in (pr.src, pr.dst)]
+    got = topo.probe(asked)
+    wrong = sorted(str(pr) for pr in got if got[pr] != allowed(
+        topo.pods[pr.src], topo.pods[pr.dst], pr.port, pr.protocol, others, ns, policies))
+    assert not wrong, f"{len(wrong)} probes differ from semantics: {wrong[:4]}"
+    # the kernel refuses what it does not hold, and the table is unchanged
+    with pytest.raises(OverlayError):
+        nft.apply_withdrawal(w, netns=topo.node(1))
     assert f"chain src_{gone.ifname} {{" not in topo.nft(1, "list", "table", "inet", nft.TABLE)
 
 

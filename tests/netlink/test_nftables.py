@@ -216,6 +216,26 @@ def test_what_only_nft_text_can_say():
     assert nft._netlink_messages(nft.Admission((), None)) == []
 
 
+def test_a_withdrawal_deletes_its_elements_then_its_chain():
+    plain = nft.SetElements("p0_sel", nl.ADDRESS, False, ("10.0.0.1",))
+    named = nft.SetElements("p0_i0_named", nl.NAMED, False, ("10.0.0.1 . tcp . 80",))
+    msgs = nft._withdrawal_messages(nft.Withdrawal((plain, named), "src_veth0"))
+    assert msgs is not None and [(m[0], m[1]) for m in msgs] == [
+        (nl.NFT_MSG_DELSETELEM, 0), (nl.NFT_MSG_DELSETELEM, 0), (nl.NFT_MSG_DELCHAIN, 0)]
+    assert msgs[0][2] == nl.set_elements("overlay-policy", "p0_sel", nl.ADDRESS, ["10.0.0.1"])
+    chain = attrs(msgs[2][2], 4)
+    # the table and the chain's name only: a hook attribute would delete only devices
+    assert sorted(chain) == [nl.CHAIN_TABLE, nl.CHAIN_NAME]
+    assert cstr(chain[nl.CHAIN_TABLE]) == "overlay-policy"
+    assert cstr(chain[nl.CHAIN_NAME]) == "src_veth0"
+    assert nft._withdrawal_messages(nft.Withdrawal((), None)) == []
+    # an interval set's element, or one not encoded here: nft's text says it
+    interval = nft.SetElements("p0_e0_peer", nl.ADDRESS, True, ("10.0.0.1",))
+    assert nft._withdrawal_messages(nft.Withdrawal((plain, interval), None)) is None
+    odd = nft.SetElements("p0_sel", nl.ADDRESS, False, ("10.0.0.0/24",))
+    assert nft._withdrawal_messages(nft.Withdrawal((odd,), None)) is None
+
+
 class _ScriptedSocket:
     """Replays datagrams a kernel would send for one dump: each script item is a
     function of the request's sequence number, read from what was sent."""

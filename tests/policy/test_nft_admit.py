@@ -23,6 +23,8 @@ ADD_RE = re.compile(r"^add element inet overlay-policy (\S+) \{ (.*) \}$")
 CHAIN_RE = re.compile(r"^\tchain (\S+) \{$")
 ADD_CHAIN_RE = re.compile(r"^add chain inet overlay-policy (src_\S+) \{ (.*) \}$")
 ADD_RULE_RE = re.compile(r"^add rule inet overlay-policy (src_\S+) (.*)$")
+DELETE_RE = re.compile(r"^delete element inet overlay-policy (\S+) \{ (.*) \}$")
+DELETE_CHAIN_RE = re.compile(r"^delete chain inet overlay-policy (src_\S+)$")
 
 
 def _new_pod(label: str = "a", ns: str = "x") -> Pod:
@@ -72,6 +74,13 @@ class Kernel:
             elif m := ADD_RULE_RE.match(line):
                 assert m[1] in self.chains, f"no chain {m[1]}"
                 self.chains[m[1]].append(m[2])
+            elif m := DELETE_RE.match(line):  # the kernel refuses an absent element
+                assert m[1] in self.elements, f"no set {m[1]}"
+                gone = set(m[2].split(", "))
+                assert gone <= self.elements[m[1]], f"{gone - self.elements[m[1]]} not in {m[1]}"
+                self.elements[m[1]] -= gone
+            elif m := DELETE_CHAIN_RE.match(line):
+                assert self.chains.pop(m[1], None) is not None, f"no chain {m[1]}"
             else:
                 raise AssertionError(f"unexpected command {line!r}")
 
