@@ -14,7 +14,8 @@ complete new one replaces it, and nothing is ever flushed, on restart or shutdow
 
 The warm CNI server calls :meth:`PolicyAgent.admit` after an ADD: the table is compiled
 with the new pod and loaded before the runtime hears of the pod, so a selected pod's
-first packet is already filtered. While a valid policy exists the agent keeps a marker
+first packet is already filtered; after a DEL, :meth:`PolicyAgent.withdraw` takes the
+pod's elements out the same way. While a valid policy exists the agent keeps a marker
 file beside subnet.env (``overlay.subnetenv.policy_marker_path``) so the plugin's
 in-process fallback, which knows no policy, answers "try again" (11) instead.
 """
@@ -43,7 +44,7 @@ from overlay.cni import podmeta
 from overlay.cni.attachments import AttachmentCache, LocalPod as Attachment
 from overlay.cni.skel import Handler, Request
 from overlay.errors import CNIError, OverlayError
-from overlay.lease import IPNetwork, Rejection
+from overlay.lease import IPAddress, IPNetwork, Rejection
 from overlay.netlink.pod import host_veth_name
 from overlay.policy import conntrack, nft
 from overlay.policy.build import Inputs, assemble
@@ -184,6 +185,19 @@ def _read_counters() -> dict[str, int]:
             and "name" in c}
 
 
+_PodsKey = tuple[frozenset[nft.LocalPod], frozenset[Pod]]
+
+
+def _pods_key(got: Inputs) -> _PodsKey:
+    """What a compile reads of the pods (their labels and ports too: ``Pod`` compares
+    them), apart from the policies and namespaces the generation stands for."""
+    return frozenset(got.local), frozenset(got.pods)
+
+
+def _addresses(local: Iterable[nft.LocalPod]) -> set[IPAddress]:
+    return {ip for lp in local for ip in lp.pod.ips}
+
+
 def _few(names: Iterable[str]) -> str:
     """At most five of ``names``, for a log line."""
     return ", ".join(sorted(names)[:5]) or "none"
@@ -203,6 +217,7 @@ class PolicyAgent:
                  apply: Callable[..., bool] = nft.apply_table,
                  bridge_problem: Callable[[Iterable[int]], str | None] = bridge_problem_for,
                  update: Callable[[nft.Admission], None] = nft.apply_admission,
+                 remove: Callable[[nft.Withdrawal], None] = nft.apply_withdrawal,
                  log_denied: bool = False,
                  own_ipv6_subnet: Callable[[], IPv6Network | None] = lambda: None,
                  kernel_rules: Callable[[], dict[str, int] | None] = nft.kernel_rules):
@@ -214,7 +229,7 @@ class PolicyAgent:
         self._disk_moved = disk_moved  # whether they changed since the last look (stats)
         self._dropped_logged: set[tuple[str, int]] = set()
         self._apply, self._bridge_problem = apply, bridge_problem
-        self._update, self.log_denied = update, log_denied
+        self._update, self._remove, self.log_denied = update, remove, log_denied
         self._kernel_rules = kernel_rules
         self._leases_listed = leases_listed  # pods are judged against the leases
         self._kvs: dict[str, dict[str, KV]] = {kind: {} for kind in KINDS}
@@ -233,12 +248,18 @@ class PolicyAgent:
         self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
         self._loaded_refs: frozenset[str] = frozenset()  # the pods it was compiled with
         self._loaded_local: dict[str, nft.LocalPod] = {}  # and the local ones, by veth
+        # the pods ``loaded`` is exactly the compile of (an ADD's admitted one included)
+        self._held_key: _PodsKey = (frozenset(), frozenset())
         self._unsure = False  # an update may have half failed: replace the table whole
         self.complete = threading.Event()  # every prefix listed once
         self.first_load = threading.Event()  # a complete table was loaded
         self.selecting = False  # a policy selects a local pod
         self.bridge_problem: str | None = None
         self._cut_wanted = threading.Event()  # a table loaded: its denied flows may live
+        # addresses of local pods gone (DEL) since the last cut: their entries are dead,
+        # and would carry the connections of whichever pod IPAM hands them to next
+        self._dead: set[IPAddress] = set()
+        self._culled = False  # a cut has run since start (dead entries of earlier pods)
         self._conntrack_problem: str | None = None
         rejected = Counter("overlay_policy_objects_rejected", "Keys under policies/, "
                            "namespaces/ or pods/ rejected by their kind's rule (once per "
@@ -258,6 +279,10 @@ class PolicyAgent:
                               "policy table before the ADD returned, by how: 'elements' "
                               "(added to the loaded table's sets) or 'table' (compiled and "
                               "replaced whole)", ["path"], registry=metrics)
+        self.withdrawals = Counter("overlay_policy_withdrawals", "CNI DELs whose pod "
+                                   "was taken out of the policy table (its elements and "
+                                   "source chain) before the DEL returned; the others wait "
+                                   "for the compiler's next pass", registry=metrics)
         Gauge("overlay_policy_selecting", "1 while a NetworkPolicy selects a pod of "
               "this node", registry=metrics).set_function(lambda: int(self.selecting))
         metrics.register(PolicyCounters(lambda: self.loaded))
@@ -308,6 +333,8 @@ class PolicyAgent:
                     continue
                 if due <= DISK_POLL:
                     self.check_kernel()  # the periodic pass: is the table still there?
+                    if self._dead:
+                        self._cut_wanted.set()  # gone pods' entries (no ADD needed them)
                 self._dirty.set()  # the periodic pass, or the disk moved
             if self.stop.is_set():
                 return
@@ -391,20 +418,27 @@ class PolicyAgent:
         for a load, not for a compile; a compile that missed a pod admitted meanwhile is
         done again under the lock (loading it would drop that pod's elements)."""
         with self._inputs_lock:
-            generation, got, table = self._compile()
+            generation, got = self._current()
+            key = _pods_key(got)
+            table = self._held_unchanged(generation, key) or self._compile_inputs(got)
             with self._compile_lock:
                 if self._misses_admitted(got):
                     generation, got, table = self._compile()
-                if (self.loaded is None or self._unsure
-                        or not nft.same_table(table, self.loaded)):
+                    key = _pods_key(got)
+                if table is not self.loaded and (self.loaded is None or self._unsure
+                                                 or not nft.same_table(table, self.loaded)):
                     whole = self._apply(table, held=None if self._unsure else self.loaded)
                     self.loaded, self._unsure = table, False
                     (self.loads if whole else self.updates).inc()
                     if table.counters:
                         self._cut_wanted.set()
                 self._loaded_refs = frozenset(p.ref for p in got.pods)
-                self._loaded_local = {lp.ifname: lp for lp in got.local}
+                local = {lp.ifname: lp for lp in got.local}
+                self._dead |= _addresses(self._loaded_local.values()) - _addresses(
+                    local.values())
+                self._loaded_local = local
                 self._compiled_generation = generation
+                self._held_key = key
             self.first_load.set()
             self._note(bool(table.counters), bool(got.policies),
                        {ip.version for lp in got.local for ip in lp.pod.ips})
@@ -444,11 +478,29 @@ class PolicyAgent:
         return False
 
     def _compile(self) -> tuple[int, Inputs, nft.CompiledTable]:
+        generation, got = self._current()
+        return generation, got, self._compile_inputs(got)
+
+    def _current(self) -> tuple[int, Inputs]:
         with self._state_lock:
             generation = self._generation  # a later change bumps it past this
-        got = self.inputs()
-        return generation, got, nft.compile_table(got.local, got.pods, got.namespaces,
-                                                  got.policies, log_denied=self.log_denied)
+        return generation, self.inputs()
+
+    def _compile_inputs(self, got: Inputs) -> nft.CompiledTable:
+        return nft.compile_table(got.local, got.pods, got.namespaces, got.policies,
+                                 log_denied=self.log_denied)
+
+    def _held_unchanged(self, generation: int, key: _PodsKey) -> nft.CompiledTable | None:
+        """The loaded table when it is already the compile of these inputs: the same
+        policies and namespaces (``generation``) and the same pods, an ADD's admitted one
+        included. Then a pass compiles nothing: after each ADD the pod's registry record
+        and its files on disk each wake the compiler, and at 100 policies each compile
+        took ~15 ms of the interpreter that the next ADD was waiting for."""
+        with self._compile_lock:
+            if (self.loaded is None or self._unsure or key != self._held_key
+                    or generation != self._compiled_generation):
+                return None
+            return self.loaded
 
     def _misses_admitted(self, got: Inputs) -> bool:
         with self._state_lock:
@@ -477,20 +529,25 @@ class PolicyAgent:
 
     def cut_denied(self) -> int:
         """Delete the conntrack entries of local pods' connections the loaded policies
-        now deny (established connections would otherwise outlive the change); flows
-        with the node's own side of the bridge (the gateway: kubelet's probes) are never
-        filtered and are left alone. How many went."""
+        now deny (established connections would otherwise outlive the change), and those
+        of an address of this node's subnets that no local pod holds: its pod is gone, and
+        whichever pod IPAM gives the address next would inherit them. Flows with the
+        node's own side of the bridge (the gateway: kubelet's probes) are never filtered
+        and are left alone. How many went."""
+        with self._compile_lock:
+            dead = set(self._dead)
         with self._inputs_lock:  # inputs() updates the judged caches
             got = self.inputs()
         local = {ip for lp in got.local for ip in lp.pod.ips}
-        subnet = self._own_subnet()
+        subnets = [net for net in (self._own_subnet(), self._own_ipv6_subnet())
+                   if net is not None]
         # the bridge's addresses: each of the node's subnets' first host
-        gateways = {net.network_address + 1 for net in (subnet, self._own_ipv6_subnet())
-                    if net is not None}
-        if not local:
+        gateways = {net.network_address + 1 for net in subnets}
+        dead -= local
+        if not local and not dead:
             return 0
-        try:  # only the local pods' families (each listing walks the whole table)
-            flows = conntrack.list_flows({ip.version for ip in local})
+        try:  # only these families (each listing walks the whole table)
+            flows = conntrack.list_flows({ip.version for ip in local | dead})
         except ProgramError as e:
             if str(e) != self._conntrack_problem:
                 log.warning("cannot list conntrack entries (%s): connections a policy "
@@ -498,13 +555,23 @@ class PolicyAgent:
             self._conntrack_problem = str(e)
             return 0
         self._conntrack_problem = None
-        denied = [f for f in flows if (f.src in local or f.dst in local)
+
+        def gone_pod(ip: IPAddress) -> bool:  # of this node's pods, but none holds it
+            return ip not in local and any(ip in net for net in subnets)
+
+        denied = [f for f in flows if (f.src in local or f.dst in local
+                                       or gone_pod(f.src) or gone_pod(f.dst))
                   and not gateways & {f.src, f.dst}
-                  and not allowed(Host(f.src), Host(f.dst), f.dport, f.protocol, got.pods,
-                                  got.namespaces, got.policies)]
+                  and (gone_pod(f.src) or gone_pod(f.dst) or not allowed(
+                      Host(f.src), Host(f.dst), f.dport, f.protocol, got.pods,
+                      got.namespaces, got.policies))]
         gone = conntrack.delete_flows(denied)
+        with self._compile_lock:
+            self._dead -= dead
+            self._culled = True
         if gone:
-            log.info("cut %d connection(s) the policies now deny", gone)
+            log.info("cut %d connection(s) the policies now deny or whose pod is gone",
+                     gone)
         return gone
 
     def _note(self, selecting: bool, any_policy: bool, families: Iterable[int]) -> None:
@@ -594,6 +661,9 @@ class PolicyAgent:
                 return False  # compiled while its ADD ran (of unknown identity then)
             if changed or local.pod.ref in self._loaded_refs:
                 return False
+            ips = set(local.pod.ips)
+            if any(ips.intersection(lp.pod.ips) for lp in self._loaded_local.values()):
+                return False  # a deleted pod's address the table still holds: compile
             adm = nft.admission(loaded, local)
             if adm is None:
                 return False
@@ -606,11 +676,46 @@ class PolicyAgent:
                     raise
                 self.loaded = nft.admitted(loaded, local, adm)
                 self._loaded_refs |= {local.pod.ref}
-                if loaded.counters:
+                self._loaded_local[local.ifname] = local
+                locals_, pods = self._held_key
+                self._held_key = (locals_ | {local}, pods | {local.pod})
+                if loaded.counters and (not self._culled or ips & self._dead):
                     self._cut_wanted.set()  # its addresses' entries of an earlier pod
         log.debug("pod %s admitted by adding its policy elements", local.pod.ref)
         self._dirty.set()
         return True
+
+    def withdraw(self, container_id: str, ifname: str) -> None:
+        """A pod's DEL ran (its veth is gone): its elements and its veth's source chain
+        leave the loaded table before the DEL returns, in one transaction
+        (``nft.withdrawal``). Then the compiler's passes that follow find the table
+        already compiled from what they read and compile nothing, and the pod's address,
+        when IPAM hands it out again, carries nothing of it. Where a withdrawal cannot say
+        it, or the kernel refuses it (then nothing changed), the compiler's next pass does
+        it, as before."""
+        veth = host_veth_name(container_id, ifname)
+        with self._compile_lock:
+            loaded, lp = self.loaded, self._loaded_local.get(veth)
+            if loaded is None or lp is None or self._unsure:
+                return
+            w = nft.withdrawal(loaded, lp, [o for v, o in self._loaded_local.items()
+                                            if v != veth])
+            if w is None:
+                return
+            if not w.empty:
+                try:
+                    self._remove(w)
+                except OverlayError as e:
+                    log.warning("pod %s left in the policy table until the next compile: "
+                                "%s", lp.pod.ref, e)
+                    return
+            self.loaded = nft.withdrawn(loaded, lp, w)
+            del self._loaded_local[veth]
+            self._dead |= set(lp.pod.ips)
+            locals_, pods = self._held_key
+            self._held_key = (locals_ - {lp}, pods - {lp.pod})
+            self.withdrawals.inc()
+        log.debug("pod %s withdrawn from the policy table", lp.pod.ref)
 
     def forget(self, container_id: str) -> None:
         with self._state_lock:
@@ -640,6 +745,7 @@ def enforcing_handlers(handlers: Mapping[str, Handler],
         out = delete(req)
         policy = agent()
         if policy is not None:
+            policy.withdraw(req.container_id, req.ifname)
             policy.forget(req.container_id)
         return out
 

@@ -23,6 +23,7 @@ from overlay.cni.skel import Request
 from overlay.daemon import policyagent
 from overlay.daemon.policyagent import NAMESPACES, NODES, PODS, POLICIES, PolicyAgent
 from overlay.errors import CNIError, NetlinkOpError
+from overlay.netlink.pod import host_veth_name
 from overlay.policy import nft
 from overlay.util.proc import ProgramError
 from tests.fakes import attachments_of_records
@@ -68,6 +69,11 @@ class Applied:
             raise ProgramError("nft refused it", ["nft"], "failed", 1)
         self.scripts.append(adm.script())
 
+    def remove(self, w: nft.Withdrawal) -> None:
+        if self.fail:
+            raise ProgramError("nft refused it", ["nft"], "failed", 1)
+        self.scripts.append(w.script())
+
 
 @pytest.fixture
 def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, dict[str, str | None]]:
@@ -79,7 +85,7 @@ def agent(tmp_path: Path) -> tuple[PolicyAgent, Applied, dict[str, str | None]]:
                     str(tmp_path / "policy-enforced"), REGISTRY[0], threading.Event(),
                     attachments=lambda s, s6: attachments_of_records(a, "n1")(s, s6),
                     apply=applied, bridge_problem=lambda _families: bridge["problem"],
-                    update=applied.update)
+                    update=applied.update, remove=applied.remove)
     return a, applied, bridge
 
 
@@ -224,7 +230,8 @@ def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
     assert "10.244.1.9" in applied.scripts[0]
     assert "add chain inet overlay-policy src_veth" in applied.scripts[0]  # its source check
     assert list(a._pending) == ["c-new"]  # until the registry has it
-    assert a._cut_wanted.is_set()  # an earlier holder of its address may have entries
+    # an earlier holder of its address may have entries (none was cut since start)
+    assert a._cut_wanted.is_set()
     a.sync()  # the compiler's pass: the kernel already holds what it compiles
     assert len(applied.tables) == 1
     assert "10.244.1.9" in a.loaded.elements["p0_sel"] and "veth" in str(a.loaded.index.sources)
@@ -233,6 +240,165 @@ def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
     a._replace(PODS, [_pod("a", "10.244.1.2"), published])
     a.sync()
     assert a._pending == {} and len(applied.tables) == 1
+
+
+def test_a_pass_whose_inputs_the_loaded_table_already_compiles_compiles_nothing(
+        agent, monkeypatch) -> None:
+    """After an ADD's admission the kernel holds the compile with the pod: the compiler's
+    passes that follow (its registry record, its files on disk) compile nothing until
+    something else changes, a pod's labels or a policy."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    compiled: list[int] = []
+    compile_inputs = a._compile_inputs
+
+    def counted(got: Any) -> nft.CompiledTable:
+        compiled.append(len(got.pods))
+        return compile_inputs(got)
+
+    monkeypatch.setattr(a, "_compile_inputs", counted)
+    a.sync()
+    assert compiled == []  # nothing changed since the load
+    a.admit(_request(), RESULT)
+    held = a.loaded
+    a.sync()
+    assert compiled == [] and a.loaded is held and len(applied.tables) == 1
+    # the same pod with another label: compiled (and loaded in place)
+    relabelled = KV(keys.pod_key(PREFIX, "x", "a"), encode_pod(PodRecord(
+        "x", "a", (IPv4Address("10.244.1.2"),), "n1", "c-a", "eth0",
+        {"pod": Label("b", SOURCE_CNI)})), 5)
+    a._replace(PODS, [relabelled])
+    a.sync()
+    assert len(compiled) == 1
+    a.sync()
+    assert len(compiled) == 1  # and then held again
+    allow = {**DENY, "metadata": {"name": "allow", "namespace": "x"},
+             "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}}
+    a._replace(POLICIES, [_policy(DENY), _policy(allow)])
+    a.sync()
+    assert len(compiled) == 2 and "p0_ingress_allowed" in a.loaded.text
+
+
+def _del_request(cid: str = "c-new") -> Request:
+    return _request(cid)._replace(command="DEL")
+
+
+def test_a_del_takes_its_pod_out_before_it_returns(agent, monkeypatch) -> None:
+    """The DEL's withdrawal (``nft.withdrawal``): the pod's elements and source chain
+    leave the loaded table in one transaction, the compiler's passes after it compile
+    nothing, and its address is noted for the next cut."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers["ADD"](_request())
+    before = a.loaded
+    handlers["DEL"](_del_request())
+    assert applied.scripts[-1].splitlines() == [
+        "delete element inet overlay-policy p0_sel { 10.244.1.9 }",
+        f"delete chain inet overlay-policy src_{host_veth_name('c-new', 'eth0')}"]
+    assert "10.244.1.9" in before.elements["p0_sel"]
+    assert "10.244.1.9" not in a.loaded.elements["p0_sel"] and a._pending == {}
+    assert a._dead == {IPv4Address("10.244.1.9")}
+    assert "overlay_policy_withdrawals_total 1.0" in generate_latest(REGISTRY[0]).decode()
+    compiled: list[int] = []
+    compile_inputs = a._compile_inputs
+
+    def counted(got: Any) -> nft.CompiledTable:
+        compiled.append(1)
+        return compile_inputs(got)
+
+    monkeypatch.setattr(a, "_compile_inputs", counted)
+    a.sync()
+    assert compiled == [] and len(applied.tables) == 1
+
+
+def test_a_del_the_kernel_refuses_is_left_to_the_compiler(agent) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers["ADD"](_request())
+    held = a.loaded
+    applied.fail = True
+    handlers["DEL"](_del_request())  # the DEL itself succeeds
+    assert a.loaded is held and "10.244.1.9" in a.loaded.elements["p0_sel"]
+    applied.fail = False
+    a.sync()
+    assert len(applied.tables) == 2 and "10.244.1.9" not in a.loaded.elements["p0_sel"]
+    assert a._dead == {IPv4Address("10.244.1.9")}  # noted by the compile instead
+
+
+def test_an_add_given_an_address_the_table_still_holds_compiles(agent) -> None:
+    """A DEL left to the compiler keeps its pod's elements until the next pass; an ADD
+    given that address meanwhile compiles the table (no element of the gone pod stays
+    with the new one)."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers["ADD"](_request())
+    applied.fail = True
+    handlers["DEL"](_del_request())
+    applied.fail = False
+    handlers["ADD"](_request("c-again")._replace(args={"K8S_POD_NAMESPACE": "x",
+                                                       "K8S_POD_NAME": "again"}))
+    assert a.admits.labels("table")._value.get() == 1
+    assert list(a.loaded.index.sources) == sorted(
+        host_veth_name(c, "eth0") for c in ("c-a", "c-again"))
+
+
+def test_an_add_cuts_only_for_an_address_whose_entries_may_live(agent, monkeypatch) -> None:
+    """Until a cut has run since start every ADD asks for one (entries of a pod gone while
+    overlayd was down); then only an ADD given the address of a pod gone since the last
+    cut. A cut deletes a gone pod's entries, allowed or not, and forgets its address."""
+    from overlay.policy import conntrack
+    from overlay.policy.conntrack import Flow
+
+    a, _, _ = agent
+    ip = IPv4Address
+    allow = {**DENY, "metadata": {"name": "from-b", "namespace": "x"},
+             "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}}
+    _listed(a, [_policy(DENY), _policy(allow)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    flows = [Flow("TCP", ip("10.244.1.2"), ip("10.244.1.9"), 5000, 80),  # a -> the gone pod
+             Flow("TCP", ip("10.244.1.1"), ip("10.244.1.9"), 5001, 80),  # the gateway's
+             Flow("TCP", ip("10.244.1.2"), ip("10.244.1.2"), 5002, 80)]  # allowed, alive
+    deleted: list[Flow] = []
+    monkeypatch.setattr(conntrack, "list_flows", lambda _versions: flows)
+
+    def delete(fs: list[Flow]) -> int:
+        deleted.extend(fs)
+        return len(fs)
+
+    monkeypatch.setattr(conntrack, "delete_flows", delete)
+    results = {cid: {"cniVersion": "1.0.0", "ips": [{"address": f"10.244.1.{n}/24"}]}
+               for cid, n in (("c-new", 9), ("c-fresh", 10), ("c-again", 10))}
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: results[req.container_id], "DEL": lambda req: None}, lambda: a)
+
+    def add(cid: str) -> None:
+        handlers["ADD"](_request(cid)._replace(args={"K8S_POD_NAMESPACE": "x",
+                                                     "K8S_POD_NAME": cid}))
+
+    add("c-new")
+    assert a.admits.labels("elements")._value.get() == 1
+    assert a._cut_wanted.is_set()  # none ran since start
+    handlers["DEL"](_del_request("c-new"))
+    a._cut_wanted.clear()
+    assert a.cut_denied() == 1 and deleted == [flows[0]]
+    assert a._dead == set() and a._culled
+    add("c-fresh")
+    assert not a._cut_wanted.is_set()  # an address no pod held since the cut
+    handlers["DEL"](_del_request("c-fresh"))
+    assert a._dead == {ip("10.244.1.10")}
+    add("c-again")  # IPAM hands out the gone pod's address again
+    assert a._cut_wanted.is_set()
+    assert a.admits.labels("elements")._value.get() == 3
 
 
 def test_del_forgets_a_pod_the_registry_never_had(agent) -> None:
