@@ -57,7 +57,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network, ip_address
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from overlay.errors import NetlinkOpError, OverlayError
 from overlay.policy.model import (
@@ -166,6 +166,23 @@ class TableIndex:
     unnamed: frozenset[Role]  # ("peer", ...) / ("named", ...) rules that named no one
     sources: Mapping[str, tuple[str, ...]]  # veth -> the addresses its source chain allows
     set_types: Mapping[str, tuple[str, bool]] = field(default_factory=dict)  # (type, interval)
+    # what admissions derive from the fields above, built once per compiled table and
+    # shared by the indexes ``admitted``/``withdrawn`` make of it (they change ``sources``)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def peer_groups(self) -> Mapping[tuple[int, str, int], int]:
+        """(policy, direction, rule) -> one number per distinct (peers, policy namespace):
+        whether a pod is among a rule's peers is decided once per number (100 policies
+        written from a few selectors name a few dozen)."""
+        got = self.memo.get("peer_groups")
+        if got is None:
+            ids: dict[tuple[object, str], int] = {}
+            got = {(i, d, j): ids.setdefault((rule.peers, p.namespace), len(ids))
+                   for i, p in enumerate(self.policies) for d in (EGRESS, INGRESS)
+                   for j, rule in enumerate(_rules_of(p, d)) if rule.peers is not None}
+            self.memo["peer_groups"] = got
+        return got
 
     @functools.cached_property
     def all_roles(self) -> frozenset[Role]:
@@ -660,6 +677,17 @@ class _NewPod:
         self.selected = {i for i, p in enumerate(idx.policies) if _selects(p, lp.pod)}
         self.isolated = {d for i in self.selected for d in idx.policies[i].policy_types}
         self._cache: dict[Role, set[str]] = {}
+        self._groups = idx.peer_groups
+        self._named: dict[tuple[int, bool], bool] = {}  # (peer group, blocks) -> named
+
+    def _names(self, role: Role, rule: Rule, policy: NetworkPolicy, blocks: bool) -> bool:
+        """:func:`_names_pod`, once per peer group."""
+        key = (self._groups[role.policy, role.direction, role.rule], blocks)
+        got = self._named.get(key)
+        if got is None:
+            got = self._named[key] = _names_pod(rule, policy, self.lp.pod,
+                                                self.idx.namespaces, blocks)
+        return got
 
     def wanted(self, role: Role) -> set[str]:
         """The elements the pod adds to a set serving ``role`` (what compile_table would
@@ -672,18 +700,19 @@ class _NewPod:
         pod, ips = self.lp.pod, self.ips[role.family]
         if role.kind == "isolated":
             return ips if role.direction in self.isolated else set()
-        if role.kind == "ports":
-            return set()
+        if role.kind == "ports" or (role.kind == "named" and not pod.ports):
+            return set()  # (a pod without named ports is in no rule's named set)
         if role.kind == "selected":
             return ips if role.policy in self.selected else set()
         policy = self.idx.policies[role.policy]
         rule = _rules_of(policy, role.direction)[role.rule]
         if role.kind == "peer":
-            return ips if _names_pod(rule, policy, pod, self.idx.namespaces, False) else set()
+            return ips if rule.peers is not None and self._names(role, rule, policy, False) \
+                else set()
         # "named": where the rule's named ports resolve: the selected pods for ingress,
         # the rule's peers (every pod without peers) for egress
         dest = (role.policy in self.selected if role.direction == INGRESS else
-                rule.peers is None or _names_pod(rule, policy, pod, self.idx.namespaces, True))
+                rule.peers is None or self._names(role, rule, policy, True))
         return set(_named_elements(rule.ports, [pod], role.family)) if dest else set()
 
 

@@ -10,7 +10,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from overlay.cluster.pods import Port
-from overlay.policy.model import parse_policy
+from overlay.policy.model import INGRESS, parse_policy
 from overlay.policy.nft import LocalPod, admit_script, admitted, compile_table, merge_ranges
 from overlay.policy.semantics import Pod
 
@@ -217,3 +217,29 @@ def test_log_denied_adds_a_rate_limited_log_before_each_drop():
         chain = loud.text.split(f"chain check_{d} {{")[1].split("}")[0].strip().splitlines()
         assert "log prefix" in chain[-2] and chain[-1].strip() == "drop"
     assert quiet.counters == loud.counters
+
+
+def test_rules_with_the_same_peers_share_one_decision_per_compiled_table():
+    """Whether a new pod is among a rule's peers is decided once per distinct (peers,
+    policy namespace), and the tables an admission makes keep that bookkeeping."""
+    same = {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels":
+                                                                      {"pod": "a"}}}]}]}
+    policies = [parse_policy(policy(n, "x", same)) for n in ("one", "two")]
+    policies.append(parse_policy(policy("three", "y", same)))
+    pods = model_pods()
+    table = compile_table(_local(pods), pods, model_namespaces(), policies)
+    assert table.index is not None
+    groups = table.index.peer_groups
+    assert groups[0, INGRESS, 0] == groups[1, INGRESS, 0] != groups[2, INGRESS, 0]
+    peer_sets = {name for name, roles in table.index.roles.items()
+                 if any(r.kind == "peer" for r in roles)}
+    new = LocalPod(_new_pod("a"), "v-new")
+    script = admit_script(table, new)
+    assert script is not None and any(f" {name} " in script for name in peer_sets)
+    after = admitted(table, new)
+    assert after.index is not None and after.index.memo is table.index.memo
+    # the decision is the pod's own: another pod, not a peer, is put in no peer set
+    other = Pod("x", "other", (IPv4Address("10.244.1.51"),), {"pod": "b"}, (), "node1")
+    script = admit_script(after, LocalPod(other, "v-other"))
+    assert script is not None and "10.244.1.51" in script
+    assert not any(f" {name} " in script for name in peer_sets)
