@@ -556,8 +556,15 @@ class PolicyAgent:
             return 0
         self._conntrack_problem = None
 
+        # the node's own addresses in its subnets, never a pod's: the VXLAN device's
+        # (each subnet's network address, the source of the node's traffic to remote
+        # pods), the bridge's, and IPv4's broadcast address
+        hosts = {a for net in subnets for a in (
+            net.network_address, net.network_address + 1,
+            *((net.broadcast_address,) if net.version == 4 else ()))}
+
         def gone_pod(ip: IPAddress) -> bool:  # of this node's pods, but none holds it
-            return ip not in local and any(ip in net for net in subnets)
+            return ip not in local and ip not in hosts and any(ip in net for net in subnets)
 
         denied = [f for f in flows if (f.src in local or f.dst in local
                                        or gone_pod(f.src) or gone_pod(f.dst))

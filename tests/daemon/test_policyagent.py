@@ -367,7 +367,10 @@ def test_an_add_cuts_only_for_an_address_whose_entries_may_live(agent, monkeypat
     a.sync()
     flows = [Flow("TCP", ip("10.244.1.2"), ip("10.244.1.9"), 5000, 80),  # a -> the gone pod
              Flow("TCP", ip("10.244.1.1"), ip("10.244.1.9"), 5001, 80),  # the gateway's
-             Flow("TCP", ip("10.244.1.2"), ip("10.244.1.2"), 5002, 80)]  # allowed, alive
+             Flow("TCP", ip("10.244.1.2"), ip("10.244.1.2"), 5002, 80),  # allowed, alive
+             # the node (its VXLAN device's address) to a remote pod: no pod's flow
+             Flow("TCP", ip("10.244.1.0"), ip("10.244.2.3"), 5003, 80),
+             Flow("UDP", ip("10.244.2.3"), ip("10.244.1.255"), 5004, 80)]
     deleted: list[Flow] = []
     monkeypatch.setattr(conntrack, "list_flows", lambda _versions: flows)
 
