@@ -140,6 +140,7 @@ class LocalPod:
     ips: tuple[IPAddress, ...]  # IPv4 first, then IPv6 (a dual-stack node's)
     identity: PodIdentity
     identity_known: bool = True
+    interfaces: int = 1  # how many of its interfaces hold these IPs
 
 
 UNKNOWN = ("; who the pod is stays unknown: not published, and isolated both ways while "
@@ -200,7 +201,8 @@ def scan_local(data_dir: str, subnet: IPNetwork,
         for problem in problems:
             warn(path, problem)
         out[container_id] = LocalPod(container_id, ifname,
-                                     tuple(ip for _, ip, _ in attachments), identity, known)
+                                     tuple(ip for _, ip, _ in attachments), identity, known,
+                                     len({a[0] for a in attachments}))
     return out
 
 

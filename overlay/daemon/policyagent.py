@@ -248,6 +248,8 @@ class PolicyAgent:
         self.loaded: nft.CompiledTable | None = None  # what the kernel holds (by us)
         self._loaded_refs: frozenset[str] = frozenset()  # the pods it was compiled with
         self._loaded_local: dict[str, nft.LocalPod] = {}  # and the local ones, by veth
+        self._spanning: frozenset[str] = frozenset()  # those of several interfaces
+        self._withdrawn = 0  # withdrawals so far: a compile read before one is stale
         # the pods ``loaded`` is exactly the compile of (an ADD's admitted one included)
         self._held_key: _PodsKey = (frozenset(), frozenset())
         self._unsure = False  # an update may have half failed: replace the table whole
@@ -259,7 +261,6 @@ class PolicyAgent:
         # addresses of local pods gone (DEL) since the last cut: their entries are dead,
         # and would carry the connections of whichever pod IPAM hands them to next
         self._dead: set[IPAddress] = set()
-        self._culled = False  # a cut has run since start (dead entries of earlier pods)
         self._conntrack_problem: str | None = None
         rejected = Counter("overlay_policy_objects_rejected", "Keys under policies/, "
                            "namespaces/ or pods/ rejected by their kind's rule (once per "
@@ -418,11 +419,14 @@ class PolicyAgent:
         for a load, not for a compile; a compile that missed a pod admitted meanwhile is
         done again under the lock (loading it would drop that pod's elements)."""
         with self._inputs_lock:
+            withdrawn = self._withdrawn
             generation, got = self._current()
             key = _pods_key(got)
             table = self._held_unchanged(generation, key) or self._compile_inputs(got)
             with self._compile_lock:
-                if self._misses_admitted(got):
+                # a pod admitted, or a DEL's pod withdrawn, since the inputs were read:
+                # loading what was compiled would drop it, or put it back
+                if self._misses_admitted(got) or self._withdrawn != withdrawn:
                     generation, got, table = self._compile()
                     key = _pods_key(got)
                 if table is not self.loaded and (self.loaded is None or self._unsure
@@ -437,6 +441,7 @@ class PolicyAgent:
                 self._dead |= _addresses(self._loaded_local.values()) - _addresses(
                     local.values())
                 self._loaded_local = local
+                self._spanning = frozenset(got.spanning)
                 self._compiled_generation = generation
                 self._held_key = key
             self.first_load.set()
@@ -535,7 +540,8 @@ class PolicyAgent:
         node's own side of the bridge (the gateway: kubelet's probes) are never filtered
         and are left alone. How many went."""
         with self._compile_lock:
-            dead = set(self._dead)
+            seen = set(self._dead)
+        dead = set(seen)
         with self._inputs_lock:  # inputs() updates the judged caches
             got = self.inputs()
         local = {ip for lp in got.local for ip in lp.pod.ips}
@@ -574,8 +580,7 @@ class PolicyAgent:
                       got.namespaces, got.policies))]
         gone = conntrack.delete_flows(denied)
         with self._compile_lock:
-            self._dead -= dead
-            self._culled = True
+            self._dead -= seen  # a reused one's flows were judged as its new pod's
         if gone:
             log.info("cut %d connection(s) the policies now deny or whose pod is gone",
                      gone)
@@ -686,8 +691,10 @@ class PolicyAgent:
                 self._loaded_local[local.ifname] = local
                 locals_, pods = self._held_key
                 self._held_key = (locals_ | {local}, pods | {local.pod})
-                if loaded.counters and (not self._culled or ips & self._dead):
-                    self._cut_wanted.set()  # its addresses' entries of an earlier pod
+                if loaded.counters:
+                    # entries of its addresses made before it (an earlier pod's, or a
+                    # peer's packets to the free address): judged as its own now
+                    self._cut_wanted.set()
         log.debug("pod %s admitted by adding its policy elements", local.pod.ref)
         self._dirty.set()
         return True
@@ -703,7 +710,7 @@ class PolicyAgent:
         veth = host_veth_name(container_id, ifname)
         with self._compile_lock:
             loaded, lp = self.loaded, self._loaded_local.get(veth)
-            if loaded is None or lp is None or self._unsure:
+            if loaded is None or lp is None or self._unsure or veth in self._spanning:
                 return
             w = nft.withdrawal(loaded, lp, [o for v, o in self._loaded_local.items()
                                             if v != veth])
@@ -713,9 +720,13 @@ class PolicyAgent:
                 try:
                     self._remove(w)
                 except OverlayError as e:
+                    # refused whole, or unknown (an answer lost): replace it whole next
+                    self._unsure = True
+                    self._dirty.set()
                     log.warning("pod %s left in the policy table until the next compile: "
                                 "%s", lp.pod.ref, e)
                     return
+            self._withdrawn += 1
             self.loaded = nft.withdrawn(loaded, lp, w)
             del self._loaded_local[veth]
             self._dead |= set(lp.pod.ips)
@@ -723,6 +734,9 @@ class PolicyAgent:
             self._held_key = (locals_ - {lp}, pods - {lp.pod})
             self.withdrawals.inc()
         log.debug("pod %s withdrawn from the policy table", lp.pod.ref)
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
 
     def forget(self, container_id: str) -> None:
         with self._state_lock:
@@ -752,8 +766,13 @@ def enforcing_handlers(handlers: Mapping[str, Handler],
         out = delete(req)
         policy = agent()
         if policy is not None:
-            policy.withdraw(req.container_id, req.ifname)
-            policy.forget(req.container_id)
+            policy.forget(req.container_id)  # first: a compile then reads it gone
+            try:
+                policy.withdraw(req.container_id, req.ifname)
+            except Exception:  # the DEL is done: its pod leaves with the next compile
+                log.exception("pod of container %s not withdrawn from the policy table",
+                              req.container_id)
+                policy.mark_dirty()
         return out
 
     return {**handlers, "ADD": enforced_add, "DEL": forgetting_del}

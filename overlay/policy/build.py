@@ -32,6 +32,9 @@ class Inputs:
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
     local: list[nft.LocalPod] = field(default_factory=list)
+    # the local pods' veths that stand for more than one interface (each interface's
+    # DEL takes only its own addresses: only a compile can say what stays)
+    spanning: set[str] = field(default_factory=set)
     # accepted records not believed (an IP another record holds too): record, why
     dropped: list[tuple[PodRecord, str]] = field(default_factory=list)
 
@@ -111,6 +114,8 @@ def assemble(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace],
         pod = local_pod_of(att, mine.get(cid), node)
         out.pods.append(pod)
         out.local.append(nft.LocalPod(pod, host_veth_name(cid, att.ifname)))
+        if att.interfaces > 1:
+            out.spanning.add(out.local[-1].ifname)
     if out.policies and any(not att.identity_known for att in attached.values()):
         out.policies.append(QUARANTINE)
     return out

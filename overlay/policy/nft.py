@@ -841,8 +841,9 @@ def withdrawal(table: CompiledTable, lp: LocalPod, remaining: Iterable[LocalPod]
     table without it would give; ``remaining`` are the table's other local pods. The
     inverse of :func:`admission`, and as narrow: None when only a compile can say it
     (its address also held by a remaining pod or its veth shared with one, a set shared by
-    roles the pod splits, an interval set it is in, an element the table lacks, or no pod
-    left isolated: then the compile's table is empty and filters nothing).
+    roles the pod splits, an interval set it is in, an element the table lacks, a set it
+    would empty or leave equal to another one). So the result is the very table a compile
+    without the pod gives (diagnose's drift check finds nothing), not just its verdicts.
 
     Exact because a local pod's addresses are its own: the remote records holding an
     address of this node's subnets stand for nothing (``build.assemble``), so the pod's
@@ -869,8 +870,13 @@ def withdrawal(table: CompiledTable, lp: LocalPod, remaining: Iterable[LocalPod]
             return None
         elements.append(SetElements(name, type_, interval, tuple(sorted(wants[0]))))
         left[name] = have - wants[0]
-    if not any(left.get(name) for name, set_roles in idx.roles.items()
-               if any(r.kind == "isolated" for r in set_roles)):
+        if not left[name]:
+            return None  # the compile writes no empty set (nor the rules that use it)
+    # a set left equal to another of its type: the compile would write it once, under
+    # the other's name (a changed set cannot equal another changed one: both held it)
+    changed = {e.set for e in elements}
+    kept = {(idx.set_types.get(n), e) for n, e in table.elements.items() if n not in changed}
+    if any((idx.set_types.get(n), left[n]) in kept for n in changed):
         return None
     held = idx.sources.get(lp.ifname)
     if held is not None and held != source_chain(lp.ifname, lp.pod.ips).addresses:

@@ -58,6 +58,7 @@ def test_scan_groups_attachments_by_container_and_keeps_this_subnet_only(tmp_pat
     assert got["c1"].ips == (ip_address("10.244.1.5"), ip_address("10.244.1.6"))
     assert (got["c1"].identity.namespace, got["c1"].identity.name, got["c1"].ifname) == (
         "shop", "web", "eth0")
+    assert got["c1"].interfaces == 2  # (a DEL of one must not withdraw both's addresses)
 
 
 def test_a_dual_stack_pod_lists_ipv4_then_ipv6_of_this_nodes_halves_only(tmp_path):
@@ -67,6 +68,7 @@ def test_a_dual_stack_pod_lists_ipv4_then_ipv6_of_this_nodes_halves_only(tmp_pat
     got = at.scan_local(str(tmp_path), SUBNET, lambda *a: None, SUBNET_V6)
     assert got["c1"].ips == (ip_address("10.244.1.5"), ip_address("fd00:10:244:1::5"))
     assert (got["c1"].identity.name, got["c1"].ifname) == ("web", "eth0")
+    assert got["c1"].interfaces == 1  # both families of one interface
     # without an IPv6 half (IPv4-only lease), the IPv6 reservation is not this node's
     only_v4 = at.scan_local(str(tmp_path), SUBNET, lambda *a: None)
     assert only_v4["c1"].ips == (ip_address("10.244.1.5"),)

@@ -352,10 +352,12 @@ def test_an_add_given_an_address_the_table_still_holds_compiles(agent) -> None:
         host_veth_name(c, "eth0") for c in ("c-a", "c-again"))
 
 
-def test_an_add_cuts_only_for_an_address_whose_entries_may_live(agent, monkeypatch) -> None:
-    """Until a cut has run since start every ADD asks for one (entries of a pod gone while
-    overlayd was down); then only an ADD given the address of a pod gone since the last
-    cut. A cut deletes a gone pod's entries, allowed or not, and forgets its address."""
+def test_every_add_cuts_and_a_cut_takes_gone_pods_flows(agent, monkeypatch) -> None:
+    """An ADD asks for a cut whatever its address: entries of it made before the pod
+    (an earlier pod's, or a peer's packets to the free address) would carry replies past
+    its policy. A cut deletes a gone pod's flows, allowed or not, never the node's own
+    addresses' (the VXLAN device's, the bridge's, broadcast), and forgets the gone
+    addresses it looked at, a reused one's too."""
     from overlay.policy import conntrack
     from overlay.policy.conntrack import Flow
 
@@ -385,23 +387,91 @@ def test_an_add_cuts_only_for_an_address_whose_entries_may_live(agent, monkeypat
         {"ADD": lambda req: results[req.container_id], "DEL": lambda req: None}, lambda: a)
 
     def add(cid: str) -> None:
+        a._cut_wanted.clear()
         handlers["ADD"](_request(cid)._replace(args={"K8S_POD_NAMESPACE": "x",
                                                      "K8S_POD_NAME": cid}))
+        assert a._cut_wanted.is_set(), cid
 
     add("c-new")
-    assert a.admits.labels("elements")._value.get() == 1
-    assert a._cut_wanted.is_set()  # none ran since start
     handlers["DEL"](_del_request("c-new"))
-    a._cut_wanted.clear()
+    assert a._dead == {ip("10.244.1.9")}
     assert a.cut_denied() == 1 and deleted == [flows[0]]
-    assert a._dead == set() and a._culled
+    assert a._dead == set()
     add("c-fresh")
-    assert not a._cut_wanted.is_set()  # an address no pod held since the cut
     handlers["DEL"](_del_request("c-fresh"))
     assert a._dead == {ip("10.244.1.10")}
     add("c-again")  # IPAM hands out the gone pod's address again
-    assert a._cut_wanted.is_set()
     assert a.admits.labels("elements")._value.get() == 3
+    deleted.clear()
+    assert a.cut_denied() == 1 and deleted == [flows[0]]  # .9: still no pod's
+    assert a._dead == set()  # .10 is c-again's now: its flows were judged as its own
+
+
+def test_a_compile_read_before_a_del_is_not_loaded_after_its_withdrawal(
+        agent, monkeypatch) -> None:
+    """The compiler read its inputs, then a DEL withdrew its pod before the compiler took
+    the load lock: what it read is compiled again, so the gone pod is not put back."""
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("b", "10.244.1.3")])
+    a.sync()
+    current = a._current
+    raced: list[bool] = []
+
+    def racing() -> Any:
+        got = current()
+        if not raced:  # once: the compile done again under the load lock reads anew
+            raced.append(True)
+            a._replace(PODS, [_pod("a", "10.244.1.2")])  # b's files and record go
+            a.withdraw("c-b", "eth0")
+        return got
+
+    monkeypatch.setattr(a, "_current", racing)
+    a.sync()
+    assert a.withdrawals._value.get() == 1
+    assert "10.244.1.3" not in a.loaded.elements["p0_sel"]
+    assert host_veth_name("c-b", "eth0") not in a.loaded.index.sources
+    assert len(applied.tables) == 1  # the withdrawal left what the compile gives
+
+
+def test_a_pod_of_several_interfaces_is_left_to_the_compiler(agent) -> None:
+    """One veth stands for all of a container's addresses: a DEL of one interface must
+    not take the other's out of the isolated sets."""
+    a, applied, _ = agent
+    disk = a._attachments
+
+    def two_interfaces(s: Any, s6: Any) -> Any:
+        return {cid: dataclasses.replace(att, interfaces=2) if cid == "c-a" else att
+                for cid, att in disk(s, s6).items()}
+
+    a._attachments = two_interfaces
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("b", "10.244.1.3")])
+    a.sync()
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers["DEL"](_del_request("c-a"))
+    assert a.withdrawals._value.get() == 0 and "10.244.1.2" in a.loaded.elements["p0_sel"]
+    handlers["DEL"](_del_request("c-b"))
+    assert a.withdrawals._value.get() == 1
+
+
+def test_a_withdrawal_that_fails_oddly_never_fails_the_del(agent, monkeypatch) -> None:
+    a, applied, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("b", "10.244.1.3")])
+    a.sync()
+
+    def broken(w: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(a, "_remove", broken)
+    handlers = policyagent.enforcing_handlers(
+        {"ADD": lambda req: RESULT, "DEL": lambda req: {"ok": 1}}, lambda: a)
+    assert handlers["DEL"](_del_request("c-b")) == {"ok": 1}
+    assert a._dirty.is_set() and "10.244.1.3" in a.loaded.elements["p0_sel"]
+    # the kernel's refusal, or a lost answer: the next load replaces the table whole
+    monkeypatch.setattr(a, "_remove", applied.remove)
+    applied.fail = True
+    handlers["DEL"](_del_request("c-b"))
+    assert a._unsure
 
 
 def test_del_forgets_a_pod_the_registry_never_had(agent) -> None:

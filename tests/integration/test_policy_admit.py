@@ -210,8 +210,9 @@ def test_a_table_updated_in_place_is_the_whole_compiles(topo, seed):
 def test_a_withdrawn_pod_leaves_the_verdicts_of_a_compile_without_it(topo, seed):
     """A DEL's path (``nft.withdrawal``, sent as nfnetlink messages): admitted then
     withdrawn, node1's table is again the one loaded before the ADD (diagnose finds no
-    drift); withdrawn from the full compile, every probe between the other pods is judged
-    as the semantics judge it without that pod, and its veth's chain is gone."""
+    drift); withdrawn from the full compile, it holds what a compile without the pod
+    gives (no drift either), every probe between the other pods is judged as the
+    semantics judge it without that pod, and its veth's chain is gone."""
     policies = [parse_policy(p) for p in random_policies(seed)]
     ns, pods, node1 = model_namespaces(), list(topo.pods.values()), topo.local(1)
     for gone in node1[seed % len(node1):] + node1[:seed % len(node1)]:
@@ -234,6 +235,8 @@ def test_a_withdrawn_pod_leaves_the_verdicts_of_a_compile_without_it(topo, seed)
     nft.apply_withdrawal(w, netns=topo.node(1))
     assert f"chain src_{gone.ifname} {{" not in topo.nft(1, "list", "table", "inet", nft.TABLE)
     others = [p for p in pods if p.ref != gone.pod.ref]
+    # the very table a compile without it gives, as diagnose's drift check reads both
+    assert _kernel_diff(topo, nft.compile_table(rest, others, ns, policies)) == []
     asked = [pr for pr in probes() if gone.pod.ref not in (pr.src, pr.dst)]
     got = topo.probe(asked)
     wrong = sorted(str(pr) for pr in got if got[pr] != allowed(
