@@ -258,6 +258,10 @@ class PolicyAgent:
         self.selecting = False  # a policy selects a local pod
         self.bridge_problem: str | None = None
         self._cut_wanted = threading.Event()  # a table loaded: its denied flows may live
+        # what the next cut looks at: None every flow (a table loaded), else the flows of
+        # these addresses (ADDs': a new pod changes what no other flow may do)
+        self._cut_scope: set[IPAddress] | None = set()
+        self._cut_lock = threading.Lock()
         # addresses of local pods gone (DEL) since the last cut: their entries are dead,
         # and would carry the connections of whichever pod IPAM hands them to next
         self._dead: set[IPAddress] = set()
@@ -335,7 +339,7 @@ class PolicyAgent:
                 if due <= DISK_POLL:
                     self.check_kernel()  # the periodic pass: is the table still there?
                     if self._dead:
-                        self._cut_wanted.set()  # gone pods' entries (no ADD needed them)
+                        self._want_cut(())  # gone pods' entries (no ADD needed them)
                 self._dirty.set()  # the periodic pass, or the disk moved
             if self.stop.is_set():
                 return
@@ -435,7 +439,7 @@ class PolicyAgent:
                     self.loaded, self._unsure = table, False
                     (self.loads if whole else self.updates).inc()
                     if table.counters:
-                        self._cut_wanted.set()
+                        self._want_cut(None)
                 self._loaded_refs = frozenset(p.ref for p in got.pods)
                 local = {lp.ifname: lp for lp in got.local}
                 self._dead |= _addresses(self._loaded_local.values()) - _addresses(
@@ -522,23 +526,38 @@ class PolicyAgent:
         while not self.stop.is_set():
             if not self._cut_wanted.wait(1.0):
                 continue
+            scope: set[IPAddress] | None = set()
             for _ in range(CUT_PASSES):
                 self._cut_wanted.clear()
+                with self._cut_lock:  # a pass again looks at what the last one did
+                    asked, self._cut_scope = self._cut_scope, set()
+                scope = None if asked is None or scope is None else scope | asked
                 try:
-                    cut = self.cut_denied()
+                    cut = self.cut_denied(None if scope is None else frozenset(scope))
                 except OverlayError as e:  # the next load asks again
                     log.warning("cutting the connections the policies now deny: %s", e)
                     break
                 if self.stop.is_set() or not cut or self.stop.wait(CUT_AGAIN):
                     break
 
-    def cut_denied(self) -> int:
+    def _want_cut(self, addresses: Iterable[IPAddress] | None) -> None:
+        """Ask the cutter for a pass over every flow (None) or these addresses' flows (the
+        gone pods' are always looked at)."""
+        with self._cut_lock:
+            if addresses is None or self._cut_scope is None:
+                self._cut_scope = None
+            else:
+                self._cut_scope |= set(addresses)
+        self._cut_wanted.set()
+
+    def cut_denied(self, only: frozenset[IPAddress] | None = None) -> int:
         """Delete the conntrack entries of local pods' connections the loaded policies
         now deny (established connections would otherwise outlive the change), and those
         of an address of this node's subnets that no local pod holds: its pod is gone, and
         whichever pod IPAM gives the address next would inherit them. Flows with the
         node's own side of the bridge (the gateway: kubelet's probes) are never filtered
-        and are left alone. How many went."""
+        and are left alone. ``only``: just the flows of these addresses and of the gone
+        pods' (an ADD's cut; others' flows are not parsed). How many went."""
         with self._compile_lock:
             seen = set(self._dead)
         dead = set(seen)
@@ -552,8 +571,9 @@ class PolicyAgent:
         dead -= local
         if not local and not dead:
             return 0
+        wanted = None if only is None else only | dead
         try:  # only these families (each listing walks the whole table)
-            flows = conntrack.list_flows({ip.version for ip in local | dead})
+            flows = conntrack.list_flows({ip.version for ip in local | dead}, wanted)
         except ProgramError as e:
             if str(e) != self._conntrack_problem:
                 log.warning("cannot list conntrack entries (%s): connections a policy "
@@ -694,7 +714,7 @@ class PolicyAgent:
                 if loaded.counters:
                     # entries of its addresses made before it (an earlier pod's, or a
                     # peer's packets to the free address): judged as its own now
-                    self._cut_wanted.set()
+                    self._want_cut(ips)
         log.debug("pod %s admitted by adding its policy elements", local.pod.ref)
         self._dirty.set()
         return True

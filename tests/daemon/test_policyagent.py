@@ -374,23 +374,27 @@ def test_every_add_cuts_and_a_cut_takes_gone_pods_flows(agent, monkeypatch) -> N
              Flow("TCP", ip("10.244.1.0"), ip("10.244.2.3"), 5003, 80),
              Flow("UDP", ip("10.244.2.3"), ip("10.244.1.255"), 5004, 80)]
     deleted: list[Flow] = []
-    monkeypatch.setattr(conntrack, "list_flows", lambda _versions: flows)
+    monkeypatch.setattr(conntrack, "list_flows", lambda _versions, _only=None: flows)
 
     def delete(fs: list[Flow]) -> int:
         deleted.extend(fs)
         return len(fs)
 
     monkeypatch.setattr(conntrack, "delete_flows", delete)
-    results = {cid: {"cniVersion": "1.0.0", "ips": [{"address": f"10.244.1.{n}/24"}]}
-               for cid, n in (("c-new", 9), ("c-fresh", 10), ("c-again", 10))}
+    addresses = {"c-new": "10.244.1.9", "c-fresh": "10.244.1.10", "c-again": "10.244.1.10"}
+    results = {cid: {"cniVersion": "1.0.0", "ips": [{"address": f"{address}/24"}]}
+               for cid, address in addresses.items()}
     handlers = policyagent.enforcing_handlers(
         {"ADD": lambda req: results[req.container_id], "DEL": lambda req: None}, lambda: a)
 
     def add(cid: str) -> None:
         a._cut_wanted.clear()
+        a._cut_scope = set()
         handlers["ADD"](_request(cid)._replace(args={"K8S_POD_NAMESPACE": "x",
                                                      "K8S_POD_NAME": cid}))
         assert a._cut_wanted.is_set(), cid
+        # its own addresses' flows (a new pod changes what no other flow may do)
+        assert a._cut_scope == {ip(addresses[cid])}
 
     add("c-new")
     handlers["DEL"](_del_request("c-new"))
@@ -405,6 +409,39 @@ def test_every_add_cuts_and_a_cut_takes_gone_pods_flows(agent, monkeypatch) -> N
     deleted.clear()
     assert a.cut_denied() == 1 and deleted == [flows[0]]  # .9: still no pod's
     assert a._dead == set()  # .10 is c-again's now: its flows were judged as its own
+
+
+def test_an_adds_cut_reads_its_addresses_flows_a_loads_cut_reads_all(
+        agent, monkeypatch) -> None:
+    from overlay.policy import conntrack
+
+    a, _, _ = agent
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    asked: list[object] = []
+    first = threading.Event()
+
+    def listed(_versions: object, only: object = None) -> list[object]:
+        asked.append(only)
+        first.set()
+        if len(asked) == 2:
+            a.stop.set()
+        return []
+
+    monkeypatch.setattr(conntrack, "list_flows", listed)
+    a._cut_wanted.clear()
+    a._cut_scope = set()
+    a._want_cut([IPv4Address("10.244.1.9")])
+    cutter = threading.Thread(target=a.run_cutter, daemon=True)
+    cutter.start()
+    try:
+        assert first.wait(5.0)
+        a._want_cut(None)  # a table loaded
+        cutter.join(5.0)
+    finally:
+        a.stop.set()
+    assert not cutter.is_alive()
+    assert asked == [frozenset({IPv4Address("10.244.1.9")}), None]
 
 
 def test_a_compile_read_before_a_del_is_not_loaded_after_its_withdrawal(
@@ -531,7 +568,7 @@ def test_cut_denied_deletes_only_flows_the_policies_now_deny(agent, monkeypatch)
         deleted.extend(fs)
         return len(fs)
 
-    monkeypatch.setattr(conntrack, "list_flows", lambda _versions: flows)
+    monkeypatch.setattr(conntrack, "list_flows", lambda _versions, _only=None: flows)
     monkeypatch.setattr(conntrack, "delete_flows", delete)
     assert a.cut_denied() == 1 and deleted == [flows[1]]
 
@@ -552,7 +589,7 @@ def test_a_load_is_followed_by_cuts_until_one_finds_nothing(agent, monkeypatch) 
     deleted: list[Flow] = []
     done = threading.Event()
 
-    def listed(_versions: object) -> list[Flow]:
+    def listed(_versions: object, _only: object = None) -> list[Flow]:
         if len(listings) == 1:
             done.set()
         return listings.pop(0) if listings else []
@@ -722,7 +759,7 @@ def test_cut_lists_only_the_local_pods_families(agent, monkeypatch) -> None:
     a, _, _ = agent
     asked: list[set[int]] = []
 
-    def listed(versions: set[int]) -> list[object]:
+    def listed(versions: set[int], _only: object = None) -> list[object]:
         asked.append(set(versions))
         return []
 

@@ -28,3 +28,17 @@ def test_ipv6_flows_are_read_and_mixed_families_skipped() -> None:
                "udp      17 29 src=fd00::1 dst=10.0.0.1 sport=1 dport=2\n")
     assert parse_flows(listing) == [Flow("TCP", IPv6Address("fd00:10:244:1::2"),
                                          IPv6Address("fd00:10:244:2::3"), 40000, 80)]
+
+
+def test_only_the_lines_naming_an_address_are_read() -> None:
+    """An ADD's cut: the flows of its pod's addresses alone (whole tokens: 10.244.1.2
+    is not 10.244.1.20), in either direction of the entry."""
+    listing = LISTING + "\n" + (
+        "tcp      6 431999 ESTABLISHED src=10.244.1.20 dst=10.244.2.2 sport=1 dport=80 "
+        "src=10.244.2.2 dst=10.244.1.20 sport=80 dport=1 [ASSURED] mark=0 use=1")
+    assert parse_flows(listing, [IPv4Address("10.244.1.2")]) == [
+        Flow("TCP", IPv4Address("10.244.1.2"), IPv4Address("10.244.2.2"), 37258, 80)]
+    assert parse_flows(listing, [IPv4Address("10.244.1.3")]) == [
+        Flow("UDP", IPv4Address("10.244.2.3"), IPv4Address("10.244.1.3"), 57300, 81)]
+    assert parse_flows(listing, []) == []
+    assert len(parse_flows(listing)) == 3
