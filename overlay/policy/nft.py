@@ -837,8 +837,8 @@ class Withdrawal(NamedTuple):
 def withdrawal(table: CompiledTable, lp: LocalPod, remaining: Iterable[LocalPod]
                ) -> Withdrawal | None:
     """The ``delete element`` commands (and the source chain's ``delete chain``) taking a
-    local pod whose DEL ran out of the loaded ``table``, leaving the verdicts compiling the
-    table without it would give; ``remaining`` are the table's other local pods. The
+    local pod whose DEL ran out of the loaded ``table``, leaving the table compiling it
+    without the pod would give; ``remaining`` are the table's other local pods. The
     inverse of :func:`admission`, and as narrow: None when only a compile can say it
     (its address also held by a remaining pod or its veth shared with one, a set shared by
     roles the pod splits, an interval set it is in, an element the table lacks, a set it
@@ -1098,26 +1098,17 @@ def apply_admission(adm: Admission, netns: str | None = None) -> None:
 
 def apply_withdrawal(w: Withdrawal, netns: str | None = None) -> None:
     """Load a DEL's :class:`Withdrawal`: one transaction, all or nothing, as nfnetlink
-    messages when it can be (see :func:`apply_admission`), else as its script."""
+    messages when it can be (see :func:`apply_admission`), else as its script
+    (OverlayError: refused; the caller says so)."""
     msgs = _withdrawal_messages(w)
-    if msgs is None:
+    if msgs is not None:
         try:
-            load_script(w.script(), netns)
-        except ProgramError:
-            log.warning("nft refused to take a deleted pod's policy elements out; "
-                        "the table is unchanged")
-            raise
-        return
-    try:
-        with _nft_socket(netns) as sock:
-            sock.transaction(msgs)
-    except OverlayError:
-        log.warning("nf_tables refused to take a deleted pod's policy elements out; "
-                    "the table is unchanged")
-        raise
-    except OSError as e:
-        log.debug("nfnetlink not usable (%s): loading the DEL's commands as text", e)
-        load_script(w.script(), netns)
+            with _nft_socket(netns) as sock:
+                sock.transaction(msgs)
+            return
+        except OSError as e:  # no socket here: the text path works or says why
+            log.debug("nfnetlink not usable (%s): loading the DEL's commands as text", e)
+    load_script(w.script(), netns)
 
 
 def _withdrawal_messages(w: Withdrawal) -> list[Message] | None:

@@ -99,6 +99,6 @@ def test_ipv6_flows_a_change_denies_are_cut_but_not_the_gateways(agent, monkeypa
         deleted.extend(fs)
         return len(fs)
 
-    monkeypatch.setattr(conntrack, "list_flows", lambda _versions: flows)
+    monkeypatch.setattr(conntrack, "list_flows", lambda _versions, _only=None: flows)
     monkeypatch.setattr(conntrack, "delete_flows", delete)
     assert a.cut_denied() == 1 and deleted == [flows[1]]
