@@ -218,12 +218,30 @@ def _request(cid: str = "c-new") -> Request:
 RESULT = {"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.9/24"}]}
 
 
+def _handlers(a: PolicyAgent, add: Any = lambda req: RESULT, delete: Any = lambda req: None
+              ) -> dict[str, Any]:
+    """The warm server's ADD and DEL around ``a``, the plugin's own work stood in for."""
+    return policyagent.enforcing_handlers({"ADD": add, "DEL": delete}, lambda: a)
+
+
+def _count_compiles(a: PolicyAgent, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each compile from now on, as the number of pods it read."""
+    compiled: list[int] = []
+    compile_inputs = a._compile_inputs
+
+    def counted(got: Any) -> nft.CompiledTable:
+        compiled.append(len(got.pods))
+        return compile_inputs(got)
+
+    monkeypatch.setattr(a, "_compile_inputs", counted)
+    return compiled
+
+
 def test_admit_loads_the_new_pod_before_the_add_returns(agent) -> None:
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     assert handlers["ADD"](_request()) == RESULT
     # DENY (every pod of x) was compiled with x/a: the new pod's elements were added
     assert len(applied.tables) == 1 and len(applied.scripts) == 1
@@ -250,14 +268,7 @@ def test_a_pass_whose_inputs_the_loaded_table_already_compiles_compiles_nothing(
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
-    compiled: list[int] = []
-    compile_inputs = a._compile_inputs
-
-    def counted(got: Any) -> nft.CompiledTable:
-        compiled.append(len(got.pods))
-        return compile_inputs(got)
-
-    monkeypatch.setattr(a, "_compile_inputs", counted)
+    compiled = _count_compiles(a, monkeypatch)
     a.sync()
     assert compiled == []  # nothing changed since the load
     a.admit(_request(), RESULT)
@@ -291,8 +302,7 @@ def test_a_del_takes_its_pod_out_before_it_returns(agent, monkeypatch) -> None:
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     handlers["ADD"](_request())
     before = a.loaded
     handlers["DEL"](_del_request())
@@ -303,14 +313,7 @@ def test_a_del_takes_its_pod_out_before_it_returns(agent, monkeypatch) -> None:
     assert "10.244.1.9" not in a.loaded.elements["p0_sel"] and a._pending == {}
     assert a._dead == {IPv4Address("10.244.1.9")}
     assert "overlay_policy_withdrawals_total 1.0" in generate_latest(REGISTRY[0]).decode()
-    compiled: list[int] = []
-    compile_inputs = a._compile_inputs
-
-    def counted(got: Any) -> nft.CompiledTable:
-        compiled.append(1)
-        return compile_inputs(got)
-
-    monkeypatch.setattr(a, "_compile_inputs", counted)
+    compiled = _count_compiles(a, monkeypatch)
     a.sync()
     assert compiled == [] and len(applied.tables) == 1
 
@@ -319,8 +322,7 @@ def test_a_del_the_kernel_refuses_is_left_to_the_compiler(agent) -> None:
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     handlers["ADD"](_request())
     held = a.loaded
     applied.fail = True
@@ -339,8 +341,7 @@ def test_an_add_given_an_address_the_table_still_holds_compiles(agent) -> None:
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     handlers["ADD"](_request())
     applied.fail = True
     handlers["DEL"](_del_request())
@@ -384,8 +385,7 @@ def test_every_add_cuts_and_a_cut_takes_gone_pods_flows(agent, monkeypatch) -> N
     addresses = {"c-new": "10.244.1.9", "c-fresh": "10.244.1.10", "c-again": "10.244.1.10"}
     results = {cid: {"cniVersion": "1.0.0", "ips": [{"address": f"{address}/24"}]}
                for cid, address in addresses.items()}
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: results[req.container_id], "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a, add=lambda req: results[req.container_id])
 
     def add(cid: str) -> None:
         a._cut_wanted.clear()
@@ -483,8 +483,7 @@ def test_a_pod_of_several_interfaces_is_left_to_the_compiler(agent) -> None:
     a._attachments = two_interfaces
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2"), _pod("b", "10.244.1.3")])
     a.sync()
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     handlers["DEL"](_del_request("c-a"))
     assert a.withdrawals._value.get() == 0 and "10.244.1.2" in a.loaded.elements["p0_sel"]
     handlers["DEL"](_del_request("c-b"))
@@ -500,8 +499,7 @@ def test_a_withdrawal_that_fails_oddly_never_fails_the_del(agent, monkeypatch) -
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(a, "_remove", broken)
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: {"ok": 1}}, lambda: a)
+    handlers = _handlers(a, delete=lambda req: {"ok": 1})
     assert handlers["DEL"](_del_request("c-b")) == {"ok": 1}
     assert a._dirty.is_set() and "10.244.1.3" in a.loaded.elements["p0_sel"]
     # the kernel's refusal, or a lost answer: the next load replaces the table whole
@@ -515,8 +513,7 @@ def test_del_forgets_a_pod_the_registry_never_had(agent) -> None:
     a, applied, _ = agent
     _listed(a, [_policy(DENY)], [])
     a.sync()
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     handlers["ADD"](_request())
     handlers["DEL"](_request()._replace(command="DEL"))
     a.sync()
@@ -737,8 +734,7 @@ def test_an_add_compiled_while_it_ran_takes_its_identity_from_the_add(agent) -> 
     _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
     a.sync()
     assert QUARANTINE in a.inputs().policies
-    handlers = policyagent.enforcing_handlers(
-        {"ADD": lambda req: RESULT, "DEL": lambda req: None}, lambda: a)
+    handlers = _handlers(a)
     assert handlers["ADD"](_request()) == RESULT
     assert applied.scripts == [] and len(applied.tables) == 2  # compiled, not elements
     got = a.inputs()
