@@ -15,9 +15,8 @@ from collections.abc import Collection, Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import NamedTuple
 
+from overlay.policy.model import IPAddress
 from overlay.util.proc import ProgramError, run
-
-IPAddress = IPv4Address | IPv6Address
 
 log = logging.getLogger(__name__)
 

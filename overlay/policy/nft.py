@@ -54,7 +54,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -783,13 +783,16 @@ class Admission(NamedTuple):
 
     def script(self) -> str:
         """As ``nft`` commands: one ``nft -f`` (or libnftables) transaction."""
-        lines = [f"add element {FAMILY} {TABLE} {e.set} {{ {', '.join(e.elements)} }}"
-                 for e in self.elements]
+        lines = _element_commands("add", self.elements)
         if self.chain is not None:
             lines += _chain_commands(self.chain)
         return "".join(f"{line}\n" for line in lines)
 
 
+def _element_commands(verb: str, elements: Iterable[SetElements]) -> list[str]:
+    """``add`` or ``delete`` each set's elements, one command per set."""
+    return [f"{verb} element {FAMILY} {TABLE} {e.set} {{ {', '.join(e.elements)} }}"
+            for e in elements]
 
 
 def _chain_commands(chain: SourceChain) -> list[str]:
@@ -827,8 +830,7 @@ class Withdrawal(NamedTuple):
 
     def script(self) -> str:
         """As ``nft`` commands: one transaction."""
-        lines = [f"delete element {FAMILY} {TABLE} {e.set} {{ {', '.join(e.elements)} }}"
-                 for e in self.elements]
+        lines = _element_commands("delete", self.elements)
         if self.chain is not None:
             lines.append(f"delete chain {FAMILY} {TABLE} {self.chain}")
         return "".join(f"{line}\n" for line in lines)
@@ -1116,11 +1118,10 @@ def _withdrawal_messages(w: Withdrawal) -> list[Message] | None:
     from overlay.netlink import nftables as nl
 
     try:
-        msgs = [nl.del_elements_msg(nl.set_elements(TABLE, e.set, e.type, e.elements))
-                for e in w.elements if not e.interval and e.type in nl.KEY_TYPES]
+        msgs = _element_messages(w.elements, nl.del_elements_msg)
     except ValueError:
         return None
-    if len(msgs) != len(w.elements):
+    if msgs is None:
         return None
     if w.chain is not None:
         msgs.append(nl.del_chain_msg(TABLE, w.chain))
@@ -1133,12 +1134,10 @@ def _netlink_messages(adm: Admission) -> list[Message] | None:
     IPv4 addresses or an IPv6 set nft would merge)."""
     from overlay.netlink import nftables as nl
 
-    msgs = []
     try:
-        for e in adm.elements:
-            if e.interval or e.type not in nl.KEY_TYPES:
-                return None
-            msgs.append(nl.new_elements_msg(nl.set_elements(TABLE, e.set, e.type, e.elements)))
+        msgs = _element_messages(adm.elements, nl.new_elements_msg)
+        if msgs is None:
+            return None
         if adm.chain is not None:
             chain = _chain_messages(adm.chain)
             if chain is None:
@@ -1147,6 +1146,18 @@ def _netlink_messages(adm: Admission) -> list[Message] | None:
     except ValueError:
         return None
     return msgs
+
+
+def _element_messages(elements: Sequence[SetElements], wrap: Callable[[bytes], Message]
+                      ) -> list[Message] | None:
+    """Each set's elements as one message (``wrap``: the new or the delete kind), or None
+    when a set is an interval set or of a key type not encoded here. ValueError: an
+    element that does not fit its key."""
+    from overlay.netlink import nftables as nl
+
+    if any(e.interval or e.type not in nl.KEY_TYPES for e in elements):
+        return None
+    return [wrap(nl.set_elements(TABLE, e.set, e.type, e.elements)) for e in elements]
 
 
 def _chain_messages(chain: SourceChain) -> list[Message] | None:
