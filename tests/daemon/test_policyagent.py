@@ -224,6 +224,16 @@ def _handlers(a: PolicyAgent, add: Any = lambda req: RESULT, delete: Any = lambd
     return policyagent.enforcing_handlers({"ADD": add, "DEL": delete}, lambda: a)
 
 
+def _added_under_deny(a: PolicyAgent) -> dict[str, Any]:
+    """DENY loaded with x/a, then the ADD of c-new (10.244.1.9) by element update: the
+    handlers, for the DELs that follow."""
+    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
+    a.sync()
+    handlers = _handlers(a)
+    handlers["ADD"](_request())
+    return handlers
+
+
 def _count_compiles(a: PolicyAgent, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each compile from now on, as the number of pods it read."""
     compiled: list[int] = []
@@ -300,10 +310,7 @@ def test_a_del_takes_its_pod_out_before_it_returns(agent, monkeypatch) -> None:
     leave the loaded table in one transaction, the compiler's passes after it compile
     nothing, and its address is noted for the next cut."""
     a, applied, _ = agent
-    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
-    a.sync()
-    handlers = _handlers(a)
-    handlers["ADD"](_request())
+    handlers = _added_under_deny(a)
     before = a.loaded
     handlers["DEL"](_del_request())
     assert applied.scripts[-1].splitlines() == [
@@ -320,10 +327,7 @@ def test_a_del_takes_its_pod_out_before_it_returns(agent, monkeypatch) -> None:
 
 def test_a_del_the_kernel_refuses_is_left_to_the_compiler(agent) -> None:
     a, applied, _ = agent
-    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
-    a.sync()
-    handlers = _handlers(a)
-    handlers["ADD"](_request())
+    handlers = _added_under_deny(a)
     held = a.loaded
     applied.fail = True
     handlers["DEL"](_del_request())  # the DEL itself succeeds
@@ -339,10 +343,7 @@ def test_an_add_given_an_address_the_table_still_holds_compiles(agent) -> None:
     given that address meanwhile compiles the table (no element of the gone pod stays
     with the new one)."""
     a, applied, _ = agent
-    _listed(a, [_policy(DENY)], [_pod("a", "10.244.1.2")])
-    a.sync()
-    handlers = _handlers(a)
-    handlers["ADD"](_request())
+    handlers = _added_under_deny(a)
     applied.fail = True
     handlers["DEL"](_del_request())
     applied.fail = False
